@@ -1,0 +1,74 @@
+"""The executable spec: plain torch, one obvious line per rule. Works on CPU and CUDA tensors.
+
+Rounding rules follow bitsandbytes 0.50.2's default (torch) backend bit for bit:
+  * absmax per block in float32; the scale is 1 / max(absmax, 1e-38);
+  * full blocks multiply by that reciprocal, the tail block (n % blocksize) *divides*
+    by max(absmax, 1e-38) -- bitsandbytes does it this way, and a 1-ulp difference in the
+    scaled value can move a code, so the spec keeps it;
+  * the tail block's stored absmax is the clamped one;
+  * scaled values are clamped to [-1, 1] and bucketized: code = bucket_codes[#(bounds < s)];
+  * 4-bit packing: element 2i in the high nibble, 2i+1 in the low; an odd tail is padded
+    with the code of 0.0;
+  * dequantization multiplies table[code] * absmax in float32 and rounds once to the output dtype.
+"""
+from __future__ import annotations
+
+import torch
+
+TINY = 1e-38
+
+def block_scale(A: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scaled values in [-1, 1], float32 absmax per block) for a flat tensor."""
+    a = A.reshape(-1).float()
+    n = a.numel()
+    rem = n % blocksize
+    full = n - rem
+    body = a[:full].view(-1, blocksize)
+    absmax = body.abs().amax(dim=1) if full else a.new_empty(0)
+    scaled = torch.clamp(body * (1.0 / absmax.clamp(min=TINY)).view(-1, 1), -1, 1).reshape(-1)
+    if rem:
+        am = a[full:].abs().max().clamp(min=TINY)
+        absmax = torch.cat([absmax, am.view(1)])
+        scaled = torch.cat([scaled, torch.clamp(a[full:] / am, -1, 1)])
+    return scaled, absmax
+
+
+def _codes(scaled: torch.Tensor, bounds: torch.Tensor, bucket_codes: torch.Tensor) -> torch.Tensor:
+    return bucket_codes[torch.bucketize(scaled, bounds, out_int32=True)]
+
+
+def quantize_blockwise(A, codebook, blocksize):
+    _, bounds, bucket_codes = codebook.tensors(A.device)
+    scaled, absmax = block_scale(A, blocksize)
+    return _codes(scaled, bounds, bucket_codes), absmax
+
+
+def _expand_absmax(absmax: torch.Tensor, n: int, blocksize: int) -> torch.Tensor:
+    return absmax.repeat_interleave(blocksize)[:n]
+
+
+def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
+    n = codes.numel()
+    vals = table[codes.reshape(-1).long()]
+    return (vals * _expand_absmax(absmax, n, blocksize)).to(dtype)
+
+
+def quantize_4bit(A, codebook, blocksize):
+    _, bounds, bucket_codes = codebook.tensors(A.device)
+    scaled, absmax = block_scale(A, blocksize)
+    if scaled.numel() % 2:
+        scaled = torch.nn.functional.pad(scaled, (0, 1))
+    q = _codes(scaled, bounds, bucket_codes)
+    return (q[::2] << 4) | q[1::2], absmax
+
+
+def unpack_4bit(packed: torch.Tensor, n: int) -> torch.Tensor:
+    p = packed.reshape(-1)
+    q = torch.stack([p >> 4, p & 0xF], dim=1).reshape(-1)
+    return q[:n]
+
+
+def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
+    vals = table[unpack_4bit(packed, n).long()]
+    return (vals * _expand_absmax(absmax, n, blocksize)).to(dtype)
+OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")

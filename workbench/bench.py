@@ -1,0 +1,88 @@
+"""Timing protocol shared by every benchmark.
+
+* GPU: CUDA events around each call on the current stream, warm-up first, median of reps.
+* CPU: time.perf_counter around each call, warm-up first, median of reps.
+* Effective bytes = every input read once + every output written once (the caller passes
+  them); GB/s = bytes / median time; % of copy = GB/s / the device-to-device (or RAM)
+  copy bandwidth measured in the same process with :func:`copy_bandwidth`.
+Timings are never asserted in tests; benchmarks write rows through :mod:`workbench.results`.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    min_ms: float
+    reps: int
+    samples_ms: list = field(repr=False, default_factory=list)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], object], device: str = "cpu", *, warmup: int = 3, reps: int = 20,
+            min_time_s: float = 0.0) -> Timing:
+    """Median wall time of ``fn()`` in ms. On CUDA uses events on the current stream."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    samples = []
+    t_start = time.perf_counter()
+    while len(samples) < reps or (time.perf_counter() - t_start) < min_time_s:
+        if device == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            e.synchronize()
+            samples.append(s.elapsed_time(e))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        if len(samples) >= 10 * reps:
+            break
+    return Timing(statistics.median(samples), min(samples), len(samples), samples)
+
+
+def copy_bandwidth(device: str = "cpu", nbytes: int = 1 << 28, reps: int = 20) -> float:
+    """Measured copy bandwidth in GB/s (read + write counted), the 100% line for this device."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), device, warmup=3, reps=reps)
+    return 2 * nbytes / (t.median_ms * 1e-3) / 1e9
+
+
+def gbps(nbytes: int, t: Timing) -> float:
+    return nbytes / (t.median_ms * 1e-3) / 1e9
+
+
+def tensor_bytes(*tensors) -> int:
+    return sum(int(t.numel()) * t.element_size() for t in tensors if t is not None)
+
+
+def row(op: str, backend: str, n: int, t: Timing, nbytes: int | None = None, copy_gbps: float | None = None,
+        **extra) -> dict:
+    """One tidy result row (see workbench.results for the schema and run metadata)."""
+    r = {"op": op, "backend": backend, "n": n, "median_ms": t.median_ms, "min_ms": t.min_ms, "reps": t.reps,
+         "melem_per_s": n / (t.median_ms * 1e-3) / 1e6}
+    if nbytes is not None:
+        r["bytes"] = nbytes
+        r["gbps"] = gbps(nbytes, t)
+        if copy_gbps:
+            r["pct_copy"] = 100.0 * r["gbps"] / copy_gbps
+    r.update(extra)
+    return r
+
+
+__all__ = ["Timing", "time_fn", "copy_bandwidth", "gbps", "tensor_bytes", "row", "asdict"]

@@ -1,0 +1,58 @@
+"""Argument checks shared by every public op: clear errors that name the argument."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+BLOCKSIZES = tuple(2 ** k for k in range(5, 13))  # 32 .. 4096
+NAN_POLICIES = ("raise", "propagate")
+
+
+class QuantInputError(ValueError):
+    """An op's input is unusable; the message names the argument and what was expected."""
+
+
+def check_tensor(name: str, t, *, dtypes=FLOAT_DTYPES, allow_empty: bool = False) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise QuantInputError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None and t.dtype not in dtypes:
+        want = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise QuantInputError(f"{name}: dtype {str(t.dtype).replace('torch.', '')} not supported; expected one of {want}")
+    if not allow_empty and t.numel() == 0:
+        raise QuantInputError(f"{name}: tensor is empty (shape {tuple(t.shape)}); expected at least one element")
+    return t
+
+
+def check_finite(name: str, t: torch.Tensor, nan_policy: str) -> None:
+    if nan_policy not in NAN_POLICIES:
+        raise QuantInputError(f"nan_policy: expected one of {NAN_POLICIES}, got {nan_policy!r}")
+    if nan_policy == "raise" and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise QuantInputError(
+            f"{name}: contains {bad} non-finite value(s) (NaN/Inf); absmax scaling would spread them over "
+            f"the whole block. Clean the input or pass nan_policy='propagate' to accept undefined codes there")
+
+
+def check_blocksize(blocksize, allowed=BLOCKSIZES) -> int:
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int):
+        raise QuantInputError(f"blocksize: expected an int, got {type(blocksize).__name__}")
+    if blocksize not in allowed:
+        raise QuantInputError(f"blocksize: {blocksize} not supported; expected a power of two in {allowed[0]}..{allowed[-1]}")
+    return blocksize
+
+
+def check_same_device(**tensors) -> torch.device:
+    devs = {k: v.device for k, v in tensors.items() if v is not None}
+    uniq = set(devs.values())
+    if len(uniq) > 1:
+        detail = ", ".join(f"{k} on {v}" for k, v in devs.items())
+        raise QuantInputError(f"tensors must be on one device; got {detail}")
+    return next(iter(uniq))
+
+
+def check_codebook_size(cb, *, max_bits: int, exact_bits: int | None = None):
+    if exact_bits is not None and cb.bits != exact_bits:
+        raise QuantInputError(f"codebook: {cb.name!r} has {cb.size} entries; this op packs {exact_bits}-bit codes and needs exactly {2 ** exact_bits}")
+    if cb.bits > max_bits:
+        raise QuantInputError(f"codebook: {cb.name!r} has {cb.size} entries; at most {2 ** max_bits} allowed")
+    return cb
