@@ -1,0 +1,30 @@
+import os
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "2")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import workbench  # noqa: E402,F401  (installs the numpy shim before numba-cuda compiles)
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def rng():
+    """A fresh generator per test: new data every run unless KBIT_TEST_SEED pins it."""
+    seed = int(os.environ.get("KBIT_TEST_SEED", torch.seed() % (2 ** 31)))
+    g = torch.Generator().manual_seed(seed)
+    g.seed_value = seed
+    return g
+
+
+def pytest_report_header(config):
+    return f"kbit-workbench: torch {torch.__version__}, cuda={'yes' if HAS_CUDA else 'no'}, KBIT_TEST_SEED={os.environ.get('KBIT_TEST_SEED', 'random')}"
