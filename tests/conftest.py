@@ -1,4 +1,5 @@
 import os
+import secrets
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "2")
 
@@ -20,10 +21,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def rng():
     """A fresh generator per test: new data every run unless KBIT_TEST_SEED pins it."""
-    seed = int(os.environ.get("KBIT_TEST_SEED", torch.seed() % (2 ** 31)))
-    g = torch.Generator().manual_seed(seed)
-    g.seed_value = seed
-    return g
+    seed = int(os.environ.get("KBIT_TEST_SEED", secrets.randbelow(2 ** 31)))
+    print(f"KBIT_TEST_SEED={seed}")  # shown with a failure's captured output, to replay it
+    return torch.Generator().manual_seed(seed)
 
 
 def pytest_report_header(config):
