@@ -66,9 +66,9 @@ def quantize_blockwise(A: torch.Tensor, code=None, blocksize: int = 4096, nested
     (as in bitsandbytes; must be sorted) or a Codebook; default: signed dynamic map.
     """
     check_tensor("A", A)
+    dev = _device(A)
     check_blocksize(blocksize)
     check_finite("A", A, nan_policy)
-    dev = _device(A)
     src = codebook if codebook is not None else code
     if src is None:
         cb = cbs.get("dynamic")
@@ -120,11 +120,11 @@ def quantize_4bit(A: torch.Tensor, absmax=None, out=None, blocksize: int = 64, c
     in the high nibble. ``codebook`` (any 16-entry Codebook or registered name) overrides
     ``quant_type``. ``compress_statistics`` double-quantizes absmax (offset + 8-bit, bs 256)."""
     check_tensor("A", A)
+    dev = _device(A)
     check_blocksize(blocksize)
     check_finite("A", A, nan_policy)
     if absmax is not None or out is not None:
         raise QuantInputError("absmax/out: preallocated outputs are not supported (bitsandbytes deprecates them)")
-    dev = _device(A)
     cb = _codebook_for_4bit(quant_type, codebook)
     fn = get_op(backend, "quantize_4bit", dev)
     packed, am = fn(_flat(A), cb, blocksize)
