@@ -1,0 +1,125 @@
+"""Speed: GB/s and % of copy bandwidth by backend x op x size, merged across machines.
+
+Reads the committed benchmark result files under ``reports/`` (directories ``bench-cpu*``,
+``gpu-h100*``, ``gpu-h200*``, ``optim-*``, ``int8-*``; whichever exist) plus any extra paths
+given (``workbench report --merge DIR``), and lays them side by side by ``run_device``.
+Rows follow :func:`workbench.bench.row`: ``op, backend, n, median_ms, gbps, pct_copy`` and
+the ``run_*`` metadata. Nothing is timed here; the benchmarks themselves run on their machines
+(``workbench bench``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+TITLE = "Speed: GB/s and % of copy bandwidth, across machines"
+DESCRIPTION = __doc__.split("\n\n", 1)[1]
+
+PATTERNS = ("bench-cpu*", "gpu-h100*", "gpu-h200*", "optim-*", "int8-*")
+KEYS = ("family", "op", "backend", "dtype", "quant_type", "codebook", "blocksize", "n")
+ROOT = Path(__file__).resolve().parent.parent / "reports"
+
+
+def result_files(root: Path | str = ROOT, extra=()) -> list[Path]:
+    """Parquet files (CSV where no parquet twin exists) in the matching report directories and ``extra``."""
+    root = Path(root)
+    dirs = sorted({d for pat in PATTERNS for d in root.glob(pat) if d.is_dir()})
+    files: list[Path] = []
+    for d in list(dirs) + [Path(p) for p in extra]:
+        if d.is_file():
+            files.append(d)
+            continue
+        pq = sorted(d.rglob("*.parquet"))
+        files += pq
+        have = {p.with_suffix("") for p in pq}
+        files += [c for c in sorted(d.rglob("*.csv")) if c.with_suffix("") not in have and _looks_like_results(c)]
+    return files
+
+
+def _looks_like_results(p: Path) -> bool:
+    try:
+        head = p.open().readline()
+    except OSError:
+        return False
+    return "run_device" in head and ("median_ms" in head or "gbps" in head)
+
+
+def load(root: Path | str = ROOT, extra=()) -> pd.DataFrame:
+    frames = []
+    for f in result_files(root, extra):
+        try:
+            df = pd.read_parquet(f) if f.suffix == ".parquet" else pd.read_csv(f)
+        except Exception:  # noqa: BLE001  (a broken file must not hide the others)
+            continue
+        if "median_ms" not in df and "gbps" not in df:
+            continue
+        df["source_file"] = str(f.relative_to(f.parents[1])) if len(f.parents) > 1 else f.name
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    if "run_device" not in df:
+        df["run_device"] = "unknown"
+    df["run_device"] = df["run_device"].fillna("unknown")
+    return df
+
+
+def run(quick: bool = False, executor=None, *, root: Path | str = ROOT, extra=()):
+    df = load(root, extra)
+    return df, figures(df)
+
+
+def _keys(df: pd.DataFrame) -> list[str]:
+    return [k for k in KEYS if k in df and df[k].notna().any()]
+
+
+def table(df: pd.DataFrame, value: str = "gbps") -> pd.DataFrame:
+    """Rows: op x backend x ... x n; columns: run_device; cells: the median over repeated rows."""
+    if df.empty or value not in df:
+        return pd.DataFrame()
+    keys = _keys(df)
+    d = df.copy()
+    for k in keys:
+        d[k] = d[k].astype(str).where(d[k].notna(), "")
+    return d.pivot_table(index=keys, columns="run_device", values=value, aggfunc="median").round(2)
+
+
+def figures(df: pd.DataFrame) -> dict:
+    if df.empty or "gbps" not in df or "op" not in df:
+        return {}
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    d = df.dropna(subset=["gbps"])
+    if "n" in d:
+        d = d[d["n"] == d.groupby(["op", "run_device"])["n"].transform("max")]
+    ops = list(dict.fromkeys(d["op"]))
+    fig, axes = plt.subplots(len(ops), 1, figsize=(9, 2.2 + 1.6 * len(ops)), squeeze=False)
+    y_col = "pct_copy" if "pct_copy" in d and d["pct_copy"].notna().any() else "gbps"
+    for ax, op in zip(axes[:, 0], ops):
+        g = d[d["op"] == op].groupby(["backend", "run_device"])[y_col].median().unstack("run_device")
+        g.plot.barh(ax=ax, legend=ax is axes[0, 0])
+        ax.set_title(f"{op} (largest n)", fontsize=9)
+        ax.set_xlabel("% of copy bandwidth" if y_col == "pct_copy" else "GB/s")
+        ax.grid(alpha=0.3, axis="x")
+    if axes[0, 0].get_legend():
+        axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return {"speed": fig}
+
+
+def summarize(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    if df.empty:
+        return []
+    out = [("GB/s by device (median of repeated rows)", table(df, "gbps"))]
+    if "pct_copy" in df and df["pct_copy"].notna().any():
+        out.append(("% of the device's copy bandwidth", table(df, "pct_copy")))
+    return [(t, x) for t, x in out if not x.empty]
+
+
+def notes(df: pd.DataFrame) -> list[str]:
+    if df.empty:
+        return [f"no benchmark result files found yet (looked for {', '.join(PATTERNS)} under reports/)"]
+    files = sorted(set(df["source_file"]))
+    return [f"devices: {', '.join(sorted(set(df['run_device'].astype(str))))}", f"files: {', '.join(files)}"]

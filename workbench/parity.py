@@ -1,0 +1,320 @@
+"""Parity harness: every op on every available backend against the reference, on fresh inputs.
+
+A *case* is a function ``fn(backend, device, gen, quick) -> iterable of row dicts`` registered
+under a family and a name with the ops it exercises::
+
+    from workbench.parity import register_case
+    register_case("int8", "int8_vectorwise_quant", my_case, ops=("int8_vectorwise_quant",))
+
+Each row it yields describes one comparison and carries at least ``op`` and ``ok`` (bool);
+optional keys: ``level`` (the declared parity level, default ``"exact"``), ``max_diff``,
+``mismatches``, ``detail`` and any parameters (``dtype``, ``blocksize``, ``n``, ``codebook``, ...).
+The harness adds ``family``, ``case``, ``backend`` and ``device``, runs each case for every
+backend that is available on the device and implements all of the case's ops (the reference
+itself is the spec and is not compared with itself), and turns a case's exception into a failed
+row instead of stopping the run.
+
+Other op families add cases from their own modules: :data:`CASE_MODULES` lists modules that are
+imported when present (a missing one is fine); a listed module either calls
+:func:`register_case` at import time or defines ``register_parity_cases(register_case)``.
+"""
+from __future__ import annotations
+
+import importlib
+import secrets
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import codebooks as cbs
+from .backends import get_op, list_backends
+
+__all__ = ["register_case", "cases", "run_parity", "matrix", "format_matrix", "CASE_MODULES", "bit_equal"]
+
+# modules that may contribute cases; each is optional
+CASE_MODULES = [
+    "workbench.int8_parity", "workbench.int8",
+    "workbench.optim.parity", "workbench.optim",
+]
+SPEC_BACKEND = "reference"
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    name: str
+    fn: Callable
+    ops: tuple
+    devices: tuple
+
+
+_CASES: dict[tuple[str, str], Case] = {}
+_MODULE_STATUS: dict[str, str] = {}
+
+
+def register_case(family: str, name: str, fn: Callable, *, ops: Iterable[str] | None = None,
+                  devices: Iterable[str] = ("cpu", "cuda"), overwrite: bool = False) -> Callable:
+    """Register ``fn`` as parity case ``family/name`` exercising ``ops`` (default: ``(name,)``)."""
+    key = (family, name)
+    if key in _CASES and not overwrite and _CASES[key].fn is not fn:
+        raise ValueError(f"parity case {family}/{name} is already registered (pass overwrite=True)")
+    _CASES[key] = Case(family, name, fn, tuple(ops or (name,)), tuple(devices))
+    return fn
+
+
+def load_case_modules() -> dict[str, str]:
+    """Import every module in CASE_MODULES that exists; returns module -> 'loaded' / why not."""
+    for mod in CASE_MODULES:
+        if mod in _MODULE_STATUS:
+            continue
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            _MODULE_STATUS[mod] = f"absent ({e.name})"
+            continue
+        except Exception as e:  # noqa: BLE001  (another family's bug must not stop this harness)
+            _MODULE_STATUS[mod] = f"import failed: {type(e).__name__}: {e}"
+            continue
+        hook = getattr(m, "register_parity_cases", None)
+        try:
+            if callable(hook):
+                hook(register_case)
+            _MODULE_STATUS[mod] = "loaded"
+        except Exception as e:  # noqa: BLE001
+            _MODULE_STATUS[mod] = f"register_parity_cases failed: {type(e).__name__}: {e}"
+    return dict(_MODULE_STATUS)
+
+
+def cases(family: str | None = None) -> list[Case]:
+    load_case_modules()
+    return [c for c in _CASES.values() if family is None or c.family == family]
+
+
+# ------------------------------------------------------------------ comparison helpers
+
+def bit_equal(a: torch.Tensor, b: torch.Tensor, *, signed_zero: bool = True) -> tuple[bool, int, float]:
+    """(identical bits, number of differing elements, max |a - b| as float64). NaNs with the same bits
+    are equal; ``signed_zero=False`` treats +0 and -0 as equal."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False, -1, float("nan")
+    a, b = a.detach().cpu().reshape(-1), b.detach().cpu().reshape(-1)
+    if a.is_floating_point():
+        iv = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        diff = a.view(iv) != b.view(iv)
+        if not signed_zero:
+            diff &= ~((a == 0) & (b == 0))
+    else:
+        diff = a != b
+    n = int(diff.sum())
+    md = float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+    return n == 0, n, md
+
+
+# ------------------------------------------------------------------ the quant family
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+ALL_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+# what each non-reference backend accepts (others: every codebook)
+BACKEND_CODEBOOKS = {"bnb": {4: ("nf4", "fp4"), 8: ("dynamic",)}}
+# declared levels other than exact: (backend, op, device) -> (level, tolerance on the code's value)
+#   bnb's CPU 8-bit quantizer rounds through a 65536-entry LUT: its level may be farther from the scaled
+#   value than the nearest level, by at most one LUT cell (2/65535) in normalized units;
+#   bnb's CPU dequantize_4bit returns +0.0 where table[code] is FP4's -0.0: equal values, other sign bit.
+LUT_CELL = 2.0 / 65535
+LEVELS = {("bnb", "quantize_blockwise", "cpu"): ("LUT cell", LUT_CELL),
+          ("bnb", "dequantize_4bit", "cpu"): ("exact (+0 == -0)", 0)}
+
+
+def _random_codebook(bits: int, gen: torch.Generator) -> cbs.Codebook:
+    m = 2 ** bits
+    while True:
+        v = torch.sort(torch.rand(m - 2, generator=gen) * 2 - 1).values
+        v = torch.cat([torch.tensor([-1.0]), v, torch.tensor([1.0])])
+        if torch.unique(v).numel() == m:
+            return cbs.from_values(v.numpy(), f"random{bits}")
+
+
+def _codebooks(bits: int, backend: str, gen: torch.Generator) -> list[cbs.Codebook]:
+    allowed = BACKEND_CODEBOOKS.get(backend, {}).get(bits)
+    names = ("nf4", "fp4") if bits == 4 else ("dynamic", "linear8")
+    out = [cbs.get(n) for n in names if allowed is None or n in allowed]
+    if allowed is None:
+        out.append(_random_codebook(bits, gen))
+    return out
+
+
+def _shapes(quick: bool, gen: torch.Generator) -> list[tuple[int, int]]:
+    """(blocksize, n) pairs: odd lengths, tails, exact multiples, a single element."""
+    bss = ALL_BLOCKSIZES
+    if quick:
+        pick = torch.randperm(len(bss), generator=gen)[:2].tolist()
+        bss = tuple(sorted({64, 4096} | {bss[i] for i in pick}))
+    out = []
+    for bs in bss:
+        tail = int(torch.randint(1, bs, (1,), generator=gen)) | 1
+        out.append((bs, 2 * bs + tail))
+        if not quick:
+            out.append((bs, 3 * bs))
+    out.append((int(bss[0]), 1))
+    return out
+
+
+def _input(n: int, dtype: torch.dtype, gen: torch.Generator, device: str) -> torch.Tensor:
+    scale = float(torch.empty(1).uniform_(-3, 3, generator=gen).exp())
+    x = torch.randn(n, generator=gen) * scale
+    if n >= 96:
+        x[:32] = 0.0   # an all-zero run (absmax 0 in small blocks)
+        x[40] = -x[41:96].abs().max() * 1.0  # a negative block maximum
+    return x.to(dtype).to(device)
+
+
+def _quant_case(op: str):
+    bits = 4 if op.endswith("4bit") else 8
+
+    def compare_codebook(cb, device, gen, quick, ref_fn, fn, level, step):
+        for bs, n in _shapes(quick, gen):
+            for dtype in DTYPES:
+                row = {"op": op, "codebook": cb.name, "blocksize": bs, "n": n, "dtype": str(dtype).split(".")[-1],
+                       "level": level}
+                if op.startswith("quantize"):
+                    A = _input(n, dtype, gen, device)
+                    A0 = A.clone()
+                    q_ref, am_ref = ref_fn(A, cb, bs)
+                    q, am = fn(A, cb, bs)
+                    ok_a, mis_a, _ = bit_equal(am.float(), am_ref.float())
+                    if step and q.shape == q_ref.shape:
+                        # how much farther the chosen level is from the scaled value than the nearest one
+                        from .backends.reference.quant import block_scale
+                        sc = block_scale(A, bs)[0].double()
+                        t = cb.tensors(device)[0].double()
+                        d = (t[q.long()] - sc).abs() - (t[q_ref.long()] - sc).abs()
+                        ok_q = bool(n == 0 or float(d.max()) <= step * (1 + 1e-6))
+                        mis_q, md = int((q != q_ref).sum()), float(d.max()) if n else 0.0
+                    else:
+                        ok_q, mis_q, md = bit_equal(q, q_ref)
+                    intact, _, _ = bit_equal(A, A0)
+                    row.update(ok=ok_q and ok_a and intact, mismatches=mis_q + mis_a, max_diff=md,
+                               detail="" if intact else "input was modified")
+                else:
+                    nb = -(-n // bs)
+                    absmax = (torch.rand(nb, generator=gen) * 10 + 1e-3).to(device)
+                    table = cb.tensors(device)[0]
+                    if bits == 4:
+                        codes = torch.randint(0, 256, ((n + 1) // 2,), generator=gen, dtype=torch.uint8).to(device)
+                        out_ref = ref_fn(codes, absmax, table, bs, n, dtype)
+                        out = fn(codes, absmax, table, bs, n, dtype)
+                    else:
+                        codes = torch.randint(0, cb.size, (n,), generator=gen, dtype=torch.uint8).to(device)
+                        out_ref = ref_fn(codes, absmax, table, bs, dtype)
+                        out = fn(codes, absmax, table, bs, dtype)
+                    ok, mis, md = bit_equal(out.reshape(-1), out_ref.reshape(-1), signed_zero=level == "exact")
+                    row.update(ok=ok, mismatches=mis, max_diff=md, detail="")
+                yield row
+
+    def case(backend: str, device: str, gen: torch.Generator, quick: bool):
+        ref_fn = get_op(SPEC_BACKEND, op, device)
+        fn = get_op(backend, op, device)
+        level, step = LEVELS.get((backend, op, device), ("exact", 0))
+        for cb in _codebooks(bits, backend, gen):
+            try:
+                yield from compare_codebook(cb, device, gen, quick, ref_fn, fn, level, step)
+            except Exception as e:  # noqa: BLE001  (one codebook's crash is one failed row)
+                yield {"op": op, "codebook": cb.name, "ok": False, "level": "error",
+                       "detail": f"{type(e).__name__}: {e}"[:300]}
+
+    case.__name__ = f"case_{op}"
+    return case
+
+
+for _op in ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit"):
+    register_case("quant", _op, _quant_case(_op), ops=(_op,))
+
+
+# ------------------------------------------------------------------ the harness
+
+def _backends_for(device: str, names: Iterable[str] | None) -> list:
+    out = []
+    for info in list_backends():
+        if names is not None and info.name not in names:
+            continue
+        if info.name == SPEC_BACKEND or not info.available or device not in info.devices:
+            continue
+        out.append(info)
+    return out
+
+
+def run_parity(device: str = "cpu", *, backends: Iterable[str] | None = None, families: Iterable[str] | None = None,
+               ops: Iterable[str] | None = None, quick: bool = False, seed: int | None = None,
+               progress: bool = False) -> pd.DataFrame:
+    """Run every registered case on every available backend of ``device`` -> tidy DataFrame
+    (one row per comparison). ``seed`` None draws a fresh one (recorded in the ``seed`` column)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: 'cuda' requested but torch sees no CUDA GPU")
+    seed = secrets.randbelow(2 ** 31) if seed is None else int(seed)
+    import logging
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # bitsandbytes' compiled kernels recompile per dtype
+    fams = set(families) if families is not None else None
+    want_ops = set(ops) if ops is not None else None
+    infos = _backends_for(device, backends)
+    jobs = [(c, info) for c in cases() if (fams is None or c.family in fams) and device in c.devices
+            and (want_ops is None or want_ops & set(c.ops))
+            for info in infos if set(c.ops) <= set(info.ops)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(jobs), desc=f"parity ({device})", leave=False)
+    rows = []
+    for i, (c, info) in enumerate(jobs):
+        gen = torch.Generator().manual_seed(seed + i)
+        base = {"family": c.family, "case": c.name, "backend": info.name, "device": device, "seed": seed}
+        try:
+            got = list(c.fn(info.name, device, gen, quick))
+            for r in got:
+                rows.append({**base, "level": "exact", "detail": "", **r})
+            if not got:
+                rows.append({**base, "op": c.ops[0], "ok": True, "level": "n/a", "detail": "no comparisons"})
+        except Exception as e:  # noqa: BLE001  (a crash is a failed cell, not a stopped harness)
+            rows.append({**base, "op": c.ops[0], "ok": False, "level": "error",
+                         "detail": f"{type(e).__name__}: {e}"[:300]})
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame(columns=["family", "case", "backend", "device", "seed", "op", "ok", "level", "detail"])
+    return df
+
+
+def matrix(df: pd.DataFrame) -> pd.DataFrame:
+    """backend x op: 'exact 36/36', 'FAIL 3/36', or '' where the backend lacks the op."""
+    if df.empty:
+        return pd.DataFrame()
+
+    def cell(g: pd.DataFrame) -> str:
+        n, ok = len(g), int(g["ok"].sum())
+        levels = sorted(set(g["level"].astype(str)))
+        if ok == n:
+            return f"{'/'.join(levels)} {ok}/{n}"
+        extra = ""
+        if "max_diff" in g and g.loc[~g["ok"], "max_diff"].notna().any():
+            extra = f" (max diff {g.loc[~g['ok'], 'max_diff'].max():.3g})"
+        return f"FAIL {n - ok}/{n}{extra}"
+
+    cells = df.groupby(["backend", "op"], sort=False).apply(cell, include_groups=False)
+    return cells.unstack("op").fillna("")
+
+
+def format_matrix(df: pd.DataFrame) -> str:
+    m = matrix(df)
+    if m.empty:
+        return "(no backend besides the reference is available for these ops)"
+    from tabulate import tabulate
+    return tabulate(m, headers=["backend"] + list(m.columns), tablefmt="github")
+
+
+def failures(df: pd.DataFrame) -> pd.DataFrame:
+    return df[~df["ok"].astype(bool)] if not df.empty else df
