@@ -7,7 +7,7 @@ import ctypes
 
 import torch
 
-from ...cuda_build import build, lib_path
+from ...cuda_build import build, lib_path, nvcc
 
 DEVICES = ("cuda",)
 _libs: dict[str, ctypes.CDLL] = {}
@@ -16,6 +16,8 @@ _libs: dict[str, ctypes.CDLL] = {}
 def available() -> tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, "no CUDA device visible to torch"
+    if nvcc() is None and not any(lib_path(f).exists() for f in ("quant", "int8", "optim")):
+        return False, "no nvcc to build cuda_src/ and no prebuilt libkbit_*.so"
     return True, torch.cuda.get_device_name(0)
 
 

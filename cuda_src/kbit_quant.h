@@ -1,0 +1,57 @@
+/* kbit-workbench: blockwise 8-bit and 4-bit quantization kernels (family "quant").
+ *
+ * Built into cuda_src/build/libkbit_quant.so by workbench/cuda_build.py. Every entry point
+ * returns the cudaError_t of its launch (cudaSuccess = 0) and runs on the given stream.
+ * Numerics follow docs/ARCHITECTURE.md bit for bit: float32 absmax per block; full blocks
+ * scale by the IEEE reciprocal of max(absmax, 1e-38f), the tail block divides; codes are
+ * bucket_codes[#{j : bounds[j] < s}]; dequantization is one float32 multiply, one rounding.
+ *
+ * Codebook arrays of the quantizers (bounds, bucket_codes) are HOST pointers: they are
+ * copied into the kernel's parameters (no device allocation, no copy engine traffic).
+ * The dequantizers' table is a DEVICE pointer (it is an input tensor of the op).
+ */
+#ifndef KBIT_QUANT_H
+#define KBIT_QUANT_H
+
+#include <cuda_runtime.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* element types of A / out */
+#define KBIT_F32 0
+#define KBIT_F16 1
+#define KBIT_BF16 2
+
+/* quantizer flags */
+#define KBIT_QFLAG_BNB_SCALE 1 /* bitsandbytes-CUDA scaling: approximate reciprocal (rcp.approx.ftz), flush-to-zero
+                                  multiply, no 1e-38 clamp, no [-1,1] clamp, tail block multiplies too. For parity
+                                  studies only; the default (0) is the spec. */
+
+/* codes[n] (uint8), absmax[ceil(n/blocksize)] (float32). nbounds <= 255, nbuckets = nbounds + 1. */
+cudaError_t kbit_quantize_blockwise(const void* A, int dtype, long long n, int blocksize, const float* bounds,
+                                    int nbounds, const unsigned char* bucket_codes, int nbuckets, unsigned char* codes,
+                                    float* absmax, int flags, cudaStream_t stream);
+
+/* packed[(n+1)/2] (uint8, element 2k in the high nibble), absmax[ceil(n/blocksize)]. nbounds <= 15. */
+cudaError_t kbit_quantize_4bit(const void* A, int dtype, long long n, int blocksize, const float* bounds, int nbounds,
+                               const unsigned char* bucket_codes, int nbuckets, unsigned char* packed, float* absmax,
+                               int flags, cudaStream_t stream);
+
+/* out[n] = (dtype)(table[codes[i]] * absmax[i / blocksize]); table: ntable <= 256 floats on the device. */
+cudaError_t kbit_dequantize_blockwise(const unsigned char* codes, const float* absmax, const float* table, int ntable,
+                                      long long n, int blocksize, void* out, int dtype, cudaStream_t stream);
+
+/* out[n] from packed[(n+1)/2]; table: 16 floats on the device. */
+cudaError_t kbit_dequantize_4bit(const unsigned char* packed, const float* absmax, const float* table, long long n,
+                                 int blocksize, void* out, int dtype, cudaStream_t stream);
+
+/* 1 if this library was built with the spec's IEEE flags (no FMA contraction, IEEE division, no FTZ). */
+int kbit_quant_ieee_build(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

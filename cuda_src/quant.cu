@@ -1,0 +1,399 @@
+// kbit-workbench: blockwise 8-bit / 4-bit quantization for Hopper (sm_90), bit-exact to the spec
+// in docs/ARCHITECTURE.md. Build: python -m workbench.cuda_build quant  (IEEE flags: -fmad=false,
+// -prec-div=true, -ftz=false).
+//
+// Layout of the work: a thread owns one CHUNK of 16 consecutive elements (bf16/fp16: two 16-byte
+// loads, fp32: four). A quantization block of bs elements is G = bs/16 consecutive threads, so a
+// warp holds 32/G blocks for bs <= 512 (absmax by xor-shuffles inside the G-lane group) and a
+// block of bs >= 1024 spans G/32 warps of one CTA (shuffles, then shared memory).
+// Rounding to the codebook is a branch-free search of an Eytzinger-ordered tree of the bounds in
+// shared memory: i = 2i + (s > node[i]) for log2(m) levels; the leaf index then IS the bucket, and
+// the leaf words hold bucket_codes, so the code costs one more shared load. The tree is built on
+// the host from the codebook and passed by value as a kernel parameter (no device temporaries).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kbit_quant.h"
+
+namespace {
+
+constexpr int CHUNK = 16;      // elements per thread
+constexpr int THREADS = 256;   // threads per CTA
+constexpr float TINY = 1e-38f; // float32 subnormal; kernels must not flush it
+
+// Eytzinger tree: words [1, 2^L) are float bounds (bit patterns), [2^L, 2^(L+1)) bucket codes.
+template <int L> struct Tree {
+    uint32_t w[1 << (L + 1)];
+};
+
+template <int L> void build_tree(Tree<L>& t, const float* bounds, int nbounds, const unsigned char* bucket_codes,
+                                 int nbuckets) {
+    constexpr int M = 1 << L; // buckets
+    float sorted[M];
+    for (int i = 0; i < M - 1; i++) sorted[i] = i < nbounds ? bounds[i] : INFINITY;
+    // in-order fill of the implicit tree 1..M-1 with the sorted bounds
+    int k = 0;
+    int stack[L + 2];
+    int sp = 0;
+    int node = 1;
+    while (sp > 0 || node < M) {
+        while (node < M) {
+            stack[sp++] = node;
+            node = 2 * node;
+        }
+        node = stack[--sp];
+        float v = sorted[k++];
+        std::memcpy(&t.w[node], &v, 4);
+        node = 2 * node + 1;
+    }
+    t.w[0] = 0;
+    for (int b = 0; b < M; b++) t.w[M + b] = bucket_codes[b < nbuckets ? b : nbuckets - 1];
+}
+
+template <typename T> struct Elem;
+template <> struct Elem<float> {
+    static constexpr int VECS = CHUNK * 4 / 16;
+    __device__ static float at(const uint4* v, int j) { return __uint_as_float((&v[0].x)[j]); }
+    __device__ static float load1(const void* p, long long i) { return static_cast<const float*>(p)[i]; }
+    __device__ static uint32_t bits1(float x) { return __float_as_uint(x); }
+    __device__ static void store1(void* p, long long i, float x) { static_cast<float*>(p)[i] = x; }
+};
+template <> struct Elem<__half> {
+    static constexpr int VECS = CHUNK * 2 / 16;
+    __device__ static float at(const uint4* v, int j) {
+        uint32_t w = (&v[0].x)[j >> 1];
+        unsigned short h = (j & 1) ? (unsigned short)(w >> 16) : (unsigned short)(w & 0xFFFF);
+        return __half2float(__ushort_as_half(h));
+    }
+    __device__ static float load1(const void* p, long long i) {
+        return __half2float(static_cast<const __half*>(p)[i]);
+    }
+    __device__ static uint32_t bits1(float x) { return __half_as_ushort(__float2half_rn(x)); }
+    __device__ static void store1(void* p, long long i, float x) { static_cast<__half*>(p)[i] = __float2half_rn(x); }
+};
+template <> struct Elem<__nv_bfloat16> {
+    static constexpr int VECS = CHUNK * 2 / 16;
+    __device__ static float at(const uint4* v, int j) {
+        uint32_t w = (&v[0].x)[j >> 1];
+        return __uint_as_float((j & 1) ? (w & 0xFFFF0000u) : (w << 16));
+    }
+    __device__ static float load1(const void* p, long long i) {
+        return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    }
+    __device__ static uint32_t bits1(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
+    __device__ static void store1(void* p, long long i, float x) {
+        static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(x);
+    }
+};
+
+__device__ __forceinline__ float rcp_approx_ftz(float x) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ float mul_ftz(float a, float b) {
+    float r;
+    asm("mul.rn.ftz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+
+// ------------------------------------------------------------------------------------------ quantize
+// BITS: 4 (packed output) or 8 (one code per byte). L: tree levels (4 or 8). G: threads per block.
+template <typename T, int BITS, int L, int G>
+__global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A, long long n, long long nblocks,
+                                                      const __grid_constant__ Tree<L> tree, unsigned char* __restrict__ out,
+                                                      float* __restrict__ absmax, int flags, int vec_ok) {
+    constexpr int M = 1 << L;
+    __shared__ uint32_t s_tree[2 * M];
+    __shared__ float s_warpmax[THREADS / 32];
+    for (int i = threadIdx.x; i < 2 * M; i += THREADS) s_tree[i] = tree.w[i];
+
+    const long long t = (long long)blockIdx.x * THREADS + threadIdx.x; // chunk index
+    const long long e0 = t * CHUNK;
+    const long long blk = t / G;
+    const bool live = blk < nblocks;
+
+    float x[CHUNK];
+    if (vec_ok && e0 + CHUNK <= n) {
+        uint4 v[Elem<T>::VECS];
+        const uint4* p = reinterpret_cast<const uint4*>(static_cast<const T*>(A) + e0);
+#pragma unroll
+        for (int k = 0; k < Elem<T>::VECS; k++) v[k] = __ldcs(p + k);
+#pragma unroll
+        for (int j = 0; j < CHUNK; j++) x[j] = Elem<T>::at(v, j);
+    } else {
+#pragma unroll
+        for (int j = 0; j < CHUNK; j++) x[j] = (e0 + j < n) ? Elem<T>::load1(A, e0 + j) : 0.0f;
+    }
+
+    float m = 0.0f;
+#pragma unroll
+    for (int j = 0; j < CHUNK; j++) m = fmaxf(m, fabsf(x[j]));
+    constexpr int GW = G < 32 ? G : 32;
+#pragma unroll
+    for (int o = GW / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if constexpr (G > 32) {
+        const int warp = threadIdx.x >> 5;
+        if ((threadIdx.x & 31) == 0) s_warpmax[warp] = m;
+        __syncthreads();
+        const int first = warp & ~(G / 32 - 1);
+        m = s_warpmax[first];
+#pragma unroll
+        for (int k = 1; k < G / 32; k++) m = fmaxf(m, s_warpmax[first + k]);
+    } else {
+        __syncthreads(); // s_tree
+    }
+
+    const bool tail = live && blk == nblocks - 1 && (n % ((long long)G * CHUNK)) != 0;
+    const bool bnb = flags & KBIT_QFLAG_BNB_SCALE;
+    if (live && (threadIdx.x & (G - 1)) == 0) absmax[blk] = (tail && !bnb) ? fmaxf(m, TINY) : m;
+
+    float s[CHUNK];
+    if (bnb) {
+        const float inv = rcp_approx_ftz(m);
+#pragma unroll
+        for (int j = 0; j < CHUNK; j++) s[j] = mul_ftz(x[j], inv);
+    } else if (!tail) {
+        const float inv = __frcp_rn(fmaxf(m, TINY));
+#pragma unroll
+        for (int j = 0; j < CHUNK; j++) s[j] = fminf(fmaxf(__fmul_rn(x[j], inv), -1.0f), 1.0f);
+    } else {
+        const float d = fmaxf(m, TINY);
+#pragma unroll
+        for (int j = 0; j < CHUNK; j++) s[j] = fminf(fmaxf(__fdiv_rn(x[j], d), -1.0f), 1.0f);
+    }
+
+    uint32_t q[CHUNK];
+    const float* nodes = reinterpret_cast<const float*>(s_tree);
+#pragma unroll
+    for (int j = 0; j < CHUNK; j++) {
+        int i = 1;
+#pragma unroll
+        for (int l = 0; l < L; l++) i = 2 * i + (s[j] > nodes[i] ? 1 : 0);
+        q[j] = s_tree[i];
+    }
+
+    if (!live || e0 >= n) return;
+    if constexpr (BITS == 4) {
+        uint32_t w[2];
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            w[k] = 0;
+#pragma unroll
+            for (int b = 0; b < 4; b++) w[k] |= ((q[8 * k + 2 * b] << 4) | q[8 * k + 2 * b + 1]) << (8 * b);
+        }
+        if (e0 + CHUNK <= n) {
+            __stcs(reinterpret_cast<uint2*>(out + e0 / 2), make_uint2(w[0], w[1]));
+        } else {
+            const long long nbytes = (n + 1) / 2;
+            for (int b = 0; b < CHUNK / 2; b++)
+                if (e0 / 2 + b < nbytes) out[e0 / 2 + b] = (unsigned char)(w[b >> 2] >> (8 * (b & 3)));
+        }
+    } else {
+        uint32_t w[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            w[k] = q[4 * k] | (q[4 * k + 1] << 8) | (q[4 * k + 2] << 16) | (q[4 * k + 3] << 24);
+        if (e0 + CHUNK <= n) {
+            __stcs(reinterpret_cast<uint4*>(out + e0), make_uint4(w[0], w[1], w[2], w[3]));
+        } else {
+            for (int j = 0; e0 + j < n; j++) out[e0 + j] = (unsigned char)q[j];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------- dequantize
+template <typename T> __device__ __forceinline__ void store_chunk(void* out, long long e0, const float* v) {
+    if constexpr (sizeof(T) == 4) {
+        uint4* p = reinterpret_cast<uint4*>(static_cast<float*>(out) + e0);
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            __stcs(p + k, make_uint4(__float_as_uint(v[4 * k]), __float_as_uint(v[4 * k + 1]),
+                                     __float_as_uint(v[4 * k + 2]), __float_as_uint(v[4 * k + 3])));
+    } else {
+        uint32_t w[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) w[k] = Elem<T>::bits1(v[2 * k]) | (Elem<T>::bits1(v[2 * k + 1]) << 16);
+        uint4* p = reinterpret_cast<uint4*>(static_cast<T*>(out) + e0);
+        __stcs(p, make_uint4(w[0], w[1], w[2], w[3]));
+        __stcs(p + 1, make_uint4(w[4], w[5], w[6], w[7]));
+    }
+}
+
+template <typename T, int BITS>
+__global__ void __launch_bounds__(THREADS) k_dequantize(const unsigned char* __restrict__ in,
+                                                        const float* __restrict__ absmax,
+                                                        const float* __restrict__ table, int ntable, long long n,
+                                                        int bs_shift, void* __restrict__ out, int vec_ok) {
+    constexpr int TS = 1 << BITS;
+    __shared__ float s_tab[TS];
+    for (int i = threadIdx.x; i < TS; i += THREADS) s_tab[i] = i < ntable ? table[i] : 0.0f;
+    __syncthreads();
+
+    const long long t = (long long)blockIdx.x * THREADS + threadIdx.x;
+    const long long e0 = t * CHUNK;
+    if (e0 >= n) return;
+    const float a = __ldg(absmax + (e0 >> bs_shift));
+    uint32_t q[CHUNK];
+    const bool full = e0 + CHUNK <= n;
+    if constexpr (BITS == 4) {
+        uint32_t w[2];
+        if (full && vec_ok) {
+            uint2 v = __ldcs(reinterpret_cast<const uint2*>(in + e0 / 2));
+            w[0] = v.x;
+            w[1] = v.y;
+        } else {
+            w[0] = w[1] = 0;
+            const long long nbytes = (n + 1) / 2;
+            for (int b = 0; b < CHUNK / 2; b++)
+                if (e0 / 2 + b < nbytes) w[b >> 2] |= (uint32_t)in[e0 / 2 + b] << (8 * (b & 3));
+        }
+#pragma unroll
+        for (int b = 0; b < 8; b++) {
+            uint32_t byte = (w[b >> 2] >> (8 * (b & 3))) & 0xFF;
+            q[2 * b] = byte >> 4;
+            q[2 * b + 1] = byte & 0xF;
+        }
+    } else {
+        if (full && vec_ok) {
+            uint4 v = __ldcs(reinterpret_cast<const uint4*>(in + e0));
+            uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < CHUNK; j++) q[j] = (w[j >> 2] >> (8 * (j & 3))) & 0xFF;
+        } else {
+#pragma unroll
+            for (int j = 0; j < CHUNK; j++) q[j] = (e0 + j < n) ? in[e0 + j] : 0;
+        }
+    }
+    float v[CHUNK];
+#pragma unroll
+    for (int j = 0; j < CHUNK; j++) v[j] = __fmul_rn(s_tab[q[j]], a);
+    if (full && vec_ok) {
+        store_chunk<T>(out, e0, v);
+    } else {
+        for (int j = 0; e0 + j < n && j < CHUNK; j++) Elem<T>::store1(out, e0 + j, v[j]);
+    }
+}
+
+// --------------------------------------------------------------------------------------------- host
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+int log2i(long long v) {
+    int s = 0;
+    while ((1LL << s) < v) s++;
+    return s;
+}
+
+template <typename T, int BITS, int L, int G>
+cudaError_t launch_q(const void* A, long long n, const Tree<L>& tree, unsigned char* out, float* absmax, int flags,
+                     cudaStream_t stream) {
+    const long long bs = (long long)G * CHUNK;
+    const long long nblocks = (n + bs - 1) / bs;
+    const long long threads = nblocks * G;
+    const long long grid = (threads + THREADS - 1) / THREADS;
+    const int vec_ok = aligned16(A) && aligned16(out);
+    k_quantize<T, BITS, L, G><<<(unsigned)grid, THREADS, 0, stream>>>(A, n, nblocks, tree, out, absmax, flags, vec_ok);
+    return cudaGetLastError();
+}
+
+template <typename T, int BITS, int L>
+cudaError_t dispatch_g(const void* A, long long n, int blocksize, const Tree<L>& tree, unsigned char* out,
+                       float* absmax, int flags, cudaStream_t stream) {
+    switch (blocksize) {
+    case 32: return launch_q<T, BITS, L, 2>(A, n, tree, out, absmax, flags, stream);
+    case 64: return launch_q<T, BITS, L, 4>(A, n, tree, out, absmax, flags, stream);
+    case 128: return launch_q<T, BITS, L, 8>(A, n, tree, out, absmax, flags, stream);
+    case 256: return launch_q<T, BITS, L, 16>(A, n, tree, out, absmax, flags, stream);
+    case 512: return launch_q<T, BITS, L, 32>(A, n, tree, out, absmax, flags, stream);
+    case 1024: return launch_q<T, BITS, L, 64>(A, n, tree, out, absmax, flags, stream);
+    case 2048: return launch_q<T, BITS, L, 128>(A, n, tree, out, absmax, flags, stream);
+    case 4096: return launch_q<T, BITS, L, 256>(A, n, tree, out, absmax, flags, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+template <int BITS, int L>
+cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const float* bounds, int nbounds,
+                     const unsigned char* bucket_codes, int nbuckets, unsigned char* out, float* absmax, int flags,
+                     cudaStream_t stream) {
+    if (n < 0 || nbounds < 0 || nbounds > (1 << L) - 1 || nbuckets != nbounds + 1) return cudaErrorInvalidValue;
+    if (n == 0) return cudaSuccess;
+    Tree<L> tree;
+    build_tree<L>(tree, bounds, nbounds, bucket_codes, nbuckets);
+    switch (dtype) {
+    case KBIT_F32: return dispatch_g<float, BITS, L>(A, n, blocksize, tree, out, absmax, flags, stream);
+    case KBIT_F16: return dispatch_g<__half, BITS, L>(A, n, blocksize, tree, out, absmax, flags, stream);
+    case KBIT_BF16: return dispatch_g<__nv_bfloat16, BITS, L>(A, n, blocksize, tree, out, absmax, flags, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+template <int BITS>
+cudaError_t dequantize(const unsigned char* in, const float* absmax, const float* table, int ntable, long long n,
+                       int blocksize, void* out, int dtype, cudaStream_t stream) {
+    if (n < 0 || blocksize < CHUNK || (blocksize & (blocksize - 1)) || ntable < 1 || ntable > (1 << BITS))
+        return cudaErrorInvalidValue;
+    if (n == 0) return cudaSuccess;
+    const long long threads = (n + CHUNK - 1) / CHUNK;
+    const unsigned grid = (unsigned)((threads + THREADS - 1) / THREADS);
+    const int shift = log2i(blocksize);
+    const int vec_ok = aligned16(in) && aligned16(out);
+    switch (dtype) {
+    case KBIT_F32:
+        k_dequantize<float, BITS><<<grid, THREADS, 0, stream>>>(in, absmax, table, ntable, n, shift, out, vec_ok);
+        break;
+    case KBIT_F16:
+        k_dequantize<__half, BITS><<<grid, THREADS, 0, stream>>>(in, absmax, table, ntable, n, shift, out, vec_ok);
+        break;
+    case KBIT_BF16:
+        k_dequantize<__nv_bfloat16, BITS>
+            <<<grid, THREADS, 0, stream>>>(in, absmax, table, ntable, n, shift, out, vec_ok);
+        break;
+    default: return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+}
+
+} // namespace
+
+extern "C" {
+
+cudaError_t kbit_quantize_blockwise(const void* A, int dtype, long long n, int blocksize, const float* bounds,
+                                    int nbounds, const unsigned char* bucket_codes, int nbuckets, unsigned char* codes,
+                                    float* absmax, int flags, cudaStream_t stream) {
+    return quantize<8, 8>(A, dtype, n, blocksize, bounds, nbounds, bucket_codes, nbuckets, codes, absmax, flags,
+                          stream);
+}
+
+cudaError_t kbit_quantize_4bit(const void* A, int dtype, long long n, int blocksize, const float* bounds, int nbounds,
+                               const unsigned char* bucket_codes, int nbuckets, unsigned char* packed, float* absmax,
+                               int flags, cudaStream_t stream) {
+    return quantize<4, 4>(A, dtype, n, blocksize, bounds, nbounds, bucket_codes, nbuckets, packed, absmax, flags,
+                          stream);
+}
+
+cudaError_t kbit_dequantize_blockwise(const unsigned char* codes, const float* absmax, const float* table, int ntable,
+                                      long long n, int blocksize, void* out, int dtype, cudaStream_t stream) {
+    return dequantize<8>(codes, absmax, table, ntable, n, blocksize, out, dtype, stream);
+}
+
+cudaError_t kbit_dequantize_4bit(const unsigned char* packed, const float* absmax, const float* table, long long n,
+                                 int blocksize, void* out, int dtype, cudaStream_t stream) {
+    return dequantize<4>(packed, absmax, table, 16, n, blocksize, out, dtype, stream);
+}
+
+int kbit_quant_ieee_build(void) {
+#if defined(__FAST_MATH__) || defined(__USE_FAST_MATH__)
+    return 0;
+#else
+    return 1;
+#endif
+}
+
+} // extern "C"

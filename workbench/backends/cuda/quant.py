@@ -1,0 +1,108 @@
+"""CUDA production kernels for the quant family (cuda_src/quant.cu) behind the backend signatures.
+
+ctypes calls with device pointers on the current torch stream. The only device allocations are
+the outputs: the quantizers get the codebook's bounds/bucket_codes as host arrays (they travel
+in the kernel's parameters), the dequantizers read the table tensor they are given.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import torch
+
+from . import check, load, ptr, stream
+
+OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")
+
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+FLAG_BNB_SCALE = 1  # KBIT_QFLAG_BNB_SCALE: bitsandbytes-CUDA scaling (parity studies only)
+
+_c = ctypes
+_QUANT_ARGS = [_c.c_void_p, _c.c_int, _c.c_longlong, _c.c_int, _c.c_void_p, _c.c_int, _c.c_void_p, _c.c_int,
+               _c.c_void_p, _c.c_void_p, _c.c_int, _c.c_void_p]
+_lib = None
+
+
+def lib() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        L = load("quant")
+        for name in ("kbit_quantize_blockwise", "kbit_quantize_4bit"):
+            getattr(L, name).argtypes = _QUANT_ARGS
+            getattr(L, name).restype = _c.c_int
+        L.kbit_dequantize_blockwise.argtypes = [_c.c_void_p, _c.c_void_p, _c.c_void_p, _c.c_int, _c.c_longlong,
+                                                _c.c_int, _c.c_void_p, _c.c_int, _c.c_void_p]
+        L.kbit_dequantize_blockwise.restype = _c.c_int
+        L.kbit_dequantize_4bit.argtypes = [_c.c_void_p, _c.c_void_p, _c.c_void_p, _c.c_longlong, _c.c_int,
+                                           _c.c_void_p, _c.c_int, _c.c_void_p]
+        L.kbit_dequantize_4bit.restype = _c.c_int
+        L.kbit_quant_ieee_build.restype = _c.c_int
+        _lib = L
+    return _lib
+
+
+def _host_codebook(cb):
+    """(bounds, bucket_codes) as contiguous host arrays, cached on the codebook."""
+    cache = cb.__dict__.setdefault("_cuda_host", None)
+    if cache is None:
+        cache = (np.ascontiguousarray(cb.bounds, np.float32), np.ascontiguousarray(cb.bucket_codes, np.uint8))
+        cb.__dict__["_cuda_host"] = cache
+    return cache
+
+
+def _dtype(t: torch.Tensor) -> int:
+    try:
+        return DTYPE_CODE[t.dtype]
+    except KeyError:
+        raise TypeError(f"A: dtype {t.dtype} not supported by the cuda backend (float32/float16/bfloat16)") from None
+
+
+def _quantize(fn_name: str, A, codebook, blocksize, out_numel, flags: int):
+    n = A.numel()
+    bounds, codes = _host_codebook(codebook)
+    out = torch.empty(out_numel, dtype=torch.uint8, device=A.device)
+    absmax = torch.empty(-(-n // blocksize), dtype=torch.float32, device=A.device)
+    with torch.cuda.device(A.device):
+        st = getattr(lib(), fn_name)(ptr(A), _dtype(A), n, blocksize, bounds.ctypes.data, len(bounds),
+                                     codes.ctypes.data, len(codes), ptr(out), ptr(absmax), flags, stream())
+    check(st, fn_name)
+    return out, absmax
+
+
+def quantize_blockwise(A, codebook, blocksize, *, flags: int = 0):
+    return _quantize("kbit_quantize_blockwise", A, codebook, blocksize, A.numel(), flags)
+
+
+def quantize_4bit(A, codebook, blocksize, *, flags: int = 0):
+    if codebook.size > 16:
+        raise ValueError(f"codebook: 4-bit quantization needs at most 16 entries, {codebook.name!r} has {codebook.size}")
+    return _quantize("kbit_quantize_4bit", A, codebook, blocksize, (A.numel() + 1) // 2, flags)
+
+
+def _table(table, device) -> torch.Tensor:
+    t = table if (table.device == device and table.dtype == torch.float32) else table.to(device, torch.float32)
+    return t.contiguous()
+
+
+def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
+    n = codes.numel()
+    out = torch.empty(n, dtype=dtype, device=codes.device)
+    tab = _table(table, codes.device)
+    with torch.cuda.device(codes.device):
+        st = lib().kbit_dequantize_blockwise(ptr(codes), ptr(absmax), ptr(tab), tab.numel(), n, blocksize, ptr(out),
+                                             _dtype(out), stream())
+    check(st, "kbit_dequantize_blockwise")
+    return out
+
+
+def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
+    out = torch.empty(n, dtype=dtype, device=packed.device)
+    tab = _table(table, packed.device)
+    if tab.numel() != 16:
+        raise ValueError(f"table: 4-bit dequantization needs 16 values, got {tab.numel()}")
+    with torch.cuda.device(packed.device):
+        st = lib().kbit_dequantize_4bit(ptr(packed), ptr(absmax), ptr(tab), n, blocksize, ptr(out), _dtype(out),
+                                        stream())
+    check(st, "kbit_dequantize_4bit")
+    return out

@@ -1,0 +1,41 @@
+"""Numba CUDA backend: @cuda.jit kernels from numba_kernels/cuda, fed torch CUDA tensors through
+``__cuda_array_interface__`` and launched on torch's current stream.
+
+Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, how CI runs these kernels) the backend also
+accepts CPU tensors, which the kernels see as NumPy arrays; use small inputs there.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+import workbench._compat  # noqa: F401  (numpy shim for numba-cuda 0.30.4 under numpy 2.5)
+
+
+def simulator() -> bool:
+    try:
+        from numba import config
+        return bool(config.ENABLE_CUDASIM)
+    except Exception:
+        return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+DEVICES = ("cuda", "cpu") if simulator() else ("cuda",)
+
+
+def available() -> tuple[bool, str]:
+    try:
+        from numba import cuda
+    except Exception as e:
+        return False, f"numba.cuda not importable ({type(e).__name__}: {e})"
+    if simulator():
+        return True, "CUDA simulator"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device visible to torch"
+    try:
+        if not cuda.is_available():
+            return False, "numba.cuda sees no CUDA driver/device"
+    except Exception as e:
+        return False, f"numba.cuda failed ({type(e).__name__}: {e})"
+    return True, f"numba-cuda on {torch.cuda.get_device_name(0)}"
