@@ -72,7 +72,8 @@ def values_from_text(text: str) -> np.ndarray:
     try:
         val = eval(text, {"__builtins__": {}}, _expr_namespace())  # a local research tool: numpy names only
     except Exception as e:  # noqa: BLE001
-        raise SpecError(f"codebook expression {text!r} failed: {type(e).__name__}: {e}") from None
+        raise SpecError(f"codebook {text!r} is not a registered name ({', '.join(cbs.names())}), a file or a valid "
+                        f"NumPy expression ({type(e).__name__}: {e})") from None
     return np.asarray(val, np.float64).ravel()
 
 
@@ -92,7 +93,7 @@ def codebook_from_values(values, name: str = "custom") -> cbs.Codebook:
     v32 = np.unique(v.astype(np.float32))
     size = 16 if v32.size <= 16 else 256
     table = np.concatenate([v32, np.full(size - v32.size, v32[-1], np.float32)])
-    cb = cbs.from_values(v32, name, meta=meta)
+    cb = cbs.from_values(v32, name, pad_to_pow2=True, meta=meta)
     return cbs.Codebook(name, table, cb.bounds, cb.bucket_codes, meta)
 
 

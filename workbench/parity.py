@@ -21,6 +21,7 @@ imported when present (a missing one is fine); a listed module either calls
 from __future__ import annotations
 
 import importlib
+import inspect
 import secrets
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -146,10 +147,13 @@ def _codebooks(bits: int, backend: str, gen: torch.Generator) -> list[cbs.Codebo
     return out
 
 
-def _shapes(quick: bool, gen: torch.Generator) -> list[tuple[int, int]]:
-    """(blocksize, n) pairs: odd lengths, tails, exact multiples, a single element."""
-    bss = ALL_BLOCKSIZES
-    if quick:
+def _shapes(quick: bool, gen: torch.Generator, sizes=None, blocksizes=None) -> list[tuple[int, int]]:
+    """(blocksize, n) pairs: odd lengths, tails, exact multiples, a single element (or the given sizes)."""
+    if sizes:
+        return [(int(bs), int(n)) for bs in (blocksizes or (64, 4096) if quick else blocksizes or ALL_BLOCKSIZES)
+                for n in sizes]
+    bss = tuple(blocksizes) if blocksizes else ALL_BLOCKSIZES
+    if quick and not blocksizes:
         pick = torch.randperm(len(bss), generator=gen)[:2].tolist()
         bss = tuple(sorted({64, 4096} | {bss[i] for i in pick}))
     out = []
@@ -174,8 +178,8 @@ def _input(n: int, dtype: torch.dtype, gen: torch.Generator, device: str) -> tor
 def _quant_case(op: str):
     bits = 4 if op.endswith("4bit") else 8
 
-    def compare_codebook(cb, device, gen, quick, ref_fn, fn, level, step):
-        for bs, n in _shapes(quick, gen):
+    def compare_codebook(cb, device, gen, quick, ref_fn, fn, level, step, sizes, blocksizes):
+        for bs, n in _shapes(quick, gen, sizes, blocksizes):
             for dtype in DTYPES:
                 row = {"op": op, "codebook": cb.name, "blocksize": bs, "n": n, "dtype": str(dtype).split(".")[-1],
                        "level": level}
@@ -214,13 +218,13 @@ def _quant_case(op: str):
                     row.update(ok=ok, mismatches=mis, max_diff=md, detail="")
                 yield row
 
-    def case(backend: str, device: str, gen: torch.Generator, quick: bool):
+    def case(backend: str, device: str, gen: torch.Generator, quick: bool, sizes=None, blocksizes=None):
         ref_fn = get_op(SPEC_BACKEND, op, device)
         fn = get_op(backend, op, device)
         level, step = LEVELS.get((backend, op, device), ("exact", 0))
         for cb in _codebooks(bits, backend, gen):
             try:
-                yield from compare_codebook(cb, device, gen, quick, ref_fn, fn, level, step)
+                yield from compare_codebook(cb, device, gen, quick, ref_fn, fn, level, step, sizes, blocksizes)
             except Exception as e:  # noqa: BLE001  (one codebook's crash is one failed row)
                 yield {"op": op, "codebook": cb.name, "ok": False, "level": "error",
                        "detail": f"{type(e).__name__}: {e}"[:300]}
@@ -248,9 +252,11 @@ def _backends_for(device: str, names: Iterable[str] | None) -> list:
 
 def run_parity(device: str = "cpu", *, backends: Iterable[str] | None = None, families: Iterable[str] | None = None,
                ops: Iterable[str] | None = None, quick: bool = False, seed: int | None = None,
+               sizes: Iterable[int] | None = None, blocksizes: Iterable[int] | None = None,
                progress: bool = False) -> pd.DataFrame:
     """Run every registered case on every available backend of ``device`` -> tidy DataFrame
-    (one row per comparison). ``seed`` None draws a fresh one (recorded in the ``seed`` column)."""
+    (one row per comparison). ``seed`` None draws a fresh one (recorded in the ``seed`` column).
+    ``sizes`` / ``blocksizes`` are passed to cases whose function accepts them."""
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device: 'cuda' requested but torch sees no CUDA GPU")
     seed = secrets.randbelow(2 ** 31) if seed is None else int(seed)
@@ -270,8 +276,14 @@ def run_parity(device: str = "cpu", *, backends: Iterable[str] | None = None, fa
     for i, (c, info) in enumerate(jobs):
         gen = torch.Generator().manual_seed(seed + i)
         base = {"family": c.family, "case": c.name, "backend": info.name, "device": device, "seed": seed}
+        kw = {}
+        params = inspect.signature(c.fn).parameters
+        if sizes is not None and "sizes" in params:
+            kw["sizes"] = [int(v) for v in sizes]
+        if blocksizes is not None and "blocksizes" in params:
+            kw["blocksizes"] = [int(v) for v in blocksizes]
         try:
-            got = list(c.fn(info.name, device, gen, quick))
+            got = list(c.fn(info.name, device, gen, quick, **kw))
             for r in got:
                 rows.append({**base, "level": "exact", "detail": "", **r})
             if not got:

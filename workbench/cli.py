@@ -1,0 +1,319 @@
+"""Command line: ``workbench <command>`` (also ``python -m workbench``).
+
+  report     run the default studies on this machine's CPU and write reports/<name>/ (the main job)
+  study      run one study and print its tables
+  parity     every quantization op on every available backend vs the reference, as a matrix
+  bench      run the benchmark script (studies/bench_cpu.py or studies/bench_gpu.py)
+  codebook   build, inspect and evaluate a codebook (file, expression or registered name)
+  backends   list the backends, their devices and ops, and why one is unavailable
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        vals = [int(eval(v, {"__builtins__": {}}, {})) for v in text.replace(",", " ").split()]  # allows 2**20
+    except Exception:  # noqa: BLE001
+        raise CLIError(f"{what}: expected integers separated by commas, got {text!r}") from None
+    if not vals or any(v < 0 for v in vals):
+        raise CLIError(f"{what}: expected non-negative integers, got {text!r}")
+    return vals
+
+
+def _table(df, **kw) -> str:
+    from tabulate import tabulate
+    return tabulate(df, headers="keys", tablefmt="github", **kw)
+
+
+def _executor_spec(args):
+    if getattr(args, "scheduler", None):
+        return args.scheduler
+    if getattr(args, "serial", False):
+        return "serial"
+    if getattr(args, "workers", None):
+        from concurrent.futures import ProcessPoolExecutor
+
+        from .sweep import _init_worker
+        if args.workers == 1:
+            return "serial"
+        return ProcessPoolExecutor(max_workers=args.workers, initializer=_init_worker, initargs=(1,))
+    return None
+
+
+def _progress(args) -> None:
+    if getattr(args, "no_progress", False):
+        os.environ["KBIT_PROGRESS"] = "0"
+
+
+# ------------------------------------------------------------------ commands
+
+def cmd_report(args) -> int:
+    from studies import registry
+
+    from .report import DEFAULT_STUDIES, build_report, summary_frame
+    _progress(args)
+    names = [s for s in args.studies.split(",") if s.strip()] if args.studies else list(DEFAULT_STUDIES)
+    try:
+        names = [registry.canonical(n) for n in names]
+    except KeyError as e:
+        raise CLIError(str(e).strip("'\"")) from None
+    for d in args.merge or ():
+        if not Path(d).exists():
+            raise CLIError(f"--merge: {d!r} does not exist")
+    spec = _executor_spec(args)
+    md, done = build_report(args.name, studies=names, quick=args.quick, executor=spec, merge=args.merge or (),
+                            out_root=args.out, progress=not args.no_progress,
+                            options={"command": "workbench " + " ".join(sys.argv[1:])})
+    print(_table(summary_frame(done)))
+    print(f"\nreport: {md}\n        {md.with_suffix('.html')}")
+    return 1 if any(r.status == "failed" for r in done) else 0
+
+
+def cmd_study(args) -> int:
+    from .report import run_study, save_figures
+    from .sweep import executor
+    _progress(args)
+    with executor(_executor_spec(args)) as ex:
+        res = run_study(args.name, quick=args.quick, executor=ex)
+    if res.status != "ok":
+        print(f"study {res.name}: {res.status}: {res.error}", file=sys.stderr)
+        return 2 if res.status == "unavailable" else 1
+    print(f"# {res.title} ({res.seconds:.1f} s, {len(res.df)} rows)")
+    for note in res.notes:
+        print(f"* {note}")
+    for title, t in res.tables:
+        print(f"\n## {title}\n{_table(t)}")
+    if args.out:
+        from . import results
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_figures(res, out)
+        p = results.save(res.df, out / f"{res.name}.parquet", results.run_metadata("cpu"))
+        print(f"\nresults: {p}; figures: {', '.join(res.figures.values()) or '-'}")
+    return 0
+
+
+def cmd_parity(args) -> int:
+    from . import parity
+    sizes = _ints(args.sizes, "--sizes") if args.sizes else None
+    bss = _ints(args.blocksizes, "--blocksizes") if args.blocksizes else None
+    if bss:
+        from .validation import check_blocksize
+        for b in bss:
+            check_blocksize(b)
+    backends = args.backends.split(",") if args.backends else None
+    ops = args.ops.split(",") if args.ops else None
+    df = parity.run_parity(args.device, backends=backends, families=args.family or None, ops=ops, quick=args.quick,
+                           seed=args.seed, sizes=sizes, blocksizes=bss, progress=not args.no_progress)
+    print(f"parity on {args.device}, seed {int(df['seed'].iloc[0]) if len(df) else args.seed}: "
+          "backend x op vs the reference (cells: level passed/compared)")
+    print(parity.format_matrix(df))
+    bad = parity.failures(df)
+    if len(bad):
+        cols = [c for c in ("backend", "op", "codebook", "dtype", "blocksize", "n", "mismatches", "max_diff", "detail")
+                if c in bad]
+        print(f"\n{len(bad)} failing comparisons (first 20):")
+        print(_table(bad[cols].head(20), showindex=False))
+    mods = {k: v for k, v in parity.load_case_modules().items() if v == "loaded"}
+    if mods:
+        print(f"\ncase modules loaded: {', '.join(mods)}")
+    if args.out:
+        from . import results
+        p = results.save(df, args.out, results.run_metadata(args.device))
+        print(f"results: {p}")
+    return 1 if len(bad) else 0
+
+
+def cmd_bench(args, rest: list[str]) -> int:
+    import torch
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    script = ROOT / "studies" / f"bench_{'gpu' if device == 'cuda' else 'cpu'}.py"
+    if not script.exists():
+        raise CLIError(f"bench: {script.relative_to(ROOT)} does not exist yet (the {device} benchmark is written "
+                       "with the kernel work)")
+    cmd = [sys.executable, str(script), *rest]
+    print("running:", " ".join(cmd), flush=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return subprocess.call(cmd, cwd=ROOT, env=env)
+
+
+def cmd_codebook(args) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from studies import codebook_lab as lab
+
+    from . import codebooks as cbs
+    try:
+        cb = lab.build(args.spec, args.fit_data, fit_blocksize=args.blocksize, name=args.name, bits=args.bits)
+    except (lab.SpecError, cbs.CodebookError) as e:
+        raise CLIError(str(e)) from None
+    print(cbs.describe(cb))
+    if cb.meta:
+        print(f"meta: {cb.meta}")
+    v = np.unique(cb.values)
+    print(f"levels: {len(v)}  min gap: {np.diff(v).min():.6g}  max gap: {np.diff(v).max():.6g}")
+    if args.save:
+        import json
+        Path(args.save).write_text(json.dumps(cb.to_dict(), indent=1))
+        print(f"saved: {args.save}")
+    if args.no_eval:
+        return 0
+    bss = _ints(args.blocksizes, "--blocksizes") if args.blocksizes else [args.blocksize]
+    from .validation import check_blocksize
+    for b in bss:
+        check_blocksize(b)
+    baselines = [b for b in args.compare.split(",") if b] if args.compare else []
+    frames = []
+    for data in ("normal", "laplace"):
+        df, fig = lab.compare(cb, data=data, blocksizes=bss, baselines=tuple(baselines), n=args.n)
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    cols = [c for c in ("data", "codebook", "blocksize", "bits", "mae", "mse", "sqnr_db", "max_err", "mse_vs_nf4")
+            if c in df]
+    print(f"\nquantize -> dequantize error on {args.n} values (N(0,1) and Laplace), backend auto:")
+    print(_table(df[cols], showindex=False, floatfmt=".6g"))
+    return 0
+
+
+def cmd_backends(args) -> int:
+    from .backends import list_backends
+    rows = [{"backend": b.name, "available": "yes" if b.available else "no", "devices": ",".join(b.devices) or "-",
+             "ops": ", ".join(b.ops) if b.ops else "-", "reason": b.reason} for b in list_backends()]
+    from tabulate import tabulate
+    print(tabulate(rows, headers="keys", tablefmt="github", maxcolwidths=[None, None, None, 60, 50]))
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+def _add_exec(p) -> None:
+    g = p.add_argument_group("execution")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="run sweeps on a dask.distributed scheduler "
+                   "(e.g. tcp://127.0.0.1:8786) instead of a local process pool")
+    g.add_argument("--workers", type=int, metavar="N", help="local process-pool size (default: the usable cores)")
+    g.add_argument("--serial", action="store_true", help="run sweeps in this process (debugging)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="command")
+
+    r = sub.add_parser("report", help="run the default studies on CPU and write reports/<name>/",
+                       description="Run studies (default: all available) and write reports/<name>/report.md, "
+                                   "report.html, PNG figures and results.parquet; prints a summary table.")
+    r.add_argument("--name", default="cpu-default", help="report directory name (default: %(default)s)")
+    r.add_argument("--quick", action="store_true", help="small sizes and few seeds (about a minute)")
+    r.add_argument("--studies", metavar="A,B", help="comma-separated study names (default: all); see `workbench study -h`")
+    r.add_argument("--merge", nargs="+", metavar="DIR", help="result files/directories from other machines "
+                   "(e.g. reports/gpu-h100 reports/gpu-h200) to fold into the cross-device view")
+    r.add_argument("--out", default=str(ROOT / "reports"), help="reports root (default: %(default)s)")
+    _add_exec(r)
+    r.set_defaults(func=cmd_report)
+
+    from studies.registry import STUDIES
+    s = sub.add_parser("study", help="run one study and print its tables",
+                       description=f"Run one study. Known: {', '.join(STUDIES)}.")
+    s.add_argument("name", help="study name")
+    s.add_argument("--quick", action="store_true")
+    s.add_argument("--out", metavar="DIR", help="also save results + figures to DIR")
+    _add_exec(s)
+    s.set_defaults(func=cmd_study)
+
+    q = sub.add_parser("parity", help="backend x op parity matrix vs the reference",
+                       description="Run every quantization op on every available backend on fresh random inputs "
+                                   "(fp32/fp16/bf16, blocksizes 32..4096, odd sizes) and compare with the reference "
+                                   "at the declared level. Exit status 1 when a comparison fails.")
+    q.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    q.add_argument("--sizes", metavar="N,N", help="element counts to test (default: odd sizes and tails per blocksize)")
+    q.add_argument("--blocksizes", metavar="B,B", help="blocksizes (default: all of 32..4096)")
+    q.add_argument("--backends", metavar="A,B", help="only these backends")
+    q.add_argument("--ops", metavar="OP,OP", help="only these ops")
+    q.add_argument("--family", action="append", help="only this op family (repeatable): quant, int8, optim")
+    q.add_argument("--quick", action="store_true", help="fewer blocksizes")
+    q.add_argument("--seed", type=int, help="input seed (default: fresh)")
+    q.add_argument("--out", metavar="FILE", help="save the tidy rows (parquet + csv)")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=cmd_parity)
+
+    b = sub.add_parser("bench", help="run studies/bench_cpu.py or studies/bench_gpu.py",
+                       description="Run the benchmark script for the device; arguments after the options are "
+                                   "passed through to the script.")
+    b.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("codebook", help="build, inspect and evaluate a codebook",
+                       description="SPEC: a registered name (nf4, fp4, af4, e2m1, dynamic, ...), a file (.json list or "
+                                   "{'values': [...]}, .npy, .txt), a NumPy expression such as 'linspace(-1,1,16)', or "
+                                   "'lloyd-max' / 'kmeans' / 'quantile' (fitted on --fit-data at --blocksize). Prints the "
+                                   "table, bounds and the error on N(0,1) and Laplace data.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("spec")
+    c.add_argument("--blocksize", type=int, default=64, help="blocksize for evaluation and fitting")
+    c.add_argument("--blocksizes", metavar="B,B", help="evaluate at several blocksizes")
+    c.add_argument("--bits", type=int, default=4, help="bits of a fitted code")
+    c.add_argument("--fit-data", default="normal", help="data source for fitted codes: normal, laplace, student-t, "
+                   "uniform, minilm")
+    c.add_argument("--n", type=int, default=1 << 18, help="values per evaluation sample")
+    c.add_argument("--compare", default="nf4,fp4", help="baseline codebooks, comma-separated ('' for none)")
+    c.add_argument("--name", help="name of the new codebook")
+    c.add_argument("--save", metavar="FILE.json", help="write the codebook (table, bounds, bucket codes)")
+    c.add_argument("--no-eval", action="store_true", help="only print the table")
+    c.set_defaults(func=cmd_codebook)
+
+    k = sub.add_parser("backends", help="list backends and their ops")
+    k.set_defaults(func=cmd_backends)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(min(os.cpu_count() or 1, 8)))
+    if str(ROOT) not in sys.path and (ROOT / "studies").is_dir():
+        sys.path.insert(0, str(ROOT))  # the studies package lives next to workbench/
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if rest and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return args.func(args, rest) if args.command == "bench" else args.func(args)
+    except CLIError as e:
+        print(f"workbench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001  (known input errors: one line, not a traceback)
+        from .backends import BackendUnavailable
+        from .codebooks import CodebookError
+        from .validation import QuantInputError
+        if isinstance(e, (QuantInputError, CodebookError, BackendUnavailable, KeyError, ValueError)):
+            print(f"workbench {args.command}: error: {str(e).strip(chr(39) + chr(34))}", file=sys.stderr)
+            return 2
+        if isinstance(e, RuntimeError) and str(e).startswith("device:"):
+            print(f"workbench {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

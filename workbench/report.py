@@ -1,0 +1,340 @@
+"""Reports: run studies, store their tidy results, render Markdown + HTML with PNG figures.
+
+``build_report(name)`` writes ``reports/<name>/``:
+
+* ``report.md`` and ``report.html`` (the same sections; the HTML is self-contained but for the PNGs),
+* ``<figure>.png`` for every figure a study returns,
+* ``results.parquet`` (+ ``results.csv``): every study's rows with a ``study`` column and the
+  run metadata (``run_*`` columns, :mod:`workbench.results`), and ``results/<study>.parquet`` per study,
+* ``metadata.json``: the run metadata, the command options, each study's status and time.
+
+``merge`` folds result files written elsewhere (GPU machines) into the report: they are loaded
+with :func:`workbench.results.load`, shown grouped by ``run_device`` (the cross-GPU view) and
+handed to the speed study. :func:`render` re-renders a report from saved results without
+running anything.
+"""
+from __future__ import annotations
+
+import html
+import inspect
+import json
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import results
+
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
+DEFAULT_STUDIES = ("error", "codebook_lab", "bnb_table", "speed", "optim", "outliers")
+
+
+@dataclass
+class StudyResult:
+    name: str
+    title: str = ""
+    description: str = ""
+    df: pd.DataFrame = field(default_factory=pd.DataFrame)
+    figures: dict = field(default_factory=dict)       # name -> relative PNG path (after saving)
+    tables: list = field(default_factory=list)        # [(title, DataFrame)]
+    notes: list = field(default_factory=list)
+    status: str = "ok"                                # ok | unavailable | failed
+    error: str = ""
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------ running
+
+def _call_run(mod, quick: bool, executor, extra: dict):
+    params = inspect.signature(mod.run).parameters
+    kw = {"quick": quick} if "quick" in params else {}
+    if "executor" in params:
+        kw["executor"] = executor
+    for k, v in extra.items():
+        if k in params:
+            kw[k] = v
+    out = mod.run(**kw)
+    if isinstance(out, pd.DataFrame):
+        return out, {}
+    df, figs = out
+    return df, dict(figs or {})
+
+
+def run_study(name: str, *, quick: bool = False, executor=None, extra: dict | None = None) -> StudyResult:
+    """Run one study; never raises: an unimportable or failing study becomes a status."""
+    from studies import registry
+    t0 = time.perf_counter()
+    try:
+        name = registry.canonical(name)
+        mod = registry.load(name)
+    except (ImportError, KeyError) as e:
+        return StudyResult(name, title=name, status="unavailable", error=str(e).strip("'\""))
+    res = StudyResult(name, title=getattr(mod, "TITLE", name), description=getattr(mod, "DESCRIPTION", "") or "")
+    try:
+        df, figs = _call_run(mod, quick, executor, extra or {})
+        res.df, res.figures = df, figs
+        if hasattr(mod, "summarize"):
+            res.tables = list(mod.summarize(df))
+        elif not df.empty:
+            res.tables = [("First rows", df.head(20))]
+        if hasattr(mod, "notes"):
+            res.notes = list(mod.notes(df))
+    except Exception as e:  # noqa: BLE001
+        res.status, res.error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+# ------------------------------------------------------------------ storing
+
+def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns of mixed Python types (from concatenating studies) become strings."""
+    df = df.copy()
+    for c in df.columns:
+        if df[c].dtype == object:
+            kinds = {type(v) for v in df[c].dropna()}
+            if len(kinds) > 1 or (kinds and not kinds <= {str}):
+                df[c] = df[c].map(lambda v: v if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
+    return df
+
+
+def _save_frame(df: pd.DataFrame, path: Path, meta: dict) -> Path:
+    try:
+        return results.save(df, path, meta)
+    except Exception:  # noqa: BLE001  (pyarrow refuses mixed object columns)
+        return results.save(_parquet_safe(df), path, meta)
+
+
+def save_figures(res: StudyResult, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    saved = {}
+    for fname, fig in res.figures.items():
+        if isinstance(fig, (str, Path)):
+            saved[fname] = str(fig)
+            continue
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", fname)
+        fig.savefig(out / f"{safe}.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        saved[fname] = f"{safe}.png"
+    res.figures = saved
+
+
+# ------------------------------------------------------------------ rendering
+
+def _md_table(df: pd.DataFrame, max_rows: int = 60) -> str:
+    if df is None or df.empty:
+        return "_(empty)_"
+    d = _flat_index(df.head(max_rows))
+    d = d.astype(object).where(d.notna(), None)
+    s = d.to_markdown(floatfmt="g", missingval="")
+    if len(df) > max_rows:
+        s += f"\n\n_({len(df) - max_rows} more rows in the result files)_"
+    return s
+
+
+def _flat_index(df: pd.DataFrame) -> pd.DataFrame:
+    d = df.copy()
+    if isinstance(d.columns, pd.MultiIndex):
+        d.columns = [" ".join(map(str, c)) for c in d.columns]
+    if isinstance(d.index, pd.MultiIndex):
+        d = d.reset_index()
+    return d
+
+
+def _inline_html(text: str) -> str:
+    t = html.escape(text.replace("``", "`"))
+    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    t = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
+    return t
+
+
+def _md_to_html(md: str) -> str:
+    """Just enough Markdown for the studies' descriptions: paragraphs, lists, code spans and fences."""
+    out, para, in_code, code, in_list = [], [], False, [], False
+
+    def flush():
+        nonlocal para
+        if para:
+            out.append("<p>" + _inline_html(" ".join(para)) + "</p>")
+            para = []
+
+    for line in md.splitlines():
+        if line.strip().startswith("```"):
+            if in_code:
+                out.append("<pre>" + html.escape("\n".join(code)) + "</pre>")
+                code, in_code = [], False
+            else:
+                flush()
+                in_code = True
+            continue
+        if in_code:
+            code.append(line)
+            continue
+        s = line.strip()
+        if s.startswith(("* ", "- ")):
+            flush()
+            if not in_list:
+                out.append("<ul>")
+                in_list = True
+            out.append("<li>" + _inline_html(s[2:]) + "</li>")
+            continue
+        if in_list and s and line.startswith("  "):
+            out[-1] = out[-1][:-5] + " " + _inline_html(s) + "</li>"
+            continue
+        if in_list:
+            out.append("</ul>")
+            in_list = False
+        if not s:
+            flush()
+        else:
+            para.append(s)
+    flush()
+    if in_list:
+        out.append("</ul>")
+    return "\n".join(out)
+
+
+def _html_table(df: pd.DataFrame, max_rows: int = 60) -> str:
+    if df is None or df.empty:
+        return "<p><i>(empty)</i></p>"
+    return _flat_index(df.head(max_rows)).to_html(border=0, classes="t", float_format=lambda v: f"{v:.6g}", na_rep="")
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table.t{border-collapse:collapse;font-size:12px;margin:.5em 0 1.2em}table.t td,table.t th{border:1px solid #ccc;
+padding:2px 6px;text-align:right}table.t th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}
+code,pre{background:#f6f6f6}pre{padding:.6em;overflow:auto}.bad{color:#b00}.muted{color:#777}"""
+
+
+def render(name: str, studies: list[StudyResult], meta: dict, *, out: Path, options: dict,
+           merged: pd.DataFrame | None = None) -> tuple[Path, Path]:
+    """Write report.md and report.html for already-run studies (figures already saved)."""
+    title = f"kbit-workbench report: {name}"
+    md = [f"# {title}", "",
+          f"Generated {meta.get('run_time', '')} on {meta.get('run_device', '')} ({meta.get('run_host', '')}), "
+          f"git `{meta.get('run_git', '')}`, mode: {'quick' if options.get('quick') else 'full'}.", ""]
+    hd = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+          f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>", "<p>" + _inline_html(md[2]) + "</p>"]
+
+    summ = summary_frame(studies)
+    md += ["## Summary", "", _md_table(summ), ""]
+    hd += ["<h2>Summary</h2>", _html_table(summ)]
+
+    for r in studies:
+        md += [f"## {r.title or r.name}", "", f"_study `{r.name}`: {r.status}, {r.seconds:.1f} s, {len(r.df)} rows_", ""]
+        hd += [f"<h2 id='{r.name}'>{html.escape(r.title or r.name)}</h2>",
+               f"<p class='muted'>study <code>{r.name}</code>: {r.status}, {r.seconds:.1f} s, {len(r.df)} rows</p>"]
+        if r.status != "ok":
+            first = r.error.strip().splitlines()[0] if r.error.strip() else r.status
+            md += [f"> {first}", ""]
+            hd += [f"<p class='bad'>{html.escape(first)}</p>"]
+            if r.status == "failed":
+                md += ["```", r.error.strip(), "```", ""]
+                hd += ["<pre>" + html.escape(r.error.strip()) + "</pre>"]
+            continue
+        if r.description:
+            md += [r.description.strip(), ""]
+            hd += [_md_to_html(r.description)]
+        for note in r.notes:
+            md += [f"* {note}"]
+            hd += [f"<p>&bull; {_inline_html(note)}</p>"]
+        if r.notes:
+            md += [""]
+        for ttitle, t in r.tables:
+            md += [f"### {ttitle}", "", _md_table(t), ""]
+            hd += [f"<h3>{html.escape(ttitle)}</h3>", _html_table(t)]
+        for fname, rel in r.figures.items():
+            md += [f"![{fname}]({rel})", ""]
+            hd += [f"<p><img src='{html.escape(rel)}' alt='{html.escape(fname)}'></p>"]
+
+    if merged is not None and not merged.empty:
+        md += ["## Merged result files: cross-device view", ""]
+        hd += ["<h2>Merged result files: cross-device view</h2>"]
+        for ttitle, t in cross_device_tables(merged):
+            md += [f"### {ttitle}", "", _md_table(t), ""]
+            hd += [f"<h3>{html.escape(ttitle)}</h3>", _html_table(t)]
+
+    mt = pd.DataFrame(sorted(meta.items()), columns=["key", "value"]).set_index("key")
+    opts = pd.DataFrame(sorted((k, str(v)) for k, v in options.items()), columns=["option", "value"]).set_index("option")
+    md += ["## Run metadata", "", _md_table(mt, 100), "", "### Options", "", _md_table(opts), "",
+           "Result files: `results.parquet` (all studies, `study` column) and `results/<study>.parquet`; "
+           "CSV twins for diffs.", ""]
+    hd += ["<h2>Run metadata</h2>", _html_table(mt, 100), "<h3>Options</h3>", _html_table(opts),
+           "<p>Result files: <code>results.parquet</code> (all studies, <code>study</code> column) and "
+           "<code>results/&lt;study&gt;.parquet</code>; CSV twins for diffs.</p>", "</body></html>"]
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text("\n".join(md) + "\n")
+    html_path.write_text("\n".join(hd) + "\n")
+    return md_path, html_path
+
+
+def summary_frame(studies: list[StudyResult]) -> pd.DataFrame:
+    rows = []
+    for r in studies:
+        note = r.notes[0] if r.notes else (r.error.strip().splitlines()[0] if r.error.strip() else "")
+        rows.append({"study": r.name, "status": r.status, "rows": len(r.df), "figures": len(r.figures),
+                     "seconds": round(r.seconds, 1), "note": note[:110]})
+    return pd.DataFrame(rows).set_index("study") if rows else pd.DataFrame()
+
+
+def cross_device_tables(merged: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Merged files grouped by run_device: a count per device, then GB/s / % of copy side by side."""
+    d = merged.copy()
+    if "run_device" not in d:
+        d["run_device"] = "unknown"
+    out = []
+    info_cols = [c for c in ("run_device", "run_driver", "run_cuda", "run_torch", "run_git", "run_time") if c in d]
+    inv = d.groupby(info_cols, dropna=False).size().rename("rows").reset_index()
+    out.append(("Devices and runs in the merged files", inv))
+    try:
+        from studies import speed
+        out += [(f"{t} (merged files)", x) for t, x in speed.summarize(d)]
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+# ------------------------------------------------------------------ the job
+
+def build_report(name: str = "cpu-default", *, studies=None, quick: bool = False, executor=None,
+                 merge=(), out_root: Path | str = REPORTS, progress: bool = True, options: dict | None = None):
+    """Run the studies and write reports/<name>/. Returns (report.md path, list of StudyResult)."""
+    from tqdm.auto import tqdm
+
+    from .sweep import executor as make_executor
+    out = Path(out_root) / name
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):
+        old.unlink()
+    meta = results.run_metadata("cpu")
+    names = list(studies) if studies else list(DEFAULT_STUDIES)
+    merged = results.load(*merge) if merge else None
+    extra = {"extra": list(merge)} if merge else {}
+    done: list[StudyResult] = []
+    with make_executor(executor) as ex:
+        bar = tqdm(names, desc="studies", disable=not progress)
+        for n in bar:
+            bar.set_postfix_str(n)
+            res = run_study(n, quick=quick, executor=ex, extra=extra)
+            if res.status == "ok":
+                save_figures(res, out)
+                if not res.df.empty:
+                    _save_frame(res.df, out / "results" / f"{res.name}.parquet", meta)
+            done.append(res)
+    frames = [r.df.assign(study=r.name) for r in done if r.status == "ok" and not r.df.empty]
+    if frames:
+        _save_frame(pd.concat(frames, ignore_index=True), out / "results.parquet", meta)
+    opts = {"name": name, "quick": quick, "studies": ",".join(names), "merge": " ".join(map(str, merge)) or "-",
+            "executor": str(executor or "local process pool"), **(options or {})}
+    render(name, done, meta, out=out, options=opts, merged=merged)
+    (out / "metadata.json").write_text(json.dumps(
+        {"meta": meta, "options": opts,
+         "studies": {r.name: {"status": r.status, "seconds": round(r.seconds, 2), "rows": len(r.df),
+                              "error": r.error.strip().splitlines()[0] if r.error.strip() else ""} for r in done}},
+        indent=1, sort_keys=True, default=str))
+    return out / "report.md", done
