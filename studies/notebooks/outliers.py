@@ -1,0 +1,85 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Outliers: what a few large values do to blockwise quantization
+#
+# Runs the outliers study (`studies/outliers_study.py`) when it is available, and in any case a
+# self-contained experiment: a weight matrix with a few outlier columns (as in LLM activations
+# and some weights), quantized with NF4 at several blocksizes -- the error of the *other* values
+# in a block grows with the outlier's magnitude, since absmax scaling spends the range on it.
+
+# %%
+# Setup: find the repository root (works from any working directory) and pick the size.
+# KBIT_NOTEBOOK_QUICK=1 (set by the tests) keeps every cell to a few seconds.
+import os
+import sys
+from pathlib import Path
+
+root = Path.cwd()
+while not (root / "workbench").is_dir() and root != root.parent:
+    root = root.parent
+sys.path.insert(0, str(root))
+QUICK = os.environ.get("KBIT_NOTEBOOK_QUICK", "0") == "1"
+os.environ.setdefault("KBIT_PROGRESS", "0")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import workbench as wb  # noqa: E402
+
+pd.set_option("display.width", 160)
+print("quick" if QUICK else "full", "mode; workbench", wb.__version__)
+
+# %%
+from studies import registry
+
+try:
+    outliers = registry.load("outliers")
+except ImportError as e:
+    outliers = None
+    print("outliers study not available:", e)
+if outliers is not None:
+    odf, ofigs = outliers.run(quick=True)
+    display(odf.head(20))  # noqa: F821
+
+# %%
+import torch  # noqa: E402
+
+rows, cols = (256, 256) if QUICK else (1024, 1024)
+g = torch.Generator().manual_seed(0)
+base = torch.randn(rows, cols, generator=g)
+outlier_cols = torch.randperm(cols, generator=g)[:4]
+records = []
+for magnitude in (1, 5, 20, 100):
+    W = base.clone()
+    W[:, outlier_cols] *= magnitude
+    mask = torch.ones(cols, dtype=torch.bool)
+    mask[outlier_cols] = False
+    for bs in (32, 64, 256, 1024, 4096):
+        q, st = wb.quantize_4bit(W, blocksize=bs, quant_type="nf4")
+        err = (wb.dequantize_4bit(q, st) - W).abs()
+        records.append({"outlier x": magnitude, "blocksize": bs,
+                        "mae (normal values)": float(err[:, mask].mean()),
+                        "mae (outliers)": float(err[:, ~mask].mean() / magnitude)})
+res = pd.DataFrame(records)
+res.pivot_table(index="blocksize", columns="outlier x", values="mae (normal values)").round(4)
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for m, gdf in res.groupby("outlier x"):
+    ax.plot(gdf["blocksize"], gdf["mae (normal values)"], marker="o", label=f"outliers x{m}")
+ax.set_xscale("log", base=2)
+ax.set_xlabel("blocksize")
+ax.set_ylabel("NF4 mean abs error of the normal values")
+ax.legend()
+ax.grid(alpha=0.3)
