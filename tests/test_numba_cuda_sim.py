@@ -1,0 +1,135 @@
+"""Numba CUDA kernels under the CUDA simulator (CPU, small inputs): exact vs the reference.
+
+The simulator must be chosen before numba.cuda is first imported; if this process already holds
+the real numba.cuda (e.g. the GPU tests ran first on a GPU box), the file re-runs itself in a
+subprocess with NUMBA_ENABLE_CUDASIM=1.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+_PRELOADED = "numba.cuda" in sys.modules and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
+if not _PRELOADED:
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    from numba.core import config as _config
+    _config.reload_config()
+
+from workbench import bnb_cuda_codebooks as bcb  # noqa: E402
+from workbench import codebooks as cbs  # noqa: E402
+from workbench.backends.reference import quant as R  # noqa: E402
+
+sim = pytest.mark.skipif(_PRELOADED, reason="numba.cuda already imported without the simulator (see test_in_subprocess)")
+
+
+@pytest.mark.skipif(not _PRELOADED, reason="runs only when this process cannot use the simulator")
+def test_in_subprocess():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def Q():
+    from workbench.backends import numba_cuda
+    ok, reason = numba_cuda.available()
+    assert ok and reason == "CUDA simulator", reason
+    assert "cpu" in numba_cuda.DEVICES
+    from workbench.backends.numba_cuda import quant
+    return quant
+
+
+@pytest.fixture
+def poisoned(monkeypatch, Q):
+    """Outputs the backend allocates start as garbage (0xAB bytes / NaN), so unwritten elements show."""
+    real = torch.empty
+
+    def empty(*a, **k):
+        t = real(*a, **k)
+        if t.dtype == torch.uint8:
+            t.fill_(0xAB)
+        else:
+            t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(Q.torch, "empty", empty)
+
+
+def _data(rng, n, dtype):
+    a = torch.randn(n, generator=rng) * 2.5
+    a[torch.randint(0, n, (max(1, n // 50),), generator=rng)] *= 40  # outliers set the absmax
+    return a.to(dtype)
+
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# (blocksize, n): tails, odd lengths, n < blocksize, a block of >32 threads (bs 1024 -> G = 64)
+CASES_4 = ((32, 77), (64, 1), (64, 301), (1024, 1499))
+CASES_8 = ((32, 65), (1024, 1025))
+
+
+@sim
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cbname", ["nf4", "fp4", "e2m1", "fp4-bnb-cuda"])
+def test_quantize_4bit_exact(Q, poisoned, rng, dtype, cbname):
+    cb = bcb.fp4_bnb_cuda() if cbname == "fp4-bnb-cuda" else cbs.get(cbname)
+    for bs, n in CASES_4:
+        A = _data(rng, n, dtype)
+        p, a = Q.quantize_4bit(A, cb, bs)
+        p2, a2 = R.quantize_4bit(A, cb, bs)
+        assert torch.equal(a, a2), (bs, n)
+        assert torch.equal(p, p2), (bs, n, int((p != p2).sum()))
+        table = cb.tensors()[0]
+        d = Q.dequantize_4bit(p, a, table, bs, n, dtype)
+        d2 = R.dequantize_4bit(p2, a2, table, bs, n, dtype)
+        assert torch.equal(d, d2), (bs, n)
+
+
+@sim
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cbname", ["dynamic", "linear4", "dynamic-bnb-cuda"])
+def test_quantize_blockwise_exact(Q, poisoned, rng, dtype, cbname):
+    cb = bcb.dynamic_bnb_cuda() if cbname == "dynamic-bnb-cuda" else cbs.get(cbname)
+    for bs, n in CASES_8:
+        A = _data(rng, n, dtype)
+        c, a = Q.quantize_blockwise(A, cb, bs)
+        c2, a2 = R.quantize_blockwise(A, cb, bs)
+        assert torch.equal(a, a2), (bs, n)
+        assert torch.equal(c, c2), (bs, n, int((c != c2).sum()))
+        table = cb.tensors()[0]
+        d = Q.dequantize_blockwise(c, a, table, bs, dtype)
+        assert torch.equal(d, R.dequantize_blockwise(c2, a2, table, bs, dtype)), (bs, n)
+
+
+@sim
+def test_edge_values(Q, poisoned):
+    """Zero blocks (1e-38 clamp), exact +-absmax, -0.0, ties on bounds, a zero tail block."""
+    cb = cbs.get("fp4")
+    A = torch.zeros(64 * 3 + 5)
+    A[64:128] = torch.linspace(-1, 1, 64)
+    A[100] = -0.0
+    A[128:128 + 15] = torch.from_numpy(cb.bounds)      # exactly on the bounds (absmax 1 in the block)
+    A[150] = 1.0
+    p, a = Q.quantize_4bit(A, cb, 64)
+    p2, a2 = R.quantize_4bit(A, cb, 64)
+    assert torch.equal(p, p2) and torch.equal(a, a2)
+    assert float(a[-1]) == pytest.approx(1e-38, rel=1e-6)  # tail clamped, stored clamped
+    c, a = Q.quantize_blockwise(A, cbs.get("dynamic"), 64)
+    c2, a2 = R.quantize_blockwise(A, cbs.get("dynamic"), 64)
+    assert torch.equal(c, c2) and torch.equal(a, a2)
+
+
+def test_eytzinger_is_bucketize(rng):
+    """The tree search the kernels run equals bucketize(right=False) on the bounds (plain NumPy)."""
+    import numpy as np
+    from numba_kernels.cuda.quant import eytzinger
+    for cb, levels in ((cbs.get("nf4"), 4), (cbs.get("e2m1"), 4), (bcb.fp4_bnb_cuda(), 4), (cbs.get("dynamic"), 8)):
+        tf, tc = eytzinger(cb.bounds, cb.bucket_codes, levels)
+        s = np.concatenate([torch.rand(2000, generator=rng).numpy() * 2 - 1, cb.bounds, [-1, 1, 0, -0.0]])
+        s = s.astype(np.float32)
+        i = np.ones(s.size, np.int64)
+        for _ in range(levels):
+            i = 2 * i + (s > tf[i])
+        assert np.array_equal(tc[i - (1 << levels)], cb.quantize_normalized(s))
