@@ -261,18 +261,19 @@ def figures(df: pd.DataFrame) -> dict:
     figs["error_sqnr_by_blocksize"] = fig
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    sub = ok[ok["source"] == "normal"]
+    src = "normal" if "normal" in sources else sources[0]
+    sub = ok[ok["source"] == src]
     for m, g in sub.groupby("method", sort=False):
         g = g.sort_values("bits_dq")
         ax.plot(g["bits_dq"], g["mae_dq"], marker="o", ms=3, label=m)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("bits per parameter (with double quantization)")
-    ax.set_ylabel("mean abs error, N(0,1)")
+    ax.set_ylabel(f"mean abs error, {src} data")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    figs["error_vs_bits_normal"] = fig
+    figs[f"error_vs_bits_{src}"] = fig
     return figs
 
 
