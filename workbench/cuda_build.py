@@ -30,11 +30,12 @@ def families() -> list[str]:
     return sorted(p.stem for p in SRC.glob("*.cu"))
 
 
-def lib_path(family: str) -> Path:
-    return BUILD / f"libkbit_{family}.so"
+def lib_path(family: str, build_dir: Path | None = None) -> Path:
+    return Path(build_dir or BUILD) / f"libkbit_{family}.so"
 
 
-def build(family: str, archs=DEFAULT_ARCHS, *, force: bool = False, verbose: bool = False) -> Path:
+def build(family: str, archs=DEFAULT_ARCHS, *, force: bool = False, verbose: bool = False,
+          build_dir: str | os.PathLike | None = None) -> Path:
     """Compile one family if its sources are newer than the library; return the .so path."""
     exe = nvcc()
     if exe is None:
@@ -42,11 +43,11 @@ def build(family: str, archs=DEFAULT_ARCHS, *, force: bool = False, verbose: boo
     src = SRC / f"{family}.cu"
     if not src.exists():
         raise FileNotFoundError(f"family: no {src}")
-    out = lib_path(family)
+    out = lib_path(family, build_dir)
     deps = [src, *SRC.glob("*.h"), *SRC.glob("*.cuh")]
     if out.exists() and not force and out.stat().st_mtime >= max(d.stat().st_mtime for d in deps):
         return out
-    BUILD.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     gencode = []
     for a in archs:
         num = a.removeprefix("sm_")

@@ -1,0 +1,178 @@
+"""GPU parity matrix: the CUDA production kernels and the Numba CUDA kernels equal the reference
+(run on the same CUDA tensors) bit for bit -- codes, packed bytes, absmax, dequantized values --
+for fp32/fp16/bf16, blocksizes 32..4096, odd lengths, misaligned inputs, a side stream and one
+2**28-element bf16 tensor; and, with the bnb-CUDA codebooks + bnb scaling, equal bitsandbytes'
+own CUDA kernels. Run on a GPU machine: ``pytest -m gpu tests/test_gpu_quant.py``.
+"""
+import pytest
+import torch
+
+from workbench import bnb_cuda_codebooks as bcb
+from workbench import codebooks as cbs
+from workbench.backends import status
+from workbench.backends.reference import quant as R
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+BACKENDS = ("cuda", "numba_cuda")
+
+
+def _backend(name):
+    ok, reason = status(name)
+    if not ok:
+        pytest.skip(f"{name}: {reason}")
+    import importlib
+    return importlib.import_module(f"workbench.backends.{name}.quant")
+
+
+def _data(rng, n, dtype, device="cuda"):
+    a = torch.randn(n, generator=rng) * 3
+    a[torch.randint(0, n, (max(1, n // 97),), generator=rng)] *= 50
+    if n > 3000:
+        a[1024:1024 + 64] = 0  # all-zero blocks at blocksizes <= 64
+    return a.to(dtype).to(device)
+
+
+def _poison(t):
+    return t.fill_(0xAB) if t.dtype == torch.uint8 else t.fill_(float("nan"))
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    real = torch.empty
+
+    def empty(*a, **k):
+        return _poison(real(*a, **k))
+
+    for mod in ("cuda", "numba_cuda"):
+        try:
+            m = __import__(f"workbench.backends.{mod}.quant", fromlist=["torch"])
+            monkeypatch.setattr(m.torch, "empty", empty)
+        except Exception:
+            pass
+
+
+def _lengths(bs):
+    return (1, bs - 1, bs, 5 * bs + 17, 37 * bs + 3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cbname", ["nf4", "fp4", "e2m1", "af4"])
+def test_4bit_matrix(backend, dtype, cbname, rng, poisoned):
+    Q = _backend(backend)
+    cb = cbs.get(cbname)
+    table = cb.tensors("cuda")[0]
+    for bs in BLOCKSIZES:
+        for n in _lengths(bs):
+            A = _data(rng, n, dtype)
+            p, a = Q.quantize_4bit(A, cb, bs)
+            p2, a2 = R.quantize_4bit(A, cb, bs)
+            assert torch.equal(a, a2), (bs, n)
+            assert torch.equal(p, p2), (bs, n, int((p != p2).sum()))
+            d = Q.dequantize_4bit(p, a, table, bs, n, dtype)
+            assert torch.equal(d, R.dequantize_4bit(p2, a2, table, bs, n, dtype)), (bs, n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cbname", ["dynamic", "dynamic-unsigned", "linear4", "nf4"])
+def test_8bit_matrix(backend, dtype, cbname, rng, poisoned):
+    Q = _backend(backend)
+    cb = cbs.get(cbname)
+    table = cb.tensors("cuda")[0]
+    for bs in BLOCKSIZES:
+        for n in _lengths(bs):
+            A = _data(rng, n, dtype)
+            c, a = Q.quantize_blockwise(A, cb, bs)
+            c2, a2 = R.quantize_blockwise(A, cb, bs)
+            assert torch.equal(a, a2), (bs, n)
+            assert torch.equal(c, c2), (bs, n, int((c != c2).sum()))
+            d = Q.dequantize_blockwise(c, a, table, bs, dtype)
+            assert torch.equal(d, R.dequantize_blockwise(c2, a2, table, bs, dtype)), (bs, n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_misaligned_views_and_side_stream(backend, rng):
+    Q = _backend(backend)
+    cb, dyn = cbs.get("nf4"), cbs.get("dynamic")
+    base = _data(rng, 64 * 41 + 9, torch.bfloat16)
+    A = base[3:]                      # storage offset: not 16-byte aligned
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        p, a = Q.quantize_4bit(A, cb, 64)
+        c, a8 = Q.quantize_blockwise(A, dyn, 128)
+        d = Q.dequantize_4bit(p[1:], a[1:], cb.tensors("cuda")[0], 64, 2 * (p.numel() - 1), torch.float16)
+    s.synchronize()
+    p2, a2 = R.quantize_4bit(A, cb, 64)
+    c2, a82 = R.quantize_blockwise(A, dyn, 128)
+    assert torch.equal(p, p2) and torch.equal(a, a2) and torch.equal(c, c2) and torch.equal(a8, a82)
+    d2 = R.dequantize_4bit(p2[1:], a2[1:], cb.tensors("cuda")[0], 64, 2 * (p.numel() - 1), torch.float16)
+    assert torch.equal(d, d2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_2_28_bf16(backend):
+    Q = _backend(backend)
+    g = torch.Generator(device="cuda").manual_seed(1234)
+    A = torch.randn(1 << 28, device="cuda", dtype=torch.bfloat16, generator=g)
+    cb = cbs.get("nf4")
+    p, a = Q.quantize_4bit(A, cb, 64)
+    p2, a2 = R.quantize_4bit(A, cb, 64)
+    assert torch.equal(a, a2) and torch.equal(p, p2)
+    del p2, a2
+    d = Q.dequantize_4bit(p, a, cb.tensors("cuda")[0], 64, A.numel(), torch.bfloat16)
+    assert torch.equal(d, R.dequantize_4bit(p, a, cb.tensors("cuda")[0], 64, A.numel(), torch.bfloat16))
+    del d, p, a
+    c, a = Q.quantize_blockwise(A, cbs.get("dynamic"), 4096)
+    c2, a2 = R.quantize_blockwise(A, cbs.get("dynamic"), 4096)
+    assert torch.equal(a, a2) and torch.equal(c, c2)
+
+
+def _bnb():
+    ok, reason = status("bnb")
+    if not ok:
+        pytest.skip(reason)
+    from workbench.backends.bnb import quant as B
+    return B
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("qt", ["nf4", "fp4", "dynamic"])
+def test_bnb_cuda_twin_codebooks_match_bitsandbytes(dtype, qt, rng):
+    """cuda backend + bnb-CUDA codebook + bnb scaling == bitsandbytes' CUDA kernels, bit for bit
+    (random data without all-zero blocks: bnb's NaN scale there is a known, separate class)."""
+    B = _bnb()
+    from workbench.backends.cuda import quant as C
+    cb = cbs.get(qt)
+    twin = bcb.for_bnb(cb)
+    for bs in (64, 128, 256, 1024, 4096) + ((32,) if qt != "dynamic" else ()):
+        n = 23 * bs + 7
+        A = (torch.randn(n, generator=rng) * 2).to(dtype).cuda()
+        if qt == "dynamic":
+            c, a = C.quantize_blockwise(A, twin, bs, flags=C.FLAG_BNB_SCALE)
+            c2, a2 = B.quantize_blockwise(A, cb, bs)
+        else:
+            c, a = C.quantize_4bit(A, twin, bs, flags=C.FLAG_BNB_SCALE)
+            c2, a2 = B.quantize_4bit(A, cb, bs)
+        assert torch.equal(a, a2), (bs, n)
+        assert torch.equal(c, c2), (bs, n, int((c != c2).sum()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dequant_matches_bitsandbytes(dtype, rng):
+    B = _bnb()
+    from workbench.backends.cuda import quant as C
+    for qt in ("nf4", "fp4"):
+        cb = cbs.get(qt)
+        A = (torch.randn(64 * 99 + 3, generator=rng)).to(dtype).cuda()
+        p, a = B.quantize_4bit(A, cb, 64)
+        tab = cb.tensors("cuda")[0]
+        assert torch.equal(C.dequantize_4bit(p, a, tab, 64, A.numel(), dtype),
+                           B.dequantize_4bit(p, a, tab, 64, A.numel(), dtype))
+    cb = cbs.get("dynamic")
+    c, a = B.quantize_blockwise(A, cb, 256)
+    tab = cb.tensors("cuda")[0]
+    assert torch.equal(C.dequantize_blockwise(c, a, tab, 256, dtype), B.dequantize_blockwise(c, a, tab, 256, dtype))
