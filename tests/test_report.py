@@ -1,0 +1,96 @@
+"""The report job: studies -> results.parquet + report.md/html + PNGs; merging other machines' files."""
+import json
+
+import pandas as pd
+import pytest
+
+from studies import registry
+from workbench import report, results
+
+
+def _gpu_files(root):
+    for dev, gb in (("NVIDIA H100 80GB HBM3", 2800.0), ("NVIDIA H200", 3900.0)):
+        rows = [{"op": "dequantize_4bit", "backend": "cuda", "n": 1 << 26, "median_ms": 0.05, "gbps": gb,
+                 "pct_copy": 88.0, "dtype": "bfloat16", "blocksize": 64}]
+        meta = {"run_device": dev, "run_driver": "580.1", "run_cuda": "13.0", "run_torch": "2.11", "run_git": "x",
+                "run_time": "2026-11-22T00:00:00+00:00"}
+        results.save(results.frame(rows, meta), root / dev.split()[1].lower() / "bench.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    """One quick run of the default studies (the `workbench report --quick` job), with GPU files merged."""
+    out = tmp_path_factory.mktemp("reports")
+    gpu = _gpu_files(tmp_path_factory.mktemp("gpu"))
+    md, done = report.build_report("t", quick=True, executor="serial", merge=[gpu], out_root=out, progress=False)
+    return out / "t", md, done
+
+
+def test_quick_report_writes_everything(quick_report):
+    out, md, done = quick_report
+    names = [r.name for r in done]
+    assert names == list(report.DEFAULT_STUDIES)
+    st = {r.name: r.status for r in done}
+    assert st["error"] == st["bnb_table"] == st["codebook_lab"] == st["speed"] == "ok"
+    for opt in ("optim", "outliers"):
+        assert st[opt] in ("ok", "unavailable")
+    for f in ("report.md", "report.html", "results.parquet", "results.csv", "metadata.json",
+              "results/error.parquet", "results/bnb_table.parquet"):
+        assert (out / f).is_file(), f
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "bnb_table.png" in pngs and "error_sqnr_by_blocksize.png" in pngs
+    for p in out.glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_carry_study_and_run_metadata(quick_report):
+    out, _, _ = quick_report
+    df = pd.read_parquet(out / "results.parquet")
+    assert {"error", "bnb_table", "codebook_lab"} <= set(df["study"])
+    for c in ("run_device", "run_git", "run_torch", "run_time", "run_bitsandbytes"):
+        assert c in df and df[c].notna().all()
+    per = results.load(out / "results")
+    assert len(per) == len(df)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["options"]["quick"] is True and meta["studies"]["error"]["status"] == "ok"
+
+
+def test_markdown_and_html_content(quick_report):
+    out, md, _ = quick_report
+    text = md.read_text()
+    assert text.startswith("# kbit-workbench report: t")
+    for needle in ("## Summary", "## Run metadata", "published", "![bnb_table](bnb_table.png)",
+                   "Merged result files: cross-device view", "NVIDIA H100 80GB HBM3", "NVIDIA H200"):
+        assert needle in text, needle
+    assert "| nan" not in text
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
+    assert "<img src='bnb_table.png'" in html and "<table" in html and "NVIDIA H200" in html
+    # the merged GPU rows sit side by side by device
+    assert "2800" in text and "3900" in text
+
+
+def test_a_failing_study_does_not_stop_the_others(tmp_path, monkeypatch):
+    (tmp_path / "kbit_broken_study.py").write_text("def run(quick=False):\n    raise RuntimeError('study blew up')\n")
+    (tmp_path / "kbit_plain_study.py").write_text(
+        "import pandas as pd\nTITLE = 'Plain'\ndef run(quick=False):\n    return pd.DataFrame({'a': [1, 2], 'b': ['x', None]})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "STUDIES", dict(registry.STUDIES))
+    registry.register("broken", "kbit_broken_study")
+    registry.register("plain", "kbit_plain_study")
+    md, done = report.build_report("f", studies=["broken", "plain", "optim"], executor="serial", out_root=tmp_path,
+                                   progress=False)
+    st = {r.name: r.status for r in done}
+    assert st["broken"] == "failed" and st["plain"] == "ok"
+    assert "study blew up" in md.read_text()
+    df = pd.read_parquet(tmp_path / "f" / "results.parquet")
+    assert set(df["study"]) == {"plain"} and len(df) == 2
+
+
+def test_render_handles_mixed_columns_for_parquet(tmp_path):
+    df = pd.DataFrame({"x": [1, "a", None], "y": [1.0, float("nan"), 2.0]})
+    p = report._save_frame(df, tmp_path / "m.parquet", {"run_device": "cpu"})
+    back = pd.read_parquet(p)
+    assert back["x"].tolist()[:2] == ["1", "a"] and back["run_device"].eq("cpu").all()
+    assert "nan" not in report._md_table(df)
