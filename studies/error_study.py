@@ -246,29 +246,29 @@ def figures(df: pd.DataFrame) -> dict:
         return figs
     sources = [s for s in SOURCES if s in set(ok["source"])]
     fig, axes = plt.subplots(1, len(sources), figsize=(4.2 * len(sources), 3.8), squeeze=False, sharey=False)
+    colors = {m: plt.cm.tab20(i / max(1, len(METHODS) - 1) * 0.999) for i, m in enumerate(METHODS)}
     for ax, src in zip(axes[0], sources):
         sub = ok[(ok["source"] == src) & (ok["code_bits"] == 4)]
         for m, g in sub.groupby("method", sort=False):
             g = g.sort_values("blocksize")
-            ax.plot(g["blocksize"], g["sqnr_db"], marker="o", ms=3, label=m)
+            ax.plot(g["blocksize"], g["sqnr_db"], marker="o", ms=3, label=m, color=colors.get(m))
         ax.set_xscale("log", base=2)
         ax.set_title(src)
         ax.set_xlabel("blocksize")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("SQNR (dB), 4-bit codes")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    fig.legend(handles, labels, fontsize=8, loc="center right")
     figs["error_sqnr_by_blocksize"] = fig
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     src = "normal" if "normal" in sources else sources[0]
-    sub = ok[ok["source"] == src]
+    sub = ok[(ok["source"] == src) & (ok["code_bits"] == 4)]
     for m, g in sub.groupby("method", sort=False):
         g = g.sort_values("bits_dq")
-        ax.plot(g["bits_dq"], g["mae_dq"], marker="o", ms=3, label=m)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("bits per parameter (with double quantization)")
+        ax.plot(g["bits_dq"], g["mae_dq"], marker="o", ms=3, label=m, color=colors.get(m))
+    ax.set_xlabel("bits per parameter with double quantization (4-bit codes; left: blocksize 4096)")
     ax.set_ylabel(f"mean abs error, {src} data")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)

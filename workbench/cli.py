@@ -43,12 +43,10 @@ def _executor_spec(args):
     if getattr(args, "serial", False):
         return "serial"
     if getattr(args, "workers", None):
-        from concurrent.futures import ProcessPoolExecutor
-
-        from .sweep import _init_worker
-        if args.workers == 1:
-            return "serial"
-        return ProcessPoolExecutor(max_workers=args.workers, initializer=_init_worker, initargs=(1,))
+        from .sweep import local_pool
+        if args.workers < 1:
+            raise CLIError(f"--workers: expected a positive integer, got {args.workers}")
+        return "serial" if args.workers == 1 else local_pool(args.workers)
     return None
 
 

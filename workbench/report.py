@@ -129,9 +129,10 @@ def save_figures(res: StudyResult, out: Path) -> None:
 def _md_table(df: pd.DataFrame, max_rows: int = 60) -> str:
     if df is None or df.empty:
         return "_(empty)_"
+    multi = isinstance(df.index, pd.MultiIndex)
     d = _flat_index(df.head(max_rows))
     d = d.astype(object).where(d.notna(), None)
-    s = d.to_markdown(floatfmt="g", missingval="")
+    s = d.to_markdown(floatfmt="g", missingval="", index=not multi)
     if len(df) > max_rows:
         s += f"\n\n_({len(df) - max_rows} more rows in the result files)_"
     return s
@@ -202,7 +203,7 @@ def _md_to_html(md: str) -> str:
 def _html_table(df: pd.DataFrame, max_rows: int = 60) -> str:
     if df is None or df.empty:
         return "<p><i>(empty)</i></p>"
-    return _flat_index(df.head(max_rows)).to_html(border=0, classes="t", float_format=lambda v: f"{v:.6g}", na_rep="")
+    return _flat_index(df.head(max_rows)).to_html(index=not isinstance(df.index, pd.MultiIndex), border=0, classes="t", float_format=lambda v: f"{v:.6g}", na_rep="")
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}

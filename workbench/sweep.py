@@ -4,8 +4,8 @@ A study splits its work into picklable tasks ``(fn, kwargs)`` and hands them to
 :func:`run_tasks`, which submits them to an executor and collects results with a tqdm
 progress bar. Which executor runs them is the caller's choice:
 
-* ``None`` / ``"local"``: a local :class:`~concurrent.futures.ProcessPoolExecutor`
-  (workers pin torch to one thread each, so two workers fill two cores);
+* ``None`` / ``"local"``: a local :class:`~concurrent.futures.ProcessPoolExecutor` of spawned
+  workers (each pins torch to one thread, so two workers fill two cores);
 * ``"serial"``: in this process, one task after another (notebooks, tests, debugging);
 * a scheduler address (``"tcp://host:8786"``): a ``dask.distributed.Client`` and its
   ``get_executor()``, a ``concurrent.futures`` executor on the cluster;
@@ -21,7 +21,7 @@ import os
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["SerialExecutor", "executor", "run_tasks", "default_workers"]
+__all__ = ["SerialExecutor", "executor", "local_pool", "run_tasks", "default_workers"]
 
 
 class SerialExecutor(Executor):
@@ -53,6 +53,14 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def local_pool(max_workers: int | None = None) -> ProcessPoolExecutor:
+    """A process pool whose workers start fresh ('spawn'): no OpenMP / Numba thread pools inherited
+    through fork from a parent that already ran kernels; each worker pins torch to one thread."""
+    import multiprocessing as mp
+    return ProcessPoolExecutor(max_workers=max_workers or default_workers(), mp_context=mp.get_context("spawn"),
+                               initializer=_init_worker, initargs=(1,))
+
+
 @contextlib.contextmanager
 def executor(spec: Any = None, *, max_workers: int | None = None) -> Iterator[Executor]:
     """An executor for ``spec`` (see the module doc); closes what it opened on exit."""
@@ -67,7 +75,7 @@ def executor(spec: Any = None, *, max_workers: int | None = None) -> Iterator[Ex
         if n == 1:
             yield SerialExecutor()
             return
-        with ProcessPoolExecutor(max_workers=n, initializer=_init_worker, initargs=(1,)) as ex:
+        with local_pool(n) as ex:
             yield ex
         return
     if spec == "serial":
