@@ -16,6 +16,7 @@ STUDIES: dict[str, str] = {
     "error": "studies.error_study",
     "codebook_lab": "studies.codebook_lab",
     "bnb_table": "studies.bnb_table",
+    "parity": "workbench.parity",
     "speed": "studies.speed",
     "optim": "studies.optim_study",
     "outliers": "studies.outliers_study",

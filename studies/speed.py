@@ -74,12 +74,23 @@ def _keys(df: pd.DataFrame) -> list[str]:
     return [k for k in KEYS if k in df and df[k].notna().any()]
 
 
-def table(df: pd.DataFrame, value: str = "gbps") -> pd.DataFrame:
-    """Rows: op x backend x ... x n; columns: run_device; cells: the median over repeated rows."""
+def largest(df: pd.DataFrame) -> pd.DataFrame:
+    """Only the rows at the largest n of each (op, device): the bandwidth-bound end of a size sweep."""
+    if "n" not in df or df.empty:
+        return df
+    return df[df["n"] == df.groupby(["op", "run_device"])["n"].transform("max")]
+
+
+def table(df: pd.DataFrame, value: str = "gbps", *, largest_only: bool = False) -> pd.DataFrame:
+    """Rows: op x backend x ... x n; columns: run_device; cells: the median over repeated rows.
+    ``largest_only``: one size per (op, device), the largest, with n left out of the rows."""
     if df.empty or value not in df:
         return pd.DataFrame()
-    keys = _keys(df)
-    d = df.copy()
+    d = df.dropna(subset=[value])
+    if largest_only:
+        d = largest(d)
+    keys = [k for k in _keys(d) if not (largest_only and k == "n")]
+    d = d.copy()
     for k in keys:
         d[k] = d[k].astype(str).where(d[k].notna(), "")
     return d.pivot_table(index=keys, columns="run_device", values=value, aggfunc="median").round(2)
@@ -91,9 +102,7 @@ def figures(df: pd.DataFrame) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    d = df.dropna(subset=["gbps"])
-    if "n" in d:
-        d = d[d["n"] == d.groupby(["op", "run_device"])["n"].transform("max")]
+    d = largest(df.dropna(subset=["gbps"]))
     ops = list(dict.fromkeys(d["op"]))
     fig, axes = plt.subplots(len(ops), 1, figsize=(9, 2.2 + 1.6 * len(ops)), squeeze=False)
     y_col = "pct_copy" if "pct_copy" in d and d["pct_copy"].notna().any() else "gbps"
@@ -112,9 +121,12 @@ def figures(df: pd.DataFrame) -> dict:
 def summarize(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     if df.empty:
         return []
-    out = [("GB/s by device (median of repeated rows)", table(df, "gbps"))]
+    out = [("GB/s by device at the largest size measured (median of repeated rows)",
+            table(df, "gbps", largest_only=True))]
     if "pct_copy" in df and df["pct_copy"].notna().any():
-        out.append(("% of the device's copy bandwidth", table(df, "pct_copy")))
+        out.append(("% of the device's copy bandwidth, largest size", table(df, "pct_copy", largest_only=True)))
+    if "n" in df and df["n"].nunique() > 1:
+        out.append(("GB/s by size (all sizes; small sizes are launch/cache-bound)", table(df, "gbps")))
     return [(t, x) for t, x in out if not x.empty]
 
 

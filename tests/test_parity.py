@@ -115,3 +115,18 @@ def test_empty_result_has_columns():
     df = parity.run_parity("cpu", backends=["no-such-backend"])
     assert isinstance(df, pd.DataFrame) and df.empty and "ok" in df
     assert parity.matrix(df).empty
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="needs bitsandbytes 0.50.2")
+def test_bnb_native_8bit_all_zero_block_is_counted_not_failed():
+    df = parity.run_parity("cpu", backends=["bnb"], ops=["quantize_blockwise"], sizes=[96, 97], blocksizes=[32])
+    assert df["ok"].all(), parity.failures(df).to_string()
+    assert df["detail"].str.contains("all-zero blocks").any()
+
+
+def test_parity_as_a_report_study():
+    df, figs = parity.run(quick=True)
+    assert figs == {}
+    tables = parity.summarize(df)
+    assert tables[0][0].startswith("backend x op")
+    assert parity.notes(df)

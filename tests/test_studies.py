@@ -199,6 +199,9 @@ def test_speed_merges_devices(tmp_path):
     t = speed.table(df, "gbps")
     assert list(t.columns) == sorted(t.columns) and t.shape == (4, 3)
     assert t.loc[("quantize_4bit", "cuda", "float16", "64", str(1 << 24)), "NVIDIA H200"] == pytest.approx(1300)
+    small = _fake_bench("NVIDIA H200", 0.1).assign(n=1 << 16)  # a size sweep: the headline is the largest n
+    t2 = speed.table(pd.concat([df, small]), "gbps", largest_only=True)
+    assert t2.loc[("quantize_4bit", "cuda", "float16", "64"), "NVIDIA H200"] == pytest.approx(1300)
     assert [title for title, _ in speed.summarize(df)][1].startswith("% of")
     assert "speed" in figs
     empty, _ = speed.run(root=tmp_path / "none")

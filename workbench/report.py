@@ -29,7 +29,7 @@ import pandas as pd
 from . import results
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
-DEFAULT_STUDIES = ("error", "codebook_lab", "bnb_table", "speed", "optim", "outliers")
+DEFAULT_STUDIES = ("error", "codebook_lab", "bnb_table", "parity", "speed", "optim", "outliers")
 
 
 @dataclass
