@@ -60,6 +60,10 @@ def _minilm_vector() -> np.ndarray:
         w = load_minilm_weights()
     except Exception as e:  # noqa: BLE001
         raise DataUnavailable(f"load_minilm_weights() failed ({type(e).__name__}: {e})") from e
+    if isinstance(w, (list, tuple)) and w and all(isinstance(e, (list, tuple)) and len(e) == 2 for e in w):
+        w = dict(w)  # [(name, tensor), ...]
+    elif isinstance(w, (list, tuple)):
+        w = {f"t{i}": t for i, t in enumerate(w)}
     if isinstance(w, dict):
         items = sorted(w.items())
         mats = [np.asarray(torch.as_tensor(v).float().numpy(), np.float32).ravel() for k, v in items
