@@ -66,3 +66,12 @@ def test_a_study_gives_the_same_rows_serial_and_on_dask():
             b, _ = error_study.run(executor=ex, **kw)
     cols = ["source", "method", "blocksize", "mae", "mse", "bits"]
     assert a[cols].equals(b[cols])
+
+
+def test_cli_scheduler_option_runs_a_study_on_dask(capsys):
+    distributed = pytest.importorskip("dask.distributed")
+    from workbench import cli
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cl:
+        rc = cli.main(["study", "bnb_table", "--quick", "--scheduler", cl.scheduler_address, "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "published" in out
