@@ -94,3 +94,12 @@ def test_render_handles_mixed_columns_for_parquet(tmp_path):
     back = pd.read_parquet(p)
     assert back["x"].tolist()[:2] == ["1", "a"] and back["run_device"].eq("cpu").all()
     assert "nan" not in report._md_table(df)
+
+
+def test_a_study_failing_at_import_is_reported(tmp_path, monkeypatch):
+    (tmp_path / "kbit_import_bomb.py").write_text("raise RuntimeError('no GPU at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "STUDIES", dict(registry.STUDIES))
+    registry.register("bomb", "kbit_import_bomb")
+    r = report.run_study("bomb")
+    assert r.status == "failed" and "no GPU at import" in r.error

@@ -72,6 +72,10 @@ def run_study(name: str, *, quick: bool = False, executor=None, extra: dict | No
         mod = registry.load(name)
     except (ImportError, KeyError) as e:
         return StudyResult(name, title=name, status="unavailable", error=str(e).strip("'\""))
+    except Exception as e:  # noqa: BLE001  (another team's module failing at import time)
+        return StudyResult(name, title=name, status="failed",
+                           error=f"import: {type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}",
+                           seconds=time.perf_counter() - t0)
     res = StudyResult(name, title=getattr(mod, "TITLE", name), description=getattr(mod, "DESCRIPTION", "") or "")
     try:
         df, figs = _call_run(mod, quick, executor, extra or {})
