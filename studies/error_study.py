@@ -97,12 +97,12 @@ def make_data(source: str, n: int, seed: int) -> torch.Tensor:
         if w.size <= n:
             x = w
         else:
-            chunk = 4096
+            chunk = min(4096, n)
             k = n // chunk
             starts = np.linspace(0, w.size - chunk, k).astype(np.int64) // chunk * chunk
             rng_off = g.integers(0, chunk) if seed else 0  # other seeds: other windows
             starts = np.minimum(starts + rng_off, w.size - chunk)
-            x = np.concatenate([w[s:s + chunk] for s in starts])
+            x = np.concatenate([w[s:s + chunk] for s in starts] + [w[:n - k * chunk]])
     else:
         raise ValueError(f"data source: unknown {source!r}; expected one of {SOURCES}")
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))

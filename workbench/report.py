@@ -314,8 +314,8 @@ def build_report(name: str = "cpu-default", *, studies=None, quick: bool = False
     from .sweep import executor as make_executor
     out = Path(out_root) / name
     (out / "results").mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.png"):
-        old.unlink()
+    for old in list(out.glob("*.png")) + list((out / "results").glob("*.parquet")) + list((out / "results").glob("*.csv")):
+        old.unlink()  # a re-run replaces the report; nothing stale survives
     meta = results.run_metadata("cpu")
     names = list(studies) if studies else list(DEFAULT_STUDIES)
     merged = results.load(*merge) if merge else None
