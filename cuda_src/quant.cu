@@ -17,7 +17,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <type_traits>
+#include <vector>
 
 #include "kbit_quant.h"
 
@@ -54,6 +61,56 @@ template <int L> void build_tree(Tree<L>& t, const float* bounds, int nbounds, c
     }
     t.w[0] = 0;
     for (int b = 0; b < M; b++) t.w[M + b] = bucket_codes[b < nbuckets ? b : nbuckets - 1];
+}
+
+// Cell plan: the fast search. A float's top bits (sign, exponent, m mantissa bits) name a CELL; the
+// host precomputes, per cell, base = #{bounds < min(cell)} and checks that at most 2^S - 1 bounds lie
+// inside any cell. In the kernel: pos = cell[key(s)], then an S-step branch-free binary search over
+// bounds[pos .. pos + 2^S - 2] (sorted, +inf padded) gives #{bounds < s} exactly; code = codes[pos].
+// Cells cover |s| < 2; the last magnitude cell also catches NaN (pos 0 = what the tree search gives);
+// with m >= 1 it starts at 1.5, so no finite |s| <= 1 lands there.
+constexpr int MMAX = 5; // at most 256 << 5 = 8 KB of cells
+struct Plan {
+    unsigned char cell[256 << MMAX];
+    float bounds[256 + 8];
+    uint32_t codes[256];
+    int m;
+};
+
+static bool build_plan(Plan& p, int S, const float* bounds, int nbounds, const unsigned char* bucket_codes,
+                       int nbuckets) {
+    const int kmax = (1 << S) - 1;
+    auto count = [&](float v) { return (int)(std::lower_bound(bounds, bounds + nbounds, v) - bounds); };
+    for (int m = 1; m <= MMAX; m++) { // m >= 1: the last magnitude cell [2 - 2^-m, 2) never holds 1.0
+        const uint32_t ncell = 128u << m;
+        bool ok = true;
+        for (int sign = 0; sign < 2 && ok; sign++) {
+            for (uint32_t u = 0; u < ncell; u++) {
+                int base = 0, k = 0;
+                if (u != ncell - 1) {
+                    uint32_t lo = u << (23 - m), hi = ((u + 1) << (23 - m)) - 1;
+                    float vlo, vhi;
+                    std::memcpy(&vlo, &lo, 4);
+                    std::memcpy(&vhi, &hi, 4);
+                    float vmin = sign ? -vhi : vlo, vmax = sign ? -vlo : vhi;
+                    base = count(vmin);
+                    k = count(vmax) - base;
+                }
+                if (k > kmax) {
+                    ok = false;
+                    break;
+                }
+                p.cell[(sign << (7 + m)) | u] = (unsigned char)base;
+            }
+        }
+        if (ok) {
+            p.m = m;
+            for (int i = 0; i < 256 + 8; i++) p.bounds[i] = i < nbounds ? bounds[i] : INFINITY;
+            for (int i = 0; i < 256; i++) p.codes[i] = bucket_codes[i < nbuckets ? i : nbuckets - 1];
+            return true;
+        }
+    }
+    return false;
 }
 
 template <typename T> struct Elem;
@@ -105,14 +162,33 @@ __device__ __forceinline__ float mul_ftz(float a, float b) {
 
 // ------------------------------------------------------------------------------------------ quantize
 // BITS: 4 (packed output) or 8 (one code per byte). L: tree levels (4 or 8). G: threads per block.
-template <typename T, int BITS, int L, int G>
+// S = 0: Eytzinger tree search (any codebook); S >= 1: cell plan with an S-step search.
+template <int L, int S> using QParams = std::conditional_t<S == 0, Tree<L>, Plan>;
+
+template <typename T, int BITS, int L, int G, int S>
 __global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A, long long n, long long nblocks,
-                                                      const __grid_constant__ Tree<L> tree, unsigned char* __restrict__ out,
-                                                      float* __restrict__ absmax, int flags, int vec_ok) {
+                                                      const __grid_constant__ QParams<L, S> prm,
+                                                      unsigned char* __restrict__ out, float* __restrict__ absmax,
+                                                      int flags, int vec_ok) {
     constexpr int M = 1 << L;
-    __shared__ uint32_t s_tree[2 * M];
+    constexpr int TREE_WORDS = S == 0 ? 2 * M : 1;
+    constexpr int CELL_WORDS = S == 0 ? 1 : (256 << MMAX) / 4;
+    __shared__ uint32_t s_tree[TREE_WORDS];
+    __shared__ uint32_t s_cell[CELL_WORDS];
+    __shared__ float s_b[S == 0 ? 1 : 256 + 8];
+    __shared__ uint32_t s_code[S == 0 ? 1 : 256];
     __shared__ float s_warpmax[THREADS / 32];
-    for (int i = threadIdx.x; i < 2 * M; i += THREADS) s_tree[i] = tree.w[i];
+    int m_bits = 0;
+    if constexpr (S == 0) {
+        for (int i = threadIdx.x; i < 2 * M; i += THREADS) s_tree[i] = prm.w[i];
+    } else {
+        m_bits = prm.m;
+        const int nw = (256 << m_bits) / 4;
+        const uint32_t* cw = reinterpret_cast<const uint32_t*>(prm.cell);
+        for (int i = threadIdx.x; i < nw; i += THREADS) s_cell[i] = cw[i];
+        for (int i = threadIdx.x; i < 256 + 8; i += THREADS) s_b[i] = prm.bounds[i];
+        for (int i = threadIdx.x; i < 256; i += THREADS) s_code[i] = prm.codes[i];
+    }
 
     const long long t = (long long)blockIdx.x * THREADS + threadIdx.x; // chunk index
     const long long e0 = t * CHUNK;
@@ -170,13 +246,29 @@ __global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A
     }
 
     uint32_t q[CHUNK];
-    const float* nodes = reinterpret_cast<const float*>(s_tree);
+    if constexpr (S == 0) {
+        const float* nodes = reinterpret_cast<const float*>(s_tree);
 #pragma unroll
-    for (int j = 0; j < CHUNK; j++) {
-        int i = 1;
+        for (int j = 0; j < CHUNK; j++) {
+            int i = 1;
 #pragma unroll
-        for (int l = 0; l < L; l++) i = 2 * i + (s[j] > nodes[i] ? 1 : 0);
-        q[j] = s_tree[i];
+            for (int l = 0; l < L; l++) i = 2 * i + (s[j] > nodes[i] ? 1 : 0);
+            q[j] = s_tree[i];
+        }
+    } else {
+        const unsigned char* cell = reinterpret_cast<const unsigned char*>(s_cell);
+        const int sh = 23 - m_bits;
+        const uint32_t last = (128u << m_bits) - 1;
+        const int sign_sh = 7 + m_bits;
+#pragma unroll
+        for (int j = 0; j < CHUNK; j++) {
+            const uint32_t bits = __float_as_uint(s[j]);
+            const uint32_t key = min((bits & 0x7FFFFFFFu) >> sh, last) | ((bits >> 31) << sign_sh);
+            int pos = cell[key];
+#pragma unroll
+            for (int step = 1 << (S - 1); step > 0; step >>= 1) pos += (s[j] > s_b[pos + step - 1]) ? step : 0;
+            q[j] = s_code[pos];
+        }
     }
 
     if (!live || e0 >= n) return;
@@ -192,6 +284,7 @@ __global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A
             __stcs(reinterpret_cast<uint2*>(out + e0 / 2), make_uint2(w[0], w[1]));
         } else {
             const long long nbytes = (n + 1) / 2;
+#pragma unroll
             for (int b = 0; b < CHUNK / 2; b++)
                 if (e0 / 2 + b < nbytes) out[e0 / 2 + b] = (unsigned char)(w[b >> 2] >> (8 * (b & 3)));
         }
@@ -203,7 +296,9 @@ __global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A
         if (e0 + CHUNK <= n) {
             __stcs(reinterpret_cast<uint4*>(out + e0), make_uint4(w[0], w[1], w[2], w[3]));
         } else {
-            for (int j = 0; e0 + j < n; j++) out[e0 + j] = (unsigned char)q[j];
+#pragma unroll
+            for (int j = 0; j < CHUNK; j++)
+                if (e0 + j < n) out[e0 + j] = (unsigned char)q[j];
         }
     }
 }
@@ -251,6 +346,7 @@ __global__ void __launch_bounds__(THREADS) k_dequantize(const unsigned char* __r
         } else {
             w[0] = w[1] = 0;
             const long long nbytes = (n + 1) / 2;
+#pragma unroll
             for (int b = 0; b < CHUNK / 2; b++)
                 if (e0 / 2 + b < nbytes) w[b >> 2] |= (uint32_t)in[e0 / 2 + b] << (8 * (b & 3));
         }
@@ -277,7 +373,9 @@ __global__ void __launch_bounds__(THREADS) k_dequantize(const unsigned char* __r
     if (full && vec_ok) {
         store_chunk<T>(out, e0, v);
     } else {
-        for (int j = 0; e0 + j < n && j < CHUNK; j++) Elem<T>::store1(out, e0 + j, v[j]);
+#pragma unroll
+        for (int j = 0; j < CHUNK; j++)
+            if (e0 + j < n) Elem<T>::store1(out, e0 + j, v[j]);
     }
 }
 
@@ -290,48 +388,98 @@ int log2i(long long v) {
     return s;
 }
 
-template <typename T, int BITS, int L, int G>
-cudaError_t launch_q(const void* A, long long n, const Tree<L>& tree, unsigned char* out, float* absmax, int flags,
-                     cudaStream_t stream) {
+template <typename T, int BITS, int L, int G, int S>
+cudaError_t launch_q(const void* A, long long n, const QParams<L, S>& tree, unsigned char* out, float* absmax,
+                     int flags, cudaStream_t stream) {
     const long long bs = (long long)G * CHUNK;
     const long long nblocks = (n + bs - 1) / bs;
     const long long threads = nblocks * G;
     const long long grid = (threads + THREADS - 1) / THREADS;
     const int vec_ok = aligned16(A) && aligned16(out);
-    k_quantize<T, BITS, L, G><<<(unsigned)grid, THREADS, 0, stream>>>(A, n, nblocks, tree, out, absmax, flags, vec_ok);
+    k_quantize<T, BITS, L, G, S><<<(unsigned)grid, THREADS, 0, stream>>>(A, n, nblocks, tree, out, absmax, flags,
+                                                                         vec_ok);
     return cudaGetLastError();
 }
 
-template <typename T, int BITS, int L>
-cudaError_t dispatch_g(const void* A, long long n, int blocksize, const Tree<L>& tree, unsigned char* out,
+template <typename T, int BITS, int L, int S>
+cudaError_t dispatch_g(const void* A, long long n, int blocksize, const QParams<L, S>& tree, unsigned char* out,
                        float* absmax, int flags, cudaStream_t stream) {
     switch (blocksize) {
-    case 32: return launch_q<T, BITS, L, 2>(A, n, tree, out, absmax, flags, stream);
-    case 64: return launch_q<T, BITS, L, 4>(A, n, tree, out, absmax, flags, stream);
-    case 128: return launch_q<T, BITS, L, 8>(A, n, tree, out, absmax, flags, stream);
-    case 256: return launch_q<T, BITS, L, 16>(A, n, tree, out, absmax, flags, stream);
-    case 512: return launch_q<T, BITS, L, 32>(A, n, tree, out, absmax, flags, stream);
-    case 1024: return launch_q<T, BITS, L, 64>(A, n, tree, out, absmax, flags, stream);
-    case 2048: return launch_q<T, BITS, L, 128>(A, n, tree, out, absmax, flags, stream);
-    case 4096: return launch_q<T, BITS, L, 256>(A, n, tree, out, absmax, flags, stream);
+    case 32: return launch_q<T, BITS, L, 2, S>(A, n, tree, out, absmax, flags, stream);
+    case 64: return launch_q<T, BITS, L, 4, S>(A, n, tree, out, absmax, flags, stream);
+    case 128: return launch_q<T, BITS, L, 8, S>(A, n, tree, out, absmax, flags, stream);
+    case 256: return launch_q<T, BITS, L, 16, S>(A, n, tree, out, absmax, flags, stream);
+    case 512: return launch_q<T, BITS, L, 32, S>(A, n, tree, out, absmax, flags, stream);
+    case 1024: return launch_q<T, BITS, L, 64, S>(A, n, tree, out, absmax, flags, stream);
+    case 2048: return launch_q<T, BITS, L, 128, S>(A, n, tree, out, absmax, flags, stream);
+    case 4096: return launch_q<T, BITS, L, 256, S>(A, n, tree, out, absmax, flags, stream);
     default: return cudaErrorInvalidValue;
     }
 }
+
+template <int BITS, int L, int S>
+cudaError_t dispatch_t(const void* A, int dtype, long long n, int blocksize, const QParams<L, S>& prm,
+                       unsigned char* out, float* absmax, int flags, cudaStream_t stream) {
+    switch (dtype) {
+    case KBIT_F32: return dispatch_g<float, BITS, L, S>(A, n, blocksize, prm, out, absmax, flags, stream);
+    case KBIT_F16: return dispatch_g<__half, BITS, L, S>(A, n, blocksize, prm, out, absmax, flags, stream);
+    case KBIT_BF16: return dispatch_g<__nv_bfloat16, BITS, L, S>(A, n, blocksize, prm, out, absmax, flags, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+// Plans are cached per (S, bounds, codes): building one scans up to 2 x 4096 cells.
+struct PlanCache {
+    std::mutex mu;
+    std::map<std::vector<uint32_t>, std::unique_ptr<Plan>> plans; // value null: no plan with this S
+};
+
+static const Plan* cached_plan(int S, const float* bounds, int nbounds, const unsigned char* codes, int nbuckets) {
+    static PlanCache cache;
+    std::vector<uint32_t> key(2 + nbounds + nbuckets);
+    key[0] = S;
+    key[1] = nbounds;
+    std::memcpy(key.data() + 2, bounds, 4 * nbounds);
+    for (int i = 0; i < nbuckets; i++) key[2 + nbounds + i] = codes[i];
+    std::lock_guard<std::mutex> lock(cache.mu);
+    auto it = cache.plans.find(key);
+    if (it == cache.plans.end()) {
+        auto p = std::make_unique<Plan>();
+        if (!build_plan(*p, S, bounds, nbounds, codes, nbuckets)) p.reset();
+        it = cache.plans.emplace(std::move(key), std::move(p)).first;
+    }
+    return it->second.get();
+}
+
+static int g_force_tree = -1; // KBIT_QUANT_SEARCH=tree forces the Eytzinger path (for studies)
 
 template <int BITS, int L>
 cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const float* bounds, int nbounds,
                      const unsigned char* bucket_codes, int nbuckets, unsigned char* out, float* absmax, int flags,
                      cudaStream_t stream) {
     if (n < 0 || nbounds < 0 || nbounds > (1 << L) - 1 || nbuckets != nbounds + 1) return cudaErrorInvalidValue;
+    for (int i = 1; i < nbounds; i++)
+        if (!(bounds[i - 1] < bounds[i])) return cudaErrorInvalidValue; // must be strictly increasing
     if (n == 0) return cudaSuccess;
+    if (g_force_tree < 0) {
+        const char* e = std::getenv("KBIT_QUANT_SEARCH");
+        g_force_tree = (e && std::strcmp(e, "tree") == 0) ? 1 : 0;
+    }
+    if (!g_force_tree) {
+        // fewest search steps whose cell table fits: 4-bit S = 1, 8-bit S = 2 or 3
+        if constexpr (BITS == 4) {
+            if (const Plan* p = cached_plan(1, bounds, nbounds, bucket_codes, nbuckets))
+                return dispatch_t<BITS, L, 1>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
+        } else {
+            if (const Plan* p = cached_plan(2, bounds, nbounds, bucket_codes, nbuckets))
+                return dispatch_t<BITS, L, 2>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
+            if (const Plan* p = cached_plan(3, bounds, nbounds, bucket_codes, nbuckets))
+                return dispatch_t<BITS, L, 3>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
+        }
+    }
     Tree<L> tree;
     build_tree<L>(tree, bounds, nbounds, bucket_codes, nbuckets);
-    switch (dtype) {
-    case KBIT_F32: return dispatch_g<float, BITS, L>(A, n, blocksize, tree, out, absmax, flags, stream);
-    case KBIT_F16: return dispatch_g<__half, BITS, L>(A, n, blocksize, tree, out, absmax, flags, stream);
-    case KBIT_BF16: return dispatch_g<__nv_bfloat16, BITS, L>(A, n, blocksize, tree, out, absmax, flags, stream);
-    default: return cudaErrorInvalidValue;
-    }
+    return dispatch_t<BITS, L, 0>(A, dtype, n, blocksize, tree, out, absmax, flags, stream);
 }
 
 template <int BITS>

@@ -259,6 +259,18 @@ def report(bench_df: pd.DataFrame, parity_df: pd.DataFrame | None, meta: dict, c
     return "\n".join(out)
 
 
+def _warm_gpu(seconds: float = 1.0) -> None:
+    """Run copies for a second so clocks have ramped before the first timing."""
+    x = torch.empty(1 << 28, device="cuda", dtype=torch.float32)
+    y = torch.empty_like(x)
+    t = time.time()
+    while time.time() - t < seconds:
+        for _ in range(20):
+            y.copy_(x)
+        torch.cuda.synchronize()
+    del x, y
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -275,6 +287,7 @@ def main(argv=None) -> int:
     mods = {b: _mod(b) for b in ("cuda", "numba_cuda")}
     bops = _bnb_ops()
     reps = 10 if args.quick else 25
+    _warm_gpu()
     copy_gbps = bench.copy_bandwidth("cuda", nbytes=1 << 30, reps=reps)
     print(f"[bench_gpu] {meta['run_device']}: copy {copy_gbps:.0f} GB/s", flush=True)
     rows = []

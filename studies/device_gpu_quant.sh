@@ -13,4 +13,9 @@ python3 -m workbench.cuda_build quant --force --verbose 2>&1 | grep -E "k_(de)?q
 if [ $TESTS = 1 ]; then
   timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu_quant.py 2>&1 | tail -30 | tee "$OUT/pytest.txt"
 fi
-timeout 400 python3 -m studies.bench_gpu --out "$OUT" $QUICK 2>&1 | tail -60
+timeout 400 python3 -m studies.bench_gpu --out "$OUT" $QUICK 2>&1 | grep -v -i "warn" | tail -70
+if [ "${NCU:-1}" = 1 ] && command -v ncu >/dev/null; then
+  timeout 120 ncu --launch-count 3 -k regex:k_ --section SpeedOfLight --section Occupancy --section LaunchStats \
+    --section SchedulerStats --section WarpStateStats python3 studies/device_ncu_quant.py > "$OUT/ncu.txt" 2>&1
+  grep -E "k_quantize|k_dequantize|Memory Throughput|DRAM Throughput|Compute \(SM\)|Duration|Achieved Occupancy|Registers|Issued Ipc|No Eligible" "$OUT/ncu.txt" | head -60
+fi

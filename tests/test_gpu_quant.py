@@ -101,6 +101,7 @@ def test_misaligned_views_and_side_stream(backend, rng):
     base = _data(rng, 64 * 41 + 9, torch.bfloat16)
     A = base[3:]                      # storage offset: not 16-byte aligned
     s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         p, a = Q.quantize_4bit(A, cb, 64)
         c, a8 = Q.quantize_blockwise(A, dyn, 128)

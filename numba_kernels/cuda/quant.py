@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 import workbench._compat  # noqa: F401  (numpy.row_stack shim, before any kernel compiles)
-from numba import config, cuda, float32, int32
+from numba import config, cuda, float32, int32, uint8
 from numba.cuda import libdevice
 
 THREADS = 256
@@ -58,9 +58,17 @@ if config.ENABLE_CUDASIM:
 
     def _float_as_int(v):
         return int(np.array([v], np.float32).view(np.int32)[0])
+
+    def _half2float(h):
+        return np.float32(np.array([int(h) & 0xFFFF], np.uint16).view(np.float16)[0])
+
+    def _float2half_rn(v):
+        return int(np.array([v], np.float32).astype(np.float16).view(np.uint16)[0])
 else:
     _int_as_float = libdevice.int_as_float
     _float_as_int = libdevice.float_as_int
+    _half2float = libdevice.half2float
+    _float2half_rn = libdevice.float2half_rn
 
 
 @cuda.jit(device=True, inline=True)
@@ -194,14 +202,183 @@ def _make_dequantize(bits: int, kind: int):
     return dequantize
 
 
+# ------------------------------------------------------------------ fast path (even n, aligned)
+# Words instead of elements: bf16/fp16 inputs are read as uint32 pairs, 8-bit codes written as
+# uint16 pairs, packed bytes / codes read as uint32 words, 16-bit outputs written as uint32 pairs.
+# The search is the cell plan of :func:`cell_plan`: pos = cell[key(s)], then an S-step branch-free
+# binary search over the sorted, +inf-padded bounds from pos; code = codes[pos].
+
+def cell_plan(bounds: np.ndarray, bucket_codes: np.ndarray, bits: int, mmax: int = 5):
+    """(m, S, cell u8[256 << m], bounds f32[264], codes i32[256]) for the cell search.
+
+    The key of s is its sign, exponent and top m mantissa bits; per cell the plan stores
+    #{bounds < min(cell)} and guarantees at most 2**S - 1 bounds inside the cell. The magnitude
+    cell of |s| in [2 - 2**-m, 2) also catches NaN (pos 0). Falls back to m = 1 and a full search.
+    """
+    b = np.asarray(bounds, np.float32)
+    tries = [1] if bits == 4 else [2, 3]
+    full = 4 if bits == 4 else 8
+    for S in tries + [full]:
+        for m in (range(1, mmax + 1) if S != full else [1]):   # m >= 1: 1.0 is never in the NaN cell
+            ncell = 128 << m
+            u = np.arange(ncell, dtype=np.uint64)
+            lo = (u << np.uint64(23 - m)).astype(np.uint32).view(np.float32)
+            hi = (((u + np.uint64(1)) << np.uint64(23 - m)) - np.uint64(1)).astype(np.uint32).view(np.float32)
+            bp, tp = np.searchsorted(b, lo, "left"), np.searchsorted(b, hi, "left")
+            bn, tn = np.searchsorted(b, -hi, "left"), np.searchsorted(b, -lo, "left")
+            for arr in (bp, tp, bn, tn):
+                arr[-1] = 0
+            if max((tp - bp).max(), (tn - bn).max()) <= (1 << S) - 1:
+                cell = np.concatenate([bp, bn]).astype(np.uint8)
+                bpad = np.full(256 + 8, np.inf, np.float32)
+                bpad[:b.size] = b
+                codes = np.asarray(bucket_codes, np.int32)
+                cpad = np.concatenate([codes, np.full(256 - codes.size, codes[-1], np.int32)])
+                return m, S, cell, bpad, cpad
+    raise AssertionError("unreachable: the full search always fits")
+
+
+@cuda.jit(device=True, inline=True)
+def _cell_search(s, m, S, s_cell, s_b, s_code):
+    bits = _float_as_int(s)
+    mag = min((bits & 0x7FFFFFFF) >> (23 - m), (128 << m) - 1)
+    key = mag | (((bits >> 31) & 1) << (7 + m))
+    pos = int32(s_cell[key])
+    step = 1 << (S - 1)
+    while step > 0:
+        if s > s_b[pos + step - 1]:
+            pos += step
+        step >>= 1
+    return s_code[pos]
+
+
+@cuda.jit(device=True, inline=True)
+def _pair(A, w, kind):
+    """Elements 2w and 2w+1: A is uint32 words (bf16/fp16 pairs) or float32 elements."""
+    if kind == F32:
+        return float32(A[2 * w]), float32(A[2 * w + 1])
+    v = int32(A[w])
+    if kind == BF16:
+        return _int_as_float((v & 0xFFFF) << 16), _int_as_float(v & -65536)
+    return float32(_half2float(v & 0xFFFF)), float32(_half2float((v >> 16) & 0xFFFF))
+
+
+def _make_quantize_fast(bits: int, kind: int):
+    @cuda.jit(fastmath=False)
+    def quantize(A, n, G, nblocks, m, S, cell, bnd, codes, out, absmax):
+        s_cell = cuda.shared.array(256 << 5, uint8)
+        s_b = cuda.shared.array(256 + 8, float32)
+        s_code = cuda.shared.array(256, int32)
+        s_m = cuda.shared.array(THREADS, float32)
+        tid = cuda.threadIdx.x
+        for i in range(tid, cell.shape[0], THREADS):
+            s_cell[i] = cell[i]
+        for i in range(tid, 256 + 8, THREADS):
+            s_b[i] = bnd[i]
+        for i in range(tid, 256, THREADS):
+            s_code[i] = codes[i]
+        t = cuda.blockIdx.x * THREADS + tid
+        blk = t // G
+        g = t - blk * G
+        wbase = blk * (G * PAIRS)           # first pair (word) of the block
+        npairs = n // 2                     # n is even here
+        x = cuda.local.array(CHUNK, float32)
+        mx = float32(0.0)
+        for k in range(PAIRS):
+            w = wbase + g + k * G
+            v0 = float32(0.0)
+            v1 = float32(0.0)
+            if w < npairs:
+                v0, v1 = _pair(A, w, kind)
+            x[2 * k] = v0
+            x[2 * k + 1] = v1
+            mx = max(mx, abs(v0), abs(v1))
+        s_m[tid] = mx
+        cuda.syncthreads()
+        stride = G // 2
+        while stride > 0:
+            if (tid % G) < stride:
+                s_m[tid] = max(s_m[tid], s_m[tid + stride])
+            cuda.syncthreads()
+            stride //= 2
+        mx = s_m[tid - g]
+        if blk >= nblocks:
+            return
+        tail = blk == nblocks - 1 and n % (G * CHUNK) != 0
+        d = max(mx, TINY)
+        if g == 0:
+            absmax[blk] = d if tail else mx
+        inv = float32(1.0) / d
+        for k in range(PAIRS):
+            w = wbase + g + k * G
+            if w < npairs:
+                if tail:
+                    s0 = x[2 * k] / d
+                    s1 = x[2 * k + 1] / d
+                else:
+                    s0 = x[2 * k] * inv
+                    s1 = x[2 * k + 1] * inv
+                s0 = min(max(s0, float32(-1.0)), float32(1.0))
+                s1 = min(max(s1, float32(-1.0)), float32(1.0))
+                c0 = _cell_search(s0, m, S, s_cell, s_b, s_code)
+                c1 = _cell_search(s1, m, S, s_cell, s_b, s_code)
+                if bits == 4:
+                    out[w] = (c0 << 4) | c1
+                else:
+                    out[w] = c0 | (c1 << 8)        # out: uint16 pairs (little endian)
+
+    return quantize
+
+
+def _make_dequantize_fast(bits: int, kind: int):
+    TS = 1 << bits
+    EPW = 8 if bits == 4 else 4             # elements per input word
+
+    @cuda.jit(fastmath=False)
+    def dequantize(words, absmax, table, nwords, bs_shift, out):
+        s_t = cuda.shared.array(TS, float32)
+        tid = cuda.threadIdx.x
+        for i in range(tid, TS, THREADS):
+            s_t[i] = table[i] if i < table.shape[0] else float32(0.0)
+        cuda.syncthreads()
+        nthreads = cuda.gridDim.x * THREADS
+        w = cuda.blockIdx.x * THREADS + tid
+        while w < nwords:
+            a = absmax[(w * EPW) >> bs_shift]
+            v = int32(words[w])
+            for j in range(EPW // 2):
+                if bits == 4:
+                    byte = (v >> (8 * j)) & 0xFF
+                    q0 = byte >> 4
+                    q1 = byte & 15
+                else:
+                    q0 = (v >> (16 * j)) & 0xFF
+                    q1 = (v >> (16 * j + 8)) & 0xFF
+                y0 = s_t[q0] * a
+                y1 = s_t[q1] * a
+                o = w * (EPW // 2) + j           # output pair index
+                if kind == F32:
+                    out[2 * o] = y0
+                    out[2 * o + 1] = y1
+                elif kind == BF16:
+                    out[o] = _bf16_bits(y0) | (_bf16_bits(y1) << 16)
+                else:
+                    out[o] = (_float2half_rn(y0) & 0xFFFF) | ((_float2half_rn(y1) & 0xFFFF) << 16)
+            w += nthreads
+
+    return dequantize
+
+
 _KERNELS: dict = {}
 
 
 def kernel(op: str, bits: int, kind: int):
-    """The compiled kernel for (op in 'quantize'/'dequantize', bits 4/8, element kind)."""
+    """The compiled kernel for (op in 'quantize'/'dequantize'/'quantize_fast'/'dequantize_fast', bits, kind)."""
     key = (op, bits, kind)
     if key not in _KERNELS:
-        _KERNELS[key] = (_make_quantize if op == "quantize" else _make_dequantize)(bits, kind)
+        make = {"quantize": _make_quantize, "dequantize": _make_dequantize,
+                "quantize_fast": _make_quantize_fast, "dequantize_fast": _make_dequantize_fast}[op]
+        _KERNELS[key] = make(bits, kind)
     return _KERNELS[key]
 
 

@@ -61,6 +61,30 @@ def _launch(kern, grid, device: torch.device, *args):
         kern[grid, K.THREADS, st](*args)
 
 
+def _words(t: torch.Tensor, bits: int):
+    """``t`` reinterpreted as unsigned words of ``bits`` (signed on the GPU: stores truncate there,
+    and NumPy in the simulator wants in-range values)."""
+    cpu = t.device.type == "cpu"
+    dt = {16: (torch.uint16, torch.int16), 32: (torch.uint32, torch.int32)}[bits][0 if cpu else 1]
+    t = t.view(dt)
+    return t.numpy() if cpu else __import__("numba").cuda.as_cuda_array(t)
+
+
+def _plan(codebook, bits: int, device: torch.device):
+    cache = codebook.__dict__.setdefault("_numba_cuda_plan", {})
+    key = (bits, str(device))
+    if key not in cache:
+        m, S, cell, bnd, codes = K.cell_plan(codebook.bounds, codebook.bucket_codes, bits)
+        ts = [torch.from_numpy(a).to(device) for a in (cell, bnd, codes)]
+        cache[key] = (m, S, ts, [_arr(t) for t in ts])
+    m, S, _, arrs = cache[key]
+    return m, S, arrs
+
+
+def _fast_ok(t: torch.Tensor, multiple: int, align: int) -> bool:
+    return t.numel() % multiple == 0 and (t.data_ptr() % align == 0) and t.numel() > 0
+
+
 def _tree(codebook, levels: int, device: torch.device):
     cache = codebook.__dict__.setdefault("_numba_cuda_tree", {})
     key = (levels, str(device))
@@ -81,9 +105,17 @@ def _quantize(A, codebook, blocksize, bits):
     absmax = torch.empty(-(-n // blocksize), dtype=torch.float32, device=A.device)
     if n == 0:
         return out, absmax
-    tf, tc = _tree(codebook, levels, A.device)
     grid, G, nblocks = K.quantize_grid(n, blocksize)
-    _launch(K.kernel("quantize", bits, _kind(A.dtype)), grid, A.device,
+    kind = _kind(A.dtype)
+    if _fast_ok(A, 2, 4):
+        m, S, (cell, bnd, codes) = _plan(codebook, bits, A.device)
+        a = _arr(A) if kind == K.F32 else _words(A, 32)
+        o = _out_arr(out) if bits == 4 else _words(out, 16)
+        _launch(K.kernel("quantize_fast", bits, kind), grid, A.device,
+                a, n, G, nblocks, m, S, cell, bnd, codes, o, _out_arr(absmax))
+        return out, absmax
+    tf, tc = _tree(codebook, levels, A.device)
+    _launch(K.kernel("quantize", bits, kind), grid, A.device,
             _arr(A), n, G, nblocks, tf, tc, _out_arr(out), _out_arr(absmax))
     return out, absmax
 
@@ -103,7 +135,16 @@ def _dequantize(codes, absmax, table, blocksize, n, dtype, bits):
         return out
     tab = table.to(dev, torch.float32).contiguous()
     shift = blocksize.bit_length() - 1
-    _launch(K.kernel("dequantize", bits, _kind(dtype)), K.dequantize_grid(n), dev,
+    kind = _kind(dtype)
+    epw = 8 if bits == 4 else 4
+    if n % epw == 0 and _fast_ok(codes, 4, 4):
+        nwords = n // epw
+        grid = max(1, min(-(-nwords // K.THREADS), 132 * 16))
+        o = _out_arr(out) if kind == K.F32 else _words(out, 32)
+        _launch(K.kernel("dequantize_fast", bits, kind), grid, dev,
+                _words(codes, 32), _arr(absmax), _arr(tab), nwords, shift, o)
+        return out
+    _launch(K.kernel("dequantize", bits, kind), K.dequantize_grid(n), dev,
             _arr(codes), _arr(absmax), _arr(tab), n, shift, _out_arr(out))
     return out
 
