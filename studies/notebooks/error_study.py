@@ -19,16 +19,17 @@
 # of it and shows how to drill into the tidy frame.
 
 # %%
-# Setup: find the repository root (works from any working directory) and pick the size.
+# Setup: find the checkout (from the working directory up, or $KBIT_ROOT) and pick the size.
 # KBIT_NOTEBOOK_QUICK=1 (set by the tests) keeps every cell to a few seconds.
 import os
 import sys
 from pathlib import Path
 
-root = Path.cwd()
+root = Path(os.environ.get("KBIT_ROOT", Path.cwd())).resolve()  # KBIT_ROOT: the checkout, if run elsewhere
 while not (root / "workbench").is_dir() and root != root.parent:
     root = root.parent
-sys.path.insert(0, str(root))
+if (root / "workbench").is_dir():
+    sys.path.insert(0, str(root))
 QUICK = os.environ.get("KBIT_NOTEBOOK_QUICK", "0") == "1"
 os.environ.setdefault("KBIT_PROGRESS", "0")
 
