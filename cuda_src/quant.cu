@@ -63,50 +63,56 @@ template <int L> void build_tree(Tree<L>& t, const float* bounds, int nbounds, c
     for (int b = 0; b < M; b++) t.w[M + b] = bucket_codes[b < nbuckets ? b : nbuckets - 1];
 }
 
-// Cell plan: the fast search. A float's top bits (sign, exponent, m mantissa bits) name a CELL; the
-// host precomputes, per cell, base = #{bounds < min(cell)} and checks that at most 2^S - 1 bounds lie
-// inside any cell. In the kernel: pos = cell[key(s)], then an S-step branch-free binary search over
-// bounds[pos .. pos + 2^S - 2] (sorted, +inf padded) gives #{bounds < s} exactly; code = codes[pos].
-// Cells cover |s| < 2; the last magnitude cell also catches NaN (pos 0 = what the tree search gives);
-// with m >= 1 it starts at 1.5, so no finite |s| <= 1 lands there.
-constexpr int MMAX = 5; // at most 256 << 5 = 8 KB of cells
+// Cell plan: the fast search. A float's top bits (sign, exponent, m mantissa bits) name a CELL:
+// key = bits >> (23 - m), so s in (-2, 2) lands in [0, 128 << m) (s >= +0) or [256 << m, 384 << m)
+// (s <= -0) with one shift. Per cell the host stores off = 4 * #{bounds < min(cell)} and checks that at
+// most 2^S - 1 bounds lie inside the cell. In the kernel: off = cell[key], then an S-step branch-free
+// binary search over bounds[off/4 ...] (sorted, +inf padded), the last step choosing between the two
+// codes of a (codes[pos], codes[pos+1]) pair. The [-1, 1] clamp of the spec is folded into the bounds
+// (bounds < -1 -> -inf, bounds >= 1 -> +inf), so #{b' < s} = #{b < clamp(s)} for every |s| < 2.
+constexpr int MMAX = 4; // cells: 2 * (384 << 4) bytes = 12 KB
 struct Plan {
-    unsigned char cell[256 << MMAX];
+    uint16_t cell[384 << MMAX];
     float bounds[256 + 8];
-    uint32_t codes[256];
+    uint32_t pair[2 * 256];
     int m;
 };
 
-static bool build_plan(Plan& p, int S, const float* bounds, int nbounds, const unsigned char* bucket_codes,
+static bool build_plan(Plan& p, int S, const float* bounds_in, int nbounds, const unsigned char* bucket_codes,
                        int nbuckets) {
     const int kmax = (1 << S) - 1;
-    auto count = [&](float v) { return (int)(std::lower_bound(bounds, bounds + nbounds, v) - bounds); };
-    for (int m = 1; m <= MMAX; m++) { // m >= 1: the last magnitude cell [2 - 2^-m, 2) never holds 1.0
+    float b[256 + 8];
+    for (int i = 0; i < 256 + 8; i++) {
+        float v = i < nbounds ? bounds_in[i] : INFINITY;
+        b[i] = v < -1.0f ? -INFINITY : (v >= 1.0f ? INFINITY : v);
+    }
+    auto count = [&](float v) { return (int)(std::lower_bound(b, b + nbounds, v) - b); };
+    for (int m = 1; m <= MMAX; m++) {
         const uint32_t ncell = 128u << m;
         bool ok = true;
+        std::memset(p.cell, 0, sizeof(p.cell));
         for (int sign = 0; sign < 2 && ok; sign++) {
             for (uint32_t u = 0; u < ncell; u++) {
-                int base = 0, k = 0;
-                if (u != ncell - 1) {
-                    uint32_t lo = u << (23 - m), hi = ((u + 1) << (23 - m)) - 1;
-                    float vlo, vhi;
-                    std::memcpy(&vlo, &lo, 4);
-                    std::memcpy(&vhi, &hi, 4);
-                    float vmin = sign ? -vhi : vlo, vmax = sign ? -vlo : vhi;
-                    base = count(vmin);
-                    k = count(vmax) - base;
-                }
-                if (k > kmax) {
+                uint32_t lo = u << (23 - m), hi = ((u + 1) << (23 - m)) - 1;
+                float vlo, vhi;
+                std::memcpy(&vlo, &lo, 4);
+                std::memcpy(&vhi, &hi, 4);
+                float vmin = sign ? -vhi : vlo, vmax = sign ? -vlo : vhi;
+                int base = count(vmin);
+                if (count(vmax) - base > kmax) {
                     ok = false;
                     break;
                 }
-                p.cell[(sign << (7 + m)) | u] = (unsigned char)base;
+                p.cell[(sign ? (256u << m) : 0u) + u] = (uint16_t)(4 * base);
             }
         }
         if (ok) {
             p.m = m;
-            for (int i = 0; i < 256 + 8; i++) p.bounds[i] = i < nbounds ? bounds[i] : INFINITY;
-            for (int i = 0; i < 256; i++) p.codes[i] = bucket_codes[i < nbuckets ? i : nbuckets - 1];
+            std::memcpy(p.bounds, b, sizeof(b));
+            for (int i = 0; i < 256; i++) {
+                p.pair[2 * i] = bucket_codes[std::min(i, nbuckets - 1)];
+                p.pair[2 * i + 1] = bucket_codes[std::min(i + 1, nbuckets - 1)];
+            }
             return true;
         }
     }
@@ -172,22 +178,22 @@ __global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A
                                                       int flags, int vec_ok) {
     constexpr int M = 1 << L;
     constexpr int TREE_WORDS = S == 0 ? 2 * M : 1;
-    constexpr int CELL_WORDS = S == 0 ? 1 : (256 << MMAX) / 4;
     __shared__ uint32_t s_tree[TREE_WORDS];
-    __shared__ uint32_t s_cell[CELL_WORDS];
-    __shared__ float s_b[S == 0 ? 1 : 256 + 8];
-    __shared__ uint32_t s_code[S == 0 ? 1 : 256];
+    __shared__ __align__(16) uint16_t s_cell[S == 0 ? 2 : 384 << MMAX];
+    __shared__ __align__(16) float s_b[S == 0 ? 1 : 256 + 8];
+    __shared__ __align__(16) uint32_t s_pair[S == 0 ? 2 : 2 * 256];
     __shared__ float s_warpmax[THREADS / 32];
     int m_bits = 0;
     if constexpr (S == 0) {
         for (int i = threadIdx.x; i < 2 * M; i += THREADS) s_tree[i] = prm.w[i];
     } else {
         m_bits = prm.m;
-        const int nw = (256 << m_bits) / 4;
+        const int nw = (384 << m_bits) / 2; // cell words
         const uint32_t* cw = reinterpret_cast<const uint32_t*>(prm.cell);
-        for (int i = threadIdx.x; i < nw; i += THREADS) s_cell[i] = cw[i];
+        uint32_t* sw = reinterpret_cast<uint32_t*>(s_cell);
+        for (int i = threadIdx.x; i < nw; i += THREADS) sw[i] = cw[i];
         for (int i = threadIdx.x; i < 256 + 8; i += THREADS) s_b[i] = prm.bounds[i];
-        for (int i = threadIdx.x; i < 256; i += THREADS) s_code[i] = prm.codes[i];
+        for (int i = threadIdx.x; i < 2 * 256; i += THREADS) s_pair[i] = prm.pair[i];
     }
 
     const long long t = (long long)blockIdx.x * THREADS + threadIdx.x; // chunk index
@@ -232,17 +238,23 @@ __global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A
 
     float s[CHUNK];
     if (bnb) {
+        // bnb's fast-math scaling; the clamp only turns an all-zero block's NaN into -1 (the tree
+        // search without the clamp gives bucket 0 for NaN: the same bucket for every codebook here)
         const float inv = rcp_approx_ftz(m);
 #pragma unroll
-        for (int j = 0; j < CHUNK; j++) s[j] = mul_ftz(x[j], inv);
+        for (int j = 0; j < CHUNK; j++) s[j] = fminf(fmaxf(mul_ftz(x[j], inv), -1.0f), 1.0f);
     } else if (!tail) {
         const float inv = __frcp_rn(fmaxf(m, TINY));
 #pragma unroll
-        for (int j = 0; j < CHUNK; j++) s[j] = fminf(fmaxf(__fmul_rn(x[j], inv), -1.0f), 1.0f);
+        for (int j = 0; j < CHUNK; j++) s[j] = __fmul_rn(x[j], inv);
     } else {
         const float d = fmaxf(m, TINY);
 #pragma unroll
-        for (int j = 0; j < CHUNK; j++) s[j] = fminf(fmaxf(__fdiv_rn(x[j], d), -1.0f), 1.0f);
+        for (int j = 0; j < CHUNK; j++) s[j] = __fdiv_rn(x[j], d);
+    }
+    if constexpr (S == 0) { // the cell plan folds the clamp into its bounds; the tree clamps
+#pragma unroll
+        for (int j = 0; j < CHUNK; j++) s[j] = fminf(fmaxf(s[j], -1.0f), 1.0f);
     }
 
     uint32_t q[CHUNK];
@@ -256,18 +268,17 @@ __global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A
             q[j] = s_tree[i];
         }
     } else {
-        const unsigned char* cell = reinterpret_cast<const unsigned char*>(s_cell);
         const int sh = 23 - m_bits;
-        const uint32_t last = (128u << m_bits) - 1;
-        const int sign_sh = 7 + m_bits;
+        const char* sb = reinterpret_cast<const char*>(s_b);
+        const char* sp = reinterpret_cast<const char*>(s_pair);
 #pragma unroll
         for (int j = 0; j < CHUNK; j++) {
-            const uint32_t bits = __float_as_uint(s[j]);
-            const uint32_t key = min((bits & 0x7FFFFFFFu) >> sh, last) | ((bits >> 31) << sign_sh);
-            int pos = cell[key];
+            uint32_t off = s_cell[__float_as_uint(s[j]) >> sh]; // 4 * #{bounds < min(cell)}
 #pragma unroll
-            for (int step = 1 << (S - 1); step > 0; step >>= 1) pos += (s[j] > s_b[pos + step - 1]) ? step : 0;
-            q[j] = s_code[pos];
+            for (int step = 1 << (S - 1); step > 1; step >>= 1)
+                off += (s[j] > *reinterpret_cast<const float*>(sb + off + 4 * (step - 1))) ? 4 * step : 0;
+            const uint2 pr = *reinterpret_cast<const uint2*>(sp + 2 * off);
+            q[j] = (s[j] > *reinterpret_cast<const float*>(sb + off)) ? pr.y : pr.x;
         }
     }
 

@@ -11,7 +11,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | t
 python3 -m workbench.cuda_build quant --force --verbose 2>&1 | grep -E "k_(de)?quantize|registers|spill|built|FAILED|error" \
   | sed -E 's/_ZN[0-9]+_GLOBAL__N__[0-9a-f_]+quant_cu_[0-9a-f]+//' >> "$OUT/build.txt"
 if [ $TESTS = 1 ]; then
-  timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu_quant.py 2>&1 | tail -30 | tee "$OUT/pytest.txt"
+  timeout 300 python3 -m pytest -q -x --tb=short -p no:cacheprovider -p no:warnings tests/test_gpu_quant.py 2>&1 | tail -40 | tee "$OUT/pytest.txt"
 fi
 timeout 400 python3 -m studies.bench_gpu --out "$OUT" $QUICK 2>&1 | grep -v -i "warn" | tail -70
 if [ "${NCU:-1}" = 1 ] && command -v ncu >/dev/null; then

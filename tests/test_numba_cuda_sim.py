@@ -135,12 +135,11 @@ def test_eytzinger_is_bucketize(rng):
         assert np.array_equal(tc[i - (1 << levels)], cb.quantize_normalized(s))
 
 
-def _cell_search_np(s, plan):
+def _cell_search_np(s, plan):  # mirrors numba_kernels.cuda.quant._cell_search
     import numpy as np
     m, S, cell, bnd, codes = plan
     bits = s.view(np.uint32).astype(np.int64)
-    mag = np.minimum((bits & 0x7FFFFFFF) >> (23 - m), (128 << m) - 1)
-    pos = cell[mag | ((bits >> 31) << (7 + m))].astype(np.int64)
+    pos = cell[bits >> (23 - m)].astype(np.int64)
     step = 1 << (S - 1)
     while step:
         pos += np.where(s > bnd[pos + step - 1], step, 0)
@@ -163,5 +162,5 @@ def test_cell_plan_is_bucketize(rng, bits):
         u = torch.rand(20000, generator=rng).numpy()
         s = np.concatenate([(u * 2 - 1), np.sign(u - .5) * 2.0 ** (-40 * u), b, np.nextafter(b, 2), np.nextafter(b, -2),
                             [-1, 1, 0, -0.0, 1e-45, -1e-45]]).astype(np.float32)
-        s = np.clip(s, -1, 1)
-        assert np.array_equal(_cell_search_np(s, plan), cb.quantize_normalized(s)), cb.name
+        s = np.concatenate([np.clip(s, -1, 1), np.float32(1 + 2 ** -23) * np.float32([1, -1])]).astype(np.float32)
+        assert np.array_equal(_cell_search_np(s, plan), cb.quantize_normalized(np.clip(s, -1, 1))), cb.name

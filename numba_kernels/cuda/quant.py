@@ -208,42 +208,42 @@ def _make_dequantize(bits: int, kind: int):
 # The search is the cell plan of :func:`cell_plan`: pos = cell[key(s)], then an S-step branch-free
 # binary search over the sorted, +inf-padded bounds from pos; code = codes[pos].
 
-def cell_plan(bounds: np.ndarray, bucket_codes: np.ndarray, bits: int, mmax: int = 5):
-    """(m, S, cell u8[256 << m], bounds f32[264], codes i32[256]) for the cell search.
+def cell_plan(bounds: np.ndarray, bucket_codes: np.ndarray, bits: int, mmax: int = 4):
+    """(m, S, cell i32[384 << m], bounds f32[264], codes i32[257]) for the cell search.
 
-    The key of s is its sign, exponent and top m mantissa bits; per cell the plan stores
-    #{bounds < min(cell)} and guarantees at most 2**S - 1 bounds inside the cell. The magnitude
-    cell of |s| in [2 - 2**-m, 2) also catches NaN (pos 0). Falls back to m = 1 and a full search.
+    key(s) = float bits >> (23 - m): s in [+0, 2) -> [0, 128 << m), s in (-2, -0] -> [256 << m, 384 << m).
+    Per cell the plan stores pos = #{bounds' < min(cell)} and guarantees at most 2**S - 1 bounds
+    inside the cell. bounds' folds the spec's [-1, 1] clamp (bounds < -1 -> -inf, >= 1 -> +inf), so
+    #{bounds' < s} = #{bounds < clamp(s)} for |s| < 2 and the kernels need no clamp. Falls back to
+    m = 1 and a full search (S = bits), which always fits.
     """
     b = np.asarray(bounds, np.float32)
+    b = np.where(b < -1, -np.inf, np.where(b >= 1, np.inf, b)).astype(np.float32)
     tries = [1] if bits == 4 else [2, 3]
     full = 4 if bits == 4 else 8
     for S in tries + [full]:
-        for m in (range(1, mmax + 1) if S != full else [1]):   # m >= 1: 1.0 is never in the NaN cell
+        for m in (range(1, mmax + 1) if S != full else [1]):
             ncell = 128 << m
             u = np.arange(ncell, dtype=np.uint64)
             lo = (u << np.uint64(23 - m)).astype(np.uint32).view(np.float32)
             hi = (((u + np.uint64(1)) << np.uint64(23 - m)) - np.uint64(1)).astype(np.uint32).view(np.float32)
             bp, tp = np.searchsorted(b, lo, "left"), np.searchsorted(b, hi, "left")
             bn, tn = np.searchsorted(b, -hi, "left"), np.searchsorted(b, -lo, "left")
-            for arr in (bp, tp, bn, tn):
-                arr[-1] = 0
             if max((tp - bp).max(), (tn - bn).max()) <= (1 << S) - 1:
-                cell = np.concatenate([bp, bn]).astype(np.uint8)
+                cell = np.zeros(384 << m, np.int32)
+                cell[:ncell] = bp
+                cell[256 << m:] = bn
                 bpad = np.full(256 + 8, np.inf, np.float32)
                 bpad[:b.size] = b
                 codes = np.asarray(bucket_codes, np.int32)
-                cpad = np.concatenate([codes, np.full(256 - codes.size, codes[-1], np.int32)])
+                cpad = np.concatenate([codes, np.full(257 - codes.size, codes[-1], np.int32)])
                 return m, S, cell, bpad, cpad
     raise AssertionError("unreachable: the full search always fits")
 
 
 @cuda.jit(device=True, inline=True)
 def _cell_search(s, m, S, s_cell, s_b, s_code):
-    bits = _float_as_int(s)
-    mag = min((bits & 0x7FFFFFFF) >> (23 - m), (128 << m) - 1)
-    key = mag | (((bits >> 31) & 1) << (7 + m))
-    pos = int32(s_cell[key])
+    pos = s_cell[(_float_as_int(s) & 0xFFFFFFFF) >> (23 - m)]   # logical shift of the bit pattern
     step = 1 << (S - 1)
     while step > 0:
         if s > s_b[pos + step - 1]:
@@ -266,17 +266,18 @@ def _pair(A, w, kind):
 def _make_quantize_fast(bits: int, kind: int):
     @cuda.jit(fastmath=False)
     def quantize(A, n, G, nblocks, m, S, cell, bnd, codes, out, absmax):
-        s_cell = cuda.shared.array(256 << 5, uint8)
+        s_cell = cuda.shared.array(384 << 4, int32)
         s_b = cuda.shared.array(256 + 8, float32)
-        s_code = cuda.shared.array(256, int32)
+        s_code = cuda.shared.array(257, int32)
         s_m = cuda.shared.array(THREADS, float32)
         tid = cuda.threadIdx.x
         for i in range(tid, cell.shape[0], THREADS):
             s_cell[i] = cell[i]
         for i in range(tid, 256 + 8, THREADS):
             s_b[i] = bnd[i]
-        for i in range(tid, 256, THREADS):
+        for i in range(tid, 257, THREADS):
             s_code[i] = codes[i]
+        cuda.syncthreads()
         t = cuda.blockIdx.x * THREADS + tid
         blk = t // G
         g = t - blk * G
@@ -318,8 +319,6 @@ def _make_quantize_fast(bits: int, kind: int):
                 else:
                     s0 = x[2 * k] * inv
                     s1 = x[2 * k + 1] * inv
-                s0 = min(max(s0, float32(-1.0)), float32(1.0))
-                s1 = min(max(s1, float32(-1.0)), float32(1.0))
                 c0 = _cell_search(s0, m, S, s_cell, s_b, s_code)
                 c1 = _cell_search(s1, m, S, s_cell, s_b, s_code)
                 if bits == 4:
