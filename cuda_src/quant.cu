@@ -175,14 +175,14 @@ template <typename T, int BITS, int L, int G, int S>
 __global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A, long long n, long long nblocks,
                                                       const __grid_constant__ QParams<L, S> prm,
                                                       unsigned char* __restrict__ out, float* __restrict__ absmax,
-                                                      int flags, int vec_ok) {
+                                                      int flags, int vec_ok, long long ntiles) {
     constexpr int M = 1 << L;
     constexpr int TREE_WORDS = S == 0 ? 2 * M : 1;
     __shared__ uint32_t s_tree[TREE_WORDS];
     __shared__ __align__(16) uint16_t s_cell[S == 0 ? 2 : 384 << MMAX];
     __shared__ __align__(16) float s_b[S == 0 ? 1 : 256 + 8];
     __shared__ __align__(16) uint32_t s_pair[S == 0 ? 2 : 2 * 256];
-    __shared__ float s_warpmax[THREADS / 32];
+    __shared__ float s_warpmax[2][THREADS / 32];
     int m_bits = 0;
     if constexpr (S == 0) {
         for (int i = threadIdx.x; i < 2 * M; i += THREADS) s_tree[i] = prm.w[i];
@@ -196,7 +196,11 @@ __global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A
         for (int i = threadIdx.x; i < 2 * 256; i += THREADS) s_pair[i] = prm.pair[i];
     }
 
-    const long long t = (long long)blockIdx.x * THREADS + threadIdx.x; // chunk index
+    __syncthreads();
+    // persistent CTAs: the shared tables are filled once, then tiles of THREADS chunks are strided
+    int it = 0;
+    for (long long tile = blockIdx.x; tile < ntiles; tile += gridDim.x, it ^= 1) {
+    const long long t = tile * THREADS + threadIdx.x; // chunk index
     const long long e0 = t * CHUNK;
     const long long blk = t / G;
     const bool live = blk < nblocks;
@@ -222,14 +226,12 @@ __global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A
     for (int o = GW / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     if constexpr (G > 32) {
         const int warp = threadIdx.x >> 5;
-        if ((threadIdx.x & 31) == 0) s_warpmax[warp] = m;
+        if ((threadIdx.x & 31) == 0) s_warpmax[it][warp] = m; // double-buffered across tiles
         __syncthreads();
         const int first = warp & ~(G / 32 - 1);
-        m = s_warpmax[first];
+        m = s_warpmax[it][first];
 #pragma unroll
-        for (int k = 1; k < G / 32; k++) m = fmaxf(m, s_warpmax[first + k]);
-    } else {
-        __syncthreads(); // s_tree
+        for (int k = 1; k < G / 32; k++) m = fmaxf(m, s_warpmax[it][first + k]);
     }
 
     const bool tail = live && blk == nblocks - 1 && (n % ((long long)G * CHUNK)) != 0;
@@ -282,7 +284,7 @@ __global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A
         }
     }
 
-    if (!live || e0 >= n) return;
+    if (!live || e0 >= n) continue;
     if constexpr (BITS == 4) {
         uint32_t w[2];
 #pragma unroll
@@ -312,6 +314,7 @@ __global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A
                 if (e0 + j < n) out[e0 + j] = (unsigned char)q[j];
         }
     }
+    } // tile loop
 }
 
 // ---------------------------------------------------------------------------------------- dequantize
@@ -393,6 +396,18 @@ __global__ void __launch_bounds__(THREADS) k_dequantize(const unsigned char* __r
 // --------------------------------------------------------------------------------------------- host
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
+int num_sms() {
+    static int cache[64] = {0};
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (dev < 0 || dev >= 64) return 132;
+    if (cache[dev] == 0) {
+        int v = 0;
+        cache[dev] = (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && v > 0) ? v : 132;
+    }
+    return cache[dev];
+}
+
 int log2i(long long v) {
     int s = 0;
     while ((1LL << s) < v) s++;
@@ -405,10 +420,16 @@ cudaError_t launch_q(const void* A, long long n, const QParams<L, S>& tree, unsi
     const long long bs = (long long)G * CHUNK;
     const long long nblocks = (n + bs - 1) / bs;
     const long long threads = nblocks * G;
-    const long long grid = (threads + THREADS - 1) / THREADS;
+    const long long ntiles = (threads + THREADS - 1) / THREADS;
+    static int per_sm = 0; // resident CTAs per SM of this instantiation
+    if (per_sm == 0) {
+        cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_quantize<T, BITS, L, G, S>, THREADS, 0);
+        if (e != cudaSuccess || per_sm < 1) per_sm = 1;
+    }
+    const long long grid = std::min<long long>(ntiles, (long long)per_sm * num_sms());
     const int vec_ok = aligned16(A) && aligned16(out);
     k_quantize<T, BITS, L, G, S><<<(unsigned)grid, THREADS, 0, stream>>>(A, n, nblocks, tree, out, absmax, flags,
-                                                                         vec_ok);
+                                                                         vec_ok, ntiles);
     return cudaGetLastError();
 }
 
