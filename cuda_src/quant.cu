@@ -76,6 +76,7 @@ struct Plan {
     float bounds[256 + 8];
     uint32_t pair[2 * 256];
     int m;
+    int identity; // bucket_codes[i] == i: the code is the bucket index, no table read
 };
 
 static bool build_plan(Plan& p, int S, const float* bounds_in, int nbounds, const unsigned char* bucket_codes,
@@ -109,6 +110,8 @@ static bool build_plan(Plan& p, int S, const float* bounds_in, int nbounds, cons
         if (ok) {
             p.m = m;
             std::memcpy(p.bounds, b, sizeof(b));
+            p.identity = 1;
+            for (int i = 0; i < nbuckets; i++) p.identity &= bucket_codes[i] == i;
             for (int i = 0; i < 256; i++) {
                 p.pair[2 * i] = bucket_codes[std::min(i, nbuckets - 1)];
                 p.pair[2 * i + 1] = bucket_codes[std::min(i + 1, nbuckets - 1)];
@@ -172,7 +175,7 @@ __device__ __forceinline__ float mul_ftz(float a, float b) {
 template <int L, int S> using QParams = std::conditional_t<S == 0, Tree<L>, Plan>;
 
 template <typename T, int BITS, int L, int G, int S>
-__global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A, long long n, long long nblocks,
+__global__ void __launch_bounds__(THREADS, BITS == 8 ? 8 : 1) k_quantize(const void* __restrict__ A, long long n, long long nblocks,
                                                       const __grid_constant__ QParams<L, S> prm,
                                                       unsigned char* __restrict__ out, float* __restrict__ absmax,
                                                       int flags, int vec_ok, long long ntiles) {
@@ -183,11 +186,12 @@ __global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A
     __shared__ __align__(16) float s_b[S == 0 ? 1 : 256 + 8];
     __shared__ __align__(16) uint32_t s_pair[S == 0 ? 2 : 2 * 256];
     __shared__ float s_warpmax[2][THREADS / 32];
-    int m_bits = 0;
+    int m_bits = 0, ident = 0;
     if constexpr (S == 0) {
         for (int i = threadIdx.x; i < 2 * M; i += THREADS) s_tree[i] = prm.w[i];
     } else {
         m_bits = prm.m;
+        ident = prm.identity;
         const int nw = (384 << m_bits) / 2; // cell words
         const uint32_t* cw = reinterpret_cast<const uint32_t*>(prm.cell);
         uint32_t* sw = reinterpret_cast<uint32_t*>(s_cell);
@@ -279,8 +283,13 @@ __global__ void __launch_bounds__(THREADS) k_quantize(const void* __restrict__ A
 #pragma unroll
             for (int step = 1 << (S - 1); step > 1; step >>= 1)
                 off += (s[j] > *reinterpret_cast<const float*>(sb + off + 4 * (step - 1))) ? 4 * step : 0;
-            const uint2 pr = *reinterpret_cast<const uint2*>(sp + 2 * off);
-            q[j] = (s[j] > *reinterpret_cast<const float*>(sb + off)) ? pr.y : pr.x;
+            const bool up = s[j] > *reinterpret_cast<const float*>(sb + off);
+            if (ident) {
+                q[j] = (off >> 2) + (up ? 1 : 0);
+            } else {
+                const uint2 pr = *reinterpret_cast<const uint2*>(sp + 2 * off);
+                q[j] = up ? pr.y : pr.x;
+            }
         }
     }
 

@@ -263,9 +263,10 @@ def _pair(A, w, kind):
     return float32(_half2float(v & 0xFFFF)), float32(_half2float((v >> 16) & 0xFFFF))
 
 
-def _make_quantize_fast(bits: int, kind: int):
+def _make_quantize_fast(bits: int, kind: int, S: int):
+    """Persistent CTAs (tables filled once per CTA); S (search steps) is a compile-time constant."""
     @cuda.jit(fastmath=False)
-    def quantize(A, n, G, nblocks, m, S, cell, bnd, codes, out, absmax):
+    def quantize(A, n, G, nblocks, ntiles, m, cell, bnd, codes, out, absmax):
         s_cell = cuda.shared.array(384 << 4, int32)
         s_b = cuda.shared.array(256 + 8, float32)
         s_code = cuda.shared.array(257, int32)
@@ -278,53 +279,55 @@ def _make_quantize_fast(bits: int, kind: int):
         for i in range(tid, 257, THREADS):
             s_code[i] = codes[i]
         cuda.syncthreads()
-        t = cuda.blockIdx.x * THREADS + tid
-        blk = t // G
-        g = t - blk * G
-        wbase = blk * (G * PAIRS)           # first pair (word) of the block
         npairs = n // 2                     # n is even here
+        bs = G * CHUNK
         x = cuda.local.array(CHUNK, float32)
-        mx = float32(0.0)
-        for k in range(PAIRS):
-            w = wbase + g + k * G
-            v0 = float32(0.0)
-            v1 = float32(0.0)
-            if w < npairs:
-                v0, v1 = _pair(A, w, kind)
-            x[2 * k] = v0
-            x[2 * k + 1] = v1
-            mx = max(mx, abs(v0), abs(v1))
-        s_m[tid] = mx
-        cuda.syncthreads()
-        stride = G // 2
-        while stride > 0:
-            if (tid % G) < stride:
-                s_m[tid] = max(s_m[tid], s_m[tid + stride])
+        for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
+            t = tile * THREADS + tid
+            blk = t // G
+            g = t - blk * G
+            wbase = blk * (G * PAIRS)       # first pair (word) of the block
+            mx = float32(0.0)
+            for k in range(PAIRS):
+                w = wbase + g + k * G
+                v0 = float32(0.0)
+                v1 = float32(0.0)
+                if w < npairs:
+                    v0, v1 = _pair(A, w, kind)
+                x[2 * k] = v0
+                x[2 * k + 1] = v1
+                mx = max(mx, abs(v0), abs(v1))
+            s_m[tid] = mx
             cuda.syncthreads()
-            stride //= 2
-        mx = s_m[tid - g]
-        if blk >= nblocks:
-            return
-        tail = blk == nblocks - 1 and n % (G * CHUNK) != 0
-        d = max(mx, TINY)
-        if g == 0:
-            absmax[blk] = d if tail else mx
-        inv = float32(1.0) / d
-        for k in range(PAIRS):
-            w = wbase + g + k * G
-            if w < npairs:
-                if tail:
-                    s0 = x[2 * k] / d
-                    s1 = x[2 * k + 1] / d
-                else:
-                    s0 = x[2 * k] * inv
-                    s1 = x[2 * k + 1] * inv
-                c0 = _cell_search(s0, m, S, s_cell, s_b, s_code)
-                c1 = _cell_search(s1, m, S, s_cell, s_b, s_code)
-                if bits == 4:
-                    out[w] = (c0 << 4) | c1
-                else:
-                    out[w] = c0 | (c1 << 8)        # out: uint16 pairs (little endian)
+            stride = G // 2
+            while stride > 0:
+                if (tid % G) < stride:
+                    s_m[tid] = max(s_m[tid], s_m[tid + stride])
+                cuda.syncthreads()
+                stride //= 2
+            mx = s_m[tid - g]
+            cuda.syncthreads()              # s_m is rewritten by the next tile
+            if blk < nblocks:
+                tail = blk == nblocks - 1 and n % bs != 0
+                d = max(mx, TINY)
+                if g == 0:
+                    absmax[blk] = d if tail else mx
+                inv = float32(1.0) / d
+                for k in range(PAIRS):
+                    w = wbase + g + k * G
+                    if w < npairs:
+                        if tail:
+                            s0 = x[2 * k] / d
+                            s1 = x[2 * k + 1] / d
+                        else:
+                            s0 = x[2 * k] * inv
+                            s1 = x[2 * k + 1] * inv
+                        c0 = _cell_search(s0, m, S, s_cell, s_b, s_code)
+                        c1 = _cell_search(s1, m, S, s_cell, s_b, s_code)
+                        if bits == 4:
+                            out[w] = (c0 << 4) | c1
+                        else:
+                            out[w] = c0 | (c1 << 8)        # out: uint16 pairs (little endian)
 
     return quantize
 
@@ -371,13 +374,16 @@ def _make_dequantize_fast(bits: int, kind: int):
 _KERNELS: dict = {}
 
 
-def kernel(op: str, bits: int, kind: int):
+def kernel(op: str, bits: int, kind: int, S: int = 0):
     """The compiled kernel for (op in 'quantize'/'dequantize'/'quantize_fast'/'dequantize_fast', bits, kind)."""
-    key = (op, bits, kind)
+    key = (op, bits, kind, S)
     if key not in _KERNELS:
-        make = {"quantize": _make_quantize, "dequantize": _make_dequantize,
-                "quantize_fast": _make_quantize_fast, "dequantize_fast": _make_dequantize_fast}[op]
-        _KERNELS[key] = make(bits, kind)
+        if op == "quantize_fast":
+            _KERNELS[key] = _make_quantize_fast(bits, kind, S)
+        else:
+            make = {"quantize": _make_quantize, "dequantize": _make_dequantize,
+                    "dequantize_fast": _make_dequantize_fast}[op]
+            _KERNELS[key] = make(bits, kind)
     return _KERNELS[key]
 
 

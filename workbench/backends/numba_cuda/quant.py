@@ -81,6 +81,12 @@ def _plan(codebook, bits: int, device: torch.device):
     return m, S, arrs
 
 
+def _sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 2
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _fast_ok(t: torch.Tensor, multiple: int, align: int) -> bool:
     return t.numel() % multiple == 0 and (t.data_ptr() % align == 0) and t.numel() > 0
 
@@ -111,8 +117,9 @@ def _quantize(A, codebook, blocksize, bits):
         m, S, (cell, bnd, codes) = _plan(codebook, bits, A.device)
         a = _arr(A) if kind == K.F32 else _words(A, 32)
         o = _out_arr(out) if bits == 4 else _words(out, 16)
-        _launch(K.kernel("quantize_fast", bits, kind), grid, A.device,
-                a, n, G, nblocks, m, S, cell, bnd, codes, o, _out_arr(absmax))
+        pgrid = max(1, min(grid, _sms(A.device) * 8))     # persistent CTAs
+        _launch(K.kernel("quantize_fast", bits, kind, S), pgrid, A.device,
+                a, n, G, nblocks, grid, m, cell, bnd, codes, o, _out_arr(absmax))
         return out, absmax
     tf, tc = _tree(codebook, levels, A.device)
     _launch(K.kernel("quantize", bits, kind), grid, A.device,
