@@ -1,0 +1,246 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Cython/OpenMP CPU kernels for blockwise 8-bit and 4-bit quantization with any codebook.
+
+``prange`` hands one quantization block at a time to each OpenMP thread; the per-block
+work is plain C (below) written so GCC vectorizes it: the block is widened into a float32
+stack buffer, reduced to its absmax, scaled, and encoded while it sits in L1. Rounding is
+the spec's (docs/ARCHITECTURE.md): float32, no FMA contraction (setup.py passes
+-ffp-contract=off), reciprocal-multiply for full blocks, division in the tail block.
+Search plans come from workbench/backends/_cpu_common.py.
+"""
+from cython.parallel cimport prange
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #include <math.h>
+    #ifdef _OPENMP
+    #include <omp.h>
+    #endif
+    #define KB_MAXBLOCK 4096
+    static const float KB_TINY = 1e-38f;
+
+    static inline int kb_max_threads(void) {
+    #ifdef _OPENMP
+        return omp_get_max_threads();
+    #else
+        return 1;
+    #endif
+    }
+    static inline float kb_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+    static inline uint32_t kb_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+    static inline float kb_f16_to_f32(uint16_t h) {
+        uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
+        if (exp == 0) { float v = (float)mant * 5.960464477539063e-08f; return sign ? -v : v; }
+        if (exp == 31) return kb_bits_f32(sign | 0x7F800000u | (mant << 13));
+        return kb_bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
+    }
+    static inline uint16_t kb_f32_to_bf16(float f) {
+        uint32_t x = kb_f32_bits(f);
+        if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((x >> 16) | 0x40u);
+        return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+    }
+    static inline uint16_t kb_f32_to_f16(float f) {
+        uint32_t x = kb_f32_bits(f), sign = (x >> 16) & 0x8000u, r, rem;
+        x &= 0x7FFFFFFFu;
+        if (x >= 0x7F800000u) return (uint16_t)(sign | (x > 0x7F800000u ? 0x7E00u : 0x7C00u));
+        if (x >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);
+        if (x < 0x38800000u) {
+            if (x <= 0x33000000u) return (uint16_t)sign;
+            uint32_t e = x >> 23, m = (x & 0x7FFFFFu) | 0x800000u, shift = 126u - e, half = 1u << (shift - 1u);
+            r = m >> shift; rem = m & ((1u << shift) - 1u);
+            if (rem > half || (rem == half && (r & 1u))) r += 1u;
+            return (uint16_t)(sign | r);
+        }
+        r = (((x >> 23) - 112u) << 10) | ((x & 0x7FFFFFu) >> 13);
+        rem = x & 0x1FFFu;
+        if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) r += 1u;
+        return (uint16_t)(sign | r);
+    }
+
+    /* widen x[start:end) into buf (kind 0 float32, 1 bf16 bits, 2 fp16 bits) */
+    static inline void kb_load(const void* x, int kind, int64_t start, int64_t len, float* buf) {
+        if (kind == 0) { memcpy(buf, (const float*)x + start, (size_t)len * 4); return; }
+        const uint16_t* u = (const uint16_t*)x + start;
+        if (kind == 1) { for (int64_t i = 0; i < len; i++) buf[i] = kb_bits_f32((uint32_t)u[i] << 16); }
+        else { for (int64_t i = 0; i < len; i++) buf[i] = kb_f16_to_f32(u[i]); }
+    }
+
+    /* absmax, then scaled values in place; returns the absmax to store */
+    static inline float kb_scale(float* buf, int64_t len, int is_tail) {
+        float am = 0.0f;
+        for (int64_t i = 0; i < len; i++) { float v = fabsf(buf[i]); am = v > am ? v : am; }
+        float amc = am > KB_TINY ? am : KB_TINY;
+        if (is_tail) {
+            for (int64_t i = 0; i < len; i++) { float s = buf[i] / amc; buf[i] = s > 1.0f ? 1.0f : (s < -1.0f ? -1.0f : s); }
+            return amc;
+        }
+        float r = 1.0f / amc;
+        for (int64_t i = 0; i < len; i++) { float s = buf[i] * r; buf[i] = s > 1.0f ? 1.0f : (s < -1.0f ? -1.0f : s); }
+        return am;
+    }
+
+    /* count of the 15 (+inf padded) bounds below each s: branch-free, vectorizes over i */
+    static inline void kb_count15(const float* buf, int64_t len, const float* bnd, uint8_t* cnt) {
+        float b0=bnd[0],b1=bnd[1],b2=bnd[2],b3=bnd[3],b4=bnd[4],b5=bnd[5],b6=bnd[6],b7=bnd[7],
+              b8=bnd[8],b9=bnd[9],b10=bnd[10],b11=bnd[11],b12=bnd[12],b13=bnd[13],b14=bnd[14];
+        for (int64_t i = 0; i < len; i++) {
+            float s = buf[i];
+            cnt[i] = (uint8_t)((b0<s)+(b1<s)+(b2<s)+(b3<s)+(b4<s)+(b5<s)+(b6<s)+(b7<s)
+                              +(b8<s)+(b9<s)+(b10<s)+(b11<s)+(b12<s)+(b13<s)+(b14<s));
+        }
+    }
+
+    static inline uint8_t kb_bsearch(float s, const float* bounds_pad, int64_t npad) {
+        int64_t pos = 0;
+        for (int64_t step = (npad + 1) / 2; step > 0; step >>= 1)
+            if (bounds_pad[pos + step - 1] < s) pos += step;
+        return (uint8_t)pos;
+    }
+
+    /* one 8-bit block: mode 0 linear (<=16 buckets), 1 key-LUT, 2 binary search */
+    static inline void kb_quant8_block(const void* x, int kind, int64_t start, int64_t end, int is_tail, int mode,
+            const float* bnd15, const uint8_t* bcodes, const float* kbound, const uint8_t* klo, const uint8_t* khi,
+            const float* bounds_pad, int64_t npad, uint8_t* codes, float* absmax_b) {
+        float buf[KB_MAXBLOCK];
+        int64_t len = end - start;
+        kb_load(x, kind, start, len, buf);
+        *absmax_b = kb_scale(buf, len, is_tail);
+        uint8_t* out = codes + start;
+        if (mode == 0) {
+            kb_count15(buf, len, bnd15, out);
+            for (int64_t i = 0; i < len; i++) out[i] = bcodes[out[i]];
+        } else if (mode == 1) {
+            for (int64_t i = 0; i < len; i++) {
+                float s = buf[i];
+                uint32_t key = kb_f32_bits(s) >> 16;
+                out[i] = s > kbound[key] ? khi[key] : klo[key];
+            }
+        } else {
+            for (int64_t i = 0; i < len; i++) out[i] = bcodes[kb_bsearch(buf[i], bounds_pad, npad)];
+        }
+    }
+
+    static inline void kb_quant4_block(const void* x, int kind, int64_t start, int64_t end, int is_tail,
+            const float* bnd15, const uint8_t* bcodes, int identity, uint8_t zero_code,
+            uint8_t* packed, float* absmax_b) {
+        float buf[KB_MAXBLOCK];
+        uint8_t cnt[KB_MAXBLOCK + 1];
+        int64_t len = end - start;
+        kb_load(x, kind, start, len, buf);
+        *absmax_b = kb_scale(buf, len, is_tail);
+        kb_count15(buf, len, bnd15, cnt);
+        if (!identity) for (int64_t i = 0; i < len; i++) cnt[i] = bcodes[cnt[i]];
+        if (len & 1) cnt[len] = zero_code;   /* bitsandbytes pads an odd tail with 0.0 */
+        uint8_t* out = packed + (start >> 1);
+        int64_t nb = (len + 1) >> 1;
+        for (int64_t j = 0; j < nb; j++) out[j] = (uint8_t)((cnt[2 * j] << 4) | cnt[2 * j + 1]);
+    }
+
+    static inline void kb_store(float* vals, int64_t len, int kind, void* out, int64_t start) {
+        if (kind == 0) { memcpy((float*)out + start, vals, (size_t)len * 4); return; }
+        uint16_t* o = (uint16_t*)out + start;
+        if (kind == 1) { for (int64_t i = 0; i < len; i++) o[i] = kb_f32_to_bf16(vals[i]); }
+        else { for (int64_t i = 0; i < len; i++) o[i] = kb_f32_to_f16(vals[i]); }
+    }
+
+    static inline void kb_dequant8_block(const uint8_t* codes, float am, const float* table, int64_t start,
+            int64_t end, int kind, void* out) {
+        float vals[KB_MAXBLOCK];
+        int64_t len = end - start;
+        const uint8_t* c = codes + start;
+        if (kind == 0) {
+            float* o = (float*)out + start;
+            for (int64_t i = 0; i < len; i++) o[i] = table[c[i]] * am;
+            return;
+        }
+        for (int64_t i = 0; i < len; i++) vals[i] = table[c[i]] * am;
+        kb_store(vals, len, kind, out, start);
+    }
+
+    static inline void kb_dequant4_block(const uint8_t* packed, float am, const float* table, int64_t start,
+            int64_t end, int kind, void* out) {
+        float vals[KB_MAXBLOCK + 1];
+        float t[16];
+        int64_t len = end - start, nb = (len + 1) >> 1;
+        for (int k = 0; k < 16; k++) t[k] = table[k] * am;   /* same float32 product per code */
+        const uint8_t* p = packed + (start >> 1);
+        float* dst = kind == 0 ? (float*)out + start : vals;
+        if (kind == 0 && (len & 1)) dst = vals;
+        for (int64_t j = 0; j < nb; j++) { uint8_t b = p[j]; dst[2 * j] = t[b >> 4]; dst[2 * j + 1] = t[b & 15]; }
+        if (kind != 0 || (len & 1)) kb_store(vals, len, kind, out, start);
+    }
+    """
+    int kb_max_threads() nogil
+    void kb_quant8_block(const void* x, int kind, int64_t start, int64_t end, int is_tail, int mode,
+                         const float* bnd15, const uint8_t* bcodes, const float* kbound, const uint8_t* klo,
+                         const uint8_t* khi, const float* bounds_pad, int64_t npad, uint8_t* codes,
+                         float* absmax_b) nogil
+    void kb_quant4_block(const void* x, int kind, int64_t start, int64_t end, int is_tail, const float* bnd15,
+                         const uint8_t* bcodes, int identity, uint8_t zero_code, uint8_t* packed,
+                         float* absmax_b) nogil
+    void kb_dequant8_block(const uint8_t* codes, float am, const float* table, int64_t start, int64_t end,
+                           int kind, void* out) nogil
+    void kb_dequant4_block(const uint8_t* packed, float am, const float* table, int64_t start, int64_t end,
+                           int kind, void* out) nogil
+
+
+def max_threads():
+    return kb_max_threads()
+
+
+cdef inline const void* _addr(object arr):
+    return <const void*><size_t>arr.ctypes.data
+
+
+def quantize_blockwise(x, int kind, int64_t blocksize, int mode, const float[::1] bnd15,
+                       const uint8_t[::1] bcodes, const float[::1] kbound, const uint8_t[::1] klo,
+                       const uint8_t[::1] khi, const float[::1] bounds_pad, uint8_t[::1] codes, float[::1] absmax):
+    cdef int64_t n = x.shape[0]
+    cdef int64_t nblocks = (n + blocksize - 1) // blocksize
+    cdef const void* px = _addr(x)
+    cdef int64_t b, start, end
+    for b in prange(nblocks, nogil=True, schedule="static"):
+        start = b * blocksize
+        end = start + blocksize if start + blocksize < n else n
+        kb_quant8_block(px, kind, start, end, end - start < blocksize, mode, &bnd15[0], &bcodes[0], &kbound[0],
+                        &klo[0], &khi[0], &bounds_pad[0], bounds_pad.shape[0], &codes[0], &absmax[b])
+
+
+def quantize_4bit(x, int kind, int64_t blocksize, const float[::1] bnd15, const uint8_t[::1] bcodes,
+                  bint identity, uint8_t zero_code, uint8_t[::1] packed, float[::1] absmax):
+    cdef int64_t n = x.shape[0]
+    cdef int64_t nblocks = (n + blocksize - 1) // blocksize
+    cdef const void* px = _addr(x)
+    cdef int64_t b, start, end
+    for b in prange(nblocks, nogil=True, schedule="static"):
+        start = b * blocksize
+        end = start + blocksize if start + blocksize < n else n
+        kb_quant4_block(px, kind, start, end, end - start < blocksize, &bnd15[0], &bcodes[0], identity, zero_code,
+                        &packed[0], &absmax[b])
+
+
+def dequantize_blockwise(const uint8_t[::1] codes, const float[::1] absmax, const float[::1] table,
+                         int64_t blocksize, int kind, out):
+    cdef int64_t n = codes.shape[0]
+    cdef int64_t nblocks = (n + blocksize - 1) // blocksize
+    cdef void* po = <void*><size_t>out.ctypes.data
+    cdef int64_t b, start, end
+    for b in prange(nblocks, nogil=True, schedule="static"):
+        start = b * blocksize
+        end = start + blocksize if start + blocksize < n else n
+        kb_dequant8_block(&codes[0], absmax[b], &table[0], start, end, kind, po)
+
+
+def dequantize_4bit(const uint8_t[::1] packed, const float[::1] absmax, const float[::1] table, int64_t blocksize,
+                    int64_t n, int kind, out):
+    cdef int64_t nblocks = (n + blocksize - 1) // blocksize
+    cdef void* po = <void*><size_t>out.ctypes.data
+    cdef int64_t b, start, end
+    for b in prange(nblocks, nogil=True, schedule="static"):
+        start = b * blocksize
+        end = start + blocksize if start + blocksize < n else n
+        kb_dequant4_block(&packed[0], absmax[b], &table[0], start, end, kind, po)

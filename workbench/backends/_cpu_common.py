@@ -1,0 +1,90 @@
+"""Shared plumbing for the compiled CPU backends: zero-copy torch <-> NumPy views and the
+per-codebook search plan the kernels take (see numba_kernels/cpu/quant.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+LINEAR, KEYLUT, BSEARCH = 0, 1, 2
+
+
+def as_numpy_bits(t: torch.Tensor) -> tuple[np.ndarray, int]:
+    """A NumPy view of a contiguous CPU tensor; bf16/fp16 as their uint16 bit patterns."""
+    kind = KIND[t.dtype]
+    if kind == 0:
+        return t.numpy(), 0
+    return t.view(torch.int16).numpy().view(np.uint16), kind
+
+
+def empty_out(n: int, dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray, int]:
+    out = torch.empty(n, dtype=dtype)
+    arr, kind = as_numpy_bits(out)
+    return out, arr, kind
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    mode: int
+    bnd15: np.ndarray          # float32[15], bounds padded with +inf (LINEAR)
+    bucket_codes: np.ndarray   # uint8[m]
+    identity: bool             # bucket_codes == arange
+    zero_code: int             # code of 0.0 (odd 4-bit tail padding)
+    kbound: np.ndarray         # float32[65536] (KEYLUT)
+    kcode_lo: np.ndarray       # uint8[65536]
+    kcode_hi: np.ndarray       # uint8[65536]
+    bounds_pad: np.ndarray     # float32[2**k - 1], +inf padded (BSEARCH, stochastic)
+    values: np.ndarray         # float32[m], sorted bucket values (stochastic)
+
+
+def _key_tables(bounds: np.ndarray, codes: np.ndarray):
+    """Cells = the top 16 bits of a float32. Returns (tables, max bounds inside one cell)."""
+    keys = np.arange(1 << 16, dtype=np.uint32)
+    a = (keys << 16).view(np.float32)
+    b = ((keys << 16) | np.uint32(0xFFFF)).view(np.float32)
+    with np.errstate(invalid="ignore"):
+        lo_v = np.nan_to_num(np.minimum(a, b), nan=0.0)
+        hi_v = np.nan_to_num(np.maximum(a, b), nan=0.0)
+    lo = np.searchsorted(bounds, lo_v, side="left")   # bounds strictly below the cell
+    hi = np.searchsorted(bounds, hi_v, side="left")
+    per_cell = int((hi - lo).max())
+    bpad = np.append(bounds, np.float32(np.inf)).astype(np.float32)
+    kbound = bpad[lo].astype(np.float32)
+    kcode_lo = codes[lo].astype(np.uint8)
+    kcode_hi = codes[np.minimum(lo + 1, len(codes) - 1)].astype(np.uint8)
+    return (kbound, kcode_lo, kcode_hi), per_cell
+
+
+def search_plan(codebook) -> SearchPlan:
+    """Cached on the codebook: built once, reused by every call."""
+    plan = codebook.__dict__.get("_cpu_plan")
+    if plan is not None:
+        return plan
+    bounds = np.ascontiguousarray(codebook.bounds, np.float32)
+    codes = np.ascontiguousarray(codebook.bucket_codes, np.uint8)
+    m = len(codes)
+    p = 1
+    while p < m:
+        p *= 2
+    bounds_pad = np.full(max(p - 1, 1), np.inf, np.float32)
+    bounds_pad[: m - 1] = bounds
+    bnd15 = np.full(15, np.inf, np.float32)
+    empty_u8, empty_f32 = np.zeros(1, np.uint8), np.zeros(1, np.float32)
+    kb, klo, khi = empty_f32, empty_u8, empty_u8
+    if m <= 16:
+        mode = LINEAR
+        bnd15[: m - 1] = bounds
+    else:
+        (kb, klo, khi), per_cell = _key_tables(bounds, codes)
+        mode = KEYLUT if per_cell <= 1 else BSEARCH
+    zero_code = int(codes[np.searchsorted(bounds, np.float32(0.0), side="left")])
+    plan = SearchPlan(mode, bnd15, codes, bool(np.array_equal(codes, np.arange(m))), zero_code,
+                      kb, klo, khi, bounds_pad, np.ascontiguousarray(codebook.values, np.float32))
+    codebook.__dict__["_cpu_plan"] = plan
+    return plan
+
+
+def nblocks(n: int, blocksize: int) -> int:
+    return -(-n // blocksize)

@@ -1,0 +1,44 @@
+"""Cython/OpenMP adapter for the quantization family (kernels: workbench/_native/quant_cpu.pyx)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from workbench._native import quant_cpu as K
+
+from .._cpu_common import as_numpy_bits, empty_out, nblocks, search_plan
+
+OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")
+
+
+def quantize_blockwise(A, codebook, blocksize):
+    x, kind = as_numpy_bits(A)
+    p = search_plan(codebook)
+    codes = torch.empty(A.numel(), dtype=torch.uint8)
+    absmax = torch.empty(nblocks(A.numel(), blocksize), dtype=torch.float32)
+    K.quantize_blockwise(x, kind, blocksize, p.mode, p.bnd15, p.bucket_codes, p.kbound, p.kcode_lo, p.kcode_hi,
+                         p.bounds_pad, codes.numpy(), absmax.numpy())
+    return codes, absmax
+
+
+def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
+    out, arr, kind = empty_out(codes.numel(), dtype)
+    K.dequantize_blockwise(codes.numpy(), absmax.numpy(), table.numpy(), blocksize, kind, arr)
+    return out
+
+
+def quantize_4bit(A, codebook, blocksize):
+    x, kind = as_numpy_bits(A)
+    p = search_plan(codebook)
+    n = A.numel()
+    packed = torch.empty((n + 1) // 2, dtype=torch.uint8)
+    absmax = torch.empty(nblocks(n, blocksize), dtype=torch.float32)
+    K.quantize_4bit(x, kind, blocksize, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code),
+                    packed.numpy(), absmax.numpy())
+    return packed, absmax
+
+
+def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
+    out, arr, kind = empty_out(n, dtype)
+    K.dequantize_4bit(packed.numpy(), absmax.numpy(), table.numpy(), blocksize, n, kind, arr)
+    return out
