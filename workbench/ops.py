@@ -58,13 +58,18 @@ def _resolve_absmax(qs: QuantState, backend: str) -> torch.Tensor:
 
 
 def quantize_blockwise(A: torch.Tensor, code=None, blocksize: int = 4096, nested: bool = False, *,
-                       codebook=None, backend: str = "auto", nan_policy: str = "raise"):
+                       codebook=None, backend: str = "auto", nan_policy: str = "raise",
+                       rounding: str = "nearest", generator: torch.Generator | None = None):
     """Blockwise absmax quantization to codes of any codebook of at most 256 entries.
 
     Returns ``(codes, QuantState)``: uint8 codes of A's shape, absmax float32 per block
     (uint8 codes plus offset/state2 when ``nested``). ``code`` may be a float32 table
     (as in bitsandbytes; must be sorted) or a Codebook; default: signed dynamic map.
+    ``rounding="stochastic"`` rounds to one of the two bracketing values with probability
+    proportional to proximity (unbiased), drawing uniforms from ``generator``.
     """
+    if rounding not in ("nearest", "stochastic"):
+        raise QuantInputError(f"rounding: expected 'nearest' or 'stochastic', got {rounding!r}")
     check_tensor("A", A)
     dev = _device(A)
     check_blocksize(blocksize)
@@ -77,8 +82,13 @@ def quantize_blockwise(A: torch.Tensor, code=None, blocksize: int = 4096, nested
     else:
         cb = cbs.get(src)
     check_codebook_size(cb, max_bits=8)
-    fn = get_op(backend, "quantize_blockwise", dev)
-    codes, absmax = fn(_flat(A), cb, blocksize)
+    if rounding == "stochastic":
+        fn = get_op(backend, "quantize_blockwise_stochastic", dev)
+        rand = torch.rand(A.numel(), generator=generator, dtype=torch.float32, device=A.device)
+        codes, absmax = fn(_flat(A), cb, blocksize, rand)
+    else:
+        fn = get_op(backend, "quantize_blockwise", dev)
+        codes, absmax = fn(_flat(A), cb, blocksize)
     table = cb.tensors(A.device)[0].clone()
     if nested:
         qabs, offset, state2 = _quantize_absmax(absmax, backend, blocksize)

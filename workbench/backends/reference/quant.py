@@ -71,4 +71,21 @@ def unpack_4bit(packed: torch.Tensor, n: int) -> torch.Tensor:
 def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
     vals = table[unpack_4bit(packed, n).long()]
     return (vals * _expand_absmax(absmax, n, blocksize)).to(dtype)
-OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")
+def quantize_blockwise_stochastic(A, codebook, blocksize, rand):
+    """Stochastic rounding: between the representable values lo <= s < hi that bracket s, round
+    up iff rand < (s - lo) / (hi - lo) (float32). Unbiased: E[value] = s inside the code's range."""
+    _, bounds, bucket_codes = codebook.tensors(A.device)
+    values = torch.from_numpy(codebook.values.copy()).to(A.device)
+    scaled, absmax = block_scale(A, blocksize)
+    k = torch.bucketize(scaled, bounds).long()
+    lo = torch.where(scaled >= values[k], k, k - 1)
+    last = values.numel() - 1
+    inside = (lo >= 0) & (lo < last)
+    lo_c = lo.clamp(0, last - 1)
+    p = (scaled - values[lo_c]) / (values[lo_c + 1] - values[lo_c])
+    pick = torch.where(rand.reshape(-1) < p, lo_c + 1, lo_c)
+    return bucket_codes[torch.where(inside, pick, k)], absmax
+
+
+OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit",
+       "quantize_blockwise_stochastic")
