@@ -284,8 +284,8 @@ __global__ void __launch_bounds__(THREADS, BITS == 8 ? 8 : 1) k_quantize(const v
             for (int step = 1 << (S - 1); step > 1; step >>= 1)
                 off += (s[j] > *reinterpret_cast<const float*>(sb + off + 4 * (step - 1))) ? 4 * step : 0;
             const bool up = s[j] > *reinterpret_cast<const float*>(sb + off);
-            if (ident) {
-                q[j] = (off >> 2) + (up ? 1 : 0);
+            if (BITS == 8 && ident) { // sorted 8-bit tables: the bucket is the code (4-bit: the branch costs
+                q[j] = (off >> 2) + (up ? 1 : 0); // registers -> occupancy; the pair read is cheap there)
             } else {
                 const uint2 pr = *reinterpret_cast<const uint2*>(sp + 2 * off);
                 q[j] = up ? pr.y : pr.x;
