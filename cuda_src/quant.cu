@@ -175,7 +175,7 @@ __device__ __forceinline__ float mul_ftz(float a, float b) {
 template <int L, int S> using QParams = std::conditional_t<S == 0, Tree<L>, Plan>;
 
 template <typename T, int BITS, int L, int G, int S>
-__global__ void __launch_bounds__(THREADS, BITS == 8 ? 8 : 1) k_quantize(const void* __restrict__ A, long long n, long long nblocks,
+__global__ void __launch_bounds__(THREADS, BITS == 8 ? 8 : 6) k_quantize(const void* __restrict__ A, long long n, long long nblocks,
                                                       const __grid_constant__ QParams<L, S> prm,
                                                       unsigned char* __restrict__ out, float* __restrict__ absmax,
                                                       int flags, int vec_ok, long long ntiles) {
