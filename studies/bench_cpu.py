@@ -79,11 +79,11 @@ def run(n: int = 1 << 24, quick: bool = False, reps: int = 10) -> pd.DataFrame:
 # ---------------------------------------------------------------- memory and compile time
 
 _RSS_CHILD = r"""
-import resource, sys, torch, workbench as wb
+import sys, torch, workbench as wb
 n, backend, op = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 A = torch.randn(n)
-p, s4 = wb.quantize_4bit(A, blocksize=64, quant_type="nf4", backend="reference")
-c, s8 = wb.quantize_blockwise(A, blocksize=256, backend="reference")
+p, s4 = wb.quantize_4bit(A, blocksize=64, quant_type="nf4", backend="cython_cpu")
+c, s8 = wb.quantize_blockwise(A, blocksize=256, backend="cython_cpu")
 f = {"quantize_4bit": lambda: wb.quantize_4bit(A[:4096], blocksize=64, quant_type="nf4", backend=backend),
      "dequantize_4bit": lambda: wb.dequantize_4bit(p[:2048], s4.__class__(s4.absmax[:64], shape=(4096,), code=s4.code, blocksize=64, quant_type="nf4", dtype=s4.dtype), backend=backend),
      "quantize_blockwise": lambda: wb.quantize_blockwise(A[:4096], blocksize=256, backend=backend),
@@ -93,10 +93,14 @@ full = {"quantize_4bit": lambda: wb.quantize_4bit(A, blocksize=64, quant_type="n
         "dequantize_4bit": lambda: wb.dequantize_4bit(p, s4, backend=backend),
         "quantize_blockwise": lambda: wb.quantize_blockwise(A, blocksize=256, backend=backend),
         "dequantize_blockwise": lambda: wb.dequantize_blockwise(c, s8, backend=backend)}[op]
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+base = status("VmRSS:")
 out = full()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) * 1024)
+print(status("VmHWM:") - base)
 """
 
 OUT_BYTES = {"quantize_4bit": lambda n: n // 2 + 4 * n // 64, "dequantize_4bit": lambda n: 4 * n,
@@ -107,8 +111,10 @@ def memory_rows(n: int) -> list[dict]:
     rows = []
     for backend in ("reference", "numba_cpu", "cython_cpu"):
         for op in OP_NAMES:
+            # every large allocation mmapped and returned on free: RSS then tracks live memory
+            env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="0")
             r = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(n), backend, op], capture_output=True,
-                               text=True, cwd=ROOT, timeout=600)
+                               text=True, cwd=ROOT, timeout=600, env=env)
             try:
                 growth = int(r.stdout.strip().splitlines()[-1])
             except (IndexError, ValueError):
