@@ -1,0 +1,196 @@
+"""Numba CPU kernels for fused optimizer updates (32-bit state and 8-bit blockwise state).
+
+One pass over memory: each parallel task owns a run of 256-element blocks; per block it reads
+grad, param and the state codes once, dequantizes, applies the update rule in float32 (the
+exact operation order of workbench/optim/functional.py, no FMA, fastmath off), writes the
+param, keeps the new state in a 256-float scratch buffer to take the block's absmax, and
+writes the requantized codes and absmax. Grad/param may be float32, bfloat16 or float16
+(uint16 bit patterns, see numba_kernels/cpu/quant.py).
+
+Constants arrive as one float32 vector ``k`` (indices below), rounded once in Python.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .quant import TINY, encode, load, scaled, store
+
+_OPTS = dict(cache=True, fastmath=False, nogil=True)
+
+# optimizer ids
+ADAM, ADEMAMIX, MOMENTUM, LION, RMSPROP, ADAGRAD = 0, 1, 2, 3, 4, 5
+ID = {"adam": ADAM, "lamb": ADAM, "ademamix": ADEMAMIX, "momentum": MOMENTUM, "lars": MOMENTUM,
+      "lion": LION, "rmsprop": RMSPROP, "adagrad": ADAGRAD}
+# constant indices
+(B1, B2, B3, ALPHA, EPS, OMB1, OMB2, OMB3, WD, DECAY, GS, C1, C2, EPS_C2, NEG_LR, NEG_LR_C1, UPD_MUL) = range(17)
+NK = 17
+
+
+@njit(inline="always", **_OPTS)
+def _sign(x):
+    if x > 0:
+        return np.float32(1.0)
+    if x < 0:
+        return np.float32(-1.0)
+    return x  # 0 or nan, like torch.sign
+
+
+@njit(inline="always", **_OPTS)
+def rule(opt, eight, first, g0, p, s1, m2, s2, k):
+    """New (p, s1, m2, s2) for one element; mirrors functional._rule operation by operation."""
+    g = g0 * k[GS]
+    wd = k[WD]
+    if opt >= MOMENTUM and opt != LION and wd > 0:
+        g = g + p * wd
+    if opt == ADAM:
+        s1 = s1 * k[B1] + g * k[OMB1]
+        s2 = s2 * k[B2] + (g * g) * k[OMB2]
+        if wd > 0:
+            p = p * k[DECAY]
+        if eight:
+            p = p + (s1 / (np.sqrt(s2) / k[C2] + k[EPS])) * k[NEG_LR_C1]
+        else:
+            p = p + (s1 / (np.sqrt(s2) + k[EPS_C2])) * k[UPD_MUL]
+    elif opt == ADEMAMIX:
+        s1 = s1 * k[B1] + g * k[OMB1]
+        m2 = m2 * k[B3] + g * k[OMB3]
+        s2 = s2 * k[B2] + (g * g) * k[OMB2]
+        if wd > 0:
+            p = p * k[DECAY]
+        p = p + ((s1 / k[C1] + m2 * k[ALPHA]) / (np.sqrt(s2) / k[C2] + k[EPS])) * k[NEG_LR]
+    elif opt == MOMENTUM:
+        s1 = g if first else s1 * k[B1] + g
+        p = p + s1 * k[UPD_MUL]
+    elif opt == LION:
+        if wd > 0:
+            p = p * k[DECAY]
+        p = p + _sign(s1 * k[B1] + g * k[OMB1]) * k[NEG_LR]
+        s1 = s1 * k[B2] + g * k[OMB2]
+    elif opt == RMSPROP:
+        s1 = s1 * k[B1] + (g * g) * k[OMB1]
+        p = p + (g / (np.sqrt(s1) + k[EPS])) * k[UPD_MUL]
+    else:  # ADAGRAD
+        s1 = s1 + g * g
+        p = p + (g / (np.sqrt(s1) + k[EPS])) * k[NEG_LR]
+    return p, s1, m2, s2
+
+
+@njit(parallel=True, **_OPTS)
+def update_32bit(opt, first, skip_zeros, g, gkind, p, pkind, s1, m2, s2, k, chunk):
+    """In place on p, s1 (and m2 for ademamix = state1[1], s2 for 2-state optimizers)."""
+    n = p.shape[0]
+    nch = (n + chunk - 1) // chunk
+    has_m2 = opt == ADEMAMIX
+    has_s2 = opt == ADAM or opt == ADEMAMIX
+    for c in prange(nch):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            g0 = load(g, i, gkind)
+            if skip_zeros and g0 == 0:
+                continue
+            pv = load(p, i, pkind)
+            a = s1[i]
+            b = m2[i] if has_m2 else np.float32(0.0)
+            d = s2[i] if has_s2 else np.float32(0.0)
+            pv, a, b, d = rule(opt, False, first, g0, pv, a, b, d, k)
+            store(p, i, pv, pkind)
+            s1[i] = a
+            if has_m2:
+                m2[i] = b
+            if has_s2:
+                s2[i] = d
+
+
+@njit(parallel=True, **_OPTS)
+def update_norm_sq(opt, first, g, gkind, p, pkind, s1, s2, k, chunk):
+    """sum(u*u) of the 32-bit update direction u (LAMB/LARS/max_unorm), float64 partial sums."""
+    n = p.shape[0]
+    nch = (n + chunk - 1) // chunk
+    parts = np.zeros(nch, np.float64)
+    for c in prange(nch):
+        acc = 0.0
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            gv = load(g, i, gkind) * k[GS]
+            pv = load(p, i, pkind)
+            if opt != ADAM and k[WD] > 0:
+                gv = gv + pv * k[WD]
+            if opt == ADAM:
+                a = s1[i] * k[B1] + gv * k[OMB1]
+                d = s2[i] * k[B2] + (gv * gv) * k[OMB2]
+                u = a / (np.sqrt(d) + k[EPS_C2])
+            elif opt == MOMENTUM:
+                u = gv if first else s1[i] * k[B1] + gv
+            else:  # RMSPROP
+                a = s1[i] * k[B1] + (gv * gv) * k[OMB1]
+                u = gv / (np.sqrt(a) + k[EPS])
+            acc += np.float64(u) * np.float64(u)
+        parts[c] = acc
+    return parts.sum()
+
+
+@njit(parallel=True, **_OPTS)
+def update_8bit_blockwise(opt, first, skip_zeros, g, gkind, p, pkind,
+                          c1, a1, c1b, a1b, c2, a2, t1, t2, k, bpt,
+                          m1, n1, bc1, kb1, klo1, khi1, bp1, m2_, n2, bc2, kb2, klo2, khi2, bp2):
+    """8-bit blockwise update, blocksize 256. c1/a1: state1 codes/absmax (c1b/a1b: AdEMAMix's
+    second EMA), c2/a2: state2; t1/t2 the tables; (m, n, bc, kb, klo, khi, bp): search plans
+    (mode, bnd15, bucket_codes, kbound, kcode_lo, kcode_hi, bounds_pad of _cpu_common.search_plan)."""
+    BS = 256
+    n = p.shape[0]
+    nb = (n + BS - 1) // BS
+    ntask = (nb + bpt - 1) // bpt
+    has_b = opt == ADEMAMIX
+    has_s2 = opt == ADAM or opt == ADEMAMIX
+    for t in prange(ntask):
+        buf1 = np.empty(BS, np.float32)
+        bufb = np.empty(BS, np.float32)
+        buf2 = np.empty(BS, np.float32)
+        for blk in range(t * bpt, min(nb, (t + 1) * bpt)):
+            start = blk * BS
+            end = min(start + BS, n)
+            is_tail = end - start < BS
+            am1 = a1[blk]
+            amb = a1b[blk] if has_b else np.float32(0.0)
+            am2 = a2[blk] if has_s2 else np.float32(0.0)
+            mx1 = np.float32(0.0)
+            mxb = np.float32(0.0)
+            mx2 = np.float32(0.0)
+            for i in range(start, end):
+                j = i - start
+                a = t1[c1[i]] * am1
+                b = t1[c1b[i]] * amb if has_b else np.float32(0.0)
+                d = t2[c2[i]] * am2 if has_s2 else np.float32(0.0)
+                g0 = load(g, i, gkind)
+                if not (skip_zeros and g0 == 0):
+                    pv = load(p, i, pkind)
+                    pv, a, b, d = rule(opt, True, first, g0, pv, a, b, d, k)
+                    store(p, i, pv, pkind)
+                buf1[j] = a
+                v = abs(a)
+                mx1 = v if v > mx1 else mx1
+                if has_b:
+                    bufb[j] = b
+                    v = abs(b)
+                    mxb = v if v > mxb else mxb
+                if has_s2:
+                    buf2[j] = d
+                    v = abs(d)
+                    mx2 = v if v > mx2 else mx2
+            # requantize (workbench spec: reciprocal for full blocks, divide in the tail)
+            amc = mx1 if mx1 > TINY else TINY
+            r = np.float32(1.0) / amc
+            a1[blk] = amc if is_tail else mx1
+            for i in range(start, end):
+                c1[i] = encode(scaled(buf1[i - start], amc, r, is_tail), m1, n1, bc1, kb1, klo1, khi1, bp1)
+            if has_b:
+                amc = mxb if mxb > TINY else TINY
+                r = np.float32(1.0) / amc
+                a1b[blk] = amc if is_tail else mxb
+                for i in range(start, end):
+                    c1b[i] = encode(scaled(bufb[i - start], amc, r, is_tail), m1, n1, bc1, kb1, klo1, khi1, bp1)
+            if has_s2:
+                amc = mx2 if mx2 > TINY else TINY
+                r = np.float32(1.0) / amc
+                a2[blk] = amc if is_tail else mx2
+                for i in range(start, end):
+                    c2[i] = encode(scaled(buf2[i - start], amc, r, is_tail), m2_, n2, bc2, kb2, klo2, khi2, bp2)

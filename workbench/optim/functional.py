@@ -1,0 +1,256 @@
+"""Optimizer update rules: the executable spec (plain torch), plus dispatch to backends.
+
+Signatures mirror bitsandbytes 0.50.2's ops ``optimizer_update_32bit`` and
+``optimizer_update_8bit_blockwise``; the arithmetic follows bitsandbytes' CPU backend
+(``bitsandbytes/backends/cpu/ops.py``), which is the executable fact we can run here.
+Each rule is written with one rounded float32 operation per step (no fused multiply-add,
+scalars rounded once to float32) so that every kernel can reproduce it bit for bit:
+
+  g  = float(g) * gnorm_scale                         (then + p*wd for momentum/lars/rmsprop/adagrad)
+  32-bit adam/lamb:  s1 = s1*b1 + g*(1-b1);  s2 = s2*b2 + (g*g)*(1-b2)
+                     p  = p*(1-lr*wd) [wd>0];  u = s1 / (sqrt(s2) + eps*c2)
+                     p  = p + u*(-lr*c2/c1 * scale)        c1 = 1-b1^t, c2 = sqrt(1-b2^t)
+  8-bit adam/lamb:   same states;  p = p + (s1 / (sqrt(s2)/c2 + eps)) * (-lr/c1)
+  ademamix:          m1 = m1*b1 + g*(1-b1); m2 = m2*b3 + g*(1-b3); nu = nu*b2 + (g*g)*(1-b2)
+                     p = p + ((m1/c1 + m2*alpha) / (sqrt(nu)/c2 + eps)) * (-lr)
+  momentum/lars:     s1 = g (step 1) else s1*b1 + g;  p = p + s1*(-lr*scale)
+  lion:              p = p*(1-lr*wd); p = p + sign(s1*b1 + g*(1-b1))*(-lr);  s1 = s1*b2 + g*(1-b2)
+  rmsprop:           s1 = s1*b1 + (g*g)*(1-b1);  p = p + (g/(sqrt(s1)+eps))*(-lr*scale)
+  adagrad:           s1 = s1 + g*g;              p = p + (g/(sqrt(s1)+eps))*(-lr)
+
+``scale`` (32-bit only, max_unorm > 0: LAMB/LARS trust ratio) = max_unorm*||p|| / ||u|| when
+||u|| > max_unorm*||p||, else 1; bitsandbytes' 8-bit blockwise op has no max_unorm (so
+LAMB8bit/LARS8bit are Adam8bit/Momentum8bit there, and here).
+
+8-bit blockwise state: dequantize (table[code]*absmax), update in float32, requantize with a
+fresh absmax per 256-block using the workbench quantization spec (reference quant), first state
+with the signed dynamic map, second with the unsigned one (whatever qmap1/qmap2 are passed).
+AdEMAMix's state1 is (2, n) codes with absmax1 (2, nblocks).
+
+skip_zeros: elements whose gradient is exactly 0 keep their state value and parameter
+(bitsandbytes' CUDA semantics; its CPU path ignores the flag).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import codebooks as _cb
+
+BLOCKSIZE = 256
+NAMES = ("adam", "lamb", "ademamix", "momentum", "lars", "lion", "rmsprop", "adagrad")
+TWO_STATE = ("adam", "lamb", "ademamix")
+COUPLED_WD = ("momentum", "lars", "rmsprop", "adagrad")
+_f32 = lambda x: float(torch.tensor(x, dtype=torch.float32))  # noqa: E731  python double -> float32 value
+
+
+# ------------------------------------------------------------------ codebooks / qmaps
+
+_qmap_cache: dict = {}
+
+
+def qmap(signed: bool, device="cpu") -> torch.Tensor:
+    """bitsandbytes' dynamic map (signed for state1, unsigned for state2), float32[256]."""
+    key = (signed, str(torch.device(device)))
+    if key not in _qmap_cache:
+        _qmap_cache[key] = torch.from_numpy(_cb.dynamic(signed=signed).table.copy()).to(device)
+    return _qmap_cache[key]
+
+
+_cb_cache: dict = {}
+
+
+def codebook_of(q: torch.Tensor) -> _cb.Codebook:
+    """The workbench Codebook (table, bounds, bucket_codes) of a 256-entry qmap tensor."""
+    key = (q.data_ptr(), q.device.type, q._version)
+    cb = _cb_cache.get(key)
+    if cb is None:
+        cb = _cb.from_table(q.detach().float().cpu().numpy(), "qmap")
+        if len(_cb_cache) > 64:
+            _cb_cache.clear()
+        _cb_cache[key] = cb
+    return cb
+
+
+def scalars(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, eight_bit):
+    """The float32 constants every implementation uses (computed in double, rounded once)."""
+    c1 = 1.0 - beta1 ** step
+    c2 = math.sqrt(1.0 - beta2 ** step)
+    return dict(
+        b1=_f32(beta1), b2=_f32(beta2), b3=_f32(beta3), alpha=_f32(alpha), eps=_f32(eps),
+        omb1=_f32(1.0 - beta1), omb2=_f32(1.0 - beta2), omb3=_f32(1.0 - beta3),
+        wd=_f32(weight_decay), decay=_f32(1.0 - lr * weight_decay), gs=_f32(gnorm_scale),
+        c1=_f32(c1), c2=_f32(c2), eps_c2=_f32(eps * c2), neg_lr=_f32(-lr),
+        neg_lr_c1=_f32(-lr / c1), adam32_step=-lr * c2 / c1,
+    )
+
+
+# ------------------------------------------------------------------ the elementwise rules
+
+def _sqrt(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded float32 sqrt. torch's vectorized CPU sqrt is not (it misses the
+    nearest float32 in ~20% of cases on AVX-512 here); sqrt in double then one rounding is exact."""
+    return torch.sqrt(x.double()).float()
+
+
+def _rule(name, g, p, s1, s2, k, step, eight_bit, scale_fn=None):
+    """New (p, s1, s2) in float32 from float32 inputs. ``s1`` is (2, n) for ademamix."""
+    g = g * k["gs"]
+    if name in COUPLED_WD and k["wd"] > 0.0:
+        g = g + p * k["wd"]
+    if name in ("adam", "lamb"):
+        s1 = s1 * k["b1"] + g * k["omb1"]
+        s2 = s2 * k["b2"] + (g * g) * k["omb2"]
+        if k["wd"] > 0.0:
+            p = p * k["decay"]
+        if eight_bit:
+            p = p + (s1 / (_sqrt(s2) / k["c2"] + k["eps"])) * k["neg_lr_c1"]
+        else:
+            u = s1 / (_sqrt(s2) + k["eps_c2"])
+            scale = scale_fn(u) if scale_fn else 1.0
+            p = p + u * _f32(k["adam32_step"] * scale)
+    elif name == "ademamix":
+        m1 = s1[0] * k["b1"] + g * k["omb1"]
+        m2 = s1[1] * k["b3"] + g * k["omb3"]
+        s2 = s2 * k["b2"] + (g * g) * k["omb2"]
+        s1 = torch.stack([m1, m2])
+        if k["wd"] > 0.0:
+            p = p * k["decay"]
+        p = p + ((m1 / k["c1"] + m2 * k["alpha"]) / (_sqrt(s2) / k["c2"] + k["eps"])) * k["neg_lr"]
+    elif name in ("momentum", "lars"):
+        s1 = g.clone() if step == 1 else s1 * k["b1"] + g
+        scale = scale_fn(s1) if (scale_fn and not eight_bit) else 1.0
+        p = p + s1 * _f32(k["neg_lr"] * scale)
+    elif name == "lion":
+        if k["wd"] > 0.0:
+            p = p * k["decay"]
+        p = p + torch.sign(s1 * k["b1"] + g * k["omb1"]) * k["neg_lr"]
+        s1 = s1 * k["b2"] + g * k["omb2"]
+    elif name == "rmsprop":
+        s1 = s1 * k["b1"] + (g * g) * k["omb1"]
+        u = g / (_sqrt(s1) + k["eps"])
+        scale = scale_fn(u) if (scale_fn and not eight_bit) else 1.0
+        p = p + u * _f32(k["neg_lr"] * scale)
+    elif name == "adagrad":
+        s1 = s1 + g * g
+        p = p + (g / (_sqrt(s1) + k["eps"])) * k["neg_lr"]
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {NAMES}")
+    return p, s1, s2
+
+
+def trust_scale(u: torch.Tensor, max_unorm: float, param_norm: float, unorm_vec=None) -> float:
+    """LAMB/LARS update scale: max_unorm*||p|| / ||u|| if ||u|| exceeds max_unorm*||p||."""
+    unorm = float(torch.norm(u.double()))
+    if unorm_vec is not None:
+        unorm_vec.fill_(unorm)
+    lim = max_unorm * float(param_norm)
+    return lim / unorm if unorm > lim else 1.0
+
+
+def _check_name(name):
+    if name not in NAMES:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {NAMES}")
+
+
+@torch.no_grad()
+def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm,
+                           beta1, beta2, beta3, alpha, eps, weight_decay, step, lr,
+                           gnorm_scale=1.0, skip_zeros=False):
+    """Reference 32-bit update, in place on p, state1, state2 (bitsandbytes' op signature)."""
+    _check_name(optimizer_name)
+    k = scalars(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False)
+    gf, pf = g.reshape(-1).float(), p.reshape(-1).float()
+    n = gf.numel()
+    s1 = state1.reshape(2, n) if optimizer_name == "ademamix" else state1.reshape(-1)
+    s2 = state2.reshape(-1) if state2 is not None else None
+    scale_fn = None
+    if max_unorm > 0.0 and optimizer_name in ("adam", "lamb", "momentum", "lars", "rmsprop"):
+        scale_fn = lambda u: trust_scale(u, max_unorm, param_norm, unorm_vec)  # noqa: E731
+    np_, ns1, ns2 = _rule(optimizer_name, gf, pf, s1, s2, k, step, False, scale_fn)
+    if skip_zeros:
+        keep = gf == 0
+        np_ = torch.where(keep, pf, np_)
+        ns1 = torch.where(keep, s1, ns1)
+        if ns2 is not None:
+            ns2 = torch.where(keep, s2, ns2)
+    s1.copy_(ns1)
+    if s2 is not None and ns2 is not None:
+        s2.copy_(ns2)
+    p.copy_(np_.view(p.shape))
+
+
+def _dq(codes, absmax, q):
+    from ..backends.reference.quant import dequantize_blockwise
+    return dequantize_blockwise(codes.reshape(-1), absmax.reshape(-1), q, BLOCKSIZE, torch.float32)
+
+
+def _q(vals, q, codes_out, absmax_out):
+    from ..backends.reference.quant import quantize_blockwise
+    c, a = quantize_blockwise(vals, codebook_of(q), BLOCKSIZE)
+    codes_out.copy_(c.view(codes_out.shape))
+    absmax_out.copy_(a.view(absmax_out.shape))
+
+
+@torch.no_grad()
+def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps,
+                                    step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
+                                    gnorm_scale=1.0, skip_zeros=False):
+    """Reference 8-bit blockwise update (blocksize 256), in place on p, codes and absmax."""
+    _check_name(optimizer_name)
+    k = scalars(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, True)
+    gf, pf = g.reshape(-1).float(), p.reshape(-1).float()
+    n = gf.numel()
+    if optimizer_name == "ademamix":
+        st1 = state1.reshape(2, n)
+        am1 = absmax1.reshape(2, -1)
+        s1 = torch.stack([_dq(st1[0], am1[0], qmap1), _dq(st1[1], am1[1], qmap1)])
+    else:
+        s1 = _dq(state1, absmax1, qmap1)
+    s2 = _dq(state2, absmax2, qmap2) if state2 is not None else None
+    np_, ns1, ns2 = _rule(optimizer_name, gf, pf, s1, s2, k, step, True)
+    if skip_zeros:
+        keep = gf == 0
+        np_ = torch.where(keep, pf, np_)
+        ns1 = torch.where(keep, s1, ns1)
+        if ns2 is not None:
+            ns2 = torch.where(keep, s2, ns2)
+    p.copy_(np_.view(p.shape))
+    if optimizer_name == "ademamix":
+        _q(ns1[0], qmap1, st1[0], am1[0])
+        _q(ns1[1], qmap1, st1[1], am1[1])
+    else:
+        _q(ns1, qmap1, state1, absmax1)
+    if state2 is not None and ns2 is not None:
+        _q(ns2, qmap2, state2, absmax2)
+
+
+# ------------------------------------------------------------------ percentile clipping
+
+@torch.no_grad()
+def percentile_clipping(grad: torch.Tensor, gnorm_vec: torch.Tensor, step: int, percentile: int = 5):
+    """bitsandbytes' (pre-0.45) adaptive clipping: keep the last 100 squared gradient norms in
+    ``gnorm_vec``; clip to the ``percentile``-th of them. Returns (gnorm, clip_value, gnorm_scale)."""
+    gnorm_vec[step % 100] = torch.sum(grad.float() * grad.float())
+    current = torch.sqrt(gnorm_vec[step % 100])
+    vals, _ = torch.sort(gnorm_vec)
+    clip = torch.sqrt(vals[percentile])
+    scale = float(clip / current) if current > clip else 1.0
+    return current, clip, scale
+
+
+# ------------------------------------------------------------------ dispatch
+
+def update_32bit(*args, backend: str = "reference", **kw):
+    """Run ``optimizer_update_32bit`` on ``backend`` ('auto' picks by device)."""
+    from ..backends import get_op
+    dev = args[1].device.type
+    return get_op(backend, "optimizer_update_32bit", dev)(*args, **kw)
+
+
+def update_8bit_blockwise(*args, backend: str = "reference", **kw):
+    """Run ``optimizer_update_8bit_blockwise`` on ``backend`` ('auto' picks by device)."""
+    from ..backends import get_op
+    dev = args[1].device.type
+    return get_op(backend, "optimizer_update_8bit_blockwise", dev)(*args, **kw)
