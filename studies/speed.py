@@ -4,7 +4,8 @@ Reads the committed benchmark result files under ``reports/`` (directories ``ben
 ``gpu-h100*``, ``gpu-h200*``, ``optim-*``, ``int8-*``; whichever exist) plus any extra paths
 given (``workbench report --merge DIR``), and lays them side by side by ``run_device``.
 Rows follow :func:`workbench.bench.row`: ``op, backend, n, median_ms, gbps, pct_copy`` and
-the ``run_*`` metadata. Nothing is timed here; the benchmarks themselves run on their machines
+the ``run_*`` metadata; files that report only elements/s get GB/s derived with the same
+effective-bytes rule (see the notes). Nothing is timed here; the benchmarks themselves run on their machines
 (``workbench bench``).
 """
 from __future__ import annotations
@@ -58,11 +59,58 @@ def load(root: Path | str = ROOT, extra=()) -> pd.DataFrame:
         frames.append(df)
     if not frames:
         return pd.DataFrame()
-    df = pd.concat(frames, ignore_index=True)
+    df = normalize(pd.concat(frames, ignore_index=True))
     if "run_device" not in df:
         df["run_device"] = "unknown"
     df["run_device"] = df["run_device"].fillna("unknown")
     return df
+
+
+_ESIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "fp32": 4, "fp16": 2, "bf16": 2}
+
+
+def effective_bytes_per_element(op: str, dtype: str, blocksize) -> float | None:
+    """Bytes moved per element when every input is read once and every output written once
+    (the workbench.bench rule): the value dtype, the code (1 or 1/2 byte), float32 absmax per block."""
+    e = _ESIZE.get(str(dtype))
+    if e is None or blocksize is None or pd.isna(blocksize):
+        return None
+    absmax = 4.0 / float(blocksize)
+    code = {"quantize_4bit": 0.5, "dequantize_4bit": 0.5, "quantize_blockwise": 1.0, "dequantize_blockwise": 1.0}.get(op)
+    return None if code is None else e + code + absmax
+
+
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """Make files from different benchmarks comparable: ``op`` like 'quantize_4bit nf4' is split into op +
+    quant_type; rows with throughput but no GB/s get GB/s derived from the effective-bytes rule
+    (``gbps_source`` says which), and % of copy from the file's own copy bandwidth column."""
+    d = df.copy()
+    if "op" in d:
+        parts = d["op"].astype(str).str.split(" ", n=1, expand=True)
+        if parts.shape[1] == 2:
+            has = parts[1].notna()
+            if "quant_type" not in d:
+                d["quant_type"] = None
+            d.loc[has, "quant_type"] = d.loc[has, "quant_type"].fillna(parts.loc[has, 1])
+            d.loc[has, "op"] = parts.loc[has, 0]
+    if "gbps" not in d:
+        d["gbps"] = float("nan")
+    d["gbps_source"] = d["gbps"].notna().map({True: "measured", False: None})
+    if "melem_per_s" in d:
+        miss = d["gbps"].isna() & d["melem_per_s"].notna()
+        for i in d.index[miss]:
+            bpe = effective_bytes_per_element(d.at[i, "op"], d.at[i, "dtype"] if "dtype" in d else None,
+                                              d.at[i, "blocksize"] if "blocksize" in d else None)
+            if bpe is not None:
+                d.at[i, "gbps"] = d.at[i, "melem_per_s"] * 1e6 * bpe / 1e9
+                d.at[i, "gbps_source"] = "derived"
+    if "pct_copy" not in d:
+        d["pct_copy"] = float("nan")
+    for col in ("copy_gbps", "copy_gbps_ram"):
+        if col in d:
+            miss = d["pct_copy"].isna() & d["gbps"].notna() & d[col].notna()
+            d.loc[miss, "pct_copy"] = 100.0 * d.loc[miss, "gbps"] / d.loc[miss, col]
+    return d
 
 
 def run(quick: bool = False, executor=None, *, root: Path | str = ROOT, extra=()):
@@ -125,6 +173,8 @@ def summarize(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
             table(df, "gbps", largest_only=True))]
     if "pct_copy" in df and df["pct_copy"].notna().any():
         out.append(("% of the device's copy bandwidth, largest size", table(df, "pct_copy", largest_only=True)))
+    if "melem_per_s" in df and df["melem_per_s"].notna().any():
+        out.append(("Throughput, million elements per second, largest size", table(df, "melem_per_s", largest_only=True)))
     if "n" in df and df["n"].nunique() > 1:
         out.append(("GB/s by size (all sizes; small sizes are launch/cache-bound)", table(df, "gbps")))
     return [(t, x) for t, x in out if not x.empty]
@@ -134,4 +184,10 @@ def notes(df: pd.DataFrame) -> list[str]:
     if df.empty:
         return [f"no benchmark result files found yet (looked for {', '.join(PATTERNS)} under reports/)"]
     files = sorted(set(df["source_file"]))
-    return [f"devices: {', '.join(sorted(set(df['run_device'].astype(str))))}", f"files: {', '.join(files)}"]
+    out = [f"devices: {', '.join(sorted(set(df['run_device'].astype(str))))}", f"files: {', '.join(files)}"]
+    if "gbps_source" in df and (df["gbps_source"] == "derived").any():
+        devs = sorted(set(df.loc[df["gbps_source"] == "derived", "run_device"].astype(str)))
+        out.append(f"GB/s for {', '.join(devs)} derived from elements/s with the effective-bytes rule (value dtype "
+                   "read or written once, code bytes, float32 absmax per block); % of copy against the RAM copy "
+                   "bandwidth the same benchmark measured")
+    return out

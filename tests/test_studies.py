@@ -218,3 +218,23 @@ def test_registry():
     assert av["error"] is None and av["bnb_table"] is None
     for name in ("optim", "outliers"):  # other teams' studies: importable or a reason
         assert av[name] is None or "does not exist" in av[name] or av[name]
+
+
+def test_speed_normalizes_cpu_style_rows():
+    """A benchmark that reports only elements/s ('quantize_4bit nf4' op names, RAM copy bandwidth) gets
+    GB/s by the effective-bytes rule -- the same rule the GPU benchmark's measured GB/s follow."""
+    rows = pd.DataFrame([
+        {"op": "quantize_4bit nf4", "backend": "cython_cpu", "n": 1 << 24, "melem_per_s": 1000.0, "dtype": "float32",
+         "blocksize": 64, "copy_gbps_ram": 40.0, "run_device": "CPU"},
+        {"op": "dequantize_blockwise", "backend": "cuda", "n": 1 << 28, "melem_per_s": 500.0, "dtype": "bfloat16",
+         "blocksize": 256, "gbps": 1.5, "pct_copy": 1.0, "run_device": "GPU"},
+    ])
+    d = speed.normalize(rows)
+    cpu = d.iloc[0]
+    assert cpu["op"] == "quantize_4bit" and cpu["quant_type"] == "nf4"
+    assert cpu["gbps"] == pytest.approx(1000e6 * (4 + 0.5 + 4 / 64) / 1e9) and cpu["gbps_source"] == "derived"
+    assert cpu["pct_copy"] == pytest.approx(100 * cpu["gbps"] / 40.0)
+    gpu = d.iloc[1]
+    assert gpu["gbps"] == 1.5 and gpu["gbps_source"] == "measured" and gpu["pct_copy"] == 1.0
+    assert speed.effective_bytes_per_element("dequantize_blockwise", "bfloat16", 256) == pytest.approx(2 + 1 + 4 / 256)
+    assert speed.effective_bytes_per_element("int8_matmul", "float16", 64) is None
