@@ -2,6 +2,7 @@
 per-codebook search plan the kernels take (see numba_kernels/cpu/quant.py)."""
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +20,26 @@ def as_numpy_bits(t: torch.Tensor) -> tuple[np.ndarray, int]:
     return t.view(torch.int16).numpy().view(np.uint16), kind
 
 
+HUGE_MIN_BYTES = 4 << 20
+
+
+def alloc(n: int, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialized CPU tensor. Large ones are backed by transparent huge pages: on this
+    class of VM a first touch of fresh 4 KiB pages costs more than the kernel's own work
+    (64 MiB: ~45 ms of page faults vs ~13 ms with 2 MiB pages)."""
+    nbytes = n * torch.empty(0, dtype=dtype).element_size()
+    if nbytes < HUGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(n, dtype=dtype)
+    m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        m.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:
+        pass
+    return torch.from_numpy(np.frombuffer(m, dtype=np.uint8)).view(dtype)  # the array keeps m alive
+
+
 def empty_out(n: int, dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray, int]:
-    out = torch.empty(n, dtype=dtype)
+    out = alloc(n, dtype)
     arr, kind = as_numpy_bits(out)
     return out, arr, kind
 

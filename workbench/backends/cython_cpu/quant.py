@@ -6,7 +6,7 @@ import torch
 
 from workbench._native import quant_cpu as K
 
-from .._cpu_common import as_numpy_bits, empty_out, nblocks, search_plan
+from .._cpu_common import alloc, as_numpy_bits, empty_out, nblocks, search_plan
 
 OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")
 
@@ -14,7 +14,7 @@ OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantiz
 def quantize_blockwise(A, codebook, blocksize):
     x, kind = as_numpy_bits(A)
     p = search_plan(codebook)
-    codes = torch.empty(A.numel(), dtype=torch.uint8)
+    codes = alloc(A.numel(), torch.uint8)
     absmax = torch.empty(nblocks(A.numel(), blocksize), dtype=torch.float32)
     K.quantize_blockwise(x, kind, blocksize, p.mode, p.bnd15, p.bucket_codes, p.kbound, p.kcode_lo, p.kcode_hi,
                          p.bounds_pad, codes.numpy(), absmax.numpy())
@@ -31,7 +31,7 @@ def quantize_4bit(A, codebook, blocksize):
     x, kind = as_numpy_bits(A)
     p = search_plan(codebook)
     n = A.numel()
-    packed = torch.empty((n + 1) // 2, dtype=torch.uint8)
+    packed = alloc((n + 1) // 2, torch.uint8)
     absmax = torch.empty(nblocks(n, blocksize), dtype=torch.float32)
     K.quantize_4bit(x, kind, blocksize, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code),
                     packed.numpy(), absmax.numpy())

@@ -6,14 +6,14 @@ import torch
 
 from numba_kernels.cpu import quant as K
 
-from .._cpu_common import as_numpy_bits, empty_out, nblocks, search_plan
+from .._cpu_common import alloc, as_numpy_bits, empty_out, nblocks, search_plan
 
 OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit",
        "quantize_blockwise_stochastic")
 
 
 def _outputs(n: int, blocksize: int, nbytes: int):
-    return torch.empty(nbytes, dtype=torch.uint8), torch.empty(nblocks(n, blocksize), dtype=torch.float32)
+    return alloc(nbytes, torch.uint8), torch.empty(nblocks(n, blocksize), dtype=torch.float32)
 
 
 def quantize_blockwise(A, codebook, blocksize):
