@@ -164,3 +164,17 @@ def test_cell_plan_is_bucketize(rng, bits):
                             [-1, 1, 0, -0.0, 1e-45, -1e-45]]).astype(np.float32)
         s = np.concatenate([np.clip(s, -1, 1), np.float32(1 + 2 ** -23) * np.float32([1, -1])]).astype(np.float32)
         assert np.array_equal(_cell_search_np(s, plan), cb.quantize_normalized(np.clip(s, -1, 1))), cb.name
+
+
+@sim
+def test_ops_api_double_quant(Q, rng):
+    """The public API on the numba_cuda backend (simulator: CPU tensors), with double quantization of absmax,
+    equals the reference backend."""
+    import workbench
+    A = _data(rng, 64 * 40 + 6, torch.bfloat16)
+    p, qs = workbench.quantize_4bit(A, blocksize=64, quant_type="nf4", compress_statistics=True, backend="numba_cuda")
+    p2, qs2 = workbench.quantize_4bit(A, blocksize=64, quant_type="nf4", compress_statistics=True, backend="reference")
+    assert torch.equal(p, p2) and torch.equal(qs.absmax, qs2.absmax) and torch.equal(qs.state2.absmax, qs2.state2.absmax)
+    d = workbench.dequantize_4bit(p, qs, backend="numba_cuda") if hasattr(workbench, "dequantize_4bit") else None
+    if d is not None:
+        assert torch.equal(d, workbench.dequantize_4bit(p2, qs2, backend="reference"))
