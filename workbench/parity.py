@@ -83,7 +83,7 @@ def load_case_modules() -> dict[str, str]:
         try:
             if callable(hook):
                 hook(register_case)
-            _MODULE_STATUS[mod] = "loaded"
+            _MODULE_STATUS[mod] = "loaded" if callable(hook) else "imported (no register_parity_cases)"
         except Exception as e:  # noqa: BLE001
             _MODULE_STATUS[mod] = f"register_parity_cases failed: {type(e).__name__}: {e}"
     return dict(_MODULE_STATUS)
@@ -375,6 +375,10 @@ def notes(df: pd.DataFrame) -> list:
     if df.empty:
         return ["no backend besides the reference is available here"]
     loaded = [m for m, s in load_case_modules().items() if s == "loaded"]
-    return [f"{int(df['ok'].sum())}/{len(df)} comparisons passed; input seed {int(df['seed'].iloc[0])} "
-            f"(`workbench parity --seed {int(df['seed'].iloc[0])}` replays them)",
-            f"families: {', '.join(sorted(set(df['family'])))}; extra case modules loaded: {', '.join(loaded) or 'none'}"]
+    skipped = [f"{b.name} ({b.reason})" for b in list_backends()
+               if b.name != SPEC_BACKEND and not b.available and (not b.devices or "cpu" in b.devices)]
+    extra = [f"CPU backends not available in this run: {'; '.join(skipped)}"] if skipped else []
+    seed = int(df["seed"].iloc[0])
+    return ([f"{int(df['ok'].sum())}/{len(df)} comparisons passed; input seed {seed} "
+             f"(`workbench parity --seed {seed}` replays them)"] + extra +
+            [f"families: {', '.join(sorted(set(df['family'])))}; extra case modules loaded: {', '.join(loaded) or 'none'}"])
