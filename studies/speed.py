@@ -157,7 +157,7 @@ def figures(df: pd.DataFrame) -> dict:
     for ax, op in zip(axes[:, 0], ops):
         g = d[d["op"] == op].groupby(["backend", "run_device"])[y_col].median().unstack("run_device")
         g.plot.barh(ax=ax, legend=ax is axes[0, 0])
-        ax.set_title(f"{op} (largest n)", fontsize=9)
+        ax.set_title(f"{op}: largest n, median over dtypes / codes / blocksizes", fontsize=9)
         ax.set_xlabel("% of copy bandwidth" if y_col == "pct_copy" else "GB/s")
         ax.grid(alpha=0.3, axis="x")
     if axes[0, 0].get_legend():
