@@ -9,7 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _optim_helpers import LR, clone, init_state, problem, step  # noqa: E402
+from test_optim_helpers import LR, clone, init_state, problem, step  # noqa: E402
 
 from workbench.backends import get_op, status  # noqa: E402
 from workbench.optim import functional as W  # noqa: E402
@@ -122,7 +122,7 @@ def test_reference_vs_bnb_one_step_8bit(name, rng):
     g = grad(p)
     pa, pb, sa, sb = p.clone(), p.clone(), clone(st), clone(st)
     # our exact float32 state before requantization, to judge the picks
-    b1, b2, b3 = __import__("_optim_helpers").BETAS[name]
+    b1, b2, b3 = __import__("test_optim_helpers").BETAS[name]
     k = W.scalars(name, b1, b2, b3, 0.5, 1e-8, 0.01, 11, LR[name], 1.0, True)
     if name == "ademamix":
         s1 = torch.stack([W._dq(st["state1"][i], st["absmax1"][i], st["qmap1"]) for i in range(2)])

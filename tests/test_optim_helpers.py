@@ -1,4 +1,4 @@
-"""Shared helpers for tests/test_optim*.py: one optimizer problem driven through any update op."""
+"""Shared helpers for tests/test_optim*.py (no tests here): one optimizer problem driven through any update op."""
 from __future__ import annotations
 
 import torch
