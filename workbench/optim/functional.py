@@ -230,12 +230,20 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
 
 @torch.no_grad()
 def percentile_clipping(grad: torch.Tensor, gnorm_vec: torch.Tensor, step: int, percentile: int = 5):
-    """bitsandbytes' (pre-0.45) adaptive clipping: keep the last 100 squared gradient norms in
-    ``gnorm_vec``; clip to the ``percentile``-th of them. Returns (gnorm, clip_value, gnorm_scale)."""
+    """Adaptive gradient clipping of bitsandbytes (<= 0.44; 0.50.2 dropped it): keep the last 100
+    squared gradient norms in ``gnorm_vec`` (slot ``step % 100``); clip the gradient norm to the
+    ``percentile``-th percentile of that history. Returns (gnorm, clip_value, gnorm_scale), the
+    scale to pass as ``gnorm_scale`` to the update ops.
+
+    One deliberate difference: bitsandbytes took the percentile over all 100 slots from the first
+    step, so while the history was still zero-filled the clip value was 0 and the first ~95 steps
+    made no update; here the percentile is over the norms recorded so far (min(step, 100))."""
     gnorm_vec[step % 100] = torch.sum(grad.float() * grad.float())
     current = torch.sqrt(gnorm_vec[step % 100])
-    vals, _ = torch.sort(gnorm_vec)
-    clip = torch.sqrt(vals[percentile])
+    count = min(int(step), 100)
+    hist = gnorm_vec[torch.arange(step - count + 1, step + 1, device=gnorm_vec.device) % 100]
+    vals, _ = torch.sort(hist)
+    clip = torch.sqrt(vals[min(count - 1, percentile * count // 100)])
     scale = float(clip / current) if current > clip else 1.0
     return current, clip, scale
 
