@@ -1,0 +1,419 @@
+// kbit-workbench: fused optimizer updates, 32-bit and 8-bit blockwise state, for Hopper (sm_90).
+// Build: python -m workbench.cuda_build optim  (IEEE flags: -fmad=false -prec-div=true -prec-sqrt=true -ftz=false).
+//
+// One pass over memory: grad and param are read once, param written once; states are read once and
+// written once (8-bit: codes + one absmax per 256-block). The update rule is the reference's
+// (workbench/optim/functional.py) operation by operation, so results are bit-identical to it.
+//
+// 8-bit layout: a warp owns one 256-element block at a time; lane l handles elements l, l+32, ...,
+// l+224 of it (coalesced 128-byte fp32 / 32-byte code transactions, no alignment requirement, the
+// tail block needs only a bounds check). The new states stay in registers; the block absmax is a
+// xor-shuffle max; requantization is an 8-level branch-free Eytzinger search in shared memory.
+// Tables, trees and bucket codes (256 entries per state) are loaded into shared memory once per CTA
+// (persistent grid).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include <algorithm>
+
+#include "kbit_optim.h"
+
+namespace {
+
+constexpr int THREADS = 256;
+constexpr int WARPS = THREADS / 32;
+constexpr float TINY = 1e-38f;
+
+struct KP {
+    float k[KBIT_OPT_NK];
+};
+
+template <typename T> struct IO;
+template <> struct IO<float> {
+    __device__ static float ld(const float* a, long long i) { return a[i]; }
+    __device__ static void st(float* a, long long i, float v) { a[i] = v; }
+};
+template <> struct IO<__half> {
+    __device__ static float ld(const __half* a, long long i) { return __half2float(a[i]); }
+    __device__ static void st(__half* a, long long i, float v) { a[i] = __float2half_rn(v); }
+};
+template <> struct IO<__nv_bfloat16> {
+    __device__ static float ld(const __nv_bfloat16* a, long long i) { return __bfloat162float(a[i]); }
+    __device__ static void st(__nv_bfloat16* a, long long i, float v) { a[i] = __float2bfloat16_rn(v); }
+};
+
+__device__ __forceinline__ float sgn(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }
+
+// New (p, a = state1, b = AdEMAMix m2, d = state2) for one element. Mirrors functional._rule.
+template <int OPT, bool EIGHT>
+__device__ __forceinline__ void rule(bool first, float g, float& p, float& a, float& b, float& d, const float* k) {
+    g = g * k[KBIT_K_GS];
+    const float wd = k[KBIT_K_WD];
+    if constexpr (OPT == KBIT_OPT_MOMENTUM || OPT == KBIT_OPT_RMSPROP || OPT == KBIT_OPT_ADAGRAD) {
+        if (wd > 0.0f) g = g + p * wd;
+    }
+    if constexpr (OPT == KBIT_OPT_ADAM) {
+        a = a * k[KBIT_K_B1] + g * k[KBIT_K_OMB1];
+        d = d * k[KBIT_K_B2] + (g * g) * k[KBIT_K_OMB2];
+        if (wd > 0.0f) p = p * k[KBIT_K_DECAY];
+        if constexpr (EIGHT) {
+            p = p + (a / (sqrtf(d) / k[KBIT_K_C2] + k[KBIT_K_EPS])) * k[KBIT_K_NEG_LR_C1];
+        } else {
+            p = p + (a / (sqrtf(d) + k[KBIT_K_EPS_C2])) * k[KBIT_K_UPD_MUL];
+        }
+    } else if constexpr (OPT == KBIT_OPT_ADEMAMIX) {
+        a = a * k[KBIT_K_B1] + g * k[KBIT_K_OMB1];
+        b = b * k[KBIT_K_B3] + g * k[KBIT_K_OMB3];
+        d = d * k[KBIT_K_B2] + (g * g) * k[KBIT_K_OMB2];
+        if (wd > 0.0f) p = p * k[KBIT_K_DECAY];
+        p = p + ((a / k[KBIT_K_C1] + b * k[KBIT_K_ALPHA]) / (sqrtf(d) / k[KBIT_K_C2] + k[KBIT_K_EPS])) *
+                    k[KBIT_K_NEG_LR];
+    } else if constexpr (OPT == KBIT_OPT_MOMENTUM) {
+        a = first ? g : a * k[KBIT_K_B1] + g;
+        p = p + a * k[KBIT_K_UPD_MUL];
+    } else if constexpr (OPT == KBIT_OPT_LION) {
+        if (wd > 0.0f) p = p * k[KBIT_K_DECAY];
+        p = p + sgn(a * k[KBIT_K_B1] + g * k[KBIT_K_OMB1]) * k[KBIT_K_NEG_LR];
+        a = a * k[KBIT_K_B2] + g * k[KBIT_K_OMB2];
+    } else if constexpr (OPT == KBIT_OPT_RMSPROP) {
+        a = a * k[KBIT_K_B1] + (g * g) * k[KBIT_K_OMB1];
+        p = p + (g / (sqrtf(a) + k[KBIT_K_EPS])) * k[KBIT_K_UPD_MUL];
+    } else { // ADAGRAD
+        a = a + g * g;
+        p = p + (g / (sqrtf(a) + k[KBIT_K_EPS])) * k[KBIT_K_NEG_LR];
+    }
+}
+
+// ------------------------------------------------------------------------------------------ 32-bit
+constexpr int U32 = 4; // elements per thread per grid-stride step
+
+template <typename T, int OPT>
+__global__ void __launch_bounds__(THREADS) k_update32(int first, int skip_zeros, const T* __restrict__ g,
+                                                      T* __restrict__ p, float* __restrict__ s1,
+                                                      float* __restrict__ m2, float* __restrict__ s2, long long n,
+                                                      const __grid_constant__ KP kp) {
+    constexpr bool HB = OPT == KBIT_OPT_ADEMAMIX;
+    constexpr bool HS2 = OPT == KBIT_OPT_ADAM || OPT == KBIT_OPT_ADEMAMIX;
+    const long long stride = (long long)gridDim.x * THREADS * U32;
+    for (long long base = (long long)blockIdx.x * THREADS * U32 + threadIdx.x; base < n; base += stride) {
+        float gv[U32], pv[U32], a[U32], b[U32], d[U32];
+#pragma unroll
+        for (int j = 0; j < U32; j++) {
+            long long i = base + (long long)j * THREADS;
+            if (i < n) {
+                gv[j] = IO<T>::ld(g, i);
+                pv[j] = IO<T>::ld(p, i);
+                a[j] = s1[i];
+                b[j] = HB ? m2[i] : 0.0f;
+                d[j] = HS2 ? s2[i] : 0.0f;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < U32; j++) {
+            long long i = base + (long long)j * THREADS;
+            if (i < n && !(skip_zeros && gv[j] == 0.0f)) {
+                rule<OPT, false>(first, gv[j], pv[j], a[j], b[j], d[j], kp.k);
+                IO<T>::st(p, i, pv[j]);
+                s1[i] = a[j];
+                if (HB) m2[i] = b[j];
+                if (HS2) s2[i] = d[j];
+            }
+        }
+    }
+}
+
+template <typename T, int OPT>
+__global__ void __launch_bounds__(THREADS) k_norm32(int first, const T* __restrict__ g, const T* __restrict__ p,
+                                                    const float* __restrict__ s1, const float* __restrict__ s2,
+                                                    long long n, const __grid_constant__ KP kp, double* out) {
+    const float* k = kp.k;
+    double acc = 0.0;
+    for (long long i = (long long)blockIdx.x * THREADS + threadIdx.x; i < n; i += (long long)gridDim.x * THREADS) {
+        float gv = IO<T>::ld(g, i) * k[KBIT_K_GS];
+        float pv = IO<T>::ld(p, i);
+        float u;
+        if constexpr (OPT == KBIT_OPT_ADAM) {
+            float a = s1[i] * k[KBIT_K_B1] + gv * k[KBIT_K_OMB1];
+            float d = s2[i] * k[KBIT_K_B2] + (gv * gv) * k[KBIT_K_OMB2];
+            u = a / (sqrtf(d) + k[KBIT_K_EPS_C2]);
+        } else if constexpr (OPT == KBIT_OPT_MOMENTUM) {
+            if (k[KBIT_K_WD] > 0.0f) gv = gv + pv * k[KBIT_K_WD];
+            u = first ? gv : s1[i] * k[KBIT_K_B1] + gv;
+        } else { // RMSPROP
+            if (k[KBIT_K_WD] > 0.0f) gv = gv + pv * k[KBIT_K_WD];
+            float a = s1[i] * k[KBIT_K_B1] + (gv * gv) * k[KBIT_K_OMB1];
+            u = gv / (sqrtf(a) + k[KBIT_K_EPS]);
+        }
+        acc += (double)u * (double)u;
+    }
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    __shared__ double s_acc[WARPS];
+    if ((threadIdx.x & 31) == 0) s_acc[threadIdx.x >> 5] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int w = 0; w < WARPS; w++) t += s_acc[w];
+        atomicAdd(out, t);
+    }
+}
+
+// ------------------------------------------------------------------------------------------ 8-bit
+__device__ __forceinline__ unsigned char encode(float v, float amc, float r, bool tail, const float* tree,
+                                                const unsigned char* codes) {
+    float s = tail ? v / amc : v * r;
+    s = fminf(fmaxf(s, -1.0f), 1.0f);
+    int i = 1;
+#pragma unroll
+    for (int l = 0; l < 8; l++) i = 2 * i + (s > tree[i] ? 1 : 0);
+    return codes[i - 256];
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+template <typename T, int OPT>
+__global__ void __launch_bounds__(THREADS, 4)
+    k_update8(int first, int skip_zeros, const T* __restrict__ g, T* __restrict__ p, unsigned char* __restrict__ c1,
+              float* __restrict__ a1, unsigned char* __restrict__ c1b, float* __restrict__ a1b,
+              unsigned char* __restrict__ c2, float* __restrict__ a2, const float* __restrict__ table1,
+              const float* __restrict__ tree1, const unsigned char* __restrict__ codes1,
+              const float* __restrict__ table2, const float* __restrict__ tree2,
+              const unsigned char* __restrict__ codes2, long long n, long long nblocks,
+              const __grid_constant__ KP kp) {
+    constexpr bool HB = OPT == KBIT_OPT_ADEMAMIX;
+    constexpr bool HS2 = OPT == KBIT_OPT_ADAM || OPT == KBIT_OPT_ADEMAMIX;
+    __shared__ float s_t1[256], s_f1[256], s_t2[HS2 ? 256 : 1], s_f2[HS2 ? 256 : 1];
+    __shared__ unsigned char s_c1[256], s_c2[HS2 ? 256 : 1];
+    for (int i = threadIdx.x; i < 256; i += THREADS) {
+        s_t1[i] = table1[i];
+        s_f1[i] = tree1[i];
+        s_c1[i] = codes1[i];
+        if constexpr (HS2) {
+            s_t2[i] = table2[i];
+            s_f2[i] = tree2[i];
+            s_c2[i] = codes2[i];
+        }
+    }
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    for (long long blk = (long long)blockIdx.x * WARPS + (threadIdx.x >> 5); blk < nblocks;
+         blk += (long long)gridDim.x * WARPS) {
+        const long long start = blk * 256;
+        const int cnt = (int)min(256LL, n - start);
+        const bool tail = cnt < 256;
+        const float am1 = a1[blk];
+        const float amb = HB ? a1b[blk] : 0.0f;
+        const float am2 = HS2 ? a2[blk] : 0.0f;
+        float va[8], vb[8], vd[8];
+        float mx1 = 0.0f, mxb = 0.0f, mx2 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int e = j * 32 + lane;
+            va[j] = vb[j] = vd[j] = 0.0f;
+            if (e < cnt) {
+                const long long i = start + e;
+                float gv = IO<T>::ld(g, i);
+                float pv = IO<T>::ld(p, i);
+                float a = s_t1[c1[i]] * am1;
+                float b = HB ? s_t1[c1b[i]] * amb : 0.0f;
+                float d = HS2 ? s_t2[c2[i]] * am2 : 0.0f;
+                if (!(skip_zeros && gv == 0.0f)) {
+                    rule<OPT, true>(first, gv, pv, a, b, d, kp.k);
+                    IO<T>::st(p, i, pv);
+                }
+                va[j] = a;
+                vb[j] = b;
+                vd[j] = d;
+                mx1 = fmaxf(mx1, fabsf(a));
+                if (HB) mxb = fmaxf(mxb, fabsf(b));
+                if (HS2) mx2 = fmaxf(mx2, fabsf(d));
+            }
+        }
+        mx1 = warp_max(mx1);
+        if (HB) mxb = warp_max(mxb);
+        if (HS2) mx2 = warp_max(mx2);
+        const float amc1 = fmaxf(mx1, TINY), r1 = 1.0f / amc1;
+        const float amcb = fmaxf(mxb, TINY), rb = 1.0f / amcb;
+        const float amc2 = fmaxf(mx2, TINY), r2 = 1.0f / amc2;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int e = j * 32 + lane;
+            if (e < cnt) {
+                const long long i = start + e;
+                c1[i] = encode(va[j], amc1, r1, tail, s_f1, s_c1);
+                if (HB) c1b[i] = encode(vb[j], amcb, rb, tail, s_f1, s_c1);
+                if (HS2) c2[i] = encode(vd[j], amc2, r2, tail, s_f2, s_c2);
+            }
+        }
+        if (lane == 0) {
+            a1[blk] = tail ? amc1 : mx1;
+            if (HB) a1b[blk] = tail ? amcb : mxb;
+            if (HS2) a2[blk] = tail ? amc2 : mx2;
+        }
+    }
+}
+
+int num_sms() {
+    static int sms = 0;
+    if (sms == 0) {
+        int dev = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        if (sms <= 0) sms = 132;
+    }
+    return sms;
+}
+
+KP make_kp(const float* k) {
+    KP kp;
+    for (int i = 0; i < KBIT_OPT_NK; i++) kp.k[i] = k[i];
+    return kp;
+}
+
+template <typename T, int OPT>
+cudaError_t launch32(int first, int skip, const void* g, void* p, float* s1, float* m2, float* s2, long long n,
+                     const KP& kp, cudaStream_t st) {
+    long long need = (n + (long long)THREADS * U32 - 1) / ((long long)THREADS * U32);
+    static int occ = 0;
+    if (occ == 0 && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_update32<T, OPT>, THREADS, 0) != cudaSuccess || occ < 1)) occ = 4;
+    int grid = (int)std::min<long long>(need, (long long)num_sms() * occ * 4);
+    k_update32<T, OPT><<<grid, THREADS, 0, st>>>(first, skip, (const T*)g, (T*)p, s1, m2, s2, n, kp);
+    return cudaGetLastError();
+}
+
+template <typename T, int OPT>
+cudaError_t launch8(int first, int skip, const void* g, void* p, unsigned char* c1, float* a1, unsigned char* c1b,
+                    float* a1b, unsigned char* c2, float* a2, const float* t1, const float* f1,
+                    const unsigned char* q1, const float* t2, const float* f2, const unsigned char* q2, long long n,
+                    const KP& kp, cudaStream_t st) {
+    long long nblocks = (n + 255) / 256;
+    long long need = (nblocks + WARPS - 1) / WARPS;
+    static int occ = 0; // persistent grid: exactly the resident CTAs
+    if (occ == 0 && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_update8<T, OPT>, THREADS, 0) != cudaSuccess || occ < 1)) occ = 4;
+    int grid = (int)std::min<long long>(need, (long long)num_sms() * occ);
+    k_update8<T, OPT><<<grid, THREADS, 0, st>>>(first, skip, (const T*)g, (T*)p, c1, a1, c1b, a1b, c2, a2, t1, f1, q1,
+                                                 t2, f2, q2, n, nblocks, kp);
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t dispatch32(int opt, int first, int skip, const void* g, void* p, float* s1, float* m2, float* s2,
+                       long long n, const KP& kp, cudaStream_t st) {
+    switch (opt) {
+    case KBIT_OPT_ADAM: return launch32<T, KBIT_OPT_ADAM>(first, skip, g, p, s1, m2, s2, n, kp, st);
+    case KBIT_OPT_ADEMAMIX: return launch32<T, KBIT_OPT_ADEMAMIX>(first, skip, g, p, s1, m2, s2, n, kp, st);
+    case KBIT_OPT_MOMENTUM: return launch32<T, KBIT_OPT_MOMENTUM>(first, skip, g, p, s1, m2, s2, n, kp, st);
+    case KBIT_OPT_LION: return launch32<T, KBIT_OPT_LION>(first, skip, g, p, s1, m2, s2, n, kp, st);
+    case KBIT_OPT_RMSPROP: return launch32<T, KBIT_OPT_RMSPROP>(first, skip, g, p, s1, m2, s2, n, kp, st);
+    case KBIT_OPT_ADAGRAD: return launch32<T, KBIT_OPT_ADAGRAD>(first, skip, g, p, s1, m2, s2, n, kp, st);
+    }
+    return cudaErrorInvalidValue;
+}
+
+template <typename T>
+cudaError_t dispatch8(int opt, int first, int skip, const void* g, void* p, unsigned char* c1, float* a1,
+                      unsigned char* c1b, float* a1b, unsigned char* c2, float* a2, const float* t1, const float* f1,
+                      const unsigned char* q1, const float* t2, const float* f2, const unsigned char* q2, long long n,
+                      const KP& kp, cudaStream_t st) {
+#define KB_L8(O) return launch8<T, O>(first, skip, g, p, c1, a1, c1b, a1b, c2, a2, t1, f1, q1, t2, f2, q2, n, kp, st)
+    switch (opt) {
+    case KBIT_OPT_ADAM: KB_L8(KBIT_OPT_ADAM);
+    case KBIT_OPT_ADEMAMIX: KB_L8(KBIT_OPT_ADEMAMIX);
+    case KBIT_OPT_MOMENTUM: KB_L8(KBIT_OPT_MOMENTUM);
+    case KBIT_OPT_LION: KB_L8(KBIT_OPT_LION);
+    case KBIT_OPT_RMSPROP: KB_L8(KBIT_OPT_RMSPROP);
+    case KBIT_OPT_ADAGRAD: KB_L8(KBIT_OPT_ADAGRAD);
+    }
+#undef KB_L8
+    return cudaErrorInvalidValue;
+}
+
+template <typename T>
+cudaError_t dispatch_norm(int opt, int first, const void* g, const void* p, const float* s1, const float* s2,
+                          long long n, const KP& kp, double* out, cudaStream_t st) {
+    int grid = (int)std::min<long long>((n + THREADS - 1) / THREADS, (long long)num_sms() * 4);
+    if (grid < 1) return cudaSuccess;
+    switch (opt) {
+    case KBIT_OPT_ADAM:
+        k_norm32<T, KBIT_OPT_ADAM><<<grid, THREADS, 0, st>>>(first, (const T*)g, (const T*)p, s1, s2, n, kp, out);
+        break;
+    case KBIT_OPT_MOMENTUM:
+        k_norm32<T, KBIT_OPT_MOMENTUM><<<grid, THREADS, 0, st>>>(first, (const T*)g, (const T*)p, s1, s2, n, kp, out);
+        break;
+    case KBIT_OPT_RMSPROP:
+        k_norm32<T, KBIT_OPT_RMSPROP><<<grid, THREADS, 0, st>>>(first, (const T*)g, (const T*)p, s1, s2, n, kp, out);
+        break;
+    default: return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+}
+
+} // namespace
+
+extern "C" {
+
+cudaError_t kbit_optimizer_update_32bit(int opt, int first, int skip_zeros, const void* g, int gdtype, void* p,
+                                        int pdtype, float* s1, float* m2, float* s2, long long n, const float* k,
+                                        cudaStream_t stream) {
+    if (n <= 0) return cudaSuccess;
+    if (gdtype != pdtype) return cudaErrorInvalidValue;
+    KP kp = make_kp(k);
+    switch (gdtype) {
+    case KBIT_F32: return dispatch32<float>(opt, first, skip_zeros, g, p, s1, m2, s2, n, kp, stream);
+    case KBIT_F16: return dispatch32<__half>(opt, first, skip_zeros, g, p, s1, m2, s2, n, kp, stream);
+    case KBIT_BF16: return dispatch32<__nv_bfloat16>(opt, first, skip_zeros, g, p, s1, m2, s2, n, kp, stream);
+    }
+    return cudaErrorInvalidValue;
+}
+
+cudaError_t kbit_optimizer_update_norm_sq(int opt, int first, const void* g, int gdtype, const void* p, int pdtype,
+                                          const float* s1, const float* s2, long long n, const float* k, double* out,
+                                          cudaStream_t stream) {
+    if (n <= 0) return cudaSuccess;
+    if (gdtype != pdtype) return cudaErrorInvalidValue;
+    KP kp = make_kp(k);
+    switch (gdtype) {
+    case KBIT_F32: return dispatch_norm<float>(opt, first, g, p, s1, s2, n, kp, out, stream);
+    case KBIT_F16: return dispatch_norm<__half>(opt, first, g, p, s1, s2, n, kp, out, stream);
+    case KBIT_BF16: return dispatch_norm<__nv_bfloat16>(opt, first, g, p, s1, s2, n, kp, out, stream);
+    }
+    return cudaErrorInvalidValue;
+}
+
+cudaError_t kbit_optimizer_update_8bit_blockwise(int opt, int first, int skip_zeros, const void* g, int gdtype,
+                                                 void* p, int pdtype, unsigned char* c1, float* a1,
+                                                 unsigned char* c1b, float* a1b, unsigned char* c2, float* a2,
+                                                 const float* table1, const float* tree1, const unsigned char* codes1,
+                                                 const float* table2, const float* tree2, const unsigned char* codes2,
+                                                 long long n, const float* k, cudaStream_t stream) {
+    if (n <= 0) return cudaSuccess;
+    if (gdtype != pdtype) return cudaErrorInvalidValue;
+    KP kp = make_kp(k);
+    switch (gdtype) {
+    case KBIT_F32:
+        return dispatch8<float>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, tree1, codes1, table2,
+                                tree2, codes2, n, kp, stream);
+    case KBIT_F16:
+        return dispatch8<__half>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, tree1, codes1,
+                                 table2, tree2, codes2, n, kp, stream);
+    case KBIT_BF16:
+        return dispatch8<__nv_bfloat16>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, tree1,
+                                        codes1, table2, tree2, codes2, n, kp, stream);
+    }
+    return cudaErrorInvalidValue;
+}
+
+int kbit_optim_ieee_build(void) {
+#if defined(__FAST_MATH__) || defined(__USE_FAST_MATH__)
+    return 0;
+#else
+    return 1;
+#endif
+}
+
+} // extern "C"

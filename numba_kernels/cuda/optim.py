@@ -1,0 +1,314 @@
+"""Numba CUDA kernels for fused optimizer updates (32-bit state and 8-bit blockwise state).
+
+Same plan as cuda_src/optim.cu: a CTA of 256 threads = 8 warps; in the 8-bit kernel a warp owns one
+256-element block per iteration and lane l handles elements l, l+32, ..., l+224 (coalesced, no
+alignment needs). New states stay in thread-local arrays; the block absmax is a shared-memory tree
+reduction (sim-friendly: no shuffles); requantization is an 8-level Eytzinger search in shared memory.
+
+Every float32 operation is an explicitly rounded libdevice call (fmul_rn, fadd_rn, fdiv_rn, fsqrt_rn):
+NVVM contracts a*b + c into an FMA by default, and the reference rounds each operation. Under the CUDA
+simulator (``NUMBA_ENABLE_CUDASIM=1``) the same kernels run with NumPy float32 scalar arithmetic.
+Grad/param are float32 here (the backend routes float16/bfloat16 through float32 copies).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import config, cuda, float32, float64, int32
+
+THREADS = 256
+WARPS = THREADS // 32
+TINY = np.float32(1e-38)
+ADAM, ADEMAMIX, MOMENTUM, LION, RMSPROP, ADAGRAD = 0, 1, 2, 3, 4, 5
+(B1, B2, B3, ALPHA, EPS, OMB1, OMB2, OMB3, WD, DECAY, GS, C1, C2, EPS_C2, NEG_LR, NEG_LR_C1, UPD_MUL) = range(17)
+
+if config.ENABLE_CUDASIM:
+    def _mul(a, b):
+        return np.float32(a) * np.float32(b)
+
+    def _add(a, b):
+        return np.float32(a) + np.float32(b)
+
+    def _div(a, b):
+        with np.errstate(all="ignore"):
+            return np.float32(a) / np.float32(b)
+
+    def _sqrt(a):
+        with np.errstate(all="ignore"):
+            return np.sqrt(np.float32(a))
+else:
+    from numba.cuda import libdevice
+    _mul, _add, _div, _sqrt = libdevice.fmul_rn, libdevice.fadd_rn, libdevice.fdiv_rn, libdevice.fsqrt_rn
+
+ONE = np.float32(1.0)
+ZERO = np.float32(0.0)
+
+
+@cuda.jit(device=True, inline=True)
+def _sign(x):
+    if x > ZERO:
+        return ONE
+    if x < ZERO:
+        return -ONE
+    return x
+
+
+def _make_rule(opt: int, eight: bool):
+    @cuda.jit(device=True, inline=True)
+    def rule(first, g, p, a, b, d, k):
+        g = _mul(g, k[GS])
+        wd = k[WD]
+        if opt == MOMENTUM or opt == RMSPROP or opt == ADAGRAD:
+            if wd > ZERO:
+                g = _add(g, _mul(p, wd))
+        if opt == ADAM:
+            a = _add(_mul(a, k[B1]), _mul(g, k[OMB1]))
+            d = _add(_mul(d, k[B2]), _mul(_mul(g, g), k[OMB2]))
+            if wd > ZERO:
+                p = _mul(p, k[DECAY])
+            if eight:
+                p = _add(p, _mul(_div(a, _add(_div(_sqrt(d), k[C2]), k[EPS])), k[NEG_LR_C1]))
+            else:
+                p = _add(p, _mul(_div(a, _add(_sqrt(d), k[EPS_C2])), k[UPD_MUL]))
+        elif opt == ADEMAMIX:
+            a = _add(_mul(a, k[B1]), _mul(g, k[OMB1]))
+            b = _add(_mul(b, k[B3]), _mul(g, k[OMB3]))
+            d = _add(_mul(d, k[B2]), _mul(_mul(g, g), k[OMB2]))
+            if wd > ZERO:
+                p = _mul(p, k[DECAY])
+            num = _add(_div(a, k[C1]), _mul(b, k[ALPHA]))
+            p = _add(p, _mul(_div(num, _add(_div(_sqrt(d), k[C2]), k[EPS])), k[NEG_LR]))
+        elif opt == MOMENTUM:
+            if first:
+                a = g
+            else:
+                a = _add(_mul(a, k[B1]), g)
+            p = _add(p, _mul(a, k[UPD_MUL]))
+        elif opt == LION:
+            if wd > ZERO:
+                p = _mul(p, k[DECAY])
+            p = _add(p, _mul(_sign(_add(_mul(a, k[B1]), _mul(g, k[OMB1]))), k[NEG_LR]))
+            a = _add(_mul(a, k[B2]), _mul(g, k[OMB2]))
+        elif opt == RMSPROP:
+            a = _add(_mul(a, k[B1]), _mul(_mul(g, g), k[OMB1]))
+            p = _add(p, _mul(_div(g, _add(_sqrt(a), k[EPS])), k[UPD_MUL]))
+        else:  # ADAGRAD
+            a = _add(a, _mul(g, g))
+            p = _add(p, _mul(_div(g, _add(_sqrt(a), k[EPS])), k[NEG_LR]))
+        return p, a, b, d
+    return rule
+
+
+@cuda.jit(device=True, inline=True)
+def _encode(v, amc, r, tail, tree, codes):
+    if tail:
+        s = _div(v, amc)
+    else:
+        s = _mul(v, r)
+    if s < -ONE:
+        s = -ONE
+    if s > ONE:
+        s = ONE
+    i = 1
+    for _ in range(8):
+        i = 2 * i + (1 if s > tree[i] else 0)
+    return codes[i - 256]
+
+
+def _make8(opt: int):
+    rule = _make_rule(opt, True)
+    HB = opt == ADEMAMIX
+    HS2 = opt == ADAM or opt == ADEMAMIX
+
+    @cuda.jit(fastmath=False)
+    def k8(first, skip, g, p, c1, a1, c1b, a1b, c2, a2, t1, f1, q1, t2, f2, q2, n, nblocks, k):
+        s_t1 = cuda.shared.array(256, float32)
+        s_f1 = cuda.shared.array(256, float32)
+        s_q1 = cuda.shared.array(256, int32)
+        s_t2 = cuda.shared.array(256, float32)
+        s_f2 = cuda.shared.array(256, float32)
+        s_q2 = cuda.shared.array(256, int32)
+        s_m1 = cuda.shared.array(THREADS, float32)
+        s_mb = cuda.shared.array(THREADS, float32)
+        s_m2 = cuda.shared.array(THREADS, float32)
+        tid = cuda.threadIdx.x
+        s_t1[tid] = t1[tid]
+        s_f1[tid] = f1[tid]
+        s_q1[tid] = q1[tid]
+        if HS2:
+            s_t2[tid] = t2[tid]
+            s_f2[tid] = f2[tid]
+            s_q2[tid] = q2[tid]
+        cuda.syncthreads()
+        warp = tid // 32
+        lane = tid % 32
+        va = cuda.local.array(8, float32)
+        vb = cuda.local.array(8, float32)
+        vd = cuda.local.array(8, float32)
+        per_it = cuda.gridDim.x * WARPS
+        nit = (nblocks + per_it - 1) // per_it
+        for it in range(nit):
+            blk = (it * cuda.gridDim.x + cuda.blockIdx.x) * WARPS + warp
+            mx1 = ZERO
+            mxb = ZERO
+            mx2 = ZERO
+            start = blk * 256
+            cnt = 0
+            if blk < nblocks:
+                cnt = min(256, n - start)
+                am1 = a1[blk]
+                amb = ZERO
+                am2 = ZERO
+                if HB:
+                    amb = a1b[blk]
+                if HS2:
+                    am2 = a2[blk]
+                for j in range(8):
+                    e = j * 32 + lane
+                    if e < cnt:
+                        i = start + e
+                        gv = g[i]
+                        pv = p[i]
+                        a = _mul(s_t1[c1[i]], am1)
+                        b = ZERO
+                        d = ZERO
+                        if HB:
+                            b = _mul(s_t1[c1b[i]], amb)
+                        if HS2:
+                            d = _mul(s_t2[c2[i]], am2)
+                        if not (skip and gv == ZERO):
+                            pv, a, b, d = rule(first, gv, pv, a, b, d, k)
+                            p[i] = pv
+                        va[j] = a
+                        vb[j] = b
+                        vd[j] = d
+                        x = abs(a)
+                        if x > mx1:
+                            mx1 = x
+                        x = abs(b)
+                        if x > mxb:
+                            mxb = x
+                        x = abs(d)
+                        if x > mx2:
+                            mx2 = x
+            s_m1[tid] = mx1
+            s_mb[tid] = mxb
+            s_m2[tid] = mx2
+            cuda.syncthreads()
+            off = 16
+            while off > 0:
+                if lane < off:
+                    if s_m1[tid + off] > s_m1[tid]:
+                        s_m1[tid] = s_m1[tid + off]
+                    if s_mb[tid + off] > s_mb[tid]:
+                        s_mb[tid] = s_mb[tid + off]
+                    if s_m2[tid + off] > s_m2[tid]:
+                        s_m2[tid] = s_m2[tid + off]
+                cuda.syncthreads()
+                off //= 2
+            mx1 = s_m1[warp * 32]
+            mxb = s_mb[warp * 32]
+            mx2 = s_m2[warp * 32]
+            cuda.syncthreads()
+            if blk < nblocks:
+                tail = cnt < 256
+                amc1 = mx1 if mx1 > TINY else TINY
+                amcb = mxb if mxb > TINY else TINY
+                amc2 = mx2 if mx2 > TINY else TINY
+                r1 = _div(ONE, amc1)
+                rb = _div(ONE, amcb)
+                r2 = _div(ONE, amc2)
+                for j in range(8):
+                    e = j * 32 + lane
+                    if e < cnt:
+                        i = start + e
+                        c1[i] = _encode(va[j], amc1, r1, tail, s_f1, s_q1)
+                        if HB:
+                            c1b[i] = _encode(vb[j], amcb, rb, tail, s_f1, s_q1)
+                        if HS2:
+                            c2[i] = _encode(vd[j], amc2, r2, tail, s_f2, s_q2)
+                if lane == 0:
+                    a1[blk] = amc1 if tail else mx1
+                    if HB:
+                        a1b[blk] = amcb if tail else mxb
+                    if HS2:
+                        a2[blk] = amc2 if tail else mx2
+    return k8
+
+
+def _make32(opt: int):
+    rule = _make_rule(opt, False)
+    HB = opt == ADEMAMIX
+    HS2 = opt == ADAM or opt == ADEMAMIX
+
+    @cuda.jit(fastmath=False)
+    def k32(first, skip, g, p, s1, m2, s2, n, k):
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while i < n:
+            gv = g[i]
+            if not (skip and gv == ZERO):
+                b = ZERO
+                d = ZERO
+                if HB:
+                    b = m2[i]
+                if HS2:
+                    d = s2[i]
+                pv, a, b, d = rule(first, gv, p[i], s1[i], b, d, k)
+                p[i] = pv
+                s1[i] = a
+                if HB:
+                    m2[i] = b
+                if HS2:
+                    s2[i] = d
+            i += stride
+    return k32
+
+
+def _make_norm(opt: int):
+    @cuda.jit(fastmath=False)
+    def knorm(first, g, p, s1, s2, n, k, out):
+        s_acc = cuda.shared.array(THREADS, float64)
+        tid = cuda.threadIdx.x
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        acc = 0.0
+        while i < n:
+            gv = _mul(g[i], k[GS])
+            if opt == ADAM:
+                a = _add(_mul(s1[i], k[B1]), _mul(gv, k[OMB1]))
+                d = _add(_mul(s2[i], k[B2]), _mul(_mul(gv, gv), k[OMB2]))
+                u = _div(a, _add(_sqrt(d), k[EPS_C2]))
+            else:
+                if k[WD] > ZERO:
+                    gv = _add(gv, _mul(p[i], k[WD]))
+                if opt == MOMENTUM:
+                    if first:
+                        u = gv
+                    else:
+                        u = _add(_mul(s1[i], k[B1]), gv)
+                else:
+                    a = _add(_mul(s1[i], k[B1]), _mul(_mul(gv, gv), k[OMB1]))
+                    u = _div(gv, _add(_sqrt(a), k[EPS]))
+            acc += float64(u) * float64(u)
+            i += stride
+        s_acc[tid] = acc
+        cuda.syncthreads()
+        off = THREADS // 2
+        while off > 0:
+            if tid < off:
+                s_acc[tid] += s_acc[tid + off]
+            cuda.syncthreads()
+            off //= 2
+        if tid == 0:
+            out[cuda.blockIdx.x] = s_acc[0]
+    return knorm
+
+
+_cache: dict = {}
+
+
+def kernel(kind: str, opt: int):
+    key = (kind, opt)
+    if key not in _cache:
+        _cache[key] = {"8bit": _make8, "32bit": _make32, "norm": _make_norm}[kind](opt)
+    return _cache[key]

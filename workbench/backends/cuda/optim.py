@@ -1,0 +1,124 @@
+"""CUDA production optimizer updates: cuda_src/optim.cu (libkbit_optim.so) through ctypes, on the
+current torch stream. One fused kernel per call: grad/param/state read once, written once.
+
+Signatures are bitsandbytes 0.50.2's ops (and workbench.optim.functional's). Grad and param must
+share a dtype (float32/float16/bfloat16; otherwise they are routed through float32 copies).
+LAMB/LARS (max_unorm > 0, 32-bit) run one extra reduction kernel for ||u|| and one host sync to
+fold the trust ratio into the step exactly as the reference does.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import torch
+
+from ...optim import _gpu_plan as G
+from . import check, load, ptr, stream
+
+OPS = ("optimizer_update_32bit", "optimizer_update_8bit_blockwise")
+
+_c = ctypes
+_sig_done = False
+
+
+def _lib():
+    global _sig_done
+    lib = load("optim")
+    if not _sig_done:
+        i, ll, vp = _c.c_int, _c.c_longlong, _c.c_void_p
+        lib.kbit_optimizer_update_32bit.argtypes = [i, i, i, vp, i, vp, i, vp, vp, vp, ll, vp, vp]
+        lib.kbit_optimizer_update_32bit.restype = i
+        lib.kbit_optimizer_update_norm_sq.argtypes = [i, i, vp, i, vp, i, vp, vp, ll, vp, vp, vp]
+        lib.kbit_optimizer_update_norm_sq.restype = i
+        lib.kbit_optimizer_update_8bit_blockwise.argtypes = [i, i, i, vp, i, vp, i] + [vp] * 6 + [vp] * 6 + [ll, vp, vp]
+        lib.kbit_optimizer_update_8bit_blockwise.restype = i
+        _sig_done = True
+    return lib
+
+
+def _kptr(k: np.ndarray) -> ctypes.c_void_p:
+    return ctypes.c_void_p(k.ctypes.data)
+
+
+def _check(p, g, *ts):
+    for t in (p, g, *ts):
+        if t is not None and (t.device.type != "cuda" or not t.is_contiguous()):
+            raise ValueError("cuda optimizer kernels need contiguous CUDA tensors")
+    if p.numel() != g.numel():
+        raise ValueError(f"grad has {g.numel()} elements, param {p.numel()}")
+
+
+
+
+@torch.no_grad()
+def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm,
+                           beta1, beta2, beta3, alpha, eps, weight_decay, step, lr,
+                           gnorm_scale=1.0, skip_zeros=False):
+    opt = G.check_name(optimizer_name)
+    _check(p, g, state1, state2)
+    if not G.same_dtype(g, p):
+        p32 = p.float()
+        optimizer_update_32bit(optimizer_name, g.float().contiguous(), p32, state1, state2, unorm_vec, max_unorm,
+                               param_norm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale,
+                               skip_zeros)
+        p.copy_(p32)
+        return
+    lib = _lib()
+    n = p.numel()
+    dt = G.DTYPE[p.dtype]
+    if optimizer_name == "ademamix":
+        st = state1.view(2, n)
+        s1, m2 = st[0], st[1]
+    else:
+        s1, m2 = state1, None
+    first = int(step == 1)
+    scale = 1.0
+    if max_unorm > 0.0 and optimizer_name in G.NORM_OK:
+        k0 = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False)
+        acc = torch.zeros(1, dtype=torch.float64, device=p.device)
+        check(lib.kbit_optimizer_update_norm_sq(opt, first, ptr(g), dt, ptr(p), dt, ptr(s1), ptr(state2), n,
+                                                _kptr(k0), ptr(acc), stream()), "kbit_optimizer_update_norm_sq")
+        unorm = float(acc.sqrt())  # host sync (LAMB/LARS only)
+        if unorm_vec is not None:
+            unorm_vec.fill_(unorm)
+        lim = max_unorm * float(param_norm)
+        scale = lim / unorm if unorm > lim else 1.0
+    k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False, scale)
+    check(lib.kbit_optimizer_update_32bit(opt, first, int(bool(skip_zeros)), ptr(g), dt, ptr(p), dt, ptr(s1), ptr(m2),
+                                          ptr(state2), n, _kptr(k), stream()), "kbit_optimizer_update_32bit")
+
+
+@torch.no_grad()
+def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps,
+                                    step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
+                                    gnorm_scale=1.0, skip_zeros=False):
+    opt = G.check_name(optimizer_name)
+    _check(p, g, state1, state2, absmax1, absmax2)
+    if not G.same_dtype(g, p):
+        p32 = p.float()
+        optimizer_update_8bit_blockwise(optimizer_name, g.float().contiguous(), p32, state1, state2, beta1, beta2,
+                                        beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
+                                        gnorm_scale, skip_zeros)
+        p.copy_(p32)
+        return
+    lib = _lib()
+    n = p.numel()
+    nb = (n + 255) // 256
+    dt = G.DTYPE[p.dtype]
+    if optimizer_name == "ademamix":
+        c = state1.view(2, n)
+        a = absmax1.view(2, nb)
+        c1, c1b, a1, a1b = c[0], c[1], a[0], a[1]
+    else:
+        c1, a1, c1b, a1b = state1, absmax1, None, None
+    t1, f1, q1 = G.plan(qmap1)
+    if state2 is not None:
+        t2, f2, q2 = G.plan(qmap2)
+    else:
+        t2 = f2 = q2 = None
+    k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, True)
+    check(lib.kbit_optimizer_update_8bit_blockwise(
+        opt, int(step == 1), int(bool(skip_zeros)), ptr(g), dt, ptr(p), dt, ptr(c1), ptr(a1), ptr(c1b), ptr(a1b),
+        ptr(state2), ptr(absmax2), ptr(t1), ptr(f1), ptr(q1), ptr(t2), ptr(f2), ptr(q2), n, _kptr(k), stream()),
+        "kbit_optimizer_update_8bit_blockwise")

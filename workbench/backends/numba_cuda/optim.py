@@ -1,0 +1,145 @@
+"""Numba CUDA optimizer updates: the kernels of numba_kernels/cuda/optim.py on torch tensors.
+
+On a GPU: zero-copy device arrays, launched on torch's current stream. Under the simulator
+(``NUMBA_ENABLE_CUDASIM=1``): CPU tensors seen as NumPy views; use small inputs there.
+The kernels take float32 grad/param; float16/bfloat16 go through float32 copies (not fused).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from numba_kernels.cuda import optim as K
+
+from ...optim import _gpu_plan as G
+from . import simulator
+
+OPS = ("optimizer_update_32bit", "optimizer_update_8bit_blockwise")
+_streams: dict = {}
+
+
+def _arr(t):
+    if t is None:
+        return None
+    if t.device.type == "cpu":
+        if not simulator():
+            raise ValueError("numba_cuda: CPU tensors are accepted only under the CUDA simulator")
+        return t.numpy()
+    from numba import cuda
+    return cuda.as_cuda_array(t)
+
+
+def _dummy(like: torch.Tensor, dtype):
+    return torch.zeros(1, dtype=dtype, device=like.device)
+
+
+def _sms(device) -> int:
+    return 2 if device.type != "cuda" else torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _launch(kern, grid, device, *args):
+    if device.type == "cpu":
+        kern[grid, K.THREADS](*args)
+        return
+    from numba import cuda
+    with torch.cuda.device(device):
+        ptr = torch.cuda.current_stream(device).cuda_stream
+        key = (device.index, ptr)
+        st = _streams.get(key)
+        if st is None:
+            st = _streams[key] = cuda.external_stream(ptr)
+        kern[grid, K.THREADS, st](*args)
+
+
+def _k(vec: np.ndarray, device):
+    t = torch.from_numpy(vec)
+    return _arr(t if device.type == "cpu" else t.to(device))
+
+
+def _check(p, g, *ts):
+    for t in (p, g, *ts):
+        if t is not None and not t.is_contiguous():
+            raise ValueError("numba_cuda optimizer kernels need contiguous tensors")
+    if p.numel() != g.numel():
+        raise ValueError(f"grad has {g.numel()} elements, param {p.numel()}")
+
+
+@torch.no_grad()
+def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm,
+                           beta1, beta2, beta3, alpha, eps, weight_decay, step, lr,
+                           gnorm_scale=1.0, skip_zeros=False):
+    opt = G.check_name(optimizer_name)
+    _check(p, g, state1, state2)
+    if p.dtype != torch.float32 or g.dtype != torch.float32:
+        p32 = p.float()
+        optimizer_update_32bit(optimizer_name, g.float().contiguous(), p32, state1, state2, unorm_vec, max_unorm,
+                               param_norm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale,
+                               skip_zeros)
+        p.copy_(p32)
+        return
+    n = p.numel()
+    if n == 0:
+        return
+    dev = p.device
+    if optimizer_name == "ademamix":
+        st = state1.view(2, n)
+        s1, m2 = st[0], st[1]
+    else:
+        s1, m2 = state1, _dummy(p, torch.float32)
+    s2 = state2 if state2 is not None else _dummy(p, torch.float32)
+    first = step == 1
+    scale = 1.0
+    grid = max(1, min((n + K.THREADS - 1) // K.THREADS, _sms(dev) * 8))
+    if max_unorm > 0.0 and optimizer_name in G.NORM_OK:
+        k0 = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False)
+        parts = torch.zeros(grid, dtype=torch.float64, device=dev)
+        _launch(K.kernel("norm", opt), grid, dev, first, _arr(g), _arr(p), _arr(s1), _arr(s2), n, _k(k0, dev),
+                _arr(parts))
+        unorm = float(parts.sum().sqrt())
+        if unorm_vec is not None:
+            unorm_vec.fill_(unorm)
+        lim = max_unorm * float(param_norm)
+        scale = lim / unorm if unorm > lim else 1.0
+    k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False, scale)
+    _launch(K.kernel("32bit", opt), grid, dev, first, bool(skip_zeros), _arr(g), _arr(p), _arr(s1), _arr(m2),
+            _arr(s2), n, _k(k, dev))
+
+
+@torch.no_grad()
+def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps,
+                                    step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
+                                    gnorm_scale=1.0, skip_zeros=False):
+    opt = G.check_name(optimizer_name)
+    _check(p, g, state1, state2, absmax1, absmax2)
+    if p.dtype != torch.float32 or g.dtype != torch.float32:
+        p32 = p.float()
+        optimizer_update_8bit_blockwise(optimizer_name, g.float().contiguous(), p32, state1, state2, beta1, beta2,
+                                        beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
+                                        gnorm_scale, skip_zeros)
+        p.copy_(p32)
+        return
+    n = p.numel()
+    if n == 0:
+        return
+    dev = p.device
+    nb = (n + 255) // 256
+    if optimizer_name == "ademamix":
+        c = state1.view(2, n)
+        a = absmax1.view(2, nb)
+        c1, c1b, a1, a1b = c[0], c[1], a[0], a[1]
+    else:
+        c1, a1 = state1, absmax1
+        c1b, a1b = _dummy(p, torch.uint8), _dummy(p, torch.float32)
+    t1, f1, q1 = G.plan(qmap1)
+    if state2 is not None:
+        t2, f2, q2 = G.plan(qmap2)
+        c2, a2 = state2, absmax2
+    else:
+        t2, f2, q2 = t1, f1, q1
+        c2, a2 = _dummy(p, torch.uint8), _dummy(p, torch.float32)
+    k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, True)
+    q1i, q2i = q1.to(torch.int32), q2.to(torch.int32)
+    grid = max(1, min((nb + K.WARPS - 1) // K.WARPS, _sms(dev) * 4))
+    _launch(K.kernel("8bit", opt), grid, dev, step == 1, bool(skip_zeros), _arr(g), _arr(p), _arr(c1), _arr(a1),
+            _arr(c1b), _arr(a1b), _arr(c2), _arr(a2), _arr(t1), _arr(f1), _arr(q1i), _arr(t2), _arr(f2), _arr(q2i),
+            n, nb, _k(k, dev))
