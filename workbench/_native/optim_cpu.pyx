@@ -1,0 +1,266 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Cython/OpenMP CPU kernels for fused optimizer updates (32-bit state, 8-bit blockwise state).
+
+Same arguments and rounding as numba_kernels/cpu/optim.py (the operation order of
+workbench/optim/functional.py; float32, no FMA: setup.py passes -ffp-contract=off; sqrtf is
+correctly rounded). ``prange`` hands runs of 256-element blocks to OpenMP threads; each block
+is read once (grad, param, codes), updated in registers, its new state kept in an L1 stack
+buffer for the block absmax, then written once (param, codes, absmax).
+"""
+from cython.parallel cimport prange
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #include <math.h>
+    static const float KO_TINY = 1e-38f;
+    enum { KO_ADAM = 0, KO_ADEMAMIX = 1, KO_MOMENTUM = 2, KO_LION = 3, KO_RMSPROP = 4, KO_ADAGRAD = 5 };
+    enum { K_B1, K_B2, K_B3, K_ALPHA, K_EPS, K_OMB1, K_OMB2, K_OMB3, K_WD, K_DECAY, K_GS, K_C1, K_C2, K_EPS_C2,
+           K_NEG_LR, K_NEG_LR_C1, K_UPD_MUL };
+
+    static inline float ko_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+    static inline uint32_t ko_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+    static inline float ko_f16_to_f32(uint16_t h) {
+        uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
+        if (exp == 0) { float v = (float)mant * 5.960464477539063e-08f; return sign ? -v : v; }
+        if (exp == 31) return ko_bits_f32(sign | 0x7F800000u | (mant << 13));
+        return ko_bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
+    }
+    static inline uint16_t ko_f32_to_bf16(float f) {
+        uint32_t x = ko_f32_bits(f);
+        if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((x >> 16) | 0x40u);
+        return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+    }
+    static inline uint16_t ko_f32_to_f16(float f) {
+        uint32_t x = ko_f32_bits(f), sign = (x >> 16) & 0x8000u, r, rem;
+        x &= 0x7FFFFFFFu;
+        if (x >= 0x7F800000u) return (uint16_t)(sign | (x > 0x7F800000u ? 0x7E00u : 0x7C00u));
+        if (x >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);
+        if (x < 0x38800000u) {
+            if (x <= 0x33000000u) return (uint16_t)sign;
+            uint32_t e = x >> 23, m = (x & 0x7FFFFFu) | 0x800000u, shift = 126u - e, half = 1u << (shift - 1u);
+            r = m >> shift; rem = m & ((1u << shift) - 1u);
+            if (rem > half || (rem == half && (r & 1u))) r += 1u;
+            return (uint16_t)(sign | r);
+        }
+        r = (((x >> 23) - 112u) << 10) | ((x & 0x7FFFFFu) >> 13);
+        rem = x & 0x1FFFu;
+        if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) r += 1u;
+        return (uint16_t)(sign | r);
+    }
+    static inline float ko_load(const void* x, int64_t i, int kind) {
+        if (kind == 0) return ((const float*)x)[i];
+        uint16_t h = ((const uint16_t*)x)[i];
+        return kind == 1 ? ko_bits_f32((uint32_t)h << 16) : ko_f16_to_f32(h);
+    }
+    static inline void ko_store(void* x, int64_t i, float v, int kind) {
+        if (kind == 0) ((float*)x)[i] = v;
+        else if (kind == 1) ((uint16_t*)x)[i] = ko_f32_to_bf16(v);
+        else ((uint16_t*)x)[i] = ko_f32_to_f16(v);
+    }
+    static inline float ko_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }
+
+    /* one element: mirrors workbench/optim/functional.py::_rule */
+    static inline void ko_rule(int opt, int eight, int first, float g0, float* pp, float* a, float* b, float* d,
+                               const float* k) {
+        float g = g0 * k[K_GS], p = *pp, wd = k[K_WD];
+        if (opt >= KO_MOMENTUM && opt != KO_LION && wd > 0.0f) g = g + p * wd;
+        if (opt == KO_ADAM) {
+            float s1 = *a * k[K_B1] + g * k[K_OMB1];
+            float s2 = *d * k[K_B2] + (g * g) * k[K_OMB2];
+            if (wd > 0.0f) p = p * k[K_DECAY];
+            if (eight) p = p + (s1 / (sqrtf(s2) / k[K_C2] + k[K_EPS])) * k[K_NEG_LR_C1];
+            else p = p + (s1 / (sqrtf(s2) + k[K_EPS_C2])) * k[K_UPD_MUL];
+            *a = s1; *d = s2;
+        } else if (opt == KO_ADEMAMIX) {
+            float m1 = *a * k[K_B1] + g * k[K_OMB1];
+            float m2 = *b * k[K_B3] + g * k[K_OMB3];
+            float nu = *d * k[K_B2] + (g * g) * k[K_OMB2];
+            if (wd > 0.0f) p = p * k[K_DECAY];
+            p = p + ((m1 / k[K_C1] + m2 * k[K_ALPHA]) / (sqrtf(nu) / k[K_C2] + k[K_EPS])) * k[K_NEG_LR];
+            *a = m1; *b = m2; *d = nu;
+        } else if (opt == KO_MOMENTUM) {
+            float s1 = first ? g : *a * k[K_B1] + g;
+            p = p + s1 * k[K_UPD_MUL];
+            *a = s1;
+        } else if (opt == KO_LION) {
+            if (wd > 0.0f) p = p * k[K_DECAY];
+            p = p + ko_sign(*a * k[K_B1] + g * k[K_OMB1]) * k[K_NEG_LR];
+            *a = *a * k[K_B2] + g * k[K_OMB2];
+        } else if (opt == KO_RMSPROP) {
+            float s1 = *a * k[K_B1] + (g * g) * k[K_OMB1];
+            p = p + (g / (sqrtf(s1) + k[K_EPS])) * k[K_UPD_MUL];
+            *a = s1;
+        } else {
+            float s1 = *a + g * g;
+            p = p + (g / (sqrtf(s1) + k[K_EPS])) * k[K_NEG_LR];
+            *a = s1;
+        }
+        *pp = p;
+    }
+
+    typedef struct { int mode; const float* bnd15; const uint8_t* bcodes; const float* kbound;
+                     const uint8_t* klo; const uint8_t* khi; const float* bpad; int64_t npad; } ko_plan;
+
+    static inline uint8_t ko_encode(float s, const ko_plan* P) {
+        if (P->mode == 0) { int c = 0; for (int j = 0; j < 15; j++) c += P->bnd15[j] < s; return P->bcodes[c]; }
+        if (P->mode == 1) { uint32_t key = ko_f32_bits(s) >> 16; return s > P->kbound[key] ? P->khi[key] : P->klo[key]; }
+        int64_t pos = 0, step = (P->npad + 1) / 2;
+        while (step > 0) { if (P->bpad[pos + step - 1] < s) pos += step; step >>= 1; }
+        return P->bcodes[pos];
+    }
+    static inline void ko_requant(const float* buf, float mx, int64_t start, int64_t end, int is_tail,
+                                  const ko_plan* P, uint8_t* codes, float* absmax_b) {
+        float amc = mx > KO_TINY ? mx : KO_TINY, r = 1.0f / amc;
+        *absmax_b = is_tail ? amc : mx;
+        for (int64_t i = start; i < end; i++) {
+            float s = is_tail ? buf[i - start] / amc : buf[i - start] * r;
+            s = s < -1.0f ? -1.0f : (s > 1.0f ? 1.0f : s);
+            codes[i] = ko_encode(s, P);
+        }
+    }
+
+    static void ko_update8_block(int opt, int first, int skip_zeros, const void* g, int gk, void* p, int pk,
+                                 uint8_t* c1, float* a1, uint8_t* c1b, float* a1b, uint8_t* c2, float* a2,
+                                 const float* t1, const float* t2, const float* k, int64_t blk, int64_t n,
+                                 const ko_plan* P1, const ko_plan* P2) {
+        float buf1[256], bufb[256], buf2[256];
+        int64_t start = blk * 256, end = start + 256 < n ? start + 256 : n;
+        int is_tail = end - start < 256, has_b = opt == KO_ADEMAMIX, has_s2 = opt == KO_ADAM || opt == KO_ADEMAMIX;
+        float am1 = a1[blk], amb = has_b ? a1b[blk] : 0.0f, am2 = has_s2 ? a2[blk] : 0.0f;
+        float mx1 = 0.0f, mxb = 0.0f, mx2 = 0.0f;
+        for (int64_t i = start; i < end; i++) {
+            float a = t1[c1[i]] * am1, b = has_b ? t1[c1b[i]] * amb : 0.0f, d = has_s2 ? t2[c2[i]] * am2 : 0.0f;
+            float g0 = ko_load(g, i, gk);
+            if (!(skip_zeros && g0 == 0.0f)) {
+                float pv = ko_load(p, i, pk);
+                ko_rule(opt, 1, first, g0, &pv, &a, &b, &d, k);
+                ko_store(p, i, pv, pk);
+            }
+            int64_t j = i - start;
+            buf1[j] = a; float v = fabsf(a); mx1 = v > mx1 ? v : mx1;
+            if (has_b) { bufb[j] = b; v = fabsf(b); mxb = v > mxb ? v : mxb; }
+            if (has_s2) { buf2[j] = d; v = fabsf(d); mx2 = v > mx2 ? v : mx2; }
+        }
+        ko_requant(buf1, mx1, start, end, is_tail, P1, c1, &a1[blk]);
+        if (has_b) ko_requant(bufb, mxb, start, end, is_tail, P1, c1b, &a1b[blk]);
+        if (has_s2) ko_requant(buf2, mx2, start, end, is_tail, P2, c2, &a2[blk]);
+    }
+
+    static void ko_update32_range(int opt, int first, int skip_zeros, const void* g, int gk, void* p, int pk,
+                                  float* s1, float* m2, float* s2, const float* k, int64_t lo, int64_t hi) {
+        int has_b = opt == KO_ADEMAMIX, has_s2 = opt == KO_ADAM || opt == KO_ADEMAMIX;
+        for (int64_t i = lo; i < hi; i++) {
+            float g0 = ko_load(g, i, gk);
+            if (skip_zeros && g0 == 0.0f) continue;
+            float pv = ko_load(p, i, pk), a = s1[i], b = has_b ? m2[i] : 0.0f, d = has_s2 ? s2[i] : 0.0f;
+            ko_rule(opt, 0, first, g0, &pv, &a, &b, &d, k);
+            ko_store(p, i, pv, pk);
+            s1[i] = a;
+            if (has_b) m2[i] = b;
+            if (has_s2) s2[i] = d;
+        }
+    }
+
+    static double ko_norm_sq_range(int opt, int first, const void* g, int gk, const void* p, int pk,
+                                   const float* s1, const float* s2, const float* k, int64_t lo, int64_t hi) {
+        double acc = 0.0;
+        for (int64_t i = lo; i < hi; i++) {
+            float gv = ko_load(g, i, gk) * k[K_GS], pv = ko_load(p, i, pk), u;
+            if (opt != KO_ADAM && k[K_WD] > 0.0f) gv = gv + pv * k[K_WD];
+            if (opt == KO_ADAM) {
+                float a = s1[i] * k[K_B1] + gv * k[K_OMB1], d = s2[i] * k[K_B2] + (gv * gv) * k[K_OMB2];
+                u = a / (sqrtf(d) + k[K_EPS_C2]);
+            } else if (opt == KO_MOMENTUM) {
+                u = first ? gv : s1[i] * k[K_B1] + gv;
+            } else {
+                float a = s1[i] * k[K_B1] + (gv * gv) * k[K_OMB1];
+                u = gv / (sqrtf(a) + k[K_EPS]);
+            }
+            acc += (double)u * (double)u;
+        }
+        return acc;
+    }
+    """
+    ctypedef struct ko_plan:
+        int mode
+        const float* bnd15
+        const uint8_t* bcodes
+        const float* kbound
+        const uint8_t* klo
+        const uint8_t* khi
+        const float* bpad
+        int64_t npad
+    void ko_update8_block(int opt, int first, int skip_zeros, const void* g, int gk, void* p, int pk,
+                          uint8_t* c1, float* a1, uint8_t* c1b, float* a1b, uint8_t* c2, float* a2,
+                          const float* t1, const float* t2, const float* k, int64_t blk, int64_t n,
+                          const ko_plan* P1, const ko_plan* P2) nogil
+    void ko_update32_range(int opt, int first, int skip_zeros, const void* g, int gk, void* p, int pk,
+                           float* s1, float* m2, float* s2, const float* k, int64_t lo, int64_t hi) nogil
+    double ko_norm_sq_range(int opt, int first, const void* g, int gk, const void* p, int pk,
+                            const float* s1, const float* s2, const float* k, int64_t lo, int64_t hi) nogil
+
+
+cdef inline void* _addr(object arr):
+    return <void*><size_t>arr.ctypes.data
+
+
+cdef ko_plan _plan(int mode, const float[::1] bnd15, const uint8_t[::1] bc, const float[::1] kb,
+                   const uint8_t[::1] klo, const uint8_t[::1] khi, const float[::1] bpad):
+    cdef ko_plan P
+    P.mode = mode
+    P.bnd15 = &bnd15[0]
+    P.bcodes = &bc[0]
+    P.kbound = &kb[0]
+    P.klo = &klo[0]
+    P.khi = &khi[0]
+    P.bpad = &bpad[0]
+    P.npad = bpad.shape[0]
+    return P
+
+
+def update_32bit(int opt, bint first, bint skip_zeros, g, int gkind, p, int pkind, float[::1] s1, float[::1] m2,
+                 float[::1] s2, const float[::1] k, int64_t chunk):
+    cdef int64_t n = p.shape[0]
+    cdef int64_t nch = (n + chunk - 1) // chunk
+    cdef void* pg = _addr(g)
+    cdef void* pp = _addr(p)
+    cdef int64_t c, hi
+    for c in prange(nch, nogil=True, schedule="static"):
+        hi = (c + 1) * chunk if (c + 1) * chunk < n else n
+        ko_update32_range(opt, first, skip_zeros, pg, gkind, pp, pkind, &s1[0], &m2[0], &s2[0], &k[0], c * chunk, hi)
+
+
+def update_norm_sq(int opt, bint first, g, int gkind, p, int pkind, float[::1] s1, float[::1] s2,
+                   const float[::1] k, int64_t chunk):
+    cdef int64_t n = p.shape[0]
+    cdef int64_t nch = (n + chunk - 1) // chunk
+    cdef void* pg = _addr(g)
+    cdef void* pp = _addr(p)
+    cdef int64_t c, hi
+    cdef double acc = 0.0
+    for c in prange(nch, nogil=True, schedule="static"):
+        hi = (c + 1) * chunk if (c + 1) * chunk < n else n
+        acc += ko_norm_sq_range(opt, first, pg, gkind, pp, pkind, &s1[0], &s2[0], &k[0], c * chunk, hi)
+    return acc
+
+
+def update_8bit_blockwise(int opt, bint first, bint skip_zeros, g, int gkind, p, int pkind,
+                          uint8_t[::1] c1, float[::1] a1, uint8_t[::1] c1b, float[::1] a1b, uint8_t[::1] c2,
+                          float[::1] a2, const float[::1] t1, const float[::1] t2, const float[::1] k, int64_t bpt,
+                          int m1, const float[::1] n1, const uint8_t[::1] bc1, const float[::1] kb1,
+                          const uint8_t[::1] klo1, const uint8_t[::1] khi1, const float[::1] bp1,
+                          int m2_, const float[::1] n2, const uint8_t[::1] bc2, const float[::1] kb2,
+                          const uint8_t[::1] klo2, const uint8_t[::1] khi2, const float[::1] bp2):
+    cdef int64_t n = p.shape[0]
+    cdef int64_t nb = (n + 255) // 256
+    cdef void* pg = _addr(g)
+    cdef void* pp = _addr(p)
+    cdef ko_plan P1 = _plan(m1, n1, bc1, kb1, klo1, khi1, bp1)
+    cdef ko_plan P2 = _plan(m2_, n2, bc2, kb2, klo2, khi2, bp2)
+    cdef int64_t b
+    for b in prange(nb, nogil=True, schedule="static"):
+        ko_update8_block(opt, first, skip_zeros, pg, gkind, pp, pkind, &c1[0], &a1[0], &c1b[0], &a1b[0],
+                         &c2[0], &a2[0], &t1[0], &t2[0], &k[0], b, n, &P1, &P2)
