@@ -1,0 +1,82 @@
+"""Numba CUDA optimizer kernels under the CUDA simulator (CPU, tiny inputs): bit-exact vs the reference.
+
+Every update rule, 8-bit blockwise and 32-bit state, one full 256-block plus a tail, two steps
+(step 1 takes the momentum-init branch), skip_zeros on, gnorm_scale != 1, weight decay; for 32-bit
+LAMB/LARS the trust ratio path (max_unorm > 0) too. The simulator must be chosen before numba.cuda
+is imported; if this process already holds the real numba.cuda, the file re-runs itself in a
+subprocess with NUMBA_ENABLE_CUDASIM=1 (as tests/test_numba_cuda_sim.py does).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+_PRELOADED = "numba.cuda" in sys.modules and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
+if not _PRELOADED:
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    from numba.core import config as _config
+    _config.reload_config()
+
+from workbench.optim import functional as W  # noqa: E402
+
+sim = pytest.mark.skipif(_PRELOADED, reason="numba.cuda already imported without the simulator")
+NAMES = ("adam", "ademamix", "momentum", "lion", "rmsprop", "adagrad", "lamb", "lars")
+
+
+@pytest.mark.skipif(not _PRELOADED, reason="runs only when this process cannot use the simulator")
+def test_in_subprocess():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def NC():
+    from workbench.backends import numba_cuda
+    ok, reason = numba_cuda.available()
+    assert ok and reason == "CUDA simulator", reason
+    from workbench.backends.numba_cuda import optim
+    return optim
+
+
+def _state(name, n, eight):
+    two = name in ("adam", "lamb", "ademamix")
+    nb = (n + 255) // 256
+    if eight:
+        return dict(state1=torch.zeros((2, n) if name == "ademamix" else (n,), dtype=torch.uint8),
+                    absmax1=torch.zeros((2, nb) if name == "ademamix" else (nb,)), qmap1=W.qmap(True).clone(),
+                    state2=torch.zeros(n, dtype=torch.uint8) if two else None,
+                    absmax2=torch.zeros(nb) if two else None, qmap2=W.qmap(False).clone() if two else None)
+    return dict(state1=torch.zeros((2, n) if name == "ademamix" else (n,)),
+                state2=torch.zeros(n) if two else None, unorm_vec=torch.zeros(1))
+
+
+@sim
+@pytest.mark.parametrize("eight", [True, False], ids=["8bit", "32bit"])
+@pytest.mark.parametrize("name", NAMES)
+def test_sim_equals_reference(NC, name, eight, rng):
+    n = 256 + 45
+    mu = 0.05 if (name in ("lamb", "lars") and not eight) else 0.0
+    wd = 0.0 if name in ("lamb", "lars") else 0.02
+    p0 = torch.randn(n, generator=rng)
+    ps = [p0.clone(), p0.clone()]
+    sts = [_state(name, n, eight), _state(name, n, eight)]
+    fns = ([W.optimizer_update_8bit_blockwise, NC.optimizer_update_8bit_blockwise] if eight
+           else [W.optimizer_update_32bit, NC.optimizer_update_32bit])
+    for step in (1, 2):
+        g = torch.randn(n, generator=rng) * 0.1
+        g[::17] = 0
+        for fn, p, st in zip(fns, ps, sts):
+            if eight:
+                fn(name, g, p, st["state1"], st["state2"], 0.9, 0.99, 0.999, 3.0, 1e-8, step, 2e-3, st["qmap1"],
+                   st["qmap2"], st["absmax1"], st["absmax2"], wd, 0.75, True)
+            else:
+                fn(name, g, p, st["state1"], st["state2"], st["unorm_vec"] if mu else None, mu,
+                   float(p.norm()) if mu else 0.0, 0.9, 0.99, 0.999, 3.0, 1e-8, wd, step, 2e-3, 0.75, True)
+        assert torch.equal(ps[1], ps[0]), f"step {step}: params differ"
+        for key in ("state1", "state2", "absmax1", "absmax2"):
+            if sts[0].get(key) is not None:
+                assert torch.equal(sts[1][key], sts[0][key]), f"step {step}: {key} differs"
