@@ -1,0 +1,124 @@
+"""LLM.int8(): row-wise (vector-wise) int8 quantization with outlier columns, int8 matmul with
+dequantization, and the mixed-precision decomposition (outlier columns in 16-bit).
+
+Signatures follow ``bitsandbytes.functional``; ``backend=`` picks the implementation
+(``workbench backends``). Inputs are validated here and never modified (bitsandbytes' CPU
+path zeroes outliers in the caller's tensor and restores them afterwards).
+"""
+from __future__ import annotations
+
+import torch
+
+from .backends import get_op
+from .validation import FLOAT_DTYPES, QuantInputError, check_finite, check_tensor
+
+__all__ = ["int8_vectorwise_quant", "int8_vectorwise_dequant", "int8_double_quant", "int8_linear_matmul",
+           "int8_mm_dequant", "outlier_columns", "int8_linear", "Int8Weight", "quantize_weight"]
+
+
+def _device(t: torch.Tensor) -> str:
+    if t.device.type not in ("cpu", "cuda"):
+        raise QuantInputError(f"A: device {t.device} not supported; expected cpu or cuda")
+    return t.device.type
+
+
+def _matrix(name: str, A, dtypes=FLOAT_DTYPES, nan_policy: str = "raise") -> torch.Tensor:
+    check_tensor(name, A, dtypes=dtypes)
+    if A.dim() < 2:
+        raise QuantInputError(f"{name}: expected a matrix (rows x columns), got shape {tuple(A.shape)}")
+    if A.is_floating_point():
+        check_finite(name, A, nan_policy)
+    return A.reshape(-1, A.shape[-1]).contiguous()
+
+
+def _threshold(threshold) -> float:
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or threshold != threshold:
+        raise QuantInputError(f"threshold: expected a number, got {threshold!r}")
+    if threshold < 0:
+        raise QuantInputError(f"threshold: must be >= 0 (0 disables outlier decomposition), got {threshold}")
+    return float(threshold)
+
+
+def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str = "auto", nan_policy="raise"):
+    """-> (int8 codes shaped like A, float32 row stats, int64 outlier columns or None when threshold == 0)."""
+    t = _threshold(threshold)
+    a = _matrix("A", A, nan_policy=nan_policy)
+    codes, stats, cols = get_op(backend, "int8_vectorwise_quant", _device(A))(a, t)
+    return codes.view(A.shape), stats, cols
+
+
+def outlier_columns(A: torch.Tensor, threshold: float = 6.0, *, backend: str = "auto") -> torch.Tensor:
+    """Indices of the columns holding at least one |a| >= threshold."""
+    t = _threshold(threshold)
+    if t == 0:
+        raise QuantInputError("threshold: must be > 0 to define outliers")
+    return get_op(backend, "outlier_columns", _device(A))(_matrix("A", A), t)
+
+
+def int8_vectorwise_dequant(codes: torch.Tensor, stats: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    c = _matrix("codes", codes, dtypes=(torch.int8,))
+    if stats.numel() != c.shape[0]:
+        raise QuantInputError(f"stats: {stats.numel()} values for {c.shape[0]} rows")
+    return get_op(backend, "int8_vectorwise_dequant", _device(codes))(c, stats.float()).view(codes.shape)
+
+
+def int8_double_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str = "auto"):
+    """-> (row codes, column codes, row stats, column stats, outlier columns or None)."""
+    t = _threshold(threshold)
+    a = _matrix("A", A)
+    return get_op(backend, "int8_double_quant", _device(A))(a, t)
+
+
+def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """Exact int32 ``A @ B.T`` for int8 A (m x k) and B (n x k)."""
+    a = _matrix("A", A, dtypes=(torch.int8,))
+    b = _matrix("B", B, dtypes=(torch.int8,))
+    if a.shape[1] != b.shape[1]:
+        raise QuantInputError(f"B: inner dimensions differ: A has {a.shape[1]} columns, B has {b.shape[1]}")
+    if a.shape[1] * 127 * 127 >= 2 ** 31:
+        raise QuantInputError(f"A: inner dimension {a.shape[1]} could overflow the int32 accumulator")
+    return get_op(backend, "int8_linear_matmul", _device(A))(a, b)
+
+
+def int8_mm_dequant(C: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.Tensor, bias=None,
+                    dtype: torch.dtype = torch.float16, *, backend: str = "auto") -> torch.Tensor:
+    c = _matrix("C", C, dtypes=(torch.int32,))
+    if row_stats.numel() != c.shape[0] or col_stats.numel() != c.shape[1]:
+        raise QuantInputError(f"row_stats/col_stats: expected {c.shape[0]} and {c.shape[1]} values, "
+                              f"got {row_stats.numel()} and {col_stats.numel()}")
+    return get_op(backend, "int8_mm_dequant", _device(C))(c, row_stats.float(), col_stats.float(), bias, dtype)
+
+
+class Int8Weight:
+    """A weight (out_features x in_features) quantized row-wise to int8, as bitsandbytes' Linear8bitLt stores it."""
+
+    def __init__(self, codes: torch.Tensor, stats: torch.Tensor):
+        self.codes, self.stats = codes, stats
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        return int8_vectorwise_dequant(self.codes, self.stats).to(dtype)
+
+
+def quantize_weight(W: torch.Tensor, *, backend: str = "auto") -> Int8Weight:
+    codes, stats, _ = int8_vectorwise_quant(W, 0.0, backend=backend)
+    return Int8Weight(codes, stats)
+
+
+def int8_linear(A: torch.Tensor, W: Int8Weight | torch.Tensor, bias=None, threshold: float = 6.0, *,
+                backend: str = "auto") -> torch.Tensor:
+    """LLM.int8() linear layer: ``A @ W.T`` with int8 codes for the regular columns of A and, when
+    ``threshold > 0``, the outlier columns of A multiplied in A's dtype against the dequantized
+    weight columns (bitsandbytes' int8_mixed_scaled_mm). Returns A's dtype."""
+    if not isinstance(W, Int8Weight):
+        W = quantize_weight(W, backend=backend)
+    a = _matrix("A", A)
+    if a.shape[1] != W.codes.shape[1]:
+        raise QuantInputError(f"W: expects {W.codes.shape[1]} input features, A has {a.shape[1]}")
+    ca, sa, cols = int8_vectorwise_quant(a, threshold, backend=backend)
+    out = int8_mm_dequant(int8_linear_matmul(ca, W.codes, backend=backend), sa, W.stats, bias=bias,
+                          dtype=A.dtype, backend=backend)
+    if cols is not None and cols.numel():
+        sub_a = a[:, cols]
+        sub_w = int8_vectorwise_dequant(W.codes[:, cols].contiguous(), W.stats, backend=backend).to(A.dtype)
+        out = out.addmm(sub_a, sub_w.t())
+    return out.view(*A.shape[:-1], W.codes.shape[0])
