@@ -60,7 +60,7 @@ cdef extern from *:
         else if (kind == 1) ((uint16_t*)x)[i] = ko_f32_to_bf16(v);
         else ((uint16_t*)x)[i] = ko_f32_to_f16(v);
     }
-    static inline float ko_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }
+    static inline float ko_sign(float x) { float r = (float)((x > 0.0f) - (x < 0.0f)); return x != x ? x : r; }
 
     /* one element: mirrors workbench/optim/functional.py::_rule */
     static inline void ko_rule(int opt, int eight, int first, float g0, float* pp, float* a, float* b, float* d,
@@ -149,6 +149,53 @@ cdef extern from *:
         if (has_s2) ko_requant(buf2, mx2, start, end, is_tail, P2, c2, &a2[blk]);
     }
 
+
+    /* Fast path (float32 grad/param, no skip_zeros): the optimizer id is a compile-time constant
+       so the update loop has no branches and vectorizes (sqrt/div included: no errno here). */
+    #define KO_FAST8(OPT)                                                                               \
+    __attribute__((optimize("no-math-errno")))                                                          \
+    static void ko_fast8_##OPT(int first, const float* g, float* p, uint8_t* c1, float* a1, uint8_t* c1b,   \
+                               float* a1b, uint8_t* c2, float* a2, const float* t1, const float* t2,     \
+                               const float* k, int64_t blk, int64_t n, const ko_plan* P1, const ko_plan* P2) { \
+        float A[256], B[256], D[256];                                                                   \
+        int64_t start = blk * 256, end = start + 256 < n ? start + 256 : n, m = end - start;            \
+        int is_tail = m < 256;                                                                          \
+        const int has_b = OPT == KO_ADEMAMIX, has_s2 = OPT == KO_ADAM || OPT == KO_ADEMAMIX;            \
+        float am1 = a1[blk], amb = has_b ? a1b[blk] : 0.0f, am2 = has_s2 ? a2[blk] : 0.0f;             \
+        const float* gg = g + start; float* pb = p + start;                                            \
+        for (int64_t j = 0; j < m; j++) {                                                               \
+            A[j] = t1[c1[start + j]] * am1;                                                             \
+            if (has_b) B[j] = t1[c1b[start + j]] * amb;                                                 \
+            if (has_s2) D[j] = t2[c2[start + j]] * am2;                                                 \
+        }                                                                                               \
+        for (int64_t j = 0; j < m; j++) {                                                               \
+            float pv = pb[j], a = A[j], b = has_b ? B[j] : 0.0f, d = has_s2 ? D[j] : 0.0f;             \
+            ko_rule(OPT, 1, first, gg[j], &pv, &a, &b, &d, k);                                          \
+            pb[j] = pv; A[j] = a; if (has_b) B[j] = b; if (has_s2) D[j] = d;                            \
+        }                                                                                               \
+        float mx1 = 0.0f, mxb = 0.0f, mx2 = 0.0f;                                                       \
+        for (int64_t j = 0; j < m; j++) { float v = fabsf(A[j]); mx1 = v > mx1 ? v : mx1; }            \
+        if (has_b) for (int64_t j = 0; j < m; j++) { float v = fabsf(B[j]); mxb = v > mxb ? v : mxb; } \
+        if (has_s2) for (int64_t j = 0; j < m; j++) { float v = fabsf(D[j]); mx2 = v > mx2 ? v : mx2; }\
+        ko_requant(A, mx1, start, end, is_tail, P1, c1, &a1[blk]);                                      \
+        if (has_b) ko_requant(B, mxb, start, end, is_tail, P1, c1b, &a1b[blk]);                         \
+        if (has_s2) ko_requant(D, mx2, start, end, is_tail, P2, c2, &a2[blk]);                          \
+    }
+    KO_FAST8(0) KO_FAST8(1) KO_FAST8(2) KO_FAST8(3) KO_FAST8(4) KO_FAST8(5)
+
+    static void ko_fast8(int opt, int first, const float* g, float* p, uint8_t* c1, float* a1, uint8_t* c1b,
+                         float* a1b, uint8_t* c2, float* a2, const float* t1, const float* t2, const float* k,
+                         int64_t blk, int64_t n, const ko_plan* P1, const ko_plan* P2) {
+        switch (opt) {
+            case 0: ko_fast8_0(first, g, p, c1, a1, c1b, a1b, c2, a2, t1, t2, k, blk, n, P1, P2); break;
+            case 1: ko_fast8_1(first, g, p, c1, a1, c1b, a1b, c2, a2, t1, t2, k, blk, n, P1, P2); break;
+            case 2: ko_fast8_2(first, g, p, c1, a1, c1b, a1b, c2, a2, t1, t2, k, blk, n, P1, P2); break;
+            case 3: ko_fast8_3(first, g, p, c1, a1, c1b, a1b, c2, a2, t1, t2, k, blk, n, P1, P2); break;
+            case 4: ko_fast8_4(first, g, p, c1, a1, c1b, a1b, c2, a2, t1, t2, k, blk, n, P1, P2); break;
+            default: ko_fast8_5(first, g, p, c1, a1, c1b, a1b, c2, a2, t1, t2, k, blk, n, P1, P2); break;
+        }
+    }
+
     static void ko_update32_range(int opt, int first, int skip_zeros, const void* g, int gk, void* p, int pk,
                                   float* s1, float* m2, float* s2, const float* k, int64_t lo, int64_t hi) {
         int has_b = opt == KO_ADEMAMIX, has_s2 = opt == KO_ADAM || opt == KO_ADEMAMIX;
@@ -199,6 +246,9 @@ cdef extern from *:
                           const ko_plan* P1, const ko_plan* P2) nogil
     void ko_update32_range(int opt, int first, int skip_zeros, const void* g, int gk, void* p, int pk,
                            float* s1, float* m2, float* s2, const float* k, int64_t lo, int64_t hi) nogil
+    void ko_fast8(int opt, int first, const float* g, float* p, uint8_t* c1, float* a1, uint8_t* c1b,
+                  float* a1b, uint8_t* c2, float* a2, const float* t1, const float* t2, const float* k,
+                  int64_t blk, int64_t n, const ko_plan* P1, const ko_plan* P2) nogil
     double ko_norm_sq_range(int opt, int first, const void* g, int gk, const void* p, int pk,
                             const float* s1, const float* s2, const float* k, int64_t lo, int64_t hi) nogil
 
@@ -261,6 +311,11 @@ def update_8bit_blockwise(int opt, bint first, bint skip_zeros, g, int gkind, p,
     cdef ko_plan P1 = _plan(m1, n1, bc1, kb1, klo1, khi1, bp1)
     cdef ko_plan P2 = _plan(m2_, n2, bc2, kb2, klo2, khi2, bp2)
     cdef int64_t b
+    if gkind == 0 and pkind == 0 and not skip_zeros:
+        for b in prange(nb, nogil=True, schedule="static"):
+            ko_fast8(opt, first, <const float*>pg, <float*>pp, &c1[0], &a1[0], &c1b[0], &a1b[0], &c2[0], &a2[0],
+                     &t1[0], &t2[0], &k[0], b, n, &P1, &P2)
+        return
     for b in prange(nb, nogil=True, schedule="static"):
         ko_update8_block(opt, first, skip_zeros, pg, gkind, pp, pkind, &c1[0], &a1[0], &c1b[0], &a1b[0],
                          &c2[0], &a2[0], &t1[0], &t2[0], &k[0], b, n, &P1, &P2)
