@@ -1,0 +1,384 @@
+// kbit-workbench LLM.int8() kernels; see kbit_int8.h for the contract and numerics.
+// Built with -fmad=false -prec-div=true -ftz=false; explicit __f*_rn intrinsics make the
+// rounding of every float32 operation visible anyway.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "kbit_int8.h"
+
+namespace {
+
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// float(dtype(x)): the product a*127 rounded to A's dtype, as torch's A.mul(127.0) does
+template <typename T> __device__ __forceinline__ float round_to(float x);
+template <> __device__ __forceinline__ float round_to<float>(float x) { return x; }
+template <> __device__ __forceinline__ float round_to<__half>(float x) { return __half2float(__float2half_rn(x)); }
+template <> __device__ __forceinline__ float round_to<__nv_bfloat16>(float x) {
+    return __bfloat162float(__float2bfloat16_rn(x));
+}
+
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// rne(x) to int8; NaN -> 0 (cvt.rni of NaN is 0); |x| <= 127.5 in practice
+__device__ __forceinline__ signed char q8(float x) { return (signed char)__float2int_rn(x); }
+
+template <typename T> struct Vec { static constexpr int N = 16 / sizeof(T); };
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// One block per row; 16-byte vector loads when the row is aligned (VEC), scalar otherwise.
+// Pass 1: absmax over non-outliers (and outlier column flags); pass 2 re-reads the row (L1/L2)
+// and writes codes. THR: thresholding compiled in or out.
+template <typename T, bool VEC, bool THR, int THREADS>
+__global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restrict__ A, long long cols, float thr,
+                                                              signed char* __restrict__ codes,
+                                                              float* __restrict__ row_stats,
+                                                              unsigned char* __restrict__ flags) {
+    constexpr int N = Vec<T>::N;
+    __shared__ float red[THREADS / 32];
+    __shared__ float s_scale;
+    const long long row = blockIdx.x;
+    const T* a = A + row * cols;
+    signed char* out = codes + row * cols;
+    float m = 0.0f;
+    if (VEC) {
+        const long long nv = cols / N;
+        const uint4* av = reinterpret_cast<const uint4*>(a);
+        for (long long i = threadIdx.x; i < nv; i += THREADS) {
+            uint4 raw = av[i];
+            const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+            for (int j = 0; j < N; ++j) {
+                float x = fabsf(to_f<T>(v[j]));
+                if (THR && x >= thr) {
+                    flags[i * N + j] = 1;
+                } else {
+                    m = fmaxf(m, x);
+                }
+            }
+        }
+    } else {
+        for (long long i = threadIdx.x; i < cols; i += THREADS) {
+            float x = fabsf(to_f<T>(a[i]));
+            if (THR && x >= thr) {
+                flags[i] = 1;
+            } else {
+                m = fmaxf(m, x);
+            }
+        }
+    }
+    m = warp_max(m);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < THREADS / 32 ? red[threadIdx.x] : 0.0f;
+        v = warp_max(v);
+        if (threadIdx.x == 0) {
+            row_stats[row] = v;
+            s_scale = __fdiv_rn(127.0f, v);  // IEEE; 127/0 = inf -> 0*inf = NaN -> code 0
+        }
+    }
+    __syncthreads();
+    const float scale = s_scale;
+    if (VEC) {
+        const long long nv = cols / N;
+        const uint4* av = reinterpret_cast<const uint4*>(a);
+        for (long long i = threadIdx.x; i < nv; i += THREADS) {
+            uint4 raw = av[i];
+            const T* v = reinterpret_cast<const T*>(&raw);
+            signed char q[N];
+#pragma unroll
+            for (int j = 0; j < N; ++j) {
+                float x = to_f<T>(v[j]);
+                q[j] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
+            }
+            if constexpr (N == 8) {
+                *reinterpret_cast<uint2*>(out + i * N) = *reinterpret_cast<const uint2*>(q);
+            } else {
+                *reinterpret_cast<uint32_t*>(out + i * N) = *reinterpret_cast<const uint32_t*>(q);
+            }
+        }
+    } else {
+        for (long long i = threadIdx.x; i < cols; i += THREADS) {
+            float x = to_f<T>(a[i]);
+            out[i] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
+        }
+    }
+}
+
+template <typename T, int THREADS>
+cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, int use_thr, signed char* codes,
+                      float* stats, unsigned char* flags, cudaStream_t s) {
+    constexpr int N = Vec<T>::N;
+    const bool vec = (cols % N == 0) && ((reinterpret_cast<uintptr_t>(A) & 15) == 0) &&
+                     ((reinterpret_cast<uintptr_t>(codes) & 7) == 0);
+    const T* a = static_cast<const T*>(A);
+    dim3 g((unsigned)rows);
+    if (vec) {
+        if (use_thr) k_vectorwise_quant<T, true, true, THREADS><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+        else k_vectorwise_quant<T, true, false, THREADS><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+    } else {
+        if (use_thr) k_vectorwise_quant<T, false, true, THREADS><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+        else k_vectorwise_quant<T, false, false, THREADS><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+    }
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t vq_dispatch(const void* A, long long rows, long long cols, float thr, int use_thr, signed char* codes,
+                        float* stats, unsigned char* flags, cudaStream_t s) {
+    // small rows: fewer threads per row so a block is not mostly idle
+    const long long nvec = (cols + Vec<T>::N - 1) / Vec<T>::N;
+    if (nvec <= 64) return launch_vq<T, 64>(A, rows, cols, thr, use_thr, codes, stats, flags, s);
+    if (nvec <= 128) return launch_vq<T, 128>(A, rows, cols, thr, use_thr, codes, stats, flags, s);
+    if (nvec <= 256) return launch_vq<T, 256>(A, rows, cols, thr, use_thr, codes, stats, flags, s);
+    return launch_vq<T, 512>(A, rows, cols, thr, use_thr, codes, stats, flags, s);
+}
+
+__global__ void k_zero_cols(signed char* codes, long long rows, long long cols, const long long* idx, long long nidx) {
+    const long long total = rows * nidx;
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total; t += (long long)gridDim.x * blockDim.x) {
+        const long long r = t / nidx, j = t - r * nidx;
+        codes[r * cols + idx[j]] = 0;
+    }
+}
+
+// column stats: each thread one column, a slice of rows; atomicMax on the float's bits (values >= 0)
+template <typename T>
+__global__ void k_col_stats(const T* __restrict__ A, long long rows, long long cols, float thr, int use_thr,
+                            long long rows_per, float* col_stats) {
+    const long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    const long long r0 = blockIdx.y * rows_per, r1 = min(rows, r0 + rows_per);
+    float m = 0.0f;
+    for (long long r = r0; r < r1; ++r) {
+        float x = fabsf(to_f<T>(A[r * cols + c]));
+        if (!(use_thr && x >= thr)) m = fmaxf(m, x);
+    }
+    atomicMax(reinterpret_cast<unsigned int*>(col_stats) + c, __float_as_uint(m));
+}
+
+template <typename T>
+__global__ void k_col_codes(const T* __restrict__ A, long long rows, long long cols, float thr, int use_thr,
+                            const float* __restrict__ col_stats, signed char* __restrict__ out) {
+    const long long n = rows * cols;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long c = i % cols;
+        const float x = to_f<T>(A[i]);
+        if (use_thr && fabsf(x) >= thr) { out[i] = 0; continue; }
+        const float t = round_to<T>(__fmul_rn(x, 127.0f));
+        const float q = __fdiv_rn(t, col_stats[c]);
+        out[i] = isfinite(q) ? q8(q) : (signed char)0;
+    }
+}
+
+__global__ void k_vdequant(const signed char* __restrict__ q, const float* __restrict__ stats, long long rows,
+                           long long cols, float* __restrict__ out) {
+    const long long n = rows * cols;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        out[i] = __fmul_rn(__fmul_rn((float)q[i], stats[i / cols]), 7.874015718698502e-3f);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ T dequant_one(int acc, float rs, float cs, const float* bias, int n) {
+    float v = __fmul_rn(__fmul_rn(__int2float_rn(acc), __fmul_rn(rs, cs)), 6.200124e-05f);
+    if (bias) v = __fadd_rn(v, bias[n]);
+    return from_f<T>(v);
+}
+
+template <typename T>
+__global__ void k_mm_dequant(const int* __restrict__ C, const float* __restrict__ rs, const float* __restrict__ cs,
+                             const float* __restrict__ bias, int M, int N, T* __restrict__ out) {
+    const long long n = (long long)M * N;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const int r = (int)(i / N), c = (int)(i - (long long)r * N);
+        out[i] = dequant_one<T>(C[i], rs[r], cs[c], bias, c);
+    }
+}
+
+// int8 GEMM C = A @ B.T with __dp4a: 64x64 output tile, 256 threads (4x4 outputs each), K step 32.
+constexpr int TM = 64, TN = 64, TK = 32, TKW = TK / 4;
+
+__device__ __forceinline__ int load_word(const signed char* X, int rows, int K, int r, int k0) {
+    // 4 consecutive bytes X[r, k0..k0+3] with zero fill outside, assembled little-endian
+    if (r >= rows) return 0;
+    const signed char* p = X + (long long)r * K;
+    if (k0 + 3 < K && ((reinterpret_cast<uintptr_t>(p + k0) & 3) == 0)) return *reinterpret_cast<const int*>(p + k0);
+    unsigned w = 0;
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+        unsigned byte = (k0 + b < K) ? (unsigned char)p[k0 + b] : 0u;
+        w |= byte << (8 * b);
+    }
+    return (int)w;
+}
+
+template <typename T, bool DEQ>
+__global__ void __launch_bounds__(256) k_gemm(const signed char* __restrict__ A, const signed char* __restrict__ B,
+                                              int M, int N, int K, int* __restrict__ C, const float* __restrict__ rs,
+                                              const float* __restrict__ cs, const float* __restrict__ bias,
+                                              T* __restrict__ out) {
+    __shared__ int As[TKW][TM + 1];
+    __shared__ int Bs[TKW][TN + 1];
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const int m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
+    int acc[4][4] = {};
+    for (int k0 = 0; k0 < K; k0 += TK) {
+        // 64 rows x 8 words per operand = 512 words; 2 per thread
+#pragma unroll
+        for (int l = 0; l < 2; ++l) {
+            const int idx = threadIdx.x + l * 256;
+            const int r = idx / TKW, w = idx % TKW;
+            As[w][r] = load_word(A, M, K, m0 + r, k0 + 4 * w);
+            Bs[w][r] = load_word(B, N, K, n0 + r, k0 + 4 * w);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int w = 0; w < TKW; ++w) {
+            int a[4], b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) { a[i] = As[w][ty + 16 * i]; b[i] = Bs[w][tx + 16 * i]; }
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = __dp4a(a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int m = m0 + ty + 16 * i;
+        if (m >= M) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int n = n0 + tx + 16 * j;
+            if (n >= N) continue;
+            if (DEQ) out[(long long)m * N + n] = dequant_one<T>(acc[i][j], rs[m], cs[n], bias, n);
+            else C[(long long)m * N + n] = acc[i][j];
+        }
+    }
+}
+
+unsigned grid_for(long long n, int threads) {
+    long long g = (n + threads - 1) / threads;
+    if (g > 65535LL * 16) g = 65535LL * 16;
+    return (unsigned)(g < 1 ? 1 : g);
+}
+
+}  // namespace
+
+extern "C" {
+
+cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows, long long cols, float thr,
+                                       int use_thr, signed char* codes, float* row_stats, unsigned char* col_flags,
+                                       cudaStream_t stream) {
+    if (rows <= 0 || cols <= 0) return cudaSuccess;
+    if (use_thr) {
+        cudaError_t e = cudaMemsetAsync(col_flags, 0, (size_t)cols, stream);
+        if (e != cudaSuccess) return e;
+    }
+    switch (dtype) {
+        case 0: return vq_dispatch<float>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, stream);
+        case 1: return vq_dispatch<__half>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, stream);
+        case 2: return vq_dispatch<__nv_bfloat16>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, stream);
+        default: return cudaErrorInvalidValue;
+    }
+}
+
+cudaError_t kbit_int8_zero_cols(signed char* codes, long long rows, long long cols, const long long* idx,
+                                long long nidx, cudaStream_t stream) {
+    if (rows <= 0 || nidx <= 0) return cudaSuccess;
+    k_zero_cols<<<grid_for(rows * nidx, 256), 256, 0, stream>>>(codes, rows, cols, idx, nidx);
+    return cudaGetLastError();
+}
+
+cudaError_t kbit_int8_col_quant(const void* A, int dtype, long long rows, long long cols, float thr, int use_thr,
+                                signed char* col_codes, float* col_stats, cudaStream_t stream) {
+    if (rows <= 0 || cols <= 0) return cudaSuccess;
+    cudaError_t e = cudaMemsetAsync(col_stats, 0, (size_t)cols * sizeof(float), stream);
+    if (e != cudaSuccess) return e;
+    const long long rows_per = 64;
+    dim3 gs((unsigned)((cols + 127) / 128), (unsigned)((rows + rows_per - 1) / rows_per));
+    const unsigned gc = grid_for(rows * cols, 256);
+    switch (dtype) {
+        case 0:
+            k_col_stats<float><<<gs, 128, 0, stream>>>((const float*)A, rows, cols, thr, use_thr, rows_per, col_stats);
+            k_col_codes<float><<<gc, 256, 0, stream>>>((const float*)A, rows, cols, thr, use_thr, col_stats, col_codes);
+            break;
+        case 1:
+            k_col_stats<__half><<<gs, 128, 0, stream>>>((const __half*)A, rows, cols, thr, use_thr, rows_per, col_stats);
+            k_col_codes<__half><<<gc, 256, 0, stream>>>((const __half*)A, rows, cols, thr, use_thr, col_stats, col_codes);
+            break;
+        case 2:
+            k_col_stats<__nv_bfloat16><<<gs, 128, 0, stream>>>((const __nv_bfloat16*)A, rows, cols, thr, use_thr,
+                                                                rows_per, col_stats);
+            k_col_codes<__nv_bfloat16><<<gc, 256, 0, stream>>>((const __nv_bfloat16*)A, rows, cols, thr, use_thr,
+                                                                col_stats, col_codes);
+            break;
+        default: return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+}
+
+cudaError_t kbit_int8_vectorwise_dequant(const signed char* q, const float* stats, long long rows, long long cols,
+                                         float* out, cudaStream_t stream) {
+    if (rows <= 0 || cols <= 0) return cudaSuccess;
+    k_vdequant<<<grid_for(rows * cols, 256), 256, 0, stream>>>(q, stats, rows, cols, out);
+    return cudaGetLastError();
+}
+
+cudaError_t kbit_int8_linear_matmul(const signed char* A, const signed char* B, int* C, int M, int N, int K,
+                                    cudaStream_t stream) {
+    if (M <= 0 || N <= 0) return cudaSuccess;
+    dim3 g((N + TN - 1) / TN, (M + TM - 1) / TM);
+    k_gemm<float, false><<<g, 256, 0, stream>>>(A, B, M, N, K, C, nullptr, nullptr, nullptr, nullptr);
+    return cudaGetLastError();
+}
+
+cudaError_t kbit_int8_mm_dequant(const int* C, const float* row_stats, const float* col_stats, const float* bias,
+                                 int M, int N, void* out, int out_dtype, cudaStream_t stream) {
+    if (M <= 0 || N <= 0) return cudaSuccess;
+    const unsigned g = grid_for((long long)M * N, 256);
+    switch (out_dtype) {
+        case 0: k_mm_dequant<float><<<g, 256, 0, stream>>>(C, row_stats, col_stats, bias, M, N, (float*)out); break;
+        case 1: k_mm_dequant<__half><<<g, 256, 0, stream>>>(C, row_stats, col_stats, bias, M, N, (__half*)out); break;
+        case 2:
+            k_mm_dequant<__nv_bfloat16><<<g, 256, 0, stream>>>(C, row_stats, col_stats, bias, M, N,
+                                                               (__nv_bfloat16*)out);
+            break;
+        default: return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+}
+
+cudaError_t kbit_int8_scaled_mm(const signed char* A, const signed char* B, const float* row_stats,
+                                const float* col_stats, const float* bias, int M, int N, int K, void* out,
+                                int out_dtype, cudaStream_t stream) {
+    if (M <= 0 || N <= 0) return cudaSuccess;
+    dim3 g((N + TN - 1) / TN, (M + TM - 1) / TM);
+    switch (out_dtype) {
+        case 0: k_gemm<float, true><<<g, 256, 0, stream>>>(A, B, M, N, K, nullptr, row_stats, col_stats, bias, (float*)out); break;
+        case 1: k_gemm<__half, true><<<g, 256, 0, stream>>>(A, B, M, N, K, nullptr, row_stats, col_stats, bias, (__half*)out); break;
+        case 2:
+            k_gemm<__nv_bfloat16, true><<<g, 256, 0, stream>>>(A, B, M, N, K, nullptr, row_stats, col_stats, bias,
+                                                               (__nv_bfloat16*)out);
+            break;
+        default: return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+}
+
+}  // extern "C"

@@ -1,0 +1,154 @@
+"""CUDA production kernels for the LLM.int8() family (cuda_src/int8.cu) behind the reference signatures.
+
+Same numerics as workbench/backends/reference/int8.py bit for bit (codes, row/col stats, outlier
+columns, int32 matmul, mm dequant). The outlier part of the mixed decomposition is a dense matmul in
+A's dtype (cuBLAS through torch.addmm, as bitsandbytes does).
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from . import check, load, ptr, stream
+
+OPS = ("int8_vectorwise_quant", "outlier_columns", "int8_outlier_cols", "int8_double_quant",
+       "int8_vectorwise_dequant", "int8_linear_matmul", "int8_mm_dequant", "int8_scaled_mm",
+       "int8_mixed_scaled_mm")
+
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_c = ctypes
+_P, _I, _L, _F = _c.c_void_p, _c.c_int, _c.c_longlong, _c.c_float
+_SIGS = {
+    "kbit_int8_vectorwise_quant": [_P, _I, _L, _L, _F, _I, _P, _P, _P, _P],
+    "kbit_int8_zero_cols": [_P, _L, _L, _P, _L, _P],
+    "kbit_int8_col_quant": [_P, _I, _L, _L, _F, _I, _P, _P, _P],
+    "kbit_int8_vectorwise_dequant": [_P, _P, _L, _L, _P, _P],
+    "kbit_int8_linear_matmul": [_P, _P, _P, _I, _I, _I, _P],
+    "kbit_int8_mm_dequant": [_P, _P, _P, _P, _I, _I, _P, _I, _P],
+    "kbit_int8_scaled_mm": [_P, _P, _P, _P, _P, _I, _I, _I, _P, _I, _P],
+}
+_lib = None
+
+
+def lib() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        L = load("int8")
+        for name, args in _SIGS.items():
+            getattr(L, name).argtypes = args
+            getattr(L, name).restype = _c.c_int
+        _lib = L
+    return _lib
+
+
+def threshold_in(dtype: torch.dtype, threshold: float) -> float:
+    """The threshold as torch compares ``A.abs() >= threshold``: rounded to A's dtype."""
+    return float(torch.tensor(float(threshold), dtype=torch.float64).to(dtype))
+
+
+def _dtype(t: torch.Tensor) -> int:
+    try:
+        return DTYPE_CODE[t.dtype]
+    except KeyError:
+        raise TypeError(f"A: dtype {t.dtype} not supported by the cuda backend (float32/float16/bfloat16)") from None
+
+
+def _quant_rows(A: torch.Tensor, threshold: float):
+    A = A.contiguous()
+    rows, cols = A.shape
+    codes = torch.empty((rows, cols), dtype=torch.int8, device=A.device)
+    stats = torch.empty(rows, dtype=torch.float32, device=A.device)
+    use = threshold > 0.0
+    flags = torch.empty(cols if use else 1, dtype=torch.uint8, device=A.device)
+    thr = threshold_in(A.dtype, threshold) if use else 0.0
+    check(lib().kbit_int8_vectorwise_quant(ptr(A), _dtype(A), rows, cols, thr, int(use), ptr(codes), ptr(stats),
+                                           ptr(flags), stream()), "kbit_int8_vectorwise_quant")
+    if not use:
+        return codes, stats, None
+    cols_idx = torch.nonzero(flags).view(-1)  # sorted; one device->host sync, like bitsandbytes' .any()
+    if cols_idx.numel() and rows > 1:
+        check(lib().kbit_int8_zero_cols(ptr(codes), rows, cols, ptr(cols_idx), cols_idx.numel(), stream()),
+              "kbit_int8_zero_cols")
+    return codes, stats, cols_idx
+
+
+def int8_vectorwise_quant(A, threshold):
+    return _quant_rows(A, threshold)
+
+
+def int8_outlier_cols(A, threshold):
+    if threshold <= 0.0:
+        return torch.empty(0, dtype=torch.int64, device=A.device)
+    thr = torch.tensor(threshold_in(A.dtype, threshold), dtype=A.dtype, device=A.device)
+    return torch.nonzero((A.abs() >= thr).any(dim=0)).view(-1)
+
+
+outlier_columns = int8_outlier_cols
+
+
+def int8_double_quant(A, threshold):
+    A = A.contiguous()
+    codes, stats, cols = _quant_rows(A, threshold)
+    rows, ncols = A.shape
+    col_codes = torch.empty((rows, ncols), dtype=torch.int8, device=A.device)
+    col_stats = torch.empty(ncols, dtype=torch.float32, device=A.device)
+    use = threshold > 0.0
+    thr = threshold_in(A.dtype, threshold) if use else 0.0
+    check(lib().kbit_int8_col_quant(ptr(A), _dtype(A), rows, ncols, thr, int(use), ptr(col_codes), ptr(col_stats),
+                                    stream()), "kbit_int8_col_quant")
+    return codes, col_codes, stats, col_stats, cols
+
+
+def int8_vectorwise_dequant(A, stats):
+    A = A.contiguous()
+    out = torch.empty(A.shape, dtype=torch.float32, device=A.device)
+    stats = stats.contiguous().float()
+    check(lib().kbit_int8_vectorwise_dequant(ptr(A), ptr(stats), A.shape[0], A.shape[1], ptr(out), stream()),
+          "kbit_int8_vectorwise_dequant")
+    return out
+
+
+def int8_linear_matmul(A, B):
+    A, B = A.contiguous(), B.contiguous()
+    M, K = A.shape
+    N = B.shape[0]
+    C = torch.empty((M, N), dtype=torch.int32, device=A.device)
+    check(lib().kbit_int8_linear_matmul(ptr(A), ptr(B), ptr(C), M, N, K, stream()), "kbit_int8_linear_matmul")
+    return C
+
+
+def _bias(bias):
+    return None if bias is None else bias.contiguous().float().view(-1)
+
+
+def int8_mm_dequant(A, row_stats, col_stats, bias=None, dtype=torch.float16):
+    A = A.contiguous()
+    M, N = A.shape
+    out = torch.empty((M, N), dtype=dtype, device=A.device)
+    b = _bias(bias)
+    rs, cs = row_stats.contiguous().float(), col_stats.contiguous().float()  # keep alive over the call
+    check(lib().kbit_int8_mm_dequant(ptr(A), ptr(rs), ptr(cs), ptr(b), M, N, ptr(out), _dtype(out), stream()),
+          "kbit_int8_mm_dequant")
+    return out
+
+
+def int8_scaled_mm(CA, CB, SCA, SCB, bias=None, dtype=torch.float16):
+    CA, CB = CA.contiguous(), CB.contiguous()
+    M, K = CA.shape
+    N = CB.shape[0]
+    out = torch.empty((M, N), dtype=dtype, device=CA.device)
+    b = _bias(bias)
+    rs, cs = SCA.contiguous().float(), SCB.contiguous().float()  # keep alive over the call
+    check(lib().kbit_int8_scaled_mm(ptr(CA), ptr(CB), ptr(rs), ptr(cs), ptr(b), M, N, K, ptr(out), _dtype(out),
+                                    stream()), "kbit_int8_scaled_mm")
+    return out
+
+
+def int8_mixed_scaled_mm(A, CA, CB, SCA, SCB, outlier_cols, bias=None):
+    out = int8_scaled_mm(CA, CB, SCA, SCB, bias, A.dtype)
+    if outlier_cols is None or outlier_cols.numel() == 0:
+        return out, A.new_empty(0)
+    subA = A[:, outlier_cols].contiguous()
+    subB = int8_vectorwise_dequant(CB[:, outlier_cols].contiguous(), SCB).to(A.dtype).t()
+    return out.addmm(subA, subB), subA
