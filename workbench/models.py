@@ -287,7 +287,8 @@ class MiniLM(nn.Module):
         self.embeddings = _Embeddings(c)
         self.encoder = _Encoder(c)
         w = weights if weights is not None else _weights_cached()
-        state = {k: v for k, v in w.items() if k != "embeddings.position_ids"}
+        # the pooler (CLS dense + tanh) is not part of the sentence-embedding pipeline
+        state = {k: v for k, v in w.items() if k != "embeddings.position_ids" and not k.startswith("pooler.")}
         missing, unexpected = self.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"MiniLM weights do not match the model: missing {missing}, unexpected {unexpected}")
