@@ -94,6 +94,12 @@ def _sqrt(x: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(x.double()).float()
 
 
+def _div(x: torch.Tensor, c: float) -> torch.Tensor:
+    """x / c with an IEEE division: torch's CUDA kernels turn division by a Python scalar into a
+    multiplication by its reciprocal, so divide by a one-element tensor on x's device instead."""
+    return x / torch.full((1,), c, dtype=torch.float32, device=x.device)
+
+
 def _rule(name, g, p, s1, s2, k, step, eight_bit, scale_fn=None):
     """New (p, s1, s2) in float32 from float32 inputs. ``s1`` is (2, n) for ademamix."""
     g = g * k["gs"]
@@ -105,7 +111,7 @@ def _rule(name, g, p, s1, s2, k, step, eight_bit, scale_fn=None):
         if k["wd"] > 0.0:
             p = p * k["decay"]
         if eight_bit:
-            p = p + (s1 / (_sqrt(s2) / k["c2"] + k["eps"])) * k["neg_lr_c1"]
+            p = p + (s1 / (_div(_sqrt(s2), k["c2"]) + k["eps"])) * k["neg_lr_c1"]
         else:
             u = s1 / (_sqrt(s2) + k["eps_c2"])
             scale = scale_fn(u) if scale_fn else 1.0
@@ -117,7 +123,7 @@ def _rule(name, g, p, s1, s2, k, step, eight_bit, scale_fn=None):
         s1 = torch.stack([m1, m2])
         if k["wd"] > 0.0:
             p = p * k["decay"]
-        p = p + ((m1 / k["c1"] + m2 * k["alpha"]) / (_sqrt(s2) / k["c2"] + k["eps"])) * k["neg_lr"]
+        p = p + ((_div(m1, k["c1"]) + m2 * k["alpha"]) / (_div(_sqrt(s2), k["c2"]) + k["eps"])) * k["neg_lr"]
     elif name in ("momentum", "lars"):
         s1 = g.clone() if step == 1 else s1 * k["b1"] + g
         scale = scale_fn(s1) if (scale_fn and not eight_bit) else 1.0
