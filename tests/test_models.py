@@ -97,8 +97,13 @@ def test_linear_layers_visible_to_hooks(model):
     lin = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     assert len(lin) == 36 and "encoder.layer.3.intermediate.dense" in lin
     seen = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: seen.setdefault(n, inp[0].shape))
-             for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+    def record(name):
+        def hook(mod, inp, out):  # returns None: the output is left alone
+            seen[name] = inp[0].shape
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     try:
         model.encode(["hooks see every projection"])
     finally:
