@@ -69,8 +69,10 @@ def test_blockwise_exact(rng, backend, dtype, cbname):
     table = cb.tensors()[0]
     for bs in BLOCKSIZES:
         for n, A in [*_inputs(rng, dtype, bs), (320, _special(dtype))]:
+            before = A.clone()
             c, a = q(A, cb, bs)
             c_ref, a_ref = rq(A, cb, bs)
+            assert torch.equal(A, before)
             assert torch.equal(c, c_ref), (bs, n, int((c != c_ref).sum()))
             assert torch.equal(a, a_ref), (bs, n)
             assert torch.equal(dq(c, a, table, bs, dtype), rdq(c_ref, a_ref, table, bs, dtype)), (bs, n)
@@ -104,19 +106,96 @@ def test_double_quant_matches_reference(rng, backend, quant_type):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_stochastic_rounding_equal_and_unbiased(rng, dtype):
-    cb = cbs.get("dynamic")
-    A = (torch.randn(40_000, generator=rng) * 2).to(dtype)
-    rand = torch.rand(A.numel(), generator=rng)
-    ref = get_op("reference", "quantize_blockwise_stochastic")(A, cb, 256, rand)
-    got = get_op("numba_cpu", "quantize_blockwise_stochastic")(A, cb, 256, rand)
-    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
-    # unbiased: averaging many draws of one block converges to the input, nearest rounding does not
+@pytest.mark.parametrize("cbname", ["dynamic", "random8", "random4", "fp4"])
+def test_stochastic_equal_across_backends(rng, dtype, cbname):
+    """Same rand -> same codes and absmax on reference, numba_cpu and cython_cpu."""
+    cb = {"random8": lambda: _random_codebook(8, rng), "random4": lambda: _random_codebook(4, rng)}.get(
+        cbname, lambda: cbs.get(cbname))()
+    ref_op = get_op("reference", "quantize_blockwise_stochastic")
+    for backend in BACKENDS:
+        _need(backend)
+    ops = {b: get_op(b, "quantize_blockwise_stochastic") for b in BACKENDS}
+    for bs in (32, 256, 4096):
+        for n, A in [*_inputs(rng, dtype, bs), (320, _special(dtype))]:
+            rand = torch.rand(n, generator=rng)
+            # rand values that sit exactly on the decision p, and 0 (always rounds up unless p == 0)
+            rand[: min(n, 8)] = 0.0
+            before = A.clone()
+            ref = ref_op(A, cb, bs, rand)
+            for b, op in ops.items():
+                got = op(A, cb, bs, rand)
+                assert torch.equal(got[0], ref[0]), (b, bs, n, int((got[0] != ref[0]).sum()))
+                assert torch.equal(got[1], ref[1]), (b, bs, n)
+            assert torch.equal(A, before)
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_stochastic_rounding_unbiased(rng, backend):
+    """Averaging many draws converges to the input (error << step); nearest rounding does not.
+    The bound is a few standard errors: a biased rule (e.g. p computed from the wrong
+    neighbour, or 1 - p) fails it."""
+    if backend != "reference":
+        _need(backend)
     x = torch.full((256,), 0.0123) * torch.linspace(0.5, 1.0, 256)
     x[0] = 1.0
     draws = torch.stack([wb.dequantize_blockwise(*wb.quantize_blockwise(
-        x, blocksize=256, rounding="stochastic", generator=rng)) for _ in range(400)])
-    nearest = wb.dequantize_blockwise(*wb.quantize_blockwise(x, blocksize=256))
+        x, blocksize=256, rounding="stochastic", generator=rng, backend=backend), backend=backend)
+        for _ in range(400)])
+    nearest = wb.dequantize_blockwise(*wb.quantize_blockwise(x, blocksize=256, backend=backend))
     step = 0.0031  # the dynamic map's spacing near 0.01
-    assert (draws.mean(0) - x).abs().max() < 0.25 * step
-    assert (nearest - x).abs().max() > (draws.mean(0) - x).abs().max()
+    err = (draws.mean(0) - x).abs()
+    # std of the mean of 400 Bernoulli draws of one step <= step * 0.5 / 20 = 0.025 step
+    assert err.max() < 0.15 * step
+    assert (nearest - x).abs().max() > 4 * err.mean()
+    # and each draw is one of the two bracketing values (never further than one step)
+    assert ((draws - x).abs() <= step * 1.01).all()
+
+
+def test_poisoned_outputs_fully_written(rng):
+    """Kernels write into preallocated arrays: fill them with garbage first; every byte/value
+    must be overwritten with the reference's."""
+    import numpy as np
+    from numba_kernels.cpu import quant as NK
+    from workbench._native import quant_cpu as CK
+    from workbench.backends._cpu_common import search_plan
+    for dtype, kind, npdt in ((torch.float32, 0, np.float32), (torch.bfloat16, 1, np.uint16), (torch.float16, 2, np.uint16)):
+        for bs, n in ((64, 64 * 37 + 5), (4096, 4096 + 33), (32, 1)):
+            A = torch.randn(n, generator=rng).to(dtype)
+            x = A.numpy() if kind == 0 else A.view(torch.int16).numpy().view(np.uint16)
+            nb = -(-n // bs)
+            for cbname in ("nf4", "fp4"):
+                cb = cbs.get(cbname)
+                p = search_plan(cb)
+                pr, ar = get_op("reference", "quantize_4bit")(A, cb, bs)
+                table = cb.tensors()[0].numpy()
+                dref = get_op("reference", "dequantize_4bit")(pr, ar, cb.tensors()[0], bs, n, dtype)
+                dref_bits = dref.numpy() if kind == 0 else dref.view(torch.int16).numpy().view(np.uint16)
+                for K in (NK, CK):
+                    packed = np.full((n + 1) // 2, 0xA5, np.uint8)
+                    absmax = np.full(nb, np.nan, np.float32)
+                    K.quantize_4bit(x, kind, bs, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code), packed, absmax)
+                    assert np.array_equal(packed, pr.numpy()) and np.array_equal(absmax, ar.numpy())
+                    out = np.full(n, 0x7FC1 if kind else np.nan, npdt)
+                    K.dequantize_4bit(packed, absmax, table, bs, n, kind, out)
+                    assert np.array_equal(out, dref_bits)
+            cb = cbs.get("dynamic")
+            p = search_plan(cb)
+            cr, ar = get_op("reference", "quantize_blockwise")(A, cb, bs)
+            rand = torch.rand(n, generator=rng)
+            sr, _ = get_op("reference", "quantize_blockwise_stochastic")(A, cb, bs, rand)
+            dref = get_op("reference", "dequantize_blockwise")(cr, ar, cb.tensors()[0], bs, dtype)
+            dref_bits = dref.numpy() if kind == 0 else dref.view(torch.int16).numpy().view(np.uint16)
+            for K in (NK, CK):
+                codes = np.full(n, 0xA5, np.uint8)
+                absmax = np.full(nb, np.nan, np.float32)
+                K.quantize_blockwise(x, kind, bs, p.mode, p.bnd15, p.bucket_codes, p.kbound, p.kcode_lo, p.kcode_hi,
+                                     p.bounds_pad, codes, absmax)
+                assert np.array_equal(codes, cr.numpy()) and np.array_equal(absmax, ar.numpy())
+                codes[:] = 0xA5
+                absmax[:] = np.nan
+                K.quantize_blockwise_stochastic(x, kind, p.bounds_pad, p.bucket_codes, p.values, bs, rand.numpy(),
+                                                codes, absmax)
+                assert np.array_equal(codes, sr.numpy()) and np.array_equal(absmax, ar.numpy())
+                out = np.full(n, 0x7FC1 if kind else np.nan, npdt)
+                K.dequantize_blockwise(cr.numpy(), ar.numpy(), cb.tensors()[0].numpy(), bs, kind, out)
+                assert np.array_equal(out, dref_bits)

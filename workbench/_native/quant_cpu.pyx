@@ -173,6 +173,27 @@ cdef extern from *:
         for (int64_t j = 0; j < nb; j++) { uint8_t b = p[j]; dst[2 * j] = t[b >> 4]; dst[2 * j + 1] = t[b & 15]; }
         if (kind != 0 || (len & 1)) kb_store(vals, len, kind, out, start);
     }
+
+    /* stochastic rounding (see workbench/backends/reference/quant.py): with lo <= s < hi the
+       representable values bracketing s in bucket order, round up iff rand < (s-lo)/(hi-lo) */
+    static inline void kb_quant8_stoch_block(const void* x, int kind, int64_t start, int64_t end, int is_tail,
+            const float* bounds_pad, int64_t npad, const uint8_t* bcodes, const float* values, int64_t nvalues,
+            const float* rnd, uint8_t* codes, float* absmax_b) {
+        float buf[KB_MAXBLOCK];
+        int64_t len = end - start, last = nvalues - 1;
+        kb_load(x, kind, start, len, buf);
+        *absmax_b = kb_scale(buf, len, is_tail);
+        uint8_t* out = codes + start;
+        const float* r = rnd + start;
+        for (int64_t i = 0; i < len; i++) {
+            float s = buf[i];
+            int64_t k = kb_bsearch(s, bounds_pad, npad);
+            int64_t lo = s >= values[k] ? k : k - 1;
+            if (lo < 0 || lo >= last) { out[i] = bcodes[k]; continue; }
+            float p = (s - values[lo]) / (values[lo + 1] - values[lo]);
+            out[i] = r[i] < p ? bcodes[lo + 1] : bcodes[lo];
+        }
+    }
     """
     int kb_max_threads() nogil
     void kb_quant8_block(const void* x, int kind, int64_t start, int64_t end, int is_tail, int mode,
@@ -182,6 +203,9 @@ cdef extern from *:
     void kb_quant4_block(const void* x, int kind, int64_t start, int64_t end, int is_tail, const float* bnd15,
                          const uint8_t* bcodes, int identity, uint8_t zero_code, uint8_t* packed,
                          float* absmax_b) nogil
+    void kb_quant8_stoch_block(const void* x, int kind, int64_t start, int64_t end, int is_tail,
+                               const float* bounds_pad, int64_t npad, const uint8_t* bcodes, const float* values,
+                               int64_t nvalues, const float* rnd, uint8_t* codes, float* absmax_b) nogil
     void kb_dequant8_block(const uint8_t* codes, float am, const float* table, int64_t start, int64_t end,
                            int kind, void* out) nogil
     void kb_dequant4_block(const uint8_t* packed, float am, const float* table, int64_t start, int64_t end,
@@ -208,6 +232,22 @@ def quantize_blockwise(x, int kind, int64_t blocksize, int mode, const float[::1
         end = start + blocksize if start + blocksize < n else n
         kb_quant8_block(px, kind, start, end, end - start < blocksize, mode, &bnd15[0], &bcodes[0], &kbound[0],
                         &klo[0], &khi[0], &bounds_pad[0], bounds_pad.shape[0], &codes[0], &absmax[b])
+
+
+def quantize_blockwise_stochastic(x, int kind, const float[::1] bounds_pad, const uint8_t[::1] bcodes,
+                                  const float[::1] values, int64_t blocksize, const float[::1] rand,
+                                  uint8_t[::1] codes, float[::1] absmax):
+    cdef int64_t n = x.shape[0]
+    cdef int64_t nblocks = (n + blocksize - 1) // blocksize
+    cdef const void* px = _addr(x)
+    cdef int64_t b, start, end
+    if rand.shape[0] < n:
+        raise ValueError("rand must hold one uniform per element")
+    for b in prange(nblocks, nogil=True, schedule="static"):
+        start = b * blocksize
+        end = start + blocksize if start + blocksize < n else n
+        kb_quant8_stoch_block(px, kind, start, end, end - start < blocksize, &bounds_pad[0], bounds_pad.shape[0],
+                              &bcodes[0], &values[0], values.shape[0], &rand[0], &codes[0], &absmax[b])
 
 
 def quantize_4bit(x, int kind, int64_t blocksize, const float[::1] bnd15, const uint8_t[::1] bcodes,

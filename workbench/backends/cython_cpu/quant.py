@@ -8,7 +8,8 @@ from workbench._native import quant_cpu as K
 
 from .._cpu_common import alloc, as_numpy_bits, empty_out, nblocks, search_plan
 
-OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")
+OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit",
+       "quantize_blockwise_stochastic")
 
 
 def quantize_blockwise(A, codebook, blocksize):
@@ -18,6 +19,20 @@ def quantize_blockwise(A, codebook, blocksize):
     absmax = torch.empty(nblocks(A.numel(), blocksize), dtype=torch.float32)
     K.quantize_blockwise(x, kind, blocksize, p.mode, p.bnd15, p.bucket_codes, p.kbound, p.kcode_lo, p.kcode_hi,
                          p.bounds_pad, codes.numpy(), absmax.numpy())
+    return codes, absmax
+
+
+def quantize_blockwise_stochastic(A, codebook, blocksize, rand):
+    """Rounding rule: workbench/backends/reference/quant.py (rand: float32[n] uniform [0, 1))."""
+    x, kind = as_numpy_bits(A)
+    p = search_plan(codebook)
+    codes = alloc(A.numel(), torch.uint8)
+    absmax = torch.empty(nblocks(A.numel(), blocksize), dtype=torch.float32)
+    r = rand.reshape(-1).to(torch.float32).contiguous()
+    if r.numel() != A.numel():
+        raise ValueError(f"rand: expected {A.numel()} uniforms, got {r.numel()}")
+    K.quantize_blockwise_stochastic(x, kind, p.bounds_pad, p.bucket_codes, p.values, blocksize,
+                                    r.numpy(), codes.numpy(), absmax.numpy())
     return codes, absmax
 
 

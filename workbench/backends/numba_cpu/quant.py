@@ -26,11 +26,15 @@ def quantize_blockwise(A, codebook, blocksize):
 
 
 def quantize_blockwise_stochastic(A, codebook, blocksize, rand):
+    """Rounding rule: workbench/backends/reference/quant.py (rand: float32[n] uniform [0, 1))."""
     x, kind = as_numpy_bits(A)
     p = search_plan(codebook)
+    r = rand.reshape(-1).to(torch.float32).contiguous()
+    if r.numel() != A.numel():
+        raise ValueError(f"rand: expected {A.numel()} uniforms, got {r.numel()}")
     codes, absmax = _outputs(A.numel(), blocksize, A.numel())
     K.quantize_blockwise_stochastic(x, kind, p.bounds_pad, p.bucket_codes, p.values, blocksize,
-                                    rand.numpy(), codes.numpy(), absmax.numpy())
+                                    r.numpy(), codes.numpy(), absmax.numpy())
     return codes, absmax
 
 

@@ -71,6 +71,8 @@ def unpack_4bit(packed: torch.Tensor, n: int) -> torch.Tensor:
 def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
     vals = table[unpack_4bit(packed, n).long()]
     return (vals * _expand_absmax(absmax, n, blocksize)).to(dtype)
+
+
 def quantize_blockwise_stochastic(A, codebook, blocksize, rand):
     """Stochastic rounding: between the representable values lo <= s < hi that bracket s, round
     up iff rand < (s - lo) / (hi - lo) (float32). Unbiased: E[value] = s inside the code's range."""
