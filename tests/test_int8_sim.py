@@ -1,0 +1,127 @@
+"""Numba CUDA LLM.int8() kernels under the CUDA simulator (CPU, small inputs): exact vs the reference.
+
+Same pattern as test_numba_cuda_sim.py: the simulator must be chosen before numba.cuda is first
+imported; if this process already holds the real numba.cuda, the file re-runs itself in a subprocess.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+_PRELOADED = "numba.cuda" in sys.modules and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
+if not _PRELOADED:
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    from numba.core import config as _config
+    _config.reload_config()
+
+from workbench.backends.reference import int8 as R  # noqa: E402
+
+sim = pytest.mark.skipif(_PRELOADED, reason="numba.cuda already imported without the simulator (see test_in_subprocess)")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@pytest.mark.skipif(not _PRELOADED, reason="runs only when this process cannot use the simulator")
+def test_in_subprocess():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def N():
+    from workbench.backends import numba_cuda
+    ok, reason = numba_cuda.available()
+    assert ok and reason == "CUDA simulator", reason
+    from workbench.backends.numba_cuda import int8
+    return int8
+
+
+def poison_empty(monkeypatch, module):
+    """Outputs the backend allocates start as garbage, so unwritten elements show."""
+    real = torch.empty
+    fills = {torch.int8: -77, torch.uint8: 0xAB, torch.int32: 123456789, torch.int64: -1}
+
+    def empty(*a, **k):
+        t = real(*a, **k)
+        return t.fill_(fills.get(t.dtype, float("nan")))
+
+    monkeypatch.setattr(module.torch, "empty", empty)
+
+
+def planted(rng, rows, cols, dtype, scale=2.0):
+    """Gaussian activations with a few outlier columns, an all-zero row, an all-outlier row and
+    values at the threshold's dtype rounding."""
+    a = torch.randn(rows, cols, generator=rng) * scale
+    hot = torch.randint(0, cols, (max(1, cols // 16),), generator=rng)
+    a[:, hot] *= 8
+    a[0] = 0
+    if rows > 2:
+        a[1] = 7.5
+    a = a.to(dtype)
+    a[-1, -1] = 6.0
+    return a
+
+
+def _eq(x, y, what):
+    assert (x is None) == (y is None), what
+    if x is not None:
+        assert x.dtype == y.dtype and x.shape == y.shape, what
+        assert torch.equal(x, y), f"{what}: {int((x != y).sum())} differ"
+
+
+@sim
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threshold", (0.0, 6.0, 3.3))
+def test_vectorwise_and_double_quant_exact(N, rng, monkeypatch, dtype, threshold):
+    poison_empty(monkeypatch, N)
+    rows, cols = int(torch.randint(2, 7, (1,), generator=rng)), int(torch.randint(9, 70, (1,), generator=rng))
+    A = planted(rng, rows, cols, dtype)
+    want = R.int8_double_quant(A, threshold)
+    got = N.int8_double_quant(A, threshold)
+    for name, x, y in zip(("codes", "col_codes", "row_stats", "col_stats", "outlier_cols"), want, got):
+        _eq(x, y, f"{name} {dtype} thr={threshold} shape={tuple(A.shape)}")
+    _eq(R.int8_vectorwise_quant(A, threshold)[0], N.int8_vectorwise_quant(A, threshold)[0], "codes")
+    _eq(R.int8_outlier_cols(A, threshold), N.int8_outlier_cols(A, threshold), "outlier_cols")
+
+
+@sim
+def test_single_row_and_threshold_rounding(N):
+    # 6.099 rounds to fp16 6.0977 and a value of exactly 6.0977 is an outlier (torch compares in fp16)
+    A = torch.tensor([[6.09765625, 1.0, -2.0, 0.0]], dtype=torch.float16)
+    for thr in (6.099, 6.0977, 7.0):
+        _eq(R.int8_vectorwise_quant(A, thr)[0], N.int8_vectorwise_quant(A, thr)[0], f"thr={thr}")
+        _eq(R.int8_vectorwise_quant(A, thr)[2], N.int8_vectorwise_quant(A, thr)[2], f"thr={thr}")
+    assert R.int8_vectorwise_quant(A, 6.099)[2].tolist() == [0]
+
+
+@sim
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16, torch.float32))
+def test_matmul_dequant_exact(N, rng, monkeypatch, dtype):
+    poison_empty(monkeypatch, N)
+    m, k, n = (int(v) for v in torch.randint(3, 23, (3,), generator=rng))
+    CA, SA, _ = R.int8_vectorwise_quant(torch.randn(m, k, generator=rng), 0.0)
+    CB, SB, _ = R.int8_vectorwise_quant(torch.randn(n, k, generator=rng), 0.0)
+    bias = torch.randn(n, generator=rng).to(dtype)
+    _eq(R.int8_linear_matmul(CA, CB), N.int8_linear_matmul(CA, CB), "int32 matmul")
+    C = R.int8_linear_matmul(CA, CB)
+    for b in (None, bias):
+        _eq(R.int8_mm_dequant(C, SA, SB, b, dtype), N.int8_mm_dequant(C, SA, SB, b, dtype), "mm_dequant")
+        _eq(R.int8_scaled_mm(CA, CB, SA, SB, b, dtype), N.int8_scaled_mm(CA, CB, SA, SB, b, dtype), "scaled_mm")
+    _eq(R.int8_vectorwise_dequant(CB, SB), N.int8_vectorwise_dequant(CB, SB), "vectorwise dequant")
+
+
+@sim
+def test_mixed_decomposition_matches_reference(N, rng):
+    A = planted(rng, 6, 40, torch.float32)
+    W = torch.randn(9, 40, generator=rng)
+    CA, SA, cols = R.int8_vectorwise_quant(A, 6.0)
+    CB, SB, _ = R.int8_vectorwise_quant(W, 0.0)
+    assert cols.numel() > 0
+    want, subA_w = R.int8_mixed_scaled_mm(A, CA, CB, SA, SB, cols, None)
+    got, subA = N.int8_mixed_scaled_mm(A, CA, CB, SA, SB, cols, None)
+    _eq(subA_w, subA, "subA")
+    # int8 part is bit-exact; the fp32 addmm of the outlier columns is the same torch call
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
