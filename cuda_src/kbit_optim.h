@@ -9,8 +9,10 @@
  *
  * 8-bit state: blocksize 256, absmax per block; dequantize table[code] * absmax, update, requantize
  * with the spec of docs/ARCHITECTURE.md (reciprocal for full blocks, divide in the tail, clamp to [-1,1],
- * code = bucket_codes[#{bounds < s}]). The rounding plan of each state is an Eytzinger tree: tree[1..255]
- * the sorted bounds (+inf padded), codes[0..255] the bucket codes, both DEVICE pointers, like the tables.
+ * code = bucket_codes[#{bounds < s}]). The rounding plan of each state is a "cell plan" (workbench/optim/
+ * _gpu_plan.py): cell[384 << m] (uint8), bounds[264] (float32, clamp folded in, +inf padded), codes[257]
+ * (uint8) -- DEVICE pointers, like the tables -- and m <= 4, S <= 8: pos = cell[bits(s) >> (23 - m)],
+ * then an S-step binary search over bounds from pos; code = codes[pos].
  */
 #ifndef KBIT_OPTIM_H
 #define KBIT_OPTIM_H
@@ -66,13 +68,15 @@ cudaError_t kbit_optimizer_update_norm_sq(int opt, int first, const void* g, int
                                           cudaStream_t stream);
 
 /* 8-bit blockwise state (blocksize 256): c1/a1 state1 codes/absmax, c1b/a1b AdEMAMix's second EMA
- * (same map), c2/a2 state2 (NULL when unused). table*, tree*, codes*: 256 entries each, device. */
+ * (same map), c2/a2 state2 (NULL when unused). table*: 256 floats; cell*, bounds*, codes*: the plans. */
 cudaError_t kbit_optimizer_update_8bit_blockwise(int opt, int first, int skip_zeros, const void* g, int gdtype,
                                                  void* p, int pdtype, unsigned char* c1, float* a1,
                                                  unsigned char* c1b, float* a1b, unsigned char* c2, float* a2,
-                                                 const float* table1, const float* tree1, const unsigned char* codes1,
-                                                 const float* table2, const float* tree2, const unsigned char* codes2,
-                                                 long long n, const float* k, cudaStream_t stream);
+                                                 const float* table1, const unsigned char* cell1, const float* bounds1,
+                                                 const unsigned char* codes1, int m1, int S1, const float* table2,
+                                                 const unsigned char* cell2, const float* bounds2,
+                                                 const unsigned char* codes2, int m2, int S2, long long n,
+                                                 const float* k, cudaStream_t stream);
 
 /* 1 if built with the spec's IEEE flags. */
 int kbit_optim_ieee_build(void);

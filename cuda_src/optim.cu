@@ -8,7 +8,7 @@
 // 8-bit layout: a warp owns one 256-element block at a time; lane l handles elements l, l+32, ...,
 // l+224 of it (coalesced 128-byte fp32 / 32-byte code transactions, no alignment requirement, the
 // tail block needs only a bounds check). The new states stay in registers; the block absmax is a
-// xor-shuffle max; requantization is an 8-level branch-free Eytzinger search in shared memory.
+// xor-shuffle max; requantization is a cell-plan search in shared memory (one cell load, S <= 3 bound loads, one code load).
 // Tables, trees and bucket codes (256 entries per state) are loaded into shared memory once per CTA
 // (persistent grid).
 #include <cuda_bf16.h>
@@ -160,14 +160,16 @@ __global__ void __launch_bounds__(THREADS) k_norm32(int first, const T* __restri
 }
 
 // ------------------------------------------------------------------------------------------ 8-bit
-__device__ __forceinline__ unsigned char encode(float v, float amc, float r, bool tail, const float* tree,
-                                                const unsigned char* codes) {
+constexpr int CELLS = 384 << 4; // m <= 4
+constexpr int NB = 256 + 8;
+
+__device__ __forceinline__ unsigned char encode(float v, float amc, float r, bool tail, const unsigned char* cell,
+                                                const float* b, const unsigned char* codes, int shift, int S) {
     float s = tail ? v / amc : v * r;
-    s = fminf(fmaxf(s, -1.0f), 1.0f);
-    int i = 1;
-#pragma unroll
-    for (int l = 0; l < 8; l++) i = 2 * i + (s > tree[i] ? 1 : 0);
-    return codes[i - 256];
+    s = fminf(fmaxf(s, -1.0f), 1.0f); // NaN -> -1 (keeps the key in range); bounds fold the clamp anyway
+    int pos = cell[__float_as_uint(s) >> shift];
+    for (int step = 1 << (S - 1); step > 0; step >>= 1) pos += (s > b[pos + step - 1]) ? step : 0;
+    return codes[pos];
 }
 
 __device__ __forceinline__ float warp_max(float v) {
@@ -181,25 +183,31 @@ __global__ void __launch_bounds__(THREADS, 4)
     k_update8(int first, int skip_zeros, const T* __restrict__ g, T* __restrict__ p, unsigned char* __restrict__ c1,
               float* __restrict__ a1, unsigned char* __restrict__ c1b, float* __restrict__ a1b,
               unsigned char* __restrict__ c2, float* __restrict__ a2, const float* __restrict__ table1,
-              const float* __restrict__ tree1, const unsigned char* __restrict__ codes1,
-              const float* __restrict__ table2, const float* __restrict__ tree2,
-              const unsigned char* __restrict__ codes2, long long n, long long nblocks,
+              const unsigned char* __restrict__ cell1, const float* __restrict__ bounds1,
+              const unsigned char* __restrict__ codes1, int m1, int S1, const float* __restrict__ table2,
+              const unsigned char* __restrict__ cell2, const float* __restrict__ bounds2,
+              const unsigned char* __restrict__ codes2, int m2, int S2, long long n, long long nblocks,
               const __grid_constant__ KP kp) {
     constexpr bool HB = OPT == KBIT_OPT_ADEMAMIX;
     constexpr bool HS2 = OPT == KBIT_OPT_ADAM || OPT == KBIT_OPT_ADEMAMIX;
-    __shared__ float s_t1[256], s_f1[256], s_t2[HS2 ? 256 : 1], s_f2[HS2 ? 256 : 1];
-    __shared__ unsigned char s_c1[256], s_c2[HS2 ? 256 : 1];
-    for (int i = threadIdx.x; i < 256; i += THREADS) {
-        s_t1[i] = table1[i];
-        s_f1[i] = tree1[i];
-        s_c1[i] = codes1[i];
+    __shared__ float s_t1[256], s_b1[NB], s_t2[HS2 ? 256 : 1], s_b2[HS2 ? NB : 1];
+    __shared__ __align__(16) unsigned char s_cell1[CELLS], s_cell2[HS2 ? CELLS : 16];
+    __shared__ unsigned char s_c1[260], s_c2[HS2 ? 260 : 1];
+    const int ncell1 = 384 << m1, ncell2 = HS2 ? 384 << m2 : 0;
+    for (int i = threadIdx.x; i < NB; i += THREADS) {
+        if (i < 256) s_t1[i] = table1[i];
+        s_b1[i] = bounds1[i];
+        if (i < 257) s_c1[i] = codes1[i];
         if constexpr (HS2) {
-            s_t2[i] = table2[i];
-            s_f2[i] = tree2[i];
-            s_c2[i] = codes2[i];
+            if (i < 256) s_t2[i] = table2[i];
+            s_b2[i] = bounds2[i];
+            if (i < 257) s_c2[i] = codes2[i];
         }
     }
+    for (int i = threadIdx.x; i < ncell1; i += THREADS) s_cell1[i] = cell1[i];
+    for (int i = threadIdx.x; i < ncell2; i += THREADS) s_cell2[i] = cell2[i];
     __syncthreads();
+    const int sh1 = 23 - m1, sh2 = 23 - m2;
     const int lane = threadIdx.x & 31;
     for (long long blk = (long long)blockIdx.x * WARPS + (threadIdx.x >> 5); blk < nblocks;
          blk += (long long)gridDim.x * WARPS) {
@@ -245,9 +253,9 @@ __global__ void __launch_bounds__(THREADS, 4)
             const int e = j * 32 + lane;
             if (e < cnt) {
                 const long long i = start + e;
-                c1[i] = encode(va[j], amc1, r1, tail, s_f1, s_c1);
-                if (HB) c1b[i] = encode(vb[j], amcb, rb, tail, s_f1, s_c1);
-                if (HS2) c2[i] = encode(vd[j], amc2, r2, tail, s_f2, s_c2);
+                c1[i] = encode(va[j], amc1, r1, tail, s_cell1, s_b1, s_c1, sh1, S1);
+                if (HB) c1b[i] = encode(vb[j], amcb, rb, tail, s_cell1, s_b1, s_c1, sh1, S1);
+                if (HS2) c2[i] = encode(vd[j], amc2, r2, tail, s_cell2, s_b2, s_c2, sh2, S2);
             }
         }
         if (lane == 0) {
@@ -288,16 +296,17 @@ cudaError_t launch32(int first, int skip, const void* g, void* p, float* s1, flo
 
 template <typename T, int OPT>
 cudaError_t launch8(int first, int skip, const void* g, void* p, unsigned char* c1, float* a1, unsigned char* c1b,
-                    float* a1b, unsigned char* c2, float* a2, const float* t1, const float* f1,
-                    const unsigned char* q1, const float* t2, const float* f2, const unsigned char* q2, long long n,
-                    const KP& kp, cudaStream_t st) {
+                    float* a1b, unsigned char* c2, float* a2, const float* t1, const unsigned char* l1,
+                    const float* f1, const unsigned char* q1, int m1, int S1, const float* t2, const unsigned char* l2,
+                    const float* f2, const unsigned char* q2, int m2, int S2, long long n, const KP& kp,
+                    cudaStream_t st) {
     long long nblocks = (n + 255) / 256;
     long long need = (nblocks + WARPS - 1) / WARPS;
     static int occ = 0; // persistent grid: exactly the resident CTAs
     if (occ == 0 && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_update8<T, OPT>, THREADS, 0) != cudaSuccess || occ < 1)) occ = 4;
     int grid = (int)std::min<long long>(need, (long long)num_sms() * occ);
-    k_update8<T, OPT><<<grid, THREADS, 0, st>>>(first, skip, (const T*)g, (T*)p, c1, a1, c1b, a1b, c2, a2, t1, f1, q1,
-                                                 t2, f2, q2, n, nblocks, kp);
+    k_update8<T, OPT><<<grid, THREADS, 0, st>>>(first, skip, (const T*)g, (T*)p, c1, a1, c1b, a1b, c2, a2, t1, l1, f1,
+                                                 q1, m1, S1, t2, l2, f2, q2, m2, S2, n, nblocks, kp);
     return cudaGetLastError();
 }
 
@@ -317,10 +326,13 @@ cudaError_t dispatch32(int opt, int first, int skip, const void* g, void* p, flo
 
 template <typename T>
 cudaError_t dispatch8(int opt, int first, int skip, const void* g, void* p, unsigned char* c1, float* a1,
-                      unsigned char* c1b, float* a1b, unsigned char* c2, float* a2, const float* t1, const float* f1,
-                      const unsigned char* q1, const float* t2, const float* f2, const unsigned char* q2, long long n,
-                      const KP& kp, cudaStream_t st) {
-#define KB_L8(O) return launch8<T, O>(first, skip, g, p, c1, a1, c1b, a1b, c2, a2, t1, f1, q1, t2, f2, q2, n, kp, st)
+                      unsigned char* c1b, float* a1b, unsigned char* c2, float* a2, const float* t1,
+                      const unsigned char* l1, const float* f1, const unsigned char* q1, int m1, int S1,
+                      const float* t2, const unsigned char* l2, const float* f2, const unsigned char* q2, int m2, int S2,
+                      long long n, const KP& kp, cudaStream_t st) {
+#define KB_L8(O)                                                                                                      \
+    return launch8<T, O>(first, skip, g, p, c1, a1, c1b, a1b, c2, a2, t1, l1, f1, q1, m1, S1, t2, l2, f2, q2, m2, S2, \
+                         n, kp, st)
     switch (opt) {
     case KBIT_OPT_ADAM: KB_L8(KBIT_OPT_ADAM);
     case KBIT_OPT_ADEMAMIX: KB_L8(KBIT_OPT_ADEMAMIX);
@@ -388,22 +400,23 @@ cudaError_t kbit_optimizer_update_norm_sq(int opt, int first, const void* g, int
 cudaError_t kbit_optimizer_update_8bit_blockwise(int opt, int first, int skip_zeros, const void* g, int gdtype,
                                                  void* p, int pdtype, unsigned char* c1, float* a1,
                                                  unsigned char* c1b, float* a1b, unsigned char* c2, float* a2,
-                                                 const float* table1, const float* tree1, const unsigned char* codes1,
-                                                 const float* table2, const float* tree2, const unsigned char* codes2,
-                                                 long long n, const float* k, cudaStream_t stream) {
+                                                 const float* table1, const unsigned char* cell1, const float* bounds1,
+                                                 const unsigned char* codes1, int m1, int S1, const float* table2,
+                                                 const unsigned char* cell2, const float* bounds2,
+                                                 const unsigned char* codes2, int m2, int S2, long long n,
+                                                 const float* k, cudaStream_t stream) {
     if (n <= 0) return cudaSuccess;
     if (gdtype != pdtype) return cudaErrorInvalidValue;
+    if (m1 < 1 || m1 > 4 || S1 < 1 || S1 > 8) return cudaErrorInvalidValue;
+    if (cell2 != nullptr && (m2 < 1 || m2 > 4 || S2 < 1 || S2 > 8)) return cudaErrorInvalidValue;
     KP kp = make_kp(k);
     switch (gdtype) {
     case KBIT_F32:
-        return dispatch8<float>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, tree1, codes1, table2,
-                                tree2, codes2, n, kp, stream);
+        return dispatch8<float>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, stream);
     case KBIT_F16:
-        return dispatch8<__half>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, tree1, codes1,
-                                 table2, tree2, codes2, n, kp, stream);
+        return dispatch8<__half>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, stream);
     case KBIT_BF16:
-        return dispatch8<__nv_bfloat16>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, tree1,
-                                        codes1, table2, tree2, codes2, n, kp, stream);
+        return dispatch8<__nv_bfloat16>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, stream);
     }
     return cudaErrorInvalidValue;
 }

@@ -3,7 +3,7 @@
 Same plan as cuda_src/optim.cu: a CTA of 256 threads = 8 warps; in the 8-bit kernel a warp owns one
 256-element block per iteration and lane l handles elements l, l+32, ..., l+224 (coalesced, no
 alignment needs). New states stay in thread-local arrays; the block absmax is a shared-memory tree
-reduction (sim-friendly: no shuffles); requantization is an 8-level Eytzinger search in shared memory.
+xor-shuffle max (a shared-memory tree under the simulator, which has no shuffles); requantization is the cell-plan search of workbench/optim/_gpu_plan.py.
 
 Every float32 operation is an explicitly rounded libdevice call (fmul_rn, fadd_rn, fdiv_rn, fsqrt_rn):
 NVVM contracts a*b + c into an FMA by default, and the reference rounds each operation. Under the CUDA
@@ -13,7 +13,9 @@ Grad/param are float32 here (the backend routes float16/bfloat16 through float32
 from __future__ import annotations
 
 import numpy as np
-from numba import config, cuda, float32, float64, int32
+from numba import config, cuda, float32, float64, int32, uint8
+
+from .quant import _float_as_int
 
 THREADS = 256
 WARPS = THREADS // 32
@@ -99,19 +101,52 @@ def _make_rule(opt: int, eight: bool):
 
 
 @cuda.jit(device=True, inline=True)
-def _encode(v, amc, r, tail, tree, codes):
+def _encode(v, amc, r, tail, shift, S, cell, bnd, codes):
+    """Cell-plan search (workbench/optim/_gpu_plan.py): pos = cell[bits(s) >> shift], S steps, codes[pos]."""
     if tail:
         s = _div(v, amc)
     else:
         s = _mul(v, r)
-    if s < -ONE:
+    if not (s >= -ONE):  # also NaN: keeps the key in range
         s = -ONE
     if s > ONE:
         s = ONE
-    i = 1
-    for _ in range(8):
-        i = 2 * i + (1 if s > tree[i] else 0)
-    return codes[i - 256]
+    pos = int32(cell[(_float_as_int(s) & 0xFFFFFFFF) >> shift])
+    step = 1 << (S - 1)
+    while step > 0:
+        if s > bnd[pos + step - 1]:
+            pos += step
+        step >>= 1
+    return codes[pos]
+
+
+CELLS = 384 << 4
+NB = 256 + 8
+
+if config.ENABLE_CUDASIM:  # the simulator has no warp shuffles: a shared-memory tree per warp
+    @cuda.jit(device=True)
+    def _warp_max(v, s_m, tid, lane):
+        s_m[tid] = v
+        cuda.syncthreads()
+        off = 16
+        while off > 0:
+            if lane < off and s_m[tid + off] > s_m[tid]:
+                s_m[tid] = s_m[tid + off]
+            cuda.syncthreads()
+            off //= 2
+        r = s_m[tid - lane]
+        cuda.syncthreads()
+        return r
+else:
+    @cuda.jit(device=True, inline=True)
+    def _warp_max(v, s_m, tid, lane):
+        off = 16
+        while off > 0:
+            o = cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
+            if o > v:
+                v = o
+            off //= 2
+        return v
 
 
 def _make8(opt: int):
@@ -120,25 +155,44 @@ def _make8(opt: int):
     HS2 = opt == ADAM or opt == ADEMAMIX
 
     @cuda.jit(fastmath=False)
-    def k8(first, skip, g, p, c1, a1, c1b, a1b, c2, a2, t1, f1, q1, t2, f2, q2, n, nblocks, k):
+    def k8(first, skip, g, p, c1, a1, c1b, a1b, c2, a2, t1, l1, f1, q1, m1, S1, t2, l2, f2, q2, m2, S2, n, nblocks, k):
         s_t1 = cuda.shared.array(256, float32)
-        s_f1 = cuda.shared.array(256, float32)
-        s_q1 = cuda.shared.array(256, int32)
+        s_l1 = cuda.shared.array(CELLS, uint8)
+        s_f1 = cuda.shared.array(NB, float32)
+        s_q1 = cuda.shared.array(257, int32)
         s_t2 = cuda.shared.array(256, float32)
-        s_f2 = cuda.shared.array(256, float32)
-        s_q2 = cuda.shared.array(256, int32)
+        s_l2 = cuda.shared.array(CELLS, uint8)
+        s_f2 = cuda.shared.array(NB, float32)
+        s_q2 = cuda.shared.array(257, int32)
         s_m1 = cuda.shared.array(THREADS, float32)
         s_mb = cuda.shared.array(THREADS, float32)
         s_m2 = cuda.shared.array(THREADS, float32)
         tid = cuda.threadIdx.x
         s_t1[tid] = t1[tid]
-        s_f1[tid] = f1[tid]
-        s_q1[tid] = q1[tid]
         if HS2:
             s_t2[tid] = t2[tid]
-            s_f2[tid] = f2[tid]
-            s_q2[tid] = q2[tid]
+        i = tid
+        while i < NB:
+            s_f1[i] = f1[i]
+            if HS2:
+                s_f2[i] = f2[i]
+            if i < 257:
+                s_q1[i] = q1[i]
+                if HS2:
+                    s_q2[i] = q2[i]
+            i += THREADS
+        i = tid
+        while i < (384 << m1):
+            s_l1[i] = l1[i]
+            i += THREADS
+        if HS2:
+            i = tid
+            while i < (384 << m2):
+                s_l2[i] = l2[i]
+                i += THREADS
         cuda.syncthreads()
+        sh1 = 23 - m1
+        sh2 = 23 - m2
         warp = tid // 32
         lane = tid % 32
         va = cuda.local.array(8, float32)
@@ -190,25 +244,11 @@ def _make8(opt: int):
                         x = abs(d)
                         if x > mx2:
                             mx2 = x
-            s_m1[tid] = mx1
-            s_mb[tid] = mxb
-            s_m2[tid] = mx2
-            cuda.syncthreads()
-            off = 16
-            while off > 0:
-                if lane < off:
-                    if s_m1[tid + off] > s_m1[tid]:
-                        s_m1[tid] = s_m1[tid + off]
-                    if s_mb[tid + off] > s_mb[tid]:
-                        s_mb[tid] = s_mb[tid + off]
-                    if s_m2[tid + off] > s_m2[tid]:
-                        s_m2[tid] = s_m2[tid + off]
-                cuda.syncthreads()
-                off //= 2
-            mx1 = s_m1[warp * 32]
-            mxb = s_mb[warp * 32]
-            mx2 = s_m2[warp * 32]
-            cuda.syncthreads()
+            mx1 = _warp_max(mx1, s_m1, tid, lane)
+            if HB:
+                mxb = _warp_max(mxb, s_mb, tid, lane)
+            if HS2:
+                mx2 = _warp_max(mx2, s_m2, tid, lane)
             if blk < nblocks:
                 tail = cnt < 256
                 amc1 = mx1 if mx1 > TINY else TINY
@@ -221,11 +261,11 @@ def _make8(opt: int):
                     e = j * 32 + lane
                     if e < cnt:
                         i = start + e
-                        c1[i] = _encode(va[j], amc1, r1, tail, s_f1, s_q1)
+                        c1[i] = _encode(va[j], amc1, r1, tail, sh1, S1, s_l1, s_f1, s_q1)
                         if HB:
-                            c1b[i] = _encode(vb[j], amcb, rb, tail, s_f1, s_q1)
+                            c1b[i] = _encode(vb[j], amcb, rb, tail, sh1, S1, s_l1, s_f1, s_q1)
                         if HS2:
-                            c2[i] = _encode(vd[j], amc2, r2, tail, s_f2, s_q2)
+                            c2[i] = _encode(vd[j], amc2, r2, tail, sh2, S2, s_l2, s_f2, s_q2)
                 if lane == 0:
                     a1[blk] = amc1 if tail else mx1
                     if HB:

@@ -3,15 +3,24 @@
 * :func:`consts` -- the 17 float32 constants of an update (the order of ``KBIT_K_*`` in
   cuda_src/kbit_optim.h), each computed in double and rounded once, from
   :func:`workbench.optim.functional.scalars`; the LAMB/LARS trust ratio is folded into UPD_MUL.
-* :func:`plan` -- a 256-entry qmap's rounding plan on its device: (table f32[256], Eytzinger tree
-  f32[256] of the sorted bounds (+inf padded, node i at index i, 1..255), bucket codes u8[256]),
-  cached per qmap tensor (pointer, version).
+* :func:`plan` -- a 256-entry qmap's rounding plan on its device (a :class:`Plan`), cached per qmap
+  tensor object and version (weak keys: a freed qmap's address reused by another cannot hit).
+  The search is the "cell plan" of numba_kernels/cuda/quant.py: for s in [-1, 1] (the kernels clamp
+  first), key = float bits >> (23 - m) names a cell; ``cell[key]`` = #{bounds' < min(cell)}; at most
+  2**S - 1 bounds lie inside a cell, so an S-step branch-free search over the +inf padded bounds'
+  finishes it, and ``codes[pos]`` is the code. bounds' folds the [-1, 1] clamp (< -1 -> -inf,
+  >= 1 -> +inf). Dynamic signed map: m = 4, S = 2; unsigned: m = 4, S = 3 (4 or 5 shared loads per
+  code instead of 9 for an 8-level tree).
 """
 from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .. import codebooks as _cb
 from . import functional as W
 
 ID = {"adam": 0, "lamb": 0, "ademamix": 1, "momentum": 2, "lars": 2, "lion": 3, "rmsprop": 4, "adagrad": 5}
@@ -51,27 +60,62 @@ def eytzinger(bounds: np.ndarray) -> np.ndarray:
     return tree
 
 
-_plans: dict = {}
+def cell_plan(bounds: np.ndarray, bucket_codes: np.ndarray, mmax: int = 4):
+    """(m, S, cell u8[384 << m], bounds f32[264], codes u8[257]); see the module doc."""
+    b = np.asarray(bounds, np.float32)
+    b = np.where(b < -1, -np.inf, np.where(b >= 1, np.inf, b)).astype(np.float32)
+    for S in (1, 2, 3, 8):
+        for m in (range(1, mmax + 1) if S != 8 else [1]):
+            ncell = 128 << m
+            u = np.arange(ncell, dtype=np.uint64)
+            lo = (u << np.uint64(23 - m)).astype(np.uint32).view(np.float32)
+            hi = (((u + np.uint64(1)) << np.uint64(23 - m)) - np.uint64(1)).astype(np.uint32).view(np.float32)
+            bp, tp = np.searchsorted(b, lo, "left"), np.searchsorted(b, hi, "left")
+            bn, tn = np.searchsorted(b, -hi, "left"), np.searchsorted(b, -lo, "left")
+            if max((tp - bp).max(), (tn - bn).max()) <= (1 << S) - 1:
+                cell = np.zeros(384 << m, np.uint8)
+                cell[:ncell] = bp
+                cell[256 << m:] = bn
+                bpad = np.full(256 + 8, np.inf, np.float32)
+                bpad[:b.size] = b
+                codes = np.asarray(bucket_codes, np.uint8)
+                cpad = np.concatenate([codes, np.full(257 - codes.size, codes[-1], np.uint8)])
+                return m, S, cell, bpad, cpad
+    raise AssertionError("unreachable: the full search always fits")
 
 
-def plan(qmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(table, tree, codes) on qmap's device for a 256-entry qmap (see module doc)."""
+@dataclass
+class Plan:
+    table: torch.Tensor   # f32[256], the qmap itself
+    cell: torch.Tensor    # u8[384 << m]
+    bounds: torch.Tensor  # f32[264]
+    codes: torch.Tensor   # u8[257]
+    m: int
+    S: int
+    codes_i32: torch.Tensor  # i32[257] (numba kernels)
+
+
+_plans: dict = {}  # id(qmap) -> (weakref to qmap, version, Plan)
+
+
+def plan(qmap: torch.Tensor) -> Plan:
+    """The rounding plan of a 256-entry qmap, on its device (see module doc)."""
     if qmap.numel() != 256:
         raise ValueError(f"qmap: expected 256 values, got {qmap.numel()}")
-    key = (qmap.data_ptr(), str(qmap.device), qmap._version)
-    hit = _plans.get(key)
-    if hit is not None:
-        return hit
-    cb = W.codebook_of(qmap)
-    codes = np.full(256, cb.bucket_codes[-1], np.uint8)
-    codes[:len(cb.bucket_codes)] = cb.bucket_codes
+    hit = _plans.get(id(qmap))
+    if hit is not None and hit[0]() is qmap and hit[1] == qmap._version:
+        return hit[2]
+    cb = _cb.from_table(qmap.detach().float().cpu().numpy(), "qmap")
+    m, S, cell, bnd, codes = cell_plan(cb.bounds, cb.bucket_codes)
     dev = qmap.device
-    out = (qmap.detach().reshape(-1).float().contiguous(), torch.from_numpy(eytzinger(cb.bounds)).to(dev),
-           torch.from_numpy(codes).to(dev))
-    if len(_plans) > 256:
-        _plans.clear()
-    _plans[key] = out
-    return out
+    pl = Plan(qmap.detach().reshape(-1).float().contiguous(), torch.from_numpy(cell).to(dev),
+              torch.from_numpy(bnd).to(dev), torch.from_numpy(codes).to(dev), m, S,
+              torch.from_numpy(codes.astype(np.int32)).to(dev))
+    if len(_plans) > 512:
+        for key in [k for k, v in _plans.items() if v[0]() is None]:
+            del _plans[key]
+    _plans[id(qmap)] = (weakref.ref(qmap), qmap._version, pl)
+    return pl
 
 
 def same_dtype(g: torch.Tensor, p: torch.Tensor) -> bool:

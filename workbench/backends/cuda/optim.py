@@ -31,7 +31,8 @@ def _lib():
         lib.kbit_optimizer_update_32bit.restype = i
         lib.kbit_optimizer_update_norm_sq.argtypes = [i, i, vp, i, vp, i, vp, vp, ll, vp, vp, vp]
         lib.kbit_optimizer_update_norm_sq.restype = i
-        lib.kbit_optimizer_update_8bit_blockwise.argtypes = [i, i, i, vp, i, vp, i] + [vp] * 6 + [vp] * 6 + [ll, vp, vp]
+        lib.kbit_optimizer_update_8bit_blockwise.argtypes = ([i, i, i, vp, i, vp, i] + [vp] * 6 + [vp] * 4 + [i, i]
+                                                             + [vp] * 4 + [i, i] + [ll, vp, vp])
         lib.kbit_optimizer_update_8bit_blockwise.restype = i
         _sig_done = True
     return lib
@@ -112,13 +113,12 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
         c1, c1b, a1, a1b = c[0], c[1], a[0], a[1]
     else:
         c1, a1, c1b, a1b = state1, absmax1, None, None
-    t1, f1, q1 = G.plan(qmap1)
-    if state2 is not None:
-        t2, f2, q2 = G.plan(qmap2)
-    else:
-        t2 = f2 = q2 = None
+    P1 = G.plan(qmap1)
+    P2 = G.plan(qmap2) if state2 is not None else None
+    pl2 = (ptr(P2.table), ptr(P2.cell), ptr(P2.bounds), ptr(P2.codes), P2.m, P2.S) if P2 else (ptr(None),) * 4 + (0, 0)
     k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, True)
     check(lib.kbit_optimizer_update_8bit_blockwise(
         opt, int(step == 1), int(bool(skip_zeros)), ptr(g), dt, ptr(p), dt, ptr(c1), ptr(a1), ptr(c1b), ptr(a1b),
-        ptr(state2), ptr(absmax2), ptr(t1), ptr(f1), ptr(q1), ptr(t2), ptr(f2), ptr(q2), n, _kptr(k), stream()),
+        ptr(state2), ptr(absmax2), ptr(P1.table), ptr(P1.cell), ptr(P1.bounds), ptr(P1.codes), P1.m, P1.S, *pl2,
+        n, _kptr(k), stream()),
         "kbit_optimizer_update_8bit_blockwise")

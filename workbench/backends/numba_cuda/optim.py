@@ -130,16 +130,16 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
     else:
         c1, a1 = state1, absmax1
         c1b, a1b = _dummy(p, torch.uint8), _dummy(p, torch.float32)
-    t1, f1, q1 = G.plan(qmap1)
+    P1 = G.plan(qmap1)
     if state2 is not None:
-        t2, f2, q2 = G.plan(qmap2)
+        P2 = G.plan(qmap2)
         c2, a2 = state2, absmax2
     else:
-        t2, f2, q2 = t1, f1, q1
+        P2 = P1
         c2, a2 = _dummy(p, torch.uint8), _dummy(p, torch.float32)
     k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, True)
-    q1i, q2i = q1.to(torch.int32), q2.to(torch.int32)
     grid = max(1, min((nb + K.WARPS - 1) // K.WARPS, _sms(dev) * 4))
     _launch(K.kernel("8bit", opt), grid, dev, step == 1, bool(skip_zeros), _arr(g), _arr(p), _arr(c1), _arr(a1),
-            _arr(c1b), _arr(a1b), _arr(c2), _arr(a2), _arr(t1), _arr(f1), _arr(q1i), _arr(t2), _arr(f2), _arr(q2i),
-            n, nb, _k(k, dev))
+            _arr(c1b), _arr(a1b), _arr(c2), _arr(a2), _arr(P1.table), _arr(P1.cell), _arr(P1.bounds),
+            _arr(P1.codes_i32), P1.m, P1.S, _arr(P2.table), _arr(P2.cell), _arr(P2.bounds), _arr(P2.codes_i32), P2.m,
+            P2.S, n, nb, _k(k, dev))
