@@ -39,9 +39,10 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // One block per row; 16-byte vector loads when the row is aligned (VEC), scalar otherwise.
-// Pass 1: absmax over non-outliers (and outlier column flags); pass 2 re-reads the row (L1/L2)
-// and writes codes. THR: thresholding compiled in or out.
-template <typename T, bool VEC, bool THR, int THREADS>
+// Pass 1: absmax over non-outliers (and outlier column flags); pass 2 writes codes. With VEC the
+// row's vectors stay in registers between the passes when they fit (MAXV per thread), else pass 2
+// re-reads the row (L1/L2). THR: thresholding compiled in or out.
+template <typename T, bool VEC, bool THR, int THREADS, int MAXV>
 __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restrict__ A, long long cols, float thr,
                                                               signed char* __restrict__ codes,
                                                               float* __restrict__ row_stats,
@@ -53,11 +54,29 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
     const T* a = A + row * cols;
     signed char* out = codes + row * cols;
     float m = 0.0f;
+    const long long nv = VEC ? cols / N : 0;
+    const bool cached = VEC && nv <= (long long)THREADS * MAXV;
+    uint4 cache[MAXV];
     if (VEC) {
-        const long long nv = cols / N;
         const uint4* av = reinterpret_cast<const uint4*>(a);
-        for (long long i = threadIdx.x; i < nv; i += THREADS) {
-            uint4 raw = av[i];
+        if (cached) {
+#pragma unroll
+            for (int u = 0; u < MAXV; ++u) {
+                const long long i = threadIdx.x + (long long)u * THREADS;
+                if (i < nv) cache[u] = __ldcs(av + i);
+            }
+        }
+        for (int u = 0;; ++u) {
+            const long long i = threadIdx.x + (long long)u * THREADS;
+            if (i >= nv) break;
+            uint4 raw;
+            if (cached) {
+                // unrolled selection keeps cache[] in registers
+#pragma unroll
+                for (int w = 0; w < MAXV; ++w) if (w == u) raw = cache[w];
+            } else {
+                raw = av[i];
+            }
             const T* v = reinterpret_cast<const T*>(&raw);
 #pragma unroll
             for (int j = 0; j < N; ++j) {
@@ -68,6 +87,7 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
                     m = fmaxf(m, x);
                 }
             }
+            if (cached && u + 1 >= MAXV) break;
         }
     } else {
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
@@ -93,10 +113,17 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
     __syncthreads();
     const float scale = s_scale;
     if (VEC) {
-        const long long nv = cols / N;
         const uint4* av = reinterpret_cast<const uint4*>(a);
-        for (long long i = threadIdx.x; i < nv; i += THREADS) {
-            uint4 raw = av[i];
+        for (int u = 0;; ++u) {
+            const long long i = threadIdx.x + (long long)u * THREADS;
+            if (i >= nv) break;
+            uint4 raw;
+            if (cached) {
+#pragma unroll
+                for (int w = 0; w < MAXV; ++w) if (w == u) raw = cache[w];
+            } else {
+                raw = av[i];
+            }
             const T* v = reinterpret_cast<const T*>(&raw);
             signed char q[N];
 #pragma unroll
@@ -105,10 +132,11 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
                 q[j] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
             }
             if constexpr (N == 8) {
-                *reinterpret_cast<uint2*>(out + i * N) = *reinterpret_cast<const uint2*>(q);
+                __stcs(reinterpret_cast<uint2*>(out + i * N), *reinterpret_cast<const uint2*>(q));
             } else {
-                *reinterpret_cast<uint32_t*>(out + i * N) = *reinterpret_cast<const uint32_t*>(q);
+                __stcs(reinterpret_cast<unsigned int*>(out + i * N), *reinterpret_cast<const unsigned int*>(q));
             }
+            if (cached && u + 1 >= MAXV) break;
         }
     } else {
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
@@ -116,6 +144,17 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
             out[i] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
         }
     }
+}
+
+// Zero every row of the flagged columns without a host round trip: each block covers 32 columns x
+// ZROWS rows and writes only where its column's flag is set.
+constexpr int ZROWS = 256;
+__global__ void k_zero_flagged(signed char* codes, long long rows, long long cols, const unsigned char* flags) {
+    const long long c = blockIdx.x * 32LL + (threadIdx.x & 31);
+    if (c >= cols || !flags[c]) return;
+    const long long r0 = blockIdx.y * (long long)ZROWS;
+    const long long r1 = min(rows, r0 + ZROWS);
+    for (long long r = r0 + (threadIdx.x >> 5); r < r1; r += blockDim.x >> 5) codes[r * cols + c] = 0;
 }
 
 template <typename T, int THREADS>
@@ -126,13 +165,18 @@ cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, 
                      ((reinterpret_cast<uintptr_t>(codes) & 7) == 0);
     const T* a = static_cast<const T*>(A);
     dim3 g((unsigned)rows);
+    constexpr int MV = 4;
     if (vec) {
-        if (use_thr) k_vectorwise_quant<T, true, true, THREADS><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
-        else k_vectorwise_quant<T, true, false, THREADS><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+        if (use_thr) k_vectorwise_quant<T, true, true, THREADS, MV><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+        else k_vectorwise_quant<T, true, false, THREADS, MV><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
     } else {
-        if (use_thr) k_vectorwise_quant<T, false, true, THREADS><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
-        else k_vectorwise_quant<T, false, false, THREADS><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+        if (use_thr) k_vectorwise_quant<T, false, true, THREADS, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+        else k_vectorwise_quant<T, false, false, THREADS, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
     }
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess || !use_thr || rows < 2) return e;
+    dim3 gz((unsigned)((cols + 31) / 32), (unsigned)((rows + ZROWS - 1) / ZROWS));
+    k_zero_flagged<<<gz, 256, 0, s>>>(codes, rows, cols, flags);
     return cudaGetLastError();
 }
 

@@ -17,8 +17,8 @@ extern "C" {
 
 /* Row-wise int8 quantization of a contiguous rows x cols matrix. If use_thr, elements with
  * |a| >= thr are outliers: excluded from the row stats, coded 0, and col_flags[c] is set to 1
- * (col_flags: cols bytes, zeroed by this function). Whole outlier columns are zeroed by the
- * caller afterwards (kbit_int8_zero_cols) once the flagged column list is known. */
+ * (col_flags: cols bytes, zeroed by this function); a second kernel on the same stream then zeroes
+ * every row of the flagged columns (no host round trip). */
 cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows, long long cols, float thr,
                                        int use_thr, signed char* codes, float* row_stats,
                                        unsigned char* col_flags, cudaStream_t stream);

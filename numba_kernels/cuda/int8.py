@@ -161,7 +161,7 @@ def matmul(A, B, M, N, K, C):
 
 @cuda.jit(device=True, inline=True)
 def _deq(acc, rs, cs, bias, has_bias, n):
-    v = _mul(_mul(_i2f(acc), _mul(rs, cs)), MM_DEQUANT_CONST)
+    v = _mul(_mul(_i2f(int32(acc)), _mul(rs, cs)), MM_DEQUANT_CONST)
     if has_bias != 0:
         v = _add(v, bias[n])
     return v

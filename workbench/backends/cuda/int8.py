@@ -7,6 +7,7 @@ A's dtype (cuBLAS through torch.addmm, as bitsandbytes does).
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
 
@@ -42,6 +43,7 @@ def lib() -> ctypes.CDLL:
     return _lib
 
 
+@functools.lru_cache(maxsize=256)
 def threshold_in(dtype: torch.dtype, threshold: float) -> float:
     """The threshold as torch compares ``A.abs() >= threshold``: rounded to A's dtype."""
     return float(torch.tensor(float(threshold), dtype=torch.float64).to(dtype))
@@ -66,11 +68,9 @@ def _quant_rows(A: torch.Tensor, threshold: float):
                                            ptr(flags), stream()), "kbit_int8_vectorwise_quant")
     if not use:
         return codes, stats, None
-    cols_idx = torch.nonzero(flags).view(-1)  # sorted; one device->host sync, like bitsandbytes' .any()
-    if cols_idx.numel() and rows > 1:
-        check(lib().kbit_int8_zero_cols(ptr(codes), rows, cols, ptr(cols_idx), cols_idx.numel(), stream()),
-              "kbit_int8_zero_cols")
-    return codes, stats, cols_idx
+    # outlier columns are already zeroed on the device; the index list has a data-dependent size,
+    # so this is one device->host sync (bitsandbytes syncs on outliers.any() the same way)
+    return codes, stats, torch.nonzero(flags).view(-1)
 
 
 def int8_vectorwise_quant(A, threshold):
@@ -80,8 +80,7 @@ def int8_vectorwise_quant(A, threshold):
 def int8_outlier_cols(A, threshold):
     if threshold <= 0.0:
         return torch.empty(0, dtype=torch.int64, device=A.device)
-    thr = torch.tensor(threshold_in(A.dtype, threshold), dtype=A.dtype, device=A.device)
-    return torch.nonzero((A.abs() >= thr).any(dim=0)).view(-1)
+    return _quant_rows(A, threshold)[2]  # the row kernel's column flags
 
 
 outlier_columns = int8_outlier_cols
