@@ -12,6 +12,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t
 
 cdef extern from *:
     """
+    /* sqrt without errno: lets GCC vectorize sqrtf (results are the same IEEE sqrt). */
+    #pragma GCC optimize("no-math-errno")
     #include <stdint.h>
     #include <string.h>
     #include <math.h>
@@ -153,7 +155,6 @@ cdef extern from *:
     /* Fast path (float32 grad/param, no skip_zeros): the optimizer id is a compile-time constant
        so the update loop has no branches and vectorizes (sqrt/div included: no errno here). */
     #define KO_FAST8(OPT)                                                                               \
-    __attribute__((optimize("no-math-errno")))                                                          \
     static void ko_fast8_##OPT(int first, const float* g, float* p, uint8_t* c1, float* a1, uint8_t* c1b,   \
                                float* a1b, uint8_t* c2, float* a2, const float* t1, const float* t2,     \
                                const float* k, int64_t blk, int64_t n, const ko_plan* P1, const ko_plan* P2) { \
