@@ -68,7 +68,9 @@ cudaError_t kbit_optimizer_update_norm_sq(int opt, int first, const void* g, int
                                           cudaStream_t stream);
 
 /* 8-bit blockwise state (blocksize 256): c1/a1 state1 codes/absmax, c1b/a1b AdEMAMix's second EMA
- * (same map), c2/a2 state2 (NULL when unused). table*: 256 floats; cell*, bounds*, codes*: the plans. */
+ * (same map), c2/a2 state2 (NULL when unused). table*: 256 floats; cell*, bounds*, codes*: the plans.
+ * codes* == NULL means identity bucket codes (sorted tables such as the dynamic maps); with S1 == 2 and
+ * S2 == 3 that selects an unrolled fast path. */
 cudaError_t kbit_optimizer_update_8bit_blockwise(int opt, int first, int skip_zeros, const void* g, int gdtype,
                                                  void* p, int pdtype, unsigned char* c1, float* a1,
                                                  unsigned char* c1b, float* a1b, unsigned char* c2, float* a2,

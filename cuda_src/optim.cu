@@ -172,13 +172,26 @@ __device__ __forceinline__ unsigned char encode(float v, float amc, float r, boo
     return codes[pos];
 }
 
+// FAST: the standard dynamic maps' plans (identity bucket codes, S = 2 for state1, S = 3 for state2):
+// the search unrolled and code = pos (no code load).
+template <int S>
+__device__ __forceinline__ unsigned char encode_fast(float v, float amc, float r, bool tail, const unsigned char* cell,
+                                                     const float* b, int shift) {
+    float s = tail ? v / amc : v * r;
+    s = fminf(fmaxf(s, -1.0f), 1.0f);
+    int pos = cell[__float_as_uint(s) >> shift];
+#pragma unroll
+    for (int step = 1 << (S - 1); step > 0; step >>= 1) pos += (s > b[pos + step - 1]) ? step : 0;
+    return (unsigned char)pos;
+}
+
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
     return v;
 }
 
-template <typename T, int OPT>
+template <typename T, int OPT, bool FAST>
 __global__ void __launch_bounds__(THREADS, 4)
     k_update8(int first, int skip_zeros, const T* __restrict__ g, T* __restrict__ p, unsigned char* __restrict__ c1,
               float* __restrict__ a1, unsigned char* __restrict__ c1b, float* __restrict__ a1b,
@@ -197,11 +210,11 @@ __global__ void __launch_bounds__(THREADS, 4)
     for (int i = threadIdx.x; i < NB; i += THREADS) {
         if (i < 256) s_t1[i] = table1[i];
         s_b1[i] = bounds1[i];
-        if (i < 257) s_c1[i] = codes1[i];
+        if (!FAST && i < 257) s_c1[i] = codes1[i];
         if constexpr (HS2) {
             if (i < 256) s_t2[i] = table2[i];
             s_b2[i] = bounds2[i];
-            if (i < 257) s_c2[i] = codes2[i];
+            if (!FAST && i < 257) s_c2[i] = codes2[i];
         }
     }
     for (int i = threadIdx.x; i < ncell1; i += THREADS) s_cell1[i] = cell1[i];
@@ -253,9 +266,15 @@ __global__ void __launch_bounds__(THREADS, 4)
             const int e = j * 32 + lane;
             if (e < cnt) {
                 const long long i = start + e;
-                c1[i] = encode(va[j], amc1, r1, tail, s_cell1, s_b1, s_c1, sh1, S1);
-                if (HB) c1b[i] = encode(vb[j], amcb, rb, tail, s_cell1, s_b1, s_c1, sh1, S1);
-                if (HS2) c2[i] = encode(vd[j], amc2, r2, tail, s_cell2, s_b2, s_c2, sh2, S2);
+                if constexpr (FAST) {
+                    c1[i] = encode_fast<2>(va[j], amc1, r1, tail, s_cell1, s_b1, sh1);
+                    if (HB) c1b[i] = encode_fast<2>(vb[j], amcb, rb, tail, s_cell1, s_b1, sh1);
+                    if (HS2) c2[i] = encode_fast<3>(vd[j], amc2, r2, tail, s_cell2, s_b2, sh2);
+                } else {
+                    c1[i] = encode(va[j], amc1, r1, tail, s_cell1, s_b1, s_c1, sh1, S1);
+                    if (HB) c1b[i] = encode(vb[j], amcb, rb, tail, s_cell1, s_b1, s_c1, sh1, S1);
+                    if (HS2) c2[i] = encode(vd[j], amc2, r2, tail, s_cell2, s_b2, s_c2, sh2, S2);
+                }
             }
         }
         if (lane == 0) {
@@ -298,14 +317,19 @@ template <typename T, int OPT>
 cudaError_t launch8(int first, int skip, const void* g, void* p, unsigned char* c1, float* a1, unsigned char* c1b,
                     float* a1b, unsigned char* c2, float* a2, const float* t1, const unsigned char* l1,
                     const float* f1, const unsigned char* q1, int m1, int S1, const float* t2, const unsigned char* l2,
-                    const float* f2, const unsigned char* q2, int m2, int S2, long long n, const KP& kp,
+                    const float* f2, const unsigned char* q2, int m2, int S2, long long n, const KP& kp, bool fast,
                     cudaStream_t st) {
     long long nblocks = (n + 255) / 256;
     long long need = (nblocks + WARPS - 1) / WARPS;
     static int occ = 0; // persistent grid: exactly the resident CTAs
-    if (occ == 0 && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_update8<T, OPT>, THREADS, 0) != cudaSuccess || occ < 1)) occ = 4;
+    if (occ == 0 && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_update8<T, OPT, false>, THREADS, 0) != cudaSuccess || occ < 1)) occ = 4;
     int grid = (int)std::min<long long>(need, (long long)num_sms() * occ);
-    k_update8<T, OPT><<<grid, THREADS, 0, st>>>(first, skip, (const T*)g, (T*)p, c1, a1, c1b, a1b, c2, a2, t1, l1, f1,
+    if (fast) {
+        k_update8<T, OPT, true><<<grid, THREADS, 0, st>>>(first, skip, (const T*)g, (T*)p, c1, a1, c1b, a1b, c2, a2, t1,
+                                                          l1, f1, q1, m1, S1, t2, l2, f2, q2, m2, S2, n, nblocks, kp);
+        return cudaGetLastError();
+    }
+    k_update8<T, OPT, false><<<grid, THREADS, 0, st>>>(first, skip, (const T*)g, (T*)p, c1, a1, c1b, a1b, c2, a2, t1, l1, f1,
                                                  q1, m1, S1, t2, l2, f2, q2, m2, S2, n, nblocks, kp);
     return cudaGetLastError();
 }
@@ -329,10 +353,10 @@ cudaError_t dispatch8(int opt, int first, int skip, const void* g, void* p, unsi
                       unsigned char* c1b, float* a1b, unsigned char* c2, float* a2, const float* t1,
                       const unsigned char* l1, const float* f1, const unsigned char* q1, int m1, int S1,
                       const float* t2, const unsigned char* l2, const float* f2, const unsigned char* q2, int m2, int S2,
-                      long long n, const KP& kp, cudaStream_t st) {
+                      long long n, const KP& kp, bool fast, cudaStream_t st) {
 #define KB_L8(O)                                                                                                      \
     return launch8<T, O>(first, skip, g, p, c1, a1, c1b, a1b, c2, a2, t1, l1, f1, q1, m1, S1, t2, l2, f2, q2, m2, S2, \
-                         n, kp, st)
+                         n, kp, fast, st)
     switch (opt) {
     case KBIT_OPT_ADAM: KB_L8(KBIT_OPT_ADAM);
     case KBIT_OPT_ADEMAMIX: KB_L8(KBIT_OPT_ADEMAMIX);
@@ -409,14 +433,17 @@ cudaError_t kbit_optimizer_update_8bit_blockwise(int opt, int first, int skip_ze
     if (gdtype != pdtype) return cudaErrorInvalidValue;
     if (m1 < 1 || m1 > 4 || S1 < 1 || S1 > 8) return cudaErrorInvalidValue;
     if (cell2 != nullptr && (m2 < 1 || m2 > 4 || S2 < 1 || S2 > 8)) return cudaErrorInvalidValue;
+    // codes1/codes2 == NULL: identity bucket codes (code = bucket); with S1 == 2 (and S2 == 3) -> unrolled fast path
+    const bool fast = codes1 == nullptr && S1 == 2 && (cell2 == nullptr || (codes2 == nullptr && S2 == 3));
+    if (!fast && (codes1 == nullptr || (cell2 != nullptr && codes2 == nullptr))) return cudaErrorInvalidValue;
     KP kp = make_kp(k);
     switch (gdtype) {
     case KBIT_F32:
-        return dispatch8<float>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, stream);
+        return dispatch8<float>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, fast, stream);
     case KBIT_F16:
-        return dispatch8<__half>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, stream);
+        return dispatch8<__half>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, fast, stream);
     case KBIT_BF16:
-        return dispatch8<__nv_bfloat16>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, stream);
+        return dispatch8<__nv_bfloat16>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, fast, stream);
     }
     return cudaErrorInvalidValue;
 }

@@ -93,6 +93,7 @@ class Plan:
     m: int
     S: int
     codes_i32: torch.Tensor  # i32[257] (numba kernels)
+    identity: bool = False   # bucket codes are 0..255 (a sorted table): code = bucket
 
 
 _plans: dict = {}  # id(qmap) -> (weakref to qmap, version, Plan)
@@ -110,7 +111,8 @@ def plan(qmap: torch.Tensor) -> Plan:
     dev = qmap.device
     pl = Plan(qmap.detach().reshape(-1).float().contiguous(), torch.from_numpy(cell).to(dev),
               torch.from_numpy(bnd).to(dev), torch.from_numpy(codes).to(dev), m, S,
-              torch.from_numpy(codes.astype(np.int32)).to(dev))
+              torch.from_numpy(codes.astype(np.int32)).to(dev),
+              bool(len(cb.bucket_codes) == 256 and np.array_equal(cb.bucket_codes, np.arange(256))))
     if len(_plans) > 512:
         for key in [k for k, v in _plans.items() if v[0]() is None]:
             del _plans[key]
