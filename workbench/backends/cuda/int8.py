@@ -108,8 +108,24 @@ def int8_vectorwise_dequant(A, stats):
     return out
 
 
+def _int_mm(A, B):
+    """cuBLASLt's exact int8 x int8 -> int32 GEMM (torch._int_mm) where its shape rules allow it
+    (m > 16, k and n multiples of 8); None otherwise (then our dp4a kernel runs)."""
+    M, K = A.shape
+    N = B.shape[0]
+    if M <= 16 or K % 8 or N % 8 or K < 16:
+        return None
+    try:
+        return torch._int_mm(A, B.t())
+    except RuntimeError:
+        return None
+
+
 def int8_linear_matmul(A, B):
     A, B = A.contiguous(), B.contiguous()
+    C = _int_mm(A, B)
+    if C is not None:
+        return C
     M, K = A.shape
     N = B.shape[0]
     C = torch.empty((M, N), dtype=torch.int32, device=A.device)
@@ -133,7 +149,12 @@ def int8_mm_dequant(A, row_stats, col_stats, bias=None, dtype=torch.float16):
 
 
 def int8_scaled_mm(CA, CB, SCA, SCB, bias=None, dtype=torch.float16):
+    """cuBLASLt int32 GEMM + our dequant kernel where torch._int_mm applies, else the fused dp4a
+    GEMM with the dequant epilogue; both exact int32 then the same float32 dequant rounding."""
     CA, CB = CA.contiguous(), CB.contiguous()
+    C = _int_mm(CA, CB)
+    if C is not None:
+        return int8_mm_dequant(C, SCA, SCB, bias, dtype)
     M, K = CA.shape
     N = CB.shape[0]
     out = torch.empty((M, N), dtype=dtype, device=CA.device)
