@@ -12,8 +12,6 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t
 
 cdef extern from *:
     """
-    /* sqrt without errno: lets GCC vectorize sqrtf (results are the same IEEE sqrt). */
-    #pragma GCC optimize("no-math-errno")
     #include <stdint.h>
     #include <string.h>
     #include <math.h>
@@ -62,42 +60,45 @@ cdef extern from *:
         else if (kind == 1) ((uint16_t*)x)[i] = ko_f32_to_bf16(v);
         else ((uint16_t*)x)[i] = ko_f32_to_f16(v);
     }
+    /* IEEE sqrt. With -fno-math-errno (not in setup.py today) GCC vectorizes the update loops;
+       without it the libm errno path for negative inputs keeps sqrt loops scalar. */
+    static inline float ko_sqrt(float x) { return sqrtf(x); }
     static inline float ko_sign(float x) { float r = (float)((x > 0.0f) - (x < 0.0f)); return x != x ? x : r; }
 
     /* one element: mirrors workbench/optim/functional.py::_rule */
     static inline void ko_rule(int opt, int eight, int first, float g0, float* pp, float* a, float* b, float* d,
                                const float* k) {
         float g = g0 * k[K_GS], p = *pp, wd = k[K_WD];
-        if (opt >= KO_MOMENTUM && opt != KO_LION && wd > 0.0f) g = g + p * wd;
+        if (opt >= KO_MOMENTUM && opt != KO_LION) g = wd > 0.0f ? g + p * wd : g;  /* selects: vectorizable */
         if (opt == KO_ADAM) {
             float s1 = *a * k[K_B1] + g * k[K_OMB1];
             float s2 = *d * k[K_B2] + (g * g) * k[K_OMB2];
-            if (wd > 0.0f) p = p * k[K_DECAY];
-            if (eight) p = p + (s1 / (sqrtf(s2) / k[K_C2] + k[K_EPS])) * k[K_NEG_LR_C1];
-            else p = p + (s1 / (sqrtf(s2) + k[K_EPS_C2])) * k[K_UPD_MUL];
+            p = wd > 0.0f ? p * k[K_DECAY] : p;
+            if (eight) p = p + (s1 / (ko_sqrt(s2) / k[K_C2] + k[K_EPS])) * k[K_NEG_LR_C1];
+            else p = p + (s1 / (ko_sqrt(s2) + k[K_EPS_C2])) * k[K_UPD_MUL];
             *a = s1; *d = s2;
         } else if (opt == KO_ADEMAMIX) {
             float m1 = *a * k[K_B1] + g * k[K_OMB1];
             float m2 = *b * k[K_B3] + g * k[K_OMB3];
             float nu = *d * k[K_B2] + (g * g) * k[K_OMB2];
-            if (wd > 0.0f) p = p * k[K_DECAY];
-            p = p + ((m1 / k[K_C1] + m2 * k[K_ALPHA]) / (sqrtf(nu) / k[K_C2] + k[K_EPS])) * k[K_NEG_LR];
+            p = wd > 0.0f ? p * k[K_DECAY] : p;
+            p = p + ((m1 / k[K_C1] + m2 * k[K_ALPHA]) / (ko_sqrt(nu) / k[K_C2] + k[K_EPS])) * k[K_NEG_LR];
             *a = m1; *b = m2; *d = nu;
         } else if (opt == KO_MOMENTUM) {
             float s1 = first ? g : *a * k[K_B1] + g;
             p = p + s1 * k[K_UPD_MUL];
             *a = s1;
         } else if (opt == KO_LION) {
-            if (wd > 0.0f) p = p * k[K_DECAY];
+            p = wd > 0.0f ? p * k[K_DECAY] : p;
             p = p + ko_sign(*a * k[K_B1] + g * k[K_OMB1]) * k[K_NEG_LR];
             *a = *a * k[K_B2] + g * k[K_OMB2];
         } else if (opt == KO_RMSPROP) {
             float s1 = *a * k[K_B1] + (g * g) * k[K_OMB1];
-            p = p + (g / (sqrtf(s1) + k[K_EPS])) * k[K_UPD_MUL];
+            p = p + (g / (ko_sqrt(s1) + k[K_EPS])) * k[K_UPD_MUL];
             *a = s1;
         } else {
             float s1 = *a + g * g;
-            p = p + (g / (sqrtf(s1) + k[K_EPS])) * k[K_NEG_LR];
+            p = p + (g / (ko_sqrt(s1) + k[K_EPS])) * k[K_NEG_LR];
             *a = s1;
         }
         *pp = p;
@@ -154,34 +155,41 @@ cdef extern from *:
 
     /* Fast path (float32 grad/param, no skip_zeros): the optimizer id is a compile-time constant
        so the update loop has no branches and vectorizes (sqrt/div included: no errno here). */
-    #define KO_FAST8(OPT)                                                                               \
-    static void ko_fast8_##OPT(int first, const float* g, float* p, uint8_t* c1, float* a1, uint8_t* c1b,   \
-                               float* a1b, uint8_t* c2, float* a2, const float* t1, const float* t2,     \
-                               const float* k, int64_t blk, int64_t n, const ko_plan* P1, const ko_plan* P2) { \
-        float A[256], B[256], D[256];                                                                   \
-        int64_t start = blk * 256, end = start + 256 < n ? start + 256 : n, m = end - start;            \
-        int is_tail = m < 256;                                                                          \
-        const int has_b = OPT == KO_ADEMAMIX, has_s2 = OPT == KO_ADAM || OPT == KO_ADEMAMIX;            \
-        float am1 = a1[blk], amb = has_b ? a1b[blk] : 0.0f, am2 = has_s2 ? a2[blk] : 0.0f;             \
-        const float* gg = g + start; float* pb = p + start;                                            \
-        for (int64_t j = 0; j < m; j++) {                                                               \
-            A[j] = t1[c1[start + j]] * am1;                                                             \
-            if (has_b) B[j] = t1[c1b[start + j]] * amb;                                                 \
-            if (has_s2) D[j] = t2[c2[start + j]] * am2;                                                 \
-        }                                                                                               \
-        for (int64_t j = 0; j < m; j++) {                                                               \
-            float pv = pb[j], a = A[j], b = has_b ? B[j] : 0.0f, d = has_s2 ? D[j] : 0.0f;             \
-            ko_rule(OPT, 1, first, gg[j], &pv, &a, &b, &d, k);                                          \
-            pb[j] = pv; A[j] = a; if (has_b) B[j] = b; if (has_s2) D[j] = d;                            \
-        }                                                                                               \
-        float mx1 = 0.0f, mxb = 0.0f, mx2 = 0.0f;                                                       \
-        for (int64_t j = 0; j < m; j++) { float v = fabsf(A[j]); mx1 = v > mx1 ? v : mx1; }            \
-        if (has_b) for (int64_t j = 0; j < m; j++) { float v = fabsf(B[j]); mxb = v > mxb ? v : mxb; } \
-        if (has_s2) for (int64_t j = 0; j < m; j++) { float v = fabsf(D[j]); mx2 = v > mx2 ? v : mx2; }\
-        ko_requant(A, mx1, start, end, is_tail, P1, c1, &a1[blk]);                                      \
-        if (has_b) ko_requant(B, mxb, start, end, is_tail, P1, c1b, &a1b[blk]);                         \
-        if (has_s2) ko_requant(D, mx2, start, end, is_tail, P2, c2, &a2[blk]);                          \
+    static inline __attribute__((always_inline)) void
+    ko_fast8_impl(const int OPT, int first, const float* g, float* p, uint8_t* c1, float* a1, uint8_t* c1b,
+                  float* a1b, uint8_t* c2, float* a2, const float* t1, const float* t2, const float* k,
+                  int64_t blk, int64_t n, const ko_plan* P1, const ko_plan* P2) {
+        float A[256], B[256], D[256];
+        int64_t start = blk * 256, end = start + 256 < n ? start + 256 : n, m = end - start;
+        int is_tail = m < 256;
+        const int has_b = OPT == KO_ADEMAMIX, has_s2 = OPT == KO_ADAM || OPT == KO_ADEMAMIX;
+        float am1 = a1[blk], amb = has_b ? a1b[blk] : 0.0f, am2 = has_s2 ? a2[blk] : 0.0f;
+        const float* gg = g + start; float* pb = p + start;
+        const uint8_t* q1 = c1 + start; const uint8_t* qb = c1b + start; const uint8_t* q2 = c2 + start;
+        for (int64_t j = 0; j < m; j++) A[j] = t1[q1[j]] * am1;
+        if (has_b) for (int64_t j = 0; j < m; j++) B[j] = t1[qb[j]] * amb;
+        if (has_s2) for (int64_t j = 0; j < m; j++) D[j] = t2[q2[j]] * am2;
+        for (int64_t j = 0; j < m; j++) {
+            float pv = pb[j], a = A[j], b = has_b ? B[j] : 0.0f, d = has_s2 ? D[j] : 0.0f;
+            ko_rule(OPT, 1, first, gg[j], &pv, &a, &b, &d, k);
+            pb[j] = pv; A[j] = a;
+            if (has_b) B[j] = b;
+            if (has_s2) D[j] = d;
+        }
+        /* absmax as an unsigned max over |x|'s bit patterns: vectorizes; same order as floats */
+        uint32_t u1 = 0, ub = 0, u2 = 0;
+        for (int64_t j = 0; j < m; j++) { uint32_t v = ko_f32_bits(A[j]) & 0x7FFFFFFFu; u1 = v > u1 ? v : u1; }
+        if (has_b) for (int64_t j = 0; j < m; j++) { uint32_t v = ko_f32_bits(B[j]) & 0x7FFFFFFFu; ub = v > ub ? v : ub; }
+        if (has_s2) for (int64_t j = 0; j < m; j++) { uint32_t v = ko_f32_bits(D[j]) & 0x7FFFFFFFu; u2 = v > u2 ? v : u2; }
+        ko_requant(A, ko_bits_f32(u1), start, end, is_tail, P1, c1, &a1[blk]);
+        if (has_b) ko_requant(B, ko_bits_f32(ub), start, end, is_tail, P1, c1b, &a1b[blk]);
+        if (has_s2) ko_requant(D, ko_bits_f32(u2), start, end, is_tail, P2, c2, &a2[blk]);
     }
+    #define KO_FAST8(OPT) \
+    static void ko_fast8_##OPT(int first, const float* g, float* p, uint8_t* c1, float* a1, uint8_t* c1b, \
+                               float* a1b, uint8_t* c2, float* a2, const float* t1, const float* t2, \
+                               const float* k, int64_t blk, int64_t n, const ko_plan* P1, const ko_plan* P2) { \
+        ko_fast8_impl(OPT, first, g, p, c1, a1, c1b, a1b, c2, a2, t1, t2, k, blk, n, P1, P2); }
     KO_FAST8(0) KO_FAST8(1) KO_FAST8(2) KO_FAST8(3) KO_FAST8(4) KO_FAST8(5)
 
     static void ko_fast8(int opt, int first, const float* g, float* p, uint8_t* c1, float* a1, uint8_t* c1b,
@@ -220,12 +228,12 @@ cdef extern from *:
             if (opt != KO_ADAM && k[K_WD] > 0.0f) gv = gv + pv * k[K_WD];
             if (opt == KO_ADAM) {
                 float a = s1[i] * k[K_B1] + gv * k[K_OMB1], d = s2[i] * k[K_B2] + (gv * gv) * k[K_OMB2];
-                u = a / (sqrtf(d) + k[K_EPS_C2]);
+                u = a / (ko_sqrt(d) + k[K_EPS_C2]);
             } else if (opt == KO_MOMENTUM) {
                 u = first ? gv : s1[i] * k[K_B1] + gv;
             } else {
                 float a = s1[i] * k[K_B1] + (gv * gv) * k[K_OMB1];
-                u = gv / (sqrtf(a) + k[K_EPS]);
+                u = gv / (ko_sqrt(a) + k[K_EPS]);
             }
             acc += (double)u * (double)u;
         }
