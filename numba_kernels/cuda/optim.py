@@ -153,6 +153,16 @@ def _make8(opt: int):
     rule = _make_rule(opt, True)
     HB = opt == ADEMAMIX
     HS2 = opt == ADAM or opt == ADEMAMIX
+    # shared array sizes must be compile-time constants: computed here, captured as globals
+    NV1 = THREADS * 8
+    NVB = THREADS * 8 if HB else 1
+    NVD = THREADS * 8 if HS2 else 1
+    N256 = 256 if HS2 else 1
+    N257 = 257 if HS2 else 1
+    NCELL2 = CELLS if HS2 else 1
+    NB2 = NB if HS2 else 1
+    NMB = THREADS if HB else 1
+    NM2 = THREADS if HS2 else 1
 
     @cuda.jit(fastmath=False)
     def k8(first, skip, g, p, c1, a1, c1b, a1b, c2, a2, t1, l1, f1, q1, m1, S1, t2, l2, f2, q2, m2, S2, n, nblocks, k):
@@ -160,13 +170,13 @@ def _make8(opt: int):
         s_l1 = cuda.shared.array(CELLS, uint8)
         s_f1 = cuda.shared.array(NB, float32)
         s_q1 = cuda.shared.array(257, int32)
-        s_t2 = cuda.shared.array(256 if HS2 else 1, float32)
-        s_l2 = cuda.shared.array(CELLS if HS2 else 1, uint8)
-        s_f2 = cuda.shared.array(NB if HS2 else 1, float32)
-        s_q2 = cuda.shared.array(257 if HS2 else 1, int32)
+        s_t2 = cuda.shared.array(N256, float32)
+        s_l2 = cuda.shared.array(NCELL2, uint8)
+        s_f2 = cuda.shared.array(NB2, float32)
+        s_q2 = cuda.shared.array(N257, int32)
         s_m1 = cuda.shared.array(THREADS, float32)
-        s_mb = cuda.shared.array(THREADS if HB else 1, float32)
-        s_m2 = cuda.shared.array(THREADS if HS2 else 1, float32)
+        s_mb = cuda.shared.array(NMB, float32)
+        s_m2 = cuda.shared.array(NM2, float32)
         tid = cuda.threadIdx.x
         s_t1[tid] = t1[tid]
         if HS2:
@@ -197,9 +207,9 @@ def _make8(opt: int):
         lane = tid % 32
         # new state values wait for the block absmax in shared memory (conflict-free: slot j*THREADS + tid),
         # not in a thread-local array, which Numba may leave in local memory
-        va = cuda.shared.array(THREADS * 8, float32)
-        vb = cuda.shared.array(THREADS * 8 if HB else 1, float32)
-        vd = cuda.shared.array(THREADS * 8 if HS2 else 1, float32)
+        va = cuda.shared.array(NV1, float32)
+        vb = cuda.shared.array(NVB, float32)
+        vd = cuda.shared.array(NVD, float32)
         per_it = cuda.gridDim.x * WARPS
         nit = (nblocks + per_it - 1) // per_it
         for it in range(nit):
