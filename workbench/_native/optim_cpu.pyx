@@ -15,6 +15,9 @@ cdef extern from *:
     #include <stdint.h>
     #include <string.h>
     #include <math.h>
+    #ifdef __AVX__
+    #include <immintrin.h>
+    #endif
     static const float KO_TINY = 1e-38f;
     enum { KO_ADAM = 0, KO_ADEMAMIX = 1, KO_MOMENTUM = 2, KO_LION = 3, KO_RMSPROP = 4, KO_ADAGRAD = 5 };
     enum { K_B1, K_B2, K_B3, K_ALPHA, K_EPS, K_OMB1, K_OMB2, K_OMB3, K_WD, K_DECAY, K_GS, K_C1, K_C2, K_EPS_C2,
@@ -118,10 +121,23 @@ cdef extern from *:
                                   const ko_plan* P, uint8_t* codes, float* absmax_b) {
         float amc = mx > KO_TINY ? mx : KO_TINY, r = 1.0f / amc;
         *absmax_b = is_tail ? amc : mx;
-        for (int64_t i = start; i < end; i++) {
-            float s = is_tail ? buf[i - start] / amc : buf[i - start] * r;
+        int64_t m = end - start;
+        uint8_t* out = codes + start;
+        if (P->mode == 1 && !is_tail) {
+            /* the common case, hoisted: plan fields in registers (a uint8 store may alias them) */
+            const float* kb = P->kbound; const uint8_t* lo = P->klo; const uint8_t* hi = P->khi;
+            for (int64_t j = 0; j < m; j++) {
+                float s = buf[j] * r;
+                s = s < -1.0f ? -1.0f : (s > 1.0f ? 1.0f : s);
+                uint32_t key = ko_f32_bits(s) >> 16;
+                out[j] = s > kb[key] ? hi[key] : lo[key];
+            }
+            return;
+        }
+        for (int64_t j = 0; j < m; j++) {
+            float s = is_tail ? buf[j] / amc : buf[j] * r;
             s = s < -1.0f ? -1.0f : (s > 1.0f ? 1.0f : s);
-            codes[i] = ko_encode(s, P);
+            out[j] = ko_encode(s, P);
         }
     }
 
@@ -169,7 +185,32 @@ cdef extern from *:
         for (int64_t j = 0; j < m; j++) A[j] = t1[q1[j]] * am1;
         if (has_b) for (int64_t j = 0; j < m; j++) B[j] = t1[qb[j]] * amb;
         if (has_s2) for (int64_t j = 0; j < m; j++) D[j] = t2[q2[j]] * am2;
-        for (int64_t j = 0; j < m; j++) {
+        int64_t j0 = 0;
+    #ifdef __AVX__
+        if (OPT == KO_ADAM) {
+            /* Adam, 8 lanes: the same IEEE operations in the same order as ko_rule (separate
+               mul/add, true division, sqrtps), so results are bit-identical to the scalar path. */
+            const __m256 gs = _mm256_set1_ps(k[K_GS]), b1 = _mm256_set1_ps(k[K_B1]), b2 = _mm256_set1_ps(k[K_B2]);
+            const __m256 o1 = _mm256_set1_ps(k[K_OMB1]), o2 = _mm256_set1_ps(k[K_OMB2]);
+            const __m256 dec = _mm256_set1_ps(k[K_DECAY]), c2 = _mm256_set1_ps(k[K_C2]);
+            const __m256 eps = _mm256_set1_ps(k[K_EPS]), nl = _mm256_set1_ps(k[K_NEG_LR_C1]);
+            const int wd = k[K_WD] > 0.0f;
+            for (; j0 + 8 <= m; j0 += 8) {
+                __m256 g = _mm256_mul_ps(_mm256_loadu_ps(gg + j0), gs);
+                __m256 s1 = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(A + j0), b1), _mm256_mul_ps(g, o1));
+                __m256 s2 = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(D + j0), b2),
+                                          _mm256_mul_ps(_mm256_mul_ps(g, g), o2));
+                __m256 pv = _mm256_loadu_ps(pb + j0);
+                if (wd) pv = _mm256_mul_ps(pv, dec);
+                __m256 den = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(s2), c2), eps);
+                pv = _mm256_add_ps(pv, _mm256_mul_ps(_mm256_div_ps(s1, den), nl));
+                _mm256_storeu_ps(pb + j0, pv);
+                _mm256_storeu_ps(A + j0, s1);
+                _mm256_storeu_ps(D + j0, s2);
+            }
+        }
+    #endif
+        for (int64_t j = j0; j < m; j++) {
             float pv = pb[j], a = A[j], b = has_b ? B[j] : 0.0f, d = has_s2 ? D[j] : 0.0f;
             ko_rule(OPT, 1, first, gg[j], &pv, &a, &b, &d, k);
             pb[j] = pv; A[j] = a;
