@@ -68,7 +68,7 @@ def _bnb_op(bits):
 
 def run(device="cpu", n=None, reps=None, backends=None, cases=None):
     n = n or (1 << 22 if device == "cpu" else 1 << 27)
-    reps = reps or (10 if device == "cpu" else 50)
+    reps = reps or (20 if device == "cpu" else 50)
     backends = backends or (("reference", "numba_cpu", "cython_cpu", "bnb") if device == "cpu"
                             else ("cuda", "numba_cuda", "bnb", "torch_fused"))
     cases = cases or CASES
@@ -121,10 +121,13 @@ def run(device="cpu", n=None, reps=None, backends=None, cases=None):
 
 
 def markdown(df) -> str:
-    lines = ["| optimizer | bits | backend | median ms | GB/s | % copy | Mparam/s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| optimizer | bits | backend | median ms | min ms | GB/s | % copy | Mparam/s | x bnb (median) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in df.itertuples():
-        lines.append(f"| {r.optimizer} | {r.bits} | {r.backend} | {r.median_ms:.3f} | {r.gbps:.1f} | "
-                     f"{r.pct_copy:.1f} | {r.melem_per_s:.1f} |")
+        base = df[(df.optimizer == r.optimizer) & (df.bits == r.bits) & (df.backend == "bnb")]
+        x = f"{base.median_ms.iloc[0] / r.median_ms:.2f}" if len(base) else ""
+        lines.append(f"| {r.optimizer} | {r.bits} | {r.backend} | {r.median_ms:.3f} | {r.min_ms:.3f} | {r.gbps:.1f} | "
+                     f"{r.pct_copy:.1f} | {r.melem_per_s:.1f} | {x} |")
     return "\n".join(lines) + "\n"
 
 
