@@ -153,16 +153,6 @@ def _make8(opt: int):
     rule = _make_rule(opt, True)
     HB = opt == ADEMAMIX
     HS2 = opt == ADAM or opt == ADEMAMIX
-    # shared array sizes must be compile-time constants: computed here, captured as globals
-    NV1 = THREADS * 8
-    NVB = THREADS * 8 if HB else 1
-    NVD = THREADS * 8 if HS2 else 1
-    N256 = 256 if HS2 else 1
-    N257 = 257 if HS2 else 1
-    NCELL2 = CELLS if HS2 else 1
-    NB2 = NB if HS2 else 1
-    NMB = THREADS if HB else 1
-    NM2 = THREADS if HS2 else 1
 
     @cuda.jit(fastmath=False)
     def k8(first, skip, g, p, c1, a1, c1b, a1b, c2, a2, t1, l1, f1, q1, m1, S1, t2, l2, f2, q2, m2, S2, n, nblocks, k):
@@ -170,13 +160,13 @@ def _make8(opt: int):
         s_l1 = cuda.shared.array(CELLS, uint8)
         s_f1 = cuda.shared.array(NB, float32)
         s_q1 = cuda.shared.array(257, int32)
-        s_t2 = cuda.shared.array(N256, float32)
-        s_l2 = cuda.shared.array(NCELL2, uint8)
-        s_f2 = cuda.shared.array(NB2, float32)
-        s_q2 = cuda.shared.array(N257, int32)
+        s_t2 = cuda.shared.array(256, float32)
+        s_l2 = cuda.shared.array(CELLS, uint8)
+        s_f2 = cuda.shared.array(NB, float32)
+        s_q2 = cuda.shared.array(257, int32)
         s_m1 = cuda.shared.array(THREADS, float32)
-        s_mb = cuda.shared.array(NMB, float32)
-        s_m2 = cuda.shared.array(NM2, float32)
+        s_mb = cuda.shared.array(THREADS, float32)
+        s_m2 = cuda.shared.array(THREADS, float32)
         tid = cuda.threadIdx.x
         s_t1[tid] = t1[tid]
         if HS2:
@@ -205,11 +195,9 @@ def _make8(opt: int):
         sh2 = 23 - m2
         warp = tid // 32
         lane = tid % 32
-        # new state values wait for the block absmax in shared memory (conflict-free: slot j*THREADS + tid),
-        # not in a thread-local array, which Numba may leave in local memory
-        va = cuda.shared.array(NV1, float32)
-        vb = cuda.shared.array(NVB, float32)
-        vd = cuda.shared.array(NVD, float32)
+        va = cuda.local.array(8, float32)
+        vb = cuda.local.array(8, float32)
+        vd = cuda.local.array(8, float32)
         per_it = cuda.gridDim.x * WARPS
         nit = (nblocks + per_it - 1) // per_it
         for it in range(nit):
@@ -244,11 +232,9 @@ def _make8(opt: int):
                         if not (skip and gv == ZERO):
                             pv, a, b, d = rule(first, gv, pv, a, b, d, k)
                             p[i] = pv
-                        va[j * THREADS + tid] = a
-                        if HB:
-                            vb[j * THREADS + tid] = b
-                        if HS2:
-                            vd[j * THREADS + tid] = d
+                        va[j] = a
+                        vb[j] = b
+                        vd[j] = d
                         x = abs(a)
                         if x > mx1:
                             mx1 = x
@@ -275,11 +261,11 @@ def _make8(opt: int):
                     e = j * 32 + lane
                     if e < cnt:
                         i = start + e
-                        c1[i] = _encode(va[j * THREADS + tid], amc1, r1, tail, sh1, S1, s_l1, s_f1, s_q1)
+                        c1[i] = _encode(va[j], amc1, r1, tail, sh1, S1, s_l1, s_f1, s_q1)
                         if HB:
-                            c1b[i] = _encode(vb[j * THREADS + tid], amcb, rb, tail, sh1, S1, s_l1, s_f1, s_q1)
+                            c1b[i] = _encode(vb[j], amcb, rb, tail, sh1, S1, s_l1, s_f1, s_q1)
                         if HS2:
-                            c2[i] = _encode(vd[j * THREADS + tid], amc2, r2, tail, sh2, S2, s_l2, s_f2, s_q2)
+                            c2[i] = _encode(vd[j], amc2, r2, tail, sh2, S2, s_l2, s_f2, s_q2)
                 if lane == 0:
                     a1[blk] = amc1 if tail else mx1
                     if HB:
