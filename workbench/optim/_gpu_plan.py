@@ -43,23 +43,6 @@ def consts(name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_
     return np.array([k[o] for o in _ORDER] + [upd], dtype=np.float32)
 
 
-def eytzinger(bounds: np.ndarray) -> np.ndarray:
-    """float32[256]: the (<= 255) sorted bounds in Eytzinger order at 1..255, +inf padded; [0] unused."""
-    b = np.full(255, np.inf, np.float32)
-    b[:len(bounds)] = bounds
-    tree = np.zeros(256, np.float32)
-    it = iter(b)
-
-    def fill(i):
-        if i < 256:
-            fill(2 * i)
-            tree[i] = next(it)
-            fill(2 * i + 1)
-
-    fill(1)
-    return tree
-
-
 def cell_plan(bounds: np.ndarray, bucket_codes: np.ndarray, mmax: int = 4):
     """(m, S, cell u8[384 << m], bounds f32[264], codes u8[257]); see the module doc."""
     b = np.asarray(bounds, np.float32)
