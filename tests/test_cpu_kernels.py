@@ -59,10 +59,13 @@ def test_4bit_exact(rng, backend, dtype, cbname):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("cbname", ["dynamic", "dynamic-unsigned", "random8", "random3", "fp4"])
+@pytest.mark.parametrize("cbname", ["dynamic", "dynamic-unsigned", "random8", "random3", "fp4", "sym32"])
 def test_blockwise_exact(rng, backend, dtype, cbname):
     _need(backend)
-    cb = {"random8": lambda: _random_codebook(8, rng), "random3": lambda: _random_codebook(3, rng)}.get(
+    # sym32: symmetric, no zero value -> a bound at exactly 0.0 (signed-zero edge of the table search)
+    sym = np.r_[-np.geomspace(1, 1e-3, 16), np.geomspace(1e-3, 1, 16)]
+    cb = {"random8": lambda: _random_codebook(8, rng), "random3": lambda: _random_codebook(3, rng),
+          "sym32": lambda: cbs.from_values(sym, "sym32")}.get(
         cbname, lambda: cbs.get(cbname))()
     q, dq = get_op(backend, "quantize_blockwise"), get_op(backend, "dequantize_blockwise")
     rq, rdq = get_op("reference", "quantize_blockwise"), get_op("reference", "dequantize_blockwise")
@@ -191,6 +194,11 @@ def test_poisoned_outputs_fully_written(rng):
                 K.quantize_blockwise(x, kind, bs, p.mode, p.bnd15, p.bucket_codes, p.kbound, p.kcode_lo, p.kcode_hi,
                                      p.bounds_pad, codes, absmax)
                 assert np.array_equal(codes, cr.numpy()) and np.array_equal(absmax, ar.numpy())
+                if K is NK:
+                    codes[:] = 0xA5
+                    absmax[:] = np.nan
+                    NK.quantize_blockwise_ordlut(x, kind, bs, NK.ord_lut(cb.bounds, cb.bucket_codes), codes, absmax)
+                    assert np.array_equal(codes, cr.numpy()) and np.array_equal(absmax, ar.numpy())
                 codes[:] = 0xA5
                 absmax[:] = np.nan
                 K.quantize_blockwise_stochastic(x, kind, p.bounds_pad, p.bucket_codes, p.values, bs, rand.numpy(),

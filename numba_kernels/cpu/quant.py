@@ -53,10 +53,10 @@ def load(x, i, kind):
 def f32_to_bf16_bits(f):
     """Round to nearest even, NaN -> quiet NaN: torch's float -> bfloat16 conversion."""
     x = np.float32(f).view(np.uint32)
-    if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
-        return np.uint16((x >> np.uint32(16)) | np.uint32(0x40))
-    bias = np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))
-    return np.uint16((x + bias) >> np.uint32(16))
+    nan = (x >> np.uint32(16)) | np.uint32(0x40)
+    rne = (x + np.uint32(0x7FFF) + ((x >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    # both computed, then a select: branch-free, so the store loops vectorize
+    return np.uint16(nan if (x & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else rne)
 
 
 @njit(inline="always", **_OPTS)
@@ -118,6 +118,43 @@ def scaled(v, am, recip, is_tail):
     return min(max(s, np.float32(-1.0)), np.float32(1.0))
 
 
+@njit(inline="always", **_OPTS)
+def widen_absmax(x, start, end, kind, buf):
+    """Widen x[start:end) into buf; absmax via integer max of |x| bit patterns (exact for
+    non-NaN; vectorizes without fast-math)."""
+    len_ = end - start
+    xs = x[start:end]  # slice views: non-negative loop indices, no wraparound checks
+    m = np.uint32(0)
+    if kind == 0:
+        for i in range(len_):
+            v = xs[i]
+            buf[i] = v
+            u = np.float32(v).view(np.uint32) & np.uint32(0x7FFFFFFF)
+            m = u if u > m else m
+    else:
+        for i in range(len_):
+            buf[i] = load(xs, i, kind)
+            u = np.float32(buf[i]).view(np.uint32) & np.uint32(0x7FFFFFFF)
+            m = u if u > m else m
+    return np.uint32(m).view(np.float32)
+
+NCHUNKS = 256  # prange tasks: each owns a scratch buffer and a contiguous run of blocks
+
+
+@njit(inline="always", **_OPTS)
+def scale_inplace(buf, L, am, is_tail):
+    """The spec's scaling of a widened block; returns the clamped absmax."""
+    amc = am if am > TINY else TINY
+    if is_tail:
+        for i in range(L):
+            buf[i] = min(max(buf[i] / amc, np.float32(-1.0)), np.float32(1.0))
+    else:
+        r = np.float32(1.0) / amc
+        for i in range(L):
+            buf[i] = min(max(buf[i] * r, np.float32(-1.0)), np.float32(1.0))
+    return amc
+
+
 # Search plans (built once per codebook by workbench/backends/_cpu_common.py):
 #   LINEAR  (<= 16 buckets): count of the 15 bounds (padded with +inf) below s; branch-free.
 #   KEYLUT  (> 16 buckets): the top 16 bits of s's float32 pattern select a cell; every cell of
@@ -161,19 +198,97 @@ def encode(s, mode, bnd, bucket_codes, kbound, kcode_lo, kcode_hi, bounds_pad):
 @njit(parallel=True, **_OPTS)
 def quantize_blockwise(x, kind, blocksize, mode, bnd, bucket_codes, kbound, kcode_lo, kcode_hi, bounds_pad,
                        codes, absmax):
+    """One pass per block (widen + absmax, scale in place, encode while it sits in L1);
+    the search mode is chosen outside the element loop."""
     n = x.shape[0]
     nblocks = (n + blocksize - 1) // blocksize
-    for b in prange(nblocks):
-        start = b * blocksize
-        end = min(start + blocksize, n)
-        is_tail = end - start < blocksize
-        am = block_absmax(x, start, end, kind)
-        amc = am if am > TINY else TINY
-        recip = np.float32(1.0) / amc
-        absmax[b] = amc if is_tail else am
-        for i in range(start, end):
-            s = scaled(load(x, i, kind), amc, recip, is_tail)
-            codes[i] = encode(s, mode, bnd, bucket_codes, kbound, kcode_lo, kcode_hi, bounds_pad)
+    nchunks = min(nblocks, NCHUNKS)
+    for c in prange(nchunks):
+        buf = np.empty(blocksize, np.float32)
+        for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
+            start = b * blocksize
+            end = min(start + blocksize, n)
+            L = end - start
+            is_tail = L < blocksize
+            am = widen_absmax(x, start, end, kind, buf)
+            amc = scale_inplace(buf, L, am, is_tail)
+            absmax[b] = amc if is_tail else am
+            cs = codes[start:end]
+            if mode == KEYLUT:
+                for i in range(L):
+                    s = buf[i]
+                    key = np.float32(s).view(np.uint32) >> np.uint32(16)
+                    cs[i] = kcode_hi[key] if s > kbound[key] else kcode_lo[key]
+            elif mode == LINEAR:
+                for i in range(L):
+                    cs[i] = bucket_codes[count15(buf[i], bnd)]
+            else:
+                for i in range(L):
+                    cs[i] = bucket_codes[bsearch(buf[i], bounds_pad)]
+
+
+def ord_lut(bounds: np.ndarray, bucket_codes: np.ndarray):
+    """uint32[65536] search table over the monotone integer image of float32 (see ``f32_ord``),
+    or None if some cell holds more than one bound. Entry = thr << 16 | hi << 8 | lo: inside
+    cell ``o >> 16`` the code is ``hi if (o & 0xFFFF) >= thr else lo``. Exact: after -0.0 is
+    canonicalized to +0.0, ``s > b`` in float32 equals ``ord(s) > ord(b)`` for non-NaN values."""
+    b = np.asarray(bounds, np.float32) + np.float32(0.0)          # -0.0 -> +0.0
+    u = b.view(np.uint32)
+    ob = np.where(u >> 31, ~u, u | np.uint32(0x80000000)).astype(np.uint32)
+    assert np.all(np.diff(ob.astype(np.int64)) >= 0)
+    keys = np.arange(1 << 16, dtype=np.uint64)
+    cmin, cmax = keys << 16, (keys << 16) | 0xFFFF
+    ob64 = ob.astype(np.uint64)
+    lo = np.searchsorted(ob64, cmin, side="left")                 # bounds below the cell
+    hi = np.searchsorted(ob64, cmax, side="right")                # bounds <= cell max
+    if int((hi - lo).max()) > 1:
+        return None
+    codes = np.asarray(bucket_codes, np.uint8)
+    m = len(codes)
+    code_lo = codes[lo].astype(np.uint32)
+    inside = hi > lo
+    thr = np.zeros(1 << 16, np.uint32)
+    code_hi = code_lo.copy()
+    idx = np.nonzero(inside)[0]
+    t = (ob[lo[idx]] & np.uint32(0xFFFF)).astype(np.uint32) + np.uint32(1)
+    ch = codes[np.minimum(lo[idx] + 1, m - 1)].astype(np.uint32)
+    never = t == 65536                                              # bound at the cell's top
+    thr[idx] = np.where(never, 0, t)
+    code_hi[idx] = np.where(never, code_lo[idx], ch)
+    return (thr << np.uint32(16)) | (code_hi << np.uint32(8)) | code_lo
+
+
+@njit(inline="always", **_OPTS)
+def f32_ord(s):
+    """Monotone map float32 -> uint32 (after +0.0 canonicalization of -0.0)."""
+    u = np.float32(s + np.float32(0.0)).view(np.uint32)
+    mask = np.uint32(np.int32(u) >> np.int32(31)) | np.uint32(0x80000000)
+    return u ^ mask
+
+
+@njit(parallel=True, **_OPTS)
+def quantize_blockwise_ordlut(x, kind, blocksize, lut, codes, absmax):
+    """8-bit quantize with the ``ord_lut`` table: one 4-byte load and one integer compare per
+    value (the float key-LUT plan needs three loads)."""
+    n = x.shape[0]
+    nblocks = (n + blocksize - 1) // blocksize
+    nchunks = min(nblocks, NCHUNKS)
+    for c in prange(nchunks):
+        buf = np.empty(blocksize, np.float32)
+        for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
+            start = b * blocksize
+            end = min(start + blocksize, n)
+            L = end - start
+            is_tail = L < blocksize
+            am = widen_absmax(x, start, end, kind, buf)
+            amc = scale_inplace(buf, L, am, is_tail)
+            absmax[b] = amc if is_tail else am
+            cs = codes[start:end]
+            for i in range(L):
+                o = f32_ord(buf[i])
+                e = lut[o >> np.uint32(16)]
+                sh = np.uint32(8) if (o & np.uint32(0xFFFF)) >= (e >> np.uint32(16)) else np.uint32(0)
+                cs[i] = np.uint8((e >> sh) & np.uint32(0xFF))
 
 
 @njit(parallel=True, **_OPTS)
@@ -210,49 +325,69 @@ def dequantize_blockwise(codes, absmax, table, blocksize, kind, out):
         start = b * blocksize
         end = min(start + blocksize, n)
         am = absmax[b]
-        for i in range(start, end):
-            store(out, i, table[codes[i]] * am, kind)
+        cs = codes[start:end]
+        os_ = out[start:end]
+        for i in range(end - start):
+            store(os_, i, table[cs[i]] * am, kind)
 
 
 # ------------------------------------------------------------------ 4-bit (any 16-entry codebook)
 
 @njit(parallel=True, **_OPTS)
 def quantize_4bit(x, kind, blocksize, bnd, bucket_codes, identity, zero_code, packed, absmax):
-    """Counts land in ``packed`` first (branch-free, vectorizable); non-identity codebooks
-    (bitsandbytes' FP4) are remapped byte by byte while the block is in cache."""
+    """Per chunk of blocks: widen a block into a float32 scratch buffer (absmax as an integer
+    max of |x| bits), scale it in place, count the bounds below each value branch-free with
+    the bounds in registers, remap (non-identity codebooks such as bitsandbytes' FP4), pack."""
     n = x.shape[0]
     nblocks = (n + blocksize - 1) // blocksize
-    for b in prange(nblocks):
-        start = b * blocksize  # blocksize is even: blocks never split a byte
-        end = min(start + blocksize, n)
-        is_tail = end - start < blocksize
-        am = block_absmax(x, start, end, kind)
-        amc = am if am > TINY else TINY
-        recip = np.float32(1.0) / amc
-        absmax[b] = amc if is_tail else am
-        pairs_end = start + ((end - start) & ~1)
-        for i in range(start, pairs_end, 2):
-            hi = count15(scaled(load(x, i, kind), amc, recip, is_tail), bnd)
-            lo = count15(scaled(load(x, i + 1, kind), amc, recip, is_tail), bnd)
-            packed[i >> 1] = np.uint8((hi << 4) | lo)
-        if not identity:
-            for j in range(start >> 1, pairs_end >> 1):
-                c = packed[j]
-                packed[j] = (bucket_codes[c >> 4] << np.uint8(4)) | bucket_codes[c & np.uint8(15)]
-        if pairs_end < end:  # odd tail: bitsandbytes pads with 0.0
-            hi = bucket_codes[count15(scaled(load(x, pairs_end, kind), amc, recip, is_tail), bnd)]
-            packed[pairs_end >> 1] = (hi << np.uint8(4)) | zero_code
+    nchunks = min(nblocks, NCHUNKS)
+    b0, b1, b2, b3, b4, b5, b6, b7 = bnd[0], bnd[1], bnd[2], bnd[3], bnd[4], bnd[5], bnd[6], bnd[7]
+    b8, b9, b10, b11, b12, b13, b14 = bnd[8], bnd[9], bnd[10], bnd[11], bnd[12], bnd[13], bnd[14]
+    for c in prange(nchunks):
+        buf = np.empty(blocksize, np.float32)
+        cnt = np.empty(blocksize + 1, np.uint8)
+        for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
+            start = b * blocksize
+            end = min(start + blocksize, n)
+            L = end - start
+            is_tail = L < blocksize
+            am = widen_absmax(x, start, end, kind, buf)
+            amc = am if am > TINY else TINY
+            absmax[b] = amc if is_tail else am
+            if is_tail:
+                for i in range(L):
+                    buf[i] = min(max(buf[i] / amc, np.float32(-1.0)), np.float32(1.0))
+            else:
+                r = np.float32(1.0) / amc
+                for i in range(L):
+                    buf[i] = min(max(buf[i] * r, np.float32(-1.0)), np.float32(1.0))
+            for i in range(L):
+                s = buf[i]
+                cnt[i] = np.uint8((b0 < s) + (b1 < s) + (b2 < s) + (b3 < s) + (b4 < s) + (b5 < s) + (b6 < s)
+                                  + (b7 < s) + (b8 < s) + (b9 < s) + (b10 < s) + (b11 < s) + (b12 < s) + (b13 < s) + (b14 < s))
+            if not identity:
+                for i in range(L):
+                    cnt[i] = bucket_codes[cnt[i]]
+            if L & 1:
+                cnt[L] = zero_code
+            ps = packed[start >> 1:(start >> 1) + ((L + 1) >> 1)]
+            for j in range((L + 1) >> 1):
+                ps[j] = (cnt[2 * j] << np.uint8(4)) | cnt[2 * j + 1]
 
 
 @njit(parallel=True, **_OPTS)
 def dequantize_4bit(packed, absmax, table, blocksize, n, kind, out):
     nblocks = (n + blocksize - 1) // blocksize
     for b in prange(nblocks):
-        start = b * blocksize
+        start = b * blocksize  # blocksize is even: blocks never split a byte
         end = min(start + blocksize, n)
         am = absmax[b]
-        for i in range(start, end, 2):
-            byte = packed[i >> 1]
-            store(out, i, table[byte >> 4] * am, kind)
-            if i + 1 < end:
-                store(out, i + 1, table[byte & 15] * am, kind)
+        L = end - start
+        ps = packed[start >> 1:(start >> 1) + ((L + 1) >> 1)]
+        os_ = out[start:end]
+        for j in range(L >> 1):
+            byte = ps[j]
+            store(os_, 2 * j, table[byte >> 4] * am, kind)
+            store(os_, 2 * j + 1, table[byte & 15] * am, kind)
+        if L & 1:
+            store(os_, L - 1, table[ps[L >> 1] >> 4] * am, kind)

@@ -16,10 +16,23 @@ def _outputs(n: int, blocksize: int, nbytes: int):
     return alloc(nbytes, torch.uint8), torch.empty(nblocks(n, blocksize), dtype=torch.float32)
 
 
+def _ord_lut(codebook, p):
+    """The integer-ordered search table (numba_kernels.cpu.quant.ord_lut), cached on the codebook;
+    None for <= 16 buckets (branch-free linear count) or codebooks too dense for it."""
+    if "_numba_ord_lut" not in codebook.__dict__:
+        lut = None if len(p.bucket_codes) <= 16 else K.ord_lut(codebook.bounds, p.bucket_codes)
+        codebook.__dict__["_numba_ord_lut"] = lut
+    return codebook.__dict__["_numba_ord_lut"]
+
+
 def quantize_blockwise(A, codebook, blocksize):
     x, kind = as_numpy_bits(A)
     p = search_plan(codebook)
     codes, absmax = _outputs(A.numel(), blocksize, A.numel())
+    lut = _ord_lut(codebook, p)
+    if lut is not None:
+        K.quantize_blockwise_ordlut(x, kind, blocksize, lut, codes.numpy(), absmax.numpy())
+        return codes, absmax
     K.quantize_blockwise(x, kind, blocksize, p.mode, p.bnd15, p.bucket_codes, p.kbound, p.kcode_lo, p.kcode_hi,
                          p.bounds_pad, codes.numpy(), absmax.numpy())
     return codes, absmax
