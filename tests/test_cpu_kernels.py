@@ -194,10 +194,10 @@ def test_poisoned_outputs_fully_written(rng):
                 K.quantize_blockwise(x, kind, bs, p.mode, p.bnd15, p.bucket_codes, p.kbound, p.kcode_lo, p.kcode_hi,
                                      p.bounds_pad, codes, absmax)
                 assert np.array_equal(codes, cr.numpy()) and np.array_equal(absmax, ar.numpy())
-                if K is NK:
-                    codes[:] = 0xA5
-                    absmax[:] = np.nan
-                    NK.quantize_blockwise_ordlut(x, kind, bs, NK.ord_lut(cb.bounds, cb.bucket_codes), codes, absmax)
+                codes[:] = 0xA5
+                absmax[:] = np.nan
+                if True:
+                    K.quantize_blockwise_ordlut(x, kind, bs, NK.ord_lut(cb.bounds, cb.bucket_codes), codes, absmax)
                     assert np.array_equal(codes, cr.numpy()) and np.array_equal(absmax, ar.numpy())
                 codes[:] = 0xA5
                 absmax[:] = np.nan

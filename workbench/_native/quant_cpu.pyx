@@ -194,8 +194,27 @@ cdef extern from *:
             out[i] = r[i] < p ? bcodes[lo + 1] : bcodes[lo];
         }
     }
+
+    /* 8-bit search on the monotone integer image of float32 (numba_kernels.cpu.quant.ord_lut):
+       entry = thr << 16 | hi << 8 | lo; one 4-byte load and an integer compare per value */
+    static inline void kb_quant8_ordlut_block(const void* x, int kind, int64_t start, int64_t end, int is_tail,
+            const uint32_t* lut, uint8_t* codes, float* absmax_b) {
+        float buf[KB_MAXBLOCK];
+        int64_t len = end - start;
+        kb_load(x, kind, start, len, buf);
+        *absmax_b = kb_scale(buf, len, is_tail);
+        uint8_t* out = codes + start;
+        for (int64_t i = 0; i < len; i++) {
+            uint32_t u = kb_f32_bits(buf[i] + 0.0f);   /* -0.0 -> +0.0 */
+            uint32_t o = u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u);
+            uint32_t e = lut[o >> 16];
+            out[i] = (uint8_t)(e >> (((o & 0xFFFFu) >= (e >> 16)) ? 8 : 0));
+        }
+    }
     """
     int kb_max_threads() nogil
+    void kb_quant8_ordlut_block(const void* x, int kind, int64_t start, int64_t end, int is_tail,
+                                const uint32_t* lut, uint8_t* codes, float* absmax_b) nogil
     void kb_quant8_block(const void* x, int kind, int64_t start, int64_t end, int is_tail, int mode,
                          const float* bnd15, const uint8_t* bcodes, const float* kbound, const uint8_t* klo,
                          const uint8_t* khi, const float* bounds_pad, int64_t npad, uint8_t* codes,
@@ -248,6 +267,20 @@ def quantize_blockwise_stochastic(x, int kind, const float[::1] bounds_pad, cons
         end = start + blocksize if start + blocksize < n else n
         kb_quant8_stoch_block(px, kind, start, end, end - start < blocksize, &bounds_pad[0], bounds_pad.shape[0],
                               &bcodes[0], &values[0], values.shape[0], &rand[0], &codes[0], &absmax[b])
+
+
+def quantize_blockwise_ordlut(x, int kind, int64_t blocksize, const uint32_t[::1] lut, uint8_t[::1] codes,
+                              float[::1] absmax):
+    cdef int64_t n = x.shape[0]
+    cdef int64_t nblocks = (n + blocksize - 1) // blocksize
+    cdef const void* px = _addr(x)
+    cdef int64_t b, start, end
+    if lut.shape[0] != 65536:
+        raise ValueError("lut must have 65536 entries")
+    for b in prange(nblocks, nogil=True, schedule="static"):
+        start = b * blocksize
+        end = start + blocksize if start + blocksize < n else n
+        kb_quant8_ordlut_block(px, kind, start, end, end - start < blocksize, &lut[0], &codes[0], &absmax[b])
 
 
 def quantize_4bit(x, int kind, int64_t blocksize, const float[::1] bnd15, const uint8_t[::1] bcodes,

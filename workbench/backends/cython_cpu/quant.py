@@ -12,11 +12,24 @@ OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantiz
        "quantize_blockwise_stochastic")
 
 
+def _ord_lut(codebook, p):
+    """Integer-ordered search table (plain NumPy builder shared with the Numba backend), cached."""
+    if "_cy_ord_lut" not in codebook.__dict__:
+        from numba_kernels.cpu.quant import ord_lut
+        codebook.__dict__["_cy_ord_lut"] = (None if len(p.bucket_codes) <= 16
+                                            else ord_lut(codebook.bounds, p.bucket_codes))
+    return codebook.__dict__["_cy_ord_lut"]
+
+
 def quantize_blockwise(A, codebook, blocksize):
     x, kind = as_numpy_bits(A)
     p = search_plan(codebook)
     codes = alloc(A.numel(), torch.uint8)
     absmax = torch.empty(nblocks(A.numel(), blocksize), dtype=torch.float32)
+    lut = _ord_lut(codebook, p)
+    if lut is not None:
+        K.quantize_blockwise_ordlut(x, kind, blocksize, lut, codes.numpy(), absmax.numpy())
+        return codes, absmax
     K.quantize_blockwise(x, kind, blocksize, p.mode, p.bnd15, p.bucket_codes, p.kbound, p.kcode_lo, p.kcode_hi,
                          p.bounds_pad, codes.numpy(), absmax.numpy())
     return codes, absmax
