@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .quant import TINY, encode, load, scaled, store
+from .quant import F32, KEYLUT, TINY, encode, load, scaled, store
 
-_OPTS = dict(cache=True, fastmath=False, nogil=True)
+# error_model="numpy": IEEE division (x/0 -> inf/nan as torch) with no zero-check branch in the loops
+_OPTS = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
 
 # optimizer ids
 ADAM, ADEMAMIX, MOMENTUM, LION, RMSPROP, ADAGRAD = 0, 1, 2, 3, 4, 5
@@ -128,19 +129,37 @@ def update_norm_sq(opt, first, g, gkind, p, pkind, s1, s2, k, chunk):
     return parts.sum()
 
 
+@njit(inline="always", **_OPTS)
+def _requant(buf, mx, start, end, is_tail, codes, absmax, blk, mode, bnd, bc, kb, klo, khi, bp):
+    amc = mx if mx > TINY else TINY
+    r = np.float32(1.0) / amc
+    absmax[blk] = amc if is_tail else mx
+    if mode == KEYLUT and not is_tail:
+        for i in range(start, end):  # the common case: one key lookup, one compare
+            s = min(max(buf[i - start] * r, np.float32(-1.0)), np.float32(1.0))
+            key = np.float32(s).view(np.uint32) >> np.uint32(16)
+            codes[i] = khi[key] if s > kb[key] else klo[key]
+    else:
+        for i in range(start, end):
+            codes[i] = encode(scaled(buf[i - start], amc, r, is_tail), mode, bnd, bc, kb, klo, khi, bp)
+
+
 @njit(parallel=True, **_OPTS)
 def update_8bit_blockwise(opt, first, skip_zeros, g, gkind, p, pkind,
                           c1, a1, c1b, a1b, c2, a2, t1, t2, k, bpt,
                           m1, n1, bc1, kb1, klo1, khi1, bp1, m2_, n2, bc2, kb2, klo2, khi2, bp2):
     """8-bit blockwise update, blocksize 256. c1/a1: state1 codes/absmax (c1b/a1b: AdEMAMix's
     second EMA), c2/a2: state2; t1/t2 the tables; (m, n, bc, kb, klo, khi, bp): search plans
-    (mode, bnd15, bucket_codes, kbound, kcode_lo, kcode_hi, bounds_pad of _cpu_common.search_plan)."""
+    (mode, bnd15, bucket_codes, kbound, kcode_lo, kcode_hi, bounds_pad of _cpu_common.search_plan).
+    Per block: dequantize into scratch, update (a branch-free loop for float32 params without
+    skip_zeros), absmax, requantize."""
     BS = 256
     n = p.shape[0]
     nb = (n + BS - 1) // BS
     ntask = (nb + bpt - 1) // bpt
     has_b = opt == ADEMAMIX
     has_s2 = opt == ADAM or opt == ADEMAMIX
+    fast = gkind == F32 and pkind == F32 and not skip_zeros
     for t in prange(ntask):
         buf1 = np.empty(BS, np.float32)
         bufb = np.empty(BS, np.float32)
@@ -150,47 +169,53 @@ def update_8bit_blockwise(opt, first, skip_zeros, g, gkind, p, pkind,
             end = min(start + BS, n)
             is_tail = end - start < BS
             am1 = a1[blk]
-            amb = a1b[blk] if has_b else np.float32(0.0)
-            am2 = a2[blk] if has_s2 else np.float32(0.0)
-            mx1 = np.float32(0.0)
-            mxb = np.float32(0.0)
-            mx2 = np.float32(0.0)
             for i in range(start, end):
-                j = i - start
-                a = t1[c1[i]] * am1
-                b = t1[c1b[i]] * amb if has_b else np.float32(0.0)
-                d = t2[c2[i]] * am2 if has_s2 else np.float32(0.0)
-                g0 = load(g, i, gkind)
-                if not (skip_zeros and g0 == 0):
-                    pv = load(p, i, pkind)
-                    pv, a, b, d = rule(opt, True, first, g0, pv, a, b, d, k)
-                    store(p, i, pv, pkind)
-                buf1[j] = a
-                v = abs(a)
-                mx1 = v if v > mx1 else mx1
-                if has_b:
-                    bufb[j] = b
-                    v = abs(b)
-                    mxb = v if v > mxb else mxb
-                if has_s2:
-                    buf2[j] = d
-                    v = abs(d)
-                    mx2 = v if v > mx2 else mx2
-            # requantize (workbench spec: reciprocal for full blocks, divide in the tail)
-            amc = mx1 if mx1 > TINY else TINY
-            r = np.float32(1.0) / amc
-            a1[blk] = amc if is_tail else mx1
-            for i in range(start, end):
-                c1[i] = encode(scaled(buf1[i - start], amc, r, is_tail), m1, n1, bc1, kb1, klo1, khi1, bp1)
+                buf1[i - start] = t1[c1[i]] * am1
             if has_b:
-                amc = mxb if mxb > TINY else TINY
-                r = np.float32(1.0) / amc
-                a1b[blk] = amc if is_tail else mxb
+                amb = a1b[blk]
                 for i in range(start, end):
-                    c1b[i] = encode(scaled(bufb[i - start], amc, r, is_tail), m1, n1, bc1, kb1, klo1, khi1, bp1)
+                    bufb[i - start] = t1[c1b[i]] * amb
             if has_s2:
-                amc = mx2 if mx2 > TINY else TINY
-                r = np.float32(1.0) / amc
-                a2[blk] = amc if is_tail else mx2
+                am2 = a2[blk]
                 for i in range(start, end):
-                    c2[i] = encode(scaled(buf2[i - start], amc, r, is_tail), m2_, n2, bc2, kb2, klo2, khi2, bp2)
+                    buf2[i - start] = t2[c2[i]] * am2
+            if fast and opt == ADAM:
+                for i in range(start, end):
+                    j = i - start
+                    pv, a, b, d = rule(ADAM, True, first, np.float32(g[i]), np.float32(p[i]), buf1[j],
+                                       np.float32(0.0), buf2[j], k)
+                    p[i] = pv
+                    buf1[j] = a
+                    buf2[j] = d
+            else:
+                for i in range(start, end):
+                    j = i - start
+                    g0 = load(g, i, gkind)
+                    if not (skip_zeros and g0 == 0):
+                        pv, a, b, d = rule(opt, True, first, g0, load(p, i, pkind), buf1[j],
+                                           bufb[j] if has_b else np.float32(0.0),
+                                           buf2[j] if has_s2 else np.float32(0.0), k)
+                        store(p, i, pv, pkind)
+                        buf1[j] = a
+                        if has_b:
+                            bufb[j] = b
+                        if has_s2:
+                            buf2[j] = d
+            m = end - start
+            mx1 = np.float32(0.0)
+            for j in range(m):
+                v = abs(buf1[j])
+                mx1 = v if v > mx1 else mx1
+            _requant(buf1, mx1, start, end, is_tail, c1, a1, blk, m1, n1, bc1, kb1, klo1, khi1, bp1)
+            if has_b:
+                mxb = np.float32(0.0)
+                for j in range(m):
+                    v = abs(bufb[j])
+                    mxb = v if v > mxb else mxb
+                _requant(bufb, mxb, start, end, is_tail, c1b, a1b, blk, m1, n1, bc1, kb1, klo1, khi1, bp1)
+            if has_s2:
+                mx2 = np.float32(0.0)
+                for j in range(m):
+                    v = abs(buf2[j])
+                    mx2 = v if v > mx2 else mx2
+                _requant(buf2, mx2, start, end, is_tail, c2, a2, blk, m2_, n2, bc2, kb2, klo2, khi2, bp2)
