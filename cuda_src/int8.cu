@@ -27,8 +27,8 @@ template <> __device__ __forceinline__ float from_f<float>(float v) { return v; 
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// rne(x) to int8; NaN -> 0 (cvt.rni of NaN is 0); |x| <= 127.5 in practice
-__device__ __forceinline__ signed char q8(float x) { return (signed char)__float2int_rn(x); }
+// rne(x) to int8; non-finite -> 0 (NaN from 0*inf, inf when 1/absmax overflows); |x| <= 127.5 otherwise
+__device__ __forceinline__ signed char q8(float x) { return isfinite(x) ? (signed char)__float2int_rn(x) : (signed char)0; }
 
 template <typename T> struct Vec { static constexpr int N = 16 / sizeof(T); };
 
@@ -107,7 +107,9 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
         v = warp_max(v);
         if (threadIdx.x == 0) {
             row_stats[row] = v;
-            s_scale = __fdiv_rn(127.0f, v);  // IEEE; 127/0 = inf -> 0*inf = NaN -> code 0
+            // torch evaluates 127.0 / row_stats as row_stats.reciprocal() * 127 (two roundings);
+            // 1/0 = inf -> 0*inf = NaN -> code 0
+            s_scale = __fmul_rn(__frcp_rn(v), 127.0f);
         }
     }
     __syncthreads();

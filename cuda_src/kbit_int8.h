@@ -2,7 +2,8 @@
  *
  * Numerics follow workbench/backends/reference/int8.py (bitsandbytes 0.50.2 torch rules) bit for
  * bit: threshold pre-rounded to A's dtype by the caller; row absmax over non-outliers in float32;
- * codes = rne(float(a) * (127.0f / row_stat)) with IEEE division, NaN -> 0; int32 matmul exact;
+ * codes = rne(float(a) * ((1.0f / row_stat) * 127.0f)) (torch's scalar/tensor is reciprocal-then-
+ * multiply: two IEEE roundings), non-finite -> 0; int32 matmul exact;
  * mm dequant = dtype(f32(f32(f32(acc) * f32(rs*cs)) * 6.200124e-05f) + bias).
  * Every entry point returns the cudaError_t of its launches and runs on the given stream.
  * dtype codes: 0 float32, 1 float16, 2 bfloat16 (KBIT_F32/F16/BF16 of kbit_quant.h). */

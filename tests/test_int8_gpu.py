@@ -168,3 +168,25 @@ def test_mm_dequant_vs_bitsandbytes_cuda(rng):
     # bitsandbytes-CUDA multiplies by 6.200012e-05f, its torch backend (our spec) by 6.200124e-05:
     # relative 1.8e-5, below fp16's half-ulp (2.4e-4) except near rounding boundaries -> <= 1 ulp
     torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_halfway_rows_and_tiny_absmax(backend, dtype, rng):
+    """Rows [m, m/2, -m/2, m/4, ...]: torch's scale (1/m)*127 and an IEEE 127/m round some 63.5s
+    differently, so this separates the two rules; a subnormal bf16 absmax overflows 1/m -> codes 0."""
+    B = _backend(backend)
+    m = (torch.rand(4096, generator=rng) * 100 + 0.01).to(dtype)
+    A = torch.stack([m, m / 2, -m / 2, m / 4] * 4, dim=1).to(dtype)  # 16 columns: the vector path
+    if dtype == torch.bfloat16:
+        A[0] = torch.tensor([1e-39, -5e-40, 0.0, 1e-39] * 4).to(dtype)
+    want = R.int8_vectorwise_quant(A, 0.0)
+    buf = torch.empty(A.numel() + 1, dtype=dtype, device="cuda")
+    buf[1:] = A.reshape(-1).cuda()
+    for a in (A.cuda(), buf[1:].view(A.shape)):  # aligned (vector path) and misaligned (scalar path)
+        got = B.int8_vectorwise_quant(a, 0.0)
+        _eq(want[0], got[0], f"{backend} halfway codes")
+        _eq(want[1], got[1], f"{backend} halfway row_stats")
+    ieee = torch.round(A.float() * (torch.tensor(127.0) / want[1]).unsqueeze(1))
+    ieee = torch.where(torch.isfinite(ieee), ieee, torch.zeros(())).to(torch.int8)
+    assert not torch.equal(ieee, want[0]), "data does not separate the two scale rules"

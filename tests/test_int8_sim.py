@@ -125,3 +125,24 @@ def test_mixed_decomposition_matches_reference(N, rng):
     _eq(subA_w, subA, "subA")
     # int8 part is bit-exact; the fp32 addmm of the outlier columns is the same torch call
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+
+
+@sim
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_halfway_rows_and_tiny_absmax(N, rng, dtype):
+    """Rows [m, m/2, -m/2]: the scale's rounding decides 63.5 -> 63 or 64, so the reciprocal-then-
+    multiply rule (torch's 127.0 / row_stats) and an IEEE division 127/m give different codes on some
+    rows. A bf16 row with a subnormal absmax makes 1/absmax overflow: codes are 0 there."""
+    m = (torch.rand(64, generator=rng) * 100 + 0.01).to(dtype)
+    A = torch.stack([m, m / 2, -m / 2, m / 4], dim=1).to(dtype)
+    if dtype == torch.bfloat16:
+        A[0] = torch.tensor([1e-39, -5e-40, 0.0, 1e-39]).to(dtype)
+    want = R.int8_vectorwise_quant(A, 0.0)
+    got = N.int8_vectorwise_quant(A, 0.0)
+    _eq(want[0], got[0], "codes")
+    _eq(want[1], got[1], "row_stats")
+    ieee = torch.round(A.float() * (torch.tensor(127.0) / want[1]).unsqueeze(1))
+    ieee = torch.where(torch.isfinite(ieee), ieee, torch.zeros(())).to(torch.int8)
+    assert not torch.equal(ieee, want[0]), "data does not separate the two scale rules"
+    if dtype == torch.bfloat16:
+        assert got[0][0].tolist() == [0, 0, 0, 0]

@@ -22,6 +22,7 @@ THREADS = 128
 DEQUANT_CONST = np.float32(7.874015718698502e-3)
 MM_DEQUANT_CONST = np.float32(6.200124e-05)
 F127 = np.float32(127.0)
+F1 = np.float32(1.0)
 
 if config.ENABLE_CUDASIM:
     def _mul(a, b):
@@ -93,7 +94,7 @@ def row_quant(A, kind, rows, cols, thr, use_thr, codes, stats, flags):
     m = s_m[0]
     if tid == 0:
         stats[r] = m
-    scale = _div(F127, m)
+    scale = _mul(_div(F1, m), F127)  # torch: row_stats.reciprocal() * 127 (two roundings)
     for c in range(tid, cols, THREADS):
         x = _load(A, base + c, kind)
         q = 0
