@@ -256,15 +256,23 @@ def percentile_clipping(grad: torch.Tensor, gnorm_vec: torch.Tensor, step: int, 
 
 # ------------------------------------------------------------------ dispatch
 
+_op_cache: dict = {}
+
+
+def _resolve(backend: str, op: str, device: str):
+    key = (backend, op, device)
+    fn = _op_cache.get(key)
+    if fn is None:
+        from ..backends import get_op
+        fn = _op_cache[key] = get_op(backend, op, device)
+    return fn
+
+
 def update_32bit(*args, backend: str = "reference", **kw):
-    """Run ``optimizer_update_32bit`` on ``backend`` ('auto' picks by device)."""
-    from ..backends import get_op
-    dev = args[1].device.type
-    return get_op(backend, "optimizer_update_32bit", dev)(*args, **kw)
+    """Run ``optimizer_update_32bit`` on ``backend`` ('auto' picks by device; resolved once)."""
+    return _resolve(backend, "optimizer_update_32bit", args[1].device.type)(*args, **kw)
 
 
 def update_8bit_blockwise(*args, backend: str = "reference", **kw):
-    """Run ``optimizer_update_8bit_blockwise`` on ``backend`` ('auto' picks by device)."""
-    from ..backends import get_op
-    dev = args[1].device.type
-    return get_op(backend, "optimizer_update_8bit_blockwise", dev)(*args, **kw)
+    """Run ``optimizer_update_8bit_blockwise`` on ``backend`` ('auto' picks by device; resolved once)."""
+    return _resolve(backend, "optimizer_update_8bit_blockwise", args[1].device.type)(*args, **kw)
