@@ -74,7 +74,7 @@ def _eq(x, y, what):
 
 @sim
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("threshold", (0.0, 6.0, 3.3))
+@pytest.mark.parametrize("threshold", (0.0, 6.0))
 def test_vectorwise_and_double_quant_exact(N, rng, monkeypatch, dtype, threshold):
     poison_empty(monkeypatch, N)
     rows, cols = int(torch.randint(2, 7, (1,), generator=rng)), int(torch.randint(9, 70, (1,), generator=rng))
