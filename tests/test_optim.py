@@ -211,3 +211,17 @@ def test_reference_vs_bnb_100_steps(name, bits, rng):
         travel = LR[name] * 100
         assert d.max().item() <= travel, f"max |dp| {d.max().item():.3e} > lr*steps {travel:.3e}"
         assert d.median().item() <= 1e-3 * travel, f"median |dp| {d.median().item():.3e}"
+
+
+def test_codebook_cache_not_fooled_by_recycled_tensors():
+    """A freed qmap's cached codebook must not be handed to a new tensor (same address or id)."""
+    import gc
+    for _ in range(20):
+        a = W.qmap(True).clone()
+        W.codebook_of(a)
+        del a
+        gc.collect()
+        b = W.qmap(False).clone()
+        assert (W.codebook_of(b).table == W.qmap(False).numpy()).all()
+        b.mul_(0.5)  # written to: rebuilt
+        assert (W.codebook_of(b).table == b.numpy()).all()

@@ -33,6 +33,7 @@ skip_zeros: elements whose gradient is exactly 0 keep their state value and para
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -58,18 +59,23 @@ def qmap(signed: bool, device="cpu") -> torch.Tensor:
     return _qmap_cache[key]
 
 
-_cb_cache: dict = {}
+_cb_cache: dict[int, tuple] = {}
 
 
 def codebook_of(q: torch.Tensor) -> _cb.Codebook:
-    """The workbench Codebook (table, bounds, bucket_codes) of a 256-entry qmap tensor."""
-    key = (q.data_ptr(), q.device.type, q._version)
-    cb = _cb_cache.get(key)
-    if cb is None:
-        cb = _cb.from_table(q.detach().float().cpu().numpy(), "qmap")
-        if len(_cb_cache) > 64:
-            _cb_cache.clear()
-        _cb_cache[key] = cb
+    """The workbench Codebook (table, bounds, bucket_codes) of a 256-entry qmap tensor.
+
+    Cached per tensor object: keyed by id() and checked through a weak reference (a data_ptr or a
+    bare id key could hand a new tensor at a recycled address the old codebook), rebuilt if the
+    tensor was written to (its _version moved)."""
+    hit = _cb_cache.get(id(q))
+    if hit is not None and hit[0]() is q and hit[1] == q._version:
+        return hit[2]
+    cb = _cb.from_table(q.detach().float().cpu().numpy(), "qmap")
+    if len(_cb_cache) > 256:
+        for key in [k for k, v in _cb_cache.items() if v[0]() is None]:
+            del _cb_cache[key]
+    _cb_cache[id(q)] = (weakref.ref(q), q._version, cb)
     return cb
 
 
