@@ -377,17 +377,25 @@ def quantize_4bit(x, kind, blocksize, bnd, bucket_codes, identity, zero_code, pa
 
 @njit(parallel=True, **_OPTS)
 def dequantize_4bit(packed, absmax, table, blocksize, n, kind, out):
+    """Per block, the 16 possible outputs are computed once (the same float32 product
+    table[c] * absmax, rounded once to the output dtype); the element loop is then a nibble
+    lookup, so bf16/fp16 pay 16 conversions per block instead of one per element."""
     nblocks = (n + blocksize - 1) // blocksize
-    for b in prange(nblocks):
-        start = b * blocksize  # blocksize is even: blocks never split a byte
-        end = min(start + blocksize, n)
-        am = absmax[b]
-        L = end - start
-        ps = packed[start >> 1:(start >> 1) + ((L + 1) >> 1)]
-        os_ = out[start:end]
-        for j in range(L >> 1):
-            byte = ps[j]
-            store(os_, 2 * j, table[byte >> 4] * am, kind)
-            store(os_, 2 * j + 1, table[byte & 15] * am, kind)
-        if L & 1:
-            store(os_, L - 1, table[ps[L >> 1] >> 4] * am, kind)
+    nchunks = min(nblocks, NCHUNKS)
+    for c in prange(nchunks):
+        t = np.empty(16, out.dtype)
+        for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
+            start = b * blocksize  # blocksize is even: blocks never split a byte
+            end = min(start + blocksize, n)
+            am = absmax[b]
+            for k in range(16):
+                store(t, k, table[k] * am, kind)
+            L = end - start
+            ps = packed[start >> 1:(start >> 1) + ((L + 1) >> 1)]
+            os_ = out[start:end]
+            for j in range(L >> 1):
+                byte = ps[j]
+                os_[2 * j] = t[byte >> 4]
+                os_[2 * j + 1] = t[byte & 15]
+            if L & 1:
+                os_[L - 1] = t[ps[L >> 1] >> 4]
