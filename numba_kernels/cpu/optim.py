@@ -135,10 +135,11 @@ def _requant(buf, mx, start, end, is_tail, codes, absmax, blk, mode, bnd, bc, kb
     r = np.float32(1.0) / amc
     absmax[blk] = amc if is_tail else mx
     if mode == KEYLUT and not is_tail:
-        for i in range(start, end):  # the common case: one key lookup, one compare
-            s = min(max(buf[i - start] * r, np.float32(-1.0)), np.float32(1.0))
+        out = codes[start:end]
+        for j in range(end - start):  # the common case: one key lookup, one compare
+            s = min(max(buf[j] * r, np.float32(-1.0)), np.float32(1.0))
             key = np.float32(s).view(np.uint32) >> np.uint32(16)
-            codes[i] = khi[key] if s > kb[key] else klo[key]
+            out[j] = khi[key] if s > kb[key] else klo[key]
     else:
         for i in range(start, end):
             codes[i] = encode(scaled(buf[i - start], amc, r, is_tail), mode, bnd, bc, kb, klo, khi, bp)
@@ -168,23 +169,28 @@ def update_8bit_blockwise(opt, first, skip_zeros, g, gkind, p, pkind,
             start = blk * BS
             end = min(start + BS, n)
             is_tail = end - start < BS
+            m = end - start
             am1 = a1[blk]
-            for i in range(start, end):
-                buf1[i - start] = t1[c1[i]] * am1
+            q1 = c1[start:end]
+            for j in range(m):
+                buf1[j] = t1[q1[j]] * am1
             if has_b:
                 amb = a1b[blk]
-                for i in range(start, end):
-                    bufb[i - start] = t1[c1b[i]] * amb
+                qb = c1b[start:end]
+                for j in range(m):
+                    bufb[j] = t1[qb[j]] * amb
             if has_s2:
                 am2 = a2[blk]
-                for i in range(start, end):
-                    buf2[i - start] = t2[c2[i]] * am2
+                q2 = c2[start:end]
+                for j in range(m):
+                    buf2[j] = t2[q2[j]] * am2
             if fast and opt == ADAM:
-                for i in range(start, end):
-                    j = i - start
-                    pv, a, b, d = rule(ADAM, True, first, np.float32(g[i]), np.float32(p[i]), buf1[j],
+                gb = g[start:end]
+                pb = p[start:end]
+                for j in range(end - start):
+                    pv, a, b, d = rule(ADAM, True, first, np.float32(gb[j]), np.float32(pb[j]), buf1[j],
                                        np.float32(0.0), buf2[j], k)
-                    p[i] = pv
+                    pb[j] = pv
                     buf1[j] = a
                     buf2[j] = d
             else:
@@ -201,7 +207,6 @@ def update_8bit_blockwise(opt, first, skip_zeros, g, gkind, p, pkind,
                             bufb[j] = b
                         if has_s2:
                             buf2[j] = d
-            m = end - start
             mx1 = np.float32(0.0)
             for j in range(m):
                 v = abs(buf1[j])
