@@ -131,6 +131,12 @@ def widen_absmax(x, start, end, kind, buf):
             buf[i] = v
             u = np.float32(v).view(np.uint32) & np.uint32(0x7FFFFFFF)
             m = u if u > m else m
+    elif kind == BF16:
+        for i in range(len_):
+            w = np.uint32(np.uint32(xs[i]) << np.uint32(16))
+            buf[i] = w.view(np.float32)
+            a = np.uint32(w & np.uint32(0x7FFFFFFF))
+            m = a if a > m else m
     else:
         for i in range(len_):
             buf[i] = load(xs, i, kind)
@@ -319,16 +325,32 @@ def quantize_blockwise_stochastic(x, kind, bounds_pad, bucket_codes, values, blo
 
 @njit(parallel=True, **_OPTS)
 def dequantize_blockwise(codes, absmax, table, blocksize, kind, out):
+    """float32 products gathered into a scratch block, then narrowed in a separate loop
+    (a plain conversion loop vectorizes; mixed with the table gather it does not)."""
     n = codes.shape[0]
     nblocks = (n + blocksize - 1) // blocksize
-    for b in prange(nblocks):
-        start = b * blocksize
-        end = min(start + blocksize, n)
-        am = absmax[b]
-        cs = codes[start:end]
-        os_ = out[start:end]
-        for i in range(end - start):
-            store(os_, i, table[cs[i]] * am, kind)
+    nchunks = min(nblocks, NCHUNKS)
+    for c in prange(nchunks):
+        buf = np.empty(blocksize, np.float32)
+        for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
+            start = b * blocksize
+            end = min(start + blocksize, n)
+            L = end - start
+            am = absmax[b]
+            cs = codes[start:end]
+            os_ = out[start:end]
+            if kind == F32:
+                for i in range(L):
+                    os_[i] = table[cs[i]] * am
+            else:
+                for i in range(L):
+                    buf[i] = table[cs[i]] * am
+                if kind == BF16:
+                    for i in range(L):
+                        os_[i] = f32_to_bf16_bits(buf[i])
+                else:
+                    for i in range(L):
+                        os_[i] = f32_to_f16_bits(buf[i])
 
 
 # ------------------------------------------------------------------ 4-bit (any 16-entry codebook)
