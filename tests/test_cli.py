@@ -93,8 +93,6 @@ def test_study_prints_tables_and_saves(capsys, tmp_path):
     rc, out, _ = run(capsys, "study", "codebook_lab", "--quick", "--out", str(tmp_path))
     assert rc == 0 and "SQNR" in out and "lloyd-max" in out
     assert (tmp_path / "codebook_lab.parquet").is_file() and list(tmp_path.glob("*.png"))
-    rc, _, err = run(capsys, "study", "optim_study")
-    assert rc in (0, 2)  # another team's study: runs, or says why not
 
 
 def test_report_quick_subset(capsys, tmp_path):

@@ -18,23 +18,30 @@ def _gpu_files(root):
     return root
 
 
+STUDIES_HERE = ["error", "codebook_lab", "bnb_table", "parity", "speed", "zz_absent"]
+
+
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
     """One quick run of the default studies (the `workbench report --quick` job), with GPU files merged."""
     out = tmp_path_factory.mktemp("reports")
     gpu = _gpu_files(tmp_path_factory.mktemp("gpu"))
-    md, done = report.build_report("t", quick=True, executor="serial", merge=[gpu], out_root=out, progress=False)
+    # other teams' studies (optim, outliers) have their own tests; here: ours plus one unavailable entry
+    registry.STUDIES.setdefault("zz_absent", "studies.zz_absent_study")
+    md, done = report.build_report("t", studies=STUDIES_HERE, quick=True, executor="serial", merge=[gpu],
+                                   out_root=out, progress=False)
+    registry.STUDIES.pop("zz_absent", None)
     return out / "t", md, done
 
 
 def test_quick_report_writes_everything(quick_report):
     out, md, done = quick_report
     names = [r.name for r in done]
-    assert names == list(report.DEFAULT_STUDIES)
+    assert names == STUDIES_HERE
+    assert set(report.DEFAULT_STUDIES) >= set(STUDIES_HERE) - {"zz_absent"} | {"optim", "outliers"}
     st = {r.name: r.status for r in done}
-    assert st["error"] == st["bnb_table"] == st["codebook_lab"] == st["speed"] == "ok"
-    for opt in ("optim", "outliers"):
-        assert st[opt] in ("ok", "unavailable")
+    assert st["error"] == st["bnb_table"] == st["codebook_lab"] == st["speed"] == st["parity"] == "ok"
+    assert st["zz_absent"] == "unavailable"
     for f in ("report.md", "report.html", "results.parquet", "results.csv", "metadata.json",
               "results/error.parquet", "results/bnb_table.parquet"):
         assert (out / f).is_file(), f
@@ -79,10 +86,11 @@ def test_a_failing_study_does_not_stop_the_others(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "STUDIES", dict(registry.STUDIES))
     registry.register("broken", "kbit_broken_study")
     registry.register("plain", "kbit_plain_study")
-    md, done = report.build_report("f", studies=["broken", "plain", "optim"], executor="serial", out_root=tmp_path,
+    registry.register("absent", "kbit_no_such_study_module")
+    md, done = report.build_report("f", studies=["broken", "plain", "absent"], executor="serial", out_root=tmp_path,
                                    progress=False)
     st = {r.name: r.status for r in done}
-    assert st["broken"] == "failed" and st["plain"] == "ok"
+    assert st["broken"] == "failed" and st["plain"] == "ok" and st["absent"] == "unavailable"
     assert "study blew up" in md.read_text()
     df = pd.read_parquet(tmp_path / "f" / "results.parquet")
     assert set(df["study"]) == {"plain"} and len(df) == 2
