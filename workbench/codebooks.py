@@ -262,16 +262,14 @@ def _block_normalized(data, blocksize: int) -> np.ndarray:
 
 
 def quantile(data, bits: int = 4, blocksize: int | None = 64, name: str | None = None) -> Codebook:
-    """Equal-mass levels from data: midpoints of 2**bits quantile bins of block-normalized data.
-
-    Includes exact -1, 0 and 1 when present, as bnb's create_quantile_map does (the block
-    maximum is always represented exactly).
-    """
+    """Equal-mass levels from data: -1 and +1 (every block's maximum is represented exactly, the
+    absmax scaling guarantees them) plus the midpoints of 2**bits - 2 equal-mass bins of the
+    block-normalized data in between."""
     s = _block_normalized(data, blocksize) if blocksize else np.asarray(data, np.float64).ravel()
     n = 2 ** bits
-    qs = np.quantile(s, np.linspace(0, 1, n + 1))
-    v = (qs[:-1] + qs[1:]) / 2
-    v[0], v[-1] = max(-1.0, s.min()), min(1.0, s.max())
+    inner = s[(s > -1.0) & (s < 1.0)]
+    qs = np.quantile(inner if inner.size else s, np.linspace(0, 1, n - 1))
+    v = np.concatenate([[-1.0], (qs[:-1] + qs[1:]) / 2, [1.0]])
     v = np.unique(v.astype(np.float32))
     return from_values(v, name or f"quantile{bits}", pad_to_pow2=True, meta={"blocksize": blocksize})
 
