@@ -20,7 +20,7 @@ exts = [
     Extension(
         "workbench._native." + os.path.splitext(os.path.basename(p))[0],
         [p],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "workbench/_native"],
         extra_compile_args=["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", *omp],
         extra_link_args=omp,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -23,45 +23,16 @@ cdef extern from *:
     enum { K_B1, K_B2, K_B3, K_ALPHA, K_EPS, K_OMB1, K_OMB2, K_OMB3, K_WD, K_DECAY, K_GS, K_C1, K_C2, K_EPS_C2,
            K_NEG_LR, K_NEG_LR_C1, K_UPD_MUL };
 
-    static inline float ko_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-    static inline uint32_t ko_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-    static inline float ko_f16_to_f32(uint16_t h) {
-        uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
-        if (exp == 0) { float v = (float)mant * 5.960464477539063e-08f; return sign ? -v : v; }
-        if (exp == 31) return ko_bits_f32(sign | 0x7F800000u | (mant << 13));
-        return ko_bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
-    }
-    static inline uint16_t ko_f32_to_bf16(float f) {
-        uint32_t x = ko_f32_bits(f);
-        if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((x >> 16) | 0x40u);
-        return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
-    }
-    static inline uint16_t ko_f32_to_f16(float f) {
-        uint32_t x = ko_f32_bits(f), sign = (x >> 16) & 0x8000u, r, rem;
-        x &= 0x7FFFFFFFu;
-        if (x >= 0x7F800000u) return (uint16_t)(sign | (x > 0x7F800000u ? 0x7E00u : 0x7C00u));
-        if (x >= 0x477FF000u) return (uint16_t)(sign | 0x7C00u);
-        if (x < 0x38800000u) {
-            if (x <= 0x33000000u) return (uint16_t)sign;
-            uint32_t e = x >> 23, m = (x & 0x7FFFFFu) | 0x800000u, shift = 126u - e, half = 1u << (shift - 1u);
-            r = m >> shift; rem = m & ((1u << shift) - 1u);
-            if (rem > half || (rem == half && (r & 1u))) r += 1u;
-            return (uint16_t)(sign | r);
-        }
-        r = (((x >> 23) - 112u) << 10) | ((x & 0x7FFFFFu) >> 13);
-        rem = x & 0x1FFFu;
-        if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) r += 1u;
-        return (uint16_t)(sign | r);
-    }
+    #include "kb_convert.h"
     static inline float ko_load(const void* x, int64_t i, int kind) {
         if (kind == 0) return ((const float*)x)[i];
         uint16_t h = ((const uint16_t*)x)[i];
-        return kind == 1 ? ko_bits_f32((uint32_t)h << 16) : ko_f16_to_f32(h);
+        return kind == 1 ? kb_bits_f32((uint32_t)h << 16) : kb_f16_to_f32(h);
     }
     static inline void ko_store(void* x, int64_t i, float v, int kind) {
         if (kind == 0) ((float*)x)[i] = v;
-        else if (kind == 1) ((uint16_t*)x)[i] = ko_f32_to_bf16(v);
-        else ((uint16_t*)x)[i] = ko_f32_to_f16(v);
+        else if (kind == 1) ((uint16_t*)x)[i] = kb_f32_to_bf16(v);
+        else ((uint16_t*)x)[i] = kb_f32_to_f16(v);
     }
     /* IEEE sqrt. With -fno-math-errno (not in setup.py today) GCC vectorizes the update loops;
        without it the libm errno path for negative inputs keeps sqrt loops scalar. */
@@ -112,7 +83,7 @@ cdef extern from *:
 
     static inline uint8_t ko_encode(float s, const ko_plan* P) {
         if (P->mode == 0) { int c = 0; for (int j = 0; j < 15; j++) c += P->bnd15[j] < s; return P->bcodes[c]; }
-        if (P->mode == 1) { uint32_t key = ko_f32_bits(s) >> 16; return s > P->kbound[key] ? P->khi[key] : P->klo[key]; }
+        if (P->mode == 1) { uint32_t key = kb_f32_bits(s) >> 16; return s > P->kbound[key] ? P->khi[key] : P->klo[key]; }
         int64_t pos = 0, step = (P->npad + 1) / 2;
         while (step > 0) { if (P->bpad[pos + step - 1] < s) pos += step; step >>= 1; }
         return P->bcodes[pos];
@@ -129,7 +100,7 @@ cdef extern from *:
             for (int64_t j = 0; j < m; j++) {
                 float s = buf[j] * r;
                 s = s < -1.0f ? -1.0f : (s > 1.0f ? 1.0f : s);
-                uint32_t key = ko_f32_bits(s) >> 16;
+                uint32_t key = kb_f32_bits(s) >> 16;
                 out[j] = s > kb[key] ? hi[key] : lo[key];
             }
             return;
@@ -219,12 +190,12 @@ cdef extern from *:
         }
         /* absmax as an unsigned max over |x|'s bit patterns: vectorizes; same order as floats */
         uint32_t u1 = 0, ub = 0, u2 = 0;
-        for (int64_t j = 0; j < m; j++) { uint32_t v = ko_f32_bits(A[j]) & 0x7FFFFFFFu; u1 = v > u1 ? v : u1; }
-        if (has_b) for (int64_t j = 0; j < m; j++) { uint32_t v = ko_f32_bits(B[j]) & 0x7FFFFFFFu; ub = v > ub ? v : ub; }
-        if (has_s2) for (int64_t j = 0; j < m; j++) { uint32_t v = ko_f32_bits(D[j]) & 0x7FFFFFFFu; u2 = v > u2 ? v : u2; }
-        ko_requant(A, ko_bits_f32(u1), start, end, is_tail, P1, c1, &a1[blk]);
-        if (has_b) ko_requant(B, ko_bits_f32(ub), start, end, is_tail, P1, c1b, &a1b[blk]);
-        if (has_s2) ko_requant(D, ko_bits_f32(u2), start, end, is_tail, P2, c2, &a2[blk]);
+        for (int64_t j = 0; j < m; j++) { uint32_t v = kb_f32_bits(A[j]) & 0x7FFFFFFFu; u1 = v > u1 ? v : u1; }
+        if (has_b) for (int64_t j = 0; j < m; j++) { uint32_t v = kb_f32_bits(B[j]) & 0x7FFFFFFFu; ub = v > ub ? v : ub; }
+        if (has_s2) for (int64_t j = 0; j < m; j++) { uint32_t v = kb_f32_bits(D[j]) & 0x7FFFFFFFu; u2 = v > u2 ? v : u2; }
+        ko_requant(A, kb_bits_f32(u1), start, end, is_tail, P1, c1, &a1[blk]);
+        if (has_b) ko_requant(B, kb_bits_f32(ub), start, end, is_tail, P1, c1b, &a1b[blk]);
+        if (has_s2) ko_requant(D, kb_bits_f32(u2), start, end, is_tail, P2, c2, &a2[blk]);
     }
     #define KO_FAST8(OPT) \
     static void ko_fast8_##OPT(int first, const float* g, float* p, uint8_t* c1, float* a1, uint8_t* c1b, \
