@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from numba_kernels.cell_plan import cell_plan
+
 from .. import codebooks as _cb
 from . import functional as W
 
@@ -41,30 +43,6 @@ def consts(name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_
     k = W.scalars(name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, eight_bit)
     upd = W._f32(k["adam32_step"] * scale) if name in ("adam", "lamb") else W._f32(k["neg_lr"] * scale)
     return np.array([k[o] for o in _ORDER] + [upd], dtype=np.float32)
-
-
-def cell_plan(bounds: np.ndarray, bucket_codes: np.ndarray, mmax: int = 4):
-    """(m, S, cell u8[384 << m], bounds f32[264], codes u8[257]); see the module doc."""
-    b = np.asarray(bounds, np.float32)
-    b = np.where(b < -1, -np.inf, np.where(b >= 1, np.inf, b)).astype(np.float32)
-    for S in (1, 2, 3, 8):
-        for m in (range(1, mmax + 1) if S != 8 else [1]):
-            ncell = 128 << m
-            u = np.arange(ncell, dtype=np.uint64)
-            lo = (u << np.uint64(23 - m)).astype(np.uint32).view(np.float32)
-            hi = (((u + np.uint64(1)) << np.uint64(23 - m)) - np.uint64(1)).astype(np.uint32).view(np.float32)
-            bp, tp = np.searchsorted(b, lo, "left"), np.searchsorted(b, hi, "left")
-            bn, tn = np.searchsorted(b, -hi, "left"), np.searchsorted(b, -lo, "left")
-            if max((tp - bp).max(), (tn - bn).max()) <= (1 << S) - 1:
-                cell = np.zeros(384 << m, np.uint8)
-                cell[:ncell] = bp
-                cell[256 << m:] = bn
-                bpad = np.full(256 + 8, np.inf, np.float32)
-                bpad[:b.size] = b
-                codes = np.asarray(bucket_codes, np.uint8)
-                cpad = np.concatenate([codes, np.full(257 - codes.size, codes[-1], np.uint8)])
-                return m, S, cell, bpad, cpad
-    raise AssertionError("unreachable: the full search always fits")
 
 
 @dataclass
@@ -90,7 +68,7 @@ def plan(qmap: torch.Tensor) -> Plan:
     if hit is not None and hit[0]() is qmap and hit[1] == qmap._version:
         return hit[2]
     cb = _cb.from_table(qmap.detach().float().cpu().numpy(), "qmap")
-    m, S, cell, bnd, codes = cell_plan(cb.bounds, cb.bucket_codes)
+    m, S, cell, bnd, codes = cell_plan(cb.bounds, cb.bucket_codes, 8, tries=(1, 2, 3), index_dtype=np.uint8)
     dev = qmap.device
     pl = Plan(qmap.detach().reshape(-1).float().contiguous(), torch.from_numpy(cell).to(dev),
               torch.from_numpy(bnd).to(dev), torch.from_numpy(codes).to(dev), m, S,
