@@ -122,3 +122,32 @@ def int8_linear(A: torch.Tensor, W: Int8Weight | torch.Tensor, bias=None, thresh
         sub_w = int8_vectorwise_dequant(W.codes[:, cols].contiguous(), W.stats, backend=backend).to(A.dtype)
         out = out.addmm(sub_a, sub_w.t())
     return out.view(*A.shape[:-1], W.codes.shape[0])
+
+
+def register_parity_cases(register) -> None:
+    """Parity cases for :mod:`workbench.parity` (``workbench parity``): every backend's int8 ops vs
+    the reference, bit for bit, on fresh activations with planted outlier columns."""
+
+    def _equal(a, b) -> bool:
+        return (a is None and b is None) or (a is not None and b is not None and torch.equal(a.cpu(), b.cpu()))
+
+    def make(op: str):
+        def case(backend: str, device: str, gen: torch.Generator, quick: bool):
+            shapes = [(3, 17), (64, 257)] if quick else [(1, 7), (3, 17), (64, 257), (300, 1030)]
+            for rows, cols in shapes:
+                for dtype in FLOAT_DTYPES:
+                    for t in (0.0, 6.0):
+                        A = torch.randn(rows, cols, generator=gen) * 2
+                        A[:, torch.randperm(cols, generator=gen)[:2]] *= 6
+                        A = A.to(dtype).to(device)
+                        ref = get_op("reference", op, device)(A, t)
+                        got = get_op(backend, op, device)(A, t)
+                        ok = all(_equal(x, y) for x, y in zip(got, ref))
+                        mism = int((got[0].cpu() != ref[0].cpu()).sum()) if got[0].shape == ref[0].shape else -1
+                        yield {"op": op, "shape": f"{rows}x{cols}", "dtype": str(dtype).removeprefix("torch."),
+                               "threshold": t, "ok": ok, "mismatches": mism}
+        case.__name__ = f"case_{op}"
+        return case
+
+    for op in ("int8_vectorwise_quant", "int8_double_quant"):
+        register("int8", op, make(op), ops=(op,))
