@@ -105,5 +105,16 @@ def search_plan(codebook) -> SearchPlan:
     return plan
 
 
+def ord_lut(codebook):
+    """The integer-ordered 8-bit search table (numba_kernels.cpu.quant.ord_lut, plain NumPy), shared
+    by the Numba and Cython backends and cached on the codebook; None for <= 16 buckets (they use
+    the branch-free linear count) or codebooks too dense for it."""
+    if "_cpu_ord_lut" not in codebook.__dict__:
+        from numba_kernels.cpu.quant import ord_lut as build
+        codebook.__dict__["_cpu_ord_lut"] = (None if len(codebook.bucket_codes) <= 16
+                                             else build(codebook.bounds, codebook.bucket_codes))
+    return codebook.__dict__["_cpu_ord_lut"]
+
+
 def nblocks(n: int, blocksize: int) -> int:
     return -(-n // blocksize)

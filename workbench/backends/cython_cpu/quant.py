@@ -6,19 +6,10 @@ import torch
 
 from workbench._native import quant_cpu as K
 
-from .._cpu_common import alloc, as_numpy_bits, empty_out, nblocks, search_plan
+from .._cpu_common import alloc, as_numpy_bits, empty_out, nblocks, ord_lut, search_plan
 
 OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit",
        "quantize_blockwise_stochastic")
-
-
-def _ord_lut(codebook, p):
-    """Integer-ordered search table (plain NumPy builder shared with the Numba backend), cached."""
-    if "_cy_ord_lut" not in codebook.__dict__:
-        from numba_kernels.cpu.quant import ord_lut
-        codebook.__dict__["_cy_ord_lut"] = (None if len(p.bucket_codes) <= 16
-                                            else ord_lut(codebook.bounds, p.bucket_codes))
-    return codebook.__dict__["_cy_ord_lut"]
 
 
 def quantize_blockwise(A, codebook, blocksize):
@@ -26,7 +17,7 @@ def quantize_blockwise(A, codebook, blocksize):
     p = search_plan(codebook)
     codes = alloc(A.numel(), torch.uint8)
     absmax = torch.empty(nblocks(A.numel(), blocksize), dtype=torch.float32)
-    lut = _ord_lut(codebook, p)
+    lut = ord_lut(codebook)
     if lut is not None:
         K.quantize_blockwise_ordlut(x, kind, blocksize, lut, codes.numpy(), absmax.numpy())
         return codes, absmax

@@ -6,7 +6,7 @@ import torch
 
 from numba_kernels.cpu import quant as K
 
-from .._cpu_common import alloc, as_numpy_bits, empty_out, nblocks, search_plan
+from .._cpu_common import alloc, as_numpy_bits, empty_out, nblocks, ord_lut, search_plan
 
 OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit",
        "quantize_blockwise_stochastic")
@@ -16,20 +16,11 @@ def _outputs(n: int, blocksize: int, nbytes: int):
     return alloc(nbytes, torch.uint8), torch.empty(nblocks(n, blocksize), dtype=torch.float32)
 
 
-def _ord_lut(codebook, p):
-    """The integer-ordered search table (numba_kernels.cpu.quant.ord_lut), cached on the codebook;
-    None for <= 16 buckets (branch-free linear count) or codebooks too dense for it."""
-    if "_numba_ord_lut" not in codebook.__dict__:
-        lut = None if len(p.bucket_codes) <= 16 else K.ord_lut(codebook.bounds, p.bucket_codes)
-        codebook.__dict__["_numba_ord_lut"] = lut
-    return codebook.__dict__["_numba_ord_lut"]
-
-
 def quantize_blockwise(A, codebook, blocksize):
     x, kind = as_numpy_bits(A)
     p = search_plan(codebook)
     codes, absmax = _outputs(A.numel(), blocksize, A.numel())
-    lut = _ord_lut(codebook, p)
+    lut = ord_lut(codebook)
     if lut is not None:
         K.quantize_blockwise_ordlut(x, kind, blocksize, lut, codes.numpy(), absmax.numpy())
         return codes, absmax
