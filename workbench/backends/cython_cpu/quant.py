@@ -1,63 +1,11 @@
 """Cython/OpenMP adapter for the quantization family (kernels: workbench/_native/quant_cpu.pyx)."""
-from __future__ import annotations
-
-import numpy as np
-import torch
-
 from workbench._native import quant_cpu as K
 
-from .._cpu_common import alloc, as_numpy_bits, empty_out, nblocks, ord_lut, search_plan
+from .._cpu_quant import OPS, bind  # noqa: F401
 
-OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit",
-       "quantize_blockwise_stochastic")
-
-
-def quantize_blockwise(A, codebook, blocksize):
-    x, kind = as_numpy_bits(A)
-    p = search_plan(codebook)
-    codes = alloc(A.numel(), torch.uint8)
-    absmax = torch.empty(nblocks(A.numel(), blocksize), dtype=torch.float32)
-    lut = ord_lut(codebook)
-    if lut is not None:
-        K.quantize_blockwise_ordlut(x, kind, blocksize, lut, codes.numpy(), absmax.numpy())
-        return codes, absmax
-    K.quantize_blockwise(x, kind, blocksize, p.mode, p.bnd15, p.bucket_codes, p.kbound, p.kcode_lo, p.kcode_hi,
-                         p.bounds_pad, codes.numpy(), absmax.numpy())
-    return codes, absmax
-
-
-def quantize_blockwise_stochastic(A, codebook, blocksize, rand):
-    """Rounding rule: workbench/backends/reference/quant.py (rand: float32[n] uniform [0, 1))."""
-    x, kind = as_numpy_bits(A)
-    p = search_plan(codebook)
-    codes = alloc(A.numel(), torch.uint8)
-    absmax = torch.empty(nblocks(A.numel(), blocksize), dtype=torch.float32)
-    r = rand.reshape(-1).to(torch.float32).contiguous()
-    if r.numel() != A.numel():
-        raise ValueError(f"rand: expected {A.numel()} uniforms, got {r.numel()}")
-    K.quantize_blockwise_stochastic(x, kind, p.bounds_pad, p.bucket_codes, p.values, blocksize,
-                                    r.numpy(), codes.numpy(), absmax.numpy())
-    return codes, absmax
-
-
-def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
-    out, arr, kind = empty_out(codes.numel(), dtype)
-    K.dequantize_blockwise(codes.numpy(), absmax.numpy(), table.numpy(), blocksize, kind, arr)
-    return out
-
-
-def quantize_4bit(A, codebook, blocksize):
-    x, kind = as_numpy_bits(A)
-    p = search_plan(codebook)
-    n = A.numel()
-    packed = alloc((n + 1) // 2, torch.uint8)
-    absmax = torch.empty(nblocks(n, blocksize), dtype=torch.float32)
-    K.quantize_4bit(x, kind, blocksize, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code),
-                    packed.numpy(), absmax.numpy())
-    return packed, absmax
-
-
-def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
-    out, arr, kind = empty_out(n, dtype)
-    K.dequantize_4bit(packed.numpy(), absmax.numpy(), table.numpy(), blocksize, n, kind, arr)
-    return out
+_ops = bind(K, __name__)
+quantize_blockwise = _ops["quantize_blockwise"]
+quantize_blockwise_stochastic = _ops["quantize_blockwise_stochastic"]
+dequantize_blockwise = _ops["dequantize_blockwise"]
+quantize_4bit = _ops["quantize_4bit"]
+dequantize_4bit = _ops["dequantize_4bit"]

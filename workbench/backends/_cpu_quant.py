@@ -1,0 +1,73 @@
+"""The quantization-family adapter shared by the compiled CPU backends.
+
+numba_kernels/cpu/quant.py and workbench/_native/quant_cpu.pyx expose the same kernel
+signatures on NumPy arrays; :func:`bind` wraps either module into the backend contract
+(docs/ARCHITECTURE.md): torch tensors in, zero-copy views, outputs allocated here.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._cpu_common import alloc, as_numpy_bits, empty_out, nblocks, ord_lut, search_plan
+
+OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit",
+       "quantize_blockwise_stochastic")
+
+
+def _outputs(n: int, blocksize: int, nbytes: int):
+    return alloc(nbytes, torch.uint8), torch.empty(nblocks(n, blocksize), dtype=torch.float32)
+
+
+def bind(K, module: str) -> dict:
+    """The five ops over kernel module ``K``, with ``__module__`` set to the backend's module
+    (the registry names a function's backend by its module)."""
+
+    def quantize_blockwise(A, codebook, blocksize):
+        x, kind = as_numpy_bits(A)
+        p = search_plan(codebook)
+        codes, absmax = _outputs(A.numel(), blocksize, A.numel())
+        lut = ord_lut(codebook)
+        if lut is not None:
+            K.quantize_blockwise_ordlut(x, kind, blocksize, lut, codes.numpy(), absmax.numpy())
+            return codes, absmax
+        K.quantize_blockwise(x, kind, blocksize, p.mode, p.bnd15, p.bucket_codes, p.kbound, p.kcode_lo,
+                             p.kcode_hi, p.bounds_pad, codes.numpy(), absmax.numpy())
+        return codes, absmax
+
+    def quantize_blockwise_stochastic(A, codebook, blocksize, rand):
+        """Rounding rule: workbench/backends/reference/quant.py (rand: float32[n] uniform [0, 1))."""
+        x, kind = as_numpy_bits(A)
+        p = search_plan(codebook)
+        r = rand.reshape(-1).to(torch.float32).contiguous()
+        if r.numel() != A.numel():
+            raise ValueError(f"rand: expected {A.numel()} uniforms, got {r.numel()}")
+        codes, absmax = _outputs(A.numel(), blocksize, A.numel())
+        K.quantize_blockwise_stochastic(x, kind, p.bounds_pad, p.bucket_codes, p.values, blocksize,
+                                        r.numpy(), codes.numpy(), absmax.numpy())
+        return codes, absmax
+
+    def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
+        out, arr, kind = empty_out(codes.numel(), dtype)
+        K.dequantize_blockwise(codes.numpy(), absmax.numpy(), table.numpy(), blocksize, kind, arr)
+        return out
+
+    def quantize_4bit(A, codebook, blocksize):
+        x, kind = as_numpy_bits(A)
+        p = search_plan(codebook)
+        n = A.numel()
+        packed, absmax = _outputs(n, blocksize, (n + 1) // 2)
+        K.quantize_4bit(x, kind, blocksize, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code),
+                        packed.numpy(), absmax.numpy())
+        return packed, absmax
+
+    def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
+        out, arr, kind = empty_out(n, dtype)
+        K.dequantize_4bit(packed.numpy(), absmax.numpy(), table.numpy(), blocksize, n, kind, arr)
+        return out
+
+    ops = {f.__name__: f for f in (quantize_blockwise, quantize_blockwise_stochastic, dequantize_blockwise,
+                                   quantize_4bit, dequantize_4bit)}
+    for f in ops.values():
+        f.__module__ = module
+    return ops
