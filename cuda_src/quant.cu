@@ -122,10 +122,89 @@ static bool build_plan(Plan& p, int S, const float* bounds_in, int nbounds, cons
     return false;
 }
 
+// Fine plan: the one-load search. The cells are fine enough (m mantissa bits) that each holds at most
+// ONE bound, so an entry {bound, code below | code above << 8} decides the code with one 8-byte shared
+// load and one compare: q = s > bound ? above : below (cells without a bound store +inf). Direct mode
+// (kbase < 0, small m: 4-bit codebooks) indexes by key = bits >> (23 - m) over the whole (-2, 2) range
+// (384 << m entries, [128 << m, 256 << m) unused). Clamped mode (8-bit codebooks need m = 6..7, too
+// many cells for the full exponent range) indexes |s|'s key, clamped below at kbase (all keys <= kbase
+// form one cell: the tiny magnitudes where the codebook has at most one bound) and above at the largest
+// key of |s| < 2 (NaN under nan_policy='propagate' lands there: undefined code, never out of bounds),
+// negative s in the second half. The [-1, 1] clamp is folded into the bounds as in the cell plan.
+constexpr int FINE_MAX = 3072; // entries: 24 KB of shared memory, 8 CTAs/SM still fit
+struct Fine {
+    uint2 e[FINE_MAX];
+    int m;
+    int kbase; // < 0: direct mode
+    int half;  // clamped mode: entries per sign
+    int size;  // entries used
+};
+
+static bool build_fine(Fine& p, const float* bounds_in, int nbounds, const unsigned char* bucket_codes, int nbuckets) {
+    std::vector<float> b(nbounds);
+    for (int i = 0; i < nbounds; i++) {
+        float v = bounds_in[i];
+        b[i] = v < -1.0f ? -INFINITY : (v >= 1.0f ? INFINITY : v);
+    }
+    auto count = [&](float v) { return (int)(std::lower_bound(b.begin(), b.end(), v) - b.begin()); };
+    auto code = [&](int k) { return (uint32_t)bucket_codes[std::min(k, nbuckets - 1)]; };
+    auto as_float = [](uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; };
+    // entry of the value range [vmin, vmax] (one sign): base = #{b < vmin}, one bound allowed in [vmin, vmax)
+    auto entry = [&](float vmin, float vmax, uint2& e) {
+        const int base = count(vmin), inside = count(vmax) - base;
+        if (inside > 1) return false;
+        const float bound = inside ? b[base] : INFINITY;
+        std::memcpy(&e.x, &bound, 4);
+        e.y = code(base) | (code(base + 1) << 8);
+        return true;
+    };
+    for (int m = 1; m <= 10; m++) {
+        const int sh = 23 - m;
+        const uint32_t ncell = 128u << m; // keys of |s| < 2
+        const bool direct = (384u << m) <= (uint32_t)FINE_MAX;
+        // the largest kbase whose merged cell [0, hi(kbase)] holds at most one bound on each side
+        int kbase = -1;
+        if (!direct) {
+            while (kbase + 1 < (int)ncell) {
+                const float hi = as_float(((uint32_t)(kbase + 2) << sh) - 1);
+                if (count(hi) - count(0.0f) > 1 || count(-0.0f) - count(-hi) > 1) break;
+                kbase++;
+            }
+            if (kbase < 0 || 2 * (ncell - kbase) > (uint32_t)FINE_MAX) continue;
+        }
+        bool ok = true;
+        std::memset(p.e, 0, sizeof(p.e));
+        const int first = direct ? 0 : kbase;
+        const int half = direct ? (256 << m) : (int)ncell - kbase;
+        for (uint32_t u = first; u < ncell && ok; u++) {
+            const float lo = (!direct && (int)u == kbase) ? 0.0f : as_float(u << sh);
+            const float hi = as_float(((u + 1) << sh) - 1);
+            ok = entry(lo, hi, p.e[u - first]) && entry(-hi, -lo, p.e[half + u - first]);
+        }
+        if (!ok) continue;
+        if (direct) { // keys of NaN / |s| >= 2 (nan_policy='propagate'): in bounds, any code
+            for (uint32_t u = ncell; u < (256u << m); u++) p.e[u] = make_uint2(0x7f800000u, 0);
+        }
+        p.m = m;
+        p.kbase = direct ? -1 : kbase;
+        p.half = half;
+        p.size = direct ? (384 << m) : 2 * half;
+        return true;
+    }
+    return false;
+}
+
+// element j of a chunk held as raw words (16-bit types: element j in half j & 1 of word j / 2);
+// put() stores an element that is exactly representable in T (the tail path's scalar loads)
+__device__ __forceinline__ void put16(uint4* v, int j, uint32_t h) {
+    uint32_t& w = (&v[0].x)[j >> 1];
+    w = (j & 1) ? ((w & 0xFFFFu) | (h << 16)) : ((w & 0xFFFF0000u) | h);
+}
 template <typename T> struct Elem;
 template <> struct Elem<float> {
     static constexpr int VECS = CHUNK * 4 / 16;
     __device__ static float at(const uint4* v, int j) { return __uint_as_float((&v[0].x)[j]); }
+    __device__ static void put(uint4* v, int j, float x) { (&v[0].x)[j] = __float_as_uint(x); }
     __device__ static float load1(const void* p, long long i) { return static_cast<const float*>(p)[i]; }
     __device__ static uint32_t bits1(float x) { return __float_as_uint(x); }
     __device__ static void store1(void* p, long long i, float x) { static_cast<float*>(p)[i] = x; }
@@ -137,6 +216,7 @@ template <> struct Elem<__half> {
         unsigned short h = (j & 1) ? (unsigned short)(w >> 16) : (unsigned short)(w & 0xFFFF);
         return __half2float(__ushort_as_half(h));
     }
+    __device__ static void put(uint4* v, int j, float x) { put16(v, j, bits1(x)); }
     __device__ static float load1(const void* p, long long i) {
         return __half2float(static_cast<const __half*>(p)[i]);
     }
@@ -149,6 +229,7 @@ template <> struct Elem<__nv_bfloat16> {
         uint32_t w = (&v[0].x)[j >> 1];
         return __uint_as_float((j & 1) ? (w & 0xFFFF0000u) : (w << 16));
     }
+    __device__ static void put(uint4* v, int j, float x) { put16(v, j, bits1(x)); }
     __device__ static float load1(const void* p, long long i) {
         return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
     }
@@ -171,24 +252,35 @@ __device__ __forceinline__ float mul_ftz(float a, float b) {
 
 // ------------------------------------------------------------------------------------------ quantize
 // BITS: 4 (packed output) or 8 (one code per byte). L: tree levels (4 or 8). G: threads per block.
-// S = 0: Eytzinger tree search (any codebook); S >= 1: cell plan with an S-step search.
-template <int L, int S> using QParams = std::conditional_t<S == 0, Tree<L>, Plan>;
+// S: the search (below). Fine plans first; the cell plan and the tree are fallbacks for codebooks
+// whose bounds are too dense somewhere for a fine table of FINE_MAX entries.
+constexpr int S_TREE = 0;         // Eytzinger tree, any codebook
+constexpr int S_FINE_DIRECT = 1;  // fine plan, key = bits >> (23 - m)
+constexpr int S_FINE_CLAMPED = 9; // fine plan, clamped |s| key + sign half
+// S = 2, 3: cell plan with an S-step search
+__host__ __device__ constexpr bool is_fine(int S) { return S == S_FINE_DIRECT || S == S_FINE_CLAMPED; }
+template <int L, int S>
+using QParams = std::conditional_t<S == S_TREE, Tree<L>, std::conditional_t<is_fine(S), Fine, Plan>>;
 
 template <typename T, int BITS, int L, int G, int S>
-__global__ void __launch_bounds__(THREADS, BITS == 8 ? 8 : 6) k_quantize(const void* __restrict__ A, long long n, long long nblocks,
+__global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const void* __restrict__ A, long long n, long long nblocks,
                                                       const __grid_constant__ QParams<L, S> prm,
                                                       unsigned char* __restrict__ out, float* __restrict__ absmax,
                                                       int flags, int vec_ok, long long ntiles) {
     constexpr int M = 1 << L;
-    constexpr int TREE_WORDS = S == 0 ? 2 * M : 1;
-    __shared__ uint32_t s_tree[TREE_WORDS];
-    __shared__ __align__(16) uint16_t s_cell[S == 0 ? 2 : 384 << MMAX];
-    __shared__ __align__(16) float s_b[S == 0 ? 1 : 256 + 8];
-    __shared__ __align__(16) uint32_t s_pair[S == 0 ? 2 : 2 * 256];
+    constexpr bool CELL = S == 2 || S == 3;
+    __shared__ uint32_t s_tree[S == S_TREE ? 2 * M : 1];
+    __shared__ __align__(16) uint16_t s_cell[CELL ? 384 << MMAX : 2];
+    __shared__ __align__(16) float s_b[CELL ? 256 + 8 : 1];
+    __shared__ __align__(16) uint32_t s_pair[CELL ? 2 * 256 : 2];
     __shared__ float s_warpmax[2][THREADS / 32];
+    extern __shared__ uint2 s_fine[]; // fine plans: prm.size entries (dynamic shared memory)
     int m_bits = 0, ident = 0;
-    if constexpr (S == 0) {
+    if constexpr (S == S_TREE) {
         for (int i = threadIdx.x; i < 2 * M; i += THREADS) s_tree[i] = prm.w[i];
+    } else if constexpr (is_fine(S)) {
+        m_bits = prm.m;
+        for (int i = threadIdx.x; i < prm.size; i += THREADS) s_fine[i] = prm.e[i];
     } else {
         m_bits = prm.m;
         ident = prm.identity;
@@ -209,22 +301,20 @@ __global__ void __launch_bounds__(THREADS, BITS == 8 ? 8 : 6) k_quantize(const v
     const long long blk = t / G;
     const bool live = blk < nblocks;
 
-    float x[CHUNK];
+    // the chunk stays in its raw words: elements are unpacked where they are used (registers)
+    uint4 v[Elem<T>::VECS];
     if (vec_ok && e0 + CHUNK <= n) {
-        uint4 v[Elem<T>::VECS];
         const uint4* p = reinterpret_cast<const uint4*>(static_cast<const T*>(A) + e0);
 #pragma unroll
         for (int k = 0; k < Elem<T>::VECS; k++) v[k] = __ldcs(p + k);
-#pragma unroll
-        for (int j = 0; j < CHUNK; j++) x[j] = Elem<T>::at(v, j);
     } else {
 #pragma unroll
-        for (int j = 0; j < CHUNK; j++) x[j] = (e0 + j < n) ? Elem<T>::load1(A, e0 + j) : 0.0f;
+        for (int j = 0; j < CHUNK; j++) Elem<T>::put(v, j, (e0 + j < n) ? Elem<T>::load1(A, e0 + j) : 0.0f);
     }
 
     float m = 0.0f;
 #pragma unroll
-    for (int j = 0; j < CHUNK; j++) m = fmaxf(m, fabsf(x[j]));
+    for (int j = 0; j < CHUNK; j++) m = fmaxf(m, fabsf(Elem<T>::at(v, j)));
     constexpr int GW = G < 32 ? G : 32;
 #pragma unroll
     for (int o = GW / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
@@ -241,67 +331,88 @@ __global__ void __launch_bounds__(THREADS, BITS == 8 ? 8 : 6) k_quantize(const v
     const bool tail = live && blk == nblocks - 1 && (n % ((long long)G * CHUNK)) != 0;
     const bool bnb = flags & KBIT_QFLAG_BNB_SCALE;
     if (live && (threadIdx.x & (G - 1)) == 0) absmax[blk] = (tail && !bnb) ? fmaxf(m, TINY) : m;
+    const float inv = bnb ? rcp_approx_ftz(m) : __frcp_rn(fmaxf(m, TINY));
+    const float d = fmaxf(m, TINY);
 
-    float s[CHUNK];
+    // GRP elements at a time: the fine search keeps GRP 8-byte entries in flight, not 16 (registers)
+    constexpr int GRP = is_fine(S) ? 8 : CHUNK;
+    // codes go straight into the output words (8-bit: byte j; 4-bit: element 2k in the high nibble)
+    constexpr int NW = CHUNK * BITS / 32;
+    uint32_t w[NW];
+#pragma unroll
+    for (int k = 0; k < NW; k++) w[k] = 0;
+    auto emit = [&](int j, uint32_t q) {
+        if constexpr (BITS == 8) w[j >> 2] |= q << (8 * (j & 3));
+        else w[j >> 3] |= q << (4 * ((j & 7) ^ 1));
+    };
+#pragma unroll
+    for (int g = 0; g < CHUNK; g += GRP) {
+    float s[GRP];
     if (bnb) {
         // bnb's fast-math scaling; the clamp only turns an all-zero block's NaN into -1 (the tree
         // search without the clamp gives bucket 0 for NaN: the same bucket for every codebook here)
-        const float inv = rcp_approx_ftz(m);
 #pragma unroll
-        for (int j = 0; j < CHUNK; j++) s[j] = fminf(fmaxf(mul_ftz(x[j], inv), -1.0f), 1.0f);
+        for (int j = 0; j < GRP; j++) s[j] = fminf(fmaxf(mul_ftz(Elem<T>::at(v, g + j), inv), -1.0f), 1.0f);
     } else if (!tail) {
-        const float inv = __frcp_rn(fmaxf(m, TINY));
 #pragma unroll
-        for (int j = 0; j < CHUNK; j++) s[j] = __fmul_rn(x[j], inv);
+        for (int j = 0; j < GRP; j++) s[j] = __fmul_rn(Elem<T>::at(v, g + j), inv);
     } else {
-        const float d = fmaxf(m, TINY);
 #pragma unroll
-        for (int j = 0; j < CHUNK; j++) s[j] = __fdiv_rn(x[j], d);
+        for (int j = 0; j < GRP; j++) s[j] = __fdiv_rn(Elem<T>::at(v, g + j), d);
     }
-    if constexpr (S == 0) { // the cell plan folds the clamp into its bounds; the tree clamps
+    if constexpr (S == S_TREE) { // the plans fold the clamp into their bounds; the tree clamps
 #pragma unroll
-        for (int j = 0; j < CHUNK; j++) s[j] = fminf(fmaxf(s[j], -1.0f), 1.0f);
+        for (int j = 0; j < GRP; j++) s[j] = fminf(fmaxf(s[j], -1.0f), 1.0f);
     }
 
-    uint32_t q[CHUNK];
-    if constexpr (S == 0) {
+    if constexpr (is_fine(S)) {
+        const int sh = 23 - m_bits;
+        const int kbase = prm.kbase, kmax = (128 << m_bits) - 1 - prm.kbase, half = prm.half, last = prm.size - 1;
+#pragma unroll
+        for (int j = 0; j < GRP; j++) {
+            const uint32_t bits = __float_as_uint(s[j]);
+            int idx;
+            if constexpr (S == S_FINE_DIRECT) {
+                idx = min((int)(bits >> sh), last);
+            } else {
+                idx = min(max((int)((bits & 0x7fffffffu) >> sh) - kbase, 0), kmax) + (((int)bits >> 31) & half);
+            }
+            const uint2 e = s_fine[idx];
+            emit(g + j, (s[j] > __uint_as_float(e.x) ? e.y >> 8 : e.y) & 0xFFu);
+        }
+        asm volatile("" ::: "memory"); // keep the next group's loads behind this group's (registers)
+    } else if constexpr (S == S_TREE) {
         const float* nodes = reinterpret_cast<const float*>(s_tree);
 #pragma unroll
-        for (int j = 0; j < CHUNK; j++) {
+        for (int j = 0; j < GRP; j++) {
             int i = 1;
 #pragma unroll
             for (int l = 0; l < L; l++) i = 2 * i + (s[j] > nodes[i] ? 1 : 0);
-            q[j] = s_tree[i];
+            emit(g + j, s_tree[i]);
         }
     } else {
         const int sh = 23 - m_bits;
         const char* sb = reinterpret_cast<const char*>(s_b);
         const char* sp = reinterpret_cast<const char*>(s_pair);
 #pragma unroll
-        for (int j = 0; j < CHUNK; j++) {
+        for (int j = 0; j < GRP; j++) {
             uint32_t off = s_cell[__float_as_uint(s[j]) >> sh]; // 4 * #{bounds < min(cell)}
 #pragma unroll
             for (int step = 1 << (S - 1); step > 1; step >>= 1)
                 off += (s[j] > *reinterpret_cast<const float*>(sb + off + 4 * (step - 1))) ? 4 * step : 0;
             const bool up = s[j] > *reinterpret_cast<const float*>(sb + off);
             if (BITS == 8 && ident) { // sorted 8-bit tables: the bucket is the code (4-bit: the branch costs
-                q[j] = (off >> 2) + (up ? 1 : 0); // registers -> occupancy; the pair read is cheap there)
+                emit(g + j, (off >> 2) + (up ? 1 : 0)); // registers -> occupancy; the pair read is cheap there)
             } else {
                 const uint2 pr = *reinterpret_cast<const uint2*>(sp + 2 * off);
-                q[j] = up ? pr.y : pr.x;
+                emit(g + j, up ? pr.y : pr.x);
             }
         }
     }
+    } // groups
 
     if (!live || e0 >= n) continue;
     if constexpr (BITS == 4) {
-        uint32_t w[2];
-#pragma unroll
-        for (int k = 0; k < 2; k++) {
-            w[k] = 0;
-#pragma unroll
-            for (int b = 0; b < 4; b++) w[k] |= ((q[8 * k + 2 * b] << 4) | q[8 * k + 2 * b + 1]) << (8 * b);
-        }
         if (e0 + CHUNK <= n) {
             __stcs(reinterpret_cast<uint2*>(out + e0 / 2), make_uint2(w[0], w[1]));
         } else {
@@ -311,16 +422,12 @@ __global__ void __launch_bounds__(THREADS, BITS == 8 ? 8 : 6) k_quantize(const v
                 if (e0 / 2 + b < nbytes) out[e0 / 2 + b] = (unsigned char)(w[b >> 2] >> (8 * (b & 3)));
         }
     } else {
-        uint32_t w[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-            w[k] = q[4 * k] | (q[4 * k + 1] << 8) | (q[4 * k + 2] << 16) | (q[4 * k + 3] << 24);
         if (e0 + CHUNK <= n) {
             __stcs(reinterpret_cast<uint4*>(out + e0), make_uint4(w[0], w[1], w[2], w[3]));
         } else {
 #pragma unroll
             for (int j = 0; j < CHUNK; j++)
-                if (e0 + j < n) out[e0 + j] = (unsigned char)q[j];
+                if (e0 + j < n) out[e0 + j] = (unsigned char)(w[j >> 2] >> (8 * (j & 3)));
         }
     }
     } // tile loop
@@ -430,15 +537,20 @@ cudaError_t launch_q(const void* A, long long n, const QParams<L, S>& tree, unsi
     const long long nblocks = (n + bs - 1) / bs;
     const long long threads = nblocks * G;
     const long long ntiles = (threads + THREADS - 1) / THREADS;
-    static int per_sm = 0; // resident CTAs per SM of this instantiation
-    if (per_sm == 0) {
-        cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_quantize<T, BITS, L, G, S>, THREADS, 0);
+    size_t smem = 0;
+    if constexpr (is_fine(S)) smem = sizeof(uint2) * (size_t)tree.size;
+    // resident CTAs per SM of this instantiation, for the last dynamic shared-memory size seen
+    static thread_local size_t cached_smem = ~(size_t)0;
+    static thread_local int per_sm = 0;
+    if (smem != cached_smem) {
+        cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_quantize<T, BITS, L, G, S>, THREADS, smem);
         if (e != cudaSuccess || per_sm < 1) per_sm = 1;
+        cached_smem = smem;
     }
     const long long grid = std::min<long long>(ntiles, (long long)per_sm * num_sms());
     const int vec_ok = aligned16(A) && aligned16(out);
-    k_quantize<T, BITS, L, G, S><<<(unsigned)grid, THREADS, 0, stream>>>(A, n, nblocks, tree, out, absmax, flags,
-                                                                         vec_ok, ntiles);
+    k_quantize<T, BITS, L, G, S><<<(unsigned)grid, THREADS, smem, stream>>>(A, n, nblocks, tree, out, absmax, flags,
+                                                                            vec_ok, ntiles);
     return cudaGetLastError();
 }
 
@@ -469,14 +581,15 @@ cudaError_t dispatch_t(const void* A, int dtype, long long n, int blocksize, con
     }
 }
 
-// Plans are cached per (S, bounds, codes): building one scans up to 2 x 4096 cells.
-struct PlanCache {
+// Plans are cached per (kind, bounds, codes): building one scans up to 2 x 131072 cells.
+template <typename P> struct PlanCache {
     std::mutex mu;
-    std::map<std::vector<uint32_t>, std::unique_ptr<Plan>> plans; // value null: no plan with this S
+    std::map<std::vector<uint32_t>, std::unique_ptr<P>> plans; // value null: no plan of this kind
 };
 
-static const Plan* cached_plan(int S, const float* bounds, int nbounds, const unsigned char* codes, int nbuckets) {
-    static PlanCache cache;
+template <typename P>
+static const P* cached_plan(int S, const float* bounds, int nbounds, const unsigned char* codes, int nbuckets) {
+    static PlanCache<P> cache;
     std::vector<uint32_t> key(2 + nbounds + nbuckets);
     key[0] = S;
     key[1] = nbounds;
@@ -485,14 +598,18 @@ static const Plan* cached_plan(int S, const float* bounds, int nbounds, const un
     std::lock_guard<std::mutex> lock(cache.mu);
     auto it = cache.plans.find(key);
     if (it == cache.plans.end()) {
-        auto p = std::make_unique<Plan>();
-        if (!build_plan(*p, S, bounds, nbounds, codes, nbuckets)) p.reset();
+        auto p = std::make_unique<P>();
+        bool ok;
+        if constexpr (std::is_same_v<P, Fine>) ok = build_fine(*p, bounds, nbounds, codes, nbuckets);
+        else ok = build_plan(*p, S, bounds, nbounds, codes, nbuckets);
+        if (!ok) p.reset();
         it = cache.plans.emplace(std::move(key), std::move(p)).first;
     }
     return it->second.get();
 }
 
-static int g_force_tree = -1; // KBIT_QUANT_SEARCH=tree forces the Eytzinger path (for studies)
+// KBIT_QUANT_SEARCH=tree forces the Eytzinger path, =cell the cell plan (for studies and tests)
+static int g_search = -1; // 0 default, 1 tree, 2 cell
 
 template <int BITS, int L>
 cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const float* bounds, int nbounds,
@@ -502,21 +619,23 @@ cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const
     for (int i = 1; i < nbounds; i++)
         if (!(bounds[i - 1] < bounds[i])) return cudaErrorInvalidValue; // must be strictly increasing
     if (n == 0) return cudaSuccess;
-    if (g_force_tree < 0) {
+    if (g_search < 0) {
         const char* e = std::getenv("KBIT_QUANT_SEARCH");
-        g_force_tree = (e && std::strcmp(e, "tree") == 0) ? 1 : 0;
+        g_search = !e ? 0 : std::strcmp(e, "tree") == 0 ? 1 : std::strcmp(e, "cell") == 0 ? 2 : 0;
     }
-    if (!g_force_tree) {
-        // fewest search steps whose cell table fits: 4-bit S = 1, 8-bit S = 2 or 3
-        if constexpr (BITS == 4) {
-            if (const Plan* p = cached_plan(1, bounds, nbounds, bucket_codes, nbuckets))
-                return dispatch_t<BITS, L, 1>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
-        } else {
-            if (const Plan* p = cached_plan(2, bounds, nbounds, bucket_codes, nbuckets))
-                return dispatch_t<BITS, L, 2>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
-            if (const Plan* p = cached_plan(3, bounds, nbounds, bucket_codes, nbuckets))
-                return dispatch_t<BITS, L, 3>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
+    // the one-load fine plan if its table fits, else the fewest cell-search steps whose table fits
+    if (g_search == 0) {
+        if (const Fine* p = cached_plan<Fine>(1, bounds, nbounds, bucket_codes, nbuckets)) {
+            if (p->kbase < 0)
+                return dispatch_t<BITS, L, S_FINE_DIRECT>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
+            return dispatch_t<BITS, L, S_FINE_CLAMPED>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
         }
+    }
+    if (g_search != 1) {
+        if (const Plan* p = cached_plan<Plan>(2, bounds, nbounds, bucket_codes, nbuckets))
+            return dispatch_t<BITS, L, 2>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
+        if (const Plan* p = cached_plan<Plan>(3, bounds, nbounds, bucket_codes, nbuckets))
+            return dispatch_t<BITS, L, 3>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
     }
     Tree<L> tree;
     build_tree<L>(tree, bounds, nbounds, bucket_codes, nbuckets);

@@ -178,3 +178,66 @@ def test_dequant_matches_bitsandbytes(dtype, rng):
     c, a = B.quantize_blockwise(A, cb, 256)
     tab = cb.tensors("cuda")[0]
     assert torch.equal(C.dequantize_blockwise(c, a, tab, 256, dtype), B.dequantize_blockwise(c, a, tab, 256, dtype))
+
+
+def _edge_values(cb) -> torch.Tensor:
+    """Every bound of ``cb``, its float32 neighbours, their negatives, +-0 and tiny magnitudes:
+    the values where a search table's cell edges and the spec's ``s > bound`` rule can disagree."""
+    b = torch.tensor(cb.bounds, dtype=torch.float32)
+    b = b[b.abs() <= 1]
+    inf = torch.tensor(float("inf"))
+    v = torch.cat([b, torch.nextafter(b, inf), torch.nextafter(b, -inf), -b,
+                   torch.tensor([0.0, -0.0, 1e-38, -1e-38, 1e-30, -1e-30, 2.0 ** -60, 1.0, -1.0])])
+    return v[v.abs() <= 1]
+
+
+def _edge_blocks(cb, bs, rng) -> torch.Tensor:
+    """fp32 blocks whose first element is 1.0 (absmax 1: s == x exactly) and the rest edge values."""
+    v = _edge_values(cb)
+    nb = -(-v.numel() // (bs - 1)) + 2
+    body = v[torch.randint(0, v.numel(), (nb, bs - 1), generator=rng)]
+    body.view(-1)[: v.numel()] = v  # every edge value at least once
+    return torch.cat([torch.ones(nb, 1), body], 1).reshape(-1)
+
+
+# a codebook with 200 bounds inside [0.5, 0.5001): no fine table and no cell table holds it
+DENSE = cbs.from_values(sorted([-1.0, 0.0, 1.0] + [0.5 + k * 5e-7 for k in range(253)]), "dense-test")
+
+SEARCH_CASES = ["dynamic", "dynamic-unsigned", "linear8", "nf4", "fp4", "af4"]
+
+
+def _edge_check(cbnames, rng):
+    from workbench.backends.cuda import quant as C
+    for name in cbnames:
+        cb = DENSE if name == "dense" else cbs.get(name)
+        for bs in (64, 256, 4096):
+            A = _edge_blocks(cb, bs, rng).cuda()
+            if cb.size <= 16:
+                p, a = C.quantize_4bit(A, cb, bs)
+                p2, a2 = R.quantize_4bit(A, cb, bs)
+            else:
+                p, a = C.quantize_blockwise(A, cb, bs)
+                p2, a2 = R.quantize_blockwise(A, cb, bs)
+            assert torch.equal(a, a2), (name, bs)
+            assert torch.equal(p, p2), (name, bs, int((p != p2).sum()))
+
+
+def test_search_tables_exact_on_edges(rng):
+    """Bounds, their float32 neighbours, +-0 and tiny magnitudes land in the spec's bucket with the
+    default search (fine tables for these codebooks) and with the dense codebook (the fallback)."""
+    _backend("cuda")
+    _edge_check(SEARCH_CASES + ["dense"], rng)
+
+
+@pytest.mark.parametrize("search", ["cell", "tree"])
+def test_fallback_searches_exact_on_edges(search):
+    """The cell-plan and tree searches (KBIT_QUANT_SEARCH, read once per process) on the same edges."""
+    _backend("cuda")
+    import os
+    import subprocess
+    import sys
+    code = ("import torch; import tests.test_gpu_quant as T; "
+            f"T._edge_check({SEARCH_CASES!r}, torch.Generator().manual_seed(7))")
+    env = dict(os.environ, KBIT_QUANT_SEARCH=search)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
