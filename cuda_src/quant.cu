@@ -125,19 +125,20 @@ static bool build_plan(Plan& p, int S, const float* bounds_in, int nbounds, cons
 // Fine plan: the one-load search. The cells are fine enough (m mantissa bits) that each holds at most
 // ONE bound, so an entry {bound, code below | code above << 8} decides the code with one 8-byte shared
 // load and one compare: q = s > bound ? above : below (cells without a bound store +inf). Direct mode
-// (kbase < 0, small m: 4-bit codebooks) indexes by key = bits >> (23 - m) over the whole (-2, 2) range
-// (384 << m entries, [128 << m, 256 << m) unused). Clamped mode (8-bit codebooks need m = 6..7, too
-// many cells for the full exponent range) indexes |s|'s key, clamped below at kbase (all keys <= kbase
-// form one cell: the tiny magnitudes where the codebook has at most one bound) and above at the largest
-// key of |s| < 2 (NaN under nan_policy='propagate' lands there: undefined code, never out of bounds),
-// negative s in the second half. The [-1, 1] clamp is folded into the bounds as in the cell plan.
-constexpr int FINE_MAX = 3072; // entries: 24 KB of shared memory, 8 CTAs/SM still fit
+// (kbase_p < 0, small m: 4-bit codebooks) indexes by key = bits >> (23 - m) over the whole (-2, 2)
+// range (384 << m entries, [128 << m, 256 << m) unused). Clamped mode indexes the key of
+// max(|s|, lowest), per sign: lowest = the float of key kbase, so all smaller magnitudes share one
+// cell (where the codebook has at most one bound; NaN under nan_policy='propagate' lands there too:
+// an undefined code, never an out-of-bounds read); positive s in [0, half), negative s after it.
+// |s| < 2 needs no upper clamp (finite input: |x| <= absmax). The [-1, 1] clamp is folded into the
+// bounds as in the cell plan. numba_kernels/cell_plan.py:fine_plan is the numpy twin (optimizers).
+constexpr int FINE_MAX = 4000; // entries: 31.25 KB of shared memory at most (kernel parameters: <= 32764 bytes)
 struct Fine {
     uint2 e[FINE_MAX];
     int m;
-    int kbase; // < 0: direct mode
-    int half;  // clamped mode: entries per sign
-    int size;  // entries used
+    int kbase_p, kbase_n; // kbase_p < 0: direct mode
+    int half;             // clamped mode: entries of the positive side
+    int size;             // entries used
 };
 
 static bool build_fine(Fine& p, const float* bounds_in, int nbounds, const unsigned char* bucket_codes, int nbuckets) {
@@ -161,34 +162,40 @@ static bool build_fine(Fine& p, const float* bounds_in, int nbounds, const unsig
     for (int m = 1; m <= 10; m++) {
         const int sh = 23 - m;
         const uint32_t ncell = 128u << m; // keys of |s| < 2
-        const bool direct = (384u << m) <= (uint32_t)FINE_MAX;
-        // the largest kbase whose merged cell [0, hi(kbase)] holds at most one bound on each side
-        int kbase = -1;
-        if (!direct) {
-            while (kbase + 1 < (int)ncell) {
-                const float hi = as_float(((uint32_t)(kbase + 2) << sh) - 1);
-                if (count(hi) - count(0.0f) > 1 || count(-0.0f) - count(-hi) > 1) break;
-                kbase++;
-            }
-            if (kbase < 0 || 2 * (ncell - kbase) > (uint32_t)FINE_MAX) continue;
-        }
-        bool ok = true;
+        auto hi_of = [&](uint32_t u) { return as_float(((u + 1) << sh) - 1); };
         std::memset(p.e, 0, sizeof(p.e));
-        const int first = direct ? 0 : kbase;
-        const int half = direct ? (256 << m) : (int)ncell - kbase;
-        for (uint32_t u = first; u < ncell && ok; u++) {
-            const float lo = (!direct && (int)u == kbase) ? 0.0f : as_float(u << sh);
-            const float hi = as_float(((u + 1) << sh) - 1);
-            ok = entry(lo, hi, p.e[u - first]) && entry(-hi, -lo, p.e[half + u - first]);
+        bool ok = true;
+        if ((384u << m) <= (uint32_t)FINE_MAX) { // direct
+            for (uint32_t u = 0; u < ncell && ok; u++) {
+                const float lo = as_float(u << sh), hi = hi_of(u);
+                ok = entry(lo, hi, p.e[u]) && entry(-hi, -lo, p.e[(256u << m) + u]);
+            }
+            if (!ok) continue;
+            for (uint32_t u = ncell; u < (256u << m); u++) p.e[u] = make_uint2(0x7f800000u, 0); // NaN keys
+            p.m = m;
+            p.kbase_p = p.kbase_n = -1;
+            p.half = 256 << m;
+            p.size = 384 << m;
+            return true;
         }
+        // per sign, the largest kbase whose merged cell [0, hi(kbase)] holds at most one bound
+        const int zero = count(0.0f); // == count(-0.0f)
+        int kp = -1, kn = -1;
+        while (kp + 1 < (int)ncell && count(hi_of(kp + 1)) - zero <= 1) kp++;
+        while (kn + 1 < (int)ncell && zero - count(-hi_of(kn + 1)) <= 1) kn++;
+        if (kp < 0 || kn < 0) continue;
+        const int half = (int)ncell - kp, size = half + (int)ncell - kn;
+        if (size > FINE_MAX) continue;
+        for (uint32_t u = kp; u < ncell && ok; u++)
+            ok = entry((int)u == kp ? 0.0f : as_float(u << sh), hi_of(u), p.e[u - kp]);
+        for (uint32_t u = kn; u < ncell && ok; u++)
+            ok = entry(-hi_of(u), (int)u == kn ? -0.0f : -as_float(u << sh), p.e[half + u - kn]);
         if (!ok) continue;
-        if (direct) { // keys of NaN / |s| >= 2 (nan_policy='propagate'): in bounds, any code
-            for (uint32_t u = ncell; u < (256u << m); u++) p.e[u] = make_uint2(0x7f800000u, 0);
-        }
         p.m = m;
-        p.kbase = direct ? -1 : kbase;
+        p.kbase_p = kp;
+        p.kbase_n = kn;
         p.half = half;
-        p.size = direct ? (384 << m) : 2 * half;
+        p.size = size;
         return true;
     }
     return false;
@@ -367,7 +374,10 @@ __global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const 
 
     if constexpr (is_fine(S)) {
         const int sh = 23 - m_bits;
-        const int kbase = prm.kbase, kmax = (128 << m_bits) - 1 - prm.kbase, half = prm.half, last = prm.size - 1;
+        const int last = prm.size - 1;
+        // clamped mode, per sign: lowest (bits) and the index offset; selected by the sign mask
+        const uint32_t low_p = (uint32_t)max(prm.kbase_p, 0) << sh, low_n = (uint32_t)max(prm.kbase_n, 0) << sh;
+        const int off_p = -prm.kbase_p, off_n = prm.half - prm.kbase_n;
 #pragma unroll
         for (int j = 0; j < GRP; j++) {
             const uint32_t bits = __float_as_uint(s[j]);
@@ -375,7 +385,9 @@ __global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const 
             if constexpr (S == S_FINE_DIRECT) {
                 idx = min((int)(bits >> sh), last);
             } else {
-                idx = min(max((int)((bits & 0x7fffffffu) >> sh) - kbase, 0), kmax) + (((int)bits >> 31) & half);
+                const uint32_t neg = (uint32_t)((int)bits >> 31);
+                const float lowest = __uint_as_float(low_p ^ ((low_p ^ low_n) & neg));
+                idx = (int)(__float_as_uint(fmaxf(fabsf(s[j]), lowest)) >> sh) + (off_p ^ ((off_p ^ off_n) & (int)neg));
             }
             const uint2 e = s_fine[idx];
             emit(g + j, (s[j] > __uint_as_float(e.x) ? e.y >> 8 : e.y) & 0xFFu);
@@ -626,7 +638,7 @@ cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const
     // the one-load fine plan if its table fits, else the fewest cell-search steps whose table fits
     if (g_search == 0) {
         if (const Fine* p = cached_plan<Fine>(1, bounds, nbounds, bucket_codes, nbuckets)) {
-            if (p->kbase < 0)
+            if (p->kbase_p < 0)
                 return dispatch_t<BITS, L, S_FINE_DIRECT>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
             return dispatch_t<BITS, L, S_FINE_CLAMPED>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
         }

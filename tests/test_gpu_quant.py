@@ -12,6 +12,8 @@ from workbench import codebooks as cbs
 from workbench.backends import status
 from workbench.backends.reference import quant as R
 
+from test_fine_plan import edge_values
+
 pytestmark = pytest.mark.gpu
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -180,20 +182,9 @@ def test_dequant_matches_bitsandbytes(dtype, rng):
     assert torch.equal(C.dequantize_blockwise(c, a, tab, 256, dtype), B.dequantize_blockwise(c, a, tab, 256, dtype))
 
 
-def _edge_values(cb) -> torch.Tensor:
-    """Every bound of ``cb``, its float32 neighbours, their negatives, +-0 and tiny magnitudes:
-    the values where a search table's cell edges and the spec's ``s > bound`` rule can disagree."""
-    b = torch.tensor(cb.bounds, dtype=torch.float32)
-    b = b[b.abs() <= 1]
-    inf = torch.tensor(float("inf"))
-    v = torch.cat([b, torch.nextafter(b, inf), torch.nextafter(b, -inf), -b,
-                   torch.tensor([0.0, -0.0, 1e-38, -1e-38, 1e-30, -1e-30, 2.0 ** -60, 1.0, -1.0])])
-    return v[v.abs() <= 1]
-
-
 def _edge_blocks(cb, bs, rng) -> torch.Tensor:
     """fp32 blocks whose first element is 1.0 (absmax 1: s == x exactly) and the rest edge values."""
-    v = _edge_values(cb)
+    v = edge_values(cb)
     nb = -(-v.numel() // (bs - 1)) + 2
     body = v[torch.randint(0, v.numel(), (nb, bs - 1), generator=rng)]
     body.view(-1)[: v.numel()] = v  # every edge value at least once
@@ -236,7 +227,7 @@ def test_fallback_searches_exact_on_edges(search):
     import os
     import subprocess
     import sys
-    code = ("import torch; import tests.test_gpu_quant as T; "
+    code = ("import sys, torch; sys.path.insert(0, 'tests'); import test_gpu_quant as T; "
             f"T._edge_check({SEARCH_CASES!r}, torch.Generator().manual_seed(7))")
     env = dict(os.environ, KBIT_QUANT_SEARCH=search)
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
