@@ -5,9 +5,10 @@
 // written once (8-bit: codes + one absmax per 256-block). The update rule is the reference's
 // (workbench/optim/functional.py) operation by operation, so results are bit-identical to it.
 //
-// 8-bit layout: a warp owns one 256-element block at a time; lane l handles elements l, l+32, ...,
-// l+224 of it (coalesced 128-byte fp32 / 32-byte code transactions, no alignment requirement, the
-// tail block needs only a bounds check). The new states stay in registers; the block absmax is a
+// 8-bit layout: a warp owns one 256-element block at a time; with aligned pointers a lane handles
+// elements 4l..4l+3 and 128+4l..128+4l+3 of a full block (16-byte fp32 / 8-byte 16-bit accesses,
+// 4 codes per 32-bit access: 4x fewer memory instructions); the tail block and misaligned arrays
+// take lane l -> elements l, l+32, ..., l+224 (scalar, bounds-checked). The new states stay in registers; the block absmax is a
 // xor-shuffle max; requantization is a cell-plan search in shared memory (one cell load, S <= 3 bound loads, one code load).
 // Tables, trees and bucket codes (256 entries per state) are loaded into shared memory once per CTA
 // (persistent grid).
@@ -30,19 +31,41 @@ struct KP {
     float k[KBIT_OPT_NK];
 };
 
+// ld/st: one element; ld4/st4: four consecutive elements at a 4-element-aligned index (one 16-byte
+// access for float, one 8-byte access for the 16-bit types)
 template <typename T> struct IO;
 template <> struct IO<float> {
     __device__ static float ld(const float* a, long long i) { return a[i]; }
     __device__ static void st(float* a, long long i, float v) { a[i] = v; }
+    __device__ static void ld4(const float* a, long long i, float* v) {
+        const float4 w = *reinterpret_cast<const float4*>(a + i);
+        v[0] = w.x, v[1] = w.y, v[2] = w.z, v[3] = w.w;
+    }
+    __device__ static void st4(float* a, long long i, const float* v) {
+        *reinterpret_cast<float4*>(a + i) = make_float4(v[0], v[1], v[2], v[3]);
+    }
 };
-template <> struct IO<__half> {
-    __device__ static float ld(const __half* a, long long i) { return __half2float(a[i]); }
-    __device__ static void st(__half* a, long long i, float v) { a[i] = __float2half_rn(v); }
+template <typename H, float (*TO)(H), H (*FROM)(float)> struct IO16 {
+    __device__ static float ld(const H* a, long long i) { return TO(a[i]); }
+    __device__ static void st(H* a, long long i, float v) { a[i] = FROM(v); }
+    __device__ static void ld4(const H* a, long long i, float* v) {
+        const uint2 w = *reinterpret_cast<const uint2*>(a + i);
+        const H* h = reinterpret_cast<const H*>(&w);
+        for (int c = 0; c < 4; c++) v[c] = TO(h[c]);
+    }
+    __device__ static void st4(H* a, long long i, const float* v) {
+        uint2 w;
+        H* h = reinterpret_cast<H*>(&w);
+        for (int c = 0; c < 4; c++) h[c] = FROM(v[c]);
+        *reinterpret_cast<uint2*>(a + i) = w;
+    }
 };
-template <> struct IO<__nv_bfloat16> {
-    __device__ static float ld(const __nv_bfloat16* a, long long i) { return __bfloat162float(a[i]); }
-    __device__ static void st(__nv_bfloat16* a, long long i, float v) { a[i] = __float2bfloat16_rn(v); }
-};
+__device__ __forceinline__ float h2f(__half h) { return __half2float(h); }
+__device__ __forceinline__ __half f2h(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ float b2f(__nv_bfloat16 h) { return __bfloat162float(h); }
+__device__ __forceinline__ __nv_bfloat16 f2b(float v) { return __float2bfloat16_rn(v); }
+template <> struct IO<__half> : IO16<__half, h2f, f2h> {};
+template <> struct IO<__nv_bfloat16> : IO16<__nv_bfloat16, b2f, f2b> {};
 
 __device__ __forceinline__ float sgn(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }
 
@@ -213,7 +236,7 @@ __device__ __forceinline__ float warp_max(float v) {
 
 // MODE: 0 cell plan with bucket-code tables, 1 cell plan with identity codes (unrolled), 2 fine tables
 template <typename T, int OPT, int MODE>
-__global__ void __launch_bounds__(THREADS, 4)
+__global__ void __launch_bounds__(THREADS, OPT == KBIT_OPT_ADEMAMIX ? 3 : 4) // AdEMAMix: 3 states in registers
     k_update8(int first, int skip_zeros, const T* __restrict__ g, T* __restrict__ p, unsigned char* __restrict__ c1,
               float* __restrict__ a1, unsigned char* __restrict__ c1b, float* __restrict__ a1b,
               unsigned char* __restrict__ c2, float* __restrict__ a2, const float* __restrict__ table1,
@@ -222,7 +245,7 @@ __global__ void __launch_bounds__(THREADS, 4)
               const unsigned char* __restrict__ cell2, const float* __restrict__ bounds2,
               const unsigned char* __restrict__ codes2, int m2, int S2, long long n, long long nblocks,
               const __grid_constant__ KP kp, const uint2* __restrict__ fine1, const uint2* __restrict__ fine2,
-              const FineP f1, const FineP f2) {
+              const FineP f1, const FineP f2, int vec_ok) {
     constexpr bool HB = OPT == KBIT_OPT_ADEMAMIX;
     constexpr bool HS2 = OPT == KBIT_OPT_ADAM || OPT == KBIT_OPT_ADEMAMIX;
     constexpr bool FINE = MODE == 2, FAST = MODE == 1;
@@ -255,38 +278,75 @@ __global__ void __launch_bounds__(THREADS, 4)
     __syncthreads();
     const int sh1 = 23 - m1, sh2 = 23 - m2;
     const int lane = threadIdx.x & 31;
+    // Element j (0..7) of a lane in a 256-block: full blocks with aligned pointers (vec) take
+    // 128 * (j / 4) + 4 * lane + j % 4 (4 consecutive elements: vector loads/stores, 4 codes in one
+    // 32-bit word); other blocks take 32 * j + lane (scalar, bounds-checked).
     for (long long blk = (long long)blockIdx.x * WARPS + (threadIdx.x >> 5); blk < nblocks;
          blk += (long long)gridDim.x * WARPS) {
         const long long start = blk * 256;
         const int cnt = (int)min(256LL, n - start);
         const bool tail = cnt < 256;
+        const bool vec = vec_ok && !tail;
         const float am1 = a1[blk];
         const float amb = HB ? a1b[blk] : 0.0f;
         const float am2 = HS2 ? a2[blk] : 0.0f;
-        float va[8], vb[8], vd[8];
+        float gv[8], pv[8], va[8], vb[8], vd[8];
+        uint32_t q1[8], qb[8], q2[8];
+        auto elem = [&](int j) { return vec ? 128 * (j >> 2) + 4 * lane + (j & 3) : 32 * j + lane; };
+        if (vec) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const long long i = start + 128 * h + 4 * lane;
+                IO<T>::ld4(g, i, gv + 4 * h);
+                IO<T>::ld4(p, i, pv + 4 * h);
+                const uint32_t w1 = *reinterpret_cast<const uint32_t*>(c1 + i);
+                const uint32_t wb = HB ? *reinterpret_cast<const uint32_t*>(c1b + i) : 0u;
+                const uint32_t w2 = HS2 ? *reinterpret_cast<const uint32_t*>(c2 + i) : 0u;
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    q1[4 * h + c] = (w1 >> (8 * c)) & 0xFF;
+                    qb[4 * h + c] = (wb >> (8 * c)) & 0xFF;
+                    q2[4 * h + c] = (w2 >> (8 * c)) & 0xFF;
+                }
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const int e = elem(j);
+                const long long i = start + e;
+                const bool in = e < cnt;
+                gv[j] = in ? IO<T>::ld(g, i) : 0.0f;
+                pv[j] = in ? IO<T>::ld(p, i) : 0.0f;
+                q1[j] = in ? c1[i] : 0;
+                qb[j] = in && HB ? c1b[i] : 0;
+                q2[j] = in && HS2 ? c2[i] : 0;
+            }
+        }
         float mx1 = 0.0f, mxb = 0.0f, mx2 = 0.0f;
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            const int e = j * 32 + lane;
-            va[j] = vb[j] = vd[j] = 0.0f;
-            if (e < cnt) {
-                const long long i = start + e;
-                float gv = IO<T>::ld(g, i);
-                float pv = IO<T>::ld(p, i);
-                float a = s_t1[c1[i]] * am1;
-                float b = HB ? s_t1[c1b[i]] * amb : 0.0f;
-                float d = HS2 ? s_t2[c2[i]] * am2 : 0.0f;
-                if (!(skip_zeros && gv == 0.0f)) {
-                    rule<OPT, true>(first, gv, pv, a, b, d, kp.k);
-                    IO<T>::st(p, i, pv);
-                }
-                va[j] = a;
-                vb[j] = b;
-                vd[j] = d;
-                mx1 = fmaxf(mx1, fabsf(a));
-                if (HB) mxb = fmaxf(mxb, fabsf(b));
-                if (HS2) mx2 = fmaxf(mx2, fabsf(d));
+            float a = s_t1[q1[j]] * am1;
+            float b = HB ? s_t1[qb[j]] * amb : 0.0f;
+            float d = HS2 ? s_t2[q2[j]] * am2 : 0.0f;
+            if (elem(j) < cnt) {
+                if (!(skip_zeros && gv[j] == 0.0f)) rule<OPT, true>(first, gv[j], pv[j], a, b, d, kp.k);
+            } else {
+                a = b = d = 0.0f;
             }
+            va[j] = a;
+            vb[j] = b;
+            vd[j] = d;
+            mx1 = fmaxf(mx1, fabsf(a));
+            if (HB) mxb = fmaxf(mxb, fabsf(b));
+            if (HS2) mx2 = fmaxf(mx2, fabsf(d));
+        }
+        if (vec) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) IO<T>::st4(p, start + 128 * h + 4 * lane, pv + 4 * h);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                if (elem(j) < cnt) IO<T>::st(p, start + elem(j), pv[j]);
         }
         mx1 = warp_max(mx1);
         if (HB) mxb = warp_max(mxb);
@@ -296,21 +356,39 @@ __global__ void __launch_bounds__(THREADS, 4)
         const float amc2 = fmaxf(mx2, TINY), r2 = 1.0f / amc2;
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            const int e = j * 32 + lane;
-            if (e < cnt) {
-                const long long i = start + e;
-                if constexpr (FINE) {
-                    c1[i] = encode_fine(va[j], amc1, r1, tail, s_fine, f1);
-                    if (HB) c1b[i] = encode_fine(vb[j], amcb, rb, tail, s_fine, f1);
-                    if (HS2) c2[i] = encode_fine(vd[j], amc2, r2, tail, s_fine + f1.size, f2);
-                } else if constexpr (FAST) {
-                    c1[i] = encode_fast<2>(va[j], amc1, r1, tail, s_cell1, s_b1, sh1);
-                    if (HB) c1b[i] = encode_fast<2>(vb[j], amcb, rb, tail, s_cell1, s_b1, sh1);
-                    if (HS2) c2[i] = encode_fast<3>(vd[j], amc2, r2, tail, s_cell2, s_b2, sh2);
-                } else {
-                    c1[i] = encode(va[j], amc1, r1, tail, s_cell1, s_b1, s_c1, sh1, S1);
-                    if (HB) c1b[i] = encode(vb[j], amcb, rb, tail, s_cell1, s_b1, s_c1, sh1, S1);
-                    if (HS2) c2[i] = encode(vd[j], amc2, r2, tail, s_cell2, s_b2, s_c2, sh2, S2);
+            if constexpr (FINE) {
+                q1[j] = encode_fine(va[j], amc1, r1, tail, s_fine, f1);
+                if (HB) qb[j] = encode_fine(vb[j], amcb, rb, tail, s_fine, f1);
+                if (HS2) q2[j] = encode_fine(vd[j], amc2, r2, tail, s_fine + f1.size, f2);
+            } else if constexpr (FAST) {
+                q1[j] = encode_fast<2>(va[j], amc1, r1, tail, s_cell1, s_b1, sh1);
+                if (HB) qb[j] = encode_fast<2>(vb[j], amcb, rb, tail, s_cell1, s_b1, sh1);
+                if (HS2) q2[j] = encode_fast<3>(vd[j], amc2, r2, tail, s_cell2, s_b2, sh2);
+            } else {
+                q1[j] = encode(va[j], amc1, r1, tail, s_cell1, s_b1, s_c1, sh1, S1);
+                if (HB) qb[j] = encode(vb[j], amcb, rb, tail, s_cell1, s_b1, s_c1, sh1, S1);
+                if (HS2) q2[j] = encode(vd[j], amc2, r2, tail, s_cell2, s_b2, s_c2, sh2, S2);
+            }
+        }
+        if (vec) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const long long i = start + 128 * h + 4 * lane;
+                auto word = [&](const uint32_t* q) {
+                    return q[4 * h] | (q[4 * h + 1] << 8) | (q[4 * h + 2] << 16) | (q[4 * h + 3] << 24);
+                };
+                *reinterpret_cast<uint32_t*>(c1 + i) = word(q1);
+                if (HB) *reinterpret_cast<uint32_t*>(c1b + i) = word(qb);
+                if (HS2) *reinterpret_cast<uint32_t*>(c2 + i) = word(q2);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                if (elem(j) < cnt) {
+                    const long long i = start + elem(j);
+                    c1[i] = (unsigned char)q1[j];
+                    if (HB) c1b[i] = (unsigned char)qb[j];
+                    if (HS2) c2[i] = (unsigned char)q2[j];
                 }
             }
         }
@@ -373,8 +451,11 @@ cudaError_t launch8(int first, int skip, const void* g, void* p, unsigned char* 
         occ_smem[mode] = smem;
     }
     int grid = (int)std::min<long long>(need, (long long)num_sms() * occ[mode]);
+    // vector path: 16-byte (float) / 8-byte (16-bit) param and grad, 4-byte code arrays
+    auto al = [](const void* q, uintptr_t a) { return q == nullptr || (reinterpret_cast<uintptr_t>(q) % a) == 0; };
+    const int vec_ok = al(g, 4 * sizeof(T)) && al(p, 4 * sizeof(T)) && al(c1, 4) && al(c1b, 4) && al(c2, 4);
     kern<<<grid, THREADS, smem, st>>>(first, skip, (const T*)g, (T*)p, c1, a1, c1b, a1b, c2, a2, t1, l1, f1, q1, m1, S1,
-                                      t2, l2, f2, q2, m2, S2, n, nblocks, kp, fine1, fine2, fp1, fp2);
+                                      t2, l2, f2, q2, m2, S2, n, nblocks, kp, fine1, fine2, fp1, fp2, vec_ok);
     return cudaGetLastError();
 }
 

@@ -141,7 +141,8 @@ struct Fine {
     int size;             // entries used
 };
 
-static bool build_fine(Fine& p, const float* bounds_in, int nbounds, const unsigned char* bucket_codes, int nbuckets) {
+static bool build_fine(Fine& p, const float* bounds_in, int nbounds, const unsigned char* bucket_codes, int nbuckets,
+                       bool clamped_only) {
     std::vector<float> b(nbounds);
     for (int i = 0; i < nbounds; i++) {
         float v = bounds_in[i];
@@ -165,7 +166,7 @@ static bool build_fine(Fine& p, const float* bounds_in, int nbounds, const unsig
         auto hi_of = [&](uint32_t u) { return as_float(((u + 1) << sh) - 1); };
         std::memset(p.e, 0, sizeof(p.e));
         bool ok = true;
-        if ((384u << m) <= (uint32_t)FINE_MAX) { // direct
+        if (!clamped_only && (384u << m) <= (uint32_t)FINE_MAX) { // direct
             for (uint32_t u = 0; u < ncell && ok; u++) {
                 const float lo = as_float(u << sh), hi = hi_of(u);
                 ok = entry(lo, hi, p.e[u]) && entry(-hi, -lo, p.e[(256u << m) + u]);
@@ -612,7 +613,7 @@ static const P* cached_plan(int S, const float* bounds, int nbounds, const unsig
     if (it == cache.plans.end()) {
         auto p = std::make_unique<P>();
         bool ok;
-        if constexpr (std::is_same_v<P, Fine>) ok = build_fine(*p, bounds, nbounds, codes, nbuckets);
+        if constexpr (std::is_same_v<P, Fine>) ok = build_fine(*p, bounds, nbounds, codes, nbuckets, S == S_FINE_CLAMPED);
         else ok = build_plan(*p, S, bounds, nbounds, codes, nbuckets);
         if (!ok) p.reset();
         it = cache.plans.emplace(std::move(key), std::move(p)).first;
@@ -620,8 +621,9 @@ static const P* cached_plan(int S, const float* bounds, int nbounds, const unsig
     return it->second.get();
 }
 
-// KBIT_QUANT_SEARCH=tree forces the Eytzinger path, =cell the cell plan (for studies and tests)
-static int g_search = -1; // 0 default, 1 tree, 2 cell
+// KBIT_QUANT_SEARCH=tree forces the Eytzinger path, =cell the cell plan, =clamped fine tables in
+// clamped mode only (for studies and tests)
+static int g_search = -1; // 0 default, 1 tree, 2 cell, 3 clamped
 
 template <int BITS, int L>
 cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const float* bounds, int nbounds,
@@ -633,11 +635,13 @@ cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const
     if (n == 0) return cudaSuccess;
     if (g_search < 0) {
         const char* e = std::getenv("KBIT_QUANT_SEARCH");
-        g_search = !e ? 0 : std::strcmp(e, "tree") == 0 ? 1 : std::strcmp(e, "cell") == 0 ? 2 : 0;
+        g_search = !e ? 0 : std::strcmp(e, "tree") == 0 ? 1 : std::strcmp(e, "cell") == 0 ? 2
+                 : std::strcmp(e, "clamped") == 0 ? 3 : 0;
     }
     // the one-load fine plan if its table fits, else the fewest cell-search steps whose table fits
-    if (g_search == 0) {
-        if (const Fine* p = cached_plan<Fine>(1, bounds, nbounds, bucket_codes, nbuckets)) {
+    if (g_search == 0 || g_search == 3) {
+        const int kind = g_search == 3 ? S_FINE_CLAMPED : S_FINE_DIRECT;
+        if (const Fine* p = cached_plan<Fine>(kind, bounds, nbounds, bucket_codes, nbuckets)) {
             if (p->kbase_p < 0)
                 return dispatch_t<BITS, L, S_FINE_DIRECT>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
             return dispatch_t<BITS, L, S_FINE_CLAMPED>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
