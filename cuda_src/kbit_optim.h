@@ -80,8 +80,8 @@ cudaError_t kbit_optimizer_update_8bit_blockwise(int opt, int first, int skip_ze
                                                  const unsigned char* codes2, int m2, int S2, long long n,
                                                  const float* k, cudaStream_t stream);
 
-/* The same update with one-load "fine" search tables (numba_kernels/cell_plan.py:fine_plan, 8-bit,
- * clamped mode): fine*: DEVICE uint32 arrays; plan*: HOST int[5] = {size, m, kbase_p, kbase_n, half}.
+/* The same update with one-load "fine" search tables (numba_kernels/cell_plan.py:fine_plan, clamped
+ * mode): fine*: DEVICE arrays of uint32 pairs; plan*: HOST int[5] = {size, m, kbase_p, kbase_n, half}.
  * fine2/plan2 NULL when there is no state2. The codes equal the cell-plan entry point's for finite states. */
 cudaError_t kbit_optimizer_update_8bit_fine(int opt, int first, int skip_zeros, const void* g, int gdtype, void* p,
                                             int pdtype, unsigned char* c1, float* a1, unsigned char* c1b, float* a1b,

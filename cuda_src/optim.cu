@@ -208,25 +208,24 @@ __device__ __forceinline__ unsigned char encode_fast(float v, float amc, float r
     return (unsigned char)pos;
 }
 
-// Fine tables (numba_kernels/cell_plan.py:fine_plan, 8-bit, clamped mode): cells holding at most one
-// bound; a 32-bit entry = the bound's low mantissa bits (negative cells: XOR mask) | code below << (23 - m),
-// code above = below + 1 (identity bucket codes): one shared load and one integer compare per code.
+// Fine tables (numba_kernels/cell_plan.py:fine_plan, clamped mode): cells holding at most one bound,
+// entry = {bound, code below | code above << 8}: one 8-byte shared load and one compare per code.
 // No [-1, 1] clamp: |s| < 2 for finite states, and NaN lands in the first cell (max(|s|, lowest)).
 struct FineP {
     int size, m, kp, kn, half;
 };
 
-__device__ __forceinline__ unsigned char encode_fine(float v, float amc, float r, bool tail, const uint32_t* tab,
+__device__ __forceinline__ unsigned char encode_fine(float v, float amc, float r, bool tail, const uint2* tab,
                                                      const FineP& f) {
     const float s = tail ? v / amc : v * r;
     const int sh = 23 - f.m;
-    const uint32_t mask = (1u << sh) - 1;
     const uint32_t neg = (uint32_t)((int)__float_as_uint(s) >> 31);
     const uint32_t low_p = (uint32_t)f.kp << sh, low_n = (uint32_t)f.kn << sh;
     const int off_p = -f.kp, off_n = f.half - f.kn;
-    const uint32_t key = __float_as_uint(fmaxf(fabsf(s), __uint_as_float(low_p ^ ((low_p ^ low_n) & neg))));
-    const uint32_t e = tab[(int)(key >> sh) + (off_p ^ ((off_p ^ off_n) & (int)neg))];
-    return (unsigned char)((e >> sh) + (((key ^ neg) & mask) > (e & mask) ? 1u : 0u));
+    const float lowest = __uint_as_float(low_p ^ ((low_p ^ low_n) & neg));
+    const int idx = (int)(__float_as_uint(fmaxf(fabsf(s), lowest)) >> sh) + (off_p ^ ((off_p ^ off_n) & (int)neg));
+    const uint2 e = tab[idx];
+    return (unsigned char)((s > __uint_as_float(e.x) ? e.y >> 8 : e.y) & 0xFFu);
 }
 
 __device__ __forceinline__ float warp_max(float v) {
@@ -245,7 +244,7 @@ __global__ void __launch_bounds__(THREADS, OPT == KBIT_OPT_ADEMAMIX ? 3 : 4) // 
               const unsigned char* __restrict__ codes1, int m1, int S1, const float* __restrict__ table2,
               const unsigned char* __restrict__ cell2, const float* __restrict__ bounds2,
               const unsigned char* __restrict__ codes2, int m2, int S2, long long n, long long nblocks,
-              const __grid_constant__ KP kp, const uint32_t* __restrict__ fine1, const uint32_t* __restrict__ fine2,
+              const __grid_constant__ KP kp, const uint2* __restrict__ fine1, const uint2* __restrict__ fine2,
               const FineP f1, const FineP f2, int vec_ok) {
     constexpr bool HB = OPT == KBIT_OPT_ADEMAMIX;
     constexpr bool HS2 = OPT == KBIT_OPT_ADAM || OPT == KBIT_OPT_ADEMAMIX;
@@ -253,7 +252,7 @@ __global__ void __launch_bounds__(THREADS, OPT == KBIT_OPT_ADEMAMIX ? 3 : 4) // 
     __shared__ float s_t1[256], s_b1[FINE ? 1 : NB], s_t2[HS2 ? 256 : 1], s_b2[HS2 && !FINE ? NB : 1];
     __shared__ __align__(16) unsigned char s_cell1[FINE ? 16 : CELLS], s_cell2[HS2 && !FINE ? CELLS : 16];
     __shared__ unsigned char s_c1[FINE ? 1 : 260], s_c2[HS2 && !FINE ? 260 : 1];
-    extern __shared__ uint32_t s_fine[]; // FINE: f1.size entries of state 1, then f2.size of state 2
+    extern __shared__ uint2 s_fine[]; // FINE: f1.size entries of state 1, then f2.size of state 2
     if constexpr (FINE) {
         for (int i = threadIdx.x; i < 256; i += THREADS) {
             s_t1[i] = table1[i];
@@ -434,10 +433,10 @@ cudaError_t launch8(int first, int skip, const void* g, void* p, unsigned char* 
                     float* a1b, unsigned char* c2, float* a2, const float* t1, const unsigned char* l1,
                     const float* f1, const unsigned char* q1, int m1, int S1, const float* t2, const unsigned char* l2,
                     const float* f2, const unsigned char* q2, int m2, int S2, long long n, const KP& kp, int mode,
-                    const uint32_t* fine1, const uint32_t* fine2, const FineP& fp1, const FineP& fp2, cudaStream_t st) {
+                    const uint2* fine1, const uint2* fine2, const FineP& fp1, const FineP& fp2, cudaStream_t st) {
     long long nblocks = (n + 255) / 256;
     long long need = (nblocks + WARPS - 1) / WARPS;
-    const size_t smem = mode == 2 ? sizeof(uint32_t) * (size_t)(fp1.size + fp2.size) : 0;
+    const size_t smem = mode == 2 ? sizeof(uint2) * (size_t)(fp1.size + fp2.size) : 0;
     auto kern = mode == 2 ? k_update8<T, OPT, 2> : mode == 1 ? k_update8<T, OPT, 1> : k_update8<T, OPT, 0>;
     if (smem > 48 * 1024) {
         cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
@@ -479,7 +478,7 @@ cudaError_t dispatch8(int opt, int first, int skip, const void* g, void* p, unsi
                       unsigned char* c1b, float* a1b, unsigned char* c2, float* a2, const float* t1,
                       const unsigned char* l1, const float* f1, const unsigned char* q1, int m1, int S1,
                       const float* t2, const unsigned char* l2, const float* f2, const unsigned char* q2, int m2, int S2,
-                      long long n, const KP& kp, int mode, const uint32_t* fine1, const uint32_t* fine2, const FineP& fp1,
+                      long long n, const KP& kp, int mode, const uint2* fine1, const uint2* fine2, const FineP& fp1,
                       const FineP& fp2, cudaStream_t st) {
 #define KB_L8(O)                                                                                                      \
     return launch8<T, O>(first, skip, g, p, c1, a1, c1b, a1b, c2, a2, t1, l1, f1, q1, m1, S1, t2, l2, f2, q2, m2, S2, \
@@ -586,9 +585,9 @@ cudaError_t kbit_optimizer_update_8bit_fine(int opt, int first, int skip_zeros, 
     const FineP f1{plan1[0], plan1[1], plan1[2], plan1[3], plan1[4]};
     const FineP f2 = fine2 ? FineP{plan2[0], plan2[1], plan2[2], plan2[3], plan2[4]} : FineP{0, 0, 0, 0, 0};
     auto bad = [](const FineP& f) { return f.size < 1 || f.m < 1 || f.m > 10 || f.kp < 0 || f.kn < 0 || f.half < 1; };
-    if (bad(f1) || (fine2 && bad(f2)) || f1.size + f2.size > 2 * 8000) return cudaErrorInvalidValue;
-    const uint32_t* e1 = static_cast<const uint32_t*>(fine1);
-    const uint32_t* e2 = static_cast<const uint32_t*>(fine2);
+    if (bad(f1) || (fine2 && bad(f2)) || f1.size + f2.size > 2 * 4000) return cudaErrorInvalidValue;
+    const uint2* e1 = static_cast<const uint2*>(fine1);
+    const uint2* e2 = static_cast<const uint2*>(fine2);
     KP kp = make_kp(k);
 #define KB_F8(T)                                                                                                       \
     return dispatch8<T>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, nullptr, nullptr, nullptr, 1, 1, \

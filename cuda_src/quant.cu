@@ -122,84 +122,75 @@ static bool build_plan(Plan& p, int S, const float* bounds_in, int nbounds, cons
     return false;
 }
 
-// Fine plan: the one-load search. The cells (sign, exponent and the top m mantissa bits of s) are fine
-// enough that each holds at most ONE bound, so one 32-bit entry decides the code: its low 23 - m bits
-// are the bound's mantissa bits below the cell prefix (the prefix is the cell's own, so the compare
-// needs only those: magnitudes order like their bits), the bits above hold the code(s):
-//   4-bit: code below | code above << 4;  8-bit (identity bucket codes): code below, code above = +1.
-// Negative cells store low ^ mask, so with t = (|s| bits ^ sign mask) & mask one unsigned compare
-// t > low decides for both signs. A cell without a bound stores low = mask (never exceeded).
-// Direct mode (kbase_p < 0, small m: 4-bit codebooks): entry index = bits >> (23 - m) over the whole
-// (-2, 2) range (384 << m entries, [128 << m, 256 << m) unused: NaN keys, sentinel entries).
-// Clamped mode, per sign: index by the key of max(|s|, lowest), lowest = the float of key kbase,
-// where kbase is the cell of the smallest-magnitude bound of that sign: no bound lies below it, so
-// the clamp changes no code (NaN under nan_policy='propagate' lands there too: an undefined code,
-// never an out-of-bounds read); positive s index [0, half), negative s follow. |s| < 2 needs no upper
-// clamp (finite input: |x| <= absmax). The [-1, 1] clamp of the spec is folded into the bounds.
-// numba_kernels/cell_plan.py:fine_plan is the numpy twin (the optimizer kernels use it).
-constexpr int FINE_MAX = 8000; // entries: 31.25 KB of shared memory at most (kernel parameters <= 32764 B)
+// Fine plan: the one-load search. The cells are fine enough (m mantissa bits) that each holds at most
+// ONE bound, so an entry {bound, code below | code above << 8} decides the code with one 8-byte shared
+// load and one compare: q = s > bound ? above : below (cells without a bound store +inf). Direct mode
+// (kbase_p < 0, small m: 4-bit codebooks) indexes by key = bits >> (23 - m) over the whole (-2, 2)
+// range (384 << m entries, [128 << m, 256 << m) unused). Clamped mode indexes the key of
+// max(|s|, lowest), per sign: lowest = the float of key kbase, so all smaller magnitudes share one
+// cell (where the codebook has at most one bound; NaN under nan_policy='propagate' lands there too:
+// an undefined code, never an out-of-bounds read); positive s in [0, half), negative s after it.
+// |s| < 2 needs no upper clamp (finite input: |x| <= absmax). The [-1, 1] clamp is folded into the
+// bounds as in the cell plan. numba_kernels/cell_plan.py:fine_plan is the numpy twin (optimizers).
+constexpr int FINE_MAX = 4000; // entries: 31.25 KB of shared memory at most (kernel parameters: <= 32764 bytes)
 struct Fine {
-    uint32_t e[FINE_MAX];
+    uint2 e[FINE_MAX];
     int m;
     int kbase_p, kbase_n; // kbase_p < 0: direct mode
     int half;             // clamped mode: entries of the positive side
     int size;             // entries used
 };
 
-static bool build_fine(Fine& p, int bits, const float* bounds_in, int nbounds, const unsigned char* bucket_codes,
-                       int nbuckets, bool clamped_only) {
+static bool build_fine(Fine& p, const float* bounds_in, int nbounds, const unsigned char* bucket_codes, int nbuckets,
+                       bool clamped_only) {
     std::vector<float> b(nbounds);
     for (int i = 0; i < nbounds; i++) {
         float v = bounds_in[i];
         b[i] = v < -1.0f ? -INFINITY : (v >= 1.0f ? INFINITY : v);
     }
-    if (bits == 8)
-        for (int i = 0; i < nbuckets; i++)
-            if (bucket_codes[i] != i) return false; // the 8-bit entry has room for one code only
     auto count = [&](float v) { return (int)(std::lower_bound(b.begin(), b.end(), v) - b.begin()); };
     auto code = [&](int k) { return (uint32_t)bucket_codes[std::min(k, nbuckets - 1)]; };
     auto as_float = [](uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; };
-    auto as_bits = [](float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; };
+    // entry of the value range [vmin, vmax] (one sign): base = #{b < vmin}, one bound allowed in [vmin, vmax)
+    auto entry = [&](float vmin, float vmax, uint2& e) {
+        const int base = count(vmin), inside = count(vmax) - base;
+        if (inside > 1) return false;
+        const float bound = inside ? b[base] : INFINITY;
+        std::memcpy(&e.x, &bound, 4);
+        e.y = code(base) | (code(base + 1) << 8);
+        return true;
+    };
     for (int m = 1; m <= 10; m++) {
         const int sh = 23 - m;
-        const uint32_t mask = (1u << sh) - 1, ncell = 128u << m; // keys of |s| < 2
-        auto lo_of = [&](uint32_t u) { return as_float(u << sh); };
+        const uint32_t ncell = 128u << m; // keys of |s| < 2
         auto hi_of = [&](uint32_t u) { return as_float(((u + 1) << sh) - 1); };
-        // entry of cell u of one sign: values [vmin, vmax], one bound allowed in [vmin, vmax)
-        auto entry = [&](uint32_t u, bool neg, uint32_t& e) {
-            const float vmin = neg ? -hi_of(u) : lo_of(u), vmax = neg ? -lo_of(u) : hi_of(u);
-            const int base = count(vmin), inside = count(vmax) - base;
-            if (inside > 1) return false;
-            uint32_t low = mask;
-            if (inside) {
-                low = as_bits(std::fabs(b[base])) & mask;
-                if (neg) low ^= mask;
-            }
-            const uint32_t codes = bits == 4 ? code(base) | (code(base + 1) << 4) : code(base);
-            e = low | (codes << sh);
-            return true;
-        };
         std::memset(p.e, 0, sizeof(p.e));
         bool ok = true;
         if (!clamped_only && (384u << m) <= (uint32_t)FINE_MAX) { // direct
-            for (uint32_t u = 0; u < ncell && ok; u++) ok = entry(u, false, p.e[u]) && entry(u, true, p.e[(256u << m) + u]);
+            for (uint32_t u = 0; u < ncell && ok; u++) {
+                const float lo = as_float(u << sh), hi = hi_of(u);
+                ok = entry(lo, hi, p.e[u]) && entry(-hi, -lo, p.e[(256u << m) + u]);
+            }
             if (!ok) continue;
-            for (uint32_t u = ncell; u < (256u << m); u++) p.e[u] = mask; // NaN keys: in bounds, any code
+            for (uint32_t u = ncell; u < (256u << m); u++) p.e[u] = make_uint2(0x7f800000u, 0); // NaN keys
             p.m = m;
             p.kbase_p = p.kbase_n = -1;
             p.half = 256 << m;
             p.size = 384 << m;
             return true;
         }
-        // the cell of the smallest-magnitude bound of each sign (none: the last cell; a bound at +0: key 0)
-        const int zero = count(0.0f);
-        const int kp = zero < nbounds && b[zero] < 2.0f ? (int)(as_bits(b[zero]) >> sh) : (int)ncell - 1;
-        // (negative cells hold bounds b with |b| in (lo, hi]: a bound at -lo(key) belongs below, hence - 1)
-        const int kn = zero > 0 && b[zero - 1] > -2.0f ? (int)((as_bits(-b[zero - 1]) - 1) >> sh) : (int)ncell - 1;
+        // per sign, the largest kbase whose merged cell [0, hi(kbase)] holds at most one bound
+        const int zero = count(0.0f); // == count(-0.0f)
+        int kp = -1, kn = -1;
+        while (kp + 1 < (int)ncell && count(hi_of(kp + 1)) - zero <= 1) kp++;
+        while (kn + 1 < (int)ncell && zero - count(-hi_of(kn + 1)) <= 1) kn++;
+        if (kp < 0 || kn < 0) continue;
         const int half = (int)ncell - kp, size = half + (int)ncell - kn;
         if (size > FINE_MAX) continue;
-        for (uint32_t u = kp; u < ncell && ok; u++) ok = entry(u, false, p.e[u - kp]);
-        for (uint32_t u = kn; u < ncell && ok; u++) ok = entry(u, true, p.e[half + u - kn]);
+        for (uint32_t u = kp; u < ncell && ok; u++)
+            ok = entry((int)u == kp ? 0.0f : as_float(u << sh), hi_of(u), p.e[u - kp]);
+        for (uint32_t u = kn; u < ncell && ok; u++)
+            ok = entry(-hi_of(u), (int)u == kn ? -0.0f : -as_float(u << sh), p.e[half + u - kn]);
         if (!ok) continue;
         p.m = m;
         p.kbase_p = kp;
@@ -280,7 +271,7 @@ template <int L, int S>
 using QParams = std::conditional_t<S == S_TREE, Tree<L>, std::conditional_t<is_fine(S), Fine, Plan>>;
 
 template <typename T, int BITS, int L, int G, int S>
-__global__ void __launch_bounds__(THREADS, 6) k_quantize(const void* __restrict__ A, long long n, long long nblocks,
+__global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const void* __restrict__ A, long long n, long long nblocks,
                                                       const __grid_constant__ QParams<L, S> prm,
                                                       unsigned char* __restrict__ out, float* __restrict__ absmax,
                                                       int flags, int vec_ok, long long ntiles) {
@@ -291,7 +282,7 @@ __global__ void __launch_bounds__(THREADS, 6) k_quantize(const void* __restrict_
     __shared__ __align__(16) float s_b[CELL ? 256 + 8 : 1];
     __shared__ __align__(16) uint32_t s_pair[CELL ? 2 * 256 : 2];
     __shared__ float s_warpmax[2][THREADS / 32];
-    extern __shared__ uint32_t s_fine[]; // fine plans: prm.size entries (dynamic shared memory)
+    extern __shared__ uint2 s_fine[]; // fine plans: prm.size entries (dynamic shared memory)
     int m_bits = 0, ident = 0;
     if constexpr (S == S_TREE) {
         for (int i = threadIdx.x; i < 2 * M; i += THREADS) s_tree[i] = prm.w[i];
@@ -351,7 +342,7 @@ __global__ void __launch_bounds__(THREADS, 6) k_quantize(const void* __restrict_
     const float inv = bnb ? rcp_approx_ftz(m) : __frcp_rn(fmaxf(m, TINY));
     const float d = fmaxf(m, TINY);
 
-    // GRP elements at a time: the fine search keeps GRP entries in flight, not 16 (registers)
+    // GRP elements at a time: the fine search keeps GRP 8-byte entries in flight, not 16 (registers)
     constexpr int GRP = is_fine(S) ? 8 : CHUNK;
     // codes go straight into the output words (8-bit: byte j; 4-bit: element 2k in the high nibble)
     constexpr int NW = CHUNK * BITS / 32;
@@ -384,7 +375,6 @@ __global__ void __launch_bounds__(THREADS, 6) k_quantize(const void* __restrict_
 
     if constexpr (is_fine(S)) {
         const int sh = 23 - m_bits;
-        const uint32_t mask = (1u << sh) - 1;
         const int last = prm.size - 1;
         // clamped mode, per sign: lowest (bits) and the index offset; selected by the sign mask
         const uint32_t low_p = (uint32_t)max(prm.kbase_p, 0) << sh, low_n = (uint32_t)max(prm.kbase_n, 0) << sh;
@@ -392,19 +382,16 @@ __global__ void __launch_bounds__(THREADS, 6) k_quantize(const void* __restrict_
 #pragma unroll
         for (int j = 0; j < GRP; j++) {
             const uint32_t bits = __float_as_uint(s[j]);
-            const uint32_t neg = (uint32_t)((int)bits >> 31);
             int idx;
-            uint32_t key_bits = bits;
             if constexpr (S == S_FINE_DIRECT) {
                 idx = min((int)(bits >> sh), last);
             } else {
-                key_bits = __float_as_uint(fmaxf(fabsf(s[j]), __uint_as_float(low_p ^ ((low_p ^ low_n) & neg))));
-                idx = (int)(key_bits >> sh) + (off_p ^ ((off_p ^ off_n) & (int)neg));
+                const uint32_t neg = (uint32_t)((int)bits >> 31);
+                const float lowest = __uint_as_float(low_p ^ ((low_p ^ low_n) & neg));
+                idx = (int)(__float_as_uint(fmaxf(fabsf(s[j]), lowest)) >> sh) + (off_p ^ ((off_p ^ off_n) & (int)neg));
             }
-            const uint32_t e = s_fine[idx];
-            const bool up = ((key_bits ^ neg) & mask) > (e & mask);
-            if constexpr (BITS == 4) emit(g + j, (e >> (sh + (up ? 4 : 0))) & 0xFu);
-            else emit(g + j, (e >> sh) + (up ? 1u : 0u));
+            const uint2 e = s_fine[idx];
+            emit(g + j, (s[j] > __uint_as_float(e.x) ? e.y >> 8 : e.y) & 0xFFu);
         }
         asm volatile("" ::: "memory"); // keep the next group's loads behind this group's (registers)
     } else if constexpr (S == S_TREE) {
@@ -564,7 +551,7 @@ cudaError_t launch_q(const void* A, long long n, const QParams<L, S>& tree, unsi
     const long long threads = nblocks * G;
     const long long ntiles = (threads + THREADS - 1) / THREADS;
     size_t smem = 0;
-    if constexpr (is_fine(S)) smem = sizeof(uint32_t) * (size_t)tree.size;
+    if constexpr (is_fine(S)) smem = sizeof(uint2) * (size_t)tree.size;
     // resident CTAs per SM of this instantiation, for the last dynamic shared-memory size seen
     static thread_local size_t cached_smem = ~(size_t)0;
     static thread_local int per_sm = 0;
@@ -614,10 +601,10 @@ template <typename P> struct PlanCache {
 };
 
 template <typename P>
-static const P* cached_plan(int S, int bits, const float* bounds, int nbounds, const unsigned char* codes, int nbuckets) {
+static const P* cached_plan(int S, const float* bounds, int nbounds, const unsigned char* codes, int nbuckets) {
     static PlanCache<P> cache;
     std::vector<uint32_t> key(2 + nbounds + nbuckets);
-    key[0] = S | (bits << 8);
+    key[0] = S;
     key[1] = nbounds;
     std::memcpy(key.data() + 2, bounds, 4 * nbounds);
     for (int i = 0; i < nbuckets; i++) key[2 + nbounds + i] = codes[i];
@@ -626,7 +613,7 @@ static const P* cached_plan(int S, int bits, const float* bounds, int nbounds, c
     if (it == cache.plans.end()) {
         auto p = std::make_unique<P>();
         bool ok;
-        if constexpr (std::is_same_v<P, Fine>) ok = build_fine(*p, bits, bounds, nbounds, codes, nbuckets, S == S_FINE_CLAMPED);
+        if constexpr (std::is_same_v<P, Fine>) ok = build_fine(*p, bounds, nbounds, codes, nbuckets, S == S_FINE_CLAMPED);
         else ok = build_plan(*p, S, bounds, nbounds, codes, nbuckets);
         if (!ok) p.reset();
         it = cache.plans.emplace(std::move(key), std::move(p)).first;
@@ -654,16 +641,16 @@ cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const
     // the one-load fine plan if its table fits, else the fewest cell-search steps whose table fits
     if (g_search == 0 || g_search == 3) {
         const int kind = g_search == 3 ? S_FINE_CLAMPED : S_FINE_DIRECT;
-        if (const Fine* p = cached_plan<Fine>(kind, BITS, bounds, nbounds, bucket_codes, nbuckets)) {
+        if (const Fine* p = cached_plan<Fine>(kind, bounds, nbounds, bucket_codes, nbuckets)) {
             if (p->kbase_p < 0)
                 return dispatch_t<BITS, L, S_FINE_DIRECT>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
             return dispatch_t<BITS, L, S_FINE_CLAMPED>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
         }
     }
     if (g_search != 1) {
-        if (const Plan* p = cached_plan<Plan>(2, BITS, bounds, nbounds, bucket_codes, nbuckets))
+        if (const Plan* p = cached_plan<Plan>(2, bounds, nbounds, bucket_codes, nbuckets))
             return dispatch_t<BITS, L, 2>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
-        if (const Plan* p = cached_plan<Plan>(3, BITS, bounds, nbounds, bucket_codes, nbuckets))
+        if (const Plan* p = cached_plan<Plan>(3, bounds, nbounds, bucket_codes, nbuckets))
             return dispatch_t<BITS, L, 3>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
     }
     Tree<L> tree;

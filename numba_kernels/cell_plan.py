@@ -42,101 +42,83 @@ def cell_plan(bounds: np.ndarray, bucket_codes: np.ndarray, bits: int, mmax: int
     raise AssertionError("unreachable: the full search always fits")
 
 
-FINE_MAX = 8000  # entries (31.25 KB): the quant kernels' limit too (cuda_src/quant.cu, FINE_MAX)
+FINE_MAX = 4000  # entries (31.25 KB): the quant kernels' limit too (cuda_src/quant.cu, FINE_MAX)
 
 
 def _f32(u):
     return np.asarray(u, np.uint64).astype(np.uint32).view(np.float32)
 
 
-def _bits(f):
-    return np.asarray(f, np.float32).view(np.uint32)
-
-
-def fine_plan(bounds: np.ndarray, bucket_codes: np.ndarray, bits: int = 8, max_entries: int = FINE_MAX, *,
-              clamped_only=False):
+def fine_plan(bounds: np.ndarray, bucket_codes: np.ndarray, max_entries: int = FINE_MAX, *, clamped_only=False):
     """The one-load search table (the numpy twin of ``build_fine`` in cuda_src/quant.cu), or None.
 
-    Cells (sign, exponent, top m mantissa bits) are fine enough that each holds at most one bound,
-    so one uint32 entry decides a code: its low 23 - m bits are the bound's mantissa bits below the
-    cell prefix (negative cells: XOR mask), the bits above the code(s) -- 4-bit: below | above << 4;
-    8-bit: below, above = below + 1 (identity bucket codes only, else None). A cell without a bound
-    stores low = mask. Code: ``t = (key bits ^ sign mask) & mask; up = t > (e & mask)``.
-    Clamped mode, per sign: key of ``max(|s|, lowest)``, ``lowest`` = the float of the cell of the
-    smallest-magnitude bound of that sign (nothing below it changes code; NaN lands there);
-    positive s index ``[0, half)``, negative s follow. Direct mode (kbase = -1): key = float bits
-    >> (23 - m), 384 << m entries, when ``clamped_only`` is false and it fits.
-    Returns ``(entries uint32[size], m, kbase_p, kbase_n, half)``.
+    Cells are fine enough (m mantissa bits) that each holds at most one bound, so an entry
+    (bound bits, code below | code above << 8) decides a code with one 8-byte load and one compare:
+    ``q = s > bound ? above : below`` (cells without a bound store +inf). Clamped mode, per sign:
+    the key is that of ``max(|s|, lowest)`` with ``lowest`` the float of key ``kbase`` (all smaller
+    magnitudes, and NaN, share the first cell); positive s index ``[0, half)``, negative s follow.
+    Returns ``(entries uint32[size, 2], m, kbase_p, kbase_n, half)``; direct mode (kbase = -1, key =
+    float bits >> (23 - m), 384 << m entries) when ``clamped_only`` is false and it fits.
     """
     b = np.asarray(bounds, np.float32)
     b = np.where(b < -1, -np.inf, np.where(b >= 1, np.inf, b)).astype(np.float32)
     codes = np.asarray(bucket_codes, np.uint32)
     nb = len(codes)
-    if bits == 8 and not np.array_equal(codes, np.arange(nb)):
-        return None
 
+    def entries(vmin, vmax):
+        base = np.searchsorted(b, vmin, "left")
+        inside = np.searchsorted(b, vmax, "left") - base
+        if inside.max(initial=0) > 1:
+            return None
+        bound = np.full(base.shape, np.inf, np.float32)
+        bound[inside > 0] = b[base[inside > 0]]
+        lo, hi = codes[np.minimum(base, nb - 1)], codes[np.minimum(base + 1, nb - 1)]
+        return np.stack([bound.view(np.uint32), lo | (hi << 8)], 1)
+
+    zero = np.searchsorted(b, np.float32(0), "left")
     for m in range(1, 11):
         sh = 23 - m
-        mask = np.uint32((1 << sh) - 1)
         ncell = 128 << m
-
-        def entries(u, neg):
-            u = np.asarray(u, np.uint64)
-            lo, hi = _f32(u << np.uint64(sh)), _f32(((u + np.uint64(1)) << np.uint64(sh)) - np.uint64(1))
-            vmin, vmax = (-hi, -lo) if neg else (lo, hi)
-            base = np.searchsorted(b, vmin, "left")
-            inside = np.searchsorted(b, vmax, "left") - base
-            if inside.max(initial=0) > 1:
-                return None
-            low = np.full(base.shape, mask, np.uint32)
-            has = inside > 0
-            low[has] = _bits(np.abs(b[base[has]])) & mask
-            if neg:
-                low[has] ^= mask
-            c = codes[np.minimum(base, nb - 1)]
-            if bits == 4:
-                c = c | (codes[np.minimum(base + 1, nb - 1)] << np.uint32(4))
-            return (low | (c << np.uint32(sh))).astype(np.uint32)
-
-        u = np.arange(ncell)
+        u = np.arange(ncell, dtype=np.uint64)
+        lo, hi = _f32(u << np.uint64(sh)), _f32(((u + np.uint64(1)) << np.uint64(sh)) - np.uint64(1))
         if not clamped_only and (384 << m) <= max_entries:
-            pos, neg = entries(u, False), entries(u, True)
+            pos, neg = entries(lo, hi), entries(-hi, -lo)
             if pos is None or neg is None:
                 continue
-            e = np.full(384 << m, mask, np.uint32)  # [ncell, 256 << m): NaN keys, in bounds
-            e[:ncell], e[256 << m:] = pos, neg
+            e = np.zeros((384 << m, 2), np.uint32)
+            e[:ncell] = pos
+            e[ncell:256 << m, 0] = np.float32(np.inf).view(np.uint32)  # NaN / |s| >= 2 keys: in bounds
+            e[256 << m:] = neg
             return e, m, -1, -1, 256 << m
-        zero = int(np.searchsorted(b, np.float32(0), "left"))
-        kp = int(_bits(b[zero]) >> sh) if zero < len(b) and b[zero] < 2 else ncell - 1
-        # negative cells hold bounds with |b| in (lo, hi]: a bound at -lo(key) belongs to the cell below
-        kn = int((_bits(-b[zero - 1]) - 1) >> sh) if zero > 0 and b[zero - 1] > -2 else ncell - 1
-        if (ncell - kp) + (ncell - kn) > max_entries:
+
+        def kbase(ok):  # the largest k whose merged cell [0, hi(k)] holds at most one bound
+            return int(np.argmin(ok)) - 1 if not ok.all() else ncell - 1
+        kp = kbase(np.searchsorted(b, hi, "left") - zero <= 1)
+        kn = kbase(zero - np.searchsorted(b, -hi, "left") <= 1)
+        if kp < 0 or kn < 0 or (ncell - kp) + (ncell - kn) > max_entries:
             continue
-        pos, neg = entries(u[kp:], False), entries(u[kn:], True)
+        lo_p, lo_n = lo[kp:].copy(), lo[kn:].copy()
+        lo_p[0] = lo_n[0] = 0.0
+        pos, neg = entries(lo_p, hi[kp:]), entries(-hi[kn:], -lo_n)
         if pos is None or neg is None:
             continue
         return np.concatenate([pos, neg]), m, kp, kn, ncell - kp
     return None
 
 
-def fine_lookup(plan, s: np.ndarray, bits: int = 8) -> np.ndarray:
+def fine_lookup(plan, s: np.ndarray) -> np.ndarray:
     """Codes of float32 ``s`` through a :func:`fine_plan` table, computed as the kernels do."""
     e, m, kp, kn, half = plan
     s = np.asarray(s, np.float32)
-    sb = s.view(np.uint32)
+    bits = s.view(np.uint32)
     sh = 23 - m
-    mask = np.uint32((1 << sh) - 1)
-    neg = np.where(sb >> 31, np.uint32(0xFFFFFFFF), np.uint32(0))
     if kp < 0:
-        key = sb
-        idx = np.minimum(sb >> sh, len(e) - 1).astype(np.int64)
+        idx = np.minimum(bits >> sh, len(e) - 1).astype(np.int64)
     else:
+        neg = (bits >> 31).astype(bool)
         lowest = np.where(neg, np.uint32(kn << sh), np.uint32(kp << sh)).view(np.float32)
-        key = np.fmax(np.abs(s), lowest).view(np.uint32)  # fmax: NaN -> lowest, as CUDA's fmaxf
-        idx = (key >> sh).astype(np.int64) + np.where(neg, half - kn, -kp)
+        a = np.fmax(np.abs(s), lowest)  # fmax: NaN -> lowest, as CUDA's fmaxf
+        idx = (a.view(np.uint32) >> sh).astype(np.int64) + np.where(neg, half - kn, -kp)
     ent = e[idx]
-    up = ((key ^ neg) & mask) > (ent & mask)
-    c = ent >> np.uint32(sh)
-    if bits == 4:
-        return np.where(up, c >> 4, c & 0xF).astype(np.uint8)
-    return (c + up).astype(np.uint8)
+    up = s > ent[:, 0].view(np.float32)
+    return (np.where(up, ent[:, 1] >> 8, ent[:, 1]) & 0xFF).astype(np.uint8)

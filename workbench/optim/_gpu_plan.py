@@ -11,7 +11,7 @@
   finishes it, and ``codes[pos]`` is the code. bounds' folds the [-1, 1] clamp (< -1 -> -inf,
   >= 1 -> +inf). Dynamic signed map: m = 4, S = 2; unsigned: m = 4, S = 3 (4 or 5 shared loads per
   code instead of 9 for an 8-level tree). The cuda kernels use the plan's ``fine`` table when the
-  qmap has one (one 4-byte load per code; numba_kernels/cell_plan.py:fine_plan).
+  qmap has one (one 8-byte load per code; numba_kernels/cell_plan.py:fine_plan).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class Plan:
     S: int
     codes_i32: torch.Tensor  # i32[257] (numba kernels)
     identity: bool = False   # bucket codes are 0..255 (a sorted table): code = bucket
-    fine: torch.Tensor | None = None  # i32[size]: the one-load table (fine_plan, clamped), cuda kernels
+    fine: torch.Tensor | None = None  # i32[size, 2]: the one-load table (fine_plan, clamped), cuda kernels
     fine_params: np.ndarray | None = None  # i32[5] host: size, m, kbase_p, kbase_n, half
 
 
@@ -77,10 +77,10 @@ def plan(qmap: torch.Tensor) -> Plan:
               torch.from_numpy(bnd).to(dev), torch.from_numpy(codes).to(dev), m, S,
               torch.from_numpy(codes.astype(np.int32)).to(dev),
               bool(len(cb.bucket_codes) == 256 and np.array_equal(cb.bucket_codes, np.arange(256))))
-    fp = fine_plan(cb.bounds, cb.bucket_codes, 8, clamped_only=True)
+    fp = fine_plan(cb.bounds, cb.bucket_codes, clamped_only=True)
     if fp is not None:
         e, fm, kp, kn, half = fp
-        pl.fine = torch.from_numpy(e.view(np.int32)).to(dev)
+        pl.fine = torch.from_numpy(np.ascontiguousarray(e).view(np.int32)).to(dev)
         pl.fine_params = np.array([len(e), fm, kp, kn, half], np.int32)
     if len(_plans) > 512:
         for key in [k for k, v in _plans.items() if v[0]() is None]:
