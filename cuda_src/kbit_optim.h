@@ -80,15 +80,6 @@ cudaError_t kbit_optimizer_update_8bit_blockwise(int opt, int first, int skip_ze
                                                  const unsigned char* codes2, int m2, int S2, long long n,
                                                  const float* k, cudaStream_t stream);
 
-/* The same update with one-load "fine" search tables (numba_kernels/cell_plan.py:fine_plan, clamped
- * mode): fine*: DEVICE arrays of uint32 pairs; plan*: HOST int[5] = {size, m, kbase_p, kbase_n, half}.
- * fine2/plan2 NULL when there is no state2. The codes equal the cell-plan entry point's for finite states. */
-cudaError_t kbit_optimizer_update_8bit_fine(int opt, int first, int skip_zeros, const void* g, int gdtype, void* p,
-                                            int pdtype, unsigned char* c1, float* a1, unsigned char* c1b, float* a1b,
-                                            unsigned char* c2, float* a2, const float* table1, const void* fine1,
-                                            const int* plan1, const float* table2, const void* fine2,
-                                            const int* plan2, long long n, const float* k, cudaStream_t stream);
-
 /* 1 if built with the spec's IEEE flags. */
 int kbit_optim_ieee_build(void);
 

@@ -208,34 +208,14 @@ __device__ __forceinline__ unsigned char encode_fast(float v, float amc, float r
     return (unsigned char)pos;
 }
 
-// Fine tables (numba_kernels/cell_plan.py:fine_plan, clamped mode): cells holding at most one bound,
-// entry = {bound, code below | code above << 8}: one 8-byte shared load and one compare per code.
-// No [-1, 1] clamp: |s| < 2 for finite states, and NaN lands in the first cell (max(|s|, lowest)).
-struct FineP {
-    int size, m, kp, kn, half;
-};
-
-__device__ __forceinline__ unsigned char encode_fine(float v, float amc, float r, bool tail, const uint2* tab,
-                                                     const FineP& f) {
-    const float s = tail ? v / amc : v * r;
-    const int sh = 23 - f.m;
-    const uint32_t neg = (uint32_t)((int)__float_as_uint(s) >> 31);
-    const uint32_t low_p = (uint32_t)f.kp << sh, low_n = (uint32_t)f.kn << sh;
-    const int off_p = -f.kp, off_n = f.half - f.kn;
-    const float lowest = __uint_as_float(low_p ^ ((low_p ^ low_n) & neg));
-    const int idx = (int)(__float_as_uint(fmaxf(fabsf(s), lowest)) >> sh) + (off_p ^ ((off_p ^ off_n) & (int)neg));
-    const uint2 e = tab[idx];
-    return (unsigned char)((s > __uint_as_float(e.x) ? e.y >> 8 : e.y) & 0xFFu);
-}
-
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
     return v;
 }
 
-// MODE: 0 cell plan with bucket-code tables, 1 cell plan with identity codes (unrolled), 2 fine tables
-template <typename T, int OPT, int MODE>
+// FAST: the cell plan with identity bucket codes (unrolled search, code = bucket)
+template <typename T, int OPT, bool FAST>
 __global__ void __launch_bounds__(THREADS, OPT == KBIT_OPT_ADEMAMIX ? 3 : 4) // AdEMAMix: 3 states in registers
     k_update8(int first, int skip_zeros, const T* __restrict__ g, T* __restrict__ p, unsigned char* __restrict__ c1,
               float* __restrict__ a1, unsigned char* __restrict__ c1b, float* __restrict__ a1b,
@@ -244,26 +224,14 @@ __global__ void __launch_bounds__(THREADS, OPT == KBIT_OPT_ADEMAMIX ? 3 : 4) // 
               const unsigned char* __restrict__ codes1, int m1, int S1, const float* __restrict__ table2,
               const unsigned char* __restrict__ cell2, const float* __restrict__ bounds2,
               const unsigned char* __restrict__ codes2, int m2, int S2, long long n, long long nblocks,
-              const __grid_constant__ KP kp, const uint2* __restrict__ fine1, const uint2* __restrict__ fine2,
-              const FineP f1, const FineP f2, int vec_ok) {
+              const __grid_constant__ KP kp, int vec_ok) {
     constexpr bool HB = OPT == KBIT_OPT_ADEMAMIX;
     constexpr bool HS2 = OPT == KBIT_OPT_ADAM || OPT == KBIT_OPT_ADEMAMIX;
-    constexpr bool FINE = MODE == 2, FAST = MODE == 1;
-    __shared__ float s_t1[256], s_b1[FINE ? 1 : NB], s_t2[HS2 ? 256 : 1], s_b2[HS2 && !FINE ? NB : 1];
-    __shared__ __align__(16) unsigned char s_cell1[FINE ? 16 : CELLS], s_cell2[HS2 && !FINE ? CELLS : 16];
-    __shared__ unsigned char s_c1[FINE ? 1 : 260], s_c2[HS2 && !FINE ? 260 : 1];
-    extern __shared__ uint2 s_fine[]; // FINE: f1.size entries of state 1, then f2.size of state 2
-    if constexpr (FINE) {
-        for (int i = threadIdx.x; i < 256; i += THREADS) {
-            s_t1[i] = table1[i];
-            if constexpr (HS2) s_t2[i] = table2[i];
-        }
-        for (int i = threadIdx.x; i < f1.size; i += THREADS) s_fine[i] = fine1[i];
-        if constexpr (HS2)
-            for (int i = threadIdx.x; i < f2.size; i += THREADS) s_fine[f1.size + i] = fine2[i];
-    }
-    const int ncell1 = FINE ? 0 : 384 << m1, ncell2 = HS2 && !FINE ? 384 << m2 : 0;
-    for (int i = threadIdx.x; i < (FINE ? 0 : NB); i += THREADS) {
+    __shared__ float s_t1[256], s_b1[NB], s_t2[HS2 ? 256 : 1], s_b2[HS2 ? NB : 1];
+    __shared__ __align__(16) unsigned char s_cell1[CELLS], s_cell2[HS2 ? CELLS : 16];
+    __shared__ unsigned char s_c1[260], s_c2[HS2 ? 260 : 1];
+    const int ncell1 = 384 << m1, ncell2 = HS2 ? 384 << m2 : 0;
+    for (int i = threadIdx.x; i < NB; i += THREADS) {
         if (i < 256) s_t1[i] = table1[i];
         s_b1[i] = bounds1[i];
         if (!FAST && i < 257) s_c1[i] = codes1[i];
@@ -356,11 +324,7 @@ __global__ void __launch_bounds__(THREADS, OPT == KBIT_OPT_ADEMAMIX ? 3 : 4) // 
         const float amc2 = fmaxf(mx2, TINY), r2 = 1.0f / amc2;
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            if constexpr (FINE) {
-                q1[j] = encode_fine(va[j], amc1, r1, tail, s_fine, f1);
-                if (HB) qb[j] = encode_fine(vb[j], amcb, rb, tail, s_fine, f1);
-                if (HS2) q2[j] = encode_fine(vd[j], amc2, r2, tail, s_fine + f1.size, f2);
-            } else if constexpr (FAST) {
+            if constexpr (FAST) {
                 q1[j] = encode_fast<2>(va[j], amc1, r1, tail, s_cell1, s_b1, sh1);
                 if (HB) qb[j] = encode_fast<2>(vb[j], amcb, rb, tail, s_cell1, s_b1, sh1);
                 if (HS2) q2[j] = encode_fast<3>(vd[j], amc2, r2, tail, s_cell2, s_b2, sh2);
@@ -432,30 +396,20 @@ template <typename T, int OPT>
 cudaError_t launch8(int first, int skip, const void* g, void* p, unsigned char* c1, float* a1, unsigned char* c1b,
                     float* a1b, unsigned char* c2, float* a2, const float* t1, const unsigned char* l1,
                     const float* f1, const unsigned char* q1, int m1, int S1, const float* t2, const unsigned char* l2,
-                    const float* f2, const unsigned char* q2, int m2, int S2, long long n, const KP& kp, int mode,
-                    const uint2* fine1, const uint2* fine2, const FineP& fp1, const FineP& fp2, cudaStream_t st) {
+                    const float* f2, const unsigned char* q2, int m2, int S2, long long n, const KP& kp, bool fast,
+                    cudaStream_t st) {
     long long nblocks = (n + 255) / 256;
     long long need = (nblocks + WARPS - 1) / WARPS;
-    const size_t smem = mode == 2 ? sizeof(uint2) * (size_t)(fp1.size + fp2.size) : 0;
-    auto kern = mode == 2 ? k_update8<T, OPT, 2> : mode == 1 ? k_update8<T, OPT, 1> : k_update8<T, OPT, 0>;
-    if (smem > 48 * 1024) {
-        cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return e;
-    }
-    // persistent grid: exactly the resident CTAs (per mode, for the last table size seen)
-    static thread_local int occ[3] = {0, 0, 0};
-    static thread_local size_t occ_smem[3] = {~(size_t)0, ~(size_t)0, ~(size_t)0};
-    if (occ_smem[mode] != smem) {
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ[mode], kern, THREADS, smem) != cudaSuccess || occ[mode] < 1)
-            occ[mode] = 1;
-        occ_smem[mode] = smem;
-    }
-    int grid = (int)std::min<long long>(need, (long long)num_sms() * occ[mode]);
+    auto kern = fast ? k_update8<T, OPT, true> : k_update8<T, OPT, false>;
+    static int occ[2] = {0, 0}; // persistent grid: exactly the resident CTAs
+    int& o = occ[fast ? 1 : 0];
+    if (o == 0 && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, kern, THREADS, 0) != cudaSuccess || o < 1)) o = 4;
+    int grid = (int)std::min<long long>(need, (long long)num_sms() * o);
     // vector path: 16-byte (float) / 8-byte (16-bit) param and grad, 4-byte code arrays
     auto al = [](const void* q, uintptr_t a) { return q == nullptr || (reinterpret_cast<uintptr_t>(q) % a) == 0; };
     const int vec_ok = al(g, 4 * sizeof(T)) && al(p, 4 * sizeof(T)) && al(c1, 4) && al(c1b, 4) && al(c2, 4);
-    kern<<<grid, THREADS, smem, st>>>(first, skip, (const T*)g, (T*)p, c1, a1, c1b, a1b, c2, a2, t1, l1, f1, q1, m1, S1,
-                                      t2, l2, f2, q2, m2, S2, n, nblocks, kp, fine1, fine2, fp1, fp2, vec_ok);
+    kern<<<grid, THREADS, 0, st>>>(first, skip, (const T*)g, (T*)p, c1, a1, c1b, a1b, c2, a2, t1, l1, f1, q1, m1, S1, t2,
+                                   l2, f2, q2, m2, S2, n, nblocks, kp, vec_ok);
     return cudaGetLastError();
 }
 
@@ -478,11 +432,10 @@ cudaError_t dispatch8(int opt, int first, int skip, const void* g, void* p, unsi
                       unsigned char* c1b, float* a1b, unsigned char* c2, float* a2, const float* t1,
                       const unsigned char* l1, const float* f1, const unsigned char* q1, int m1, int S1,
                       const float* t2, const unsigned char* l2, const float* f2, const unsigned char* q2, int m2, int S2,
-                      long long n, const KP& kp, int mode, const uint2* fine1, const uint2* fine2, const FineP& fp1,
-                      const FineP& fp2, cudaStream_t st) {
+                      long long n, const KP& kp, bool fast, cudaStream_t st) {
 #define KB_L8(O)                                                                                                      \
     return launch8<T, O>(first, skip, g, p, c1, a1, c1b, a1b, c2, a2, t1, l1, f1, q1, m1, S1, t2, l2, f2, q2, m2, S2, \
-                         n, kp, mode, fine1, fine2, fp1, fp2, st)
+                         n, kp, fast, st)
     switch (opt) {
     case KBIT_OPT_ADAM: KB_L8(KBIT_OPT_ADAM);
     case KBIT_OPT_ADEMAMIX: KB_L8(KBIT_OPT_ADEMAMIX);
@@ -560,44 +513,17 @@ cudaError_t kbit_optimizer_update_8bit_blockwise(int opt, int first, int skip_ze
     if (m1 < 1 || m1 > 4 || S1 < 1 || S1 > 8) return cudaErrorInvalidValue;
     if (cell2 != nullptr && (m2 < 1 || m2 > 4 || S2 < 1 || S2 > 8)) return cudaErrorInvalidValue;
     // codes1/codes2 == NULL: identity bucket codes (code = bucket); with S1 == 2 (and S2 == 3) -> unrolled fast path
-    const int fast = codes1 == nullptr && S1 == 2 && (cell2 == nullptr || (codes2 == nullptr && S2 == 3));
+    const bool fast = codes1 == nullptr && S1 == 2 && (cell2 == nullptr || (codes2 == nullptr && S2 == 3));
     if (!fast && (codes1 == nullptr || (cell2 != nullptr && codes2 == nullptr))) return cudaErrorInvalidValue;
     KP kp = make_kp(k);
-    const FineP none{0, 0, 0, 0, 0};
     switch (gdtype) {
     case KBIT_F32:
-        return dispatch8<float>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, fast, nullptr, nullptr, none, none, stream);
+        return dispatch8<float>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, fast, stream);
     case KBIT_F16:
-        return dispatch8<__half>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, fast, nullptr, nullptr, none, none, stream);
+        return dispatch8<__half>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, fast, stream);
     case KBIT_BF16:
-        return dispatch8<__nv_bfloat16>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, fast, nullptr, nullptr, none, none, stream);
+        return dispatch8<__nv_bfloat16>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, cell1, bounds1, codes1, m1, S1, table2, cell2, bounds2, codes2, m2, S2, n, kp, fast, stream);
     }
-    return cudaErrorInvalidValue;
-}
-
-cudaError_t kbit_optimizer_update_8bit_fine(int opt, int first, int skip_zeros, const void* g, int gdtype, void* p,
-                                            int pdtype, unsigned char* c1, float* a1, unsigned char* c1b, float* a1b,
-                                            unsigned char* c2, float* a2, const float* table1, const void* fine1,
-                                            const int* plan1, const float* table2, const void* fine2,
-                                            const int* plan2, long long n, const float* k, cudaStream_t stream) {
-    if (n <= 0) return cudaSuccess;
-    if (gdtype != pdtype || fine1 == nullptr || plan1 == nullptr) return cudaErrorInvalidValue;
-    const FineP f1{plan1[0], plan1[1], plan1[2], plan1[3], plan1[4]};
-    const FineP f2 = fine2 ? FineP{plan2[0], plan2[1], plan2[2], plan2[3], plan2[4]} : FineP{0, 0, 0, 0, 0};
-    auto bad = [](const FineP& f) { return f.size < 1 || f.m < 1 || f.m > 10 || f.kp < 0 || f.kn < 0 || f.half < 1; };
-    if (bad(f1) || (fine2 && bad(f2)) || f1.size + f2.size > 2 * 4000) return cudaErrorInvalidValue;
-    const uint2* e1 = static_cast<const uint2*>(fine1);
-    const uint2* e2 = static_cast<const uint2*>(fine2);
-    KP kp = make_kp(k);
-#define KB_F8(T)                                                                                                       \
-    return dispatch8<T>(opt, first, skip_zeros, g, p, c1, a1, c1b, a1b, c2, a2, table1, nullptr, nullptr, nullptr, 1, 1, \
-                        table2, nullptr, nullptr, nullptr, 1, 1, n, kp, 2, e1, e2, f1, f2, stream)
-    switch (gdtype) {
-    case KBIT_F32: KB_F8(float);
-    case KBIT_F16: KB_F8(__half);
-    case KBIT_BF16: KB_F8(__nv_bfloat16);
-    }
-#undef KB_F8
     return cudaErrorInvalidValue;
 }
 

@@ -131,7 +131,7 @@ static bool build_plan(Plan& p, int S, const float* bounds_in, int nbounds, cons
 // cell (where the codebook has at most one bound; NaN under nan_policy='propagate' lands there too:
 // an undefined code, never an out-of-bounds read); positive s in [0, half), negative s after it.
 // |s| < 2 needs no upper clamp (finite input: |x| <= absmax). The [-1, 1] clamp is folded into the
-// bounds as in the cell plan. numba_kernels/cell_plan.py:fine_plan is the numpy twin (optimizers).
+// bounds as in the cell plan. numba_kernels/cell_plan.py:fine_plan is the numpy twin (CI tests it).
 constexpr int FINE_MAX = 4000; // entries: 31.25 KB of shared memory at most (kernel parameters: <= 32764 bytes)
 struct Fine {
     uint2 e[FINE_MAX];

@@ -26,10 +26,14 @@ def spec_codes(cb, s: np.ndarray) -> np.ndarray:
     return np.asarray(cb.bucket_codes)[np.searchsorted(b, np.clip(s, -1, 1), "left")]
 
 
+# bounds on cell edges: -0.125 and +-0.5 are powers of two (their low mantissa bits are 0)
+GRID = cbs.from_values([-1.0, -0.75, -0.25, 0.0, 0.25, 0.75, 1.0], "grid-test", pad_to_pow2=True)
+
+
 @pytest.mark.parametrize("clamped", [False, True], ids=["direct-or-clamped", "clamped"])
-@pytest.mark.parametrize("name", cbs.names())
+@pytest.mark.parametrize("name", cbs.names() + ["grid"])
 def test_fine_table_equals_spec(name, clamped):
-    cb = cbs.get(name)
+    cb = GRID if name == "grid" else cbs.get(name)
     plan = fine_plan(cb.bounds, cb.bucket_codes, clamped_only=clamped)
     assert plan is not None, f"{name}: no fine table"  # every registered codebook has one
     e, m, kp, kn, half = plan

@@ -59,16 +59,11 @@ def _step(fn, name, eight, g, p, st, step, max_unorm, gs, skip):
            0.9, 0.99, 0.999, 3.0, 1e-8, wd, step, 2e-3, gs, skip)
 
 
-@pytest.mark.parametrize("backend", ["cuda", "cuda-cell", "numba_cuda"])
+@pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])
 @pytest.mark.parametrize("eight", [True, False], ids=["8bit", "32bit"])
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("n,dtype", [(256 * 41 + 77, torch.float32), (256 * 9, torch.bfloat16), (1, torch.float32)])
-def test_gpu_update_equals_reference(backend, eight, name, n, dtype, rng, monkeypatch):
-    if backend == "cuda-cell":  # the cell-plan kernels (qmaps without a fine table use them)
-        if not eight:
-            pytest.skip("32-bit states have no search")
-        monkeypatch.setenv("KBIT_OPTIM_SEARCH", "cell")
-        backend = "cuda"
+def test_gpu_update_equals_reference(backend, eight, name, n, dtype, rng):
     mod = _mod(backend)
     fn = mod.optimizer_update_8bit_blockwise if eight else mod.optimizer_update_32bit
     ref = W.optimizer_update_8bit_blockwise if eight else W.optimizer_update_32bit

@@ -10,8 +10,7 @@
   2**S - 1 bounds lie inside a cell, so an S-step branch-free search over the +inf padded bounds'
   finishes it, and ``codes[pos]`` is the code. bounds' folds the [-1, 1] clamp (< -1 -> -inf,
   >= 1 -> +inf). Dynamic signed map: m = 4, S = 2; unsigned: m = 4, S = 3 (4 or 5 shared loads per
-  code instead of 9 for an 8-level tree). The cuda kernels use the plan's ``fine`` table when the
-  qmap has one (one 8-byte load per code; numba_kernels/cell_plan.py:fine_plan).
+  code instead of 9 for an 8-level tree).
 """
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from numba_kernels.cell_plan import cell_plan, fine_plan
+from numba_kernels.cell_plan import cell_plan
 
 from .. import codebooks as _cb
 from . import functional as W
@@ -56,8 +55,6 @@ class Plan:
     S: int
     codes_i32: torch.Tensor  # i32[257] (numba kernels)
     identity: bool = False   # bucket codes are 0..255 (a sorted table): code = bucket
-    fine: torch.Tensor | None = None  # i32[size, 2]: the one-load table (fine_plan, clamped), cuda kernels
-    fine_params: np.ndarray | None = None  # i32[5] host: size, m, kbase_p, kbase_n, half
 
 
 _plans: dict = {}  # id(qmap) -> (weakref to qmap, version, Plan)
@@ -77,11 +74,6 @@ def plan(qmap: torch.Tensor) -> Plan:
               torch.from_numpy(bnd).to(dev), torch.from_numpy(codes).to(dev), m, S,
               torch.from_numpy(codes.astype(np.int32)).to(dev),
               bool(len(cb.bucket_codes) == 256 and np.array_equal(cb.bucket_codes, np.arange(256))))
-    fp = fine_plan(cb.bounds, cb.bucket_codes, clamped_only=True)
-    if fp is not None:
-        e, fm, kp, kn, half = fp
-        pl.fine = torch.from_numpy(np.ascontiguousarray(e).view(np.int32)).to(dev)
-        pl.fine_params = np.array([len(e), fm, kp, kn, half], np.int32)
     if len(_plans) > 512:
         for key in [k for k, v in _plans.items() if v[0]() is None]:
             del _plans[key]

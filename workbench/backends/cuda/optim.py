@@ -9,7 +9,6 @@ fold the trust ratio into the step exactly as the reference does.
 from __future__ import annotations
 
 import ctypes
-import os
 
 import numpy as np
 import torch
@@ -35,8 +34,6 @@ def _lib():
         lib.kbit_optimizer_update_8bit_blockwise.argtypes = ([i, i, i, vp, i, vp, i] + [vp] * 6 + [vp] * 4 + [i, i]
                                                              + [vp] * 4 + [i, i] + [ll, vp, vp])
         lib.kbit_optimizer_update_8bit_blockwise.restype = i
-        lib.kbit_optimizer_update_8bit_fine.argtypes = [i, i, i, vp, i, vp, i] + [vp] * 6 + [vp] * 6 + [ll, vp, vp]
-        lib.kbit_optimizer_update_8bit_fine.restype = i
         _sig_done = True
     return lib
 
@@ -118,20 +115,12 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
         c1, a1, c1b, a1b = state1, absmax1, None, None
     P1 = G.plan(qmap1)
     P2 = G.plan(qmap2) if state2 is not None else None
-    k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, True)
-    fine = P1.fine is not None and (P2 is None or P2.fine is not None)  # one-load tables (the dynamic maps)
-    if fine and os.environ.get("KBIT_OPTIM_SEARCH") != "cell":  # =cell: the cell-plan kernel (tests, studies)
-        fine2 = (ptr(P2.table), ptr(P2.fine), _kptr(P2.fine_params)) if P2 else (ptr(None),) * 3
-        check(lib.kbit_optimizer_update_8bit_fine(
-            opt, int(step == 1), int(bool(skip_zeros)), ptr(g), dt, ptr(p), dt, ptr(c1), ptr(a1), ptr(c1b), ptr(a1b),
-            ptr(state2), ptr(absmax2), ptr(P1.table), ptr(P1.fine), _kptr(P1.fine_params), *fine2,
-            n, _kptr(k), stream()), "kbit_optimizer_update_8bit_fine")
-        return
     # identity bucket codes are passed as NULL: the kernel then emits the bucket index (fast path)
     ident = P1.identity and P1.S == 2 and (P2 is None or (P2.identity and P2.S == 3))
     codes1 = ptr(None) if ident else ptr(P1.codes)
     pl2 = ((ptr(P2.table), ptr(P2.cell), ptr(P2.bounds), ptr(None) if ident else ptr(P2.codes), P2.m, P2.S) if P2
            else (ptr(None),) * 4 + (0, 0))
+    k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, True)
     check(lib.kbit_optimizer_update_8bit_blockwise(
         opt, int(step == 1), int(bool(skip_zeros)), ptr(g), dt, ptr(p), dt, ptr(c1), ptr(a1), ptr(c1b), ptr(a1b),
         ptr(state2), ptr(absmax2), ptr(P1.table), ptr(P1.cell), ptr(P1.bounds), codes1, P1.m, P1.S, *pl2,
