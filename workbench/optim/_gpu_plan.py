@@ -83,3 +83,29 @@ def plan(qmap: torch.Tensor) -> Plan:
 
 def same_dtype(g: torch.Tensor, p: torch.Tensor) -> bool:
     return g.dtype == p.dtype and g.dtype in DTYPE
+
+
+def check_tensors(who: str, p: torch.Tensor, g: torch.Tensor, *ts, cuda: bool = True) -> None:
+    """Contiguous tensors (on CUDA when ``cuda``) and as many grad as param elements."""
+    for t in (p, g, *ts):
+        if t is not None and ((cuda and t.device.type != "cuda") or not t.is_contiguous()):
+            raise ValueError(f"{who} optimizer kernels need contiguous {'CUDA ' if cuda else ''}tensors")
+    if p.numel() != g.numel():
+        raise ValueError(f"grad has {g.numel()} elements, param {p.numel()}")
+
+
+def run_in_float32(update, name: str, g: torch.Tensor, p: torch.Tensor, *rest) -> None:
+    """``update(name, g, p, *rest)`` on float32 copies of grad and param, p copied back (not fused):
+    the route for grad/param dtypes a kernel does not take."""
+    p32 = p.float()
+    update(name, g.float().contiguous(), p32, *rest)
+    p.copy_(p32)
+
+
+def trust_scale(unorm: float, max_unorm: float, param_norm, unorm_vec) -> float:
+    """LAMB/LARS: the step multiplier ``lim / ||u||`` if ``||u|| > lim = max_unorm * ||p||``, else 1;
+    ``||u||`` is stored in ``unorm_vec`` as the reference does."""
+    if unorm_vec is not None:
+        unorm_vec.fill_(unorm)
+    lim = max_unorm * float(param_norm)
+    return lim / unorm if unorm > lim else 1.0

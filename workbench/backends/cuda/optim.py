@@ -42,29 +42,16 @@ def _kptr(k: np.ndarray) -> ctypes.c_void_p:
     return ctypes.c_void_p(k.ctypes.data)
 
 
-def _check(p, g, *ts):
-    for t in (p, g, *ts):
-        if t is not None and (t.device.type != "cuda" or not t.is_contiguous()):
-            raise ValueError("cuda optimizer kernels need contiguous CUDA tensors")
-    if p.numel() != g.numel():
-        raise ValueError(f"grad has {g.numel()} elements, param {p.numel()}")
-
-
-
-
 @torch.no_grad()
 def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm,
                            beta1, beta2, beta3, alpha, eps, weight_decay, step, lr,
                            gnorm_scale=1.0, skip_zeros=False):
     opt = G.check_name(optimizer_name)
-    _check(p, g, state1, state2)
+    G.check_tensors("cuda", p, g, state1, state2)
     if not G.same_dtype(g, p):
-        p32 = p.float()
-        optimizer_update_32bit(optimizer_name, g.float().contiguous(), p32, state1, state2, unorm_vec, max_unorm,
-                               param_norm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale,
-                               skip_zeros)
-        p.copy_(p32)
-        return
+        return G.run_in_float32(optimizer_update_32bit, optimizer_name, g, p, state1, state2, unorm_vec, max_unorm,
+                                param_norm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale,
+                                skip_zeros)
     lib = _lib()
     n = p.numel()
     dt = G.DTYPE[p.dtype]
@@ -81,10 +68,7 @@ def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_
         check(lib.kbit_optimizer_update_norm_sq(opt, first, ptr(g), dt, ptr(p), dt, ptr(s1), ptr(state2), n,
                                                 _kptr(k0), ptr(acc), stream()), "kbit_optimizer_update_norm_sq")
         unorm = float(acc.sqrt())  # host sync (LAMB/LARS only)
-        if unorm_vec is not None:
-            unorm_vec.fill_(unorm)
-        lim = max_unorm * float(param_norm)
-        scale = lim / unorm if unorm > lim else 1.0
+        scale = G.trust_scale(unorm, max_unorm, param_norm, unorm_vec)
     k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False, scale)
     check(lib.kbit_optimizer_update_32bit(opt, first, int(bool(skip_zeros)), ptr(g), dt, ptr(p), dt, ptr(s1), ptr(m2),
                                           ptr(state2), n, _kptr(k), stream()), "kbit_optimizer_update_32bit")
@@ -95,14 +79,11 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
                                     step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
                                     gnorm_scale=1.0, skip_zeros=False):
     opt = G.check_name(optimizer_name)
-    _check(p, g, state1, state2, absmax1, absmax2)
+    G.check_tensors("cuda", p, g, state1, state2, absmax1, absmax2)
     if not G.same_dtype(g, p):
-        p32 = p.float()
-        optimizer_update_8bit_blockwise(optimizer_name, g.float().contiguous(), p32, state1, state2, beta1, beta2,
-                                        beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
-                                        gnorm_scale, skip_zeros)
-        p.copy_(p32)
-        return
+        return G.run_in_float32(optimizer_update_8bit_blockwise, optimizer_name, g, p, state1, state2, beta1, beta2,
+                                beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
+                                gnorm_scale, skip_zeros)
     lib = _lib()
     n = p.numel()
     nb = (n + 255) // 256

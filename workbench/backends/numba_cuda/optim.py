@@ -56,27 +56,16 @@ def _k(vec: np.ndarray, device):
     return _arr(t if device.type == "cpu" else t.to(device))
 
 
-def _check(p, g, *ts):
-    for t in (p, g, *ts):
-        if t is not None and not t.is_contiguous():
-            raise ValueError("numba_cuda optimizer kernels need contiguous tensors")
-    if p.numel() != g.numel():
-        raise ValueError(f"grad has {g.numel()} elements, param {p.numel()}")
-
-
 @torch.no_grad()
 def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm,
                            beta1, beta2, beta3, alpha, eps, weight_decay, step, lr,
                            gnorm_scale=1.0, skip_zeros=False):
     opt = G.check_name(optimizer_name)
-    _check(p, g, state1, state2)
+    G.check_tensors("numba_cuda", p, g, state1, state2, cuda=False)
     if p.dtype != torch.float32 or g.dtype != torch.float32:
-        p32 = p.float()
-        optimizer_update_32bit(optimizer_name, g.float().contiguous(), p32, state1, state2, unorm_vec, max_unorm,
-                               param_norm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale,
-                               skip_zeros)
-        p.copy_(p32)
-        return
+        return G.run_in_float32(optimizer_update_32bit, optimizer_name, g, p, state1, state2, unorm_vec, max_unorm,
+                                param_norm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale,
+                                skip_zeros)
     n = p.numel()
     if n == 0:
         return
@@ -96,10 +85,7 @@ def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_
         _launch(K.kernel("norm", opt), grid, dev, first, _arr(g), _arr(p), _arr(s1), _arr(s2), n, _k(k0, dev),
                 _arr(parts))
         unorm = float(parts.sum().sqrt())
-        if unorm_vec is not None:
-            unorm_vec.fill_(unorm)
-        lim = max_unorm * float(param_norm)
-        scale = lim / unorm if unorm > lim else 1.0
+        scale = G.trust_scale(unorm, max_unorm, param_norm, unorm_vec)
     k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False, scale)
     _launch(K.kernel("32bit", opt), grid, dev, first, bool(skip_zeros), _arr(g), _arr(p), _arr(s1), _arr(m2),
             _arr(s2), n, _k(k, dev))
@@ -110,14 +96,11 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
                                     step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
                                     gnorm_scale=1.0, skip_zeros=False):
     opt = G.check_name(optimizer_name)
-    _check(p, g, state1, state2, absmax1, absmax2)
+    G.check_tensors("numba_cuda", p, g, state1, state2, absmax1, absmax2, cuda=False)
     if p.dtype != torch.float32 or g.dtype != torch.float32:
-        p32 = p.float()
-        optimizer_update_8bit_blockwise(optimizer_name, g.float().contiguous(), p32, state1, state2, beta1, beta2,
-                                        beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
-                                        gnorm_scale, skip_zeros)
-        p.copy_(p32)
-        return
+        return G.run_in_float32(optimizer_update_8bit_blockwise, optimizer_name, g, p, state1, state2, beta1, beta2,
+                                beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
+                                gnorm_scale, skip_zeros)
     n = p.numel()
     if n == 0:
         return
