@@ -4,39 +4,23 @@ The simulator must be chosen before numba.cuda is first imported; if this proces
 the real numba.cuda (e.g. the GPU tests ran first on a GPU box), the file re-runs itself in a
 subprocess with NUMBA_ENABLE_CUDASIM=1.
 """
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-_PRELOADED = "numba.cuda" in sys.modules and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
-if not _PRELOADED:
-    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
-    from numba.core import config as _config
-    _config.reload_config()
+import _cudasim  # first: selects the simulator before numba.cuda is imported
+from _cudasim import sim
 
-from workbench import bnb_cuda_codebooks as bcb  # noqa: E402
-from workbench import codebooks as cbs  # noqa: E402
-from workbench.backends.reference import quant as R  # noqa: E402
-
-sim = pytest.mark.skipif(_PRELOADED, reason="numba.cuda already imported without the simulator (see test_in_subprocess)")
+from workbench import bnb_cuda_codebooks as bcb
+from workbench import codebooks as cbs
+from workbench.backends.reference import quant as R
 
 
-@pytest.mark.skipif(not _PRELOADED, reason="runs only when this process cannot use the simulator")
-def test_in_subprocess():
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__], env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+test_in_subprocess = _cudasim.subprocess_test(__file__)
 
 
 @pytest.fixture(scope="module")
 def Q():
-    from workbench.backends import numba_cuda
-    ok, reason = numba_cuda.available()
-    assert ok and reason == "CUDA simulator", reason
+    numba_cuda = _cudasim.simulator_backend()
     assert "cpu" in numba_cuda.DEVICES
     from workbench.backends.numba_cuda import quant
     return quant
