@@ -161,6 +161,20 @@ def scale_inplace(buf, L, am, is_tail):
     return amc
 
 
+@njit(inline="always", **_OPTS)
+def load_block(x, kind, b, blocksize, buf, absmax):
+    """Block b of x widened into buf and scaled in place (the spec's rule), its absmax stored;
+    returns (start, length)."""
+    start = b * blocksize
+    end = min(start + blocksize, x.shape[0])
+    L = end - start
+    is_tail = L < blocksize
+    am = widen_absmax(x, start, end, kind, buf)
+    amc = scale_inplace(buf, L, am, is_tail)
+    absmax[b] = amc if is_tail else am
+    return start, L
+
+
 # Search plans (built once per codebook by workbench/backends/_cpu_common.py):
 #   LINEAR  (<= 16 buckets): count of the 15 bounds (padded with +inf) below s; branch-free.
 #   KEYLUT  (> 16 buckets): the top 16 bits of s's float32 pattern select a cell; every cell of
@@ -212,14 +226,8 @@ def quantize_blockwise(x, kind, blocksize, mode, bnd, bucket_codes, kbound, kcod
     for c in prange(nchunks):
         buf = np.empty(blocksize, np.float32)
         for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
-            start = b * blocksize
-            end = min(start + blocksize, n)
-            L = end - start
-            is_tail = L < blocksize
-            am = widen_absmax(x, start, end, kind, buf)
-            amc = scale_inplace(buf, L, am, is_tail)
-            absmax[b] = amc if is_tail else am
-            cs = codes[start:end]
+            start, L = load_block(x, kind, b, blocksize, buf, absmax)
+            cs = codes[start:start + L]
             if mode == KEYLUT:
                 for i in range(L):
                     s = buf[i]
@@ -282,14 +290,8 @@ def quantize_blockwise_ordlut(x, kind, blocksize, lut, codes, absmax):
     for c in prange(nchunks):
         buf = np.empty(blocksize, np.float32)
         for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
-            start = b * blocksize
-            end = min(start + blocksize, n)
-            L = end - start
-            is_tail = L < blocksize
-            am = widen_absmax(x, start, end, kind, buf)
-            amc = scale_inplace(buf, L, am, is_tail)
-            absmax[b] = amc if is_tail else am
-            cs = codes[start:end]
+            start, L = load_block(x, kind, b, blocksize, buf, absmax)
+            cs = codes[start:start + L]
             for i in range(L):
                 o = f32_ord(buf[i])
                 e = lut[o >> np.uint32(16)]
@@ -369,20 +371,7 @@ def quantize_4bit(x, kind, blocksize, bnd, bucket_codes, identity, zero_code, pa
         buf = np.empty(blocksize, np.float32)
         cnt = np.empty(blocksize + 1, np.uint8)
         for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
-            start = b * blocksize
-            end = min(start + blocksize, n)
-            L = end - start
-            is_tail = L < blocksize
-            am = widen_absmax(x, start, end, kind, buf)
-            amc = am if am > TINY else TINY
-            absmax[b] = amc if is_tail else am
-            if is_tail:
-                for i in range(L):
-                    buf[i] = min(max(buf[i] / amc, np.float32(-1.0)), np.float32(1.0))
-            else:
-                r = np.float32(1.0) / amc
-                for i in range(L):
-                    buf[i] = min(max(buf[i] * r, np.float32(-1.0)), np.float32(1.0))
+            start, L = load_block(x, kind, b, blocksize, buf, absmax)
             for i in range(L):
                 s = buf[i]
                 cnt[i] = np.uint8((b0 < s) + (b1 < s) + (b2 < s) + (b3 < s) + (b4 < s) + (b5 < s) + (b6 < s)
