@@ -148,20 +148,74 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
     }
 }
 
-// Zero every row of the flagged columns without a host round trip: each block covers 32 columns x
-// ZROWS rows and writes only where its column's flag is set.
-constexpr int ZROWS = 256;
-__global__ void k_zero_flagged(signed char* codes, long long rows, long long cols, const unsigned char* flags) {
-    const long long c = blockIdx.x * 32LL + (threadIdx.x & 31);
-    if (c >= cols || !flags[c]) return;
-    const long long r0 = blockIdx.y * (long long)ZROWS;
-    const long long r1 = min(rows, r0 + ZROWS);
-    for (long long r = r0 + (threadIdx.x >> 5); r < r1; r += blockDim.x >> 5) codes[r * cols + c] = 0;
+// The outlier column list on the device: ascending indices of the flagged columns, their count in
+// idx[cols]. One block; each thread owns IDX_PER consecutive flags, a block-wide prefix sum of the
+// per-thread counts (warp shuffles, then the warp totals) gives each its write position. The host
+// then reads one int64 instead of running torch.nonzero's count + select passes.
+constexpr int IDX_THREADS = 1024, IDX_PER = 16;
+__global__ void __launch_bounds__(IDX_THREADS) k_flag_index(const unsigned char* __restrict__ flags, long long cols,
+                                                            long long* __restrict__ idx) {
+    __shared__ int s_warp[IDX_THREADS / 32];
+    __shared__ long long s_base;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (threadIdx.x == 0) s_base = 0;
+    __syncthreads();
+    for (long long c0 = 0; c0 < cols; c0 += (long long)IDX_THREADS * IDX_PER) {
+        const long long first = c0 + (long long)threadIdx.x * IDX_PER;
+        unsigned bits = 0;
+        for (int k = 0; k < IDX_PER; ++k)
+            if (first + k < cols && flags[first + k]) bits |= 1u << k;
+        const int cnt = __popc(bits);
+        int incl = cnt; // inclusive prefix within the warp
+        for (int o = 1; o < 32; o <<= 1) {
+            const int t = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += t;
+        }
+        if (lane == 31) s_warp[warp] = incl;
+        __syncthreads();
+        if (warp == 0) { // exclusive prefix of the warp totals
+            const int v = s_warp[lane];
+            int w = v;
+            for (int o = 1; o < 32; o <<= 1) {
+                const int t = __shfl_up_sync(0xffffffffu, w, o);
+                if (lane >= o) w += t;
+            }
+            s_warp[lane] = w - v;
+        }
+        __syncthreads();
+        long long pos = s_base + s_warp[warp] + (incl - cnt);
+        for (int k = 0; k < IDX_PER; ++k)
+            if ((bits >> k) & 1u) idx[pos++] = first + k;
+        __syncthreads();
+        if (threadIdx.x == IDX_THREADS - 1) s_base = pos; // the last thread ends at the running total
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) idx[cols] = s_base;
+}
+
+// Zero every row of the listed columns (count read on the device: no host round trip).
+__global__ void k_zero_listed(signed char* codes, long long rows, long long cols, const long long* __restrict__ idx) {
+    const long long nidx = idx[cols];
+    const long long total = rows * nidx;
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total; t += (long long)gridDim.x * blockDim.x) {
+        const long long r = t / nidx, j = t - r * nidx;
+        codes[r * cols + idx[j]] = 0;
+    }
+}
+
+int int8_num_sms() {
+    static int sms = 0;
+    if (sms == 0) {
+        int dev = 0;
+        cudaGetDevice(&dev);
+        if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) sms = 132;
+    }
+    return sms;
 }
 
 template <typename T, int THREADS>
 cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, int use_thr, signed char* codes,
-                      float* stats, unsigned char* flags, cudaStream_t s) {
+                      float* stats, unsigned char* flags, long long* index, cudaStream_t s) {
     constexpr int N = Vec<T>::N;
     const bool vec = (cols % N == 0) && ((reinterpret_cast<uintptr_t>(A) & 15) == 0) &&
                      ((reinterpret_cast<uintptr_t>(codes) & 7) == 0);
@@ -176,21 +230,22 @@ cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, 
         else k_vectorwise_quant<T, false, false, THREADS, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
     }
     cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess || !use_thr || rows < 2) return e;
-    dim3 gz((unsigned)((cols + 31) / 32), (unsigned)((rows + ZROWS - 1) / ZROWS));
-    k_zero_flagged<<<gz, 256, 0, s>>>(codes, rows, cols, flags);
+    if (e != cudaSuccess || !use_thr) return e;
+    k_flag_index<<<1, IDX_THREADS, 0, s>>>(flags, cols, index);
+    // one row: its outliers are the only elements of their columns and are coded 0 already
+    if (rows > 1) k_zero_listed<<<int8_num_sms() * 4, 256, 0, s>>>(codes, rows, cols, index);
     return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t vq_dispatch(const void* A, long long rows, long long cols, float thr, int use_thr, signed char* codes,
-                        float* stats, unsigned char* flags, cudaStream_t s) {
+                        float* stats, unsigned char* flags, long long* index, cudaStream_t s) {
     // small rows: fewer threads per row so a block is not mostly idle
     const long long nvec = (cols + Vec<T>::N - 1) / Vec<T>::N;
-    if (nvec <= 64) return launch_vq<T, 64>(A, rows, cols, thr, use_thr, codes, stats, flags, s);
-    if (nvec <= 128) return launch_vq<T, 128>(A, rows, cols, thr, use_thr, codes, stats, flags, s);
-    if (nvec <= 256) return launch_vq<T, 256>(A, rows, cols, thr, use_thr, codes, stats, flags, s);
-    return launch_vq<T, 512>(A, rows, cols, thr, use_thr, codes, stats, flags, s);
+    if (nvec <= 64) return launch_vq<T, 64>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
+    if (nvec <= 128) return launch_vq<T, 128>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
+    if (nvec <= 256) return launch_vq<T, 256>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
+    return launch_vq<T, 512>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
 }
 
 __global__ void k_zero_cols(signed char* codes, long long rows, long long cols, const long long* idx, long long nidx) {
@@ -330,16 +385,17 @@ extern "C" {
 
 cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows, long long cols, float thr,
                                        int use_thr, signed char* codes, float* row_stats, unsigned char* col_flags,
-                                       cudaStream_t stream) {
+                                       long long* col_index, cudaStream_t stream) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
+    if (use_thr && (col_flags == nullptr || col_index == nullptr)) return cudaErrorInvalidValue;
     if (use_thr) {
         cudaError_t e = cudaMemsetAsync(col_flags, 0, (size_t)cols, stream);
         if (e != cudaSuccess) return e;
     }
     switch (dtype) {
-        case 0: return vq_dispatch<float>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, stream);
-        case 1: return vq_dispatch<__half>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, stream);
-        case 2: return vq_dispatch<__nv_bfloat16>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, stream);
+        case 0: return vq_dispatch<float>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, stream);
+        case 1: return vq_dispatch<__half>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, stream);
+        case 2: return vq_dispatch<__nv_bfloat16>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, stream);
         default: return cudaErrorInvalidValue;
     }
 }

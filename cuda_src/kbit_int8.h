@@ -18,11 +18,12 @@ extern "C" {
 
 /* Row-wise int8 quantization of a contiguous rows x cols matrix. If use_thr, elements with
  * |a| >= thr are outliers: excluded from the row stats, coded 0, and col_flags[c] is set to 1
- * (col_flags: cols bytes, zeroed by this function); a second kernel on the same stream then zeroes
- * every row of the flagged columns (no host round trip). */
+ * (col_flags: cols bytes, zeroed by this function); then, on the same stream, col_index (int64,
+ * cols + 1 entries) receives the ascending indices of the flagged columns with their count in
+ * col_index[cols], and every row of those columns is zeroed (no host round trip). */
 cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows, long long cols, float thr,
                                        int use_thr, signed char* codes, float* row_stats,
-                                       unsigned char* col_flags, cudaStream_t stream);
+                                       unsigned char* col_flags, long long* col_index, cudaStream_t stream);
 
 /* codes[:, idx[j]] = 0 for j < nidx (idx int64). */
 cudaError_t kbit_int8_zero_cols(signed char* codes, long long rows, long long cols, const long long* idx,

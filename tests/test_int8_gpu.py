@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gpu
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BACKENDS = ("cuda", "numba_cuda")
-SHAPES = ((1, 7), (3, 4097), (257, 1000), (64, 8), (1024, 4096))
+SHAPES = ((1, 7), (3, 4097), (257, 1000), (64, 8), (1024, 4096), (5, 40001))  # last: > 16384 columns
 
 
 def _backend(name):
@@ -79,6 +79,17 @@ def test_quant_exact(backend, dtype, shape, threshold, rng, poisoned):
         for name, x, y in zip(("codes", "col_codes", "row_stats", "col_stats", "outlier_cols"), want, got):
             _eq(x, y, f"{backend} {name} {dtype} {shape} thr={threshold} misalign={misalign}")
         _eq(R.int8_vectorwise_quant(A.cpu(), threshold)[0], B.int8_vectorwise_quant(A, threshold)[0], "codes")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_outliers_gives_an_empty_list(backend, rng):
+    B = _backend(backend)
+    A = (torch.randn(33, 515, generator=rng) * 0.1).half().cuda()
+    codes, stats, cols = B.int8_vectorwise_quant(A, 6.0)
+    want = R.int8_vectorwise_quant(A.cpu(), 6.0)
+    assert cols is not None and cols.numel() == 0 and cols.dtype == torch.int64
+    _eq(want[0], codes, "codes")
+    _eq(want[1], stats, "row_stats")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -21,7 +21,7 @@ DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _c = ctypes
 _P, _I, _L, _F = _c.c_void_p, _c.c_int, _c.c_longlong, _c.c_float
 _SIGS = {
-    "kbit_int8_vectorwise_quant": [_P, _I, _L, _L, _F, _I, _P, _P, _P, _P],
+    "kbit_int8_vectorwise_quant": [_P, _I, _L, _L, _F, _I, _P, _P, _P, _P, _P],
     "kbit_int8_zero_cols": [_P, _L, _L, _P, _L, _P],
     "kbit_int8_col_quant": [_P, _I, _L, _L, _F, _I, _P, _P, _P],
     "kbit_int8_vectorwise_dequant": [_P, _P, _L, _L, _P, _P],
@@ -63,14 +63,15 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     stats = torch.empty(rows, dtype=torch.float32, device=A.device)
     use = threshold > 0.0
     flags = torch.empty(cols, dtype=torch.uint8, device=A.device) if use else None  # untouched when use == 0
+    index = torch.empty(cols + 1, dtype=torch.int64, device=A.device) if use else None  # columns, then count
     thr = threshold_in(A.dtype, threshold) if use else 0.0
     check(lib().kbit_int8_vectorwise_quant(ptr(A), _dtype(A), rows, cols, thr, int(use), ptr(codes), ptr(stats),
-                                           ptr(flags), stream()), "kbit_int8_vectorwise_quant")
+                                           ptr(flags), ptr(index), stream()), "kbit_int8_vectorwise_quant")
     if not use:
         return codes, stats, None
-    # outlier columns are already zeroed on the device; the index list has a data-dependent size,
-    # so this is one device->host sync (bitsandbytes syncs on outliers.any() the same way)
-    return codes, stats, torch.nonzero(flags).view(-1)
+    # outlier columns are already listed and zeroed on the device; the list has a data-dependent
+    # size, so reading its count is one device->host sync (bitsandbytes syncs on outliers.any() too)
+    return codes, stats, index[: int(index[cols])]
 
 
 def int8_vectorwise_quant(A, threshold):
