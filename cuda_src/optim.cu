@@ -216,7 +216,7 @@ __device__ __forceinline__ float warp_max(float v) {
 
 // FAST: the cell plan with identity bucket codes (unrolled search, code = bucket)
 template <typename T, int OPT, bool FAST>
-__global__ void __launch_bounds__(THREADS, 4) // AdEMAMix spills ~30 B at 64 registers, still ~5 % faster than 3 CTAs/SM
+__global__ void __launch_bounds__(THREADS, 4) // 4 CTAs/SM: AdEMAMix fits 64 registers with packed codes
     k_update8(int first, int skip_zeros, const T* __restrict__ g, T* __restrict__ p, unsigned char* __restrict__ c1,
               float* __restrict__ a1, unsigned char* __restrict__ c1b, float* __restrict__ a1b,
               unsigned char* __restrict__ c2, float* __restrict__ a2, const float* __restrict__ table1,
@@ -259,7 +259,9 @@ __global__ void __launch_bounds__(THREADS, 4) // AdEMAMix spills ~30 B at 64 reg
         const float amb = HB ? a1b[blk] : 0.0f;
         const float am2 = HS2 ? a2[blk] : 0.0f;
         float gv[8], pv[8], va[8], vb[8], vd[8];
-        uint32_t q1[8], qb[8], q2[8];
+        // codes of the 8 elements, packed: element j is byte j & 3 of word j >> 2 (registers)
+        uint32_t q1[2] = {0, 0}, qb[2] = {0, 0}, q2[2] = {0, 0};
+        auto byte_of = [](const uint32_t* q, int j) { return (q[j >> 2] >> (8 * (j & 3))) & 0xFFu; };
         auto elem = [&](int j) { return vec ? 128 * (j >> 2) + 4 * lane + (j & 3) : 32 * j + lane; };
         if (vec) {
 #pragma unroll
@@ -267,15 +269,9 @@ __global__ void __launch_bounds__(THREADS, 4) // AdEMAMix spills ~30 B at 64 reg
                 const long long i = start + 128 * h + 4 * lane;
                 IO<T>::ld4(g, i, gv + 4 * h);
                 IO<T>::ld4(p, i, pv + 4 * h);
-                const uint32_t w1 = *reinterpret_cast<const uint32_t*>(c1 + i);
-                const uint32_t wb = HB ? *reinterpret_cast<const uint32_t*>(c1b + i) : 0u;
-                const uint32_t w2 = HS2 ? *reinterpret_cast<const uint32_t*>(c2 + i) : 0u;
-#pragma unroll
-                for (int c = 0; c < 4; c++) {
-                    q1[4 * h + c] = (w1 >> (8 * c)) & 0xFF;
-                    qb[4 * h + c] = (wb >> (8 * c)) & 0xFF;
-                    q2[4 * h + c] = (w2 >> (8 * c)) & 0xFF;
-                }
+                q1[h] = *reinterpret_cast<const uint32_t*>(c1 + i);
+                if (HB) qb[h] = *reinterpret_cast<const uint32_t*>(c1b + i);
+                if (HS2) q2[h] = *reinterpret_cast<const uint32_t*>(c2 + i);
             }
         } else {
 #pragma unroll
@@ -285,17 +281,18 @@ __global__ void __launch_bounds__(THREADS, 4) // AdEMAMix spills ~30 B at 64 reg
                 const bool in = e < cnt;
                 gv[j] = in ? IO<T>::ld(g, i) : 0.0f;
                 pv[j] = in ? IO<T>::ld(p, i) : 0.0f;
-                q1[j] = in ? c1[i] : 0;
-                qb[j] = in && HB ? c1b[i] : 0;
-                q2[j] = in && HS2 ? c2[i] : 0;
+                const int sh = 8 * (j & 3);
+                q1[j >> 2] |= (in ? (uint32_t)c1[i] : 0u) << sh;
+                qb[j >> 2] |= (in && HB ? (uint32_t)c1b[i] : 0u) << sh;
+                q2[j >> 2] |= (in && HS2 ? (uint32_t)c2[i] : 0u) << sh;
             }
         }
         float mx1 = 0.0f, mxb = 0.0f, mx2 = 0.0f;
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            float a = s_t1[q1[j]] * am1;
-            float b = HB ? s_t1[qb[j]] * amb : 0.0f;
-            float d = HS2 ? s_t2[q2[j]] * am2 : 0.0f;
+            float a = s_t1[byte_of(q1, j)] * am1;
+            float b = HB ? s_t1[byte_of(qb, j)] * amb : 0.0f;
+            float d = HS2 ? s_t2[byte_of(q2, j)] * am2 : 0.0f;
             if (elem(j) < cnt) {
                 if (!(skip_zeros && gv[j] == 0.0f)) rule<OPT, true>(first, gv[j], pv[j], a, b, d, kp.k);
             } else {
@@ -322,37 +319,36 @@ __global__ void __launch_bounds__(THREADS, 4) // AdEMAMix spills ~30 B at 64 reg
         const float amc1 = fmaxf(mx1, TINY), r1 = 1.0f / amc1;
         const float amcb = fmaxf(mxb, TINY), rb = 1.0f / amcb;
         const float amc2 = fmaxf(mx2, TINY), r2 = 1.0f / amc2;
+        q1[0] = q1[1] = qb[0] = qb[1] = q2[0] = q2[1] = 0; // now the new codes
 #pragma unroll
         for (int j = 0; j < 8; j++) {
+            const int sh = 8 * (j & 3);
             if constexpr (FAST) {
-                q1[j] = encode_fast<2>(va[j], amc1, r1, tail, s_cell1, s_b1, sh1);
-                if (HB) qb[j] = encode_fast<2>(vb[j], amcb, rb, tail, s_cell1, s_b1, sh1);
-                if (HS2) q2[j] = encode_fast<3>(vd[j], amc2, r2, tail, s_cell2, s_b2, sh2);
+                q1[j >> 2] |= (uint32_t)encode_fast<2>(va[j], amc1, r1, tail, s_cell1, s_b1, sh1) << sh;
+                if (HB) qb[j >> 2] |= (uint32_t)encode_fast<2>(vb[j], amcb, rb, tail, s_cell1, s_b1, sh1) << sh;
+                if (HS2) q2[j >> 2] |= (uint32_t)encode_fast<3>(vd[j], amc2, r2, tail, s_cell2, s_b2, sh2) << sh;
             } else {
-                q1[j] = encode(va[j], amc1, r1, tail, s_cell1, s_b1, s_c1, sh1, S1);
-                if (HB) qb[j] = encode(vb[j], amcb, rb, tail, s_cell1, s_b1, s_c1, sh1, S1);
-                if (HS2) q2[j] = encode(vd[j], amc2, r2, tail, s_cell2, s_b2, s_c2, sh2, S2);
+                q1[j >> 2] |= (uint32_t)encode(va[j], amc1, r1, tail, s_cell1, s_b1, s_c1, sh1, S1) << sh;
+                if (HB) qb[j >> 2] |= (uint32_t)encode(vb[j], amcb, rb, tail, s_cell1, s_b1, s_c1, sh1, S1) << sh;
+                if (HS2) q2[j >> 2] |= (uint32_t)encode(vd[j], amc2, r2, tail, s_cell2, s_b2, s_c2, sh2, S2) << sh;
             }
         }
         if (vec) {
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const long long i = start + 128 * h + 4 * lane;
-                auto word = [&](const uint32_t* q) {
-                    return q[4 * h] | (q[4 * h + 1] << 8) | (q[4 * h + 2] << 16) | (q[4 * h + 3] << 24);
-                };
-                *reinterpret_cast<uint32_t*>(c1 + i) = word(q1);
-                if (HB) *reinterpret_cast<uint32_t*>(c1b + i) = word(qb);
-                if (HS2) *reinterpret_cast<uint32_t*>(c2 + i) = word(q2);
+                *reinterpret_cast<uint32_t*>(c1 + i) = q1[h];
+                if (HB) *reinterpret_cast<uint32_t*>(c1b + i) = qb[h];
+                if (HS2) *reinterpret_cast<uint32_t*>(c2 + i) = q2[h];
             }
         } else {
 #pragma unroll
             for (int j = 0; j < 8; j++) {
                 if (elem(j) < cnt) {
                     const long long i = start + elem(j);
-                    c1[i] = (unsigned char)q1[j];
-                    if (HB) c1b[i] = (unsigned char)qb[j];
-                    if (HS2) c2[i] = (unsigned char)q2[j];
+                    c1[i] = (unsigned char)byte_of(q1, j);
+                    if (HB) c1b[i] = (unsigned char)byte_of(qb, j);
+                    if (HS2) c2[i] = (unsigned char)byte_of(q2, j);
                 }
             }
         }
