@@ -1,4 +1,4 @@
-"""cuda_src/quant.cu compiles with the machine's nvcc (IEEE flags, sm_90a) and exports its C API."""
+"""Every cuda_src/<family>.cu compiles with the machine's nvcc (IEEE flags, sm_90a) and exports its C API."""
 import ctypes
 import shutil
 import subprocess
@@ -9,23 +9,33 @@ from workbench import cuda_build
 
 pytestmark = pytest.mark.skipif(cuda_build.nvcc() is None, reason="nvcc not on PATH")
 
-API = ("kbit_quantize_blockwise", "kbit_quantize_4bit", "kbit_dequantize_blockwise", "kbit_dequantize_4bit",
-       "kbit_quant_ieee_build")
+API = {
+    "quant": ("kbit_quantize_blockwise", "kbit_quantize_4bit", "kbit_dequantize_blockwise", "kbit_dequantize_4bit",
+              "kbit_quant_ieee_build"),
+    "optim": ("kbit_optimizer_update_32bit", "kbit_optimizer_update_norm_sq", "kbit_optimizer_update_8bit_blockwise",
+              "kbit_optim_ieee_build"),
+    "int8": ("kbit_int8_vectorwise_quant", "kbit_int8_zero_cols", "kbit_int8_col_quant",
+             "kbit_int8_vectorwise_dequant", "kbit_int8_linear_matmul", "kbit_int8_mm_dequant",
+             "kbit_int8_scaled_mm"),
+}
 
 
-def test_quant_family_builds_and_exports(tmp_path):
-    so = cuda_build.build("quant", force=True, build_dir=tmp_path)
+@pytest.mark.parametrize("family", sorted(API))
+def test_family_builds_and_exports(family, tmp_path):
+    so = cuda_build.build(family, force=True, build_dir=tmp_path)
     assert so.exists() and so.parent == tmp_path
     nm = shutil.which("nm")
     if nm:
         syms = subprocess.run([nm, "-D", "--defined-only", str(so)], capture_output=True, text=True).stdout
-        for name in API:
+        for name in API[family]:
             assert f" T {name}" in syms, name
     try:
         lib = ctypes.CDLL(str(so))
     except OSError as e:  # loading needs the CUDA runtime's dependencies; nm above already checked exports
         pytest.skip(f"cannot dlopen without the CUDA driver: {e}")
-    assert lib.kbit_quant_ieee_build() == 1  # built without fast-math
+    ieee = {"quant": "kbit_quant_ieee_build", "optim": "kbit_optim_ieee_build"}.get(family)
+    if ieee:
+        assert getattr(lib, ieee)() == 1  # built without fast-math
 
 
 def test_ieee_flags():
