@@ -12,8 +12,8 @@ from setuptools import Extension, setup
 
 try:
     from Cython.Build import cythonize
-except ImportError:  # building from an sdist without Cython: nothing to compile
-    cythonize = None
+except ImportError:  # a silent no-op build would leave stale extensions behind
+    raise SystemExit("Cython >= 3.0 is needed to build workbench/_native (pip install 'cython>=3.0')") from None
 
 omp = [] if os.environ.get("KBIT_NO_OPENMP") else ["-fopenmp"]
 exts = [
@@ -28,4 +28,5 @@ exts = [
     for p in sorted(glob.glob("workbench/_native/*.pyx"))
 ]
 
-setup(ext_modules=cythonize(exts, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True}) if (cythonize and exts) else [])
+setup(ext_modules=cythonize(exts, language_level=3,
+                             compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True}))

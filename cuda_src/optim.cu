@@ -67,7 +67,8 @@ __device__ __forceinline__ __nv_bfloat16 f2b(float v) { return __float2bfloat16_
 template <> struct IO<__half> : IO16<__half, h2f, f2h> {};
 template <> struct IO<__nv_bfloat16> : IO16<__nv_bfloat16, b2f, f2b> {};
 
-__device__ __forceinline__ float sgn(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }
+// torch.sign: +-0 and NaN -> +0
+__device__ __forceinline__ float sgn(float x) { return (float)((x > 0.0f) - (x < 0.0f)); }
 
 // New (p, a = state1, b = AdEMAMix m2, d = state2) for one element. Mirrors functional._rule.
 template <int OPT, bool EIGHT>

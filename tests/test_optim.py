@@ -233,3 +233,40 @@ def test_codebook_cache_not_fooled_by_recycled_tensors():
         assert (W.codebook_of(b).table == W.qmap(False).numpy()).all()
         b.mul_(0.5)  # written to: rebuilt
         assert (W.codebook_of(b).table == b.numpy()).all()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("name", ["adam", "momentum", "lion"])
+def test_nan_gradient_is_contained_in_its_block(backend, name, rng):
+    """A NaN gradient element: after the step its parameter equals the reference's (NaN for Adam and
+    Momentum; Lion's sign(NaN) is 0, as torch.sign's), and every 256-block that does not hold it stays
+    bit-identical to the reference over further steps (params, codes, absmax). The 8-bit state of the
+    block that holds it is undefined (the reference's absmax is NaN there; backends differ), so that
+    block's params may differ from the next step on."""
+    fn = _need(backend)[8]
+    n = 256 * 4 + 19
+    p0, grad = problem(n, rng)
+    pa, pb = p0.clone(), p0.clone()
+    sa = init_state(name, n, 8)
+    sb = clone(sa)
+    bad = 256 + 77
+    for t in (1, 2):
+        g = grad(pa)
+        if t == 1:
+            g[bad] = float("nan")
+        step(_ref(8), name, 8, g, pa, sa, t)
+        step(fn, name, 8, g.clone(), pb, sb, t)
+        if t == 1:  # afterwards the block's undefined state drives its params apart
+            torch.testing.assert_close(pb[bad], pa[bad], rtol=0, atol=0, equal_nan=True)
+            assert pa[bad].isnan() == (name != "lion")
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[256:512] = False  # the block that held the NaN
+    assert torch.equal(pa[keep], pb[keep])
+    for k in ("state1", "state2"):
+        if sa[k] is not None:
+            assert torch.equal(sa[k][keep], sb[k][keep]), k
+    for k in ("absmax1", "absmax2"):
+        if sa[k] is not None:
+            blocks = torch.ones(sa[k].numel(), dtype=torch.bool)
+            blocks[1] = False
+            assert torch.equal(sa[k][blocks], sb[k][blocks]), k

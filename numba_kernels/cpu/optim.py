@@ -34,7 +34,7 @@ def _sign(x):
         return np.float32(1.0)
     if x < 0:
         return np.float32(-1.0)
-    return x  # 0 or nan, like torch.sign
+    return np.float32(0.0)  # +-0 and NaN -> +0, as torch.sign
 
 
 @njit(inline="always", **_OPTS)

@@ -51,7 +51,7 @@ def _sign(x):
         return ONE
     if x < ZERO:
         return -ONE
-    return x
+    return ZERO  # +-0 and NaN -> +0, as torch.sign
 
 
 def _make_rule(opt: int, eight: bool):

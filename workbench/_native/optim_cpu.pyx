@@ -37,7 +37,7 @@ cdef extern from *:
     /* IEEE sqrt. With -fno-math-errno (not in setup.py today) GCC vectorizes the update loops;
        without it the libm errno path for negative inputs keeps sqrt loops scalar. */
     static inline float ko_sqrt(float x) { return sqrtf(x); }
-    static inline float ko_sign(float x) { float r = (float)((x > 0.0f) - (x < 0.0f)); return x != x ? x : r; }
+    static inline float ko_sign(float x) { return (float)((x > 0.0f) - (x < 0.0f)); }  /* torch.sign: +-0, NaN -> +0 */
 
     /* one element: mirrors workbench/optim/functional.py::_rule */
     static inline void ko_rule(int opt, int eight, int first, float g0, float* pp, float* a, float* b, float* d,

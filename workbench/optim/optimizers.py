@@ -210,7 +210,9 @@ Adagrad8bit = _make("Adagrad8bit", "adagrad", 8, 1e-2, (0.0, 0.0), 1e-10, 0.0, "
 LAMB32bit = _make("LAMB32bit", "lamb", 32, 1e-3, (0.9, 0.999), 1e-8, 0.0, "LAMB (trust ratio via max_unorm)",
                   max_unorm=1.0)
 LAMB8bit = _make("LAMB8bit", "lamb", 8, 1e-3, (0.9, 0.999), 1e-8, 0.0,
-                 "LAMB (8-bit blockwise has no trust ratio in bitsandbytes 0.50.2: Adam8bit rule)")
+                 "LAMB (8-bit blockwise state has no trust ratio in bitsandbytes 0.50.2: the Adam8bit rule; "
+                 "parameters below min_8bit_size keep 32-bit state and get it, max_unorm=1.0 as there)",
+                 max_unorm=1.0)
 AdEMAMix32bit = _make("AdEMAMix32bit", "ademamix", 32, 1e-3, (0.9, 0.999, 0.9999), 1e-8, 1e-2, "AdEMAMix",
                       alpha=5.0)
 AdEMAMix8bit = _make("AdEMAMix8bit", "ademamix", 8, 1e-3, (0.9, 0.999, 0.9999), 1e-8, 1e-2, "AdEMAMix",
@@ -234,7 +236,8 @@ SGD32bit = _momentum_cls("SGD32bit", "momentum", 32, 0.0, "SGD with momentum")
 SGD8bit = _momentum_cls("SGD8bit", "momentum", 8, 0.0, "SGD with momentum")
 LARS32bit = _momentum_cls("LARS32bit", "lars", 32, 0.02, "LARS (trust ratio via max_unorm)")
 LARS8bit = _momentum_cls("LARS8bit", "lars", 8, 0.02,
-                         "LARS (8-bit blockwise has no trust ratio in bitsandbytes 0.50.2: momentum rule)")
+                         "LARS (8-bit blockwise state has no trust ratio in bitsandbytes 0.50.2: the momentum "
+                         "rule; parameters below min_8bit_size keep 32-bit state and get it, max_unorm=0.02)")
 
 Adam, AdamW, Lion, RMSprop, Adagrad, LAMB, AdEMAMix = (Adam32bit, AdamW32bit, Lion32bit, RMSprop32bit,
                                                          Adagrad32bit, LAMB32bit, AdEMAMix32bit)
