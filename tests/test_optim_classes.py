@@ -150,3 +150,18 @@ def test_invalid_args():
         O.Adam(p, betas=(1.0, 0.9))
     with pytest.raises(NotImplementedError):
         O.SGD8bit(p, lr=0.1, momentum=0)
+
+
+@pytest.mark.parametrize("cls8,cls32,kw", [("LAMB8bit", "LAMB32bit", {}), ("LARS8bit", "LARS32bit", dict(momentum=0.9))])
+def test_small_params_of_8bit_trust_ratio_classes_follow_the_32bit_rule(cls8, cls32, kw, rng):
+    """Parameters below min_8bit_size keep 32-bit state, and there LAMB8bit/LARS8bit apply the trust
+    ratio (max_unorm 1.0 / 0.02, bitsandbytes' class defaults) exactly as LAMB32bit/LARS32bit do."""
+    data = _data(rng)
+    m1 = _model(rng)
+    m2 = copy.deepcopy(m1)
+    o1 = getattr(O, cls8)(m1.parameters(), lr=1e-3, min_8bit_size=10 ** 9, **kw)  # every param 32-bit
+    o2 = getattr(O, cls32)(m2.parameters(), lr=1e-3, **kw)
+    _train(m1, o1, data, 5)
+    _train(m2, o2, data, 5)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
