@@ -1,5 +1,7 @@
-"""The host-side "cell plan" that the GPU kernels use to bucketize exactly (numpy only, so the
-optimizer and quantization backends can share it without importing numba.cuda)."""
+"""Host-side search plans with which the GPU kernels bucketize exactly (numpy only, so the optimizer
+and quantization backends can share them without importing numba.cuda): the "cell plan" (optimizer
+and Numba CUDA kernels, the CUDA quantizers' fallback) and ``fine_plan``, the numpy twin of the CUDA
+quantizers' one-load table (CI checks it against the spec: tests/test_fine_plan.py)."""
 from __future__ import annotations
 
 import numpy as np
