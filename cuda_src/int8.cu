@@ -248,14 +248,6 @@ cudaError_t vq_dispatch(const void* A, long long rows, long long cols, float thr
     return launch_vq<T, 512>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
 }
 
-__global__ void k_zero_cols(signed char* codes, long long rows, long long cols, const long long* idx, long long nidx) {
-    const long long total = rows * nidx;
-    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total; t += (long long)gridDim.x * blockDim.x) {
-        const long long r = t / nidx, j = t - r * nidx;
-        codes[r * cols + idx[j]] = 0;
-    }
-}
-
 // column stats: each thread one column, a slice of rows; atomicMax on the float's bits (values >= 0)
 template <typename T>
 __global__ void k_col_stats(const T* __restrict__ A, long long rows, long long cols, float thr, int use_thr,
@@ -398,13 +390,6 @@ cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows,
         case 2: return vq_dispatch<__nv_bfloat16>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, stream);
         default: return cudaErrorInvalidValue;
     }
-}
-
-cudaError_t kbit_int8_zero_cols(signed char* codes, long long rows, long long cols, const long long* idx,
-                                long long nidx, cudaStream_t stream) {
-    if (rows <= 0 || nidx <= 0) return cudaSuccess;
-    k_zero_cols<<<grid_for(rows * nidx, 256), 256, 0, stream>>>(codes, rows, cols, idx, nidx);
-    return cudaGetLastError();
 }
 
 cudaError_t kbit_int8_col_quant(const void* A, int dtype, long long rows, long long cols, float thr, int use_thr,

@@ -25,10 +25,6 @@ cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows,
                                        int use_thr, signed char* codes, float* row_stats,
                                        unsigned char* col_flags, long long* col_index, cudaStream_t stream);
 
-/* codes[:, idx[j]] = 0 for j < nidx (idx int64). */
-cudaError_t kbit_int8_zero_cols(signed char* codes, long long rows, long long cols, const long long* idx,
-                                long long nidx, cudaStream_t stream);
-
 /* Column side of double quant: col_stats[c] = max |a| over non-outliers (float32); col_codes =
  * rne(float(dtype(a*127)) / col_stat) with outlier elements and non-finite quotients -> 0. */
 cudaError_t kbit_int8_col_quant(const void* A, int dtype, long long rows, long long cols, float thr, int use_thr,

@@ -101,11 +101,3 @@ def run_in_float32(update, name: str, g: torch.Tensor, p: torch.Tensor, *rest) -
     update(name, g.float().contiguous(), p32, *rest)
     p.copy_(p32)
 
-
-def trust_scale(unorm: float, max_unorm: float, param_norm, unorm_vec) -> float:
-    """LAMB/LARS: the step multiplier ``lim / ||u||`` if ``||u|| > lim = max_unorm * ||p||``, else 1;
-    ``||u||`` is stored in ``unorm_vec`` as the reference does."""
-    if unorm_vec is not None:
-        unorm_vec.fill_(unorm)
-    lim = max_unorm * float(param_norm)
-    return lim / unorm if unorm > lim else 1.0

@@ -154,7 +154,11 @@ def _rule(name, g, p, s1, s2, k, step, eight_bit, scale_fn=None):
 
 def trust_scale(u: torch.Tensor, max_unorm: float, param_norm: float, unorm_vec=None) -> float:
     """LAMB/LARS update scale: max_unorm*||p|| / ||u|| if ||u|| exceeds max_unorm*||p||."""
-    unorm = float(torch.norm(u.double()))
+    return scale_for_unorm(float(torch.norm(u.double())), max_unorm, param_norm, unorm_vec)
+
+
+def scale_for_unorm(unorm: float, max_unorm: float, param_norm, unorm_vec=None) -> float:
+    """:func:`trust_scale` from ||u|| (a kernel's reduction); ||u|| is stored in ``unorm_vec``."""
     if unorm_vec is not None:
         unorm_vec.fill_(unorm)
     lim = max_unorm * float(param_norm)

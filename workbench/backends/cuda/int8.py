@@ -22,7 +22,6 @@ _c = ctypes
 _P, _I, _L, _F = _c.c_void_p, _c.c_int, _c.c_longlong, _c.c_float
 _SIGS = {
     "kbit_int8_vectorwise_quant": [_P, _I, _L, _L, _F, _I, _P, _P, _P, _P, _P],
-    "kbit_int8_zero_cols": [_P, _L, _L, _P, _L, _P],
     "kbit_int8_col_quant": [_P, _I, _L, _L, _F, _I, _P, _P, _P],
     "kbit_int8_vectorwise_dequant": [_P, _P, _L, _L, _P, _P],
     "kbit_int8_linear_matmul": [_P, _P, _P, _I, _I, _I, _P],

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ...optim import _gpu_plan as G
+from ...optim import functional as W
 from . import check, load, ptr, stream
 
 OPS = ("optimizer_update_32bit", "optimizer_update_8bit_blockwise")
@@ -68,7 +69,7 @@ def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_
         check(lib.kbit_optimizer_update_norm_sq(opt, first, ptr(g), dt, ptr(p), dt, ptr(s1), ptr(state2), n,
                                                 _kptr(k0), ptr(acc), stream()), "kbit_optimizer_update_norm_sq")
         unorm = float(acc.sqrt())  # host sync (LAMB/LARS only)
-        scale = G.trust_scale(unorm, max_unorm, param_norm, unorm_vec)
+        scale = W.scale_for_unorm(unorm, max_unorm, param_norm, unorm_vec)
     k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False, scale)
     check(lib.kbit_optimizer_update_32bit(opt, first, int(bool(skip_zeros)), ptr(g), dt, ptr(p), dt, ptr(s1), ptr(m2),
                                           ptr(state2), n, _kptr(k), stream()), "kbit_optimizer_update_32bit")

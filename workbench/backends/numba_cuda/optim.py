@@ -12,6 +12,7 @@ import torch
 from numba_kernels.cuda import optim as K
 
 from ...optim import _gpu_plan as G
+from ...optim import functional as W
 from . import simulator
 
 OPS = ("optimizer_update_32bit", "optimizer_update_8bit_blockwise")
@@ -85,7 +86,7 @@ def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_
         _launch(K.kernel("norm", opt), grid, dev, first, _arr(g), _arr(p), _arr(s1), _arr(s2), n, _k(k0, dev),
                 _arr(parts))
         unorm = float(parts.sum().sqrt())
-        scale = G.trust_scale(unorm, max_unorm, param_norm, unorm_vec)
+        scale = W.scale_for_unorm(unorm, max_unorm, param_norm, unorm_vec)
     k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False, scale)
     _launch(K.kernel("32bit", opt), grid, dev, first, bool(skip_zeros), _arr(g), _arr(p), _arr(s1), _arr(m2),
             _arr(s2), n, _k(k, dev))
