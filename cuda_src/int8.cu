@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "kbit_device.h"
 #include "kbit_int8.h"
 
 namespace {
@@ -203,16 +204,6 @@ __global__ void k_zero_listed(signed char* codes, long long rows, long long cols
     }
 }
 
-int int8_num_sms() {
-    static int sms = 0;
-    if (sms == 0) {
-        int dev = 0;
-        cudaGetDevice(&dev);
-        if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) sms = 132;
-    }
-    return sms;
-}
-
 template <typename T, int THREADS>
 cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, int use_thr, signed char* codes,
                       float* stats, unsigned char* flags, long long* index, cudaStream_t s) {
@@ -233,7 +224,7 @@ cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, 
     if (e != cudaSuccess || !use_thr) return e;
     k_flag_index<<<1, IDX_THREADS, 0, s>>>(flags, cols, index);
     // one row: its outliers are the only elements of their columns and are coded 0 already
-    if (rows > 1) k_zero_listed<<<int8_num_sms() * 4, 256, 0, s>>>(codes, rows, cols, index);
+    if (rows > 1) k_zero_listed<<<kbit_num_sms() * 4, 256, 0, s>>>(codes, rows, cols, index);
     return cudaGetLastError();
 }
 

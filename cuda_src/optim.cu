@@ -19,6 +19,7 @@
 
 #include <algorithm>
 
+#include "kbit_device.h"
 #include "kbit_optim.h"
 
 namespace {
@@ -361,17 +362,6 @@ __global__ void __launch_bounds__(THREADS, 4) // 4 CTAs/SM: AdEMAMix fits 64 reg
     }
 }
 
-int num_sms() {
-    static int sms = 0;
-    if (sms == 0) {
-        int dev = 0;
-        cudaGetDevice(&dev);
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-        if (sms <= 0) sms = 132;
-    }
-    return sms;
-}
-
 KP make_kp(const float* k) {
     KP kp;
     for (int i = 0; i < KBIT_OPT_NK; i++) kp.k[i] = k[i];
@@ -384,7 +374,7 @@ cudaError_t launch32(int first, int skip, const void* g, void* p, float* s1, flo
     long long need = (n + (long long)THREADS * U32 - 1) / ((long long)THREADS * U32);
     static int occ = 0;
     if (occ == 0 && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k_update32<T, OPT>, THREADS, 0) != cudaSuccess || occ < 1)) occ = 4;
-    int grid = (int)std::min<long long>(need, (long long)num_sms() * occ * 4);
+    int grid = (int)std::min<long long>(need, (long long)kbit_num_sms() * occ * 4);
     k_update32<T, OPT><<<grid, THREADS, 0, st>>>(first, skip, (const T*)g, (T*)p, s1, m2, s2, n, kp);
     return cudaGetLastError();
 }
@@ -401,7 +391,7 @@ cudaError_t launch8(int first, int skip, const void* g, void* p, unsigned char* 
     static int occ[2] = {0, 0}; // persistent grid: exactly the resident CTAs
     int& o = occ[fast ? 1 : 0];
     if (o == 0 && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, kern, THREADS, 0) != cudaSuccess || o < 1)) o = 4;
-    int grid = (int)std::min<long long>(need, (long long)num_sms() * o);
+    int grid = (int)std::min<long long>(need, (long long)kbit_num_sms() * o);
     // vector path: 16-byte (float) / 8-byte (16-bit) param and grad, 4-byte code arrays
     auto al = [](const void* q, uintptr_t a) { return q == nullptr || (reinterpret_cast<uintptr_t>(q) % a) == 0; };
     const int vec_ok = al(g, 4 * sizeof(T)) && al(p, 4 * sizeof(T)) && al(c1, 4) && al(c1b, 4) && al(c2, 4);
@@ -448,7 +438,7 @@ cudaError_t dispatch8(int opt, int first, int skip, const void* g, void* p, unsi
 template <typename T>
 cudaError_t dispatch_norm(int opt, int first, const void* g, const void* p, const float* s1, const float* s2,
                           long long n, const KP& kp, double* out, cudaStream_t st) {
-    int grid = (int)std::min<long long>((n + THREADS - 1) / THREADS, (long long)num_sms() * 4);
+    int grid = (int)std::min<long long>((n + THREADS - 1) / THREADS, (long long)kbit_num_sms() * 4);
     if (grid < 1) return cudaSuccess;
     switch (opt) {
     case KBIT_OPT_ADAM:

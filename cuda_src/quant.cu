@@ -27,6 +27,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kbit_device.h"
 #include "kbit_quant.h"
 
 namespace {
@@ -526,18 +527,6 @@ __global__ void __launch_bounds__(THREADS) k_dequantize(const unsigned char* __r
 // --------------------------------------------------------------------------------------------- host
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
-int num_sms() {
-    static int cache[64] = {0};
-    int dev = 0;
-    cudaGetDevice(&dev);
-    if (dev < 0 || dev >= 64) return 132;
-    if (cache[dev] == 0) {
-        int v = 0;
-        cache[dev] = (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && v > 0) ? v : 132;
-    }
-    return cache[dev];
-}
-
 int log2i(long long v) {
     int s = 0;
     while ((1LL << s) < v) s++;
@@ -561,7 +550,7 @@ cudaError_t launch_q(const void* A, long long n, const QParams<L, S>& tree, unsi
         if (e != cudaSuccess || per_sm < 1) per_sm = 1;
         cached_smem = smem;
     }
-    const long long grid = std::min<long long>(ntiles, (long long)per_sm * num_sms());
+    const long long grid = std::min<long long>(ntiles, (long long)per_sm * kbit_num_sms());
     const int vec_ok = aligned16(A) && aligned16(out);
     k_quantize<T, BITS, L, G, S><<<(unsigned)grid, THREADS, smem, stream>>>(A, n, nblocks, tree, out, absmax, flags,
                                                                             vec_ok, ntiles);
