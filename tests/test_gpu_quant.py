@@ -191,7 +191,7 @@ def _edge_blocks(cb, bs, rng) -> torch.Tensor:
     return torch.cat([torch.ones(nb, 1), body], 1).reshape(-1)
 
 
-# a codebook with 200 bounds inside [0.5, 0.5001): no fine table and no cell table holds it
+# a codebook with ~250 bounds inside [0.5, 0.50013): no fine table and no cell table holds it
 DENSE = cbs.from_values(sorted([-1.0, 0.0, 1.0] + [0.5 + k * 5e-7 for k in range(253)]), "dense-test")
 
 SEARCH_CASES = ["dynamic", "dynamic-unsigned", "linear8", "nf4", "fp4", "af4"]
