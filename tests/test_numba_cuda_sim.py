@@ -119,7 +119,7 @@ def test_eytzinger_is_bucketize(rng):
         assert np.array_equal(tc[i - (1 << levels)], cb.quantize_normalized(s))
 
 
-def _cell_search_np(s, plan):  # mirrors numba_kernels.cuda.quant._cell_search
+def _cell_search_np(s, plan):  # mirrors numba_kernels.cuda.optim._encode
     import numpy as np
     m, S, cell, bnd, codes = plan
     bits = s.view(np.uint32).astype(np.int64)
@@ -136,7 +136,7 @@ def test_cell_plan_is_bucketize(rng, bits):
     """The cell search (plan built on the host, as the CUDA kernels do) equals bucketize(right=False)
     on values across all binades, on every bound, next to every bound, at +-0 and +-1."""
     import numpy as np
-    from numba_kernels.cuda.quant import cell_plan
+    from numba_kernels.cell_plan import cell_plan
     books = ([cbs.get("nf4"), cbs.get("fp4"), cbs.get("e2m1"), bcb.fp4_bnb_cuda(), cbs.get("int4-asym")] if bits == 4
              else [cbs.get("dynamic"), cbs.get("dynamic-unsigned"), bcb.dynamic_bnb_cuda(), cbs.get("linear4"),
                    cbs.get("nf4")])

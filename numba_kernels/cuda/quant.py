@@ -20,11 +20,12 @@ from __future__ import annotations
 import numpy as np
 
 import workbench._compat  # noqa: F401  (numpy.row_stack shim, before any kernel compiles)
-from numba import config, cuda, float32, int32, uint8
+from numba import config, cuda, float32, int32, uint8, uint64
 from numba.cuda import libdevice
-from ..cell_plan import cell_plan  # noqa: F401  (the plan is shared with the optimizer kernels)
+from ..cell_plan import FINE_MAX
 
 THREADS = 256
+NWARPS = THREADS // 32
 PAIRS = 8                    # element pairs per thread
 CHUNK = 2 * PAIRS            # elements per thread
 TINY = np.float32(1e-38)
@@ -203,108 +204,166 @@ def _make_dequantize(bits: int, kind: int):
     return dequantize
 
 
-# ------------------------------------------------------------------ fast path (even n, aligned)
-# Words instead of elements: bf16/fp16 inputs are read as uint32 pairs, 8-bit codes written as
-# uint16 pairs, packed bytes / codes read as uint32 words, 16-bit outputs written as uint32 pairs.
-# The search is the cell plan of :func:`cell_plan`: pos = cell[key(s)], then an S-step branch-free
-# binary search over the sorted, +inf-padded bounds from pos; code = codes[pos].
+# ------------------------------------------------------------------ fast path: fine tables
+# The production kernel's layout and search (cuda_src/quant.cu, k_quantize with a fine plan): thread t
+# owns the contiguous chunk of CHUNK elements [CHUNK t, CHUNK t + CHUNK), read as 8-byte words and
+# written as 8-byte words of codes; G = bs / CHUNK consecutive threads share a block and reduce its
+# absmax with warp shuffles (a shared-memory tree under the simulator, which has no shuffles). The
+# code is one 8-byte shared load + one compare: entry = bound bits | (code below | code above << 8) << 32
+# from numba_kernels.cell_plan.fine_plan. Persistent CTAs fill the table once.
 
-
-
-@cuda.jit(device=True, inline=True)
-def _cell_search(s, m, S, s_cell, s_b, s_code):
-    pos = s_cell[(_float_as_int(s) & 0xFFFFFFFF) >> (23 - m)]   # logical shift of the bit pattern
-    step = 1 << (S - 1)
-    while step > 0:
-        if s > s_b[pos + step - 1]:
-            pos += step
-        step >>= 1
-    return s_code[pos]
-
-
-@cuda.jit(device=True, inline=True)
-def _pair(A, w, kind):
-    """Elements 2w and 2w+1: A is uint32 words (bf16/fp16 pairs) or float32 elements."""
-    if kind == F32:
-        return float32(A[2 * w]), float32(A[2 * w + 1])
-    v = int32(A[w])
-    if kind == BF16:
-        return _int_as_float((v & 0xFFFF) << 16), _int_as_float(v & -65536)
-    return float32(_half2float(v & 0xFFFF)), float32(_half2float((v >> 16) & 0xFFFF))
-
-
-def _make_quantize_fast(bits: int, kind: int, S: int):
-    """Persistent CTAs (tables filled once per CTA); S (search steps) is a compile-time constant."""
-    @cuda.jit(fastmath=False)
-    def quantize(A, n, G, nblocks, ntiles, m, cell, bnd, codes, out, absmax):
-        s_cell = cuda.shared.array(384 << 4, int32)
-        s_b = cuda.shared.array(256 + 8, float32)
-        s_code = cuda.shared.array(257, int32)
-        s_m = cuda.shared.array(THREADS, float32)
-        tid = cuda.threadIdx.x
-        for i in range(tid, cell.shape[0], THREADS):
-            s_cell[i] = cell[i]
-        for i in range(tid, 256 + 8, THREADS):
-            s_b[i] = bnd[i]
-        for i in range(tid, 257, THREADS):
-            s_code[i] = codes[i]
+if config.ENABLE_CUDASIM:
+    @cuda.jit(device=True)
+    def _group_max(v, G, tid, s_m, s_w, it):
+        """max of v over the G consecutive threads of tid's group (G a power of two <= THREADS)."""
+        s_m[tid] = v
         cuda.syncthreads()
-        npairs = n // 2                     # n is even here
-        bs = G * CHUNK
-        x = cuda.local.array(CHUNK, float32)
-        for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
-            t = tile * THREADS + tid
-            blk = t // G
-            g = t - blk * G
-            wbase = blk * (G * PAIRS)       # first pair (word) of the block
-            mx = float32(0.0)
-            for k in range(PAIRS):
-                w = wbase + g + k * G
-                v0 = float32(0.0)
-                v1 = float32(0.0)
-                if w < npairs:
-                    v0, v1 = _pair(A, w, kind)
-                x[2 * k] = v0
-                x[2 * k + 1] = v1
-                mx = max(mx, abs(v0), abs(v1))
-            s_m[tid] = mx
+        g = tid & (G - 1)
+        stride = G // 2
+        while stride > 0:
+            if g < stride and s_m[tid + stride] > s_m[tid]:
+                s_m[tid] = s_m[tid + stride]
             cuda.syncthreads()
-            stride = G // 2
-            while stride > 0:
-                if (tid % G) < stride:
-                    s_m[tid] = max(s_m[tid], s_m[tid + stride])
-                cuda.syncthreads()
-                stride //= 2
-            mx = s_m[tid - g]
-            cuda.syncthreads()              # s_m is rewritten by the next tile
-            if blk < nblocks:
-                tail = blk == nblocks - 1 and n % bs != 0
+            stride //= 2
+        r = s_m[tid - g]
+        cuda.syncthreads()
+        return r
+else:
+    @cuda.jit(device=True, inline=True)
+    def _group_max(v, G, tid, s_m, s_w, it):
+        off = 1
+        while off < G and off < 32:
+            o = cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
+            if o > v:
+                v = o
+            off *= 2
+        if G > 32:                          # across warps: s_w is double-buffered by tile parity
+            warp = tid >> 5
+            if (tid & 31) == 0:
+                s_w[it, warp] = v
+            cuda.syncthreads()
+            first = warp & ~(G // 32 - 1)
+            v = s_w[it, first]
+            for k in range(1, G // 32):
+                o = s_w[it, first + k]
+                if o > v:
+                    v = o
+        return v
+
+
+@cuda.jit(device=True, inline=True)
+def _elem(w, j, kind):
+    """Element j of an 8-byte input word (4 bf16/fp16 or 2 float32)."""
+    if kind == F32:
+        return _int_as_float(int32((w >> uint64(32 * j)) & uint64(0xFFFFFFFF)))
+    h = int32((w >> uint64(16 * j)) & uint64(0xFFFF))
+    if kind == BF16:
+        return _int_as_float(h << 16)
+    return float32(_half2float(h))
+
+
+@cuda.jit(device=True, inline=True)
+def _fine_code(s, fine, sh, last, clamped, low_p, low_n, off_p, off_n):
+    b = _float_as_int(s) & 0xFFFFFFFF
+    if clamped:                             # key of max(|s|, lowest of s's sign); NaN -> lowest
+        neg = b >> 31
+        a = abs(s)
+        low = _int_as_float(low_n if neg else low_p)
+        if not (a >= low):
+            a = low
+        idx = ((_float_as_int(a) & 0xFFFFFFFF) >> sh) + (off_n if neg else off_p)
+    else:
+        idx = min(b >> sh, last)
+    e = fine[idx]
+    c = e >> uint64(32)
+    if s > _int_as_float(int32(e & uint64(0xFFFFFFFF))):
+        c >>= uint64(8)
+    return c & uint64(0xFF)
+
+
+def _make_quantize_fine(bits: int, kind: int, clamped: bool):
+    EPW = 2 if kind == F32 else 4           # elements per 8-byte input word
+    NWI = CHUNK // EPW                      # input words per chunk
+    NWO = CHUNK * bits // 64                # output words per chunk
+
+    @cuda.jit(fastmath=False)
+    def quantize(Aw, A, n, vec, G, gshift, nblocks, tail_blk, ntiles, fine_g, nfine, sh, low_p, low_n,
+                 off_p, off_n, out_w, out_b, absmax):
+        fine = cuda.shared.array(FINE_MAX, uint64)
+        s_m = cuda.shared.array(THREADS, float32)
+        s_w = cuda.shared.array((2, NWARPS), float32)
+        tid = cuda.threadIdx.x
+        for i in range(tid, nfine, THREADS):
+            fine[i] = fine_g[i]
+        cuda.syncthreads()
+        last = nfine - 1
+        words = cuda.local.array(NWI, uint64)
+        it = 0
+        for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
+            t = tile * THREADS + tid        # chunk
+            e0 = t * CHUNK
+            blk = t >> gshift
+            full = vec and e0 + CHUNK <= n
+            mx = float32(0.0)
+            if full:
+                for k in range(NWI):
+                    words[k] = Aw[t * NWI + k]
+            else:                           # the tail chunk (or an unaligned input): element loads
+                for k in range(NWI):
+                    words[k] = 0
+                for j in range(CHUNK):
+                    if e0 + j < n:
+                        if kind == F32:
+                            u = _float_as_int(A[e0 + j]) & 0xFFFFFFFF
+                        else:
+                            u = int32(A[e0 + j]) & 0xFFFF
+                        words[j // EPW] |= uint64(u) << uint64((32 if kind == F32 else 16) * (j % EPW))
+            for k in range(NWI):
+                for j in range(EPW):
+                    mx = max(mx, abs(_elem(words[k], j, kind)))
+            mx = _group_max(mx, G, tid, s_m, s_w, it)
+            it ^= 1
+            if blk < nblocks and e0 < n:
+                tail = blk == tail_blk
                 d = max(mx, TINY)
-                if g == 0:
+                if (tid & (G - 1)) == 0:
                     absmax[blk] = d if tail else mx
                 inv = float32(1.0) / d
-                for k in range(PAIRS):
-                    w = wbase + g + k * G
-                    if w < npairs:
-                        if tail:
-                            s0 = x[2 * k] / d
-                            s1 = x[2 * k + 1] / d
-                        else:
-                            s0 = x[2 * k] * inv
-                            s1 = x[2 * k + 1] * inv
-                        c0 = _cell_search(s0, m, S, s_cell, s_b, s_code)
-                        c1 = _cell_search(s1, m, S, s_cell, s_b, s_code)
+                for o in range(NWO):
+                    acc = uint64(0)
+                    for jj in range(CHUNK // NWO):
+                        j = o * (CHUNK // NWO) + jj
+                        v = _elem(words[j // EPW], j % EPW, kind)
+                        s = v / d if tail else v * inv
+                        c = _fine_code(s, fine, sh, last, clamped, low_p, low_n, off_p, off_n)
                         if bits == 4:
-                            out[w] = (c0 << 4) | c1
+                            acc |= uint64(c) << uint64(8 * (jj // 2) + 4 * (1 - jj % 2))
                         else:
-                            out[w] = c0 | (c1 << 8)        # out: uint16 pairs (little endian)
+                            acc |= uint64(c) << uint64(8 * jj)
+                    wi = t * NWO + o
+                    if wi < out_w.shape[0]:
+                        out_w[wi] = acc
+                    elif wi == out_w.shape[0]:  # the last, partial word: its bytes
+                        for b in range(out_b.shape[0]):
+                            out_b[b] = (acc >> uint64(8 * b)) & uint64(0xFF)
 
     return quantize
 
 
 def _make_dequantize_fast(bits: int, kind: int):
+    """8-byte words in and out: 16 (4-bit) or 8 (8-bit) codes per input word, 4 16-bit or 2 float32
+    outputs per output word; one absmax per input word (blocksizes are multiples of 16)."""
     TS = 1 << bits
-    EPW = 8 if bits == 4 else 4             # elements per input word
+    EPW = 64 // bits                        # codes per input word
+    OPW = 2 if kind == F32 else 4           # outputs per output word
+
+    @cuda.jit(device=True, inline=True)
+    def bits_of(y):
+        if kind == F32:
+            return uint64(_float_as_int(y) & 0xFFFFFFFF)
+        if kind == BF16:
+            return uint64(_bf16_bits(y))
+        return uint64(_float2half_rn(y) & 0xFFFF)
 
     @cuda.jit(fastmath=False)
     def dequantize(words, absmax, table, nwords, bs_shift, out):
@@ -317,25 +376,17 @@ def _make_dequantize_fast(bits: int, kind: int):
         w = cuda.blockIdx.x * THREADS + tid
         while w < nwords:
             a = absmax[(w * EPW) >> bs_shift]
-            v = int32(words[w])
-            for j in range(EPW // 2):
-                if bits == 4:
-                    byte = (v >> (8 * j)) & 0xFF
-                    q0 = byte >> 4
-                    q1 = byte & 15
-                else:
-                    q0 = (v >> (16 * j)) & 0xFF
-                    q1 = (v >> (16 * j + 8)) & 0xFF
-                y0 = s_t[q0] * a
-                y1 = s_t[q1] * a
-                o = w * (EPW // 2) + j           # output pair index
-                if kind == F32:
-                    out[2 * o] = y0
-                    out[2 * o + 1] = y1
-                elif kind == BF16:
-                    out[o] = _bf16_bits(y0) | (_bf16_bits(y1) << 16)
-                else:
-                    out[o] = (_float2half_rn(y0) & 0xFFFF) | ((_float2half_rn(y1) & 0xFFFF) << 16)
+            v = uint64(words[w])
+            for o in range(EPW // OPW):
+                acc = uint64(0)
+                for k in range(OPW):
+                    e = o * OPW + k             # element of the word
+                    if bits == 4:               # byte e // 2: element 2b in the high nibble
+                        q = (v >> uint64(8 * (e // 2) + 4 * (1 - e % 2))) & uint64(15)
+                    else:
+                        q = (v >> uint64(8 * e)) & uint64(255)
+                    acc |= bits_of(s_t[q] * a) << uint64((64 // OPW) * k)
+                out[w * (EPW // OPW) + o] = acc
             w += nthreads
 
     return dequantize
@@ -345,11 +396,12 @@ _KERNELS: dict = {}
 
 
 def kernel(op: str, bits: int, kind: int, S: int = 0):
-    """The compiled kernel for (op in 'quantize'/'dequantize'/'quantize_fast'/'dequantize_fast', bits, kind)."""
+    """The compiled kernel for (op in 'quantize'/'dequantize'/'quantize_fine'/'dequantize_fast', bits, kind);
+    S: clamped fine table (quantize_fine)."""
     key = (op, bits, kind, S)
     if key not in _KERNELS:
-        if op == "quantize_fast":
-            _KERNELS[key] = _make_quantize_fast(bits, kind, S)
+        if op == "quantize_fine":
+            _KERNELS[key] = _make_quantize_fine(bits, kind, bool(S))
         else:
             make = {"quantize": _make_quantize, "dequantize": _make_dequantize,
                     "dequantize_fast": _make_dequantize_fast}[op]

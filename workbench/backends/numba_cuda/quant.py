@@ -2,13 +2,16 @@
 
 On a GPU: device arrays via ``numba.cuda.as_cuda_array`` (zero copy), launches on
 ``numba.cuda.external_stream(torch.cuda.current_stream())``, outputs allocated by torch. The
-codebook's Eytzinger tree is uploaded once per (codebook, device) and cached. Under the
+codebook's fine table (or, for codebooks too dense for one, its Eytzinger tree) is uploaded once
+per (codebook, device) and cached. Under the
 simulator: CPU tensors, seen by the kernels as NumPy views (writes land in the torch outputs).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from numba_kernels.cell_plan import fine_plan
 from numba_kernels.cuda import quant as K
 
 from . import simulator
@@ -61,24 +64,33 @@ def _launch(kern, grid, device: torch.device, *args):
         kern[grid, K.THREADS, st](*args)
 
 
-def _words(t: torch.Tensor, bits: int):
-    """``t`` reinterpreted as unsigned words of ``bits`` (signed on the GPU: stores truncate there,
-    and NumPy in the simulator wants in-range values)."""
-    cpu = t.device.type == "cpu"
-    dt = {16: (torch.uint16, torch.int16), 32: (torch.uint32, torch.int32)}[bits][0 if cpu else 1]
-    t = t.view(dt)
-    return t.numpy() if cpu else __import__("numba").cuda.as_cuda_array(t)
+def _words(t: torch.Tensor):
+    """``t`` seen as 8-byte words: int64 on the GPU (stores truncate there), uint64 NumPy in the
+    simulator (torch has no NumPy export of uint64; NumPy wants in-range values)."""
+    t = t.view(torch.int64)
+    return t.numpy().view(np.uint64) if t.device.type == "cpu" else __import__("numba").cuda.as_cuda_array(t)
 
 
-def _plan(codebook, bits: int, device: torch.device):
-    cache = codebook.__dict__.setdefault("_numba_cuda_plan", {})
-    key = (bits, str(device))
+def _fine(codebook, device: torch.device):
+    """The codebook's fine table on ``device`` and its kernel arguments, cached; None when the
+    codebook's bounds are too dense for a table of FINE_MAX entries (the tree kernel runs then)."""
+    cache = codebook.__dict__.setdefault("_numba_cuda_fine", {})
+    key = str(device)
     if key not in cache:
-        m, S, cell, bnd, codes = K.cell_plan(codebook.bounds, codebook.bucket_codes, bits)
-        ts = [torch.from_numpy(a).to(device) for a in (cell, bnd, codes)]
-        cache[key] = (m, S, ts, [_arr(t) for t in ts])
-    m, S, _, arrs = cache[key]
-    return m, S, arrs
+        plan = fine_plan(codebook.bounds, codebook.bucket_codes)
+        if plan is None:
+            cache[key] = None
+        else:
+            e, m, kp, kn, half = plan
+            e64 = np.ascontiguousarray(e).view(np.uint64).ravel()
+            if device.type == "cpu":                          # simulator: unsigned NumPy words
+                arr, keep = e64, None
+            else:
+                keep = torch.from_numpy(e64.view(np.int64)).to(device)
+                arr = _arr(keep)
+            sh = 23 - m
+            cache[key] = (keep, arr, len(e64), sh, kp >= 0, max(kp, 0) << sh, max(kn, 0) << sh, -kp, half - kn)
+    return cache[key]
 
 
 def _sms(device: torch.device) -> int:
@@ -87,8 +99,8 @@ def _sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _fast_ok(t: torch.Tensor, multiple: int, align: int) -> bool:
-    return t.numel() % multiple == 0 and (t.data_ptr() % align == 0) and t.numel() > 0
+def _words_ok(t: torch.Tensor) -> bool:
+    return t.numel() > 0 and t.numel() % 8 == 0 and t.data_ptr() % 8 == 0
 
 
 def _tree(codebook, levels: int, device: torch.device):
@@ -113,13 +125,22 @@ def _quantize(A, codebook, blocksize, bits):
         return out, absmax
     grid, G, nblocks = K.quantize_grid(n, blocksize)
     kind = _kind(A.dtype)
-    if _fast_ok(A, 2, 4):
-        m, S, (cell, bnd, codes) = _plan(codebook, bits, A.device)
-        a = _arr(A) if kind == K.F32 else _words(A, 32)
-        o = _out_arr(out) if bits == 4 else _words(out, 16)
-        pgrid = max(1, min(grid, _sms(A.device) * 8))     # persistent CTAs
-        _launch(K.kernel("quantize_fast", bits, kind, S), pgrid, A.device,
-                a, n, G, nblocks, grid, m, cell, bnd, codes, o, _out_arr(absmax))
+    plan = _fine(codebook, A.device)
+    if plan is not None:
+        _, fine, nfine, sh, clamped, low_p, low_n, off_p, off_n = plan
+        epw = 2 if kind == K.F32 else 4                          # elements per 8-byte word
+        flat = A.reshape(-1)
+        elems = flat if kind == K.F32 else flat.view(torch.int16)
+        nbytes = out.numel()    # written as full 8-byte words + the last partial word's bytes (disjoint
+        #                         views: the simulator copies each argument in and out)
+        ntiles = -(-(-(-n // K.CHUNK)) // K.THREADS)
+        pgrid = max(1, min(ntiles, _sms(A.device) * 8))     # persistent CTAs
+        vec = A.data_ptr() % 8 == 0                              # else every chunk loads elements
+        words = _words(flat[:n // epw * epw] if vec else out[:0])
+        _launch(K.kernel("quantize_fine", bits, kind, int(clamped)), pgrid, A.device,
+                words, _arr(elems), n, vec, G, G.bit_length() - 1,
+                nblocks, nblocks - 1 if n % blocksize else -1, ntiles, fine, nfine, sh, low_p, low_n, off_p,
+                off_n, _words(out[:nbytes // 8 * 8]), _out_arr(out[nbytes // 8 * 8:]), _out_arr(absmax))
         return out, absmax
     tf, tc = _tree(codebook, levels, A.device)
     _launch(K.kernel("quantize", bits, kind), grid, A.device,
@@ -143,13 +164,12 @@ def _dequantize(codes, absmax, table, blocksize, n, dtype, bits):
     tab = table.to(dev, torch.float32).contiguous()
     shift = blocksize.bit_length() - 1
     kind = _kind(dtype)
-    epw = 8 if bits == 4 else 4
-    if n % epw == 0 and _fast_ok(codes, 4, 4):
+    epw = 64 // bits                        # codes per 8-byte word
+    if n % epw == 0 and _words_ok(codes):
         nwords = n // epw
-        grid = max(1, min(-(-nwords // K.THREADS), 132 * 16))
-        o = _out_arr(out) if kind == K.F32 else _words(out, 32)
+        grid = max(1, min(-(-nwords // K.THREADS), _sms(dev) * 16))
         _launch(K.kernel("dequantize_fast", bits, kind), grid, dev,
-                _words(codes, 32), _arr(absmax), _arr(tab), nwords, shift, o)
+                _words(codes), _arr(absmax), _arr(tab), nwords, shift, _words(out))
         return out
     _launch(K.kernel("dequantize", bits, kind), K.dequantize_grid(n), dev,
             _arr(codes), _arr(absmax), _arr(tab), n, shift, _out_arr(out))
