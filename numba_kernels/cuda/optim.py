@@ -1,9 +1,11 @@
 """Numba CUDA kernels for fused optimizer updates (32-bit state and 8-bit blockwise state).
 
 Same plan as cuda_src/optim.cu: a CTA of 256 threads = 8 warps; in the 8-bit kernel a warp owns one
-256-element block per iteration and lane l handles elements l, l+32, ..., l+224 (coalesced, no
-alignment needs). New states stay in thread-local arrays; the block absmax is a shared-memory tree
-xor-shuffle max (a shared-memory tree under the simulator, which has no shuffles); requantization is the cell-plan search of workbench/optim/_gpu_plan.py.
+256-element block per iteration and lane l handles elements 4l..4l+3 and 128+4l..128+4l+3, read and
+written as 8-byte words of grad/param and 4-byte words of codes (element views for a tail block and
+for misaligned arrays). New states stay in registers; the block absmax is a warp xor-shuffle max (a
+shared-memory tree under the simulator, which has no shuffles); requantization is the cell-plan
+search of workbench/optim/_gpu_plan.py.
 
 Every float32 operation is an explicitly rounded libdevice call (fmul_rn, fadd_rn, fdiv_rn, fsqrt_rn):
 NVVM contracts a*b + c into an FMA by default, and the reference rounds each operation. Under the CUDA
@@ -13,9 +15,9 @@ Grad/param are float32 here (the backend routes float16/bfloat16 through float32
 from __future__ import annotations
 
 import numpy as np
-from numba import config, cuda, float32, float64, int32, uint8
+from numba import config, cuda, float32, float64, int32, uint8, uint64
 
-from .quant import _float_as_int
+from .quant import _float_as_int, _int_as_float
 
 THREADS = 256
 WARPS = THREADS // 32
@@ -149,13 +151,35 @@ else:
         return v
 
 
+NK = 17                      # constants in k
+
+
+@cuda.jit(device=True, inline=True)
+def _lo(w):
+    return _int_as_float(int32(w & uint64(0xFFFFFFFF)))
+
+
+@cuda.jit(device=True, inline=True)
+def _hi(w):
+    return _int_as_float(int32(w >> uint64(32)))
+
+
+@cuda.jit(device=True, inline=True)
+def _pack2(x, y):
+    return uint64(_float_as_int(x) & 0xFFFFFFFF) | (uint64(_float_as_int(y) & 0xFFFFFFFF) << uint64(32))
+
+
 def _make8(opt: int):
     rule = _make_rule(opt, True)
     HB = opt == ADEMAMIX
     HS2 = opt == ADAM or opt == ADEMAMIX
 
     @cuda.jit(fastmath=False)
-    def k8(first, skip, g, p, c1, a1, c1b, a1b, c2, a2, t1, l1, f1, q1, m1, S1, t2, l2, f2, q2, m2, S2, n, nblocks, k):
+    def k8(first, skip, gw, pw, c1w, c1bw, c2w, ge, pe, c1e, c1be, c2e, nfull, a1, a1b, a2,
+           t1, l1, f1, q1, m1, S1, t2, l2, f2, q2, m2, S2, n, nblocks, k):
+        """Blocks < nfull: 8-byte words of grad/param (gw, pw) and 4-byte words of codes (c*w), lane l
+        owning elements 4l..4l+3 and 128+4l..128+4l+3 (as cuda_src/optim.cu); later blocks (the tail, or
+        every block of a misaligned array): the element views g/p/c*e, which start at element 256 nfull."""
         s_t1 = cuda.shared.array(256, float32)
         s_l1 = cuda.shared.array(CELLS, uint8)
         s_f1 = cuda.shared.array(NB, float32)
@@ -190,14 +214,20 @@ def _make8(opt: int):
             while i < (384 << m2):
                 s_l2[i] = l2[i]
                 i += THREADS
+        # constants in registers: k may alias the stored arrays, so k[...] would be re-read after stores
+        kl = cuda.local.array(NK, float32)
+        for j in range(NK):
+            kl[j] = k[j]
         cuda.syncthreads()
         sh1 = 23 - m1
         sh2 = 23 - m2
         warp = tid // 32
         lane = tid % 32
+        pl = cuda.local.array(8, float32)
         va = cuda.local.array(8, float32)
         vb = cuda.local.array(8, float32)
         vd = cuda.local.array(8, float32)
+        base = nfull * 256
         per_it = cuda.gridDim.x * WARPS
         nit = (nblocks + per_it - 1) // per_it
         for it in range(nit):
@@ -206,6 +236,7 @@ def _make8(opt: int):
             mxb = ZERO
             mx2 = ZERO
             start = blk * 256
+            full = blk < nfull
             cnt = 0
             if blk < nblocks:
                 cnt = min(256, n - start)
@@ -216,22 +247,55 @@ def _make8(opt: int):
                     amb = a1b[blk]
                 if HS2:
                     am2 = a2[blk]
-                for j in range(8):
-                    e = j * 32 + lane
-                    if e < cnt:
-                        i = start + e
-                        gv = g[i]
-                        pv = p[i]
-                        a = _mul(s_t1[c1[i]], am1)
+                for h in range(2):                  # element j = 4h + q is 128h + 4 lane + q
+                    w1 = uint64(0)
+                    wb = uint64(0)
+                    w2 = uint64(0)
+                    wg = uint64(0)
+                    wp = uint64(0)
+                    if full:
+                        cw = blk * 64 + 32 * h + lane
+                        w1 = uint64(c1w[cw])
+                        if HB:
+                            wb = uint64(c1bw[cw])
+                        if HS2:
+                            w2 = uint64(c2w[cw])
+                    for q in range(4):
+                        j = 4 * h + q
+                        e = 128 * h + 4 * lane + q
+                        if full:
+                            if q % 2 == 0:
+                                wi = blk * 128 + 64 * h + 2 * lane + q // 2
+                                wg = uint64(gw[wi])
+                                wp = uint64(pw[wi])
+                                gv = _lo(wg)
+                                pv = _lo(wp)
+                            else:
+                                gv = _hi(wg)
+                                pv = _hi(wp)
+                            sh = uint64(8 * q)
+                            i1 = (w1 >> sh) & uint64(255)
+                            ib = (wb >> sh) & uint64(255)
+                            i2 = (w2 >> sh) & uint64(255)
+                        elif e < cnt:
+                            i = start - base + e
+                            gv = ge[i]
+                            pv = pe[i]
+                            i1 = uint64(c1e[i])
+                            ib = uint64(c1be[i]) if HB else uint64(0)
+                            i2 = uint64(c2e[i]) if HS2 else uint64(0)
+                        else:
+                            continue
+                        a = _mul(s_t1[i1], am1)
                         b = ZERO
                         d = ZERO
                         if HB:
-                            b = _mul(s_t1[c1b[i]], amb)
+                            b = _mul(s_t1[ib], amb)
                         if HS2:
-                            d = _mul(s_t2[c2[i]], am2)
+                            d = _mul(s_t2[i2], am2)
                         if not (skip and gv == ZERO):
-                            pv, a, b, d = rule(first, gv, pv, a, b, d, k)
-                            p[i] = pv
+                            pv, a, b, d = rule(first, gv, pv, a, b, d, kl)
+                        pl[j] = pv
                         va[j] = a
                         vb[j] = b
                         vd[j] = d
@@ -257,15 +321,43 @@ def _make8(opt: int):
                 r1 = _div(ONE, amc1)
                 rb = _div(ONE, amcb)
                 r2 = _div(ONE, amc2)
-                for j in range(8):
-                    e = j * 32 + lane
-                    if e < cnt:
-                        i = start + e
-                        c1[i] = _encode(va[j], amc1, r1, tail, sh1, S1, s_l1, s_f1, s_q1)
+                for h in range(2):                  # requantize; full blocks: codes packed into words
+                    w1 = uint64(0)
+                    wb = uint64(0)
+                    w2 = uint64(0)
+                    for q in range(4):
+                        j = 4 * h + q
+                        e = 128 * h + 4 * lane + q
+                        if full or e < cnt:
+                            i1 = _encode(va[j], amc1, r1, tail, sh1, S1, s_l1, s_f1, s_q1)
+                            ib = int32(0)
+                            i2 = int32(0)
+                            if HB:
+                                ib = _encode(vb[j], amcb, rb, tail, sh1, S1, s_l1, s_f1, s_q1)
+                            if HS2:
+                                i2 = _encode(vd[j], amc2, r2, tail, sh2, S2, s_l2, s_f2, s_q2)
+                            if full:
+                                sh = uint64(8 * q)
+                                w1 |= uint64(i1) << sh
+                                wb |= uint64(ib) << sh
+                                w2 |= uint64(i2) << sh
+                            else:
+                                i = start - base + e
+                                pe[i] = pl[j]
+                                c1e[i] = i1
+                                if HB:
+                                    c1be[i] = ib
+                                if HS2:
+                                    c2e[i] = i2
+                    if full:
+                        cw = blk * 64 + 32 * h + lane
+                        c1w[cw] = w1
                         if HB:
-                            c1b[i] = _encode(vb[j], amcb, rb, tail, sh1, S1, s_l1, s_f1, s_q1)
+                            c1bw[cw] = wb
                         if HS2:
-                            c2[i] = _encode(vd[j], amc2, r2, tail, sh2, S2, s_l2, s_f2, s_q2)
+                            c2w[cw] = w2
+                        for q2 in range(2):
+                            pw[blk * 128 + 64 * h + 2 * lane + q2] = _pack2(pl[4 * h + 2 * q2], pl[4 * h + 2 * q2 + 1])
                 if lane == 0:
                     a1[blk] = amc1 if tail else mx1
                     if HB:

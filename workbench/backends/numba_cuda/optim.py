@@ -30,6 +30,15 @@ def _arr(t):
     return cuda.as_cuda_array(t)
 
 
+def _words(t: torch.Tensor, dtype):
+    """``t`` seen as int32/int64 words: signed on the GPU (stores truncate there), unsigned NumPy in
+    the simulator (NumPy wants in-range values)."""
+    t = t.view(dtype)
+    if t.device.type == "cpu":
+        return _arr(t).view(np.uint32 if dtype == torch.int32 else np.uint64)
+    return _arr(t)
+
+
 def _dummy(like: torch.Tensor, dtype):
     return torch.zeros(1, dtype=dtype, device=like.device)
 
@@ -123,7 +132,17 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
         c2, a2 = _dummy(p, torch.uint8), _dummy(p, torch.float32)
     k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, True)
     grid = max(1, min((nb + K.WARPS - 1) // K.WARPS, _sms(dev) * 4))
-    _launch(K.kernel("8bit", opt), grid, dev, step == 1, bool(skip_zeros), _arr(g), _arr(p), _arr(c1), _arr(a1),
-            _arr(c1b), _arr(a1b), _arr(c2), _arr(a2), _arr(P1.table), _arr(P1.cell), _arr(P1.bounds),
-            _arr(P1.codes_i32), P1.m, P1.S, _arr(P2.table), _arr(P2.cell), _arr(P2.bounds), _arr(P2.codes_i32), P2.m,
-            P2.S, n, nb, _k(k, dev))
+    # full blocks as words (8-byte grad/param, 4-byte codes), the rest as elements: disjoint views
+    # (the simulator copies every argument in and back)
+    states = [c1, c1b if optimizer_name == "ademamix" else None, c2 if state2 is not None else None]
+    aligned = g.data_ptr() % 8 == 0 and p.data_ptr() % 8 == 0 and all(
+        c.data_ptr() % 4 == 0 for c in states if c is not None)
+    nfull = n // 256 if aligned else 0
+    cut = nfull * 256
+    def words(t, dtype):
+        return _words(t[:cut] if t is not None and cut else _dummy(p, dtype), dtype)
+    _launch(K.kernel("8bit", opt), grid, dev, step == 1, bool(skip_zeros), words(g, torch.int64),
+            words(p, torch.int64), *(words(c, torch.int32) for c in states), _arr(g[cut:]), _arr(p[cut:]), _arr(c1[cut:]),
+            _arr(c1b[cut:]), _arr(c2[cut:]), nfull, _arr(a1), _arr(a1b), _arr(a2), _arr(P1.table),
+            _arr(P1.cell), _arr(P1.bounds), _arr(P1.codes_i32), P1.m, P1.S, _arr(P2.table), _arr(P2.cell),
+            _arr(P2.bounds), _arr(P2.codes_i32), P2.m, P2.S, n, nb, _k(k, dev))
