@@ -116,12 +116,17 @@ def run_speed(n: int, reps: int, copy_gbps: float, mods, bops, *, sweep: bool, m
         for backend, fn in fns.items():
             t = bench.time_fn(fn, "cuda", warmup=3, reps=reps)
             extra = extra_memory(fn) if memory else None
+            kernel_ms, host_ms = bench.device_time(fn) if not sweep else (None, None)
             r = bench.row(op, backend, n, t, nbytes, copy_gbps, quant_type=qt, blocksize=bs, dtype="bfloat16",
-                          study="sweep" if sweep else "main", mem_extra_bytes=extra)
+                          study="sweep" if sweep else "main", mem_extra_bytes=extra, kernel_ms=kernel_ms,
+                          host_ms=host_ms)
+            if kernel_ms:
+                r["kernel_pct_copy"] = 100.0 * nbytes / (kernel_ms * 1e-3) / 1e9 / copy_gbps
             rows.append(r)
             print(f"  {op:22s} {qt:8s} bs{bs:<5d} {backend:10s} n=2^{int(np.log2(n)):d} "
                   f"{t.median_ms:8.4f} ms {r['gbps']:7.0f} GB/s {r.get('pct_copy', 0):5.1f}%"
-                  + (f"  extra={extra}B" if memory else ""), flush=True)
+                  + (f" | kernel {kernel_ms:.4f} ms {r['kernel_pct_copy']:5.1f}% host {host_ms:.4f} ms"
+                     if kernel_ms else "") + (f"  extra={extra}B" if memory else ""), flush=True)
     del A
     torch.cuda.empty_cache()
     return rows

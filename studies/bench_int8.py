@@ -43,25 +43,6 @@ def _bnb():
         return None
 
 
-def device_ms(fn, n: int = 20) -> float | None:
-    """GPU time per call (ms): the sum of the call's kernels and memsets from the profiler, without
-    the host gaps that the event protocol includes when a call is launch-bound."""
-    try:
-        from torch.autograd import DeviceType
-        from torch.profiler import ProfilerActivity, profile
-        fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(n):
-                fn()
-            torch.cuda.synchronize()
-        us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
-        return us / n / 1e3 if us > 0 else None
-    except Exception as e:  # profiler unavailable: report the event timing only
-        print(f"profiler: {type(e).__name__}: {e}")
-        return None
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="reports/int8-gpu")
@@ -89,7 +70,7 @@ def main(argv=None):
             for name, fn in impls.items():
                 outs[name] = fn(A, thr)
                 t = bench.time_fn(lambda: fn(A, thr), "cuda", warmup=5, reps=50)
-                dms = device_ms(lambda: fn(A, thr))
+                dms, _ = bench.device_time(lambda: fn(A, thr))
                 rows.append(bench.row("int8_vectorwise_quant", name, A.numel(), t, nbytes, copy, rows=r, cols=c,
                                       threshold=thr, dtype="float16",
                                       outlier_cols=0 if outs[name][2] is None else int(outs[name][2].numel()),

@@ -164,10 +164,13 @@ def speed(n: int, backends, rows, copy_gbps, bnb_ops, reps=30):
                 t = bench.time_fn(lambda: step_fn(fn, name, eight, g, p, st, 2), "cuda", warmup=3, reps=reps)
                 nbytes = bench.tensor_bytes(g, p, p) + 2 * bench.tensor_bytes(
                     *(st[k] for k in ("state1", "state2", "absmax1", "absmax2") if st.get(k) is not None))
+                kms, hms = bench.device_time(lambda: step_fn(fn, name, eight, g, p, st, 2))
                 rows.append(bench.row(f"{name}{8 if eight else 32}bit", b, n, t, nbytes, copy_gbps,
-                                      optimizer=name, bits=8 if eight else 32))
+                                      optimizer=name, bits=8 if eight else 32, kernel_ms=kms, host_ms=hms,
+                                      kernel_pct_copy=100 * nbytes / (kms * 1e-3) / 1e9 / copy_gbps if kms else None))
                 print(f"{b:11s} {name:9s} {8 if eight else 32:2d}-bit  {t.median_ms:7.3f} ms  "
-                      f"{rows[-1]['gbps']:7.1f} GB/s  {rows[-1]['pct_copy']:5.1f}% copy", flush=True)
+                      f"{rows[-1]['gbps']:7.1f} GB/s  {rows[-1]['pct_copy']:5.1f}% copy | kernel "
+                      f"{kms or 0:.3f} ms {rows[-1]['kernel_pct_copy'] or 0:5.1f}% host {hms:.3f} ms", flush=True)
                 del p, st
                 torch.cuda.empty_cache()
     # torch fused AdamW, same n, fp32
@@ -209,9 +212,10 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--skip-parity", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--backends", default="cuda,numba_cuda", help="ours to run (bitsandbytes always runs)")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    backends = [b for b in ("cuda", "numba_cuda") if status(b)[0]]
+    backends = [b for b in args.backends.split(",") if status(b)[0]]
     print("backends:", backends, flush=True)
     bnb_ops = _bnb()
     meta = results.run_metadata("cuda")

@@ -2,6 +2,8 @@
 
 * GPU: CUDA events around each call on the current stream, warm-up first, median of reps.
 * CPU: time.perf_counter around each call, warm-up first, median of reps.
+* GPU device time (:func:`device_time`): the CUPTI durations of the work a call enqueues, and its
+  host time; reported beside the event timing so launch overhead is visible, never instead of it.
 * Effective bytes = every input read once + every output written once (the caller passes
   them); GB/s = bytes / median time; % of copy = GB/s / the device-to-device (or RAM)
   copy bandwidth measured in the same process with :func:`copy_bandwidth`.
@@ -55,6 +57,33 @@ def time_fn(fn: Callable[[], object], device: str = "cpu", *, warmup: int = 3, r
     return Timing(statistics.median(samples), min(samples), len(samples), samples)
 
 
+def device_time(fn: Callable[[], object], reps: int = 20) -> tuple[float | None, float]:
+    """(kernel_ms, host_ms) per call of ``fn`` on CUDA: the GPU time of the work it enqueues (kernels,
+    memsets and copies, summed from CUPTI activity records via torch.profiler: no launch gaps, no host
+    time; None if the profiler is unavailable) and the host time of one call (``reps`` calls back to
+    back, not synchronized). The event timing of :func:`time_fn` is what a caller sees; ``kernel_ms``
+    says how much of it is the device's."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    host_ms = (time.perf_counter() - t0) * 1e3 / reps
+    torch.cuda.synchronize()
+    try:
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+            torch.cuda.synchronize()
+        us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+    except Exception as e:  # noqa: BLE001  (profiler unavailable: the event timing stands alone)
+        print(f"profiler: {type(e).__name__}: {e}")
+        us = 0
+    return (us / 1e3 / reps if us > 0 else None), host_ms
+
+
 def copy_bandwidth(device: str = "cpu", nbytes: int = 1 << 28, reps: int = 20) -> float:
     """Measured copy bandwidth in GB/s (read + write counted), the 100% line for this device."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
@@ -85,4 +114,4 @@ def row(op: str, backend: str, n: int, t: Timing, nbytes: int | None = None, cop
     return r
 
 
-__all__ = ["Timing", "time_fn", "copy_bandwidth", "gbps", "tensor_bytes", "row", "asdict"]
+__all__ = ["Timing", "time_fn", "device_time", "copy_bandwidth", "gbps", "tensor_bytes", "row", "asdict"]

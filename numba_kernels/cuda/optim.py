@@ -14,6 +14,8 @@ Grad/param are float32 here (the backend routes float16/bfloat16 through float32
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numba import config, cuda, float32, float64, int32, uint8, uint64
 
@@ -151,9 +153,6 @@ else:
         return v
 
 
-NK = 17                      # constants in k
-
-
 @cuda.jit(device=True, inline=True)
 def _lo(w):
     return _int_as_float(int32(w & uint64(0xFFFFFFFF)))
@@ -169,12 +168,19 @@ def _pack2(x, y):
     return uint64(_float_as_int(x) & 0xFFFFFFFF) | (uint64(_float_as_int(y) & 0xFFFFFFFF) << uint64(32))
 
 
+def _bounds() -> dict:
+    """Launch bounds for the 8-bit kernel: KBIT_NUMBA_OPTIM_MINBLOCKS CTAs per SM (caps registers;
+    0 = none). Not under the simulator, which takes no launch bounds."""
+    minb = int(os.environ.get("KBIT_NUMBA_OPTIM_MINBLOCKS", "0"))
+    return {"launch_bounds": (THREADS, minb)} if minb > 0 and not config.ENABLE_CUDASIM else {}
+
+
 def _make8(opt: int):
     rule = _make_rule(opt, True)
     HB = opt == ADEMAMIX
     HS2 = opt == ADAM or opt == ADEMAMIX
 
-    @cuda.jit(fastmath=False)
+    @cuda.jit(fastmath=False, **_bounds())
     def k8(first, skip, gw, pw, c1w, c1bw, c2w, ge, pe, c1e, c1be, c2e, nfull, a1, a1b, a2,
            t1, l1, f1, q1, m1, S1, t2, l2, f2, q2, m2, S2, n, nblocks, k):
         """Blocks < nfull: 8-byte words of grad/param (gw, pw) and 4-byte words of codes (c*w), lane l
@@ -214,10 +220,6 @@ def _make8(opt: int):
             while i < (384 << m2):
                 s_l2[i] = l2[i]
                 i += THREADS
-        # constants in registers: k may alias the stored arrays, so k[...] would be re-read after stores
-        kl = cuda.local.array(NK, float32)
-        for j in range(NK):
-            kl[j] = k[j]
         cuda.syncthreads()
         sh1 = 23 - m1
         sh2 = 23 - m2
@@ -294,7 +296,7 @@ def _make8(opt: int):
                         if HS2:
                             d = _mul(s_t2[i2], am2)
                         if not (skip and gv == ZERO):
-                            pv, a, b, d = rule(first, gv, pv, a, b, d, kl)
+                            pv, a, b, d = rule(first, gv, pv, a, b, d, k)
                         pl[j] = pv
                         va[j] = a
                         vb[j] = b

@@ -350,11 +350,14 @@ def _make_quantize_fine(bits: int, kind: int, clamped: bool):
     return quantize
 
 
+UNROLL = 4                                  # output words in flight per thread (dequantize)
+
+
 def _make_dequantize_fast(bits: int, kind: int):
-    """8-byte words in and out: 16 (4-bit) or 8 (8-bit) codes per input word, 4 16-bit or 2 float32
-    outputs per output word; one absmax per input word (blocksizes are multiples of 16)."""
+    """One 8-byte output word (4 16-bit or 2 float32 values) per thread step, UNROLL steps THREADS
+    words apart: consecutive lanes load consecutive code words (OPW * bits / 8 bytes: uint8..uint32)
+    and store consecutive output words (every access coalesced). Blocksizes are multiples of 4."""
     TS = 1 << bits
-    EPW = 64 // bits                        # codes per input word
     OPW = 2 if kind == F32 else 4           # outputs per output word
 
     @cuda.jit(device=True, inline=True)
@@ -366,28 +369,29 @@ def _make_dequantize_fast(bits: int, kind: int):
         return uint64(_float2half_rn(y) & 0xFFFF)
 
     @cuda.jit(fastmath=False)
-    def dequantize(words, absmax, table, nwords, bs_shift, out):
+    def dequantize(codes, absmax, table, nout, bs_shift, out):
         s_t = cuda.shared.array(TS, float32)
         tid = cuda.threadIdx.x
         for i in range(tid, TS, THREADS):
             s_t[i] = table[i] if i < table.shape[0] else float32(0.0)
         cuda.syncthreads()
-        nthreads = cuda.gridDim.x * THREADS
-        w = cuda.blockIdx.x * THREADS + tid
-        while w < nwords:
-            a = absmax[(w * EPW) >> bs_shift]
-            v = uint64(words[w])
-            for o in range(EPW // OPW):
-                acc = uint64(0)
-                for k in range(OPW):
-                    e = o * OPW + k             # element of the word
-                    if bits == 4:               # byte e // 2: element 2b in the high nibble
-                        q = (v >> uint64(8 * (e // 2) + 4 * (1 - e % 2))) & uint64(15)
-                    else:
-                        q = (v >> uint64(8 * e)) & uint64(255)
-                    acc |= bits_of(s_t[q] * a) << uint64((64 // OPW) * k)
-                out[w * (EPW // OPW) + o] = acc
-            w += nthreads
+        step = cuda.gridDim.x * THREADS * UNROLL
+        w0 = cuda.blockIdx.x * THREADS * UNROLL + tid
+        while w0 < nout:
+            for u in range(UNROLL):
+                w = w0 + u * THREADS
+                if w < nout:
+                    a = absmax[(w * OPW) >> bs_shift]
+                    v = uint64(codes[w]) & uint64((1 << (OPW * bits)) - 1)
+                    acc = uint64(0)
+                    for k in range(OPW):
+                        if bits == 4:           # byte k // 2: element 2b in the high nibble
+                            q = (v >> uint64(8 * (k // 2) + 4 * (1 - k % 2))) & uint64(15)
+                        else:
+                            q = (v >> uint64(8 * k)) & uint64(255)
+                        acc |= bits_of(s_t[q] * a) << uint64((64 // OPW) * k)
+                    out[w] = acc
+            w0 += step
 
     return dequantize
 

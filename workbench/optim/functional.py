@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import weakref
 
+import numpy as np
 import torch
 
 from .. import codebooks as _cb
@@ -43,7 +44,7 @@ BLOCKSIZE = 256
 NAMES = ("adam", "lamb", "ademamix", "momentum", "lars", "lion", "rmsprop", "adagrad")
 TWO_STATE = ("adam", "lamb", "ademamix")
 COUPLED_WD = ("momentum", "lars", "rmsprop", "adagrad")
-_f32 = lambda x: float(torch.tensor(x, dtype=torch.float32))  # noqa: E731  python double -> float32 value
+_f32 = lambda x: float(np.float32(x))  # noqa: E731  python double -> nearest float32 (as torch.tensor would)
 
 
 # ------------------------------------------------------------------ codebooks / qmaps

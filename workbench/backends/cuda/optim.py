@@ -39,8 +39,8 @@ def _lib():
     return lib
 
 
-def _kptr(k: np.ndarray) -> ctypes.c_void_p:
-    return ctypes.c_void_p(k.ctypes.data)
+def _kptr(k: np.ndarray) -> int:
+    return k.ctypes.data
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import ctypes
 import numpy as np
 import torch
 
-from . import check, load, ptr, stream
+from . import check, load, on, ptr, stream
 
 OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")
 
@@ -63,9 +63,9 @@ def _quantize(fn_name: str, A, codebook, blocksize, out_numel, flags: int):
     bounds, codes = _host_codebook(codebook)
     out = torch.empty(out_numel, dtype=torch.uint8, device=A.device)
     absmax = torch.empty(-(-n // blocksize), dtype=torch.float32, device=A.device)
-    with torch.cuda.device(A.device):
+    with on(A.device):
         st = getattr(lib(), fn_name)(ptr(A), _dtype(A), n, blocksize, bounds.ctypes.data, len(bounds),
-                                     codes.ctypes.data, len(codes), ptr(out), ptr(absmax), flags, stream())
+                                     codes.ctypes.data, len(codes), ptr(out), ptr(absmax), flags, stream(A.device))
     check(st, fn_name)
     return out, absmax
 
@@ -89,9 +89,9 @@ def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
     n = codes.numel()
     out = torch.empty(n, dtype=dtype, device=codes.device)
     tab = _table(table, codes.device)
-    with torch.cuda.device(codes.device):
+    with on(codes.device):
         st = lib().kbit_dequantize_blockwise(ptr(codes), ptr(absmax), ptr(tab), tab.numel(), n, blocksize, ptr(out),
-                                             _dtype(out), stream())
+                                             _dtype(out), stream(codes.device))
     check(st, "kbit_dequantize_blockwise")
     return out
 
@@ -101,8 +101,8 @@ def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
     tab = _table(table, packed.device)
     if tab.numel() != 16:
         raise ValueError(f"table: 4-bit dequantization needs 16 values, got {tab.numel()}")
-    with torch.cuda.device(packed.device):
+    with on(packed.device):
         st = lib().kbit_dequantize_4bit(ptr(packed), ptr(absmax), ptr(tab), n, blocksize, ptr(out), _dtype(out),
-                                        stream())
+                                        stream(packed.device))
     check(st, "kbit_dequantize_4bit")
     return out

@@ -39,8 +39,28 @@ def _words(t: torch.Tensor, dtype):
     return _arr(t)
 
 
+_dummies: dict = {}
+
+
 def _dummy(like: torch.Tensor, dtype):
-    return torch.zeros(1, dtype=dtype, device=like.device)
+    """A one-element placeholder for an unused kernel argument, cached per (device, dtype)."""
+    key = (str(like.device), dtype)
+    if key not in _dummies:
+        _dummies[key] = torch.zeros(1, dtype=dtype, device=like.device)
+    return _dummies[key]
+
+
+_plan_views: dict = {}
+
+
+def _plan_arrays(P):
+    """The numba views of a rounding plan's tables (table, cell, bounds, codes), cached with the plan."""
+    hit = _plan_views.get(id(P))
+    if hit is None or hit[0] is not P:
+        if len(_plan_views) > 64:
+            _plan_views.clear()
+        hit = _plan_views[id(P)] = (P, [_arr(t) for t in (P.table, P.cell, P.bounds, P.codes_i32)])
+    return hit[1]
 
 
 def _sms(device) -> int:
@@ -61,9 +81,9 @@ def _launch(kern, grid, device, *args):
         kern[grid, K.THREADS, st](*args)
 
 
-def _k(vec: np.ndarray, device):
-    t = torch.from_numpy(vec)
-    return _arr(t if device.type == "cpu" else t.to(device))
+def _k(vec: np.ndarray) -> tuple:
+    """The constants as a float32 tuple: passed by value (no device array, no copy per step)."""
+    return tuple(np.asarray(vec, np.float32))
 
 
 @torch.no_grad()
@@ -92,13 +112,13 @@ def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_
     if max_unorm > 0.0 and optimizer_name in G.NORM_OK:
         k0 = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False)
         parts = torch.zeros(grid, dtype=torch.float64, device=dev)
-        _launch(K.kernel("norm", opt), grid, dev, first, _arr(g), _arr(p), _arr(s1), _arr(s2), n, _k(k0, dev),
+        _launch(K.kernel("norm", opt), grid, dev, first, _arr(g), _arr(p), _arr(s1), _arr(s2), n, _k(k0),
                 _arr(parts))
         unorm = float(parts.sum().sqrt())
         scale = W.scale_for_unorm(unorm, max_unorm, param_norm, unorm_vec)
     k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False, scale)
     _launch(K.kernel("32bit", opt), grid, dev, first, bool(skip_zeros), _arr(g), _arr(p), _arr(s1), _arr(m2),
-            _arr(s2), n, _k(k, dev))
+            _arr(s2), n, _k(k))
 
 
 @torch.no_grad()
@@ -143,6 +163,5 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
         return _words(t[:cut] if t is not None and cut else _dummy(p, dtype), dtype)
     _launch(K.kernel("8bit", opt), grid, dev, step == 1, bool(skip_zeros), words(g, torch.int64),
             words(p, torch.int64), *(words(c, torch.int32) for c in states), _arr(g[cut:]), _arr(p[cut:]), _arr(c1[cut:]),
-            _arr(c1b[cut:]), _arr(c2[cut:]), nfull, _arr(a1), _arr(a1b), _arr(a2), _arr(P1.table),
-            _arr(P1.cell), _arr(P1.bounds), _arr(P1.codes_i32), P1.m, P1.S, _arr(P2.table), _arr(P2.cell),
-            _arr(P2.bounds), _arr(P2.codes_i32), P2.m, P2.S, n, nb, _k(k, dev))
+            _arr(c1b[cut:]), _arr(c2[cut:]), nfull, _arr(a1), _arr(a1b), _arr(a2), *_plan_arrays(P1), P1.m, P1.S,
+            *_plan_arrays(P2), P2.m, P2.S, n, nb, _k(k))

@@ -65,10 +65,13 @@ def _launch(kern, grid, device: torch.device, *args):
 
 
 def _words(t: torch.Tensor):
-    """``t`` seen as 8-byte words: int64 on the GPU (stores truncate there), uint64 NumPy in the
-    simulator (torch has no NumPy export of uint64; NumPy wants in-range values)."""
-    t = t.view(torch.int64)
-    return t.numpy().view(np.uint64) if t.device.type == "cpu" else __import__("numba").cuda.as_cuda_array(t)
+    """``t`` as words of its own dtype, or 8-byte words if it is not 16/32-bit: signed on the GPU
+    (stores truncate there), unsigned NumPy in the simulator (NumPy wants in-range values)."""
+    if t.dtype not in (torch.int16, torch.int32):
+        t = t.view(torch.int64)
+    if t.device.type != "cpu":
+        return __import__("numba").cuda.as_cuda_array(t)
+    return t.numpy().view({torch.int16: np.uint16, torch.int32: np.uint32, torch.int64: np.uint64}[t.dtype])
 
 
 def _fine(codebook, device: torch.device):
@@ -97,10 +100,6 @@ def _sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 2
     return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def _words_ok(t: torch.Tensor) -> bool:
-    return t.numel() > 0 and t.numel() % 8 == 0 and t.data_ptr() % 8 == 0
 
 
 def _tree(codebook, levels: int, device: torch.device):
@@ -164,12 +163,14 @@ def _dequantize(codes, absmax, table, blocksize, n, dtype, bits):
     tab = table.to(dev, torch.float32).contiguous()
     shift = blocksize.bit_length() - 1
     kind = _kind(dtype)
-    epw = 64 // bits                        # codes per 8-byte word
-    if n % epw == 0 and _words_ok(codes):
-        nwords = n // epw
-        grid = max(1, min(-(-nwords // K.THREADS), _sms(dev) * 16))
+    opw = 2 if kind == K.F32 else 4         # outputs per 8-byte output word
+    cdt = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[opw * bits // 8]   # their codes' word
+    if n % opw == 0 and codes.data_ptr() % (opw * bits // 8) == 0:
+        nout = n // opw
+        grid = max(1, min(-(-nout // (K.THREADS * K.UNROLL)), _sms(dev) * 16))
+        cw = codes.view(cdt)
         _launch(K.kernel("dequantize_fast", bits, kind), grid, dev,
-                _words(codes), _arr(absmax), _arr(tab), nwords, shift, _words(out))
+                _arr(cw) if cdt == torch.uint8 else _words(cw), _arr(absmax), _arr(tab), nout, shift, _words(out))
         return out
     _launch(K.kernel("dequantize", bits, kind), K.dequantize_grid(n), dev,
             _arr(codes), _arr(absmax), _arr(tab), n, shift, _out_arr(out))
