@@ -169,9 +169,10 @@ def _pack2(x, y):
 
 
 def _bounds() -> dict:
-    """Launch bounds for the 8-bit kernel: KBIT_NUMBA_OPTIM_MINBLOCKS CTAs per SM (caps registers;
-    0 = none). Not under the simulator, which takes no launch bounds."""
-    minb = int(os.environ.get("KBIT_NUMBA_OPTIM_MINBLOCKS", "0"))
+    """Launch bounds for the 8-bit kernel: KBIT_NUMBA_OPTIM_MINBLOCKS CTAs per SM (default 4: 64
+    registers; 0 = none). H100, 2**27 params, kernel time with 0 / 3 / 4: Adam 2.13 / 2.16 / 1.70 ms,
+    RMSprop 1.45 / 1.02 / 1.02, Momentum 0.92 in all three. Not under the simulator (no launch bounds)."""
+    minb = int(os.environ.get("KBIT_NUMBA_OPTIM_MINBLOCKS", "4"))
     return {"launch_bounds": (THREADS, minb)} if minb > 0 and not config.ENABLE_CUDASIM else {}
 
 
