@@ -189,9 +189,15 @@ def summary(df_speed, df_par) -> str:
     if df_speed is not None and len(df_speed):
         lines += [f"Device: {df_speed['run_device'].iloc[0]}; n = {int(df_speed['n'].iloc[0])} fp32 params; "
                   f"copy bandwidth {df_speed['copy_gbps'].iloc[0]:.0f} GB/s.", "",
-                  "| op | backend | median ms | GB/s | % copy |", "|---|---|---:|---:|---:|"]
+                  "Event timing (what a caller sees: host work + kernels) and, where the profiler ran, the GPU "
+                  "time of the call's kernels (CUPTI) and the host time of one call.", "",
+                  "| op | backend | median ms | GB/s | % copy | kernel ms | kernel % copy | host ms |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        fmt = lambda v, f: "" if v is None or v != v else format(v, f)  # noqa: E731  (NaN: not measured)
         for _, r in df_speed.sort_values(["op", "backend"]).iterrows():
-            lines.append(f"| {r['op']} | {r['backend']} | {r['median_ms']:.3f} | {r['gbps']:.0f} | {r['pct_copy']:.1f} |")
+            lines.append(f"| {r['op']} | {r['backend']} | {r['median_ms']:.3f} | {r['gbps']:.0f} | {r['pct_copy']:.1f} | "
+                         f"{fmt(r.get('kernel_ms'), '.3f')} | {fmt(r.get('kernel_pct_copy'), '.1f')} | "
+                         f"{fmt(r.get('host_ms'), '.3f')} |")
     if df_par is not None and len(df_par):
         lines += ["", "## Parity (mismatching elements vs the reference: the spec, run on CPU copies of the inputs)", "",
                   "| op | backend | step | p | state1 | state2 | absmax1 | absmax2 | max code dist s1/s2 | max abs p diff / lr |",
