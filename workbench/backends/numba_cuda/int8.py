@@ -11,14 +11,13 @@ import torch
 
 from numba_kernels.cuda import int8 as K
 
-from . import simulator
+from ._launch import as_array, launch
 
 OPS = ("int8_vectorwise_quant", "outlier_columns", "int8_outlier_cols", "int8_double_quant",
        "int8_vectorwise_dequant", "int8_linear_matmul", "int8_mm_dequant", "int8_scaled_mm",
        "int8_mixed_scaled_mm")
 
 _KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
-_streams: dict = {}
 
 
 def threshold_in(dtype: torch.dtype, threshold: float) -> float:
@@ -34,28 +33,7 @@ def _kind(dtype) -> int:
 
 def _arr(t: torch.Tensor):
     t = t.contiguous().reshape(-1)
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.int16)
-    if t.device.type == "cpu":
-        if not simulator():
-            raise ValueError("numba_cuda: CPU tensors are accepted only under the CUDA simulator")
-        return t.numpy()
-    from numba import cuda
-    return cuda.as_cuda_array(t)
-
-
-def _launch(kern, grid, threads, device: torch.device, *args):
-    if device.type == "cpu":
-        kern[grid, threads](*args)
-        return
-    from numba import cuda
-    with torch.cuda.device(device):
-        sp = torch.cuda.current_stream(device).cuda_stream
-        key = (device.index, sp)
-        st = _streams.get(key)
-        if st is None:
-            st = _streams[key] = cuda.external_stream(sp)
-        kern[grid, threads, st](*args)
+    return as_array(t.view(torch.int16) if t.dtype == torch.bfloat16 else t)
 
 
 def _quant_rows(A, threshold):
@@ -66,14 +44,14 @@ def _quant_rows(A, threshold):
     use = threshold > 0.0
     flags = torch.zeros(cols, dtype=torch.uint8, device=A.device)
     thr = threshold_in(A.dtype, threshold) if use else 0.0
-    _launch(K.row_quant, rows, K.THREADS, A.device, _arr(A), _kind(A.dtype), rows, cols, thr, int(use),
+    launch(K.row_quant, rows, K.THREADS, A.device, _arr(A), _kind(A.dtype), rows, cols, thr, int(use),
             _arr(codes), _arr(stats), _arr(flags))
     if not use:
         return codes, stats, None
     idx = torch.nonzero(flags).view(-1)
     if idx.numel() and rows > 1:
         n = rows * idx.numel()
-        _launch(K.zero_cols, K.grid1(n), K.THREADS, A.device, _arr(codes), rows, cols, _arr(idx), idx.numel())
+        launch(K.zero_cols, K.grid1(n), K.THREADS, A.device, _arr(codes), rows, cols, _arr(idx), idx.numel())
     return codes, stats, idx
 
 
@@ -100,8 +78,8 @@ def int8_double_quant(A, threshold):
     cstats = torch.empty(cols, dtype=torch.float32, device=A.device)
     ccodes = torch.empty((rows, cols), dtype=torch.int8, device=A.device)
     a, kind = _arr(A), _kind(A.dtype)
-    _launch(K.col_stats, K.grid1(cols), K.THREADS, A.device, a, kind, rows, cols, thr, int(use), _arr(cstats))
-    _launch(K.col_codes, K.grid1(rows * cols), K.THREADS, A.device, a, kind, rows, cols, thr, int(use),
+    launch(K.col_stats, K.grid1(cols), K.THREADS, A.device, a, kind, rows, cols, thr, int(use), _arr(cstats))
+    launch(K.col_codes, K.grid1(rows * cols), K.THREADS, A.device, a, kind, rows, cols, thr, int(use),
             _arr(cstats), _arr(ccodes))
     return codes, ccodes, stats, cstats, idx
 
@@ -110,7 +88,7 @@ def int8_vectorwise_dequant(A, stats):
     A = A.contiguous()
     rows, cols = A.shape
     out = torch.empty((rows, cols), dtype=torch.float32, device=A.device)
-    _launch(K.vdequant, K.grid1(rows * cols), K.THREADS, A.device, _arr(A), _arr(stats.float()), rows, cols, _arr(out))
+    launch(K.vdequant, K.grid1(rows * cols), K.THREADS, A.device, _arr(A), _arr(stats.float()), rows, cols, _arr(out))
     return out
 
 
@@ -118,7 +96,7 @@ def int8_linear_matmul(A, B):
     M, Kd = A.shape
     N = B.shape[0]
     C = torch.empty((M, N), dtype=torch.int32, device=A.device)
-    _launch(K.matmul, K.grid1(M * N), K.THREADS, A.device, _arr(A), _arr(B), M, N, Kd, _arr(C))
+    launch(K.matmul, K.grid1(M * N), K.THREADS, A.device, _arr(A), _arr(B), M, N, Kd, _arr(C))
     return C
 
 
@@ -132,7 +110,7 @@ def int8_mm_dequant(A, row_stats, col_stats, bias=None, dtype=torch.float16):
     M, N = A.shape
     out = torch.empty((M, N), dtype=torch.float32, device=A.device)
     b, hb = _bias_arr(bias, A.device)
-    _launch(K.mm_dequant, K.grid1(M * N), K.THREADS, A.device, _arr(A), _arr(row_stats.float()),
+    launch(K.mm_dequant, K.grid1(M * N), K.THREADS, A.device, _arr(A), _arr(row_stats.float()),
             _arr(col_stats.float()), b, hb, M, N, _arr(out))
     return out.to(dtype)
 
@@ -142,7 +120,7 @@ def int8_scaled_mm(CA, CB, SCA, SCB, bias=None, dtype=torch.float16):
     N = CB.shape[0]
     out = torch.empty((M, N), dtype=torch.float32, device=CA.device)
     b, hb = _bias_arr(bias, CA.device)
-    _launch(K.scaled_mm, K.grid1(M * N), K.THREADS, CA.device, _arr(CA), _arr(CB), _arr(SCA.float()),
+    launch(K.scaled_mm, K.grid1(M * N), K.THREADS, CA.device, _arr(CA), _arr(CB), _arr(SCA.float()),
             _arr(SCB.float()), b, hb, M, N, Kd, _arr(out))
     return out.to(dtype)
 

@@ -13,21 +13,13 @@ from numba_kernels.cuda import optim as K
 
 from ...optim import _gpu_plan as G
 from ...optim import functional as W
-from . import simulator
+from ._launch import as_array, launch
 
 OPS = ("optimizer_update_32bit", "optimizer_update_8bit_blockwise")
-_streams: dict = {}
 
 
 def _arr(t):
-    if t is None:
-        return None
-    if t.device.type == "cpu":
-        if not simulator():
-            raise ValueError("numba_cuda: CPU tensors are accepted only under the CUDA simulator")
-        return t.numpy()
-    from numba import cuda
-    return cuda.as_cuda_array(t)
+    return None if t is None else as_array(t)
 
 
 def _words(t: torch.Tensor, dtype):
@@ -50,35 +42,12 @@ def _dummy(like: torch.Tensor, dtype):
     return _dummies[key]
 
 
-_plan_views: dict = {}
-
-
-def _plan_arrays(P):
-    """The numba views of a rounding plan's tables (table, cell, bounds, codes), cached with the plan."""
-    hit = _plan_views.get(id(P))
-    if hit is None or hit[0] is not P:
-        if len(_plan_views) > 64:
-            _plan_views.clear()
-        hit = _plan_views[id(P)] = (P, [_arr(t) for t in (P.table, P.cell, P.bounds, P.codes_i32)])
-    return hit[1]
-
-
 def _sms(device) -> int:
     return 2 if device.type != "cuda" else torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _launch(kern, grid, device, *args):
-    if device.type == "cpu":
-        kern[grid, K.THREADS](*args)
-        return
-    from numba import cuda
-    with torch.cuda.device(device):
-        ptr = torch.cuda.current_stream(device).cuda_stream
-        key = (device.index, ptr)
-        st = _streams.get(key)
-        if st is None:
-            st = _streams[key] = cuda.external_stream(ptr)
-        kern[grid, K.THREADS, st](*args)
+    launch(kern, grid, K.THREADS, device, *args)
 
 
 def _k(vec: np.ndarray) -> tuple:
@@ -163,5 +132,5 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
         return _words(t[:cut] if t is not None and cut else _dummy(p, dtype), dtype)
     _launch(K.kernel("8bit", opt), grid, dev, step == 1, bool(skip_zeros), words(g, torch.int64),
             words(p, torch.int64), *(words(c, torch.int32) for c in states), _arr(g[cut:]), _arr(p[cut:]), _arr(c1[cut:]),
-            _arr(c1b[cut:]), _arr(c2[cut:]), nfull, _arr(a1), _arr(a1b), _arr(a2), *_plan_arrays(P1), P1.m, P1.S,
-            *_plan_arrays(P2), P2.m, P2.S, n, nb, _k(k))
+            _arr(c1b[cut:]), _arr(c2[cut:]), nfull, _arr(a1), _arr(a1b), _arr(a2), *(_arr(t) for t in (P1.table, P1.cell, P1.bounds, P1.codes_i32)), P1.m, P1.S,
+            *(_arr(t) for t in (P2.table, P2.cell, P2.bounds, P2.codes_i32)), P2.m, P2.S, n, nb, _k(k))

@@ -1,7 +1,7 @@
 """Numba CUDA quant family: torch tensors in, the kernels of numba_kernels/cuda/quant.py, torch out.
 
-On a GPU: device arrays via ``numba.cuda.as_cuda_array`` (zero copy), launches on
-``numba.cuda.external_stream(torch.cuda.current_stream())``, outputs allocated by torch. The
+On a GPU: tensors go to the kernels zero-copy on torch's current stream (``_launch``), outputs
+allocated by torch. The
 codebook's fine table (or, for codebooks too dense for one, its Eytzinger tree) is uploaded once
 per (codebook, device) and cached. Under the
 simulator: CPU tensors, seen by the kernels as NumPy views (writes land in the torch outputs).
@@ -14,12 +14,11 @@ import torch
 from numba_kernels.cell_plan import fine_plan
 from numba_kernels.cuda import quant as K
 
-from . import simulator
+from ._launch import as_array, launch
 
 OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")
 
 _KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
-_streams: dict = {}
 
 
 def _kind(dtype) -> int:
@@ -30,38 +29,12 @@ def _kind(dtype) -> int:
 
 
 def _arr(t: torch.Tensor):
-    """A numba view of ``t`` (bf16 as its 16-bit pattern)."""
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.int16)
-    if t.device.type == "cpu":
-        if not simulator():
-            raise ValueError("numba_cuda: CPU tensors are accepted only under the CUDA simulator")
-        return t.numpy()
-    from numba import cuda
-    return cuda.as_cuda_array(t)
+    """A kernel argument for ``t`` (bf16 as its 16-bit pattern)."""
+    return as_array(t.view(torch.int16) if t.dtype == torch.bfloat16 else t)
 
 
 def _out_arr(t: torch.Tensor):
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.uint16)
-    if t.device.type == "cpu":
-        return t.numpy()
-    from numba import cuda
-    return cuda.as_cuda_array(t)
-
-
-def _launch(kern, grid, device: torch.device, *args):
-    if device.type == "cpu":
-        kern[grid, K.THREADS](*args)
-        return
-    from numba import cuda
-    with torch.cuda.device(device):
-        ptr = torch.cuda.current_stream(device).cuda_stream
-        key = (device.index, ptr)
-        st = _streams.get(key)
-        if st is None:
-            st = _streams[key] = cuda.external_stream(ptr)
-        kern[grid, K.THREADS, st](*args)
+    return as_array(t.view(torch.uint16) if t.dtype == torch.bfloat16 else t)
 
 
 def _words(t: torch.Tensor):
@@ -70,7 +43,7 @@ def _words(t: torch.Tensor):
     if t.dtype not in (torch.int16, torch.int32):
         t = t.view(torch.int64)
     if t.device.type != "cpu":
-        return __import__("numba").cuda.as_cuda_array(t)
+        return t
     return t.numpy().view({torch.int16: np.uint16, torch.int32: np.uint32, torch.int64: np.uint64}[t.dtype])
 
 
@@ -86,13 +59,10 @@ def _fine(codebook, device: torch.device):
         else:
             e, m, kp, kn, half = plan
             e64 = np.ascontiguousarray(e).view(np.uint64).ravel()
-            if device.type == "cpu":                          # simulator: unsigned NumPy words
-                arr, keep = e64, None
-            else:
-                keep = torch.from_numpy(e64.view(np.int64)).to(device)
-                arr = _arr(keep)
+            # simulator: unsigned NumPy words; GPU: an int64 tensor
+            arr = e64 if device.type == "cpu" else torch.from_numpy(e64.view(np.int64)).to(device)
             sh = 23 - m
-            cache[key] = (keep, arr, len(e64), sh, kp >= 0, max(kp, 0) << sh, max(kn, 0) << sh, -kp, half - kn)
+            cache[key] = (arr, len(e64), sh, kp >= 0, max(kp, 0) << sh, max(kn, 0) << sh, -kp, half - kn)
     return cache[key]
 
 
@@ -126,7 +96,7 @@ def _quantize(A, codebook, blocksize, bits):
     kind = _kind(A.dtype)
     plan = _fine(codebook, A.device)
     if plan is not None:
-        _, fine, nfine, sh, clamped, low_p, low_n, off_p, off_n = plan
+        fine, nfine, sh, clamped, low_p, low_n, off_p, off_n = plan
         epw = 2 if kind == K.F32 else 4                          # elements per 8-byte word
         flat = A.reshape(-1)
         elems = flat if kind == K.F32 else flat.view(torch.int16)
@@ -136,13 +106,13 @@ def _quantize(A, codebook, blocksize, bits):
         pgrid = max(1, min(ntiles, _sms(A.device) * 8))     # persistent CTAs
         vec = A.data_ptr() % 8 == 0                              # else every chunk loads elements
         words = _words(flat[:n // epw * epw] if vec else out[:0])
-        _launch(K.kernel("quantize_fine", bits, kind, int(clamped)), pgrid, A.device,
+        launch(K.kernel("quantize_fine", bits, kind, int(clamped)), pgrid, K.THREADS, A.device,
                 words, _arr(elems), n, vec, G, G.bit_length() - 1,
                 nblocks, nblocks - 1 if n % blocksize else -1, ntiles, fine, nfine, sh, low_p, low_n, off_p,
                 off_n, _words(out[:nbytes // 8 * 8]), _out_arr(out[nbytes // 8 * 8:]), _out_arr(absmax))
         return out, absmax
     tf, tc = _tree(codebook, levels, A.device)
-    _launch(K.kernel("quantize", bits, kind), grid, A.device,
+    launch(K.kernel("quantize", bits, kind), grid, K.THREADS, A.device,
             _arr(A), n, G, nblocks, tf, tc, _out_arr(out), _out_arr(absmax))
     return out, absmax
 
@@ -169,10 +139,10 @@ def _dequantize(codes, absmax, table, blocksize, n, dtype, bits):
         nout = n // opw
         grid = max(1, min(-(-nout // (K.THREADS * K.UNROLL)), _sms(dev) * 16))
         cw = codes.view(cdt)
-        _launch(K.kernel("dequantize_fast", bits, kind), grid, dev,
+        launch(K.kernel("dequantize_fast", bits, kind), grid, K.THREADS, dev,
                 _arr(cw) if cdt == torch.uint8 else _words(cw), _arr(absmax), _arr(tab), nout, shift, _words(out))
         return out
-    _launch(K.kernel("dequantize", bits, kind), K.dequantize_grid(n), dev,
+    launch(K.kernel("dequantize", bits, kind), K.dequantize_grid(n), K.THREADS, dev,
             _arr(codes), _arr(absmax), _arr(tab), n, shift, _out_arr(out))
     return out
 
