@@ -162,3 +162,23 @@ def test_ops_api_double_quant(Q, rng):
     d = workbench.dequantize_4bit(p, qs, backend="numba_cuda") if hasattr(workbench, "dequantize_4bit") else None
     if d is not None:
         assert torch.equal(d, workbench.dequantize_4bit(p2, qs2, backend="reference"))
+
+
+@sim
+def test_tree_fallback_and_unaligned_input(Q, poisoned, rng):
+    """A codebook too dense for a fine table runs the Eytzinger-tree kernel; an input view that is not
+    8-byte aligned runs the fine kernel's element loads. Both equal the reference."""
+    import numpy as np
+    from numba_kernels.cell_plan import fine_plan
+    dense = cbs.from_values(sorted([-1.0, 0.0, 1.0] + [0.5 + k * 5e-7 for k in range(253)]), "dense-sim")
+    assert fine_plan(dense.bounds, dense.bucket_codes) is None
+    A = _data(rng, 64 * 5 + 3, torch.float32)
+    A[7:7 + 40] = torch.from_numpy(np.float32(0.5) + np.float32(5e-7) * np.arange(40, dtype=np.float32)) * A.abs().max()
+    c, a = Q.quantize_blockwise(A, dense, 64)
+    c2, a2 = R.quantize_blockwise(A, dense, 64)
+    assert torch.equal(a, a2) and torch.equal(c, c2)
+    B = _data(rng, 64 * 4 + 9, torch.bfloat16)[1:]           # data_ptr % 8 == 2
+    assert B.data_ptr() % 8 != 0
+    p, a = Q.quantize_4bit(B, cbs.get("nf4"), 64)
+    p2, a2 = R.quantize_4bit(B, cbs.get("nf4"), 64)
+    assert torch.equal(a, a2) and torch.equal(p, p2)

@@ -2,15 +2,17 @@
 
 Pure kernels on device arrays (no torch here); :mod:`workbench.backends.numba_cuda.quant` adapts
 torch tensors. They also run under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) on small
-inputs, which is how CI tests them, so they use only what the simulator implements (shared
-memory and ``syncthreads``, no warp shuffles).
+inputs, which is how CI tests them; warp shuffles exist only on the GPU, so the absmax reduction
+has a shared-memory twin for the simulator (``_group_max``).
 
-Work layout: a quantization block of ``bs`` elements is handled by ``G = bs // 16`` threads of one
-CTA; thread ``g`` of a group owns the 8 element pairs ``g, g + G, ..., g + 7G`` of its block, so a
-warp's loads touch contiguous pairs. absmax is a shared-memory tree reduction over the group.
-Codes come from a branch-free search of the bounds in Eytzinger order (``i = 2i + (s > node[i])``
-for ``levels`` steps; the leaf index minus ``2**levels`` is the bucket). ``tree_f``/``tree_c`` are
-built by :func:`eytzinger` from the codebook.
+Two quantizers: ``quantize_fine`` (the production kernel's layout and one-load fine table, see
+its section below; every codebook ``numba_kernels.cell_plan.fine_plan`` can table) and ``quantize`` (the fallback
+for codebooks too dense for a table): a quantization block of ``bs`` elements is handled by
+``G = bs // 16`` threads; thread ``g`` owns the 8 element pairs ``g, g + G, ..., g + 7G`` of its
+block, absmax is a shared-memory tree reduction over the group, and codes come from a
+branch-free search of the bounds in Eytzinger order (``i = 2i + (s > node[i])`` for ``levels``
+steps; the leaf index minus ``2**levels`` is the bucket; ``tree_f``/``tree_c`` from
+:func:`eytzinger`).
 
 Input element kinds: 0 float32, 1 float16, 2 bfloat16 given as its int16 bit pattern.
 Dequantized bfloat16 is written as uint16 bit patterns (round to nearest even).
