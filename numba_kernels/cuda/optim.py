@@ -19,7 +19,7 @@ import os
 import numpy as np
 from numba import config, cuda, float32, float64, int32, uint8, uint64
 
-from .quant import _float_as_int, _int_as_float
+from .quant import _float_as_int, _group_max, _int_as_float
 
 THREADS = 256
 WARPS = THREADS // 32
@@ -127,32 +127,6 @@ def _encode(v, amc, r, tail, shift, S, cell, bnd, codes):
 CELLS = 384 << 4
 NB = 256 + 8
 
-if config.ENABLE_CUDASIM:  # the simulator has no warp shuffles: a shared-memory tree per warp
-    @cuda.jit(device=True)
-    def _warp_max(v, s_m, tid, lane):
-        s_m[tid] = v
-        cuda.syncthreads()
-        off = 16
-        while off > 0:
-            if lane < off and s_m[tid + off] > s_m[tid]:
-                s_m[tid] = s_m[tid + off]
-            cuda.syncthreads()
-            off //= 2
-        r = s_m[tid - lane]
-        cuda.syncthreads()
-        return r
-else:
-    @cuda.jit(device=True, inline=True)
-    def _warp_max(v, s_m, tid, lane):
-        off = 16
-        while off > 0:
-            o = cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
-            if o > v:
-                v = o
-            off //= 2
-        return v
-
-
 @cuda.jit(device=True, inline=True)
 def _lo(w):
     return _int_as_float(int32(w & uint64(0xFFFFFFFF)))
@@ -198,6 +172,7 @@ def _make8(opt: int):
         s_m1 = cuda.shared.array(THREADS, float32)
         s_mb = cuda.shared.array(THREADS, float32)
         s_m2 = cuda.shared.array(THREADS, float32)
+        s_w = cuda.shared.array((2, 1), float32)   # _group_max's cross-warp slots (unused: G = 32)
         tid = cuda.threadIdx.x
         s_t1[tid] = t1[tid]
         if HS2:
@@ -311,11 +286,11 @@ def _make8(opt: int):
                         x = abs(d)
                         if x > mx2:
                             mx2 = x
-            mx1 = _warp_max(mx1, s_m1, tid, lane)
+            mx1 = _group_max(mx1, 32, tid, s_m1, s_w, 0)
             if HB:
-                mxb = _warp_max(mxb, s_mb, tid, lane)
+                mxb = _group_max(mxb, 32, tid, s_mb, s_w, 0)
             if HS2:
-                mx2 = _warp_max(mx2, s_m2, tid, lane)
+                mx2 = _group_max(mx2, 32, tid, s_m2, s_w, 0)
             if blk < nblocks:
                 tail = cnt < 256
                 amc1 = mx1 if mx1 > TINY else TINY
