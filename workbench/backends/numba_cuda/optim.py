@@ -128,9 +128,14 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
         c.data_ptr() % 4 == 0 for c in states if c is not None)
     nfull = n // 256 if aligned else 0
     cut = nfull * 256
+
     def words(t, dtype):
         return _words(t[:cut] if t is not None and cut else _dummy(p, dtype), dtype)
-    _launch(K.kernel("8bit", opt), grid, dev, step == 1, bool(skip_zeros), words(g, torch.int64),
-            words(p, torch.int64), *(words(c, torch.int32) for c in states), _arr(g[cut:]), _arr(p[cut:]), _arr(c1[cut:]),
-            _arr(c1b[cut:]), _arr(c2[cut:]), nfull, _arr(a1), _arr(a1b), _arr(a2), *(_arr(t) for t in (P1.table, P1.cell, P1.bounds, P1.codes_i32)), P1.m, P1.S,
-            *(_arr(t) for t in (P2.table, P2.cell, P2.bounds, P2.codes_i32)), P2.m, P2.S, n, nb, _k(k))
+
+    def tables(P):
+        return [_arr(t) for t in (P.table, P.cell, P.bounds, P.codes_i32)] + [P.m, P.S]
+
+    _launch(K.kernel("8bit", opt), grid, dev, step == 1, bool(skip_zeros),
+            words(g, torch.int64), words(p, torch.int64), *(words(c, torch.int32) for c in states),
+            _arr(g[cut:]), _arr(p[cut:]), _arr(c1[cut:]), _arr(c1b[cut:]), _arr(c2[cut:]), nfull,
+            _arr(a1), _arr(a1b), _arr(a2), *tables(P1), *tables(P2), n, nb, _k(k))
