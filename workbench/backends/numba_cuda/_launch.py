@@ -25,7 +25,7 @@ import torch
 from . import simulator
 
 _streams: dict = {}
-_direct: dict = {}   # (kernel, argument kinds) -> (compiled overload's cuda.core kernel, encoders) or None
+_direct: dict = {}   # (kernel, device, argument kinds) -> (the overload's cuda.core kernel, encoders) or None
 
 
 def as_array(t: torch.Tensor):
@@ -125,7 +125,7 @@ def launch(kern, grid: int, threads: int, device: torch.device, *args):
         return
     with torch.cuda.device(device):
         st = _stream(device)
-        key = (kern, tuple(_kind(a) for a in args))
+        key = (kern, device.index, tuple(_kind(a) for a in args))   # the loaded kernel is per device
         entry = _direct.get(key, False)
         if entry:
             _launch_direct(entry, grid, threads, st, args)
