@@ -120,8 +120,6 @@ def run_speed(n: int, reps: int, copy_gbps: float, mods, bops, *, sweep: bool, m
             r = bench.row(op, backend, n, t, nbytes, copy_gbps, quant_type=qt, blocksize=bs, dtype="bfloat16",
                           study="sweep" if sweep else "main", mem_extra_bytes=extra, kernel_ms=kernel_ms,
                           host_ms=host_ms)
-            if kernel_ms:
-                r["kernel_pct_copy"] = 100.0 * nbytes / (kernel_ms * 1e-3) / 1e9 / copy_gbps
             rows.append(r)
             print(f"  {op:22s} {qt:8s} bs{bs:<5d} {backend:10s} n=2^{int(np.log2(n)):d} "
                   f"{t.median_ms:8.4f} ms {r['gbps']:7.0f} GB/s {r.get('pct_copy', 0):5.1f}%"

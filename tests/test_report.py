@@ -111,3 +111,12 @@ def test_a_study_failing_at_import_is_reported(tmp_path, monkeypatch):
     registry.register("bomb", "kbit_import_bomb")
     r = report.run_study("bomb")
     assert r.status == "failed" and "no GPU at import" in r.error
+
+
+def test_bench_row_kernel_share_of_copy():
+    """A row with a device_time kernel_ms gets the same bytes over the GPU time as % of copy."""
+    from workbench import bench
+    t = bench.Timing(2.0, 1.9, 5)
+    r = bench.row("op", "cuda", 10, t, nbytes=4_000_000, copy_gbps=4.0, kernel_ms=1.0, host_ms=0.5)
+    assert r["pct_copy"] == pytest.approx(50.0) and r["kernel_pct_copy"] == pytest.approx(100.0)
+    assert "kernel_pct_copy" not in bench.row("op", "cuda", 10, t, nbytes=4_000_000, copy_gbps=4.0, kernel_ms=None)

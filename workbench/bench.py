@@ -110,6 +110,8 @@ def row(op: str, backend: str, n: int, t: Timing, nbytes: int | None = None, cop
         r["gbps"] = gbps(nbytes, t)
         if copy_gbps:
             r["pct_copy"] = 100.0 * r["gbps"] / copy_gbps
+            if extra.get("kernel_ms"):  # from device_time: the same bytes over the GPU time alone
+                r["kernel_pct_copy"] = 100.0 * nbytes / (extra["kernel_ms"] * 1e-3) / 1e9 / copy_gbps
     r.update(extra)
     return r
 
