@@ -73,8 +73,8 @@ def _encoder(ty, a):
     """The function turning an argument of numba type ``ty`` into its launch values, or None."""
     from numba.cuda import types
     if isinstance(ty, types.Array):
-        if isinstance(a, torch.Tensor) and not (a.dim() == 1 and a.is_contiguous()):
-            return None
+        if isinstance(a, torch.Tensor) and not (ty.ndim == 1 and a.dim() == 1 and a.is_contiguous()):
+            return None  # _array_fields writes one shape and one stride for a tensor
         return _array_fields
     if isinstance(ty, types.Boolean):
         return lambda v: [bool(v)]
@@ -91,8 +91,9 @@ def _encoder(ty, a):
     return None
 
 
-def _setup_direct(kern, views):
-    """(cuda.core kernel, [encoder per argument]) for the overload the first call compiled, or None."""
+def _setup_direct(kern, args, views):
+    """(cuda.core kernel, [encoder per argument]) for the overload the first call compiled (``views``:
+    the arguments as Numba saw them; ``args``: as the adapter passed them), or None."""
     if os.environ.get("KBIT_NUMBA_DIRECT_LAUNCH", "1") == "0":
         return None
     try:
@@ -101,7 +102,7 @@ def _setup_direct(kern, views):
         ov = kern.overloads.get(argtypes)
         if ov is None or getattr(ov, "debug", False):
             return None
-        enc = [_encoder(t, v) for t, v in zip(argtypes, views)]
+        enc = [_encoder(t, a) for t, a in zip(argtypes, args)]
         if any(e is None for e in enc):
             return None
         return ov._codelibrary.get_cufunc().kernel, enc
@@ -133,7 +134,7 @@ def launch(kern, grid: int, threads: int, device: torch.device, *args):
         views = [_numba_view(a) for a in args]
         kern[grid, threads, st](*views)
         if entry is False:
-            _direct[key] = _setup_direct(kern, views)
+            _direct[key] = _setup_direct(kern, args, views)
 
 
 __all__ = ["as_array", "launch"]
