@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import importlib
+import io
 import pstats
 
 import torch
 
-from studies.bench_optim_gpu import HP, make_state, step_fn
+from studies.bench_optim_gpu import make_state, step_fn
 from workbench import codebooks as cbs
 
 
@@ -48,7 +48,6 @@ def main(argv=None):
     ap.add_argument("--top", type=int, default=18)
     ap.add_argument("--backends", default="cuda,numba_cuda")
     args = ap.parse_args(argv)
-    assert HP  # the optimizer hyper-parameters of the GPU benchmark
     n = 1 << args.n_log2
     for backend in args.backends.split(","):
         for calls in (_quant_calls, _optim_calls):
