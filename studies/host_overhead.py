@@ -66,7 +66,7 @@ def main(argv=None):
                 total_ms = st.total_tt * 1e3 / args.calls
                 st.sort_stats("tottime").print_stats(args.top)
                 print(f"\n===== {backend} {op}: {total_ms:.3f} ms host per call (under cProfile) =====")
-                print("\n".join(buf.getvalue().splitlines()[6:]))
+                print(buf.getvalue().strip("\n"))  # pstats header, then the top functions
 
 
 if __name__ == "__main__":
