@@ -17,6 +17,10 @@ import pandas as pd
 
 
 def _git_revision() -> str:
+    """The measured code's revision: ``KBIT_GIT_REV`` when set (a device machine's copy of the tree can carry
+    an older ``.git`` than the code it runs), else ``git rev-parse`` (+ ``-dirty``)."""
+    if os.environ.get("KBIT_GIT_REV"):
+        return os.environ["KBIT_GIT_REV"]
     here = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True,

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One device call for any of the GPU families: build (+ ptxas resource report), GPU tests, benchmarks.
+# usage (on the device, repo root, carry [".whl"] holding the bitsandbytes 0.50.2 wheel):
+#     bash studies/device_all.sh [build] [tests] [quant] [optim] [int8] [--quick]
+# Results land in $OUT/results/<family>/ and are packed into $OUT/results.tgz (the device tool returns
+# at most 8 files); the log is $OUT/log.txt. The git revision of the measured code is read from
+# .whl/GIT_REV when present (the device's copy of .git is the session's starting one).
+set -u
+QUICK=""; STEPS=()
+for a in "$@"; do case $a in --quick) QUICK=--quick;; *) STEPS+=("$a");; esac; done
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(build tests quant optim int8)
+export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba_cache
+[ -f .whl/GIT_REV ] && export KBIT_GIT_REV=$(cat .whl/GIT_REV)
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -2
+export PYTHONPATH=/tmp/site:$PWD
+R="$OUT/results"; mkdir -p "$R"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+has() { for s in "${STEPS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+pack() { tar czf "$OUT/results.tgz" -C "$R" . ; }
+trap pack EXIT
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv | tee "$R/device.txt"
+echo "git ${KBIT_GIT_REV:-unknown}" | tee -a "$R/device.txt"
+if has build; then
+  for fam in quant optim int8; do
+    python3 -m workbench.cuda_build $fam --force --verbose 2>&1 | grep -E "Function properties|registers|spill|built|FAILED|error" \
+      | sed -E 's/_ZN[0-9]+_GLOBAL__N__[0-9a-f_]+[a-z0-9]+_cu_[0-9a-f]+//' > "$R/build_$fam.txt"
+    grep -c registers "$R/build_$fam.txt" | sed "s/^/$fam kernels reported: /"
+  done
+fi
+if has tests; then
+  timeout 280 python3 -m pytest -q --tb=short -p no:cacheprovider -p no:warnings -m gpu \
+    tests/test_gpu_quant.py tests/test_optim_gpu.py tests/test_int8_gpu.py > "$R/pytest_gpu.txt" 2>&1
+  tail -3 "$R/pytest_gpu.txt"
+fi
+if has quant; then
+  mkdir -p "$R/quant"
+  timeout 380 python3 -m studies.bench_gpu --out "$R/quant" $QUICK 2>&1 | grep -v -i "warn" | tail -40
+fi
+if has optim; then
+  mkdir -p "$R/optim"
+  timeout 300 python3 -m studies.bench_optim_gpu --out "$R/optim" 2>&1 | grep -v -i "warn" | tail -30
+fi
+if has int8; then
+  mkdir -p "$R/int8"
+  timeout 150 python3 -m studies.bench_int8 --out "$R/int8" $QUICK 2>&1 | grep -v -i "warn" | tail -30
+fi
