@@ -134,13 +134,25 @@ static bool build_plan(Plan& p, int S, const float* bounds_in, int nbounds, cons
 // an undefined code, never an out-of-bounds read); positive s in [0, half), negative s after it.
 // |s| < 2 needs no upper clamp (finite input: |x| <= absmax). The [-1, 1] clamp is folded into the
 // bounds as in the cell plan. numba_kernels/cell_plan.py:fine_plan is the numpy twin (CI tests it).
-constexpr int FINE_MAX = 4000; // entries: 31.25 KB of shared memory at most (kernel parameters: <= 32764 bytes)
+constexpr int FINE_MAX = 4000; // entries: 31.25 KB of shared memory at most
 struct Fine {
     uint2 e[FINE_MAX];
     int m;
     int kbase_p, kbase_n; // kbase_p < 0: direct mode
     int half;             // clamped mode: entries of the positive side
     int size;             // entries used
+};
+
+// What the kernel gets for a fine plan: the table stays in device memory (uploaded once per plan and
+// device) and only its pointer travels in the launch. Passing the 32 KB Fine struct as a __grid_constant__
+// parameter made every launch copy 32 KB of parameters, and every CTA's table fill read the constant bank
+// with 32 distinct addresses per warp access (serialized); from global memory the fill is coalesced.
+struct FineArgs {
+    const uint2* __restrict__ e;
+    int m;
+    int kbase_p, kbase_n;
+    int half;
+    int size;
 };
 
 static bool build_fine(Fine& p, const float* bounds_in, int nbounds, const unsigned char* bucket_codes, int nbuckets,
@@ -270,7 +282,7 @@ constexpr int S_FINE_CLAMPED = 9; // fine plan, clamped |s| key + sign half
 // S = 2, 3: cell plan with an S-step search
 __host__ __device__ constexpr bool is_fine(int S) { return S == S_FINE_DIRECT || S == S_FINE_CLAMPED; }
 template <int L, int S>
-using QParams = std::conditional_t<S == S_TREE, Tree<L>, std::conditional_t<is_fine(S), Fine, Plan>>;
+using QParams = std::conditional_t<S == S_TREE, Tree<L>, std::conditional_t<is_fine(S), FineArgs, Plan>>;
 
 template <typename T, int BITS, int L, int G, int S>
 __global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const void* __restrict__ A, long long n, long long nblocks,
@@ -290,7 +302,7 @@ __global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const 
         for (int i = threadIdx.x; i < 2 * M; i += THREADS) s_tree[i] = prm.w[i];
     } else if constexpr (is_fine(S)) {
         m_bits = prm.m;
-        for (int i = threadIdx.x; i < prm.size; i += THREADS) s_fine[i] = prm.e[i];
+        for (int i = threadIdx.x; i < prm.size; i += THREADS) s_fine[i] = __ldg(prm.e + i);
     } else {
         m_bits = prm.m;
         ident = prm.identity;
@@ -611,6 +623,27 @@ static const P* cached_plan(int S, const float* bounds, int nbounds, const unsig
     return it->second.get();
 }
 
+// The plan's table on the current device: uploaded on first use, kept for the process (<= 32 KB per
+// codebook and device; a cache, not a per-call temporary). Null if the upload fails.
+static const uint2* fine_on_device(const Fine& p) {
+    static std::mutex mu;
+    static std::map<std::pair<const Fine*, int>, uint2*> tables;
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return nullptr;
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = tables.find({&p, dev});
+    if (it != tables.end()) return it->second;
+    uint2* d = nullptr;
+    const size_t bytes = sizeof(uint2) * (size_t)p.size;
+    if (cudaMalloc(&d, bytes) != cudaSuccess) return nullptr;
+    if (cudaMemcpy(d, p.e, bytes, cudaMemcpyHostToDevice) != cudaSuccess) {
+        cudaFree(d);
+        return nullptr;
+    }
+    tables.emplace(std::make_pair(&p, dev), d);
+    return d;
+}
+
 // KBIT_QUANT_SEARCH=tree forces the Eytzinger path, =cell the cell plan, =clamped fine tables in
 // clamped mode only (for studies and tests)
 static int g_search = -1; // 0 default, 1 tree, 2 cell, 3 clamped
@@ -632,9 +665,12 @@ cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const
     if (g_search == 0 || g_search == 3) {
         const int kind = g_search == 3 ? S_FINE_CLAMPED : S_FINE_DIRECT;
         if (const Fine* p = cached_plan<Fine>(kind, bounds, nbounds, bucket_codes, nbuckets)) {
+            const uint2* table = fine_on_device(*p);
+            if (!table) return cudaErrorMemoryAllocation;
+            const FineArgs a{table, p->m, p->kbase_p, p->kbase_n, p->half, p->size};
             if (p->kbase_p < 0)
-                return dispatch_t<BITS, L, S_FINE_DIRECT>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
-            return dispatch_t<BITS, L, S_FINE_CLAMPED>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
+                return dispatch_t<BITS, L, S_FINE_DIRECT>(A, dtype, n, blocksize, a, out, absmax, flags, stream);
+            return dispatch_t<BITS, L, S_FINE_CLAMPED>(A, dtype, n, blocksize, a, out, absmax, flags, stream);
         }
     }
     if (g_search != 1) {

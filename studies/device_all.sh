@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device call for any of the GPU families: build (+ ptxas resource report), GPU tests, benchmarks.
 # usage (on the device, repo root, carry [".whl"] holding the bitsandbytes 0.50.2 wheel):
-#     bash studies/device_all.sh [build] [tests] [quant] [optim] [int8] [--quick]
+#     bash studies/device_all.sh [build] [tests] [quant] [optim] [int8] [ab] [--quick]
+# ab: the quant library of git revision $AB_REV (default: the session's HEAD) vs this tree's, interleaved
+#     in one process (studies/ab_quant_lib.py)
 # Results land in $OUT/results/<family>/ and are packed into $OUT/results.tgz (the device tool returns
 # at most 8 files); the log is $OUT/log.txt. The git revision of the measured code is read from
 # .whl/GIT_REV when present (the device's copy of .git is the session's starting one).
@@ -27,9 +29,16 @@ if has build; then
     grep -c registers "$R/build_$fam.txt" | sed "s/^/$fam kernels reported: /"
   done
 fi
+if has ab; then
+  rm -rf /tmp/ab_old && mkdir -p /tmp/ab_old && git archive "${AB_REV:-HEAD}" | tar x -C /tmp/ab_old
+  (cd /tmp/ab_old && python3 -m workbench.cuda_build quant --force > /dev/null 2>&1) &
+  python3 -m workbench.cuda_build quant > /dev/null 2>&1; wait
+  timeout 240 python3 -m studies.ab_quant_lib /tmp/ab_old/cuda_src/build/libkbit_quant.so \
+    cuda_src/build/libkbit_quant.so --out "$R" 2>&1 | grep -v -i warn | tail -14
+fi
 if has tests; then
   timeout 280 python3 -m pytest -q --tb=short -p no:cacheprovider -p no:warnings -m gpu \
-    tests/test_gpu_quant.py tests/test_optim_gpu.py tests/test_int8_gpu.py > "$R/pytest_gpu.txt" 2>&1
+    ${TESTS:-tests/test_gpu_quant.py tests/test_optim_gpu.py tests/test_int8_gpu.py} > "$R/pytest_gpu.txt" 2>&1
   tail -3 "$R/pytest_gpu.txt"
 fi
 if has quant; then
