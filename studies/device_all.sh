@@ -31,10 +31,13 @@ if has build; then
 fi
 if has ab; then
   rm -rf /tmp/ab_old && mkdir -p /tmp/ab_old && git archive "${AB_REV:-HEAD}" | tar x -C /tmp/ab_old
-  (cd /tmp/ab_old && python3 -m workbench.cuda_build quant --force > /dev/null 2>&1) &
-  python3 -m workbench.cuda_build quant > /dev/null 2>&1; wait
-  timeout 240 python3 -m studies.ab_quant_lib /tmp/ab_old/cuda_src/build/libkbit_quant.so \
-    cuda_src/build/libkbit_quant.so --out "$R" 2>&1 | grep -v -i warn | tail -14
+  (cd /tmp/ab_old && timeout 200 python3 -m workbench.cuda_build quant --force > /dev/null 2>&1) &
+  OLD_BUILD=$!
+  timeout 200 python3 -m workbench.cuda_build quant > /dev/null 2>&1
+  wait $OLD_BUILD  # by pid: a bare wait would also wait for the log's tee (a process substitution) forever
+  ls -la /tmp/ab_old/cuda_src/build/ cuda_src/build/ | grep quant
+  timeout 200 python3 -m studies.ab_quant_lib /tmp/ab_old/cuda_src/build/libkbit_quant.so \
+    cuda_src/build/libkbit_quant.so --rounds 3 --out "$R" 2>&1 | grep -v -i warn | tail -14
 fi
 if has tests; then
   timeout 280 python3 -m pytest -q --tb=short -p no:cacheprovider -p no:warnings -m gpu \
