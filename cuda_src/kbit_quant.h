@@ -6,8 +6,10 @@
  * scale by the IEEE reciprocal of max(absmax, 1e-38f), the tail block divides; codes are
  * bucket_codes[#{j : bounds[j] < s}]; dequantization is one float32 multiply, one rounding.
  *
- * Codebook arrays of the quantizers (bounds, bucket_codes) are HOST pointers: they are
- * copied into the kernel's parameters (no device allocation, no copy engine traffic).
+ * Codebook arrays of the quantizers (bounds, bucket_codes) are HOST pointers. The search table
+ * built from them is cached per codebook: the fine table (the usual case) is uploaded once per
+ * device (<= 32 KB, kept for the process) and read through a pointer; the fallbacks (cell plan,
+ * tree) travel in the kernel's parameters. No per-call device allocation or copy.
  * The dequantizers' table is a DEVICE pointer (it is an input tensor of the op).
  */
 #ifndef KBIT_QUANT_H

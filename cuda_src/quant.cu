@@ -6,8 +6,9 @@
 // loads, fp32: four). A quantization block of bs elements is G = bs/16 consecutive threads, so a
 // warp holds 32/G blocks for bs <= 512 (absmax by xor-shuffles inside the G-lane group) and a
 // block of bs >= 1024 spans G/32 warps of one CTA (shuffles, then shared memory).
-// Rounding to the codebook: a table in shared memory built on the host from the codebook (cached)
-// and passed by value as a kernel parameter (no device temporaries). First choice, the fine table:
+// Rounding to the codebook: a table in shared memory built on the host from the codebook (cached;
+// the fine table uploaded once per device, the fallbacks passed by value as kernel parameters; no
+// per-call device temporaries). First choice, the fine table:
 // one 8-byte load + one compare per element (see "Fine plan" below); fallbacks for codebooks too
 // dense for it: the cell plan (cell load + S search steps) and an Eytzinger tree of the bounds
 // (i = 2i + (s > node[i]) for log2(m) levels, the leaf words hold bucket_codes).

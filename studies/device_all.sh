@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One device call for any of the GPU families: build (+ ptxas resource report), GPU tests, benchmarks.
 # usage (on the device, repo root, carry [".whl"] holding the bitsandbytes 0.50.2 wheel):
-#     bash studies/device_all.sh [build] [tests] [quant] [optim] [int8] [ab] [--quick]
+#     bash studies/device_all.sh [build] [tests] [quant] [optim] [int8] [ab] [ncu] [--quick]
 # ab: the quant library of git revision $AB_REV (default: the session's HEAD) vs this tree's, interleaved
 #     in one process (studies/ab_quant_lib.py)
+# ncu: Nsight Compute sections of the production quant kernels (studies/device_ncu_quant.py), where ncu reads
+#      counters (Firecracker machines; not gVisor)
 # Results land in $OUT/results/<family>/ and are packed into $OUT/results.tgz (the device tool returns
 # at most 8 files); the log is $OUT/log.txt. The git revision of the measured code is read from
 # .whl/GIT_REV when present (the device's copy of .git is the session's starting one).
@@ -15,6 +17,7 @@ export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba_cache
 [ -f .whl/GIT_REV ] && export KBIT_GIT_REV=$(cat .whl/GIT_REV)
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -2
 export PYTHONPATH=/tmp/site:$PWD
+OUT=${OUT:-out/device}  # the device tool sets OUT; elsewhere results go to out/device
 R="$OUT/results"; mkdir -p "$R"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 has() { for s in "${STEPS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
@@ -55,4 +58,11 @@ fi
 if has int8; then
   mkdir -p "$R/int8"
   timeout 150 python3 -m studies.bench_int8 --out "$R/int8" $QUICK 2>&1 | grep -v -i "warn" | tail -30
+fi
+if has ncu && command -v ncu > /dev/null; then
+  timeout 150 ncu --clock-control none --launch-count 3 -k regex:k_ --section SpeedOfLight --section Occupancy \
+    --section LaunchStats --section SchedulerStats --section WarpStateStats python3 studies/device_ncu_quant.py \
+    > "$R/ncu.txt" 2>&1
+  grep -E "k_quantize|k_dequantize|Memory Throughput|DRAM Throughput|Compute \(SM\)|Duration|Achieved Occupancy|Issued Ipc" \
+    "$R/ncu.txt" | head -40
 fi

@@ -1,8 +1,9 @@
 """CUDA production kernels for the quant family (cuda_src/quant.cu) behind the backend signatures.
 
-ctypes calls with device pointers on the current torch stream. The only device allocations are
-the outputs: the quantizers get the codebook's bounds/bucket_codes as host arrays (they travel
-in the kernel's parameters), the dequantizers read the table tensor they are given.
+ctypes calls with device pointers on the current torch stream. The only per-call device allocations
+are the outputs: the quantizers get the codebook's bounds/bucket_codes as host arrays (the library
+builds its search table from them once per codebook and keeps the fine table on each device, <= 32 KB),
+the dequantizers read the table tensor they are given.
 """
 from __future__ import annotations
 
