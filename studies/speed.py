@@ -2,7 +2,8 @@
 
 Reads the committed benchmark result files under ``reports/`` (directories ``bench-cpu*``,
 ``gpu-h100*``, ``gpu-h200*``, ``optim-*``, ``int8-*``; whichever exist) plus any extra paths
-given (``workbench report --merge DIR``), and lays them side by side by ``run_device``.
+given (``workbench report --merge DIR``), and lays them side by side by ``run_device``; files under a
+``repeats/`` folder (earlier revisions, repeat runs) are left out.
 Rows follow :func:`workbench.bench.row`: ``op, backend, n, median_ms, gbps, pct_copy`` and
 the ``run_*`` metadata; files that report only elements/s get GB/s derived with the same
 effective-bytes rule (see the notes). Nothing is timed here; the benchmarks themselves run on their machines
@@ -31,11 +32,18 @@ def result_files(root: Path | str = ROOT, extra=()) -> list[Path]:
         if d.is_file():
             files.append(d)
             continue
-        pq = sorted(d.rglob("*.parquet"))
+        pq = [p for p in sorted(d.rglob("*.parquet")) if _current(p, d)]
         files += pq
         have = {p.with_suffix("") for p in pq}
-        files += [c for c in sorted(d.rglob("*.csv")) if c.with_suffix("") not in have and _looks_like_results(c)]
+        files += [c for c in sorted(d.rglob("*.csv"))
+                  if _current(c, d) and c.with_suffix("") not in have and _looks_like_results(c)]
     return files
+
+
+def _current(p: Path, top: Path) -> bool:
+    """False for files under a ``repeats/`` folder: earlier revisions and repeat runs kept as evidence
+    (the folders' READMEs cite them); a median over them would mix old code into the current numbers."""
+    return "repeats" not in p.relative_to(top).parts[:-1]
 
 
 def _looks_like_results(p: Path) -> bool:
