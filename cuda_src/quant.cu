@@ -316,6 +316,12 @@ __global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const 
     }
 
     __syncthreads();
+    // Blocks spanning several warps (G > 32) meet at a barrier every tile; there each thread already
+    // holds the next tile's chunk in flight (PF), so warps waiting at the barrier keep DRAM busy.
+    // 16-bit inputs and fine plans only: elsewhere the second chunk spills at the register cap.
+    constexpr bool PF = G > 32 && sizeof(T) == 2 && is_fine(S);
+    uint4 nxt[PF ? Elem<T>::VECS : 1];
+    bool have_nxt = false;
     // persistent CTAs: the shared tables are filled once, then tiles of THREADS chunks are strided
     int it = 0;
     for (long long tile = blockIdx.x; tile < ntiles; tile += gridDim.x, it ^= 1) {
@@ -326,7 +332,10 @@ __global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const 
 
     // the chunk stays in its raw words: elements are unpacked where they are used (registers)
     uint4 v[Elem<T>::VECS];
-    if (vec_ok && e0 + CHUNK <= n) {
+    if (PF && have_nxt) {
+#pragma unroll
+        for (int k = 0; k < Elem<T>::VECS; k++) v[k] = nxt[PF ? k : 0];
+    } else if (vec_ok && e0 + CHUNK <= n) {
         const uint4* p = reinterpret_cast<const uint4*>(static_cast<const T*>(A) + e0);
 #pragma unroll
         for (int k = 0; k < Elem<T>::VECS; k++) v[k] = __ldcs(p + k);
@@ -341,6 +350,15 @@ __global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const 
     constexpr int GW = G < 32 ? G : 32;
 #pragma unroll
     for (int o = GW / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if constexpr (PF) {
+        const long long e1 = e0 + (long long)gridDim.x * THREADS * CHUNK; // this thread's chunk of the next tile
+        have_nxt = vec_ok && tile + gridDim.x < ntiles && e1 + CHUNK <= n;
+        if (have_nxt) {
+            const uint4* p = reinterpret_cast<const uint4*>(static_cast<const T*>(A) + e1);
+#pragma unroll
+            for (int k = 0; k < Elem<T>::VECS; k++) nxt[k] = __ldcs(p + k);
+        }
+    }
     if constexpr (G > 32) {
         const int warp = threadIdx.x >> 5;
         if ((threadIdx.x & 31) == 0) s_warpmax[it][warp] = m; // double-buffered across tiles

@@ -34,10 +34,10 @@ def _ops(A: torch.Tensor):
     nf4, fp4, dyn = cbs.get("nf4"), cbs.get("fp4"), cbs.get("dynamic")
     n, esz = A.numel(), A.element_size()
     out = []
-    for name, cb in (("nf4", nf4), ("fp4", fp4)):
-        out.append((f"quantize_4bit {name} bs64", lambda cb=cb: C.quantize_4bit(A, cb, 64),
-                    n * esz + (n + 1) // 2 + 4 * (n // 64)))
-    for bs in (256, 4096):
+    for name, cb, bs in (("nf4", nf4, 64), ("fp4", fp4, 64), ("nf4", nf4, 4096)):
+        out.append((f"quantize_4bit {name} bs{bs}", lambda cb=cb, bs=bs: C.quantize_4bit(A, cb, bs),
+                    n * esz + (n + 1) // 2 + 4 * (n // bs)))
+    for bs in (256, 1024, 4096):
         out.append((f"quantize_blockwise dynamic bs{bs}", lambda bs=bs: C.quantize_blockwise(A, dyn, bs),
                     n * esz + n + 4 * (n // bs)))
     return out
