@@ -318,8 +318,9 @@ __global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const 
     __syncthreads();
     // Blocks spanning several warps (G > 32) meet at a barrier every tile; there each thread already
     // holds the next tile's chunk in flight (PF), so warps waiting at the barrier keep DRAM busy.
-    // 16-bit inputs and fine plans only: elsewhere the second chunk spills at the register cap.
-    constexpr bool PF = G > 32 && sizeof(T) == 2 && is_fine(S);
+    // 8-bit codes, 16-bit inputs and fine plans only: elsewhere the second chunk spills at the register
+    // cap, and 4-bit nf4 bs4096 (16 bytes of spills) ran slower with it (kernel 0.283 -> 0.295 ms, A/B, H100).
+    constexpr bool PF = BITS == 8 && G > 32 && sizeof(T) == 2 && is_fine(S);
     uint4 nxt[PF ? Elem<T>::VECS : 1];
     bool have_nxt = false;
     // persistent CTAs: the shared tables are filled once, then tiles of THREADS chunks are strided
