@@ -5,8 +5,8 @@ over rounds, and whether both builds give identical outputs.
 
     python -m studies.ab_quant_lib LIB_A LIB_B [--rounds 5] [--out DIR]     # on a GPU machine
 
-Build an older revision into its own folder first, e.g.
-    git show REV:cuda_src/quant.cu > /tmp/old/cuda_src/quant.cu  (+ headers), KBIT_CUDA_BUILD=... cuda_build
+``bash studies/device_all.sh ab`` builds the library of git revision $AB_REV (``git archive`` into /tmp, then
+``workbench.cuda_build``) beside this tree's and runs this script on the two.
 """
 from __future__ import annotations
 

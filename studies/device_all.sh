@@ -2,8 +2,9 @@
 # One device call for any of the GPU families: build (+ ptxas resource report), GPU tests, benchmarks.
 # usage (on the device, repo root, carry [".whl"] holding the bitsandbytes 0.50.2 wheel):
 #     bash studies/device_all.sh [build] [tests] [quant] [optim] [int8] [ab] [ncu] [--quick]
-# ab: the quant library of git revision $AB_REV (default: the session's HEAD) vs this tree's, interleaved
-#     in one process (studies/ab_quant_lib.py)
+# ab: the quant library of git revision $AB_REV (default HEAD; it must exist in the .git that travels, which
+#     on the device tool is the session's starting one) vs this tree's, interleaved in one process
+#     (studies/ab_quant_lib.py)
 # ncu: Nsight Compute sections of the production quant kernels (studies/device_ncu_quant.py), where ncu reads
 #      counters (Firecracker machines; not gVisor)
 # Results land in $OUT/results/<family>/ and are packed into $OUT/results.tgz (the device tool returns
