@@ -644,24 +644,27 @@ static const P* cached_plan(int S, const float* bounds, int nbounds, const unsig
 }
 
 // The plan's table on the current device: uploaded on first use, kept for the process (<= 32 KB per
-// codebook and device; a cache, not a per-call temporary). Null if the upload fails.
-static const uint2* fine_on_device(const Fine& p) {
+// codebook and device; a cache, not a per-call temporary). Returns the CUDA error of a failed upload.
+static cudaError_t fine_on_device(const Fine& p, const uint2** table) {
     static std::mutex mu;
     static std::map<std::pair<const Fine*, int>, uint2*> tables;
     int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return nullptr;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
     std::lock_guard<std::mutex> lock(mu);
     auto it = tables.find({&p, dev});
-    if (it != tables.end()) return it->second;
-    uint2* d = nullptr;
-    const size_t bytes = sizeof(uint2) * (size_t)p.size;
-    if (cudaMalloc(&d, bytes) != cudaSuccess) return nullptr;
-    if (cudaMemcpy(d, p.e, bytes, cudaMemcpyHostToDevice) != cudaSuccess) {
-        cudaFree(d);
-        return nullptr;
+    if (it == tables.end()) {
+        uint2* d = nullptr;
+        const size_t bytes = sizeof(uint2) * (size_t)p.size;
+        if ((e = cudaMalloc(&d, bytes)) != cudaSuccess) return e;
+        if ((e = cudaMemcpy(d, p.e, bytes, cudaMemcpyHostToDevice)) != cudaSuccess) {
+            cudaFree(d);
+            return e;
+        }
+        it = tables.emplace(std::make_pair(&p, dev), d).first;
     }
-    tables.emplace(std::make_pair(&p, dev), d);
-    return d;
+    *table = it->second;
+    return cudaSuccess;
 }
 
 // KBIT_QUANT_SEARCH=tree forces the Eytzinger path, =cell the cell plan, =clamped fine tables in
@@ -685,8 +688,8 @@ cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const
     if (g_search == 0 || g_search == 3) {
         const int kind = g_search == 3 ? S_FINE_CLAMPED : S_FINE_DIRECT;
         if (const Fine* p = cached_plan<Fine>(kind, bounds, nbounds, bucket_codes, nbuckets)) {
-            const uint2* table = fine_on_device(*p);
-            if (!table) return cudaErrorMemoryAllocation;
+            const uint2* table = nullptr;
+            if (const cudaError_t e = fine_on_device(*p, &table)) return e;
             const FineArgs a{table, p->m, p->kbase_p, p->kbase_n, p->half, p->size};
             if (p->kbase_p < 0)
                 return dispatch_t<BITS, L, S_FINE_DIRECT>(A, dtype, n, blocksize, a, out, absmax, flags, stream);

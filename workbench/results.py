@@ -27,9 +27,9 @@ def _git_revision() -> str:
                              timeout=5).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=5).stdout.strip()
-        return (rev + ("-dirty" if dirty else "")) if rev else os.environ.get("KBIT_GIT_REV", "unknown")
+        return (rev + ("-dirty" if dirty else "")) if rev else "unknown"
     except Exception:
-        return os.environ.get("KBIT_GIT_REV", "unknown")
+        return "unknown"
 
 
 def _version(mod: str) -> str:
