@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call for any of the GPU families: build (+ ptxas resource report), GPU tests, benchmarks.
 # usage (on the device, repo root, carry [".whl"] holding the bitsandbytes 0.50.2 wheel):
-#     bash studies/device_all.sh [build] [tests] [quant] [optim] [int8] [ab] [ncu] [--quick]
+#     bash studies/device_all.sh [build] [tests] [quant] [optim] [int8] [ab] [host] [ncu] [--quick]
+# host: host time per call of the cuda and numba_cuda ops (plain and under cProfile, studies/host_overhead.py)
 # ab: the quant library of git revision $AB_REV (default HEAD; it must exist in the .git that travels, which
 #     on the device tool is the session's starting one) vs this tree's, interleaved in one process
 #     (studies/ab_quant_lib.py)
@@ -59,6 +60,10 @@ fi
 if has int8; then
   mkdir -p "$R/int8"
   timeout 150 python3 -m studies.bench_int8 --out "$R/int8" $QUICK 2>&1 | grep -v -i "warn" | tail -30
+fi
+if has host; then
+  timeout 120 python3 -m studies.host_overhead --n-log2 16 --calls 300 --top 25 > "$R/host_overhead.txt" 2>&1
+  grep "=====" "$R/host_overhead.txt"
 fi
 if has ncu && command -v ncu > /dev/null; then
   timeout 150 ncu --clock-control none --launch-count 3 -k regex:k_ --section SpeedOfLight --section Occupancy \
