@@ -31,7 +31,9 @@ def _offline_numba_cuda():
 
 def report(dispatcher, sig, name: str, out: Path) -> str:
     from numba import cuda
-    ptx, _ = cuda.compile_ptx(dispatcher.py_func, sig, cc=(9, 0), fastmath=False)
+    bounds = dispatcher.targetoptions.get("launch_bounds")
+    ptx, _ = cuda.compile_ptx(dispatcher.py_func, sig, cc=(9, 0), fastmath=False,
+                              **({"launch_bounds": bounds} if bounds else {}))
     path = out / f"{name}.ptx"
     path.write_text(ptx)
     r = subprocess.run(["ptxas", "-arch=sm_90", "-v", str(path), "-o", "/dev/null"], capture_output=True, text=True)
@@ -51,9 +53,10 @@ def main():
     i8, f, u8, i32, i64 = T.int64, a1(T.float32), a1(T.uint8), a1(T.int32), a1(T.int64)
     out = Path(tempfile.mkdtemp(prefix="numba_ptx_"))
     lines = []
-    for bits, clamped in ((4, 0), (8, 1)):
+    for bits, clamped, pf in ((4, 0, False), (8, 1, False), (8, 1, True)):
         sig = (i64, a1(T.int16), i8, T.boolean, i8, i8, i8, i8, i8, i64, i8, i8, i8, i8, i8, i8, i64, u8, f)
-        lines.append(report(Q.kernel("quantize_fine", bits, Q.BF16, clamped), sig, f"quantize_fine{bits}_bf16", out))
+        lines.append(report(Q.kernel("quantize_fine", bits, Q.BF16, clamped, pf), sig,
+                            f"quantize_fine{bits}_bf16" + ("_prefetch" if pf else ""), out))
     for bits, words in ((4, a1(T.int16)), (8, a1(T.int32))):
         sig = (words, f, f, i8, i8, i64)
         lines.append(report(Q.kernel("dequantize_fast", bits, Q.BF16), sig, f"dequantize{bits}_bf16", out))

@@ -96,6 +96,32 @@ def test_8bit_matrix(backend, dtype, cbname, rng, poisoned):
             assert torch.equal(d, R.dequantize_blockwise(c2, a2, table, bs, dtype)), (bs, n)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numba_direct_launch_on_repeat_calls(dtype, rng, poisoned, monkeypatch):
+    """After a kernel's first call (Numba's dispatcher) every call takes the direct launch (one packed
+    cuLaunchKernel): calls on fresh inputs of several lengths equal the reference, and they really went
+    through the direct path (counted), else this test would prove nothing about it."""
+    Q = _backend("numba_cuda")
+    from workbench.backends.numba_cuda import _launch
+    direct = []
+    real = _launch._Direct.launch
+    monkeypatch.setattr(_launch._Direct, "launch", lambda self, *a: (direct.append(1), real(self, *a))[1])
+    nf4, dyn = cbs.get("nf4"), cbs.get("dynamic")
+    for rep, n in enumerate((4096 * 9 + 5, 4096 * 9 + 5, 70000, 1 << 20)):
+        A = _data(rng, n, dtype)
+        p, a = Q.quantize_4bit(A, nf4, 64)
+        p2, a2 = R.quantize_4bit(A, nf4, 64)
+        assert torch.equal(p, p2) and torch.equal(a, a2), (rep, n)
+        d = Q.dequantize_4bit(p, a, nf4.tensors("cuda")[0], 64, n, dtype)
+        assert torch.equal(d, R.dequantize_4bit(p2, a2, nf4.tensors("cuda")[0], 64, n, dtype)), (rep, n)
+        c, a8 = Q.quantize_blockwise(A, dyn, 4096)
+        c2, a82 = R.quantize_blockwise(A, dyn, 4096)
+        assert torch.equal(c, c2) and torch.equal(a8, a82), (rep, n)
+        d = Q.dequantize_blockwise(c, a8, dyn.tensors("cuda")[0], 4096, dtype)
+        assert torch.equal(d, R.dequantize_blockwise(c2, a82, dyn.tensors("cuda")[0], 4096, dtype)), (rep, n)
+    assert len(direct) >= 3 * 4, f"only {len(direct)} of 16 launches went the direct way"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_misaligned_views_and_side_stream(backend, rng):
     Q = _backend(backend)

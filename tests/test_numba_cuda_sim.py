@@ -88,6 +88,21 @@ def test_quantize_blockwise_exact(Q, poisoned, rng, dtype, cbname):
 
 
 @sim
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_quantize_blockwise_several_tiles_per_cta(Q, poisoned, rng, dtype, monkeypatch):
+    """Persistent CTAs looping over tiles, with the next-tile prefetch (8-bit, 16-bit input, a block
+    of 64 threads): one CTA per SM here, so each CTA runs 3 tiles, the last one partial."""
+    monkeypatch.setattr(Q, "ctas_per_sm", lambda kern, device, default: 1)
+    cb = cbs.get("dynamic")
+    n = 16 * 256 * 5 + 1000            # 6 tiles of 256 chunks over 2 CTAs
+    A = _data(rng, n, dtype)
+    c, a = Q.quantize_blockwise(A, cb, 1024)
+    c2, a2 = R.quantize_blockwise(A, cb, 1024)
+    assert torch.equal(a, a2)
+    assert torch.equal(c, c2), int((c != c2).sum())
+
+
+@sim
 def test_edge_values(Q, poisoned):
     """Zero blocks (1e-38 clamp), exact +-absmax, -0.0, ties on bounds, a zero tail block."""
     cb = cbs.get("fp4")

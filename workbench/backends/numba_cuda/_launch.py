@@ -9,23 +9,29 @@ one of two paths:
   every tensor with ``cuda.as_cuda_array`` and prepares it. On the H100 machine that costs 0.3-1.8 ms
   of host time per call (reports/gpu-h100/host_overhead.txt), more than the kernels themselves at
   2^28 elements. It runs the first call of each (kernel, argument kinds) and compiles.
-* Direct: after that first call, the compiled overload is launched through cuda.core with the
-  argument list Numba's ``_Kernel.launch`` builds (an array is meminfo, parent, size, itemsize,
-  data pointer, shape, strides; scalars as their ctypes type), taken straight from the tensors.
-  Used only for 1-D contiguous tensors and when the numba-cuda internals it needs are present
-  (checked once); otherwise every call takes Numba's path. KBIT_NUMBA_DIRECT_LAUNCH=0 turns it off.
+* Direct: after that first call, the compiled overload is launched with one ``cuLaunchKernel``
+  (ctypes, libcuda) whose parameters are a single packed buffer (``CU_LAUNCH_PARAM_BUFFER_POINTER``)
+  holding what Numba's ``_Kernel.launch`` would pass (an array is meminfo, parent, size, itemsize,
+  data pointer, shape, strides; scalars as their Numba type), taken straight from the tensors and
+  packed by one precompiled ``struct.Struct`` at the parameter offsets the driver reports for the
+  kernel (cuda.core ``Kernel.arguments_info``; natural alignment where that is missing). Used only
+  for 1-D contiguous tensors and when the pieces it needs are present and the layout checks out
+  (once per kernel and argument kinds); otherwise every call takes Numba's path.
+  KBIT_NUMBA_DIRECT_LAUNCH=0 turns it off.
 """
 from __future__ import annotations
 
 import ctypes
 import os
+import struct
 
 import torch
 
 from . import simulator
 
 _streams: dict = {}
-_direct: dict = {}   # (kernel, device, argument kinds) -> (the overload's cuda.core kernel, encoders) or None
+_direct: dict = {}   # (kernel, device, argument kinds) -> _Direct or None (Numba's path)
+_per_sm: dict = {}   # (kernel, device) -> resident CTAs per SM of its compiled overload
 
 
 def as_array(t: torch.Tensor):
@@ -47,12 +53,22 @@ def _stream(device: torch.device):
     return st
 
 
-def _kind(a):
-    if isinstance(a, torch.Tensor):
-        return ("t", a.dtype, a.dim(), a.is_contiguous())
-    if isinstance(a, tuple):
-        return ("T",) + tuple(_kind(x) for x in a)
-    return type(a)
+def _flatten(args) -> tuple[tuple, list]:
+    """(argument kinds, the launch values in Numba's order) in one pass over ``args``. The values of
+    a tensor are only right for a 1-D contiguous one: _Direct is built only for such kinds."""
+    kinds, vals = [], []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            kinds.append((a.dtype, a.dim(), a.is_contiguous()))
+            n, isz = a.numel(), a.element_size()
+            vals += (0, 0, n, isz, a.data_ptr(), n, isz)
+        elif isinstance(a, tuple):
+            kinds.append(("T", len(a), type(a[0]) if a else None))
+            vals.extend(a)
+        else:
+            kinds.append(type(a))  # a scalar (or a non-tensor array: Numba's path, see _formats)
+            vals.append(a)
+    return tuple(kinds), vals
 
 
 def _numba_view(a):
@@ -62,61 +78,115 @@ def _numba_view(a):
     return a
 
 
-def _array_fields(a) -> list:
-    if isinstance(a, torch.Tensor):
-        n, isz = a.numel(), a.element_size()
-        return [0, 0, n, isz, a.data_ptr(), n, isz]
-    return [0, 0, a.size, a.dtype.itemsize, a.device_ctypes_pointer.value, *a.shape, *a.strides]
-
-
-def _encoder(ty, a):
-    """The function turning an argument of numba type ``ty`` into its launch values, or None."""
+def _formats(ty, a) -> list[str] | None:
+    """struct format characters of the kernel parameters an argument of Numba type ``ty`` becomes
+    (one per parameter), or None where the direct path does not apply."""
     from numba.cuda import types
     if isinstance(ty, types.Array):
-        if isinstance(a, torch.Tensor) and not (ty.ndim == 1 and a.dim() == 1 and a.is_contiguous()):
-            return None  # _array_fields writes one shape and one stride for a tensor
-        return _array_fields
+        if not (isinstance(a, torch.Tensor) and ty.ndim == 1 and a.dim() == 1 and a.is_contiguous()):
+            return None  # _flatten writes one shape and one stride, for tensors only
+        return ["q", "q", "q", "q", "Q", "q", "q"]  # meminfo, parent, nitems, itemsize, data, shape, strides
     if isinstance(ty, types.Boolean):
-        return lambda v: [bool(v)]
+        return ["?"]
     if isinstance(ty, types.Integer):
-        c = getattr(ctypes, f"c_{ty}")
-        return lambda v: [c(v)]
+        c = {8: "b", 16: "h", 32: "i", 64: "q"}[ty.bitwidth]
+        return [c if ty.signed else c.upper()]
     if ty == types.float32:
-        return lambda v: [ctypes.c_float(v)]
+        return ["f"]
     if ty == types.float64:
-        return lambda v: [ctypes.c_double(v)]
+        return ["d"]
     if isinstance(ty, types.UniTuple):
-        inner = _encoder(ty.dtype, a[0])
-        return None if inner is None else (lambda v: [x for e in v for x in inner(e)])
+        inner = _formats(ty.dtype, a[0])
+        return None if inner is None else inner * ty.count
     return None
 
 
+class _Direct:
+    """One compiled overload, launched by cuLaunchKernel with a packed parameter buffer."""
+
+    def __init__(self, handle: int, layout: struct.Struct):
+        self.handle, self.layout = handle, layout
+        self.size = ctypes.c_size_t(layout.size)
+
+    def launch(self, grid: int, threads: int, stream: int, vals: list):
+        buf = ctypes.create_string_buffer(self.layout.size)
+        self.layout.pack_into(buf, 0, *vals)
+        extra = (ctypes.c_void_p * 5)(1, ctypes.addressof(buf), 2, ctypes.addressof(self.size), 0)
+        rc = _cu().cuLaunchKernel(self.handle, grid, 1, 1, threads, 1, 1, 0, stream, None, extra)
+        if rc != 0:
+            name = ctypes.c_char_p()
+            _cu().cuGetErrorName(rc, ctypes.byref(name))
+            raise RuntimeError(f"numba_cuda: cuLaunchKernel failed: {(name.value or b'?').decode()} ({rc})")
+
+
+_libcuda = None
+
+
+def _cu():
+    global _libcuda
+    if _libcuda is None:
+        lib = ctypes.CDLL("libcuda.so.1")
+        vpp = ctypes.POINTER(ctypes.c_void_p)
+        lib.cuLaunchKernel.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [ctypes.c_void_p, vpp, vpp]
+        lib.cuLaunchKernel.restype = ctypes.c_int
+        lib.cuGetErrorName.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
+        _libcuda = lib
+    return _libcuda
+
+
+def _layout(fmts: list[str], info) -> struct.Struct | None:
+    """The packing of the parameters: at the driver's offsets (``info``: [(offset, size)] per
+    parameter), else C's natural alignment (what NVVM gives scalar parameters). None on a mismatch."""
+    if info is None:
+        return struct.Struct("@" + "".join(fmts))
+    if len(info) != len(fmts):
+        return None
+    out, pos = "=", 0
+    for f, (off, size) in zip(fmts, info):
+        if struct.calcsize("=" + f) != size or off < pos:
+            return None
+        out += "x" * (off - pos) + f
+        pos = off + size
+    return struct.Struct(out)
+
+
+def _note_occupancy(kern, device: torch.device, ov, threads: int):
+    """Record how many CTAs of ``threads`` the compiled overload keeps resident per SM (driver)."""
+    try:
+        occ = ov._codelibrary.get_cufunc().kernel.occupancy
+        _per_sm[(kern, device.index)] = max(1, int(occ.max_active_blocks_per_multiprocessor(threads, 0)))
+    except Exception:  # noqa: BLE001  (no occupancy query in this cuda.core: callers keep their default)
+        pass
+
+
+def ctas_per_sm(kern, device: torch.device, default: int) -> int:
+    """Resident CTAs per SM of ``kern`` on ``device`` once a call has compiled it, else ``default``.
+    Persistent (grid-stride) kernels size their grid to one full wave with it: a grid of 8 CTAs per SM
+    where only 5 fit runs as 1.6 waves, the last 40 % of the time on a partly idle GPU."""
+    return _per_sm.get((kern, device.index), default)
+
+
 def _setup_direct(kern, args, views):
-    """(cuda.core kernel, [encoder per argument]) for the overload the first call compiled (``views``:
-    the arguments as Numba saw them; ``args``: as the adapter passed them), or None."""
+    """The _Direct for the overload the first call compiled (``views``: the arguments as Numba saw
+    them; ``args``: as the adapter passed them), or None (Numba's path for these argument kinds)."""
     if os.environ.get("KBIT_NUMBA_DIRECT_LAUNCH", "1") == "0":
         return None
     try:
-        import cuda.core  # noqa: F401  (numba-cuda >= 0.2x launches through it)
         argtypes = tuple(kern.typeof_pyval(v) for v in views)
         ov = kern.overloads.get(argtypes)
         if ov is None or getattr(ov, "debug", False):
             return None
-        enc = [_encoder(t, a) for t, a in zip(argtypes, args)]
-        if any(e is None for e in enc):
+        fmts = [_formats(t, a) for t, a in zip(argtypes, args)]
+        if any(f is None for f in fmts):
             return None
-        return ov._codelibrary.get_cufunc().kernel, enc
-    except Exception:  # noqa: BLE001  (other numba-cuda internals: Numba's own path only)
+        kernel = ov._codelibrary.get_cufunc().kernel  # cuda.core Kernel (numba-cuda >= 0.2x)
+        info = getattr(kernel, "arguments_info", None)
+        layout = _layout([c for f in fmts for c in f], None if info is None else [(i.offset, i.size) for i in info])
+        if layout is None:
+            return None
+        return _Direct(int(kernel.handle), layout)
+    except Exception:  # noqa: BLE001  (other numba-cuda / cuda.core internals: Numba's own path only)
         return None
-
-
-def _launch_direct(entry, grid, threads, st, args):
-    from cuda.core import LaunchConfig, launch
-    from numba.cuda._compat import CUDA_CORE_GE_1_0
-    kernel, enc = entry
-    vals = [x for e, a in zip(enc, args) for x in e(a)]
-    coop = {"is_cooperative": False} if CUDA_CORE_GE_1_0 else {"cooperative_launch": False}
-    launch(st, LaunchConfig(grid=(grid, 1, 1), block=(threads, 1, 1), shmem_size=0, **coop), kernel, *vals)
 
 
 def launch(kern, grid: int, threads: int, device: torch.device, *args):
@@ -124,17 +194,26 @@ def launch(kern, grid: int, threads: int, device: torch.device, *args):
     if device.type == "cpu":
         kern[grid, threads](*(a.numpy() if isinstance(a, torch.Tensor) else a for a in args))
         return
+    kinds, vals = _flatten(args)
     with torch.cuda.device(device):
-        st = _stream(device)
-        key = (kern, device.index, tuple(_kind(a) for a in args))   # the loaded kernel is per device
+        key = (kern, device.index, kinds)   # the loaded kernel is per device
         entry = _direct.get(key, False)
         if entry:
-            _launch_direct(entry, grid, threads, st, args)
+            entry.launch(grid, threads, torch.cuda.current_stream(device).cuda_stream, vals)
             return
         views = [_numba_view(a) for a in args]
-        kern[grid, threads, st](*views)
+        kern[grid, threads, _stream(device)](*views)
         if entry is False:
             _direct[key] = _setup_direct(kern, args, views)
+            if (kern, device.index) not in _per_sm:
+                ov = kern.overloads.get(tuple(kern.typeof_pyval(v) for v in views))
+                if ov is not None:
+                    _note_occupancy(kern, device, ov, threads)
 
 
-__all__ = ["as_array", "launch"]
+def direct_launch_ready(kern, device: torch.device, *args) -> bool:
+    """Whether calls of ``kern`` with arguments of these kinds now take the direct path (tests)."""
+    return bool(_direct.get((kern, device.index, _flatten(args)[0])))
+
+
+__all__ = ["as_array", "ctas_per_sm", "launch"]

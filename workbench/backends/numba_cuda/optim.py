@@ -13,7 +13,7 @@ from numba_kernels.cuda import optim as K
 
 from ...optim import _gpu_plan as G
 from ...optim import functional as W
-from ._launch import as_array, launch
+from ._launch import as_array, ctas_per_sm, launch
 
 OPS = ("optimizer_update_32bit", "optimizer_update_8bit_blockwise")
 
@@ -77,7 +77,8 @@ def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_
     s2 = state2 if state2 is not None else _dummy(p, torch.float32)
     first = step == 1
     scale = 1.0
-    grid = max(1, min((n + K.THREADS - 1) // K.THREADS, _sms(dev) * 8))
+    kern = K.kernel("32bit", opt)
+    grid = max(1, min((n + K.THREADS - 1) // K.THREADS, _sms(dev) * ctas_per_sm(kern, dev, 8)))  # one wave
     if max_unorm > 0.0 and optimizer_name in G.NORM_OK:
         k0 = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False)
         parts = torch.zeros(grid, dtype=torch.float64, device=dev)
@@ -86,7 +87,7 @@ def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_
         unorm = float(parts.sum().sqrt())
         scale = W.scale_for_unorm(unorm, max_unorm, param_norm, unorm_vec)
     k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False, scale)
-    _launch(K.kernel("32bit", opt), grid, dev, first, bool(skip_zeros), _arr(g), _arr(p), _arr(s1), _arr(m2),
+    _launch(kern, grid, dev, first, bool(skip_zeros), _arr(g), _arr(p), _arr(s1), _arr(m2),
             _arr(s2), n, _k(k))
 
 
@@ -120,7 +121,8 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
         P2 = P1
         c2, a2 = _dummy(p, torch.uint8), _dummy(p, torch.float32)
     k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, True)
-    grid = max(1, min((nb + K.WARPS - 1) // K.WARPS, _sms(dev) * 4))
+    kern = K.kernel("8bit", opt)
+    grid = max(1, min((nb + K.WARPS - 1) // K.WARPS, _sms(dev) * ctas_per_sm(kern, dev, 4)))  # one wave
     # full blocks as words (8-byte grad/param, 4-byte codes), the rest as elements: disjoint views
     # (the simulator copies every argument in and back)
     states = [c1, c1b if optimizer_name == "ademamix" else None, c2 if state2 is not None else None]
@@ -135,7 +137,7 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
     def tables(P):
         return [_arr(t) for t in (P.table, P.cell, P.bounds, P.codes_i32)] + [P.m, P.S]
 
-    _launch(K.kernel("8bit", opt), grid, dev, step == 1, bool(skip_zeros),
+    _launch(kern, grid, dev, step == 1, bool(skip_zeros),
             words(g, torch.int64), words(p, torch.int64), *(words(c, torch.int32) for c in states),
             _arr(g[cut:]), _arr(p[cut:]), _arr(c1[cut:]), _arr(c1b[cut:]), _arr(c2[cut:]), nfull,
             _arr(a1), _arr(a1b), _arr(a2), *tables(P1), *tables(P2), n, nb, _k(k))

@@ -14,7 +14,7 @@ import torch
 from numba_kernels.cell_plan import fine_plan
 from numba_kernels.cuda import quant as K
 
-from ._launch import as_array, launch
+from ._launch import as_array, ctas_per_sm, launch
 
 OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")
 
@@ -103,10 +103,13 @@ def _quantize(A, codebook, blocksize, bits):
         nbytes = out.numel()    # written as full 8-byte words + the last partial word's bytes (disjoint
         #                         views: the simulator copies each argument in and out)
         ntiles = -(-(-(-n // K.CHUNK)) // K.THREADS)
-        pgrid = max(1, min(ntiles, _sms(A.device) * 8))     # persistent CTAs
+        # next-tile prefetch where a block spans warps (a barrier per tile), as the production kernel
+        prefetch = bits == 8 and G > 32 and kind != K.F32
+        kern = K.kernel("quantize_fine", bits, kind, int(clamped), prefetch)
+        pgrid = max(1, min(ntiles, _sms(A.device) * ctas_per_sm(kern, A.device, 8)))   # persistent: one wave
         vec = A.data_ptr() % 8 == 0                              # else every chunk loads elements
         words = _words(flat[:n // epw * epw] if vec else out[:0])
-        launch(K.kernel("quantize_fine", bits, kind, int(clamped)), pgrid, K.THREADS, A.device,
+        launch(kern, pgrid, K.THREADS, A.device,
                 words, _arr(elems), n, vec, G, G.bit_length() - 1,
                 nblocks, nblocks - 1 if n % blocksize else -1, ntiles, fine, nfine, sh, low_p, low_n, off_p,
                 off_n, _words(out[:nbytes // 8 * 8]), _out_arr(out[nbytes // 8 * 8:]), _out_arr(absmax))
@@ -137,9 +140,10 @@ def _dequantize(codes, absmax, table, blocksize, n, dtype, bits):
     cdt = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[opw * bits // 8]   # their codes' word
     if n % opw == 0 and codes.data_ptr() % (opw * bits // 8) == 0:
         nout = n // opw
-        grid = max(1, min(-(-nout // (K.THREADS * K.UNROLL)), _sms(dev) * 16))
+        kern = K.kernel("dequantize_fast", bits, kind)
+        grid = max(1, min(-(-nout // (K.THREADS * K.UNROLL)), _sms(dev) * 2 * ctas_per_sm(kern, dev, 8)))
         cw = codes.view(cdt)
-        launch(K.kernel("dequantize_fast", bits, kind), grid, K.THREADS, dev,
+        launch(kern, grid, K.THREADS, dev,
                 _arr(cw) if cdt == torch.uint8 else _words(cw), _arr(absmax), _arr(tab), nout, shift, _words(out))
         return out
     launch(K.kernel("dequantize", bits, kind), K.dequantize_grid(n), K.THREADS, dev,

@@ -1,0 +1,31 @@
+"""The packed parameter buffer of the Numba direct launch (workbench/backends/numba_cuda/_launch.py):
+values land at the offsets the driver reports, and any disagreement sends the kernel to Numba's own
+launch instead of packing a wrong buffer. No GPU needed."""
+import struct
+
+from workbench.backends.numba_cuda._launch import _layout
+
+
+def test_natural_alignment_without_driver_offsets():
+    # u64, bool, u64, f32, i32, f32: the bool is padded to 8, the last float follows the int
+    lay = _layout(["q", "?", "Q", "f", "i", "f"], None)
+    buf = lay.pack(-3, True, 2**64 - 1, 1.5, -7, 2.0)
+    assert lay.size == 8 + 8 + 8 + 4 + 4 + 4
+    assert struct.unpack_from("<q", buf, 0)[0] == -3 and buf[8] == 1
+    assert struct.unpack_from("<Q", buf, 16)[0] == 2**64 - 1
+    assert struct.unpack_from("<fif", buf, 24) == (1.5, -7, 2.0)
+
+
+def test_driver_offsets_are_followed():
+    info = [(0, 8), (8, 1), (16, 8), (24, 4), (28, 4)]
+    lay = _layout(["q", "?", "q", "f", "f"], info)
+    buf = lay.pack(5, False, 6, 0.25, -1.0)
+    assert lay.size == 32
+    assert struct.unpack_from("<q?", buf, 0) == (5, False)
+    assert struct.unpack_from("<qff", buf, 16) == (6, 0.25, -1.0)
+
+
+def test_disagreement_with_the_driver_gives_no_layout():
+    assert _layout(["q", "q"], [(0, 8)]) is None                 # parameter count
+    assert _layout(["q", "f"], [(0, 8), (8, 8)]) is None         # a float32 where the kernel has 8 bytes
+    assert _layout(["q", "q"], [(0, 8), (4, 8)]) is None         # overlapping offsets
