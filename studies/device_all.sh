@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call for any of the GPU families: build (+ ptxas resource report), GPU tests, benchmarks.
 # usage (on the device, repo root, carry [".whl"] holding the bitsandbytes 0.50.2 wheel):
-#     bash studies/device_all.sh [build] [tests] [quant] [optim] [int8] [ab] [host] [ncu] [--quick]
+#     bash studies/device_all.sh [build] [tests] [quant] [optim] [int8] [ab] [host] [grid] [ncu] [--quick]
+# grid: Numba quantizer kernel time vs persistent grid and launch bounds (studies/numba_grid_sweep.py)
 # host: host time per call of the cuda and numba_cuda ops (plain and under cProfile, studies/host_overhead.py)
 # ab: the quant library of git revision $AB_REV (default HEAD; it must exist in the .git that travels, which
 #     on the device tool is the session's starting one) vs this tree's, interleaved in one process
@@ -64,6 +65,9 @@ fi
 if has host; then
   timeout 120 python3 -m studies.host_overhead --n-log2 16 --calls 300 --top 25 > "$R/host_overhead.txt" 2>&1
   grep "=====" "$R/host_overhead.txt"
+fi
+if has grid; then
+  timeout 200 python3 -m studies.numba_grid_sweep 2>&1 | grep -v -i warn | tee "$R/numba_grid_sweep.txt"
 fi
 if has ncu && command -v ncu > /dev/null; then
   timeout 150 ncu --clock-control none --launch-count 3 -k regex:k_ --section SpeedOfLight --section Occupancy \
