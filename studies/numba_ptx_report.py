@@ -53,10 +53,9 @@ def main():
     i8, f, u8, i32, i64 = T.int64, a1(T.float32), a1(T.uint8), a1(T.int32), a1(T.int64)
     out = Path(tempfile.mkdtemp(prefix="numba_ptx_"))
     lines = []
-    for bits, clamped, pf in ((4, 0, False), (8, 1, False), (8, 1, True)):
+    for bits, clamped in ((4, 0), (8, 1)):
         sig = (i64, a1(T.int16), i8, T.boolean, i8, i8, i8, i8, i8, i64, i8, i8, i8, i8, i8, i8, i64, u8, f)
-        lines.append(report(Q.kernel("quantize_fine", bits, Q.BF16, clamped, pf), sig,
-                            f"quantize_fine{bits}_bf16" + ("_prefetch" if pf else ""), out))
+        lines.append(report(Q.kernel("quantize_fine", bits, Q.BF16, clamped), sig, f"quantize_fine{bits}_bf16", out))
     for bits, words in ((4, a1(T.int16)), (8, a1(T.int32))):
         sig = (words, f, f, i8, i8, i64)
         lines.append(report(Q.kernel("dequantize_fast", bits, Q.BF16), sig, f"dequantize{bits}_bf16", out))

@@ -90,9 +90,9 @@ def test_quantize_blockwise_exact(Q, poisoned, rng, dtype, cbname):
 @sim
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 def test_quantize_blockwise_several_tiles_per_cta(Q, poisoned, rng, dtype, monkeypatch):
-    """Persistent CTAs looping over tiles, with the next-tile prefetch (8-bit, 16-bit input, a block
-    of 64 threads): one CTA per SM here, so each CTA runs 3 tiles, the last one partial."""
-    monkeypatch.setattr(Q, "ctas_per_sm", lambda kern, device, default: 1)
+    """Persistent CTAs looping over tiles (8-bit, 16-bit input, a block of 64 threads, so the absmax
+    meets in shared memory every tile): one CTA per SM here, so each CTA runs 3 tiles, the last partial."""
+    monkeypatch.setattr(Q, "QUANTIZE_CTAS_PER_SM", 1)
     cb = cbs.get("dynamic")
     n = 16 * 256 * 5 + 1000            # 6 tiles of 256 chunks over 2 CTAs
     A = _data(rng, n, dtype)

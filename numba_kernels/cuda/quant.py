@@ -283,18 +283,12 @@ def _fine_code(s, fine, sh, last, clamped, low_p, low_n, off_p, off_n):
     return c & uint64(0xFF)
 
 
-def _make_quantize_fine(bits: int, kind: int, clamped: bool, prefetch: bool):
-    """prefetch: issue the load of this thread's chunk of the next tile before the absmax reduction
-    (for blocks spanning several warps, whose reduction waits at a barrier every tile; the production
-    kernel's PF, same conditions: 8-bit codes, 16-bit inputs)."""
+def _make_quantize_fine(bits: int, kind: int, clamped: bool):
     EPW = 2 if kind == F32 else 4           # elements per 8-byte input word
     NWI = CHUNK // EPW                      # input words per chunk
     NWO = CHUNK * bits // 64                # output words per chunk
-    # 5 CTAs per SM (<= 48 registers) like the production kernel; the prefetch variant would take 55
-    # (4 CTAs) without the bound and does not spill at 48 (ptxas, studies/numba_ptx_report.py)
-    bounds = {} if config.ENABLE_CUDASIM else {"launch_bounds": (THREADS, 5)}
 
-    @cuda.jit(fastmath=False, **bounds)
+    @cuda.jit(fastmath=False)
     def quantize(Aw, A, n, vec, G, gshift, nblocks, tail_blk, ntiles, fine_g, nfine, sh, low_p, low_n,
                  off_p, off_n, out_w, out_b, absmax):
         fine = cuda.shared.array(FINE_MAX, uint64)
@@ -306,8 +300,6 @@ def _make_quantize_fine(bits: int, kind: int, clamped: bool, prefetch: bool):
         cuda.syncthreads()
         last = nfine - 1
         words = cuda.local.array(NWI, uint64)
-        nxt = cuda.local.array(NWI, uint64)
-        have = False
         it = 0
         for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
             t = tile * THREADS + tid        # chunk
@@ -315,10 +307,7 @@ def _make_quantize_fine(bits: int, kind: int, clamped: bool, prefetch: bool):
             blk = t >> gshift
             full = vec and e0 + CHUNK <= n
             mx = float32(0.0)
-            if prefetch and have:
-                for k in range(NWI):
-                    words[k] = nxt[k]
-            elif full:
+            if full:
                 for k in range(NWI):
                     words[k] = Aw[t * NWI + k]
             else:                           # the tail chunk (or an unaligned input): element loads
@@ -334,12 +323,6 @@ def _make_quantize_fine(bits: int, kind: int, clamped: bool, prefetch: bool):
             for k in range(NWI):
                 for j in range(EPW):
                     mx = max(mx, abs(_elem(words[k], j, kind)))
-            if prefetch:
-                t1 = t + cuda.gridDim.x * THREADS
-                have = vec and tile + cuda.gridDim.x < ntiles and t1 * CHUNK + CHUNK <= n
-                if have:
-                    for k in range(NWI):
-                        nxt[k] = Aw[t1 * NWI + k]
             mx = _group_max(mx, G, tid, s_m, s_w, it)
             it ^= 1
             if blk < nblocks and e0 < n:
@@ -418,13 +401,13 @@ def _make_dequantize_fast(bits: int, kind: int):
 _KERNELS: dict = {}
 
 
-def kernel(op: str, bits: int, kind: int, S: int = 0, prefetch: bool = False):
+def kernel(op: str, bits: int, kind: int, S: int = 0):
     """The compiled kernel for (op in 'quantize'/'dequantize'/'quantize_fine'/'dequantize_fast', bits, kind);
-    S: clamped fine table, prefetch: next-tile prefetch (quantize_fine)."""
-    key = (op, bits, kind, S, prefetch)
+    S: clamped fine table (quantize_fine)."""
+    key = (op, bits, kind, S)
     if key not in _KERNELS:
         if op == "quantize_fine":
-            _KERNELS[key] = _make_quantize_fine(bits, kind, bool(S), prefetch)
+            _KERNELS[key] = _make_quantize_fine(bits, kind, bool(S))
         else:
             make = {"quantize": _make_quantize, "dequantize": _make_dequantize,
                     "dequantize_fast": _make_dequantize_fast}[op]

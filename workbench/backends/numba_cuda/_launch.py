@@ -29,6 +29,7 @@ import torch
 
 from . import simulator
 
+_Tensor = torch.Tensor
 _streams: dict = {}
 _direct: dict = {}   # (kernel, device, argument kinds) -> _Direct or None (Numba's path)
 _per_sm: dict = {}   # (kernel, device) -> resident CTAs per SM of its compiled overload
@@ -58,13 +59,13 @@ def _flatten(args) -> tuple[tuple, list]:
     a tensor are only right for a 1-D contiguous one: _Direct is built only for such kinds."""
     kinds, vals = [], []
     for a in args:
-        if isinstance(a, torch.Tensor):
+        if type(a) is _Tensor or isinstance(a, _Tensor):
             kinds.append((a.dtype, a.dim(), a.is_contiguous()))
             n, isz = a.numel(), a.element_size()
             vals += (0, 0, n, isz, a.data_ptr(), n, isz)
-        elif isinstance(a, tuple):
+        elif type(a) is tuple:
             kinds.append(("T", len(a), type(a[0]) if a else None))
-            vals.extend(a)
+            vals += a
         else:
             kinds.append(type(a))  # a scalar (or a non-tensor array: Numba's path, see _formats)
             vals.append(a)
@@ -150,19 +151,20 @@ def _layout(fmts: list[str], info) -> struct.Struct | None:
     return struct.Struct(out)
 
 
-def _note_occupancy(kern, device: torch.device, ov, threads: int):
+def _note_occupancy(kern, idx: int, ov, threads: int):
     """Record how many CTAs of ``threads`` the compiled overload keeps resident per SM (driver)."""
     try:
         occ = ov._codelibrary.get_cufunc().kernel.occupancy
-        _per_sm[(kern, device.index)] = max(1, int(occ.max_active_blocks_per_multiprocessor(threads, 0)))
+        _per_sm[(kern, idx)] = max(1, int(occ.max_active_blocks_per_multiprocessor(threads, 0)))
     except Exception:  # noqa: BLE001  (no occupancy query in this cuda.core: callers keep their default)
         pass
 
 
 def ctas_per_sm(kern, device: torch.device, default: int) -> int:
     """Resident CTAs per SM of ``kern`` on ``device`` once a call has compiled it, else ``default``.
-    Persistent (grid-stride) kernels size their grid to one full wave with it: a grid of 8 CTAs per SM
-    where only 5 fit runs as 1.6 waves, the last 40 % of the time on a partly idle GPU."""
+    Grid-stride kernels size their grid from it (the 32-bit optimizer kernel: one wave of CTAs is 8 %
+    faster than 8 CTAs per SM where fewer fit, H100; the quantizers measured the other way, see
+    workbench/backends/numba_cuda/quant.py)."""
     return _per_sm.get((kern, device.index), default)
 
 
@@ -195,25 +197,24 @@ def launch(kern, grid: int, threads: int, device: torch.device, *args):
         kern[grid, threads](*(a.numpy() if isinstance(a, torch.Tensor) else a for a in args))
         return
     kinds, vals = _flatten(args)
-    with torch.cuda.device(device):
-        key = (kern, device.index, kinds)   # the loaded kernel is per device
-        entry = _direct.get(key, False)
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    key = (kern, idx, kinds)   # the loaded kernel is per device
+    entry = _direct.get(key, False)
+    if entry and torch.cuda.current_device() == idx:   # the common case: no device switch to make
+        entry.launch(grid, threads, torch.cuda.current_stream(idx).cuda_stream, vals)
+        return
+    with torch.cuda.device(idx):
         if entry:
-            entry.launch(grid, threads, torch.cuda.current_stream(device).cuda_stream, vals)
+            entry.launch(grid, threads, torch.cuda.current_stream(idx).cuda_stream, vals)
             return
         views = [_numba_view(a) for a in args]
         kern[grid, threads, _stream(device)](*views)
         if entry is False:
             _direct[key] = _setup_direct(kern, args, views)
-            if (kern, device.index) not in _per_sm:
+            if (kern, idx) not in _per_sm:
                 ov = kern.overloads.get(tuple(kern.typeof_pyval(v) for v in views))
                 if ov is not None:
-                    _note_occupancy(kern, device, ov, threads)
-
-
-def direct_launch_ready(kern, device: torch.device, *args) -> bool:
-    """Whether calls of ``kern`` with arguments of these kinds now take the direct path (tests)."""
-    return bool(_direct.get((kern, device.index, _flatten(args)[0])))
+                    _note_occupancy(kern, idx, ov, threads)
 
 
 __all__ = ["as_array", "ctas_per_sm", "launch"]

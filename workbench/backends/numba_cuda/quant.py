@@ -18,6 +18,10 @@ from ._launch import as_array, ctas_per_sm, launch
 
 OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")
 
+# persistent quantizer CTAs per SM (5 are resident at once): kernel time at 2^28 bf16 on the H100 fell as
+# the grid grew from one wave to 16 per SM (nf4 bs64 0.406 -> 0.369 ms; reports/gpu-h100/numba_grid_sweep.txt)
+QUANTIZE_CTAS_PER_SM = 16
+
 _KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
 
 
@@ -103,10 +107,8 @@ def _quantize(A, codebook, blocksize, bits):
         nbytes = out.numel()    # written as full 8-byte words + the last partial word's bytes (disjoint
         #                         views: the simulator copies each argument in and out)
         ntiles = -(-(-(-n // K.CHUNK)) // K.THREADS)
-        # next-tile prefetch where a block spans warps (a barrier per tile), as the production kernel
-        prefetch = bits == 8 and G > 32 and kind != K.F32
-        kern = K.kernel("quantize_fine", bits, kind, int(clamped), prefetch)
-        pgrid = max(1, min(ntiles, _sms(A.device) * ctas_per_sm(kern, A.device, 8)))   # persistent: one wave
+        kern = K.kernel("quantize_fine", bits, kind, int(clamped))
+        pgrid = max(1, min(ntiles, _sms(A.device) * QUANTIZE_CTAS_PER_SM))
         vec = A.data_ptr() % 8 == 0                              # else every chunk loads elements
         words = _words(flat[:n // epw * epw] if vec else out[:0])
         launch(kern, pgrid, K.THREADS, A.device,
