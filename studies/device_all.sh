@@ -67,7 +67,7 @@ if has host; then
   grep "=====" "$R/host_overhead.txt"
 fi
 if has grid; then
-  timeout 200 python3 -m studies.numba_grid_sweep 2>&1 | grep -v -i warn | tee "$R/numba_grid_sweep.txt"
+  timeout 200 python3 -m studies.numba_grid_sweep ${GRID_PER_SM:+--per-sm $GRID_PER_SM} 2>&1 | grep -v -i warn | tee "$R/numba_grid_sweep.txt"
 fi
 if has ncu && command -v ncu > /dev/null; then
   timeout 150 ncu --clock-control none --launch-count 3 -k regex:k_ --section SpeedOfLight --section Occupancy \
