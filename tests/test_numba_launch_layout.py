@@ -3,6 +3,9 @@ values land at the offsets the driver reports, and any disagreement sends the ke
 launch instead of packing a wrong buffer. No GPU needed."""
 import struct
 
+import pytest
+import torch
+
 from workbench.backends.numba_cuda._launch import _layout
 
 
@@ -29,3 +32,25 @@ def test_disagreement_with_the_driver_gives_no_layout():
     assert _layout(["q", "q"], [(0, 8)]) is None                 # parameter count
     assert _layout(["q", "f"], [(0, 8), (8, 8)]) is None         # a float32 where the kernel has 8 bytes
     assert _layout(["q", "q"], [(0, 8), (4, 8)]) is None         # overlapping offsets
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("bits", (4, 8))
+def test_quantizer_values_from_pointers_equal_the_flattened_views(dtype, bits, monkeypatch):
+    """The Numba quantizer's fast lane builds its launch values from pointers; they must equal what the
+    generic launch flattens from the tensor views, for every length, alignment and dtype."""
+    from workbench.backends.numba_cuda import _launch
+    from workbench.backends.numba_cuda import quant as Q
+    monkeypatch.setattr(Q, "as_array", lambda t: t)                       # CPU tensors stand in for CUDA ones
+    monkeypatch.setattr(Q, "_words", Q._word_view)
+    fine = torch.arange(37, dtype=torch.int64)
+    for n in (1, 3, 7, 8, 64, 1001, 4097, 12345):
+        for shift in (0, 1):                                              # 8-byte aligned input or not
+            A = torch.randn(n + shift).to(dtype)[shift:]
+            vec = A.data_ptr() % 8 == 0
+            out = torch.empty((n + 1) // 2 if bits == 4 else n, dtype=torch.uint8)
+            absmax = torch.empty(-(-n // 64), dtype=torch.float32)
+            scalars, table = (n, vec, 4, 2, absmax.numel(), -1, 9), (37, 19, 5, 6, -7, 8)
+            kinds, vals = _launch._flatten(Q._fine_args(A, out, absmax, vec, scalars, fine, table))
+            assert vals == Q._fine_values(A, out, absmax, vec, scalars, fine, table), (n, shift)
+            assert all(k[1:] == (1, True) for k in kinds if isinstance(k, tuple) and k[0] != "T")

@@ -191,22 +191,35 @@ def _setup_direct(kern, args, views):
         return None
 
 
+def launch_values(kern, grid: int, threads: int, device: torch.device, kinds: tuple, vals: list) -> bool:
+    """The direct launch with launch values the caller flattened itself (``kinds``: what :func:`launch`
+    returned for the same argument layout). False, launching nothing, where that layout has no direct
+    entry on this device yet or the device would have to be switched: then call :func:`launch`."""
+    idx = device.index
+    entry = _direct.get((kern, idx, kinds))
+    if not entry or torch.cuda.current_device() != idx:
+        return False
+    entry.launch(grid, threads, torch.cuda.current_stream(idx).cuda_stream, vals)
+    return True
+
+
 def launch(kern, grid: int, threads: int, device: torch.device, *args):
-    """``kern[grid, threads]`` on torch's current stream of ``device`` with ``args`` (see module doc)."""
+    """``kern[grid, threads]`` on torch's current stream of ``device`` with ``args`` (see module doc).
+    Returns the argument kinds (for :func:`launch_values`; None under the simulator)."""
     if device.type == "cpu":
         kern[grid, threads](*(a.numpy() if isinstance(a, torch.Tensor) else a for a in args))
-        return
+        return None
     kinds, vals = _flatten(args)
     idx = device.index if device.index is not None else torch.cuda.current_device()
     key = (kern, idx, kinds)   # the loaded kernel is per device
     entry = _direct.get(key, False)
     if entry and torch.cuda.current_device() == idx:   # the common case: no device switch to make
         entry.launch(grid, threads, torch.cuda.current_stream(idx).cuda_stream, vals)
-        return
+        return kinds
     with torch.cuda.device(idx):
         if entry:
             entry.launch(grid, threads, torch.cuda.current_stream(idx).cuda_stream, vals)
-            return
+            return kinds
         views = [_numba_view(a) for a in args]
         kern[grid, threads, _stream(device)](*views)
         if entry is False:
@@ -215,6 +228,7 @@ def launch(kern, grid: int, threads: int, device: torch.device, *args):
                 ov = kern.overloads.get(tuple(kern.typeof_pyval(v) for v in views))
                 if ov is not None:
                     _note_occupancy(kern, idx, ov, threads)
+    return kinds
 
 
-__all__ = ["as_array", "ctas_per_sm", "launch"]
+__all__ = ["as_array", "ctas_per_sm", "launch", "launch_values"]

@@ -14,13 +14,15 @@ import torch
 from numba_kernels.cell_plan import fine_plan
 from numba_kernels.cuda import quant as K
 
-from ._launch import as_array, ctas_per_sm, launch
+from ._launch import as_array, ctas_per_sm, launch, launch_values
 
 OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")
 
 # persistent quantizer CTAs per SM (5 are resident at once): kernel time at 2^28 bf16 on the H100 fell as
 # the grid grew from one wave to 16 per SM (nf4 bs64 0.406 -> 0.369 ms; reports/gpu-h100/numba_grid_sweep.txt)
 QUANTIZE_CTAS_PER_SM = 16
+
+_launch_kinds: dict = {}   # (quantize_fine kernel, vec) -> the argument kinds of its launch (launch_values)
 
 _KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
 
@@ -41,11 +43,16 @@ def _out_arr(t: torch.Tensor):
     return as_array(t.view(torch.uint16) if t.dtype == torch.bfloat16 else t)
 
 
+def _word_view(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as words of its own dtype, or as 8-byte words if it is not 16/32-bit (signed: stores
+    truncate on the GPU)."""
+    return t if t.dtype in (torch.int16, torch.int32) else t.view(torch.int64)
+
+
 def _words(t: torch.Tensor):
-    """``t`` as words of its own dtype, or 8-byte words if it is not 16/32-bit: signed on the GPU
-    (stores truncate there), unsigned NumPy in the simulator (NumPy wants in-range values)."""
-    if t.dtype not in (torch.int16, torch.int32):
-        t = t.view(torch.int64)
+    """A kernel argument of ``t``'s words (:func:`_word_view`): the tensor on the GPU, unsigned NumPy in
+    the simulator (NumPy wants in-range values)."""
+    t = _word_view(t)
     if t.device.type != "cpu":
         return t
     return t.numpy().view({torch.int16: np.uint16, torch.int32: np.uint32, torch.int64: np.uint64}[t.dtype])
@@ -86,6 +93,33 @@ def _tree(codebook, levels: int, device: torch.device):
     return cache[key][2:]
 
 
+def _fine_args(A, out, absmax, vec, scalars, fine, table) -> list:
+    """The quantize_fine kernel's arguments: input words and elements, scalars, the fine table, output
+    as full 8-byte words + the last partial word's bytes (disjoint views: the simulator copies each
+    argument in and out), absmax."""
+    n, epw, nbytes = A.numel(), 8 // A.element_size(), out.numel()
+    flat = A.reshape(-1)
+    elems = flat if A.dtype == torch.float32 else flat.view(torch.int16)
+    words = _words(flat[:n // epw * epw] if vec else out[:0])
+    return [words, _arr(elems), *scalars, fine, *table, _words(out[:nbytes // 8 * 8]),
+            _out_arr(out[nbytes // 8 * 8:]), _out_arr(absmax)]
+
+
+def _fine_values(A, out, absmax, vec, scalars, fine, table) -> list:
+    """The launch values ``_launch._flatten(_fine_args(...))`` gives, computed from the pointers (A
+    contiguous): building the views costs the host ~1-2 us each, and host time before the launch
+    is the caller's (tests/test_numba_launch_layout.py holds the two equal)."""
+    n, esz, nbytes = A.numel(), A.element_size(), out.numel()
+    ap, op, fw = A.data_ptr(), out.data_ptr(), nbytes // 8
+    nw, nt = (n * esz // 8 if vec else 0), nbytes - 8 * fw
+    nb, nf = absmax.numel(), fine.numel()
+    # an empty view's data_ptr() is 0 (never dereferenced)
+    return [0, 0, nw, 8, ap if nw else 0, nw, 8, 0, 0, n, esz, ap, n, esz, *scalars,
+            0, 0, nf, 8, fine.data_ptr(), nf, 8, *table,
+            0, 0, fw, 8, op if fw else 0, fw, 8, 0, 0, nt, 1, op + 8 * fw if nt else 0, nt, 1,
+            0, 0, nb, 4, absmax.data_ptr(), nb, 4]
+
+
 def _quantize(A, codebook, blocksize, bits):
     n = A.numel()
     levels = 4 if bits == 4 else 8
@@ -101,20 +135,20 @@ def _quantize(A, codebook, blocksize, bits):
     plan = _fine(codebook, A.device)
     if plan is not None:
         fine, nfine, sh, clamped, low_p, low_n, off_p, off_n = plan
-        epw = 2 if kind == K.F32 else 4                          # elements per 8-byte word
-        flat = A.reshape(-1)
-        elems = flat if kind == K.F32 else flat.view(torch.int16)
-        nbytes = out.numel()    # written as full 8-byte words + the last partial word's bytes (disjoint
-        #                         views: the simulator copies each argument in and out)
         ntiles = -(-(-(-n // K.CHUNK)) // K.THREADS)
         kern = K.kernel("quantize_fine", bits, kind, int(clamped))
         pgrid = max(1, min(ntiles, _sms(A.device) * QUANTIZE_CTAS_PER_SM))
         vec = A.data_ptr() % 8 == 0                              # else every chunk loads elements
-        words = _words(flat[:n // epw * epw] if vec else out[:0])
-        launch(kern, pgrid, K.THREADS, A.device,
-                words, _arr(elems), n, vec, G, G.bit_length() - 1,
-                nblocks, nblocks - 1 if n % blocksize else -1, ntiles, fine, nfine, sh, low_p, low_n, off_p,
-                off_n, _words(out[:nbytes // 8 * 8]), _out_arr(out[nbytes // 8 * 8:]), _out_arr(absmax))
+        scalars = (n, vec, G, G.bit_length() - 1, nblocks, nblocks - 1 if n % blocksize else -1, ntiles)
+        table = (nfine, sh, low_p, low_n, off_p, off_n)
+        kinds = _launch_kinds.get((kern, vec))
+        if kinds is not None and A.is_contiguous():
+            vals = _fine_values(A, out, absmax, vec, scalars, fine, table)
+            if launch_values(kern, pgrid, K.THREADS, A.device, kinds, vals):
+                return out, absmax
+        kinds = launch(kern, pgrid, K.THREADS, A.device, *_fine_args(A, out, absmax, vec, scalars, fine, table))
+        if kinds is not None:
+            _launch_kinds[(kern, vec)] = kinds
         return out, absmax
     tf, tc = _tree(codebook, levels, A.device)
     launch(K.kernel("quantize", bits, kind), grid, K.THREADS, A.device,
