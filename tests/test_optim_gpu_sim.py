@@ -64,3 +64,30 @@ def test_sim_equals_reference(NC, name, eight, rng):
         for key in ("state1", "state2", "absmax1", "absmax2"):
             if sts[0].get(key) is not None:
                 assert torch.equal(sts[1][key], sts[0][key]), f"step {step}: {key} differs"
+
+
+@sim
+@pytest.mark.parametrize("name", ("adam", "momentum"))
+def test_sim_general_code_path(NC, name, rng):
+    """qmaps stored in a shuffled order (bucket codes are not 0..255): the 8-bit kernel's general search
+    with a code table, not the unrolled identity-code path the standard maps take."""
+    from workbench.optim import _gpu_plan as G
+    n = 256 + 45
+    perm1, perm2 = torch.randperm(256, generator=rng), torch.randperm(256, generator=rng)
+    p0 = torch.randn(n, generator=rng)
+    ps = [p0.clone(), p0.clone()]
+    sts = [_state(name, n, True), _state(name, n, True)]
+    for st in sts:
+        st["qmap1"] = st["qmap1"][perm1].contiguous()
+        if st["qmap2"] is not None:
+            st["qmap2"] = st["qmap2"][perm2].contiguous()
+    assert not G.plan(sts[0]["qmap1"]).identity
+    for step in (1, 2):
+        g = torch.randn(n, generator=rng) * 0.1
+        for fn, p, st in zip([W.optimizer_update_8bit_blockwise, NC.optimizer_update_8bit_blockwise], ps, sts):
+            fn(name, g, p, st["state1"], st["state2"], 0.9, 0.99, 0.999, 3.0, 1e-8, step, 2e-3, st["qmap1"],
+               st["qmap2"], st["absmax1"], st["absmax2"], 0.02, 1.0, False)
+        assert torch.equal(ps[1], ps[0]), f"step {step}: params differ"
+        for key in ("state1", "state2", "absmax1", "absmax2"):
+            if sts[0].get(key) is not None:
+                assert torch.equal(sts[1][key], sts[0][key]), f"step {step}: {key} differs"

@@ -124,6 +124,26 @@ def _encode(v, amc, r, tail, shift, S, cell, bnd, codes):
     return codes[pos]
 
 
+@cuda.jit(device=True, inline=True)
+def _encode_fast(v, amc, r, tail, shift, S, cell, bnd):
+    """_encode for identity bucket codes (code = bucket) with S a compile-time constant: the search
+    unrolls and no code table is read (the standard dynamic maps: S = 2 for state1, 3 for state2)."""
+    if tail:
+        s = _div(v, amc)
+    else:
+        s = _mul(v, r)
+    if not (s >= -ONE):
+        s = -ONE
+    if s > ONE:
+        s = ONE
+    pos = int32(cell[(_float_as_int(s) & 0xFFFFFFFF) >> shift])
+    for t in range(S):
+        step = 1 << (S - 1 - t)
+        if s > bnd[pos + step - 1]:
+            pos += step
+    return pos
+
+
 CELLS = 384 << 4
 NB = 256 + 8
 
@@ -150,10 +170,23 @@ def _bounds() -> dict:
     return {"launch_bounds": (THREADS, minb)} if minb > 0 and not config.ENABLE_CUDASIM else {}
 
 
-def _make8(opt: int):
+def _make8(opt: int, fast: bool):
+    """fast: identity bucket codes with S1 = 2, S2 = 3 (the adapter checks), as the production kernel's FAST."""
     rule = _make_rule(opt, True)
     HB = opt == ADEMAMIX
     HS2 = opt == ADAM or opt == ADEMAMIX
+
+    @cuda.jit(device=True, inline=True)
+    def enc1(v, amc, r, tail, shift, S, cell, bnd, codes):
+        if fast:
+            return _encode_fast(v, amc, r, tail, shift, 2, cell, bnd)
+        return _encode(v, amc, r, tail, shift, S, cell, bnd, codes)
+
+    @cuda.jit(device=True, inline=True)
+    def enc2(v, amc, r, tail, shift, S, cell, bnd, codes):
+        if fast:
+            return _encode_fast(v, amc, r, tail, shift, 3, cell, bnd)
+        return _encode(v, amc, r, tail, shift, S, cell, bnd, codes)
 
     @cuda.jit(fastmath=False, **_bounds())
     def k8(first, skip, gw, pw, c1w, c1bw, c2w, ge, pe, c1e, c1be, c2e, nfull, a1, a1b, a2,
@@ -201,7 +234,7 @@ def _make8(opt: int):
         sh2 = 23 - m2
         warp = tid // 32
         lane = tid % 32
-        pl = cuda.local.array(8, float32)
+        plo = ZERO
         va = cuda.local.array(8, float32)
         vb = cuda.local.array(8, float32)
         vd = cuda.local.array(8, float32)
@@ -231,6 +264,7 @@ def _make8(opt: int):
                     w2 = uint64(0)
                     wg = uint64(0)
                     wp = uint64(0)
+                    wi = 0
                     if full:
                         cw = blk * 64 + 32 * h + lane
                         w1 = uint64(c1w[cw])
@@ -273,7 +307,14 @@ def _make8(opt: int):
                             d = _mul(s_t2[i2], am2)
                         if not (skip and gv == ZERO):
                             pv, a, b, d = rule(first, gv, pv, a, b, d, k)
-                        pl[j] = pv
+                        # the parameter is final here: store it now, not after the block max (registers)
+                        if full:
+                            if q % 2 == 1:
+                                pw[wi] = _pack2(plo, pv)
+                            else:
+                                plo = pv
+                        else:
+                            pe[start - base + e] = pv
                         va[j] = a
                         vb[j] = b
                         vd[j] = d
@@ -307,13 +348,13 @@ def _make8(opt: int):
                         j = 4 * h + q
                         e = 128 * h + 4 * lane + q
                         if full or e < cnt:
-                            i1 = _encode(va[j], amc1, r1, tail, sh1, S1, s_l1, s_f1, s_q1)
+                            i1 = enc1(va[j], amc1, r1, tail, sh1, S1, s_l1, s_f1, s_q1)
                             ib = int32(0)
                             i2 = int32(0)
                             if HB:
-                                ib = _encode(vb[j], amcb, rb, tail, sh1, S1, s_l1, s_f1, s_q1)
+                                ib = enc1(vb[j], amcb, rb, tail, sh1, S1, s_l1, s_f1, s_q1)
                             if HS2:
-                                i2 = _encode(vd[j], amc2, r2, tail, sh2, S2, s_l2, s_f2, s_q2)
+                                i2 = enc2(vd[j], amc2, r2, tail, sh2, S2, s_l2, s_f2, s_q2)
                             if full:
                                 sh = uint64(8 * q)
                                 w1 |= uint64(i1) << sh
@@ -321,7 +362,6 @@ def _make8(opt: int):
                                 w2 |= uint64(i2) << sh
                             else:
                                 i = start - base + e
-                                pe[i] = pl[j]
                                 c1e[i] = i1
                                 if HB:
                                     c1be[i] = ib
@@ -334,8 +374,6 @@ def _make8(opt: int):
                             c1bw[cw] = wb
                         if HS2:
                             c2w[cw] = w2
-                        for q2 in range(2):
-                            pw[blk * 128 + 64 * h + 2 * lane + q2] = _pack2(pl[4 * h + 2 * q2], pl[4 * h + 2 * q2 + 1])
                 if lane == 0:
                     a1[blk] = amc1 if tail else mx1
                     if HB:
@@ -417,8 +455,10 @@ def _make_norm(opt: int):
 _cache: dict = {}
 
 
-def kernel(kind: str, opt: int):
-    key = (kind, opt)
+def kernel(kind: str, opt: int, fast: bool = False):
+    """The compiled kernel for kind in '8bit'/'32bit'/'norm' and optimizer ``opt``; fast: the 8-bit
+    kernel's identity-code path (see _make8)."""
+    key = (kind, opt, fast)
     if key not in _cache:
-        _cache[key] = {"8bit": _make8, "32bit": _make32, "norm": _make_norm}[kind](opt)
+        _cache[key] = _make8(opt, fast) if kind == "8bit" else {"32bit": _make32, "norm": _make_norm}[kind](opt)
     return _cache[key]

@@ -121,7 +121,9 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
         P2 = P1
         c2, a2 = _dummy(p, torch.uint8), _dummy(p, torch.float32)
     k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, True)
-    kern = K.kernel("8bit", opt)
+    # identity bucket codes with the standard search depths: the kernel's unrolled fast path
+    fast = P1.identity and P1.S == 2 and (state2 is None or (P2.identity and P2.S == 3))
+    kern = K.kernel("8bit", opt, fast)
     grid = max(1, min((nb + K.WARPS - 1) // K.WARPS, _sms(dev) * ctas_per_sm(kern, dev, 4)))  # one wave
     # full blocks as words (8-byte grad/param, 4-byte codes), the rest as elements: disjoint views
     # (the simulator copies every argument in and back)
