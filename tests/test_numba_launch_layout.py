@@ -54,3 +54,36 @@ def test_quantizer_values_from_pointers_equal_the_flattened_views(dtype, bits, m
             kinds, vals = _launch._flatten(Q._fine_args(A, out, absmax, vec, scalars, fine, table))
             assert vals == Q._fine_values(A, out, absmax, vec, scalars, fine, table), (n, shift)
             assert all(k[1:] == (1, True) for k in kinds if isinstance(k, tuple) and k[0] != "T")
+
+
+@pytest.mark.parametrize("name", ("adam", "ademamix", "momentum"))
+def test_optimizer_values_from_pointers_equal_the_flattened_views(name, monkeypatch):
+    """The same for the 8-bit optimizer kernel: every state layout, lengths with and without a tail
+    block, aligned and misaligned grad/param (all-element views then)."""
+    from workbench.backends.numba_cuda import _launch
+    from workbench.backends.numba_cuda import optim as O
+    from workbench.optim import _gpu_plan as G
+    from workbench.optim import functional as W
+    monkeypatch.setattr(O, "as_array", lambda t: t)
+    monkeypatch.setattr(O, "_words", lambda t, dtype: t.view(dtype))
+    P1, P2 = G.plan(W.qmap(True)), G.plan(W.qmap(False))
+    k = tuple(float(i) for i in range(17))
+    for n in (100, 256, 301, 1069, 4096):
+        for shift in (0, 1):
+            nb = -(-n // 256)
+            g = torch.randn(n + shift)[shift:]
+            p = torch.randn(n + shift)[shift:]
+            s1 = torch.zeros(2 * n if name == "ademamix" else n, dtype=torch.uint8)
+            am1 = torch.zeros(2 * nb if name == "ademamix" else nb)
+            if name == "ademamix":
+                c1, c1b, a1, a1b = s1.view(2, n)[0], s1.view(2, n)[1], am1.view(2, nb)[0], am1.view(2, nb)[1]
+            else:
+                c1, c1b, a1, a1b = s1, None, am1, O._dummy(p, torch.float32)
+            two = name != "momentum"
+            c2 = torch.zeros(n, dtype=torch.uint8) if two else None
+            a2 = torch.zeros(nb) if two else O._dummy(p, torch.float32)
+            parts = (g, p, c1, c1b, c2, a1, a1b, a2, P1, P2 if two else P1)
+            head = (shift == 0, True)
+            kinds, vals = _launch._flatten(O._args8(head, parts, n, nb, k))
+            assert vals == O._values8(head, parts, n, nb, k), (n, shift)
+            assert all(kd[1:] == (1, True) for kd in kinds if isinstance(kd, tuple) and kd[0] != "T")

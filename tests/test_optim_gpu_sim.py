@@ -91,3 +91,29 @@ def test_sim_general_code_path(NC, name, rng):
         for key in ("state1", "state2", "absmax1", "absmax2"):
             if sts[0].get(key) is not None:
                 assert torch.equal(sts[1][key], sts[0][key]), f"step {step}: {key} differs"
+
+
+@sim
+@pytest.mark.parametrize("eight", [True, False], ids=["8bit", "32bit"])
+def test_sim_matrix_parameter(NC, eight, rng):
+    """A 2-D parameter (a weight matrix, as torch.optim classes pass it): the kernels see 1-D views."""
+    shape = (3, 101)
+    n = 3 * 101
+    p0 = torch.randn(shape, generator=rng)
+    ps = [p0.clone(), p0.clone()]
+    sts = [_state("adam", n, eight), _state("adam", n, eight)]
+    for st in sts:
+        for key in ("state1", "state2"):
+            st[key] = st[key].view(shape)
+    for step in (1, 2):
+        g = torch.randn(shape, generator=rng) * 0.1
+        for fn, p, st in zip(([W.optimizer_update_8bit_blockwise, NC.optimizer_update_8bit_blockwise] if eight
+                              else [W.optimizer_update_32bit, NC.optimizer_update_32bit]), ps, sts):
+            if eight:
+                fn("adam", g, p, st["state1"], st["state2"], 0.9, 0.99, 0.999, 3.0, 1e-8, step, 2e-3, st["qmap1"],
+                   st["qmap2"], st["absmax1"], st["absmax2"], 0.0, 1.0, False)
+            else:
+                fn("adam", g, p, st["state1"], st["state2"], None, 0.0, 0.0, 0.9, 0.99, 0.999, 3.0, 1e-8, 0.0, step,
+                   2e-3, 1.0, False)
+        assert torch.equal(ps[1], ps[0]), f"step {step}: params differ"
+        assert torch.equal(sts[1]["state1"], sts[0]["state1"])
