@@ -177,6 +177,7 @@ def _dequantize(codes, absmax, table, blocksize, n, dtype, bits):
     if n % opw == 0 and codes.data_ptr() % (opw * bits // 8) == 0:
         nout = n // opw
         kern = K.kernel("dequantize_fast", bits, kind)
+        # two waves of resident CTAs (16 per SM where 8 fit, the grid these kernels were measured with)
         grid = max(1, min(-(-nout // (K.THREADS * K.UNROLL)), _sms(dev) * 2 * ctas_per_sm(kern, dev, 8)))
         cw = codes.view(cdt)
         launch(kern, grid, K.THREADS, dev,
