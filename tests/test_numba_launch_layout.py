@@ -6,6 +6,7 @@ import struct
 import pytest
 import torch
 
+import _cudasim  # noqa: F401  (first: importing the numba_cuda backend fixes its devices, simulator or not)
 from workbench.backends.numba_cuda._launch import _layout
 
 
