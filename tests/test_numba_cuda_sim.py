@@ -134,7 +134,7 @@ def test_eytzinger_is_bucketize(rng):
         assert np.array_equal(tc[i - (1 << levels)], cb.quantize_normalized(s))
 
 
-def _cell_search_np(s, plan):  # mirrors numba_kernels.cuda.optim._encode
+def _cell_search_np(s, plan):  # mirrors numba_kernels.cuda.optim._bucket + the code lookup
     import numpy as np
     m, S, cell, bnd, codes = plan
     bits = s.view(np.uint32).astype(np.int64)

@@ -105,34 +105,14 @@ def _make_rule(opt: int, eight: bool):
 
 
 @cuda.jit(device=True, inline=True)
-def _encode(v, amc, r, tail, shift, S, cell, bnd, codes):
-    """Cell-plan search (workbench/optim/_gpu_plan.py): pos = cell[bits(s) >> shift], S steps, codes[pos]."""
+def _bucket(v, amc, r, tail, shift, S, cell, bnd):
+    """Cell-plan search (workbench/optim/_gpu_plan.py): pos = cell[bits(s) >> shift], then S steps.
+    Inlined at the IR level, so a constant S (the fast path) unrolls the search."""
     if tail:
         s = _div(v, amc)
     else:
         s = _mul(v, r)
     if not (s >= -ONE):  # also NaN: keeps the key in range
-        s = -ONE
-    if s > ONE:
-        s = ONE
-    pos = int32(cell[(_float_as_int(s) & 0xFFFFFFFF) >> shift])
-    step = 1 << (S - 1)
-    while step > 0:
-        if s > bnd[pos + step - 1]:
-            pos += step
-        step >>= 1
-    return codes[pos]
-
-
-@cuda.jit(device=True, inline=True)
-def _encode_fast(v, amc, r, tail, shift, S, cell, bnd):
-    """_encode for identity bucket codes (code = bucket) with S a compile-time constant: the search
-    unrolls and no code table is read (the standard dynamic maps: S = 2 for state1, 3 for state2)."""
-    if tail:
-        s = _div(v, amc)
-    else:
-        s = _mul(v, r)
-    if not (s >= -ONE):
         s = -ONE
     if s > ONE:
         s = ONE
@@ -179,14 +159,14 @@ def _make8(opt: int, fast: bool):
     @cuda.jit(device=True, inline=True)
     def enc1(v, amc, r, tail, shift, S, cell, bnd, codes):
         if fast:
-            return _encode_fast(v, amc, r, tail, shift, 2, cell, bnd)
-        return _encode(v, amc, r, tail, shift, S, cell, bnd, codes)
+            return _bucket(v, amc, r, tail, shift, 2, cell, bnd)   # identity codes: code = bucket
+        return codes[_bucket(v, amc, r, tail, shift, S, cell, bnd)]
 
     @cuda.jit(device=True, inline=True)
     def enc2(v, amc, r, tail, shift, S, cell, bnd, codes):
         if fast:
-            return _encode_fast(v, amc, r, tail, shift, 3, cell, bnd)
-        return _encode(v, amc, r, tail, shift, S, cell, bnd, codes)
+            return _bucket(v, amc, r, tail, shift, 3, cell, bnd)
+        return codes[_bucket(v, amc, r, tail, shift, S, cell, bnd)]
 
     @cuda.jit(fastmath=False, **_bounds())
     def k8(first, skip, gw, pw, c1w, c1bw, c2w, ge, pe, c1e, c1be, c2e, nfull, a1, a1b, a2,

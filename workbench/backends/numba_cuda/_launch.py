@@ -54,6 +54,12 @@ def _stream(device: torch.device):
     return st
 
 
+def array_values(ptr: int, count: int, itemsize: int) -> list:
+    """The launch values of a 1-D contiguous array as Numba passes it: meminfo, parent, nitems, itemsize,
+    data, shape, strides. An empty array's data pointer is 0 (as torch reports it; never read)."""
+    return [0, 0, count, itemsize, ptr if count else 0, count, itemsize]
+
+
 def _flatten(args) -> tuple[tuple, list]:
     """(argument kinds, the launch values in Numba's order) in one pass over ``args``. The values of
     a tensor are only right for a 1-D contiguous one: _Direct is built only for such kinds."""
@@ -61,8 +67,7 @@ def _flatten(args) -> tuple[tuple, list]:
     for a in args:
         if type(a) is _Tensor or isinstance(a, _Tensor):
             kinds.append((a.dtype, a.dim(), a.is_contiguous()))
-            n, isz = a.numel(), a.element_size()
-            vals += (0, 0, n, isz, a.data_ptr(), n, isz)
+            vals += array_values(a.data_ptr(), a.numel(), a.element_size())
         elif type(a) is tuple:
             kinds.append(("T", len(a), type(a[0]) if a else None))
             vals += a
@@ -168,14 +173,21 @@ def ctas_per_sm(kern, device: torch.device, default: int) -> int:
     return _per_sm.get((kern, device.index), default)
 
 
-def _setup_direct(kern, args, views):
-    """The _Direct for the overload the first call compiled (``views``: the arguments as Numba saw
-    them; ``args``: as the adapter passed them), or None (Numba's path for these argument kinds)."""
+def _overload(kern, views):
+    """(Numba argument types, the compiled overload) of the call just made with ``views``, or (None, None)."""
+    try:
+        argtypes = tuple(kern.typeof_pyval(v) for v in views)
+        return argtypes, kern.overloads.get(argtypes)
+    except Exception:  # noqa: BLE001  (numba-cuda internals: Numba's own path only)
+        return None, None
+
+
+def _setup_direct(ov, argtypes, args):
+    """The _Direct for the overload ``ov`` the first call compiled (``argtypes``: the arguments' Numba
+    types; ``args``: as the adapter passed them), or None (Numba's path for these argument kinds)."""
     if os.environ.get("KBIT_NUMBA_DIRECT_LAUNCH", "1") == "0":
         return None
     try:
-        argtypes = tuple(kern.typeof_pyval(v) for v in views)
-        ov = kern.overloads.get(argtypes)
         if ov is None or getattr(ov, "debug", False):
             return None
         fmts = [_formats(t, a) for t, a in zip(argtypes, args)]
@@ -191,11 +203,15 @@ def _setup_direct(kern, args, views):
         return None
 
 
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def launch_values(kern, grid: int, threads: int, device: torch.device, kinds: tuple, vals: list) -> bool:
     """The direct launch with launch values the caller flattened itself (``kinds``: what :func:`launch`
     returned for the same argument layout). False, launching nothing, where that layout has no direct
     entry on this device yet or the device would have to be switched: then call :func:`launch`."""
-    idx = device.index
+    idx = _device_index(device)
     entry = _direct.get((kern, idx, kinds))
     if not entry or torch.cuda.current_device() != idx:
         return False
@@ -210,25 +226,23 @@ def launch(kern, grid: int, threads: int, device: torch.device, *args):
         kern[grid, threads](*(a.numpy() if isinstance(a, torch.Tensor) else a for a in args))
         return None
     kinds, vals = _flatten(args)
-    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if launch_values(kern, grid, threads, device, kinds, vals):   # the common case
+        return kinds
+    idx = _device_index(device)
     key = (kern, idx, kinds)   # the loaded kernel is per device
     entry = _direct.get(key, False)
-    if entry and torch.cuda.current_device() == idx:   # the common case: no device switch to make
-        entry.launch(grid, threads, torch.cuda.current_stream(idx).cuda_stream, vals)
-        return kinds
     with torch.cuda.device(idx):
-        if entry:
+        if entry:                                                  # a direct entry, another current device
             entry.launch(grid, threads, torch.cuda.current_stream(idx).cuda_stream, vals)
             return kinds
         views = [_numba_view(a) for a in args]
         kern[grid, threads, _stream(device)](*views)
         if entry is False:
-            _direct[key] = _setup_direct(kern, args, views)
-            if (kern, idx) not in _per_sm:
-                ov = kern.overloads.get(tuple(kern.typeof_pyval(v) for v in views))
-                if ov is not None:
-                    _note_occupancy(kern, idx, ov, threads)
+            argtypes, ov = _overload(kern, views)
+            _direct[key] = _setup_direct(ov, argtypes, args)
+            if ov is not None and (kern, idx) not in _per_sm:
+                _note_occupancy(kern, idx, ov, threads)
     return kinds
 
 
-__all__ = ["as_array", "ctas_per_sm", "launch", "launch_values"]
+__all__ = ["array_values", "as_array", "ctas_per_sm", "launch", "launch_values"]

@@ -13,7 +13,7 @@ from numba_kernels.cuda import optim as K
 
 from ...optim import _gpu_plan as G
 from ...optim import functional as W
-from ._launch import as_array, ctas_per_sm, launch, launch_values
+from ._launch import array_values, as_array, ctas_per_sm, launch, launch_values
 
 OPS = ("optimizer_update_32bit", "optimizer_update_8bit_blockwise")
 
@@ -177,11 +177,10 @@ def _args8(head, parts, n, nb, k) -> list:
 
 
 def _tvals(t: torch.Tensor, count: int | None = None, offset: int = 0) -> list:
-    """Launch values of the 1-D view t[offset:offset + count] of a contiguous tensor (an empty view's
-    data_ptr() is 0)."""
+    """Launch values of the 1-D view t[offset:offset + count] of a contiguous tensor."""
     isz = t.element_size()
     count = t.numel() - offset if count is None else count
-    return [0, 0, count, isz, t.data_ptr() + offset * isz if count else 0, count, isz]
+    return array_values(t.data_ptr() + offset * isz, count, isz)
 
 
 def _plan_values(P) -> list:
@@ -200,9 +199,9 @@ def _values8(head, parts, n, nb, k) -> list:
     d8, d32 = _dummy(p, torch.uint8), _dummy(p, torch.int32)
     vals = list(head)
     for t in (g, p):                         # 8-byte words of the full blocks
-        vals += [0, 0, cut // 2, 8, t.data_ptr(), cut // 2, 8] if cut else _tvals(_dummy(p, torch.int64))
+        vals += array_values(t.data_ptr(), cut // 2, 8) if cut else _tvals(_dummy(p, torch.int64))
     for c in (c1, c1b, c2):                  # 4-byte words of their codes
-        vals += [0, 0, cut // 4, 4, c.data_ptr(), cut // 4, 4] if c is not None and cut else _tvals(d32)
+        vals += array_values(c.data_ptr(), cut // 4, 4) if c is not None and cut else _tvals(d32)
     for t in (g, p, c1, c1b if c1b is not None else d8, c2 if c2 is not None else d8):
         vals += _tvals(t, None, cut) if t.numel() > cut else _tvals(t, 0)
     vals.append(cut // 256)

@@ -14,7 +14,7 @@ import torch
 from numba_kernels.cell_plan import fine_plan
 from numba_kernels.cuda import quant as K
 
-from ._launch import as_array, ctas_per_sm, launch, launch_values
+from ._launch import array_values, as_array, ctas_per_sm, launch, launch_values
 
 OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")
 
@@ -113,11 +113,9 @@ def _fine_values(A, out, absmax, vec, scalars, fine, table) -> list:
     ap, op, fw = A.data_ptr(), out.data_ptr(), nbytes // 8
     nw, nt = (n * esz // 8 if vec else 0), nbytes - 8 * fw
     nb, nf = absmax.numel(), fine.numel()
-    # an empty view's data_ptr() is 0 (never dereferenced)
-    return [0, 0, nw, 8, ap if nw else 0, nw, 8, 0, 0, n, esz, ap, n, esz, *scalars,
-            0, 0, nf, 8, fine.data_ptr(), nf, 8, *table,
-            0, 0, fw, 8, op if fw else 0, fw, 8, 0, 0, nt, 1, op + 8 * fw if nt else 0, nt, 1,
-            0, 0, nb, 4, absmax.data_ptr(), nb, 4]
+    return [*array_values(ap, nw, 8), *array_values(ap, n, esz), *scalars, *array_values(fine.data_ptr(), nf, 8),
+            *table, *array_values(op, fw, 8), *array_values(op + 8 * fw, nt, 1),
+            *array_values(absmax.data_ptr(), nb, 4)]
 
 
 def _quantize(A, codebook, blocksize, bits):
