@@ -71,14 +71,19 @@ def main(argv=None):
                 outs[name] = fn(A, thr)
                 t = bench.time_fn(lambda: fn(A, thr), "cuda", warmup=5, reps=50)
                 dms, _ = bench.device_time(lambda: fn(A, thr))
+                b2b = bench.back_to_back_ms(lambda: fn(A, thr), reps=50)
+                parts = bench.kernel_breakdown(lambda: fn(A, thr)) if name == "cuda" else {}
                 rows.append(bench.row("int8_vectorwise_quant", name, A.numel(), t, nbytes, copy, rows=r, cols=c,
-                                      threshold=thr, dtype="float16",
+                                      threshold=thr, dtype="float16", b2b_ms=b2b,
+                                      pct_copy_b2b=100 * nbytes / (b2b * 1e-3) / 1e9 / copy,
+                                      kernels_us=json.dumps({k[:60]: round(v, 2) for k, v in parts.items()}),
                                       outlier_cols=0 if outs[name][2] is None else int(outs[name][2].numel()),
                                       device_ms=dms, gbps_device=nbytes / (dms * 1e-3) / 1e9 if dms else None,
                                       pct_copy_device=100 * nbytes / (dms * 1e-3) / 1e9 / copy if dms else None))
                 x = rows[-1]
                 print(f"{name:10s} {r}x{c} thr={thr}: {x['gbps']:.0f} GB/s ({x['pct_copy']:.0f}% copy); "
-                      f"device {x['gbps_device'] or 0:.0f} GB/s ({x['pct_copy_device'] or 0:.0f}%)")
+                      f"device {x['gbps_device'] or 0:.0f} GB/s ({x['pct_copy_device'] or 0:.0f}%); "
+                      f"back to back {x['pct_copy_b2b']:.0f}%" + (f"; kernels us {x['kernels_us']}" if parts else ""))
             if "bnb" in outs:
                 q, s, cl = outs["cuda"]
                 qb, sb, cb = outs["bnb"]
@@ -118,13 +123,16 @@ def main(argv=None):
         results.save(results.frame(parity, meta), out / "parity_bnb")
     lines = [f"# int8 vectorwise quant on {meta['run_device']} (copy {copy:.0f} GB/s)", "",
              "GB/s and % copy by the event protocol (workbench.bench: per call, host launch gaps included); "
-             "device columns: the call's kernels only (torch.profiler).", "",
-             "| shape | threshold | backend | GB/s | % copy | ms | device GB/s | device % copy |",
-             "|---|---|---|---|---|---|---|---|"]
+             "back-to-back: calls issued without synchronizing (bench.back_to_back_ms; a threshold still syncs "
+             "once per call to size the column list); device columns: the call's kernels only (torch.profiler).",
+             "",
+             "| shape | threshold | backend | GB/s | % copy | ms | back-to-back % copy | device GB/s | device % copy |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for x in rows:
         if x["op"] == "int8_vectorwise_quant":
             lines.append(f"| {x['rows']}x{x['cols']} | {x['threshold']} | {x['backend']} | {x['gbps']:.0f} | "
-                         f"{x['pct_copy']:.0f} | {x['median_ms']:.4f} | {x['gbps_device'] or 0:.0f} | "
+                         f"{x['pct_copy']:.0f} | {x['median_ms']:.4f} | {x['pct_copy_b2b']:.0f} | "
+                         f"{x['gbps_device'] or 0:.0f} | "
                          f"{x['pct_copy_device'] or 0:.0f} |")
     lines += ["", "| op | backend | ms | TOPS |", "|---|---|---|---|"]
     for x in rows:

@@ -165,11 +165,14 @@ def speed(n: int, backends, rows, copy_gbps, bnb_ops, reps=30):
                 nbytes = bench.tensor_bytes(g, p, p) + 2 * bench.tensor_bytes(
                     *(st[k] for k in ("state1", "state2", "absmax1", "absmax2") if st.get(k) is not None))
                 kms, hms = bench.device_time(lambda: step_fn(fn, name, eight, g, p, st, 2))
+                b2b = bench.back_to_back_ms(lambda: step_fn(fn, name, eight, g, p, st, 2), reps=reps)
                 rows.append(bench.row(f"{name}{8 if eight else 32}bit", b, n, t, nbytes, copy_gbps,
-                                      optimizer=name, bits=8 if eight else 32, kernel_ms=kms, host_ms=hms))
+                                      optimizer=name, bits=8 if eight else 32, kernel_ms=kms, host_ms=hms,
+                                      b2b_ms=b2b, pct_copy_b2b=100 * nbytes / (b2b * 1e-3) / 1e9 / copy_gbps))
                 print(f"{b:11s} {name:9s} {8 if eight else 32:2d}-bit  {t.median_ms:7.3f} ms  "
                       f"{rows[-1]['gbps']:7.1f} GB/s  {rows[-1]['pct_copy']:5.1f}% copy | kernel "
-                      f"{kms or 0:.3f} ms {rows[-1].get('kernel_pct_copy', 0):5.1f}% host {hms:.3f} ms", flush=True)
+                      f"{kms or 0:.3f} ms {rows[-1].get('kernel_pct_copy', 0):5.1f}% host {hms:.3f} ms | back to back "
+                      f"{b2b:.3f} ms {rows[-1]['pct_copy_b2b']:5.1f}%", flush=True)
                 del p, st
                 torch.cuda.empty_cache()
     # torch fused AdamW, same n, fp32
@@ -179,7 +182,9 @@ def speed(n: int, backends, rows, copy_gbps, bnb_ops, reps=30):
     opt.step()
     t = bench.time_fn(opt.step, "cuda", warmup=3, reps=reps)
     nbytes = 4 * n * (1 + 2 + 4)
-    rows.append(bench.row("adam32bit", "torch_fused_adamw", n, t, nbytes, copy_gbps, optimizer="adam", bits=32))
+    b2b = bench.back_to_back_ms(opt.step, reps=reps)
+    rows.append(bench.row("adam32bit", "torch_fused_adamw", n, t, nbytes, copy_gbps, optimizer="adam", bits=32,
+                          b2b_ms=b2b, pct_copy_b2b=100 * nbytes / (b2b * 1e-3) / 1e9 / copy_gbps))
     print(f"torch fused AdamW        {t.median_ms:7.3f} ms  {rows[-1]['gbps']:7.1f} GB/s", flush=True)
 
 
@@ -189,14 +194,16 @@ def summary(df_speed, df_par) -> str:
         lines += [f"Device: {df_speed['run_device'].iloc[0]}; n = {int(df_speed['n'].iloc[0])} fp32 params; "
                   f"copy bandwidth {df_speed['copy_gbps'].iloc[0]:.0f} GB/s.", "",
                   "Event timing (what a caller sees: host work + kernels) and, where the profiler ran, the GPU "
-                  "time of the call's kernels (CUPTI) and the host time of one call.", "",
-                  "| op | backend | median ms | GB/s | % copy | kernel ms | kernel % copy | host ms |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "time of the call's kernels (CUPTI) and the host time of one call; back to back: steps issued without "
+                  "synchronizing (the rate of a training loop).", "",
+                  "| op | backend | median ms | GB/s | % copy | kernel ms | kernel % copy | host ms | b2b ms | b2b % copy |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         fmt = lambda v, f: "" if v is None or v != v else format(v, f)  # noqa: E731  (NaN: not measured)
         for _, r in df_speed.sort_values(["op", "backend"]).iterrows():
             lines.append(f"| {r['op']} | {r['backend']} | {r['median_ms']:.3f} | {r['gbps']:.0f} | {r['pct_copy']:.1f} | "
                          f"{fmt(r.get('kernel_ms'), '.3f')} | {fmt(r.get('kernel_pct_copy'), '.1f')} | "
-                         f"{fmt(r.get('host_ms'), '.3f')} |")
+                         f"{fmt(r.get('host_ms'), '.3f')} | {fmt(r.get('b2b_ms'), '.3f')} | "
+                         f"{fmt(r.get('pct_copy_b2b'), '.1f')} |")
     if df_par is not None and len(df_par):
         lines += ["", "## Parity (mismatching elements vs the reference: the spec, run on CPU copies of the inputs)", "",
                   "| op | backend | step | p | state1 | state2 | absmax1 | absmax2 | max code dist s1/s2 | max abs p diff / lr |",

@@ -2,6 +2,9 @@
 
 * GPU: CUDA events around each call on the current stream, warm-up first, median of reps.
 * CPU: time.perf_counter around each call, warm-up first, median of reps.
+* GPU back-to-back time (:func:`back_to_back_ms`): one event pair around ``reps`` calls issued without
+  synchronizing, so the host runs ahead as in a training loop; per-call ms = elapsed / reps. The
+  per-call protocol above is the latency of an isolated call; this one is the steady-state rate.
 * GPU device time (:func:`device_time`): the CUPTI durations of the work a call enqueues, and its
   host time; reported beside the event timing so launch overhead is visible, never instead of it.
 * Effective bytes = every input read once + every output written once (the caller passes
@@ -84,6 +87,40 @@ def device_time(fn: Callable[[], object], reps: int = 20) -> tuple[float | None,
     return (us / 1e3 / reps if us > 0 else None), host_ms
 
 
+def back_to_back_ms(fn: Callable[[], object], reps: int = 20, warmup: int = 3) -> float:
+    """ms per call of ``fn`` issued ``reps`` times back to back on the current CUDA stream (one event
+    pair, no synchronization in between): host work overlaps the previous call's kernels, so this is
+    max(host, device) per call plus the launch gaps -- the rate a loop of such calls sustains."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(reps):
+        fn()
+    e.record()
+    e.synchronize()
+    return s.elapsed_time(e) / reps
+
+
+def kernel_breakdown(fn: Callable[[], object], reps: int = 10) -> dict[str, float]:
+    """Mean GPU µs per call of each kernel / memset / copy that ``fn`` enqueues (CUPTI via
+    torch.profiler), by name: says which piece of a multi-kernel op costs what."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    out: dict[str, float] = {}
+    for ev in prof.events():
+        if ev.device_type == DeviceType.CUDA:
+            out[ev.name] = out.get(ev.name, 0.0) + ev.time_range.elapsed_us() / reps
+    return out
+
+
 def copy_bandwidth(device: str = "cpu", nbytes: int = 1 << 28, reps: int = 20) -> float:
     """Measured copy bandwidth in GB/s (read + write counted), the 100% line for this device."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
@@ -116,4 +153,5 @@ def row(op: str, backend: str, n: int, t: Timing, nbytes: int | None = None, cop
     return r
 
 
-__all__ = ["Timing", "time_fn", "device_time", "copy_bandwidth", "gbps", "tensor_bytes", "row", "asdict"]
+__all__ = ["Timing", "time_fn", "back_to_back_ms", "kernel_breakdown", "device_time", "copy_bandwidth", "gbps",
+           "tensor_bytes", "row", "asdict"]
