@@ -5,6 +5,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include <algorithm>
+
 #include "kbit_device.h"
 #include "kbit_int8.h"
 
@@ -40,24 +42,35 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // One block per row; 16-byte vector loads when the row is aligned (VEC), scalar otherwise.
-// Pass 1: absmax over non-outliers (and outlier column flags); pass 2 writes codes. With VEC the
-// row's vectors stay in registers between the passes when they fit (MAXV per thread), else pass 2
-// re-reads the row (L1/L2). THR: thresholding compiled in or out.
+// Pass 1: absmax over non-outliers; pass 2 writes codes. With VEC the row's vectors stay in
+// registers between the passes when they fit (MAXV per thread), else pass 2 re-reads the row
+// (L1/L2). THR: thresholding compiled in or out.
+//
+// Outlier columns with THR, without a second pass over the codes: `mask` (one bit per column, in
+// L2) collects every column holding an outlier. Pass 2 reads the mask words of its columns and
+// codes 0 every column already marked (by any row) as well as its own outliers, setting the bits
+// of its own outliers that were not marked yet (atomicOr only then: after the first rows nearly
+// every row finds its columns marked). seen[row] counts the marked columns the row zeroed. Bits are
+// only ever added, so a row whose count equals the final number of outlier columns has zeroed
+// exactly those columns; k_outlier_finish redoes only the rows that ran before some column was
+// marked (typically the first wave).
 template <typename T, bool VEC, bool THR, int THREADS, int MAXV>
 __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restrict__ A, long long cols, float thr,
                                                               signed char* __restrict__ codes,
                                                               float* __restrict__ row_stats,
-                                                              unsigned char* __restrict__ flags) {
-    constexpr int N = Vec<T>::N;
+                                                              unsigned int* mask, int* __restrict__ seen) {
+    constexpr int N = Vec<T>::N;  // divides 32: a vector's columns share one mask word
     __shared__ float red[THREADS / 32];
     __shared__ float s_scale;
     const long long row = blockIdx.x;
     const T* a = A + row * cols;
     signed char* out = codes + row * cols;
     float m = 0.0f;
+    int zeroed = 0;  // THR: marked columns this thread coded 0
     const long long nv = VEC ? cols / N : 0;
     const bool cached = VEC && nv <= (long long)THREADS * MAXV;
     uint4 cache[MAXV];
+    unsigned mwords[MAXV];
     if (VEC) {
         const uint4* av = reinterpret_cast<const uint4*>(a);
         if (cached) {
@@ -65,6 +78,13 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
             for (int u = 0; u < MAXV; ++u) {
                 const long long i = threadIdx.x + (long long)u * THREADS;
                 if (i < nv) cache[u] = __ldcs(av + i);
+            }
+            if (THR) {  // the mask words too, so their L2 latency hides behind the row's reduction
+#pragma unroll
+                for (int u = 0; u < MAXV; ++u) {
+                    const long long i = threadIdx.x + (long long)u * THREADS;
+                    if (i < nv) mwords[u] = __ldcg(mask + ((i * N) >> 5));
+                }
             }
         }
         for (int u = 0;; ++u) {
@@ -82,22 +102,14 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
 #pragma unroll
             for (int j = 0; j < N; ++j) {
                 float x = fabsf(to_f<T>(v[j]));
-                if (THR && x >= thr) {
-                    flags[i * N + j] = 1;
-                } else {
-                    m = fmaxf(m, x);
-                }
+                if (!(THR && x >= thr)) m = fmaxf(m, x);
             }
             if (cached && u + 1 >= MAXV) break;
         }
     } else {
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
             float x = fabsf(to_f<T>(a[i]));
-            if (THR && x >= thr) {
-                flags[i] = 1;
-            } else {
-                m = fmaxf(m, x);
-            }
+            if (!(THR && x >= thr)) m = fmaxf(m, x);
         }
     }
     m = warp_max(m);
@@ -121,18 +133,31 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
             const long long i = threadIdx.x + (long long)u * THREADS;
             if (i >= nv) break;
             uint4 raw;
+            unsigned word = 0;
             if (cached) {
 #pragma unroll
-                for (int w = 0; w < MAXV; ++w) if (w == u) raw = cache[w];
+                for (int w = 0; w < MAXV; ++w) if (w == u) { raw = cache[w]; if (THR) word = mwords[w]; }
             } else {
                 raw = av[i];
+                if (THR) word = __ldcg(mask + ((i * N) >> 5));
             }
             const T* v = reinterpret_cast<const T*>(&raw);
+            unsigned zero = 0;  // THR: bit j -> column i*N+j is coded 0
+            if (THR) {
+                unsigned own = 0;
+#pragma unroll
+                for (int j = 0; j < N; ++j) own |= (fabsf(to_f<T>(v[j])) >= thr ? 1u : 0u) << j;
+                const long long c0 = i * N;
+                const unsigned sh = (unsigned)(c0 & 31);
+                const unsigned marked = (word >> sh) & ((1u << N) - 1u);
+                if (own & ~marked) atomicOr(mask + (c0 >> 5), own << sh);
+                zero = own | marked;
+                zeroed += __popc(zero);
+            }
             signed char q[N];
 #pragma unroll
             for (int j = 0; j < N; ++j) {
-                float x = to_f<T>(v[j]);
-                q[j] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
+                q[j] = ((zero >> j) & 1u) ? (signed char)0 : q8(__fmul_rn(to_f<T>(v[j]), scale));
             }
             if constexpr (N == 8) {
                 __stcs(reinterpret_cast<uint2*>(out + i * N), *reinterpret_cast<const uint2*>(q));
@@ -144,99 +169,118 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
     } else {
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
             float x = to_f<T>(a[i]);
-            out[i] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
-        }
-    }
-}
-
-// The outlier column list on the device: ascending indices of the flagged columns, their count in
-// idx[cols]. One block; each thread owns IDX_PER consecutive flags, a block-wide prefix sum of the
-// per-thread counts (warp shuffles, then the warp totals) gives each its write position. The host
-// then reads one int64 instead of running torch.nonzero's count + select passes.
-constexpr int IDX_THREADS = 1024, IDX_PER = 16;
-__global__ void __launch_bounds__(IDX_THREADS) k_flag_index(const unsigned char* __restrict__ flags, long long cols,
-                                                            long long* __restrict__ idx) {
-    __shared__ int s_warp[IDX_THREADS / 32];
-    __shared__ long long s_base;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (threadIdx.x == 0) s_base = 0;
-    __syncthreads();
-    for (long long c0 = 0; c0 < cols; c0 += (long long)IDX_THREADS * IDX_PER) {
-        const long long first = c0 + (long long)threadIdx.x * IDX_PER;
-        unsigned bits = 0;
-        for (int k = 0; k < IDX_PER; ++k)
-            if (first + k < cols && flags[first + k]) bits |= 1u << k;
-        const int cnt = __popc(bits);
-        int incl = cnt; // inclusive prefix within the warp
-        for (int o = 1; o < 32; o <<= 1) {
-            const int t = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o) incl += t;
-        }
-        if (lane == 31) s_warp[warp] = incl;
-        __syncthreads();
-        if (warp == 0) { // exclusive prefix of the warp totals
-            const int v = s_warp[lane];
-            int w = v;
-            for (int o = 1; o < 32; o <<= 1) {
-                const int t = __shfl_up_sync(0xffffffffu, w, o);
-                if (lane >= o) w += t;
+            bool z = false;
+            if (THR) {
+                const bool own = fabsf(x) >= thr;
+                const unsigned bit = 1u << (unsigned)(i & 31);
+                z = own || (__ldcg(mask + (i >> 5)) & bit);
+                if (own) atomicOr(mask + (i >> 5), bit);
+                zeroed += z ? 1 : 0;
             }
-            s_warp[lane] = w - v;
+            out[i] = z ? (signed char)0 : q8(__fmul_rn(x, scale));
         }
-        __syncthreads();
-        long long pos = s_base + s_warp[warp] + (incl - cnt);
-        for (int k = 0; k < IDX_PER; ++k)
-            if ((bits >> k) & 1u) idx[pos++] = first + k;
-        __syncthreads();
-        if (threadIdx.x == IDX_THREADS - 1) s_base = pos; // the last thread ends at the running total
-        __syncthreads();
     }
-    if (threadIdx.x == 0) idx[cols] = s_base;
+    if (THR) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) zeroed += __shfl_xor_sync(0xffffffffu, zeroed, o);
+        if ((threadIdx.x & 31) == 0 && zeroed) atomicAdd(seen + row, zeroed);
+    }
 }
 
-// Zero every row of the listed columns (count read on the device: no host round trip).
-__global__ void k_zero_listed(signed char* codes, long long rows, long long cols, const long long* __restrict__ idx) {
-    const long long nidx = idx[cols];
-    const long long total = rows * nidx;
-    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total; t += (long long)gridDim.x * blockDim.x) {
-        const long long r = t / nidx, j = t - r * nidx;
-        codes[r * cols + idx[j]] = 0;
+__device__ __forceinline__ int block_sum(int v, int* s_warp) {  // every thread gets the sum; blockDim % 32 == 0
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) s_warp[threadIdx.x >> 5] = v;
+    __syncthreads();
+    int t = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += s_warp[w];
+    return t;
+}
+
+// After k_vectorwise_quant<THR>: block 0 writes the ascending outlier column list with its count in
+// idx[cols] (a block-wide prefix sum of the mask words' popcounts), and every block zeroes the marked
+// columns of the rows whose count says they ran before some column was marked.
+constexpr int FIN_THREADS = 256;
+__global__ void __launch_bounds__(FIN_THREADS) k_outlier_finish(const unsigned int* __restrict__ mask, long long cols,
+                                                                long long rows, const int* __restrict__ seen,
+                                                                signed char* __restrict__ codes,
+                                                                long long* __restrict__ idx) {
+    __shared__ int s_warp[FIN_THREADS / 32];
+    const long long words = (cols + 31) / 32;
+    int cnt = 0;
+    for (long long w = threadIdx.x; w < words; w += FIN_THREADS) cnt += __popc(mask[w]);
+    const int total = block_sum(cnt, s_warp);
+    if (blockIdx.x == 0) {
+        // chunks of FIN_THREADS words, one word per thread, in order
+        long long base = 0;
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        for (long long w0 = 0; w0 < words; w0 += FIN_THREADS) {
+            const long long w = w0 + threadIdx.x;
+            const unsigned bits = w < words ? mask[w] : 0u;
+            const int c = __popc(bits);
+            int incl = c;
+            for (int o = 1; o < 32; o <<= 1) {
+                const int t = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += t;
+            }
+            __syncthreads();
+            if (lane == 31) s_warp[warp] = incl;
+            __syncthreads();
+            int before = 0;
+            for (int k = 0; k < warp; ++k) before += s_warp[k];
+            long long pos = base + before + incl - c;
+            for (unsigned b = bits; b; b &= b - 1) idx[pos++] = w * 32 + __ffs(b) - 1;
+            int chunk = 0;
+            for (int k = 0; k < FIN_THREADS / 32; ++k) chunk += s_warp[k];
+            base += chunk;
+        }
+        if (threadIdx.x == 0) idx[cols] = base;
+    }
+    // one row: its outliers are the only elements of their columns and are coded 0 already
+    if (total == 0 || rows == 1) return;
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        if (seen[r] == total) continue;  // uniform per block
+        signed char* out = codes + r * cols;
+        for (long long w = threadIdx.x; w < words; w += FIN_THREADS)
+            for (unsigned b = mask[w]; b; b &= b - 1) out[w * 32 + __ffs(b) - 1] = 0;
     }
 }
 
 template <typename T, int THREADS>
 cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, int use_thr, signed char* codes,
-                      float* stats, unsigned char* flags, long long* index, cudaStream_t s) {
+                      float* stats, unsigned int* work, long long* index, cudaStream_t s) {
     constexpr int N = Vec<T>::N;
     const bool vec = (cols % N == 0) && ((reinterpret_cast<uintptr_t>(A) & 15) == 0) &&
                      ((reinterpret_cast<uintptr_t>(codes) & 7) == 0);
     const T* a = static_cast<const T*>(A);
+    unsigned int* mask = work;
+    int* seen = use_thr ? reinterpret_cast<int*>(work + (cols + 31) / 32) : nullptr;
     dim3 g((unsigned)rows);
     constexpr int MV = 4;
     if (vec) {
-        if (use_thr) k_vectorwise_quant<T, true, true, THREADS, MV><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
-        else k_vectorwise_quant<T, true, false, THREADS, MV><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+        if (use_thr) k_vectorwise_quant<T, true, true, THREADS, MV><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, seen);
+        else k_vectorwise_quant<T, true, false, THREADS, MV><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, seen);
     } else {
-        if (use_thr) k_vectorwise_quant<T, false, true, THREADS, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
-        else k_vectorwise_quant<T, false, false, THREADS, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+        if (use_thr) k_vectorwise_quant<T, false, true, THREADS, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, seen);
+        else k_vectorwise_quant<T, false, false, THREADS, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, seen);
     }
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || !use_thr) return e;
-    k_flag_index<<<1, IDX_THREADS, 0, s>>>(flags, cols, index);
-    // one row: its outliers are the only elements of their columns and are coded 0 already
-    if (rows > 1) k_zero_listed<<<kbit_num_sms() * 4, 256, 0, s>>>(codes, rows, cols, index);
+    const long long fin = std::min<long long>(rows, (long long)kbit_num_sms() * 4);
+    k_outlier_finish<<<(unsigned)fin, FIN_THREADS, 0, s>>>(mask, cols, rows, seen, codes, index);
     return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t vq_dispatch(const void* A, long long rows, long long cols, float thr, int use_thr, signed char* codes,
-                        float* stats, unsigned char* flags, long long* index, cudaStream_t s) {
+                        float* stats, unsigned int* work, long long* index, cudaStream_t s) {
     // small rows: fewer threads per row so a block is not mostly idle
     const long long nvec = (cols + Vec<T>::N - 1) / Vec<T>::N;
-    if (nvec <= 64) return launch_vq<T, 64>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
-    if (nvec <= 128) return launch_vq<T, 128>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
-    if (nvec <= 256) return launch_vq<T, 256>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
-    return launch_vq<T, 512>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
+    if (nvec <= 64) return launch_vq<T, 64>(A, rows, cols, thr, use_thr, codes, stats, work, index, s);
+    if (nvec <= 128) return launch_vq<T, 128>(A, rows, cols, thr, use_thr, codes, stats, work, index, s);
+    if (nvec <= 256) return launch_vq<T, 256>(A, rows, cols, thr, use_thr, codes, stats, work, index, s);
+    return launch_vq<T, 512>(A, rows, cols, thr, use_thr, codes, stats, work, index, s);
 }
 
 // column stats: each thread one column, a slice of rows; atomicMax on the float's bits (values >= 0)
@@ -367,18 +411,18 @@ unsigned grid_for(long long n, int threads) {
 extern "C" {
 
 cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows, long long cols, float thr,
-                                       int use_thr, signed char* codes, float* row_stats, unsigned char* col_flags,
+                                       int use_thr, signed char* codes, float* row_stats, unsigned int* work,
                                        long long* col_index, cudaStream_t stream) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
-    if (use_thr && (col_flags == nullptr || col_index == nullptr)) return cudaErrorInvalidValue;
+    if (use_thr && (work == nullptr || col_index == nullptr)) return cudaErrorInvalidValue;
     if (use_thr) {
-        cudaError_t e = cudaMemsetAsync(col_flags, 0, (size_t)cols, stream);
+        cudaError_t e = cudaMemsetAsync(work, 0, (size_t)((cols + 31) / 32 + rows) * sizeof(unsigned int), stream);
         if (e != cudaSuccess) return e;
     }
     switch (dtype) {
-        case 0: return vq_dispatch<float>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, stream);
-        case 1: return vq_dispatch<__half>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, stream);
-        case 2: return vq_dispatch<__nv_bfloat16>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, stream);
+        case 0: return vq_dispatch<float>(A, rows, cols, thr, use_thr, codes, row_stats, work, col_index, stream);
+        case 1: return vq_dispatch<__half>(A, rows, cols, thr, use_thr, codes, row_stats, work, col_index, stream);
+        case 2: return vq_dispatch<__nv_bfloat16>(A, rows, cols, thr, use_thr, codes, row_stats, work, col_index, stream);
         default: return cudaErrorInvalidValue;
     }
 }

@@ -82,6 +82,29 @@ def test_quant_exact(backend, dtype, shape, threshold, rng, poisoned):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", (torch.float16, torch.float32))
+def test_outlier_columns_found_late_and_sparse(backend, dtype, rng, poisoned):
+    """Outlier columns that only the last / first / a middle row reveals, plus sparse random outliers:
+    rows coded before a column was known to be an outlier column must still end up zeroed there
+    (the CUDA kernel marks columns while rows run and fixes up the rows that ran too early)."""
+    B = _backend(backend)
+    rows, cols = 3001, 1032
+    A = torch.randn(rows, cols, generator=rng)
+    A[-1, 5] = 9.0
+    A[0, 700] = -9.0
+    A[rows // 2, 1031] = 7.0
+    flat = torch.randint(0, rows * cols, (400,), generator=rng)
+    A.view(-1)[flat] = 8.0 * torch.sign(torch.randn(400, generator=rng))
+    A[:, 64] *= 10  # one column hot in (nearly) every row
+    A = A.to(dtype)
+    want = R.int8_vectorwise_quant(A, 6.0)
+    got = B.int8_vectorwise_quant(A.cuda(), 6.0)
+    for name, x, y in zip(("codes", "row_stats", "outlier_cols"), want, got):
+        _eq(x, y, f"{backend} {name} {dtype}")
+    assert want[2].numel() > 300
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_no_outliers_gives_an_empty_list(backend, rng):
     B = _backend(backend)
     A = (torch.randn(33, 515, generator=rng) * 0.1).half().cuda()

@@ -61,11 +61,12 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     codes = torch.empty((rows, cols), dtype=torch.int8, device=A.device)
     stats = torch.empty(rows, dtype=torch.float32, device=A.device)
     use = threshold > 0.0
-    flags = torch.empty(cols, dtype=torch.uint8, device=A.device) if use else None  # untouched when use == 0
+    # workspace (threshold only): a bit per column (outlier columns), then a count per row (see int8.cu)
+    work = torch.empty((cols + 31) // 32 + rows, dtype=torch.int32, device=A.device) if use else None
     index = torch.empty(cols + 1, dtype=torch.int64, device=A.device) if use else None  # columns, then count
     thr = threshold_in(A.dtype, threshold) if use else 0.0
     check(lib().kbit_int8_vectorwise_quant(ptr(A), _dtype(A), rows, cols, thr, int(use), ptr(codes), ptr(stats),
-                                           ptr(flags), ptr(index), stream()), "kbit_int8_vectorwise_quant")
+                                           ptr(work), ptr(index), stream()), "kbit_int8_vectorwise_quant")
     if not use:
         return codes, stats, None
     # outlier columns are already listed and zeroed on the device; the list has a data-dependent
