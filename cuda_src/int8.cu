@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include <algorithm>
 
@@ -53,16 +54,20 @@ __device__ __forceinline__ float warp_max(float v) {
 // every row finds its columns marked). seen[row] counts the marked columns the row zeroed. Bits are
 // only ever added, so a row whose count equals the final number of outlier columns has zeroed
 // exactly those columns; k_outlier_finish redoes only the rows that ran before some column was
-// marked (typically the first wave).
-template <typename T, bool VEC, bool THR, int THREADS, int MAXV>
-__global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restrict__ A, long long cols, float thr,
+// marked (typically the first wave). Every row reads the whole mask, so it is kept in `copies`
+// replicas (row r reads replica r % copies; a new bit is ORed into all of them): one 1 KB mask read
+// by 8192 rows would load a handful of L2 slices with every row's requests.
+template <typename T, bool VEC, bool THR, int THREADS, int MAXV, int MINB>
+__global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __restrict__ A, long long cols, float thr,
                                                               signed char* __restrict__ codes,
                                                               float* __restrict__ row_stats,
-                                                              unsigned int* mask, int* __restrict__ seen) {
+                                                              unsigned int* mask, long long mstride, int copies,
+                                                              int* __restrict__ seen) {
     constexpr int N = Vec<T>::N;  // divides 32: a vector's columns share one mask word
     __shared__ float red[THREADS / 32];
     __shared__ float s_scale;
     const long long row = blockIdx.x;
+    const unsigned int* mine = mask + (row % copies) * mstride;  // the replica this row reads
     const T* a = A + row * cols;
     signed char* out = codes + row * cols;
     float m = 0.0f;
@@ -83,7 +88,7 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
 #pragma unroll
                 for (int u = 0; u < MAXV; ++u) {
                     const long long i = threadIdx.x + (long long)u * THREADS;
-                    if (i < nv) mwords[u] = __ldcg(mask + ((i * N) >> 5));
+                    if (i < nv) mwords[u] = __ldcg(mine + ((i * N) >> 5));
                 }
             }
         }
@@ -139,7 +144,7 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
                 for (int w = 0; w < MAXV; ++w) if (w == u) { raw = cache[w]; if (THR) word = mwords[w]; }
             } else {
                 raw = av[i];
-                if (THR) word = __ldcg(mask + ((i * N) >> 5));
+                if (THR) word = __ldcg(mine + ((i * N) >> 5));
             }
             const T* v = reinterpret_cast<const T*>(&raw);
             unsigned zero = 0;  // THR: bit j -> column i*N+j is coded 0
@@ -150,7 +155,8 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
                 const long long c0 = i * N;
                 const unsigned sh = (unsigned)(c0 & 31);
                 const unsigned marked = (word >> sh) & ((1u << N) - 1u);
-                if (own & ~marked) atomicOr(mask + (c0 >> 5), own << sh);
+                if (own & ~marked)
+                    for (int k = 0; k < copies; ++k) atomicOr(mask + k * mstride + (c0 >> 5), own << sh);
                 zero = own | marked;
                 zeroed += __popc(zero);
             }
@@ -173,8 +179,9 @@ __global__ void __launch_bounds__(THREADS) k_vectorwise_quant(const T* __restric
             if (THR) {
                 const bool own = fabsf(x) >= thr;
                 const unsigned bit = 1u << (unsigned)(i & 31);
-                z = own || (__ldcg(mask + (i >> 5)) & bit);
-                if (own) atomicOr(mask + (i >> 5), bit);
+                z = own || (__ldcg(mine + (i >> 5)) & bit);
+                if (own)
+                    for (int k = 0; k < copies; ++k) atomicOr(mask + k * mstride + (i >> 5), bit);
                 zeroed += z ? 1 : 0;
             }
             out[i] = z ? (signed char)0 : q8(__fmul_rn(x, scale));
@@ -200,13 +207,16 @@ __device__ __forceinline__ int block_sum(int v, int* s_warp) {  // every thread 
 
 // After k_vectorwise_quant<THR>: block 0 writes the ascending outlier column list with its count in
 // idx[cols] (a block-wide prefix sum of the mask words' popcounts), and every block zeroes the marked
-// columns of the rows whose count says they ran before some column was marked.
+// columns of the rows whose count says they ran before some column was marked (a thread per row
+// checks the counts, so the check costs one load latency per FIN_THREADS rows).
 constexpr int FIN_THREADS = 256;
 __global__ void __launch_bounds__(FIN_THREADS) k_outlier_finish(const unsigned int* __restrict__ mask, long long cols,
                                                                 long long rows, const int* __restrict__ seen,
                                                                 signed char* __restrict__ codes,
                                                                 long long* __restrict__ idx) {
     __shared__ int s_warp[FIN_THREADS / 32];
+    __shared__ long long s_rows[FIN_THREADS];
+    __shared__ int s_n;
     const long long words = (cols + 31) / 32;
     int cnt = 0;
     for (long long w = threadIdx.x; w < words; w += FIN_THREADS) cnt += __popc(mask[w]);
@@ -239,35 +249,63 @@ __global__ void __launch_bounds__(FIN_THREADS) k_outlier_finish(const unsigned i
     }
     // one row: its outliers are the only elements of their columns and are coded 0 already
     if (total == 0 || rows == 1) return;
-    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
-        if (seen[r] == total) continue;  // uniform per block
-        signed char* out = codes + r * cols;
-        for (long long w = threadIdx.x; w < words; w += FIN_THREADS)
-            for (unsigned b = mask[w]; b; b &= b - 1) out[w * 32 + __ffs(b) - 1] = 0;
+    for (long long r0 = (long long)blockIdx.x * FIN_THREADS; r0 < rows; r0 += (long long)gridDim.x * FIN_THREADS) {
+        __syncthreads();
+        if (threadIdx.x == 0) s_n = 0;
+        __syncthreads();
+        const long long r = r0 + threadIdx.x;
+        if (r < rows && seen[r] != total) s_rows[atomicAdd(&s_n, 1)] = r;
+        __syncthreads();
+        for (int k = 0; k < s_n; ++k) {
+            signed char* out = codes + s_rows[k] * cols;
+            for (long long w = threadIdx.x; w < words; w += FIN_THREADS)
+                for (unsigned b = mask[w]; b; b &= b - 1) out[w * 32 + __ffs(b) - 1] = 0;
+        }
     }
+}
+
+// The outlier mask's replicas: each padded to whole 128-byte lines, as many as fit 64 KB (1 to 32).
+inline long long mask_stride(long long cols) { return ((cols + 31) / 32 + 31) / 32 * 32; }
+inline int mask_copies(long long cols) { return (int)std::max(1LL, std::min(32LL, 16384 / mask_stride(cols))); }
+
+// CTAs per SM the row kernel is compiled for: 1 (registers as needed) or "tight" (1536 threads
+// per SM: <= 40 registers at 512 threads). Environment KBIT_INT8_OCC=loose|tight, read per call
+// so one process can A/B them (studies/bench_int8.py --occ).
+inline bool tight_occupancy() {
+    const char* v = getenv("KBIT_INT8_OCC");
+    return !(v && v[0] == 'l');
 }
 
 template <typename T, int THREADS>
 cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, int use_thr, signed char* codes,
                       float* stats, unsigned int* work, long long* index, cudaStream_t s) {
     constexpr int N = Vec<T>::N;
+    constexpr int TIGHT = 1536 / THREADS;
     const bool vec = (cols % N == 0) && ((reinterpret_cast<uintptr_t>(A) & 15) == 0) &&
                      ((reinterpret_cast<uintptr_t>(codes) & 7) == 0);
     const T* a = static_cast<const T*>(A);
     unsigned int* mask = work;
-    int* seen = use_thr ? reinterpret_cast<int*>(work + (cols + 31) / 32) : nullptr;
+    const long long mstride = mask_stride(cols);
+    const int copies = mask_copies(cols);
+    int* seen = use_thr ? reinterpret_cast<int*>(work + mstride * copies) : nullptr;
     dim3 g((unsigned)rows);
     constexpr int MV = 4;
+    const bool tight = tight_occupancy();
     if (vec) {
-        if (use_thr) k_vectorwise_quant<T, true, true, THREADS, MV><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, seen);
-        else k_vectorwise_quant<T, true, false, THREADS, MV><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, seen);
+        if (use_thr) {
+            if (tight) k_vectorwise_quant<T, true, true, THREADS, MV, TIGHT><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, mstride, copies, seen);
+            else k_vectorwise_quant<T, true, true, THREADS, MV, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, mstride, copies, seen);
+        } else {
+            if (tight) k_vectorwise_quant<T, true, false, THREADS, MV, TIGHT><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, mstride, copies, seen);
+            else k_vectorwise_quant<T, true, false, THREADS, MV, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, mstride, copies, seen);
+        }
     } else {
-        if (use_thr) k_vectorwise_quant<T, false, true, THREADS, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, seen);
-        else k_vectorwise_quant<T, false, false, THREADS, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, seen);
+        if (use_thr) k_vectorwise_quant<T, false, true, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, mstride, copies, seen);
+        else k_vectorwise_quant<T, false, false, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, mstride, copies, seen);
     }
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || !use_thr) return e;
-    const long long fin = std::min<long long>(rows, (long long)kbit_num_sms() * 4);
+    const long long fin = std::min<long long>((rows + FIN_THREADS - 1) / FIN_THREADS, (long long)kbit_num_sms() * 4);
     k_outlier_finish<<<(unsigned)fin, FIN_THREADS, 0, s>>>(mask, cols, rows, seen, codes, index);
     return cudaGetLastError();
 }
@@ -410,13 +448,18 @@ unsigned grid_for(long long n, int threads) {
 
 extern "C" {
 
+long long kbit_int8_workspace_words(long long rows, long long cols) {
+    return mask_stride(cols) * mask_copies(cols) + rows;
+}
+
 cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows, long long cols, float thr,
                                        int use_thr, signed char* codes, float* row_stats, unsigned int* work,
                                        long long* col_index, cudaStream_t stream) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
     if (use_thr && (work == nullptr || col_index == nullptr)) return cudaErrorInvalidValue;
     if (use_thr) {
-        cudaError_t e = cudaMemsetAsync(work, 0, (size_t)((cols + 31) / 32 + rows) * sizeof(unsigned int), stream);
+        cudaError_t e = cudaMemsetAsync(work, 0, (size_t)kbit_int8_workspace_words(rows, cols) * sizeof(unsigned int),
+                                        stream);
         if (e != cudaSuccess) return e;
     }
     switch (dtype) {

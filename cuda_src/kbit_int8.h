@@ -20,7 +20,9 @@ extern "C" {
  * |a| >= thr are outliers: excluded from the row stats and coded 0; every row of a column holding
  * an outlier is zeroed, and col_index (int64, cols + 1 entries) receives the ascending indices of
  * those columns with their count in col_index[cols] (no host round trip). work: int32 workspace of
- * (cols + 31) / 32 + rows entries (a bit per column, a count per row), zeroed by this function. */
+ * kbit_int8_workspace_words(rows, cols) entries (replicas of a bit per column, a count per row),
+ * zeroed by this function. */
+long long kbit_int8_workspace_words(long long rows, long long cols);
 cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows, long long cols, float thr,
                                        int use_thr, signed char* codes, float* row_stats,
                                        unsigned int* work, long long* col_index, cudaStream_t stream);

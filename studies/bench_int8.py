@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="reports/int8-gpu")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--occ-ab", action="store_true", help="also time the row kernel built for 1 CTA/SM")
     args = ap.parse_args(argv)
     out = Path(args.out)
     meta = results.run_metadata("cuda")
@@ -58,6 +60,14 @@ def main(argv=None):
         impls["numba_cuda"] = _ours("numba_cuda").int8_vectorwise_quant
     except Exception as e:
         print(f"numba_cuda unavailable: {e}")
+    if args.occ_ab:  # the row kernel compiled for 1 CTA/SM (registers as needed) instead of 3 (cuda_src/int8.cu)
+        def loose(A, t, _f=impls["cuda"]):
+            os.environ["KBIT_INT8_OCC"] = "loose"
+            try:
+                return _f(A, t)
+            finally:
+                del os.environ["KBIT_INT8_OCC"]
+        impls["cuda_loose"] = loose
     if F is not None:
         impls["bnb"] = lambda A, t: F.int8_vectorwise_quant(A, t)
     rows, parity = [], []
@@ -72,7 +82,7 @@ def main(argv=None):
                 t = bench.time_fn(lambda: fn(A, thr), "cuda", warmup=5, reps=50)
                 dms, _ = bench.device_time(lambda: fn(A, thr))
                 b2b = bench.back_to_back_ms(lambda: fn(A, thr), reps=50)
-                parts = bench.kernel_breakdown(lambda: fn(A, thr)) if name == "cuda" else {}
+                parts = bench.kernel_breakdown(lambda: fn(A, thr)) if name.startswith("cuda") else {}
                 rows.append(bench.row("int8_vectorwise_quant", name, A.numel(), t, nbytes, copy, rows=r, cols=c,
                                       threshold=thr, dtype="float16", b2b_ms=b2b,
                                       pct_copy_b2b=100 * nbytes / (b2b * 1e-3) / 1e9 / copy,

@@ -60,7 +60,7 @@ if has optim; then
 fi
 if has int8; then
   mkdir -p "$R/int8"
-  timeout 150 python3 -m studies.bench_int8 --out "$R/int8" $QUICK 2>&1 | grep -v -i "warn" | tail -30
+  timeout 200 python3 -m studies.bench_int8 --out "$R/int8" $QUICK ${INT8_ARGS:-} 2>&1 | grep -v -i "warn" | tail -30
 fi
 if has host; then
   timeout 120 python3 -m studies.host_overhead --n-log2 16 --calls 300 --top 25 > "$R/host_overhead.txt" 2>&1

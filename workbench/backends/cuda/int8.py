@@ -38,6 +38,8 @@ def lib() -> ctypes.CDLL:
         for name, args in _SIGS.items():
             getattr(L, name).argtypes = args
             getattr(L, name).restype = _c.c_int
+        L.kbit_int8_workspace_words.argtypes = [_L, _L]
+        L.kbit_int8_workspace_words.restype = _L
         _lib = L
     return _lib
 
@@ -61,8 +63,9 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     codes = torch.empty((rows, cols), dtype=torch.int8, device=A.device)
     stats = torch.empty(rows, dtype=torch.float32, device=A.device)
     use = threshold > 0.0
-    # workspace (threshold only): a bit per column (outlier columns), then a count per row (see int8.cu)
-    work = torch.empty((cols + 31) // 32 + rows, dtype=torch.int32, device=A.device) if use else None
+    # workspace (threshold only): replicas of a bit per column (outlier columns), a count per row (int8.cu)
+    work = (torch.empty(lib().kbit_int8_workspace_words(rows, cols), dtype=torch.int32, device=A.device) if use
+            else None)
     index = torch.empty(cols + 1, dtype=torch.int64, device=A.device) if use else None  # columns, then count
     thr = threshold_in(A.dtype, threshold) if use else 0.0
     check(lib().kbit_int8_vectorwise_quant(ptr(A), _dtype(A), rows, cols, thr, int(use), ptr(codes), ptr(stats),
