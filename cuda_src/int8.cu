@@ -43,39 +43,24 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // One block per row; 16-byte vector loads when the row is aligned (VEC), scalar otherwise.
-// Pass 1: absmax over non-outliers; pass 2 writes codes. With VEC the row's vectors stay in
-// registers between the passes when they fit (MAXV per thread), else pass 2 re-reads the row
-// (L1/L2). THR: thresholding compiled in or out.
-//
-// Outlier columns with THR, without a second pass over the codes: `mask` (one bit per column, in
-// L2) collects every column holding an outlier. Pass 2 reads the mask words of its columns and
-// codes 0 every column already marked (by any row) as well as its own outliers, setting the bits
-// of its own outliers that were not marked yet (atomicOr only then: after the first rows nearly
-// every row finds its columns marked). seen[row] counts the marked columns the row zeroed. Bits are
-// only ever added, so a row whose count equals the final number of outlier columns has zeroed
-// exactly those columns; k_outlier_finish redoes only the rows that ran before some column was
-// marked (typically the first wave). Every row reads the whole mask, so it is kept in `copies`
-// replicas (row r reads replica r % copies; a new bit is ORed into all of them): one 1 KB mask read
-// by 8192 rows would load a handful of L2 slices with every row's requests.
+// Pass 1: absmax over non-outliers (and outlier column flags); pass 2 writes codes. With VEC the
+// row's vectors stay in registers between the passes when they fit (MAXV per thread), else pass 2
+// re-reads the row (L1/L2). THR: thresholding compiled in or out.
 template <typename T, bool VEC, bool THR, int THREADS, int MAXV, int MINB>
 __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __restrict__ A, long long cols, float thr,
                                                               signed char* __restrict__ codes,
                                                               float* __restrict__ row_stats,
-                                                              unsigned int* mask, long long mstride, int copies,
-                                                              int* __restrict__ seen) {
-    constexpr int N = Vec<T>::N;  // divides 32: a vector's columns share one mask word
+                                                              unsigned char* __restrict__ flags) {
+    constexpr int N = Vec<T>::N;
     __shared__ float red[THREADS / 32];
     __shared__ float s_scale;
     const long long row = blockIdx.x;
-    const unsigned int* mine = mask + (row % copies) * mstride;  // the replica this row reads
     const T* a = A + row * cols;
     signed char* out = codes + row * cols;
     float m = 0.0f;
-    int zeroed = 0;  // THR: marked columns this thread coded 0
     const long long nv = VEC ? cols / N : 0;
     const bool cached = VEC && nv <= (long long)THREADS * MAXV;
     uint4 cache[MAXV];
-    unsigned mwords[MAXV];
     if (VEC) {
         const uint4* av = reinterpret_cast<const uint4*>(a);
         if (cached) {
@@ -83,13 +68,6 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
             for (int u = 0; u < MAXV; ++u) {
                 const long long i = threadIdx.x + (long long)u * THREADS;
                 if (i < nv) cache[u] = __ldcs(av + i);
-            }
-            if (THR) {  // the mask words too, so their L2 latency hides behind the row's reduction
-#pragma unroll
-                for (int u = 0; u < MAXV; ++u) {
-                    const long long i = threadIdx.x + (long long)u * THREADS;
-                    if (i < nv) mwords[u] = __ldcg(mine + ((i * N) >> 5));
-                }
             }
         }
         for (int u = 0;; ++u) {
@@ -107,14 +85,22 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
 #pragma unroll
             for (int j = 0; j < N; ++j) {
                 float x = fabsf(to_f<T>(v[j]));
-                if (!(THR && x >= thr)) m = fmaxf(m, x);
+                if (THR && x >= thr) {
+                    flags[i * N + j] = 1;
+                } else {
+                    m = fmaxf(m, x);
+                }
             }
             if (cached && u + 1 >= MAXV) break;
         }
     } else {
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
             float x = fabsf(to_f<T>(a[i]));
-            if (!(THR && x >= thr)) m = fmaxf(m, x);
+            if (THR && x >= thr) {
+                flags[i] = 1;
+            } else {
+                m = fmaxf(m, x);
+            }
         }
     }
     m = warp_max(m);
@@ -138,32 +124,18 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
             const long long i = threadIdx.x + (long long)u * THREADS;
             if (i >= nv) break;
             uint4 raw;
-            unsigned word = 0;
             if (cached) {
 #pragma unroll
-                for (int w = 0; w < MAXV; ++w) if (w == u) { raw = cache[w]; if (THR) word = mwords[w]; }
+                for (int w = 0; w < MAXV; ++w) if (w == u) raw = cache[w];
             } else {
                 raw = av[i];
-                if (THR) word = __ldcg(mine + ((i * N) >> 5));
             }
             const T* v = reinterpret_cast<const T*>(&raw);
-            unsigned zero = 0;  // THR: bit j -> column i*N+j is coded 0
-            if (THR) {
-                unsigned own = 0;
-#pragma unroll
-                for (int j = 0; j < N; ++j) own |= (fabsf(to_f<T>(v[j])) >= thr ? 1u : 0u) << j;
-                const long long c0 = i * N;
-                const unsigned sh = (unsigned)(c0 & 31);
-                const unsigned marked = (word >> sh) & ((1u << N) - 1u);
-                if (own & ~marked)
-                    for (int k = 0; k < copies; ++k) atomicOr(mask + k * mstride + (c0 >> 5), own << sh);
-                zero = own | marked;
-                zeroed += __popc(zero);
-            }
             signed char q[N];
 #pragma unroll
             for (int j = 0; j < N; ++j) {
-                q[j] = ((zero >> j) & 1u) ? (signed char)0 : q8(__fmul_rn(to_f<T>(v[j]), scale));
+                float x = to_f<T>(v[j]);
+                q[j] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
             }
             if constexpr (N == 8) {
                 __stcs(reinterpret_cast<uint2*>(out + i * N), *reinterpret_cast<const uint2*>(q));
@@ -175,102 +147,80 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
     } else {
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
             float x = to_f<T>(a[i]);
-            bool z = false;
-            if (THR) {
-                const bool own = fabsf(x) >= thr;
-                const unsigned bit = 1u << (unsigned)(i & 31);
-                z = own || (__ldcg(mine + (i >> 5)) & bit);
-                if (own)
-                    for (int k = 0; k < copies; ++k) atomicOr(mask + k * mstride + (i >> 5), bit);
-                zeroed += z ? 1 : 0;
-            }
-            out[i] = z ? (signed char)0 : q8(__fmul_rn(x, scale));
+            out[i] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
         }
     }
-    if (THR) {
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) zeroed += __shfl_xor_sync(0xffffffffu, zeroed, o);
-        if ((threadIdx.x & 31) == 0 && zeroed) atomicAdd(seen + row, zeroed);
-    }
 }
 
-__device__ __forceinline__ int block_sum(int v, int* s_warp) {  // every thread gets the sum; blockDim % 32 == 0
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+// The outlier column list on the device: ascending indices of the flagged columns, their count in
+// idx[cols]. One block; each thread owns IDX_PER consecutive flags, a block-wide prefix sum of the
+// per-thread counts (warp shuffles, then the warp totals) gives each its write position. The host
+// then reads one int64 instead of running torch.nonzero's count + select passes.
+constexpr int IDX_THREADS = 1024, IDX_PER = 16;
+__global__ void __launch_bounds__(IDX_THREADS) k_flag_index(const unsigned char* __restrict__ flags, long long cols,
+                                                            long long* __restrict__ idx) {
+    __shared__ int s_warp[IDX_THREADS / 32];
+    __shared__ long long s_base;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (threadIdx.x == 0) s_base = 0;
     __syncthreads();
-    if ((threadIdx.x & 31) == 0) s_warp[threadIdx.x >> 5] = v;
-    __syncthreads();
-    int t = 0;
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += s_warp[w];
-    return t;
-}
-
-// After k_vectorwise_quant<THR>: block 0 writes the ascending outlier column list with its count in
-// idx[cols] (a block-wide prefix sum of the mask words' popcounts), and every block zeroes the marked
-// columns of the rows whose count says they ran before some column was marked (a thread per row
-// checks the counts, so the check costs one load latency per FIN_THREADS rows).
-constexpr int FIN_THREADS = 256;
-__global__ void __launch_bounds__(FIN_THREADS) k_outlier_finish(const unsigned int* __restrict__ mask, long long cols,
-                                                                long long rows, const int* __restrict__ seen,
-                                                                signed char* __restrict__ codes,
-                                                                long long* __restrict__ idx) {
-    __shared__ int s_warp[FIN_THREADS / 32];
-    __shared__ long long s_rows[FIN_THREADS];
-    __shared__ int s_n;
-    const long long words = (cols + 31) / 32;
-    int cnt = 0;
-    for (long long w = threadIdx.x; w < words; w += FIN_THREADS) cnt += __popc(mask[w]);
-    const int total = block_sum(cnt, s_warp);
-    if (blockIdx.x == 0) {
-        // chunks of FIN_THREADS words, one word per thread, in order
-        long long base = 0;
-        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-        for (long long w0 = 0; w0 < words; w0 += FIN_THREADS) {
-            const long long w = w0 + threadIdx.x;
-            const unsigned bits = w < words ? mask[w] : 0u;
-            const int c = __popc(bits);
-            int incl = c;
+    for (long long c0 = 0; c0 < cols; c0 += (long long)IDX_THREADS * IDX_PER) {
+        const long long first = c0 + (long long)threadIdx.x * IDX_PER;
+        unsigned bits = 0;
+        for (int k = 0; k < IDX_PER; ++k)
+            if (first + k < cols && flags[first + k]) bits |= 1u << k;
+        const int cnt = __popc(bits);
+        int incl = cnt; // inclusive prefix within the warp
+        for (int o = 1; o < 32; o <<= 1) {
+            const int t = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += t;
+        }
+        if (lane == 31) s_warp[warp] = incl;
+        __syncthreads();
+        if (warp == 0) { // exclusive prefix of the warp totals
+            const int v = s_warp[lane];
+            int w = v;
             for (int o = 1; o < 32; o <<= 1) {
-                const int t = __shfl_up_sync(0xffffffffu, incl, o);
-                if (lane >= o) incl += t;
+                const int t = __shfl_up_sync(0xffffffffu, w, o);
+                if (lane >= o) w += t;
             }
-            __syncthreads();
-            if (lane == 31) s_warp[warp] = incl;
-            __syncthreads();
-            int before = 0;
-            for (int k = 0; k < warp; ++k) before += s_warp[k];
-            long long pos = base + before + incl - c;
-            for (unsigned b = bits; b; b &= b - 1) idx[pos++] = w * 32 + __ffs(b) - 1;
-            int chunk = 0;
-            for (int k = 0; k < FIN_THREADS / 32; ++k) chunk += s_warp[k];
-            base += chunk;
+            s_warp[lane] = w - v;
         }
-        if (threadIdx.x == 0) idx[cols] = base;
+        __syncthreads();
+        long long pos = s_base + s_warp[warp] + (incl - cnt);
+        for (int k = 0; k < IDX_PER; ++k)
+            if ((bits >> k) & 1u) idx[pos++] = first + k;
+        __syncthreads();
+        if (threadIdx.x == IDX_THREADS - 1) s_base = pos; // the last thread ends at the running total
+        __syncthreads();
     }
-    // one row: its outliers are the only elements of their columns and are coded 0 already
-    if (total == 0 || rows == 1) return;
-    for (long long r0 = (long long)blockIdx.x * FIN_THREADS; r0 < rows; r0 += (long long)gridDim.x * FIN_THREADS) {
-        __syncthreads();
-        if (threadIdx.x == 0) s_n = 0;
-        __syncthreads();
-        const long long r = r0 + threadIdx.x;
-        if (r < rows && seen[r] != total) s_rows[atomicAdd(&s_n, 1)] = r;
-        __syncthreads();
-        for (int k = 0; k < s_n; ++k) {
-            signed char* out = codes + s_rows[k] * cols;
-            for (long long w = threadIdx.x; w < words; w += FIN_THREADS)
-                for (unsigned b = mask[w]; b; b &= b - 1) out[w * 32 + __ffs(b) - 1] = 0;
-        }
+    if (threadIdx.x == 0) idx[cols] = s_base;
+}
+
+// Zero every row of the listed columns (count read on the device: no host round trip). A thread
+// per row walks the list (staged in shared memory): no per-element division, and each warp's store
+// covers 32 rows of one column. The stores land on sectors mostly evicted from L2 by now: what this
+// costs is their DRAM read-modify-write, as for bitsandbytes' out_row[:, outlier_cols] = 0.
+constexpr int ZERO_THREADS = 256, ZERO_STAGED = 1024;
+__global__ void __launch_bounds__(ZERO_THREADS) k_zero_listed(signed char* codes, long long rows, long long cols,
+                                                              const long long* __restrict__ idx) {
+    __shared__ long long s_idx[ZERO_STAGED];
+    const long long nidx = idx[cols];
+    const int staged = (int)(nidx < ZERO_STAGED ? nidx : ZERO_STAGED);
+    for (int j = threadIdx.x; j < staged; j += ZERO_THREADS) s_idx[j] = idx[j];
+    __syncthreads();
+    for (long long r = blockIdx.x * (long long)ZERO_THREADS + threadIdx.x; r < rows;
+         r += (long long)gridDim.x * ZERO_THREADS) {
+        signed char* out = codes + r * cols;
+        for (int j = 0; j < staged; ++j) out[s_idx[j]] = 0;
+        for (long long j = staged; j < nidx; ++j) out[idx[j]] = 0;
     }
 }
 
-// The outlier mask's replicas: each padded to whole 128-byte lines, as many as fit 64 KB (1 to 32).
-inline long long mask_stride(long long cols) { return ((cols + 31) / 32 + 31) / 32 * 32; }
-inline int mask_copies(long long cols) { return (int)std::max(1LL, std::min(32LL, 16384 / mask_stride(cols))); }
-
-// CTAs per SM the row kernel is compiled for: 1 (registers as needed) or "tight" (1536 threads
-// per SM: <= 40 registers at 512 threads). Environment KBIT_INT8_OCC=loose|tight, read per call
-// so one process can A/B them (studies/bench_int8.py --occ).
+// CTAs per SM the row kernel is compiled for: "tight" (1536 threads per SM: <= 40 registers at 512
+// threads; the default) or 1 ("loose": registers as needed). H100, fp16, threshold 0, 8192 x 8192:
+// 76.6 vs 84.9 us; 16384 x 8192: 149.6 vs 165.2 us. KBIT_INT8_OCC=loose|tight is read per call so one
+// process can A/B them (studies/bench_int8.py --occ-ab).
 inline bool tight_occupancy() {
     const char* v = getenv("KBIT_INT8_OCC");
     return !(v && v[0] == 'l');
@@ -278,47 +228,47 @@ inline bool tight_occupancy() {
 
 template <typename T, int THREADS>
 cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, int use_thr, signed char* codes,
-                      float* stats, unsigned int* work, long long* index, cudaStream_t s) {
+                      float* stats, unsigned char* flags, long long* index, cudaStream_t s) {
     constexpr int N = Vec<T>::N;
     constexpr int TIGHT = 1536 / THREADS;
     const bool vec = (cols % N == 0) && ((reinterpret_cast<uintptr_t>(A) & 15) == 0) &&
                      ((reinterpret_cast<uintptr_t>(codes) & 7) == 0);
     const T* a = static_cast<const T*>(A);
-    unsigned int* mask = work;
-    const long long mstride = mask_stride(cols);
-    const int copies = mask_copies(cols);
-    int* seen = use_thr ? reinterpret_cast<int*>(work + mstride * copies) : nullptr;
     dim3 g((unsigned)rows);
     constexpr int MV = 4;
     const bool tight = tight_occupancy();
     if (vec) {
         if (use_thr) {
-            if (tight) k_vectorwise_quant<T, true, true, THREADS, MV, TIGHT><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, mstride, copies, seen);
-            else k_vectorwise_quant<T, true, true, THREADS, MV, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, mstride, copies, seen);
+            if (tight) k_vectorwise_quant<T, true, true, THREADS, MV, TIGHT><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+            else k_vectorwise_quant<T, true, true, THREADS, MV, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
         } else {
-            if (tight) k_vectorwise_quant<T, true, false, THREADS, MV, TIGHT><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, mstride, copies, seen);
-            else k_vectorwise_quant<T, true, false, THREADS, MV, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, mstride, copies, seen);
+            if (tight) k_vectorwise_quant<T, true, false, THREADS, MV, TIGHT><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+            else k_vectorwise_quant<T, true, false, THREADS, MV, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
         }
     } else {
-        if (use_thr) k_vectorwise_quant<T, false, true, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, mstride, copies, seen);
-        else k_vectorwise_quant<T, false, false, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, mask, mstride, copies, seen);
+        if (use_thr) k_vectorwise_quant<T, false, true, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+        else k_vectorwise_quant<T, false, false, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
     }
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || !use_thr) return e;
-    const long long fin = std::min<long long>((rows + FIN_THREADS - 1) / FIN_THREADS, (long long)kbit_num_sms() * 4);
-    k_outlier_finish<<<(unsigned)fin, FIN_THREADS, 0, s>>>(mask, cols, rows, seen, codes, index);
+    k_flag_index<<<1, IDX_THREADS, 0, s>>>(flags, cols, index);
+    // one row: its outliers are the only elements of their columns and are coded 0 already
+    if (rows > 1) {
+        const long long zb = std::min<long long>((rows + ZERO_THREADS - 1) / ZERO_THREADS, (long long)kbit_num_sms() * 8);
+        k_zero_listed<<<(unsigned)zb, ZERO_THREADS, 0, s>>>(codes, rows, cols, index);
+    }
     return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t vq_dispatch(const void* A, long long rows, long long cols, float thr, int use_thr, signed char* codes,
-                        float* stats, unsigned int* work, long long* index, cudaStream_t s) {
+                        float* stats, unsigned char* flags, long long* index, cudaStream_t s) {
     // small rows: fewer threads per row so a block is not mostly idle
     const long long nvec = (cols + Vec<T>::N - 1) / Vec<T>::N;
-    if (nvec <= 64) return launch_vq<T, 64>(A, rows, cols, thr, use_thr, codes, stats, work, index, s);
-    if (nvec <= 128) return launch_vq<T, 128>(A, rows, cols, thr, use_thr, codes, stats, work, index, s);
-    if (nvec <= 256) return launch_vq<T, 256>(A, rows, cols, thr, use_thr, codes, stats, work, index, s);
-    return launch_vq<T, 512>(A, rows, cols, thr, use_thr, codes, stats, work, index, s);
+    if (nvec <= 64) return launch_vq<T, 64>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
+    if (nvec <= 128) return launch_vq<T, 128>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
+    if (nvec <= 256) return launch_vq<T, 256>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
+    return launch_vq<T, 512>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
 }
 
 // column stats: each thread one column, a slice of rows; atomicMax on the float's bits (values >= 0)
@@ -448,24 +398,19 @@ unsigned grid_for(long long n, int threads) {
 
 extern "C" {
 
-long long kbit_int8_workspace_words(long long rows, long long cols) {
-    return mask_stride(cols) * mask_copies(cols) + rows;
-}
-
 cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows, long long cols, float thr,
-                                       int use_thr, signed char* codes, float* row_stats, unsigned int* work,
+                                       int use_thr, signed char* codes, float* row_stats, unsigned char* col_flags,
                                        long long* col_index, cudaStream_t stream) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
-    if (use_thr && (work == nullptr || col_index == nullptr)) return cudaErrorInvalidValue;
+    if (use_thr && (col_flags == nullptr || col_index == nullptr)) return cudaErrorInvalidValue;
     if (use_thr) {
-        cudaError_t e = cudaMemsetAsync(work, 0, (size_t)kbit_int8_workspace_words(rows, cols) * sizeof(unsigned int),
-                                        stream);
+        cudaError_t e = cudaMemsetAsync(col_flags, 0, (size_t)cols, stream);
         if (e != cudaSuccess) return e;
     }
     switch (dtype) {
-        case 0: return vq_dispatch<float>(A, rows, cols, thr, use_thr, codes, row_stats, work, col_index, stream);
-        case 1: return vq_dispatch<__half>(A, rows, cols, thr, use_thr, codes, row_stats, work, col_index, stream);
-        case 2: return vq_dispatch<__nv_bfloat16>(A, rows, cols, thr, use_thr, codes, row_stats, work, col_index, stream);
+        case 0: return vq_dispatch<float>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, stream);
+        case 1: return vq_dispatch<__half>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, stream);
+        case 2: return vq_dispatch<__nv_bfloat16>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, stream);
         default: return cudaErrorInvalidValue;
     }
 }

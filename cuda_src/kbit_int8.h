@@ -17,15 +17,13 @@ extern "C" {
 #endif
 
 /* Row-wise int8 quantization of a contiguous rows x cols matrix. If use_thr, elements with
- * |a| >= thr are outliers: excluded from the row stats and coded 0; every row of a column holding
- * an outlier is zeroed, and col_index (int64, cols + 1 entries) receives the ascending indices of
- * those columns with their count in col_index[cols] (no host round trip). work: int32 workspace of
- * kbit_int8_workspace_words(rows, cols) entries (replicas of a bit per column, a count per row),
- * zeroed by this function. */
-long long kbit_int8_workspace_words(long long rows, long long cols);
+ * |a| >= thr are outliers: excluded from the row stats, coded 0, and col_flags[c] is set to 1
+ * (col_flags: cols bytes, zeroed by this function); then, on the same stream, col_index (int64,
+ * cols + 1 entries) receives the ascending indices of the flagged columns with their count in
+ * col_index[cols], and every row of those columns is zeroed (no host round trip). */
 cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows, long long cols, float thr,
                                        int use_thr, signed char* codes, float* row_stats,
-                                       unsigned int* work, long long* col_index, cudaStream_t stream);
+                                       unsigned char* col_flags, long long* col_index, cudaStream_t stream);
 
 /* Column side of double quant: col_stats[c] = max |a| over non-outliers (float32); col_codes =
  * rne(float(dtype(a*127)) / col_stat) with outlier elements and non-finite quotients -> 0. */

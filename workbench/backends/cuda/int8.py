@@ -38,8 +38,6 @@ def lib() -> ctypes.CDLL:
         for name, args in _SIGS.items():
             getattr(L, name).argtypes = args
             getattr(L, name).restype = _c.c_int
-        L.kbit_int8_workspace_words.argtypes = [_L, _L]
-        L.kbit_int8_workspace_words.restype = _L
         _lib = L
     return _lib
 
@@ -63,13 +61,11 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     codes = torch.empty((rows, cols), dtype=torch.int8, device=A.device)
     stats = torch.empty(rows, dtype=torch.float32, device=A.device)
     use = threshold > 0.0
-    # workspace (threshold only): replicas of a bit per column (outlier columns), a count per row (int8.cu)
-    work = (torch.empty(lib().kbit_int8_workspace_words(rows, cols), dtype=torch.int32, device=A.device) if use
-            else None)
+    flags = torch.empty(cols, dtype=torch.uint8, device=A.device) if use else None  # untouched when use == 0
     index = torch.empty(cols + 1, dtype=torch.int64, device=A.device) if use else None  # columns, then count
     thr = threshold_in(A.dtype, threshold) if use else 0.0
     check(lib().kbit_int8_vectorwise_quant(ptr(A), _dtype(A), rows, cols, thr, int(use), ptr(codes), ptr(stats),
-                                           ptr(work), ptr(index), stream()), "kbit_int8_vectorwise_quant")
+                                           ptr(flags), ptr(index), stream()), "kbit_int8_vectorwise_quant")
     if not use:
         return codes, stats, None
     # outlier columns are already listed and zeroed on the device; the list has a data-dependent
