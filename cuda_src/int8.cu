@@ -6,7 +6,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include <algorithm>
 
 #include "kbit_device.h"
 #include "kbit_int8.h"
@@ -86,7 +85,10 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
             for (int j = 0; j < N; ++j) {
                 float x = fabsf(to_f<T>(v[j]));
                 if (THR && x >= thr) {
-                    flags[i * N + j] = 1;
+                    // most rows find the flag set already (a plain load: L1 after the first row
+                    // on this SM); skipping the store spares the L2 lines of the hot columns a
+                    // store from every row
+                    if (!flags[i * N + j]) flags[i * N + j] = 1;
                 } else {
                     m = fmaxf(m, x);
                 }
@@ -97,7 +99,7 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
             float x = fabsf(to_f<T>(a[i]));
             if (THR && x >= thr) {
-                flags[i] = 1;
+                if (!flags[i]) flags[i] = 1;
             } else {
                 m = fmaxf(m, x);
             }
@@ -197,25 +199,19 @@ __global__ void __launch_bounds__(IDX_THREADS) k_flag_index(const unsigned char*
     if (threadIdx.x == 0) idx[cols] = s_base;
 }
 
-// Zero every row of the listed columns (count read on the device: no host round trip). A thread
-// per row walks the list (staged in shared memory): no per-element division, and each warp's store
-// covers 32 rows of one column. The stores land on sectors mostly evicted from L2 by now: what this
-// costs is their DRAM read-modify-write, as for bitsandbytes' out_row[:, outlier_cols] = 0.
-constexpr int ZERO_THREADS = 256, ZERO_STAGED = 1024;
-__global__ void __launch_bounds__(ZERO_THREADS) k_zero_listed(signed char* codes, long long rows, long long cols,
-                                                              const long long* __restrict__ idx) {
-    __shared__ long long s_idx[ZERO_STAGED];
+// Zero every row of the listed columns (count read on the device: no host round trip). The stores
+// land on sectors that large matrices have mostly evicted from L2 by now: what this costs is their
+// DRAM read-modify-write, as for bitsandbytes' out_row[:, outlier_cols] = 0 (a thread per row over
+// the list in shared memory measured the same at 8192 and 16384 rows and 2.5x slower at 4096).
+__global__ void k_zero_listed(signed char* codes, long long rows, long long cols, const long long* __restrict__ idx) {
     const long long nidx = idx[cols];
-    const int staged = (int)(nidx < ZERO_STAGED ? nidx : ZERO_STAGED);
-    for (int j = threadIdx.x; j < staged; j += ZERO_THREADS) s_idx[j] = idx[j];
-    __syncthreads();
-    for (long long r = blockIdx.x * (long long)ZERO_THREADS + threadIdx.x; r < rows;
-         r += (long long)gridDim.x * ZERO_THREADS) {
-        signed char* out = codes + r * cols;
-        for (int j = 0; j < staged; ++j) out[s_idx[j]] = 0;
-        for (long long j = staged; j < nidx; ++j) out[idx[j]] = 0;
+    const long long total = rows * nidx;
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total; t += (long long)gridDim.x * blockDim.x) {
+        const long long r = t / nidx, j = t - r * nidx;
+        codes[r * cols + idx[j]] = 0;
     }
 }
+
 
 // CTAs per SM the row kernel is compiled for: "tight" (1536 threads per SM: <= 40 registers at 512
 // threads; the default) or 1 ("loose": registers as needed). H100, fp16, threshold 0, 8192 x 8192:
@@ -253,10 +249,7 @@ cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, 
     if (e != cudaSuccess || !use_thr) return e;
     k_flag_index<<<1, IDX_THREADS, 0, s>>>(flags, cols, index);
     // one row: its outliers are the only elements of their columns and are coded 0 already
-    if (rows > 1) {
-        const long long zb = std::min<long long>((rows + ZERO_THREADS - 1) / ZERO_THREADS, (long long)kbit_num_sms() * 8);
-        k_zero_listed<<<(unsigned)zb, ZERO_THREADS, 0, s>>>(codes, rows, cols, index);
-    }
+    if (rows > 1) k_zero_listed<<<kbit_num_sms() * 4, 256, 0, s>>>(codes, rows, cols, index);
     return cudaGetLastError();
 }
 
