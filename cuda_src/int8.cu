@@ -6,7 +6,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-
 #include "kbit_device.h"
 #include "kbit_int8.h"
 
