@@ -28,8 +28,9 @@ from . import functional as W
 ID = {"adam": 0, "lamb": 0, "ademamix": 1, "momentum": 2, "lars": 2, "lion": 3, "rmsprop": 4, "adagrad": 5}
 NORM_OK = ("adam", "lamb", "momentum", "lars", "rmsprop")  # optimizers with a max_unorm trust ratio (32-bit)
 DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-_ORDER = ("b1", "b2", "b3", "alpha", "eps", "omb1", "omb2", "omb3", "wd", "decay", "gs", "c1", "c2",
-          "eps_c2", "neg_lr", "neg_lr_c1")
+
+
+_NEG_LR = W.SCALAR_NAMES.index("neg_lr")
 
 
 def check_name(name: str) -> int:
@@ -40,9 +41,9 @@ def check_name(name: str) -> int:
 
 def consts(name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, eight_bit,
            scale: float = 1.0) -> np.ndarray:
-    k = W.scalars(name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, eight_bit)
-    upd = W._f32(k["adam32_step"] * scale) if name in ("adam", "lamb") else W._f32(k["neg_lr"] * scale)
-    return np.array([k[o] for o in _ORDER] + [upd], dtype=np.float32)
+    v, adam32_step = W.scalar_vector(beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale)
+    upd = adam32_step * scale if name in ("adam", "lamb") else float(v[_NEG_LR]) * scale
+    return np.append(v, np.float32(upd))  # float32[17], the order of KBIT_K_* in cuda_src/kbit_optim.h
 
 
 @dataclass
@@ -88,7 +89,7 @@ def same_dtype(g: torch.Tensor, p: torch.Tensor) -> bool:
 def check_tensors(who: str, p: torch.Tensor, g: torch.Tensor, *ts, cuda: bool = True) -> None:
     """Contiguous tensors (on CUDA when ``cuda``) and as many grad as param elements."""
     for t in (p, g, *ts):
-        if t is not None and ((cuda and t.device.type != "cuda") or not t.is_contiguous()):
+        if t is not None and ((cuda and not t.is_cuda) or not t.is_contiguous()):
             raise ValueError(f"{who} optimizer kernels need contiguous {'CUDA ' if cuda else ''}tensors")
     if p.numel() != g.numel():
         raise ValueError(f"grad has {g.numel()} elements, param {p.numel()}")
@@ -97,7 +98,8 @@ def check_tensors(who: str, p: torch.Tensor, g: torch.Tensor, *ts, cuda: bool = 
 def run_in_float32(update, name: str, g: torch.Tensor, p: torch.Tensor, *rest) -> None:
     """``update(name, g, p, *rest)`` on float32 copies of grad and param, p copied back (not fused):
     the route for grad/param dtypes a kernel does not take."""
-    p32 = p.float()
-    update(name, g.float().contiguous(), p32, *rest)
-    p.copy_(p32)
+    with torch.no_grad():  # p may be a leaf that requires grad
+        p32 = p.float()
+        update(name, g.float().contiguous(), p32, *rest)
+        p.copy_(p32)
 

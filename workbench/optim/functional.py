@@ -80,17 +80,27 @@ def codebook_of(q: torch.Tensor) -> _cb.Codebook:
     return cb
 
 
-def scalars(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, eight_bit):
-    """The float32 constants every implementation uses (computed in double, rounded once)."""
+SCALAR_NAMES = ("b1", "b2", "b3", "alpha", "eps", "omb1", "omb2", "omb3", "wd", "decay", "gs", "c1", "c2",
+                "eps_c2", "neg_lr", "neg_lr_c1")
+
+
+def scalar_vector(beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale) -> tuple[np.ndarray, float]:
+    """(the SCALAR_NAMES constants as float32[16], adam32_step in double): each computed in double and
+    rounded to float32 once, in one numpy cast (the GPU adapters call this every step)."""
     c1 = 1.0 - beta1 ** step
     c2 = math.sqrt(1.0 - beta2 ** step)
-    return dict(
-        b1=_f32(beta1), b2=_f32(beta2), b3=_f32(beta3), alpha=_f32(alpha), eps=_f32(eps),
-        omb1=_f32(1.0 - beta1), omb2=_f32(1.0 - beta2), omb3=_f32(1.0 - beta3),
-        wd=_f32(weight_decay), decay=_f32(1.0 - lr * weight_decay), gs=_f32(gnorm_scale),
-        c1=_f32(c1), c2=_f32(c2), eps_c2=_f32(eps * c2), neg_lr=_f32(-lr),
-        neg_lr_c1=_f32(-lr / c1), adam32_step=-lr * c2 / c1,
-    )
+    v = np.array((beta1, beta2, beta3, alpha, eps, 1.0 - beta1, 1.0 - beta2, 1.0 - beta3, weight_decay,
+                  1.0 - lr * weight_decay, gnorm_scale, c1, c2, eps * c2, -lr, -lr / c1),
+                 dtype=np.float64).astype(np.float32)
+    return v, -lr * c2 / c1
+
+
+def scalars(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, eight_bit):
+    """The float32 constants every implementation uses (computed in double, rounded once), by name."""
+    v, adam32_step = scalar_vector(beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale)
+    k = dict(zip(SCALAR_NAMES, v.tolist()))
+    k["adam32_step"] = adam32_step
+    return k
 
 
 # ------------------------------------------------------------------ the elementwise rules
