@@ -104,6 +104,21 @@ def test_outlier_columns_found_late_and_sparse(backend, dtype, rng, poisoned):
     assert want[2].numel() > 300
 
 
+@pytest.mark.parametrize("occupancy", ("loose", "tight"))
+@pytest.mark.parametrize("threshold", (0.0, 6.0))
+def test_cuda_row_kernel_builds_agree(occupancy, threshold, rng, monkeypatch):
+    """The row kernel's two builds (KBIT_INT8_OCC, read per call) give the reference's codes."""
+    B = _backend("cuda")
+    monkeypatch.setenv("KBIT_INT8_OCC", occupancy)
+    A = torch.randn(333, 4104, generator=rng) * 2
+    A[:, [5, 700, 4103]] *= 6
+    A = A.half().cuda()
+    want = R.int8_vectorwise_quant(A.cpu(), threshold)
+    got = B.int8_vectorwise_quant(A, threshold)
+    for name, x, y in zip(("codes", "row_stats", "outlier_cols"), want, got):
+        _eq(x, y, f"{name} {occupancy} thr={threshold}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_outliers_gives_an_empty_list(backend, rng):
     B = _backend(backend)
