@@ -138,7 +138,7 @@ def parity(n: int, steps: int, backends, rows, bnb_ops):
             torch.cuda.empty_cache()
 
 
-def speed(n: int, backends, rows, copy_gbps, bnb_ops, reps=30):
+def speed(n: int, backends, rows, copy_gbps, bnb_ops, reps=30, fused_adamw=True):
     dev = "cuda"
     g = torch.randn(n, device=dev) * 0.01
     for b in (*backends, "bnb"):
@@ -175,6 +175,8 @@ def speed(n: int, backends, rows, copy_gbps, bnb_ops, reps=30):
                       f"{b2b:.3f} ms {rows[-1]['pct_copy_b2b']:5.1f}%", flush=True)
                 del p, st
                 torch.cuda.empty_cache()
+    if not fused_adamw:
+        return
     # torch fused AdamW, same n, fp32
     p = torch.nn.Parameter(torch.randn(n, device=dev))
     p.grad = g.clone()
@@ -224,12 +226,13 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--skip-parity", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
-    ap.add_argument("--backends", default="cuda,numba_cuda", help="ours to run (bitsandbytes always runs)")
+    ap.add_argument("--backends", default="cuda,numba_cuda", help="ours to run (bitsandbytes runs unless --no-bnb)")
+    ap.add_argument("--no-bnb", action="store_true", help="skip bitsandbytes and torch's fused AdamW (A/B runs)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     backends = [b for b in args.backends.split(",") if status(b)[0]]
     print("backends:", backends, flush=True)
-    bnb_ops = _bnb()
+    bnb_ops = None if args.no_bnb else _bnb()
     meta = results.run_metadata("cuda")
     df_par = df_speed = None
     if not args.skip_parity:
@@ -240,7 +243,7 @@ def main(argv=None):
     if not args.skip_speed:
         rows = []
         cbw = bench.copy_bandwidth("cuda")
-        speed(1 << args.n_log2, backends, rows, cbw, bnb_ops)
+        speed(1 << args.n_log2, backends, rows, cbw, bnb_ops, fused_adamw=not args.no_bnb)
         df_speed = results.frame(rows, meta).assign(copy_gbps=cbw)
         results.save(df_speed, out / "speed")
     (out / "summary.md").write_text(summary(df_speed, df_par))

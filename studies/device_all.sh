@@ -7,6 +7,7 @@
 # ab: the quant library of git revision $AB_REV (default HEAD; it must exist in the .git that travels, which
 #     on the device tool is the session's starting one) vs this tree's, interleaved in one process
 #     (studies/ab_quant_lib.py)
+# abnumba: the Numba optimizer kernels of git $AB_REV vs this tree's (speed, new / old / new)
 # ncu: Nsight Compute sections of the production quant kernels (studies/device_ncu_quant.py), where ncu reads
 #      counters (Firecracker machines; not gVisor)
 # Results land in $OUT/results/<family>/ and are packed into $OUT/results.tgz (the device tool returns
@@ -61,6 +62,19 @@ fi
 if has int8; then
   mkdir -p "$R/int8"
   timeout 200 python3 -m studies.bench_int8 --out "$R/int8" $QUICK ${INT8_ARGS:-} 2>&1 | grep -v -i "warn" | tail -30
+fi
+if has abnumba; then
+  # the Numba optimizer kernels of git ${AB_REV:-HEAD} (the session's starting .git on the device tool) vs this
+  # tree's, speed only, in the order new / old / new (one process each; a swapped file recompiles)
+  mkdir -p "$R/abnumba"; cp numba_kernels/cuda/optim.py /tmp/optim_new.py
+  for v in new old new2; do
+    if [ $v = old ]; then git show "${AB_REV:-HEAD}":numba_kernels/cuda/optim.py > numba_kernels/cuda/optim.py
+    else cp /tmp/optim_new.py numba_kernels/cuda/optim.py; fi
+    echo "== numba optimizer kernels: $v"
+    timeout 200 python3 -m studies.bench_optim_gpu --out "$R/abnumba/$v" --backends numba_cuda --skip-parity --no-bnb \
+      2>&1 | grep -E "^numba_cuda"
+  done
+  cp /tmp/optim_new.py numba_kernels/cuda/optim.py
 fi
 if has host; then
   timeout 120 python3 -m studies.host_overhead --n-log2 16 --calls 300 --top 25 > "$R/host_overhead.txt" 2>&1

@@ -49,7 +49,7 @@ def main():
 
     from numba_kernels.cuda import optim as O
     from numba_kernels.cuda import quant as Q
-    a1 = lambda t: T.Array(t, 1, "A")  # noqa: E731
+    a1 = lambda t: T.Array(t, 1, "C")  # noqa: E731  (the launches see contiguous views)
     i8, f, u8, i32, i64 = T.int64, a1(T.float32), a1(T.uint8), a1(T.int32), a1(T.int64)
     out = Path(tempfile.mkdtemp(prefix="numba_ptx_"))
     lines = []

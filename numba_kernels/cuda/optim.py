@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from numba import config, cuda, float32, float64, int32, uint8, uint64
+from numba import config, cuda, float32, float64, int32, uint8, uint32, uint64
 
 from .quant import _float_as_int, _group_max, _int_as_float
 
@@ -116,10 +116,10 @@ def _bucket(v, amc, r, tail, shift, S, cell, bnd):
         s = -ONE
     if s > ONE:
         s = ONE
-    pos = int32(cell[(_float_as_int(s) & 0xFFFFFFFF) >> shift])
+    pos = int32(cell[uint32((_float_as_int(s) & 0xFFFFFFFF) >> shift)])
     for t in range(S):
         step = 1 << (S - 1 - t)
-        if s > bnd[pos + step - 1]:
+        if s > bnd[uint32(pos + step - 1)]:
             pos += step
     return pos
 
@@ -160,13 +160,13 @@ def _make8(opt: int, fast: bool):
     def enc1(v, amc, r, tail, shift, S, cell, bnd, codes):
         if fast:
             return _bucket(v, amc, r, tail, shift, 2, cell, bnd)   # identity codes: code = bucket
-        return codes[_bucket(v, amc, r, tail, shift, S, cell, bnd)]
+        return codes[uint32(_bucket(v, amc, r, tail, shift, S, cell, bnd))]
 
     @cuda.jit(device=True, inline=True)
     def enc2(v, amc, r, tail, shift, S, cell, bnd, codes):
         if fast:
             return _bucket(v, amc, r, tail, shift, 3, cell, bnd)
-        return codes[_bucket(v, amc, r, tail, shift, S, cell, bnd)]
+        return codes[uint32(_bucket(v, amc, r, tail, shift, S, cell, bnd))]
 
     @cuda.jit(fastmath=False, **_bounds())
     def k8(first, skip, gw, pw, c1w, c1bw, c2w, ge, pe, c1e, c1be, c2e, nfull, a1, a1b, a2,
@@ -231,13 +231,13 @@ def _make8(opt: int, fast: bool):
             cnt = 0
             if blk < nblocks:
                 cnt = min(256, n - start)
-                am1 = a1[blk]
+                am1 = a1[uint64(blk)]
                 amb = ZERO
                 am2 = ZERO
                 if HB:
-                    amb = a1b[blk]
+                    amb = a1b[uint64(blk)]
                 if HS2:
-                    am2 = a2[blk]
+                    am2 = a2[uint64(blk)]
                 for h in range(2):                  # element j = 4h + q is 128h + 4 lane + q
                     w1 = uint64(0)
                     wb = uint64(0)
@@ -247,19 +247,19 @@ def _make8(opt: int, fast: bool):
                     wi = 0
                     if full:
                         cw = blk * 64 + 32 * h + lane
-                        w1 = uint64(c1w[cw])
+                        w1 = uint64(c1w[uint64(cw)])
                         if HB:
-                            wb = uint64(c1bw[cw])
+                            wb = uint64(c1bw[uint64(cw)])
                         if HS2:
-                            w2 = uint64(c2w[cw])
+                            w2 = uint64(c2w[uint64(cw)])
                     for q in range(4):
                         j = 4 * h + q
                         e = 128 * h + 4 * lane + q
                         if full:
                             if q % 2 == 0:
                                 wi = blk * 128 + 64 * h + 2 * lane + q // 2
-                                wg = uint64(gw[wi])
-                                wp = uint64(pw[wi])
+                                wg = uint64(gw[uint64(wi)])
+                                wp = uint64(pw[uint64(wi)])
                                 gv = _lo(wg)
                                 pv = _lo(wp)
                             else:
@@ -270,7 +270,7 @@ def _make8(opt: int, fast: bool):
                             ib = (wb >> sh) & uint64(255)
                             i2 = (w2 >> sh) & uint64(255)
                         elif e < cnt:
-                            i = start - base + e
+                            i = uint64(start - base + e)
                             gv = ge[i]
                             pv = pe[i]
                             i1 = uint64(c1e[i])
@@ -290,11 +290,11 @@ def _make8(opt: int, fast: bool):
                         # the parameter is final here: store it now, not after the block max (registers)
                         if full:
                             if q % 2 == 1:
-                                pw[wi] = _pack2(plo, pv)
+                                pw[uint64(wi)] = _pack2(plo, pv)
                             else:
                                 plo = pv
                         else:
-                            pe[start - base + e] = pv
+                            pe[uint64(start - base + e)] = pv
                         va[j] = a
                         vb[j] = b
                         vd[j] = d
@@ -341,7 +341,7 @@ def _make8(opt: int, fast: bool):
                                 wb |= uint64(ib) << sh
                                 w2 |= uint64(i2) << sh
                             else:
-                                i = start - base + e
+                                i = uint64(start - base + e)
                                 c1e[i] = i1
                                 if HB:
                                     c1be[i] = ib
@@ -349,17 +349,17 @@ def _make8(opt: int, fast: bool):
                                     c2e[i] = i2
                     if full:
                         cw = blk * 64 + 32 * h + lane
-                        c1w[cw] = w1
+                        c1w[uint64(cw)] = w1
                         if HB:
-                            c1bw[cw] = wb
+                            c1bw[uint64(cw)] = wb
                         if HS2:
-                            c2w[cw] = w2
+                            c2w[uint64(cw)] = w2
                 if lane == 0:
-                    a1[blk] = amc1 if tail else mx1
+                    a1[uint64(blk)] = amc1 if tail else mx1
                     if HB:
-                        a1b[blk] = amcb if tail else mxb
+                        a1b[uint64(blk)] = amcb if tail else mxb
                     if HS2:
-                        a2[blk] = amc2 if tail else mx2
+                        a2[uint64(blk)] = amc2 if tail else mx2
     return k8
 
 
