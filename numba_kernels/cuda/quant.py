@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 import workbench._compat  # noqa: F401  (numpy.row_stack shim, before any kernel compiles)
-from numba import config, cuda, float32, int32, uint8, uint64
+from numba import config, cuda, float32, int32, uint8, uint32, uint64
 from numba.cuda import libdevice
 from ..cell_plan import FINE_MAX
 
@@ -276,7 +276,7 @@ def _fine_code(s, fine, sh, last, clamped, low_p, low_n, off_p, off_n):
         idx = ((_float_as_int(a) & 0xFFFFFFFF) >> sh) + (off_n if neg else off_p)
     else:
         idx = min(b >> sh, last)
-    e = fine[idx]
+    e = fine[uint32(idx)]
     c = e >> uint64(32)
     if s > _int_as_float(int32(e & uint64(0xFFFFFFFF))):
         c >>= uint64(8)
@@ -309,16 +309,16 @@ def _make_quantize_fine(bits: int, kind: int, clamped: bool):
             mx = float32(0.0)
             if full:
                 for k in range(NWI):
-                    words[k] = Aw[t * NWI + k]
+                    words[k] = Aw[uint64(t * NWI + k)]
             else:                           # the tail chunk (or an unaligned input): element loads
                 for k in range(NWI):
                     words[k] = 0
                 for j in range(CHUNK):
                     if e0 + j < n:
                         if kind == F32:
-                            u = _float_as_int(A[e0 + j]) & 0xFFFFFFFF
+                            u = _float_as_int(A[uint64(e0 + j)]) & 0xFFFFFFFF
                         else:
-                            u = int32(A[e0 + j]) & 0xFFFF
+                            u = int32(A[uint64(e0 + j)]) & 0xFFFF
                         words[j // EPW] |= uint64(u) << uint64((32 if kind == F32 else 16) * (j % EPW))
             for k in range(NWI):
                 for j in range(EPW):
@@ -329,7 +329,7 @@ def _make_quantize_fine(bits: int, kind: int, clamped: bool):
                 tail = blk == tail_blk
                 d = max(mx, TINY)
                 if (tid & (G - 1)) == 0:
-                    absmax[blk] = d if tail else mx
+                    absmax[uint64(blk)] = d if tail else mx
                 inv = float32(1.0) / d
                 for o in range(NWO):
                     acc = uint64(0)
@@ -344,7 +344,7 @@ def _make_quantize_fine(bits: int, kind: int, clamped: bool):
                             acc |= uint64(c) << uint64(8 * jj)
                     wi = t * NWO + o
                     if wi < out_w.shape[0]:
-                        out_w[wi] = acc
+                        out_w[uint64(wi)] = acc
                     elif wi == out_w.shape[0]:  # the last, partial word: its bytes
                         for b in range(out_b.shape[0]):
                             out_b[b] = (acc >> uint64(8 * b)) & uint64(0xFF)
@@ -383,8 +383,8 @@ def _make_dequantize_fast(bits: int, kind: int):
             for u in range(UNROLL):
                 w = w0 + u * THREADS
                 if w < nout:
-                    a = absmax[(w * OPW) >> bs_shift]
-                    v = uint64(codes[w]) & uint64((1 << (OPW * bits)) - 1)
+                    a = absmax[uint64((w * OPW) >> bs_shift)]
+                    v = uint64(codes[uint64(w)]) & uint64((1 << (OPW * bits)) - 1)
                     acc = uint64(0)
                     for k in range(OPW):
                         if bits == 4:           # byte k // 2: element 2b in the high nibble
@@ -392,7 +392,7 @@ def _make_dequantize_fast(bits: int, kind: int):
                         else:
                             q = (v >> uint64(8 * k)) & uint64(255)
                         acc |= bits_of(s_t[q] * a) << uint64((64 // OPW) * k)
-                    out[w] = acc
+                    out[uint64(w)] = acc
             w0 += step
 
     return dequantize
