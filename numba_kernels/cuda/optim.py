@@ -11,6 +11,8 @@ Every float32 operation is an explicitly rounded libdevice call (fmul_rn, fadd_r
 NVVM contracts a*b + c into an FMA by default, and the reference rounds each operation. Under the CUDA
 simulator (``NUMBA_ENABLE_CUDASIM=1``) the same kernels run with NumPy float32 scalar arithmetic.
 Grad/param are float32 here (the backend routes float16/bfloat16 through float32 copies).
+Array accesses in the 8-bit kernel index with unsigned values (no negative-index wraparound code;
+see numba_kernels/cuda/quant.py): H100 kernel time Adam 1.216 -> 1.094 ms at 2**27 (reports/optim-gpu).
 """
 from __future__ import annotations
 

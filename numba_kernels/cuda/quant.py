@@ -16,6 +16,11 @@ steps; the leaf index minus ``2**levels`` is the bucket; ``tree_f``/``tree_c`` f
 
 Input element kinds: 0 float32, 1 float16, 2 bfloat16 given as its int16 bit pattern.
 Dequantized bfloat16 is written as uint16 bit patterns (round to nearest even).
+
+Hot array accesses index with ``uint32``/``uint64`` values: for a signed index Numba emits the
+negative-index wraparound (compare, select, add) on every access, and these are never negative
+(H100: the quantizer kernels 8-10 % faster; reports/gpu-h100, session 6). Cast at the access only:
+mixing signed and unsigned integers in arithmetic makes Numba compute in float64.
 """
 from __future__ import annotations
 
