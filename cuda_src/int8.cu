@@ -83,24 +83,14 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
 #pragma unroll
             for (int j = 0; j < N; ++j) {
                 float x = fabsf(to_f<T>(v[j]));
-                if (THR && x >= thr) {
-                    // a store from every row (benign race); loading first to skip it measured
-                    // slower (8192^2: 85 -> 91 us): the load's latency costs more than the stores
-                    flags[i * N + j] = 1;
-                } else {
-                    m = fmaxf(m, x);
-                }
+                if (!(THR && x >= thr)) m = fmaxf(m, x);  // outliers' flags are stored in pass 2
             }
             if (cached && u + 1 >= MAXV) break;
         }
     } else {
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
             float x = fabsf(to_f<T>(a[i]));
-            if (THR && x >= thr) {
-                flags[i] = 1;
-            } else {
-                m = fmaxf(m, x);
-            }
+            if (!(THR && x >= thr)) m = fmaxf(m, x);
         }
     }
     m = warp_max(m);
@@ -135,7 +125,15 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
 #pragma unroll
             for (int j = 0; j < N; ++j) {
                 float x = to_f<T>(v[j]);
-                q[j] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
+                if (THR && fabsf(x) >= thr) {
+                    q[j] = 0;
+                    // a store from every row holding it (benign race), here rather than in pass 1 so
+                    // the absmax pass is loads and max only; loading the flag first to skip the store
+                    // measured slower (8192^2: 85 -> 91 us)
+                    flags[i * N + j] = 1;
+                } else {
+                    q[j] = q8(__fmul_rn(x, scale));
+                }
             }
             if constexpr (N == 8) {
                 __stcs(reinterpret_cast<uint2*>(out + i * N), *reinterpret_cast<const uint2*>(q));
@@ -147,7 +145,9 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
     } else {
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
             float x = to_f<T>(a[i]);
-            out[i] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
+            const bool outlier = THR && fabsf(x) >= thr;
+            if (outlier) flags[i] = 1;
+            out[i] = outlier ? (signed char)0 : q8(__fmul_rn(x, scale));
         }
     }
 }
@@ -167,8 +167,13 @@ __global__ void __launch_bounds__(IDX_THREADS) k_flag_index(const unsigned char*
     for (long long c0 = 0; c0 < cols; c0 += (long long)IDX_THREADS * IDX_PER) {
         const long long first = c0 + (long long)threadIdx.x * IDX_PER;
         unsigned bits = 0;
-        for (int k = 0; k < IDX_PER; ++k)
-            if (first + k < cols && flags[first + k]) bits |= 1u << k;
+        if (first < cols) {  // one 16-byte load (the caller pads flags to a multiple of 16 bytes)
+            const uint4 w = *reinterpret_cast<const uint4*>(flags + first);
+            const unsigned char* f = reinterpret_cast<const unsigned char*>(&w);
+#pragma unroll
+            for (int k = 0; k < IDX_PER; ++k)
+                if (first + k < cols && f[k]) bits |= 1u << k;
+        }
         const int cnt = __popc(bits);
         int incl = cnt; // inclusive prefix within the warp
         for (int o = 1; o < 32; o <<= 1) {
@@ -395,7 +400,7 @@ cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows,
     if (rows <= 0 || cols <= 0) return cudaSuccess;
     if (use_thr && (col_flags == nullptr || col_index == nullptr)) return cudaErrorInvalidValue;
     if (use_thr) {
-        cudaError_t e = cudaMemsetAsync(col_flags, 0, (size_t)cols, stream);
+        cudaError_t e = cudaMemsetAsync(col_flags, 0, (size_t)((cols + 15) / 16 * 16), stream);
         if (e != cudaSuccess) return e;
     }
     switch (dtype) {

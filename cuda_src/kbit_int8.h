@@ -18,7 +18,8 @@ extern "C" {
 
 /* Row-wise int8 quantization of a contiguous rows x cols matrix. If use_thr, elements with
  * |a| >= thr are outliers: excluded from the row stats, coded 0, and col_flags[c] is set to 1
- * (col_flags: cols bytes, zeroed by this function); then, on the same stream, col_index (int64,
+ * (col_flags: cols rounded up to a multiple of 16 bytes, 16-byte aligned, zeroed by this function);
+ * then, on the same stream, col_index (int64,
  * cols + 1 entries) receives the ascending indices of the flagged columns with their count in
  * col_index[cols], and every row of those columns is zeroed (no host round trip). */
 cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows, long long cols, float thr,

@@ -61,7 +61,8 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     codes = torch.empty((rows, cols), dtype=torch.int8, device=A.device)
     stats = torch.empty(rows, dtype=torch.float32, device=A.device)
     use = threshold > 0.0
-    flags = torch.empty(cols, dtype=torch.uint8, device=A.device) if use else None  # untouched when use == 0
+    # column flags, padded to 16 bytes (read as 16-byte words); untouched when use == 0
+    flags = torch.empty((cols + 15) // 16 * 16, dtype=torch.uint8, device=A.device) if use else None
     index = torch.empty(cols + 1, dtype=torch.int64, device=A.device) if use else None  # columns, then count
     thr = threshold_in(A.dtype, threshold) if use else 0.0
     check(lib().kbit_int8_vectorwise_quant(ptr(A), _dtype(A), rows, cols, thr, int(use), ptr(codes), ptr(stats),
