@@ -14,24 +14,15 @@ import statistics
 
 import torch
 
+from workbench import bench
 from workbench import codebooks as cbs
 from workbench.backends.numba_cuda import _launch
 from workbench.backends.numba_cuda import quant as Q
 
 
 def _per_call_ms(fn, calls=10, reps=7):
-    fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(calls):
-            fn()
-        e.record()
-        e.synchronize()
-        out.append(s.elapsed_time(e) / calls)
-    return statistics.median(out)
+    """Median over ``reps`` of the back-to-back ms per call of ``calls`` calls."""
+    return statistics.median(bench.back_to_back_ms(fn, reps=calls, warmup=1 if r == 0 else 0) for r in range(reps))
 
 
 def main(argv=None):
