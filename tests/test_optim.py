@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -270,3 +271,23 @@ def test_nan_gradient_is_contained_in_its_block(backend, name, rng):
             blocks = torch.ones(sa[k].numel(), dtype=torch.bool)
             blocks[1] = False
             assert torch.equal(sa[k][blocks], sb[k][blocks]), k
+
+
+def test_update_constants_are_rounded_once_from_double():
+    """scalar_vector / consts: every constant computed in double and rounded to float32 once (a float32
+    intermediate, e.g. 1 - beta2 in float32, would differ), in the kernels' KBIT_K_* order."""
+    import math
+
+    from workbench.optim import _gpu_plan as G
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        b1, b2, b3 = rng.uniform(0.5, 0.99999, 3)
+        eps, wd, lr = 10 ** rng.uniform(-10, -6), rng.uniform(0, 0.1), 10 ** rng.uniform(-6, -1)
+        step, gs, scale = int(rng.integers(1, 10 ** 5)), rng.uniform(0.1, 1), rng.uniform(0.5, 2)
+        c1, c2 = 1.0 - b1 ** step, math.sqrt(1.0 - b2 ** step)
+        want = [b1, b2, b3, 0.5, eps, 1 - b1, 1 - b2, 1 - b3, wd, 1 - lr * wd, gs, c1, c2, eps * c2, -lr, -lr / c1]
+        for name, upd in (("adam", -lr * c2 / c1 * scale), ("lion", float(np.float32(-lr)) * scale)):
+            k = G.consts(name, b1, b2, b3, 0.5, eps, wd, step, lr, gs, True, scale)
+            assert k.dtype == np.float32 and k.shape == (17,)
+            assert [float(np.float32(x)) for x in want + [upd]] == k.tolist()
+        assert W.scalars("adam", b1, b2, b3, 0.5, eps, wd, step, lr, gs, True)["omb2"] == float(np.float32(1 - b2))
