@@ -44,11 +44,17 @@ __device__ __forceinline__ float warp_max(float v) {
 // Pass 1: absmax over non-outliers (and outlier column flags); pass 2 writes codes. With VEC the
 // row's vectors stay in registers between the passes when they fit (MAXV per thread), else pass 2
 // re-reads the row (L1/L2). THR: thresholding compiled in or out.
+//
+// THR: cand[c] = 1 for the columns the probe (k_probe) found; read through the read-only path (the probe
+// wrote them before this kernel), they are zeroed in every row as it is coded, and an outlier in such a
+// column stores no flag. flags[c] = 1 marks only outlier columns the probe missed ("late" columns: the
+// host zeroes them in all rows afterwards, kbit_int8_zero_late_cols).
 template <typename T, bool VEC, bool THR, int THREADS, int MAXV, int MINB>
 __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __restrict__ A, long long cols, float thr,
                                                               signed char* __restrict__ codes,
                                                               float* __restrict__ row_stats,
-                                                              unsigned char* __restrict__ flags) {
+                                                              unsigned char* __restrict__ flags,
+                                                              const unsigned char* __restrict__ cand) {
     constexpr int N = Vec<T>::N;
     __shared__ float red[THREADS / 32];
     __shared__ float s_scale;
@@ -84,10 +90,9 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
             for (int j = 0; j < N; ++j) {
                 float x = fabsf(to_f<T>(v[j]));
                 if (THR && x >= thr) {
-                    // a store from every row (benign race); storing it in pass 2 instead measured
-                    // slower (8192^2: 84 -> 96 us), and so did loading the flag first to skip the
-                    // store (85 -> 91 us)
-                    flags[i * N + j] = 1;
+                    // benign race: every writer stores 1. Without the probe this was a store from every
+                    // row to the same few lines (8192^2: row kernel 84.6 us vs 76.4 at threshold 0)
+                    if (!__ldg(cand + i * N + j)) flags[i * N + j] = 1;
                 } else {
                     m = fmaxf(m, x);
                 }
@@ -98,7 +103,7 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
             float x = fabsf(to_f<T>(a[i]));
             if (THR && x >= thr) {
-                flags[i] = 1;
+                if (!__ldg(cand + i)) flags[i] = 1;
             } else {
                 m = fmaxf(m, x);
             }
@@ -132,11 +137,17 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
                 raw = av[i];
             }
             const T* v = reinterpret_cast<const T*>(&raw);
+            // the candidate flags of these N columns (N bytes, N-aligned; an L1 hit after the first rows)
+            unsigned long long cw = 0;
+            if (THR) {
+                if constexpr (N == 8) cw = __ldg(reinterpret_cast<const unsigned long long*>(cand + i * N));
+                else cw = __ldg(reinterpret_cast<const unsigned int*>(cand + i * N));
+            }
             signed char q[N];
 #pragma unroll
             for (int j = 0; j < N; ++j) {
                 float x = to_f<T>(v[j]);
-                q[j] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
+                q[j] = (THR && (fabsf(x) >= thr || ((cw >> (8 * j)) & 0xff))) ? (signed char)0 : q8(__fmul_rn(x, scale));
             }
             if constexpr (N == 8) {
                 __stcs(reinterpret_cast<uint2*>(out + i * N), *reinterpret_cast<const uint2*>(q));
@@ -148,32 +159,78 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
     } else {
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
             float x = to_f<T>(a[i]);
-            out[i] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
+            out[i] = (THR && (fabsf(x) >= thr || __ldg(cand + i))) ? (signed char)0 : q8(__fmul_rn(x, scale));
         }
     }
 }
 
-// The outlier column list on the device: ascending indices of the flagged columns, their count in
-// idx[cols]. One block; each thread owns IDX_PER consecutive flags, a block-wide prefix sum of the
+// Outlier columns known before the row kernel runs: PROBE_ROWS rows spread evenly over A (the first
+// included) are scanned and cand[c] = 1 marks a column with an |a| >= thr there. LLM.int8() outlier
+// features are systematic (the same columns in most rows), so the probe finds nearly all of them and
+// the row kernel zeroes them as it codes each row, while the codes are on chip: no DRAM
+// read-modify-write of one byte in rows x columns scattered sectors afterwards (8192^2: 7.1 us), and no
+// flag store from every row to the same lines. The probe's rows are then read again from L2.
+// KBIT_INT8_PROBE=<rows> (read per call; 0 = no probe: every outlier column is then "late") for A/B runs.
+constexpr int PROBE_ROWS = 32, PROBE_THREADS = 256;
+
+inline int probe_rows(long long rows) {
+    const char* v = getenv("KBIT_INT8_PROBE");
+    const long long p = v ? atoll(v) : PROBE_ROWS;
+    return (int)(p < rows ? (p < 0 ? 0 : p) : rows);
+}
+
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(PROBE_THREADS) k_probe(const T* __restrict__ A, long long rows, long long cols,
+                                                         float thr, int nprobe, unsigned char* __restrict__ cand) {
+    const long long row = (long long)blockIdx.y * rows / nprobe;
+    const T* a = A + row * cols;
+    const long long stride = (long long)gridDim.x * PROBE_THREADS;
+    if (VEC) {
+        constexpr int N = Vec<T>::N;
+        const long long nv = cols / N;
+        for (long long i = blockIdx.x * (long long)PROBE_THREADS + threadIdx.x; i < nv; i += stride) {
+            const uint4 raw = reinterpret_cast<const uint4*>(a)[i];
+            const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+            for (int j = 0; j < N; ++j)
+                if (fabsf(to_f<T>(v[j])) >= thr) cand[i * N + j] = 1;
+        }
+    } else {
+        for (long long i = blockIdx.x * (long long)PROBE_THREADS + threadIdx.x; i < cols; i += stride)
+            if (fabsf(to_f<T>(a[i])) >= thr) cand[i] = 1;
+    }
+}
+
+// The outlier column list on the device: ascending indices of the columns with flags[c] | cand[c]
+// (cand may be null), their count in idx[cols] and, with cand, the count of late columns (flags only)
+// in idx[cols + 1]. One block; each thread owns IDX_PER consecutive flags, a block-wide prefix sum of the
 // per-thread counts (warp shuffles, then the warp totals) gives each its write position. The host
-// then reads one int64 instead of running torch.nonzero's count + select passes.
+// then reads the counts instead of running torch.nonzero's count + select passes.
 constexpr int IDX_THREADS = 1024, IDX_PER = 16;
-__global__ void __launch_bounds__(IDX_THREADS) k_flag_index(const unsigned char* __restrict__ flags, long long cols,
+__global__ void __launch_bounds__(IDX_THREADS) k_flag_index(const unsigned char* __restrict__ flags,
+                                                            const unsigned char* __restrict__ cand, long long cols,
                                                             long long* __restrict__ idx) {
     __shared__ int s_warp[IDX_THREADS / 32];
     __shared__ long long s_base;
+    __shared__ int s_late;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (threadIdx.x == 0) s_base = 0;
+    if (threadIdx.x == 0) { s_base = 0; s_late = 0; }
     __syncthreads();
+    int late = 0;
     for (long long c0 = 0; c0 < cols; c0 += (long long)IDX_THREADS * IDX_PER) {
         const long long first = c0 + (long long)threadIdx.x * IDX_PER;
         unsigned bits = 0;
-        if (first < cols) {  // one 16-byte load (the caller pads flags to a multiple of 16 bytes)
+        if (first < cols) {  // 16-byte loads (the caller pads both arrays to a multiple of 16 bytes)
             const uint4 w = *reinterpret_cast<const uint4*>(flags + first);
             const unsigned char* f = reinterpret_cast<const unsigned char*>(&w);
+            uint4 wc = make_uint4(0, 0, 0, 0);
+            if (cand) wc = *reinterpret_cast<const uint4*>(cand + first);
+            const unsigned char* fc = reinterpret_cast<const unsigned char*>(&wc);
 #pragma unroll
-            for (int k = 0; k < IDX_PER; ++k)
-                if (first + k < cols && f[k]) bits |= 1u << k;
+            for (int k = 0; k < IDX_PER; ++k) {
+                if (first + k < cols && (f[k] | fc[k])) bits |= 1u << k;
+                if (first + k < cols && f[k]) ++late;
+            }
         }
         const int cnt = __popc(bits);
         int incl = cnt; // inclusive prefix within the warp
@@ -200,10 +257,15 @@ __global__ void __launch_bounds__(IDX_THREADS) k_flag_index(const unsigned char*
         if (threadIdx.x == IDX_THREADS - 1) s_base = pos; // the last thread ends at the running total
         __syncthreads();
     }
-    if (threadIdx.x == 0) idx[cols] = s_base;
+    if (cand && late) atomicAdd(&s_late, late);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        idx[cols] = s_base;
+        if (cand) idx[cols + 1] = s_late;
+    }
 }
 
-// Zero every row of the listed columns (count read on the device: no host round trip). The stores
+// Zero every row of the listed columns (count read on the device): the late columns only. The stores
 // land on sectors that large matrices have mostly evicted from L2 by now: what this costs is their
 // DRAM read-modify-write, as for bitsandbytes' out_row[:, outlier_cols] = 0 (a thread per row over
 // the list in shared memory measured the same at 8192 and 16384 rows and 2.5x slower at 4096).
@@ -233,26 +295,38 @@ cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, 
     const bool vec = (cols % N == 0) && ((reinterpret_cast<uintptr_t>(A) & 15) == 0) &&
                      ((reinterpret_cast<uintptr_t>(codes) & 7) == 0);
     const T* a = static_cast<const T*>(A);
+    unsigned char* cand = use_thr ? flags + (cols + 15) / 16 * 16 : nullptr;
+    if (use_thr) {
+        // one row needs no column zeroing: its outliers are the only elements of their columns and are
+        // coded 0 anyway (cand stays zero)
+        const int np = rows > 1 ? probe_rows(rows) : 0;
+        if (np > 0) {
+            const long long work = vec ? cols / N : cols;
+            long long gx = (work + PROBE_THREADS - 1) / PROBE_THREADS;
+            gx = gx > 64 ? 64 : gx;
+            const dim3 gp((unsigned)gx, (unsigned)np);
+            if (vec) k_probe<T, true><<<gp, PROBE_THREADS, 0, s>>>(a, rows, cols, thr, np, cand);
+            else k_probe<T, false><<<gp, PROBE_THREADS, 0, s>>>(a, rows, cols, thr, np, cand);
+        }
+    }
     dim3 g((unsigned)rows);
     constexpr int MV = 4;
     const bool tight = tight_occupancy();
     if (vec) {
         if (use_thr) {
-            if (tight) k_vectorwise_quant<T, true, true, THREADS, MV, TIGHT><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
-            else k_vectorwise_quant<T, true, true, THREADS, MV, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+            if (tight) k_vectorwise_quant<T, true, true, THREADS, MV, TIGHT><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, cand);
+            else k_vectorwise_quant<T, true, true, THREADS, MV, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, cand);
         } else {
-            if (tight) k_vectorwise_quant<T, true, false, THREADS, MV, TIGHT><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
-            else k_vectorwise_quant<T, true, false, THREADS, MV, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+            if (tight) k_vectorwise_quant<T, true, false, THREADS, MV, TIGHT><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, cand);
+            else k_vectorwise_quant<T, true, false, THREADS, MV, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, cand);
         }
     } else {
-        if (use_thr) k_vectorwise_quant<T, false, true, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
-        else k_vectorwise_quant<T, false, false, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags);
+        if (use_thr) k_vectorwise_quant<T, false, true, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, cand);
+        else k_vectorwise_quant<T, false, false, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, cand);
     }
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || !use_thr) return e;
-    k_flag_index<<<1, IDX_THREADS, 0, s>>>(flags, cols, index);
-    // one row: its outliers are the only elements of their columns and are coded 0 already
-    if (rows > 1) k_zero_listed<<<kbit_num_sms() * 4, 256, 0, s>>>(codes, rows, cols, index);
+    k_flag_index<<<1, IDX_THREADS, 0, s>>>(flags, cand, cols, index);
     return cudaGetLastError();
 }
 
@@ -399,8 +473,8 @@ cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows,
                                        long long* col_index, cudaStream_t stream) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
     if (use_thr && (col_flags == nullptr || col_index == nullptr)) return cudaErrorInvalidValue;
-    if (use_thr) {
-        cudaError_t e = cudaMemsetAsync(col_flags, 0, (size_t)((cols + 15) / 16 * 16), stream);
+    if (use_thr) {  // flags and candidate flags, each padded to 16 bytes
+        cudaError_t e = cudaMemsetAsync(col_flags, 0, (size_t)((cols + 15) / 16 * 16 * 2), stream);
         if (e != cudaSuccess) return e;
     }
     switch (dtype) {
@@ -409,6 +483,14 @@ cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows,
         case 2: return vq_dispatch<__nv_bfloat16>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, stream);
         default: return cudaErrorInvalidValue;
     }
+}
+
+cudaError_t kbit_int8_zero_late_cols(signed char* codes, long long rows, long long cols,
+                                     const unsigned char* col_flags, long long* scratch, cudaStream_t stream) {
+    if (rows <= 1 || cols <= 0) return cudaSuccess;
+    k_flag_index<<<1, IDX_THREADS, 0, stream>>>(col_flags, nullptr, cols, scratch);
+    k_zero_listed<<<kbit_num_sms() * 4, 256, 0, stream>>>(codes, rows, cols, scratch);
+    return cudaGetLastError();
 }
 
 cudaError_t kbit_int8_col_quant(const void* A, int dtype, long long rows, long long cols, float thr, int use_thr,

@@ -49,6 +49,7 @@ def main(argv=None):
     ap.add_argument("--out", default="reports/int8-gpu")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--occ-ab", action="store_true", help="also time the row kernel built for 1 CTA/SM")
+    ap.add_argument("--probe-ab", action="store_true", help="also time the threshold path without the column probe")
     args = ap.parse_args(argv)
     out = Path(args.out)
     meta = results.run_metadata("cuda")
@@ -60,14 +61,18 @@ def main(argv=None):
         impls["numba_cuda"] = _ours("numba_cuda").int8_vectorwise_quant
     except Exception as e:
         print(f"numba_cuda unavailable: {e}")
-    if args.occ_ab:  # the row kernel compiled for 1 CTA/SM (registers as needed) instead of 3 (cuda_src/int8.cu)
-        def loose(A, t, _f=impls["cuda"]):
-            os.environ["KBIT_INT8_OCC"] = "loose"
+    def with_env(key, value, _f=impls["cuda"]):  # the cuda op with one KBIT_* switch set (read per call)
+        def f(A, t):
+            os.environ[key] = value
             try:
                 return _f(A, t)
             finally:
-                del os.environ["KBIT_INT8_OCC"]
-        impls["cuda_loose"] = loose
+                del os.environ[key]
+        return f
+    if args.occ_ab:  # the row kernel compiled for 1 CTA/SM (registers as needed) instead of 3 (cuda_src/int8.cu)
+        impls["cuda_loose"] = with_env("KBIT_INT8_OCC", "loose")
+    if args.probe_ab:  # no probe: every outlier column is zeroed in all rows after the row kernel
+        impls["cuda_noprobe"] = with_env("KBIT_INT8_PROBE", "0")
     if F is not None:
         impls["bnb"] = lambda A, t: F.int8_vectorwise_quant(A, t)
     rows, parity = [], []

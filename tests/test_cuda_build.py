@@ -14,7 +14,7 @@ API = {
               "kbit_quant_ieee_build"),
     "optim": ("kbit_optimizer_update_32bit", "kbit_optimizer_update_norm_sq", "kbit_optimizer_update_8bit_blockwise",
               "kbit_optim_ieee_build"),
-    "int8": ("kbit_int8_vectorwise_quant", "kbit_int8_col_quant",
+    "int8": ("kbit_int8_vectorwise_quant", "kbit_int8_zero_late_cols", "kbit_int8_col_quant",
              "kbit_int8_vectorwise_dequant", "kbit_int8_linear_matmul", "kbit_int8_mm_dequant",
              "kbit_int8_scaled_mm"),
 }

@@ -83,10 +83,15 @@ def test_quant_exact(backend, dtype, shape, threshold, rng, poisoned):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", (torch.float16, torch.float32))
-def test_outlier_columns_found_late_and_sparse(backend, dtype, rng, poisoned):
+@pytest.mark.parametrize("probe", (None, "0", "1", "100000"))
+def test_outlier_columns_found_late_and_sparse(backend, dtype, probe, rng, poisoned, monkeypatch):
     """Outlier columns that only the last / first / a middle row reveals, plus sparse random outliers:
-    rows coded before a column was known to be an outlier column must still end up zeroed there
-    (the CUDA kernel marks columns while rows run and fixes up the rows that ran too early)."""
+    every row must end up zeroed in every outlier column. The CUDA kernel zeroes the columns a probe of
+    a few rows found while it codes each row and the "late" ones afterwards; KBIT_INT8_PROBE sets the
+    probe's rows (default 32: row 0 and the middle row are probed, the last is not; 0: every column is
+    late; 100000: all rows probed, none late)."""
+    if probe is not None:
+        monkeypatch.setenv("KBIT_INT8_PROBE", probe)
     B = _backend(backend)
     rows, cols = 3001, 1032
     A = torch.randn(rows, cols, generator=rng)

@@ -22,6 +22,7 @@ _c = ctypes
 _P, _I, _L, _F = _c.c_void_p, _c.c_int, _c.c_longlong, _c.c_float
 _SIGS = {
     "kbit_int8_vectorwise_quant": [_P, _I, _L, _L, _F, _I, _P, _P, _P, _P, _P],
+    "kbit_int8_zero_late_cols": [_P, _L, _L, _P, _P, _P],
     "kbit_int8_col_quant": [_P, _I, _L, _L, _F, _I, _P, _P, _P],
     "kbit_int8_vectorwise_dequant": [_P, _P, _L, _L, _P, _P],
     "kbit_int8_linear_matmul": [_P, _P, _P, _I, _I, _I, _P],
@@ -61,17 +62,24 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     codes = torch.empty((rows, cols), dtype=torch.int8, device=A.device)
     stats = torch.empty(rows, dtype=torch.float32, device=A.device)
     use = threshold > 0.0
-    # column flags, padded to 16 bytes (read as 16-byte words); untouched when use == 0
-    flags = torch.empty((cols + 15) // 16 * 16, dtype=torch.uint8, device=A.device) if use else None
-    index = torch.empty(cols + 1, dtype=torch.int64, device=A.device) if use else None  # columns, then count
+    pad = (cols + 15) // 16 * 16
+    # late and probed column flags, each padded to 16 bytes (read as 16-byte words); unused when use == 0
+    flags = torch.empty(2 * pad, dtype=torch.uint8, device=A.device) if use else None
+    index = torch.empty(cols + 2, dtype=torch.int64, device=A.device) if use else None  # columns, counts
     thr = threshold_in(A.dtype, threshold) if use else 0.0
     check(lib().kbit_int8_vectorwise_quant(ptr(A), _dtype(A), rows, cols, thr, int(use), ptr(codes), ptr(stats),
                                            ptr(flags), ptr(index), stream()), "kbit_int8_vectorwise_quant")
     if not use:
         return codes, stats, None
-    # outlier columns are already listed and zeroed on the device; the list has a data-dependent
-    # size, so reading its count is one device->host sync (bitsandbytes syncs on outliers.any() too)
-    return codes, stats, index[: int(index[cols])]
+    # the list has a data-dependent size, so reading its count is one device->host sync (bitsandbytes
+    # syncs on outliers.any() too); columns the probe found are zeroed already, late ones (outliers only
+    # in rows the probe did not read) are zeroed in every row now
+    n_cols, n_late = index[cols:].tolist()
+    if n_late and rows > 1:
+        scratch = torch.empty(cols + 1, dtype=torch.int64, device=A.device)
+        check(lib().kbit_int8_zero_late_cols(ptr(codes), rows, cols, ptr(flags), ptr(scratch), stream()),
+              "kbit_int8_zero_late_cols")
+    return codes, stats, index[:n_cols]
 
 
 def int8_vectorwise_quant(A, threshold):
