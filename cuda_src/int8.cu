@@ -40,6 +40,19 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// The N candidate flags (bytes 0/1) of vector i packed into N bits (bit j = column i*N + j): the
+// multiply moves byte j's low bit to bit 8*(N-1) + j without carries (the cross terms land on distinct
+// lower bits), the shift brings the N bits down.
+template <int N> __device__ __forceinline__ unsigned cand_bits(const unsigned char* cand, long long i);
+template <> __device__ __forceinline__ unsigned cand_bits<8>(const unsigned char* cand, long long i) {
+    const unsigned long long w = __ldg(reinterpret_cast<const unsigned long long*>(cand) + i);
+    return (unsigned)((w * 0x0102040810204080ull) >> 56);
+}
+template <> __device__ __forceinline__ unsigned cand_bits<4>(const unsigned char* cand, long long i) {
+    const unsigned w = __ldg(reinterpret_cast<const unsigned*>(cand) + i);
+    return (w * 0x01020408u) >> 24;
+}
+
 // One block per row; 16-byte vector loads when the row is aligned (VEC), scalar otherwise.
 // Pass 1: absmax over non-outliers (and outlier column flags); pass 2 writes codes. With VEC the
 // row's vectors stay in registers between the passes when they fit (MAXV per thread), else pass 2
@@ -65,6 +78,10 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
     const long long nv = VEC ? cols / N : 0;
     const bool cached = VEC && nv <= (long long)THREADS * MAXV;
     uint4 cache[MAXV];
+    // THR && cached: the candidate bits of this thread's columns (vector u, element j: bit u*N + j), loaded
+    // beside the row (their latency hides under its DRAM loads), so neither pass waits on a flag load
+    unsigned cmask = 0;
+    static_assert(MAXV * N <= 32, "candidate bits of a thread's vectors fit one word");
     if (VEC) {
         const uint4* av = reinterpret_cast<const uint4*>(a);
         if (cached) {
@@ -72,6 +89,13 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
             for (int u = 0; u < MAXV; ++u) {
                 const long long i = threadIdx.x + (long long)u * THREADS;
                 if (i < nv) cache[u] = __ldcs(av + i);
+            }
+            if (THR) {
+#pragma unroll
+                for (int u = 0; u < MAXV; ++u) {
+                    const long long i = threadIdx.x + (long long)u * THREADS;
+                    if (i < nv) cmask |= cand_bits<N>(cand, i) << (u * N);
+                }
             }
         }
         for (int u = 0;; ++u) {
@@ -86,13 +110,14 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
                 raw = av[i];
             }
             const T* v = reinterpret_cast<const T*>(&raw);
+            const unsigned cb = !THR ? 0u : cached ? cmask >> (u * N) : cand_bits<N>(cand, i);
 #pragma unroll
             for (int j = 0; j < N; ++j) {
                 float x = fabsf(to_f<T>(v[j]));
                 if (THR && x >= thr) {
                     // benign race: every writer stores 1. Without the probe this was a store from every
                     // row to the same few lines (8192^2: row kernel 84.6 us vs 76.4 at threshold 0)
-                    if (!__ldg(cand + i * N + j)) flags[i * N + j] = 1;
+                    if (!((cb >> j) & 1u)) flags[i * N + j] = 1;
                 } else {
                     m = fmaxf(m, x);
                 }
@@ -137,17 +162,12 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
                 raw = av[i];
             }
             const T* v = reinterpret_cast<const T*>(&raw);
-            // the candidate flags of these N columns (N bytes, N-aligned; an L1 hit after the first rows)
-            unsigned long long cw = 0;
-            if (THR) {
-                if constexpr (N == 8) cw = __ldg(reinterpret_cast<const unsigned long long*>(cand + i * N));
-                else cw = __ldg(reinterpret_cast<const unsigned int*>(cand + i * N));
-            }
+            const unsigned cb = !THR ? 0u : cached ? cmask >> (u * N) : cand_bits<N>(cand, i);
             signed char q[N];
 #pragma unroll
             for (int j = 0; j < N; ++j) {
                 float x = to_f<T>(v[j]);
-                q[j] = (THR && (fabsf(x) >= thr || ((cw >> (8 * j)) & 0xff))) ? (signed char)0 : q8(__fmul_rn(x, scale));
+                q[j] = (THR && (fabsf(x) >= thr || ((cb >> j) & 1u))) ? (signed char)0 : q8(__fmul_rn(x, scale));
             }
             if constexpr (N == 8) {
                 __stcs(reinterpret_cast<uint2*>(out + i * N), *reinterpret_cast<const uint2*>(q));
