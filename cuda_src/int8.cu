@@ -63,7 +63,7 @@ template <> __device__ __forceinline__ unsigned cand_bits<4>(const unsigned char
 // column stores no flag. flags[c] = 1 marks only outlier columns the probe missed ("late" columns: the
 // host zeroes them in all rows afterwards, kbit_int8_zero_late_cols).
 template <typename T, bool VEC, bool THR, int THREADS, int MAXV, int MINB>
-__global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __restrict__ A, long long cols, float thr,
+__global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __restrict__ A, long long rows, long long cols, float thr,
                                                               signed char* __restrict__ codes,
                                                               float* __restrict__ row_stats,
                                                               unsigned char* __restrict__ flags,
@@ -71,115 +71,118 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
     constexpr int N = Vec<T>::N;
     __shared__ float red[THREADS / 32];
     __shared__ float s_scale;
-    const long long row = blockIdx.x;
-    const T* a = A + row * cols;
-    signed char* out = codes + row * cols;
-    float m = 0.0f;
     const long long nv = VEC ? cols / N : 0;
     const bool cached = VEC && nv <= (long long)THREADS * MAXV;
-    uint4 cache[MAXV];
-    // THR && cached: the candidate bits of this thread's columns (vector u, element j: bit u*N + j), loaded
-    // beside the row (their latency hides under its DRAM loads), so neither pass waits on a flag load
+    // THR && cached: the candidate bits of this thread's columns (vector u, element j: bit u*N + j). A
+    // thread owns the same columns in every row, so they are loaded once per block (the threshold path
+    // runs a persistent grid) and no pass waits on a flag load. Read per row instead (from L1/L2, an 8-byte
+    // load per vector) they slowed the row kernel at 8192^2 from 84.6 to 96-106 us.
     unsigned cmask = 0;
     static_assert(MAXV * N <= 32, "candidate bits of a thread's vectors fit one word");
-    if (VEC) {
-        const uint4* av = reinterpret_cast<const uint4*>(a);
-        if (cached) {
+    if (THR && cached) {
 #pragma unroll
-            for (int u = 0; u < MAXV; ++u) {
-                const long long i = threadIdx.x + (long long)u * THREADS;
-                if (i < nv) cache[u] = __ldcs(av + i);
-            }
-            if (THR) {
+        for (int u = 0; u < MAXV; ++u) {
+            const long long i = threadIdx.x + (long long)u * THREADS;
+            if (i < nv) cmask |= cand_bits<N>(cand, i) << (u * N);
+        }
+    }
+    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
+        const T* a = A + row * cols;
+        signed char* out = codes + row * cols;
+        float m = 0.0f;
+        uint4 cache[MAXV];
+        if (VEC) {
+            const uint4* av = reinterpret_cast<const uint4*>(a);
+            if (cached) {
 #pragma unroll
                 for (int u = 0; u < MAXV; ++u) {
                     const long long i = threadIdx.x + (long long)u * THREADS;
-                    if (i < nv) cmask |= cand_bits<N>(cand, i) << (u * N);
+                    if (i < nv) cache[u] = __ldcs(av + i);
                 }
             }
-        }
-        for (int u = 0;; ++u) {
-            const long long i = threadIdx.x + (long long)u * THREADS;
-            if (i >= nv) break;
-            uint4 raw;
-            if (cached) {
-                // unrolled selection keeps cache[] in registers
+            for (int u = 0;; ++u) {
+                const long long i = threadIdx.x + (long long)u * THREADS;
+                if (i >= nv) break;
+                uint4 raw;
+                if (cached) {
+                    // unrolled selection keeps cache[] in registers
 #pragma unroll
-                for (int w = 0; w < MAXV; ++w) if (w == u) raw = cache[w];
-            } else {
-                raw = av[i];
+                    for (int w = 0; w < MAXV; ++w) if (w == u) raw = cache[w];
+                } else {
+                    raw = av[i];
+                }
+                const T* v = reinterpret_cast<const T*>(&raw);
+                const unsigned cb = !THR ? 0u : cached ? cmask >> (u * N) : cand_bits<N>(cand, i);
+#pragma unroll
+                for (int j = 0; j < N; ++j) {
+                    float x = fabsf(to_f<T>(v[j]));
+                    if (THR && x >= thr) {
+                        // benign race: every writer stores 1. Without the probe this was a store from every
+                        // row to the same few lines (8192^2: row kernel 84.6 us vs 76.4 at threshold 0)
+                        if (!((cb >> j) & 1u)) flags[i * N + j] = 1;
+                    } else {
+                        m = fmaxf(m, x);
+                    }
+                }
+                if (cached && u + 1 >= MAXV) break;
             }
-            const T* v = reinterpret_cast<const T*>(&raw);
-            const unsigned cb = !THR ? 0u : cached ? cmask >> (u * N) : cand_bits<N>(cand, i);
-#pragma unroll
-            for (int j = 0; j < N; ++j) {
-                float x = fabsf(to_f<T>(v[j]));
+        } else {
+            for (long long i = threadIdx.x; i < cols; i += THREADS) {
+                float x = fabsf(to_f<T>(a[i]));
                 if (THR && x >= thr) {
-                    // benign race: every writer stores 1. Without the probe this was a store from every
-                    // row to the same few lines (8192^2: row kernel 84.6 us vs 76.4 at threshold 0)
-                    if (!((cb >> j) & 1u)) flags[i * N + j] = 1;
+                    if (!__ldg(cand + i)) flags[i] = 1;
                 } else {
                     m = fmaxf(m, x);
                 }
             }
-            if (cached && u + 1 >= MAXV) break;
         }
-    } else {
-        for (long long i = threadIdx.x; i < cols; i += THREADS) {
-            float x = fabsf(to_f<T>(a[i]));
-            if (THR && x >= thr) {
-                if (!__ldg(cand + i)) flags[i] = 1;
-            } else {
-                m = fmaxf(m, x);
+        m = warp_max(m);
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            float v = threadIdx.x < THREADS / 32 ? red[threadIdx.x] : 0.0f;
+            v = warp_max(v);
+            if (threadIdx.x == 0) {
+                row_stats[row] = v;
+                // torch evaluates 127.0 / row_stats as row_stats.reciprocal() * 127 (two roundings);
+                // 1/0 = inf -> 0*inf = NaN -> code 0
+                s_scale = __fmul_rn(__frcp_rn(v), 127.0f);
             }
         }
-    }
-    m = warp_max(m);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float v = threadIdx.x < THREADS / 32 ? red[threadIdx.x] : 0.0f;
-        v = warp_max(v);
-        if (threadIdx.x == 0) {
-            row_stats[row] = v;
-            // torch evaluates 127.0 / row_stats as row_stats.reciprocal() * 127 (two roundings);
-            // 1/0 = inf -> 0*inf = NaN -> code 0
-            s_scale = __fmul_rn(__frcp_rn(v), 127.0f);
-        }
-    }
-    __syncthreads();
-    const float scale = s_scale;
-    if (VEC) {
-        const uint4* av = reinterpret_cast<const uint4*>(a);
-        for (int u = 0;; ++u) {
-            const long long i = threadIdx.x + (long long)u * THREADS;
-            if (i >= nv) break;
-            uint4 raw;
-            if (cached) {
+        __syncthreads();
+        const float scale = s_scale;
+        if (VEC) {
+            const uint4* av = reinterpret_cast<const uint4*>(a);
+            for (int u = 0;; ++u) {
+                const long long i = threadIdx.x + (long long)u * THREADS;
+                if (i >= nv) break;
+                uint4 raw;
+                if (cached) {
 #pragma unroll
-                for (int w = 0; w < MAXV; ++w) if (w == u) raw = cache[w];
-            } else {
-                raw = av[i];
-            }
-            const T* v = reinterpret_cast<const T*>(&raw);
-            const unsigned cb = !THR ? 0u : cached ? cmask >> (u * N) : cand_bits<N>(cand, i);
-            signed char q[N];
+                    for (int w = 0; w < MAXV; ++w) if (w == u) raw = cache[w];
+                } else {
+                    raw = av[i];
+                }
+                const T* v = reinterpret_cast<const T*>(&raw);
+                const unsigned cb = !THR ? 0u : cached ? cmask >> (u * N) : cand_bits<N>(cand, i);
+                signed char q[N];
 #pragma unroll
-            for (int j = 0; j < N; ++j) {
-                float x = to_f<T>(v[j]);
-                q[j] = (THR && (fabsf(x) >= thr || ((cb >> j) & 1u))) ? (signed char)0 : q8(__fmul_rn(x, scale));
+                for (int j = 0; j < N; ++j) {
+                    float x = to_f<T>(v[j]);
+                    q[j] = (THR && (fabsf(x) >= thr || ((cb >> j) & 1u))) ? (signed char)0 : q8(__fmul_rn(x, scale));
+                }
+                if constexpr (N == 8) {
+                    __stcs(reinterpret_cast<uint2*>(out + i * N), *reinterpret_cast<const uint2*>(q));
+                } else {
+                    __stcs(reinterpret_cast<unsigned int*>(out + i * N), *reinterpret_cast<const unsigned int*>(q));
+                }
+                if (cached && u + 1 >= MAXV) break;
             }
-            if constexpr (N == 8) {
-                __stcs(reinterpret_cast<uint2*>(out + i * N), *reinterpret_cast<const uint2*>(q));
-            } else {
-                __stcs(reinterpret_cast<unsigned int*>(out + i * N), *reinterpret_cast<const unsigned int*>(q));
+        } else {
+            for (long long i = threadIdx.x; i < cols; i += THREADS) {
+                float x = to_f<T>(a[i]);
+                out[i] = (THR && (fabsf(x) >= thr || __ldg(cand + i))) ? (signed char)0 : q8(__fmul_rn(x, scale));
             }
-            if (cached && u + 1 >= MAXV) break;
-        }
-    } else {
-        for (long long i = threadIdx.x; i < cols; i += THREADS) {
-            float x = to_f<T>(a[i]);
-            out[i] = (THR && (fabsf(x) >= thr || __ldg(cand + i))) ? (signed char)0 : q8(__fmul_rn(x, scale));
         }
     }
 }
@@ -307,6 +310,18 @@ inline bool tight_occupancy() {
     return !(v && v[0] == 'l');
 }
 
+// A persistent grid for the threshold row kernel: as many blocks as fit on the device at once (the
+// occupancy of this kernel build, queried once), each looping over rows, at most one per row.
+template <auto Kernel>
+unsigned resident_grid(int threads, long long rows) {
+    static const int per_sm = [threads] {  // per kernel build, queried once (thread-safe static init)
+        int n = 0;
+        return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, Kernel, threads, 0) == cudaSuccess && n > 0 ? n : 1;
+    }();
+    const long long g = (long long)per_sm * kbit_num_sms();
+    return (unsigned)(g < rows ? g : rows);
+}
+
 template <typename T, int THREADS>
 cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, int use_thr, signed char* codes,
                       float* stats, unsigned char* flags, long long* index, cudaStream_t s) {
@@ -329,20 +344,25 @@ cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, 
             else k_probe<T, false><<<gp, PROBE_THREADS, 0, s>>>(a, rows, cols, thr, np, cand);
         }
     }
-    dim3 g((unsigned)rows);
     constexpr int MV = 4;
     const bool tight = tight_occupancy();
+    const dim3 g((unsigned)rows);
     if (vec) {
         if (use_thr) {
-            if (tight) k_vectorwise_quant<T, true, true, THREADS, MV, TIGHT><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, cand);
-            else k_vectorwise_quant<T, true, true, THREADS, MV, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, cand);
+            if (tight) {
+                constexpr auto k = k_vectorwise_quant<T, true, true, THREADS, MV, TIGHT>;
+                k<<<resident_grid<k>(THREADS, rows), THREADS, 0, s>>>(a, rows, cols, thr, codes, stats, flags, cand);
+            } else {
+                constexpr auto k = k_vectorwise_quant<T, true, true, THREADS, MV, 1>;
+                k<<<resident_grid<k>(THREADS, rows), THREADS, 0, s>>>(a, rows, cols, thr, codes, stats, flags, cand);
+            }
         } else {
-            if (tight) k_vectorwise_quant<T, true, false, THREADS, MV, TIGHT><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, cand);
-            else k_vectorwise_quant<T, true, false, THREADS, MV, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, cand);
+            if (tight) k_vectorwise_quant<T, true, false, THREADS, MV, TIGHT><<<g, THREADS, 0, s>>>(a, rows, cols, thr, codes, stats, flags, cand);
+            else k_vectorwise_quant<T, true, false, THREADS, MV, 1><<<g, THREADS, 0, s>>>(a, rows, cols, thr, codes, stats, flags, cand);
         }
     } else {
-        if (use_thr) k_vectorwise_quant<T, false, true, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, cand);
-        else k_vectorwise_quant<T, false, false, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, cand);
+        if (use_thr) k_vectorwise_quant<T, false, true, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, rows, cols, thr, codes, stats, flags, cand);
+        else k_vectorwise_quant<T, false, false, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, rows, cols, thr, codes, stats, flags, cand);
     }
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || !use_thr) return e;
