@@ -5,6 +5,9 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include <type_traits>
 
 #include "kbit_device.h"
 #include "kbit_int8.h"
@@ -40,171 +43,235 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// The N candidate flags (bytes 0/1) of vector i packed into N bits (bit j = column i*N + j): the
-// multiply moves byte j's low bit to bit 8*(N-1) + j without carries (the cross terms land on distinct
-// lower bits), the shift brings the N bits down.
-template <int N> __device__ __forceinline__ unsigned cand_bits(const unsigned char* cand, long long i);
-template <> __device__ __forceinline__ unsigned cand_bits<8>(const unsigned char* cand, long long i) {
-    const unsigned long long w = __ldg(reinterpret_cast<const unsigned long long*>(cand) + i);
-    return (unsigned)((w * 0x0102040810204080ull) >> 56);
+// 16-bit dtypes are handled two lanes per 32-bit word in the absmax pass and the outlier tests (packed
+// abs, compare-to-mask and max): |x| >= thr is exact in the dtype (thr is rounded to it by the caller,
+// as torch compares), and __hmax2, like fmaxf, returns the other operand for a NaN. Per element this
+// halves the instructions of the threshold path, which is what it cost over threshold 0.
+template <typename T> struct Pair { using H2 = unsigned; };  // float: unused
+template <> struct Pair<__half> {
+    using H2 = __half2;
+    static __device__ __forceinline__ H2 splat(float v) { return __float2half2_rn(v); }
+};
+template <> struct Pair<__nv_bfloat16> {
+    using H2 = __nv_bfloat162;
+    static __device__ __forceinline__ H2 splat(float v) { return __float2bfloat162_rn(v); }
+};
+template <typename H2> __device__ __forceinline__ H2 as_h2(unsigned w) {
+    H2 h;
+    memcpy(&h, &w, 4);
+    return h;
 }
-template <> __device__ __forceinline__ unsigned cand_bits<4>(const unsigned char* cand, long long i) {
-    const unsigned w = __ldg(reinterpret_cast<const unsigned*>(cand) + i);
-    return (w * 0x01020408u) >> 24;
+template <typename H2> __device__ __forceinline__ unsigned as_u32(H2 h) {
+    unsigned w;
+    memcpy(&w, &h, 4);
+    return w;
 }
+
+// Where the outlier bookkeeping lives in the caller's col_flags buffer (P = cols rounded up to 16):
+// [0, P) flags: every outlier column (the row kernel); [P, 2P) cand: the columns the probe found;
+// [2P, 2P + 16) their count (int); then the probe's column list (int, unordered, up to cols entries).
+struct OutlierWork {
+    unsigned char* flags;
+    unsigned char* cand;
+    int* n_cand;
+    int* cand_list;
+    __host__ __device__ OutlierWork(unsigned char* base, long long cols) {
+        const long long pad = (cols + 15) / 16 * 16;
+        flags = base;
+        cand = base + pad;
+        n_cand = reinterpret_cast<int*>(base + 2 * pad);
+        cand_list = reinterpret_cast<int*>(base + 2 * pad + 16);
+    }
+    static long long zeroed_bytes(long long cols) { return (cols + 15) / 16 * 16 * 2 + 16; }
+};
 
 // One block per row; 16-byte vector loads when the row is aligned (VEC), scalar otherwise.
 // Pass 1: absmax over non-outliers (and outlier column flags); pass 2 writes codes. With VEC the
 // row's vectors stay in registers between the passes when they fit (MAXV per thread), else pass 2
-// re-reads the row (L1/L2). THR: thresholding compiled in or out.
-//
-// THR: cand[c] = 1 for the columns the probe (k_probe) found; read through the read-only path (the probe
-// wrote them before this kernel), they are zeroed in every row as it is coded, and an outlier in such a
-// column stores no flag. flags[c] = 1 marks only outlier columns the probe missed ("late" columns: the
-// host zeroes them in all rows afterwards, kbit_int8_zero_late_cols).
+// re-reads the row (L1/L2). THR: thresholding compiled in or out. With THR, the columns of the probe's
+// list (k_probe) are then zeroed in the row while its codes are still in L2 (a few byte stores after a
+// barrier); columns the probe missed are zeroed in all rows afterwards (kbit_int8_zero_late_cols).
 template <typename T, bool VEC, bool THR, int THREADS, int MAXV, int MINB>
-__global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __restrict__ A, long long rows, long long cols, float thr,
+__global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __restrict__ A, long long cols, float thr,
                                                               signed char* __restrict__ codes,
                                                               float* __restrict__ row_stats,
                                                               unsigned char* __restrict__ flags,
-                                                              const unsigned char* __restrict__ cand) {
+                                                              const int* __restrict__ n_cand,
+                                                              const int* __restrict__ cand_list) {
     constexpr int N = Vec<T>::N;
+    constexpr bool PACKED = !std::is_same_v<T, float>;  // two 16-bit lanes per word
+    using H2 = typename Pair<T>::H2;
     __shared__ float red[THREADS / 32];
     __shared__ float s_scale;
+    const long long row = blockIdx.x;
+    const T* a = A + row * cols;
+    signed char* out = codes + row * cols;
+    // the probe's columns: count and this thread's first entry, loaded now, used after pass 2
+    int ncand = 0, my_col = 0;
+    if (THR) {
+        ncand = __ldg(n_cand);
+        if (threadIdx.x < ncand) my_col = __ldg(cand_list + threadIdx.x);
+    }
+    float m = 0.0f;
     const long long nv = VEC ? cols / N : 0;
     const bool cached = VEC && nv <= (long long)THREADS * MAXV;
-    // THR && cached: the candidate bits of this thread's columns (vector u, element j: bit u*N + j). A
-    // thread owns the same columns in every row, so they are loaded once per block (the threshold path
-    // runs a persistent grid) and no pass waits on a flag load. Read per row instead (from L1/L2, an 8-byte
-    // load per vector) they slowed the row kernel at 8192^2 from 84.6 to 96-106 us.
-    unsigned cmask = 0;
-    static_assert(MAXV * N <= 32, "candidate bits of a thread's vectors fit one word");
-    if (THR && cached) {
+    uint4 cache[MAXV];
+    if (VEC) {
+        const uint4* av = reinterpret_cast<const uint4*>(a);
+        if (cached) {
 #pragma unroll
-        for (int u = 0; u < MAXV; ++u) {
-            const long long i = threadIdx.x + (long long)u * THREADS;
-            if (i < nv) cmask |= cand_bits<N>(cand, i) << (u * N);
-        }
-    }
-    for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
-        const T* a = A + row * cols;
-        signed char* out = codes + row * cols;
-        float m = 0.0f;
-        uint4 cache[MAXV];
-        if (VEC) {
-            const uint4* av = reinterpret_cast<const uint4*>(a);
-            if (cached) {
-#pragma unroll
-                for (int u = 0; u < MAXV; ++u) {
-                    const long long i = threadIdx.x + (long long)u * THREADS;
-                    if (i < nv) cache[u] = __ldcs(av + i);
-                }
-            }
-            for (int u = 0;; ++u) {
+            for (int u = 0; u < MAXV; ++u) {
                 const long long i = threadIdx.x + (long long)u * THREADS;
-                if (i >= nv) break;
-                uint4 raw;
-                if (cached) {
-                    // unrolled selection keeps cache[] in registers
+                if (i < nv) cache[u] = __ldcs(av + i);
+            }
+        }
+        [[maybe_unused]] H2 m2;
+        [[maybe_unused]] H2 thr2;
+        if constexpr (PACKED) {
+            m2 = Pair<T>::splat(0.0f);
+            thr2 = Pair<T>::splat(thr);
+        }
+        for (int u = 0;; ++u) {
+            const long long i = threadIdx.x + (long long)u * THREADS;
+            if (i >= nv) break;
+            uint4 raw;
+            if (cached) {
+                // unrolled selection keeps cache[] in registers
 #pragma unroll
-                    for (int w = 0; w < MAXV; ++w) if (w == u) raw = cache[w];
-                } else {
-                    raw = av[i];
+                for (int w = 0; w < MAXV; ++w) if (w == u) raw = cache[w];
+            } else {
+                raw = av[i];
+            }
+            if constexpr (PACKED) {
+                const unsigned* wv = reinterpret_cast<const unsigned*>(&raw);
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    unsigned ab = wv[k] & 0x7fff7fffu;
+                    if (THR) {
+                        const unsigned om = __hge2_mask(as_h2<H2>(ab), thr2);
+                        if (om) {  // benign race: every writer stores 1
+                            if (om & 0xffffu) flags[i * N + 2 * k] = 1;
+                            if (om >> 16) flags[i * N + 2 * k + 1] = 1;
+                        }
+                        ab &= ~om;
+                    }
+                    m2 = __hmax2(m2, as_h2<H2>(ab));
                 }
+            } else {
                 const T* v = reinterpret_cast<const T*>(&raw);
-                const unsigned cb = !THR ? 0u : cached ? cmask >> (u * N) : cand_bits<N>(cand, i);
 #pragma unroll
                 for (int j = 0; j < N; ++j) {
                     float x = fabsf(to_f<T>(v[j]));
                     if (THR && x >= thr) {
-                        // benign race: every writer stores 1. Without the probe this was a store from every
-                        // row to the same few lines (8192^2: row kernel 84.6 us vs 76.4 at threshold 0)
-                        if (!((cb >> j) & 1u)) flags[i * N + j] = 1;
+                        flags[i * N + j] = 1;  // benign race: every writer stores 1
                     } else {
                         m = fmaxf(m, x);
                     }
                 }
-                if (cached && u + 1 >= MAXV) break;
             }
-        } else {
-            for (long long i = threadIdx.x; i < cols; i += THREADS) {
-                float x = fabsf(to_f<T>(a[i]));
-                if (THR && x >= thr) {
-                    if (!__ldg(cand + i)) flags[i] = 1;
-                } else {
-                    m = fmaxf(m, x);
-                }
+            if (cached && u + 1 >= MAXV) break;
+        }
+        if constexpr (PACKED) m = fmaxf(to_f<T>(m2.x), to_f<T>(m2.y));
+    } else {
+        for (long long i = threadIdx.x; i < cols; i += THREADS) {
+            float x = fabsf(to_f<T>(a[i]));
+            if (THR && x >= thr) {
+                flags[i] = 1;
+            } else {
+                m = fmaxf(m, x);
             }
         }
-        m = warp_max(m);
-        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
-        __syncthreads();
-        if (threadIdx.x < 32) {
-            float v = threadIdx.x < THREADS / 32 ? red[threadIdx.x] : 0.0f;
-            v = warp_max(v);
-            if (threadIdx.x == 0) {
-                row_stats[row] = v;
-                // torch evaluates 127.0 / row_stats as row_stats.reciprocal() * 127 (two roundings);
-                // 1/0 = inf -> 0*inf = NaN -> code 0
-                s_scale = __fmul_rn(__frcp_rn(v), 127.0f);
-            }
+    }
+    m = warp_max(m);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < THREADS / 32 ? red[threadIdx.x] : 0.0f;
+        v = warp_max(v);
+        if (threadIdx.x == 0) {
+            row_stats[row] = v;
+            // torch evaluates 127.0 / row_stats as row_stats.reciprocal() * 127 (two roundings);
+            // 1/0 = inf -> 0*inf = NaN -> code 0
+            s_scale = __fmul_rn(__frcp_rn(v), 127.0f);
         }
-        __syncthreads();
-        const float scale = s_scale;
-        if (VEC) {
-            const uint4* av = reinterpret_cast<const uint4*>(a);
-            for (int u = 0;; ++u) {
-                const long long i = threadIdx.x + (long long)u * THREADS;
-                if (i >= nv) break;
-                uint4 raw;
-                if (cached) {
+    }
+    __syncthreads();
+    const float scale = s_scale;
+    if (VEC) {
+        const uint4* av = reinterpret_cast<const uint4*>(a);
+        [[maybe_unused]] H2 thr2;
+        if constexpr (PACKED) thr2 = Pair<T>::splat(thr);
+        for (int u = 0;; ++u) {
+            const long long i = threadIdx.x + (long long)u * THREADS;
+            if (i >= nv) break;
+            uint4 raw;
+            if (cached) {
 #pragma unroll
-                    for (int w = 0; w < MAXV; ++w) if (w == u) raw = cache[w];
-                } else {
-                    raw = av[i];
-                }
-                const T* v = reinterpret_cast<const T*>(&raw);
-                const unsigned cb = !THR ? 0u : cached ? cmask >> (u * N) : cand_bits<N>(cand, i);
-                signed char q[N];
+                for (int w = 0; w < MAXV; ++w) if (w == u) raw = cache[w];
+            } else {
+                raw = av[i];
+            }
+            if constexpr (PACKED) {
+                if (THR) {  // outliers -> +0 before coding: 0 * scale codes 0 (NaN when scale = inf: also 0)
+                    unsigned* wv = reinterpret_cast<unsigned*>(&raw);
 #pragma unroll
-                for (int j = 0; j < N; ++j) {
-                    float x = to_f<T>(v[j]);
-                    q[j] = (THR && (fabsf(x) >= thr || ((cb >> j) & 1u))) ? (signed char)0 : q8(__fmul_rn(x, scale));
+                    for (int k = 0; k < 4; ++k) wv[k] &= ~__hge2_mask(as_h2<H2>(wv[k] & 0x7fff7fffu), thr2);
                 }
-                if constexpr (N == 8) {
-                    __stcs(reinterpret_cast<uint2*>(out + i * N), *reinterpret_cast<const uint2*>(q));
-                } else {
-                    __stcs(reinterpret_cast<unsigned int*>(out + i * N), *reinterpret_cast<const unsigned int*>(q));
-                }
-                if (cached && u + 1 >= MAXV) break;
             }
-        } else {
-            for (long long i = threadIdx.x; i < cols; i += THREADS) {
-                float x = to_f<T>(a[i]);
-                out[i] = (THR && (fabsf(x) >= thr || __ldg(cand + i))) ? (signed char)0 : q8(__fmul_rn(x, scale));
+            const T* v = reinterpret_cast<const T*>(&raw);
+            signed char q[N];
+#pragma unroll
+            for (int j = 0; j < N; ++j) {
+                float x = to_f<T>(v[j]);
+                q[j] = (THR && !PACKED && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
             }
+            if constexpr (N == 8) {
+                __stcs(reinterpret_cast<uint2*>(out + i * N), *reinterpret_cast<const uint2*>(q));
+            } else {
+                __stcs(reinterpret_cast<unsigned int*>(out + i * N), *reinterpret_cast<const unsigned int*>(q));
+            }
+            if (cached && u + 1 >= MAXV) break;
         }
+    } else {
+        for (long long i = threadIdx.x; i < cols; i += THREADS) {
+            float x = to_f<T>(a[i]);
+            out[i] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
+        }
+    }
+    if (THR && ncand > 0) {  // ncand is the same in every thread: the barrier is reached by all or none
+        __syncthreads();     // the row's codes are stored and visible to the block before these overwrite them
+        if (threadIdx.x < ncand) out[my_col] = 0;
+        for (int t = threadIdx.x + THREADS; t < ncand; t += THREADS) out[__ldg(cand_list + t)] = 0;
     }
 }
 
 // Outlier columns known before the row kernel runs: PROBE_ROWS rows spread evenly over A (the first
-// included) are scanned and cand[c] = 1 marks a column with an |a| >= thr there. LLM.int8() outlier
-// features are systematic (the same columns in most rows), so the probe finds nearly all of them and
-// the row kernel zeroes them as it codes each row, while the codes are on chip: no DRAM
-// read-modify-write of one byte in rows x columns scattered sectors afterwards (8192^2: 7.1 us), and no
-// flag store from every row to the same lines. The probe's rows are then read again from L2.
-// KBIT_INT8_PROBE=<rows> (read per call; 0 = no probe: every outlier column is then "late") for A/B runs.
+// included) are scanned; a column with an |a| >= thr there is marked in cand and appended once to the
+// probe's list (atomics; the list is unordered). LLM.int8() outlier features are systematic (the same
+// columns in most rows), so the probe finds nearly all of them and the row kernel zeroes them in each
+// row while its codes are in L2 -- instead of a pass over all rows afterwards whose one-byte stores in
+// rows x columns scattered sectors are each a DRAM read-modify-write (8192^2: 7.1 us). The probe's rows
+// are read again from L2 by the row kernel. KBIT_INT8_PROBE=<rows> (read per call; 0 = no probe: every
+// outlier column is then "late") for A/B runs and tests.
 constexpr int PROBE_ROWS = 32, PROBE_THREADS = 256;
 
-inline int probe_rows(long long rows) {
+inline int probe_rows(long long rows, long long cols) {
+    if (rows <= 1 || cols > 0x7fffffffLL) return 0;  // one row needs no column zeroing; list entries are int
     const char* v = getenv("KBIT_INT8_PROBE");
     const long long p = v ? atoll(v) : PROBE_ROWS;
     return (int)(p < rows ? (p < 0 ? 0 : p) : rows);
 }
 
+__device__ __forceinline__ void probe_mark(long long c, unsigned char* cand, int* n_cand, int* cand_list) {
+    unsigned* w = reinterpret_cast<unsigned*>(cand + (c & ~3LL));
+    const unsigned bit = 1u << (8 * (c & 3));
+    if (!(atomicOr(w, bit) & bit)) cand_list[atomicAdd(n_cand, 1)] = (int)c;
+}
+
 template <typename T, bool VEC>
 __global__ void __launch_bounds__(PROBE_THREADS) k_probe(const T* __restrict__ A, long long rows, long long cols,
-                                                         float thr, int nprobe, unsigned char* __restrict__ cand) {
+                                                         float thr, int nprobe, unsigned char* cand, int* n_cand,
+                                                         int* cand_list) {
     const long long row = (long long)blockIdx.y * rows / nprobe;
     const T* a = A + row * cols;
     const long long stride = (long long)gridDim.x * PROBE_THREADS;
@@ -216,20 +283,22 @@ __global__ void __launch_bounds__(PROBE_THREADS) k_probe(const T* __restrict__ A
             const T* v = reinterpret_cast<const T*>(&raw);
 #pragma unroll
             for (int j = 0; j < N; ++j)
-                if (fabsf(to_f<T>(v[j])) >= thr) cand[i * N + j] = 1;
+                if (fabsf(to_f<T>(v[j])) >= thr) probe_mark(i * N + j, cand, n_cand, cand_list);
         }
     } else {
         for (long long i = blockIdx.x * (long long)PROBE_THREADS + threadIdx.x; i < cols; i += stride)
-            if (fabsf(to_f<T>(a[i])) >= thr) cand[i] = 1;
+            if (fabsf(to_f<T>(a[i])) >= thr) probe_mark(i, cand, n_cand, cand_list);
     }
 }
 
-// The outlier column list on the device: ascending indices of the columns with flags[c] | cand[c]
-// (cand may be null), their count in idx[cols] and, with cand, the count of late columns (flags only)
-// in idx[cols + 1]. One block; each thread owns IDX_PER consecutive flags, a block-wide prefix sum of the
-// per-thread counts (warp shuffles, then the warp totals) gives each its write position. The host
-// then reads the counts instead of running torch.nonzero's count + select passes.
+// An outlier column list on the device, ascending: LATE = false: every outlier column (flags | cand),
+// its count in idx[cols] and the count of late columns (flagged, not probed) in idx[cols + 1];
+// LATE = true: the late columns, their count in idx[cols]. One block; each thread owns IDX_PER
+// consecutive flags, a block-wide prefix sum of the per-thread counts (warp shuffles, then the warp
+// totals) gives each its write position. The host then reads the counts instead of running
+// torch.nonzero's count + select passes.
 constexpr int IDX_THREADS = 1024, IDX_PER = 16;
+template <bool LATE>
 __global__ void __launch_bounds__(IDX_THREADS) k_flag_index(const unsigned char* __restrict__ flags,
                                                             const unsigned char* __restrict__ cand, long long cols,
                                                             long long* __restrict__ idx) {
@@ -245,14 +314,14 @@ __global__ void __launch_bounds__(IDX_THREADS) k_flag_index(const unsigned char*
         unsigned bits = 0;
         if (first < cols) {  // 16-byte loads (the caller pads both arrays to a multiple of 16 bytes)
             const uint4 w = *reinterpret_cast<const uint4*>(flags + first);
+            const uint4 wc = *reinterpret_cast<const uint4*>(cand + first);
             const unsigned char* f = reinterpret_cast<const unsigned char*>(&w);
-            uint4 wc = make_uint4(0, 0, 0, 0);
-            if (cand) wc = *reinterpret_cast<const uint4*>(cand + first);
             const unsigned char* fc = reinterpret_cast<const unsigned char*>(&wc);
 #pragma unroll
             for (int k = 0; k < IDX_PER; ++k) {
-                if (first + k < cols && (f[k] | fc[k])) bits |= 1u << k;
-                if (first + k < cols && f[k]) ++late;
+                const bool in = first + k < cols, is_late = in && f[k] && !fc[k];
+                if (LATE ? is_late : in && (f[k] | fc[k])) bits |= 1u << k;
+                late += is_late;
             }
         }
         const int cnt = __popc(bits);
@@ -280,11 +349,11 @@ __global__ void __launch_bounds__(IDX_THREADS) k_flag_index(const unsigned char*
         if (threadIdx.x == IDX_THREADS - 1) s_base = pos; // the last thread ends at the running total
         __syncthreads();
     }
-    if (cand && late) atomicAdd(&s_late, late);
+    if (!LATE && late) atomicAdd(&s_late, late);
     __syncthreads();
     if (threadIdx.x == 0) {
         idx[cols] = s_base;
-        if (cand) idx[cols + 1] = s_late;
+        if (!LATE) idx[cols + 1] = s_late;
     }
 }
 
@@ -310,63 +379,51 @@ inline bool tight_occupancy() {
     return !(v && v[0] == 'l');
 }
 
-// A persistent grid for the threshold row kernel: as many blocks as fit on the device at once (the
-// occupancy of this kernel build, queried once), each looping over rows, at most one per row.
-template <auto Kernel>
-unsigned resident_grid(int threads, long long rows) {
-    static const int per_sm = [threads] {  // per kernel build, queried once (thread-safe static init)
-        int n = 0;
-        return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, Kernel, threads, 0) == cudaSuccess && n > 0 ? n : 1;
-    }();
-    const long long g = (long long)per_sm * kbit_num_sms();
-    return (unsigned)(g < rows ? g : rows);
-}
-
 template <typename T, int THREADS>
 cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, int use_thr, signed char* codes,
-                      float* stats, unsigned char* flags, long long* index, cudaStream_t s) {
+                      float* stats, unsigned char* work_base, long long* index, cudaStream_t s) {
     constexpr int N = Vec<T>::N;
     constexpr int TIGHT = 1536 / THREADS;
     const bool vec = (cols % N == 0) && ((reinterpret_cast<uintptr_t>(A) & 15) == 0) &&
                      ((reinterpret_cast<uintptr_t>(codes) & 7) == 0);
     const T* a = static_cast<const T*>(A);
-    unsigned char* cand = use_thr ? flags + (cols + 15) / 16 * 16 : nullptr;
+    unsigned char* flags = nullptr;
+    int *n_cand = nullptr, *cand_list = nullptr;
     if (use_thr) {
-        // one row needs no column zeroing: its outliers are the only elements of their columns and are
-        // coded 0 anyway (cand stays zero)
-        const int np = rows > 1 ? probe_rows(rows) : 0;
+        const OutlierWork w(work_base, cols);
+        flags = w.flags;
+        n_cand = w.n_cand;
+        cand_list = w.cand_list;
+        const int np = probe_rows(rows, cols);
         if (np > 0) {
             const long long work = vec ? cols / N : cols;
             long long gx = (work + PROBE_THREADS - 1) / PROBE_THREADS;
             gx = gx > 64 ? 64 : gx;
             const dim3 gp((unsigned)gx, (unsigned)np);
-            if (vec) k_probe<T, true><<<gp, PROBE_THREADS, 0, s>>>(a, rows, cols, thr, np, cand);
-            else k_probe<T, false><<<gp, PROBE_THREADS, 0, s>>>(a, rows, cols, thr, np, cand);
+            if (vec) k_probe<T, true><<<gp, PROBE_THREADS, 0, s>>>(a, rows, cols, thr, np, w.cand, n_cand, cand_list);
+            else k_probe<T, false><<<gp, PROBE_THREADS, 0, s>>>(a, rows, cols, thr, np, w.cand, n_cand, cand_list);
         }
     }
+    const dim3 g((unsigned)rows);
     constexpr int MV = 4;
     const bool tight = tight_occupancy();
-    const dim3 g((unsigned)rows);
+#define KBIT_VQ(V, TH, M, B) k_vectorwise_quant<T, V, TH, THREADS, M, B><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, n_cand, cand_list)
     if (vec) {
         if (use_thr) {
-            if (tight) {
-                constexpr auto k = k_vectorwise_quant<T, true, true, THREADS, MV, TIGHT>;
-                k<<<resident_grid<k>(THREADS, rows), THREADS, 0, s>>>(a, rows, cols, thr, codes, stats, flags, cand);
-            } else {
-                constexpr auto k = k_vectorwise_quant<T, true, true, THREADS, MV, 1>;
-                k<<<resident_grid<k>(THREADS, rows), THREADS, 0, s>>>(a, rows, cols, thr, codes, stats, flags, cand);
-            }
+            if (tight) KBIT_VQ(true, true, MV, TIGHT);
+            else KBIT_VQ(true, true, MV, 1);
         } else {
-            if (tight) k_vectorwise_quant<T, true, false, THREADS, MV, TIGHT><<<g, THREADS, 0, s>>>(a, rows, cols, thr, codes, stats, flags, cand);
-            else k_vectorwise_quant<T, true, false, THREADS, MV, 1><<<g, THREADS, 0, s>>>(a, rows, cols, thr, codes, stats, flags, cand);
+            if (tight) KBIT_VQ(true, false, MV, TIGHT);
+            else KBIT_VQ(true, false, MV, 1);
         }
     } else {
-        if (use_thr) k_vectorwise_quant<T, false, true, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, rows, cols, thr, codes, stats, flags, cand);
-        else k_vectorwise_quant<T, false, false, THREADS, 1, 1><<<g, THREADS, 0, s>>>(a, rows, cols, thr, codes, stats, flags, cand);
+        if (use_thr) KBIT_VQ(false, true, 1, 1);
+        else KBIT_VQ(false, false, 1, 1);
     }
+#undef KBIT_VQ
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || !use_thr) return e;
-    k_flag_index<<<1, IDX_THREADS, 0, s>>>(flags, cand, cols, index);
+    k_flag_index<false><<<1, IDX_THREADS, 0, s>>>(flags, OutlierWork(work_base, cols).cand, cols, index);
     return cudaGetLastError();
 }
 
@@ -513,8 +570,8 @@ cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows,
                                        long long* col_index, cudaStream_t stream) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
     if (use_thr && (col_flags == nullptr || col_index == nullptr)) return cudaErrorInvalidValue;
-    if (use_thr) {  // flags and candidate flags, each padded to 16 bytes
-        cudaError_t e = cudaMemsetAsync(col_flags, 0, (size_t)((cols + 15) / 16 * 16 * 2), stream);
+    if (use_thr) {  // flags, probe flags and the probe's count (its list needs no zeroing)
+        cudaError_t e = cudaMemsetAsync(col_flags, 0, (size_t)OutlierWork::zeroed_bytes(cols), stream);
         if (e != cudaSuccess) return e;
     }
     switch (dtype) {
@@ -528,7 +585,8 @@ cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows,
 cudaError_t kbit_int8_zero_late_cols(signed char* codes, long long rows, long long cols,
                                      const unsigned char* col_flags, long long* scratch, cudaStream_t stream) {
     if (rows <= 1 || cols <= 0) return cudaSuccess;
-    k_flag_index<<<1, IDX_THREADS, 0, stream>>>(col_flags, nullptr, cols, scratch);
+    k_flag_index<true><<<1, IDX_THREADS, 0, stream>>>(col_flags, OutlierWork(const_cast<unsigned char*>(col_flags), cols).cand,
+                                                      cols, scratch);
     k_zero_listed<<<kbit_num_sms() * 4, 256, 0, stream>>>(codes, rows, cols, scratch);
     return cudaGetLastError();
 }

@@ -18,18 +18,19 @@ extern "C" {
 
 /* Row-wise int8 quantization of a contiguous rows x cols matrix. If use_thr, elements with
  * |a| >= thr are outliers: excluded from the row stats and coded 0, and every row of a column holding
- * one is coded 0. col_flags: 2 x P bytes, P = cols rounded up to a multiple of 16, 16-byte aligned,
- * zeroed by this function: the second half receives the columns found by a probe of a few rows (zeroed
- * in every row by the row kernel), the first half the "late" outlier columns the probe missed.
- * col_index (int64, cols + 2 entries) receives the ascending indices of all outlier columns, their count
- * in col_index[cols] and the count of late columns in col_index[cols + 1]. If that is > 0 and rows > 1,
- * the caller must then run kbit_int8_zero_late_cols on the same stream before the codes are final. */
+ * one is coded 0. col_flags: the outlier work buffer, 2 * P + 16 + 4 * cols bytes (P = cols rounded up
+ * to a multiple of 16), 16-byte aligned, its first 2 * P + 16 bytes zeroed by this function: column flags,
+ * the flags of the columns a probe of a few rows found (zeroed in every row by the row kernel), their
+ * count and list. col_index (int64, cols + 2 entries) receives the ascending indices of all outlier
+ * columns, their count in col_index[cols] and the count of "late" columns (outliers only in rows the
+ * probe did not read) in col_index[cols + 1]. If that is > 0 and rows > 1, the caller must then run
+ * kbit_int8_zero_late_cols on the same stream before the codes are final. */
 cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows, long long cols, float thr,
                                        int use_thr, signed char* codes, float* row_stats,
                                        unsigned char* col_flags, long long* col_index, cudaStream_t stream);
 
-/* Zero every row of the late columns (col_flags[c] = 1, first half of kbit_int8_vectorwise_quant's
- * flags); scratch: int64, cols + 1 entries. */
+/* Zero every row of the late columns (col_flags: kbit_int8_vectorwise_quant's work buffer after it ran);
+ * scratch: int64, cols + 1 entries. */
 cudaError_t kbit_int8_zero_late_cols(signed char* codes, long long rows, long long cols,
                                      const unsigned char* col_flags, long long* scratch, cudaStream_t stream);
 

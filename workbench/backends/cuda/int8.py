@@ -63,8 +63,9 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     stats = torch.empty(rows, dtype=torch.float32, device=A.device)
     use = threshold > 0.0
     pad = (cols + 15) // 16 * 16
-    # late and probed column flags, each padded to 16 bytes (read as 16-byte words); unused when use == 0
-    flags = torch.empty(2 * pad, dtype=torch.uint8, device=A.device) if use else None
+    # outlier bookkeeping (cuda_src/int8.cu OutlierWork): column flags, the probe's flags (each padded to
+    # 16 bytes, read as 16-byte words), the probe's count and its int32 column list; unused when use == 0
+    flags = torch.empty(2 * pad + 16 + 4 * cols, dtype=torch.uint8, device=A.device) if use else None
     index = torch.empty(cols + 2, dtype=torch.int64, device=A.device) if use else None  # columns, counts
     thr = threshold_in(A.dtype, threshold) if use else 0.0
     check(lib().kbit_int8_vectorwise_quant(ptr(A), _dtype(A), rows, cols, thr, int(use), ptr(codes), ptr(stats),
@@ -72,8 +73,8 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     if not use:
         return codes, stats, None
     # the list has a data-dependent size, so reading its count is one device->host sync (bitsandbytes
-    # syncs on outliers.any() too); columns the probe found are zeroed already, late ones (outliers only
-    # in rows the probe did not read) are zeroed in every row now
+    # syncs on outliers.any() too); the columns the probe found are zeroed already, late ones (outliers
+    # only in rows the probe did not read) are zeroed in every row now
     n_cols, n_late = index[cols:].tolist()
     if n_late and rows > 1:
         scratch = torch.empty(cols + 1, dtype=torch.int64, device=A.device)
