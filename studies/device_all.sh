@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # One device call for any of the GPU families: build (+ ptxas resource report), GPU tests, benchmarks.
 # usage (on the device, repo root, carry [".whl"] holding the bitsandbytes 0.50.2 wheel):
-#     bash studies/device_all.sh [build] [tests] [quant] [optim] [int8] [ab] [host] [grid] [ncu] [--quick]
+#     bash studies/device_all.sh [build] [tests] [quant] [optim] [int8] [ab] [abnumba] [host] [grid] [thrcost] [ncu8] [ncu] [--quick]
 # grid: Numba quantizer kernel time vs persistent grid and launch bounds (studies/numba_grid_sweep.py)
 # host: host time per call of the cuda and numba_cuda ops (plain and under cProfile, studies/host_overhead.py)
 # ab: the quant library of git revision $AB_REV (default HEAD; it must exist in the .git that travels, which
 #     on the device tool is the session's starting one) vs this tree's, interleaved in one process
 #     (studies/ab_quant_lib.py)
 # abnumba: the Numba optimizer kernels of git $AB_REV vs this tree's (speed, new / old / new)
+# thrcost: int8 row kernel time vs outliers per row (studies/int8_threshold_cost.py); ncu8: ncu sections of
+#       the int8 row kernel at threshold 0 and 6 (studies/device_ncu_int8.py)
 # ncu: Nsight Compute sections of the production quant kernels (studies/device_ncu_quant.py), where ncu reads
 #      counters (Firecracker machines; not gVisor)
 # Results land in $OUT/results/<family>/ and are packed into $OUT/results.tgz (the device tool returns
@@ -82,6 +84,16 @@ if has host; then
 fi
 if has grid; then
   timeout 200 python3 -m studies.numba_grid_sweep ${GRID_PER_SM:+--per-sm $GRID_PER_SM} 2>&1 | grep -v -i warn | tee "$R/numba_grid_sweep.txt"
+fi
+if has thrcost; then
+  timeout 120 python3 -m studies.int8_threshold_cost --out "$R/int8_threshold_cost.json" 2>&1 | grep -v -i warn | tail -12
+fi
+if has ncu8 && command -v ncu > /dev/null; then
+  timeout 150 ncu --clock-control none -k regex:k_vectorwise_quant --section SpeedOfLight --section Occupancy \
+    --section SchedulerStats --section WarpStateStats --section MemoryWorkloadAnalysis python3 studies/device_ncu_int8.py \
+    > "$R/ncu_int8.txt" 2>&1
+  grep -E "k_vectorwise|Throughput|Duration|Stall|Issued|Eligible|Active Warps|Hit Rate|Mem Busy|Max Bandwidth" \
+    "$R/ncu_int8.txt" | head -60
 fi
 if has ncu && command -v ncu > /dev/null; then
   timeout 150 ncu --clock-control none --launch-count 3 -k regex:k_ --section SpeedOfLight --section Occupancy \
