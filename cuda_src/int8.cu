@@ -34,6 +34,8 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 
 // rne(x) to int8; non-finite -> 0 (NaN from 0*inf, inf when 1/absmax overflows); |x| <= 127.5 otherwise
 __device__ __forceinline__ signed char q8(float x) { return isfinite(x) ? (signed char)__float2int_rn(x) : (signed char)0; }
+// the same for x = a * scale with a finite scale (|x| <= 127.5 or NaN): cvt.rni.s32.f32 maps NaN to 0
+__device__ __forceinline__ signed char q8_scaled(float x) { return (signed char)__float2int_rn(x); }
 
 template <typename T> struct Vec { static constexpr int N = 16 / sizeof(T); };
 
@@ -116,6 +118,7 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
     const long long nv = VEC ? cols / N : 0;
     const bool cached = VEC && nv <= (long long)THREADS * MAXV;
     uint4 cache[MAXV];
+    unsigned has_out = 0;  // THR, 16-bit VEC: bit u = vector u holds an outlier (bit 31: any vector >= 31)
     if (VEC) {
         const uint4* av = reinterpret_cast<const uint4*>(a);
         if (cached) {
@@ -127,7 +130,7 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
         }
         [[maybe_unused]] H2 m2;
         [[maybe_unused]] H2 thr2;
-        if constexpr (PACKED) {
+        if constexpr (PACKED) {  // (absmax pass)
             m2 = Pair<T>::splat(0.0f);
             thr2 = Pair<T>::splat(thr);
         }
@@ -144,19 +147,25 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
             }
             if constexpr (PACKED) {
                 const unsigned* wv = reinterpret_cast<const unsigned*>(&raw);
+                unsigned ab[4];
 #pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    unsigned ab = wv[k] & 0x7fff7fffu;
-                    if (THR) {
-                        const unsigned om = __hge2_mask(as_h2<H2>(ab), thr2);
-                        if (om) {  // benign race: every writer stores 1
-                            if (om & 0xffffu) flags[i * N + 2 * k] = 1;
-                            if (om >> 16) flags[i * N + 2 * k + 1] = 1;
-                        }
-                        ab &= ~om;
+                for (int k = 0; k < 4; ++k) ab[k] = wv[k] & 0x7fff7fffu;
+                H2 mx = __hmax2(__hmax2(as_h2<H2>(ab[0]), as_h2<H2>(ab[1])), __hmax2(as_h2<H2>(ab[2]), as_h2<H2>(ab[3])));
+                // one test per 8 elements; outliers are rare, their vectors take the branch (and pass 2
+                // re-tests only those: bit u of has_out)
+                if (THR && __hge2_mask(mx, thr2)) {
+                    has_out |= 1u << (u < 31 ? u : 31);
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) {
+                        const unsigned om = __hge2_mask(as_h2<H2>(ab[k]), thr2);
+                        // benign race: every writer stores 1
+                        if (om & 0xffffu) flags[i * N + 2 * k] = 1;
+                        if (om >> 16) flags[i * N + 2 * k + 1] = 1;
+                        ab[k] &= ~om;
                     }
-                    m2 = __hmax2(m2, as_h2<H2>(ab));
+                    mx = __hmax2(__hmax2(as_h2<H2>(ab[0]), as_h2<H2>(ab[1])), __hmax2(as_h2<H2>(ab[2]), as_h2<H2>(ab[3])));
                 }
+                m2 = __hmax2(m2, mx);
             } else {
                 const T* v = reinterpret_cast<const T*>(&raw);
 #pragma unroll
@@ -196,7 +205,10 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
         }
     }
     __syncthreads();
-    const float scale = s_scale;
+    // scale is finite or +inf (absmax 0 or subnormal enough that 1/absmax overflows). Finite: |x * scale|
+    // <= 127.0001 or NaN, and the int conversion gives NaN -> 0 -- no per-element test. +inf: the spec
+    // codes every element 0 (0 * inf = NaN, inf -> 0); scale 0 does that.
+    const float scale = isinf(s_scale) ? 0.0f : s_scale;
     if (VEC) {
         const uint4* av = reinterpret_cast<const uint4*>(a);
         [[maybe_unused]] H2 thr2;
@@ -212,7 +224,7 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
                 raw = av[i];
             }
             if constexpr (PACKED) {
-                if (THR) {  // outliers -> +0 before coding: 0 * scale codes 0 (NaN when scale = inf: also 0)
+                if (THR && (!cached || ((has_out >> (u < 31 ? u : 31)) & 1u))) {  // outliers -> +0: code 0
                     unsigned* wv = reinterpret_cast<unsigned*>(&raw);
 #pragma unroll
                     for (int k = 0; k < 4; ++k) wv[k] &= ~__hge2_mask(as_h2<H2>(wv[k] & 0x7fff7fffu), thr2);
@@ -223,7 +235,7 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
 #pragma unroll
             for (int j = 0; j < N; ++j) {
                 float x = to_f<T>(v[j]);
-                q[j] = (THR && !PACKED && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
+                q[j] = (THR && !PACKED && fabsf(x) >= thr) ? (signed char)0 : q8_scaled(__fmul_rn(x, scale));
             }
             if constexpr (N == 8) {
                 __stcs(reinterpret_cast<uint2*>(out + i * N), *reinterpret_cast<const uint2*>(q));
@@ -235,7 +247,7 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
     } else {
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
             float x = to_f<T>(a[i]);
-            out[i] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8(__fmul_rn(x, scale));
+            out[i] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8_scaled(__fmul_rn(x, scale));
         }
     }
     if (THR && ncand > 0) {  // ncand is the same in every thread: the barrier is reached by all or none

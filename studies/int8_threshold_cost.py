@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import torch
 
@@ -17,9 +18,14 @@ from workbench import bench
 from workbench.backends.cuda import int8 as C
 
 
-def row_kernel_us(A, thr):
-    parts = bench.kernel_breakdown(lambda: C.int8_vectorwise_quant(A, thr), reps=20)
-    return {k.split("(")[0].replace("void ", "").split("<")[0].split("::")[-1]: round(v, 2) for k, v in parts.items()}
+def kernels_us(A, thr):
+    """GPU us per kernel of one call, by short name (k_flag_index<true> and <false> kept apart)."""
+    out = {}
+    for name, us in bench.kernel_breakdown(lambda: C.int8_vectorwise_quant(A, thr), reps=20).items():
+        m = re.search(r"k_\w+(?:<(?:true|false)>)?|Memset|Memcpy \w+", name)
+        key = m.group(0) if m else name[:40]
+        out[key] = round(out.get(key, 0.0) + us, 2)
+    return out
 
 
 def main(argv=None):
@@ -47,7 +53,7 @@ def main(argv=None):
             n_out = int((A.abs() >= 6).sum())
             for thr in (0.0, 6.0):
                 r = {"hot": hot, "kind": kind, "threshold": thr, "outliers_per_row": n_out / args.rows,
-                     "us": row_kernel_us(A, thr)}
+                     "us": kernels_us(A, thr)}
                 res.append(r)
                 print(json.dumps(r))
     if args.out:
