@@ -87,6 +87,13 @@ struct OutlierWork {
     static long long zeroed_bytes(long long cols) { return (cols + 15) / 16 * 16 * 2 + 16; }
 };
 
+// An outlier in column c: flag it unless the probe has (cand is read-only here: an L1 hit after the first
+// rows). Stored from every row instead, these flags cost the row kernel ~0.75 us per outlier per row at
+// 8192^2 (same-address stores from all SMs). Benign race: every writer stores 1.
+__device__ __forceinline__ void mark_late(long long c, unsigned char* flags, const unsigned char* __restrict__ cand) {
+    if (!__ldg(cand + c)) flags[c] = 1;
+}
+
 // One block per row; 16-byte vector loads when the row is aligned (VEC), scalar otherwise.
 // Pass 1: absmax over non-outliers (and outlier column flags); pass 2 writes codes. With VEC the
 // row's vectors stay in registers between the passes when they fit (MAXV per thread), else pass 2
@@ -98,6 +105,7 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
                                                               signed char* __restrict__ codes,
                                                               float* __restrict__ row_stats,
                                                               unsigned char* __restrict__ flags,
+                                                              const unsigned char* __restrict__ cand,
                                                               const int* __restrict__ n_cand,
                                                               const int* __restrict__ cand_list) {
     constexpr int N = Vec<T>::N;
@@ -158,9 +166,8 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
 #pragma unroll
                     for (int k = 0; k < 4; ++k) {
                         const unsigned om = __hge2_mask(as_h2<H2>(ab[k]), thr2);
-                        // benign race: every writer stores 1
-                        if (om & 0xffffu) flags[i * N + 2 * k] = 1;
-                        if (om >> 16) flags[i * N + 2 * k + 1] = 1;
+                        if (om & 0xffffu) mark_late(i * N + 2 * k, flags, cand);
+                        if (om >> 16) mark_late(i * N + 2 * k + 1, flags, cand);
                         ab[k] &= ~om;
                     }
                     mx = __hmax2(__hmax2(as_h2<H2>(ab[0]), as_h2<H2>(ab[1])), __hmax2(as_h2<H2>(ab[2]), as_h2<H2>(ab[3])));
@@ -172,7 +179,7 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
                 for (int j = 0; j < N; ++j) {
                     float x = fabsf(to_f<T>(v[j]));
                     if (THR && x >= thr) {
-                        flags[i * N + j] = 1;  // benign race: every writer stores 1
+                        mark_late(i * N + j, flags, cand);
                     } else {
                         m = fmaxf(m, x);
                     }
@@ -185,7 +192,7 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
             float x = fabsf(to_f<T>(a[i]));
             if (THR && x >= thr) {
-                flags[i] = 1;
+                mark_late(i, flags, cand);
             } else {
                 m = fmaxf(m, x);
             }
@@ -313,7 +320,8 @@ constexpr int IDX_THREADS = 1024, IDX_PER = 16;
 template <bool LATE>
 __global__ void __launch_bounds__(IDX_THREADS) k_flag_index(const unsigned char* __restrict__ flags,
                                                             const unsigned char* __restrict__ cand, long long cols,
-                                                            long long* __restrict__ idx) {
+                                                            long long* __restrict__ idx,
+                                                            volatile long long* host_counts = nullptr) {
     __shared__ int s_warp[IDX_THREADS / 32];
     __shared__ long long s_base;
     __shared__ int s_late;
@@ -366,6 +374,10 @@ __global__ void __launch_bounds__(IDX_THREADS) k_flag_index(const unsigned char*
     if (threadIdx.x == 0) {
         idx[cols] = s_base;
         if (!LATE) idx[cols + 1] = s_late;
+        if (host_counts) {  // pinned host memory: read after a stream sync, no device->host copy to launch
+            host_counts[0] = s_base;
+            host_counts[1] = s_late;
+        }
     }
 }
 
@@ -393,17 +405,19 @@ inline bool tight_occupancy() {
 
 template <typename T, int THREADS>
 cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, int use_thr, signed char* codes,
-                      float* stats, unsigned char* work_base, long long* index, cudaStream_t s) {
+                      float* stats, unsigned char* work_base, long long* index, long long* host_counts,
+                      cudaStream_t s) {
     constexpr int N = Vec<T>::N;
     constexpr int TIGHT = 1536 / THREADS;
     const bool vec = (cols % N == 0) && ((reinterpret_cast<uintptr_t>(A) & 15) == 0) &&
                      ((reinterpret_cast<uintptr_t>(codes) & 7) == 0);
     const T* a = static_cast<const T*>(A);
-    unsigned char* flags = nullptr;
+    unsigned char *flags = nullptr, *cand = nullptr;
     int *n_cand = nullptr, *cand_list = nullptr;
     if (use_thr) {
         const OutlierWork w(work_base, cols);
         flags = w.flags;
+        cand = w.cand;
         n_cand = w.n_cand;
         cand_list = w.cand_list;
         const int np = probe_rows(rows, cols);
@@ -419,7 +433,7 @@ cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, 
     const dim3 g((unsigned)rows);
     constexpr int MV = 4;
     const bool tight = tight_occupancy();
-#define KBIT_VQ(V, TH, M, B) k_vectorwise_quant<T, V, TH, THREADS, M, B><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, n_cand, cand_list)
+#define KBIT_VQ(V, TH, M, B) k_vectorwise_quant<T, V, TH, THREADS, M, B><<<g, THREADS, 0, s>>>(a, cols, thr, codes, stats, flags, cand, n_cand, cand_list)
     if (vec) {
         if (use_thr) {
             if (tight) KBIT_VQ(true, true, MV, TIGHT);
@@ -435,19 +449,19 @@ cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, 
 #undef KBIT_VQ
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || !use_thr) return e;
-    k_flag_index<false><<<1, IDX_THREADS, 0, s>>>(flags, OutlierWork(work_base, cols).cand, cols, index);
+    k_flag_index<false><<<1, IDX_THREADS, 0, s>>>(flags, cand, cols, index, host_counts);
     return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t vq_dispatch(const void* A, long long rows, long long cols, float thr, int use_thr, signed char* codes,
-                        float* stats, unsigned char* flags, long long* index, cudaStream_t s) {
+                        float* stats, unsigned char* flags, long long* index, long long* host_counts, cudaStream_t s) {
     // small rows: fewer threads per row so a block is not mostly idle
     const long long nvec = (cols + Vec<T>::N - 1) / Vec<T>::N;
-    if (nvec <= 64) return launch_vq<T, 64>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
-    if (nvec <= 128) return launch_vq<T, 128>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
-    if (nvec <= 256) return launch_vq<T, 256>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
-    return launch_vq<T, 512>(A, rows, cols, thr, use_thr, codes, stats, flags, index, s);
+    if (nvec <= 64) return launch_vq<T, 64>(A, rows, cols, thr, use_thr, codes, stats, flags, index, host_counts, s);
+    if (nvec <= 128) return launch_vq<T, 128>(A, rows, cols, thr, use_thr, codes, stats, flags, index, host_counts, s);
+    if (nvec <= 256) return launch_vq<T, 256>(A, rows, cols, thr, use_thr, codes, stats, flags, index, host_counts, s);
+    return launch_vq<T, 512>(A, rows, cols, thr, use_thr, codes, stats, flags, index, host_counts, s);
 }
 
 // column stats: each thread one column, a slice of rows; atomicMax on the float's bits (values >= 0)
@@ -579,7 +593,7 @@ extern "C" {
 
 cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows, long long cols, float thr,
                                        int use_thr, signed char* codes, float* row_stats, unsigned char* col_flags,
-                                       long long* col_index, cudaStream_t stream) {
+                                       long long* col_index, long long* host_counts, cudaStream_t stream) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
     if (use_thr && (col_flags == nullptr || col_index == nullptr)) return cudaErrorInvalidValue;
     if (use_thr) {  // flags, probe flags and the probe's count (its list needs no zeroing)
@@ -587,9 +601,9 @@ cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows,
         if (e != cudaSuccess) return e;
     }
     switch (dtype) {
-        case 0: return vq_dispatch<float>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, stream);
-        case 1: return vq_dispatch<__half>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, stream);
-        case 2: return vq_dispatch<__nv_bfloat16>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, stream);
+        case 0: return vq_dispatch<float>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, host_counts, stream);
+        case 1: return vq_dispatch<__half>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, host_counts, stream);
+        case 2: return vq_dispatch<__nv_bfloat16>(A, rows, cols, thr, use_thr, codes, row_stats, col_flags, col_index, host_counts, stream);
         default: return cudaErrorInvalidValue;
     }
 }

@@ -23,11 +23,13 @@ extern "C" {
  * the flags of the columns a probe of a few rows found (zeroed in every row by the row kernel), their
  * count and list. col_index (int64, cols + 2 entries) receives the ascending indices of all outlier
  * columns, their count in col_index[cols] and the count of "late" columns (outliers only in rows the
- * probe did not read) in col_index[cols + 1]. If that is > 0 and rows > 1, the caller must then run
- * kbit_int8_zero_late_cols on the same stream before the codes are final. */
+ * probe did not read) in col_index[cols + 1]; the two counts also go to host_counts[0..1] when it is
+ * not null (pinned host memory, readable after a stream sync). If the late count is > 0 and rows > 1, the
+ * caller must then run kbit_int8_zero_late_cols on the same stream before the codes are final. */
 cudaError_t kbit_int8_vectorwise_quant(const void* A, int dtype, long long rows, long long cols, float thr,
                                        int use_thr, signed char* codes, float* row_stats,
-                                       unsigned char* col_flags, long long* col_index, cudaStream_t stream);
+                                       unsigned char* col_flags, long long* col_index, long long* host_counts,
+                                       cudaStream_t stream);
 
 /* Zero every row of the late columns (col_flags: kbit_int8_vectorwise_quant's work buffer after it ran);
  * scratch: int64, cols + 1 entries. */

@@ -109,6 +109,23 @@ def test_outlier_columns_found_late_and_sparse(backend, dtype, probe, rng, poiso
     assert want[2].numel() > 300
 
 
+def test_cuda_outlier_counts_fresh_per_call_and_stream(rng):
+    """The column count comes back through pinned host memory reused per stream: calls with different
+    counts, alternating between the default and a side stream, each get their own."""
+    B = _backend("cuda")
+    side = torch.cuda.Stream()
+    for k, n_hot in enumerate((3, 40, 0, 17, 1)):
+        A = torch.randn(257, 1024, generator=rng)
+        A[:, torch.randperm(1024, generator=rng)[:n_hot]] = 9.0
+        want = R.int8_vectorwise_quant(A, 6.0)
+        with torch.cuda.stream(side if k % 2 else torch.cuda.current_stream()):
+            got = B.int8_vectorwise_quant(A.cuda(), 6.0)
+        torch.cuda.synchronize()
+        assert got[2].numel() == n_hot
+        for name, x, y in zip(("codes", "row_stats", "outlier_cols"), want, got):
+            _eq(x, y, f"{name} n_hot={n_hot}")
+
+
 @pytest.mark.parametrize("occupancy", ("loose", "tight"))
 @pytest.mark.parametrize("threshold", (0.0, 6.0))
 def test_cuda_row_kernel_builds_agree(occupancy, threshold, rng, monkeypatch):

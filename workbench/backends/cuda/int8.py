@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 
 import torch
 
@@ -21,7 +22,7 @@ DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _c = ctypes
 _P, _I, _L, _F = _c.c_void_p, _c.c_int, _c.c_longlong, _c.c_float
 _SIGS = {
-    "kbit_int8_vectorwise_quant": [_P, _I, _L, _L, _F, _I, _P, _P, _P, _P, _P],
+    "kbit_int8_vectorwise_quant": [_P, _I, _L, _L, _F, _I, _P, _P, _P, _P, _P, _P],
     "kbit_int8_zero_late_cols": [_P, _L, _L, _P, _P, _P],
     "kbit_int8_col_quant": [_P, _I, _L, _L, _F, _I, _P, _P, _P],
     "kbit_int8_vectorwise_dequant": [_P, _P, _L, _L, _P, _P],
@@ -56,6 +57,22 @@ def _dtype(t: torch.Tensor) -> int:
         raise TypeError(f"A: dtype {t.dtype} not supported by the cuda backend (float32/float16/bfloat16)") from None
 
 
+_pinned = threading.local()
+
+
+def _host_counts() -> torch.Tensor:
+    """Two int64 in pinned host memory that the column-list kernel writes (under unified addressing a
+    kernel can store to it directly): the count read needs no device->host copy. One pair per host
+    thread and stream; a call synchronizes before it reads them, so the next call may reuse them."""
+    bufs = getattr(_pinned, "bufs", None)
+    if bufs is None:
+        bufs = _pinned.bufs = {}
+    key = stream()
+    if key not in bufs:
+        bufs[key] = torch.zeros(2, dtype=torch.int64, pin_memory=True)
+    return bufs[key]
+
+
 def _quant_rows(A: torch.Tensor, threshold: float):
     A = A.contiguous()
     rows, cols = A.shape
@@ -68,14 +85,16 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     flags = torch.empty(2 * pad + 16 + 4 * cols, dtype=torch.uint8, device=A.device) if use else None
     index = torch.empty(cols + 2, dtype=torch.int64, device=A.device) if use else None  # columns, counts
     thr = threshold_in(A.dtype, threshold) if use else 0.0
+    counts = _host_counts() if use else None
     check(lib().kbit_int8_vectorwise_quant(ptr(A), _dtype(A), rows, cols, thr, int(use), ptr(codes), ptr(stats),
-                                           ptr(flags), ptr(index), stream()), "kbit_int8_vectorwise_quant")
+                                           ptr(flags), ptr(index), ptr(counts), stream()), "kbit_int8_vectorwise_quant")
     if not use:
         return codes, stats, None
     # the list has a data-dependent size, so reading its count is one device->host sync (bitsandbytes
     # syncs on outliers.any() too); the columns the probe found are zeroed already, late ones (outliers
     # only in rows the probe did not read) are zeroed in every row now
-    n_cols, n_late = index[cols:].tolist()
+    torch.cuda.current_stream(A.device).synchronize()
+    n_cols, n_late = counts.tolist()
     if n_late and rows > 1:
         scratch = torch.empty(cols + 1, dtype=torch.int64, device=A.device)
         check(lib().kbit_int8_zero_late_cols(ptr(codes), rows, cols, ptr(flags), ptr(scratch), stream()),
