@@ -87,11 +87,6 @@ struct OutlierWork {
     static long long zeroed_bytes(long long cols) { return (cols + 15) / 16 * 16 * 2 + 16; }
 };
 
-// An outlier in column c. Benign race: every writer stores 1. Skipping the store for columns the probe
-// found (a read-only L1 load of cand first) measured slower at 1.8 and 7.3 outliers per row (8192^2, row
-// kernel 79.8 -> 82.4 and 81.2 -> 86.2 us) and faster only at 29 (100.8 -> 96.0).
-__device__ __forceinline__ void mark(long long c, unsigned char* flags) { flags[c] = 1; }
-
 // One block per row; 16-byte vector loads when the row is aligned (VEC), scalar otherwise.
 // Pass 1: absmax over non-outliers (and outlier column flags); pass 2 writes codes. With VEC the
 // row's vectors stay in registers between the passes when they fit (MAXV per thread), else pass 2
@@ -110,12 +105,6 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
     using H2 = typename Pair<T>::H2;
     __shared__ float red[THREADS / 32];
     __shared__ float s_scale;
-    // THR, cached: the probe's columns as a bitmap (bit c), so pass 2 zeroes them in registers before
-    // the store; zeroed here, filled between the two barriers of the absmax, read after the second.
-    // (Zeroing them after pass 2 instead -- a barrier, then a byte store per column -- cost ~1.9 us
-    // at 8192^2; that remains the path for rows too long to cache.)
-    constexpr int ZW = THREADS * MAXV * N / 32;
-    __shared__ unsigned zbits[THR ? ZW : 1];
     const long long row = blockIdx.x;
     const T* a = A + row * cols;
     signed char* out = codes + row * cols;
@@ -128,8 +117,6 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
     float m = 0.0f;
     const long long nv = VEC ? cols / N : 0;
     const bool cached = VEC && nv <= (long long)THREADS * MAXV;
-    if (THR && cached)
-        for (int w = threadIdx.x; w < ZW; w += THREADS) zbits[w] = 0;
     uint4 cache[MAXV];
     unsigned has_out = 0;  // THR, 16-bit VEC: bit u = vector u holds an outlier (bit 31: any vector >= 31)
     if (VEC) {
@@ -171,8 +158,12 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
 #pragma unroll
                     for (int k = 0; k < 4; ++k) {
                         const unsigned om = __hge2_mask(as_h2<H2>(ab[k]), thr2);
-                        if (om & 0xffffu) mark(i * N + 2 * k, flags);
-                        if (om >> 16) mark(i * N + 2 * k + 1, flags);
+                        // benign race: every writer stores 1. Skipping the store for columns the probe found
+                        // (an L1 load of its flag first) measured slower at 1.8 and 7.3 outliers per row
+                        // (8192^2: 79.8 -> 82.4, 81.2 -> 86.2 us), faster only at 29 (100.8 -> 96.0); so did
+                        // zeroing the probe's columns in registers from a shared bitmap (81.2 -> 86.9 us)
+                        if (om & 0xffffu) flags[i * N + 2 * k] = 1;
+                        if (om >> 16) flags[i * N + 2 * k + 1] = 1;
                         ab[k] &= ~om;
                     }
                     mx = __hmax2(__hmax2(as_h2<H2>(ab[0]), as_h2<H2>(ab[1])), __hmax2(as_h2<H2>(ab[2]), as_h2<H2>(ab[3])));
@@ -184,7 +175,7 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
                 for (int j = 0; j < N; ++j) {
                     float x = fabsf(to_f<T>(v[j]));
                     if (THR && x >= thr) {
-                        mark(i * N + j, flags);
+                        flags[i * N + j] = 1;  // benign race: every writer stores 1
                     } else {
                         m = fmaxf(m, x);
                     }
@@ -197,7 +188,7 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
             float x = fabsf(to_f<T>(a[i]));
             if (THR && x >= thr) {
-                mark(i, flags);
+                flags[i] = 1;
             } else {
                 m = fmaxf(m, x);
             }
@@ -206,13 +197,6 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
     m = warp_max(m);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
     __syncthreads();
-    if (THR && cached) {
-        if (threadIdx.x < ncand) atomicOr(&zbits[my_col >> 5], 1u << (my_col & 31));
-        for (int t = threadIdx.x + THREADS; t < ncand; t += THREADS) {
-            const int c = __ldg(cand_list + t);
-            atomicOr(&zbits[c >> 5], 1u << (c & 31));
-        }
-    }
     if (threadIdx.x < 32) {
         float v = threadIdx.x < THREADS / 32 ? red[threadIdx.x] : 0.0f;
         v = warp_max(v);
@@ -242,17 +226,11 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
             } else {
                 raw = av[i];
             }
-            // the probe's columns among these N (bit j: column i*N + j)
-            const unsigned zb = (THR && cached) ? (zbits[(i * N) >> 5] >> ((i * N) & 31)) & ((1u << N) - 1u) : 0u;
             if constexpr (PACKED) {
-                if (THR && (!cached || zb || ((has_out >> (u < 31 ? u : 31)) & 1u))) {  // -> +0: code 0
+                if (THR && (!cached || ((has_out >> (u < 31 ? u : 31)) & 1u))) {  // outliers -> +0: code 0
                     unsigned* wv = reinterpret_cast<unsigned*>(&raw);
 #pragma unroll
-                    for (int k = 0; k < 4; ++k) {
-                        const unsigned lanes = (((zb >> (2 * k)) & 1u) ? 0x0000ffffu : 0u) |
-                                               (((zb >> (2 * k + 1)) & 1u) ? 0xffff0000u : 0u);
-                        wv[k] &= ~(__hge2_mask(as_h2<H2>(wv[k] & 0x7fff7fffu), thr2) | lanes);
-                    }
+                    for (int k = 0; k < 4; ++k) wv[k] &= ~__hge2_mask(as_h2<H2>(wv[k] & 0x7fff7fffu), thr2);
                 }
             }
             const T* v = reinterpret_cast<const T*>(&raw);
@@ -260,8 +238,7 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
 #pragma unroll
             for (int j = 0; j < N; ++j) {
                 float x = to_f<T>(v[j]);
-                q[j] = (THR && !PACKED && (fabsf(x) >= thr || ((zb >> j) & 1u))) ? (signed char)0
-                                                                                  : q8_scaled(__fmul_rn(x, scale));
+                q[j] = (THR && !PACKED && fabsf(x) >= thr) ? (signed char)0 : q8_scaled(__fmul_rn(x, scale));
             }
             if constexpr (N == 8) {
                 __stcs(reinterpret_cast<uint2*>(out + i * N), *reinterpret_cast<const uint2*>(q));
@@ -276,7 +253,7 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
             out[i] = (THR && fabsf(x) >= thr) ? (signed char)0 : q8_scaled(__fmul_rn(x, scale));
         }
     }
-    if (THR && !cached && ncand > 0) {  // the same in every thread: the barrier is reached by all or none
+    if (THR && ncand > 0) {  // ncand is the same in every thread: the barrier is reached by all or none
         __syncthreads();     // the row's codes are stored and visible to the block before these overwrite them
         if (threadIdx.x < ncand) out[my_col] = 0;
         for (int t = threadIdx.x + THREADS; t < ncand; t += THREADS) out[__ldg(cand_list + t)] = 0;
@@ -431,12 +408,11 @@ cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, 
     const bool vec = (cols % N == 0) && ((reinterpret_cast<uintptr_t>(A) & 15) == 0) &&
                      ((reinterpret_cast<uintptr_t>(codes) & 7) == 0);
     const T* a = static_cast<const T*>(A);
-    unsigned char *flags = nullptr, *cand = nullptr;
+    unsigned char* flags = nullptr;
     int *n_cand = nullptr, *cand_list = nullptr;
     if (use_thr) {
         const OutlierWork w(work_base, cols);
         flags = w.flags;
-        cand = w.cand;
         n_cand = w.n_cand;
         cand_list = w.cand_list;
         const int np = probe_rows(rows, cols);
@@ -468,7 +444,7 @@ cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, 
 #undef KBIT_VQ
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || !use_thr) return e;
-    k_flag_index<false><<<1, IDX_THREADS, 0, s>>>(flags, cand, cols, index, host_counts);
+    k_flag_index<false><<<1, IDX_THREADS, 0, s>>>(flags, OutlierWork(work_base, cols).cand, cols, index, host_counts);
     return cudaGetLastError();
 }
 
