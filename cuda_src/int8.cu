@@ -63,11 +63,6 @@ template <typename H2> __device__ __forceinline__ H2 as_h2(unsigned w) {
     memcpy(&h, &w, 4);
     return h;
 }
-template <typename H2> __device__ __forceinline__ unsigned as_u32(H2 h) {
-    unsigned w;
-    memcpy(&w, &h, 4);
-    return w;
-}
 
 // Where the outlier bookkeeping lives in the caller's col_flags buffer (P = cols rounded up to 16):
 // [0, P) flags: every outlier column (the row kernel); [P, 2P) cand: the columns the probe found;
