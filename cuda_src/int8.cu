@@ -403,11 +403,12 @@ cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, 
     const bool vec = (cols % N == 0) && ((reinterpret_cast<uintptr_t>(A) & 15) == 0) &&
                      ((reinterpret_cast<uintptr_t>(codes) & 7) == 0);
     const T* a = static_cast<const T*>(A);
-    unsigned char* flags = nullptr;
+    unsigned char *flags = nullptr, *cand = nullptr;
     int *n_cand = nullptr, *cand_list = nullptr;
     if (use_thr) {
         const OutlierWork w(work_base, cols);
         flags = w.flags;
+        cand = w.cand;
         n_cand = w.n_cand;
         cand_list = w.cand_list;
         const int np = probe_rows(rows, cols);
@@ -416,8 +417,8 @@ cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, 
             long long gx = (work + PROBE_THREADS - 1) / PROBE_THREADS;
             gx = gx > 64 ? 64 : gx;
             const dim3 gp((unsigned)gx, (unsigned)np);
-            if (vec) k_probe<T, true><<<gp, PROBE_THREADS, 0, s>>>(a, rows, cols, thr, np, w.cand, n_cand, cand_list);
-            else k_probe<T, false><<<gp, PROBE_THREADS, 0, s>>>(a, rows, cols, thr, np, w.cand, n_cand, cand_list);
+            if (vec) k_probe<T, true><<<gp, PROBE_THREADS, 0, s>>>(a, rows, cols, thr, np, cand, n_cand, cand_list);
+            else k_probe<T, false><<<gp, PROBE_THREADS, 0, s>>>(a, rows, cols, thr, np, cand, n_cand, cand_list);
         }
     }
     const dim3 g((unsigned)rows);
@@ -439,7 +440,7 @@ cudaError_t launch_vq(const void* A, long long rows, long long cols, float thr, 
 #undef KBIT_VQ
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || !use_thr) return e;
-    k_flag_index<false><<<1, IDX_THREADS, 0, s>>>(flags, OutlierWork(work_base, cols).cand, cols, index, host_counts);
+    k_flag_index<false><<<1, IDX_THREADS, 0, s>>>(flags, cand, cols, index, host_counts);
     return cudaGetLastError();
 }
 
