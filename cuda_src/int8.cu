@@ -388,7 +388,7 @@ __global__ void k_zero_listed(signed char* codes, long long rows, long long cols
 // CTAs per SM the row kernel is compiled for: "tight" (1536 threads per SM: <= 40 registers at 512
 // threads; the default) or 1 ("loose": registers as needed). H100, fp16, threshold 0, 8192 x 8192:
 // 76.6 vs 84.9 us; 16384 x 8192: 149.6 vs 165.2 us. KBIT_INT8_OCC=loose|tight is read per call so one
-// process can A/B them (studies/bench_int8.py --occ-ab).
+// process can A/B them (studies/bench/bench_int8.py --occ-ab).
 inline bool tight_occupancy() {
     const char* v = getenv("KBIT_INT8_OCC");
     return !(v && v[0] == 'l');

@@ -107,8 +107,8 @@ def test_bench_runs_the_script_with_passthrough_args(capsys, tmp_path, monkeypat
     monkeypatch.setattr(cli, "ROOT", tmp_path)
     rc, _, err = run(capsys, "bench", "--device", "cpu")
     assert rc == 2 and "bench_cpu.py does not exist" in err
-    (tmp_path / "studies").mkdir()
-    (tmp_path / "studies" / "bench_cpu.py").write_text(
+    (tmp_path / "studies" / "bench").mkdir(parents=True)
+    (tmp_path / "studies" / "bench" / "bench_cpu.py").write_text(
         "import sys, pathlib\npathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[2:]))\n")
     rc = cli.main(["bench", "--device", "cpu", str(tmp_path / "args.txt"), "--n", "123"])
     assert rc == 0 and (tmp_path / "args.txt").read_text() == "--n 123"

@@ -3,7 +3,7 @@
   report     run the default studies on this machine's CPU and write reports/<name>/ (the main job)
   study      run one study and print its tables
   parity     every quantization op on every available backend vs the reference, as a matrix
-  bench      run the benchmark script (studies/bench_cpu.py or studies/bench_gpu.py)
+  bench      run the benchmark script (studies/bench/bench_cpu.py or studies/bench/bench_gpu.py)
   codebook   build, inspect and evaluate a codebook (file, expression or registered name)
   backends   list the backends, their devices and ops, and why one is unavailable
 """
@@ -137,7 +137,7 @@ def cmd_parity(args) -> int:
 def cmd_bench(args, rest: list[str]) -> int:
     import torch
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    script = ROOT / "studies" / f"bench_{'gpu' if device == 'cuda' else 'cpu'}.py"
+    script = ROOT / "studies" / "bench" / f"bench_{'gpu' if device == 'cuda' else 'cpu'}.py"
     if not script.exists():
         raise CLIError(f"bench: {script.relative_to(ROOT)} does not exist yet (the {device} benchmark is written "
                        "with the kernel work)")
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_parity)
 
-    b = sub.add_parser("bench", help="run studies/bench_cpu.py or studies/bench_gpu.py",
+    b = sub.add_parser("bench", help="run studies/bench/bench_cpu.py or studies/bench/bench_gpu.py",
                        description="Run the benchmark script for the device; arguments after the options are "
                                    "passed through to the script.")
     b.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")

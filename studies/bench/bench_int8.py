@@ -5,7 +5,7 @@ Effective bytes = A read once + int8 codes written once + float32 row stats; % o
 ``workbench.bench.copy_bandwidth('cuda')`` measured in the same run. Inputs are fp16 activations with
 planted outlier columns (0.2% of columns scaled so |x| >= 6 appears in most rows).
 
-    python -m studies.bench_int8 --out reports/int8-gpu [--quick] [--occ-ab] [--probe-ab]
+    python -m studies.bench.bench_int8 --out reports/int8-gpu [--quick] [--occ-ab] [--probe-ab]
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 quantizers (n = 2**28 bf16, CUDA events, median after warm-up) under each KBIT_QUANT_SEARCH
 setting, one subprocess per setting (the library reads it once per process).
 
-    python -m studies.ab_search [--out DIR]      # on a GPU machine
+    python -m studies.probes.ab_search [--out DIR]      # on a GPU machine
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         env.pop("KBIT_QUANT_SEARCH", None)
         if s != "default":
             env["KBIT_QUANT_SEARCH"] = s
-        r = subprocess.run([sys.executable, "-m", "studies.ab_search", "--child"], env=env, capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "studies.probes.ab_search", "--child"], env=env, capture_output=True, text=True)
         if r.returncode != 0:
             lines.append(f"| {s} | FAILED: {r.stderr[-300:]!r} |")
             continue

@@ -3,7 +3,7 @@ kernels -- CUDA production (cuda_src/optim.cu) and Numba CUDA -- against the ref
 spec, run on CPU copies of the same inputs: torch's CUDA kernels divide by a Python scalar as a
 multiply by its reciprocal, which is not the spec's IEEE division), bitsandbytes 0.50.2's CUDA ops and torch's fused AdamW.
 
-    python studies/bench_optim_gpu.py --out reports/optim-gpu [--n-log2 27] [--quick]
+    python studies/bench/bench_optim_gpu.py --out reports/optim-gpu [--n-log2 27] [--quick]
 
 Writes parity.{parquet,csv}, speed.{parquet,csv} (workbench.results rows with run metadata) and
 summary.md. Effective bytes per step: grad + param read, param written, each state read and written
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
 from workbench import bench, results  # noqa: E402
 from workbench.backends import status  # noqa: E402

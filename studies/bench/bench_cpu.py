@@ -1,6 +1,6 @@
 """CPU benchmark: every CPU backend side by side with bitsandbytes' CPU path, in one run.
 
-    python -m studies.bench_cpu [--n 16777216] [--quick] [--out reports/bench-cpu]
+    python -m studies.bench.bench_cpu [--n 16777216] [--quick] [--out reports/bench-cpu]
 
 Medians of perf_counter timings after warm-up (workbench/bench.py), Melem/s and the ratio to
 bitsandbytes measured in the same process; the RAM copy bandwidth as the 100% line; Numba's
@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 OPS = ("quantize_4bit", "dequantize_4bit", "quantize_blockwise", "dequantize_blockwise")
 BACKENDS = ("reference", "numba_cpu", "cython_cpu", "bnb")
 

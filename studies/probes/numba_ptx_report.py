@@ -3,7 +3,7 @@ then ``ptxas -v`` (the CUDA toolkit on this machine).
 
     pip install --target .numba-cuda --no-deps numba-cuda==0.30.4 "cuda-bindings==13.*" cuda-core cuda-pathfinder
     PYTHONPATH=.numba-cuda python -c "import _numba_cuda_redirector; import runpy; \\
-        runpy.run_module('studies.numba_ptx_report', run_name='__main__')"
+        runpy.run_module('studies.probes.numba_ptx_report', run_name='__main__')"
 
 numba-cuda is the device machine's CUDA target (the venv's numba has an older built-in one that
 cannot compile these kernels); without a driver and libnvrtc it needs two stand-ins: the compute

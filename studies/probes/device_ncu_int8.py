@@ -1,8 +1,8 @@
 """Launches of the production int8 row kernel at 8192 x 8192 fp16 (16 planted outlier columns), threshold 0
-then 6, for ncu to profile (studies/device_all.sh ncu8)."""
+then 6, for ncu to profile (studies/probes/device_all.sh ncu8)."""
 import torch
 
-from studies.bench_int8 import activations
+from studies.bench.bench_int8 import activations
 from workbench.backends.cuda import int8 as C
 
 A = activations(8192, 8192)

@@ -1,6 +1,6 @@
 """GPU benchmark + parity study of the quant family: cuda (production), numba_cuda, bitsandbytes.
 
-    python -m studies.bench_gpu --out DIR [--quick] [--no-parity] [--no-sweep]
+    python -m studies.bench.bench_gpu --out DIR [--quick] [--no-parity] [--no-sweep]
 
 * Speed: n = 2**28 bf16, effective bytes = inputs read once + outputs written once, CUDA events,
   warm-up, median of >= 20 reps (workbench.bench), % of the device-to-device copy bandwidth

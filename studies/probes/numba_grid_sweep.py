@@ -1,6 +1,6 @@
 """Kernel time of the Numba CUDA quantizers vs their persistent grid (CTAs per SM).
 
-    python -m studies.numba_grid_sweep [--n-log2 28] [--per-sm 3,4,5,6,8,10,16]
+    python -m studies.probes.numba_grid_sweep [--n-log2 28] [--per-sm 3,4,5,6,8,10,16]
 
 Back-to-back calls between two CUDA events (the host keeps ahead of the GPU at 2^28, so this is
 kernel time per call); the grid is forced through ``QUANTIZE_CTAS_PER_SM``. Prints the driver's

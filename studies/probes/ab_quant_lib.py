@@ -3,9 +3,9 @@
 launch gap included), kernel time (CUPTI, workbench.bench.device_time) and host time per call, medians
 over rounds, and whether both builds give identical outputs.
 
-    python -m studies.ab_quant_lib LIB_A LIB_B [--rounds 5] [--out DIR]     # on a GPU machine
+    python -m studies.probes.ab_quant_lib LIB_A LIB_B [--rounds 5] [--out DIR]     # on a GPU machine
 
-``bash studies/device_all.sh ab`` builds the library of git revision $AB_REV (``git archive`` into /tmp, then
+``bash studies/probes/device_all.sh ab`` builds the library of git revision $AB_REV (``git archive`` into /tmp, then
 ``workbench.cuda_build``) beside this tree's and runs this script on the two.
 """
 from __future__ import annotations

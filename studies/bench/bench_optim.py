@@ -1,7 +1,7 @@
 """Optimizer step speed: our backends vs bitsandbytes 0.50.2 (and torch's fused AdamW on CUDA).
 
-    python -m studies.bench_optim --device cpu  [--n 4194304]      -> reports/optim-cpu/
-    python -m studies.bench_optim --device cuda [--n 134217728]    -> reports/optim-gpu/ (or --out DIR)
+    python -m studies.bench.bench_optim --device cpu  [--n 4194304]      -> reports/optim-cpu/
+    python -m studies.bench.bench_optim --device cuda [--n 134217728]    -> reports/optim-gpu/ (or --out DIR)
 
 One row per (optimizer, state bits, backend): median step time over the same tensors (a fresh
 random gradient each process, fixed across reps), effective bytes = every tensor the update reads
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # One device call for any of the GPU families: build (+ ptxas resource report), GPU tests, benchmarks.
 # usage (on the device, repo root, carry [".whl"] holding the bitsandbytes 0.50.2 wheel):
-#     bash studies/device_all.sh [build] [tests] [quant] [optim] [int8] [ab] [abnumba] [host] [grid] [thrcost] [ncu8] [ncu] [--quick]
-# grid: Numba quantizer kernel time vs persistent grid and launch bounds (studies/numba_grid_sweep.py)
-# host: host time per call of the cuda and numba_cuda ops (plain and under cProfile, studies/host_overhead.py)
+#     bash studies/probes/device_all.sh [build] [tests] [quant] [optim] [int8] [ab] [abnumba] [host] [grid] [thrcost] [ncu8] [ncu] [--quick]
+# grid: Numba quantizer kernel time vs persistent grid and launch bounds (studies/probes/numba_grid_sweep.py)
+# host: host time per call of the cuda and numba_cuda ops (plain and under cProfile, studies/bench/host_overhead.py)
 # ab: the quant library of git revision $AB_REV (default HEAD; it must exist in the .git that travels, which
 #     on the device tool is the session's starting one) vs this tree's, interleaved in one process
-#     (studies/ab_quant_lib.py)
+#     (studies/probes/ab_quant_lib.py)
 # abnumba: the Numba optimizer kernels of git $AB_REV vs this tree's (speed, new / old / new)
-# thrcost: int8 row kernel time vs outliers per row (studies/int8_threshold_cost.py); ncu8: ncu sections of
-#       the int8 row kernel at threshold 0 and 6 (studies/device_ncu_int8.py)
-# ncu: Nsight Compute sections of the production quant kernels (studies/device_ncu_quant.py), where ncu reads
+# thrcost: int8 row kernel time vs outliers per row (studies/probes/int8_threshold_cost.py); ncu8: ncu sections of
+#       the int8 row kernel at threshold 0 and 6 (studies/probes/device_ncu_int8.py)
+# ncu: Nsight Compute sections of the production quant kernels (studies/probes/device_ncu_quant.py), where ncu reads
 #      counters (Firecracker machines; not gVisor)
 # Results land in $OUT/results/<family>/ and are packed into $OUT/results.tgz (the device tool returns
 # at most 8 files); the log is $OUT/log.txt. The git revision of the measured code is read from
@@ -45,7 +45,7 @@ if has ab; then
   timeout 200 python3 -m workbench.cuda_build quant > /dev/null 2>&1
   wait $OLD_BUILD  # by pid: a bare wait would also wait for the log's tee (a process substitution) forever
   ls -la /tmp/ab_old/cuda_src/build/ cuda_src/build/ | grep quant
-  timeout 200 python3 -m studies.ab_quant_lib /tmp/ab_old/cuda_src/build/libkbit_quant.so \
+  timeout 200 python3 -m studies.probes.ab_quant_lib /tmp/ab_old/cuda_src/build/libkbit_quant.so \
     cuda_src/build/libkbit_quant.so --rounds 3 --out "$R" 2>&1 | grep -v -i warn | tail -14
 fi
 if has tests; then
@@ -55,15 +55,15 @@ if has tests; then
 fi
 if has quant; then
   mkdir -p "$R/quant"
-  timeout 380 python3 -m studies.bench_gpu --out "$R/quant" $QUICK 2>&1 | grep -v -i "warn" | tail -40
+  timeout 380 python3 -m studies.bench.bench_gpu --out "$R/quant" $QUICK 2>&1 | grep -v -i "warn" | tail -40
 fi
 if has optim; then
   mkdir -p "$R/optim"
-  timeout 300 python3 -m studies.bench_optim_gpu --out "$R/optim" 2>&1 | grep -v -i "warn" | tail -30
+  timeout 300 python3 -m studies.bench.bench_optim_gpu --out "$R/optim" 2>&1 | grep -v -i "warn" | tail -30
 fi
 if has int8; then
   mkdir -p "$R/int8"
-  timeout 200 python3 -m studies.bench_int8 --out "$R/int8" $QUICK ${INT8_ARGS:-} 2>&1 | grep -v -i "warn" | tail -30
+  timeout 200 python3 -m studies.bench.bench_int8 --out "$R/int8" $QUICK ${INT8_ARGS:-} 2>&1 | grep -v -i "warn" | tail -30
 fi
 if has abnumba; then
   # the Numba optimizer kernels of git ${AB_REV:-HEAD} (the session's starting .git on the device tool) vs this
@@ -73,31 +73,31 @@ if has abnumba; then
     if [ $v = old ]; then git show "${AB_REV:-HEAD}":numba_kernels/cuda/optim.py > numba_kernels/cuda/optim.py
     else cp /tmp/optim_new.py numba_kernels/cuda/optim.py; fi
     echo "== numba optimizer kernels: $v"
-    timeout 200 python3 -m studies.bench_optim_gpu --out "$R/abnumba/$v" --backends numba_cuda --skip-parity --no-bnb \
+    timeout 200 python3 -m studies.bench.bench_optim_gpu --out "$R/abnumba/$v" --backends numba_cuda --skip-parity --no-bnb \
       2>&1 | grep -E "^numba_cuda"
   done
   cp /tmp/optim_new.py numba_kernels/cuda/optim.py
 fi
 if has host; then
-  timeout 120 python3 -m studies.host_overhead --n-log2 16 --calls 300 --top 25 > "$R/host_overhead.txt" 2>&1
+  timeout 120 python3 -m studies.bench.host_overhead --n-log2 16 --calls 300 --top 25 > "$R/host_overhead.txt" 2>&1
   grep "=====" "$R/host_overhead.txt"
 fi
 if has grid; then
-  timeout 200 python3 -m studies.numba_grid_sweep ${GRID_PER_SM:+--per-sm $GRID_PER_SM} 2>&1 | grep -v -i warn | tee "$R/numba_grid_sweep.txt"
+  timeout 200 python3 -m studies.probes.numba_grid_sweep ${GRID_PER_SM:+--per-sm $GRID_PER_SM} 2>&1 | grep -v -i warn | tee "$R/numba_grid_sweep.txt"
 fi
 if has thrcost; then
-  timeout 120 python3 -m studies.int8_threshold_cost --out "$R/int8_threshold_cost.json" 2>&1 | grep -v -i warn | tail -12
+  timeout 120 python3 -m studies.probes.int8_threshold_cost --out "$R/int8_threshold_cost.json" 2>&1 | grep -v -i warn | tail -12
 fi
 if has ncu8 && command -v ncu > /dev/null; then
   timeout 150 ncu --clock-control none -k regex:k_vectorwise_quant --section SpeedOfLight --section Occupancy \
-    --section SchedulerStats --section WarpStateStats --section MemoryWorkloadAnalysis python3 studies/device_ncu_int8.py \
+    --section SchedulerStats --section WarpStateStats --section MemoryWorkloadAnalysis python3 studies/probes/device_ncu_int8.py \
     > "$R/ncu_int8.txt" 2>&1
   grep -E "k_vectorwise|Throughput|Duration|Stall|Issued|Eligible|Active Warps|Hit Rate|Mem Busy|Max Bandwidth" \
     "$R/ncu_int8.txt" | head -60
 fi
 if has ncu && command -v ncu > /dev/null; then
   timeout 150 ncu --clock-control none --launch-count 3 -k regex:k_ --section SpeedOfLight --section Occupancy \
-    --section LaunchStats --section SchedulerStats --section WarpStateStats python3 studies/device_ncu_quant.py \
+    --section LaunchStats --section SchedulerStats --section WarpStateStats python3 studies/probes/device_ncu_quant.py \
     > "$R/ncu.txt" 2>&1
   grep -E "k_quantize|k_dequantize|Memory Throughput|DRAM Throughput|Compute \(SM\)|Duration|Achieved Occupancy|Issued Ipc" \
     "$R/ncu.txt" | head -40

@@ -1,6 +1,6 @@
 """Where the host time of one GPU call goes: cProfile of repeated calls per (backend, op).
 
-    python -m studies.host_overhead [--n-log2 20] [--calls 300] [--top 18]
+    python -m studies.bench.host_overhead [--n-log2 20] [--calls 300] [--top 18]
 
 The event timings of the benchmarks include each call's host work (argument checks, allocations,
 array views, the launch itself) because the GPU idles until the launch arrives; this study shows
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from studies.bench_optim_gpu import make_state, step_fn
+from studies.bench.bench_optim_gpu import make_state, step_fn
 from workbench import codebooks as cbs
 
 

@@ -4,7 +4,7 @@ planted outlier columns (x8: |x| >= 6 in about 45 % of their rows) and with the 
 scattered at random (no column repeats). If the cost follows the outliers per row, it is their flag stores;
 if it is there without outliers, it is the kernel's code.
 
-    python -m studies.int8_threshold_cost [--rows 8192 --cols 8192] [--out FILE]
+    python -m studies.probes.int8_threshold_cost [--rows 8192 --cols 8192] [--out FILE]
 """
 from __future__ import annotations
 
