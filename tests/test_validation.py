@@ -97,7 +97,7 @@ def test_dequantize_shape_checks():
     with pytest.raises(QuantInputError, match="quant_state"):
         wb.dequantize_4bit(p, s.as_dict())
     c, s8 = wb.quantize_blockwise(torch.randn(1000), blocksize=256)
-    with pytest.raises(QuantInputError, match="absmax: 4 values for 999 codes"):
+    with pytest.raises(QuantInputError, match="absmax: 4 values for 999 "):
         wb.dequantize_blockwise(c[:-1].contiguous()[:999], absmax=s8.absmax, blocksize=128)
     with pytest.raises(QuantInputError, match="A: dtype float32"):
         wb.dequantize_blockwise(c.float(), s8)

@@ -43,6 +43,12 @@ class Codebook:
     bucket_codes: np.ndarray   # uint8[m]
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Every codebook passes through here (builders, registry, hand-built ones, the studies):
+        reject anything a kernel could read out of bounds or that backends would round differently.
+        Cheap (a few O(256) NumPy checks), so cached built-ins cost nothing noticeable."""
+        _validate_codebook(self)
+
     @property
     def bits(self) -> int:
         return int(round(math.log2(len(self.table))))
@@ -80,6 +86,60 @@ class Codebook:
     def to_dict(self) -> dict:
         return {"name": self.name, "table": self.table.tolist(), "bounds": self.bounds.tolist(),
                 "bucket_codes": self.bucket_codes.tolist(), "meta": dict(self.meta)}
+
+
+def _field_array(cb: "Codebook", field_name: str, dtype: np.dtype, how: str) -> np.ndarray:
+    a = getattr(cb, field_name)
+    if not isinstance(a, np.ndarray):
+        raise CodebookError(f"codebook {cb.name!r}: {field_name}: expected a 1-D numpy.ndarray of {np.dtype(dtype).name}, "
+                            f"got {type(a).__name__} (use {how})")
+    if a.dtype != dtype:
+        raise CodebookError(f"codebook {cb.name!r}: {field_name}: expected dtype {np.dtype(dtype).name}, got {a.dtype} "
+                            f"(use {how})")
+    if a.ndim != 1:
+        raise CodebookError(f"codebook {cb.name!r}: {field_name}: expected a 1-D array, got shape {a.shape}")
+    if not a.flags.c_contiguous:  # a strided view: kernels and caches read the buffer directly
+        a = np.ascontiguousarray(a)
+        object.__setattr__(cb, field_name, a)
+    return a
+
+
+def _validate_codebook(cb: "Codebook") -> None:
+    """The invariants of :class:`Codebook`; raises CodebookError naming the field and what was expected."""
+    if not isinstance(cb.name, str):
+        raise CodebookError(f"codebook name: expected a str, got {type(cb.name).__name__}")
+    if not isinstance(cb.meta, dict):
+        raise CodebookError(f"codebook {cb.name!r}: meta: expected a dict, got {type(cb.meta).__name__}")
+    table = _field_array(cb, "table", np.float32, "np.asarray(table, np.float32)")
+    bounds = _field_array(cb, "bounds", np.float32, "np.asarray(bounds, np.float32)")
+    codes = _field_array(cb, "bucket_codes", np.uint8, "np.asarray(bucket_codes, np.uint8)")
+    n = table.size
+    if n < 2 or n > 256 or (n & (n - 1)) != 0:
+        raise CodebookError(f"codebook {cb.name!r}: table: expected 2**k float32 values with 1 <= k <= 8, got {n}")
+    if not np.isfinite(table).all():
+        bad = int(np.flatnonzero(~np.isfinite(table))[0])
+        raise CodebookError(f"codebook {cb.name!r}: table: values must be finite; table[{bad}] = {float(table[bad])!r}")
+    m = codes.size
+    if m < 1 or m > n:
+        raise CodebookError(f"codebook {cb.name!r}: bucket_codes: expected 1..{n} buckets (at most one per table "
+                            f"entry), got {m}")
+    if codes.max() >= n:
+        bad = int(np.flatnonzero(codes >= n)[0])
+        raise CodebookError(f"codebook {cb.name!r}: bucket_codes: codes index the {n}-entry table, expected values "
+                            f"in 0..{n - 1}; bucket_codes[{bad}] = {int(codes[bad])}")
+    if bounds.size != m - 1:
+        raise CodebookError(f"codebook {cb.name!r}: bounds: expected len(bucket_codes) - 1 = {m - 1} thresholds, "
+                            f"got {bounds.size}")
+    if bounds.size:
+        if not np.isfinite(bounds).all():
+            bad = int(np.flatnonzero(~np.isfinite(bounds))[0])
+            raise CodebookError(f"codebook {cb.name!r}: bounds: values must be finite (no NaN/Inf); "
+                                f"bounds[{bad}] = {float(bounds[bad])!r}")
+        d = np.diff(bounds)
+        if (d <= 0).any():
+            i = int(np.flatnonzero(d <= 0)[0])
+            raise CodebookError(f"codebook {cb.name!r}: bounds: expected strictly increasing thresholds; "
+                                f"bounds[{i + 1}] = {float(bounds[i + 1])!r} <= bounds[{i}] = {float(bounds[i])!r}")
 
 
 def _check_table_size(n: int, name: str) -> int:

@@ -3,9 +3,14 @@ bitsandbytes 0.50.2 (``as_dict``/``from_dict``), so state dicts move both ways."
 from __future__ import annotations
 
 import json
+import math
+import numbers
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from .validation import BLOCKSIZES, FLOAT_DTYPES, QuantInputError
 
 VALID_QS_KEYS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map", "quant_state", "quant_type",
                  "blocksize", "dtype", "shape", "nested_blocksize", "nested_dtype", "nested_offset")
@@ -22,6 +27,86 @@ def unpack_tensor_to_dict(t: torch.Tensor) -> dict:
 
 def _dtype_name(dt: torch.dtype) -> str:
     return str(dt).removeprefix("torch.")
+
+
+def _names(dtypes) -> str:
+    return "/".join(_dtype_name(d) for d in dtypes)
+
+
+def _unpack_item(key: str, t: torch.Tensor) -> dict:
+    """The JSON item of a packed state; errors name the key."""
+    if t.dtype != torch.uint8 or t.dim() != 1:
+        raise QuantInputError(f"qs_dict[{key!r}]: expected a 1-D uint8 tensor of UTF-8 JSON bytes, got "
+                              f"{_dtype_name(t.dtype)} of shape {tuple(t.shape)}")
+    try:
+        d = json.loads(bytes(t.cpu().numpy()).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise QuantInputError(f"qs_dict[{key!r}]: not a JSON object ({type(e).__name__}: {e}); truncated or "
+                              f"corrupted?") from None
+    if not isinstance(d, dict):
+        raise QuantInputError(f"qs_dict[{key!r}]: expected a JSON object of quant-state items, got {type(d).__name__}")
+    return d
+
+
+def _tensor(where: str, t, dtype: torch.dtype, what: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise QuantInputError(f"{where}: expected a 1-D {what} torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        raise QuantInputError(f"{where}: expected dtype {_dtype_name(dtype)} ({what}), got {_dtype_name(t.dtype)}")
+    if t.dim() != 1:
+        raise QuantInputError(f"{where}: expected a 1-D tensor, got shape {tuple(t.shape)}")
+    return t
+
+
+def _table(where: str, t, *, exact: int | None) -> torch.Tensor:
+    _tensor(where, t, torch.float32, "float32 code table")
+    n = t.numel()
+    if exact is not None and n != exact:
+        raise QuantInputError(f"{where}: expected a {exact}-entry table (4-bit codes), got {n} entries")
+    if n < 2 or n > 256 or n & (n - 1):
+        raise QuantInputError(f"{where}: expected 2**k entries with 1 <= k <= 8, got {n}")
+    return t
+
+
+def _blocksize(where: str, bs) -> int:
+    if isinstance(bs, bool) or not isinstance(bs, numbers.Integral):
+        raise QuantInputError(f"{where}: expected an int, got {bs!r} ({type(bs).__name__})")
+    bs = int(bs)
+    if bs not in BLOCKSIZES:
+        raise QuantInputError(f"{where}: {bs} not supported; expected a power of two in {BLOCKSIZES[0]}..{BLOCKSIZES[-1]}")
+    return bs
+
+
+def _shape(where: str, shape, *, allow_none: bool = False):
+    if shape is None and allow_none:
+        return None
+    if not isinstance(shape, (tuple, list, torch.Size)):
+        raise QuantInputError(f"{where}: expected a tuple of non-negative ints, got {shape!r} ({type(shape).__name__})")
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 0:
+            raise QuantInputError(f"{where}: expected a tuple of non-negative ints, got {tuple(shape)!r}")
+    return torch.Size(int(d) for d in shape)
+
+
+def _dict_tensor(d: dict, key: str, dtype: torch.dtype) -> torch.Tensor:
+    return _tensor(f"qs_dict[{key!r}]", d[key], dtype, _dtype_name(dtype))
+
+
+def _dict_blocksize(d: dict, key: str) -> int:
+    return _blocksize(f"qs_dict[{key!r}]", d[key])
+
+
+def _dict_dtype(d: dict, key: str, allowed) -> torch.dtype:
+    v = d[key]
+    if isinstance(v, torch.dtype):
+        dt = v
+    elif isinstance(v, str):
+        dt = getattr(torch, v.removeprefix("torch."), None)
+    else:
+        dt = None
+    if dt not in allowed:
+        raise QuantInputError(f"qs_dict[{key!r}]: expected one of {[_dtype_name(a) for a in allowed]}, got {v!r}")
+    return dt
 
 
 class QuantState:
@@ -67,27 +152,127 @@ class QuantState:
 
     @classmethod
     def from_dict(cls, qs_dict: dict[str, Any], device="cpu") -> "QuantState":
+        """The state of ``as_dict()`` (packed or not; bitsandbytes' ``QuantState.as_dict`` too).
+
+        Every item is checked: a missing key, an unparsable packed item, a wrong type, dtype or
+        rank raises :class:`~workbench.validation.QuantInputError` naming the key and what was
+        expected; then the state's internal consistency (:meth:`validate`)."""
+        if not isinstance(qs_dict, Mapping):
+            raise QuantInputError(f"qs_dict: expected a dict of quant-state items, got {type(qs_dict).__name__}")
         qs_dict = dict(qs_dict)
+        for k in qs_dict:
+            if not isinstance(k, str):
+                raise QuantInputError(f"qs_dict: keys must be str, got {k!r} ({type(k).__name__})")
         packed_keys = [k for k, v in qs_dict.items() if "quant_state" in k and isinstance(v, torch.Tensor)]
         if "quant_type" not in qs_dict:
             if len(packed_keys) != 1 or "bitsandbytes__" not in packed_keys[0]:
-                raise ValueError(f"qs_dict: expected exactly one 'quant_state.bitsandbytes__<type>' item or unpacked "
-                                 f"items; found {packed_keys or 'neither'}")
-            qs_dict.update(unpack_tensor_to_dict(qs_dict.pop(packed_keys[0])))
-        qs_dict = {k.split(".")[-1]: v for k, v in qs_dict.items()}
-        unknown = set(qs_dict) - set(VALID_QS_KEYS)
+                raise QuantInputError(f"qs_dict: expected exactly one 'quant_state.bitsandbytes__<type>' item or "
+                                      f"unpacked items with 'quant_type'; found {packed_keys or 'neither'}")
+            key = packed_keys[0]
+            qs_dict.update(_unpack_item(key, qs_dict.pop(key)))
+        short: dict[str, Any] = {}
+        for k, v in qs_dict.items():
+            s = k.split(".")[-1]
+            if s in short:
+                raise QuantInputError(f"qs_dict: two items name {s!r} (after dropping prefixes): {k!r} and another")
+            short[s] = v
+        unknown = set(short) - set(VALID_QS_KEYS)
         if unknown:
-            raise ValueError(f"qs_dict: unknown keys {sorted(unknown)}; expected a subset of {VALID_QS_KEYS}")
+            raise QuantInputError(f"qs_dict: unknown keys {sorted(unknown)}; expected a subset of {VALID_QS_KEYS}")
+        required = ("quant_type", "absmax", "blocksize", "quant_map", "dtype", "shape")
+        nested_keys = ("nested_absmax", "nested_blocksize", "nested_quant_map", "nested_dtype", "nested_offset")
+        nested = any(k in short for k in nested_keys)
+        missing = [k for k in required + (nested_keys if nested else ()) if k not in short]
+        if missing:
+            raise QuantInputError(f"qs_dict: missing key(s) {missing}; a{' nested' if nested else ''} state needs "
+                                  f"{list(required + (nested_keys if nested else ()))}")
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise QuantInputError(f"device: {device!r} is not a torch device ({e})") from None
+        qt = short["quant_type"]
+        if qt is not None and not isinstance(qt, str):
+            raise QuantInputError(f"qs_dict['quant_type']: expected a str or None, got {type(qt).__name__}")
+        absmax = _dict_tensor(short, "absmax", torch.uint8 if nested else torch.float32)
+        code = _dict_tensor(short, "quant_map", torch.float32)
         offset = state2 = None
-        if "nested_absmax" in qs_dict:
-            offset = torch.tensor(float(qs_dict["nested_offset"])).to(device)
-            state2 = cls(absmax=qs_dict["nested_absmax"].to(device), blocksize=qs_dict["nested_blocksize"],
-                         code=qs_dict["nested_quant_map"].to(device), dtype=getattr(torch, qs_dict["nested_dtype"]))
-        return cls(quant_type=qs_dict["quant_type"], absmax=qs_dict["absmax"].to(device),
-                   blocksize=qs_dict["blocksize"], code=qs_dict["quant_map"].to(device),
-                   dtype=getattr(torch, qs_dict["dtype"]),
-                   shape=torch.Size(qs_dict["shape"]) if qs_dict["shape"] is not None else None,
-                   offset=offset, state2=state2)
+        if nested:
+            off = short["nested_offset"]
+            if isinstance(off, torch.Tensor) and off.numel() == 1 and off.is_floating_point():
+                off = off.detach().reshape(()).to(device, torch.float32)
+            elif isinstance(off, (int, float)) and not isinstance(off, bool) and math.isfinite(off):
+                off = torch.tensor(float(off), dtype=torch.float32, device=device)
+            else:
+                raise QuantInputError(f"qs_dict['nested_offset']: expected a finite number, got {off!r}")
+            offset = off
+            state2 = cls(absmax=_dict_tensor(short, "nested_absmax", torch.float32).to(device),
+                         blocksize=_dict_blocksize(short, "nested_blocksize"),
+                         code=_dict_tensor(short, "nested_quant_map", torch.float32).to(device),
+                         dtype=_dict_dtype(short, "nested_dtype", (torch.float32,)))
+        qs = cls(quant_type=qt, absmax=absmax.to(device), blocksize=_dict_blocksize(short, "blocksize"),
+                 code=code.to(device), dtype=_dict_dtype(short, "dtype", FLOAT_DTYPES),
+                 shape=_shape("qs_dict['shape']", short["shape"], allow_none=True), offset=offset, state2=state2)
+        return qs.validate()
+
+    def validate(self, n_or_shape=None, *, bits: int | None = None) -> "QuantState":
+        """Check this state's internal consistency; returns ``self``, raises QuantInputError naming the field.
+
+        Pure metadata (types, dtypes, ranks, element counts): no pass over the data and no host
+        sync, so the public ops call it on CUDA states before any kernel. Checks: ``dtype`` one of
+        float32/float16/bfloat16; ``shape`` None or non-negative ints; ``blocksize`` a supported
+        power of two (32..4096); ``code`` a 1-D float32 table with 16 entries (``bits=4``) or a power
+        of two 2..256 (``bits=8`` or None); ``absmax`` 1-D float32, or uint8 codes when nested with
+        ``offset`` a one-element float tensor and ``state2`` holding ceil(len(absmax) /
+        state2.blocksize) float32 absmax and a float32 code of a power of two <= 256 entries.
+
+        ``n_or_shape``: the number of quantized elements (an int) or their shape; the number of
+        absmax must be ceil(n / blocksize). Default: ``self.shape`` (no count check when both are None).
+        ``bits``: 4 for packed 4-bit states (dequantize_4bit), 8 for blockwise codes
+        (dequantize_blockwise), None for either.
+        """
+        w = "quant_state"
+        if bits not in (None, 4, 8):
+            raise QuantInputError(f"bits: expected 4, 8 or None, got {bits!r}")
+        if self.dtype not in FLOAT_DTYPES:
+            raise QuantInputError(f"{w}.dtype: expected one of {_names(FLOAT_DTYPES)}, got {self.dtype!r}")
+        shape = _shape(f"{w}.shape", self.shape, allow_none=True)
+        if n_or_shape is None:
+            n = None if shape is None else math.prod(shape)
+        elif isinstance(n_or_shape, numbers.Integral) and not isinstance(n_or_shape, bool):
+            if n_or_shape < 0:
+                raise QuantInputError(f"n_or_shape: expected a non-negative element count, got {n_or_shape}")
+            n = int(n_or_shape)
+        else:
+            n = math.prod(_shape("n_or_shape", n_or_shape))
+        bs = _blocksize(f"{w}.blocksize", self.blocksize)
+        _table(f"{w}.code", self.code, exact=16 if bits == 4 else None)
+        nested = self.state2 is not None
+        if bool(getattr(self, "nested", nested)) != nested:
+            raise QuantInputError(f"{w}.nested: is {self.nested} but state2 is {'set' if nested else 'None'}")
+        absmax = _tensor(f"{w}.absmax", self.absmax, torch.uint8 if nested else torch.float32,
+                         "uint8 codes (nested)" if nested else "float32")
+        if n is not None and absmax.numel() != -(-n // bs):
+            raise QuantInputError(f"{w}.absmax: {absmax.numel()} values for {n} elements at blocksize {bs}; "
+                                  f"expected ceil({n} / {bs}) = {-(-n // bs)}")
+        if nested:
+            s2 = self.state2
+            if not isinstance(s2, QuantState):
+                raise QuantInputError(f"{w}.state2: expected a QuantState, got {type(s2).__name__}")
+            off = self.offset
+            if not isinstance(off, torch.Tensor) or off.numel() != 1 or not off.is_floating_point():
+                raise QuantInputError(f"{w}.offset: expected a one-element float tensor (the mean of absmax), "
+                                      f"got {off if not isinstance(off, torch.Tensor) else f'{off.dtype} tensor of shape {tuple(off.shape)}'!r}")
+            if s2.state2 is not None:
+                raise QuantInputError(f"{w}.state2: must not be nested itself")
+            if s2.dtype != torch.float32:
+                raise QuantInputError(f"{w}.state2.dtype: expected float32 (absmax are float32), got {s2.dtype!r}")
+            bs2 = _blocksize(f"{w}.state2.blocksize", s2.blocksize)
+            _table(f"{w}.state2.code", s2.code, exact=None)
+            a2 = _tensor(f"{w}.state2.absmax", s2.absmax, torch.float32, "float32")
+            if a2.numel() != -(-absmax.numel() // bs2):
+                raise QuantInputError(f"{w}.state2.absmax: {a2.numel()} values for {absmax.numel()} absmax codes at "
+                                      f"nested blocksize {bs2}; expected {-(-absmax.numel() // bs2)}")
+        return self
 
     def to(self, device) -> "QuantState":
         self.code = self.code.to(device)

@@ -1,8 +1,9 @@
 """Cython/OpenMP adapter for the quantization family (kernels: workbench/_native/quant_cpu.pyx)."""
-from workbench._native import quant_cpu as K
+from . import native
 
 from .._cpu_quant import OPS, bind  # noqa: F401
 
+K = native("quant")  # quant_cpu, or the bounds-checked quant_cpu_debug under KBIT_NATIVE_DEBUG=1
 _ops = bind(K, __name__)
 quantize_blockwise = _ops["quantize_blockwise"]
 quantize_blockwise_stochastic = _ops["quantize_blockwise_stochastic"]
