@@ -29,6 +29,31 @@ AdEMAMix's state1 is (2, n) codes with absmax1 (2, nblocks).
 
 skip_zeros: elements whose gradient is exactly 0 keep their state value and parameter
 (bitsandbytes' CUDA semantics; its CPU path ignores the flag).
+
+NaN and Inf -- every backend follows this, bit for bit (NaN payloads aside):
+
+* the update is elementwise IEEE float32: a NaN/Inf gradient element gets whatever the rule's
+  float32 operations give for its new state and parameter (NaN, Inf; Lion's sign(NaN) is +0);
+* 8-bit state: a block's absmax is max |x| over the block's new state, *propagating NaN* (torch's
+  amax; a kernel takes the integer max of the float bit patterns with the sign cleared: NaN patterns
+  compare above Inf, Inf above every finite value; fmaxf-style maxima that drop NaN are wrong here).
+  The tail block's stored max(absmax, 1e-38) keeps NaN too. So one NaN in a block's new state makes
+  the block's absmax NaN and every scaled value of the block NaN; from the next step on every element
+  of the block dequantizes to NaN: **the whole 256-block is poisoned, for good** (until its state is
+  reset); the other blocks are untouched. An Inf (absmax Inf, no NaN) scales the finite elements to
+  +-0 and the Inf ones to NaN; the stored Inf absmax dequantizes to NaN/Inf from the next step on.
+* a NaN scaled value is encoded as +1.0 is (the kernels' clamp to [-1, 1] sends NaN to +1; torch's
+  bucketize puts NaN after every bound, the same code whenever the map's bounds are < 1, e.g. the
+  dynamic maps; :func:`_q` applies the rule explicitly for other maps);
+* 32-bit state: elementwise, nothing else is touched.
+
+State consistency: :func:`workbench.optim.state_check.validate_state` is the one check of a
+parameter's state against the parameter (state1/state2 sizes, absmax per 256-block, qmaps float32[256],
+dtypes, device, step). ``load_state_dict`` runs it in full; the dispatch below runs its cheap metadata
+form before every update and the compiled backends' adapters again before their kernels, so no kernel
+sees an inconsistent state. Parameters and gradients must be float32, float16 or bfloat16: float64 (and
+any other dtype) is refused with an error naming the parameter -- the update is float32 arithmetic and
+bitsandbytes 0.50.2 refuses them too.
 """
 from __future__ import annotations
 
@@ -42,6 +67,13 @@ from .. import codebooks as _cb
 
 BLOCKSIZE = 256
 NAMES = ("adam", "lamb", "ademamix", "momentum", "lars", "lion", "rmsprop", "adagrad")
+# The compiled kernels' wire format, defined here once: the rule id of each optimizer (lamb runs the
+# adam rule, lars the momentum rule; id = index in KERNEL_RULES) and the order of the float32
+# constant vector (KERNEL_SLOTS below). cuda_src/kbit_optim.h (KBIT_OPT_*, KBIT_K_*),
+# workbench/_native/optim_cpu.pyx (KO_*, K_*) and numba_kernels/{cpu,cuda}/optim.py follow it;
+# tests/test_optim_wire_constants.py parses them and holds them to it.
+KERNEL_RULES = ("adam", "ademamix", "momentum", "lion", "rmsprop", "adagrad")
+OPTIMIZER_ID = {name: KERNEL_RULES.index({"lamb": "adam", "lars": "momentum"}.get(name, name)) for name in NAMES}
 TWO_STATE = ("adam", "lamb", "ademamix")
 COUPLED_WD = ("momentum", "lars", "rmsprop", "adagrad")
 _f32 = lambda x: float(np.float32(x))  # noqa: E731  python double -> nearest float32 (as torch.tensor would)
@@ -82,6 +114,11 @@ def codebook_of(q: torch.Tensor) -> _cb.Codebook:
 
 SCALAR_NAMES = ("b1", "b2", "b3", "alpha", "eps", "omb1", "omb2", "omb3", "wd", "decay", "gs", "c1", "c2",
                 "eps_c2", "neg_lr", "neg_lr_c1")
+# the kernels' constant vector: SCALAR_NAMES, then upd_mul (the 32-bit step multiplier, the LAMB/LARS
+# trust ratio folded in: adam32_step * scale for adam/lamb, neg_lr * scale for the others)
+KERNEL_SLOTS = SCALAR_NAMES + ("upd_mul",)
+NK = len(KERNEL_SLOTS)
+_NEG_LR_SLOT = SCALAR_NAMES.index("neg_lr")
 
 
 def scalar_vector(beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale) -> tuple[np.ndarray, float]:
@@ -93,6 +130,14 @@ def scalar_vector(beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm
                   1.0 - lr * weight_decay, gnorm_scale, c1, c2, eps * c2, -lr, -lr / c1),
                  dtype=np.float64).astype(np.float32)
     return v, -lr * c2 / c1
+
+
+def kernel_constants(name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, eight_bit,
+                     scale: float = 1.0) -> np.ndarray:
+    """The compiled kernels' constant vector, float32[NK] in KERNEL_SLOTS order, each rounded once."""
+    v, adam32_step = scalar_vector(beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale)
+    upd = adam32_step * scale if name in ("adam", "lamb") else float(v[_NEG_LR_SLOT]) * scale
+    return np.append(v, np.float32(upd))
 
 
 def scalars(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, eight_bit):
@@ -215,9 +260,21 @@ def _dq(codes, absmax, q):
 
 def _q(vals, q, codes_out, absmax_out):
     from ..backends.reference.quant import quantize_blockwise
-    c, a = quantize_blockwise(vals, codebook_of(q), BLOCKSIZE)
+    cb = codebook_of(q)
+    c, a = quantize_blockwise(vals, cb, BLOCKSIZE)
+    if not bool(torch.isfinite(a).all()):
+        # NaN scaled values -- every element of a block whose absmax is NaN, the Inf elements of a block
+        # whose absmax is Inf -- take the code of +1.0 (module doc: NaN and Inf)
+        am = a.repeat_interleave(BLOCKSIZE)[:vals.numel()]
+        nan_s = am.isnan() | (am.isinf() & vals.isinf())
+        c = torch.where(nan_s, torch.full_like(c, nan_code(cb)), c)
     codes_out.copy_(c.view(codes_out.shape))
     absmax_out.copy_(a.view(absmax_out.shape))
+
+
+def nan_code(cb) -> int:
+    """The code of a NaN scaled value: the code of +1.0, bucket_codes[#{bounds < 1}]."""
+    return int(cb.bucket_codes[int(np.searchsorted(cb.bounds, np.float32(1.0), side="left"))])
 
 
 @torch.no_grad()
@@ -291,9 +348,14 @@ def _resolve(backend: str, op: str, device: str):
 
 def update_32bit(*args, backend: str = "reference", **kw):
     """Run ``optimizer_update_32bit`` on ``backend`` ('auto' picks by device; resolved once)."""
+    _S.check_call(32, args, kw)  # the state's metadata vs the parameter (state_check), before any kernel
     return _resolve(backend, "optimizer_update_32bit", args[1].device.type)(*args, **kw)
 
 
 def update_8bit_blockwise(*args, backend: str = "reference", **kw):
     """Run ``optimizer_update_8bit_blockwise`` on ``backend`` ('auto' picks by device; resolved once)."""
+    _S.check_call(8, args, kw)  # the state's metadata vs the parameter (state_check), before any kernel
     return _resolve(backend, "optimizer_update_8bit_blockwise", args[1].device.type)(*args, **kw)
+
+
+from . import state_check as _S  # noqa: E402  (it imports this module: last)
