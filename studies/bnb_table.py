@@ -107,8 +107,6 @@ def comparison(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def figures(df: pd.DataFrame) -> dict:
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     if df.empty:
         return {}

@@ -157,8 +157,6 @@ def compare(new, data=None, blocksizes=(64, 128, 256, 512, 1024, 4096), *, basel
 
 
 def figure(df: pd.DataFrame, cands):
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1.3, 1]})
     for name, g in df.groupby("codebook", sort=False):

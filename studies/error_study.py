@@ -241,8 +241,6 @@ def _ok(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def figures(df: pd.DataFrame) -> dict:
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ok = _ok(df)
     figs = {}

@@ -131,8 +131,6 @@ def run(quick: bool = False, executor=None, *, steps: int | None = None, seed: i
 
 
 def figures(df: pd.DataFrame) -> dict:
-    import matplotlib
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     figs = {}
     names = list(dict.fromkeys(df["optimizer"]))

@@ -11,14 +11,12 @@
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from workbench import outliers as O  # noqa: E402
+from workbench import outliers as O
 
 THRESHOLDS = tuple(float(t) for t in range(1, 11))
 

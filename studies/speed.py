@@ -155,8 +155,6 @@ def table(df: pd.DataFrame, value: str = "gbps", *, largest_only: bool = False) 
 def figures(df: pd.DataFrame) -> dict:
     if df.empty or "gbps" not in df or "op" not in df:
         return {}
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     d = largest(df.dropna(subset=["gbps"]))
     ops = list(dict.fromkeys(d["op"]))

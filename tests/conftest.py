@@ -2,6 +2,7 @@ import os
 import secrets
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "2")
+os.environ.setdefault("MPLBACKEND", "Agg")  # tests draw to files; study code never picks a backend
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -11,6 +11,7 @@ pytest.importorskip("ipykernel")
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "studies" / "notebooks").glob("*.py"))
+DRAWS = {"error_study", "codebook_lab", "outliers"}  # notebooks with a figure cell
 
 
 def test_there_are_the_four_notebooks():
@@ -34,7 +35,7 @@ def test_notebook_executes(path, monkeypatch):
     monkeypatch.setenv("KBIT_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("KBIT_PROGRESS", "0")
     monkeypatch.setenv("NUMBA_NUM_THREADS", os.environ.get("NUMBA_NUM_THREADS", "2"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's own (inline) backend, as in JupyterLab
     nb = jupytext.read(path)
     assert nb.metadata["kernelspec"]["name"] == "python3"
     assert any(c.cell_type == "code" for c in nb.cells)
@@ -46,3 +47,7 @@ def test_notebook_executes(path, monkeypatch):
     # every code cell ran, in order
     counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]
     assert counts == list(range(1, len(counts) + 1))
+    # figures are embedded: no study code switched the kernel away from the inline backend
+    pngs = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    if path.stem in DRAWS:
+        assert pngs >= 1, f"{path.name}: no image/png output"

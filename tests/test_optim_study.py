@@ -1,12 +1,12 @@
-"""studies/optim_study.py: the registry contract (run -> DataFrame, figures) on a few steps."""
+"""studies/optim_study.py: the study contract (run -> DataFrame, figures) on a few steps."""
 import math
 
 from studies import optim_study as S
-from studies import registry
+from workbench import study_api
 
 
 def test_optim_study_contract():
-    assert registry.load("optim") is S
+    assert study_api.load("optim") is S
     df, figs = S.run(quick=True, steps=12)
     assert set(figs) == {"loss_curves", "state_error"}
     assert len(df) == 12 * len(S.CONFIGS)

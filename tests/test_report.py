@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from studies import registry
+from workbench import study_api
 from workbench import report, results
 
 
@@ -27,10 +27,10 @@ def quick_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
     gpu = _gpu_files(tmp_path_factory.mktemp("gpu"))
     # other teams' studies (optim, outliers) have their own tests; here: ours plus one unavailable entry
-    registry.STUDIES.setdefault("zz_absent", "studies.zz_absent_study")
+    study_api.STUDIES.setdefault("zz_absent", "studies.zz_absent_study")
     md, done = report.build_report("t", studies=STUDIES_HERE, quick=True, executor="serial", merge=[gpu],
                                    out_root=out, progress=False)
-    registry.STUDIES.pop("zz_absent", None)
+    study_api.STUDIES.pop("zz_absent", None)
     return out / "t", md, done
 
 
@@ -83,10 +83,10 @@ def test_a_failing_study_does_not_stop_the_others(tmp_path, monkeypatch):
     (tmp_path / "kbit_plain_study.py").write_text(
         "import pandas as pd\nTITLE = 'Plain'\ndef run(quick=False):\n    return pd.DataFrame({'a': [1, 2], 'b': ['x', None]})\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "STUDIES", dict(registry.STUDIES))
-    registry.register("broken", "kbit_broken_study")
-    registry.register("plain", "kbit_plain_study")
-    registry.register("absent", "kbit_no_such_study_module")
+    monkeypatch.setattr(study_api, "STUDIES", dict(study_api.STUDIES))
+    study_api.register("broken", "kbit_broken_study")
+    study_api.register("plain", "kbit_plain_study")
+    study_api.register("absent", "kbit_no_such_study_module")
     md, done = report.build_report("f", studies=["broken", "plain", "absent"], executor="serial", out_root=tmp_path,
                                    progress=False)
     st = {r.name: r.status for r in done}
@@ -107,8 +107,8 @@ def test_render_handles_mixed_columns_for_parquet(tmp_path):
 def test_a_study_failing_at_import_is_reported(tmp_path, monkeypatch):
     (tmp_path / "kbit_import_bomb.py").write_text("raise RuntimeError('no GPU at import')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "STUDIES", dict(registry.STUDIES))
-    registry.register("bomb", "kbit_import_bomb")
+    monkeypatch.setattr(study_api, "STUDIES", dict(study_api.STUDIES))
+    study_api.register("bomb", "kbit_import_bomb")
     r = report.run_study("bomb")
     assert r.status == "failed" and "no GPU at import" in r.error
 

@@ -1,4 +1,4 @@
-"""Studies: data, codebook variants, bit accounting, the bnb table, the codebook lab, speed merging, registry."""
+"""Studies: data, codebook variants, bit accounting, the bnb table, the codebook lab, speed merging, the study registry."""
 import json
 import sys
 import types
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import workbench as wb
-from studies import bnb_table, codebook_lab, error_study, registry, speed
-from workbench import results
+from studies import bnb_table, codebook_lab, error_study, speed
+from workbench import results, study_api
 from workbench.backends import status
 
 
@@ -212,13 +212,32 @@ def test_speed_merges_devices(tmp_path):
 # ------------------------------------------------------------------ registry
 
 def test_registry():
-    assert registry.canonical("error_study") == "error"
+    assert study_api.canonical("error_study") == "error"
     with pytest.raises(KeyError, match="unknown"):
-        registry.canonical("nope")
-    av = registry.available()
+        study_api.canonical("nope")
+    av = study_api.available()
     assert av["error"] is None and av["bnb_table"] is None
     for name in ("optim", "outliers"):  # other teams' studies: importable or a reason
         assert av[name] is None or "does not exist" in av[name] or av[name]
+    assert study_api.canonical("bnb") == "bnb_table" and study_api.canonical("codebook-lab") == "codebook_lab"
+
+
+def test_studies_are_entry_points_and_the_library_imports_none():
+    """The catalogue is pyproject.toml's entry-point table (workbench/study_api.py); the library imports no study."""
+    import subprocess
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    table = tomllib.loads((root / "pyproject.toml").read_text())["project"]["entry-points"][study_api.GROUP]
+    assert study_api.discover().items() >= table.items()
+    offenders = [f"{p.relative_to(root)}:{i}" for p in sorted((root / "workbench").rglob("*.py"))
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if line.lstrip().startswith(("import studies", "from studies"))]
+    assert not offenders, offenders
+    code = ("import sys, workbench, workbench.cli, workbench.report, workbench.study_api; "
+            "workbench.cli.build_parser(); print(sorted(m for m in sys.modules if m.split('.')[0] == 'studies'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_speed_normalizes_cpu_style_rows():

@@ -58,13 +58,12 @@ def _progress(args) -> None:
 # ------------------------------------------------------------------ commands
 
 def cmd_report(args) -> int:
-    from studies import registry
-
+    from . import study_api
     from .report import DEFAULT_STUDIES, build_report, summary_frame
     _progress(args)
     names = [s for s in args.studies.split(",") if s.strip()] if args.studies else list(DEFAULT_STUDIES)
     try:
-        names = [registry.canonical(n) for n in names]
+        names = [study_api.canonical(n) for n in names]
     except KeyError as e:
         raise CLIError(str(e).strip("'\"")) from None
     for d in args.merge or ():
@@ -152,9 +151,12 @@ def cmd_codebook(args) -> int:
     import numpy as np
     import pandas as pd
 
-    from studies import codebook_lab as lab
-
     from . import codebooks as cbs
+    from . import study_api
+    try:
+        lab = study_api.load("codebook_lab")  # the codebook lab study: spec parsing, fitting, comparison
+    except (ImportError, KeyError) as e:
+        raise CLIError(str(e).strip("'\"")) from None
     try:
         cb = lab.build(args.spec, args.fit_data, fit_blocksize=args.blocksize, name=args.name, bits=args.bits)
     except (lab.SpecError, cbs.CodebookError) as e:
@@ -226,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_exec(r)
     r.set_defaults(func=cmd_report)
 
-    from studies.registry import STUDIES
+    from .study_api import STUDIES
     s = sub.add_parser("study", help="run one study and print its tables",
                        description=f"Run one study. Known: {', '.join(STUDIES)}.")
     s.add_argument("name", help="study name")
@@ -284,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("NUMBA_NUM_THREADS", str(min(os.cpu_count() or 1, 8)))
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; studies never pick a backend themselves
     if str(ROOT) not in sys.path and (ROOT / "studies").is_dir():
         sys.path.insert(0, str(ROOT))  # the studies package lives next to workbench/
     parser = build_parser()

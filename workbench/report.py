@@ -65,11 +65,11 @@ def _call_run(mod, quick: bool, executor, extra: dict):
 
 def run_study(name: str, *, quick: bool = False, executor=None, extra: dict | None = None) -> StudyResult:
     """Run one study; never raises: an unimportable or failing study becomes a status."""
-    from studies import registry
+    from . import study_api
     t0 = time.perf_counter()
     try:
-        name = registry.canonical(name)
-        mod = registry.load(name)
+        name = study_api.canonical(name)
+        mod = study_api.load(name)
     except (ImportError, KeyError) as e:
         return StudyResult(name, title=name, status="unavailable", error=str(e).strip("'\""))
     except Exception as e:  # noqa: BLE001  (another team's module failing at import time)
@@ -113,9 +113,7 @@ def _save_frame(df: pd.DataFrame, path: Path, meta: dict) -> Path:
 
 
 def save_figures(res: StudyResult, out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the backend is the caller's (the CLI sets MPLBACKEND=Agg)
     saved = {}
     for fname, fig in res.figures.items():
         if isinstance(fig, (str, Path)):
@@ -297,7 +295,8 @@ def cross_device_tables(merged: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     inv = d.groupby(info_cols, dropna=False).size().rename("rows").reset_index()
     out.append(("Devices and runs in the merged files", inv))
     try:
-        from studies import speed
+        from . import study_api
+        speed = study_api.load("speed")
         out += [(f"{t} (merged files)", x) for t, x in speed.summarize(d)]
     except Exception:  # noqa: BLE001
         pass

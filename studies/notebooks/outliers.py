@@ -19,33 +19,21 @@
 # in a block grows with the outlier's magnitude, since absmax scaling spends the range on it.
 
 # %%
-# Setup: find the checkout (from the working directory up, or $KBIT_ROOT) and pick the size.
-# KBIT_NOTEBOOK_QUICK=1 (set by the tests) keeps every cell to a few seconds.
-import os
-import sys
-from pathlib import Path
+# Setup shared by the notebooks (studies/notebook_setup.py): KBIT_NOTEBOOK_QUICK=1 (set by the tests)
+# keeps every cell to a few seconds.
+import matplotlib.pyplot as plt
+import pandas as pd
 
-root = Path(os.environ.get("KBIT_ROOT", Path.cwd())).resolve()  # KBIT_ROOT: the checkout, if run elsewhere
-while not (root / "workbench").is_dir() and root != root.parent:
-    root = root.parent
-if (root / "workbench").is_dir():
-    sys.path.insert(0, str(root))
-QUICK = os.environ.get("KBIT_NOTEBOOK_QUICK", "0") == "1"
-os.environ.setdefault("KBIT_PROGRESS", "0")
+import workbench as wb
+from studies.notebook_setup import setup
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-import workbench as wb  # noqa: E402
-
-pd.set_option("display.width", 160)
-print("quick" if QUICK else "full", "mode; workbench", wb.__version__)
+QUICK = setup()
 
 # %%
-from studies import registry
+from workbench import study_api
 
 try:
-    outliers = registry.load("outliers")
+    outliers = study_api.load("outliers")
 except ImportError as e:
     outliers = None
     print("outliers study not available:", e)

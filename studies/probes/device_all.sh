@@ -4,8 +4,8 @@
 #     bash studies/probes/device_all.sh [build] [tests] [quant] [optim] [int8] [ab] [abnumba] [host] [grid] [thrcost] [ncu8] [ncu] [--quick]
 # grid: Numba quantizer kernel time vs persistent grid and launch bounds (studies/probes/numba_grid_sweep.py)
 # host: host time per call of the cuda and numba_cuda ops (plain and under cProfile, studies/bench/host_overhead.py)
-# ab: the quant library of git revision $AB_REV (default HEAD; it must exist in the .git that travels, which
-#     on the device tool is the session's starting one) vs this tree's, interleaved in one process
+# ab: the quant library of git revision $AB_REV (default HEAD; it must exist in the .git that travels with the
+#     tree, which on the device may be older than the tree) vs this tree's, interleaved in one process
 #     (studies/probes/ab_quant_lib.py)
 # abnumba: the Numba optimizer kernels of git $AB_REV vs this tree's (speed, new / old / new)
 # thrcost: int8 row kernel time vs outliers per row (studies/probes/int8_threshold_cost.py); ncu8: ncu sections of
@@ -14,7 +14,7 @@
 #      counters (Firecracker machines; not gVisor)
 # Results land in $OUT/results/<family>/ and are packed into $OUT/results.tgz (the device tool returns
 # at most 8 files); the log is $OUT/log.txt. The git revision of the measured code is read from
-# .whl/GIT_REV when present (the device's copy of .git is the session's starting one).
+# .whl/GIT_REV when present (the .git copied to the device may be older than the tree it measures).
 set -u
 QUICK=""; STEPS=()
 for a in "$@"; do case $a in --quick) QUICK=--quick;; *) STEPS+=("$a");; esac; done
@@ -66,7 +66,7 @@ if has int8; then
   timeout 200 python3 -m studies.bench.bench_int8 --out "$R/int8" $QUICK ${INT8_ARGS:-} 2>&1 | grep -v -i "warn" | tail -30
 fi
 if has abnumba; then
-  # the Numba optimizer kernels of git ${AB_REV:-HEAD} (the session's starting .git on the device tool) vs this
+  # the Numba optimizer kernels of git ${AB_REV:-HEAD} (of the .git copied to the device, maybe older) vs this
   # tree's, speed only, in the order new / old / new (one process each; a swapped file recompiles)
   mkdir -p "$R/abnumba"; cp numba_kernels/cuda/optim.py /tmp/optim_new.py
   for v in new old new2; do
