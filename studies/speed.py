@@ -3,7 +3,7 @@
 Reads the committed benchmark result files under ``reports/`` (directories ``bench-cpu*``,
 ``gpu-h100*``, ``gpu-h200*``, ``optim-*``, ``int8-*``; whichever exist) plus any extra paths
 given (``workbench report --merge DIR``), and lays them side by side by ``run_device``; files under a
-``repeats/`` folder (earlier revisions, repeat runs) are left out.
+``history/`` folder (earlier revisions, repeat runs) are left out.
 Rows follow :func:`workbench.bench.row`: ``op, backend, n, median_ms, gbps, pct_copy`` and
 the ``run_*`` metadata; files that report only elements/s get GB/s derived with the same
 effective-bytes rule (see the notes). Nothing is timed here; the benchmarks themselves run on their machines
@@ -41,9 +41,9 @@ def result_files(root: Path | str = ROOT, extra=()) -> list[Path]:
 
 
 def _current(p: Path, top: Path) -> bool:
-    """False for files under a ``repeats/`` folder: earlier revisions and repeat runs kept as evidence
+    """False for files under a ``history/`` folder: earlier revisions and repeat runs kept as evidence
     (the folders' READMEs cite them); a median over them would mix old code into the current numbers."""
-    return "repeats" not in p.relative_to(top).parts[:-1]
+    return "history" not in p.relative_to(top).parts[:-1]
 
 
 def _looks_like_results(p: Path) -> bool:

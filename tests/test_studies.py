@@ -194,7 +194,7 @@ def test_speed_merges_devices(tmp_path):
     _fake_bench("CPU (2 cores)", 0.01).to_csv(tmp_path / "bench-cpu.csv", index=False)  # csv only, as an extra file
     (tmp_path / "unrelated").mkdir()
     _fake_bench("ignored", 9).to_parquet(tmp_path / "unrelated" / "x.parquet")
-    results.save(_fake_bench("NVIDIA H200", 0.2), tmp_path / "gpu-h200" / "repeats" / "old.parquet")  # left out
+    results.save(_fake_bench("NVIDIA H200", 0.2), tmp_path / "gpu-h200" / "history" / "old.parquet")  # left out
     df, figs = speed.run(root=tmp_path, extra=[tmp_path / "bench-cpu.csv"])
     assert set(df["run_device"]) == {"NVIDIA H100 80GB HBM3", "NVIDIA H200", "CPU (2 cores)"}
     t = speed.table(df, "gbps")
