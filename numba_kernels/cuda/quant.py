@@ -19,7 +19,7 @@ Dequantized bfloat16 is written as uint16 bit patterns (round to nearest even).
 
 Hot array accesses index with ``uint32``/``uint64`` values: for a signed index Numba emits the
 negative-index wraparound (compare, select, add) on every access, and these are never negative
-(H100: the quantizer kernels 8-10 % faster; reports/gpu-h100, session 6). Cast at the access only:
+(H100: the quantizer kernels 8-10 % faster than with signed indices; reports/gpu-h100/README.md). Cast at the access only:
 mixing signed and unsigned integers in arithmetic makes Numba compute in float64.
 """
 from __future__ import annotations
