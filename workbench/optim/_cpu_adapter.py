@@ -2,6 +2,10 @@
 
 Arguments arrive with bitsandbytes' op signatures; tensors are contiguous CPU tensors. Grad and
 param may be float32/bfloat16/float16 (bit patterns); states are float32 or uint8 codes.
+
+This is the lowest Python level before the compiled kernels, which trust every size: each call runs
+the state check (:mod:`workbench.optim.state_check`, metadata only) and then asserts the sizes of the
+very arrays handed to the kernel, so a direct caller cannot make a kernel index out of bounds.
 """
 from __future__ import annotations
 
@@ -12,23 +16,23 @@ import torch
 
 from ..backends._cpu_common import as_numpy_bits, search_plan
 from . import functional as W
+from . import state_check as S
 
-ID = {"adam": 0, "lamb": 0, "ademamix": 1, "momentum": 2, "lars": 2, "lion": 3, "rmsprop": 4, "adagrad": 5}
+ID = W.OPTIMIZER_ID   # the kernels' rule ids (defined once, in functional.py)
 CHUNK = 1 << 14       # 32-bit kernels: elements per parallel task
 BLOCKS_PER_TASK = 32  # 8-bit kernels: 256-blocks per parallel task (one scratch buffer each)
 _EMPTY_F = np.zeros(1, np.float32)
 _EMPTY_U = np.zeros(1, np.uint8)
 
 
-def consts(name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, eight_bit, scale=1.0):
-    k = W.scalars(name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, eight_bit)
-    if name in ("adam", "lamb"):
-        upd = W._f32(k["adam32_step"] * scale)
-    else:
-        upd = W._f32(k["neg_lr"] * scale)
-    order = ("b1", "b2", "b3", "alpha", "eps", "omb1", "omb2", "omb3", "wd", "decay", "gs", "c1", "c2",
-             "eps_c2", "neg_lr", "neg_lr_c1")
-    return np.array([k[o] for o in order] + [upd], dtype=np.float32)
+consts = W.kernel_constants  # float32[NK] in W.KERNEL_SLOTS order
+
+
+def _sizes(**arrays):
+    """name=(array, expected size): the arrays handed to a kernel have exactly the sizes it indexes."""
+    for name, (a, size) in arrays.items():
+        if a.size != size:
+            raise S.OptimizerStateError(f"CPU optimizer kernel: {name} has {a.size} elements, expected {size}")
 
 
 def _check(p, g, *ts):
@@ -45,8 +49,7 @@ def make(K):
     def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm,
                                beta1, beta2, beta3, alpha, eps, weight_decay, step, lr,
                                gnorm_scale=1.0, skip_zeros=False):
-        if optimizer_name not in ID:
-            raise ValueError(f"unknown optimizer {optimizer_name!r}")
+        S.check_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, step)
         _check(p, g, state1, state2)
         opt = ID[optimizer_name]
         n = p.numel()
@@ -58,6 +61,11 @@ def make(K):
         else:
             s1, m2 = state1.reshape(-1).numpy(), _EMPTY_F
         s2 = state2.reshape(-1).numpy() if state2 is not None else _EMPTY_F
+        _sizes(grad=(gx, n), param=(px, n), state1=(s1, n), m2=(m2, n if optimizer_name == "ademamix" else m2.size),
+               state2=(s2, n if state2 is not None else s2.size))
+        if s1.dtype != np.float32 or s2.dtype != np.float32 or m2.dtype != np.float32 or (
+                optimizer_name in W.TWO_STATE and state2 is None):
+            raise S.OptimizerStateError("CPU optimizer kernel: float32 states (and state2 for adam/lamb/ademamix)")
         scale = 1.0
         if max_unorm > 0.0 and optimizer_name in ("adam", "lamb", "momentum", "lars", "rmsprop"):
             k0 = consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False)
@@ -73,8 +81,7 @@ def make(K):
     def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps,
                                         step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
                                         gnorm_scale=1.0, skip_zeros=False):
-        if optimizer_name not in ID:
-            raise ValueError(f"unknown optimizer {optimizer_name!r}")
+        S.check_update_8bit(optimizer_name, g, p, state1, state2, step, qmap1, qmap2, absmax1, absmax2)
         _check(p, g, state1, state2, absmax1, absmax2)
         opt = ID[optimizer_name]
         n = p.numel()
@@ -88,14 +95,23 @@ def make(K):
             c1, a1 = state1.reshape(-1).numpy(), absmax1.reshape(-1).numpy()
             c1b, a1b = _EMPTY_U, _EMPTY_F
         pl1 = search_plan(W.codebook_of(qmap1))
-        t1 = qmap1.detach().float().cpu().numpy()
+        t1 = np.ascontiguousarray(qmap1.detach().float().cpu().numpy().reshape(-1))
         two = state2 is not None
         if two:
             c2, a2 = state2.reshape(-1).numpy(), absmax2.reshape(-1).numpy()
             pl2 = search_plan(W.codebook_of(qmap2))
-            t2 = qmap2.detach().float().cpu().numpy()
+            t2 = np.ascontiguousarray(qmap2.detach().float().cpu().numpy().reshape(-1))
         else:
             c2, a2, pl2, t2 = _EMPTY_U, _EMPTY_F, pl1, t1
+        nb = (n + W.BLOCKSIZE - 1) // W.BLOCKSIZE
+        ade = optimizer_name == "ademamix"
+        _sizes(grad=(gx, n), param=(px, n), state1=(c1, n), absmax1=(a1, nb), state1_ema2=(c1b, n if ade else c1b.size),
+               absmax1_ema2=(a1b, nb if ade else a1b.size), state2=(c2, n if two else c2.size),
+               absmax2=(a2, nb if two else a2.size), qmap1=(t1, 256), qmap2=(t2, 256))
+        if c1.dtype != np.uint8 or c1b.dtype != np.uint8 or c2.dtype != np.uint8 or a1.dtype != np.float32 or (
+                a1b.dtype != np.float32 or a2.dtype != np.float32 or (optimizer_name in W.TWO_STATE and not two)):
+            raise S.OptimizerStateError("CPU optimizer kernel: uint8 codes, float32 absmax (and state2 for "
+                                        "adam/lamb/ademamix)")
         k = consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, True)
         K.update_8bit_blockwise(opt, step == 1, bool(skip_zeros), gx, gk, px, pk, c1, a1, c1b, a1b, c2, a2,
                                 t1, t2, k, BLOCKS_PER_TASK,

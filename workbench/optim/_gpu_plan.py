@@ -24,13 +24,11 @@ from numba_kernels.cell_plan import cell_plan
 
 from .. import codebooks as _cb
 from . import functional as W
+from . import state_check as S
 
-ID = {"adam": 0, "lamb": 0, "ademamix": 1, "momentum": 2, "lars": 2, "lion": 3, "rmsprop": 4, "adagrad": 5}
+ID = W.OPTIMIZER_ID   # the kernels' rule ids (KBIT_OPT_*), defined once in functional.py
 NORM_OK = ("adam", "lamb", "momentum", "lars", "rmsprop")  # optimizers with a max_unorm trust ratio (32-bit)
-DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-
-
-_NEG_LR = W.SCALAR_NAMES.index("neg_lr")
+DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # KBIT_F32, KBIT_F16, KBIT_BF16
 
 
 def check_name(name: str) -> int:
@@ -39,11 +37,7 @@ def check_name(name: str) -> int:
     return ID[name]
 
 
-def consts(name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, eight_bit,
-           scale: float = 1.0) -> np.ndarray:
-    v, adam32_step = W.scalar_vector(beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale)
-    upd = adam32_step * scale if name in ("adam", "lamb") else float(v[_NEG_LR]) * scale
-    return np.append(v, np.float32(upd))  # float32[17], the order of KBIT_K_* in cuda_src/kbit_optim.h
+consts = W.kernel_constants  # float32[17], the order of KBIT_K_* in cuda_src/kbit_optim.h (W.KERNEL_SLOTS)
 
 
 @dataclass
@@ -84,6 +78,21 @@ def plan(qmap: torch.Tensor) -> Plan:
 
 def same_dtype(g: torch.Tensor, p: torch.Tensor) -> bool:
     return g.dtype == p.dtype and g.dtype in DTYPE
+
+
+def check_update_32bit(who: str, optimizer_name, g, p, state1, state2, unorm_vec, step, *, cuda: bool = True) -> None:
+    """The GPU adapters' guard before a 32-bit kernel: the state check (sizes, dtypes, devices, step) and
+    contiguous tensors (on CUDA when ``cuda``)."""
+    S.check_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, step)
+    check_tensors(who, p, g, state1, state2, cuda=cuda)
+
+
+def check_update_8bit(who: str, optimizer_name, g, p, state1, state2, step, qmap1, qmap2, absmax1, absmax2, *,
+                      cuda: bool = True) -> None:
+    """The GPU adapters' guard before an 8-bit kernel: the state check (codes, absmax per 256-block, qmaps
+    float32[256], dtypes, devices, step) and contiguous tensors (on CUDA when ``cuda``)."""
+    S.check_update_8bit(optimizer_name, g, p, state1, state2, step, qmap1, qmap2, absmax1, absmax2)
+    check_tensors(who, p, g, state1, state2, absmax1, absmax2, cuda=cuda)
 
 
 def check_tensors(who: str, p: torch.Tensor, g: torch.Tensor, *ts, cuda: bool = True) -> None:

@@ -18,6 +18,15 @@ Per-parameter overrides::
 
 Overrides apply from the next step (state is created with the config in force at the
 parameter's first step) and are saved by ``state_dict()`` (by parameter index).
+
+Safety (issue 17): parameters must be float32, float16 or bfloat16 -- float64 and other dtypes are
+refused when the parameter is added (construction, ``add_param_group``) and at every step, with an
+:class:`~workbench.optim.state_check.UnsupportedDtypeError` naming the parameter and the supported
+dtypes (the update is float32 arithmetic; bitsandbytes refuses them too). ``load_state_dict`` checks
+every loaded state against its parameter (:func:`~workbench.optim.state_check.validate_state`, strict)
+before it changes anything, and raises :class:`~workbench.optim.state_check.OptimizerStateError`
+naming the parameter (index and name), the state key, what was expected and what was found; every
+step checks the state's metadata again before any kernel runs.
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ import math
 import torch
 
 from . import functional as W
+from . import state_check as S
 
 __all__ = ["Optimizer8bitState", "Adam", "Adam32bit", "Adam8bit", "AdamW", "AdamW32bit", "AdamW8bit",
            "Lion", "Lion32bit", "Lion8bit", "SGD", "SGD32bit", "SGD8bit", "Momentum8bit",
@@ -62,6 +72,33 @@ class Optimizer8bitState(torch.optim.Optimizer):
                         backend=backend)
         super().__init__(params, defaults)
         self._overrides: dict[int, dict] = {}
+
+    def add_param_group(self, param_group):
+        """torch's add_param_group; parameters of a dtype the kernels do not take are refused."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for p in group["params"]:
+            if p.dtype not in S.PARAM_DTYPES:
+                label = self._label(p)
+                self.param_groups.pop()
+                S.check_dtype(label, "the parameter", p)
+
+    def _label(self, p) -> str:
+        """'Adam8bit: parameter 3 ('fc.weight')': the index state_dict() uses, and the name when known."""
+        return f"{type(self).__name__}: {self._where(p)}"
+
+    def _where(self, p) -> str:
+        idx, name = None, None
+        i = 0
+        for g in self.param_groups:
+            names = g.get("param_names")
+            for j, q in enumerate(g["params"]):
+                if q is p:
+                    idx = i
+                    name = names[j] if names and j < len(names) else None
+                i += 1
+        where = f"parameter {idx}" if idx is not None else "a parameter"
+        return where + (f" ({name!r})" if name else "")
 
     # ---------------------------------------------------------------- config
     def override_config(self, params, key=None, value=None, **cfg):
@@ -118,16 +155,44 @@ class Optimizer8bitState(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict):
+        """torch's load_state_dict, keeping the states' own dtypes, after checking every state against its
+        parameter (:func:`workbench.optim.state_check.validate_state`, strict): a checkpoint that does not
+        fit (a resized model, a truncated absmax, a 16-entry qmap, another optimizer's state) raises
+        OptimizerStateError naming the parameter and the key, and leaves this optimizer unchanged."""
         sd = dict(state_dict)
         overrides = sd.pop("overrides", {})
         saved = sd["state"]
-        super().load_state_dict(sd)
         params = [p for g in self.param_groups for p in g["params"]]
-        # torch casts floating state to the parameter's dtype; state keeps its own dtype here.
+        groups = sd["param_groups"]
+        if len(groups) != len(self.param_groups) or any(
+                len(a["params"]) != len(b["params"]) for a, b in zip(groups, self.param_groups)):
+            return super().load_state_dict(sd)  # torch's error: the groups do not match
+        # as torch: the checkpoint's parameter ids map, in order, onto this optimizer's parameters
+        id_map = dict(zip((i for g in groups for i in g["params"]), params))
+        loaded = {}
         for idx, st in saved.items():
-            p = params[int(idx)]
-            self.state[p] = {k: (v.detach().clone().to(p.device) if isinstance(v, torch.Tensor) else copy.deepcopy(v))
-                             for k, v in st.items()}
+            p = id_map.get(idx)
+            if p is None:
+                raise S.OptimizerStateError(f"{type(self).__name__}.load_state_dict: the checkpoint has state for "
+                                            f"parameter id {idx!r}, which none of its param_groups lists")
+            if not isinstance(st, dict):
+                raise S.OptimizerStateError(f"{self._label(p)}: the checkpoint's state is {S.describe(st)}, not a dict")
+            # torch casts floating state to the parameter's dtype; state keeps its own dtype here (contiguous:
+            # the kernels take flat views).
+            new = {k: (v.detach().to(p.device).clone(memory_format=torch.contiguous_format)
+                       if isinstance(v, torch.Tensor) else copy.deepcopy(v)) for k, v in st.items()}
+            if new:  # an empty entry is a parameter that has not stepped yet
+                who = f"{type(self).__name__}.load_state_dict: {self._where(p)}"
+                S.validate_state(self.optimizer_name, p, new, strict=True, who=who)
+                new["step"] = S._step_value(who, new["step"], 0)
+            loaded[p] = new
+        for i in overrides:
+            if not 0 <= int(i) < len(params):
+                raise S.OptimizerStateError(f"{type(self).__name__}.load_state_dict: the checkpoint has overrides "
+                                            f"for parameter {i}; this optimizer has {len(params)} parameters")
+        super().load_state_dict(sd)
+        for p, new in loaded.items():
+            self.state[p] = new
         self._overrides = {id(params[int(i)]): dict(v) for i, v in overrides.items()}
 
     # ---------------------------------------------------------------- step
@@ -145,14 +210,19 @@ class Optimizer8bitState(torch.optim.Optimizer):
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
                 cfg = self._config(group, p)
                 if len(self.state[p]) == 0:
+                    if p.dtype not in S.PARAM_DTYPES:  # e.g. model.double() after construction
+                        S.check_dtype(self._label(p), "the parameter", p)
                     self._init_state(p, cfg)
-                self._update(p, cfg)
+                try:
+                    self._update(p, cfg)
+                except (S.OptimizerStateError, S.UnsupportedDtypeError) as e:
+                    # the dispatch's check knows the tensors, not which parameter they belong to
+                    raise type(e)(f"{self._label(p)}: {e}") from None
         return loss
 
     def _update(self, p, cfg):
         st = self.state[p]
-        st["step"] += 1
-        step = st["step"]
+        step = st["step"] + 1  # stored once the update ran (a refused update leaves the state as it was)
         grad = p.grad if p.grad.is_contiguous() else p.grad.contiguous()
         if not p.is_contiguous():
             p.data = p.data.contiguous()
@@ -185,6 +255,7 @@ class Optimizer8bitState(torch.optim.Optimizer):
                                     beta1, beta2, beta3, alpha, cfg["eps"], step, cfg["lr"],
                                     st["qmap1"], st.get("qmap2"), st["absmax1"], st.get("absmax2"),
                                     cfg["weight_decay"], gnorm_scale, cfg["skip_zeros"], backend=backend)
+        st["step"] = step
 
 
 def _make(name, optimizer_name, bits, lr, betas, eps, wd, doc, **extra_defaults):

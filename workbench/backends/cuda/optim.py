@@ -48,7 +48,7 @@ def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_
                            beta1, beta2, beta3, alpha, eps, weight_decay, step, lr,
                            gnorm_scale=1.0, skip_zeros=False):
     opt = G.check_name(optimizer_name)
-    G.check_tensors("cuda", p, g, state1, state2)
+    G.check_update_32bit("cuda", optimizer_name, g, p, state1, state2, unorm_vec, step)  # sizes vs p (issue 17)
     if not G.same_dtype(g, p):
         return G.run_in_float32(optimizer_update_32bit, optimizer_name, g, p, state1, state2, unorm_vec, max_unorm,
                                 param_norm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale,
@@ -79,7 +79,7 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
                                     step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
                                     gnorm_scale=1.0, skip_zeros=False):
     opt = G.check_name(optimizer_name)
-    G.check_tensors("cuda", p, g, state1, state2, absmax1, absmax2)
+    G.check_update_8bit("cuda", optimizer_name, g, p, state1, state2, step, qmap1, qmap2, absmax1, absmax2)
     if not G.same_dtype(g, p):
         return G.run_in_float32(optimizer_update_8bit_blockwise, optimizer_name, g, p, state1, state2, beta1, beta2,
                                 beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,

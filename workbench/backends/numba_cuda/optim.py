@@ -65,7 +65,7 @@ def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_
                            beta1, beta2, beta3, alpha, eps, weight_decay, step, lr,
                            gnorm_scale=1.0, skip_zeros=False):
     opt = G.check_name(optimizer_name)
-    G.check_tensors("numba_cuda", p, g, state1, state2, cuda=False)
+    G.check_update_32bit("numba_cuda", optimizer_name, g, p, state1, state2, unorm_vec, step, cuda=False)
     if p.dtype != torch.float32 or g.dtype != torch.float32:
         return G.run_in_float32(optimizer_update_32bit, optimizer_name, g, p, state1, state2, unorm_vec, max_unorm,
                                 param_norm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale,
@@ -102,7 +102,8 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
                                     step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
                                     gnorm_scale=1.0, skip_zeros=False):
     opt = G.check_name(optimizer_name)
-    G.check_tensors("numba_cuda", p, g, state1, state2, absmax1, absmax2, cuda=False)
+    G.check_update_8bit("numba_cuda", optimizer_name, g, p, state1, state2, step, qmap1, qmap2, absmax1, absmax2,
+                        cuda=False)
     if p.dtype != torch.float32 or g.dtype != torch.float32:
         return G.run_in_float32(optimizer_update_8bit_blockwise, optimizer_name, g, p, state1, state2, beta1, beta2,
                                 beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
