@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import torch
 
+from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends import get_op
+from .backends.registry import resolve
 from .validation import FLOAT_DTYPES, QuantInputError, check_finite, check_tensor
 
 __all__ = ["int8_vectorwise_quant", "int8_vectorwise_dequant", "int8_double_quant", "int8_linear_matmul",
            "int8_mm_dequant", "outlier_columns", "int8_linear", "Int8Weight", "quantize_weight"]
+
+
+_ops = torch.ops.workbench
 
 
 def _device(t: torch.Tensor) -> str:
@@ -22,13 +27,17 @@ def _device(t: torch.Tensor) -> str:
     return t.device.type
 
 
+def _backend(backend: str, op: str, A: torch.Tensor) -> str:
+    return resolve(backend, op, _device(A), str(A.dtype).removeprefix("torch."))
+
+
 def _matrix(name: str, A, dtypes=FLOAT_DTYPES, nan_policy: str = "raise") -> torch.Tensor:
     check_tensor(name, A, dtypes=dtypes)
     if A.dim() < 2:
         raise QuantInputError(f"{name}: expected a matrix (rows x columns), got shape {tuple(A.shape)}")
     if A.is_floating_point():
         check_finite(name, A, nan_policy)
-    return A.reshape(-1, A.shape[-1]).contiguous()
+    return A.detach().reshape(-1, A.shape[-1]).contiguous()
 
 
 def _threshold(threshold) -> float:
@@ -43,7 +52,7 @@ def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: s
     """-> (int8 codes shaped like A, float32 row stats, int64 outlier columns or None when threshold == 0)."""
     t = _threshold(threshold)
     a = _matrix("A", A, nan_policy=nan_policy)
-    codes, stats, cols = get_op(backend, "int8_vectorwise_quant", _device(A))(a, t)
+    codes, stats, cols = _ops.int8_vectorwise_quant(a, t, _backend(backend, "int8_vectorwise_quant", A))
     return codes.view(A.shape), stats, cols
 
 
@@ -52,21 +61,21 @@ def outlier_columns(A: torch.Tensor, threshold: float = 6.0, *, backend: str = "
     t = _threshold(threshold)
     if t == 0:
         raise QuantInputError("threshold: must be > 0 to define outliers")
-    return get_op(backend, "outlier_columns", _device(A))(_matrix("A", A), t)
+    return _ops.outlier_columns(_matrix("A", A), t, _backend(backend, "outlier_columns", A))
 
 
 def int8_vectorwise_dequant(codes: torch.Tensor, stats: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     c = _matrix("codes", codes, dtypes=(torch.int8,))
     if stats.numel() != c.shape[0]:
         raise QuantInputError(f"stats: {stats.numel()} values for {c.shape[0]} rows")
-    return get_op(backend, "int8_vectorwise_dequant", _device(codes))(c, stats.float()).view(codes.shape)
+    return _ops.int8_vectorwise_dequant(c, stats.float(), _backend(backend, "int8_vectorwise_dequant", codes)).view(codes.shape)
 
 
 def int8_double_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str = "auto"):
     """-> (row codes, column codes, row stats, column stats, outlier columns or None)."""
     t = _threshold(threshold)
     a = _matrix("A", A)
-    return get_op(backend, "int8_double_quant", _device(A))(a, t)
+    return _ops.int8_double_quant(a, t, _backend(backend, "int8_double_quant", A))
 
 
 def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -77,7 +86,7 @@ def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, *, backend: str = "auto
         raise QuantInputError(f"B: inner dimensions differ: A has {a.shape[1]} columns, B has {b.shape[1]}")
     if a.shape[1] * 127 * 127 >= 2 ** 31:
         raise QuantInputError(f"A: inner dimension {a.shape[1]} could overflow the int32 accumulator")
-    return get_op(backend, "int8_linear_matmul", _device(A))(a, b)
+    return _ops.int8_linear_matmul(a, b, _backend(backend, "int8_linear_matmul", A))
 
 
 def int8_mm_dequant(C: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.Tensor, bias=None,
@@ -86,7 +95,8 @@ def int8_mm_dequant(C: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.T
     if row_stats.numel() != c.shape[0] or col_stats.numel() != c.shape[1]:
         raise QuantInputError(f"row_stats/col_stats: expected {c.shape[0]} and {c.shape[1]} values, "
                               f"got {row_stats.numel()} and {col_stats.numel()}")
-    return get_op(backend, "int8_mm_dequant", _device(C))(c, row_stats.float(), col_stats.float(), bias, dtype)
+    return _ops.int8_mm_dequant(c, row_stats.float(), col_stats.float(), bias, dtype,
+                                _backend(backend, "int8_mm_dequant", C))
 
 
 class Int8Weight:

@@ -2,33 +2,48 @@
 
 Signatures follow ``bitsandbytes.functional`` so code moves between the two, plus
 ``codebook=`` (any 2**k-entry :class:`~workbench.codebooks.Codebook`) and ``backend=``
-('auto', or a name from ``workbench backends``). Arguments are validated here, once;
-inputs are never modified.
+('auto', or a name from ``workbench backends``). Arguments and states are validated here,
+from metadata only, before any kernel runs (docs/ARCHITECTURE.md, "The public call path");
+the ops are the torch.library custom ops of :mod:`workbench.library`. Inputs are never modified.
+
+Non-finite input: a NaN or Inf makes its block's absmax non-finite (the spec), so with
+``nan_policy="raise"`` the call checks the absmax it already has, not the data. That check is
+the one host sync on the default path (it must decide whether to raise); ``nan_policy="propagate"``
+makes none.
 """
 from __future__ import annotations
 
 import torch
 
 from . import codebooks as cbs
-from .backends import get_op
+from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
+from .backends.registry import resolve
 from .quant_state import QuantState
-from .validation import (QuantInputError, check_blocksize, check_codebook_size, check_finite,
-                         check_tensor)
+from .validation import (FLOAT_DTYPES, QuantInputError, check_blocksize, check_codebook_size, check_dtype,
+                         check_nan_policy, check_tensor, raise_if_nonfinite)
 
 __all__ = ["quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit",
            "quantize_nf4", "quantize_fp4", "QuantState", "QuantInputError"]
 
 NESTED_BLOCKSIZE = 256  # bitsandbytes' blocksize for double-quantized absmax
+_ops = torch.ops.workbench
+_DTYPE_NAMES = {d: str(d).removeprefix("torch.") for d in (*FLOAT_DTYPES, torch.uint8)}
 
 
 def _device(t: torch.Tensor) -> str:
-    if t.device.type not in ("cpu", "cuda"):
+    dev = t.device.type
+    if dev not in ("cpu", "cuda"):
         raise QuantInputError(f"A: device {t.device} not supported; expected cpu or cuda")
-    return t.device.type
+    return dev
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()  # an nn.Parameter quantizes like its data; the ops never record autograd history
     return t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
+
+
+def _backend(backend: str, op: str, A: torch.Tensor) -> str:
+    return resolve(backend, op, _device(A), _DTYPE_NAMES.get(A.dtype))
 
 
 def _codebook_for_4bit(quant_type: str | None, codebook) -> cbs.Codebook:
@@ -41,20 +56,30 @@ def _codebook_for_4bit(quant_type: str | None, codebook) -> cbs.Codebook:
     return check_codebook_size(cb, max_bits=4, exact_bits=4)
 
 
-def _quantize_absmax(absmax: torch.Tensor, backend: str, blocksize: int) -> tuple[torch.Tensor, torch.Tensor, QuantState]:
+def _table_256(table: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A blockwise dequant table the kernels may index with any uint8 code: shorter tables (a 4-bit
+    codebook used blockwise) are padded with NaN, so a code past the table's end reads NaN, not
+    memory past its end."""
+    t = table.to(device=device, dtype=torch.float32)
+    if t.numel() < 256:
+        t = torch.cat([t.reshape(-1), t.new_full((256 - t.numel(),), float("nan"))])
+    return t.contiguous()
+
+
+def _quantize_absmax(absmax: torch.Tensor, backend: str, nan_policy: str):
     """Double quantization: subtract the mean, 8-bit blockwise-quantize the rest with the signed
     dynamic map (bitsandbytes' scheme; the mean is a torch reduction on the data's device)."""
     offset = absmax.mean()
-    q, state2 = quantize_blockwise(absmax - offset, blocksize=blocksize, backend=backend)
+    q, state2 = quantize_blockwise(absmax - offset, blocksize=NESTED_BLOCKSIZE, backend=backend,
+                                   nan_policy=nan_policy)
     return q, offset, state2
 
 
 def _resolve_absmax(qs: QuantState, backend: str) -> torch.Tensor:
     if not qs.nested:
-        return qs.absmax.float()
+        return qs.absmax
     absmax = dequantize_blockwise(qs.absmax, qs.state2, backend=backend)
-    absmax += qs.offset
-    return absmax.float()
+    return absmax + qs.offset.to(absmax.device, torch.float32)
 
 
 def quantize_blockwise(A: torch.Tensor, code=None, blocksize: int = 4096, nested: bool = False, *,
@@ -71,32 +96,33 @@ def quantize_blockwise(A: torch.Tensor, code=None, blocksize: int = 4096, nested
     if rounding not in ("nearest", "stochastic"):
         raise QuantInputError(f"rounding: expected 'nearest' or 'stochastic', got {rounding!r}")
     check_tensor("A", A)
-    dev = _device(A)
     check_blocksize(blocksize)
-    check_finite("A", A, nan_policy)
+    check_nan_policy(nan_policy)
     src = codebook if codebook is not None else code
     if src is None:
         cb = cbs.get("dynamic")
     elif isinstance(src, torch.Tensor):
-        cb = cbs.from_values(src.detach().float().cpu().numpy(), "custom")
+        from .codebook_tables import codebook_of_table
+        cb = codebook_of_table(src)
     else:
         cb = cbs.get(src)
     check_codebook_size(cb, max_bits=8)
+    table, bounds, bucket_codes = cb.tensors("cpu")
     if rounding == "stochastic":
-        fn = get_op(backend, "quantize_blockwise_stochastic", dev)
+        name = _backend(backend, "quantize_blockwise_stochastic", A)
         rand = torch.rand(A.numel(), generator=generator, dtype=torch.float32, device=A.device)
-        codes, absmax = fn(_flat(A), cb, blocksize, rand)
+        codes, absmax = _ops.quantize_blockwise_stochastic(_flat(A), table, bounds, bucket_codes, blocksize, rand, name)
     else:
-        fn = get_op(backend, "quantize_blockwise", dev)
-        codes, absmax = fn(_flat(A), cb, blocksize)
+        name = _backend(backend, "quantize_blockwise", A)
+        codes, absmax = _ops.quantize_blockwise(_flat(A), table, bounds, bucket_codes, blocksize, name)
+    raise_if_nonfinite("A", A, absmax, nan_policy)
     table = cb.tensors(A.device)[0].clone()
     if nested:
-        qabs, offset, state2 = _quantize_absmax(absmax, backend, blocksize)
+        qabs, offset, state2 = _quantize_absmax(absmax, backend, nan_policy)
         qs = QuantState(absmax=qabs, code=table, blocksize=blocksize, dtype=A.dtype, offset=offset, state2=state2)
     else:
         qs = QuantState(absmax=absmax, code=table, blocksize=blocksize, dtype=A.dtype)
     qs.shape = A.shape
-    qs.quant_type = None
     return codes.view(A.shape), qs
 
 
@@ -104,23 +130,22 @@ def dequantize_blockwise(A: torch.Tensor, quant_state: QuantState | None = None,
                          blocksize: int = 4096, *, dtype: torch.dtype | None = None, backend: str = "auto"):
     """Inverse of :func:`quantize_blockwise`: ``table[code] * absmax`` in float32, cast once to dtype."""
     check_tensor("A", A, dtypes=(torch.uint8,))
-    dev = _device(A)
     if quant_state is None:
         if absmax is None:
             raise QuantInputError("absmax: required when quant_state is not given")
+        if not isinstance(absmax, torch.Tensor):
+            raise QuantInputError(f"absmax: expected a float32 torch.Tensor, got {type(absmax).__name__}")
         table = code if code is not None else cbs.get("dynamic").tensors(A.device)[0]
         quant_state = QuantState(absmax=absmax, code=table, blocksize=blocksize, dtype=dtype or torch.float32)
-    check_blocksize(quant_state.blocksize)
-    absmax = _resolve_absmax(quant_state, backend)
-    nblocks = -(-A.numel() // quant_state.blocksize)
-    if absmax.numel() != nblocks:
-        raise QuantInputError(f"absmax: {absmax.numel()} values for {A.numel()} codes at blocksize "
-                              f"{quant_state.blocksize}; expected {nblocks}")
-    out_dtype = dtype or quant_state.dtype
-    table = quant_state.code.to(A.device, torch.float32)
-    fn = get_op(backend, "dequantize_blockwise", dev)
-    return fn(_flat(A), absmax.to(A.device).contiguous(), table.contiguous(), quant_state.blocksize,
-              out_dtype).view(A.shape)
+    elif not isinstance(quant_state, QuantState):
+        raise QuantInputError(f"quant_state: expected a workbench QuantState, got {type(quant_state).__name__}")
+    quant_state.validate(A.numel(), bits=8)
+    out_dtype = check_dtype("dtype", dtype or quant_state.dtype, FLOAT_DTYPES)
+    name = _backend(backend, "dequantize_blockwise", A)
+    absmax = _resolve_absmax(quant_state, backend).to(A.device).contiguous()
+    out = _ops.dequantize_blockwise(_flat(A), absmax, _table_256(quant_state.code, A.device),
+                                    quant_state.blocksize, out_dtype, name)
+    return out.view(A.shape)
 
 
 def quantize_4bit(A: torch.Tensor, absmax=None, out=None, blocksize: int = 64, compress_statistics: bool = False,
@@ -130,21 +155,22 @@ def quantize_4bit(A: torch.Tensor, absmax=None, out=None, blocksize: int = 64, c
     in the high nibble. ``codebook`` (any 16-entry Codebook or registered name) overrides
     ``quant_type``. ``compress_statistics`` double-quantizes absmax (offset + 8-bit, bs 256)."""
     check_tensor("A", A)
-    dev = _device(A)
     check_blocksize(blocksize)
-    check_finite("A", A, nan_policy)
+    check_nan_policy(nan_policy)
     if absmax is not None or out is not None:
         raise QuantInputError("absmax/out: preallocated outputs are not supported (bitsandbytes deprecates them)")
     cb = _codebook_for_4bit(quant_type, codebook)
-    fn = get_op(backend, "quantize_4bit", dev)
-    packed, am = fn(_flat(A), cb, blocksize)
+    name = _backend(backend, "quantize_4bit", A)
+    table, bounds, bucket_codes = cb.tensors("cpu")
+    packed, am = _ops.quantize_4bit(_flat(A), table, bounds, bucket_codes, blocksize, name)
+    raise_if_nonfinite("A", A, am, nan_policy)
     packed = packed.view(-1, 1)
     if quant_storage != torch.uint8:
         packed = packed.squeeze(1).view(quant_storage).unsqueeze(1)
     qtype = quant_type if codebook is None else cb.name
     table = cb.tensors(A.device)[0].clone()
     if compress_statistics:
-        qabs, offset, state2 = _quantize_absmax(am, backend, NESTED_BLOCKSIZE)
+        qabs, offset, state2 = _quantize_absmax(am, backend, nan_policy)
         qs = QuantState(absmax=qabs, shape=A.shape, dtype=A.dtype, blocksize=blocksize, code=table,
                         quant_type=qtype, offset=offset, state2=state2)
     else:
@@ -167,20 +193,21 @@ def dequantize_4bit(A: torch.Tensor, quant_state: QuantState, *, dtype: torch.dt
         raise QuantInputError(f"quant_state: expected a workbench QuantState, got {type(quant_state).__name__}"
                               " (use QuantState.from_bnb for bitsandbytes states)")
     check_tensor("A", A, dtypes=None)
-    dev = _device(A)
-    packed = A.reshape(-1).view(torch.uint8) if A.dtype != torch.uint8 else A.reshape(-1)
+    packed = A.detach().reshape(-1)
+    if packed.dtype != torch.uint8:
+        packed = packed.view(torch.uint8)
+    if quant_state.shape is None:
+        raise QuantInputError("quant_state.shape: required to dequantize 4-bit codes (the number of elements)")
+    quant_state.validate(bits=4)
     n = 1
     for s in quant_state.shape:
         n *= int(s)
     if packed.numel() != (n + 1) // 2:
         raise QuantInputError(f"A: {packed.numel()} packed bytes, but quant_state.shape {tuple(quant_state.shape)} "
                               f"needs {(n + 1) // 2}")
-    check_blocksize(quant_state.blocksize)
-    if quant_state.code is None or quant_state.code.numel() != 16:
-        raise QuantInputError("quant_state.code: expected a 16-entry table")
-    absmax = _resolve_absmax(quant_state, backend)
-    fn = get_op(backend, "dequantize_4bit", dev)
-    out = fn(packed.contiguous(), absmax.to(A.device).contiguous(),
-             quant_state.code.to(A.device, torch.float32).contiguous(), quant_state.blocksize, n,
-             dtype or quant_state.dtype)
+    out_dtype = check_dtype("dtype", dtype or quant_state.dtype, FLOAT_DTYPES)
+    name = _backend(backend, "dequantize_4bit", A)
+    absmax = _resolve_absmax(quant_state, backend).to(A.device).contiguous()
+    table = quant_state.code.to(A.device, torch.float32).contiguous()
+    out = _ops.dequantize_4bit(packed.contiguous(), absmax, table, quant_state.blocksize, n, out_dtype, name)
     return out.view(quant_state.shape)

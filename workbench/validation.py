@@ -23,19 +23,53 @@ def check_tensor(name: str, t, *, dtypes=FLOAT_DTYPES, allow_empty: bool = False
     return t
 
 
-def check_finite(name: str, t: torch.Tensor, nan_policy: str) -> None:
+def check_nan_policy(nan_policy) -> str:
     if nan_policy not in NAN_POLICIES:
         raise QuantInputError(f"nan_policy: expected one of {NAN_POLICIES}, got {nan_policy!r}")
-    # min and max propagate NaN and expose +-Inf, so both finite <=> every element finite;
-    # aminmax makes one pass without a full-size temporary (isfinite(t).all() allocates one)
+    return nan_policy
+
+
+def check_dtype(name: str, dtype, allowed) -> torch.dtype:
+    if dtype not in allowed:
+        want = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise QuantInputError(f"{name}: {dtype!r} not supported; expected one of {want}")
+    return dtype
+
+
+def _nonfinite_error(name: str, t: torch.Tensor) -> QuantInputError:
+    bad = int((~torch.isfinite(t)).sum())
+    return QuantInputError(
+        f"{name}: contains {bad} non-finite value(s) (NaN/Inf); absmax scaling would spread them over "
+        f"the whole block. Clean the input or pass nan_policy='propagate' to accept undefined codes there")
+
+
+def raise_if_nonfinite(name: str, t: torch.Tensor, scales: torch.Tensor, nan_policy: str) -> None:
+    """The non-finite check of ``nan_policy="raise"``, from the per-block (or per-row) scales the
+    kernel already computed: by the spec a block's absmax is NaN or Inf exactly when the block holds
+    a NaN or Inf, so no pass over ``t`` is needed. Reading the verdict is a host sync on CUDA; under
+    torch.compile it becomes an asynchronous assert, and during CUDA-graph capture it is refused."""
+    if nan_policy != "raise" or scales.numel() == 0:
+        return
+    if torch.compiler.is_compiling():
+        torch._assert_async(torch.isfinite(scales).all(), f"{name}: non-finite values (NaN/Inf) with nan_policy='raise'")
+        return
+    if scales.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise QuantInputError(f"nan_policy: 'raise' reads a flag on the host, which a CUDA graph cannot do; "
+                              f"pass nan_policy='propagate' when capturing {name}'s quantization")
+    if not bool(torch.isfinite(scales).all()):
+        raise _nonfinite_error(name, t)
+
+
+def check_finite(name: str, t: torch.Tensor, nan_policy: str) -> None:
+    """A pass over ``t`` (for ops whose kernels don't report non-finite input in their scales)."""
+    check_nan_policy(nan_policy)
     if nan_policy == "raise" and t.is_floating_point() and not _extremes_finite(t):
-        bad = int((~torch.isfinite(t)).sum())
-        raise QuantInputError(
-            f"{name}: contains {bad} non-finite value(s) (NaN/Inf); absmax scaling would spread them over "
-            f"the whole block. Clean the input or pass nan_policy='propagate' to accept undefined codes there")
+        raise _nonfinite_error(name, t)
 
 
 def _extremes_finite(t: torch.Tensor) -> bool:
+    # min and max propagate NaN and expose +-Inf, so both finite <=> every element finite;
+    # aminmax makes one pass without a full-size temporary (isfinite(t).all() allocates one)
     lo, hi = torch.aminmax(t.reshape(-1))
     return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 

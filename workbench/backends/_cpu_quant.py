@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._cpu_common import alloc, as_numpy_bits, empty_out, nblocks, ord_lut, search_plan
+from ._cpu_common import alloc, as_numpy, as_numpy_bits, empty_out, nblocks, ord_lut, search_plan
 
 OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit",
        "quantize_blockwise_stochastic")
@@ -28,18 +28,19 @@ def bind(K, module: str) -> dict:
         p = search_plan(codebook)
         codes, absmax = _outputs(A.numel(), blocksize, A.numel())
         lut = ord_lut(codebook)
+        nan_code, zero_code = np.uint8(p.nan_code), np.uint8(p.zero_code)
         if lut is not None:
-            K.quantize_blockwise_ordlut(x, kind, blocksize, lut, codes.numpy(), absmax.numpy())
+            K.quantize_blockwise_ordlut(x, kind, blocksize, lut, nan_code, zero_code, codes.numpy(), absmax.numpy())
             return codes, absmax
         K.quantize_blockwise(x, kind, blocksize, p.mode, p.bnd15, p.bucket_codes, p.kbound, p.kcode_lo,
-                             p.kcode_hi, p.bounds_pad, codes.numpy(), absmax.numpy())
+                             p.kcode_hi, p.bounds_pad, nan_code, zero_code, codes.numpy(), absmax.numpy())
         return codes, absmax
 
     def quantize_blockwise_stochastic(A, codebook, blocksize, rand):
         """Rounding rule: workbench/backends/reference/quant.py (rand: float32[n] uniform [0, 1))."""
         x, kind = as_numpy_bits(A)
         p = search_plan(codebook)
-        r = rand.reshape(-1).to(torch.float32).contiguous()
+        r = rand.detach().reshape(-1).to(torch.float32).contiguous()
         if r.numel() != A.numel():
             raise ValueError(f"rand: expected {A.numel()} uniforms, got {r.numel()}")
         codes, absmax = _outputs(A.numel(), blocksize, A.numel())
@@ -49,7 +50,7 @@ def bind(K, module: str) -> dict:
 
     def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
         out, arr, kind = empty_out(codes.numel(), dtype)
-        K.dequantize_blockwise(codes.numpy(), absmax.numpy(), table.numpy(), blocksize, kind, arr)
+        K.dequantize_blockwise(as_numpy(codes), as_numpy(absmax), as_numpy(table), blocksize, kind, arr)
         return out
 
     def quantize_4bit(A, codebook, blocksize):
@@ -58,12 +59,12 @@ def bind(K, module: str) -> dict:
         n = A.numel()
         packed, absmax = _outputs(n, blocksize, (n + 1) // 2)
         K.quantize_4bit(x, kind, blocksize, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code),
-                        packed.numpy(), absmax.numpy())
+                        np.uint8(p.nan_code), packed.numpy(), absmax.numpy())
         return packed, absmax
 
     def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
         out, arr, kind = empty_out(n, dtype)
-        K.dequantize_4bit(packed.numpy(), absmax.numpy(), table.numpy(), blocksize, n, kind, arr)
+        K.dequantize_4bit(as_numpy(packed), as_numpy(absmax), as_numpy(table), blocksize, n, kind, arr)
         return out
 
     ops = {f.__name__: f for f in (quantize_blockwise, quantize_blockwise_stochastic, dequantize_blockwise,

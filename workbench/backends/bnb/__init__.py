@@ -55,3 +55,7 @@ def default_impl(op: str) -> types.FunctionType:
                 _default_cache[op] = obj
                 return obj
     raise LookupError(f"could not locate bitsandbytes' default kernel for {op!r}")
+
+
+def load() -> None:
+    from . import quant  # noqa: F401  (importing a family module registers its kernels)

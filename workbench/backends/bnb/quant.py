@@ -6,7 +6,7 @@ import torch
 
 from ...codebooks import Codebook, fp4, nf4
 
-OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")
+from ..registry import register_kernel
 
 
 def _ops():
@@ -34,6 +34,7 @@ def quantize_blockwise(A, codebook, blocksize):
 
 
 def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
+    _check_out_dtype(dtype)
     return _ops().dequantize_blockwise(codes, absmax, table, blocksize, dtype).reshape(-1)
 
 
@@ -42,6 +43,51 @@ def quantize_4bit(A, codebook, blocksize):
     return packed.reshape(-1), absmax
 
 
+_OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_out_dtype(dtype) -> None:
+    if dtype not in _OUT_DTYPES:
+        raise TypeError(f"dtype: bitsandbytes dequantizes to float32, float16 or bfloat16, not {dtype}")
+
+
+def bnb_quant_type_of_table(table: torch.Tensor) -> str | None:
+    """'nf4' or 'fp4' when ``table`` is bitsandbytes' own code of that name value for value (its
+    ``get_4bit_type``), else None: only then may its NF4/FP4 kernels, which carry the table
+    built in, decode the bytes."""
+    from bitsandbytes.functional import get_4bit_type
+    t = table.detach().reshape(-1).to(torch.float32)
+    if t.numel() != 16:
+        return None
+    for qt in ("nf4", "fp4"):
+        ref = get_4bit_type(qt, device=t.device).to(torch.float32)
+        if torch.equal(t, ref):
+            return qt
+    return None
+
+
 def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
-    qt = "fp4" if float(table[1]) > 0 else "nf4"  # bnb identifies the code the same way
-    return _ops().dequantize_4bit(packed.view(-1, 1), absmax, blocksize, qt, (n,), dtype).reshape(-1)
+    """NF4/FP4 tables go to bitsandbytes' dequantize_4bit op; any other 16-entry code to
+    bitsandbytes' generic 4-bit decode with that table (``_dequantize_4bit_compute``: the same
+    unpacking, ``code[nibble] * absmax`` in float32, one rounding), never to a kernel whose
+    built-in table differs from the state's."""
+    _check_out_dtype(dtype)
+    if table.numel() != 16:
+        raise ValueError(f"table: a 4-bit code has 16 entries, got {table.numel()}")
+    qt = bnb_quant_type_of_table(table)
+    if qt is not None:
+        return _ops().dequantize_4bit(packed.view(-1, 1), absmax, blocksize, qt, (n,), dtype).reshape(-1)
+    _ops()  # bitsandbytes imported and its version checked by the backend
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+    code = table.detach().to(device=packed.device, dtype=torch.float32).contiguous()
+    flat = packed.reshape(-1)
+    if flat.dtype != torch.uint8:
+        flat = flat.view(torch.uint8)
+    return _dequantize_4bit_compute(flat, absmax.float(), code, blocksize, (n,), dtype).reshape(-1)
+
+
+# Importing this module registers its kernels against the declarations in workbench/library.py.
+register_kernel("workbench::quantize_blockwise", "bnb")(quantize_blockwise)
+register_kernel("workbench::dequantize_blockwise", "bnb")(dequantize_blockwise)
+register_kernel("workbench::quantize_4bit", "bnb")(quantize_4bit)
+register_kernel("workbench::dequantize_4bit", "bnb")(dequantize_4bit)

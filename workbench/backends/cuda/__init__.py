@@ -64,3 +64,7 @@ def check(status: int, what: str) -> None:
     """Kernels' extern "C" entry points return cudaError_t (0 = success)."""
     if status != 0:
         raise RuntimeError(f"{what}: CUDA error {status}")
+
+
+def load() -> None:
+    from . import int8, optim, quant  # noqa: F401  (importing a family module registers its kernels)

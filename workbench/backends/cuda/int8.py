@@ -14,9 +14,7 @@ import torch
 
 from . import check, load, ptr, stream
 
-OPS = ("int8_vectorwise_quant", "outlier_columns", "int8_outlier_cols", "int8_double_quant",
-       "int8_vectorwise_dequant", "int8_linear_matmul", "int8_mm_dequant", "int8_scaled_mm",
-       "int8_mixed_scaled_mm")
+from ..registry import register_kernel
 
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _c = ctypes
@@ -201,3 +199,14 @@ def int8_mixed_scaled_mm(A, CA, CB, SCA, SCB, outlier_cols, bias=None):
     subA = A[:, outlier_cols].contiguous()
     subB = int8_vectorwise_dequant(CB[:, outlier_cols].contiguous(), SCB).to(A.dtype).t()
     return out.addmm(subA, subB), subA
+
+
+# Importing this module registers its kernels against the declarations in workbench/library.py.
+register_kernel("workbench::int8_vectorwise_quant", "cuda")(int8_vectorwise_quant)
+register_kernel("workbench::outlier_columns", "cuda")(outlier_columns)
+register_kernel("workbench::int8_double_quant", "cuda")(int8_double_quant)
+register_kernel("workbench::int8_vectorwise_dequant", "cuda")(int8_vectorwise_dequant)
+register_kernel("workbench::int8_linear_matmul", "cuda")(int8_linear_matmul)
+register_kernel("workbench::int8_mm_dequant", "cuda")(int8_mm_dequant)
+register_kernel("workbench::int8_scaled_mm", "cuda")(int8_scaled_mm)
+register_kernel("workbench::int8_mixed_scaled_mm", "cuda")(int8_mixed_scaled_mm)

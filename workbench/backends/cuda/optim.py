@@ -18,7 +18,7 @@ from ...optim import _gpu_plan as G
 from ...optim import functional as W
 from . import check, load, ptr, stream
 
-OPS = ("optimizer_update_32bit", "optimizer_update_8bit_blockwise")
+from ..registry import register_kernel
 
 _c = ctypes
 _sig_done = False
@@ -107,3 +107,8 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
         ptr(state2), ptr(absmax2), ptr(P1.table), ptr(P1.cell), ptr(P1.bounds), codes1, P1.m, P1.S, *pl2,
         n, _kptr(k), stream()),
         "kbit_optimizer_update_8bit_blockwise")
+
+
+# Importing this module registers its kernels against the declarations in workbench/library.py.
+register_kernel("workbench::optimizer_update_32bit", "cuda")(optimizer_update_32bit)
+register_kernel("workbench::optimizer_update_8bit_blockwise", "cuda")(optimizer_update_8bit_blockwise)

@@ -14,7 +14,7 @@ import torch
 
 from . import check, load, on, ptr, stream
 
-OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")
+from ..registry import register_kernel
 
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 FLAG_BNB_SCALE = 1  # KBIT_QFLAG_BNB_SCALE: bitsandbytes-CUDA scaling (parity studies only)
@@ -107,3 +107,10 @@ def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
                                         stream(packed.device))
     check(st, "kbit_dequantize_4bit")
     return out
+
+
+# Importing this module registers its kernels against the declarations in workbench/library.py.
+register_kernel("workbench::quantize_blockwise", "cuda")(quantize_blockwise)
+register_kernel("workbench::dequantize_blockwise", "cuda")(dequantize_blockwise)
+register_kernel("workbench::quantize_4bit", "cuda")(quantize_4bit)
+register_kernel("workbench::dequantize_4bit", "cuda")(dequantize_4bit)

@@ -32,3 +32,7 @@ def available() -> tuple[bool, str]:
     except ImportError as e:
         return False, str(e)
     return True, f"OpenMP threads: {quant_cpu.max_threads()}" + (" (bounds-checked debug build)" if debug() else "")
+
+
+def load() -> None:
+    from . import optim, quant  # noqa: F401  (importing a family module registers its kernels)

@@ -8,3 +8,7 @@ def available() -> tuple[bool, str]:
     except ImportError as e:
         return False, f"numba not importable: {e}"
     return True, f"numba {numba.__version__}"
+
+
+def load() -> None:
+    from . import int8, optim, quant  # noqa: F401  (importing a family module registers its kernels)

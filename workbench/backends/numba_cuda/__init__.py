@@ -39,3 +39,7 @@ def available() -> tuple[bool, str]:
     except Exception as e:
         return False, f"numba.cuda failed ({type(e).__name__}: {e})"
     return True, f"numba-cuda on {torch.cuda.get_device_name(0)}"
+
+
+def load() -> None:
+    from . import int8, optim, quant  # noqa: F401  (importing a family module registers its kernels)

@@ -13,9 +13,7 @@ from numba_kernels.cuda import int8 as K
 
 from ._launch import as_array, launch
 
-OPS = ("int8_vectorwise_quant", "outlier_columns", "int8_outlier_cols", "int8_double_quant",
-       "int8_vectorwise_dequant", "int8_linear_matmul", "int8_mm_dequant", "int8_scaled_mm",
-       "int8_mixed_scaled_mm")
+from ..registry import register_kernel
 
 _KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
 
@@ -132,3 +130,14 @@ def int8_mixed_scaled_mm(A, CA, CB, SCA, SCB, outlier_cols, bias=None):
     subA = A[:, outlier_cols].contiguous()
     subB = int8_vectorwise_dequant(CB[:, outlier_cols].contiguous(), SCB).to(A.dtype).t()
     return out.addmm(subA, subB), subA
+
+
+# Importing this module registers its kernels against the declarations in workbench/library.py.
+register_kernel("workbench::int8_vectorwise_quant", "numba_cuda")(int8_vectorwise_quant)
+register_kernel("workbench::outlier_columns", "numba_cuda")(outlier_columns)
+register_kernel("workbench::int8_double_quant", "numba_cuda")(int8_double_quant)
+register_kernel("workbench::int8_vectorwise_dequant", "numba_cuda")(int8_vectorwise_dequant)
+register_kernel("workbench::int8_linear_matmul", "numba_cuda")(int8_linear_matmul)
+register_kernel("workbench::int8_mm_dequant", "numba_cuda")(int8_mm_dequant)
+register_kernel("workbench::int8_scaled_mm", "numba_cuda")(int8_scaled_mm)
+register_kernel("workbench::int8_mixed_scaled_mm", "numba_cuda")(int8_mixed_scaled_mm)

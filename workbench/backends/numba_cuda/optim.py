@@ -15,7 +15,7 @@ from ...optim import _gpu_plan as G
 from ...optim import functional as W
 from ._launch import array_values, as_array, ctas_per_sm, launch, launch_values
 
-OPS = ("optimizer_update_32bit", "optimizer_update_8bit_blockwise")
+from ..registry import register_kernel
 
 
 def _arr(t):
@@ -209,3 +209,8 @@ def _values8(head, parts, n, nb, k) -> list:
     for t in (a1, a1b, a2):
         vals += _tvals(t)
     return vals + _plan_values(P1) + _plan_values(P2) + [n, nb, *k]
+
+
+# Importing this module registers its kernels against the declarations in workbench/library.py.
+register_kernel("workbench::optimizer_update_32bit", "numba_cuda")(optimizer_update_32bit)
+register_kernel("workbench::optimizer_update_8bit_blockwise", "numba_cuda")(optimizer_update_8bit_blockwise)

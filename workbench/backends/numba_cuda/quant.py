@@ -16,7 +16,7 @@ from numba_kernels.cuda import quant as K
 
 from ._launch import array_values, as_array, ctas_per_sm, launch, launch_values
 
-OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit")
+from ..registry import register_kernel
 
 # persistent quantizer CTAs per SM (5 are resident at once): kernel time at 2^28 bf16 on the H100 fell as
 # the grid grew from one wave to 16 per SM (nf4 bs64 0.406 -> 0.369 ms; reports/gpu-h100/numba_grid_sweep.txt)
@@ -192,3 +192,10 @@ def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
 
 def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
     return _dequantize(packed, absmax, table, blocksize, n, dtype, 4)
+
+
+# Importing this module registers its kernels against the declarations in workbench/library.py.
+register_kernel("workbench::quantize_blockwise", "numba_cuda")(quantize_blockwise)
+register_kernel("workbench::dequantize_blockwise", "numba_cuda")(dequantize_blockwise)
+register_kernel("workbench::quantize_4bit", "numba_cuda")(quantize_4bit)
+register_kernel("workbench::dequantize_4bit", "numba_cuda")(dequantize_4bit)

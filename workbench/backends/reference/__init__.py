@@ -6,3 +6,7 @@ DEVICES = ("cpu", "cuda")
 
 def available() -> tuple[bool, str]:
     return True, "torch " + torch.__version__
+
+
+def load() -> None:
+    from . import int8, optim, quant  # noqa: F401  (importing a family module registers its kernels)

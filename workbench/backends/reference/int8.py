@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import torch
 
-OPS = ("int8_vectorwise_quant", "outlier_columns", "int8_outlier_cols", "int8_double_quant", "int8_vectorwise_dequant",
-       "int8_linear_matmul", "int8_mm_dequant", "int8_scaled_mm", "int8_mixed_scaled_mm")
+from ..registry import register_kernel
 
 INV_127 = 7.874015718698502e-3   # bitsandbytes' dequant constant
 INV_127_SQ = 6.200124e-05        # bitsandbytes' int8_mm_dequant constant
@@ -115,3 +114,14 @@ def int8_mixed_scaled_mm(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
 
 def outlier_columns(A: torch.Tensor, threshold: float) -> torch.Tensor:
     return int8_outlier_cols(A, threshold)
+
+
+# Importing this module registers its kernels against the declarations in workbench/library.py.
+register_kernel("workbench::int8_vectorwise_quant", "reference")(int8_vectorwise_quant)
+register_kernel("workbench::outlier_columns", "reference")(outlier_columns)
+register_kernel("workbench::int8_double_quant", "reference")(int8_double_quant)
+register_kernel("workbench::int8_vectorwise_dequant", "reference")(int8_vectorwise_dequant)
+register_kernel("workbench::int8_linear_matmul", "reference")(int8_linear_matmul)
+register_kernel("workbench::int8_mm_dequant", "reference")(int8_mm_dequant)
+register_kernel("workbench::int8_scaled_mm", "reference")(int8_scaled_mm)
+register_kernel("workbench::int8_mixed_scaled_mm", "reference")(int8_mixed_scaled_mm)

@@ -89,5 +89,12 @@ def quantize_blockwise_stochastic(A, codebook, blocksize, rand):
     return bucket_codes[torch.where(inside, pick, k)], absmax
 
 
-OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit",
-       "quantize_blockwise_stochastic")
+from ..registry import register_kernel
+
+
+# Importing this module registers its kernels against the declarations in workbench/library.py.
+register_kernel("workbench::quantize_blockwise", "reference")(quantize_blockwise)
+register_kernel("workbench::dequantize_blockwise", "reference")(dequantize_blockwise)
+register_kernel("workbench::quantize_4bit", "reference")(quantize_4bit)
+register_kernel("workbench::dequantize_4bit", "reference")(dequantize_4bit)
+register_kernel("workbench::quantize_blockwise_stochastic", "reference")(quantize_blockwise_stochastic)

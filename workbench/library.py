@@ -1,0 +1,229 @@
+"""Every op, declared once: a torch.library custom op in the ``workbench`` namespace.
+
+Each declaration gives the op's schema (name, arguments, dtypes), its fake (the output shapes and
+dtypes, for torch.compile and meta tensors) and one dispatching implementation: the ``backend``
+argument names which registered kernel runs (``@register_kernel("workbench::<op>", backend)`` in
+``workbench/backends/<backend>/<family>.py``). The public API (workbench.ops, workbench.int8,
+workbench.optim) validates its arguments, resolves ``backend="auto"`` and calls
+``torch.ops.workbench.<op>``. Inputs reach the kernels flat and contiguous.
+
+A codebook travels as its three arrays (``table``, ``bounds``, ``bucket_codes``; see
+workbench.codebooks), normally host tensors: the kernel tables built from them are cached by
+content in :mod:`workbench.codebook_tables`, once per codebook.
+"""
+from __future__ import annotations
+
+import torch
+
+from .backends.registry import kernel
+from .codebook_tables import codebook_from_tensors
+
+NS = "workbench"
+_lib = torch.library.Library(NS, "DEF")
+DECLARED: dict[str, str] = {}   # op -> schema
+
+
+def _declare(name: str, schema: str, impl, fake) -> None:
+    _lib.define(name + schema)
+    _lib.impl(name, impl, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"{NS}::{name}", fake, lib=_lib)
+    DECLARED[name] = schema
+
+
+def _nblocks(n: int, blocksize: int) -> int:
+    return -(-n // blocksize)
+
+
+# ------------------------------------------------------------------ quant family
+
+def _quantize_blockwise(A, table, bounds, bucket_codes, blocksize, backend):
+    return kernel("quantize_blockwise", backend)(A, codebook_from_tensors(table, bounds, bucket_codes), blocksize)
+
+
+def _quantize_blockwise_fake(A, table, bounds, bucket_codes, blocksize, backend):
+    n = A.numel()
+    return A.new_empty(n, dtype=torch.uint8), A.new_empty(_nblocks(n, blocksize), dtype=torch.float32)
+
+
+_declare("quantize_blockwise",
+         "(Tensor A, Tensor table, Tensor bounds, Tensor bucket_codes, int blocksize, str backend) -> (Tensor, Tensor)",
+         _quantize_blockwise, _quantize_blockwise_fake)
+
+
+def _quantize_blockwise_stochastic(A, table, bounds, bucket_codes, blocksize, rand, backend):
+    cb = codebook_from_tensors(table, bounds, bucket_codes)
+    return kernel("quantize_blockwise_stochastic", backend)(A, cb, blocksize, rand)
+
+
+def _quantize_blockwise_stochastic_fake(A, table, bounds, bucket_codes, blocksize, rand, backend):
+    return _quantize_blockwise_fake(A, table, bounds, bucket_codes, blocksize, backend)
+
+
+_declare("quantize_blockwise_stochastic",
+         "(Tensor A, Tensor table, Tensor bounds, Tensor bucket_codes, int blocksize, Tensor rand, str backend)"
+         " -> (Tensor, Tensor)",
+         _quantize_blockwise_stochastic, _quantize_blockwise_stochastic_fake)
+
+
+def _dequantize_blockwise(codes, absmax, table, blocksize, dtype, backend):
+    return kernel("dequantize_blockwise", backend)(codes, absmax, table, blocksize, dtype)
+
+
+def _dequantize_blockwise_fake(codes, absmax, table, blocksize, dtype, backend):
+    return codes.new_empty(codes.numel(), dtype=dtype)
+
+
+_declare("dequantize_blockwise",
+         "(Tensor codes, Tensor absmax, Tensor table, int blocksize, ScalarType dtype, str backend) -> Tensor",
+         _dequantize_blockwise, _dequantize_blockwise_fake)
+
+
+def _quantize_4bit(A, table, bounds, bucket_codes, blocksize, backend):
+    return kernel("quantize_4bit", backend)(A, codebook_from_tensors(table, bounds, bucket_codes), blocksize)
+
+
+def _quantize_4bit_fake(A, table, bounds, bucket_codes, blocksize, backend):
+    n = A.numel()
+    return A.new_empty((n + 1) // 2, dtype=torch.uint8), A.new_empty(_nblocks(n, blocksize), dtype=torch.float32)
+
+
+_declare("quantize_4bit",
+         "(Tensor A, Tensor table, Tensor bounds, Tensor bucket_codes, int blocksize, str backend) -> (Tensor, Tensor)",
+         _quantize_4bit, _quantize_4bit_fake)
+
+
+def _dequantize_4bit(packed, absmax, table, blocksize, n, dtype, backend):
+    return kernel("dequantize_4bit", backend)(packed, absmax, table, blocksize, n, dtype)
+
+
+def _dequantize_4bit_fake(packed, absmax, table, blocksize, n, dtype, backend):
+    return packed.new_empty(n, dtype=dtype)
+
+
+_declare("dequantize_4bit",
+         "(Tensor packed, Tensor absmax, Tensor table, int blocksize, int n, ScalarType dtype, str backend) -> Tensor",
+         _dequantize_4bit, _dequantize_4bit_fake)
+
+
+# ------------------------------------------------------------------ int8 family (A: rows x cols)
+
+def _outlier_cols_fake(A, threshold):
+    return A.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.int64)
+
+
+def _int8_vectorwise_quant(A, threshold, backend):
+    return kernel("int8_vectorwise_quant", backend)(A, threshold)
+
+
+def _int8_vectorwise_quant_fake(A, threshold, backend):
+    codes = A.new_empty(A.shape, dtype=torch.int8)
+    stats = A.new_empty(A.shape[0], dtype=torch.float32)
+    return codes, stats, (_outlier_cols_fake(A, threshold) if threshold > 0 else None)
+
+
+_declare("int8_vectorwise_quant", "(Tensor A, float threshold, str backend) -> (Tensor, Tensor, Tensor?)",
+         _int8_vectorwise_quant, _int8_vectorwise_quant_fake)
+
+
+def _outlier_columns(A, threshold, backend):
+    return kernel("outlier_columns", backend)(A, threshold)
+
+
+_declare("outlier_columns", "(Tensor A, float threshold, str backend) -> Tensor", _outlier_columns,
+         lambda A, threshold, backend: _outlier_cols_fake(A, threshold))
+
+
+def _int8_double_quant(A, threshold, backend):
+    return kernel("int8_double_quant", backend)(A, threshold)
+
+
+def _int8_double_quant_fake(A, threshold, backend):
+    rows, cols = A.shape
+    return (A.new_empty(A.shape, dtype=torch.int8), A.new_empty(A.shape, dtype=torch.int8),
+            A.new_empty(rows, dtype=torch.float32), A.new_empty(cols, dtype=torch.float32),
+            _outlier_cols_fake(A, threshold) if threshold > 0 else None)
+
+
+_declare("int8_double_quant", "(Tensor A, float threshold, str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor?)",
+         _int8_double_quant, _int8_double_quant_fake)
+
+
+def _int8_vectorwise_dequant(A, stats, backend):
+    return kernel("int8_vectorwise_dequant", backend)(A, stats)
+
+
+_declare("int8_vectorwise_dequant", "(Tensor A, Tensor stats, str backend) -> Tensor", _int8_vectorwise_dequant,
+         lambda A, stats, backend: A.new_empty(A.shape, dtype=torch.float32))
+
+
+def _int8_linear_matmul(A, B, backend):
+    return kernel("int8_linear_matmul", backend)(A, B)
+
+
+_declare("int8_linear_matmul", "(Tensor A, Tensor B, str backend) -> Tensor", _int8_linear_matmul,
+         lambda A, B, backend: A.new_empty((A.shape[0], B.shape[0]), dtype=torch.int32))
+
+
+def _int8_mm_dequant(A, row_stats, col_stats, bias, dtype, backend):
+    return kernel("int8_mm_dequant", backend)(A, row_stats, col_stats, bias, dtype)
+
+
+_declare("int8_mm_dequant",
+         "(Tensor A, Tensor row_stats, Tensor col_stats, Tensor? bias, ScalarType dtype, str backend) -> Tensor",
+         _int8_mm_dequant, lambda A, row_stats, col_stats, bias, dtype, backend: A.new_empty(A.shape, dtype=dtype))
+
+
+# ------------------------------------------------------------------ optim family (in place on p and the states)
+
+def _optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm, beta1, beta2,
+                            beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, skip_zeros, backend):
+    kernel("optimizer_update_32bit", backend)(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm,
+                                              beta1, beta2, beta3, alpha, eps, weight_decay, step, lr,
+                                              gnorm_scale=gnorm_scale, skip_zeros=skip_zeros)
+
+
+_declare("optimizer_update_32bit",
+         "(str optimizer_name, Tensor g, Tensor(a!) p, Tensor(b!) state1, Tensor(c!)? state2, Tensor(d!)? unorm_vec,"
+         " float max_unorm, float param_norm, float beta1, float beta2, float beta3, float alpha, float eps,"
+         " float weight_decay, int step, float lr, float gnorm_scale, bool skip_zeros, str backend) -> ()",
+         _optimizer_update_32bit, lambda *args: None)
+
+
+def _optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, step,
+                                     lr, qmap1, qmap2, absmax1, absmax2, weight_decay, gnorm_scale, skip_zeros,
+                                     backend):
+    kernel("optimizer_update_8bit_blockwise", backend)(optimizer_name, g, p, state1, state2, beta1, beta2, beta3,
+                                                       alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2,
+                                                       weight_decay, gnorm_scale=gnorm_scale, skip_zeros=skip_zeros)
+
+
+_declare("optimizer_update_8bit_blockwise",
+         "(str optimizer_name, Tensor g, Tensor(a!) p, Tensor(b!) state1, Tensor(c!)? state2, float beta1, float beta2,"
+         " float beta3, float alpha, float eps, int step, float lr, Tensor qmap1, Tensor? qmap2, Tensor(d!) absmax1,"
+         " Tensor(e!)? absmax2, float weight_decay, float gnorm_scale, bool skip_zeros, str backend) -> ()",
+         _optimizer_update_8bit_blockwise, lambda *args: None)
+
+
+def _int8_scaled_mm(CA, CB, SCA, SCB, bias, dtype, backend):
+    return kernel("int8_scaled_mm", backend)(CA, CB, SCA, SCB, bias, dtype)
+
+
+_declare("int8_scaled_mm",
+         "(Tensor CA, Tensor CB, Tensor SCA, Tensor SCB, Tensor? bias, ScalarType dtype, str backend) -> Tensor",
+         _int8_scaled_mm,
+         lambda CA, CB, SCA, SCB, bias, dtype, backend: CA.new_empty((CA.shape[0], CB.shape[0]), dtype=dtype))
+
+
+def _int8_mixed_scaled_mm(A, CA, CB, SCA, SCB, outlier_cols, bias, backend):
+    return kernel("int8_mixed_scaled_mm", backend)(A, CA, CB, SCA, SCB, outlier_cols, bias)
+
+
+def _int8_mixed_scaled_mm_fake(A, CA, CB, SCA, SCB, outlier_cols, bias, backend):
+    k = outlier_cols.shape[0] if outlier_cols is not None else 0
+    return A.new_empty((CA.shape[0], CB.shape[0])), A.new_empty((A.shape[0], k))
+
+
+_declare("int8_mixed_scaled_mm",
+         "(Tensor A, Tensor CA, Tensor CB, Tensor SCA, Tensor SCB, Tensor? outlier_cols, Tensor? bias, str backend)"
+         " -> (Tensor, Tensor)",
+         _int8_mixed_scaled_mm, _int8_mixed_scaled_mm_fake)
