@@ -39,15 +39,23 @@ __device__ __forceinline__ signed char q8_scaled(float x) { return (signed char)
 
 template <typename T> struct Vec { static constexpr int N = 16 / sizeof(T); };
 
+// Maxima of magnitudes (x >= 0 or NaN) as unsigned integer maxima of their bits: exact, one instruction,
+// and NaN-propagating (a NaN's bits, sign cleared, exceed +inf's, which exceed every finite value's), so a
+// row's absmax is NaN when the row holds a NaN, as torch's amax gives; fmaxf and __hmax2 would drop it.
+__device__ __forceinline__ float mag_max(float m, float x) {
+    return __uint_as_float(max(__float_as_uint(m), __float_as_uint(x)));
+}
+
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1) v = mag_max(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
 // 16-bit dtypes are handled two lanes per 32-bit word in the absmax pass and the outlier tests (packed
 // abs, compare-to-mask and max): |x| >= thr is exact in the dtype (thr is rounded to it by the caller,
-// as torch compares), and __hmax2, like fmaxf, returns the other operand for a NaN. Per element this
+// as torch compares), and the max is the integer max of the 16-bit magnitudes (__vmaxu2: NaN-propagating,
+// see mag_max). Per element this
 // halves the instructions of the threshold path, which is what it cost over threshold 0.
 template <typename T> struct Pair { using H2 = unsigned; };  // float: unused
 template <> struct Pair<__half> {
@@ -123,10 +131,9 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
                 if (i < nv) cache[u] = __ldcs(av + i);
             }
         }
-        [[maybe_unused]] H2 m2;
+        [[maybe_unused]] unsigned m2u = 0u;  // two 16-bit magnitudes, +0 (absmax pass)
         [[maybe_unused]] H2 thr2;
-        if constexpr (PACKED) {  // (absmax pass)
-            m2 = Pair<T>::splat(0.0f);
+        if constexpr (PACKED) {
             thr2 = Pair<T>::splat(thr);
         }
         for (int u = 0;; ++u) {
@@ -145,7 +152,8 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
                 unsigned ab[4];
 #pragma unroll
                 for (int k = 0; k < 4; ++k) ab[k] = wv[k] & 0x7fff7fffu;
-                H2 mx = __hmax2(__hmax2(as_h2<H2>(ab[0]), as_h2<H2>(ab[1])), __hmax2(as_h2<H2>(ab[2]), as_h2<H2>(ab[3])));
+                unsigned mxu = __vmaxu2(__vmaxu2(ab[0], ab[1]), __vmaxu2(ab[2], ab[3]));
+                const H2 mx = as_h2<H2>(mxu);
                 // one test per 8 elements; outliers are rare, their vectors take the branch (and pass 2
                 // re-tests only those: bit u of has_out)
                 if (THR && __hge2_mask(mx, thr2)) {
@@ -161,9 +169,9 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
                         if (om >> 16) flags[i * N + 2 * k + 1] = 1;
                         ab[k] &= ~om;
                     }
-                    mx = __hmax2(__hmax2(as_h2<H2>(ab[0]), as_h2<H2>(ab[1])), __hmax2(as_h2<H2>(ab[2]), as_h2<H2>(ab[3])));
+                    mxu = __vmaxu2(__vmaxu2(ab[0], ab[1]), __vmaxu2(ab[2], ab[3]));
                 }
-                m2 = __hmax2(m2, mx);
+                m2u = __vmaxu2(m2u, mxu);
             } else {
                 const T* v = reinterpret_cast<const T*>(&raw);
 #pragma unroll
@@ -172,20 +180,23 @@ __global__ void __launch_bounds__(THREADS, MINB) k_vectorwise_quant(const T* __r
                     if (THR && x >= thr) {
                         flags[i * N + j] = 1;  // benign race: every writer stores 1
                     } else {
-                        m = fmaxf(m, x);
+                        m = mag_max(m, x);
                     }
                 }
             }
             if (cached && u + 1 >= MAXV) break;
         }
-        if constexpr (PACKED) m = fmaxf(to_f<T>(m2.x), to_f<T>(m2.y));
+        if constexpr (PACKED) {
+            const H2 m2 = as_h2<H2>(m2u);
+            m = mag_max(to_f<T>(m2.x), to_f<T>(m2.y));
+        }
     } else {
         for (long long i = threadIdx.x; i < cols; i += THREADS) {
             float x = fabsf(to_f<T>(a[i]));
             if (THR && x >= thr) {
                 flags[i] = 1;
             } else {
-                m = fmaxf(m, x);
+                m = mag_max(m, x);
             }
         }
     }
@@ -465,7 +476,7 @@ __global__ void k_col_stats(const T* __restrict__ A, long long rows, long long c
     float m = 0.0f;
     for (long long r = r0; r < r1; ++r) {
         float x = fabsf(to_f<T>(A[r * cols + c]));
-        if (!(use_thr && x >= thr)) m = fmaxf(m, x);
+        if (!(use_thr && x >= thr)) m = mag_max(m, x);
     }
     atomicMax(reinterpret_cast<unsigned int*>(col_stats) + c, __float_as_uint(m));
 }

@@ -12,7 +12,8 @@ import torch
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends import get_op
 from .backends.registry import resolve
-from .validation import FLOAT_DTYPES, QuantInputError, check_finite, check_tensor
+from .validation import (FLOAT_DTYPES, QuantInputError, check_finite, check_nan_policy, check_tensor,
+                         raise_if_nonfinite)
 
 __all__ = ["int8_vectorwise_quant", "int8_vectorwise_dequant", "int8_double_quant", "int8_linear_matmul",
            "int8_mm_dequant", "outlier_columns", "int8_linear", "Int8Weight", "quantize_weight"]
@@ -31,11 +32,13 @@ def _backend(backend: str, op: str, A: torch.Tensor) -> str:
     return resolve(backend, op, _device(A), str(A.dtype).removeprefix("torch."))
 
 
-def _matrix(name: str, A, dtypes=FLOAT_DTYPES, nan_policy: str = "raise") -> torch.Tensor:
+def _matrix(name: str, A, dtypes=FLOAT_DTYPES, nan_policy: str | None = None) -> torch.Tensor:
+    """A validated 2-D contiguous view; ``nan_policy`` set: also a finiteness pass over A (for the ops
+    whose kernels report no row absmax)."""
     check_tensor(name, A, dtypes=dtypes)
     if A.dim() < 2:
         raise QuantInputError(f"{name}: expected a matrix (rows x columns), got shape {tuple(A.shape)}")
-    if A.is_floating_point():
+    if nan_policy is not None and A.is_floating_point():
         check_finite(name, A, nan_policy)
     return A.detach().reshape(-1, A.shape[-1]).contiguous()
 
@@ -49,10 +52,16 @@ def _threshold(threshold) -> float:
 
 
 def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str = "auto", nan_policy="raise"):
-    """-> (int8 codes shaped like A, float32 row stats, int64 outlier columns or None when threshold == 0)."""
+    """-> (int8 codes shaped like A, float32 row stats, int64 outlier columns or None when threshold == 0).
+
+    ``nan_policy="raise"`` checks the row stats the kernel computed (a row's absmax is NaN when the row
+    holds a NaN, Inf when it holds an Inf that is not an outlier): with ``threshold > 0`` an Inf is an
+    outlier (|a| >= threshold, bitsandbytes' rule) and is left to the 16-bit path, so only NaN raises."""
     t = _threshold(threshold)
-    a = _matrix("A", A, nan_policy=nan_policy)
+    check_nan_policy(nan_policy)
+    a = _matrix("A", A)
     codes, stats, cols = _ops.int8_vectorwise_quant(a, t, _backend(backend, "int8_vectorwise_quant", A))
+    raise_if_nonfinite("A", a, stats, nan_policy)
     return codes.view(A.shape), stats, cols
 
 
@@ -61,21 +70,27 @@ def outlier_columns(A: torch.Tensor, threshold: float = 6.0, *, backend: str = "
     t = _threshold(threshold)
     if t == 0:
         raise QuantInputError("threshold: must be > 0 to define outliers")
-    return _ops.outlier_columns(_matrix("A", A), t, _backend(backend, "outlier_columns", A))
+    return _ops.outlier_columns(_matrix("A", A, nan_policy="raise"), t, _backend(backend, "outlier_columns", A))
 
 
 def int8_vectorwise_dequant(codes: torch.Tensor, stats: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     c = _matrix("codes", codes, dtypes=(torch.int8,))
-    if stats.numel() != c.shape[0]:
-        raise QuantInputError(f"stats: {stats.numel()} values for {c.shape[0]} rows")
+    check_tensor("stats", stats, allow_empty=True)
+    if stats.numel() != c.shape[0] or stats.device != c.device:
+        raise QuantInputError(f"stats: {stats.numel()} values on {stats.device} for {c.shape[0]} rows on "
+                              f"{c.device}; expected one per row, on the codes' device")
     return _ops.int8_vectorwise_dequant(c, stats.float(), _backend(backend, "int8_vectorwise_dequant", codes)).view(codes.shape)
 
 
-def int8_double_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str = "auto"):
-    """-> (row codes, column codes, row stats, column stats, outlier columns or None)."""
+def int8_double_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str = "auto", nan_policy="raise"):
+    """-> (row codes, column codes, row stats, column stats, outlier columns or None); ``nan_policy`` as in
+    :func:`int8_vectorwise_quant`."""
     t = _threshold(threshold)
+    check_nan_policy(nan_policy)
     a = _matrix("A", A)
-    return _ops.int8_double_quant(a, t, _backend(backend, "int8_double_quant", A))
+    out = _ops.int8_double_quant(a, t, _backend(backend, "int8_double_quant", A))
+    raise_if_nonfinite("A", a, out[2], nan_policy)
+    return out
 
 
 def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:

@@ -23,10 +23,12 @@ _lib = torch.library.Library(NS, "DEF")
 DECLARED: dict[str, str] = {}   # op -> schema
 
 
-def _declare(name: str, schema: str, impl, fake) -> None:
+def _declare(qualname: str, schema: str, impl, fake) -> None:
+    ns, name = qualname.split("::")
+    assert ns == NS, qualname
     _lib.define(name + schema)
     _lib.impl(name, impl, "CompositeExplicitAutograd")
-    torch.library.register_fake(f"{NS}::{name}", fake, lib=_lib)
+    torch.library.register_fake(qualname, fake, lib=_lib)
     DECLARED[name] = schema
 
 
@@ -45,7 +47,7 @@ def _quantize_blockwise_fake(A, table, bounds, bucket_codes, blocksize, backend)
     return A.new_empty(n, dtype=torch.uint8), A.new_empty(_nblocks(n, blocksize), dtype=torch.float32)
 
 
-_declare("quantize_blockwise",
+_declare("workbench::quantize_blockwise",
          "(Tensor A, Tensor table, Tensor bounds, Tensor bucket_codes, int blocksize, str backend) -> (Tensor, Tensor)",
          _quantize_blockwise, _quantize_blockwise_fake)
 
@@ -59,7 +61,7 @@ def _quantize_blockwise_stochastic_fake(A, table, bounds, bucket_codes, blocksiz
     return _quantize_blockwise_fake(A, table, bounds, bucket_codes, blocksize, backend)
 
 
-_declare("quantize_blockwise_stochastic",
+_declare("workbench::quantize_blockwise_stochastic",
          "(Tensor A, Tensor table, Tensor bounds, Tensor bucket_codes, int blocksize, Tensor rand, str backend)"
          " -> (Tensor, Tensor)",
          _quantize_blockwise_stochastic, _quantize_blockwise_stochastic_fake)
@@ -73,7 +75,7 @@ def _dequantize_blockwise_fake(codes, absmax, table, blocksize, dtype, backend):
     return codes.new_empty(codes.numel(), dtype=dtype)
 
 
-_declare("dequantize_blockwise",
+_declare("workbench::dequantize_blockwise",
          "(Tensor codes, Tensor absmax, Tensor table, int blocksize, ScalarType dtype, str backend) -> Tensor",
          _dequantize_blockwise, _dequantize_blockwise_fake)
 
@@ -87,7 +89,7 @@ def _quantize_4bit_fake(A, table, bounds, bucket_codes, blocksize, backend):
     return A.new_empty((n + 1) // 2, dtype=torch.uint8), A.new_empty(_nblocks(n, blocksize), dtype=torch.float32)
 
 
-_declare("quantize_4bit",
+_declare("workbench::quantize_4bit",
          "(Tensor A, Tensor table, Tensor bounds, Tensor bucket_codes, int blocksize, str backend) -> (Tensor, Tensor)",
          _quantize_4bit, _quantize_4bit_fake)
 
@@ -100,7 +102,7 @@ def _dequantize_4bit_fake(packed, absmax, table, blocksize, n, dtype, backend):
     return packed.new_empty(n, dtype=dtype)
 
 
-_declare("dequantize_4bit",
+_declare("workbench::dequantize_4bit",
          "(Tensor packed, Tensor absmax, Tensor table, int blocksize, int n, ScalarType dtype, str backend) -> Tensor",
          _dequantize_4bit, _dequantize_4bit_fake)
 
@@ -121,7 +123,7 @@ def _int8_vectorwise_quant_fake(A, threshold, backend):
     return codes, stats, (_outlier_cols_fake(A, threshold) if threshold > 0 else None)
 
 
-_declare("int8_vectorwise_quant", "(Tensor A, float threshold, str backend) -> (Tensor, Tensor, Tensor?)",
+_declare("workbench::int8_vectorwise_quant", "(Tensor A, float threshold, str backend) -> (Tensor, Tensor, Tensor?)",
          _int8_vectorwise_quant, _int8_vectorwise_quant_fake)
 
 
@@ -129,7 +131,7 @@ def _outlier_columns(A, threshold, backend):
     return kernel("outlier_columns", backend)(A, threshold)
 
 
-_declare("outlier_columns", "(Tensor A, float threshold, str backend) -> Tensor", _outlier_columns,
+_declare("workbench::outlier_columns", "(Tensor A, float threshold, str backend) -> Tensor", _outlier_columns,
          lambda A, threshold, backend: _outlier_cols_fake(A, threshold))
 
 
@@ -144,7 +146,7 @@ def _int8_double_quant_fake(A, threshold, backend):
             _outlier_cols_fake(A, threshold) if threshold > 0 else None)
 
 
-_declare("int8_double_quant", "(Tensor A, float threshold, str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor?)",
+_declare("workbench::int8_double_quant", "(Tensor A, float threshold, str backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor?)",
          _int8_double_quant, _int8_double_quant_fake)
 
 
@@ -152,7 +154,7 @@ def _int8_vectorwise_dequant(A, stats, backend):
     return kernel("int8_vectorwise_dequant", backend)(A, stats)
 
 
-_declare("int8_vectorwise_dequant", "(Tensor A, Tensor stats, str backend) -> Tensor", _int8_vectorwise_dequant,
+_declare("workbench::int8_vectorwise_dequant", "(Tensor A, Tensor stats, str backend) -> Tensor", _int8_vectorwise_dequant,
          lambda A, stats, backend: A.new_empty(A.shape, dtype=torch.float32))
 
 
@@ -160,7 +162,7 @@ def _int8_linear_matmul(A, B, backend):
     return kernel("int8_linear_matmul", backend)(A, B)
 
 
-_declare("int8_linear_matmul", "(Tensor A, Tensor B, str backend) -> Tensor", _int8_linear_matmul,
+_declare("workbench::int8_linear_matmul", "(Tensor A, Tensor B, str backend) -> Tensor", _int8_linear_matmul,
          lambda A, B, backend: A.new_empty((A.shape[0], B.shape[0]), dtype=torch.int32))
 
 
@@ -168,7 +170,7 @@ def _int8_mm_dequant(A, row_stats, col_stats, bias, dtype, backend):
     return kernel("int8_mm_dequant", backend)(A, row_stats, col_stats, bias, dtype)
 
 
-_declare("int8_mm_dequant",
+_declare("workbench::int8_mm_dequant",
          "(Tensor A, Tensor row_stats, Tensor col_stats, Tensor? bias, ScalarType dtype, str backend) -> Tensor",
          _int8_mm_dequant, lambda A, row_stats, col_stats, bias, dtype, backend: A.new_empty(A.shape, dtype=dtype))
 
@@ -182,7 +184,7 @@ def _optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max
                                               gnorm_scale=gnorm_scale, skip_zeros=skip_zeros)
 
 
-_declare("optimizer_update_32bit",
+_declare("workbench::optimizer_update_32bit",
          "(str optimizer_name, Tensor g, Tensor(a!) p, Tensor(b!) state1, Tensor(c!)? state2, Tensor(d!)? unorm_vec,"
          " float max_unorm, float param_norm, float beta1, float beta2, float beta3, float alpha, float eps,"
          " float weight_decay, int step, float lr, float gnorm_scale, bool skip_zeros, str backend) -> ()",
@@ -197,7 +199,7 @@ def _optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1
                                                        weight_decay, gnorm_scale=gnorm_scale, skip_zeros=skip_zeros)
 
 
-_declare("optimizer_update_8bit_blockwise",
+_declare("workbench::optimizer_update_8bit_blockwise",
          "(str optimizer_name, Tensor g, Tensor(a!) p, Tensor(b!) state1, Tensor(c!)? state2, float beta1, float beta2,"
          " float beta3, float alpha, float eps, int step, float lr, Tensor qmap1, Tensor? qmap2, Tensor(d!) absmax1,"
          " Tensor(e!)? absmax2, float weight_decay, float gnorm_scale, bool skip_zeros, str backend) -> ()",
@@ -208,7 +210,7 @@ def _int8_scaled_mm(CA, CB, SCA, SCB, bias, dtype, backend):
     return kernel("int8_scaled_mm", backend)(CA, CB, SCA, SCB, bias, dtype)
 
 
-_declare("int8_scaled_mm",
+_declare("workbench::int8_scaled_mm",
          "(Tensor CA, Tensor CB, Tensor SCA, Tensor SCB, Tensor? bias, ScalarType dtype, str backend) -> Tensor",
          _int8_scaled_mm,
          lambda CA, CB, SCA, SCB, bias, dtype, backend: CA.new_empty((CA.shape[0], CB.shape[0]), dtype=dtype))
@@ -223,7 +225,7 @@ def _int8_mixed_scaled_mm_fake(A, CA, CB, SCA, SCB, outlier_cols, bias, backend)
     return A.new_empty((CA.shape[0], CB.shape[0])), A.new_empty((A.shape[0], k))
 
 
-_declare("int8_mixed_scaled_mm",
+_declare("workbench::int8_mixed_scaled_mm",
          "(Tensor A, Tensor CA, Tensor CB, Tensor SCA, Tensor SCB, Tensor? outlier_cols, Tensor? bias, str backend)"
          " -> (Tensor, Tensor)",
          _int8_mixed_scaled_mm, _int8_mixed_scaled_mm_fake)

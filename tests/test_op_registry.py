@@ -1,0 +1,123 @@
+"""The op registry: each op declared once (workbench/library.py), kernels registered against it,
+fake tensors with the right shapes, torch.compile(fullgraph=True) through the public API."""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import workbench as wb
+from workbench import codebooks as cbs
+from workbench import library
+from workbench.backends import NAMES, registered, status
+from workbench.backends.registry import candidates, register_kernel, resolve
+from workbench.int8 import int8_vectorwise_quant
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_op_declared_once_and_found_by_grep():
+    for op in library.DECLARED:
+        hits = subprocess.run(["grep", "-rn", f'"workbench::{op}"', "workbench"], cwd=ROOT, capture_output=True,
+                              text=True).stdout.splitlines()
+        decls = [h for h in hits if h.startswith("workbench/library.py")]
+        kernels = [h for h in hits if "register_kernel(" in h and "registry.py" not in h]
+        assert len(decls) == 1, (op, decls)
+        assert any("/reference/" in k for k in kernels), f"{op}: no reference kernel"
+        # each grep hit names the backend whose kernel it registers, and that backend has it
+        for k in kernels:
+            backend = re.search(r'register_kernel\("workbench::\w+", "(\w+)"\)', k).group(1)
+            assert backend in NAMES
+            if status(backend)[0]:
+                assert backend in registered(op), (op, backend)
+
+
+def test_registering_an_undeclared_op_fails():
+    with pytest.raises(LookupError, match="not declared"):
+        register_kernel("workbench::no_such_op", "reference")
+
+
+def test_auto_resolution_is_measured_then_fallback_and_cached():
+    order = candidates("quantize_4bit", "cpu", "bfloat16")
+    assert set(order) >= {"numba_cpu", "cython_cpu", "reference"}
+    first = resolve("auto", "quantize_4bit", "cpu", "bfloat16")
+    assert status(first)[0] and first == next(b for b in order if status(b)[0])
+    assert resolve("auto", "quantize_4bit", "cpu", "bfloat16") is first
+
+
+def _fake_ops():
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(1000, generator=gen, dtype=torch.float32).to(torch.bfloat16)
+    cb = cbs.get("nf4")
+    table, bounds, codes = cb.tensors("cpu")
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fA = mode.from_tensor(A)
+        packed, absmax = torch.ops.workbench.quantize_4bit(fA, table, bounds, codes, 64, "reference")
+        assert packed.shape == (500,) and packed.dtype == torch.uint8
+        assert absmax.shape == (16,) and absmax.dtype == torch.float32
+        out = torch.ops.workbench.dequantize_4bit(packed, absmax, table, 64, 1000, torch.float16, "reference")
+        assert out.shape == (1000,) and out.dtype == torch.float16
+        c8, a8 = torch.ops.workbench.quantize_blockwise(fA, table, bounds, codes, 256, "reference")
+        assert c8.shape == (1000,) and a8.shape == (4,)
+        M = mode.from_tensor(torch.randn(7, 33))
+        q, s, cols = torch.ops.workbench.int8_vectorwise_quant(M, 0.0, "reference")
+        assert q.shape == (7, 33) and q.dtype == torch.int8 and s.shape == (7,) and cols is None
+        C = torch.ops.workbench.int8_linear_matmul(q, mode.from_tensor(torch.zeros(5, 33, dtype=torch.int8)),
+                                                   "reference")
+        assert C.shape == (7, 5) and C.dtype == torch.int32
+
+
+def test_fake_tensors_give_output_shapes():
+    _fake_ops()
+
+
+def _pipeline(W, X):
+    packed, qs = wb.quantize_4bit(W, blocksize=64, quant_type="nf4", backend="reference")
+    W_hat = wb.dequantize_4bit(packed, qs, backend="reference")
+    codes, stats, _ = int8_vectorwise_quant(X, 0.0, backend="reference")
+    return W_hat, codes, stats
+
+
+@pytest.mark.parametrize("backend", ["aot_eager"])
+def test_compile_fullgraph_quantize_dequantize_int8(backend):
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(1)
+    W = torch.randn(64, 96, generator=gen).to(torch.bfloat16)
+    X = torch.randn(8, 96, generator=gen)
+    want = _pipeline(W, X)
+    got = torch.compile(_pipeline, fullgraph=True, backend=backend)(W, X)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+def test_compiled_raise_policy_still_raises():
+    torch._dynamo.reset()
+    W = torch.randn(64, 96)
+    W[3, 5] = float("nan")
+    f = torch.compile(lambda w: wb.quantize_4bit(w, quant_type="nf4", backend="reference")[0], fullgraph=True,
+                      backend="aot_eager")
+    with pytest.raises(RuntimeError):
+        f(W)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compile_fullgraph_on_cuda():
+    torch._dynamo.reset()
+
+    def pipe(W, X):
+        packed, qs = wb.quantize_4bit(W, blocksize=64, quant_type="nf4", backend="cuda", nan_policy="propagate")
+        W_hat = wb.dequantize_4bit(packed, qs, backend="cuda")
+        codes, stats, _ = int8_vectorwise_quant(X, 0.0, backend="cuda", nan_policy="propagate")
+        return W_hat, codes, stats
+
+    W = torch.randn(256, 320, device="cuda", dtype=torch.bfloat16)
+    X = torch.randn(16, 320, device="cuda", dtype=torch.float16)
+    want = pipe(W, X)
+    got = torch.compile(pipe, fullgraph=True)(W, X)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
