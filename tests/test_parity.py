@@ -112,9 +112,10 @@ def test_cuda_request_without_gpu_is_a_clear_error():
 
 
 def test_empty_result_has_columns():
-    df = parity.run_parity("cpu", backends=["no-such-backend"])
+    df = parity.run_parity("cpu", backends=["cuda"] if not torch.cuda.is_available() else ["bnb"], ops=["int8_double_quant"])
     assert isinstance(df, pd.DataFrame) and df.empty and "ok" in df
     assert parity.matrix(df).empty
+    assert parity.summary_line(df).startswith("FAIL: passed 0, failed 0, total 0")
 
 
 @pytest.mark.skipif(not HAS_BNB, reason="needs bitsandbytes 0.50.2")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,14 +23,54 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        vals = [int(eval(v, {"__builtins__": {}}, {})) for v in text.replace(",", " ").split()]  # allows 2**20
-    except Exception:  # noqa: BLE001
-        raise CLIError(f"{what}: expected integers separated by commas, got {text!r}") from None
-    if not vals or any(v < 0 for v in vals):
-        raise CLIError(f"{what}: expected non-negative integers, got {text!r}")
+class _UsageError(Exception):
+    """An argparse error, printed as one line like a CLIError (no usage block)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # noqa: D102  (argparse would print the usage and exit)
+        raise _UsageError(message)
+
+
+MAX_ELEMENTS = 1 << 28   # element counts on the command line: 1 GiB of float32, more is a typo
+_INT_RE = re.compile(r"[0-9][0-9_]{0,18}")
+
+
+def _ints(text: str, what: str, *, lo: int = 1, hi: int = MAX_ELEMENTS) -> list[int]:
+    """Comma-separated integers in [lo, hi], parsed (never evaluated: '9**9**9' is an error, not a hang)."""
+    items = [v.strip() for v in str(text).split(",")]
+    if not items or any(not _INT_RE.fullmatch(v) for v in items):
+        raise CLIError(f"{what}: expected integers separated by commas (e.g. 64,4096), got {text!r}")
+    vals = [int(v) for v in items]
+    if any(not lo <= v <= hi for v in vals):
+        raise CLIError(f"{what}: expected integers from {lo} to {hi}, got {text!r}")
     return vals
+
+
+def _bounded_int(what: str, lo: int, hi: int):
+    """An argparse type: one integer in [lo, hi], or a one-line error naming the argument."""
+    def parse(text: str) -> int:
+        t = text.strip()
+        if not re.fullmatch(r"[+-]?[0-9]{1,19}", t) or not lo <= int(t) <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi}, got {text!r}")
+        return int(t)
+    parse.__name__ = what.lstrip("-")
+    return parse
+
+
+def _report_name(text: str) -> str:
+    from .report import ReportNameError, check_name
+    try:
+        return check_name(text)
+    except ReportNameError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _names(text: str | None) -> list[str] | None:
+    """'a,b' -> ['a', 'b'] (None stays None; '' -> [] so that an empty selection is refused, not ignored)."""
+    if text is None:
+        return None
+    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def _table(df, **kw) -> str:
@@ -42,10 +83,8 @@ def _executor_spec(args):
         return args.scheduler
     if getattr(args, "serial", False):
         return "serial"
-    if getattr(args, "workers", None):
+    if getattr(args, "workers", None) is not None:   # 0 and negatives are refused by the parser
         from .sweep import local_pool
-        if args.workers < 1:
-            raise CLIError(f"--workers: expected a positive integer, got {args.workers}")
         return "serial" if args.workers == 1 else local_pool(args.workers)
     return None
 
@@ -66,9 +105,14 @@ def cmd_report(args) -> int:
         names = [study_api.canonical(n) for n in names]
     except KeyError as e:
         raise CLIError(str(e).strip("'\"")) from None
+    from . import results
     for d in args.merge or ():
         if not Path(d).exists():
             raise CLIError(f"--merge: {d!r} does not exist")
+        try:
+            results.result_files(d)
+        except results.IncompleteResults as e:
+            raise CLIError(f"--merge: {e}") from None
     spec = _executor_spec(args)
     md, done = build_report(args.name, studies=names, quick=args.quick, executor=spec, merge=args.merge or (),
                             out_root=args.out, progress=not args.no_progress,
@@ -104,18 +148,32 @@ def cmd_study(args) -> int:
 
 def cmd_parity(args) -> int:
     from . import parity
-    sizes = _ints(args.sizes, "--sizes") if args.sizes else None
-    bss = _ints(args.blocksizes, "--blocksizes") if args.blocksizes else None
+    sizes = _ints(args.sizes, "--sizes") if args.sizes is not None else None
+    bss = _ints(args.blocksizes, "--blocksizes", hi=1 << 16) if args.blocksizes is not None else None
     if bss:
         from .validation import check_blocksize
         for b in bss:
-            check_blocksize(b)
-    backends = args.backends.split(",") if args.backends else None
-    ops = args.ops.split(",") if args.ops else None
-    df = parity.run_parity(args.device, backends=backends, families=args.family or None, ops=ops, quick=args.quick,
+            try:
+                check_blocksize(b)
+            except ValueError as e:
+                raise CLIError(f"--blocksizes: {e}") from None
+    backends, ops = _names(args.backends), _names(args.ops)
+    families = [f for v in args.family for f in _names(v)] if args.family is not None else None
+    try:
+        parity.check_selection(backends, families, ops)
+    except parity.SelectionError as e:
+        raise CLIError(f"--{'family' if e.arg == 'families' else e.arg}: {e.detail}") from None
+    df = parity.run_parity(args.device, backends=backends, families=families, ops=ops, quick=args.quick,
                            seed=args.seed, sizes=sizes, blocksizes=bss, progress=not args.no_progress)
+    if parity.compared(df).empty:
+        from .backends import list_backends
+        avail = {b.name: b for b in list_backends()}
+        why = [f"{n} is not available on {args.device} ({avail[n].reason or 'no such device'})"
+               for n in (backends or ()) if n in avail and (not avail[n].available or args.device not in avail[n].devices)]
+        raise CLIError("nothing was compared: " + ("; ".join(why) if why else
+                       "no available backend on this device implements the selected ops/families"))
     print(f"parity on {args.device}, seed {int(df['seed'].iloc[0]) if len(df) else args.seed}: "
-          "backend x op vs the reference (cells: level passed/compared)")
+          "backend x op vs the reference (cells: 'level: passed/compared' or 'FAIL: failed/compared')")
     print(parity.format_matrix(df))
     bad = parity.failures(df)
     if len(bad):
@@ -126,6 +184,7 @@ def cmd_parity(args) -> int:
     mods = {k: v for k, v in parity.load_case_modules().items() if v == "loaded"}
     if mods:
         print(f"\ncase modules loaded: {', '.join(mods)}")
+    print(f"\n{parity.summary_line(df)}")
     if args.out:
         from . import results
         p = results.save(df, args.out, results.run_metadata(args.device))
@@ -147,6 +206,19 @@ def cmd_bench(args, rest: list[str]) -> int:
     return subprocess.call(cmd, cwd=ROOT, env=env)
 
 
+def _kernel_sized(cb):
+    """``cb`` with its table padded (repeating the last entry, never emitted) to what a kernel takes: 16 entries
+    (the 4-bit ops) up to 16 levels, else 256 (the 8-bit ops); the buckets, and so the rounding, are unchanged."""
+    import numpy as np
+
+    from . import codebooks as cbs
+    size = 16 if cb.size <= 16 else 256
+    if cb.size == size:
+        return cb
+    table = np.concatenate([cb.table, np.full(size - cb.size, cb.table[-1], np.float32)])
+    return cbs.Codebook(cb.name, table, cb.bounds, cb.bucket_codes, dict(cb.meta))
+
+
 def cmd_codebook(args) -> int:
     import numpy as np
     import pandas as pd
@@ -157,10 +229,33 @@ def cmd_codebook(args) -> int:
         lab = study_api.load("codebook_lab")  # the codebook lab study: spec parsing, fitting, comparison
     except (ImportError, KeyError) as e:
         raise CLIError(str(e).strip("'\"")) from None
+    from .validation import check_blocksize
+    try:
+        check_blocksize(args.blocksize)
+    except ValueError as e:
+        raise CLIError(f"--blocksize: {e}") from None
+    bss = _ints(args.blocksizes, "--blocksizes", hi=1 << 16) if args.blocksizes is not None else [args.blocksize]
+    for b in bss:
+        try:
+            check_blocksize(b)
+        except ValueError as e:
+            raise CLIError(f"--blocksizes: {e}") from None
+    if args.save:
+        save = Path(args.save)
+        if save.is_dir():
+            raise CLIError(f"--save: {args.save!r} is a directory; expected a file name such as code.json")
+        if not save.parent.is_dir():
+            raise CLIError(f"--save: directory {str(save.parent)!r} does not exist")
+    if Path(args.spec).is_dir():
+        raise CLIError(f"SPEC: {args.spec!r} is a directory; expected a registered name, a codebook file "
+                       "(.json, .npy, .txt) or an expression such as 'linspace(-1,1,16)'")
     try:
         cb = lab.build(args.spec, args.fit_data, fit_blocksize=args.blocksize, name=args.name, bits=args.bits)
     except (lab.SpecError, cbs.CodebookError) as e:
         raise CLIError(str(e)) from None
+    except (ValueError, TypeError, OSError, KeyError) as e:  # a file or expression of the wrong shape or type
+        raise CLIError(f"SPEC: {args.spec!r} does not give a list of real numbers ({type(e).__name__}: "
+                       f"{(str(e).splitlines() or ['-'])[0][:120]})") from None
     print(cbs.describe(cb))
     if cb.meta:
         print(f"meta: {cb.meta}")
@@ -168,18 +263,23 @@ def cmd_codebook(args) -> int:
     print(f"levels: {len(v)}  min gap: {np.diff(v).min():.6g}  max gap: {np.diff(v).max():.6g}")
     if args.save:
         import json
-        Path(args.save).write_text(json.dumps(cb.to_dict(), indent=1))
+
+        from .results import write_text_atomic
+        try:
+            write_text_atomic(args.save, json.dumps(cb.to_dict(), indent=1))
+        except OSError as e:
+            raise CLIError(f"--save: cannot write {args.save!r} ({e.strerror or e})") from None
         print(f"saved: {args.save}")
     if args.no_eval:
         return 0
-    bss = _ints(args.blocksizes, "--blocksizes") if args.blocksizes else [args.blocksize]
-    from .validation import check_blocksize
-    for b in bss:
-        check_blocksize(b)
+    ev = _kernel_sized(cb)   # a 3-bit code (8 entries) runs through the 4-bit kernels padded to 16
+    if ev is not cb:
+        print(f"note: {cb.size} entries are evaluated through the {ev.bits}-bit kernels (table padded to {ev.size} "
+              f"entries, never emitted; stored as {ev.bits}-bit codes)")
     baselines = [b for b in args.compare.split(",") if b] if args.compare else []
     frames = []
     for data in ("normal", "laplace"):
-        df, fig = lab.compare(cb, data=data, blocksizes=bss, baselines=tuple(baselines), n=args.n)
+        df, fig = lab.compare(ev, data=data, blocksizes=bss, baselines=tuple(baselines), n=args.n)
         import matplotlib.pyplot as plt
         plt.close(fig)
         frames.append(df)
@@ -202,24 +302,28 @@ def cmd_backends(args) -> int:
 
 # ------------------------------------------------------------------ parser
 
+_COMMANDS = ("report", "study", "parity", "bench", "codebook", "backends")
+
 def _add_exec(p) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--scheduler", metavar="ADDRESS", help="run sweeps on a dask.distributed scheduler "
                    "(e.g. tcp://127.0.0.1:8786) instead of a local process pool")
-    g.add_argument("--workers", type=int, metavar="N", help="local process-pool size (default: the usable cores)")
+    g.add_argument("--workers", type=_bounded_int("--workers", 1, 1024), metavar="N",
+                   help="local process-pool size (default: the usable cores)")
     g.add_argument("--serial", action="store_true", help="run sweeps in this process (debugging)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n\n")[0],
+    p = _Parser(prog="workbench", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="command")
 
     r = sub.add_parser("report", help="run the default studies on CPU and write reports/<name>/",
                        description="Run studies (default: all available) and write reports/<name>/report.md, "
                                    "report.html, PNG figures and results.parquet; prints a summary table.")
-    r.add_argument("--name", default="cpu-default", help="report directory name (default: %(default)s)")
+    r.add_argument("--name", default="cpu-default", type=_report_name,
+                   help="report folder name, one plain folder under --out (default: %(default)s)")
     r.add_argument("--quick", action="store_true", help="small sizes and few seeds (about a minute)")
     r.add_argument("--studies", metavar="A,B", help="comma-separated study names (default: all); see `workbench study -h`")
     r.add_argument("--merge", nargs="+", metavar="DIR", help="result files/directories from other machines "
@@ -246,9 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--blocksizes", metavar="B,B", help="blocksizes (default: all of 32..4096)")
     q.add_argument("--backends", metavar="A,B", help="only these backends")
     q.add_argument("--ops", metavar="OP,OP", help="only these ops")
-    q.add_argument("--family", action="append", help="only this op family (repeatable): quant, int8, optim")
+    q.add_argument("--family", action="append", metavar="F", help="only this op family (repeatable or "
+                   "comma-separated): quant, int8, optim")
     q.add_argument("--quick", action="store_true", help="fewer blocksizes")
-    q.add_argument("--seed", type=int, help="input seed (default: fresh)")
+    q.add_argument("--seed", type=_bounded_int("--seed", 0, 2 ** 31 - 1), help="input seed (default: fresh)")
     q.add_argument("--out", metavar="FILE", help="save the tidy rows (parquet + csv)")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_parity)
@@ -266,12 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "table, bounds and the error on N(0,1) and Laplace data.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     c.add_argument("spec")
-    c.add_argument("--blocksize", type=int, default=64, help="blocksize for evaluation and fitting")
+    c.add_argument("--blocksize", type=_bounded_int("--blocksize", 1, 1 << 16), default=64,
+                   help="blocksize for evaluation and fitting")
     c.add_argument("--blocksizes", metavar="B,B", help="evaluate at several blocksizes")
-    c.add_argument("--bits", type=int, default=4, help="bits of a fitted code")
+    c.add_argument("--bits", type=_bounded_int("--bits", 1, 8), default=4, help="bits of a fitted code (1..8)")
     c.add_argument("--fit-data", default="normal", help="data source for fitted codes: normal, laplace, student-t, "
                    "uniform, minilm")
-    c.add_argument("--n", type=int, default=1 << 18, help="values per evaluation sample")
+    c.add_argument("--n", type=_bounded_int("--n", 1, MAX_ELEMENTS), default=1 << 18,
+                   help="values per evaluation sample")
     c.add_argument("--compare", default="nf4,fp4", help="baseline codebooks, comma-separated ('' for none)")
     c.add_argument("--name", help="name of the new codebook")
     c.add_argument("--save", metavar="FILE.json", help="write the codebook (table, bounds, bucket codes)")
@@ -290,12 +397,18 @@ def main(argv: list[str] | None = None) -> int:
     if str(ROOT) not in sys.path and (ROOT / "studies").is_dir():
         sys.path.insert(0, str(ROOT))  # the studies package lives next to workbench/
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
+    try:
+        args, rest = parser.parse_known_args(argv)
+    except _UsageError as e:
+        cmd = next((a for a in argv if not a.startswith("-")), "")
+        print(f"workbench{' ' + cmd if cmd in _COMMANDS else ''}: error: {e}", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 2
     if rest and args.command != "bench":
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        print(f"workbench {args.command}: error: unrecognized arguments: {' '.join(rest)}", file=sys.stderr)
+        return 2
     try:
         return args.func(args, rest) if args.command == "bench" else args.func(args)
     except CLIError as e:
@@ -303,12 +416,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except _UsageError as e:
+        print(f"workbench {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001  (known input errors: one line, not a traceback)
         from .backends import BackendUnavailable
         from .codebooks import CodebookError
         from .validation import QuantInputError
         if isinstance(e, (QuantInputError, CodebookError, BackendUnavailable, KeyError, ValueError)):
             print(f"workbench {args.command}: error: {str(e).strip(chr(39) + chr(34))}", file=sys.stderr)
+            return 2
+        from .results import IncompleteResults
+        from .sweep import SchedulerError
+        if isinstance(e, SchedulerError):
+            print(f"workbench {args.command}: error: --scheduler: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, IncompleteResults):
+            print(f"workbench {args.command}: error: --merge: {e}", file=sys.stderr)
             return 2
         if isinstance(e, RuntimeError) and str(e).startswith("device:"):
             print(f"workbench {args.command}: error: {e}", file=sys.stderr)

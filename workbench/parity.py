@@ -33,7 +33,8 @@ import torch
 from . import codebooks as cbs
 from .backends import get_op, list_backends
 
-__all__ = ["register_case", "cases", "run_parity", "matrix", "format_matrix", "CASE_MODULES", "bit_equal"]
+__all__ = ["register_case", "cases", "run_parity", "matrix", "format_matrix", "CASE_MODULES", "bit_equal",
+           "choices", "check_selection", "compared", "summary_line", "SelectionError"]
 
 # modules that may contribute cases; each is optional
 CASE_MODULES = [
@@ -245,6 +246,99 @@ for _op in ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequ
     register_case("quant", _op, _quant_case(_op), ops=(_op,))
 
 
+# ------------------------------------------------------------------ the optim family
+
+OPTIM_OPS = ("optimizer_update_32bit", "optimizer_update_8bit_blockwise")
+# (beta1, beta2, beta3, lr) per optimizer: the values the optimizer tests use
+OPTIM_HP = {"adam": (0.9, 0.995, 0.0, 1e-3), "lamb": (0.9, 0.995, 0.0, 1e-3), "ademamix": (0.9, 0.995, 0.999, 1e-3),
+            "momentum": (0.9, 0.0, 0.0, 1e-3), "lars": (0.9, 0.0, 0.0, 1e-3), "lion": (0.9, 0.99, 0.0, 1e-4),
+            "rmsprop": (0.95, 0.0, 0.0, 1e-3), "adagrad": (0.0, 0.0, 0.0, 1e-2)}
+
+
+def _optim_state(name: str, n: int, bits: int, device: str) -> dict:
+    from .optim import functional as F
+    two = name in F.TWO_STATE
+    shp = (2, n) if name == "ademamix" else (n,)
+    if bits == 32:
+        return {"state1": torch.zeros(shp, device=device),
+                "state2": torch.zeros(n, device=device) if two else None}
+    nb = -(-n // F.BLOCKSIZE)
+    return {"state1": torch.zeros(shp, dtype=torch.uint8, device=device),
+            "state2": torch.zeros(n, dtype=torch.uint8, device=device) if two else None,
+            "absmax1": torch.zeros((2, nb) if name == "ademamix" else (nb,), device=device),
+            "absmax2": torch.zeros(nb, device=device) if two else None}
+
+
+def _optim_step(fn, name: str, bits: int, g, p, st: dict, t: int, *, gnorm_scale: float, skip_zeros: bool) -> None:
+    from .optim import functional as F
+    b1, b2, b3, lr = OPTIM_HP[name]
+    if bits == 32:
+        mu = 1.0 if name == "lamb" else 0.02 if name == "lars" else 0.0   # the LAMB/LARS trust ratio
+        pn = float(torch.norm(p.float())) if mu > 0 else 0.0
+        unorm = torch.zeros(1, device=p.device) if mu > 0 else None
+        fn(name, g, p, st["state1"], st["state2"], unorm, mu, pn, b1, b2, b3, 0.5, 1e-8, 0.01, t, lr,
+           gnorm_scale, skip_zeros)
+    else:
+        two = st["state2"] is not None
+        fn(name, g, p, st["state1"], st["state2"], b1, b2, b3, 0.5, 1e-8, t, lr, F.qmap(True, p.device),
+           F.qmap(False, p.device) if two else None, st["absmax1"], st["absmax2"], 0.01, gnorm_scale, skip_zeros)
+
+
+def _optim_case(op: str):
+    bits = 32 if op == "optimizer_update_32bit" else 8
+
+    def case(backend: str, device: str, gen: torch.Generator, quick: bool, sizes=None):
+        """Each optimizer, a few steps from zero state on the same parameters and gradients (some zero, with
+        skip_zeros on one step; gnorm_scale on odd steps; weight decay; the LAMB/LARS trust ratio at 32 bits)
+        through the backend and the reference: parameters, states (codes and absmax at 8 bits) bit for bit."""
+        from .optim import functional as F
+        ref_fn = get_op(SPEC_BACKEND, op, device)
+        fn = get_op(backend, op, device)
+        ns = [int(v) for v in sizes] if sizes else ([2 * F.BLOCKSIZE + 37] if quick else [1, 3 * F.BLOCKSIZE + 101])
+        dtypes = (torch.float32, torch.bfloat16) if quick else DTYPES
+        steps = 3 if quick else 5
+        if backend == "numba_cuda" and device == "cpu":  # the CUDA simulator: a Python thread per GPU thread
+            ns, dtypes, steps = [min(ns[0], 300)], (torch.float32,), 2
+        for name in F.NAMES:
+            for dtype in dtypes:
+                for n in ns:
+                    row = {"op": op, "optimizer": name, "dtype": str(dtype).split(".")[-1], "n": n, "steps": steps,
+                           "level": "exact", "detail": ""}
+                    try:
+                        p_ref = (torch.randn(n, generator=gen) * 0.5).to(dtype).to(device)
+                        p = p_ref.clone()
+                        st_ref, st = _optim_state(name, n, bits, device), _optim_state(name, n, bits, device)
+                        for t in range(1, steps + 1):
+                            g = torch.randn(n, generator=gen).to(dtype).to(device)
+                            if t == 2:
+                                g[::5] = 0
+                            kw = {"gnorm_scale": 0.75 if t % 2 else 1.0, "skip_zeros": t == 2}
+                            _optim_step(ref_fn, name, bits, g.clone(), p_ref, st_ref, t, **kw)
+                            _optim_step(fn, name, bits, g.clone(), p, st, t, **kw)
+                        ok, mis, md = bit_equal(p, p_ref)
+                        bad_state = []
+                        for k, v in st_ref.items():
+                            if v is None:
+                                continue
+                            ok_k, mis_k, _ = bit_equal(st[k], v)
+                            if not ok_k:
+                                bad_state.append(k)
+                                mis += max(mis_k, 0)
+                            ok = ok and ok_k
+                        row.update(ok=ok, mismatches=mis, max_diff=md,
+                                   detail=f"differs: {', '.join(bad_state)}" if bad_state else "")
+                    except Exception as e:  # noqa: BLE001  (one optimizer's crash is one failed row)
+                        row.update(ok=False, level="error", detail=f"{type(e).__name__}: {e}"[:300])
+                    yield row
+
+    case.__name__ = f"case_{op}"
+    return case
+
+
+for _op in OPTIM_OPS:
+    register_case("optim", _op, _optim_case(_op), ops=(_op,))
+
+
 # ------------------------------------------------------------------ the harness
 
 def _backends_for(device: str, names: Iterable[str] | None) -> list:
@@ -256,6 +350,57 @@ def _backends_for(device: str, names: Iterable[str] | None) -> list:
             continue
         out.append(info)
     return out
+
+
+class SelectionError(ValueError):
+    """An unknown backend, op or family name given to :func:`run_parity` (``arg``: which parameter)."""
+
+    def __init__(self, arg: str, message: str):
+        super().__init__(f"{arg}: {message}")
+        self.arg, self.detail = arg, message
+
+
+def choices() -> dict[str, list[str]]:
+    """The names :func:`run_parity` accepts: ``backends`` (every known backend but the reference, available here
+    or not), ``ops`` (those some case exercises) and ``families``."""
+    cs = cases()
+    return {"backends": sorted(b.name for b in list_backends() if b.name != SPEC_BACKEND),
+            "ops": sorted({op for c in cs for op in c.ops}),
+            "families": sorted({c.family for c in cs})}
+
+
+def check_selection(backends=None, families=None, ops=None) -> None:
+    """Raise :class:`SelectionError` naming the parameter when a name is unknown or a selection is empty."""
+    ch = choices()
+    for arg, given in (("backends", backends), ("families", families), ("ops", ops)):
+        if given is None:
+            continue
+        given = list(given)
+        if not given:
+            raise SelectionError(arg, f"expected at least one name from: {', '.join(ch[arg])}")
+        bad = [g for g in given if g not in ch[arg]]
+        if SPEC_BACKEND in bad and arg == "backends":
+            raise SelectionError(arg, f"{SPEC_BACKEND!r} is the spec every backend is compared with, not a "
+                                      f"backend under test; expected names from: {', '.join(ch[arg])}")
+        if bad:
+            raise SelectionError(arg, f"unknown {', '.join(map(repr, bad))}; expected names from: "
+                                      f"{', '.join(ch[arg])}")
+
+
+def compared(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that are comparisons (not the marker rows of cases that compared nothing)."""
+    return df[df["level"].astype(str) != "n/a"] if not df.empty else df
+
+
+def summary_line(df: pd.DataFrame) -> str:
+    """'passed P, failed F, total T comparisons' (cases that compared nothing are counted apart)."""
+    c = compared(df)
+    total = len(c)
+    passed = int(c["ok"].astype(bool).sum()) if total else 0
+    empty = len(df) - total
+    extra = f"; {empty} case(s) compared nothing" if empty else ""
+    verdict = "PASS" if total and passed == total and not empty else "FAIL"
+    return f"{verdict}: passed {passed}, failed {total - passed}, total {total} comparisons{extra}"
 
 
 def run_parity(device: str = "cpu", *, backends: Iterable[str] | None = None, families: Iterable[str] | None = None,
@@ -270,6 +415,12 @@ def run_parity(device: str = "cpu", *, backends: Iterable[str] | None = None, fa
     seed = secrets.randbelow(2 ** 31) if seed is None else int(seed)
     import logging
     logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # bitsandbytes' compiled kernels recompile per dtype
+    backends = [backends] if isinstance(backends, str) else backends
+    families = [families] if isinstance(families, str) else families
+    ops = [ops] if isinstance(ops, str) else ops
+    check_selection(backends, families, ops)
+    if sizes is not None and any(int(v) < 1 for v in sizes):
+        raise ValueError(f"sizes: expected positive element counts, got {list(sizes)}")
     fams = set(families) if families is not None else None
     want_ops = set(ops) if ops is not None else None
     infos = _backends_for(device, backends)
@@ -295,8 +446,8 @@ def run_parity(device: str = "cpu", *, backends: Iterable[str] | None = None, fa
             for r in c.fn(info.name, device, gen, quick, **kw):
                 rows.append({**base, "level": "exact", "detail": "", **r})
                 got += 1
-            if not got:
-                rows.append({**base, "op": c.ops[0], "ok": True, "level": "n/a", "detail": "no comparisons"})
+            if not got:  # not a pass: a case that compares nothing must not read as one
+                rows.append({**base, "op": c.ops[0], "ok": False, "level": "n/a", "detail": "the case compared nothing"})
         except Exception as e:  # noqa: BLE001  (a crash is a failed cell, not a stopped harness)
             rows.append({**base, "op": c.ops[0], "ok": False, "level": "error",
                          "detail": f"{type(e).__name__}: {e}"[:300]})
@@ -311,19 +462,24 @@ def run_parity(device: str = "cpu", *, backends: Iterable[str] | None = None, fa
 
 
 def matrix(df: pd.DataFrame) -> pd.DataFrame:
-    """backend x op: 'exact 36/36', 'FAIL 3/36', or '' where the backend lacks the op."""
+    """backend x op: 'exact: 36/36 passed', 'FAIL: 3/36 failed (33 passed)', 'FAIL: compared nothing', or ''
+    where the backend lacks the op."""
     if df.empty:
         return pd.DataFrame()
 
     def cell(g: pd.DataFrame) -> str:
-        n, ok = len(g), int(g["ok"].sum())
-        levels = sorted(set(g["level"].astype(str)))
+        c = compared(g)
+        n, ok = len(c), int(c["ok"].astype(bool).sum())
+        if n == 0:
+            return "FAIL: compared nothing"
+        levels = sorted(set(c["level"].astype(str)))
         if ok == n:
-            return f"{'/'.join(levels)} {ok}/{n}"
+            return f"{'/'.join(levels)}: {ok}/{n} passed"
         extra = ""
-        if "max_diff" in g and g.loc[~g["ok"], "max_diff"].notna().any():
-            extra = f" (max diff {g.loc[~g['ok'], 'max_diff'].max():.3g})"
-        return f"FAIL {n - ok}/{n}{extra}"
+        bad = c[~c["ok"].astype(bool)]
+        if "max_diff" in bad and bad["max_diff"].notna().any():
+            extra = f", max diff {bad['max_diff'].max():.3g}"
+        return f"FAIL: {n - ok}/{n} failed ({ok} passed{extra})"
 
     cells = df.groupby(["backend", "op"], sort=False).apply(cell, include_groups=False)
     return cells.unstack("op").fillna("")
@@ -348,8 +504,9 @@ DESCRIPTION = """Every quantization op of every backend available on this machin
 backend (the executable spec), on fresh random inputs: fp32/fp16/bf16, every blocksize 32..4096,
 odd lengths with tails, exact multiples, a single element, an all-zero run and a negative block
 maximum; NF4, FP4 and a random 16-entry code for 4-bit; the dynamic map, linear-8bit and a random
-256-entry code for 8-bit (bitsandbytes only takes NF4/FP4 and the dynamic map). Cells read
-`level passed/compared`. Levels: `exact` = codes, packed bytes, absmax and dequantized values
+256-entry code for 8-bit (bitsandbytes only takes NF4/FP4 and the dynamic map); the LLM.int8() ops
+and the 8-bit and 32-bit optimizer updates (every optimizer, a few steps) where their modules are present.
+Cells read `level: passed/compared` or `FAIL: failed/compared (passed)`. Levels: `exact` = codes, packed bytes, absmax and dequantized values
 identical bit for bit; `LUT cell` = bitsandbytes' native CPU 8-bit quantizer, whose level may be
 farther from the scaled value than the nearest one by at most one cell of its 65536-entry lookup
 table (2/65535), and whose codes inside an all-zero block (absmax 0, 0 * 1/0 there) are arbitrary
@@ -362,7 +519,7 @@ def run(quick: bool = False, executor=None):
 
 
 def summarize(df: pd.DataFrame) -> list:
-    out = [("backend x op (level passed/compared)", matrix(df))]
+    out = [("backend x op (level: passed/compared, or FAIL: failed/compared)", matrix(df))]
     bad = failures(df)
     if len(bad):
         cols = [c for c in ("backend", "op", "codebook", "dtype", "blocksize", "n", "mismatches", "max_diff", "detail")
@@ -379,6 +536,6 @@ def notes(df: pd.DataFrame) -> list:
                if b.name != SPEC_BACKEND and not b.available and (not b.devices or "cpu" in b.devices)]
     extra = [f"CPU backends not available in this run: {'; '.join(skipped)}"] if skipped else []
     seed = int(df["seed"].iloc[0])
-    return ([f"{int(df['ok'].sum())}/{len(df)} comparisons passed; input seed {seed} "
+    return ([f"{summary_line(df)}; input seed {seed} "
              f"(`workbench parity --seed {seed}` replays them)"] + extra +
             [f"families: {', '.join(sorted(set(df['family'])))}; extra case modules loaded: {', '.join(loaded) or 'none'}"])

@@ -18,7 +18,10 @@ from __future__ import annotations
 import html
 import inspect
 import json
+import os
 import re
+import secrets
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -271,8 +274,8 @@ def render(name: str, studies: list[StudyResult], meta: dict, *, out: Path, opti
            "<p>Result files: <code>results.parquet</code> (all studies, <code>study</code> column) and "
            "<code>results/&lt;study&gt;.parquet</code>; CSV twins for diffs.</p>", "</body></html>"]
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text("\n".join(md) + "\n")
-    html_path.write_text("\n".join(hd) + "\n")
+    results.write_text_atomic(md_path, "\n".join(md) + "\n")
+    results.write_text_atomic(html_path, "\n".join(hd) + "\n")
     return md_path, html_path
 
 
@@ -305,40 +308,124 @@ def cross_device_tables(merged: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 # ------------------------------------------------------------------ the job
 
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class ReportNameError(ValueError):
+    """A report name that is not a single plain folder name."""
+
+
+def check_name(name) -> str:
+    """``name`` if it is one plain folder name (``cpu-default``, ``h100_run2``); else :class:`ReportNameError`.
+    A report replaces ``<reports root>/<name>`` wholesale, so a name must never reach outside that root
+    (``..``, ``/abs``, ``a/b``) nor be the root itself (``''``, ``.``)."""
+    if not isinstance(name, str) or not name:
+        raise ReportNameError("expected a folder name such as 'cpu-default', got an empty name")
+    if not _NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise ReportNameError(f"expected one plain folder name (letters, digits, '.', '-', '_'; starting with a "
+                              f"letter or digit; at most 100 characters), got {name!r}")
+    return name
+
+
+def _is_replaceable(out: Path) -> bool:
+    """An existing folder a report may replace: a previous report (metadata.json, report.md or a PARTIAL
+    marker) or an empty folder. Anything else belongs to someone else and is never deleted."""
+    if out.is_symlink():
+        return False
+    if not out.exists():
+        return True
+    if not out.is_dir():
+        return False
+    if any((out / f).exists() for f in ("metadata.json", "report.md", results.PARTIAL_MARKER)):
+        return True
+    return not any(out.iterdir())
+
+
+def _remove_stale_temps(root: Path, name: str) -> None:
+    """Temporary folders of earlier runs of this report whose process is gone (killed runs)."""
+    for d in root.glob(f".{name}.tmp-*"):
+        try:
+            pid = int(d.name.rsplit("-", 2)[-2])
+            os.kill(pid, 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except (ValueError, IndexError, PermissionError, OSError):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by the finished ``tmp`` (a sibling): two renames, the old report removed afterwards.
+    A reader sees the old complete report or the new one; only between the renames (microseconds) no folder."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+        os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            os.rename(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
 def build_report(name: str = "cpu-default", *, studies=None, quick: bool = False, executor=None,
                  merge=(), out_root: Path | str = REPORTS, progress: bool = True, options: dict | None = None):
-    """Run the studies and write reports/<name>/. Returns (report.md path, list of StudyResult)."""
+    """Run the studies and write reports/<name>/. Returns (report.md path, list of StudyResult).
+
+    The report is written into a hidden temporary sibling (``.<name>.tmp-<pid>-<random>``) that holds a
+    ``PARTIAL`` marker until the end, then replaces ``<out_root>/<name>`` in one swap: an interrupted run
+    leaves the previous report untouched (and its own temporary folder, marked PARTIAL, which
+    :func:`workbench.results.load` and ``--merge`` refuse and the next run removes)."""
     from tqdm.auto import tqdm
 
     from .sweep import executor as make_executor
-    out = Path(out_root) / name
-    (out / "results").mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("*.png")) + list((out / "results").glob("*.parquet")) + list((out / "results").glob("*.csv")):
-        old.unlink()  # a re-run replaces the report; nothing stale survives
+    check_name(name)
+    root = Path(out_root)
+    out = root / name
+    if not _is_replaceable(out):
+        raise ReportNameError(f"{out} exists and is not a workbench report (no metadata.json or report.md); "
+                              "refusing to replace it: choose another name or --out")
     meta = results.run_metadata("cpu")
     names = list(studies) if studies else list(DEFAULT_STUDIES)
-    merged = results.load(*merge) if merge else None
+    merged = results.load(*merge) if merge else None   # refuses unfinished runs before anything is written
     extra = {"extra": list(merge)} if merge else {}
     done: list[StudyResult] = []
-    with make_executor(executor) as ex:
-        bar = tqdm(names, desc="studies", disable=not progress)
-        for n in bar:
-            bar.set_postfix_str(n)
-            res = run_study(n, quick=quick, executor=ex, extra=extra)
-            if res.status == "ok":
-                save_figures(res, out)
-                if not res.df.empty:
-                    _save_frame(res.df, out / "results" / f"{res.name}.parquet", meta)
-            done.append(res)
-    frames = [r.df.assign(study=r.name) for r in done if r.status == "ok" and not r.df.empty]
-    if frames:
-        _save_frame(pd.concat(frames, ignore_index=True), out / "results.parquet", meta)
-    opts = {"name": name, "quick": quick, "studies": ",".join(names), "merge": " ".join(map(str, merge)) or "-",
-            "executor": str(executor or "local process pool"), **(options or {})}
-    render(name, done, meta, out=out, options=opts, merged=merged)
-    (out / "metadata.json").write_text(json.dumps(
-        {"meta": meta, "options": opts,
-         "studies": {r.name: {"status": r.status, "seconds": round(r.seconds, 2), "rows": len(r.df),
-                              "error": r.error.strip().splitlines()[0] if r.error.strip() else ""} for r in done}},
-        indent=1, sort_keys=True, default=str))
+    with make_executor(executor) as ex:   # an unreachable scheduler fails here, before any folder exists
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(root, name)
+        tmp = root / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        (tmp / "results").mkdir(parents=True)
+        (tmp / results.PARTIAL_MARKER).write_text(
+            f"an unfinished `workbench report` run (pid {os.getpid()}, started {meta.get('run_time', '')})\n")
+        try:
+            bar = tqdm(names, desc="studies", disable=not progress)
+            for n in bar:
+                bar.set_postfix_str(n)
+                res = run_study(n, quick=quick, executor=ex, extra=extra)
+                if res.status == "ok":
+                    save_figures(res, tmp)
+                    if not res.df.empty:
+                        _save_frame(res.df, tmp / "results" / f"{res.name}.parquet", meta)
+                done.append(res)
+            frames = [r.df.assign(study=r.name) for r in done if r.status == "ok" and not r.df.empty]
+            if frames:
+                _save_frame(pd.concat(frames, ignore_index=True), tmp / "results.parquet", meta)
+            opts = {"name": name, "quick": quick, "studies": ",".join(names),
+                    "merge": " ".join(map(str, merge)) or "-",
+                    "executor": str(executor or "local process pool"), **(options or {})}
+            render(name, done, meta, out=tmp, options=opts, merged=merged)
+            results.write_text_atomic(tmp / "metadata.json", json.dumps(
+                {"meta": meta, "options": opts, "complete": True,
+                 "studies": {r.name: {"status": r.status, "seconds": round(r.seconds, 2), "rows": len(r.df),
+                                      "error": r.error.strip().splitlines()[0] if r.error.strip() else ""}
+                             for r in done}},
+                indent=1, sort_keys=True, default=str))
+            (tmp / results.PARTIAL_MARKER).unlink()
+            _swap_in(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a kill -9 leaves it, marked PARTIAL
+            raise
     return out / "report.md", done

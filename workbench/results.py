@@ -6,10 +6,12 @@ into one frame and a report can group by ``run_device``.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -81,24 +83,106 @@ def frame(rows: list[dict], meta: dict) -> pd.DataFrame:
     return df
 
 
+PARTIAL_MARKER = "PARTIAL"   # a report folder still being written (or whose run was killed): never merged
+
+
+class IncompleteResults(ValueError):
+    """A result folder written by a run that did not finish (a ``PARTIAL`` marker)."""
+
+
+def _tmp_name(path: Path) -> Path:
+    """A temporary sibling of ``path`` whose name matches no result glob (``*.parquet``, ``*.csv``)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one ``os.replace``
+    (readers see the old file or the new one, never a torn one); on failure it is removed."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
 def save(df: pd.DataFrame, path: str | os.PathLike, meta: dict | None = None) -> Path:
     """Write ``df`` (rows already carrying run_* columns, or given ``meta``) to parquet (+ a CSV twin
-    for diffs) and return the parquet path."""
+    for diffs) and return the parquet path. Each file is written to a temporary name in the same
+    directory and moved into place with ``os.replace``: a concurrent :func:`load` never reads a torn
+    file and a killed writer leaves the previous file, not a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if meta:
         df = df.assign(**meta)
-    df.to_parquet(path.with_suffix(".parquet"), index=False)
-    df.to_csv(path.with_suffix(".csv"), index=False)
-    return path.with_suffix(".parquet")
+    pq = path.with_suffix(".parquet")
+    with atomic_path(pq) as tmp:
+        df.to_parquet(tmp, index=False)
+    with atomic_path(path.with_suffix(".csv")) as tmp:
+        df.to_csv(tmp, index=False)
+    return pq
 
 
-def load(*paths) -> pd.DataFrame:
-    """Concatenate result files (parquet or csv; directories are searched recursively)."""
+def is_report_dir(d: Path) -> bool:
+    """A folder written by :func:`workbench.report.build_report` (its combined ``results.parquet`` holds
+    every row of its per-study ``results/<study>.parquet`` files)."""
+    return (d / "metadata.json").is_file() or ((d / "results.parquet").is_file() and (d / "results").is_dir())
+
+
+def _check_complete(d: Path) -> None:
+    if (d / PARTIAL_MARKER).exists():
+        raise IncompleteResults(f"{d}: an unfinished report run (it holds a {PARTIAL_MARKER} marker); "
+                                "re-run it or pass a complete report folder")
+    if is_report_dir(d):
+        try:
+            complete = json.loads((d / "metadata.json").read_text()).get("complete", True)
+        except (OSError, ValueError):
+            complete = False
+        if not complete:
+            raise IncompleteResults(f"{d}: an unfinished report run (metadata.json missing, unreadable or "
+                                    "not marked complete)")
+
+
+def result_files(*paths) -> list[Path]:
+    """The files :func:`load` reads: parquet files (CSV twins are skipped) under each directory, recursively,
+    leaving out hidden folders (a report being written is a hidden sibling) and, inside a report folder, the
+    per-study copies of its combined ``results.parquet``. Raises :class:`IncompleteResults` for a folder left
+    by an unfinished report run."""
     files: list[Path] = []
     for p in paths:
         p = Path(p)
-        files += sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
+        if not p.is_dir():
+            if p.name.startswith(".") and ".tmp-" in p.name:
+                raise IncompleteResults(f"{p}: a temporary file of a write in progress")
+            files.append(p)
+            continue
+        for dirpath, dirnames, filenames in os.walk(p):
+            d = Path(dirpath)
+            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+            _check_complete(d)
+            if is_report_dir(d):
+                dirnames[:] = [n for n in dirnames if n != "results"]  # duplicates of results.parquet
+            files += [d / f for f in sorted(filenames) if f.endswith(".parquet") and not f.startswith(".")]
+    return files
+
+
+def load(*paths) -> pd.DataFrame:
+    """Concatenate result files (parquet or csv; directories are searched recursively, see
+    :func:`result_files`: each row once, never from an unfinished report run)."""
+    files = result_files(*paths)
     frames = [pd.read_parquet(f) if f.suffix == ".parquet" else pd.read_csv(f) for f in files]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

@@ -21,7 +21,13 @@ import os
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["SerialExecutor", "executor", "local_pool", "run_tasks", "default_workers"]
+__all__ = ["SerialExecutor", "SchedulerError", "executor", "local_pool", "run_tasks", "default_workers"]
+
+SCHEDULER_TIMEOUT = 5.0   # seconds to reach a dask scheduler (KBIT_SCHEDULER_TIMEOUT overrides)
+
+
+class SchedulerError(RuntimeError):
+    """A dask scheduler address that is malformed or not reachable in time."""
 
 
 class SerialExecutor(Executor):
@@ -82,12 +88,7 @@ def executor(spec: Any = None, *, max_workers: int | None = None) -> Iterator[Ex
         yield SerialExecutor()
         return
     if isinstance(spec, str):
-        try:
-            from dask.distributed import Client
-        except ImportError as e:  # pragma: no cover
-            raise RuntimeError(f"scheduler {spec!r}: dask.distributed is not installed "
-                               "(pip install 'kbit-workbench[dist]')") from e
-        client = Client(spec)
+        client = _connect(spec)
         try:
             yield client.get_executor()
         finally:
@@ -95,6 +96,33 @@ def executor(spec: Any = None, *, max_workers: int | None = None) -> Iterator[Ex
         return
     raise TypeError(f"executor: expected None, 'local', 'serial', a scheduler address, an Executor or a dask Client; "
                     f"got {spec!r}")
+
+
+def _scheduler_timeout() -> float:
+    try:
+        return max(0.1, float(os.environ.get("KBIT_SCHEDULER_TIMEOUT", SCHEDULER_TIMEOUT)))
+    except ValueError:
+        return SCHEDULER_TIMEOUT
+
+
+def _connect(address: str):
+    """A dask Client for ``address``, or :class:`SchedulerError` within a few seconds (dask alone retries for
+    30 s and then raises a traceback-sized error)."""
+    import re
+    if not re.fullmatch(r"(tcp|tls|inproc|ucx|ws|wss)://[^\s/]+(:[0-9]{1,5})?/?|[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}",
+                        address):
+        raise SchedulerError(f"expected a scheduler address such as tcp://127.0.0.1:8786, got {address!r}")
+    try:
+        from dask.distributed import Client
+    except ImportError as e:  # pragma: no cover
+        raise SchedulerError(f"{address!r}: dask.distributed is not installed "
+                             "(pip install 'kbit-workbench[dist]')") from e
+    timeout = _scheduler_timeout()
+    try:
+        return Client(address, timeout=f"{timeout}s", set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise SchedulerError(f"{address!r} not reachable within {timeout:g} s ({type(e).__name__}: {first})") from None
 
 
 def run_tasks(fn: Callable, tasks: Iterable[dict], ex: Executor | None = None, *, desc: str = "tasks",
