@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.kbit-installed
 
-.PHONY: setup test report build cuda clean notebooks parity bench
+.PHONY: setup test report build build-debug cuda clean notebooks parity bench
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,17 @@ setup: $(STAMP) build
 build: $(STAMP)
 	$(PY) setup.py -q build_ext --inplace
 
-test: setup
+# Bounds-checked debug builds of the same .pyx (workbench._native.<name>_debug), for the fuzz run below.
+build-debug: $(STAMP)
+	KBIT_BUILD_DEBUG=1 $(PY) setup.py -q build_ext --inplace
+
+# The suite, then the API fuzz suite again against bounds-checked kernels: the Cython debug
+# extensions and Numba with boundscheck (its own cache: Numba's cache key ignores boundscheck).
+FUZZ_DEBUG_ENV := KBIT_NATIVE_DEBUG=1 NUMBA_BOUNDSCHECK=1 NUMBA_CACHE_DIR=$(CURDIR)/build/numba-boundscheck
+
+test: setup build-debug
 	$(PY) -m pytest -q -n 2 --durations=15 tests
+	$(FUZZ_DEBUG_ENV) $(PY) -m pytest -q -n 2 -p no:cacheprovider tests/test_fuzz_api.py
 
 report: setup
 	$(PY) -m workbench report

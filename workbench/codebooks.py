@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "Codebook", "CodebookError", "register", "get", "names", "describe",
+    "Codebook", "CodebookError", "UnknownCodebookError", "register", "get", "names", "describe",
     "dynamic", "nf4", "fp4", "linear", "quantile", "from_values", "normal_map",
     "af4", "e2m1", "int4_asym", "student_t", "lloyd_max",
 ]
@@ -33,6 +33,13 @@ __all__ = [
 
 class CodebookError(ValueError):
     """A codebook's values are not usable (unsorted, duplicate, non-finite, wrong size)."""
+
+
+class UnknownCodebookError(CodebookError, KeyError):
+    """No codebook is registered under that name (a KeyError too, for dict-style callers)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -384,7 +391,7 @@ def get(name_or_codebook) -> Codebook:
         raise TypeError(f"codebook: expected a Codebook or a registered name, got {type(name_or_codebook).__name__}")
     key = name_or_codebook.lower()
     if key not in _REGISTRY:
-        raise KeyError(f"codebook: unknown name {name_or_codebook!r}; registered: {', '.join(names())}")
+        raise UnknownCodebookError(f"codebook: unknown name {name_or_codebook!r}; registered: {', '.join(names())}")
     if key not in _CACHE:
         _CACHE[key] = _REGISTRY[key]()
     return _CACHE[key]
