@@ -1,0 +1,107 @@
+"""The public API at kernel speed? Each op as a user calls it, beside its kernels' own time.
+
+    python -m studies.bench.public_call [--n-log2 28] [--out DIR]
+
+Per op (n = 2**28 bf16 by default; int8 on a 2**14 x 2**14 fp16 matrix), in one process:
+  * public_ms: event timing (median) of the public call with default arguments, as a user writes it
+    (``wb.quantize_4bit(A, blocksize=64, quant_type="nf4")``: backend 'auto', nan_policy 'raise');
+  * kernel_ms: the GPU time of every kernel, memset and copy that call enqueues (CUPTI, summed);
+  * ratio = public_ms / kernel_ms (the target is <= 1.10);
+  * host_us_4096: host time per call at n = 4096 (calls back to back, unsynchronized), ours and
+    bitsandbytes' (its ops also go through torch.library);
+  * bnb_ms: bitsandbytes 0.50.2's own public call, same input;
+  * GB/s and % of the device-to-device copy measured in the same run (bytes: inputs read once +
+    outputs written once).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import pandas as pd
+import torch
+
+import workbench as wb
+from workbench import bench
+from workbench.int8 import int8_vectorwise_quant
+
+
+def _bnb():
+    try:
+        import bitsandbytes.functional as F
+        return F
+    except Exception as e:  # noqa: BLE001
+        print(f"bitsandbytes unavailable: {e}")
+        return None
+
+
+def _cases(n: int, F):
+    """(op, args label, ours(), bnb() or None, bytes moved) at element count n."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    A = torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=g)
+    nb64, nb4096 = -(-n // 64), -(-n // 4096)
+    p, s = wb.quantize_4bit(A, blocksize=64, quant_type="nf4")
+    c, s8 = wb.quantize_blockwise(A)
+    side = int(round(n ** 0.5))
+    M = torch.randn(side, n // side, device="cuda", dtype=torch.float16, generator=g)
+    out = [
+        ("quantize_4bit", "nf4 bs64", lambda: wb.quantize_4bit(A, blocksize=64, quant_type="nf4"),
+         (lambda: F.quantize_4bit(A, blocksize=64, quant_type="nf4")) if F else None, 2 * n + n // 2 + 4 * nb64),
+        ("dequantize_4bit", "nf4 bs64", lambda: wb.dequantize_4bit(p, s), None, n // 2 + 4 * nb64 + 2 * n),
+        ("quantize_blockwise", "dynamic bs4096", lambda: wb.quantize_blockwise(A),
+         (lambda: F.quantize_blockwise(A)) if F else None, 2 * n + n + 4 * nb4096),
+        ("dequantize_blockwise", "dynamic bs4096", lambda: wb.dequantize_blockwise(c, s8), None, n + 4 * nb4096 + 2 * n),
+        ("int8_vectorwise_quant", "threshold 0", lambda: int8_vectorwise_quant(M, 0.0),
+         (lambda: F.int8_vectorwise_quant(M, 0.0)) if F else None, 2 * M.numel() + M.numel() + 4 * M.shape[0]),
+        ("int8_vectorwise_quant", "threshold 6", lambda: int8_vectorwise_quant(M, 6.0),
+         (lambda: F.int8_vectorwise_quant(M, 6.0)) if F else None, 2 * M.numel() + M.numel() + 4 * M.shape[0]),
+    ]
+    if F is not None:  # bitsandbytes' dequantizers take its own states
+        bp, bs = F.quantize_4bit(A, blocksize=64, quant_type="nf4")
+        bc, bs8 = F.quantize_blockwise(A)
+        out[1] = out[1][:3] + (lambda: F.dequantize_4bit(bp, bs),) + out[1][4:]
+        out[3] = out[3][:3] + (lambda: F.dequantize_blockwise(bc, bs8),) + out[3][4:]
+    return out
+
+
+def run(n_log2: int) -> pd.DataFrame:
+    F = _bnb()
+    copy = bench.copy_bandwidth("cuda")
+    big, small = _cases(1 << n_log2, F), _cases(4096, F)
+    rows = []
+    for (op, what, ours, theirs, nbytes), (_, _, ours_s, theirs_s, _) in zip(big, small):
+        pub = bench.time_fn(ours, "cuda", warmup=3, reps=30)
+        kern, _ = bench.device_time(ours, reps=20)
+        _, host = bench.device_time(ours_s, reps=300)
+        row = {"op": op, "case": what, "n": 1 << n_log2, "public_ms": pub.median_ms, "kernel_ms": kern,
+               "ratio": pub.median_ms / kern if kern else None, "host_us_4096": host * 1e3,
+               "public_pct_copy": 100 * nbytes / (pub.median_ms * 1e-3) / 1e9 / copy,
+               "kernel_pct_copy": (100 * nbytes / (kern * 1e-3) / 1e9 / copy) if kern else None,
+               "copy_gbps": copy}
+        if theirs is not None:
+            row["bnb_ms"] = bench.time_fn(theirs, "cuda", warmup=3, reps=30).median_ms
+            row["bnb_host_us_4096"] = bench.device_time(theirs_s, reps=300)[1] * 1e3
+        rows.append(row)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    return pd.DataFrame(rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-log2", type=int, default=28)
+    ap.add_argument("--out", default=os.environ.get("OUT", "out"))
+    args = ap.parse_args(argv)
+    df = run(args.n_log2)
+    os.makedirs(args.out, exist_ok=True)
+    df.to_csv(os.path.join(args.out, "public_call.csv"), index=False)
+    meta = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+            "git": os.environ.get("KBIT_GIT_REV", "unknown")}
+    with open(os.path.join(args.out, "public_call_meta.json"), "w") as f:
+        json.dump(meta, f)
+    print(df.to_markdown(index=False, floatfmt=".3f"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
