@@ -7,11 +7,16 @@
 // warp holds 32/G blocks for bs <= 512 (absmax by xor-shuffles inside the G-lane group) and a
 // block of bs >= 1024 spans G/32 warps of one CTA (shuffles, then shared memory).
 // Rounding to the codebook: a table in shared memory built on the host from the codebook (cached;
-// the fine table uploaded once per device, the fallbacks passed by value as kernel parameters; no
-// per-call device temporaries). First choice, the fine table:
-// one 8-byte load + one compare per element (see "Fine plan" below); fallbacks for codebooks too
-// dense for it: the cell plan (cell load + S search steps) and an Eytzinger tree of the bounds
+// the table uploaded once per device, the fallbacks passed by value as kernel parameters; no
+// per-call device temporaries). First choice, one shared load + one compare per element: the compact
+// table for 8-bit codes (4-byte entries, "Compact plan" below), the fine table (8-byte entries, "Fine
+// plan") for 4-bit codes and 8-bit codebooks the compact one cannot hold; fallbacks for codebooks too
+// dense for them: the cell plan (cell load + S search steps) and an Eytzinger tree of the bounds
 // (i = 2i + (s > node[i]) for log2(m) levels, the leaf words hold bucket_codes).
+// Non-finite input (the spec, as the torch reference): absmax is the integer maximum of the magnitudes'
+// float bits, so a block holding a NaN has absmax NaN (else an Inf: +Inf); such blocks (rare) take an
+// element-by-element path: NaN scaled values get the top bucket's code (torch.bucketize), the tail
+// block's stored max(absmax, 1e-38) keeps NaN.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -131,10 +136,11 @@ static bool build_plan(Plan& p, int S, const float* bounds_in, int nbounds, cons
 // (kbase_p < 0, small m: 4-bit codebooks) indexes by key = bits >> (23 - m) over the whole (-2, 2)
 // range (384 << m entries, [128 << m, 256 << m) unused). Clamped mode indexes the key of
 // max(|s|, lowest), per sign: lowest = the float of key kbase, so all smaller magnitudes share one
-// cell (where the codebook has at most one bound; NaN under nan_policy='propagate' lands there too:
-// an undefined code, never an out-of-bounds read); positive s in [0, half), negative s after it.
-// |s| < 2 needs no upper clamp (finite input: |x| <= absmax). The [-1, 1] clamp is folded into the
-// bounds as in the cell plan. numba_kernels/cell_plan.py:fine_plan is the numpy twin (CI tests it).
+// cell (where the codebook has at most one bound); positive s in [0, half), negative s after it.
+// The tables see finite s only, |s| < 2 (|x| <= absmax): blocks holding a NaN or an Inf take the
+// kernel's element-by-element path, whose NaN code is the top bucket's. The [-1, 1] clamp is folded into
+// the bounds as in the cell plan. numba_kernels/cell_plan.py:fine_plan is the numpy twin (CI tests it).
+// 4-bit tables hold each code in both nibbles of its byte (code * 0x11: the kernel merges by mask).
 constexpr int FINE_MAX = 4000; // entries: 31.25 KB of shared memory at most
 struct Fine {
     uint2 e[FINE_MAX];
@@ -144,27 +150,91 @@ struct Fine {
     int size;             // entries used
 };
 
-// What the kernel gets for a fine plan: the table stays in device memory (uploaded once per plan and
-// device) and only its pointer travels in the launch. Passing the 32 KB Fine struct as a __grid_constant__
-// parameter made every launch copy 32 KB of parameters, and every CTA's table fill read the constant bank
-// with 32 distinct addresses per warp access (serialized); from global memory the fill is coalesced.
+// What the kernel gets for a table plan: the table stays in device memory (uploaded once per plan and
+// device, padded to 16 bytes) and only its pointer travels in the launch; each CTA copies it into shared
+// memory with vec4 16-byte loads. Passing the 32 KB Fine struct as a __grid_constant__ parameter made every
+// launch copy 32 KB of parameters, and every CTA's table fill read the constant bank with 32 distinct
+// addresses per warp access (serialized); from global memory the fill is coalesced.
 struct FineArgs {
-    const uint2* __restrict__ e;
+    const uint4* __restrict__ e;
     int m;
     int kbase_p, kbase_n;
     int half;
-    int size;
+    int size; // entries (8 bytes)
+    int vec4; // 16-byte words of the padded table
 };
 
+// Compact plan (8-bit codes): 4-byte entries, so a warp's 32 random table reads hit about half as many
+// shared-memory wavefronts as with 8-byte fine entries (bank conflicts dominated the 8-bit kernels). Cells
+// are m = 7 fine (the top 16 bits of s), so a cell's bound is s's top 16 bits + 16 stored bits:
+// entry = bound low 16 bits | code below << 16 | code above << 24 (cells without a bound: below == above).
+// Key: x = (bits ^ (bits >> 31 arithmetic)) & 0xffff0000 folds the sign (negative s: 0x7fff - cell), so
+// the used keys are one run [kbase, 0x8000 - kbase); k = min(x - (kbase << 16), limit << 16) (unsigned)
+// sends |s| < lowest = float(kbase << 16) of either sign to the last entry (limit): the builder picks the
+// largest kbase with no bound in (-lowest, lowest), where every s has the code of 0. byte offset = k >> 14.
+// numba_kernels/cell_plan.py:compact_plan is the numpy twin (CI tests it against the spec).
+constexpr int COMPACT_MAX = 8000; // entries: 31.25 KB of shared memory at most
+struct Compact {
+    std::vector<uint32_t> e; // limit + 1 entries, padded to a multiple of 4
+    uint32_t kbase, limit;
+};
+struct CompactArgs {
+    const uint4* __restrict__ e;
+    int size; // entries (4 bytes)
+    int vec4;
+    uint32_t kb, lim; // kbase << 16, limit << 16
+};
+
+static bool build_compact(Compact& p, const float* bounds_in, int nbounds, const unsigned char* bucket_codes,
+                          int nbuckets) {
+    std::vector<float> b(nbounds);
+    float minabs = INFINITY;
+    for (int i = 0; i < nbounds; i++) {
+        float v = bounds_in[i];
+        b[i] = v < -1.0f ? -INFINITY : (v >= 1.0f ? INFINITY : v);
+        if (std::isfinite(b[i])) minabs = std::min(minabs, std::fabs(b[i]));
+    }
+    auto count = [&](float v) { return (int)(std::lower_bound(b.begin(), b.end(), v) - b.begin()); };
+    auto code = [&](int k) { return (uint32_t)bucket_codes[std::min(k, nbuckets - 1)]; };
+    auto as_float = [](uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; };
+    uint32_t mb;
+    std::memcpy(&mb, &minabs, 4);
+    const uint32_t kbase = std::min<uint32_t>(mb >> 16, 0x3FFF); // no bound b with |b| < float(kbase << 16)
+    const uint32_t limit = 0x8000 - 2 * kbase;
+    if (kbase == 0 || limit + 1 > (uint32_t)COMPACT_MAX) return false;
+    p.e.assign((limit + 1 + 3) & ~3u, 0);
+    for (uint32_t k = 0; k <= limit; k++) {
+        float vmin, vmax;
+        if (k == limit) { // (-lowest, lowest): no bound inside
+            vmin = vmax = 0.0f;
+        } else {
+            const uint32_t key = k + kbase; // < 0x4000: s >= 0 in cell key; else s < 0 in cell 0x7fff - key
+            const uint32_t u = key < 0x4000 ? key : 0x7FFF - key;
+            const float lo = as_float(u << 16), hi = as_float((u << 16) | 0xFFFF);
+            vmin = key < 0x4000 ? lo : -hi;
+            vmax = key < 0x4000 ? hi : -lo;
+        }
+        const int base = count(vmin), inside = count(vmax) - base;
+        if (inside > 1) return false;
+        uint32_t low = 0;
+        if (inside) std::memcpy(&low, &b[base], 4);
+        p.e[k] = (low & 0xFFFF) | code(base) << 16 | code(base + inside) << 24;
+    }
+    p.kbase = kbase;
+    p.limit = limit;
+    return true;
+}
+
 static bool build_fine(Fine& p, const float* bounds_in, int nbounds, const unsigned char* bucket_codes, int nbuckets,
-                       bool clamped_only) {
+                       bool clamped_only, bool rep4) {
     std::vector<float> b(nbounds);
     for (int i = 0; i < nbounds; i++) {
         float v = bounds_in[i];
         b[i] = v < -1.0f ? -INFINITY : (v >= 1.0f ? INFINITY : v);
     }
     auto count = [&](float v) { return (int)(std::lower_bound(b.begin(), b.end(), v) - b.begin()); };
-    auto code = [&](int k) { return (uint32_t)bucket_codes[std::min(k, nbuckets - 1)]; };
+    // 4-bit tables hold each code in both nibbles of its byte (the kernel merges high and low nibbles by mask)
+    auto code = [&](int k) { return (uint32_t)bucket_codes[std::min(k, nbuckets - 1)] * (rep4 ? 0x11u : 1u); };
     auto as_float = [](uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; };
     // entry of the value range [vmin, vmax] (one sign): base = #{b < vmin}, one bound allowed in [vmin, vmax)
     auto entry = [&](float vmin, float vmax, uint2& e) {
@@ -275,35 +345,80 @@ __device__ __forceinline__ float mul_ftz(float a, float b) {
 
 // ------------------------------------------------------------------------------------------ quantize
 // BITS: 4 (packed output) or 8 (one code per byte). L: tree levels (4 or 8). G: threads per block.
-// S: the search (below). Fine plans first; the cell plan and the tree are fallbacks for codebooks
-// whose bounds are too dense somewhere for a fine table of FINE_MAX entries.
+// S: the search (below). Table plans first (compact for 8-bit codes, fine for 4-bit); the cell plan and
+// the tree are fallbacks for codebooks whose bounds are too dense somewhere for a table.
 constexpr int S_TREE = 0;         // Eytzinger tree, any codebook
 constexpr int S_FINE_DIRECT = 1;  // fine plan, key = bits >> (23 - m)
+constexpr int S_COMPACT = 7;      // compact plan (4-byte entries, m = 7), sign-folded clamped key
 constexpr int S_FINE_CLAMPED = 9; // fine plan, clamped |s| key + sign half
 // S = 2, 3: cell plan with an S-step search
 __host__ __device__ constexpr bool is_fine(int S) { return S == S_FINE_DIRECT || S == S_FINE_CLAMPED; }
+__host__ __device__ constexpr bool is_table(int S) { return is_fine(S) || S == S_COMPACT; }
 template <int L, int S>
-using QParams = std::conditional_t<S == S_TREE, Tree<L>, std::conditional_t<is_fine(S), FineArgs, Plan>>;
+using QParams = std::conditional_t<S == S_TREE, Tree<L>, std::conditional_t<is_fine(S), FineArgs,
+                                   std::conditional_t<S == S_COMPACT, CompactArgs, Plan>>>;
+
+// |x| maximum of a chunk as float32 bits with NaN propagating: NaN bit patterns (sign cleared) compare above
+// +Inf above every finite magnitude, so the integer maximum of magnitudes is max |x| with NaN > Inf.
+// 16-bit types: the maximum of the 16-bit magnitudes from the unsigned and the signed maximum of the raw
+// halves (negative elements win the unsigned one, positive ones the signed one: no per-word masking),
+// then one exact conversion. fp32: max.NaN with the |.| operand modifier.
+template <typename T> __device__ __forceinline__ uint32_t chunk_absmax_bits(const uint4* v) {
+    if constexpr (sizeof(T) == 4) {
+        float m = 0.0f;
+#pragma unroll
+        for (int j = 0; j < CHUNK; j++) asm("max.NaN.f32 %0, %0, %1;" : "+f"(m) : "f"(fabsf(Elem<T>::at(v, j))));
+        return __float_as_uint(m);
+    } else {
+        const uint32_t* w = &v[0].x;
+        const uint32_t u = __vmaxu2(__vmaxu2(__vmaxu2(w[0], w[1]), __vmaxu2(w[2], w[3])),
+                                    __vmaxu2(__vmaxu2(w[4], w[5]), __vmaxu2(w[6], w[7])));
+        const uint32_t s = __vmaxs2(__vmaxs2(__vmaxs2(w[0], w[1]), __vmaxs2(w[2], w[3])),
+                                    __vmaxs2(__vmaxs2(w[4], w[5]), __vmaxs2(w[6], w[7])));
+        const uint32_t r = __vmaxu2(u & 0x7FFF7FFFu, s & 0x7FFF7FFFu); // two 16-bit magnitudes
+        if constexpr (std::is_same_v<T, __nv_bfloat16>) return max(r << 16, r & 0xFFFF0000u);
+        else return __float_as_uint(__half2float(__ushort_as_half((unsigned short)max(r & 0xFFFFu, r >> 16))));
+    }
+}
+
+// PRMT selector that writes byte `byte` (4..7: of the second operand) into byte k, keeping the first operand's rest
+__device__ __forceinline__ constexpr uint32_t sel_keep(int k, int byte) {
+    return (0x3210u & ~(0xFu << (4 * k))) | ((uint32_t)byte << (4 * k));
+}
+// shared-memory table reads by 32-bit shared address (the generic address of a shared array costs an S2R of
+// the CTA's cluster id, which the compiler re-issued for every group of lookups)
+__device__ __forceinline__ uint2 lds64(uint32_t addr) {
+    uint2 r;
+    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "r"(addr));
+    return r;
+}
+__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
+    uint32_t r;
+    asm volatile("ld.shared.u32 %0, [%1];" : "=r"(r) : "r"(addr));
+    return r;
+}
 
 template <typename T, int BITS, int L, int G, int S>
-__global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const void* __restrict__ A, long long n, long long nblocks,
+__global__ void __launch_bounds__(THREADS, is_table(S) ? 5 : 6) k_quantize(const void* __restrict__ A, long long n, long long nblocks,
                                                       const __grid_constant__ QParams<L, S> prm,
                                                       unsigned char* __restrict__ out, float* __restrict__ absmax,
-                                                      int flags, int vec_ok, long long ntiles) {
+                                                      int flags, int vec_ok, long long ntiles, long long tail_blk,
+                                                      uint32_t nan_code) {
     constexpr int M = 1 << L;
     constexpr bool CELL = S == 2 || S == 3;
     __shared__ uint32_t s_tree[S == S_TREE ? 2 * M : 1];
     __shared__ __align__(16) uint16_t s_cell[CELL ? 384 << MMAX : 2];
     __shared__ __align__(16) float s_b[CELL ? 256 + 8 : 1];
     __shared__ __align__(16) uint32_t s_pair[CELL ? 2 * 256 : 2];
-    __shared__ float s_warpmax[2][THREADS / 32];
-    extern __shared__ uint2 s_fine[]; // fine plans: prm.size entries (dynamic shared memory)
+    __shared__ uint32_t s_warpmax[2][THREADS / 32];
+    extern __shared__ uint4 s_dyn[]; // table plans: the table (dynamic shared memory)
+    const uint32_t s_tab = (uint32_t)__cvta_generic_to_shared(s_dyn);
     int m_bits = 0, ident = 0;
     if constexpr (S == S_TREE) {
         for (int i = threadIdx.x; i < 2 * M; i += THREADS) s_tree[i] = prm.w[i];
-    } else if constexpr (is_fine(S)) {
-        m_bits = prm.m;
-        for (int i = threadIdx.x; i < prm.size; i += THREADS) s_fine[i] = __ldg(prm.e + i);
+    } else if constexpr (is_table(S)) {
+        if constexpr (is_fine(S)) m_bits = prm.m;
+        for (int i = threadIdx.x; i < prm.vec4; i += THREADS) s_dyn[i] = __ldg(prm.e + i);
     } else {
         m_bits = prm.m;
         ident = prm.identity;
@@ -318,11 +433,12 @@ __global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const 
     __syncthreads();
     // Blocks spanning several warps (G > 32) meet at a barrier every tile; there each thread already
     // holds the next tile's chunk in flight (PF), so warps waiting at the barrier keep DRAM busy.
-    // 8-bit codes, 16-bit inputs and fine plans only: elsewhere the second chunk spills at the register
+    // 8-bit codes, 16-bit inputs and table plans only: elsewhere the second chunk spills at the register
     // cap, and 4-bit nf4 bs4096 (16 bytes of spills) ran slower with it (kernel 0.283 -> 0.295 ms, A/B, H100).
-    constexpr bool PF = BITS == 8 && G > 32 && sizeof(T) == 2 && is_fine(S);
+    constexpr bool PF = BITS == 8 && G > 32 && sizeof(T) == 2 && is_table(S);
     uint4 nxt[PF ? Elem<T>::VECS : 1];
     bool have_nxt = false;
+    const bool bnb = flags & KBIT_QFLAG_BNB_SCALE;
     // persistent CTAs: the shared tables are filled once, then tiles of THREADS chunks are strided
     int it = 0;
     for (long long tile = blockIdx.x; tile < ntiles; tile += gridDim.x, it ^= 1) {
@@ -345,12 +461,11 @@ __global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const 
         for (int j = 0; j < CHUNK; j++) Elem<T>::put(v, j, (e0 + j < n) ? Elem<T>::load1(A, e0 + j) : 0.0f);
     }
 
-    float m = 0.0f;
-#pragma unroll
-    for (int j = 0; j < CHUNK; j++) m = fmaxf(m, fabsf(Elem<T>::at(v, j)));
+    // block absmax as float bits, NaN > +Inf > finite (integer maxima of non-negative float bits)
+    uint32_t mb = chunk_absmax_bits<T>(v);
     constexpr int GW = G < 32 ? G : 32;
 #pragma unroll
-    for (int o = GW / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    for (int o = GW / 2; o > 0; o >>= 1) mb = max(mb, __shfl_xor_sync(0xffffffffu, mb, o));
     if constexpr (PF) {
         const long long e1 = e0 + (long long)gridDim.x * THREADS * CHUNK; // this thread's chunk of the next tile
         have_nxt = vec_ok && tile + gridDim.x < ntiles && e1 + CHUNK <= n;
@@ -362,37 +477,119 @@ __global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const 
     }
     if constexpr (G > 32) {
         const int warp = threadIdx.x >> 5;
-        if ((threadIdx.x & 31) == 0) s_warpmax[it][warp] = m; // double-buffered across tiles
+        if ((threadIdx.x & 31) == 0) s_warpmax[it][warp] = mb; // double-buffered across tiles
         __syncthreads();
         const int first = warp & ~(G / 32 - 1);
-        m = s_warpmax[it][first];
+        mb = s_warpmax[it][first];
 #pragma unroll
-        for (int k = 1; k < G / 32; k++) m = fmaxf(m, s_warpmax[it][first + k]);
+        for (int k = 1; k < G / 32; k++) mb = max(mb, s_warpmax[it][first + k]);
     }
+    const float m = __uint_as_float(mb);
+    const float d = m < TINY ? TINY : m; // max(m, 1e-38) keeping NaN, as torch's clamp
+    const bool tail = blk == tail_blk;
+    if (live && (threadIdx.x & (G - 1)) == 0) absmax[blk] = (tail && !bnb) ? d : m;
+    const float inv = bnb ? rcp_approx_ftz(m) : __frcp_rn(d);
 
-    const bool tail = live && blk == nblocks - 1 && (n % ((long long)G * CHUNK)) != 0;
-    const bool bnb = flags & KBIT_QFLAG_BNB_SCALE;
-    if (live && (threadIdx.x & (G - 1)) == 0) absmax[blk] = (tail && !bnb) ? fmaxf(m, TINY) : m;
-    const float inv = bnb ? rcp_approx_ftz(m) : __frcp_rn(fmaxf(m, TINY));
-    const float d = fmaxf(m, TINY);
-
-    // GRP elements at a time: the fine search keeps GRP 8-byte entries in flight, not 16 (registers)
-    constexpr int GRP = is_fine(S) ? 8 : CHUNK;
     // codes go straight into the output words (8-bit: byte j; 4-bit: element 2k in the high nibble)
     constexpr int NW = CHUNK * BITS / 32;
     uint32_t w[NW];
 #pragma unroll
     for (int k = 0; k < NW; k++) w[k] = 0;
-    auto emit = [&](int j, uint32_t q) {
-        if constexpr (BITS == 8) w[j >> 2] |= q << (8 * (j & 3));
-        else w[j >> 3] |= q << (4 * ((j & 7) ^ 1));
+    auto scaled = [&](int j) {
+        const float x = Elem<T>::at(v, j);
+        if (bnb) // bnb's fast-math scaling; the clamp turns an all-zero block's NaN into -1
+            return fminf(fmaxf(mul_ftz(x, inv), -1.0f), 1.0f);
+        return tail ? __fdiv_rn(x, d) : __fmul_rn(x, inv);
     };
+    // the code of s through the fallback searches (tree, cell plan); s finite
+    auto search = [&](float s) -> uint32_t {
+        if constexpr (S == S_TREE) {
+            s = fminf(fmaxf(s, -1.0f), 1.0f); // the plans fold the clamp into their bounds; the tree clamps
+            const float* nodes = reinterpret_cast<const float*>(s_tree);
+            int i = 1;
+#pragma unroll
+            for (int l = 0; l < L; l++) i = 2 * i + (s > nodes[i] ? 1 : 0);
+            return s_tree[i];
+        } else if constexpr (CELL) {
+            const char* sb = reinterpret_cast<const char*>(s_b);
+            const char* sp = reinterpret_cast<const char*>(s_pair);
+            uint32_t off = s_cell[__float_as_uint(s) >> (23 - m_bits)]; // 4 * #{bounds < min(cell)}
+#pragma unroll
+            for (int step = 1 << (S - 1); step > 1; step >>= 1)
+                off += (s > *reinterpret_cast<const float*>(sb + off + 4 * (step - 1))) ? 4 * step : 0;
+            const bool up = s > *reinterpret_cast<const float*>(sb + off);
+            if (BITS == 8 && ident) return (off >> 2) + (up ? 1 : 0); // sorted tables: the bucket is the code
+            const uint2 pr = *reinterpret_cast<const uint2*>(sp + 2 * off);
+            return up ? pr.y : pr.x;
+        } else {
+            return 0u;
+        }
+    };
+    // table plans: the entry word whose byte `byte` (below) or byte + 1 (above, when `up`) holds the code
+    // (4-bit tables hold the code in both nibbles of those bytes); s finite, |s| < 2
+    auto lookup = [&](float s, uint32_t& y, bool& up) {
+        const uint32_t bits = __float_as_uint(s);
+        if constexpr (S == S_COMPACT) {
+            // key of the sign-folded bits (negative s: ~bits = 0x7fffffff - |s| bits), the cell's top 16 bits;
+            // keys below kbase (|s| < lowest, either sign after the unsigned wrap) clamp to the last entry
+            const uint32_t x = (bits ^ (uint32_t)((int)bits >> 31)) & 0xFFFF0000u;
+            const uint32_t k = min(x - prm.kb, prm.lim);
+            y = lds32(s_tab + (k >> 14));
+            // the cell's bound = s's top 16 bits + the entry's low 16 bits (cells without one: codes equal)
+            uint32_t fb; // (bits & 0xffff0000) | (y & 0xffff) in one LOP3
+            asm("lop3.b32 %0, %1, %2, %3, 0xE4;" : "=r"(fb) : "r"(bits), "r"(y), "r"(0xFFFF0000u));
+            up = s > __uint_as_float(fb);
+        } else if constexpr (is_fine(S)) {
+            int idx;
+            if constexpr (S == S_FINE_DIRECT) {
+                idx = (int)(bits >> (23 - m_bits)); // finite |s| < 2: in the table
+            } else {
+                const int sh = 23 - m_bits;
+                const uint32_t low_p = (uint32_t)max(prm.kbase_p, 0) << sh, low_n = (uint32_t)max(prm.kbase_n, 0) << sh;
+                const int off_p = -prm.kbase_p, off_n = prm.half - prm.kbase_n;
+                const uint32_t neg = (uint32_t)((int)bits >> 31);
+                const float lowest = __uint_as_float(low_p ^ ((low_p ^ low_n) & neg));
+                idx = (int)(__float_as_uint(fmaxf(fabsf(s), lowest)) >> sh) + (off_p ^ ((off_p ^ off_n) & (int)neg));
+            }
+            const uint2 e = lds64(s_tab + 8 * (uint32_t)idx);
+            y = e.y;
+            up = s > __uint_as_float(e.x);
+        } else {
+            y = 0;
+            up = false;
+        }
+    };
+    constexpr int YB = S == S_COMPACT ? 6 : 4; // PRMT index of the entry word's "below" byte
+
+    if (!(mb < 0x7F800000u)) {
+        // a NaN or an Inf in this block (rare): the spec's codes element by element. torch.bucketize puts NaN
+        // in the top bucket; an Inf block scales finite elements to +-0 and the Infs to NaN; the 4-bit pad of
+        // an odd n is s = 0 (the reference pads the scaled values)
+#pragma unroll // (a run-time j would move the chunk and the output words to local memory)
+        for (int j = 0; j < CHUNK; j++) {
+            float s = scaled(j);
+            if (BITS == 4 && !bnb && e0 + j >= n) s = 0.0f;
+            uint32_t q;
+            if (s != s) {
+                q = nan_code;
+            } else if constexpr (is_table(S)) {
+                uint32_t y;
+                bool up;
+                lookup(s, y, up);
+                q = (y >> (8 * (YB - 4 + (up ? 1 : 0)))) & (BITS == 4 ? 0xFu : 0xFFu);
+            } else {
+                q = search(s);
+            }
+            if constexpr (BITS == 8) w[j >> 2] |= q << (8 * (j & 3));
+            else w[j >> 3] |= q << (4 * ((j & 7) ^ 1));
+        }
+    } else {
+    // GRP elements at a time: the table search keeps GRP entries in flight, not 16 (registers)
+    constexpr int GRP = is_table(S) ? 8 : CHUNK;
 #pragma unroll
     for (int g = 0; g < CHUNK; g += GRP) {
-    float s[GRP];
+    float s[GRP]; // (the branches stay outside the element loops)
     if (bnb) {
-        // bnb's fast-math scaling; the clamp only turns an all-zero block's NaN into -1 (the tree
-        // search without the clamp gives bucket 0 for NaN: the same bucket for every codebook here)
 #pragma unroll
         for (int j = 0; j < GRP; j++) s[j] = fminf(fmaxf(mul_ftz(Elem<T>::at(v, g + j), inv), -1.0f), 1.0f);
     } else if (!tail) {
@@ -402,61 +599,35 @@ __global__ void __launch_bounds__(THREADS, is_fine(S) ? 5 : 6) k_quantize(const 
 #pragma unroll
         for (int j = 0; j < GRP; j++) s[j] = __fdiv_rn(Elem<T>::at(v, g + j), d);
     }
-    if constexpr (S == S_TREE) { // the plans fold the clamp into their bounds; the tree clamps
-#pragma unroll
-        for (int j = 0; j < GRP; j++) s[j] = fminf(fmaxf(s[j], -1.0f), 1.0f);
-    }
 
-    if constexpr (is_fine(S)) {
-        const int sh = 23 - m_bits;
-        const int last = prm.size - 1;
-        // clamped mode, per sign: lowest (bits) and the index offset; selected by the sign mask
-        const uint32_t low_p = (uint32_t)max(prm.kbase_p, 0) << sh, low_n = (uint32_t)max(prm.kbase_n, 0) << sh;
-        const int off_p = -prm.kbase_p, off_n = prm.half - prm.kbase_n;
+    if constexpr (is_table(S)) {
+        // one table entry per element; its code byte goes into place with one PRMT (8-bit: byte j of its
+        // word; 4-bit: H collects the high-nibble elements' bytes, Lo the low ones', both nibbles replicated)
+        uint32_t H = 0, Lo = 0;
 #pragma unroll
         for (int j = 0; j < GRP; j++) {
-            const uint32_t bits = __float_as_uint(s[j]);
-            int idx;
-            if constexpr (S == S_FINE_DIRECT) {
-                idx = min((int)(bits >> sh), last);
-            } else {
-                const uint32_t neg = (uint32_t)((int)bits >> 31);
-                const float lowest = __uint_as_float(low_p ^ ((low_p ^ low_n) & neg));
-                idx = (int)(__float_as_uint(fmaxf(fabsf(s[j]), lowest)) >> sh) + (off_p ^ ((off_p ^ off_n) & (int)neg));
-            }
-            const uint2 e = s_fine[idx];
-            emit(g + j, (s[j] > __uint_as_float(e.x) ? e.y >> 8 : e.y) & 0xFFu);
+            uint32_t y;
+            bool up;
+            lookup(s[j], y, up);
+            const uint32_t q = up ? y >> 8 : y; // the code in byte YB - 4 (one predicated shift)
+            const int jj = g + j;
+            if constexpr (BITS == 8) w[jj >> 2] = __byte_perm(w[jj >> 2], q, sel_keep(jj & 3, YB));
+            else if ((jj & 1) == 0) H = __byte_perm(H, q, sel_keep((jj & 7) >> 1, YB));
+            else Lo = __byte_perm(Lo, q, sel_keep((jj & 7) >> 1, YB));
         }
+        if constexpr (BITS == 4) w[g >> 3] = (H & 0xF0F0F0F0u) | (Lo & 0x0F0F0F0Fu);
         asm volatile("" ::: "memory"); // keep the next group's loads behind this group's (registers)
-    } else if constexpr (S == S_TREE) {
-        const float* nodes = reinterpret_cast<const float*>(s_tree);
-#pragma unroll
-        for (int j = 0; j < GRP; j++) {
-            int i = 1;
-#pragma unroll
-            for (int l = 0; l < L; l++) i = 2 * i + (s[j] > nodes[i] ? 1 : 0);
-            emit(g + j, s_tree[i]);
-        }
     } else {
-        const int sh = 23 - m_bits;
-        const char* sb = reinterpret_cast<const char*>(s_b);
-        const char* sp = reinterpret_cast<const char*>(s_pair);
 #pragma unroll
         for (int j = 0; j < GRP; j++) {
-            uint32_t off = s_cell[__float_as_uint(s[j]) >> sh]; // 4 * #{bounds < min(cell)}
-#pragma unroll
-            for (int step = 1 << (S - 1); step > 1; step >>= 1)
-                off += (s[j] > *reinterpret_cast<const float*>(sb + off + 4 * (step - 1))) ? 4 * step : 0;
-            const bool up = s[j] > *reinterpret_cast<const float*>(sb + off);
-            if (BITS == 8 && ident) { // sorted 8-bit tables: the bucket is the code (4-bit: the branch costs
-                emit(g + j, (off >> 2) + (up ? 1 : 0)); // registers -> occupancy; the pair read is cheap there)
-            } else {
-                const uint2 pr = *reinterpret_cast<const uint2*>(sp + 2 * off);
-                emit(g + j, up ? pr.y : pr.x);
-            }
+            const uint32_t q = search(s[j]);
+            const int jj = g + j;
+            if constexpr (BITS == 8) w[jj >> 2] |= q << (8 * (jj & 3));
+            else w[jj >> 3] |= q << (4 * ((jj & 7) ^ 1));
         }
     }
     } // groups
+    } // finite block
 
     if (!live || e0 >= n) continue;
     if constexpr (BITS == 4) {
@@ -566,14 +737,15 @@ int log2i(long long v) {
 }
 
 template <typename T, int BITS, int L, int G, int S>
-cudaError_t launch_q(const void* A, long long n, const QParams<L, S>& tree, unsigned char* out, float* absmax,
-                     int flags, cudaStream_t stream) {
+cudaError_t launch_q(const void* A, long long n, const QParams<L, S>& prm, unsigned char* out, float* absmax,
+                     int flags, uint32_t nan_code, cudaStream_t stream) {
     const long long bs = (long long)G * CHUNK;
     const long long nblocks = (n + bs - 1) / bs;
     const long long threads = nblocks * G;
     const long long ntiles = (threads + THREADS - 1) / THREADS;
+    const long long tail_blk = n % bs ? nblocks - 1 : -1;
     size_t smem = 0;
-    if constexpr (is_fine(S)) smem = sizeof(uint2) * (size_t)tree.size;
+    if constexpr (is_table(S)) smem = sizeof(uint4) * (size_t)prm.vec4;
     // resident CTAs per SM of this instantiation, for the last dynamic shared-memory size seen
     static thread_local size_t cached_smem = ~(size_t)0;
     static thread_local int per_sm = 0;
@@ -584,58 +756,63 @@ cudaError_t launch_q(const void* A, long long n, const QParams<L, S>& tree, unsi
     }
     const long long grid = std::min<long long>(ntiles, (long long)per_sm * kbit_num_sms());
     const int vec_ok = aligned16(A) && aligned16(out);
-    k_quantize<T, BITS, L, G, S><<<(unsigned)grid, THREADS, smem, stream>>>(A, n, nblocks, tree, out, absmax, flags,
-                                                                            vec_ok, ntiles);
+    k_quantize<T, BITS, L, G, S><<<(unsigned)grid, THREADS, smem, stream>>>(A, n, nblocks, prm, out, absmax, flags,
+                                                                            vec_ok, ntiles, tail_blk, nan_code);
     return cudaGetLastError();
 }
 
 template <typename T, int BITS, int L, int S>
-cudaError_t dispatch_g(const void* A, long long n, int blocksize, const QParams<L, S>& tree, unsigned char* out,
-                       float* absmax, int flags, cudaStream_t stream) {
+cudaError_t dispatch_g(const void* A, long long n, int blocksize, const QParams<L, S>& prm, unsigned char* out,
+                       float* absmax, int flags, uint32_t nan_code, cudaStream_t stream) {
     switch (blocksize) {
-    case 32: return launch_q<T, BITS, L, 2, S>(A, n, tree, out, absmax, flags, stream);
-    case 64: return launch_q<T, BITS, L, 4, S>(A, n, tree, out, absmax, flags, stream);
-    case 128: return launch_q<T, BITS, L, 8, S>(A, n, tree, out, absmax, flags, stream);
-    case 256: return launch_q<T, BITS, L, 16, S>(A, n, tree, out, absmax, flags, stream);
-    case 512: return launch_q<T, BITS, L, 32, S>(A, n, tree, out, absmax, flags, stream);
-    case 1024: return launch_q<T, BITS, L, 64, S>(A, n, tree, out, absmax, flags, stream);
-    case 2048: return launch_q<T, BITS, L, 128, S>(A, n, tree, out, absmax, flags, stream);
-    case 4096: return launch_q<T, BITS, L, 256, S>(A, n, tree, out, absmax, flags, stream);
+    case 32: return launch_q<T, BITS, L, 2, S>(A, n, prm, out, absmax, flags, nan_code, stream);
+    case 64: return launch_q<T, BITS, L, 4, S>(A, n, prm, out, absmax, flags, nan_code, stream);
+    case 128: return launch_q<T, BITS, L, 8, S>(A, n, prm, out, absmax, flags, nan_code, stream);
+    case 256: return launch_q<T, BITS, L, 16, S>(A, n, prm, out, absmax, flags, nan_code, stream);
+    case 512: return launch_q<T, BITS, L, 32, S>(A, n, prm, out, absmax, flags, nan_code, stream);
+    case 1024: return launch_q<T, BITS, L, 64, S>(A, n, prm, out, absmax, flags, nan_code, stream);
+    case 2048: return launch_q<T, BITS, L, 128, S>(A, n, prm, out, absmax, flags, nan_code, stream);
+    case 4096: return launch_q<T, BITS, L, 256, S>(A, n, prm, out, absmax, flags, nan_code, stream);
     default: return cudaErrorInvalidValue;
     }
 }
 
 template <int BITS, int L, int S>
 cudaError_t dispatch_t(const void* A, int dtype, long long n, int blocksize, const QParams<L, S>& prm,
-                       unsigned char* out, float* absmax, int flags, cudaStream_t stream) {
+                       unsigned char* out, float* absmax, int flags, uint32_t nan_code, cudaStream_t stream) {
     switch (dtype) {
-    case KBIT_F32: return dispatch_g<float, BITS, L, S>(A, n, blocksize, prm, out, absmax, flags, stream);
-    case KBIT_F16: return dispatch_g<__half, BITS, L, S>(A, n, blocksize, prm, out, absmax, flags, stream);
-    case KBIT_BF16: return dispatch_g<__nv_bfloat16, BITS, L, S>(A, n, blocksize, prm, out, absmax, flags, stream);
+    case KBIT_F32: return dispatch_g<float, BITS, L, S>(A, n, blocksize, prm, out, absmax, flags, nan_code, stream);
+    case KBIT_F16: return dispatch_g<__half, BITS, L, S>(A, n, blocksize, prm, out, absmax, flags, nan_code, stream);
+    case KBIT_BF16:
+        return dispatch_g<__nv_bfloat16, BITS, L, S>(A, n, blocksize, prm, out, absmax, flags, nan_code, stream);
     default: return cudaErrorInvalidValue;
     }
 }
 
-// Plans are cached per (kind, bounds, codes): building one scans up to 2 x 131072 cells.
+// Plans are cached per (kind, bits, bounds, codes): building one scans up to 2 x 131072 cells.
 template <typename P> struct PlanCache {
     std::mutex mu;
     std::map<std::vector<uint32_t>, std::unique_ptr<P>> plans; // value null: no plan of this kind
 };
 
 template <typename P>
-static const P* cached_plan(int S, const float* bounds, int nbounds, const unsigned char* codes, int nbuckets) {
+static const P* cached_plan(int S, int bits, const float* bounds, int nbounds, const unsigned char* codes,
+                            int nbuckets) {
     static PlanCache<P> cache;
-    std::vector<uint32_t> key(2 + nbounds + nbuckets);
+    std::vector<uint32_t> key(3 + nbounds + nbuckets);
     key[0] = S;
-    key[1] = nbounds;
-    std::memcpy(key.data() + 2, bounds, 4 * nbounds);
-    for (int i = 0; i < nbuckets; i++) key[2 + nbounds + i] = codes[i];
+    key[1] = bits;
+    key[2] = nbounds;
+    std::memcpy(key.data() + 3, bounds, 4 * nbounds);
+    for (int i = 0; i < nbuckets; i++) key[3 + nbounds + i] = codes[i];
     std::lock_guard<std::mutex> lock(cache.mu);
     auto it = cache.plans.find(key);
     if (it == cache.plans.end()) {
         auto p = std::make_unique<P>();
         bool ok;
-        if constexpr (std::is_same_v<P, Fine>) ok = build_fine(*p, bounds, nbounds, codes, nbuckets, S == S_FINE_CLAMPED);
+        if constexpr (std::is_same_v<P, Fine>)
+            ok = build_fine(*p, bounds, nbounds, codes, nbuckets, S == S_FINE_CLAMPED, bits == 4);
+        else if constexpr (std::is_same_v<P, Compact>) ok = build_compact(*p, bounds, nbounds, codes, nbuckets);
         else ok = build_plan(*p, S, bounds, nbounds, codes, nbuckets);
         if (!ok) p.reset();
         it = cache.plans.emplace(std::move(key), std::move(p)).first;
@@ -643,33 +820,33 @@ static const P* cached_plan(int S, const float* bounds, int nbounds, const unsig
     return it->second.get();
 }
 
-// The plan's table on the current device: uploaded on first use, kept for the process (<= 32 KB per
-// codebook and device; a cache, not a per-call temporary). Returns the CUDA error of a failed upload.
-static cudaError_t fine_on_device(const Fine& p, const uint2** table) {
+// A plan's table on the current device: uploaded on first use (bytes, a multiple of 16), kept for the
+// process (<= 32 KB per codebook and device; a cache, not a per-call temporary). Returns the CUDA error of
+// a failed upload.
+static cudaError_t table_on_device(const void* plan, const void* host, size_t bytes, const uint4** table) {
     static std::mutex mu;
-    static std::map<std::pair<const Fine*, int>, uint2*> tables;
+    static std::map<std::pair<const void*, int>, uint4*> tables;
     int dev = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e != cudaSuccess) return e;
     std::lock_guard<std::mutex> lock(mu);
-    auto it = tables.find({&p, dev});
+    auto it = tables.find({plan, dev});
     if (it == tables.end()) {
-        uint2* d = nullptr;
-        const size_t bytes = sizeof(uint2) * (size_t)p.size;
+        uint4* d = nullptr;
         if ((e = cudaMalloc(&d, bytes)) != cudaSuccess) return e;
-        if ((e = cudaMemcpy(d, p.e, bytes, cudaMemcpyHostToDevice)) != cudaSuccess) {
+        if ((e = cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice)) != cudaSuccess) {
             cudaFree(d);
             return e;
         }
-        it = tables.emplace(std::make_pair(&p, dev), d).first;
+        it = tables.emplace(std::make_pair(plan, dev), d).first;
     }
     *table = it->second;
     return cudaSuccess;
 }
 
 // KBIT_QUANT_SEARCH=tree forces the Eytzinger path, =cell the cell plan, =clamped fine tables in
-// clamped mode only (for studies and tests)
-static int g_search = -1; // 0 default, 1 tree, 2 cell, 3 clamped
+// clamped mode only, =fine the 8-byte fine tables (no compact table for 8-bit codes) (studies and tests)
+static int g_search = -1; // 0 default, 1 tree, 2 cell, 3 clamped, 4 fine
 
 template <int BITS, int L>
 cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const float* bounds, int nbounds,
@@ -682,29 +859,43 @@ cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const
     if (g_search < 0) {
         const char* e = std::getenv("KBIT_QUANT_SEARCH");
         g_search = !e ? 0 : std::strcmp(e, "tree") == 0 ? 1 : std::strcmp(e, "cell") == 0 ? 2
-                 : std::strcmp(e, "clamped") == 0 ? 3 : 0;
+                 : std::strcmp(e, "clamped") == 0 ? 3 : std::strcmp(e, "fine") == 0 ? 4 : 0;
+    }
+    // torch.bucketize puts NaN in the top bucket: its code is the NaN blocks' code
+    const uint32_t nan_code = bucket_codes[nbuckets - 1];
+    // 8-bit codes: the compact table (4-byte entries) if it fits
+    if constexpr (BITS == 8) {
+        if (g_search == 0) {
+            if (const Compact* p = cached_plan<Compact>(S_COMPACT, BITS, bounds, nbounds, bucket_codes, nbuckets)) {
+                const uint4* table = nullptr;
+                if (const cudaError_t e = table_on_device(p, p->e.data(), 4 * p->e.size(), &table)) return e;
+                const CompactArgs a{table, (int)p->limit + 1, (int)(p->e.size() / 4), p->kbase << 16, p->limit << 16};
+                return dispatch_t<BITS, L, S_COMPACT>(A, dtype, n, blocksize, a, out, absmax, flags, nan_code, stream);
+            }
+        }
     }
     // the one-load fine plan if its table fits, else the fewest cell-search steps whose table fits
-    if (g_search == 0 || g_search == 3) {
+    if (g_search == 0 || g_search == 3 || g_search == 4) {
         const int kind = g_search == 3 ? S_FINE_CLAMPED : S_FINE_DIRECT;
-        if (const Fine* p = cached_plan<Fine>(kind, bounds, nbounds, bucket_codes, nbuckets)) {
-            const uint2* table = nullptr;
-            if (const cudaError_t e = fine_on_device(*p, &table)) return e;
-            const FineArgs a{table, p->m, p->kbase_p, p->kbase_n, p->half, p->size};
+        if (const Fine* p = cached_plan<Fine>(kind, BITS, bounds, nbounds, bucket_codes, nbuckets)) {
+            const uint4* table = nullptr;
+            const int vec4 = (p->size + 1) / 2; // e[] is zeroed past size
+            if (const cudaError_t e = table_on_device(p, p->e, sizeof(uint4) * vec4, &table)) return e;
+            const FineArgs a{table, p->m, p->kbase_p, p->kbase_n, p->half, p->size, vec4};
             if (p->kbase_p < 0)
-                return dispatch_t<BITS, L, S_FINE_DIRECT>(A, dtype, n, blocksize, a, out, absmax, flags, stream);
-            return dispatch_t<BITS, L, S_FINE_CLAMPED>(A, dtype, n, blocksize, a, out, absmax, flags, stream);
+                return dispatch_t<BITS, L, S_FINE_DIRECT>(A, dtype, n, blocksize, a, out, absmax, flags, nan_code, stream);
+            return dispatch_t<BITS, L, S_FINE_CLAMPED>(A, dtype, n, blocksize, a, out, absmax, flags, nan_code, stream);
         }
     }
     if (g_search != 1) {
-        if (const Plan* p = cached_plan<Plan>(2, bounds, nbounds, bucket_codes, nbuckets))
-            return dispatch_t<BITS, L, 2>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
-        if (const Plan* p = cached_plan<Plan>(3, bounds, nbounds, bucket_codes, nbuckets))
-            return dispatch_t<BITS, L, 3>(A, dtype, n, blocksize, *p, out, absmax, flags, stream);
+        if (const Plan* p = cached_plan<Plan>(2, BITS, bounds, nbounds, bucket_codes, nbuckets))
+            return dispatch_t<BITS, L, 2>(A, dtype, n, blocksize, *p, out, absmax, flags, nan_code, stream);
+        if (const Plan* p = cached_plan<Plan>(3, BITS, bounds, nbounds, bucket_codes, nbuckets))
+            return dispatch_t<BITS, L, 3>(A, dtype, n, blocksize, *p, out, absmax, flags, nan_code, stream);
     }
     Tree<L> tree;
     build_tree<L>(tree, bounds, nbounds, bucket_codes, nbuckets);
-    return dispatch_t<BITS, L, 0>(A, dtype, n, blocksize, tree, out, absmax, flags, stream);
+    return dispatch_t<BITS, L, 0>(A, dtype, n, blocksize, tree, out, absmax, flags, nan_code, stream);
 }
 
 template <int BITS>

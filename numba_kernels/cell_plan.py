@@ -59,13 +59,17 @@ def fine_plan(bounds: np.ndarray, bucket_codes: np.ndarray, max_entries: int = F
     ``q = s > bound ? above : below`` (cells without a bound store +inf). Clamped mode, per sign:
     the key is that of ``max(|s|, lowest)`` with ``lowest`` the float of key ``kbase`` (all smaller
     magnitudes, and NaN, share the first cell); positive s index ``[0, half)``, negative s follow.
-    Returns ``(entries uint32[size, 2], m, kbase_p, kbase_n, half)``; direct mode (kbase = -1, key =
-    float bits >> (23 - m), 384 << m entries) when ``clamped_only`` is false and it fits.
+    Returns ``(entries uint32[size + 1, 2], m, kbase_p, kbase_n, half)``; direct mode (kbase = -1, key =
+    float bits >> (23 - m), 384 << m entries) when ``clamped_only`` is false and it fits. The extra last
+    entry holds the NaN code, the top bucket's (``torch.bucketize`` puts NaN after every bound), as both
+    codes; direct mode's unused keys (|s| >= 2, positive NaN) hold it too. The kernels see NaN only in
+    blocks holding a NaN or an Inf and take its code from that entry.
     """
     b = np.asarray(bounds, np.float32)
     b = np.where(b < -1, -np.inf, np.where(b >= 1, np.inf, b)).astype(np.float32)
     codes = np.asarray(bucket_codes, np.uint32)
     nb = len(codes)
+    nan_entry = np.array([[np.float32(np.inf).view(np.uint32), codes[-1] | (codes[-1] << 8)]], np.uint32)
 
     def entries(vmin, vmax):
         base = np.searchsorted(b, vmin, "left")
@@ -83,44 +87,96 @@ def fine_plan(bounds: np.ndarray, bucket_codes: np.ndarray, max_entries: int = F
         ncell = 128 << m
         u = np.arange(ncell, dtype=np.uint64)
         lo, hi = _f32(u << np.uint64(sh)), _f32(((u + np.uint64(1)) << np.uint64(sh)) - np.uint64(1))
-        if not clamped_only and (384 << m) <= max_entries:
+        if not clamped_only and (384 << m) + 1 <= max_entries:
             pos, neg = entries(lo, hi), entries(-hi, -lo)
             if pos is None or neg is None:
                 continue
             e = np.zeros((384 << m, 2), np.uint32)
             e[:ncell] = pos
-            e[ncell:256 << m, 0] = np.float32(np.inf).view(np.uint32)  # NaN / |s| >= 2 keys: in bounds
+            e[ncell:256 << m] = nan_entry  # NaN / |s| >= 2 keys: in bounds
             e[256 << m:] = neg
-            return e, m, -1, -1, 256 << m
+            return np.concatenate([e, nan_entry]), m, -1, -1, 256 << m
 
         def kbase(ok):  # the largest k whose merged cell [0, hi(k)] holds at most one bound
             return int(np.argmin(ok)) - 1 if not ok.all() else ncell - 1
         kp = kbase(np.searchsorted(b, hi, "left") - zero <= 1)
         kn = kbase(zero - np.searchsorted(b, -hi, "left") <= 1)
-        if kp < 0 or kn < 0 or (ncell - kp) + (ncell - kn) > max_entries:
+        if kp < 0 or kn < 0 or (ncell - kp) + (ncell - kn) + 1 > max_entries:
             continue
         lo_p, lo_n = lo[kp:].copy(), lo[kn:].copy()
         lo_p[0] = lo_n[0] = 0.0
         pos, neg = entries(lo_p, hi[kp:]), entries(-hi[kn:], -lo_n)
         if pos is None or neg is None:
             continue
-        return np.concatenate([pos, neg]), m, kp, kn, ncell - kp
+        return np.concatenate([pos, neg, nan_entry]), m, kp, kn, ncell - kp
     return None
 
 
 def fine_lookup(plan, s: np.ndarray) -> np.ndarray:
-    """Codes of float32 ``s`` through a :func:`fine_plan` table, computed as the kernels do."""
+    """Codes of float32 ``s`` through a :func:`fine_plan` table, computed as the kernels do (NaN: the
+    last entry's code, the top bucket's)."""
     e, m, kp, kn, half = plan
     s = np.asarray(s, np.float32)
     bits = s.view(np.uint32)
     sh = 23 - m
     if kp < 0:
-        idx = np.minimum(bits >> sh, len(e) - 1).astype(np.int64)
+        idx = np.minimum(bits >> sh, len(e) - 2).astype(np.int64)
     else:
         neg = (bits >> 31).astype(bool)
         lowest = np.where(neg, np.uint32(kn << sh), np.uint32(kp << sh)).view(np.float32)
         a = np.fmax(np.abs(s), lowest)  # fmax: NaN -> lowest, as CUDA's fmaxf
         idx = (a.view(np.uint32) >> sh).astype(np.int64) + np.where(neg, half - kn, -kp)
+    idx = np.where(np.isnan(s), len(e) - 1, idx)
     ent = e[idx]
     up = s > ent[:, 0].view(np.float32)
     return (np.where(up, ent[:, 1] >> 8, ent[:, 1]) & 0xFF).astype(np.uint8)
+
+
+COMPACT_MAX = 8000  # entries (31.25 KB): cuda_src/quant.cu, COMPACT_MAX
+
+
+def compact_plan(bounds: np.ndarray, bucket_codes: np.ndarray, max_entries: int = COMPACT_MAX):
+    """The CUDA 8-bit quantizers' compact table (the numpy twin of ``build_compact`` in cuda_src/quant.cu),
+    or None: ``(entries uint32[limit + 1], kbase, limit)``.
+
+    Cells are the top 16 bits of s (m = 7 mantissa bits), so a cell's one bound is s's top 16 bits plus 16
+    stored bits: entry = bound low 16 bits | code below << 16 | code above << 24 (no bound: below == above).
+    The key folds the sign, ``x = (bits ^ (bits >> 31, arithmetic)) & 0xffff0000`` (negative s: cell
+    0x7fff - key), and ``k = min(x - (kbase << 16), limit << 16)`` (unsigned) sends |s| < float(kbase << 16)
+    of either sign to the last entry; kbase is the largest with no bound in that range.
+    """
+    b = np.asarray(bounds, np.float32)
+    b = np.where(b < -1, -np.inf, np.where(b >= 1, np.inf, b)).astype(np.float32)
+    codes = np.asarray(bucket_codes, np.uint32)
+    fin = np.abs(b[np.isfinite(b)])
+    minabs = np.float32(fin.min()) if fin.size else np.float32(np.inf)
+    kbase = min(int(minabs.view(np.uint32)) >> 16, 0x3FFF)
+    limit = 0x8000 - 2 * kbase
+    if kbase == 0 or limit + 1 > max_entries:
+        return None
+    key = np.arange(limit, dtype=np.int64) + kbase
+    u = np.where(key < 0x4000, key, 0x7FFF - key).astype(np.uint64)
+    lo, hi = _f32(u << np.uint64(16)), _f32((u << np.uint64(16)) | np.uint64(0xFFFF))
+    vmin = np.append(np.where(key < 0x4000, lo, -hi), np.float32(0)).astype(np.float32)
+    vmax = np.append(np.where(key < 0x4000, hi, -lo), np.float32(0)).astype(np.float32)
+    base = np.searchsorted(b, vmin, "left")
+    inside = np.searchsorted(b, vmax, "left") - base
+    if inside.max() > 1:
+        return None
+    low = np.zeros(limit + 1, np.uint32)
+    low[inside > 0] = b[base[inside > 0]].view(np.uint32) & 0xFFFF
+    nb = len(codes)
+    e = low | (codes[np.minimum(base, nb - 1)] << 16) | (codes[np.minimum(base + inside, nb - 1)] << 24)
+    return e.astype(np.uint32), kbase, limit
+
+
+def compact_lookup(plan, s: np.ndarray) -> np.ndarray:
+    """Codes of finite float32 ``s`` (|s| < 2) through a :func:`compact_plan` table, computed as the kernel does."""
+    e, kbase, limit = plan
+    s = np.asarray(s, np.float32)
+    bits = s.view(np.uint32)
+    x = (bits ^ (s.view(np.int32) >> 31).view(np.uint32)) & np.uint32(0xFFFF0000)
+    k = np.minimum(x - np.uint32(kbase << 16), np.uint32(limit << 16))  # uint32: wraps like the kernel
+    y = e[(k >> 16).astype(np.int64)]
+    f = ((bits & np.uint32(0xFFFF0000)) | (y & np.uint32(0xFFFF))).view(np.float32)
+    return (np.where(s > f, y >> 24, y >> 16) & 0xFF).astype(np.uint8)

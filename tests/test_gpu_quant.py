@@ -246,15 +246,58 @@ def test_search_tables_exact_on_edges(rng):
     _edge_check(SEARCH_CASES + ["dense"], rng)
 
 
-@pytest.mark.parametrize("search", ["cell", "tree"])
+@pytest.mark.parametrize("search", ["cell", "tree", "fine", "clamped"])
 def test_fallback_searches_exact_on_edges(search):
-    """The cell-plan and tree searches (KBIT_QUANT_SEARCH, read once per process) on the same edges."""
+    """The cell-plan and tree searches and the 8-byte fine tables in place of the compact one (fine; clamped:
+    clamped mode only) (KBIT_QUANT_SEARCH, read once per process) on the same edges and on non-finite input."""
     _backend("cuda")
     import os
     import subprocess
     import sys
     code = ("import sys, torch; sys.path.insert(0, 'tests'); import test_gpu_quant as T; "
-            f"T._edge_check({SEARCH_CASES!r}, torch.Generator().manual_seed(7))")
+            f"T._edge_check({SEARCH_CASES!r}, torch.Generator().manual_seed(7)); "
+            "T._nonfinite_check(torch.Generator().manual_seed(8))")
     env = dict(os.environ, KBIT_QUANT_SEARCH=search)
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------ NaN / Inf (the spec)
+NONFINITE_BOOKS = (("nf4", 4), ("fp4", 4), ("dynamic", 8), ("dynamic-unsigned", 8))
+
+
+def _nonfinite_check(rng, backend="cuda", dtypes=DTYPES, blocksizes=(64, 4096)):
+    import _nonfinite as NF
+    Q = _backend(backend)
+    for dtype in dtypes:
+        for bs in blocksizes:
+            for tail_kind in (None, "nan", "inf", "-inf", "nan-last"):
+                A = NF.nonfinite_data(rng, bs, dtype, tail_kind).cuda()
+                for name, bits in NONFINITE_BOOKS + ((("dense", 8),) if backend == "cuda" else ()):
+                    cb = DENSE if name == "dense" else cbs.get(name)
+                    NF.check(Q, R, A, cb, bs, bits, cb.tensors("cuda")[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bs", [64, 4096])
+def test_nonfinite_blocks(backend, dtype, bs, rng, poisoned):
+    """NaN / +Inf / -Inf in full blocks (one of each, all three, all NaN, all +-Inf) and in the tail block
+    (odd n, incl. NaN as the last element: the 4-bit pad stays the code of 0) equal the reference: codes and
+    packed bytes exactly, absmax NaN / +Inf where the reference has them (non-finite exactly for the blocks
+    holding a NaN or an Inf), dequantized values NaN-aware."""
+    _nonfinite_check(rng, backend, (dtype,), (bs,))
+
+
+def test_nonfinite_reference_on_gpu_equals_cpu(rng):
+    """The reference itself: torch on the GPU puts NaN where torch on the CPU does (top bucket), so the GPU
+    tests above check the spec."""
+    import _nonfinite as NF
+    for bs in (64, 4096):
+        A = NF.nonfinite_data(rng, bs, torch.float32, "nan")
+        for name, bits in NONFINITE_BOOKS:
+            cb = cbs.get(name)
+            f = R.quantize_4bit if bits == 4 else R.quantize_blockwise
+            p, a = f(A.cuda(), cb, bs)
+            p2, a2 = f(A, cb, bs)
+            assert torch.equal(p.cpu(), p2) and NF.same(a.cpu(), a2)

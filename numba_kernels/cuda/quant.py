@@ -17,6 +17,11 @@ steps; the leaf index minus ``2**levels`` is the bucket; ``tree_f``/``tree_c`` f
 Input element kinds: 0 float32, 1 float16, 2 bfloat16 given as its int16 bit pattern.
 Dequantized bfloat16 is written as uint16 bit patterns (round to nearest even).
 
+Non-finite input follows the spec (the torch reference): absmax is the integer maximum of the magnitudes'
+float32 bits (sign cleared: NaN > +Inf > every finite value), so a block holding a NaN has absmax NaN, else
+one holding an Inf +Inf; the tail block's stored ``max(absmax, 1e-38)`` keeps NaN; NaN scaled values get the
+top bucket's code (``torch.bucketize`` puts NaN after every bound); an odd 4-bit tail pads ``s = 0``.
+
 Hot array accesses index with ``uint32``/``uint64`` values: for a signed index Numba emits the
 negative-index wraparound (compare, select, add) on every access, and these are never negative
 (H100: the quantizer kernels 8-10 % faster than with signed indices; reports/gpu-h100/README.md). Cast at the access only:
@@ -88,6 +93,18 @@ def _load(A, i, kind):
 
 
 @cuda.jit(device=True, inline=True)
+def _mag_bits(v):
+    """|v|'s float32 bits as an int32 (NaN > +Inf > finite, as integers)."""
+    return int32(_float_as_int(v) & 0x7FFFFFFF)
+
+
+@cuda.jit(device=True, inline=True)
+def _clamp_tiny(m):
+    """max(m, 1e-38) keeping NaN (torch's clamp)."""
+    return TINY if m < TINY else m
+
+
+@cuda.jit(device=True, inline=True)
 def _bf16_bits(v):
     b = _float_as_int(v)
     return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) & 0xFFFF
@@ -101,7 +118,7 @@ def _make_quantize(bits: int, kind: int):
     def quantize(A, n, G, nblocks, tree_f, tree_c, out, absmax):
         s_f = cuda.shared.array(M, float32)
         s_c = cuda.shared.array(M, int32)
-        s_m = cuda.shared.array(THREADS, float32)
+        s_m = cuda.shared.array(THREADS, int32)
         tid = cuda.threadIdx.x
         for i in range(tid, M, THREADS):
             s_f[i] = tree_f[i]
@@ -112,7 +129,7 @@ def _make_quantize(bits: int, kind: int):
         bs = G * CHUNK
         pbase = blk * (bs // 2)
         x = cuda.local.array(CHUNK, float32)
-        m = float32(0.0)
+        mb = int32(0)                       # max |x| as float bits
         for k in range(PAIRS):
             e = 2 * (pbase + g + k * G)
             v0 = float32(0.0)
@@ -123,9 +140,9 @@ def _make_quantize(bits: int, kind: int):
                 v1 = _load(A, e + 1, kind)
             x[2 * k] = v0
             x[2 * k + 1] = v1
-            m = max(m, abs(v0), abs(v1))
+            mb = max(mb, _mag_bits(v0), _mag_bits(v1))
         # absmax: tree reduction over the G threads of the block (G divides THREADS)
-        s_m[tid] = m
+        s_m[tid] = mb
         cuda.syncthreads()
         stride = G // 2
         while stride > 0:
@@ -133,11 +150,12 @@ def _make_quantize(bits: int, kind: int):
                 s_m[tid] = max(s_m[tid], s_m[tid + stride])
             cuda.syncthreads()
             stride //= 2
-        m = s_m[tid - g]
+        mb = s_m[tid - g]
         if blk >= nblocks:
             return
+        m = _int_as_float(mb)
         tail = blk == nblocks - 1 and n % bs != 0
-        d = max(m, TINY)
+        d = _clamp_tiny(m)
         if g == 0:
             absmax[blk] = d if tail else m
         inv = float32(1.0) / d
@@ -151,10 +169,15 @@ def _make_quantize(bits: int, kind: int):
                     s = x[2 * k + h] / d
                 else:
                     s = x[2 * k + h] * inv
-                s = min(max(s, float32(-1.0)), float32(1.0))
-                i = 1
-                for _ in range(levels):
-                    i = 2 * i + (1 if s > s_f[i] else 0)
+                if 2 * p + h >= n:              # the 4-bit pad of an odd n: s = 0 (also in a NaN block)
+                    s = float32(0.0)
+                if s != s:                      # NaN: the top bucket (torch.bucketize)
+                    i = 2 * M - 1
+                else:
+                    s = min(max(s, float32(-1.0)), float32(1.0))
+                    i = 1
+                    for _ in range(levels):
+                        i = 2 * i + (1 if s > s_f[i] else 0)
                 if h == 0:
                     c0 = s_c[i - M]
                 else:
@@ -222,7 +245,7 @@ def _make_dequantize(bits: int, kind: int):
 if config.ENABLE_CUDASIM:
     @cuda.jit(device=True)
     def _group_max(v, G, tid, s_m, s_w, it):
-        """max of v over the G consecutive threads of tid's group (G a power of two <= THREADS)."""
+        """max of the int32 v over the G consecutive threads of tid's group (G a power of two <= THREADS)."""
         s_m[tid] = v
         cuda.syncthreads()
         g = tid & (G - 1)
@@ -256,6 +279,12 @@ else:
                 if o > v:
                     v = o
         return v
+
+
+@cuda.jit(device=True, inline=True)
+def _mag16(w, j):
+    """The 16-bit magnitude (sign cleared) of 16-bit element j of an 8-byte word."""
+    return int32((w >> uint64(16 * j)) & uint64(0x7FFF))
 
 
 @cuda.jit(device=True, inline=True)
@@ -297,13 +326,14 @@ def _make_quantize_fine(bits: int, kind: int, clamped: bool):
     def quantize(Aw, A, n, vec, G, gshift, nblocks, tail_blk, ntiles, fine_g, nfine, sh, low_p, low_n,
                  off_p, off_n, out_w, out_b, absmax):
         fine = cuda.shared.array(FINE_MAX, uint64)
-        s_m = cuda.shared.array(THREADS, float32)
-        s_w = cuda.shared.array((2, NWARPS), float32)
+        s_m = cuda.shared.array(THREADS, int32)
+        s_w = cuda.shared.array((2, NWARPS), int32)
         tid = cuda.threadIdx.x
         for i in range(tid, nfine, THREADS):
             fine[i] = fine_g[i]
         cuda.syncthreads()
-        last = nfine - 1
+        last = nfine - 2                    # fine_plan's last entry holds the NaN code (the top bucket's)
+        nan_code = (fine[nfine - 1] >> uint64(32)) & uint64(0xFF)
         words = cuda.local.array(NWI, uint64)
         it = 0
         for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
@@ -311,7 +341,7 @@ def _make_quantize_fine(bits: int, kind: int, clamped: bool):
             e0 = t * CHUNK
             blk = t >> gshift
             full = vec and e0 + CHUNK <= n
-            mx = float32(0.0)
+            mx = int32(0)                   # max |x| as float bits (NaN > +Inf > finite)
             if full:
                 for k in range(NWI):
                     words[k] = Aw[uint64(t * NWI + k)]
@@ -325,16 +355,27 @@ def _make_quantize_fine(bits: int, kind: int, clamped: bool):
                         else:
                             u = int32(A[uint64(e0 + j)]) & 0xFFFF
                         words[j // EPW] |= uint64(u) << uint64((32 if kind == F32 else 16) * (j % EPW))
-            for k in range(NWI):
-                for j in range(EPW):
-                    mx = max(mx, abs(_elem(words[k], j, kind)))
+            if kind == F32:
+                for k in range(NWI):
+                    for j in range(EPW):
+                        mx = max(mx, int32((words[k] >> uint64(32 * j)) & uint64(0x7FFFFFFF)))
+            else:                           # 16-bit magnitudes, one exact conversion
+                for k in range(NWI):
+                    for j in range(EPW):
+                        mx = max(mx, _mag16(words[k], j))
+                if kind == BF16:
+                    mx = int32(mx << 16)
+                else:
+                    mx = int32(_float_as_int(float32(_half2float(mx))) & 0x7FFFFFFF)
             mx = _group_max(mx, G, tid, s_m, s_w, it)
             it ^= 1
             if blk < nblocks and e0 < n:
+                m = _int_as_float(mx)
+                nonfinite = mx >= 0x7F800000    # a NaN or an Inf in the block (rare)
                 tail = blk == tail_blk
-                d = max(mx, TINY)
+                d = _clamp_tiny(m)
                 if (tid & (G - 1)) == 0:
-                    absmax[uint64(blk)] = d if tail else mx
+                    absmax[uint64(blk)] = d if tail else m
                 inv = float32(1.0) / d
                 for o in range(NWO):
                     acc = uint64(0)
@@ -342,7 +383,12 @@ def _make_quantize_fine(bits: int, kind: int, clamped: bool):
                         j = o * (CHUNK // NWO) + jj
                         v = _elem(words[j // EPW], j % EPW, kind)
                         s = v / d if tail else v * inv
-                        c = _fine_code(s, fine, sh, last, clamped, low_p, low_n, off_p, off_n)
+                        if nonfinite and e0 + j >= n:
+                            s = float32(0.0)    # the 4-bit pad of an odd n (a NaN block would make it NaN)
+                        if nonfinite and s != s:
+                            c = nan_code        # NaN: the top bucket (torch.bucketize)
+                        else:
+                            c = _fine_code(s, fine, sh, last, clamped, low_p, low_n, off_p, off_n)
                         if bits == 4:
                             acc |= uint64(c) << uint64(8 * (jj // 2) + 4 * (1 - jj % 2))
                         else:
