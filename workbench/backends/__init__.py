@@ -1,7 +1,7 @@
 """The backends: one package per implementation, the same family modules in each.
 
 ``workbench/backends/<name>/__init__.py`` defines ``DEVICES``, ``available() -> (bool, reason)``
-and ``load()``, which imports the package's family modules (``quant``, ``int8``, ``optim``);
+and ``load_kernels()``, which imports the package's family modules (``quant``, ``int8``, ``optim``);
 importing a family module registers its kernels against the op declarations of
 :mod:`workbench.library` (``@register_kernel("workbench::<op>", "<backend>")``, see
 :mod:`.registry`). A backend is loaded on first use, so a missing optional dependency only
@@ -39,7 +39,7 @@ def status(name: str) -> tuple[bool, str]:
         try:
             ok, reason = pkg.available()
             if ok:
-                pkg.load()
+                pkg.load_kernels()
         except Exception as e:  # a broken optional dependency: the backend is off, the reason kept
             ok, reason = False, f"failed to load ({type(e).__name__}: {e})"
         _status[name] = (ok, reason)

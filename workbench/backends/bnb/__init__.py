@@ -57,5 +57,5 @@ def default_impl(op: str) -> types.FunctionType:
     raise LookupError(f"could not locate bitsandbytes' default kernel for {op!r}")
 
 
-def load() -> None:
+def load_kernels() -> None:
     from . import quant  # noqa: F401  (importing a family module registers its kernels)

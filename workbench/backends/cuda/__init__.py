@@ -66,5 +66,5 @@ def check(status: int, what: str) -> None:
         raise RuntimeError(f"{what}: CUDA error {status}")
 
 
-def load() -> None:
+def load_kernels() -> None:
     from . import int8, optim, quant  # noqa: F401  (importing a family module registers its kernels)

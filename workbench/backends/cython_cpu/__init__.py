@@ -34,5 +34,5 @@ def available() -> tuple[bool, str]:
     return True, f"OpenMP threads: {quant_cpu.max_threads()}" + (" (bounds-checked debug build)" if debug() else "")
 
 
-def load() -> None:
+def load_kernels() -> None:
     from . import optim, quant  # noqa: F401  (importing a family module registers its kernels)

@@ -41,5 +41,5 @@ def available() -> tuple[bool, str]:
     return True, f"numba-cuda on {torch.cuda.get_device_name(0)}"
 
 
-def load() -> None:
+def load_kernels() -> None:
     from . import int8, optim, quant  # noqa: F401  (importing a family module registers its kernels)

@@ -8,5 +8,5 @@ def available() -> tuple[bool, str]:
     return True, "torch " + torch.__version__
 
 
-def load() -> None:
+def load_kernels() -> None:
     from . import int8, optim, quant  # noqa: F401  (importing a family module registers its kernels)
