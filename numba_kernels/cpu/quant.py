@@ -7,6 +7,12 @@ docs/ARCHITECTURE.md bit for bit: float32 arithmetic, fastmath off, one parallel
 quantization block (absmax and quantization while the block is in cache).
 
 Input kinds: 0 = float32, 1 = bfloat16 (uint16 bits), 2 = float16 (uint16 bits).
+
+Non-finite inputs (``nan_policy="propagate"``) follow the reference exactly: a block's absmax
+is the integer max of its |x| bit patterns, so a NaN anywhere makes it NaN and otherwise an Inf
+makes it Inf (never clamped to 1e-38). Such a block leaves the vectorized path: its codes are
+what torch.bucketize gives the reference's scaled values (NaN -> the last bucket; finite x
+scaled by an Inf absmax -> +-0 -> the code of 0.0), see ``nonfinite_codes``.
 """
 from __future__ import annotations
 
@@ -120,8 +126,9 @@ def scaled(v, am, recip, is_tail):
 
 @njit(inline="always", **_OPTS)
 def widen_absmax(x, start, end, kind, buf):
-    """Widen x[start:end) into buf; absmax via integer max of |x| bit patterns (exact for
-    non-NaN; vectorizes without fast-math)."""
+    """Widen x[start:end) into buf; returns the absmax as float32 *bits*: the integer max of the
+    |x| bit patterns, exact and NaN-propagating (any NaN > 0x7F800000 = Inf > every finite
+    value), and it vectorizes without fast-math (a float max would skip NaN)."""
     len_ = end - start
     xs = x[start:end]  # slice views: non-negative loop indices, no wraparound checks
     m = np.uint32(0)
@@ -142,7 +149,10 @@ def widen_absmax(x, start, end, kind, buf):
             buf[i] = load(xs, i, kind)
             u = np.float32(buf[i]).view(np.uint32) & np.uint32(0x7FFFFFFF)
             m = u if u > m else m
-    return np.uint32(m).view(np.float32)
+    return m
+
+
+EXP_MASK = np.uint32(0x7F800000)  # |x| bits >= this: Inf or NaN
 
 NCHUNKS = 256  # prange tasks: each owns a scratch buffer and a contiguous run of blocks
 
@@ -163,16 +173,37 @@ def scale_inplace(buf, L, am, is_tail):
 
 @njit(inline="always", **_OPTS)
 def load_block(x, kind, b, blocksize, buf, absmax):
-    """Block b of x widened into buf and scaled in place (the spec's rule), its absmax stored;
-    returns (start, length)."""
+    """Block b of x widened into buf and, if its absmax is finite, scaled in place (the spec's
+    rule); its absmax stored. Returns (start, length, absmax bits): bits >= EXP_MASK mean a
+    non-finite block, left unscaled in buf for ``nonfinite_codes``."""
     start = b * blocksize
     end = min(start + blocksize, x.shape[0])
     L = end - start
     is_tail = L < blocksize
-    am = widen_absmax(x, start, end, kind, buf)
-    amc = scale_inplace(buf, L, am, is_tail)
-    absmax[b] = amc if is_tail else am
-    return start, L
+    m = widen_absmax(x, start, end, kind, buf)
+    am = np.uint32(m).view(np.float32)
+    if m < EXP_MASK:
+        amc = scale_inplace(buf, L, am, is_tail)
+        absmax[b] = amc if is_tail else am
+    else:
+        absmax[b] = am  # NaN or Inf; the 1e-38 clamp keeps both (torch.clamp propagates NaN)
+    return start, L, m
+
+
+@njit(inline="always", **_OPTS)
+def nonfinite_codes(buf, L, m, nan_code, zero_code, cs):
+    """Codes of a block whose absmax (bits m) is NaN or Inf, as the reference computes them:
+    NaN absmax -> every scaled value is NaN; Inf absmax -> x * (1/Inf) (full block) or x / Inf
+    (tail) is +-0 for finite x and NaN for +-Inf. torch.bucketize puts NaN after every bound
+    (its binary search tests !(bound >= s)): code bucket_codes[-1] (``nan_code``); +-0 gets the
+    code of 0.0 (``zero_code``). buf holds the unscaled widened block."""
+    if m > EXP_MASK:
+        for i in range(L):
+            cs[i] = nan_code
+    else:
+        for i in range(L):
+            a = np.float32(buf[i]).view(np.uint32) & np.uint32(0x7FFFFFFF)
+            cs[i] = nan_code if a >= EXP_MASK else zero_code
 
 
 # Search plans (built once per codebook by workbench/backends/_cpu_common.py):
@@ -223,12 +254,17 @@ def quantize_blockwise(x, kind, blocksize, mode, bnd, bucket_codes, kbound, kcod
     n = x.shape[0]
     nblocks = (n + blocksize - 1) // blocksize
     nchunks = min(nblocks, NCHUNKS)
+    # non-finite blocks (``nonfinite_codes``): NaN -> bucket_codes[-1], +-0 -> the code of 0.0
+    nan_code = bucket_codes[bucket_codes.shape[0] - 1]
+    zero_code = encode(np.float32(0.0), mode, bnd, bucket_codes, kbound, kcode_lo, kcode_hi, bounds_pad)
     for c in prange(nchunks):
         buf = np.empty(blocksize, np.float32)
         for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
-            start, L = load_block(x, kind, b, blocksize, buf, absmax)
+            start, L, m = load_block(x, kind, b, blocksize, buf, absmax)
             cs = codes[start:start + L]
-            if mode == KEYLUT:
+            if m >= EXP_MASK:
+                nonfinite_codes(buf, L, m, nan_code, zero_code, cs)
+            elif mode == KEYLUT:
                 for i in range(L):
                     s = buf[i]
                     key = np.float32(s).view(np.uint32) >> np.uint32(16)
@@ -287,42 +323,78 @@ def quantize_blockwise_ordlut(x, kind, blocksize, lut, codes, absmax):
     n = x.shape[0]
     nblocks = (n + blocksize - 1) // blocksize
     nchunks = min(nblocks, NCHUNKS)
+    # non-finite blocks: the table's last cell (above +inf: every bound below it) holds
+    # bucket_codes[-1] in both halves; the code of 0.0 is the table's answer for 0.0
+    nan_code = np.uint8(lut[0xFFFF] & np.uint32(0xFF))
+    zero_code = ordlut_code(lut, np.float32(0.0))
     for c in prange(nchunks):
         buf = np.empty(blocksize, np.float32)
         for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
-            start, L = load_block(x, kind, b, blocksize, buf, absmax)
+            start, L, m = load_block(x, kind, b, blocksize, buf, absmax)
             cs = codes[start:start + L]
+            if m >= EXP_MASK:
+                nonfinite_codes(buf, L, m, nan_code, zero_code, cs)
+                continue
             for i in range(L):
-                o = f32_ord(buf[i])
-                e = lut[o >> np.uint32(16)]
-                sh = np.uint32(8) if (o & np.uint32(0xFFFF)) >= (e >> np.uint32(16)) else np.uint32(0)
-                cs[i] = np.uint8((e >> sh) & np.uint32(0xFF))
+                cs[i] = ordlut_code(lut, buf[i])
+
+
+@njit(inline="always", **_OPTS)
+def ordlut_code(lut, s):
+    o = f32_ord(s)
+    e = lut[o >> np.uint32(16)]
+    sh = np.uint32(8) if (o & np.uint32(0xFFFF)) >= (e >> np.uint32(16)) else np.uint32(0)
+    return np.uint8((e >> sh) & np.uint32(0xFF))
 
 
 @njit(parallel=True, **_OPTS)
 def quantize_blockwise_stochastic(x, kind, bounds_pad, bucket_codes, values, blocksize, rand, codes, absmax):
     """Stochastic rounding between the two representable values bracketing s:
-    up with probability (s - lo) / (hi - lo) (float32), decided by rand[i] (uniform [0, 1))."""
+    up with probability (s - lo) / (hi - lo) (float32), decided by rand[i] (uniform [0, 1)).
+    Non-finite blocks: s is computed by the same IEEE rule (NaN, or +-0 and NaN under an Inf
+    absmax); a NaN s gets what the reference's formula gives it: bucketize -> k = m - 1,
+    s >= values[k] is false -> lo = m - 2, p = NaN, rand < NaN is false -> bucket_codes[m - 2]."""
     n = x.shape[0]
     nblocks = (n + blocksize - 1) // blocksize
     last = values.shape[0] - 1
-    for b in prange(nblocks):
-        start = b * blocksize
-        end = min(start + blocksize, n)
-        is_tail = end - start < blocksize
-        am = block_absmax(x, start, end, kind)
-        amc = am if am > TINY else TINY
-        recip = np.float32(1.0) / amc
-        absmax[b] = amc if is_tail else am
-        for i in range(start, end):
-            s = scaled(load(x, i, kind), amc, recip, is_tail)
-            k = bsearch(s, bounds_pad)
-            lo = k if s >= values[k] else k - 1
-            if lo < 0 or lo >= last:
-                codes[i] = bucket_codes[k]
-                continue
-            p = (s - values[lo]) / (values[lo + 1] - values[lo])
-            codes[i] = bucket_codes[lo + 1] if rand[i] < p else bucket_codes[lo]
+    nan_code = bucket_codes[max(last - 1, 0)]
+    nchunks = min(nblocks, NCHUNKS)
+    for c in prange(nchunks):
+        buf = np.empty(blocksize, np.float32)
+        for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
+            start = b * blocksize
+            end = min(start + blocksize, n)
+            L = end - start
+            is_tail = L < blocksize
+            m = widen_absmax(x, start, end, kind, buf)
+            am = np.uint32(m).view(np.float32)
+            if m < EXP_MASK:
+                amc = scale_inplace(buf, L, am, is_tail)
+                absmax[b] = amc if is_tail else am
+            else:
+                absmax[b] = am
+                r = np.float32(1.0) / am  # NaN, or 0 for Inf
+                for i in range(L):
+                    v = buf[i] / am if is_tail else buf[i] * r  # no clamp needed: NaN or +-0
+                    buf[i] = v
+            stochastic_block(buf, L, bounds_pad, bucket_codes, values, last, nan_code,
+                             rand[start:end], codes[start:end])
+
+
+@njit(inline="always", **_OPTS)
+def stochastic_block(buf, L, bounds_pad, bucket_codes, values, last, nan_code, rs, cs):
+    for i in range(L):
+        s = buf[i]
+        if s != s:
+            cs[i] = nan_code
+            continue
+        k = bsearch(s, bounds_pad)
+        lo = k if s >= values[k] else k - 1
+        if lo < 0 or lo >= last:
+            cs[i] = bucket_codes[k]
+            continue
+        p = (s - values[lo]) / (values[lo + 1] - values[lo])
+        cs[i] = bucket_codes[lo + 1] if rs[i] < p else bucket_codes[lo]
 
 
 @njit(parallel=True, **_OPTS)
@@ -365,20 +437,25 @@ def quantize_4bit(x, kind, blocksize, bnd, bucket_codes, identity, zero_code, pa
     n = x.shape[0]
     nblocks = (n + blocksize - 1) // blocksize
     nchunks = min(nblocks, NCHUNKS)
+    nan_code = bucket_codes[bucket_codes.shape[0] - 1]  # non-finite blocks, ``nonfinite_codes``
     b0, b1, b2, b3, b4, b5, b6, b7 = bnd[0], bnd[1], bnd[2], bnd[3], bnd[4], bnd[5], bnd[6], bnd[7]
     b8, b9, b10, b11, b12, b13, b14 = bnd[8], bnd[9], bnd[10], bnd[11], bnd[12], bnd[13], bnd[14]
     for c in prange(nchunks):
         buf = np.empty(blocksize, np.float32)
         cnt = np.empty(blocksize + 1, np.uint8)
         for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
-            start, L = load_block(x, kind, b, blocksize, buf, absmax)
-            for i in range(L):
-                s = buf[i]
-                cnt[i] = np.uint8((b0 < s) + (b1 < s) + (b2 < s) + (b3 < s) + (b4 < s) + (b5 < s) + (b6 < s)
-                                  + (b7 < s) + (b8 < s) + (b9 < s) + (b10 < s) + (b11 < s) + (b12 < s) + (b13 < s) + (b14 < s))
-            if not identity:
+            start, L, m = load_block(x, kind, b, blocksize, buf, absmax)
+            if m >= EXP_MASK:
+                nonfinite_codes(buf, L, m, nan_code, zero_code, cnt)
+            else:
                 for i in range(L):
-                    cnt[i] = bucket_codes[cnt[i]]
+                    s = buf[i]
+                    cnt[i] = np.uint8((b0 < s) + (b1 < s) + (b2 < s) + (b3 < s) + (b4 < s) + (b5 < s) + (b6 < s)
+                                      + (b7 < s) + (b8 < s) + (b9 < s) + (b10 < s) + (b11 < s) + (b12 < s) + (b13 < s)
+                                      + (b14 < s))
+                if not identity:
+                    for i in range(L):
+                        cnt[i] = bucket_codes[cnt[i]]
             if L & 1:
                 cnt[L] = zero_code
             ps = packed[start >> 1:(start >> 1) + ((L + 1) >> 1)]

@@ -7,6 +7,12 @@ stack buffer, reduced to its absmax, scaled, and encoded while it sits in L1. Ro
 the spec's (docs/ARCHITECTURE.md): float32, no FMA contraction (setup.py passes
 -ffp-contract=off), reciprocal-multiply for full blocks, division in the tail block.
 Search plans come from workbench/backends/_cpu_common.py.
+
+Non-finite inputs follow the reference exactly: the block absmax is the integer max of the
+|x| bit patterns (NaN anywhere -> NaN, else Inf -> Inf; a float max would skip NaN), never
+clamped away, and a block with a non-finite absmax is encoded by ``kb_nonfinite_codes`` (what
+torch.bucketize gives the reference's scaled values: NaN -> bucket_codes[-1], +-0 -> the code of
+0.0) instead of the vectorized path.
 """
 from cython.parallel cimport prange
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t
@@ -21,6 +27,7 @@ cdef extern from *:
     #endif
     #define KB_MAXBLOCK 4096
     static const float KB_TINY = 1e-38f;
+    #define KB_EXP 0x7F800000u   /* |x| bits >= this: Inf or NaN */
 
     static inline int kb_max_threads(void) {
     #ifdef _OPENMP
@@ -39,18 +46,41 @@ cdef extern from *:
         else { for (int64_t i = 0; i < len; i++) buf[i] = kb_f16_to_f32(u[i]); }
     }
 
-    /* absmax, then scaled values in place; returns the absmax to store */
-    static inline float kb_scale(float* buf, int64_t len, int is_tail) {
-        float am = 0.0f;
-        for (int64_t i = 0; i < len; i++) { float v = fabsf(buf[i]); am = v > am ? v : am; }
+    /* absmax as float32 bits: the integer max of |x| bits, exact and NaN-propagating (NaN bits >
+       Inf bits > any finite); an unsigned max loop vectorizes without fast-math */
+    static inline uint32_t kb_absmax_bits(const float* buf, int64_t len) {
+        uint32_t m = 0;
+        for (int64_t i = 0; i < len; i++) { uint32_t u = kb_f32_bits(buf[i]) & 0x7FFFFFFFu; m = u > m ? u : m; }
+        return m;
+    }
+
+    /* absmax stored; if finite, scaled values in place. Returns the absmax bits (>= KB_EXP:
+       a non-finite block, left unscaled; the 1e-38 clamp keeps NaN and Inf as torch.clamp does) */
+    static inline uint32_t kb_scale(float* buf, int64_t len, int is_tail, float* absmax_b) {
+        uint32_t m = kb_absmax_bits(buf, len);
+        float am = kb_bits_f32(m);
+        if (m >= KB_EXP) { *absmax_b = am; return m; }
         float amc = am > KB_TINY ? am : KB_TINY;
         if (is_tail) {
             for (int64_t i = 0; i < len; i++) { float s = buf[i] / amc; buf[i] = s > 1.0f ? 1.0f : (s < -1.0f ? -1.0f : s); }
-            return amc;
+            *absmax_b = amc;
+            return m;
         }
         float r = 1.0f / amc;
         for (int64_t i = 0; i < len; i++) { float s = buf[i] * r; buf[i] = s > 1.0f ? 1.0f : (s < -1.0f ? -1.0f : s); }
-        return am;
+        *absmax_b = am;
+        return m;
+    }
+
+    /* codes of a block whose absmax (bits m) is NaN or Inf, as the reference computes them: NaN
+       absmax -> every scaled value NaN; Inf absmax -> x * (1/Inf) or x / Inf is +-0 for finite x,
+       NaN for +-Inf. torch.bucketize puts NaN after every bound (its search tests
+       !(bound >= s)): nan_code = bucket_codes[-1]; +-0 -> zero_code, the code of 0.0 */
+    static inline void kb_nonfinite_codes(const float* buf, int64_t len, uint32_t m, uint8_t nan_code,
+                                          uint8_t zero_code, uint8_t* out) {
+        if (m > KB_EXP) { memset(out, nan_code, (size_t)len); return; }
+        for (int64_t i = 0; i < len; i++)
+            out[i] = (kb_f32_bits(buf[i]) & 0x7FFFFFFFu) >= KB_EXP ? nan_code : zero_code;
     }
 
     /* count of the 15 (+inf padded) bounds below each s: branch-free, vectorizes over i */
@@ -71,16 +101,27 @@ cdef extern from *:
         return (uint8_t)pos;
     }
 
+    /* the code of one value under a search plan (used for 0.0: non-finite blocks) */
+    static inline uint8_t kb_code_of(float s, int mode, const float* bnd15, const uint8_t* bcodes,
+            const float* kbound, const uint8_t* klo, const uint8_t* khi, const float* bounds_pad, int64_t npad) {
+        if (mode == 0) { int c = 0; for (int j = 0; j < 15; j++) c += bnd15[j] < s; return bcodes[c]; }
+        if (mode == 1) { uint32_t key = kb_f32_bits(s) >> 16; return s > kbound[key] ? khi[key] : klo[key]; }
+        return bcodes[kb_bsearch(s, bounds_pad, npad)];
+    }
+
     /* one 8-bit block: mode 0 linear (<=16 buckets), 1 key-LUT, 2 binary search */
     static inline void kb_quant8_block(const void* x, int kind, int64_t start, int64_t end, int is_tail, int mode,
             const float* bnd15, const uint8_t* bcodes, const float* kbound, const uint8_t* klo, const uint8_t* khi,
-            const float* bounds_pad, int64_t npad, uint8_t* codes, float* absmax_b) {
+            const float* bounds_pad, int64_t npad, uint8_t nan_code, uint8_t zero_code, uint8_t* codes,
+            float* absmax_b) {
         float buf[KB_MAXBLOCK];
         int64_t len = end - start;
         kb_load(x, kind, start, len, buf);
-        *absmax_b = kb_scale(buf, len, is_tail);
+        uint32_t m = kb_scale(buf, len, is_tail, absmax_b);
         uint8_t* out = codes + start;
-        if (mode == 0) {
+        if (m >= KB_EXP) {
+            kb_nonfinite_codes(buf, len, m, nan_code, zero_code, out);
+        } else if (mode == 0) {
             kb_count15(buf, len, bnd15, out);
             for (int64_t i = 0; i < len; i++) out[i] = bcodes[out[i]];
         } else if (mode == 1) {
@@ -95,15 +136,19 @@ cdef extern from *:
     }
 
     static inline void kb_quant4_block(const void* x, int kind, int64_t start, int64_t end, int is_tail,
-            const float* bnd15, const uint8_t* bcodes, int identity, uint8_t zero_code,
+            const float* bnd15, const uint8_t* bcodes, int identity, uint8_t zero_code, uint8_t nan_code,
             uint8_t* packed, float* absmax_b) {
         float buf[KB_MAXBLOCK];
         uint8_t cnt[KB_MAXBLOCK + 1];
         int64_t len = end - start;
         kb_load(x, kind, start, len, buf);
-        *absmax_b = kb_scale(buf, len, is_tail);
-        kb_count15(buf, len, bnd15, cnt);
-        if (!identity) for (int64_t i = 0; i < len; i++) cnt[i] = bcodes[cnt[i]];
+        uint32_t m = kb_scale(buf, len, is_tail, absmax_b);
+        if (m >= KB_EXP) {
+            kb_nonfinite_codes(buf, len, m, nan_code, zero_code, cnt);
+        } else {
+            kb_count15(buf, len, bnd15, cnt);
+            if (!identity) for (int64_t i = 0; i < len; i++) cnt[i] = bcodes[cnt[i]];
+        }
         if (len & 1) cnt[len] = zero_code;   /* bitsandbytes pads an odd tail with 0.0 */
         uint8_t* out = packed + (start >> 1);
         int64_t nb = (len + 1) >> 1;
@@ -145,18 +190,27 @@ cdef extern from *:
     }
 
     /* stochastic rounding (see workbench/backends/reference/quant.py): with lo <= s < hi the
-       representable values bracketing s in bucket order, round up iff rand < (s-lo)/(hi-lo) */
+       representable values bracketing s in bucket order, round up iff rand < (s-lo)/(hi-lo).
+       Non-finite block: s by the same IEEE rule, unclamped (NaN, or +-0 under an Inf absmax); a NaN
+       s gets what the reference's formula gives it: bucketize -> k = m-1, s >= values[k] false ->
+       lo = m-2, p = NaN, rand < NaN false -> bucket_codes[m-2] */
     static inline void kb_quant8_stoch_block(const void* x, int kind, int64_t start, int64_t end, int is_tail,
             const float* bounds_pad, int64_t npad, const uint8_t* bcodes, const float* values, int64_t nvalues,
             const float* rnd, uint8_t* codes, float* absmax_b) {
         float buf[KB_MAXBLOCK];
         int64_t len = end - start, last = nvalues - 1;
+        uint8_t nan_code = bcodes[last > 0 ? last - 1 : 0];
         kb_load(x, kind, start, len, buf);
-        *absmax_b = kb_scale(buf, len, is_tail);
+        uint32_t m = kb_scale(buf, len, is_tail, absmax_b);
+        if (m >= KB_EXP) {
+            float am = kb_bits_f32(m), rc = 1.0f / am;   /* NaN, or 0 for Inf */
+            for (int64_t i = 0; i < len; i++) buf[i] = is_tail ? buf[i] / am : buf[i] * rc;
+        }
         uint8_t* out = codes + start;
         const float* r = rnd + start;
         for (int64_t i = 0; i < len; i++) {
             float s = buf[i];
+            if (s != s) { out[i] = nan_code; continue; }
             int64_t k = kb_bsearch(s, bounds_pad, npad);
             int64_t lo = s >= values[k] ? k : k - 1;
             if (lo < 0 || lo >= last) { out[i] = bcodes[k]; continue; }
@@ -167,31 +221,37 @@ cdef extern from *:
 
     /* 8-bit search on the monotone integer image of float32 (numba_kernels.cpu.quant.ord_lut):
        entry = thr << 16 | hi << 8 | lo; one 4-byte load and an integer compare per value */
+    static inline uint8_t kb_ordlut_code(const uint32_t* lut, float s) {
+        uint32_t u = kb_f32_bits(s + 0.0f);   /* -0.0 -> +0.0 */
+        uint32_t o = u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u);
+        uint32_t e = lut[o >> 16];
+        return (uint8_t)(e >> (((o & 0xFFFFu) >= (e >> 16)) ? 8 : 0));
+    }
     static inline void kb_quant8_ordlut_block(const void* x, int kind, int64_t start, int64_t end, int is_tail,
-            const uint32_t* lut, uint8_t* codes, float* absmax_b) {
+            const uint32_t* lut, uint8_t nan_code, uint8_t zero_code, uint8_t* codes, float* absmax_b) {
         float buf[KB_MAXBLOCK];
         int64_t len = end - start;
         kb_load(x, kind, start, len, buf);
-        *absmax_b = kb_scale(buf, len, is_tail);
+        uint32_t m = kb_scale(buf, len, is_tail, absmax_b);
         uint8_t* out = codes + start;
-        for (int64_t i = 0; i < len; i++) {
-            uint32_t u = kb_f32_bits(buf[i] + 0.0f);   /* -0.0 -> +0.0 */
-            uint32_t o = u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u);
-            uint32_t e = lut[o >> 16];
-            out[i] = (uint8_t)(e >> (((o & 0xFFFFu) >= (e >> 16)) ? 8 : 0));
-        }
+        if (m >= KB_EXP) { kb_nonfinite_codes(buf, len, m, nan_code, zero_code, out); return; }
+        for (int64_t i = 0; i < len; i++) out[i] = kb_ordlut_code(lut, buf[i]);
     }
     """
     int kb_max_threads() nogil
+    uint8_t kb_code_of(float s, int mode, const float* bnd15, const uint8_t* bcodes, const float* kbound,
+                       const uint8_t* klo, const uint8_t* khi, const float* bounds_pad, int64_t npad) nogil
+    uint8_t kb_ordlut_code(const uint32_t* lut, float s) nogil
     void kb_quant8_ordlut_block(const void* x, int kind, int64_t start, int64_t end, int is_tail,
-                                const uint32_t* lut, uint8_t* codes, float* absmax_b) nogil
+                                const uint32_t* lut, uint8_t nan_code, uint8_t zero_code, uint8_t* codes,
+                                float* absmax_b) nogil
     void kb_quant8_block(const void* x, int kind, int64_t start, int64_t end, int is_tail, int mode,
                          const float* bnd15, const uint8_t* bcodes, const float* kbound, const uint8_t* klo,
-                         const uint8_t* khi, const float* bounds_pad, int64_t npad, uint8_t* codes,
-                         float* absmax_b) nogil
+                         const uint8_t* khi, const float* bounds_pad, int64_t npad, uint8_t nan_code,
+                         uint8_t zero_code, uint8_t* codes, float* absmax_b) nogil
     void kb_quant4_block(const void* x, int kind, int64_t start, int64_t end, int is_tail, const float* bnd15,
-                         const uint8_t* bcodes, int identity, uint8_t zero_code, uint8_t* packed,
-                         float* absmax_b) nogil
+                         const uint8_t* bcodes, int identity, uint8_t zero_code, uint8_t nan_code,
+                         uint8_t* packed, float* absmax_b) nogil
     void kb_quant8_stoch_block(const void* x, int kind, int64_t start, int64_t end, int is_tail,
                                const float* bounds_pad, int64_t npad, const uint8_t* bcodes, const float* values,
                                int64_t nvalues, const float* rnd, uint8_t* codes, float* absmax_b) nogil
@@ -213,6 +273,10 @@ def quantize_blockwise(x, int kind, int64_t blocksize, int mode, const float[::1
                        const uint8_t[::1] bcodes, const float[::1] kbound, const uint8_t[::1] klo,
                        const uint8_t[::1] khi, const float[::1] bounds_pad, uint8_t[::1] codes, float[::1] absmax):
     cdef int64_t n = x.shape[0]
+    # non-finite blocks: NaN -> bucket_codes[-1], +-0 -> the code of 0.0
+    cdef uint8_t nan_code = bcodes[bcodes.shape[0] - 1]
+    cdef uint8_t zero_code = kb_code_of(0.0, mode, &bnd15[0], &bcodes[0], &kbound[0], &klo[0], &khi[0],
+                                        &bounds_pad[0], bounds_pad.shape[0])
     cdef int64_t nblocks = (n + blocksize - 1) // blocksize
     cdef const void* px = _addr(x)
     cdef int64_t b, start, end
@@ -220,7 +284,8 @@ def quantize_blockwise(x, int kind, int64_t blocksize, int mode, const float[::1
         start = b * blocksize
         end = start + blocksize if start + blocksize < n else n
         kb_quant8_block(px, kind, start, end, end - start < blocksize, mode, &bnd15[0], &bcodes[0], &kbound[0],
-                        &klo[0], &khi[0], &bounds_pad[0], bounds_pad.shape[0], &codes[0], &absmax[b])
+                        &klo[0], &khi[0], &bounds_pad[0], bounds_pad.shape[0], nan_code, zero_code, &codes[0],
+                        &absmax[b])
 
 
 def quantize_blockwise_stochastic(x, int kind, const float[::1] bounds_pad, const uint8_t[::1] bcodes,
@@ -247,15 +312,20 @@ def quantize_blockwise_ordlut(x, int kind, int64_t blocksize, const uint32_t[::1
     cdef int64_t b, start, end
     if lut.shape[0] != 65536:
         raise ValueError("lut must have 65536 entries")
+    # non-finite blocks: the last cell (above +inf) holds bucket_codes[-1]; 0.0's code from the table
+    cdef uint8_t nan_code = <uint8_t>(lut[0xFFFF] & 0xFF)
+    cdef uint8_t zero_code = kb_ordlut_code(&lut[0], 0.0)
     for b in prange(nblocks, nogil=True, schedule="static"):
         start = b * blocksize
         end = start + blocksize if start + blocksize < n else n
-        kb_quant8_ordlut_block(px, kind, start, end, end - start < blocksize, &lut[0], &codes[0], &absmax[b])
+        kb_quant8_ordlut_block(px, kind, start, end, end - start < blocksize, &lut[0], nan_code, zero_code, &codes[0],
+                               &absmax[b])
 
 
 def quantize_4bit(x, int kind, int64_t blocksize, const float[::1] bnd15, const uint8_t[::1] bcodes,
                   bint identity, uint8_t zero_code, uint8_t[::1] packed, float[::1] absmax):
     cdef int64_t n = x.shape[0]
+    cdef uint8_t nan_code = bcodes[bcodes.shape[0] - 1]  # non-finite blocks
     cdef int64_t nblocks = (n + blocksize - 1) // blocksize
     cdef const void* px = _addr(x)
     cdef int64_t b, start, end
@@ -263,7 +333,7 @@ def quantize_4bit(x, int kind, int64_t blocksize, const float[::1] bnd15, const 
         start = b * blocksize
         end = start + blocksize if start + blocksize < n else n
         kb_quant4_block(px, kind, start, end, end - start < blocksize, &bnd15[0], &bcodes[0], identity, zero_code,
-                        &packed[0], &absmax[b])
+                        nan_code, &packed[0], &absmax[b])
 
 
 def dequantize_blockwise(const uint8_t[::1] codes, const float[::1] absmax, const float[::1] table,

@@ -12,9 +12,25 @@ KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 LINEAR, KEYLUT, BSEARCH = 0, 1, 2
 
 
+def kind_of(dtype: torch.dtype, what: str = "dtype") -> int:
+    """The kernels' input/output kind of ``dtype``; TypeError for anything but fp32/bf16/fp16."""
+    kind = KIND.get(dtype)
+    if kind is None:
+        raise TypeError(f"{what}: the compiled CPU kernels read and write float32, bfloat16 or float16, "
+                        f"not {dtype}")
+    return kind
+
+
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A zero-copy NumPy view of a CPU tensor, also of one that requires grad (an nn.Parameter):
+    the kernels only read inputs and write fresh outputs, so no autograd history is lost."""
+    return t.detach().numpy()
+
+
 def as_numpy_bits(t: torch.Tensor) -> tuple[np.ndarray, int]:
     """A NumPy view of a contiguous CPU tensor; bf16/fp16 as their uint16 bit patterns."""
-    kind = KIND[t.dtype]
+    kind = kind_of(t.dtype, "A")
+    t = t.detach()
     if kind == 0:
         return t.numpy(), 0
     return t.view(torch.int16).numpy().view(np.uint16), kind
@@ -39,6 +55,7 @@ def alloc(n: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def empty_out(n: int, dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray, int]:
+    kind_of(dtype, "dtype")  # before allocating: float64 / integer outputs are a TypeError, not a KeyError
     out = alloc(n, dtype)
     arr, kind = as_numpy_bits(out)
     return out, arr, kind
@@ -50,7 +67,7 @@ class SearchPlan:
     bnd15: np.ndarray          # float32[15], bounds padded with +inf (LINEAR)
     bucket_codes: np.ndarray   # uint8[m]
     identity: bool             # bucket_codes == arange
-    zero_code: int             # code of 0.0 (odd 4-bit tail padding)
+    zero_code: int             # code of 0.0 (odd 4-bit tail padding; finite values under an Inf absmax)
     kbound: np.ndarray         # float32[65536] (KEYLUT)
     kcode_lo: np.ndarray       # uint8[65536]
     kcode_hi: np.ndarray       # uint8[65536]

@@ -11,10 +11,6 @@ import torch
 
 from ._cpu_common import alloc, as_numpy, as_numpy_bits, empty_out, nblocks, ord_lut, search_plan
 
-OPS = ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit",
-       "quantize_blockwise_stochastic")
-
-
 def _outputs(n: int, blocksize: int, nbytes: int):
     return alloc(nbytes, torch.uint8), torch.empty(nblocks(n, blocksize), dtype=torch.float32)
 
@@ -28,12 +24,11 @@ def bind(K, module: str) -> dict:
         p = search_plan(codebook)
         codes, absmax = _outputs(A.numel(), blocksize, A.numel())
         lut = ord_lut(codebook)
-        nan_code, zero_code = np.uint8(p.nan_code), np.uint8(p.zero_code)
         if lut is not None:
-            K.quantize_blockwise_ordlut(x, kind, blocksize, lut, nan_code, zero_code, codes.numpy(), absmax.numpy())
+            K.quantize_blockwise_ordlut(x, kind, blocksize, lut, codes.numpy(), absmax.numpy())
             return codes, absmax
         K.quantize_blockwise(x, kind, blocksize, p.mode, p.bnd15, p.bucket_codes, p.kbound, p.kcode_lo,
-                             p.kcode_hi, p.bounds_pad, nan_code, zero_code, codes.numpy(), absmax.numpy())
+                             p.kcode_hi, p.bounds_pad, codes.numpy(), absmax.numpy())
         return codes, absmax
 
     def quantize_blockwise_stochastic(A, codebook, blocksize, rand):
@@ -59,7 +54,7 @@ def bind(K, module: str) -> dict:
         n = A.numel()
         packed, absmax = _outputs(n, blocksize, (n + 1) // 2)
         K.quantize_4bit(x, kind, blocksize, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code),
-                        np.uint8(p.nan_code), packed.numpy(), absmax.numpy())
+                        packed.numpy(), absmax.numpy())
         return packed, absmax
 
     def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):

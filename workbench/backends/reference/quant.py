@@ -10,6 +10,23 @@ Rounding rules follow bitsandbytes 0.50.2's default (torch) backend bit for bit:
   * 4-bit packing: element 2i in the high nibble, 2i+1 in the low; an odd tail is padded
     with the code of 0.0;
   * dequantization multiplies table[code] * absmax in float32 and rounds once to the output dtype.
+
+Non-finite inputs (``nan_policy="propagate"``) -- every backend must give exactly this:
+  * absmax[b] = max |A[i]| over the block with NaN propagating (torch's amax/max): a NaN anywhere
+    in the block -> NaN; otherwise an Inf -> Inf. The tail's clamp(min=1e-38) keeps both
+    (torch.clamp propagates NaN). So absmax is non-finite exactly when its block holds a NaN or an
+    Inf: the public API uses it as the non-finite flag instead of a pass over the data.
+  * scaled values: NaN absmax -> every s is NaN. Inf absmax -> full blocks multiply by
+    1/Inf = 0 and the tail divides by Inf: a finite x gives +-0, +-Inf gives NaN (Inf * 0, Inf / Inf).
+    clamp(s, -1, 1) keeps NaN.
+  * torch.bucketize(NaN, bounds) == len(bounds), for right=False and right=True alike: its binary
+    search tests ``!(bound >= s)`` (``!(bound > s)``), true for NaN, so NaN sorts after every bound.
+    Code of a NaN s = bucket_codes[-1] (the bucket of the largest values); +-0 gets the code of 0.0.
+    (The ``#(bounds < s)`` above would give 0 for NaN; the spec is torch's count, ``#!(bounds >= s)``.)
+  * stochastic rounding of a NaN s: k = len(bounds), ``s >= values[k]`` is false -> lo = m - 2,
+    p = NaN, ``rand < NaN`` is false -> bucket_codes[m - 2] (m = number of values).
+  * dequantization: table[c] * NaN -> the whole block is NaN; under an Inf absmax, +-Inf where
+    table[c] != 0 and NaN (0 * Inf) where the code's value is 0 -- every finite input of that block.
 """
 from __future__ import annotations
 
