@@ -50,16 +50,21 @@ def test_bnb_matches_reference_at_declared_levels(rng):
 
 @pytest.mark.skipif(not HAS_BNB, reason="needs bitsandbytes 0.50.2")
 def test_harness_catches_a_one_bit_error(monkeypatch):
-    import workbench.backends.bnb.quant as bq
-    real = bq.quantize_4bit
+    real_get_op = parity.get_op  # the harness's op lookup (ops are resolved once: patch the lookup, not a module)
 
-    def broken(A, codebook, blocksize):
-        packed, absmax = real(A, codebook, blocksize)
-        packed = packed.clone()
-        packed[-1] ^= 1  # the last nibble: a tail element
-        return packed, absmax
+    def get_op(backend, op, device):
+        real = real_get_op(backend, op, device)
+        if (backend, op) != ("bnb", "quantize_4bit"):
+            return real
 
-    monkeypatch.setattr(bq, "quantize_4bit", broken)
+        def broken(A, codebook, blocksize):
+            packed, absmax = real(A, codebook, blocksize)
+            packed = packed.clone()
+            packed[-1] ^= 1  # the last nibble: a tail element
+            return packed, absmax
+        return broken
+
+    monkeypatch.setattr(parity, "get_op", get_op)
     df = parity.run_parity("cpu", backends=["bnb"], ops=["quantize_4bit"], quick=True, sizes=[1, 3, 1001],
                            blocksizes=[64])
     assert set(df["n"]) == {1, 3, 1001}

@@ -109,8 +109,7 @@ def _connect(address: str):
     """A dask Client for ``address``, or :class:`SchedulerError` within a few seconds (dask alone retries for
     30 s and then raises a traceback-sized error)."""
     import re
-    if not re.fullmatch(r"(tcp|tls|inproc|ucx|ws|wss)://[^\s/]+(:[0-9]{1,5})?/?|[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}",
-                        address):
+    if not re.fullmatch(r"[a-z][a-z0-9+]*://\S+|[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}", address):
         raise SchedulerError(f"expected a scheduler address such as tcp://127.0.0.1:8786, got {address!r}")
     try:
         from dask.distributed import Client
