@@ -6,17 +6,19 @@ import numpy as np
 import pytest
 
 from numba_kernels.cell_plan import COMPACT_MAX, compact_lookup, compact_plan
+from workbench import bnb_cuda_codebooks as bcb
 from workbench import codebooks as cbs
 
 from test_fine_plan import GRID, edge_values, spec_codes
 
+TWINS = {"dynamic-bnb-cuda": bcb.dynamic_bnb_cuda, "blockwise-bnb-cuda": bcb.blockwise_bnb_cuda}
 # 8-bit codebooks the CUDA quantizers run through the compact table (tests/test_gpu_quant.py uses them)
-MUST_FIT = ("dynamic", "dynamic-signed", "dynamic-unsigned", "linear8", "nf4", "linear4")
+MUST_FIT = ("dynamic", "dynamic-signed", "dynamic-unsigned", "linear8", "nf4", "linear4", *TWINS)
 
 
-@pytest.mark.parametrize("name", cbs.names() + ["grid"])
+@pytest.mark.parametrize("name", cbs.names() + ["grid"] + list(TWINS))
 def test_compact_table_equals_spec(name):
-    cb = GRID if name == "grid" else cbs.get(name)
+    cb = GRID if name == "grid" else TWINS[name]() if name in TWINS else cbs.get(name)
     plan = compact_plan(cb.bounds, cb.bucket_codes)
     if plan is None:
         assert name not in MUST_FIT, f"{name}: no compact table"
