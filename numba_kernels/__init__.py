@@ -80,7 +80,9 @@ def _install_cache_fallback() -> None:
         try:
             orig(self)
         except RuntimeError as e:  # no usable cache directory: keep the NullCache numba set up
-            _warn_once(e)
+            from numba.core import config
+            _warn_once(f"no writable cache directory: NUMBA_CACHE_DIR={config.CACHE_DIR or '(unset)'}, the "
+                       f"kernels' __pycache__ and the user cache dir are all read-only or missing; {e}")
             return
         self._cache = _GuardedCache(self._cache)
 
