@@ -8,6 +8,8 @@ arrays' bytes, a few hundred bytes, hashed in about a microsecond), built and va
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 
@@ -15,6 +17,9 @@ from .codebooks import Codebook, from_values
 
 _MAX_ENTRIES = 512
 _by_content: dict[bytes, Codebook] = {}
+# The public ops pass the same cached tensors (Codebook.tensors) on every call: an identity hit skips
+# the byte key. Weak references and version counters keep a recycled id or an in-place edit from hitting.
+_by_identity: dict[tuple[int, int, int], tuple] = {}
 
 
 def _host(t: torch.Tensor) -> np.ndarray:
@@ -26,6 +31,23 @@ def _host(t: torch.Tensor) -> np.ndarray:
 
 def codebook_from_tensors(table: torch.Tensor, bounds: torch.Tensor, bucket_codes: torch.Tensor) -> Codebook:
     """The Codebook with these arrays (validated on first sight, then cached by content)."""
+    ids = (id(table), id(bounds), id(bucket_codes))
+    hit = _by_identity.get(ids)
+    if hit is not None and hit[0]() is table and hit[1]() is bounds and hit[2]() is bucket_codes and hit[3] == (
+            table._version, bounds._version, bucket_codes._version):
+        return hit[4]
+    cb = _codebook_by_content(table, bounds, bucket_codes)
+    if len(_by_identity) >= _MAX_ENTRIES:
+        _by_identity.clear()
+    try:
+        _by_identity[ids] = (weakref.ref(table), weakref.ref(bounds), weakref.ref(bucket_codes),
+                             (table._version, bounds._version, bucket_codes._version), cb)
+    except TypeError:  # tensors that take no weak reference (fake/functional wrappers): content only
+        pass
+    return cb
+
+
+def _codebook_by_content(table: torch.Tensor, bounds: torch.Tensor, bucket_codes: torch.Tensor) -> Codebook:
     tab = _host(table).astype(np.float32, copy=False)
     bnd = _host(bounds).astype(np.float32, copy=False)
     codes = _host(bucket_codes).astype(np.uint8, copy=False)

@@ -66,12 +66,13 @@ def _table_256(table: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.contiguous()
 
 
-def _quantize_absmax(absmax: torch.Tensor, backend: str, nan_policy: str):
+def _quantize_absmax(absmax: torch.Tensor, backend: str):
     """Double quantization: subtract the mean, 8-bit blockwise-quantize the rest with the signed
-    dynamic map (bitsandbytes' scheme; the mean is a torch reduction on the data's device)."""
+    dynamic map (bitsandbytes' scheme; the mean is a torch reduction on the data's device). The caller
+    checks absmax for non-finite values itself, once."""
     offset = absmax.mean()
     q, state2 = quantize_blockwise(absmax - offset, blocksize=NESTED_BLOCKSIZE, backend=backend,
-                                   nan_policy=nan_policy)
+                                   nan_policy="propagate")
     return q, offset, state2
 
 
@@ -115,14 +116,14 @@ def quantize_blockwise(A: torch.Tensor, code=None, blocksize: int = 4096, nested
     else:
         name = _backend(backend, "quantize_blockwise", A)
         codes, absmax = _ops.quantize_blockwise(_flat(A), table, bounds, bucket_codes, blocksize, name)
-    raise_if_nonfinite("A", A, absmax, nan_policy)
     table = cb.tensors(A.device)[0].clone()
     if nested:
-        qabs, offset, state2 = _quantize_absmax(absmax, backend, nan_policy)
+        qabs, offset, state2 = _quantize_absmax(absmax, backend)
         qs = QuantState(absmax=qabs, code=table, blocksize=blocksize, dtype=A.dtype, offset=offset, state2=state2)
     else:
         qs = QuantState(absmax=absmax, code=table, blocksize=blocksize, dtype=A.dtype)
     qs.shape = A.shape
+    raise_if_nonfinite("A", A, absmax, nan_policy)  # last: its host sync comes after every launch
     return codes.view(A.shape), qs
 
 
@@ -163,18 +164,18 @@ def quantize_4bit(A: torch.Tensor, absmax=None, out=None, blocksize: int = 64, c
     name = _backend(backend, "quantize_4bit", A)
     table, bounds, bucket_codes = cb.tensors("cpu")
     packed, am = _ops.quantize_4bit(_flat(A), table, bounds, bucket_codes, blocksize, name)
-    raise_if_nonfinite("A", A, am, nan_policy)
     packed = packed.view(-1, 1)
     if quant_storage != torch.uint8:
         packed = packed.squeeze(1).view(quant_storage).unsqueeze(1)
     qtype = quant_type if codebook is None else cb.name
     table = cb.tensors(A.device)[0].clone()
     if compress_statistics:
-        qabs, offset, state2 = _quantize_absmax(am, backend, nan_policy)
+        qabs, offset, state2 = _quantize_absmax(am, backend)
         qs = QuantState(absmax=qabs, shape=A.shape, dtype=A.dtype, blocksize=blocksize, code=table,
                         quant_type=qtype, offset=offset, state2=state2)
     else:
         qs = QuantState(absmax=am, shape=A.shape, dtype=A.dtype, blocksize=blocksize, code=table, quant_type=qtype)
+    raise_if_nonfinite("A", A, am, nan_policy)  # last: its host sync comes after every launch
     return packed, qs
 
 

@@ -1,6 +1,8 @@
 """Argument checks shared by every public op: clear errors that name the argument."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -46,17 +48,19 @@ def _nonfinite_error(name: str, t: torch.Tensor) -> QuantInputError:
 def raise_if_nonfinite(name: str, t: torch.Tensor, scales: torch.Tensor, nan_policy: str) -> None:
     """The non-finite check of ``nan_policy="raise"``, from the per-block (or per-row) scales the
     kernel already computed: by the spec a block's absmax is NaN or Inf exactly when the block holds
-    a NaN or Inf, so no pass over ``t`` is needed. Reading the verdict is a host sync on CUDA; under
-    torch.compile it becomes an asynchronous assert, and during CUDA-graph capture it is refused."""
+    a NaN or Inf, so no pass over ``t`` is needed, only a max over the scales (NaN-propagating; the
+    scales are >= 0). Reading the verdict is a host sync on CUDA, so the ops call this last, after
+    every launch; under torch.compile it becomes an asynchronous assert, and during CUDA-graph
+    capture it is refused."""
     if nan_policy != "raise" or scales.numel() == 0:
         return
     if torch.compiler.is_compiling():
-        torch._assert_async(torch.isfinite(scales).all(), f"{name}: non-finite values (NaN/Inf) with nan_policy='raise'")
+        torch._assert_async(torch.isfinite(scales.amax()), f"{name}: non-finite values (NaN/Inf) with nan_policy='raise'")
         return
     if scales.is_cuda and torch.cuda.is_current_stream_capturing():
         raise QuantInputError(f"nan_policy: 'raise' reads a flag on the host, which a CUDA graph cannot do; "
                               f"pass nan_policy='propagate' when capturing {name}'s quantization")
-    if not bool(torch.isfinite(scales).all()):
+    if not math.isfinite(scales.amax().item()):
         raise _nonfinite_error(name, t)
 
 
