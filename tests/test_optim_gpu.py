@@ -109,3 +109,52 @@ def test_gpu_classes_backend(backend, rng):
     assert s1["state1"].dtype == torch.uint8
     for k in ("state1", "state2", "absmax1", "absmax2"):
         assert torch.equal(s0[k], s1[k].cpu()), k
+
+
+def _same(a, b):
+    """Equal bit for bit, any NaN equal to any NaN (payloads differ across implementations)."""
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    an, bn = a.isnan(), b.isnan()
+    return torch.equal(an, bn) and torch.equal(a[~an], b[~bn])
+
+
+@pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype,skip", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)])
+@pytest.mark.parametrize("general", [False, True], ids=["identity_codes", "shuffled_qmaps"])
+def test_gpu_nan_poisons_block_as_reference(backend, name, dtype, skip, general, rng):
+    """NaN/Inf semantics (workbench/optim/functional.py, "NaN and Inf"; issue 17): NaN gradients in a full
+    block and in the tail block at step 1, an Inf at step 2, then two more steps: params, codes and absmax
+    equal the reference's bit for bit (NaN == NaN) -- a NaN block's absmax is NaN (the kernels' absmax is
+    an integer max of |x| bits, not fmaxf), its codes the last bucket's, and its params NaN from the next
+    step on; an Inf absmax gives finite values 0.0's code. Identity-code fast path and general path."""
+    mod = _mod(backend)
+    n = 256 * 37 + 1 + int(torch.randint(0, 254, (1,), generator=rng))
+    nb = (n + 255) // 256
+    p0 = torch.randn(n, generator=rng).to(dtype)
+    p_ref, p_k = p0.clone(), p0.cuda()
+    st_ref, st_k = _state(name, n, True, "cpu"), _state(name, n, True, "cuda")
+    if general:
+        perm1, perm2 = torch.randperm(256, generator=rng), torch.randperm(256, generator=rng)
+        for st in (st_ref, st_k):
+            st["qmap1"] = st["qmap1"][perm1.to(st["qmap1"].device)].contiguous()
+            if st["qmap2"] is not None:
+                st["qmap2"] = st["qmap2"][perm2.to(st["qmap2"].device)].contiguous()
+    for step in range(1, 5):
+        g = (torch.randn(n, generator=rng) * 0.1).to(dtype)
+        if skip:
+            g[::13] = 0
+        if step == 1:
+            g[256 * 5 + int(torch.randint(0, 256, (1,), generator=rng))] = float("nan")
+            g[256 * (nb - 1) + int(torch.randint(0, n - 256 * (nb - 1), (1,), generator=rng))] = float("nan")
+        if step == 2:
+            g[256 * 9 + int(torch.randint(0, 256, (1,), generator=rng))] = float("inf")
+        _step(W.optimizer_update_8bit_blockwise, name, True, g, p_ref, st_ref, step, 0.0, 1.0, skip)
+        _step(mod.optimizer_update_8bit_blockwise, name, True, g.cuda(), p_k, st_k, step, 0.0, 1.0, skip)
+        assert _same(p_k.cpu(), p_ref), f"step {step}: params differ"
+        for key in ("state1", "state2", "absmax1", "absmax2"):
+            if st_ref.get(key) is not None:
+                assert _same(st_k[key].cpu(), st_ref[key]), f"step {step}: {key} differs"
+    a1 = st_ref["absmax1"].reshape(-1, nb)
+    assert a1[:, 5].isnan().all() and a1[:, nb - 1].isnan().all() and torch.isfinite(a1[:, 0]).all()

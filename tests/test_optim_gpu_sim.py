@@ -117,3 +117,47 @@ def test_sim_matrix_parameter(NC, eight, rng):
                    2e-3, 1.0, False)
         assert torch.equal(ps[1], ps[0]), f"step {step}: params differ"
         assert torch.equal(sts[1]["state1"], sts[0]["state1"])
+
+
+def _same(a, b):
+    """Equal bit for bit, any NaN equal to any NaN (payloads differ across implementations)."""
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    an, bn = a.isnan(), b.isnan()
+    return torch.equal(an, bn) and torch.equal(a[~an], b[~bn])
+
+
+@sim
+@pytest.mark.parametrize("general", [False, True], ids=["identity_codes", "shuffled_qmaps"])
+@pytest.mark.parametrize("name", ("adam", "ademamix", "momentum", "lion"))
+def test_sim_nan_poisons_block_as_reference(NC, name, general, rng):
+    """NaN/Inf semantics (functional.py, "NaN and Inf"): a NaN gradient in a full block and one in the tail
+    block at step 1, an Inf at step 2: params, codes and absmax equal the reference's (NaN == NaN) -- the
+    NaN blocks' absmax NaN and codes the last bucket's, Inf absmax -> 0.0's code -- on the kernel's
+    identity-code fast path and on its general path (shuffled qmaps)."""
+    n = 256 * 2 + 45
+    p0 = torch.randn(n, generator=rng)
+    ps = [p0.clone(), p0.clone()]
+    sts = [_state(name, n, True), _state(name, n, True)]
+    if general:
+        perm1, perm2 = torch.randperm(256, generator=rng), torch.randperm(256, generator=rng)
+        for st in sts:
+            st["qmap1"] = st["qmap1"][perm1].contiguous()
+            if st["qmap2"] is not None:
+                st["qmap2"] = st["qmap2"][perm2].contiguous()
+    for step in (1, 2, 3):
+        g = torch.randn(n, generator=rng) * 0.1
+        if step == 1:
+            g[int(torch.randint(0, 256, (1,), generator=rng))] = float("nan")
+            g[512 + int(torch.randint(0, 45, (1,), generator=rng))] = float("nan")
+        if step == 2:
+            g[256 + int(torch.randint(0, 256, (1,), generator=rng))] = float("inf")
+        for fn, p, st in zip([W.optimizer_update_8bit_blockwise, NC.optimizer_update_8bit_blockwise], ps, sts):
+            fn(name, g, p, st["state1"], st["state2"], 0.9, 0.99, 0.999, 3.0, 1e-8, step, 2e-3, st["qmap1"],
+               st["qmap2"], st["absmax1"], st["absmax2"], 0.02, 1.0, False)
+        assert _same(ps[1], ps[0]), f"step {step}: params differ"
+        for key in ("state1", "state2", "absmax1", "absmax2"):
+            if sts[0].get(key) is not None:
+                assert _same(sts[1][key], sts[0][key]), f"step {step}: {key} differs"
+    a1 = sts[0]["absmax1"].reshape(-1, 3)
+    assert a1[:, 0].isnan().all() and a1[:, 2].isnan().all()

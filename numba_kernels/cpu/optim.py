@@ -8,6 +8,11 @@ writes the requantized codes and absmax. Grad/param may be float32, bfloat16 or 
 (uint16 bit patterns, see numba_kernels/cpu/quant.py).
 
 Constants arrive as one float32 vector ``k`` (indices below), rounded once in Python.
+
+NaN/Inf (workbench/optim/functional.py, "NaN and Inf"): a block's absmax is the integer max of its
+|x| bit patterns (NaN > Inf > every finite value: a NaN poisons the whole block, as the reference's
+amax); a block whose absmax is NaN or Inf takes the reference's codes (nan_code / zero_code) on a
+block-level branch, so the finite path never sees a NaN.
 """
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ from .quant import F32, KEYLUT, TINY, encode, load, scaled, store
 # error_model="numpy": IEEE division (x/0 -> inf/nan as torch) with no zero-check branch in the loops
 _OPTS = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
 
-# optimizer ids
+# optimizer (rule) ids and constant indices: workbench/optim/functional.py's KERNEL_RULES / KERNEL_SLOTS
+# (tests/test_optim_wire_constants.py holds them equal)
 ADAM, ADEMAMIX, MOMENTUM, LION, RMSPROP, ADAGRAD = 0, 1, 2, 3, 4, 5
 ID = {"adam": ADAM, "lamb": ADAM, "ademamix": ADEMAMIX, "momentum": MOMENTUM, "lars": MOMENTUM,
       "lion": LION, "rmsprop": RMSPROP, "adagrad": ADAGRAD}
@@ -129,8 +135,33 @@ def update_norm_sq(opt, first, g, gkind, p, pkind, s1, s2, k, chunk):
     return parts.sum()
 
 
+EXP_BITS = np.uint32(0x7F800000)  # |x| bits >= this: Inf or NaN
+
+
 @njit(inline="always", **_OPTS)
-def _requant(buf, mx, start, end, is_tail, codes, absmax, blk, mode, bnd, bc, kb, klo, khi, bp):
+def _absmax_bits(buf, m):
+    """max |buf[:m]| as float32 bits: the integer max of the bit patterns with the sign cleared
+    (propagates NaN, unlike a float max; vectorizes)."""
+    u = np.uint32(0)
+    for j in range(m):
+        v = np.float32(buf[j]).view(np.uint32) & np.uint32(0x7FFFFFFF)
+        u = v if v > u else u
+    return u
+
+
+@njit(inline="always", **_OPTS)
+def _requant(buf, mbits, start, end, is_tail, codes, absmax, blk, nan_code, zero_code,
+             mode, bnd, bc, kb, klo, khi, bp):
+    mx = np.uint32(mbits).view(np.float32)
+    if mbits >= EXP_BITS:
+        # NaN or Inf absmax: stored as is (the tail's 1e-38 clamp keeps it); the reference's codes:
+        # every scaled value NaN (NaN absmax), or +-0 / NaN for finite / Inf values (Inf absmax)
+        absmax[blk] = mx
+        out = codes[start:end]
+        for j in range(end - start):
+            a = np.float32(buf[j]).view(np.uint32) & np.uint32(0x7FFFFFFF)
+            out[j] = nan_code if (mbits > EXP_BITS or a >= EXP_BITS) else zero_code
+        return
     amc = mx if mx > TINY else TINY
     r = np.float32(1.0) / amc
     absmax[blk] = amc if is_tail else mx
@@ -148,10 +179,12 @@ def _requant(buf, mx, start, end, is_tail, codes, absmax, blk, mode, bnd, bc, kb
 @njit(parallel=True, **_OPTS)
 def update_8bit_blockwise(opt, first, skip_zeros, g, gkind, p, pkind,
                           c1, a1, c1b, a1b, c2, a2, t1, t2, k, bpt,
-                          m1, n1, bc1, kb1, klo1, khi1, bp1, m2_, n2, bc2, kb2, klo2, khi2, bp2):
+                          m1, n1, bc1, kb1, klo1, khi1, bp1, m2_, n2, bc2, kb2, klo2, khi2, bp2,
+                          nan1, zero1, nan2, zero2):
     """8-bit blockwise update, blocksize 256. c1/a1: state1 codes/absmax (c1b/a1b: AdEMAMix's
     second EMA), c2/a2: state2; t1/t2 the tables; (m, n, bc, kb, klo, khi, bp): search plans
-    (mode, bnd15, bucket_codes, kbound, kcode_lo, kcode_hi, bounds_pad of _cpu_common.search_plan).
+    (mode, bnd15, bucket_codes, kbound, kcode_lo, kcode_hi, bounds_pad of _cpu_common.search_plan);
+    nan*/zero*: each map's codes for a non-finite block (functional.nonfinite_codes).
     Per block: dequantize into scratch, update (a branch-free loop for float32 params without
     skip_zeros), absmax, requantize."""
     BS = 256
@@ -207,20 +240,11 @@ def update_8bit_blockwise(opt, first, skip_zeros, g, gkind, p, pkind,
                             bufb[j] = b
                         if has_s2:
                             buf2[j] = d
-            mx1 = np.float32(0.0)
-            for j in range(m):
-                v = abs(buf1[j])
-                mx1 = v if v > mx1 else mx1
-            _requant(buf1, mx1, start, end, is_tail, c1, a1, blk, m1, n1, bc1, kb1, klo1, khi1, bp1)
+            _requant(buf1, _absmax_bits(buf1, m), start, end, is_tail, c1, a1, blk, nan1, zero1,
+                     m1, n1, bc1, kb1, klo1, khi1, bp1)
             if has_b:
-                mxb = np.float32(0.0)
-                for j in range(m):
-                    v = abs(bufb[j])
-                    mxb = v if v > mxb else mxb
-                _requant(bufb, mxb, start, end, is_tail, c1b, a1b, blk, m1, n1, bc1, kb1, klo1, khi1, bp1)
+                _requant(bufb, _absmax_bits(bufb, m), start, end, is_tail, c1b, a1b, blk, nan1, zero1,
+                         m1, n1, bc1, kb1, klo1, khi1, bp1)
             if has_s2:
-                mx2 = np.float32(0.0)
-                for j in range(m):
-                    v = abs(buf2[j])
-                    mx2 = v if v > mx2 else mx2
-                _requant(buf2, mx2, start, end, is_tail, c2, a2, blk, m2_, n2, bc2, kb2, klo2, khi2, bp2)
+                _requant(buf2, _absmax_bits(buf2, m), start, end, is_tail, c2, a2, blk, nan2, zero2,
+                         m2_, n2, bc2, kb2, klo2, khi2, bp2)

@@ -11,6 +11,11 @@ Every float32 operation is an explicitly rounded libdevice call (fmul_rn, fadd_r
 NVVM contracts a*b + c into an FMA by default, and the reference rounds each operation. Under the CUDA
 simulator (``NUMBA_ENABLE_CUDASIM=1``) the same kernels run with NumPy float32 scalar arithmetic.
 Grad/param are float32 here (the backend routes float16/bfloat16 through float32 copies).
+NaN/Inf (workbench/optim/functional.py, "NaN and Inf"): the block absmax is the integer max of the
+|x| bit patterns (NaN > Inf > finite; a float max would drop NaN), so a NaN poisons its whole
+256-block as in the reference; a block whose absmax is NaN or Inf takes the reference's codes (NaN:
+the last bucket's; +-0: the code of 0.0) on a warp-uniform branch. Rule ids and constant slots:
+functional.py's KERNEL_RULES / KERNEL_SLOTS (tests/test_optim_wire_constants.py).
 Array accesses in the 8-bit kernel index with unsigned values (no negative-index wraparound code;
 see numba_kernels/cuda/quant.py): H100 kernel time Adam 1.216 -> 1.094 ms at 2**27 (reports/optim-gpu).
 """
@@ -31,10 +36,12 @@ ADAM, ADEMAMIX, MOMENTUM, LION, RMSPROP, ADAGRAD = 0, 1, 2, 3, 4, 5
 
 if config.ENABLE_CUDASIM:
     def _mul(a, b):
-        return np.float32(a) * np.float32(b)
+        with np.errstate(all="ignore"):   # inf * 0 -> NaN, as on the GPU (NaN semantics tests)
+            return np.float32(a) * np.float32(b)
 
     def _add(a, b):
-        return np.float32(a) + np.float32(b)
+        with np.errstate(all="ignore"):
+            return np.float32(a) + np.float32(b)
 
     def _div(a, b):
         with np.errstate(all="ignore"):
@@ -49,6 +56,7 @@ else:
 
 ONE = np.float32(1.0)
 ZERO = np.float32(0.0)
+EXPB = 0x7F800000  # |x| bits >= this: Inf or NaN
 
 
 @cuda.jit(device=True, inline=True)
@@ -184,9 +192,9 @@ def _make8(opt: int, fast: bool):
         s_l2 = cuda.shared.array(CELLS, uint8)
         s_f2 = cuda.shared.array(NB, float32)
         s_q2 = cuda.shared.array(257, int32)
-        s_m1 = cuda.shared.array(THREADS, float32)
-        s_mb = cuda.shared.array(THREADS, float32)
-        s_m2 = cuda.shared.array(THREADS, float32)
+        s_m1 = cuda.shared.array(THREADS, int32)   # block absmax as |x| bits (simulator's group max)
+        s_mb = cuda.shared.array(THREADS, int32)
+        s_m2 = cuda.shared.array(THREADS, int32)
         s_w = cuda.shared.array((2, 1), float32)   # _group_max's cross-warp slots (unused: G = 32)
         tid = cuda.threadIdx.x
         s_t1[tid] = t1[tid]
@@ -225,9 +233,9 @@ def _make8(opt: int, fast: bool):
         nit = (nblocks + per_it - 1) // per_it
         for it in range(nit):
             blk = (it * cuda.gridDim.x + cuda.blockIdx.x) * WARPS + warp
-            mx1 = ZERO
-            mxb = ZERO
-            mx2 = ZERO
+            mx1 = int32(0)                  # block absmax as |x| bits: NaN-propagating integer max
+            mxb = int32(0)
+            mx2 = int32(0)
             start = blk * 256
             full = blk < nfull
             cnt = 0
@@ -300,13 +308,13 @@ def _make8(opt: int, fast: bool):
                         va[j] = a
                         vb[j] = b
                         vd[j] = d
-                        x = abs(a)
+                        x = int32(_float_as_int(a) & 0x7FFFFFFF)
                         if x > mx1:
                             mx1 = x
-                        x = abs(b)
+                        x = int32(_float_as_int(b) & 0x7FFFFFFF)
                         if x > mxb:
                             mxb = x
-                        x = abs(d)
+                        x = int32(_float_as_int(d) & 0x7FFFFFFF)
                         if x > mx2:
                             mx2 = x
             mx1 = _group_max(mx1, 32, tid, s_m1, s_w, 0)
@@ -316,12 +324,28 @@ def _make8(opt: int, fast: bool):
                 mx2 = _group_max(mx2, 32, tid, s_m2, s_w, 0)
             if blk < nblocks:
                 tail = cnt < 256
-                amc1 = mx1 if mx1 > TINY else TINY
-                amcb = mxb if mxb > TINY else TINY
-                amc2 = mx2 if mx2 > TINY else TINY
+                f1 = _int_as_float(mx1)
+                fb = _int_as_float(mxb)
+                f2 = _int_as_float(mx2)
+                amc1 = TINY if f1 < TINY else f1   # max(absmax, 1e-38), keeping NaN
+                amcb = TINY if fb < TINY else fb
+                amc2 = TINY if f2 < TINY else f2
                 r1 = _div(ONE, amc1)
                 rb = _div(ONE, amcb)
                 r2 = _div(ONE, amc2)
+                bad1 = mx1 >= EXPB              # NaN or Inf absmax (warp-uniform)
+                badb = mxb >= EXPB
+                bad2 = mx2 >= EXPB
+                zc1 = 0
+                nc1 = 0
+                zc2 = 0
+                nc2 = 0
+                if bad1 or badb or bad2:        # the reference's codes: 0.0's, and NaN's (the last bucket's)
+                    zc1 = enc1(ZERO, ONE, ONE, False, sh1, S1, s_l1, s_f1, s_q1)
+                    nc1 = 255 if fast else s_q1[256]
+                    if HS2:
+                        zc2 = enc2(ZERO, ONE, ONE, False, sh2, S2, s_l2, s_f2, s_q2)
+                        nc2 = 255 if fast else s_q2[256]
                 for h in range(2):                  # requantize; full blocks: codes packed into words
                     w1 = uint64(0)
                     wb = uint64(0)
@@ -330,13 +354,22 @@ def _make8(opt: int, fast: bool):
                         j = 4 * h + q
                         e = 128 * h + 4 * lane + q
                         if full or e < cnt:
-                            i1 = enc1(va[j], amc1, r1, tail, sh1, S1, s_l1, s_f1, s_q1)
+                            if bad1:
+                                i1 = nc1 if (mx1 > EXPB or (_float_as_int(va[j]) & 0x7FFFFFFF) >= EXPB) else zc1
+                            else:
+                                i1 = enc1(va[j], amc1, r1, tail, sh1, S1, s_l1, s_f1, s_q1)
                             ib = int32(0)
                             i2 = int32(0)
                             if HB:
-                                ib = enc1(vb[j], amcb, rb, tail, sh1, S1, s_l1, s_f1, s_q1)
+                                if badb:
+                                    ib = nc1 if (mxb > EXPB or (_float_as_int(vb[j]) & 0x7FFFFFFF) >= EXPB) else zc1
+                                else:
+                                    ib = enc1(vb[j], amcb, rb, tail, sh1, S1, s_l1, s_f1, s_q1)
                             if HS2:
-                                i2 = enc2(vd[j], amc2, r2, tail, sh2, S2, s_l2, s_f2, s_q2)
+                                if bad2:
+                                    i2 = nc2 if (mx2 > EXPB or (_float_as_int(vd[j]) & 0x7FFFFFFF) >= EXPB) else zc2
+                                else:
+                                    i2 = enc2(vd[j], amc2, r2, tail, sh2, S2, s_l2, s_f2, s_q2)
                             if full:
                                 sh = uint64(8 * q)
                                 w1 |= uint64(i1) << sh
@@ -357,11 +390,11 @@ def _make8(opt: int, fast: bool):
                         if HS2:
                             c2w[uint64(cw)] = w2
                 if lane == 0:
-                    a1[uint64(blk)] = amc1 if tail else mx1
+                    a1[uint64(blk)] = amc1 if tail else f1
                     if HB:
-                        a1b[uint64(blk)] = amcb if tail else mxb
+                        a1b[uint64(blk)] = amcb if tail else fb
                     if HS2:
-                        a2[uint64(blk)] = amc2 if tail else mx2
+                        a2[uint64(blk)] = amc2 if tail else f2
     return k8
 
 

@@ -6,6 +6,12 @@ workbench/optim/functional.py; float32, no FMA: setup.py passes -ffp-contract=of
 correctly rounded). ``prange`` hands runs of 256-element blocks to OpenMP threads; each block
 is read once (grad, param, codes), updated in registers, its new state kept in an L1 stack
 buffer for the block absmax, then written once (param, codes, absmax).
+
+NaN/Inf (workbench/optim/functional.py, "NaN and Inf"): a block's absmax is the integer max of its
+|x| bit patterns (NaN > Inf > finite: a NaN poisons the whole block, as the reference's amax); a
+block whose absmax is NaN or Inf takes the reference's codes (the plan's nan_code / zero_code) on a
+block-level branch. Optimizer ids and constant slots: functional.py's KERNEL_RULES / KERNEL_SLOTS
+(tests/test_optim_wire_constants.py holds the enums below to them).
 """
 from cython.parallel cimport prange
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t
@@ -79,7 +85,9 @@ cdef extern from *:
     }
 
     typedef struct { int mode; const float* bnd15; const uint8_t* bcodes; const float* kbound;
-                     const uint8_t* klo; const uint8_t* khi; const float* bpad; int64_t npad; } ko_plan;
+                     const uint8_t* klo; const uint8_t* khi; const float* bpad; int64_t npad;
+                     uint8_t nan_code; uint8_t zero_code; } ko_plan;
+    static const uint32_t KO_EXP = 0x7F800000u;  /* |x| bits >= this: Inf or NaN */
 
     static inline uint8_t ko_encode(float s, const ko_plan* P) {
         if (P->mode == 0) { int c = 0; for (int j = 0; j < 15; j++) c += P->bnd15[j] < s; return P->bcodes[c]; }
@@ -88,12 +96,24 @@ cdef extern from *:
         while (step > 0) { if (P->bpad[pos + step - 1] < s) pos += step; step >>= 1; }
         return P->bcodes[pos];
     }
-    static inline void ko_requant(const float* buf, float mx, int64_t start, int64_t end, int is_tail,
+    /* mbits: the block's absmax as float bits (integer max of |x| patterns: NaN-propagating) */
+    static inline void ko_requant(const float* buf, uint32_t mbits, int64_t start, int64_t end, int is_tail,
                                   const ko_plan* P, uint8_t* codes, float* absmax_b) {
-        float amc = mx > KO_TINY ? mx : KO_TINY, r = 1.0f / amc;
-        *absmax_b = is_tail ? amc : mx;
+        float mx = kb_bits_f32(mbits);
         int64_t m = end - start;
         uint8_t* out = codes + start;
+        if (mbits >= KO_EXP) {
+            /* NaN or Inf absmax, stored as is (the tail's 1e-38 clamp keeps it); the reference's codes:
+               all scaled values NaN (NaN absmax), or +-0 / NaN for finite / Inf values (Inf absmax) */
+            *absmax_b = mx;
+            for (int64_t j = 0; j < m; j++) {
+                uint32_t a = kb_f32_bits(buf[j]) & 0x7FFFFFFFu;
+                out[j] = (mbits > KO_EXP || a >= KO_EXP) ? P->nan_code : P->zero_code;
+            }
+            return;
+        }
+        float amc = mx > KO_TINY ? mx : KO_TINY, r = 1.0f / amc;
+        *absmax_b = is_tail ? amc : mx;
         if (P->mode == 1 && !is_tail) {
             /* the common case, hoisted: plan fields in registers (a uint8 store may alias them) */
             const float* kb = P->kbound; const uint8_t* lo = P->klo; const uint8_t* hi = P->khi;
@@ -120,7 +140,7 @@ cdef extern from *:
         int64_t start = blk * 256, end = start + 256 < n ? start + 256 : n;
         int is_tail = end - start < 256, has_b = opt == KO_ADEMAMIX, has_s2 = opt == KO_ADAM || opt == KO_ADEMAMIX;
         float am1 = a1[blk], amb = has_b ? a1b[blk] : 0.0f, am2 = has_s2 ? a2[blk] : 0.0f;
-        float mx1 = 0.0f, mxb = 0.0f, mx2 = 0.0f;
+        uint32_t mx1 = 0, mxb = 0, mx2 = 0;  /* absmax as bits: NaN-propagating */
         for (int64_t i = start; i < end; i++) {
             float a = t1[c1[i]] * am1, b = has_b ? t1[c1b[i]] * amb : 0.0f, d = has_s2 ? t2[c2[i]] * am2 : 0.0f;
             float g0 = ko_load(g, i, gk);
@@ -130,9 +150,9 @@ cdef extern from *:
                 ko_store(p, i, pv, pk);
             }
             int64_t j = i - start;
-            buf1[j] = a; float v = fabsf(a); mx1 = v > mx1 ? v : mx1;
-            if (has_b) { bufb[j] = b; v = fabsf(b); mxb = v > mxb ? v : mxb; }
-            if (has_s2) { buf2[j] = d; v = fabsf(d); mx2 = v > mx2 ? v : mx2; }
+            buf1[j] = a; uint32_t v = kb_f32_bits(a) & 0x7FFFFFFFu; mx1 = v > mx1 ? v : mx1;
+            if (has_b) { bufb[j] = b; v = kb_f32_bits(b) & 0x7FFFFFFFu; mxb = v > mxb ? v : mxb; }
+            if (has_s2) { buf2[j] = d; v = kb_f32_bits(d) & 0x7FFFFFFFu; mx2 = v > mx2 ? v : mx2; }
         }
         ko_requant(buf1, mx1, start, end, is_tail, P1, c1, &a1[blk]);
         if (has_b) ko_requant(bufb, mxb, start, end, is_tail, P1, c1b, &a1b[blk]);
@@ -193,9 +213,9 @@ cdef extern from *:
         for (int64_t j = 0; j < m; j++) { uint32_t v = kb_f32_bits(A[j]) & 0x7FFFFFFFu; u1 = v > u1 ? v : u1; }
         if (has_b) for (int64_t j = 0; j < m; j++) { uint32_t v = kb_f32_bits(B[j]) & 0x7FFFFFFFu; ub = v > ub ? v : ub; }
         if (has_s2) for (int64_t j = 0; j < m; j++) { uint32_t v = kb_f32_bits(D[j]) & 0x7FFFFFFFu; u2 = v > u2 ? v : u2; }
-        ko_requant(A, kb_bits_f32(u1), start, end, is_tail, P1, c1, &a1[blk]);
-        if (has_b) ko_requant(B, kb_bits_f32(ub), start, end, is_tail, P1, c1b, &a1b[blk]);
-        if (has_s2) ko_requant(D, kb_bits_f32(u2), start, end, is_tail, P2, c2, &a2[blk]);
+        ko_requant(A, u1, start, end, is_tail, P1, c1, &a1[blk]);
+        if (has_b) ko_requant(B, ub, start, end, is_tail, P1, c1b, &a1b[blk]);
+        if (has_s2) ko_requant(D, u2, start, end, is_tail, P2, c2, &a2[blk]);
     }
     #define KO_FAST8(OPT) \
     static void ko_fast8_##OPT(int first, const float* g, float* p, uint8_t* c1, float* a1, uint8_t* c1b, \
@@ -261,6 +281,8 @@ cdef extern from *:
         const uint8_t* khi
         const float* bpad
         int64_t npad
+        uint8_t nan_code
+        uint8_t zero_code
     void ko_update8_block(int opt, int first, int skip_zeros, const void* g, int gk, void* p, int pk,
                           uint8_t* c1, float* a1, uint8_t* c1b, float* a1b, uint8_t* c2, float* a2,
                           const float* t1, const float* t2, const float* k, int64_t blk, int64_t n,
@@ -279,8 +301,11 @@ cdef inline void* _addr(object arr):
 
 
 cdef ko_plan _plan(int mode, const float[::1] bnd15, const uint8_t[::1] bc, const float[::1] kb,
-                   const uint8_t[::1] klo, const uint8_t[::1] khi, const float[::1] bpad):
+                   const uint8_t[::1] klo, const uint8_t[::1] khi, const float[::1] bpad, int nan_code,
+                   int zero_code):
     cdef ko_plan P
+    P.nan_code = <uint8_t>nan_code
+    P.zero_code = <uint8_t>zero_code
     P.mode = mode
     P.bnd15 = &bnd15[0]
     P.bcodes = &bc[0]
@@ -324,13 +349,14 @@ def update_8bit_blockwise(int opt, bint first, bint skip_zeros, g, int gkind, p,
                           int m1, const float[::1] n1, const uint8_t[::1] bc1, const float[::1] kb1,
                           const uint8_t[::1] klo1, const uint8_t[::1] khi1, const float[::1] bp1,
                           int m2_, const float[::1] n2, const uint8_t[::1] bc2, const float[::1] kb2,
-                          const uint8_t[::1] klo2, const uint8_t[::1] khi2, const float[::1] bp2):
+                          const uint8_t[::1] klo2, const uint8_t[::1] khi2, const float[::1] bp2,
+                          int nan1, int zero1, int nan2, int zero2):
     cdef int64_t n = p.shape[0]
     cdef int64_t nb = (n + 255) // 256
     cdef void* pg = _addr(g)
     cdef void* pp = _addr(p)
-    cdef ko_plan P1 = _plan(m1, n1, bc1, kb1, klo1, khi1, bp1)
-    cdef ko_plan P2 = _plan(m2_, n2, bc2, kb2, klo2, khi2, bp2)
+    cdef ko_plan P1 = _plan(m1, n1, bc1, kb1, klo1, khi1, bp1, nan1, zero1)
+    cdef ko_plan P2 = _plan(m2_, n2, bc2, kb2, klo2, khi2, bp2, nan2, zero2)
     cdef int64_t b
     if gkind == 0 and pkind == 0 and not skip_zeros:
         for b in prange(nb, nogil=True, schedule="static"):

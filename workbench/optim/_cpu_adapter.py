@@ -10,6 +10,7 @@ very arrays handed to the kernel, so a direct caller cannot make a kernel index 
 from __future__ import annotations
 
 import os
+import weakref
 
 import numpy as np
 import torch
@@ -26,6 +27,21 @@ _EMPTY_U = np.zeros(1, np.uint8)
 
 
 consts = W.kernel_constants  # float32[NK] in W.KERNEL_SLOTS order
+
+
+_nf_cache: dict = {}
+
+
+def _nonfinite(cb) -> tuple[int, int]:
+    """functional.nonfinite_codes(cb), cached per codebook object (codebook_of caches those per qmap)."""
+    hit = _nf_cache.get(id(cb))
+    if hit is not None and hit[0]() is cb:
+        return hit[1]
+    if len(_nf_cache) > 256:
+        _nf_cache.clear()
+    r = W.nonfinite_codes(cb)
+    _nf_cache[id(cb)] = (weakref.ref(cb), r)
+    return r
 
 
 def _sizes(**arrays):
@@ -94,15 +110,17 @@ def make(K):
         else:
             c1, a1 = state1.reshape(-1).numpy(), absmax1.reshape(-1).numpy()
             c1b, a1b = _EMPTY_U, _EMPTY_F
-        pl1 = search_plan(W.codebook_of(qmap1))
+        cb1 = W.codebook_of(qmap1)
+        pl1, nz1 = search_plan(cb1), _nonfinite(cb1)
         t1 = np.ascontiguousarray(qmap1.detach().float().cpu().numpy().reshape(-1))
         two = state2 is not None
         if two:
             c2, a2 = state2.reshape(-1).numpy(), absmax2.reshape(-1).numpy()
-            pl2 = search_plan(W.codebook_of(qmap2))
+            cb2 = W.codebook_of(qmap2)
+            pl2, nz2 = search_plan(cb2), _nonfinite(cb2)
             t2 = np.ascontiguousarray(qmap2.detach().float().cpu().numpy().reshape(-1))
         else:
-            c2, a2, pl2, t2 = _EMPTY_U, _EMPTY_F, pl1, t1
+            c2, a2, pl2, t2, nz2 = _EMPTY_U, _EMPTY_F, pl1, t1, nz1
         nb = (n + W.BLOCKSIZE - 1) // W.BLOCKSIZE
         ade = optimizer_name == "ademamix"
         _sizes(grad=(gx, n), param=(px, n), state1=(c1, n), absmax1=(a1, nb), state1_ema2=(c1b, n if ade else c1b.size),
@@ -118,6 +136,6 @@ def make(K):
                                 pl1.mode, pl1.bnd15, pl1.bucket_codes, pl1.kbound, pl1.kcode_lo, pl1.kcode_hi,
                                 pl1.bounds_pad,
                                 pl2.mode, pl2.bnd15, pl2.bucket_codes, pl2.kbound, pl2.kcode_lo, pl2.kcode_hi,
-                                pl2.bounds_pad)
+                                pl2.bounds_pad, nz1[0], nz1[1], nz2[0], nz2[1])
 
     return optimizer_update_32bit, optimizer_update_8bit_blockwise

@@ -42,9 +42,10 @@ NaN and Inf -- every backend follows this, bit for bit (NaN payloads aside):
   of the block dequantizes to NaN: **the whole 256-block is poisoned, for good** (until its state is
   reset); the other blocks are untouched. An Inf (absmax Inf, no NaN) scales the finite elements to
   +-0 and the Inf ones to NaN; the stored Inf absmax dequantizes to NaN/Inf from the next step on.
-* a NaN scaled value is encoded as +1.0 is (the kernels' clamp to [-1, 1] sends NaN to +1; torch's
-  bucketize puts NaN after every bound, the same code whenever the map's bounds are < 1, e.g. the
-  dynamic maps; :func:`_q` applies the rule explicitly for other maps);
+* codes of such a block are what torch.bucketize gives the reference's scaled values: a NaN scaled
+  value lands after every bound, the last bucket's code (``bucket_codes[-1]``, 255 for the dynamic
+  maps); +-0 gets the code of 0.0 (:func:`nonfinite_codes`). The kernels take a block-level branch on
+  a non-finite absmax (the finite path never sees a NaN); the quantizers follow the same rule.
 * 32-bit state: elementwise, nothing else is touched.
 
 State consistency: :func:`workbench.optim.state_check.validate_state` is the one check of a
@@ -232,6 +233,7 @@ def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_
                            gnorm_scale=1.0, skip_zeros=False):
     """Reference 32-bit update, in place on p, state1, state2 (bitsandbytes' op signature)."""
     _check_name(optimizer_name)
+    _S.check_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, step)
     k = scalars(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False)
     gf, pf = g.reshape(-1).float(), p.reshape(-1).float()
     n = gf.numel()
@@ -260,21 +262,17 @@ def _dq(codes, absmax, q):
 
 def _q(vals, q, codes_out, absmax_out):
     from ..backends.reference.quant import quantize_blockwise
-    cb = codebook_of(q)
-    c, a = quantize_blockwise(vals, cb, BLOCKSIZE)
-    if not bool(torch.isfinite(a).all()):
-        # NaN scaled values -- every element of a block whose absmax is NaN, the Inf elements of a block
-        # whose absmax is Inf -- take the code of +1.0 (module doc: NaN and Inf)
-        am = a.repeat_interleave(BLOCKSIZE)[:vals.numel()]
-        nan_s = am.isnan() | (am.isinf() & vals.isinf())
-        c = torch.where(nan_s, torch.full_like(c, nan_code(cb)), c)
+    c, a = quantize_blockwise(vals, codebook_of(q), BLOCKSIZE)
     codes_out.copy_(c.view(codes_out.shape))
     absmax_out.copy_(a.view(absmax_out.shape))
 
 
-def nan_code(cb) -> int:
-    """The code of a NaN scaled value: the code of +1.0, bucket_codes[#{bounds < 1}]."""
-    return int(cb.bucket_codes[int(np.searchsorted(cb.bounds, np.float32(1.0), side="left"))])
+def nonfinite_codes(cb) -> tuple[int, int]:
+    """(nan_code, zero_code) of a codebook: the codes the reference gives a block whose absmax is NaN or
+    Inf (module doc). torch.bucketize puts NaN after every bound (nan_code = bucket_codes[-1]); a finite
+    value scaled by an Inf absmax is +-0 (zero_code = bucket_codes[#{bounds < 0}])."""
+    zero = int(np.searchsorted(np.asarray(cb.bounds, np.float32), np.float32(0.0), side="left"))
+    return int(cb.bucket_codes[-1]), int(cb.bucket_codes[zero])
 
 
 @torch.no_grad()
@@ -283,6 +281,7 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
                                     gnorm_scale=1.0, skip_zeros=False):
     """Reference 8-bit blockwise update (blocksize 256), in place on p, codes and absmax."""
     _check_name(optimizer_name)
+    _S.check_update_8bit(optimizer_name, g, p, state1, state2, step, qmap1, qmap2, absmax1, absmax2)
     k = scalars(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, True)
     gf, pf = g.reshape(-1).float(), p.reshape(-1).float()
     n = gf.numel()
