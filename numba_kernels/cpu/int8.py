@@ -22,23 +22,31 @@ def vectorwise_quant(x, kind, rows, cols, use_t, t, codes, stats, col_flags):
     (all-zero row: 0 * inf; subnormal stat: 127 / stat overflows) is coded 0."""
     for r in prange(rows):
         base = r * cols
-        am = np.float32(0.0)
+        m = np.uint32(0)  # max of |a| as float32 bits: NaN-propagating like torch's amax, branch-free
         for c in range(cols):
             v = abs(load(x, base + c, kind))
             if use_t and v >= t:
                 col_flags[c] = 1  # benign race: every writer stores 1
                 continue
-            am = v if (v > am or v != v) else am  # NaN-propagating max (torch's amax)
+            u = np.float32(v).view(np.uint32)
+            m = u if u > m else m
+        am = np.uint32(m).view(np.float32)
         stats[r] = am
         # torch (and so bitsandbytes) evaluates 127.0 / t as t.reciprocal() * 127.0: two roundings
         scale = (np.float32(1.0) / am) * np.float32(127.0)
-        for c in range(cols):
-            a = load(x, base + c, kind)
-            if use_t and abs(a) >= t:
+        if m < np.uint32(0x7F800000) and scale < np.float32(np.inf):
+            # |a| <= am for every non-outlier: |a * scale| < 127.5, a finite product
+            for c in range(cols):
+                a = load(x, base + c, kind)
+                if use_t and abs(a) >= t:
+                    codes[base + c] = 0
+                else:
+                    codes[base + c] = np.int8(np.rint(a * scale))
+        else:
+            # stat NaN (a * NaN), Inf (a * 0 = 0, Inf * 0 = NaN), 0 or subnormal (127 / stat = Inf:
+            # a * Inf = +-Inf, 0 * Inf = NaN): every product is 0 or not finite -> the whole row is 0
+            for c in range(cols):
                 codes[base + c] = 0
-            else:
-                q = np.rint(a * scale)
-                codes[base + c] = np.int8(q) if abs(q) <= np.float32(127.0) else np.int8(0)  # NaN -> 0
 
 
 @njit(parallel=True, **_OPTS)
