@@ -89,3 +89,84 @@ def test_user_codebook_runs_through_4bit_and_8bit(rng):
     cb8 = cbs.from_values(np.linspace(-1, 1, 8), "lin3")
     c, s8 = wb.quantize_blockwise(A, codebook=cb8, blocksize=128)
     assert int(c.max()) < 8
+
+
+# ---------------------------------------------------------------- hand-built Codebook validation
+
+def _parts(name="nf4"):
+    cb = cbs.get(name)
+    return dict(name="hand", table=cb.table.copy(), bounds=cb.bounds.copy(), bucket_codes=cb.bucket_codes.copy())
+
+
+def _bad(match, **changes):
+    kw = _parts()
+    kw.update(changes)
+    with pytest.raises(CodebookError, match=match):
+        cbs.Codebook(**kw)
+
+
+def test_hand_built_codebook_accepts_the_builtins_fields():
+    for name in ("nf4", "fp4", "dynamic", "e2m1", "linear4"):
+        kw = _parts(name)
+        cb = cbs.Codebook(**kw)
+        assert np.array_equal(cb.table, kw["table"]) and np.array_equal(cb.bounds, kw["bounds"])
+    strided = np.repeat(cbs.nf4().table, 2)[::2]  # a non-contiguous view is stored contiguous
+    assert cbs.Codebook("s", strided, cbs.nf4().bounds, cbs.nf4().bucket_codes).table.flags.c_contiguous
+
+
+def test_hand_built_codebook_rejects_bad_bounds():
+    b = _parts()["bounds"]
+    _bad(r"bounds: expected strictly increasing thresholds; bounds\[1\]", bounds=b[::-1].copy())
+    dup = b.copy()
+    dup[4] = dup[3]
+    _bad(r"strictly increasing.*bounds\[4\]", bounds=dup)
+    for v in (np.nan, np.inf, -np.inf):
+        nb = b.copy()
+        nb[7] = v
+        _bad(r"bounds: values must be finite .*bounds\[7\]", bounds=nb)
+    _bad(r"bounds: expected len\(bucket_codes\) - 1 = 15 thresholds, got 16", bounds=np.append(b, np.float32(1.0)))
+    _bad(r"bounds: expected len\(bucket_codes\) - 1 = 15 thresholds, got 14", bounds=b[:-1].copy())
+    _bad(r"bounds: expected dtype float32, got float64", bounds=b.astype(np.float64))
+
+
+def test_hand_built_codebook_rejects_bad_bucket_codes():
+    c = _parts()["bucket_codes"]
+    out = c.copy()
+    out[5] = 16  # would be packed into the neighbouring nibble
+    _bad(r"bucket_codes: codes index the 16-entry table, expected values in 0..15; bucket_codes\[5\] = 16",
+         bucket_codes=out)
+    _bad(r"bucket_codes: expected 1..16 buckets", bucket_codes=np.arange(17, dtype=np.uint8) % 16,
+         bounds=np.linspace(-0.9, 0.9, 16).astype(np.float32))
+    _bad(r"bucket_codes: expected 1..16 buckets", bucket_codes=c[:0], bounds=np.zeros(0, np.float32))
+    _bad(r"bucket_codes: expected dtype uint8, got int64", bucket_codes=c.astype(np.int64))
+    _bad(r"bucket_codes: expected a 1-D numpy.ndarray of uint8, got list", bucket_codes=c.tolist())
+
+
+def test_hand_built_codebook_rejects_bad_tables():
+    t = _parts()["table"]
+    _bad(r"table: expected 2\*\*k float32 values with 1 <= k <= 8, got 15", table=t[:15].copy())
+    _bad(r"got 512", table=np.linspace(-1, 1, 512).astype(np.float32))
+    _bad(r"got 1\b", table=t[:1].copy())
+    _bad(r"table: expected dtype float32, got float64", table=t.astype(np.float64))
+    _bad(r"table: expected a 1-D array, got shape \(4, 4\)", table=t.reshape(4, 4))
+    for v in (np.nan, np.inf):
+        bad = t.copy()
+        bad[3] = v
+        _bad(r"table: values must be finite; table\[3\]", table=bad)
+    _bad(r"codebook name: expected a str", name=None)
+    _bad(r"meta: expected a dict", meta=[1])
+
+
+def test_unknown_name_is_a_codebook_error_and_a_key_error():
+    for exc in (CodebookError, KeyError):
+        with pytest.raises(exc, match="unknown name 'nf5'; registered: "):
+            cbs.get("nf5")
+
+
+def test_builtin_construction_stays_fast():
+    import time
+    cbs.get("dynamic")
+    t = time.perf_counter()
+    for _ in range(200):
+        cbs.Codebook("d", *(getattr(cbs.get("dynamic"), f) for f in ("table", "bounds", "bucket_codes")))
+    assert (time.perf_counter() - t) / 200 < 2e-3  # validation is a few O(256) NumPy checks

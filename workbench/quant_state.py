@@ -164,7 +164,7 @@ class QuantState:
             if not isinstance(k, str):
                 raise QuantInputError(f"qs_dict: keys must be str, got {k!r} ({type(k).__name__})")
         packed_keys = [k for k, v in qs_dict.items() if "quant_state" in k and isinstance(v, torch.Tensor)]
-        if "quant_type" not in qs_dict:
+        if not any(k.split(".")[-1] == "quant_type" for k in qs_dict):  # packed (keys may carry a prefix)
             if len(packed_keys) != 1 or "bitsandbytes__" not in packed_keys[0]:
                 raise QuantInputError(f"qs_dict: expected exactly one 'quant_state.bitsandbytes__<type>' item or "
                                       f"unpacked items with 'quant_type'; found {packed_keys or 'neither'}")
