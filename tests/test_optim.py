@@ -241,9 +241,9 @@ def test_codebook_cache_not_fooled_by_recycled_tensors():
 def test_nan_gradient_is_contained_in_its_block(backend, name, rng):
     """A NaN gradient element: after the step its parameter equals the reference's (NaN for Adam and
     Momentum; Lion's sign(NaN) is 0, as torch.sign's), and every 256-block that does not hold it stays
-    bit-identical to the reference over further steps (params, codes, absmax). The 8-bit state of the
-    block that holds it is undefined (the reference's absmax is NaN there; backends differ), so that
-    block's params may differ from the next step on."""
+    bit-identical to the reference over further steps (params, codes, absmax). The block that holds it
+    is poisoned (absmax NaN, every param NaN from the next step on) identically on every backend: that
+    is tests/test_optim_nan.py's (NaN == NaN comparisons)."""
     fn = _need(backend)[8]
     n = 256 * 4 + 19
     p0, grad = problem(n, rng)

@@ -158,3 +158,40 @@ def test_gpu_nan_poisons_block_as_reference(backend, name, dtype, skip, general,
                 assert _same(st_k[key].cpu(), st_ref[key]), f"step {step}: {key} differs"
     a1 = st_ref["absmax1"].reshape(-1, nb)
     assert a1[:, 5].isnan().all() and a1[:, nb - 1].isnan().all() and torch.isfinite(a1[:, 0]).all()
+
+
+@pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])
+def test_gpu_adapters_refuse_inconsistent_state(backend, rng):
+    """Issue 17: the GPU adapters check the state against the parameter before any launch (a kernel would
+    read/write out of bounds or dereference a host pointer): truncated absmax, a 16-entry qmap, a qmap or
+    absmax left on the CPU, AdEMAMix codes of the wrong size, Adam without state2, a float64 parameter;
+    the parameter and state stay untouched and the context stays usable."""
+    from workbench.optim.state_check import OptimizerStateError, UnsupportedDtypeError
+    mod = _mod(backend)
+    n = 256 * 5 + 33
+    spoil = {
+        "absmax1_short": ("adam", lambda st: st.update(absmax1=st["absmax1"][:-1].clone())),
+        "qmap1_16": ("adam", lambda st: st.update(qmap1=st["qmap1"][::16].clone())),
+        "qmap2_on_cpu": ("adam", lambda st: st.update(qmap2=st["qmap2"].cpu())),
+        "absmax1_on_cpu": ("momentum", lambda st: st.update(absmax1=st["absmax1"].cpu())),
+        "ademamix_state1_1d": ("ademamix", lambda st: st.update(state1=st["state1"][0].clone())),
+        "adam_without_state2": ("adam", lambda st: st.update(state2=None, absmax2=None, qmap2=None)),
+    }
+    for case, (name, f) in spoil.items():
+        st = _state(name, n, True, "cuda")
+        f(st)
+        p = torch.randn(n, generator=rng).cuda()
+        p0 = p.clone()
+        with pytest.raises(OptimizerStateError):
+            _step(mod.optimizer_update_8bit_blockwise, name, True, torch.randn(n, generator=rng).cuda(), p, st, 1,
+                  0.0, 1.0, False)
+        assert torch.equal(p, p0), case
+    st = _state("adam", n, False, "cuda")
+    st["state2"] = st["state2"][:-1]
+    with pytest.raises(OptimizerStateError):
+        _step(mod.optimizer_update_32bit, "adam", False, torch.randn(n).cuda(), torch.randn(n).cuda(), st, 1, 0.0,
+              1.0, False)
+    with pytest.raises(UnsupportedDtypeError):
+        _step(mod.optimizer_update_8bit_blockwise, "adam", True, torch.randn(n).cuda().double(),
+              torch.randn(n).cuda().double(), _state("adam", n, True, "cuda"), 1, 0.0, 1.0, False)
+    torch.cuda.synchronize()
