@@ -107,6 +107,8 @@ def _clamp_tiny(m):
 @cuda.jit(device=True, inline=True)
 def _bf16_bits(v):
     b = _float_as_int(v)
+    if (b & 0x7FFFFFFF) > 0x7F800000:       # NaN stays a (quiet) NaN: the GPU's 0x7fffffff would round to -0
+        return ((b >> 16) | 0x40) & 0xFFFF
     return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) & 0xFFFF
 
 
