@@ -57,6 +57,8 @@ class _GuardedCache:
             self._disable(e)
 
     def __getattr__(self, name):
+        if name == "_inner":  # not yet set (copy/unpickle): no recursion
+            raise AttributeError(name)
         return getattr(self._inner, name)
 
 
