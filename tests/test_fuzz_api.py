@@ -408,6 +408,33 @@ def test_blockwise_invalid_input(backend, data):
         unchanged(before, A, "A")
 
 
+@backends_for("quantize_blockwise")
+@pytest.mark.parametrize("kind", INVALID_CODE_KINDS)
+def test_blockwise_invalid_code_table(backend, kind):
+    """Every broken code table (the fuzz above samples them): a clear error on every backend."""
+    kw, _ = blockwise_code(lambda strategy: 0, kind)  # every draw (a seed, a position) is 0
+    A = torch.randn(300)
+    got = outcome(lambda: wb.quantize_blockwise(A, blocksize=64, backend=backend, **kw))
+    assert isinstance(got, Err), f"quantize_blockwise accepts a broken code table ({kind})"
+
+
+NONFINITE = {"all-nan": [float("nan")] * 51, "nan-first": [float("nan"), 1.0, 2.0], "nan-last": [1.0, 2.0, float("nan")],
+             "inf": [1.0, float("inf"), 2.0], "-inf-only": [-float("inf")]}
+
+
+@backends_for("quantize_blockwise", "quantize_4bit")
+@pytest.mark.parametrize("pattern", sorted(NONFINITE))
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_nonfinite_rejected_on_every_backend(backend, pattern, dtype):
+    """nan_policy='raise' (the default) rejects NaN/Inf whatever the backend's absmax does with them."""
+    A = torch.tensor(NONFINITE[pattern]).to(dtype)
+    for op in (lambda: wb.quantize_blockwise(A, blocksize=64, backend=backend),
+               lambda: wb.quantize_4bit(A, blocksize=64, quant_type="nf4", backend=backend)):
+        got = outcome(op)
+        assert isinstance(got, Err) and isinstance(got.e, QuantInputError) and "non-finite" in str(got.e), \
+            f"non-finite input ({pattern}, {dtype}) accepted under nan_policy='raise': {got!r}"[:300]
+
+
 def _mutate_state(draw, qs: QuantState, A: torch.Tensor, four_bit: bool):
     """One corruption of a valid state (or of the codes A). Returns (A, qs, description)."""
     qs = QuantState(absmax=qs.absmax.clone(), shape=qs.shape, code=qs.code.clone(), blocksize=qs.blocksize,
