@@ -28,9 +28,22 @@ def _table_256(cb: Codebook, device) -> torch.Tensor:
     return cb.tensors(device)[0]
 
 
+def _nan_blocks_to_nan(A, absmax, blocksize):
+    """bitsandbytes' native CPU 8-bit quantizer takes a NaN-skipping absmax, so a block whose only
+    non-finite value is NaN gets a finite one. The backend contract (the reference, and what the
+    public API reads as its non-finite flag) is absmax NaN for every block holding a NaN: set it.
+    Codes stay bitsandbytes'; finite data is untouched (one isnan pass, on this oracle backend only)."""
+    nan = torch.isnan(A.reshape(-1))
+    if not bool(nan.any()):
+        return absmax
+    nb = absmax.numel()
+    nan = torch.nn.functional.pad(nan, (0, nb * blocksize - nan.numel()))
+    return absmax.masked_fill(nan.view(nb, blocksize).any(dim=1), float("nan"))
+
+
 def quantize_blockwise(A, codebook, blocksize):
     codes, absmax = _ops().quantize_blockwise(A, _table_256(codebook, A.device), blocksize)
-    return codes.reshape(-1), absmax
+    return codes.reshape(-1), _nan_blocks_to_nan(A, absmax, blocksize)
 
 
 def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
