@@ -11,7 +11,8 @@ A spec is a :class:`~workbench.codebooks.Codebook`, a registered codebook name, 
 ``"lloyd-max"`` / ``"kmeans"`` / ``"quantile"`` (fitted on ``data`` normalized by blocks of
 ``fit_blocksize``), a sequence of values, a file (``.json`` list or ``{"values": [...]}``,
 ``.npy``, ``.txt``/``.csv`` of numbers) or a NumPy expression such as ``linspace(-1,1,16)``.
-Values outside [-1, 1] are divided by their largest magnitude; fewer than 16 values are padded
+Values must be strictly increasing (unsorted or duplicate lists are refused, as by the API's
+``from_values``); values outside [-1, 1] are divided by their largest magnitude; fewer than 16 values are padded
 by repeating the largest (never emitted), so any code up to 16 levels runs through the 4-bit
 kernels (17..256 levels: the 8-bit blockwise kernels).
 """
@@ -78,7 +79,19 @@ def values_from_text(text: str) -> np.ndarray:
 
 
 def codebook_from_values(values, name: str = "custom") -> cbs.Codebook:
-    v = np.unique(np.asarray(values, np.float64).ravel())
+    """Strictly increasing finite values (2..256; the API's rule: unsorted or duplicate lists are refused, not
+    silently sorted) -> a Codebook whose table is padded to 16 or 256 entries."""
+    v = np.asarray(values, np.float64).ravel()
+    if v.size and np.all(np.isfinite(v)):
+        d = np.diff(v)
+        if np.any(d == 0):
+            i = int(np.argmax(d == 0))
+            raise SpecError(f"codebook {name!r}: duplicate value {v[i]!r} at positions {i} and {i + 1}; "
+                            "expected strictly increasing values")
+        if np.any(d < 0):
+            i = int(np.argmax(d < 0))
+            raise SpecError(f"codebook {name!r}: values must be sorted ascending; position {i + 1} ({v[i + 1]!r}) "
+                            f"< position {i} ({v[i]!r})")
     if v.size < 2:
         raise SpecError(f"codebook {name!r}: need at least 2 distinct values, got {v.size}")
     if v.size > 256:
@@ -120,7 +133,14 @@ def build(spec, data=None, *, fit_blocksize: int = 64, n: int = 1 << 18, seed: i
             return fn(x, bits=bits, blocksize=fit_blocksize, name=name or f"{key}@{label}-bs{fit_blocksize}")
         if key in cbs.names():
             return cbs.get(key)
-        return codebook_from_values(values_from_text(spec), name or spec.strip())
+        p = Path(spec.strip())
+        if p.suffix.lower() == ".json" and p.is_file():
+            obj = json.loads(p.read_text())
+            if isinstance(obj, dict) and "bucket_codes" in obj:   # Codebook.to_dict() (workbench codebook --save)
+                cb = cbs.from_dict(obj)
+                return cbs.Codebook(name, cb.table, cb.bounds, cb.bucket_codes, cb.meta) if name else cb
+        is_file = p.suffix.lower() in (".json", ".npy", ".txt", ".csv") and p.is_file()
+        return codebook_from_values(values_from_text(spec), name or (p.stem if is_file else spec.strip()))
     return codebook_from_values(spec, name or "custom")
 
 
@@ -179,14 +199,17 @@ def figure(df: pd.DataFrame, cands):
     return fig
 
 
-def run(quick: bool = False, executor=None):
+def run(quick: bool = False, executor=None, codebooks=()):
     """The report's default: Lloyd-Max and quantile codes fitted on N(0,1) and Laplace data at blocksize 64
-    vs NF4/FP4, each evaluated on the data it was fitted to (a new sample)."""
+    vs NF4/FP4, each evaluated on the data it was fitted to (a new sample). ``codebooks``: the user's codes
+    (Codebook objects, registered names or any spec of :func:`build`), compared beside the fitted ones."""
     n = 1 << 15 if quick else 1 << 20
     bss = (64, 512, 4096) if quick else (32, 64, 128, 256, 512, 1024, 2048, 4096)
+    from studies.error_study import kernel_sized
+    user = [kernel_sized(build(c)) for c in codebooks or ()]
     frames, figs = [], {}
     for src in ("normal", "laplace"):
-        df, fig = compare(["lloyd-max", "quantile"], data=src, blocksizes=bss, n=n)
+        df, fig = compare(["lloyd-max", "quantile", *user], data=src, blocksizes=bss, n=n)
         frames.append(df)
         figs[f"codebook_lab_{src}"] = fig
     return pd.concat(frames, ignore_index=True), figs

@@ -12,6 +12,10 @@ Two scale formats that the absmax kernels cannot express are study-level variant
 and ``nvfp4`` (E2M1 elements with the block scale amax/6 rounded to FP8 E4M3 after a per-tensor
 float32 scale amax_tensor / (6 * 448)). They also run at their native blocksizes (32 / 16).
 
+Your own codes join every sweep: ``run(codebooks=[...])`` (``workbench study error --codebook NAME|FILE|EXPR``,
+``workbench report --codebook ...``) adds each as a method named after the code. Tasks carry the codebook by
+value (``Codebook.to_dict()``), so process-pool and dask workers need no registry entry.
+
 Data-fitted codes (Lloyd-Max, quantile) are fitted on a separate calibration sample of the same
 source (another seed; for real weights, the weights themselves) at blocksize 64, then applied at
 every blocksize.
@@ -184,14 +188,32 @@ def metrics(x: torch.Tensor, y: torch.Tensor) -> dict:
             "max_err": float(err.max()), "rel_err": float((err / (xd.abs() + 1e-8)).mean())}
 
 
-def evaluate(source: str, method: str, n: int, blocksizes, seed: int = 0) -> list[dict]:
-    """All rows for one (data source, method): one per blocksize. A sweep task (picklable args)."""
+def kernel_sized(cb):
+    """``cb`` with its table padded (repeating the last entry, never emitted) to what a kernel takes: 16 entries
+    (the 4-bit ops) up to 16 levels, else 256 (the 8-bit ops); the buckets, and so the rounding, are unchanged."""
+    from workbench import codebooks as cbs
+    size = 16 if cb.size <= 16 else 256
+    if cb.size == size:
+        return cb
+    table = np.concatenate([cb.table, np.full(size - cb.size, cb.table[-1], np.float32)])
+    return cbs.Codebook(cb.name, table, cb.bounds, cb.bucket_codes, {**cb.meta, "levels": int(cb.bucket_codes.size)})
+
+
+def evaluate(source: str, method: str, n: int, blocksizes, seed: int = 0, codebook: dict | None = None) -> list[dict]:
+    """All rows for one (data source, method): one per blocksize. A sweep task (picklable args); a user code
+    comes by value as ``codebook`` (``Codebook.to_dict()``), never looked up by name on the worker."""
     try:
         x = make_data(source, n, seed)
     except DataUnavailable as e:
         return [{"source": source, "method": method, "skipped": str(e)}]
     try:
-        cb = codebook_for(method, source, n)
+        if codebook is not None:
+            from workbench import codebooks as cbs
+            cb = cbs.from_dict(codebook)
+        else:
+            cb = codebook_for(method, source, n)
+        levels = int(cb.bucket_codes.size) if cb is not None else 16
+        cb = kernel_sized(cb) if cb is not None else None
     except Exception as e:  # noqa: BLE001  (a fitted code can fail on degenerate data)
         return [{"source": source, "method": method, "skipped": f"codebook: {e}"}]
     rows = []
@@ -209,7 +231,8 @@ def evaluate(source: str, method: str, n: int, blocksizes, seed: int = 0) -> lis
             r.update({"mae_dq": r["mae"], "sqnr_db_dq": r["sqnr_db"]})
         else:
             y, bits = quant_dequant(x, cb, bs)
-            r.update(metrics(x, y), bits=bits, kind="kernel", codebook=cb.name, code_bits=cb.bits,
+            r.update(metrics(x, y), bits=bits, kind="kernel" if codebook is None else "user", codebook=cb.name,
+                     code_bits=cb.bits, levels=levels,
                      backend=resolve_name("auto", "quantize_4bit" if cb.bits == 4 else "quantize_blockwise", "cpu"))
             ydq, bits_dq = quant_dequant(x, cb, bs, double_quant=True)
             mdq = metrics(x, ydq)
@@ -220,12 +243,30 @@ def evaluate(source: str, method: str, n: int, blocksizes, seed: int = 0) -> lis
 
 # ------------------------------------------------------------------ study
 
+def _user_codebooks(codebooks) -> list:
+    """Codebook objects (or registered names / to_dict() dicts) -> validated Codebooks with unique names."""
+    from workbench import codebooks as cbs
+    out, seen = [], set()
+    for c in codebooks or ():
+        cb = cbs.from_dict(c) if isinstance(c, dict) else cbs.get(c)
+        if cb.name in METHODS and cb.name in cbs.names() and cb is cbs.get(cb.name):
+            continue  # a built-in method, already in the sweep
+        if cb.name in seen or cb.name in METHODS:
+            raise ValueError(f"codebooks: two codes named {cb.name!r}; give them distinct names")
+        seen.add(cb.name)
+        out.append(cb)
+    return out
+
+
 def run(quick: bool = False, executor=None, *, sources=SOURCES, methods=METHODS, blocksizes=None, n=None,
-        seed: int = 0):
+        seed: int = 0, codebooks=()):
+    """The sweep; ``codebooks``: extra codes (Codebook objects or registered names), each a method of its own."""
     from workbench.sweep import run_tasks
     n = n or (N_QUICK if quick else N_FULL)
     blocksizes = tuple(blocksizes or (QUICK_BLOCKSIZES if quick else BLOCKSIZES))
     tasks = [dict(source=s, method=m, n=n, blocksizes=blocksizes, seed=seed) for s in sources for m in methods]
+    tasks += [dict(source=s, method=cb.name, n=n, blocksizes=blocksizes, seed=seed, codebook=cb.to_dict())
+              for s in sources for cb in _user_codebooks(codebooks)]
     parts = run_tasks(evaluate, tasks, executor, desc="error study")
     df = pd.DataFrame([r for p in parts for r in p])
     if "skipped" not in df:
@@ -248,7 +289,8 @@ def figures(df: pd.DataFrame) -> dict:
         return figs
     sources = [s for s in SOURCES if s in set(ok["source"])]
     fig, axes = plt.subplots(1, len(sources), figsize=(4.2 * len(sources), 3.8), squeeze=False, sharey=False)
-    colors = {m: plt.cm.tab20(i / max(1, len(METHODS) - 1) * 0.999) for i, m in enumerate(METHODS)}
+    methods = list(METHODS) + [m for m in dict.fromkeys(ok["method"]) if m not in METHODS]
+    colors = {m: plt.cm.tab20(i / max(1, len(methods) - 1) * 0.999) for i, m in enumerate(methods)}
     for ax, src in zip(axes[0], sources):
         sub = ok[(ok["source"] == src) & (ok["code_bits"] == 4)]
         for m, g in sub.groupby("method", sort=False):
@@ -279,12 +321,18 @@ def figures(df: pd.DataFrame) -> dict:
     return figs
 
 
+def method_order(df: pd.DataFrame) -> list[str]:
+    """Every method present: the built-in ones in METHODS order, then the user's codes as they came."""
+    present = list(dict.fromkeys(df["method"]))
+    return [m for m in METHODS if m in present] + [m for m in present if m not in METHODS]
+
+
 def summarize(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     ok = _ok(df)
     out = []
     if ok.empty:
         return out
-    order = [m for m in METHODS if m in set(ok["method"])]
+    order = method_order(ok)
     for src in ("normal", "minilm"):
         sub = ok[ok["source"] == src]
         if sub.empty:
@@ -304,8 +352,12 @@ def summarize(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 def notes(df: pd.DataFrame) -> list[str]:
     out = []
     if "skipped" in df:
-        for (src, reason) in df[df["skipped"].notna()][["source", "skipped"]].drop_duplicates("source").values:
-            out.append(f"data source `{src}` skipped: {reason}")
+        sk = df[df["skipped"].notna()]
+        for reason, g in sk.groupby("skipped", sort=False):
+            srcs, meths = sorted(set(g["source"])), list(dict.fromkeys(g["method"]))
+            what = (f"data source `{srcs[0]}`" if len(srcs) == 1 and len(meths) > 1 else
+                    f"{len(g)} rows (source {', '.join(srcs)}; method {', '.join(meths)})")
+            out.append(f"skipped: {what}: {reason}")
     ok = _ok(df)
     if not ok.empty:
         out.append(f"kernel backend (auto on CPU): {', '.join(sorted(set(ok['backend'])))}; "

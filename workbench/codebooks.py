@@ -27,7 +27,7 @@ import torch
 __all__ = [
     "Codebook", "CodebookError", "UnknownCodebookError", "register", "get", "names", "describe",
     "dynamic", "nf4", "fp4", "linear", "quantile", "from_values", "normal_map",
-    "af4", "e2m1", "int4_asym", "student_t", "lloyd_max",
+    "af4", "e2m1", "int4_asym", "student_t", "lloyd_max", "from_dict", "load_plugins", "PLUGIN_GROUP",
 ]
 
 
@@ -91,8 +91,26 @@ class Codebook:
         return f"Codebook({self.name!r}, bits={self.bits}, buckets={len(v)}, range=[{v[0]:.4g}, {v[-1]:.4g}])"
 
     def to_dict(self) -> dict:
+        """The codebook by value (JSON-able): what sweep tasks carry, so workers need no registry entry."""
         return {"name": self.name, "table": self.table.tolist(), "bounds": self.bounds.tolist(),
                 "bucket_codes": self.bucket_codes.tolist(), "meta": dict(self.meta)}
+
+    def __reduce__(self):  # pickled by value through from_dict (no cached tensors in the payload)
+        return (from_dict, (self.to_dict(),))
+
+
+def from_dict(d: dict) -> Codebook:
+    """The inverse of :meth:`Codebook.to_dict` (validated like any codebook)."""
+    if isinstance(d, Codebook):
+        return d
+    if not isinstance(d, dict) or "table" not in d:
+        raise CodebookError(f"codebook dict: expected the keys of Codebook.to_dict() (name, table, bounds, "
+                            f"bucket_codes), got {type(d).__name__}")
+    if "bounds" not in d or "bucket_codes" not in d:   # a plain {"name", "table"}: sorted values or a bnb table
+        return from_table(d["table"], str(d.get("name", "custom")), meta=d.get("meta"))
+    return Codebook(str(d.get("name", "custom")), np.asarray(d["table"], np.float32),
+                    np.asarray(d["bounds"], np.float32), np.asarray(d["bucket_codes"], np.uint8),
+                    dict(d.get("meta") or {}))
 
 
 def _field_array(cb: "Codebook", field_name: str, dtype: np.dtype, how: str) -> np.ndarray:
@@ -399,6 +417,73 @@ def get(name_or_codebook) -> Codebook:
 
 def names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+# ---------------------------------------------------------------- plug-ins
+
+PLUGIN_GROUP = "kbit_workbench.codebooks"
+_PLUGINS_LOADED: dict[str, str] = {}
+
+
+def load_plugins(modules=()) -> dict[str, str]:
+    """Make codebooks defined in Python visible to the CLI and the studies; returns {source: status}.
+
+    Two plug-in points, both calling :func:`register` at import time or returning codebooks:
+
+    * the entry-point group ``kbit_workbench.codebooks`` of any installed distribution::
+
+          [project.entry-points."kbit_workbench.codebooks"]
+          mycodes = "mypkg.codes"              # a module that calls workbench.codebooks.register(...)
+          my4 = "mypkg.codes:build_my4"        # a zero-argument callable returning a Codebook: registered as 'my4'
+
+    * ``modules``: module names or ``.py`` paths (the CLI's ``--codebook-module PATH``), imported once.
+
+    A callable may also return a dict ``{name: Codebook}``. A plug-in that fails is reported, never fatal for
+    the others (the status is ``"loaded"`` or the error)."""
+    from importlib import metadata
+    todo: list[tuple[str, object]] = [(f"entry point {ep.name} = {ep.value}", ep)
+                                      for ep in metadata.entry_points(group=PLUGIN_GROUP)]
+    todo += [(str(m), m) for m in modules]
+    out = {}
+    for label, item in todo:
+        if label in _PLUGINS_LOADED and _PLUGINS_LOADED[label] == "loaded":
+            out[label] = "loaded"
+            continue
+        try:
+            if isinstance(item, str):
+                obj, reg_name = _import_module(item), None
+            else:
+                obj, reg_name = item.load(), item.name
+            if callable(obj) and not isinstance(obj, type(math)):
+                made = obj()
+                made = {reg_name or getattr(made, "name", "custom"): made} if isinstance(made, Codebook) else made
+                for n, cb in dict(made or {}).items():
+                    register(n, cb if isinstance(cb, Codebook) else from_dict(cb), overwrite=True)
+            out[label] = "loaded"
+        except Exception as e:  # noqa: BLE001  (another package's code may fail in any way)
+            out[label] = f"{type(e).__name__}: {e}"
+        _PLUGINS_LOADED[label] = out[label]
+    return out
+
+
+def _import_module(spec: str):
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+    p = Path(spec)
+    if p.suffix == ".py":
+        if not p.is_file():
+            raise FileNotFoundError(f"codebook module {spec!r} does not exist")
+        mod_name = f"_kbit_codebooks_{p.stem}_{abs(hash(str(p.resolve()))) % 10**8}"
+        if mod_name in sys.modules:
+            return sys.modules[mod_name]
+        sp = importlib.util.spec_from_file_location(mod_name, p)
+        mod = importlib.util.module_from_spec(sp)
+        sys.modules[mod_name] = mod
+        sp.loader.exec_module(mod)
+        return mod
+    return importlib.import_module(spec)
 
 
 def describe(cb: Codebook) -> str:

@@ -1,0 +1,144 @@
+"""Issue 21: custom codes are first-class -- by value in every sweep task, kept by every summary, named on the
+command line (--codebook / --codebook-module / the kbit_workbench.codebooks entry points), skipped rows reported."""
+from __future__ import annotations
+
+import json
+import pickle
+from concurrent.futures import Executor, Future
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from studies import codebook_lab, error_study
+from workbench import cli
+from workbench import codebooks as cbs
+from workbench.report import run_study
+
+SMALL = dict(sources=("normal",), methods=("nf4",), blocksizes=(64,), n=4096)
+
+
+class RegistrylessWorker(Executor):
+    """A worker that never saw the parent's registrations (a spawned process, a dask worker): each task is
+    pickled, the custom names are unregistered while it runs, then restored."""
+
+    def __init__(self, hide):
+        self.hide = hide
+
+    def submit(self, fn, /, *args, **kwargs):
+        fn, args, kwargs = pickle.loads(pickle.dumps((fn, args, kwargs)))
+        saved = {k: cbs._REGISTRY.pop(k) for k in self.hide if k in cbs._REGISTRY}
+        cached = {k: cbs._CACHE.pop(k) for k in self.hide if k in cbs._CACHE}
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001
+            f.set_exception(e)
+        finally:
+            cbs._REGISTRY.update(saved)
+            cbs._CACHE.update(cached)
+        return f
+
+
+@pytest.fixture
+def my_code():
+    cb = cbs.from_values([-1, -0.55, -0.2, 0, 0.2, 0.55, 1], "tst-my7", pad_to_pow2=True)
+    cbs.register("tst-my7", cb, overwrite=True)
+    yield cb
+    cbs._REGISTRY.pop("tst-my7", None)
+    cbs._CACHE.pop("tst-my7", None)
+
+
+def test_codebook_travels_by_value_and_pickles_without_its_tensor_cache(my_code):
+    my_code.tensors("cpu")
+    back = pickle.loads(pickle.dumps(my_code))
+    assert "_tensor_cache" not in back.__dict__
+    assert back.name == my_code.name and np.array_equal(back.table, my_code.table)
+    assert np.array_equal(cbs.from_dict(json.loads(json.dumps(my_code.to_dict()))).bounds, my_code.bounds)
+    fp4 = cbs.from_dict(cbs.get("fp4").to_dict())          # an unsorted table keeps its buckets
+    assert np.array_equal(fp4.bucket_codes, cbs.get("fp4").bucket_codes)
+
+
+def test_error_study_custom_code_on_a_worker_without_the_registry(my_code):
+    df, figs = error_study.run(executor=RegistrylessWorker(["tst-my7"]), codebooks=["tst-my7"], **SMALL)
+    assert df["skipped"].isna().all(), df[df["skipped"].notna()]
+    mine = df[df["method"] == "tst-my7"]
+    assert len(mine) == 1 and mine["mae"].iloc[0] > 0 and mine["levels"].iloc[0] == 7
+    # every summary table keeps the custom method (it was reindexed away before)
+    for title, t in error_study.summarize(df):
+        assert "tst-my7" in t.index, title
+    # and the figure shows it
+    ax = figs["error_sqnr_by_blocksize"].axes[0]
+    assert "tst-my7" in [ln.get_label() for ln in ax.get_lines()]
+
+
+def test_skipped_rows_make_the_study_partial_and_say_which_and_why(monkeypatch, my_code):
+    real = error_study.make_data
+
+    def flaky(source, n, seed):
+        if source == "laplace":
+            raise error_study.DataUnavailable("laplace sampler offline")
+        return real(source, n, seed)
+    monkeypatch.setattr(error_study, "make_data", flaky)
+    res = run_study("error", quick=True, extra=dict(SMALL, sources=("normal", "laplace"), codebooks=[my_code]))
+    assert res.status == "partial", res.error
+    assert "laplace sampler offline" in res.error and "2 of" in res.error
+    title, t = res.tables[-1]
+    assert title.startswith("Skipped rows") and set(t["source"]) == {"laplace"}
+    assert set(t["method"]) == {"nf4", "tst-my7"}
+    assert any("laplace sampler offline" in n for n in res.notes)
+
+
+def test_codebook_lab_run_takes_user_codes(monkeypatch, my_code):
+    calls = []
+    real = codebook_lab.compare
+
+    def small(new, data=None, blocksizes=(), **kw):
+        calls.append([getattr(c, "name", c) for c in new])
+        return real(new, data=data, blocksizes=(64,), n=4096)
+    monkeypatch.setattr(codebook_lab, "compare", small)
+    df, _ = codebook_lab.run(quick=True, codebooks=["tst-my7"])
+    assert all("tst-my7" in c for c in calls)
+    assert "tst-my7" in set(df["codebook"])
+    assert all("tst-my7" in t.index for _, t in codebook_lab.summarize(df))
+
+
+def test_cli_codebook_options(tmp_path, capsys, monkeypatch):
+    mod = tmp_path / "mycodes.py"
+    mod.write_text("from workbench import codebooks as cbs\n"
+                   "cbs.register('tst-plug5', cbs.from_values([-1, -.4, 0, .4, 1], 'tst-plug5', pad_to_pow2=True),"
+                   " overwrite=True)\n")
+    (tmp_path / "mine.json").write_text("[-1, -0.5, 0, 0.5, 1]")
+    p = cli.build_parser()
+    for cmd in (["report"], ["study", "error"], ["study", "codebook_lab"]):
+        args = p.parse_args([*cmd, "--codebook", "tst-plug5", "--codebook", str(tmp_path / "mine.json"),
+                             "--codebook", "linspace(-1,1,12)", "--codebook-module", str(mod)])
+        got = cli._user_codebooks(args)
+        assert [c.name for c in got] == ["tst-plug5", "mine", "linspace(-1,1,12)"]
+    # a study that takes no codebooks, an unknown name, a broken module: one-line errors, exit 2
+    assert cli.main(["study", "bnb_table", "--codebook", "nf4"]) == 2
+    assert cli.main(["study", "error", "--codebook", "no-such-code-xyz"]) == 2
+    assert cli.main(["study", "error", "--codebook-module", str(tmp_path / "missing.py")]) == 2
+    assert cli.main(["study", "error", "--codebook", "[0.5, -1, 1]"]) == 2     # unsorted: refused like the API
+    err = capsys.readouterr().err
+    assert "takes no codebooks" in err and "no-such-code-xyz" in err and "sorted" in err
+    cbs._REGISTRY.pop("tst-plug5", None)
+    cbs._CACHE.pop("tst-plug5", None)
+
+
+def test_entry_point_plugins_register_codes(monkeypatch):
+    from importlib import metadata
+
+    class EP:
+        name, value = "tst-ep4", "x:y"
+
+        def load(self):
+            return lambda: cbs.from_values([-1, 0, 1], "whatever", pad_to_pow2=True)
+    real = metadata.entry_points
+    monkeypatch.setattr(metadata, "entry_points",
+                        lambda **kw: [EP()] if kw.get("group") == cbs.PLUGIN_GROUP else real(**kw))
+    monkeypatch.setattr(cbs, "_PLUGINS_LOADED", {})
+    status = cbs.load_plugins()
+    assert list(status.values()) == ["loaded"] and "tst-ep4" in cbs.names()
+    cbs._REGISTRY.pop("tst-ep4", None)
+    cbs._CACHE.pop("tst-ep4", None)
