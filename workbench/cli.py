@@ -94,6 +94,36 @@ def _progress(args) -> None:
         os.environ["KBIT_PROGRESS"] = "0"
 
 
+def _user_codebooks(args) -> list:
+    """``--codebook-module`` plug-ins and the ``kbit_workbench.codebooks`` entry points loaded, then every
+    ``--codebook NAME|FILE|EXPR`` built (by the codebook lab's spec parser): a list of Codebook objects."""
+    from . import codebooks as cbs
+    mods = list(getattr(args, "codebook_module", None) or ())
+    status = cbs.load_plugins(mods)
+    for m in mods:
+        if status.get(str(m)) != "loaded":
+            raise CLIError(f"--codebook-module: {m!r}: {status.get(str(m))}")
+    specs = list(getattr(args, "codebook", None) or ())
+    if not specs:
+        return []
+    from . import study_api
+    try:
+        lab = study_api.load("codebook_lab")
+    except (ImportError, KeyError) as e:
+        raise CLIError(f"--codebook: {str(e).strip(chr(39) + chr(34))}") from None
+    out = []
+    for spec in specs:
+        try:
+            out.append(lab.build(spec))
+        except (ValueError, TypeError, OSError, KeyError) as e:   # SpecError and CodebookError are ValueErrors
+            raise CLIError(f"--codebook {spec!r}: {str(e).strip(chr(39) + chr(34))}") from None
+    names = [cb.name for cb in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise CLIError(f"--codebook: two codes named {dup[0]!r}")
+    return out
+
+
 # ------------------------------------------------------------------ commands
 
 def cmd_report(args) -> int:
@@ -113,9 +143,10 @@ def cmd_report(args) -> int:
             results.result_files(d)
         except results.IncompleteResults as e:
             raise CLIError(f"--merge: {e}") from None
+    user = _user_codebooks(args)
     spec = _executor_spec(args)
     md, done = build_report(args.name, studies=names, quick=args.quick, executor=spec, merge=args.merge or (),
-                            out_root=args.out, progress=not args.no_progress,
+                            out_root=args.out, progress=not args.no_progress, codebooks=user,
                             options={"command": "workbench " + " ".join(sys.argv[1:])})
     print(_table(summary_frame(done)))
     print(f"\nreport: {md}\n        {md.with_suffix('.html')}")
@@ -126,11 +157,26 @@ def cmd_study(args) -> int:
     from .report import run_study, save_figures
     from .sweep import executor
     _progress(args)
+    user = _user_codebooks(args)
+    extra = {}
+    if user:
+        import inspect
+
+        from . import study_api
+        try:
+            mod = study_api.load(args.name)
+        except (ImportError, KeyError) as e:
+            raise CLIError(str(e).strip("'\"")) from None
+        if "codebooks" not in inspect.signature(mod.run).parameters:
+            raise CLIError(f"--codebook: study {args.name!r} takes no codebooks (error and codebook_lab do)")
+        extra["codebooks"] = user
     with executor(_executor_spec(args)) as ex:
-        res = run_study(args.name, quick=args.quick, executor=ex)
-    if res.status != "ok":
+        res = run_study(args.name, quick=args.quick, executor=ex, extra=extra)
+    if res.status not in ("ok", "partial"):
         print(f"study {res.name}: {res.status}: {res.error}", file=sys.stderr)
         return 2 if res.status == "unavailable" else 1
+    if res.status == "partial":
+        print(f"study {res.name}: partial: {res.error}", file=sys.stderr)
     print(f"# {res.title} ({res.seconds:.1f} s, {len(res.df)} rows)")
     for note in res.notes:
         print(f"* {note}")
@@ -314,6 +360,18 @@ def _add_exec(p) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_codebooks(p) -> None:
+    g = p.add_argument_group("your codebooks")
+    g.add_argument("--codebook", action="append", metavar="NAME|FILE|EXPR",
+                   help="add a code to the error study and the codebook lab (repeatable): a registered name, a "
+                        "file (.json list, {'values': [...]} or Codebook.to_dict(), .npy, .txt) or an expression "
+                        "such as 'linspace(-1,1,16)'")
+    g.add_argument("--codebook-module", action="append", metavar="PATH|MODULE",
+                   help="import a Python file or module that registers codebooks (workbench.codebooks.register) "
+                        "before --codebook names are looked up (repeatable); installed packages can use the "
+                        "entry-point group kbit_workbench.codebooks instead")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="workbench", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -330,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. reports/gpu-h100 reports/gpu-h200) to fold into the cross-device view")
     r.add_argument("--out", default=str(ROOT / "reports"), help="reports root (default: %(default)s)")
     _add_exec(r)
+    _add_codebooks(r)
     r.set_defaults(func=cmd_report)
 
     from .study_api import STUDIES
@@ -339,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true")
     s.add_argument("--out", metavar="DIR", help="also save results + figures to DIR")
     _add_exec(s)
+    _add_codebooks(s)
     s.set_defaults(func=cmd_study)
 
     q = sub.add_parser("parity", help="backend x op parity matrix vs the reference",

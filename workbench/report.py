@@ -44,7 +44,7 @@ class StudyResult:
     figures: dict = field(default_factory=dict)       # name -> relative PNG path (after saving)
     tables: list = field(default_factory=list)        # [(title, DataFrame)]
     notes: list = field(default_factory=list)
-    status: str = "ok"                                # ok | unavailable | failed
+    status: str = "ok"                                # ok | partial (rows skipped) | unavailable | failed
     error: str = ""
     seconds: float = 0.0
 
@@ -89,10 +89,25 @@ def run_study(name: str, *, quick: bool = False, executor=None, extra: dict | No
             res.tables = [("First rows", df.head(20))]
         if hasattr(mod, "notes"):
             res.notes = list(mod.notes(df))
+        skipped = skipped_rows(df)
+        if len(skipped):
+            res.status = "partial"
+            res.error = (f"{len(skipped)} of {len(df)} rows skipped: "
+                         + "; ".join(f"{r} ({k} rows)" for r, k in skipped["skipped"].value_counts().items()))
+            res.tables.append(("Skipped rows: which and why", skipped))
     except Exception as e:  # noqa: BLE001
         res.status, res.error = "failed", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def skipped_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows a study could not compute (a non-empty ``skipped`` column: the reason), key columns first."""
+    if df is None or df.empty or "skipped" not in df:
+        return pd.DataFrame()
+    sk = df[df["skipped"].notna() & (df["skipped"].astype(str) != "")]
+    keys = [c for c in ("source", "data", "method", "codebook", "blocksize") if c in sk and sk[c].notna().any()]
+    return sk[keys + ["skipped"]].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------ storing
@@ -235,7 +250,10 @@ def render(name: str, studies: list[StudyResult], meta: dict, *, out: Path, opti
         md += [f"## {r.title or r.name}", "", f"_study `{r.name}`: {r.status}, {r.seconds:.1f} s, {len(r.df)} rows_", ""]
         hd += [f"<h2 id='{r.name}'>{html.escape(r.title or r.name)}</h2>",
                f"<p class='muted'>study <code>{r.name}</code>: {r.status}, {r.seconds:.1f} s, {len(r.df)} rows</p>"]
-        if r.status != "ok":
+        if r.status == "partial":
+            md += [f"> **partial**: {r.error}", ""]
+            hd += [f"<p class='bad'><b>partial</b>: {html.escape(r.error)}</p>"]
+        elif r.status != "ok":
             first = r.error.strip().splitlines()[0] if r.error.strip() else r.status
             md += [f"> {first}", ""]
             hd += [f"<p class='bad'>{html.escape(first)}</p>"]
@@ -372,13 +390,17 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 
 def build_report(name: str = "cpu-default", *, studies=None, quick: bool = False, executor=None,
-                 merge=(), out_root: Path | str = REPORTS, progress: bool = True, options: dict | None = None):
+                 merge=(), out_root: Path | str = REPORTS, progress: bool = True, options: dict | None = None,
+                 codebooks=()):
     """Run the studies and write reports/<name>/. Returns (report.md path, list of StudyResult).
 
     The report is written into a hidden temporary sibling (``.<name>.tmp-<pid>-<random>``) that holds a
     ``PARTIAL`` marker until the end, then replaces ``<out_root>/<name>`` in one swap: an interrupted run
     leaves the previous report untouched (and its own temporary folder, marked PARTIAL, which
-    :func:`workbench.results.load` and ``--merge`` refuse and the next run removes)."""
+    :func:`workbench.results.load` and ``--merge`` refuse and the next run removes).
+
+    ``codebooks``: the user's codes (Codebook objects), handed to every study whose ``run`` takes a
+    ``codebooks`` argument (the error study and the codebook lab)."""
     from tqdm.auto import tqdm
 
     from .sweep import executor as make_executor
@@ -392,6 +414,8 @@ def build_report(name: str = "cpu-default", *, studies=None, quick: bool = False
     names = list(studies) if studies else list(DEFAULT_STUDIES)
     merged = results.load(*merge) if merge else None   # refuses unfinished runs before anything is written
     extra = {"extra": list(merge)} if merge else {}
+    if codebooks:
+        extra["codebooks"] = list(codebooks)
     done: list[StudyResult] = []
     with make_executor(executor) as ex:   # an unreachable scheduler fails here, before any folder exists
         root.mkdir(parents=True, exist_ok=True)
@@ -405,17 +429,18 @@ def build_report(name: str = "cpu-default", *, studies=None, quick: bool = False
             for n in bar:
                 bar.set_postfix_str(n)
                 res = run_study(n, quick=quick, executor=ex, extra=extra)
-                if res.status == "ok":
+                if res.status in ("ok", "partial"):
                     save_figures(res, tmp)
                     if not res.df.empty:
                         _save_frame(res.df, tmp / "results" / f"{res.name}.parquet", meta)
                 done.append(res)
-            frames = [r.df.assign(study=r.name) for r in done if r.status == "ok" and not r.df.empty]
+            frames = [r.df.assign(study=r.name) for r in done if r.status in ("ok", "partial") and not r.df.empty]
             if frames:
                 _save_frame(pd.concat(frames, ignore_index=True), tmp / "results.parquet", meta)
             opts = {"name": name, "quick": quick, "studies": ",".join(names),
                     "merge": " ".join(map(str, merge)) or "-",
-                    "executor": str(executor or "local process pool"), **(options or {})}
+                    "executor": str(executor or "local process pool"),
+                    "codebooks": ",".join(getattr(c, "name", str(c)) for c in codebooks) or "-", **(options or {})}
             render(name, done, meta, out=tmp, options=opts, merged=merged)
             results.write_text_atomic(tmp / "metadata.json", json.dumps(
                 {"meta": meta, "options": opts, "complete": True,
