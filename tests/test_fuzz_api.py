@@ -997,6 +997,21 @@ def test_int8_vectorwise_dequant(backend, data):
 # --------------------------------------------------------------------- the bounds-checked builds
 
 
+def test_cpu_backends_are_fuzzed():
+    """A backend that fails to load would silently drop out of every parametrization above."""
+    import importlib.util
+    required = ["reference", "numba_cpu", "cython_cpu"]
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        required.append("bnb")
+    for b in required:
+        ok, reason = status(b)
+        assert ok, f"backend {b} is not available, so it is not fuzzed: {reason}"
+    for op in ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit"):
+        assert set(required) <= set(_backends(op)), f"{op}: fuzzed on {_backends(op)} only"
+    for op in ("int8_vectorwise_quant", "int8_vectorwise_dequant"):
+        assert {"reference", "numba_cpu"} <= set(_backends(op)), f"{op}: fuzzed on {_backends(op)} only"
+
+
 def test_debug_switches_take_effect():
     """Under KBIT_NATIVE_DEBUG=1 / NUMBA_BOUNDSCHECK=1 the fuzz run really uses checked kernels."""
     if os.environ.get("KBIT_NATIVE_DEBUG", "") not in ("", "0"):
