@@ -121,3 +121,24 @@ def test_inputs_never_mutated_and_strides_respected(rng, dtype):
     wb.dequantize_blockwise(c, s8)
     assert torch.equal(s8.absmax, a8)
     assert torch.equal(A, before)
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba_cpu", "cython_cpu"])
+def test_dequantize_rejects_inconsistent_states_before_any_kernel(backend):
+    """The public ops check a state (QuantState.validate) before a kernel can read past absmax."""
+    for compress in (False, True):
+        p, s = wb.quantize_4bit(torch.randn(1000), blocksize=64, quant_type="nf4", compress_statistics=compress)
+        s.absmax = s.absmax[:3]
+        with pytest.raises(QuantInputError, match=r"quant_state.absmax: 3 values for 1000 elements"):
+            wb.dequantize_4bit(p, s, backend=backend)
+    p, s = wb.quantize_4bit(torch.randn(1000), blocksize=64, quant_type="nf4", compress_statistics=True)
+    s.state2.absmax = s.state2.absmax[:0]
+    with pytest.raises(QuantInputError, match=r"quant_state.state2.absmax: 0 values"):
+        wb.dequantize_4bit(p, s, backend=backend)
+    c, s8 = wb.quantize_blockwise(torch.randn(1000), blocksize=64)
+    s8.absmax = s8.absmax.view(2, 8)
+    with pytest.raises(QuantInputError, match=r"quant_state.absmax: expected a 1-D tensor"):
+        wb.dequantize_blockwise(c, s8, backend=backend)
+    s8.absmax, s8.blocksize = s8.absmax.reshape(-1), 128
+    with pytest.raises(QuantInputError, match=r"quant_state.absmax: 16 values for 1000 elements at blocksize 128"):
+        wb.dequantize_blockwise(c, s8, backend=backend)
