@@ -385,16 +385,27 @@ def _make_quantize_fine(bits: int, kind: int, clamped: bool):
                         j = o * (CHUNK // NWO) + jj
                         v = _elem(words[j // EPW], j % EPW, kind)
                         s = v / d if tail else v * inv
-                        if nonfinite and e0 + j >= n:
-                            s = float32(0.0)    # the 4-bit pad of an odd n (a NaN block would make it NaN)
-                        if nonfinite and s != s:
-                            c = nan_code        # NaN: the top bucket (torch.bucketize)
-                        else:
-                            c = _fine_code(s, fine, sh, last, clamped, low_p, low_n, off_p, off_n)
+                        c = _fine_code(s, fine, sh, last, clamped, low_p, low_n, off_p, off_n)  # in bounds
                         if bits == 4:
                             acc |= uint64(c) << uint64(8 * (jj // 2) + 4 * (1 - jj % 2))
                         else:
                             acc |= uint64(c) << uint64(8 * jj)
+                    if nonfinite:               # a NaN or an Inf in the block (rare): this word again,
+                        acc = uint64(0)         # element checks kept out of the loop above (Numba time)
+                        for jj in range(CHUNK // NWO):
+                            j = o * (CHUNK // NWO) + jj
+                            v = _elem(words[j // EPW], j % EPW, kind)
+                            s = v / d if tail else v * inv
+                            if e0 + j >= n:
+                                s = float32(0.0)    # the 4-bit pad of an odd n (a NaN block would make it NaN)
+                            if s != s:
+                                c = nan_code        # NaN: the top bucket (torch.bucketize)
+                            else:
+                                c = _fine_code(s, fine, sh, last, clamped, low_p, low_n, off_p, off_n)
+                            if bits == 4:
+                                acc |= uint64(c) << uint64(8 * (jj // 2) + 4 * (1 - jj % 2))
+                            else:
+                                acc |= uint64(c) << uint64(8 * jj)
                     wi = t * NWO + o
                     if wi < out_w.shape[0]:
                         out_w[uint64(wi)] = acc
