@@ -229,3 +229,26 @@ _declare("workbench::int8_mixed_scaled_mm",
          "(Tensor A, Tensor CA, Tensor CB, Tensor SCA, Tensor SCB, Tensor? outlier_cols, Tensor? bias, str backend)"
          " -> (Tensor, Tensor)",
          _int8_mixed_scaled_mm, _int8_mixed_scaled_mm_fake)
+
+
+# ------------------------------------------------------------------ matmul family (A: M x K, B: packed 4-bit N x K)
+
+def _gemv_4bit(A, B, shapeB, absmax, table, blocksize, backend):
+    return kernel("gemv_4bit", backend)(A, B, shapeB, absmax, table, blocksize)
+
+
+_declare("workbench::gemv_4bit",
+         "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, Tensor table, int blocksize, str backend) -> Tensor",
+         _gemv_4bit, lambda A, B, shapeB, absmax, table, blocksize, backend: A.new_empty((A.shape[0], shapeB[0])))
+
+
+def _gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias, absmax_8bit, absmax_code, absmax_offset, backend):
+    return kernel("gemm_4bit", backend)(A, B, shapeB, absmax, table, blocksize, bias, absmax_8bit, absmax_code,
+                                        absmax_offset)
+
+
+_declare("workbench::gemm_4bit",
+         "(Tensor A, Tensor B, int[] shapeB, Tensor absmax, Tensor table, int blocksize, Tensor? bias,"
+         " Tensor? absmax_8bit, Tensor? absmax_code, Tensor? absmax_offset, str backend) -> Tensor",
+         _gemm_4bit, lambda A, B, shapeB, absmax, table, blocksize, bias, absmax_8bit, absmax_code, absmax_offset,
+         backend: A.new_empty((A.shape[0], shapeB[0])))

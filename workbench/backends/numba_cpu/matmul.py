@@ -1,0 +1,78 @@
+"""Numba CPU adapter for the matmul family (kernels: numba_kernels/cpu/matmul.py).
+
+The fused kernel runs for up to FUSED_MAX_M activation rows (the GEMV regime); above that the weight is
+dequantized once (the numba dequantizer, exact) and multiplied in float32 by torch (same rules, torch's
+float32 order). Order and bound: workbench/backends/reference/matmul.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from numba_kernels.cpu import matmul as K
+
+from .._cpu_common import as_numpy_bits, kind_of
+from ..registry import register_kernel
+
+FUSED_MAX_M = 8
+_NO_BIAS = np.zeros(1, np.float32)
+
+
+def _absmax(absmax, absmax_8bit, absmax_code, absmax_offset):
+    if absmax_8bit is None:
+        return absmax.detach().reshape(-1).float().contiguous().numpy()
+    out = np.empty(absmax_8bit.numel(), np.float32)
+    K.resolve_nested(absmax_8bit.reshape(-1).numpy(), absmax.reshape(-1).float().contiguous().numpy(),
+                     absmax_code.float().contiguous().numpy(), np.float32(absmax_offset.item()), out)
+    return out
+
+
+def _out(M, N, dtype):
+    out = torch.empty(M * N, dtype=dtype)
+    return out, (out.numpy() if dtype == torch.float32 else out.view(torch.int16).numpy().view(np.uint16))
+
+
+def _fused(A, B, shapeB, s, table, blocksize, bias):
+    N, Kd = int(shapeB[0]), int(shapeB[1])
+    M = A.shape[0]
+    kind = kind_of(A.dtype, "A")
+    x, _ = as_numpy_bits(A.reshape(-1))
+    if kind == 0:
+        a = x
+    else:
+        a = np.empty(x.shape[0], np.float32)
+        K.widen(x, kind, a)
+    packed = B.reshape(-1).numpy()
+    tab = table.float().contiguous().numpy()
+    out, o = _out(M, N, A.dtype)
+    if M == 1 and Kd % 2 == 0 and bias is None:
+        K.gemv_4bit_even(a, N, Kd, packed, s, tab, blocksize, kind, o)
+    else:
+        bb = _NO_BIAS if bias is None else bias.float().contiguous().numpy()
+        K.gemm_4bit_fused(a, M, N, Kd, packed, s, tab, blocksize, kind, bb, bias is not None, o)
+    return out.view(M, N)
+
+
+def _unfused(A, B, shapeB, s, table, blocksize, bias):
+    from .quant import dequantize_4bit
+    N, Kd = int(shapeB[0]), int(shapeB[1])
+    W = dequantize_4bit(B.reshape(-1), torch.from_numpy(s), table.float(), blocksize, N * Kd, A.dtype).view(N, Kd)
+    y = A.float() @ W.float().t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(A.dtype)
+
+
+def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=None, absmax_code=None,
+              absmax_offset=None):
+    s = _absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
+    fn = _fused if A.shape[0] <= FUSED_MAX_M else _unfused
+    return fn(A, B, shapeB, s, table, blocksize, bias)
+
+
+def gemv_4bit(A, B, shapeB, absmax, table, blocksize):
+    return gemm_4bit(A, B, shapeB, absmax, table, blocksize)
+
+
+register_kernel("workbench::gemv_4bit", "numba_cpu")(gemv_4bit)
+register_kernel("workbench::gemm_4bit", "numba_cpu")(gemm_4bit)

@@ -1,0 +1,207 @@
+"""Public API of the 4-bit matmul family: ``gemv_4bit``, ``gemm_4bit``, ``matmul_4bit``.
+
+Signatures and semantics follow bitsandbytes 0.50.2 (``bitsandbytes.functional.gemv_4bit``,
+``torch.ops.bitsandbytes.gemm_4bit``, ``bitsandbytes.matmul_4bit``) for a weight quantized with
+:func:`workbench.quantize_4bit` in (N, K) = (out_features, in_features) orientation, with any 16-entry
+codebook (the state's table), plus ``backend=``. The rules (nested absmax, weight rounding, accumulation
+order and precision, bias) are written down in :mod:`workbench.backends.reference.matmul`.
+
+Arguments are checked from metadata before any kernel runs; errors (:class:`QuantInputError`) name the
+argument: the state against the packed weight, A's dtype and device, the inner dimensions, the bias.
+``matmul_4bit`` is differentiable in A and bias (the QLoRA use): grad_A = grad_out @ W, W the dequantized
+weight in grad_out's dtype, as bitsandbytes' MatMul4Bit.backward does.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
+from .backends.registry import resolve
+from .ops import dequantize_4bit, dequantize_blockwise
+from .quant_state import QuantState
+from .validation import FLOAT_DTYPES, QuantInputError
+
+__all__ = ["gemv_4bit", "gemm_4bit", "matmul_4bit", "MatMul4Bit"]
+
+_ops = torch.ops.workbench
+_DTYPE_NAMES = {d: str(d).removeprefix("torch.") for d in FLOAT_DTYPES}
+
+
+def _as_state(quant_state, where: str = "quant_state") -> QuantState:
+    if isinstance(quant_state, QuantState):
+        return quant_state
+    if quant_state is None:
+        raise QuantInputError(f"{where}: required (the QuantState returned by quantize_4bit)")
+    if type(quant_state).__module__.startswith("bitsandbytes"):
+        return QuantState.from_bnb(quant_state)
+    raise QuantInputError(f"{where}: expected a workbench QuantState, got {type(quant_state).__name__}")
+
+
+def _check(A, B, qs: QuantState, bias=None, *, where: str = "quant_state"):
+    """Validate (A, B, state, bias) from metadata; returns (N, K) of the stored weight."""
+    qs.validate(bits=4)
+    if qs.shape is None or len(qs.shape) != 2:
+        raise QuantInputError(f"{where}.shape: expected the 2-D (out_features, in_features) shape of the weight, "
+                              f"got {None if qs.shape is None else tuple(qs.shape)}")
+    N, K = int(qs.shape[0]), int(qs.shape[1])
+    if not isinstance(A, torch.Tensor):
+        raise QuantInputError(f"A: expected a torch.Tensor, got {type(A).__name__}")
+    if A.dtype not in FLOAT_DTYPES:
+        raise QuantInputError(f"A: dtype {A.dtype} not supported; expected float32, float16 or bfloat16")
+    if A.device.type not in ("cpu", "cuda"):
+        raise QuantInputError(f"A: device {A.device} not supported; expected cpu or cuda")
+    if A.dim() < 1:
+        raise QuantInputError("A: expected at least one dimension (..., in_features)")
+    if not isinstance(B, torch.Tensor):
+        raise QuantInputError(f"B: expected the packed 4-bit weight tensor, got {type(B).__name__}")
+    nbytes = B.numel() * B.element_size()
+    if nbytes != (N * K + 1) // 2:
+        raise QuantInputError(f"B: {nbytes} packed bytes, but {where}.shape {(N, K)} needs {(N * K + 1) // 2}")
+    if B.device != A.device:
+        raise QuantInputError(f"B: on {B.device}, but A is on {A.device}")
+    if qs.absmax.device != A.device:
+        raise QuantInputError(f"{where}.absmax: on {qs.absmax.device}, but A is on {A.device}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.dim() != 1 or bias.numel() != N:
+            raise QuantInputError(f"bias: expected a 1-D tensor of {N} (out_features) values, got "
+                                  f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
+        if bias.dtype != A.dtype:
+            raise QuantInputError(f"bias: dtype {bias.dtype} must match A's dtype {A.dtype}")
+        if bias.device != A.device:
+            raise QuantInputError(f"bias: on {bias.device}, but A is on {A.device}")
+    return N, K
+
+
+def _inner(A, K, where="quant_state"):
+    if A.shape[-1] != K:
+        raise QuantInputError(f"A: inner dimension {A.shape[-1]} does not match {where}.shape[1] = {K} "
+                              "(in_features)")
+
+
+def _packed(B):
+    b = B.detach().reshape(-1)
+    return b if b.dtype == torch.uint8 else b.view(torch.uint8)
+
+
+def _resolved_absmax(qs: QuantState, backend: str) -> torch.Tensor:
+    if not qs.nested:
+        return qs.absmax.contiguous()
+    return (dequantize_blockwise(qs.absmax, qs.state2, backend=backend) + qs.offset.to(torch.float32)).contiguous()
+
+
+def _nested_args(qs: QuantState, backend: str):
+    """(absmax, absmax_8bit, absmax_code, absmax_offset) for the gemm op: nesting decoded in the kernel
+    (bitsandbytes' nested blocksize 256), else resolved here."""
+    if not qs.nested:
+        return qs.absmax.contiguous(), None, None, None
+    if qs.state2.blocksize != 256 or qs.state2.nested:
+        return _resolved_absmax(qs, backend), None, None, None
+    dev = qs.absmax.device
+    code = qs.state2.code.to(dev, torch.float32)
+    if code.numel() < 256:
+        code = torch.cat([code, code.new_full((256 - code.numel(),), float("nan"))])
+    return (qs.state2.absmax.contiguous(), qs.absmax.contiguous(), code.contiguous(),
+            qs.offset.to(dev, torch.float32).reshape(()))
+
+
+def _backend(backend: str, op: str, A: torch.Tensor) -> str:
+    return resolve(backend, op, A.device.type, _DTYPE_NAMES.get(A.dtype))
+
+
+def gemv_4bit(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None, transposed_A=False,
+              transposed_B=False, state: QuantState | None = None, *, backend: str = "auto") -> torch.Tensor:
+    """bitsandbytes.functional.gemv_4bit: ``A @ dequantize_4bit(B, state).T`` for a (..., K) activation
+    (bitsandbytes uses it for one token; any number of rows works); result (..., N) in A's dtype."""
+    if state is None:
+        raise QuantInputError("state: required; gemv_4bit() needs the QuantState from quantize_4bit()")
+    qs = _as_state(state, "state")
+    N, K = _check(A, B, qs, where="state")
+    _inner(A, K, "state")
+    name = _backend(backend, "gemv_4bit", A)
+    A2 = A.detach().reshape(-1, K).contiguous()
+    table = qs.code.to(A.device, torch.float32).contiguous()
+    y = _ops.gemv_4bit(A2, _packed(B), [N, K], _resolved_absmax(qs, name), table, qs.blocksize, name)
+    y = y.view(*A.shape[:-1], N)
+    if out is not None:
+        out.copy_(y)
+        return out
+    return y
+
+
+def gemm_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, bias: torch.Tensor | None = None, *,
+              backend: str = "auto") -> torch.Tensor:
+    """torch.ops.bitsandbytes.gemm_4bit: ``linear(A, W, bias)`` with the nested absmax decoded in the kernel;
+    no autograd (see :func:`matmul_4bit`)."""
+    qs = _as_state(quant_state)
+    N, K = _check(A, B, qs, bias)
+    _inner(A, K)
+    return _gemm(A, B, qs, bias, backend, N, K)
+
+
+def _gemm(A, B, qs, bias, backend, N, K):
+    name = _backend(backend, "gemm_4bit", A)
+    A2 = A.detach().reshape(-1, K).contiguous()
+    if A2.shape[0] == 0:
+        return A.new_empty((*A.shape[:-1], N))
+    absmax, a8, acode, aoff = _nested_args(qs, name)
+    table = qs.code.to(A.device, torch.float32).contiguous()
+    b = None if bias is None else bias.detach().contiguous()
+    y = _ops.gemm_4bit(A2, _packed(B), [N, K], absmax, table, qs.blocksize, b, a8, acode, aoff, name)
+    return y.view(*A.shape[:-1], N)
+
+
+class MatMul4Bit(torch.autograd.Function):
+    """Forward: the fused op; backward: grad_A = grad_out @ W (W dequantized to grad_out's dtype),
+    grad_bias = sum of grad_out over all leading dimensions. No gradient for the packed weight."""
+
+    @staticmethod
+    def forward(ctx, A, B, bias, qs, backend, N, K):
+        ctx.qs, ctx.backend, ctx.B = qs, backend, B
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return _gemm(A, B, qs, bias, backend, N, K)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_A = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            W = dequantize_4bit(ctx.B, ctx.qs, backend=ctx.backend).to(grad_out.dtype)
+            grad_A = torch.matmul(grad_out, W)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=ctx.bias_dtype)
+        return grad_A, None, grad_bias, None, None, None, None
+
+
+def matmul_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, out: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None, *, backend: str = "auto") -> torch.Tensor:
+    """bitsandbytes.matmul_4bit: ``A @ W.T + bias`` for W of quant_state.shape (N, K), A (..., K) -> (..., N).
+
+    Like bitsandbytes, a weight stored in (K, N) orientation (``A.shape[-1] == shape[0] != shape[1]``) is
+    dequantized and used transposed, with a DeprecationWarning."""
+    qs = _as_state(quant_state)
+    N, K = _check(A, B, qs, bias)
+    if A.shape[-1] == N and N != K:
+        warnings.warn(f"matmul_4bit: weight was quantized from a [K, N] tensor (quant_state.shape={[N, K]}); "
+                      "re-quantize it in (out_features, in_features) orientation", DeprecationWarning, stacklevel=2)
+        W = dequantize_4bit(B, qs, backend=backend).to(A.dtype)
+        y = torch.nn.functional.linear(A, W.t(), bias)
+    else:
+        _inner(A, K)
+        needs_grad = torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad))
+        if needs_grad and A.numel():
+            y = MatMul4Bit.apply(A, B, bias, qs, backend, N, K)
+        else:
+            y = _gemm(A, B, qs, bias, backend, N, K)
+    if out is not None:
+        out.copy_(y)
+        return out
+    return y
+
+
+def weight_bytes(shape, blocksize: int, nested: bool) -> int:
+    """Bytes a fused kernel reads for the weight: packed codes + absmax (uint8 + nested float32, or float32)."""
+    n = math.prod(shape)
+    nb = -(-n // blocksize)
+    return (n + 1) // 2 + (nb + 4 * -(-nb // 256) if nested else 4 * nb)
