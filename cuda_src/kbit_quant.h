@@ -5,11 +5,16 @@
  * Numerics follow docs/ARCHITECTURE.md bit for bit: float32 absmax per block; full blocks
  * scale by the IEEE reciprocal of max(absmax, 1e-38f), the tail block divides; codes are
  * bucket_codes[#{j : bounds[j] < s}]; dequantization is one float32 multiply, one rounding.
+ * Non-finite input as the torch reference: absmax is NaN for a block holding a NaN, else +Inf for
+ * one holding an Inf (so absmax is non-finite exactly where the block is); the tail's stored
+ * max(absmax, 1e-38f) keeps NaN; NaN scaled values take the top bucket's code (torch.bucketize);
+ * an odd 4-bit tail pads s = 0.
  *
  * Codebook arrays of the quantizers (bounds, bucket_codes) are HOST pointers. The search table
- * built from them is cached per codebook: the fine table (the usual case) is uploaded once per
- * device (<= 32 KB, kept for the process) and read through a pointer; the fallbacks (cell plan,
- * tree) travel in the kernel's parameters. No per-call device allocation or copy.
+ * built from them is cached per codebook: the compact table (8-bit codes) or the fine table (the
+ * usual cases) is uploaded once per device (<= 32 KB, kept for the process) and read through a
+ * pointer; the fallbacks (cell plan, tree) travel in the kernel's parameters. No per-call device
+ * allocation or copy. KBIT_QUANT_SEARCH=fine|clamped|cell|tree forces a search (tests, studies).
  * The dequantizers' table is a DEVICE pointer (it is an input tensor of the op).
  */
 #ifndef KBIT_QUANT_H
