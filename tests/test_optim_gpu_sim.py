@@ -128,18 +128,26 @@ def _same(a, b):
 
 
 @sim
-@pytest.mark.parametrize("general", [False, True], ids=["identity_codes", "shuffled_qmaps"])
+@pytest.mark.parametrize("general", [False, True, "wide"], ids=["identity_codes", "shuffled_qmaps", "sorted_wide"])
 @pytest.mark.parametrize("name", ("adam", "ademamix", "momentum", "lion"))
 def test_sim_nan_poisons_block_as_reference(NC, name, general, rng):
     """NaN/Inf semantics (functional.py, "NaN and Inf"): a NaN gradient in a full block and one in the tail
     block at step 1, an Inf at step 2: params, codes and absmax equal the reference's (NaN == NaN) -- the
     NaN blocks' absmax NaN and codes the last bucket's, Inf absmax -> 0.0's code -- on the kernel's
-    identity-code fast path and on its general path (shuffled qmaps)."""
+    identity-code fast path and on its general path (shuffled qmaps; and sorted maps reaching 2.0, whose
+    bounds >= 1 make the last bucket differ from +1's code: not fast-path eligible)."""
+    from workbench.optim import _gpu_plan as G
     n = 256 * 2 + 45
     p0 = torch.randn(n, generator=rng)
     ps = [p0.clone(), p0.clone()]
     sts = [_state(name, n, True), _state(name, n, True)]
-    if general:
+    if general == "wide":
+        for st in sts:
+            st["qmap1"] = st["qmap1"] * 2
+            if st["qmap2"] is not None:
+                st["qmap2"] = st["qmap2"] * 2
+        assert not G.plan(sts[1]["qmap1"]).identity
+    elif general:
         perm1, perm2 = torch.randperm(256, generator=rng), torch.randperm(256, generator=rng)
         for st in sts:
             st["qmap1"] = st["qmap1"][perm1].contiguous()

@@ -49,7 +49,9 @@ class Plan:
     m: int
     S: int
     codes_i32: torch.Tensor  # i32[257] (numba kernels)
-    identity: bool = False   # bucket codes are 0..255 (a sorted table): code = bucket
+    # bucket codes are 0..255 (a sorted table): code = bucket, and every bound < 1, so the last bucket -- the
+    # reference's code of a NaN scaled value -- is +1's: the kernels' fast path encodes NaN as +1, no branch
+    identity: bool = False
 
 
 _plans: dict = {}  # id(qmap) -> (weakref to qmap, version, Plan)
@@ -68,7 +70,8 @@ def plan(qmap: torch.Tensor) -> Plan:
     pl = Plan(qmap.detach().reshape(-1).float().contiguous(), torch.from_numpy(cell).to(dev),
               torch.from_numpy(bnd).to(dev), torch.from_numpy(codes).to(dev), m, S,
               torch.from_numpy(codes.astype(np.int32)).to(dev),
-              bool(len(cb.bucket_codes) == 256 and np.array_equal(cb.bucket_codes, np.arange(256))))
+              bool(len(cb.bucket_codes) == 256 and np.array_equal(cb.bucket_codes, np.arange(256))
+                   and float(np.max(cb.bounds)) < 1.0))
     if len(_plans) > 512:
         for key in [k for k, v in _plans.items() if v[0]() is None]:
             del _plans[key]
