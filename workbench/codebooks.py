@@ -503,3 +503,71 @@ for _n, _b in {
     "student-t5": lambda: student_t(5.0),
 }.items():
     register(_n, _b)
+
+
+# ---------------------------------------------------------------- k-bit codebooks (issue 19: any K = 2..8)
+# The kbit family (workbench.kbit) takes a sorted float32 tensor of exactly 2**k values; these build
+# them. Not registered by name: the registry's parity/fine-table tests cover 4- and 8-bit codes.
+
+def create_normal_float_codebook(k: int) -> torch.Tensor:
+    """bitsandbytes' k-bit normal-float codebook, bit for bit: the N(0,1) quantiles at the bin
+    midpoints (i + 0.5) / 2**k (float32 probabilities from torch.linspace, scipy's norm.ppf in float64,
+    rounded to float32), divided in float32 by their largest magnitude. This follows bitsandbytes'
+    code (functional.create_normal_float_codebook and its tests); its design note speaks of bin means
+    (the expected value of N(0,1) within each bin), which the code does not compute."""
+    from scipy.stats import norm
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 8:
+        raise CodebookError(f"k: expected an int in 1..8, got {k!r}")
+    n = 1 << k
+    p = torch.linspace(0.5 / n, 1.0 - 0.5 / n, n)
+    v = torch.tensor(norm.ppf(p.numpy()), dtype=torch.float32)
+    return v / v.abs().max()
+
+
+def _kbit_check(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 8:
+        raise CodebookError(f"k: expected an int in 1..8, got {k!r}")
+    return k
+
+
+def _kbit_pad(v: np.ndarray, k: int) -> torch.Tensor:
+    """Sorted float32 values padded to 2**k by repeating the largest (never emitted: the lower index
+    wins a tie)."""
+    v = np.unique(np.asarray(v, np.float64).astype(np.float32))
+    n = 1 << k
+    if v.size > n:
+        raise CodebookError(f"codebook: {v.size} distinct values do not fit {k} bits")
+    return torch.from_numpy(np.concatenate([v, np.full(n - v.size, v[-1], np.float32)]))
+
+
+def kbit_uniform(k: int) -> torch.Tensor:
+    """2**k evenly spaced levels on [-1, 1] (float32 linspace; no exact zero for any k)."""
+    _kbit_check(k)
+    return torch.linspace(-1.0, 1.0, 1 << k, dtype=torch.float32)
+
+
+def kbit_quantile(data, k: int, blocksize: int | None = 32) -> torch.Tensor:
+    """Equal-mass levels of the block-normalized data for any k (``quantile`` with bits=k)."""
+    return _kbit_pad(quantile(data, bits=_kbit_check(k), blocksize=blocksize).values, k)
+
+
+def kbit_lloyd_max(data, k: int, blocksize: int | None = 32, iters: int = 50, seed: int = 0) -> torch.Tensor:
+    """Lloyd-Max (1-D k-means, -1 and +1 kept) levels of the block-normalized data for any k."""
+    return _kbit_pad(lloyd_max(data, bits=_kbit_check(k), blocksize=blocksize, iters=iters, seed=seed).values, k)
+
+
+def kbit_e2m1_mx() -> torch.Tensor:
+    """E2M1 / 8 (16 sorted entries, -0 before +0): with scale_format='e8m0', blocksize 32, the kbit
+    ops are OCP MXFP4 (scale 2**(floor(log2 absmax) - emax), emax of 0.75 = -1 = 2 - 3)."""
+    pos = [0.5, 1, 1.5, 2, 3, 4, 6]
+    return torch.tensor([-x / 8 for x in pos[::-1]] + [-0.0, 0.0] + [x / 8 for x in pos], dtype=torch.float32)
+
+
+def kbit_e2m1_nv() -> torch.Tensor:
+    """E2M1 / 6 (16 sorted entries): with scale_format='e4m3', blocksize 16, NVFP4's values."""
+    pos = [0.5, 1, 1.5, 2, 3, 4, 6]
+    return torch.tensor([-x / 6 for x in pos[::-1]] + [-0.0, 0.0] + [x / 6 for x in pos], dtype=torch.float32)
+
+
+KBIT_BUILDERS = {"normal_float": create_normal_float_codebook, "uniform": kbit_uniform,
+                 "quantile": kbit_quantile, "lloyd_max": kbit_lloyd_max}

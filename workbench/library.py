@@ -252,3 +252,42 @@ _declare("workbench::gemm_4bit",
          " Tensor? absmax_8bit, Tensor? absmax_code, Tensor? absmax_offset, str backend) -> Tensor",
          _gemm_4bit, lambda A, B, shapeB, absmax, table, blocksize, bias, absmax_8bit, absmax_code, absmax_offset,
          backend: A.new_empty((A.shape[0], shapeB[0])))
+
+
+# ------------------------------------------------------------------ kbit family (issue 19; spec: backends/reference/kbit.py)
+
+_KBIT_SCALE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against, backend):
+    return kernel("quantize_kbit", backend)(A, codebook, k, blocksize, layout, scale_format, codes_against)
+
+
+def _quantize_kbit_fake(A, codebook, k, blocksize, layout, scale_format, codes_against, backend):
+    n = A.numel()
+    words = _nblocks(n, 32) * k if layout == "bitplane" else _nblocks(n * k, 32)
+    return (A.new_empty(words, dtype=torch.int32),
+            A.new_empty(_nblocks(n, blocksize), dtype=_KBIT_SCALE_DTYPES.get(scale_format, torch.uint8)),
+            A.new_empty(1 if scale_format == "e4m3" else 0, dtype=torch.float32))
+
+
+_declare("workbench::quantize_kbit",
+         "(Tensor A, Tensor codebook, int k, int blocksize, str layout, str scale_format, str codes_against,"
+         " str backend) -> (Tensor, Tensor, Tensor)",
+         _quantize_kbit, _quantize_kbit_fake)
+
+
+def _dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, layout, scale_format, dtype, backend):
+    return kernel("dequantize_kbit", backend)(packed, scales, tensor_scale, codebook, k, blocksize, n, layout,
+                                              scale_format, dtype)
+
+
+def _dequantize_kbit_fake(packed, scales, tensor_scale, codebook, k, blocksize, n, layout, scale_format, dtype,
+                          backend):
+    return packed.new_empty(n, dtype=dtype)
+
+
+_declare("workbench::dequantize_kbit",
+         "(Tensor packed, Tensor scales, Tensor tensor_scale, Tensor codebook, int k, int blocksize, int n,"
+         " str layout, str scale_format, ScalarType dtype, str backend) -> Tensor",
+         _dequantize_kbit, _dequantize_kbit_fake)

@@ -1,0 +1,268 @@
+"""Numba CPU kernels of the k-bit family (K = 2..8, bit-plane and dense layouts, six scale formats).
+
+Pure functions on NumPy arrays (no torch). The rules are the reference's docstring,
+workbench/backends/reference/kbit.py, bit for bit: float32 arithmetic, fastmath off, scale
+encodings done on the float's bits (exact floor(log2), round half to even with np.rint, saturation).
+
+Passes: block absmax (parallel over blocks), scale encoding (serial, one value per block), then
+codes + packing (parallel over chunks of 32-element groups: each group writes exactly K words in
+both layouts, so no two tasks touch one word). Inputs must be finite (the public API checks).
+
+The nearest-code search: a binary search for p = #{c[j] <= s} in the sorted codebook, then the
+closer of c[p-1] and c[p] by float32 distance (the upper one only when strictly closer), then a
+walk down over entries at the same float32 distance -- exactly ``argmin_j fl(|s - c[j]|)`` with the
+first index on ties, because fl(|s - c|) is monotone on either side of s.
+
+Scale format ids: 0 fp32, 1 fp16, 2 bf16, 3 e4m4, 4 e8m0, 5 e4m3. Layout ids: 0 bitplane, 1 dense.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .quant import load, store
+
+_OPTS = dict(cache=True, fastmath=False, nogil=True)
+FMT_IDS = {"fp32": 0, "fp16": 1, "bf16": 2, "e4m4": 3, "e8m0": 4, "e4m3": 5}
+LAYOUT_IDS = {"bitplane": 0, "dense": 1}
+EPS = np.float32(1e-8)
+GROUPS_PER_TASK = 64
+
+
+# ------------------------------------------------------------------ exact float helpers
+
+@njit(inline="always", **_OPTS)
+def floor_log2(a):
+    """floor(log2 a) for a finite float32 a > 0, from its bits (subnormals included)."""
+    u = np.float32(a).view(np.uint32)
+    ex = np.int64(u >> np.uint32(23))
+    if ex > 0:
+        return ex - 127
+    length = 0
+    while u:
+        u = u >> np.uint32(1)
+        length += 1
+    return np.int64(length - 150)
+
+
+@njit(inline="always", **_OPTS)
+def pow2f(e):
+    """2**e as float32, e in -149..127 (subnormal below -126)."""
+    if e >= -126:
+        return np.uint32((e + 127) << 23).view(np.float32)
+    return np.uint32(1 << (e + 149)).view(np.float32)
+
+
+@njit(inline="always", **_OPTS)
+def minifloat_bits(a, M, bias, emin, maxbits):
+    """Round a finite float32 a >= 0 to nearest even in a float format with M mantissa bits, exponent
+    bias ``bias`` and smallest normal exponent ``emin``; saturate at bit pattern ``maxbits``."""
+    if a == 0:
+        return np.int64(0)
+    e = floor_log2(a)
+    eq = e if e > emin else np.int64(emin)
+    r = np.rint(np.float32(a) / pow2f(eq - M))     # exact: a scaled by a power of two, < 2**(M+1)
+    ni = np.int64(r)
+    bits = (((eq + bias - 1) << M) + ni) if e >= emin else ni
+    return bits if bits < maxbits else np.int64(maxbits)
+
+
+@njit(inline="always", **_OPTS)
+def minifloat_value(bits, M, bias, emin):
+    ex = bits >> M
+    mant = bits & ((1 << M) - 1)
+    if ex == 0:
+        return np.float32(mant) * pow2f(emin - M)
+    return np.float32(mant + (1 << M)) * pow2f(ex - bias - M)
+
+
+@njit(inline="always", **_OPTS)
+def e4m4_bits(a):
+    """bitsandbytes' encode_absmax_e4m4 (bias 11, no mantissa carry), saturating at 0xFF."""
+    if a == 0:
+        return np.int64(0)
+    e = floor_log2(a)
+    if e + 11 <= 0:
+        m = np.int64(np.rint(np.float32(a) * np.float32(16384.0)))
+        return m if m < 15 else np.int64(15)
+    if e + 11 > 15:
+        return np.int64(0xFF)
+    m = np.int64(np.rint((np.float32(a) / pow2f(e) - np.float32(1.0)) * np.float32(16.0)))
+    m = m if m < 15 else np.int64(15)
+    return ((e + 11) << 4) | m
+
+
+@njit(inline="always", **_OPTS)
+def e4m4_value(b):
+    e = b >> 4
+    m = b & 15
+    if e == 0:
+        return np.float32(m) * pow2f(-14)
+    return np.float32(16 + m) * pow2f(e - 15)
+
+
+@njit(inline="always", **_OPTS)
+def encode_one(a, fmt, emax, ts):
+    if fmt == 0:
+        return np.int64(np.float32(a).view(np.uint32))
+    if fmt == 1:
+        return minifloat_bits(a, 10, 15, -14, 0x7BFF)
+    if fmt == 2:
+        return minifloat_bits(a, 7, 127, -126, 0x7F7F)
+    if fmt == 3:
+        return e4m4_bits(a)
+    if fmt == 4:
+        if a == 0:
+            return np.int64(0)
+        E = floor_log2(a) - emax + 127
+        return np.int64(0) if E < 0 else (np.int64(254) if E > 254 else E)
+    return minifloat_bits(np.float32(a) / ts, 3, 7, -6, 0x7E)
+
+
+@njit(inline="always", **_OPTS)
+def decode_one(bits, fmt, ts):
+    if fmt == 0:
+        return np.uint32(bits).view(np.float32)
+    if fmt == 1:
+        return minifloat_value(bits, 10, 15, -14)
+    if fmt == 2:
+        return minifloat_value(bits, 7, 127, -126)
+    if fmt == 3:
+        return e4m4_value(bits)
+    if fmt == 4:
+        return pow2f(bits - 127)
+    return minifloat_value(bits, 3, 7, -6) * ts
+
+
+# ------------------------------------------------------------------ passes
+
+@njit(parallel=True, **_OPTS)
+def block_absmax(x, kind, n, blocksize, absmax):
+    for b in prange(absmax.size):
+        start = b * blocksize
+        end = min(start + blocksize, n)
+        am = np.float32(0.0)
+        for i in range(start, end):
+            v = abs(load(x, i, kind))
+            am = v if v > am else am
+        absmax[b] = am
+
+
+@njit(**_OPTS)
+def encode_scales(absmax, fmt, emax, codes_decoded, bits, D, q):
+    """bits[b] (the stored scale's bit pattern), D[b] (its float32 value), q[b] (the divisor the codes
+    use); returns the e4m3 per-tensor scale (1.0 for the other formats)."""
+    ts = np.float32(1.0)
+    if fmt == 5:
+        g = np.float32(0.0)
+        for b in range(absmax.size):
+            g = absmax[b] if absmax[b] > g else g
+        if g > 0:
+            ts = g / np.float32(448.0)
+    for b in range(absmax.size):
+        a = absmax[b]
+        bits[b] = encode_one(a, fmt, emax, ts)
+        d = decode_one(np.int64(bits[b]), fmt, ts)
+        D[b] = d
+        if fmt == 4:
+            q[b] = d
+        else:
+            base = d if codes_decoded else a
+            q[b] = base if base > EPS else EPS
+    return ts
+
+
+@njit(**_OPTS)
+def decode_scales(bits, fmt, ts, D):
+    for b in range(bits.size):
+        D[b] = decode_one(np.int64(bits[b]), fmt, ts)
+
+
+@njit(inline="always", **_OPTS)
+def nearest(s, cb, m):
+    lo = 0
+    hi = m
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if cb[mid] <= s:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo == 0:
+        return 0
+    if lo < m:
+        if abs(cb[lo] - s) < abs(s - cb[lo - 1]):
+            return lo
+    j = lo - 1
+    d = abs(s - cb[j])
+    while j > 0 and abs(s - cb[j - 1]) == d:
+        j -= 1
+    return j
+
+
+@njit(parallel=True, **_OPTS)
+def quantize_groups(x, kind, n, blocksize, q, cb, k, layout, out):
+    """Codes of every element, packed: group g (elements 32g..32g+31) -> words out[g*k : g*k+k]
+    (dense: only those below out.size). Codes past n are 0."""
+    groups = (n + 31) // 32
+    tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
+    m = cb.size
+    nw = out.size
+    for t in prange(tasks):
+        codes = np.empty(32, np.int64)
+        words = np.empty(8, np.uint64)
+        for g in range(t * GROUPS_PER_TASK, min((t + 1) * GROUPS_PER_TASK, groups)):
+            base = g * 32
+            for j in range(32):
+                i = base + j
+                if i < n:
+                    codes[j] = nearest(load(x, i, kind) / q[i // blocksize], cb, m)
+                else:
+                    codes[j] = 0
+            for b in range(k):
+                words[b] = 0
+            if layout == 0:
+                for j in range(32):
+                    c = codes[j]
+                    for b in range(k):
+                        words[b] |= np.uint64((c >> b) & 1) << np.uint64(j)
+            else:
+                for j in range(32):
+                    p = j * k
+                    wi = p >> 5
+                    off = p & 31
+                    v = np.uint64(codes[j]) << np.uint64(off)
+                    words[wi] |= v & np.uint64(0xFFFFFFFF)
+                    if off + k > 32:
+                        words[wi + 1] |= v >> np.uint64(32)
+            for b in range(k):
+                w = g * k + b
+                if w < nw:
+                    out[w] = np.uint32(words[b])
+
+
+@njit(parallel=True, **_OPTS)
+def dequantize_groups(words, n, k, layout, blocksize, D, cb, kind, out):
+    groups = (n + 31) // 32
+    tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
+    nw = words.size
+    mask = np.uint64((1 << k) - 1)
+    for t in prange(tasks):
+        w = np.empty(9, np.uint64)
+        for g in range(t * GROUPS_PER_TASK, min((t + 1) * GROUPS_PER_TASK, groups)):
+            for b in range(k + 1):
+                idx = g * k + b
+                w[b] = np.uint64(words[idx]) if (b < k and idx < nw) else np.uint64(0)
+            base = g * 32
+            for j in range(min(32, n - base)):
+                if layout == 0:
+                    c = 0
+                    for b in range(k):
+                        c |= np.int64((w[b] >> np.uint64(j)) & np.uint64(1)) << b
+                else:
+                    p = j * k
+                    wi = p >> 5
+                    both = w[wi] | (w[wi + 1] << np.uint64(32))
+                    c = np.int64((both >> np.uint64(p & 31)) & mask)
+                i = base + j
+                store(out, i, cb[c] * D[i // blocksize], kind)
