@@ -4,9 +4,11 @@ from . import codebooks
 from .codebooks import Codebook
 from .ops import (dequantize_4bit, dequantize_blockwise, quantize_4bit, quantize_blockwise, quantize_fp4,
                   quantize_nf4)
+from .kbit import KbitState, dequantize_kbit, quantize_kbit
 from .quant_state import QuantState
 from .validation import QuantInputError
 
 __version__ = "0.1.0"
 __all__ = ["codebooks", "Codebook", "QuantState", "QuantInputError", "quantize_blockwise", "dequantize_blockwise",
-           "quantize_4bit", "dequantize_4bit", "quantize_nf4", "quantize_fp4"]
+           "quantize_4bit", "dequantize_4bit", "quantize_nf4", "quantize_fp4",
+           "quantize_kbit", "dequantize_kbit", "KbitState"]

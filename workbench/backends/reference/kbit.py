@@ -32,7 +32,8 @@ Scale formats (a >= 0 is absmax[b]; floor(log2 a) is exact, from the float's bit
          rint = round half to even (torch.round).
   e8m0   one byte E (OCP MX scale, blocksize 32): E = clamp(floor(log2 a) - floor(log2 cmax) + 127, 0, 254),
          cmax = max |c[j]| (the element format's emax); a == 0 -> E = 0.  D = 2**(E - 127).
-         With the codebook E2M1/8 (``workbench.codebooks.kbit_e2m1_mx()``) this is MXFP4 exactly.
+         With the E2M1 values as codebook (``workbench.codebooks.kbit_e2m1_mx()``, emax 2) this is OCP
+         MXFP4: the byte is the MX scale, codes the E2M1 values (ties: lower entry; MX: half to even).
   e4m3   one byte, float8 e4m3fn of a / t (round to nearest even, saturating at 448), with one float32
          per-tensor scale t = max_b absmax[b] / 448 (1.0 for an all-zero tensor); D = float32(e4m3) * t.
          blocksize 16: the NVFP4 layout (with an E2M1 codebook).
