@@ -109,6 +109,23 @@ def _dict_dtype(d: dict, key: str, allowed) -> torch.dtype:
     return dt
 
 
+def bnb_incompatibility(quant_type, code) -> str | None:
+    """Why bitsandbytes 0.50.2 cannot run a 4-bit state of this ``quant_type`` and table (None: it can).
+    Its 4-bit kernels (torch, native CPU and CUDA) hard-code NF4 and FP4 and choose by ``quant_type``;
+    ``quant_map`` is never read when dequantizing."""
+    from .codebooks import get
+    if quant_type not in ("nf4", "fp4"):
+        return (f"bitsandbytes 0.50.2 runs only its NF4 and FP4 4-bit tables (chosen by quant_type, quant_map "
+                f"is ignored); this state's code is {quant_type!r}. Dequantize it with workbench."
+                f"dequantize_4bit, or re-quantize with quant_type='nf4'/'fp4' for bitsandbytes")
+    t = code.detach().float().cpu().reshape(-1) if isinstance(code, torch.Tensor) else torch.as_tensor(code).float()
+    ref = torch.from_numpy(get(quant_type).table.copy())
+    if t.numel() != ref.numel() or not torch.equal(t, ref):
+        return (f"quant_type {quant_type!r} with a quant_map that is not bitsandbytes' {quant_type.upper()} table: "
+                f"bitsandbytes would dequantize it with its own {quant_type.upper()} values and ignore the table")
+    return None
+
+
 class QuantState:
     """absmax (float32, or uint8 codes when nested), shape, code (the dequant table), blocksize,
     quant_type ('nf4', 'fp4', or a custom codebook's name), dtype, and for double quantization
@@ -283,12 +300,30 @@ class QuantState:
         return self
 
     def to_bnb(self):
-        """The same state as a ``bitsandbytes.functional.QuantState`` (needs bitsandbytes)."""
+        """The same state as a ``bitsandbytes.functional.QuantState`` (needs bitsandbytes), for
+        ``bitsandbytes.functional.dequantize_4bit`` or ``bitsandbytes.nn.Linear4bit``/``Params4bit``.
+
+        bitsandbytes 0.50.2 runs only its own two 4-bit tables: its kernels pick NF4 or FP4 from
+        ``quant_type`` and ignore ``quant_map``. A 4-bit state of any other code (af4, a Lloyd-Max code,
+        a 3-bit code padded to 16, ...) raises :class:`~workbench.codebooks.CodebookError` saying so, rather
+        than becoming a state that bitsandbytes would silently dequantize with NF4 values. 8-bit blockwise
+        states carry their table to bitsandbytes' ``dequantize_blockwise``, which reads it: any code converts."""
+        why = bnb_incompatibility(self.quant_type, self.code) if self.quant_type is not None else None
+        if why:
+            from .codebooks import CodebookError
+            raise CodebookError(f"to_bnb: {why}")
         from bitsandbytes.functional import QuantState as BnbQuantState
         return BnbQuantState.from_dict(self.as_dict(packed=True), device=self.absmax.device)
 
     @classmethod
     def from_bnb(cls, qs) -> "QuantState":
+        """A bitsandbytes state; refused (CodebookError) when its ``quant_map`` is not the table bitsandbytes
+        itself dequantizes it with (a hand-built NF4/FP4 state with a custom table)."""
+        if qs.quant_type is not None and qs.code is not None:
+            why = bnb_incompatibility(qs.quant_type, qs.code)
+            if why:
+                from .codebooks import CodebookError
+                raise CodebookError(f"from_bnb: {why}")
         return cls.from_dict(qs.as_dict(packed=True), device=qs.absmax.device)
 
     def __repr__(self) -> str:
