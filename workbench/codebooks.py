@@ -557,10 +557,13 @@ def kbit_lloyd_max(data, k: int, blocksize: int | None = 32, iters: int = 50, se
 
 
 def kbit_e2m1_mx() -> torch.Tensor:
-    """E2M1 / 8 (16 sorted entries, -0 before +0): with scale_format='e8m0', blocksize 32, the kbit
-    ops are OCP MXFP4 (scale 2**(floor(log2 absmax) - emax), emax of 0.75 = -1 = 2 - 3)."""
+    """The E2M1 values themselves, +-{0, .5, 1, 1.5, 2, 3, 4, 6} (16 sorted entries, -0 before +0; the
+    kbit ops do not require [-1, 1]): with scale_format='e8m0', blocksize 32, the kbit ops are OCP
+    MXFP4 -- the stored byte is the MX scale X = 2**(floor(log2 absmax) - 2) (emax of 6 = 2), the codes
+    are E2M1 bit patterns' values, dequantization is value * X. Ties go to the lower entry, where the
+    MX spec rounds half to even."""
     pos = [0.5, 1, 1.5, 2, 3, 4, 6]
-    return torch.tensor([-x / 8 for x in pos[::-1]] + [-0.0, 0.0] + [x / 8 for x in pos], dtype=torch.float32)
+    return torch.tensor([-x for x in pos[::-1]] + [-0.0, 0.0] + pos, dtype=torch.float32)
 
 
 def kbit_e2m1_nv() -> torch.Tensor:
