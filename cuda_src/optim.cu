@@ -9,7 +9,7 @@
 // elements 4l..4l+3 and 128+4l..128+4l+3 of a full block (16-byte fp32 / 8-byte 16-bit accesses,
 // 4 codes per 32-bit access: 4x fewer memory instructions); the tail block and misaligned arrays
 // take lane l -> elements l, l+32, ..., l+224 (scalar, bounds-checked). The new states stay in registers; the block absmax is a
-// integer max of the |x| bit patterns (one REDUX: NaN-propagating, see below); requantization is a cell-plan search in
+// NaN-propagating max (max.NaN per lane, then one REDUX over the bits); requantization is a cell-plan search in
 // shared memory (one cell load, S <= 3 bound loads, one code load).
 // NaN/Inf (workbench/optim/functional.py, "NaN and Inf"): the block absmax propagates NaN (fmaxf would drop it), so a
 // NaN poisons its whole 256-block as in the reference; a block whose absmax is NaN or Inf (a warp-uniform branch)
@@ -193,22 +193,23 @@ constexpr int CELLS = 384 << 4; // m <= 4
 constexpr int NB = 256 + 8;
 
 __device__ __forceinline__ unsigned char encode(float v, float amc, float r, bool tail, const unsigned char* cell,
-                                                const float* b, const unsigned char* codes, int shift, int S,
-                                                bool identity = false) {
+                                                const float* b, const unsigned char* codes, int shift, int S) {
     float s = tail ? v / amc : v * r;
     s = fminf(fmaxf(s, -1.0f), 1.0f); // NaN -> -1 (keeps the key in range); bounds fold the clamp anyway
     int pos = cell[__float_as_uint(s) >> shift];
     for (int step = 1 << (S - 1); step > 0; step >>= 1) pos += (s > b[pos + step - 1]) ? step : 0;
-    return identity ? (unsigned char)pos : codes[pos];
+    return codes[pos];
 }
 
 // FAST: the standard dynamic maps' plans (identity bucket codes, S = 2 for state1, S = 3 for state2):
 // the search unrolled and code = pos (no code load).
+// NaN -> +1 (fminf first): the last bucket (every bound < 1 on this path, see Plan.identity in _gpu_plan.py), which is
+// the reference's code of a NaN scaled value; with the NaN-keeping absmax this path needs no non-finite branch.
 template <int S>
 __device__ __forceinline__ unsigned char encode_fast(float v, float amc, float r, bool tail, const unsigned char* cell,
                                                      const float* b, int shift) {
     float s = tail ? v / amc : v * r;
-    s = fminf(fmaxf(s, -1.0f), 1.0f);
+    s = fmaxf(fminf(s, 1.0f), -1.0f);
     int pos = cell[__float_as_uint(s) >> shift];
 #pragma unroll
     for (int step = 1 << (S - 1); step > 0; step >>= 1) pos += (s > b[pos + step - 1]) ? step : 0;
@@ -217,6 +218,17 @@ __device__ __forceinline__ unsigned char encode_fast(float v, float amc, float r
 
 // |v|'s bit pattern: as unsigned integers NaN patterns > Inf > every finite value (in float order)
 __device__ __forceinline__ uint32_t abs_bits(float v) { return __float_as_uint(v) & 0x7FFFFFFFu; }
+
+// NaN-propagating max (PTX max.NaN, sm_80+: one FMNMX, |x| folded in as an operand modifier); fmaxf drops NaN
+__device__ __forceinline__ float fmax_nan(float a, float b) {
+#if __CUDA_ARCH__ >= 800
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+#else
+    return (a != a || b != b) ? __int_as_float(0x7FFFFFFF) : fmaxf(a, b);
+#endif
+}
 
 __device__ __forceinline__ uint32_t warp_umax(uint32_t v) {
 #if __CUDA_ARCH__ >= 800
@@ -310,7 +322,7 @@ __global__ void __launch_bounds__(THREADS, 4) // 4 CTAs/SM: AdEMAMix fits 64 reg
                 q2[j >> 2] |= (in && HS2 ? (uint32_t)c2[i] : 0u) << sh;
             }
         }
-        uint32_t u1 = 0u, ub = 0u, u2 = 0u; // block absmax as bits (NaN-propagating)
+        float mx1 = 0.0f, mxb = 0.0f, mx2 = 0.0f; // NaN-propagating maxima of |x| (>= +0 or NaN)
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             float a = s_t1[byte_of(q1, j)] * am1;
@@ -324,9 +336,9 @@ __global__ void __launch_bounds__(THREADS, 4) // 4 CTAs/SM: AdEMAMix fits 64 reg
             va[j] = a;
             vb[j] = b;
             vd[j] = d;
-            u1 = max(u1, abs_bits(a));
-            if (HB) ub = max(ub, abs_bits(b));
-            if (HS2) u2 = max(u2, abs_bits(d));
+            mx1 = fmax_nan(mx1, fabsf(a));
+            if (HB) mxb = fmax_nan(mxb, fabsf(b));
+            if (HS2) mx2 = fmax_nan(mx2, fabsf(d));
         }
         if (vec) {
 #pragma unroll
@@ -336,10 +348,11 @@ __global__ void __launch_bounds__(THREADS, 4) // 4 CTAs/SM: AdEMAMix fits 64 reg
             for (int j = 0; j < 8; j++)
                 if (elem(j) < cnt) IO<T>::st(p, start + elem(j), pv[j]);
         }
-        u1 = warp_umax(u1);
-        if (HB) ub = warp_umax(ub);
-        if (HS2) u2 = warp_umax(u2);
-        const float mx1 = __uint_as_float(u1), mxb = __uint_as_float(ub), mx2 = __uint_as_float(u2);
+        // across the warp: the maxima as bits (non-negative floats order as their bits, NaN above all)
+        const uint32_t u1 = warp_umax(__float_as_uint(mx1));
+        const uint32_t ub = HB ? warp_umax(__float_as_uint(mxb)) : 0u;
+        const uint32_t u2 = HS2 ? warp_umax(__float_as_uint(mx2)) : 0u;
+        mx1 = __uint_as_float(u1), mxb = __uint_as_float(ub), mx2 = __uint_as_float(u2);
         // max(absmax, 1e-38) on the bits: keeps NaN (fmaxf would not); the same value as fmaxf otherwise
         const uint32_t tiny = __float_as_uint(TINY);
         const float amc1 = __uint_as_float(max(u1, tiny)), r1 = 1.0f / amc1;
@@ -347,7 +360,10 @@ __global__ void __launch_bounds__(THREADS, 4) // 4 CTAs/SM: AdEMAMix fits 64 reg
         const float amc2 = __uint_as_float(max(u2, tiny)), r2 = 1.0f / amc2;
         const bool bad1 = u1 >= EXP_BITS, badb = ub >= EXP_BITS, bad2 = u2 >= EXP_BITS; // warp-uniform
         q1[0] = q1[1] = qb[0] = qb[1] = q2[0] = q2[1] = 0; // now the new codes
-        if (!(bad1 || badb || bad2)) { // the common case
+        // a block whose absmax is NaN/Inf (warp-uniform, rare): the reference's codes (NaN's: the last bucket's; +-0's:
+        // 0.0's). FAST gets them from encode_fast itself: r = 1/NaN = NaN and 1/Inf = 0 give NaN and +-0 scaled values,
+        // and NaN encodes as +1 there. The general path (any code table) branches.
+        if (FAST || !(bad1 || badb || bad2)) {
 #pragma unroll
             for (int j = 0; j < 8; j++) {
                 const int sh = 8 * (j & 3);
@@ -361,32 +377,24 @@ __global__ void __launch_bounds__(THREADS, 4) // 4 CTAs/SM: AdEMAMix fits 64 reg
                     if (HS2) q2[j >> 2] |= (uint32_t)encode(vd[j], amc2, r2, tail, s_cell2, s_b2, s_c2, sh2, S2) << sh;
                 }
             }
-        } else { // a NaN/Inf absmax (warp-uniform, rare): the reference's codes for that state (nonfinite_code)
-            // 0.0's code from the plan; NaN's is the last bucket's (codes[256] pads with bucket_codes[-1]; 255 for
-            // identity codes)
-            unsigned char zc1, nc1, zc2 = 0, nc2 = 0;
-            if constexpr (FAST) {
-                zc1 = encode_fast<2>(0.0f, 1.0f, 1.0f, false, s_cell1, s_b1, sh1);
-                nc1 = 255;
-                if constexpr (HS2) zc2 = encode_fast<3>(0.0f, 1.0f, 1.0f, false, s_cell2, s_b2, sh2), nc2 = 255;
-            } else {
-                zc1 = encode(0.0f, 1.0f, 1.0f, false, s_cell1, s_b1, s_c1, sh1, S1);
-                nc1 = s_c1[256];
-                if constexpr (HS2) zc2 = encode(0.0f, 1.0f, 1.0f, false, s_cell2, s_b2, s_c2, sh2, S2), nc2 = s_c2[256];
-            }
+        } else if constexpr (!FAST) {
+            // 0.0's code from the plan; NaN's is the last bucket's (codes[256] pads with bucket_codes[-1])
+            const unsigned char zc1 = encode(0.0f, 1.0f, 1.0f, false, s_cell1, s_b1, s_c1, sh1, S1), nc1 = s_c1[256];
+            unsigned char zc2 = 0, nc2 = 0;
+            if constexpr (HS2) zc2 = encode(0.0f, 1.0f, 1.0f, false, s_cell2, s_b2, s_c2, sh2, S2), nc2 = s_c2[256];
 #pragma unroll
             for (int j = 0; j < 8; j++) {
                 const int sh = 8 * (j & 3);
                 q1[j >> 2] |= (uint32_t)(bad1 ? nonfinite_code(va[j], u1, zc1, nc1)
-                                              : encode(va[j], amc1, r1, tail, s_cell1, s_b1, s_c1, sh1, S1, FAST))
+                                              : encode(va[j], amc1, r1, tail, s_cell1, s_b1, s_c1, sh1, S1))
                               << sh;
                 if (HB)
                     qb[j >> 2] |= (uint32_t)(badb ? nonfinite_code(vb[j], ub, zc1, nc1)
-                                                  : encode(vb[j], amcb, rb, tail, s_cell1, s_b1, s_c1, sh1, S1, FAST))
+                                                  : encode(vb[j], amcb, rb, tail, s_cell1, s_b1, s_c1, sh1, S1))
                                   << sh;
                 if (HS2)
                     q2[j >> 2] |= (uint32_t)(bad2 ? nonfinite_code(vd[j], u2, zc2, nc2)
-                                                  : encode(vd[j], amc2, r2, tail, s_cell2, s_b2, s_c2, sh2, S2, FAST))
+                                                  : encode(vd[j], amc2, r2, tail, s_cell2, s_b2, s_c2, sh2, S2))
                                   << sh;
             }
         }
