@@ -174,8 +174,9 @@ def test_linear4bit_loads_our_state_and_matches(rng, compress, quant_type):
 
 def test_bnb_native_4bit_dequant_bug_when_blocks_straddle_rows(rng):
     """Upstream bitsandbytes 0.50.2's native CPU dequantize_4bit assumes blocks never cross a
-    row; with 96 columns and blocksize 64 they do, and it returns wrong values. Our result
-    equals bitsandbytes' own torch kernel. If this starts failing, upstream fixed it."""
+    row; with 96 columns and blocksize 64 they do, and it returns wrong values where that kernel
+    path runs (it depends on the CPU's instruction set). Our result equals bitsandbytes' own torch
+    kernel either way."""
     W = torch.randn(64, 96, generator=rng) * 0.05
     p, s = F.quantize_4bit(W, blocksize=64, quant_type="nf4")
     ours = wb.dequantize_4bit(p, wb.QuantState.from_bnb(s))
@@ -183,4 +184,5 @@ def test_bnb_native_4bit_dequant_bug_when_blocks_straddle_rows(rng):
     theirs_native = F.dequantize_4bit(p, s)
     assert torch.equal(ours, theirs_torch)
     assert (ours - W).abs().max() <= 0.5 * 0.3 * W.abs().max()  # NF4's widest gap is < 0.31
-    assert not torch.equal(theirs_native, theirs_torch)
+    if torch.equal(theirs_native, theirs_torch):
+        pytest.skip("bitsandbytes' native CPU dequantize_4bit takes a path without the straddle bug on this CPU")

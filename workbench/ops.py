@@ -66,6 +66,20 @@ def _table_256(table: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.contiguous()
 
 
+def _state(quant_state, what: str) -> QuantState:
+    """A workbench QuantState; a bitsandbytes one is taken field by field (its layout is ours)."""
+    if isinstance(quant_state, QuantState):
+        return quant_state
+    if type(quant_state).__module__.startswith("bitsandbytes") and hasattr(quant_state, "absmax"):
+        q = quant_state
+        nested = getattr(q, "nested", False) and q.state2 is not None
+        return QuantState(absmax=q.absmax, shape=q.shape, code=q.code, blocksize=q.blocksize, quant_type=q.quant_type,
+                          dtype=q.dtype, offset=q.offset if nested else None,
+                          state2=_state(q.state2, what) if nested else None)
+    raise QuantInputError(f"quant_state: expected a workbench (or bitsandbytes) QuantState for {what}, "
+                          f"got {type(quant_state).__name__}")
+
+
 def _quantize_absmax(absmax: torch.Tensor, backend: str):
     """Double quantization: subtract the mean, 8-bit blockwise-quantize the rest with the signed
     dynamic map (bitsandbytes' scheme; the mean is a torch reduction on the data's device). The caller
@@ -138,8 +152,7 @@ def dequantize_blockwise(A: torch.Tensor, quant_state: QuantState | None = None,
             raise QuantInputError(f"absmax: expected a float32 torch.Tensor, got {type(absmax).__name__}")
         table = code if code is not None else cbs.get("dynamic").tensors(A.device)[0]
         quant_state = QuantState(absmax=absmax, code=table, blocksize=blocksize, dtype=dtype or torch.float32)
-    elif not isinstance(quant_state, QuantState):
-        raise QuantInputError(f"quant_state: expected a workbench QuantState, got {type(quant_state).__name__}")
+    quant_state = _state(quant_state, "dequantize_blockwise")
     quant_state.validate(A.numel(), bits=8)
     out_dtype = check_dtype("dtype", dtype or quant_state.dtype, FLOAT_DTYPES)
     name = _backend(backend, "dequantize_blockwise", A)
@@ -190,9 +203,7 @@ def quantize_fp4(A, blocksize: int = 64, compress_statistics: bool = False, **kw
 def dequantize_4bit(A: torch.Tensor, quant_state: QuantState, *, dtype: torch.dtype | None = None,
                     backend: str = "auto") -> torch.Tensor:
     """Inverse of :func:`quantize_4bit`; returns a tensor of ``quant_state.shape``."""
-    if not isinstance(quant_state, QuantState):
-        raise QuantInputError(f"quant_state: expected a workbench QuantState, got {type(quant_state).__name__}"
-                              " (use QuantState.from_bnb for bitsandbytes states)")
+    quant_state = _state(quant_state, "dequantize_4bit")
     check_tensor("A", A, dtypes=None)
     packed = A.detach().reshape(-1)
     if packed.dtype != torch.uint8:
