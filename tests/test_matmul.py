@@ -1,0 +1,168 @@
+"""The 4-bit matmul family (issue 18): reference vs bitsandbytes 0.50.2 on CPU, numba_cpu vs the reference,
+any codebook, nested absmax, bias, autograd, bad input.
+
+Levels (workbench/backends/reference/matmul.py):
+* dequantized weight (rule 2): bit for bit equal to bitsandbytes' ``dequantize_4bit(...).to(A.dtype)``.
+* outputs: float32 accumulation in a different order (bitsandbytes: torch ``linear`` in A's dtype; numba_cpu:
+  8 float32 lanes) -> held to ``error_bound`` (summation error of any order + 2 ulp of the output dtype).
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import workbench as wb
+from workbench import codebooks as cbs
+from workbench.backends.reference import matmul as R
+from workbench.matmul import _nested_args, gemm_4bit, gemv_4bit, matmul_4bit
+from workbench.validation import QuantInputError
+
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+# (N, K, M, blocksize): odd K (rows start on a low nibble), K not a multiple of 8, blocks straddling rows
+SHAPES = [(64, 128, 1, 64), (33, 77, 3, 32), (130, 256, 1, 128), (40, 96, 12, 64), (17, 4100, 2, 4096),
+          (96, 512, 1, 256)]
+
+
+def _case(rng, N, K, M, dtype, bs, quant_type="nf4", nested=False, bias=False, codebook=None):
+    W = torch.randn(N, K, generator=rng).to(dtype)
+    A = torch.randn(M, K, generator=rng).to(dtype)
+    b = torch.randn(N, generator=rng).to(dtype) if bias else None
+    P, qs = wb.quantize_4bit(W, blocksize=bs, quant_type=quant_type, compress_statistics=nested, codebook=codebook,
+                             backend="reference")
+    return A, P, qs, b
+
+
+def _check_bound(got, ref, A, P, qs, b):
+    W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
+    bound = R.error_bound(A.reshape(-1, A.shape[-1]), W, b, A.dtype, ref.reshape(-1, W.shape[0]))
+    err = (got.float() - ref.float()).abs().reshape(bound.shape)
+    assert (err <= bound).all(), (err - bound).max()
+    return (err == 0).float().mean().item()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nested", [False, True])
+def test_numba_cpu_vs_reference(rng, dtype, nested):
+    for i, (N, K, M, bs) in enumerate(SHAPES):
+        A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested=nested, bias=i % 2 == 1,
+                            codebook=None if i % 3 else cbs.get("af4"))
+        ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+        got = matmul_4bit(A, P, qs, bias=b, backend="numba_cpu")
+        assert got.dtype == dtype and got.shape == (M, N)
+        _check_bound(got, ref, A, P, qs, b)
+        g1 = gemv_4bit(A, P, state=qs, backend="numba_cpu")
+        _check_bound(g1, gemv_4bit(A, P, state=qs, backend="reference"), A, P, qs, None)
+
+
+def test_nested_absmax_rule_matches_dequantize_blockwise(rng):
+    A, P, qs, _ = _case(rng, 300, 256, 1, torch.float32, 64, nested=True)
+    args = _nested_args(qs, "reference")
+    s = R.resolve_absmax(*args)
+    want = wb.dequantize_blockwise(qs.absmax, qs.state2, backend="reference") + qs.offset
+    assert torch.equal(s, want)
+    from numba_kernels.cpu.matmul import resolve_nested
+    out = torch.empty_like(s)
+    resolve_nested(args[1].numpy(), args[0].numpy(), args[2].numpy(), args[3].item(), out.numpy())
+    assert torch.equal(out, s)
+
+
+def test_any_codebook_and_leading_dims(rng):
+    cb = cbs.from_values(torch.linspace(-1, 1, 16).numpy(), name="lin16")
+    W = torch.randn(48, 64, generator=rng, dtype=torch.bfloat16)
+    A = torch.randn(2, 3, 64, generator=rng, dtype=torch.bfloat16)
+    P, qs = wb.quantize_4bit(W, blocksize=32, codebook=cb)
+    W_hat = wb.dequantize_4bit(P, qs).to(torch.bfloat16)
+    ref = matmul_4bit(A, P, qs, backend="reference")
+    assert ref.shape == (2, 3, 48)
+    want = (A.double() @ W_hat.double().t()).float().to(torch.bfloat16)
+    assert torch.equal(ref, want)
+    _check_bound(matmul_4bit(A, P, qs, backend="numba_cpu"), ref, A, P, qs, None)
+
+
+def test_autograd_matches_autograd_on_dequantized_weight(rng):
+    A, P, qs, b = _case(rng, 40, 64, 5, torch.float32, 32, nested=True, bias=True)
+    A1 = A.clone().requires_grad_(True)
+    b1 = b.clone().requires_grad_(True)
+    y = matmul_4bit(A1.view(1, 5, 64), P, qs, bias=b1, backend="numba_cpu")
+    g = torch.randn(y.shape, generator=rng)
+    y.backward(g)
+    W = wb.dequantize_4bit(P, qs)
+    A2 = A.clone().requires_grad_(True)
+    b2 = b.clone().requires_grad_(True)
+    torch.nn.functional.linear(A2.view(1, 5, 64), W, b2).backward(g)
+    assert torch.allclose(A1.grad, A2.grad, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(b1.grad, b2.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_kn_orientation_warns_like_bitsandbytes(rng):
+    W = torch.randn(64, 32, generator=rng)   # stored as (K, N)
+    P, qs = wb.quantize_4bit(W, blocksize=64, quant_type="nf4")
+    A = torch.randn(2, 64, generator=rng)
+    with pytest.warns(DeprecationWarning, match=r"\[K, N\]"):
+        y = matmul_4bit(A, P, qs, backend="reference")
+    assert y.shape == (2, 32)
+
+
+def test_bad_input_names_the_argument(rng):
+    A, P, qs, _ = _case(rng, 32, 64, 1, torch.bfloat16, 64)
+    with pytest.raises(QuantInputError, match="A: inner dimension 63"):
+        matmul_4bit(A[:, :63], P, qs)
+    with pytest.raises(QuantInputError, match="A: dtype"):
+        matmul_4bit(A.to(torch.int32), P, qs)
+    with pytest.raises(QuantInputError, match="B: 2048 packed bytes"):
+        matmul_4bit(A, torch.cat([P, P]), qs)
+    with pytest.raises(QuantInputError, match="quant_state.shape"):
+        qs1 = wb.QuantState(qs.absmax, shape=(2048,), code=qs.code, blocksize=64, quant_type="nf4",
+                            dtype=torch.bfloat16)
+        matmul_4bit(A, P, qs1)
+    with pytest.raises(QuantInputError, match="quant_state.absmax"):
+        qs2 = wb.QuantState(qs.absmax[:-1], shape=qs.shape, code=qs.code, blocksize=64, quant_type="nf4",
+                            dtype=torch.bfloat16)
+        matmul_4bit(A, P, qs2)
+    with pytest.raises(QuantInputError, match="bias: expected a 1-D tensor of 32"):
+        matmul_4bit(A, P, qs, bias=torch.zeros(31, dtype=torch.bfloat16))
+    with pytest.raises(QuantInputError, match="bias: dtype"):
+        matmul_4bit(A, P, qs, bias=torch.zeros(32))
+    with pytest.raises(QuantInputError, match="state: required"):
+        gemv_4bit(A, P)
+    with pytest.raises(QuantInputError, match="quant_state: expected a workbench QuantState"):
+        gemm_4bit(A, P, "nf4")
+
+
+def test_fake_tensor_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        A = torch.empty(3, 64, dtype=torch.bfloat16)
+        y = torch.ops.workbench.gemm_4bit(A, torch.empty(1024, dtype=torch.uint8), [32, 64],
+                                          torch.empty(32), torch.empty(16), 64, None, None, None, None, "reference")
+    assert y.shape == (3, 32) and y.dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------ bitsandbytes 0.50.2 (CPU)
+
+@pytest.mark.bnb
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_reference_vs_bitsandbytes(rng, dtype, quant_type):
+    bnb = pytest.importorskip("bitsandbytes")
+    F = pytest.importorskip("bitsandbytes.functional")
+    exact = []
+    for i, (N, K, M, bs) in enumerate(SHAPES):
+        for nested in (False, True):
+            A, P, qs, b = _case(rng, N, K, M, dtype, bs, quant_type=quant_type, nested=nested, bias=i % 2 == 0)
+            bqs = qs.to_bnb()
+            # rule 2: the dequantized weight is bitsandbytes' B_dq, bit for bit
+            assert torch.equal(R.dequantize_weight(P, (N, K), R.resolve_absmax(*_nested_args(qs, "reference")),
+                                                   qs.code, bs, dtype),
+                               F.dequantize_4bit(P, bqs).to(dtype))
+            ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                theirs = bnb.matmul_4bit(A, P, bqs, bias=b)
+            exact.append(_check_bound(theirs, ref, A, P, qs, b))
+            if b is None:
+                _check_bound(F.gemv_4bit(A, P, state=bqs), gemv_4bit(A, P, state=qs, backend="reference"),
+                             A, P, qs, None)
+    print(f"{quant_type} {dtype}: fraction of outputs equal to bitsandbytes: {sum(exact) / len(exact):.3f}")
