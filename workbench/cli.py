@@ -130,7 +130,9 @@ def cmd_report(args) -> int:
     from . import study_api
     from .report import DEFAULT_STUDIES, build_report, summary_frame
     _progress(args)
-    names = [s for s in args.studies.split(",") if s.strip()] if args.studies else list(DEFAULT_STUDIES)
+    names = _names(args.studies) if args.studies is not None else list(DEFAULT_STUDIES)
+    if not names:
+        raise CLIError("--studies: expected comma-separated study names, got an empty list")
     try:
         names = [study_api.canonical(n) for n in names]
     except KeyError as e:
@@ -157,6 +159,8 @@ def cmd_study(args) -> int:
     from .report import run_study, save_figures
     from .sweep import executor
     _progress(args)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CLIError(f"--out: {args.out!r} is a file; expected a directory")
     user = _user_codebooks(args)
     extra = {}
     if user:
@@ -292,6 +296,10 @@ def cmd_codebook(args) -> int:
             raise CLIError(f"--save: {args.save!r} is a directory; expected a file name such as code.json")
         if not save.parent.is_dir():
             raise CLIError(f"--save: directory {str(save.parent)!r} does not exist")
+    baselines = _names(args.compare) or []
+    for b in baselines:
+        if b not in cbs.names():
+            raise CLIError(f"--compare: unknown codebook {b!r}; expected registered names from: {', '.join(cbs.names())}")
     if Path(args.spec).is_dir():
         raise CLIError(f"SPEC: {args.spec!r} is a directory; expected a registered name, a codebook file "
                        "(.json, .npy, .txt) or an expression such as 'linspace(-1,1,16)'")
@@ -300,6 +308,8 @@ def cmd_codebook(args) -> int:
     except (lab.SpecError, cbs.CodebookError) as e:
         raise CLIError(str(e)) from None
     except (ValueError, TypeError, OSError, KeyError) as e:  # a file or expression of the wrong shape or type
+        if args.spec.strip().lower() in getattr(lab, "FIT_METHODS", {}):   # a fitted code: the data was wrong
+            raise CLIError(f"--fit-data: {str(e).strip(chr(39) + chr(34))}") from None
         raise CLIError(f"SPEC: {args.spec!r} does not give a list of real numbers ({type(e).__name__}: "
                        f"{(str(e).splitlines() or ['-'])[0][:120]})") from None
     print(cbs.describe(cb))
@@ -322,19 +332,45 @@ def cmd_codebook(args) -> int:
     if ev is not cb:
         print(f"note: {cb.size} entries are evaluated through the {ev.bits}-bit kernels (table padded to {ev.size} "
               f"entries, never emitted; stored as {ev.bits}-bit codes)")
-    baselines = [b for b in args.compare.split(",") if b] if args.compare else []
+    sources = _eval_sources(args.data)
+    levels = {c.name: int(c.bucket_codes.size) for c in [cb, *(cbs.get(b) for b in baselines)]}
+    print(f"{levels[cb.name]} levels = {np.log2(levels[cb.name]):.2f} bits of information per value; stored as "
+          f"{ev.bits}-bit codes by the {ev.bits}-bit kernels (the 'stored_bits' column counts what is stored: codes "
+          "plus float32 absmax per block)")
     frames = []
-    for data in ("normal", "laplace"):
-        df, fig = lab.compare(ev, data=data, blocksizes=bss, baselines=tuple(baselines), n=args.n)
+    for data in sources:
+        try:
+            df, fig = lab.compare(ev, data=data, blocksizes=bss, baselines=tuple(baselines), n=args.n)
+        except Exception as e:  # noqa: BLE001  (a data source that cannot load: one line)
+            if type(e).__name__ == "DataUnavailable":
+                raise CLIError(f"--data {data}: {e}") from None
+            raise
         import matplotlib.pyplot as plt
         plt.close(fig)
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
-    cols = [c for c in ("data", "codebook", "blocksize", "bits", "mae", "mse", "sqnr_db", "max_err", "mse_vs_nf4")
-            if c in df]
-    print(f"\nquantize -> dequantize error on {args.n} values (N(0,1) and Laplace), backend auto:")
+    df["levels"] = df["codebook"].map(levels)
+    df["code_bits"] = np.log2(df["levels"].astype(float)).round(3)
+    df = df.rename(columns={"bits": "stored_bits"})
+    cols = [c for c in ("data", "codebook", "levels", "code_bits", "blocksize", "stored_bits", "mae", "mse", "sqnr_db",
+                        "max_err", "mse_vs_nf4") if c in df]
+    print(f"\nquantize -> dequantize error on {args.n} values ({', '.join(sources)}), backend auto:")
     print(_table(df[cols], showindex=False, floatfmt=".6g"))
     return 0
+
+
+EVAL_SOURCES = ("normal", "laplace", "student-t", "uniform", "minilm")
+
+
+def _eval_sources(text: str) -> list[str]:
+    """``--data``: comma-separated data sources for the evaluation (the error study's sources)."""
+    sources = _names(text) or []
+    if not sources:
+        raise CLIError(f"--data: expected comma-separated sources from {', '.join(EVAL_SOURCES)}, got {text!r}")
+    for s in sources:
+        if s not in EVAL_SOURCES:
+            raise CLIError(f"--data: unknown source {s!r}; expected one of {', '.join(EVAL_SOURCES)}")
+    return sources
 
 
 def cmd_backends(args) -> int:
@@ -428,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="SPEC: a registered name (nf4, fp4, af4, e2m1, dynamic, ...), a file (.json list or "
                                    "{'values': [...]}, .npy, .txt), a NumPy expression such as 'linspace(-1,1,16)', or "
                                    "'lloyd-max' / 'kmeans' / 'quantile' (fitted on --fit-data at --blocksize). Prints the "
-                                   "table, bounds and the error on N(0,1) and Laplace data.",
+                                   "table, bounds and the error on --data (default N(0,1) and Laplace).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     c.add_argument("spec")
     c.add_argument("--blocksize", type=_bounded_int("--blocksize", 1, 1 << 16), default=64,
@@ -437,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bits", type=_bounded_int("--bits", 1, 8), default=4, help="bits of a fitted code (1..8)")
     c.add_argument("--fit-data", default="normal", help="data source for fitted codes: normal, laplace, student-t, "
                    "uniform, minilm")
+    c.add_argument("--data", default="normal,laplace", help="data sources for the evaluation, comma-separated: "
+                   "normal, laplace, student-t, uniform, minilm (the packaged all-MiniLM-L6-v2 weights)")
     c.add_argument("--n", type=_bounded_int("--n", 1, MAX_ELEMENTS), default=1 << 18,
                    help="values per evaluation sample")
     c.add_argument("--compare", default="nf4,fp4", help="baseline codebooks, comma-separated ('' for none)")

@@ -360,8 +360,9 @@ def _is_replaceable(out: Path) -> bool:
 
 
 def _remove_stale_temps(root: Path, name: str) -> None:
-    """Temporary folders of earlier runs of this report whose process is gone (killed runs)."""
-    for d in root.glob(f".{name}.tmp-*"):
+    """Temporary folders of earlier runs of this report whose process is gone (killed runs; a replaced report
+    left behind by a crash between the two renames of :func:`_swap_in`)."""
+    for d in [*root.glob(f".{name}.tmp-*"), *root.glob(f".{name}.old-*")]:
         try:
             pid = int(d.name.rsplit("-", 2)[-2])
             os.kill(pid, 0)
