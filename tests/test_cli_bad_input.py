@@ -340,10 +340,15 @@ def test_codebook_save_into_a_missing_directory(capsys, tmp_path):
     (["report", "--workers", "-2"], "--workers"),
     (["study", "error", "--workers", "0"], "--workers"),
     (["report", "--nope"], "unrecognized arguments"),
+    (["report", "--studies", ","], "--studies"),
+    (["codebook", "nf4", "--compare", "nf4,bogus"], "--compare"),
+    (["codebook", "lloyd-max", "--fit-data", "bogus", "--no-eval"], "--fit-data"),
+    (["study", "bnb_table", "--out", __file__], "--out"),
 ])
-def test_bad_numbers_name_the_argument(argv, needle, capsys):
-    rc, _, err = run(capsys, *argv)
+def test_bad_values_name_the_argument(argv, needle, capsys):
+    rc, out, err = run(capsys, *argv)
     one_line_error(rc, err, needle)
+    assert out == ""  # refused before any work
 
 
 @pytest.mark.parametrize("address", ["tcp://127.0.0.1:9", "not an address"])
