@@ -13,6 +13,9 @@
 #if __has_include("kbit_int8.h")
 #include "kbit_int8.h"
 #endif
+#if __has_include("kbit_matmul.h")
+#include "kbit_matmul.h"
+#endif
 #endif
 
 #endif

@@ -1,0 +1,47 @@
+/* kbit-workbench: fused 4-bit dequantize + GEMV for M = 1..4 activation rows (family "matmul").
+ *
+ * Built into cuda_src/build/libkbit_matmul.so by workbench/cuda_build.py. Every entry point returns the
+ * cudaError_t of its launch and runs on the given stream. Numerics: workbench/backends/reference/matmul.py
+ *   s[b]    = float32(absmax_code[absmax_8bit[b]] * absmax[b / 256]) + *absmax_offset   (nested; else absmax[b])
+ *   W[n,k]  = dtype(table[code(n*K+k)] * s[(n*K+k) / blocksize])                        (one rounding)
+ *   out[m,n]= dtype(float32(sum_k A[m,k] * W[n,k]) + bias[n])                            (float32, no FMA)
+ * Accumulation order (this kernel): one warp per output row; lane l owns the row's 32-element chunks
+ * l, l + 32, l + 64, ... (element order inside a chunk, one float32 partial per lane and row m), then the
+ * 32 partials are combined by a butterfly (__shfl_xor_sync, offsets 16, 8, 4, 2, 1). Rows whose K is not a
+ * multiple of 32 take a per-element path: lane l owns elements l, l + 32, ... then the same butterfly.
+ * All pointers are DEVICE pointers; absmax_8bit/absmax_code/absmax_offset are NULL when not nested; bias
+ * may be NULL. table: 16 float32 values (any codebook), staged in shared memory per CTA.
+ */
+#ifndef KBIT_MATMUL_H
+#define KBIT_MATMUL_H
+
+#include <cuda_runtime.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* element types of A / bias / out (same values as kbit_quant.h) */
+#ifndef KBIT_F32
+#define KBIT_F32 0
+#define KBIT_F16 1
+#define KBIT_BF16 2
+#endif
+
+#define KBIT_GEMV_MAX_M 4
+
+/* A: M x K (row-major, dtype), B: packed 4-bit N x K ((N*K+1)/2 bytes, element 2i in the high nibble),
+ * out: M x N (dtype). 1 <= M <= KBIT_GEMV_MAX_M. */
+cudaError_t kbit_gemv_4bit(const void* A, int dtype, int M, long long N, long long K, const unsigned char* B,
+                           const float* absmax, const unsigned char* absmax_8bit, const float* absmax_code,
+                           const float* absmax_offset, const float* table, int blocksize, const void* bias,
+                           void* out, cudaStream_t stream);
+
+/* 1 when the library was built with IEEE float flags (-fmad=false): the numerics above hold. */
+int kbit_matmul_ieee_build(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,208 @@
+/* kbit-workbench: fused 4-bit dequantize + GEMV, M = 1..4 (family "matmul"). API and numerics: kbit_matmul.h.
+ *
+ * One warp per output row n, 8 rows per 256-thread CTA. Fast path (K % 32 == 0, 16-byte aligned B and A): each
+ * lane reads 16 packed bytes (32 codes) per step with one 128-bit load -- a warp step is 512 contiguous bytes of
+ * the row -- decodes the chunk's block scale once (the chunk lies in one quantization block: blocksize >= 32 and
+ * chunks start at multiples of 32 elements of the flat weight), looks the codes up in the shared-memory table,
+ * rounds each weight to A's dtype (rule 2) and multiplies by the activations (read as 128-bit vectors through
+ * the read-only cache; they are shared by every warp). Generic path: per element, any K, any alignment.
+ * Float32 throughout, separate multiply and add (__fmul_rn/__fadd_rn; the library is built with -fmad=false).
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "kbit_matmul.h"
+
+namespace {
+
+constexpr int kWarps = 8;
+constexpr unsigned kFull = 0xffffffffu;
+
+template <int DT> struct Ty;
+template <> struct Ty<KBIT_F32> {
+    typedef float t;
+    static constexpr int per16 = 4;  // elements per 16-byte vector
+    __device__ static __forceinline__ float ld(const float* p, long long i) { return __ldg(p + i); }
+    __device__ static __forceinline__ float rnd(float v) { return v; }
+    __device__ static __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
+    __device__ static __forceinline__ void unpack(uint4 u, float* f) {
+        f[0] = __uint_as_float(u.x); f[1] = __uint_as_float(u.y); f[2] = __uint_as_float(u.z); f[3] = __uint_as_float(u.w);
+    }
+};
+template <> struct Ty<KBIT_BF16> {
+    typedef __nv_bfloat16 t;
+    static constexpr int per16 = 8;
+    __device__ static __forceinline__ float ld(const t* p, long long i) { return __bfloat162float(p[i]); }
+    __device__ static __forceinline__ float rnd(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+    __device__ static __forceinline__ void st(t* p, long long i, float v) { p[i] = __float2bfloat16_rn(v); }
+    __device__ static __forceinline__ void unpack(uint4 u, float* f) {
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {  // exact widening: bf16 bits are the top half of a float32
+            f[2 * j] = __uint_as_float(w[j] << 16);
+            f[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+        }
+    }
+};
+template <> struct Ty<KBIT_F16> {
+    typedef __half t;
+    static constexpr int per16 = 8;
+    __device__ static __forceinline__ float ld(const t* p, long long i) { return __half2float(p[i]); }
+    __device__ static __forceinline__ float rnd(float v) { return __half2float(__float2half_rn(v)); }
+    __device__ static __forceinline__ void st(t* p, long long i, float v) { p[i] = __float2half_rn(v); }
+    __device__ static __forceinline__ void unpack(uint4 u, float* f) {
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            __half2 h = *reinterpret_cast<const __half2*>(&w[j]);
+            f[2 * j] = __low2float(h);
+            f[2 * j + 1] = __high2float(h);
+        }
+    }
+};
+
+/* rule 1 (nested) or the plain float32 absmax of block b */
+__device__ __forceinline__ float block_scale(long long b, const float* absmax, const uint8_t* a8, const float* code2,
+                                             float off) {
+    if (a8 == nullptr) return __ldg(absmax + b);
+    return __fadd_rn(__fmul_rn(code2[__ldg(a8 + b)], __ldg(absmax + (b >> 8))), off);
+}
+
+template <int M>
+__device__ __forceinline__ void warp_sum(float* acc) {
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc[m] = __fadd_rn(acc[m], __shfl_xor_sync(kFull, acc[m], o));
+}
+
+template <int DT, int M, bool FAST>
+__global__ void __launch_bounds__(kWarps * 32)
+gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long long K, const uint8_t* __restrict__ B,
+                 const float* __restrict__ absmax, const uint8_t* __restrict__ a8, const float* __restrict__ code2_g,
+                 const float* __restrict__ off_p, const float* __restrict__ table_g, int blocksize,
+                 const typename Ty<DT>::t* __restrict__ bias, typename Ty<DT>::t* __restrict__ out) {
+    typedef Ty<DT> D;
+    __shared__ float tab[16];
+    __shared__ float code2[256];
+    const int tid = threadIdx.x;
+    if (tid < 16) tab[tid] = table_g[tid];
+    if (a8 != nullptr)
+        for (int i = tid; i < 256; i += blockDim.x) code2[i] = code2_g[i];
+    __syncthreads();
+    const float off = (a8 != nullptr) ? __ldg(off_p) : 0.0f;
+    const int lane = tid & 31;
+    const long long n = (long long)blockIdx.x * kWarps + (tid >> 5);
+    if (n >= N) return;
+
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[m] = 0.0f;
+
+    if (FAST) {
+        const uint4* row = reinterpret_cast<const uint4*>(B + n * (K >> 1));
+        const long long chunks = K >> 5;
+#pragma unroll 2
+        for (long long c = lane; c < chunks; c += 32) {
+            const uint4 w = __ldg(row + c);
+            const long long k0 = c << 5;
+            const float s = block_scale((n * K + k0) / blocksize, absmax, a8, code2, off);
+            const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {  // word q: codes of elements k0 + 8q .. k0 + 8q + 7
+                float wv[8];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const uint32_t byte = (words[q] >> (8 * j)) & 0xffu;
+                    wv[2 * j] = D::rnd(__fmul_rn(tab[byte >> 4], s));
+                    wv[2 * j + 1] = D::rnd(__fmul_rn(tab[byte & 15u], s));
+                }
+#pragma unroll
+                for (int m = 0; m < M; ++m) {
+                    float av[8];
+                    const typename D::t* ap = A + (long long)m * K + k0 + 8 * q;
+                    if (D::per16 == 8) {
+                        D::unpack(__ldg(reinterpret_cast<const uint4*>(ap)), av);
+                    } else {
+                        D::unpack(__ldg(reinterpret_cast<const uint4*>(ap)), av);
+                        D::unpack(__ldg(reinterpret_cast<const uint4*>(ap) + 1), av + 4);
+                    }
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) acc[m] = __fadd_rn(acc[m], __fmul_rn(wv[e], av[e]));
+                }
+            }
+        }
+    } else {
+        for (long long k = lane; k < K; k += 32) {
+            const long long i = n * K + k;
+            const uint32_t byte = __ldg(B + (i >> 1));
+            const uint32_t code = (i & 1) ? (byte & 15u) : (byte >> 4);
+            const float s = block_scale(i / blocksize, absmax, a8, code2, off);
+            const float wv = D::rnd(__fmul_rn(tab[code], s));
+#pragma unroll
+            for (int m = 0; m < M; ++m) acc[m] = __fadd_rn(acc[m], __fmul_rn(wv, D::ld(A, (long long)m * K + k)));
+        }
+    }
+    warp_sum<M>(acc);
+    if (lane == 0) {
+        const float b = (bias != nullptr) ? D::ld(bias, n) : 0.0f;
+#pragma unroll
+        for (int m = 0; m < M; ++m) D::st(out, (long long)m * N + n, bias != nullptr ? __fadd_rn(acc[m], b) : acc[m]);
+    }
+}
+
+template <int DT, int M>
+cudaError_t launch(const void* A, long long N, long long K, const unsigned char* B, const float* absmax,
+                   const unsigned char* a8, const float* code2, const float* off, const float* table, int blocksize,
+                   const void* bias, void* out, cudaStream_t stream) {
+    typedef typename Ty<DT>::t T;
+    const bool fast = (K % 32 == 0) && ((uintptr_t)B % 16 == 0) && ((uintptr_t)A % 16 == 0);
+    const dim3 grid((unsigned)((N + kWarps - 1) / kWarps)), block(kWarps * 32);
+    if (fast)
+        gemv_4bit_kernel<DT, M, true><<<grid, block, 0, stream>>>((const T*)A, N, K, B, absmax, a8, code2, off, table,
+                                                                  blocksize, (const T*)bias, (T*)out);
+    else
+        gemv_4bit_kernel<DT, M, false><<<grid, block, 0, stream>>>((const T*)A, N, K, B, absmax, a8, code2, off,
+                                                                   table, blocksize, (const T*)bias, (T*)out);
+    return cudaGetLastError();
+}
+
+template <int DT>
+cudaError_t dispatch_m(int M, const void* A, long long N, long long K, const unsigned char* B, const float* absmax,
+                       const unsigned char* a8, const float* code2, const float* off, const float* table,
+                       int blocksize, const void* bias, void* out, cudaStream_t stream) {
+    switch (M) {
+        case 1: return launch<DT, 1>(A, N, K, B, absmax, a8, code2, off, table, blocksize, bias, out, stream);
+        case 2: return launch<DT, 2>(A, N, K, B, absmax, a8, code2, off, table, blocksize, bias, out, stream);
+        case 3: return launch<DT, 3>(A, N, K, B, absmax, a8, code2, off, table, blocksize, bias, out, stream);
+        case 4: return launch<DT, 4>(A, N, K, B, absmax, a8, code2, off, table, blocksize, bias, out, stream);
+        default: return cudaErrorInvalidValue;
+    }
+}
+
+}  // namespace
+
+extern "C" cudaError_t kbit_gemv_4bit(const void* A, int dtype, int M, long long N, long long K, const unsigned char* B,
+                                      const float* absmax, const unsigned char* absmax_8bit, const float* absmax_code,
+                                      const float* absmax_offset, const float* table, int blocksize, const void* bias,
+                                      void* out, cudaStream_t stream) {
+    if (M < 1 || M > KBIT_GEMV_MAX_M || N < 0 || K < 0 || blocksize < 32) return cudaErrorInvalidValue;
+    if (absmax_8bit != nullptr && (absmax_code == nullptr || absmax_offset == nullptr)) return cudaErrorInvalidValue;
+    if (N == 0) return cudaSuccess;
+    switch (dtype) {
+        case KBIT_F32: return dispatch_m<KBIT_F32>(M, A, N, K, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, blocksize, bias, out, stream);
+        case KBIT_F16: return dispatch_m<KBIT_F16>(M, A, N, K, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, blocksize, bias, out, stream);
+        case KBIT_BF16: return dispatch_m<KBIT_BF16>(M, A, N, K, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, blocksize, bias, out, stream);
+        default: return cudaErrorInvalidValue;
+    }
+}
+
+extern "C" int kbit_matmul_ieee_build(void) {
+#if defined(__FAST_MATH__) || defined(__USE_FAST_MATH__)
+    return 0;
+#else
+    return 1;
+#endif
+}
