@@ -301,6 +301,27 @@ def _elem(w, j, kind):
 
 
 @cuda.jit(device=True, inline=True)
+def _elem_at(A, i, kind):
+    """Element i of the input given as float32 or as 16-bit patterns (the kernels' element view)."""
+    if kind == F32:
+        return float32(A[i])
+    h = int32(A[i]) & 0xFFFF
+    if kind == BF16:
+        return _int_as_float(h << 16)
+    return float32(_half2float(h))
+
+
+@cuda.jit(device=True, inline=True)
+def _store_word(out_w, out_b, wi, acc):
+    """Output word wi: a full 8-byte word, or the bytes of the last, partial one."""
+    if wi < out_w.shape[0]:
+        out_w[uint64(wi)] = acc
+    elif wi == out_w.shape[0]:
+        for b in range(out_b.shape[0]):
+            out_b[b] = (acc >> uint64(8 * b)) & uint64(0xFF)
+
+
+@cuda.jit(device=True, inline=True)
 def _fine_code(s, fine, sh, last, clamped, low_p, low_n, off_p, off_n):
     b = _float_as_int(s) & 0xFFFFFFFF
     if clamped:                             # key of max(|s|, lowest of s's sign); NaN -> lowest
@@ -379,25 +400,17 @@ def _make_quantize_fine(bits: int, kind: int, clamped: bool):
                 if (tid & (G - 1)) == 0:
                     absmax[uint64(blk)] = d if tail else m
                 inv = float32(1.0) / d
-                for o in range(NWO):
-                    acc = uint64(0)
-                    for jj in range(CHUNK // NWO):
-                        j = o * (CHUNK // NWO) + jj
-                        v = _elem(words[j // EPW], j % EPW, kind)
-                        s = v / d if tail else v * inv
-                        c = _fine_code(s, fine, sh, last, clamped, low_p, low_n, off_p, off_n)  # in bounds
-                        if bits == 4:
-                            acc |= uint64(c) << uint64(8 * (jj // 2) + 4 * (1 - jj % 2))
-                        else:
-                            acc |= uint64(c) << uint64(8 * jj)
-                    if nonfinite:               # a NaN or an Inf in the block (rare): this word again,
-                        acc = uint64(0)         # element checks kept out of the loop above (Numba time)
+                if nonfinite:
+                    # a NaN or an Inf in the block (rare): element by element, re-reading the elements (the
+                    # loop need not unroll, and an indexed `words` would move it to local memory everywhere)
+                    for o in range(NWO):
+                        acc = uint64(0)
                         for jj in range(CHUNK // NWO):
                             j = o * (CHUNK // NWO) + jj
-                            v = _elem(words[j // EPW], j % EPW, kind)
-                            s = v / d if tail else v * inv
-                            if e0 + j >= n:
-                                s = float32(0.0)    # the 4-bit pad of an odd n (a NaN block would make it NaN)
+                            s = float32(0.0)        # the 4-bit pad of an odd n is s = 0 (the reference pads)
+                            if e0 + j < n:
+                                v = _elem_at(A, uint64(e0 + j), kind)
+                                s = v / d if tail else v * inv
                             if s != s:
                                 c = nan_code        # NaN: the top bucket (torch.bucketize)
                             else:
@@ -406,12 +419,20 @@ def _make_quantize_fine(bits: int, kind: int, clamped: bool):
                                 acc |= uint64(c) << uint64(8 * (jj // 2) + 4 * (1 - jj % 2))
                             else:
                                 acc |= uint64(c) << uint64(8 * jj)
-                    wi = t * NWO + o
-                    if wi < out_w.shape[0]:
-                        out_w[uint64(wi)] = acc
-                    elif wi == out_w.shape[0]:  # the last, partial word: its bytes
-                        for b in range(out_b.shape[0]):
-                            out_b[b] = (acc >> uint64(8 * b)) & uint64(0xFF)
+                        _store_word(out_w, out_b, t * NWO + o, acc)
+                else:
+                    for o in range(NWO):
+                        acc = uint64(0)
+                        for jj in range(CHUNK // NWO):
+                            j = o * (CHUNK // NWO) + jj
+                            v = _elem(words[j // EPW], j % EPW, kind)
+                            s = v / d if tail else v * inv
+                            c = _fine_code(s, fine, sh, last, clamped, low_p, low_n, off_p, off_n)
+                            if bits == 4:
+                                acc |= uint64(c) << uint64(8 * (jj // 2) + 4 * (1 - jj % 2))
+                            else:
+                                acc |= uint64(c) << uint64(8 * jj)
+                        _store_word(out_w, out_b, t * NWO + o, acc)
 
     return quantize
 
