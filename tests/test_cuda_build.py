@@ -17,6 +17,7 @@ API = {
     "int8": ("kbit_int8_vectorwise_quant", "kbit_int8_zero_late_cols", "kbit_int8_col_quant",
              "kbit_int8_vectorwise_dequant", "kbit_int8_linear_matmul", "kbit_int8_mm_dequant",
              "kbit_int8_scaled_mm"),
+    "matmul": ("kbit_gemv_4bit", "kbit_matmul_ieee_build"),
 }
 
 
@@ -33,7 +34,8 @@ def test_family_builds_and_exports(family, tmp_path):
         lib = ctypes.CDLL(str(so))
     except OSError as e:  # loading needs the CUDA runtime's dependencies; nm above already checked exports
         pytest.skip(f"cannot dlopen without the CUDA driver: {e}")
-    ieee = {"quant": "kbit_quant_ieee_build", "optim": "kbit_optim_ieee_build"}.get(family)
+    ieee = {"quant": "kbit_quant_ieee_build", "optim": "kbit_optim_ieee_build",
+            "matmul": "kbit_matmul_ieee_build"}.get(family)
     if ieee:
         assert getattr(lib, ieee)() == 1  # built without fast-math
 

@@ -1,0 +1,104 @@
+"""GPU parity of the matmul family (issue 18): the CUDA fused GEMV (M = 1..4) and the cuda backend's M > 4 path
+against the reference run on the same CUDA tensors, held to the reference's bound (error_bound: float32
+summation error of any order + 2 ulp of the output dtype); bitsandbytes' CUDA gemv/gemm beside it.
+Run on a GPU machine: ``pytest -m gpu tests/test_matmul_gpu.py``."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import workbench as wb
+from workbench import codebooks as cbs
+from workbench.backends import status
+from workbench.backends.reference import matmul as R
+from workbench.matmul import gemv_4bit, matmul_4bit
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+# (N, K, blocksize): K % 32 == 0 (fast path), odd K and K % 32 != 0 (generic path), long rows, blocks > K
+SHAPES = ((256, 4096, 64), (4096, 4096, 64), (1000, 8192, 128), (37, 77, 32), (129, 4100, 256),
+          (64, 96, 4096), (300, 2050, 64), (28672, 8192, 64))
+
+
+def _need_cuda():
+    ok, reason = status("cuda")
+    if not ok:
+        pytest.skip(f"cuda: {reason}")
+
+
+def _case(rng, N, K, M, dtype, bs, nested, bias, codebook=None, quant_type="nf4"):
+    W = torch.randn(N, K, generator=rng).to(dtype).cuda()
+    A = torch.randn(M, K, generator=rng).to(dtype).cuda()
+    b = torch.randn(N, generator=rng).to(dtype).cuda() if bias else None
+    P, qs = wb.quantize_4bit(W, blocksize=bs, quant_type=quant_type, compress_statistics=nested, codebook=codebook,
+                             backend="cuda")
+    return A, P, qs, b
+
+
+def _within(got, ref, A, P, qs, b):
+    W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
+    K = A.shape[-1]
+    bound = R.error_bound(A.reshape(-1, K), W, b, A.dtype, ref.reshape(-1, W.shape[0]))
+    err = (got.float() - ref.float()).abs().reshape(bound.shape)
+    assert (err <= bound).all(), f"max excess {(err - bound).max().item()}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 7, 33])
+def test_cuda_gemm_vs_reference(rng, dtype, M):
+    _need_cuda()
+    for i, (N, K, bs) in enumerate(SHAPES):
+        if N * K > 2 ** 26 and M > 4:
+            continue
+        for nested in (False, True):
+            A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested, bias=i % 2 == 0,
+                                codebook=cbs.get("af4") if i % 3 == 1 else None)
+            ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+            got = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+            assert got.shape == ref.shape and got.dtype == dtype
+            _within(got, ref, A, P, qs, b)
+
+
+def test_cuda_gemv_misaligned_and_leading_dims(rng):
+    _need_cuda()
+    A, P, qs, _ = _case(rng, 512, 1024, 1, torch.bfloat16, 64, True, False)
+    base = torch.empty(1024 + 8, dtype=torch.bfloat16, device="cuda")
+    Am = base[3:3 + 1024].view(1, 1024)   # not 16-byte aligned: the generic path
+    Am.copy_(A)
+    ref = gemv_4bit(A.view(1, 1, 1024), P, state=qs, backend="reference")
+    _within(gemv_4bit(Am.view(1, 1, 1024), P, state=qs, backend="cuda"), ref, A, P, qs, None)
+
+
+def test_cuda_graph_capture_of_the_gemv(rng):
+    _need_cuda()
+    A, P, qs, b = _case(rng, 4096, 4096, 1, torch.bfloat16, 64, True, True)
+    want = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        matmul_4bit(A, P, qs, bias=b, backend="cuda")
+        with torch.cuda.graph(g):
+            out = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+    torch.cuda.current_stream().wait_stream(s)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, want)
+
+
+@pytest.mark.bnb
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("M", [1, 4, 16])
+def test_reference_vs_bitsandbytes_cuda(rng, quant_type, M):
+    bnb = pytest.importorskip("bitsandbytes")
+    for N, K, bs in ((4096, 4096, 64), (129, 4100, 64), (1000, 8192, 128)):
+        for dtype in (torch.bfloat16, torch.float16):
+            A, P, qs, b = _case(rng, N, K, M, dtype, bs, True, True, quant_type=quant_type)
+            ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                theirs = bnb.matmul_4bit(A, P, qs.to_bnb(), bias=b)
+            _within(theirs, ref, A, P, qs, b)
