@@ -86,12 +86,12 @@ def codebook_from_values(values, name: str = "custom") -> cbs.Codebook:
         d = np.diff(v)
         if np.any(d == 0):
             i = int(np.argmax(d == 0))
-            raise SpecError(f"codebook {name!r}: duplicate value {v[i]!r} at positions {i} and {i + 1}; "
+            raise SpecError(f"codebook {name!r}: duplicate value {float(v[i])!r} at positions {i} and {i + 1}; "
                             "expected strictly increasing values")
         if np.any(d < 0):
             i = int(np.argmax(d < 0))
-            raise SpecError(f"codebook {name!r}: values must be sorted ascending; position {i + 1} ({v[i + 1]!r}) "
-                            f"< position {i} ({v[i]!r})")
+            raise SpecError(f"codebook {name!r}: values must be sorted ascending; position {i + 1} ({float(v[i + 1])!r}) "
+                            f"< position {i} ({float(v[i])!r})")
     if v.size < 2:
         raise SpecError(f"codebook {name!r}: need at least 2 distinct values, got {v.size}")
     if v.size > 256:

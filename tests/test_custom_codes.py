@@ -142,3 +142,36 @@ def test_entry_point_plugins_register_codes(monkeypatch):
     assert list(status.values()) == ["loaded"] and "tst-ep4" in cbs.names()
     cbs._REGISTRY.pop("tst-ep4", None)
     cbs._CACHE.pop("tst-ep4", None)
+
+
+# ------------------------------------------------------------------ workbench codebook (issue 21 item 6)
+
+@pytest.mark.parametrize("spec,levels,info_bits,stored", [("linspace(-1,1,2)", 2, "1.00", 4),
+                                                          ("[-1,-0.5,0,0.5,1]", 5, "2.32", 4),
+                                                          ("linspace(-1,1,256)", 256, "8.00", 8)])
+def test_codebook_command_evaluates_any_size_and_labels_bits(capsys, spec, levels, info_bits, stored):
+    assert cli.main(["codebook", spec, "--n", "2048", "--compare", "nf4", "--data", "normal"]) == 0
+    out = capsys.readouterr().out
+    assert f"{levels} levels = {info_bits} bits of information per value; stored as {stored}-bit codes" in out
+    header = next(ln for ln in out.splitlines() if ln.startswith("| data"))
+    assert all(c in header for c in ("levels", "code_bits", "stored_bits"))
+
+
+def test_codebook_command_evaluates_on_minilm(capsys):
+    try:
+        error_study.make_data("minilm", 64, 0)
+    except error_study.DataUnavailable as e:
+        pytest.skip(f"MiniLM weights not installed: {e}")
+    assert cli.main(["codebook", "nf4", "--n", "2048", "--compare", "", "--data", "minilm"]) == 0
+    out = capsys.readouterr().out
+    assert "| minilm" in out
+    assert cli.main(["codebook", "nf4", "--data", "bogus"]) == 2
+    assert "--data: unknown source 'bogus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec,why", [("[0.5,-1,1]", "sorted ascending"), ("[-1,0,0,1]", "duplicate value 0.0")])
+def test_codebook_command_refuses_unsorted_or_duplicate_values_like_the_api(capsys, spec, why):
+    with pytest.raises(cbs.CodebookError):
+        cbs.from_values(json.loads(spec))
+    assert cli.main(["codebook", spec, "--no-eval"]) == 2
+    assert why in capsys.readouterr().err

@@ -290,6 +290,7 @@ def cmd_codebook(args) -> int:
             check_blocksize(b)
         except ValueError as e:
             raise CLIError(f"--blocksizes: {e}") from None
+    sources = _eval_sources(args.data)
     if args.save:
         save = Path(args.save)
         if save.is_dir():
@@ -332,7 +333,6 @@ def cmd_codebook(args) -> int:
     if ev is not cb:
         print(f"note: {cb.size} entries are evaluated through the {ev.bits}-bit kernels (table padded to {ev.size} "
               f"entries, never emitted; stored as {ev.bits}-bit codes)")
-    sources = _eval_sources(args.data)
     levels = {c.name: int(c.bucket_codes.size) for c in [cb, *(cbs.get(b) for b in baselines)]}
     print(f"{levels[cb.name]} levels = {np.log2(levels[cb.name]):.2f} bits of information per value; stored as "
           f"{ev.bits}-bit codes by the {ev.bits}-bit kernels (the 'stored_bits' column counts what is stored: codes "
