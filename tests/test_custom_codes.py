@@ -175,3 +175,14 @@ def test_codebook_command_refuses_unsorted_or_duplicate_values_like_the_api(caps
         cbs.from_values(json.loads(spec))
     assert cli.main(["codebook", spec, "--no-eval"]) == 2
     assert why in capsys.readouterr().err
+
+
+def test_custom_code_on_a_real_dask_worker_process(my_code):
+    """A dask worker process never imports the parent's registrations: the code must arrive by value."""
+    distributed = pytest.importorskip("dask.distributed")
+    from workbench.sweep import executor
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+        with executor(cl.scheduler_address) as ex:
+            df, _ = error_study.run(executor=ex, codebooks=[my_code], **SMALL)
+    assert df["skipped"].isna().all(), df[df["skipped"].notna()]
+    assert set(df["method"]) == {"nf4", "tst-my7"}
