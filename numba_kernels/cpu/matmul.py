@@ -82,12 +82,12 @@ def gemm_4bit_fused(a, M, N, K, packed, absmax, table, blocksize, kind, bias, ha
 
 
 @njit(parallel=True, **_OPTS)
-def gemv_4bit_even(a, N, K, packed, absmax, table, blocksize, kind, out):
-    """M = 1, K even (every row starts on a high nibble and every block segment has even length): the hot path,
-    same order as gemm_4bit_fused (lane k % 8), written as 4-byte groups so each group updates all 8 lanes."""
+def gemv_4bit_k8(a, N, K, packed, absmax, table, blocksize, kind, out):
+    """M = 1, K % 8 == 0 (every block segment of a row is whole 8-element groups on lane 0): the hot path,
+    the same order as gemm_4bit_fused (element k into lane k % 8), with the 8 lanes in registers."""
     for n in prange(N):
         lut = np.empty(16, np.float32)
-        acc = np.zeros(LANES, np.float32)
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
         i0 = n * K
         i = i0
         end_row = i0 + K
@@ -95,39 +95,23 @@ def gemv_4bit_even(a, N, K, packed, absmax, table, blocksize, kind, out):
             b = i // blocksize
             seg_end = min((b + 1) * blocksize, end_row)
             block_lut(table, absmax[b], kind, lut)
-            j = i
-            # lane-aligned 8-element groups
-            while j < seg_end and ((j - i0) % LANES) != 0:
-                byte = np.int64(packed[j >> 1])
-                k = j - i0
-                acc[k % LANES] += lut[byte >> 4] * a[k]
-                acc[(k + 1) % LANES] += lut[byte & 15] * a[k + 1]
-                j += 2
-            while j + LANES <= seg_end:
+            for j in range(i, seg_end, 8):
                 k = j - i0
                 p = j >> 1
                 b0 = np.int64(packed[p])
                 b1 = np.int64(packed[p + 1])
                 b2 = np.int64(packed[p + 2])
                 b3 = np.int64(packed[p + 3])
-                acc[0] += lut[b0 >> 4] * a[k]
-                acc[1] += lut[b0 & 15] * a[k + 1]
-                acc[2] += lut[b1 >> 4] * a[k + 2]
-                acc[3] += lut[b1 & 15] * a[k + 3]
-                acc[4] += lut[b2 >> 4] * a[k + 4]
-                acc[5] += lut[b2 & 15] * a[k + 5]
-                acc[6] += lut[b3 >> 4] * a[k + 6]
-                acc[7] += lut[b3 & 15] * a[k + 7]
-                j += LANES
-            while j < seg_end:
-                byte = np.int64(packed[j >> 1])
-                k = j - i0
-                acc[k % LANES] += lut[byte >> 4] * a[k]
-                acc[(k + 1) % LANES] += lut[byte & 15] * a[k + 1]
-                j += 2
+                s0 += lut[b0 >> 4] * a[k]
+                s1 += lut[b0 & 15] * a[k + 1]
+                s2 += lut[b1 >> 4] * a[k + 2]
+                s3 += lut[b1 & 15] * a[k + 3]
+                s4 += lut[b2 >> 4] * a[k + 4]
+                s5 += lut[b2 & 15] * a[k + 5]
+                s6 += lut[b3 >> 4] * a[k + 6]
+                s7 += lut[b3 & 15] * a[k + 7]
             i = seg_end
-        y = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
-        store(out, n, y, kind)
+        store(out, n, ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)), kind)
 
 
 @njit(parallel=True, **_OPTS)

@@ -45,8 +45,8 @@ def _fused(A, B, shapeB, s, table, blocksize, bias):
     packed = B.reshape(-1).numpy()
     tab = table.float().contiguous().numpy()
     out, o = _out(M, N, A.dtype)
-    if M == 1 and Kd % 2 == 0 and bias is None:
-        K.gemv_4bit_even(a, N, Kd, packed, s, tab, blocksize, kind, o)
+    if M == 1 and Kd % 8 == 0 and bias is None:
+        K.gemv_4bit_k8(a, N, Kd, packed, s, tab, blocksize, kind, o)
     else:
         bb = _NO_BIAS if bias is None else bias.float().contiguous().numpy()
         K.gemm_4bit_fused(a, M, N, Kd, packed, s, tab, blocksize, kind, bb, bias is not None, o)
