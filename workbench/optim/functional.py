@@ -44,8 +44,10 @@ NaN and Inf -- every backend follows this, bit for bit (NaN payloads aside):
   +-0 and the Inf ones to NaN; the stored Inf absmax dequantizes to NaN/Inf from the next step on.
 * codes of such a block are what torch.bucketize gives the reference's scaled values: a NaN scaled
   value lands after every bound, the last bucket's code (``bucket_codes[-1]``, 255 for the dynamic
-  maps); +-0 gets the code of 0.0 (:func:`nonfinite_codes`). The kernels take a block-level branch on
-  a non-finite absmax (the finite path never sees a NaN); the quantizers follow the same rule.
+  maps); +-0 gets the code of 0.0 (:func:`nonfinite_codes`). The CPU kernels and the GPU kernels'
+  general path branch on a non-finite block absmax; the GPU fast path (maps whose bounds are all < 1,
+  so the last bucket is +1's) clamps a NaN scaled value to +1 instead, with no branch. The
+  quantizers follow the same rule.
 * 32-bit state: elementwise, nothing else is touched.
 
 State consistency: :func:`workbench.optim.state_check.validate_state` is the one check of a
