@@ -6,6 +6,8 @@ from .ops import (dequantize_4bit, dequantize_blockwise, quantize_4bit, quantize
                   quantize_nf4)
 from .kbit import KbitState, dequantize_kbit, quantize_kbit
 from .quant_state import QuantState
+from . import matmul, nn  # noqa: E402,F401  (issue 18: fused 4-bit matmul, quantized Linear modules)
+from .matmul import gemm_4bit, gemv_4bit, matmul_4bit  # noqa: E402
 from .validation import QuantInputError
 
 __version__ = "0.1.0"
