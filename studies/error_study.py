@@ -96,6 +96,10 @@ def make_data(source: str, n: int, seed: int) -> torch.Tensor:
         x = g.standard_t(STUDENT_T_DF, size=n)
     elif source == "uniform":
         x = g.uniform(-1.0, 1.0, size=n)
+    elif source.startswith("file:"):  # the user's weights (--weights PATH [--layers REGEX]), memory-mapped
+        from workbench.weights import parse_source, weight_vector
+        path, pattern = parse_source(source)
+        x = weight_vector(path, pattern, n)
     elif source == "minilm":
         w = _minilm_vector()
         if w.size <= n:
@@ -259,9 +263,15 @@ def _user_codebooks(codebooks) -> list:
 
 
 def run(quick: bool = False, executor=None, *, sources=SOURCES, methods=METHODS, blocksizes=None, n=None,
-        seed: int = 0, codebooks=()):
-    """The sweep; ``codebooks``: extra codes (Codebook objects or registered names), each a method of its own."""
+        seed: int = 0, codebooks=(), weights=None, layers=None):
+    """The sweep; ``codebooks``: extra codes (Codebook objects or registered names), each a method of its own;
+    ``weights``: a safetensors file or checkpoint directory (``layers``: a regex on tensor names) -- the sweep
+    then runs on those weights (source ``file:PATH[::REGEX]``) instead of ``sources``."""
     from workbench.sweep import run_tasks
+    if weights:
+        from workbench.weights import source_name, tensor_index
+        tensor_index(weights, layers)  # fail early: missing path or no matching tensor
+        sources = (source_name(weights, layers),)
     n = n or (N_QUICK if quick else N_FULL)
     blocksizes = tuple(blocksizes or (QUICK_BLOCKSIZES if quick else BLOCKSIZES))
     tasks = [dict(source=s, method=m, n=n, blocksizes=blocksizes, seed=seed) for s in sources for m in methods]
@@ -287,7 +297,7 @@ def figures(df: pd.DataFrame) -> dict:
     figs = {}
     if ok.empty:
         return figs
-    sources = [s for s in SOURCES if s in set(ok["source"])]
+    sources = [s for s in SOURCES if s in set(ok["source"])] + sorted(s for s in set(ok["source"]) if s not in SOURCES)
     fig, axes = plt.subplots(1, len(sources), figsize=(4.2 * len(sources), 3.8), squeeze=False, sharey=False)
     methods = list(METHODS) + [m for m in dict.fromkeys(ok["method"]) if m not in METHODS]
     colors = {m: plt.cm.tab20(i / max(1, len(methods) - 1) * 0.999) for i, m in enumerate(methods)}
@@ -333,7 +343,7 @@ def summarize(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     if ok.empty:
         return out
     order = method_order(ok)
-    for src in ("normal", "minilm"):
+    for src in ("normal", "minilm") + tuple(sorted(s for s in set(ok["source"]) if s not in SOURCES)):
         sub = ok[ok["source"] == src]
         if sub.empty:
             continue

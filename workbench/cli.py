@@ -174,6 +174,15 @@ def cmd_study(args) -> int:
         if "codebooks" not in inspect.signature(mod.run).parameters:
             raise CLIError(f"--codebook: study {args.name!r} takes no codebooks (error and codebook_lab do)")
         extra["codebooks"] = user
+    if getattr(args, "weights", None) or getattr(args, "layers", None):
+        from . import study_api
+        if not args.weights:
+            raise CLIError("--layers: filters --weights; give --weights PATH too")
+        if study_api.canonical(args.name) != "error":
+            raise CLIError(f"--weights: only the error study takes weights, not {args.name!r}")
+        if not Path(args.weights).exists():
+            raise CLIError(f"--weights: {args.weights!r} does not exist")
+        extra.update(weights=args.weights, layers=args.layers)
     with executor(_executor_spec(args)) as ex:
         res = run_study(args.name, quick=args.quick, executor=ex, extra=extra)
     if res.status not in ("ok", "partial"):
@@ -422,7 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--studies", metavar="A,B", help="comma-separated study names (default: all); see `workbench study -h`")
     r.add_argument("--merge", nargs="+", metavar="DIR", help="result files/directories from other machines "
                    "(e.g. reports/gpu-h100 reports/gpu-h200) to fold into the cross-device view")
-    r.add_argument("--out", default=str(ROOT / "reports"), help="reports root (default: %(default)s)")
+    r.add_argument("--out", default=str(ROOT / "reports" / "local"),
+                   help="reports root (default: %(default)s, untracked; regenerate a committed reference report on "
+                        "purpose with --out reports --name cpu-default)")
     _add_exec(r)
     _add_codebooks(r)
     r.set_defaults(func=cmd_report)
@@ -433,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name", help="study name")
     s.add_argument("--quick", action="store_true")
     s.add_argument("--out", metavar="DIR", help="also save results + figures to DIR")
+    s.add_argument("--weights", metavar="PATH", help="error study: run on these weights (a .safetensors file or a "
+                   "checkpoint directory, sharded or not; memory-mapped)")
+    s.add_argument("--layers", metavar="REGEX", help="with --weights: only tensors whose name matches (re.search)")
     _add_exec(s)
     _add_codebooks(s)
     s.set_defaults(func=cmd_study)
