@@ -2,7 +2,8 @@
 
 ``build_report(name)`` writes ``reports/<name>/``:
 
-* ``report.md`` and ``report.html`` (the same sections; the HTML is self-contained but for the PNGs),
+* ``report.md`` and ``report.html`` (the same sections; the HTML is one self-contained file: figures inlined as
+  data URIs, a table of contents, key findings at the top, wide tables scroll),
 * ``<figure>.png`` for every figure a study returns,
 * ``results.parquet`` (+ ``results.csv``): every study's rows with a ``study`` column and the
   run metadata (``run_*`` columns, :mod:`workbench.results`), and ``results/<study>.parquet`` per study,
@@ -32,6 +33,7 @@ import pandas as pd
 from . import results
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
+LOCAL_REPORTS = REPORTS / "local"   # the default output: untracked (.gitignore), so a run never dirties the tree
 DEFAULT_STUDIES = ("error", "codebook_lab", "bnb_table", "parity", "speed", "optim", "outliers")
 
 
@@ -223,13 +225,48 @@ def _md_to_html(md: str) -> str:
 def _html_table(df: pd.DataFrame, max_rows: int = 60) -> str:
     if df is None or df.empty:
         return "<p><i>(empty)</i></p>"
+    return "<div class='scroll'>" + _table_html(df, max_rows) + "</div>"
+
+
+def _data_uri(path: Path) -> str:
+    """A PNG as a data: URI (the HTML report carries its figures)."""
+    import base64
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _anchor(name: str) -> str:
+    return "s-" + re.sub(r"[^A-Za-z0-9_-]+", "-", name)
+
+
+def key_findings(studies: list[StudyResult]) -> list[str]:
+    """One line per study for the top of the report: its status, then its first note (the study's own
+    headline; studies put their key result first), or why it did not run."""
+    out = []
+    for r in studies:
+        label = r.title or r.name
+        if r.status in ("ok", "partial") and r.notes:
+            line = f"**{label}**: {r.notes[0]}"
+        elif r.status in ("ok", "partial"):
+            line = f"**{label}**: {len(r.df)} rows, {len(r.figures)} figures"
+        else:
+            first = r.error.strip().splitlines()[0] if r.error.strip() else r.status
+            line = f"**{label}**: {r.status} ({first[:160]})"
+        if r.status == "partial":
+            line += f" -- partial: {r.error[:200]}"
+        out.append(line)
+    return out
+
+
+def _table_html(df: pd.DataFrame, max_rows: int) -> str:
     return _flat_index(df.head(max_rows)).to_html(index=not isinstance(df.index, pd.MultiIndex), border=0, classes="t", float_format=lambda v: f"{v:.6g}", na_rep="")
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table.t{border-collapse:collapse;font-size:12px;margin:.5em 0 1.2em}table.t td,table.t th{border:1px solid #ccc;
 padding:2px 6px;text-align:right}table.t th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}
-code,pre{background:#f6f6f6}pre{padding:.6em;overflow:auto}.bad{color:#b00}.muted{color:#777}"""
+code,pre{background:#f6f6f6}pre{padding:.6em;overflow:auto}.bad{color:#b00}.muted{color:#777}
+div.scroll{overflow-x:auto;max-width:100%}nav.toc{background:#fafafa;border:1px solid #eee;padding:.4em 1em}
+nav.toc li{margin:.1em 0}.findings li{margin:.25em 0}"""
 
 
 def render(name: str, studies: list[StudyResult], meta: dict, *, out: Path, options: dict,
@@ -243,12 +280,25 @@ def render(name: str, studies: list[StudyResult], meta: dict, *, out: Path, opti
           f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>", "<p>" + _inline_html(md[2]) + "</p>"]
 
     summ = summary_frame(studies)
-    md += ["## Summary", "", _md_table(summ), ""]
-    hd += ["<h2>Summary</h2>", _html_table(summ)]
+    merged_tables = cross_device_tables(merged) if merged is not None and not merged.empty else []
+    toc = [("summary", "Summary and key findings")] + [(_anchor(r.name), r.title or r.name) for r in studies]
+    if merged_tables:
+        toc.append(("merged", "Merged result files: cross-device view"))
+    toc.append(("metadata", "Run metadata"))
+    md += ["Contents: " + " | ".join(t for _, t in toc), ""]
+    hd += ["<nav class='toc'><b>Contents</b><ol>" + "".join(f"<li><a href='#{a}'>{html.escape(t)}</a></li>"
+                                                           for a, t in toc) + "</ol></nav>"]
+    findings = key_findings(studies)
+    md += ["## Summary and key findings", ""] + [f"* {f}" for f in findings] + ["", _md_table(summ), ""]
+    hd += ["<h2 id='summary'>Summary and key findings</h2>", "<ul class='findings'>"
+           + "".join(f"<li>{_inline_html(f)}</li>" for f in findings) + "</ul>",
+           "<p>Each study below starts with what it measures and how; its notes give the headline numbers, "
+           "its tables the detail, its figures the trend. Status <i>partial</i> means some rows could not be "
+           "computed: the study's section lists them with the reason.</p>", _html_table(summ)]
 
     for r in studies:
         md += [f"## {r.title or r.name}", "", f"_study `{r.name}`: {r.status}, {r.seconds:.1f} s, {len(r.df)} rows_", ""]
-        hd += [f"<h2 id='{r.name}'>{html.escape(r.title or r.name)}</h2>",
+        hd += [f"<h2 id='{_anchor(r.name)}'>{html.escape(r.title or r.name)}</h2>",
                f"<p class='muted'>study <code>{r.name}</code>: {r.status}, {r.seconds:.1f} s, {len(r.df)} rows</p>"]
         if r.status == "partial":
             md += [f"> **partial**: {r.error}", ""]
@@ -274,12 +324,17 @@ def render(name: str, studies: list[StudyResult], meta: dict, *, out: Path, opti
             hd += [f"<h3>{html.escape(ttitle)}</h3>", _html_table(t)]
         for fname, rel in r.figures.items():
             md += [f"![{fname}]({rel})", ""]
-            hd += [f"<p><img src='{html.escape(rel)}' alt='{html.escape(fname)}'></p>"]
+            png = out / rel
+            src = _data_uri(png) if png.is_file() else rel
+            hd += [f"<figure><img src='{html.escape(src)}' alt='{html.escape(fname)}'>"
+                   f"<figcaption class='muted'>{html.escape(fname)}</figcaption></figure>"]
 
-    if merged is not None and not merged.empty:
+    if merged_tables:
         md += ["## Merged result files: cross-device view", ""]
-        hd += ["<h2>Merged result files: cross-device view</h2>"]
-        for ttitle, t in cross_device_tables(merged):
+        hd += ["<h2 id='merged'>Merged result files: cross-device view</h2>",
+               "<p>Result files written on other machines (GPU runs under <code>reports/</code>), grouped by "
+               "device so the same op lines up across devices.</p>"]
+        for ttitle, t in merged_tables:
             md += [f"### {ttitle}", "", _md_table(t), ""]
             hd += [f"<h3>{html.escape(ttitle)}</h3>", _html_table(t)]
 
@@ -288,7 +343,8 @@ def render(name: str, studies: list[StudyResult], meta: dict, *, out: Path, opti
     md += ["## Run metadata", "", _md_table(mt, 100), "", "### Options", "", _md_table(opts), "",
            "Result files: `results.parquet` (all studies, `study` column) and `results/<study>.parquet`; "
            "CSV twins for diffs.", ""]
-    hd += ["<h2>Run metadata</h2>", _html_table(mt, 100), "<h3>Options</h3>", _html_table(opts),
+    hd += ["<h2 id='metadata'>Run metadata</h2>", "<p>Where and how this report was made: machine, versions, git "
+           "revision and the command's options.</p>", _html_table(mt, 100), "<h3>Options</h3>", _html_table(opts),
            "<p>Result files: <code>results.parquet</code> (all studies, <code>study</code> column) and "
            "<code>results/&lt;study&gt;.parquet</code>; CSV twins for diffs.</p>", "</body></html>"]
     md_path, html_path = out / "report.md", out / "report.html"
@@ -391,7 +447,7 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 
 def build_report(name: str = "cpu-default", *, studies=None, quick: bool = False, executor=None,
-                 merge=(), out_root: Path | str = REPORTS, progress: bool = True, options: dict | None = None,
+                 merge=(), out_root: Path | str = LOCAL_REPORTS, progress: bool = True, options: dict | None = None,
                  codebooks=()):
     """Run the studies and write reports/<name>/. Returns (report.md path, list of StudyResult).
 

@@ -1,0 +1,130 @@
+"""Issue 21: a report people read -- one self-contained HTML page (figures inlined), a table of contents, the key
+findings at the top, wide tables that scroll, partial studies that say which rows and why, an untracked default
+output folder; and the page rendered by a real headless browser (skipped when none is installed; .ci/run installs
+Debian's chromium-headless-shell where apt is available), which keeps a screenshot."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from workbench import report, study_api
+
+ROOT = Path(__file__).resolve().parent.parent
+
+STUDY = textwrap.dedent('''
+    """A tiny study for the report tests."""
+    import pandas as pd
+    TITLE = "Tiny study"
+    DESCRIPTION = "Measures nothing, **quickly**."
+
+    def run(quick=False, executor=None):
+        import matplotlib.pyplot as plt
+        df = pd.DataFrame({"source": ["a", "a", "b"], "method": ["m1", "m2", "m1"], "mae": [0.1, 0.2, None],
+                           "skipped": [None, None, "source b offline"]})
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.plot([1, 2, 3], [3, 1, 2], marker="o", label="m1")
+        ax.legend()
+        wide = pd.DataFrame([[i * j for j in range(60)] for i in range(3)], columns=[f"col{j}" for j in range(60)])
+        return df.assign(**{f"w{j}": 0 for j in range(3)}), {"tiny_fig": fig, "tiny_fig2": fig}
+
+    def summarize(df):
+        wide = pd.DataFrame([[i * j for j in range(60)] for i in range(3)], columns=[f"col{j}" for j in range(60)])
+        return [("A wide table", wide)]
+
+    def notes(df):
+        return ["m1 beats m2 by 2x on source a"]
+''')
+
+
+@pytest.fixture
+def tiny_report(tmp_path, monkeypatch):
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "kbit_tiny_study.py").write_text(STUDY)
+    monkeypatch.syspath_prepend(str(mods))
+    monkeypatch.setattr(study_api, "STUDIES", dict(study_api.STUDIES))
+    study_api.register("tiny", "kbit_tiny_study")
+    study_api.register("absent", "kbit_no_such_study_module_xyz")
+    md, done = report.build_report("page", studies=["tiny", "absent"], executor="serial", out_root=tmp_path / "r",
+                                   progress=False)
+    return md.parent, done
+
+
+def test_html_is_self_contained_with_toc_findings_and_scrolling_tables(tiny_report):
+    out, done = tiny_report
+    page = (out / "report.html").read_text()
+    # figures inlined: no PNG referenced by path, one data URI per figure
+    assert not re.search(r"<img[^>]+src='(?!data:)", page)
+    assert page.count("src='data:image/png;base64,") == 2
+    # a table of contents whose every link has a target
+    toc = re.search(r"<nav class='toc'>(.*?)</nav>", page, re.S).group(1)
+    anchors = re.findall(r"href='#([^']+)'", toc)
+    assert len(anchors) >= 4 and all(f"id='{a}'" in page for a in anchors)
+    # the key findings come before the first study section
+    assert page.index("m1 beats m2 by 2x") < page.index("<h2 id='s-tiny'>")
+    assert page.index("Summary and key findings") < page.index("<h2 id='s-tiny'>")
+    # partial: which rows and why
+    assert done[0].status == "partial" and "source b offline" in page and "Skipped rows" in page
+    # wide tables scroll inside their own box
+    assert "div.scroll{overflow-x:auto" in page and "<div class='scroll'><table" in page
+
+
+def test_default_output_is_untracked():
+    assert report.LOCAL_REPORTS == ROOT / "reports" / "local"
+    import inspect
+    assert inspect.signature(report.build_report).parameters["out_root"].default == report.LOCAL_REPORTS
+    from workbench import cli
+    args = cli.build_parser().parse_args(["report"])
+    assert Path(args.out) == report.LOCAL_REPORTS
+    if shutil.which("git") and (ROOT / ".git").exists():
+        r = subprocess.run(["git", "check-ignore", "-q", "reports/local/cpu-default/report.md"], cwd=ROOT)
+        assert r.returncode == 0, "reports/local/ must be listed in .gitignore"
+
+
+BROWSERS = ("chromium-headless-shell", "headless_shell", "chromium", "chromium-browser", "google-chrome")
+
+CHECK = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length;
+  const links = [...document.querySelectorAll("nav.toc a")];
+  const missing = links.filter(a => !document.getElementById(a.getAttribute('href').slice(1))).length;
+  const h2 = document.querySelectorAll('h2').length;
+  document.body.setAttribute('data-check', `images=${imgs.length} broken=${broken} toc=${links.length} missing=${missing} h2=${h2}`);
+});
+</script></body>"""
+
+
+def _browser() -> str | None:
+    for b in BROWSERS:
+        p = shutil.which(b) or (shutil.which(b, path="/usr/lib/chromium") if b == "headless_shell" else None)
+        if p:
+            return p
+    return None
+
+
+def test_page_renders_in_a_headless_browser_with_every_image_and_section(tiny_report, tmp_path):
+    exe = _browser()
+    if exe is None:
+        pytest.skip("no headless browser (apt-get install -y chromium-headless-shell)")
+    out, _ = tiny_report
+    probe = tmp_path / "probe.html"
+    probe.write_text((out / "report.html").read_text().replace("</body>", CHECK, 1))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+             "--virtual-time-budget=5000", "--run-all-compositor-stages-before-draw"]
+    dom = subprocess.run([exe, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    m = re.search(r'data-check="([^"]+)"', dom.stdout)
+    assert m, f"the page did not load: {dom.stderr[-2000:]}"
+    check = dict(kv.split("=") for kv in m.group(1).split())
+    assert int(check["images"]) == 2 and check["broken"] == "0", check
+    assert int(check["toc"]) >= 4 and check["missing"] == "0", check
+    assert int(check["h2"]) >= 4, check
+    shot = tmp_path / "report.png"
+    subprocess.run([exe, *flags, "--window-size=1280,2400", f"--screenshot={shot}", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000   # kept under the test's tmp dir for review
