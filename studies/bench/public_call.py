@@ -1,6 +1,7 @@
 """The public API at kernel speed? Each op as a user calls it, beside its kernels' own time.
 
-    python -m studies.bench.public_call [--n-log2 28] [--out DIR]
+    python -m studies.bench.public_call [--n-log2 28] [--out DIR]          (CUDA)
+    python -m studies.bench.public_call --device cpu [--n-log2 22]         (CPU)
 
 Per op (n = 2**28 bf16 by default; int8 on a 2**14 x 2**14 fp16 matrix), in one process:
   * public_ms: event timing (median) of the public call with default arguments, as a user writes it
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 
 import pandas as pd
 import torch
@@ -65,6 +67,57 @@ def _cases(n: int, F):
     return out
 
 
+def _interleaved_ms(fns: dict, reps: int) -> dict:
+    """Median ms per callable, the callables timed in turn (a busy CPU slows them alike)."""
+    import statistics
+    import time
+    samples = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            samples[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def run_cpu(n_log2: int, reps: int = 15) -> pd.DataFrame:
+    """CPU: the public call (backend 'auto', defaults) beside the chosen backend's kernel adapter called
+    directly (what the op dispatches to), and bitsandbytes' CPU call."""
+    from workbench import codebooks as cbs
+    from workbench.backends import get_op, resolve_name
+    F = _bnb()
+    n = 1 << n_log2
+    A = torch.randn(n, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    nf4, dyn = cbs.get("nf4"), cbs.get("dynamic")
+    p, s = wb.quantize_4bit(A, blocksize=64, quant_type="nf4")
+    c, s8 = wb.quantize_blockwise(A)
+    rows = []
+    cases = [("quantize_4bit", lambda: wb.quantize_4bit(A, blocksize=64, quant_type="nf4"),
+              lambda k: (lambda: k(A, nf4, 64)), (lambda: F.quantize_4bit(A, blocksize=64, quant_type="nf4")) if F else None),
+             ("dequantize_4bit", lambda: wb.dequantize_4bit(p, s),
+              lambda k: (lambda: k(p.view(-1), s.absmax, s.code, 64, n, torch.bfloat16)), None),
+             ("quantize_blockwise", lambda: wb.quantize_blockwise(A),
+              lambda k: (lambda: k(A, dyn, 4096)), (lambda: F.quantize_blockwise(A)) if F else None),
+             ("dequantize_blockwise", lambda: wb.dequantize_blockwise(c, s8),
+              lambda k: (lambda: k(c.view(-1), s8.absmax, s8.code, 4096, torch.bfloat16)), None)]
+    for op, public, kernel_of, theirs in cases:
+        be = resolve_name("auto", op, "cpu", "bfloat16")
+        fns = {"public": public, "kernel": kernel_of(get_op(be, op, "cpu"))}
+        if theirs is not None:
+            fns["bnb"] = theirs
+        ms = _interleaved_ms(fns, reps)
+        row = {"op": op, "n": n, "dtype": "bfloat16", "auto_backend": be, "public_ms": ms["public"],
+               "kernel_ms": ms["kernel"], "ratio": ms["public"] / ms["kernel"]}
+        if "bnb" in ms:
+            row["bnb_ms"] = ms["bnb"]
+            row["speedup_vs_bnb"] = ms["bnb"] / ms["public"]
+        rows.append(row)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    return pd.DataFrame(rows)
+
+
 def run(n_log2: int) -> pd.DataFrame:
     F = _bnb()
     copy = bench.copy_bandwidth("cuda")
@@ -89,15 +142,20 @@ def run(n_log2: int) -> pd.DataFrame:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-log2", type=int, default=28)
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument("--n-log2", type=int, default=None, help="log2 elements (default 28 on CUDA, 22 on CPU)")
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))
     args = ap.parse_args(argv)
-    df = run(args.n_log2)
+    if args.device == "cpu":
+        df = run_cpu(args.n_log2 or 22)
+        where = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    else:
+        df = run(args.n_log2 or 28)
+        where = torch.cuda.get_device_name(0)
     os.makedirs(args.out, exist_ok=True)
-    df.to_csv(os.path.join(args.out, "public_call.csv"), index=False)
-    meta = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-            "git": os.environ.get("KBIT_GIT_REV", "unknown")}
-    with open(os.path.join(args.out, "public_call_meta.json"), "w") as f:
+    df.to_csv(os.path.join(args.out, f"public_call_{args.device}.csv"), index=False)
+    meta = {"device": where, "torch": torch.__version__, "git": os.environ.get("KBIT_GIT_REV", "unknown")}
+    with open(os.path.join(args.out, f"public_call_{args.device}_meta.json"), "w") as f:
         json.dump(meta, f)
     print(df.to_markdown(index=False, floatfmt=".3f"))
     return 0

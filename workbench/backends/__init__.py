@@ -31,23 +31,27 @@ _status: dict[str, tuple[bool, str]] = {}
 
 
 def status(name: str) -> tuple[bool, str]:
-    """(available, reason), with the backend's kernels loaded when it is available; cached."""
+    """(available, reason), with the backend's kernels loaded when it is available. A success is
+    cached; an unavailable backend is asked again next time (the CUDA simulator, a late build)."""
     if name not in PACKAGES:
         return False, f"backend: unknown name {name!r}; expected one of {NAMES}"
-    if name not in _status:
-        pkg = PACKAGES[name]
-        try:
-            ok, reason = pkg.available()
-            if ok:
-                pkg.load_kernels()
-        except Exception as e:  # a broken optional dependency: the backend is off, the reason kept
-            ok, reason = False, f"failed to load ({type(e).__name__}: {e})"
+    hit = _status.get(name)
+    if hit is not None:
+        return hit
+    pkg = PACKAGES[name]
+    try:
+        ok, reason = pkg.available()
+        if ok:
+            pkg.load_kernels()
+    except Exception as e:  # a broken optional dependency: the backend is off, the reason kept
+        ok, reason = False, f"failed to load ({type(e).__name__}: {e})"
+    if ok:
         _status[name] = (ok, reason)
-    return _status[name]
+    return ok, reason
 
 
 def devices_of(name: str) -> tuple[str, ...]:
-    return tuple(PACKAGES[name].DEVICES)
+    return tuple(PACKAGES[name].DEVICES)  # a module attribute (numba_cuda computes it per access)
 
 
 def ensure_available(name: str) -> None:

@@ -335,28 +335,36 @@ def percentile_clipping(grad: torch.Tensor, gnorm_vec: torch.Tensor, step: int, 
 
 # ------------------------------------------------------------------ dispatch
 
-_op_cache: dict = {}
+def _f(x) -> float:
+    return 0.0 if x is None else float(x)
 
 
-def _resolve(backend: str, op: str, device: str):
-    key = (backend, op, device)
-    fn = _op_cache.get(key)
-    if fn is None:
-        from ..backends import get_op
-        fn = _op_cache[key] = get_op(backend, op, device)
-    return fn
+def _backend(backend: str, op: str, p: torch.Tensor) -> str:
+    from ..backends.registry import resolve
+    return resolve(backend, op, p.device.type, str(p.dtype).removeprefix("torch."))
 
 
-def update_32bit(*args, backend: str = "reference", **kw):
-    """Run ``optimizer_update_32bit`` on ``backend`` ('auto' picks by device; resolved once)."""
-    _S.check_call(32, args, kw)  # the state's metadata vs the parameter (state_check), before any kernel
-    return _resolve(backend, "optimizer_update_32bit", args[1].device.type)(*args, **kw)
+def update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_unorm, param_norm, beta1, beta2, beta3,
+                 alpha, eps, weight_decay, step, lr, gnorm_scale=1.0, skip_zeros=False, *, backend: str = "reference"):
+    """``workbench::optimizer_update_32bit`` on ``backend`` ('auto' picks by device and dtype), in place."""
+    _S.check_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, step)  # state vs param, before any kernel
+    from .. import library  # noqa: F401  (declares the op)
+    torch.ops.workbench.optimizer_update_32bit(
+        optimizer_name, g, p, state1, state2, unorm_vec, _f(max_unorm), _f(param_norm), _f(beta1), _f(beta2),
+        _f(beta3), _f(alpha), _f(eps), _f(weight_decay), int(step), _f(lr), _f(gnorm_scale), bool(skip_zeros),
+        _backend(backend, "optimizer_update_32bit", p))
 
 
-def update_8bit_blockwise(*args, backend: str = "reference", **kw):
-    """Run ``optimizer_update_8bit_blockwise`` on ``backend`` ('auto' picks by device; resolved once)."""
-    _S.check_call(8, args, kw)  # the state's metadata vs the parameter (state_check), before any kernel
-    return _resolve(backend, "optimizer_update_8bit_blockwise", args[1].device.type)(*args, **kw)
+def update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1, beta2, beta3, alpha, eps, step, lr,
+                          qmap1, qmap2, absmax1, absmax2, weight_decay, gnorm_scale=1.0, skip_zeros=False, *,
+                          backend: str = "reference"):
+    """``workbench::optimizer_update_8bit_blockwise`` on ``backend`` ('auto' picks by device and dtype), in place."""
+    _S.check_update_8bit(optimizer_name, g, p, state1, state2, step, qmap1, qmap2, absmax1, absmax2)  # state vs param
+    from .. import library  # noqa: F401  (declares the op)
+    torch.ops.workbench.optimizer_update_8bit_blockwise(
+        optimizer_name, g, p, state1, state2, _f(beta1), _f(beta2), _f(beta3), _f(alpha), _f(eps), int(step), _f(lr),
+        qmap1, qmap2, absmax1, absmax2, _f(weight_decay), _f(gnorm_scale), bool(skip_zeros),
+        _backend(backend, "optimizer_update_8bit_blockwise", p))
 
 
 from . import state_check as _S  # noqa: E402  (it imports this module: last)

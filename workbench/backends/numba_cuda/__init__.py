@@ -21,7 +21,15 @@ def simulator() -> bool:
         return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
-DEVICES = ("cuda", "cpu") if simulator() else ("cuda",)
+def devices() -> tuple[str, ...]:
+    """Evaluated per call: the simulator can be switched on after this module is imported."""
+    return ("cuda", "cpu") if simulator() else ("cuda",)
+
+
+def __getattr__(name: str):
+    if name == "DEVICES":
+        return devices()
+    raise AttributeError(name)
 
 
 def available() -> tuple[bool, str]:
