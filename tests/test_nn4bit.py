@@ -94,3 +94,23 @@ def test_bitsandbytes_linear4bit_both_ways(rng, quant_type, dtype):
         from workbench.backends.reference.matmul import error_bound
         bound = error_bound(x.reshape(-1, 128), W, q.bias, dtype, y_w.reshape(-1, 40))
         assert ((y_b - y_w).abs().reshape(bound.shape) <= bound).all()
+
+
+def test_linear8bitlt_forward_backward(rng):
+    from workbench.int8 import int8_linear, quantize_weight
+    from workbench.nn import Linear8bitLt
+    lin = _lin(rng, 64, 24)
+    q = Linear8bitLt.from_linear(lin, threshold=2.0)
+    x = torch.randn(2, 3, 64, generator=rng)
+    x[..., 5] *= 10   # an outlier column: the decomposition path
+    x.requires_grad_(True)
+    y = q(x)
+    want = int8_linear(x.detach(), quantize_weight(lin.weight.data), bias=lin.bias.data, threshold=2.0)
+    assert torch.equal(y.detach(), want)
+    g = torch.randn(y.shape, generator=rng)
+    y.backward(g)
+    W = q.SCB.view(-1, 1) * q.weight.float() / 127
+    assert torch.allclose(x.grad, g @ W, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(q.bias.grad, g.reshape(-1, 24).sum(0), rtol=1e-5, atol=1e-5)
+    model = quantize_model(nn.Sequential(nn.Linear(64, 8)), linear_cls=Linear8bitLt, threshold=6.0)
+    assert isinstance(model[0], Linear8bitLt) and model(torch.randn(1, 64)).shape == (1, 8)

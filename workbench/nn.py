@@ -22,7 +22,7 @@ from .ops import dequantize_4bit, quantize_4bit
 from .quant_state import QuantState
 from .validation import QuantInputError
 
-__all__ = ["Linear4bit", "quantize_model"]
+__all__ = ["Linear4bit", "Linear8bitLt", "quantize_model"]
 
 
 class Linear4bit(nn.Module):
@@ -144,11 +144,79 @@ class Linear4bit(nn.Module):
             missing_keys.remove(prefix + "weight")
 
 
+class _Int8Linear(torch.autograd.Function):
+    """Forward: LLM.int8() (workbench.int8.int8_linear); backward: grad_A = grad_out @ W_hat, W_hat = codes * SCB / 127
+    in grad_out's dtype (bitsandbytes' MatMul8bitLt.backward), grad_bias = the sum over leading dimensions."""
+
+    @staticmethod
+    def forward(ctx, A, codes, scb, bias, threshold, backend):
+        from .int8 import Int8Weight, int8_linear
+        ctx.save_for_backward(codes, scb)
+        ctx.backend = backend
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        b = None if bias is None else bias.detach()
+        return int8_linear(A.detach(), Int8Weight(codes, scb), bias=b, threshold=threshold, backend=backend)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from .int8 import int8_vectorwise_dequant
+        codes, scb = ctx.saved_tensors
+        grad_A = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            W = int8_vectorwise_dequant(codes, scb, backend=ctx.backend).to(grad_out.dtype)
+            grad_A = torch.matmul(grad_out, W)
+        if ctx.needs_input_grad[3]:
+            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0, dtype=ctx.bias_dtype)
+        return grad_A, None, None, grad_bias, None, None
+
+
+class Linear8bitLt(nn.Module):
+    """LLM.int8() linear layer on the workbench int8 ops (bitsandbytes' Linear8bitLt for inference and QLoRA-style
+    training of everything but the weight): the weight row-wise int8 (``weight`` int8 codes, ``SCB`` float32 row
+    absmax, bitsandbytes' state-dict names), activations quantized per row with ``threshold`` decomposition (outlier
+    columns in the activation's dtype)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, threshold: float = 6.0, device=None,
+                 *, backend: str = "auto", weight: torch.Tensor | None = None):
+        super().__init__()
+        from .int8 import quantize_weight
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.threshold, self.backend = float(threshold), backend
+        if weight is None:
+            weight = nn.Linear(in_features, out_features, bias=False).weight.data
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise QuantInputError(f"weight: expected shape {(self.out_features, self.in_features)}, "
+                                  f"got {tuple(weight.shape)}")
+        w = weight.detach().to(device) if device is not None else weight.detach()
+        q = quantize_weight(w if w.dtype in (torch.float16, torch.bfloat16, torch.float32) else w.float(),
+                            backend=backend)
+        self.weight = nn.Parameter(q.codes, requires_grad=False)
+        self.register_buffer("SCB", q.stats)
+        self.bias = nn.Parameter(torch.zeros(out_features, device=w.device)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kw) -> "Linear8bitLt":
+        m = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, weight=linear.weight.data, **kw)
+        if linear.bias is not None:
+            m.bias = nn.Parameter(linear.bias.data.clone(), requires_grad=linear.bias.requires_grad)
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return _Int8Linear.apply(x, self.weight, self.SCB, bias, self.threshold, self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"threshold={self.threshold}, backend={self.backend!r}")
+
+
 def quantize_model(model: nn.Module, *, filter: Callable[[str, nn.Linear], bool] | None = None,
-                   skip: tuple[str, ...] = (), inplace: bool = True, **linear4bit_kw) -> nn.Module:
+                   skip: tuple[str, ...] = (), inplace: bool = True, linear_cls: type = Linear4bit,
+                   **linear4bit_kw) -> nn.Module:
     """Swap every ``nn.Linear`` of ``model`` (for which ``filter(name, module)`` is true and whose qualified
-    name is not in ``skip``) for a :class:`Linear4bit` built from it with ``linear4bit_kw`` (codebook=,
-    quant_type=, blocksize=, compress_statistics=, compute_dtype=, backend=). Returns the model."""
+    name is not in ``skip``) for a ``linear_cls`` (:class:`Linear4bit`, or :class:`Linear8bitLt`) built from it with
+    ``linear4bit_kw`` (Linear4bit: codebook=, quant_type=, blocksize=, compress_statistics=, compute_dtype=,
+    backend=; Linear8bitLt: threshold=, backend=). Returns the model."""
     if not inplace:
         import copy
         model = copy.deepcopy(model)
@@ -156,5 +224,5 @@ def quantize_model(model: nn.Module, *, filter: Callable[[str, nn.Linear], bool]
         for cname, sub in list(child.named_children()):
             full = f"{name}.{cname}" if name else cname
             if type(sub) is nn.Linear and full not in skip and (filter is None or filter(full, sub)):
-                setattr(child, cname, Linear4bit.from_linear(sub, **linear4bit_kw))
+                setattr(child, cname, linear_cls.from_linear(sub, **linear4bit_kw))
     return model
