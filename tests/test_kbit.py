@@ -16,7 +16,8 @@ from workbench.backends import status
 from workbench.backends.reference import kbit as R
 from workbench.validation import QuantInputError
 
-CPU_BACKENDS = [b for b in ("reference", "numba_cpu") if status(b)[0]]
+CPU_BACKENDS = [b for b in ("reference", "numba_cpu", "cython_cpu") if status(b)[0]]
+COMPILED = [b for b in CPU_BACKENDS if b != "reference"]
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -106,10 +107,10 @@ CASES = [  # (k, dtype, n, blocksize, scale_format, codes_against)
 ]
 
 
-@pytest.mark.skipif("numba_cpu" not in CPU_BACKENDS, reason="numba not available")
+@pytest.mark.parametrize("backend", COMPILED)
 @pytest.mark.parametrize("k,dtype,n,blocksize,fmt,against", CASES)
-def test_numba_cpu_bit_exact_with_poisoned_outputs(monkeypatch, k, dtype, n, blocksize, fmt, against):
-    from workbench.backends.numba_cpu import kbit as NB
+def test_compiled_backends_bit_exact_with_poisoned_outputs(monkeypatch, backend, k, dtype, n, blocksize, fmt, against):
+    from workbench.backends import _cpu_kbit as NB
 
     def poisoned(m, dt):
         t = torch.empty(m, dtype=dt)
@@ -121,12 +122,12 @@ def test_numba_cpu_bit_exact_with_poisoned_outputs(monkeypatch, k, dtype, n, blo
     cb = torch.sort(torch.rand(2 ** k, generator=g) * 2 - 1).values   # an arbitrary sorted codebook
     for layout in R.LAYOUTS:
         pr, sr = K.quantize_kbit(A, k, cb, blocksize, layout, fmt, against, backend="reference")
-        pn, sn = K.quantize_kbit(A, k, cb, blocksize, layout, fmt, against, backend="numba_cpu")
+        pn, sn = K.quantize_kbit(A, k, cb, blocksize, layout, fmt, against, backend=backend)
         assert torch.equal(pn, pr), (layout, fmt)
         assert torch.equal(_bits(sn.scales), _bits(sr.scales)) and torch.equal(sn.tensor_scale, sr.tensor_scale)
         for out_dtype in FLOATS:
             want = K.dequantize_kbit(pr, sr, dtype=out_dtype, backend="reference")
-            assert torch.equal(_bits(K.dequantize_kbit(pr, sr, dtype=out_dtype, backend="numba_cpu")), _bits(want))
+            assert torch.equal(_bits(K.dequantize_kbit(pr, sr, dtype=out_dtype, backend=backend)), _bits(want))
 
 
 def test_duplicate_entries_take_the_lower_index_on_every_backend():

@@ -13,6 +13,7 @@ closer of c[p-1] and c[p] by float32 distance (the upper one only when strictly 
 walk down over entries at the same float32 distance -- exactly ``argmin_j fl(|s - c[j]|)`` with the
 first index on ties, because fl(|s - c|) is monotone on either side of s.
 
+Element arrays (``x``, ``out``) are uint16 views whatever the kind (see ``load``).
 Scale format ids: 0 fp32, 1 fp16, 2 bf16, 3 e4m4, 4 e8m0, 5 e4m3. Layout ids: 0 bitplane, 1 dense.
 """
 from __future__ import annotations
@@ -20,13 +21,39 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .quant import load, store
+from .quant import bf16_bits_to_f32, f16_bits_to_f32, f32_to_bf16_bits, f32_to_f16_bits
 
 _OPTS = dict(cache=True, fastmath=False, nogil=True)
 FMT_IDS = {"fp32": 0, "fp16": 1, "bf16": 2, "e4m4": 3, "e8m0": 4, "e4m3": 5}
 LAYOUT_IDS = {"bitplane": 0, "dense": 1}
 EPS = np.float32(1e-8)
 GROUPS_PER_TASK = 64
+
+
+# ------------------------------------------------------------------ element access
+# Inputs and outputs of every kind travel as uint16 arrays (a float32 array viewed as uint16, two
+# halves per element, little-endian): one compiled signature per kernel instead of two, which halves
+# the parallel kernels' compile time.
+
+@njit(inline="always", **_OPTS)
+def load(x, i, kind):
+    if kind == 0:
+        return np.uint32(np.uint32(x[2 * i]) | (np.uint32(x[2 * i + 1]) << np.uint32(16))).view(np.float32)
+    if kind == 1:
+        return bf16_bits_to_f32(x[i])
+    return f16_bits_to_f32(x[i])
+
+
+@njit(inline="always", **_OPTS)
+def store(out, i, v, kind):
+    if kind == 0:
+        u = np.float32(v).view(np.uint32)
+        out[2 * i] = np.uint16(u & np.uint32(0xFFFF))
+        out[2 * i + 1] = np.uint16(u >> np.uint32(16))
+    elif kind == 1:
+        out[i] = f32_to_bf16_bits(v)
+    else:
+        out[i] = f32_to_f16_bits(v)
 
 
 # ------------------------------------------------------------------ exact float helpers

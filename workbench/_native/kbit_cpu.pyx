@@ -1,0 +1,223 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Cython/OpenMP CPU kernels of the k-bit family: the same functions, arguments and passes as
+numba_kernels/cpu/kbit.py (its docstring has the plan), in C. Rules: workbench/backends/reference/kbit.py,
+bit for bit -- float32 arithmetic without FMA contraction (setup.py: -ffp-contract=off), rintf for round
+half to even, exact floor(log2) from the float's bits. Inputs must be finite."""
+from cython.parallel cimport prange
+from libc.stdint cimport uint32_t, int64_t
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #include <math.h>
+    #include "kb_convert.h"
+    #define KK_GROUPS_PER_TASK 64
+
+    static inline int64_t kk_floor_log2(float a) {
+        uint32_t u = kb_f32_bits(a);
+        int64_t ex = (int64_t)(u >> 23);
+        if (ex > 0) return ex - 127;
+        int64_t len = 0;
+        while (u) { u >>= 1; len++; }
+        return len - 150;
+    }
+    static inline float kk_pow2f(int64_t e) {
+        return e >= -126 ? kb_bits_f32((uint32_t)(e + 127) << 23) : kb_bits_f32(1u << (e + 149));
+    }
+    static inline int64_t kk_minifloat_bits(float a, int64_t M, int64_t bias, int64_t emin, int64_t maxbits) {
+        if (a == 0.0f) return 0;
+        int64_t e = kk_floor_log2(a), eq = e > emin ? e : emin;
+        int64_t ni = (int64_t)rintf(a / kk_pow2f(eq - M));
+        int64_t bits = e >= emin ? (((eq + bias - 1) << M) + ni) : ni;
+        return bits < maxbits ? bits : maxbits;
+    }
+    static inline float kk_minifloat_value(int64_t bits, int64_t M, int64_t bias, int64_t emin) {
+        int64_t ex = bits >> M, mant = bits & ((1 << M) - 1);
+        if (ex == 0) return (float)mant * kk_pow2f(emin - M);
+        return (float)(mant + (1 << M)) * kk_pow2f(ex - bias - M);
+    }
+    static inline int64_t kk_e4m4_bits(float a) {
+        if (a == 0.0f) return 0;
+        int64_t e = kk_floor_log2(a), m;
+        if (e + 11 <= 0) { m = (int64_t)rintf(a * 16384.0f); return m < 15 ? m : 15; }
+        if (e + 11 > 15) return 0xFF;
+        m = (int64_t)rintf((a / kk_pow2f(e) - 1.0f) * 16.0f);
+        m = m < 15 ? m : 15;
+        return ((e + 11) << 4) | m;
+    }
+    static inline float kk_e4m4_value(int64_t b) {
+        int64_t e = b >> 4, m = b & 15;
+        return e == 0 ? (float)m * kk_pow2f(-14) : (float)(16 + m) * kk_pow2f(e - 15);
+    }
+    static inline int64_t kk_encode(float a, int fmt, int64_t emax, float ts) {
+        switch (fmt) {
+        case 0: return (int64_t)kb_f32_bits(a);
+        case 1: return kk_minifloat_bits(a, 10, 15, -14, 0x7BFF);
+        case 2: return kk_minifloat_bits(a, 7, 127, -126, 0x7F7F);
+        case 3: return kk_e4m4_bits(a);
+        case 4: {
+            if (a == 0.0f) return 0;
+            int64_t E = kk_floor_log2(a) - emax + 127;
+            return E < 0 ? 0 : (E > 254 ? 254 : E);
+        }
+        default: return kk_minifloat_bits(a / ts, 3, 7, -6, 0x7E);
+        }
+    }
+    static inline float kk_decode(int64_t bits, int fmt, float ts) {
+        switch (fmt) {
+        case 0: return kb_bits_f32((uint32_t)bits);
+        case 1: return kk_minifloat_value(bits, 10, 15, -14);
+        case 2: return kk_minifloat_value(bits, 7, 127, -126);
+        case 3: return kk_e4m4_value(bits);
+        case 4: return kk_pow2f(bits - 127);
+        default: return kk_minifloat_value(bits, 3, 7, -6) * ts;
+        }
+    }
+    static inline float kk_load(const void* x, int kind, int64_t i) {
+        if (kind == 0) return ((const float*)x)[i];
+        uint16_t u = ((const uint16_t*)x)[i];
+        return kind == 1 ? kb_bits_f32((uint32_t)u << 16) : kb_f16_to_f32(u);
+    }
+    static inline void kk_store(void* out, int kind, int64_t i, float v) {
+        if (kind == 0) ((float*)out)[i] = v;
+        else if (kind == 1) ((uint16_t*)out)[i] = kb_f32_to_bf16(v);
+        else ((uint16_t*)out)[i] = kb_f32_to_f16(v);
+    }
+    static inline void kk_absmax_block(const void* x, int kind, int64_t n, int64_t bs, int64_t b, float* absmax) {
+        int64_t start = b * bs, end = start + bs < n ? start + bs : n;
+        float am = 0.0f;
+        for (int64_t i = start; i < end; i++) { float v = fabsf(kk_load(x, kind, i)); am = v > am ? v : am; }
+        absmax[b] = am;
+    }
+    /* argmin_j fl(|s - c[j]|), the lowest j on ties (see numba_kernels/cpu/kbit.py) */
+    static inline int64_t kk_nearest(float s, const float* cb, int64_t m) {
+        int64_t lo = 0, hi = m;
+        while (lo < hi) { int64_t mid = (lo + hi) >> 1; if (cb[mid] <= s) lo = mid + 1; else hi = mid; }
+        if (lo == 0) return 0;
+        if (lo < m && fabsf(cb[lo] - s) < fabsf(s - cb[lo - 1])) return lo;
+        int64_t j = lo - 1;
+        float d = fabsf(s - cb[j]);
+        while (j > 0 && fabsf(s - cb[j - 1]) == d) j--;
+        return j;
+    }
+    static void kk_quantize_task(const void* x, int kind, int64_t n, int64_t bs, const float* q, const float* cb,
+                                 int64_t m, int64_t k, int layout, uint32_t* out, int64_t nw, int64_t t) {
+        int64_t groups = (n + 31) / 32, g0 = t * KK_GROUPS_PER_TASK;
+        int64_t g1 = g0 + KK_GROUPS_PER_TASK < groups ? g0 + KK_GROUPS_PER_TASK : groups;
+        int64_t codes[32];
+        uint64_t words[9];
+        for (int64_t g = g0; g < g1; g++) {
+            int64_t base = g * 32;
+            for (int64_t j = 0; j < 32; j++) {
+                int64_t i = base + j;
+                codes[j] = i < n ? kk_nearest(kk_load(x, kind, i) / q[i / bs], cb, m) : 0;
+            }
+            for (int64_t b = 0; b <= k; b++) words[b] = 0;
+            if (layout == 0) {
+                for (int64_t j = 0; j < 32; j++)
+                    for (int64_t b = 0; b < k; b++) words[b] |= (uint64_t)((codes[j] >> b) & 1) << j;
+            } else {
+                for (int64_t j = 0; j < 32; j++) {
+                    int64_t p = j * k, wi = p >> 5;
+                    uint64_t v = (uint64_t)codes[j] << (p & 31);
+                    words[wi] |= v & 0xFFFFFFFFull;
+                    words[wi + 1] |= v >> 32;
+                }
+            }
+            for (int64_t b = 0; b < k; b++) { int64_t w = g * k + b; if (w < nw) out[w] = (uint32_t)words[b]; }
+        }
+    }
+    static void kk_dequantize_task(const uint32_t* words, int64_t nw, int64_t n, int64_t k, int layout, int64_t bs,
+                                   const float* D, const float* cb, int kind, void* out, int64_t t) {
+        int64_t groups = (n + 31) / 32, g0 = t * KK_GROUPS_PER_TASK;
+        int64_t g1 = g0 + KK_GROUPS_PER_TASK < groups ? g0 + KK_GROUPS_PER_TASK : groups;
+        uint64_t w[9], mask = (1ull << k) - 1;
+        for (int64_t g = g0; g < g1; g++) {
+            for (int64_t b = 0; b <= k; b++) { int64_t idx = g * k + b; w[b] = (b < k && idx < nw) ? words[idx] : 0; }
+            int64_t base = g * 32, len = n - base < 32 ? n - base : 32;
+            for (int64_t j = 0; j < len; j++) {
+                int64_t c = 0;
+                if (layout == 0) {
+                    for (int64_t b = 0; b < k; b++) c |= (int64_t)((w[b] >> j) & 1) << b;
+                } else {
+                    int64_t p = j * k, wi = p >> 5;
+                    c = (int64_t)(((w[wi] | (w[wi + 1] << 32)) >> (p & 31)) & mask);
+                }
+                int64_t i = base + j;
+                kk_store(out, kind, i, cb[c] * D[i / bs]);
+            }
+        }
+    }
+    """
+    int64_t kk_floor_log2(float a) nogil
+    int64_t kk_encode(float a, int fmt, int64_t emax, float ts) nogil
+    float kk_decode(int64_t bits, int fmt, float ts) nogil
+    void kk_absmax_block(const void* x, int kind, int64_t n, int64_t bs, int64_t b, float* absmax) nogil
+    void kk_quantize_task(const void* x, int kind, int64_t n, int64_t bs, const float* q, const float* cb,
+                          int64_t m, int64_t k, int layout, uint32_t* out, int64_t nw, int64_t t) nogil
+    void kk_dequantize_task(const uint32_t* words, int64_t nw, int64_t n, int64_t k, int layout, int64_t bs,
+                            const float* D, const float* cb, int kind, void* out, int64_t t) nogil
+
+FMT_IDS = {"fp32": 0, "fp16": 1, "bf16": 2, "e4m4": 3, "e8m0": 4, "e4m3": 5}
+LAYOUT_IDS = {"bitplane": 0, "dense": 1}
+cdef int64_t GPT = 64  # groups of 32 elements per task (KK_GROUPS_PER_TASK)
+
+
+cdef inline const void* _addr(object arr):
+    return <const void*><size_t>arr.ctypes.data
+
+
+def floor_log2(float a):
+    return kk_floor_log2(a)
+
+
+def block_absmax(x, int kind, int64_t n, int64_t blocksize, float[::1] absmax):
+    cdef const void* px = _addr(x)
+    cdef int64_t b
+    for b in prange(absmax.shape[0], nogil=True, schedule="static"):
+        kk_absmax_block(px, kind, n, blocksize, b, &absmax[0])
+
+
+def encode_scales(const float[::1] absmax, int fmt, int64_t emax, bint codes_decoded, uint32_t[::1] bits,
+                  float[::1] D, float[::1] q):
+    cdef float ts = 1.0, g = 0.0, a, d, base
+    cdef int64_t b, nb = absmax.shape[0]
+    if fmt == 5:
+        for b in range(nb):
+            g = absmax[b] if absmax[b] > g else g
+        if g > 0:
+            ts = g / <float>448.0
+    for b in range(nb):
+        a = absmax[b]
+        bits[b] = <uint32_t>kk_encode(a, fmt, emax, ts)
+        d = kk_decode(bits[b], fmt, ts)
+        D[b] = d
+        if fmt == 4:
+            q[b] = d
+        else:
+            base = d if codes_decoded else a
+            q[b] = base if base > <float>1e-8 else <float>1e-8
+    return ts
+
+
+def decode_scales(const uint32_t[::1] bits, int fmt, float ts, float[::1] D):
+    cdef int64_t b
+    for b in range(bits.shape[0]):
+        D[b] = kk_decode(bits[b], fmt, ts)
+
+
+def quantize_groups(x, int kind, int64_t n, int64_t blocksize, const float[::1] q, const float[::1] cb, int64_t k,
+                    int layout, uint32_t[::1] out):
+    cdef const void* px = _addr(x)
+    cdef int64_t tasks = ((n + 31) // 32 + GPT - 1) // GPT, t
+    for t in prange(tasks, nogil=True, schedule="static"):
+        kk_quantize_task(px, kind, n, blocksize, &q[0], &cb[0], cb.shape[0], k, layout, &out[0], out.shape[0], t)
+
+
+def dequantize_groups(const uint32_t[::1] words, int64_t n, int64_t k, int layout, int64_t blocksize,
+                      const float[::1] D, const float[::1] cb, int kind, out):
+    cdef void* po = <void*><size_t>out.ctypes.data
+    cdef int64_t tasks = ((n + 31) // 32 + GPT - 1) // GPT, t
+    for t in prange(tasks, nogil=True, schedule="static"):
+        kk_dequantize_task(&words[0], words.shape[0], n, k, layout, blocksize, &D[0], &cb[0], kind, po, t)
