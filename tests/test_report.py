@@ -1,4 +1,5 @@
 """The report job: studies -> results.parquet + report.md/html + PNGs; merging other machines' files."""
+import re
 import json
 
 import pandas as pd
@@ -73,7 +74,8 @@ def test_markdown_and_html_content(quick_report):
     assert "| nan" not in text
     html = (out / "report.html").read_text()
     assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
-    assert "<img src='bnb_table.png'" in html and "<table" in html and "NVIDIA H200" in html
+    assert "<table" in html and "NVIDIA H200" in html
+    assert re.search(r"<img src='data:image/png;base64,[^']+' alt='bnb_table'>", html)   # inlined (issue 21)
     # the merged GPU rows sit side by side by device
     assert "2800" in text and "3900" in text
 
