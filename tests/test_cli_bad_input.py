@@ -303,6 +303,17 @@ def test_sizes_are_not_evaluated():
     assert cli._ints("1, 1001,4_099", "--sizes") == [1, 1001, 4099]
 
 
+def test_codebook_expressions_that_cannot_finish_are_refused_before_evaluation(capsys):
+    p = subprocess.run([sys.executable, "-m", "workbench", "codebook", "9**9**9", "--no-eval"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "SPEC" in p.stderr and "Traceback" not in p.stderr
+    for spec in ("linspace(-1,1,10**10)", "arange(0, 1e12)", "linspace(-1,1,16)**(9**9)"):
+        rc, _, err = run(capsys, "codebook", spec, "--no-eval")
+        one_line_error(rc, err, "SPEC")
+    rc, out, _ = run(capsys, "codebook", "linspace(-1,1,2**4)**3", "--no-eval")
+    assert rc == 0 and "distinct levels: 16" in out
+
+
 # ------------------------------------------------------------------ 16: codebook, --save, --scheduler, --workers
 
 def test_codebook_bad_specs_are_one_line_errors(capsys, tmp_path):

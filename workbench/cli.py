@@ -265,6 +265,38 @@ def cmd_bench(args, rest: list[str]) -> int:
     return subprocess.call(cmd, cwd=ROOT, env=env)
 
 
+def _check_expression(spec: str) -> None:
+    """Refuse a SPEC expression that could not finish or would fill memory before it is evaluated: nested or
+    large powers ('9**9**9') and numbers above a million ('linspace(-1,1,10**10)' is refused by the first rule,
+    'arange(0,1e12)' by the second). A codebook has at most 256 values."""
+    import ast
+    import math
+    try:
+        tree = ast.parse(spec.strip(), mode="eval")
+    except SyntaxError:
+        return  # the lab reports it as not a valid expression
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            def num(v):
+                try:
+                    return float(ast.literal_eval(v))
+                except (ValueError, TypeError, SyntaxError, OverflowError, MemoryError):
+                    return None
+            base, exp = num(node.left), num(node.right)
+            if exp is None or abs(exp) > 64:
+                small = False   # 9**9**9: the exponent must be a number of at most 64
+            elif base is None:
+                small = True    # an array or an expression to a small power: linspace(-1,1,16)**3
+            else:
+                small = exp <= 0 or abs(base) <= 1 or exp * math.log10(abs(base)) <= 6
+            if not small:
+                raise CLIError(f"SPEC: {spec!r}: powers are limited to a constant exponent of at most 64 and, for "
+                               "two numbers, a result of at most 1e6 (a codebook has at most 256 values)")
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool) \
+                and abs(node.value) > 1e6:
+            raise CLIError(f"SPEC: {spec!r}: numbers above 1e6 are refused (a codebook has at most 256 values)")
+
+
 def _kernel_sized(cb):
     """``cb`` with its table padded (repeating the last entry, never emitted) to what a kernel takes: 16 entries
     (the 4-bit ops) up to 16 levels, else 256 (the 8-bit ops); the buckets, and so the rounding, are unchanged."""
@@ -313,6 +345,10 @@ def cmd_codebook(args) -> int:
     if Path(args.spec).is_dir():
         raise CLIError(f"SPEC: {args.spec!r} is a directory; expected a registered name, a codebook file "
                        "(.json, .npy, .txt) or an expression such as 'linspace(-1,1,16)'")
+    key = args.spec.strip().lower()
+    if not (key in getattr(lab, "FIT_METHODS", {}) or key in cbs.names() or Path(args.spec).exists()
+            or Path(args.spec).suffix.lower() in (".json", ".npy", ".txt", ".csv")):
+        _check_expression(args.spec)   # the lab evaluates it
     try:
         cb = lab.build(args.spec, args.fit_data, fit_blocksize=args.blocksize, name=args.name, bits=args.bits)
     except (lab.SpecError, cbs.CodebookError) as e:
