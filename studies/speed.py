@@ -88,12 +88,29 @@ def effective_bytes_per_element(op: str, dtype: str, blocksize) -> float | None:
     return None if code is None else e + code + absmax
 
 
+def canonical_op(op):
+    """One op name on every device: the CPU benchmarks' optimizer names (``adam8``, ``lion32``) take the GPU
+    benchmarks' form (``adam8bit``, ``lion32bit``), so the cross-device tables line up."""
+    if not isinstance(op, str):
+        return op
+    import re
+    return re.sub(r"^([a-z]+?)(8|32)(?=$| )", r"\1\2bit", op)
+
+
+COPY_NOTE = ("% of copy = the op's GB/s (the bytes it must read and write once) / the GB/s of a plain tensor copy "
+             "measured by the same benchmark on the same device. It is a yardstick, not a ceiling: values above 100 "
+             "mean the op moves its bytes faster than that one copy stream does -- a fused optimizer step streams "
+             "4-5 arrays at once, which uses more of the memory system's parallelism (more outstanding loads, "
+             "prefetch streams) than a single copy can.")
+
+
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
     """Make files from different benchmarks comparable: ``op`` like 'quantize_4bit nf4' is split into op +
     quant_type; rows with throughput but no GB/s get GB/s derived from the effective-bytes rule
     (``gbps_source`` says which), and % of copy from the file's own copy bandwidth column."""
     d = df.copy()
     if "op" in d:
+        d["op"] = d["op"].map(canonical_op)
         parts = d["op"].astype(str).str.split(" ", n=1, expand=True)
         if parts.shape[1] == 2:
             has = parts[1].notna()
@@ -160,14 +177,23 @@ def figures(df: pd.DataFrame) -> dict:
     ops = list(dict.fromkeys(d["op"]))
     fig, axes = plt.subplots(len(ops), 1, figsize=(9, 2.2 + 1.6 * len(ops)), squeeze=False)
     y_col = "pct_copy" if "pct_copy" in d and d["pct_copy"].notna().any() else "gbps"
+    devices = sorted(set(d["run_device"].astype(str)))
+    palette = plt.get_cmap("tab10")
+    colors = {dev: palette(i % 10) for i, dev in enumerate(devices)}   # one colour per device in every panel
+    hatches = ["", "//", "..", "xx", "\\\\", "--"]
     for ax, op in zip(axes[:, 0], ops):
         g = d[d["op"] == op].groupby(["backend", "run_device"])[y_col].median().unstack("run_device")
-        g.plot.barh(ax=ax, legend=ax is axes[0, 0])
+        g.columns = [str(c) for c in g.columns]
+        g.plot.barh(ax=ax, color=[colors[c] for c in g.columns], legend=False)
+        for k, c in enumerate(g.columns):   # hatch by device too: legible in grey scale
+            for patch in ax.containers[k]:
+                patch.set_hatch(hatches[devices.index(c) % len(hatches)])
+        ax.legend(ax.containers, list(g.columns), fontsize=7, loc="lower right")
+        if y_col == "pct_copy":
+            ax.axvline(100, color="0.3", lw=0.8, ls="--")
         ax.set_title(f"{op}: largest n, median over dtypes / codes / blocksizes", fontsize=9)
-        ax.set_xlabel("% of copy bandwidth" if y_col == "pct_copy" else "GB/s")
+        ax.set_xlabel("% of copy bandwidth (dashed: 100 = one plain copy)" if y_col == "pct_copy" else "GB/s")
         ax.grid(alpha=0.3, axis="x")
-    if axes[0, 0].get_legend():
-        axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return {"speed": fig}
 
@@ -191,6 +217,10 @@ def notes(df: pd.DataFrame) -> list[str]:
         return [f"no benchmark result files found yet (looked for {', '.join(PATTERNS)} under reports/)"]
     files = sorted(set(df["source_file"]))
     out = [f"devices: {', '.join(sorted(set(df['run_device'].astype(str))))}", f"files: {', '.join(files)}"]
+    if "pct_copy" in df and (df["pct_copy"] > 100).any():
+        top = df.loc[df["pct_copy"].idxmax()]
+        out.append(f"{COPY_NOTE} (largest here: {top['pct_copy']:.0f} % for {top['op']} on {top['backend']}, "
+                   f"{top['run_device']})")
     if "gbps_source" in df and (df["gbps_source"] == "derived").any():
         devs = sorted(set(df.loc[df["gbps_source"] == "derived", "run_device"].astype(str)))
         out.append(f"GB/s for {', '.join(devs)} derived from elements/s with the effective-bytes rule (value dtype "

@@ -128,3 +128,37 @@ def test_page_renders_in_a_headless_browser_with_every_image_and_section(tiny_re
     subprocess.run([exe, *flags, "--window-size=1280,2400", f"--screenshot={shot}", (out / "report.html").as_uri()],
                    capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000   # kept under the test's tmp dir for review
+
+
+# ------------------------------------------------------------------ the speed view (issue 21)
+
+def _speed_rows():
+    import pandas as pd
+    rows = []
+    for dev, ops in (("CPU (2 cores)", ("adam8", "quantize_4bit")), ("GPU A", ("adam8bit", "quantize_4bit", "int8_mm")),
+                     ("GPU B", ("adam8bit", "quantize_4bit", "int8_mm"))):
+        for op in ops:
+            for be in ("ref", "fast"):
+                rows.append({"op": op, "backend": be, "run_device": dev, "n": 1 << 20, "gbps": 10.0 + len(op),
+                             "copy_gbps": 8.0 if dev.startswith("CPU") else 100.0, "source_file": f"{dev}.csv"})
+    return pd.DataFrame(rows)
+
+
+def test_speed_op_names_line_up_across_devices_and_every_panel_has_a_true_legend():
+    from matplotlib.colors import to_hex
+
+    from studies import speed
+    d = speed.normalize(_speed_rows())
+    assert set(d.loc[d["run_device"] == "CPU (2 cores)", "op"]) == {"adam8bit", "quantize_4bit"}
+    t = speed.table(d, "gbps", largest_only=True)
+    assert t.loc[("adam8bit", "fast")].notna().all()          # CPU and both GPUs in one row
+    fig = speed.figures(d)["speed"]
+    colour_of = {}
+    for ax in fig.axes:
+        leg = ax.get_legend()
+        assert leg is not None, ax.get_title()
+        for cont, text in zip(ax.containers, leg.get_texts()):
+            c = to_hex(cont.patches[0].get_facecolor())
+            assert colour_of.setdefault(text.get_text(), c) == c, (ax.get_title(), text.get_text())
+    assert len(set(colour_of.values())) == 3                  # GPU-only panels keep the devices' colours
+    assert any("yardstick, not a ceiling" in n for n in speed.notes(d))   # % of copy > 100 explained
