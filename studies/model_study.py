@@ -173,7 +173,7 @@ def figures(df: pd.DataFrame) -> dict:
         figs["model_metric_vs_bits"] = fig
     sens = ok[ok["part"] == "sensitivity"] if "part" in ok else ok.iloc[:0]
     if not sens.empty:
-        t = sens.pivot_table(index="layer", columns="bits", values="loss")
+        t = sens.assign(bits=sens["bits"].astype(int)).pivot_table(index="layer", columns="bits", values="loss")
         order = [n for n in dict.fromkeys(sens["layer"])]
         t = t.reindex(order)
         fig, ax = plt.subplots(figsize=(5.5, 0.22 * len(t) + 1.5))
@@ -213,7 +213,7 @@ def summarize(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         out.append(("Activations quantized too (LLM.int8(), threshold in the spec)", a.set_index("spec")[cols].round(4)))
     s = ok[ok["part"] == "sensitivity"]
     if not s.empty:
-        t = s.pivot_table(index="layer", columns="bits", values="loss")
+        t = s.assign(bits=s["bits"].astype(int)).pivot_table(index="layer", columns="bits", values="loss")
         t.columns = [f"loss@{b}bit" for b in t.columns]
         t = t.sort_values(t.columns[0], ascending=False)
         out.append(("Layer sensitivity: 1 - cos_mean with only this layer quantized (most sensitive first)", t.head(40)))
