@@ -34,7 +34,7 @@ from . import results
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 LOCAL_REPORTS = REPORTS / "local"   # the default output: untracked (.gitignore), so a run never dirties the tree
-DEFAULT_STUDIES = ("error", "codebook_lab", "bnb_table", "parity", "speed", "optim", "outliers")
+DEFAULT_STUDIES = ("error", "codebook_lab", "bnb_table", "parity", "speed", "optim", "outliers", "model")
 
 
 @dataclass
