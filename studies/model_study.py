@@ -93,7 +93,7 @@ def evaluate(n_sentences, spec: dict, codebook: dict | None = None, part: str = 
 
 
 def run(quick: bool = False, executor=None, *, n_sentences=None, codebooks=None, blocksizes=None, layers=None,
-        bits=(2, 3, 4), budgets=None, gptq=None, sensitivity: bool = True, act_thresholds=(0.0, 6.0),
+        bits=(2, 3, 4), budgets=None, gptq=None, sensitivity: bool = True, act_thresholds=None,
         llm_checkpoint=None, llm_text=None):
     from workbench.model_eval import QuantSpec, layer_sensitivity, mixed_precision_curve
     from workbench.sweep import run_tasks
@@ -104,7 +104,7 @@ def run(quick: bool = False, executor=None, *, n_sentences=None, codebooks=None,
     tasks = [dict(n_sentences=n, spec=dict(codebook=c, blocksize=b), codebook=fitted.get(c)) for c in cbn for b in bss]
     if "nf4" in cbn:
         tasks += [dict(n_sentences=n, spec=dict(codebook="nf4", blocksize=b, double_quant=True)) for b in bss]
-    for t in act_thresholds:
+    for t in (act_thresholds if act_thresholds is not None else ((6.0,) if quick else (0.0, 6.0))):
         tasks.append(dict(n_sentences=n, spec=dict(codebook="nf4", blocksize=64, act_threshold=t), part="activations"))
         tasks.append(dict(n_sentences=n, spec=dict(codebook="nf4", blocksize=64, act_threshold=t), part="activations",
                           label=f"float-weights/a8t{t:g}", weights_float=True))
