@@ -1,6 +1,7 @@
 """Command line: ``workbench <command>`` (also ``python -m workbench``).
 
-  report     run the default studies on this machine's CPU and write reports/<name>/ (the main job)
+  report     run the default studies on this machine's CPU and write reports/<name>/ (the main job;
+             <name> is one plain folder name, the folder is replaced only when the run completes)
   study      run one study and print its tables
   parity     every quantization op on every available backend vs the reference, as a matrix
   bench      run the benchmark script (studies/bench/bench_cpu.py or studies/bench/bench_gpu.py)
@@ -229,6 +230,8 @@ def cmd_parity(args) -> int:
         avail = {b.name: b for b in list_backends()}
         why = [f"{n} is not available on {args.device} ({avail[n].reason or 'no such device'})"
                for n in (backends or ()) if n in avail and (not avail[n].available or args.device not in avail[n].devices)]
+        if not why and len(df):
+            why = [f"the selected cases compared nothing ({', '.join(sorted(set(df['case'].astype(str))))})"]
         raise CLIError("nothing was compared: " + ("; ".join(why) if why else
                        "no available backend on this device implements the selected ops/families"))
     print(f"parity on {args.device}, seed {int(df['seed'].iloc[0]) if len(df) else args.seed}: "
@@ -236,7 +239,8 @@ def cmd_parity(args) -> int:
     print(parity.format_matrix(df))
     bad = parity.failures(df)
     if len(bad):
-        cols = [c for c in ("backend", "op", "codebook", "dtype", "blocksize", "n", "mismatches", "max_diff", "detail")
+        cols = [c for c in ("backend", "op", "codebook", "optimizer", "dtype", "blocksize", "n", "mismatches", "max_diff",
+                          "detail")
                 if c in bad]
         print(f"\n{len(bad)} failing comparisons (first 20):")
         print(_table(bad[cols].head(20), showindex=False))

@@ -522,7 +522,8 @@ def summarize(df: pd.DataFrame) -> list:
     out = [("backend x op (level: passed/compared, or FAIL: failed/compared)", matrix(df))]
     bad = failures(df)
     if len(bad):
-        cols = [c for c in ("backend", "op", "codebook", "dtype", "blocksize", "n", "mismatches", "max_diff", "detail")
+        cols = [c for c in ("backend", "op", "codebook", "optimizer", "dtype", "blocksize", "n", "mismatches", "max_diff",
+                          "detail")
                 if c in bad]
         out.append(("Failing comparisons (first 30)", bad[cols].head(30)))
     return out

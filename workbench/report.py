@@ -9,6 +9,11 @@
   run metadata (``run_*`` columns, :mod:`workbench.results`), and ``results/<study>.parquet`` per study,
 * ``metadata.json``: the run metadata, the command options, each study's status and time.
 
+``<name>`` is one plain folder name (:func:`check_name`): never a path. The report is written into a hidden
+temporary sibling marked ``PARTIAL`` and swapped in at the end, so a folder under ``reports/`` is always one
+complete run (``metadata.json`` has ``"complete": true``); an existing folder that is not a report is never
+replaced.
+
 ``merge`` folds result files written elsewhere (GPU machines) into the report: they are loaded
 with :func:`workbench.results.load`, shown grouped by ``run_device`` (the cross-GPU view) and
 handed to the speed study. :func:`render` re-renders a report from saved results without
