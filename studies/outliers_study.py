@@ -20,6 +20,15 @@ from workbench import outliers as O
 
 THRESHOLDS = tuple(float(t) for t in range(1, 11))
 
+TITLE = "Outliers: LLM.int8() on all-MiniLM-L6-v2 activations"
+DESCRIPTION = """LLM.int8() keeps every input column that holds a value with |x| >= threshold in 16-bit and
+multiplies the rest in int8. This study captures the input of every `nn.Linear` of all-MiniLM-L6-v2 on the
+packaged sentences and asks three questions: which layers have outlier features, and how many (the per-layer
+table and the channel heatmap); how the share of 16-bit columns and the int8 matmul error move with the
+threshold (the sweep table and figure, each layer against its own weight, relative error vs float64); and whether
+the detector finds planted outlier features in synthetic activations (the black line). The default threshold
+of bitsandbytes is 6.0."""
+
 
 def _minilm_acts(n_sentences: int):
     from workbench.models import load_minilm, load_sentences
@@ -61,6 +70,48 @@ def run(quick: bool = False, executor=None):
     df.attrs["notes"] = notes + [f"MiniLM sentences: {n_sent}; planted outlier dims: {len(dims)}, "
                                  f"found at threshold 6: {int(found.outlier_dims.iloc[0])}"]
     return df, figs
+
+
+def summarize(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    out = []
+    summ = df[df["kind"] == "summary"] if "kind" in df else pd.DataFrame()
+    if not summ.empty:
+        t = summ[summ["threshold"] == 6.0].set_index("layer")[
+            ["features", "outlier_dims", "outlier_value_share", "outlier_token_share", "max_abs", "top_dims"]]
+        out.append(("MiniLM layers at threshold 6: outlier feature dimensions (columns with any |x| >= 6), the "
+                    "share of values and tokens involved, the largest |x| and the top-5 channels by max |x|",
+                    t.sort_values("outlier_dims", ascending=False).round(4)))
+    sw = df[df["kind"] == "sweep"] if "kind" in df else pd.DataFrame()
+    if not sw.empty:
+        g = sw.assign(data=np.where(sw["source"] == "planted", "planted", "MiniLM (median over layers)"))
+        t = g.groupby(["threshold", "data"])[["fp16_col_share", "rel_error"]].median().unstack("data")
+        t.columns = [f"{'16-bit column share' if a == 'fp16_col_share' else 'relative error'}: {b}" for a, b in t.columns]
+        t.index = ["0 (no decomposition)" if v == 0 else f"{v:g}" for v in t.index]
+        t.index.name = "threshold"
+        out.append(("Threshold sweep: share of columns kept in 16-bit and int8 matmul error (relative to float64)",
+                    t.round(5)))
+    return out
+
+
+def notes(df: pd.DataFrame) -> list[str]:
+    out = []
+    summ = df[df["kind"] == "summary"] if "kind" in df else pd.DataFrame()
+    if not summ.empty:
+        s6 = summ[summ["threshold"] == 6.0]
+        hit = s6[s6["outlier_dims"] > 0]
+        top = s6.loc[s6["outlier_dims"].idxmax()]
+        out.append(f"at threshold 6, {len(hit)} of {len(s6)} MiniLM layer inputs have outlier features; most: "
+                   f"{top['layer']} with {int(top['outlier_dims'])} of {int(top['features'])} columns "
+                   f"(max |x| {top['max_abs']:.1f})")
+    sw = df[(df["kind"] == "sweep") & (df["source"] == "minilm")] if "kind" in df else pd.DataFrame()
+    if not sw.empty:
+        e0 = sw[sw["threshold"] == 0]["rel_error"].median()
+        e6 = sw[sw["threshold"] == 6.0]["rel_error"].median()
+        c6 = sw[sw["threshold"] == 6.0]["fp16_col_share"].median()
+        out.append(f"int8 matmul relative error, median over layers: {e0:.2e} without decomposition, {e6:.2e} at "
+                   f"threshold 6 with {100 * c6:.2f} % of columns in 16-bit")
+    out += list(df.attrs.get("notes", []))
+    return out
 
 
 def _heatmap(acts):

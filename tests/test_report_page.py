@@ -162,3 +162,23 @@ def test_speed_op_names_line_up_across_devices_and_every_panel_has_a_true_legend
             assert colour_of.setdefault(text.get_text(), c) == c, (ax.get_title(), text.get_text())
     assert len(set(colour_of.values())) == 3                  # GPU-only panels keep the devices' colours
     assert any("yardstick, not a ceiling" in n for n in speed.notes(d))   # % of copy > 100 explained
+
+
+def test_outliers_section_has_prose_and_readable_tables():
+    """Was a raw 20-row dump: now a description, headline notes and two shaped tables."""
+    import pandas as pd
+    import torch
+
+    from studies import outliers_study as S
+    from workbench import outliers as O
+    X, dims = O.planted_outliers(tokens=64, features=96, n_outlier_dims=3)
+    W = torch.randn(32, 96, generator=torch.Generator().manual_seed(1)) * 0.05
+    summ = O.outlier_summary({"enc.0.q": X, "enc.0.k": X * 0.1}, S.THRESHOLDS).assign(source="minilm", kind="summary")
+    sw = O.matmul_error_sweep(X, W, S.THRESHOLDS).assign(source="minilm", layer="enc.0.q", kind="sweep")
+    df = pd.concat([summ, sw], ignore_index=True)
+    assert "LLM.int8()" in S.DESCRIPTION and S.TITLE
+    titles = [t for t, _ in S.summarize(df)]
+    assert any("threshold 6" in t for t in titles) and any("Threshold sweep" in t for t in titles)
+    notes = S.notes(df)
+    assert any("of 2 MiniLM layer inputs have outlier features" in n for n in notes)
+    assert any("without decomposition" in n for n in notes)
