@@ -35,4 +35,4 @@ def available() -> tuple[bool, str]:
 
 
 def load_kernels() -> None:
-    from . import kbit, optim, quant  # noqa: F401  (importing a family module registers its kernels)
+    from . import kbit, matmul, optim, quant  # noqa: F401  (importing a family module registers its kernels)
