@@ -299,21 +299,19 @@ def figures(df: pd.DataFrame) -> dict:
         return figs
     sources = [s for s in SOURCES if s in set(ok["source"])] + sorted(s for s in set(ok["source"]) if s not in SOURCES)
     fig, axes = plt.subplots(1, len(sources), figsize=(4.2 * len(sources), 3.8), squeeze=False, sharey=False)
-    methods = list(METHODS) + [m for m in dict.fromkeys(ok["method"]) if m not in METHODS]
-    colors = {m: plt.cm.tab20(i / max(1, len(methods) - 1) * 0.999) for i, m in enumerate(methods)}
+    styles = method_styles(method_order(ok))
     for ax, src in zip(axes[0], sources):
         sub = ok[(ok["source"] == src) & (ok["code_bits"] == 4)]
         for m, g in sub.groupby("method", sort=False):
             g = g.sort_values("blocksize")
-            ax.plot(g["blocksize"], g["sqnr_db"], marker="o", ms=3, label=m, color=colors.get(m))
+            ax.plot(g["blocksize"], g["sqnr_db"], label=m, **styles[m])
         ax.set_xscale("log", base=2)
         ax.set_title(src)
         ax.set_xlabel("blocksize")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2, loc="best")   # every panel names its lines
     axes[0][0].set_ylabel("SQNR (dB), 4-bit codes")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0, 0.9, 1))
-    fig.legend(handles, labels, fontsize=8, loc="center right")
+    fig.tight_layout()
     figs["error_sqnr_by_blocksize"] = fig
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -321,7 +319,7 @@ def figures(df: pd.DataFrame) -> dict:
     sub = ok[(ok["source"] == src) & (ok["code_bits"] == 4)]
     for m, g in sub.groupby("method", sort=False):
         g = g.sort_values("bits_dq")
-        ax.plot(g["bits_dq"], g["mae_dq"], marker="o", ms=3, label=m, color=colors.get(m))
+        ax.plot(g["bits_dq"], g["mae_dq"], label=m, **styles[m])
     ax.set_xlabel("bits per parameter with double quantization (4-bit codes; left: blocksize 4096)")
     ax.set_ylabel(f"mean abs error, {src} data")
     ax.grid(alpha=0.3, which="both")
@@ -329,6 +327,21 @@ def figures(df: pd.DataFrame) -> dict:
     fig.tight_layout()
     figs[f"error_vs_bits_{src}"] = fig
     return figs
+
+
+def method_styles(methods) -> dict:
+    """A distinct (colour, marker, line style) per method, so look-alike colours are told apart by shape and
+    dash; the user's codes (not in METHODS) are drawn thicker, in solid black-edged lines."""
+    import matplotlib.pyplot as plt
+    markers = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p"]
+    dashes = ["-", "--", "-.", ":"]
+    cmap = plt.get_cmap("tab10")
+    out = {}
+    for i, m in enumerate(methods):
+        user = m not in METHODS
+        out[m] = dict(color=cmap(i % 10), marker=markers[i % len(markers)], ls="-" if user else dashes[(i // 10 + i) % 4],
+                      ms=6 if user else 4, lw=2.2 if user else 1.2, mec="k" if user else None)
+    return out
 
 
 def method_order(df: pd.DataFrame) -> list[str]:

@@ -186,3 +186,14 @@ def test_custom_code_on_a_real_dask_worker_process(my_code):
             df, _ = error_study.run(executor=ex, codebooks=[my_code], **SMALL)
     assert df["skipped"].isna().all(), df[df["skipped"].notna()]
     assert set(df["method"]) == {"nf4", "tst-my7"}
+
+
+def test_error_figures_are_legible_distinct_styles_and_a_legend_per_panel(my_code):
+    df, figs = error_study.run(executor=None, codebooks=[my_code], **dict(SMALL, sources=("normal", "laplace"),
+                                                                        methods=("nf4", "fp4", "af4")))
+    fig = figs["error_sqnr_by_blocksize"]
+    for ax in fig.axes:
+        assert ax.get_legend() is not None, ax.get_title()
+        lines = ax.get_lines()
+        assert len({(ln.get_marker(), ln.get_linestyle(), ln.get_color()) for ln in lines}) == len(lines)
+        assert len({ln.get_marker() for ln in lines}) == len(lines)
