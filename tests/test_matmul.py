@@ -166,3 +166,18 @@ def test_reference_vs_bitsandbytes(rng, dtype, quant_type):
                 _check_bound(F.gemv_4bit(A, P, state=bqs), gemv_4bit(A, P, state=qs, backend="reference"),
                              A, P, qs, None)
     print(f"{quant_type} {dtype}: fraction of outputs equal to bitsandbytes: {sum(exact) / len(exact):.3f}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cython_cpu_equals_numba_cpu_bit_for_bit(rng, dtype):
+    """Same lanes, same order: the Cython kernel (AVX2 hot path for M = 1, K % 8 == 0; scalar otherwise) and the
+    Numba kernel give identical outputs."""
+    from workbench.backends import status
+    ok, reason = status("cython_cpu")
+    if not ok:
+        pytest.skip(reason)
+    for i, (N, K, M, bs) in enumerate(SHAPES + [(256, 1024, 1, 32)]):
+        A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested=i % 2 == 0, bias=i % 3 == 0)
+        x = matmul_4bit(A, P, qs, bias=b, backend="cython_cpu")
+        y = matmul_4bit(A, P, qs, bias=b, backend="numba_cpu")
+        assert torch.equal(x, y), (N, K, M)
