@@ -1,7 +1,8 @@
 """4-bit matmul (issue 18): ours beside bitsandbytes 0.50.2 and dense bf16 (cuBLAS / torch CPU), per shape and M.
 
     python -m studies.bench.bench_matmul --out reports/matmul-gpu          (CUDA: the issue's shapes, M = 1..2048)
-    python -m studies.bench.bench_matmul --device cpu --out reports/matmul-cpu  (CPU: M = 1, 4096x4096, 11008x4096)
+    python -m studies.bench.bench_matmul --device cpu --out reports/matmul-cpu  (CPU: M = 1, 4096x4096, 11008x4096;
+                                                                                 ours = auto, ours_numba_cpu, ours_cython_cpu)
 
 Weights: NF4, blocksize 64, double quant, bf16 activations. Per row:
   * public_ms: event timing (median) of the public call as a user writes it
@@ -74,6 +75,8 @@ def run(device: str = "cuda", shapes=None, reps: int = 20) -> pd.DataFrame:
         for M in Ms:
             A = torch.randn(M, K, device=device, dtype=torch.bfloat16, generator=g)
             cases = {"ours": (lambda: matmul_4bit(A, P, qs), wbytes + 2 * M * K),
+                     **({f"ours_{b}": ((lambda b=b: matmul_4bit(A, P, qs, backend=b)), wbytes + 2 * M * K)
+                         for b in ("numba_cpu", "cython_cpu")} if device == "cpu" else {}),
                      "dense_bf16": (lambda: torch.nn.functional.linear(A, W), 2 * N * K + 2 * M * K)}
             if bnb:
                 cases["bnb"] = (lambda: bnb.matmul_4bit(A, P, bqs), wbytes + 2 * M * K)
