@@ -260,3 +260,18 @@ def test_frontier_rows_bits_and_error():
                                                       for k in range(2, 9)]
         assert all(a["mse"] > b["mse"] for a, b in zip(sub, sub[1:]))      # more bits, less error
     assert any(r["pareto"] for r in rows) and not all(r["pareto"] for r in rows)
+
+
+def test_dq8_scales_are_the_double_quantized_fp32_absmax():
+    from workbench.ops import dequantize_blockwise
+    A = torch.randn(3000) * 2
+    for backend in CPU_BACKENDS:
+        p32, s32 = K.quantize_kbit(A, 3, blocksize=64, scale_format="fp32", backend=backend)
+        p, st = K.quantize_kbit(A, 3, blocksize=64, scale_format="dq8", backend=backend)
+        assert torch.equal(p, p32) and st.scales.dtype == torch.uint8 and st.scales.numel() == 47
+        absmax = dequantize_blockwise(st.scales, st.state2, backend="reference") + st.offset
+        want = (st.codebook[R.unpack_bitplane(p, 3, 3000)] * absmax.repeat_interleave(64)[:3000])
+        assert torch.equal(K.dequantize_kbit(p, st, backend=backend), want)
+    with pytest.raises(QuantInputError, match="^codes_against:"):
+        K.quantize_kbit(A, 3, scale_format="dq8", codes_against="decoded")
+    assert K.bits_per_param(3, 64, "dq8") == 3 + (8 + 32 / 256) / 64

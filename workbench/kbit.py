@@ -2,7 +2,9 @@
 
 ``quantize_kbit(A, k=4, codebook=None, blocksize=32, layout="bitplane", scale_format="e4m4",
 codes_against="exact", backend="auto") -> (packed int32 words, KbitState)`` and
-``dequantize_kbit(packed, state, dtype=None, backend="auto")``. The rules (codes, packing, every
+``dequantize_kbit(packed, state, dtype=None, backend="auto")``. ``scale_format="dq8"`` is the existing
+8-bit double quantization of the fp32 absmax (workbench.ops: offset = mean, dynamic map, blocksize 256),
+done here around the ops with codes against the exact absmax. The rules (codes, packing, every
 scale format) are the reference kernel's docstring, workbench/backends/reference/kbit.py; with the
 defaults and blocksize 32 they are bitsandbytes' in-development k-bit quantizer bit for bit.
 
@@ -28,8 +30,10 @@ __all__ = ["quantize_kbit", "dequantize_kbit", "KbitState", "kbit_codebook_tenso
 
 KBIT_BLOCKSIZES = tuple(2 ** e for e in range(4, 13))   # 16 .. 4096
 CODES_AGAINST = ("exact", "decoded")
+DQ8 = "dq8"   # the existing 8-bit double quantization of fp32 absmax (offset + dynamic map, blocksize 256)
+PUBLIC_SCALE_FORMATS = SCALE_FORMATS + (DQ8,)
 _REQUIRED_BLOCKSIZE = {"e8m0": 32, "e4m3": 16}           # MXFP4: block 32; NVFP4: block 16
-_SCALE_BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "e4m4": 8, "e8m0": 8, "e4m3": 8}
+_SCALE_BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "e4m4": 8, "e8m0": 8, "e4m3": 8, DQ8: 8 + 32 / 256}
 _ops = torch.ops.workbench
 
 
@@ -46,6 +50,8 @@ class KbitState:
     tensor_scale: torch.Tensor      # float32[1] for e4m3, else float32[0]
     shape: torch.Size
     dtype: torch.dtype
+    offset: torch.Tensor | None = None      # dq8: the mean subtracted before the 8-bit quantization
+    state2: object = None                   # dq8: the QuantState of the 8-bit absmax codes
     meta: dict = field(default_factory=dict)
 
     @property
@@ -64,8 +70,11 @@ class KbitState:
         if packed.dtype != torch.int32:
             raise QuantInputError(f"packed: dtype {packed.dtype}; expected torch.int32 words")
         nb = nblocks(n, self.blocksize)
-        if self.scales.numel() != nb or self.scales.dtype != SCALE_DTYPES[self.scale_format]:
-            raise QuantInputError(f"state.scales: expected {nb} values of {SCALE_DTYPES[self.scale_format]} "
+        want_dtype = torch.uint8 if self.scale_format == DQ8 else SCALE_DTYPES[self.scale_format]
+        if self.scale_format == DQ8 and (self.state2 is None or self.offset is None):
+            raise QuantInputError("state.state2: scale_format 'dq8' needs the nested state and offset")
+        if self.scales.numel() != nb or self.scales.dtype != want_dtype:
+            raise QuantInputError(f"state.scales: expected {nb} values of {want_dtype} "
                                   f"({self.scale_format}), got {self.scales.numel()} of {self.scales.dtype}")
         if self.tensor_scale.numel() != (1 if self.scale_format == "e4m3" else 0):
             raise QuantInputError("state.tensor_scale: e4m3 needs exactly one float32 per-tensor scale, "
@@ -94,8 +103,8 @@ def _check_layout(layout) -> str:
 
 
 def _check_scale_format(fmt, blocksize) -> str:
-    if fmt not in SCALE_FORMATS:
-        raise QuantInputError(f"scale_format: expected one of {SCALE_FORMATS}, got {fmt!r}")
+    if fmt not in PUBLIC_SCALE_FORMATS:
+        raise QuantInputError(f"scale_format: expected one of {PUBLIC_SCALE_FORMATS}, got {fmt!r}")
     need = _REQUIRED_BLOCKSIZE.get(fmt)
     if need is not None and blocksize != need:
         raise QuantInputError(f"scale_format: {fmt!r} needs blocksize={need} "
@@ -160,6 +169,9 @@ def quantize_kbit(A: torch.Tensor, k: int = 4, codebook=None, blocksize: int = 3
     _check_scale_format(scale_format, blocksize)
     if codes_against not in CODES_AGAINST:
         raise QuantInputError(f"codes_against: expected one of {CODES_AGAINST}, got {codes_against!r}")
+    if scale_format == DQ8 and codes_against != "exact":
+        raise QuantInputError("codes_against: scale_format 'dq8' codes against the exact absmax only "
+                              "(its 8-bit scales exist after the codes)")
     cb = kbit_codebook_tensor(codebook, k)
     check_finite("A", A, "raise")
     dev = _device(A)
@@ -167,10 +179,16 @@ def quantize_kbit(A: torch.Tensor, k: int = 4, codebook=None, blocksize: int = 3
     a = A.detach().reshape(-1)
     if not a.is_contiguous():
         a = a.contiguous()
-    packed, scales, ts = _ops.quantize_kbit(a, cb.to(A.device), k, blocksize, layout, scale_format, codes_against,
+    op_format = "fp32" if scale_format == DQ8 else scale_format
+    packed, scales, ts = _ops.quantize_kbit(a, cb.to(A.device), k, blocksize, layout, op_format, codes_against,
                                             name)
+    offset = state2 = None
+    if scale_format == DQ8:   # bitsandbytes' double quantization of the fp32 absmax (workbench.ops)
+        from .ops import _quantize_absmax
+        scales, offset, state2 = _quantize_absmax(scales, backend)
     state = KbitState(k=k, codebook=cb.to(A.device), blocksize=blocksize, layout=layout, scale_format=scale_format,
-                      codes_against=codes_against, scales=scales, tensor_scale=ts, shape=A.shape, dtype=A.dtype)
+                      codes_against=codes_against, scales=scales, tensor_scale=ts, shape=A.shape, dtype=A.dtype,
+                      offset=offset, state2=state2)
     return packed, state
 
 
@@ -184,9 +202,14 @@ def dequantize_kbit(packed: torch.Tensor, state: KbitState, *, dtype: torch.dtyp
     out_dtype = check_dtype("dtype", dtype or state.dtype, FLOAT_DTYPES)
     name = resolve(backend, "dequantize_kbit", _device(packed), None)
     dev = packed.device
-    out = _ops.dequantize_kbit(packed.detach().reshape(-1).contiguous(), state.scales.to(dev).contiguous(),
+    scales, fmt = state.scales, state.scale_format
+    if fmt == DQ8:            # decode the 8-bit absmax first: dequantize_blockwise + offset, in float32
+        from .ops import dequantize_blockwise
+        scales = dequantize_blockwise(scales.to(dev), state.state2, backend=backend) + state.offset.to(dev, torch.float32)
+        fmt = "fp32"
+    out = _ops.dequantize_kbit(packed.detach().reshape(-1).contiguous(), scales.to(dev).contiguous(),
                                state.tensor_scale.to(dev), state.codebook.to(dev, torch.float32).contiguous(),
-                               state.k, state.blocksize, state.n, state.layout, state.scale_format, out_dtype, name)
+                               state.k, state.blocksize, state.n, state.layout, fmt, out_dtype, name)
     return out.view(state.shape)
 
 
@@ -194,11 +217,12 @@ def dequantize_kbit(packed: torch.Tensor, state: KbitState, *, dtype: torch.dtyp
 
 def bits_per_param(k: int, blocksize: int, scale_format: str) -> float:
     """Storage cost per element: k code bits plus the block scale's bits spread over the block
-    (the e4m3 per-tensor float32 is negligible and not counted)."""
+    (dq8: 8 bits plus a float32 per 256 scales; the per-tensor float32s are not counted)."""
     return k + _SCALE_BITS[scale_format] / blocksize
 
 
-def frontier_rows(ks=range(2, 9), configs=(("fp32", 32), ("e4m4", 32), ("e8m0", 32), ("e4m3", 16), ("bf16", 64)),
+def frontier_rows(ks=range(2, 9), configs=(("fp32", 32), ("e4m4", 32), ("e8m0", 32), ("e4m3", 16), ("bf16", 64),
+                                           ("dq8", 64)),
                   codes_against=("exact", "decoded"), n: int = 1 << 16, seed: int = 0, backend: str = "auto",
                   data: torch.Tensor | None = None) -> list[dict]:
     """Bits per parameter vs error for K = 2..8 with the normal-float codebook, on N(0,1) data
@@ -214,6 +238,8 @@ def frontier_rows(ks=range(2, 9), configs=(("fp32", 32), ("e4m4", 32), ("e8m0", 
     for k in ks:
         for fmt, bs in configs:
             for ca in codes_against:
+                if fmt == DQ8 and ca != "exact":
+                    continue
                 packed, st = quantize_kbit(x, k=k, blocksize=bs, scale_format=fmt, codes_against=ca, backend=backend)
                 err = dequantize_kbit(packed, st, dtype=torch.float32, backend=backend) - x
                 mse = float((err * err).mean())
