@@ -144,3 +144,15 @@ def test_causal_lm_ppl_and_kl(tmp_path):
     assert f["spec"] == "float" and f["kl"] == 0 and f["tokenizer"] == "utf8-bytes"
     assert 0 < q4["kl"] < q2["kl"] and q4["top1_agree"] >= q2["top1_agree"]
     assert q4["bits_per_param"] == pytest.approx(4.5) and q4["n_layers"] == 14  # lm_head kept float
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["study", "model", "--weights", "."], "only the error study"),
+    (["study", "error", "--layers", "mlp"], "--layers"),
+    (["study", "error", "--weights", "/nonexistent/x.safetensors"], "does not exist"),
+])
+def test_cli_weights_refusals(argv, needle, capsys):
+    from workbench import cli
+    rc = cli.main(argv + ["--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "Traceback" not in err

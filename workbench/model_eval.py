@@ -106,7 +106,9 @@ class QuantSpec:
         return {"spec": self.name, "codebook": cb.name, "levels": levels(cb), "code_bits": code_bits(cb),
                 "blocksize": int(self.blocksize), "double_quant": bool(self.double_quant),
                 "act_threshold": (np.nan if self.act_threshold is None else float(self.act_threshold)),
-                "method": self.method}
+                "method": self.method,
+                # the code by value, so a stored row says exactly what ran (fitted codes have no registry name)
+                "codebook_values": " ".join(f"{v:.8g}" for v in cb.values)}
 
 
 def scale_bits(n: int, blocksize: int, double_quant: bool) -> float:
