@@ -51,3 +51,7 @@ def test_notebook_executes(path, monkeypatch):
     pngs = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     if path.stem in DRAWS:
         assert pngs >= 1, f"{path.name}: no image/png output"
+    if path.stem == "error_study":   # the user's code (KBIT_CODEBOOKS, default linspace(-1,1,12)) is in its tables
+        text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/html", ""))
+                       for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+        assert "linspace(-1,1,12)" in text, "error_study notebook: the custom code is missing from its tables"

@@ -26,11 +26,20 @@ from studies.notebook_setup import setup
 
 QUICK = setup()
 
-# %%
-from studies import error_study
+# %% [markdown]
+# Your own codes join the sweep exactly as with `workbench report --codebook SPEC`: set
+# `KBIT_CODEBOOKS="my.json;linspace(-1,1,12)"` (specs separated by `;`: a file saved by
+# `workbench codebook ... --save my.json`, a registered name or an expression) or put Codebook objects in `mine`.
 
+# %%
+import os
+
+from studies import error_study
+from studies.codebook_lab import build
+
+mine = [build(s.strip()) for s in os.environ.get("KBIT_CODEBOOKS", "linspace(-1,1,12)").split(";") if s.strip()]
 methods = ("nf4", "fp4", "af4", "e2m1", "nvfp4", "mxfp4", "int4-asym", "lloyd-max4") if QUICK else error_study.METHODS
-df, figs = error_study.run(quick=QUICK, executor=None, methods=methods,
+df, figs = error_study.run(quick=QUICK, executor=None, methods=methods, codebooks=mine,
                            sources=("normal", "laplace") if QUICK else error_study.SOURCES)
 df.head()
 
