@@ -179,10 +179,12 @@ def compare(new, data=None, blocksizes=(64, 128, 256, 512, 1024, 4096), *, basel
 def figure(df: pd.DataFrame, cands):
     import matplotlib.pyplot as plt
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1.3, 1]})
-    for name, g in df.groupby("codebook", sort=False):
+    markers = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">"]
+    for i, (name, g) in enumerate(df.groupby("codebook", sort=False)):
         g = g.sort_values("blocksize")
-        a0.plot(g["blocksize"], g["sqnr_db"], marker="o", ms=3, label=name,
-                ls="--" if g["role"].iloc[0] == "baseline" else "-")
+        base = g["role"].iloc[0] == "baseline"
+        a0.plot(g["blocksize"], g["sqnr_db"], marker=markers[i % len(markers)], ms=4, label=name,
+                ls="--" if base else "-", lw=1.2 if base else 1.8)
     a0.set_xscale("log", base=2)
     a0.set_xlabel("blocksize")
     a0.set_ylabel("SQNR (dB)")
@@ -190,7 +192,8 @@ def figure(df: pd.DataFrame, cands):
     a0.legend(fontsize=7)
     for i, cb in enumerate(cands):
         v = np.unique(cb.values)
-        a1.plot(v, np.full(v.size, i), "|", ms=12, mew=2)
+        a1.plot(v, np.full(v.size, i), "|", ms=12, mew=2, color=a0.get_lines()[i].get_color()
+                if i < len(a0.get_lines()) else None)
     a1.set_yticks(range(len(cands)), [cb.name for cb in cands], fontsize=7)
     a1.set_xlabel("level (block-normalized)")
     a1.set_xlim(-1.05, 1.05)
