@@ -53,6 +53,12 @@ cdef extern from *:
             lut[j] = v;
         }
     }
+    /* rule 1 in the kernel: the block's scale, nested (a8 != NULL) or plain */
+    static inline float kbm_scale(const float* s, const uint8_t* a8, const float* code2, float off, int64_t b) {
+        if (a8 == NULL) return s[b];
+        float p = code2[a8[b]] * s[b >> 8];
+        return p + off;
+    }
     static inline float kbm_combine(const float* l) {
         return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
     }
@@ -108,8 +114,8 @@ cdef extern from *:
         return v;
     }
     __attribute__((target("avx2,f16c")))
-    static float kbm_row_avx2(const float* a, int64_t K, const uint8_t* packed, const float* s, const float* table,
-                              int64_t bs, int kind, int64_t n) {
+    static float kbm_row_avx2(const float* a, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
+                              const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) {
         const __m256 t_lo = _mm256_loadu_ps(table), t_hi = _mm256_loadu_ps(table + 8);
         const __m256i shifts = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
         const __m256i nib = _mm256_set1_epi32(15);
@@ -118,8 +124,9 @@ cdef extern from *:
         while (i < end) {
             int64_t b = i / bs;
             int64_t seg = (b + 1) * bs < end ? (b + 1) * bs : end;
-            __m256 lo = kbm_round8(_mm256_mul_ps(t_lo, _mm256_set1_ps(s[b])), kind);
-            __m256 hi = kbm_round8(_mm256_mul_ps(t_hi, _mm256_set1_ps(s[b])), kind);
+            const __m256 sb = _mm256_set1_ps(kbm_scale(s, a8, code2, off, b));
+            __m256 lo = kbm_round8(_mm256_mul_ps(t_lo, sb), kind);
+            __m256 hi = kbm_round8(_mm256_mul_ps(t_hi, sb), kind);
             for (int64_t j = i; j < seg; j += 8) {
                 uint32_t word; memcpy(&word, packed + (j >> 1), 4);
                 __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts), nib);
@@ -134,19 +141,35 @@ cdef extern from *:
     }
     static int kbm_has_avx2(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"); }
     #else
-    static float kbm_row_avx2(const float* a, int64_t K, const uint8_t* packed, const float* s, const float* table,
-                              int64_t bs, int kind, int64_t n) { return 0.0f; }
+    static float kbm_row_avx2(const float* a, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
+                              const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) { return 0.0f; }
     static int kbm_has_avx2(void) { return 0; }
     #endif
     """
     void kbm_row_scalar(const float* a, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
                         const float* table, int64_t bs, int kind, const float* bias, int has_bias, int64_t n,
                         float* out) nogil
-    float kbm_row_avx2(const float* a, int64_t K, const uint8_t* packed, const float* s, const float* table,
-                       int64_t bs, int kind, int64_t n) nogil
+    float kbm_row_avx2(const float* a, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
+                       const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) nogil
     int kbm_has_avx2() nogil
 
 HAS_AVX2 = bool(kbm_has_avx2())
+
+
+def gemv_4bit_nested(const float[::1] a, int64_t N, int64_t K, const uint8_t[::1] packed,
+                     const float[::1] absmax, const uint8_t[::1] absmax_8bit, const float[::1] code2, float offset,
+                     bint nested, const float[::1] table, int64_t blocksize, int kind, const float[::1] bias,
+                     bint has_bias, float[::1] out):
+    """M = 1, K % 8 == 0, AVX2 (check HAS_AVX2): the hot path with the nested absmax decoded per block in the
+    kernel (absmax = the nested float32 absmax when ``nested``); same order and result as gemm_4bit_fused."""
+    cdef int64_t n
+    cdef float y
+    cdef const uint8_t* a8 = &absmax_8bit[0] if nested else NULL
+    for n in prange(N, nogil=True, schedule="static"):
+        y = kbm_row_avx2(&a[0], K, &packed[0], &absmax[0], a8, &code2[0], offset, &table[0], blocksize, kind, n)
+        if has_bias:
+            y = y + bias[n]
+        out[n] = y
 
 
 def gemm_4bit_fused(const float[::1] a, int64_t M, int64_t N, int64_t K, const uint8_t[::1] packed,
@@ -158,7 +181,7 @@ def gemm_4bit_fused(const float[::1] a, int64_t M, int64_t N, int64_t K, const u
     cdef float y
     if simd:
         for n in prange(N, nogil=True, schedule="static"):
-            y = kbm_row_avx2(&a[0], K, &packed[0], &absmax[0], &table[0], blocksize, kind, n)
+            y = kbm_row_avx2(&a[0], K, &packed[0], &absmax[0], NULL, &table[0], 0.0, &table[0], blocksize, kind, n)
             if has_bias:
                 y = y + bias[n]
             out[n] = y

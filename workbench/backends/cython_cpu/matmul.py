@@ -13,6 +13,7 @@ from ..registry import register_kernel
 
 FUSED_MAX_M = 8
 _NO_BIAS = np.zeros(1, np.float32)
+_NO_A8 = np.zeros(1, np.uint8)
 _KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
@@ -33,8 +34,20 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
         kind = _KIND[A.dtype]
     except KeyError:
         raise TypeError(f"A: the compiled CPU kernels read float32, bfloat16 or float16, not {A.dtype}") from None
-    s = _absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
     tab = table.float().contiguous()
+    lib = native("matmul")
+    if M == 1 and K % 8 == 0 and lib.HAS_AVX2:
+        a = A.detach().reshape(-1).float().contiguous()
+        out = torch.empty(N, dtype=torch.float32)
+        bb = _NO_BIAS if bias is None else bias.detach().float().contiguous().numpy()
+        nested = absmax_8bit is not None
+        lib.gemv_4bit_nested(a.numpy(), N, K, B.reshape(-1).numpy(), absmax.reshape(-1).float().contiguous().numpy(),
+                             absmax_8bit.reshape(-1).numpy() if nested else _NO_A8,
+                             absmax_code.float().contiguous().numpy() if nested else _NO_BIAS,
+                             float(absmax_offset) if nested else 0.0, nested, tab.numpy(), blocksize, kind, bb,
+                             bias is not None, out.numpy())
+        return out.to(A.dtype).view(1, N)
+    s = _absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
     if M > FUSED_MAX_M:
         from .quant import dequantize_4bit
         W = dequantize_4bit(B.reshape(-1), s, tab, blocksize, N * K, A.dtype).view(N, K)
