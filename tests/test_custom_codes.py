@@ -197,3 +197,16 @@ def test_error_figures_are_legible_distinct_styles_and_a_legend_per_panel(my_cod
         lines = ax.get_lines()
         assert len({(ln.get_marker(), ln.get_linestyle(), ln.get_color()) for ln in lines}) == len(lines)
         assert len({ln.get_marker() for ln in lines}) == len(lines)
+
+
+def test_codebook_command_sees_plugin_codes(tmp_path, capsys):
+    mod = tmp_path / "codes6.py"
+    mod.write_text("from workbench import codebooks as cbs\n"
+                   "cbs.register('tst-six', cbs.from_values([-1, -.5, -.1, .1, .5, 1], 'tst-six', pad_to_pow2=True),"
+                   " overwrite=True)\n")
+    try:
+        assert cli.main(["codebook", "tst-six", "--codebook-module", str(mod), "--no-eval"]) == 0
+        assert "Codebook('tst-six'" in capsys.readouterr().out
+    finally:
+        cbs._REGISTRY.pop("tst-six", None)
+        cbs._CACHE.pop("tst-six", None)

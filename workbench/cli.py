@@ -324,6 +324,7 @@ def cmd_codebook(args) -> int:
         lab = study_api.load("codebook_lab")  # the codebook lab study: spec parsing, fitting, comparison
     except (ImportError, KeyError) as e:
         raise CLIError(str(e).strip("'\"")) from None
+    _user_codebooks(args)   # plug-ins: the kbit_workbench.codebooks entry points and --codebook-module files
     from .validation import check_blocksize
     try:
         check_blocksize(args.blocksize)
@@ -535,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="name of the new codebook")
     c.add_argument("--save", metavar="FILE.json", help="write the codebook (table, bounds, bucket codes)")
     c.add_argument("--no-eval", action="store_true", help="only print the table")
+    c.add_argument("--codebook-module", action="append", metavar="PATH|MODULE",
+                   help="import a Python file or module that registers codebooks first (repeatable); SPEC may then "
+                        "name them")
     c.set_defaults(func=cmd_codebook)
 
     k = sub.add_parser("backends", help="list backends and their ops")
