@@ -16,6 +16,9 @@
 #if __has_include("kbit_matmul.h")
 #include "kbit_matmul.h"
 #endif
+#if __has_include("kbit_kbit.h")
+#include "kbit_kbit.h"
+#endif
 #endif
 
 #endif

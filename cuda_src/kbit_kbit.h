@@ -1,0 +1,27 @@
+/* k-bit family (issue 19): extern "C" API of cuda_src/kbit.cu -> libkbit_kbit.so.
+ * Rules: workbench/backends/reference/kbit.py, bit for bit (the same passes and helpers as
+ * workbench/_native/kbit_cpu.pyx). Element kinds: 0 float32, 1 bfloat16, 2 float16.
+ * Scale formats: 0 fp32, 1 fp16, 2 bf16, 3 e4m4, 4 e8m0, 5 e4m3. Layouts: 0 bitplane, 1 dense.
+ * All pointers are device pointers; stream is a cudaStream_t. Returns cudaError_t (0 = success). */
+#ifndef KBIT_KBIT_H
+#define KBIT_KBIT_H
+#include <stdint.h>
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* absmax[nb], scale bits[nb], decoded D[nb], divisors q[nb], ts[1] (e4m3 tensor scale, else 1),
+ * packed out[nw] (uint32 words) */
+int kbit_kbit_quantize(const void* x, int kind, long long n, int blocksize, const float* cb, int m, int k,
+                       int layout, int fmt, int emax, int codes_decoded, float* absmax, uint32_t* bits, float* D,
+                       float* q, float* ts, uint32_t* out, long long nw, void* stream);
+
+/* D[nb] scratch (decoded scales); out[n] in kind */
+int kbit_kbit_dequantize(const uint32_t* words, long long nw, long long n, int k, int layout, int blocksize,
+                         const uint32_t* bits, long long nb, int fmt, const float* ts, const float* cb, int kind,
+                         float* D, void* out, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

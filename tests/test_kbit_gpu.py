@@ -1,0 +1,52 @@
+"""k-bit family on the GPU (issue 19): the cuda backend (cuda_src/kbit.cu) bit for bit against the
+reference computed on the CPU (the spec is device-independent), with poisoned outputs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench import kbit as K
+from workbench.backends import status
+from workbench.backends.reference import kbit as R
+
+pytestmark = pytest.mark.gpu
+
+CASES = [  # (k, dtype, n, blocksize, scale_format, codes_against)
+    (2, torch.float32, 4099, 32, "e4m4", "exact"), (3, torch.bfloat16, 1000, 16, "e4m3", "decoded"),
+    (4, torch.float16, 777, 32, "e8m0", "exact"), (5, torch.float32, 70, 64, "fp16", "decoded"),
+    (6, torch.bfloat16, 40999, 4096, "bf16", "exact"), (8, torch.float16, 3001, 128, "fp32", "exact"),
+    (8, torch.float32, 1, 32, "e4m4", "decoded"),
+]
+
+
+def _bits(t):
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
+
+
+@pytest.mark.skipif(not status("cuda")[0], reason="cuda backend not available")
+@pytest.mark.parametrize("k,dtype,n,blocksize,fmt,against", CASES)
+def test_cuda_kbit_bit_exact_with_reference(monkeypatch, k, dtype, n, blocksize, fmt, against):
+    real = torch.empty
+
+    def poisoned(*a, **kw):
+        t = real(*a, **kw)
+        if t.is_cuda and t.is_floating_point():
+            t.fill_(float("nan"))
+        elif t.is_cuda:
+            t.fill_(-1 if t.dtype != torch.uint8 else 0xAB)
+        return t
+    from workbench.backends.cuda import kbit as C
+    monkeypatch.setattr(C.torch, "empty", poisoned)
+    g = torch.Generator().manual_seed(k)
+    A = (torch.randn(n, generator=g) * 4 ** torch.randn(n, generator=g)).to(dtype)
+    cb = torch.sort(torch.rand(2 ** k, generator=g) * 2 - 1).values
+    for layout in R.LAYOUTS:
+        pr, sr = K.quantize_kbit(A, k, cb, blocksize, layout, fmt, against, backend="reference")
+        pc, sc = K.quantize_kbit(A.cuda(), k, cb, blocksize, layout, fmt, against, backend="cuda")
+        assert torch.equal(pc.cpu(), pr), (layout, fmt)
+        assert torch.equal(_bits(sc.scales.cpu()), _bits(sr.scales))
+        assert torch.equal(sc.tensor_scale.cpu(), sr.tensor_scale)
+        for out_dtype in (torch.float32, torch.float16, torch.bfloat16):
+            want = K.dequantize_kbit(pr, sr, dtype=out_dtype, backend="reference")
+            got = K.dequantize_kbit(pc, sc, dtype=out_dtype, backend="cuda")
+            assert torch.equal(_bits(got.cpu()), _bits(want))
