@@ -18,6 +18,7 @@ API = {
              "kbit_int8_vectorwise_dequant", "kbit_int8_linear_matmul", "kbit_int8_mm_dequant",
              "kbit_int8_scaled_mm"),
     "matmul": ("kbit_gemv_4bit", "kbit_matmul_ieee_build"),
+    "kbit": ("kbit_kbit_quantize", "kbit_kbit_dequantize"),
 }
 
 
