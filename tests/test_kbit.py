@@ -275,3 +275,13 @@ def test_dq8_scales_are_the_double_quantized_fp32_absmax():
     with pytest.raises(QuantInputError, match="^codes_against:"):
         K.quantize_kbit(A, 3, scale_format="dq8", codes_against="decoded")
     assert K.bits_per_param(3, 64, "dq8") == 3 + (8 + 32 / 256) / 64
+
+
+def test_e4m4_exponent_is_exact_where_bitsandbytes_float_log2_rounds_up():
+    """Just below 16, 8, 0.25, 0.125, 2**-6 float32 log2 rounds up to the integer, so bitsandbytes encodes
+    2**e (mantissa clamped from -0); the workbench's exponent is exact: 2**(e-1) * (1 + 15/16). A
+    documented deviation (the oracle's log2 is device- and library-dependent there)."""
+    x = torch.nextafter(torch.tensor([16.0, 8.0, 0.25, 0.125, 2.0 ** -6]), torch.tensor(0.0))
+    assert R.encode_e4m4(x).tolist() == [0xEF, 0xDF, 0x8F, 0x7F, 0x4F]
+    assert torch.equal(R.decode_e4m4(R.encode_e4m4(x)), x.new_tensor([15.5, 7.75, 0.2421875, 0.12109375,
+                                                                        0.01513671875]).float())
