@@ -160,7 +160,8 @@ def compare(new, data=None, blocksizes=(64, 128, 256, 512, 1024, 4096), *, basel
         specs = list(new)  # several specs
     else:
         specs = [new]      # one spec (a list of numbers is one code)
-    cands = [build(s, data, fit_blocksize=fit_blocksize, n=n, seed=seed) for s in specs]
+    from studies.error_study import kernel_sized   # any code of 2..256 levels runs through the 4- or 8-bit kernels
+    cands = [kernel_sized(build(s, data, fit_blocksize=fit_blocksize, n=n, seed=seed)) for s in specs]
     cands += [cbs.get(b) for b in baselines]
     x = _data_array(data, n, seed)
     rows = []
@@ -226,6 +227,20 @@ def summarize(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         if "mse_vs_nf4" in g:
             t = g.pivot_table(index="codebook", columns="blocksize", values="mse_vs_nf4", sort=False)
             out.append((f"MSE relative to NF4 on {src} data (< 1 is better)", t.round(3)))
+    return out
+
+
+def notes(df: pd.DataFrame) -> list[str]:
+    """Per data source, the code with the lowest MSE at the smallest blocksize, relative to NF4."""
+    out = []
+    if df.empty or "mse" not in df:
+        return out
+    for src, g in df.groupby("data", sort=False):
+        bs = int(g["blocksize"].min())
+        h = g[g["blocksize"] == bs].sort_values("mse")
+        best = h.iloc[0]
+        rel = f" = {best['mse_vs_nf4']:.3f} x NF4's MSE" if "mse_vs_nf4" in h and pd.notna(best.get("mse_vs_nf4")) else ""
+        out.append(f"{src} data, blocksize {bs}: lowest error {best['codebook']} ({best['sqnr_db']:.2f} dB SQNR{rel})")
     return out
 
 

@@ -372,6 +372,27 @@ def summarize(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
+def _headline(ok: pd.DataFrame) -> str | None:
+    """The key finding: the best 4-bit code by SQNR at blocksize 64 on normal data, NF4 beside it, and the
+    user's codes (methods outside METHODS)."""
+    if ok.empty or "code_bits" not in ok:
+        return None
+    src = "normal" if "normal" in set(ok["source"]) else ok["source"].iloc[0]
+    bs = 64 if 64 in set(ok["blocksize"]) else int(ok["blocksize"].min())
+    sub = ok[(ok["source"] == src) & (ok["blocksize"] == bs) & (ok["code_bits"] == 4)]
+    if sub.empty:
+        return None
+    s = sub.groupby("method")["sqnr_db"].median().sort_values(ascending=False)
+    txt = f"best 4-bit code at blocksize {bs} on {src} data: {s.index[0]} ({s.iloc[0]:.2f} dB SQNR)"
+    if "nf4" in s and s.index[0] != "nf4":
+        txt += f", NF4 {s['nf4']:.2f} dB"
+    mine = [m for m in s.index if m not in METHODS]
+    if mine:
+        txt += "; your codes: " + ", ".join(f"{m} {s[m]:.2f} dB (rank {list(s.index).index(m) + 1} of {len(s)})"
+                                           for m in mine)
+    return txt
+
+
 def notes(df: pd.DataFrame) -> list[str]:
     out = []
     if "skipped" in df:
@@ -382,6 +403,9 @@ def notes(df: pd.DataFrame) -> list[str]:
                     f"{len(g)} rows (source {', '.join(srcs)}; method {', '.join(meths)})")
             out.append(f"skipped: {what}: {reason}")
     ok = _ok(df)
+    head = _headline(ok)
+    if head:
+        out.insert(0, head)
     if not ok.empty:
         out.append(f"kernel backend (auto on CPU): {', '.join(sorted(set(ok['backend'])))}; "
                    f"n = {int(ok['n'].max())} values per source; seed {int(ok['seed'].iloc[0])}")

@@ -210,3 +210,11 @@ def test_codebook_command_sees_plugin_codes(tmp_path, capsys):
     finally:
         cbs._REGISTRY.pop("tst-six", None)
         cbs._CACHE.pop("tst-six", None)
+
+
+def test_key_findings_name_the_best_code_and_the_users(my_code):
+    df, _ = error_study.run(executor=None, codebooks=[my_code], **dict(SMALL, methods=("nf4", "fp4")))
+    head = error_study.notes(df)[0]
+    assert head.startswith("best 4-bit code at blocksize 64 on normal data: nf4") and "tst-my7" in head
+    lab, _ = codebook_lab.compare(my_code, data="normal", blocksizes=(64,), n=4096)
+    assert codebook_lab.notes(lab)[0].startswith("normal data, blocksize 64: lowest error nf4")
