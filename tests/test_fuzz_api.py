@@ -120,16 +120,30 @@ def same_tensor(a: torch.Tensor, b: torch.Tensor, what: str, mask: torch.Tensor 
                             f"(first at {int((~eq).nonzero()[0])})")
 
 
-def bnb_codes_close(rc: torch.Tensor, gc: torch.Tensor, table: torch.Tensor, mask=None):
+def bnb_codes_close(rc: torch.Tensor, gc: torch.Tensor, table: torch.Tensor, mask=None, zero=None):
     """bitsandbytes' native 8-bit quantizer may pick a neighbouring code within one LUT cell (2/65535)
-    of a threshold: codes one step apart, or values two cells apart where the code is dense."""
+    of a threshold: codes one step apart, or values two cells apart where the code is dense. In an
+    all-zero block (``zero``: absmax 0 per element) any code dequantizes to +-0, and bitsandbytes emits
+    code 0 there: those elements are not compared."""
     assert rc.shape == gc.shape and rc.dtype == gc.dtype, "codes: layout differs from the reference"
     r, g = rc.reshape(-1).long(), gc.reshape(-1).long()
-    if mask is not None:
-        r, g = r[mask], g[mask]
+    keep = torch.ones_like(r, dtype=torch.bool) if mask is None else mask.reshape(-1).clone()
+    if zero is not None:
+        keep &= ~zero.reshape(-1)
+    r, g = r[keep], g[keep]
     t = table.float().cpu()
     ok = ((r - g).abs() <= 1) | ((t[r] - t[g]).abs() <= 4 / 65535)
     assert bool(ok.all()), f"codes: {int((~ok).sum())} codes beyond bitsandbytes' LUT tolerance"
+
+
+def bnb_nested_absmax_close(a: QuantState, b: QuantState):
+    """Double-quantized absmax through bitsandbytes' native 8-bit quantizer: codes may differ within
+    its LUT tolerance (and it codes an all-zero nested block as code 0), so the decoded absmax values
+    are compared, within 4/65535 of each nested block's scale."""
+    da = wb.dequantize_blockwise(a.absmax, a.state2, backend="reference") + a.offset
+    db = wb.dequantize_blockwise(b.absmax, b.state2, backend="reference") + b.offset
+    tol = (4 / 65535) * a.state2.absmax.float().repeat_interleave(a.state2.blocksize)[:da.numel()] + 1e-12
+    assert bool(((da - db).abs() <= tol).all()), "state.absmax (nested): decoded values beyond bitsandbytes' LUT tolerance"
 
 
 def same_state(a: QuantState, b: QuantState, what: str, absmax_mask=None, compare_absmax=True):
@@ -154,6 +168,19 @@ def agree(ref, got, what: str) -> bool:
         assert isinstance(ref, Err) and isinstance(got, Err), f"{what}: reference -> {ref!r}, backend -> {got!r}"
         return False
     return True
+
+
+def same_dequant(ref: torch.Tensor, got: torch.Tensor, backend: str, what: str):
+    """Dequantized values equal to the reference, bit for bit; for bitsandbytes (the oracle) two
+    upstream differences are stated instead: its kernels return +0.0 for FP4's -0.0 code, and its
+    bf16 dequantize gives 0, not NaN, in a block whose absmax is NaN."""
+    if backend != "bnb":
+        same_tensor(ref, got, what)
+        return
+    assert ref.dtype == got.dtype and ref.shape == got.shape, what
+    keep = ~torch.isnan(ref.cpu())
+    a, b = ref.cpu()[keep], got.cpu()[keep]
+    assert bool((a == b).all()), f"{what}: {int((a != b).sum())} values differ from the reference (+-0 equal)"
 
 
 def same_tree(a, b, what: str):
@@ -356,11 +383,21 @@ def test_blockwise_valid_roundtrip(backend, data):
     (rc, rs), (gc, gs) = ref, got
     emask, bmask = finite_block_mask(A, bs)
     if backend == "bnb":  # its native 8-bit quantizer rounds through a 65536-cell LUT (ARCHITECTURE.md)
-        bnb_codes_close(rc, gc, rs.code, emask if policy == "propagate" else None)
+        a = A.detach().float().cpu().reshape(-1)
+        nb = -(-a.numel() // bs)
+        blockmax = torch.nn.functional.pad(a.abs(), (0, nb * bs - a.numel())).view(nb, bs).amax(dim=1)
+        zero = (blockmax == 0).repeat_interleave(bs)[:a.numel()]
+        bnb_codes_close(rc, gc, rs.code, emask if policy == "propagate" else None, zero)
     else:
         same_tensor(rc, gc, "codes", emask if policy == "propagate" else None)
-    same_state(rs, gs, "state", absmax_mask=bmask if policy == "propagate" else None,
-               compare_absmax=not (nested and policy == "propagate"))
+    amask = bmask if policy == "propagate" else None
+    if backend == "bnb" and not nested:  # all-zero blocks: its native kernel stores absmax 0, its torch kernel
+        live = rs.absmax.cpu() > 1e-38     # (our spec) the clamped 1e-38
+        amask = live if amask is None else (amask & live)
+    same_state(rs, gs, "state", absmax_mask=amask,
+               compare_absmax=not (nested and (policy == "propagate" or backend == "bnb")))
+    if nested and backend == "bnb" and policy == "raise":
+        bnb_nested_absmax_close(rs, gs)
     # dequantize the reference's codes and state on both backends
     rs_before = snapshot(rs.absmax)
     d_ref = outcome(lambda: wb.dequantize_blockwise(rc, rs, dtype=out_dtype, backend="reference"))
@@ -368,7 +405,7 @@ def test_blockwise_valid_roundtrip(backend, data):
     d_got = outcome(lambda: wb.dequantize_blockwise(rc, rs, dtype=out_dtype, backend=backend))
     unchanged(rs_before, rs.absmax, "quant_state.absmax")
     assert agree(d_ref, d_got, "dequantize_blockwise")
-    same_tensor(d_ref, d_got, "dequantized")
+    same_dequant(d_ref, d_got, backend, "dequantized")
     assert d_ref.shape == A.shape and d_ref.dtype == (out_dtype or A.dtype)
 
 
@@ -604,7 +641,9 @@ def test_4bit_valid_roundtrip(backend, data):
     else:
         same_tensor(rp, gp, "packed")
     same_state(rs, gs, "state", absmax_mask=bmask if policy == "propagate" else None,
-               compare_absmax=not (compress and policy == "propagate"))
+               compare_absmax=not (compress and (policy == "propagate" or backend == "bnb")))
+    if compress and backend == "bnb" and policy == "raise":
+        bnb_nested_absmax_close(rs, gs)
     rs_before = snapshot(rs.absmax)
     d_ref = outcome(lambda: wb.dequantize_4bit(rp, rs, dtype=out_dtype, backend="reference"))
     assert not isinstance(d_ref, Err), f"reference cannot dequantize its own output: {d_ref!r}"
@@ -612,7 +651,7 @@ def test_4bit_valid_roundtrip(backend, data):
                                                                                      backend=backend))
     unchanged(rs_before, rs.absmax, "quant_state.absmax")
     assert agree(d_ref, d_got, "dequantize_4bit")
-    same_tensor(d_ref, d_got, "dequantized")
+    same_dequant(d_ref, d_got, backend, "dequantized")
     assert d_ref.shape == A.shape and d_ref.dtype == (out_dtype or A.dtype)
 
 
@@ -640,7 +679,7 @@ def test_4bit_quant_storage(backend, data):
     d_got = d_ref if backend == "reference" else outcome(lambda: wb.dequantize_4bit(*ref, backend=backend))
     assert not isinstance(d_ref, Err), f"reference cannot dequantize its own output: {d_ref!r}"
     assert agree(d_ref, d_got, "dequantize_4bit")
-    same_tensor(d_ref, d_got, "dequantized")
+    same_dequant(d_ref, d_got, backend, "dequantized")
 
 
 @backends_for("quantize_4bit")

@@ -117,6 +117,9 @@ def quantize_blockwise(A: torch.Tensor, code=None, blocksize: int = 4096, nested
     if src is None:
         cb = cbs.get("dynamic")
     elif isinstance(src, torch.Tensor):
+        if src.dim() != 1 or src.dtype != torch.float32:
+            raise QuantInputError(f"code: expected a 1-D float32 table (bitsandbytes' code), got "
+                                  f"{str(src.dtype).removeprefix('torch.')} of shape {tuple(src.shape)}")
         from .codebook_tables import codebook_of_table
         cb = codebook_of_table(src)
     else:
@@ -173,6 +176,13 @@ def quantize_4bit(A: torch.Tensor, absmax=None, out=None, blocksize: int = 64, c
     check_nan_policy(nan_policy)
     if absmax is not None or out is not None:
         raise QuantInputError("absmax/out: preallocated outputs are not supported (bitsandbytes deprecates them)")
+    if not isinstance(quant_storage, torch.dtype) or quant_storage.is_complex:
+        raise QuantInputError(f"quant_storage: expected a real torch dtype, got {quant_storage!r}")
+    width = quant_storage.itemsize
+    if ((A.numel() + 1) // 2) % width:
+        raise QuantInputError(f"quant_storage: {str(quant_storage).removeprefix('torch.')} packs {width} bytes per "
+                              f"element, but A's {A.numel()} values pack into {(A.numel() + 1) // 2} bytes; "
+                              f"use torch.uint8 or a size whose packed bytes divide evenly")
     cb = _codebook_for_4bit(quant_type, codebook)
     name = _backend(backend, "quantize_4bit", A)
     table, bounds, bucket_codes = cb.tensors("cpu")
