@@ -2,8 +2,8 @@
 
 M <= 4 activation rows: the fused dequant-GEMV ``kbit_gemv_4bit`` (nested absmax decoded in the kernel, codebook
 in shared memory, bias in its epilogue). Larger M: the weight is dequantized once (this backend's
-dequantize_4bit; nested scales by rule 1 with torch elementwise ops) and multiplied by cuBLAS in A's dtype
-(float32 accumulation; the bias added by torch's linear). Numerics and bound: workbench/backends/reference/matmul.py.
+dequantize_4bit; nested scales by rule 1 with torch elementwise ops) and multiplied by cuBLAS in float32 (the
+bias added in float32, one rounding to A's dtype) -- correct, not yet fast: the tensor-core GEMM is still to come. Numerics and bound: workbench/backends/reference/matmul.py.
 """
 from __future__ import annotations
 
@@ -60,7 +60,12 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     from ..reference.matmul import resolve_absmax
     s = resolve_absmax(absmax, absmax_8bit, absmax_code, absmax_offset).contiguous()
     W = dequantize_4bit(B, s, tab, blocksize, N * K, A.dtype).view(N, K)
-    return torch.nn.functional.linear(A, W, bias)
+    # float32 operands: cuBLAS's bf16/fp16 GEMM may reduce split-K partials in 16 bits
+    # (allow_bf16_reduced_precision_reduction), outside the spec's bound; TF32 is off for matmul by default.
+    y = A.float() @ W.float().t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(A.dtype)
 
 
 def gemv_4bit(A, B, shapeB, absmax, table, blocksize):
