@@ -154,13 +154,15 @@ def figures(df: pd.DataFrame) -> dict:
     cb = ok[ok["part"] == "codebooks"] if "part" in ok else ok.iloc[:0]
     if not cb.empty:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        names = list(dict.fromkeys(cb["codebook"]))
+        colors = {n: plt.cm.tab20(i / max(1, len(names) - 1) * 0.999) for i, n in enumerate(names)}
         for name, g in cb.groupby("codebook", sort=False):
             for dq, gg in g.groupby("double_quant"):
                 gg = gg.sort_values("bits_per_param")
                 lab = name + (" +dq" if dq else "")
                 for ax, m in zip(axes, ("one_minus_cos", "top10_overlap")):
                     ax.plot(gg["bits_per_param"], gg[m], marker="o" if not dq else "s", ms=4, label=lab,
-                            ls="-" if not dq else "--")
+                            ls="-" if not dq else "--", color=colors[name])
         axes[0].set_ylabel("1 - mean embedding cosine to float (lower is better)")
         axes[0].set_yscale("log")
         axes[1].set_ylabel("top-10 neighbour overlap")
