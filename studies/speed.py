@@ -97,6 +97,17 @@ def canonical_op(op):
     return re.sub(r"^([a-z]+?)(8|32)(?=$| )", r"\1\2bit", op)
 
 
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}
+
+
+def canonical_dtype(dt):
+    """``torch.bfloat16`` / ``bf16`` / ``bfloat16`` -> ``bfloat16`` (torch's name without the prefix)."""
+    if not isinstance(dt, str):
+        return dt
+    t = dt.strip().removeprefix("torch.")
+    return _DTYPES.get(t, t)
+
+
 COPY_NOTE = ("% of copy = the op's GB/s (the bytes it must read and write once) / the GB/s of a plain tensor copy "
              "measured by the same benchmark on the same device. It is a yardstick, not a ceiling: values above 100 "
              "mean the op moves its bytes faster than that one copy stream does -- a fused optimizer step streams "
@@ -111,6 +122,8 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     d = df.copy()
     if "op" in d:
         d["op"] = d["op"].map(canonical_op)
+    if "dtype" in d:
+        d["dtype"] = d["dtype"].map(canonical_dtype)
         parts = d["op"].astype(str).str.split(" ", n=1, expand=True)
         if parts.shape[1] == 2:
             has = parts[1].notna()

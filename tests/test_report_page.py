@@ -150,6 +150,8 @@ def test_speed_op_names_line_up_across_devices_and_every_panel_has_a_true_legend
     from studies import speed
     d = speed.normalize(_speed_rows())
     assert set(d.loc[d["run_device"] == "CPU (2 cores)", "op"]) == {"adam8bit", "quantize_4bit"}
+    assert [speed.canonical_dtype(x) for x in ("torch.bfloat16", "bf16", "float16", "fp32")] == \
+        ["bfloat16", "bfloat16", "float16", "float32"]
     t = speed.table(d, "gbps", largest_only=True)
     assert t.loc[("adam8bit", "fast")].notna().all()          # CPU and both GPUs in one row
     fig = speed.figures(d)["speed"]

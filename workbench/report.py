@@ -379,6 +379,8 @@ def cross_device_tables(merged: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     try:
         from . import study_api
         speed = study_api.load("speed")
+        if hasattr(speed, "normalize"):   # one op / dtype naming on every device, so rows line up
+            d = speed.normalize(d)
         out += [(f"{t} (merged files)", x) for t, x in speed.summarize(d)]
     except Exception:  # noqa: BLE001
         pass
