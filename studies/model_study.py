@@ -14,8 +14,9 @@ correlation of the pairwise-similarity matrix. Parts (column ``part``):
   16 entries through the blockwise kernels; ``code_bits`` = k), ranked by the loss ``1 - cos_mean``;
 * ``mixed``: a greedy allocator (bits per layer under a bits-per-parameter budget, from the single-layer losses)
   against uniform widths, each measured on the model;
-* ``gptq`` (full run, or ``gptq=True``): GPTQ-style Hessian-aware rounding (calibration: the same sentences,
-  float inputs of each layer) next to round-to-nearest, per codebook.
+* ``gptq`` (full run, or ``gptq=True``): GPTQ-style Hessian-aware rounding next to round-to-nearest, per codebook;
+  calibration: the float inputs of each layer on held-out sentences (those after the evaluated ones; with all
+  sentences evaluated, the same sentences: ``calibration`` says which).
 
 ``bits_per_param`` counts code bits (log2 of the table size) plus the block scales, over the quantized weights.
 """
@@ -46,9 +47,11 @@ _EV: dict = {}
 def evaluator(n_sentences):
     """One MiniLMEvaluator per process and sentence count (workers build their own)."""
     from workbench.model_eval import MiniLMEvaluator
+    from workbench.models import load_sentences
     if n_sentences not in _EV:
         _EV.clear()
-        _EV[n_sentences] = MiniLMEvaluator(n_sentences=n_sentences)
+        held_out = load_sentences()[n_sentences:][:128] if n_sentences else None  # GPTQ calibration
+        _EV[n_sentences] = MiniLMEvaluator(n_sentences=n_sentences, calib_sentences=held_out)
     return _EV[n_sentences]
 
 
@@ -127,7 +130,7 @@ def run(quick: bool = False, executor=None, *, n_sentences=None, codebooks=None,
             for method in ("rtn", "gptq"):
                 s = QuantSpec(codebook=c, blocksize=64, method=method)
                 r = ev.evaluate(s)
-                r.update(s.columns(), part="gptq")
+                r.update(s.columns(), part="gptq", calibration=ev.calibration)
                 rows.append(r)
     if llm_checkpoint:
         from workbench.llm_eval import evaluate_checkpoint

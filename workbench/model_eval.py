@@ -227,7 +227,8 @@ class MiniLMEvaluator:
     ``evaluate(spec)`` quantizes, encodes and compares. Hidden states entering each encoder block are cached,
     so quantizing layers of block i only re-runs blocks i.. (the per-layer sensitivity sweep's speed-up)."""
 
-    def __init__(self, n_sentences: int | None = None, batch_size: int = 64, model=None, sentences=None):
+    def __init__(self, n_sentences: int | None = None, batch_size: int = 64, model=None, sentences=None,
+                 calib_sentences=None):
         from . import models
         self.model = model if model is not None else models.load_minilm()
         self.sentences = list(sentences) if sentences is not None else models.load_sentences(n_sentences)
@@ -238,6 +239,14 @@ class MiniLMEvaluator:
             idx = order[i:i + batch_size]
             ids, mask = self.model.tokenizer.batch([self.sentences[j] for j in idx])
             self.batches.append((idx, ids, mask))
+        # GPTQ's calibration set: held-out sentences when given (else the evaluation sentences: in-sample)
+        self.calib_batches = self.batches
+        self.calibration = "in-sample"
+        if calib_sentences:
+            cs = list(calib_sentences)
+            self.calib_batches = [(None, *self.model.tokenizer.batch(cs[i:i + batch_size]))
+                                  for i in range(0, len(cs), batch_size)]
+            self.calibration = f"held-out ({len(cs)} sentences)"
         self.names = linear_names(self.model)
         self.params = {n: dict(self.model.named_modules())[n].weight.numel() for n in self.names}
         self._wcache: dict = {}
@@ -310,7 +319,7 @@ class MiniLMEvaluator:
             handles = [mods[n].register_forward_hook(make(n)) for n in self.names]
             try:
                 with torch.no_grad():
-                    for _, ids, mask in self.batches:
+                    for _, ids, mask in self.calib_batches:
                         cur["mask"] = mask
                         self.model(ids, mask)
             finally:
