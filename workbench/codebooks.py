@@ -55,6 +55,8 @@ class Codebook:
         reject anything a kernel could read out of bounds or that backends would round differently.
         Cheap (a few O(256) NumPy checks), so cached built-ins cost nothing noticeable."""
         _validate_codebook(self)
+        # a plain attribute (not a __dict__.setdefault in tensors()): torch.compile traces the lookup
+        object.__setattr__(self, "_tensor_cache", {})
 
     @property
     def bits(self) -> int:
@@ -72,7 +74,7 @@ class Codebook:
     def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(table, bounds, bucket_codes) as torch tensors on ``device`` (cached per device)."""
         key = str(torch.device(device))
-        cache = self.__dict__.setdefault("_tensor_cache", {})
+        cache = self._tensor_cache
         if key not in cache:
             cache[key] = (
                 torch.from_numpy(self.table.copy()).to(device),
