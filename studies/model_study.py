@@ -18,6 +18,9 @@ correlation of the pairwise-similarity matrix. Parts (column ``part``):
   calibration: the float inputs of each layer on held-out sentences (those after the evaluated ones; with all
   sentences evaluated, the same sentences: ``calibration`` says which).
 
+* ``llm`` (with ``llm_checkpoint=`` or ``KBIT_LLM_CHECKPOINT=DIR``, text ``KBIT_LLM_TEXT``, default the shipped
+  sentences): perplexity, next-token KL and top-1 agreement of a local causal LM (``workbench.llm_eval``).
+
 ``bits_per_param`` counts code bits (log2 of the table size) plus the block scales, over the quantized weights.
 """
 from __future__ import annotations
@@ -132,6 +135,8 @@ def run(quick: bool = False, executor=None, *, n_sentences=None, codebooks=None,
                 r = ev.evaluate(s)
                 r.update(s.columns(), part="gptq", calibration=ev.calibration)
                 rows.append(r)
+    llm_checkpoint = llm_checkpoint or os.environ.get("KBIT_LLM_CHECKPOINT")  # a local HF causal-LM directory
+    llm_text = llm_text or os.environ.get("KBIT_LLM_TEXT")
     if llm_checkpoint:
         from workbench.llm_eval import evaluate_checkpoint
         specs = [QuantSpec(codebook=c, blocksize=64) for c in ("nf4", "fp4", "af4", "nf3")]

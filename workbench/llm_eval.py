@@ -109,3 +109,31 @@ def evaluate_checkpoint(path, text: str | Path, specs, *, seq_len: int = 256, ma
                          kl_p99=float(torch.quantile(kls.double(), 0.99)), top1_agree=float(agree.mean()),
                          bits_per_param=bits / max(1, base["q_params"])))
     return rows
+
+
+def main(argv=None) -> int:
+    """``python -m workbench.llm_eval CHECKPOINT_DIR TEXT_FILE [--spec nf4@64 ...]``: the table on stdout."""
+    import argparse
+
+    import pandas as pd
+    p = argparse.ArgumentParser(prog="python -m workbench.llm_eval", description=main.__doc__)
+    p.add_argument("checkpoint")
+    p.add_argument("text")
+    p.add_argument("--spec", action="append", metavar="CODE@BLOCKSIZE[+dq]",
+                   help="repeatable (default: nf4@64 fp4@64 af4@64 nf3@64)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--max-windows", type=int, default=8)
+    a = p.parse_args(argv)
+    specs = []
+    for s in a.spec or ["nf4@64", "fp4@64", "af4@64", "nf3@64"]:
+        code, _, rest = s.partition("@")
+        bs, dq = (rest or "64").removesuffix("+dq"), rest.endswith("+dq")
+        specs.append(QuantSpec(codebook=code, blocksize=int(bs), double_quant=dq))
+    rows = evaluate_checkpoint(a.checkpoint, Path(a.text), specs, seq_len=a.seq_len, max_windows=a.max_windows)
+    cols = ["spec", "bits_per_param", "ppl", "kl", "kl_p99", "top1_agree", "n_tokens", "tokenizer"]
+    print(pd.DataFrame(rows)[cols].to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
