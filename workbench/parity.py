@@ -406,10 +406,12 @@ def summary_line(df: pd.DataFrame) -> str:
 def run_parity(device: str = "cpu", *, backends: Iterable[str] | None = None, families: Iterable[str] | None = None,
                ops: Iterable[str] | None = None, quick: bool = False, seed: int | None = None,
                sizes: Iterable[int] | None = None, blocksizes: Iterable[int] | None = None,
-               progress: bool = False) -> pd.DataFrame:
+               progress: bool = False, shard: tuple[int, int] | None = None) -> pd.DataFrame:
     """Run every registered case on every available backend of ``device`` -> tidy DataFrame
     (one row per comparison). ``seed`` None draws a fresh one (recorded in the ``seed`` column).
-    ``sizes`` / ``blocksizes`` are passed to cases whose function accepts them."""
+    ``sizes`` / ``blocksizes`` are passed to cases whose function accepts them.
+    ``shard=(k, n)``: only the k-th of n contiguous slices of the (case, backend) jobs, each with the seed it has in
+    the whole run, so the n shards' rows concatenated in k order are the whole run's rows (workbench.gpu_sweep)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device: 'cuda' requested but torch sees no CUDA GPU")
     seed = secrets.randbelow(2 ** 31) if seed is None else int(seed)
@@ -427,12 +429,19 @@ def run_parity(device: str = "cpu", *, backends: Iterable[str] | None = None, fa
     jobs = [(c, info) for c in cases() if (fams is None or c.family in fams) and device in c.devices
             and (want_ops is None or want_ops & set(c.ops))
             for info in infos if set(c.ops) <= set(info.ops)]
+    todo = range(len(jobs))
+    if shard is not None:
+        k, n = int(shard[0]), int(shard[1])
+        if not (n >= 1 and 0 <= k < n):
+            raise ValueError(f"shard: expected (k, n) with 0 <= k < n, got {shard!r}")
+        todo = range(k * len(jobs) // n, (k + 1) * len(jobs) // n)
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(jobs), desc=f"parity ({device})", leave=False)
+        bar = tqdm(total=len(todo), desc=f"parity ({device})", leave=False)
     rows = []
-    for i, (c, info) in enumerate(jobs):
+    for i in todo:
+        c, info = jobs[i]
         gen = torch.Generator().manual_seed(seed + i)
         base = {"family": c.family, "case": c.name, "backend": info.name, "device": device, "seed": seed}
         kw = {}
