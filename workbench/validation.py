@@ -60,7 +60,13 @@ def raise_if_nonfinite(name: str, t: torch.Tensor, scales: torch.Tensor, nan_pol
     if scales.is_cuda and torch.cuda.is_current_stream_capturing():
         raise QuantInputError(f"nan_policy: 'raise' reads a flag on the host, which a CUDA graph cannot do; "
                               f"pass nan_policy='propagate' when capturing {name}'s quantization")
-    if not math.isfinite(scales.amax().item()):
+    if scales.device.type == "cpu":
+        # NumPy's max (NaN-propagating, one thread): a torch reduction here would wake torch's thread pool
+        # right after the Numba/OpenMP kernel's, and the two pools' spin-waits cost milliseconds on small CPUs
+        worst = float(scales.detach().numpy().max())
+    else:
+        worst = scales.amax().item()
+    if not math.isfinite(worst):
         raise _nonfinite_error(name, t)
 
 
