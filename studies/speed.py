@@ -153,6 +153,10 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
 
 def run(quick: bool = False, executor=None, *, root: Path | str = ROOT, extra=()):
     df = load(root, extra)
+    if getattr(executor, "gpus", None):   # --gpus: bench_gpu.py's speed sweep, one size per GPU worker
+        from workbench.gpu_sweep import speed_on_gpus
+        new = normalize(speed_on_gpus(executor, quick=quick).assign(source_file="this run (--gpus)"))
+        df = pd.concat([df, new], ignore_index=True) if not df.empty else new
     return df, figures(df)
 
 

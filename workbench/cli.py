@@ -90,6 +90,26 @@ def _executor_spec(args):
     return None
 
 
+def _gpu_executor(args, store):
+    """``--gpus``: a :class:`workbench.gpu_sweep.GpuExecutor` (one dask worker per GPU, joining ``--scheduler``
+    when given) as a context manager; without ``--gpus`` a context yielding None."""
+    import contextlib
+    if not getattr(args, "gpus", None):
+        return contextlib.nullcontext()
+    if getattr(args, "workers", None) is not None or getattr(args, "serial", False):
+        raise CLIError("--gpus: runs one dask worker per GPU; leave out --workers / --serial")
+    from .gpu_sweep import gpu_executor
+    return gpu_executor(args.gpus, getattr(args, "scheduler", None), store=store)
+
+
+def _gpus_arg(text: str):
+    from .gpu_sweep import parse_gpus
+    try:
+        return parse_gpus(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _progress(args) -> None:
     if getattr(args, "no_progress", False):
         os.environ["KBIT_PROGRESS"] = "0"
@@ -147,10 +167,10 @@ def cmd_report(args) -> int:
         except results.IncompleteResults as e:
             raise CLIError(f"--merge: {e}") from None
     user = _user_codebooks(args)
-    spec = _executor_spec(args)
-    md, done = build_report(args.name, studies=names, quick=args.quick, executor=spec, merge=args.merge or (),
-                            out_root=args.out, progress=not args.no_progress, codebooks=user,
-                            options={"command": "workbench " + " ".join(sys.argv[1:])})
+    with _gpu_executor(args, Path(args.out) / f"{args.name}-gpus") as gex:
+        md, done = build_report(args.name, studies=names, quick=args.quick, executor=gex or _executor_spec(args),
+                                merge=args.merge or (), out_root=args.out, progress=not args.no_progress,
+                                codebooks=user, options={"command": "workbench " + " ".join(sys.argv[1:])})
     print(_table(summary_frame(done)))
     print(f"\nreport: {md}\n        {md.with_suffix('.html')}")
     return 1 if any(r.status == "failed" for r in done) else 0
@@ -184,8 +204,11 @@ def cmd_study(args) -> int:
         if not Path(args.weights).exists():
             raise CLIError(f"--weights: {args.weights!r} does not exist")
         extra.update(weights=args.weights, layers=args.layers)
-    with executor(_executor_spec(args)) as ex:
+    store = Path(args.out) if args.out else ROOT / "reports" / "local" / f"gpus-{args.name}"
+    with _gpu_executor(args, store) as gex, executor(gex or _executor_spec(args)) as ex:
         res = run_study(args.name, quick=args.quick, executor=ex, extra=extra)
+    if gex is not None and res.status == "failed" and res.error.startswith("GpuSweepError: "):
+        raise CLIError("--gpus: " + res.error.splitlines()[0].removeprefix("GpuSweepError: "))
     if res.status not in ("ok", "partial"):
         print(f"study {res.name}: {res.status}: {res.error}", file=sys.stderr)
         return 2 if res.status == "unavailable" else 1
@@ -201,7 +224,7 @@ def cmd_study(args) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         save_figures(res, out)
-        p = results.save(res.df, out / f"{res.name}.parquet", results.run_metadata("cpu"))
+        p = results.save(res.df, out / f"{res.name}.parquet", results.run_metadata("cuda" if args.gpus else "cpu"))
         print(f"\nresults: {p}; figures: {', '.join(res.figures.values()) or '-'}")
     return 0
 
@@ -443,6 +466,9 @@ def _add_exec(p) -> None:
     g.add_argument("--workers", type=_bounded_int("--workers", 1, 1024), metavar="N",
                    help="local process-pool size (default: the usable cores)")
     g.add_argument("--serial", action="store_true", help="run sweeps in this process (debugging)")
+    g.add_argument("--gpus", type=_gpus_arg, metavar="all|N", help="one dask worker per GPU (dask-cuda "
+                   "LocalCUDACluster, or the workers of --scheduler): the GPU studies (parity on CUDA, speed) split "
+                   "into per-GPU tasks, rows tagged gpu_index / gpu_name (extra: kbit-workbench[gpus])")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -583,6 +609,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"workbench {args.command}: error: {str(e).strip(chr(39) + chr(34))}", file=sys.stderr)
             return 2
         from .results import IncompleteResults
+        from .gpu_sweep import GpuSweepError
+        if isinstance(e, GpuSweepError):
+            print(f"workbench {args.command}: error: --gpus: {e}", file=sys.stderr)
+            return 2
         from .sweep import SchedulerError
         if isinstance(e, SchedulerError):
             print(f"workbench {args.command}: error: --scheduler: {e}", file=sys.stderr)

@@ -524,6 +524,9 @@ returns +0.0 where FP4's table holds -0.0. The same harness: `workbench parity`.
 
 
 def run(quick: bool = False, executor=None):
+    if getattr(executor, "gpus", None):   # --gpus: parity on CUDA, split over one dask worker per GPU
+        from .gpu_sweep import parity_on_gpus
+        return parity_on_gpus(executor, quick=quick), {}
     return run_parity("cpu", quick=quick), {}
 
 
