@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+from ..wire import ELEMENT_KIND as KIND
 LINEAR, KEYLUT, BSEARCH = 0, 1, 2
 
 

@@ -23,12 +23,13 @@ import torch
 from numba_kernels.cell_plan import cell_plan
 
 from .. import codebooks as _cb
+from ..wire import DTYPE_CODE
 from . import functional as W
 from . import state_check as S
 
 ID = W.OPTIMIZER_ID   # the kernels' rule ids (KBIT_OPT_*), defined once in functional.py
 NORM_OK = ("adam", "lamb", "momentum", "lars", "rmsprop")  # optimizers with a max_unorm trust ratio (32-bit)
-DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # KBIT_F32, KBIT_F16, KBIT_BF16
+DTYPE = DTYPE_CODE  # KBIT_F32, KBIT_F16, KBIT_BF16
 
 
 def check_name(name: str) -> int:

@@ -16,7 +16,7 @@ from . import check, load, ptr, stream
 
 from ..registry import register_kernel
 
-DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+from ...wire import DTYPE_CODE
 _c = ctypes
 _P, _I, _L, _F = _c.c_void_p, _c.c_int, _c.c_longlong, _c.c_float
 _SIGS = {

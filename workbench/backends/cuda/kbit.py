@@ -13,7 +13,7 @@ from . import check, load, on, ptr, stream
 from ..reference.kbit import nblocks, packed_words
 from ..registry import register_kernel
 
-KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+from ...wire import ELEMENT_KIND as KIND
 FMT = {"fp32": 0, "fp16": 1, "bf16": 2, "e4m4": 3, "e8m0": 4, "e4m3": 5}
 LAYOUT = {"bitplane": 0, "dense": 1}
 _c = ctypes

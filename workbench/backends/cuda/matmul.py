@@ -14,7 +14,7 @@ import torch
 from . import check, load, on, ptr, stream
 from ..registry import register_kernel
 
-DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+from ...wire import DTYPE_CODE
 GEMV_MAX_M = 4
 _c = ctypes
 _P, _I, _L = _c.c_void_p, _c.c_int, _c.c_longlong

@@ -16,7 +16,7 @@ from . import check, load, on, ptr, stream
 
 from ..registry import register_kernel
 
-DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+from ...wire import DTYPE_CODE
 FLAG_BNB_SCALE = 1  # KBIT_QFLAG_BNB_SCALE: bitsandbytes-CUDA scaling (parity studies only)
 
 _c = ctypes
