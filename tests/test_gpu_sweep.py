@@ -74,6 +74,20 @@ def test_parity_split_gives_the_one_gpu_rows(fake2, monkeypatch):
     pd.testing.assert_frame_equal(one, three)
 
 
+def test_join_an_existing_scheduler(fake2, tmp_path):
+    def one_row(k):   # nested: pickled by value, whatever the test module's import name
+        return pd.DataFrame({"k": [k]})
+
+    addr = fake2.client.scheduler.address
+    with gs.gpu_executor("all", addr, store=tmp_path) as ex:
+        assert ex.gpus == 2 and "scheduler" in repr(ex)
+        df = gs.run_gpu_tasks(ex, one_row, [{"k": k} for k in range(2)], name="joined")
+    assert list(df["k"]) == [0, 1] and (tmp_path / "joined.parquet").is_file()
+    with pytest.raises(gs.GpuSweepError, match="^3 GPUs asked for, the scheduler .* has 2 worker"):
+        with gs.gpu_executor(3, addr):
+            pass
+
+
 def test_worker_dies_mid_sweep_keeps_finished_rows(fake2):   # last: it kills a worker (its nanny restarts it)
     def task(k):
         if k == 2:
