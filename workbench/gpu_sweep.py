@@ -132,7 +132,9 @@ def _cuda_cluster(n: int):
     except ImportError:
         raise GpuSweepError("--gpus needs dask-cuda (pip install 'kbit-workbench[gpus]'), or pass --scheduler "
                             "with GPU workers started by `dask cuda worker`") from None
-    return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(map(str, range(n))), threads_per_worker=1,
+    parent = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    devs = (parent or [str(i) for i in range(n)])[:n]   # this process's first n GPUs, by their physical ids
+    return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(devs), threads_per_worker=1,
                             dashboard_address=None, silence_logs=40)
 
 
