@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         p[-1].drop(columns=["gpu_index", "gpu_name", "gpus"]))
     (out / "README.md").write_text(
         f"# Sweeps across {n} GPUs ({meta.get('run_device')}, git {meta.get('run_git')})\n\n"
-        f"`python -m studies.probes.multi_gpu_sweep --out {args.out}{' --quick' if args.quick else ''}`\n\n"
+        f"`python -m studies.probes.multi_gpu_sweep --out {args.out}{' --quick' if args.quick else ''}{' --no-speed' if args.no_speed else ''}`\n\n"
         f"{w.to_markdown(index=False)}\n\nparity rows split over {n} GPUs "
         f"{'equal' if same else 'DIFFER FROM'} the one-GPU rows (seed {args.seed}).\n")
     print(f"parity split == one GPU: {same}; -> {out}")
