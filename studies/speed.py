@@ -154,7 +154,6 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
 def run(quick: bool = False, executor=None, *, root: Path | str = ROOT, extra=()):
     df = load(root, extra)
     if getattr(executor, "gpus", None):   # --gpus: bench_gpu.py's speed sweep, one size per GPU worker
-        from workbench.gpu_sweep import speed_on_gpus
         new = normalize(speed_on_gpus(executor, quick=quick).assign(source_file="this run (--gpus)"))
         df = pd.concat([df, new], ignore_index=True) if not df.empty else new
     return df, figures(df)
@@ -244,3 +243,37 @@ def notes(df: pd.DataFrame) -> list[str]:
                    "read or written once, code bytes, float32 absmax per block); % of copy against the RAM copy "
                    "bandwidth the same benchmark measured")
     return out
+
+
+# ------------------------------------------------------------------ --gpus: one size of the sweep per GPU task
+# (here, not in workbench/gpu_sweep.py: the task runs studies/bench/bench_gpu.py, and the library imports no study)
+
+SPEED_SIZES = (1 << 28,) + tuple(1 << k for k in range(16, 28, 2))   # bench_gpu.py: the main size, then the sweep
+
+_COPY: dict = {}
+
+
+def _speed_task(n: int, reps: int) -> pd.DataFrame:
+    """One size of bench_gpu.py's speed sweep on this worker's GPU (its copy bandwidth measured once)."""
+    from studies.bench import bench_gpu as bg
+    from workbench import bench, results
+    if "gbps" not in _COPY:
+        bg._warm_gpu()
+        _COPY.update(gbps=bench.copy_bandwidth("cuda", nbytes=1 << 30, reps=reps),
+                     mods={b: bg._mod(b) for b in ("cuda", "numba_cuda")}, bops=bg._bnb_ops())
+    main = n == SPEED_SIZES[0]
+    rows = bg.run_speed(n, reps, _COPY["gbps"], _COPY["mods"], _COPY["bops"], sweep=not main, memory=main)
+    return results.frame(rows, results.run_metadata("cuda")).assign(copy_gbps=_COPY["gbps"])
+
+
+def speed_tasks(quick: bool = False) -> list[dict]:
+    reps = 10 if quick else 25
+    return [dict(n=n, reps=reps) for n in SPEED_SIZES]
+
+
+def speed_on_gpus(ex, *, quick: bool = False) -> pd.DataFrame:
+    """bench_gpu.py's speed rows (main size, then the size sweep), one size per task on the GPU workers."""
+    from workbench.gpu_sweep import FAKE_ENV, GpuSweepError, _fake, run_gpu_tasks
+    if _fake() is not None:
+        raise GpuSweepError(f"speed: the GPU benchmark needs real GPUs ({FAKE_ENV} is set)")
+    return run_gpu_tasks(ex, _speed_task, speed_tasks(quick), name="speed")

@@ -1,6 +1,7 @@
 """Issue 22: sweeps across GPUs (workbench/gpu_sweep.py), on CPU: two dask worker processes stand in for two GPUs
 (``KBIT_FAKE_GPUS=2``; each worker gets its own ``CUDA_VISIBLE_DEVICES`` as dask-cuda sets it)."""
 import os
+import re
 
 import pandas as pd
 import pytest
@@ -97,9 +98,13 @@ def test_worker_dies_mid_sweep_keeps_finished_rows(fake2):   # last: it kills a 
     with pytest.raises(gs.GpuSweepError) as ei:
         gs.run_gpu_tasks(fake2, task, [{"k": k} for k in range(4)], name="dies")
     msg = str(ei.value)
-    assert len(msg.splitlines()) == 1 and "1 of 4 tasks lost mid-sweep (task 2: a worker died)" in msg, msg
+    # the dying worker may take a task queued behind task 2 with it (timing): at least task 2 is lost,
+    # and every task that finished is kept
+    m = re.search(r"(\d) of 4 tasks lost mid-sweep \(task 2: a worker died\); (\d) rows of \d finished tasks kept", msg)
+    assert len(msg.splitlines()) == 1 and m, msg
     kept = pd.read_parquet(fake2.store / "dies.parquet")
-    assert sorted(kept["task"]) == [0, 1, 3] and str(fake2.store / "dies.parquet") in msg
+    assert 2 not in set(kept["task"]) and len(kept) == int(m.group(2)) == 4 - int(m.group(1))
+    assert str(fake2.store / "dies.parquet") in msg
     assert kept["gpu_index"].isin([0, 1]).all()
 
 

@@ -8,7 +8,7 @@ the workers of an existing scheduler (``--scheduler``, e.g. started with ``dask 
 
 * parity on CUDA: the (case, backend) jobs of :func:`workbench.parity.run_parity` in contiguous shards that keep
   each job's seed, so the shards' rows in shard order are the one-GPU run's rows;
-* speed: one task per size of ``studies/bench/bench_gpu.py``'s sweep, each timed on its worker's GPU against that
+* speed (studies/speed.py, ``speed_on_gpus``): one task per size of ``studies/bench/bench_gpu.py``'s sweep, each timed on its worker's GPU against that
   GPU's own copy bandwidth.
 
 Every row carries the GPU it ran on (``gpu_index``: the physical index, ``gpu_name``). Results go to the one
@@ -30,10 +30,9 @@ from typing import Callable, Iterator
 import pandas as pd
 
 FAKE_ENV = "KBIT_FAKE_GPUS"
-SPEED_SIZES = (1 << 28,) + tuple(1 << k for k in range(16, 28, 2))   # bench_gpu.py: the main size, then the sweep
 
 __all__ = ["GpuSweepError", "GpuExecutor", "parse_gpus", "visible_gpus", "worker_gpu", "gpu_executor",
-           "run_gpu_tasks", "parity_on_gpus", "speed_on_gpus"]
+           "run_gpu_tasks", "parity_on_gpus"]
 
 
 class GpuSweepError(RuntimeError):
@@ -243,31 +242,3 @@ def parity_on_gpus(ex: GpuExecutor, *, quick: bool = False, seed: int | None = N
     tasks = parity_tasks(ex.gpus, device=device, seed=seed, quick=quick, per_gpu=per_gpu, **kw)
     return run_gpu_tasks(ex, _parity_task, tasks, name="parity")
 
-
-_COPY: dict = {}
-
-
-def _speed_task(n: int, reps: int) -> pd.DataFrame:
-    """One size of bench_gpu.py's speed sweep on this worker's GPU (its copy bandwidth measured once)."""
-    from studies.bench import bench_gpu as bg
-
-    from . import bench, results
-    if "gbps" not in _COPY:
-        bg._warm_gpu()
-        _COPY.update(gbps=bench.copy_bandwidth("cuda", nbytes=1 << 30, reps=reps),
-                     mods={b: bg._mod(b) for b in ("cuda", "numba_cuda")}, bops=bg._bnb_ops())
-    main = n == SPEED_SIZES[0]
-    rows = bg.run_speed(n, reps, _COPY["gbps"], _COPY["mods"], _COPY["bops"], sweep=not main, memory=main)
-    return results.frame(rows, results.run_metadata("cuda")).assign(copy_gbps=_COPY["gbps"])
-
-
-def speed_tasks(quick: bool = False) -> list[dict]:
-    reps = 10 if quick else 25
-    return [dict(n=n, reps=reps) for n in SPEED_SIZES]
-
-
-def speed_on_gpus(ex: GpuExecutor, *, quick: bool = False) -> pd.DataFrame:
-    """bench_gpu.py's speed rows (main size, then the size sweep), one size per task on the GPU workers."""
-    if _fake() is not None:
-        raise GpuSweepError(f"speed: the GPU benchmark needs real GPUs ({FAKE_ENV} is set)")
-    return run_gpu_tasks(ex, _speed_task, speed_tasks(quick), name="speed")

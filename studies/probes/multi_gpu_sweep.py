@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=22)
     ap.add_argument("--no-speed", action="store_true")
     args = ap.parse_args(argv)
+    from studies.speed import speed_on_gpus
     from workbench import gpu_sweep as gs
     from workbench import results
     out = Path(args.out)
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
             for study in ("parity",) + (() if args.no_speed else ("speed",)):
                 t0 = time.perf_counter()
                 df = (gs.parity_on_gpus(ex, quick=args.quick, seed=args.seed) if study == "parity"
-                      else gs.speed_on_gpus(ex, quick=args.quick))
+                      else speed_on_gpus(ex, quick=args.quick))
                 wall.append({"study": study, "gpus": g, "wall_s": round(time.perf_counter() - t0, 2),
                              "rows": len(df)})
                 print(wall[-1], flush=True)
