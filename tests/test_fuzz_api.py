@@ -463,13 +463,15 @@ NONFINITE = {"all-nan": [float("nan")] * 51, "nan-first": [float("nan"), 1.0, 2.
 @pytest.mark.parametrize("pattern", sorted(NONFINITE))
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 def test_nonfinite_rejected_on_every_backend(backend, pattern, dtype):
-    """nan_policy='raise' (the default) rejects NaN/Inf whatever the backend's absmax does with them."""
+    """nan_policy='raise' rejects NaN/Inf whatever the backend's absmax does with them; the default
+    ('propagate') flags them in the state."""
     A = torch.tensor(NONFINITE[pattern]).to(dtype)
-    for op in (lambda: wb.quantize_blockwise(A, blocksize=64, backend=backend),
-               lambda: wb.quantize_4bit(A, blocksize=64, quant_type="nf4", backend=backend)):
-        got = outcome(op)
+    for op in (lambda **kw: wb.quantize_blockwise(A, blocksize=64, backend=backend, **kw),
+               lambda **kw: wb.quantize_4bit(A, blocksize=64, quant_type="nf4", backend=backend, **kw)):
+        got = outcome(lambda: op(nan_policy="raise"))
         assert isinstance(got, Err) and isinstance(got.e, QuantInputError) and "non-finite" in str(got.e), \
             f"non-finite input ({pattern}, {dtype}) accepted under nan_policy='raise': {got!r}"[:300]
+        assert op()[1].has_nonfinite(), f"non-finite input ({pattern}, {dtype}) not flagged by the default"
 
 
 def _mutate_state(draw, qs: QuantState, A: torch.Tensor, four_bit: bool):

@@ -91,6 +91,8 @@ def test_bad_input():
     x = torch.randn(3, 4)
     x[1, 1] = float("nan")
     with pytest.raises(QuantInputError, match="non-finite"):
-        I.int8_vectorwise_quant(x)
+        I.int8_vectorwise_quant(x, nan_policy="raise")
+    _, stats, _ = I.int8_vectorwise_quant(x)  # the default returns the flag (row 1's stat) instead
+    assert torch.isnan(stats[1]) and torch.isfinite(stats[[0, 2]]).all()
     with pytest.raises(QuantInputError, match="inner dimensions"):
         I.int8_linear_matmul(torch.zeros(2, 3, dtype=torch.int8), torch.zeros(2, 4, dtype=torch.int8))

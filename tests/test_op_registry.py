@@ -98,7 +98,7 @@ def test_compiled_raise_policy_still_raises():
     torch._dynamo.reset()
     W = torch.randn(64, 96)
     W[3, 5] = float("nan")
-    f = torch.compile(lambda w: wb.quantize_4bit(w, quant_type="nf4", backend="reference")[0], fullgraph=True,
+    f = torch.compile(lambda w: wb.quantize_4bit(w, quant_type="nf4", backend="reference", nan_policy="raise")[0], fullgraph=True,
                       backend="aot_eager")
     with pytest.raises(RuntimeError):
         f(W)

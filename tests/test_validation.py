@@ -36,11 +36,23 @@ def test_empty(quantize):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_raises_by_default(quantize, bad):
+def test_non_finite_raises_when_asked(quantize, bad):
     A = torch.randn(300)
     A[17] = bad
     with pytest.raises(QuantInputError, match="A: contains 1 non-finite"):
-        quantize(A)
+        quantize(A, nan_policy="raise")
+
+
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_default_propagates_and_flags(bad, nested):
+    """The default makes no host sync: non-finite input is reported through the state's flag."""
+    A = torch.randn(300)
+    if bad is not None:
+        A[17] = bad
+    for quantize in (lambda a: wb.quantize_4bit(a, blocksize=64, compress_statistics=nested)[1],
+                     lambda a: wb.quantize_blockwise(a, blocksize=64, nested=nested)[1]):
+        assert quantize(A).has_nonfinite() == (bad is not None)
 
 
 def test_nan_policy_propagate_and_invalid(quantize):

@@ -51,12 +51,14 @@ def _threshold(threshold) -> float:
     return float(threshold)
 
 
-def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str = "auto", nan_policy="raise"):
+def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str = "auto", nan_policy="propagate"):
     """-> (int8 codes shaped like A, float32 row stats, int64 outlier columns or None when threshold == 0).
 
-    ``nan_policy="raise"`` checks the row stats the kernel computed (a row's absmax is NaN when the row
-    holds a NaN, Inf when it holds an Inf that is not an outlier): with ``threshold > 0`` an Inf is an
-    outlier (|a| >= threshold, bitsandbytes' rule) and is left to the 16-bit path, so only NaN raises."""
+    The row stats are the non-finite flag (a row's absmax is NaN when the row holds a NaN, Inf when it
+    holds an Inf that is not an outlier): the default ``nan_policy="propagate"`` returns them as they
+    are, with no host sync; ``"raise"`` reads them first (a host sync on CUDA). With ``threshold > 0``
+    an Inf is an outlier (|a| >= threshold, bitsandbytes' rule) and is left to the 16-bit path, so only
+    NaN raises."""
     t = _threshold(threshold)
     check_nan_policy(nan_policy)
     a = _matrix("A", A)
@@ -65,12 +67,15 @@ def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: s
     return codes.view(A.shape), stats, cols
 
 
-def outlier_columns(A: torch.Tensor, threshold: float = 6.0, *, backend: str = "auto") -> torch.Tensor:
-    """Indices of the columns holding at least one |a| >= threshold."""
+def outlier_columns(A: torch.Tensor, threshold: float = 6.0, *, backend: str = "auto",
+                    nan_policy: str = "propagate") -> torch.Tensor:
+    """Indices of the columns holding at least one |a| >= threshold (a NaN is never an outlier).
+    ``nan_policy="raise"`` adds a pass over A (this op computes no row absmax to read)."""
     t = _threshold(threshold)
     if t == 0:
         raise QuantInputError("threshold: must be > 0 to define outliers")
-    return _ops.outlier_columns(_matrix("A", A, nan_policy="raise"), t, _backend(backend, "outlier_columns", A))
+    check_nan_policy(nan_policy)
+    return _ops.outlier_columns(_matrix("A", A, nan_policy=nan_policy), t, _backend(backend, "outlier_columns", A))
 
 
 def int8_vectorwise_dequant(codes: torch.Tensor, stats: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -82,7 +87,7 @@ def int8_vectorwise_dequant(codes: torch.Tensor, stats: torch.Tensor, *, backend
     return _ops.int8_vectorwise_dequant(c, stats.float(), _backend(backend, "int8_vectorwise_dequant", codes)).view(codes.shape)
 
 
-def int8_double_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str = "auto", nan_policy="raise"):
+def int8_double_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str = "auto", nan_policy="propagate"):
     """-> (row codes, column codes, row stats, column stats, outlier columns or None); ``nan_policy`` as in
     :func:`int8_vectorwise_quant`."""
     t = _threshold(threshold)

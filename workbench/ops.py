@@ -6,10 +6,11 @@ Signatures follow ``bitsandbytes.functional`` so code moves between the two, plu
 from metadata only, before any kernel runs (docs/ARCHITECTURE.md, "The public call path");
 the ops are the torch.library custom ops of :mod:`workbench.library`. Inputs are never modified.
 
-Non-finite input: a NaN or Inf makes its block's absmax non-finite (the spec), so with
-``nan_policy="raise"`` the call checks the absmax it already has, not the data. That check is
-the one host sync on the default path (it must decide whether to raise); ``nan_policy="propagate"``
-makes none.
+Non-finite input: a NaN or Inf makes its block's absmax non-finite (the spec), and that absmax
+is the flag. The default ``nan_policy="propagate"`` (bitsandbytes' behaviour) keeps the call free
+of host syncs: such blocks decode to NaN/Inf and ``QuantState.has_nonfinite()`` reads the flag when
+asked. ``nan_policy="raise"`` reads it before returning (a max over the absmax, not a pass over the
+data), which on CUDA is a host sync.
 """
 from __future__ import annotations
 
@@ -67,15 +68,11 @@ def _table_256(table: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _state(quant_state, what: str) -> QuantState:
-    """A workbench QuantState; a bitsandbytes one is taken field by field (its layout is ours)."""
+    """A workbench QuantState; a bitsandbytes one converts through QuantState.from_bnb."""
     if isinstance(quant_state, QuantState):
         return quant_state
     if type(quant_state).__module__.startswith("bitsandbytes") and hasattr(quant_state, "absmax"):
-        q = quant_state
-        nested = getattr(q, "nested", False) and q.state2 is not None
-        return QuantState(absmax=q.absmax, shape=q.shape, code=q.code, blocksize=q.blocksize, quant_type=q.quant_type,
-                          dtype=q.dtype, offset=q.offset if nested else None,
-                          state2=_state(q.state2, what) if nested else None)
+        return QuantState.from_bnb(quant_state)
     raise QuantInputError(f"quant_state: expected a workbench (or bitsandbytes) QuantState for {what}, "
                           f"got {type(quant_state).__name__}")
 
@@ -98,7 +95,7 @@ def _resolve_absmax(qs: QuantState, backend: str) -> torch.Tensor:
 
 
 def quantize_blockwise(A: torch.Tensor, code=None, blocksize: int = 4096, nested: bool = False, *,
-                       codebook=None, backend: str = "auto", nan_policy: str = "raise",
+                       codebook=None, backend: str = "auto", nan_policy: str = "propagate",
                        rounding: str = "nearest", generator: torch.Generator | None = None):
     """Blockwise absmax quantization to codes of any codebook of at most 256 entries.
 
@@ -140,7 +137,7 @@ def quantize_blockwise(A: torch.Tensor, code=None, blocksize: int = 4096, nested
     else:
         qs = QuantState(absmax=absmax, code=table, blocksize=blocksize, dtype=A.dtype)
     qs.shape = A.shape
-    raise_if_nonfinite("A", A, absmax, nan_policy)  # last: its host sync comes after every launch
+    raise_if_nonfinite("A", A, absmax, nan_policy)  # last: a host sync on CUDA, after every launch
     return codes.view(A.shape), qs
 
 
@@ -167,7 +164,7 @@ def dequantize_blockwise(A: torch.Tensor, quant_state: QuantState | None = None,
 
 def quantize_4bit(A: torch.Tensor, absmax=None, out=None, blocksize: int = 64, compress_statistics: bool = False,
                   quant_type: str = "fp4", quant_storage: torch.dtype = torch.uint8, *, codebook=None,
-                  backend: str = "auto", nan_policy: str = "raise"):
+                  backend: str = "auto", nan_policy: str = "propagate"):
     """4-bit blockwise quantization, bitsandbytes packing: ``((n+1)//2, 1)`` bytes, element 2i
     in the high nibble. ``codebook`` (any 16-entry Codebook or registered name) overrides
     ``quant_type``. ``compress_statistics`` double-quantizes absmax (offset + 8-bit, bs 256)."""
@@ -198,7 +195,7 @@ def quantize_4bit(A: torch.Tensor, absmax=None, out=None, blocksize: int = 64, c
                         quant_type=qtype, offset=offset, state2=state2)
     else:
         qs = QuantState(absmax=am, shape=A.shape, dtype=A.dtype, blocksize=blocksize, code=table, quant_type=qtype)
-    raise_if_nonfinite("A", A, am, nan_policy)  # last: its host sync comes after every launch
+    raise_if_nonfinite("A", A, am, nan_policy)  # last: a host sync on CUDA, after every launch
     return packed, qs
 
 

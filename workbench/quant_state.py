@@ -317,14 +317,25 @@ class QuantState:
 
     @classmethod
     def from_bnb(cls, qs) -> "QuantState":
-        """A bitsandbytes state; refused (CodebookError) when its ``quant_map`` is not the table bitsandbytes
-        itself dequantizes it with (a hand-built NF4/FP4 state with a custom table)."""
+        """A bitsandbytes state (4-bit or blockwise, nested or not), taken field by field: its layout is
+        ours. Refused (CodebookError) when its ``quant_map`` is not the table bitsandbytes itself
+        dequantizes it with (a hand-built NF4/FP4 state with a custom table)."""
         if qs.quant_type is not None and qs.code is not None:
             why = bnb_incompatibility(qs.quant_type, qs.code)
             if why:
                 from .codebooks import CodebookError
                 raise CodebookError(f"from_bnb: {why}")
-        return cls.from_dict(qs.as_dict(packed=True), device=qs.absmax.device)
+        nested = bool(getattr(qs, "nested", False)) and qs.state2 is not None
+        return cls(absmax=qs.absmax, shape=qs.shape, code=qs.code, blocksize=qs.blocksize, quant_type=qs.quant_type,
+                   dtype=qs.dtype, offset=qs.offset if nested else None,
+                   state2=cls.from_bnb(qs.state2) if nested else None).validate()
+
+    def has_nonfinite(self) -> bool:
+        """Whether the quantized data held a NaN or Inf: by the spec a block's absmax is non-finite
+        exactly when its block holds one (with double quantization the offset, their mean, is then
+        non-finite). This is the flag of ``nan_policy="propagate"``; reading it is a host sync on CUDA."""
+        flag = self.offset if self.nested else self.absmax
+        return bool(not torch.isfinite(flag).all()) if flag.numel() else False
 
     def __repr__(self) -> str:
         return (f"QuantState(quant_type={self.quant_type!r}, shape={tuple(self.shape) if self.shape else None}, "
