@@ -14,135 +14,31 @@ scale formats cannot carry NaN/Inf, so NaN or Inf in ``A`` raises QuantInputErro
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from . import codebooks as cbs
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
-from .backends.reference.kbit import LAYOUTS, SCALE_DTYPES, SCALE_FORMATS, nblocks, packed_words
+from .backends.reference.kbit import LAYOUTS, SCALE_FORMATS
 from .backends.registry import resolve
+from .kbit_state import (CODES_AGAINST, DQ8, KBIT_BLOCKSIZES, PUBLIC_SCALE_FORMATS, KbitState, check_affine,
+                         check_k, check_layout, check_scale_format, codebook_tensor, resolve_blocksize)
 from .validation import FLOAT_DTYPES, QuantInputError, check_dtype, check_finite, check_tensor
 
 __all__ = ["quantize_kbit", "dequantize_kbit", "KbitState", "kbit_codebook_tensor", "bits_per_param",
            "frontier_rows", "KBIT_BLOCKSIZES", "SCALE_FORMATS", "LAYOUTS"]
 
-KBIT_BLOCKSIZES = tuple(2 ** e for e in range(4, 13))   # 16 .. 4096
-CODES_AGAINST = ("exact", "decoded")
-DQ8 = "dq8"   # the existing 8-bit double quantization of fp32 absmax (offset + dynamic map, blocksize 256)
-PUBLIC_SCALE_FORMATS = SCALE_FORMATS + (DQ8,)
-_REQUIRED_BLOCKSIZE = {"e8m0": 32, "e4m3": 16}           # MXFP4: block 32; NVFP4: block 16
 _SCALE_BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "e4m4": 8, "e8m0": 8, "e4m3": 8, DQ8: 8 + 32 / 256}
+_ZERO_POINT_BITS = 8          # affine: the stored uint8 zero point per group
 _ops = torch.ops.workbench
-
-
-@dataclass
-class KbitState:
-    """Everything dequantize_kbit needs besides the packed words."""
-    k: int
-    codebook: torch.Tensor          # float32[2**k], sorted
-    blocksize: int
-    layout: str
-    scale_format: str
-    codes_against: str
-    scales: torch.Tensor            # [nblocks], dtype of the format (uint8 for e4m4/e8m0/e4m3)
-    tensor_scale: torch.Tensor      # float32[1] for e4m3, else float32[0]
-    shape: torch.Size
-    dtype: torch.dtype
-    offset: torch.Tensor | None = None      # dq8: the mean subtracted before the 8-bit quantization
-    state2: object = None                   # dq8: the QuantState of the 8-bit absmax codes
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def n(self) -> int:
-        return math.prod(self.shape)
-
-    def validate(self, packed: torch.Tensor) -> None:
-        _check_k(self.k)
-        _check_layout(self.layout)
-        _check_scale_format(self.scale_format, self.blocksize)
-        n = self.n
-        want = packed_words(n, self.k, self.layout)
-        if packed.numel() != want:
-            raise QuantInputError(f"packed: {packed.numel()} words, but {n} {self.k}-bit codes in the "
-                                  f"{self.layout!r} layout need {want}")
-        if packed.dtype != torch.int32:
-            raise QuantInputError(f"packed: dtype {packed.dtype}; expected torch.int32 words")
-        nb = nblocks(n, self.blocksize)
-        want_dtype = torch.uint8 if self.scale_format == DQ8 else SCALE_DTYPES[self.scale_format]
-        if self.scale_format == DQ8 and (self.state2 is None or self.offset is None):
-            raise QuantInputError("state.state2: scale_format 'dq8' needs the nested state and offset")
-        if self.scales.numel() != nb or self.scales.dtype != want_dtype:
-            raise QuantInputError(f"state.scales: expected {nb} values of {want_dtype} "
-                                  f"({self.scale_format}), got {self.scales.numel()} of {self.scales.dtype}")
-        if self.tensor_scale.numel() != (1 if self.scale_format == "e4m3" else 0):
-            raise QuantInputError("state.tensor_scale: e4m3 needs exactly one float32 per-tensor scale, "
-                                  "other formats none")
-        _codebook_tensor(self.codebook, self.k)
-
-
-# ------------------------------------------------------------------ validation
-
-def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 8:
-        raise QuantInputError(f"k: expected an int in 2..8 (bits per code), got {k!r}")
-    return k
-
-
-def _check_blocksize(blocksize) -> int:
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize not in KBIT_BLOCKSIZES:
-        raise QuantInputError(f"blocksize: expected a power of two in 16..4096, got {blocksize!r}")
-    return blocksize
-
-
-def _check_layout(layout) -> str:
-    if layout not in LAYOUTS:
-        raise QuantInputError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
-    return layout
-
-
-def _check_scale_format(fmt, blocksize) -> str:
-    if fmt not in PUBLIC_SCALE_FORMATS:
-        raise QuantInputError(f"scale_format: expected one of {PUBLIC_SCALE_FORMATS}, got {fmt!r}")
-    need = _REQUIRED_BLOCKSIZE.get(fmt)
-    if need is not None and blocksize != need:
-        raise QuantInputError(f"scale_format: {fmt!r} needs blocksize={need} "
-                              f"({'MXFP4' if fmt == 'e8m0' else 'NVFP4'} scale), got blocksize={blocksize}")
-    return fmt
-
-
-def _codebook_tensor(codebook, k: int) -> torch.Tensor:
-    """A float32 CPU tensor of 2**k sorted (non-decreasing), finite values, not all zero."""
-    if isinstance(codebook, (str, cbs.Codebook)):
-        cb = cbs.get(codebook)
-        t = torch.from_numpy(np.asarray(cb.table, np.float32).copy())
-    elif isinstance(codebook, torch.Tensor):
-        t = codebook.detach().to("cpu", torch.float32).reshape(-1)
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(codebook, dtype=np.float32)).reshape(-1)
-        except (TypeError, ValueError) as e:
-            raise QuantInputError(f"codebook: expected a tensor, sequence of floats, Codebook or name ({e})") from None
-    if t.numel() != 2 ** k:
-        raise QuantInputError(f"codebook: has {t.numel()} entries; k={k} needs exactly {2 ** k}")
-    if not bool(torch.isfinite(t).all()):
-        raise QuantInputError("codebook: values must be finite")
-    if bool((t[1:] < t[:-1]).any()):
-        i = int(torch.nonzero(t[1:] < t[:-1])[0, 0])
-        raise QuantInputError(f"codebook: values must be sorted ascending; entry {i + 1} ({float(t[i + 1])!r}) "
-                              f"< entry {i} ({float(t[i])!r})")
-    if float(t.abs().max()) == 0.0:
-        raise QuantInputError("codebook: all values are zero")
-    return t.contiguous()
 
 
 def kbit_codebook_tensor(codebook, k: int) -> torch.Tensor:
     """The validated float32 codebook tensor the ops take (None -> create_normal_float_codebook(k))."""
-    _check_k(k)
+    check_k(k)
     if codebook is None:
         return cbs.create_normal_float_codebook(k)
-    return _codebook_tensor(codebook, k)
+    return codebook_tensor(codebook, k)
 
 
 def _device(t: torch.Tensor) -> str:
@@ -153,72 +49,99 @@ def _device(t: torch.Tensor) -> str:
 
 # ------------------------------------------------------------------ the public ops
 
-def quantize_kbit(A: torch.Tensor, k: int = 4, codebook=None, blocksize: int = 32, layout: str = "bitplane",
-                  scale_format: str = "e4m4", codes_against: str = "exact", *, backend: str = "auto"):
-    """K-bit blockwise quantization. Returns ``(packed int32 words, KbitState)``.
+def quantize_kbit(A: torch.Tensor, k: int = 4, codebook=None, blocksize: int | str = 32, layout: str = "bitplane",
+                  scale_format: str | None = None, codes_against: str = "exact", *, affine: str | None = None,
+                  backend: str = "auto"):
+    """K-bit groupwise quantization. Returns ``(packed int32 words, KbitState)``.
 
     ``codebook``: 2**k sorted values (tensor, sequence, Codebook or registered name); default the
     normal-float codebook of bitsandbytes' ``create_normal_float_codebook(k)``.
+    ``blocksize``: the scale group: a power of two 16..4096, ``"row"`` (one scale per row, i.e. per output
+    channel of a weight), or any size >= 16 that divides ``A.shape[-1]`` (e.g. 384).
+    ``scale_format``: default ``"e4m4"`` (codebook) or ``"fp16"`` (affine).
     ``codes_against``: ``"exact"`` picks codes against the block's absmax (bitsandbytes),
     ``"decoded"`` against the scale as stored (what dequantization will multiply by).
+    ``affine``: ``"minmax"`` or ``"mse"`` for int-k codes with a scale and a zero point per group
+    (torchao's asymmetric affine; ``"mse"`` searches a clip of the range; spec:
+    workbench/backends/reference/kbit_affine.py) instead of a codebook.
     """
     check_tensor("A", A)
-    _check_k(k)
-    _check_blocksize(blocksize)
-    _check_layout(layout)
-    _check_scale_format(scale_format, blocksize)
+    check_k(k)
+    check_affine(affine)
+    blocksize = resolve_blocksize(blocksize, A.shape)
+    check_layout(layout)
+    if scale_format is None:
+        scale_format = "fp16" if affine else "e4m4"
+    check_scale_format(scale_format, blocksize, affine)
     if codes_against not in CODES_AGAINST:
         raise QuantInputError(f"codes_against: expected one of {CODES_AGAINST}, got {codes_against!r}")
     if scale_format == DQ8 and codes_against != "exact":
         raise QuantInputError("codes_against: scale_format 'dq8' codes against the exact absmax only "
                               "(its 8-bit scales exist after the codes)")
-    cb = kbit_codebook_tensor(codebook, k)
+    if affine is not None and codebook is not None:
+        raise QuantInputError(f"codebook: affine groups use the int-{k} levels 0..{2 ** k - 1}; pass codebook=None")
+    cb = None if affine else kbit_codebook_tensor(codebook, k)
     check_finite("A", A, "raise")
     dev = _device(A)
-    name = resolve(backend, "quantize_kbit", dev, str(A.dtype).removeprefix("torch."))
     a = A.detach().reshape(-1)
     if not a.is_contiguous():
         a = a.contiguous()
-    op_format = "fp32" if scale_format == DQ8 else scale_format
-    packed, scales, ts = _ops.quantize_kbit(a, cb.to(A.device), k, blocksize, layout, op_format, codes_against,
-                                            name)
+    zeros = None
+    if affine:
+        name = resolve(backend, "quantize_kbit_affine", dev, str(a.dtype).removeprefix("torch."))
+        packed, scales, zeros = _ops.quantize_kbit_affine(a, k, blocksize, layout, scale_format, affine, name)
+        ts = torch.zeros(0, dtype=torch.float32, device=A.device)
+    else:
+        name = resolve(backend, "quantize_kbit", dev, str(a.dtype).removeprefix("torch."))
+        op_format = "fp32" if scale_format == DQ8 else scale_format
+        packed, scales, ts = _ops.quantize_kbit(a, cb.to(A.device), k, blocksize, layout, op_format, codes_against,
+                                                name)
     offset = state2 = None
     if scale_format == DQ8:   # bitsandbytes' double quantization of the fp32 absmax (workbench.ops)
         from .ops import _quantize_absmax
         scales, offset, state2 = _quantize_absmax(scales, backend)
-    state = KbitState(k=k, codebook=cb.to(A.device), blocksize=blocksize, layout=layout, scale_format=scale_format,
-                      codes_against=codes_against, scales=scales, tensor_scale=ts, shape=A.shape, dtype=A.dtype,
-                      offset=offset, state2=state2)
+    state = KbitState(k=k, codebook=None if cb is None else cb.to(A.device), blocksize=blocksize, layout=layout,
+                      scale_format=scale_format, codes_against=codes_against, scales=scales, tensor_scale=ts,
+                      shape=A.shape, dtype=A.dtype, offset=offset, state2=state2, affine=affine, zeros=zeros)
     return packed, state
 
 
 def dequantize_kbit(packed: torch.Tensor, state: KbitState, *, dtype: torch.dtype | None = None,
                     backend: str = "auto") -> torch.Tensor:
-    """``dtype(codebook[code] * decoded scale)``, shaped like the quantized tensor."""
+    """``dtype(codebook[code] * decoded scale)`` (affine: ``dtype((code - zero) * scale)``), shaped like the
+    quantized tensor."""
     if not isinstance(state, KbitState):
         raise QuantInputError(f"state: expected a KbitState, got {type(state).__name__}")
     check_tensor("packed", packed, dtypes=None)
     state.validate(packed)
     out_dtype = check_dtype("dtype", dtype or state.dtype, FLOAT_DTYPES)
-    name = resolve(backend, "dequantize_kbit", _device(packed), None)
     dev = packed.device
+    words = packed.detach().reshape(-1).contiguous()
+    n = state.n_coded
+    if state.affine:
+        name = resolve(backend, "dequantize_kbit_affine", _device(packed), None)
+        out = _ops.dequantize_kbit_affine(words, state.scales.to(dev).contiguous(), state.zeros.to(dev).contiguous(),
+                                          state.k, state.blocksize, n, state.layout, out_dtype, name)
+        return out.view(state.shape)
+    name = resolve(backend, "dequantize_kbit", _device(packed), None)
     scales, fmt = state.scales, state.scale_format
     if fmt == DQ8:            # decode the 8-bit absmax first: dequantize_blockwise + offset, in float32
         from .ops import dequantize_blockwise
         scales = dequantize_blockwise(scales.to(dev), state.state2, backend=backend) + state.offset.to(dev, torch.float32)
         fmt = "fp32"
-    out = _ops.dequantize_kbit(packed.detach().reshape(-1).contiguous(), scales.to(dev).contiguous(),
-                               state.tensor_scale.to(dev), state.codebook.to(dev, torch.float32).contiguous(),
-                               state.k, state.blocksize, state.n, state.layout, fmt, out_dtype, name)
+    out = _ops.dequantize_kbit(words, scales.to(dev).contiguous(), state.tensor_scale.to(dev),
+                               state.codebook.to(dev, torch.float32).contiguous(), state.k, state.blocksize, n,
+                               state.layout, fmt, out_dtype, name)
     return out.view(state.shape)
 
 
 # ------------------------------------------------------------------ study hook
 
-def bits_per_param(k: int, blocksize: int, scale_format: str) -> float:
-    """Storage cost per element: k code bits plus the block scale's bits spread over the block
-    (dq8: 8 bits plus a float32 per 256 scales; the per-tensor float32s are not counted)."""
-    return k + _SCALE_BITS[scale_format] / blocksize
+def bits_per_param(k: int, blocksize: int, scale_format: str, affine: str | None = None) -> float:
+    """Storage cost per element: k code bits plus the group's stored bits spread over the group: its scale
+    (dq8: 8 bits plus a float32 per 256 scales) and, for affine groups, the uint8 zero point. Per-tensor
+    constants (e4m3's float32, a rotation seed) are not counted."""
+    return k + (_SCALE_BITS[scale_format] + (_ZERO_POINT_BITS if affine else 0)) / blocksize
 
 
 def frontier_rows(ks=range(2, 9), configs=(("fp32", 32), ("e4m4", 32), ("e8m0", 32), ("e4m3", 16), ("bf16", 64),

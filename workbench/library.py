@@ -291,3 +291,33 @@ _declare("workbench::dequantize_kbit",
          "(Tensor packed, Tensor scales, Tensor tensor_scale, Tensor codebook, int k, int blocksize, int n,"
          " str layout, str scale_format, ScalarType dtype, str backend) -> Tensor",
          _dequantize_kbit, _dequantize_kbit_fake)
+
+
+# affine groups (scale + zero point, int-k; spec: backends/reference/kbit_affine.py)
+
+def _quantize_kbit_affine(A, k, groupsize, layout, scale_format, clip, backend):
+    return kernel("quantize_kbit_affine", backend)(A, k, groupsize, layout, scale_format, clip)
+
+
+def _quantize_kbit_affine_fake(A, k, groupsize, layout, scale_format, clip, backend):
+    n, nb = A.numel(), _nblocks(A.numel(), groupsize)
+    words = _nblocks(n, 32) * k if layout == "bitplane" else _nblocks(n * k, 32)
+    return (A.new_empty(words, dtype=torch.int32), A.new_empty(nb, dtype=_KBIT_SCALE_DTYPES[scale_format]),
+            A.new_empty(nb, dtype=torch.uint8))
+
+
+_declare("workbench::quantize_kbit_affine",
+         "(Tensor A, int k, int groupsize, str layout, str scale_format, str clip, str backend)"
+         " -> (Tensor, Tensor, Tensor)",
+         _quantize_kbit_affine, _quantize_kbit_affine_fake)
+
+
+def _dequantize_kbit_affine(packed, scales, zeros, k, groupsize, n, layout, dtype, backend):
+    return kernel("dequantize_kbit_affine", backend)(packed, scales, zeros, k, groupsize, n, layout, dtype)
+
+
+_declare("workbench::dequantize_kbit_affine",
+         "(Tensor packed, Tensor scales, Tensor zeros, int k, int groupsize, int n, str layout, ScalarType dtype,"
+         " str backend) -> Tensor",
+         _dequantize_kbit_affine,
+         lambda packed, scales, zeros, k, groupsize, n, layout, dtype, backend: packed.new_empty(n, dtype=dtype))

@@ -7,6 +7,8 @@ encodings done on the float's bits (exact floor(log2), round half to even with n
 Passes: block absmax (parallel over blocks), scale encoding (serial, one value per block), then
 codes + packing (parallel over chunks of 32-element groups: each group writes exactly K words in
 both layouts, so no two tasks touch one word). Inputs must be finite (the public API checks).
+Affine groups (reference/kbit_affine.py): group min/max (parallel over groups), then codes + packing with
+the per-group 1/scale and zero point the adapter computed by the spec's torch code.
 
 The nearest-code search: a binary search for p = #{c[j] <= s} in the sorted codebook, then the
 closer of c[p-1] and c[p] by float32 distance (the upper one only when strictly closer), then a
@@ -227,6 +229,56 @@ def nearest(s, cb, m):
     return j
 
 
+@njit(inline="always", **_OPTS)
+def pack_group(codes, k, layout, words):
+    """The 32 codes of one group into words[0:k] (bit-plane, or the dense stream's k words)."""
+    for b in range(k + 1):
+        words[b] = 0
+    if layout == 0:
+        for j in range(32):
+            c = codes[j]
+            for b in range(k):
+                words[b] |= np.uint64((c >> b) & 1) << np.uint64(j)
+    else:
+        for j in range(32):
+            p = j * k
+            wi = p >> 5
+            off = p & 31
+            v = np.uint64(codes[j]) << np.uint64(off)
+            words[wi] |= v & np.uint64(0xFFFFFFFF)
+            if off + k > 32:
+                words[wi + 1] |= v >> np.uint64(32)
+
+
+@njit(inline="always", **_OPTS)
+def store_group(words, g, k, out):
+    for b in range(k):
+        w = g * k + b
+        if w < out.size:
+            out[w] = np.uint32(words[b])
+
+
+@njit(inline="always", **_OPTS)
+def load_group(words, g, k, w):
+    """Group g's k words into w[0:k], w[k] = 0 (the dense layout reads one word past)."""
+    for b in range(k + 1):
+        idx = g * k + b
+        w[b] = np.uint64(words[idx]) if (b < k and idx < words.size) else np.uint64(0)
+
+
+@njit(inline="always", **_OPTS)
+def code_at(w, j, k, layout):
+    if layout == 0:
+        c = 0
+        for b in range(k):
+            c |= np.int64((w[b] >> np.uint64(j)) & np.uint64(1)) << b
+        return c
+    p = j * k
+    wi = p >> 5
+    both = w[wi] | (w[wi + 1] << np.uint64(32))
+    return np.int64((both >> np.uint64(p & 31)) & np.uint64((1 << k) - 1))
+
+
 @njit(parallel=True, **_OPTS)
 def quantize_groups(x, kind, n, blocksize, q, cb, k, layout, out):
     """Codes of every element, packed: group g (elements 32g..32g+31) -> words out[g*k : g*k+k]
@@ -234,62 +286,85 @@ def quantize_groups(x, kind, n, blocksize, q, cb, k, layout, out):
     groups = (n + 31) // 32
     tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
     m = cb.size
-    nw = out.size
     for t in prange(tasks):
         codes = np.empty(32, np.int64)
-        words = np.empty(8, np.uint64)
+        words = np.empty(9, np.uint64)
         for g in range(t * GROUPS_PER_TASK, min((t + 1) * GROUPS_PER_TASK, groups)):
             base = g * 32
             for j in range(32):
                 i = base + j
-                if i < n:
-                    codes[j] = nearest(load(x, i, kind) / q[i // blocksize], cb, m)
-                else:
-                    codes[j] = 0
-            for b in range(k):
-                words[b] = 0
-            if layout == 0:
-                for j in range(32):
-                    c = codes[j]
-                    for b in range(k):
-                        words[b] |= np.uint64((c >> b) & 1) << np.uint64(j)
-            else:
-                for j in range(32):
-                    p = j * k
-                    wi = p >> 5
-                    off = p & 31
-                    v = np.uint64(codes[j]) << np.uint64(off)
-                    words[wi] |= v & np.uint64(0xFFFFFFFF)
-                    if off + k > 32:
-                        words[wi + 1] |= v >> np.uint64(32)
-            for b in range(k):
-                w = g * k + b
-                if w < nw:
-                    out[w] = np.uint32(words[b])
+                codes[j] = nearest(load(x, i, kind) / q[i // blocksize], cb, m) if i < n else 0
+            pack_group(codes, k, layout, words)
+            store_group(words, g, k, out)
 
 
 @njit(parallel=True, **_OPTS)
 def dequantize_groups(words, n, k, layout, blocksize, D, cb, kind, out):
     groups = (n + 31) // 32
     tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
-    nw = words.size
-    mask = np.uint64((1 << k) - 1)
     for t in prange(tasks):
         w = np.empty(9, np.uint64)
         for g in range(t * GROUPS_PER_TASK, min((t + 1) * GROUPS_PER_TASK, groups)):
-            for b in range(k + 1):
-                idx = g * k + b
-                w[b] = np.uint64(words[idx]) if (b < k and idx < nw) else np.uint64(0)
+            load_group(words, g, k, w)
             base = g * 32
             for j in range(min(32, n - base)):
-                if layout == 0:
-                    c = 0
-                    for b in range(k):
-                        c |= np.int64((w[b] >> np.uint64(j)) & np.uint64(1)) << b
-                else:
-                    p = j * k
-                    wi = p >> 5
-                    both = w[wi] | (w[wi + 1] << np.uint64(32))
-                    c = np.int64((both >> np.uint64(p & 31)) & mask)
                 i = base + j
-                store(out, i, cb[c] * D[i // blocksize], kind)
+                store(out, i, cb[code_at(w, j, k, layout)] * D[i // blocksize], kind)
+
+
+# ------------------------------------------------------------------ affine groups (spec: reference/kbit_affine.py)
+
+@njit(parallel=True, **_OPTS)
+def group_range(x, kind, n, G, lo, hi):
+    """lo[b] = min(0, min x), hi[b] = max(0, max x) over group b's real elements."""
+    for b in prange(lo.size):
+        start = b * G
+        end = min(start + G, n)
+        mn = np.float32(0.0)
+        mx = np.float32(0.0)
+        for i in range(start, end):
+            v = load(x, i, kind)
+            mn = v if v < mn else mn
+            mx = v if v > mx else mx
+        lo[b] = mn
+        hi[b] = mx
+
+
+@njit(parallel=True, **_OPTS)
+def quantize_affine_groups(x, kind, n, G, r, z, k, layout, out):
+    """code = clamp(rint(x * r[b]) + z[b], 0, 2**k - 1), packed as quantize_groups packs."""
+    groups = (n + 31) // 32
+    tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
+    qmax = np.float32((1 << k) - 1)
+    for t in prange(tasks):
+        codes = np.empty(32, np.int64)
+        words = np.empty(9, np.uint64)
+        for g in range(t * GROUPS_PER_TASK, min((t + 1) * GROUPS_PER_TASK, groups)):
+            base = g * 32
+            for j in range(32):
+                i = base + j
+                if i < n:
+                    b = i // G
+                    c = np.rint(load(x, i, kind) * r[b]) + np.float32(z[b])
+                    c = np.float32(0.0) if c < 0 else (qmax if c > qmax else c)
+                    codes[j] = np.int64(c)
+                else:
+                    codes[j] = 0
+            pack_group(codes, k, layout, words)
+            store_group(words, g, k, out)
+
+
+@njit(parallel=True, **_OPTS)
+def dequantize_affine_groups(words, n, k, layout, G, D, z, kind, out):
+    """out = float32(code - z[b]) * D[b], rounded once to the output kind."""
+    groups = (n + 31) // 32
+    tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
+    for t in prange(tasks):
+        w = np.empty(9, np.uint64)
+        for g in range(t * GROUPS_PER_TASK, min((t + 1) * GROUPS_PER_TASK, groups)):
+            load_group(words, g, k, w)
+            base = g * 32
+            for j in range(min(32, n - base)):
+                i = base + j
+                b = i // G
+                store(out, i, np.float32(code_at(w, j, k, layout) - np.int64(z[b])) * D[b], kind)

@@ -4,7 +4,7 @@ numba_kernels/cpu/kbit.py (its docstring has the plan), in C. Rules: workbench/b
 bit for bit -- float32 arithmetic without FMA contraction (setup.py: -ffp-contract=off), rintf for round
 half to even, exact floor(log2) from the float's bits. Inputs must be finite."""
 from cython.parallel cimport prange
-from libc.stdint cimport uint32_t, int64_t
+from libc.stdint cimport uint8_t, uint32_t, int64_t
 
 cdef extern from *:
     """
@@ -101,51 +101,101 @@ cdef extern from *:
         while (j > 0 && fabsf(s - cb[j - 1]) == d) j--;
         return j;
     }
+    /* the 32 codes of group g packed into its k words (bit-plane, or the dense stream's words below nw) */
+    static inline void kk_pack_store(const int64_t* codes, int64_t k, int layout, int64_t g, uint32_t* out,
+                                     int64_t nw) {
+        uint64_t words[9];
+        for (int64_t b = 0; b <= k; b++) words[b] = 0;
+        if (layout == 0) {
+            for (int64_t j = 0; j < 32; j++)
+                for (int64_t b = 0; b < k; b++) words[b] |= (uint64_t)((codes[j] >> b) & 1) << j;
+        } else {
+            for (int64_t j = 0; j < 32; j++) {
+                int64_t p = j * k, wi = p >> 5;
+                uint64_t v = (uint64_t)codes[j] << (p & 31);
+                words[wi] |= v & 0xFFFFFFFFull;
+                words[wi + 1] |= v >> 32;
+            }
+        }
+        for (int64_t b = 0; b < k; b++) { int64_t w = g * k + b; if (w < nw) out[w] = (uint32_t)words[b]; }
+    }
+    static inline void kk_load_group(const uint32_t* words, int64_t nw, int64_t g, int64_t k, uint64_t* w) {
+        for (int64_t b = 0; b <= k; b++) { int64_t idx = g * k + b; w[b] = (b < k && idx < nw) ? words[idx] : 0; }
+    }
+    static inline int64_t kk_code_at(const uint64_t* w, int64_t j, int64_t k, int layout) {
+        if (layout == 0) {
+            int64_t c = 0;
+            for (int64_t b = 0; b < k; b++) c |= (int64_t)((w[b] >> j) & 1) << b;
+            return c;
+        }
+        int64_t p = j * k, wi = p >> 5;
+        return (int64_t)(((w[wi] | (w[wi + 1] << 32)) >> (p & 31)) & ((1ull << k) - 1));
+    }
     static void kk_quantize_task(const void* x, int kind, int64_t n, int64_t bs, const float* q, const float* cb,
                                  int64_t m, int64_t k, int layout, uint32_t* out, int64_t nw, int64_t t) {
         int64_t groups = (n + 31) / 32, g0 = t * KK_GROUPS_PER_TASK;
         int64_t g1 = g0 + KK_GROUPS_PER_TASK < groups ? g0 + KK_GROUPS_PER_TASK : groups;
         int64_t codes[32];
-        uint64_t words[9];
         for (int64_t g = g0; g < g1; g++) {
             int64_t base = g * 32;
             for (int64_t j = 0; j < 32; j++) {
                 int64_t i = base + j;
                 codes[j] = i < n ? kk_nearest(kk_load(x, kind, i) / q[i / bs], cb, m) : 0;
             }
-            for (int64_t b = 0; b <= k; b++) words[b] = 0;
-            if (layout == 0) {
-                for (int64_t j = 0; j < 32; j++)
-                    for (int64_t b = 0; b < k; b++) words[b] |= (uint64_t)((codes[j] >> b) & 1) << j;
-            } else {
-                for (int64_t j = 0; j < 32; j++) {
-                    int64_t p = j * k, wi = p >> 5;
-                    uint64_t v = (uint64_t)codes[j] << (p & 31);
-                    words[wi] |= v & 0xFFFFFFFFull;
-                    words[wi + 1] |= v >> 32;
-                }
-            }
-            for (int64_t b = 0; b < k; b++) { int64_t w = g * k + b; if (w < nw) out[w] = (uint32_t)words[b]; }
+            kk_pack_store(codes, k, layout, g, out, nw);
         }
     }
     static void kk_dequantize_task(const uint32_t* words, int64_t nw, int64_t n, int64_t k, int layout, int64_t bs,
                                    const float* D, const float* cb, int kind, void* out, int64_t t) {
         int64_t groups = (n + 31) / 32, g0 = t * KK_GROUPS_PER_TASK;
         int64_t g1 = g0 + KK_GROUPS_PER_TASK < groups ? g0 + KK_GROUPS_PER_TASK : groups;
-        uint64_t w[9], mask = (1ull << k) - 1;
+        uint64_t w[9];
         for (int64_t g = g0; g < g1; g++) {
-            for (int64_t b = 0; b <= k; b++) { int64_t idx = g * k + b; w[b] = (b < k && idx < nw) ? words[idx] : 0; }
+            kk_load_group(words, nw, g, k, w);
             int64_t base = g * 32, len = n - base < 32 ? n - base : 32;
             for (int64_t j = 0; j < len; j++) {
-                int64_t c = 0;
-                if (layout == 0) {
-                    for (int64_t b = 0; b < k; b++) c |= (int64_t)((w[b] >> j) & 1) << b;
-                } else {
-                    int64_t p = j * k, wi = p >> 5;
-                    c = (int64_t)(((w[wi] | (w[wi + 1] << 32)) >> (p & 31)) & mask);
-                }
                 int64_t i = base + j;
-                kk_store(out, kind, i, cb[c] * D[i / bs]);
+                kk_store(out, kind, i, cb[kk_code_at(w, j, k, layout)] * D[i / bs]);
+            }
+        }
+    }
+    /* affine groups (spec: workbench/backends/reference/kbit_affine.py) */
+    static inline void kk_range_block(const void* x, int kind, int64_t n, int64_t G, int64_t b, float* lo, float* hi) {
+        int64_t start = b * G, end = start + G < n ? start + G : n;
+        float mn = 0.0f, mx = 0.0f;
+        for (int64_t i = start; i < end; i++) { float v = kk_load(x, kind, i); mn = v < mn ? v : mn; mx = v > mx ? v : mx; }
+        lo[b] = mn; hi[b] = mx;
+    }
+    static void kk_quantize_affine_task(const void* x, int kind, int64_t n, int64_t G, const float* r,
+                                        const uint8_t* z, int64_t k, int layout, uint32_t* out, int64_t nw, int64_t t) {
+        int64_t groups = (n + 31) / 32, g0 = t * KK_GROUPS_PER_TASK;
+        int64_t g1 = g0 + KK_GROUPS_PER_TASK < groups ? g0 + KK_GROUPS_PER_TASK : groups;
+        float qmax = (float)((1 << k) - 1);
+        int64_t codes[32];
+        for (int64_t g = g0; g < g1; g++) {
+            for (int64_t j = 0; j < 32; j++) {
+                int64_t i = g * 32 + j;
+                if (i < n) {
+                    int64_t b = i / G;
+                    float c = rintf(kk_load(x, kind, i) * r[b]) + (float)z[b];
+                    c = c < 0.0f ? 0.0f : (c > qmax ? qmax : c);
+                    codes[j] = (int64_t)c;
+                } else codes[j] = 0;
+            }
+            kk_pack_store(codes, k, layout, g, out, nw);
+        }
+    }
+    static void kk_dequantize_affine_task(const uint32_t* words, int64_t nw, int64_t n, int64_t k, int layout,
+                                          int64_t G, const float* D, const uint8_t* z, int kind, void* out, int64_t t) {
+        int64_t groups = (n + 31) / 32, g0 = t * KK_GROUPS_PER_TASK;
+        int64_t g1 = g0 + KK_GROUPS_PER_TASK < groups ? g0 + KK_GROUPS_PER_TASK : groups;
+        uint64_t w[9];
+        for (int64_t g = g0; g < g1; g++) {
+            kk_load_group(words, nw, g, k, w);
+            int64_t base = g * 32, len = n - base < 32 ? n - base : 32;
+            for (int64_t j = 0; j < len; j++) {
+                int64_t i = base + j, b = i / G;
+                kk_store(out, kind, i, (float)(kk_code_at(w, j, k, layout) - (int64_t)z[b]) * D[b]);
             }
         }
     }
@@ -158,6 +208,11 @@ cdef extern from *:
                           int64_t m, int64_t k, int layout, uint32_t* out, int64_t nw, int64_t t) nogil
     void kk_dequantize_task(const uint32_t* words, int64_t nw, int64_t n, int64_t k, int layout, int64_t bs,
                             const float* D, const float* cb, int kind, void* out, int64_t t) nogil
+    void kk_range_block(const void* x, int kind, int64_t n, int64_t G, int64_t b, float* lo, float* hi) nogil
+    void kk_quantize_affine_task(const void* x, int kind, int64_t n, int64_t G, const float* r, const uint8_t* z,
+                                 int64_t k, int layout, uint32_t* out, int64_t nw, int64_t t) nogil
+    void kk_dequantize_affine_task(const uint32_t* words, int64_t nw, int64_t n, int64_t k, int layout, int64_t G,
+                                   const float* D, const uint8_t* z, int kind, void* out, int64_t t) nogil
 
 FMT_IDS = {"fp32": 0, "fp16": 1, "bf16": 2, "e4m4": 3, "e8m0": 4, "e4m3": 5}
 LAYOUT_IDS = {"bitplane": 0, "dense": 1}
@@ -221,3 +276,26 @@ def dequantize_groups(const uint32_t[::1] words, int64_t n, int64_t k, int layou
     cdef int64_t tasks = ((n + 31) // 32 + GPT - 1) // GPT, t
     for t in prange(tasks, nogil=True, schedule="static"):
         kk_dequantize_task(&words[0], words.shape[0], n, k, layout, blocksize, &D[0], &cb[0], kind, po, t)
+
+
+def group_range(x, int kind, int64_t n, int64_t G, float[::1] lo, float[::1] hi):
+    cdef const void* px = _addr(x)
+    cdef int64_t b
+    for b in prange(lo.shape[0], nogil=True, schedule="static"):
+        kk_range_block(px, kind, n, G, b, &lo[0], &hi[0])
+
+
+def quantize_affine_groups(x, int kind, int64_t n, int64_t G, const float[::1] r, const uint8_t[::1] z, int64_t k,
+                           int layout, uint32_t[::1] out):
+    cdef const void* px = _addr(x)
+    cdef int64_t tasks = ((n + 31) // 32 + GPT - 1) // GPT, t
+    for t in prange(tasks, nogil=True, schedule="static"):
+        kk_quantize_affine_task(px, kind, n, G, &r[0], &z[0], k, layout, &out[0], out.shape[0], t)
+
+
+def dequantize_affine_groups(const uint32_t[::1] words, int64_t n, int64_t k, int layout, int64_t G,
+                             const float[::1] D, const uint8_t[::1] z, int kind, out):
+    cdef void* po = <void*><size_t>out.ctypes.data
+    cdef int64_t tasks = ((n + 31) // 32 + GPT - 1) // GPT, t
+    for t in prange(tasks, nogil=True, schedule="static"):
+        kk_dequantize_affine_task(&words[0], words.shape[0], n, k, layout, G, &D[0], &z[0], kind, po, t)

@@ -2,8 +2,11 @@
 
 numba_kernels/cpu/kbit.py and workbench/_native/kbit_cpu.pyx expose the same kernel functions on
 NumPy arrays (block_absmax, encode_scales, decode_scales, quantize_groups, dequantize_groups,
-floor_log2, FMT_IDS, LAYOUT_IDS); :func:`bind` wraps either into the two ops of the backend contract
-(rules: workbench/backends/reference/kbit.py): torch tensors in, zero-copy views, outputs allocated here.
+floor_log2, FMT_IDS, LAYOUT_IDS, and for affine groups group_range, quantize_affine_groups,
+dequantize_affine_groups); :func:`bind` wraps either into the four ops of the backend contract (rules:
+workbench/backends/reference/kbit.py and kbit_affine.py): torch tensors in, zero-copy views, outputs allocated
+here. Affine scales and zero points (one value per group) come from the spec's own torch code
+(``reference.kbit_affine.qparams``, and its MSE clip search), so every CPU backend agrees on them bit for bit.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import numpy as np
 import torch
 
 from ._cpu_common import alloc, as_numpy_bits, kind_of
+from .reference import kbit_affine as RA
 from .reference.kbit import nblocks, packed_words
 
 
@@ -75,7 +79,35 @@ def bind(K, module: str) -> dict:
         K.dequantize_groups(words, n, k, K.LAYOUT_IDS[layout], blocksize, D, _codebook(codebook), okind, arr)
         return out
 
-    ops = {"quantize_kbit": quantize_kbit, "dequantize_kbit": dequantize_kbit}
+    def quantize_kbit_affine(A, k, groupsize, layout, scale_format, clip):
+        x, kind = as_numpy_bits(A)
+        x = x.view(np.uint16)
+        n = A.numel()
+        nb = nblocks(n, groupsize)
+        if clip == "minmax":
+            lo, hi = np.empty(nb, np.float32), np.empty(nb, np.float32)
+            K.group_range(x, kind, n, groupsize, lo, hi)
+            lo, hi = torch.from_numpy(lo), torch.from_numpy(hi)
+        else:   # the MSE clip search: the spec's torch code (see the module docstring)
+            lo, hi = RA.mse_clip_range(A, k, groupsize, scale_format)
+        S, z, _, r = RA.qparams(lo, hi, k, scale_format)
+        words = _empty(packed_words(n, k, layout), torch.int32)
+        K.quantize_affine_groups(x, kind, n, groupsize, r.numpy(), z.numpy(), k, K.LAYOUT_IDS[layout],
+                                 words.numpy().view(np.uint32))
+        return words, S, z
+
+    def dequantize_kbit_affine(packed, scales, zeros, k, groupsize, n, layout, dtype):
+        kind_of(dtype, "dtype")
+        D = np.ascontiguousarray(scales.detach().reshape(-1).float().numpy())
+        z = np.ascontiguousarray(zeros.detach().reshape(-1).numpy())
+        out = _empty(n, dtype)
+        arr, okind = as_numpy_bits(out)
+        words = packed.detach().reshape(-1).contiguous().numpy().view(np.uint32)
+        K.dequantize_affine_groups(words, n, k, K.LAYOUT_IDS[layout], groupsize, D, z, okind, arr.view(np.uint16))
+        return out
+
+    ops = {"quantize_kbit": quantize_kbit, "dequantize_kbit": dequantize_kbit,
+           "quantize_kbit_affine": quantize_kbit_affine, "dequantize_kbit_affine": dequantize_kbit_affine}
     for f in ops.values():
         f.__module__ = module
     return ops

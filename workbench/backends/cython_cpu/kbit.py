@@ -8,3 +8,5 @@ K = native("kbit")  # kbit_cpu, or the bounds-checked kbit_cpu_debug under KBIT_
 _ops = bind(K, __name__)
 quantize_kbit = register_kernel("workbench::quantize_kbit", "cython_cpu")(_ops["quantize_kbit"])
 dequantize_kbit = register_kernel("workbench::dequantize_kbit", "cython_cpu")(_ops["dequantize_kbit"])
+quantize_kbit_affine = register_kernel("workbench::quantize_kbit_affine", "cython_cpu")(_ops["quantize_kbit_affine"])
+dequantize_kbit_affine = register_kernel("workbench::dequantize_kbit_affine", "cython_cpu")(_ops["dequantize_kbit_affine"])

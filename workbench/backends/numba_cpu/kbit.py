@@ -7,3 +7,5 @@ from ..registry import register_kernel
 _ops = bind(K, __name__)
 quantize_kbit = register_kernel("workbench::quantize_kbit", "numba_cpu")(_ops["quantize_kbit"])
 dequantize_kbit = register_kernel("workbench::dequantize_kbit", "numba_cpu")(_ops["dequantize_kbit"])
+quantize_kbit_affine = register_kernel("workbench::quantize_kbit_affine", "numba_cpu")(_ops["quantize_kbit_affine"])
+dequantize_kbit_affine = register_kernel("workbench::dequantize_kbit_affine", "numba_cpu")(_ops["dequantize_kbit_affine"])

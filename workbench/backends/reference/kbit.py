@@ -257,3 +257,5 @@ from ..registry import register_kernel  # noqa: E402
 
 register_kernel("workbench::quantize_kbit", "reference")(quantize_kbit)
 register_kernel("workbench::dequantize_kbit", "reference")(dequantize_kbit)
+
+from . import kbit_affine  # noqa: E402,F401  (affine groups: same family, registers its two ops)
