@@ -18,6 +18,7 @@ import math
 import torch
 
 from . import codebooks as cbs
+from . import hadamard
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends.reference.kbit import LAYOUTS, SCALE_FORMATS
 from .backends.registry import resolve
@@ -51,7 +52,7 @@ def _device(t: torch.Tensor) -> str:
 
 def quantize_kbit(A: torch.Tensor, k: int = 4, codebook=None, blocksize: int | str = 32, layout: str = "bitplane",
                   scale_format: str | None = None, codes_against: str = "exact", *, affine: str | None = None,
-                  backend: str = "auto"):
+                  rotate: int | None = None, rotate_seed: int = 0, backend: str = "auto"):
     """K-bit groupwise quantization. Returns ``(packed int32 words, KbitState)``.
 
     ``codebook``: 2**k sorted values (tensor, sequence, Codebook or registered name); default the
@@ -64,10 +65,13 @@ def quantize_kbit(A: torch.Tensor, k: int = 4, codebook=None, blocksize: int | s
     ``affine``: ``"minmax"`` or ``"mse"`` for int-k codes with a scale and a zero point per group
     (torchao's asymmetric affine; ``"mse"`` searches a clip of the range; spec:
     workbench/backends/reference/kbit_affine.py) instead of a codebook.
+    ``rotate``: a power of two 32..4096: quantize ``H (s * x) / sqrt(rotate)`` per block of that many flat
+    elements (randomized Hadamard, signs from ``rotate_seed``; workbench/hadamard.py) and undo it on dequantize.
     """
     check_tensor("A", A)
     check_k(k)
     check_affine(affine)
+    R = hadamard.check_rotate(rotate, rotate_seed)
     blocksize = resolve_blocksize(blocksize, A.shape)
     check_layout(layout)
     if scale_format is None:
@@ -84,6 +88,8 @@ def quantize_kbit(A: torch.Tensor, k: int = 4, codebook=None, blocksize: int | s
     check_finite("A", A, "raise")
     dev = _device(A)
     a = A.detach().reshape(-1)
+    if R:                     # the rotated, zero-padded float32 tensor is what gets coded
+        a = hadamard.rotate(a, R, rotate_seed)
     if not a.is_contiguous():
         a = a.contiguous()
     zeros = None
@@ -102,7 +108,8 @@ def quantize_kbit(A: torch.Tensor, k: int = 4, codebook=None, blocksize: int | s
         scales, offset, state2 = _quantize_absmax(scales, backend)
     state = KbitState(k=k, codebook=None if cb is None else cb.to(A.device), blocksize=blocksize, layout=layout,
                       scale_format=scale_format, codes_against=codes_against, scales=scales, tensor_scale=ts,
-                      shape=A.shape, dtype=A.dtype, offset=offset, state2=state2, affine=affine, zeros=zeros)
+                      shape=A.shape, dtype=A.dtype, offset=offset, state2=state2, affine=affine, zeros=zeros,
+                      rotate=R, rotate_seed=rotate_seed if R else 0)
     return packed, state
 
 
@@ -118,20 +125,24 @@ def dequantize_kbit(packed: torch.Tensor, state: KbitState, *, dtype: torch.dtyp
     dev = packed.device
     words = packed.detach().reshape(-1).contiguous()
     n = state.n_coded
+    coded_dtype = torch.float32 if state.rotate else out_dtype   # undo the rotation in float32, round once
     if state.affine:
         name = resolve(backend, "dequantize_kbit_affine", _device(packed), None)
         out = _ops.dequantize_kbit_affine(words, state.scales.to(dev).contiguous(), state.zeros.to(dev).contiguous(),
-                                          state.k, state.blocksize, n, state.layout, out_dtype, name)
-        return out.view(state.shape)
-    name = resolve(backend, "dequantize_kbit", _device(packed), None)
-    scales, fmt = state.scales, state.scale_format
-    if fmt == DQ8:            # decode the 8-bit absmax first: dequantize_blockwise + offset, in float32
-        from .ops import dequantize_blockwise
-        scales = dequantize_blockwise(scales.to(dev), state.state2, backend=backend) + state.offset.to(dev, torch.float32)
-        fmt = "fp32"
-    out = _ops.dequantize_kbit(words, scales.to(dev).contiguous(), state.tensor_scale.to(dev),
-                               state.codebook.to(dev, torch.float32).contiguous(), state.k, state.blocksize, n,
-                               state.layout, fmt, out_dtype, name)
+                                          state.k, state.blocksize, n, state.layout, coded_dtype, name)
+    else:
+        name = resolve(backend, "dequantize_kbit", _device(packed), None)
+        scales, fmt = state.scales, state.scale_format
+        if fmt == DQ8:        # decode the 8-bit absmax first: dequantize_blockwise + offset, in float32
+            from .ops import dequantize_blockwise
+            scales = (dequantize_blockwise(scales.to(dev), state.state2, backend=backend)
+                      + state.offset.to(dev, torch.float32))
+            fmt = "fp32"
+        out = _ops.dequantize_kbit(words, scales.to(dev).contiguous(), state.tensor_scale.to(dev),
+                                   state.codebook.to(dev, torch.float32).contiguous(), state.k, state.blocksize, n,
+                                   state.layout, fmt, coded_dtype, name)
+    if state.rotate:
+        out = hadamard.unrotate(out, state.rotate, state.rotate_seed, state.n).to(out_dtype)
     return out.view(state.shape)
 
 

@@ -14,7 +14,7 @@ import torch
 from . import codebooks as cbs
 from .backends.reference.kbit import LAYOUTS, SCALE_DTYPES, SCALE_FORMATS, nblocks, packed_words
 from .backends.reference.kbit_affine import AFFINE_SCALE_FORMATS, CLIPS
-from .hadamard import padded_size
+from .hadamard import check_rotate, padded_size
 from .validation import QuantInputError
 
 KBIT_BLOCKSIZES = tuple(2 ** e for e in range(4, 13))   # 16 .. 4096
@@ -61,6 +61,11 @@ class KbitState:
         return padded_size(self.n, self.rotate) if self.rotate else self.n
 
     def validate(self, packed: torch.Tensor) -> None:
+        if self.rotate:
+            try:
+                check_rotate(self.rotate, self.rotate_seed)
+            except QuantInputError as e:
+                raise QuantInputError(f"state.{e}") from None
         check_k(self.k)
         check_layout(self.layout)
         if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) or self.blocksize < 1:
@@ -91,12 +96,6 @@ class KbitState:
             if not isinstance(z, torch.Tensor) or z.dtype != torch.uint8 or z.numel() != nb:
                 raise QuantInputError(f"state.zeros: affine groups need {nb} uint8 zero points, got "
                                       f"{'None' if z is None else f'{z.numel()} of {z.dtype}'}")
-        if self.rotate:
-            from .hadamard import check_rotate
-            try:
-                check_rotate(self.rotate, self.rotate_seed)
-            except QuantInputError as e:
-                raise QuantInputError(f"state.{e}") from None
 
 
 # ------------------------------------------------------------------ argument checks
