@@ -1,0 +1,113 @@
+"""Where the host time of a public call goes, on CUDA at n = 4096 (the kernel's own time is noise there).
+
+    python -m studies.probes.host_profile [--out DIR]
+
+Per op: host µs per call (back to back, one sync at the end), the same call with the kernel
+replaced by one returning preallocated outputs (the Python + dispatcher part), bitsandbytes' call,
+and a cProfile of the public call (top entries by own time). Also the primitives a call is made
+of (an empty CUDA tensor, a small clone, a ctypes-free torch.ops dispatch), so a cost can be
+traced to its line.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+
+import torch
+
+import workbench as wb
+from workbench.backends import registry as R
+from workbench.int8 import int8_vectorwise_quant
+
+
+def per_call_us(f, reps: int = 2000) -> float:
+    for _ in range(200):
+        f()
+    torch.cuda.synchronize()
+    runs = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(reps):
+            f()
+        torch.cuda.synchronize()
+        runs.append((time.perf_counter() - t) / reps * 1e6)
+    return sorted(runs)[2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    n = 4096
+    A = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    M = torch.randn(64, 64, device="cuda", dtype=torch.float16)
+    p, s = wb.quantize_4bit(A, blocksize=64, quant_type="nf4")
+    c, s8 = wb.quantize_blockwise(A)
+    ops = {"quantize_4bit": lambda: wb.quantize_4bit(A, blocksize=64, quant_type="nf4"),
+           "dequantize_4bit": lambda: wb.dequantize_4bit(p, s),
+           "quantize_blockwise": lambda: wb.quantize_blockwise(A),
+           "dequantize_blockwise": lambda: wb.dequantize_blockwise(c, s8),
+           "int8_vectorwise_quant": lambda: int8_vectorwise_quant(M, 0.0)}
+    try:
+        import bitsandbytes.functional as F
+        pb, sb = F.quantize_4bit(A, blocksize=64, quant_type="nf4")
+        cb_, sb8 = F.quantize_blockwise(A)
+        bnb = {"quantize_4bit": lambda: F.quantize_4bit(A, blocksize=64, quant_type="nf4"),
+               "dequantize_4bit": lambda: F.dequantize_4bit(pb, sb),
+               "quantize_blockwise": lambda: F.quantize_blockwise(A),
+               "dequantize_blockwise": lambda: F.dequantize_blockwise(cb_, sb8),
+               "int8_vectorwise_quant": lambda: F.int8_vectorwise_quant(M, 0.0)}
+    except Exception as e:  # noqa: BLE001
+        print("bitsandbytes unavailable:", e)
+        bnb = {}
+    lines = []
+    for name, f in ops.items():
+        lines.append(f"{name:24s} ours {per_call_us(f):6.1f} us   bnb "
+                     f"{per_call_us(bnb[name]) if name in bnb else float('nan'):6.1f} us")
+    # the same calls with null kernels: what Python and the dispatcher cost
+    outs = {"quantize_4bit": wb.quantize_4bit(A, blocksize=64, quant_type="nf4")[0].view(-1),
+            "quantize_blockwise": c.view(-1)}
+    null = {"quantize_4bit": lambda *a: (outs["quantize_4bit"], s.absmax),
+            "dequantize_4bit": lambda *a: A,
+            "quantize_blockwise": lambda *a: (outs["quantize_blockwise"], s8.absmax),
+            "dequantize_blockwise": lambda *a: A,
+            "int8_vectorwise_quant": lambda *a: (M.to(torch.int8), M[:, 0].float(), None)}
+    saved = dict(R._resolved)
+    for op, fn in null.items():
+        R._kernels[op]["null"] = fn
+        for dt in ("bfloat16", "float16", "uint8"):
+            R._resolved[("auto", op, "cuda", dt)] = "null"
+    for name, f in ops.items():
+        lines.append(f"{name:24s} null kernel {per_call_us(f):6.1f} us")
+    R._resolved.clear()
+    R._resolved.update(saved)
+    x16 = torch.randn(16, device="cuda")
+    prims = {"torch.empty(2048, u8, cuda)": lambda: torch.empty(2048, dtype=torch.uint8, device="cuda"),
+             "clone(16 f32)": lambda: x16.clone(),
+             "torch.cuda.current_device()": torch.cuda.current_device,
+             "A.view(-1, 1)": lambda: A.view(-1, 1),
+             "torch.ops.aten.add (dispatch)": lambda: torch.ops.aten.add(x16, x16)}
+    for k, f in prims.items():
+        lines.append(f"  {k:34s} {per_call_us(f):6.2f} us")
+    for name, f in ops.items():
+        pr = cProfile.Profile()
+        pr.enable()
+        for _ in range(3000):
+            f()
+        torch.cuda.synchronize()
+        pr.disable()
+        buf = io.StringIO()
+        pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(14)
+        lines.append(f"\n=== cProfile {name} (3000 calls)\n" + buf.getvalue().split("ncalls", 1)[-1])
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        from pathlib import Path
+        Path(args.out, "host_profile.txt").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
