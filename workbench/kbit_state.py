@@ -60,7 +60,20 @@ class KbitState:
         """Elements the codes cover: n, or n padded to whole Hadamard blocks."""
         return padded_size(self.n, self.rotate) if self.rotate else self.n
 
-    def validate(self, packed: torch.Tensor) -> None:
+    def as_dict(self, packed: bool = False) -> dict:
+        """The state as plain items and tensors (``packed``: tensors + one JSON uint8 tensor, for a state_dict);
+        :meth:`from_dict` reads either back (workbench/kbit_state_dict.py)."""
+        from .kbit_state_dict import as_dict
+        return as_dict(self, packed)
+
+    @classmethod
+    def from_dict(cls, state_dict, device="cpu") -> "KbitState":
+        """The state of :meth:`as_dict`; every item checked, errors name the key (``state_dict['scales']: ...``)."""
+        from .kbit_state_dict import from_dict
+        return from_dict(state_dict, device)
+
+    def validate_fields(self) -> None:
+        """The state's own consistency (types, dtypes, counts); errors name the field."""
         if self.rotate:
             try:
                 check_rotate(self.rotate, self.rotate_seed)
@@ -70,15 +83,11 @@ class KbitState:
         check_layout(self.layout)
         if isinstance(self.blocksize, bool) or not isinstance(self.blocksize, int) or self.blocksize < 1:
             raise QuantInputError(f"state.blocksize: expected a positive int, got {self.blocksize!r}")
+        check_affine(self.affine)
         check_scale_format(self.scale_format, self.blocksize, self.affine)
-        n = self.n_coded
-        want = packed_words(n, self.k, self.layout)
-        if packed.numel() != want:
-            raise QuantInputError(f"packed: {packed.numel()} words, but {n} {self.k}-bit codes in the "
-                                  f"{self.layout!r} layout need {want}")
-        if packed.dtype != torch.int32:
-            raise QuantInputError(f"packed: dtype {packed.dtype}; expected torch.int32 words")
-        nb = nblocks(n, self.blocksize)
+        if self.codes_against not in CODES_AGAINST:
+            raise QuantInputError(f"codes_against: expected one of {CODES_AGAINST}, got {self.codes_against!r}")
+        nb = nblocks(self.n_coded, self.blocksize)
         want_dtype = torch.uint8 if self.scale_format == DQ8 else SCALE_DTYPES[self.scale_format]
         if self.scale_format == DQ8 and (self.state2 is None or self.offset is None):
             raise QuantInputError("state.state2: scale_format 'dq8' needs the nested state and offset")
@@ -91,11 +100,26 @@ class KbitState:
         if self.affine is None:
             codebook_tensor(self.codebook, self.k)
         else:
-            check_affine(self.affine)
             z = self.zeros
             if not isinstance(z, torch.Tensor) or z.dtype != torch.uint8 or z.numel() != nb:
                 raise QuantInputError(f"state.zeros: affine groups need {nb} uint8 zero points, got "
                                       f"{'None' if z is None else f'{z.numel()} of {z.dtype}'}")
+        if self.state2 is not None:
+            s2 = self.state2
+            want2 = nblocks(nb, s2.blocksize) if isinstance(s2.blocksize, int) and s2.blocksize > 0 else -1
+            if want2 < 0 or s2.absmax.numel() != want2:
+                raise QuantInputError(f"state.nested_absmax: {nb} dq8 scales in blocks of {s2.blocksize!r} need "
+                                      f"{want2} nested absmax, got {s2.absmax.numel()}")
+
+    def validate(self, packed: torch.Tensor) -> None:
+        self.validate_fields()
+        n = self.n_coded
+        want = packed_words(n, self.k, self.layout)
+        if packed.numel() != want:
+            raise QuantInputError(f"packed: {packed.numel()} words, but {n} {self.k}-bit codes in the "
+                                  f"{self.layout!r} layout need {want}")
+        if packed.dtype != torch.int32:
+            raise QuantInputError(f"packed: dtype {packed.dtype}; expected torch.int32 words")
 
 
 # ------------------------------------------------------------------ argument checks
