@@ -1,6 +1,6 @@
 """CUDA-graph capture of the public ops: captured once, replayed on new data, exact results
-(bitsandbytes #1308 is the upstream failure). Capture needs ``nan_policy="propagate"``: the raise
-policy reads a flag on the host, which a graph cannot (the ops refuse it with a clear error)."""
+(bitsandbytes #1308 is the upstream failure). The default ``nan_policy="propagate"`` captures as
+called; ``"raise"`` reads a flag on the host, which a graph cannot (the ops refuse it with a clear error)."""
 from __future__ import annotations
 
 import pytest
@@ -35,7 +35,7 @@ def test_quantize_dequantize_4bit_replay_exact(n):
     A.copy_(torch.randn(n, device="cuda"))
 
     def step():
-        packed, qs = wb.quantize_4bit(A, blocksize=64, quant_type="nf4", backend="cuda", nan_policy="propagate")
+        packed, qs = wb.quantize_4bit(A, blocksize=64, quant_type="nf4", backend="cuda")  # default nan_policy
         return packed, qs.absmax, wb.dequantize_4bit(packed, qs, backend="cuda")
 
     g, (packed, absmax, out) = _capture(step)
@@ -108,4 +108,4 @@ def test_int8_nan_rows_match_reference_and_raise(threshold, dtype):
     assert torch.equal(got[1].isnan(), want[1].isnan())
     assert torch.equal(torch.nan_to_num(got[1]), torch.nan_to_num(want[1]))
     with pytest.raises(QuantInputError, match="non-finite"):
-        int8_vectorwise_quant(A, threshold, backend="cuda")
+        int8_vectorwise_quant(A, threshold, backend="cuda", nan_policy="raise")
