@@ -54,7 +54,7 @@ def test_raise_policy_is_refused_during_capture():
     g = torch.cuda.CUDAGraph()
     with pytest.raises(QuantInputError, match="propagate"):
         with torch.cuda.graph(g):
-            wb.quantize_4bit(A, quant_type="nf4", backend="cuda")
+            wb.quantize_4bit(A, quant_type="nf4", backend="cuda", nan_policy="raise")
 
 
 @pytest.mark.parametrize("name", ["adam", "lion"])
