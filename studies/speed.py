@@ -23,42 +23,18 @@ KEYS = ("family", "op", "backend", "dtype", "quant_type", "codebook", "blocksize
 ROOT = Path(__file__).resolve().parent.parent / "reports"
 
 
-def result_files(root: Path | str = ROOT, extra=()) -> list[Path]:
-    """Parquet files (CSV where no parquet twin exists) in the matching report directories and ``extra``."""
+def _dirs(root: Path | str = ROOT) -> list[Path]:
+    """The benchmark folders under ``root`` (those matching :data:`PATTERNS`)."""
     root = Path(root)
-    dirs = sorted({d for pat in PATTERNS for d in root.glob(pat) if d.is_dir()})
-    files: list[Path] = []
-    for d in list(dirs) + [Path(p) for p in extra]:
-        if d.is_file():
-            files.append(d)
-            continue
-        pq = [p for p in sorted(d.rglob("*.parquet")) if _current(p, d)]
-        files += pq
-        have = {p.with_suffix("") for p in pq}
-        files += [c for c in sorted(d.rglob("*.csv"))
-                  if _current(c, d) and c.with_suffix("") not in have and _looks_like_results(c)]
-    return files
-
-
-def _current(p: Path, top: Path) -> bool:
-    """False for files under a ``history/`` folder: earlier revisions and repeat runs kept as evidence
-    (the folders' READMEs cite them); a median over them would mix old code into the current numbers."""
-    return "history" not in p.relative_to(top).parts[:-1]
-
-
-def _looks_like_results(p: Path) -> bool:
-    try:
-        head = p.open().readline()
-    except OSError:
-        return False
-    return "run_device" in head and ("median_ms" in head or "gbps" in head)
+    return sorted({d for pat in PATTERNS for d in root.glob(pat) if d.is_dir()})
 
 
 def load(root: Path | str = ROOT, extra=()) -> pd.DataFrame:
+    from workbench import results
     frames = []
-    for f in result_files(root, extra):
+    for f in results.result_files(*_dirs(root), *extra, csv_fallback=True, skip_history=True):
         try:
-            df = pd.read_parquet(f) if f.suffix == ".parquet" else pd.read_csv(f)
+            df = results.read(f)
         except Exception:  # noqa: BLE001  (a broken file must not hide the others)
             continue
         if "median_ms" not in df and "gbps" not in df:

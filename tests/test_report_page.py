@@ -84,6 +84,18 @@ def test_default_output_is_untracked():
     if shutil.which("git") and (ROOT / ".git").exists():
         r = subprocess.run(["git", "check-ignore", "-q", "reports/local/cpu-default/report.md"], cwd=ROOT)
         assert r.returncode == 0, "reports/local/ must be listed in .gitignore"
+    # `make report` takes that default: its recipe names no other root
+    recipe = re.search(r"^report:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert "workbench report" in recipe and "--out" not in recipe, recipe
+
+
+def test_the_committed_reference_report_is_regenerated_on_purpose():
+    """`workbench report --out reports --name cpu-default` replaces the committed folder (a complete report)."""
+    from workbench import cli
+    args = cli.build_parser().parse_args(["report", "--out", "reports", "--name", "cpu-default"])
+    assert Path(args.out) / args.name == Path("reports/cpu-default")
+    ref = ROOT / "reports" / "cpu-default"
+    assert (ref / "metadata.json").is_file() and report._is_replaceable(ref)
 
 
 BROWSERS = ("chromium-headless-shell", "headless_shell", "chromium", "chromium-browser", "google-chrome")
@@ -184,3 +196,34 @@ def test_outliers_section_has_prose_and_readable_tables():
     notes = S.notes(df)
     assert any("of 2 MiniLM layer inputs have outlier features" in n for n in notes)
     assert any("without decomposition" in n for n in notes)
+
+
+# ------------------------------------------------------------------ parity: CPU and GPU rows in one table (issue 21)
+
+def test_parity_section_lines_up_this_runs_cpu_rows_with_the_committed_gpu_files(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from workbench import parity
+    rows = [{"family": "quant", "case": op, "backend": "bnb", "device": "cpu", "seed": 5, "op": op, "codebook": "nf4",
+             "blocksize": 64, "n": 200, "dtype": "float32", "ok": True, "level": "exact", "detail": "",
+             "mismatches": 0, "max_diff": 0.0} for op in ("quantize_4bit", "dequantize_4bit")]
+    monkeypatch.setattr(parity, "run_parity", lambda *a, **k: pd.DataFrame(rows))   # a CPU run in no time
+    md, done = report.build_report("p", studies=["parity"], executor="serial", out_root=tmp_path, progress=False)
+    assert done[0].status == "ok", done[0].error
+    page = (md.parent / "report.html").read_text()
+    section = page[page.index("<h2 id='s-parity'>"):page.index("<h2 id='metadata'>")]
+    cpu = done[0].tables[1][1].columns[0]
+    assert cpu.startswith("CPU (")
+    for device in (cpu, "NVIDIA H100 80GB HBM3", "NVIDIA H200"):
+        assert device in section
+    for source in ("gpu-h200/parity.parquet", "optim-gpu/h200/parity.parquet", "int8-gpu/h200/parity_bnb.parquet"):
+        assert source in section
+    # one row, the three devices side by side: bnb's quantize_4bit on the CPU and on both GPUs
+    side = done[0].tables[1][1]
+    row = side.loc[("quant", "quantize_4bit", "bnb", "reference")]
+    assert row[cpu] == "1/1" and row["NVIDIA H200"].endswith("(i)") and row["NVIDIA H100 80GB HBM3"]
+    # the long table names the device on every row and is shown whole
+    long = done[0].tables[2][1].reset_index()
+    assert long["device"].notna().all() and set(long["device"]) == {cpu, "NVIDIA H100 80GB HBM3", "NVIDIA H200"}
+    assert section.count("<tr") >= len(side) + len(long) and "more rows in the result files" not in section
+    assert "Committed GPU comparisons that missed their declared level" in section

@@ -508,7 +508,7 @@ def failures(df: pd.DataFrame) -> pd.DataFrame:
 
 # ------------------------------------------------------------------ as a report study
 
-TITLE = "Kernel parity: every backend vs the reference (CPU)"
+TITLE = "Kernel parity: every backend vs the reference (this CPU run + the committed GPU runs)"
 DESCRIPTION = """Every quantization op of every backend available on this machine, against the reference
 backend (the executable spec), on fresh random inputs: fp32/fp16/bf16, every blocksize 32..4096,
 odd lengths with tails, exact multiples, a single element, an all-zero run and a negative block
@@ -520,7 +520,14 @@ identical bit for bit; `LUT cell` = bitsandbytes' native CPU 8-bit quantizer, wh
 farther from the scaled value than the nearest one by at most one cell of its 65536-entry lookup
 table (2/65535), and whose codes inside an all-zero block (absmax 0, 0 * 1/0 there) are arbitrary
 but dequantize to 0 (counted in `detail`); `exact (+0 == -0)` = bitsandbytes' CPU dequantize_4bit, identical except that it
-returns +0.0 where FP4's table holds -0.0. The same harness: `workbench parity`."""
+returns +0.0 where FP4's table holds -0.0. The same harness: `workbench parity`.
+
+The GPU rows come from the parity files committed under `reports/` by the GPU benchmarks (`gpu-h100/`, `gpu-h200/`,
+`int8-gpu/`, `optim-gpu/`; `history/` left out), converted into the harness's schema by `workbench/parity_results.py`:
+one row per device x op x backend pair (`backend` vs `versus`) with compared/passed counts, so the CPU run and the
+GPUs line up. `(i)` marks informational comparisons: bitsandbytes' CUDA kernels against the spec, or against our
+kernel without its bnb mode, and the GPU's 32-bit LAMB/LARS trust ratio (a norm summed in another order than on the
+CPU reference) -- differences recorded as findings, not held to a declared level."""
 
 
 def run(quick: bool = False, executor=None):
@@ -530,14 +537,34 @@ def run(quick: bool = False, executor=None):
     return run_parity("cpu", quick=quick), {}
 
 
+def _all_devices(df: pd.DataFrame, unknown: list | None = None) -> pd.DataFrame:
+    """This run's rows and the committed GPU files' rows in one schema (workbench/parity_results.py); files of no
+    known kind are left out, their reasons appended to ``unknown``."""
+    from . import parity_results
+    return parity_results.combined(df, unknown=[] if unknown is None else unknown)
+
+
 def summarize(df: pd.DataFrame) -> list:
-    out = [("backend x op (level: passed/compared, or FAIL: failed/compared)", matrix(df))]
+    from . import parity_results as PR
+    out = [("backend x op, this run (level: passed/compared, or FAIL: failed/compared)", matrix(df))]
+    u = _all_devices(df)
+    if not u.empty:
+        out.append(("Every device side by side: passed/compared per op x backend pair (this run and the committed "
+                    "GPU files; (i): informational)", PR.side_by_side(u)))
+        long = PR.by_device(u, per_dtype=False).set_index(["family", "op", "backend", "versus", "device"])
+        long.attrs["max_rows"] = len(long)   # the whole table: a device's row must not fall off the end
+        out.append(("One schema, one row per op x backend pair x device", long))
     bad = failures(df)
     if len(bad):
         cols = [c for c in ("backend", "op", "codebook", "optimizer", "dtype", "blocksize", "n", "mismatches", "max_diff",
                           "detail")
                 if c in bad]
-        out.append(("Failing comparisons (first 30)", bad[cols].head(30)))
+        out.append(("Failing comparisons of this run (first 30)", bad[cols].head(30)))
+    gpu_bad = PR.failures(u[u["source"] != "this run"]) if not u.empty else u
+    if len(gpu_bad):
+        cols = ["device", "op", "backend", "versus", "dtype", "variant", "blocksize", "n", "mismatches", "detail",
+                "source"]
+        out.append(("Committed GPU comparisons that missed their declared level", gpu_bad[cols].head(30)))
     return out
 
 
@@ -550,5 +577,25 @@ def notes(df: pd.DataFrame) -> list:
     extra = [f"CPU backends not available in this run: {'; '.join(skipped)}"] if skipped else []
     seed = int(df["seed"].iloc[0])
     return ([f"{summary_line(df)}; input seed {seed} "
-             f"(`workbench parity --seed {seed}` replays them)"] + extra +
+             f"(`workbench parity --seed {seed}` replays them)"] + extra + _gpu_notes(df) +
             [f"families: {', '.join(sorted(set(df['family'])))}; extra case modules loaded: {', '.join(loaded) or 'none'}"])
+
+
+def _gpu_notes(df: pd.DataFrame) -> list:
+    from . import parity_results as PR
+    unknown: list = []
+    u = _all_devices(df, unknown)
+    gpu = u[u["source"] != "this run"] if not u.empty else u
+    out = [f"parity file left out: {why}" for why in unknown]
+    if gpu.empty:
+        return out + ["no committed GPU parity files found under reports/"]
+    for dev, g in gpu.groupby("device"):
+        held = g[g["level"] != PR.INFORMATIONAL]
+        bad = PR.failures(g)
+        out.append(f"{dev} (committed files, git {', '.join(sorted(set(g['run_git'].astype(str))))}): passed "
+                   f"{int(held['passed'].sum())} of {int(held['compared'].sum())} comparisons held to a declared level"
+                   + (f"; {int(bad['compared'].sum() - bad['passed'].sum())} missed it ("
+                      + ", ".join(sorted({f"{r.backend} {r.op} {r.variant} vs {r.versus}" for r in bad.itertuples()}))
+                      + "; see the table below)" if len(bad) else "")
+                   + f"; {int((g['level'] == PR.INFORMATIONAL).sum())} informational")
+    return out

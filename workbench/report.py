@@ -153,15 +153,27 @@ def save_figures(res: StudyResult, out: Path) -> None:
 
 # ------------------------------------------------------------------ rendering
 
-def _md_table(df: pd.DataFrame, max_rows: int = 60) -> str:
+MAX_ROWS = 60   # per table; a study may ask for a whole table with ``df.attrs["max_rows"]``
+
+
+def _row_limit(df: pd.DataFrame, max_rows: int) -> int:
+    return max(max_rows, int(df.attrs.get("max_rows", 0)))
+
+
+def _more_rows(df: pd.DataFrame, max_rows: int) -> str:
+    return f"({len(df) - max_rows} more rows in the result files)" if len(df) > max_rows else ""
+
+
+def _md_table(df: pd.DataFrame, max_rows: int = MAX_ROWS) -> str:
     if df is None or df.empty:
         return "_(empty)_"
+    max_rows = _row_limit(df, max_rows)
     multi = isinstance(df.index, pd.MultiIndex)
     d = _flat_index(df.head(max_rows))
     d = d.astype(object).where(d.notna(), None)
     s = d.to_markdown(floatfmt="g", missingval="", index=not multi)
-    if len(df) > max_rows:
-        s += f"\n\n_({len(df) - max_rows} more rows in the result files)_"
+    if _more_rows(df, max_rows):
+        s += f"\n\n_{_more_rows(df, max_rows)}_"
     return s
 
 
@@ -227,10 +239,13 @@ def _md_to_html(md: str) -> str:
     return "\n".join(out)
 
 
-def _html_table(df: pd.DataFrame, max_rows: int = 60) -> str:
+def _html_table(df: pd.DataFrame, max_rows: int = MAX_ROWS) -> str:
     if df is None or df.empty:
         return "<p><i>(empty)</i></p>"
-    return "<div class='scroll'>" + _table_html(df, max_rows) + "</div>"
+    max_rows = _row_limit(df, max_rows)
+    more = _more_rows(df, max_rows)
+    return ("<div class='scroll'>" + _table_html(df, max_rows) + "</div>"
+            + (f"<p class='muted'>{more}</p>" if more else ""))
 
 
 def _data_uri(path: Path) -> str:

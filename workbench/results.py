@@ -61,11 +61,19 @@ def run_metadata(device: str = "cpu") -> dict:
     }
     if device == "cuda" and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        meta.update({"run_device": torch.cuda.get_device_name(0), "run_cuda": torch.version.cuda,
+        meta.update({"run_device": device_name("cuda"), "run_cuda": torch.version.cuda,
                      "run_driver": _driver_version(), "run_sm": f"{p.major}{p.minor}"})
     else:
-        meta.update({"run_device": f"CPU ({os.cpu_count()} cores)", "run_cuda": "", "run_driver": "", "run_sm": ""})
+        meta.update({"run_device": device_name("cpu"), "run_cuda": "", "run_driver": "", "run_sm": ""})
     return meta
+
+
+def device_name(device: str = "cpu") -> str:
+    """The ``run_device`` name of this machine's ``device``: the GPU's name, or ``CPU (<n> cores)``."""
+    import torch
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({os.cpu_count()} cores)"
 
 
 def _driver_version() -> str:
@@ -156,11 +164,16 @@ def _check_complete(d: Path) -> None:
                                     "not marked complete)")
 
 
-def result_files(*paths) -> list[Path]:
-    """The files :func:`load` reads: parquet files (CSV twins are skipped) under each directory, recursively,
-    leaving out hidden folders (a report being written is a hidden sibling) and, inside a report folder, the
-    per-study copies of its combined ``results.parquet``. Raises :class:`IncompleteResults` for a folder left
-    by an unfinished report run."""
+def result_files(*paths, csv_fallback: bool = False, skip_history: bool = False) -> list[Path]:
+    """The result files under ``paths`` (a file given by name is taken as is): parquet files (their CSV twins are
+    skipped) under each directory, recursively, leaving out hidden folders (a report being written is a hidden
+    sibling) and, inside a report folder, the per-study copies of its combined ``results.parquet``. Raises
+    :class:`IncompleteResults` for a folder left by an unfinished report run.
+
+    ``csv_fallback``: also a CSV without a parquet twin whose header names ``run_device`` (a result file written
+    with run metadata where pyarrow was missing; other CSVs are notes or tables, not results).
+    ``skip_history``: leave out ``history/`` folders (earlier revisions and repeat runs kept as evidence under
+    ``reports/<family>-<device>/``: merged with the current files they would mix old code into current numbers)."""
     files: list[Path] = []
     for p in paths:
         p = Path(p)
@@ -171,19 +184,36 @@ def result_files(*paths) -> list[Path]:
             continue
         for dirpath, dirnames, filenames in os.walk(p):
             d = Path(dirpath)
-            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+            dirnames[:] = sorted(n for n in dirnames if not n.startswith(".") and not (skip_history and n == "history"))
             _check_complete(d)
             if is_report_dir(d):
                 dirnames[:] = [n for n in dirnames if n != "results"]  # duplicates of results.parquet
-            files += [d / f for f in sorted(filenames) if f.endswith(".parquet") and not f.startswith(".")]
+            names = [f for f in sorted(filenames) if not f.startswith(".")]
+            files += [d / f for f in names if f.endswith(".parquet")]
+            if csv_fallback:
+                files += [d / f for f in names if f.endswith(".csv") and f[:-4] + ".parquet" not in names
+                          and _has_run_metadata(d / f)]
     return files
+
+
+def _has_run_metadata(csv: Path) -> bool:
+    try:
+        with csv.open() as f:
+            return "run_device" in f.readline().strip().split(",")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def read(path: str | os.PathLike) -> pd.DataFrame:
+    """One result file, parquet or CSV."""
+    path = Path(path)
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
 
 
 def load(*paths) -> pd.DataFrame:
     """Concatenate result files (parquet or csv; directories are searched recursively, see
     :func:`result_files`: each row once, never from an unfinished report run)."""
-    files = result_files(*paths)
-    frames = [pd.read_parquet(f) if f.suffix == ".parquet" else pd.read_csv(f) for f in files]
+    frames = [read(f) for f in result_files(*paths)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
