@@ -168,16 +168,80 @@ def test_reference_vs_bitsandbytes(rng, dtype, quant_type):
     print(f"{quant_type} {dtype}: fraction of outputs equal to bitsandbytes: {sum(exact) / len(exact):.3f}")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_cython_cpu_equals_numba_cpu_bit_for_bit(rng, dtype):
-    """Same lanes, same order: the Cython kernel (AVX2 hot path for M = 1, K % 8 == 0; scalar otherwise) and the
-    Numba kernel give identical outputs."""
+def _cython_or_skip():
     from workbench.backends import status
     ok, reason = status("cython_cpu")
     if not ok:
         pytest.skip(reason)
-    for i, (N, K, M, bs) in enumerate(SHAPES + [(256, 1024, 1, 32)]):
+    from workbench.backends.cython_cpu import native
+    return native("matmul")
+
+
+def _takes_planes(lib, A, K, bs):
+    """The cython_cpu adapter's byte-plane condition (its own float32 order, not numba_cpu's lanes)."""
+    return (A.reshape(-1, K).shape[0] == 1 and A.dtype != torch.float32 and K % lib.UNIT == 0
+            and bs % lib.UNIT == 0 and lib.HAS_PLANES)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cython_cpu_equals_numba_cpu_bit_for_bit(rng, dtype):
+    """Same lanes, same order: the Cython lane kernel (AVX2 for M = 1, K % 8 == 0; scalar otherwise) and the
+    Numba kernel give identical outputs. Cases on the byte-plane path are held to the reference's bound."""
+    lib = _cython_or_skip()
+    for i, (N, K, M, bs) in enumerate(SHAPES + [(256, 1024, 1, 32), (40, 200, 1, 64)]):
         A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested=i % 2 == 0, bias=i % 3 == 0)
         x = matmul_4bit(A, P, qs, bias=b, backend="cython_cpu")
+        if _takes_planes(lib, A, K, bs):
+            _check_bound(x, matmul_4bit(A, P, qs, bias=b, backend="reference"), A, P, qs, b)
+            continue
         y = matmul_4bit(A, P, qs, bias=b, backend="numba_cpu")
         assert torch.equal(x, y), (N, K, M)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("nested", [False, True])
+def test_cython_cpu_byte_planes_vs_reference(rng, dtype, nested):
+    """The GEMV hot path (M = 1, 16-bit activations, K and blocksize multiples of 64): weights exactly rule 2, its
+    own float32 order -> error_bound; any codebook, bias, blocks spanning rows (blocksize > K)."""
+    lib = _cython_or_skip()
+    if not lib.HAS_PLANES:
+        pytest.skip("no AVX2/F16C/FMA")
+    exact = []
+    for i, (N, K, bs) in enumerate([(64, 64, 64), (33, 4096, 64), (130, 768, 128), (17, 1024, 4096),
+                                    (200, 2048, 256)]):
+        A, P, qs, b = _case(rng, N, K, 1, dtype, bs, nested=nested, bias=i % 2 == 1,
+                            codebook=cbs.get("af4") if i % 3 == 2 else None)
+        A = A * 8  # larger products: more rounding for the bound to cover
+        ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+        got = matmul_4bit(A, P, qs, bias=b, backend="cython_cpu")
+        assert got.dtype == dtype and got.shape == (1, N)
+        exact.append(_check_bound(got, ref, A, P, qs, b))
+        g1 = gemv_4bit(A, P, state=qs, backend="cython_cpu")
+        _check_bound(g1, gemv_4bit(A, P, state=qs, backend="reference"), A, P, qs, None)
+    print(f"{dtype} nested={nested}: fraction equal to the reference {sum(exact) / len(exact):.3f}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cython_cpu_byte_planes_nonfinite_scale(rng, dtype):
+    """A NaN or Inf block scale takes the scalar rounding rule for that block's table: NaN/Inf land where the
+    reference puts them (its weights: table * NaN = NaN, 0 * Inf = NaN)."""
+    lib = _cython_or_skip()
+    if not lib.HAS_PLANES:
+        pytest.skip("no AVX2/F16C/FMA")
+    N, K, bs = 8, 256, 64
+    W = torch.randn(N, K, generator=rng).to(dtype)
+    W[2, 5] = float("nan")
+    W[5, 70] = float("inf")
+    A = torch.randn(1, K, generator=rng).to(dtype)
+    P, qs = wb.quantize_4bit(W, blocksize=bs, backend="reference", nan_policy="propagate")
+    ref = matmul_4bit(A, P, qs, backend="reference")
+    got = matmul_4bit(A, P, qs, backend="cython_cpu")
+    assert torch.equal(torch.isnan(got), torch.isnan(ref))
+    fin = torch.isfinite(ref)
+    assert not fin.all() and fin.any()
+    Wd = wb.dequantize_4bit(P, qs, backend="reference").to(dtype)
+    rows = fin.reshape(-1)
+    bound = R.error_bound(A, Wd[rows], None, dtype, ref[:, rows])
+    assert ((got[:, rows].float() - ref[:, rows].float()).abs() <= bound).all()
+
+

@@ -1,14 +1,20 @@
 """4-bit matmul (issue 18): ours beside bitsandbytes 0.50.2 and dense bf16 (cuBLAS / torch CPU), per shape and M.
 
     python -m studies.bench.bench_matmul --out reports/matmul-gpu          (CUDA: the issue's shapes, M = 1..2048)
-    python -m studies.bench.bench_matmul --device cpu --out reports/matmul-cpu  (CPU: M = 1, 4096x4096, 11008x4096;
-                                                                                 ours = auto, ours_numba_cpu, ours_cython_cpu)
+    python -m studies.bench.bench_matmul --device cpu --out reports/matmul-cpu  (CPU: M = 1, 4, 16, 4096x4096 and
+                                                                                 11008x4096; ours = auto, ours_numba_cpu,
+                                                                                 ours_cython_cpu)
 
 Weights: NF4, blocksize 64, double quant, bf16 activations. Per row:
   * public_ms: event timing (median) of the public call as a user writes it
     (``workbench.matmul.matmul_4bit(A, P, qs)``, ``bitsandbytes.matmul_4bit(A, P, bqs)``, ``F.linear(A, W)``);
   * kernel_ms (CUDA): CUDA-graph replay of GRAPH_CALLS calls captured back to back, time / calls
     (bitsandbytes' k-bit benches time kernels this way: no host time, no launch gaps);
+    (CPU): our registered kernel called directly with the arguments the public call prepares (no validation,
+    no state decoding, no dispatch);
+  * CPU timing is interleaved: each repeat calls every case once, in turn, so the load of a shared machine
+    falls on all of them alike, and the ratios of medians taken in one process are what to read
+    (``load_start`` / ``load_end``: the 1-minute load average around the run);
   * gbps / pct_copy: bytes read by a fused kernel (packed weight + uint8 absmax + nested float32 absmax +
     activations; dense: the bf16 weight + activations) over kernel_ms, against the copy bandwidth measured in the
     same run (read + write counted).
@@ -27,7 +33,8 @@ from workbench.matmul import matmul_4bit, weight_bytes
 
 GPU_SHAPES = [((4096, 4096), (1,)), ((28672, 8192), (1, 4, 16, 64, 256, 2048)), ((8192, 28672), (1,)),
               ((14336, 4096), (1,)), ((4096, 14336), (1,))]
-CPU_SHAPES = [((4096, 4096), (1,)), ((11008, 4096), (1,))]
+CPU_SHAPES = [((4096, 4096), (1, 4, 16)), ((11008, 4096), (1, 4, 16))]
+CPU_BACKENDS = ("numba_cpu", "cython_cpu")
 GRAPH_CALLS = 50
 
 
@@ -61,10 +68,59 @@ def graph_ms(fn, calls: int = GRAPH_CALLS, reps: int = 10) -> float | None:
         return None
 
 
+def _kernel_call(A, P, qs, backend: str):
+    """Our registered kernel with the arguments matmul_4bit prepares (nested absmax decoded in the kernel)."""
+    from workbench.backends.registry import registered
+    from workbench.matmul import _nested_args, _packed
+    fn = registered("workbench::gemm_4bit")[backend]
+    N, K = qs.shape
+    absmax, a8, acode, aoff = _nested_args(qs, backend)
+    A2, B, table = A.reshape(-1, K).contiguous(), _packed(P), qs.code.float().contiguous()
+    return lambda: fn(A2, B, [N, K], absmax, table, qs.blocksize, None, a8, acode, aoff)
+
+
+def _cases(device, A, W, P, qs, bqs, bnb, wbytes):
+    M, K = A.shape
+    act = 2 * M * K
+    cases = {"ours": (lambda: matmul_4bit(A, P, qs), wbytes + act, None)}
+    if device == "cpu":
+        for b in CPU_BACKENDS:
+            cases[f"ours_{b}"] = ((lambda b=b: matmul_4bit(A, P, qs, backend=b)), wbytes + act, _kernel_call(A, P, qs, b))
+    cases["dense_bf16"] = (lambda: torch.nn.functional.linear(A, W), 2 * W.numel() + act, None)
+    if bnb:
+        cases["bnb"] = (lambda: bnb.matmul_4bit(A, P, bqs), wbytes + act, None)
+    return cases
+
+
+def _interleaved(fns: dict, reps: int, warmup: int = 3) -> dict:
+    """Median ms per name, each repeat calling every function once in turn."""
+    import statistics
+    import time
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def _row(name, N, K, M, public, kms, nbytes, copy):
+    ms = kms if kms is not None else public
+    return dict(op="matmul_4bit", impl=name, N=N, K=K, M=M, dtype="bfloat16", public_ms=public, kernel_ms=kms,
+                bytes=nbytes, gbps=nbytes / (ms * 1e-3) / 1e9, copy_gbps=copy,
+                pct_copy=100 * nbytes / (ms * 1e-3) / 1e9 / copy)
+
+
 def run(device: str = "cuda", shapes=None, reps: int = 20) -> pd.DataFrame:
+    import os
     bnb = _bnb()
     shapes = shapes or (GPU_SHAPES if device == "cuda" else CPU_SHAPES)
     copy = bench.copy_bandwidth(device, nbytes=1 << (28 if device == "cuda" else 26))
+    load_start = os.getloadavg()[0]
     rows = []
     g = torch.Generator(device=device).manual_seed(0)
     for (N, K), Ms in shapes:
@@ -74,25 +130,27 @@ def run(device: str = "cuda", shapes=None, reps: int = 20) -> pd.DataFrame:
         wbytes = weight_bytes((N, K), 64, True)
         for M in Ms:
             A = torch.randn(M, K, device=device, dtype=torch.bfloat16, generator=g)
-            cases = {"ours": (lambda: matmul_4bit(A, P, qs), wbytes + 2 * M * K),
-                     **({f"ours_{b}": ((lambda b=b: matmul_4bit(A, P, qs, backend=b)), wbytes + 2 * M * K)
-                         for b in ("numba_cpu", "cython_cpu")} if device == "cpu" else {}),
-                     "dense_bf16": (lambda: torch.nn.functional.linear(A, W), 2 * N * K + 2 * M * K)}
-            if bnb:
-                cases["bnb"] = (lambda: bnb.matmul_4bit(A, P, bqs), wbytes + 2 * M * K)
-            for name, (fn, nbytes) in cases.items():
-                with torch.no_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    t = bench.time_fn(fn, device, warmup=3, reps=reps)
-                    kms = graph_ms(fn) if device == "cuda" else None
-                ms = kms if kms is not None else t.median_ms
-                rows.append(dict(op="matmul_4bit", impl=name, N=N, K=K, M=M, dtype="bfloat16", public_ms=t.median_ms,
-                                 kernel_ms=kms, bytes=nbytes, gbps=nbytes / (ms * 1e-3) / 1e9, copy_gbps=copy,
-                                 pct_copy=100 * nbytes / (ms * 1e-3) / 1e9 / copy))
-                print(f"{name:>10} {N}x{K} M={M}: public {t.median_ms:.4f} ms"
+            cases = _cases(device, A, W, P, qs, bqs, bnb, wbytes)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if device == "cpu":
+                    fns = {k: c[0] for k, c in cases.items()}
+                    fns.update({f"{k}:kernel": c[2] for k, c in cases.items() if c[2] is not None})
+                    med = _interleaved(fns, reps)
+                    new = [_row(k, N, K, M, med[k], med.get(f"{k}:kernel"), c[1], copy) for k, c in cases.items()]
+                else:
+                    new = []
+                    for name, (fn, nbytes, _) in cases.items():
+                        t = bench.time_fn(fn, device, warmup=3, reps=reps)
+                        new.append(_row(name, N, K, M, t.median_ms, graph_ms(fn), nbytes, copy))
+            for r in new:
+                kms = r["kernel_ms"]
+                print(f"{r['impl']:>16} {N}x{K} M={M}: public {r['public_ms']:.4f} ms"
                       + (f", kernel {kms:.4f} ms" if kms is not None else "")
-                      + f", {rows[-1]['gbps']:.0f} GB/s ({rows[-1]['pct_copy']:.0f} % of copy)")
+                      + f", {r['gbps']:.1f} GB/s ({r['pct_copy']:.0f} % of copy)")
+            rows += new
     df = pd.DataFrame(rows)
+    df["load_start"], df["load_end"] = load_start, os.getloadavg()[0]
     for (N, K, M), grp in df.groupby(["N", "K", "M"]):
         ours = grp[grp.impl == "ours"]
         for other in ("dense_bf16", "bnb"):

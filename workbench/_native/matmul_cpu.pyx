@@ -12,7 +12,8 @@ per-lane variable shift, mask), the 16-entry table looked up in registers (two v
 one ymm accumulator holding the 8 lanes. Otherwise a scalar path with the same lanes.
 """
 from cython.parallel cimport prange
-from libc.stdint cimport uint8_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, int64_t
+from libc.stdlib cimport malloc, free
 
 cdef extern from *:
     """
@@ -42,6 +43,24 @@ cdef extern from *:
         return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT)));
     }
     #endif
+    /* 16-bit patterns <-> float32 for the byte-plane path (kind 1 bf16, 2 fp16; F16C's conversions are exact
+       and round half to even) */
+    static inline float kbm_widen(uint16_t h, int kind) {
+        if (kind == 1) { uint32_t u = (uint32_t)h << 16; float r; memcpy(&r, &u, 4); return r; }
+    #if KBM_X86
+        return _cvtsh_ss(h);
+    #else
+        return 0.0f;
+    #endif
+    }
+    static inline uint16_t kbm_narrow(float v, int kind) {
+        if (kind == 1) { float r = kbm_round_bf16(v); uint32_t u; memcpy(&u, &r, 4); return (uint16_t)(u >> 16); }
+    #if KBM_X86
+        return _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT);
+    #else
+        return 0;
+    #endif
+    }
     /* kind: 0 float32, 1 bfloat16, 2 float16 */
     static inline void kbm_block_lut(const float* table, float s, int kind, float* lut) {
         for (int j = 0; j < 16; ++j) {
@@ -140,10 +159,118 @@ cdef extern from *:
         return kbm_combine(l);
     }
     static int kbm_has_avx2(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"); }
+    /* ---- the byte-plane path: bf16/fp16 activations, M = 1, K % 64 == 0, blocksize % 64 == 0 ----
+       A 16-bit weight value is two bytes, so a block's 16 values (rule 2, rounded to A's dtype) become two
+       16-byte tables, its low bytes and its high bytes; vpshufb looks up 32 codes per table per instruction. */
+    #define KBM_UNIT 64
+    /* fp32 element e (0..7) of decoded vector v (0..7) of a 64-weight unit -> the weight's index in the unit */
+    static int kbm_unit_index(int kind, int v, int e) {
+        int odd = v >> 2, half = (v >> 1) & 1, w = v & 1;         /* lo/hi nibble; unpacklo/hi; word parity */
+        if (kind == 1) {                                           /* bf16: slli (even words) / and (odd words) */
+            int lane = e >> 2, d = e & 3;
+            return 2 * (16 * lane + 8 * half + 2 * d + w) + odd;
+        }
+        /* fp16: cvtph2ps of the ymm's low / high 128-bit lane */
+        return 2 * (16 * w + 8 * half + e) + odd;
+    }
+    /* the block's two byte planes, each in both 128-bit lanes: plo[j] = low byte of W(code j), phi[j] = high */
+    __attribute__((target("avx2,f16c,fma"), always_inline))
+    static inline void kbm_planes(__m256 t_lo, __m256 t_hi, float s, int kind, const float* table,
+                                  __m256i* plo, __m256i* phi) {
+        const __m256 sb = _mm256_set1_ps(s);
+        __m256 p0 = _mm256_mul_ps(t_lo, sb), p1 = _mm256_mul_ps(t_hi, sb);
+        __m256i words;                                              /* 16-bit values, codes 0-7 | 8-15 */
+        if (kind == 2) {
+            words = _mm256_set_m128i(_mm256_cvtps_ph(p1, _MM_FROUND_TO_NEAREST_INT),
+                                     _mm256_cvtps_ph(p0, _MM_FROUND_TO_NEAREST_INT));
+        } else {
+            uint32_t bits; memcpy(&bits, &s, 4);
+            __m256i r0, r1;
+            if ((bits & 0x7f800000u) != 0x7f800000u) {              /* finite scale: round half to even by adding */
+                __m256i u0 = _mm256_castps_si256(p0), u1 = _mm256_castps_si256(p1);
+                const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff);
+                r0 = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u0, bias),
+                                       _mm256_and_si256(_mm256_srli_epi32(u0, 16), one)), 16);
+                r1 = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u1, bias),
+                                       _mm256_and_si256(_mm256_srli_epi32(u1, 16), one)), 16);
+            } else {                                                /* NaN / Inf scale: the scalar rule */
+                float l[16];
+                kbm_block_lut(table, s, 1, l);
+                r0 = _mm256_srli_epi32(_mm256_castps_si256(_mm256_loadu_ps(l)), 16);
+                r1 = _mm256_srli_epi32(_mm256_castps_si256(_mm256_loadu_ps(l + 8)), 16);
+            }
+            words = _mm256_permute4x64_epi64(_mm256_packus_epi32(r0, r1), 0xD8);
+        }
+        /* per lane: 8 low bytes then 8 high bytes; then gather the lanes' halves */
+        const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                               0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+        __m256i sp = _mm256_shuffle_epi8(words, split);
+        *plo = _mm256_permute4x64_epi64(sp, 0x88);
+        *phi = _mm256_permute4x64_epi64(sp, 0xDD);
+    }
+    __attribute__((target("avx2,f16c,fma"), always_inline))
+    static inline __m256 kbm_f32(__m256i words, int kind, int which) {
+        /* bf16: which 0 = even words (shift up), 1 = odd words (mask); fp16: which = 128-bit lane */
+        if (kind == 1)
+            return _mm256_castsi256_ps(which ? _mm256_and_si256(words, _mm256_set1_epi32((int)0xffff0000u))
+                                             : _mm256_slli_epi32(words, 16));
+        return _mm256_cvtph_ps(which ? _mm256_extracti128_si256(words, 1) : _mm256_castsi256_si128(words));
+    }
+    /* one output row: sum over units of 8 products per decoded vector, 4 accumulators (vector v -> v % 4);
+       FMA is exact here: a product of two bf16 (or two fp16) values has <= 22 significant bits */
+    __attribute__((target("avx2,f16c,fma"), always_inline))
+    static inline float kbm_row_planes_k(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
+                                const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) {
+        const __m256 t_lo = _mm256_loadu_ps(table), t_hi = _mm256_loadu_ps(table + 8);
+        const __m256i m0f = _mm256_set1_epi8(0x0f);
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+               acc3 = _mm256_setzero_ps();
+        __m256i plo = _mm256_setzero_si256(), phi = _mm256_setzero_si256();
+        const int64_t i0 = n * K;
+        const uint8_t* row = packed + (i0 >> 1);
+        const int64_t mask = bs - 1;                               /* blocksize: a power of two, >= 64 */
+        int64_t b = i0 / bs;
+        for (int64_t u = 0; u < K; u += KBM_UNIT) {
+            if (u == 0 || ((i0 + u) & mask) == 0) {
+                if (u) ++b;
+                kbm_planes(t_lo, t_hi, kbm_scale(s, a8, code2, off, b), kind, table, &plo, &phi);
+            }
+            __m256i v = _mm256_loadu_si256((const __m256i*)(row + (u >> 1)));
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f), lo = _mm256_and_si256(v, m0f);
+            __m256i h_l = _mm256_shuffle_epi8(plo, hi), h_h = _mm256_shuffle_epi8(phi, hi);
+            __m256i l_l = _mm256_shuffle_epi8(plo, lo), l_h = _mm256_shuffle_epi8(phi, lo);
+            __m256i e0 = _mm256_unpacklo_epi8(h_l, h_h), e1 = _mm256_unpackhi_epi8(h_l, h_h);
+            __m256i o0 = _mm256_unpacklo_epi8(l_l, l_h), o1 = _mm256_unpackhi_epi8(l_l, l_h);
+            const float* x = xp + u;
+            acc0 = _mm256_fmadd_ps(kbm_f32(e0, kind, 0), _mm256_loadu_ps(x), acc0);
+            acc1 = _mm256_fmadd_ps(kbm_f32(e0, kind, 1), _mm256_loadu_ps(x + 8), acc1);
+            acc2 = _mm256_fmadd_ps(kbm_f32(e1, kind, 0), _mm256_loadu_ps(x + 16), acc2);
+            acc3 = _mm256_fmadd_ps(kbm_f32(e1, kind, 1), _mm256_loadu_ps(x + 24), acc3);
+            acc0 = _mm256_fmadd_ps(kbm_f32(o0, kind, 0), _mm256_loadu_ps(x + 32), acc0);
+            acc1 = _mm256_fmadd_ps(kbm_f32(o0, kind, 1), _mm256_loadu_ps(x + 40), acc1);
+            acc2 = _mm256_fmadd_ps(kbm_f32(o1, kind, 0), _mm256_loadu_ps(x + 48), acc2);
+            acc3 = _mm256_fmadd_ps(kbm_f32(o1, kind, 1), _mm256_loadu_ps(x + 56), acc3);
+        }
+        float l[8]; _mm256_storeu_ps(l, _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+        return kbm_combine(l);
+    }
+    /* one compiled loop per kind (the kind tests fold away) */
+    __attribute__((target("avx2,f16c,fma")))
+    static float kbm_row_planes(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
+                                const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) {
+        if (kind == 1) return kbm_row_planes_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n);
+        return kbm_row_planes_k(xp, K, packed, s, a8, code2, off, table, bs, 2, n);
+    }
+    static int kbm_planes_ok(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma"); }
+
     #else
     static float kbm_row_avx2(const float* a, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
                               const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) { return 0.0f; }
     static int kbm_has_avx2(void) { return 0; }
+    static int kbm_unit_index(int kind, int v, int e) { return 0; }
+    static float kbm_row_planes(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
+                                const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) { return 0.0f; }
+    static int kbm_planes_ok(void) { return 0; }
     #endif
     """
     void kbm_row_scalar(const float* a, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
@@ -152,8 +279,54 @@ cdef extern from *:
     float kbm_row_avx2(const float* a, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
                        const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) nogil
     int kbm_has_avx2() nogil
+    int kbm_unit_index(int kind, int v, int e) nogil
+    float kbm_row_planes(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
+                         const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) nogil
+    int kbm_planes_ok() nogil
+    float kbm_widen(uint16_t h, int kind) nogil
+    uint16_t kbm_narrow(float v, int kind) nogil
 
 HAS_AVX2 = bool(kbm_has_avx2())
+HAS_PLANES = bool(kbm_planes_ok())
+UNIT = 64
+
+
+def unit_permutation(int kind):
+    """perm[64]: position p of the permuted activations of a 64-element unit holds element perm[p]
+    (the order in which kbm_row_planes decodes the unit's weights)."""
+    cdef int v, e
+    return [kbm_unit_index(kind, v, e) for v in range(8) for e in range(8)]
+
+
+def gemv_4bit_planes(const uint16_t[::1] a, int64_t N, int64_t K, const uint8_t[::1] packed,
+                     const float[::1] absmax, const uint8_t[::1] absmax_8bit, const float[::1] code2, float offset,
+                     bint nested, const float[::1] table, int64_t blocksize, int kind, const uint16_t[::1] bias,
+                     bint has_bias, uint16_t[::1] out, int64_t chunk=16):
+    """The byte-plane path (check HAS_PLANES; kind 1 bf16 or 2 fp16, K % 64 == 0, blocksize % 64 == 0, a finite
+    table): ``a`` and ``bias`` the activations' and bias' 16-bit patterns, ``out`` receives the result's (rule 4:
+    float32 sum + float32 bias, one rounding). The activations are widened and permuted per 64-element unit into
+    the order the kernel decodes weights (unit_permutation). Rows go out in chunks handed out dynamically, so a
+    thread that the shared machine preempts does not hold up the others."""
+    cdef int64_t n, u, p
+    cdef float y
+    cdef const uint8_t* a8 = &absmax_8bit[0] if nested else NULL
+    cdef int perm[64]
+    for p in range(64):
+        perm[p] = kbm_unit_index(kind, p >> 3, p & 7)
+    cdef float* xp = <float*>malloc(K * sizeof(float))
+    if xp == NULL:
+        raise MemoryError()
+    try:
+        for u in range(0, K, 64):
+            for p in range(64):
+                xp[u + p] = kbm_widen(a[u + perm[p]], kind)
+        for n in prange(N, nogil=True, schedule="dynamic", chunksize=chunk):
+            y = kbm_row_planes(xp, K, &packed[0], &absmax[0], a8, &code2[0], offset, &table[0], blocksize, kind, n)
+            if has_bias:
+                y = y + kbm_widen(bias[n], kind)
+            out[n] = kbm_narrow(y, kind)
+    finally:
+        free(xp)
 
 
 def gemv_4bit_nested(const float[::1] a, int64_t N, int64_t K, const uint8_t[::1] packed,
