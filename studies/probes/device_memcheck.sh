@@ -7,7 +7,7 @@ TESTS=${*:-tests/test_int8_gpu.py tests/test_optim_gpu.py}
 { echo "# compute-sanitizer --tool memcheck over: $TESTS"
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   compute-sanitizer --version | tail -1
-  echo "git ${KBIT_GIT_REV:-$(git rev-parse --short HEAD 2>/dev/null)}"
+  echo "git ${KBIT_GIT_REV:-$(cat .whl/GIT_REV 2>/dev/null)}"
   timeout ${MEMCHECK_TIMEOUT:-240} compute-sanitizer --tool memcheck --print-limit 50 \
     python3 -m pytest -q -p no:cacheprovider -m gpu -k "not numba" $TESTS 2>&1 | tail -60
 } > "$OUT/memcheck.txt" 2>&1
