@@ -114,5 +114,5 @@ def test_bad_rotation_state_names_the_field():
         K.dequantize_kbit(p, st)
     p, st = K.quantize_kbit(torch.randn(300), 3, rotate=128)      # codes cover 384 elements
     st.rotate = 64                                                 # a valid size whose padding (320) differs
-    with pytest.raises(QuantInputError, match=r"^packed:"):
+    with pytest.raises(QuantInputError, match=r"^state\.scales: expected 10 values"):
         K.dequantize_kbit(p, st)
