@@ -1,17 +1,32 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Cython/OpenMP CPU kernel: fused 4-bit dequantize + GEMV/small GEMM (any 16-entry codebook).
+"""Cython/OpenMP CPU kernels: fused 4-bit dequantize + GEMV/small GEMM (any 16-entry codebook).
 
-Same rules and the same accumulation order as numba_kernels/cpu/matmul.py (workbench/backends/reference/matmul.py):
-per quantization block the 16 weight values table[j] * s rounded to A's dtype; element k of a row into lane
-k % 8 of 8 float32 partial sums (increasing k per lane, separate multiply and add: -ffp-contract=off); lanes
-combined ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)); bias added in float32. Output float32 (the adapter
-rounds it once to A's dtype), so this kernel and the Numba one are equal bit for bit.
+Two kernels, both exact on the weights (rule 2 of workbench/backends/reference/matmul.py: per quantization block
+the 16 values table[j] * s rounded to A's dtype), each with its own float32 order:
 
-Hot path (AVX2, chosen at run time; M = 1, K % 8 == 0): 8 codes per step from one 32-bit word (broadcast,
-per-lane variable shift, mask), the 16-entry table looked up in registers (two vpermps + a blend on bit 3),
-one ymm accumulator holding the 8 lanes. Otherwise a scalar path with the same lanes.
+* **byte planes** (``gemv_4bit_planes``; bf16/fp16 activations, M <= 32, K % 64 == 0, blocksize % 64 == 0,
+  AVX2 + F16C + FMA): a 16-bit weight value is two bytes, so a block's 16 values become two 16-byte tables (low
+  bytes, high bytes) and ``vpshufb`` looks up 32 codes per table per instruction; two byte unpacks and a shift or
+  mask give 8 float32 weights per vector, about 28 vector instructions per 64 weights plus ~16 per block for the
+  tables (the bf16 rounding is integer adds). The activations are permuted once per call into the order the
+  weights come out (``unit_permutation``). Order: weight vector v (0..7) of each 64-element unit goes into
+  accumulator v % 4 by fused multiply-add, units in increasing k; then (acc0 + acc1) + (acc2 + acc3) and the 8
+  lanes ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)). The FMA rounds like a multiply and an add: the product
+  of two bf16 (8 + 8 significant bits) or two fp16 (11 + 11) values is exact in float32 (only products below
+  2**-126, bf16 operands, differ, covered by the bound). M > 1 decodes each weight row once into a per-thread
+  buffer and runs the same FMA sequence per activation row, so every output row equals the one-row call's (batch
+  invariant). Held to the reference's ``error_bound`` (any float32 order). ~1.6x the lane kernel per core.
+* **8 lanes** (``gemm_4bit_fused`` / ``gemv_4bit_nested``): the order of numba_kernels/cpu/matmul.py, element k of
+  a row into lane k % 8 of 8 float32 partial sums (increasing k per lane, separate multiply and add), lanes
+  combined as above, bias added in float32. Output float32 (the adapter rounds it once to A's dtype), so this
+  kernel and the Numba one are equal bit for bit. Its AVX2 path (M = 1, K % 8 == 0): 8 codes per step from one
+  32-bit word (broadcast, per-lane variable shift, mask), the 16-entry table in registers (two vpermps + a blend
+  on bit 3), one ymm accumulator holding the 8 lanes. Otherwise a scalar path with the same lanes.
+
+Rows are spread over OpenMP threads; the plane path hands them out in dynamic chunks so that a thread preempted
+on a shared machine does not hold the others up.
 """
-from cython.parallel cimport prange
+from cython.parallel cimport prange, parallel
 from libc.stdint cimport uint8_t, uint16_t, int64_t
 from libc.stdlib cimport malloc, free
 
@@ -179,34 +194,39 @@ cdef extern from *:
                                   __m256i* plo, __m256i* phi) {
         const __m256 sb = _mm256_set1_ps(s);
         __m256 p0 = _mm256_mul_ps(t_lo, sb), p1 = _mm256_mul_ps(t_hi, sb);
-        __m256i words;                                              /* 16-bit values, codes 0-7 | 8-15 */
-        if (kind == 2) {
-            words = _mm256_set_m128i(_mm256_cvtps_ph(p1, _MM_FROUND_TO_NEAREST_INT),
-                                     _mm256_cvtps_ph(p0, _MM_FROUND_TO_NEAREST_INT));
-        } else {
-            uint32_t bits; memcpy(&bits, &s, 4);
-            __m256i r0, r1;
-            if ((bits & 0x7f800000u) != 0x7f800000u) {              /* finite scale: round half to even by adding */
-                __m256i u0 = _mm256_castps_si256(p0), u1 = _mm256_castps_si256(p1);
-                const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff);
-                r0 = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u0, bias),
-                                       _mm256_and_si256(_mm256_srli_epi32(u0, 16), one)), 16);
-                r1 = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u1, bias),
-                                       _mm256_and_si256(_mm256_srli_epi32(u1, 16), one)), 16);
-            } else {                                                /* NaN / Inf scale: the scalar rule */
-                float l[16];
-                kbm_block_lut(table, s, 1, l);
-                r0 = _mm256_srli_epi32(_mm256_castps_si256(_mm256_loadu_ps(l)), 16);
-                r1 = _mm256_srli_epi32(_mm256_castps_si256(_mm256_loadu_ps(l + 8)), 16);
-            }
-            words = _mm256_permute4x64_epi64(_mm256_packus_epi32(r0, r1), 0xD8);
-        }
-        /* per lane: 8 low bytes then 8 high bytes; then gather the lanes' halves */
         const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
                                                0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-        __m256i sp = _mm256_shuffle_epi8(words, split);
-        *plo = _mm256_permute4x64_epi64(sp, 0x88);
-        *phi = _mm256_permute4x64_epi64(sp, 0xDD);
+        if (kind == 2) {
+            /* codes 0-7 | 8-15 as fp16 words; per lane 8 low bytes then 8 high bytes; gather the lanes' halves */
+            __m256i words = _mm256_set_m128i(_mm256_cvtps_ph(p1, _MM_FROUND_TO_NEAREST_INT),
+                                             _mm256_cvtps_ph(p0, _MM_FROUND_TO_NEAREST_INT));
+            __m256i sp = _mm256_shuffle_epi8(words, split);
+            *plo = _mm256_permute4x64_epi64(sp, 0x88);
+            *phi = _mm256_permute4x64_epi64(sp, 0xDD);
+            return;
+        }
+        uint32_t bits; memcpy(&bits, &s, 4);
+        __m256i r0, r1;                                             /* bf16 in the high half of each dword */
+        if ((bits & 0x7f800000u) != 0x7f800000u) {                  /* finite scale: round half to even by adding */
+            __m256i u0 = _mm256_castps_si256(p0), u1 = _mm256_castps_si256(p1);
+            const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff);
+            r0 = _mm256_add_epi32(_mm256_add_epi32(u0, bias), _mm256_and_si256(_mm256_srli_epi32(u0, 16), one));
+            r1 = _mm256_add_epi32(_mm256_add_epi32(u1, bias), _mm256_and_si256(_mm256_srli_epi32(u1, 16), one));
+        } else {                                                    /* NaN / Inf scale: the scalar rule */
+            float l[16];
+            kbm_block_lut(table, s, 1, l);
+            r0 = _mm256_castps_si256(_mm256_loadu_ps(l));
+            r1 = _mm256_castps_si256(_mm256_loadu_ps(l + 8));
+        }
+        /* r0 lanes hold codes 0-3 | 4-7, r1 codes 8-11 | 12-15: bytes 2 (low) and 3 (high) of each dword to
+           dwords lane0 [lo0-3, lo8-11, hi0-3, hi8-11], lane1 [lo4-7, lo12-15, hi4-7, hi12-15], then gathered */
+        const __m256i pick0 = _mm256_setr_epi8(2, 6, 10, 14, -1, -1, -1, -1, 3, 7, 11, 15, -1, -1, -1, -1,
+                                               2, 6, 10, 14, -1, -1, -1, -1, 3, 7, 11, 15, -1, -1, -1, -1);
+        const __m256i pick1 = _mm256_setr_epi8(-1, -1, -1, -1, 2, 6, 10, 14, -1, -1, -1, -1, 3, 7, 11, 15,
+                                               -1, -1, -1, -1, 2, 6, 10, 14, -1, -1, -1, -1, 3, 7, 11, 15);
+        __m256i d = _mm256_or_si256(_mm256_shuffle_epi8(r0, pick0), _mm256_shuffle_epi8(r1, pick1));
+        *plo = _mm256_permutevar8x32_epi32(d, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5));
+        *phi = _mm256_permutevar8x32_epi32(d, _mm256_setr_epi32(2, 6, 3, 7, 2, 6, 3, 7));
     }
     __attribute__((target("avx2,f16c,fma"), always_inline))
     static inline __m256 kbm_f32(__m256i words, int kind, int which) {
@@ -220,7 +240,9 @@ cdef extern from *:
        FMA is exact here: a product of two bf16 (or two fp16) values has <= 22 significant bits */
     __attribute__((target("avx2,f16c,fma"), always_inline))
     static inline float kbm_row_planes_k(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
-                                const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) {
+                                const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n,
+                                float* wbuf) {
+        /* wbuf == NULL: the dot product with xp; else the row's decoded weights go to wbuf (permuted order) */
         const __m256 t_lo = _mm256_loadu_ps(table), t_hi = _mm256_loadu_ps(table + 8);
         const __m256i m0f = _mm256_set1_epi8(0x0f);
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
@@ -228,19 +250,28 @@ cdef extern from *:
         __m256i plo = _mm256_setzero_si256(), phi = _mm256_setzero_si256();
         const int64_t i0 = n * K;
         const uint8_t* row = packed + (i0 >> 1);
-        const int64_t mask = bs - 1;                               /* blocksize: a power of two, >= 64 */
-        int64_t b = i0 / bs;
-        for (int64_t u = 0; u < K; u += KBM_UNIT) {
-            if (u == 0 || ((i0 + u) & mask) == 0) {
-                if (u) ++b;
-                kbm_planes(t_lo, t_hi, kbm_scale(s, a8, code2, off, b), kind, table, &plo, &phi);
-            }
+        /* blocksize: a power of two >= 64; the row's block segments, one table each */
+        int64_t b = i0 / bs, u = 0;
+        while (u < K) {
+            int64_t seg = (b + 1) * bs - i0;
+            if (seg > K) seg = K;
+            kbm_planes(t_lo, t_hi, kbm_scale(s, a8, code2, off, b), kind, table, &plo, &phi);
+            ++b;
+            for (; u < seg; u += KBM_UNIT) {
             __m256i v = _mm256_loadu_si256((const __m256i*)(row + (u >> 1)));
             __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m0f), lo = _mm256_and_si256(v, m0f);
             __m256i h_l = _mm256_shuffle_epi8(plo, hi), h_h = _mm256_shuffle_epi8(phi, hi);
             __m256i l_l = _mm256_shuffle_epi8(plo, lo), l_h = _mm256_shuffle_epi8(phi, lo);
             __m256i e0 = _mm256_unpacklo_epi8(h_l, h_h), e1 = _mm256_unpackhi_epi8(h_l, h_h);
             __m256i o0 = _mm256_unpacklo_epi8(l_l, l_h), o1 = _mm256_unpackhi_epi8(l_l, l_h);
+            if (wbuf) {
+                float* w = wbuf + u;
+                _mm256_storeu_ps(w, kbm_f32(e0, kind, 0));      _mm256_storeu_ps(w + 8, kbm_f32(e0, kind, 1));
+                _mm256_storeu_ps(w + 16, kbm_f32(e1, kind, 0)); _mm256_storeu_ps(w + 24, kbm_f32(e1, kind, 1));
+                _mm256_storeu_ps(w + 32, kbm_f32(o0, kind, 0)); _mm256_storeu_ps(w + 40, kbm_f32(o0, kind, 1));
+                _mm256_storeu_ps(w + 48, kbm_f32(o1, kind, 0)); _mm256_storeu_ps(w + 56, kbm_f32(o1, kind, 1));
+                continue;
+            }
             const float* x = xp + u;
             acc0 = _mm256_fmadd_ps(kbm_f32(e0, kind, 0), _mm256_loadu_ps(x), acc0);
             acc1 = _mm256_fmadd_ps(kbm_f32(e0, kind, 1), _mm256_loadu_ps(x + 8), acc1);
@@ -250,6 +281,7 @@ cdef extern from *:
             acc1 = _mm256_fmadd_ps(kbm_f32(o0, kind, 1), _mm256_loadu_ps(x + 40), acc1);
             acc2 = _mm256_fmadd_ps(kbm_f32(o1, kind, 0), _mm256_loadu_ps(x + 48), acc2);
             acc3 = _mm256_fmadd_ps(kbm_f32(o1, kind, 1), _mm256_loadu_ps(x + 56), acc3);
+            }
         }
         float l[8]; _mm256_storeu_ps(l, _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
         return kbm_combine(l);
@@ -258,8 +290,35 @@ cdef extern from *:
     __attribute__((target("avx2,f16c,fma")))
     static float kbm_row_planes(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
                                 const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) {
-        if (kind == 1) return kbm_row_planes_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n);
-        return kbm_row_planes_k(xp, K, packed, s, a8, code2, off, table, bs, 2, n);
+        if (kind == 1) return kbm_row_planes_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, NULL);
+        return kbm_row_planes_k(xp, K, packed, s, a8, code2, off, table, bs, 2, n, NULL);
+    }
+    /* M > 1: decode the row once into wbuf, then per activation row the same products in the same order as the
+       M = 1 loop (so each output equals the one-row call's, bit for bit) */
+    __attribute__((target("avx2,f16c,fma")))
+    static void kbm_rows_planes(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
+                                const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
+                                int kind, int64_t n, float* wbuf, float* y) {
+        if (kind == 1) kbm_row_planes_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, wbuf);
+        else kbm_row_planes_k(xp, K, packed, s, a8, code2, off, table, bs, 2, n, wbuf);
+        for (int64_t m = 0; m < M; ++m) {
+            const float* x = xp + m * K;
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+                   acc3 = _mm256_setzero_ps();
+            for (int64_t u = 0; u < K; u += KBM_UNIT) {
+                const float* w = wbuf + u; const float* xu = x + u;
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(w), _mm256_loadu_ps(xu), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + 8), _mm256_loadu_ps(xu + 8), acc1);
+                acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + 16), _mm256_loadu_ps(xu + 16), acc2);
+                acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + 24), _mm256_loadu_ps(xu + 24), acc3);
+                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + 32), _mm256_loadu_ps(xu + 32), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + 40), _mm256_loadu_ps(xu + 40), acc1);
+                acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + 48), _mm256_loadu_ps(xu + 48), acc2);
+                acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + 56), _mm256_loadu_ps(xu + 56), acc3);
+            }
+            float l[8]; _mm256_storeu_ps(l, _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+            y[m * N + n] = kbm_combine(l);
+        }
     }
     static int kbm_planes_ok(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma"); }
 
@@ -271,6 +330,9 @@ cdef extern from *:
     static float kbm_row_planes(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
                                 const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) { return 0.0f; }
     static int kbm_planes_ok(void) { return 0; }
+    static void kbm_rows_planes(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
+                                const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
+                                int kind, int64_t n, float* wbuf, float* y) {}
     #endif
     """
     void kbm_row_scalar(const float* a, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
@@ -283,6 +345,9 @@ cdef extern from *:
     float kbm_row_planes(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
                          const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) nogil
     int kbm_planes_ok() nogil
+    void kbm_rows_planes(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
+                         const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
+                         int kind, int64_t n, float* wbuf, float* y) nogil
     float kbm_widen(uint16_t h, int kind) nogil
     uint16_t kbm_narrow(float v, int kind) nogil
 
@@ -298,35 +363,60 @@ def unit_permutation(int kind):
     return [kbm_unit_index(kind, v, e) for v in range(8) for e in range(8)]
 
 
-def gemv_4bit_planes(const uint16_t[::1] a, int64_t N, int64_t K, const uint8_t[::1] packed,
+def gemv_4bit_planes(const uint16_t[::1] a, int64_t M, int64_t N, int64_t K, const uint8_t[::1] packed,
                      const float[::1] absmax, const uint8_t[::1] absmax_8bit, const float[::1] code2, float offset,
                      bint nested, const float[::1] table, int64_t blocksize, int kind, const uint16_t[::1] bias,
                      bint has_bias, uint16_t[::1] out, int64_t chunk=16):
     """The byte-plane path (check HAS_PLANES; kind 1 bf16 or 2 fp16, K % 64 == 0, blocksize % 64 == 0, a finite
-    table): ``a`` and ``bias`` the activations' and bias' 16-bit patterns, ``out`` receives the result's (rule 4:
-    float32 sum + float32 bias, one rounding). The activations are widened and permuted per 64-element unit into
-    the order the kernel decodes weights (unit_permutation). Rows go out in chunks handed out dynamically, so a
-    thread that the shared machine preempts does not hold up the others."""
-    cdef int64_t n, u, p
-    cdef float y
+    table): ``a`` (M * K) and ``bias`` the activations' and bias' 16-bit patterns, ``out`` (M * N) receives the
+    result's (rule 4: float32 sum + float32 bias, one rounding). The activations are widened and permuted per
+    64-element unit into the order the kernel decodes weights (unit_permutation). M > 1 decodes each weight row
+    once into a per-thread buffer and takes every activation row's products in the M = 1 order, so each output
+    row equals the one-row call's. Returns False, computing nothing, for a table with NaN or Inf. Rows go out in chunks handed out dynamically, so a thread that the shared
+    machine preempts does not hold up the others."""
+    cdef int64_t n, u, p, m
+    cdef float yv
+    cdef float* wbuf
+    cdef float* ys
     cdef const uint8_t* a8 = &absmax_8bit[0] if nested else NULL
     cdef int perm[64]
+    for p in range(16):
+        if not (table[p] - table[p] == 0.0):          # NaN or Inf: the bf16 rounding by addition needs finite values
+            return False
     for p in range(64):
         perm[p] = kbm_unit_index(kind, p >> 3, p & 7)
-    cdef float* xp = <float*>malloc(K * sizeof(float))
-    if xp == NULL:
+    cdef float* xp = <float*>malloc(M * K * sizeof(float))
+    cdef float* y = <float*>malloc(M * N * sizeof(float)) if M > 1 else NULL
+    if xp == NULL or (M > 1 and y == NULL):
+        free(xp); free(y)
         raise MemoryError()
     try:
-        for u in range(0, K, 64):
-            for p in range(64):
-                xp[u + p] = kbm_widen(a[u + perm[p]], kind)
-        for n in prange(N, nogil=True, schedule="dynamic", chunksize=chunk):
-            y = kbm_row_planes(xp, K, &packed[0], &absmax[0], a8, &code2[0], offset, &table[0], blocksize, kind, n)
-            if has_bias:
-                y = y + kbm_widen(bias[n], kind)
-            out[n] = kbm_narrow(y, kind)
+        for m in range(M):
+            for u in range(0, K, 64):
+                for p in range(64):
+                    xp[m * K + u + p] = kbm_widen(a[m * K + u + perm[p]], kind)
+        if M == 1:
+            for n in prange(N, nogil=True, schedule="dynamic", chunksize=chunk):
+                yv = kbm_row_planes(xp, K, &packed[0], &absmax[0], a8, &code2[0], offset, &table[0], blocksize, kind, n)
+                if has_bias:
+                    yv = yv + kbm_widen(bias[n], kind)
+                out[n] = kbm_narrow(yv, kind)
+        else:
+            with nogil, parallel():
+                wbuf = <float*>malloc(K * sizeof(float))
+                for n in prange(N, schedule="dynamic", chunksize=chunk):
+                    kbm_rows_planes(xp, M, N, K, &packed[0], &absmax[0], a8, &code2[0], offset, &table[0], blocksize,
+                                    kind, n, wbuf, y)
+                free(wbuf)
+            for m in range(M * N):
+                yv = y[m]
+                if has_bias:
+                    yv = yv + kbm_widen(bias[m % N], kind)
+                out[m] = kbm_narrow(yv, kind)
     finally:
         free(xp)
+        free(y)
+    return True
 
 
 def gemv_4bit_nested(const float[::1] a, int64_t N, int64_t K, const uint8_t[::1] packed,

@@ -1,7 +1,7 @@
 """Cython/OpenMP adapter for the matmul family (kernel: workbench/_native/matmul_cpu.pyx).
 
 Paths, first that applies:
-* byte planes (M = 1, bf16/fp16 activations, K % 64 == 0, blocksize % 64 == 0, AVX2 + F16C + FMA, finite table):
+* byte planes (M <= PLANES_MAX_M, bf16/fp16 activations, K % 64 == 0, blocksize % 64 == 0, AVX2 + F16C + FMA, finite table):
   the GEMV hot path, its own float32 order (pyx docstring), held to the reference's error_bound;
 * 8 lanes by k % 8 (M <= FUSED_MAX_M; AVX2 for M = 1, K % 8 == 0): the numba_cpu kernel's order, equal to it
   bit for bit;
@@ -16,6 +16,7 @@ from . import native
 from ..registry import register_kernel
 
 FUSED_MAX_M = 8
+PLANES_MAX_M = 32   # the byte-plane path decodes a row once for all M activation rows
 _NO_BIAS = np.zeros(1, np.float32)
 _NO_A8 = np.zeros(1, np.uint8)
 _NO_BITS = np.zeros(1, np.uint16)
@@ -41,9 +42,10 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
         raise TypeError(f"A: the compiled CPU kernels read float32, bfloat16 or float16, not {A.dtype}") from None
     tab = table.float().contiguous()
     lib = native("matmul")
-    if M == 1 and kind and K % lib.UNIT == 0 and blocksize % lib.UNIT == 0 and lib.HAS_PLANES \
-            and bool(torch.isfinite(tab).all()):
-        return _planes(lib, A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset, tab, blocksize, kind, bias)
+    if M <= PLANES_MAX_M and kind and K % lib.UNIT == 0 and blocksize % lib.UNIT == 0 and lib.HAS_PLANES:
+        y = _planes(lib, A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset, tab, blocksize, kind, bias)
+        if y is not None:
+            return y
     if M == 1 and K % 8 == 0 and lib.HAS_AVX2:
         a = A.detach().reshape(-1).float().contiguous()
         out = torch.empty(N, dtype=torch.float32)
@@ -76,14 +78,15 @@ def _bits(t):
 
 
 def _planes(lib, A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset, tab, blocksize, kind, bias):
-    out = torch.empty(N, dtype=A.dtype)
+    M = A.shape[0]
+    out = torch.empty(M * N, dtype=A.dtype)
     nested = absmax_8bit is not None
-    lib.gemv_4bit_planes(_bits(A), N, K, B.reshape(-1).numpy(), absmax.reshape(-1).float().contiguous().numpy(),
+    done = lib.gemv_4bit_planes(_bits(A), M, N, K, B.reshape(-1).numpy(), absmax.reshape(-1).float().contiguous().numpy(),
                          absmax_8bit.reshape(-1).numpy() if nested else _NO_A8,
                          absmax_code.float().contiguous().numpy() if nested else _NO_BIAS,
                          float(absmax_offset) if nested else 0.0, nested, tab.numpy(), blocksize, kind,
                          _NO_BITS if bias is None else _bits(bias), bias is not None, _bits(out))
-    return out.view(1, N)
+    return out.view(M, N) if done else None   # not done: a table with NaN or Inf
 
 
 def gemv_4bit(A, B, shapeB, absmax, table, blocksize):
