@@ -204,3 +204,40 @@ def test_validate_is_metadata_only():
     s.state2.absmax = torch.empty(1, device="meta")
     s.state2.code = torch.empty(256, device="meta")
     assert s.validate(1000, bits=4) is s
+
+
+def test_dequantizers_revalidate_a_state_changed_after_use():
+    """The dequantizers remember a state's validation between calls (ops._prepared); any change to what
+    was checked is seen: a replaced or resized absmax, another blocksize, an edited table."""
+    A = torch.randn(1000)
+    for quantize, dequantize in ((lambda a: wb.quantize_4bit(a, blocksize=64, quant_type="nf4"), wb.dequantize_4bit),
+                                 (lambda a: wb.quantize_blockwise(a, blocksize=64), wb.dequantize_blockwise)):
+        q, qs = quantize(A)
+        first = dequantize(q, qs)
+        assert torch.equal(dequantize(q, qs), first)
+        qs.code[:] = qs.code * 2  # in place: the kernels read the state's own table
+        assert torch.allclose(dequantize(q, qs), first * 2)
+        qs.code[:] = qs.code / 2
+        keep = qs.absmax
+        qs.absmax = keep[:-1].clone()
+        with pytest.raises(QuantInputError, match="absmax"):
+            dequantize(q, qs)
+        qs.absmax = keep
+        assert torch.equal(dequantize(q, qs), first)
+        qs.absmax.resize_(3)
+        with pytest.raises(QuantInputError, match="absmax"):
+            dequantize(q, qs)
+        q, qs = quantize(A)
+        dequantize(q, qs)
+        qs.blocksize = 128
+        with pytest.raises(QuantInputError, match="absmax"):
+            dequantize(q, qs)
+
+
+def test_each_state_owns_its_table():
+    """Quantizers hand out the codebook's table lazily, but each state gets its own copy."""
+    A = torch.randn(256)
+    _, s1 = wb.quantize_4bit(A, quant_type="nf4")
+    _, s2 = wb.quantize_4bit(A, quant_type="nf4")
+    s1.code[0] = 123.0
+    assert s2.code[0] != 123.0 and wb.quantize_4bit(A, quant_type="nf4")[1].code[0] != 123.0

@@ -73,14 +73,18 @@ class Codebook:
 
     def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(table, bounds, bucket_codes) as torch tensors on ``device`` (cached per device)."""
-        key = str(torch.device(device))
         cache = self._tensor_cache
+        hit = cache.get(device)  # keyed by the argument as given too: str(torch.device(...)) costs a µs per call
+        if hit is not None:
+            return hit
+        key = str(torch.device(device))
         if key not in cache:
             cache[key] = (
                 torch.from_numpy(self.table.copy()).to(device),
                 torch.from_numpy(self.bounds.copy()).to(device),
                 torch.from_numpy(self.bucket_codes.copy()).to(device),
             )
+        cache[device] = cache[key]
         return cache[key]
 
     def quantize_normalized(self, s: np.ndarray) -> np.ndarray:

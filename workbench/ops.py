@@ -130,15 +130,41 @@ def quantize_blockwise(A: torch.Tensor, code=None, blocksize: int = 4096, nested
     else:
         name = _backend(backend, "quantize_blockwise", A)
         codes, absmax = _ops.quantize_blockwise(_flat(A), table, bounds, bucket_codes, blocksize, name)
-    table = cb.tensors(A.device)[0].clone()
     if nested:
         qabs, offset, state2 = _quantize_absmax(absmax, backend)
-        qs = QuantState(absmax=qabs, code=table, blocksize=blocksize, dtype=A.dtype, offset=offset, state2=state2)
+        qs = QuantState.with_table_of(cb, A.device, absmax=qabs, shape=A.shape, blocksize=blocksize, dtype=A.dtype,
+                                      offset=offset, state2=state2)
     else:
-        qs = QuantState(absmax=absmax, code=table, blocksize=blocksize, dtype=A.dtype)
-    qs.shape = A.shape
+        qs = QuantState.with_table_of(cb, A.device, absmax=absmax, shape=A.shape, blocksize=blocksize, dtype=A.dtype)
     raise_if_nonfinite("A", A, absmax, nan_policy)  # last: a host sync on CUDA, after every launch
     return codes.view(A.shape), qs
+
+
+def _memo_key(A: torch.Tensor, qs: QuantState, dtype, backend: str, bits: int):
+    """What a dequantizer's validation of (A, state, dtype, backend) depended on, or None when it
+    must not be remembered (nested states: their absmax is decoded anew each call; compile traces)."""
+    if qs.nested or type(qs) is not QuantState or torch.compiler.is_compiling():
+        return None
+    am, code = qs.absmax, qs.code
+    if not isinstance(am, torch.Tensor) or not isinstance(code, torch.Tensor):
+        return None
+    return (bits, A.numel(), A.dtype, A.device, dtype, backend, id(am), am.numel(), am.dtype, am.is_contiguous(),
+            id(code), code.numel(), code.dtype, qs.blocksize, qs.shape, qs.dtype)
+
+
+def _prepared(A: torch.Tensor, qs: QuantState, dtype, backend: str, bits: int, prepare):
+    """``prepare()``'s (absmax, table, ...) for this call, remembered on the state while nothing it was
+    checked against has changed (``_memo_key``): a weight dequantized every forward pass is validated
+    once. Only kept when absmax and table are the state's own tensors (no copy that could go stale; the
+    memo's references to them also keep their ids from being reused)."""
+    key = _memo_key(A, qs, dtype, backend, bits)
+    memo = qs.memo
+    if key is not None and memo is not None and memo[0] == key:
+        return memo[1]
+    got = prepare()
+    if key is not None and got[0] is qs.absmax and got[1] is qs.code:
+        qs.memo = (key, got)
+    return got
 
 
 def dequantize_blockwise(A: torch.Tensor, quant_state: QuantState | None = None, absmax=None, code=None,
@@ -152,13 +178,17 @@ def dequantize_blockwise(A: torch.Tensor, quant_state: QuantState | None = None,
             raise QuantInputError(f"absmax: expected a float32 torch.Tensor, got {type(absmax).__name__}")
         table = code if code is not None else cbs.get("dynamic").tensors(A.device)[0]
         quant_state = QuantState(absmax=absmax, code=table, blocksize=blocksize, dtype=dtype or torch.float32)
-    quant_state = _state(quant_state, "dequantize_blockwise")
-    quant_state.validate(A.numel(), bits=8)
-    out_dtype = check_dtype("dtype", dtype or quant_state.dtype, FLOAT_DTYPES)
-    name = _backend(backend, "dequantize_blockwise", A)
-    absmax = _resolve_absmax(quant_state, backend).to(A.device).contiguous()
-    out = _ops.dequantize_blockwise(_flat(A), absmax, _table_256(quant_state.code, A.device),
-                                    quant_state.blocksize, out_dtype, name)
+    qs = _state(quant_state, "dequantize_blockwise")
+
+    def prepare():
+        qs.validate(A.numel(), bits=8)
+        out_dtype = check_dtype("dtype", dtype or qs.dtype, FLOAT_DTYPES)
+        name = _backend(backend, "dequantize_blockwise", A)
+        absmax = _resolve_absmax(qs, backend).to(A.device).contiguous()
+        return absmax, _table_256(qs.code, A.device), out_dtype, name
+
+    absmax, table, out_dtype, name = _prepared(A, qs, dtype, backend, 8, prepare)
+    out = _ops.dequantize_blockwise(_flat(A), absmax, table, qs.blocksize, out_dtype, name)
     return out.view(A.shape)
 
 
@@ -188,13 +218,13 @@ def quantize_4bit(A: torch.Tensor, absmax=None, out=None, blocksize: int = 64, c
     if quant_storage != torch.uint8:
         packed = packed.squeeze(1).view(quant_storage).unsqueeze(1)
     qtype = quant_type if codebook is None else cb.name
-    table = cb.tensors(A.device)[0].clone()
     if compress_statistics:
         qabs, offset, state2 = _quantize_absmax(am, backend)
-        qs = QuantState(absmax=qabs, shape=A.shape, dtype=A.dtype, blocksize=blocksize, code=table,
-                        quant_type=qtype, offset=offset, state2=state2)
+        qs = QuantState.with_table_of(cb, A.device, absmax=qabs, shape=A.shape, dtype=A.dtype, blocksize=blocksize,
+                                      quant_type=qtype, offset=offset, state2=state2)
     else:
-        qs = QuantState(absmax=am, shape=A.shape, dtype=A.dtype, blocksize=blocksize, code=table, quant_type=qtype)
+        qs = QuantState.with_table_of(cb, A.device, absmax=am, shape=A.shape, dtype=A.dtype, blocksize=blocksize,
+                                      quant_type=qtype)
     raise_if_nonfinite("A", A, am, nan_policy)  # last: a host sync on CUDA, after every launch
     return packed, qs
 
@@ -210,23 +240,29 @@ def quantize_fp4(A, blocksize: int = 64, compress_statistics: bool = False, **kw
 def dequantize_4bit(A: torch.Tensor, quant_state: QuantState, *, dtype: torch.dtype | None = None,
                     backend: str = "auto") -> torch.Tensor:
     """Inverse of :func:`quantize_4bit`; returns a tensor of ``quant_state.shape``."""
-    quant_state = _state(quant_state, "dequantize_4bit")
+    qs = _state(quant_state, "dequantize_4bit")
     check_tensor("A", A, dtypes=None)
+
+    def prepare():
+        if qs.shape is None:
+            raise QuantInputError("quant_state.shape: required to dequantize 4-bit codes (the number of elements)")
+        qs.validate(bits=4)
+        n = 1
+        for s in qs.shape:
+            n *= int(s)
+        nbytes = A.numel() * A.element_size()
+        if nbytes != (n + 1) // 2:
+            raise QuantInputError(f"A: {nbytes} packed bytes, but quant_state.shape {tuple(qs.shape)} "
+                                  f"needs {(n + 1) // 2}")
+        out_dtype = check_dtype("dtype", dtype or qs.dtype, FLOAT_DTYPES)
+        name = _backend(backend, "dequantize_4bit", A)
+        absmax = _resolve_absmax(qs, backend).to(A.device).contiguous()
+        table = qs.code.to(A.device, torch.float32).contiguous()
+        return absmax, table, n, out_dtype, name
+
+    absmax, table, n, out_dtype, name = _prepared(A, qs, dtype, backend, 4, prepare)
     packed = A.detach().reshape(-1)
     if packed.dtype != torch.uint8:
         packed = packed.view(torch.uint8)
-    if quant_state.shape is None:
-        raise QuantInputError("quant_state.shape: required to dequantize 4-bit codes (the number of elements)")
-    quant_state.validate(bits=4)
-    n = 1
-    for s in quant_state.shape:
-        n *= int(s)
-    if packed.numel() != (n + 1) // 2:
-        raise QuantInputError(f"A: {packed.numel()} packed bytes, but quant_state.shape {tuple(quant_state.shape)} "
-                              f"needs {(n + 1) // 2}")
-    out_dtype = check_dtype("dtype", dtype or quant_state.dtype, FLOAT_DTYPES)
-    name = _backend(backend, "dequantize_4bit", A)
-    absmax = _resolve_absmax(quant_state, backend).to(A.device).contiguous()
-    table = quant_state.code.to(A.device, torch.float32).contiguous()
-    out = _ops.dequantize_4bit(packed.contiguous(), absmax, table, quant_state.blocksize, n, out_dtype, name)
-    return out.view(quant_state.shape)
+    out = _ops.dequantize_4bit(packed.contiguous(), absmax, table, qs.blocksize, n, out_dtype, name)
+    return out.view(qs.shape)

@@ -142,6 +142,27 @@ class QuantState:
         self.offset = offset
         self.state2 = state2
         self.nested = state2 is not None
+        self.memo = None  # the public dequantizers' validated inputs, see workbench.ops._prepared
+
+    @classmethod
+    def with_table_of(cls, codebook, device, **fields) -> "QuantState":
+        """A state whose ``code`` is a private copy of ``codebook``'s table on ``device``, made when first
+        read: a quantizer then launches no copy of it (a dequantizer reads it once, on its first call)."""
+        qs = cls(code=None, **fields)
+        qs._code_of = (codebook, device)
+        return qs
+
+    @property
+    def code(self):
+        if self._code is None and self._code_of is not None:
+            cb, device = self._code_of
+            self._code = cb.tensors(device)[0].clone()  # private: an in-place edit must not reach the cache
+            self._code_of = None
+        return self._code
+
+    @code.setter
+    def code(self, value) -> None:
+        self._code, self._code_of = value, None
 
     def as_dict(self, packed: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
