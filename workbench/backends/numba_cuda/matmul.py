@@ -1,0 +1,54 @@
+"""Numba CUDA matmul family (prototypes; kernels: numba_kernels/cuda/matmul.py): torch tensors in, float32 sums out,
+rounded once to A's dtype here (rule 4 of workbench/backends/reference/matmul.py).
+
+M <= GEMV_MAX_M: the fused dequant-GEMV (a block per output row); above: the simple tiled GEMM. Both decode the
+nested absmax in the kernel. Under the CUDA simulator the backend takes CPU tensors (small inputs only).
+"""
+from __future__ import annotations
+
+import torch
+
+from numba_kernels.cuda import matmul as K
+
+from ._launch import as_array, launch
+from ..registry import register_kernel
+
+_KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
+
+
+def _arr(t: torch.Tensor):
+    t = t.contiguous().reshape(-1)
+    return as_array(t.view(torch.int16) if t.dtype == torch.bfloat16 else t)
+
+
+def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=None, absmax_code=None,
+              absmax_offset=None):
+    try:
+        kind = _KIND[A.dtype]
+    except KeyError:
+        raise TypeError(f"A: dtype {A.dtype} not supported by numba_cuda (float32/float16/bfloat16)") from None
+    N, Kd = int(shapeB[0]), int(shapeB[1])
+    M = A.shape[0]
+    dev = A.device
+    out = torch.empty(M * N, dtype=torch.float32, device=dev)
+    nested = absmax_8bit is not None
+    one = torch.zeros(1, dtype=torch.float32, device=dev)
+    a8 = _arr(absmax_8bit) if nested else _arr(torch.zeros(1, dtype=torch.uint8, device=dev))
+    code2 = _arr(absmax_code.float()) if nested else _arr(one)
+    offset = _arr(absmax_offset.float().reshape(1)) if nested else _arr(one)
+    b = _arr(bias) if bias is not None else _arr(torch.zeros(1, dtype=A.dtype, device=dev))
+    args = (_arr(A), kind, M, N, Kd, _arr(B.reshape(-1)), _arr(absmax.float()), a8, code2, offset, int(nested),
+            _arr(table.float()), int(blocksize), b, int(bias is not None), _arr(out))
+    if M <= K.GEMV_MAX_M:
+        launch(K.gemv, N, K.GEMV_THREADS, dev, *args)
+    else:
+        launch(K.gemm_tiled, K.gemm_grid(M, N), K.TILE * K.TILE, dev, *args)
+    return out.view(M, N).to(A.dtype)
+
+
+def gemv_4bit(A, B, shapeB, absmax, table, blocksize):
+    return gemm_4bit(A, B, shapeB, absmax, table, blocksize)
+
+
+register_kernel("workbench::gemv_4bit", "numba_cuda")(gemv_4bit)
+register_kernel("workbench::gemm_4bit", "numba_cuda")(gemm_4bit)
