@@ -11,7 +11,7 @@ pytest.importorskip("ipykernel")
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "studies" / "notebooks").glob("*.py"))
-DRAWS = {"error_study", "codebook_lab", "outliers", "kbit_3bit"}  # notebooks with a figure cell
+DRAWS = {"error_study", "codebook_lab", "outliers", "kbit_3bit", "minilm_4bit"}  # notebooks with a figure cell
 
 
 def test_there_are_the_four_notebooks():
