@@ -331,6 +331,49 @@ def group_range(x, kind, n, G, lo, hi):
 
 
 @njit(parallel=True, **_OPTS)
+def mse_clip_range(x, kind, n, G, k, fmt, grid, lo, hi):
+    """The "mse" clip search of reference/kbit_affine.py per group (parallel over groups): for each p in grid
+    (float32), the qparams of (p*lo, p*hi), the group's codes and float32 errors, E = sum of float64(e)**2 in
+    element order; keeps the range of the first least E."""
+    qmax = np.float32((1 << k) - 1)
+    eps = np.float32(1.1920928955078125e-07)
+    for b in prange(lo.size):
+        start = b * G
+        end = min(start + G, n)
+        mn = np.float32(0.0)
+        mx = np.float32(0.0)
+        for i in range(start, end):
+            v = load(x, i, kind)
+            mn = v if v < mn else mn
+            mx = v if v > mx else mx
+        best = np.inf
+        blo = mn
+        bhi = mx
+        for c in range(grid.size):
+            plo = mn * grid[c]
+            phi = mx * grid[c]
+            s = (phi - plo) / qmax
+            s = s if s > eps else eps
+            z = -np.rint(plo / s)
+            z = np.float32(0.0) if z < 0 else (qmax if z > qmax else z)
+            D = decode_one(encode_one(s, fmt, 0, np.float32(1.0)), fmt, np.float32(1.0))
+            r = np.float32(1.0) / D
+            acc = 0.0
+            for i in range(start, end):
+                v = load(x, i, kind)
+                q = np.rint(v * r) + z
+                q = np.float32(0.0) if q < 0 else (qmax if q > qmax else q)
+                e = np.float64((q - z) * D - v)
+                acc += e * e
+            if acc < best:
+                best = acc
+                blo = plo
+                bhi = phi
+        lo[b] = blo
+        hi[b] = bhi
+
+
+@njit(parallel=True, **_OPTS)
 def quantize_affine_groups(x, kind, n, G, r, z, k, layout, out):
     """code = clamp(rint(x * r[b]) + z[b], 0, 2**k - 1), packed as quantize_groups packs."""
     groups = (n + 31) // 32

@@ -166,6 +166,32 @@ cdef extern from *:
         for (int64_t i = start; i < end; i++) { float v = kk_load(x, kind, i); mn = v < mn ? v : mn; mx = v > mx ? v : mx; }
         lo[b] = mn; hi[b] = mx;
     }
+    static void kk_mse_clip_block(const void* x, int kind, int64_t n, int64_t G, int64_t k, int fmt,
+                                  const float* grid, int64_t ngrid, int64_t b, float* lo, float* hi) {
+        int64_t start = b * G, end = start + G < n ? start + G : n;
+        float qmax = (float)((1 << k) - 1), eps = 1.1920928955078125e-07f, mn = 0.0f, mx = 0.0f;
+        for (int64_t i = start; i < end; i++) { float v = kk_load(x, kind, i); mn = v < mn ? v : mn; mx = v > mx ? v : mx; }
+        double best = INFINITY;
+        float blo = mn, bhi = mx;
+        for (int64_t c = 0; c < ngrid; c++) {
+            float plo = mn * grid[c], phi = mx * grid[c];
+            float s = (phi - plo) / qmax;
+            s = s > eps ? s : eps;
+            float z = -rintf(plo / s);
+            z = z < 0.0f ? 0.0f : (z > qmax ? qmax : z);
+            float D = kk_decode(kk_encode(s, fmt, 0, 1.0f), fmt, 1.0f), r = 1.0f / D;
+            double acc = 0.0;
+            for (int64_t i = start; i < end; i++) {
+                float v = kk_load(x, kind, i);
+                float q = rintf(v * r) + z;
+                q = q < 0.0f ? 0.0f : (q > qmax ? qmax : q);
+                double e = (double)((q - z) * D - v);
+                acc += e * e;
+            }
+            if (acc < best) { best = acc; blo = plo; bhi = phi; }
+        }
+        lo[b] = blo; hi[b] = bhi;
+    }
     static void kk_quantize_affine_task(const void* x, int kind, int64_t n, int64_t G, const float* r,
                                         const uint8_t* z, int64_t k, int layout, uint32_t* out, int64_t nw, int64_t t) {
         int64_t groups = (n + 31) / 32, g0 = t * KK_GROUPS_PER_TASK;
@@ -209,6 +235,8 @@ cdef extern from *:
     void kk_dequantize_task(const uint32_t* words, int64_t nw, int64_t n, int64_t k, int layout, int64_t bs,
                             const float* D, const float* cb, int kind, void* out, int64_t t) nogil
     void kk_range_block(const void* x, int kind, int64_t n, int64_t G, int64_t b, float* lo, float* hi) nogil
+    void kk_mse_clip_block(const void* x, int kind, int64_t n, int64_t G, int64_t k, int fmt, const float* grid,
+                           int64_t ngrid, int64_t b, float* lo, float* hi) nogil
     void kk_quantize_affine_task(const void* x, int kind, int64_t n, int64_t G, const float* r, const uint8_t* z,
                                  int64_t k, int layout, uint32_t* out, int64_t nw, int64_t t) nogil
     void kk_dequantize_affine_task(const uint32_t* words, int64_t nw, int64_t n, int64_t k, int layout, int64_t G,
@@ -299,3 +327,11 @@ def dequantize_affine_groups(const uint32_t[::1] words, int64_t n, int64_t k, in
     cdef int64_t tasks = ((n + 31) // 32 + GPT - 1) // GPT, t
     for t in prange(tasks, nogil=True, schedule="static"):
         kk_dequantize_affine_task(&words[0], words.shape[0], n, k, layout, G, &D[0], &z[0], kind, po, t)
+
+
+def mse_clip_range(x, int kind, int64_t n, int64_t G, int64_t k, int fmt, const float[::1] grid, float[::1] lo,
+                   float[::1] hi):
+    cdef const void* px = _addr(x)
+    cdef int64_t b
+    for b in prange(lo.shape[0], nogil=True, schedule="dynamic"):
+        kk_mse_clip_block(px, kind, n, G, k, fmt, &grid[0], grid.shape[0], b, &lo[0], &hi[0])

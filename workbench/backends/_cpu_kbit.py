@@ -6,7 +6,7 @@ floor_log2, FMT_IDS, LAYOUT_IDS, and for affine groups group_range, quantize_aff
 dequantize_affine_groups); :func:`bind` wraps either into the four ops of the backend contract (rules:
 workbench/backends/reference/kbit.py and kbit_affine.py): torch tensors in, zero-copy views, outputs allocated
 here. Affine scales and zero points (one value per group) come from the spec's own torch code
-(``reference.kbit_affine.qparams``, and its MSE clip search), so every CPU backend agrees on them bit for bit.
+(``reference.kbit_affine.qparams``) on the ranges the kernels find (min-max, or the MSE clip search).
 """
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ import torch
 from ._cpu_common import alloc, as_numpy_bits, kind_of
 from .reference import kbit_affine as RA
 from .reference.kbit import nblocks, packed_words
+
+
+_CLIP_GRID = np.array(RA.CLIP_GRID, np.float32)
 
 
 def _empty(n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -84,13 +87,12 @@ def bind(K, module: str) -> dict:
         x = x.view(np.uint16)
         n = A.numel()
         nb = nblocks(n, groupsize)
+        lo, hi = np.empty(nb, np.float32), np.empty(nb, np.float32)
         if clip == "minmax":
-            lo, hi = np.empty(nb, np.float32), np.empty(nb, np.float32)
             K.group_range(x, kind, n, groupsize, lo, hi)
-            lo, hi = torch.from_numpy(lo), torch.from_numpy(hi)
-        else:   # the MSE clip search: the spec's torch code (see the module docstring)
-            lo, hi = RA.mse_clip_range(A, k, groupsize, scale_format)
-        S, z, _, r = RA.qparams(lo, hi, k, scale_format)
+        else:
+            K.mse_clip_range(x, kind, n, groupsize, k, K.FMT_IDS[scale_format], _CLIP_GRID, lo, hi)
+        S, z, _, r = RA.qparams(torch.from_numpy(lo), torch.from_numpy(hi), k, scale_format)
         words = _empty(packed_words(n, k, layout), torch.int32)
         K.quantize_affine_groups(x, kind, n, groupsize, r.numpy(), z.numpy(), k, K.LAYOUT_IDS[layout],
                                  words.numpy().view(np.uint32))

@@ -8,10 +8,11 @@ Contract (every backend gives exactly this; inputs finite -- the public API refu
   groups     group b = flat elements b*G .. min((b+1)*G, n) - 1, G any int >= 1 (a block, a row, 384 columns)
   range      lo[b] = min(0, min x), hi[b] = max(0, max x) over the group's real elements (0 always inside:
              torchao's preserve_zero, so zero is coded exactly; padding a group with zeros changes nothing)
-  clip       "minmax": (lo, hi).  "mse": (p*lo, p*hi) for the p in CLIP_GRID (1.0, 0.95, .., 0.5) whose
-             quantize-dequantize (the rules below) has the least float64 sum of squared float32 errors over the
-             group; the first (largest) p on ties.  The search is this module's torch code on every CPU
-             backend (the compiled kernels take its ranges), so all agree bit for bit.
+  clip       "minmax": (lo, hi).  "mse": (p*lo, p*hi) (float32 products, p = float32(CLIP_GRID[i]): 1.0, 0.95,
+             .., 0.5) for the p whose quantize-dequantize (the rules below) has the least error sum
+             E = sum over the group's elements, in element order, of float64(e)**2, e = float32 error
+             ((q - z) * D - x) -- each square is exact in float64 and the order is fixed, so a compiled kernel
+             gets the same E bit for bit; the first (largest) p on ties (a strictly smaller E wins).
   scale      s = max((hi - lo) / (2**k - 1), EPS)  float32, EPS = float32 machine epsilon (torchao's clamp)
   zero point z = clamp(-rint(lo / s), 0, 2**k - 1)  from the float32 s (torchao), stored uint8
   stored     S = s in scale_format: fp32, or fp16 / bf16 round to nearest even, saturating;  D = float32(S)
@@ -65,16 +66,27 @@ def group_codes(x: torch.Tensor, z: torch.Tensor, r: torch.Tensor, k: int) -> to
     return (torch.round(x * r.view(-1, 1)) + z.float().view(-1, 1)).clamp(0, 2 ** k - 1)
 
 
+def _error_sums(e: torch.Tensor) -> torch.Tensor:
+    """Per row of e (nb, G) float32: float64(e)**2 summed in element order (a loop over columns: the order the
+    compiled kernels use; padded zeros add +0)."""
+    e2 = e.double().pow(2)
+    acc = torch.zeros(e.shape[0], dtype=torch.float64, device=e.device)
+    for j in range(e.shape[1]):
+        acc += e2[:, j]
+    return acc
+
+
 def mse_clip_range(a: torch.Tensor, k: int, G: int, fmt: str):
-    """The "mse" clip: per group the (p*lo, p*hi), p in CLIP_GRID, of least squared error (first p on ties)."""
+    """The "mse" clip: per group the (p*lo, p*hi), p in CLIP_GRID, of least error sum (first p on ties)."""
     x = _groups(a, G)
     lo, hi = x.amin(dim=1).clamp(max=0.0), x.amax(dim=1).clamp(min=0.0)
     best = torch.full_like(lo, float("inf"), dtype=torch.float64)
     best_lo, best_hi = lo.clone(), hi.clone()
     for p in CLIP_GRID:
-        plo, phi = lo * p, hi * p
+        p32 = torch.tensor(p, dtype=torch.float32, device=lo.device)
+        plo, phi = lo * p32, hi * p32
         _, z, D, r = qparams(plo, phi, k, fmt)
-        err = ((group_codes(x, z, r, k) - z.float().view(-1, 1)) * D.view(-1, 1) - x).double().pow(2).sum(dim=1)
+        err = _error_sums((group_codes(x, z, r, k) - z.float().view(-1, 1)) * D.view(-1, 1) - x)
         better = err < best
         best = torch.where(better, err, best)
         best_lo, best_hi = torch.where(better, plo, best_lo), torch.where(better, phi, best_hi)
