@@ -50,3 +50,27 @@ def test_cuda_kbit_bit_exact_with_reference(monkeypatch, k, dtype, n, blocksize,
             want = K.dequantize_kbit(pr, sr, dtype=out_dtype, backend="reference")
             got = K.dequantize_kbit(pc, sc, dtype=out_dtype, backend="cuda")
             assert torch.equal(_bits(got.cpu()), _bits(want))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_groups_affine_and_rotation_on_cuda_equal_the_cpu_reference():
+    """Row and 384/96-element groups on the production kernel (any group size: it indexes scales by i // bs),
+    affine groups (the reference kernels on CUDA tensors) and the Hadamard rotation (torch, float32) give the
+    CPU reference's words, scales and outputs bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    W = (torch.randn(16, 384, generator=g) * 4 ** torch.randn(16, 1, generator=g)).to(torch.bfloat16)
+    cuda_ok = status("cuda")[0]
+    cases = [dict(blocksize="row", scale_format="fp16"), dict(blocksize=96, scale_format="e4m4"),
+             dict(blocksize=384, scale_format="bf16", rotate=128),
+             dict(blocksize=32, affine="minmax"), dict(blocksize="row", affine="mse", scale_format="bf16"),
+             dict(blocksize=64, affine="mse", rotate=256)]
+    for kw in cases:
+        backend = "cuda" if cuda_ok and "affine" not in kw else "auto"
+        pr, sr = K.quantize_kbit(W, 3, backend="reference", **kw)
+        pc, sc = K.quantize_kbit(W.cuda(), 3, backend=backend, **kw)
+        assert torch.equal(pc.cpu(), pr), kw
+        assert torch.equal(_bits(sc.scales.cpu()), _bits(sr.scales)), kw
+        if sr.zeros is not None:
+            assert torch.equal(sc.zeros.cpu(), sr.zeros), kw
+        want = K.dequantize_kbit(pr, sr, backend="reference")
+        assert torch.equal(_bits(K.dequantize_kbit(pc, sc, backend=backend).cpu()), _bits(want)), kw

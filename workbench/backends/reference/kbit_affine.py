@@ -69,7 +69,8 @@ def group_codes(x: torch.Tensor, z: torch.Tensor, r: torch.Tensor, k: int) -> to
 def _error_sums(e: torch.Tensor) -> torch.Tensor:
     """Per row of e (nb, G) float32: float64(e)**2 summed in element order (a loop over columns: the order the
     compiled kernels use; padded zeros add +0)."""
-    e2 = e.double().pow(2)
+    d = e.double()
+    e2 = d * d                       # exact: a float32 squared fits float64's mantissa
     acc = torch.zeros(e.shape[0], dtype=torch.float64, device=e.device)
     for j in range(e.shape[1]):
         acc += e2[:, j]
