@@ -168,10 +168,16 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None, help="folder for bench.parquet/.csv (e.g. reports/matmul-gpu)")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None, help="CPU: torch/OpenMP threads (default: torch's)")
+    ap.add_argument("--ms", default=None, help="comma-separated M values (default: the device's list)")
     args = ap.parse_args(argv)
     if args.device == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-    df = run(args.device, reps=args.reps)
+        torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
+    shapes = None
+    if args.ms:
+        ms = tuple(int(m) for m in args.ms.split(","))
+        shapes = [(shape, ms) for shape, _ in (GPU_SHAPES if args.device == "cuda" else CPU_SHAPES)]
+    df = run(args.device, shapes=shapes, reps=args.reps)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(df.drop(columns=["copy_gbps"]).to_string(index=False))
     if args.out:

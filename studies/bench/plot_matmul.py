@@ -13,6 +13,7 @@ name the device, the versions, the git revision and time of the run (and the loa
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -73,9 +74,10 @@ def plot(df: pd.DataFrame, path=None, which: str = "auto"):
     axes[0][0].set_ylabel({"public": "public call ms", "kernel": "kernel ms"}.get(which, "ms (kernel where timed)"))
     axes[0][0].legend(fontsize=8)
     meta = metadata(df)
-    fig.text(0.01, 0.005, " | ".join(f"{k.removeprefix('run_')} {v}" for k, v in meta.items()), fontsize=6,
-             color="dimgray", va="bottom")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    footer = textwrap.fill(" | ".join(f"{k.removeprefix('run_')} {v}" for k, v in meta.items()),
+                           width=int(fig.get_figwidth() * 21))
+    fig.text(0.01, 0.005, footer, fontsize=6, color="dimgray", va="bottom")
+    fig.tight_layout(rect=(0, 0.03 * (footer.count("\n") + 1) + 0.01, 1, 1))
     if path is not None:
         fig.savefig(path, dpi=110, metadata={"Software": "studies/bench/plot_matmul.py",
                                              "Comment": "; ".join(f"{k}={v}" for k, v in meta.items())})
