@@ -37,6 +37,22 @@ cudaError_t kbit_gemv_4bit(const void* A, int dtype, int M, long long N, long lo
                            const float* absmax_offset, const float* table, int blocksize, const void* bias,
                            void* out, cudaStream_t stream);
 
+/* Fused dequantize + tensor-core GEMM (mma.sync m16n8k16, float32 accumulators), any M >= 1; fp16/bf16 only.
+ * Requires K % 32 == 0 and 16-byte aligned A and B (else cudaErrorInvalidValue; callers fall back).
+ * Accumulation order: per 128-wide k chunk, 8 mma k-steps of 16 (the tensor core's own order inside a step),
+ * chunks in order within a split; splits > 1 split K into equal chunk ranges, whose float32 partials
+ * (partial: splits * M * N floats) are summed in split order 0, 1, ... then the bias is added.
+ * counters: one int per (ceil(M / block_m) * ceil(N / block_n)) tile, zero on entry; the kernel leaves it zero.
+ * lookup: how the codebook is read (0: one shared 16-float table, 1: a copy per lane, 3: a 256-entry pair table
+ * indexed by bytes); same numerics, different speed (matmul_mma.cuh). */
+cudaError_t kbit_gemm_4bit_mma(const void* A, int dtype, int M, long long N, long long K, const unsigned char* B,
+                               const float* absmax, const unsigned char* absmax_8bit, const float* absmax_code,
+                               const float* absmax_offset, const float* table, int blocksize, const void* bias,
+                               void* out, float* partial, int* counters, int splits, int lookup, cudaStream_t stream);
+
+/* The kernel's tile for M activation rows (block_m x block_n of out^T) and how many CTAs fit on one SM. */
+int kbit_gemm_4bit_mma_tile(int M, int lookup, int* block_m, int* block_n, int* ctas_per_sm);
+
 /* 1 when the library was built with IEEE float flags (-fmad=false): the numerics above hold. */
 int kbit_matmul_ieee_build(void);
 

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "kbit_matmul.h"
+#include "matmul_mma.cuh"
 
 namespace {
 
@@ -197,6 +198,44 @@ extern "C" cudaError_t kbit_gemv_4bit(const void* A, int dtype, int M, long long
         case KBIT_BF16: return dispatch_m<KBIT_BF16>(M, A, N, K, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, blocksize, bias, out, stream);
         default: return cudaErrorInvalidValue;
     }
+}
+
+static int log2_exact(int v) {
+    int s = 0;
+    while ((1 << s) < v) ++s;
+    return (1 << s) == v ? s : -1;
+}
+
+extern "C" cudaError_t kbit_gemm_4bit_mma(const void* A, int dtype, int M, long long N, long long K,
+                                          const unsigned char* B, const float* absmax, const unsigned char* absmax_8bit,
+                                          const float* absmax_code, const float* absmax_offset, const float* table,
+                                          int blocksize, const void* bias, void* out, float* partial, int* counters,
+                                          int splits, int lookup, cudaStream_t stream) {
+    const int bs_shift = log2_exact(blocksize);
+    if (M < 1 || N < 0 || K < 0 || K % 32 != 0 || bs_shift < 5 || splits < 1) return cudaErrorInvalidValue;
+    if ((uintptr_t)A % 16 != 0 || (uintptr_t)B % 16 != 0) return cudaErrorInvalidValue;
+    if (absmax_8bit != nullptr && (absmax_code == nullptr || absmax_offset == nullptr)) return cudaErrorInvalidValue;
+    if (splits > 1 && (partial == nullptr || counters == nullptr)) return cudaErrorInvalidValue;
+    if (N == 0) return cudaSuccess;
+    const long long chunks = (K + mma4::kChunk - 1) / mma4::kChunk;
+    mma4::Args p{A, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bias, out, partial, counters,
+                 M, N, K, bs_shift, (int)((chunks + splits - 1) / splits), lookup};
+    if (K == 0) p.chunks_per_split = 0;
+    switch (dtype) {
+        case KBIT_F16: return mma4::launch_dt<KBIT_F16>(p, splits, stream, nullptr);
+        case KBIT_BF16: return mma4::launch_dt<KBIT_BF16>(p, splits, stream, nullptr);
+        default: return cudaErrorInvalidValue;
+    }
+}
+
+extern "C" int kbit_gemm_4bit_mma_tile(int M, int lookup, int* block_m, int* block_n, int* ctas_per_sm) {
+    if (M < 1) return (int)cudaErrorInvalidValue;
+    *block_m = 8 * mma4::tile_m(M);
+    *block_n = mma4::kRowsPerCta;
+    mma4::Args p{};
+    p.M = M;
+    p.lookup = lookup;
+    return (int)mma4::launch_dt<KBIT_BF16>(p, 1, 0, ctas_per_sm);
 }
 
 extern "C" int kbit_matmul_ieee_build(void) {

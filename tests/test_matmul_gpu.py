@@ -111,3 +111,130 @@ def test_reference_vs_bitsandbytes_cuda(rng, quant_type, M):
             print(f"bnb {quant_type} {dtype} {N}x{K} M={M}: max err/sum|AW| {(err / S.clamp(min=1e-30)).max():.3g}, "
                   f"equal {(err == 0).float().mean():.3f}, within spec bound {(err <= bound).float().mean():.3f}")
             assert (err <= bound + 2.0 ** -7 * S).all()
+
+
+# --- the fused tensor-core GEMM (M > 4, fp16/bf16, K % 32 == 0) ----------------------------------------------------
+
+# (N, K, blocksize): N tails (not a multiple of the 128-row CTA tile, nor of 16), K tails (not a multiple of the
+# 128-wide chunk), blocks smaller than, equal to and larger than a row, a long K
+MMA_SHAPES = ((256, 4096, 64), (37, 96, 32), (129, 160, 4096), (300, 4128, 64), (1000, 8192, 128), (16, 32, 32),
+              (4096, 4096, 256))
+MMA_M = (5, 8, 9, 16, 17, 32, 33, 64, 65, 130, 256)
+
+
+def _poison_allocator(nbytes=1 << 27):
+    """Fill the caching allocator's free memory with NaN, so an output element the kernel never writes shows."""
+    torch.full((nbytes // 4,), float("nan"), device="cuda")
+    torch.cuda.synchronize()
+
+
+def _ratio(got, ref, A, P, qs, b):
+    W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
+    bound = R.error_bound(A.reshape(-1, A.shape[-1]), W, b, A.dtype, ref.reshape(-1, W.shape[0]))
+    err = (got.float() - ref.float()).abs().reshape(bound.shape)
+    return (err / bound).max().item()
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+def test_mma_gemm_vs_reference(rng, dtype):
+    _need_cuda()
+    worst = 0.0
+    for s_i, (N, K, bs) in enumerate(MMA_SHAPES):
+        for m_i, M in enumerate(MMA_M):
+            nested, bias = (s_i + m_i) % 2 == 0, (s_i + m_i) % 3 != 0
+            A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested, bias,
+                                codebook=cbs.get("af4") if (s_i + m_i) % 4 == 1 else None)
+            ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+            _poison_allocator()
+            got = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+            assert got.shape == ref.shape and got.dtype == dtype
+            _within(got, ref, A, P, qs, b)
+            worst = max(worst, _ratio(got, ref, A, P, qs, b))
+    print(f"mma {dtype}: max |err| / bound = {worst:.3g}")
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3, 7, 32])
+def test_mma_split_k_is_deterministic_and_within_bound(rng, monkeypatch, splits):
+    _need_cuda()
+    from workbench.backends.cuda import matmul as CM
+    monkeypatch.setattr(CM, "plan_splits", lambda *a, **k: splits)
+    for M, (N, K, bs) in ((24, (300, 4128, 64)), (70, (1000, 8192, 128)), (5, (129, 160, 4096))):
+        A, P, qs, b = _case(rng, N, K, M, torch.bfloat16, bs, True, True)
+        ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+        _poison_allocator()
+        got = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+        again = matmul_4bit(A, P, qs, bias=b, backend="cuda")  # the counters were left at zero
+        _within(got, ref, A, P, qs, b)
+        assert torch.equal(got, again)
+
+
+def test_mma_misaligned_activations_and_leading_dims(rng):
+    _need_cuda()
+    A, P, qs, b = _case(rng, 256, 1024, 12, torch.bfloat16, 64, True, True)
+    base = torch.empty(12 * 1024 + 8, dtype=torch.bfloat16, device="cuda")
+    Am = base[3:3 + 12 * 1024].view(3, 4, 1024)   # not 16-byte aligned
+    Am.copy_(A.view(3, 4, 1024))
+    ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+    got = matmul_4bit(Am, P, qs, bias=b, backend="cuda")
+    assert got.shape == (3, 4, 256)
+    _within(got.view(12, 256), ref, A, P, qs, b)
+
+
+def test_mma_cuda_graph_capture(rng):
+    _need_cuda()
+    A, P, qs, b = _case(rng, 4096, 4096, 16, torch.bfloat16, 64, True, True)
+    want = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        matmul_4bit(A, P, qs, bias=b, backend="cuda")
+        with torch.cuda.graph(g):
+            out = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+    torch.cuda.current_stream().wait_stream(s)
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+def test_large_m_dequant_cublas_path(rng, monkeypatch, dtype):
+    _need_cuda()
+    from workbench.backends.cuda import matmul as CM
+    monkeypatch.setattr(CM, "MMA_MAX_M", 8)
+    for bias in (False, True):
+        A, P, qs, b = _case(rng, 1000, 4096, 40, dtype, 64, True, bias)
+        ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+        _within(matmul_4bit(A, P, qs, bias=b, backend="cuda"), ref, A, P, qs, b)
+
+
+def test_linear4bit_forward_runs_the_fused_gemm(rng, monkeypatch):
+    _need_cuda()
+    from workbench import nn as wnn
+    from workbench.backends.cuda import matmul as CM
+    calls = []
+    real = CM._gemm_mma
+    monkeypatch.setattr(CM, "_gemm_mma", lambda *a, **k: calls.append(1) or real(*a, **k))
+    lin = torch.nn.Linear(512, 300).to(torch.bfloat16)
+    q = wnn.Linear4bit.from_linear(lin).cuda()
+    x = torch.randn(2, 10, 512, generator=rng).to(torch.bfloat16).cuda()
+    with torch.no_grad():
+        got = q(x)
+    assert calls, "Linear4bit.forward did not reach kbit_gemm_4bit_mma"
+    ref = matmul_4bit(x, q.weight, q.quant_state, bias=q.bias, backend="reference")
+    _within(got.view(20, 300), ref.view(20, 300), x.view(20, 512), q.weight, q.quant_state, q.bias)
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+def test_mma_gemm_at_gemv_sizes(rng, monkeypatch, dtype):
+    """M = 1..4 through the tensor-core kernel (the dispatch may route small M there when it is faster)."""
+    _need_cuda()
+    from workbench.backends.cuda import matmul as CM
+    monkeypatch.setattr(CM, "GEMV_MAX_M", 0)
+    for M in (1, 2, 3, 4):
+        for N, K, bs in ((300, 4128, 64), (37, 96, 32), (4096, 4096, 64)):
+            A, P, qs, b = _case(rng, N, K, M, dtype, bs, M % 2 == 0, M > 2)
+            ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+            _poison_allocator()
+            _within(matmul_4bit(A, P, qs, bias=b, backend="cuda"), ref, A, P, qs, b)

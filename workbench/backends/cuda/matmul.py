@@ -1,13 +1,22 @@
 """CUDA production kernels for the matmul family (cuda_src/matmul.cu) behind the reference signatures.
 
-M <= 4 activation rows: the fused dequant-GEMV ``kbit_gemv_4bit`` (nested absmax decoded in the kernel, codebook
-in shared memory, bias in its epilogue). Larger M: the weight is dequantized once (this backend's
-dequantize_4bit; nested scales by rule 1 with torch elementwise ops) and multiplied by cuBLAS in float32 (the
-bias added in float32, one rounding to A's dtype) -- correct, not yet fast: the tensor-core GEMM is still to come. Numerics and bound: workbench/backends/reference/matmul.py.
+Dispatch on the number of activation rows M (A in fp16/bf16; float32 A takes the last path at M > 4):
+
+* M <= 4: the fused dequant-GEMV ``kbit_gemv_4bit`` (nested absmax decoded in the kernel, codebook in shared
+  memory, bias in its epilogue);
+* 4 < M <= MMA_MAX_M, K % 32 == 0: the fused dequant + tensor-core GEMM ``kbit_gemm_4bit_mma``
+  (cuda_src/matmul_mma.cuh: mma.sync m16n8k16, float32 accumulators, split-K over enough CTAs to fill the GPU,
+  partials summed in split order by the last CTA of a tile);
+* otherwise: the weight dequantized once to A's dtype (this backend's dequantize_4bit) and multiplied by cuBLAS
+  with float32 accumulation and no reduced-precision split-K reduction (bias added in float32, one rounding).
+
+MMA_MAX_M is the crossover measured on an H200 (reports/matmul-h200). Numerics and bound:
+workbench/backends/reference/matmul.py.
 """
 from __future__ import annotations
 
 import ctypes
+import os
 
 import torch
 
@@ -16,6 +25,10 @@ from ..registry import register_kernel
 
 from ...wire import DTYPE_CODE
 GEMV_MAX_M = 4
+MMA_MAX_M = 1024  # above it dequantize + cuBLAS wins (reports/matmul-h200)
+# How the kernel reads the codebook (0: one shared table, 1: a copy per lane, 3: byte-indexed pairs): equal
+# results, different speed; KBIT_MMA_LOOKUP overrides the measured default.
+LOOKUP = int(os.environ.get("KBIT_MMA_LOOKUP", "0"))
 _c = ctypes
 _P, _I, _L = _c.c_void_p, _c.c_int, _c.c_longlong
 _lib = None
@@ -28,6 +41,10 @@ def lib() -> ctypes.CDLL:
         L.kbit_gemv_4bit.argtypes = [_P, _I, _I, _L, _L, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P]
         L.kbit_gemv_4bit.restype = _I
         L.kbit_matmul_ieee_build.restype = _I
+        L.kbit_gemm_4bit_mma.argtypes = [_P, _I, _I, _L, _L, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I, _P]
+        L.kbit_gemm_4bit_mma.restype = _I
+        L.kbit_gemm_4bit_mma_tile.argtypes = [_I, _I, _P, _P, _P]
+        L.kbit_gemm_4bit_mma_tile.restype = _I
         _lib = L
     return _lib
 
@@ -47,25 +64,140 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     except KeyError:
         raise TypeError(f"A: dtype {A.dtype} not supported by the cuda backend (float32/float16/bfloat16)") from None
     tab = _f32(table, dev)
+    code2 = None if absmax_8bit is None else _f32(absmax_code, dev)
+    off = None if absmax_8bit is None else _f32(absmax_offset.reshape(1), dev)
     if M <= GEMV_MAX_M:
         out = torch.empty((M, N), dtype=A.dtype, device=dev)
-        code2 = None if absmax_8bit is None else _f32(absmax_code, dev)
-        off = None if absmax_8bit is None else _f32(absmax_offset.reshape(1), dev)
         with on(dev):
             st = lib().kbit_gemv_4bit(ptr(A), dt, M, N, K, ptr(B), ptr(absmax), ptr(absmax_8bit), ptr(code2),
                                       ptr(off), ptr(tab), blocksize, ptr(bias), ptr(out), stream(dev))
         check(st, "kbit_gemv_4bit")
         return out
+    if A.dtype != torch.float32 and K % 32 == 0 and M <= MMA_MAX_M:
+        return _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias, dt)
+    return _dequant_cublas(A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset, tab, blocksize, bias)
+
+
+# --- the tensor-core GEMM: tile shape, split-K plan, counters ---------------------------------------------------
+
+CHUNK = 128  # k per pipeline step of the kernel (matmul_mma.cuh kChunk)
+MAX_SPLITS = 32
+_tiles: dict = {}
+_sms: dict = {}
+_counters: dict = {}
+
+
+def mma_tile(M: int, device: torch.device) -> tuple[int, int, int]:
+    """(block_m, block_n, CTAs resident per SM) of the kernel instance that serves M rows."""
+    key = (8 if M <= 8 else 16 if M <= 16 else 32 if M <= 32 else 64, LOOKUP)
+    if key not in _tiles:
+        bm, bn, occ = _c.c_int(), _c.c_int(), _c.c_int()
+        with on(device):
+            check(lib().kbit_gemm_4bit_mma_tile(M, LOOKUP, _c.byref(bm), _c.byref(bn), _c.byref(occ)),
+                  "kbit_gemm_4bit_mma_tile")
+        _tiles[key] = (bm.value, bn.value, max(1, occ.value))
+    return _tiles[key]
+
+
+def plan_splits(M: int, N: int, K: int, block_m: int, block_n: int, capacity: int) -> int:
+    """How many K ranges to split into. Cost model in bytes: the weight stream lasts (waves x chunks per split)
+    full waves of ``capacity`` CTAs, each CTA reading 64 bytes per weight row and chunk; a partial last wave
+    costs a full one (it runs latency-bound). Each split adds M x N float32 partials, written and read
+    (mostly in L2: counted at half)."""
+    tiles = -(-M // block_m) * -(-N // block_n)
+    chunks = max(1, -(-K // CHUNK))
+    best_cost, best = None, 1
+    for s in range(1, min(chunks, MAX_SPLITS) + 1):
+        cps = -(-chunks // s)
+        if -(-chunks // cps) != s:  # the same chunk ranges as a smaller s
+            continue
+        waves = -(-(tiles * s) // capacity)
+        cost = waves * cps * capacity * block_n * 64 + (4 * M * N * s if s > 1 else 0)
+        if best_cost is None or cost < best_cost:
+            best_cost, best = cost, s
+    return best
+
+
+def _sm_count(device: torch.device) -> int:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _sms:
+        _sms[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _sms[idx]
+
+
+def _tile_counters(device: torch.device, n: int, st: int) -> torch.Tensor:
+    """Zeroed int32 counters the kernel leaves zero, kept per (device, stream): calls on one stream run in
+    order, so they can share them. While a CUDA graph is captured, a fresh zeroed buffer (a memset node)."""
+    if torch.cuda.is_current_stream_capturing():
+        return torch.zeros(n, dtype=torch.int32, device=device)
+    key = (device.index, st)
+    c = _counters.get(key)
+    if c is None or c.numel() < n:
+        c = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+        _counters[key] = c
+    return c
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    return t if t.data_ptr() % 16 == 0 else t.clone()  # the kernel's 16-byte vector loads
+
+
+def _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias, dt):
+    M, dev = A.shape[0], A.device
+    A, B = _aligned(A), _aligned(B)
+    bm, bn, occ = mma_tile(M, dev)
+    splits = plan_splits(M, N, K, bm, bn, occ * _sm_count(dev))
+    out = torch.empty((M, N), dtype=A.dtype, device=dev)
+    st = stream(dev)
+    part = ctr = None
+    if splits > 1:
+        part = torch.empty(splits * M * N, dtype=torch.float32, device=dev)
+        ctr = _tile_counters(dev, -(-M // bm) * -(-N // bn), st)
+    with on(dev):
+        status = lib().kbit_gemm_4bit_mma(ptr(A), dt, M, N, K, ptr(B), ptr(absmax), ptr(absmax_8bit), ptr(code2),
+                                          ptr(off), ptr(tab), blocksize, ptr(bias), ptr(out), ptr(part), ptr(ctr),
+                                          splits, LOOKUP, st)
+    check(status, "kbit_gemm_4bit_mma")
+    return out
+
+
+def _dequant_cublas(A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset, tab, blocksize, bias):
     from .quant import dequantize_4bit
     from ..reference.matmul import resolve_absmax
     s = resolve_absmax(absmax, absmax_8bit, absmax_code, absmax_offset).contiguous()
     W = dequantize_4bit(B, s, tab, blocksize, N * K, A.dtype).view(N, K)
-    # float32 operands: cuBLAS's bf16/fp16 GEMM may reduce split-K partials in 16 bits
-    # (allow_bf16_reduced_precision_reduction), outside the spec's bound; TF32 is off for matmul by default.
-    y = A.float() @ W.float().t()
+    if A.dtype == torch.float32:  # TF32 is off for matmul by default
+        y = A @ W.t()
+    elif bias is None:
+        return _mm_one_rounding(A, W.t())
+    else:
+        y = _mm_f32_out(A, W.t())
     if bias is not None:
         y = y + bias.float()
     return y.to(A.dtype)
+
+
+def _mm_one_rounding(A, Wt):
+    """A @ Wt in A's dtype with float32 accumulation throughout: cuBLAS rounds once, at the output, when its
+    split-K reduction is not allowed to run in 16 bits (torch's flag, off for this call)."""
+    flags = torch.backends.cuda.matmul
+    name = ("allow_bf16_reduced_precision_reduction" if A.dtype == torch.bfloat16
+            else "allow_fp16_reduced_precision_reduction")
+    old = getattr(flags, name)
+    setattr(flags, name, False)
+    try:
+        return torch.mm(A, Wt)
+    finally:
+        setattr(flags, name, old)
+
+
+def _mm_f32_out(A, Wt):
+    """A @ Wt with 16-bit operands and a float32 result (cuBLAS, float32 accumulation and split-K reduction):
+    the spec's single rounding happens after the bias."""
+    try:
+        return torch.mm(A, Wt, out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):  # older torch: float32 operands, exact widening
+        return A.float() @ Wt.float()
 
 
 def gemv_4bit(A, B, shapeB, absmax, table, blocksize):

@@ -1,0 +1,424 @@
+/* kbit-workbench: fused 4-bit dequantize + tensor-core GEMM for M = 5..~1024 (family "matmul", included by
+ * matmul.cu). API and numerics: kbit_matmul.h (kbit_gemm_4bit_mma).
+ *
+ * The product is computed transposed, out^T[N, M] = W[N, K] . X^T[K, M], so the weight is the mma's A operand
+ * (m16 = 16 weight rows) and the activations its B operand (n8 = 8 activation rows): mma.sync m16n8k16,
+ * bf16/fp16 inputs, float32 accumulators.
+ *
+ * k permutation: an mma sums over its 16 k positions in any order, so logical k positions may map to any real k
+ * as long as A and B use the same map. Thread (g = lane / 4, t = lane % 4) supplies logical positions
+ * {2t, 2t+1, 2t+8, 2t+9} of k-step j; they are mapped to the real elements k0 + 32t + 4j + {0, 1, 2, 3}. So over
+ * one 128-wide chunk (8 steps) a thread needs exactly 32 consecutive elements of each of its weight rows: one
+ * 16-byte load of packed codes per row, one quantization block per row (blocksize >= 32, chunks 32-aligned in the
+ * flat weight since K % 32 == 0), one scale per row and chunk.
+ *
+ * CTA: 4 warps stacked along N, each 2 m16 tiles (32 weight rows); the CTA covers 128 weight rows x 8*TM
+ * activation rows. A 3-stage cp.async pipeline keeps two 128-wide chunks in flight (packed weights, activations
+ * in fragment order, scale ingredients) -- no registers hold data in flight, and consecutive chunks of a row are
+ * requested together. Weights are dequantized from shared memory into the mma fragment layout: code -> shared
+ * table -> float32 product with the block scale -> rounded once to A's dtype (rule 2, bit for bit).
+ * Split-K (grid.z): each split writes float32 partials; the CTA that finishes a tile last (an atomic counter per
+ * tile, reset by that CTA) sums the partials in split order 0, 1, ... -- deterministic -- and adds the bias.
+ */
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace mma4 {
+
+constexpr int kWarps = 4;                        // warps per CTA, stacked along N
+constexpr int kRowTiles = 2;                     // m16 weight tiles per warp
+constexpr int kRowsPerCta = kWarps * kRowTiles * 16;
+constexpr int kChunk = 128;                      // k per pipeline step; a thread reads 32 codes of each row
+constexpr int kThreads = kWarps * 32;
+
+template <int DT> struct Frag;
+template <> struct Frag<KBIT_BF16> {
+    typedef __nv_bfloat16 t;
+    __device__ static __forceinline__ uint32_t pack(float lo, float hi) {  // round each once, to nearest even
+        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t*>(&v);
+    }
+    __device__ static __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    __device__ static __forceinline__ float ld(const t* p, long long i) { return __bfloat162float(p[i]); }
+    __device__ static __forceinline__ void st(t* p, long long i, float v) { p[i] = __float2bfloat16_rn(v); }
+};
+template <> struct Frag<KBIT_F16> {
+    typedef __half t;
+    __device__ static __forceinline__ uint32_t pack(float lo, float hi) {
+        __half2 v = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t*>(&v);
+    }
+    __device__ static __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    __device__ static __forceinline__ float ld(const t* p, long long i) { return __half2float(p[i]); }
+    __device__ static __forceinline__ void st(t* p, long long i, float v) { p[i] = __float2half_rn(v); }
+};
+
+struct Args {
+    const void* A;
+    const uint8_t* B;
+    const float* absmax;     // per block, or per 256 blocks when a8 != nullptr
+    const uint8_t* a8;       // nested codes (or nullptr)
+    const float* code2;      // 256-entry nested table
+    const float* off;        // nested offset (device scalar)
+    const float* table;      // 16-entry codebook
+    const void* bias;
+    void* out;
+    float* partial;          // splits * M * N float32 (splits > 1)
+    int* counters;           // one per (m tile, n tile), zero on entry, left zero on exit
+    int M;
+    long long N, K;
+    int bs_shift;            // log2(blocksize)
+    int chunks_per_split;
+    int lookup;              // kLookup* (codebook lookup variant)
+};
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    const int n = valid ? 16 : 0;  // 0: zero-fill (rows past M, k past K)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+/* One pipeline stage in shared memory: the CTA's 128 weight rows x 64 packed bytes (row-major, so a warp's
+ * 16-byte reads of 8 rows x 4 threads are 512 contiguous bytes), the activation tile in fragment order, and each
+ * thread's own scale ingredients for its 4 rows (the float absmax -- nested: the float32 absmax of the group --
+ * and, nested, the aligned 32-bit word holding the uint8 code). */
+template <int TM> struct Stage {
+    uint4 w[kRowsPerCta * 4];
+    uint4 x[TM * 128];
+    float amax[4][kThreads];
+    uint32_t q8w[4][kThreads];
+};
+
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    const int n = valid ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+
+template <int TM>
+__device__ __forceinline__ void stage_x(uint4* xs, const uint8_t* A, int m0, int M, long long K, long long k0) {
+    // slot (i, jp, lane): X[m0 + 8i + lane/4][k0 + 32 (lane%4) + 8 jp .. +7], 16 bytes, in fragment order
+#pragma unroll
+    for (int s = threadIdx.x; s < TM * 128; s += kThreads) {
+        const int i = s >> 7, jp = (s >> 5) & 3, ln = s & 31;
+        const int m = m0 + 8 * i + (ln >> 2);
+        const long long k = k0 + 32 * (ln & 3) + 8 * jp;
+        const bool ok = m < M && k < K;
+        cp_async16(xs + s, A + 2 * (ok ? (long long)m * K + k : 0), ok);
+    }
+}
+
+/* The row (within the CTA) of weight slot q of thread (warp, g): tile q/2, row g or g+8. */
+__device__ __forceinline__ int slot_row(int warp, int q, int g) { return warp * kRowTiles * 16 + 16 * (q >> 1) + 8 * (q & 1) + g; }
+
+/* Issue the copies of chunk c (k0 = c * kChunk) into a stage: weights (4 x 16 bytes per thread, consecutive threads
+ * on consecutive 16 bytes of a row), activations, and this thread's scale ingredients. */
+template <int TM>
+__device__ __forceinline__ void stage_chunk(Stage<TM>& st, const Args& p, const uint8_t* A, int m0, long long n0,
+                                            long long k0, int warp, int g, int t) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int piece = threadIdx.x + kThreads * i;
+        const long long row = n0 + (piece >> 2);
+        const long long k = k0 + 32 * (piece & 3);
+        const bool ok = row < p.N && k < p.K;
+        cp_async16(st.w + piece, p.B + (ok ? (row * p.K + k) >> 1 : 0), ok);
+    }
+    stage_x<TM>(st.x, A, m0, p.M, p.K, k0);
+    const long long k = k0 + 32 * t;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+        const long long row = n0 + slot_row(warp, q, g);
+        const bool ok = row < p.N && k < p.K;
+        const long long b = ok ? (row * p.K + k) >> p.bs_shift : 0;
+        if (p.a8 != nullptr) {
+            cp_async4(&st.amax[q][threadIdx.x], p.absmax + (b >> 8), ok);
+            // the aligned word holding byte b: never crosses a page, so never leaves mapped memory
+            cp_async4(&st.q8w[q][threadIdx.x], reinterpret_cast<const void*>((uintptr_t)(p.a8 + b) & ~(uintptr_t)3), ok);
+        } else {
+            cp_async4(&st.amax[q][threadIdx.x], p.absmax + b, ok);
+        }
+    }
+}
+
+/* Codebook lookup, three ways (template LK; which is fastest is measured: reports/matmul-h200):
+ *   kLookupShared  (0): a 16-float table in shared memory, one 32-bit load per code (lanes share the 16 words);
+ *   kLookupPerLane (1): 32 copies, tab[code][lane], so every lane reads its own bank and no word is shared;
+ *   kLookupPair    (3): 256 float pairs indexed by a whole byte (two codes): one 64-bit load per two codes.
+ * Each returns the float32 table values of the 4 codes e0..e3 of half h of a 32-bit word of packed codes
+ * (half h = bytes 2h, 2h+1; e0 = high nibble of byte 2h). */
+constexpr int kLookupShared = 0, kLookupPerLane = 1, kLookupPair = 3;
+constexpr int kLookupNone = 9;  // diagnostic only, wrong values: the code's bits as a float, no table read
+
+struct Tables {
+    float one[16];
+    float per_lane[16][32];
+    float2 pair[256];
+};
+
+/* Byte offsets of the 8 codes of a word into a float table: hi4[b] = 4 * high nibble of byte b, lo4[b] = 4 * low
+ * nibble (two shifts and masks per 8 codes; a byte then costs one PRMT to extract). */
+struct CodeOffsets {
+    uint32_t hi4, lo4, word;
+};
+__device__ __forceinline__ CodeOffsets code_offsets(uint32_t w) {
+    return {(w >> 2) & 0x3c3c3c3cu, (w << 2) & 0x3c3c3c3cu, w};
+}
+__device__ __forceinline__ uint32_t byte_of(uint32_t v, int byte) { return __byte_perm(v, 0u, 0x4440u | byte); }
+
+template <int LK>
+__device__ __forceinline__ void lookup4(float* v, const CodeOffsets& c, int h, const Tables& T, int lane) {
+    const int b0 = 2 * h, b1 = 2 * h + 1;
+    if (LK == kLookupNone) {
+        v[0] = __uint_as_float(0x3f800000u | (byte_of(c.hi4, b0) << 15));
+        v[1] = __uint_as_float(0x3f800000u | (byte_of(c.lo4, b0) << 15));
+        v[2] = __uint_as_float(0x3f800000u | (byte_of(c.hi4, b1) << 15));
+        v[3] = __uint_as_float(0x3f800000u | (byte_of(c.lo4, b1) << 15));
+    } else if (LK == kLookupPair) {
+        const float2 p0 = T.pair[byte_of(c.word, b0)], p1 = T.pair[byte_of(c.word, b1)];
+        v[0] = p0.x; v[1] = p0.y; v[2] = p1.x; v[3] = p1.y;
+    } else if (LK == kLookupPerLane) {
+        const char* base = reinterpret_cast<const char*>(&T.per_lane[0][lane]);  // + code * 128 bytes
+        v[0] = *reinterpret_cast<const float*>(base + (byte_of(c.hi4, b0) << 5));
+        v[1] = *reinterpret_cast<const float*>(base + (byte_of(c.lo4, b0) << 5));
+        v[2] = *reinterpret_cast<const float*>(base + (byte_of(c.hi4, b1) << 5));
+        v[3] = *reinterpret_cast<const float*>(base + (byte_of(c.lo4, b1) << 5));
+    } else {
+        const char* base = reinterpret_cast<const char*>(T.one);
+        v[0] = *reinterpret_cast<const float*>(base + byte_of(c.hi4, b0));
+        v[1] = *reinterpret_cast<const float*>(base + byte_of(c.lo4, b0));
+        v[2] = *reinterpret_cast<const float*>(base + byte_of(c.hi4, b1));
+        v[3] = *reinterpret_cast<const float*>(base + byte_of(c.lo4, b1));
+    }
+}
+
+/* A fragment of k-step j from the codes of row g (lo) and row g+8 (hi), half h = j % 2. Registers:
+ * a0 = row g (e0, e1), a1 = row g+8 (e0, e1), a2 = row g (e2, e3), a3 = row g+8 (e2, e3).
+ * Each weight: float32 product with its block scale, rounded once to the dtype (rule 2). */
+template <int DT, int LK>
+__device__ __forceinline__ void dequant_a(uint32_t* a, const CodeOffsets& lo, const CodeOffsets& hi, int h, float s_lo,
+                                          float s_hi, const Tables& T, int lane) {
+    typedef Frag<DT> F;
+    float l[4], u[4];
+    lookup4<LK>(l, lo, h, T, lane);
+    lookup4<LK>(u, hi, h, T, lane);
+    a[0] = F::pack(__fmul_rn(l[0], s_lo), __fmul_rn(l[1], s_lo));
+    a[1] = F::pack(__fmul_rn(u[0], s_hi), __fmul_rn(u[1], s_hi));
+    a[2] = F::pack(__fmul_rn(l[2], s_lo), __fmul_rn(l[3], s_lo));
+    a[3] = F::pack(__fmul_rn(u[2], s_hi), __fmul_rn(u[3], s_hi));
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int w) {
+    return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
+}
+
+constexpr int kStages = 3;  // two chunks in flight per CTA
+template <int TM> constexpr size_t smem_bytes() { return sizeof(Stage<TM>) * kStages; }
+
+template <int DT, int TM, int MINB, int LK>
+__global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Args p) {
+    typedef Frag<DT> F;
+    typedef typename F::t T;
+    constexpr int S = kStages;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    Stage<TM>* stage = reinterpret_cast<Stage<TM>*>(smem_raw);
+    __shared__ Tables tabs;
+    __shared__ float code2[256];
+    __shared__ int is_last;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int m0 = blockIdx.x * 8 * TM;
+    const long long n0 = (long long)blockIdx.y * kRowsPerCta;
+    const long long row0 = n0 + warp * kRowTiles * 16;
+    const long long chunks = (p.K + kChunk - 1) / kChunk;
+    const long long c_begin = (long long)blockIdx.z * p.chunks_per_split;
+    const long long c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
+    const uint8_t* A = reinterpret_cast<const uint8_t*>(p.A);
+    const bool nested = p.a8 != nullptr;
+
+    if (LK == kLookupShared && tid < 16) tabs.one[tid] = p.table[tid];
+    if (LK == kLookupPerLane)
+        for (int i = tid; i < 16 * 32; i += kThreads) tabs.per_lane[i >> 5][i & 31] = p.table[i >> 5];
+    if (LK == kLookupPair)
+        for (int i = tid; i < 256; i += kThreads) tabs.pair[i] = make_float2(p.table[i >> 4], p.table[i & 15]);
+    if (nested)
+        for (int i = tid; i < 256; i += kThreads) code2[i] = p.code2[i];
+    const float off = nested ? __ldg(p.off) : 0.0f;
+
+    float acc[kRowTiles][TM][4];
+#pragma unroll
+    for (int r = 0; r < kRowTiles; ++r)
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[r][i][e] = 0.0f;
+
+    // S-stage cp.async pipeline: S - 1 chunks in flight while one is computed (no registers hold data in flight)
+#pragma unroll
+    for (int s = 0; s < S - 1; ++s) {
+        if (c_begin + s < c_end) stage_chunk<TM>(stage[s], p, A, m0, n0, (c_begin + s) * kChunk, warp, g, t);
+        cp_async_commit();
+    }
+
+    for (long long c = c_begin; c < c_end; ++c) {
+        const int cur = (int)((c - c_begin) % S);
+        cp_async_wait<S - 2>();  // this thread's copies of chunk c have landed
+        __syncthreads();         // everyone's; and everyone is done with chunk c - 1, whose stage is refilled now
+        if (c + S - 1 < c_end)
+            stage_chunk<TM>(stage[(cur + S - 1) % S], p, A, m0, n0, (c + S - 1) * kChunk, warp, g, t);
+        cp_async_commit();
+
+        const Stage<TM>& st = stage[cur];
+        const long long k = c * kChunk + 32 * t;
+        uint4 codes[4];
+        float s[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            codes[q] = st.w[slot_row(warp, q, g) * 4 + t];
+            const long long row = row0 + 16 * (q >> 1) + 8 * (q & 1) + g;
+            float v = st.amax[q][tid];
+            if (nested) {  // rule 1
+                const long long b = (row * p.K + k) >> p.bs_shift;
+                const uint32_t code = (st.q8w[q][tid] >> (8 * (int)((uintptr_t)(p.a8 + b) & 3))) & 0xffu;
+                v = __fadd_rn(__fmul_rn(code2[code], v), off);
+            }
+            s[q] = (row < p.N && k < p.K) ? v : 0.0f;  // outside the weight: every weight 0 (the codebook is finite)
+        }
+
+        const uint4* xr = st.x;
+#pragma unroll
+        for (int jp = 0; jp < 4; ++jp) {  // k-steps 2jp, 2jp+1: the two 16-bit halves of word jp of each row
+            uint4 xb[TM];
+#pragma unroll
+            for (int i = 0; i < TM; ++i) xb[i] = xr[(i * 4 + jp) * 32 + lane];
+            CodeOffsets lo[kRowTiles], hi[kRowTiles];
+#pragma unroll
+            for (int r = 0; r < kRowTiles; ++r) {
+                lo[r] = code_offsets(word_of(codes[2 * r], jp));
+                hi[r] = code_offsets(word_of(codes[2 * r + 1], jp));
+            }
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+#pragma unroll
+                for (int r = 0; r < kRowTiles; ++r) {
+                    uint32_t a[4];
+                    dequant_a<DT, LK>(a, lo[r], hi[r], h, s[2 * r], s[2 * r + 1], tabs, lane);
+#pragma unroll
+                    for (int i = 0; i < TM; ++i)
+                        F::mma(acc[r][i], a, h ? xb[i].z : xb[i].x, h ? xb[i].w : xb[i].y);
+                }
+            }
+        }
+    }
+
+    // C fragment: acc[r][i][e] is out[m = m0 + 8i + 2t + (e & 1)][n = row0 + 16r + g + 8 (e >> 1)]
+    const long long MN = (long long)p.M * p.N;
+    if (gridDim.z > 1) {
+        float* part = p.partial + blockIdx.z * MN;
+#pragma unroll
+        for (int r = 0; r < kRowTiles; ++r)
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int m = m0 + 8 * i + 2 * t + (e & 1);
+                    const long long n = row0 + 16 * r + g + 8 * (e >> 1);
+                    if (m < p.M && n < p.N) __stcg(part + (long long)m * p.N + n, acc[r][i][e]);
+                }
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) {
+            int* ctr = p.counters + blockIdx.y * gridDim.x + blockIdx.x;
+            const int done = atomicAdd(ctr, 1);
+            is_last = done == (int)gridDim.z - 1;
+            if (is_last) *ctr = 0;  // ready for the next call
+        }
+        __syncthreads();
+        if (!is_last) return;
+        __threadfence();
+    }
+    const T* bias = reinterpret_cast<const T*>(p.bias);
+    T* out = reinterpret_cast<T*>(p.out);
+#pragma unroll
+    for (int r = 0; r < kRowTiles; ++r)
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int m = m0 + 8 * i + 2 * t + (e & 1);
+                const long long n = row0 + 16 * r + g + 8 * (e >> 1);
+                if (m >= p.M || n >= p.N) continue;
+                float y = acc[r][i][e];
+                if (gridDim.z > 1) {  // fixed order: split 0, 1, 2, ...
+                    y = 0.0f;
+                    for (unsigned z = 0; z < gridDim.z; ++z) y = __fadd_rn(y, __ldcg(p.partial + z * MN + (long long)m * p.N + n));
+                }
+                if (bias != nullptr) y = __fadd_rn(y, F::ld(bias, n));
+                F::st(out, (long long)m * p.N + n, y);
+            }
+}
+
+/* activation rows per CTA (8 * TM) for M rows: the smallest tile that holds them, at most 64 */
+inline int tile_m(int M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; }
+
+/* fewer accumulators at small TM leave room for more resident CTAs (latency hiding for the weight stream) */
+template <int TM> struct MinBlocks { static constexpr int v = TM <= 2 ? 4 : TM == 4 ? 3 : 2; };
+
+template <int DT, int TM, int LK>
+cudaError_t launch_lk(const Args& p, int splits, cudaStream_t stream, int* ctas_per_sm) {
+    auto kern = gemm_4bit_mma_kernel<DT, TM, MinBlocks<TM>::v, LK>;
+    constexpr size_t smem = smem_bytes<TM>();
+    static bool smem_set[64] = {};  // per device: the opt-in above 48 KB of dynamic shared memory
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (dev < 64 && !smem_set[dev]) {
+        const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return e;
+        smem_set[dev] = true;
+    }
+    if (ctas_per_sm != nullptr) return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, kern, kThreads, smem);
+    const dim3 grid((unsigned)((p.M + 8 * TM - 1) / (8 * TM)), (unsigned)((p.N + kRowsPerCta - 1) / kRowsPerCta),
+                    (unsigned)splits);
+    kern<<<grid, kThreads, smem, stream>>>(p);
+    return cudaGetLastError();
+}
+
+template <int DT, int TM>
+cudaError_t launch_tm(const Args& p, int splits, cudaStream_t stream, int* ctas_per_sm) {
+    switch (p.lookup) {
+        case kLookupPerLane: return launch_lk<DT, TM, kLookupPerLane>(p, splits, stream, ctas_per_sm);
+        case kLookupPair: return launch_lk<DT, TM, kLookupPair>(p, splits, stream, ctas_per_sm);
+        case kLookupNone: return launch_lk<DT, TM, kLookupNone>(p, splits, stream, ctas_per_sm);
+        default: return launch_lk<DT, TM, kLookupShared>(p, splits, stream, ctas_per_sm);
+    }
+}
+
+template <int DT>
+cudaError_t launch_dt(const Args& p, int splits, cudaStream_t stream, int* ctas_per_sm) {
+    switch (tile_m(p.M)) {
+        case 1: return launch_tm<DT, 1>(p, splits, stream, ctas_per_sm);
+        case 2: return launch_tm<DT, 2>(p, splits, stream, ctas_per_sm);
+        case 4: return launch_tm<DT, 4>(p, splits, stream, ctas_per_sm);
+        default: return launch_tm<DT, 8>(p, splits, stream, ctas_per_sm);
+    }
+}
+
+}  // namespace mma4
