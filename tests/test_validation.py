@@ -154,3 +154,14 @@ def test_dequantize_rejects_inconsistent_states_before_any_kernel(backend):
     s8.absmax, s8.blocksize = s8.absmax.reshape(-1), 128
     with pytest.raises(QuantInputError, match=r"quant_state.absmax: 16 values for 1000 elements at blocksize 128"):
         wb.dequantize_blockwise(c, s8, backend=backend)
+
+
+def test_quantize_4bit_sees_a_name_registered_again():
+    """quantize_4bit remembers name -> codebook; registering a name again must reach it."""
+    A = torch.randn(512)
+    vals = sorted(set(torch.linspace(-1, 1, 16).tolist()))
+    cbs.register("test_reregistered4", cbs.from_values(vals, name="test_reregistered4"), overwrite=True)
+    _, s1 = wb.quantize_4bit(A, codebook="test_reregistered4")
+    cbs.register("test_reregistered4", cbs.from_values([v ** 3 for v in vals], name="test_reregistered4"), overwrite=True)
+    _, s2 = wb.quantize_4bit(A, codebook="test_reregistered4")
+    assert not torch.equal(s1.code, s2.code)

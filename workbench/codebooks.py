@@ -396,6 +396,7 @@ def lloyd_max(data, bits: int = 4, blocksize: int | None = 64, iters: int = 50, 
 
 _REGISTRY: dict[str, Callable[[], Codebook]] = {}
 _CACHE: dict[str, Codebook] = {}
+generation = 0  # bumped by register(): callers caching name -> Codebook compare it
 
 
 def register(name: str, builder: Callable[[], Codebook] | Codebook, *, overwrite: bool = False) -> None:
@@ -403,8 +404,10 @@ def register(name: str, builder: Callable[[], Codebook] | Codebook, *, overwrite
     key = name.lower()
     if key in _REGISTRY and not overwrite:
         raise CodebookError(f"codebook name {name!r} is already registered (pass overwrite=True)")
+    global generation
     _REGISTRY[key] = (lambda cb=builder: cb) if isinstance(builder, Codebook) else builder
     _CACHE.pop(key, None)
+    generation += 1
 
 
 def get(name_or_codebook) -> Codebook:

@@ -39,7 +39,8 @@ def _device(t: torch.Tensor) -> str:
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    t = t.detach()  # an nn.Parameter quantizes like its data; the ops never record autograd history
+    if t.requires_grad:
+        t = t.detach()  # an nn.Parameter quantizes like its data; the ops never record autograd history
     return t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
 
 
@@ -47,14 +48,30 @@ def _backend(backend: str, op: str, A: torch.Tensor) -> str:
     return resolve(backend, op, _device(A), _DTYPE_NAMES.get(A.dtype))
 
 
+_codebooks_4bit: dict[tuple, cbs.Codebook] = {}  # (quant_type, name) -> checked codebook, for one registry generation
+_codebooks_4bit_generation = -1
+
+
 def _codebook_for_4bit(quant_type: str | None, codebook) -> cbs.Codebook:
+    global _codebooks_4bit_generation
+    by_name = codebook is None or isinstance(codebook, str)
+    if by_name:
+        if _codebooks_4bit_generation != cbs.generation:  # a code was (re)registered: names may mean new codes
+            _codebooks_4bit.clear()
+            _codebooks_4bit_generation = cbs.generation
+        hit = _codebooks_4bit.get((quant_type, codebook))
+        if hit is not None:
+            return hit
     if codebook is not None:
         cb = cbs.get(codebook)
     elif quant_type in ("nf4", "fp4"):
         cb = cbs.get(quant_type)
     else:
         raise QuantInputError(f"quant_type: expected 'nf4' or 'fp4' (or pass codebook=), got {quant_type!r}")
-    return check_codebook_size(cb, max_bits=4, exact_bits=4)
+    check_codebook_size(cb, max_bits=4, exact_bits=4)
+    if by_name:
+        _codebooks_4bit[(quant_type, codebook)] = cb
+    return cb
 
 
 def _table_256(table: torch.Tensor, device: torch.device) -> torch.Tensor:
