@@ -385,8 +385,8 @@ def gemv_4bit_planes(const uint16_t[::1] a, int64_t M, int64_t N, int64_t K, con
             return False
     for p in range(64):
         perm[p] = kbm_unit_index(kind, p >> 3, p & 7)
-    cdef float* xp = <float*>malloc(M * K * sizeof(float))
-    cdef float* y = <float*>malloc(M * N * sizeof(float)) if M > 1 else NULL
+    cdef float* xp = <float*>malloc((M * K + 1) * sizeof(float))        # + 1: never malloc(0) (K = 0)
+    cdef float* y = <float*>malloc((M * N + 1) * sizeof(float)) if M > 1 else NULL
     if xp == NULL or (M > 1 and y == NULL):
         free(xp); free(y)
         raise MemoryError()
@@ -403,7 +403,7 @@ def gemv_4bit_planes(const uint16_t[::1] a, int64_t M, int64_t N, int64_t K, con
                 out[n] = kbm_narrow(yv, kind)
         else:
             with nogil, parallel():
-                wbuf = <float*>malloc(K * sizeof(float))
+                wbuf = <float*>malloc((K + 1) * sizeof(float))  # 16 KB at K = 4096; NULL only if memory is gone
                 for n in prange(N, schedule="dynamic", chunksize=chunk):
                     kbm_rows_planes(xp, M, N, K, &packed[0], &absmax[0], a8, &code2[0], offset, &table[0], blocksize,
                                     kind, n, wbuf, y)
