@@ -64,7 +64,7 @@ def _stem(p: str) -> str:
 
 
 if os.environ.get("KBIT_BUILD_DEBUG", "") not in ("", "0"):
-    exts = [_ext(f"workbench._native.{_stem(p)}_debug", _debug_copy(p), ["-O1", "-g"]) for p in SOURCES]
+    exts = [_ext(f"workbench._native.{_stem(p)}_debug", _debug_copy(p), ["-O1", "-g", "-march=native"]) for p in SOURCES]
     directives = {**RELEASE, **DEBUG}
 else:
     exts = [_ext(f"workbench._native.{_stem(p)}", p, ["-O3", "-march=native"]) for p in SOURCES]
