@@ -2,11 +2,15 @@
 
     python -m studies.bench.bench_gpu --out DIR [--quick] [--no-parity] [--no-sweep]
 
-* Speed: n = 2**28 bf16, effective bytes = inputs read once + outputs written once, CUDA events,
+* Speed: the public call with default arguments (``wb.quantize_4bit(A, blocksize=, quant_type=,
+  backend=)``; bitsandbytes.functional for bnb) is the headline (median_ms, gbps, pct_copy); beside
+  it the backend's kernel adapter alone (adapter_ms), the GPU time of every kernel the public call
+  enqueues (kernel_ms, CUPTI) and its host time (host_ms).
+  n = 2**28 bf16, effective bytes = inputs read once + outputs written once, CUDA events,
   warm-up, median of >= 20 reps (workbench.bench), % of the device-to-device copy bandwidth
   measured in the same run; all backends in the same process. Size sweep 2**16..2**28 (small
   sizes are L2-resident and launch-bound: read them as latency, not bandwidth).
-* Memory: peak allocation during one call minus the outputs' own bytes (no temporaries => ~0).
+* Memory: peak allocation during one adapter call minus the outputs' own bytes (no temporaries => ~0).
 * Parity: mismatch counts of codes / absmax / dequantized values, per dtype x blocksize x code,
   of cuda and numba_cuda vs the reference (on the GPU), and of bitsandbytes' CUDA kernels vs the
   spec, vs our kernels with the bnb-CUDA codebooks (workbench.bnb_cuda_codebooks), and vs those
@@ -50,18 +54,38 @@ def _bnb_ops():
 
 
 # ------------------------------------------------------------------------------------------- speed
+def _public(backend: str):
+    """The public call of a backend: workbench's API with ``backend=``, or bitsandbytes.functional."""
+    if backend == "bnb":
+        import bitsandbytes.functional as F
+        return F
+    import workbench as wb
+
+    class _Bound:  # wb's functions with backend= fixed, called with bitsandbytes' argument names
+        def __getattr__(self, name):
+            f = getattr(wb, name)
+            return lambda *a, **kw: f(*a, backend=backend, **kw)
+    return _Bound()
+
+
 def cases(n: int, A: torch.Tensor, mods: dict, bops):
-    """[(op, label, blocksize, nbytes, {backend: fn})] for one size."""
+    """[(op, label, blocksize, nbytes, {backend: (public call, kernel adapter)})] for one size. The
+    public call (default arguments, as a user writes it) is the headline; the adapter (the backend's
+    kernel entry point, no validation or dispatch) is timed beside it."""
     out = []
     nf4, fp4, dyn = cbs.get("nf4"), cbs.get("fp4"), cbs.get("dynamic")
     esz = A.element_size()
     dyn_t = dyn.tensors("cuda")[0]
+    live = [b for b, m in mods.items() if m] + (["bnb"] if bops is not None else [])
+    api = {b: _public(b) for b in live}
     for qt, cb in (("nf4", nf4), ("fp4", fp4)):
         for bs in (64, 128):
             nb = -(-n // bs)
-            fns = {b: (lambda m=m, cb=cb, bs=bs: m.quantize_4bit(A, cb, bs)) for b, m in mods.items() if m}
+            fns = {b: ((lambda f=api[b], qt=qt, bs=bs: f.quantize_4bit(A, blocksize=bs, quant_type=qt)),
+                       (lambda m=m, cb=cb, bs=bs: m.quantize_4bit(A, cb, bs))) for b, m in mods.items() if m}
             if bops is not None:
-                fns["bnb"] = lambda qt=qt, bs=bs: bops.quantize_4bit(A, bs, qt, torch.uint8)
+                fns["bnb"] = ((lambda qt=qt, bs=bs: api["bnb"].quantize_4bit(A, blocksize=bs, quant_type=qt)),
+                              (lambda qt=qt, bs=bs: bops.quantize_4bit(A, bs, qt, torch.uint8)))
             out.append(("quantize_4bit", qt, bs, n * esz + (n + 1) // 2 + 4 * nb, fns))
     ref = mods.get("cuda") or mods.get("numba_cuda")
     for qt, cb in (("nf4", nf4), ("fp4", fp4)):
@@ -69,23 +93,31 @@ def cases(n: int, A: torch.Tensor, mods: dict, bops):
         nb = -(-n // bs)
         packed, absmax = ref.quantize_4bit(A, cb, bs)
         tab = cb.tensors("cuda")[0]
-        fns = {b: (lambda m=m, p=packed, a=absmax, t=tab: m.dequantize_4bit(p, a, t, bs, n, A.dtype))
+        states = {b: api[b].quantize_4bit(A, blocksize=bs, quant_type=qt) for b in live}
+        fns = {b: ((lambda f=api[b], ps=states[b]: f.dequantize_4bit(*ps)),
+                   (lambda m=m, p=packed, a=absmax, t=tab: m.dequantize_4bit(p, a, t, bs, n, A.dtype)))
                for b, m in mods.items() if m}
         if bops is not None:
             p2 = packed.view(-1, 1)
-            fns["bnb"] = lambda p2=p2, a=absmax, qt=qt: bops.dequantize_4bit(p2, a, bs, qt, (n,), A.dtype)
+            fns["bnb"] = ((lambda ps=states["bnb"]: api["bnb"].dequantize_4bit(*ps)),
+                          (lambda p2=p2, a=absmax, qt=qt: bops.dequantize_4bit(p2, a, bs, qt, (n,), A.dtype)))
         out.append(("dequantize_4bit", qt, bs, packed.numel() + 4 * nb + 64 + n * esz, fns))
     for bs in (256, 4096):
         nb = -(-n // bs)
-        fns = {b: (lambda m=m, bs=bs: m.quantize_blockwise(A, dyn, bs)) for b, m in mods.items() if m}
+        fns = {b: ((lambda f=api[b], bs=bs: f.quantize_blockwise(A, blocksize=bs)),
+                   (lambda m=m, bs=bs: m.quantize_blockwise(A, dyn, bs))) for b, m in mods.items() if m}
         if bops is not None:
-            fns["bnb"] = lambda bs=bs: bops.quantize_blockwise(A, dyn_t, bs)
+            fns["bnb"] = ((lambda bs=bs: api["bnb"].quantize_blockwise(A, blocksize=bs)),
+                          (lambda bs=bs: bops.quantize_blockwise(A, dyn_t, bs)))
         out.append(("quantize_blockwise", "dynamic", bs, n * esz + n + 4 * nb, fns))
         codes, absmax = ref.quantize_blockwise(A, dyn, bs)
-        fns = {b: (lambda m=m, c=codes, a=absmax, bs=bs: m.dequantize_blockwise(c, a, dyn_t, bs, A.dtype))
+        states = {b: api[b].quantize_blockwise(A, blocksize=bs) for b in live}
+        fns = {b: ((lambda f=api[b], cs=states[b]: f.dequantize_blockwise(*cs)),
+                   (lambda m=m, c=codes, a=absmax, bs=bs: m.dequantize_blockwise(c, a, dyn_t, bs, A.dtype)))
                for b, m in mods.items() if m}
         if bops is not None:
-            fns["bnb"] = lambda c=codes, a=absmax, bs=bs: bops.dequantize_blockwise(c, a, dyn_t, bs, A.dtype)
+            fns["bnb"] = ((lambda cs=states["bnb"]: api["bnb"].dequantize_blockwise(*cs)),
+                          (lambda c=codes, a=absmax, bs=bs: bops.dequantize_blockwise(c, a, dyn_t, bs, A.dtype)))
         out.append(("dequantize_blockwise", "dynamic", bs, n + 4 * nb + 1024 + n * esz, fns))
     return out
 
@@ -113,18 +145,20 @@ def run_speed(n: int, reps: int, copy_gbps: float, mods, bops, *, sweep: bool, m
     g = torch.Generator(device="cuda").manual_seed(n)
     A = torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=g)
     for op, qt, bs, nbytes, fns in cases(n, A, mods, bops):
-        for backend, fn in fns.items():
-            t = bench.time_fn(fn, "cuda", warmup=3, reps=reps)
-            extra = extra_memory(fn) if memory else None
-            kernel_ms, host_ms = bench.device_time(fn) if not sweep else (None, None)
+        for backend, (public, adapter) in fns.items():
+            t = bench.time_fn(public, "cuda", warmup=3, reps=reps)
+            adapter_ms = bench.time_fn(adapter, "cuda", warmup=3, reps=reps).median_ms
+            extra = extra_memory(adapter) if memory else None
+            kernel_ms, host_ms = bench.device_time(public) if not sweep else (None, None)
             r = bench.row(op, backend, n, t, nbytes, copy_gbps, quant_type=qt, blocksize=bs, dtype="bfloat16",
-                          study="sweep" if sweep else "main", mem_extra_bytes=extra, kernel_ms=kernel_ms,
-                          host_ms=host_ms)
+                          study="sweep" if sweep else "main", call="public", adapter_ms=adapter_ms,
+                          mem_extra_bytes=extra, kernel_ms=kernel_ms, host_ms=host_ms)
             rows.append(r)
             print(f"  {op:22s} {qt:8s} bs{bs:<5d} {backend:10s} n=2^{int(np.log2(n)):d} "
-                  f"{t.median_ms:8.4f} ms {r['gbps']:7.0f} GB/s {r.get('pct_copy', 0):5.1f}%"
-                  + (f" | kernel {kernel_ms:.4f} ms {r['kernel_pct_copy']:5.1f}% host {host_ms:.4f} ms"
-                     if kernel_ms else "") + (f"  extra={extra}B" if memory else ""), flush=True)
+                  f"public {t.median_ms:8.4f} ms {r['gbps']:7.0f} GB/s {r.get('pct_copy', 0):5.1f}% adapter "
+                  f"{adapter_ms:8.4f} ms" + (f" | kernel {kernel_ms:.4f} ms {r['kernel_pct_copy']:5.1f}% host "
+                                            f"{host_ms:.4f} ms" if kernel_ms else "")
+                  + (f"  extra={extra}B" if memory else ""), flush=True)
     del A
     torch.cuda.empty_cache()
     return rows
@@ -213,6 +247,7 @@ def parity_rows(dtypes, blocksizes, n_of, mods, bops, big: bool):
 
 # ------------------------------------------------------------------------------------------ report
 def _md(df: pd.DataFrame, cols) -> str:
+    cols = [c for c in cols if c in df.columns]  # kernel_ms is absent when the profiler is
     d = df[cols].copy()
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in d.iterrows():
@@ -239,17 +274,20 @@ def report(bench_df: pd.DataFrame, parity_df: pd.DataFrame | None, meta: dict, c
         main["pct_of_cuda"] = [100 * prod.get(tuple(r[k] for k in key), np.nan) / r.median_ms
                                for _, r in main.iterrows()]
         out += ["## n = 2^28 bf16", "",
-                "effective bytes = inputs read once + outputs written once; median of the reps; "
-                "`x_vs_bnb` = bnb time / this time; `pct_of_cuda` = cuda time / this time (numba target >= 70); "
-                "`mem_extra_bytes` = peak allocation during one call minus its outputs.", "",
-                _md(main, ["op", "quant_type", "blocksize", "backend", "median_ms", "gbps", "pct_copy", "x_vs_bnb",
-                           "pct_of_cuda", "mem_extra_bytes"]), ""]
+                "`median_ms`, `gbps`, `pct_copy`: the public call with default arguments (workbench's API with "
+                "`backend=`; bitsandbytes.functional for bnb), median of the reps; `adapter_ms`: the backend's "
+                "kernel entry point alone; `kernel_ms`: GPU time of every kernel the public call enqueues (CUPTI). "
+                "Effective bytes = inputs read once + outputs written once; `x_vs_bnb` = bnb time / this time; "
+                "`pct_of_cuda` = cuda time / this time (numba target >= 70); `mem_extra_bytes` = peak allocation "
+                "during one adapter call minus its outputs.", "",
+                _md(main, ["op", "quant_type", "blocksize", "backend", "median_ms", "adapter_ms", "kernel_ms", "gbps",
+                           "pct_copy", "x_vs_bnb", "pct_of_cuda", "mem_extra_bytes"]), ""]
     sw = bench_df
     if len(sw) and (bench_df.study == "sweep").any():
         piv = sw.pivot_table(index=["op", "quant_type", "blocksize", "n"], columns="backend", values="median_ms")
         piv = piv.reset_index()
         piv["n"] = [f"2^{int(np.log2(v))}" for v in piv["n"]]
-        out += ["## Size sweep (median ms; small sizes are launch-bound and L2-resident)", "",
+        out += ["## Size sweep (public call, median ms; small sizes are launch-bound and L2-resident)", "",
                 _md(piv, list(piv.columns)), ""]
     if parity_df is not None and len(parity_df):
         cols = [c for c in parity_df.columns if c not in ("dtype", "blocksize", "code", "n", "case")]
