@@ -247,7 +247,7 @@ def parity_rows(dtypes, blocksizes, n_of, mods, bops, big: bool):
 
 # ------------------------------------------------------------------------------------------ report
 def _md(df: pd.DataFrame, cols) -> str:
-    cols = [c for c in cols if c in df.columns]  # kernel_ms is absent when the profiler is
+    cols = [c for c in cols if c in df.columns]  # kernel_ms is absent without a profiler
     d = df[cols].copy()
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in d.iterrows():
