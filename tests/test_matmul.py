@@ -223,6 +223,26 @@ def test_cython_cpu_byte_planes_vs_reference(rng, dtype, nested):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("nested", [False, True])
+def test_cython_cpu_byte_planes_weights_exact(rng, dtype, nested):
+    """Rule 2 exactly: with one-hot activation rows the sums hold one product each, so the outputs are the dequantized
+    weights' columns bit for bit (the tables, the in-kernel nested scales, the permutation of the activations)."""
+    lib = _cython_or_skip()
+    if not lib.HAS_PLANES:
+        pytest.skip("no AVX2/F16C/FMA")
+    for N, K, bs in [(40, 2048, 64), (9, 4096, 128), (300, 128, 4096)]:   # 1280 / 288 / 10 weight blocks
+        W = (torch.randn(N, K, generator=rng) * 3).to(dtype)
+        P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=nested, backend="reference")
+        Wd = wb.dequantize_4bit(P, qs, backend="reference").to(dtype)
+        ks = torch.randperm(K, generator=rng)[:32]
+        A = torch.zeros(32, K, dtype=dtype)
+        A[torch.arange(32), ks] = 1
+        got = matmul_4bit(A, P, qs, backend="cython_cpu")
+        assert torch.equal(got, Wd[:, ks].t()), (N, K, bs)
+        assert torch.equal(matmul_4bit(A[:1], P, qs, backend="cython_cpu"), Wd[:, ks[:1]].t())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cython_cpu_byte_planes_batch_invariant(rng, dtype):
     """M > 1 decodes each weight row once and takes every activation row's products in the one-row order: each
     output row equals the M = 1 call on that row, bit for bit (and the reference within the bound)."""

@@ -236,6 +236,29 @@ cdef extern from *:
                                              : _mm256_slli_epi32(words, 16));
         return _mm256_cvtph_ps(which ? _mm256_extracti128_si256(words, 1) : _mm256_castsi256_si128(words));
     }
+    /* rule 1 for blocks b .. b + n - 1 into sc: 8 at a time (a gather of the 8-bit codes' values, the second-level
+       absmax gathered too when the 8 blocks straddle a 256-block group), a float32 multiply then add (no FMA) */
+    #define KBM_SCALES 64
+    __attribute__((target("avx2,f16c,fma"), always_inline))
+    static inline void kbm_scales8(const float* s, const uint8_t* a8, const float* code2, float off, int64_t b,
+                                   int n, float* sc) {
+        int j = 0;
+        const __m256 offv = _mm256_set1_ps(off);
+        for (; j + 8 <= n; j += 8) {
+            int64_t b0 = b + j;
+            __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(a8 + b0)));
+            __m256 c = _mm256_i32gather_ps(code2, q, 4);
+            __m256 s2;
+            if ((b0 >> 8) == ((b0 + 7) >> 8)) s2 = _mm256_set1_ps(s[b0 >> 8]);
+            else {
+                float t[8];
+                for (int l = 0; l < 8; ++l) t[l] = s[(b0 + l) >> 8];
+                s2 = _mm256_loadu_ps(t);
+            }
+            _mm256_storeu_ps(sc + j, _mm256_add_ps(_mm256_mul_ps(c, s2), offv));
+        }
+        for (; j < n; ++j) sc[j] = kbm_scale(s, a8, code2, off, b + j);
+    }
     /* one output row: sum over units of 8 products per decoded vector, 4 accumulators (vector v -> v % 4);
        FMA is exact here: a product of two bf16 (or two fp16) values has <= 22 significant bits */
     __attribute__((target("avx2,f16c,fma"), always_inline))
@@ -252,10 +275,23 @@ cdef extern from *:
         const uint8_t* row = packed + (i0 >> 1);
         /* blocksize: a power of two >= 64; the row's block segments, one table each */
         int64_t b = i0 / bs, u = 0;
+        float sc[KBM_SCALES];                                      /* nested scales, decoded 8 at a time */
+        int isc = 0, nsc = 0;
         while (u < K) {
             int64_t seg = (b + 1) * bs - i0;
             if (seg > K) seg = K;
-            kbm_planes(t_lo, t_hi, kbm_scale(s, a8, code2, off, b), kind, table, &plo, &phi);
+            float sb;
+            if (a8 == NULL) sb = s[b];
+            else {
+                if (isc == nsc) {
+                    int64_t left = (i0 + K - 1) / bs - b + 1;
+                    nsc = left < KBM_SCALES ? (int)left : KBM_SCALES;
+                    kbm_scales8(s, a8, code2, off, b, nsc, sc);
+                    isc = 0;
+                }
+                sb = sc[isc++];
+            }
+            kbm_planes(t_lo, t_hi, sb, kind, table, &plo, &phi);
             ++b;
             for (; u < seg; u += KBM_UNIT) {
             __m256i v = _mm256_loadu_si256((const __m256i*)(row + (u >> 1)));
