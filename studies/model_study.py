@@ -1,13 +1,16 @@
 """Model quality: what a codebook, bit width and blocksize do to all-MiniLM-L6-v2 (the packaged real model).
 
-Every Linear weight of the encoder is quantized with the public kernels and replaced by its dequantization
-(``workbench.model_eval``); the sentence embeddings of the shipped sentences are compared with the float
+Every Linear of the encoder is quantized as its ``QuantSpec`` says (``workbench.model_eval``): 4-bit codes with
+float32 absmax as ``workbench.nn.Linear4bit`` modules, everything else as the dequantized weight; the sentence embeddings of the shipped sentences are compared with the float
 model's: mean cosine and its worst 1 % (1st percentile), top-10 nearest-neighbour overlap and the Spearman
 correlation of the pairwise-similarity matrix. Parts (column ``part``):
 
 * ``codebooks``: 12 codebooks (NF4, FP4, AF4, E2M1, affine int4, linear4, Student-t, Lloyd-Max and quantile
   fitted on the MiniLM Linear weights, the k-bit normal-float codes NF2/NF3, dynamic 8-bit) x blocksizes,
   all Linears, plus double quantization for NF4; over the sweep executor (process pool or dask);
+* ``kbit``: the k-bit options (``workbench.kbit``) at K = 2, 3, 4 (and up to 8 for two configs): the k-bit NF codes
+  with e4m4 scales at groups 32 / 64, per-row fp16 scales, Hadamard rotation, affine int-k groups (min-max and
+  MSE clip), MXFP4 (E2M1 + e8m0, group 32) and NVFP4 (E2M1 + e4m3, group 16); column ``config`` names the series;
 * ``activations``: the same with activations quantized too (LLM.int8() through ``workbench.int8.int8_linear``,
   thresholds 0 = plain int8 and 6);
 * ``sensitivity``: one Linear at a time at 2, 3 and 4 bits (bitsandbytes' k-bit normal-float codes of 4, 8 and
@@ -21,7 +24,7 @@ correlation of the pairwise-similarity matrix. Parts (column ``part``):
 * ``llm`` (with ``llm_checkpoint=`` or ``KBIT_LLM_CHECKPOINT=DIR``, text ``KBIT_LLM_TEXT``, default the shipped
   sentences): perplexity, next-token KL and top-1 agreement of a local causal LM (``workbench.llm_eval``).
 
-``bits_per_param`` counts code bits (log2 of the table size) plus the block scales, over the quantized weights.
+``bits_per_param`` counts code bits plus the stored scales and zero points, over the quantized weights.
 """
 from __future__ import annotations
 
@@ -43,6 +46,23 @@ QUICK_LAYERS = r"encoder\.layer\.(0|5)\."
 BUDGETS = (2.25, 2.5, 2.75, 3.0, 3.25, 3.5, 3.75)
 QUICK_BUDGETS = (2.5, 3.0, 3.5)
 GPTQ_CODEBOOKS = ("nf4", "fp4", "af4", "nf3")
+# the k-bit part: (config label, spec text with {k}, bit widths)
+KBIT_CONFIGS = (
+    ("NF fp32 absmax g64", "nf{k}@64", (2, 3, 4, 5, 6, 8)),
+    ("NF e4m4 g64", "nf{k}@64/e4m4", (2, 3, 4, 5, 6, 8)),
+    ("NF e4m4 g32", "nf{k}@32/e4m4", (2, 3, 4)),
+    ("NF e4m4 g64 rot64", "nf{k}@64/e4m4/rot64", (2, 3, 4)),
+    ("NF fp16 per row", "nf{k}@row/fp16", (2, 3, 4)),
+    ("NF fp16 per row rot128", "nf{k}@row/fp16/rot128", (2, 3, 4)),
+    ("affine minmax g32", "int{k}-minmax@32", (2, 3, 4)),
+    ("affine minmax g64", "int{k}-minmax@64", (2, 3, 4, 5, 6, 8)),
+    ("affine mse g64", "int{k}-mse@64", (2, 3, 4)),
+    ("affine minmax g64 rot64", "int{k}-minmax@64/rot64", (2, 3, 4)),
+    ("MXFP4 (E2M1 e8m0 g32)", "e2m1@32/e8m0", (4,)),
+    ("NVFP4 (E2M1 e4m3 g16)", "e2m1@16/e4m3", (4,)),
+)
+QUICK_KBIT_CONFIGS = tuple((lab, t, (2, 3, 4)) for lab, t, _ in KBIT_CONFIGS
+                           if lab in ("NF e4m4 g64", "NF e4m4 g64 rot64", "affine minmax g32"))
 
 _EV: dict = {}
 
@@ -80,17 +100,18 @@ def resolve(name: str):
 
 
 def evaluate(n_sentences, spec: dict, codebook: dict | None = None, part: str = "codebooks",
-             label: str | None = None, weights_float: bool = False) -> list[dict]:
+             label: str | None = None, weights_float: bool = False, extra: dict | None = None) -> list[dict]:
     """One spec on the whole model (a picklable sweep task; a fitted code comes by value)."""
     from workbench import codebooks as cbs
     from workbench.model_eval import QuantSpec
-    s = QuantSpec(**{**spec, "codebook": cbs.from_dict(codebook) if codebook else spec["codebook"]})
+    s = QuantSpec(**{**spec, "codebook": cbs.from_dict(codebook) if codebook else spec.get("codebook")})
     ev = evaluator(n_sentences)
     try:
         r = ev.evaluate(s, layers=[] if weights_float else None)
     except Exception as e:  # noqa: BLE001  (one bad spec is a skipped row, not a failed study)
-        return [{"part": part, **s.columns(), "skipped": f"{type(e).__name__}: {e}"}]
+        return [{"part": part, **s.columns(), **(extra or {}), "skipped": f"{type(e).__name__}: {e}"}]
     r.update(s.columns(), part=part)
+    r.update(extra or {})
     if label:
         r["spec"] = label
     if weights_float:
@@ -98,9 +119,29 @@ def evaluate(n_sentences, spec: dict, codebook: dict | None = None, part: str = 
     return [r]
 
 
+def spec_kwargs(text: str) -> dict:
+    """A picklable sweep task's spec: the QuantSpec fields of a spec text (checked here, in the parent)."""
+    from dataclasses import asdict
+
+    from workbench.model_eval import QuantSpec
+    return {k: v for k, v in asdict(QuantSpec.parse(text)).items() if v is not None}
+
+
 def run(quick: bool = False, executor=None, *, n_sentences=None, codebooks=None, blocksizes=None, layers=None,
-        bits=(2, 3, 4), budgets=None, gptq=None, sensitivity: bool = True, act_thresholds=None,
-        llm_checkpoint=None, llm_text=None):
+        bits=(2, 3, 4), budgets=None, gptq=None, sensitivity: bool | None = None, act_thresholds=None,
+        llm_checkpoint=None, llm_text=None, kbit=None, specs=None):
+    """``kbit``: the k-bit part's (label, spec text with ``{k}``, widths) configs (default KBIT_CONFIGS; () skips
+    it); ``specs``: QuantSpec texts (e.g. ``"nf3@64/e4m4/rot64"``), each evaluated on every Linear (part
+    ``specs``; ``workbench study model --spec``). With ``specs`` the other parts run only when asked for:
+    NF4 at blocksize 64 is the reference row."""
+    if specs:
+        codebooks, blocksizes = codebooks or ("nf4",), blocksizes or (64,)
+        kbit = () if kbit is None else kbit
+        act_thresholds = () if act_thresholds is None else act_thresholds
+    if sensitivity is None:
+        sensitivity = not specs
+    if gptq is None:
+        gptq = not quick and not specs
     from workbench.model_eval import QuantSpec, layer_sensitivity, mixed_precision_curve
     from workbench.sweep import run_tasks
     n = n_sentences if n_sentences is not None else (N_QUICK if quick else None)
@@ -114,6 +155,10 @@ def run(quick: bool = False, executor=None, *, n_sentences=None, codebooks=None,
         tasks.append(dict(n_sentences=n, spec=dict(codebook="nf4", blocksize=64, act_threshold=t), part="activations"))
         tasks.append(dict(n_sentences=n, spec=dict(codebook="nf4", blocksize=64, act_threshold=t), part="activations",
                           label=f"float-weights/a8t{t:g}", weights_float=True))
+    for lab, text, ks in (kbit if kbit is not None else (QUICK_KBIT_CONFIGS if quick else KBIT_CONFIGS)):
+        tasks += [dict(n_sentences=n, spec=spec_kwargs(text.format(k=k)), part="kbit", extra={"config": lab})
+                  for k in ks]
+    tasks += [dict(n_sentences=n, spec=spec_kwargs(t), part="specs") for t in (specs or ())]
     parts = run_tasks(evaluate, tasks, executor, desc="model study: codebooks")
     rows = [r for p in parts for r in p]
 
@@ -127,7 +172,7 @@ def run(quick: bool = False, executor=None, *, n_sentences=None, codebooks=None,
                                       bits=bits, blocksize=64)
         rows += [dict(r, part="mixed", spec=f"{r['allocation']}@{r['budget']:g}",
                       layers_scope=("blocks 0,5" if quick and layers is None else "all")) for r in mixed]
-    if gptq if gptq is not None else not quick:
+    if gptq:
         from tqdm.auto import tqdm
         for c in tqdm([c for c in GPTQ_CODEBOOKS if c in cbn or quick], desc="model study: gptq", leave=False):
             for method in ("rtn", "gptq"):
@@ -181,6 +226,9 @@ def figures(df: pd.DataFrame) -> dict:
         fig.suptitle("all-MiniLM-L6-v2, every Linear quantized (blocksizes 256 / 128 / 64 from left)")
         fig.tight_layout()
         figs["model_metric_vs_bits"] = fig
+    kb = ok[ok["part"] == "kbit"] if "part" in ok else ok.iloc[:0]
+    if not kb.empty:
+        figs["model_kbit_vs_bits"] = _kbit_figure(kb)
     sens = ok[ok["part"] == "sensitivity"] if "part" in ok else ok.iloc[:0]
     if not sens.empty:
         t = sens.assign(bits=sens["bits"].astype(int)).pivot_table(index="layer", columns="bits", values="loss")
@@ -210,6 +258,65 @@ def figures(df: pd.DataFrame) -> dict:
     return figs
 
 
+def _kbit_figure(kb: pd.DataFrame):
+    """Metric vs bits per parameter, one line per k-bit config, each point labelled with its K."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    labels = list(dict.fromkeys(kb["config"]))
+    for i, lab in enumerate(labels):
+        g = kb[kb["config"] == lab].sort_values("bits_per_param")
+        style = dict(color=plt.cm.tab20(i / max(1, len(labels) - 1) * 0.999), marker="o", ms=4, label=lab,
+                     ls="--" if "rot" in lab else (":" if lab.startswith("affine") else "-"))
+        for ax, m in zip(axes, ("one_minus_cos", "top10_overlap")):
+            ax.plot(g["bits_per_param"], g[m], **style)
+            if i == 0:
+                for _, r in g.iterrows():
+                    ax.annotate(f"K={int(r['code_bits'])}", (r["bits_per_param"], r[m]), fontsize=6,
+                                xytext=(3, 3), textcoords="offset points")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("1 - mean embedding cosine to float (lower is better)")
+    axes[1].set_ylabel("top-10 neighbour overlap")
+    for ax in axes:
+        ax.set_xlabel("bits per parameter (codes + scales + zero points)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=6.5, ncol=2)
+    fig.suptitle("all-MiniLM-L6-v2, every Linear quantized: k-bit codes, scale formats, groups, rotation, affine")
+    fig.tight_layout()
+    return fig
+
+
+def kbit_table(kb: pd.DataFrame, value: str = "cos_mean", bits: bool = True) -> pd.DataFrame:
+    """config x K: the metric (and, in the ``bits@K`` columns, bits per parameter)."""
+    t = kb.pivot_table(index="config", columns="code_bits", values=value, sort=False)
+    t.columns = [f"{value}@K{k}" for k in t.columns]
+    if not bits:
+        return t
+    b = kb.pivot_table(index="config", columns="code_bits", values="bits_per_param", sort=False)
+    b.columns = [f"bits@K{k}" for k in b.columns]
+    return pd.concat([t, b], axis=1)
+
+
+def kbit_findings(kb: pd.DataFrame) -> list[str]:
+    """What the k-bit rows say: is 4 -> 3 -> 2 monotone per config, and what rotation / affine do at equal K."""
+    out = []
+    cos = kb.pivot_table(index="config", columns="code_bits", values="cos_mean", sort=False)
+    if {2, 3, 4} <= set(cos.columns):
+        steady = [c for c in cos.index if cos.loc[c, 4] > cos.loc[c, 3] > cos.loc[c, 2]]
+        other = [c for c in cos.index if c not in steady and cos.loc[c, [2, 3, 4]].notna().all()]
+        out.append(f"4 -> 3 -> 2 bits worsens steadily in {len(steady)} of {len(steady) + len(other)} k-bit configs"
+                   + (f" (not: {', '.join(other)})" if other else ""))
+    pairs = [("NF e4m4 g64 rot64", "NF e4m4 g64"), ("NF fp16 per row rot128", "NF fp16 per row"),
+             ("affine minmax g64 rot64", "affine minmax g64"), ("affine minmax g64", "NF e4m4 g64"),
+             ("affine mse g64", "affine minmax g64")]
+    for a, b in pairs:
+        if a in cos.index and b in cos.index:
+            ks = [k for k in (2, 3, 4) if k in cos.columns and pd.notna(cos.loc[a, k]) and pd.notna(cos.loc[b, k])]
+            if ks:
+                out.append(f"{a} vs {b}: cos " + ", ".join(f"K={k} {cos.loc[a, k]:.4f} vs {cos.loc[b, k]:.4f}"
+                                                           for k in ks))
+    return out
+
+
 def summarize(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     ok = _ok(df)
     out = []
@@ -218,6 +325,14 @@ def summarize(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     if not cb.empty:
         t = cb.set_index("spec")[cols].sort_values("cos_mean", ascending=False)
         out.append(("Every Linear quantized: embedding agreement with the float model", t.round(4)))
+    kb = ok[ok["part"] == "kbit"] if "part" in ok else ok.iloc[:0]
+    if not kb.empty:
+        out.append(("k-bit options, every Linear: mean embedding cosine and bits per parameter by K",
+                    kbit_table(kb).round(4)))
+        out.append(("k-bit options: top-10 neighbour overlap by K", kbit_table(kb, "top10_overlap", bits=False).round(3)))
+    sp = ok[ok["part"] == "specs"] if "part" in ok else ok.iloc[:0]
+    if not sp.empty:
+        out.append(("Requested specs, every Linear", sp.set_index("spec")[cols].round(4)))
     a = ok[ok["part"] == "activations"]
     if not a.empty:
         out.append(("Activations quantized too (LLM.int8(), threshold in the spec)", a.set_index("spec")[cols].round(4)))
@@ -250,9 +365,13 @@ def notes(df: pd.DataFrame) -> list[str]:
         for reason, g in df[df["skipped"].notna()].groupby("skipped"):
             out.append(f"skipped {len(g)} rows: {reason}")
     if not ok.empty and "n_sentences" in ok:
-        out.append(f"{int(ok['n_sentences'].max())} sentences; sensitivity and mixed precision use bitsandbytes' "
-                   "k-bit normal-float codes (4, 8, 16 entries) at blocksize 64; 'worst 1 %' is the 1st percentile "
+        sens = ("; sensitivity and mixed precision use bitsandbytes' k-bit normal-float codes (4, 8, 16 entries) "
+                "at blocksize 64" if (ok["part"] == "sensitivity").any() else "")
+        out.append(f"{int(ok['n_sentences'].max())} sentences{sens}; 'worst 1 %' is the 1st percentile "
                    "of the per-sentence cosine")
+    kb = ok[ok["part"] == "kbit"] if "part" in ok else ok.iloc[:0]
+    if not kb.empty:
+        out += kbit_findings(kb)
     m = ok[ok["part"] == "mixed"]
     if not m.empty:
         u = m[m["allocation"] == "uniform"].sort_values("bits_per_param")

@@ -176,6 +176,21 @@ def cmd_report(args) -> int:
     return 1 if any(r.status == "failed" for r in done) else 0
 
 
+def _model_specs(args) -> list[str]:
+    """``--spec``: QuantSpec texts for the model study, each checked here (a bad one is one CLI error line)."""
+    from . import study_api
+    from .quant_spec import QuantSpec
+    from .validation import QuantInputError
+    if study_api.canonical(args.name) != "model":
+        raise CLIError(f"--spec: only the model study takes quantization specs, not {args.name!r}")
+    for t in args.spec:
+        try:
+            QuantSpec.parse(t)
+        except QuantInputError as e:
+            raise CLIError(f"--spec {t!r}: {e}") from None
+    return list(args.spec)
+
+
 def cmd_study(args) -> int:
     from .report import run_study, save_figures
     from .sweep import executor
@@ -204,6 +219,8 @@ def cmd_study(args) -> int:
         if not Path(args.weights).exists():
             raise CLIError(f"--weights: {args.weights!r} does not exist")
         extra.update(weights=args.weights, layers=args.layers)
+    if getattr(args, "spec", None):
+        extra["specs"] = _model_specs(args)
     store = Path(args.out) if args.out else ROOT / "reports" / "local" / f"gpus-{args.name}"
     with _gpu_executor(args, store) as gex, executor(gex or _executor_spec(args)) as ex:
         res = run_study(args.name, quick=args.quick, executor=ex, extra=extra)
@@ -514,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", metavar="PATH", help="error study: run on these weights (a .safetensors file or a "
                    "checkpoint directory, sharded or not; memory-mapped)")
     s.add_argument("--layers", metavar="REGEX", help="with --weights: only tensors whose name matches (re.search)")
+    s.add_argument("--spec", action="append", metavar="SPEC", help="model study: evaluate this quantization spec "
+                   "on every Linear, next to NF4 (repeatable; CODE@GROUP[+dq][/FORMAT][/rotR], e.g. "
+                   "nf3@64/e4m4/rot64, int4-minmax@32, nf4@row/fp16; see workbench/quant_spec.py)")
     _add_exec(s)
     _add_codebooks(s)
     s.set_defaults(func=cmd_study)

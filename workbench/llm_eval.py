@@ -3,8 +3,9 @@
 ``evaluate_checkpoint(path, text, specs)`` loads a checkpoint directory (``config.json`` + safetensors, sharded or
 not) with ``transformers`` (the optional extra ``llm``: ``pip install kbit-workbench[llm]``) with
 ``local_files_only=True`` -- nothing is downloaded -- in float32 on the CPU (or ``device=``), cuts the text's
-tokens into non-overlapping windows of ``seq_len`` and, for each :class:`~workbench.model_eval.QuantSpec`, swaps
-every ``nn.Linear`` weight but ``lm_head`` (``skip=``) for its dequantization (quantized with the public kernels),
+tokens into non-overlapping windows of ``seq_len`` and, for each :class:`~workbench.model_eval.QuantSpec`, quantizes
+every ``nn.Linear`` but ``lm_head`` (``skip=``) as the MiniLM evaluation does (``model_eval.plan_layers``: 4-bit codes
+as ``workbench.nn.Linear4bit`` modules, other specs as dequantized weights, activations through Linear8bitLt),
 then measures
 
 * ``ppl``: exp of the mean next-token negative log-likelihood (float model: ``ppl_float``);
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model_eval import QuantSpec, fake_quantize, linear_names, swapped
+from .model_eval import QuantSpec, fake_quantize, linear_names, plan_layers, swapped
 
 
 def _require_transformers():
@@ -96,12 +97,13 @@ def evaluate_checkpoint(path, text: str | Path, specs, *, seq_len: int = 256, ma
             "n_layers": len(names), "q_params": sum(mods[n].weight.numel() for n in names)}
     rows = [dict(base, spec="float", ppl=ppl_float, kl=0.0, kl_p99=0.0, top1_agree=1.0, bits_per_param=32.0)]
     for spec in tqdm(list(specs), desc="causal LM specs", leave=False, disable=not progress):
-        weights, bits = {}, 0.0
-        for n in names:
-            w, b = fake_quantize(mods[n].weight.data, spec)
-            weights[n] = w.to(mods[n].weight.device)
-            bits += b * mods[n].weight.numel()
-        with swapped(model, weights, act_threshold=spec.act_threshold, act_layers=names):
+        def weight_fn(n, s):
+            w, b = fake_quantize(mods[n].weight.data, s)
+            return w.to(mods[n].weight.device), b
+        numels = {n: mods[n].weight.numel() for n in names}
+        weights, modules, per_layer = plan_layers({n: spec for n in names}, numels, weight_fn, spec.act_threshold)
+        bits = sum(per_layer[n] * numels[n] for n in names)
+        with swapped(model, weights, act_threshold=spec.act_threshold, act_layers=names, modules=modules):
             lps = _logprobs(model, [w[:-1] for w in windows])
         kls = torch.cat([(r.exp() * (r - q)).sum(-1) for r, q in zip(ref, lps)])
         agree = torch.cat([(r.argmax(-1) == q.argmax(-1)).float() for r, q in zip(ref, lps)])
@@ -119,16 +121,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m workbench.llm_eval", description=main.__doc__)
     p.add_argument("checkpoint")
     p.add_argument("text")
-    p.add_argument("--spec", action="append", metavar="CODE@BLOCKSIZE[+dq]",
-                   help="repeatable (default: nf4@64 fp4@64 af4@64 nf3@64)")
+    p.add_argument("--spec", action="append", metavar="SPEC",
+                   help="repeatable, QuantSpec text: CODE@GROUP[+dq][/FORMAT][/rotR], e.g. "
+                   "nf3@64/e4m4/rot64, int4-minmax@32 (default: nf4@64 fp4@64 af4@64 nf3@64)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--max-windows", type=int, default=8)
     a = p.parse_args(argv)
-    specs = []
-    for s in a.spec or ["nf4@64", "fp4@64", "af4@64", "nf3@64"]:
-        code, _, rest = s.partition("@")
-        bs, dq = (rest or "64").removesuffix("+dq"), rest.endswith("+dq")
-        specs.append(QuantSpec(codebook=code, blocksize=int(bs), double_quant=dq))
+    specs = [QuantSpec.parse(s) for s in a.spec or ["nf4@64", "fp4@64", "af4@64", "nf3@64"]]
     rows = evaluate_checkpoint(a.checkpoint, Path(a.text), specs, seq_len=a.seq_len, max_windows=a.max_windows)
     cols = ["spec", "bits_per_param", "ppl", "kl", "kl_p99", "top1_agree", "n_tokens", "tokenizer"]
     print(pd.DataFrame(rows)[cols].to_string(index=False))

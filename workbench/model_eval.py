@@ -1,24 +1,26 @@
 """Model-level evaluation of a quantization spec: what a codebook, bit width or blocksize does to a model.
 
-On all-MiniLM-L6-v2 (``workbench.models``) every ``nn.Linear`` weight is replaced by its dequantization
-(a *dequantized-weight swap*: quantize with the public kernels, ``quantize_4bit`` for 16-entry codes and
-``quantize_blockwise`` for any other table of 2**k entries, then dequantize), and the sentence embeddings of
-the shipped sentences are compared with the float model's:
+On all-MiniLM-L6-v2 (``workbench.models``) every ``nn.Linear`` is quantized as a :class:`QuantSpec`
+(workbench/quant_spec.py: codebook or affine int-k, bits 2..8, group, scale format, double quantization,
+rotation) says, through the public API: 4-bit codes with float32 absmax scales run as the deployable module
+``workbench.nn.Linear4bit`` (``quantize_model``, its ``matmul_4bit`` forward); every other spec (other tables
+through ``quantize_blockwise``, k-bit formats, affine groups and rotation through ``workbench.kbit``, GPTQ) has
+no module, so the Linear's weight is swapped for its dequantization. The sentence embeddings of the shipped
+sentences are compared with the float model's:
 
 * ``cos_mean`` / ``cos_p01`` / ``cos_min``: cosine similarity of each sentence's embedding to its float
   embedding (mean, the 1st percentile = the worst 1 %, the minimum);
 * ``top10_overlap``: mean fraction of each sentence's 10 nearest neighbours (cosine, itself excluded) that
   the quantized model keeps; ``spearman``: Spearman correlation of the upper triangle of the pairwise
   similarity matrix with the float model's (scipy);
-* ``act_threshold``: activations quantized too, every Linear through ``workbench.int8.int8_linear`` (LLM.int8():
-  int8 rows of the input, columns with an |x| >= threshold kept in float; threshold 0 = plain int8 W8A8). The
-  (already fake-quantized) weight is then stored row-wise int8, as bitsandbytes' Linear8bitLt stores it.
+* ``act_threshold``: activations quantized too, every Linear as ``workbench.nn.Linear8bitLt`` (LLM.int8():
+  int8 rows of the input, columns with an |x| >= threshold kept in float; threshold 0 = plain int8 W8A8) on the
+  (already quantized and dequantized) weight, stored row-wise int8 as bitsandbytes' Linear8bitLt stores it.
 
-Bits per parameter are stated honestly: ``code_bits`` = log2 of the table size (a 2**k-entry code run through
-the 8-bit kernel still carries k bits of information per weight; it would pack into k bits), plus the
-block scales: float32 absmax (32 / blocksize) or, with double quantization, 8-bit absmax + its float32
-second-level absmax per 256 blocks + a float32 offset. Biases, LayerNorms and embeddings stay float
-(they are not counted: ``bits_per_param`` is over the quantized Linear weights).
+Bits per parameter are stated honestly (quant_spec's module doc): code bits plus block scales (float32 absmax,
+bitsandbytes' double quantization, or the k-bit scale format as stored) plus affine zero points. Biases,
+LayerNorms and embeddings stay float (they are not counted: ``bits_per_param`` is over the quantized Linear
+weights).
 
 Per-layer sensitivity quantizes one Linear at a time (the rest float) and ranks the layers by the metric loss
 (``1 - cos_mean``); :func:`greedy_allocate` picks bits per layer under a bits-per-parameter budget from those
@@ -31,132 +33,24 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
+# the spec and its routes live in workbench/quant_spec.py; re-exported here, where they were first defined
+from .quant_spec import (QuantSpec, absmax_bits, code_bits, fake_quantize, kbit_codebook,  # noqa: F401
+                         levels, resolve_codebook, scale_bits, spec_dict)
+
 __all__ = ["QuantSpec", "resolve_codebook", "kbit_codebook", "fake_quantize", "linear_names", "embedding_metrics",
            "MiniLMEvaluator", "layer_sensitivity", "greedy_allocate", "mixed_precision_curve", "gptq_quantize"]
-
-
-# ------------------------------------------------------------------ codebooks and specs
-
-def kbit_codebook(bits: int):
-    """bitsandbytes' k-bit normal-float code (``create_normal_float_codebook``): 2**bits sorted entries."""
-    from . import codebooks as cbs
-    return cbs.from_values(cbs.create_normal_float_codebook(int(bits)).numpy(), name=f"nf{int(bits)}-kbit",
-                           meta={"levels": 1 << int(bits)})
-
-
-def resolve_codebook(cb):
-    """A Codebook from a registered name, ``'nf2'``/``'nf3'``..``'nf8'``-style k-bit normal-float names
-    (``'nfk:3'`` too), a Codebook, or a sorted tensor/array of 2**k values in [-1, 1]."""
-    from . import codebooks as cbs
-    if isinstance(cb, cbs.Codebook):
-        return cb
-    if isinstance(cb, str):
-        m = re.fullmatch(r"nf(?:k:)?([2-8])(?:-kbit)?", cb)
-        if m and not (cb in cbs.names()):
-            return kbit_codebook(int(m.group(1)))
-        return cbs.get(cb)
-    v = np.asarray(cb.detach().cpu().numpy() if isinstance(cb, torch.Tensor) else cb, np.float64).ravel()
-    k = int(round(math.log2(v.size))) if v.size else 0
-    if v.size < 2 or (1 << k) != v.size:
-        raise ValueError(f"codebook: expected 2**k values, got {v.size}")
-    return cbs.from_values(np.unique(v.astype(np.float32)), name=f"custom{k}", pad_to_pow2=True)
-
-
-def levels(cb) -> int:
-    return int(cb.bucket_codes.size)
-
-
-def code_bits(cb) -> int:
-    return max(1, math.ceil(math.log2(max(2, levels(cb)))))
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """How to quantize: a codebook (registered name, ``nfK`` for bitsandbytes' k-bit NF, a Codebook or 2**k
-    values), blocksize, double quantization of the absmax; optionally activations (LLM.int8() threshold)."""
-    codebook: object = "nf4"
-    blocksize: int = 64
-    double_quant: bool = False
-    act_threshold: float | None = None   # None: float activations; 0.0: int8 W8A8; > 0: LLM.int8() decomposition
-    method: str = "rtn"                  # "rtn" (round to nearest) or "gptq" (Hessian-aware, calibration sentences)
-
-    @property
-    def cb(self):
-        return resolve_codebook(self.codebook)
-
-    @property
-    def name(self) -> str:
-        c = self.codebook if isinstance(self.codebook, str) else self.cb.name
-        s = f"{c}@{self.blocksize}" + ("+dq" if self.double_quant else "")
-        if self.method != "rtn":
-            s += f"/{self.method}"
-        if self.act_threshold is not None:
-            s += f"/a8t{self.act_threshold:g}"
-        return s
-
-    def columns(self) -> dict:
-        cb = self.cb
-        return {"spec": self.name, "codebook": cb.name, "levels": levels(cb), "code_bits": code_bits(cb),
-                "blocksize": int(self.blocksize), "double_quant": bool(self.double_quant),
-                "act_threshold": (np.nan if self.act_threshold is None else float(self.act_threshold)),
-                "method": self.method,
-                # the code by value, so a stored row says exactly what ran (fitted codes have no registry name)
-                "codebook_values": " ".join(f"{v:.8g}" for v in cb.values)}
-
-
-def scale_bits(n: int, blocksize: int, double_quant: bool) -> float:
-    """Bits of block scales for ``n`` weights."""
-    nb = math.ceil(n / blocksize)
-    if not double_quant:
-        return 32.0 * nb
-    return 8.0 * nb + 32.0 * math.ceil(nb / 256) + 32.0
-
-
-def fake_quantize(W: torch.Tensor, spec: QuantSpec, cb=None) -> tuple[torch.Tensor, float]:
-    """Quantize -> dequantize ``W`` with the public kernels -> (float32 like W, bits per parameter)."""
-    import workbench as wb
-    cb = cb if cb is not None else spec.cb
-    x = W.detach().float().contiguous()
-    if cb.size == 16 and levels(cb) <= 16 and cb.bits == 4:
-        packed, qs = wb.quantize_4bit(x, blocksize=spec.blocksize, compress_statistics=spec.double_quant, codebook=cb)
-        y = wb.dequantize_4bit(packed, qs)
-    else:
-        codes, qs = wb.quantize_blockwise(x, codebook=cb, blocksize=spec.blocksize, nested=spec.double_quant)
-        y = wb.dequantize_blockwise(codes, qs)
-    n = x.numel()
-    bits = code_bits(cb) + scale_bits(n, spec.blocksize, spec.double_quant) / n
-    return y.float().reshape(W.shape), bits
 
 
 def linear_names(model: nn.Module, pattern: str | None = None) -> list[str]:
     """Names of the model's nn.Linear modules (``pattern``: a regex searched in the name)."""
     rx = re.compile(pattern) if pattern else None
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and (rx is None or rx.search(n))]
-
-
-class Int8ActLinear(nn.Module):
-    """``int8_linear(x, W, bias, threshold)``: LLM.int8() activations on a (possibly fake-quantized) weight."""
-
-    def __init__(self, lin: nn.Linear, threshold: float):
-        super().__init__()
-        from .int8 import quantize_weight
-        self.in_features, self.out_features = lin.in_features, lin.out_features
-        self.w8 = quantize_weight(lin.weight.detach().float())
-        self.bias = None if lin.bias is None else lin.bias.detach()
-        self.threshold = float(threshold)
-
-    def forward(self, x):
-        from .int8 import int8_linear
-        shp = x.shape
-        y = int8_linear(x.reshape(-1, shp[-1]).contiguous(), self.w8, bias=self.bias, threshold=self.threshold)
-        return y.reshape(*shp[:-1], self.out_features)
 
 
 def _get_parent(model: nn.Module, name: str):
@@ -167,30 +61,61 @@ def _get_parent(model: nn.Module, name: str):
     return parent, parts[-1]
 
 
+def _spec_key(spec: QuantSpec) -> tuple:
+    """A hashable identity of what a spec does to a weight (Codebooks hold arrays: key them by content)."""
+    cb = spec.cb
+    return (spec.route, None if cb is None else (cb.name, tuple(cb.table.tolist())), spec.blocksize,
+            spec.double_quant, spec.method, spec.k, spec.scale_format, spec.affine, spec.rotate, spec.rotate_seed)
+
+
+def plan_layers(per: dict[str, QuantSpec], numels: dict[str, int], weight_fn, act_threshold=None,
+                use_modules: bool = True) -> tuple[dict, dict, dict]:
+    """Which layers become Linear4bit modules and which get a dequantized weight:
+    ``(weights {name: tensor}, modules {name: spec}, bits {name: bits per parameter})``. A ``linear4bit``-route
+    spec becomes a module unless activations are quantized too (no module holds 4-bit weights with int8
+    activations: the dequantized weight then goes to Linear8bitLt) or ``use_modules`` is False.
+    ``weight_fn(name, spec) -> (weight, bits)`` quantizes the others."""
+    weights, modules, bits = {}, {}, {}
+    for n, s in per.items():
+        if use_modules and act_threshold is None and s.route == "linear4bit":
+            modules[n], bits[n] = s, absmax_bits(s.cb, numels[n], s)
+        else:
+            weights[n], bits[n] = weight_fn(n, s)
+    return weights, modules, bits
+
+
 @contextlib.contextmanager
 def swapped(model: nn.Module, weights: dict[str, torch.Tensor], act_threshold: float | None = None,
-            act_layers: Iterable[str] | None = None):
-    """Within the block, the Linear ``name``'s weight is ``weights[name]`` (and, with ``act_threshold``, the
-    Linears in ``act_layers`` (default: all) run through LLM.int8()); restored on exit."""
+            act_layers: Iterable[str] | None = None, modules: dict[str, QuantSpec] | None = None):
+    """Within the block: the Linear ``name``'s weight is ``weights[name]``; the Linears in ``modules`` are
+    ``workbench.nn.Linear4bit`` (``quantize_model`` with each spec's arguments); with ``act_threshold``, the
+    Linears in ``act_layers`` (default: all) are ``workbench.nn.Linear8bitLt`` (LLM.int8() activations, the
+    weight as it is then, stored row-wise int8). The float modules and weights are restored on exit."""
+    from .nn import Linear8bitLt, quantize_model
     mods = dict(model.named_modules())
-    saved = {}
-    replaced = {}
+    saved_w, saved_mod = {}, {}
     try:
         for n, w in weights.items():
             lin = mods[n]
-            saved[n] = lin.weight.data
+            saved_w[n] = lin.weight.data
             lin.weight.data = w.to(lin.weight.dtype)
+        groups: dict = {}
+        for n, s in (modules or {}).items():
+            groups.setdefault(_spec_key(s), (s, set()))[1].add(n)
+            saved_mod[n] = mods[n]
+        for s, names in groups.values():
+            quantize_model(model, filter=lambda full, _m, names=names: full in names, **s.linear4bit_kwargs())
         if act_threshold is not None:
             for n in (act_layers if act_layers is not None else linear_names(model)):
                 parent, attr = _get_parent(model, n)
-                replaced[n] = getattr(parent, attr)
-                setattr(parent, attr, Int8ActLinear(replaced[n], act_threshold))
+                saved_mod.setdefault(n, getattr(parent, attr))
+                setattr(parent, attr, Linear8bitLt.from_linear(getattr(parent, attr), threshold=act_threshold))
         yield model
     finally:
-        for n, lin in replaced.items():
+        for n, lin in saved_mod.items():
             parent, attr = _get_parent(model, n)
             setattr(parent, attr, lin)
-        for n, w in saved.items():
+        for n, w in saved_w.items():
             mods[n].weight.data = w
 
 
@@ -292,7 +217,8 @@ class MiniLMEvaluator:
 
     # --- quantization
     def quantized_weight(self, name: str, spec: QuantSpec) -> tuple[torch.Tensor, float]:
-        key = (name, spec.cb.name, tuple(spec.cb.table.tolist()), spec.blocksize, spec.double_quant, spec.method)
+        """The dequantized weight (cached per layer and spec) and its bits per parameter."""
+        key = (name, _spec_key(spec))
         if key not in self._wcache:
             lin = dict(self.model.named_modules())[name]
             if spec.method == "gptq":
@@ -329,26 +255,25 @@ class MiniLMEvaluator:
         return self._hess[name]
 
     @torch.no_grad()
-    def evaluate(self, spec: QuantSpec | dict | None, layers: Iterable[str] | None = None) -> dict:
+    def evaluate(self, spec: QuantSpec | dict | None, layers: Iterable[str] | None = None,
+                 use_modules: bool = True) -> dict:
         """Metrics with ``spec`` on ``layers`` (default: all Linears). ``spec`` may be a dict
         ``{layer: QuantSpec}`` (per-layer specs; others float) or None (float weights; with activation
-        quantization, pass ``QuantSpec(act_threshold=t)`` and ``layers=[]``)."""
+        quantization, pass ``QuantSpec(act_threshold=t)`` and ``layers=[]``). 4-bit codes with float32 absmax
+        run as ``workbench.nn.Linear4bit`` modules (``use_modules=False``: as their dequantized weights)."""
         if isinstance(spec, dict):
             per = dict(spec)
         else:
             layers = self.names if layers is None else list(layers)
             per = {n: spec for n in layers} if spec is not None else {}
-        weights, qbits, qparams = {}, 0.0, 0
-        for n, s in per.items():
-            w, bits = self.quantized_weight(n, s)
-            weights[n] = w
-            qbits += bits * self.params[n]
-            qparams += self.params[n]
         act = None
         if not isinstance(spec, dict) and spec is not None:
             act = spec.act_threshold
+        weights, modules, bits = plan_layers(per, self.params, self.quantized_weight, act, use_modules)
+        qbits = sum(bits[n] * self.params[n] for n in per)
+        qparams = sum(self.params[n] for n in per)
         start = 0 if (act is not None or not per) else min(self.block_of(n) for n in per)
-        with swapped(self.model, weights, act_threshold=act):
+        with swapped(self.model, weights, act_threshold=act, modules=modules):
             emb = self._encode_from(start)
         row = embedding_metrics(self.ref, emb)
         total = sum(self.params.values())
@@ -481,11 +406,6 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, damp: float
             E1[:, i] = err
         W[:, i2:] -= E1 @ Hinv[i1:i2, i2:]
     n = W.numel()
-    return Q.float(), code_bits(cb) + scale_bits(n, bs, spec.double_quant) / n
+    return Q.float(), absmax_bits(cb, n, spec)
 
 
-def spec_dict(spec: QuantSpec) -> dict:
-    d = asdict(spec)
-    if not isinstance(spec.codebook, str):
-        d["codebook"] = spec.cb.to_dict()
-    return d
