@@ -1,6 +1,6 @@
-"""GPU parity of the matmul family (issue 18): the CUDA fused GEMV (M = 1..4) and the cuda backend's M > 4 path
-against the reference run on the same CUDA tensors, held to the reference's bound (error_bound: float32
-summation error of any order + 2 ulp of the output dtype); bitsandbytes' CUDA gemv/gemm beside it.
+"""GPU parity of the matmul family (issue 18): the CUDA fused GEMV, the fused tensor-core GEMM and the
+dequantize + cuBLAS path of the cuda backend against the reference run on the same CUDA tensors, held to the
+reference's bound (error_bound: float32 summation error of any order + 2 ulp of the output dtype); bitsandbytes' CUDA gemv/gemm beside it.
 Run on a GPU machine: ``pytest -m gpu tests/test_matmul_gpu.py``."""
 from __future__ import annotations
 
@@ -135,9 +135,17 @@ def _ratio(got, ref, A, P, qs, b):
     return (err / bound).max().item()
 
 
+def _force_mma(monkeypatch):
+    """The tensor-core kernel for every M (the dispatch sends it only MMA_MIN_M..MMA_MAX_M)."""
+    from workbench.backends.cuda import matmul as CM
+    monkeypatch.setattr(CM, "MMA_MIN_M", 1)
+    monkeypatch.setattr(CM, "MMA_MAX_M", 1 << 30)
+
+
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
-def test_mma_gemm_vs_reference(rng, dtype):
+def test_mma_gemm_vs_reference(rng, monkeypatch, dtype):
     _need_cuda()
+    _force_mma(monkeypatch)
     worst = 0.0
     for s_i, (N, K, bs) in enumerate(MMA_SHAPES):
         for m_i, M in enumerate(MMA_M):
@@ -158,6 +166,7 @@ def test_mma_split_k_is_deterministic_and_within_bound(rng, monkeypatch, splits)
     _need_cuda()
     from workbench.backends.cuda import matmul as CM
     monkeypatch.setattr(CM, "plan_splits", lambda *a, **k: splits)
+    _force_mma(monkeypatch)
     for M, (N, K, bs) in ((24, (300, 4128, 64)), (70, (1000, 8192, 128)), (5, (129, 160, 4096))):
         A, P, qs, b = _case(rng, N, K, M, torch.bfloat16, bs, True, True)
         ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
@@ -228,10 +237,9 @@ def test_linear4bit_forward_runs_the_fused_gemm(rng, monkeypatch):
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
 def test_mma_gemm_at_gemv_sizes(rng, monkeypatch, dtype):
-    """M = 1..4 through the tensor-core kernel (the dispatch may route small M there when it is faster)."""
+    """M = 1..4 through the tensor-core kernel (the dispatch sends it M >= MMA_MIN_M = 2)."""
     _need_cuda()
-    from workbench.backends.cuda import matmul as CM
-    monkeypatch.setattr(CM, "GEMV_MAX_M", 0)
+    _force_mma(monkeypatch)
     for M in (1, 2, 3, 4):
         for N, K, bs in ((300, 4128, 64), (37, 96, 32), (4096, 4096, 64)):
             A, P, qs, b = _case(rng, N, K, M, dtype, bs, M % 2 == 0, M > 2)

@@ -68,12 +68,12 @@ def _forced(name: str, A, P, qs):
     from workbench.matmul import matmul_4bit
 
     def fn():
-        old = CM.GEMV_MAX_M, CM.MMA_MAX_M
-        CM.GEMV_MAX_M, CM.MMA_MAX_M = 0, (1 << 30 if name == "ours_mma" else 0)
+        old = CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M
+        CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M = 0, 1, (1 << 30 if name == "ours_mma" else 0)
         try:
             return matmul_4bit(A, P, qs, backend="cuda")
         finally:
-            CM.GEMV_MAX_M, CM.MMA_MAX_M = old
+            CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M = old
     return fn
 
 
@@ -162,8 +162,8 @@ def table_md(df: pd.DataFrame) -> str:
 
 
 def plot(df: pd.DataFrame, path) -> Path | None:
-    """Kernel time vs M per shape: ours, bitsandbytes, cuBLAS bf16 and the time to stream the 4-bit weights at
-    copy bandwidth."""
+    """Kernel time vs M per shape: ours, bitsandbytes, cuBLAS bf16, the forced paths where measured (ours_mma,
+    ours_dequant) and the time to stream the 4-bit weights at copy bandwidth."""
     try:
         import matplotlib.pyplot as plt
     except ImportError:
@@ -173,10 +173,11 @@ def plot(df: pd.DataFrame, path) -> Path | None:
     fig, axes = plt.subplots(1, len(shapes), figsize=(4.2 * len(shapes), 3.8), squeeze=False)
     for ax, (N, K) in zip(axes[0], shapes):
         d = df[(df.N == N) & (df.K == K)]
-        for impl, style in (("ours", "o-"), ("bnb", "s--"), ("cublas_bf16", "^-.")):
+        for impl, style, lw in (("ours", "o-", 1.8), ("bnb", "s--", 1.5), ("cublas_bf16", "^-.", 1.5),
+                                ("ours_mma", "x:", 1.0), ("ours_dequant", "+:", 1.0)):
             e = d[d.impl == impl].sort_values("M")
             if len(e):
-                ax.plot(e.M, e.kernel_ms.fillna(e.public_ms), style, label=impl)
+                ax.plot(e.M, e.kernel_ms.fillna(e.public_ms), style, lw=lw, label=impl)
         e = d[d.impl == "ours"].sort_values("M")
         if len(e):
             ax.plot(e.M, e.bytes / (e.copy_gbps * 1e9) * 1e3, ":", color="gray", label="4-bit bytes at copy speed")

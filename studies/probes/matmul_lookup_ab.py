@@ -27,12 +27,12 @@ def _use(CM, variant: int) -> None:
 
 def _forced(CM, A, P, qs, bias=None):
     from workbench.matmul import matmul_4bit
-    old = CM.GEMV_MAX_M, CM.MMA_MAX_M
-    CM.GEMV_MAX_M, CM.MMA_MAX_M = 0, 1 << 30
+    old = CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M
+    CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M = 0, 1, 1 << 30
     try:
         return matmul_4bit(A, P, qs, bias=bias, backend="cuda")
     finally:
-        CM.GEMV_MAX_M, CM.MMA_MAX_M = old
+        CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M = old
 
 
 def parity(CM, variant: int, seed: int = 0) -> float:

@@ -1,17 +1,16 @@
 """CUDA production kernels for the matmul family (cuda_src/matmul.cu) behind the reference signatures.
 
-Dispatch on the number of activation rows M (A in fp16/bf16; float32 A takes the last path at M > 4):
+Dispatch on the number of activation rows M, from the H200 measurements in reports/matmul-h200:
 
-* M <= 4: the fused dequant-GEMV ``kbit_gemv_4bit`` (nested absmax decoded in the kernel, codebook in shared
-  memory, bias in its epilogue);
-* 4 < M <= MMA_MAX_M, K % 32 == 0: the fused dequant + tensor-core GEMM ``kbit_gemm_4bit_mma``
-  (cuda_src/matmul_mma.cuh: mma.sync m16n8k16, float32 accumulators, split-K over enough CTAs to fill the GPU,
-  partials summed in split order by the last CTA of a tile);
+* fp16/bf16 A, K % 32 == 0, MMA_MIN_M <= M <= MMA_MAX_M: the fused dequant + tensor-core GEMM
+  ``kbit_gemm_4bit_mma`` (cuda_src/matmul_mma.cuh: mma.sync m16n8k16, float32 accumulators, split-K over enough
+  CTAs to fill the GPU, partials summed in split order by the last CTA of a tile);
+* otherwise M <= GEMV_MAX_M: the fused dequant-GEMV ``kbit_gemv_4bit`` (nested absmax decoded in the kernel,
+  codebook in shared memory, bias in its epilogue; also fp32 A and any K);
 * otherwise: the weight dequantized once to A's dtype (this backend's dequantize_4bit) and multiplied by cuBLAS
   with float32 accumulation and no reduced-precision split-K reduction (bias added in float32, one rounding).
 
-MMA_MAX_M is the crossover measured on an H200 (reports/matmul-h200). Numerics and bound:
-workbench/backends/reference/matmul.py.
+Numerics and bound: workbench/backends/reference/matmul.py.
 """
 from __future__ import annotations
 
@@ -25,7 +24,10 @@ from ..registry import register_kernel
 
 from ...wire import DTYPE_CODE
 GEMV_MAX_M = 4
-MMA_MAX_M = 1024  # above it dequantize + cuBLAS wins (reports/matmul-h200)
+# H200: the GEMM beats the GEMV from M = 2 on the large shapes (1.4-2.6x at M = 4, a tie at M = 2 on the small
+# ones); dequantize + cuBLAS beats the GEMM from M = 128 on every shape measured (at M = 64 already on 4096x4096).
+MMA_MIN_M = 2
+MMA_MAX_M = 64
 # How the kernel reads the codebook (0: one shared table, 1: a copy per lane, 3: byte-indexed pairs): equal
 # results, different speed; KBIT_MMA_LOOKUP overrides the measured default.
 LOOKUP = int(os.environ.get("KBIT_MMA_LOOKUP", "0"))
@@ -66,6 +68,8 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     tab = _f32(table, dev)
     code2 = None if absmax_8bit is None else _f32(absmax_code, dev)
     off = None if absmax_8bit is None else _f32(absmax_offset.reshape(1), dev)
+    if A.dtype != torch.float32 and K % 32 == 0 and MMA_MIN_M <= M <= MMA_MAX_M:
+        return _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias, dt)
     if M <= GEMV_MAX_M:
         out = torch.empty((M, N), dtype=A.dtype, device=dev)
         with on(dev):
@@ -73,8 +77,6 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
                                       ptr(off), ptr(tab), blocksize, ptr(bias), ptr(out), stream(dev))
         check(st, "kbit_gemv_4bit")
         return out
-    if A.dtype != torch.float32 and K % 32 == 0 and M <= MMA_MAX_M:
-        return _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias, dt)
     return _dequant_cublas(A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset, tab, blocksize, bias)
 
 
