@@ -1,11 +1,12 @@
-/* kbit-workbench: fused 4-bit dequantize + GEMV for M = 1..4 activation rows (family "matmul").
+/* kbit-workbench: fused 4-bit dequantize + GEMV for M = 1..4 activation rows, and fused dequantize + tensor-core
+ * GEMM for any M (family "matmul").
  *
  * Built into cuda_src/build/libkbit_matmul.so by workbench/cuda_build.py. Every entry point returns the
  * cudaError_t of its launch and runs on the given stream. Numerics: workbench/backends/reference/matmul.py
  *   s[b]    = float32(absmax_code[absmax_8bit[b]] * absmax[b / 256]) + *absmax_offset   (nested; else absmax[b])
  *   W[n,k]  = dtype(table[code(n*K+k)] * s[(n*K+k) / blocksize])                        (one rounding)
  *   out[m,n]= dtype(float32(sum_k A[m,k] * W[n,k]) + bias[n])                            (float32, no FMA)
- * Accumulation order (this kernel): one warp per output row; lane l owns the row's 32-element chunks
+ * Accumulation order (the GEMV): one warp per output row; lane l owns the row's 32-element chunks
  * l, l + 32, l + 64, ... (element order inside a chunk, one float32 partial per lane and row m), then the
  * 32 partials are combined by a butterfly (__shfl_xor_sync, offsets 16, 8, 4, 2, 1). Rows whose K is not a
  * multiple of 32 take a per-element path: lane l owns elements l, l + 32, ... then the same butterfly.

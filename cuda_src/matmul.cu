@@ -1,5 +1,7 @@
-/* kbit-workbench: fused 4-bit dequantize + GEMV, M = 1..4 (family "matmul"). API and numerics: kbit_matmul.h.
+/* kbit-workbench: fused 4-bit dequantize + GEMV, M = 1..4 (family "matmul"), and the entry points of the fused
+ * dequantize + tensor-core GEMM (any M; the kernel: matmul_mma.cuh). API and numerics: kbit_matmul.h.
  *
+ * The GEMV:
  * One warp per output row n, 8 rows per 256-thread CTA. Fast path (K % 32 == 0, 16-byte aligned B and A): each
  * lane reads 16 packed bytes (32 codes) per step with one 128-bit load -- a warp step is 512 contiguous bytes of
  * the row -- decodes the chunk's block scale once (the chunk lies in one quantization block: blocksize >= 32 and

@@ -126,7 +126,9 @@ __device__ __forceinline__ void stage_x(uint4* xs, const uint8_t* A, int m0, int
 }
 
 /* The row (within the CTA) of weight slot q of thread (warp, g): tile q/2, row g or g+8. */
-__device__ __forceinline__ int slot_row(int warp, int q, int g) { return warp * kRowTiles * 16 + 16 * (q >> 1) + 8 * (q & 1) + g; }
+__device__ __forceinline__ int slot_row(int warp, int q, int g) {
+    return warp * kRowTiles * 16 + 16 * (q >> 1) + 8 * (q & 1) + g;
+}
 
 /* Issue the copies of chunk c (k0 = c * kChunk) into a stage: weights (4 x 16 bytes per thread, consecutive threads
  * on consecutive 16 bytes of a row), activations, and this thread's scale ingredients. */
@@ -151,7 +153,8 @@ __device__ __forceinline__ void stage_chunk(Stage<TM>& st, const Args& p, const 
         if (p.a8 != nullptr) {
             cp_async4(&st.amax[q][threadIdx.x], p.absmax + (b >> 8), ok);
             // the aligned word holding byte b: never crosses a page, so never leaves mapped memory
-            cp_async4(&st.q8w[q][threadIdx.x], reinterpret_cast<const void*>((uintptr_t)(p.a8 + b) & ~(uintptr_t)3), ok);
+            const uintptr_t word = (uintptr_t)(p.a8 + b) & ~(uintptr_t)3;
+            cp_async4(&st.q8w[q][threadIdx.x], reinterpret_cast<const void*>(word), ok);
         } else {
             cp_async4(&st.amax[q][threadIdx.x], p.absmax + b, ok);
         }
@@ -369,7 +372,8 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
                 float y = acc[r][i][e];
                 if (gridDim.z > 1) {  // fixed order: split 0, 1, 2, ...
                     y = 0.0f;
-                    for (unsigned z = 0; z < gridDim.z; ++z) y = __fadd_rn(y, __ldcg(p.partial + z * MN + (long long)m * p.N + n));
+                    for (unsigned z = 0; z < gridDim.z; ++z)
+                        y = __fadd_rn(y, __ldcg(p.partial + z * MN + (long long)m * p.N + n));
                 }
                 if (bias != nullptr) y = __fadd_rn(y, F::ld(bias, n));
                 F::st(out, (long long)m * p.N + n, y);

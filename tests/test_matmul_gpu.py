@@ -1,7 +1,7 @@
 """GPU parity of the matmul family (issue 18): the CUDA fused GEMV, the fused tensor-core GEMM and the
 dequantize + cuBLAS path of the cuda backend against the reference run on the same CUDA tensors, held to the
-reference's bound (error_bound: float32 summation error of any order + 2 ulp of the output dtype); bitsandbytes' CUDA gemv/gemm beside it.
-Run on a GPU machine: ``pytest -m gpu tests/test_matmul_gpu.py``."""
+reference's bound (error_bound: float32 summation error of any order + 2 ulp of the output dtype);
+bitsandbytes' CUDA gemv/gemm beside it. Run on a GPU machine: ``pytest -m gpu tests/test_matmul_gpu.py``."""
 from __future__ import annotations
 
 import warnings

@@ -157,7 +157,8 @@ def table_md(df: pd.DataFrame) -> str:
         lines.append(f"| {N}x{K} | {M} | {f(get(d, 'ours_module', 'public_ms'))} | {f(op)} | {f(ok)} "
                      f"| {f(get(d, 'ours', 'gbps'), '{:.0f}')} | {f(get(d, 'ours', 'pct_copy'), '{:.0f}')} | {f(bk)} "
                      f"| {f(ck)} | {f(ck / ok if ck and ok else None, '{:.2f}')} "
-                     f"| {f(bk / ok if bk and ok else None, '{:.2f}')} | {f(bp / op if bp and op else None, '{:.2f}')} |")
+                     f"| {f(bk / ok if bk and ok else None, '{:.2f}')} "
+                     f"| {f(bp / op if bp and op else None, '{:.2f}')} |")
     return "\n".join(lines)
 
 
