@@ -12,9 +12,11 @@ Weights: NF4, blocksize 64, double quant, bf16 activations. Per row:
     (bitsandbytes' k-bit benches time kernels this way: no host time, no launch gaps);
     (CPU): our registered kernel called directly with the arguments the public call prepares (no validation,
     no state decoding, no dispatch);
-  * CPU timing is interleaved: each repeat calls every case once, in turn, so the load of a shared machine
+  * CPU timing is interleaved: each repeat calls every case once, in a shuffled order, so the load of a shared machine
     falls on all of them alike, and the ratios of medians taken in one process are what to read
-    (``load_start`` / ``load_end``: the 1-minute load average around the run);
+    (``load_start`` / ``load_end``: the 1-minute load average around the run); ``cpu_ms``: the median process CPU
+    time of a public call (all threads, OpenMP spin-waits included): with ``--threads 1`` the work per call, which
+    other sessions' load does not lengthen the way it lengthens wall time;
   * gbps / pct_copy: bytes read by a fused kernel (packed weight + uint8 absmax + nested float32 absmax +
     activations; dense: the bf16 weight + activations) over kernel_ms, against the copy bandwidth measured in the
     same run (read + write counted).
@@ -92,20 +94,28 @@ def _cases(device, A, W, P, qs, bqs, bnb, wbytes):
     return cases
 
 
-def _interleaved(fns: dict, reps: int, warmup: int = 3) -> dict:
-    """Median ms per name, each repeat calling every function once in turn."""
+def _interleaved(fns: dict, reps: int, warmup: int = 3) -> tuple[dict, dict]:
+    """Median wall ms and median process CPU ms per name, each repeat calling every function once, in an order
+    shuffled per repeat (fixed seed): which case runs after which decides what the cache holds (ours and numba
+    read the same packed weights; bitsandbytes and dense evict them), so no case always follows the same one."""
+    import random
     import statistics
     import time
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    samples = {k: [] for k in fns}
+    wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
+    order, rnd = list(fns), random.Random(0)
     for _ in range(reps):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
+        rnd.shuffle(order)
+        for k in order:
+            fn = fns[k]
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
-            samples[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in samples.items()}
+            wall[k].append((time.perf_counter() - t0) * 1e3)
+            cpu[k].append((time.process_time() - c0) * 1e3)
+    med = statistics.median
+    return {k: med(v) for k, v in wall.items()}, {k: med(v) for k, v in cpu.items()}
 
 
 def _row(name, N, K, M, public, kms, nbytes, copy):
@@ -136,8 +146,9 @@ def run(device: str = "cuda", shapes=None, reps: int = 20) -> pd.DataFrame:
                 if device == "cpu":
                     fns = {k: c[0] for k, c in cases.items()}
                     fns.update({f"{k}:kernel": c[2] for k, c in cases.items() if c[2] is not None})
-                    med = _interleaved(fns, reps)
-                    new = [_row(k, N, K, M, med[k], med.get(f"{k}:kernel"), c[1], copy) for k, c in cases.items()]
+                    med, cpu = _interleaved(fns, reps)
+                    new = [dict(_row(k, N, K, M, med[k], med.get(f"{k}:kernel"), c[1], copy), cpu_ms=cpu[k])
+                           for k, c in cases.items()]
                 else:
                     new = []
                     for name, (fn, nbytes, _) in cases.items():
