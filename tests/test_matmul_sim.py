@@ -18,8 +18,9 @@ from workbench.matmul import gemv_4bit, matmul_4bit
 test_in_subprocess = _cudasim.subprocess_test(__file__)
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-# (N, K, M, blocksize): odd K (rows starting on a low nibble), blocks straddling rows, M on both kernels
-SHAPES = [(5, 37, 1, 32), (9, 64, 3, 64), (3, 130, 6, 128), (7, 21, 17, 32)]
+# (N, K, M, blocksize): odd K (rows starting on a low nibble), blocks straddling rows, M on both kernels,
+# K % 8 == 0 with M <= 4 (the 4-byte word GEMV)
+SHAPES = [(5, 37, 1, 32), (9, 64, 3, 64), (3, 130, 6, 128), (7, 21, 17, 32), (6, 96, 2, 32)]
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,18 @@ def test_nested_absmax_decoded_in_kernel(backend, rng):
     A = torch.randn(2, K, generator=rng)
     P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=True, backend="reference")
     _check(matmul_4bit(A, P, qs, backend="numba_cuda"), matmul_4bit(A, P, qs, backend="reference"), A, P, qs, None)
+
+
+@sim
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weights_exact_with_one_hot_rows(backend, rng, dtype):
+    """One-hot activation rows: every sum holds one product, so the outputs are the dequantized weights (rule 2,
+    nested scales included) bit for bit -- the word GEMV (K % 8 == 0), the element GEMV (odd K) and the tiled GEMM."""
+    for N, K, M, bs in [(5, 64, 3, 32), (4, 45, 2, 32), (3, 72, 6, 64)]:
+        W = (torch.randn(N, K, generator=rng) * 3).to(dtype)
+        P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=True, backend="reference")
+        Wd = wb.dequantize_4bit(P, qs, backend="reference").to(dtype)
+        ks = torch.randperm(K, generator=rng)[:M]
+        A = torch.zeros(M, K, dtype=dtype)
+        A[torch.arange(M), ks] = 1
+        assert torch.equal(matmul_4bit(A, P, qs, backend="numba_cuda"), Wd[:, ks].t()), (N, K, M)

@@ -15,12 +15,14 @@ NumPy float32 arithmetic in the simulator. Accumulation order (float32), held to
 
 * ``gemv``: one block of GEMV_THREADS threads per output row n; thread t takes elements k = t, t + T, t + 2T, ...
   in increasing k, then a shared-memory tree over the threads (t + h for h = T/2, T/4, ..., 1), one per row m.
+  ``gemv_words`` (K % 8 == 0, the common case): the same with 8-element words (one coalesced 4-byte load and one
+  block scale per word; thread t takes words t, t + T, ...).
 * ``gemm_tiled``: a TILE x TILE block of threads per TILE x TILE output tile; K in steps of TILE_K: the A tile and
   the dequantized W tile (float32, rule 2) go to shared memory, each thread adds its products in increasing k.
 
 Element kinds (A, as numba_kernels/cuda/quant.py): 0 float32, 1 float16, 2 bfloat16 as its int16 bit pattern.
-Prototypes: one quantization block's scale is recomputed per element (no per-block caching), bytes are read one at
-a time; the production kernels are cuda_src/matmul.cu.
+Prototypes: no vector loads of activations, the weight table rebuilt per element; the production kernels are
+cuda_src/matmul.cu.
 """
 from __future__ import annotations
 
@@ -65,12 +67,7 @@ def _weight(packed, i, absmax, a8, code2, offset, nested, table, blocksize, kind
     """W at flat index i (rules 1 and 2)."""
     byte = int64(packed[i >> 1])
     c = (byte >> 4) if (i & 1) == 0 else (byte & 15)
-    b = i // blocksize
-    if nested:
-        s = _add(_mul(code2[a8[b]], absmax[b >> 8]), offset[0])
-    else:
-        s = absmax[b]
-    return _round_to(_mul(table[c], s), kind)
+    return _round_to(_mul(table[c], _scale(absmax, a8, code2, offset, nested, i // blocksize)), kind)
 
 
 @cuda.jit(fastmath=False)
@@ -87,6 +84,53 @@ def gemv(A, kind, M, N, K, packed, absmax, a8, code2, offset, nested, table, blo
         w = _weight(packed, row + k, absmax, a8, code2, offset, nested, table, blocksize, kind)
         for m in range(M):
             acc[m] = _add(acc[m], _mul(w, _load(A, m * K + k, kind)))
+    for m in range(GEMV_MAX_M):
+        red[m, t] = acc[m]
+    cuda.syncthreads()
+    h = GEMV_THREADS // 2
+    while h > 0:
+        if t < h:
+            for m in range(M):
+                red[m, t] = _add(red[m, t], red[m, t + h])
+        cuda.syncthreads()
+        h //= 2
+    if t < M:
+        y = red[t, 0]
+        if has_bias:
+            y = _add(y, _load(bias, n, kind))
+        out[t * N + n] = y
+
+
+@cuda.jit(device=True, inline=True)
+def _scale(absmax, a8, code2, offset, nested, b):
+    if nested:
+        return _add(_mul(code2[a8[b]], absmax[b >> 8]), offset[0])
+    return absmax[b]
+
+
+@cuda.jit(fastmath=False)
+def gemv_words(A, kind, M, N, K, words, absmax, a8, code2, offset, nested, table, blocksize, bias, has_bias, out):
+    """The GEMV for K % 8 == 0: ``words`` the packed bytes as int32 (8 codes each, little endian: byte i holds
+    elements 2i (high nibble) and 2i + 1), one coalesced load and one block scale per 8 elements. Thread t takes
+    words t, t + T, ... of the row, elements in increasing k; then the same tree as ``gemv``."""
+    red = cuda.shared.array((GEMV_MAX_M, GEMV_THREADS), float32)
+    acc = cuda.local.array(GEMV_MAX_M, float32)
+    t = cuda.threadIdx.x
+    n = cuda.blockIdx.x
+    for m in range(GEMV_MAX_M):
+        acc[m] = float32(0.0)
+    kw = K // 8
+    row = int64(n) * K
+    for w in range(t, kw, GEMV_THREADS):
+        v = int64(words[int64(n) * kw + w]) & 0xFFFFFFFF
+        k0 = w * 8
+        s = _scale(absmax, a8, code2, offset, nested, (row + k0) // blocksize)
+        for e in range(8):
+            byte = (v >> (8 * (e >> 1))) & 0xFF
+            c = (byte >> 4) if (e & 1) == 0 else (byte & 15)
+            wt = _round_to(_mul(table[c], s), kind)
+            for m in range(M):
+                acc[m] = _add(acc[m], _mul(wt, _load(A, m * K + k0 + e, kind)))
     for m in range(GEMV_MAX_M):
         red[m, t] = acc[m]
     cuda.syncthreads()

@@ -1,7 +1,8 @@
 """Numba CUDA matmul family (prototypes; kernels: numba_kernels/cuda/matmul.py): torch tensors in, float32 sums out,
 rounded once to A's dtype here (rule 4 of workbench/backends/reference/matmul.py).
 
-M <= GEMV_MAX_M: the fused dequant-GEMV (a block per output row); above: the simple tiled GEMM. Both decode the
+M <= GEMV_MAX_M: the fused dequant-GEMV (a block per output row; 4-byte words when K % 8 == 0); above: the simple
+tiled GEMM. Both decode the
 nested absmax in the kernel. Under the CUDA simulator the backend takes CPU tensors (small inputs only).
 """
 from __future__ import annotations
@@ -37,9 +38,13 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     code2 = _arr(absmax_code.float()) if nested else _arr(one)
     offset = _arr(absmax_offset.float().reshape(1)) if nested else _arr(one)
     b = _arr(bias) if bias is not None else _arr(torch.zeros(1, dtype=A.dtype, device=dev))
-    args = (_arr(A), kind, M, N, Kd, _arr(B.reshape(-1)), _arr(absmax.float()), a8, code2, offset, int(nested),
+    words = Kd % 8 == 0 and M <= K.GEMV_MAX_M
+    packed = B.reshape(-1).view(torch.int32) if words else B.reshape(-1)   # K % 8 == 0: 4-byte words per row
+    args = (_arr(A), kind, M, N, Kd, _arr(packed), _arr(absmax.float()), a8, code2, offset, int(nested),
             _arr(table.float()), int(blocksize), b, int(bias is not None), _arr(out))
-    if M <= K.GEMV_MAX_M:
+    if words:
+        launch(K.gemv_words, N, K.GEMV_THREADS, dev, *args)
+    elif M <= K.GEMV_MAX_M:
         launch(K.gemv, N, K.GEMV_THREADS, dev, *args)
     else:
         launch(K.gemm_tiled, K.gemm_grid(M, N), K.TILE * K.TILE, dev, *args)
