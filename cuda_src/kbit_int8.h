@@ -6,7 +6,7 @@
  * multiply: two IEEE roundings), non-finite -> 0; int32 matmul exact;
  * mm dequant = dtype(f32(f32(f32(acc) * f32(rs*cs)) * 6.200124e-05f) + bias).
  * Every entry point returns the cudaError_t of its launches and runs on the given stream.
- * dtype codes: 0 float32, 1 float16, 2 bfloat16 (KBIT_F32/F16/BF16 of kbit_quant.h). */
+ * dtype codes: 0 float32, 1 float16, 2 bfloat16 (KBIT_F32/F16/BF16 of kbit_dtypes.h). */
 #ifndef KBIT_INT8_H
 #define KBIT_INT8_H
 

@@ -18,16 +18,12 @@
 
 #include <cuda_runtime.h>
 
+#include "kbit_dtypes.h" /* KBIT_F32 / KBIT_F16 / KBIT_BF16: element types of the dtype arguments */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* element types of A / bias / out (same values as kbit_quant.h) */
-#ifndef KBIT_F32
-#define KBIT_F32 0
-#define KBIT_F16 1
-#define KBIT_BF16 2
-#endif
 
 #define KBIT_GEMV_MAX_M 4
 

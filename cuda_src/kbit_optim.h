@@ -19,15 +19,12 @@
 
 #include <cuda_runtime.h>
 
+#include "kbit_dtypes.h" /* KBIT_F32 / KBIT_F16 / KBIT_BF16: element types of the dtype arguments */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#ifndef KBIT_F32
-#define KBIT_F32 0
-#define KBIT_F16 1
-#define KBIT_BF16 2
-#endif
 
 /* optimizer ids (lamb = adam rule, lars = momentum rule; the trust ratio is folded into KBIT_K_UPD_MUL) */
 #define KBIT_OPT_ADAM 0

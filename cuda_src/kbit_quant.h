@@ -22,14 +22,12 @@
 
 #include <cuda_runtime.h>
 
+#include "kbit_dtypes.h" /* KBIT_F32 / KBIT_F16 / KBIT_BF16: element types of the dtype arguments */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* element types of A / out */
-#define KBIT_F32 0
-#define KBIT_F16 1
-#define KBIT_BF16 2
 
 /* quantizer flags */
 #define KBIT_QFLAG_BNB_SCALE 1 /* bitsandbytes-CUDA scaling: approximate reciprocal (rcp.approx.ftz), flush-to-zero
