@@ -265,7 +265,8 @@ def _kbit_figure(kb: pd.DataFrame):
     labels = list(dict.fromkeys(kb["config"]))
     for i, lab in enumerate(labels):
         g = kb[kb["config"] == lab].sort_values("bits_per_param")
-        style = dict(color=plt.cm.tab20(i / max(1, len(labels) - 1) * 0.999), marker="o", ms=4, label=lab,
+        color = plt.cm.tab10(i) if i < 10 else ("k", "0.55")[(i - 10) % 2]   # twelve distinguishable lines
+        style = dict(color=color, marker="o", ms=4, label=lab,
                      ls="--" if "rot" in lab else (":" if lab.startswith("affine") else "-"))
         for ax, m in zip(axes, ("one_minus_cos", "top10_overlap")):
             ax.plot(g["bits_per_param"], g[m], **style)
@@ -287,6 +288,7 @@ def _kbit_figure(kb: pd.DataFrame):
 
 def kbit_table(kb: pd.DataFrame, value: str = "cos_mean", bits: bool = True) -> pd.DataFrame:
     """config x K: the metric (and, in the ``bits@K`` columns, bits per parameter)."""
+    kb = kb.assign(code_bits=kb["code_bits"].astype(int))
     t = kb.pivot_table(index="config", columns="code_bits", values=value, sort=False)
     t.columns = [f"{value}@K{k}" for k in t.columns]
     if not bits:
@@ -299,7 +301,8 @@ def kbit_table(kb: pd.DataFrame, value: str = "cos_mean", bits: bool = True) -> 
 def kbit_findings(kb: pd.DataFrame) -> list[str]:
     """What the k-bit rows say: is 4 -> 3 -> 2 monotone per config, and what rotation / affine do at equal K."""
     out = []
-    cos = kb.pivot_table(index="config", columns="code_bits", values="cos_mean", sort=False)
+    cos = kb.assign(code_bits=kb["code_bits"].astype(int)).pivot_table(index="config", columns="code_bits",
+                                                                       values="cos_mean", sort=False)
     if {2, 3, 4} <= set(cos.columns):
         steady = [c for c in cos.index if cos.loc[c, 4] > cos.loc[c, 3] > cos.loc[c, 2]]
         other = [c for c in cos.index if c not in steady and cos.loc[c, [2, 3, 4]].notna().all()]
