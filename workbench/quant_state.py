@@ -148,6 +148,8 @@ class QuantState:
     def with_table_of(cls, codebook, device, **fields) -> "QuantState":
         """A state whose ``code`` is a private copy of ``codebook``'s table on ``device``, made when first
         read: a quantizer then launches no copy of it (a dequantizer reads it once, on its first call)."""
+        if torch.compiler.is_compiling():  # a traced graph gets the copy as an op; dynamo keeps no lazy state
+            return cls(code=codebook.tensors(device)[0].clone(), **fields)
         qs = cls(code=None, **fields)
         qs._code_of = (codebook, device)
         return qs

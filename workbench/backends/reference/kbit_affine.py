@@ -54,7 +54,8 @@ def store_scale(s: torch.Tensor, fmt: str) -> torch.Tensor:
 def qparams(lo: torch.Tensor, hi: torch.Tensor, k: int, fmt: str):
     """(stored scales, zero points uint8, D float32, r = 1/D float32) for the ranges (lo, hi)."""
     qmax = float(2 ** k - 1)
-    s = ((hi - lo) / qmax).clamp(min=EPS)
+    # a tensor divisor: torch on CUDA divides by a Python scalar as a multiply by its reciprocal (another rounding)
+    s = ((hi - lo) / torch.full_like(hi, qmax)).clamp(min=EPS)
     z = (-torch.round(lo / s)).clamp(0, qmax)
     S = store_scale(s, fmt)
     D = S.float()
