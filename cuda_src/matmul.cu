@@ -2,7 +2,8 @@
  * dequantize + tensor-core GEMM (any M; the kernel: matmul_mma.cuh). API and numerics: kbit_matmul.h.
  *
  * The GEMV:
- * One warp per output row n, 8 rows per 256-thread CTA. Fast path (K % 32 == 0, 16-byte aligned B and A): each
+ * One warp per output row n (fast path: RW = 1, 2 or 4 consecutive rows, sharing each activation load), 8 warps
+ * per 256-thread CTA. Fast path (K % 32 == 0, 16-byte aligned B and A): each
  * lane reads 16 packed bytes (32 codes) per step with one 128-bit load -- a warp step is 512 contiguous bytes of
  * the row -- decodes the chunk's block scale once (the chunk lies in one quantization block: blocksize >= 32 and
  * chunks start at multiples of 32 elements of the flat weight), looks the codes up in the shared-memory table,
@@ -15,6 +16,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "kbit_device.h"
 #include "kbit_matmul.h"
 #include "matmul_mma.cuh"
 
@@ -81,7 +83,7 @@ __device__ __forceinline__ void warp_sum(float* acc) {
         for (int o = 16; o > 0; o >>= 1) acc[m] = __fadd_rn(acc[m], __shfl_xor_sync(kFull, acc[m], o));
 }
 
-template <int DT, int M, bool FAST>
+template <int DT, int M, bool FAST, int RW>
 __global__ void __launch_bounds__(kWarps * 32)
 gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long long K, const uint8_t* __restrict__ B,
                  const float* __restrict__ absmax, const uint8_t* __restrict__ a8, const float* __restrict__ code2_g,
@@ -97,47 +99,58 @@ gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long lon
     __syncthreads();
     const float off = (a8 != nullptr) ? __ldg(off_p) : 0.0f;
     const int lane = tid & 31;
-    const long long n = (long long)blockIdx.x * kWarps + (tid >> 5);
-    if (n >= N) return;
+    const long long n0 = ((long long)blockIdx.x * kWarps + (tid >> 5)) * RW;  // this warp's first row
+    if (n0 >= N) return;
 
-    float acc[M];
+    float acc[RW][M];
 #pragma unroll
-    for (int m = 0; m < M; ++m) acc[m] = 0.0f;
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int m = 0; m < M; ++m) acc[r][m] = 0.0f;
 
     if (FAST) {
-        const uint4* row = reinterpret_cast<const uint4*>(B + n * (K >> 1));
+        // RW rows per warp: each activation vector loaded serves RW rows (with one row per warp the activation
+        // reads through L1 were 4x the weight bytes and bounded the kernel: ncu, reports/matmul-h200)
         const long long chunks = K >> 5;
 #pragma unroll 2
         for (long long c = lane; c < chunks; c += 32) {
-            const uint4 w = __ldg(row + c);
             const long long k0 = c << 5;
-            const float s = block_scale((n * K + k0) / blocksize, absmax, a8, code2, off);
-            const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+            uint4 w[RW];
+            float s[RW];
+#pragma unroll
+            for (int r = 0; r < RW; ++r) {
+                const long long n = n0 + r < N ? n0 + r : n0;  // rows past N repeat row n0 and are not stored
+                w[r] = __ldg(reinterpret_cast<const uint4*>(B + n * (K >> 1)) + c);
+                s[r] = block_scale((n * K + k0) / blocksize, absmax, a8, code2, off);
+            }
 #pragma unroll
             for (int q = 0; q < 4; ++q) {  // word q: codes of elements k0 + 8q .. k0 + 8q + 7
-                float wv[8];
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const uint32_t byte = (words[q] >> (8 * j)) & 0xffu;
-                    wv[2 * j] = D::rnd(__fmul_rn(tab[byte >> 4], s));
-                    wv[2 * j + 1] = D::rnd(__fmul_rn(tab[byte & 15u], s));
-                }
+                float av[M][8];
 #pragma unroll
                 for (int m = 0; m < M; ++m) {
-                    float av[8];
                     const typename D::t* ap = A + (long long)m * K + k0 + 8 * q;
-                    if (D::per16 == 8) {
-                        D::unpack(__ldg(reinterpret_cast<const uint4*>(ap)), av);
-                    } else {
-                        D::unpack(__ldg(reinterpret_cast<const uint4*>(ap)), av);
-                        D::unpack(__ldg(reinterpret_cast<const uint4*>(ap) + 1), av + 4);
+                    D::unpack(__ldg(reinterpret_cast<const uint4*>(ap)), av[m]);
+                    if (D::per16 == 4) D::unpack(__ldg(reinterpret_cast<const uint4*>(ap) + 1), av[m] + 4);
+                }
+#pragma unroll
+                for (int r = 0; r < RW; ++r) {
+                    const uint32_t word = q == 0 ? w[r].x : q == 1 ? w[r].y : q == 2 ? w[r].z : w[r].w;
+                    float wv[8];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const uint32_t byte = (word >> (8 * j)) & 0xffu;
+                        wv[2 * j] = D::rnd(__fmul_rn(tab[byte >> 4], s[r]));
+                        wv[2 * j + 1] = D::rnd(__fmul_rn(tab[byte & 15u], s[r]));
                     }
 #pragma unroll
-                    for (int e = 0; e < 8; ++e) acc[m] = __fadd_rn(acc[m], __fmul_rn(wv[e], av[e]));
+                    for (int m = 0; m < M; ++m)
+#pragma unroll
+                        for (int e = 0; e < 8; ++e) acc[r][m] = __fadd_rn(acc[r][m], __fmul_rn(wv[e], av[m][e]));
                 }
             }
         }
     } else {
+        const long long n = n0;  // the generic path runs with RW == 1
         for (long long k = lane; k < K; k += 32) {
             const long long i = n * K + k;
             const uint32_t byte = __ldg(B + (i >> 1));
@@ -145,15 +158,39 @@ gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long lon
             const float s = block_scale(i / blocksize, absmax, a8, code2, off);
             const float wv = D::rnd(__fmul_rn(tab[code], s));
 #pragma unroll
-            for (int m = 0; m < M; ++m) acc[m] = __fadd_rn(acc[m], __fmul_rn(wv, D::ld(A, (long long)m * K + k)));
+            for (int m = 0; m < M; ++m) acc[0][m] = __fadd_rn(acc[0][m], __fmul_rn(wv, D::ld(A, (long long)m * K + k)));
         }
     }
-    warp_sum<M>(acc);
-    if (lane == 0) {
-        const float b = (bias != nullptr) ? D::ld(bias, n) : 0.0f;
 #pragma unroll
-        for (int m = 0; m < M; ++m) D::st(out, (long long)m * N + n, bias != nullptr ? __fadd_rn(acc[m], b) : acc[m]);
+    for (int r = 0; r < RW; ++r) {
+        warp_sum<M>(acc[r]);
+        const long long n = n0 + r;
+        if (lane == 0 && n < N) {
+            const float b = (bias != nullptr) ? D::ld(bias, n) : 0.0f;
+#pragma unroll
+            for (int m = 0; m < M; ++m)
+                D::st(out, (long long)m * N + n, bias != nullptr ? __fadd_rn(acc[r][m], b) : acc[r][m]);
+        }
     }
+}
+
+/* Rows per warp: as many (4, 2) as still leave two CTAs per SM, else one. */
+static int rows_per_warp(long long N) {
+    const long long ctas = 2LL * kbit_num_sms();
+    for (int rw = 4; rw > 1; rw >>= 1)
+        if ((N + kWarps * rw - 1) / (kWarps * rw) >= ctas) return rw;
+    return 1;
+}
+
+template <int DT, int M, int RW>
+cudaError_t launch_rw(const void* A, long long N, long long K, const unsigned char* B, const float* absmax,
+                      const unsigned char* a8, const float* code2, const float* off, const float* table, int blocksize,
+                      const void* bias, void* out, cudaStream_t stream) {
+    typedef typename Ty<DT>::t T;
+    const dim3 grid((unsigned)((N + kWarps * RW - 1) / (kWarps * RW))), block(kWarps * 32);
+    gemv_4bit_kernel<DT, M, true, RW><<<grid, block, 0, stream>>>((const T*)A, N, K, B, absmax, a8, code2, off, table,
+                                                                  blocksize, (const T*)bias, (T*)out);
+    return cudaGetLastError();
 }
 
 template <int DT, int M>
@@ -162,13 +199,16 @@ cudaError_t launch(const void* A, long long N, long long K, const unsigned char*
                    const void* bias, void* out, cudaStream_t stream) {
     typedef typename Ty<DT>::t T;
     const bool fast = (K % 32 == 0) && ((uintptr_t)B % 16 == 0) && ((uintptr_t)A % 16 == 0);
+    if (fast) {
+        switch (rows_per_warp(N)) {
+            case 4: return launch_rw<DT, M, 4>(A, N, K, B, absmax, a8, code2, off, table, blocksize, bias, out, stream);
+            case 2: return launch_rw<DT, M, 2>(A, N, K, B, absmax, a8, code2, off, table, blocksize, bias, out, stream);
+            default: return launch_rw<DT, M, 1>(A, N, K, B, absmax, a8, code2, off, table, blocksize, bias, out, stream);
+        }
+    }
     const dim3 grid((unsigned)((N + kWarps - 1) / kWarps)), block(kWarps * 32);
-    if (fast)
-        gemv_4bit_kernel<DT, M, true><<<grid, block, 0, stream>>>((const T*)A, N, K, B, absmax, a8, code2, off, table,
-                                                                  blocksize, (const T*)bias, (T*)out);
-    else
-        gemv_4bit_kernel<DT, M, false><<<grid, block, 0, stream>>>((const T*)A, N, K, B, absmax, a8, code2, off,
-                                                                   table, blocksize, (const T*)bias, (T*)out);
+    gemv_4bit_kernel<DT, M, false, 1><<<grid, block, 0, stream>>>((const T*)A, N, K, B, absmax, a8, code2, off,
+                                                                  table, blocksize, (const T*)bias, (T*)out);
     return cudaGetLastError();
 }
 

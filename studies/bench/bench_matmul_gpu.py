@@ -93,8 +93,9 @@ def run(shapes=SHAPES, ms=MS, reps: int = 20) -> pd.DataFrame:
         Wdq = wb.dequantize_4bit(P, qs).to(torch.bfloat16)
         bqs = qs.to_bnb() if bnb else None
         wbytes = weight_bytes((N, K), 64, True)
-        extra = CROSSOVER_MS if (N, K) in CROSSOVER_SHAPES else ()
-        for M in sorted(set(ms) | set(extra) | set(GEMV_CROSSOVER_MS)):
+        full = tuple(ms) == MS  # the crossover probes ride along with the full sweep only
+        extra = CROSSOVER_MS if full and (N, K) in CROSSOVER_SHAPES else ()
+        for M in sorted(set(ms) | set(extra) | (set(GEMV_CROSSOVER_MS) if full else set())):
             A = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
             cases = {}
             if M in ms:
@@ -198,6 +199,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="folder for bench.csv and time_vs_m.png")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--ms", default=None, help="comma-separated M values (default: %s)" % ",".join(map(str, MS)))
     ap.add_argument("--plot", default=None, help="only draw the figure from this bench.csv")
     args = ap.parse_args(argv)
     if args.plot:
@@ -205,7 +207,7 @@ def main(argv=None) -> int:
         print(plot(df, Path(args.plot).with_name("time_vs_m.png")))
         print(table_md(df))
         return 0
-    df = run(reps=args.reps)
+    df = run(reps=args.reps, ms=tuple(int(m) for m in args.ms.split(",")) if args.ms else MS)
     with pd.option_context("display.width", 220, "display.max_columns", 30):
         print(df.drop(columns=["copy_gbps", "dtype"]).to_string(index=False))
     if args.out:
