@@ -92,19 +92,28 @@ def _resolved_absmax(qs: QuantState, backend: str) -> torch.Tensor:
     return (dequantize_blockwise(qs.absmax, qs.state2, backend=backend) + qs.offset.to(torch.float32)).contiguous()
 
 
+def _as(t: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
+    """``t`` on ``device`` as contiguous ``dtype``, without a dispatched call when it already is: on the GEMV path a
+    torch call costs tens of microseconds once a large kernel has streamed the caches."""
+    if t.dtype != dtype or t.device != device:
+        t = t.to(device, dtype)
+    return t if t.is_contiguous() else t.contiguous()
+
+
 def _nested_args(qs: QuantState, backend: str):
     """(absmax, absmax_8bit, absmax_code, absmax_offset) for the gemm op: nesting decoded in the kernel
     (bitsandbytes' nested blocksize 256), else resolved here."""
     if not qs.nested:
-        return qs.absmax.contiguous(), None, None, None
+        return _as(qs.absmax, qs.absmax.device, qs.absmax.dtype), None, None, None
     if qs.state2.blocksize != 256 or qs.state2.nested:
         return _resolved_absmax(qs, backend), None, None, None
     dev = qs.absmax.device
-    code = qs.state2.code.to(dev, torch.float32)
+    code = _as(qs.state2.code, dev)
     if code.numel() < 256:
         code = torch.cat([code, code.new_full((256 - code.numel(),), float("nan"))])
-    return (qs.state2.absmax.contiguous(), qs.absmax.contiguous(), code.contiguous(),
-            qs.offset.to(dev, torch.float32).reshape(()))
+    offset = _as(qs.offset, dev)
+    return (_as(qs.state2.absmax, dev, qs.state2.absmax.dtype), _as(qs.absmax, dev, qs.absmax.dtype), code,
+            offset if offset.dim() == 0 else offset.reshape(()))
 
 
 def _backend(backend: str, op: str, A: torch.Tensor) -> str:
@@ -143,14 +152,16 @@ def gemm_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, bias: t
 
 def _gemm(A, B, qs, bias, backend, N, K):
     name = _backend(backend, "gemm_4bit", A)
-    A2 = A.detach().reshape(-1, K).contiguous()
+    flat = A.dim() == 2 and A.is_contiguous() and not A.requires_grad   # the common case: no reshaping calls
+    A2 = A if flat else A.detach().reshape(-1, K).contiguous()
     if A2.shape[0] == 0:
         return A.new_empty((*A.shape[:-1], N))
     absmax, a8, acode, aoff = _nested_args(qs, name)
-    table = qs.code.to(A.device, torch.float32).contiguous()
+    table = _as(qs.code, A.device)
     b = None if bias is None else bias.detach().contiguous()
-    y = _ops.gemm_4bit(A2, _packed(B), [N, K], absmax, table, qs.blocksize, b, a8, acode, aoff, name)
-    return y.view(*A.shape[:-1], N)
+    packed = B if B.dtype == torch.uint8 and B.dim() == 1 and not B.requires_grad else _packed(B)
+    y = _ops.gemm_4bit(A2, packed, [N, K], absmax, table, qs.blocksize, b, a8, acode, aoff, name)
+    return y if flat else y.view(*A.shape[:-1], N)
 
 
 class MatMul4Bit(torch.autograd.Function):
