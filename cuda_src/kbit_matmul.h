@@ -28,7 +28,7 @@ extern "C" {
 #define KBIT_GEMV_MAX_M 4
 
 /* A: M x K (row-major, dtype), B: packed 4-bit N x K ((N*K+1)/2 bytes, element 2i in the high nibble),
- * out: M x N (dtype). 1 <= M <= KBIT_GEMV_MAX_M. */
+ * out: M x N (dtype). 1 <= M <= KBIT_GEMV_MAX_M; blocksize a power of two >= 32. */
 cudaError_t kbit_gemv_4bit(const void* A, int dtype, int M, long long N, long long K, const unsigned char* B,
                            const float* absmax, const unsigned char* absmax_8bit, const float* absmax_code,
                            const float* absmax_offset, const float* table, int blocksize, const void* bias,

@@ -87,7 +87,7 @@ template <int DT, int M, bool FAST, int RW>
 __global__ void __launch_bounds__(kWarps * 32)
 gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long long K, const uint8_t* __restrict__ B,
                  const float* __restrict__ absmax, const uint8_t* __restrict__ a8, const float* __restrict__ code2_g,
-                 const float* __restrict__ off_p, const float* __restrict__ table_g, int blocksize,
+                 const float* __restrict__ off_p, const float* __restrict__ table_g, int bs_shift,
                  const typename Ty<DT>::t* __restrict__ bias, typename Ty<DT>::t* __restrict__ out) {
     typedef Ty<DT> D;
     __shared__ float tab[16];
@@ -121,7 +121,7 @@ gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long lon
             for (int r = 0; r < RW; ++r) {
                 const long long n = n0 + r < N ? n0 + r : n0;  // rows past N repeat row n0 and are not stored
                 w[r] = __ldg(reinterpret_cast<const uint4*>(B + n * (K >> 1)) + c);
-                s[r] = block_scale((n * K + k0) / blocksize, absmax, a8, code2, off);
+                s[r] = block_scale((n * K + k0) >> bs_shift, absmax, a8, code2, off);
             }
 #pragma unroll
             for (int q = 0; q < 4; ++q) {  // word q: codes of elements k0 + 8q .. k0 + 8q + 7
@@ -155,7 +155,7 @@ gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long lon
             const long long i = n * K + k;
             const uint32_t byte = __ldg(B + (i >> 1));
             const uint32_t code = (i & 1) ? (byte & 15u) : (byte >> 4);
-            const float s = block_scale(i / blocksize, absmax, a8, code2, off);
+            const float s = block_scale(i >> bs_shift, absmax, a8, code2, off);
             const float wv = D::rnd(__fmul_rn(tab[code], s));
 #pragma unroll
             for (int m = 0; m < M; ++m) acc[0][m] = __fadd_rn(acc[0][m], __fmul_rn(wv, D::ld(A, (long long)m * K + k)));
@@ -184,43 +184,43 @@ static int rows_per_warp(long long N) {
 
 template <int DT, int M, int RW>
 cudaError_t launch_rw(const void* A, long long N, long long K, const unsigned char* B, const float* absmax,
-                      const unsigned char* a8, const float* code2, const float* off, const float* table, int blocksize,
+                      const unsigned char* a8, const float* code2, const float* off, const float* table, int bs_shift,
                       const void* bias, void* out, cudaStream_t stream) {
     typedef typename Ty<DT>::t T;
     const dim3 grid((unsigned)((N + kWarps * RW - 1) / (kWarps * RW))), block(kWarps * 32);
     gemv_4bit_kernel<DT, M, true, RW><<<grid, block, 0, stream>>>((const T*)A, N, K, B, absmax, a8, code2, off, table,
-                                                                  blocksize, (const T*)bias, (T*)out);
+                                                                  bs_shift, (const T*)bias, (T*)out);
     return cudaGetLastError();
 }
 
 template <int DT, int M>
 cudaError_t launch(const void* A, long long N, long long K, const unsigned char* B, const float* absmax,
-                   const unsigned char* a8, const float* code2, const float* off, const float* table, int blocksize,
+                   const unsigned char* a8, const float* code2, const float* off, const float* table, int bs_shift,
                    const void* bias, void* out, cudaStream_t stream) {
     typedef typename Ty<DT>::t T;
     const bool fast = (K % 32 == 0) && ((uintptr_t)B % 16 == 0) && ((uintptr_t)A % 16 == 0);
     if (fast) {
         switch (rows_per_warp(N)) {
-            case 4: return launch_rw<DT, M, 4>(A, N, K, B, absmax, a8, code2, off, table, blocksize, bias, out, stream);
-            case 2: return launch_rw<DT, M, 2>(A, N, K, B, absmax, a8, code2, off, table, blocksize, bias, out, stream);
-            default: return launch_rw<DT, M, 1>(A, N, K, B, absmax, a8, code2, off, table, blocksize, bias, out, stream);
+            case 4: return launch_rw<DT, M, 4>(A, N, K, B, absmax, a8, code2, off, table, bs_shift, bias, out, stream);
+            case 2: return launch_rw<DT, M, 2>(A, N, K, B, absmax, a8, code2, off, table, bs_shift, bias, out, stream);
+            default: return launch_rw<DT, M, 1>(A, N, K, B, absmax, a8, code2, off, table, bs_shift, bias, out, stream);
         }
     }
     const dim3 grid((unsigned)((N + kWarps - 1) / kWarps)), block(kWarps * 32);
     gemv_4bit_kernel<DT, M, false, 1><<<grid, block, 0, stream>>>((const T*)A, N, K, B, absmax, a8, code2, off,
-                                                                  table, blocksize, (const T*)bias, (T*)out);
+                                                                  table, bs_shift, (const T*)bias, (T*)out);
     return cudaGetLastError();
 }
 
 template <int DT>
 cudaError_t dispatch_m(int M, const void* A, long long N, long long K, const unsigned char* B, const float* absmax,
                        const unsigned char* a8, const float* code2, const float* off, const float* table,
-                       int blocksize, const void* bias, void* out, cudaStream_t stream) {
+                       int bs_shift, const void* bias, void* out, cudaStream_t stream) {
     switch (M) {
-        case 1: return launch<DT, 1>(A, N, K, B, absmax, a8, code2, off, table, blocksize, bias, out, stream);
-        case 2: return launch<DT, 2>(A, N, K, B, absmax, a8, code2, off, table, blocksize, bias, out, stream);
-        case 3: return launch<DT, 3>(A, N, K, B, absmax, a8, code2, off, table, blocksize, bias, out, stream);
-        case 4: return launch<DT, 4>(A, N, K, B, absmax, a8, code2, off, table, blocksize, bias, out, stream);
+        case 1: return launch<DT, 1>(A, N, K, B, absmax, a8, code2, off, table, bs_shift, bias, out, stream);
+        case 2: return launch<DT, 2>(A, N, K, B, absmax, a8, code2, off, table, bs_shift, bias, out, stream);
+        case 3: return launch<DT, 3>(A, N, K, B, absmax, a8, code2, off, table, bs_shift, bias, out, stream);
+        case 4: return launch<DT, 4>(A, N, K, B, absmax, a8, code2, off, table, bs_shift, bias, out, stream);
         default: return cudaErrorInvalidValue;
     }
 }
@@ -231,13 +231,16 @@ extern "C" cudaError_t kbit_gemv_4bit(const void* A, int dtype, int M, long long
                                       const float* absmax, const unsigned char* absmax_8bit, const float* absmax_code,
                                       const float* absmax_offset, const float* table, int blocksize, const void* bias,
                                       void* out, cudaStream_t stream) {
-    if (M < 1 || M > KBIT_GEMV_MAX_M || N < 0 || K < 0 || blocksize < 32) return cudaErrorInvalidValue;
+    int bs_shift = 0;  // blocksize a power of two >= 32: block indices by a shift (a 64-bit division costs ~100 instructions)
+    while ((1 << bs_shift) < blocksize && bs_shift < 30) ++bs_shift;
+    if (M < 1 || M > KBIT_GEMV_MAX_M || N < 0 || K < 0 || blocksize < 32 || (1 << bs_shift) != blocksize)
+        return cudaErrorInvalidValue;
     if (absmax_8bit != nullptr && (absmax_code == nullptr || absmax_offset == nullptr)) return cudaErrorInvalidValue;
     if (N == 0) return cudaSuccess;
     switch (dtype) {
-        case KBIT_F32: return dispatch_m<KBIT_F32>(M, A, N, K, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, blocksize, bias, out, stream);
-        case KBIT_F16: return dispatch_m<KBIT_F16>(M, A, N, K, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, blocksize, bias, out, stream);
-        case KBIT_BF16: return dispatch_m<KBIT_BF16>(M, A, N, K, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, blocksize, bias, out, stream);
+        case KBIT_F32: return dispatch_m<KBIT_F32>(M, A, N, K, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bs_shift, bias, out, stream);
+        case KBIT_F16: return dispatch_m<KBIT_F16>(M, A, N, K, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bs_shift, bias, out, stream);
+        case KBIT_BF16: return dispatch_m<KBIT_BF16>(M, A, N, K, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bs_shift, bias, out, stream);
         default: return cudaErrorInvalidValue;
     }
 }
