@@ -81,12 +81,12 @@ def _kernel_call(A, P, qs, backend: str):
     return lambda: fn(A2, B, [N, K], absmax, table, qs.blocksize, None, a8, acode, aoff)
 
 
-def _cases(device, A, W, P, qs, bqs, bnb, wbytes):
+def _cases(device, A, W, P, qs, bqs, bnb, wbytes, backends=CPU_BACKENDS):
     M, K = A.shape
     act = 2 * M * K
     cases = {"ours": (lambda: matmul_4bit(A, P, qs), wbytes + act, None)}
     if device == "cpu":
-        for b in CPU_BACKENDS:
+        for b in backends:
             cases[f"ours_{b}"] = ((lambda b=b: matmul_4bit(A, P, qs, backend=b)), wbytes + act, _kernel_call(A, P, qs, b))
     cases["dense_bf16"] = (lambda: torch.nn.functional.linear(A, W), 2 * W.numel() + act, None)
     if bnb:
@@ -125,7 +125,7 @@ def _row(name, N, K, M, public, kms, nbytes, copy):
                 pct_copy=100 * nbytes / (ms * 1e-3) / 1e9 / copy)
 
 
-def run(device: str = "cuda", shapes=None, reps: int = 20) -> pd.DataFrame:
+def run(device: str = "cuda", shapes=None, reps: int = 20, backends=CPU_BACKENDS) -> pd.DataFrame:
     import os
     bnb = _bnb()
     shapes = shapes or (GPU_SHAPES if device == "cuda" else CPU_SHAPES)
@@ -140,7 +140,7 @@ def run(device: str = "cuda", shapes=None, reps: int = 20) -> pd.DataFrame:
         wbytes = weight_bytes((N, K), 64, True)
         for M in Ms:
             A = torch.randn(M, K, device=device, dtype=torch.bfloat16, generator=g)
-            cases = _cases(device, A, W, P, qs, bqs, bnb, wbytes)
+            cases = _cases(device, A, W, P, qs, bqs, bnb, wbytes, backends)
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if device == "cpu":
@@ -181,6 +181,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None, help="CPU: torch/OpenMP threads (default: torch's)")
     ap.add_argument("--ms", default=None, help="comma-separated M values (default: the device's list)")
+    ap.add_argument("--cpu-backends", default=",".join(CPU_BACKENDS),
+                    help="forced CPU backends timed beside the default call ('' for none: numba_cpu's OpenMP "
+                         "threads spin after each call and slow whatever runs next on 2 cores)")
     args = ap.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
@@ -188,7 +191,8 @@ def main(argv=None) -> int:
     if args.ms:
         ms = tuple(int(m) for m in args.ms.split(","))
         shapes = [(shape, ms) for shape, _ in (GPU_SHAPES if args.device == "cuda" else CPU_SHAPES)]
-    df = run(args.device, shapes=shapes, reps=args.reps)
+    df = run(args.device, shapes=shapes, reps=args.reps,
+             backends=tuple(b for b in args.cpu_backends.split(",") if b))
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(df.drop(columns=["copy_gbps"]).to_string(index=False))
     if args.out:
