@@ -39,7 +39,7 @@ from . import results
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 LOCAL_REPORTS = REPORTS / "local"   # the default output: untracked (.gitignore), so a run never dirties the tree
-DEFAULT_STUDIES = ("error", "codebook_lab", "bnb_table", "parity", "speed", "optim", "outliers", "model")
+DEFAULT_STUDIES = ("error", "codebook_lab", "bnb_table", "parity", "speed", "optim", "outliers", "model", "kbit_frontier")
 
 
 @dataclass
