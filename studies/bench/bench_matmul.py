@@ -5,7 +5,8 @@
                                                                                  11008x4096; ours = auto, ours_numba_cpu,
                                                                                  ours_cython_cpu)
 
-Weights: NF4, blocksize 64, double quant, bf16 activations. Per row:
+Weights: NF4, blocksize 64, double quant, bf16 activations. ``ours_module``: ``workbench.nn.Linear4bit`` forward with
+its defaults on the same weight. Per row:
   * public_ms: event timing (median) of the public call as a user writes it
     (``workbench.matmul.matmul_4bit(A, P, qs)``, ``bitsandbytes.matmul_4bit(A, P, bqs)``, ``F.linear(A, W)``);
   * kernel_ms (CUDA): CUDA-graph replay of GRAPH_CALLS calls captured back to back, time / calls
@@ -81,10 +82,20 @@ def _kernel_call(A, P, qs, backend: str):
     return lambda: fn(A2, B, [N, K], absmax, table, qs.blocksize, None, a8, acode, aoff)
 
 
+def _module(W, A):
+    """``workbench.nn.Linear4bit`` forward with its defaults (backend auto, compute dtype = the input's), no bias,
+    quantized from W as the benchmark's weight is (NF4, blocksize 64, double quant: the same bytes)."""
+    from workbench.nn import Linear4bit
+    m = Linear4bit(W.shape[1], W.shape[0], bias=False, weight=W, quant_type="nf4", blocksize=64,
+                   compress_statistics=True)
+    return lambda: m(A)
+
+
 def _cases(device, A, W, P, qs, bqs, bnb, wbytes, backends=CPU_BACKENDS):
     M, K = A.shape
     act = 2 * M * K
-    cases = {"ours": (lambda: matmul_4bit(A, P, qs), wbytes + act, None)}
+    cases = {"ours": (lambda: matmul_4bit(A, P, qs), wbytes + act, None),
+             "ours_module": (_module(W, A), wbytes + act, None)}
     if device == "cpu":
         for b in backends:
             cases[f"ours_{b}"] = ((lambda b=b: matmul_4bit(A, P, qs, backend=b)), wbytes + act, _kernel_call(A, P, qs, b))
