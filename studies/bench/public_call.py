@@ -196,7 +196,9 @@ def main(argv=None) -> int:
         where = torch.cuda.get_device_name(0)
     os.makedirs(args.out, exist_ok=True)
     df.to_csv(os.path.join(args.out, f"public_call_{args.device}.csv"), index=False)
-    meta = {"device": where, "torch": torch.__version__, "git": os.environ.get("KBIT_GIT_REV", "unknown")}
+    from workbench.results import run_metadata
+    meta = {"device": where, "torch": torch.__version__,
+            "git": os.environ.get("KBIT_GIT_REV") or run_metadata(args.device).get("run_git") or "unknown"}
     with open(os.path.join(args.out, f"public_call_{args.device}_meta.json"), "w") as f:
         json.dump(meta, f)
     print(df.to_markdown(index=False, floatfmt=".3f"))
