@@ -153,5 +153,27 @@ def row(op: str, backend: str, n: int, t: Timing, nbytes: int | None = None, cop
     return r
 
 
+
+def graph_replay_ms(fn: Callable[[], object], calls: int = 20, reps: int = 7) -> float | None:
+    """Kernel time per call of ``fn`` on CUDA: a CUDA graph of ``calls`` back-to-back calls, captured on a side
+    stream and replayed (median of ``reps`` replays) / calls -- no launch gaps, no host time (bitsandbytes' k-bit
+    benches time so). None when the call cannot be captured."""
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for _ in range(calls):
+                    fn()
+        torch.cuda.current_stream().wait_stream(s)
+        g.replay()
+        torch.cuda.synchronize()
+        return time_fn(g.replay, "cuda", warmup=2, reps=reps).median_ms / calls
+    except Exception as e:  # noqa: BLE001  (a call that cannot be captured: no kernel time)
+        print(f"graph capture failed: {type(e).__name__}: {e}")
+        return None
+
 __all__ = ["Timing", "time_fn", "back_to_back_ms", "kernel_breakdown", "device_time", "copy_bandwidth", "gbps",
-           "tensor_bytes", "row", "asdict"]
+           "tensor_bytes", "row", "asdict", "graph_replay_ms"]

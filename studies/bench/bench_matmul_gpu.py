@@ -33,24 +33,9 @@ GRAPH_CALLS = 20
 
 
 def graph_ms(fn, calls: int = GRAPH_CALLS, reps: int = 7) -> float | None:
-    """Kernel time per call: replay of a CUDA graph of ``calls`` back-to-back calls (median of ``reps``)."""
+    """Kernel time per call: CUDA-graph replay of ``calls`` back-to-back calls (workbench.bench.graph_replay_ms)."""
     from workbench import bench
-    try:
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            fn()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                for _ in range(calls):
-                    fn()
-        torch.cuda.current_stream().wait_stream(s)
-        g.replay()
-        torch.cuda.synchronize()
-        return bench.time_fn(g.replay, "cuda", warmup=2, reps=reps).median_ms / calls
-    except Exception as e:  # noqa: BLE001  (a call that cannot be captured: no kernel time)
-        print(f"graph capture failed: {type(e).__name__}: {e}")
-        return None
+    return bench.graph_replay_ms(fn, calls, reps)
 
 
 def _bnb():
