@@ -232,6 +232,11 @@ def test_dequantizers_revalidate_a_state_changed_after_use():
         qs.blocksize = 128
         with pytest.raises(QuantInputError, match="absmax"):
             dequantize(q, qs)
+        qs.blocksize = 64
+        dequantize(q, qs)
+        qs.state2 = qs  # a nested part set by hand, nested left False: inconsistent
+        with pytest.raises(QuantInputError, match="nested"):
+            dequantize(q, qs)
 
 
 def test_each_state_owns_its_table():

@@ -166,7 +166,7 @@ def _memo_key(A: torch.Tensor, qs: QuantState, dtype, backend: str, bits: int):
     if not isinstance(am, torch.Tensor) or not isinstance(code, torch.Tensor):
         return None
     return (bits, A.numel(), A.dtype, A.device, dtype, backend, id(am), am.numel(), am.dtype, am.is_contiguous(),
-            id(code), code.numel(), code.dtype, qs.blocksize, qs.shape, qs.dtype)
+            id(code), code.numel(), code.dtype, qs.blocksize, qs.shape, qs.dtype, qs.state2 is None, qs.offset is None)
 
 
 def _prepared(A: torch.Tensor, qs: QuantState, dtype, backend: str, bits: int, prepare):
