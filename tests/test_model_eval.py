@@ -119,8 +119,9 @@ def test_model_study_tiny(ev):
     from studies import model_study
     df, figs = model_study.run(n_sentences=N_SENT, codebooks=("nf4", "fp4"), blocksizes=(64,),
                                layers=r"encoder\.layer\.5\.(output|intermediate)\.dense", bits=(2, 4),
-                               budgets=(3.0,), gptq=False, act_thresholds=(6.0,))
-    assert {"codebooks", "activations", "sensitivity", "mixed"} <= set(df["part"])
+                               budgets=(3.0,), gptq=False, act_thresholds=(6.0,),
+                               kbit=(("NF e4m4 g64", "nf{k}@64/e4m4", (3,)),))  # the full k-bit part: test_model_kbit_spec
+    assert {"codebooks", "activations", "sensitivity", "mixed", "kbit"} <= set(df["part"])
     assert df["skipped"].isna().all()
     assert {"model_metric_vs_bits", "model_layer_sensitivity", "model_mixed_precision"} <= set(figs)
     assert model_study.summarize(df) and model_study.notes(df)

@@ -73,7 +73,8 @@ def test_cuda_header_matches_python():
     assert {f"KBIT_OPT_{k}": v for k, v in _defines(text, "KBIT_OPT_").items() if k != "NK"} == _expected_ids("KBIT_OPT_")
     assert _defines(text, "KBIT_OPT_")["NK"] == W.NK
     assert {f"KBIT_K_{k}": v for k, v in _defines(text, "KBIT_K_").items()} == _expected_slots("KBIT_K_")
-    dtypes = _defines(text, "KBIT_")
+    assert '#include "kbit_dtypes.h"' in text
+    dtypes = _defines((HEADER.parent / "kbit_dtypes.h").read_text(), "KBIT_")
     assert {dtypes["F32"], dtypes["F16"], dtypes["BF16"]} == {0, 1, 2}
     assert _gpu_plan.DTYPE == {torch.float32: dtypes["F32"], torch.float16: dtypes["F16"],
                                torch.bfloat16: dtypes["BF16"]}

@@ -35,8 +35,9 @@ def lib_path(family: str, build_dir: Path | None = None) -> Path:
 
 
 def build(family: str, archs=DEFAULT_ARCHS, *, force: bool = False, verbose: bool = False,
-          build_dir: str | os.PathLike | None = None) -> Path:
-    """Compile one family if its sources are newer than the library; return the .so path."""
+          build_dir: str | os.PathLike | None = None, ptxas_opt: str = "-O3") -> Path:
+    """Compile one family if its sources are newer than the library; return the .so path. ``ptxas_opt``:
+    the device-code optimization level (``"-O0"`` only to check that a family builds: minutes faster)."""
     exe = nvcc()
     if exe is None:
         raise RuntimeError("nvcc not found on PATH; install the CUDA toolkit to build cuda_src/")
@@ -53,7 +54,7 @@ def build(family: str, archs=DEFAULT_ARCHS, *, force: bool = False, verbose: boo
         num = a.removeprefix("sm_")
         gencode += ["-gencode", f"arch=compute_{num},code=sm_{num}"]
     cmd = [exe, "-O3", "-std=c++17", "--shared", "-Xcompiler", "-fPIC", "-lineinfo", *IEEE_FLAGS, *gencode,
-           "-Xptxas=-v" if verbose else "-Xptxas=-O3", "-I", str(SRC), "-o", str(out), str(src)]
+           "-Xptxas=-v" if verbose else f"-Xptxas={ptxas_opt}", "-I", str(SRC), "-o", str(out), str(src)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"nvcc failed for {src.name}:\n{' '.join(cmd)}\n{r.stdout}\n{r.stderr}")
