@@ -80,10 +80,12 @@ def main() -> None:
         R._kernels[op]["null"] = fn
         for dt in ("bfloat16", "float16", "uint8"):
             R._resolved[("auto", op, "cuda", dt)] = "null"
+    s.memo = s8.memo = None  # the dequantizers remember the backend they resolved with their validation
     for name, f in ops.items():
         lines.append(f"{name:24s} null kernel {per_call_us(f):6.1f} us")
     R._resolved.clear()
     R._resolved.update(saved)
+    s.memo = s8.memo = None
     x16 = torch.randn(16, device="cuda")
     prims = {"torch.empty(2048, u8, cuda)": lambda: torch.empty(2048, dtype=torch.uint8, device="cuda"),
              "clone(16 f32)": lambda: x16.clone(),
