@@ -216,13 +216,7 @@ def figures(df: pd.DataFrame) -> dict:
                 for ax, m in zip(axes, ("one_minus_cos", "top10_overlap")):
                     ax.plot(gg["bits_per_param"], gg[m], marker="o" if not dq else "s", ms=4, label=lab,
                             ls="-" if not dq else "--", color=colors[name])
-        axes[0].set_ylabel("1 - mean embedding cosine to float (lower is better)")
-        axes[0].set_yscale("log")
-        axes[1].set_ylabel("top-10 neighbour overlap")
-        for ax in axes:
-            ax.set_xlabel("bits per parameter (code bits + block scales)")
-            ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=7, ncol=2)
+        _label_metric_axes(axes, "bits per parameter (code bits + block scales)", legend_size=7)
         fig.suptitle("all-MiniLM-L6-v2, every Linear quantized (blocksizes 256 / 128 / 64 from left)")
         fig.tight_layout()
         figs["model_metric_vs_bits"] = fig
@@ -258,6 +252,17 @@ def figures(df: pd.DataFrame) -> dict:
     return figs
 
 
+def _label_metric_axes(axes, xlabel: str, legend_size: float) -> None:
+    """The two metric panels (1 - cosine, log scale; top-10 overlap) against bits per parameter."""
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("1 - mean embedding cosine to float (lower is better)")
+    axes[1].set_ylabel("top-10 neighbour overlap")
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=legend_size, ncol=2)
+
+
 def _kbit_figure(kb: pd.DataFrame):
     """Metric vs bits per parameter, one line per k-bit config, each point labelled with its K."""
     import matplotlib.pyplot as plt
@@ -274,13 +279,7 @@ def _kbit_figure(kb: pd.DataFrame):
                 for _, r in g.iterrows():
                     ax.annotate(f"K={int(r['code_bits'])}", (r["bits_per_param"], r[m]), fontsize=6,
                                 xytext=(3, 3), textcoords="offset points")
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("1 - mean embedding cosine to float (lower is better)")
-    axes[1].set_ylabel("top-10 neighbour overlap")
-    for ax in axes:
-        ax.set_xlabel("bits per parameter (codes + scales + zero points)")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=6.5, ncol=2)
+    _label_metric_axes(axes, "bits per parameter (codes + scales + zero points)", legend_size=6.5)
     fig.suptitle("all-MiniLM-L6-v2, every Linear quantized: k-bit codes, scale formats, groups, rotation, affine")
     fig.tight_layout()
     return fig
