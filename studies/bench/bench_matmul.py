@@ -158,15 +158,21 @@ def run(device: str = "cuda", shapes=None, reps: int = 20, backends=CPU_BACKENDS
             rows += new
     df = pd.DataFrame(rows)
     df["load_start"], df["load_end"] = load_start, os.getloadavg()[0]
+    return speedups(df, ("dense_bf16", "bnb"), "speedup_vs_{other}_{what}")
+
+
+def speedups(df: pd.DataFrame, others, column: str) -> pd.DataFrame:
+    """On ours' rows, their time / ours per (shape, M), public and kernel, for each impl in ``others``; the
+    column name is ``column`` formatted with ``other`` and ``what`` ('public' or 'kernel')."""
     for (N, K, M), grp in df.groupby(["N", "K", "M"]):
         ours = grp[grp.impl == "ours"]
-        for other in ("dense_bf16", "bnb"):
+        for other in others:
             o = grp[grp.impl == other]
             if len(ours) and len(o):
                 for col in ("public_ms", "kernel_ms"):
                     a, b = ours[col].iloc[0], o[col].iloc[0]
                     if a and b and a == a and b == b:
-                        df.loc[ours.index, f"speedup_vs_{other}_{col.split('_')[0]}"] = b / a
+                        df.loc[ours.index, column.format(other=other, what=col.split("_")[0])] = b / a
     return df
 
 

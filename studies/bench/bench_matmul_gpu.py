@@ -114,16 +114,8 @@ def run(shapes=SHAPES, ms=MS, reps: int = 20) -> pd.DataFrame:
 
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
     """ours' kernel (and public) time against cuBLAS bf16 and bitsandbytes on the same (shape, M)."""
-    for (N, K, M), grp in df.groupby(["N", "K", "M"]):
-        ours = grp[grp.impl == "ours"]
-        for other in ("cublas_bf16", "bnb"):
-            o = grp[grp.impl == other]
-            if len(ours) and len(o):
-                for col in ("kernel_ms", "public_ms"):
-                    a, b = ours[col].iloc[0], o[col].iloc[0]
-                    if a and b and a == a and b == b:
-                        df.loc[ours.index, f"x_{other}_{col.split('_')[0]}"] = b / a
-    return df
+    from .bench_matmul import speedups as ratios
+    return ratios(df, ("cublas_bf16", "bnb"), "x_{other}_{what}")
 
 
 def table_md(df: pd.DataFrame) -> str:
