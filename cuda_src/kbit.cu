@@ -1,8 +1,16 @@
 // k-bit family (issue 19): quantize/dequantize with K = 2..8, bit-plane or dense packing, six scale formats.
-// A first, simple and exact version: one thread per quantization block for the absmax and the scales, one
-// thread per 32-element group for codes + packing, one thread per element for dequantization. Same helpers
-// as workbench/_native/kbit_cpu.pyx; IEEE float32 (cuda_build: -fmad=false, IEEE division), rintf = round
-// half to even, floor(log2) from the float's bits. Speed work (warp ballots, vector loads) comes later.
+// Rules: workbench/backends/reference/kbit.py, bit for bit (the same helpers as workbench/_native/kbit_cpu.pyx):
+// IEEE float32 (cuda_build: -fmad=false, IEEE division), rintf = round half to even, floor(log2) from the bits.
+//
+// Quantize, blocksize 16 or a multiple of 32 (every power of two, 96, 384, most rows): one fused pass, one warp
+// per unit of max(blocksize, 32) elements, a lane per element. The block absmax is a shuffle reduction, every
+// lane encodes the scale itself (cheaper than a broadcast), and the 32 codes of a group are packed in
+// registers: a ballot per bit plane, or an OR-reduction per word of the dense stream. Blocks of up to 256
+// elements stay in registers; longer ones are read twice (the second read hits L1/L2). e4m3 needs the tensor
+// max before any scale, so it runs one reduction pass first. Any other blocksize takes the simple path
+// (a thread per block for the absmax, a lane per element for the codes).
+// Dequantize: a thread per 4 elements (one 8- or 16-byte store), the scale decoded in the kernel.
+// Every quantize path also raises a non-finite flag: the public API refuses NaN/Inf without its own pass.
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -77,119 +85,316 @@ KK float kk_load(const void* x, int kind, long long i) {
     uint16_t u = ((const uint16_t*)x)[i];
     return kind == 1 ? kk_bits_f32((uint32_t)u << 16) : __half2float(__ushort_as_half(u));
 }
-KK void kk_store(void* out, int kind, long long i, float v) {
-    if (kind == 0) ((float*)out)[i] = v;
-    else if (kind == 1) ((__nv_bfloat16*)out)[i] = __float2bfloat16_rn(v);
-    else ((__half*)out)[i] = __float2half_rn(v);
+KK uint16_t kk_half_bits(int kind, float v) {
+    return kind == 1 ? __bfloat16_as_ushort(__float2bfloat16_rn(v)) : __half_as_ushort(__float2half_rn(v));
 }
-KK long long kk_nearest(float s, const float* cb, long long m) {
-    long long lo = 0, hi = m;
-    while (lo < hi) { long long mid = (lo + hi) >> 1; if (cb[mid] <= s) lo = mid + 1; else hi = mid; }
+KK bool kk_nonfinite(float v) { return (kk_f32_bits(v) & 0x7F800000u) == 0x7F800000u; }
+
+// The stored scale: fp32 as its float, fp16/bf16 as 16 bits, the one-byte formats as a byte.
+KK void kk_store_scale(void* scales, int fmt, long long b, long long bits) {
+    if (fmt == 0) ((uint32_t*)scales)[b] = (uint32_t)bits;
+    else if (fmt <= 2) ((uint16_t*)scales)[b] = (uint16_t)bits;
+    else ((uint8_t*)scales)[b] = (uint8_t)bits;
+}
+KK long long kk_load_scale(const void* scales, int fmt, long long b) {
+    if (fmt == 0) return ((const uint32_t*)scales)[b];
+    if (fmt <= 2) return ((const uint16_t*)scales)[b];
+    return ((const uint8_t*)scales)[b];
+}
+// e4m3's tensor scale from the max |x| (its float bits; every |x| >= 0 orders as an unsigned integer).
+KK float kk_tensor_scale(int fmt, const uint32_t* gmax) {
+    if (fmt != 5) return 1.0f;
+    float g = kk_bits_f32(*gmax);
+    return g > 0.0f ? __fdiv_rn(g, 448.0f) : 1.0f;
+}
+// The divisor q of a block with absmax a (sets its stored scale bits).
+KK float kk_divisor(float a, int fmt, long long emax, int codes_decoded, float ts, long long* bits) {
+    long long e = kk_encode(a, fmt, emax, ts);
+    float d = kk_decode(e, fmt, ts);
+    *bits = e;
+    float base = codes_decoded ? d : a;
+    return fmt == 4 ? d : (base > 1e-8f ? base : 1e-8f);
+}
+// Nearest entry of the sorted table c[0..m-1] (m = 2^k), the lowest index on ties.
+KK int kk_nearest_pow2(float s, const float* c, int m) {
+    int lo = 0;                                   // count of entries <= s, branch-free
+    for (int half = m >> 1; half > 0; half >>= 1) lo += c[lo + half - 1] <= s ? half : 0;
     if (lo == 0) return 0;
-    if (lo < m && fabsf(__fsub_rn(cb[lo], s)) < fabsf(__fsub_rn(s, cb[lo - 1]))) return lo;
-    long long j = lo - 1;
-    float d = fabsf(__fsub_rn(s, cb[j]));
-    while (j > 0 && fabsf(__fsub_rn(s, cb[j - 1])) == d) j--;
+    if (lo < m && fabsf(__fsub_rn(c[lo], s)) < fabsf(__fsub_rn(s, c[lo - 1]))) return lo;
+    int j = lo - 1;
+    float d = fabsf(__fsub_rn(s, c[j]));
+    while (j > 0 && fabsf(__fsub_rn(s, c[j - 1])) == d) j--;
     return j;
 }
 
-__global__ void kk_absmax_kernel(const void* x, int kind, long long n, int bs, long long nb, float* absmax) {
+KK uint32_t kk_warp_or(uint32_t v) {
+#if __CUDA_ARCH__ >= 800
+    return __reduce_or_sync(0xFFFFFFFFu, v);
+#else
+    for (int o = 16; o > 0; o >>= 1) v |= __shfl_xor_sync(0xFFFFFFFFu, v, o);
+    return v;
+#endif
+}
+
+// The k words of the 32-element group starting at element 32g, written by lanes 0..k-1 (code: this lane's).
+KK void kk_pack_group(uint32_t code, int lane, int k, int layout, long long g, uint32_t* out, long long nw) {
+    uint32_t mine = 0;
+    if (layout == 0) {
+        for (int b = 0; b < k; b++) {
+            uint32_t w = __ballot_sync(0xFFFFFFFFu, (code >> b) & 1u);
+            if (lane == b) mine = w;
+        }
+    } else {                                      // the group's 32k stream bits are exactly words g*k .. g*k+k-1
+        int p = lane * k, wi = p >> 5, sh = p & 31;
+        uint32_t lo = code << sh, hi = sh + k > 32 ? code >> (32 - sh) : 0u;
+        for (int j = 0; j < k; j++) {
+            uint32_t w = kk_warp_or((wi == j ? lo : 0u) | (wi + 1 == j ? hi : 0u));
+            if (lane == j) mine = w;
+        }
+    }
+    long long w = g * k + lane;
+    if (lane < k && w < nw) out[w] = mine;
+}
+
+// One warp per unit of U = max(bs, 32) elements; bs == 16 or bs % 32 == 0. CH > 0: the unit's CH chunks of 32
+// stay in registers (bs == 32 * CH, or 16 with CH = 1); CH == 0: any multiple of 32, read twice.
+template <int CH>
+__global__ void __launch_bounds__(256) kk_quantize_warp_kernel(
+        const void* x, int kind, long long n, int bs, const float* cb, int m, int k, int layout, int fmt,
+        long long emax, int codes_decoded, const uint32_t* gmax, void* scales, float* ts_out, uint32_t* out,
+        long long nw, int* nonfinite) {
+    __shared__ float c[256];
+    for (int j = threadIdx.x; j < m; j += blockDim.x) c[j] = cb[j];
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const long long U = bs < 32 ? 32 : bs, units = (n + U - 1) / U;
+    const int chunks = (int)(U / 32), W = bs < 32 ? bs : 32;
+    const float ts = kk_tensor_scale(fmt, gmax);
+    if (fmt == 5 && blockIdx.x == 0 && threadIdx.x == 0) ts_out[0] = ts;
+    const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+    bool bad = false;
+    for (long long u = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); u < units; u += warps) {
+        const long long base = u * U;
+        float v[CH > 0 ? CH : 1];
+        float am = 0.0f;
+        for (int ch = 0; ch < chunks; ch++) {      // absmax; NaN never wins a '>' (the spec's sequential max)
+            long long i = base + ch * 32 + lane;
+            float xv = i < n ? kk_load(x, kind, i) : 0.0f;
+            if (CH > 0) {
+#pragma unroll
+                for (int r = 0; r < (CH > 0 ? CH : 1); r++) if (r == ch) v[r] = xv;
+            }
+            bad |= kk_nonfinite(xv);
+            float a = fabsf(xv);
+            am = a > am ? a : am;
+        }
+        for (int o = W >> 1; o > 0; o >>= 1) {
+            float t = __shfl_xor_sync(0xFFFFFFFFu, am, o);
+            am = t > am ? t : am;
+        }
+        long long sbits;
+        const float q = kk_divisor(am, fmt, emax, codes_decoded, ts, &sbits);
+        const long long blk = bs < 32 ? u * 2 + (lane >> 4) : u;
+        if ((lane & (W - 1)) == 0 && blk * bs < n) kk_store_scale(scales, fmt, blk, sbits);
+        for (int ch = 0; ch < chunks; ch++) {
+            long long i0 = base + ch * 32;
+            if (i0 >= n) break;                    // warp-uniform
+            long long i = i0 + lane;
+            float xv = 0.0f;
+            if (CH > 0) {
+#pragma unroll
+                for (int r = 0; r < (CH > 0 ? CH : 1); r++) if (r == ch) xv = v[r];
+            } else if (i < n) {
+                xv = kk_load(x, kind, i);
+            }
+            uint32_t code = i < n ? (uint32_t)kk_nearest_pow2(__fdiv_rn(xv, q), c, m) : 0u;
+            kk_pack_group(code, lane, k, layout, i0 >> 5, out, nw);
+        }
+    }
+    if (bad) *nonfinite = 1;
+}
+
+__global__ void kk_write_ts_kernel(const uint32_t* gmax, float* ts) { ts[0] = kk_tensor_scale(5, gmax); }
+
+// max |x| over the tensor (NaN ignored) for e4m3's tensor scale, and the non-finite flag.
+__global__ void __launch_bounds__(256) kk_tensor_max_kernel(const void* x, int kind, long long n, uint32_t* gmax,
+                                                            int* nonfinite) {
+    float am = 0.0f;
+    bool bad = false;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        float xv = kk_load(x, kind, i), a = fabsf(xv);
+        bad |= kk_nonfinite(xv);
+        am = a > am ? a : am;
+    }
+    for (int o = 16; o > 0; o >>= 1) { float t = __shfl_xor_sync(0xFFFFFFFFu, am, o); am = t > am ? t : am; }
+    if ((threadIdx.x & 31) == 0) atomicMax(gmax, kk_f32_bits(am));
+    if (bad) *nonfinite = 1;
+}
+
+// The simple path for any other blocksize: a thread per block for absmax + scale, a lane per element for codes.
+__global__ void kk_absmax_kernel(const void* x, int kind, long long n, int bs, long long nb, int fmt, long long emax,
+                                 int codes_decoded, const uint32_t* gmax, void* scales, float* q, int* nonfinite) {
     long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= nb) return;
     long long start = b * bs, end = start + bs < n ? start + bs : n;
     float am = 0.0f;
-    for (long long i = start; i < end; i++) { float v = fabsf(kk_load(x, kind, i)); am = v > am ? v : am; }
-    absmax[b] = am;
-}
-
-__global__ void kk_tensor_scale_kernel(const float* absmax, long long nb, int fmt, float* ts) {
-    __shared__ float red[1024];
-    float g = 0.0f;
-    for (long long b = threadIdx.x; b < nb; b += blockDim.x) g = absmax[b] > g ? absmax[b] : g;
-    red[threadIdx.x] = g;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) red[threadIdx.x] = red[threadIdx.x + s] > red[threadIdx.x] ? red[threadIdx.x + s] : red[threadIdx.x];
-        __syncthreads();
+    bool bad = false;
+    for (long long i = start; i < end; i++) {
+        float xv = kk_load(x, kind, i), a = fabsf(xv);
+        bad |= kk_nonfinite(xv);
+        am = a > am ? a : am;
     }
-    if (threadIdx.x == 0) ts[0] = (fmt == 5 && red[0] > 0.0f) ? __fdiv_rn(red[0], 448.0f) : 1.0f;
+    long long sbits;
+    q[b] = kk_divisor(am, fmt, emax, codes_decoded, kk_tensor_scale(fmt, gmax), &sbits);
+    kk_store_scale(scales, fmt, b, sbits);
+    if (bad) *nonfinite = 1;
 }
 
-__global__ void kk_encode_kernel(const float* absmax, long long nb, int fmt, long long emax, int codes_decoded,
-                                 const float* ts, uint32_t* bits, float* D, float* q) {
-    long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= nb) return;
-    float a = absmax[b], t = ts[0];
-    long long e = kk_encode(a, fmt, emax, t);
-    float d = kk_decode(e, fmt, t);
-    bits[b] = (uint32_t)e;
-    D[b] = d;
-    float base = codes_decoded ? d : a;
-    q[b] = fmt == 4 ? d : (base > 1e-8f ? base : 1e-8f);
+__global__ void __launch_bounds__(256) kk_codes_kernel(const void* x, int kind, long long n, int bs, const float* q,
+                                                       const float* cb, int m, int k, int layout, uint32_t* out,
+                                                       long long nw) {
+    __shared__ float c[256];
+    for (int j = threadIdx.x; j < m; j += blockDim.x) c[j] = cb[j];
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const long long groups = (n + 31) / 32, warps = (long long)gridDim.x * (blockDim.x >> 5);
+    for (long long g = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); g < groups; g += warps) {
+        long long i = g * 32 + lane;
+        uint32_t code = i < n ? (uint32_t)kk_nearest_pow2(__fdiv_rn(kk_load(x, kind, i), q[i / bs]), c, m) : 0u;
+        kk_pack_group(code, lane, k, layout, g, out, nw);
+    }
 }
 
-__global__ void kk_decode_kernel(const uint32_t* bits, long long nb, int fmt, const float* ts, float* D) {
-    long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (b < nb) D[b] = kk_decode(bits[b], fmt, ts ? ts[0] : 1.0f);
-}
-
-__global__ void kk_quantize_kernel(const void* x, int kind, long long n, int bs, const float* q, const float* cb,
-                                   int m, int k, int layout, uint32_t* out, long long nw) {
-    long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (g >= (n + 31) / 32) return;
-    unsigned long long words[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-    long long base = g * 32;
-    for (int j = 0; j < 32; j++) {
-        long long i = base + j;
-        long long c = i < n ? kk_nearest(__fdiv_rn(kk_load(x, kind, i), q[i / bs]), cb, m) : 0;
+// Dequantize: thread t writes elements 4t .. 4t+3 (one group's bits; one block's scale when bs % 4 == 0).
+__global__ void __launch_bounds__(256) kk_dequantize_kernel(
+        const uint32_t* words, long long nw, long long n, int k, int layout, int bs, int bs_shift,
+        const void* scales, int fmt, const float* ts_p, const float* cb, int m, int kind, void* out) {
+    __shared__ float c[256];
+    for (int j = threadIdx.x; j < m; j += blockDim.x) c[j] = cb[j];
+    __syncthreads();
+    const float ts = ts_p ? ts_p[0] : 1.0f;
+    const long long quads = (n + 3) / 4;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < quads; t += (long long)gridDim.x * blockDim.x) {
+        const long long i0 = t * 4;
+        uint32_t codes[4];
         if (layout == 0) {
-            for (int b = 0; b < k; b++) words[b] |= (unsigned long long)((c >> b) & 1) << j;
+            const int j = (int)(i0 & 31);
+            const uint32_t* w = words + (i0 >> 5) * k;
+            codes[0] = codes[1] = codes[2] = codes[3] = 0u;
+            for (int b = 0; b < k; b++) {
+                uint32_t wb = w[b] >> j;
+#pragma unroll
+                for (int e = 0; e < 4; e++) codes[e] |= ((wb >> e) & 1u) << b;
+            }
         } else {
-            int p = j * k, wi = p >> 5;
-            unsigned long long v = (unsigned long long)c << (p & 31);
-            words[wi] |= v & 0xFFFFFFFFull;
-            words[wi + 1] |= v >> 32;
+            long long p = i0 * k, wi = p >> 5;
+            unsigned long long both = words[wi] | (wi + 1 < nw ? (unsigned long long)words[wi + 1] << 32 : 0ull);
+            both >>= (p & 31);
+            const uint32_t mask = (1u << k) - 1u;
+#pragma unroll
+            for (int e = 0; e < 4; e++) codes[e] = (uint32_t)(both >> (e * k)) & mask;
+        }
+        float vals[4];
+        if ((bs & 3) == 0) {                       // all four in one block
+            long long b = bs_shift >= 0 ? i0 >> bs_shift : i0 / bs;
+            float d = kk_decode(kk_load_scale(scales, fmt, b), fmt, ts);
+#pragma unroll
+            for (int e = 0; e < 4; e++) vals[e] = __fmul_rn(c[codes[e]], d);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                long long i = i0 + e < n ? i0 + e : n - 1;
+                long long b = bs_shift >= 0 ? i >> bs_shift : i / bs;
+                vals[e] = __fmul_rn(c[codes[e]], kk_decode(kk_load_scale(scales, fmt, b), fmt, ts));
+            }
+        }
+        if (i0 + 4 <= n) {
+            if (kind == 0) {
+                *(float4*)((float*)out + i0) = make_float4(vals[0], vals[1], vals[2], vals[3]);
+            } else {
+                uint2 h;
+                h.x = (uint32_t)kk_half_bits(kind, vals[0]) | ((uint32_t)kk_half_bits(kind, vals[1]) << 16);
+                h.y = (uint32_t)kk_half_bits(kind, vals[2]) | ((uint32_t)kk_half_bits(kind, vals[3]) << 16);
+                *(uint2*)((uint16_t*)out + i0) = h;
+            }
+        } else {
+            for (int e = 0; i0 + e < n; e++) {
+                if (kind == 0) ((float*)out)[i0 + e] = vals[e];
+                else ((uint16_t*)out)[i0 + e] = kk_half_bits(kind, vals[e]);
+            }
         }
     }
-    for (int b = 0; b < k; b++) { long long w = g * k + b; if (w < nw) out[w] = (uint32_t)words[b]; }
 }
 
-__global__ void kk_dequantize_kernel(const uint32_t* words, long long nw, long long n, int k, int layout, int bs,
-                                     const float* D, const float* cb, int kind, void* out) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    long long g = i / 32;
-    int j = (int)(i % 32);
-    long long c = 0;
-    if (layout == 0) {
-        for (int b = 0; b < k; b++) c |= (long long)((words[g * k + b] >> j) & 1u) << b;
-    } else {
-        long long p = i * k, wi = p >> 5;
-        unsigned long long both = words[wi] | (wi + 1 < nw ? (unsigned long long)words[wi + 1] << 32 : 0ull);
-        c = (long long)((both >> (p & 31)) & ((1ull << k) - 1));
+static int sm_count() {
+    static int sms = 0;
+    if (!sms) {
+        int dev = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        if (sms <= 0) sms = 1;
     }
-    kk_store(out, kind, i, __fmul_rn(cb[c], D[i / bs]));
+    return sms;
 }
-
-static unsigned grid(long long n, int threads) { return (unsigned)((n + threads - 1) / threads); }
+// Grid-stride grids: enough CTAs to fill the GPU many times over, never more than the work.
+static unsigned grid_for(long long items, int per_cta) {
+    long long g = (items + per_cta - 1) / per_cta, cap = (long long)sm_count() * 64;
+    return (unsigned)(g < 1 ? 1 : (g < cap ? g : cap));
+}
 
 extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int blocksize, const float* cb, int m, int k,
-                                  int layout, int fmt, int emax, int codes_decoded, float* absmax, uint32_t* bits,
-                                  float* D, float* q, float* ts, uint32_t* out, long long nw, void* stream) {
+                                  int layout, int fmt, int emax, int codes_decoded, void* scales, float* ts,
+                                  uint32_t* out, long long nw, int* nonfinite, float* scratch, void* stream) {
     cudaStream_t s = (cudaStream_t)stream;
-    long long nb = (n + blocksize - 1) / blocksize, groups = (n + 31) / 32;
-    kk_absmax_kernel<<<grid(nb, 256), 256, 0, s>>>(x, kind, n, blocksize, nb, absmax);
-    kk_tensor_scale_kernel<<<1, 1024, 0, s>>>(absmax, nb, fmt, ts);
-    kk_encode_kernel<<<grid(nb, 256), 256, 0, s>>>(absmax, nb, fmt, emax, codes_decoded, ts, bits, D, q);
-    kk_quantize_kernel<<<grid(groups, 128), 128, 0, s>>>(x, kind, n, blocksize, q, cb, m, k, layout, out, nw);
+    cudaError_t err = cudaMemsetAsync(nonfinite, 0, sizeof(int), s);
+    if (err != cudaSuccess) return (int)err;
+    uint32_t* gmax = (uint32_t*)scratch;         // scratch[0]; the simple path's q[nb] follows
+    if (fmt == 5) {
+        if ((err = cudaMemsetAsync(gmax, 0, sizeof(uint32_t), s)) != cudaSuccess) return (int)err;
+        kk_tensor_max_kernel<<<grid_for(n, 256), 256, 0, s>>>(x, kind, n, gmax, nonfinite);
+    }
+    if (blocksize == 16 || blocksize % 32 == 0) {
+        long long U = blocksize < 32 ? 32 : blocksize, units = (n + U - 1) / U;
+        unsigned g = grid_for(units, 8);
+        switch (blocksize) {
+        case 16: case 32:
+            kk_quantize_warp_kernel<1><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, emax,
+                                                        codes_decoded, gmax, scales, ts, out, nw, nonfinite);
+            break;
+        case 64:
+            kk_quantize_warp_kernel<2><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, emax,
+                                                        codes_decoded, gmax, scales, ts, out, nw, nonfinite);
+            break;
+        case 128:
+            kk_quantize_warp_kernel<4><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, emax,
+                                                        codes_decoded, gmax, scales, ts, out, nw, nonfinite);
+            break;
+        case 256:
+            kk_quantize_warp_kernel<8><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, emax,
+                                                        codes_decoded, gmax, scales, ts, out, nw, nonfinite);
+            break;
+        default:
+            kk_quantize_warp_kernel<0><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, emax,
+                                                        codes_decoded, gmax, scales, ts, out, nw, nonfinite);
+        }
+    } else {
+        long long nb = (n + blocksize - 1) / blocksize;
+        float* q = scratch + 1;
+        kk_absmax_kernel<<<(unsigned)((nb + 255) / 256), 256, 0, s>>>(x, kind, n, blocksize, nb, fmt, emax,
+                                                                      codes_decoded, gmax, scales, q, nonfinite);
+        kk_codes_kernel<<<grid_for((n + 31) / 32, 8), 256, 0, s>>>(x, kind, n, blocksize, q, cb, m, k, layout, out, nw);
+        if (fmt == 5) kk_write_ts_kernel<<<1, 1, 0, s>>>(gmax, ts);
+    }
     return (int)cudaGetLastError();
 }
 
 extern "C" int kbit_kbit_dequantize(const uint32_t* words, long long nw, long long n, int k, int layout, int blocksize,
-                                    const uint32_t* bits, long long nb, int fmt, const float* ts, const float* cb,
-                                    int kind, float* D, void* out, void* stream) {
+                                    const void* scales, int fmt, const float* ts, const float* cb, int m, int kind,
+                                    void* out, void* stream) {
     cudaStream_t s = (cudaStream_t)stream;
-    kk_decode_kernel<<<grid(nb, 256), 256, 0, s>>>(bits, nb, fmt, ts, D);
-    kk_dequantize_kernel<<<grid(n, 256), 256, 0, s>>>(words, nw, n, k, layout, blocksize, D, cb, kind, out);
+    int shift = -1;
+    if ((blocksize & (blocksize - 1)) == 0) for (shift = 0; (1 << shift) < blocksize; shift++) {}
+    kk_dequantize_kernel<<<grid_for((n + 3) / 4, 256), 256, 0, s>>>(words, nw, n, k, layout, blocksize, shift, scales,
+                                                                     fmt, ts, cb, m, kind, out);
     return (int)cudaGetLastError();
 }

@@ -10,16 +10,17 @@
 extern "C" {
 #endif
 
-/* absmax[nb], scale bits[nb], decoded D[nb], divisors q[nb], ts[1] (e4m3 tensor scale, else 1),
- * packed out[nw] (uint32 words) */
+/* scales[nb] in the format's storage (fp32: 4 bytes, fp16/bf16: 2, e4m4/e8m0/e4m3: 1), ts[1] (e4m3 tensor scale,
+ * written for fmt 5 only), packed out[nw] (uint32 words), nonfinite[1] (1 if x holds NaN/Inf, else 0),
+ * scratch: 1 float, plus nb floats when blocksize is neither 16 nor a multiple of 32. cb: m = 2^k floats. */
 int kbit_kbit_quantize(const void* x, int kind, long long n, int blocksize, const float* cb, int m, int k,
-                       int layout, int fmt, int emax, int codes_decoded, float* absmax, uint32_t* bits, float* D,
-                       float* q, float* ts, uint32_t* out, long long nw, void* stream);
+                       int layout, int fmt, int emax, int codes_decoded, void* scales, float* ts, uint32_t* out,
+                       long long nw, int* nonfinite, float* scratch, void* stream);
 
-/* D[nb] scratch (decoded scales); out[n] in kind */
+/* scales[ceil(n / blocksize)] as stored; ts: e4m3's tensor scale (NULL otherwise); out[n] in kind */
 int kbit_kbit_dequantize(const uint32_t* words, long long nw, long long n, int k, int layout, int blocksize,
-                         const uint32_t* bits, long long nb, int fmt, const float* ts, const float* cb, int kind,
-                         float* D, void* out, void* stream);
+                         const void* scales, int fmt, const float* ts, const float* cb, int m, int kind,
+                         void* out, void* stream);
 
 #ifdef __cplusplus
 }

@@ -200,8 +200,8 @@ def test_fake_shapes():
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fA = mode.from_tensor(torch.randn(1000, dtype=torch.bfloat16))
         for layout, words in (("bitplane", 32 * 3), ("dense", 94)):
-            p, s, ts = torch.ops.workbench.quantize_kbit(fA, cb, 3, 16, layout, "e4m3", "exact", "reference")
-            assert p.shape == (words,) and p.dtype == torch.int32
+            p, s, ts, flag = torch.ops.workbench.quantize_kbit(fA, cb, 3, 16, layout, "e4m3", "exact", "reference")
+            assert p.shape == (words,) and p.dtype == torch.int32 and flag.shape == (1,) and flag.dtype == torch.int32
             assert s.shape == (63,) and s.dtype == torch.uint8 and ts.shape == (1,)
             out = torch.ops.workbench.dequantize_kbit(p, s, ts, cb, 3, 16, 1000, layout, "e4m3", torch.float16,
                                                       "reference")
@@ -224,6 +224,22 @@ def test_fake_shapes():
 def test_bad_arguments_name_the_argument(kwargs, arg):
     with pytest.raises(QuantInputError, match=rf"^{arg}:"):
         K.quantize_kbit(torch.randn(64), **kwargs)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_input_raises_on_every_backend_from_the_kernel_flag(bad):
+    """The quantize kernels flag NaN/Inf in their absmax pass; the call raises, names A, and leaves A as it was."""
+    A = torch.randn(2, 288)
+    A[1, 257] = bad
+    before = A.clone()
+    for backend in CPU_BACKENDS:
+        for kw in (dict(), dict(scale_format="e4m3", blocksize=16), dict(blocksize=96), dict(rotate=64)):
+            with pytest.raises(QuantInputError, match="^A:.*non-finite"):
+                K.quantize_kbit(A, 3, backend=backend, **kw)
+            assert torch.equal(_bits(A), _bits(before))
+        flag = torch.ops.workbench.quantize_kbit(torch.randn(100), cbs.create_normal_float_codebook(3), 3, 32,
+                                                 "dense", "e4m4", "exact", backend)[3]
+        assert flag.tolist() == [0]
 
 
 def test_bad_tensors_and_states():

@@ -8,8 +8,9 @@ done here around the ops with codes against the exact absmax. The rules (codes, 
 scale format) are the reference kernel's docstring, workbench/backends/reference/kbit.py; with the
 defaults and blocksize 32 they are bitsandbytes' in-development k-bit quantizer bit for bit.
 
-Arguments are validated from metadata (no pass over the data) except the non-finite check: k-bit
-scale formats cannot carry NaN/Inf, so NaN or Inf in ``A`` raises QuantInputError (one pass).
+Arguments are validated from metadata (no pass over the data). k-bit scale formats cannot carry NaN/Inf, so NaN
+or Inf in ``A`` raises QuantInputError: the quantize kernels raise a flag in their absmax pass and the call reads
+it after the launch (one host sync on CUDA; affine groups check with a pass of their own first).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .backends.reference.kbit import LAYOUTS, SCALE_FORMATS
 from .backends.registry import resolve
 from .kbit_state import (CODES_AGAINST, DQ8, KBIT_BLOCKSIZES, PUBLIC_SCALE_FORMATS, KbitState, check_affine,
                          check_k, check_layout, check_scale_format, codebook_tensor, resolve_blocksize)
-from .validation import FLOAT_DTYPES, QuantInputError, check_dtype, check_finite, check_tensor
+from .validation import FLOAT_DTYPES, QuantInputError, check_dtype, check_finite, check_tensor, raise_if_flagged
 
 __all__ = ["quantize_kbit", "dequantize_kbit", "KbitState", "kbit_codebook_tensor", "bits_per_param",
            "frontier_rows", "KBIT_BLOCKSIZES", "SCALE_FORMATS", "LAYOUTS"]
@@ -85,7 +86,8 @@ def quantize_kbit(A: torch.Tensor, k: int = 4, codebook=None, blocksize: int | s
     if affine is not None and codebook is not None:
         raise QuantInputError(f"codebook: affine groups use the int-{k} levels 0..{2 ** k - 1}; pass codebook=None")
     cb = None if affine else kbit_codebook_tensor(codebook, k)
-    check_finite("A", A, "raise")
+    if affine:                # the affine kernels report no non-finite flag: check first (one pass)
+        check_finite("A", A, "raise")
     dev = _device(A)
     a = A.detach().reshape(-1)
     if R:                     # the rotated, zero-padded float32 tensor is what gets coded
@@ -100,8 +102,9 @@ def quantize_kbit(A: torch.Tensor, k: int = 4, codebook=None, blocksize: int | s
     else:
         name = resolve(backend, "quantize_kbit", dev, str(a.dtype).removeprefix("torch."))
         op_format = "fp32" if scale_format == DQ8 else scale_format
-        packed, scales, ts = _ops.quantize_kbit(a, cb.to(A.device), k, blocksize, layout, op_format, codes_against,
-                                                name)
+        packed, scales, ts, nonfinite = _ops.quantize_kbit(a, cb.to(A.device), k, blocksize, layout, op_format,
+                                                           codes_against, name)
+        raise_if_flagged("A", A, nonfinite)
     offset = state2 = None
     if scale_format == DQ8:   # bitsandbytes' double quantization of the fp32 absmax (workbench.ops)
         from .ops import _quantize_absmax

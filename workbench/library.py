@@ -268,12 +268,15 @@ def _quantize_kbit_fake(A, codebook, k, blocksize, layout, scale_format, codes_a
     words = _nblocks(n, 32) * k if layout == "bitplane" else _nblocks(n * k, 32)
     return (A.new_empty(words, dtype=torch.int32),
             A.new_empty(_nblocks(n, blocksize), dtype=_KBIT_SCALE_DTYPES.get(scale_format, torch.uint8)),
-            A.new_empty(1 if scale_format == "e4m3" else 0, dtype=torch.float32))
+            A.new_empty(1 if scale_format == "e4m3" else 0, dtype=torch.float32),
+            A.new_empty(1, dtype=torch.int32))
 
 
+# outputs: packed words, scales, tensor scale, and a non-finite flag int32[1] (1 if A holds NaN/Inf), which
+# the kernels raise in their absmax pass so the public API needs no pass of its own
 _declare("workbench::quantize_kbit",
          "(Tensor A, Tensor codebook, int k, int blocksize, str layout, str scale_format, str codes_against,"
-         " str backend) -> (Tensor, Tensor, Tensor)",
+         " str backend) -> (Tensor, Tensor, Tensor, Tensor)",
          _quantize_kbit, _quantize_kbit_fake)
 
 

@@ -77,6 +77,22 @@ def check_finite(name: str, t: torch.Tensor, nan_policy: str) -> None:
         raise _nonfinite_error(name, t)
 
 
+def raise_if_flagged(name: str, t: torch.Tensor, nonfinite: torch.Tensor) -> None:
+    """Raise if the kernel's non-finite flag (int32[1], 1 when ``t`` held NaN/Inf) is set. Reading it is a host
+    sync on CUDA, so ops call this after every launch; under torch.compile and during CUDA-graph capture it
+    becomes an asynchronous assert (a device-side error at run time)."""
+    if torch.compiler.is_compiling() or (nonfinite.is_cuda and torch.cuda.is_current_stream_capturing()):
+        torch._assert_async(nonfinite.reshape(()) == 0, f"{name}: non-finite values (NaN/Inf)")
+        return
+    if int(nonfinite.reshape(-1)[0]):
+        raise _nonfinite_error(name, t)
+
+
+def nonfinite_flag(t: torch.Tensor) -> torch.Tensor:
+    """int32[1] on the CPU: 1 if ``t`` holds NaN/Inf (for kernels that report no flag of their own)."""
+    return torch.tensor([0 if not t.is_floating_point() or _extremes_finite(t) else 1], dtype=torch.int32)
+
+
 def _extremes_finite(t: torch.Tensor) -> bool:
     # min and max propagate NaN and expose +-Inf, so both finite <=> every element finite;
     # aminmax makes one pass without a full-size temporary (isfinite(t).all() allocates one)

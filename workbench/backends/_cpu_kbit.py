@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ._cpu_common import alloc, as_numpy_bits, kind_of
+from ..validation import nonfinite_flag
 from .reference import kbit_affine as RA
 from .reference.kbit import nblocks, packed_words
 
@@ -67,7 +68,7 @@ def bind(K, module: str) -> dict:
         words = _empty(packed_words(n, k, layout), torch.int32)
         K.quantize_groups(x, kind, n, blocksize, q, cb, k, K.LAYOUT_IDS[layout], words.numpy().view(np.uint32))
         tensor_scale = torch.tensor([ts], dtype=torch.float32) if scale_format == "e4m3" else torch.empty(0)
-        return words, _scales_tensor(bits, scale_format), tensor_scale
+        return words, _scales_tensor(bits, scale_format), tensor_scale, nonfinite_flag(A)
 
     def dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, layout, scale_format, dtype):
         kind_of(dtype, "dtype")

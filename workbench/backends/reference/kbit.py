@@ -234,7 +234,8 @@ def unpack(packed, k, n, layout):
 # ------------------------------------------------------------------ the two ops
 
 def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against):
-    """-> (packed int32[packed_words(n, k, layout)], scales[nblocks] in the format's dtype, tensor_scale)."""
+    """-> (packed int32[packed_words(n, k, layout)], scales[nblocks] in the format's dtype, tensor_scale,
+    nonfinite int32[1]: 1 if A holds NaN/Inf; the other outputs are then undefined)."""
     a = A.reshape(-1).float()
     n = a.numel()
     cb = codebook.to(device=A.device, dtype=torch.float32)
@@ -243,7 +244,8 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
     D = decode_scales(scales, scale_format, ts)
     q = divisors(absmax, D, scale_format, codes_against)
     s = a / q.repeat_interleave(blocksize)[:n]
-    return pack(nearest_codes(s, cb), k, layout), scales, ts
+    nonfinite = (~torch.isfinite(a)).any().to(torch.int32).reshape(1)
+    return pack(nearest_codes(s, cb), k, layout), scales, ts, nonfinite
 
 
 def dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, layout, scale_format, dtype):
