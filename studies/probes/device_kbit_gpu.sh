@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One device call for issue 19's k-bit speed target: build the kbit and quant CUDA families, the k-bit GPU tests,
+# then the k-bit bench (studies/bench/bench_kbit_gpu.py) into $OUT/kbit-h200. A carried .whl/ (bitsandbytes wheel)
+# is installed when present; the bench does not need it.
+# usage (on the device, repo root): [KBIT_GIT_REV=<rev>] bash studies/probes/device_kbit_gpu.sh
+# Worst case 150 + 120 + 300 s: inside one 10-minute device call.
+export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba_cache KBIT_PROGRESS=0 MPLBACKEND=Agg
+OUT=${OUT:-out/device}; mkdir -p "$OUT/kbit-h200"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -1
+fi
+export PYTHONPATH=/tmp/site:$PWD KBIT_GIT_REV=${KBIT_GIT_REV:-$(cat .whl/GIT_REV 2>/dev/null || git rev-parse --short HEAD)}
+{ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
+  python3 -c "import torch, numba; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numba', numba.__version__)"
+  echo "git $KBIT_GIT_REV"; } | tee "$OUT/kbit-h200/device.txt"
+for f in kbit quant; do (timeout ${BUILD_TIMEOUT:-150} python3 -m workbench.cuda_build $f 2>&1 | tail -1) & done
+wait  # one nvcc per family, in parallel
+timeout ${TEST_TIMEOUT:-120} python3 -m pytest -q --tb=line -p no:cacheprovider -p no:warnings -m gpu \
+  tests/test_kbit_gpu.py > "$OUT/kbit-h200/pytest_gpu_kbit.txt" 2>&1
+grep -E "passed|failed|^FAILED|rror" "$OUT/kbit-h200/pytest_gpu_kbit.txt" | tail -15
+timeout ${BENCH_TIMEOUT:-300} python3 -m studies.bench.bench_kbit_gpu --out "$OUT/kbit-h200" ${BENCH_ARGS:-} \
+  > "$OUT/kbit-h200/bench_log.txt" 2>&1
+echo "bench exit $?"
+grep -E "^\[bench_kbit\]|skipping|MISSED|rror" "$OUT/kbit-h200/bench_log.txt" | tail -40
+tail -n 4 "$OUT/kbit-h200/bench_log.txt"
+grep -E "^\*\*Met" "$OUT/kbit-h200/kbit_speed.md" 2>/dev/null
