@@ -127,6 +127,14 @@ KK int kk_nearest_pow2(float s, const float* c, int m) {
     return j;
 }
 
+// floor(log2(max |c|)): e8m0's element emax, from the shared table (a warp reduction; every lane gets it).
+KK long long kk_codebook_emax(const float* c, int m) {
+    float g = 0.0f;
+    for (int j = threadIdx.x & 31; j < m; j += 32) g = fmaxf(g, fabsf(c[j]));
+    for (int o = 16; o > 0; o >>= 1) g = fmaxf(g, __shfl_xor_sync(0xFFFFFFFFu, g, o));
+    return kk_floor_log2(g);
+}
+
 KK uint32_t kk_warp_or(uint32_t v) {
 #if __CUDA_ARCH__ >= 800
     return __reduce_or_sync(0xFFFFFFFFu, v);
@@ -161,11 +169,12 @@ KK void kk_pack_group(uint32_t code, int lane, int k, int layout, long long g, u
 template <int CH>
 __global__ void __launch_bounds__(256) kk_quantize_warp_kernel(
         const void* x, int kind, long long n, int bs, const float* cb, int m, int k, int layout, int fmt,
-        long long emax, int codes_decoded, const uint32_t* gmax, void* scales, float* ts_out, uint32_t* out,
-        long long nw, int* nonfinite) {
+        int codes_decoded, const uint32_t* gmax, void* scales, float* ts_out, uint32_t* out, long long nw,
+        int* nonfinite) {
     __shared__ float c[256];
     for (int j = threadIdx.x; j < m; j += blockDim.x) c[j] = cb[j];
     __syncthreads();
+    const long long emax = fmt == 4 ? kk_codebook_emax(c, m) : 0;
     const int lane = threadIdx.x & 31;
     const long long U = bs < 32 ? 32 : bs, units = (n + U - 1) / U;
     const int chunks = (int)(U / 32), W = bs < 32 ? bs : 32;
@@ -232,8 +241,13 @@ __global__ void __launch_bounds__(256) kk_tensor_max_kernel(const void* x, int k
 }
 
 // The simple path for any other blocksize: a thread per block for absmax + scale, a lane per element for codes.
-__global__ void kk_absmax_kernel(const void* x, int kind, long long n, int bs, long long nb, int fmt, long long emax,
-                                 int codes_decoded, const uint32_t* gmax, void* scales, float* q, int* nonfinite) {
+__global__ void kk_absmax_kernel(const void* x, int kind, long long n, int bs, long long nb, const float* cb, int m,
+                                 int fmt, int codes_decoded, const uint32_t* gmax, void* scales, float* q,
+                                 int* nonfinite) {
+    __shared__ float c[256];
+    for (int j = threadIdx.x; j < m; j += blockDim.x) c[j] = cb[j];
+    __syncthreads();
+    const long long emax = fmt == 4 ? kk_codebook_emax(c, m) : 0;
     long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= nb) return;
     long long start = b * bs, end = start + bs < n ? start + bs : n;
@@ -343,7 +357,7 @@ static unsigned grid_for(long long items, int per_cta) {
 }
 
 extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int blocksize, const float* cb, int m, int k,
-                                  int layout, int fmt, int emax, int codes_decoded, void* scales, float* ts,
+                                  int layout, int fmt, int codes_decoded, void* scales, float* ts,
                                   uint32_t* out, long long nw, int* nonfinite, float* scratch, void* stream) {
     cudaStream_t s = (cudaStream_t)stream;
     cudaError_t err = cudaMemsetAsync(nonfinite, 0, sizeof(int), s);
@@ -358,29 +372,29 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
         unsigned g = grid_for(units, 8);
         switch (blocksize) {
         case 16: case 32:
-            kk_quantize_warp_kernel<1><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, emax,
+            kk_quantize_warp_kernel<1><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, 
                                                         codes_decoded, gmax, scales, ts, out, nw, nonfinite);
             break;
         case 64:
-            kk_quantize_warp_kernel<2><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, emax,
+            kk_quantize_warp_kernel<2><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, 
                                                         codes_decoded, gmax, scales, ts, out, nw, nonfinite);
             break;
         case 128:
-            kk_quantize_warp_kernel<4><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, emax,
+            kk_quantize_warp_kernel<4><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, 
                                                         codes_decoded, gmax, scales, ts, out, nw, nonfinite);
             break;
         case 256:
-            kk_quantize_warp_kernel<8><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, emax,
+            kk_quantize_warp_kernel<8><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, 
                                                         codes_decoded, gmax, scales, ts, out, nw, nonfinite);
             break;
         default:
-            kk_quantize_warp_kernel<0><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, emax,
+            kk_quantize_warp_kernel<0><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, 
                                                         codes_decoded, gmax, scales, ts, out, nw, nonfinite);
         }
     } else {
         long long nb = (n + blocksize - 1) / blocksize;
         float* q = scratch + 1;
-        kk_absmax_kernel<<<(unsigned)((nb + 255) / 256), 256, 0, s>>>(x, kind, n, blocksize, nb, fmt, emax,
+        kk_absmax_kernel<<<(unsigned)((nb + 255) / 256), 256, 0, s>>>(x, kind, n, blocksize, nb, cb, m, fmt,
                                                                       codes_decoded, gmax, scales, q, nonfinite);
         kk_codes_kernel<<<grid_for((n + 31) / 32, 8), 256, 0, s>>>(x, kind, n, blocksize, q, cb, m, k, layout, out, nw);
         if (fmt == 5) kk_write_ts_kernel<<<1, 1, 0, s>>>(gmax, ts);

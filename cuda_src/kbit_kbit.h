@@ -14,7 +14,7 @@ extern "C" {
  * written for fmt 5 only), packed out[nw] (uint32 words), nonfinite[1] (1 if x holds NaN/Inf, else 0),
  * scratch: 1 float, plus nb floats when blocksize is neither 16 nor a multiple of 32. cb: m = 2^k floats. */
 int kbit_kbit_quantize(const void* x, int kind, long long n, int blocksize, const float* cb, int m, int k,
-                       int layout, int fmt, int emax, int codes_decoded, void* scales, float* ts, uint32_t* out,
+                       int layout, int fmt, int codes_decoded, void* scales, float* ts, uint32_t* out,
                        long long nw, int* nonfinite, float* scratch, void* stream);
 
 /* scales[ceil(n / blocksize)] as stored; ts: e4m3's tensor scale (NULL otherwise); out[n] in kind */

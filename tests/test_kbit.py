@@ -301,3 +301,24 @@ def test_e4m4_exponent_is_exact_where_bitsandbytes_float_log2_rounds_up():
     assert R.encode_e4m4(x).tolist() == [0xEF, 0xDF, 0x8F, 0x7F, 0x4F]
     assert torch.equal(R.decode_e4m4(R.encode_e4m4(x)), x.new_tensor([15.5, 7.75, 0.2421875, 0.12109375,
                                                                         0.01513671875]).float())
+
+
+def test_codebook_cache_follows_in_place_edits_and_builds_the_default_once():
+    """The public call caches the checked codebook per device (no scipy quantiles, no host copy per call); an
+    in-place edit of the caller's tensor, or of the table a state holds, is seen on the next call."""
+    A = torch.randn(256)
+    cb = torch.linspace(-1, 1, 8)
+    _, s1 = K.quantize_kbit(A, 3, cb)
+    assert s1.codebook.data_ptr() != cb.data_ptr()            # the states never share the caller's storage
+    cb.mul_(0.5)
+    _, s2 = K.quantize_kbit(A, 3, cb)
+    assert torch.equal(s2.codebook, cb) and not torch.equal(s1.codebook, s2.codebook)
+    s2.codebook.add_(1.0)                                      # a user edits the table a state holds
+    _, s3 = K.quantize_kbit(A, 3, cb)
+    assert torch.equal(s3.codebook, cb)
+    assert K.quantize_kbit(A, 3)[1].codebook is K.quantize_kbit(A, 3)[1].codebook
+    with pytest.raises(QuantInputError, match="^codebook:"):  # a state whose table was broken after the fact
+        s4 = K.quantize_kbit(A, 3)[1]
+        p = K.quantize_kbit(A, 3)[0]
+        s4.codebook[0] = float("nan")
+        K.dequantize_kbit(p, s4)

@@ -15,6 +15,7 @@ it after the launch (one host sync on CUDA; affine groups check with a pass of t
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -24,7 +25,8 @@ from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends.reference.kbit import LAYOUTS, SCALE_FORMATS
 from .backends.registry import resolve
 from .kbit_state import (CODES_AGAINST, DQ8, KBIT_BLOCKSIZES, PUBLIC_SCALE_FORMATS, KbitState, check_affine,
-                         check_k, check_layout, check_scale_format, codebook_tensor, resolve_blocksize)
+                         check_k, check_layout, check_scale_format, codebook_tensor, remember_checked,
+                         resolve_blocksize)
 from .validation import FLOAT_DTYPES, QuantInputError, check_dtype, check_finite, check_tensor, raise_if_flagged
 
 __all__ = ["quantize_kbit", "dequantize_kbit", "KbitState", "kbit_codebook_tensor", "bits_per_param",
@@ -41,6 +43,34 @@ def kbit_codebook_tensor(codebook, k: int) -> torch.Tensor:
     if codebook is None:
         return cbs.create_normal_float_codebook(k)
     return codebook_tensor(codebook, k)
+
+
+_on_device: dict[tuple, tuple] = {}   # (codebook key, k, device) -> (weakref or None, checked tensor there)
+
+
+def _codebook_on(codebook, k: int, device: torch.device) -> torch.Tensor:
+    """The checked float32 codebook on ``device``, cached: the default normal-float codebook is built once per
+    (k, device) (its scipy quantiles cost ~0.1 ms), a name per registry generation, a tensor while unchanged.
+    The same tensor goes into every state; an in-place edit of it bumps its version and rebuilds the entry."""
+    if torch.compiler.is_compiling():
+        return kbit_codebook_tensor(codebook, k).to(device)
+    if codebook is None:
+        key = ("nf", k, device)
+    elif isinstance(codebook, str):
+        key = ("name", codebook, cbs.generation, k, device)
+    elif isinstance(codebook, torch.Tensor):
+        key = ("tensor", id(codebook), codebook._version, k, device)
+    else:                     # sequences and Codebook objects: built per call
+        return kbit_codebook_tensor(codebook, k).to(device)
+    hit = _on_device.get(key)
+    if hit is not None and (hit[0] is None or hit[0]() is codebook) and hit[2] == hit[1]._version:
+        return hit[1]
+    t = kbit_codebook_tensor(codebook, k).to(device).clone()   # never the caller's storage: states share it
+    if len(_on_device) >= 256:
+        _on_device.clear()
+    _on_device[key] = (weakref.ref(codebook) if isinstance(codebook, torch.Tensor) else None, t, t._version)
+    remember_checked(t, k)
+    return t
 
 
 def _device(t: torch.Tensor) -> str:
@@ -85,10 +115,10 @@ def quantize_kbit(A: torch.Tensor, k: int = 4, codebook=None, blocksize: int | s
                               "(its 8-bit scales exist after the codes)")
     if affine is not None and codebook is not None:
         raise QuantInputError(f"codebook: affine groups use the int-{k} levels 0..{2 ** k - 1}; pass codebook=None")
-    cb = None if affine else kbit_codebook_tensor(codebook, k)
+    dev = _device(A)
+    cb = None if affine else _codebook_on(codebook, k, A.device)
     if affine:                # the affine kernels report no non-finite flag: check first (one pass)
         check_finite("A", A, "raise")
-    dev = _device(A)
     a = A.detach().reshape(-1)
     if R:                     # the rotated, zero-padded float32 tensor is what gets coded
         a = hadamard.rotate(a, R, rotate_seed)
@@ -102,14 +132,14 @@ def quantize_kbit(A: torch.Tensor, k: int = 4, codebook=None, blocksize: int | s
     else:
         name = resolve(backend, "quantize_kbit", dev, str(a.dtype).removeprefix("torch."))
         op_format = "fp32" if scale_format == DQ8 else scale_format
-        packed, scales, ts, nonfinite = _ops.quantize_kbit(a, cb.to(A.device), k, blocksize, layout, op_format,
+        packed, scales, ts, nonfinite = _ops.quantize_kbit(a, cb, k, blocksize, layout, op_format,
                                                            codes_against, name)
         raise_if_flagged("A", A, nonfinite)
     offset = state2 = None
     if scale_format == DQ8:   # bitsandbytes' double quantization of the fp32 absmax (workbench.ops)
         from .ops import _quantize_absmax
         scales, offset, state2 = _quantize_absmax(scales, backend)
-    state = KbitState(k=k, codebook=None if cb is None else cb.to(A.device), blocksize=blocksize, layout=layout,
+    state = KbitState(k=k, codebook=cb, blocksize=blocksize, layout=layout,
                       scale_format=scale_format, codes_against=codes_against, scales=scales, tensor_scale=ts,
                       shape=A.shape, dtype=A.dtype, offset=offset, state2=state2, affine=affine, zeros=zeros,
                       rotate=R, rotate_seed=rotate_seed if R else 0)

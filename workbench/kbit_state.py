@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import weakref
+
 import torch
 
 from . import codebooks as cbs
@@ -98,7 +100,7 @@ class KbitState:
             raise QuantInputError("state.tensor_scale: e4m3 needs exactly one float32 per-tensor scale, "
                                   "other formats none")
         if self.affine is None:
-            codebook_tensor(self.codebook, self.k)
+            check_codebook(self.codebook, self.k)
         else:
             z = self.zeros
             if not isinstance(z, torch.Tensor) or z.dtype != torch.uint8 or z.numel() != nb:
@@ -174,6 +176,31 @@ def check_scale_format(fmt, blocksize, affine=None) -> str:
         raise QuantInputError(f"scale_format: {fmt!r} needs blocksize={need} "
                               f"({'MXFP4' if fmt == 'e8m0' else 'NVFP4'} scale), got blocksize={blocksize}")
     return fmt
+
+
+_checked: dict[int, tuple] = {}   # id(tensor) -> (weakref, _version, k) of codebook tensors that passed the checks
+
+
+def remember_checked(t: torch.Tensor, k: int) -> None:
+    if len(_checked) >= 512:
+        _checked.clear()
+    try:
+        _checked[id(t)] = (weakref.ref(t), t._version, k)
+    except TypeError:      # tensors that take no weak reference (fake/functional wrappers): checked every time
+        pass
+
+
+def check_codebook(t, k: int) -> None:
+    """:func:`codebook_tensor`'s checks, remembered for a tensor while it is unchanged: a CUDA codebook is not
+    copied to the host on every call (a weak reference and the version counter catch reuse and in-place edits)."""
+    if isinstance(t, torch.Tensor) and not torch.compiler.is_compiling():
+        hit = _checked.get(id(t))
+        if hit is not None and hit[0]() is t and hit[1] == t._version and hit[2] == k:
+            return
+        codebook_tensor(t, k)
+        remember_checked(t, k)
+        return
+    codebook_tensor(t, k)
 
 
 def codebook_tensor(codebook, k: int) -> torch.Tensor:

@@ -26,17 +26,12 @@ def lib() -> ctypes.CDLL:
     if _lib is None:
         L = load("kbit")
         P, I, LL = _c.c_void_p, _c.c_int, _c.c_longlong
-        L.kbit_kbit_quantize.argtypes = [P, I, LL, I, P, I, I, I, I, I, I, P, P, P, LL, P, P, P]
+        L.kbit_kbit_quantize.argtypes = [P, I, LL, I, P, I, I, I, I, I, P, P, P, LL, P, P, P]
         L.kbit_kbit_quantize.restype = I
         L.kbit_kbit_dequantize.argtypes = [P, LL, LL, I, I, I, P, I, P, P, I, I, P, P]
         L.kbit_kbit_dequantize.restype = I
         _lib = L
     return _lib
-
-
-def _floor_log2(a: float) -> int:
-    import math
-    return math.frexp(a)[1] - 1
 
 
 def _fast_path(blocksize: int) -> bool:
@@ -56,7 +51,6 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
     n = A.numel()
     nb = nblocks(n, blocksize)
     cb = _codebook(codebook, k, dev)
-    emax = _floor_log2(float(codebook.detach().abs().max()))
     scales = torch.empty(nb, dtype=SCALE_DTYPES[scale_format], device=dev)
     ts = torch.empty(1 if scale_format == "e4m3" else 0, dtype=torch.float32, device=dev)
     scratch = torch.empty(1 if _fast_path(blocksize) else 1 + nb, dtype=torch.float32, device=dev)
@@ -65,7 +59,7 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
     out = torch.empty(nw, dtype=torch.int32, device=dev)
     with on(dev):
         check(lib().kbit_kbit_quantize(ptr(A), KIND[A.dtype], n, blocksize, ptr(cb), cb.numel(), k, LAYOUT[layout],
-                                       FMT[scale_format], emax, int(codes_against == "decoded"), ptr(scales), ptr(ts),
+                                       FMT[scale_format], int(codes_against == "decoded"), ptr(scales), ptr(ts),
                                        ptr(out), nw, ptr(nonfinite), ptr(scratch), stream(dev)),
               "kbit_kbit_quantize")
     return out, scales, ts, nonfinite
