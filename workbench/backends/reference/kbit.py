@@ -137,7 +137,8 @@ def _sat(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def tensor_scale(absmax: torch.Tensor) -> torch.Tensor:
     g = absmax.amax().reshape(1) if absmax.numel() else absmax.new_zeros(1)
-    return torch.where(g > 0, g / E4M3_MAX, torch.ones_like(g))
+    # a tensor divisor: torch on CUDA turns division by a Python scalar into a reciprocal multiply (1 ulp off)
+    return torch.where(g > 0, g / torch.full_like(g, E4M3_MAX), torch.ones_like(g))
 
 
 def encode_scales(absmax: torch.Tensor, fmt: str, codebook: torch.Tensor):
