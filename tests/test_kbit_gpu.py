@@ -2,6 +2,8 @@
 reference computed on the CPU (the spec is device-independent), with poisoned outputs."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -23,9 +25,11 @@ def _bits(t):
     return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
-@pytest.mark.skipif(not status("cuda")[0], reason="cuda backend not available")
+@pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])
 @pytest.mark.parametrize("k,dtype,n,blocksize,fmt,against", CASES)
-def test_cuda_kbit_bit_exact_with_reference(monkeypatch, k, dtype, n, blocksize, fmt, against):
+def test_cuda_kbit_bit_exact_with_reference(monkeypatch, backend, k, dtype, n, blocksize, fmt, against):
+    if not status(backend)[0]:
+        pytest.skip(f"{backend} backend not available")
     real = torch.empty
 
     def poisoned(*a, **kw):
@@ -35,20 +39,20 @@ def test_cuda_kbit_bit_exact_with_reference(monkeypatch, k, dtype, n, blocksize,
         elif t.is_cuda:
             t.fill_(-1 if t.dtype != torch.uint8 else 0xAB)
         return t
-    from workbench.backends.cuda import kbit as C
+    C = importlib.import_module(f"workbench.backends.{backend}.kbit")
     monkeypatch.setattr(C.torch, "empty", poisoned)
     g = torch.Generator().manual_seed(k)
     A = (torch.randn(n, generator=g) * 4 ** torch.randn(n, generator=g)).to(dtype)
     cb = torch.sort(torch.rand(2 ** k, generator=g) * 2 - 1).values
     for layout in R.LAYOUTS:
         pr, sr = K.quantize_kbit(A, k, cb, blocksize, layout, fmt, against, backend="reference")
-        pc, sc = K.quantize_kbit(A.cuda(), k, cb, blocksize, layout, fmt, against, backend="cuda")
+        pc, sc = K.quantize_kbit(A.cuda(), k, cb, blocksize, layout, fmt, against, backend=backend)
         assert torch.equal(pc.cpu(), pr), (layout, fmt)
         assert torch.equal(_bits(sc.scales.cpu()), _bits(sr.scales))
         assert torch.equal(sc.tensor_scale.cpu(), sr.tensor_scale)
         for out_dtype in (torch.float32, torch.float16, torch.bfloat16):
             want = K.dequantize_kbit(pr, sr, dtype=out_dtype, backend="reference")
-            got = K.dequantize_kbit(pc, sc, dtype=out_dtype, backend="cuda")
+            got = K.dequantize_kbit(pc, sc, dtype=out_dtype, backend=backend)
             assert torch.equal(_bits(got.cpu()), _bits(want))
 
 

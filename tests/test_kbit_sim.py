@@ -1,0 +1,106 @@
+"""Numba CUDA k-bit kernels under the CUDA simulator (CPU, small inputs): bit for bit vs the reference.
+
+Same pattern as test_int8_sim.py: the simulator must be chosen before numba.cuda is first imported; if
+this process already holds the real numba.cuda, the file re-runs itself in a subprocess. The simulator
+runs every lane as a Python thread and every warp collective as a barrier, so inputs stay small.
+"""
+import pytest
+import torch
+
+import _cudasim  # first: selects the simulator before numba.cuda is imported
+from _cudasim import sim
+
+from workbench.backends.reference import kbit as R
+
+test_in_subprocess = _cudasim.subprocess_test(__file__)
+
+OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+CASES = [  # (k, dtype, n, blocksize, scale_format, codes_against): odd n, partial last blocks
+    (2, torch.float32, 301, 32, "e4m4", "exact"), (3, torch.bfloat16, 213, 16, "e4m3", "decoded"),
+    (4, torch.float16, 389, 96, "e8m0", "exact"), (5, torch.float32, 257, 128, "fp16", "decoded"),
+    (6, torch.bfloat16, 301, 32, "bf16", "exact"), (7, torch.float32, 150, 64, "e4m3", "exact"),
+    (8, torch.float16, 203, 128, "fp32", "exact"), (3, torch.float32, 1, 16, "e8m0", "decoded"),
+    # blocksizes neither 16 nor a multiple of 32: the two-kernel path (absmax_scales, then codes)
+    (4, torch.bfloat16, 205, 40, "e4m4", "decoded"), (5, torch.float16, 171, 24, "e4m3", "exact"),
+]
+
+
+@pytest.fixture(scope="module")
+def N():
+    _cudasim.simulator_backend()
+    from workbench.backends.numba_cuda import kbit
+    return kbit
+
+
+@pytest.fixture
+def poisoned(monkeypatch, N):
+    """Outputs the adapter allocates start as garbage (NaN / 0xAB / -1), so unwritten elements show."""
+    real = torch.empty
+
+    def empty(*a, **kw):
+        t = real(*a, **kw)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        else:
+            t.fill_(0xAB if t.dtype == torch.uint8 else -1)
+        return t
+
+    monkeypatch.setattr(N.torch, "empty", empty)
+
+
+def _bits(t):
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
+
+
+def _check(N, A, cb, k, bs, fmt, against, layouts=R.LAYOUTS):
+    n = A.numel()
+    for layout in layouts:
+        pr, sr, tr, fr = R.quantize_kbit(A, cb, k, bs, layout, fmt, against)
+        pn, sn, tn, fn = N.quantize_kbit(A, cb, k, bs, layout, fmt, against)
+        what = (k, A.dtype, n, bs, fmt, against, layout)
+        assert pn.dtype == torch.int32 and torch.equal(pn, pr), what
+        assert sn.dtype == sr.dtype and torch.equal(_bits(sn), _bits(sr)), what
+        assert torch.equal(tn, tr), what
+        assert fn.dtype == torch.int32 and fn.tolist() == [0] == fr.tolist(), what
+        for od in OUT_DTYPES:
+            want = R.dequantize_kbit(pr, sr, tr, cb, k, bs, n, layout, fmt, od)
+            got = N.dequantize_kbit(pn, sn, tn, cb, k, bs, n, layout, fmt, od)
+            assert got.dtype == od and torch.equal(_bits(got), _bits(want)), (what, od)
+
+
+@sim
+@pytest.mark.parametrize("k,dtype,n,blocksize,fmt,against", CASES)
+def test_kbit_bit_exact_with_reference(N, poisoned, k, dtype, n, blocksize, fmt, against):
+    g = torch.Generator().manual_seed(1000 * k + n)
+    A = torch.randn(n, generator=g) * 4 ** torch.randn(n, generator=g)
+    A[blocksize: 2 * blocksize] = 0                       # an all-zero block: q = 1e-8 (e8m0: 2**-127)
+    A[2 * blocksize: 3 * blocksize] *= 1e-30              # scales that underflow or go subnormal
+    cb = torch.sort(torch.rand(2 ** k, generator=g) * 2 - 1).values
+    _check(N, A.to(dtype), cb, k, blocksize, fmt, against)
+
+
+@sim
+def test_ties_and_duplicate_codebook_values(N, poisoned):
+    """s exactly on entries and midpoints, and a duplicated entry: the lowest index wins, as argmin."""
+    cb = torch.tensor([-1.0, -0.5, -0.5, 0.0, 0.25, 0.25, 0.5, 1.0])
+    vals = torch.tensor([-1.0, -0.75, -0.5, -0.25, 0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0, -0.0, 0.9, -0.6])
+    A = vals.repeat(12)[:161]
+    _check(N, A, cb, 3, 16, "fp32", "exact")
+    _check(N, A.to(torch.bfloat16), cb, 3, 96, "e4m4", "decoded", layouts=("dense",))
+    _check(N, A, cb, 3, 20, "fp32", "exact", layouts=("bitplane",))
+
+
+@sim
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # NumPy on NaN / Inf arithmetic in the simulator
+def test_nonfinite_flag(N, poisoned):
+    cb = torch.linspace(-1, 1, 8)
+    for bad, dtype, pos, fmt in ((float("nan"), torch.float32, 0, "e4m4"), (float("inf"), torch.bfloat16, 77, "e4m3"),
+                                 (float("-inf"), torch.float16, 40, "fp16"), (float("nan"), torch.float16, 89, "e8m0")):
+        A = torch.randn(90)
+        A[pos] = bad
+        fl = N.quantize_kbit(A.to(dtype), cb, 3, 32, "bitplane", fmt, "exact")[3]
+        assert fl.dtype == torch.int32 and fl.tolist() == [1], (bad, dtype, pos)
+    zeros = torch.zeros(40)
+    packed, scales, ts, fl = N.quantize_kbit(zeros, cb, 3, 16, "dense", "e4m3", "exact")
+    assert fl.tolist() == [0] and ts.tolist() == [1.0]                       # all-zero tensor: t = 1
+    assert torch.equal(packed, R.quantize_kbit(zeros, cb, 3, 16, "dense", "e4m3", "exact")[0])

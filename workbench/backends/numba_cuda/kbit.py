@@ -1,0 +1,137 @@
+"""Numba CUDA k-bit family: torch tensors in, the kernels of numba_kernels/cuda/kbit.py, torch out.
+
+Same signatures and outputs as workbench/backends/cuda/kbit.py (rules: workbench/backends/reference/kbit.py),
+plus the non-finite flag as the quantizer's 4th output. Tensors go to the kernels zero-copy on torch's current
+stream (``_launch``); no host sync (the MX emax is computed by the absmax kernel from the codebook). Under the
+simulator the backend takes CPU tensors, seen by the kernels as NumPy views.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from numba_kernels.cuda import kbit as K
+
+from ._launch import as_array, ctas_per_sm, launch
+from .quant import _kind, _sms
+from ..reference.kbit import nblocks, packed_words
+from ..registry import register_kernel
+
+_SCALE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                 "e4m4": torch.uint8, "e8m0": torch.uint8, "e4m3": torch.uint8}
+ABSMAX_CTAS_PER_SM = 8
+
+
+def _in(t: torch.Tensor):
+    """An input element array: float32, or 16-bit floats as their int16 patterns."""
+    return as_array(t if t.dtype == torch.float32 else t.view(torch.int16))
+
+
+def _bits16(t: torch.Tensor):
+    """A float array, 16-bit floats as uint16 patterns (scales and dequantized outputs)."""
+    return as_array(t.view(torch.uint16) if t.dtype in (torch.float16, torch.bfloat16) else t)
+
+
+def _words(t: torch.Tensor):
+    """Packed int32 words: the tensor on the GPU (stores truncate), unsigned NumPy in the simulator."""
+    return t if t.device.type != "cpu" else as_array(t).view(np.uint32)
+
+
+def _grid(kern, ntiles: int, dev: torch.device, default_per_sm: int = 8) -> int:
+    """Persistent CTAs: two waves of resident ones; two in the simulator (each CTA costs a thread per lane)."""
+    if dev.type == "cpu":
+        return max(1, min(ntiles, 2))
+    return max(1, min(ntiles, _sms(dev) * 2 * ctas_per_sm(kern, dev, default_per_sm)))
+
+
+def _codebook(codebook: torch.Tensor, k: int, dev) -> torch.Tensor:
+    cb = codebook.to(device=dev, dtype=torch.float32).reshape(-1).contiguous()
+    if cb.numel() != 2 ** k:     # the kernels search and index a 2**k-entry table
+        raise ValueError(f"codebook: expected {2 ** k} entries for k={k}, got {cb.numel()}")
+    return cb
+
+
+def _shift(blocksize: int) -> int:
+    """log2(blocksize) for a power of two (the kernels shift), else -1 (they divide)."""
+    return blocksize.bit_length() - 1 if blocksize & (blocksize - 1) == 0 else -1
+
+
+def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against):
+    """-> (packed int32[packed_words], scales[nblocks] in the format's dtype, tensor scale float32[1] for e4m3
+    else float32[0], nonfinite int32[1]: 1 if A holds a NaN or an Inf)."""
+    dev = A.device
+    x = A.reshape(-1).contiguous()
+    n = x.numel()
+    nb = nblocks(n, blocksize)
+    fmt = K.FMT_IDS[scale_format]
+    e4m3 = fmt == 5
+    kind = _kind(A.dtype)
+    cb = _codebook(codebook, k, dev)
+    nw = packed_words(n, k, layout)
+    out = torch.empty(nw, dtype=torch.int32, device=dev)
+    scales = torch.empty(nb, dtype=_SCALE_DTYPES[scale_format], device=dev)
+    flag = torch.zeros(1, dtype=torch.int32, device=dev)
+    ts = torch.empty(1 if e4m3 else 0, dtype=torch.float32, device=dev)
+    if n == 0:
+        return out, scales, (ts.fill_(1.0) if e4m3 else ts), flag
+    xa, sa = _in(x), _bits16(scales)
+    against = int(codes_against == "decoded")
+    fused = K.fused_path(blocksize)
+    # absmax_scales: every scale (two-kernel path), or only e4m3's tensor max before the fused kernel. The
+    # arrays only one path reads are dummies, all distinct (the simulator copies every argument back)
+    D = torch.empty(1 if fused else nb, dtype=torch.float32, device=dev)
+    q = torch.empty(1 if fused else nb, dtype=torch.float32, device=dev)
+    absmax = torch.empty(nb if e4m3 else 1, dtype=torch.float32, device=dev)
+    gmax = (torch.zeros if e4m3 else torch.empty)(1, dtype=torch.int32, device=dev)
+    if e4m3 or not fused:
+        lpb = 16 if blocksize < 32 else 32
+        kern = K.kernel("absmax", lpb)
+        ntiles = -(-nb // (K.NWARPS * (32 // lpb)))
+        launch(kern, _grid(kern, ntiles, dev, ABSMAX_CTAS_PER_SM), K.THREADS, dev, xa, kind, n, blocksize, nb,
+               ntiles, as_array(cb), cb.numel(), fmt, against, as_array(absmax), sa, as_array(D), as_array(q),
+               as_array(flag), as_array(gmax))
+    if fused:
+        kern = K.kernel("fused", k, K.LAYOUT_IDS[layout])
+        ntiles = -(-n // (K.NWARPS * max(blocksize, 32)))
+        launch(kern, _grid(kern, ntiles, dev), K.THREADS, dev, xa, kind, n, blocksize, ntiles, as_array(cb),
+               cb.numel(), fmt, against, as_array(gmax), sa, as_array(ts), _words(out), nw, as_array(flag))
+        return out, scales, ts, flag
+    if e4m3:
+        launch(K.encode_e4m3, -(-nb // K.THREADS), K.THREADS, dev, as_array(absmax), nb, as_array(gmax), against, sa,
+               as_array(D), as_array(q), as_array(ts))
+    kern = K.kernel("codes", k, K.LAYOUT_IDS[layout])
+    ntiles = -(-n // K.THREADS)
+    launch(kern, _grid(kern, ntiles, dev), K.THREADS, dev, xa, kind, n, blocksize, _shift(blocksize), as_array(q),
+           as_array(cb), ntiles, _words(out), nw)
+    return out, scales, ts, flag
+
+
+def dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, layout, scale_format, dtype):
+    dev = packed.device
+    sc = scales.reshape(-1).contiguous()
+    if sc.dtype != _SCALE_DTYPES[scale_format] or sc.numel() != nblocks(n, blocksize):
+        raise ValueError(f"scales: expected {nblocks(n, blocksize)} x {_SCALE_DTYPES[scale_format]} for "
+                         f"scale_format {scale_format!r}, got {sc.numel()} x {sc.dtype}")
+    if scale_format == "e4m3":
+        ts = tensor_scale.reshape(-1)[:1].to(dev, torch.float32).contiguous()
+        if ts.numel() != 1:
+            raise ValueError("tensor_scale: e4m3 scales need the float32 per-tensor scale")
+    else:
+        ts = torch.ones(1, dtype=torch.float32, device=dev)   # read by no format but e4m3
+    cb = _codebook(codebook, k, dev)
+    words = packed.reshape(-1).contiguous()
+    if words.numel() != packed_words(n, k, layout):
+        raise ValueError(f"packed: expected {packed_words(n, k, layout)} words, got {words.numel()}")
+    out = torch.empty(n, dtype=dtype, device=dev)
+    if n == 0:
+        return out
+    kern = K.kernel("dequant", k, K.LAYOUT_IDS[layout])
+    launch(kern, _grid(kern, -(-n // K.THREADS), dev), K.THREADS, dev, _words(words), words.numel(), n, blocksize,
+           _shift(blocksize), _bits16(sc), K.FMT_IDS[scale_format], as_array(ts), as_array(cb), _kind(dtype),
+           _bits16(out))
+    return out
+
+
+# Importing this module registers its kernels against the declarations in workbench/library.py.
+register_kernel("workbench::quantize_kbit", "numba_cuda")(quantize_kbit)
+register_kernel("workbench::dequantize_kbit", "numba_cuda")(dequantize_kbit)
