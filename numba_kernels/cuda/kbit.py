@@ -18,8 +18,9 @@ warp collective is uniform over the CTA):
   stored scale, its value D and the divisor q. For e4m3 it only writes absmax and folds it into one atomic max
   per warp (the tensor scale); ``encode_e4m3`` then encodes. With ``codes`` (a lane per element,
   ``s = x / q[i // bs]``) it is the path of any other blocksize (96 is fused; 40, 24, rows of odd length are not).
-* ``dequant`` (one factory per K and layout): a thread per element, the code gathered from its words, the scale
-  decoded from its storage bits, ``cb[code] * D`` rounded once to the output dtype.
+* ``dequant4`` (one factory per K and layout): a thread per 4 elements, the codes gathered from one set of word
+  loads, the scale decoded from its storage bits, ``cb[code] * D`` rounded once to the output dtype, one 8-byte
+  store (16-bit outputs) or two (float32).
 
 Every quantizer raises the non-finite flag (zeroed by the adapter) when it sees a NaN or an Inf; the absmax
 ignores NaN (the CPU kernels' sequential ``v > am``): a lane whose raw max of bits is above Inf's (rare) takes
@@ -41,7 +42,7 @@ import workbench._compat  # noqa: F401  (numpy shim, before any kernel compiles)
 from numba import config, cuda, float32, int32, int64, uint32, uint64
 from numba.cuda import libdevice
 
-from .quant import BF16, F32, _bf16_bits, _elem_at, _float2half_rn, _float_as_int, _half2float, _int_as_float
+from .quant import BF16, F16, F32, _bf16_bits, _elem_at, _float2half_rn, _float_as_int, _half2float, _int_as_float
 
 THREADS = 64 if config.ENABLE_CUDASIM else 256   # the simulator runs a Python thread per lane
 NWARPS = THREADS // 32
@@ -506,56 +507,105 @@ def _make_codes(k: int, layout: int):
 
 # ------------------------------------------------------------------ dequantize
 
-def _make_dequant(k: int, layout: int):
+def _make_dequant4(k: int, layout: int):
+    """A thread per 4 elements: the codes of a quad from one set of word loads, one scale decode when the
+    blocksize is a multiple of 4, one 8-byte store (16-bit outputs) or two (float32) into ``out_w`` (the first
+    n // 4 quads as uint64 words); the n % 4 last elements go to ``out_t`` (element view, disjoint)."""
     M = 1 << k
-    MASK = M - 1
+    MASK = uint64(M - 1)
+
+    @cuda.jit(device=True, inline=True)
+    def bits_of(v, kind):
+        if kind == F32:
+            return uint64(_float_as_int(v) & 0xFFFFFFFF)
+        if kind == BF16:
+            return uint64(_bf16_bits(v))
+        return uint64(_float2half_rn(v) & 0xFFFF)
 
     @cuda.jit(fastmath=False)
-    def dequant(words, nw, n, bs, shift, sc, fmt, ts_g, cb_g, kind, out):
+    def dequant4(words, nw, n, bs, shift, sc, fmt, ts_g, cb_g, kind, out_w, out_t):
         cb = cuda.shared.array(M, float32)
         tid = cuda.threadIdx.x
         for j in range(tid, M, THREADS):
             cb[j] = cb_g[j]
         cuda.syncthreads()
         ts = float32(ts_g[0])
+        quads = (n + 3) >> 2
+        full = n >> 2
+        bs4 = (bs & 3) == 0
         step = cuda.gridDim.x * THREADS
-        i = cuda.blockIdx.x * THREADS + tid
-        while i < n:
+        t = cuda.blockIdx.x * THREADS + tid
+        while t < quads:
+            i0 = t * 4
             if layout == 0:
-                base = (i >> 5) * k
-                j = uint32(i & 31)
-                c = 0
+                base = (i0 >> 5) * k
+                j = uint32(i0 & 31)
+                c0 = uint32(0)
+                c1 = uint32(0)
+                c2 = uint32(0)
+                c3 = uint32(0)
                 for b in range(k):
-                    c |= int32((uint32(words[uint64(base + b)]) >> j) & uint32(1)) << b
+                    wb = uint32(words[uint64(base + b)]) >> j
+                    c0 |= (wb & uint32(1)) << uint32(b)
+                    c1 |= ((wb >> uint32(1)) & uint32(1)) << uint32(b)
+                    c2 |= ((wb >> uint32(2)) & uint32(1)) << uint32(b)
+                    c3 |= ((wb >> uint32(3)) & uint32(1)) << uint32(b)
             else:
-                p = i * k
+                p = i0 * k
                 wi = p >> 5
-                lo = int64(uint32(words[uint64(wi)]))
-                hi = int64(uint32(words[uint64(wi + 1)])) if wi + 1 < nw else int64(0)
-                c = int32(((lo | (hi << 32)) >> (p & 31)) & MASK)
-            v = cb[uint32(c)] * _scale_value(sc, _block_of(i, bs, shift), fmt, ts)
-            if kind == F32:
-                out[uint64(i)] = v
-            elif kind == BF16:
-                out[uint64(i)] = _bf16_bits(v)
-            else:
-                out[uint64(i)] = _float2half_rn(v) & 0xFFFF
-            i += step
+                lo = uint64(uint32(words[uint64(wi)]))
+                hi = uint64(uint32(words[uint64(wi + 1)])) if wi + 1 < nw else uint64(0)
+                both = (lo | (hi << uint64(32))) >> uint64(p & 31)
+                c0 = uint32(both & MASK)
+                c1 = uint32((both >> uint64(k)) & MASK)
+                c2 = uint32((both >> uint64(2 * k)) & MASK)
+                c3 = uint32((both >> uint64(3 * k)) & MASK)
+            if bs4:
+                d = _scale_value(sc, _block_of(i0, bs, shift), fmt, ts)
+                d0 = d
+                d1 = d
+                d2 = d
+                d3 = d
+            else:                             # a block boundary may fall inside the quad
+                last = n - 1
+                d0 = _scale_value(sc, _block_of(i0, bs, shift), fmt, ts)
+                d1 = _scale_value(sc, _block_of(i0 + 1 if i0 + 1 < n else last, bs, shift), fmt, ts)
+                d2 = _scale_value(sc, _block_of(i0 + 2 if i0 + 2 < n else last, bs, shift), fmt, ts)
+                d3 = _scale_value(sc, _block_of(i0 + 3 if i0 + 3 < n else last, bs, shift), fmt, ts)
+            v0 = cb[c0] * d0
+            v1 = cb[c1] * d1
+            v2 = cb[c2] * d2
+            v3 = cb[c3] * d3
+            if t < full:
+                if kind == F32:
+                    out_w[uint64(2 * t)] = bits_of(v0, kind) | (bits_of(v1, kind) << uint64(32))
+                    out_w[uint64(2 * t + 1)] = bits_of(v2, kind) | (bits_of(v3, kind) << uint64(32))
+                else:
+                    out_w[uint64(t)] = (bits_of(v0, kind) | (bits_of(v1, kind) << uint64(16))
+                                        | (bits_of(v2, kind) << uint64(32)) | (bits_of(v3, kind) << uint64(48)))
+            else:                             # the n % 4 last elements
+                for e in range(n - i0):
+                    v = v0 if e == 0 else (v1 if e == 1 else v2)
+                    if kind == F32:
+                        out_t[e] = v
+                    else:
+                        out_t[e] = uint32(bits_of(v, kind))
+            t += step
 
-    return dequant
+    return dequant4
 
 
 _KERNELS: dict = {}
 
 
 def kernel(op: str, *key):
-    """The compiled kernel: ('absmax', lpb), ('codes' or 'fused', k, layout), ('dequant', k, layout)."""
+    """The compiled kernel: ('absmax', lpb), ('codes' or 'fused', k, layout), ('dequant4', k, layout)."""
     full = (op, *key)
     if full not in _KERNELS:
         if op in ("codes", "fused"):
             _KERNELS[("codes", *key)], _KERNELS[("fused", *key)] = _make_codes(*key)
         else:
-            _KERNELS[full] = {"absmax": _make_absmax, "dequant": _make_dequant}[op](*key)
+            _KERNELS[full] = {"absmax": _make_absmax, "dequant4": _make_dequant4}[op](*key)
     return _KERNELS[full]
 
 
@@ -564,4 +614,4 @@ def fused_path(blocksize: int) -> bool:
     return blocksize == 16 or blocksize % 32 == 0
 
 
-__all__ = ["FMT_IDS", "LAYOUT_IDS", "THREADS", "encode_e4m3", "kernel"]
+__all__ = ["BF16", "F16", "F32", "FMT_IDS", "LAYOUT_IDS", "THREADS", "encode_e4m3", "fused_path", "kernel"]

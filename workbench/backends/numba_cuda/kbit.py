@@ -13,13 +13,24 @@ import torch
 from numba_kernels.cuda import kbit as K
 
 from ._launch import as_array, ctas_per_sm, launch
-from .quant import _kind, _sms
 from ..reference.kbit import nblocks, packed_words
 from ..registry import register_kernel
 
 _SCALE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
                  "e4m4": torch.uint8, "e8m0": torch.uint8, "e4m3": torch.uint8}
+_KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
 ABSMAX_CTAS_PER_SM = 8
+
+
+def _kind(dtype) -> int:
+    try:
+        return _KIND[dtype]
+    except KeyError:
+        raise TypeError(f"dtype {dtype} not supported by numba_cuda (float32/float16/bfloat16)") from None
+
+
+def _sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _in(t: torch.Tensor):
@@ -125,10 +136,13 @@ def dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, lay
     out = torch.empty(n, dtype=dtype, device=dev)
     if n == 0:
         return out
-    kern = K.kernel("dequant", k, K.LAYOUT_IDS[layout])
-    launch(kern, _grid(kern, -(-n // K.THREADS), dev), K.THREADS, dev, _words(words), words.numel(), n, blocksize,
-           _shift(blocksize), _bits16(sc), K.FMT_IDS[scale_format], as_array(ts), as_array(cb), _kind(dtype),
-           _bits16(out))
+    full = n // 4                # quads stored as 8-byte words; the n % 4 last elements one by one
+    head = out[:4 * full].view(torch.int64)
+    out_w = head if dev.type != "cpu" else as_array(head).view(np.uint64)
+    kern = K.kernel("dequant4", k, K.LAYOUT_IDS[layout])
+    launch(kern, _grid(kern, -(-n // (4 * K.THREADS)), dev), K.THREADS, dev, _words(words), words.numel(), n,
+           blocksize, _shift(blocksize), _bits16(sc), K.FMT_IDS[scale_format], as_array(ts), as_array(cb),
+           _kind(dtype), out_w, _bits16(out[4 * full:]))
     return out
 
 
