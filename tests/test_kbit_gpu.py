@@ -80,15 +80,17 @@ def test_groups_affine_and_rotation_on_cuda_equal_the_cpu_reference():
         assert torch.equal(_bits(K.dequantize_kbit(pc, sc, backend=backend).cpu()), _bits(want)), kw
 
 
-@pytest.mark.skipif(not status("cuda")[0], reason="cuda backend not available")
+@pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])
 @pytest.mark.parametrize("k,blocksize,fmt,layout", [
     (3, 256, "e4m4", "dense"), (5, 256, "e4m3", "bitplane"), (2, 48, "fp32", "dense"), (7, 48, "e4m3", "bitplane"),
     (4, 32, "e4m4", "bitplane"), (6, 1024, "bf16", "dense")])
-def test_cuda_kbit_every_kernel_path_on_a_grid_stride_size(k, blocksize, fmt, layout):
+def test_cuda_kbit_every_kernel_path_on_a_grid_stride_size(backend, k, blocksize, fmt, layout):
     """Each quantize path of cuda_src/kbit.cu (fused warp kernel with 1, 8 or 0 register chunks, the simple path
     for blocksizes that are neither 16 nor a multiple of 32, the e4m3 tensor-max pre-pass) on a tensor large
     enough that every grid-stride loop turns more than once, with a partial last block. The oracle is the
     reference on the GPU (plain torch; its CPU twin checks it in the test above) at these sizes."""
+    if not status(backend)[0]:
+        pytest.skip(f"{backend} backend not available")
     g = torch.Generator().manual_seed(blocksize + k)
     n = 3 * 8448 * 8 * max(blocksize, 32) + 7 * blocksize // 2 + 5       # > one grid's worth of units, ragged tail
     A = ((torch.randn(n, generator=g) * 4 ** torch.randn(n, generator=g)).to(torch.bfloat16)).cuda()
@@ -96,23 +98,25 @@ def test_cuda_kbit_every_kernel_path_on_a_grid_stride_size(k, blocksize, fmt, la
     ops = torch.ops.workbench                                  # the ops take any blocksize >= 16
     cb = cb.cuda()
     want = ops.quantize_kbit(A, cb, k, blocksize, layout, fmt, "exact", "reference")
-    got = ops.quantize_kbit(A, cb, k, blocksize, layout, fmt, "exact", "cuda")
+    got = ops.quantize_kbit(A, cb, k, blocksize, layout, fmt, "exact", backend)
     for w, c in zip(want, got):
         assert torch.equal(_bits(c), _bits(w))
     for out_dtype in (torch.float32, torch.bfloat16):
         ref = ops.dequantize_kbit(*want[:3], cb, k, blocksize, n, layout, fmt, out_dtype, "reference")
-        out = ops.dequantize_kbit(*got[:3], cb, k, blocksize, n, layout, fmt, out_dtype, "cuda")
+        out = ops.dequantize_kbit(*got[:3], cb, k, blocksize, n, layout, fmt, out_dtype, backend)
         assert torch.equal(_bits(out), _bits(ref))
 
 
-@pytest.mark.skipif(not status("cuda")[0], reason="cuda backend not available")
+@pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])
 @pytest.mark.parametrize("blocksize,fmt", [(32, "e4m4"), (16, "e4m3"), (48, "fp16"), (1024, "bf16")])
-def test_cuda_kbit_nonfinite_flag_raises(blocksize, fmt):
+def test_cuda_kbit_nonfinite_flag_raises(backend, blocksize, fmt):
     from workbench.validation import QuantInputError
+    if not status(backend)[0]:
+        pytest.skip(f"{backend} backend not available")
     A = torch.randn(96 * 1000, device="cuda")
     for bad in (float("nan"), float("inf"), -float("inf")):
         B = A.clone()
         B[96 * 1000 - 5] = bad
         with pytest.raises(QuantInputError, match="^A:.*non-finite"):
-            K.quantize_kbit(B, 4, blocksize=blocksize, scale_format=fmt, backend="cuda")
-    K.quantize_kbit(A, 4, blocksize=blocksize, scale_format=fmt, backend="cuda")   # finite: no error
+            K.quantize_kbit(B, 4, blocksize=blocksize, scale_format=fmt, backend=backend)
+    K.quantize_kbit(A, 4, blocksize=blocksize, scale_format=fmt, backend=backend)   # finite: no error
