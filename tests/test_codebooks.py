@@ -170,3 +170,38 @@ def test_builtin_construction_stays_fast():
     for _ in range(200):
         cbs.Codebook("d", *(getattr(cbs.get("dynamic"), f) for f in ("table", "bounds", "bucket_codes")))
     assert (time.perf_counter() - t) / 200 < 2e-3  # validation is a few O(256) NumPy checks
+
+
+def test_kernel_tables_are_cached_per_codebook(monkeypatch):
+    """Every codebook -> kernel-table builder (workbench/codebook_tables.py) builds once per codebook
+    (and device): the second call returns the same object, another codebook gets its own table."""
+    from workbench import codebook_tables as ct
+    cpu = torch.device("cpu")
+    # fresh objects (not the registry's), so no earlier test has filled their caches
+    a = cbs.from_dict(cbs.get("dynamic").to_dict())
+    b = cbs.from_values(np.linspace(-1, 1, 256, dtype=np.float32), "linear256")
+    builders = {
+        "cpu_search_plan": lambda cb: ct.cpu_search_plan(cb),
+        "cpu_ord_lut": lambda cb: ct.cpu_ord_lut(cb),
+        "cuda_quant_arrays": lambda cb: ct.cuda_quant_arrays(cb),
+        "numba_cuda_fine": lambda cb: ct.numba_cuda_fine(cb, cpu),
+        "numba_cuda_tree": lambda cb: ct.numba_cuda_tree(cb, cpu, 8),
+        "optim_cell_plan": lambda cb: ct.optim_cell_plan(cb, cpu),
+        "bnb_table_256": lambda cb: ct.bnb_table_256(cb, cpu),
+    }
+    for name, build in builders.items():
+        first = build(a)
+        assert first is not None, name
+        assert build(a) is first, f"{name}: rebuilt on the second call"
+        assert build(b) is not first, f"{name}: another codebook got the first one's table"
+    assert {k[0] for k in a._kernel_tables} == set(builders)
+    c = cbs.from_dict(cbs.get("nf4").to_dict())
+    assert ct.numba_cuda_tree(c, cpu, 4) is not ct.numba_cuda_tree(c, cpu, 8)   # the depth is part of the key
+    # the CPU search modes are the kernels' own
+    from numba_kernels.cpu import quant as NK
+    assert (ct.LINEAR, ct.KEYLUT, ct.BSEARCH) == (NK.LINEAR, NK.KEYLUT, NK.BSEARCH)
+    # a None answer (a codebook too dense for the fine table) is cached too, not rebuilt on every call
+    calls = []
+    monkeypatch.setattr(ct, "_build_numba_cuda_fine", lambda cb, dev: calls.append(dev))
+    assert ct.numba_cuda_fine(c, cpu) is None and ct.numba_cuda_fine(c, cpu) is None
+    assert calls == [cpu]

@@ -84,7 +84,7 @@ def test_blockwise_exact(rng, backend, dtype, cbname):
 def test_dense_codebook_falls_back_to_binary_search(rng):
     """Codebook with several bounds inside one float32 16-bit cell: the key-LUT plan can't be
     used; the binary-search plan must still be exact."""
-    from workbench.backends._cpu_common import BSEARCH, search_plan
+    from workbench.codebook_tables import BSEARCH, cpu_search_plan as search_plan
     v = np.r_[np.linspace(-1, -0.5, 128), 0.5 + np.arange(127) * 1e-6, 1.0]
     cb = cbs.from_values(v, "dense")
     assert search_plan(cb).mode == BSEARCH
@@ -160,7 +160,7 @@ def test_poisoned_outputs_fully_written(rng):
     import numpy as np
     from numba_kernels.cpu import quant as NK
     from workbench._native import quant_cpu as CK
-    from workbench.backends._cpu_common import search_plan
+    from workbench.codebook_tables import cpu_search_plan as search_plan
     for dtype, kind, npdt in ((torch.float32, 0, np.float32), (torch.bfloat16, 1, np.uint16), (torch.float16, 2, np.uint16)):
         for bs, n in ((64, 64 * 37 + 5), (4096, 4096 + 33), (32, 1)):
             A = torch.randn(n, generator=rng).to(dtype)

@@ -36,6 +36,15 @@ def test_every_op_declared_once_and_found_by_grep():
                 assert backend in registered(op), (op, backend)
 
 
+def test_codebook_tables_are_built_in_one_module():
+    """Backends take their codebook -> kernel tables from workbench/codebook_tables.py (one cache
+    on the codebook), never by stashing their own entries in an object's __dict__."""
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for p in sorted((ROOT / "workbench/backends").rglob("*.py"))
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if "__dict__.setdefault" in line or re.search(r"\b(cb|codebook)\.__dict__", line)]
+    assert not offenders, offenders
+
+
 def test_registering_an_undeclared_op_fails():
     with pytest.raises(LookupError, match="not declared"):
         register_kernel("workbench::no_such_op", "reference")

@@ -57,6 +57,8 @@ class Codebook:
         _validate_codebook(self)
         # a plain attribute (not a __dict__.setdefault in tensors()): torch.compile traces the lookup
         object.__setattr__(self, "_tensor_cache", {})
+        # the kernel tables built from this codebook, all kept by workbench/codebook_tables.py
+        object.__setattr__(self, "_kernel_tables", {})
 
     @property
     def bits(self) -> int:

@@ -183,7 +183,7 @@ def update_8bit_blockwise(opt, first, skip_zeros, g, gkind, p, pkind,
                           nan1, zero1, nan2, zero2):
     """8-bit blockwise update, blocksize 256. c1/a1: state1 codes/absmax (c1b/a1b: AdEMAMix's
     second EMA), c2/a2: state2; t1/t2 the tables; (m, n, bc, kb, klo, khi, bp): search plans
-    (mode, bnd15, bucket_codes, kbound, kcode_lo, kcode_hi, bounds_pad of _cpu_common.search_plan);
+    (mode, bnd15, bucket_codes, kbound, kcode_lo, kcode_hi, bounds_pad of codebook_tables.cpu_search_plan);
     nan*/zero*: each map's codes for a non-finite block (functional.nonfinite_codes).
     Per block: dequantize into scratch, update (a branch-free loop for float32 params without
     skip_zeros), absmax, requantize."""

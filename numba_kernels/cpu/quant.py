@@ -206,7 +206,7 @@ def nonfinite_codes(buf, L, m, nan_code, zero_code, cs):
             cs[i] = nan_code if a >= EXP_MASK else zero_code
 
 
-# Search plans (built once per codebook by workbench/backends/_cpu_common.py):
+# Search plans (built once per codebook by workbench/codebook_tables.py, cpu_search_plan):
 #   LINEAR  (<= 16 buckets): count of the 15 bounds (padded with +inf) below s; branch-free.
 #   KEYLUT  (> 16 buckets): the top 16 bits of s's float32 pattern select a cell; every cell of
 #           the registered codebooks holds at most one bound, so one compare against that

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._cpu_common import alloc, as_numpy, as_numpy_bits, empty_out, nblocks, ord_lut, search_plan
+from ..codebook_tables import cpu_ord_lut, cpu_search_plan
+from ._cpu_common import alloc, as_numpy, as_numpy_bits, empty_out, nblocks
 
 def _outputs(n: int, blocksize: int, nbytes: int):
     return alloc(nbytes, torch.uint8), torch.empty(nblocks(n, blocksize), dtype=torch.float32)
@@ -21,9 +22,9 @@ def bind(K, module: str) -> dict:
 
     def quantize_blockwise(A, codebook, blocksize):
         x, kind = as_numpy_bits(A)
-        p = search_plan(codebook)
+        p = cpu_search_plan(codebook)
         codes, absmax = _outputs(A.numel(), blocksize, A.numel())
-        lut = ord_lut(codebook)
+        lut = cpu_ord_lut(codebook)
         if lut is not None:
             K.quantize_blockwise_ordlut(x, kind, blocksize, lut, codes.numpy(), absmax.numpy())
             return codes, absmax
@@ -34,7 +35,7 @@ def bind(K, module: str) -> dict:
     def quantize_blockwise_stochastic(A, codebook, blocksize, rand):
         """Rounding rule: workbench/backends/reference/quant.py (rand: float32[n] uniform [0, 1))."""
         x, kind = as_numpy_bits(A)
-        p = search_plan(codebook)
+        p = cpu_search_plan(codebook)
         r = rand.detach().reshape(-1).to(torch.float32).contiguous()
         if r.numel() != A.numel():
             raise ValueError(f"rand: expected {A.numel()} uniforms, got {r.numel()}")
@@ -50,7 +51,7 @@ def bind(K, module: str) -> dict:
 
     def quantize_4bit(A, codebook, blocksize):
         x, kind = as_numpy_bits(A)
-        p = search_plan(codebook)
+        p = cpu_search_plan(codebook)
         n = A.numel()
         packed, absmax = _outputs(n, blocksize, (n + 1) // 2)
         K.quantize_4bit(x, kind, blocksize, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code),

@@ -15,7 +15,8 @@ import weakref
 import numpy as np
 import torch
 
-from ..backends._cpu_common import as_numpy_bits, search_plan
+from ..backends._cpu_common import as_numpy_bits
+from ..codebook_tables import cpu_search_plan
 from . import functional as W
 from . import state_check as S
 
@@ -111,13 +112,13 @@ def make(K):
             c1, a1 = state1.reshape(-1).numpy(), absmax1.reshape(-1).numpy()
             c1b, a1b = _EMPTY_U, _EMPTY_F
         cb1 = W.codebook_of(qmap1)
-        pl1, nz1 = search_plan(cb1), _nonfinite(cb1)
+        pl1, nz1 = cpu_search_plan(cb1), _nonfinite(cb1)
         t1 = np.ascontiguousarray(qmap1.detach().float().cpu().numpy().reshape(-1))
         two = state2 is not None
         if two:
             c2, a2 = state2.reshape(-1).numpy(), absmax2.reshape(-1).numpy()
             cb2 = W.codebook_of(qmap2)
-            pl2, nz2 = search_plan(cb2), _nonfinite(cb2)
+            pl2, nz2 = cpu_search_plan(cb2), _nonfinite(cb2)
             t2 = np.ascontiguousarray(qmap2.detach().float().cpu().numpy().reshape(-1))
         else:
             c2, a2, pl2, t2, nz2 = _EMPTY_U, _EMPTY_F, pl1, t1, nz1

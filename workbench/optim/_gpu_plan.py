@@ -4,7 +4,8 @@
   cuda_src/kbit_optim.h), each computed in double and rounded once, from
   :func:`workbench.optim.functional.scalars`; the LAMB/LARS trust ratio is folded into UPD_MUL.
 * :func:`plan` -- a 256-entry qmap's rounding plan on its device (a :class:`Plan`), cached per qmap
-  tensor object and version (weak keys: a freed qmap's address reused by another cannot hit).
+  tensor object and version (weak keys: a freed qmap's address reused by another cannot hit); its
+  search tables are the qmap codebook's ``optim_cell_plan`` (workbench/codebook_tables.py).
   The search is the "cell plan" of numba_kernels/cuda/quant.py: for s in [-1, 1] (the kernels clamp
   first), key = float bits >> (23 - m) names a cell; ``cell[key]`` = #{bounds' < min(cell)}; at most
   2**S - 1 bounds lie inside a cell, so an S-step branch-free search over the +inf padded bounds'
@@ -17,12 +18,9 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from numba_kernels.cell_plan import cell_plan
-
-from .. import codebooks as _cb
+from ..codebook_tables import optim_cell_plan
 from ..wire import DTYPE_CODE
 from . import functional as W
 from . import state_check as S
@@ -65,14 +63,9 @@ def plan(qmap: torch.Tensor) -> Plan:
     hit = _plans.get(id(qmap))
     if hit is not None and hit[0]() is qmap and hit[1] == qmap._version:
         return hit[2]
-    cb = _cb.from_table(qmap.detach().float().cpu().numpy(), "qmap")
-    m, S, cell, bnd, codes = cell_plan(cb.bounds, cb.bucket_codes, 8, tries=(1, 2, 3), index_dtype=np.uint8)
-    dev = qmap.device
-    pl = Plan(qmap.detach().reshape(-1).float().contiguous(), torch.from_numpy(cell).to(dev),
-              torch.from_numpy(bnd).to(dev), torch.from_numpy(codes).to(dev), m, S,
-              torch.from_numpy(codes.astype(np.int32)).to(dev),
-              bool(len(cb.bucket_codes) == 256 and np.array_equal(cb.bucket_codes, np.arange(256))
-                   and float(np.max(cb.bounds)) < 1.0))
+    cp = optim_cell_plan(W.codebook_of(qmap), qmap.device)
+    pl = Plan(qmap.detach().reshape(-1).float().contiguous(), cp.cell, cp.bounds, cp.codes, cp.m, cp.S, cp.codes_i32,
+              cp.identity)
     if len(_plans) > 512:
         for key in [k for k, v in _plans.items() if v[0]() is None]:
             del _plans[key]

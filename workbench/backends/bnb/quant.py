@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...codebook_tables import bnb_table_256
 from ...codebooks import Codebook, fp4, nf4
 
 from ..registry import register_kernel
@@ -22,12 +23,6 @@ def quant_type_of(cb: Codebook) -> str:
     raise ValueError(f"codebook: bitsandbytes only quantizes 4-bit with nf4 or fp4, not {cb.name!r}")
 
 
-def _table_256(cb: Codebook, device) -> torch.Tensor:
-    if cb.size != 256 or not np.array_equal(cb.bucket_codes, np.arange(256)):
-        raise ValueError(f"codebook: bitsandbytes' 8-bit kernels need a sorted 256-entry table, not {cb.name!r}")
-    return cb.tensors(device)[0]
-
-
 def _nan_blocks_to_nan(A, absmax, blocksize):
     """bitsandbytes' native CPU 8-bit quantizer takes a NaN-skipping absmax, so a block whose only
     non-finite value is NaN gets a finite one. The backend contract (the reference, and what the
@@ -42,7 +37,7 @@ def _nan_blocks_to_nan(A, absmax, blocksize):
 
 
 def quantize_blockwise(A, codebook, blocksize):
-    codes, absmax = _ops().quantize_blockwise(A, _table_256(codebook, A.device), blocksize)
+    codes, absmax = _ops().quantize_blockwise(A, bnb_table_256(codebook, A.device), blocksize)
     return codes.reshape(-1), _nan_blocks_to_nan(A, absmax, blocksize)
 
 

@@ -1,20 +1,20 @@
 """CUDA production kernels for the quant family (cuda_src/quant.cu) behind the backend signatures.
 
 ctypes calls with device pointers on the current torch stream. The only per-call device allocations
-are the outputs: the quantizers get the codebook's bounds/bucket_codes as host arrays (the library
-builds its search table from them once per codebook and keeps the fine table on each device, <= 32 KB),
-the dequantizers read the table tensor they are given.
+are the outputs: the quantizers get the codebook's bounds/bucket_codes as host arrays (cached by
+workbench/codebook_tables.py; the library builds its search table from them once per codebook and keeps
+the fine table on each device, <= 32 KB), the dequantizers read the table tensor they are given.
 """
 from __future__ import annotations
 
 import ctypes
 
-import numpy as np
 import torch
 
 from . import check, load, on, ptr, stream
 
 from ..registry import register_kernel
+from ...codebook_tables import cuda_quant_arrays
 
 from ...wire import DTYPE_CODE
 FLAG_BNB_SCALE = 1  # KBIT_QFLAG_BNB_SCALE: bitsandbytes-CUDA scaling (parity studies only)
@@ -43,15 +43,6 @@ def lib() -> ctypes.CDLL:
     return _lib
 
 
-def _host_codebook(cb):
-    """(bounds, bucket_codes) as contiguous host arrays, cached on the codebook."""
-    cache = cb.__dict__.setdefault("_cuda_host", None)
-    if cache is None:
-        cache = (np.ascontiguousarray(cb.bounds, np.float32), np.ascontiguousarray(cb.bucket_codes, np.uint8))
-        cb.__dict__["_cuda_host"] = cache
-    return cache
-
-
 def _dtype(t: torch.Tensor) -> int:
     try:
         return DTYPE_CODE[t.dtype]
@@ -61,7 +52,7 @@ def _dtype(t: torch.Tensor) -> int:
 
 def _quantize(fn_name: str, A, codebook, blocksize, out_numel, flags: int):
     n = A.numel()
-    bounds, codes = _host_codebook(codebook)
+    bounds, codes = cuda_quant_arrays(codebook)
     out = torch.empty(out_numel, dtype=torch.uint8, device=A.device)
     absmax = torch.empty(-(-n // blocksize), dtype=torch.float32, device=A.device)
     with on(A.device):

@@ -3,7 +3,7 @@
 On a GPU: tensors go to the kernels zero-copy on torch's current stream (``_launch``), outputs
 allocated by torch. The
 codebook's fine table (or, for codebooks too dense for one, its Eytzinger tree) is uploaded once
-per (codebook, device) and cached. Under the
+per (codebook, device) and cached by workbench/codebook_tables.py. Under the
 simulator: CPU tensors, seen by the kernels as NumPy views (writes land in the torch outputs).
 """
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from numba_kernels.cell_plan import fine_plan
 from numba_kernels.cuda import quant as K
 
 from ._launch import array_values, as_array, ctas_per_sm, launch, launch_values
 
 from ..registry import register_kernel
+from ...codebook_tables import numba_cuda_fine, numba_cuda_tree
 
 # persistent quantizer CTAs per SM (5 are resident at once): kernel time at 2^28 bf16 on the H100 fell as
 # the grid grew from one wave to 16 per SM (nf4 bs64 0.406 -> 0.369 ms; reports/gpu-h100/numba_grid_sweep.txt)
@@ -58,39 +58,10 @@ def _words(t: torch.Tensor):
     return t.numpy().view({torch.int16: np.uint16, torch.int32: np.uint32, torch.int64: np.uint64}[t.dtype])
 
 
-def _fine(codebook, device: torch.device):
-    """The codebook's fine table on ``device`` and its kernel arguments, cached; None when the
-    codebook's bounds are too dense for a table of FINE_MAX entries (the tree kernel runs then)."""
-    cache = codebook.__dict__.setdefault("_numba_cuda_fine", {})
-    key = str(device)
-    if key not in cache:
-        plan = fine_plan(codebook.bounds, codebook.bucket_codes)
-        if plan is None:
-            cache[key] = None
-        else:
-            e, m, kp, kn, half = plan
-            e64 = np.ascontiguousarray(e).view(np.uint64).ravel()
-            # simulator: unsigned NumPy words; GPU: an int64 tensor
-            arr = e64 if device.type == "cpu" else torch.from_numpy(e64.view(np.int64)).to(device)
-            sh = 23 - m
-            cache[key] = (arr, len(e64), sh, kp >= 0, max(kp, 0) << sh, max(kn, 0) << sh, -kp, half - kn)
-    return cache[key]
-
-
 def _sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 2
     return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def _tree(codebook, levels: int, device: torch.device):
-    cache = codebook.__dict__.setdefault("_numba_cuda_tree", {})
-    key = (levels, str(device))
-    if key not in cache:
-        tf, tc = K.eytzinger(codebook.bounds, codebook.bucket_codes, levels)
-        tf, tc = torch.from_numpy(tf).to(device), torch.from_numpy(tc).to(device)
-        cache[key] = (tf, tc, _arr(tf), _arr(tc))
-    return cache[key][2:]
 
 
 def _fine_args(A, out, absmax, vec, scalars, fine, table) -> list:
@@ -130,7 +101,7 @@ def _quantize(A, codebook, blocksize, bits):
         return out, absmax
     grid, G, nblocks = K.quantize_grid(n, blocksize)
     kind = _kind(A.dtype)
-    plan = _fine(codebook, A.device)
+    plan = numba_cuda_fine(codebook, A.device)
     if plan is not None:
         fine, nfine, sh, clamped, low_p, low_n, off_p, off_n = plan
         ntiles = -(-(-(-n // K.CHUNK)) // K.THREADS)
@@ -148,7 +119,7 @@ def _quantize(A, codebook, blocksize, bits):
         if kinds is not None:
             _launch_kinds[(kern, vec)] = kinds
         return out, absmax
-    tf, tc = _tree(codebook, levels, A.device)
+    tf, tc = numba_cuda_tree(codebook, A.device, levels)
     launch(K.kernel("quantize", bits, kind), grid, K.THREADS, A.device,
             _arr(A), n, G, nblocks, tf, tc, _out_arr(out), _out_arr(absmax))
     return out, absmax
