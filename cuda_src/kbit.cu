@@ -164,10 +164,80 @@ KK void kk_pack_group(uint32_t code, int lane, int k, int layout, long long g, u
     if (lane < k && w < nw) out[w] = mine;
 }
 
-// One warp per unit of U = max(bs, 32) elements; bs == 16 or bs % 32 == 0. CH > 0: the unit's CH chunks of 32
-// stay in registers (bs == 32 * CH, or 16 with CH = 1); CH == 0: any multiple of 32, read twice.
+// Latency, not bandwidth or instructions, bounds a warp-per-block quantizer: one block's chain (load, shuffle
+// reduction, scale encode, IEEE division, K-step search, K ballots) is ~1500 cycles. So each warp works on 8
+// chunks of 32 elements at once, all loads issued first: R units of CH chunks (R * CH = 8) for blocks of up to
+// 256 elements, and 8-chunk batches of one block for longer ones.
+#define KK_BATCH 8
+
+// the absmax of this lane's values folded across the block's lanes (W = min(bs, 32) lanes per block)
+KK float kk_block_max(float am, int W) {
+    for (int o = W >> 1; o > 0; o >>= 1) {
+        float t = __shfl_xor_sync(0xFFFFFFFFu, am, o);
+        am = t > am ? t : am;             // NaN never wins a '>': the spec's sequential max
+    }
+    return am;
+}
+
+// Blocksize 16 (CH = 1, two blocks per unit of 32) or 32 * CH, CH in 1..8.
 template <int CH>
 __global__ void __launch_bounds__(256) kk_quantize_warp_kernel(
+        const void* x, int kind, long long n, int bs, const float* cb, int m, int k, int layout, int fmt,
+        int codes_decoded, const uint32_t* gmax, void* scales, float* ts_out, uint32_t* out, long long nw,
+        int* nonfinite) {
+    constexpr int R = KK_BATCH / CH;
+    __shared__ float c[256];
+    for (int j = threadIdx.x; j < m; j += blockDim.x) c[j] = cb[j];
+    __syncthreads();
+    const long long emax = fmt == 4 ? kk_codebook_emax(c, m) : 0;
+    const int lane = threadIdx.x & 31, W = bs < 32 ? bs : 32;
+    const long long U = 32 * CH, units = (n + U - 1) / U;
+    const float ts = kk_tensor_scale(fmt, gmax);
+    if (fmt == 5 && blockIdx.x == 0 && threadIdx.x == 0) ts_out[0] = ts;
+    const long long step = (long long)gridDim.x * (blockDim.x >> 5) * R;
+    bool bad = false;
+    for (long long u0 = ((long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R; u0 < units; u0 += step) {
+        float v[R][CH];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int ch = 0; ch < CH; ch++) {
+                long long i = (u0 + r) * U + ch * 32 + lane;
+                v[r][ch] = i < n ? kk_load(x, kind, i) : 0.0f;
+            }
+        float q[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float am = 0.0f;
+#pragma unroll
+            for (int ch = 0; ch < CH; ch++) {
+                bad |= kk_nonfinite(v[r][ch]);
+                float a = fabsf(v[r][ch]);
+                am = a > am ? a : am;
+            }
+            am = kk_block_max(am, W);
+            long long sbits;
+            q[r] = kk_divisor(am, fmt, emax, codes_decoded, ts, &sbits);
+            const long long blk = bs < 32 ? (u0 + r) * 2 + (lane >> 4) : u0 + r;
+            if ((lane & (W - 1)) == 0 && blk * bs < n) kk_store_scale(scales, fmt, blk, sbits);
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int ch = 0; ch < CH; ch++) {
+                const long long i0 = (u0 + r) * U + ch * 32, i = i0 + lane;
+                if (i0 < n) {                      // warp-uniform
+                    uint32_t code = i < n ? (uint32_t)kk_nearest_pow2(__fdiv_rn(v[r][ch], q[r]), c, m) : 0u;
+                    kk_pack_group(code, lane, k, layout, i0 >> 5, out, nw);
+                }
+            }
+    }
+    if (bad) *nonfinite = 1;
+}
+
+// Any other multiple of 32 (512..4096, 96, 384, rows): one warp per block, 8-chunk batches, the block read twice
+// (the second read hits L1/L2).
+__global__ void __launch_bounds__(256) kk_quantize_long_kernel(
         const void* x, int kind, long long n, int bs, const float* cb, int m, int k, int layout, int fmt,
         int codes_decoded, const uint32_t* gmax, void* scales, float* ts_out, uint32_t* out, long long nw,
         int* nonfinite) {
@@ -175,49 +245,48 @@ __global__ void __launch_bounds__(256) kk_quantize_warp_kernel(
     for (int j = threadIdx.x; j < m; j += blockDim.x) c[j] = cb[j];
     __syncthreads();
     const long long emax = fmt == 4 ? kk_codebook_emax(c, m) : 0;
-    const int lane = threadIdx.x & 31;
-    const long long U = bs < 32 ? 32 : bs, units = (n + U - 1) / U;
-    const int chunks = (int)(U / 32), W = bs < 32 ? bs : 32;
+    const int lane = threadIdx.x & 31, chunks = bs / 32;
+    const long long units = (n + bs - 1) / bs;
     const float ts = kk_tensor_scale(fmt, gmax);
     if (fmt == 5 && blockIdx.x == 0 && threadIdx.x == 0) ts_out[0] = ts;
-    const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+    const long long step = (long long)gridDim.x * (blockDim.x >> 5);
     bool bad = false;
-    for (long long u = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); u < units; u += warps) {
-        const long long base = u * U;
-        float v[CH > 0 ? CH : 1];
+    for (long long u = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); u < units; u += step) {
+        const long long base = u * bs;
         float am = 0.0f;
-        for (int ch = 0; ch < chunks; ch++) {      // absmax; NaN never wins a '>' (the spec's sequential max)
-            long long i = base + ch * 32 + lane;
-            float xv = i < n ? kk_load(x, kind, i) : 0.0f;
-            if (CH > 0) {
+        for (int c0 = 0; c0 < chunks; c0 += KK_BATCH) {
+            float v[KK_BATCH];
 #pragma unroll
-                for (int r = 0; r < (CH > 0 ? CH : 1); r++) if (r == ch) v[r] = xv;
+            for (int j = 0; j < KK_BATCH; j++) {
+                long long i = base + (long long)(c0 + j) * 32 + lane;
+                v[j] = (c0 + j < chunks && i < n) ? kk_load(x, kind, i) : 0.0f;
             }
-            bad |= kk_nonfinite(xv);
-            float a = fabsf(xv);
-            am = a > am ? a : am;
+#pragma unroll
+            for (int j = 0; j < KK_BATCH; j++) {
+                bad |= kk_nonfinite(v[j]);
+                float a = fabsf(v[j]);
+                am = a > am ? a : am;
+            }
         }
-        for (int o = W >> 1; o > 0; o >>= 1) {
-            float t = __shfl_xor_sync(0xFFFFFFFFu, am, o);
-            am = t > am ? t : am;
-        }
+        am = kk_block_max(am, 32);
         long long sbits;
         const float q = kk_divisor(am, fmt, emax, codes_decoded, ts, &sbits);
-        const long long blk = bs < 32 ? u * 2 + (lane >> 4) : u;
-        if ((lane & (W - 1)) == 0 && blk * bs < n) kk_store_scale(scales, fmt, blk, sbits);
-        for (int ch = 0; ch < chunks; ch++) {
-            long long i0 = base + ch * 32;
-            if (i0 >= n) break;                    // warp-uniform
-            long long i = i0 + lane;
-            float xv = 0.0f;
-            if (CH > 0) {
+        if (lane == 0) kk_store_scale(scales, fmt, u, sbits);
+        for (int c0 = 0; c0 < chunks; c0 += KK_BATCH) {
+            float v[KK_BATCH];
 #pragma unroll
-                for (int r = 0; r < (CH > 0 ? CH : 1); r++) if (r == ch) xv = v[r];
-            } else if (i < n) {
-                xv = kk_load(x, kind, i);
+            for (int j = 0; j < KK_BATCH; j++) {
+                long long i = base + (long long)(c0 + j) * 32 + lane;
+                v[j] = (c0 + j < chunks && i < n) ? kk_load(x, kind, i) : 0.0f;
             }
-            uint32_t code = i < n ? (uint32_t)kk_nearest_pow2(__fdiv_rn(xv, q), c, m) : 0u;
-            kk_pack_group(code, lane, k, layout, i0 >> 5, out, nw);
+#pragma unroll
+            for (int j = 0; j < KK_BATCH; j++) {
+                const long long i0 = base + (long long)(c0 + j) * 32, i = i0 + lane;
+                if (c0 + j < chunks && i0 < n) {   // warp-uniform
+                    uint32_t code = i < n ? (uint32_t)kk_nearest_pow2(__fdiv_rn(v[j], q), c, m) : 0u;
+                    kk_pack_group(code, lane, k, layout, i0 >> 5, out, nw);
+                }
+            }
         }
     }
     if (bad) *nonfinite = 1;
@@ -279,63 +348,73 @@ __global__ void __launch_bounds__(256) kk_codes_kernel(const void* x, int kind, 
     }
 }
 
-// Dequantize: thread t writes elements 4t .. 4t+3 (one group's bits; one block's scale when bs % 4 == 0).
+// Dequantize: thread t writes elements 8t .. 8t+7 (inside one 32-element group; one block's scale when
+// bs % 8 == 0) with one 16-byte store (two for float32). One pass per thread: the GPU hides the load latency
+// across many resident CTAs rather than a grid-stride loop.
 __global__ void __launch_bounds__(256) kk_dequantize_kernel(
         const uint32_t* words, long long nw, long long n, int k, int layout, int bs, int bs_shift,
         const void* scales, int fmt, const float* ts_p, const float* cb, int m, int kind, void* out) {
     __shared__ float c[256];
     for (int j = threadIdx.x; j < m; j += blockDim.x) c[j] = cb[j];
     __syncthreads();
+    const long long i0 = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (i0 >= n) return;
     const float ts = ts_p ? ts_p[0] : 1.0f;
-    const long long quads = (n + 3) / 4;
-    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < quads; t += (long long)gridDim.x * blockDim.x) {
-        const long long i0 = t * 4;
-        uint32_t codes[4];
-        if (layout == 0) {
-            const int j = (int)(i0 & 31);
-            const uint32_t* w = words + (i0 >> 5) * k;
-            codes[0] = codes[1] = codes[2] = codes[3] = 0u;
-            for (int b = 0; b < k; b++) {
-                uint32_t wb = w[b] >> j;
+    uint32_t codes[8];
+    if (layout == 0) {
+        const int j = (int)(i0 & 31);
+        const uint32_t* w = words + (i0 >> 5) * k;
+        uint32_t wb[8];
 #pragma unroll
-                for (int e = 0; e < 4; e++) codes[e] |= ((wb >> e) & 1u) << b;
-            }
-        } else {
-            long long p = i0 * k, wi = p >> 5;
-            unsigned long long both = words[wi] | (wi + 1 < nw ? (unsigned long long)words[wi + 1] << 32 : 0ull);
-            both >>= (p & 31);
-            const uint32_t mask = (1u << k) - 1u;
+        for (int b = 0; b < 8; b++) wb[b] = b < k ? w[b] >> j : 0u;
 #pragma unroll
-            for (int e = 0; e < 4; e++) codes[e] = (uint32_t)(both >> (e * k)) & mask;
+        for (int e = 0; e < 8; e++) {
+            uint32_t code = 0;
+#pragma unroll
+            for (int b = 0; b < 8; b++) code |= ((wb[b] >> e) & 1u) << b;
+            codes[e] = code;
         }
-        float vals[4];
-        if ((bs & 3) == 0) {                       // all four in one block
-            long long b = bs_shift >= 0 ? i0 >> bs_shift : i0 / bs;
-            float d = kk_decode(kk_load_scale(scales, fmt, b), fmt, ts);
+    } else {                                       // 8k <= 64 stream bits from an offset < 32: three words
+        const long long p = i0 * k, wi = p >> 5;
+        const uint32_t w0 = words[wi], w1 = wi + 1 < nw ? words[wi + 1] : 0u, w2 = wi + 2 < nw ? words[wi + 2] : 0u;
+        const unsigned long long lo = w0 | ((unsigned long long)w1 << 32), hi = w1 | ((unsigned long long)w2 << 32);
+        const int sh = (int)(p & 31);
+        const uint32_t mask = (1u << k) - 1u;
 #pragma unroll
-            for (int e = 0; e < 4; e++) vals[e] = __fmul_rn(c[codes[e]], d);
-        } else {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                long long i = i0 + e < n ? i0 + e : n - 1;
-                long long b = bs_shift >= 0 ? i >> bs_shift : i / bs;
-                vals[e] = __fmul_rn(c[codes[e]], kk_decode(kk_load_scale(scales, fmt, b), fmt, ts));
-            }
+        for (int e = 0; e < 8; e++) {
+            int o = sh + e * k;                    // < 32 + 56: from lo below bit 32 + ..., else from hi
+            codes[e] = (uint32_t)((o < 32 ? lo >> o : hi >> (o - 32))) & mask;
         }
-        if (i0 + 4 <= n) {
-            if (kind == 0) {
-                *(float4*)((float*)out + i0) = make_float4(vals[0], vals[1], vals[2], vals[3]);
-            } else {
-                uint2 h;
-                h.x = (uint32_t)kk_half_bits(kind, vals[0]) | ((uint32_t)kk_half_bits(kind, vals[1]) << 16);
-                h.y = (uint32_t)kk_half_bits(kind, vals[2]) | ((uint32_t)kk_half_bits(kind, vals[3]) << 16);
-                *(uint2*)((uint16_t*)out + i0) = h;
-            }
+    }
+    float vals[8];
+    if ((bs & 7) == 0) {
+        float d = kk_decode(kk_load_scale(scales, fmt, bs_shift >= 0 ? i0 >> bs_shift : i0 / bs), fmt, ts);
+#pragma unroll
+        for (int e = 0; e < 8; e++) vals[e] = __fmul_rn(c[codes[e]], d);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            long long i = i0 + e < n ? i0 + e : n - 1;
+            long long b = bs_shift >= 0 ? i >> bs_shift : i / bs;
+            vals[e] = __fmul_rn(c[codes[e]], kk_decode(kk_load_scale(scales, fmt, b), fmt, ts));
+        }
+    }
+    if (i0 + 8 <= n) {
+        if (kind == 0) {
+            float4* o = (float4*)((float*)out + i0);
+            o[0] = make_float4(vals[0], vals[1], vals[2], vals[3]);
+            o[1] = make_float4(vals[4], vals[5], vals[6], vals[7]);
         } else {
-            for (int e = 0; i0 + e < n; e++) {
-                if (kind == 0) ((float*)out)[i0 + e] = vals[e];
-                else ((uint16_t*)out)[i0 + e] = kk_half_bits(kind, vals[e]);
-            }
+            uint32_t h[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                h[e] = (uint32_t)kk_half_bits(kind, vals[2 * e]) | ((uint32_t)kk_half_bits(kind, vals[2 * e + 1]) << 16);
+            *(uint4*)((uint16_t*)out + i0) = make_uint4(h[0], h[1], h[2], h[3]);
+        }
+    } else {
+        for (int e = 0; i0 + e < n; e++) {
+            if (kind == 0) ((float*)out)[i0 + e] = vals[e];
+            else ((uint16_t*)out)[i0 + e] = kk_half_bits(kind, vals[e]);
         }
     }
 }
@@ -369,28 +448,19 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
     }
     if (blocksize == 16 || blocksize % 32 == 0) {
         long long U = blocksize < 32 ? 32 : blocksize, units = (n + U - 1) / U;
-        unsigned g = grid_for(units, 8);
+#define KK_Q(CH) kk_quantize_warp_kernel<CH><<<grid_for(units, 8 * (KK_BATCH / CH)), 256, 0, s>>>( \
+            x, kind, n, blocksize, cb, m, k, layout, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
         switch (blocksize) {
-        case 16: case 32:
-            kk_quantize_warp_kernel<1><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, 
-                                                        codes_decoded, gmax, scales, ts, out, nw, nonfinite);
-            break;
-        case 64:
-            kk_quantize_warp_kernel<2><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, 
-                                                        codes_decoded, gmax, scales, ts, out, nw, nonfinite);
-            break;
-        case 128:
-            kk_quantize_warp_kernel<4><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, 
-                                                        codes_decoded, gmax, scales, ts, out, nw, nonfinite);
-            break;
-        case 256:
-            kk_quantize_warp_kernel<8><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, 
-                                                        codes_decoded, gmax, scales, ts, out, nw, nonfinite);
-            break;
+        case 16: case 32: KK_Q(1); break;
+        case 64: KK_Q(2); break;
+        case 128: KK_Q(4); break;
+        case 256: KK_Q(8); break;
         default:
-            kk_quantize_warp_kernel<0><<<g, 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt, 
-                                                        codes_decoded, gmax, scales, ts, out, nw, nonfinite);
+            kk_quantize_long_kernel<<<grid_for(units, 8), 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt,
+                                                                      codes_decoded, gmax, scales, ts, out, nw,
+                                                                      nonfinite);
         }
+#undef KK_Q
     } else {
         long long nb = (n + blocksize - 1) / blocksize;
         float* q = scratch + 1;
@@ -408,7 +478,7 @@ extern "C" int kbit_kbit_dequantize(const uint32_t* words, long long nw, long lo
     cudaStream_t s = (cudaStream_t)stream;
     int shift = -1;
     if ((blocksize & (blocksize - 1)) == 0) for (shift = 0; (1 << shift) < blocksize; shift++) {}
-    kk_dequantize_kernel<<<grid_for((n + 3) / 4, 256), 256, 0, s>>>(words, nw, n, k, layout, blocksize, shift, scales,
+    kk_dequantize_kernel<<<(unsigned)((n + 8 * 256 - 1) / (8 * 256)), 256, 0, s>>>(words, nw, n, k, layout, blocksize, shift, scales,
                                                                      fmt, ts, cb, m, kind, out);
     return (int)cudaGetLastError();
 }

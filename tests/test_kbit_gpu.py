@@ -85,14 +85,15 @@ def test_groups_affine_and_rotation_on_cuda_equal_the_cpu_reference():
     (3, 256, "e4m4", "dense"), (5, 256, "e4m3", "bitplane"), (2, 48, "fp32", "dense"), (7, 48, "e4m3", "bitplane"),
     (4, 32, "e4m4", "bitplane"), (6, 1024, "bf16", "dense")])
 def test_cuda_kbit_every_kernel_path_on_a_grid_stride_size(backend, k, blocksize, fmt, layout):
-    """Each quantize path of cuda_src/kbit.cu (fused warp kernel with 1, 8 or 0 register chunks, the simple path
-    for blocksizes that are neither 16 nor a multiple of 32, the e4m3 tensor-max pre-pass) on a tensor large
-    enough that every grid-stride loop turns more than once, with a partial last block. The oracle is the
+    """Each quantize path of cuda_src/kbit.cu (the batched warp kernel with 1 or 8 chunks per block, the long-block
+    kernel, the simple path for blocksizes that are neither 16 nor a multiple of 32, the e4m3 tensor-max pre-pass)
+    on a tensor large enough that the batched kernel's grid-stride loop turns more than once, with a partial last
+    block. The oracle is the
     reference on the GPU (plain torch; its CPU twin checks it in the test above) at these sizes."""
     if not status(backend)[0]:
         pytest.skip(f"{backend} backend not available")
     g = torch.Generator().manual_seed(blocksize + k)
-    n = 3 * 8448 * 8 * max(blocksize, 32) + 7 * blocksize // 2 + 5       # > one grid's worth of units, ragged tail
+    n = 132 * 64 * 8 * 8 * 32 + 7 * blocksize // 2 + 5   # > one grid's worth of blocks <= 256 on an H200, ragged tail
     A = ((torch.randn(n, generator=g) * 4 ** torch.randn(n, generator=g)).to(torch.bfloat16)).cuda()
     cb = torch.sort(torch.rand(2 ** k, generator=g) * 2 - 1).values
     ops = torch.ops.workbench                                  # the ops take any blocksize >= 16
