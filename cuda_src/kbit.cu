@@ -235,6 +235,103 @@ __global__ void __launch_bounds__(256) kk_quantize_warp_kernel(
     if (bad) *nonfinite = 1;
 }
 
+// Blocksizes 16 and 32 (the k-bit defaults): a thread per 32-element group. The block's absmax, scale and
+// divisor are computed once (a warp per block would encode the scale 32 times over), the group arrives in
+// 16-byte loads, and with K a template parameter the search and both packings unroll into registers.
+KK void kk_load32(const void* x, int kind, long long base, long long n, bool vec, float* v) {
+    if (vec && base + 32 <= n) {
+        if (kind == 0) {
+            const float4* p = (const float4*)((const float*)x + base);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                float4 f = p[j];
+                v[4 * j] = f.x; v[4 * j + 1] = f.y; v[4 * j + 2] = f.z; v[4 * j + 3] = f.w;
+            }
+        } else {
+            const uint4* p = (const uint4*)((const uint16_t*)x + base);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                uint4 u = p[j];
+                const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    if (kind == 1) {
+                        v[8 * j + 2 * e] = kk_bits_f32(w[e] << 16);
+                        v[8 * j + 2 * e + 1] = kk_bits_f32(w[e] & 0xFFFF0000u);
+                    } else {
+                        v[8 * j + 2 * e] = __half2float(__ushort_as_half((uint16_t)(w[e] & 0xFFFFu)));
+                        v[8 * j + 2 * e + 1] = __half2float(__ushort_as_half((uint16_t)(w[e] >> 16)));
+                    }
+                }
+            }
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 32; j++) v[j] = base + j < n ? kk_load(x, kind, base + j) : 0.0f;
+    }
+}
+
+template <int K, int LAYOUT>
+__global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
+        const void* x, int kind, long long n, int bs, bool vec, const float* cb, int fmt, int codes_decoded,
+        const uint32_t* gmax, void* scales, float* ts_out, uint32_t* out, long long nw, int* nonfinite) {
+    constexpr int M = 1 << K;
+    __shared__ float c[M];
+    for (int j = threadIdx.x; j < M; j += blockDim.x) c[j] = cb[j];
+    __syncthreads();
+    const long long emax = fmt == 4 ? kk_codebook_emax(c, M) : 0;
+    const float ts = kk_tensor_scale(fmt, gmax);
+    if (fmt == 5 && blockIdx.x == 0 && threadIdx.x == 0) ts_out[0] = ts;
+    const long long groups = (n + 31) / 32, step = (long long)gridDim.x * blockDim.x;
+    bool bad = false;
+    for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += step) {
+        const long long base = g * 32;
+        float v[32];
+        kk_load32(x, kind, base, n, vec, v);
+        float am[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int j = 0; j < 32; j++) {
+            bad |= kk_nonfinite(v[j]);
+            float a = fabsf(v[j]);
+            am[j >> 4] = a > am[j >> 4] ? a : am[j >> 4];   // NaN never wins a '>': the spec's sequential max
+        }
+        float q[2];
+        long long sbits;
+        if (bs == 32) {
+            float a = am[1] > am[0] ? am[1] : am[0];
+            q[0] = q[1] = kk_divisor(a, fmt, emax, codes_decoded, ts, &sbits);
+            kk_store_scale(scales, fmt, g, sbits);
+        } else {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                q[h] = kk_divisor(am[h], fmt, emax, codes_decoded, ts, &sbits);
+                if (base + 16 * h < n) kk_store_scale(scales, fmt, 2 * g + h, sbits);
+            }
+        }
+        uint32_t w[K];
+#pragma unroll
+        for (int b = 0; b < K; b++) w[b] = 0u;
+#pragma unroll
+        for (int j = 0; j < 32; j++) {
+            const uint32_t code = base + j < n ? (uint32_t)kk_nearest_pow2(__fdiv_rn(v[j], q[j >> 4]), c, M) : 0u;
+            if (LAYOUT == 0) {
+#pragma unroll
+                for (int b = 0; b < K; b++) w[b] |= ((code >> b) & 1u) << j;
+            } else {                              // stream bits [j*K, j*K + K): word and shift known at compile time
+                const int p = j * K, wi = p >> 5, sh = p & 31;
+                w[wi] |= code << sh;
+                if (sh + K > 32) w[wi + 1] |= code >> (32 - sh);
+            }
+        }
+#pragma unroll
+        for (int b = 0; b < K; b++) {
+            const long long wo = g * K + b;
+            if (wo < nw) out[wo] = w[b];
+        }
+    }
+    if (bad) *nonfinite = 1;
+}
+
 // Any other multiple of 32 (512..4096, 96, 384, rows): one warp per block, 8-chunk batches, the block read twice
 // (the second read hits L1/L2).
 __global__ void __launch_bounds__(256) kk_quantize_long_kernel(
@@ -450,7 +547,22 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
         long long U = blocksize < 32 ? 32 : blocksize, units = (n + U - 1) / U;
 #define KK_Q(CH) kk_quantize_warp_kernel<CH><<<grid_for(units, 8 * (KK_BATCH / CH)), 256, 0, s>>>( \
             x, kind, n, blocksize, cb, m, k, layout, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
-        switch (blocksize) {
+        const bool vec = ((uintptr_t)x & 15) == 0;
+#define KK_L(K) (layout == 0 ? kk_quantize_lane_kernel<K, 0><<<grid_for((n + 31) / 32, 256), 256, 0, s>>>( \
+            x, kind, n, blocksize, vec, cb, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite) \
+                              : kk_quantize_lane_kernel<K, 1><<<grid_for((n + 31) / 32, 256), 256, 0, s>>>( \
+            x, kind, n, blocksize, vec, cb, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite))
+        if (blocksize <= 32 && m == (1 << k)) {
+            switch (k) {
+            case 2: KK_L(2); break;
+            case 3: KK_L(3); break;
+            case 4: KK_L(4); break;
+            case 5: KK_L(5); break;
+            case 6: KK_L(6); break;
+            case 7: KK_L(7); break;
+            default: KK_L(8); break;
+            }
+        } else switch (blocksize) {
         case 16: case 32: KK_Q(1); break;
         case 64: KK_Q(2); break;
         case 128: KK_Q(4); break;
@@ -461,6 +573,7 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
                                                                       nonfinite);
         }
 #undef KK_Q
+#undef KK_L
     } else {
         long long nb = (n + blocksize - 1) / blocksize;
         float* q = scratch + 1;

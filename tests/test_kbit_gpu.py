@@ -121,3 +121,18 @@ def test_cuda_kbit_nonfinite_flag_raises(backend, blocksize, fmt):
         with pytest.raises(QuantInputError, match="^A:.*non-finite"):
             K.quantize_kbit(B, 4, blocksize=blocksize, scale_format=fmt, backend=backend)
     K.quantize_kbit(A, 4, blocksize=blocksize, scale_format=fmt, backend=backend)   # finite: no error
+
+
+@pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_kbit_unaligned_input(backend, dtype):
+    """A view starting one element into its storage is not 16-byte aligned: the vector-load kernels take their
+    scalar path and give the same words."""
+    if not status(backend)[0]:
+        pytest.skip(f"{backend} backend not available")
+    g = torch.Generator().manual_seed(7)
+    full = (torch.randn(40001, generator=g) * 3).to(dtype)
+    for layout in R.LAYOUTS:
+        pr, sr = K.quantize_kbit(full[1:], 5, layout=layout, backend="reference")
+        pc, sc = K.quantize_kbit(full.cuda()[1:], 5, layout=layout, backend=backend)
+        assert torch.equal(pc.cpu(), pr) and torch.equal(_bits(sc.scales.cpu()), _bits(sr.scales))
