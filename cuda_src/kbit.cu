@@ -2,14 +2,17 @@
 // Rules: workbench/backends/reference/kbit.py, bit for bit (the same helpers as workbench/_native/kbit_cpu.pyx):
 // IEEE float32 (cuda_build: -fmad=false, IEEE division), rintf = round half to even, floor(log2) from the bits.
 //
-// Quantize, blocksize 16 or a multiple of 32 (every power of two, 96, 384, most rows): one fused pass, one warp
-// per unit of max(blocksize, 32) elements, a lane per element. The block absmax is a shuffle reduction, every
-// lane encodes the scale itself (cheaper than a broadcast), and the 32 codes of a group are packed in
-// registers: a ballot per bit plane, or an OR-reduction per word of the dense stream. Blocks of up to 256
-// elements stay in registers; longer ones are read twice (the second read hits L1/L2). e4m3 needs the tensor
-// max before any scale, so it runs one reduction pass first. Any other blocksize takes the simple path
-// (a thread per block for the absmax, a lane per element for the codes).
-// Dequantize: a thread per 4 elements (one 8- or 16-byte store), the scale decoded in the kernel.
+// Quantize, one fused pass (each element read once from DRAM):
+//   blocksize 16 or 32 (the defaults): a thread per 32-element group, 16-byte loads, the scale encoded once per
+//     block, K a template parameter so the search and both packings unroll into registers;
+//   64, 128, 256: a warp per block, a lane per element, 8 chunks of 32 in flight per warp, the packed words made
+//     by a ballot per bit plane or an OR-reduction per dense word;
+//   other multiples of 32 (longer blocks, rows, 96, 384): a warp per block in 8-chunk batches, read twice (the
+//     second read hits L1/L2).
+// e4m3 needs the tensor max before any scale, so it runs one reduction pass first. Any other blocksize takes the
+// simple path (a thread per block for the absmax, a lane per element for the codes).
+// Dequantize: a thread per 8 elements (one 16-byte store for 16-bit outputs), the scale decoded in the kernel.
+// Speed on the H200 and what bounds it: reports/kbit-h200/README.md.
 // Every quantize path also raises a non-finite flag: the public API refuses NaN/Inf without its own pass.
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
@@ -170,7 +173,7 @@ KK void kk_pack_group(uint32_t code, int lane, int k, int layout, long long g, u
 // 256 elements, and 8-chunk batches of one block for longer ones.
 #define KK_BATCH 8
 
-// the absmax of this lane's values folded across the block's lanes (W = min(bs, 32) lanes per block)
+// the absmax of this lane's values folded across the block's W lanes
 KK float kk_block_max(float am, int W) {
     for (int o = W >> 1; o > 0; o >>= 1) {
         float t = __shfl_xor_sync(0xFFFFFFFFu, am, o);
@@ -179,7 +182,7 @@ KK float kk_block_max(float am, int W) {
     return am;
 }
 
-// Blocksize 16 (CH = 1, two blocks per unit of 32) or 32 * CH, CH in 1..8.
+// Blocksizes 64, 128, 256: a warp per block of CH = bs / 32 chunks, R = 8 / CH blocks at once.
 template <int CH>
 __global__ void __launch_bounds__(256) kk_quantize_warp_kernel(
         const void* x, int kind, long long n, int bs, const float* cb, int m, int k, int layout, int fmt,
@@ -190,7 +193,7 @@ __global__ void __launch_bounds__(256) kk_quantize_warp_kernel(
     for (int j = threadIdx.x; j < m; j += blockDim.x) c[j] = cb[j];
     __syncthreads();
     const long long emax = fmt == 4 ? kk_codebook_emax(c, m) : 0;
-    const int lane = threadIdx.x & 31, W = bs < 32 ? bs : 32;
+    const int lane = threadIdx.x & 31;
     const long long U = 32 * CH, units = (n + U - 1) / U;
     const float ts = kk_tensor_scale(fmt, gmax);
     if (fmt == 5 && blockIdx.x == 0 && threadIdx.x == 0) ts_out[0] = ts;
@@ -215,11 +218,10 @@ __global__ void __launch_bounds__(256) kk_quantize_warp_kernel(
                 float a = fabsf(v[r][ch]);
                 am = a > am ? a : am;
             }
-            am = kk_block_max(am, W);
+            am = kk_block_max(am, 32);
             long long sbits;
             q[r] = kk_divisor(am, fmt, emax, codes_decoded, ts, &sbits);
-            const long long blk = bs < 32 ? (u0 + r) * 2 + (lane >> 4) : u0 + r;
-            if ((lane & (W - 1)) == 0 && blk * bs < n) kk_store_scale(scales, fmt, blk, sbits);
+            if (lane == 0 && (u0 + r) * U < n) kk_store_scale(scales, fmt, u0 + r, sbits);
         }
 #pragma unroll
         for (int r = 0; r < R; r++)
@@ -332,6 +334,15 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
     if (bad) *nonfinite = 1;
 }
 
+// chunks c0 .. c0 + KK_BATCH - 1 of the block at base, this lane's element of each (0 past the block or n)
+KK void kk_load_batch(const void* x, int kind, long long n, long long base, int c0, int chunks, int lane, float* v) {
+#pragma unroll
+    for (int j = 0; j < KK_BATCH; j++) {
+        long long i = base + (long long)(c0 + j) * 32 + lane;
+        v[j] = (c0 + j < chunks && i < n) ? kk_load(x, kind, i) : 0.0f;
+    }
+}
+
 // Any other multiple of 32 (512..4096, 96, 384, rows): one warp per block, 8-chunk batches, the block read twice
 // (the second read hits L1/L2).
 __global__ void __launch_bounds__(256) kk_quantize_long_kernel(
@@ -353,11 +364,7 @@ __global__ void __launch_bounds__(256) kk_quantize_long_kernel(
         float am = 0.0f;
         for (int c0 = 0; c0 < chunks; c0 += KK_BATCH) {
             float v[KK_BATCH];
-#pragma unroll
-            for (int j = 0; j < KK_BATCH; j++) {
-                long long i = base + (long long)(c0 + j) * 32 + lane;
-                v[j] = (c0 + j < chunks && i < n) ? kk_load(x, kind, i) : 0.0f;
-            }
+            kk_load_batch(x, kind, n, base, c0, chunks, lane, v);
 #pragma unroll
             for (int j = 0; j < KK_BATCH; j++) {
                 bad |= kk_nonfinite(v[j]);
@@ -371,11 +378,7 @@ __global__ void __launch_bounds__(256) kk_quantize_long_kernel(
         if (lane == 0) kk_store_scale(scales, fmt, u, sbits);
         for (int c0 = 0; c0 < chunks; c0 += KK_BATCH) {
             float v[KK_BATCH];
-#pragma unroll
-            for (int j = 0; j < KK_BATCH; j++) {
-                long long i = base + (long long)(c0 + j) * 32 + lane;
-                v[j] = (c0 + j < chunks && i < n) ? kk_load(x, kind, i) : 0.0f;
-            }
+            kk_load_batch(x, kind, n, base, c0, chunks, lane, v);
 #pragma unroll
             for (int j = 0; j < KK_BATCH; j++) {
                 const long long i0 = base + (long long)(c0 + j) * 32, i = i0 + lane;
@@ -552,7 +555,7 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
             x, kind, n, blocksize, vec, cb, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite) \
                               : kk_quantize_lane_kernel<K, 1><<<grid_for((n + 31) / 32, 256), 256, 0, s>>>( \
             x, kind, n, blocksize, vec, cb, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite))
-        if (blocksize <= 32 && m == (1 << k)) {
+        if (blocksize <= 32) {
             switch (k) {
             case 2: KK_L(2); break;
             case 3: KK_L(3); break;
@@ -563,7 +566,6 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
             default: KK_L(8); break;
             }
         } else switch (blocksize) {
-        case 16: case 32: KK_Q(1); break;
         case 64: KK_Q(2); break;
         case 128: KK_Q(4); break;
         case 256: KK_Q(8); break;
