@@ -6,21 +6,32 @@ decoders rounding half to even, the nearest-code search with the lowest index on
 throughout: ``fastmath=False``, ``x / q`` a true division (no reciprocal), one float32 multiply and one
 rounding on dequantize.
 
-Kernels (persistent CTAs of THREADS threads, grid-stride over tiles; every loop that holds a barrier or a
-warp collective is uniform over the CTA):
+Kernels (every loop that holds a barrier or a warp collective is uniform over the CTA). The design goal is
+latency tolerance: a warp keeps NS = 8 independent 32-element chunks in flight (all their global loads issued
+before any use, then each dependent step done for all of them: straight-line code over small local arrays
+whose indices are static once the fixed-count loops unroll, so they live in registers; the element kind, K,
+the layout and the unit shape are compile-time constants).
 
-* ``fused`` (one factory per K and layout; blocksize 16 or a multiple of 32, the usual ones): one pass, a warp
-  per unit of max(blocksize, 32) elements, a lane per element of each 32-element chunk (coalesced). The block
-  absmax is a shuffle reduction over min(blocksize, 32) lanes of the magnitudes' float32 bits, every lane encodes
-  its block's scale and divisor itself (cheaper than a broadcast), then the chunks are read again (L1/L2 hits)
-  for the codes and packed in registers (below). e4m3 needs the tensor max first: ``absmax_scales`` runs before.
+* ``fused`` (one factory per K, layout, shape ``fused_variant(blocksize)`` and input kind; blocksize 16 or a
+  multiple of 32): one pass, persistent CTAs grid-striding over tiles. A unit is max(blocksize, 32) elements
+  (CH chunks, a lane per element of each, coalesced); for blocksize 16 and multiples of 32 up to 256 a warp
+  takes R = NS // CH consecutive units per iteration: the R * CH loads, the R absmax values (the magnitudes'
+  float32 bits, max over the unit's chunks in registers), one R-value shuffle reduction over min(bs, 32)
+  lanes (halving steps: 9 shuffles for R = 8, leaving each lane its unit's max), every lane encodes its
+  unit's scale (all R at once), one lane per block stores it, one shuffle per unit broadcasts the divisor,
+  then the R * CH divisions, the binary searches step by step over all chunks, and the packs (below). The
+  elements stay in registers between the two halves. Other multiples of 32 (above 256 or not dividing
+  8 * 32): a unit per iteration, its chunks read in batches of NS loads (twice: absmax, then codes).
+  e4m3 needs the tensor max first: ``absmax_scales`` runs before.
 * ``absmax_scales``: 16 (blocksize < 32) or 32 lanes per quantization block, strided loads; lane 0 encodes the
   stored scale, its value D and the divisor q. For e4m3 it only writes absmax and folds it into one atomic max
   per warp (the tensor scale); ``encode_e4m3`` then encodes. With ``codes`` (a lane per element,
   ``s = x / q[i // bs]``) it is the path of any other blocksize (96 is fused; 40, 24, rows of odd length are not).
-* ``dequant4`` (one factory per K and layout): a thread per 4 elements, the codes gathered from one set of word
-  loads, the scale decoded from its storage bits, ``cb[code] * D`` rounded once to the output dtype, one 8-byte
-  store (16-bit outputs) or two (float32).
+* ``dequant8`` (one factory per K, layout and output kind): a thread per 8 consecutive elements (inside one
+  32-element group), ceil(n / 8 / THREADS) CTAs: the word loads first, the 8 codes from them (bit-plane: each
+  plane's byte spread into the bytes of two words; dense: one 64-bit window of up to 3 words), one scale decode
+  when blocksize % 8 == 0, ``cb[code] * D`` rounded once to the output dtype, one 16-byte store (16-bit outputs)
+  or two (float32); the n % 8 last elements one by one.
 
 Every quantizer raises the non-finite flag (zeroed by the adapter) when it sees a NaN or an Inf; the absmax
 ignores NaN (the CPU kernels' sequential ``v > am``): a lane whose raw max of bits is above Inf's (rare) takes
@@ -75,6 +86,12 @@ if config.ENABLE_CUDASIM:
         return s2[ph, (tid & ~31) + src]
 
     @cuda.jit(device=True)
+    def _xor(v, off, s2, ph, tid):
+        s2[ph, tid] = v
+        cuda.syncthreads()
+        return s2[ph, tid ^ off]
+
+    @cuda.jit(device=True)
     def _seg_max(v, G, s2, ph, tid):
         """max of v over the G consecutive lanes (G = 16 or 32) holding tid."""
         s2[ph, tid] = v
@@ -99,6 +116,10 @@ else:
     @cuda.jit(device=True, inline=True)
     def _shfl(v, src, s2, ph, tid):
         return cuda.shfl_sync(FULL, v, src)
+
+    @cuda.jit(device=True, inline=True)
+    def _xor(v, off, s2, ph, tid):
+        return cuda.shfl_xor_sync(FULL, v, off)
 
     @cuda.jit(device=True, inline=True)
     def _seg_max(v, G, s2, ph, tid):
@@ -367,21 +388,33 @@ def encode_e4m3(absmax, nb, gmax, codes_decoded, sc, D, q, ts_out):
 
 # ------------------------------------------------------------------ codes + packing
 
-def _make_codes(k: int, layout: int):
-    """(codes kernel, fused kernel) for K = k and the layout."""
+NS = 8                       # 32-element chunks whose loads a warp of the fused quantizer issues together
+
+
+def fused_variant(blocksize: int) -> int:
+    """The fused kernel's compile-time shape for ``blocksize``: the blocksize itself when max(bs, 32) // 32
+    chunks per unit fit NS (16 and the multiples of 32 up to 256: R = NS // chunks units per iteration),
+    else 0 (the generic kernel: a unit per iteration, its chunks in batches of NS)."""
+    return blocksize if blocksize == 16 or (blocksize % 32 == 0 and blocksize <= 32 * NS) else 0
+
+
+def fused_elems(blocksize: int) -> int:
+    """Elements a warp of the fused kernel handles per loop iteration."""
+    g = fused_variant(blocksize)
+    if g == 0:
+        return blocksize
+    ch = max(g, 32) // 32
+    return (NS // ch) * ch * 32
+
+
+def _make_parts(k: int, layout: int):
+    """(nearest, search_n, settle, pack_store) for K = k and the layout."""
     M = 1 << k
 
     @cuda.jit(device=True, inline=True)
-    def nearest(s, cb):
-        """argmin_j fl(|s - c[j]|), lowest j on ties: p = #{c[j] <= s} in K + 1 steps, then the closer
-        neighbour (the upper only when strictly closer), then a walk down over equal distances."""
-        p = 0
-        for t in range(k):                    # unrolled: k is a constant here
-            h = M >> (t + 1)
-            if cb[uint32(p + h - 1)] <= s:
-                p += h
-        if cb[uint32(p)] <= s:
-            p += 1
+    def settle(s, p, cb):
+        """The code from p = #{c[j] <= s}: the closer neighbour (the upper only when strictly closer), then a
+        walk down over equal distances (lowest index on ties)."""
         if p == 0:
             return 0
         if p < M:
@@ -392,6 +425,33 @@ def _make_codes(k: int, layout: int):
         while j > 0 and abs(s - cb[j - 1]) == d:
             j -= 1
         return j
+
+    @cuda.jit(device=True, inline=True)
+    def nearest(s, cb):
+        """argmin_j fl(|s - c[j]|), lowest j on ties: p = #{c[j] <= s} in K + 1 steps, then ``settle``."""
+        p = 0
+        for t in range(k):                    # unrolled: k is a constant here
+            h = M >> (t + 1)
+            if cb[uint32(p + h - 1)] <= s:
+                p += h
+        if cb[uint32(p)] <= s:
+            p += 1
+        return settle(s, p, cb)
+
+    @cuda.jit(device=True, inline=True)
+    def search_n(sv, pv, cb):
+        """pv[j] = #{c <= sv[j]} for the NS values, step by step over all of them (NS independent shared
+        loads per step; every index static once the loops unroll)."""
+        for j in range(NS):
+            pv[j] = 0
+        for t in range(k):
+            h = M >> (t + 1)
+            for j in range(NS):
+                if cb[uint32(pv[j] + h - 1)] <= sv[j]:
+                    pv[j] += h
+        for j in range(NS):
+            if cb[uint32(pv[j])] <= sv[j]:
+                pv[j] += 1
 
     @cuda.jit(device=True, inline=True)
     def pack_store(c, lane, i0, out, nw, s2, ph, tid):
@@ -415,6 +475,14 @@ def _make_codes(k: int, layout: int):
             out[uint64(wi)] = mine
         return ph
 
+    return nearest, search_n, settle, pack_store
+
+
+def _make_codes(k: int, layout: int):
+    """The codes kernel (blocksizes of the two-kernel path) for K = k and the layout."""
+    M = 1 << k
+    nearest, _, _, pack_store = _make_parts(k, layout)
+
     @cuda.jit(fastmath=False)
     def codes(x, kind, n, bs, shift, q, cb_g, ntiles, out, nw):
         cb = cuda.shared.array(M, float32)
@@ -432,15 +500,54 @@ def _make_codes(k: int, layout: int):
                 c = int32(nearest(_elem_at(x, uint64(i), kind) / q[_block_of(i, bs, shift)], cb))
             ph = pack_store(c, lane, i - lane, out, nw, s2, ph, tid)
 
+    return codes
+
+
+@cuda.jit(device=True, inline=True)
+def _mag(v):
+    """|v|'s float32 bits as int32 (as _mag_at's, from the loaded float32 value)."""
+    return int32(_float_as_int(v) & 0x7FFFFFFF)
+
+
+@cuda.jit(device=True, inline=True)
+def _shfl_f(v, src, s2, ph, tid):
+    """A float32 shuffle (through its bits: the simulator's buffer is int32)."""
+    return _int_as_float(_shfl(_float_as_int(v), src, s2, ph, tid))
+
+
+def _make_fused(k: int, layout: int, g: int, kind: int):
+    """The fused quantizer for K = k, the layout and the shape ``g`` (fused_variant(blocksize)).
+
+    g > 0: a unit is max(g, 32) elements (CH chunks of 32, a lane per element of each), a warp takes R = NS // CH
+    consecutive units per loop iteration and issues all R * CH loads before any use; then the R absmax
+    reductions together (over W = min(g, 32) lanes; halving steps leave lane L with unit (L % W) // SPAN's max),
+    every lane encodes its own unit's scale (all R at once), one lane per block stores it, the divisors
+    broadcast by one shuffle per unit, the R * CH divisions, the binary searches step by step over all of them, and the packs.
+    The loaded values stay in registers (no second read). The element kind is a compile-time constant (no
+    branch between the loads). g == 0 (blocksizes 96, 160, ... above 256 that are
+    not in the set): a unit per iteration, its chunks read in batches of NS loads (twice: absmax, then codes)."""
+    M = 1 << k
+    _, search_n, settle, pack_store = _make_parts(k, layout)
+    GEN = g == 0
+    CH = 1 if g <= 32 else g // 32
+    R = NS // CH
+    NSE = R * CH                      # chunks per iteration (<= NS)
+    W = 16 if g == 16 else 32         # lanes per block in the reduction
+    HALF = 16 if g == 16 else 0
+    GB = 16 if g == 16 else (32 if g == 0 else g)    # the blocksize (fast shapes)
+    LOGR = R.bit_length() - 1
+    SPAN = W // R                     # lanes per unit after the R-value reduction (see below)
+    KIND = kind
+
     @cuda.jit(fastmath=False)
-    def fused(x, kind, n, bs, ntiles, cb_g, m, fmt, codes_decoded, gmax, sc, ts_out, out, nw, flag):
-        """Blocksize 16 or a multiple of 32: a warp per unit of U = max(bs, 32) elements, a lane per element
-        of each 32-element chunk. Absmax by a shuffle reduction over W = min(bs, 32) lanes, every lane encodes
-        its block's scale itself (no broadcast), then the chunks again (L1/L2 hits) for the codes. e4m3: the
-        tensor max is in gmax (absmax_scales ran first)."""
+    def fused(x, kind_, n, bs, ntiles, cb_g, m, fmt, codes_decoded, gmax, sc, ts_out, out, nw, flag):
         cb = cuda.shared.array(M, float32)
         s2 = cuda.shared.array((2, THREADS), int32)
         s_e = cuda.shared.array(1, int32)
+        xv = cuda.local.array(NS, float32)    # the loaded elements, then x / q
+        qv = cuda.local.array(NS, float32)    # each chunk's divisor
+        pv = cuda.local.array(NS, int32)      # search positions, then codes
+        mv = cuda.local.array(R, int32)       # the units' absmax bits
         tid = cuda.threadIdx.x
         lane = tid & 31
         for j in range(tid, M, THREADS):
@@ -456,63 +563,191 @@ def _make_codes(k: int, layout: int):
             emax = floor_log2(_int_as_float(s_e[0]))
         ts = float32(1.0)
         if fmt == 5:
-            g = _int_as_float(gmax[0])
-            if g > 0:
-                ts = g / float32(448.0)
+            gm = _int_as_float(gmax[0])
+            if gm > 0:
+                ts = gm / float32(448.0)
             if cuda.blockIdx.x == 0 and tid == 0:
                 ts_out[0] = ts
-        U = bs if bs >= 32 else 32
-        W = bs if bs < 32 else 32
-        chunks = U // 32
         ph = 0
-        for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
-            base = (tile * NWARPS + (tid >> 5)) * U
-            mx = int32(0)
-            for ch in range(chunks):
-                i = base + ch * 32 + lane
-                if i < n:
-                    mx = _imax(mx, _mag_at(x, uint64(i), kind))
-            if mx >= INF_BITS:       # a NaN or an Inf (rare): flag, and a max that skips NaN
-                flag[0] = 1
-                if mx > INF_BITS:
+        if GEN:
+            chunks = bs >> 5
+            for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
+                tbase = tile * NWARPS * bs
+                base = tbase + (tid >> 5) * bs
+                mx = int32(0)
+                c0 = 0
+                while c0 < chunks:
+                    for j in range(NS):               # NS loads in flight
+                        i = base + (c0 + j) * 32 + lane
+                        xv[j] = _elem_at(x, uint64(i), KIND) if (c0 + j < chunks and i < n) else float32(0.0)
+                    for j in range(NS):
+                        mx = _imax(mx, _mag(xv[j]))
+                    c0 += NS
+                if mx >= INF_BITS:       # a NaN or an Inf (rare): flag, and a max that skips NaN
+                    flag[0] = 1
+                    if mx > INF_BITS:
+                        mx = int32(0)
+                        for ch in range(chunks):
+                            i = base + ch * 32 + lane
+                            if i < n:
+                                u = _mag_at(x, uint64(i), KIND)
+                                if u <= INF_BITS and u > mx:
+                                    mx = u
+                mx = _seg_max(mx, 32, s2, ph, tid)
+                ph ^= 1
+                a = _int_as_float(mx)
+                bits = encode_one(a, fmt, emax, ts)
+                if fmt == 4:
+                    q = decode_one(bits, a, fmt, ts)
+                else:
+                    base_q = decode_one(bits, a, fmt, ts) if codes_decoded else a
+                    q = base_q if base_q > EPS else EPS
+                if lane == 0 and base < n:
+                    _store_scale(sc, uint64(base // bs), bits, a, fmt)
+                c0 = 0
+                while c0 < chunks:
+                    for j in range(NS):
+                        i = base + (c0 + j) * 32 + lane
+                        xv[j] = _elem_at(x, uint64(i), KIND) if (c0 + j < chunks and i < n) else float32(0.0)
+                    for j in range(NS):
+                        xv[j] = xv[j] / q
+                    search_n(xv, pv, cb)
+                    for j in range(NS):
+                        i = base + (c0 + j) * 32 + lane
+                        pv[j] = int32(settle(xv[j], pv[j], cb)) if i < n else int32(0)
+                    for j in range(NS):     # chunks inside the unit and holding some element of the CTA's first
+                        if c0 + j < chunks and tbase + (c0 + j) * 32 < n:    # warp (uniform over the CTA)
+                            ph = pack_store(pv[j], lane, base + (c0 + j) * 32, out, nw, s2, ph, tid)
+                    c0 += NS
+        else:
+            for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):
+                tbase = tile * NWARPS * (NSE * 32)
+                base = tbase + (tid >> 5) * (NSE * 32)
+                for j in range(NSE):                  # every load of the iteration first
+                    i = base + j * 32 + lane
+                    xv[j] = _elem_at(x, uint64(i), KIND) if i < n else float32(0.0)
+                for r in range(R):
                     mx = int32(0)
-                    for ch in range(chunks):
-                        i = base + ch * 32 + lane
-                        if i < n:
-                            u = _mag_at(x, uint64(i), kind)
-                            if u <= INF_BITS and u > mx:
-                                mx = u
-            mx = _seg_max(mx, W, s2, ph, tid)
-            ph ^= 1
-            a = _int_as_float(mx)
-            bits = encode_one(a, fmt, emax, ts)
-            if fmt == 4:
-                q = decode_one(bits, a, fmt, ts)
-            else:
-                base_q = decode_one(bits, a, fmt, ts) if codes_decoded else a
-                q = base_q if base_q > EPS else EPS
-            blk = base // bs + (lane >> 4 if bs < 32 else 0)
-            if (lane & (W - 1)) == 0 and blk * bs < n:
-                _store_scale(sc, uint64(blk), bits, a, fmt)
-            for ch in range(chunks):
-                i0 = base + ch * 32
-                i = i0 + lane
-                c = int32(0)
-                if i < n:
-                    c = int32(nearest(_elem_at(x, uint64(i), kind) / q, cb))
-                ph = pack_store(c, lane, i0, out, nw, s2, ph, tid)
+                    for c in range(CH):
+                        mx = _imax(mx, _mag(xv[r * CH + c]))
+                    if mx >= INF_BITS:   # a NaN or an Inf (rare): flag, and a max that skips NaN
+                        flag[0] = 1
+                        if mx > INF_BITS:
+                            mx = int32(0)
+                            for c in range(CH):
+                                u = _mag(xv[r * CH + c])
+                                if u <= INF_BITS and u > mx:
+                                    mx = u
+                    mv[r] = mx
+                # The R maxima over W lanes at once: each halving step sends half of a lane's values to its
+                # partner (the lane at xor off) and keeps the other half, maxed with what comes back; then
+                # plain steps. Lane L ends with the max of unit u = (L % W) // SPAN (9 shuffles for R = 8)
+                if R >= 8:
+                    up = (lane & (W >> 1)) != 0
+                    for i in range(4):
+                        got = _xor(mv[i] if up else mv[i + 4], W >> 1, s2, ph, tid)
+                        ph ^= 1
+                        mv[i] = _imax(mv[i + 4] if up else mv[i], got)
+                if R >= 4:
+                    up = (lane & (W >> (LOGR - 1))) != 0
+                    for i in range(2):
+                        got = _xor(mv[i] if up else mv[i + 2], W >> (LOGR - 1), s2, ph, tid)
+                        ph ^= 1
+                        mv[i] = _imax(mv[i + 2] if up else mv[i], got)
+                if R >= 2:
+                    up = (lane & (W >> LOGR)) != 0
+                    got = _xor(mv[0] if up else mv[1], W >> LOGR, s2, ph, tid)
+                    ph ^= 1
+                    mv[0] = _imax(mv[1] if up else mv[0], got)
+                mine = mv[0]
+                o = SPAN >> 1
+                while o > 0:
+                    mine = _imax(mine, _xor(mine, o, s2, ph, tid))
+                    ph ^= 1
+                    o >>= 1
+                a = _int_as_float(mine)
+                bits = encode_one(a, fmt, emax, ts)
+                if fmt == 4:
+                    q = decode_one(bits, a, fmt, ts)
+                else:
+                    base_q = decode_one(bits, a, fmt, ts) if codes_decoded else a
+                    q = base_q if base_q > EPS else EPS
+                u = (lane & (W - 1)) // SPAN              # this lane's unit
+                if HALF:
+                    blk = (base >> 4) + 2 * u + (lane >> 4)
+                else:
+                    blk = base // GB + u
+                if (lane & (SPAN - 1)) == 0 and blk * GB < n:   # one lane per block stores its scale
+                    _store_scale(sc, uint64(blk), bits, a, fmt)
+                for r in range(R):
+                    qr = _shfl_f(q, r * SPAN + (lane & HALF), s2, ph, tid)
+                    ph ^= 1
+                    for c in range(CH):
+                        qv[r * CH + c] = qr
+                for j in range(NSE, NS):              # unused slots (CH not dividing NS)
+                    xv[j] = float32(0.0)
+                    qv[j] = float32(1.0)
+                for j in range(NS):
+                    xv[j] = xv[j] / qv[j]
+                search_n(xv, pv, cb)
+                for j in range(NSE):
+                    pv[j] = int32(settle(xv[j], pv[j], cb)) if base + j * 32 + lane < n else int32(0)
+                for j in range(NSE):
+                    if tbase + j * 32 < n:            # chunk j of the CTA's first warp holds an element: uniform
+                        ph = pack_store(pv[j], lane, base + j * 32, out, nw, s2, ph, tid)
 
-    return codes, fused
+    return fused
 
 
 # ------------------------------------------------------------------ dequantize
 
-def _make_dequant4(k: int, layout: int):
-    """A thread per 4 elements: the codes of a quad from one set of word loads, one scale decode when the
-    blocksize is a multiple of 4, one 8-byte store (16-bit outputs) or two (float32) into ``out_w`` (the first
-    n // 4 quads as uint64 words); the n % 4 last elements go to ``out_t`` (element view, disjoint)."""
+if config.ENABLE_CUDASIM:
+    def _st16(a, i, lo, hi):
+        a[i] = lo
+        a[i + 1] = hi
+else:
+    from llvmlite import ir as _ir
+    from numba.core import types as _types
+    from numba.core.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def _st16(typingctx, a, i, lo, hi):
+        """a[i], a[i + 1] = lo, hi as one 16-byte store (a: uint64 array, &a[i] 16-byte aligned)."""
+        sig = _types.void(a, i, lo, hi)
+
+        def codegen(context, builder, sig, args):
+            aty = sig.args[0]
+            ary = context.make_array(aty)(context, builder, args[0])
+            idx = context.cast(builder, args[1], sig.args[1], _types.intp)
+            ptr = builder.gep(ary.data, [idx])
+            vt = _ir.VectorType(_ir.IntType(64), 2)
+            v = _ir.Constant(vt, _ir.Undefined)
+            v = builder.insert_element(v, context.cast(builder, args[2], sig.args[2], _types.uint64),
+                                       _ir.Constant(_ir.IntType(32), 0))
+            v = builder.insert_element(v, context.cast(builder, args[3], sig.args[3], _types.uint64),
+                                       _ir.Constant(_ir.IntType(32), 1))
+            st = builder.store(v, builder.bitcast(ptr, vt.as_pointer()))
+            st.align = 16
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+
+@cuda.jit(device=True, inline=True)
+def _spread4(v):
+    """The 4 low bits of v into the low bits of the 4 bytes of a uint32 (bit e -> bit 8e)."""
+    return ((((v * uint32(0x01010101)) & uint32(0x08040201)) + uint32(0x7F7F7F7F)) >> uint32(7)) & uint32(0x01010101)
+
+
+def _make_dequant8(k: int, layout: int, kind: int):
+    """A thread per 8 elements (8-aligned, so inside one 32-element group): the word loads first, the codes of
+    the 8 from them (bit-plane: each plane's byte spread into the bytes of two words; dense: one 64-bit
+    window), one scale decode when the blocksize is a multiple of 8, one 16-byte store (16-bit outputs) or two
+    (float32) into ``out_w`` (the first n // 8 groups as uint64 words, 16-byte aligned); the n % 8 last
+    elements go to ``out_t`` (element view, disjoint)."""
     M = 1 << k
     MASK = uint64(M - 1)
+    KIND = kind                       # the output kind, compile-time
 
     @cuda.jit(device=True, inline=True)
     def bits_of(v, kind):
@@ -523,89 +758,92 @@ def _make_dequant4(k: int, layout: int):
         return uint64(_float2half_rn(v) & 0xFFFF)
 
     @cuda.jit(fastmath=False)
-    def dequant4(words, nw, n, bs, shift, sc, fmt, ts_g, cb_g, kind, out_w, out_t):
+    def dequant8(words, nw, n, bs, shift, sc, fmt, ts_g, cb_g, kind_, out_w, out_t):
         cb = cuda.shared.array(M, float32)
+        wv = cuda.local.array(k, uint32)
+        cv = cuda.local.array(8, uint32)
+        dv = cuda.local.array(8, float32)
+        ov = cuda.local.array(8, uint64)
         tid = cuda.threadIdx.x
         for j in range(tid, M, THREADS):
             cb[j] = cb_g[j]
         cuda.syncthreads()
         ts = float32(ts_g[0])
-        quads = (n + 3) >> 2
-        full = n >> 2
-        bs4 = (bs & 3) == 0
+        groups = (n + 7) >> 3
+        full = n >> 3
+        bs8 = (bs & 7) == 0
         step = cuda.gridDim.x * THREADS
         t = cuda.blockIdx.x * THREADS + tid
-        while t < quads:
-            i0 = t * 4
+        while t < groups:
+            i0 = t * 8
             if layout == 0:
                 base = (i0 >> 5) * k
+                for b in range(k):            # the K loads first
+                    wv[b] = uint32(words[uint64(base + b)])
                 j = uint32(i0 & 31)
-                c0 = uint32(0)
-                c1 = uint32(0)
-                c2 = uint32(0)
-                c3 = uint32(0)
+                slo = uint32(0)
+                shi = uint32(0)
                 for b in range(k):
-                    wb = uint32(words[uint64(base + b)]) >> j
-                    c0 |= (wb & uint32(1)) << uint32(b)
-                    c1 |= ((wb >> uint32(1)) & uint32(1)) << uint32(b)
-                    c2 |= ((wb >> uint32(2)) & uint32(1)) << uint32(b)
-                    c3 |= ((wb >> uint32(3)) & uint32(1)) << uint32(b)
+                    y = (wv[b] >> j) & uint32(0xFF)
+                    slo |= _spread4(y & uint32(15)) << uint32(b)
+                    shi |= _spread4(y >> uint32(4)) << uint32(b)
+                for e in range(4):
+                    cv[e] = (slo >> uint32(8 * e)) & uint32(0xFF)
+                    cv[e + 4] = (shi >> uint32(8 * e)) & uint32(0xFF)
             else:
                 p = i0 * k
                 wi = p >> 5
-                lo = uint64(uint32(words[uint64(wi)]))
-                hi = uint64(uint32(words[uint64(wi + 1)])) if wi + 1 < nw else uint64(0)
-                both = (lo | (hi << uint64(32))) >> uint64(p & 31)
-                c0 = uint32(both & MASK)
-                c1 = uint32((both >> uint64(k)) & MASK)
-                c2 = uint32((both >> uint64(2 * k)) & MASK)
-                c3 = uint32((both >> uint64(3 * k)) & MASK)
-            if bs4:
+                w0 = uint64(uint32(words[uint64(wi)]))
+                w1 = uint64(uint32(words[uint64(wi + 1)])) if wi + 1 < nw else uint64(0)
+                w2 = uint64(uint32(words[uint64(wi + 2)])) if wi + 2 < nw else uint64(0)
+                off = uint64(p & 31)
+                v = (w0 | (w1 << uint64(32))) >> off
+                if off != 0:
+                    v |= w2 << (uint64(64) - off)
+                for e in range(8):
+                    cv[e] = uint32((v >> uint64(e * k)) & MASK)
+            if bs8:
                 d = _scale_value(sc, _block_of(i0, bs, shift), fmt, ts)
-                d0 = d
-                d1 = d
-                d2 = d
-                d3 = d
-            else:                             # a block boundary may fall inside the quad
+                for e in range(8):
+                    dv[e] = d
+            else:                             # a block boundary may fall inside the 8
                 last = n - 1
-                d0 = _scale_value(sc, _block_of(i0, bs, shift), fmt, ts)
-                d1 = _scale_value(sc, _block_of(i0 + 1 if i0 + 1 < n else last, bs, shift), fmt, ts)
-                d2 = _scale_value(sc, _block_of(i0 + 2 if i0 + 2 < n else last, bs, shift), fmt, ts)
-                d3 = _scale_value(sc, _block_of(i0 + 3 if i0 + 3 < n else last, bs, shift), fmt, ts)
-            v0 = cb[c0] * d0
-            v1 = cb[c1] * d1
-            v2 = cb[c2] * d2
-            v3 = cb[c3] * d3
+                for e in range(8):
+                    ie = i0 + e
+                    dv[e] = _scale_value(sc, _block_of(ie if ie < n else last, bs, shift), fmt, ts)
+            for e in range(8):
+                ov[e] = bits_of(cb[cv[e]] * dv[e], KIND)
             if t < full:
-                if kind == F32:
-                    out_w[uint64(2 * t)] = bits_of(v0, kind) | (bits_of(v1, kind) << uint64(32))
-                    out_w[uint64(2 * t + 1)] = bits_of(v2, kind) | (bits_of(v3, kind) << uint64(32))
+                if KIND == F32:
+                    _st16(out_w, uint64(4 * t), ov[0] | (ov[1] << uint64(32)), ov[2] | (ov[3] << uint64(32)))
+                    _st16(out_w, uint64(4 * t + 2), ov[4] | (ov[5] << uint64(32)), ov[6] | (ov[7] << uint64(32)))
                 else:
-                    out_w[uint64(t)] = (bits_of(v0, kind) | (bits_of(v1, kind) << uint64(16))
-                                        | (bits_of(v2, kind) << uint64(32)) | (bits_of(v3, kind) << uint64(48)))
-            else:                             # the n % 4 last elements
-                for e in range(n - i0):
-                    v = v0 if e == 0 else (v1 if e == 1 else v2)
-                    if kind == F32:
-                        out_t[e] = v
-                    else:
-                        out_t[e] = uint32(bits_of(v, kind))
+                    _st16(out_w, uint64(2 * t),
+                          ov[0] | (ov[1] << uint64(16)) | (ov[2] << uint64(32)) | (ov[3] << uint64(48)),
+                          ov[4] | (ov[5] << uint64(16)) | (ov[6] << uint64(32)) | (ov[7] << uint64(48)))
+            else:                             # the n % 8 last elements
+                rem = n - i0
+                for e in range(8):
+                    if e < rem:
+                        if KIND == F32:
+                            out_t[e] = cb[cv[e]] * dv[e]
+                        else:
+                            out_t[e] = uint32(ov[e])
             t += step
 
-    return dequant4
+    return dequant8
 
 
 _KERNELS: dict = {}
 
 
 def kernel(op: str, *key):
-    """The compiled kernel: ('absmax', lpb), ('codes' or 'fused', k, layout), ('dequant4', k, layout)."""
+    """The compiled kernel: ('absmax', lpb), ('codes', k, layout), ('fused', k, layout, fused_variant(bs), kind),
+    ('dequant8', k, layout, output kind)."""
     full = (op, *key)
     if full not in _KERNELS:
-        if op in ("codes", "fused"):
-            _KERNELS[("codes", *key)], _KERNELS[("fused", *key)] = _make_codes(*key)
-        else:
-            _KERNELS[full] = {"absmax": _make_absmax, "dequant4": _make_dequant4}[op](*key)
+        _KERNELS[full] = {"absmax": _make_absmax, "codes": _make_codes, "fused": _make_fused,
+                          "dequant8": _make_dequant8}[op](*key)
     return _KERNELS[full]
 
 
@@ -614,4 +852,5 @@ def fused_path(blocksize: int) -> bool:
     return blocksize == 16 or blocksize % 32 == 0
 
 
-__all__ = ["BF16", "F16", "F32", "FMT_IDS", "LAYOUT_IDS", "THREADS", "encode_e4m3", "fused_path", "kernel"]
+__all__ = ["BF16", "F16", "F32", "FMT_IDS", "LAYOUT_IDS", "NS", "THREADS", "encode_e4m3", "fused_elems",
+           "fused_path", "fused_variant", "kernel"]

@@ -102,8 +102,8 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
                ntiles, as_array(cb), cb.numel(), fmt, against, as_array(absmax), sa, as_array(D), as_array(q),
                as_array(flag), as_array(gmax))
     if fused:
-        kern = K.kernel("fused", k, K.LAYOUT_IDS[layout])
-        ntiles = -(-n // (K.NWARPS * max(blocksize, 32)))
+        kern = K.kernel("fused", k, K.LAYOUT_IDS[layout], K.fused_variant(blocksize), kind)
+        ntiles = -(-n // (K.NWARPS * K.fused_elems(blocksize)))
         launch(kern, _grid(kern, ntiles, dev), K.THREADS, dev, xa, kind, n, blocksize, ntiles, as_array(cb),
                cb.numel(), fmt, against, as_array(gmax), sa, as_array(ts), _words(out), nw, as_array(flag))
         return out, scales, ts, flag
@@ -136,13 +136,16 @@ def dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, lay
     out = torch.empty(n, dtype=dtype, device=dev)
     if n == 0:
         return out
-    full = n // 4                # quads stored as 8-byte words; the n % 4 last elements one by one
-    head = out[:4 * full].view(torch.int64)
+    full = n // 8                # 8-element groups stored 16 bytes at a time; the n % 8 last elements one by one
+    head = out[:8 * full].view(torch.int64)
+    if head.data_ptr() % 16:     # the kernel's 16-byte stores (torch's allocations are 256-byte aligned)
+        raise RuntimeError("dequantize_kbit: output not 16-byte aligned")
     out_w = head if dev.type != "cpu" else as_array(head).view(np.uint64)
-    kern = K.kernel("dequant4", k, K.LAYOUT_IDS[layout])
-    launch(kern, _grid(kern, -(-n // (4 * K.THREADS)), dev), K.THREADS, dev, _words(words), words.numel(), n,
-           blocksize, _shift(blocksize), _bits16(sc), K.FMT_IDS[scale_format], as_array(ts), as_array(cb),
-           _kind(dtype), out_w, _bits16(out[4 * full:]))
+    kern = K.kernel("dequant8", k, K.LAYOUT_IDS[layout], _kind(dtype))
+    groups = -(-n // 8)          # a thread per group, every CTA of ceil(groups / THREADS) at once (no cap)
+    grid = max(1, -(-groups // K.THREADS)) if dev.type != "cpu" else _grid(kern, -(-groups // K.THREADS), dev)
+    launch(kern, grid, K.THREADS, dev, _words(words), words.numel(), n, blocksize, _shift(blocksize), _bits16(sc),
+           K.FMT_IDS[scale_format], as_array(ts), as_array(cb), _kind(dtype), out_w, _bits16(out[8 * full:]))
     return out
 
 
