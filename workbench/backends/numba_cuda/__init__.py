@@ -50,4 +50,4 @@ def available() -> tuple[bool, str]:
 
 
 def load_kernels() -> None:
-    from . import int8, kbit, matmul, optim, quant  # noqa: F401  (importing a family module registers its kernels)
+    from . import int8, kbit, kbit_affine, matmul, optim, quant  # noqa: F401  (importing one registers its kernels)
