@@ -11,7 +11,7 @@ import ctypes
 import torch
 
 from . import check, load, on, ptr, stream
-from ..reference.kbit import SCALE_DTYPES, nblocks, packed_words
+from ..reference.kbit import SCALE_DTYPES, dequantize_operands, kernel_codebook, nblocks, packed_words
 from ..registry import register_kernel
 
 from ...wire import ELEMENT_KIND as KIND
@@ -39,18 +39,11 @@ def _fast_path(blocksize: int) -> bool:
     return blocksize == 16 or blocksize % 32 == 0
 
 
-def _codebook(codebook: torch.Tensor, k: int, dev) -> torch.Tensor:
-    cb = codebook.to(device=dev, dtype=torch.float32).reshape(-1).contiguous()
-    if cb.numel() != 2 ** k:     # the kernels search and index a 2**k-entry table
-        raise ValueError(f"codebook: expected {2 ** k} entries for k={k}, got {cb.numel()}")
-    return cb
-
-
 def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against):
     dev = A.device
     n = A.numel()
     nb = nblocks(n, blocksize)
-    cb = _codebook(codebook, k, dev)
+    cb = kernel_codebook(codebook, k, dev)
     scales = torch.empty(nb, dtype=SCALE_DTYPES[scale_format], device=dev)
     ts = torch.empty(1 if scale_format == "e4m3" else 0, dtype=torch.float32, device=dev)
     scratch = torch.empty(1 if _fast_path(blocksize) else 1 + nb, dtype=torch.float32, device=dev)
@@ -67,19 +60,8 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
 
 def dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, layout, scale_format, dtype):
     dev = packed.device
-    s = scales.reshape(-1).contiguous()
-    if s.dtype != SCALE_DTYPES[scale_format] or s.numel() != nblocks(n, blocksize):
-        raise ValueError(f"scales: expected {nblocks(n, blocksize)} x {SCALE_DTYPES[scale_format]} for "
-                         f"scale_format {scale_format!r}, got {s.numel()} x {s.dtype}")
-    ts = None
-    if scale_format == "e4m3":
-        ts = tensor_scale.reshape(-1)[:1].to(dev, torch.float32).contiguous()
-        if ts.numel() != 1:
-            raise ValueError("tensor_scale: e4m3 scales need the float32 per-tensor scale")
-    cb = _codebook(codebook, k, dev)
-    words = packed.reshape(-1).contiguous()
-    if words.numel() != packed_words(n, k, layout):
-        raise ValueError(f"packed: expected {packed_words(n, k, layout)} words, got {words.numel()}")
+    words, s, ts = dequantize_operands(packed, scales, tensor_scale, k, blocksize, n, layout, scale_format)
+    cb = kernel_codebook(codebook, k, dev)
     out = torch.empty(n, dtype=dtype, device=dev)
     with on(dev):
         check(lib().kbit_kbit_dequantize(ptr(words), words.numel(), n, k, LAYOUT[layout], blocksize, ptr(s),

@@ -13,11 +13,9 @@ import torch
 from numba_kernels.cuda import kbit as K
 
 from ._launch import as_array, ctas_per_sm, launch
-from ..reference.kbit import nblocks, packed_words
+from ..reference.kbit import SCALE_DTYPES, dequantize_operands, kernel_codebook, nblocks, packed_words
 from ..registry import register_kernel
 
-_SCALE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-                 "e4m4": torch.uint8, "e8m0": torch.uint8, "e4m3": torch.uint8}
 _KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
 ABSMAX_CTAS_PER_SM = 8
 
@@ -55,13 +53,6 @@ def _grid(kern, ntiles: int, dev: torch.device, default_per_sm: int = 8) -> int:
     return max(1, min(ntiles, _sms(dev) * 2 * ctas_per_sm(kern, dev, default_per_sm)))
 
 
-def _codebook(codebook: torch.Tensor, k: int, dev) -> torch.Tensor:
-    cb = codebook.to(device=dev, dtype=torch.float32).reshape(-1).contiguous()
-    if cb.numel() != 2 ** k:     # the kernels search and index a 2**k-entry table
-        raise ValueError(f"codebook: expected {2 ** k} entries for k={k}, got {cb.numel()}")
-    return cb
-
-
 def _shift(blocksize: int) -> int:
     """log2(blocksize) for a power of two (the kernels shift), else -1 (they divide)."""
     return blocksize.bit_length() - 1 if blocksize & (blocksize - 1) == 0 else -1
@@ -77,10 +68,10 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
     fmt = K.FMT_IDS[scale_format]
     e4m3 = fmt == 5
     kind = _kind(A.dtype)
-    cb = _codebook(codebook, k, dev)
+    cb = kernel_codebook(codebook, k, dev)
     nw = packed_words(n, k, layout)
     out = torch.empty(nw, dtype=torch.int32, device=dev)
-    scales = torch.empty(nb, dtype=_SCALE_DTYPES[scale_format], device=dev)
+    scales = torch.empty(nb, dtype=SCALE_DTYPES[scale_format], device=dev)
     flag = torch.zeros(1, dtype=torch.int32, device=dev)
     ts = torch.empty(1 if e4m3 else 0, dtype=torch.float32, device=dev)
     if n == 0:
@@ -119,20 +110,10 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
 
 def dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, layout, scale_format, dtype):
     dev = packed.device
-    sc = scales.reshape(-1).contiguous()
-    if sc.dtype != _SCALE_DTYPES[scale_format] or sc.numel() != nblocks(n, blocksize):
-        raise ValueError(f"scales: expected {nblocks(n, blocksize)} x {_SCALE_DTYPES[scale_format]} for "
-                         f"scale_format {scale_format!r}, got {sc.numel()} x {sc.dtype}")
-    if scale_format == "e4m3":
-        ts = tensor_scale.reshape(-1)[:1].to(dev, torch.float32).contiguous()
-        if ts.numel() != 1:
-            raise ValueError("tensor_scale: e4m3 scales need the float32 per-tensor scale")
-    else:
+    words, sc, ts = dequantize_operands(packed, scales, tensor_scale, k, blocksize, n, layout, scale_format)
+    if ts is None:
         ts = torch.ones(1, dtype=torch.float32, device=dev)   # read by no format but e4m3
-    cb = _codebook(codebook, k, dev)
-    words = packed.reshape(-1).contiguous()
-    if words.numel() != packed_words(n, k, layout):
-        raise ValueError(f"packed: expected {packed_words(n, k, layout)} words, got {words.numel()}")
+    cb = kernel_codebook(codebook, k, dev)
     out = torch.empty(n, dtype=dtype, device=dev)
     if n == 0:
         return out

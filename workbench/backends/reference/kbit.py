@@ -69,6 +69,32 @@ def packed_words(n: int, k: int, layout: str) -> int:
     return nblocks(n, 32) * k if layout == "bitplane" else nblocks(n * k, 32)
 
 
+def kernel_codebook(codebook: torch.Tensor, k: int, device) -> torch.Tensor:
+    """The codebook as the compiled kernels take it: 2**k contiguous float32 values on ``device``."""
+    cb = codebook.to(device=device, dtype=torch.float32).reshape(-1).contiguous()
+    if cb.numel() != 2 ** k:     # the kernels search and index a 2**k-entry table
+        raise ValueError(f"codebook: expected {2 ** k} entries for k={k}, got {cb.numel()}")
+    return cb
+
+
+def dequantize_operands(packed, scales, tensor_scale, k, blocksize, n, layout, scale_format):
+    """(words, scales, tensor scale or None) checked against each other for a dequantize kernel: flat contiguous
+    words and scales in their storage dtype, e4m3's float32 tensor scale on the words' device."""
+    s = scales.reshape(-1).contiguous()
+    if s.dtype != SCALE_DTYPES[scale_format] or s.numel() != nblocks(n, blocksize):
+        raise ValueError(f"scales: expected {nblocks(n, blocksize)} x {SCALE_DTYPES[scale_format]} for "
+                         f"scale_format {scale_format!r}, got {s.numel()} x {s.dtype}")
+    ts = None
+    if scale_format == "e4m3":
+        ts = tensor_scale.reshape(-1)[:1].to(packed.device, torch.float32).contiguous()
+        if ts.numel() != 1:
+            raise ValueError("tensor_scale: e4m3 scales need the float32 per-tensor scale")
+    words = packed.reshape(-1).contiguous()
+    if words.numel() != packed_words(n, k, layout):
+        raise ValueError(f"packed: expected {packed_words(n, k, layout)} words, got {words.numel()}")
+    return words, s, ts
+
+
 # ------------------------------------------------------------------ exact helpers
 
 def floor_log2(a: torch.Tensor) -> torch.Tensor:
