@@ -58,6 +58,15 @@ def test_auto_resolution_is_measured_then_fallback_and_cached():
     assert resolve("auto", "quantize_4bit", "cpu", "bfloat16") is first
 
 
+def test_auto_skips_kernels_not_yet_run_on_a_gpu():
+    """Simulator-verified kernels run when named, but 'auto' on a GPU does not pick them."""
+    from workbench.backends.registry import NOT_YET_RUN_ON_A_GPU
+    for backend, op in NOT_YET_RUN_ON_A_GPU:
+        assert backend not in candidates(op, "cuda", "bfloat16")
+    assert candidates("quantize_kbit_affine", "cuda", None)[-1] == "reference"
+    assert "numba_cuda" in candidates("quantize_4bit", "cuda", "bfloat16")
+
+
 def _fake_ops():
     gen = torch.Generator().manual_seed(0)
     A = torch.randn(1000, generator=gen, dtype=torch.float32).to(torch.bfloat16)
