@@ -209,22 +209,22 @@ def decode_scales(bits, fmt, ts, D):
 
 @njit(inline="always", **_OPTS)
 def nearest(s, cb, m):
+    # m = 2**k: the count of entries <= s by a branch-free binary search (a data-dependent branch per step
+    # mispredicts half the time)
     lo = 0
-    hi = m
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if cb[mid] <= s:
-            lo = mid + 1
-        else:
-            hi = mid
-    if lo == 0:
-        return 0
-    if lo < m:
-        if abs(cb[lo] - s) < abs(s - cb[lo - 1]):
-            return lo
-    j = lo - 1
-    d = abs(s - cb[j])
-    while j > 0 and abs(s - cb[j - 1]) == d:
+    half = m >> 1
+    while half > 0:
+        lo += half if cb[lo + half - 1] <= s else 0
+        half >>= 1
+    # the upper neighbour only when strictly closer; selects, not branches (the choice is a coin toss)
+    up = lo if lo < m else m - 1
+    dn = lo - 1 if lo > 0 else 0
+    du = abs(cb[up] - s)
+    dd = abs(s - cb[dn])
+    take = (lo < m) & (du < dd)
+    j = lo if take else dn
+    tie = np.float32(np.nan) if take else dd     # NaN equals nothing: no walk after taking the upper neighbour
+    while j > 0 and abs(s - cb[j - 1]) == tie:
         j -= 1
     return j
 
@@ -289,11 +289,17 @@ def quantize_groups(x, kind, n, blocksize, q, cb, k, layout, out):
     for t in prange(tasks):
         codes = np.empty(32, np.int64)
         words = np.empty(9, np.uint64)
-        for g in range(t * GROUPS_PER_TASK, min((t + 1) * GROUPS_PER_TASK, groups)):
+        g0 = t * GROUPS_PER_TASK
+        b = g0 * 32 // blocksize       # the block of element i, tracked: no division per element
+        nxt = (b + 1) * blocksize
+        for g in range(g0, min((t + 1) * GROUPS_PER_TASK, groups)):
             base = g * 32
             for j in range(32):
                 i = base + j
-                codes[j] = nearest(load(x, i, kind) / q[i // blocksize], cb, m) if i < n else 0
+                if i >= nxt:
+                    b += 1
+                    nxt += blocksize
+                codes[j] = nearest(load(x, i, kind) / q[b], cb, m) if i < n else 0
             pack_group(codes, k, layout, words)
             store_group(words, g, k, out)
 
@@ -304,12 +310,18 @@ def dequantize_groups(words, n, k, layout, blocksize, D, cb, kind, out):
     tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
     for t in prange(tasks):
         w = np.empty(9, np.uint64)
-        for g in range(t * GROUPS_PER_TASK, min((t + 1) * GROUPS_PER_TASK, groups)):
+        g0 = t * GROUPS_PER_TASK
+        b = g0 * 32 // blocksize
+        nxt = (b + 1) * blocksize
+        for g in range(g0, min((t + 1) * GROUPS_PER_TASK, groups)):
             load_group(words, g, k, w)
             base = g * 32
             for j in range(min(32, n - base)):
                 i = base + j
-                store(out, i, cb[code_at(w, j, k, layout)] * D[i // blocksize], kind)
+                if i >= nxt:
+                    b += 1
+                    nxt += blocksize
+                store(out, i, cb[code_at(w, j, k, layout)] * D[b], kind)
 
 
 # ------------------------------------------------------------------ affine groups (spec: reference/kbit_affine.py)

@@ -90,15 +90,18 @@ cdef extern from *:
         for (int64_t i = start; i < end; i++) { float v = fabsf(kk_load(x, kind, i)); am = v > am ? v : am; }
         absmax[b] = am;
     }
-    /* argmin_j fl(|s - c[j]|), the lowest j on ties (see numba_kernels/cpu/kbit.py) */
+    /* argmin_j fl(|s - c[j]|), the lowest j on ties (see numba_kernels/cpu/kbit.py); m = 2**k. The count of
+       entries <= s by a branch-free binary search (a data-dependent branch per step mispredicts half the time) */
     static inline int64_t kk_nearest(float s, const float* cb, int64_t m) {
-        int64_t lo = 0, hi = m;
-        while (lo < hi) { int64_t mid = (lo + hi) >> 1; if (cb[mid] <= s) lo = mid + 1; else hi = mid; }
-        if (lo == 0) return 0;
-        if (lo < m && fabsf(cb[lo] - s) < fabsf(s - cb[lo - 1])) return lo;
-        int64_t j = lo - 1;
-        float d = fabsf(s - cb[j]);
-        while (j > 0 && fabsf(s - cb[j - 1]) == d) j--;
+        int64_t lo = 0;
+        for (int64_t half = m >> 1; half > 0; half >>= 1) lo += cb[lo + half - 1] <= s ? half : 0;
+        /* the upper neighbour only when strictly closer; selects, not branches (the choice is a coin toss) */
+        int64_t up = lo < m ? lo : m - 1, dn = lo > 0 ? lo - 1 : 0;
+        float du = fabsf(cb[up] - s), dd = fabsf(s - cb[dn]);
+        int take = (lo < m) & (du < dd);
+        int64_t j = take ? lo : dn;
+        float tie = take ? NAN : dd;       /* NaN equals nothing: no walk after taking the upper neighbour */
+        while (j > 0 && fabsf(s - cb[j - 1]) == tie) j--;
         return j;
     }
     /* the 32 codes of group g packed into its k words (bit-plane, or the dense stream's words below nw) */
@@ -136,11 +139,13 @@ cdef extern from *:
         int64_t groups = (n + 31) / 32, g0 = t * KK_GROUPS_PER_TASK;
         int64_t g1 = g0 + KK_GROUPS_PER_TASK < groups ? g0 + KK_GROUPS_PER_TASK : groups;
         int64_t codes[32];
+        int64_t b = g0 * 32 / bs, next = (b + 1) * bs;   /* the block of element i, tracked: no division per element */
         for (int64_t g = g0; g < g1; g++) {
             int64_t base = g * 32;
             for (int64_t j = 0; j < 32; j++) {
                 int64_t i = base + j;
-                codes[j] = i < n ? kk_nearest(kk_load(x, kind, i) / q[i / bs], cb, m) : 0;
+                if (i >= next) { b++; next += bs; }
+                codes[j] = i < n ? kk_nearest(kk_load(x, kind, i) / q[b], cb, m) : 0;
             }
             kk_pack_store(codes, k, layout, g, out, nw);
         }
@@ -150,12 +155,14 @@ cdef extern from *:
         int64_t groups = (n + 31) / 32, g0 = t * KK_GROUPS_PER_TASK;
         int64_t g1 = g0 + KK_GROUPS_PER_TASK < groups ? g0 + KK_GROUPS_PER_TASK : groups;
         uint64_t w[9];
+        int64_t b = g0 * 32 / bs, next = (b + 1) * bs;
         for (int64_t g = g0; g < g1; g++) {
             kk_load_group(words, nw, g, k, w);
             int64_t base = g * 32, len = n - base < 32 ? n - base : 32;
             for (int64_t j = 0; j < len; j++) {
                 int64_t i = base + j;
-                kk_store(out, kind, i, cb[kk_code_at(w, j, k, layout)] * D[i / bs]);
+                if (i >= next) { b++; next += bs; }
+                kk_store(out, kind, i, cb[kk_code_at(w, j, k, layout)] * D[b]);
             }
         }
     }
