@@ -164,7 +164,7 @@ def dequantize_kbit(packed: torch.Tensor, state: KbitState, *, dtype: torch.dtyp
         out = _ops.dequantize_kbit_affine(words, state.scales.to(dev).contiguous(), state.zeros.to(dev).contiguous(),
                                           state.k, state.blocksize, n, state.layout, coded_dtype, name)
     else:
-        name = resolve(backend, "dequantize_kbit", _device(packed), None)
+        name = resolve(backend, "dequantize_kbit", _device(packed), str(coded_dtype).removeprefix("torch."))
         scales, fmt = state.scales, state.scale_format
         if fmt == DQ8:        # decode the 8-bit absmax first: dequantize_blockwise + offset, in float32
             from .ops import dequantize_blockwise

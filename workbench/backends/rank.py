@@ -20,8 +20,9 @@ from .registry import RANKING_FILE, registered
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 OPS = ("quantize_4bit", "dequantize_4bit", "quantize_blockwise", "dequantize_blockwise", "int8_vectorwise_quant",
-       "optimizer_update_8bit_blockwise", "optimizer_update_32bit")
+       "optimizer_update_8bit_blockwise", "optimizer_update_32bit", "quantize_kbit", "dequantize_kbit")
 SKIP = ("bnb",)  # the external oracle is never chosen by 'auto'
+LAST = "reference"  # the spec: ranked last without timing it (seconds per call at these sizes)
 
 
 def _median_ms(fn, device: str, reps: int) -> float:
@@ -52,6 +53,12 @@ def _calls(op: str, A: torch.Tensor, backend: str):
     if op == "dequantize_blockwise":
         c, s = wb.quantize_blockwise(A, blocksize=4096, backend="reference")
         return lambda: wb.dequantize_blockwise(c, s, backend=backend)
+    if op in ("quantize_kbit", "dequantize_kbit"):   # the defaults: K = 4, bit-plane, blocksize 32, e4m4
+        from workbench import kbit
+        if op == "quantize_kbit":
+            return lambda: kbit.quantize_kbit(A, 4, backend=backend)
+        p, s = kbit.quantize_kbit(A, 4, backend="reference")
+        return lambda: kbit.dequantize_kbit(p, s, backend=backend)
     if op == "int8_vectorwise_quant":
         from workbench.int8 import int8_vectorwise_quant
         M = A.view(-1, 1024)
@@ -85,10 +92,11 @@ def measure(device: str, n: int, reps: int) -> dict:
     for op in OPS:
         impls = registered(op)
         cands = [b for b in NAMES if b not in SKIP and b in impls and status(b)[0] and device in devices_of(b)]
+        timed = [b for b in cands if b != LAST] or cands
         for dname, dtype in DTYPES.items():
             A = torch.randn(n, generator=gen).to(device=device, dtype=dtype)
-            ms = {b: _median_ms(_calls(op, A, b), device, reps) for b in cands}
-            ranking.setdefault(op, {})[dname] = sorted(ms, key=ms.get)
+            ms = {b: _median_ms(_calls(op, A, b), device, reps) for b in timed}
+            ranking.setdefault(op, {})[dname] = sorted(ms, key=ms.get) + [b for b in cands if b not in timed]
             medians.setdefault(op, {})[dname] = {b: round(v, 4) for b, v in ms.items()}
     return {"ranking": ranking, "median_ms": medians}
 
@@ -106,8 +114,9 @@ def main(argv=None) -> int:
         data = {}
     got = measure(args.device, args.n, args.reps)
     where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    data.setdefault("ranking", {})[args.device] = got["ranking"]
-    data.setdefault("median_ms", {})[args.device] = got["median_ms"]
+    # ops this run does not time (the matmul family: reports/matmul-cpu) keep their entries
+    data.setdefault("ranking", {}).setdefault(args.device, {}).update(got["ranking"])
+    data.setdefault("median_ms", {}).setdefault(args.device, {}).update(got["median_ms"])
     data.setdefault("measured_on", {})[args.device] = {"device": where, "n": args.n, "torch": torch.__version__,
                                                      "date": time.strftime("%Y-%m-%d")}
     with open(args.out, "w") as f:
