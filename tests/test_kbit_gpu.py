@@ -2,11 +2,10 @@
 reference computed on the CPU (the spec is device-independent), with poisoned outputs."""
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
+from _poison import bits, poison_empty
 from workbench import kbit as K
 from workbench.backends import status
 from workbench.backends.reference import kbit as R
@@ -21,8 +20,7 @@ CASES = [  # (k, dtype, n, blocksize, scale_format, codes_against)
 ]
 
 
-def _bits(t):
-    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
+_bits = bits
 
 
 @pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])
@@ -30,17 +28,7 @@ def _bits(t):
 def test_cuda_kbit_bit_exact_with_reference(monkeypatch, backend, k, dtype, n, blocksize, fmt, against):
     if not status(backend)[0]:
         pytest.skip(f"{backend} backend not available")
-    real = torch.empty
-
-    def poisoned(*a, **kw):
-        t = real(*a, **kw)
-        if t.is_cuda and t.is_floating_point():
-            t.fill_(float("nan"))
-        elif t.is_cuda:
-            t.fill_(-1 if t.dtype != torch.uint8 else 0xAB)
-        return t
-    C = importlib.import_module(f"workbench.backends.{backend}.kbit")
-    monkeypatch.setattr(C.torch, "empty", poisoned)
+    poison_empty(monkeypatch, "cuda")
     g = torch.Generator().manual_seed(k)
     A = (torch.randn(n, generator=g) * 4 ** torch.randn(n, generator=g)).to(dtype)
     cb = torch.sort(torch.rand(2 ** k, generator=g) * 2 - 1).values

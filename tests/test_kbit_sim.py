@@ -9,6 +9,7 @@ import torch
 
 import _cudasim  # first: selects the simulator before numba.cuda is imported
 from _cudasim import sim
+from _poison import bits, poison_empty
 
 from workbench.backends.reference import kbit as R
 
@@ -34,22 +35,10 @@ def N():
 
 @pytest.fixture
 def poisoned(monkeypatch, N):
-    """Outputs the adapter allocates start as garbage (NaN / 0xAB / -1), so unwritten elements show."""
-    real = torch.empty
-
-    def empty(*a, **kw):
-        t = real(*a, **kw)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        else:
-            t.fill_(0xAB if t.dtype == torch.uint8 else -1)
-        return t
-
-    monkeypatch.setattr(N.torch, "empty", empty)
+    poison_empty(monkeypatch)
 
 
-def _bits(t):
-    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
+_bits = bits
 
 
 def _check(N, A, cb, k, bs, fmt, against, layouts=R.LAYOUTS):
