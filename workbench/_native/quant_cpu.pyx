@@ -6,7 +6,7 @@ work is plain C (below) written so GCC vectorizes it: the block is widened into 
 stack buffer, reduced to its absmax, scaled, and encoded while it sits in L1. Rounding is
 the spec's (docs/ARCHITECTURE.md): float32, no FMA contraction (setup.py passes
 -ffp-contract=off), reciprocal-multiply for full blocks, division in the tail block.
-Search plans come from workbench/backends/_cpu_common.py.
+Search plans come from workbench/codebook_tables.py (cpu_search_plan).
 
 Non-finite inputs follow the reference exactly: the block absmax is the integer max of the
 |x| bit patterns (NaN anywhere -> NaN, else Inf -> Inf; a float max would skip NaN), never
