@@ -6,11 +6,10 @@ Every check raises QuantInputError whose message starts with the argument's name
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
-import weakref
-
 import torch
 
 from . import codebooks as cbs
