@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One device call for issue 19's k-bit speed target: build the kbit and quant CUDA families, the k-bit GPU tests,
+# One device call for issue 19's k-bit speed target: build the kbit and quant CUDA families, the k-bit GPU tests
+# (cuda and numba_cuda, affine included: their pass is what clears registry.NOT_YET_RUN_ON_A_GPU),
 # then the k-bit bench (studies/bench/bench_kbit_gpu.py) into $OUT/kbit-h200. A carried .whl/ (bitsandbytes wheel)
 # is installed when present; the bench does not need it.
 # usage (on the device, repo root): [KBIT_GIT_REV=<rev>] bash studies/probes/device_kbit_gpu.sh
@@ -16,7 +17,7 @@ export PYTHONPATH=/tmp/site:$PWD KBIT_GIT_REV=${KBIT_GIT_REV:-$(cat .whl/GIT_REV
 for f in kbit quant; do (timeout ${BUILD_TIMEOUT:-150} python3 -m workbench.cuda_build $f 2>&1 | tail -1) & done
 wait  # one nvcc per family, in parallel
 timeout ${TEST_TIMEOUT:-120} python3 -m pytest -q --tb=line -p no:cacheprovider -p no:warnings -m gpu \
-  tests/test_kbit_gpu.py > "$OUT/kbit-h200/pytest_gpu_kbit.txt" 2>&1
+  tests/test_kbit_gpu.py tests/test_kbit_affine_sim.py > "$OUT/kbit-h200/pytest_gpu_kbit.txt" 2>&1
 grep -E "passed|failed|^FAILED|rror" "$OUT/kbit-h200/pytest_gpu_kbit.txt" | tail -15
 timeout ${BENCH_TIMEOUT:-300} python3 -m studies.bench.bench_kbit_gpu --out "$OUT/kbit-h200" ${BENCH_ARGS:-} \
   > "$OUT/kbit-h200/bench_log.txt" 2>&1
