@@ -95,20 +95,27 @@ def _stored(s, fmt):
     return float32(s)
 
 
+@cuda.jit(device=True, inline=True)
+def _group_range(x, kind, n, G, b):
+    """(min(0, min x), max(0, max x)) over group b's real elements."""
+    start = int64(b) * G
+    end = min(start + G, int64(n))
+    mn = float32(0.0)
+    mx = float32(0.0)
+    for i in range(start, end):
+        v = _elem_at(x, uint64(i), kind)
+        mn = v if v < mn else mn
+        mx = v if v > mx else mx
+    return mn, mx
+
+
 @cuda.jit(fastmath=False)
 def affine_range(x, kind, n, G, nb, lo, hi):
     """lo[b] = min(0, min x), hi[b] = max(0, max x) over group b's real elements (a thread per group)."""
     b = cuda.grid(1)
     step = cuda.gridsize(1)
     while b < nb:
-        start = int64(b) * G
-        end = min(start + G, int64(n))
-        mn = float32(0.0)
-        mx = float32(0.0)
-        for i in range(start, end):
-            v = _elem_at(x, uint64(i), kind)
-            mn = v if v < mn else mn
-            mx = v if v > mx else mx
+        mn, mx = _group_range(x, kind, n, G, b)
         lo[b] = mn
         hi[b] = mx
         b += step
@@ -121,14 +128,9 @@ def affine_mse(x, kind, n, G, nb, k, fmt, grid, ngrid, lo, hi):
     b = cuda.grid(1)
     step = cuda.gridsize(1)
     while b < nb:
+        mn, mx = _group_range(x, kind, n, G, b)
         start = int64(b) * G
         end = min(start + G, int64(n))
-        mn = float32(0.0)
-        mx = float32(0.0)
-        for i in range(start, end):
-            v = _elem_at(x, uint64(i), kind)
-            mn = v if v < mn else mn
-            mx = v if v > mx else mx
         best = float64(np.inf)
         blo = mn
         bhi = mx
