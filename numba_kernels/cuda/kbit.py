@@ -249,6 +249,17 @@ def decode_one(bits, a, fmt, ts):
 
 
 @cuda.jit(device=True, inline=True)
+def divisor_of(a, fmt, emax, ts, codes_decoded):
+    """(stored scale bits, divisor q) of a block with absmax a: the decoded scale for e8m0, else
+    max(absmax or decoded scale, EPS) (reference.kbit.divisors)."""
+    bits = encode_one(a, fmt, emax, ts)
+    if fmt == 4:
+        return bits, decode_one(bits, a, fmt, ts)
+    base_q = decode_one(bits, a, fmt, ts) if codes_decoded else a
+    return bits, (base_q if base_q > EPS else EPS)
+
+
+@cuda.jit(device=True, inline=True)
 def _store_scale(sc, b, bits, a, fmt):
     if fmt == 0:
         sc[b] = a
@@ -596,12 +607,7 @@ def _make_fused(k: int, layout: int, g: int, kind: int):
                 mx = _seg_max(mx, 32, s2, ph, tid)
                 ph ^= 1
                 a = _int_as_float(mx)
-                bits = encode_one(a, fmt, emax, ts)
-                if fmt == 4:
-                    q = decode_one(bits, a, fmt, ts)
-                else:
-                    base_q = decode_one(bits, a, fmt, ts) if codes_decoded else a
-                    q = base_q if base_q > EPS else EPS
+                bits, q = divisor_of(a, fmt, emax, ts, codes_decoded)
                 if lane == 0 and base < n:
                     _store_scale(sc, uint64(base // bs), bits, a, fmt)
                 c0 = 0
@@ -666,12 +672,7 @@ def _make_fused(k: int, layout: int, g: int, kind: int):
                     ph ^= 1
                     o >>= 1
                 a = _int_as_float(mine)
-                bits = encode_one(a, fmt, emax, ts)
-                if fmt == 4:
-                    q = decode_one(bits, a, fmt, ts)
-                else:
-                    base_q = decode_one(bits, a, fmt, ts) if codes_decoded else a
-                    q = base_q if base_q > EPS else EPS
+                bits, q = divisor_of(a, fmt, emax, ts, codes_decoded)
                 u = (lane & (W - 1)) // SPAN              # this lane's unit
                 if HALF:
                     blk = (base >> 4) + 2 * u + (lane >> 4)
