@@ -8,6 +8,7 @@ import torch
 from _poison import bits, poison_empty
 from workbench import kbit as K
 from workbench.backends import status
+from workbench.backends.numba_cuda import simulator as numba_cuda_simulator
 from workbench.backends.reference import kbit as R
 
 pytestmark = pytest.mark.gpu
@@ -23,11 +24,18 @@ CASES = [  # (k, dtype, n, blocksize, scale_format, codes_against)
 _bits = bits
 
 
+def _skip_unless_on_gpu(backend):
+    if not status(backend)[0]:
+        pytest.skip(f"{backend} backend not available")
+    if backend == "numba_cuda" and numba_cuda_simulator():
+        pytest.skip("numba.cuda is the simulator in this process (a *_sim module was collected first): "
+                    "run this file in a process of its own")
+
+
 @pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])
 @pytest.mark.parametrize("k,dtype,n,blocksize,fmt,against", CASES)
 def test_cuda_kbit_bit_exact_with_reference(monkeypatch, backend, k, dtype, n, blocksize, fmt, against):
-    if not status(backend)[0]:
-        pytest.skip(f"{backend} backend not available")
+    _skip_unless_on_gpu(backend)
     poison_empty(monkeypatch, "cuda")
     g = torch.Generator().manual_seed(k)
     A = (torch.randn(n, generator=g) * 4 ** torch.randn(n, generator=g)).to(dtype)
@@ -78,8 +86,7 @@ def test_cuda_kbit_every_kernel_path_on_a_grid_stride_size(backend, k, blocksize
     on a tensor large enough that the batched kernel's grid-stride loop turns more than once, with a partial last
     block. The oracle is the
     reference on the GPU (plain torch; its CPU twin checks it in the test above) at these sizes."""
-    if not status(backend)[0]:
-        pytest.skip(f"{backend} backend not available")
+    _skip_unless_on_gpu(backend)
     g = torch.Generator().manual_seed(blocksize + k)
     n = 132 * 64 * 8 * 8 * 32 + 7 * blocksize // 2 + 5   # > one grid's worth of blocks <= 256 on an H200, ragged tail
     A = ((torch.randn(n, generator=g) * 4 ** torch.randn(n, generator=g)).to(torch.bfloat16)).cuda()
@@ -100,8 +107,7 @@ def test_cuda_kbit_every_kernel_path_on_a_grid_stride_size(backend, k, blocksize
 @pytest.mark.parametrize("blocksize,fmt", [(32, "e4m4"), (16, "e4m3"), (48, "fp16"), (1024, "bf16")])
 def test_cuda_kbit_nonfinite_flag_raises(backend, blocksize, fmt):
     from workbench.validation import QuantInputError
-    if not status(backend)[0]:
-        pytest.skip(f"{backend} backend not available")
+    _skip_unless_on_gpu(backend)
     A = torch.randn(96 * 1000, device="cuda")
     for bad in (float("nan"), float("inf"), -float("inf")):
         B = A.clone()
@@ -116,8 +122,7 @@ def test_cuda_kbit_nonfinite_flag_raises(backend, blocksize, fmt):
 def test_cuda_kbit_unaligned_input(backend, dtype):
     """A view starting one element into its storage is not 16-byte aligned: the vector-load kernels take their
     scalar path and give the same words."""
-    if not status(backend)[0]:
-        pytest.skip(f"{backend} backend not available")
+    _skip_unless_on_gpu(backend)
     g = torch.Generator().manual_seed(7)
     full = (torch.randn(40001, generator=g) * 3).to(dtype)
     for layout in R.LAYOUTS:

@@ -16,8 +16,11 @@ export PYTHONPATH=/tmp/site:$PWD KBIT_GIT_REV=${KBIT_GIT_REV:-$(cat .whl/GIT_REV
   echo "git $KBIT_GIT_REV"; } | tee "$OUT/kbit-h200/device.txt"
 for f in kbit quant; do (timeout ${BUILD_TIMEOUT:-150} python3 -m workbench.cuda_build $f 2>&1 | tail -1) & done
 wait  # one nvcc per family, in parallel
-timeout ${TEST_TIMEOUT:-120} python3 -m pytest -q --tb=line -p no:cacheprovider -p no:warnings -m gpu \
-  tests/test_kbit_gpu.py tests/test_kbit_affine_sim.py > "$OUT/kbit-h200/pytest_gpu_kbit.txt" 2>&1
+# One process per file: test_kbit_affine_sim selects Numba's simulator for its whole process.
+for t in test_kbit_gpu test_kbit_affine_sim; do
+  timeout ${TEST_TIMEOUT:-120} python3 -m pytest -q --tb=short -p no:cacheprovider -p no:warnings -m gpu \
+    tests/$t.py >> "$OUT/kbit-h200/pytest_gpu_kbit.txt" 2>&1
+done
 grep -E "passed|failed|^FAILED|rror" "$OUT/kbit-h200/pytest_gpu_kbit.txt" | tail -15
 timeout ${BENCH_TIMEOUT:-300} python3 -m studies.bench.bench_kbit_gpu --out "$OUT/kbit-h200" ${BENCH_ARGS:-} \
   > "$OUT/kbit-h200/bench_log.txt" 2>&1
