@@ -9,6 +9,12 @@
 //     by a ballot per bit plane or an OR-reduction per dense word;
 //   other multiples of 32 (longer blocks, rows, 96, 384): a warp per block in 8-chunk batches, read twice (the
 //     second read hits L1/L2).
+// The search (the fused kernels): s = x / q by a per-block reciprocal and two FMA corrections (the IEEE
+// quotient, see kk_code), then one 8-byte shared load of the codebook's search table (numba_kernels/
+// cell_plan.py:kbit_plan, built on the host once per codebook) and one compare. Elements outside the table's
+// range, blocks whose divisor is outside [2^-60, 2^100] and codebooks without a table take the exact path
+// (__fdiv_rn and the full nearest search). The absmax is the integer max of the magnitudes' bits, which is
+// the spec's float max for finite input and >= 0x7F800000 exactly when a block holds a NaN or an Inf.
 // e4m3 needs the tensor max before any scale, so it runs one reduction pass first. Any other blocksize takes the
 // simple path (a thread per block for the absmax, a lane per element for the codes).
 // Dequantize: a thread per 8 elements (one 16-byte store for 16-bit outputs), the scale decoded in the kernel.
@@ -130,6 +136,63 @@ KK int kk_nearest_pow2(float s, const float* c, int m) {
     return j;
 }
 
+// The codebook's search table (kbit_plan): entries e[size] (bound bits, code below | above << 8), cells of s's
+// magnitude bits >> sh clamped to [kbase, kbase + half), negative s in the upper half; valid for |s| in
+// [KK_TINY, safe) and s = +-0. size 0: no table (safe 0 sends every element to the exact path).
+struct KkPlan {
+    const uint2* e;
+    int size, sh, kbase, half;
+    float safe;
+};
+#define KK_TINY 9.094947017729282e-13f   // 2^-40: the reciprocal division's residual stays normal above it
+
+// The exact path: IEEE division, the full search. Not inlined: 32 copies per unrolled group otherwise.
+static __device__ __noinline__ uint32_t kk_code_exact(float x, float q, const float* c, int m) {
+    return (uint32_t)kk_nearest_pow2(__fdiv_rn(x, q), c, m);
+}
+// Code of x in a block with divisor q (r = 1/q rounded; exact: the block's divisor is outside [2^-60, 2^100]).
+// s: q0 = x r, then two corrections q' = q + (x - q q) r with exact FMA residuals. With r the rounded reciprocal,
+// a faithful quotient corrected once is the rounded quotient (Markstein); x r is within 2 ulp, so the first
+// correction makes it faithful and the second exact. The residuals are exact while they stay normal: |x| >=
+// 2^-100, which |s| >= 2^-40 and q >= 2^-60 give. tests/test_kbit_gpu.py checks it against __fdiv_rn.
+KK uint32_t kk_code(float x, float q, float r, bool exact, const uint2* T, const KkPlan& P, const float* c, int m) {
+    const float s0 = __fmul_rn(x, r);
+    const float s1 = __fmaf_rn(__fmaf_rn(-s0, q, x), r, s0);
+    const float s = __fmaf_rn(__fmaf_rn(-s1, q, x), r, s1);
+    const float a = fabsf(s);
+    if (exact || !(a < P.safe) || (a < KK_TINY && a != 0.0f)) return kk_code_exact(x, q, c, m);
+    const uint32_t bits = __float_as_uint(s);
+    const int cell = min(max((int)((bits & 0x7FFFFFFFu) >> P.sh), P.kbase), P.kbase + P.half - 1) - P.kbase;
+    const uint2 e = T[cell + (int)(bits >> 31) * P.half];
+    return s > __uint_as_float(e.x) ? (e.y >> 8) : (e.y & 0xFFu);
+}
+// The block's reciprocal and whether it must take the exact path.
+KK float kk_recip(float q, bool* exact) {
+    *exact = !(q >= 8.673617379884035e-19f && q <= 1.2676506002282294e30f);   // [2^-60, 2^100]; NaN too
+    return __frcp_rn(q);
+}
+
+// Shared memory of the fused quantizers: the search table, then the codebook (sizes from the launch).
+extern __shared__ uint2 kk_smem[];
+KK float* kk_stage(const KkPlan& P, const float* cb, int m) {
+    float* c = (float*)(kk_smem + P.size);
+    for (int j = threadIdx.x; j < P.size; j += blockDim.x) kk_smem[j] = P.e[j];
+    for (int j = threadIdx.x; j < m; j += blockDim.x) c[j] = cb[j];
+    __syncthreads();
+    return c;
+}
+// The integer max of magnitude bits over a warp (sm_80+: one redux instruction).
+KK uint32_t kk_warp_umax(uint32_t v) {
+#if __CUDA_ARCH__ >= 800
+    return __reduce_max_sync(0xFFFFFFFFu, v);
+#else
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+    return v;
+#endif
+}
+#define KK_MAG(v) (__float_as_uint(v) & 0x7FFFFFFFu)
+#define KK_NONFINITE_BITS 0x7F800000u
+
 // floor(log2(max |c|)): e8m0's element emax, from the shared table (a warp reduction; every lane gets it).
 KK long long kk_codebook_emax(const float* c, int m) {
     float g = 0.0f;
@@ -173,25 +236,14 @@ KK void kk_pack_group(uint32_t code, int lane, int k, int layout, long long g, u
 // 256 elements, and 8-chunk batches of one block for longer ones.
 #define KK_BATCH 8
 
-// the absmax of this lane's values folded across the block's W lanes
-KK float kk_block_max(float am, int W) {
-    for (int o = W >> 1; o > 0; o >>= 1) {
-        float t = __shfl_xor_sync(0xFFFFFFFFu, am, o);
-        am = t > am ? t : am;             // NaN never wins a '>': the spec's sequential max
-    }
-    return am;
-}
-
 // Blocksizes 64, 128, 256: a warp per block of CH = bs / 32 chunks, R = 8 / CH blocks at once.
 template <int CH>
 __global__ void __launch_bounds__(256) kk_quantize_warp_kernel(
-        const void* x, int kind, long long n, int bs, const float* cb, int m, int k, int layout, int fmt,
+        const void* x, int kind, long long n, int bs, const float* cb, KkPlan P, int m, int k, int layout, int fmt,
         int codes_decoded, const uint32_t* gmax, void* scales, float* ts_out, uint32_t* out, long long nw,
         int* nonfinite) {
     constexpr int R = KK_BATCH / CH;
-    __shared__ float c[256];
-    for (int j = threadIdx.x; j < m; j += blockDim.x) c[j] = cb[j];
-    __syncthreads();
+    const float* c = kk_stage(P, cb, m);
     const long long emax = fmt == 4 ? kk_codebook_emax(c, m) : 0;
     const int lane = threadIdx.x & 31;
     const long long U = 32 * CH, units = (n + U - 1) / U;
@@ -208,19 +260,18 @@ __global__ void __launch_bounds__(256) kk_quantize_warp_kernel(
                 long long i = (u0 + r) * U + ch * 32 + lane;
                 v[r][ch] = i < n ? kk_load(x, kind, i) : 0.0f;
             }
-        float q[R];
+        float q[R], rq[R];
+        bool ex[R];
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            float am = 0.0f;
+            uint32_t am = 0u;
 #pragma unroll
-            for (int ch = 0; ch < CH; ch++) {
-                bad |= kk_nonfinite(v[r][ch]);
-                float a = fabsf(v[r][ch]);
-                am = a > am ? a : am;
-            }
-            am = kk_block_max(am, 32);
+            for (int ch = 0; ch < CH; ch++) am = max(am, KK_MAG(v[r][ch]));
+            am = kk_warp_umax(am);
+            bad |= am >= KK_NONFINITE_BITS;
             long long sbits;
-            q[r] = kk_divisor(am, fmt, emax, codes_decoded, ts, &sbits);
+            q[r] = kk_divisor(__uint_as_float(am), fmt, emax, codes_decoded, ts, &sbits);
+            rq[r] = kk_recip(q[r], &ex[r]);
             if (lane == 0 && (u0 + r) * U < n) kk_store_scale(scales, fmt, u0 + r, sbits);
         }
 #pragma unroll
@@ -229,7 +280,7 @@ __global__ void __launch_bounds__(256) kk_quantize_warp_kernel(
             for (int ch = 0; ch < CH; ch++) {
                 const long long i0 = (u0 + r) * U + ch * 32, i = i0 + lane;
                 if (i0 < n) {                      // warp-uniform
-                    uint32_t code = i < n ? (uint32_t)kk_nearest_pow2(__fdiv_rn(v[r][ch], q[r]), c, m) : 0u;
+                    uint32_t code = i < n ? kk_code(v[r][ch], q[r], rq[r], ex[r], kk_smem, P, c, m) : 0u;
                     kk_pack_group(code, lane, k, layout, i0 >> 5, out, nw);
                 }
             }
@@ -275,12 +326,10 @@ KK void kk_load32(const void* x, int kind, long long base, long long n, bool vec
 
 template <int K, int LAYOUT>
 __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
-        const void* x, int kind, long long n, int bs, bool vec, const float* cb, int fmt, int codes_decoded,
+        const void* x, int kind, long long n, int bs, bool vec, const float* cb, KkPlan P, int fmt, int codes_decoded,
         const uint32_t* gmax, void* scales, float* ts_out, uint32_t* out, long long nw, int* nonfinite) {
     constexpr int M = 1 << K;
-    __shared__ float c[M];
-    for (int j = threadIdx.x; j < M; j += blockDim.x) c[j] = cb[j];
-    __syncthreads();
+    const float* c = kk_stage(P, cb, M);
     const long long emax = fmt == 4 ? kk_codebook_emax(c, M) : 0;
     const float ts = kk_tensor_scale(fmt, gmax);
     if (fmt == 5 && blockIdx.x == 0 && threadIdx.x == 0) ts_out[0] = ts;
@@ -290,23 +339,23 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
         const long long base = g * 32;
         float v[32];
         kk_load32(x, kind, base, n, vec, v);
-        float am[2] = {0.0f, 0.0f};
+        uint32_t am[2] = {0u, 0u};
 #pragma unroll
-        for (int j = 0; j < 32; j++) {
-            bad |= kk_nonfinite(v[j]);
-            float a = fabsf(v[j]);
-            am[j >> 4] = a > am[j >> 4] ? a : am[j >> 4];   // NaN never wins a '>': the spec's sequential max
-        }
-        float q[2];
+        for (int j = 0; j < 32; j++) am[j >> 4] = max(am[j >> 4], KK_MAG(v[j]));
+        bad |= max(am[0], am[1]) >= KK_NONFINITE_BITS;
+        float q[2], rq[2];
+        bool ex[2];
         long long sbits;
         if (bs == 32) {
-            float a = am[1] > am[0] ? am[1] : am[0];
-            q[0] = q[1] = kk_divisor(a, fmt, emax, codes_decoded, ts, &sbits);
+            q[0] = q[1] = kk_divisor(__uint_as_float(max(am[0], am[1])), fmt, emax, codes_decoded, ts, &sbits);
+            rq[0] = rq[1] = kk_recip(q[0], &ex[0]);
+            ex[1] = ex[0];
             kk_store_scale(scales, fmt, g, sbits);
         } else {
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                q[h] = kk_divisor(am[h], fmt, emax, codes_decoded, ts, &sbits);
+                q[h] = kk_divisor(__uint_as_float(am[h]), fmt, emax, codes_decoded, ts, &sbits);
+                rq[h] = kk_recip(q[h], &ex[h]);
                 if (base + 16 * h < n) kk_store_scale(scales, fmt, 2 * g + h, sbits);
             }
         }
@@ -315,7 +364,8 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
         for (int b = 0; b < K; b++) w[b] = 0u;
 #pragma unroll
         for (int j = 0; j < 32; j++) {
-            const uint32_t code = base + j < n ? (uint32_t)kk_nearest_pow2(__fdiv_rn(v[j], q[j >> 4]), c, M) : 0u;
+            const int h = j >> 4;
+            const uint32_t code = base + j < n ? kk_code(v[j], q[h], rq[h], ex[h], kk_smem, P, c, M) : 0u;
             if (LAYOUT == 0) {
 #pragma unroll
                 for (int b = 0; b < K; b++) w[b] |= ((code >> b) & 1u) << j;
@@ -346,12 +396,10 @@ KK void kk_load_batch(const void* x, int kind, long long n, long long base, int 
 // Any other multiple of 32 (512..4096, 96, 384, rows): one warp per block, 8-chunk batches, the block read twice
 // (the second read hits L1/L2).
 __global__ void __launch_bounds__(256) kk_quantize_long_kernel(
-        const void* x, int kind, long long n, int bs, const float* cb, int m, int k, int layout, int fmt,
+        const void* x, int kind, long long n, int bs, const float* cb, KkPlan P, int m, int k, int layout, int fmt,
         int codes_decoded, const uint32_t* gmax, void* scales, float* ts_out, uint32_t* out, long long nw,
         int* nonfinite) {
-    __shared__ float c[256];
-    for (int j = threadIdx.x; j < m; j += blockDim.x) c[j] = cb[j];
-    __syncthreads();
+    const float* c = kk_stage(P, cb, m);
     const long long emax = fmt == 4 ? kk_codebook_emax(c, m) : 0;
     const int lane = threadIdx.x & 31, chunks = bs / 32;
     const long long units = (n + bs - 1) / bs;
@@ -361,20 +409,18 @@ __global__ void __launch_bounds__(256) kk_quantize_long_kernel(
     bool bad = false;
     for (long long u = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); u < units; u += step) {
         const long long base = u * bs;
-        float am = 0.0f;
+        uint32_t am = 0u;
         for (int c0 = 0; c0 < chunks; c0 += KK_BATCH) {
             float v[KK_BATCH];
             kk_load_batch(x, kind, n, base, c0, chunks, lane, v);
 #pragma unroll
-            for (int j = 0; j < KK_BATCH; j++) {
-                bad |= kk_nonfinite(v[j]);
-                float a = fabsf(v[j]);
-                am = a > am ? a : am;
-            }
+            for (int j = 0; j < KK_BATCH; j++) am = max(am, KK_MAG(v[j]));
         }
-        am = kk_block_max(am, 32);
+        am = kk_warp_umax(am);
+        bad |= am >= KK_NONFINITE_BITS;
         long long sbits;
-        const float q = kk_divisor(am, fmt, emax, codes_decoded, ts, &sbits);
+        bool ex;
+        const float q = kk_divisor(__uint_as_float(am), fmt, emax, codes_decoded, ts, &sbits), rq = kk_recip(q, &ex);
         if (lane == 0) kk_store_scale(scales, fmt, u, sbits);
         for (int c0 = 0; c0 < chunks; c0 += KK_BATCH) {
             float v[KK_BATCH];
@@ -383,7 +429,7 @@ __global__ void __launch_bounds__(256) kk_quantize_long_kernel(
             for (int j = 0; j < KK_BATCH; j++) {
                 const long long i0 = base + (long long)(c0 + j) * 32, i = i0 + lane;
                 if (c0 + j < chunks && i0 < n) {   // warp-uniform
-                    uint32_t code = i < n ? (uint32_t)kk_nearest_pow2(__fdiv_rn(v[j], q), c, m) : 0u;
+                    uint32_t code = i < n ? kk_code(v[j], q, rq, ex, kk_smem, P, c, m) : 0u;
                     kk_pack_group(code, lane, k, layout, i0 >> 5, out, nw);
                 }
             }
@@ -530,15 +576,20 @@ static int sm_count() {
     return sms;
 }
 // Grid-stride grids: enough CTAs to fill the GPU many times over, never more than the work.
-static unsigned grid_for(long long items, int per_cta) {
-    long long g = (items + per_cta - 1) / per_cta, cap = (long long)sm_count() * 64;
+static unsigned grid_for(long long items, int per_cta, int per_sm = 64) {
+    long long g = (items + per_cta - 1) / per_cta, cap = (long long)sm_count() * per_sm;
     return (unsigned)(g < 1 ? 1 : (g < cap ? g : cap));
 }
 
 extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int blocksize, const float* cb, int m, int k,
-                                  int layout, int fmt, int codes_decoded, void* scales, float* ts,
+                                  const void* plan, int plan_size, int plan_sh, int plan_kbase, int plan_half,
+                                  float plan_safe, int layout, int fmt, int codes_decoded, void* scales, float* ts,
                                   uint32_t* out, long long nw, int* nonfinite, float* scratch, void* stream) {
     cudaStream_t s = (cudaStream_t)stream;
+    const KkPlan P{(const uint2*)plan, plan ? plan_size : 0, plan_sh, plan_kbase, plan_half, plan ? plan_safe : 0.0f};
+    // dynamic shared memory of the fused kernels; a large table is copied by fewer, persistent CTAs
+    const size_t smem = (size_t)P.size * sizeof(uint2) + (size_t)m * sizeof(float);
+    const int per_sm = P.size > 512 ? 8 : 64;
     cudaError_t err = cudaMemsetAsync(nonfinite, 0, sizeof(int), s);
     if (err != cudaSuccess) return (int)err;
     uint32_t* gmax = (uint32_t*)scratch;         // scratch[0]; the simple path's q[nb] follows
@@ -548,13 +599,13 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
     }
     if (blocksize == 16 || blocksize % 32 == 0) {
         long long U = blocksize < 32 ? 32 : blocksize, units = (n + U - 1) / U;
-#define KK_Q(CH) kk_quantize_warp_kernel<CH><<<grid_for(units, 8 * (KK_BATCH / CH)), 256, 0, s>>>( \
-            x, kind, n, blocksize, cb, m, k, layout, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
+#define KK_Q(CH) kk_quantize_warp_kernel<CH><<<grid_for(units, 8 * (KK_BATCH / CH), per_sm), 256, smem, s>>>( \
+            x, kind, n, blocksize, cb, P, m, k, layout, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
         const bool vec = ((uintptr_t)x & 15) == 0;
-#define KK_L(K) (layout == 0 ? kk_quantize_lane_kernel<K, 0><<<grid_for((n + 31) / 32, 256), 256, 0, s>>>( \
-            x, kind, n, blocksize, vec, cb, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite) \
-                              : kk_quantize_lane_kernel<K, 1><<<grid_for((n + 31) / 32, 256), 256, 0, s>>>( \
-            x, kind, n, blocksize, vec, cb, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite))
+#define KK_L(K) (layout == 0 ? kk_quantize_lane_kernel<K, 0><<<grid_for((n + 31) / 32, 256, per_sm), 256, smem, s>>>( \
+            x, kind, n, blocksize, vec, cb, P, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite) \
+                              : kk_quantize_lane_kernel<K, 1><<<grid_for((n + 31) / 32, 256, per_sm), 256, smem, s>>>( \
+            x, kind, n, blocksize, vec, cb, P, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite))
         if (blocksize <= 32) {
             switch (k) {
             case 2: KK_L(2); break;
@@ -570,9 +621,8 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
         case 128: KK_Q(4); break;
         case 256: KK_Q(8); break;
         default:
-            kk_quantize_long_kernel<<<grid_for(units, 8), 256, 0, s>>>(x, kind, n, blocksize, cb, m, k, layout, fmt,
-                                                                      codes_decoded, gmax, scales, ts, out, nw,
-                                                                      nonfinite);
+            kk_quantize_long_kernel<<<grid_for(units, 8, per_sm), 256, smem, s>>>(
+                x, kind, n, blocksize, cb, P, m, k, layout, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite);
         }
 #undef KK_Q
 #undef KK_L

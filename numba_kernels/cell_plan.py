@@ -180,3 +180,114 @@ def compact_lookup(plan, s: np.ndarray) -> np.ndarray:
     y = e[(k >> 16).astype(np.int64)]
     f = ((bits & np.uint32(0xFFFF0000)) | (y & np.uint32(0xFFFF))).view(np.float32)
     return (np.where(s > f, y >> 24, y >> 16) & 0xFF).astype(np.uint8)
+
+
+# --- k-bit codebooks (cuda_src/kbit.cu) ---------------------------------------------------------------
+# The k-bit spec rounds s = x / q to argmin_j fl(|s - c[j]|), the first index on ties (no [-1, 1] clamp; s may
+# exceed 1 with decoded scales). Where the sorted codebook's distinct values are at least `gap` apart, two
+# distances from one s differ by at least `gap` exactly, so while 2 ulp(|s| + max|c|) < gap their float values
+# differ too: the argmin is then the nearer neighbour of the pair around s, and that choice is monotone in s.
+# So for |s| below SAFE the rule is a bucketize against per-pair thresholds found by bisection on the float
+# order, and a fine table (as fine_plan's) decides it with one 8-byte load. Elements outside [KBIT_TINY, SAFE)
+# (zero excepted) take the kernels' exact path: IEEE division and the full nearest search.
+KBIT_TINY = np.float32(2.0 ** -40)   # below: the kernels' reciprocal division could underflow its residual
+
+
+def _order_key(f: np.ndarray) -> np.ndarray:
+    u = np.asarray(f, np.float32).view(np.uint32).astype(np.int64)
+    return np.where(u >> 31, -(u & 0x7FFFFFFF), u)
+
+
+def _from_order_key(k: np.ndarray) -> np.ndarray:
+    k = np.asarray(k, np.int64)
+    return np.where(k < 0, (-k) | 0x80000000, k).astype(np.uint32).view(np.float32)
+
+
+def kbit_nearest(s: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """The spec's code of each float32 ``s``: argmin_j fl(|s - c[j]|), first index on ties."""
+    s = np.asarray(s, np.float32).reshape(-1, 1)
+    return np.abs(s - np.asarray(c, np.float32).reshape(1, -1)).argmin(axis=1)
+
+
+def kbit_plan(values: np.ndarray, max_entries: int = FINE_MAX):
+    """The k-bit quantizers' one-load search table for a sorted codebook, or None (too dense: the kernels then
+    search exactly for every element). Returns ``(entries uint32[2 * half, 2], sh, kbase, half, safe)``.
+
+    Entry = (bound bits, code below | code above << 8): code = s > bound ? above : below. Cells are s's
+    magnitude bits >> sh (23 - sh mantissa bits), clamped to [kbase, kbase + half); positive s (sign bit 0)
+    index [0, half), negative s [half, 2 * half). Valid for |s| in [KBIT_TINY, safe) and s = +-0."""
+    c = np.asarray(values, np.float32).reshape(-1)
+    uniq, first = np.unique(c, return_index=True)          # sorted distinct values, their lowest index
+    if uniq.size < 2:
+        return None
+    gap = float(np.diff(uniq.astype(np.float64)).min())
+    cmax = float(np.abs(uniq).max())
+    e = 30
+    while e >= 0 and 2.0 ** (np.floor(np.log2(2.0 ** e + cmax)) - 22) >= gap:
+        e -= 1
+    if e < 0:
+        return None
+    safe = np.float32(2.0 ** e)
+    lo, hi = _order_key(uniq[:-1]), _order_key(uniq[1:])     # P(lo) false, P(hi) true
+    a, b = uniq[:-1], uniq[1:]
+    while np.any(hi - lo > 1):
+        mid = (lo + hi) // 2
+        s = _from_order_key(mid)
+        p = np.abs(b - s) < np.abs(s - a)                     # float32: the neighbour above is strictly nearer
+        hi, lo = np.where(p, mid, hi), np.where(p, lo, mid)
+    bounds = _from_order_key(hi - 1)                          # code = #{bounds < s}: s > bound <=> s >= threshold
+    codes = first.astype(np.uint32)
+    nb = codes.size
+
+    def entries(vmin, vmax):
+        base = np.searchsorted(bounds, vmin, "left")
+        inside = np.searchsorted(bounds, vmax, "left") - base
+        if inside.max(initial=0) > 1:
+            return None
+        bound = np.full(base.shape, np.inf, np.float32)
+        bound[inside > 0] = bounds[base[inside > 0]]
+        below, above = codes[np.minimum(base, nb - 1)], codes[np.minimum(base + 1, nb - 1)]
+        return np.stack([bound.view(np.uint32), below | (above << 8)], 1)
+
+    mags = np.abs(bounds).view(np.uint32)
+    zero = np.searchsorted(bounds, np.float32(0), "left")
+    for m in range(1, 9):
+        sh = 23 - m
+        top = int(mags.max() >> sh) + 2                      # cells above the largest bound: constant codes
+        k = np.arange(top, dtype=np.uint64)
+        cell_hi = _f32(((k + np.uint64(1)) << np.uint64(sh)) - np.uint64(1))
+        pos_ok = np.searchsorted(bounds, cell_hi, "left") - zero <= 1
+        neg_ok = zero - np.searchsorted(bounds, -cell_hi, "left") <= 1
+        ok = pos_ok & neg_ok                                  # merged first cell [0, hi(k)] holds <= 1 bound per side
+        kbase = int(np.argmin(ok)) - 1 if not ok.all() else top - 1
+        if kbase < 0:
+            continue
+        half = top - kbase
+        if 2 * half > max_entries:
+            continue
+        kk = np.arange(kbase, top, dtype=np.uint64)
+        clo = _f32(kk << np.uint64(sh)).copy()
+        chi = _f32(((kk + np.uint64(1)) << np.uint64(sh)) - np.uint64(1)).copy()
+        clo[0], chi[-1] = 0.0, np.inf
+        pos, neg = entries(clo, chi), entries(-chi, -clo)
+        if pos is None or neg is None:
+            continue
+        return np.concatenate([pos, neg]).astype(np.uint32), sh, kbase, half, safe
+    return None
+
+
+def kbit_lookup(plan, s: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Codes of float32 ``s`` as the kernels compute them: the plan's table inside its range, the spec's
+    nearest search outside it (``c``: the codebook)."""
+    e, sh, kbase, half, safe = plan
+    s = np.asarray(s, np.float32).reshape(-1)
+    bits = s.view(np.uint32)
+    mag = bits & np.uint32(0x7FFFFFFF)
+    idx = np.clip((mag >> sh).astype(np.int64), kbase, kbase + half - 1) - kbase + np.where(bits >> 31, half, 0)
+    ent = e[idx]
+    code = np.where(s > ent[:, 0].view(np.float32), ent[:, 1] >> 8, ent[:, 1] & 0xFF).astype(np.int64)
+    a = np.abs(s)
+    exact = ((a < KBIT_TINY) & (a != 0)) | ~(a < safe)
+    if exact.any():
+        code[exact] = kbit_nearest(s[exact], c)
+    return code

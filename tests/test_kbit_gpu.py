@@ -2,6 +2,7 @@
 reference computed on the CPU (the spec is device-independent), with poisoned outputs."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +130,76 @@ def test_cuda_kbit_unaligned_input(backend, dtype):
         pr, sr = K.quantize_kbit(full[1:], 5, layout=layout, backend="reference")
         pc, sc = K.quantize_kbit(full.cuda()[1:], 5, layout=layout, backend=backend)
         assert torch.equal(pc.cpu(), pr) and torch.equal(_bits(sc.scales.cpu()), _bits(sr.scales))
+
+
+@pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])
+@pytest.mark.parametrize("k", [2, 4, 8])
+@pytest.mark.parametrize("blocksize,fmt,against", [(32, "fp32", "exact"), (16, "e4m4", "decoded"),
+                                                    (32, "e8m0", "exact"), (64, "fp16", "decoded"),
+                                                    (512, "bf16", "exact")])
+def test_cuda_kbit_search_table_and_its_exact_path(backend, k, blocksize, fmt, against):
+    """The fused kernels' one-load table search (numba_kernels/cell_plan.py:kbit_plan) and the elements that bypass
+    it: zeros, quotients below 2^-40 (tiny values beside large ones), blocks of tiny values (divisor clamped to
+    1e-8, or e8m0's divisor below 2^-60), values on the codebook's thresholds, for the normal-float, uniform and
+    FP4 (E2M1, unnormalised: s up to 12) codebooks."""
+    _skip_unless_on_gpu(backend)
+    from numba_kernels.cell_plan import kbit_plan
+    from workbench import codebooks as cbs
+    g = torch.Generator().manual_seed(k * blocksize)
+    books = [cbs.create_normal_float_codebook(k), torch.linspace(-1, 1, 2 ** k)]
+    if k == 4:
+        books.append(torch.tensor(sorted({v * s for v in (0.0, 0.5, 1, 1.5, 2, 3, 4, 6) for s in (1, -1)}) + [-0.0]))
+    n = 64 * 1024 + 3 * blocksize + 7
+    for cb in books:
+        plan = kbit_plan(cb.numpy())
+        assert plan is not None
+        b = torch.from_numpy(plan[0][:, 0].view(np.float32).copy())
+        b = b[torch.isfinite(b)]
+        A = torch.randn(n, generator=g) * 4 ** torch.randn(n, generator=g)
+        A[: b.numel()] = b                                   # thresholds, in blocks whose absmax is 1 (fp32: q = 1)
+        A[: b.numel(): blocksize] = 1.0
+        A[5000:5000 + blocksize] = 1e-30 * torch.randn(blocksize, generator=g)
+        A[9000:9000 + blocksize] = 2.0 ** -100
+        A[20000:20100:3] = 0.0
+        A[30000:30100] = 1e-20                               # tiny beside the block's large values
+        A[30000] = 7.0
+        for dtype in (torch.float32, torch.bfloat16):
+            x = A.to(dtype)
+            for layout in R.LAYOUTS:
+                pr, sr = K.quantize_kbit(x, k, cb, blocksize, layout, fmt, against, backend="reference")
+                pc, sc = K.quantize_kbit(x.cuda(), k, cb.cuda(), blocksize, layout, fmt, against, backend=backend)
+                assert torch.equal(pc.cpu(), pr), (dtype, layout)
+                assert torch.equal(_bits(sc.scales.cpu()), _bits(sr.scales))
+
+
+def test_reciprocal_division_equals_ieee_division_on_the_gpu():
+    """kk_code's division (r = RN(1/q), s0 = RN(x r), two exact-FMA corrections) against IEEE division, on 2^24
+    pairs per divisor family: random divisors, all-ones mantissas, powers of two, the range ends 2^-60 and 2^100,
+    every quotient with |s| >= 2^-40 (tests/test_kbit_plan.py proves it in exact arithmetic on fewer pairs)."""
+    if not torch.cuda.is_available() or numba_cuda_simulator():
+        pytest.skip("needs a GPU and numba.cuda without the simulator")
+    from numba import cuda
+
+    @cuda.jit
+    def seq(x, q, out):
+        i = cuda.grid(1)
+        if i < x.size:
+            r = np.float32(1.0) / q[i]
+            s = x[i] * r
+            for _ in range(2):
+                s = cuda.fma(cuda.fma(-s, q[i], x[i]), r, s)
+            out[i] = s
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n = 1 << 24
+    fams = [torch.rand(n, device="cuda", generator=g) * 1e3 + 1e-8,
+            (torch.randint(0x00800000, 0x7F000000, (n,), device="cuda", generator=g) | 0x7FFFFF).view(torch.float32),
+            2.0 ** torch.randint(-60, 100, (n,), device="cuda", generator=g).float()]
+    for q in fams:
+        q = q.clamp(2.0 ** -60, 2.0 ** 100).float()
+        x = (torch.rand(n, device="cuda", generator=g) * 2 - 1) * q
+        ok = (x / q).abs() >= 2.0 ** -40
+        out = torch.empty_like(x)
+        seq[(n + 255) // 256, 256](cuda.as_cuda_array(x), cuda.as_cuda_array(q), cuda.as_cuda_array(out))
+        torch.cuda.synchronize()
+        assert torch.equal(_bits(out[ok]), _bits((x / q)[ok]))

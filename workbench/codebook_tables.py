@@ -25,6 +25,8 @@ optim_cell_plan    cuda, numba_cuda 8-bit        cell plan (m, S, cell, bounds, 
                    optimizers                    numba_kernels/cell_plan.py:cell_plan (the qmap tensor
                                                  itself is added per qmap by workbench/optim/_gpu_plan.py)
 bnb_table_256      bnb quantize_blockwise        the sorted 256-entry table tensor; Codebook.tensors
+kbit_search_table  cuda k-bit quantizers         the k-bit codebook's one-load search table (per codebook
+                   (cuda_src/kbit.cu)            tensor, not Codebook); numba_kernels/cell_plan.py:kbit_plan
 =================  ============================  =========================================================
 
 Not here: ``Codebook.tensors`` (the three arrays as tensors per device) stays a method of the
@@ -290,3 +292,30 @@ def bnb_table_256(cb: Codebook, device) -> torch.Tensor:
     """The table bitsandbytes' quantize_blockwise takes (ValueError for a codebook it cannot run)."""
     t = cb._kernel_tables.get(("bnb_table_256", device), _MISSING)
     return t if t is not _MISSING else _build(cb, ("bnb_table_256", device), _build_bnb_table_256, device)
+
+
+# k-bit codebooks (cuda_src/kbit.cu) arrive as one float32 tensor per (codebook, device), cached by the public API
+# (workbench/kbit.py:_codebook_on), so their table is cached per tensor: weak reference and version counter, as
+# for the identity hits above. A miss copies the codebook to the host once.
+_kbit_tables: dict[int, tuple] = {}
+KBIT_NO_TABLE = (None, 0, 0, 0, 0, 0.0)
+
+
+def kbit_search_table(codebook: torch.Tensor):
+    """The CUDA k-bit quantizers' search table for this codebook tensor, on its device: (entries int64 tensor,
+    size, sh, kbase, half, safe) from numba_kernels/cell_plan.py:kbit_plan, or KBIT_NO_TABLE when the codebook is
+    too dense for one (the kernels then search exactly for every element)."""
+    hit = _kbit_tables.get(id(codebook))
+    if hit is not None and hit[0]() is codebook and hit[1] == codebook._version:
+        return hit[2]
+    from numba_kernels.cell_plan import kbit_plan
+    p = kbit_plan(_host(codebook))
+    table = KBIT_NO_TABLE
+    if p is not None:
+        e, sh, kbase, half, safe = p
+        t = torch.from_numpy(np.ascontiguousarray(e).view(np.int64).reshape(-1)).to(codebook.device)
+        table = (t, len(e), sh, kbase, half, float(safe))
+    if len(_kbit_tables) >= 256:
+        _kbit_tables.clear()
+    _kbit_tables[id(codebook)] = (weakref.ref(codebook), codebook._version, table)
+    return table

@@ -1,7 +1,8 @@
 """CUDA kernels of the k-bit family (cuda_src/kbit.cu, header kbit_kbit.h) behind the backend signatures.
 
-Rules: workbench/backends/reference/kbit.py, bit for bit. ctypes calls with device pointers on the current
-torch stream; scales are written and read in their storage dtype, so no conversion pass runs around the kernels.
+Rules: workbench/backends/reference/kbit.py, bit for bit. The quantizers search through the codebook's table
+(codebook_tables.kbit_search_table, built once per codebook tensor). ctypes calls with device pointers on the
+current torch stream; scales are written and read in their storage dtype, so no conversion pass runs around the kernels.
 The library is loaded on first call, so a failed build takes down this family only.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import ctypes
 import torch
 
 from . import check, load, on, ptr, stream
+from ...codebook_tables import kbit_search_table
 from ..reference.kbit import SCALE_DTYPES, dequantize_operands, kernel_codebook, nblocks, packed_words
 from ..registry import register_kernel
 
@@ -26,7 +28,8 @@ def lib() -> ctypes.CDLL:
     if _lib is None:
         L = load("kbit")
         P, I, LL = _c.c_void_p, _c.c_int, _c.c_longlong
-        L.kbit_kbit_quantize.argtypes = [P, I, LL, I, P, I, I, I, I, I, P, P, P, LL, P, P, P]
+        L.kbit_kbit_quantize.argtypes = [P, I, LL, I, P, I, I, P, I, I, I, I, _c.c_float, I, I, I, P, P, P, LL, P,
+                                         P, P]
         L.kbit_kbit_quantize.restype = I
         L.kbit_kbit_dequantize.argtypes = [P, LL, LL, I, I, I, P, I, P, P, I, I, P, P]
         L.kbit_kbit_dequantize.restype = I
@@ -44,6 +47,7 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
     n = A.numel()
     nb = nblocks(n, blocksize)
     cb = kernel_codebook(codebook, k, dev)
+    table, size, sh, kbase, half, safe = kbit_search_table(cb)
     scales = torch.empty(nb, dtype=SCALE_DTYPES[scale_format], device=dev)
     ts = torch.empty(1 if scale_format == "e4m3" else 0, dtype=torch.float32, device=dev)
     scratch = torch.empty(1 if _fast_path(blocksize) else 1 + nb, dtype=torch.float32, device=dev)
@@ -51,9 +55,10 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
     nw = packed_words(n, k, layout)
     out = torch.empty(nw, dtype=torch.int32, device=dev)
     with on(dev):
-        check(lib().kbit_kbit_quantize(ptr(A), KIND[A.dtype], n, blocksize, ptr(cb), cb.numel(), k, LAYOUT[layout],
-                                       FMT[scale_format], int(codes_against == "decoded"), ptr(scales), ptr(ts),
-                                       ptr(out), nw, ptr(nonfinite), ptr(scratch), stream(dev)),
+        check(lib().kbit_kbit_quantize(ptr(A), KIND[A.dtype], n, blocksize, ptr(cb), cb.numel(), k, ptr(table), size,
+                                       sh, kbase, half, safe, LAYOUT[layout], FMT[scale_format],
+                                       int(codes_against == "decoded"), ptr(scales), ptr(ts), ptr(out), nw,
+                                       ptr(nonfinite), ptr(scratch), stream(dev)),
               "kbit_kbit_quantize")
     return out, scales, ts, nonfinite
 
