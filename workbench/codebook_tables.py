@@ -295,27 +295,28 @@ def bnb_table_256(cb: Codebook, device) -> torch.Tensor:
 
 
 # k-bit codebooks (cuda_src/kbit.cu) arrive as one float32 tensor per (codebook, device), cached by the public API
-# (workbench/kbit.py:_codebook_on), so their table is cached per tensor: weak reference and version counter, as
-# for the identity hits above. A miss copies the codebook to the host once.
-_kbit_tables: dict[int, tuple] = {}
+# (workbench/kbit.py:_codebook_on), so their table is cached per tensor object and device: weak reference and
+# version counter, as for the identity hits above. A miss copies the codebook to the host once.
+_kbit_tables: dict[tuple, tuple] = {}
 KBIT_NO_TABLE = (None, 0, 0, 0, 0, 0.0)
 
 
-def kbit_search_table(codebook: torch.Tensor):
-    """The CUDA k-bit quantizers' search table for this codebook tensor, on its device: (entries int64 tensor,
+def kbit_search_table(codebook: torch.Tensor, device: torch.device):
+    """The CUDA k-bit quantizers' search table for this codebook tensor, on ``device``: (entries int64 tensor,
     size, sh, kbase, half, safe) from numba_kernels/cell_plan.py:kbit_plan, or KBIT_NO_TABLE when the codebook is
     too dense for one (the kernels then search exactly for every element)."""
-    hit = _kbit_tables.get(id(codebook))
+    key = (id(codebook), device)
+    hit = _kbit_tables.get(key)
     if hit is not None and hit[0]() is codebook and hit[1] == codebook._version:
         return hit[2]
     from numba_kernels.cell_plan import kbit_plan
-    p = kbit_plan(_host(codebook))
+    p = kbit_plan(_host(codebook).reshape(-1))
     table = KBIT_NO_TABLE
     if p is not None:
         e, sh, kbase, half, safe = p
-        t = torch.from_numpy(np.ascontiguousarray(e).view(np.int64).reshape(-1)).to(codebook.device)
+        t = torch.from_numpy(np.ascontiguousarray(e).view(np.int64).reshape(-1)).to(device)
         table = (t, len(e), sh, kbase, half, float(safe))
     if len(_kbit_tables) >= 256:
         _kbit_tables.clear()
-    _kbit_tables[id(codebook)] = (weakref.ref(codebook), codebook._version, table)
+    _kbit_tables[key] = (weakref.ref(codebook), codebook._version, table)
     return table

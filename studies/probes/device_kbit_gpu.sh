@@ -3,8 +3,9 @@
 # (cuda and numba_cuda, affine included: their pass is what clears registry.NOT_YET_RUN_ON_A_GPU),
 # then the k-bit bench (studies/bench/bench_kbit_gpu.py) into $OUT/kbit-h200. A carried .whl/ (bitsandbytes wheel)
 # is installed when present; the bench does not need it.
-# usage (on the device, repo root): [KBIT_GIT_REV=<rev>] bash studies/probes/device_kbit_gpu.sh
-# Worst case 150 + 120 + 300 s: inside one 10-minute device call.
+# usage (on the device, repo root): [KBIT_GIT_REV=<rev>] [TEST_K=<pytest -k expression>] bash studies/probes/device_kbit_gpu.sh
+# Worst case 150 + 2 x 120 + 300 s (BUILD/TEST/BENCH_TIMEOUT). Numba compiles each (K, layout, format) kernel on
+# first use, so the numba_cuda cases of test_kbit_gpu need several minutes on a fresh machine: TEST_K selects.
 export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba_cache KBIT_PROGRESS=0 MPLBACKEND=Agg
 OUT=${OUT:-out/device}; mkdir -p "$OUT/kbit-h200"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -19,9 +20,10 @@ wait  # one nvcc per family, in parallel
 # One process per file: test_kbit_affine_sim selects Numba's simulator for its whole process.
 for t in test_kbit_gpu test_kbit_affine_sim; do
   timeout ${TEST_TIMEOUT:-120} python3 -m pytest -q --tb=short -p no:cacheprovider -p no:warnings -m gpu \
-    tests/$t.py >> "$OUT/kbit-h200/pytest_gpu_kbit.txt" 2>&1
+    ${TEST_K:+-k "$TEST_K"} tests/$t.py >> "$OUT/kbit-h200/pytest_gpu_kbit.txt" 2>&1
+  echo " ($t, exit $?)" >> "$OUT/kbit-h200/pytest_gpu_kbit.txt"
 done
-grep -E "passed|failed|^FAILED|rror" "$OUT/kbit-h200/pytest_gpu_kbit.txt" | tail -15
+grep -E "passed|failed|exit|^FAILED|rror" "$OUT/kbit-h200/pytest_gpu_kbit.txt" | tail -15
 timeout ${BENCH_TIMEOUT:-300} python3 -m studies.bench.bench_kbit_gpu --out "$OUT/kbit-h200" ${BENCH_ARGS:-} \
   > "$OUT/kbit-h200/bench_log.txt" 2>&1
 echo "bench exit $?"

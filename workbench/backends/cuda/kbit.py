@@ -47,7 +47,7 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
     n = A.numel()
     nb = nblocks(n, blocksize)
     cb = kernel_codebook(codebook, k, dev)
-    table, size, sh, kbase, half, safe = kbit_search_table(cb)
+    table, size, sh, kbase, half, safe = kbit_search_table(codebook, dev)   # the caller's tensor: a cache hit
     scales = torch.empty(nb, dtype=SCALE_DTYPES[scale_format], device=dev)
     ts = torch.empty(1 if scale_format == "e4m3" else 0, dtype=torch.float32, device=dev)
     scratch = torch.empty(1 if _fast_path(blocksize) else 1 + nb, dtype=torch.float32, device=dev)
