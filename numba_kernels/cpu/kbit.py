@@ -2,7 +2,8 @@
 
 Pure functions on NumPy arrays (no torch). The rules are the reference's docstring,
 workbench/backends/reference/kbit.py, bit for bit: float32 arithmetic, fastmath off, scale
-encodings done on the float's bits (exact floor(log2), round half to even with np.rint, saturation).
+encodings done on the float's bits (exact floor(log2), round half to even with np.rint, saturation;
+numba_kernels/kbit_scalar.py, shared with the CUDA kernels).
 
 Passes: block absmax (parallel over blocks), scale encoding (serial, one value per block), then
 codes + packing (parallel over chunks of 32-element groups: each group writes exactly K words in
@@ -23,12 +24,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..kbit_scalar import scale_helpers
 from .quant import bf16_bits_to_f32, f16_bits_to_f32, f32_to_bf16_bits, f32_to_f16_bits
 
 _OPTS = dict(cache=True, fastmath=False, nogil=True)
 FMT_IDS = {"fp32": 0, "fp16": 1, "bf16": 2, "e4m4": 3, "e8m0": 4, "e4m3": 5}
 LAYOUT_IDS = {"bitplane": 0, "dense": 1}
-EPS = np.float32(1e-8)
 GROUPS_PER_TASK = 64
 
 
@@ -58,109 +59,41 @@ def store(out, i, v, kind):
         out[i] = f32_to_f16_bits(v)
 
 
-# ------------------------------------------------------------------ exact float helpers
+# ------------------------------------------------------------------ exact float helpers (numba_kernels/kbit_scalar.py)
 
 @njit(inline="always", **_OPTS)
-def floor_log2(a):
-    """floor(log2 a) for a finite float32 a > 0, from its bits (subnormals included)."""
-    u = np.float32(a).view(np.uint32)
-    ex = np.int64(u >> np.uint32(23))
-    if ex > 0:
-        return ex - 127
+def _float_bits(a):
+    return np.float32(a).view(np.uint32)
+
+
+@njit(inline="always", **_OPTS)
+def _bits_float(u):
+    return np.uint32(u).view(np.float32)
+
+
+@njit(inline="always", **_OPTS)
+def _bit_length(u):
     length = 0
     while u:
-        u = u >> np.uint32(1)
+        u = u >> 1
         length += 1
-    return np.int64(length - 150)
+    return length
 
 
 @njit(inline="always", **_OPTS)
-def pow2f(e):
-    """2**e as float32, e in -149..127 (subnormal below -126)."""
-    if e >= -126:
-        return np.uint32((e + 127) << 23).view(np.float32)
-    return np.uint32(1 << (e + 149)).view(np.float32)
+def _rint(v):
+    return np.rint(v)
 
 
-@njit(inline="always", **_OPTS)
-def minifloat_bits(a, M, bias, emin, maxbits):
-    """Round a finite float32 a >= 0 to nearest even in a float format with M mantissa bits, exponent
-    bias ``bias`` and smallest normal exponent ``emin``; saturate at bit pattern ``maxbits``."""
-    if a == 0:
-        return np.int64(0)
-    e = floor_log2(a)
-    eq = e if e > emin else np.int64(emin)
-    r = np.rint(np.float32(a) / pow2f(eq - M))     # exact: a scaled by a power of two, < 2**(M+1)
-    ni = np.int64(r)
-    bits = (((eq + bias - 1) << M) + ni) if e >= emin else ni
-    return bits if bits < maxbits else np.int64(maxbits)
+_S = scale_helpers(njit(inline="always", **_OPTS), _float_bits, _bits_float, _bit_length, _rint)
+encode_one, decode_one, divisor, _floor_log2 = _S.encode_one, _S.decode_one, _S.divisor, _S.floor_log2
 
 
-@njit(inline="always", **_OPTS)
-def minifloat_value(bits, M, bias, emin):
-    ex = bits >> M
-    mant = bits & ((1 << M) - 1)
-    if ex == 0:
-        return np.float32(mant) * pow2f(emin - M)
-    return np.float32(mant + (1 << M)) * pow2f(ex - bias - M)
-
-
-@njit(inline="always", **_OPTS)
-def e4m4_bits(a):
-    """bitsandbytes' encode_absmax_e4m4 (bias 11, no mantissa carry), saturating at 0xFF."""
-    if a == 0:
-        return np.int64(0)
-    e = floor_log2(a)
-    if e + 11 <= 0:
-        m = np.int64(np.rint(np.float32(a) * np.float32(16384.0)))
-        return m if m < 15 else np.int64(15)
-    if e + 11 > 15:
-        return np.int64(0xFF)
-    m = np.int64(np.rint((np.float32(a) / pow2f(e) - np.float32(1.0)) * np.float32(16.0)))
-    m = m if m < 15 else np.int64(15)
-    return ((e + 11) << 4) | m
-
-
-@njit(inline="always", **_OPTS)
-def e4m4_value(b):
-    e = b >> 4
-    m = b & 15
-    if e == 0:
-        return np.float32(m) * pow2f(-14)
-    return np.float32(16 + m) * pow2f(e - 15)
-
-
-@njit(inline="always", **_OPTS)
-def encode_one(a, fmt, emax, ts):
-    if fmt == 0:
-        return np.int64(np.float32(a).view(np.uint32))
-    if fmt == 1:
-        return minifloat_bits(a, 10, 15, -14, 0x7BFF)
-    if fmt == 2:
-        return minifloat_bits(a, 7, 127, -126, 0x7F7F)
-    if fmt == 3:
-        return e4m4_bits(a)
-    if fmt == 4:
-        if a == 0:
-            return np.int64(0)
-        E = floor_log2(a) - emax + 127
-        return np.int64(0) if E < 0 else (np.int64(254) if E > 254 else E)
-    return minifloat_bits(np.float32(a) / ts, 3, 7, -6, 0x7E)
-
-
-@njit(inline="always", **_OPTS)
-def decode_one(bits, fmt, ts):
-    if fmt == 0:
-        return np.uint32(bits).view(np.float32)
-    if fmt == 1:
-        return minifloat_value(bits, 10, 15, -14)
-    if fmt == 2:
-        return minifloat_value(bits, 7, 127, -126)
-    if fmt == 3:
-        return e4m4_value(bits)
-    if fmt == 4:
-        return pow2f(bits - 127)
-    return minifloat_value(bits, 3, 7, -6) * ts
+@njit(**_OPTS)
+def floor_log2(a):
+    """floor(log2 a) for a float32 a > 0. Module level: a closure over jitted functions would get a new cache
+    entry in every process."""
+    return _floor_log2(a)
 
 
 # ------------------------------------------------------------------ passes
@@ -193,11 +126,7 @@ def encode_scales(absmax, fmt, emax, codes_decoded, bits, D, q):
         bits[b] = encode_one(a, fmt, emax, ts)
         d = decode_one(np.int64(bits[b]), fmt, ts)
         D[b] = d
-        if fmt == 4:
-            q[b] = d
-        else:
-            base = d if codes_decoded else a
-            q[b] = base if base > EPS else EPS
+        q[b] = divisor(a, d, fmt, codes_decoded)
     return ts
 
 
@@ -279,67 +208,101 @@ def code_at(w, j, k, layout):
     return np.int64((both >> np.uint64(p & 31)) & np.uint64((1 << k) - 1))
 
 
-@njit(parallel=True, **_OPTS)
-def quantize_groups(x, kind, n, blocksize, q, cb, k, layout, out):
-    """Codes of every element, packed: group g (elements 32g..32g+31) -> words out[g*k : g*k+k]
-    (dense: only those below out.size). Codes past n are 0."""
-    groups = (n + 31) // 32
-    tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
-    m = cb.size
-    for t in prange(tasks):
-        codes = np.empty(32, np.int64)
-        words = np.empty(9, np.uint64)
-        g0 = t * GROUPS_PER_TASK
-        b = g0 * 32 // blocksize       # the block of element i, tracked: no division per element
-        nxt = (b + 1) * blocksize
-        for g in range(g0, min((t + 1) * GROUPS_PER_TASK, groups)):
-            base = g * 32
-            for j in range(32):
-                i = base + j
-                if i >= nxt:
-                    b += 1
-                    nxt += blocksize
-                codes[j] = nearest(load(x, i, kind) / q[b], cb, m) if i < n else 0
-            pack_group(codes, k, layout, words)
-            store_group(words, g, k, out)
+@njit(inline="always", **_OPTS)
+def _task_groups(t, groups, blocksize):
+    """Task t's groups g0..g1-1, the block b of its first element and the start nxt of block b + 1."""
+    g0 = t * GROUPS_PER_TASK
+    b = g0 * 32 // blocksize
+    return g0, min(g0 + GROUPS_PER_TASK, groups), b, (b + 1) * blocksize
 
 
-@njit(parallel=True, **_OPTS)
-def dequantize_groups(words, n, k, layout, blocksize, D, cb, kind, out):
-    groups = (n + 31) // 32
-    tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
-    for t in prange(tasks):
-        w = np.empty(9, np.uint64)
-        g0 = t * GROUPS_PER_TASK
-        b = g0 * 32 // blocksize
-        nxt = (b + 1) * blocksize
-        for g in range(g0, min((t + 1) * GROUPS_PER_TASK, groups)):
-            load_group(words, g, k, w)
-            base = g * 32
-            for j in range(min(32, n - base)):
-                i = base + j
-                if i >= nxt:
-                    b += 1
-                    nxt += blocksize
-                store(out, i, cb[code_at(w, j, k, layout)] * D[b], kind)
+@njit(inline="always", **_OPTS)
+def _affine_code(v, r, z, k):
+    qmax = np.float32((1 << k) - 1)
+    c = np.rint(v * r) + np.float32(z)
+    c = np.float32(0.0) if c < 0 else (qmax if c > qmax else c)
+    return np.int64(c)
+
+
+def _make_quantize(affine):
+    # affine: a compile-time constant (numba prunes the other branch)
+    @njit(parallel=True, **_OPTS)
+    def quantize(x, kind, n, blocksize, p, c, k, layout, out):
+        """Codes of every element, packed: group g (elements 32g..32g+31) -> words out[g*k : g*k+k] (dense: only
+        those below out.size). Codes past n are 0. The code: nearest(x / p[b]) in the codebook c, or (affine)
+        clamp(rint(x * p[b]) + c[b], 0, 2**k - 1) with p = 1 / scale and c the zero points."""
+        groups = (n + 31) // 32
+        tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
+        for t in prange(tasks):
+            codes = np.empty(32, np.int64)
+            words = np.empty(9, np.uint64)
+            g0, g1, b, nxt = _task_groups(t, groups, blocksize)
+            for g in range(g0, g1):
+                base = g * 32
+                for j in range(32):
+                    i = base + j
+                    if i >= nxt:          # the block of element i, tracked: no division per element
+                        b += 1
+                        nxt += blocksize
+                    if i >= n:
+                        codes[j] = 0
+                    elif affine:
+                        codes[j] = _affine_code(load(x, i, kind), p[b], c[b], k)
+                    else:
+                        codes[j] = nearest(load(x, i, kind) / p[b], c, c.size)
+                pack_group(codes, k, layout, words)
+                store_group(words, g, k, out)
+    return quantize
+
+
+def _make_dequantize(affine):
+    @njit(parallel=True, **_OPTS)
+    def dequantize(words, n, k, layout, blocksize, D, c, kind, out):
+        """out = c[code] * D[b], or (affine, c the zero points) float32(code - c[b]) * D[b]; rounded once to the
+        output kind."""
+        groups = (n + 31) // 32
+        tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
+        for t in prange(tasks):
+            w = np.empty(9, np.uint64)
+            g0, g1, b, nxt = _task_groups(t, groups, blocksize)
+            for g in range(g0, g1):
+                load_group(words, g, k, w)
+                base = g * 32
+                for j in range(min(32, n - base)):
+                    i = base + j
+                    if i >= nxt:
+                        b += 1
+                        nxt += blocksize
+                    if affine:
+                        store(out, i, np.float32(code_at(w, j, k, layout) - np.int64(c[b])) * D[b], kind)
+                    else:
+                        store(out, i, c[code_at(w, j, k, layout)] * D[b], kind)
+    return dequantize
+
+
+quantize_groups = _make_quantize(False)
+dequantize_groups = _make_dequantize(False)
 
 
 # ------------------------------------------------------------------ affine groups (spec: reference/kbit_affine.py)
+
+@njit(inline="always", **_OPTS)
+def _group_range(x, kind, n, G, b):
+    """(min(0, min x), max(0, max x)) over group b's real elements."""
+    mn = np.float32(0.0)
+    mx = np.float32(0.0)
+    for i in range(b * G, min(b * G + G, n)):
+        v = load(x, i, kind)
+        mn = v if v < mn else mn
+        mx = v if v > mx else mx
+    return mn, mx
+
 
 @njit(parallel=True, **_OPTS)
 def group_range(x, kind, n, G, lo, hi):
     """lo[b] = min(0, min x), hi[b] = max(0, max x) over group b's real elements."""
     for b in prange(lo.size):
-        start = b * G
-        end = min(start + G, n)
-        mn = np.float32(0.0)
-        mx = np.float32(0.0)
-        for i in range(start, end):
-            v = load(x, i, kind)
-            mn = v if v < mn else mn
-            mx = v if v > mx else mx
-        lo[b] = mn
-        hi[b] = mx
+        lo[b], hi[b] = _group_range(x, kind, n, G, b)
 
 
 @njit(parallel=True, **_OPTS)
@@ -352,12 +315,7 @@ def mse_clip_range(x, kind, n, G, k, fmt, grid, lo, hi):
     for b in prange(lo.size):
         start = b * G
         end = min(start + G, n)
-        mn = np.float32(0.0)
-        mx = np.float32(0.0)
-        for i in range(start, end):
-            v = load(x, i, kind)
-            mn = v if v < mn else mn
-            mx = v if v > mx else mx
+        mn, mx = _group_range(x, kind, n, G, b)
         best = np.inf
         blo = mn
         bhi = mx
@@ -385,41 +343,5 @@ def mse_clip_range(x, kind, n, G, k, fmt, grid, lo, hi):
         hi[b] = bhi
 
 
-@njit(parallel=True, **_OPTS)
-def quantize_affine_groups(x, kind, n, G, r, z, k, layout, out):
-    """code = clamp(rint(x * r[b]) + z[b], 0, 2**k - 1), packed as quantize_groups packs."""
-    groups = (n + 31) // 32
-    tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
-    qmax = np.float32((1 << k) - 1)
-    for t in prange(tasks):
-        codes = np.empty(32, np.int64)
-        words = np.empty(9, np.uint64)
-        for g in range(t * GROUPS_PER_TASK, min((t + 1) * GROUPS_PER_TASK, groups)):
-            base = g * 32
-            for j in range(32):
-                i = base + j
-                if i < n:
-                    b = i // G
-                    c = np.rint(load(x, i, kind) * r[b]) + np.float32(z[b])
-                    c = np.float32(0.0) if c < 0 else (qmax if c > qmax else c)
-                    codes[j] = np.int64(c)
-                else:
-                    codes[j] = 0
-            pack_group(codes, k, layout, words)
-            store_group(words, g, k, out)
-
-
-@njit(parallel=True, **_OPTS)
-def dequantize_affine_groups(words, n, k, layout, G, D, z, kind, out):
-    """out = float32(code - z[b]) * D[b], rounded once to the output kind."""
-    groups = (n + 31) // 32
-    tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
-    for t in prange(tasks):
-        w = np.empty(9, np.uint64)
-        for g in range(t * GROUPS_PER_TASK, min((t + 1) * GROUPS_PER_TASK, groups)):
-            load_group(words, g, k, w)
-            base = g * 32
-            for j in range(min(32, n - base)):
-                i = base + j
-                b = i // G
-                store(out, i, np.float32(code_at(w, j, k, layout) - np.int64(z[b])) * D[b], kind)
+quantize_affine_groups = _make_quantize(True)
+dequantize_affine_groups = _make_dequantize(True)

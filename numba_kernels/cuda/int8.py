@@ -13,40 +13,16 @@ from __future__ import annotations
 import numpy as np
 
 import workbench._compat  # noqa: F401  (numpy.row_stack shim, before any kernel compiles)
-from numba import config, cuda, float32, int32
-from numba.cuda import libdevice
+from numba import cuda, float32, int32
 
-from .quant import BF16, F16, F32, _bf16_bits, _float2half_rn, _half2float, _int_as_float, _load  # noqa: F401
+from .quant import (BF16, F16, F32, _add, _bf16_bits, _div, _float2half_rn, _half2float, _i2f,  # noqa: F401
+                    _int_as_float, _load, _mul, _rint)
 
 THREADS = 128
 DEQUANT_CONST = np.float32(7.874015718698502e-3)
 MM_DEQUANT_CONST = np.float32(6.200124e-05)
 F127 = np.float32(127.0)
 F1 = np.float32(1.0)
-
-if config.ENABLE_CUDASIM:
-    def _mul(a, b):
-        with np.errstate(invalid="ignore", over="ignore"):
-            return np.float32(np.float32(a) * np.float32(b))
-
-    def _add(a, b):
-        return np.float32(np.float32(a) + np.float32(b))
-
-    def _div(a, b):
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            return np.float32(np.float32(a) / np.float32(b))
-
-    def _rint(a):
-        return np.float32(np.rint(np.float32(a)))
-
-    def _i2f(i):
-        return np.float32(i)
-else:
-    _mul = libdevice.fmul_rn
-    _add = libdevice.fadd_rn
-    _div = libdevice.fdiv_rn
-    _rint = libdevice.rintf
-    _i2f = libdevice.int2float_rn
 
 
 @cuda.jit(device=True, inline=True)

@@ -1,8 +1,8 @@
 """Numba CUDA kernels of the k-bit family (K = 2..8, bit-plane and dense layouts, six scale formats).
 
-The rules are workbench/backends/reference/kbit.py's docstring, bit for bit; the scalar helpers are
-numba_kernels/cpu/kbit.py's as device functions (floor(log2) from the float's bits, scale encoders and
-decoders rounding half to even, the nearest-code search with the lowest index on ties). IEEE float32
+The rules are workbench/backends/reference/kbit.py's docstring, bit for bit; the scale helpers (floor(log2)
+from the float's bits, scale encoders and decoders rounding half to even) are numba_kernels/kbit_scalar.py's
+as device functions, the nearest-code search numba_kernels/cpu/kbit.py's (lowest index on ties). IEEE float32
 throughout: ``fastmath=False``, ``x / q`` a true division (no reciprocal), one float32 multiply and one
 rounding on dequantize.
 
@@ -47,28 +47,23 @@ int16 bit patterns, 16-bit outputs as uint16 bit patterns). Scale format ids: 0 
 """
 from __future__ import annotations
 
-import numpy as np
-
 import workbench._compat  # noqa: F401  (numpy shim, before any kernel compiles)
 from numba import config, cuda, float32, int32, int64, uint32, uint64
-from numba.cuda import libdevice
 
-from .quant import BF16, F16, F32, _bf16_bits, _elem_at, _float2half_rn, _float_as_int, _half2float, _int_as_float
+from ..kbit_scalar import scale_helpers
+from .quant import (BF16, F16, F32, _bf16_bits, _elem_at, _float2half_rn, _float_as_int, _half2float, _int_as_float,
+                    _rint)
 
 THREADS = 64 if config.ENABLE_CUDASIM else 256   # the simulator runs a Python thread per lane
 NWARPS = THREADS // 32
 FULL = 0xFFFFFFFF
 INF_BITS = 0x7F800000
-EPS = np.float32(1e-8)
 FMT_IDS = {"fp32": 0, "fp16": 1, "bf16": 2, "e4m4": 3, "e8m0": 4, "e4m3": 5}
 LAYOUT_IDS = {"bitplane": 0, "dense": 1}
 
 if config.ENABLE_CUDASIM:
     # Twins of the warp collectives: one barrier each, on a shared (2, THREADS) buffer used alternately (ph),
     # so no thread overwrites a slot another may still read (between two uses of one half lies a barrier).
-    def _rint(v):
-        return np.rint(np.float32(v))
-
     @cuda.jit(device=True)
     def _ballot(pred, s2, ph, tid):
         s2[ph, tid] = 1 if pred else 0
@@ -107,8 +102,6 @@ if config.ENABLE_CUDASIM:
         if v > 0:
             cuda.atomic.max(gmax, 0, v)
 else:
-    _rint = libdevice.rintf
-
     @cuda.jit(device=True, inline=True)
     def _ballot(pred, s2, ph, tid):
         return cuda.ballot_sync(FULL, pred)
@@ -138,125 +131,28 @@ else:
             cuda.atomic.max(gmax, 0, v)
 
 
-# ------------------------------------------------------------------ exact scalar helpers (cpu/kbit.py's)
+# ------------------------------------------------------------------ exact scalar helpers (numba_kernels/kbit_scalar.py)
 
 @cuda.jit(device=True, inline=True)
-def floor_log2(a):
-    """floor(log2 a) for a finite float32 a > 0, from its bits (subnormals included)."""
-    u = int32(_float_as_int(a) & 0x7FFFFFFF)
-    ex = int64(u >> 23)
-    if ex > 0:
-        return ex - 127
-    return int64(32 - cuda.clz(u)) - 150
+def _bits_float(u):
+    return _int_as_float(int32(u))
 
 
 @cuda.jit(device=True, inline=True)
-def pow2f(e):
-    """2**e as float32, e in -149..128 (subnormal below -126; 128 gives Inf)."""
-    if e >= -126:
-        return _int_as_float(int32((e + 127) << 23))
-    return _int_as_float(int32(1 << (e + 149)))
+def _bit_length(u):
+    return 32 - cuda.clz(int32(u))
 
 
-@cuda.jit(device=True, inline=True)
-def minifloat_bits(a, M, bias, emin, maxbits):
-    """a >= 0 rounded to nearest even in a format with M mantissa bits, exponent bias ``bias``, smallest
-    normal exponent ``emin``; saturates at bit pattern ``maxbits`` (also for Inf, never for finite input
-    out of range of the division below)."""
-    if a == 0:
-        return int64(0)
-    if not (a <= float32(3.4028234663852886e38)):
-        return int64(maxbits)
-    e = floor_log2(a)
-    eq = e if e > emin else int64(emin)
-    r = _rint(float32(a) / pow2f(eq - M))     # exact: a scaled by a power of two, < 2**(M+1)
-    ni = int64(r)
-    bits = (((eq + bias - 1) << M) + ni) if e >= emin else ni
-    return bits if bits < maxbits else int64(maxbits)
-
-
-@cuda.jit(device=True, inline=True)
-def minifloat_value(bits, M, bias, emin):
-    ex = bits >> M
-    mant = bits & ((1 << M) - 1)
-    if ex == 0:
-        return float32(mant) * pow2f(emin - M)
-    return float32(mant + (1 << M)) * pow2f(ex - bias - M)
-
-
-@cuda.jit(device=True, inline=True)
-def e4m4_bits(a):
-    """bitsandbytes' encode_absmax_e4m4 (bias 11, no mantissa carry), saturating at 0xFF."""
-    if a == 0:
-        return int64(0)
-    if not (a <= float32(3.4028234663852886e38)):
-        return int64(0xFF)
-    e = floor_log2(a)
-    if e + 11 <= 0:
-        m = int64(_rint(float32(a) * float32(16384.0)))
-        return m if m < 15 else int64(15)
-    if e + 11 > 15:
-        return int64(0xFF)
-    m = int64(_rint((float32(a) / pow2f(e) - float32(1.0)) * float32(16.0)))
-    m = m if m < 15 else int64(15)
-    return ((e + 11) << 4) | m
-
-
-@cuda.jit(device=True, inline=True)
-def e4m4_value(b):
-    e = b >> 4
-    m = b & 15
-    if e == 0:
-        return float32(m) * pow2f(-14)
-    return float32(16 + m) * pow2f(e - 15)
-
-
-@cuda.jit(device=True, inline=True)
-def encode_one(a, fmt, emax, ts):
-    """The stored scale's bit pattern (fp32: its bits; never used, fp32 stores a itself)."""
-    if fmt == 0:
-        return int64(0)
-    if fmt == 1:
-        return minifloat_bits(a, 10, 15, -14, 0x7BFF)
-    if fmt == 2:
-        return minifloat_bits(a, 7, 127, -126, 0x7F7F)
-    if fmt == 3:
-        return e4m4_bits(a)
-    if fmt == 4:
-        if a == 0:
-            return int64(0)
-        if not (a <= float32(3.4028234663852886e38)):
-            return int64(254)
-        E = floor_log2(a) - emax + 127
-        return int64(0) if E < 0 else (int64(254) if E > 254 else E)
-    return minifloat_bits(float32(a) / ts, 3, 7, -6, 0x7E)
-
-
-@cuda.jit(device=True, inline=True)
-def decode_one(bits, a, fmt, ts):
-    """D from the stored bits (fp32: a itself)."""
-    if fmt == 0:
-        return float32(a)
-    if fmt == 1:
-        return minifloat_value(bits, 10, 15, -14)
-    if fmt == 2:
-        return minifloat_value(bits, 7, 127, -126)
-    if fmt == 3:
-        return e4m4_value(bits)
-    if fmt == 4:
-        return pow2f(bits - 127)
-    return minifloat_value(bits, 3, 7, -6) * ts
+_S = scale_helpers(cuda.jit(device=True, inline=True), _float_as_int, _bits_float, _bit_length, _rint)
+floor_log2, encode_one, decode_one, divisor = _S.floor_log2, _S.encode_one, _S.decode_one, _S.divisor
 
 
 @cuda.jit(device=True, inline=True)
 def divisor_of(a, fmt, emax, ts, codes_decoded):
-    """(stored scale bits, divisor q) of a block with absmax a: the decoded scale for e8m0, else
-    max(absmax or decoded scale, EPS) (reference.kbit.divisors)."""
+    """(stored scale bits, divisor q) of a block with absmax a; the scale decoded only where q needs it."""
     bits = encode_one(a, fmt, emax, ts)
-    if fmt == 4:
-        return bits, decode_one(bits, a, fmt, ts)
-    base_q = decode_one(bits, a, fmt, ts) if codes_decoded else a
-    return bits, (base_q if base_q > EPS else EPS)
+    d = decode_one(bits, fmt, ts) if (codes_decoded or fmt == 4) else a
+    return bits, divisor(a, d, fmt, codes_decoded)
 
 
 @cuda.jit(device=True, inline=True)
@@ -277,20 +173,16 @@ def _scale_value(sc, b, fmt, ts):
         return float32(_half2float(int32(r & 0xFFFF)))
     if fmt == 2:
         return _int_as_float(int32((r & 0xFFFF) << 16))
-    return decode_one(r, float32(0.0), fmt, ts)
+    return decode_one(r, fmt, ts)
 
 
 @cuda.jit(device=True, inline=True)
 def _encode_block(a, b, fmt, emax, codes_decoded, ts, sc, D, q):
     bits = encode_one(a, fmt, emax, ts)
-    d = decode_one(bits, a, fmt, ts)
+    d = decode_one(bits, fmt, ts)
     _store_scale(sc, b, bits, a, fmt)
     D[b] = d
-    if fmt == 4:
-        q[b] = d
-    else:
-        base = d if codes_decoded else a
-        q[b] = base if base > EPS else EPS
+    q[b] = divisor(a, d, fmt, codes_decoded)
 
 
 @cuda.jit(device=True, inline=True)

@@ -35,47 +35,14 @@ import numpy as np
 
 import workbench._compat  # noqa: F401  (numpy shim, before any kernel compiles)
 from numba import config, cuda, float32, float64, int32, int64, uint32, uint64
-from numba.cuda import libdevice
 
-from .quant import (BF16, F16, F32, _bf16_bits, _elem_at, _float2half_rn, _float_as_int, _half2float,
-                    _int_as_float)
+from .quant import (BF16, F16, F32, _add, _bf16_bits, _dadd, _div, _dmul, _elem_at, _float2half_rn,
+                    _float_as_int, _half2float, _int_as_float, _mul, _rint, _sub)
 
 THREADS = 64 if config.ENABLE_CUDASIM else 256   # the simulator runs a Python thread per lane
 FMT_IDS = {"fp32": 0, "fp16": 1, "bf16": 2}
 LAYOUT_IDS = {"bitplane": 0, "dense": 1}
 EPS = np.float32(np.finfo(np.float32).eps)        # the spec's EPS (torch.finfo(float32).eps)
-
-if config.ENABLE_CUDASIM:
-    def _mul(a, b):
-        with np.errstate(invalid="ignore", over="ignore"):
-            return np.float32(np.float32(a) * np.float32(b))
-
-    def _sub(a, b):
-        return np.float32(np.float32(a) - np.float32(b))
-
-    def _add(a, b):
-        return np.float32(np.float32(a) + np.float32(b))
-
-    def _div(a, b):
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            return np.float32(np.float32(a) / np.float32(b))
-
-    def _rint(a):
-        return np.float32(np.rint(np.float32(a)))
-
-    def _dmul(a, b):
-        return np.float64(np.float64(a) * np.float64(b))
-
-    def _dadd(a, b):
-        return np.float64(np.float64(a) + np.float64(b))
-else:
-    _mul = libdevice.fmul_rn
-    _sub = libdevice.fsub_rn
-    _add = libdevice.fadd_rn
-    _div = libdevice.fdiv_rn
-    _rint = libdevice.rintf
-    _dmul = libdevice.dmul_rn
-    _dadd = libdevice.dadd_rn
 
 
 @cuda.jit(device=True, inline=True)

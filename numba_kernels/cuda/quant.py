@@ -84,6 +84,44 @@ else:
     _half2float = libdevice.half2float
     _float2half_rn = libdevice.float2half_rn
 
+# Single-rounding arithmetic for kernels that must not be FMA-contracted (NVVM contracts a*b + c even without
+# fastmath): explicit *_rn libdevice calls on the GPU, NumPy scalar steps (each rounded) in the simulator.
+if config.ENABLE_CUDASIM:
+    def _mul(a, b):
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.float32(np.float32(a) * np.float32(b))
+
+    def _sub(a, b):
+        return np.float32(np.float32(a) - np.float32(b))
+
+    def _add(a, b):
+        return np.float32(np.float32(a) + np.float32(b))
+
+    def _div(a, b):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return np.float32(np.float32(a) / np.float32(b))
+
+    def _rint(a):
+        return np.float32(np.rint(np.float32(a)))
+
+    def _i2f(i):
+        return np.float32(i)
+
+    def _dmul(a, b):
+        return np.float64(np.float64(a) * np.float64(b))
+
+    def _dadd(a, b):
+        return np.float64(np.float64(a) + np.float64(b))
+else:
+    _mul = libdevice.fmul_rn
+    _sub = libdevice.fsub_rn
+    _add = libdevice.fadd_rn
+    _div = libdevice.fdiv_rn
+    _rint = libdevice.rintf
+    _i2f = libdevice.int2float_rn
+    _dmul = libdevice.dmul_rn
+    _dadd = libdevice.dadd_rn
+
 
 @cuda.jit(device=True, inline=True)
 def _load(A, i, kind):
