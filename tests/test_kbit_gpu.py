@@ -148,7 +148,8 @@ def test_cuda_kbit_search_table_and_its_exact_path(backend, k, blocksize, fmt, a
     g = torch.Generator().manual_seed(k * blocksize)
     books = [cbs.create_normal_float_codebook(k), torch.linspace(-1, 1, 2 ** k)]
     if k == 4:
-        books.append(torch.tensor(sorted({v * s for v in (0.0, 0.5, 1, 1.5, 2, 3, 4, 6) for s in (1, -1)}) + [-0.0]))
+        e2m1 = [0.0, 0.5, 1, 1.5, 2, 3, 4, 6]
+        books.append(torch.tensor([-v for v in reversed(e2m1)] + e2m1))   # -0.0 and +0.0: 16 codes
     n = 64 * 1024 + 3 * blocksize + 7
     for cb in books:
         plan = kbit_plan(cb.numpy())
@@ -193,7 +194,7 @@ def test_reciprocal_division_equals_ieee_division_on_the_gpu():
     g = torch.Generator(device="cuda").manual_seed(0)
     n = 1 << 24
     fams = [torch.rand(n, device="cuda", generator=g) * 1e3 + 1e-8,
-            (torch.randint(0x00800000, 0x7F000000, (n,), device="cuda", generator=g) | 0x7FFFFF).view(torch.float32),
+            (torch.randint(0x00800000, 0x7F000000, (n,), device="cuda", generator=g).int() | 0x7FFFFF).view(torch.float32),
             2.0 ** torch.randint(-60, 100, (n,), device="cuda", generator=g).float()]
     for q in fams:
         q = q.clamp(2.0 ** -60, 2.0 ** 100).float()

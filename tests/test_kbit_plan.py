@@ -21,7 +21,7 @@ E2M1 = sorted({v * s for v in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0) for s in 
 
 def _codebooks():
     rng = np.random.default_rng(7)
-    out = {"e2m1": np.sort(np.array(E2M1, np.float32)), "sym-no-zero": np.array([-1, -0.3, 0.3, 1], np.float32)}
+    out = {"e2m1": np.array(E2M1, np.float32), "sym-no-zero": np.array([-1, -0.3, 0.3, 1], np.float32)}
     for k in range(2, 9):
         out[f"nf{k}"] = cbs.create_normal_float_codebook(k).numpy()
         out[f"uniform{k}"] = np.linspace(-1, 1, 2 ** k).astype(np.float32)
