@@ -159,6 +159,21 @@ def nearest(s, cb, m):
 
 
 @njit(inline="always", **_OPTS)
+def code_table(s, tab, sh, kbase, half, safe, cb):
+    """The spec's code of s through the codebook's search table (numba_kernels/cell_plan.py:kbit_plan; tab[2i] =
+    bound bits, tab[2i + 1] = code below | above << 8) for |s| < safe; other s, and codebooks without a table
+    (safe = 0), take the full search."""
+    if not abs(s) < safe:
+        return nearest(s, cb, cb.size)
+    bits = _float_bits(s)
+    c = np.int64((bits & np.uint32(0x7FFFFFFF)) >> np.uint32(sh))
+    top = kbase + half - 1
+    c = kbase if c < kbase else (top if c > top else c)
+    e = 2 * (c - kbase + np.int64(bits >> np.uint32(31)) * half)
+    return np.int64(tab[e + 1] >> np.uint32(8)) if s > _bits_float(tab[e]) else np.int64(tab[e + 1] & np.uint32(0xFF))
+
+
+@njit(inline="always", **_OPTS)
 def pack_group(codes, k, layout, words):
     """The 32 codes of one group into words[0:k] (bit-plane, or the dense stream's k words)."""
     for b in range(k + 1):
@@ -196,6 +211,21 @@ def load_group(words, g, k, w):
 
 
 @njit(inline="always", **_OPTS)
+def group_codes(w, k, layout, codes):
+    """All 32 codes of a group from its words (w[k] = 0): bit-plane plane by plane (the j loop vectorizes)."""
+    if layout == 0:
+        for j in range(32):
+            codes[j] = 0
+        for b in range(k):
+            wb = w[b]
+            for j in range(32):
+                codes[j] |= np.int64((wb >> np.uint64(j)) & np.uint64(1)) << b
+    else:
+        for j in range(32):
+            codes[j] = code_at(w, j, k, layout)
+
+
+@njit(inline="always", **_OPTS)
 def code_at(w, j, k, layout):
     if layout == 0:
         c = 0
@@ -227,10 +257,11 @@ def _affine_code(v, r, z, k):
 def _make_quantize(affine):
     # affine: a compile-time constant (numba prunes the other branch)
     @njit(parallel=True, **_OPTS)
-    def quantize(x, kind, n, blocksize, p, c, k, layout, out):
+    def quantize(x, kind, n, blocksize, p, c, tab, sh, kbase, half, safe, k, layout, out):
         """Codes of every element, packed: group g (elements 32g..32g+31) -> words out[g*k : g*k+k] (dense: only
-        those below out.size). Codes past n are 0. The code: nearest(x / p[b]) in the codebook c, or (affine)
-        clamp(rint(x * p[b]) + c[b], 0, 2**k - 1) with p = 1 / scale and c the zero points."""
+        those below out.size). Codes past n are 0. The code: nearest(x / p[b]) in the codebook c (through its search
+        table tab, see code_table), or (affine) clamp(rint(x * p[b]) + c[b], 0, 2**k - 1) with p = 1 / scale and c
+        the zero points (tab unused)."""
         groups = (n + 31) // 32
         tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
         for t in prange(tasks):
@@ -239,6 +270,19 @@ def _make_quantize(affine):
             g0, g1, b, nxt = _task_groups(t, groups, blocksize)
             for g in range(g0, g1):
                 base = g * 32
+                if blocksize % 32 == 0 and n - base >= 32:     # one block, no tail: its divisor once
+                    bb = base // blocksize
+                    for j in range(32):
+                        v = load(x, base + j, kind)
+                        if affine:
+                            codes[j] = _affine_code(v, p[bb], c[bb], k)
+                        else:
+                            codes[j] = code_table(v / p[bb], tab, sh, kbase, half, safe, c)
+                    b = (base + 32) // blocksize
+                    nxt = (b + 1) * blocksize
+                    pack_group(codes, k, layout, words)
+                    store_group(words, g, k, out)
+                    continue
                 for j in range(32):
                     i = base + j
                     if i >= nxt:          # the block of element i, tracked: no division per element
@@ -249,7 +293,7 @@ def _make_quantize(affine):
                     elif affine:
                         codes[j] = _affine_code(load(x, i, kind), p[b], c[b], k)
                     else:
-                        codes[j] = nearest(load(x, i, kind) / p[b], c, c.size)
+                        codes[j] = code_table(load(x, i, kind) / p[b], tab, sh, kbase, half, safe, c)
                 pack_group(codes, k, layout, words)
                 store_group(words, g, k, out)
     return quantize
@@ -264,10 +308,22 @@ def _make_dequantize(affine):
         tasks = (groups + GROUPS_PER_TASK - 1) // GROUPS_PER_TASK
         for t in prange(tasks):
             w = np.empty(9, np.uint64)
+            codes = np.empty(32, np.int64)
             g0, g1, b, nxt = _task_groups(t, groups, blocksize)
             for g in range(g0, g1):
                 load_group(words, g, k, w)
                 base = g * 32
+                if blocksize % 32 == 0 and n - base >= 32:     # one block, no tail: all 32 codes, then the stores
+                    group_codes(w, k, layout, codes)
+                    bb = base // blocksize
+                    for j in range(32):
+                        if affine:
+                            store(out, base + j, np.float32(codes[j] - np.int64(c[bb])) * D[bb], kind)
+                        else:
+                            store(out, base + j, c[codes[j]] * D[bb], kind)
+                    b = (base + 32) // blocksize
+                    nxt = (b + 1) * blocksize
+                    continue
                 for j in range(min(32, n - base)):
                     i = base + j
                     if i >= nxt:
@@ -343,5 +399,11 @@ def mse_clip_range(x, kind, n, G, k, fmt, grid, lo, hi):
         hi[b] = bhi
 
 
-quantize_affine_groups = _make_quantize(True)
+_quantize_affine = _make_quantize(True)
+_NO_TABLE = np.zeros(2, np.uint32)
+
+
+def quantize_affine_groups(x, kind, n, G, r, z, k, layout, out):
+    """Affine codes, packed (quantize_groups' kernel with the affine rule; it takes no search table)."""
+    _quantize_affine(x, kind, n, G, r, z, _NO_TABLE, 0, 0, 0, np.float32(0), k, layout, out)
 dequantize_affine_groups = _make_dequantize(True)

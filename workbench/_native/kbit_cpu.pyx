@@ -104,14 +104,34 @@ cdef extern from *:
         while (j > 0 && fabsf(s - cb[j - 1]) == tie) j--;
         return j;
     }
+    /* The codebook's search table (numba_kernels/cell_plan.py:kbit_plan; entries e[2i] = bound bits, e[2i + 1] =
+       code below | above << 8): the spec's code for |s| < safe in one lookup and one compare; other s, and
+       codebooks without a table (safe = 0), take the full search. */
+    static inline int64_t kk_code_table(float s, const uint32_t* e, int64_t sh, int64_t kbase, int64_t half,
+                                        float safe, const float* cb, int64_t m) {
+        if (!(fabsf(s) < safe)) return kk_nearest(s, cb, m);
+        uint32_t bits = kb_f32_bits(s);
+        int64_t c = (int64_t)((bits & 0x7FFFFFFFu) >> sh), top = kbase + half - 1;
+        c = c < kbase ? kbase : (c > top ? top : c);
+        const uint32_t* en = e + 2 * (c - kbase + (int64_t)(bits >> 31) * half);
+        return s > kb_bits_f32(en[0]) ? (int64_t)(en[1] >> 8) : (int64_t)(en[1] & 0xFFu);
+    }
+    static inline __attribute__((always_inline)) void kk_bitplane(const int64_t* codes, int64_t k, uint64_t* words) {
+        for (int64_t j = 0; j < 32; j++)
+            for (int64_t b = 0; b < k; b++) words[b] |= (uint64_t)((codes[j] >> b) & 1) << j;
+    }
     /* the 32 codes of group g packed into its k words (bit-plane, or the dense stream's words below nw) */
     static inline void kk_pack_store(const int64_t* codes, int64_t k, int layout, int64_t g, uint32_t* out,
                                      int64_t nw) {
         uint64_t words[9];
         for (int64_t b = 0; b <= k; b++) words[b] = 0;
         if (layout == 0) {
-            for (int64_t j = 0; j < 32; j++)
-                for (int64_t b = 0; b < k; b++) words[b] |= (uint64_t)((codes[j] >> b) & 1) << j;
+            switch (k) {                       /* a constant k per case: the inlined loops unroll */
+            case 2: kk_bitplane(codes, 2, words); break;
+            case 3: kk_bitplane(codes, 3, words); break;
+            case 4: kk_bitplane(codes, 4, words); break;
+            default: kk_bitplane(codes, k, words);
+            }
         } else {
             for (int64_t j = 0; j < 32; j++) {
                 int64_t p = j * k, wi = p >> 5;
@@ -125,6 +145,30 @@ cdef extern from *:
     static inline void kk_load_group(const uint32_t* words, int64_t nw, int64_t g, int64_t k, uint64_t* w) {
         for (int64_t b = 0; b <= k; b++) { int64_t idx = g * k + b; w[b] = (b < k && idx < nw) ? words[idx] : 0; }
     }
+    /* all 32 codes of a group from its words (w[k] = 0): bit-plane plane by plane (the j loop vectorizes), dense
+       from the stream; a constant k per case unrolls */
+    static inline __attribute__((always_inline)) void kk_codes_k(const uint64_t* w, int64_t k, int layout,
+                                                                 uint32_t* codes) {
+        if (layout == 0) {
+            for (int64_t j = 0; j < 32; j++) codes[j] = 0;
+            for (int64_t b = 0; b < k; b++)
+                for (int64_t j = 0; j < 32; j++) codes[j] |= (uint32_t)((w[b] >> j) & 1) << b;
+        } else {
+            const uint64_t mask = (1ull << k) - 1;
+            for (int64_t j = 0; j < 32; j++) {
+                int64_t p = j * k, wi = p >> 5;
+                codes[j] = (uint32_t)(((w[wi] | (w[wi + 1] << 32)) >> (p & 31)) & mask);
+            }
+        }
+    }
+    static inline void kk_group_codes(const uint64_t* w, int64_t k, int layout, uint32_t* codes) {
+        switch (k) {
+        case 2: kk_codes_k(w, 2, layout, codes); break;
+        case 3: kk_codes_k(w, 3, layout, codes); break;
+        case 4: kk_codes_k(w, 4, layout, codes); break;
+        default: kk_codes_k(w, k, layout, codes);
+        }
+    }
     static inline int64_t kk_code_at(const uint64_t* w, int64_t j, int64_t k, int layout) {
         if (layout == 0) {
             int64_t c = 0;
@@ -135,17 +179,33 @@ cdef extern from *:
         return (int64_t)(((w[wi] | (w[wi + 1] << 32)) >> (p & 31)) & ((1ull << k) - 1));
     }
     static void kk_quantize_task(const void* x, int kind, int64_t n, int64_t bs, const float* q, const float* cb,
-                                 int64_t m, int64_t k, int layout, uint32_t* out, int64_t nw, int64_t t) {
+                                 int64_t m, const uint32_t* tab, int64_t sh, int64_t kbase, int64_t half, float safe,
+                                 int64_t k, int layout, uint32_t* out, int64_t nw, int64_t t) {
         int64_t groups = (n + 31) / 32, g0 = t * KK_GROUPS_PER_TASK;
         int64_t g1 = g0 + KK_GROUPS_PER_TASK < groups ? g0 + KK_GROUPS_PER_TASK : groups;
         int64_t codes[32];
         int64_t b = g0 * 32 / bs, next = (b + 1) * bs;   /* the block of element i, tracked: no division per element */
         for (int64_t g = g0; g < g1; g++) {
             int64_t base = g * 32;
-            for (int64_t j = 0; j < 32; j++) {
-                int64_t i = base + j;
-                if (i >= next) { b++; next += bs; }
-                codes[j] = i < n ? kk_nearest(kk_load(x, kind, i) / q[b], cb, m) : 0;
+            if (bs % 32 == 0 && base + 32 <= n) {         /* one block, no tail: its divisor once, loads by kind */
+                const float qb = q[base / bs];
+                if (kind == 1) {
+                    const uint16_t* xb = (const uint16_t*)x + base;
+                    for (int64_t j = 0; j < 32; j++)
+                        codes[j] = kk_code_table(kb_bits_f32((uint32_t)xb[j] << 16) / qb, tab, sh, kbase, half, safe,
+                                                 cb, m);
+                } else {
+                    for (int64_t j = 0; j < 32; j++)
+                        codes[j] = kk_code_table(kk_load(x, kind, base + j) / qb, tab, sh, kbase, half, safe, cb, m);
+                }
+                b = (base + 32) / bs;
+                next = (b + 1) * bs;
+            } else {
+                for (int64_t j = 0; j < 32; j++) {
+                    int64_t i = base + j;
+                    if (i >= next) { b++; next += bs; }
+                    codes[j] = i < n ? kk_code_table(kk_load(x, kind, i) / q[b], tab, sh, kbase, half, safe, cb, m) : 0;
+                }
             }
             kk_pack_store(codes, k, layout, g, out, nw);
         }
@@ -159,6 +219,20 @@ cdef extern from *:
         for (int64_t g = g0; g < g1; g++) {
             kk_load_group(words, nw, g, k, w);
             int64_t base = g * 32, len = n - base < 32 ? n - base : 32;
+            if (bs % 32 == 0 && len == 32) {              /* one block, no tail: all 32 codes, then the stores */
+                uint32_t codes[32];
+                kk_group_codes(w, k, layout, codes);
+                const float d = D[base / bs];
+                if (kind == 1) {
+                    uint16_t* o = (uint16_t*)out + base;
+                    for (int64_t j = 0; j < 32; j++) o[j] = kb_f32_to_bf16(cb[codes[j]] * d);
+                } else {
+                    for (int64_t j = 0; j < 32; j++) kk_store(out, kind, base + j, cb[codes[j]] * d);
+                }
+                b = (base + 32) / bs;
+                next = (b + 1) * bs;
+                continue;
+            }
             for (int64_t j = 0; j < len; j++) {
                 int64_t i = base + j;
                 if (i >= next) { b++; next += bs; }
@@ -238,7 +312,8 @@ cdef extern from *:
     float kk_decode(int64_t bits, int fmt, float ts) nogil
     void kk_absmax_block(const void* x, int kind, int64_t n, int64_t bs, int64_t b, float* absmax) nogil
     void kk_quantize_task(const void* x, int kind, int64_t n, int64_t bs, const float* q, const float* cb,
-                          int64_t m, int64_t k, int layout, uint32_t* out, int64_t nw, int64_t t) nogil
+                          int64_t m, const uint32_t* tab, int64_t sh, int64_t kbase, int64_t half, float safe,
+                          int64_t k, int layout, uint32_t* out, int64_t nw, int64_t t) nogil
     void kk_dequantize_task(const uint32_t* words, int64_t nw, int64_t n, int64_t k, int layout, int64_t bs,
                             const float* D, const float* cb, int kind, void* out, int64_t t) nogil
     void kk_range_block(const void* x, int kind, int64_t n, int64_t G, int64_t b, float* lo, float* hi) nogil
@@ -297,12 +372,14 @@ def decode_scales(const uint32_t[::1] bits, int fmt, float ts, float[::1] D):
         D[b] = kk_decode(bits[b], fmt, ts)
 
 
-def quantize_groups(x, int kind, int64_t n, int64_t blocksize, const float[::1] q, const float[::1] cb, int64_t k,
+def quantize_groups(x, int kind, int64_t n, int64_t blocksize, const float[::1] q, const float[::1] cb,
+                    const uint32_t[::1] tab, int64_t sh, int64_t kbase, int64_t half, float safe, int64_t k,
                     int layout, uint32_t[::1] out):
     cdef const void* px = _addr(x)
     cdef int64_t tasks = ((n + 31) // 32 + GPT - 1) // GPT, t
     for t in prange(tasks, nogil=True, schedule="static"):
-        kk_quantize_task(px, kind, n, blocksize, &q[0], &cb[0], cb.shape[0], k, layout, &out[0], out.shape[0], t)
+        kk_quantize_task(px, kind, n, blocksize, &q[0], &cb[0], cb.shape[0], &tab[0], sh, kbase, half, safe, k,
+                         layout, &out[0], out.shape[0], t)
 
 
 def dequantize_groups(const uint32_t[::1] words, int64_t n, int64_t k, int layout, int64_t blocksize,

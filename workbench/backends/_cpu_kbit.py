@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..codebook_tables import kbit_search_table
 from ._cpu_common import alloc, as_numpy_bits, kind_of
 from ..validation import nonfinite_flag
 from .reference import kbit_affine as RA
@@ -49,6 +50,19 @@ def _codebook(codebook: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(codebook.detach().to("cpu", torch.float32).numpy())
 
 
+_NO_TABLE = np.zeros(2, np.uint32)
+_CPU = torch.device("cpu")
+
+
+def _search_table(codebook: torch.Tensor):
+    """(entries as uint32 pairs, sh, kbase, half, safe) of the codebook's search table (codebook_tables.
+    kbit_search_table, cached per codebook tensor); safe = 0 without one (the kernels search every element)."""
+    t, _, sh, kbase, half, safe = kbit_search_table(codebook, _CPU)
+    if t is None:
+        return _NO_TABLE, 0, 0, 0, np.float32(0)
+    return t.numpy().view(np.uint32), sh, kbase, half, np.float32(safe)
+
+
 def bind(K, module: str) -> dict:
     """quantize_kbit / dequantize_kbit over kernel module ``K``, ``__module__`` set to the backend's."""
 
@@ -66,7 +80,9 @@ def bind(K, module: str) -> dict:
         emax = int(K.floor_log2(np.float32(np.abs(cb).max())))
         ts = K.encode_scales(absmax, K.FMT_IDS[scale_format], emax, codes_against == "decoded", bits, D, q)
         words = _empty(packed_words(n, k, layout), torch.int32)
-        K.quantize_groups(x, kind, n, blocksize, q, cb, k, K.LAYOUT_IDS[layout], words.numpy().view(np.uint32))
+        tab, sh, kbase, half, safe = _search_table(codebook)
+        K.quantize_groups(x, kind, n, blocksize, q, cb, tab, sh, kbase, half, safe, k, K.LAYOUT_IDS[layout],
+                          words.numpy().view(np.uint32))
         tensor_scale = torch.tensor([ts], dtype=torch.float32) if scale_format == "e4m3" else torch.empty(0)
         return words, _scales_tensor(bits, scale_format), tensor_scale, nonfinite_flag(A)
 
