@@ -189,7 +189,8 @@ def compact_lookup(plan, s: np.ndarray) -> np.ndarray:
 # differ too: the argmin is then the nearer neighbour of the pair around s, and that choice is monotone in s.
 # So for |s| below SAFE the rule is a bucketize against per-pair thresholds found by bisection on the float
 # order, and a fine table (as fine_plan's) decides it with one 8-byte load. Elements outside [KBIT_TINY, SAFE)
-# (zero excepted) take the kernels' exact path: IEEE division and the full nearest search.
+# (zero excepted) take the CUDA kernels' exact path: IEEE division and the full nearest search (the CPU kernels divide
+# exactly, so only |s| >= SAFE leaves their table).
 KBIT_TINY = np.float32(2.0 ** -40)   # below: the kernels' reciprocal division could underflow its residual
 
 
@@ -215,7 +216,8 @@ def kbit_plan(values: np.ndarray, max_entries: int = FINE_MAX):
 
     Entry = (bound bits, code below | code above << 8): code = s > bound ? above : below. Cells are s's
     magnitude bits >> sh (23 - sh mantissa bits), clamped to [kbase, kbase + half); positive s (sign bit 0)
-    index [0, half), negative s [half, 2 * half). Valid for |s| in [KBIT_TINY, safe) and s = +-0."""
+    index [0, half), negative s [half, 2 * half). Valid for |s| < safe; the CUDA kernels also send 0 < |s| < KBIT_TINY
+    to their exact path, for their division's sake."""
     c = np.asarray(values, np.float32).reshape(-1)
     uniq, first = np.unique(c, return_index=True)          # sorted distinct values, their lowest index
     if uniq.size < 2:

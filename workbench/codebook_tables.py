@@ -25,8 +25,8 @@ optim_cell_plan    cuda, numba_cuda 8-bit        cell plan (m, S, cell, bounds, 
                    optimizers                    numba_kernels/cell_plan.py:cell_plan (the qmap tensor
                                                  itself is added per qmap by workbench/optim/_gpu_plan.py)
 bnb_table_256      bnb quantize_blockwise        the sorted 256-entry table tensor; Codebook.tensors
-kbit_search_table  cuda k-bit quantizers         the k-bit codebook's one-load search table (per codebook
-                   (cuda_src/kbit.cu)            tensor, not Codebook); numba_kernels/cell_plan.py:kbit_plan
+kbit_search_table  k-bit quantizers: cuda,       the k-bit codebook's one-load search table (per codebook
+                   numba_cpu, cython_cpu         tensor and device, not Codebook); cell_plan.py:kbit_plan
 =================  ============================  =========================================================
 
 Not here: ``Codebook.tensors`` (the three arrays as tensors per device) stays a method of the
@@ -294,15 +294,16 @@ def bnb_table_256(cb: Codebook, device) -> torch.Tensor:
     return t if t is not _MISSING else _build(cb, ("bnb_table_256", device), _build_bnb_table_256, device)
 
 
-# k-bit codebooks (cuda_src/kbit.cu) arrive as one float32 tensor per (codebook, device), cached by the public API
-# (workbench/kbit.py:_codebook_on), so their table is cached per tensor object and device: weak reference and
-# version counter, as for the identity hits above. A miss copies the codebook to the host once.
+# k-bit codebooks (cuda_src/kbit.cu; the CPU kernels through backends/_cpu_kbit.py) arrive as one float32 tensor
+# per (codebook, device), cached by the public API (workbench/kbit.py:_codebook_on), so their table is cached per
+# tensor object and device: weak reference and version counter, as for the identity hits above. A miss copies the
+# codebook to the host once.
 _kbit_tables: dict[tuple, tuple] = {}
 KBIT_NO_TABLE = (None, 0, 0, 0, 0, 0.0)
 
 
 def kbit_search_table(codebook: torch.Tensor, device: torch.device):
-    """The CUDA k-bit quantizers' search table for this codebook tensor, on ``device``: (entries int64 tensor,
+    """The compiled k-bit quantizers' search table for this codebook tensor, on ``device``: (entries int64 tensor,
     size, sh, kbase, half, safe) from numba_kernels/cell_plan.py:kbit_plan, or KBIT_NO_TABLE when the codebook is
     too dense for one (the kernels then search exactly for every element)."""
     key = (id(codebook), device)
