@@ -51,6 +51,20 @@ def _f32(u):
     return np.asarray(u, np.uint64).astype(np.uint32).view(np.float32)
 
 
+def _cell_entries(b: np.ndarray, codes: np.ndarray, vmin, vmax):
+    """Fine-table entries (bound bits, code below | code above << 8) of the cells [vmin, vmax] for sorted bounds
+    ``b`` (code = codes[#{b < s}]); cells without a bound store +inf; None if a cell holds more than one."""
+    nb = len(codes)
+    base = np.searchsorted(b, vmin, "left")
+    inside = np.searchsorted(b, vmax, "left") - base
+    if inside.max(initial=0) > 1:
+        return None
+    bound = np.full(base.shape, np.inf, np.float32)
+    bound[inside > 0] = b[base[inside > 0]]
+    below, above = codes[np.minimum(base, nb - 1)], codes[np.minimum(base + 1, nb - 1)]
+    return np.stack([bound.view(np.uint32), below | (above << 8)], 1)
+
+
 def fine_plan(bounds: np.ndarray, bucket_codes: np.ndarray, max_entries: int = FINE_MAX, *, clamped_only=False):
     """The one-load search table (the numpy twin of ``build_fine`` in cuda_src/quant.cu), or None.
 
@@ -68,18 +82,10 @@ def fine_plan(bounds: np.ndarray, bucket_codes: np.ndarray, max_entries: int = F
     b = np.asarray(bounds, np.float32)
     b = np.where(b < -1, -np.inf, np.where(b >= 1, np.inf, b)).astype(np.float32)
     codes = np.asarray(bucket_codes, np.uint32)
-    nb = len(codes)
     nan_entry = np.array([[np.float32(np.inf).view(np.uint32), codes[-1] | (codes[-1] << 8)]], np.uint32)
 
     def entries(vmin, vmax):
-        base = np.searchsorted(b, vmin, "left")
-        inside = np.searchsorted(b, vmax, "left") - base
-        if inside.max(initial=0) > 1:
-            return None
-        bound = np.full(base.shape, np.inf, np.float32)
-        bound[inside > 0] = b[base[inside > 0]]
-        lo, hi = codes[np.minimum(base, nb - 1)], codes[np.minimum(base + 1, nb - 1)]
-        return np.stack([bound.view(np.uint32), lo | (hi << 8)], 1)
+        return _cell_entries(b, codes, vmin, vmax)
 
     zero = np.searchsorted(b, np.float32(0), "left")
     for m in range(1, 11):
@@ -239,17 +245,9 @@ def kbit_plan(values: np.ndarray, max_entries: int = FINE_MAX):
         hi, lo = np.where(p, mid, hi), np.where(p, lo, mid)
     bounds = _from_order_key(hi - 1)                          # code = #{bounds < s}: s > bound <=> s >= threshold
     codes = first.astype(np.uint32)
-    nb = codes.size
 
     def entries(vmin, vmax):
-        base = np.searchsorted(bounds, vmin, "left")
-        inside = np.searchsorted(bounds, vmax, "left") - base
-        if inside.max(initial=0) > 1:
-            return None
-        bound = np.full(base.shape, np.inf, np.float32)
-        bound[inside > 0] = bounds[base[inside > 0]]
-        below, above = codes[np.minimum(base, nb - 1)], codes[np.minimum(base + 1, nb - 1)]
-        return np.stack([bound.view(np.uint32), below | (above << 8)], 1)
+        return _cell_entries(bounds, codes, vmin, vmax)
 
     mags = np.abs(bounds).view(np.uint32)
     zero = np.searchsorted(bounds, np.float32(0), "left")
