@@ -103,3 +103,29 @@ def test_kernel_division_is_the_ieee_quotient():
             assert _kernel_quotient(x, q) == np.float32(x) / np.float32(q), (x, q)
             n += 1
     assert n > 3000
+
+
+@pytest.mark.parametrize("backend", ["numba_cpu", "cython_cpu"])
+def test_cpu_kernels_table_and_exact_paths_equal_the_reference(backend):
+    """The CPU kernels through the table, and the elements that leave it: |s| >= safe (fp16 scales saturate at
+    65504, so a block of 1e30 gives s ~ 1.5e25, where the spec's distances all round equal and the lowest index
+    wins), whole-block and tail groups, and a codebook too dense for a table."""
+    import torch
+    from workbench import kbit as K
+    from workbench.backends import status
+    if not status(backend)[0]:
+        pytest.skip(f"{backend} not available")
+    g = torch.Generator().manual_seed(11)
+    n = 32 * 46 + 13
+    A = torch.randn(n, generator=g) * 4 ** torch.randn(n, generator=g)
+    A[64:96] = 1e30 * torch.randn(32, generator=g)
+    A[96:128] = 1e-30
+    dense = np.sort(np.concatenate([np.linspace(-1, 1, 254), [0.5 + 1e-7, 0.5 + 2e-7]])).astype(np.float32)
+    assert kbit_plan(dense) is None
+    for k, cb in ((4, None), (8, torch.from_numpy(dense))):
+        for fmt, against in (("fp16", "decoded"), ("e4m4", "exact"), ("fp32", "exact")):
+            for x, bs in ((A, 32), (A, 16), (A[:1440].reshape(5, 288), 48)):   # 48: a group dividing the row
+                for layout in ("bitplane", "dense"):
+                    pr, sr = K.quantize_kbit(x, k, cb, bs, layout, fmt, against, backend="reference")
+                    pc, sc = K.quantize_kbit(x, k, cb, bs, layout, fmt, against, backend=backend)
+                    assert torch.equal(pc, pr), (k, fmt, bs, layout)

@@ -165,6 +165,12 @@ def code_table(s, tab, sh, kbase, half, safe, cb):
     (safe = 0), take the full search."""
     if not abs(s) < safe:
         return nearest(s, cb, cb.size)
+    return table_code(s, tab, sh, kbase, half)
+
+
+@njit(inline="always", **_OPTS)
+def table_code(s, tab, sh, kbase, half):
+    """The table's code of s, right for |s| < safe; any other s (NaN too) still reads an entry in bounds."""
     bits = _float_bits(s)
     c = np.int64((bits & np.uint32(0x7FFFFFFF)) >> np.uint32(sh))
     top = kbase + half - 1
@@ -272,12 +278,22 @@ def _make_quantize(affine):
                 base = g * 32
                 if blocksize % 32 == 0 and n - base >= 32:     # one block, no tail: its divisor once
                     bb = base // blocksize
-                    for j in range(32):
-                        v = load(x, base + j, kind)
-                        if affine:
-                            codes[j] = _affine_code(v, p[bb], c[bb], k)
-                        else:
-                            codes[j] = code_table(v / p[bb], tab, sh, kbase, half, safe, c)
+                    if affine:
+                        for j in range(32):
+                            codes[j] = _affine_code(load(x, base + j, kind), p[bb], c[bb], k)
+                    else:
+                        # table codes branch-free, then the rare |s| >= safe redone by the full search: the search
+                        # inlined into this loop made it 3x slower
+                        outside = False
+                        for j in range(32):
+                            s = load(x, base + j, kind) / p[bb]
+                            outside |= not abs(s) < safe
+                            codes[j] = table_code(s, tab, sh, kbase, half)
+                        if outside:
+                            for j in range(32):
+                                s = load(x, base + j, kind) / p[bb]
+                                if not abs(s) < safe:
+                                    codes[j] = nearest(s, c, c.size)
                     b = (base + 32) // blocksize
                     nxt = (b + 1) * blocksize
                     pack_group(codes, k, layout, words)

@@ -50,7 +50,7 @@ def _codebook(codebook: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(codebook.detach().to("cpu", torch.float32).numpy())
 
 
-_NO_TABLE = np.zeros(2, np.uint32)
+_NO_TABLE = np.zeros(4, np.uint32)   # one cell per sign (half = 1): lookups stay in bounds, safe = 0 discards them
 _CPU = torch.device("cpu")
 
 
@@ -59,7 +59,7 @@ def _search_table(codebook: torch.Tensor):
     kbit_search_table, cached per codebook tensor); safe = 0 without one (the kernels search every element)."""
     t, _, sh, kbase, half, safe = kbit_search_table(codebook, _CPU)
     if t is None:
-        return _NO_TABLE, 0, 0, 0, np.float32(0)
+        return _NO_TABLE, 0, 0, 1, np.float32(0)
     return t.numpy().view(np.uint32), sh, kbase, half, np.float32(safe)
 
 
