@@ -443,16 +443,22 @@ def quantize_4bit(x, kind, blocksize, bnd, bucket_codes, identity, zero_code, pa
     for c in prange(nchunks):
         buf = np.empty(blocksize, np.float32)
         cnt = np.empty(blocksize + 1, np.uint8)
+        cnt32 = np.empty(blocksize, np.int32)
         for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
             start, L, m = load_block(x, kind, b, blocksize, buf, absmax)
             if m >= EXP_MASK:
                 nonfinite_codes(buf, L, m, nan_code, zero_code, cnt)
             else:
+                # int32 sums, narrowed once: summing the bools directly made LLVM pack every compare mask to bytes
+                # (20 % slower, 2^22 bf16 on 2 cores)
                 for i in range(L):
                     s = buf[i]
-                    cnt[i] = np.uint8((b0 < s) + (b1 < s) + (b2 < s) + (b3 < s) + (b4 < s) + (b5 < s) + (b6 < s)
-                                      + (b7 < s) + (b8 < s) + (b9 < s) + (b10 < s) + (b11 < s) + (b12 < s) + (b13 < s)
-                                      + (b14 < s))
+                    cnt32[i] = (np.int32(b0 < s) + np.int32(b1 < s) + np.int32(b2 < s) + np.int32(b3 < s)
+                                + np.int32(b4 < s) + np.int32(b5 < s) + np.int32(b6 < s) + np.int32(b7 < s)
+                                + np.int32(b8 < s) + np.int32(b9 < s) + np.int32(b10 < s) + np.int32(b11 < s)
+                                + np.int32(b12 < s) + np.int32(b13 < s) + np.int32(b14 < s))
+                for i in range(L):
+                    cnt[i] = np.uint8(cnt32[i])
                 if not identity:
                     for i in range(L):
                         cnt[i] = bucket_codes[cnt[i]]
