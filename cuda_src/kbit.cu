@@ -230,8 +230,9 @@ KK void kk_pack_group(uint32_t code, int lane, int k, int layout, long long g, u
     if (lane < k && w < nw) out[w] = mine;
 }
 
-// Latency, not bandwidth or instructions, bounds a warp-per-block quantizer: one block's chain (load, shuffle
-// reduction, scale encode, IEEE division, K-step search, K ballots) is ~1500 cycles. So each warp works on 8
+// Latency, not bandwidth or instructions, bounds a warp-per-block quantizer: one block's chain (load, warp
+// reduction, scale encode, division, code search, K ballots) took ~1500 cycles with the earlier K-step search and
+// IEEE division. So each warp works on 8
 // chunks of 32 elements at once, all loads issued first: R units of CH chunks (R * CH = 8) for blocks of up to
 // 256 elements, and 8-chunk batches of one block for longer ones.
 #define KK_BATCH 8
