@@ -172,6 +172,53 @@ KK float kk_recip(float q, bool* exact) {
     return __frcp_rn(q);
 }
 
+// The table path alone, no branch (the lane kernel's full groups): the code of x, and *miss set when the table does
+// not cover s (0 < |s| < KK_TINY or |s| >= safe); the caller then redoes the whole group with kk_code. lim =
+// bits(safe) - bits(KK_TINY) (0 when safe <= KK_TINY). x finite, q in [2^-60, 2^100].
+KK uint32_t kk_code_table(float x, float q, float r, uint32_t lim, const uint2* T, const KkPlan& P, bool& miss) {
+    const float s0 = __fmul_rn(x, r);
+    const float s1 = __fmaf_rn(__fmaf_rn(-s0, q, x), r, s0);
+    const float s = __fmaf_rn(__fmaf_rn(-s1, q, x), r, s1);
+    const uint32_t bits = __float_as_uint(s), mag = bits & 0x7FFFFFFFu;
+    miss |= (mag - 0x2B800000u >= lim) & (mag != 0u);           // 0x2B800000: the bits of KK_TINY = 2^-40
+    const int cell = min(max((int)(mag >> P.sh), P.kbase), P.kbase + P.half - 1) - P.kbase;
+    const uint2 e = T[cell + ((int)bits >> 31 & P.half)];
+    return s > __uint_as_float(e.x) ? (e.y >> 8) : (e.y & 0xFFu);
+}
+
+// Packing one 32-element group's codes in registers (the lane kernels). Bit-plane: code j's bits are spread one per
+// byte (bit b to byte b; a multiply by 0x00204081 puts bit b at 7b, and no two copies overlap for a 4-bit value),
+// shifted to bit j % 8 of its byte and ORed into octet j / 8's word; plane b is then byte b of the four octet words
+// (three byte permutes). Codes above 4 bits use a second word set for bits 4..7. About 2 instructions per element
+// (6 above 4 bits) instead of 2K for K single-bit inserts.
+template <int K, int LAYOUT> struct KkPack {
+    static constexpr int NW = LAYOUT == 0 ? (K > 4 ? 8 : 4) : K;
+    uint32_t a[NW];
+    __device__ __forceinline__ KkPack() {
+#pragma unroll
+        for (int i = 0; i < NW; i++) a[i] = 0u;
+    }
+    // j: a constant after unrolling (a[] stays in registers)
+    __device__ __forceinline__ void add(int j, uint32_t code) {
+        if (LAYOUT == 0) {
+            const int o = j >> 3, e = j & 7;
+            a[o] |= ((K > 4 ? code & 15u : code) * (0x00204081u << e)) & (0x01010101u << e);
+            if (K > 4) a[4 + o] |= ((code >> 4) * (0x00204081u << e)) & (0x01010101u << e);
+        } else {                                  // stream bits [J*K, J*K + K): word and shift known at compile time
+            const int p = j * K, wi = p >> 5, sh = p & 31;
+            a[wi] |= code << sh;
+            if (sh + K > 32) a[wi + 1] |= code >> (32 - sh);
+        }
+    }
+    // word b of the group (bit plane b, or stream word b)
+    __device__ __forceinline__ uint32_t word(int b) const {
+        if (LAYOUT != 0) return a[b];
+        const uint32_t* w = a + (b >> 2) * 4;
+        const uint32_t sel = (uint32_t)(b & 3) | (uint32_t)(4 + (b & 3)) << 4;
+        return __byte_perm(__byte_perm(w[0], w[1], sel), __byte_perm(w[2], w[3], sel), 0x5410);
+    }
+};
+
 // Shared memory of the fused quantizers: the search table, then the codebook (sizes from the launch).
 extern __shared__ uint2 kk_smem[];
 KK float* kk_stage(const KkPlan& P, const float* cb, int m) {
@@ -335,6 +382,7 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
     const float ts = kk_tensor_scale(fmt, gmax);
     if (fmt == 5 && blockIdx.x == 0 && threadIdx.x == 0) ts_out[0] = ts;
     const long long groups = (n + 31) / 32, step = (long long)gridDim.x * blockDim.x;
+    const uint32_t lim = P.safe > KK_TINY ? __float_as_uint(P.safe) - 0x2B800000u : 0u;
     bool bad = false;
     for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += step) {
         const long long base = g * 32;
@@ -360,26 +408,26 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
                 if (base + 16 * h < n) kk_store_scale(scales, fmt, 2 * g + h, sbits);
             }
         }
-        uint32_t w[K];
+        // Full groups of ordinary blocks: every code from the table, no branch; a group with an element the table
+        // does not cover (rare) is redone below, element by element.
+        bool miss = !(P.size > 0 && base + 32 <= n && !ex[0] && !ex[1]);
+        KkPack<K, LAYOUT> pk;
+        if (!miss) {
 #pragma unroll
-        for (int b = 0; b < K; b++) w[b] = 0u;
+            for (int j = 0; j < 32; j++) pk.add(j, kk_code_table(v[j], q[j >> 4], rq[j >> 4], lim, kk_smem, P, miss));
+        }
+        if (miss) {
+            pk = KkPack<K, LAYOUT>();
 #pragma unroll
-        for (int j = 0; j < 32; j++) {
-            const int h = j >> 4;
-            const uint32_t code = base + j < n ? kk_code(v[j], q[h], rq[h], ex[h], kk_smem, P, c, M) : 0u;
-            if (LAYOUT == 0) {
-#pragma unroll
-                for (int b = 0; b < K; b++) w[b] |= ((code >> b) & 1u) << j;
-            } else {                              // stream bits [j*K, j*K + K): word and shift known at compile time
-                const int p = j * K, wi = p >> 5, sh = p & 31;
-                w[wi] |= code << sh;
-                if (sh + K > 32) w[wi + 1] |= code >> (32 - sh);
+            for (int j = 0; j < 32; j++) {
+                const int h = j >> 4;
+                pk.add(j, base + j < n ? kk_code(v[j], q[h], rq[h], ex[h], kk_smem, P, c, M) : 0u);
             }
         }
 #pragma unroll
         for (int b = 0; b < K; b++) {
             const long long wo = g * K + b;
-            if (wo < nw) out[wo] = w[b];
+            if (wo < nw) out[wo] = pk.word(b);
         }
     }
     if (bad) *nonfinite = 1;
@@ -566,6 +614,90 @@ __global__ void __launch_bounds__(256) kk_dequantize_kernel(
     }
 }
 
+// Dequantize, blocksize 16 or a multiple of 32 (every default): a thread per 32-element group. Its K words load
+// together, the codes come out with constant shifts (bit-plane: plane bytes regrouped per octet by byte permutes,
+// then one multiply gathers an element's bits), the block scale is decoded once (twice for blocksize 16), and the
+// group leaves in 16-byte stores (bf16/fp16 pairs converted two at a time).
+template <int K, int LAYOUT>
+__global__ void __launch_bounds__(256) kk_dequantize_group_kernel(
+        const uint32_t* __restrict__ words, long long nw, long long n, int bs, int bs_shift,
+        const void* __restrict__ scales, int fmt, const float* ts_p, const float* __restrict__ cb, int kind, bool vec,
+        void* __restrict__ out) {
+    constexpr int M = 1 << K;
+    __shared__ float c[M];
+    for (int j = threadIdx.x; j < M; j += blockDim.x) c[j] = cb[j];
+    __syncthreads();
+    const long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x, base = g * 32;
+    if (base >= n) return;
+    const float ts = ts_p ? ts_p[0] : 1.0f;
+    uint32_t w[K];
+#pragma unroll
+    for (int b = 0; b < K; b++) w[b] = g * K + b < nw ? __ldcs(words + g * K + b) : 0u;
+    float d[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const long long i = base + 16 * h < n ? base + 16 * h : base;
+        d[h] = kk_decode(kk_load_scale(scales, fmt, bs_shift >= 0 ? i >> bs_shift : i / bs), fmt, ts);
+    }
+    uint32_t lo[4], hi[4];                         // bit-plane: octet o's byte b = plane b's byte o
+    if (LAYOUT == 0) {
+#pragma unroll
+        for (int o = 0; o < 4; o++) {
+            const uint32_t sel = (uint32_t)o | (uint32_t)(4 + o) << 4;
+            const uint32_t p2 = K > 2 ? w[2 < K ? 2 : 0] : 0u, p3 = K > 3 ? w[3 < K ? 3 : 0] : 0u;
+            lo[o] = __byte_perm(__byte_perm(w[0], w[1], sel), __byte_perm(p2, p3, sel), 0x5410);
+            if (K > 4) {
+                const uint32_t p4 = w[4 < K ? 4 : 0], p5 = K > 5 ? w[5 < K ? 5 : 0] : 0u,
+                               p6 = K > 6 ? w[6 < K ? 6 : 0] : 0u, p7 = K > 7 ? w[7 < K ? 7 : 0] : 0u;
+                hi[o] = __byte_perm(__byte_perm(p4, p5, sel), __byte_perm(p6, p7, sel), 0x5410);
+            }
+        }
+    }
+    float v[32];
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+        uint32_t code;
+        if (LAYOUT == 0) {                        // bits j % 8 of the four bytes, gathered to bits 24..27
+            const int o = j >> 3, e = j & 7;
+            code = (((lo[o] >> e) & 0x01010101u) * 0x01020408u) >> 24;
+            if (K > 4) code |= ((((hi[o] >> e) & 0x01010101u) * 0x01020408u) >> 24) << 4;
+        } else {
+            const int p = j * K, wi = p >> 5, sh = p & 31;
+            code = (sh + K <= 32 ? w[wi] >> sh : __funnelshift_r(w[wi], w[wi + 1 < K ? wi + 1 : wi], sh)) & (M - 1u);
+        }
+        v[j] = __fmul_rn(c[code], d[j >> 4]);
+    }
+    if (vec && base + 32 <= n) {
+        if (kind == 0) {
+            float4* o = (float4*)((float*)out + base);
+#pragma unroll
+            for (int q = 0; q < 8; q++) __stcs(o + q, make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]));
+        } else {
+            uint32_t h[16];
+#pragma unroll
+            for (int e = 0; e < 16; e++) {
+                if (kind == 1) {
+                    __nv_bfloat162 t = __floats2bfloat162_rn(v[2 * e], v[2 * e + 1]);
+                    h[e] = *(uint32_t*)&t;
+                } else {
+                    __half2 t = __floats2half2_rn(v[2 * e], v[2 * e + 1]);
+                    h[e] = *(uint32_t*)&t;
+                }
+            }
+            uint4* o = (uint4*)((uint16_t*)out + base);
+#pragma unroll
+            for (int q = 0; q < 4; q++) __stcs(o + q, make_uint4(h[4 * q], h[4 * q + 1], h[4 * q + 2], h[4 * q + 3]));
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 32; j++)
+            if (base + j < n) {
+                if (kind == 0) ((float*)out)[base + j] = v[j];
+                else ((uint16_t*)out)[base + j] = kk_half_bits(kind, v[j]);
+            }
+    }
+}
+
 static int sm_count() {
     static int sms = 0;
     if (!sms) {
@@ -644,6 +776,25 @@ extern "C" int kbit_kbit_dequantize(const uint32_t* words, long long nw, long lo
     cudaStream_t s = (cudaStream_t)stream;
     int shift = -1;
     if ((blocksize & (blocksize - 1)) == 0) for (shift = 0; (1 << shift) < blocksize; shift++) {}
+    if (blocksize == 16 || blocksize % 32 == 0) {
+        const unsigned grid = (unsigned)(((n + 31) / 32 + 255) / 256);
+        const bool vec = ((uintptr_t)out & 15) == 0;
+#define KK_D(K) (layout == 0 ? kk_dequantize_group_kernel<K, 0><<<grid, 256, 0, s>>>( \
+            words, nw, n, blocksize, shift, scales, fmt, ts, cb, kind, vec, out) \
+                              : kk_dequantize_group_kernel<K, 1><<<grid, 256, 0, s>>>( \
+            words, nw, n, blocksize, shift, scales, fmt, ts, cb, kind, vec, out))
+        switch (k) {
+        case 2: KK_D(2); break;
+        case 3: KK_D(3); break;
+        case 4: KK_D(4); break;
+        case 5: KK_D(5); break;
+        case 6: KK_D(6); break;
+        case 7: KK_D(7); break;
+        default: KK_D(8); break;
+        }
+#undef KK_D
+        return (int)cudaGetLastError();
+    }
     kk_dequantize_kernel<<<(unsigned)((n + 8 * 256 - 1) / (8 * 256)), 256, 0, s>>>(words, nw, n, k, layout, blocksize, shift, scales,
                                                                      fmt, ts, cb, m, kind, out);
     return (int)cudaGetLastError();
