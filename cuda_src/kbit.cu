@@ -31,13 +31,14 @@
 KK float kk_bits_f32(uint32_t u) { return __uint_as_float(u); }
 KK uint32_t kk_f32_bits(float f) { return __float_as_uint(f); }
 
-KK long long kk_floor_log2(float a) {
+// 32-bit integers where the values fit (the scale is computed once per block, on the quantizer's critical path)
+KK int kk_floor_log2(float a) {
     uint32_t u = kk_f32_bits(a);
-    long long ex = (long long)(u >> 23);
+    int ex = (int)(u >> 23);
     if (ex > 0) return ex - 127;
-    return (long long)(32 - __clz(u)) - 150;
+    return (32 - __clz(u)) - 150;
 }
-KK float kk_pow2f(long long e) {
+KK float kk_pow2f(int e) {
     return e >= -126 ? kk_bits_f32((uint32_t)(e + 127) << 23) : kk_bits_f32(1u << (e + 149));
 }
 KK long long kk_minifloat_bits(float a, long long M, long long bias, long long emin, long long maxbits) {
@@ -52,17 +53,17 @@ KK float kk_minifloat_value(long long bits, long long M, long long bias, long lo
     if (ex == 0) return __fmul_rn((float)mant, kk_pow2f(emin - M));
     return __fmul_rn((float)(mant + (1LL << M)), kk_pow2f(ex - bias - M));
 }
-KK long long kk_e4m4_bits(float a) {
+KK int kk_e4m4_bits(float a) {
     if (a == 0.0f) return 0;
-    long long e = kk_floor_log2(a), m;
-    if (e + 11 <= 0) { m = (long long)rintf(__fmul_rn(a, 16384.0f)); return m < 15 ? m : 15; }
+    int e = kk_floor_log2(a), m;
+    if (e + 11 <= 0) { m = (int)rintf(__fmul_rn(a, 16384.0f)); return m < 15 ? m : 15; }
     if (e + 11 > 15) return 0xFF;
-    m = (long long)rintf(__fmul_rn(__fsub_rn(__fdiv_rn(a, kk_pow2f(e)), 1.0f), 16.0f));
+    m = (int)rintf(__fmul_rn(__fsub_rn(__fmul_rn(a, kk_pow2f(-e)), 1.0f), 16.0f));   // e in [-10, 4]: exact
     m = m < 15 ? m : 15;
     return ((e + 11) << 4) | m;
 }
-KK float kk_e4m4_value(long long b) {
-    long long e = b >> 4, m = b & 15;
+KK float kk_e4m4_value(int b) {
+    int e = b >> 4, m = b & 15;
     return e == 0 ? __fmul_rn((float)m, kk_pow2f(-14)) : __fmul_rn((float)(16 + m), kk_pow2f(e - 15));
 }
 KK long long kk_encode(float a, int fmt, long long emax, float ts) {
@@ -339,6 +340,23 @@ __global__ void __launch_bounds__(256) kk_quantize_warp_kernel(
 // Blocksizes 16 and 32 (the k-bit defaults): a thread per 32-element group. The block's absmax, scale and
 // divisor are computed once (a warp per block would encode the scale 32 times over), the group arrives in
 // 16-byte loads, and with K a template parameter the search and both packings unroll into registers.
+// 32 16-bit elements (bf16: kind 1, fp16: kind 2) from four 16-byte words, widened exactly.
+KK void kk_unpack32(const uint4* u, int kind, float* v) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const uint32_t w[4] = {u[j].x, u[j].y, u[j].z, u[j].w};
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            if (kind == 1) {
+                v[8 * j + 2 * e] = kk_bits_f32(w[e] << 16);
+                v[8 * j + 2 * e + 1] = kk_bits_f32(w[e] & 0xFFFF0000u);
+            } else {
+                v[8 * j + 2 * e] = __half2float(__ushort_as_half((uint16_t)(w[e] & 0xFFFFu)));
+                v[8 * j + 2 * e + 1] = __half2float(__ushort_as_half((uint16_t)(w[e] >> 16)));
+            }
+        }
+    }
+}
 KK void kk_load32(const void* x, int kind, long long base, long long n, bool vec, float* v) {
     if (vec && base + 32 <= n) {
         if (kind == 0) {
@@ -350,21 +368,10 @@ KK void kk_load32(const void* x, int kind, long long base, long long n, bool vec
             }
         } else {
             const uint4* p = (const uint4*)((const uint16_t*)x + base);
+            uint4 u[4];
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                uint4 u = p[j];
-                const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    if (kind == 1) {
-                        v[8 * j + 2 * e] = kk_bits_f32(w[e] << 16);
-                        v[8 * j + 2 * e + 1] = kk_bits_f32(w[e] & 0xFFFF0000u);
-                    } else {
-                        v[8 * j + 2 * e] = __half2float(__ushort_as_half((uint16_t)(w[e] & 0xFFFFu)));
-                        v[8 * j + 2 * e + 1] = __half2float(__ushort_as_half((uint16_t)(w[e] >> 16)));
-                    }
-                }
-            }
+            for (int j = 0; j < 4; j++) u[j] = __ldcs(p + j);
+            kk_unpack32(u, kind, v);
         }
     } else {
 #pragma unroll
@@ -372,7 +379,7 @@ KK void kk_load32(const void* x, int kind, long long base, long long n, bool vec
     }
 }
 
-template <int K, int LAYOUT>
+template <int K, int LAYOUT, bool PF = true>
 __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
         const void* x, int kind, long long n, int bs, bool vec, const float* cb, KkPlan P, int fmt, int codes_decoded,
         const uint32_t* gmax, void* scales, float* ts_out, uint32_t* out, long long nw, int* nonfinite) {
@@ -384,10 +391,26 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
     const long long groups = (n + 31) / 32, step = (long long)gridDim.x * blockDim.x;
     const uint32_t lim = P.safe > KK_TINY ? __float_as_uint(P.safe) - 0x2B800000u : 0u;
     bool bad = false;
-    for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += step) {
+    // 16-bit input: the next group's four 16-byte loads are issued before this group's codes (one thread's loads
+    // would otherwise wait a full memory latency after each group)
+    const bool pf = PF && vec && kind != 0;
+    uint4 nx[4];
+    long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    bool have = pf && g * 32 + 32 <= n;
+    if (have) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) nx[j] = __ldcs((const uint4*)((const uint16_t*)x + g * 32) + j);
+    }
+    for (; g < groups; g += step) {
         const long long base = g * 32;
         float v[32];
-        kk_load32(x, kind, base, n, vec, v);
+        if (have) kk_unpack32(nx, kind, v);
+        else kk_load32(x, kind, base, n, vec, v);
+        have = pf && (g + step) * 32 + 32 <= n;
+        if (have) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) nx[j] = __ldcs((const uint4*)((const uint16_t*)x + (g + step) * 32) + j);
+        }
         uint32_t am[2] = {0u, 0u};
 #pragma unroll
         for (int j = 0; j < 32; j++) am[j >> 4] = max(am[j >> 4], KK_MAG(v[j]));
@@ -622,17 +645,32 @@ template <int K, int LAYOUT>
 __global__ void __launch_bounds__(256) kk_dequantize_group_kernel(
         const uint32_t* __restrict__ words, long long nw, long long n, int bs, int bs_shift,
         const void* __restrict__ scales, int fmt, const float* ts_p, const float* __restrict__ cb, int kind, bool vec,
-        void* __restrict__ out) {
+        bool wvec, void* __restrict__ out) {
     constexpr int M = 1 << K;
     __shared__ float c[M];
+    __shared__ uint4 stage[256 * 8];               // the output of each warp's groups (below)
     for (int j = threadIdx.x; j < M; j += blockDim.x) c[j] = cb[j];
     __syncthreads();
     const long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x, base = g * 32;
     if (base >= n) return;
     const float ts = ts_p ? ts_p[0] : 1.0f;
     uint32_t w[K];
+    const uint32_t* wp = words + g * K;
+    if (wvec && g * K + K <= nw && K % 2 == 0) {  // the group's words at 8K bytes: 16-byte loads when 4 | K
 #pragma unroll
-    for (int b = 0; b < K; b++) w[b] = g * K + b < nw ? __ldcs(words + g * K + b) : 0u;
+        for (int b = 0; b < K; b += K % 4 == 0 ? 4 : 2) {
+            if (K % 4 == 0) {
+                const uint4 u = __ldcs((const uint4*)(wp + b));
+                w[b] = u.x; w[(b + 1) % K] = u.y; w[(b + 2) % K] = u.z; w[(b + 3) % K] = u.w;
+            } else {
+                const uint2 u = __ldcs((const uint2*)(wp + b));
+                w[b] = u.x; w[(b + 1) % K] = u.y;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int b = 0; b < K; b++) w[b] = g * K + b < nw ? __ldcs(wp + b) : 0u;
+    }
     float d[2];
 #pragma unroll
     for (int h = 0; h < 2; h++) {
@@ -667,11 +705,24 @@ __global__ void __launch_bounds__(256) kk_dequantize_group_kernel(
         }
         v[j] = __fmul_rn(c[code], d[j >> 4]);
     }
-    if (vec && base + 32 <= n) {
+    // A warp of 32 whole groups stages its output in shared memory (swizzled: no bank conflicts) so that every
+    // store is 512 contiguous bytes; a thread storing its own 64 bytes left each 32-byte sector half written per
+    // store, and L2, not DRAM, bound the kernel (ncu: L2 86 %, DRAM 47 %).
+    const int lane = threadIdx.x & 31;
+    if (vec && (g - lane + 32) * 32 <= n) {
+        uint4* st = stage + (threadIdx.x - lane) * 8;
         if (kind == 0) {
-            float4* o = (float4*)((float*)out + base);
 #pragma unroll
-            for (int q = 0; q < 8; q++) __stcs(o + q, make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]));
+            for (int q = 0; q < 8; q++)
+                st[lane * 8 + (q ^ (lane & 7))] = make_uint4(__float_as_uint(v[4 * q]), __float_as_uint(v[4 * q + 1]),
+                                                             __float_as_uint(v[4 * q + 2]), __float_as_uint(v[4 * q + 3]));
+            __syncwarp();
+            uint4* o = (uint4*)((float*)out + (g - lane) * 32);
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                const int ch = 32 * q + lane, t = ch >> 3;
+                __stcs(o + ch, st[t * 8 + ((ch & 7) ^ (t & 7))]);
+            }
         } else {
             uint32_t h[16];
 #pragma unroll
@@ -684,9 +735,16 @@ __global__ void __launch_bounds__(256) kk_dequantize_group_kernel(
                     h[e] = *(uint32_t*)&t;
                 }
             }
-            uint4* o = (uint4*)((uint16_t*)out + base);
 #pragma unroll
-            for (int q = 0; q < 4; q++) __stcs(o + q, make_uint4(h[4 * q], h[4 * q + 1], h[4 * q + 2], h[4 * q + 3]));
+            for (int q = 0; q < 4; q++)
+                st[lane * 4 + (q ^ ((lane >> 1) & 3))] = make_uint4(h[4 * q], h[4 * q + 1], h[4 * q + 2], h[4 * q + 3]);
+            __syncwarp();
+            uint4* o = (uint4*)((uint16_t*)out + (g - lane) * 32);
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const int ch = 32 * q + lane, t = ch >> 2;
+                __stcs(o + ch, st[t * 4 + ((ch & 3) ^ ((t >> 1) & 3))]);
+            }
         }
     } else {
 #pragma unroll
@@ -714,6 +772,15 @@ static unsigned grid_for(long long items, int per_cta, int per_sm = 64) {
     return (unsigned)(g < 1 ? 1 : (g < cap ? g : cap));
 }
 
+// A/B knobs for studies/probes/kbit_kernel_ab.py (the defaults are what production runs): the lane quantizer's
+// prefetch of the next group, and the grid cap in CTAs per SM.
+static bool kk_prefetch = true;
+static int kk_lane_per_sm = 64;
+extern "C" void kbit_kbit_tuning(int prefetch, int lane_per_sm) {
+    kk_prefetch = prefetch != 0;
+    kk_lane_per_sm = lane_per_sm > 0 ? lane_per_sm : 64;
+}
+
 extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int blocksize, const float* cb, int m, int k,
                                   const void* plan, int plan_size, int plan_sh, int plan_kbase, int plan_half,
                                   float plan_safe, int layout, int fmt, int codes_decoded, void* scales, float* ts,
@@ -735,10 +802,11 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
 #define KK_Q(CH) kk_quantize_warp_kernel<CH><<<grid_for(units, 8 * (KK_BATCH / CH), per_sm), 256, smem, s>>>( \
             x, kind, n, blocksize, cb, P, m, k, layout, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
         const bool vec = ((uintptr_t)x & 15) == 0;
-#define KK_L(K) (layout == 0 ? kk_quantize_lane_kernel<K, 0><<<grid_for((n + 31) / 32, 256, per_sm), 256, smem, s>>>( \
-            x, kind, n, blocksize, vec, cb, P, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite) \
-                              : kk_quantize_lane_kernel<K, 1><<<grid_for((n + 31) / 32, 256, per_sm), 256, smem, s>>>( \
-            x, kind, n, blocksize, vec, cb, P, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite))
+        const unsigned lgrid = grid_for((n + 31) / 32, 256, P.size > 512 ? per_sm : kk_lane_per_sm);
+#define KK_LPF(K, L, PF) kk_quantize_lane_kernel<K, L, PF><<<lgrid, 256, smem, s>>>( \
+            x, kind, n, blocksize, vec, cb, P, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
+#define KK_L(K) (layout == 0 ? (kk_prefetch ? KK_LPF(K, 0, true) : KK_LPF(K, 0, false)) \
+                             : (kk_prefetch ? KK_LPF(K, 1, true) : KK_LPF(K, 1, false)))
         if (blocksize <= 32) {
             switch (k) {
             case 2: KK_L(2); break;
@@ -759,6 +827,7 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
         }
 #undef KK_Q
 #undef KK_L
+#undef KK_LPF
     } else {
         long long nb = (n + blocksize - 1) / blocksize;
         float* q = scratch + 1;
@@ -778,11 +847,11 @@ extern "C" int kbit_kbit_dequantize(const uint32_t* words, long long nw, long lo
     if ((blocksize & (blocksize - 1)) == 0) for (shift = 0; (1 << shift) < blocksize; shift++) {}
     if (blocksize == 16 || blocksize % 32 == 0) {
         const unsigned grid = (unsigned)(((n + 31) / 32 + 255) / 256);
-        const bool vec = ((uintptr_t)out & 15) == 0;
+        const bool vec = ((uintptr_t)out & 15) == 0, wvec = ((uintptr_t)words & 15) == 0;
 #define KK_D(K) (layout == 0 ? kk_dequantize_group_kernel<K, 0><<<grid, 256, 0, s>>>( \
-            words, nw, n, blocksize, shift, scales, fmt, ts, cb, kind, vec, out) \
+            words, nw, n, blocksize, shift, scales, fmt, ts, cb, kind, vec, wvec, out) \
                               : kk_dequantize_group_kernel<K, 1><<<grid, 256, 0, s>>>( \
-            words, nw, n, blocksize, shift, scales, fmt, ts, cb, kind, vec, out))
+            words, nw, n, blocksize, shift, scales, fmt, ts, cb, kind, vec, wvec, out))
         switch (k) {
         case 2: KK_D(2); break;
         case 3: KK_D(3); break;

@@ -1,0 +1,60 @@
+"""A/B of the k-bit CUDA quantizer's knobs (cuda_src/kbit.cu, ``kbit_kbit_tuning``): the thread-per-group kernel
+with and without its next-group prefetch, at several grid caps (CTAs per SM); the dequantizer and a device copy
+beside them. n = 2^28 bf16, blocksize 32, e4m4 (the k-bit defaults); kernel time by CUDA-graph replay. The
+production defaults are the first row.
+
+usage (GPU): python -m studies.probes.kbit_kernel_ab [--out DIR]"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from workbench import bench, kbit
+from workbench.backends.cuda import kbit as C
+
+SETTINGS = [(1, 64), (0, 64), (1, 16), (1, 32), (1, 128), (0, 16), (0, 128)]   # (prefetch, CTAs per SM)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--n-log2", type=int, default=28)
+    args = ap.parse_args(argv)
+    n = 1 << args.n_log2
+    A = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    copy = bench.copy_bandwidth("cuda")
+    ops, rows = torch.ops.workbench, []
+    lib = C.lib()
+    lib.kbit_kbit_tuning.argtypes = [C._c.c_int, C._c.c_int]
+    for k, layout in ((2, "bitplane"), (4, "bitplane"), (4, "dense"), (8, "bitplane")):
+        cb = kbit.kbit_codebook_tensor(None, k).to("cuda")
+        packed, st = kbit.quantize_kbit(A, k=k, layout=layout)
+        nbytes = 2 * n + bench.tensor_bytes(packed, st.scales)
+        q = lambda: ops.quantize_kbit(A, cb, k, 32, layout, "e4m4", "exact", "cuda")
+        for pf, per_sm in SETTINGS:
+            lib.kbit_kbit_tuning(pf, per_sm)
+            ms = bench.graph_replay_ms(q)
+            rows.append(dict(op="quantize", k=k, layout=layout, prefetch=pf, per_sm=per_sm, ms=ms,
+                             pct_copy=100 * nbytes / (ms * 1e-3) / (copy * 1e9)))
+            print(f"quantize K={k} {layout:8s} prefetch={pf} per_sm={per_sm:3d}  {ms:.4f} ms "
+                  f"{rows[-1]['pct_copy']:.1f} % of copy", flush=True)
+        lib.kbit_kbit_tuning(1, 64)
+        words, scales = packed.reshape(-1).contiguous(), st.scales.contiguous()
+        table = st.codebook.to(torch.float32).contiguous()
+        d = lambda: ops.dequantize_kbit(words, scales, st.tensor_scale, table, k, 32, n, layout, "e4m4",
+                                        torch.bfloat16, "cuda")
+        ms = bench.graph_replay_ms(d)
+        rows.append(dict(op="dequantize", k=k, layout=layout, ms=ms, pct_copy=100 * nbytes / (ms * 1e-3) / (copy * 1e9)))
+        print(f"dequantize K={k} {layout:8s}  {ms:.4f} ms {rows[-1]['pct_copy']:.1f} % of copy", flush=True)
+    print(f"copy {copy:.0f} GB/s")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        Path(args.out, "kbit_kernel_ab.json").write_text(json.dumps(dict(copy_gbps=copy, rows=rows), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
