@@ -5,11 +5,14 @@
  * cudaError_t of its launch and runs on the given stream. Numerics: workbench/backends/reference/matmul.py
  *   s[b]    = float32(absmax_code[absmax_8bit[b]] * absmax[b / 256]) + *absmax_offset   (nested; else absmax[b])
  *   W[n,k]  = dtype(table[code(n*K+k)] * s[(n*K+k) / blocksize])                        (one rounding)
- *   out[m,n]= dtype(float32(sum_k A[m,k] * W[n,k]) + bias[n])                            (float32, no FMA)
- * Accumulation order (the GEMV): one warp per output row; lane l owns the row's 32-element chunks
- * l, l + 32, l + 64, ... (element order inside a chunk, one float32 partial per lane and row m), then the
- * 32 partials are combined by a butterfly (__shfl_xor_sync, offsets 16, 8, 4, 2, 1). Rows whose K is not a
- * multiple of 32 take a per-element path: lane l owns elements l, l + 32, ... then the same butterfly.
+ *   out[m,n]= dtype(float32(sum_k A[m,k] * W[n,k]) + bias[n])                            (float32 accumulation)
+ * Accumulation order (the GEMV, explicit fused multiply-adds; for fp16/bf16 operands each product is exact in
+ * float32, so an FMA rounds like a separate add): one warp per output row; lane l owns the row's CH-element chunks
+ * l, l + 32, l + 64, ... (CH = 64 when blocksize >= 64 and K % 64 == 0, else 32), accumulated in element order
+ * into two float32 partials per lane and row m (even and odd elements), added, then the 32 lane sums are combined
+ * by a butterfly (__shfl_xor_sync, offsets 16, 8, 4, 2, 1). Rows whose K is not a multiple of 32 (or unaligned
+ * A / B) take a per-element path: lane l owns elements l, l + 32, ... (one partial), then the same butterfly.
+ * Any order is within the reference's bound (workbench/backends/reference/matmul.py).
  * All pointers are DEVICE pointers; absmax_8bit/absmax_code/absmax_offset are NULL when not nested; bias
  * may be NULL. table: 16 float32 values (any codebook), staged in shared memory per CTA.
  */

@@ -72,6 +72,48 @@ def test_cuda_gemv_misaligned_and_leading_dims(rng):
     _within(gemv_4bit(Am.view(1, 1, 1024), P, state=qs, backend="cuda"), ref, A, P, qs, None)
 
 
+# The GEMV's paths (the dispatch sends fp16/bf16 M = 2..4 to the tensor-core GEMM, so they are forced here):
+# (N, K, blocksize): 64-element chunks with 4 / 2 / 1 rows per warp (N >= 8448 / >= 4224 / less on 132 SMs) and
+# N not a multiple of the warp's rows; a tail round (K / 64 not a multiple of 32); 32-element chunks (blocksize 32,
+# K % 64 == 32); blocks longer than a row; activations too large to stage in shared memory (M x K > 64 KB)
+GEMV_SHAPES = ((8500, 4096, 64), (6000, 2048, 128), (300, 4160, 64), (129, 4128, 32), (200, 2080, 64),
+               (64, 96, 4096), (96, 40960, 256), (1000, 8192, 64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_gemv_paths_vs_reference(rng, monkeypatch, dtype):
+    _need_cuda()
+    from workbench.backends.cuda import matmul as CM
+    monkeypatch.setattr(CM, "MMA_MIN_M", 1 << 30)  # every M <= 4 through kbit_gemv_4bit
+    worst = 0.0
+    for s_i, (N, K, bs) in enumerate(GEMV_SHAPES):
+        for M in (1, 2, 3, 4):
+            if dtype == torch.float32 and K > 8192 and M > 1:
+                continue
+            nested, bias = (s_i + M) % 2 == 0, (s_i + M) % 3 != 0
+            A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested, bias,
+                                codebook=cbs.get("af4") if (s_i + M) % 4 == 1 else None)
+            ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+            _poison_allocator()
+            got = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+            assert got.shape == ref.shape and got.dtype == dtype
+            _within(got, ref, A, P, qs, b)
+            worst = max(worst, _ratio(got, ref, A, P, qs, b))
+            assert torch.equal(got, matmul_4bit(A, P, qs, bias=b, backend="cuda"))  # deterministic
+    print(f"gemv {dtype}: max |err| / bound = {worst:.3g}")
+
+
+def test_cuda_gemv_inf_activation_stays_in_its_rows(rng, monkeypatch):
+    """The tail round adds zeros for lanes past the last chunk: an inf in A must give inf/nan exactly where the
+    reference does (never a nan from 0 * inf in an idle lane)."""
+    _need_cuda()
+    A, P, qs, _ = _case(rng, 300, 4160, 1, torch.bfloat16, 64, True, False)
+    A[0, 4159] = float("inf")
+    ref = matmul_4bit(A, P, qs, backend="reference")
+    got = matmul_4bit(A, P, qs, backend="cuda")
+    assert torch.equal(torch.isnan(got), torch.isnan(ref)) and torch.equal(torch.isinf(got), torch.isinf(ref))
+
+
 def test_cuda_graph_capture_of_the_gemv(rng):
     _need_cuda()
     A, P, qs, b = _case(rng, 4096, 4096, 1, torch.bfloat16, 64, True, True)
