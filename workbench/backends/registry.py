@@ -25,12 +25,10 @@ RANKING_FILE = Path(__file__).with_name("auto_ranking.json")
 FALLBACK_ORDER = {"cpu": ("numba_cpu", "cython_cpu", "reference"),
                   "cuda": ("cuda", "numba_cuda", "reference")}
 
-# (backend, op) that 'auto' skips on a GPU: kernels whose whole test file has not yet passed on one (they are
-# bit-exact under the CUDA simulator; on the H200 the k-bit pair ran its bench and 3 of 7 bit-exact cases, the affine
-# pair its gpu test before a refactor). Named explicitly they run; a full GPU pass of tests/test_kbit_gpu.py and
-# tests/test_kbit_affine_sim.py's gpu test is what removes an entry.
-NOT_YET_RUN_ON_A_GPU = {("numba_cuda", "quantize_kbit"), ("numba_cuda", "dequantize_kbit"),
-                        ("numba_cuda", "quantize_kbit_affine"), ("numba_cuda", "dequantize_kbit_affine")}
+# (backend, op) that 'auto' skips on a GPU: kernels verified only under the CUDA simulator. Named explicitly they run;
+# a full GPU pass of their tests removes an entry (the numba_cuda k-bit and affine pairs left after theirs:
+# reports/kbit-h200/numba_cuda/pytest_gpu_numba_cuda.txt).
+NOT_YET_RUN_ON_A_GPU: set[tuple[str, str]] = set()
 
 _kernels: dict[str, dict[str, Callable]] = {}   # op -> backend -> implementation
 
