@@ -19,6 +19,9 @@
 #if __has_include("kbit_kbit.h")
 #include "kbit_kbit.h"
 #endif
+#if __has_include("kbit_kbit_affine.h")
+#include "kbit_kbit_affine.h"
+#endif
 #endif
 
 #endif

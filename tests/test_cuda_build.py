@@ -19,6 +19,7 @@ API = {
              "kbit_int8_scaled_mm"),
     "matmul": ("kbit_gemv_4bit", "kbit_gemm_4bit_mma", "kbit_gemm_4bit_mma_tile", "kbit_matmul_ieee_build"),
     "kbit": ("kbit_kbit_quantize", "kbit_kbit_dequantize"),
+    "kbit_affine": ("kbit_affine_range", "kbit_affine_mse", "kbit_affine_codes", "kbit_affine_dequantize"),
 }
 
 

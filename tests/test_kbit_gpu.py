@@ -202,6 +202,33 @@ def test_cuda_kbit_search_table_and_its_exact_path(backend, k, blocksize, fmt, a
                 assert torch.equal(_bits(sc.scales.cpu()), _bits(sr.scales))
 
 
+@pytest.mark.parametrize("k,dtype,n,G,fmt,clip", [
+    (2, torch.float32, 4099, 32, "fp16", "minmax"), (3, torch.bfloat16, 1000, 40, "fp32", "mse"),
+    (4, torch.float16, 777, 96, "bf16", "mse"), (8, torch.float16, 3001, 128, "fp16", "minmax"),
+    (4, torch.bfloat16, 16 * 384, 384, "fp16", "mse"), (5, torch.float32, 1, 32, "fp16", "mse"),
+    (7, torch.bfloat16, 70001, 64, "bf16", "minmax"), (8, torch.float32, 1 << 20, 64, "bf16", "minmax")])
+def test_cuda_affine_groups_bit_exact_with_reference(k, dtype, n, G, fmt, clip):
+    """cuda_src/kbit_affine.cu (the cuda backend's affine groups) against the CPU reference: words, scales, zero
+    points and every output dtype, both layouts, odd n, partial last groups, groups of one value and of zeros, the
+    MSE clip search, float64 error sums included."""
+    _skip_unless_on_gpu("cuda")
+    ops = torch.ops.workbench
+    g = torch.Generator().manual_seed(k * G + n)
+    A = (torch.randn(n, generator=g) * 4 ** torch.randn(n, generator=g) + 0.3).to(dtype)
+    if n >= 3 * G:
+        A[G:2 * G] = 1.5
+        A[2 * G:3 * G] = 0
+    for layout in R.LAYOUTS:
+        ref = ops.quantize_kbit_affine(A, k, G, layout, fmt, clip, "reference")
+        got = ops.quantize_kbit_affine(A.cuda(), k, G, layout, fmt, clip, "cuda")
+        for r, o in zip(ref, got):
+            assert o.is_cuda and torch.equal(_bits(o.cpu()), _bits(r)), (layout, r.dtype)
+        for dt in (torch.float32, torch.float16, torch.bfloat16):
+            want = ops.dequantize_kbit_affine(*ref, k, G, n, layout, dt, "reference")
+            out = ops.dequantize_kbit_affine(*[t.cuda() for t in ref], k, G, n, layout, dt, "cuda")
+            assert torch.equal(_bits(out.cpu()), _bits(want)), (layout, dt)
+
+
 def test_reciprocal_division_equals_ieee_division_on_the_gpu():
     """kk_code's division (r = RN(1/q), s0 = RN(x r), two exact-FMA corrections) against IEEE division, on 2^24
     pairs per divisor family: random divisors, all-ones mantissas, powers of two, the range ends 2^-60 and 2^100,

@@ -28,9 +28,10 @@ def test_element_kinds_match_the_cpu_kernels_and_kbit_header():
     src = (ROOT / "numba_kernels/cpu/quant.py").read_text()
     f32, bf16, f16 = map(int, re.search(r"^F32, BF16, F16 = (\d), (\d), (\d)$", src, re.M).groups())
     assert {torch.float32: f32, torch.bfloat16: bf16, torch.float16: f16} == ELEMENT_KIND
-    note = re.search(r"Element kinds: (\d) float32, (\d) bfloat16, (\d) float16", (ROOT / "cuda_src/kbit_kbit.h").read_text())
-    assert tuple(map(int, note.groups())) == (ELEMENT_KIND[torch.float32], ELEMENT_KIND[torch.bfloat16],
-                                               ELEMENT_KIND[torch.float16])
+    for h in ("kbit_kbit.h", "kbit_kbit_affine.h"):
+        note = re.search(r"Element kinds: (\d) float32, (\d) bfloat16, (\d) float16", (ROOT / "cuda_src" / h).read_text())
+        assert tuple(map(int, note.groups())) == (ELEMENT_KIND[torch.float32], ELEMENT_KIND[torch.bfloat16],
+                                                   ELEMENT_KIND[torch.float16]), h
     pyx = (ROOT / "workbench/_native/quant_cpu.pyx").read_text()
     # the Cython kernels decode kind 1 as bfloat16 (the upper half of a float32) and kind 0 as float32
     assert re.search(r"kind == 1\) \{ for .*<< 16", pyx) and "kind == 0) { memcpy" in pyx

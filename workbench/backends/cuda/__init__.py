@@ -67,4 +67,4 @@ def check(status: int, what: str) -> None:
 
 
 def load_kernels() -> None:
-    from . import int8, kbit, matmul, optim, quant  # noqa: F401  (importing a family module registers its kernels)
+    from . import int8, kbit, kbit_affine, matmul, optim, quant  # noqa: F401  (importing a family module registers its kernels)

@@ -1,0 +1,96 @@
+"""CUDA kernels of k-bit affine groups (cuda_src/kbit_affine.cu, header kbit_kbit_affine.h) behind the backend
+signatures.
+
+Rules: workbench/backends/reference/kbit_affine.py, bit for bit. The split is the numba_cuda backend's
+(backends/numba_cuda/kbit_affine.py): the kernels find each group's range (min-max or the MSE clip search), the
+per-group scale and zero point come from the spec's own torch code (``reference.kbit_affine.qparams``, on the
+device: no host sync), the kernels code, pack and dequantize. ctypes calls with device pointers on the current
+torch stream.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from . import check, load, on, ptr, stream
+from ..reference import kbit_affine as RA
+from ..reference.kbit import nblocks, packed_words
+from ..registry import register_kernel
+from ...wire import ELEMENT_KIND as KIND
+
+FMT = {"fp32": 0, "fp16": 1, "bf16": 2}
+LAYOUT = {"bitplane": 0, "dense": 1}
+_c = ctypes
+_lib = None
+_GRIDS: dict = {}             # device -> the clip grid as a float32 tensor there
+
+
+def lib() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        L = load("kbit_affine")
+        P, I, LL = _c.c_void_p, _c.c_int, _c.c_longlong
+        L.kbit_affine_range.argtypes = [P, I, LL, LL, LL, P, P, P]
+        L.kbit_affine_mse.argtypes = [P, I, LL, LL, LL, I, I, P, I, P, P, P]
+        L.kbit_affine_codes.argtypes = [P, I, LL, LL, P, P, I, I, P, LL, P]
+        L.kbit_affine_dequantize.argtypes = [P, LL, LL, I, I, LL, P, P, I, P, P]
+        for f in (L.kbit_affine_range, L.kbit_affine_mse, L.kbit_affine_codes, L.kbit_affine_dequantize):
+            f.restype = I
+        _lib = L
+    return _lib
+
+
+def _clip_grid(dev: torch.device) -> torch.Tensor:
+    key = str(dev)
+    g = _GRIDS.get(key)
+    if g is None:
+        g = _GRIDS[key] = torch.tensor(RA.CLIP_GRID, dtype=torch.float32).to(dev)
+    return g
+
+
+def quantize_kbit_affine(A, k, groupsize, layout, scale_format, clip):
+    """-> (packed int32 words, scales [nblocks] in scale_format's dtype, zero points uint8 [nblocks])."""
+    dev = A.device
+    x = A.reshape(-1).contiguous()
+    n = x.numel()
+    nb = nblocks(n, groupsize)
+    kind = KIND[A.dtype]
+    lo = torch.empty(nb, dtype=torch.float32, device=dev)
+    hi = torch.empty(nb, dtype=torch.float32, device=dev)
+    with on(dev):
+        if clip == "minmax":
+            check(lib().kbit_affine_range(ptr(x), kind, n, groupsize, nb, ptr(lo), ptr(hi), stream(dev)),
+                  "kbit_affine_range")
+        else:
+            grid = _clip_grid(dev)
+            check(lib().kbit_affine_mse(ptr(x), kind, n, groupsize, nb, k, FMT[scale_format], ptr(grid),
+                                        grid.numel(), ptr(lo), ptr(hi), stream(dev)), "kbit_affine_mse")
+        S, z, _, r = RA.qparams(lo, hi, k, scale_format)
+        nw = packed_words(n, k, layout)
+        words = torch.empty(nw, dtype=torch.int32, device=dev)
+        check(lib().kbit_affine_codes(ptr(x), kind, n, groupsize, ptr(r.contiguous()), ptr(z), k, LAYOUT[layout],
+                                      ptr(words), nw, stream(dev)), "kbit_affine_codes")
+    return words, S, z
+
+
+def dequantize_kbit_affine(packed, scales, zeros, k, groupsize, n, layout, dtype):
+    dev = packed.device
+    nb = nblocks(n, groupsize)
+    D = scales.reshape(-1).to(dev, torch.float32).contiguous()
+    z = zeros.reshape(-1).to(dev).contiguous()
+    if D.numel() != nb or z.numel() != nb or z.dtype != torch.uint8:
+        raise ValueError(f"scales / zeros: expected {nb} scales and {nb} uint8 zero points, got "
+                         f"{D.numel()} and {z.numel()} x {z.dtype}")
+    words = packed.reshape(-1).contiguous()
+    if words.numel() != packed_words(n, k, layout):
+        raise ValueError(f"packed: expected {packed_words(n, k, layout)} words, got {words.numel()}")
+    out = torch.empty(n, dtype=dtype, device=dev)
+    with on(dev):
+        check(lib().kbit_affine_dequantize(ptr(words), words.numel(), n, k, LAYOUT[layout], groupsize, ptr(D), ptr(z),
+                                           KIND[dtype], ptr(out), stream(dev)), "kbit_affine_dequantize")
+    return out
+
+
+register_kernel("workbench::quantize_kbit_affine", "cuda")(quantize_kbit_affine)
+register_kernel("workbench::dequantize_kbit_affine", "cuda")(dequantize_kbit_affine)
