@@ -15,7 +15,7 @@ export PYTHONPATH=/tmp/site:$PWD KBIT_GIT_REV=${KBIT_GIT_REV:-$(cat .whl/GIT_REV
 { nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
   python3 -c "import torch, numba; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numba', numba.__version__)"
   echo "git $KBIT_GIT_REV"; } | tee "$OUT/kbit-h200/device.txt"
-for f in kbit quant; do (timeout ${BUILD_TIMEOUT:-150} python3 -m workbench.cuda_build $f 2>&1 | tail -1) & done
+for f in kbit kbit_affine quant; do (timeout ${BUILD_TIMEOUT:-150} python3 -m workbench.cuda_build $f 2>&1 | tail -1) & done
 wait  # one nvcc per family, in parallel
 # One process per file: test_kbit_affine_sim selects Numba's simulator for its whole process.
 for t in test_kbit_gpu test_kbit_affine_sim; do
