@@ -80,6 +80,17 @@ GEMV_SHAPES = ((8500, 4096, 64), (6000, 2048, 128), (300, 4160, 64), (129, 4128,
                (64, 96, 4096), (96, 40960, 256), (1000, 8192, 64))
 
 
+def _cuda_vs_reference(A, P, qs, b, dtype):
+    """The cuda backend's matmul_4bit (into poisoned memory) within the spec's bound of the reference's; returns
+    (its output, the largest |err| / bound)."""
+    ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+    _poison_allocator()
+    got = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+    assert got.shape == ref.shape and got.dtype == dtype
+    _within(got, ref, A, P, qs, b)
+    return got, _ratio(got, ref, A, P, qs, b)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_gemv_paths_vs_reference(rng, monkeypatch, dtype):
     _need_cuda()
@@ -93,12 +104,8 @@ def test_cuda_gemv_paths_vs_reference(rng, monkeypatch, dtype):
             nested, bias = (s_i + M) % 2 == 0, (s_i + M) % 3 != 0
             A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested, bias,
                                 codebook=cbs.get("af4") if (s_i + M) % 4 == 1 else None)
-            ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
-            _poison_allocator()
-            got = matmul_4bit(A, P, qs, bias=b, backend="cuda")
-            assert got.shape == ref.shape and got.dtype == dtype
-            _within(got, ref, A, P, qs, b)
-            worst = max(worst, _ratio(got, ref, A, P, qs, b))
+            got, ratio = _cuda_vs_reference(A, P, qs, b, dtype)
+            worst = max(worst, ratio)
             assert torch.equal(got, matmul_4bit(A, P, qs, bias=b, backend="cuda"))  # deterministic
     print(f"gemv {dtype}: max |err| / bound = {worst:.3g}")
 
@@ -194,12 +201,7 @@ def test_mma_gemm_vs_reference(rng, monkeypatch, dtype):
             nested, bias = (s_i + m_i) % 2 == 0, (s_i + m_i) % 3 != 0
             A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested, bias,
                                 codebook=cbs.get("af4") if (s_i + m_i) % 4 == 1 else None)
-            ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
-            _poison_allocator()
-            got = matmul_4bit(A, P, qs, bias=b, backend="cuda")
-            assert got.shape == ref.shape and got.dtype == dtype
-            _within(got, ref, A, P, qs, b)
-            worst = max(worst, _ratio(got, ref, A, P, qs, b))
+            worst = max(worst, _cuda_vs_reference(A, P, qs, b, dtype)[1])
     print(f"mma {dtype}: max |err| / bound = {worst:.3g}")
 
 

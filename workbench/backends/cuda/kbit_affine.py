@@ -23,7 +23,6 @@ FMT = {"fp32": 0, "fp16": 1, "bf16": 2}
 LAYOUT = {"bitplane": 0, "dense": 1}
 _c = ctypes
 _lib = None
-_GRIDS: dict = {}             # device -> the clip grid as a float32 tensor there
 
 
 def lib() -> ctypes.CDLL:
@@ -41,14 +40,6 @@ def lib() -> ctypes.CDLL:
     return _lib
 
 
-def _clip_grid(dev: torch.device) -> torch.Tensor:
-    key = str(dev)
-    g = _GRIDS.get(key)
-    if g is None:
-        g = _GRIDS[key] = torch.tensor(RA.CLIP_GRID, dtype=torch.float32).to(dev)
-    return g
-
-
 def quantize_kbit_affine(A, k, groupsize, layout, scale_format, clip):
     """-> (packed int32 words, scales [nblocks] in scale_format's dtype, zero points uint8 [nblocks])."""
     dev = A.device
@@ -63,7 +54,7 @@ def quantize_kbit_affine(A, k, groupsize, layout, scale_format, clip):
             check(lib().kbit_affine_range(ptr(x), kind, n, groupsize, nb, ptr(lo), ptr(hi), stream(dev)),
                   "kbit_affine_range")
         else:
-            grid = _clip_grid(dev)
+            grid = RA.clip_grid(dev)
             check(lib().kbit_affine_mse(ptr(x), kind, n, groupsize, nb, k, FMT[scale_format], ptr(grid),
                                         grid.numel(), ptr(lo), ptr(hi), stream(dev)), "kbit_affine_mse")
         S, z, _, r = RA.qparams(lo, hi, k, scale_format)
@@ -76,15 +67,7 @@ def quantize_kbit_affine(A, k, groupsize, layout, scale_format, clip):
 
 def dequantize_kbit_affine(packed, scales, zeros, k, groupsize, n, layout, dtype):
     dev = packed.device
-    nb = nblocks(n, groupsize)
-    D = scales.reshape(-1).to(dev, torch.float32).contiguous()
-    z = zeros.reshape(-1).to(dev).contiguous()
-    if D.numel() != nb or z.numel() != nb or z.dtype != torch.uint8:
-        raise ValueError(f"scales / zeros: expected {nb} scales and {nb} uint8 zero points, got "
-                         f"{D.numel()} and {z.numel()} x {z.dtype}")
-    words = packed.reshape(-1).contiguous()
-    if words.numel() != packed_words(n, k, layout):
-        raise ValueError(f"packed: expected {packed_words(n, k, layout)} words, got {words.numel()}")
+    words, D, z = RA.dequantize_operands(packed, scales, zeros, k, groupsize, n, layout, dev)
     out = torch.empty(n, dtype=dtype, device=dev)
     with on(dev):
         check(lib().kbit_affine_dequantize(ptr(words), words.numel(), n, k, LAYOUT[layout], groupsize, ptr(D), ptr(z),

@@ -20,7 +20,6 @@ from ..reference.kbit import nblocks, packed_words
 from ..registry import register_kernel
 
 _KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
-_GRIDS: dict = {}             # device -> the clip grid as a float32 tensor there
 
 
 def _kind(dtype) -> int:
@@ -46,14 +45,6 @@ def _ctas(work: int, dev: torch.device) -> int:
     return min(ctas, 2) if dev.type == "cpu" else ctas
 
 
-def _clip_grid(dev: torch.device) -> torch.Tensor:
-    key = str(dev)
-    g = _GRIDS.get(key)
-    if g is None:
-        g = _GRIDS[key] = torch.tensor(RA.CLIP_GRID, dtype=torch.float32).to(dev)
-    return g
-
-
 def quantize_kbit_affine(A, k, groupsize, layout, scale_format, clip):
     """-> (packed int32 words, scales [nblocks] in scale_format's dtype, zero points uint8 [nblocks])."""
     dev = A.device
@@ -70,7 +61,7 @@ def quantize_kbit_affine(A, k, groupsize, layout, scale_format, clip):
             launch(K.affine_range, _ctas(nb, dev), K.THREADS, dev, xa, kind, n, groupsize, nb, as_array(lo),
                    as_array(hi))
         else:
-            grid = _clip_grid(dev)
+            grid = RA.clip_grid(dev)
             launch(K.affine_mse, _ctas(nb, dev), K.THREADS, dev, xa, kind, n, groupsize, nb, k, fmt, as_array(grid),
                    grid.numel(), as_array(lo), as_array(hi))
     S, z, _, r = RA.qparams(lo, hi, k, scale_format)
@@ -85,15 +76,7 @@ def quantize_kbit_affine(A, k, groupsize, layout, scale_format, clip):
 
 def dequantize_kbit_affine(packed, scales, zeros, k, groupsize, n, layout, dtype):
     dev = packed.device
-    nb = nblocks(n, groupsize)
-    D = scales.reshape(-1).to(dev, torch.float32).contiguous()
-    z = zeros.reshape(-1).to(dev).contiguous()
-    if D.numel() != nb or z.numel() != nb or z.dtype != torch.uint8:
-        raise ValueError(f"scales / zeros: expected {nb} scales and {nb} uint8 zero points, got "
-                         f"{D.numel()} and {z.numel()} x {z.dtype}")
-    words = packed.reshape(-1).contiguous()
-    if words.numel() != packed_words(n, k, layout):
-        raise ValueError(f"packed: expected {packed_words(n, k, layout)} words, got {words.numel()}")
+    words, D, z = RA.dequantize_operands(packed, scales, zeros, k, groupsize, n, layout, dev)
     kind = _kind(dtype)
     out = torch.empty(n, dtype=dtype, device=dev)
     if n == 0:

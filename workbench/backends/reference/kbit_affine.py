@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .kbit import nblocks, pack, unpack
+from .kbit import nblocks, pack, packed_words, unpack
 
 AFFINE_SCALE_FORMATS = ("fp32", "fp16", "bf16")
 CLIPS = ("minmax", "mse")
@@ -109,6 +109,31 @@ def quantize_kbit_affine(A, k, groupsize, layout, scale_format, clip):
     S, z, D, r = qparams(lo, hi, k, scale_format)
     codes = group_codes(_groups(a, groupsize), z, r, k).reshape(-1)[:n].long()
     return pack(codes, k, layout), S, z
+
+
+_GRIDS: dict = {}             # device -> CLIP_GRID as a float32 tensor there (the compiled GPU backends)
+
+
+def clip_grid(device) -> torch.Tensor:
+    key = str(device)
+    g = _GRIDS.get(key)
+    if g is None:
+        g = _GRIDS[key] = torch.tensor(CLIP_GRID, dtype=torch.float32).to(device)
+    return g
+
+
+def dequantize_operands(packed, scales, zeros, k, groupsize, n, layout, device):
+    """(words, D float32, z uint8) on ``device``, contiguous, their counts checked (the compiled backends)."""
+    nb = nblocks(n, groupsize)
+    D = scales.reshape(-1).to(device, torch.float32).contiguous()
+    z = zeros.reshape(-1).to(device).contiguous()
+    if D.numel() != nb or z.numel() != nb or z.dtype != torch.uint8:
+        raise ValueError(f"scales / zeros: expected {nb} scales and {nb} uint8 zero points, got "
+                         f"{D.numel()} and {z.numel()} x {z.dtype}")
+    words = packed.reshape(-1).contiguous()
+    if words.numel() != packed_words(n, k, layout):
+        raise ValueError(f"packed: expected {packed_words(n, k, layout)} words, got {words.numel()}")
+    return words, D, z
 
 
 def dequantize_kbit_affine(packed, scales, zeros, k, groupsize, n, layout, dtype):
