@@ -54,6 +54,8 @@ cudaError_t kbit_dequantize_4bit(const unsigned char* packed, const float* absma
 
 /* 1 if this library was built with the spec's IEEE flags (no FMA contraction, IEEE division, no FTZ). */
 int kbit_quant_ieee_build(void);
+/* A/B knob: 1 = the dequantizers store through a per-warp shared-memory stage (off by default) */
+void kbit_quant_tuning(int staged_dequant);
 
 #ifdef __cplusplus
 }

@@ -669,13 +669,46 @@ template <typename T> __device__ __forceinline__ void store_chunk(void* out, lon
     }
 }
 
-template <typename T, int BITS>
+// A warp's 32 chunks staged in shared memory (swizzled: conflict-free) and stored 512 contiguous bytes per
+// instruction; the k-bit dequantizer gained 1.5-2x from it on the H200 (cuda_src/kbit.cu, reports/kbit-h200), where
+// a thread's own stores left each 32-byte sector half written per store and bound the kernel on L2. Off by default
+// until its A/B and parity run on a GPU (kbit_quant_tuning; tests/test_gpu_quant.py).
+template <typename T>
+__device__ __forceinline__ void store_chunk_staged(void* out, long long e0_warp, const float* v, uint4* st, int lane) {
+    constexpr int S = sizeof(T) == 4 ? 4 : 2;   // 16-byte slots per chunk
+    uint4 o[S];
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            o[k] = make_uint4(__float_as_uint(v[4 * k]), __float_as_uint(v[4 * k + 1]), __float_as_uint(v[4 * k + 2]),
+                              __float_as_uint(v[4 * k + 3]));
+    } else {
+        uint32_t w[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) w[k] = Elem<T>::bits1(v[2 * k]) | (Elem<T>::bits1(v[2 * k + 1]) << 16);
+        o[0] = make_uint4(w[0], w[1], w[2], w[3]);
+        o[1] = make_uint4(w[4], w[5], w[6], w[7]);
+    }
+    auto sw = [](int t) { return S == 4 ? (t >> 1) & 3 : (t >> 2) & 1; };
+#pragma unroll
+    for (int q = 0; q < S; q++) st[lane * S + (q ^ sw(lane))] = o[q];
+    __syncwarp();
+    uint4* p = reinterpret_cast<uint4*>(static_cast<T*>(out) + e0_warp);
+#pragma unroll
+    for (int q = 0; q < S; q++) {
+        const int ch = 32 * q + lane, t = ch / S;
+        __stcs(p + ch, st[t * S + ((ch % S) ^ sw(t))]);
+    }
+}
+
+template <typename T, int BITS, bool STAGED>
 __global__ void __launch_bounds__(THREADS) k_dequantize(const unsigned char* __restrict__ in,
                                                         const float* __restrict__ absmax,
                                                         const float* __restrict__ table, int ntable, long long n,
                                                         int bs_shift, void* __restrict__ out, int vec_ok) {
     constexpr int TS = 1 << BITS;
     __shared__ float s_tab[TS];
+    __shared__ uint4 s_stage[STAGED ? THREADS * (sizeof(T) == 4 ? 4 : 2) : 1];
     for (int i = threadIdx.x; i < TS; i += THREADS) s_tab[i] = i < ntable ? table[i] : 0.0f;
     __syncthreads();
 
@@ -718,7 +751,11 @@ __global__ void __launch_bounds__(THREADS) k_dequantize(const unsigned char* __r
     float v[CHUNK];
 #pragma unroll
     for (int j = 0; j < CHUNK; j++) v[j] = __fmul_rn(s_tab[q[j]], a);
-    if (full && vec_ok) {
+    const int lane = threadIdx.x & 31;
+    if (STAGED && vec_ok && (t - lane + 32) * CHUNK <= n) {   // the whole warp's chunks are full (warp-uniform)
+        store_chunk_staged<T>(out, (t - lane) * CHUNK, v, s_stage + (threadIdx.x - lane) * (sizeof(T) == 4 ? 4 : 2),
+                              lane);
+    } else if (full && vec_ok) {
         store_chunk<T>(out, e0, v);
     } else {
 #pragma unroll
@@ -898,6 +935,9 @@ cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const
     return dispatch_t<BITS, L, 0>(A, dtype, n, blocksize, tree, out, absmax, flags, nan_code, stream);
 }
 
+// A/B knob (studies/probes/quant_dequant_ab.py): the dequantizer's staged stores, off until measured.
+bool g_staged_dequant = false;
+
 template <int BITS>
 cudaError_t dequantize(const unsigned char* in, const float* absmax, const float* table, int ntable, long long n,
                        int blocksize, void* out, int dtype, cudaStream_t stream) {
@@ -908,19 +948,17 @@ cudaError_t dequantize(const unsigned char* in, const float* absmax, const float
     const unsigned grid = (unsigned)((threads + THREADS - 1) / THREADS);
     const int shift = log2i(blocksize);
     const int vec_ok = aligned16(in) && aligned16(out);
+#define KD(T) (g_staged_dequant ? k_dequantize<T, BITS, true><<<grid, THREADS, 0, stream>>>( \
+                                     in, absmax, table, ntable, n, shift, out, vec_ok) \
+                               : k_dequantize<T, BITS, false><<<grid, THREADS, 0, stream>>>( \
+                                     in, absmax, table, ntable, n, shift, out, vec_ok))
     switch (dtype) {
-    case KBIT_F32:
-        k_dequantize<float, BITS><<<grid, THREADS, 0, stream>>>(in, absmax, table, ntable, n, shift, out, vec_ok);
-        break;
-    case KBIT_F16:
-        k_dequantize<__half, BITS><<<grid, THREADS, 0, stream>>>(in, absmax, table, ntable, n, shift, out, vec_ok);
-        break;
-    case KBIT_BF16:
-        k_dequantize<__nv_bfloat16, BITS>
-            <<<grid, THREADS, 0, stream>>>(in, absmax, table, ntable, n, shift, out, vec_ok);
-        break;
+    case KBIT_F32: KD(float); break;
+    case KBIT_F16: KD(__half); break;
+    case KBIT_BF16: KD(__nv_bfloat16); break;
     default: return cudaErrorInvalidValue;
     }
+#undef KD
     return cudaGetLastError();
 }
 
@@ -951,6 +989,8 @@ cudaError_t kbit_dequantize_4bit(const unsigned char* packed, const float* absma
                                  int blocksize, void* out, int dtype, cudaStream_t stream) {
     return dequantize<4>(packed, absmax, table, 16, n, blocksize, out, dtype, stream);
 }
+
+void kbit_quant_tuning(int staged_dequant) { g_staged_dequant = staged_dequant != 0; }
 
 int kbit_quant_ieee_build(void) {
 #if defined(__FAST_MATH__) || defined(__USE_FAST_MATH__)

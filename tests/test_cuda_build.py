@@ -11,14 +11,14 @@ pytestmark = pytest.mark.skipif(cuda_build.nvcc() is None, reason="nvcc not on P
 
 API = {
     "quant": ("kbit_quantize_blockwise", "kbit_quantize_4bit", "kbit_dequantize_blockwise", "kbit_dequantize_4bit",
-              "kbit_quant_ieee_build"),
+              "kbit_quant_ieee_build", "kbit_quant_tuning"),
     "optim": ("kbit_optimizer_update_32bit", "kbit_optimizer_update_norm_sq", "kbit_optimizer_update_8bit_blockwise",
               "kbit_optim_ieee_build"),
     "int8": ("kbit_int8_vectorwise_quant", "kbit_int8_zero_late_cols", "kbit_int8_col_quant",
              "kbit_int8_vectorwise_dequant", "kbit_int8_linear_matmul", "kbit_int8_mm_dequant",
              "kbit_int8_scaled_mm"),
     "matmul": ("kbit_gemv_4bit", "kbit_gemm_4bit_mma", "kbit_gemm_4bit_mma_tile", "kbit_matmul_ieee_build"),
-    "kbit": ("kbit_kbit_quantize", "kbit_kbit_dequantize"),
+    "kbit": ("kbit_kbit_quantize", "kbit_kbit_dequantize", "kbit_kbit_tuning"),
     "kbit_affine": ("kbit_affine_range", "kbit_affine_mse", "kbit_affine_codes", "kbit_affine_dequantize"),
 }
 

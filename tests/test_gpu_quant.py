@@ -301,3 +301,26 @@ def test_nonfinite_reference_on_gpu_equals_cpu(rng):
             p, a = f(A.cuda(), cb, bs)
             p2, a2 = f(A, cb, bs)
             assert torch.equal(p.cpu(), p2) and NF.same(a.cpu(), a2)
+
+
+def test_dequantize_staged_stores_equal_the_direct_ones(rng):
+    """cuda_src/quant.cu's dequantizers with their per-warp staged stores (the kbit_quant_tuning knob, off by
+    default) give the direct stores' outputs bit for bit: 4-bit and 8-bit codes, every output dtype, sizes with a
+    partial last warp, a partial last chunk and an odd tail."""
+    C = _backend("cuda")
+    nf4, dyn = cbs.get("nf4"), cbs.get("dynamic")
+    try:
+        for n in (512 * 7, 512 * 100 + 64, 512 * 33 + 17, 5, (1 << 20) + 3):
+            for dtype in DTYPES:
+                A = _data(rng, n, dtype)
+                p, a = C.quantize_4bit(A, nf4, 64)
+                c, a8 = C.quantize_blockwise(A, dyn, 256)
+                outs = []
+                for staged in (0, 1):
+                    C.lib().kbit_quant_tuning(staged)
+                    outs.append((C.dequantize_4bit(p, a, nf4.tensors("cuda")[0], 64, n, dtype),
+                                 C.dequantize_blockwise(c, a8, dyn.tensors("cuda")[0], 256, dtype)))
+                for x, y in zip(*outs):
+                    assert torch.equal(x.view(torch.uint8), y.view(torch.uint8)), (n, dtype)
+    finally:
+        C.lib().kbit_quant_tuning(0)

@@ -38,6 +38,8 @@ def lib() -> ctypes.CDLL:
         L.kbit_dequantize_4bit.argtypes = [_c.c_void_p, _c.c_void_p, _c.c_void_p, _c.c_longlong, _c.c_int,
                                            _c.c_void_p, _c.c_int, _c.c_void_p]
         L.kbit_dequantize_4bit.restype = _c.c_int
+        L.kbit_quant_tuning.argtypes = [_c.c_int]      # A/B knob (studies/probes/quant_dequant_ab.py)
+        L.kbit_quant_tuning.restype = None
         L.kbit_quant_ieee_build.restype = _c.c_int
         _lib = L
     return _lib
