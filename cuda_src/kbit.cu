@@ -30,6 +30,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+#include "kbit_device.h"
 #include "kbit_kbit.h"
 
 #define KK static __device__ __forceinline__
@@ -346,6 +347,7 @@ __global__ void __launch_bounds__(256) kk_quantize_warp_kernel(
 // Blocksizes 16 and 32 (the k-bit defaults): a thread per 32-element group. The block's absmax, scale and
 // divisor are computed once (a warp per block would encode the scale 32 times over), the group arrives in
 // 16-byte loads, and with K a template parameter the search and both packings unroll into registers.
+
 // 32 16-bit elements (bf16: kind 1, fp16: kind 2) from four 16-byte words, widened exactly.
 KK void kk_unpack32(const uint4* u, int kind, float* v) {
 #pragma unroll
@@ -711,24 +713,18 @@ __global__ void __launch_bounds__(256) kk_dequantize_group_kernel(
         }
         v[j] = __fmul_rn(c[code], d[j >> 4]);
     }
-    // A warp of 32 whole groups stages its output in shared memory (swizzled: no bank conflicts) so that every
-    // store is 512 contiguous bytes; a thread storing its own 64 bytes left each 32-byte sector half written per
-    // store, and L2, not DRAM, bound the kernel (ncu: L2 86 %, DRAM 47 %).
+    // A warp of 32 whole groups stores through shared memory, 512 contiguous bytes per store (ncu on per-thread
+    // 64-byte stores: L2 86 %, DRAM 47 %).
     const int lane = threadIdx.x & 31;
     if (vec && (g - lane + 32) * 32 <= n) {
         uint4* st = stage + (threadIdx.x - lane) * 8;
         if (kind == 0) {
+            uint4 o[8];
 #pragma unroll
             for (int q = 0; q < 8; q++)
-                st[lane * 8 + (q ^ (lane & 7))] = make_uint4(__float_as_uint(v[4 * q]), __float_as_uint(v[4 * q + 1]),
-                                                             __float_as_uint(v[4 * q + 2]), __float_as_uint(v[4 * q + 3]));
-            __syncwarp();
-            uint4* o = (uint4*)((float*)out + (g - lane) * 32);
-#pragma unroll
-            for (int q = 0; q < 8; q++) {
-                const int ch = 32 * q + lane, t = ch >> 3;
-                __stcs(o + ch, st[t * 8 + ((ch & 7) ^ (t & 7))]);
-            }
+                o[q] = make_uint4(__float_as_uint(v[4 * q]), __float_as_uint(v[4 * q + 1]), __float_as_uint(v[4 * q + 2]),
+                                  __float_as_uint(v[4 * q + 3]));
+            kbit_store_warp_staged<8>((uint4*)((float*)out + (g - lane) * 32), o, st, lane);
         } else {
             uint32_t h[16];
 #pragma unroll
@@ -741,16 +737,10 @@ __global__ void __launch_bounds__(256) kk_dequantize_group_kernel(
                     h[e] = *(uint32_t*)&t;
                 }
             }
+            uint4 o[4];
 #pragma unroll
-            for (int q = 0; q < 4; q++)
-                st[lane * 4 + (q ^ ((lane >> 1) & 3))] = make_uint4(h[4 * q], h[4 * q + 1], h[4 * q + 2], h[4 * q + 3]);
-            __syncwarp();
-            uint4* o = (uint4*)((uint16_t*)out + (g - lane) * 32);
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                const int ch = 32 * q + lane, t = ch >> 2;
-                __stcs(o + ch, st[t * 4 + ((ch & 3) ^ ((t >> 1) & 3))]);
-            }
+            for (int q = 0; q < 4; q++) o[q] = make_uint4(h[4 * q], h[4 * q + 1], h[4 * q + 2], h[4 * q + 3]);
+            kbit_store_warp_staged<4>((uint4*)((uint16_t*)out + (g - lane) * 32), o, st, lane);
         }
     } else {
 #pragma unroll
@@ -762,19 +752,9 @@ __global__ void __launch_bounds__(256) kk_dequantize_group_kernel(
     }
 }
 
-static int sm_count() {
-    static int sms = 0;
-    if (!sms) {
-        int dev = 0;
-        cudaGetDevice(&dev);
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-        if (sms <= 0) sms = 1;
-    }
-    return sms;
-}
 // Grid-stride grids: enough CTAs to fill the GPU many times over, never more than the work.
 static unsigned grid_for(long long items, int per_cta, int per_sm = 64) {
-    long long g = (items + per_cta - 1) / per_cta, cap = (long long)sm_count() * per_sm;
+    long long g = (items + per_cta - 1) / per_cta, cap = (long long)kbit_num_sms() * per_sm;
     return (unsigned)(g < 1 ? 1 : (g < cap ? g : cap));
 }
 

@@ -669,10 +669,9 @@ template <typename T> __device__ __forceinline__ void store_chunk(void* out, lon
     }
 }
 
-// A warp's 32 chunks staged in shared memory (swizzled: conflict-free) and stored 512 contiguous bytes per
-// instruction; the k-bit dequantizer gained 1.5-2x from it on the H200 (cuda_src/kbit.cu, reports/kbit-h200), where
-// a thread's own stores left each 32-byte sector half written per store and bound the kernel on L2. Off by default
-// until its A/B and parity run on a GPU (kbit_quant_tuning; tests/test_gpu_quant.py).
+// STAGED: a warp's 32 chunks leave through shared memory, 512 contiguous bytes per store
+// (kbit_store_warp_staged); the k-bit dequantizer gained 1.5-2x from it on the H200. Off by default until its A/B
+// and parity run on a GPU (kbit_quant_tuning; tests/test_gpu_quant.py).
 template <typename T>
 __device__ __forceinline__ void store_chunk_staged(void* out, long long e0_warp, const float* v, uint4* st, int lane) {
     constexpr int S = sizeof(T) == 4 ? 4 : 2;   // 16-byte slots per chunk
@@ -689,16 +688,7 @@ __device__ __forceinline__ void store_chunk_staged(void* out, long long e0_warp,
         o[0] = make_uint4(w[0], w[1], w[2], w[3]);
         o[1] = make_uint4(w[4], w[5], w[6], w[7]);
     }
-    auto sw = [](int t) { return S == 4 ? (t >> 1) & 3 : (t >> 2) & 1; };
-#pragma unroll
-    for (int q = 0; q < S; q++) st[lane * S + (q ^ sw(lane))] = o[q];
-    __syncwarp();
-    uint4* p = reinterpret_cast<uint4*>(static_cast<T*>(out) + e0_warp);
-#pragma unroll
-    for (int q = 0; q < S; q++) {
-        const int ch = 32 * q + lane, t = ch / S;
-        __stcs(p + ch, st[t * S + ((ch % S) ^ sw(t))]);
-    }
+    kbit_store_warp_staged<S>(reinterpret_cast<uint4*>(static_cast<T*>(out) + e0_warp), o, st, lane);
 }
 
 template <typename T, int BITS, bool STAGED>
