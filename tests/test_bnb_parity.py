@@ -183,6 +183,6 @@ def test_bnb_native_4bit_dequant_bug_when_blocks_straddle_rows(rng):
     theirs_torch = default_impl("dequantize_4bit")(p, s.absmax, 64, "nf4", W.shape, torch.float32)
     theirs_native = F.dequantize_4bit(p, s)
     assert torch.equal(ours, theirs_torch)
-    assert (ours - W).abs().max() <= 0.5 * 0.3 * W.abs().max()  # NF4's widest gap is < 0.31
+    assert (ours - W).abs().max() <= 0.5 * 0.31 * W.abs().max()  # NF4's widest gap: 1 - 0.6962 = 0.3038
     if torch.equal(theirs_native, theirs_torch):
         pytest.skip("bitsandbytes' native CPU dequantize_4bit takes a path without the straddle bug on this CPU")

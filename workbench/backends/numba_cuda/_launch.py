@@ -219,10 +219,23 @@ def launch_values(kern, grid: int, threads: int, device: torch.device, kinds: tu
     return True
 
 
+def _simulator_warning_registries() -> None:
+    """The simulator runs a block's threads in Python threads, each iterating the globals of the kernel
+    modules on every device-function call. A warning (NumPy's "invalid value" on NaN input) adds
+    ``__warningregistry__`` to its module's globals, and the first one can land mid-iteration in
+    another thread ("dictionary changed size during iteration"). Creating the entries up front keeps
+    those dicts at a fixed size."""
+    import sys
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("numba_kernels") and mod is not None:
+            vars(mod).setdefault("__warningregistry__", {})
+
+
 def launch(kern, grid: int, threads: int, device: torch.device, *args):
     """``kern[grid, threads]`` on torch's current stream of ``device`` with ``args`` (see module doc).
     Returns the argument kinds (for :func:`launch_values`; None under the simulator)."""
     if device.type == "cpu":
+        _simulator_warning_registries()
         kern[grid, threads](*(a.numpy() if isinstance(a, torch.Tensor) else a for a in args))
         return None
     kinds, vals = _flatten(args)
