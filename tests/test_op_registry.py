@@ -58,6 +58,21 @@ def test_auto_resolution_is_measured_then_fallback_and_cached():
     assert resolve("auto", "quantize_4bit", "cpu", "bfloat16") is first
 
 
+def test_dequantizers_rank_backends_by_their_output_dtype(monkeypatch):
+    """The ranking of a dequantizer is measured per output dtype; its input codes are uint8 whatever
+    the output, so resolving by the input's dtype found no entry and fell back to the fixed order."""
+    from workbench import ops
+    seen = []
+    monkeypatch.setattr(ops, "resolve", lambda b, op, dev, dt: seen.append((op, dt)) or resolve(b, op, dev, dt))
+    A = torch.randn(5000, dtype=torch.bfloat16)
+    c, s8 = wb.quantize_blockwise(A)
+    p, s4 = wb.quantize_4bit(A, quant_type="nf4")
+    seen.clear()
+    wb.dequantize_blockwise(c, s8)
+    wb.dequantize_4bit(p, s4, dtype=torch.float16)
+    assert seen == [("dequantize_blockwise", "bfloat16"), ("dequantize_4bit", "float16")]
+
+
 def test_auto_skips_kernels_not_yet_run_on_a_gpu(monkeypatch):
     """Simulator-verified kernels run when named, but 'auto' on a GPU does not pick them."""
     from workbench.backends import registry

@@ -44,8 +44,10 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
 
 
-def _backend(backend: str, op: str, A: torch.Tensor) -> str:
-    return resolve(backend, op, _device(A), _DTYPE_NAMES.get(A.dtype))
+def _backend(backend: str, op: str, A: torch.Tensor, dtype: torch.dtype | None = None) -> str:
+    """The backend for ``op`` on A's device; 'auto' ranks by ``dtype``: the input's, or a dequantizer's
+    output dtype (what its ranking was measured by; its codes are uint8 for every output)."""
+    return resolve(backend, op, _device(A), _DTYPE_NAMES.get(dtype or A.dtype))
 
 
 _codebooks_4bit: dict[tuple, cbs.Codebook] = {}  # (quant_type, name) -> checked codebook, for one registry generation
@@ -200,7 +202,7 @@ def dequantize_blockwise(A: torch.Tensor, quant_state: QuantState | None = None,
     def prepare():
         qs.validate(A.numel(), bits=8)
         out_dtype = check_dtype("dtype", dtype or qs.dtype, FLOAT_DTYPES)
-        name = _backend(backend, "dequantize_blockwise", A)
+        name = _backend(backend, "dequantize_blockwise", A, out_dtype)
         absmax = _resolve_absmax(qs, backend).to(A.device).contiguous()
         return absmax, _table_256(qs.code, A.device), out_dtype, name
 
@@ -272,7 +274,7 @@ def dequantize_4bit(A: torch.Tensor, quant_state: QuantState, *, dtype: torch.dt
             raise QuantInputError(f"A: {nbytes} packed bytes, but quant_state.shape {tuple(qs.shape)} "
                                   f"needs {(n + 1) // 2}")
         out_dtype = check_dtype("dtype", dtype or qs.dtype, FLOAT_DTYPES)
-        name = _backend(backend, "dequantize_4bit", A)
+        name = _backend(backend, "dequantize_4bit", A, out_dtype)
         absmax = _resolve_absmax(qs, backend).to(A.device).contiguous()
         table = qs.code.to(A.device, torch.float32).contiguous()
         return absmax, table, n, out_dtype, name

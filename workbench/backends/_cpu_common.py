@@ -35,14 +35,18 @@ def as_numpy_bits(t: torch.Tensor) -> tuple[np.ndarray, int]:
     return t.view(torch.int16).numpy().view(np.uint16), kind
 
 
-HUGE_MIN_BYTES = 4 << 20
+# glibc's malloc reuses freed heap memory for requests below its mmap threshold, which rises with each
+# freed mapping up to 32 MiB (64-bit): below that a steady loop of calls touches no fresh page.
+HUGE_MIN_BYTES = 32 << 20
 
 
 def alloc(n: int, dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialized CPU tensor. Large ones are backed by transparent huge pages: on this
-    class of VM a first touch of fresh 4 KiB pages costs more than the kernel's own work
-    (64 MiB: ~45 ms of page faults vs ~13 ms with 2 MiB pages)."""
-    nbytes = n * torch.empty(0, dtype=dtype).element_size()
+    """An uninitialized CPU tensor. Below 32 MiB, torch.empty (malloc reuses the memory of earlier
+    outputs: 8 MiB costs ~0 against 1-8 ms of zeroed fresh pages). At and above it every malloc
+    is a fresh mapping, so the tensor is backed by transparent huge pages: on this class of VM a
+    first touch of fresh 4 KiB pages costs more than the kernel's own work (64 MiB: ~45 ms of
+    page faults vs ~13 ms with 2 MiB pages)."""
+    nbytes = n * dtype.itemsize
     if nbytes < HUGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(n, dtype=dtype)
     m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
