@@ -176,7 +176,8 @@ def test_poisoned_outputs_fully_written(rng):
                 for K in (NK, CK):
                     packed = np.full((n + 1) // 2, 0xA5, np.uint8)
                     absmax = np.full(nb, np.nan, np.float32)
-                    K.quantize_4bit(x, kind, bs, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code), packed, absmax)
+                    K.quantize_4bit(x, kind, bs, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code), p.cell_base,
+                                    p.cell_bounds, p.cell_slots, packed, absmax)
                     assert np.array_equal(packed, pr.numpy()) and np.array_equal(absmax, ar.numpy())
                     out = np.full(n, 0x7FC1 if kind else np.nan, npdt)
                     K.dequantize_4bit(packed, absmax, table, bs, n, kind, out)
@@ -207,3 +208,75 @@ def test_poisoned_outputs_fully_written(rng):
                 out = np.full(n, 0x7FC1 if kind else np.nan, npdt)
                 K.dequantize_blockwise(cr.numpy(), ar.numpy(), cb.tensors()[0].numpy(), bs, kind, out)
                 assert np.array_equal(out, dref_bits)
+
+
+def _cell_codebooks(rng):
+    """Every registered 4-bit code, and random ones: values one ulp apart, values clustered so that a cell holds more
+    bounds than the plan has slots (the count fallback), and codebooks with fewer than 16 entries."""
+    import numpy as np
+    out = [cbs.get(n) for n in cbs.names() if cbs.get(n).size <= 16]
+    g = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    for i in range(6):
+        v = g.uniform(-1, 1, 16).astype(np.float32)
+        if i == 1:
+            v[:8] = g.uniform(0.0, 0.24, 8)          # one cell with 7+ bounds: no cell plan
+        if i == 3:
+            v = v[:5]                                # 5 entries, padded to 8 by repeating the largest
+        v[0], v[-1] = -1.0, 1.0
+        v = np.sort(v)
+        if i == 2:
+            v[4] = np.nextafter(v[3], np.float32(2))  # two values one ulp apart: a bound between them
+        out.append(cbs.from_values(v, f"cells{i}", pad_to_pow2=i == 3))
+    return out
+
+
+def test_cell_plan_counts_the_bounds_below_every_value(rng):
+    """The 4-bit cell plan (workbench/codebook_tables.py: _cell_plan) gives the count of bounds below s for
+    the values where it could go wrong: every bound, its float32 neighbours, every cell edge and its
+    neighbours, -0.0, +-1, and random values, for every code that has a plan."""
+    import numpy as np
+    from workbench.codebook_tables import CELLS, cpu_search_plan
+    g = np.random.default_rng(0)
+    edges = np.array([(c - 4) / 4 for c in range(CELLS + 1)], np.float32)
+    for cb in _cell_codebooks(rng):
+        p = cpu_search_plan(cb)
+        if cb.name == "cells1":
+            assert p.cell_slots < 0
+        elif not cb.name.startswith("cells"):
+            assert 0 <= p.cell_slots <= 4, cb.name   # every registered 4-bit code takes the fast path
+        if p.cell_slots < 0:   # a cell with more bounds than slots: the kernels count all 15
+            continue
+        b = p.bnd15[np.isfinite(p.bnd15)]
+        pts = np.concatenate([b, edges, g.uniform(-1, 1, 4000).astype(np.float32), np.float32([-0.0, 0.0])])
+        pts = np.concatenate([pts, np.nextafter(pts, np.float32(2)), np.nextafter(pts, np.float32(-2))])
+        s = np.clip(pts, -1, 1).astype(np.float32)
+        c = np.minimum(np.floor(s * np.float32(4)).astype(np.int64) + 4, CELLS - 1)
+        got = p.cell_base[c] + sum((p.cell_bounds[j * CELLS + c] < s).astype(np.int32) for j in range(p.cell_slots))
+        want = (p.bnd15[None, :] < s[:, None]).sum(1)
+        assert np.array_equal(got, want), cb.name
+
+
+def test_cython_4bit_cells_equal_the_reference_at_bounds_and_edges(rng):
+    """The Cython kernel's AVX2 cell path (and its count fallback), through the public op: blocks whose absmax
+    is 1 put every bound, its neighbours and every cell edge exactly in front of the search; bf16/fp16/fp32,
+    a tail block, non-identity codes (fp4), a codebook without a cell plan."""
+    import numpy as np
+    from workbench._native import quant_cpu as CK
+    if not CK.HAS_CELLS:
+        pytest.skip("no AVX2: the Cython kernel counts all 15 bounds")
+    g = np.random.default_rng(1)
+    for cb in _cell_codebooks(rng):
+        b = np.asarray(cb.bounds, np.float32)
+        edges = np.array([(c - 4) / 4 for c in range(9)], np.float32)
+        pts = np.concatenate([b, edges, np.nextafter(b, np.float32(2)), np.nextafter(b, np.float32(-2)),
+                              np.nextafter(edges, np.float32(2)), np.nextafter(edges, np.float32(-2)),
+                              g.uniform(-1, 1, 700).astype(np.float32)])
+        pts = np.clip(pts, -1, 1)
+        pts = np.concatenate([pts, np.zeros((-len(pts)) % 63, np.float32)]).reshape(-1, 63)
+        x = torch.from_numpy(np.concatenate([pts, np.ones((len(pts), 1), np.float32)], 1).reshape(-1))  # absmax 1
+        x = torch.cat([x, x[:37]])                                                                          # a tail
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            A = x.to(dtype)
+            pr, ar = get_op("reference", "quantize_4bit")(A, cb, 64)
+            pc, ac = get_op("cython_cpu", "quantize_4bit")(A, cb, 64)
+            assert torch.equal(pc, pr) and torch.equal(ac, ar), (cb.name, dtype)

@@ -137,6 +137,34 @@ class SearchPlan:
     kcode_hi: np.ndarray       # uint8[65536]
     bounds_pad: np.ndarray     # float32[2**k - 1], +inf padded (BSEARCH, stochastic)
     values: np.ndarray         # float32[m], sorted bucket values (stochastic)
+    cell_base: np.ndarray      # int32[8]: bounds below cell c (the Cython AVX2 4-bit path; see _cell_plan)
+    cell_bounds: np.ndarray    # float32[CELL_SLOTS * 8]: slot j's bound of cell c at [8 j + c], +inf padded
+    cell_slots: int            # compares per value (max bounds inside a cell); -1: too many, count all 15
+
+
+# The 4-bit cell plan: a scaled value s in [-1, 1] falls in cell c = min(floor(4 s) + 4, 7) (exact in float32:
+# 4 s is a power-of-two scaling). Its code is the count of bounds below s = cell_base[c] plus one compare per
+# bound inside the cell's range. Eight cells fit one AVX2 register, so each table is one vpermps away.
+CELLS, CELL_SLOTS = 8, 4
+
+
+def _cell_plan(bnd15: np.ndarray):
+    """(cell_base, cell_bounds, cell_slots) for the 15 padded bounds. Cell c holds the float32 values
+    [(c - 4) / 4, prev((c - 3) / 4)] (cell 7 up to 1.0): a bound below the cell is below every value in it
+    (counted in cell_base), a bound at or above the cell's largest value is below none, and one in between
+    is compared. Exact for any codebook; cell_slots = -1 where a cell holds more than CELL_SLOTS bounds."""
+    base = np.zeros(CELLS, np.int32)
+    slots = np.full((CELL_SLOTS, CELLS), np.inf, np.float32)
+    most = 0
+    for c in range(CELLS):
+        lo = np.float32((c - 4) / 4)
+        top = np.float32(1.0) if c == CELLS - 1 else np.nextafter(np.float32((c - 3) / 4), np.float32(-np.inf))
+        base[c] = int(np.count_nonzero(bnd15 < lo))
+        inside = np.sort(bnd15[(bnd15 >= lo) & (bnd15 < top)])
+        most = max(most, len(inside))
+        if len(inside) <= CELL_SLOTS:
+            slots[: len(inside), c] = inside
+    return base, slots.reshape(-1), (most if most <= CELL_SLOTS else -1)
 
 
 def _key_tables(bounds: np.ndarray, codes: np.ndarray):
@@ -176,8 +204,10 @@ def _build_cpu_search_plan(cb: Codebook) -> SearchPlan:
         (kb, klo, khi), per_cell = _key_tables(bounds, codes)
         mode = KEYLUT if per_cell <= 1 else BSEARCH
     zero_code = int(codes[np.searchsorted(bounds, np.float32(0.0), side="left")])
+    cell_base, cell_bounds, cell_slots = _cell_plan(bnd15)
     return SearchPlan(mode, bnd15, codes, bool(np.array_equal(codes, np.arange(m))), zero_code,
-                      kb, klo, khi, bounds_pad, np.ascontiguousarray(cb.values, np.float32))
+                      kb, klo, khi, bounds_pad, np.ascontiguousarray(cb.values, np.float32),
+                      cell_base, cell_bounds, cell_slots)
 
 
 def cpu_search_plan(cb: Codebook) -> SearchPlan:

@@ -430,10 +430,14 @@ def dequantize_blockwise(codes, absmax, table, blocksize, kind, out):
 # ------------------------------------------------------------------ 4-bit (any 16-entry codebook)
 
 @njit(parallel=True, **_OPTS)
-def quantize_4bit(x, kind, blocksize, bnd, bucket_codes, identity, zero_code, packed, absmax):
+def quantize_4bit(x, kind, blocksize, bnd, bucket_codes, identity, zero_code, cell_base, cell_bounds, cell_slots,
+                  packed, absmax):
     """Per chunk of blocks: widen a block into a float32 scratch buffer (absmax as an integer
     max of |x| bits), scale it in place, count the bounds below each value branch-free with
-    the bounds in registers, remap (non-identity codebooks such as bitsandbytes' FP4), pack."""
+    the bounds in registers, remap (non-identity codebooks such as bitsandbytes' FP4), pack.
+    The cell plan (cell_base, cell_bounds, cell_slots) is the Cython kernel's AVX2 path, whose
+    table lookups are register permutes Numba does not emit; here the 15-bound count gives the
+    same codes."""
     n = x.shape[0]
     nblocks = (n + blocksize - 1) // blocksize
     nchunks = min(nblocks, NCHUNKS)

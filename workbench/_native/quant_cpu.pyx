@@ -15,13 +15,16 @@ torch.bucketize gives the reference's scaled values: NaN -> bucket_codes[-1], +-
 0.0) instead of the vectorized path.
 """
 from cython.parallel cimport prange
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t
 
 cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
     #include <math.h>
+    #if defined(__AVX2__)
+    #include <immintrin.h>
+    #endif
     #ifdef _OPENMP
     #include <omp.h>
     #endif
@@ -94,6 +97,69 @@ cdef extern from *:
         }
     }
 
+    /* 4-bit codes by the cell plan (workbench/codebook_tables.py: _cell_plan): s in cell c = min(floor(4 s) + 4, 7)
+       has cell_base[c] bounds below it plus one per bound of its NS slots that is below it -- the count of
+       kb_count15, exactly. AVX2: each 8-entry table is one register, looked up by vpermd/vpermps, so a value
+       costs ~10 vector instructions per 8 instead of 15 compares and 15 adds. NS is a constant at each call. */
+    static inline __attribute__((always_inline)) void kb_cells_ns(const float* buf, int64_t len, const int32_t* base,
+                                                                  const float* slot, int ns, uint8_t* cnt,
+                                                                  uint8_t* packed) {
+        int64_t i = 0;
+    #if defined(__AVX2__)
+        const __m256i basev = _mm256_loadu_si256((const __m256i*)base);
+        const __m256 t0 = _mm256_loadu_ps(slot), t1 = _mm256_loadu_ps(slot + 8), t2 = _mm256_loadu_ps(slot + 16),
+                     t3 = _mm256_loadu_ps(slot + 24), four = _mm256_set1_ps(4.0f);
+        const __m256i off = _mm256_set1_epi32(4), top = _mm256_set1_epi32(7);
+        for (; i + 8 <= len; i += 8) {
+            __m256 s = _mm256_loadu_ps(buf + i);
+            __m256i c = _mm256_min_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(_mm256_floor_ps(_mm256_mul_ps(s, four))),
+                                                          off), top);
+            __m256i k = _mm256_permutevar8x32_epi32(basev, c);   /* only c's low 3 bits are read */
+            if (ns > 0) k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(_mm256_permutevar8x32_ps(t0, c), s, _CMP_LT_OQ)));
+            if (ns > 1) k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(_mm256_permutevar8x32_ps(t1, c), s, _CMP_LT_OQ)));
+            if (ns > 2) k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(_mm256_permutevar8x32_ps(t2, c), s, _CMP_LT_OQ)));
+            if (ns > 3) k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(_mm256_permutevar8x32_ps(t3, c), s, _CMP_LT_OQ)));
+            if (packed) {   /* byte j = code 2j << 4 | code 2j+1: one 64-bit lane per byte, then gathered */
+                __m256i v = _mm256_or_si256(_mm256_slli_epi64(k, 4), _mm256_srli_epi64(k, 32));
+                v = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                            0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+                uint32_t four = (uint32_t)(uint16_t)_mm256_extract_epi16(v, 0)
+                                | ((uint32_t)(uint16_t)_mm256_extract_epi16(v, 8) << 16);
+                memcpy(packed + (i >> 1), &four, 4);
+            } else {
+                __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1));
+                _mm_storel_epi64((__m128i*)(cnt + i), _mm_packus_epi16(w, w));
+            }
+        }
+        if (packed) return;   /* the caller passes packed only for len % 8 == 0 */
+    #endif
+        for (; i < len; i++) {
+            float s = buf[i];
+            int c = (int)floorf(s * 4.0f) + 4;
+            c = c < 0 ? 0 : (c > 7 ? 7 : c);
+            int k = base[c];
+            for (int j = 0; j < ns; j++) k += slot[8 * j + c] < s;
+            cnt[i] = (uint8_t)k;
+        }
+    }
+    #if defined(__AVX2__)
+    #define KB_HAS_CELLS 1
+    #else
+    #define KB_HAS_CELLS 0
+    #endif
+    /* the 4-bit codes of a finite block: by the cell plan where it applies (0 <= ns <= 4), else kb_count15 */
+    static inline void kb_codes4(const float* buf, int64_t len, const float* bnd, const int32_t* base,
+                                 const float* slot, int ns, uint8_t* cnt, uint8_t* packed) {
+        switch (ns) {
+            case 0: kb_cells_ns(buf, len, base, slot, 0, cnt, packed); break;
+            case 1: kb_cells_ns(buf, len, base, slot, 1, cnt, packed); break;
+            case 2: kb_cells_ns(buf, len, base, slot, 2, cnt, packed); break;
+            case 3: kb_cells_ns(buf, len, base, slot, 3, cnt, packed); break;
+            case 4: kb_cells_ns(buf, len, base, slot, 4, cnt, packed); break;
+            default: kb_count15(buf, len, bnd, cnt);
+        }
+    }
+
     static inline uint8_t kb_bsearch(float s, const float* bounds_pad, int64_t npad) {
         int64_t pos = 0;
         for (int64_t step = (npad + 1) / 2; step > 0; step >>= 1)
@@ -137,20 +203,23 @@ cdef extern from *:
 
     static inline void kb_quant4_block(const void* x, int kind, int64_t start, int64_t end, int is_tail,
             const float* bnd15, const uint8_t* bcodes, int identity, uint8_t zero_code, uint8_t nan_code,
-            uint8_t* packed, float* absmax_b) {
+            const int32_t* cell_base, const float* cell_bounds, int cell_slots, uint8_t* packed, float* absmax_b) {
         float buf[KB_MAXBLOCK];
         uint8_t cnt[KB_MAXBLOCK + 1];
         int64_t len = end - start;
         kb_load(x, kind, start, len, buf);
         uint32_t m = kb_scale(buf, len, is_tail, absmax_b);
+        uint8_t* out = packed + (start >> 1);
         if (m >= KB_EXP) {
             kb_nonfinite_codes(buf, len, m, nan_code, zero_code, cnt);
+        } else if (KB_HAS_CELLS && identity && (len & 7) == 0 && cell_slots >= 0 && cell_slots <= 4) {
+            kb_codes4(buf, len, bnd15, cell_base, cell_bounds, cell_slots, cnt, out);   /* packed straight out */
+            return;
         } else {
-            kb_count15(buf, len, bnd15, cnt);
+            kb_codes4(buf, len, bnd15, cell_base, cell_bounds, cell_slots, cnt, NULL);
             if (!identity) for (int64_t i = 0; i < len; i++) cnt[i] = bcodes[cnt[i]];
         }
         if (len & 1) cnt[len] = zero_code;   /* bitsandbytes pads an odd tail with 0.0 */
-        uint8_t* out = packed + (start >> 1);
         int64_t nb = (len + 1) >> 1;
         for (int64_t j = 0; j < nb; j++) out[j] = (uint8_t)((cnt[2 * j] << 4) | cnt[2 * j + 1]);
     }
@@ -251,7 +320,9 @@ cdef extern from *:
                          uint8_t zero_code, uint8_t* codes, float* absmax_b) nogil
     void kb_quant4_block(const void* x, int kind, int64_t start, int64_t end, int is_tail, const float* bnd15,
                          const uint8_t* bcodes, int identity, uint8_t zero_code, uint8_t nan_code,
+                         const int32_t* cell_base, const float* cell_bounds, int cell_slots,
                          uint8_t* packed, float* absmax_b) nogil
+    int KB_HAS_CELLS
     void kb_quant8_stoch_block(const void* x, int kind, int64_t start, int64_t end, int is_tail,
                                const float* bounds_pad, int64_t npad, const uint8_t* bcodes, const float* values,
                                int64_t nvalues, const float* rnd, uint8_t* codes, float* absmax_b) nogil
@@ -322,18 +393,27 @@ def quantize_blockwise_ordlut(x, int kind, int64_t blocksize, const uint32_t[::1
                                &absmax[b])
 
 
+HAS_CELLS = bool(KB_HAS_CELLS)   # the AVX2 cell-plan path of quantize_4bit (else the 15-bound count)
+
+
 def quantize_4bit(x, int kind, int64_t blocksize, const float[::1] bnd15, const uint8_t[::1] bcodes,
-                  bint identity, uint8_t zero_code, uint8_t[::1] packed, float[::1] absmax):
+                  bint identity, uint8_t zero_code, const int32_t[::1] cell_base, const float[::1] cell_bounds,
+                  int cell_slots, uint8_t[::1] packed, float[::1] absmax):
+    """Codes by the cell plan (cell_base: 8 counts, cell_bounds: 4 x 8 slots, cell_slots compares; -1: the
+    15-bound count instead), the same codes either way."""
     cdef int64_t n = x.shape[0]
     cdef uint8_t nan_code = bcodes[bcodes.shape[0] - 1]  # non-finite blocks
     cdef int64_t nblocks = (n + blocksize - 1) // blocksize
     cdef const void* px = _addr(x)
     cdef int64_t b, start, end
+    if bnd15.shape[0] != 15 or cell_base.shape[0] != 8 or cell_bounds.shape[0] != 32:
+        raise ValueError("quantize_4bit: expected 15 bounds, 8 cell counts and 32 cell bounds "
+                         f"(got {bnd15.shape[0]}, {cell_base.shape[0]}, {cell_bounds.shape[0]})")
     for b in prange(nblocks, nogil=True, schedule="static"):
         start = b * blocksize
         end = start + blocksize if start + blocksize < n else n
         kb_quant4_block(px, kind, start, end, end - start < blocksize, &bnd15[0], &bcodes[0], identity, zero_code,
-                        nan_code, &packed[0], &absmax[b])
+                        nan_code, &cell_base[0], &cell_bounds[0], cell_slots, &packed[0], &absmax[b])
 
 
 def dequantize_blockwise(const uint8_t[::1] codes, const float[::1] absmax, const float[::1] table,

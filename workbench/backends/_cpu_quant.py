@@ -54,8 +54,8 @@ def bind(K, module: str) -> dict:
         p = cpu_search_plan(codebook)
         n = A.numel()
         packed, absmax = _outputs(n, blocksize, (n + 1) // 2)
-        K.quantize_4bit(x, kind, blocksize, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code),
-                        packed.numpy(), absmax.numpy())
+        K.quantize_4bit(x, kind, blocksize, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code), p.cell_base,
+                        p.cell_bounds, p.cell_slots, packed.numpy(), absmax.numpy())
         return packed, absmax
 
     def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
