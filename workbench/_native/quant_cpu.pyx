@@ -100,18 +100,30 @@ cdef extern from *:
     /* 4-bit codes by the cell plan (workbench/codebook_tables.py: _cell_plan): s in cell c = min(floor(4 s) + 4, 7)
        has cell_base[c] bounds below it plus one per bound of its NS slots that is below it -- the count of
        kb_count15, exactly. AVX2: each 8-entry table is one register, looked up by vpermd/vpermps, so a value
-       costs ~10 vector instructions per 8 instead of 15 compares and 15 adds. NS is a constant at each call. */
+       costs ~10 vector instructions per 8 instead of 15 compares and 15 adds. NS is a constant at each call.
+       SC: buf already scaled (0), or scaled here as kb_scale would (1: times r, a full block; 2: divided by r,
+       the tail block; then clamped to [-1, 1]), which saves kb_scale's store and reload of the block. */
+    static inline __attribute__((always_inline)) float kb_scaled(float v, int sc, float r) {
+        if (sc == 0) return v;
+        float s = sc == 1 ? v * r : v / r;
+        return s > 1.0f ? 1.0f : (s < -1.0f ? -1.0f : s);
+    }
     static inline __attribute__((always_inline)) void kb_cells_ns(const float* buf, int64_t len, const int32_t* base,
                                                                   const float* slot, int ns, uint8_t* cnt,
-                                                                  uint8_t* packed) {
+                                                                  uint8_t* packed, int sc, float r) {
         int64_t i = 0;
     #if defined(__AVX2__)
         const __m256i basev = _mm256_loadu_si256((const __m256i*)base);
         const __m256 t0 = _mm256_loadu_ps(slot), t1 = _mm256_loadu_ps(slot + 8), t2 = _mm256_loadu_ps(slot + 16),
                      t3 = _mm256_loadu_ps(slot + 24), four = _mm256_set1_ps(4.0f);
         const __m256i off = _mm256_set1_epi32(4), top = _mm256_set1_epi32(7);
+        const __m256 rv = _mm256_set1_ps(r), one = _mm256_set1_ps(1.0f), mone = _mm256_set1_ps(-1.0f);
         for (; i + 8 <= len; i += 8) {
             __m256 s = _mm256_loadu_ps(buf + i);
+            if (sc) {   /* the values are finite here: min/max clamp as the ternaries of kb_scale do */
+                s = sc == 1 ? _mm256_mul_ps(s, rv) : _mm256_div_ps(s, rv);
+                s = _mm256_min_ps(_mm256_max_ps(s, mone), one);
+            }
             __m256i c = _mm256_min_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(_mm256_floor_ps(_mm256_mul_ps(s, four))),
                                                           off), top);
             __m256i k = _mm256_permutevar8x32_epi32(basev, c);   /* only c's low 3 bits are read */
@@ -131,10 +143,10 @@ cdef extern from *:
                 _mm_storel_epi64((__m128i*)(cnt + i), _mm_packus_epi16(w, w));
             }
         }
-        if (packed) return;   /* the caller passes packed only for len % 8 == 0 */
     #endif
+        if (packed) return;   /* passed only with AVX2 and len % 8 == 0: every value is coded above */
         for (; i < len; i++) {
-            float s = buf[i];
+            float s = kb_scaled(buf[i], sc, r);
             int c = (int)floorf(s * 4.0f) + 4;
             c = c < 0 ? 0 : (c > 7 ? 7 : c);
             int k = base[c];
@@ -149,14 +161,29 @@ cdef extern from *:
     #endif
     /* the 4-bit codes of a finite block: by the cell plan where it applies (0 <= ns <= 4), else kb_count15 */
     static inline void kb_codes4(const float* buf, int64_t len, const float* bnd, const int32_t* base,
-                                 const float* slot, int ns, uint8_t* cnt, uint8_t* packed) {
+                                 const float* slot, int ns, uint8_t* cnt) {
         switch (ns) {
-            case 0: kb_cells_ns(buf, len, base, slot, 0, cnt, packed); break;
-            case 1: kb_cells_ns(buf, len, base, slot, 1, cnt, packed); break;
-            case 2: kb_cells_ns(buf, len, base, slot, 2, cnt, packed); break;
-            case 3: kb_cells_ns(buf, len, base, slot, 3, cnt, packed); break;
-            case 4: kb_cells_ns(buf, len, base, slot, 4, cnt, packed); break;
+            case 0: kb_cells_ns(buf, len, base, slot, 0, cnt, NULL, 0, 1.0f); break;
+            case 1: kb_cells_ns(buf, len, base, slot, 1, cnt, NULL, 0, 1.0f); break;
+            case 2: kb_cells_ns(buf, len, base, slot, 2, cnt, NULL, 0, 1.0f); break;
+            case 3: kb_cells_ns(buf, len, base, slot, 3, cnt, NULL, 0, 1.0f); break;
+            case 4: kb_cells_ns(buf, len, base, slot, 4, cnt, NULL, 0, 1.0f); break;
             default: kb_count15(buf, len, bnd, cnt);
+        }
+    }
+    /* the fast path of a block: unscaled values in, scaled (SC 1 or 2, by r) and packed in one pass */
+    static inline void kb_codes4_packed(const float* buf, int64_t len, const int32_t* base, const float* slot, int ns,
+                                        int sc, float r, uint8_t* packed) {
+        if (sc == 1) {
+            switch (ns) {
+                case 0: kb_cells_ns(buf, len, base, slot, 0, NULL, packed, 1, r); break;
+                case 1: kb_cells_ns(buf, len, base, slot, 1, NULL, packed, 1, r); break;
+                case 2: kb_cells_ns(buf, len, base, slot, 2, NULL, packed, 1, r); break;
+                case 3: kb_cells_ns(buf, len, base, slot, 3, NULL, packed, 1, r); break;
+                default: kb_cells_ns(buf, len, base, slot, 4, NULL, packed, 1, r);
+            }
+        } else {
+            kb_cells_ns(buf, len, base, slot, ns, NULL, packed, 2, r);   /* one tail block per call */
         }
     }
 
@@ -207,16 +234,29 @@ cdef extern from *:
         float buf[KB_MAXBLOCK];
         uint8_t cnt[KB_MAXBLOCK + 1];
         int64_t len = end - start;
+        if (len <= 0 || len > KB_MAXBLOCK) return;   /* never: the entry points check the blocksize */
         kb_load(x, kind, start, len, buf);
-        uint32_t m = kb_scale(buf, len, is_tail, absmax_b);
         uint8_t* out = packed + (start >> 1);
+        uint32_t m;
+        if (KB_HAS_CELLS && identity && (len & 7) == 0 && cell_slots >= 0 && cell_slots <= 4) {
+            /* kb_scale's rule, its scaling fused into the code pass, the codes packed straight out */
+            m = kb_absmax_bits(buf, len);
+            float am = kb_bits_f32(m);
+            if (m < KB_EXP) {
+                float amc = am > KB_TINY ? am : KB_TINY;
+                *absmax_b = is_tail ? amc : am;
+                kb_codes4_packed(buf, len, cell_base, cell_bounds, cell_slots, is_tail ? 2 : 1,
+                                 is_tail ? amc : 1.0f / amc, out);
+                return;
+            }
+            *absmax_b = am;
+        } else {
+            m = kb_scale(buf, len, is_tail, absmax_b);
+        }
         if (m >= KB_EXP) {
             kb_nonfinite_codes(buf, len, m, nan_code, zero_code, cnt);
-        } else if (KB_HAS_CELLS && identity && (len & 7) == 0 && cell_slots >= 0 && cell_slots <= 4) {
-            kb_codes4(buf, len, bnd15, cell_base, cell_bounds, cell_slots, cnt, out);   /* packed straight out */
-            return;
         } else {
-            kb_codes4(buf, len, bnd15, cell_base, cell_bounds, cell_slots, cnt, NULL);
+            kb_codes4(buf, len, bnd15, cell_base, cell_bounds, cell_slots, cnt);
             if (!identity) for (int64_t i = 0; i < len; i++) cnt[i] = bcodes[cnt[i]];
         }
         if (len & 1) cnt[len] = zero_code;   /* bitsandbytes pads an odd tail with 0.0 */
@@ -332,6 +372,13 @@ cdef extern from *:
                            int kind, void* out) nogil
 
 
+cdef int64_t _nblocks(int64_t n, int64_t blocksize) except -1:
+    """The block count; the per-block kernels work in stack buffers of KB_MAXBLOCK values."""
+    if blocksize < 1 or blocksize > 4096:
+        raise ValueError(f"blocksize: expected 1..4096 (the kernels' block buffers), got {blocksize}")
+    return (n + blocksize - 1) // blocksize
+
+
 def max_threads():
     return kb_max_threads()
 
@@ -348,7 +395,7 @@ def quantize_blockwise(x, int kind, int64_t blocksize, int mode, const float[::1
     cdef uint8_t nan_code = bcodes[bcodes.shape[0] - 1]
     cdef uint8_t zero_code = kb_code_of(0.0, mode, &bnd15[0], &bcodes[0], &kbound[0], &klo[0], &khi[0],
                                         &bounds_pad[0], bounds_pad.shape[0])
-    cdef int64_t nblocks = (n + blocksize - 1) // blocksize
+    cdef int64_t nblocks = _nblocks(n, blocksize)
     cdef const void* px = _addr(x)
     cdef int64_t b, start, end
     for b in prange(nblocks, nogil=True, schedule="static"):
@@ -363,7 +410,7 @@ def quantize_blockwise_stochastic(x, int kind, const float[::1] bounds_pad, cons
                                   const float[::1] values, int64_t blocksize, const float[::1] rand,
                                   uint8_t[::1] codes, float[::1] absmax):
     cdef int64_t n = x.shape[0]
-    cdef int64_t nblocks = (n + blocksize - 1) // blocksize
+    cdef int64_t nblocks = _nblocks(n, blocksize)
     cdef const void* px = _addr(x)
     cdef int64_t b, start, end
     if rand.shape[0] < n:
@@ -378,7 +425,7 @@ def quantize_blockwise_stochastic(x, int kind, const float[::1] bounds_pad, cons
 def quantize_blockwise_ordlut(x, int kind, int64_t blocksize, const uint32_t[::1] lut, uint8_t[::1] codes,
                               float[::1] absmax):
     cdef int64_t n = x.shape[0]
-    cdef int64_t nblocks = (n + blocksize - 1) // blocksize
+    cdef int64_t nblocks = _nblocks(n, blocksize)
     cdef const void* px = _addr(x)
     cdef int64_t b, start, end
     if lut.shape[0] != 65536:
@@ -403,7 +450,7 @@ def quantize_4bit(x, int kind, int64_t blocksize, const float[::1] bnd15, const 
     15-bound count instead), the same codes either way."""
     cdef int64_t n = x.shape[0]
     cdef uint8_t nan_code = bcodes[bcodes.shape[0] - 1]  # non-finite blocks
-    cdef int64_t nblocks = (n + blocksize - 1) // blocksize
+    cdef int64_t nblocks = _nblocks(n, blocksize)
     cdef const void* px = _addr(x)
     cdef int64_t b, start, end
     if bnd15.shape[0] != 15 or cell_base.shape[0] != 8 or cell_bounds.shape[0] != 32:
@@ -419,7 +466,7 @@ def quantize_4bit(x, int kind, int64_t blocksize, const float[::1] bnd15, const 
 def dequantize_blockwise(const uint8_t[::1] codes, const float[::1] absmax, const float[::1] table,
                          int64_t blocksize, int kind, out):
     cdef int64_t n = codes.shape[0]
-    cdef int64_t nblocks = (n + blocksize - 1) // blocksize
+    cdef int64_t nblocks = _nblocks(n, blocksize)
     cdef void* po = <void*><size_t>out.ctypes.data
     cdef int64_t b, start, end
     for b in prange(nblocks, nogil=True, schedule="static"):
@@ -430,7 +477,7 @@ def dequantize_blockwise(const uint8_t[::1] codes, const float[::1] absmax, cons
 
 def dequantize_4bit(const uint8_t[::1] packed, const float[::1] absmax, const float[::1] table, int64_t blocksize,
                     int64_t n, int kind, out):
-    cdef int64_t nblocks = (n + blocksize - 1) // blocksize
+    cdef int64_t nblocks = _nblocks(n, blocksize)
     cdef void* po = <void*><size_t>out.ctypes.data
     cdef int64_t b, start, end
     for b in prange(nblocks, nogil=True, schedule="static"):
