@@ -11,8 +11,8 @@ its tables from the functions below, each cached per (codebook, device) in ``Cod
 table (function)   kernels (backend)             holds; built by
 =================  ============================  =========================================================
 cpu_search_plan    numba_cpu, cython_cpu         SearchPlan: mode (linear count / 16-bit-key table / binary
-                   quantizers; CPU 8-bit         search), padded bounds, codes, 65536-entry key tables;
-                   optimizers                    _build_cpu_search_plan (here)
+                   quantizers; CPU 8-bit         search), padded bounds, codes, 65536-entry key tables, the
+                   optimizers                    4-bit cell plan (Cython AVX2); _build_cpu_search_plan (here)
 cpu_ord_lut        numba_cpu, cython_cpu 8-bit   uint32[65536] integer-ordered search table, None for <= 16
                    quantizers                    buckets or too dense; numba_kernels/cpu/quant.py:ord_lut
 cuda_quant_arrays  cuda quantizers               contiguous host bounds / bucket_codes; the C library builds
