@@ -99,8 +99,9 @@ cdef extern from *:
 
     /* 4-bit codes by the cell plan (workbench/codebook_tables.py: _cell_plan): s in cell c = min(floor(4 s) + 4, 7)
        has cell_base[c] bounds below it plus one per bound of its NS slots that is below it -- the count of
-       kb_count15, exactly. AVX2: each 8-entry table is one register, looked up by vpermd/vpermps, so a value
-       costs ~10 vector instructions per 8 instead of 15 compares and 15 adds. NS is a constant at each call.
+       kb_count15, exactly. AVX2: each 8-entry table is one register, looked up by vpermd/vpermps, so 8 values
+       cost ~15 vector instructions (NF4: 3 slots) instead of 15 compares and 15 adds. NS is a constant at each
+       call.
        SC: buf already scaled (0), or scaled here as kb_scale would (1: times r, a full block; 2: divided by r,
        the tail block; then clamped to [-1, 1]), which saves kb_scale's store and reload of the block. */
     static inline __attribute__((always_inline)) float kb_scaled(float v, int sc, float r) {
@@ -135,9 +136,9 @@ cdef extern from *:
                 __m256i v = _mm256_or_si256(_mm256_slli_epi64(k, 4), _mm256_srli_epi64(k, 32));
                 v = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                                             0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
-                uint32_t four = (uint32_t)(uint16_t)_mm256_extract_epi16(v, 0)
-                                | ((uint32_t)(uint16_t)_mm256_extract_epi16(v, 8) << 16);
-                memcpy(packed + (i >> 1), &four, 4);
+                uint32_t bytes4 = (uint32_t)(uint16_t)_mm256_extract_epi16(v, 0)
+                                  | ((uint32_t)(uint16_t)_mm256_extract_epi16(v, 8) << 16);
+                memcpy(packed + (i >> 1), &bytes4, 4);
             } else {
                 __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1));
                 _mm_storel_epi64((__m128i*)(cnt + i), _mm_packus_epi16(w, w));
