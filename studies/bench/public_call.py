@@ -71,16 +71,18 @@ def _cases(n: int, F):
 
 
 def _interleaved_ms(fns: dict, reps: int) -> dict:
-    """Median ms per callable, the callables timed in turn (a busy CPU slows them alike)."""
+    """Median ms per callable, the callables timed in turn (a busy CPU slows them alike), in the opposite order
+    every other round, so that none always follows the same one."""
     import statistics
     import time
     samples = {k: [] for k in fns}
     for f in fns.values():
         f()
-    for _ in range(reps):
-        for k, f in fns.items():
+    order = list(fns)
+    for r in range(reps):
+        for k in (order if r % 2 == 0 else order[::-1]):
             t0 = time.perf_counter()
-            f()
+            fns[k]()
             samples[k].append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in samples.items()}
 
@@ -107,10 +109,11 @@ def run_cpu(n_log2: int, reps: int = 15) -> pd.DataFrame:
               lambda k: (lambda: k(c.view(-1), s8.absmax, s8.code, 4096, torch.bfloat16)), None)]
     for op, public, kernel_of, theirs in cases:
         be = resolve_name("auto", op, "cpu", "bfloat16")
-        fns = {"public": public, "kernel": kernel_of(get_op(be, op, "cpu"))}
+        # bitsandbytes timed on its own: each of its ~0.1 s calls leaves torch's OpenMP threads spinning on both
+        # cores, which slowed whichever of ours came next (the public call, in the fixed order of before)
+        ms = _interleaved_ms({"public": public, "kernel": kernel_of(get_op(be, op, "cpu"))}, reps)
         if theirs is not None:
-            fns["bnb"] = theirs
-        ms = _interleaved_ms(fns, reps)
+            ms.update(_interleaved_ms({"bnb": theirs}, reps))
         row = {"op": op, "n": n, "dtype": "bfloat16", "auto_backend": be, "public_ms": ms["public"],
                "kernel_ms": ms["kernel"], "ratio": ms["public"] / ms["kernel"]}
         if "bnb" in ms:
