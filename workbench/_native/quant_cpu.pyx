@@ -15,6 +15,7 @@ torch.bucketize gives the reference's scaled values: NaN -> bucket_codes[-1], +-
 0.0) instead of the vectorized path.
 """
 from cython.parallel cimport prange
+from libc.math cimport NAN
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t
 
 cdef extern from *:
@@ -22,7 +23,7 @@ cdef extern from *:
     #include <stdint.h>
     #include <string.h>
     #include <math.h>
-    #if defined(__AVX2__)
+    #if defined(__AVX2__) || defined(__SSSE3__)
     #include <immintrin.h>
     #endif
     #ifdef _OPENMP
@@ -282,8 +283,46 @@ cdef extern from *:
             for (int64_t i = 0; i < len; i++) o[i] = table[c[i]] * am;
             return;
         }
+        if (len >= 1024) {   /* 16-bit output of a large block: round each of the 256 products once, then look up */
+            uint16_t v[256];
+            for (int k = 0; k < 256; k++) { float f = table[k] * am; v[k] = kind == 1 ? kb_f32_to_bf16(f) : kb_f32_to_f16(f); }
+            uint16_t* o = (uint16_t*)out + start;
+            for (int64_t i = 0; i < len; i++) o[i] = v[c[i]];
+            return;
+        }
         for (int64_t i = 0; i < len; i++) vals[i] = table[c[i]] * am;
         kb_store(vals, len, kind, out, start);
+    }
+
+    /* 16-bit outputs: the block's 16 possible values rounded once each (the same rounding of the same float32
+       product as element by element), then a byte -> two 16-bit values lookup. SSSE3: pshufb looks up 16
+       codes at a time in the values' low-byte and high-byte tables, and byte/word unpacks put each value's two
+       bytes together and the high-nibble (even) and low-nibble (odd) elements in order. */
+    static inline void kb_dequant4_block16(const uint8_t* p, const float* t, int64_t len, int kind, uint16_t* o) {
+        uint16_t v[16];
+        for (int k = 0; k < 16; k++) v[k] = kind == 1 ? kb_f32_to_bf16(t[k]) : kb_f32_to_f16(t[k]);
+        int64_t j = 0, npairs = len >> 1;
+    #if defined(__SSSE3__)
+        uint8_t lo8[16], hi8[16];
+        for (int k = 0; k < 16; k++) { lo8[k] = (uint8_t)(v[k] & 0xFF); hi8[k] = (uint8_t)(v[k] >> 8); }
+        const __m128i tlo = _mm_loadu_si128((const __m128i*)lo8), thi = _mm_loadu_si128((const __m128i*)hi8);
+        const __m128i m0f = _mm_set1_epi8(0x0F);
+        for (; j + 16 <= npairs; j += 16) {
+            __m128i b = _mm_loadu_si128((const __m128i*)(p + j));
+            __m128i hn = _mm_and_si128(_mm_srli_epi16(b, 4), m0f), ln = _mm_and_si128(b, m0f);
+            __m128i even_l = _mm_shuffle_epi8(tlo, hn), even_h = _mm_shuffle_epi8(thi, hn);
+            __m128i odd_l = _mm_shuffle_epi8(tlo, ln), odd_h = _mm_shuffle_epi8(thi, ln);
+            __m128i e0 = _mm_unpacklo_epi8(even_l, even_h), e1 = _mm_unpackhi_epi8(even_l, even_h);  /* elements 0, 2, .. */
+            __m128i d0 = _mm_unpacklo_epi8(odd_l, odd_h), d1 = _mm_unpackhi_epi8(odd_l, odd_h);      /* elements 1, 3, .. */
+            __m128i* q = (__m128i*)(o + 2 * j);
+            _mm_storeu_si128(q, _mm_unpacklo_epi16(e0, d0));
+            _mm_storeu_si128(q + 1, _mm_unpackhi_epi16(e0, d0));
+            _mm_storeu_si128(q + 2, _mm_unpacklo_epi16(e1, d1));
+            _mm_storeu_si128(q + 3, _mm_unpackhi_epi16(e1, d1));
+        }
+    #endif
+        for (; j < npairs; j++) { uint8_t b = p[j]; o[2 * j] = v[b >> 4]; o[2 * j + 1] = v[b & 15]; }
+        if (len & 1) o[len - 1] = v[p[npairs] >> 4];
     }
 
     static inline void kb_dequant4_block(const uint8_t* packed, float am, const float* table, int64_t start,
@@ -293,10 +332,11 @@ cdef extern from *:
         int64_t len = end - start, nb = (len + 1) >> 1;
         for (int k = 0; k < 16; k++) t[k] = table[k] * am;   /* same float32 product per code */
         const uint8_t* p = packed + (start >> 1);
-        float* dst = kind == 0 ? (float*)out + start : vals;
-        if (kind == 0 && (len & 1)) dst = vals;
+        if (kind != 0) { kb_dequant4_block16(p, t, len, kind, (uint16_t*)out + start); return; }
+        float* dst = (float*)out + start;
+        if (len & 1) dst = vals;
         for (int64_t j = 0; j < nb; j++) { uint8_t b = p[j]; dst[2 * j] = t[b >> 4]; dst[2 * j + 1] = t[b & 15]; }
-        if (kind != 0 || (len & 1)) kb_store(vals, len, kind, out, start);
+        if (len & 1) kb_store(vals, len, kind, out, start);
     }
 
     /* stochastic rounding (see workbench/backends/reference/quant.py): with lo <= s < hi the
@@ -468,12 +508,18 @@ def dequantize_blockwise(const uint8_t[::1] codes, const float[::1] absmax, cons
                          int64_t blocksize, int kind, out):
     cdef int64_t n = codes.shape[0]
     cdef int64_t nblocks = _nblocks(n, blocksize)
+    cdef float tab[256]   # the table padded with NaN: every uint8 code reads inside it
+    cdef int k
+    if absmax.shape[0] < nblocks:
+        raise ValueError(f"dequantize_blockwise: expected {nblocks} absmax values, got {absmax.shape[0]}")
+    for k in range(256):
+        tab[k] = table[k] if k < table.shape[0] else NAN
     cdef void* po = <void*><size_t>out.ctypes.data
     cdef int64_t b, start, end
     for b in prange(nblocks, nogil=True, schedule="static"):
         start = b * blocksize
         end = start + blocksize if start + blocksize < n else n
-        kb_dequant8_block(&codes[0], absmax[b], &table[0], start, end, kind, po)
+        kb_dequant8_block(&codes[0], absmax[b], tab, start, end, kind, po)
 
 
 def dequantize_4bit(const uint8_t[::1] packed, const float[::1] absmax, const float[::1] table, int64_t blocksize,
@@ -481,7 +527,14 @@ def dequantize_4bit(const uint8_t[::1] packed, const float[::1] absmax, const fl
     cdef int64_t nblocks = _nblocks(n, blocksize)
     cdef void* po = <void*><size_t>out.ctypes.data
     cdef int64_t b, start, end
+    cdef float tab[16]    # the table padded with NaN: every 4-bit code reads inside it
+    cdef int k
+    if absmax.shape[0] < nblocks or packed.shape[0] < (n + 1) // 2:
+        raise ValueError(f"dequantize_4bit: expected {nblocks} absmax values and {(n + 1) // 2} packed bytes "
+                         f"(got {absmax.shape[0]}, {packed.shape[0]})")
+    for k in range(16):
+        tab[k] = table[k] if k < table.shape[0] else NAN
     for b in prange(nblocks, nogil=True, schedule="static"):
         start = b * blocksize
         end = start + blocksize if start + blocksize < n else n
-        kb_dequant4_block(&packed[0], absmax[b], &table[0], start, end, kind, po)
+        kb_dequant4_block(&packed[0], absmax[b], tab, start, end, kind, po)
