@@ -280,3 +280,30 @@ def test_cython_4bit_cells_equal_the_reference_at_bounds_and_edges(rng):
             pr, ar = get_op("reference", "quantize_4bit")(A, cb, 64)
             pc, ac = get_op("cython_cpu", "quantize_4bit")(A, cb, 64)
             assert torch.equal(pc, pr) and torch.equal(ac, ar), (cb.name, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_compiled_4bit_dequantize_rounds_like_the_reference_at_every_scale(rng, dtype):
+    """The Cython kernel rounds a block's 16 products 8 at a time (integer round-half-even for bf16, F16C for
+    fp16), the scalar rule for a non-finite absmax: absmax from fp16-subnormal to fp16-overflow magnitudes,
+    NaN and Inf, every code, equal to the reference bit for bit (NaN where it is NaN)."""
+    cb = cbs.get("nf4")
+    table = cb.tensors()[0]
+    nb, bs = 200, 64
+    packed = torch.randint(0, 256, (nb * bs // 2,), dtype=torch.uint8, generator=rng)
+    absmax = torch.exp2(torch.empty(nb).uniform_(-30, 20, generator=rng)) * torch.rand(nb, generator=rng)
+    absmax[:4] = torch.tensor([float("nan"), float("inf"), 0.0, 65504.0])
+    # ties for the code 1.0 (NF4's last value): half-way in bf16 (low 16 bits 0x8000) and in fp16 (low 13 bits
+    # 0x1000), each with an even and an odd kept bit, so round-half-to-even shows
+    ties = torch.tensor([0x3F808000, 0x3F818000, 0x40008000, 0x40018000, 0x3F801000, 0x3F803000, 0x41201000,
+                         0x41203000], dtype=torch.int32)
+    absmax[4:12] = ties.view(torch.float32)
+    packed[2 * 32: 12 * 32] = 0xFF   # blocks 2..11: every code 15 (1.0)
+    want = get_op("reference", "dequantize_4bit")(packed, absmax, table, bs, nb * bs - 3, dtype)
+    for backend in ("cython_cpu", "numba_cpu"):
+        if not status(backend)[0]:
+            continue
+        got = get_op(backend, "dequantize_4bit")(packed, absmax, table, bs, nb * bs - 3, dtype)
+        nan = want.isnan()   # NaN payloads are not part of the spec (the NaN-absmax block)
+        assert torch.equal(got.isnan(), nan), backend
+        assert torch.equal(got[~nan].view(torch.int16), want[~nan].view(torch.int16)), backend

@@ -298,14 +298,39 @@ cdef extern from *:
        product as element by element), then a byte -> two 16-bit values lookup. SSSE3: pshufb looks up 16
        codes at a time in the values' low-byte and high-byte tables, and byte/word unpacks put each value's two
        bytes together and the high-nibble (even) and low-nibble (odd) elements in order. */
-    static inline void kb_dequant4_block16(const uint8_t* p, const float* t, int64_t len, int kind, uint16_t* o) {
+    static inline void kb_dequant4_block16(const uint8_t* p, const float* t, float am, int64_t len, int kind,
+                                           uint16_t* o) {
         uint16_t v[16];
-        for (int k = 0; k < 16; k++) v[k] = kind == 1 ? kb_f32_to_bf16(t[k]) : kb_f32_to_f16(t[k]);
         int64_t j = 0, npairs = len >> 1;
+    #if defined(__AVX2__) && defined(__F16C__)
+        uint32_t ab = kb_f32_bits(am);
+        if ((ab & 0x7F800000u) != 0x7F800000u) {
+            /* a finite absmax: the 16 products rounded 8 at a time (bf16: the integer round-half-even
+               of kb_f32_to_bf16; fp16: F16C, the same IEEE rounding as kb_f32_to_f16 for finite values) */
+            __m256 q0 = _mm256_loadu_ps(t), q1 = _mm256_loadu_ps(t + 8);   /* t: the float32 products */
+            __m256i w;
+            if (kind == 1) {
+                const __m256i bias = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1);
+                __m256i u0 = _mm256_castps_si256(q0), u1 = _mm256_castps_si256(q1);
+                u0 = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u0, bias), _mm256_and_si256(_mm256_srli_epi32(u0, 16), one)), 16);
+                u1 = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u1, bias), _mm256_and_si256(_mm256_srli_epi32(u1, 16), one)), 16);
+                w = _mm256_permute4x64_epi64(_mm256_packus_epi32(u0, u1), 0xD8);     /* v0..v15 in order */
+            } else {
+                w = _mm256_set_m128i(_mm256_cvtps_ph(q1, _MM_FROUND_TO_NEAREST_INT),
+                                     _mm256_cvtps_ph(q0, _MM_FROUND_TO_NEAREST_INT));
+            }
+            _mm256_storeu_si256((__m256i*)v, w);
+        } else {
+            for (int k = 0; k < 16; k++) v[k] = kind == 1 ? kb_f32_to_bf16(t[k]) : kb_f32_to_f16(t[k]);
+        }
+    #else
+        for (int k = 0; k < 16; k++) v[k] = kind == 1 ? kb_f32_to_bf16(t[k]) : kb_f32_to_f16(t[k]);
+    #endif
     #if defined(__SSSE3__)
-        uint8_t lo8[16], hi8[16];
-        for (int k = 0; k < 16; k++) { lo8[k] = (uint8_t)(v[k] & 0xFF); hi8[k] = (uint8_t)(v[k] >> 8); }
-        const __m128i tlo = _mm_loadu_si128((const __m128i*)lo8), thi = _mm_loadu_si128((const __m128i*)hi8);
+        const __m128i split = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+        __m128i a = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)v), split),         /* lo0-7 | hi0-7 */
+                b = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i*)(v + 8)), split);   /* lo8-15 | hi8-15 */
+        const __m128i tlo = _mm_unpacklo_epi64(a, b), thi = _mm_unpackhi_epi64(a, b);
         const __m128i m0f = _mm_set1_epi8(0x0F);
         for (; j + 16 <= npairs; j += 16) {
             __m128i b = _mm_loadu_si128((const __m128i*)(p + j));
@@ -332,7 +357,7 @@ cdef extern from *:
         int64_t len = end - start, nb = (len + 1) >> 1;
         for (int k = 0; k < 16; k++) t[k] = table[k] * am;   /* same float32 product per code */
         const uint8_t* p = packed + (start >> 1);
-        if (kind != 0) { kb_dequant4_block16(p, t, len, kind, (uint16_t*)out + start); return; }
+        if (kind != 0) { kb_dequant4_block16(p, t, am, len, kind, (uint16_t*)out + start); return; }
         float* dst = (float*)out + start;
         if (len & 1) dst = vals;
         for (int64_t j = 0; j < nb; j++) { uint8_t b = p[j]; dst[2 * j] = t[b >> 4]; dst[2 * j + 1] = t[b & 15]; }
