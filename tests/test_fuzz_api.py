@@ -1078,18 +1078,25 @@ def _short_absmax_args(n=1000, blocksize=64):
 
 
 def test_debug_cython_kernel_catches_short_absmax():
-    """The debug build turns a kernel's out-of-bounds read into IndexError (the release one would read
-    past the buffer): proof that the fuzz run against it catches a missed validation."""
+    """The dequantizers' entry points check their absmax length (ValueError, in both builds). Where no such
+    check stands, the debug build turns a kernel's out-of-bounds access into IndexError (the release one would
+    write past the buffer): proof that the fuzz run against it catches a missed validation."""
     try:
         from workbench._native import quant_cpu_debug as K
     except ImportError:
         pytest.skip("debug Cython extensions not built (make build-debug)")
+    from workbench.codebook_tables import cpu_search_plan
     codes, absmax, table, out = _short_absmax_args()
-    with pytest.raises(IndexError, match="[Oo]ut of bounds"):
+    with pytest.raises(ValueError, match="absmax"):
         K.dequantize_blockwise(codes, absmax, table, 64, 0, out)
     packed = np.zeros(500, np.uint8)
-    with pytest.raises(IndexError, match="[Oo]ut of bounds"):
+    with pytest.raises(ValueError, match="absmax"):
         K.dequantize_4bit(packed, absmax, table[:16].copy(), 64, 1000, 0, out)
+    p = cpu_search_plan(cbs.get("nf4"))
+    x = np.zeros(1000, np.float32)
+    with pytest.raises(IndexError, match="[Oo]ut of bounds"):   # 16 blocks, room for 2 absmax outputs
+        K.quantize_4bit(x, 0, 64, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code), p.cell_base,
+                        p.cell_bounds, p.cell_slots, packed, absmax)
     K.dequantize_blockwise(codes, np.ones(16, np.float32), table, 64, 0, out)  # the right size runs
     assert np.all(out == table[0])
 
