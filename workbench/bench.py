@@ -35,6 +35,24 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def interleaved_ms(fns: dict, device: str = "cpu", reps: int = 15, warmup: int = 1) -> dict:
+    """Median ms per callable, the callables timed in turn, in the opposite order every other round: on a
+    shared machine a busy moment then slows all of them alike, and none always follows the same one."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    order = list(fns)
+    for r in range(reps):
+        for k in (order if r % 2 == 0 else order[::-1]):
+            _sync(device)
+            t0 = time.perf_counter()
+            fns[k]()
+            _sync(device)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def time_fn(fn: Callable[[], object], device: str = "cpu", *, warmup: int = 3, reps: int = 20,
             min_time_s: float = 0.0) -> Timing:
     """Median wall time of ``fn()`` in ms. On CUDA uses events on the current stream."""

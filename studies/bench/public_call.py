@@ -70,23 +70,6 @@ def _cases(n: int, F):
     return out
 
 
-def _interleaved_ms(fns: dict, reps: int) -> dict:
-    """Median ms per callable, the callables timed in turn (a busy CPU slows them alike), in the opposite order
-    every other round, so that none always follows the same one."""
-    import statistics
-    import time
-    samples = {k: [] for k in fns}
-    for f in fns.values():
-        f()
-    order = list(fns)
-    for r in range(reps):
-        for k in (order if r % 2 == 0 else order[::-1]):
-            t0 = time.perf_counter()
-            fns[k]()
-            samples[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
 def run_cpu(n_log2: int, reps: int = 15) -> pd.DataFrame:
     """CPU: the public call (backend 'auto', defaults) beside the chosen backend's kernel adapter called
     directly (what the op dispatches to), and bitsandbytes' CPU call."""
@@ -111,9 +94,9 @@ def run_cpu(n_log2: int, reps: int = 15) -> pd.DataFrame:
         be = resolve_name("auto", op, "cpu", "bfloat16")
         # bitsandbytes timed on its own: each of its ~0.1 s calls leaves torch's OpenMP threads spinning on both
         # cores, which slowed whichever of ours came next (the public call, in the fixed order of before)
-        ms = _interleaved_ms({"public": public, "kernel": kernel_of(get_op(be, op, "cpu"))}, reps)
+        ms = bench.interleaved_ms({"public": public, "kernel": kernel_of(get_op(be, op, "cpu"))}, "cpu", reps)
         if theirs is not None:
-            ms.update(_interleaved_ms({"bnb": theirs}, reps))
+            ms.update(bench.interleaved_ms({"bnb": theirs}, "cpu", reps))
         row = {"op": op, "n": n, "dtype": "bfloat16", "auto_backend": be, "public_ms": ms["public"],
                "kernel_ms": ms["kernel"], "ratio": ms["public"] / ms["kernel"]}
         if "bnb" in ms:

@@ -17,33 +17,13 @@ import torch
 
 from . import NAMES, devices_of, status
 from .registry import RANKING_FILE, registered
+from ..bench import interleaved_ms
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 OPS = ("quantize_4bit", "dequantize_4bit", "quantize_blockwise", "dequantize_blockwise", "int8_vectorwise_quant",
        "optimizer_update_8bit_blockwise", "optimizer_update_32bit", "quantize_kbit", "dequantize_kbit")
 SKIP = ("bnb",)  # the external oracle is never chosen by 'auto'
 LAST = "reference"  # the spec: ranked last without timing it (seconds per call at these sizes)
-
-
-def _median_ms(fns: dict, device: str, reps: int) -> dict:
-    """Median ms per callable, the callables timed in turn, in the opposite order every other round: on a
-    shared machine a busy moment then slows all of them alike (one after another, a backend timed in a
-    quiet minute beat one timed in a busy one)."""
-    for fn in fns.values():
-        fn()
-        fn()
-    times = {k: [] for k in fns}
-    order = list(fns)
-    for r in range(reps):
-        for k in (order if r % 2 == 0 else order[::-1]):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fns[k]()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
 def _calls(op: str, A: torch.Tensor, backend: str):
@@ -100,7 +80,8 @@ def measure(device: str, n: int, reps: int) -> dict:
         timed = [b for b in cands if b != LAST] or cands
         for dname, dtype in DTYPES.items():
             A = torch.randn(n, generator=gen).to(device=device, dtype=dtype)
-            ms = _median_ms({b: _calls(op, A, b) for b in timed}, device, reps)
+            # interleaved: one after another, a backend timed in a quiet minute beat one timed in a busy one
+            ms = interleaved_ms({b: _calls(op, A, b) for b in timed}, device, reps, warmup=2)
             ranking.setdefault(op, {})[dname] = sorted(ms, key=ms.get) + [b for b in cands if b not in timed]
             medians.setdefault(op, {})[dname] = {b: round(v, 4) for b, v in ms.items()}
     return {"ranking": ranking, "median_ms": medians}
