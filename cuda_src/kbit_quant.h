@@ -54,7 +54,7 @@ cudaError_t kbit_dequantize_4bit(const unsigned char* packed, const float* absma
 
 /* 1 if this library was built with the spec's IEEE flags (no FMA contraction, IEEE division, no FTZ). */
 int kbit_quant_ieee_build(void);
-/* A/B knob: 1 = the dequantizers store through a per-warp shared-memory stage (off by default) */
+/* A/B knob for the dequantizers' per-warp shared-memory stage: 1 on, 0 off, -1 the default (on for 4-bit codes) */
 void kbit_quant_tuning(int staged_dequant);
 
 #ifdef __cplusplus

@@ -670,8 +670,7 @@ template <typename T> __device__ __forceinline__ void store_chunk(void* out, lon
 }
 
 // STAGED: a warp's 32 chunks leave through shared memory, 512 contiguous bytes per store
-// (kbit_store_warp_staged); the k-bit dequantizer gained 1.5-2x from it on the H200. Off by default until its A/B
-// and parity run on a GPU (kbit_quant_tuning; tests/test_gpu_quant.py).
+// (kbit_store_warp_staged). The default uses it for 4-bit codes, where it measured faster (g_staged_dequant).
 template <typename T>
 __device__ __forceinline__ void store_chunk_staged(void* out, long long e0_warp, const float* v, uint4* st, int lane) {
     constexpr int S = sizeof(T) == 4 ? 4 : 2;   // 16-byte slots per chunk
@@ -925,8 +924,10 @@ cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const
     return dispatch_t<BITS, L, 0>(A, dtype, n, blocksize, tree, out, absmax, flags, nan_code, stream);
 }
 
-// A/B knob (studies/probes/quant_dequant_ab.py): the dequantizer's staged stores, off until measured.
-bool g_staged_dequant = false;
+// The dequantizers' per-warp staged stores: on for 4-bit codes, off for 8-bit (H200, n = 2^28 into bf16: 4-bit
+// 0.221 -> 0.169 ms, 8-bit 0.210 -> 0.218 ms; studies/probes/quant_dequant_ab.py, reports/gpu-h200/staged_dequant).
+// The A/B knob kbit_quant_tuning: -1 that default, 0 direct, 1 staged.
+int g_staged_dequant = -1;
 
 template <int BITS>
 cudaError_t dequantize(const unsigned char* in, const float* absmax, const float* table, int ntable, long long n,
@@ -938,7 +939,8 @@ cudaError_t dequantize(const unsigned char* in, const float* absmax, const float
     const unsigned grid = (unsigned)((threads + THREADS - 1) / THREADS);
     const int shift = log2i(blocksize);
     const int vec_ok = aligned16(in) && aligned16(out);
-#define KD(T) (g_staged_dequant ? k_dequantize<T, BITS, true><<<grid, THREADS, 0, stream>>>( \
+    const bool staged = g_staged_dequant < 0 ? BITS == 4 : g_staged_dequant != 0;
+#define KD(T) (staged ? k_dequantize<T, BITS, true><<<grid, THREADS, 0, stream>>>( \
                                      in, absmax, table, ntable, n, shift, out, vec_ok) \
                                : k_dequantize<T, BITS, false><<<grid, THREADS, 0, stream>>>( \
                                      in, absmax, table, ntable, n, shift, out, vec_ok))
@@ -980,7 +982,7 @@ cudaError_t kbit_dequantize_4bit(const unsigned char* packed, const float* absma
     return dequantize<4>(packed, absmax, table, 16, n, blocksize, out, dtype, stream);
 }
 
-void kbit_quant_tuning(int staged_dequant) { g_staged_dequant = staged_dequant != 0; }
+void kbit_quant_tuning(int staged_dequant) { g_staged_dequant = staged_dequant < 0 ? -1 : staged_dequant != 0; }
 
 int kbit_quant_ieee_build(void) {
 #if defined(__FAST_MATH__) || defined(__USE_FAST_MATH__)

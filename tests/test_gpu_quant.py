@@ -304,8 +304,8 @@ def test_nonfinite_reference_on_gpu_equals_cpu(rng):
 
 
 def test_dequantize_staged_stores_equal_the_direct_ones(rng):
-    """cuda_src/quant.cu's dequantizers with their per-warp staged stores (the kbit_quant_tuning knob, off by
-    default) give the direct stores' outputs bit for bit: 4-bit and 8-bit codes, every output dtype, sizes with a
+    """cuda_src/quant.cu's dequantizers with their per-warp staged stores (the kbit_quant_tuning knob; the default
+    stages 4-bit codes only) give the direct stores' outputs bit for bit: 4-bit and 8-bit codes, every output dtype, sizes with a
     partial last warp, a partial last chunk and an odd tail."""
     C = _backend("cuda")
     nf4, dyn = cbs.get("nf4"), cbs.get("dynamic")
@@ -323,4 +323,4 @@ def test_dequantize_staged_stores_equal_the_direct_ones(rng):
                 for x, y in zip(*outs):
                     assert torch.equal(x.view(torch.uint8), y.view(torch.uint8)), (n, dtype)
     finally:
-        C.lib().kbit_quant_tuning(0)
+        C.lib().kbit_quant_tuning(-1)

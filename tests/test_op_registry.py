@@ -77,8 +77,8 @@ def test_auto_skips_kernels_not_yet_run_on_a_gpu(monkeypatch):
     """Simulator-verified kernels run when named, but 'auto' on a GPU does not pick them."""
     from workbench.backends import registry
     assert "numba_cuda" in candidates("quantize_4bit", "cuda", "bfloat16")
-    # affine groups have no CUDA C++ kernel: numba_cuda (GPU-tested), then the reference
-    assert candidates("quantize_kbit_affine", "cuda", None)[-2:] == ("numba_cuda", "reference")
+    # affine groups: the CUDA C++ kernel, numba_cuda, then the reference (none is skipped since their GPU runs)
+    assert candidates("quantize_kbit_affine", "cuda", None) == ("cuda", "numba_cuda", "reference")
     monkeypatch.setattr(registry, "NOT_YET_RUN_ON_A_GPU", {("numba_cuda", "quantize_4bit")})
     assert "numba_cuda" not in candidates("quantize_4bit", "cuda", "bfloat16")
     assert "numba_cuda" in candidates("dequantize_4bit", "cuda", "bfloat16")

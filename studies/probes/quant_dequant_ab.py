@@ -1,4 +1,4 @@
-"""A/B of the production dequantizers' staged stores (cuda_src/quant.cu, ``kbit_quant_tuning``, off by default):
+"""A/B of the production dequantizers' staged stores (cuda_src/quant.cu, ``kbit_quant_tuning``; by default on for 4-bit codes):
 dequantize_4bit (NF4, blocksize 64) and dequantize_blockwise (dynamic, 256) at n = 2^28 into bf16, each with the
 direct stores and with the per-warp shared-memory stage; kernel time by CUDA-graph replay, % of the device copy
 measured in the same run. Parity of the two: tests/test_gpu_quant.py::test_dequantize_staged_stores_equal_the_direct_ones.
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
                 rows.append(dict(op=op, staged=staged, ms=ms, pct_copy=pct))
                 print(f"{op:22s} staged={staged}  {ms:.4f} ms  {pct:.1f} % of copy", flush=True)
     finally:
-        C.lib().kbit_quant_tuning(0)
+        C.lib().kbit_quant_tuning(-1)
     print(f"copy {copy:.0f} GB/s")
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

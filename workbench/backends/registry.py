@@ -26,10 +26,10 @@ FALLBACK_ORDER = {"cpu": ("numba_cpu", "cython_cpu", "reference"),
                   "cuda": ("cuda", "numba_cuda", "reference")}
 
 # (backend, op) that 'auto' skips on a GPU: kernels not yet verified on one (under the CUDA simulator, or compiled
-# only). Named explicitly they run; a full GPU pass of their tests removes an entry (the numba_cuda k-bit and
-# affine pairs left after theirs: reports/kbit-h200/numba_cuda/pytest_gpu_numba_cuda.txt). The CUDA C++ affine
-# kernels: tests/test_kbit_gpu.py::test_cuda_affine_groups_bit_exact_with_reference.
-NOT_YET_RUN_ON_A_GPU: set[tuple[str, str]] = {("cuda", "quantize_kbit_affine"), ("cuda", "dequantize_kbit_affine")}
+# only). Named explicitly they run; a full GPU pass of their tests removes an entry. Empty now: the numba_cuda k-bit
+# and affine kernels left it after reports/kbit-h200/numba_cuda/pytest_gpu_numba_cuda.txt, the CUDA C++ affine
+# kernels after tests/test_kbit_gpu.py::test_cuda_affine_groups_bit_exact_with_reference (reports/kbit-h200/).
+NOT_YET_RUN_ON_A_GPU: set[tuple[str, str]] = set()
 
 _kernels: dict[str, dict[str, Callable]] = {}   # op -> backend -> implementation
 
