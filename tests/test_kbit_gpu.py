@@ -106,31 +106,31 @@ def test_cuda_kbit_every_kernel_path_on_a_grid_stride_size(backend, k, blocksize
 
 @pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])
 @pytest.mark.parametrize("blocksize", [16, 32])
-def test_cuda_kbit_every_k_and_layout_through_the_group_kernels(backend, blocksize):
+@pytest.mark.parametrize("k", range(2, 9), ids=lambda k: f"K{k}")   # one case per K: Numba compiles ~20 s a kernel
+def test_cuda_kbit_every_k_and_layout_through_the_group_kernels(backend, blocksize, k):
     """The thread-per-group kernels (quantize: K a template parameter, the branch-free table path for full groups
     and its element-by-element redo; dequantize: the K words of a group at once) for every K and both layouts:
     full groups, a partial last group, groups holding zeros or a quotient below 2^-40 (the redo), every output
     dtype."""
     _skip_unless_on_gpu(backend)
-    g = torch.Generator().manual_seed(blocksize)
+    g = torch.Generator().manual_seed(blocksize * 16 + k)
     n = 32 * 3000 + 21
     A = torch.randn(n, generator=g) * 4 ** torch.randn(n, generator=g)
     A[100:164:5] = 0.0
     A[1000:1032] = 1e-20
     A[1000] = 3.0
-    for k in range(2, 9):
-        cb = torch.sort(torch.rand(2 ** k, generator=g) * 2 - 1).values
-        for dtype, layout in ((torch.bfloat16, "bitplane"), (torch.float32, "dense"),
-                              (torch.float16, "bitplane"), (torch.bfloat16, "dense")):
-            x = A.to(dtype)
-            pr, sr = K.quantize_kbit(x, k, cb, blocksize, layout, "e4m4", backend="reference")
-            pc, sc = K.quantize_kbit(x.cuda(), k, cb.cuda(), blocksize, layout, "e4m4", backend=backend)
-            assert torch.equal(pc.cpu(), pr), (k, dtype, layout)
-            assert torch.equal(_bits(sc.scales.cpu()), _bits(sr.scales)), (k, dtype, layout)
-            for out_dtype in (torch.float32, torch.float16, torch.bfloat16):
-                want = K.dequantize_kbit(pr, sr, dtype=out_dtype, backend="reference")
-                got = K.dequantize_kbit(pc, sc, dtype=out_dtype, backend=backend)
-                assert torch.equal(_bits(got.cpu()), _bits(want)), (k, layout, out_dtype)
+    cb = torch.sort(torch.rand(2 ** k, generator=g) * 2 - 1).values
+    for dtype, layout in ((torch.bfloat16, "bitplane"), (torch.float32, "dense"),
+                          (torch.float16, "bitplane"), (torch.bfloat16, "dense")):
+        x = A.to(dtype)
+        pr, sr = K.quantize_kbit(x, k, cb, blocksize, layout, "e4m4", backend="reference")
+        pc, sc = K.quantize_kbit(x.cuda(), k, cb.cuda(), blocksize, layout, "e4m4", backend=backend)
+        assert torch.equal(pc.cpu(), pr), (dtype, layout)
+        assert torch.equal(_bits(sc.scales.cpu()), _bits(sr.scales)), (dtype, layout)
+        for out_dtype in (torch.float32, torch.float16, torch.bfloat16):
+            want = K.dequantize_kbit(pr, sr, dtype=out_dtype, backend="reference")
+            got = K.dequantize_kbit(pc, sc, dtype=out_dtype, backend=backend)
+            assert torch.equal(_bits(got.cpu()), _bits(want)), (layout, out_dtype)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])

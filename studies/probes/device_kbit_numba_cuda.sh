@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # The numba_cuda k-bit GPU tests (tests/test_kbit_gpu.py, the affine case of tests/test_kbit_affine_sim.py), split
-# over parallel processes: Numba compiles each (K, layout, scale format) kernel on first use (~20 s each, CPU
-# bound), so one process needs over 10 minutes on a fresh machine. Their pass is what clears
+# over parallel processes (one per group below, the every-K test one per K): Numba compiles each (K, layout, scale
+# format) kernel on first use (~20 s each, CPU bound), so one process needs over 10 minutes on a fresh machine. Their pass is what clears
 # registry.NOT_YET_RUN_ON_A_GPU. Results: $OUT/kbit-h200/numba_cuda/pytest_gpu_numba_cuda.txt.
 # usage (on the device, repo root): bash studies/probes/device_kbit_numba_cuda.sh
 export PYTHONUNBUFFERED=1 KBIT_PROGRESS=0 MPLBACKEND=Agg
 OUT=${OUT:-out/device}; D="$OUT/kbit-h200/numba_cuda"; mkdir -p "$D"
 GROUPS_K=("bit_exact and (dtype0 or dtype1)" "bit_exact and (dtype2 or dtype3)"
           "bit_exact and (dtype4 or dtype5 or dtype6)" "grid_stride and dense" "grid_stride and bitplane"
-          "every_k and 16-" "every_k and 32-" "nonfinite or unaligned" "search_table and 32-fp32"
+          "every_k_and and K2" "every_k_and and K3" "every_k_and and K4" "every_k_and and K5" "every_k_and and K6"
+          "every_k_and and K7" "every_k_and and K8" "nonfinite or unaligned" "search_table and 32-fp32"
           "search_table and 16-e4m4" "search_table and 32-e8m0" "search_table and 64-fp16"
           "search_table and 512-bf16")
+# KBIT_NUMBA_GROUPS="expr1;expr2": only these groups (and no affine part), e.g. to rerun what a timeout cut
+if [ -n "${KBIT_NUMBA_GROUPS:-}" ]; then IFS=';' read -r -a GROUPS_K <<< "$KBIT_NUMBA_GROUPS"; fi
 i=0
 for k in "${GROUPS_K[@]}"; do
   i=$((i + 1))
-  NUMBA_CACHE_DIR=/tmp/nc$i timeout ${TEST_TIMEOUT:-500} python3 -m pytest -q --tb=short -p no:cacheprovider \
-    -m gpu -k "numba_cuda and ($k)" tests/test_kbit_gpu.py > "$D/part$i.txt" 2>&1 &
+  { echo "-k numba_cuda and ($k)"; NUMBA_CACHE_DIR=/tmp/nc$i timeout ${TEST_TIMEOUT:-500} python3 -m pytest -q \
+    --tb=short -p no:cacheprovider -m gpu -k "numba_cuda and ($k)" tests/test_kbit_gpu.py; echo "exit $?"; } \
+    > "$D/part$i.txt" 2>&1 &
 done
-NUMBA_CACHE_DIR=/tmp/nc0 timeout ${TEST_TIMEOUT:-500} python3 -m pytest -q --tb=short -p no:cacheprovider -m gpu \
-  tests/test_kbit_affine_sim.py > "$D/part0.txt" 2>&1 &
+[ -z "${KBIT_NUMBA_GROUPS:-}" ] && { NUMBA_CACHE_DIR=/tmp/nc0 timeout ${TEST_TIMEOUT:-500} python3 -m pytest -q \
+  --tb=short -p no:cacheprovider -m gpu tests/test_kbit_affine_sim.py > "$D/part0.txt" 2>&1 & }
 wait
 for f in "$D"/part*.txt; do echo "== $(basename "$f")"; cat "$f"; done > "$D/pytest_gpu_numba_cuda.txt"
 rm -f "$D"/part*.txt
-grep -E "^== |passed|failed|error|^FAILED" "$D/pytest_gpu_numba_cuda.txt"
+grep -E "^== |^-k |^exit |passed|failed|error|^FAILED" "$D/pytest_gpu_numba_cuda.txt"
