@@ -322,13 +322,26 @@ gemv_4bit_generic(const typename Ty<DT>::t* __restrict__ A, long long N, long lo
     finish<DT, M>(acc, n, N, lane, bias, out);
 }
 
-/* Rows per warp: as many (4, 2; M * RW <= 4, the accumulators and activations in registers) as still leave two
- * CTAs per SM, else one. */
+/* Rows per warp (4, 2, 1; M * RW <= 4, the accumulators and activations in registers). Two CTAs fit an SM (registers
+ * and shared memory), so the grid runs in waves of 2 x SMs CTAs, and a partial last wave leaves SMs idle: 896 CTAs
+ * (28672 rows, RW = 4) on the H200's 264 slots are 3.39 waves, so 15 % of the slots in 4 waves idle. The choice: the
+ * RW whose grid fills its waves best, among those with at least one full wave; ties go to more rows per warp
+ * (one activation load serves RW rows). The outputs do not depend on RW (each row's order is per lane and chunk).
+ * g_gemv_rw (kbit_gemv_tuning, the A/B knob): 0 this choice, 1/2/4 forced. */
+int g_gemv_rw = 0;
 static int rows_per_warp(long long N, int M) {
-    const long long ctas = 2LL * kbit_num_sms();
-    for (int rw = 4 / M; rw > 1; rw >>= 1)
-        if ((N + kWarps * rw - 1) / (kWarps * rw) >= ctas) return rw;
-    return 1;
+    if (g_gemv_rw == 1 || g_gemv_rw == 2 || g_gemv_rw == 4) return g_gemv_rw * M <= 4 ? g_gemv_rw : 1;
+    const long long slots = 2LL * kbit_num_sms();
+    int best = 1;
+    double best_fill = -1.0;
+    for (int rw = 4 / M; rw >= 1; rw >>= 1) {
+        const long long ctas = (N + kWarps * rw - 1) / (kWarps * rw);
+        if (ctas < slots && rw > 1) continue;
+        const long long waves = (ctas + slots - 1) / slots;
+        const double fill = (double)ctas / (double)(waves * slots);
+        if (fill > best_fill + 0.02) { best = rw; best_fill = fill; }
+    }
+    return best;
 }
 
 template <int DT, int M, int RW, int CH, bool SA>
@@ -453,6 +466,8 @@ extern "C" int kbit_gemm_4bit_mma_tile(int M, int lookup, int* block_m, int* blo
     p.lookup = lookup;
     return (int)mma4::launch_dt<KBIT_BF16>(p, 1, 0, ctas_per_sm);
 }
+
+extern "C" void kbit_gemv_tuning(int rows_per_warp) { g_gemv_rw = rows_per_warp; }
 
 extern "C" int kbit_matmul_ieee_build(void) {
 #if defined(__FAST_MATH__) || defined(__USE_FAST_MATH__)
