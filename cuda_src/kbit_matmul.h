@@ -56,7 +56,7 @@ int kbit_gemm_4bit_mma_tile(int M, int lookup, int* block_m, int* block_n, int* 
 /* 1 when the library was built with IEEE float flags (-fmad=false): the numerics above hold. */
 int kbit_matmul_ieee_build(void);
 
-/* A/B knob: the GEMV's rows per warp, 0 = chosen by the grid's wave fill, 1/2/4 forced (results do not change). */
+/* A/B knob: the GEMV's rows per warp, 0 = the default (4 / M), 1/2/4 forced (results do not change). */
 void kbit_gemv_tuning(int rows_per_warp);
 
 #ifdef __cplusplus

@@ -322,26 +322,16 @@ gemv_4bit_generic(const typename Ty<DT>::t* __restrict__ A, long long N, long lo
     finish<DT, M>(acc, n, N, lane, bias, out);
 }
 
-/* Rows per warp (4, 2, 1; M * RW <= 4, the accumulators and activations in registers). Two CTAs fit an SM (registers
- * and shared memory), so the grid runs in waves of 2 x SMs CTAs, and a partial last wave leaves SMs idle: 896 CTAs
- * (28672 rows, RW = 4) on the H200's 264 slots are 3.39 waves, so 15 % of the slots in 4 waves idle. The choice: the
- * RW whose grid fills its waves best, among those with at least one full wave; ties go to more rows per warp
- * (one activation load serves RW rows). The outputs do not depend on RW (each row's order is per lane and chunk).
- * g_gemv_rw (kbit_gemv_tuning, the A/B knob): 0 this choice, 1/2/4 forced. */
+/* Rows per warp: the most (4 / M; M * RW <= 4 keeps the accumulators and activations in registers), whatever the grid.
+ * Measured on the H200 (M = 1, reports/matmul-h200/gemv_rows_per_warp_h200.md): 4 rows per warp is fastest or within
+ * 2 % on all five shapes, also where it leaves fewer CTAs than the SMs hold or a partial last wave (4096x4096: 7.2 us
+ * vs 8.3 us with one row per warp; 28672x8192: 62 us vs 69 us with 2, chosen by wave fill). One activation load
+ * serving 4 rows outweighs the lost occupancy. The outputs do not depend on RW (a row's order is per lane and chunk).
+ * g_gemv_rw (kbit_gemv_tuning, the A/B knob): 0 this rule, 1/2/4 forced. */
 int g_gemv_rw = 0;
-static int rows_per_warp(long long N, int M) {
-    if (g_gemv_rw == 1 || g_gemv_rw == 2 || g_gemv_rw == 4) return g_gemv_rw * M <= 4 ? g_gemv_rw : 1;
-    const long long slots = 2LL * kbit_num_sms();
-    int best = 1;
-    double best_fill = -1.0;
-    for (int rw = 4 / M; rw >= 1; rw >>= 1) {
-        const long long ctas = (N + kWarps * rw - 1) / (kWarps * rw);
-        if (ctas < slots && rw > 1) continue;
-        const long long waves = (ctas + slots - 1) / slots;
-        const double fill = (double)ctas / (double)(waves * slots);
-        if (fill > best_fill + 0.02) { best = rw; best_fill = fill; }
-    }
-    return best;
+static int rows_per_warp(int M) {
+    const int rw = (g_gemv_rw == 1 || g_gemv_rw == 2 || g_gemv_rw == 4) ? g_gemv_rw : 4;
+    return rw * M <= 4 ? rw : 4 / M;
 }
 
 template <int DT, int M, int RW, int CH, bool SA>
@@ -382,7 +372,7 @@ cudaError_t launch(const void* A, long long N, long long K, const unsigned char*
     typedef typename Ty<DT>::t T;
     const bool fast = (K % 32 == 0) && ((uintptr_t)B % 16 == 0) && ((uintptr_t)A % 16 == 0);
     if (fast && bs_shift >= 6 && K % 64 == 0) {  // 64-element chunks, one quantization block each
-        switch (rows_per_warp(N, M)) {
+        switch (rows_per_warp(M)) {
             case 4: return launch_rw<DT, M, (M == 1 ? 4 : 1), 64>(A, N, K, B, absmax, a8, code2, off, table, bs_shift, bias, out, stream);
             case 2: return launch_rw<DT, M, (M <= 2 ? 2 : 1), 64>(A, N, K, B, absmax, a8, code2, off, table, bs_shift, bias, out, stream);
             default: return launch_rw<DT, M, 1, 64>(A, N, K, B, absmax, a8, code2, off, table, bs_shift, bias, out, stream);
