@@ -230,56 +230,110 @@ def _cell_codebooks(rng):
     return out
 
 
+def _cell_edges(cells):
+    h = cells // 2
+    return np.array([(c - h) / h for c in range(cells + 1)], np.float32)
+
+
 def test_cell_plan_counts_the_bounds_below_every_value(rng):
-    """The 4-bit cell plan (workbench/codebook_tables.py: _cell_plan) gives the count of bounds below s for
-    the values where it could go wrong: every bound, its float32 neighbours, every cell edge and its
-    neighbours, -0.0, +-1, and random values, for every code that has a plan."""
-    import numpy as np
-    from workbench.codebook_tables import CELLS, cpu_search_plan
+    """The 4-bit cell plans (workbench/codebook_tables.py: _cell_plan; 8 cells for AVX2, 32 for AVX-512) give the
+    count of bounds below s for the values where they could go wrong: every bound, its float32 neighbours, every
+    cell edge and its neighbours, -0.0, +-1, and random values, for every code that has a plan."""
+    from workbench.codebook_tables import CELLS, CELLS_512, cpu_search_plan
     g = np.random.default_rng(0)
-    edges = np.array([(c - 4) / 4 for c in range(CELLS + 1)], np.float32)
     for cb in _cell_codebooks(rng):
         p = cpu_search_plan(cb)
         if cb.name == "cells1":
             assert p.cell_slots < 0
         elif not cb.name.startswith("cells"):
             assert 0 <= p.cell_slots <= 4, cb.name   # every registered 4-bit code takes the fast path
-        if p.cell_slots < 0:   # a cell with more bounds than slots: the kernels count all 15
-            continue
-        b = p.bnd15[np.isfinite(p.bnd15)]
-        pts = np.concatenate([b, edges, g.uniform(-1, 1, 4000).astype(np.float32), np.float32([-0.0, 0.0])])
-        pts = np.concatenate([pts, np.nextafter(pts, np.float32(2)), np.nextafter(pts, np.float32(-2))])
-        s = np.clip(pts, -1, 1).astype(np.float32)
-        c = np.minimum(np.floor(s * np.float32(4)).astype(np.int64) + 4, CELLS - 1)
-        got = p.cell_base[c] + sum((p.cell_bounds[j * CELLS + c] < s).astype(np.int32) for j in range(p.cell_slots))
-        want = (p.bnd15[None, :] < s[:, None]).sum(1)
-        assert np.array_equal(got, want), cb.name
+            assert 0 <= p.cells32[2] <= 2, cb.name    # and the AVX-512 one, in at most two compares
+        for cells, base, bounds, slots in ((CELLS, p.cell_base, p.cell_bounds, p.cell_slots), (CELLS_512, *p.cells32)):
+            if slots < 0:   # a cell with more bounds than slots: the kernels count all 15
+                continue
+            b = p.bnd15[np.isfinite(p.bnd15)]
+            pts = np.concatenate([b, _cell_edges(cells), g.uniform(-1, 1, 4000).astype(np.float32),
+                                  np.float32([-0.0, 0.0])])
+            pts = np.concatenate([pts, np.nextafter(pts, np.float32(2)), np.nextafter(pts, np.float32(-2))])
+            s = np.clip(pts, -1, 1).astype(np.float32)
+            c = np.minimum(np.floor(s * np.float32(cells // 2)).astype(np.int64) + cells // 2, cells - 1)
+            got = base[c] + sum((bounds[j * cells + c] < s).astype(np.int32) for j in range(slots))
+            want = (p.bnd15[None, :] < s[:, None]).sum(1)
+            assert np.array_equal(got, want), (cb.name, cells)
 
 
-def test_cython_4bit_cells_equal_the_reference_at_bounds_and_edges(rng):
-    """The Cython kernel's AVX2 cell path (and its count fallback), through the public op: blocks whose absmax
-    is 1 put every bound, its neighbours and every cell edge exactly in front of the search; bf16/fp16/fp32,
-    a tail block, non-identity codes (fp4), a codebook without a cell plan."""
-    import numpy as np
+def _over_one_scales():
+    """absmax values a with a * float32(1 / a) > 1 in float32, so that the block's +-a scale past +-1 and the clamp
+    decides: only where 1 / a is subnormal (a >= 2**126); bf16 values, so that they are the absmax in bf16 too."""
+    a = ((np.arange(255, dtype=np.uint32) + 0x7E80) << 16).view(np.float32)
+    with np.errstate(over="ignore"):
+        return a[(a * (np.float32(1) / a)).astype(np.float32) > 1][::6][:8]
+
+
+def test_cython_4bit_every_path_equals_the_reference_at_bounds_and_edges(rng):
+    """Every path of the Cython kernel (SIMD levels: AVX-512 with 32 cells, AVX2 with 8, the staged per-block path),
+    directly and through the op: blocks whose absmax is 1 put every bound, its neighbours and every cell edge (8 and
+    32 cells) exactly in front of the search; blocks whose scaled extremes pass +-1 (the clamp); blocks holding NaN
+    or Inf among fast-path blocks; bf16/fp16/fp32, a tail block, non-identity codes (fp4), a codebook without a cell
+    plan, blocksizes 32 and 64."""
     from workbench._native import quant_cpu as CK
+    from workbench.codebook_tables import cpu_search_plan
     if not CK.HAS_CELLS:
         pytest.skip("no AVX2: the Cython kernel counts all 15 bounds")
     g = np.random.default_rng(1)
+    over = _over_one_scales()
+    assert len(over) == 8
     for cb in _cell_codebooks(rng):
+        p = cpu_search_plan(cb)
         b = np.asarray(cb.bounds, np.float32)
-        edges = np.array([(c - 4) / 4 for c in range(9)], np.float32)
+        edges = np.concatenate([_cell_edges(8), _cell_edges(32)])
         pts = np.concatenate([b, edges, np.nextafter(b, np.float32(2)), np.nextafter(b, np.float32(-2)),
                               np.nextafter(edges, np.float32(2)), np.nextafter(edges, np.float32(-2)),
                               g.uniform(-1, 1, 700).astype(np.float32)])
         pts = np.clip(pts, -1, 1)
         pts = np.concatenate([pts, np.zeros((-len(pts)) % 63, np.float32)]).reshape(-1, 63)
-        x = torch.from_numpy(np.concatenate([pts, np.ones((len(pts), 1), np.float32)], 1).reshape(-1))  # absmax 1
-        x = torch.cat([x, x[:37]])                                                                          # a tail
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        x = np.concatenate([pts, np.ones((len(pts), 1), np.float32)], 1)                              # absmax 1
+        clamp = g.uniform(-1, 1, (16, 64)).astype(np.float32) * np.repeat(over, 2)[:, None]
+        clamp[:, 5], clamp[:, 40] = np.repeat(over, 2), -np.repeat(over, 2)                           # +-absmax
+        x = torch.from_numpy(np.concatenate([x.reshape(-1), clamp.reshape(-1)]))
+        x[64 * 3 + 7], x[64 * 6 + 1], x[64 * 6 + 2] = float("nan"), float("inf"), -float("inf")       # non-finite
+        x = torch.cat([x, x[:37]])                                                                        # a tail
+        for dtype, kind in ((torch.float32, 0), (torch.bfloat16, 1), (torch.float16, 2)):
             A = x.to(dtype)
-            pr, ar = get_op("reference", "quantize_4bit")(A, cb, 64)
+            xa = A.numpy() if kind == 0 else A.view(torch.int16).numpy().view(np.uint16)
+            for bs in (32, 64):
+                pr, ar = get_op("reference", "quantize_4bit")(A, cb, bs)
+                for simd in range(CK.SIMD + 1):
+                    packed = np.full(pr.numel(), 0xA5, np.uint8)
+                    absmax = np.full(ar.numel(), -1.0, np.float32)
+                    CK.quantize_4bit(xa, kind, bs, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code),
+                                     p.cell_base, p.cell_bounds, p.cell_slots, packed, absmax, p.cells32, simd)
+                    assert np.array_equal(packed, pr.numpy()), (cb.name, dtype, bs, simd)
+                    assert np.array_equal(absmax, ar.numpy(), equal_nan=True), (cb.name, dtype, bs, simd)
             pc, ac = get_op("cython_cpu", "quantize_4bit")(A, cb, 64)
-            assert torch.equal(pc, pr) and torch.equal(ac, ar), (cb.name, dtype)
+            pr, ar = get_op("reference", "quantize_4bit")(A, cb, 64)
+            assert torch.equal(pc, pr) and torch.equal(ac.isnan(), ar.isnan()), (cb.name, dtype)
+            assert torch.equal(ac[~ac.isnan()], ar[~ar.isnan()]), (cb.name, dtype)
+
+
+def test_cython_4bit_refuses_mismatched_buffers():
+    """The entry point checks what its loops index: the element width against ``kind``, the packed and absmax
+    lengths, the plans' sizes."""
+    from workbench._native import quant_cpu as CK
+    from workbench.codebook_tables import cpu_search_plan
+    p = cpu_search_plan(cbs.get("nf4"))
+    x = np.zeros(256, np.uint16)
+    ok = dict(packed=np.zeros(128, np.uint8), absmax=np.zeros(4, np.float32))
+
+    def call(x=x, kind=1, packed=ok["packed"], absmax=ok["absmax"], cells32=p.cells32):
+        CK.quantize_4bit(x, kind, 64, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code), p.cell_base,
+                         p.cell_bounds, p.cell_slots, packed, absmax, cells32)
+
+    call()
+    for bad in (dict(kind=0), dict(x=np.zeros(256, np.float32)), dict(kind=3), dict(packed=np.zeros(127, np.uint8)),
+                dict(absmax=np.zeros(3, np.float32)), dict(cells32=(p.cells32[0][:16], p.cells32[1], 1))):
+        with pytest.raises(ValueError):
+            call(**bad)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -307,3 +361,53 @@ def test_compiled_4bit_dequantize_rounds_like_the_reference_at_every_scale(rng, 
         nan = want.isnan()   # NaN payloads are not part of the spec (the NaN-absmax block)
         assert torch.equal(got.isnan(), nan), backend
         assert torch.equal(got[~nan].view(torch.int16), want[~nan].view(torch.int16)), backend
+
+
+def test_public_calls_go_through_torch_ops_where_something_must_see_them(rng):
+    """A plain eager call on CPU (or CUDA) tensors runs the backend's kernel directly (ops._eager); under a dispatch mode, a
+    function mode or the profiler the public 4-bit and blockwise calls go through torch.ops.workbench, where each
+    of them sees the op. The results are the same either way, bit for bit."""
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from workbench import ops as O
+
+    class Dispatch(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    class Function(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    A = (torch.randn(64 * 70 + 33, generator=rng) * 3).to(torch.bfloat16)
+    ops = ("quantize_4bit", "dequantize_4bit", "quantize_blockwise", "dequantize_blockwise")
+
+    def run():
+        p, s = wb.quantize_4bit(A, blocksize=64, quant_type="nf4")
+        c, s8 = wb.quantize_blockwise(A, blocksize=256)
+        return p, s.absmax, wb.dequantize_4bit(p, s), c, s8.absmax, wb.dequantize_blockwise(c, s8)
+
+    assert O._eager(A) and not O._eager(torch.nn.Parameter(A.float()))
+    want = run()
+    for mode in (Dispatch(), Function()):
+        with mode:
+            assert not O._eager(A)
+            got = run()
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), type(mode).__name__
+        assert all(any(f"workbench.{op}" in s for s in mode.seen) for op in ops), (type(mode).__name__, mode.seen)
+    with torch.profiler.profile() as prof:
+        assert not O._eager(A)
+        got = run()
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+    keys = {e.key for e in prof.key_averages()}
+    assert all(f"workbench::{op}" in keys for op in ops), keys

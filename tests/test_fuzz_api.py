@@ -828,7 +828,7 @@ def test_from_dict_malformed(backend, data):
         ref = outcome(lambda: wb.dequantize_4bit(codes, st_, backend="reference"))
         got = outcome(lambda: wb.dequantize_4bit(codes, st_, backend=backend))
     if agree(ref, got, f"dequantize after from_dict({m})"):
-        same_tensor(ref, got, "dequantized")
+        same_dequant(ref, got, backend, "dequantized")
 
 
 # ------------------------------------------------------------------------------------ Codebook
@@ -1078,9 +1078,9 @@ def _short_absmax_args(n=1000, blocksize=64):
 
 
 def test_debug_cython_kernel_catches_short_absmax():
-    """The dequantizers' entry points check their absmax length (ValueError, in both builds). Where no such
-    check stands, the debug build turns a kernel's out-of-bounds access into IndexError (the release one would
-    write past the buffer): proof that the fuzz run against it catches a missed validation."""
+    """The dequantizers' and quantize_4bit's entry points check their absmax length (ValueError, in both builds).
+    Where no such check stands, the debug build turns a kernel's out-of-bounds access into IndexError (the release
+    one would write past the buffer): proof that the fuzz run against it catches a missed validation."""
     try:
         from workbench._native import quant_cpu_debug as K
     except ImportError:
@@ -1094,9 +1094,13 @@ def test_debug_cython_kernel_catches_short_absmax():
         K.dequantize_4bit(packed, absmax, table[:16].copy(), 64, 1000, 0, out)
     p = cpu_search_plan(cbs.get("nf4"))
     x = np.zeros(1000, np.float32)
-    with pytest.raises(IndexError, match="[Oo]ut of bounds"):   # 16 blocks, room for 2 absmax outputs
+    with pytest.raises(ValueError, match="absmax"):
         K.quantize_4bit(x, 0, 64, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code), p.cell_base,
                         p.cell_bounds, p.cell_slots, packed, absmax)
+    p8 = cpu_search_plan(cbs.get("dynamic"))
+    with pytest.raises(IndexError, match="[Oo]ut of bounds"):   # 16 blocks, room for 2 absmax outputs
+        K.quantize_blockwise(x, 0, 64, p8.mode, p8.bnd15, p8.bucket_codes, p8.kbound, p8.kcode_lo, p8.kcode_hi,
+                             p8.bounds_pad, np.zeros(1000, np.uint8), absmax)
     K.dequantize_blockwise(codes, np.ones(16, np.float32), table, 64, 0, out)  # the right size runs
     assert np.all(out == table[0])
 

@@ -12,7 +12,7 @@ table (function)   kernels (backend)             holds; built by
 =================  ============================  =========================================================
 cpu_search_plan    numba_cpu, cython_cpu         SearchPlan: mode (linear count / 16-bit-key table / binary
                    quantizers; CPU 8-bit         search), padded bounds, codes, 65536-entry key tables, the
-                   optimizers                    4-bit cell plan (Cython AVX2); _build_cpu_search_plan (here)
+                   optimizers                    4-bit cell plans (Cython AVX2, AVX-512); _build_cpu_search_plan
 cpu_ord_lut        numba_cpu, cython_cpu 8-bit   uint32[65536] integer-ordered search table, None for <= 16
                    quantizers                    buckets or too dense; numba_kernels/cpu/quant.py:ord_lut
 cuda_quant_arrays  cuda quantizers               contiguous host bounds / bucket_codes; the C library builds
@@ -140,25 +140,30 @@ class SearchPlan:
     cell_base: np.ndarray      # int32[8]: bounds below cell c (the Cython AVX2 4-bit path; see _cell_plan)
     cell_bounds: np.ndarray    # float32[CELL_SLOTS * 8]: slot j's bound of cell c at [8 j + c], +inf padded
     cell_slots: int            # compares per value (max bounds inside a cell); -1: too many, count all 15
+    cells32: tuple             # the same plan over 32 cells (base int32[32], bounds float32[CELL_SLOTS * 32],
+                               # slots): the Cython AVX-512 path, one two-register lookup per table
 
 
-# The 4-bit cell plan: a scaled value s in [-1, 1] falls in cell c = min(floor(4 s) + 4, 7) (exact in float32:
-# 4 s is a power-of-two scaling). Its code is the count of bounds below s = cell_base[c] plus one compare per
-# bound inside the cell's range. Eight cells fit one AVX2 register, so each table is one vpermps away.
-CELLS, CELL_SLOTS = 8, 4
+# The 4-bit cell plan: a scaled value s in [-1, 1] falls in cell c = min(floor(h s) + h, 2 h - 1), h = cells / 2
+# (exact in float32: h s is a power-of-two scaling). Its code is the count of bounds below s = cell_base[c] plus
+# one compare per bound inside the cell's range. Eight cells fit one AVX2 register, so each table is one vpermps
+# away; 32 cells fit two AVX-512 registers (one vpermt2ps), and put at most one bound in a cell for most codes.
+CELLS, CELLS_512, CELL_SLOTS = 8, 32, 4
 
 
-def _cell_plan(bnd15: np.ndarray):
+def _cell_plan(bnd15: np.ndarray, cells: int = CELLS):
     """(cell_base, cell_bounds, cell_slots) for the 15 padded bounds. Cell c holds the float32 values
-    [(c - 4) / 4, prev((c - 3) / 4)] (cell 7 up to 1.0): a bound below the cell is below every value in it
-    (counted in cell_base), a bound at or above the cell's largest value is below none, and one in between
-    is compared. Exact for any codebook; cell_slots = -1 where a cell holds more than CELL_SLOTS bounds."""
-    base = np.zeros(CELLS, np.int32)
-    slots = np.full((CELL_SLOTS, CELLS), np.inf, np.float32)
+    [(c - h) / h, prev((c - h + 1) / h)] (the last cell up to 1.0; h = cells / 2): a bound below the cell is
+    below every value in it (counted in cell_base), a bound at or above the cell's largest value is below none,
+    and one in between is compared. Exact for any codebook; cell_slots = -1 where a cell holds more than
+    CELL_SLOTS bounds."""
+    h = cells // 2
+    base = np.zeros(cells, np.int32)
+    slots = np.full((CELL_SLOTS, cells), np.inf, np.float32)
     most = 0
-    for c in range(CELLS):
-        lo = np.float32((c - 4) / 4)
-        top = np.float32(1.0) if c == CELLS - 1 else np.nextafter(np.float32((c - 3) / 4), np.float32(-np.inf))
+    for c in range(cells):
+        lo = np.float32((c - h) / h)
+        top = np.float32(1.0) if c == cells - 1 else np.nextafter(np.float32((c - h + 1) / h), np.float32(-np.inf))
         base[c] = int(np.count_nonzero(bnd15 < lo))
         inside = np.sort(bnd15[(bnd15 >= lo) & (bnd15 < top)])
         most = max(most, len(inside))
@@ -207,7 +212,7 @@ def _build_cpu_search_plan(cb: Codebook) -> SearchPlan:
     cell_base, cell_bounds, cell_slots = _cell_plan(bnd15)
     return SearchPlan(mode, bnd15, codes, bool(np.array_equal(codes, np.arange(m))), zero_code,
                       kb, klo, khi, bounds_pad, np.ascontiguousarray(cb.values, np.float32),
-                      cell_base, cell_bounds, cell_slots)
+                      cell_base, cell_bounds, cell_slots, _cell_plan(bnd15, CELLS_512))
 
 
 def cpu_search_plan(cb: Codebook) -> SearchPlan:

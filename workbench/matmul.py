@@ -20,7 +20,7 @@ import torch
 
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends.registry import resolve
-from .ops import dequantize_4bit, dequantize_blockwise
+from .ops import _remembered, dequantize_4bit, dequantize_blockwise
 from .quant_state import QuantState
 from .validation import FLOAT_DTYPES, QuantInputError
 
@@ -28,6 +28,7 @@ __all__ = ["gemv_4bit", "gemm_4bit", "matmul_4bit", "MatMul4Bit"]
 
 _ops = torch.ops.workbench
 _DTYPE_NAMES = {d: str(d).removeprefix("torch.") for d in FLOAT_DTYPES}
+_CPU = torch.device("cpu")
 
 
 def _as_state(quant_state, where: str = "quant_state") -> QuantState:
@@ -144,6 +145,9 @@ def gemm_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, bias: t
               backend: str = "auto") -> torch.Tensor:
     """torch.ops.bitsandbytes.gemm_4bit: ``linear(A, W, bias)`` with the nested absmax decoded in the kernel;
     no autograd (see :func:`matmul_4bit`)."""
+    y = _gemv_cpu(A, B, quant_state, bias, backend)
+    if y is not None:
+        return y
     qs = _as_state(quant_state)
     N, K = _check(A, B, qs, bias)
     _inner(A, K)
@@ -162,6 +166,138 @@ def _gemm(A, B, qs, bias, backend, N, K):
     packed = B if B.dtype == torch.uint8 and B.dim() == 1 and not B.requires_grad else _packed(B)
     y = _ops.gemm_4bit(A2, packed, [N, K], absmax, table, qs.blocksize, b, a8, acode, aoff, name)
     return y if flat else y.view(*A.shape[:-1], N)
+
+
+# ------------------------------------------------------------------ the CPU GEMV in one step
+# After the kernel has streamed the weights through the caches every torch call on the way costs tens of
+# microseconds (reports/matmul-cpu/README.md): the general path's validation, backend resolution, custom-op dispatch
+# and NumPy views added 0.1-0.5 ms to a 1-3 ms GEMV. This path makes one allocation and one kernel call; what it
+# needs checked about the state is remembered on the state (ops._remembered, as the dequantizers remember their
+# validation), keyed by everything that check read.
+
+_PLANE_KINDS = {torch.bfloat16: 1, torch.float16: 2}   # the cython_cpu byte-plane kernel's activation dtypes
+_PLANE_MAX_M = 32
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_planes_at = None   # workbench._native.matmul_cpu.gemv_4bit_planes_at once loaded; False: this path is off
+
+
+def _planes_kernel():
+    global _planes_at
+    if _planes_at is None:
+        from .backends import status
+        _planes_at = False
+        if status("cython_cpu")[0]:
+            from .backends.cython_cpu import debug, native
+            lib = native("matmul")
+            # the bounds-checked debug build is there to check indexing: keep its memoryview path
+            if lib.HAS_PLANES and not debug():
+                _planes_at = lib.gemv_4bit_planes_at
+    return _planes_at
+
+
+def _tensor_key(t):
+    """Identity, address, size, dtype, device and layout of a state tensor; None when it is not a plain tensor."""
+    if type(t) not in _PLAIN:
+        return None
+    return id(t), t.data_ptr(), t.numel(), t.dim(), t.dtype, t.is_cpu, t.is_contiguous()
+
+
+def _gemv_key(qs: QuantState):
+    """What the GEMV plan of ``qs`` (``_gemv_plan``) was checked against, or None (not remembered, no fast path).
+    Addresses are part of it because the plan holds them; a change of the data in place needs no new plan (the
+    kernel reads the state's own tensors at every call)."""
+    shape = qs.shape
+    if type(shape) is not torch.Size and type(shape) is not tuple:
+        return None
+    am = _tensor_key(qs.absmax)
+    code = _tensor_key(qs.code)
+    if am is None or code is None:
+        return None
+    s2 = qs.state2
+    if s2 is None:
+        return "gemv", am, code, qs.blocksize, shape, qs.dtype, qs.nested, qs.offset is None
+    if type(s2) is not QuantState:
+        return None
+    a2, c2, off = _tensor_key(s2.absmax), _tensor_key(s2.code), _tensor_key(qs.offset)
+    if a2 is None or c2 is None or off is None:
+        return None
+    return ("gemv", am, code, qs.blocksize, shape, qs.dtype, qs.nested, id(s2), a2, c2, off, s2.blocksize,
+            s2.dtype, s2.state2 is None)
+
+
+def _gemv_plan(qs: QuantState):
+    """(absmax, code, plan): plan = (N, K, kernel arguments of the state, the tensors they point into) when the
+    byte-plane kernel can take this state, else None. A state that fails validation gets None too: the general
+    path then raises its error."""
+    none = (qs.absmax, qs.code, None)
+    try:
+        qs.validate(bits=4)
+    except QuantInputError:
+        return none
+    if len(qs.shape) != 2:
+        return none
+    N, K = int(qs.shape[0]), int(qs.shape[1])
+    bs = qs.blocksize
+    am, code = qs.absmax, qs.code
+    # K % 64, blocksize % 64: the kernel's unit; validate() has checked the counts the kernel reads
+    if N < 1 or K < 64 or K % 64 or bs % 64 or not (am.is_cpu and am.is_contiguous()):
+        return none
+    if not (code.is_cpu and code.is_contiguous()):
+        return none
+    if not qs.nested:
+        return am, code, (N, K, (am.data_ptr(), 0, 0, 0, code.data_ptr(), bs), (am, code))
+    s2, off = qs.state2, qs.offset
+    a2, c2 = s2.absmax, s2.code
+    # the kernel indexes 256 code values with the uint8 codes and one second-level absmax per 256 blocks
+    if s2.blocksize != 256 or c2.numel() != 256 or off.dtype != torch.float32:
+        return none
+    if not all(t.is_cpu and t.is_contiguous() for t in (a2, c2, off)):
+        return none
+    args = (a2.data_ptr(), am.data_ptr(), c2.data_ptr(), off.data_ptr(), code.data_ptr(), bs)
+    return am, code, (N, K, args, (am, code, s2, a2, c2, off))
+
+
+def _gemv_cpu(A, B, qs, bias, backend):
+    """``A @ W.T (+ bias)`` by the cython_cpu byte-plane kernel in one call, or None: then the general path runs
+    (and raises what it raises). Taken only for plain CPU tensors (no compile trace, no torch function or dispatch
+    mode that the custom op would have shown the call to, no autograd), bf16/fp16 A of at most 32 rows, a state
+    the plan accepts, B and bias that match it, backend 'auto' or 'cython_cpu' resolving to cython_cpu."""
+    if (torch.compiler.is_compiling() or type(A) is not torch.Tensor or not A.is_cpu or type(qs) is not QuantState
+            or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()):
+        return None
+    kind = _PLANE_KINDS.get(A.dtype)
+    if kind is None or A.dim() < 1 or not A.is_contiguous() or (backend != "auto" and backend != "cython_cpu"):
+        return None
+    if torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad)):
+        return None
+    key = _gemv_key(qs)
+    if key is None:
+        return None
+    plan = _remembered(qs, key, lambda: _gemv_plan(qs))[2]
+    if plan is None:
+        return None
+    N, K, args, _ = plan
+    rows = A.numel() // K
+    if A.shape[-1] != K or rows < 1 or rows > _PLANE_MAX_M:
+        return None
+    if (type(B) not in _PLAIN or not B.is_cpu or not B.is_contiguous()
+            or B.numel() * B.element_size() != N * K // 2):
+        return None
+    if bias is None:
+        b = 0
+    elif (type(bias) in _PLAIN and bias.is_cpu and bias.dtype == A.dtype and bias.dim() == 1 and bias.numel() == N
+          and bias.is_contiguous()):
+        b = bias.data_ptr()
+    else:
+        return None
+    kernel = _planes_kernel()
+    if not kernel or resolve(backend, "gemm_4bit", "cpu", _DTYPE_NAMES[A.dtype]) != "cython_cpu":
+        return None
+    out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=_CPU)
+    a2, a8, c2, off, table, bs = args
+    if not kernel(A.data_ptr(), rows, N, K, B.data_ptr(), a2, a8, c2, off, table, bs, kind, b, out.data_ptr()):
+        return None   # a table with NaN or Inf: the general path's other kernel
+    return out
 
 
 class MatMul4Bit(torch.autograd.Function):
@@ -191,6 +327,10 @@ def matmul_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, out: 
 
     Like bitsandbytes, a weight stored in (K, N) orientation (``A.shape[-1] == shape[0] != shape[1]``) is
     dequantized and used transposed, with a DeprecationWarning."""
+    if out is None:
+        y = _gemv_cpu(A, B, quant_state, bias, backend)
+        if y is not None:
+            return y
     qs = _as_state(quant_state)
     N, K = _check(A, B, qs, bias)
     if A.shape[-1] == N and N != K:

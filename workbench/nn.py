@@ -106,9 +106,14 @@ class Linear4bit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inp_dtype = x.dtype
         cdt = self.compute_dtype or x.dtype
-        x = x.to(cdt)
-        bias = None if self.bias is None else self.bias.to(cdt)
-        return matmul_4bit(x, self.weight, self.quant_state, bias=bias, backend=self.backend).to(inp_dtype)
+        # Tensor.to returns self for the same dtype, but costs a dispatched call (tens of us on the CPU GEMV path)
+        if x.dtype != cdt:
+            x = x.to(cdt)
+        bias = self.bias
+        if bias is not None and bias.dtype != cdt:
+            bias = bias.to(cdt)
+        y = matmul_4bit(x, self.weight, self.quant_state, bias=bias, backend=self.backend)
+        return y if y.dtype == inp_dtype else y.to(inp_dtype)
 
     def extra_repr(self) -> str:
         qs = self.quant_state

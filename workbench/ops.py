@@ -18,7 +18,7 @@ import torch
 
 from . import codebooks as cbs
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
-from .backends.registry import resolve
+from .backends.registry import kernel, resolve
 from .quant_state import QuantState
 from .validation import (FLOAT_DTYPES, QuantInputError, check_blocksize, check_codebook_size, check_dtype,
                          check_nan_policy, check_tensor, raise_if_nonfinite)
@@ -42,6 +42,21 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     if t.requires_grad:
         t = t.detach()  # an nn.Parameter quantizes like its data; the ops never record autograd history
     return t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
+
+
+_C = torch._C
+
+
+def _eager(t: torch.Tensor) -> bool:
+    """Whether a call on ``t`` may run its backend's kernel itself instead of through ``torch.ops.workbench``:
+    a plain CPU or CUDA tensor in eager mode, with nothing that must see the op (a compile trace, a dispatch or
+    function mode, a functorch transform, the autograd profiler). The kernel is the function the op dispatches
+    to, given the same arguments; the dispatcher's boxing of them costs 4-7 us a call right after a kernel that
+    streamed megabytes through the caches, tens of us on a loaded machine (reports/public-api-cpu), and host time
+    before a GPU launch (reports/public-api-h200)."""
+    return (type(t) is torch.Tensor and (t.is_cpu or t.is_cuda) and not torch.compiler.is_compiling()
+            and not _C._len_torch_dispatch_stack() and not _C._is_torch_function_mode_enabled()
+            and not _C._are_functorch_transforms_active() and not _C._autograd._profiler_enabled())
 
 
 def _backend(backend: str, op: str, A: torch.Tensor, dtype: torch.dtype | None = None) -> str:
@@ -141,14 +156,23 @@ def quantize_blockwise(A: torch.Tensor, code=None, blocksize: int = 4096, nested
     else:
         cb = cbs.get(src)
     check_codebook_size(cb, max_bits=8)
-    table, bounds, bucket_codes = cb.tensors("cpu")
+    flat = _flat(A)
+    eager = _eager(flat)
+    if not eager:
+        table, bounds, bucket_codes = cb.tensors("cpu")
     if rounding == "stochastic":
         name = _backend(backend, "quantize_blockwise_stochastic", A)
         rand = torch.rand(A.numel(), generator=generator, dtype=torch.float32, device=A.device)
-        codes, absmax = _ops.quantize_blockwise_stochastic(_flat(A), table, bounds, bucket_codes, blocksize, rand, name)
+        if eager:
+            codes, absmax = kernel("quantize_blockwise_stochastic", name)(flat, cb, blocksize, rand)
+        else:
+            codes, absmax = _ops.quantize_blockwise_stochastic(flat, table, bounds, bucket_codes, blocksize, rand, name)
     else:
         name = _backend(backend, "quantize_blockwise", A)
-        codes, absmax = _ops.quantize_blockwise(_flat(A), table, bounds, bucket_codes, blocksize, name)
+        if eager:
+            codes, absmax = kernel("quantize_blockwise", name)(flat, cb, blocksize)
+        else:
+            codes, absmax = _ops.quantize_blockwise(flat, table, bounds, bucket_codes, blocksize, name)
     if nested:
         qabs, offset, state2 = _quantize_absmax(absmax, backend)
         qs = QuantState.with_table_of(cb, A.device, absmax=qabs, shape=A.shape, blocksize=blocksize, dtype=A.dtype,
@@ -176,7 +200,11 @@ def _prepared(A: torch.Tensor, qs: QuantState, dtype, backend: str, bits: int, p
     checked against has changed (``_memo_key``): a weight dequantized every forward pass is validated
     once. Only kept when absmax and table are the state's own tensors (no copy that could go stale; the
     memo's references to them also keep their ids from being reused)."""
-    key = _memo_key(A, qs, dtype, backend, bits)
+    return _remembered(qs, _memo_key(A, qs, dtype, backend, bits), prepare)
+
+
+def _remembered(qs: QuantState, key, prepare):
+    """``_prepared`` for any ``key`` (None: not remembered); workbench.matmul's GEMV path keys its plan so."""
     memo = qs.memo
     if key is not None and memo is not None and memo[0] == key:
         return memo[1]
@@ -207,7 +235,11 @@ def dequantize_blockwise(A: torch.Tensor, quant_state: QuantState | None = None,
         return absmax, _table_256(qs.code, A.device), out_dtype, name
 
     absmax, table, out_dtype, name = _prepared(A, qs, dtype, backend, 8, prepare)
-    out = _ops.dequantize_blockwise(_flat(A), absmax, table, qs.blocksize, out_dtype, name)
+    flat = _flat(A)
+    if _eager(flat):
+        out = kernel("dequantize_blockwise", name)(flat, absmax, table, qs.blocksize, out_dtype)
+    else:
+        out = _ops.dequantize_blockwise(flat, absmax, table, qs.blocksize, out_dtype, name)
     return out.view(A.shape)
 
 
@@ -231,8 +263,12 @@ def quantize_4bit(A: torch.Tensor, absmax=None, out=None, blocksize: int = 64, c
                               f"use torch.uint8 or a size whose packed bytes divide evenly")
     cb = _codebook_for_4bit(quant_type, codebook)
     name = _backend(backend, "quantize_4bit", A)
-    table, bounds, bucket_codes = cb.tensors("cpu")
-    packed, am = _ops.quantize_4bit(_flat(A), table, bounds, bucket_codes, blocksize, name)
+    flat = _flat(A)
+    if _eager(flat):
+        packed, am = kernel("quantize_4bit", name)(flat, cb, blocksize)
+    else:
+        table, bounds, bucket_codes = cb.tensors("cpu")
+        packed, am = _ops.quantize_4bit(flat, table, bounds, bucket_codes, blocksize, name)
     packed = packed.view(-1, 1)
     if quant_storage != torch.uint8:
         packed = packed.squeeze(1).view(quant_storage).unsqueeze(1)
@@ -280,8 +316,12 @@ def dequantize_4bit(A: torch.Tensor, quant_state: QuantState, *, dtype: torch.dt
         return absmax, table, n, out_dtype, name
 
     absmax, table, n, out_dtype, name = _prepared(A, qs, dtype, backend, 4, prepare)
-    packed = A.detach().reshape(-1)
+    packed = (A.detach() if A.requires_grad else A).reshape(-1)
     if packed.dtype != torch.uint8:
         packed = packed.view(torch.uint8)
-    out = _ops.dequantize_4bit(packed.contiguous(), absmax, table, qs.blocksize, n, out_dtype, name)
+    packed = packed.contiguous()
+    if _eager(packed):
+        out = kernel("dequantize_4bit", name)(packed, absmax, table, qs.blocksize, n, out_dtype)
+    else:
+        out = _ops.dequantize_4bit(packed, absmax, table, qs.blocksize, n, out_dtype, name)
     return out.view(qs.shape)

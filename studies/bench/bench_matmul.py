@@ -11,8 +11,8 @@ its defaults on the same weight. Per row:
     (``workbench.matmul.matmul_4bit(A, P, qs)``, ``bitsandbytes.matmul_4bit(A, P, bqs)``, ``F.linear(A, W)``);
   * kernel_ms (CUDA): CUDA-graph replay of GRAPH_CALLS calls captured back to back, time / calls
     (bitsandbytes' k-bit benches time kernels this way: no host time, no launch gaps);
-    (CPU): our registered kernel called directly with the arguments the public call prepares (no validation,
-    no state decoding, no dispatch);
+    (CPU): our kernel called directly with the arguments the public call prepares (no validation, no state
+    decoding, no dispatch; for cython_cpu's GEMV path the byte-plane kernel on the state's addresses, no allocation);
   * CPU timing is interleaved: each repeat calls every case once, in a shuffled order, so the load of a shared machine
     falls on all of them alike, and the ratios of medians taken in one process are what to read
     (``load_start`` / ``load_end``: the 1-minute load average around the run); ``cpu_ms``: the median process CPU
@@ -57,7 +57,13 @@ def graph_ms(fn, calls: int = GRAPH_CALLS, reps: int = 10) -> float | None:
 
 
 def _kernel_call(A, P, qs, backend: str):
-    """Our registered kernel with the arguments matmul_4bit prepares (nested absmax decoded in the kernel)."""
+    """Our kernel with the arguments matmul_4bit prepares (nested absmax decoded in the kernel): for a call the CPU
+    GEMV path takes, the byte-plane kernel on the state's addresses (what matmul_4bit calls, less its checks and
+    the output allocation); otherwise the registered kernel."""
+    if backend == "cython_cpu":
+        fn = _planes_call(A, P, qs)
+        if fn is not None:
+            return fn
     from workbench.backends.registry import registered
     from workbench.matmul import _nested_args, _packed
     fn = registered("workbench::gemm_4bit")[backend]
@@ -65,6 +71,19 @@ def _kernel_call(A, P, qs, backend: str):
     absmax, a8, acode, aoff = _nested_args(qs, backend)
     A2, B, table = A.reshape(-1, K).contiguous(), _packed(P), qs.code.float().contiguous()
     return lambda: fn(A2, B, [N, K], absmax, table, qs.blocksize, None, a8, acode, aoff)
+
+
+def _planes_call(A, P, qs):
+    from workbench import matmul as mm
+    kernel, plan = mm._planes_kernel(), mm._gemv_plan(qs)[2]
+    kind = mm._PLANE_KINDS.get(A.dtype)
+    if not kernel or plan is None or kind is None or A.device.type != "cpu" or not 1 <= A.shape[0] <= mm._PLANE_MAX_M:
+        return None
+    N, K, (a2, a8, c2, off, table, bs), _ = plan
+    A2, B = A.reshape(-1, K).contiguous(), P.contiguous()
+    out = torch.empty(A2.shape[0], N, dtype=A.dtype)
+    return lambda: kernel(A2.data_ptr(), A2.shape[0], N, K, B.data_ptr(), a2, a8, c2, off, table, bs, kind, 0,
+                          out.data_ptr())
 
 
 def _module(W, A):

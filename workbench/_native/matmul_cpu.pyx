@@ -16,6 +16,12 @@ the 16 values table[j] * s rounded to A's dtype), each with its own float32 orde
   2**-126, bf16 operands, differ, covered by the bound). M > 1 decodes each weight row once into a per-thread
   buffer and runs the same FMA sequence per activation row, so every output row equals the one-row call's (batch
   invariant). Held to the reference's ``error_bound`` (any float32 order). ~1.6x the lane kernel per core.
+  **512-bit loop** (AVX-512 F/BW/VL/VBMI, K % 128 == 0): the same decoding on zmm vectors, two 64-weight units
+  per step (the first unit's block table in 128-bit lanes 0-1, the second's in lanes 2-3, each plane built from
+  the two blocks' rounded values by one two-source byte permute). Its own order: decoded vector v (0..7) of each
+  128-weight pair into accumulator v by FMA, pairs in increasing k; then ((a0 + a1) + (a2 + a3)) + ((a4 + a5) +
+  (a6 + a7)), lane l + lane l + 8, and the 8 lanes as above; the activations permuted per pair
+  (``unit_permutation(kind, wide=True)``). ~1.45x the 256-bit loop per core (Zen 5, blocksize 64, L2-resident).
 * **8 lanes** (``gemm_4bit_fused`` / ``gemv_4bit_nested``): the order of numba_kernels/cpu/matmul.py, element k of
   a row into lane k % 8 of 8 float32 partial sums (increasing k per lane, separate multiply and add), lanes
   combined as above, bias added in float32. Output float32 (the adapter rounds it once to A's dtype), so this
@@ -359,6 +365,176 @@ cdef extern from *:
     }
     static int kbm_planes_ok(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma"); }
 
+    /* ---- the byte-plane path on 512-bit vectors (AVX-512 F/BW/VL/VBMI; K % 128 == 0) ----
+       Two 64-weight units per step: a zmm of 64 code bytes holds unit u in its 128-bit lanes 0-1 and unit u + 64
+       in lanes 2-3, so the tables carry the first unit's block in lanes 0-1 and the second's in lanes 2-3 (one
+       two-source byte permute builds each plane from the two blocks' rounded values). */
+    #define KBM_PF 2048
+    #define KBM_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx2,f16c,fma")))
+    /* fp32 element e (0..15) of decoded vector v (0..7) of a 128-weight pair -> the weight's index in the pair */
+    static int kbm_pair_index(int kind, int v, int e) {
+        int X = v >> 1, which = v & 1, odd = X >> 1, half = X & 1, L, w;
+        if (kind == 1) { L = e >> 2; w = 2 * (e & 3) + which; }                 /* bf16: slli / and per dword */
+        else { L = (e >> 3) + 2 * which; w = e & 7; }                            /* fp16: cvtph of a 256-bit half */
+        return 2 * (16 * L + 8 * half + w) + odd;
+    }
+    KBM_T512 __attribute__((always_inline))
+    static inline __m512i kbm_rbf16_512(__m512 p, float s, const float* table) {
+        uint32_t bits; memcpy(&bits, &s, 4);
+        if ((bits & 0x7f800000u) != 0x7f800000u) {                 /* finite scale: round half to even by adding */
+            __m512i u = _mm512_castps_si512(p);
+            return _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                                    _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
+        }
+        float l[16];                                                /* NaN / Inf scale: the scalar rule */
+        kbm_block_lut(table, s, 1, l);
+        return _mm512_castps_si512(_mm512_loadu_ps(l));
+    }
+    /* the planes of blocks s0 (lanes 0-1) and s1 (lanes 2-3): plo[j] = low byte of W(code j), phi[j] = high */
+    KBM_T512 __attribute__((always_inline))
+    static inline void kbm_planes512(__m512 t16, float s0, float s1, int same, int kind, const float* table,
+                                     __m512i* plo, __m512i* phi) {
+        __m512 p0 = _mm512_mul_ps(t16, _mm512_set1_ps(s0));
+        __m512 p1 = same ? p0 : _mm512_mul_ps(t16, _mm512_set1_ps(s1));
+        if (kind == 2) {
+            __m256i h0 = _mm512_cvtps_ph(p0, _MM_FROUND_TO_NEAREST_INT);
+            __m256i h1 = same ? h0 : _mm512_cvtps_ph(p1, _MM_FROUND_TO_NEAREST_INT);
+            __m512i H = _mm512_inserti64x4(_mm512_castsi256_si512(h0), h1, 1);
+            /* byte k of a plane: lane k >> 4 (block 0 for lanes 0-1, 1 for 2-3), code k & 15 -> H byte 2 * code */
+            const __m512i lo = _mm512_set_epi8(
+                62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32,
+                62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32,
+                30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0,
+                30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+            *plo = _mm512_permutexvar_epi8(lo, H);
+            *phi = _mm512_permutexvar_epi8(_mm512_add_epi8(lo, _mm512_set1_epi8(1)), H);
+            return;
+        }
+        __m512i r0 = kbm_rbf16_512(p0, s0, table);
+        __m512i r1 = same ? r0 : kbm_rbf16_512(p1, s1, table);
+        /* bf16 in the high half of each dword: code j's low byte is byte 4j + 2 (+ 64: the second source) */
+        const __m512i lo = _mm512_set_epi8(
+            126, 122, 118, 114, 110, 106, 102, 98, 94, 90, 86, 82, 78, 74, 70, 66,
+            126, 122, 118, 114, 110, 106, 102, 98, 94, 90, 86, 82, 78, 74, 70, 66,
+            62, 58, 54, 50, 46, 42, 38, 34, 30, 26, 22, 18, 14, 10, 6, 2,
+            62, 58, 54, 50, 46, 42, 38, 34, 30, 26, 22, 18, 14, 10, 6, 2);
+        *plo = _mm512_permutex2var_epi8(r0, lo, r1);
+        *phi = _mm512_permutex2var_epi8(r0, _mm512_add_epi8(lo, _mm512_set1_epi8(1)), r1);
+    }
+    KBM_T512 __attribute__((always_inline))
+    static inline __m512 kbm_f32_512(__m512i words, int kind, int which) {
+        if (kind == 1)
+            return _mm512_castsi512_ps(which ? _mm512_and_si512(words, _mm512_set1_epi32((int)0xffff0000u))
+                                             : _mm512_slli_epi32(words, 16));
+        return _mm512_cvtph_ps(which ? _mm512_extracti64x4_epi64(words, 1) : _mm512_castsi512_si256(words));
+    }
+    KBM_T512 __attribute__((always_inline))
+    static inline float kbm_reduce512(__m512 a0, __m512 a1, __m512 a2, __m512 a3, __m512 a4, __m512 a5, __m512 a6,
+                                      __m512 a7) {
+        __m512 t = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                                 _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+        float l[16], h[8];
+        _mm512_storeu_ps(l, t);
+        for (int i = 0; i < 8; ++i) h[i] = l[i] + l[i + 8];
+        return kbm_combine(h);
+    }
+    /* one output row, 8 accumulators (decoded vector v -> accumulator v), pairs in increasing k; wbuf != NULL: the
+       row's decoded weights go to wbuf instead (permuted order), for kbm_rows_planes512 */
+    KBM_T512 __attribute__((always_inline))
+    static inline float kbm_row512_k(const float* xp, int64_t K, const uint8_t* packed, const float* s,
+                                     const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
+                                     int kind, int64_t n, float* wbuf) {
+        const __m512 t16 = _mm512_loadu_ps(table);
+        const __m512i m0f = _mm512_set1_epi8(0x0f);
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        __m512i plo = _mm512_setzero_si512(), phi = plo;
+        const int64_t i0 = n * K;
+        const uint8_t* row = packed + (i0 >> 1);
+        const int lg = __builtin_ctzll((unsigned long long)bs);
+        const int64_t blast = (i0 + K - 1) >> lg;
+        float sc[KBM_SCALES];                                      /* nested scales of blocks sbase .. + scount */
+        int64_t sbase = 0, scount = 0, pb0 = -1, pb1 = -1;
+        for (int64_t u = 0; u < K; u += 2 * KBM_UNIT) {
+            const int64_t b0 = (i0 + u) >> lg, b1 = (i0 + u + KBM_UNIT) >> lg;
+            if (b0 != pb0 || b1 != pb1) {
+                float s0, s1;
+                if (a8 == NULL) { s0 = s[b0]; s1 = s[b1]; }
+                else {
+                    if (scount == 0 || b1 >= sbase + scount) {
+                        int64_t left = blast - b0 + 1;
+                        sbase = b0;
+                        scount = left < KBM_SCALES ? left : KBM_SCALES;
+                        kbm_scales8(s, a8, code2, off, b0, (int)scount, sc);
+                    }
+                    s0 = sc[b0 - sbase]; s1 = sc[b1 - sbase];
+                }
+                kbm_planes512(t16, s0, s1, b0 == b1, kind, table, &plo, &phi);
+                pb0 = b0; pb1 = b1;
+            }
+            /* 2 KB ahead (one line per step): 20 % off a call whose weights come from DRAM, none off one from L3 */
+            _mm_prefetch((const char*)(row + (u >> 1) + KBM_PF), _MM_HINT_T0);
+            __m512i v = _mm512_loadu_si512((const void*)(row + (u >> 1)));
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f), lo = _mm512_and_si512(v, m0f);
+            __m512i h_l = _mm512_shuffle_epi8(plo, hi), h_h = _mm512_shuffle_epi8(phi, hi);
+            __m512i l_l = _mm512_shuffle_epi8(plo, lo), l_h = _mm512_shuffle_epi8(phi, lo);
+            __m512i e0 = _mm512_unpacklo_epi8(h_l, h_h), e1 = _mm512_unpackhi_epi8(h_l, h_h);
+            __m512i o0 = _mm512_unpacklo_epi8(l_l, l_h), o1 = _mm512_unpackhi_epi8(l_l, l_h);
+            if (wbuf) {
+                float* w = wbuf + u;
+                _mm512_storeu_ps(w, kbm_f32_512(e0, kind, 0));       _mm512_storeu_ps(w + 16, kbm_f32_512(e0, kind, 1));
+                _mm512_storeu_ps(w + 32, kbm_f32_512(e1, kind, 0));  _mm512_storeu_ps(w + 48, kbm_f32_512(e1, kind, 1));
+                _mm512_storeu_ps(w + 64, kbm_f32_512(o0, kind, 0));  _mm512_storeu_ps(w + 80, kbm_f32_512(o0, kind, 1));
+                _mm512_storeu_ps(w + 96, kbm_f32_512(o1, kind, 0));  _mm512_storeu_ps(w + 112, kbm_f32_512(o1, kind, 1));
+                continue;
+            }
+            const float* x = xp + u;
+            a0 = _mm512_fmadd_ps(kbm_f32_512(e0, kind, 0), _mm512_loadu_ps(x), a0);
+            a1 = _mm512_fmadd_ps(kbm_f32_512(e0, kind, 1), _mm512_loadu_ps(x + 16), a1);
+            a2 = _mm512_fmadd_ps(kbm_f32_512(e1, kind, 0), _mm512_loadu_ps(x + 32), a2);
+            a3 = _mm512_fmadd_ps(kbm_f32_512(e1, kind, 1), _mm512_loadu_ps(x + 48), a3);
+            a4 = _mm512_fmadd_ps(kbm_f32_512(o0, kind, 0), _mm512_loadu_ps(x + 64), a4);
+            a5 = _mm512_fmadd_ps(kbm_f32_512(o0, kind, 1), _mm512_loadu_ps(x + 80), a5);
+            a6 = _mm512_fmadd_ps(kbm_f32_512(o1, kind, 0), _mm512_loadu_ps(x + 96), a6);
+            a7 = _mm512_fmadd_ps(kbm_f32_512(o1, kind, 1), _mm512_loadu_ps(x + 112), a7);
+        }
+        return kbm_reduce512(a0, a1, a2, a3, a4, a5, a6, a7);
+    }
+    KBM_T512
+    static float kbm_row_planes512(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
+                                   const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) {
+        if (kind == 1) return kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, NULL);
+        return kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 2, n, NULL);
+    }
+    /* M > 1: the row decoded once into wbuf, then per activation row the M = 1 products and order */
+    KBM_T512
+    static void kbm_rows_planes512(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed,
+                                   const float* s, const uint8_t* a8, const float* code2, float off, const float* table,
+                                   int64_t bs, int kind, int64_t n, float* wbuf, float* y) {
+        if (kind == 1) kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, wbuf);
+        else kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 2, n, wbuf);
+        for (int64_t m = 0; m < M; ++m) {
+            const float* x = xp + m * K;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+            for (int64_t u = 0; u < K; u += 2 * KBM_UNIT) {
+                const float* w = wbuf + u; const float* xu = x + u;
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w), _mm512_loadu_ps(xu), a0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 16), _mm512_loadu_ps(xu + 16), a1);
+                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 32), _mm512_loadu_ps(xu + 32), a2);
+                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 48), _mm512_loadu_ps(xu + 48), a3);
+                a4 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 64), _mm512_loadu_ps(xu + 64), a4);
+                a5 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 80), _mm512_loadu_ps(xu + 80), a5);
+                a6 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 96), _mm512_loadu_ps(xu + 96), a6);
+                a7 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 112), _mm512_loadu_ps(xu + 112), a7);
+            }
+            y[m * N + n] = kbm_reduce512(a0, a1, a2, a3, a4, a5, a6, a7);
+        }
+    }
+    static int kbm_planes512_ok(void) {
+        __builtin_cpu_init();
+        return kbm_planes_ok() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+               && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi");
+    }
+
     #else
     static float kbm_row_avx2(const float* a, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
                               const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) { return 0.0f; }
@@ -367,6 +543,13 @@ cdef extern from *:
     static float kbm_row_planes(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
                                 const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) { return 0.0f; }
     static int kbm_planes_ok(void) { return 0; }
+    static int kbm_pair_index(int kind, int v, int e) { return 0; }
+    static float kbm_row_planes512(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
+                                   const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) { return 0.0f; }
+    static void kbm_rows_planes512(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed,
+                                   const float* s, const uint8_t* a8, const float* code2, float off, const float* table,
+                                   int64_t bs, int kind, int64_t n, float* wbuf, float* y) {}
+    static int kbm_planes512_ok(void) { return 0; }
     static void kbm_rows_planes(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
                                 const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
                                 int kind, int64_t n, float* wbuf, float* y) {}
@@ -385,20 +568,40 @@ cdef extern from *:
     void kbm_rows_planes(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
                          const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
                          int kind, int64_t n, float* wbuf, float* y) nogil
+    int kbm_pair_index(int kind, int v, int e) nogil
+    float kbm_row_planes512(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
+                            const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) nogil
+    void kbm_rows_planes512(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
+                            const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
+                            int kind, int64_t n, float* wbuf, float* y) nogil
+    int kbm_planes512_ok() nogil
     float kbm_widen(uint16_t h, int kind) nogil
     uint16_t kbm_narrow(float v, int kind) nogil
     void* kbm_align64(void* p) nogil
 
 HAS_AVX2 = bool(kbm_has_avx2())
 HAS_PLANES = bool(kbm_planes_ok())
+HAS_PLANES512 = bool(kbm_planes512_ok())   # the 512-bit byte-plane loop, taken when K % WIDE_UNIT == 0
 UNIT = 64
+WIDE_UNIT = 128
+_wide = HAS_PLANES512   # tests switch it off to run the 256-bit loop on the same machine
 
 
-def unit_permutation(int kind):
-    """perm[64]: position p of the permuted activations of a 64-element unit holds element perm[p]
-    (the order in which kbm_row_planes decodes the unit's weights)."""
+def unit_permutation(int kind, bint wide=False):
+    """perm[64] (wide: perm[128], the 512-bit loop's pair of units): position p of the permuted activations holds
+    element perm[p] (the order in which the kernel decodes the weights)."""
     cdef int v, e
+    if wide:
+        return [kbm_pair_index(kind, v, e) for v in range(8) for e in range(16)]
     return [kbm_unit_index(kind, v, e) for v in range(8) for e in range(8)]
+
+
+def set_wide(bint on):
+    """Use the 512-bit loop where the CPU has it (default) or always the 256-bit one; returns the previous setting."""
+    global _wide
+    old = _wide
+    _wide = on and HAS_PLANES512
+    return old
 
 
 def gemv_4bit_planes(const uint16_t[::1] a, int64_t M, int64_t N, int64_t K, const uint8_t[::1] packed,
@@ -410,19 +613,44 @@ def gemv_4bit_planes(const uint16_t[::1] a, int64_t M, int64_t N, int64_t K, con
     result's (rule 4: float32 sum + float32 bias, one rounding). The activations are widened and permuted per
     64-element unit into the order the kernel decodes weights (unit_permutation). M > 1 decodes each weight row
     once into a per-thread buffer and takes every activation row's products in the M = 1 order, so each output
-    row equals the one-row call's. Returns False, computing nothing, for a table with NaN or Inf. Rows go out in chunks handed out dynamically, so a thread that the shared
-    machine preempts does not hold up the others."""
+    row equals the one-row call's. Returns False, computing nothing, for a table with NaN or Inf. Rows go out in
+    chunks handed out dynamically, so a thread that the shared machine preempts does not hold up the others."""
+    return _planes(&a[0], M, N, K, &packed[0], &absmax[0], &absmax_8bit[0] if nested else NULL, &code2[0], offset,
+                   &table[0], blocksize, kind, &bias[0] if has_bias else NULL, &out[0], chunk)
+
+
+def gemv_4bit_planes_at(size_t a, int64_t M, int64_t N, int64_t K, size_t packed, size_t absmax, size_t absmax_8bit,
+                        size_t code2, size_t offset, size_t table, int64_t blocksize, int kind, size_t bias, size_t out,
+                        int64_t chunk=16):
+    """``gemv_4bit_planes`` on addresses (``Tensor.data_ptr()``), for a caller that has checked every size already
+    (workbench.matmul's GEMV path): it skips building a NumPy view and a memoryview per argument. ``absmax_8bit``
+    0: not nested (``absmax`` per block); else ``code2`` holds 256 float32 values and ``offset`` one. ``bias`` 0:
+    none. Nothing here can check an address: a wrong size reads or writes out of bounds."""
+    if M < 1 or N < 1 or K < 1 or not (a and packed and absmax and table and out):
+        raise ValueError("gemv_4bit_planes_at: null address or empty shape")
+    if absmax_8bit and not (code2 and offset):
+        raise ValueError("gemv_4bit_planes_at: nested absmax needs code2 and offset")
+    return _planes(<const uint16_t*>a, M, N, K, <const uint8_t*>packed, <const float*>absmax,
+                   <const uint8_t*>absmax_8bit, <const float*>code2 if absmax_8bit else <const float*>absmax,
+                   (<const float*>offset)[0] if absmax_8bit else 0.0, <const float*>table, blocksize, kind,
+                   <const uint16_t*>bias, <uint16_t*>out, chunk)
+
+
+cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* absmax,
+                  const uint8_t* a8, const float* code2, float offset, const float* table, int64_t blocksize, int kind,
+                  const uint16_t* bias, uint16_t* out, int64_t chunk) except -1:
     cdef int64_t n, u, p, m
     cdef float yv
     cdef float* wbuf
-    cdef float* ys
-    cdef const uint8_t* a8 = &absmax_8bit[0] if nested else NULL
-    cdef int perm[64]
+    cdef bint has_bias = bias != NULL
+    cdef int perm[128]
+    cdef bint wide = _wide and K % 128 == 0
+    cdef int span = 128 if wide else 64
     for p in range(16):
         if not (table[p] - table[p] == 0.0):          # NaN or Inf: the bf16 rounding by addition needs finite values
             return False
-    for p in range(64):
-        perm[p] = kbm_unit_index(kind, p >> 3, p & 7)
+    for p in range(span):
+        perm[p] = kbm_pair_index(kind, p >> 4, p & 15) if wide else kbm_unit_index(kind, p >> 3, p & 7)
     # activations 64-byte aligned: a 32-byte load that straddles a cache line costs a second access (the kernel
     # ran ~10 % slower or faster from call to call with malloc's 16-byte alignment)
     cdef void* xraw = malloc((M * K + 16) * sizeof(float))
@@ -434,12 +662,15 @@ def gemv_4bit_planes(const uint16_t[::1] a, int64_t M, int64_t N, int64_t K, con
         raise MemoryError()
     try:
         for m in range(M):
-            for u in range(0, K, 64):
-                for p in range(64):
+            for u in range(0, K, span):
+                for p in range(span):
                     xp[m * K + u + p] = kbm_widen(a[m * K + u + perm[p]], kind)
         if M == 1:
             for n in prange(N, nogil=True, schedule="dynamic", chunksize=chunk):
-                yv = kbm_row_planes(xp, K, &packed[0], &absmax[0], a8, &code2[0], offset, &table[0], blocksize, kind, n)
+                if wide:
+                    yv = kbm_row_planes512(xp, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n)
+                else:
+                    yv = kbm_row_planes(xp, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n)
                 if has_bias:
                     yv = yv + kbm_widen(bias[n], kind)
                 out[n] = kbm_narrow(yv, kind)
@@ -448,8 +679,12 @@ def gemv_4bit_planes(const uint16_t[::1] a, int64_t M, int64_t N, int64_t K, con
                 wraw = malloc((K + 16) * sizeof(float))        # 16 KB at K = 4096; NULL only if memory is gone
                 wbuf = <float*>kbm_align64(wraw)
                 for n in prange(N, schedule="dynamic", chunksize=chunk):
-                    kbm_rows_planes(xp, M, N, K, &packed[0], &absmax[0], a8, &code2[0], offset, &table[0], blocksize,
-                                    kind, n, wbuf, y)
+                    if wide:
+                        kbm_rows_planes512(xp, M, N, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n,
+                                           wbuf, y)
+                    else:
+                        kbm_rows_planes(xp, M, N, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n,
+                                        wbuf, y)
                 free(wraw)
             for m in range(M * N):
                 yv = y[m]

@@ -8,6 +8,11 @@ the spec's (docs/ARCHITECTURE.md): float32, no FMA contraction (setup.py passes
 -ffp-contract=off), reciprocal-multiply for full blocks, division in the tail block.
 Search plans come from workbench/codebook_tables.py (cpu_search_plan).
 
+``quantize_4bit`` instead hands out chunks of ~64K values (dynamically: a VM core taken away
+mid-call leaves little behind) to AVX-512 or AVX2 paths that read the input itself, with no
+staging buffer (``kb_q4_range512`` / ``kb_q4_range256``); the staged per-block path is their
+fallback for the tail block and non-finite blocks, and the whole kernel without AVX2.
+
 Non-finite inputs follow the reference exactly: the block absmax is the integer max of the
 |x| bit patterns (NaN anywhere -> NaN, else Inf -> Inf; a float max would skip NaN), never
 clamped away, and a block with a non-finite absmax is encoded by ``kb_nonfinite_codes`` (what
@@ -100,32 +105,18 @@ cdef extern from *:
 
     /* 4-bit codes by the cell plan (workbench/codebook_tables.py: _cell_plan): s in cell c = min(floor(4 s) + 4, 7)
        has cell_base[c] bounds below it plus one per bound of its NS slots that is below it -- the count of
-       kb_count15, exactly. AVX2: each 8-entry table is one register, looked up by vpermd/vpermps, so 8 values
-       cost ~15 vector instructions (NF4: 3 slots) instead of 15 compares and 15 adds. NS is a constant at each
-       call.
-       SC: buf already scaled (0), or scaled here as kb_scale would (1: times r, a full block; 2: divided by r,
-       the tail block; then clamped to [-1, 1]), which saves kb_scale's store and reload of the block. */
-    static inline __attribute__((always_inline)) float kb_scaled(float v, int sc, float r) {
-        if (sc == 0) return v;
-        float s = sc == 1 ? v * r : v / r;
-        return s > 1.0f ? 1.0f : (s < -1.0f ? -1.0f : s);
-    }
+       kb_count15, exactly. AVX2: each 8-entry table is one register, looked up by vpermd/vpermps. NS is a
+       constant at each call. */
     static inline __attribute__((always_inline)) void kb_cells_ns(const float* buf, int64_t len, const int32_t* base,
-                                                                  const float* slot, int ns, uint8_t* cnt,
-                                                                  uint8_t* packed, int sc, float r) {
+                                                                  const float* slot, int ns, uint8_t* cnt) {
         int64_t i = 0;
     #if defined(__AVX2__)
         const __m256i basev = _mm256_loadu_si256((const __m256i*)base);
         const __m256 t0 = _mm256_loadu_ps(slot), t1 = _mm256_loadu_ps(slot + 8), t2 = _mm256_loadu_ps(slot + 16),
                      t3 = _mm256_loadu_ps(slot + 24), four = _mm256_set1_ps(4.0f);
         const __m256i off = _mm256_set1_epi32(4), top = _mm256_set1_epi32(7);
-        const __m256 rv = _mm256_set1_ps(r), one = _mm256_set1_ps(1.0f), mone = _mm256_set1_ps(-1.0f);
         for (; i + 8 <= len; i += 8) {
             __m256 s = _mm256_loadu_ps(buf + i);
-            if (sc) {   /* the values are finite here: min/max clamp as the ternaries of kb_scale do */
-                s = sc == 1 ? _mm256_mul_ps(s, rv) : _mm256_div_ps(s, rv);
-                s = _mm256_min_ps(_mm256_max_ps(s, mone), one);
-            }
             __m256i c = _mm256_min_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(_mm256_floor_ps(_mm256_mul_ps(s, four))),
                                                           off), top);
             __m256i k = _mm256_permutevar8x32_epi32(basev, c);   /* only c's low 3 bits are read */
@@ -133,22 +124,12 @@ cdef extern from *:
             if (ns > 1) k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(_mm256_permutevar8x32_ps(t1, c), s, _CMP_LT_OQ)));
             if (ns > 2) k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(_mm256_permutevar8x32_ps(t2, c), s, _CMP_LT_OQ)));
             if (ns > 3) k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(_mm256_permutevar8x32_ps(t3, c), s, _CMP_LT_OQ)));
-            if (packed) {   /* byte j = code 2j << 4 | code 2j+1: one 64-bit lane per byte, then gathered */
-                __m256i v = _mm256_or_si256(_mm256_slli_epi64(k, 4), _mm256_srli_epi64(k, 32));
-                v = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-                                                            0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
-                uint32_t bytes4 = (uint32_t)(uint16_t)_mm256_extract_epi16(v, 0)
-                                  | ((uint32_t)(uint16_t)_mm256_extract_epi16(v, 8) << 16);
-                memcpy(packed + (i >> 1), &bytes4, 4);
-            } else {
-                __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1));
-                _mm_storel_epi64((__m128i*)(cnt + i), _mm_packus_epi16(w, w));
-            }
+            __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1));
+            _mm_storel_epi64((__m128i*)(cnt + i), _mm_packus_epi16(w, w));
         }
     #endif
-        if (packed) return;   /* passed only with AVX2 and len % 8 == 0: every value is coded above */
         for (; i < len; i++) {
-            float s = kb_scaled(buf[i], sc, r);
+            float s = buf[i];
             int c = (int)floorf(s * 4.0f) + 4;
             c = c < 0 ? 0 : (c > 7 ? 7 : c);
             int k = base[c];
@@ -161,31 +142,16 @@ cdef extern from *:
     #else
     #define KB_HAS_CELLS 0
     #endif
-    /* the 4-bit codes of a finite block: by the cell plan where it applies (0 <= ns <= 4), else kb_count15 */
+    /* the 4-bit codes of a finite, scaled block: by the cell plan where it applies (0 <= ns <= 4), else kb_count15 */
     static inline void kb_codes4(const float* buf, int64_t len, const float* bnd, const int32_t* base,
                                  const float* slot, int ns, uint8_t* cnt) {
         switch (ns) {
-            case 0: kb_cells_ns(buf, len, base, slot, 0, cnt, NULL, 0, 1.0f); break;
-            case 1: kb_cells_ns(buf, len, base, slot, 1, cnt, NULL, 0, 1.0f); break;
-            case 2: kb_cells_ns(buf, len, base, slot, 2, cnt, NULL, 0, 1.0f); break;
-            case 3: kb_cells_ns(buf, len, base, slot, 3, cnt, NULL, 0, 1.0f); break;
-            case 4: kb_cells_ns(buf, len, base, slot, 4, cnt, NULL, 0, 1.0f); break;
+            case 0: kb_cells_ns(buf, len, base, slot, 0, cnt); break;
+            case 1: kb_cells_ns(buf, len, base, slot, 1, cnt); break;
+            case 2: kb_cells_ns(buf, len, base, slot, 2, cnt); break;
+            case 3: kb_cells_ns(buf, len, base, slot, 3, cnt); break;
+            case 4: kb_cells_ns(buf, len, base, slot, 4, cnt); break;
             default: kb_count15(buf, len, bnd, cnt);
-        }
-    }
-    /* the fast path of a block: unscaled values in, scaled (SC 1 or 2, by r) and packed in one pass */
-    static inline void kb_codes4_packed(const float* buf, int64_t len, const int32_t* base, const float* slot, int ns,
-                                        int sc, float r, uint8_t* packed) {
-        if (sc == 1) {
-            switch (ns) {
-                case 0: kb_cells_ns(buf, len, base, slot, 0, NULL, packed, 1, r); break;
-                case 1: kb_cells_ns(buf, len, base, slot, 1, NULL, packed, 1, r); break;
-                case 2: kb_cells_ns(buf, len, base, slot, 2, NULL, packed, 1, r); break;
-                case 3: kb_cells_ns(buf, len, base, slot, 3, NULL, packed, 1, r); break;
-                default: kb_cells_ns(buf, len, base, slot, 4, NULL, packed, 1, r);
-            }
-        } else {
-            kb_cells_ns(buf, len, base, slot, ns, NULL, packed, 2, r);   /* one tail block per call */
         }
     }
 
@@ -230,6 +196,8 @@ cdef extern from *:
         }
     }
 
+    /* one 4-bit block, staged in stack buffers: the tail block, a block with a non-finite absmax, a codebook or
+       blocksize without a fast path below */
     static inline void kb_quant4_block(const void* x, int kind, int64_t start, int64_t end, int is_tail,
             const float* bnd15, const uint8_t* bcodes, int identity, uint8_t zero_code, uint8_t nan_code,
             const int32_t* cell_base, const float* cell_bounds, int cell_slots, uint8_t* packed, float* absmax_b) {
@@ -239,22 +207,7 @@ cdef extern from *:
         if (len <= 0 || len > KB_MAXBLOCK) return;   /* never: the entry points check the blocksize */
         kb_load(x, kind, start, len, buf);
         uint8_t* out = packed + (start >> 1);
-        uint32_t m;
-        if (KB_HAS_CELLS && identity && (len & 7) == 0 && cell_slots >= 0 && cell_slots <= 4) {
-            /* kb_scale's rule, its scaling fused into the code pass, the codes packed straight out */
-            m = kb_absmax_bits(buf, len);
-            float am = kb_bits_f32(m);
-            if (m < KB_EXP) {
-                float amc = am > KB_TINY ? am : KB_TINY;
-                *absmax_b = is_tail ? amc : am;
-                kb_codes4_packed(buf, len, cell_base, cell_bounds, cell_slots, is_tail ? 2 : 1,
-                                 is_tail ? amc : 1.0f / amc, out);
-                return;
-            }
-            *absmax_b = am;
-        } else {
-            m = kb_scale(buf, len, is_tail, absmax_b);
-        }
+        uint32_t m = kb_scale(buf, len, is_tail, absmax_b);
         if (m >= KB_EXP) {
             kb_nonfinite_codes(buf, len, m, nan_code, zero_code, cnt);
         } else {
@@ -265,6 +218,332 @@ cdef extern from *:
         int64_t nb = (len + 1) >> 1;
         for (int64_t j = 0; j < nb; j++) out[j] = (uint8_t)((cnt[2 * j] << 4) | cnt[2 * j + 1]);
     }
+
+    /* ---- the 4-bit fast paths, for full blocks of a length that is a multiple of 32. Blocks go in groups
+       (kb_group): first every block's absmax, the integer max of the |x| bit patterns of the input itself (for bf16
+       and fp16 the max of the 16-bit patterns, widened after: both widenings are monotone in the bits, so this is
+       kb_absmax_bits' result), and its reciprocal; then the codes, a second read of the block from L1. A block's
+       reduction and division form a long dependency chain; done for the group first, the chains of different
+       blocks overlap instead of each stalling its block's codes.
+       The codes: kb_scale's scaling (1 / absmax clamped, then a multiply) and clamp to [-1, 1] (by min/max, the
+       values being finite), the cell plan's count, the bucket codes looked up with pshufb when they are not the
+       identity, and the nibbles packed: codes as bytes in element order, pmaddubsw pairs them (16 * even + odd),
+       and the words narrow to bytes. A block whose absmax is NaN or Inf, or the tail block, goes to
+       kb_quant4_block.
+       The clamp is skipped where it cannot change a value: in round-to-nearest, x * fl(1 / x) <= 1 whenever
+       1 / x is a normal float (absmax < 2**126), so |x_i| * r <= 1 for every x_i of the block; above that the
+       subnormal reciprocal loses precision and absmax * r can round to past 1. */
+    #define KB_GROUP 32
+    /* blocks per group: up to KB_GROUP, as many as fit in 8 KiB of input (still in L1 for the second read) */
+    static inline int64_t kb_group(int64_t bs, int kind) {
+        int64_t g = 8192 / (bs * (kind == 0 ? 4 : 2));
+        return g < 1 ? 1 : (g > KB_GROUP ? KB_GROUP : g);
+    }
+    #define KB_NOCLAMP_BELOW 0x7E800000u   /* 2**126: a smaller absmax has a normal reciprocal */
+
+    #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VBMI__)
+    #define KB_HAS_512 1
+    /* the 32-cell plan in registers. Index i = floor(min(16 s, 15.5)) is in [-16, 15]: vpermt2d/ps read its low 5
+       bits, i & 31, which is cell i + 16 rotated by 16, so the register pair is (cells 16-31, cells 0-15).
+       perm64/perm32: where vpermb finds element e's count (byte k of dword d of the k-th register's counts, the
+       registers' counts or-ed together shifted by 8 k); bc: the bucket codes in every 16-byte lane. */
+    typedef struct { __m512i base0, base1; __m512 bnd0[4], bnd1[4]; __m512i bc, perm64, perm32; } kb_t512;
+
+    static inline __attribute__((always_inline)) uint32_t kb_absmax512(const void* x, int kind, int64_t start, int64_t len) {
+        int64_t i;
+        if (kind == 0) {
+            const float* xf = (const float*)x + start;
+            __m512i acc = _mm512_setzero_si512();
+            const __m512i mask = _mm512_set1_epi32(0x7FFFFFFF);
+            for (i = 0; i < len; i += 16) acc = _mm512_max_epu32(acc, _mm512_and_si512(_mm512_loadu_si512(xf + i), mask));
+            return _mm512_reduce_max_epu32(acc);
+        }
+        const uint16_t* u = (const uint16_t*)x + start;
+        __m512i acc = _mm512_setzero_si512();
+        const __m512i mask = _mm512_set1_epi16(0x7FFF);
+        for (i = 0; i < len; i += 32) acc = _mm512_max_epu16(acc, _mm512_and_si512(_mm512_loadu_si512(u + i), mask));
+        __m256i a = _mm256_max_epu16(_mm512_castsi512_si256(acc), _mm512_extracti64x4_epi64(acc, 1));
+        __m128i b = _mm_max_epu16(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+        /* phminposuw: the min of 8 words; of the complements, so the max */
+        uint32_t h = 0xFFFFu - ((uint32_t)_mm_cvtsi128_si32(_mm_minpos_epu16(_mm_xor_si128(b, _mm_set1_epi32(-1)))) & 0xFFFFu);
+        return kind == 1 ? h << 16 : kb_f32_bits(kb_f16_to_f32((uint16_t)h));
+    }
+
+    static inline __attribute__((always_inline)) __m512i kb_count16_512(__m512 f, __m512 rv, const kb_t512* T, int ns,
+                                                                        int clamp) {
+        __m512 s = _mm512_mul_ps(f, rv);
+        if (clamp) s = _mm512_min_ps(_mm512_max_ps(s, _mm512_set1_ps(-1.0f)), _mm512_set1_ps(1.0f));
+        __m512i i = _mm512_cvt_roundps_epi32(_mm512_min_ps(_mm512_mul_ps(s, _mm512_set1_ps(16.0f)), _mm512_set1_ps(15.5f)),
+                                             _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        __m512i k = _mm512_permutex2var_epi32(T->base0, i, T->base1);
+        const __m512i one = _mm512_set1_epi32(1);
+        for (int j = 0; j < ns; j++)   /* ns is a constant: unrolled */
+            k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(_mm512_permutex2var_ps(T->bnd0[j], i, T->bnd1[j]), s,
+                                                            _CMP_LT_OQ), k, one);
+        return k;
+    }
+
+    /* 16 values from p: bf16 (kind 1) unpacked in lanes, elements 8L..8L+3 in lane L of the low half (hi = 0) and
+       8L+4..8L+7 in the high half's (hi = 1) of the 32 values at p; fp16 and fp32 in order */
+    static inline __attribute__((always_inline)) void kb_load32_512(const void* p, int kind, __m512* f0, __m512* f1) {
+        if (kind == 1) {
+            __m512i v = _mm512_loadu_si512(p);
+            *f0 = _mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), v));
+            *f1 = _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), v));
+        } else if (kind == 2) {
+            *f0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+            *f1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p + 1));
+        } else {
+            *f0 = _mm512_loadu_ps((const float*)p);
+            *f1 = _mm512_loadu_ps((const float*)p + 16);
+        }
+    }
+
+    static inline __attribute__((always_inline)) void kb_codes512(const void* x, int kind, int64_t start, int64_t len,
+            const kb_t512* T, int ns, int clamp, int identity, float r, uint8_t* out) {
+        const char* p = (const char*)x + start * (kind == 0 ? 4 : 2);
+        const int64_t w = kind == 0 ? 4 : 2;
+        const __m512 rv = _mm512_set1_ps(r);
+        const __m512i pair = _mm512_set1_epi16(0x0110);
+        int64_t i = 0;
+        for (; i + 64 <= len; i += 64) {
+            __m512 f0, f1, f2, f3;
+            kb_load32_512(p + i * w, kind, &f0, &f1);
+            kb_load32_512(p + (i + 32) * w, kind, &f2, &f3);
+            __m512i k0 = kb_count16_512(f0, rv, T, ns, clamp), k1 = kb_count16_512(f1, rv, T, ns, clamp);
+            __m512i k2 = kb_count16_512(f2, rv, T, ns, clamp), k3 = kb_count16_512(f3, rv, T, ns, clamp);
+            __m512i k = _mm512_or_si512(_mm512_or_si512(k0, _mm512_slli_epi32(k1, 8)),
+                                        _mm512_or_si512(_mm512_slli_epi32(k2, 16), _mm512_slli_epi32(k3, 24)));
+            __m512i b = _mm512_permutexvar_epi8(T->perm64, k);
+            if (!identity) b = _mm512_shuffle_epi8(T->bc, b);
+            _mm256_storeu_si256((__m256i*)(out + (i >> 1)), _mm512_cvtepi16_epi8(_mm512_maddubs_epi16(b, pair)));
+        }
+        if (i < len) {   /* blocksize 32 */
+            __m512 f0, f1;
+            kb_load32_512(p + i * w, kind, &f0, &f1);
+            __m512i k = _mm512_or_si512(kb_count16_512(f0, rv, T, ns, clamp),
+                                        _mm512_slli_epi32(kb_count16_512(f1, rv, T, ns, clamp), 8));
+            __m512i b = _mm512_permutexvar_epi8(T->perm32, k);
+            if (!identity) b = _mm512_shuffle_epi8(T->bc, b);
+            __m512i wd = _mm512_maddubs_epi16(b, pair);
+            _mm_storeu_si128((__m128i*)(out + (i >> 1)), _mm256_cvtepi16_epi8(_mm512_castsi512_si256(wd)));
+        }
+    }
+
+    static inline __attribute__((always_inline)) void kb_q4_loop512(const void* x, int kind, int64_t n, int64_t bs,
+            int64_t b0, int64_t b1, const kb_t512* T, int ns, int identity, const float* bnd15, const uint8_t* bcodes,
+            uint8_t zero_code, uint8_t nan_code, const int32_t* cell_base, const float* cell_bounds, int cell_slots,
+            uint8_t* packed, float* absmax) {
+        uint32_t mb[KB_GROUP];
+        float rr[KB_GROUP];
+        const int64_t gmax = kb_group(bs, kind);
+        for (int64_t g0 = b0; g0 < b1; g0 += gmax) {
+            int64_t g = b1 - g0 < gmax ? b1 - g0 : gmax, j;
+            for (j = 0; j < g; j++) {
+                int64_t start = (g0 + j) * bs;
+                mb[j] = start + bs <= n ? kb_absmax512(x, kind, start, bs) : 0xFFFFFFFFu;   /* the tail: staged */
+            }
+            for (j = 0; j < g; j++) { float am = kb_bits_f32(mb[j]); rr[j] = 1.0f / (am > KB_TINY ? am : KB_TINY); }
+            for (j = 0; j < g; j++) {
+                int64_t b = g0 + j, start = b * bs, end = start + bs < n ? start + bs : n;
+                uint32_t m = mb[j];
+                if (m < KB_NOCLAMP_BELOW) {
+                    absmax[b] = kb_bits_f32(m);
+                    kb_codes512(x, kind, start, bs, T, ns, 0, identity, rr[j], packed + (start >> 1));
+                } else if (m < KB_EXP) {
+                    absmax[b] = kb_bits_f32(m);
+                    kb_codes512(x, kind, start, bs, T, ns, 1, identity, rr[j], packed + (start >> 1));
+                } else {
+                    kb_quant4_block(x, kind, start, end, end - start < bs, bnd15, bcodes, identity, zero_code, nan_code,
+                                    cell_base, cell_bounds, cell_slots, packed, absmax + b);
+                }
+            }
+        }
+    }
+
+    /* blocks [b0, b1) with the 32-cell plan (base32: 32 counts, bnd32: 4 x 32 slots, ns32 compares); bs % 32 == 0 */
+    static void kb_q4_range512(const void* x, int kind, int64_t n, int64_t bs, int64_t b0, int64_t b1,
+            const int32_t* base32, const float* bnd32, int ns32, const float* bnd15, const uint8_t* bcodes, int nbc,
+            int identity, uint8_t zero_code, uint8_t nan_code, const int32_t* cell_base, const float* cell_bounds,
+            int cell_slots, uint8_t* packed, float* absmax) {
+        kb_t512 T;
+        uint8_t perm64[64], perm32[64], bc[64];
+        T.base0 = _mm512_loadu_si512(base32 + 16);
+        T.base1 = _mm512_loadu_si512(base32);
+        for (int j = 0; j < 4; j++) {
+            T.bnd0[j] = _mm512_loadu_ps(bnd32 + 32 * j + 16);
+            T.bnd1[j] = _mm512_loadu_ps(bnd32 + 32 * j);
+        }
+        for (int e = 0; e < 64; e++) {
+            /* element e of 64: register k (0-3) and its dword d, as kb_load32_512 and kb_codes512 lay them out */
+            int k, d;
+            if (kind == 1) { int q = e & 31, r = q & 7; k = 2 * (e >> 5) + (r >= 4); d = 4 * (q >> 3) + (r & 3); }
+            else { k = e >> 4; d = e & 15; }
+            perm64[e] = (uint8_t)(4 * d + k);
+            perm32[e] = (uint8_t)(e < 32 ? 4 * d + k : 0);   /* bytes 32-63 are not stored */
+            bc[e] = (e & 15) < nbc ? bcodes[e & 15] : 0;      /* counts are < nbc */
+        }
+        T.perm64 = _mm512_loadu_si512(perm64);
+        T.perm32 = _mm512_loadu_si512(perm32);
+        T.bc = _mm512_loadu_si512(bc);
+        switch (ns32) {
+            case 0: kb_q4_loop512(x, kind, n, bs, b0, b1, &T, 0, identity, bnd15, bcodes, zero_code, nan_code, cell_base, cell_bounds, cell_slots, packed, absmax); break;
+            case 1: kb_q4_loop512(x, kind, n, bs, b0, b1, &T, 1, identity, bnd15, bcodes, zero_code, nan_code, cell_base, cell_bounds, cell_slots, packed, absmax); break;
+            case 2: kb_q4_loop512(x, kind, n, bs, b0, b1, &T, 2, identity, bnd15, bcodes, zero_code, nan_code, cell_base, cell_bounds, cell_slots, packed, absmax); break;
+            case 3: kb_q4_loop512(x, kind, n, bs, b0, b1, &T, 3, identity, bnd15, bcodes, zero_code, nan_code, cell_base, cell_bounds, cell_slots, packed, absmax); break;
+            default: kb_q4_loop512(x, kind, n, bs, b0, b1, &T, 4, identity, bnd15, bcodes, zero_code, nan_code, cell_base, cell_bounds, cell_slots, packed, absmax);
+        }
+    }
+    #else
+    #define KB_HAS_512 0
+    static void kb_q4_range512(const void* x, int kind, int64_t n, int64_t bs, int64_t b0, int64_t b1,
+            const int32_t* base32, const float* bnd32, int ns32, const float* bnd15, const uint8_t* bcodes, int nbc,
+            int identity, uint8_t zero_code, uint8_t nan_code, const int32_t* cell_base, const float* cell_bounds,
+            int cell_slots, uint8_t* packed, float* absmax) {}
+    #endif
+
+    #if defined(__AVX2__) && defined(__F16C__)
+    #define KB_HAS_256 1
+    /* the 8-cell plan in registers. Index i = floor(min(4 s, 3.5)) is in [-4, 3]: vpermd/vpermps read its low 3 bits,
+       i & 7, which is cell i + 4 rotated by 4, so each register holds cells 4-7, then 0-3. */
+    typedef struct { __m256i base; __m256 bnd[4]; __m256i bc; } kb_t256;
+
+    static inline __attribute__((always_inline)) uint32_t kb_absmax256(const void* x, int kind, int64_t start, int64_t len) {
+        int64_t i;
+        if (kind == 0) {
+            const float* xf = (const float*)x + start;
+            __m256i acc = _mm256_setzero_si256();
+            const __m256i mask = _mm256_set1_epi32(0x7FFFFFFF);
+            for (i = 0; i < len; i += 8)
+                acc = _mm256_max_epu32(acc, _mm256_and_si256(_mm256_loadu_si256((const __m256i*)(xf + i)), mask));
+            __m128i a = _mm_max_epu32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+            a = _mm_max_epu32(a, _mm_shuffle_epi32(a, 0x4E));
+            a = _mm_max_epu32(a, _mm_shuffle_epi32(a, 0xB1));
+            return (uint32_t)_mm_cvtsi128_si32(a);
+        }
+        const uint16_t* u = (const uint16_t*)x + start;
+        __m256i acc = _mm256_setzero_si256();
+        const __m256i mask = _mm256_set1_epi16(0x7FFF);
+        for (i = 0; i < len; i += 16)
+            acc = _mm256_max_epu16(acc, _mm256_and_si256(_mm256_loadu_si256((const __m256i*)(u + i)), mask));
+        __m128i b = _mm_max_epu16(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+        uint32_t h = 0xFFFFu - ((uint32_t)_mm_cvtsi128_si32(_mm_minpos_epu16(_mm_xor_si128(b, _mm_set1_epi32(-1)))) & 0xFFFFu);
+        return kind == 1 ? h << 16 : kb_f32_bits(kb_f16_to_f32((uint16_t)h));
+    }
+
+    static inline __attribute__((always_inline)) __m256i kb_count8_256(__m256 f, __m256 rv, const kb_t256* T, int ns,
+                                                                       int clamp) {
+        __m256 s = _mm256_mul_ps(f, rv);
+        if (clamp) s = _mm256_min_ps(_mm256_max_ps(s, _mm256_set1_ps(-1.0f)), _mm256_set1_ps(1.0f));
+        __m256i i = _mm256_cvtps_epi32(_mm256_floor_ps(_mm256_min_ps(_mm256_mul_ps(s, _mm256_set1_ps(4.0f)),
+                                                                     _mm256_set1_ps(3.5f))));
+        __m256i k = _mm256_permutevar8x32_epi32(T->base, i);
+        for (int j = 0; j < ns; j++)   /* ns is a constant: unrolled */
+            k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(_mm256_permutevar8x32_ps(T->bnd[j], i), s, _CMP_LT_OQ)));
+        return k;
+    }
+
+    static inline __attribute__((always_inline)) void kb_codes256(const void* x, int kind, int64_t start, int64_t len,
+            const kb_t256* T, int ns, int clamp, int identity, float r, uint8_t* out) {
+        const uint16_t* u = (const uint16_t*)x + start;
+        const float* xf = (const float*)x + start;
+        const __m256 rv = _mm256_set1_ps(r);
+        const __m256i pair = _mm256_set1_epi16(0x0110), zero = _mm256_setzero_si256();
+        for (int64_t i = 0; i < len; i += 32) {
+            __m256 f0, f1, f2, f3;
+            if (kind == 1) {   /* unpacked in lanes: f0 = elements 0-3 | 8-11, f1 = 4-7 | 12-15, f2, f3 the next 16 */
+                __m256i v0 = _mm256_loadu_si256((const __m256i*)(u + i)), v1 = _mm256_loadu_si256((const __m256i*)(u + i + 16));
+                f0 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v0));
+                f1 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v0));
+                f2 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v1));
+                f3 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v1));
+            } else if (kind == 2) {
+                f0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(u + i)));
+                f1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(u + i + 8)));
+                f2 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(u + i + 16)));
+                f3 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(u + i + 24)));
+            } else {
+                f0 = _mm256_loadu_ps(xf + i);
+                f1 = _mm256_loadu_ps(xf + i + 8);
+                f2 = _mm256_loadu_ps(xf + i + 16);
+                f3 = _mm256_loadu_ps(xf + i + 24);
+            }
+            __m256i k0 = kb_count8_256(f0, rv, T, ns, clamp), k1 = kb_count8_256(f1, rv, T, ns, clamp);
+            __m256i k2 = kb_count8_256(f2, rv, T, ns, clamp), k3 = kb_count8_256(f3, rv, T, ns, clamp);
+            /* in-lane packs: pairs (2j, 2j+1) stay adjacent; the halves of each 16-byte result are ordered by a
+               final word (fp32/fp16) or dword (bf16, unpacked in lanes) interleave */
+            __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(k0, k1), _mm256_packus_epi32(k2, k3));
+            if (!identity) b = _mm256_shuffle_epi8(T->bc, b);
+            __m256i p = _mm256_maddubs_epi16(b, pair);
+            p = _mm256_packus_epi16(p, p);
+            __m128i lo = _mm256_castsi256_si128(p), hi = _mm256_extracti128_si256(p, 1);
+            _mm_storeu_si128((__m128i*)(out + (i >> 1)), kind == 1 ? _mm_unpacklo_epi32(lo, hi) : _mm_unpacklo_epi16(lo, hi));
+        }
+    }
+
+    static inline __attribute__((always_inline)) void kb_q4_loop256(const void* x, int kind, int64_t n, int64_t bs,
+            int64_t b0, int64_t b1, const kb_t256* T, int ns, int identity, const float* bnd15, const uint8_t* bcodes,
+            uint8_t zero_code, uint8_t nan_code, const int32_t* cell_base, const float* cell_bounds, int cell_slots,
+            uint8_t* packed, float* absmax) {
+        uint32_t mb[KB_GROUP];
+        float rr[KB_GROUP];
+        const int64_t gmax = kb_group(bs, kind);
+        for (int64_t g0 = b0; g0 < b1; g0 += gmax) {
+            int64_t g = b1 - g0 < gmax ? b1 - g0 : gmax, j;
+            for (j = 0; j < g; j++) {
+                int64_t start = (g0 + j) * bs;
+                mb[j] = start + bs <= n ? kb_absmax256(x, kind, start, bs) : 0xFFFFFFFFu;   /* the tail: staged */
+            }
+            for (j = 0; j < g; j++) { float am = kb_bits_f32(mb[j]); rr[j] = 1.0f / (am > KB_TINY ? am : KB_TINY); }
+            for (j = 0; j < g; j++) {
+                int64_t b = g0 + j, start = b * bs, end = start + bs < n ? start + bs : n;
+                uint32_t m = mb[j];
+                if (m < KB_NOCLAMP_BELOW) {
+                    absmax[b] = kb_bits_f32(m);
+                    kb_codes256(x, kind, start, bs, T, ns, 0, identity, rr[j], packed + (start >> 1));
+                } else if (m < KB_EXP) {
+                    absmax[b] = kb_bits_f32(m);
+                    kb_codes256(x, kind, start, bs, T, ns, 1, identity, rr[j], packed + (start >> 1));
+                } else {
+                    kb_quant4_block(x, kind, start, end, end - start < bs, bnd15, bcodes, identity, zero_code, nan_code,
+                                    cell_base, cell_bounds, cell_slots, packed, absmax + b);
+                }
+            }
+        }
+    }
+
+    /* blocks [b0, b1) with the 8-cell plan (0 <= cell_slots <= 4); bs % 32 == 0 */
+    static void kb_q4_range256(const void* x, int kind, int64_t n, int64_t bs, int64_t b0, int64_t b1,
+            const float* bnd15, const uint8_t* bcodes, int nbc, int identity, uint8_t zero_code, uint8_t nan_code,
+            const int32_t* cell_base, const float* cell_bounds, int cell_slots, uint8_t* packed, float* absmax) {
+        kb_t256 T;
+        int32_t base[8];
+        float bnd[8];
+        uint8_t bc[32];
+        for (int c = 0; c < 8; c++) base[c] = cell_base[(c + 4) & 7];
+        T.base = _mm256_loadu_si256((const __m256i*)base);
+        for (int j = 0; j < 4; j++) {
+            for (int c = 0; c < 8; c++) bnd[c] = cell_bounds[8 * j + ((c + 4) & 7)];
+            T.bnd[j] = _mm256_loadu_ps(bnd);
+        }
+        for (int e = 0; e < 32; e++) bc[e] = (e & 15) < nbc ? bcodes[e & 15] : 0;   /* counts are < nbc */
+        T.bc = _mm256_loadu_si256((const __m256i*)bc);
+        switch (cell_slots) {
+            case 0: kb_q4_loop256(x, kind, n, bs, b0, b1, &T, 0, identity, bnd15, bcodes, zero_code, nan_code, cell_base, cell_bounds, cell_slots, packed, absmax); break;
+            case 1: kb_q4_loop256(x, kind, n, bs, b0, b1, &T, 1, identity, bnd15, bcodes, zero_code, nan_code, cell_base, cell_bounds, cell_slots, packed, absmax); break;
+            case 2: kb_q4_loop256(x, kind, n, bs, b0, b1, &T, 2, identity, bnd15, bcodes, zero_code, nan_code, cell_base, cell_bounds, cell_slots, packed, absmax); break;
+            case 3: kb_q4_loop256(x, kind, n, bs, b0, b1, &T, 3, identity, bnd15, bcodes, zero_code, nan_code, cell_base, cell_bounds, cell_slots, packed, absmax); break;
+            default: kb_q4_loop256(x, kind, n, bs, b0, b1, &T, 4, identity, bnd15, bcodes, zero_code, nan_code, cell_base, cell_bounds, cell_slots, packed, absmax);
+        }
+    }
+    #else
+    #define KB_HAS_256 0
+    static void kb_q4_range256(const void* x, int kind, int64_t n, int64_t bs, int64_t b0, int64_t b1,
+            const float* bnd15, const uint8_t* bcodes, int nbc, int identity, uint8_t zero_code, uint8_t nan_code,
+            const int32_t* cell_base, const float* cell_bounds, int cell_slots, uint8_t* packed, float* absmax) {}
+    #endif
+    /* the widest fast path compiled: 2 AVX-512, 1 AVX2, 0 none (every block by kb_quant4_block) */
+    #define KB_SIMD (KB_HAS_512 ? 2 : (KB_HAS_256 ? 1 : 0))
 
     static inline void kb_store(float* vals, int64_t len, int kind, void* out, int64_t start) {
         if (kind == 0) { memcpy((float*)out + start, vals, (size_t)len * 4); return; }
@@ -429,6 +708,15 @@ cdef extern from *:
                          const int32_t* cell_base, const float* cell_bounds, int cell_slots,
                          uint8_t* packed, float* absmax_b) nogil
     int KB_HAS_CELLS
+    int KB_SIMD
+    void kb_q4_range512(const void* x, int kind, int64_t n, int64_t bs, int64_t b0, int64_t b1,
+                        const int32_t* base32, const float* bnd32, int ns32, const float* bnd15, const uint8_t* bcodes,
+                        int nbc, int identity, uint8_t zero_code, uint8_t nan_code, const int32_t* cell_base,
+                        const float* cell_bounds, int cell_slots, uint8_t* packed, float* absmax) nogil
+    void kb_q4_range256(const void* x, int kind, int64_t n, int64_t bs, int64_t b0, int64_t b1,
+                        const float* bnd15, const uint8_t* bcodes, int nbc, int identity, uint8_t zero_code,
+                        uint8_t nan_code, const int32_t* cell_base, const float* cell_bounds, int cell_slots,
+                        uint8_t* packed, float* absmax) nogil
     void kb_quant8_stoch_block(const void* x, int kind, int64_t start, int64_t end, int is_tail,
                                const float* bounds_pad, int64_t npad, const uint8_t* bcodes, const float* values,
                                int64_t nvalues, const float* rnd, uint8_t* codes, float* absmax_b) nogil
@@ -506,27 +794,65 @@ def quantize_blockwise_ordlut(x, int kind, int64_t blocksize, const uint32_t[::1
                                &absmax[b])
 
 
-HAS_CELLS = bool(KB_HAS_CELLS)   # the AVX2 cell-plan path of quantize_4bit (else the 15-bound count)
+HAS_CELLS = bool(KB_HAS_CELLS)   # the AVX2 cell-plan count of staged blocks (else the 15-bound count)
+SIMD = KB_SIMD   # quantize_4bit's widest fast path: 2 AVX-512 (32 cells), 1 AVX2 (8 cells), 0 none
+# blocks per scheduled chunk: about 64K values, so a core that the VM takes away mid-call leaves a little
+# of the work behind, which the other thread picks up, instead of half of it
+cdef int64_t _CHUNK_VALUES = 1 << 16
 
 
 def quantize_4bit(x, int kind, int64_t blocksize, const float[::1] bnd15, const uint8_t[::1] bcodes,
                   bint identity, uint8_t zero_code, const int32_t[::1] cell_base, const float[::1] cell_bounds,
-                  int cell_slots, uint8_t[::1] packed, float[::1] absmax):
+                  int cell_slots, uint8_t[::1] packed, float[::1] absmax, cells32=None, int simd=2):
     """Codes by the cell plan (cell_base: 8 counts, cell_bounds: 4 x 8 slots, cell_slots compares; -1: the
-    15-bound count instead), the same codes either way."""
+    15-bound count instead), the same codes either way. ``cells32``: the 32-cell plan (base int32[32], bounds
+    float32[128], slots) of the AVX-512 path. ``simd`` caps the fast path (see SIMD; lower values let the tests
+    compare every path on one machine)."""
     cdef int64_t n = x.shape[0]
-    cdef uint8_t nan_code = bcodes[bcodes.shape[0] - 1]  # non-finite blocks
+    cdef uint8_t nan_code
     cdef int64_t nblocks = _nblocks(n, blocksize)
     cdef const void* px = _addr(x)
-    cdef int64_t b, start, end
+    cdef int64_t b, start, end, c, nchunks, per
+    cdef int level = simd if simd < KB_SIMD else KB_SIMD
+    cdef int nbc = bcodes.shape[0]
+    cdef const int32_t[::1] base32
+    cdef const float[::1] bnd32
+    cdef int ns32 = -1
     if bnd15.shape[0] != 15 or cell_base.shape[0] != 8 or cell_bounds.shape[0] != 32:
         raise ValueError("quantize_4bit: expected 15 bounds, 8 cell counts and 32 cell bounds "
                          f"(got {bnd15.shape[0]}, {cell_base.shape[0]}, {cell_bounds.shape[0]})")
-    for b in prange(nblocks, nogil=True, schedule="static"):
-        start = b * blocksize
-        end = start + blocksize if start + blocksize < n else n
-        kb_quant4_block(px, kind, start, end, end - start < blocksize, &bnd15[0], &bcodes[0], identity, zero_code,
-                        nan_code, &cell_base[0], &cell_bounds[0], cell_slots, &packed[0], &absmax[b])
+    if nbc < 1 or nbc > 16 or packed.shape[0] < (n + 1) // 2 or absmax.shape[0] < nblocks:
+        raise ValueError(f"quantize_4bit: expected 1..16 bucket codes, {(n + 1) // 2} packed bytes and {nblocks} "
+                         f"absmax values (got {nbc}, {packed.shape[0]}, {absmax.shape[0]})")
+    if x.itemsize != (4 if kind == 0 else 2) or kind < 0 or kind > 2:
+        raise ValueError(f"quantize_4bit: kind {kind} does not match {x.itemsize}-byte elements")
+    nan_code = bcodes[nbc - 1]  # non-finite blocks
+    if cells32 is not None:
+        base32, bnd32, ns32 = cells32
+        if base32.shape[0] != 32 or bnd32.shape[0] != 128 or ns32 > 4:
+            raise ValueError(f"quantize_4bit: expected a 32-cell plan of 32 counts, 128 bounds and <= 4 slots "
+                             f"(got {base32.shape[0]}, {bnd32.shape[0]}, {ns32})")
+    if n == 0:
+        return
+    if blocksize % 32 or not (level == 2 and ns32 >= 0 or level >= 1 and cell_slots >= 0):
+        for b in prange(nblocks, nogil=True, schedule="static"):
+            start = b * blocksize
+            end = start + blocksize if start + blocksize < n else n
+            kb_quant4_block(px, kind, start, end, end - start < blocksize, &bnd15[0], &bcodes[0], identity, zero_code,
+                            nan_code, &cell_base[0], &cell_bounds[0], cell_slots, &packed[0], &absmax[b])
+        return
+    per = _CHUNK_VALUES // blocksize if _CHUNK_VALUES > blocksize else 1
+    nchunks = (nblocks + per - 1) // per
+    if level == 2 and ns32 >= 0:
+        for c in prange(nchunks, nogil=True, schedule="dynamic"):
+            kb_q4_range512(px, kind, n, blocksize, c * per, min(c * per + per, nblocks), &base32[0], &bnd32[0], ns32,
+                           &bnd15[0], &bcodes[0], nbc, identity, zero_code, nan_code, &cell_base[0], &cell_bounds[0],
+                           cell_slots, &packed[0], &absmax[0])
+    else:
+        for c in prange(nchunks, nogil=True, schedule="dynamic"):
+            kb_q4_range256(px, kind, n, blocksize, c * per, min(c * per + per, nblocks), &bnd15[0], &bcodes[0], nbc,
+                           identity, zero_code, nan_code, &cell_base[0], &cell_bounds[0], cell_slots, &packed[0],
+                           &absmax[0])
 
 
 def dequantize_blockwise(const uint8_t[::1] codes, const float[::1] absmax, const float[::1] table,

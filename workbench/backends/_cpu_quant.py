@@ -49,13 +49,19 @@ def bind(K, module: str) -> dict:
         K.dequantize_blockwise(as_numpy(codes), as_numpy(absmax), as_numpy(table), blocksize, kind, arr)
         return out
 
+    cells32 = hasattr(K, "SIMD")   # the Cython kernel's AVX-512 path takes the 32-cell plan too
+
     def quantize_4bit(A, codebook, blocksize):
         x, kind = as_numpy_bits(A)
         p = cpu_search_plan(codebook)
         n = A.numel()
         packed, absmax = _outputs(n, blocksize, (n + 1) // 2)
-        K.quantize_4bit(x, kind, blocksize, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code), p.cell_base,
-                        p.cell_bounds, p.cell_slots, packed.numpy(), absmax.numpy())
+        args = (x, kind, blocksize, p.bnd15, p.bucket_codes, p.identity, np.uint8(p.zero_code), p.cell_base,
+                p.cell_bounds, p.cell_slots, packed.numpy(), absmax.numpy())
+        if cells32:
+            K.quantize_4bit(*args, p.cells32)
+        else:
+            K.quantize_4bit(*args)
         return packed, absmax
 
     def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
