@@ -367,27 +367,8 @@ def test_public_calls_go_through_torch_ops_where_something_must_see_them(rng):
     """A plain eager call on CPU (or CUDA) tensors runs the backend's kernel directly (ops._eager); under a dispatch mode, a
     function mode or the profiler the public 4-bit and blockwise calls go through torch.ops.workbench, where each
     of them sees the op. The results are the same either way, bit for bit."""
-    from torch.overrides import TorchFunctionMode
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from _modes import DispatchSeen, FunctionSeen
     from workbench import ops as O
-
-    class Dispatch(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    class Function(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.seen.append(str(func))
-            return func(*args, **(kwargs or {}))
 
     A = (torch.randn(64 * 70 + 33, generator=rng) * 3).to(torch.bfloat16)
     ops = ("quantize_4bit", "dequantize_4bit", "quantize_blockwise", "dequantize_blockwise")
@@ -399,7 +380,7 @@ def test_public_calls_go_through_torch_ops_where_something_must_see_them(rng):
 
     assert O._eager(A) and not O._eager(torch.nn.Parameter(A.float()))
     want = run()
-    for mode in (Dispatch(), Function()):
+    for mode in (DispatchSeen(), FunctionSeen()):
         with mode:
             assert not O._eager(A)
             got = run()

@@ -146,22 +146,13 @@ def test_inputs_not_written(rng):
 
 
 def test_autograd_compile_and_dispatch_modes_see_the_op(rng):
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Seen(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
+    from _modes import DispatchSeen
 
     A, P, qs, _ = _case(rng, 64, 128, 1, torch.bfloat16, 64, nested=True)
     want = _fast(A, P, qs)
-    with Seen() as seen:
+    with DispatchSeen() as mode:
         assert torch.equal(matmul_4bit(A, P, qs), want)
-    assert "workbench.gemm_4bit.default" in seen.ops
+    assert "workbench.gemm_4bit.default" in mode.seen
     A1 = A.clone().requires_grad_(True)
     y = matmul_4bit(A1, P, qs)
     assert y.requires_grad and torch.equal(y.detach(), want)

@@ -330,36 +330,41 @@ cdef extern from *:
         }
     }
 
-    static inline __attribute__((always_inline)) void kb_q4_loop512(const void* x, int kind, int64_t n, int64_t bs,
-            int64_t b0, int64_t b1, const kb_t512* T, int ns, int identity, const float* bnd15, const uint8_t* bcodes,
-            uint8_t zero_code, uint8_t nan_code, const int32_t* cell_base, const float* cell_bounds, int cell_slots,
-            uint8_t* packed, float* absmax) {
-        uint32_t mb[KB_GROUP];
-        float rr[KB_GROUP];
-        const int64_t gmax = kb_group(bs, kind);
-        for (int64_t g0 = b0; g0 < b1; g0 += gmax) {
-            int64_t g = b1 - g0 < gmax ? b1 - g0 : gmax, j;
-            for (j = 0; j < g; j++) {
-                int64_t start = (g0 + j) * bs;
-                mb[j] = start + bs <= n ? kb_absmax512(x, kind, start, bs) : 0xFFFFFFFFu;   /* the tail: staged */
-            }
-            for (j = 0; j < g; j++) { float am = kb_bits_f32(mb[j]); rr[j] = 1.0f / (am > KB_TINY ? am : KB_TINY); }
-            for (j = 0; j < g; j++) {
-                int64_t b = g0 + j, start = b * bs, end = start + bs < n ? start + bs : n;
-                uint32_t m = mb[j];
-                if (m < KB_NOCLAMP_BELOW) {
-                    absmax[b] = kb_bits_f32(m);
-                    kb_codes512(x, kind, start, bs, T, ns, 0, identity, rr[j], packed + (start >> 1));
-                } else if (m < KB_EXP) {
-                    absmax[b] = kb_bits_f32(m);
-                    kb_codes512(x, kind, start, bs, T, ns, 1, identity, rr[j], packed + (start >> 1));
-                } else {
-                    kb_quant4_block(x, kind, start, end, end - start < bs, bnd15, bcodes, identity, zero_code, nan_code,
-                                    cell_base, cell_bounds, cell_slots, packed, absmax + b);
-                }
-            }
-        }
+    /* The group loop, once for both vector widths W (kb_t##W, kb_absmax##W, kb_codes##W): a group's maxima, then its
+       reciprocals, then its codes, so the blocks' max -> divide chains overlap. Defined as a macro because each width's
+       helpers carry their own target attributes. */
+    #define KB_Q4_LOOP(W) \\
+    static inline __attribute__((always_inline)) void kb_q4_loop##W(const void* x, int kind, int64_t n, int64_t bs,      \\
+            int64_t b0, int64_t b1, const kb_t##W* T, int ns, int identity, const float* bnd15, const uint8_t* bcodes,   \\
+            uint8_t zero_code, uint8_t nan_code, const int32_t* cell_base, const float* cell_bounds, int cell_slots,     \\
+            uint8_t* packed, float* absmax) {                                                                            \\
+        uint32_t mb[KB_GROUP];                                                                                           \\
+        float rr[KB_GROUP];                                                                                              \\
+        const int64_t gmax = kb_group(bs, kind);                                                                         \\
+        for (int64_t g0 = b0; g0 < b1; g0 += gmax) {                                                                     \\
+            int64_t g = b1 - g0 < gmax ? b1 - g0 : gmax, j;                                                              \\
+            for (j = 0; j < g; j++) {                                                                                    \\
+                int64_t start = (g0 + j) * bs;                                                                           \\
+                mb[j] = start + bs <= n ? kb_absmax##W(x, kind, start, bs) : 0xFFFFFFFFu;   /* the tail: staged */       \\
+            }                                                                                                            \\
+            for (j = 0; j < g; j++) { float am = kb_bits_f32(mb[j]); rr[j] = 1.0f / (am > KB_TINY ? am : KB_TINY); }     \\
+            for (j = 0; j < g; j++) {                                                                                    \\
+                int64_t b = g0 + j, start = b * bs, end = start + bs < n ? start + bs : n;                               \\
+                uint32_t m = mb[j];                                                                                      \\
+                if (m < KB_NOCLAMP_BELOW) {                                                                              \\
+                    absmax[b] = kb_bits_f32(m);                                                                          \\
+                    kb_codes##W(x, kind, start, bs, T, ns, 0, identity, rr[j], packed + (start >> 1));                   \\
+                } else if (m < KB_EXP) {                                                                                 \\
+                    absmax[b] = kb_bits_f32(m);                                                                          \\
+                    kb_codes##W(x, kind, start, bs, T, ns, 1, identity, rr[j], packed + (start >> 1));                   \\
+                } else {                                                                                                 \\
+                    kb_quant4_block(x, kind, start, end, end - start < bs, bnd15, bcodes, identity, zero_code, nan_code, \\
+                                    cell_base, cell_bounds, cell_slots, packed, absmax + b);                             \\
+                }                                                                                                        \\
+            }                                                                                                            \\
+        }                                                                                                                \\
     }
+    KB_Q4_LOOP(512)
 
     /* blocks [b0, b1) with the 32-cell plan (base32: 32 counts, bnd32: 4 x 32 slots, ns32 compares); bs % 32 == 0 */
     static void kb_q4_range512(const void* x, int kind, int64_t n, int64_t bs, int64_t b0, int64_t b1,
@@ -481,36 +486,7 @@ cdef extern from *:
         }
     }
 
-    static inline __attribute__((always_inline)) void kb_q4_loop256(const void* x, int kind, int64_t n, int64_t bs,
-            int64_t b0, int64_t b1, const kb_t256* T, int ns, int identity, const float* bnd15, const uint8_t* bcodes,
-            uint8_t zero_code, uint8_t nan_code, const int32_t* cell_base, const float* cell_bounds, int cell_slots,
-            uint8_t* packed, float* absmax) {
-        uint32_t mb[KB_GROUP];
-        float rr[KB_GROUP];
-        const int64_t gmax = kb_group(bs, kind);
-        for (int64_t g0 = b0; g0 < b1; g0 += gmax) {
-            int64_t g = b1 - g0 < gmax ? b1 - g0 : gmax, j;
-            for (j = 0; j < g; j++) {
-                int64_t start = (g0 + j) * bs;
-                mb[j] = start + bs <= n ? kb_absmax256(x, kind, start, bs) : 0xFFFFFFFFu;   /* the tail: staged */
-            }
-            for (j = 0; j < g; j++) { float am = kb_bits_f32(mb[j]); rr[j] = 1.0f / (am > KB_TINY ? am : KB_TINY); }
-            for (j = 0; j < g; j++) {
-                int64_t b = g0 + j, start = b * bs, end = start + bs < n ? start + bs : n;
-                uint32_t m = mb[j];
-                if (m < KB_NOCLAMP_BELOW) {
-                    absmax[b] = kb_bits_f32(m);
-                    kb_codes256(x, kind, start, bs, T, ns, 0, identity, rr[j], packed + (start >> 1));
-                } else if (m < KB_EXP) {
-                    absmax[b] = kb_bits_f32(m);
-                    kb_codes256(x, kind, start, bs, T, ns, 1, identity, rr[j], packed + (start >> 1));
-                } else {
-                    kb_quant4_block(x, kind, start, end, end - start < bs, bnd15, bcodes, identity, zero_code, nan_code,
-                                    cell_base, cell_bounds, cell_slots, packed, absmax + b);
-                }
-            }
-        }
-    }
+    KB_Q4_LOOP(256)
 
     /* blocks [b0, b1) with the 8-cell plan (0 <= cell_slots <= 4); bs % 32 == 0 */
     static void kb_q4_range256(const void* x, int kind, int64_t n, int64_t bs, int64_t b0, int64_t b1,
