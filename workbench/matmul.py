@@ -20,7 +20,7 @@ import torch
 
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends.registry import resolve
-from .ops import _remembered, dequantize_4bit, dequantize_blockwise
+from .ops import _eager, _remembered, dequantize_4bit, dequantize_blockwise
 from .quant_state import QuantState
 from .validation import FLOAT_DTYPES, QuantInputError
 
@@ -259,11 +259,10 @@ def _gemv_plan(qs: QuantState):
 
 def _gemv_cpu(A, B, qs, bias, backend):
     """``A @ W.T (+ bias)`` by the cython_cpu byte-plane kernel in one call, or None: then the general path runs
-    (and raises what it raises). Taken only for plain CPU tensors (no compile trace, no torch function or dispatch
-    mode that the custom op would have shown the call to, no autograd), bf16/fp16 A of at most 32 rows, a state
+    (and raises what it raises). Taken only for plain eager CPU calls (``ops._eager``: nothing that must see the
+    custom op, such as a compile trace, a mode or the profiler; no autograd), bf16/fp16 A of at most 32 rows, a state
     the plan accepts, B and bias that match it, backend 'auto' or 'cython_cpu' resolving to cython_cpu."""
-    if (torch.compiler.is_compiling() or type(A) is not torch.Tensor or not A.is_cpu or type(qs) is not QuantState
-            or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()):
+    if not (_eager(A) and A.is_cpu) or type(qs) is not QuantState:
         return None
     kind = _PLANE_KINDS.get(A.dtype)
     if kind is None or A.dim() < 1 or not A.is_contiguous() or (backend != "auto" and backend != "cython_cpu"):
