@@ -145,7 +145,7 @@ def gemm_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, bias: t
               backend: str = "auto") -> torch.Tensor:
     """torch.ops.bitsandbytes.gemm_4bit: ``linear(A, W, bias)`` with the nested absmax decoded in the kernel;
     no autograd (see :func:`matmul_4bit`)."""
-    y = _gemv_cpu(A, B, quant_state, bias, backend)
+    y = _gemv_one_call(A, B, quant_state, bias, backend)
     if y is not None:
         return y
     qs = _as_state(quant_state)
@@ -168,12 +168,13 @@ def _gemm(A, B, qs, bias, backend, N, K):
     return y if flat else y.view(*A.shape[:-1], N)
 
 
-# ------------------------------------------------------------------ the CPU GEMV in one step
-# After the kernel has streamed the weights through the caches every torch call on the way costs tens of
-# microseconds (reports/matmul-cpu/README.md): the general path's validation, backend resolution, custom-op dispatch
-# and NumPy views added 0.1-0.5 ms to a 1-3 ms GEMV. This path makes one allocation and one kernel call; what it
-# needs checked about the state is remembered on the state (ops._remembered, as the dequantizers remember their
-# validation), keyed by everything that check read.
+# ------------------------------------------------------------------ the GEMV in one step
+# A GEMV's own time is microseconds to a few milliseconds, so the general path's host work shows: its validation,
+# backend resolution, custom-op dispatch and argument conversions cost ~0.05 ms before the kernel starts on a GPU
+# (reports/matmul-h200) and added 0.1-0.5 ms to a 1-3 ms CPU GEMV, whose every torch call costs tens of microseconds
+# once the kernel has streamed the weights through the caches (reports/matmul-cpu). This path makes one allocation
+# and one kernel call; what it needs checked about the state is remembered on the state (ops._remembered, as the
+# dequantizers remember their validation), keyed by everything that check read.
 
 _PLANE_KINDS = {torch.bfloat16: 1, torch.float16: 2}   # the cython_cpu byte-plane kernel's activation dtypes
 _PLANE_MAX_M = 32
@@ -199,7 +200,7 @@ def _tensor_key(t):
     """Identity, address, size, dtype, device and layout of a state tensor; None when it is not a plain tensor."""
     if type(t) not in _PLAIN:
         return None
-    return id(t), t.data_ptr(), t.numel(), t.dim(), t.dtype, t.is_cpu, t.is_contiguous()
+    return id(t), t.data_ptr(), t.numel(), t.dim(), t.dtype, t.get_device(), t.is_contiguous()
 
 
 def _gemv_key(qs: QuantState):
@@ -226,9 +227,9 @@ def _gemv_key(qs: QuantState):
 
 
 def _gemv_plan(qs: QuantState):
-    """(absmax, code, plan): plan = (N, K, kernel arguments of the state, the tensors they point into) when the
-    byte-plane kernel can take this state, else None. A state that fails validation gets None too: the general
-    path then raises its error."""
+    """(absmax, code, plan): plan = (N, K, device index (-1: CPU), the kernel's state arguments, the tensors they
+    point into) when a one-call GEMV kernel can take this state, else None. A state that fails validation gets None
+    too: the general path then raises its error."""
     none = (qs.absmax, qs.code, None)
     try:
         qs.validate(bits=4)
@@ -239,33 +240,40 @@ def _gemv_plan(qs: QuantState):
     N, K = int(qs.shape[0]), int(qs.shape[1])
     bs = qs.blocksize
     am, code = qs.absmax, qs.code
-    # K % 64, blocksize % 64: the kernel's unit; validate() has checked the counts the kernel reads
-    if N < 1 or K < 64 or K % 64 or bs % 64 or not (am.is_cpu and am.is_contiguous()):
+    if qs.nested:
+        s2, off = qs.state2, qs.offset
+        a2, c2 = s2.absmax, s2.code
+        keep = (am, code, s2, a2, c2, off)
+        # the kernels index 256 code values with the uint8 codes and one second-level absmax per 256 blocks
+        if s2.blocksize != 256 or c2.numel() != 256 or off.dtype != torch.float32:
+            return none
+        args = (a2.data_ptr(), am.data_ptr(), c2.data_ptr(), off.data_ptr(), code.data_ptr(), bs)
+    else:
+        keep = (am, code)
+        args = (am.data_ptr(), 0, 0, 0, code.data_ptr(), bs)
+    dev = am.get_device()
+    if N < 1 or not all(t.get_device() == dev and t.is_contiguous() for t in keep if isinstance(t, torch.Tensor)):
         return none
-    if not (code.is_cpu and code.is_contiguous()):
+    # the CPU byte-plane kernel's unit is 64 elements (K % 64, blocksize % 64); validate() has checked the counts
+    # each kernel reads, and the CUDA GEMV takes any K
+    if dev < 0 and (K < 64 or K % 64 or bs % 64):
         return none
-    if not qs.nested:
-        return am, code, (N, K, (am.data_ptr(), 0, 0, 0, code.data_ptr(), bs), (am, code))
-    s2, off = qs.state2, qs.offset
-    a2, c2 = s2.absmax, s2.code
-    # the kernel indexes 256 code values with the uint8 codes and one second-level absmax per 256 blocks
-    if s2.blocksize != 256 or c2.numel() != 256 or off.dtype != torch.float32:
-        return none
-    if not all(t.is_cpu and t.is_contiguous() for t in (a2, c2, off)):
-        return none
-    args = (a2.data_ptr(), am.data_ptr(), c2.data_ptr(), off.data_ptr(), code.data_ptr(), bs)
-    return am, code, (N, K, args, (am, code, s2, a2, c2, off))
+    return am, code, (N, K, dev, args, keep)
 
 
-def _gemv_cpu(A, B, qs, bias, backend):
-    """``A @ W.T (+ bias)`` by the cython_cpu byte-plane kernel in one call, or None: then the general path runs
-    (and raises what it raises). Taken only for plain eager CPU calls (``ops._eager``: nothing that must see the
-    custom op, such as a compile trace, a mode or the profiler; no autograd), bf16/fp16 A of at most 32 rows, a state
-    the plan accepts, B and bias that match it, backend 'auto' or 'cython_cpu' resolving to cython_cpu."""
-    if not (_eager(A) and A.is_cpu) or type(qs) is not QuantState:
+def _gemv_one_call(A, B, qs, bias, backend):
+    """``A @ W.T (+ bias)`` by one GEMV kernel call, or None: then the general path runs (and raises what it
+    raises). Taken only for plain eager calls (``ops._eager``: nothing that must see the custom op, such as a compile
+    trace, a mode or the profiler; no autograd), a state the plan accepts, B and bias that match it, and A that the
+    backend 'auto' (or the one named) would send to the same kernel: on CPU bf16/fp16 A of at most 32 rows to the
+    cython_cpu byte-plane kernel, on CUDA the rows its dispatch gives the fused GEMV (one, for fp16/bf16 A)."""
+    if not _eager(A) or type(qs) is not QuantState or A.dim() < 1 or not A.is_contiguous():
         return None
-    kind = _PLANE_KINDS.get(A.dtype)
-    if kind is None or A.dim() < 1 or not A.is_contiguous() or (backend != "auto" and backend != "cython_cpu"):
+    cpu = A.is_cpu
+    if cpu:
+        if A.dtype not in _PLANE_KINDS or (backend != "auto" and backend != "cython_cpu"):
+            return None
+    elif A.dtype not in _DTYPE_NAMES or (backend != "auto" and backend != "cuda"):
         return None
     if torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad)):
         return None
@@ -275,27 +283,37 @@ def _gemv_cpu(A, B, qs, bias, backend):
     plan = _remembered(qs, key, lambda: _gemv_plan(qs))[2]
     if plan is None:
         return None
-    N, K, args, _ = plan
+    N, K, dev, args, _ = plan
     rows = A.numel() // K
-    if A.shape[-1] != K or rows < 1 or rows > _PLANE_MAX_M:
+    if A.shape[-1] != K or rows < 1 or A.get_device() != dev:
         return None
-    if (type(B) not in _PLAIN or not B.is_cpu or not B.is_contiguous()
-            or B.numel() * B.element_size() != N * K // 2):
+    if (type(B) not in _PLAIN or B.get_device() != dev or not B.is_contiguous()
+            or B.numel() * B.element_size() != (N * K + 1) // 2):
         return None
     if bias is None:
         b = 0
-    elif (type(bias) in _PLAIN and bias.is_cpu and bias.dtype == A.dtype and bias.dim() == 1 and bias.numel() == N
-          and bias.is_contiguous()):
+    elif (type(bias) in _PLAIN and bias.get_device() == dev and bias.dtype == A.dtype and bias.dim() == 1
+          and bias.numel() == N and bias.is_contiguous()):
         b = bias.data_ptr()
     else:
         return None
-    kernel = _planes_kernel()
-    if not kernel or resolve(backend, "gemm_4bit", "cpu", _DTYPE_NAMES[A.dtype]) != "cython_cpu":
+    if cpu:
+        kernel = _planes_kernel()
+        if not kernel or rows > _PLANE_MAX_M or resolve(backend, "gemm_4bit", "cpu", _DTYPE_NAMES[A.dtype]) != "cython_cpu":
+            return None
+        out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=_CPU)
+        a2, a8, c2, off, table, bs = args
+        if not kernel(A.data_ptr(), rows, N, K, B.data_ptr(), a2, a8, c2, off, table, bs, _PLANE_KINDS[A.dtype], b,
+                      out.data_ptr()):
+            return None   # a table with NaN or Inf: the general path's other kernel
+        return out
+    if resolve(backend, "gemm_4bit", "cuda", _DTYPE_NAMES[A.dtype]) != "cuda":
         return None
-    out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=_CPU)
-    a2, a8, c2, off, table, bs = args
-    if not kernel(A.data_ptr(), rows, N, K, B.data_ptr(), a2, a8, c2, off, table, bs, kind, b, out.data_ptr()):
-        return None   # a table with NaN or Inf: the general path's other kernel
+    from .backends.cuda import matmul as cuda_matmul
+    if not cuda_matmul.takes_gemv(A.dtype, rows, K) or torch.cuda.current_device() != dev:
+        return None
+    out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=A.device)
+    cuda_matmul.gemv_4bit_at(A, rows, N, K, B, args, b, out, dev)
     return out
 
 
@@ -327,7 +345,7 @@ def matmul_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, out: 
     Like bitsandbytes, a weight stored in (K, N) orientation (``A.shape[-1] == shape[0] != shape[1]``) is
     dequantized and used transposed, with a DeprecationWarning."""
     if out is None:
-        y = _gemv_cpu(A, B, quant_state, bias, backend)
+        y = _gemv_one_call(A, B, quant_state, bias, backend)
         if y is not None:
             return y
     qs = _as_state(quant_state)

@@ -79,7 +79,7 @@ def _planes_call(A, P, qs):
     kind = mm._PLANE_KINDS.get(A.dtype)
     if not kernel or plan is None or kind is None or A.device.type != "cpu" or not 1 <= A.shape[0] <= mm._PLANE_MAX_M:
         return None
-    N, K, (a2, a8, c2, off, table, bs), _ = plan
+    N, K, _, (a2, a8, c2, off, table, bs), _ = plan
     A2, B = A.reshape(-1, K).contiguous(), P.contiguous()
     out = torch.empty(A2.shape[0], N, dtype=A.dtype)
     return lambda: kernel(A2.data_ptr(), A2.shape[0], N, K, B.data_ptr(), a2, a8, c2, off, table, bs, kind, 0,

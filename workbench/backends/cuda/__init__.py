@@ -47,10 +47,14 @@ _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # one call i
 
 def stream(device: torch.device | None = None) -> int:
     """The handle of torch's current stream on ``device`` (default: the current device)."""
-    idx = device.index if device is not None and device.index is not None else torch.cuda.current_device()
+    return raw_stream(device.index if device is not None and device.index is not None else torch.cuda.current_device())
+
+
+def raw_stream(index: int) -> int:
+    """The handle of torch's current stream on device ``index``."""
     if _raw_stream is not None:
-        return _raw_stream(idx)
-    return torch.cuda.current_stream(idx).cuda_stream
+        return _raw_stream(index)
+    return torch.cuda.current_stream(index).cuda_stream
 
 
 def on(device: torch.device):

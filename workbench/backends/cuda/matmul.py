@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from . import check, load, on, ptr, stream
+from . import check, load, on, ptr, raw_stream, stream
 from ..registry import register_kernel
 
 from ...wire import DTYPE_CODE
@@ -45,12 +45,33 @@ def lib() -> ctypes.CDLL:
         L.kbit_matmul_ieee_build.restype = _I
         L.kbit_gemv_tuning.argtypes = [_I]           # A/B knob (studies/probes/gemv_rows_ab.py)
         L.kbit_gemv_tuning.restype = None
+        L.kbit_gemv_grid.argtypes = [_I]             # A/B knob: one CTA per 8 row tasks (1) or persistent (2)
+        L.kbit_gemv_grid.restype = None
         L.kbit_gemm_4bit_mma.argtypes = [_P, _I, _I, _L, _L, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I, _P]
         L.kbit_gemm_4bit_mma.restype = _I
         L.kbit_gemm_4bit_mma_tile.argtypes = [_I, _I, _P, _P, _P]
         L.kbit_gemm_4bit_mma_tile.restype = _I
         _lib = L
     return _lib
+
+
+def _takes_mma(dtype: torch.dtype, M: int, K: int) -> bool:
+    return dtype != torch.float32 and K % 32 == 0 and MMA_MIN_M <= M <= MMA_MAX_M
+
+
+def takes_gemv(dtype: torch.dtype, M: int, K: int) -> bool:
+    """Whether gemm_4bit's dispatch below sends M rows of ``dtype`` to the fused GEMV."""
+    return 1 <= M <= GEMV_MAX_M and not _takes_mma(dtype, M, K)
+
+
+def gemv_4bit_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
+    """kbit_gemv_4bit with the state as raw pointers (workbench.matmul's one-call path, which has checked them):
+    state_args = (absmax, absmax_8bit, absmax_code, absmax_offset, table, blocksize), 0 for absent pointers
+    (the float32 absmax first when not nested); A, B, the bias and out on the current device ``device_index``."""
+    a2, a8, c2, off, tab, bs = state_args
+    st = lib().kbit_gemv_4bit(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab, bs,
+                              bias_ptr, out.data_ptr(), raw_stream(device_index))
+    check(st, "kbit_gemv_4bit")
 
 
 def _f32(t, device):
@@ -70,7 +91,7 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     tab = _f32(table, dev)
     code2 = None if absmax_8bit is None else _f32(absmax_code, dev)
     off = None if absmax_8bit is None else _f32(absmax_offset.reshape(1), dev)
-    if A.dtype != torch.float32 and K % 32 == 0 and MMA_MIN_M <= M <= MMA_MAX_M:
+    if _takes_mma(A.dtype, M, K):
         return _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias, dt)
     if M <= GEMV_MAX_M:
         out = torch.empty((M, N), dtype=A.dtype, device=dev)

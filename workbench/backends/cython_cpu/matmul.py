@@ -4,7 +4,7 @@ Paths, first that applies:
 * byte planes (M <= PLANES_MAX_M, bf16/fp16 activations, K % 64 == 0, blocksize % 64 == 0, AVX2 + F16C + FMA, finite table):
   the GEMV hot path, its own float32 order (pyx docstring; a 512-bit loop with another order where the CPU has
   AVX-512 and K % 128 == 0), held to the reference's error_bound. workbench.matmul calls the same kernel without
-  this adapter for plain CPU calls (``_gemv_cpu``);
+  this adapter for plain CPU calls (``_gemv_one_call``);
 * 8 lanes by k % 8 (M <= FUSED_MAX_M; AVX2 for M = 1, K % 8 == 0): the numba_cpu kernel's order, equal to it
   bit for bit;
 * above FUSED_MAX_M rows: dequantize once (this backend's dequantizer) + torch float32 matmul.

@@ -1,11 +1,13 @@
-"""The public CPU GEMV path (workbench.matmul._gemv_cpu): matmul_4bit / gemm_4bit with bf16/fp16 A of at most 32
-rows call the cython_cpu byte-plane kernel directly, with a plan remembered on the QuantState (ops._remembered).
+"""The one-call GEMV path (workbench.matmul._gemv_one_call): matmul_4bit / gemm_4bit call a GEMV kernel directly,
+with a plan remembered on the QuantState (ops._remembered): on CPU the cython_cpu byte-plane kernel (bf16/fp16 A of at
+most 32 rows), on CUDA the fused GEMV (one row of fp16/bf16 A, up to four of float32: the rows the cuda backend's
+dispatch gives it).
 
-Held here: it computes what the general path (custom op -> cython_cpu adapter, same kernel) computes, bit for bit,
-and the reference within its bound; a state changed in place is read at the next call; a replaced, resized or
-re-pointed state tensor is checked again (errors naming the argument before any kernel runs); A, B and bias that do
-not match raise the general path's errors; inputs are never written; a compile trace and a dispatch mode still see
-the custom op."""
+Held here, on both devices: it computes what the general path (custom op -> backend adapter, same kernel) computes,
+bit for bit, and the reference within its bound; a state changed in place is read at the next call; a replaced,
+resized or re-pointed state tensor is checked again (errors naming the argument before any kernel runs); A, B and
+bias that do not match raise the general path's errors; inputs are never written; a compile trace and a dispatch
+mode still see the custom op."""
 from __future__ import annotations
 
 import pytest
@@ -16,34 +18,52 @@ from workbench import matmul as mm
 from workbench.matmul import gemm_4bit, matmul_4bit
 from workbench.validation import QuantInputError
 
-from test_matmul import _case, _check_bound
+from test_matmul import _case as _cpu_case, _check_bound
 
 
-@pytest.fixture(autouse=True)
-def _planes():
-    if not mm._planes_kernel():
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request):
+    if request.param == "cpu" and not mm._planes_kernel():
         pytest.skip("no cython_cpu byte-plane kernel here (not built, no AVX2/F16C/FMA, or the debug build)")
+    return request.param
+
+
+def _case(rng, device, N, K, M, dtype, bs, **kw):
+    """test_matmul's case on ``device``, with as many rows as that device's GEMV takes (CUDA: one of fp16/bf16)."""
+    if device == "cuda" and dtype != torch.float32:
+        M = 1
+    A, P, qs, b = _cpu_case(rng, N, K, M, dtype, bs, **kw)
+    if device == "cpu":
+        return A, P, qs, b
+    return A.to(device), P.to(device), qs.to(device), None if b is None else b.to(device)
 
 
 def _general(A, P, qs, bias=None):
     """The general path on the same kernel: ``out=`` keeps matmul_4bit off the GEMV path."""
     N = qs.shape[0]
-    out = torch.empty((*A.shape[:-1], N), dtype=A.dtype)
+    out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=A.device)
     return matmul_4bit(A, P, qs, bias=bias, out=out)
 
 
 def _fast(A, P, qs, bias=None):
-    y = mm._gemv_cpu(A, P, qs, bias, "auto")
+    y = mm._gemv_one_call(A, P, qs, bias, "auto")
     assert y is not None, "the GEMV path did not take this call"
     return y
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("nested", [False, True])
-def test_equals_general_path_and_reference(rng, dtype, nested):
+def test_equals_general_path_and_reference(rng, device, dtype, nested):
+    if device == "cpu" and dtype == torch.float32:
+        pytest.skip("the CPU one-call kernel takes bf16/fp16 activations")
     for i, (N, K, M, bs) in enumerate([(64, 128, 1, 64), (33, 4096, 1, 64), (70, 768, 3, 128), (17, 1024, 1, 4096),
-                                       (40, 192, 32, 64), (9, 8192, 2, 64)]):
-        A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested=nested, bias=i % 2 == 1)
+                                       (40, 192, 32, 64), (9, 8192, 2, 64), (300, 4160, 1, 64), (5, 100, 1, 32)]):
+        if device == "cpu" and K % 64:
+            continue      # the byte-plane kernel's unit; the CUDA GEMV takes any K
+        if device == "cuda" and dtype == torch.float32:
+            M = min(M, 4)
+        A, P, qs, b = _case(rng, device, N, K, M, dtype, bs, nested=nested, bias=i % 2 == 1)
+        M = A.shape[0]
         got = _fast(A, P, qs, b)
         assert got.dtype == dtype and got.shape == (M, N)
         assert torch.equal(got, _general(A, P, qs, b))
@@ -54,8 +74,8 @@ def test_equals_general_path_and_reference(rng, dtype, nested):
         assert torch.equal(matmul_4bit(A3, P, qs, bias=b), got.reshape(1, M, N))
 
 
-def test_state_changed_in_place_is_read(rng):
-    A, P, qs, _ = _case(rng, 96, 512, 1, torch.bfloat16, 64, nested=True)
+def test_state_changed_in_place_is_read(rng, device):
+    A, P, qs, _ = _case(rng, device, 96, 512, 1, torch.bfloat16, 64, nested=True)
     first = _fast(A, P, qs)
     for change in (lambda: qs.state2.absmax.mul_(2), lambda: qs.absmax[:7].fill_(3), lambda: qs.offset.add_(0.5),
                    lambda: qs.code.mul_(-1), lambda: qs.state2.code.mul_(0.5), lambda: P.view(-1)[:100].fill_(0x5a)):
@@ -65,15 +85,15 @@ def test_state_changed_in_place_is_read(rng):
         assert not torch.equal(got, first)
         first = got
     # not nested: the float32 absmax and the table
-    A, P, qs, _ = _case(rng, 96, 512, 1, torch.float16, 64)
+    A, P, qs, _ = _case(rng, device, 96, 512, 1, torch.float16, 64)
     first = _fast(A, P, qs)
     qs.absmax[3:9] *= 4
     got = _fast(A, P, qs)
     assert torch.equal(got, _general(A, P, qs)) and not torch.equal(got, first)
 
 
-def test_replaced_or_resized_state_tensors_are_checked_again(rng):
-    A, P, qs, _ = _case(rng, 64, 256, 1, torch.bfloat16, 64, nested=True)
+def test_replaced_or_resized_state_tensors_are_checked_again(rng, device):
+    A, P, qs, _ = _case(rng, device, 64, 256, 1, torch.bfloat16, 64, nested=True)
     _fast(A, P, qs)
     # replaced by a good tensor with other values: the new one is read
     qs.state2.absmax = qs.state2.absmax * 3
@@ -84,33 +104,33 @@ def test_replaced_or_resized_state_tensors_are_checked_again(rng):
     assert torch.equal(_fast(A, P, qs), _general(A, P, qs))
     keep = qs.absmax
     for field, bad, msg in ((qs, ("absmax", keep[:-1].clone()), "quant_state.absmax"),
-                            (qs.state2, ("absmax", torch.zeros(2)), "quant_state.state2.absmax"),
+                            (qs.state2, ("absmax", torch.zeros(2, device=device)), "quant_state.state2.absmax"),
                             (qs, ("code", qs.code[:15].clone()), "quant_state.code"),
                             (qs, ("blocksize", 128), "quant_state.absmax"),
                             (qs, ("shape", (128, 128)), "A: inner dimension 256")):
         name, value = bad
         old = getattr(field, name)
         setattr(field, name, value)
-        assert mm._gemv_cpu(A, P, qs, None, "auto") is None
+        assert mm._gemv_one_call(A, P, qs, None, "auto") is None
         with pytest.raises(QuantInputError, match=msg):
             matmul_4bit(A, P, qs)
         setattr(field, name, old)
         assert torch.equal(_fast(A, P, qs), _general(A, P, qs))
     data = keep.clone()
     qs.absmax.resize_(3)                  # in place, same object: the plan's size no longer holds
-    assert mm._gemv_cpu(A, P, qs, None, "auto") is None
+    assert mm._gemv_one_call(A, P, qs, None, "auto") is None
     with pytest.raises(QuantInputError, match="quant_state.absmax"):
         matmul_4bit(A, P, qs)
     qs.absmax = data
     want = _fast(A, P, qs)
     c = qs.state2.code
     qs.state2.code = torch.stack([c, c], 1).reshape(-1)[::2]   # the same values, strided: the general path copies
-    assert mm._gemv_cpu(A, P, qs, None, "auto") is None
+    assert mm._gemv_one_call(A, P, qs, None, "auto") is None
     assert torch.equal(matmul_4bit(A, P, qs), want)
 
 
-def test_mismatched_arguments_raise_naming_them(rng):
-    A, P, qs, b = _case(rng, 32, 128, 1, torch.bfloat16, 64, nested=True, bias=True)
+def test_mismatched_arguments_raise_naming_them(rng, device):
+    A, P, qs, b = _case(rng, device, 32, 128, 1, torch.bfloat16, 64, nested=True, bias=True)
     _fast(A, P, qs, b)                    # the plan is remembered: the per-call checks still apply
     with pytest.raises(QuantInputError, match="A: inner dimension 64"):
         matmul_4bit(A[:, :64].contiguous(), P, qs)
@@ -126,18 +146,26 @@ def test_mismatched_arguments_raise_naming_them(rng):
         matmul_4bit(A, P, "nf4")
     with pytest.raises(QuantInputError, match="A: dtype"):
         matmul_4bit(A.to(torch.int16), P, qs)
+    if device != "cpu":   # the weight or the state elsewhere than A
+        with pytest.raises(QuantInputError, match="B: on cpu"):
+            matmul_4bit(A, P.cpu(), qs)
+        with pytest.raises(QuantInputError, match="absmax: on cpu"):
+            matmul_4bit(A, P, qs.to("cpu"))
     # taken elsewhere, same result: non-contiguous A, 33 rows, float32 A
-    At = torch.randn(128, 2, generator=rng).to(torch.bfloat16).t()
-    assert mm._gemv_cpu(At, P, qs, b, "auto") is None
+    At = torch.randn(128, 2, generator=rng).to(torch.bfloat16).to(device).t()
+    assert mm._gemv_one_call(At, P, qs, b, "auto") is None
     assert torch.equal(matmul_4bit(At, P, qs, bias=b), _general(At.contiguous(), P, qs, b))
-    A33 = torch.randn(33, 128, generator=rng).to(torch.bfloat16)
-    assert mm._gemv_cpu(A33, P, qs, b, "auto") is None
-    assert mm._gemv_cpu(A.float(), P, qs, b.float(), "auto") is None
-    assert mm._gemv_cpu(A, P, qs, b, "reference") is None
+    A33 = torch.randn(33, 128, generator=rng).to(torch.bfloat16).to(device)
+    assert mm._gemv_one_call(A33, P, qs, b, "auto") is None
+    if device == "cpu":
+        assert mm._gemv_one_call(A.float(), P, qs, b.float(), "auto") is None
+    else:
+        assert mm._gemv_one_call(torch.cat([A, A]), P, qs, b, "auto") is None   # two rows: the tensor-core GEMM
+    assert mm._gemv_one_call(A, P, qs, b, "reference") is None
 
 
-def test_inputs_not_written(rng):
-    A, P, qs, b = _case(rng, 48, 256, 2, torch.bfloat16, 64, nested=True, bias=True)
+def test_inputs_not_written(rng, device):
+    A, P, qs, b = _case(rng, device, 48, 256, 2, torch.bfloat16, 64, nested=True, bias=True)
     before = [t.clone() for t in (A, P, b, qs.absmax, qs.code, qs.offset, qs.state2.absmax, qs.state2.code)]
     for _ in range(2):
         _fast(A, P, qs, b)
@@ -145,10 +173,10 @@ def test_inputs_not_written(rng):
     assert all(torch.equal(x, y) for x, y in zip(before, after))
 
 
-def test_autograd_compile_and_dispatch_modes_see_the_op(rng):
+def test_autograd_compile_and_dispatch_modes_see_the_op(rng, device):
     from _modes import DispatchSeen
 
-    A, P, qs, _ = _case(rng, 64, 128, 1, torch.bfloat16, 64, nested=True)
+    A, P, qs, _ = _case(rng, device, 64, 128, 1, torch.bfloat16, 64, nested=True)
     want = _fast(A, P, qs)
     with DispatchSeen() as mode:
         assert torch.equal(matmul_4bit(A, P, qs), want)
