@@ -370,13 +370,22 @@ def test_public_calls_go_through_torch_ops_where_something_must_see_them(rng):
     from _modes import DispatchSeen, FunctionSeen
     from workbench import ops as O
 
+    from workbench import int8 as I8
+
     A = (torch.randn(64 * 70 + 33, generator=rng) * 3).to(torch.bfloat16)
-    ops = ("quantize_4bit", "dequantize_4bit", "quantize_blockwise", "dequantize_blockwise")
+    X = (torch.randn(33, 70, generator=rng) * 3).to(torch.float16)
+    X[:, 5] = 9   # an outlier column
+    ops = ("quantize_4bit", "dequantize_4bit", "quantize_blockwise", "dequantize_blockwise", "int8_vectorwise_quant",
+           "int8_vectorwise_dequant", "int8_double_quant", "int8_linear_matmul", "int8_mm_dequant", "outlier_columns")
 
     def run():
         p, s = wb.quantize_4bit(A, blocksize=64, quant_type="nf4")
         c, s8 = wb.quantize_blockwise(A, blocksize=256)
-        return p, s.absmax, wb.dequantize_4bit(p, s), c, s8.absmax, wb.dequantize_blockwise(c, s8)
+        q, rs, cols = I8.int8_vectorwise_quant(X, 6.0)
+        cq, _, crs, ccs, _ = I8.int8_double_quant(X)
+        acc = I8.int8_linear_matmul(cq, q)
+        return (p, s.absmax, wb.dequantize_4bit(p, s), c, s8.absmax, wb.dequantize_blockwise(c, s8), q, rs, cols,
+                I8.int8_vectorwise_dequant(q, rs), acc, I8.int8_mm_dequant(acc, crs, rs), I8.outlier_columns(X, 6.0))
 
     assert O._eager(A) and not O._eager(torch.nn.Parameter(A.float()))
     want = run()

@@ -12,14 +12,12 @@ import torch
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends import get_op
 from .backends.registry import resolve
+from .ops import call_op
 from .validation import (FLOAT_DTYPES, QuantInputError, check_finite, check_nan_policy, check_tensor,
                          raise_if_nonfinite)
 
 __all__ = ["int8_vectorwise_quant", "int8_vectorwise_dequant", "int8_double_quant", "int8_linear_matmul",
            "int8_mm_dequant", "outlier_columns", "int8_linear", "Int8Weight", "quantize_weight"]
-
-
-_ops = torch.ops.workbench
 
 
 def _device(t: torch.Tensor) -> str:
@@ -62,7 +60,7 @@ def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: s
     t = _threshold(threshold)
     check_nan_policy(nan_policy)
     a = _matrix("A", A)
-    codes, stats, cols = _ops.int8_vectorwise_quant(a, t, _backend(backend, "int8_vectorwise_quant", A))
+    codes, stats, cols = call_op("int8_vectorwise_quant", _backend(backend, "int8_vectorwise_quant", A), a, t)
     raise_if_nonfinite("A", a, stats, nan_policy)
     return codes.view(A.shape), stats, cols
 
@@ -75,7 +73,7 @@ def outlier_columns(A: torch.Tensor, threshold: float = 6.0, *, backend: str = "
     if t == 0:
         raise QuantInputError("threshold: must be > 0 to define outliers")
     check_nan_policy(nan_policy)
-    return _ops.outlier_columns(_matrix("A", A, nan_policy=nan_policy), t, _backend(backend, "outlier_columns", A))
+    return call_op("outlier_columns", _backend(backend, "outlier_columns", A), _matrix("A", A, nan_policy=nan_policy), t)
 
 
 def int8_vectorwise_dequant(codes: torch.Tensor, stats: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -84,7 +82,8 @@ def int8_vectorwise_dequant(codes: torch.Tensor, stats: torch.Tensor, *, backend
     if stats.numel() != c.shape[0] or stats.device != c.device:
         raise QuantInputError(f"stats: {stats.numel()} values on {stats.device} for {c.shape[0]} rows on "
                               f"{c.device}; expected one per row, on the codes' device")
-    return _ops.int8_vectorwise_dequant(c, stats.float(), _backend(backend, "int8_vectorwise_dequant", codes)).view(codes.shape)
+    return call_op("int8_vectorwise_dequant", _backend(backend, "int8_vectorwise_dequant", codes), c,
+                   stats.float()).view(codes.shape)
 
 
 def int8_double_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str = "auto", nan_policy="propagate"):
@@ -93,7 +92,7 @@ def int8_double_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str =
     t = _threshold(threshold)
     check_nan_policy(nan_policy)
     a = _matrix("A", A)
-    out = _ops.int8_double_quant(a, t, _backend(backend, "int8_double_quant", A))
+    out = call_op("int8_double_quant", _backend(backend, "int8_double_quant", A), a, t)
     raise_if_nonfinite("A", a, out[2], nan_policy)
     return out
 
@@ -106,7 +105,7 @@ def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, *, backend: str = "auto
         raise QuantInputError(f"B: inner dimensions differ: A has {a.shape[1]} columns, B has {b.shape[1]}")
     if a.shape[1] * 127 * 127 >= 2 ** 31:
         raise QuantInputError(f"A: inner dimension {a.shape[1]} could overflow the int32 accumulator")
-    return _ops.int8_linear_matmul(a, b, _backend(backend, "int8_linear_matmul", A))
+    return call_op("int8_linear_matmul", _backend(backend, "int8_linear_matmul", A), a, b)
 
 
 def int8_mm_dequant(C: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.Tensor, bias=None,
@@ -115,8 +114,8 @@ def int8_mm_dequant(C: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.T
     if row_stats.numel() != c.shape[0] or col_stats.numel() != c.shape[1]:
         raise QuantInputError(f"row_stats/col_stats: expected {c.shape[0]} and {c.shape[1]} values, "
                               f"got {row_stats.numel()} and {col_stats.numel()}")
-    return _ops.int8_mm_dequant(c, row_stats.float(), col_stats.float(), bias, dtype,
-                                _backend(backend, "int8_mm_dequant", C))
+    return call_op("int8_mm_dequant", _backend(backend, "int8_mm_dequant", C), c, row_stats.float(),
+                   col_stats.float(), bias, dtype)
 
 
 class Int8Weight:

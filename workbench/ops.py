@@ -59,6 +59,14 @@ def _eager(t: torch.Tensor) -> bool:
             and not _C._are_functorch_transforms_active() and not _C._autograd._profiler_enabled())
 
 
+def call_op(op: str, name: str, *args):
+    """``torch.ops.workbench.<op>(*args, name)``; in plain eager mode on ``args[0]`` (``_eager``) the kernel it would
+    dispatch to, with the same arguments. For the ops whose kernels take exactly the op's arguments."""
+    if _eager(args[0]):
+        return kernel(op, name)(*args)
+    return getattr(_ops, op)(*args, name)
+
+
 def _backend(backend: str, op: str, A: torch.Tensor, dtype: torch.dtype | None = None) -> str:
     """The backend for ``op`` on A's device; 'auto' ranks by ``dtype``: the input's, or a dequantizer's
     output dtype (what its ranking was measured by; its codes are uint8 for every output)."""
