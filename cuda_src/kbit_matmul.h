@@ -59,9 +59,6 @@ int kbit_matmul_ieee_build(void);
 /* A/B knob: the GEMV's rows per warp, 0 = the default (4 / M), 1/2/4 forced (results do not change). */
 void kbit_gemv_tuning(int rows_per_warp);
 
-/* A/B knob: the GEMV's grid, 0 = the default, 1 = one CTA per 8 warp tasks, 2 = persistent (results do not change). */
-void kbit_gemv_grid(int mode);
-
 #ifdef __cplusplus
 }
 #endif

@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long long K, const uint8_t* __restrict__ B,
                  const float* __restrict__ absmax, const uint8_t* __restrict__ a8, const float* __restrict__ code2_g,
                  const float* __restrict__ off_p, const float* __restrict__ table_g, int bs_shift,
-                 const typename Ty<DT>::t* __restrict__ bias, typename Ty<DT>::t* __restrict__ out, bool persistent) {
+                 const typename Ty<DT>::t* __restrict__ bias, typename Ty<DT>::t* __restrict__ out) {
     typedef Ty<DT> D;
     constexpr int NW = CH / 32;               // 16-byte weight loads per chunk and row
     constexpr int U = CH / D::per16;          // 16-byte activation units per chunk and row
@@ -157,144 +157,135 @@ gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long lon
                 smem[RW * kTabBytes / 16 + m * ku + (u ^ swz<U>(u))] = __ldg(gA + m * ku + u);
     __syncthreads();
     const float off = (a8 != nullptr) ? __ldg(off_p) : 0.0f;
+    const long long n0 = ((long long)blockIdx.x * kWarps + (tid >> 5)) * RW;  // this warp's first row
+    if (n0 >= N) return;
     float tv[16];  // the codebook, in registers: read 16 times per chunk and row
 #pragma unroll
     for (int i = 0; i < 16; ++i) tv[i] = __ldg(table_g + i);
     const uint32_t tcol = 4u * (uint32_t)(tid & 63);                   // address byte 0 of this lane's entries
     const uint32_t tgrp = (uint32_t)(tid >> 6) * 0x10101010u;           // warp pair, in every byte's high nibble
     const uint32_t mycol = 4096u * (uint32_t)(tid >> 6) + tcol;          // byte offset of this lane's entries
+
+    // acc[r][m][e]: even / odd elements in two partial sums (two independent FMA chains per row)
+    float acc[RW][M][2];
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int m = 0; m < M; ++m) acc[r][m][0] = acc[r][m][1] = 0.0f;
+
     const long long chunks = K / CH;
     const long long rounds = (chunks + 31) / 32;  // lane l takes chunk 32 i + l in round i (warp-uniform trips)
-
-    // tasks of RW rows: one per warp on a grid of one CTA per kWarps tasks; on a persistent grid warp w of CTA b
-    // takes tasks w * gridDim.x + b, + kWarps * gridDim.x, ... so the tasks left over after whole rounds spread over
-    // every CTA (and SM) instead of filling a partial last wave
-    const long long tasks = (N + RW - 1) / RW;
-    const long long stride = (long long)gridDim.x * kWarps;
-    const long long first = persistent ? (long long)(tid >> 5) * gridDim.x + blockIdx.x
-                                       : (long long)blockIdx.x * kWarps + (tid >> 5);
-    for (long long task = first; task < tasks; task += stride) {
-        const long long n0 = task * RW;  // this warp's first row
-
-        // acc[r][m][e]: even / odd elements in two partial sums (two independent FMA chains per row)
-        float acc[RW][M][2];
+    const uint4* wrow[RW];
+    long long erow[RW];  // element index n * K of each row (blocks by shift)
 #pragma unroll
-        for (int r = 0; r < RW; ++r)
-#pragma unroll
-            for (int m = 0; m < M; ++m) acc[r][m][0] = acc[r][m][1] = 0.0f;
-
-        const uint4* wrow[RW];
-        long long erow[RW];  // element index n * K of each row (blocks by shift)
+    for (int r = 0; r < RW; ++r) {
+        const long long n = n0 + r < N ? n0 + r : n0;  // rows past N repeat row n0 and are not stored
+        wrow[r] = reinterpret_cast<const uint4*>(B + n * (K >> 1));
+        erow[r] = n * K;
+    }
+    // loads run one round ahead: the next chunk's scale inputs right after this chunk's tables are written, and
+    // each half of its weights into the registers of this chunk's half as soon as that half has been used.
+    // Lanes past the last chunk load the last chunk (in bounds) and add zeros (the tail round).
+    uint4 w[RW][NW];
+    float am[RW];
+    uint32_t q[RW];
+    auto fetch_scales = [&](long long c) {
+        c = c < chunks ? c : chunks - 1;
 #pragma unroll
         for (int r = 0; r < RW; ++r) {
-            const long long n = n0 + r < N ? n0 + r : n0;  // rows past N repeat row n0 and are not stored
-            wrow[r] = reinterpret_cast<const uint4*>(B + n * (K >> 1));
-            erow[r] = n * K;
+            const long long b = (erow[r] + c * CH) >> bs_shift;
+            if (a8 == nullptr) {
+                am[r] = __ldg(absmax + b);
+                q[r] = 0;
+            } else {
+                am[r] = __ldg(absmax + (b >> 8));
+                q[r] = __ldg(a8 + b);
+            }
         }
-        // loads run one round ahead: the next chunk's scale inputs right after this chunk's tables are written, and
-        // each half of its weights into the registers of this chunk's half as soon as that half has been used.
-        // Lanes past the last chunk load the last chunk (in bounds) and add zeros (the tail round).
-        uint4 w[RW][NW];
-        float am[RW];
-        uint32_t q[RW];
-        auto fetch_scales = [&](long long c) {
-            c = c < chunks ? c : chunks - 1;
+    };
+    auto fetch_weights = [&](long long c, int h) {
+        c = c < chunks ? c : chunks - 1;
 #pragma unroll
-            for (int r = 0; r < RW; ++r) {
-                const long long b = (erow[r] + c * CH) >> bs_shift;
-                if (a8 == nullptr) {
-                    am[r] = __ldg(absmax + b);
-                    q[r] = 0;
-                } else {
-                    am[r] = __ldg(absmax + (b >> 8));
-                    q[r] = __ldg(a8 + b);
-                }
+        for (int r = 0; r < RW; ++r) w[r][h] = __ldg(wrow[r] + c * NW + h);
+    };
+    auto round = [&](long long i, auto tail) {
+        const long long c0 = 32 * i + lane;
+        const bool valid = !decltype(tail)::v || c0 < chunks;
+        const long long c = valid ? c0 : chunks - 1;
+#pragma unroll
+        for (int r = 0; r < RW; ++r) {
+            // rule 1, then rule 2 for the 16 codes into this lane's entries (zeros past the last chunk)
+            float s = (a8 == nullptr) ? am[r] : __fadd_rn(__fmul_rn(code2[q[r]], am[r]), off);
+            if (decltype(tail)::v && !valid) s = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 16; j += 2) {
+                float lo, hi;
+                D::rnd2(__fmul_rn(tv[j], s), __fmul_rn(tv[j + 1], s), lo, hi);
+                *reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + mycol + r * kTabBytes + 256 * j) = lo;
+                *reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + mycol + r * kTabBytes + 256 * (j + 1)) = hi;
             }
-        };
-        auto fetch_weights = [&](long long c, int h) {
-            c = c < chunks ? c : chunks - 1;
+        }
+        fetch_scales(c0 + 32);  // unconditional (clamped): a branch here let the compiler sink the loads
+        // activation rows: shared (swizzled units: XOR of the unit's byte offset) or global
+        uint32_t ax[M];
+        const uint4* ag[M];
 #pragma unroll
-            for (int r = 0; r < RW; ++r) w[r][h] = __ldg(wrow[r] + c * NW + h);
-        };
-        auto round = [&](long long i, auto tail) {
-            const long long c0 = 32 * i + lane;
-            const bool valid = !decltype(tail)::v || c0 < chunks;
-            const long long c = valid ? c0 : chunks - 1;
+        for (int m = 0; m < M; ++m) {
+            const uint32_t u0 = (uint32_t)c * U;
+            ax[m] = RW * kTabBytes + 16u * (m * ku + u0 + swz<U>(u0));
+            ag[m] = gA + (long long)m * ku + (long long)c * U;
+        }
 #pragma unroll
-            for (int r = 0; r < RW; ++r) {
-                // rule 1, then rule 2 for the 16 codes into this lane's entries (zeros past the last chunk)
-                float s = (a8 == nullptr) ? am[r] : __fadd_rn(__fmul_rn(code2[q[r]], am[r]), off);
-                if (decltype(tail)::v && !valid) s = 0.0f;
-#pragma unroll
-                for (int j = 0; j < 16; j += 2) {
-                    float lo, hi;
-                    D::rnd2(__fmul_rn(tv[j], s), __fmul_rn(tv[j + 1], s), lo, hi);
-                    *reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + mycol + r * kTabBytes + 256 * j) = lo;
-                    *reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + mycol + r * kTabBytes + 256 * (j + 1)) = hi;
-                }
-            }
-            fetch_scales(c0 + 32);  // unconditional (clamped): a branch here let the compiler sink the loads
-            // activation rows: shared (swizzled units: XOR of the unit's byte offset) or global
-            uint32_t ax[M];
-            const uint4* ag[M];
+        for (int v8 = 0; v8 < CH / 8; ++v8) {  // 8 elements: k = c * CH + 8 * v8 + 0..7
+            float av[M][8];
 #pragma unroll
             for (int m = 0; m < M; ++m) {
-                const uint32_t u0 = (uint32_t)c * U;
-                ax[m] = RW * kTabBytes + 16u * (m * ku + u0 + swz<U>(u0));
-                ag[m] = gA + (long long)m * ku + (long long)c * U;
+#pragma unroll
+                for (int p = 0; p < 8 / D::per16; ++p) {
+                    const uint32_t v = (uint32_t)(v8 * (8 / D::per16) + p);
+                    uint4 x = SA ? *reinterpret_cast<const uint4*>(reinterpret_cast<const char*>(smem) + (ax[m] ^ (16u * v)))
+                                 : __ldg(ag[m] + v);
+                    if (decltype(tail)::v && !valid) x = make_uint4(0u, 0u, 0u, 0u);  // 0 * 0: no NaN from inf
+                    D::unpack(x, av[m] + p * D::per16);
+                }
             }
 #pragma unroll
-            for (int v8 = 0; v8 < CH / 8; ++v8) {  // 8 elements: k = c * CH + 8 * v8 + 0..7
-                float av[M][8];
+            for (int r = 0; r < RW; ++r) {
+                const uint4 wv = w[r][v8 / 4];
+                const uint32_t word = (v8 & 3) == 0 ? wv.x : (v8 & 3) == 1 ? wv.y : (v8 & 3) == 2 ? wv.z : wv.w;
+                // byte j of hi / lo: the code of element 2j / 2j + 1 (high / low nibble of packed byte j)
+                const uint32_t hi = ((word >> 4) & 0x0f0f0f0fu) | tgrp;
+                const uint32_t lo = (word & 0x0f0f0f0fu) | tgrp;
+                const char* tab = reinterpret_cast<const char*>(smem) + r * kTabBytes;
 #pragma unroll
-                for (int m = 0; m < M; ++m) {
+                for (int j = 0; j < 4; ++j) {
+                    const float we = *reinterpret_cast<const float*>(tab + __byte_perm(hi, tcol, 0x7604u | (j << 4)));
+                    const float wo = *reinterpret_cast<const float*>(tab + __byte_perm(lo, tcol, 0x7604u | (j << 4)));
 #pragma unroll
-                    for (int p = 0; p < 8 / D::per16; ++p) {
-                        const uint32_t v = (uint32_t)(v8 * (8 / D::per16) + p);
-                        uint4 x = SA ? *reinterpret_cast<const uint4*>(reinterpret_cast<const char*>(smem) + (ax[m] ^ (16u * v)))
-                                     : __ldg(ag[m] + v);
-                        if (decltype(tail)::v && !valid) x = make_uint4(0u, 0u, 0u, 0u);  // 0 * 0: no NaN from inf
-                        D::unpack(x, av[m] + p * D::per16);
+                    for (int m = 0; m < M; ++m) {
+                        acc[r][m][0] = __fmaf_rn(we, av[m][2 * j], acc[r][m][0]);
+                        acc[r][m][1] = __fmaf_rn(wo, av[m][2 * j + 1], acc[r][m][1]);
                     }
                 }
-#pragma unroll
-                for (int r = 0; r < RW; ++r) {
-                    const uint4 wv = w[r][v8 / 4];
-                    const uint32_t word = (v8 & 3) == 0 ? wv.x : (v8 & 3) == 1 ? wv.y : (v8 & 3) == 2 ? wv.z : wv.w;
-                    // byte j of hi / lo: the code of element 2j / 2j + 1 (high / low nibble of packed byte j)
-                    const uint32_t hi = ((word >> 4) & 0x0f0f0f0fu) | tgrp;
-                    const uint32_t lo = (word & 0x0f0f0f0fu) | tgrp;
-                    const char* tab = reinterpret_cast<const char*>(smem) + r * kTabBytes;
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        const float we = *reinterpret_cast<const float*>(tab + __byte_perm(hi, tcol, 0x7604u | (j << 4)));
-                        const float wo = *reinterpret_cast<const float*>(tab + __byte_perm(lo, tcol, 0x7604u | (j << 4)));
-#pragma unroll
-                        for (int m = 0; m < M; ++m) {
-                            acc[r][m][0] = __fmaf_rn(we, av[m][2 * j], acc[r][m][0]);
-                            acc[r][m][1] = __fmaf_rn(wo, av[m][2 * j + 1], acc[r][m][1]);
-                        }
-                    }
-                }
-                if ((v8 & 3) == 3) fetch_weights(c0 + 32, v8 / 4);
             }
-        };
-        if (rounds > 0) {
-            fetch_scales(lane);
-#pragma unroll
-            for (int h = 0; h < NW; ++h) fetch_weights(lane, h);
+            if ((v8 & 3) == 3) fetch_weights(c0 + 32, v8 / 4);
         }
-        const long long full = chunks / 32;  // rounds in which every lane has a chunk
-        for (long long i = 0; i < full; ++i) round(i, Tail<false>());
-        if (full < rounds) round(full, Tail<true>());
+    };
+    if (rounds > 0) {
+        fetch_scales(lane);
 #pragma unroll
-        for (int r = 0; r < RW; ++r) {
-            float a[M];
+        for (int h = 0; h < NW; ++h) fetch_weights(lane, h);
+    }
+    const long long full = chunks / 32;  // rounds in which every lane has a chunk
+    for (long long i = 0; i < full; ++i) round(i, Tail<false>());
+    if (full < rounds) round(full, Tail<true>());
 #pragma unroll
-            for (int m = 0; m < M; ++m) a[m] = __fadd_rn(acc[r][m][0], acc[r][m][1]);
-            finish<DT, M>(a, n0 + r, N, lane, bias, out);
-        }
-    }  // task
+    for (int r = 0; r < RW; ++r) {
+        float a[M];
+#pragma unroll
+        for (int m = 0; m < M; ++m) a[m] = __fadd_rn(acc[r][m][0], acc[r][m][1]);
+        finish<DT, M>(a, n0 + r, N, lane, bias, out);
+    }
 }
 
 /* Generic path: lane l owns elements l, l + 32, ... of its warp's row (any K, any alignment). */
@@ -338,11 +329,6 @@ gemv_4bit_generic(const typename Ty<DT>::t* __restrict__ A, long long N, long lo
  * serving 4 rows outweighs the lost occupancy. The outputs do not depend on RW (a row's order is per lane and chunk).
  * g_gemv_rw (kbit_gemv_tuning, the A/B knob): 0 this rule, 1/2/4 forced. */
 int g_gemv_rw = 0;
-/* The grid of the chunked kernel: 1 one CTA per kWarps tasks (tasks of RW rows), 2 persistent (as many CTAs as
- * fit on the device at once, each warp looping over tasks). g_gemv_grid (kbit_gemv_grid, the A/B knob): 0 the
- * default below, 1/2 forced. */
-int g_gemv_grid = 0;
-constexpr int kGemvGridDefault = 2;
 static int rows_per_warp(int M) {
     const int rw = (g_gemv_rw == 1 || g_gemv_rw == 2 || g_gemv_rw == 4) ? g_gemv_rw : 4;
     return rw * M <= 4 ? rw : 4 / M;
@@ -363,31 +349,9 @@ cudaError_t launch_sa(const void* A, long long N, long long K, const unsigned ch
         smem_set[dev] = true;
     }
     const size_t smem = (size_t)RW * kTabBytes + (SA ? (size_t)M * K * sizeof(T) : 0);
-    long long ctas = (N + kWarps * RW - 1) / (kWarps * RW);
-    const int mode = (g_gemv_grid == 1 || g_gemv_grid == 2) ? g_gemv_grid : kGemvGridDefault;
-    if (mode == 2) {
-        // resident CTAs per SM for this shared-memory size (remembered per device and size: the staged
-        // activations make it depend on K)
-        static struct { int dev; size_t smem; int fit; } seen[8] = {};
-        static int next = 0;
-        int fit = 0;
-        for (const auto& e : seen)
-            if (e.fit > 0 && e.dev == dev && e.smem == smem) fit = e.fit;
-        if (fit == 0) {
-            const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kern, kThreads, smem);
-            if (e != cudaSuccess) return e;
-            fit = fit > 0 ? fit : 1;
-            seen[next] = {dev, smem, fit};
-            next = (next + 1) % 8;
-        }
-        int sms = 0;
-        const cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-        if (e != cudaSuccess) return e;
-        if (ctas > (long long)fit * sms) ctas = (long long)fit * sms;
-    }
-    const dim3 grid((unsigned)ctas), block(kThreads);
+    const dim3 grid((unsigned)((N + kWarps * RW - 1) / (kWarps * RW))), block(kThreads);
     kern<<<grid, block, smem, stream>>>((const T*)A, N, K, B, absmax, a8, code2, off, table, bs_shift, (const T*)bias,
-                                        (T*)out, mode == 2);
+                                        (T*)out);
     return cudaGetLastError();
 }
 
@@ -494,8 +458,6 @@ extern "C" int kbit_gemm_4bit_mma_tile(int M, int lookup, int* block_m, int* blo
 }
 
 extern "C" void kbit_gemv_tuning(int rows_per_warp) { g_gemv_rw = rows_per_warp; }
-
-extern "C" void kbit_gemv_grid(int mode) { g_gemv_grid = mode; }
 
 extern "C" int kbit_matmul_ieee_build(void) {
 #if defined(__FAST_MATH__) || defined(__USE_FAST_MATH__)

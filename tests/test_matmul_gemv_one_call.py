@@ -10,6 +10,8 @@ bias that do not match raise the general path's errors; inputs are never written
 mode still see the custom op."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -150,7 +152,7 @@ def test_mismatched_arguments_raise_naming_them(rng, device):
         with pytest.raises(QuantInputError, match="B: on cpu"):
             matmul_4bit(A, P.cpu(), qs)
         with pytest.raises(QuantInputError, match="absmax: on cpu"):
-            matmul_4bit(A, P, qs.to("cpu"))
+            matmul_4bit(A, P, copy.deepcopy(qs).to("cpu"))   # QuantState.to moves in place
     # taken elsewhere, same result: non-contiguous A, 33 rows, float32 A
     At = torch.randn(128, 2, generator=rng).to(torch.bfloat16).to(device).t()
     assert mm._gemv_one_call(At, P, qs, b, "auto") is None

@@ -10,9 +10,12 @@ Per op (n = 2**28 bf16 by default; int8 on a 2**14 x 2**14 fp16 matrix), in one 
   * ratio = public_ms / kernel_ms (the target is <= 1.10): one call on an idle GPU, so the host time
     before its first launch is exposed;
   * public_ms_back_to_back, ratio_back_to_back: calls in a row, as a loop over layers makes them;
-  * host_us_4096: host time per call at n = 4096 (1000 calls back to back, unsynchronized, median of
-    5 after a warm-up), ours and
-    bitsandbytes' (its ops also go through torch.library);
+  * host_us_4096: time per call at n = 4096, 1000 calls back to back, unsynchronized (median of 5 after a
+    warm-up), ours and bitsandbytes' (its ops also go through torch.library). Where a call's kernels take
+    longer on the GPU than its host work, the launch queue fills and this is GPU time: so also
+  * host_idle_us_4096: the host time of one call made on an idle GPU with an empty launch queue (a sync
+    before each call, none inside the timing; median of 500): the host work alone; and
+  * kernel_us_4096: the GPU time of that call's kernels (CUPTI).
   * bnb_ms: bitsandbytes 0.50.2's own public call, same input;
   * GB/s and % of the device-to-device copy measured in the same run (bytes: inputs read once +
     outputs written once).
@@ -125,6 +128,23 @@ def _host_ms(fn, calls: int = 1000, repeats: int = 5) -> float:
     return statistics.median(samples)
 
 
+def _host_idle_ms(fn, calls: int = 500) -> float:
+    """Host ms of one call on an idle GPU: synchronized before each call, so no launch waits for a queue slot
+    and no earlier kernel overlaps; median over calls after a warm-up."""
+    import statistics
+    import time
+    for _ in range(50):
+        fn()
+    samples = []
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    return statistics.median(samples)
+
+
 def _back_to_back_ms(fn, calls: int = 20, repeats: int = 7) -> float:
     """Per-call ms of ``calls`` public calls in a row (one sync at the end; median over repeats): what a
     loop quantizing layer after layer sees, host work overlapping the previous call's kernels."""
@@ -156,13 +176,16 @@ def run(n_log2: int) -> pd.DataFrame:
         row = {"op": op, "case": what, "n": 1 << n_log2, "public_ms": pub.median_ms, "kernel_ms": kern,
                "ratio": pub.median_ms / kern if kern else None,
                "public_ms_back_to_back": steady, "ratio_back_to_back": steady / kern if kern else None,
-               "host_us_4096": host * 1e3,
+               "host_us_4096": host * 1e3, "host_idle_us_4096": _host_idle_ms(ours_s) * 1e3,
+               "kernel_us_4096": (bench.device_time(ours_s, reps=20)[0] or float("nan")) * 1e3,
                "public_pct_copy": 100 * nbytes / (pub.median_ms * 1e-3) / 1e9 / copy,
                "kernel_pct_copy": (100 * nbytes / (kern * 1e-3) / 1e9 / copy) if kern else None,
                "copy_gbps": copy}
         if theirs is not None:
             row["bnb_ms"] = bench.time_fn(theirs, "cuda", warmup=3, reps=30).median_ms
             row["bnb_host_us_4096"] = _host_ms(theirs_s) * 1e3
+            row["bnb_host_idle_us_4096"] = _host_idle_ms(theirs_s) * 1e3
+            row["bnb_kernel_us_4096"] = (bench.device_time(theirs_s, reps=20)[0] or float("nan")) * 1e3
         rows.append(row)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     return pd.DataFrame(rows)

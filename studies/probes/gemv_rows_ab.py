@@ -1,5 +1,4 @@
-"""A/B of the fused GEMV's rows per warp and grid (cuda_src/matmul.cu ``kbit_gemv_tuning``, ``kbit_gemv_grid``:
-one CTA per 8 row tasks, or persistent): M = 1, bf16, NF4 blocksize 64
+"""A/B of the fused GEMV's rows per warp (cuda_src/matmul.cu ``kbit_gemv_tuning``): M = 1, bf16, NF4 blocksize 64
 with double quant, on the five shapes of issue 18; each output must equal the default's bit for bit (a row's order
 does not depend on RW); kernel time by CUDA-graph replay, GB/s of the bytes a fused kernel reads (packed weight,
 uint8 absmax, nested absmax, activations) and % of the device copy measured in the same run.
@@ -36,27 +35,23 @@ def main(argv=None) -> int:
             A = torch.randn(1, K, device="cuda", dtype=torch.bfloat16, generator=g)
             nbytes = bench.tensor_bytes(P, qs.absmax, qs.state2.absmax, A)
             L.kbit_gemv_tuning(0)
-            L.kbit_gemv_grid(0)
             want = matmul_4bit(A, P, qs, backend="cuda")
-            for grid, rw in ((1, 4), (2, 4), (1, 2), (2, 2), (2, 1)):
-                L.kbit_gemv_grid(grid)
+            for rw in (0, 4, 2, 1):
                 L.kbit_gemv_tuning(rw)
                 got = matmul_4bit(A, P, qs, backend="cuda")
                 same = bool(torch.equal(got.view(torch.int16), want.view(torch.int16)))
                 bad += not same
                 ms = bench.graph_replay_ms(lambda: matmul_4bit(A, P, qs, backend="cuda"), calls=50)
                 pct = 100 * nbytes / (ms * 1e-3) / (copy * 1e9)
-                rows.append(dict(N=N, K=K, grid=("per_task", "persistent")[grid - 1], rw=rw, kernel_ms=ms,
-                                 pct_copy=pct, equal_to_default=same))
-                print(f"{N:>6}x{K:<6} grid={rows[-1]['grid']:10s} rw={rw}  {ms * 1e3:7.1f} us  {pct:5.1f} % of copy"
-                      f"  equal {same}", flush=True)
+                rows.append(dict(N=N, K=K, rw=rw, kernel_ms=ms, pct_copy=pct, equal_to_default=same))
+                print(f"{N:>6}x{K:<6} rw={rw or 'auto'}  {ms * 1e3:7.1f} us  {pct:5.1f} % of copy  equal {same}",
+                      flush=True)
     finally:
         L.kbit_gemv_tuning(0)
-        L.kbit_gemv_grid(0)
     print(f"copy {copy:.0f} GB/s; outputs differing from the default: {bad}")
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        Path(args.out, "gemv_launch_ab.json").write_text(json.dumps(dict(copy_gbps=copy, rows=rows), indent=1))
+        Path(args.out, "gemv_rows_ab.json").write_text(json.dumps(dict(copy_gbps=copy, rows=rows), indent=1))
     return 1 if bad else 0
 
 

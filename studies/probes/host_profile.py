@@ -1,9 +1,10 @@
-"""Where the host time of a public call goes, on CUDA at n = 4096 (the kernel's own time is noise there).
+"""Where the host time of a public call goes, on CUDA at n = 4096 (small kernels, though not always shorter than the
+host work: the idle column is the host's alone).
 
     python -m studies.probes.host_profile [--out DIR]
 
-Per op: host µs per call (back to back, one sync at the end), the same call with the kernel
-replaced by one returning preallocated outputs (the Python + dispatcher part), bitsandbytes' call,
+Per op: µs per call (back to back, one sync at the end; and the host time alone, on an idle GPU), the same call with
+the kernel replaced by one returning preallocated outputs (the Python + dispatcher part), bitsandbytes' call,
 and a cProfile of the public call (top entries by own time). Also the primitives a call is made
 of (an empty CUDA tensor, a small clone, a ctypes-free torch.ops dispatch), so a cost can be
 traced to its line.
@@ -63,10 +64,14 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001
         print("bitsandbytes unavailable:", e)
         bnb = {}
-    lines = []
+    from studies.bench.public_call import _host_idle_ms
+    lines = ["back to back (the GPU's time per call where its kernels outlast the host work), then idle: the host "
+             "time of one call on an idle GPU (studies/bench/public_call.py: host_idle_us_4096)"]
     for name, f in ops.items():
-        lines.append(f"{name:24s} ours {per_call_us(f):6.1f} us   bnb "
-                     f"{per_call_us(bnb[name]) if name in bnb else float('nan'):6.1f} us")
+        b = bnb.get(name)
+        lines.append(f"{name:24s} ours {per_call_us(f):6.1f} us, idle {_host_idle_ms(f) * 1e3:6.1f} us   bnb "
+                     f"{per_call_us(b) if b else float('nan'):6.1f} us, idle "
+                     f"{_host_idle_ms(b) * 1e3 if b else float('nan'):6.1f} us")
     # the same calls with null kernels: what Python and the dispatcher cost
     outs = {"quantize_4bit": wb.quantize_4bit(A, blocksize=64, quant_type="nf4")[0].view(-1),
             "quantize_blockwise": c.view(-1)}

@@ -45,8 +45,6 @@ def lib() -> ctypes.CDLL:
         L.kbit_matmul_ieee_build.restype = _I
         L.kbit_gemv_tuning.argtypes = [_I]           # A/B knob (studies/probes/gemv_rows_ab.py)
         L.kbit_gemv_tuning.restype = None
-        L.kbit_gemv_grid.argtypes = [_I]             # A/B knob: one CTA per 8 row tasks (1) or persistent (2)
-        L.kbit_gemv_grid.restype = None
         L.kbit_gemm_4bit_mma.argtypes = [_P, _I, _I, _L, _L, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I, _P]
         L.kbit_gemm_4bit_mma.restype = _I
         L.kbit_gemm_4bit_mma_tile.argtypes = [_I, _I, _P, _P, _P]
