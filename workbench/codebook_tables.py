@@ -239,11 +239,13 @@ def cpu_ord_lut(cb: Codebook):
 # CUDA production kernels (cuda_src/quant.cu): the library builds its fine / compact / cell tables
 # from these host arrays itself, once per codebook and device (build_fine in cuda_src/quant.cu).
 def _build_cuda_quant_arrays(cb: Codebook):
-    return np.ascontiguousarray(cb.bounds, np.float32), np.ascontiguousarray(cb.bucket_codes, np.uint8)
+    bounds, codes = np.ascontiguousarray(cb.bounds, np.float32), np.ascontiguousarray(cb.bucket_codes, np.uint8)
+    return bounds, codes, (bounds.ctypes.data, len(bounds), codes.ctypes.data, len(codes))
 
 
-def cuda_quant_arrays(cb: Codebook) -> tuple[np.ndarray, np.ndarray]:
-    """(bounds float32, bucket_codes uint8) as contiguous host arrays for the CUDA library's quantizers."""
+def cuda_quant_arrays(cb: Codebook) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+    """(bounds float32, bucket_codes uint8, (their addresses and lengths)): contiguous host arrays for the CUDA
+    library's quantizers, kept alive by the codebook's table cache; the addresses spare a call their lookup."""
     t = cb._kernel_tables.get(("cuda_quant_arrays", None), _MISSING)
     return t if t is not _MISSING else _build(cb, ("cuda_quant_arrays", None), _build_cuda_quant_arrays)
 

@@ -64,6 +64,16 @@ def on(device: torch.device):
     return torch.cuda.device(device)
 
 
+def on_device(index: int | None, fn, *args):
+    """``fn(*args, stream)`` on device ``index`` (None: the current one) with its current stream's handle last:
+    a ctypes entry point's launch, made current only when it is not already (the common case)."""
+    current = torch.cuda.current_device()
+    if index is None or index == current:
+        return fn(*args, raw_stream(current))
+    with torch.cuda.device(index):
+        return fn(*args, raw_stream(index))
+
+
 def check(status: int, what: str) -> None:
     """Kernels' extern "C" entry points return cudaError_t (0 = success)."""
     if status != 0:

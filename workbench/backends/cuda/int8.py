@@ -12,7 +12,7 @@ import threading
 
 import torch
 
-from . import check, load, ptr, stream
+from . import check, load, on_device, ptr, stream
 
 from ..registry import register_kernel
 
@@ -84,8 +84,9 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     index = torch.empty(cols + 2, dtype=torch.int64, device=A.device) if use else None  # columns, counts
     thr = threshold_in(A.dtype, threshold) if use else 0.0
     counts = _host_counts() if use else None
-    check(lib().kbit_int8_vectorwise_quant(ptr(A), _dtype(A), rows, cols, thr, int(use), ptr(codes), ptr(stats),
-                                           ptr(flags), ptr(index), ptr(counts), stream()), "kbit_int8_vectorwise_quant")
+    check(on_device(A.device.index, lib().kbit_int8_vectorwise_quant, A.data_ptr(), _dtype(A), rows, cols, thr,
+                    int(use), codes.data_ptr(), stats.data_ptr(), ptr(flags), ptr(index), ptr(counts)),
+          "kbit_int8_vectorwise_quant")
     if not use:
         return codes, stats, None
     # the list has a data-dependent size, so reading its count is one device->host sync (bitsandbytes

@@ -11,7 +11,7 @@ import ctypes
 
 import torch
 
-from . import check, load, on, ptr, stream
+from . import check, load, on_device
 
 from ..registry import register_kernel
 from ...codebook_tables import cuda_quant_arrays
@@ -45,21 +45,21 @@ def lib() -> ctypes.CDLL:
     return _lib
 
 
-def _dtype(t: torch.Tensor) -> int:
+def _dtype(dtype: torch.dtype, what: str = "A") -> int:
     try:
-        return DTYPE_CODE[t.dtype]
+        return DTYPE_CODE[dtype]
     except KeyError:
-        raise TypeError(f"A: dtype {t.dtype} not supported by the cuda backend (float32/float16/bfloat16)") from None
+        raise TypeError(f"{what}: dtype {dtype} not supported by the cuda backend (float32/float16/bfloat16)") from None
 
 
 def _quantize(fn_name: str, A, codebook, blocksize, out_numel, flags: int):
     n = A.numel()
-    bounds, codes = cuda_quant_arrays(codebook)
-    out = torch.empty(out_numel, dtype=torch.uint8, device=A.device)
-    absmax = torch.empty(-(-n // blocksize), dtype=torch.float32, device=A.device)
-    with on(A.device):
-        st = getattr(lib(), fn_name)(ptr(A), _dtype(A), n, blocksize, bounds.ctypes.data, len(bounds),
-                                     codes.ctypes.data, len(codes), ptr(out), ptr(absmax), flags, stream(A.device))
+    b_ptr, nb, c_ptr, nc = cuda_quant_arrays(codebook)[2]
+    dev = A.device
+    out = torch.empty(out_numel, dtype=torch.uint8, device=dev)
+    absmax = torch.empty(-(-n // blocksize), dtype=torch.float32, device=dev)
+    st = on_device(dev.index, getattr(lib(), fn_name), A.data_ptr(), _dtype(A.dtype), n, blocksize, b_ptr, nb, c_ptr,
+                   nc, out.data_ptr(), absmax.data_ptr(), flags)
     check(st, fn_name)
     return out, absmax
 
@@ -75,29 +75,29 @@ def quantize_4bit(A, codebook, blocksize, *, flags: int = 0):
 
 
 def _table(table, device) -> torch.Tensor:
-    t = table if (table.device == device and table.dtype == torch.float32) else table.to(device, torch.float32)
+    t = table if (table.dtype == torch.float32 and table.device == device) else table.to(device, torch.float32)
     return t.contiguous()
 
 
 def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
     n = codes.numel()
-    out = torch.empty(n, dtype=dtype, device=codes.device)
-    tab = _table(table, codes.device)
-    with on(codes.device):
-        st = lib().kbit_dequantize_blockwise(ptr(codes), ptr(absmax), ptr(tab), tab.numel(), n, blocksize, ptr(out),
-                                             _dtype(out), stream(codes.device))
+    dev = codes.device
+    out = torch.empty(n, dtype=dtype, device=dev)
+    tab = _table(table, dev)
+    st = on_device(dev.index, lib().kbit_dequantize_blockwise, codes.data_ptr(), absmax.data_ptr(), tab.data_ptr(),
+                   tab.numel(), n, blocksize, out.data_ptr(), _dtype(dtype, "dtype"))
     check(st, "kbit_dequantize_blockwise")
     return out
 
 
 def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
-    out = torch.empty(n, dtype=dtype, device=packed.device)
-    tab = _table(table, packed.device)
+    dev = packed.device
+    out = torch.empty(n, dtype=dtype, device=dev)
+    tab = _table(table, dev)
     if tab.numel() != 16:
         raise ValueError(f"table: 4-bit dequantization needs 16 values, got {tab.numel()}")
-    with on(packed.device):
-        st = lib().kbit_dequantize_4bit(ptr(packed), ptr(absmax), ptr(tab), n, blocksize, ptr(out), _dtype(out),
-                                        stream(packed.device))
+    st = on_device(dev.index, lib().kbit_dequantize_4bit, packed.data_ptr(), absmax.data_ptr(), tab.data_ptr(), n,
+                   blocksize, out.data_ptr(), _dtype(dtype, "dtype"))
     check(st, "kbit_dequantize_4bit")
     return out
 
