@@ -72,6 +72,33 @@ def main() -> None:
         lines.append(f"{name:24s} ours {per_call_us(f):6.1f} us, idle {_host_idle_ms(f) * 1e3:6.1f} us   bnb "
                      f"{per_call_us(b) if b else float('nan'):6.1f} us, idle "
                      f"{_host_idle_ms(b) * 1e3 if b else float('nan'):6.1f} us")
+    # the adapters alone and their ctypes calls alone (idle GPU): where the rest of a call's host time goes
+    from workbench.backends.cuda import quant as CQ
+    from workbench.backends.cuda import raw_stream
+    from workbench.codebooks import get as codebook
+    nf4, dyn = codebook("nf4"), codebook("dynamic")
+    L, st = CQ.lib(), raw_stream(torch.cuda.current_device())
+    o16, o8 = torch.empty(n, dtype=torch.bfloat16, device="cuda"), torch.empty(n, dtype=torch.uint8, device="cuda")
+    am = torch.empty(n, dtype=torch.float32, device="cuda")
+    parts = {
+        "adapter quantize_4bit": lambda: CQ.quantize_4bit(A, nf4, 64),
+        "adapter dequantize_4bit": lambda: CQ.dequantize_4bit(p.view(-1), s.absmax, s.code, 64, n, torch.bfloat16),
+        "adapter quantize_blockwise": lambda: CQ.quantize_blockwise(A, dyn, 4096),
+        "adapter dequantize_blockwise": lambda: CQ.dequantize_blockwise(c.view(-1), s8.absmax, s8.code, 4096,
+                                                                        torch.bfloat16),
+        "ctypes kbit_quantize_4bit": lambda: L.kbit_quantize_4bit(
+            A.data_ptr(), 2, n, 64, *CQ.cuda_quant_arrays(nf4)[2], o8.data_ptr(), am.data_ptr(), 0, st),
+        "ctypes kbit_dequantize_4bit": lambda: L.kbit_dequantize_4bit(
+            p.data_ptr(), s.absmax.data_ptr(), s.code.data_ptr(), n, 64, o16.data_ptr(), 2, st),
+        "ctypes kbit_quantize_blockwise": lambda: L.kbit_quantize_blockwise(
+            A.data_ptr(), 2, n, 4096, *CQ.cuda_quant_arrays(dyn)[2], o8.data_ptr(), am.data_ptr(), 0, st),
+        "ctypes kbit_dequantize_blockwise": lambda: L.kbit_dequantize_blockwise(
+            c.data_ptr(), s8.absmax.data_ptr(), s8.code.data_ptr(), s8.code.numel(), n, 4096, o16.data_ptr(), 2, st),
+        "torch.empty x2 (4096 bf16, 1 f32)": lambda: (torch.empty(n, dtype=torch.bfloat16, device="cuda"),
+                                                      torch.empty(1, dtype=torch.float32, device="cuda")),
+    }
+    for k, f in parts.items():
+        lines.append(f"  {k:34s} idle {_host_idle_ms(f) * 1e3:6.2f} us, back to back {per_call_us(f):6.2f} us")
     # the same calls with null kernels: what Python and the dispatcher cost
     outs = {"quantize_4bit": wb.quantize_4bit(A, blocksize=64, quant_type="nf4")[0].view(-1),
             "quantize_blockwise": c.view(-1)}
