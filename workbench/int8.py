@@ -26,8 +26,11 @@ def _device(t: torch.Tensor) -> str:
     return t.device.type
 
 
+_DTYPE_NAMES = {d: str(d).removeprefix("torch.") for d in (*FLOAT_DTYPES, torch.int8, torch.int32)}
+
+
 def _backend(backend: str, op: str, A: torch.Tensor) -> str:
-    return resolve(backend, op, _device(A), str(A.dtype).removeprefix("torch."))
+    return resolve(backend, op, _device(A), _DTYPE_NAMES.get(A.dtype) or str(A.dtype).removeprefix("torch."))
 
 
 def _matrix(name: str, A, dtypes=FLOAT_DTYPES, nan_policy: str | None = None) -> torch.Tensor:
@@ -38,6 +41,8 @@ def _matrix(name: str, A, dtypes=FLOAT_DTYPES, nan_policy: str | None = None) ->
         raise QuantInputError(f"{name}: expected a matrix (rows x columns), got shape {tuple(A.shape)}")
     if nan_policy is not None and A.is_floating_point():
         check_finite(name, A, nan_policy)
+    if A.dim() == 2 and not A.requires_grad and A.is_contiguous():
+        return A          # the common case, with no tensor calls (each costs microseconds of a small call)
     return A.detach().reshape(-1, A.shape[-1]).contiguous()
 
 
@@ -62,7 +67,7 @@ def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: s
     a = _matrix("A", A)
     codes, stats, cols = call_op("int8_vectorwise_quant", _backend(backend, "int8_vectorwise_quant", A), a, t)
     raise_if_nonfinite("A", a, stats, nan_policy)
-    return codes.view(A.shape), stats, cols
+    return (codes if a is A else codes.view(A.shape)), stats, cols
 
 
 def outlier_columns(A: torch.Tensor, threshold: float = 6.0, *, backend: str = "auto",

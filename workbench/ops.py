@@ -41,6 +41,8 @@ def _device(t: torch.Tensor) -> str:
 def _flat(t: torch.Tensor) -> torch.Tensor:
     if t.requires_grad:
         t = t.detach()  # an nn.Parameter quantizes like its data; the ops never record autograd history
+    elif t.dim() == 1 and t.is_contiguous():
+        return t        # no tensor call: each costs microseconds of a small call
     return t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
 
 
@@ -188,7 +190,7 @@ def quantize_blockwise(A: torch.Tensor, code=None, blocksize: int = 4096, nested
     else:
         qs = QuantState.with_table_of(cb, A.device, absmax=absmax, shape=A.shape, blocksize=blocksize, dtype=A.dtype)
     raise_if_nonfinite("A", A, absmax, nan_policy)  # last: a host sync on CUDA, after every launch
-    return codes.view(A.shape), qs
+    return (codes if flat is A else codes.view(A.shape)), qs
 
 
 def _memo_key(A: torch.Tensor, qs: QuantState, dtype, backend: str, bits: int):
@@ -248,7 +250,7 @@ def dequantize_blockwise(A: torch.Tensor, quant_state: QuantState | None = None,
         out = kernel("dequantize_blockwise", name)(flat, absmax, table, qs.blocksize, out_dtype)
     else:
         out = _ops.dequantize_blockwise(flat, absmax, table, qs.blocksize, out_dtype, name)
-    return out.view(A.shape)
+    return out if flat is A else out.view(A.shape)
 
 
 def quantize_4bit(A: torch.Tensor, absmax=None, out=None, blocksize: int = 64, compress_statistics: bool = False,

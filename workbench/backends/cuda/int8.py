@@ -72,10 +72,11 @@ def _host_counts() -> torch.Tensor:
 
 
 def _quant_rows(A: torch.Tensor, threshold: float):
-    A = A.contiguous()
+    A = A if A.is_contiguous() else A.contiguous()
     rows, cols = A.shape
-    codes = torch.empty((rows, cols), dtype=torch.int8, device=A.device)
-    stats = torch.empty(rows, dtype=torch.float32, device=A.device)
+    dev = A.device
+    codes = torch.empty((rows, cols), dtype=torch.int8, device=dev)
+    stats = torch.empty(rows, dtype=torch.float32, device=dev)
     use = threshold > 0.0
     pad = (cols + 15) // 16 * 16
     # outlier bookkeeping (cuda_src/int8.cu OutlierWork): column flags, the probe's flags (each padded to
@@ -84,7 +85,7 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     index = torch.empty(cols + 2, dtype=torch.int64, device=A.device) if use else None  # columns, counts
     thr = threshold_in(A.dtype, threshold) if use else 0.0
     counts = _host_counts() if use else None
-    check(on_device(A.device.index, lib().kbit_int8_vectorwise_quant, A.data_ptr(), _dtype(A), rows, cols, thr,
+    check(on_device(dev.index, lib().kbit_int8_vectorwise_quant, A.data_ptr(), _dtype(A), rows, cols, thr,
                     int(use), codes.data_ptr(), stats.data_ptr(), ptr(flags), ptr(index), ptr(counts)),
           "kbit_int8_vectorwise_quant")
     if not use:
