@@ -326,12 +326,12 @@ def dequantize_4bit(A: torch.Tensor, quant_state: QuantState, *, dtype: torch.dt
         return absmax, table, n, out_dtype, name
 
     absmax, table, n, out_dtype, name = _prepared(A, qs, dtype, backend, 4, prepare)
-    packed = (A.detach() if A.requires_grad else A).reshape(-1)
+    packed = _flat(A)
     if packed.dtype != torch.uint8:
         packed = packed.view(torch.uint8)
-    packed = packed.contiguous()
     if _eager(packed):
         out = kernel("dequantize_4bit", name)(packed, absmax, table, qs.blocksize, n, out_dtype)
     else:
         out = _ops.dequantize_4bit(packed, absmax, table, qs.blocksize, n, out_dtype, name)
-    return out.view(qs.shape)
+    shape = qs.shape
+    return out if len(shape) == 1 and shape[0] == n else out.view(shape)
