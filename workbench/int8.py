@@ -78,7 +78,8 @@ def outlier_columns(A: torch.Tensor, threshold: float = 6.0, *, backend: str = "
     if t == 0:
         raise QuantInputError("threshold: must be > 0 to define outliers")
     check_nan_policy(nan_policy)
-    return call_op("outlier_columns", _backend(backend, "outlier_columns", A), _matrix("A", A, nan_policy=nan_policy), t)
+    a = _matrix("A", A, nan_policy=nan_policy)
+    return call_op("outlier_columns", _backend(backend, "outlier_columns", A), a, t)
 
 
 def int8_vectorwise_dequant(codes: torch.Tensor, stats: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:

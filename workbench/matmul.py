@@ -299,7 +299,9 @@ def _gemv_one_call(A, B, qs, bias, backend):
         return None
     if cpu:
         kernel = _planes_kernel()
-        if not kernel or rows > _PLANE_MAX_M or resolve(backend, "gemm_4bit", "cpu", _DTYPE_NAMES[A.dtype]) != "cython_cpu":
+        if not kernel or rows > _PLANE_MAX_M:
+            return None
+        if resolve(backend, "gemm_4bit", "cpu", _DTYPE_NAMES[A.dtype]) != "cython_cpu":
             return None
         out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=_CPU)
         a2, a8, c2, off, table, bs = args

@@ -49,7 +49,8 @@ def _dtype(dtype: torch.dtype, what: str = "A") -> int:
     try:
         return DTYPE_CODE[dtype]
     except KeyError:
-        raise TypeError(f"{what}: dtype {dtype} not supported by the cuda backend (float32/float16/bfloat16)") from None
+        raise TypeError(f"{what}: dtype {dtype} not supported by the cuda backend "
+                        "(float32/float16/bfloat16)") from None
 
 
 def _quantize(fn_name: str, A, codebook, blocksize, out_numel, flags: int):
