@@ -148,6 +148,14 @@ def test_mismatched_arguments_raise_naming_them(rng, device):
         matmul_4bit(A, P, "nf4")
     with pytest.raises(QuantInputError, match="A: dtype"):
         matmul_4bit(A.to(torch.int16), P, qs)
+    # a state or weight on the meta device (no data: no kernel may read it) takes the general path and its errors
+    meta = copy.deepcopy(qs).to("meta")
+    assert mm._gemv_one_call(A, P, meta, b, "auto") is None
+    with pytest.raises(QuantInputError, match="absmax: on meta"):
+        matmul_4bit(A, P, meta)
+    assert mm._gemv_one_call(A, P.to("meta"), qs, b, "auto") is None
+    with pytest.raises(QuantInputError, match="B: on meta"):
+        matmul_4bit(A, P.to("meta"), qs)
     if device != "cpu":   # the weight or the state elsewhere than A
         with pytest.raises(QuantInputError, match="B: on cpu"):
             matmul_4bit(A, P.cpu(), qs)

@@ -196,11 +196,16 @@ def _planes_kernel():
     return _planes_at
 
 
+def _device_index(t: torch.Tensor):
+    """-1 for a CPU tensor, the device index of a CUDA one, None for any other (meta, ...): no kernel reads it."""
+    return -1 if t.is_cpu else t.get_device() if t.is_cuda else None
+
+
 def _tensor_key(t):
     """Identity, address, size, dtype, device and layout of a state tensor; None when it is not a plain tensor."""
     if type(t) not in _PLAIN:
         return None
-    return id(t), t.data_ptr(), t.numel(), t.dim(), t.dtype, t.get_device(), t.is_contiguous()
+    return id(t), t.data_ptr(), t.numel(), t.dim(), t.dtype, _device_index(t), t.is_contiguous()
 
 
 def _gemv_key(qs: QuantState):
@@ -251,8 +256,9 @@ def _gemv_plan(qs: QuantState):
     else:
         keep = (am, code)
         args = (am.data_ptr(), 0, 0, 0, code.data_ptr(), bs)
-    dev = am.get_device()
-    if N < 1 or not all(t.get_device() == dev and t.is_contiguous() for t in keep if isinstance(t, torch.Tensor)):
+    dev = _device_index(am)
+    if N < 1 or dev is None or not all(_device_index(t) == dev and t.is_contiguous()
+                                       for t in keep if isinstance(t, torch.Tensor)):
         return none
     # the CPU byte-plane kernel's unit is 64 elements (K % 64, blocksize % 64); validate() has checked the counts
     # each kernel reads, and the CUDA GEMV takes any K
@@ -285,14 +291,14 @@ def _gemv_one_call(A, B, qs, bias, backend):
         return None
     N, K, dev, args, _ = plan
     rows = A.numel() // K
-    if A.shape[-1] != K or rows < 1 or A.get_device() != dev:
+    if A.shape[-1] != K or rows < 1 or _device_index(A) != dev:
         return None
-    if (type(B) not in _PLAIN or B.get_device() != dev or not B.is_contiguous()
+    if (type(B) not in _PLAIN or _device_index(B) != dev or not B.is_contiguous()
             or B.numel() * B.element_size() != (N * K + 1) // 2):
         return None
     if bias is None:
         b = 0
-    elif (type(bias) in _PLAIN and bias.get_device() == dev and bias.dtype == A.dtype and bias.dim() == 1
+    elif (type(bias) in _PLAIN and _device_index(bias) == dev and bias.dtype == A.dtype and bias.dim() == 1
           and bias.numel() == N and bias.is_contiguous()):
         b = bias.data_ptr()
     else:
