@@ -19,6 +19,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Studies hand their figures to the caller (the report saves and closes them); tests only look at them, so
+    they are closed after each test instead of piling up in a worker (matplotlib warns past 20)."""
+    yield
+    import sys
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 @pytest.fixture
 def rng():
     """A fresh generator per test: new data every run unless KBIT_TEST_SEED pins it."""
