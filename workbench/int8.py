@@ -12,7 +12,7 @@ import torch
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends import get_op
 from .backends.registry import resolve
-from .ops import call_op
+from .ops import _DTYPE_NAMES, call_op
 from .validation import (FLOAT_DTYPES, QuantInputError, check_finite, check_nan_policy, check_tensor,
                          raise_if_nonfinite)
 
@@ -24,9 +24,6 @@ def _device(t: torch.Tensor) -> str:
     if t.device.type not in ("cpu", "cuda"):
         raise QuantInputError(f"A: device {t.device} not supported; expected cpu or cuda")
     return t.device.type
-
-
-_DTYPE_NAMES = {d: str(d).removeprefix("torch.") for d in (*FLOAT_DTYPES, torch.int8, torch.int32)}
 
 
 def _backend(backend: str, op: str, A: torch.Tensor) -> str:

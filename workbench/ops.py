@@ -28,7 +28,8 @@ __all__ = ["quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequa
 
 NESTED_BLOCKSIZE = 256  # bitsandbytes' blocksize for double-quantized absmax
 _ops = torch.ops.workbench
-_DTYPE_NAMES = {d: str(d).removeprefix("torch.") for d in (*FLOAT_DTYPES, torch.uint8)}
+# the dtype names the backend ranking is keyed by (quant and int8 ops)
+_DTYPE_NAMES = {d: str(d).removeprefix("torch.") for d in (*FLOAT_DTYPES, torch.uint8, torch.int8, torch.int32)}
 
 
 def _device(t: torch.Tensor) -> str:
