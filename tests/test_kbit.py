@@ -254,6 +254,33 @@ def test_bad_tensors_and_states():
         K.dequantize_kbit(p, None)
 
 
+def test_a_state_changed_after_its_first_dequantize_is_checked_again():
+    """dequantize_kbit remembers a state's validation (a weight dequantized every forward pass is checked once);
+    a field reassigned or a table edited in place afterwards is seen on the next call."""
+    A = torch.randn(1000)
+    p, st = K.quantize_kbit(A, 3, codebook=torch.linspace(-1, 1, 8))
+    want = K.dequantize_kbit(p, st)
+    assert st.memo is not None and torch.equal(K.dequantize_kbit(p, st), want)
+    st.scales = st.scales[:-1]
+    with pytest.raises(QuantInputError, match="^state.scales:"):
+        K.dequantize_kbit(p, st)
+    p, st = K.quantize_kbit(A, 3, codebook=torch.linspace(-1, 1, 8))
+    K.dequantize_kbit(p, st)
+    st.codebook[0] = 5.0                                       # unsorted now
+    with pytest.raises(QuantInputError, match="^codebook:"):
+        K.dequantize_kbit(p, st)
+    p, st = K.quantize_kbit(A, 3)
+    K.dequantize_kbit(p, st)
+    st.k = 4
+    with pytest.raises(QuantInputError, match="^codebook:|^packed:"):
+        K.dequantize_kbit(p, st)
+    p, st = K.quantize_kbit(A, 3)
+    K.dequantize_kbit(p, st)
+    with pytest.raises(QuantInputError, match="^packed:"):  # other words with the same state
+        K.dequantize_kbit(p[:-1], st)
+    assert K.dequantize_kbit(p, st, dtype=torch.float16).dtype == torch.float16
+
+
 # ------------------------------------------------------------------ codebook builders and the study hook
 
 @pytest.mark.parametrize("k", [2, 5, 8])

@@ -24,6 +24,7 @@ from . import hadamard
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends.reference.kbit import LAYOUTS, SCALE_FORMATS
 from .backends.registry import resolve
+from .ops import _DTYPE_NAMES, _device, _flat, _quantize_absmax, call_op, dequantize_blockwise
 from .kbit_state import (CODES_AGAINST, DQ8, KBIT_BLOCKSIZES, PUBLIC_SCALE_FORMATS, KbitState, check_affine,
                          check_k, check_layout, check_scale_format, codebook_tensor, remember_checked,
                          resolve_blocksize)
@@ -34,7 +35,6 @@ __all__ = ["quantize_kbit", "dequantize_kbit", "KbitState", "kbit_codebook_tenso
 
 _SCALE_BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "e4m4": 8, "e8m0": 8, "e4m3": 8, DQ8: 8 + 32 / 256}
 _ZERO_POINT_BITS = 8          # affine: the stored uint8 zero point per group
-_ops = torch.ops.workbench
 
 
 def kbit_codebook_tensor(codebook, k: int) -> torch.Tensor:
@@ -71,12 +71,6 @@ def _codebook_on(codebook, k: int, device: torch.device) -> torch.Tensor:
     _on_device[key] = (weakref.ref(codebook) if isinstance(codebook, torch.Tensor) else None, t, t._version)
     remember_checked(t, k)
     return t
-
-
-def _device(t: torch.Tensor) -> str:
-    if t.device.type not in ("cpu", "cuda"):
-        raise QuantInputError(f"A: device {t.device} not supported; expected cpu or cuda")
-    return t.device.type
 
 
 # ------------------------------------------------------------------ the public ops
@@ -119,30 +113,28 @@ def quantize_kbit(A: torch.Tensor, k: int = 4, codebook=None, blocksize: int | s
     cb = None if affine else _codebook_on(codebook, k, A.device)
     if affine:                # the affine kernels report no non-finite flag: check first (one pass)
         check_finite("A", A, "raise")
-    a = A.detach().reshape(-1)
+    a = _flat(A)
     if R:                     # the rotated, zero-padded float32 tensor is what gets coded
-        a = hadamard.rotate(a, R, rotate_seed)
-    if not a.is_contiguous():
-        a = a.contiguous()
-    zeros = None
+        a = hadamard.rotate(a, R, rotate_seed).contiguous()
+    zeros = nonfinite = None
     if affine:
-        name = resolve(backend, "quantize_kbit_affine", dev, str(a.dtype).removeprefix("torch."))
-        packed, scales, zeros = _ops.quantize_kbit_affine(a, k, blocksize, layout, scale_format, affine, name)
+        name = resolve(backend, "quantize_kbit_affine", dev, _DTYPE_NAMES.get(a.dtype))
+        packed, scales, zeros = call_op("quantize_kbit_affine", name, a, k, blocksize, layout, scale_format, affine)
         ts = torch.zeros(0, dtype=torch.float32, device=A.device)
     else:
-        name = resolve(backend, "quantize_kbit", dev, str(a.dtype).removeprefix("torch."))
+        name = resolve(backend, "quantize_kbit", dev, _DTYPE_NAMES.get(a.dtype))
         op_format = "fp32" if scale_format == DQ8 else scale_format
-        packed, scales, ts, nonfinite = _ops.quantize_kbit(a, cb, k, blocksize, layout, op_format,
-                                                           codes_against, name)
-        raise_if_flagged("A", A, nonfinite)
+        packed, scales, ts, nonfinite = call_op("quantize_kbit", name, a, cb, k, blocksize, layout, op_format,
+                                                codes_against)
     offset = state2 = None
     if scale_format == DQ8:   # bitsandbytes' double quantization of the fp32 absmax (workbench.ops)
-        from .ops import _quantize_absmax
         scales, offset, state2 = _quantize_absmax(scales, backend)
     state = KbitState(k=k, codebook=cb, blocksize=blocksize, layout=layout,
                       scale_format=scale_format, codes_against=codes_against, scales=scales, tensor_scale=ts,
                       shape=A.shape, dtype=A.dtype, offset=offset, state2=state2, affine=affine, zeros=zeros,
                       rotate=R, rotate_seed=rotate_seed if R else 0)
+    if nonfinite is not None:
+        raise_if_flagged("A", A, nonfinite)   # last: a host sync on CUDA, after every launch
     return packed, state
 
 
@@ -153,30 +145,66 @@ def dequantize_kbit(packed: torch.Tensor, state: KbitState, *, dtype: torch.dtyp
     if not isinstance(state, KbitState):
         raise QuantInputError(f"state: expected a KbitState, got {type(state).__name__}")
     check_tensor("packed", packed, dtypes=None)
-    state.validate(packed)
-    out_dtype = check_dtype("dtype", dtype or state.dtype, FLOAT_DTYPES)
-    dev = packed.device
-    words = packed.detach().reshape(-1).contiguous()
+    plan = _dequantize_plan(packed, state, dtype, backend)
+    out_dtype, coded_dtype, name, scales, ts, cb, zeros = plan
+    words = _flat(packed)
     n = state.n_coded
-    coded_dtype = torch.float32 if state.rotate else out_dtype   # undo the rotation in float32, round once
     if state.affine:
-        name = resolve(backend, "dequantize_kbit_affine", _device(packed), None)
-        out = _ops.dequantize_kbit_affine(words, state.scales.to(dev).contiguous(), state.zeros.to(dev).contiguous(),
-                                          state.k, state.blocksize, n, state.layout, coded_dtype, name)
+        out = call_op("dequantize_kbit_affine", name, words, scales, zeros, state.k, state.blocksize, n, state.layout,
+                      coded_dtype)
     else:
-        name = resolve(backend, "dequantize_kbit", _device(packed), str(coded_dtype).removeprefix("torch."))
-        scales, fmt = state.scales, state.scale_format
+        fmt = state.scale_format
         if fmt == DQ8:        # decode the 8-bit absmax first: dequantize_blockwise + offset, in float32
-            from .ops import dequantize_blockwise
-            scales = (dequantize_blockwise(scales.to(dev), state.state2, backend=backend)
-                      + state.offset.to(dev, torch.float32))
+            scales = (dequantize_blockwise(scales, state.state2, backend=backend)
+                      + state.offset.to(packed.device, torch.float32))
             fmt = "fp32"
-        out = _ops.dequantize_kbit(words, scales.to(dev).contiguous(), state.tensor_scale.to(dev),
-                                   state.codebook.to(dev, torch.float32).contiguous(), state.k, state.blocksize, n,
-                                   state.layout, fmt, coded_dtype, name)
+        out = call_op("dequantize_kbit", name, words, scales, ts, cb, state.k, state.blocksize, n, state.layout, fmt,
+                      coded_dtype)
     if state.rotate:
         out = hadamard.unrotate(out, state.rotate, state.rotate_seed, state.n).to(out_dtype)
-    return out.view(state.shape)
+    return out if out.shape == state.shape else out.view(state.shape)
+
+
+def _dequantize_plan(packed: torch.Tensor, state: KbitState, dtype, backend: str) -> tuple:
+    """(out dtype, coded dtype, backend name, scales, tensor scale, codebook, zeros) for dequantizing ``packed``
+    with ``state``: validated, the tensors on packed's device. Remembered on the state while nothing it was
+    checked against has changed, so a weight dequantized every forward pass is validated once."""
+    key = _memo_key(packed, state, dtype, backend)
+    memo = state.memo
+    if key is not None and memo is not None and memo[0] == key:
+        return memo[1]
+    state.validate(packed)
+    out_dtype = check_dtype("dtype", dtype or state.dtype, FLOAT_DTYPES)
+    coded_dtype = torch.float32 if state.rotate else out_dtype   # undo the rotation in float32, round once
+    dev = packed.device
+    scales = _on(state.scales, dev)
+    if state.affine:
+        name = resolve(backend, "dequantize_kbit_affine", _device(packed), None)
+        plan = (out_dtype, coded_dtype, name, scales, None, None, _on(state.zeros, dev))
+    else:
+        name = resolve(backend, "dequantize_kbit", _device(packed), _DTYPE_NAMES[coded_dtype])
+        cb = state.codebook if state.codebook.dtype == torch.float32 else state.codebook.float()
+        plan = (out_dtype, coded_dtype, name, scales, _on(state.tensor_scale, dev), _on(cb, dev), None)
+    own = (state.scales, state.tensor_scale, state.codebook, state.zeros)
+    if key is not None and all(t is None or any(t is o for o in own) for t in plan[3:]):
+        state.memo = (key, plan)   # only the state's own tensors: a copy could go stale
+    return plan
+
+
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t if t.device == device and t.is_contiguous() else t.to(device).contiguous()
+
+
+def _memo_key(packed: torch.Tensor, state: KbitState, dtype, backend: str):
+    """What the validation of (packed, state, dtype, backend) depended on (None under a compile trace). The
+    tensors by identity, size, dtype and version: reassigning a field or editing the codebook in place misses."""
+    if torch.compiler.is_compiling() or type(state) is not KbitState:
+        return None
+    ts = tuple((id(t), t.numel(), t.dtype, t.device, t._version) if isinstance(t, torch.Tensor) else t
+               for t in (state.scales, state.tensor_scale, state.codebook, state.zeros, state.offset))
+    return (ts, id(state.state2), packed.numel(), packed.dtype, packed.device, dtype, backend, state.k,
+            state.blocksize, state.layout, state.scale_format, state.codes_against, state.affine, state.rotate,
+            state.rotate_seed, state.shape, state.dtype)
 
 
 # ------------------------------------------------------------------ study hook

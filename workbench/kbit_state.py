@@ -51,6 +51,8 @@ class KbitState:
     rotate: int = 0                         # 0, or the randomized-Hadamard block size
     rotate_seed: int = 0
     meta: dict = field(default_factory=dict)
+    # dequantize_kbit's validated operands and the fields they were checked against (workbench/kbit.py)
+    memo: object = field(default=None, repr=False, compare=False)
 
     @property
     def n(self) -> int:

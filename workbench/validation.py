@@ -84,7 +84,7 @@ def raise_if_flagged(name: str, t: torch.Tensor, nonfinite: torch.Tensor) -> Non
     if torch.compiler.is_compiling() or (nonfinite.is_cuda and torch.cuda.is_current_stream_capturing()):
         torch._assert_async(nonfinite.reshape(()) == 0, f"{name}: non-finite values (NaN/Inf)")
         return
-    if int(nonfinite.reshape(-1)[0]):
+    if nonfinite.item():
         raise _nonfinite_error(name, t)
 
 

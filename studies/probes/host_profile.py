@@ -22,6 +22,7 @@ import torch
 import workbench as wb
 from workbench.backends import registry as R
 from workbench.int8 import int8_vectorwise_quant
+from workbench.kbit import dequantize_kbit, quantize_kbit
 
 
 def per_call_us(f, reps: int = 2000) -> float:
@@ -47,11 +48,14 @@ def main() -> None:
     M = torch.randn(64, 64, device="cuda", dtype=torch.float16)
     p, s = wb.quantize_4bit(A, blocksize=64, quant_type="nf4")
     c, s8 = wb.quantize_blockwise(A)
+    kp, ks = quantize_kbit(A)
     ops = {"quantize_4bit": lambda: wb.quantize_4bit(A, blocksize=64, quant_type="nf4"),
            "dequantize_4bit": lambda: wb.dequantize_4bit(p, s),
            "quantize_blockwise": lambda: wb.quantize_blockwise(A),
            "dequantize_blockwise": lambda: wb.dequantize_blockwise(c, s8),
-           "int8_vectorwise_quant": lambda: int8_vectorwise_quant(M, 0.0)}
+           "int8_vectorwise_quant": lambda: int8_vectorwise_quant(M, 0.0),
+           "quantize_kbit": lambda: quantize_kbit(A),
+           "dequantize_kbit": lambda: dequantize_kbit(kp, ks)}
     try:
         import bitsandbytes.functional as F
         pb, sb = F.quantize_4bit(A, blocksize=64, quant_type="nf4")
@@ -73,6 +77,7 @@ def main() -> None:
                      f"{per_call_us(b) if b else float('nan'):6.1f} us, idle "
                      f"{_host_idle_ms(b) * 1e3 if b else float('nan'):6.1f} us")
     # the adapters alone and their ctypes calls alone (idle GPU): where the rest of a call's host time goes
+    from workbench.backends.cuda import kbit as CK
     from workbench.backends.cuda import quant as CQ
     from workbench.backends.cuda import raw_stream
     from workbench.codebooks import get as codebook
@@ -94,6 +99,9 @@ def main() -> None:
             A.data_ptr(), 2, n, 4096, *CQ.cuda_quant_arrays(dyn)[2], o8.data_ptr(), am.data_ptr(), 0, st),
         "ctypes kbit_dequantize_blockwise": lambda: L.kbit_dequantize_blockwise(
             c.data_ptr(), s8.absmax.data_ptr(), s8.code.data_ptr(), s8.code.numel(), n, 4096, o16.data_ptr(), 2, st),
+        "adapter quantize_kbit": lambda: CK.quantize_kbit(A, ks.codebook, 4, 32, "bitplane", "e4m4", "exact"),
+        "adapter dequantize_kbit": lambda: CK.dequantize_kbit(kp, ks.scales, ks.tensor_scale, ks.codebook, 4, 32, n,
+                                                              "bitplane", "e4m4", torch.bfloat16),
         "torch.empty x2 (4096 bf16, 1 f32)": lambda: (torch.empty(n, dtype=torch.bfloat16, device="cuda"),
                                                       torch.empty(1, dtype=torch.float32, device="cuda")),
     }
@@ -102,22 +110,25 @@ def main() -> None:
     # the same calls with null kernels: what Python and the dispatcher cost
     outs = {"quantize_4bit": wb.quantize_4bit(A, blocksize=64, quant_type="nf4")[0].view(-1),
             "quantize_blockwise": c.view(-1)}
+    no_flag = torch.zeros(1, dtype=torch.int32)   # on the host: the null quantize_kbit's flag read is no sync
     null = {"quantize_4bit": lambda *a: (outs["quantize_4bit"], s.absmax),
             "dequantize_4bit": lambda *a: A,
             "quantize_blockwise": lambda *a: (outs["quantize_blockwise"], s8.absmax),
             "dequantize_blockwise": lambda *a: A,
-            "int8_vectorwise_quant": lambda *a: (M.to(torch.int8), M[:, 0].float(), None)}
+            "int8_vectorwise_quant": lambda *a: (M.to(torch.int8), M[:, 0].float(), None),
+            "quantize_kbit": lambda *a: (kp, ks.scales, ks.tensor_scale, no_flag),
+            "dequantize_kbit": lambda *a: A}
     saved = dict(R._resolved)
     for op, fn in null.items():
         R._kernels[op]["null"] = fn
-        for dt in ("bfloat16", "float16", "uint8"):
+        for dt in ("bfloat16", "float16", "uint8", None):
             R._resolved[("auto", op, "cuda", dt)] = "null"
-    s.memo = s8.memo = None  # the dequantizers remember the backend they resolved with their validation
+    s.memo = s8.memo = ks.memo = None  # the dequantizers remember the backend they resolved with their validation
     for name, f in ops.items():
         lines.append(f"{name:24s} null kernel {per_call_us(f):6.1f} us")
     R._resolved.clear()
     R._resolved.update(saved)
-    s.memo = s8.memo = None
+    s.memo = s8.memo = ks.memo = None
     x16 = torch.randn(16, device="cuda")
     prims = {"torch.empty(2048, u8, cuda)": lambda: torch.empty(2048, dtype=torch.uint8, device="cuda"),
              "clone(16 f32)": lambda: x16.clone(),

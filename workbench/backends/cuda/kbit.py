@@ -2,7 +2,7 @@
 
 Rules: workbench/backends/reference/kbit.py, bit for bit. The quantizers search through the codebook's table
 (codebook_tables.kbit_search_table, built once per codebook tensor). ctypes calls with device pointers on the
-current torch stream; scales are written and read in their storage dtype, so no conversion pass runs around the kernels.
+current torch stream of the input's device; scales are written and read in their storage dtype, so no conversion pass runs around the kernels.
 The library is loaded on first call, so a failed build takes down this family only.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import ctypes
 
 import torch
 
-from . import check, load, on, ptr, stream
+from . import check, load, on_device, ptr
 from ...codebook_tables import kbit_search_table
 from ..reference.kbit import SCALE_DTYPES, dequantize_operands, kernel_codebook, nblocks, packed_words
 from ..registry import register_kernel
@@ -44,23 +44,25 @@ def _fast_path(blocksize: int) -> bool:
 
 def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against):
     dev = A.device
+    if not A.is_contiguous():
+        A = A.contiguous()
     n = A.numel()
     nb = nblocks(n, blocksize)
     cb = kernel_codebook(codebook, k, dev)
     table, size, sh, kbase, half, safe = kbit_search_table(codebook, dev)   # the caller's tensor: a cache hit
     scales = torch.empty(nb, dtype=SCALE_DTYPES[scale_format], device=dev)
     ts = torch.empty(1 if scale_format == "e4m3" else 0, dtype=torch.float32, device=dev)
-    scratch = torch.empty(1 if _fast_path(blocksize) else 1 + nb, dtype=torch.float32, device=dev)
-    nonfinite = torch.empty(1, dtype=torch.int32, device=dev)
+    # one allocation for the non-finite flag (word 0) and the kernels' float32 scratch (the rest)
+    flag_scratch = torch.empty(2 if _fast_path(blocksize) else 2 + nb, dtype=torch.int32, device=dev)
     nw = packed_words(n, k, layout)
     out = torch.empty(nw, dtype=torch.int32, device=dev)
-    with on(dev):
-        check(lib().kbit_kbit_quantize(ptr(A), KIND[A.dtype], n, blocksize, ptr(cb), cb.numel(), k, ptr(table), size,
-                                       sh, kbase, half, safe, LAYOUT[layout], FMT[scale_format],
-                                       int(codes_against == "decoded"), ptr(scales), ptr(ts), ptr(out), nw,
-                                       ptr(nonfinite), ptr(scratch), stream(dev)),
-              "kbit_kbit_quantize")
-    return out, scales, ts, nonfinite
+    flag = flag_scratch.data_ptr()
+    check(on_device(dev.index, lib().kbit_kbit_quantize, A.data_ptr(), KIND[A.dtype], n, blocksize, cb.data_ptr(),
+                    cb.numel(), k, ptr(table), size, sh, kbase, half, safe, LAYOUT[layout], FMT[scale_format],
+                    int(codes_against == "decoded"), scales.data_ptr(), ts.data_ptr(), out.data_ptr(), nw, flag,
+                    flag + 4),
+          "kbit_kbit_quantize")
+    return out, scales, ts, flag_scratch[:1]
 
 
 def dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, layout, scale_format, dtype):
@@ -68,11 +70,10 @@ def dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, lay
     words, s, ts = dequantize_operands(packed, scales, tensor_scale, k, blocksize, n, layout, scale_format)
     cb = kernel_codebook(codebook, k, dev)
     out = torch.empty(n, dtype=dtype, device=dev)
-    with on(dev):
-        check(lib().kbit_kbit_dequantize(ptr(words), words.numel(), n, k, LAYOUT[layout], blocksize, ptr(s),
-                                         FMT[scale_format], ptr(ts), ptr(cb), cb.numel(),
-                                         KIND[dtype], ptr(out), stream(dev)),
-              "kbit_kbit_dequantize")
+    check(on_device(dev.index, lib().kbit_kbit_dequantize, words.data_ptr(), words.numel(), n, k, LAYOUT[layout],
+                    blocksize, s.data_ptr(), FMT[scale_format], ptr(ts), cb.data_ptr(), cb.numel(), KIND[dtype],
+                    out.data_ptr()),
+          "kbit_kbit_dequantize")
     return out
 
 

@@ -5,7 +5,7 @@ Rules: workbench/backends/reference/kbit_affine.py, bit for bit. The split is th
 (backends/numba_cuda/kbit_affine.py): the kernels find each group's range (min-max or the MSE clip search), the
 per-group scale and zero point come from the spec's own torch code (``reference.kbit_affine.qparams``, on the
 device: no host sync), the kernels code, pack and dequantize. ctypes calls with device pointers on the current
-torch stream.
+torch stream of the input's device.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import ctypes
 
 import torch
 
-from . import check, load, on, ptr, stream
+from . import check, load, on_device, ptr
 from ..reference import kbit_affine as RA
 from ..reference.kbit import nblocks, packed_words
 from ..registry import register_kernel
@@ -49,19 +49,18 @@ def quantize_kbit_affine(A, k, groupsize, layout, scale_format, clip):
     kind = KIND[A.dtype]
     lo = torch.empty(nb, dtype=torch.float32, device=dev)
     hi = torch.empty(nb, dtype=torch.float32, device=dev)
-    with on(dev):
-        if clip == "minmax":
-            check(lib().kbit_affine_range(ptr(x), kind, n, groupsize, nb, ptr(lo), ptr(hi), stream(dev)),
-                  "kbit_affine_range")
-        else:
-            grid = RA.clip_grid(dev)
-            check(lib().kbit_affine_mse(ptr(x), kind, n, groupsize, nb, k, FMT[scale_format], ptr(grid),
-                                        grid.numel(), ptr(lo), ptr(hi), stream(dev)), "kbit_affine_mse")
-        S, z, _, r = RA.qparams(lo, hi, k, scale_format)
-        nw = packed_words(n, k, layout)
-        words = torch.empty(nw, dtype=torch.int32, device=dev)
-        check(lib().kbit_affine_codes(ptr(x), kind, n, groupsize, ptr(r.contiguous()), ptr(z), k, LAYOUT[layout],
-                                      ptr(words), nw, stream(dev)), "kbit_affine_codes")
+    if clip == "minmax":
+        check(on_device(dev.index, lib().kbit_affine_range, ptr(x), kind, n, groupsize, nb, ptr(lo), ptr(hi)),
+              "kbit_affine_range")
+    else:
+        grid = RA.clip_grid(dev)
+        check(on_device(dev.index, lib().kbit_affine_mse, ptr(x), kind, n, groupsize, nb, k, FMT[scale_format],
+                        ptr(grid), grid.numel(), ptr(lo), ptr(hi)), "kbit_affine_mse")
+    S, z, _, r = RA.qparams(lo, hi, k, scale_format)
+    nw = packed_words(n, k, layout)
+    words = torch.empty(nw, dtype=torch.int32, device=dev)
+    check(on_device(dev.index, lib().kbit_affine_codes, ptr(x), kind, n, groupsize, ptr(r.contiguous()), ptr(z), k,
+                    LAYOUT[layout], ptr(words), nw), "kbit_affine_codes")
     return words, S, z
 
 
@@ -69,9 +68,8 @@ def dequantize_kbit_affine(packed, scales, zeros, k, groupsize, n, layout, dtype
     dev = packed.device
     words, D, z = RA.dequantize_operands(packed, scales, zeros, k, groupsize, n, layout, dev)
     out = torch.empty(n, dtype=dtype, device=dev)
-    with on(dev):
-        check(lib().kbit_affine_dequantize(ptr(words), words.numel(), n, k, LAYOUT[layout], groupsize, ptr(D), ptr(z),
-                                           KIND[dtype], ptr(out), stream(dev)), "kbit_affine_dequantize")
+    check(on_device(dev.index, lib().kbit_affine_dequantize, ptr(words), words.numel(), n, k, LAYOUT[layout],
+                    groupsize, ptr(D), ptr(z), KIND[dtype], ptr(out)), "kbit_affine_dequantize")
     return out
 
 

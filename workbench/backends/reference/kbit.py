@@ -69,9 +69,16 @@ def packed_words(n: int, k: int, layout: str) -> int:
     return nblocks(n, 32) * k if layout == "bitplane" else nblocks(n * k, 32)
 
 
+def flat_on(t: torch.Tensor, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``t`` flat and contiguous on ``device`` (in ``dtype``): ``t`` itself when it already is (no tensor call)."""
+    if t.dim() == 1 and t.is_contiguous() and t.device == device and (dtype is None or t.dtype == dtype):
+        return t
+    return t.to(device=device, dtype=dtype or t.dtype).reshape(-1).contiguous()
+
+
 def kernel_codebook(codebook: torch.Tensor, k: int, device) -> torch.Tensor:
     """The codebook as the compiled kernels take it: 2**k contiguous float32 values on ``device``."""
-    cb = codebook.to(device=device, dtype=torch.float32).reshape(-1).contiguous()
+    cb = flat_on(codebook, device, torch.float32)
     if cb.numel() != 2 ** k:     # the kernels search and index a 2**k-entry table
         raise ValueError(f"codebook: expected {2 ** k} entries for k={k}, got {cb.numel()}")
     return cb
@@ -79,17 +86,17 @@ def kernel_codebook(codebook: torch.Tensor, k: int, device) -> torch.Tensor:
 
 def dequantize_operands(packed, scales, tensor_scale, k, blocksize, n, layout, scale_format):
     """(words, scales, tensor scale or None) checked against each other for a dequantize kernel: flat contiguous
-    words and scales in their storage dtype, e4m3's float32 tensor scale on the words' device."""
-    s = scales.reshape(-1).contiguous()
+    words and scales in their storage dtype, both (and e4m3's float32 tensor scale) on the words' device."""
+    s = flat_on(scales, packed.device)
     if s.dtype != SCALE_DTYPES[scale_format] or s.numel() != nblocks(n, blocksize):
         raise ValueError(f"scales: expected {nblocks(n, blocksize)} x {SCALE_DTYPES[scale_format]} for "
                          f"scale_format {scale_format!r}, got {s.numel()} x {s.dtype}")
     ts = None
     if scale_format == "e4m3":
-        ts = tensor_scale.reshape(-1)[:1].to(packed.device, torch.float32).contiguous()
+        ts = flat_on(tensor_scale, packed.device, torch.float32)[:1]
         if ts.numel() != 1:
             raise ValueError("tensor_scale: e4m3 scales need the float32 per-tensor scale")
-    words = packed.reshape(-1).contiguous()
+    words = flat_on(packed, packed.device)
     if words.numel() != packed_words(n, k, layout):
         raise ValueError(f"packed: expected {packed_words(n, k, layout)} words, got {words.numel()}")
     return words, s, ts
