@@ -156,3 +156,51 @@ def test_compile_fullgraph_on_cuda():
     got = torch.compile(pipe, fullgraph=True)(W, X)
     for g, w in zip(got, want):
         assert torch.equal(g, w)
+
+
+def _strided_cases(device):
+    """(op, args with strided / expanded tensors, the same args contiguous) on ``device``."""
+    g = torch.Generator().manual_seed(7)
+    cb = wb.kbit.kbit_codebook_tensor(None, 3).to(device)
+    nf4 = cbs.get("nf4").tensors("cpu")
+    one = torch.randn(1, generator=g).to(device)
+    wide = torch.randn(40, 96, generator=g).to(device)
+    every_other = wide.reshape(-1)[::2]                # the quantizers' ops take flat tensors
+    cases = [("quantize_kbit", (one.expand(4000), cb, 3, 32, "bitplane", "e4m4", "exact")),
+             ("quantize_kbit", (every_other, cb, 3, 32, "dense", "fp16", "exact")),
+             ("quantize_4bit", (every_other, *nf4, 64)),
+             ("int8_vectorwise_quant", (wide.t(), 0.0))]
+    words, scales, ts, _ = torch.ops.workbench.quantize_kbit(wide.reshape(-1), cb, 3, 32, "bitplane", "fp32",
+                                                             "exact", "reference")
+    w2 = torch.stack([words, words], 1)[:, 0]          # the words at stride 2
+    s2 = torch.stack([scales, scales], 1)[:, 1]
+    cases.append(("dequantize_kbit", (w2, s2, ts, cb, 3, 32, wide.numel(), "bitplane", "fp32", torch.float32)))
+    return [(op, args, tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args))
+            for op, args in cases]
+
+
+def _backends_on(device):
+    from workbench.backends import devices_of
+    return [b for b in NAMES if b != "bnb" and status(b)[0] and device in devices_of(b)]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_ops_called_directly_read_strided_and_expanded_inputs_in_place(device):
+    """torch.ops.workbench.<op> with a transposed, sliced or expanded tensor: the kernels read flat memory, so the
+    op hands them a contiguous copy (an expanded tensor read flat would run past its one-element storage). Every
+    backend's result equals the contiguous call's, bit for bit; a tensor the op writes in place must be contiguous."""
+    seen = 0
+    for op, args, flat in _strided_cases(device):
+        for b in _backends_on(device):
+            if b not in registered(op) or (device == "cpu" and b == "numba_cuda"):
+                continue
+            got, want = getattr(torch.ops.workbench, op)(*args, b), getattr(torch.ops.workbench, op)(*flat, b)
+            got, want = (got, want) if isinstance(got, (tuple, list)) else ((got,), (want,))
+            assert all(x is None and y is None or torch.equal(x, y) for x, y in zip(got, want)), (op, b)
+            seen += 1
+    assert seen >= 10
+    p = torch.zeros(8, 8, device=device).t()
+    with pytest.raises(ValueError, match="^optimizer_update_32bit: p is written in place and must be contiguous"):
+        torch.ops.workbench.optimizer_update_32bit("adam", torch.zeros(8, 8, device=device), p,
+                                                   torch.zeros(8, 8, device=device), None, None, 0.0, 0.0, 0.9,
+                                                   0.999, 0.0, 0.0, 1e-8, 0.0, 1, 1e-3, 1.0, False, "reference")
