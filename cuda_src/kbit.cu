@@ -778,6 +778,7 @@ extern "C" void kbit_kbit_tuning(int prefetch, int lane_per_sm) {
     kk_lane_per_sm = lane_per_sm > 0 ? lane_per_sm : 64;
 }
 
+// scratch: e4m3's tensor max (word 0) and the two-kernel path's divisors (after it); null when neither runs.
 extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int blocksize, const float* cb, int m, int k,
                                   const void* plan, int plan_size, int plan_sh, int plan_kbase, int plan_half,
                                   float plan_safe, int layout, int fmt, int codes_decoded, void* scales, float* ts,

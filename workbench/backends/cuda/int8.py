@@ -12,7 +12,7 @@ import threading
 
 import torch
 
-from . import check, load, on_device, ptr, stream
+from . import check, load, on_device, ptr, raw_stream
 
 from ..registry import register_kernel
 
@@ -58,14 +58,14 @@ def _dtype(t: torch.Tensor) -> int:
 _pinned = threading.local()
 
 
-def _host_counts() -> torch.Tensor:
+def _host_counts(device: torch.device) -> torch.Tensor:
     """Two int64 in pinned host memory that the column-list kernel writes (under unified addressing a
     kernel can store to it directly): the count read needs no device->host copy. One pair per host
     thread and stream; a call synchronizes before it reads them, so the next call may reuse them."""
     bufs = getattr(_pinned, "bufs", None)
     if bufs is None:
         bufs = _pinned.bufs = {}
-    key = stream()
+    key = raw_stream(device.index if device.index is not None else torch.cuda.current_device())
     if key not in bufs:
         bufs[key] = torch.zeros(2, dtype=torch.int64, pin_memory=True)
     return bufs[key]
@@ -84,7 +84,7 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     flags = torch.empty(2 * pad + 16 + 4 * cols, dtype=torch.uint8, device=A.device) if use else None
     index = torch.empty(cols + 2, dtype=torch.int64, device=A.device) if use else None  # columns, counts
     thr = threshold_in(A.dtype, threshold) if use else 0.0
-    counts = _host_counts() if use else None
+    counts = _host_counts(dev) if use else None
     check(on_device(dev.index, lib().kbit_int8_vectorwise_quant, A.data_ptr(), _dtype(A), rows, cols, thr,
                     int(use), codes.data_ptr(), stats.data_ptr(), ptr(flags), ptr(index), ptr(counts)),
           "kbit_int8_vectorwise_quant")
@@ -97,7 +97,7 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     n_cols, n_late = counts.tolist()
     if n_late and rows > 1:
         scratch = torch.empty(cols + 1, dtype=torch.int64, device=A.device)
-        check(lib().kbit_int8_zero_late_cols(ptr(codes), rows, cols, ptr(flags), ptr(scratch), stream()),
+        check(on_device(dev.index, lib().kbit_int8_zero_late_cols, ptr(codes), rows, cols, ptr(flags), ptr(scratch)),
               "kbit_int8_zero_late_cols")
     return codes, stats, index[:n_cols]
 
@@ -123,8 +123,8 @@ def int8_double_quant(A, threshold):
     col_stats = torch.empty(ncols, dtype=torch.float32, device=A.device)
     use = threshold > 0.0
     thr = threshold_in(A.dtype, threshold) if use else 0.0
-    check(lib().kbit_int8_col_quant(ptr(A), _dtype(A), rows, ncols, thr, int(use), ptr(col_codes), ptr(col_stats),
-                                    stream()), "kbit_int8_col_quant")
+    check(on_device(A.device.index, lib().kbit_int8_col_quant, ptr(A), _dtype(A), rows, ncols, thr, int(use),
+                    ptr(col_codes), ptr(col_stats)), "kbit_int8_col_quant")
     return codes, col_codes, stats, col_stats, cols
 
 
@@ -132,8 +132,8 @@ def int8_vectorwise_dequant(A, stats):
     A = A.contiguous()
     out = torch.empty(A.shape, dtype=torch.float32, device=A.device)
     stats = stats.contiguous().float()
-    check(lib().kbit_int8_vectorwise_dequant(ptr(A), ptr(stats), A.shape[0], A.shape[1], ptr(out), stream()),
-          "kbit_int8_vectorwise_dequant")
+    check(on_device(A.device.index, lib().kbit_int8_vectorwise_dequant, ptr(A), ptr(stats), A.shape[0], A.shape[1],
+                    ptr(out)), "kbit_int8_vectorwise_dequant")
     return out
 
 
@@ -158,7 +158,8 @@ def int8_linear_matmul(A, B):
     M, K = A.shape
     N = B.shape[0]
     C = torch.empty((M, N), dtype=torch.int32, device=A.device)
-    check(lib().kbit_int8_linear_matmul(ptr(A), ptr(B), ptr(C), M, N, K, stream()), "kbit_int8_linear_matmul")
+    check(on_device(A.device.index, lib().kbit_int8_linear_matmul, ptr(A), ptr(B), ptr(C), M, N, K),
+          "kbit_int8_linear_matmul")
     return C
 
 
@@ -172,8 +173,8 @@ def int8_mm_dequant(A, row_stats, col_stats, bias=None, dtype=torch.float16):
     out = torch.empty((M, N), dtype=dtype, device=A.device)
     b = _bias(bias)
     rs, cs = row_stats.contiguous().float(), col_stats.contiguous().float()  # keep alive over the call
-    check(lib().kbit_int8_mm_dequant(ptr(A), ptr(rs), ptr(cs), ptr(b), M, N, ptr(out), _dtype(out), stream()),
-          "kbit_int8_mm_dequant")
+    check(on_device(A.device.index, lib().kbit_int8_mm_dequant, ptr(A), ptr(rs), ptr(cs), ptr(b), M, N, ptr(out),
+                    _dtype(out)), "kbit_int8_mm_dequant")
     return out
 
 
@@ -189,8 +190,8 @@ def int8_scaled_mm(CA, CB, SCA, SCB, bias=None, dtype=torch.float16):
     out = torch.empty((M, N), dtype=dtype, device=CA.device)
     b = _bias(bias)
     rs, cs = SCA.contiguous().float(), SCB.contiguous().float()  # keep alive over the call
-    check(lib().kbit_int8_scaled_mm(ptr(CA), ptr(CB), ptr(rs), ptr(cs), ptr(b), M, N, K, ptr(out), _dtype(out),
-                                    stream()), "kbit_int8_scaled_mm")
+    check(on_device(CA.device.index, lib().kbit_int8_scaled_mm, ptr(CA), ptr(CB), ptr(rs), ptr(cs), ptr(b), M, N, K,
+                    ptr(out), _dtype(out)), "kbit_int8_scaled_mm")
     return out
 
 

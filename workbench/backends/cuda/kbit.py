@@ -42,6 +42,9 @@ def _fast_path(blocksize: int) -> bool:
     return blocksize == 16 or blocksize % 32 == 0
 
 
+_NO_TENSOR_SCALE: dict[int, torch.Tensor] = {}   # device index -> float32[0]: the formats without one share it
+
+
 def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against):
     dev = A.device
     if not A.is_contiguous():
@@ -51,18 +54,26 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
     cb = kernel_codebook(codebook, k, dev)
     table, size, sh, kbase, half, safe = kbit_search_table(codebook, dev)   # the caller's tensor: a cache hit
     scales = torch.empty(nb, dtype=SCALE_DTYPES[scale_format], device=dev)
-    ts = torch.empty(1 if scale_format == "e4m3" else 0, dtype=torch.float32, device=dev)
-    # one allocation for the non-finite flag (word 0) and the kernels' float32 scratch (the rest)
-    flag_scratch = torch.empty(2 if _fast_path(blocksize) else 2 + nb, dtype=torch.int32, device=dev)
+    nonfinite = torch.empty(1, dtype=torch.int32, device=dev)
     nw = packed_words(n, k, layout)
     out = torch.empty(nw, dtype=torch.int32, device=dev)
-    flag = flag_scratch.data_ptr()
+    # the float32 scratch: e4m3's tensor max (word 0) and the two-kernel path's divisors (the rest); none otherwise.
+    # Each allocation costs the host 2-3 us of a call whose kernel takes a few us at small n.
+    fast = _fast_path(blocksize)
+    scratch = None if fast and scale_format != "e4m3" else torch.empty(1 if fast else 1 + nb, dtype=torch.float32,
+                                                                         device=dev)
+    if scale_format == "e4m3":
+        ts = torch.empty(1, dtype=torch.float32, device=dev)
+    else:
+        ts = _NO_TENSOR_SCALE.get(dev.index)
+        if ts is None:
+            ts = _NO_TENSOR_SCALE[dev.index] = torch.empty(0, dtype=torch.float32, device=dev)
     check(on_device(dev.index, lib().kbit_kbit_quantize, A.data_ptr(), KIND[A.dtype], n, blocksize, cb.data_ptr(),
                     cb.numel(), k, ptr(table), size, sh, kbase, half, safe, LAYOUT[layout], FMT[scale_format],
-                    int(codes_against == "decoded"), scales.data_ptr(), ts.data_ptr(), out.data_ptr(), nw, flag,
-                    flag + 4),
+                    int(codes_against == "decoded"), scales.data_ptr(), ptr(ts) if ts.numel() else None,
+                    out.data_ptr(), nw, nonfinite.data_ptr(), ptr(scratch)),
           "kbit_kbit_quantize")
-    return out, scales, ts, flag_scratch[:1]
+    return out, scales, ts, nonfinite
 
 
 def dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, layout, scale_format, dtype):

@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from . import check, load, on, ptr, raw_stream, stream
+from . import check, load, on, on_device, ptr, raw_stream, stream
 from ..registry import register_kernel
 
 from ...wire import DTYPE_CODE
@@ -93,10 +93,8 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
         return _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias, dt)
     if M <= GEMV_MAX_M:
         out = torch.empty((M, N), dtype=A.dtype, device=dev)
-        with on(dev):
-            st = lib().kbit_gemv_4bit(ptr(A), dt, M, N, K, ptr(B), ptr(absmax), ptr(absmax_8bit), ptr(code2),
-                                      ptr(off), ptr(tab), blocksize, ptr(bias), ptr(out), stream(dev))
-        check(st, "kbit_gemv_4bit")
+        check(on_device(dev.index, lib().kbit_gemv_4bit, ptr(A), dt, M, N, K, ptr(B), ptr(absmax), ptr(absmax_8bit),
+                        ptr(code2), ptr(off), ptr(tab), blocksize, ptr(bias), ptr(out)), "kbit_gemv_4bit")
         return out
     return _dequant_cublas(A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset, tab, blocksize, bias)
 
@@ -176,11 +174,9 @@ def _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias,
     if splits > 1:
         part = torch.empty(splits * M * N, dtype=torch.float32, device=dev)
         ctr = _tile_counters(dev, -(-M // bm) * -(-N // bn), st)
-    with on(dev):
-        status = lib().kbit_gemm_4bit_mma(ptr(A), dt, M, N, K, ptr(B), ptr(absmax), ptr(absmax_8bit), ptr(code2),
-                                          ptr(off), ptr(tab), blocksize, ptr(bias), ptr(out), ptr(part), ptr(ctr),
-                                          splits, LOOKUP, st)
-    check(status, "kbit_gemm_4bit_mma")
+    check(on_device(dev.index, lib().kbit_gemm_4bit_mma, ptr(A), dt, M, N, K, ptr(B), ptr(absmax), ptr(absmax_8bit),
+                    ptr(code2), ptr(off), ptr(tab), blocksize, ptr(bias), ptr(out), ptr(part), ptr(ctr), splits,
+                    LOOKUP), "kbit_gemm_4bit_mma")
     return out
 
 
