@@ -3,13 +3,7 @@
 # takes minutes, studies/probes/device_kbit_numba_cuda.sh), the k-bit speed bench (public call, graph-replayed
 # kernel, host time) and the host-time profile of every public call. Carry [".whl"] (bitsandbytes wheel, GIT_REV).
 # usage (on the device, repo root): OUT=... bash studies/probes/device_kbit_host.sh
-export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba_cache
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -1
-export PYTHONPATH=/tmp/site:$PWD KBIT_GIT_REV=$(cat .whl/GIT_REV 2>/dev/null || git rev-parse --short HEAD)
-OUT=${OUT:-out/device}; mkdir -p "$OUT"
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  python3 -c "import torch, numba; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numba', numba.__version__)"
-  echo "git $KBIT_GIT_REV"; } | tee "$OUT/device.txt"
+source studies/probes/device_env.sh
 for f in quant int8 kbit kbit_affine matmul; do (timeout 200 python3 -m workbench.cuda_build $f 2>&1 | tail -1) & done
 wait
 timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q --tb=short -p no:cacheprovider -p no:warnings -m gpu -k "not numba_cuda" \

@@ -2,13 +2,7 @@
 # One device call: build, the GPU tests of the op registry / public API / new families, and the
 # public-call bench (studies/bench/public_call.py). Carry [".whl"] holding the bitsandbytes wheel.
 # usage (on the device, repo root): bash studies/probes/device_public_api.sh
-export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba_cache
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -1
-export PYTHONPATH=/tmp/site:$PWD KBIT_GIT_REV=$(cat .whl/GIT_REV 2>/dev/null || git rev-parse --short HEAD)
-OUT=${OUT:-out/device}; mkdir -p "$OUT"
-{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  python3 -c "import torch, numba; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numba', numba.__version__)"
-  echo "git $KBIT_GIT_REV"; } | tee "$OUT/device.txt"
+source studies/probes/device_env.sh
 for f in ${FAMILIES:-quant int8 optim kbit matmul}; do (timeout 150 python3 -m workbench.cuda_build $f 2>&1 | tail -1) & done
 wait  # the families build in parallel (one nvcc each)
 timeout ${TEST_TIMEOUT:-150} python3 -m pytest -q --tb=line -p no:cacheprovider -p no:warnings -p no:logging -m gpu \

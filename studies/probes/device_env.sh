@@ -1,0 +1,12 @@
+# Sourced by the device_*.sh scripts (repo root, on the device): what every device call starts from. Installs a
+# carried bitsandbytes wheel (.whl/) into /tmp/site, puts it and the tree on PYTHONPATH, names the git revision
+# (.whl/GIT_REV: the copied tree may carry an older .git) and writes the machine's facts to $OUT/device.txt.
+export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba_cache
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -1
+fi
+export PYTHONPATH=/tmp/site:$PWD KBIT_GIT_REV=${KBIT_GIT_REV:-$(cat .whl/GIT_REV 2>/dev/null || git rev-parse --short HEAD)}
+OUT=${OUT:-out/device}; mkdir -p "$OUT"
+{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  python3 -c "import torch, numba; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numba', numba.__version__)"
+  echo "git $KBIT_GIT_REV"; } | tee "$OUT/device.txt"
