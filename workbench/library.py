@@ -7,7 +7,8 @@ argument names which registered kernel runs (``@register_kernel("workbench::<op>
 workbench.optim, workbench.kbit) validates its arguments, resolves ``backend="auto"`` and calls
 ``torch.ops.workbench.<op>`` (in plain eager mode the kernel that op dispatches to, directly:
 ``workbench.ops.call_op``). Inputs reach the kernels flat and contiguous (a direct call of an op with a
-strided tensor gets a contiguous copy of it: ``_contiguous_inputs``).
+strided tensor gets a contiguous copy of it: ``_contiguous_inputs``), and a direct call checks every size a kernel
+indexes by against the tensor it indexes first (workbench/op_checks.py).
 
 A codebook travels as its three arrays (``table``, ``bounds``, ``bucket_codes``; see
 workbench.codebooks), normally host tensors: the kernel tables built from them are cached by
@@ -29,9 +30,30 @@ def _declare(qualname: str, schema: str, impl, fake) -> None:
     ns, name = qualname.split("::")
     assert ns == NS, qualname
     _lib.define(name + schema)
-    _lib.impl(name, _contiguous_inputs(name, schema, impl), "CompositeExplicitAutograd")
+    _lib.impl(name, _contiguous_inputs(name, schema, _checked(name, impl)), "CompositeExplicitAutograd")
     torch.library.register_fake(qualname, fake, lib=_lib)
     DECLARED[name] = schema
+
+
+def _checked(name: str, impl):
+    """``impl`` after the op's argument contract (workbench/op_checks.py): sizes against the tensors they index."""
+    def run(*args):
+        check = _checks().get(name)
+        if check is not None:
+            check(*args[:-1])    # the last argument names the backend
+        return impl(*args)
+    return run
+
+
+def _checks() -> dict:
+    global _CHECKS
+    if _CHECKS is None:      # imported on first call: op_checks reads the reference kernels, which register here
+        from .op_checks import CHECKS
+        _CHECKS = CHECKS
+    return _CHECKS
+
+
+_CHECKS = None
 
 
 def _contiguous_inputs(name: str, schema: str, impl):
