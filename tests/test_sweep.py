@@ -44,7 +44,7 @@ def test_ready_executor_passes_through_and_bad_spec_is_refused():
 
 def test_dask_local_cluster():
     distributed = pytest.importorskip("dask.distributed")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cl:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cl:
         # by address, as `workbench report --scheduler ADDRESS` does
         with executor(cl.scheduler_address) as ex:
             assert run_tasks(_square_plus, TASKS, ex, progress=False) == EXPECTED
@@ -61,7 +61,7 @@ def test_a_study_gives_the_same_rows_serial_and_on_dask():
     from studies import error_study
     kw = dict(quick=True, sources=("laplace",), methods=("nf4", "nvfp4"), blocksizes=(64,), n=4096)
     a, _ = error_study.run(executor=SerialExecutor(), **kw)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cl:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cl:
         with executor(cl.scheduler_address) as ex:
             b, _ = error_study.run(executor=ex, **kw)
     cols = ["source", "method", "blocksize", "mae", "mse", "bits"]
@@ -71,7 +71,7 @@ def test_a_study_gives_the_same_rows_serial_and_on_dask():
 def test_cli_scheduler_option_runs_a_study_on_dask(capsys):
     distributed = pytest.importorskip("dask.distributed")
     from workbench import cli
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cl:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cl:
         rc = cli.main(["study", "bnb_table", "--quick", "--scheduler", cl.scheduler_address, "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0 and "published" in out

@@ -121,7 +121,7 @@ def _fake_cluster(n: int):
         "nthreads": 1, "silence_logs": 40, "env": {"CUDA_VISIBLE_DEVICES": ",".join(map(str, devs[i:] + devs[:i])), FAKE_ENV: str(n),
                                "OMP_NUM_THREADS": "1"}}}
         for i in range(n)}
-    sched = {"cls": Scheduler, "options": {"dashboard_address": None}}
+    sched = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}   # a free port: None still takes 8787
     return SpecCluster(workers=workers, scheduler=sched, asynchronous=False, silence_logs=40)
 
 
@@ -134,7 +134,7 @@ def _cuda_cluster(n: int):
     parent = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     devs = (parent or [str(i) for i in range(n)])[:n]   # this process's first n GPUs, by their physical ids
     return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(devs), threads_per_worker=1,
-                            dashboard_address=None, silence_logs=40)
+                            dashboard_address=":0", silence_logs=40)   # a free port (None still takes 8787)
 
 
 @contextmanager

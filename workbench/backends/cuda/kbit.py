@@ -2,8 +2,8 @@
 
 Rules: workbench/backends/reference/kbit.py, bit for bit. The quantizers search through the codebook's table
 (codebook_tables.kbit_search_table, built once per codebook tensor). ctypes calls with device pointers on the
-current torch stream of the input's device; scales are written and read in their storage dtype, so no conversion pass runs around the kernels.
-The library is loaded on first call, so a failed build takes down this family only.
+current torch stream of the input's device; scales are written and read in their storage dtype, so no conversion
+pass runs around the kernels. The library is loaded on first call, so a failed build takes down this family only.
 """
 from __future__ import annotations
 
