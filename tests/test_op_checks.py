@@ -91,3 +91,18 @@ def test_every_op_that_takes_sizes_has_a_check():
     (workbench/optim/state_check.py; tests/test_optim_state_safety.py)."""
     unchecked = set(library.DECLARED) - set(op_checks.CHECKS)
     assert unchecked == {"optimizer_update_32bit", "optimizer_update_8bit_blockwise"}, unchecked
+
+
+@pytest.mark.gpu
+def test_the_checks_come_before_the_cuda_kernels():
+    """The same bad calls on CUDA tensors and the cuda backend: the error, never a launch that reads past an end."""
+    seen = 0
+    for op, args, arg in BAD:
+        if "cuda" not in registered(op):
+            continue
+        cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+        with pytest.raises(ValueError, match=f"^{op}: {arg}: expected"):
+            getattr(ops, op)(*cuda_args, "cuda")
+        seen += 1
+    torch.cuda.synchronize()   # and no kernel fault was left behind
+    assert seen >= 20
