@@ -22,7 +22,7 @@ import torch
 from . import codebooks as cbs
 from . import hadamard
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
-from .backends.reference.kbit import LAYOUTS, SCALE_FORMATS
+from .backends.reference.kbit import LAYOUTS, SCALE_FORMATS, flat_on
 from .backends.registry import resolve
 from .ops import _DTYPE_NAMES, _device, _flat, _quantize_absmax, call_op, dequantize_blockwise
 from .kbit_state import (CODES_AGAINST, DQ8, KBIT_BLOCKSIZES, PUBLIC_SCALE_FORMATS, KbitState, check_affine,
@@ -177,22 +177,18 @@ def _dequantize_plan(packed: torch.Tensor, state: KbitState, dtype, backend: str
     out_dtype = check_dtype("dtype", dtype or state.dtype, FLOAT_DTYPES)
     coded_dtype = torch.float32 if state.rotate else out_dtype   # undo the rotation in float32, round once
     dev = packed.device
-    scales = _on(state.scales, dev)
+    scales = flat_on(state.scales, dev)
     if state.affine:
         name = resolve(backend, "dequantize_kbit_affine", _device(packed), None)
-        plan = (out_dtype, coded_dtype, name, scales, None, None, _on(state.zeros, dev))
+        plan = (out_dtype, coded_dtype, name, scales, None, None, flat_on(state.zeros, dev))
     else:
         name = resolve(backend, "dequantize_kbit", _device(packed), _DTYPE_NAMES[coded_dtype])
-        cb = state.codebook if state.codebook.dtype == torch.float32 else state.codebook.float()
-        plan = (out_dtype, coded_dtype, name, scales, _on(state.tensor_scale, dev), _on(cb, dev), None)
+        plan = (out_dtype, coded_dtype, name, scales, flat_on(state.tensor_scale, dev),
+                flat_on(state.codebook, dev, torch.float32), None)
     own = (state.scales, state.tensor_scale, state.codebook, state.zeros)
     if key is not None and all(t is None or any(t is o for o in own) for t in plan[3:]):
         state.memo = (key, plan)   # only the state's own tensors: a copy could go stale
     return plan
-
-
-def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return t if t.device == device and t.is_contiguous() else t.to(device).contiguous()
 
 
 def _memo_key(packed: torch.Tensor, state: KbitState, dtype, backend: str):

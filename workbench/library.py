@@ -7,7 +7,7 @@ argument names which registered kernel runs (``@register_kernel("workbench::<op>
 workbench.optim, workbench.kbit) validates its arguments, resolves ``backend="auto"`` and calls
 ``torch.ops.workbench.<op>`` (in plain eager mode the kernel that op dispatches to, directly:
 ``workbench.ops.call_op``). Inputs reach the kernels flat and contiguous (a direct call of an op with a
-strided tensor gets a contiguous copy of it: ``_contiguous_inputs``), and a direct call checks every size a kernel
+strided tensor gets a contiguous copy of it: ``_guarded``), and a direct call checks every size a kernel
 indexes by against the tensor it indexes first (workbench/op_checks.py).
 
 A codebook travels as its three arrays (``table``, ``bounds``, ``bucket_codes``; see
@@ -30,18 +30,36 @@ def _declare(qualname: str, schema: str, impl, fake) -> None:
     ns, name = qualname.split("::")
     assert ns == NS, qualname
     _lib.define(name + schema)
-    _lib.impl(name, _contiguous_inputs(name, schema, _checked(name, impl)), "CompositeExplicitAutograd")
+    _lib.impl(name, _guarded(name, schema, impl), "CompositeExplicitAutograd")
     torch.library.register_fake(qualname, fake, lib=_lib)
     DECLARED[name] = schema
 
 
-def _checked(name: str, impl):
-    """``impl`` after the op's argument contract (workbench/op_checks.py): sizes against the tensors they index."""
+def _guarded(name: str, schema: str, impl):
+    """``impl`` behind the op's own guards, for ``torch.ops.workbench.<op>`` called directly (the public API
+    validates more and, in eager mode, calls the kernels itself: workbench.ops._eager):
+    - the op's size contract (workbench/op_checks.py): every size a kernel indexes by, against the tensor it indexes;
+    - every tensor contiguous: the kernels read flat memory from ``data_ptr()``, so a strided or expanded tensor
+      would be read out of place (past its storage, for an expanded one). Inputs get a contiguous copy; a tensor
+      the op writes in place (``!`` in the schema) cannot, so it gets an error naming it."""
+    params = [p.strip() for p in schema[schema.index("(") + 1:schema.rindex(") ->")].split(",")]
+    names = [p.split()[-1] for p in params]
+    written = {i for i, p in enumerate(params) if "!" in p.split()[0]}
+
     def run(*args):
         check = _checks().get(name)
         if check is not None:
             check(*args[:-1])    # the last argument names the backend
-        return impl(*args)
+        if all(not isinstance(a, torch.Tensor) or a.is_contiguous() for a in args):
+            return impl(*args)
+        fixed = list(args)
+        for i, a in enumerate(args):
+            if isinstance(a, torch.Tensor) and not a.is_contiguous():
+                if i in written:
+                    raise ValueError(f"{name}: {names[i]} is written in place and must be contiguous, got strides "
+                                     f"{a.stride()} for shape {tuple(a.shape)}")
+                fixed[i] = a.contiguous()
+        return impl(*fixed)
     return run
 
 
@@ -54,30 +72,6 @@ def _checks() -> dict:
 
 
 _CHECKS = None
-
-
-def _contiguous_inputs(name: str, schema: str, impl):
-    """``impl`` with every tensor argument contiguous: the kernels read flat memory from ``data_ptr()``, so a
-    strided or expanded tensor passed to ``torch.ops.workbench.<op>`` directly would be read out of place (past
-    its storage, for an expanded one). Inputs get a contiguous copy; a tensor the op writes in place (``!`` in
-    the schema) cannot, so it gets an error naming it. The public API passes contiguous tensors and calls the
-    kernels itself in eager mode (workbench.ops._eager); this guards the ops' own surface."""
-    params = [p.strip() for p in schema[schema.index("(") + 1:schema.rindex(") ->")].split(",")]
-    names = [p.split()[-1] for p in params]
-    written = {i for i, p in enumerate(params) if "!" in p.split()[0]}
-
-    def run(*args):
-        if all(not isinstance(a, torch.Tensor) or a.is_contiguous() for a in args):
-            return impl(*args)
-        fixed = list(args)
-        for i, a in enumerate(args):
-            if isinstance(a, torch.Tensor) and not a.is_contiguous():
-                if i in written:
-                    raise ValueError(f"{name}: {names[i]} is written in place and must be contiguous, got strides "
-                                     f"{a.stride()} for shape {tuple(a.shape)}")
-                fixed[i] = a.contiguous()
-        return impl(*fixed)
-    return run
 
 
 def _nblocks(n: int, blocksize: int) -> int:
