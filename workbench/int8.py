@@ -12,18 +12,12 @@ import torch
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends import get_op
 from .backends.registry import resolve
-from .ops import _DTYPE_NAMES, call_op
+from .ops import _DTYPE_NAMES, _device, call_op
 from .validation import (FLOAT_DTYPES, QuantInputError, check_finite, check_nan_policy, check_tensor,
                          raise_if_nonfinite)
 
 __all__ = ["int8_vectorwise_quant", "int8_vectorwise_dequant", "int8_double_quant", "int8_linear_matmul",
            "int8_mm_dequant", "outlier_columns", "int8_linear", "Int8Weight", "quantize_weight"]
-
-
-def _device(t: torch.Tensor) -> str:
-    if t.device.type not in ("cpu", "cuda"):
-        raise QuantInputError(f"A: device {t.device} not supported; expected cpu or cuda")
-    return t.device.type
 
 
 def _backend(backend: str, op: str, A: torch.Tensor) -> str:
