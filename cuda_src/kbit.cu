@@ -4,21 +4,24 @@
 //
 // Quantize, one fused pass (each element read once from DRAM):
 //   blocksize 16 or 32 (the defaults): a thread per 32-element group, 16-byte loads (16-bit input: the next
-//     group's issued before this one's codes), the scale encoded once per block, K a template parameter so the
-//     search and both packings unroll into registers. A whole group of an ordinary block codes every element from
-//     the table without a branch (kk_code_table) and is redone element by element only when one misses it; bit
-//     planes are packed by a spread multiply per code and byte permutes (KkPack). This kernel is issue-bound
-//     (ncu: SM 84 %, DRAM 28 %), about 30 instructions per element;
+//     group's issued before this one's codes, its absmax taken on the packed words), the scale encoded once per
+//     block, K a template parameter so the search and both packings unroll into registers. A whole group of an
+//     ordinary block whose largest quotient lies inside the lane table codes every element from it without a
+//     branch (kk_code_lane: the quotient, a clamped cell, one 8-byte shared load, a subtract whose sign bit is
+//     added to the code); any other group takes the exact search. Bit planes are packed by a spread multiply per
+//     code and byte permutes (KkPack). This kernel is bound by instruction issue (ncu: SM 84 %, DRAM 28 % before
+//     the lane table), about 22 instructions per element with the block's own work;
 //   64, 128, 256: a warp per block, a lane per element, 8 chunks of 32 in flight per warp, the packed words made
 //     by a ballot per bit plane or an OR-reduction per dense word;
 //   other multiples of 32 (longer blocks, rows, 96, 384): a warp per block in 8-chunk batches, read twice (the
 //     second read hits L1/L2).
 // The search (the fused kernels): s = x / q by a per-block reciprocal and two FMA corrections (the IEEE
 // quotient, see kk_code), then one 8-byte shared load of the codebook's search table (numba_kernels/
-// cell_plan.py:kbit_plan, built on the host once per codebook) and one compare. Elements outside the table's
-// range, blocks whose divisor is outside [2^-60, 2^100] and codebooks without a table take the exact path
-// (__fdiv_rn and the full nearest search). The absmax is the integer max of the magnitudes' bits, which is
-// the spec's float max for finite input and >= 0x7F800000 exactly when a block holds a NaN or an Inf.
+// cell_plan.py:kbit_plan, built on the host once per codebook; the lane kernel restages it, kk_stage_lane) and
+// one compare. Elements outside the table's range, blocks whose divisor is outside [2^-60, 2^100] and codebooks
+// without a table take the exact path (__fdiv_rn and the full nearest search). The absmax is the integer max of
+// the magnitudes' bits, which is the spec's float max for finite input and >= 0x7F800000 exactly when a block
+// holds a NaN or an Inf.
 // e4m3 needs the tensor max before any scale, so it runs one reduction pass first. Any other blocksize takes the
 // simple path (a thread per block for the absmax, a lane per element for the codes).
 // Dequantize, blocksize 16 or a multiple of 32: a thread per 32-element group (its K words in vector loads, codes by
@@ -163,10 +166,13 @@ static __device__ __noinline__ uint32_t kk_code_exact(float x, float q, const fl
 // a faithful quotient corrected once is the rounded quotient (Markstein); x r is within 2 ulp, so the first
 // correction makes it faithful and the second exact. The residuals are exact while they stay normal: |x| >=
 // 2^-100, which |s| >= 2^-40 and q >= 2^-60 give. tests/test_kbit_gpu.py checks it against __fdiv_rn.
-KK uint32_t kk_code(float x, float q, float r, bool exact, const uint2* T, const KkPlan& P, const float* c, int m) {
+KK float kk_quotient(float x, float q, float r) {
     const float s0 = __fmul_rn(x, r);
     const float s1 = __fmaf_rn(__fmaf_rn(-s0, q, x), r, s0);
-    const float s = __fmaf_rn(__fmaf_rn(-s1, q, x), r, s1);
+    return __fmaf_rn(__fmaf_rn(-s1, q, x), r, s1);
+}
+KK uint32_t kk_code(float x, float q, float r, bool exact, const uint2* T, const KkPlan& P, const float* c, int m) {
+    const float s = kk_quotient(x, q, r);
     const float a = fabsf(s);
     if (exact || !(a < P.safe) || (a < KK_TINY && a != 0.0f)) return kk_code_exact(x, q, c, m);
     const uint32_t bits = __float_as_uint(s);
@@ -180,18 +186,57 @@ KK float kk_recip(float q, bool* exact) {
     return __frcp_rn(q);
 }
 
-// The table path alone, no branch (the lane kernel's full groups): the code of x, and *miss set when the table does
-// not cover s (0 < |s| < KK_TINY or |s| >= safe); the caller then redoes the whole group with kk_code. lim =
-// bits(safe) - bits(KK_TINY) (0 when safe <= KK_TINY). x finite, q in [2^-60, 2^100].
-KK uint32_t kk_code_table(float x, float q, float r, uint32_t lim, const uint2* T, const KkPlan& P, bool& miss) {
-    const float s0 = __fmul_rn(x, r);
-    const float s1 = __fmaf_rn(__fmaf_rn(-s0, q, x), r, s0);
-    const float s = __fmaf_rn(__fmaf_rn(-s1, q, x), r, s1);
-    const uint32_t bits = __float_as_uint(s), mag = bits & 0x7FFFFFFFu;
-    miss |= (mag - 0x2B800000u >= lim) & (mag != 0u);           // 0x2B800000: the bits of KK_TINY = 2^-40
-    const int cell = min(max((int)(mag >> P.sh), P.kbase), P.kbase + P.half - 1) - P.kbase;
-    const uint2 e = T[cell + ((int)bits >> 31 & P.half)];
-    return s > __uint_as_float(e.x) ? (e.y >> 8) : (e.y & 0xFFu);
+extern __shared__ uint2 kk_smem[];   // the fused quantizers' table, then their codebook
+
+// The lane kernel's table (kk_stage_lane): the plan's cells, each entry (bound bits, code below), so that
+// code = below + (bound - s < 0), i.e. below + (s > bound): the codebook's distinct values are consecutive codes
+// (no repeated value), so the code above a bound is the one below plus one; a cell without a bound stores +inf.
+// Entry 2 cell + sign (one funnel shift makes the index); cells are |s| bits >> sh clamped below at kbase only:
+// the hx cells reach 4x the plan's top cell edge (or its safe bound), and a group whose largest quotient (its
+// absmax over its divisor) reaches their end takes the exact path. That per-group test stands in for per-element
+// range checks and an upper clamp: the quantizer is bound by instruction issue, mostly ALU instructions
+// (reports/kbit-h200/). Quotients below 2^-40 (possibly inexact) code as exact ones do, since the table is
+// refused when a bound lies within 2^-38 of zero or the merged first cell ends below that.
+struct KkLane {
+    int sh, kbase, hx;
+    uint32_t top;                 // bits of the first |s| past the table
+    bool ok;                      // false: every element takes the exact path
+};
+#define KK_LANE_TINY_BITS 0x2C800000u   // 2^-38
+// hx of a plan (host and device: the launch sizes the kernel's shared memory with it)
+static __host__ __device__ __forceinline__ int kk_lane_cells(const KkPlan& P) {
+    if (P.size <= 0) return 0;
+    const uint32_t topb = (uint32_t)(P.kbase + P.half) << P.sh;
+    uint32_t safe;
+    memcpy(&safe, &P.safe, 4);
+    const uint32_t ext = topb + (2u << 23) < safe ? topb + (2u << 23) : safe;
+    const int hx = (int)(ext >> P.sh) - P.kbase;
+    return hx > 0 ? hx : 0;
+}
+KK KkLane kk_stage_lane(const KkPlan& P, const float* cb, int m, float** c_out) {
+    KkLane L{P.sh, P.kbase, kk_lane_cells(P), 0u, false};
+    L.top = (uint32_t)(L.kbase + L.hx) << L.sh;
+    float* c = (float*)(kk_smem + 2 * L.hx);
+    int bad = L.hx == 0 || ((uint32_t)(L.kbase + 1) << L.sh) - 1u < KK_LANE_TINY_BITS;
+    for (int j = threadIdx.x; j < 2 * L.hx; j += blockDim.x) {
+        const int h = j & 1, i = min(j >> 1, P.half - 1);              // cells past the plan's: its top cell
+        const uint2 e = P.e[i + h * P.half];
+        const uint32_t lo = e.y & 0xFFu, hi = e.y >> 8, mag = e.x & 0x7FFFFFFFu;
+        if (mag < 0x7F800000u) bad |= hi != lo + 1u || mag < KK_LANE_TINY_BITS;
+        kk_smem[j] = make_uint2(e.x, lo);
+    }
+    for (int j = threadIdx.x; j < m; j += blockDim.x) c[j] = cb[j];
+    L.ok = !__syncthreads_or(bad);
+    *c_out = c;
+    return L;
+}
+// The code of x from the lane table (x / q as in kk_code).
+KK uint32_t kk_code_lane(float x, float q, float r, const KkLane& L) {
+    const float s = kk_quotient(x, q, r);
+    const uint32_t bits = __float_as_uint(s);
+    const int cell = max((int)((bits << 1) >> (L.sh + 1)) - L.kbase, 0);
+    const uint2 e = kk_smem[2 * cell + (bits >> 31)];
+    return e.y + (__float_as_uint(__fsub_rn(__uint_as_float(e.x), s)) >> 31);
 }
 
 // Packing one 32-element group's codes in registers (the lane kernels). Bit-plane: code j's bits are spread one per
@@ -227,8 +272,7 @@ template <int K, int LAYOUT> struct KkPack {
     }
 };
 
-// Shared memory of the fused quantizers: the search table, then the codebook (sizes from the launch).
-extern __shared__ uint2 kk_smem[];
+// The fused quantizers' shared memory: the plan's table, then the codebook (sizes from the launch).
 KK float* kk_stage(const KkPlan& P, const float* cb, int m) {
     float* c = (float*)(kk_smem + P.size);
     for (int j = threadIdx.x; j < P.size; j += blockDim.x) kk_smem[j] = P.e[j];
@@ -365,6 +409,19 @@ KK void kk_unpack32(const uint4* u, int kind, float* v) {
         }
     }
 }
+// Each 16-element half's largest magnitude, as the bits of its float32 value, from the group's packed 16-bit words
+// (two elements per max instruction): the max over the widened values' magnitude bits, NaN and Inf included.
+KK void kk_absmax16(const uint4* u, int kind, uint32_t* am) {
+    const uint32_t M = 0x7FFF7FFFu;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const uint4 a = u[2 * h], b = u[2 * h + 1];
+        const uint32_t t = __vimax3_u16x2(__vimax3_u16x2(a.x & M, a.y & M, a.z & M),
+                                          __vimax3_u16x2(a.w & M, b.x & M, b.y & M), __vmaxu2(b.z & M, b.w & M));
+        const uint32_t m16 = max(t & 0xFFFFu, t >> 16);
+        am[h] = kind == 1 ? m16 << 16 : __float_as_uint(__half2float(__ushort_as_half((uint16_t)m16)));
+    }
+}
 KK void kk_load32(const void* x, int kind, long long base, long long n, bool vec, float* v) {
     if (vec && base + 32 <= n) {
         if (kind == 0) {
@@ -392,12 +449,12 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
         const void* x, int kind, long long n, int bs, bool vec, const float* cb, KkPlan P, int fmt, int codes_decoded,
         const uint32_t* gmax, void* scales, float* ts_out, uint32_t* out, long long nw, int* nonfinite) {
     constexpr int M = 1 << K;
-    const float* c = kk_stage(P, cb, M);
+    float* c;
+    const KkLane L = kk_stage_lane(P, cb, M, &c);
     const long long emax = fmt == 4 ? kk_codebook_emax(c, M) : 0;
     const float ts = kk_tensor_scale(fmt, gmax);
     if (fmt == 5 && blockIdx.x == 0 && threadIdx.x == 0) ts_out[0] = ts;
     const long long groups = (n + 31) / 32, step = (long long)gridDim.x * blockDim.x;
-    const uint32_t lim = P.safe > KK_TINY ? __float_as_uint(P.safe) - 0x2B800000u : 0u;
     bool bad = false;
     // 16-bit input: the next group's four 16-byte loads are issued before this group's codes (one thread's loads
     // would otherwise wait a full memory latency after each group)
@@ -412,22 +469,27 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
     for (; g < groups; g += step) {
         const long long base = g * 32;
         float v[32];
-        if (have) kk_unpack32(nx, kind, v);
-        else kk_load32(x, kind, base, n, vec, v);
+        uint32_t am[2] = {0u, 0u};
+        if (have) {
+            kk_unpack32(nx, kind, v);
+            kk_absmax16(nx, kind, am);
+        } else {
+            kk_load32(x, kind, base, n, vec, v);
+#pragma unroll
+            for (int j = 0; j < 32; j++) am[j >> 4] = max(am[j >> 4], KK_MAG(v[j]));
+        }
         have = pf && (g + step) * 32 + 32 <= n;
         if (have) {
 #pragma unroll
             for (int j = 0; j < 4; j++) nx[j] = __ldcs((const uint4*)((const uint16_t*)x + (g + step) * 32) + j);
         }
-        uint32_t am[2] = {0u, 0u};
-#pragma unroll
-        for (int j = 0; j < 32; j++) am[j >> 4] = max(am[j >> 4], KK_MAG(v[j]));
         bad |= max(am[0], am[1]) >= KK_NONFINITE_BITS;
+        if (bs == 32) am[0] = am[1] = max(am[0], am[1]);
         float q[2], rq[2];
         bool ex[2];
         long long sbits;
         if (bs == 32) {
-            q[0] = q[1] = kk_divisor(__uint_as_float(max(am[0], am[1])), fmt, emax, codes_decoded, ts, &sbits);
+            q[0] = q[1] = kk_divisor(__uint_as_float(am[0]), fmt, emax, codes_decoded, ts, &sbits);
             rq[0] = rq[1] = kk_recip(q[0], &ex[0]);
             ex[1] = ex[0];
             kk_store_scale(scales, fmt, g, sbits);
@@ -439,21 +501,20 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
                 if (base + 16 * h < n) kk_store_scale(scales, fmt, 2 * g + h, sbits);
             }
         }
-        // Full groups of ordinary blocks: every code from the table, no branch; a group with an element the table
-        // does not cover (rare) is redone below, element by element.
-        bool miss = !(P.size > 0 && base + 32 <= n && !ex[0] && !ex[1]);
+        // Full groups of ordinary blocks whose largest quotient (the absmax's) lies inside the table: every code
+        // from it, no branch. Anything else (the tail, divisors outside [2^-60, 2^100], large quotients, a
+        // codebook the table refuses) takes the exact search, element by element.
+        bool full = L.ok && base + 32 <= n && !ex[0] && !ex[1];
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            full = full && __float_as_uint(kk_quotient(__uint_as_float(am[h]), q[h], rq[h])) < L.top;
         KkPack<K, LAYOUT> pk;
-        if (!miss) {
+        if (full) {
 #pragma unroll
-            for (int j = 0; j < 32; j++) pk.add(j, kk_code_table(v[j], q[j >> 4], rq[j >> 4], lim, kk_smem, P, miss));
-        }
-        if (miss) {
-            pk = KkPack<K, LAYOUT>();
+            for (int j = 0; j < 32; j++) pk.add(j, kk_code_lane(v[j], q[j >> 4], rq[j >> 4], L));
+        } else {
 #pragma unroll
-            for (int j = 0; j < 32; j++) {
-                const int h = j >> 4;
-                pk.add(j, base + j < n ? kk_code(v[j], q[h], rq[h], ex[h], kk_smem, P, c, M) : 0u);
-            }
+            for (int j = 0; j < 32; j++) pk.add(j, base + j < n ? kk_code_exact(v[j], q[j >> 4], c, M) : 0u);
         }
 #pragma unroll
         for (int b = 0; b < K; b++) {
@@ -801,7 +862,8 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
             x, kind, n, blocksize, cb, P, m, k, layout, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
         const bool vec = ((uintptr_t)x & 15) == 0;
         const unsigned lgrid = grid_for((n + 31) / 32, 256, P.size > 512 ? per_sm : kk_lane_per_sm);
-#define KK_LPF(K, L, PF) kk_quantize_lane_kernel<K, L, PF><<<lgrid, 256, smem, s>>>( \
+        const size_t lsmem = (size_t)kk_lane_cells(P) * 2 * sizeof(uint2) + (size_t)m * sizeof(float);
+#define KK_LPF(K, L, PF) kk_quantize_lane_kernel<K, L, PF><<<lgrid, 256, lsmem, s>>>( \
             x, kind, n, blocksize, vec, cb, P, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
 #define KK_L(K) (layout == 0 ? (kk_prefetch ? KK_LPF(K, 0, true) : KK_LPF(K, 0, false)) \
                              : (kk_prefetch ? KK_LPF(K, 1, true) : KK_LPF(K, 1, false)))

@@ -169,8 +169,10 @@ def test_cuda_kbit_unaligned_input(backend, dtype):
 def test_cuda_kbit_search_table_and_its_exact_path(backend, k, blocksize, fmt, against):
     """The fused kernels' one-load table search (numba_kernels/cell_plan.py:kbit_plan) and the elements that bypass
     it: zeros, quotients below 2^-40 (tiny values beside large ones), blocks of tiny values (divisor clamped to
-    1e-8, or e8m0's divisor below 2^-60), values on the codebook's thresholds, for the normal-float, uniform and
-    FP4 (E2M1, unnormalised: s up to 12) codebooks."""
+    1e-8, or e8m0's divisor below 2^-60), blocks whose quotients pass the lane kernel's table (e4m4 decoded: a
+    scale that rounds to 0), values on the codebook's thresholds, for the normal-float, uniform and FP4 (E2M1,
+    unnormalised: s up to 12) codebooks, and one with a repeated value (its codes skip an index, which the lane
+    kernel's table cannot say: every element takes the exact search)."""
     _skip_unless_on_gpu(backend)
     from numba_kernels.cell_plan import kbit_plan
     from workbench import codebooks as cbs
@@ -179,6 +181,9 @@ def test_cuda_kbit_search_table_and_its_exact_path(backend, k, blocksize, fmt, a
     if k == 4:
         e2m1 = [0.0, 0.5, 1, 1.5, 2, 3, 4, 6]
         books.append(torch.tensor([-v for v in reversed(e2m1)] + e2m1))   # -0.0 and +0.0: 16 codes
+    dup = cbs.create_normal_float_codebook(k).clone()
+    dup[2] = dup[1]
+    books.append(dup)
     n = 64 * 1024 + 3 * blocksize + 7
     for cb in books:
         plan = kbit_plan(cb.numpy())
@@ -193,6 +198,7 @@ def test_cuda_kbit_search_table_and_its_exact_path(backend, k, blocksize, fmt, a
         A[20000:20100:3] = 0.0
         A[30000:30100] = 1e-20                               # tiny beside the block's large values
         A[30000] = 7.0
+        A[40000:40000 + blocksize] = 3e-5 * torch.randn(blocksize, generator=g)
         for dtype in (torch.float32, torch.bfloat16):
             x = A.to(dtype)
             for layout in R.LAYOUTS:
