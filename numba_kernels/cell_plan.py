@@ -276,6 +276,42 @@ def kbit_plan(values: np.ndarray, max_entries: int = FINE_MAX):
     return None
 
 
+KBIT_LANE_TINY = np.float32(2.0 ** -38)   # the lane table refuses bounds (and a first cell) this close to zero
+
+
+def kbit_lane_table(plan):
+    """The CUDA lane quantizer's restaging of a :func:`kbit_plan` table (cuda_src/kbit.cu: kk_lane_cells,
+    kk_stage_lane), or None where it refuses one (a repeated codebook value, a bound within KBIT_LANE_TINY of zero).
+    Returns ``(entries uint32[2 hx, 2] = (bound bits, code below), sh, kbase, top)``: entry 2 cell + sign, cells
+    clamped below at kbase only and reaching ``top`` (float bits, 4x the plan's top cell edge or its safe bound);
+    code = below + (bound - s < 0)."""
+    if plan is None:
+        return None
+    e, sh, kbase, half, safe = plan
+    topb = (kbase + half) << sh
+    ext = min(topb + (2 << 23), int(np.float32(safe).view(np.uint32)))
+    hx = (ext >> sh) - kbase
+    if hx <= 0 or ((kbase + 1) << sh) - 1 < int(KBIT_LANE_TINY.view(np.uint32)):
+        return None
+    i = np.minimum(np.arange(hx), half - 1)
+    rows = np.stack([e[:half][i], e[half:][i]], 1).reshape(-1, 2)      # 2 cell + sign
+    lo, hi, mag = rows[:, 1] & 0xFF, rows[:, 1] >> 8, rows[:, 0] & np.uint32(0x7FFFFFFF)
+    finite = mag < np.uint32(0x7F800000)
+    if np.any(finite & ((hi != lo + 1) | (mag < KBIT_LANE_TINY.view(np.uint32)))):
+        return None
+    return np.stack([rows[:, 0], lo], 1).astype(np.uint32), sh, kbase, (kbase + hx) << sh
+
+
+def kbit_lane_lookup(lane, s: np.ndarray) -> np.ndarray:
+    """Codes of float32 ``s`` (|s| bits below the lane table's top) as kk_code_lane computes them."""
+    t, sh, kbase, _ = lane
+    bits = np.asarray(s, np.float32).reshape(-1).view(np.uint32)
+    cell = np.maximum((((bits << np.uint32(1)) >> np.uint32(sh + 1)).astype(np.int64)) - kbase, 0)
+    ent = t[2 * cell + (bits >> 31)]
+    d = (ent[:, 0].view(np.float32) - bits.view(np.float32)).view(np.uint32)
+    return (ent[:, 1] + (d >> 31)).astype(np.int64)
+
+
 def kbit_lookup(plan, s: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Codes of float32 ``s`` as the kernels compute them: the plan's table inside its range, the spec's
     nearest search outside it (``c``: the codebook)."""

@@ -12,8 +12,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from numba_kernels.cell_plan import (FINE_MAX, KBIT_TINY, _from_order_key, _order_key, kbit_lookup, kbit_nearest,
-                                     kbit_plan)
+from numba_kernels.cell_plan import (FINE_MAX, KBIT_TINY, _from_order_key, _order_key, kbit_lane_lookup,
+                                     kbit_lane_table, kbit_lookup, kbit_nearest, kbit_plan)
 from workbench import codebooks as cbs
 
 E2M1 = sorted({v * s for v in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0) for s in (1, -1)}) + [-0.0]
@@ -56,6 +56,26 @@ def test_kbit_table_gives_the_spec_code(name):
     s = _probe_values(c, plan, np.random.default_rng(len(c)))
     s = s[np.isfinite(s)]
     np.testing.assert_array_equal(kbit_lookup(plan, s, c), kbit_nearest(s, c))
+
+
+@pytest.mark.parametrize("name", sorted(CODEBOOKS))
+def test_kbit_lane_table_gives_the_spec_code(name):
+    """The lane quantizer's table (one-sided clamp, code below + the sign of bound - s) below its top, where the
+    kernel uses it, on every cell edge too; its top covers the quotients of decoded scales (up to 2 max|c|) or
+    reaches the plan's safe bound. A repeated value inside the codebook (codes that skip an index) gets none."""
+    c = CODEBOOKS[name]
+    lane = kbit_lane_table(kbit_plan(c))
+    if lane is None:
+        assert name.startswith("random"), f"{name}: no lane table"
+        return
+    t, sh, kbase, top = lane
+    s = _probe_values(c, kbit_plan(c), np.random.default_rng(len(c) + 1))
+    edges = (np.arange(kbase, top >> sh + 1) << sh).astype(np.uint32).view(np.float32)   # every cell edge
+    s = np.concatenate([s, _from_order_key((_order_key(np.concatenate([edges, -edges]))[:, None]
+                                            + np.arange(-2, 3)[None, :]).ravel())])
+    s = s[np.isfinite(s) & ((np.abs(s).view(np.uint32)) < top)]
+    np.testing.assert_array_equal(kbit_lane_lookup(lane, s), kbit_nearest(s, c))
+    assert np.uint32(top).view(np.float32) >= min(2 * np.abs(c).max(), kbit_plan(c)[4])
 
 
 def test_too_dense_codebook_has_no_table():
