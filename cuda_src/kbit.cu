@@ -198,11 +198,13 @@ extern __shared__ uint2 kk_smem[];   // the fused quantizers' table, then their 
 // (reports/kbit-h200/). Quotients below 2^-40 (possibly inexact) code as exact ones do, since the table is
 // refused when a bound lies within 2^-38 of zero or the merged first cell ends below that.
 struct KkLane {
-    int sh, kbase, hx;
+    int sh, kbase, hx, rep;
     uint32_t top;                 // bits of the first |s| past the table
     bool ok;                      // false: every element takes the exact path
+    uint32_t mine, stride;        // this thread's copy: entry i at shared address mine + i * stride
 };
 #define KK_LANE_TINY_BITS 0x2C800000u   // 2^-38
+#define KK_LANE_BYTES (32 << 10)        // the replicated table's budget of shared memory
 // hx of a plan (host and device: the launch sizes the kernel's shared memory with it)
 static __host__ __device__ __forceinline__ int kk_lane_cells(const KkPlan& P) {
     if (P.size <= 0) return 0;
@@ -213,13 +215,29 @@ static __host__ __device__ __forceinline__ int kk_lane_cells(const KkPlan& P) {
     const int hx = (int)(ext >> P.sh) - P.kbase;
     return hx > 0 ? hx : 0;
 }
+// Copies of the table, interleaved entry by entry, lane l reading copy l % rep: with 16 copies the 16 lanes of a
+// half-warp read 16 different bank pairs whatever entries they want, so an 8-byte load takes its two wavefronts
+// and no more (one copy: 4-6 on normal data, ncu; the quantizer is then bound by L1 throughput at K = 8).
+// As many copies (16, 8, .. 1) as KK_LANE_BYTES holds.
+static __host__ __device__ __forceinline__ int kk_lane_rep(int hx) {
+    int rep = 16;
+    while (rep > 1 && (long long)2 * hx * rep * 8 > KK_LANE_BYTES) rep >>= 1;
+    return rep;
+}
+static __host__ __device__ __forceinline__ long long kk_lane_smem(const KkPlan& P, int m) {
+    const int hx = kk_lane_cells(P);
+    return (long long)2 * hx * kk_lane_rep(hx) * 8 + (long long)m * 4;
+}
 KK KkLane kk_stage_lane(const KkPlan& P, const float* cb, int m, float** c_out) {
-    KkLane L{P.sh, P.kbase, kk_lane_cells(P), 0u, false};
+    KkLane L{P.sh, P.kbase, kk_lane_cells(P), 1, 0u, false, 0u, 8u};
+    L.rep = kk_lane_rep(L.hx);
     L.top = (uint32_t)(L.kbase + L.hx) << L.sh;
-    float* c = (float*)(kk_smem + 2 * L.hx);
+    L.stride = 8u * L.rep;
+    L.mine = (uint32_t)__cvta_generic_to_shared(kk_smem) + 8u * (threadIdx.x & (L.rep - 1));
+    float* c = (float*)(kk_smem + 2 * L.hx * L.rep);
     int bad = L.hx == 0 || ((uint32_t)(L.kbase + 1) << L.sh) - 1u < KK_LANE_TINY_BITS;
-    for (int j = threadIdx.x; j < 2 * L.hx; j += blockDim.x) {
-        const int h = j & 1, i = min(j >> 1, P.half - 1);              // cells past the plan's: its top cell
+    for (int j = threadIdx.x; j < 2 * L.hx * L.rep; j += blockDim.x) {
+        const int t = j / L.rep, h = t & 1, i = min(t >> 1, P.half - 1);   // cells past the plan's: its top cell
         const uint2 e = P.e[i + h * P.half];
         const uint32_t lo = e.y & 0xFFu, hi = e.y >> 8, mag = e.x & 0x7FFFFFFFu;
         if (mag < 0x7F800000u) bad |= hi != lo + 1u || mag < KK_LANE_TINY_BITS;
@@ -235,8 +253,11 @@ KK uint32_t kk_code_lane(float x, float q, float r, const KkLane& L) {
     const float s = kk_quotient(x, q, r);
     const uint32_t bits = __float_as_uint(s);
     const int cell = max((int)((bits << 1) >> (L.sh + 1)) - L.kbase, 0);
-    const uint2 e = kk_smem[2 * cell + (bits >> 31)];
-    return e.y + (__float_as_uint(__fsub_rn(__uint_as_float(e.x), s)) >> 31);
+    // one multiply-add for the address (in C the compiler splits it into a multiply and a shift-add)
+    uint32_t a, b, lo;
+    asm("mad.lo.u32 %0, %1, %2, %3;" : "=r"(a) : "r"(2u * cell + (bits >> 31)), "r"(L.stride), "r"(L.mine));
+    asm("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(b), "=r"(lo) : "r"(a));
+    return lo + (__float_as_uint(__fsub_rn(__uint_as_float(b), s)) >> 31);
 }
 
 // Packing one 32-element group's codes in registers (the lane kernels). Bit-plane: code j's bits are spread one per
@@ -507,7 +528,8 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
         bool full = L.ok && base + 32 <= n && !ex[0] && !ex[1];
 #pragma unroll
         for (int h = 0; h < 2; h++)
-            full = full && __float_as_uint(kk_quotient(__uint_as_float(am[h]), q[h], rq[h])) < L.top;
+            if (h == 0 || bs != 32)
+                full = full && __float_as_uint(kk_quotient(__uint_as_float(am[h]), q[h], rq[h])) < L.top;
         KkPack<K, LAYOUT> pk;
         if (full) {
 #pragma unroll
@@ -862,7 +884,7 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
             x, kind, n, blocksize, cb, P, m, k, layout, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
         const bool vec = ((uintptr_t)x & 15) == 0;
         const unsigned lgrid = grid_for((n + 31) / 32, 256, P.size > 512 ? per_sm : kk_lane_per_sm);
-        const size_t lsmem = (size_t)kk_lane_cells(P) * 2 * sizeof(uint2) + (size_t)m * sizeof(float);
+        const size_t lsmem = (size_t)kk_lane_smem(P, m);
 #define KK_LPF(K, L, PF) kk_quantize_lane_kernel<K, L, PF><<<lgrid, 256, lsmem, s>>>( \
             x, kind, n, blocksize, vec, cb, P, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
 #define KK_L(K) (layout == 0 ? (kk_prefetch ? KK_LPF(K, 0, true) : KK_LPF(K, 0, false)) \
