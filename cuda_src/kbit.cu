@@ -854,11 +854,27 @@ static unsigned grid_for(long long items, int per_cta, int per_sm = 64) {
 
 // A/B knobs for studies/probes/kbit_kernel_ab.py (the defaults are what production runs): the lane quantizer's
 // prefetch of the next group, and the grid cap in CTAs per SM.
+// The lane quantizer runs one resident wave by default (lane_per_sm 0): each CTA copies its table (up to 32 KB)
+// once, where a grid of 64 CTAs per SM copied it for every 4 groups a thread coded (K = 6: 15 % slower).
 static bool kk_prefetch = true;
-static int kk_lane_per_sm = 64;
+static int kk_lane_per_sm = 0;
 extern "C" void kbit_kbit_tuning(int prefetch, int lane_per_sm) {
     kk_prefetch = prefetch != 0;
-    kk_lane_per_sm = lane_per_sm > 0 ? lane_per_sm : 64;
+    kk_lane_per_sm = lane_per_sm > 0 ? lane_per_sm : 0;
+}
+// CTAs of a lane kernel resident per SM (the occupancy calculator, once per kernel and shared memory size)
+template <int K, int LAYOUT, bool PF> static int kk_lane_resident(size_t smem) {
+    static size_t at = ~(size_t)0;
+    static int per_sm = 1;
+    if (smem != at) {
+        int nb = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, kk_quantize_lane_kernel<K, LAYOUT, PF>, 256, smem)
+            != cudaSuccess || nb < 1)
+            nb = 1;
+        per_sm = nb;
+        at = smem;
+    }
+    return kk_lane_per_sm > 0 ? kk_lane_per_sm : per_sm;
 }
 
 // scratch: e4m3's tensor max (word 0) and the two-kernel path's divisors (after it); null when neither runs.
@@ -883,9 +899,9 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
 #define KK_Q(CH) kk_quantize_warp_kernel<CH><<<grid_for(units, 8 * (KK_BATCH / CH), per_sm), 256, smem, s>>>( \
             x, kind, n, blocksize, cb, P, m, k, layout, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
         const bool vec = ((uintptr_t)x & 15) == 0;
-        const unsigned lgrid = grid_for((n + 31) / 32, 256, P.size > 512 ? per_sm : kk_lane_per_sm);
         const size_t lsmem = (size_t)kk_lane_smem(P, m);
-#define KK_LPF(K, L, PF) kk_quantize_lane_kernel<K, L, PF><<<lgrid, 256, lsmem, s>>>( \
+#define KK_LPF(K, L, PF) kk_quantize_lane_kernel<K, L, PF><<<grid_for((n + 31) / 32, 256, \
+            kk_lane_resident<K, L, PF>(lsmem)), 256, lsmem, s>>>( \
             x, kind, n, blocksize, vec, cb, P, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
 #define KK_L(K) (layout == 0 ? (kk_prefetch ? KK_LPF(K, 0, true) : KK_LPF(K, 0, false)) \
                              : (kk_prefetch ? KK_LPF(K, 1, true) : KK_LPF(K, 1, false)))
