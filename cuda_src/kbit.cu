@@ -204,7 +204,7 @@ struct KkLane {
     uint32_t mine, stride;        // this thread's copy: entry i at shared address mine + i * stride
 };
 #define KK_LANE_TINY_BITS 0x2C800000u   // 2^-38
-#define KK_LANE_BYTES (32 << 10)        // the replicated table's budget of shared memory
+#define KK_LANE_BYTES (44 << 10)        // the copies' shared memory: the codebook fits beside them in 48 KB
 // hx of a plan (host and device: the launch sizes the kernel's shared memory with it)
 static __host__ __device__ __forceinline__ int kk_lane_cells(const KkPlan& P) {
     if (P.size <= 0) return 0;
@@ -218,7 +218,7 @@ static __host__ __device__ __forceinline__ int kk_lane_cells(const KkPlan& P) {
 // Copies of the table, interleaved entry by entry, lane l reading copy l % rep: with 16 copies the 16 lanes of a
 // half-warp read 16 different bank pairs whatever entries they want, so an 8-byte load takes its two wavefronts
 // and no more (one copy: 4-6 on normal data, ncu; the quantizer is then bound by L1 throughput at K = 8).
-// As many copies (16, 8, .. 1) as KK_LANE_BYTES holds.
+// As many copies (16, 8, .. 1) as KK_LANE_BYTES holds: K <= 6 16, K = 7 8, K = 8 4 (normal-float codebooks).
 static __host__ __device__ __forceinline__ int kk_lane_rep(int hx) {
     int rep = 16;
     while (rep > 1 && (long long)2 * hx * rep * 8 > KK_LANE_BYTES) rep >>= 1;
@@ -854,27 +854,13 @@ static unsigned grid_for(long long items, int per_cta, int per_sm = 64) {
 
 // A/B knobs for studies/probes/kbit_kernel_ab.py (the defaults are what production runs): the lane quantizer's
 // prefetch of the next group, and the grid cap in CTAs per SM.
-// The lane quantizer runs one resident wave by default (lane_per_sm 0): each CTA copies its table (up to 32 KB)
-// once, where a grid of 64 CTAs per SM copied it for every 4 groups a thread coded (K = 6: 15 % slower).
+// The lane quantizer's grid cap: 16 CTAs per SM (kbit_kernel_ab: the best or within 2 % of it for K = 2..8;
+// 64 CTAs per SM copied each CTA's table, up to 44 KB, for every 4 groups a thread coded: K = 6 15 % slower).
 static bool kk_prefetch = true;
-static int kk_lane_per_sm = 0;
+static int kk_lane_per_sm = 16;
 extern "C" void kbit_kbit_tuning(int prefetch, int lane_per_sm) {
     kk_prefetch = prefetch != 0;
-    kk_lane_per_sm = lane_per_sm > 0 ? lane_per_sm : 0;
-}
-// CTAs of a lane kernel resident per SM (the occupancy calculator, once per kernel and shared memory size)
-template <int K, int LAYOUT, bool PF> static int kk_lane_resident(size_t smem) {
-    static size_t at = ~(size_t)0;
-    static int per_sm = 1;
-    if (smem != at) {
-        int nb = 0;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, kk_quantize_lane_kernel<K, LAYOUT, PF>, 256, smem)
-            != cudaSuccess || nb < 1)
-            nb = 1;
-        per_sm = nb;
-        at = smem;
-    }
-    return kk_lane_per_sm > 0 ? kk_lane_per_sm : per_sm;
+    kk_lane_per_sm = lane_per_sm > 0 ? lane_per_sm : 16;
 }
 
 // scratch: e4m3's tensor max (word 0) and the two-kernel path's divisors (after it); null when neither runs.
@@ -900,8 +886,8 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
             x, kind, n, blocksize, cb, P, m, k, layout, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
         const bool vec = ((uintptr_t)x & 15) == 0;
         const size_t lsmem = (size_t)kk_lane_smem(P, m);
-#define KK_LPF(K, L, PF) kk_quantize_lane_kernel<K, L, PF><<<grid_for((n + 31) / 32, 256, \
-            kk_lane_resident<K, L, PF>(lsmem)), 256, lsmem, s>>>( \
+        const unsigned lgrid = grid_for((n + 31) / 32, 256, kk_lane_per_sm);
+#define KK_LPF(K, L, PF) kk_quantize_lane_kernel<K, L, PF><<<lgrid, 256, lsmem, s>>>( \
             x, kind, n, blocksize, vec, cb, P, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
 #define KK_L(K) (layout == 0 ? (kk_prefetch ? KK_LPF(K, 0, true) : KK_LPF(K, 0, false)) \
                              : (kk_prefetch ? KK_LPF(K, 1, true) : KK_LPF(K, 1, false)))

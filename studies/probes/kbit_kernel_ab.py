@@ -1,6 +1,6 @@
 """A/B of the k-bit CUDA quantizer's knobs (cuda_src/kbit.cu, ``kbit_kbit_tuning``): the thread-per-group kernel
-with and without its next-group prefetch, at several grid caps (CTAs per SM; 0: one resident wave, the
-occupancy calculator's count); the dequantizer and a device copy beside them. n = 2^28 bf16, blocksize 32, e4m4 (the k-bit defaults); kernel time by CUDA-graph replay. The
+with and without its next-group prefetch, at several grid caps (CTAs per SM); the dequantizer and a device copy
+beside them. n = 2^28 bf16, blocksize 32, e4m4 (the k-bit defaults); kernel time by CUDA-graph replay. The
 production defaults are the first row.
 
 usage (GPU): python -m studies.probes.kbit_kernel_ab [--out DIR]"""
@@ -15,7 +15,7 @@ import torch
 from workbench import bench, kbit
 from workbench.backends.cuda import kbit as C
 
-SETTINGS = [(1, 0), (0, 0), (1, 6), (1, 16), (1, 64), (0, 64)]   # (prefetch, CTAs per SM; 0 = resident)
+SETTINGS = [(1, 16), (0, 16), (1, 6), (1, 32), (1, 64), (0, 64)]   # (prefetch, CTAs per SM)
 
 
 def main(argv=None) -> int:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
                              pct_copy=100 * nbytes / (ms * 1e-3) / (copy * 1e9)))
             print(f"quantize K={k} {layout:8s} prefetch={pf} per_sm={per_sm:3d}  {ms:.4f} ms "
                   f"{rows[-1]['pct_copy']:.1f} % of copy", flush=True)
-        lib.kbit_kbit_tuning(1, 0)
+        lib.kbit_kbit_tuning(1, 16)
         words, scales = packed.reshape(-1).contiguous(), st.scales.contiguous()
         table = st.codebook.to(torch.float32).contiguous()
         d = lambda: ops.dequantize_kbit(words, scales, st.tensor_scale, table, k, 32, n, layout, "e4m4",
