@@ -9,8 +9,8 @@
 //     ordinary block whose largest quotient lies inside the lane table codes every element from it without a
 //     branch (kk_code_lane: the quotient, a clamped cell, one 8-byte shared load, a subtract whose sign bit is
 //     added to the code); any other group takes the exact search. Bit planes are packed by a spread multiply per
-//     code and byte permutes (KkPack). This kernel is bound by instruction issue (ncu: SM 84 %, DRAM 28 % before
-//     the lane table), about 22 instructions per element with the block's own work;
+//     code and byte permutes (KkPack). This kernel is bound by instruction issue (ncu: 0.77 issued per cycle per
+//     scheduler, ALU pipe 62 %), about 25 instructions per element with the block's own work;
 //   64, 128, 256: a warp per block, a lane per element, 8 chunks of 32 in flight per warp, the packed words made
 //     by a ballot per bit plane or an OR-reduction per dense word;
 //   other multiples of 32 (longer blocks, rows, 96, 384): a warp per block in 8-chunk batches, read twice (the
