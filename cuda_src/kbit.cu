@@ -260,11 +260,24 @@ KK uint32_t kk_code_lane(float x, float q, float r, const KkLane& L) {
     return lo + (__float_as_uint(__fsub_rn(__uint_as_float(b), s)) >> 31);
 }
 
-// Packing one 32-element group's codes in registers (the lane kernels). Bit-plane: code j's bits are spread one per
-// byte (bit b to byte b; a multiply by 0x00204081 puts bit b at 7b, and no two copies overlap for a 4-bit value),
-// shifted to bit j % 8 of its byte and ORed into octet j / 8's word; plane b is then byte b of the four octet words
-// (three byte permutes). Codes above 4 bits use a second word set for bits 4..7. About 2 instructions per element
-// (6 above 4 bits) instead of 2K for K single-bit inserts.
+// The 8x8 bit transpose of an octet held as two words (rows: the 8 bytes, a's then b's; columns: their bits): swap
+// the off-diagonal 4x4 blocks, then the 2x2 and 1x1 ones inside each, about 21 instructions. Planes x elements
+// becomes elements x planes (the dequantizer: element e's code is byte e) and back (the quantizer).
+KK void kk_transpose8(uint32_t& a, uint32_t& b) {
+    uint32_t t = ((a >> 4) ^ b) & 0x0F0F0F0Fu;
+    b ^= t; a ^= t << 4;
+    t = (a ^ (a >> 14)) & 0x0000CCCCu; a ^= t ^ (t << 14);
+    t = (b ^ (b >> 14)) & 0x0000CCCCu; b ^= t ^ (t << 14);
+    t = (a ^ (a >> 7)) & 0x00AA00AAu; a ^= t ^ (t << 7);
+    t = (b ^ (b >> 7)) & 0x00AA00AAu; b ^= t ^ (t << 7);
+}
+
+// Packing one 32-element group's codes in registers (the lane kernel). Bit-plane, K <= 4: code j's bits are spread
+// one per byte (bit b to byte b; a multiply by 0x00204081 puts bit b at 7b, and no two copies overlap for a 4-bit
+// value), shifted to bit j % 8 of its byte and ORed into octet j / 8's word, 2 instructions an element. K > 4:
+// octet j / 8's codes are its bytes (one multiply-add an element, a[o] and a[4 + o]) and seal() transposes each
+// octet (kk_transpose8), about 3.6 instructions an element where spreading took 6. Either way plane b is then
+// byte b of the four octet words (three byte permutes).
 template <int K, int LAYOUT> struct KkPack {
     static constexpr int NW = LAYOUT == 0 ? (K > 4 ? 8 : 4) : K;
     uint32_t a[NW];
@@ -276,12 +289,19 @@ template <int K, int LAYOUT> struct KkPack {
     __device__ __forceinline__ void add(int j, uint32_t code) {
         if (LAYOUT == 0) {
             const int o = j >> 3, e = j & 7;
-            a[o] |= ((K > 4 ? code & 15u : code) * (0x00204081u << e)) & (0x01010101u << e);
-            if (K > 4) a[4 + o] |= ((code >> 4) * (0x00204081u << e)) & (0x01010101u << e);
+            if (K > 4) a[(e >> 2) * 4 + o] += code << (8 * (e & 3));   // codes < 256: the add is an OR
+            else a[o] |= (code * (0x00204081u << e)) & (0x01010101u << e);
         } else {                                  // stream bits [J*K, J*K + K): word and shift known at compile time
             const int p = j * K, wi = p >> 5, sh = p & 31;
             a[wi] |= code << sh;
             if (sh + K > 32) a[wi + 1] |= code >> (32 - sh);
+        }
+    }
+    // after the last add
+    __device__ __forceinline__ void seal() {
+        if (LAYOUT == 0 && K > 4) {
+#pragma unroll
+            for (int o = 0; o < 4; o++) kk_transpose8(a[o], a[4 + o]);
         }
     }
     // word b of the group (bit plane b, or stream word b)
@@ -538,6 +558,7 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
 #pragma unroll
             for (int j = 0; j < 32; j++) pk.add(j, base + j < n ? kk_code_exact(v[j], q[j >> 4], c, M) : 0u);
         }
+        pk.seal();
 #pragma unroll
         for (int b = 0; b < K; b++) {
             const long long wo = g * K + b;
@@ -780,16 +801,9 @@ __global__ void __launch_bounds__(256) kk_dequantize_group_kernel(
                 const uint32_t p4 = w[4 < K ? 4 : 0], p5 = K > 5 ? w[5 < K ? 5 : 0] : 0u,
                                p6 = K > 6 ? w[6 < K ? 6 : 0] : 0u, p7 = K > 7 ? w[7 < K ? 7 : 0] : 0u;
                 hi[o] = __byte_perm(__byte_perm(p4, p5, sel), __byte_perm(p6, p7, sel), 0x5410);
-                // 8x8 bit transpose of the octet (rows: planes 0-3 in lo, 4-7 in hi; columns: its 8 elements):
-                // swap the off-diagonal 4x4 blocks, then the 2x2 and 1x1 ones inside each. Element e's code is
-                // then byte e of lo (e < 4) or byte e - 4 of hi: ~3.6 instructions an element, not ~9.
-                uint32_t a = lo[o], b = hi[o], t = ((a >> 4) ^ b) & 0x0F0F0F0Fu;
-                b ^= t; a ^= t << 4;
-                t = (a ^ (a >> 14)) & 0x0000CCCCu; a ^= t ^ (t << 14);
-                t = (b ^ (b >> 14)) & 0x0000CCCCu; b ^= t ^ (t << 14);
-                t = (a ^ (a >> 7)) & 0x00AA00AAu; a ^= t ^ (t << 7);
-                t = (b ^ (b >> 7)) & 0x00AA00AAu; b ^= t ^ (t << 7);
-                lo[o] = a; hi[o] = b;
+                // rows: planes 0-3 in lo, 4-7 in hi; columns: its 8 elements. Element e's code is then byte e of
+                // lo (e < 4) or byte e - 4 of hi: ~3.6 instructions an element, not ~9.
+                kk_transpose8(lo[o], hi[o]);
             }
         }
     }
