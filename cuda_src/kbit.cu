@@ -313,7 +313,7 @@ template <int K, int LAYOUT> struct KkPack {
     }
 };
 
-// The fused quantizers' shared memory: the plan's table, then the codebook (sizes from the launch).
+// The warp and long quantizers' shared memory: the plan's table, then the codebook (sizes from the launch).
 KK float* kk_stage(const KkPlan& P, const float* cb, int m) {
     float* c = (float*)(kk_smem + P.size);
     for (int j = threadIdx.x; j < P.size; j += blockDim.x) kk_smem[j] = P.e[j];
