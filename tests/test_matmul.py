@@ -193,17 +193,20 @@ def _cython_or_skip():
     return native("matmul")
 
 
-@pytest.fixture(params=["512-bit", "256-bit"])
+@pytest.fixture(params=["512-bit", "512-bit, integer rounding", "256-bit"])
 def plane_width(request):
     """The byte-plane kernel's 512-bit loop (AVX-512 machines, K % 128 == 0) and its 256-bit loop, each with its own
-    float32 order: both are held to the same tests."""
+    float32 order: both are held to the same tests. The 512-bit loop rounds bf16 tables by vcvtne2ps2bf16 where the
+    CPU has AVX512_BF16 (and a block's products are normal or zero), else by integer adds: both ways run here."""
     from workbench.backends.cython_cpu import native
     lib = native("matmul")
-    if request.param == "512-bit" and not lib.HAS_PLANES512:
+    wide = request.param.startswith("512")
+    if wide and not lib.HAS_PLANES512:
         pytest.skip("no AVX-512 F/BW/VL/VBMI here")
-    old = lib.set_wide(request.param == "512-bit")
+    old, old_round = lib.set_wide(wide), lib.set_bf16_round(request.param == "512-bit")
     yield request.param
     lib.set_wide(old)
+    lib.set_bf16_round(old_round)
 
 
 def _takes_planes(lib, A, K, bs):
@@ -261,6 +264,9 @@ def test_cython_cpu_byte_planes_weights_exact(rng, plane_width, dtype, nested):
         pytest.skip("no AVX2/F16C/FMA")
     for N, K, bs in [(40, 2048, 64), (9, 4096, 128), (300, 128, 4096)]:   # 1280 / 288 / 10 weight blocks
         W = (torch.randn(N, K, generator=rng) * 3).to(dtype)
+        if dtype == torch.bfloat16:   # rows of tiny scales: products below 2^-126 (bf16 subnormal weights, or 0)
+            W[::3] *= 2.0 ** -125
+            W[1::7] *= 2.0 ** -120
         P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=nested, backend="reference")
         Wd = wb.dequantize_4bit(P, qs, backend="reference").to(dtype)
         ks = torch.randperm(K, generator=rng)[:32]
