@@ -44,6 +44,7 @@ cdef extern from *:
     #include <stdint.h>
     #include <string.h>
     #include <math.h>
+    #include <float.h>
     #ifdef _OPENMP
     #include <omp.h>
     #endif
@@ -468,8 +469,8 @@ cdef extern from *:
             float a = fabsf(table[j]);
             if (a > 0.0f && (tmin == 0.0f || a < tmin)) tmin = a;
         }
-        const float cmin = tmin > 0.0f ? (float)(1.1754943508222875e-38 / (double)tmin * (1.0 + 0x1p-20)) : 0.0f;
-        const int cvt_on = kind == 1 && kbm_bf16_round && cmin <= 3.4028234663852886e38f;
+        const float cmin = tmin > 0.0f ? (float)((double)FLT_MIN / (double)tmin * (1.0 + 0x1p-20)) : 0.0f;
+        const int cvt_on = kind == 1 && kbm_bf16_round && cmin <= FLT_MAX;
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
         __m512i plo = _mm512_setzero_si512(), phi = plo;
         const int64_t i0 = n * K;
@@ -492,8 +493,8 @@ cdef extern from *:
                     }
                     s0 = sc[b0 - sbase]; s1 = sc[b1 - sbase];
                 }
-                const int cvt = cvt_on && s0 >= cmin && s0 <= 3.4028234663852886e38f && s1 >= cmin
-                                && s1 <= 3.4028234663852886e38f;          /* NaN and Inf scales: the scalar rule */
+                const int cvt = cvt_on && s0 >= cmin && s0 <= FLT_MAX && s1 >= cmin && s1 <= FLT_MAX;
+                /* NaN and Inf scales: the scalar rule */
                 kbm_planes512(t16, s0, s1, b0 == b1, kind, cvt, table, &plo, &phi);
                 pb0 = b0; pb1 = b1;
             }
@@ -560,10 +561,10 @@ cdef extern from *:
         return kbm_planes_ok() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
                && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi");
     }
+    static int kbm_bf16_round_ok(void) { __builtin_cpu_init(); return kbm_planes512_ok() && __builtin_cpu_supports("avx512bf16"); }
     static int kbm_set_bf16_round(int on) {
         int old = kbm_bf16_round;
-        __builtin_cpu_init();
-        kbm_bf16_round = on && kbm_planes512_ok() && __builtin_cpu_supports("avx512bf16");
+        kbm_bf16_round = on && kbm_bf16_round_ok();
         return old;
     }
 
@@ -582,6 +583,7 @@ cdef extern from *:
                                    const float* s, const uint8_t* a8, const float* code2, float off, const float* table,
                                    int64_t bs, int kind, int64_t n, float* wbuf, float* y) {}
     static int kbm_planes512_ok(void) { return 0; }
+    static int kbm_bf16_round_ok(void) { return 0; }
     static int kbm_set_bf16_round(int on) { return 0; }
     static void kbm_rows_planes(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
                                 const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
@@ -608,6 +610,7 @@ cdef extern from *:
                             const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
                             int kind, int64_t n, float* wbuf, float* y) nogil
     int kbm_planes512_ok() nogil
+    int kbm_bf16_round_ok() nogil
     int kbm_set_bf16_round(int on) nogil
     float kbm_widen(uint16_t h, int kind) nogil
     uint16_t kbm_narrow(float v, int kind) nogil
@@ -619,8 +622,8 @@ HAS_PLANES512 = bool(kbm_planes512_ok())   # the 512-bit byte-plane loop, taken 
 UNIT = 64
 WIDE_UNIT = 128
 _wide = HAS_PLANES512   # tests switch it off to run the 256-bit loop on the same machine
-kbm_set_bf16_round(1)
-HAS_BF16_ROUND = bool(kbm_set_bf16_round(1))   # the 512-bit loop rounds bf16 tables by vcvtne2ps2bf16 (AVX512_BF16)
+HAS_BF16_ROUND = bool(kbm_bf16_round_ok())   # the 512-bit loop rounds bf16 tables by vcvtne2ps2bf16 (AVX512_BF16)
+kbm_set_bf16_round(HAS_BF16_ROUND)
 
 
 def unit_permutation(int kind, bint wide=False):
