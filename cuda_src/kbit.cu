@@ -485,10 +485,17 @@ KK void kk_load32(const void* x, int kind, long long base, long long n, bool vec
     }
 }
 
-template <int K, int LAYOUT, bool PF = true>
+// DEF: the defaults of quantize_kbit on bf16 input (blocksize 32, e4m4, codes against the exact scale, aligned):
+// with them compile-time constants the per-group switches on format, input kind and blocksize fold away (about
+// 2.6 executed instructions an element of control, tuning/ncu_source_k4_d8f0869.txt).
+template <int K, int LAYOUT, bool DEF>
 __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
-        const void* x, int kind, long long n, int bs, bool vec, const float* cb, KkPlan P, int fmt, int codes_decoded,
-        const uint32_t* gmax, void* scales, float* ts_out, uint32_t* out, long long nw, int* nonfinite) {
+        const void* x, int kind_arg, long long n, int bs_arg, bool vec_arg, const float* cb, KkPlan P, int fmt_arg,
+        int codes_decoded_arg, const uint32_t* gmax, void* scales, float* ts_out, uint32_t* out, long long nw,
+        int* nonfinite) {
+    const int kind = DEF ? 1 : kind_arg, bs = DEF ? 32 : bs_arg, fmt = DEF ? 3 : fmt_arg;
+    const int codes_decoded = DEF ? 0 : codes_decoded_arg;
+    const bool vec = DEF || vec_arg;
     constexpr int M = 1 << K;
     float* c;
     const KkLane L = kk_stage_lane(P, cb, M, &c);
@@ -499,7 +506,7 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
     bool bad = false;
     // 16-bit input: the next group's four 16-byte loads are issued before this group's codes (one thread's loads
     // would otherwise wait a full memory latency after each group)
-    const bool pf = PF && vec && kind != 0;
+    const bool pf = vec && kind != 0;
     uint4 nx[4];
     long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     bool have = pf && g * 32 + 32 <= n;
@@ -866,16 +873,12 @@ static unsigned grid_for(long long items, int per_cta, int per_sm = 64) {
     return (unsigned)(g < 1 ? 1 : (g < cap ? g : cap));
 }
 
-// A/B knobs for studies/probes/kbit_kernel_ab.py (the defaults are what production runs): the lane quantizer's
-// prefetch of the next group, and the grid cap in CTAs per SM.
+// The A/B knob of studies/probes/kbit_kernel_ab.py (the default is what production runs; the next-group prefetch,
+// an earlier knob, gained 4-8 % at every K, tuning/kbit_kernel_ab_f80a385.json, and is always on).
 // The lane quantizer's grid cap: 16 CTAs per SM (kbit_kernel_ab: the best or within 2 % of it for K = 2..8;
 // 64 CTAs per SM copied each CTA's table, up to 44 KB, for every 4 groups a thread coded: K = 6 15 % slower).
-static bool kk_prefetch = true;
 static int kk_lane_per_sm = 16;
-extern "C" void kbit_kbit_tuning(int prefetch, int lane_per_sm) {
-    kk_prefetch = prefetch != 0;
-    kk_lane_per_sm = lane_per_sm > 0 ? lane_per_sm : 16;
-}
+extern "C" void kbit_kbit_tuning(int lane_per_sm) { kk_lane_per_sm = lane_per_sm > 0 ? lane_per_sm : 16; }
 
 // scratch: e4m3's tensor max (word 0) and the two-kernel path's divisors (after it); null when neither runs.
 extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int blocksize, const float* cb, int m, int k,
@@ -901,10 +904,11 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
         const bool vec = ((uintptr_t)x & 15) == 0;
         const size_t lsmem = (size_t)kk_lane_smem(P, m);
         const unsigned lgrid = grid_for((n + 31) / 32, 256, kk_lane_per_sm);
-#define KK_LPF(K, L, PF) kk_quantize_lane_kernel<K, L, PF><<<lgrid, 256, lsmem, s>>>( \
+#define KK_LPF(K, L, DEF) kk_quantize_lane_kernel<K, L, DEF><<<lgrid, 256, lsmem, s>>>( \
             x, kind, n, blocksize, vec, cb, P, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
-#define KK_L(K) (layout == 0 ? (kk_prefetch ? KK_LPF(K, 0, true) : KK_LPF(K, 0, false)) \
-                             : (kk_prefetch ? KK_LPF(K, 1, true) : KK_LPF(K, 1, false)))
+        const bool def = kind == 1 && blocksize == 32 && fmt == 3 && !codes_decoded && vec;
+#define KK_L(K) (layout == 0 ? (def ? KK_LPF(K, 0, true) : KK_LPF(K, 0, false)) \
+                             : (def ? KK_LPF(K, 1, true) : KK_LPF(K, 1, false)))
         if (blocksize <= 32) {
             switch (k) {
             case 2: KK_L(2); break;

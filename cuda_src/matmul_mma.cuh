@@ -34,6 +34,7 @@ constexpr int kRowTiles = 2;                     // m16 weight tiles per warp
 constexpr int kRowsPerCta = kWarps * kRowTiles * 16;
 constexpr int kChunk = 128;                      // k per pipeline step; a thread reads 32 codes of each row
 constexpr int kThreads = kWarps * 32;
+static_assert(kWarps == 4, "the activation pieces (make_feed): warp w stages the k offset 8 w of each lane's 32");
 
 template <int DT> struct Frag;
 template <> struct Frag<KBIT_BF16> {
@@ -112,51 +113,78 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool val
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 }
 
-template <int TM>
-__device__ __forceinline__ void stage_x(uint4* xs, const uint8_t* A, int m0, int M, long long K, long long k0) {
-    // slot (i, jp, lane): X[m0 + 8i + lane/4][k0 + 32 (lane%4) + 8 jp .. +7], 16 bytes, in fragment order
-#pragma unroll
-    for (int s = threadIdx.x; s < TM * 128; s += kThreads) {
-        const int i = s >> 7, jp = (s >> 5) & 3, ln = s & 31;
-        const int m = m0 + 8 * i + (ln >> 2);
-        const long long k = k0 + 32 * (ln & 3) + 8 * jp;
-        const bool ok = m < M && k < K;
-        cp_async16(xs + s, A + 2 * (ok ? (long long)m * K + k : 0), ok);
-    }
-}
+/* Where this thread's copies come from, set once per CTA (chunk c adds c * kChunk along k):
+ *   weight piece i = 0..3: row n0 + tid / 4 + 32 i, k = 32 (tid % 4), 16 bytes: w + i * 16 K bytes;
+ *   activation piece j < TM: row m0 + 8 j + lane / 4, k = 32 (lane % 4) + 8 warp, 16 bytes in fragment order
+ *   (stage slot tid + 128 j): x + j * 16 K bytes;
+ *   scale slot q = 0..3 (this thread's rows, slot_row): flat weight index f + row_off(q) * K, k = 32 (tid % 4).
+ * So a chunk's addresses are a few adds: the bounds are masks of valid rows, and one k test per chunk (every
+ * copy of a thread starts at k0 + 32 (tid % 4), and K % 32 == 0). Invalid copies read nothing and zero-fill. */
+struct Feed {
+    const uint8_t* w;
+    const uint8_t* x;
+    long long f;
+    unsigned wok, xok, sok;  // valid-row masks: bit i, j, q
+};
 
 /* The row (within the CTA) of weight slot q of thread (warp, g): tile q/2, row g or g+8. */
 __device__ __forceinline__ int slot_row(int warp, int q, int g) {
     return warp * kRowTiles * 16 + 16 * (q >> 1) + 8 * (q & 1) + g;
 }
+__device__ __forceinline__ constexpr int row_off(int q) { return 16 * (q >> 1) + 8 * (q & 1); }
 
-/* Issue the copies of chunk c (k0 = c * kChunk) into a stage: weights (4 x 16 bytes per thread, consecutive threads
- * on consecutive 16 bytes of a row), activations, and this thread's scale ingredients. */
 template <int TM>
-__device__ __forceinline__ void stage_chunk(Stage<TM>& st, const Args& p, const uint8_t* A, int m0, long long n0,
-                                            long long k0, int warp, int g, int t) {
+__device__ __forceinline__ Feed make_feed(const Args& p, int m0, long long n0, int warp, int g) {
+    const int tid = threadIdx.x, kt = 32 * (tid & 3);
+    Feed F;
+    const long long wrow = n0 + (tid >> 2);
+    F.w = p.B + ((wrow * p.K + kt) >> 1);
+    const int xrow = m0 + (tid & 31) / 4;
+    F.x = reinterpret_cast<const uint8_t*>(p.A) + 2 * ((long long)xrow * p.K + kt + 8 * warp);
+    const long long srow = n0 + slot_row(warp, 0, g);
+    F.f = srow * p.K + kt;
+    F.wok = F.xok = F.sok = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) F.wok |= (unsigned)(wrow + 32 * i < p.N) << i;
+#pragma unroll
+    for (int j = 0; j < TM; ++j) F.xok |= (unsigned)(xrow + 8 * j < p.M) << j;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) F.sok |= (unsigned)(srow + row_off(q) < p.N) << q;
+    // kept in registers: otherwise the compiler recomputes them from the kernel arguments for every chunk
+    asm volatile("" : "+l"(F.w), "+l"(F.x), "+l"(F.f), "+r"(F.wok), "+r"(F.xok), "+r"(F.sok));
+    return F;
+}
+
+/* Issue the copies of chunk c into a stage: 4 x 16 bytes of weights (consecutive threads on consecutive 16 bytes
+ * of a row), TM x 16 bytes of activations, and this thread's scale ingredients (the float absmax -- nested: the
+ * float32 absmax of the group -- and, nested, the aligned 32-bit word holding the uint8 code). */
+template <int TM>
+__device__ __forceinline__ void stage_chunk(Stage<TM>& st, const Args& p, const Feed& F, int c) {
+    const int tid = threadIdx.x;
+    const long long k0 = (long long)c * kChunk;
+    const bool kv = k0 + 32 * (tid & 3) < p.K;
+    const long long rows32 = 16 * p.K;  // bytes of 32 packed weight rows, and of 8 activation rows
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const int piece = threadIdx.x + kThreads * i;
-        const long long row = n0 + (piece >> 2);
-        const long long k = k0 + 32 * (piece & 3);
-        const bool ok = row < p.N && k < p.K;
-        cp_async16(st.w + piece, p.B + (ok ? (row * p.K + k) >> 1 : 0), ok);
+        const bool ok = kv && ((F.wok >> i) & 1);
+        cp_async16(st.w + tid + kThreads * i, ok ? F.w + i * rows32 + (k0 >> 1) : p.B, ok);
     }
-    stage_x<TM>(st.x, A, m0, p.M, p.K, k0);
-    const long long k = k0 + 32 * t;
+#pragma unroll
+    for (int j = 0; j < TM; ++j) {
+        const bool ok = kv && ((F.xok >> j) & 1);
+        cp_async16(st.x + tid + kThreads * j, ok ? F.x + j * rows32 + 2 * k0 : p.B, ok);
+    }
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-        const long long row = n0 + slot_row(warp, q, g);
-        const bool ok = row < p.N && k < p.K;
-        const long long b = ok ? (row * p.K + k) >> p.bs_shift : 0;
+        const bool ok = kv && ((F.sok >> q) & 1);
+        const long long b = ok ? (F.f + row_off(q) * p.K + k0) >> p.bs_shift : 0;
         if (p.a8 != nullptr) {
-            cp_async4(&st.amax[q][threadIdx.x], p.absmax + (b >> 8), ok);
+            cp_async4(&st.amax[q][tid], p.absmax + (b >> 8), ok);
             // the aligned word holding byte b: never crosses a page, so never leaves mapped memory
             const uintptr_t word = (uintptr_t)(p.a8 + b) & ~(uintptr_t)3;
-            cp_async4(&st.q8w[q][threadIdx.x], reinterpret_cast<const void*>(word), ok);
+            cp_async4(&st.q8w[q][tid], reinterpret_cast<const void*>(word), ok);
         } else {
-            cp_async4(&st.amax[q][threadIdx.x], p.absmax + b, ok);
+            cp_async4(&st.amax[q][tid], p.absmax + b, ok);
         }
     }
 }
@@ -170,11 +198,9 @@ __device__ __forceinline__ void stage_chunk(Stage<TM>& st, const Args& p, const 
 constexpr int kLookupShared = 0, kLookupPerLane = 1, kLookupPair = 3;
 constexpr int kLookupNone = 9;  // diagnostic only, wrong values: the code's bits as a float, no table read
 
-struct Tables {
-    float one[16];
-    float per_lane[16][32];
-    float2 pair[256];
-};
+template <int LK> struct Tables { float one[16]; };  // each variant holds only its own table (shared memory)
+template <> struct Tables<kLookupPerLane> { float per_lane[16][32]; };
+template <> struct Tables<kLookupPair> { float2 pair[256]; };
 
 /* Byte offsets of the 8 codes of a word into a float table: hi4[b] = 4 * high nibble of byte b, lo4[b] = 4 * low
  * nibble (two shifts and masks per 8 codes; a byte then costs one PRMT to extract). */
@@ -187,17 +213,17 @@ __device__ __forceinline__ CodeOffsets code_offsets(uint32_t w) {
 __device__ __forceinline__ uint32_t byte_of(uint32_t v, int byte) { return __byte_perm(v, 0u, 0x4440u | byte); }
 
 template <int LK>
-__device__ __forceinline__ void lookup4(float* v, const CodeOffsets& c, int h, const Tables& T, int lane) {
+__device__ __forceinline__ void lookup4(float* v, const CodeOffsets& c, int h, const Tables<LK>& T, int lane) {
     const int b0 = 2 * h, b1 = 2 * h + 1;
-    if (LK == kLookupNone) {
+    if constexpr (LK == kLookupNone) {
         v[0] = __uint_as_float(0x3f800000u | (byte_of(c.hi4, b0) << 15));
         v[1] = __uint_as_float(0x3f800000u | (byte_of(c.lo4, b0) << 15));
         v[2] = __uint_as_float(0x3f800000u | (byte_of(c.hi4, b1) << 15));
         v[3] = __uint_as_float(0x3f800000u | (byte_of(c.lo4, b1) << 15));
-    } else if (LK == kLookupPair) {
+    } else if constexpr (LK == kLookupPair) {
         const float2 p0 = T.pair[byte_of(c.word, b0)], p1 = T.pair[byte_of(c.word, b1)];
         v[0] = p0.x; v[1] = p0.y; v[2] = p1.x; v[3] = p1.y;
-    } else if (LK == kLookupPerLane) {
+    } else if constexpr (LK == kLookupPerLane) {
         const char* base = reinterpret_cast<const char*>(&T.per_lane[0][lane]);  // + code * 128 bytes
         v[0] = *reinterpret_cast<const float*>(base + (byte_of(c.hi4, b0) << 5));
         v[1] = *reinterpret_cast<const float*>(base + (byte_of(c.lo4, b0) << 5));
@@ -217,7 +243,7 @@ __device__ __forceinline__ void lookup4(float* v, const CodeOffsets& c, int h, c
  * Each weight: float32 product with its block scale, rounded once to the dtype (rule 2). */
 template <int DT, int LK>
 __device__ __forceinline__ void dequant_a(uint32_t* a, const CodeOffsets& lo, const CodeOffsets& hi, int h, float s_lo,
-                                          float s_hi, const Tables& T, int lane) {
+                                          float s_hi, const Tables<LK>& T, int lane) {
     typedef Frag<DT> F;
     float l[4], u[4];
     lookup4<LK>(l, lo, h, T, lane);
@@ -242,7 +268,7 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
     constexpr int S = kStages;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     Stage<TM>* stage = reinterpret_cast<Stage<TM>*>(smem_raw);
-    __shared__ Tables tabs;
+    __shared__ Tables<LK> tabs;
     __shared__ float code2[256];
     __shared__ int is_last;
 
@@ -251,17 +277,19 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
     const int m0 = blockIdx.x * 8 * TM;
     const long long n0 = (long long)blockIdx.y * kRowsPerCta;
     const long long row0 = n0 + warp * kRowTiles * 16;
-    const long long chunks = (p.K + kChunk - 1) / kChunk;
-    const long long c_begin = (long long)blockIdx.z * p.chunks_per_split;
-    const long long c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
-    const uint8_t* A = reinterpret_cast<const uint8_t*>(p.A);
+    const int chunks = (int)((p.K + kChunk - 1) / kChunk);
+    const int c_begin = blockIdx.z * p.chunks_per_split;
+    const int c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
     const bool nested = p.a8 != nullptr;
+    const Feed feed = make_feed<TM>(p, m0, n0, warp, g);
 
-    if (LK == kLookupShared && tid < 16) tabs.one[tid] = p.table[tid];
-    if (LK == kLookupPerLane)
+    if constexpr (LK == kLookupShared) {
+        if (tid < 16) tabs.one[tid] = p.table[tid];
+    } else if constexpr (LK == kLookupPerLane) {
         for (int i = tid; i < 16 * 32; i += kThreads) tabs.per_lane[i >> 5][i & 31] = p.table[i >> 5];
-    if (LK == kLookupPair)
+    } else if constexpr (LK == kLookupPair) {
         for (int i = tid; i < 256; i += kThreads) tabs.pair[i] = make_float2(p.table[i >> 4], p.table[i & 15]);
+    }
     if (nested)
         for (int i = tid; i < 256; i += kThreads) code2[i] = p.code2[i];
     const float off = nested ? __ldg(p.off) : 0.0f;
@@ -277,34 +305,36 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
     // S-stage cp.async pipeline: S - 1 chunks in flight while one is computed (no registers hold data in flight)
 #pragma unroll
     for (int s = 0; s < S - 1; ++s) {
-        if (c_begin + s < c_end) stage_chunk<TM>(stage[s], p, A, m0, n0, (c_begin + s) * kChunk, warp, g, t);
+        if (c_begin + s < c_end) stage_chunk<TM>(stage[s], p, feed, c_begin + s);
         cp_async_commit();
     }
 
-    for (long long c = c_begin; c < c_end; ++c) {
-        const int cur = (int)((c - c_begin) % S);
+    int cur = 0, next = S - 1;  // the stage of chunk c, and the one refilled with chunk c + S - 1
+    for (int c = c_begin; c < c_end; ++c) {
         cp_async_wait<S - 2>();  // this thread's copies of chunk c have landed
         __syncthreads();         // everyone's; and everyone is done with chunk c - 1, whose stage is refilled now
-        if (c + S - 1 < c_end)
-            stage_chunk<TM>(stage[(cur + S - 1) % S], p, A, m0, n0, (c + S - 1) * kChunk, warp, g, t);
+        if (c + S - 1 < c_end) stage_chunk<TM>(stage[next], p, feed, c + S - 1);
         cp_async_commit();
 
         const Stage<TM>& st = stage[cur];
-        const long long k = c * kChunk + 32 * t;
+        const long long k0 = (long long)c * kChunk;
+        const bool kv = k0 + 32 * t < p.K;
         uint4 codes[4];
         float s[4];
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
             codes[q] = st.w[slot_row(warp, q, g) * 4 + t];
-            const long long row = row0 + 16 * (q >> 1) + 8 * (q & 1) + g;
             float v = st.amax[q][tid];
             if (nested) {  // rule 1
-                const long long b = (row * p.K + k) >> p.bs_shift;
+                const long long b = (feed.f + row_off(q) * p.K + k0) >> p.bs_shift;
                 const uint32_t code = (st.q8w[q][tid] >> (8 * (int)((uintptr_t)(p.a8 + b) & 3))) & 0xffu;
                 v = __fadd_rn(__fmul_rn(code2[code], v), off);
             }
-            s[q] = (row < p.N && k < p.K) ? v : 0.0f;  // outside the weight: every weight 0 (the codebook is finite)
+            // outside the weight: every weight 0 (the codebook is finite)
+            s[q] = (kv && ((feed.sok >> q) & 1)) ? v : 0.0f;
         }
+        cur = cur == S - 1 ? 0 : cur + 1;
+        next = next == S - 1 ? 0 : next + 1;
 
         const uint4* xr = st.x;
 #pragma unroll

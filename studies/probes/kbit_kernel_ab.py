@@ -1,7 +1,6 @@
-"""A/B of the k-bit CUDA quantizer's knobs (cuda_src/kbit.cu, ``kbit_kbit_tuning``): the thread-per-group kernel
-with and without its next-group prefetch, at several grid caps (CTAs per SM); the dequantizer and a device copy
-beside them. n = 2^28 bf16, blocksize 32, e4m4 (the k-bit defaults); kernel time by CUDA-graph replay. The
-production defaults are the first row.
+"""A/B of the k-bit CUDA quantizer's knob (cuda_src/kbit.cu, ``kbit_kbit_tuning``): the thread-per-group kernel at
+several grid caps (CTAs per SM); the dequantizer and a device copy beside them. n = 2^28 bf16, blocksize 32, e4m4
+(the k-bit defaults); kernel time by CUDA-graph replay. The production defaults are the first row.
 
 usage (GPU): python -m studies.probes.kbit_kernel_ab [--out DIR]"""
 from __future__ import annotations
@@ -15,7 +14,7 @@ import torch
 from workbench import bench, kbit
 from workbench.backends.cuda import kbit as C
 
-SETTINGS = [(1, 16), (0, 16), (1, 6), (1, 32), (1, 64), (0, 64)]   # (prefetch, CTAs per SM)
+SETTINGS = [16, 6, 32, 64]   # CTAs per SM
 
 
 def main(argv=None) -> int:
@@ -28,20 +27,20 @@ def main(argv=None) -> int:
     copy = bench.copy_bandwidth("cuda")
     ops, rows = torch.ops.workbench, []
     lib = C.lib()
-    lib.kbit_kbit_tuning.argtypes = [C._c.c_int, C._c.c_int]
+    lib.kbit_kbit_tuning.argtypes = [C._c.c_int]
     for k, layout in ((2, "bitplane"), (4, "bitplane"), (6, "bitplane"), (8, "bitplane")):
         cb = kbit.kbit_codebook_tensor(None, k).to("cuda")
         packed, st = kbit.quantize_kbit(A, k=k, layout=layout)
         nbytes = 2 * n + bench.tensor_bytes(packed, st.scales)
         q = lambda: ops.quantize_kbit(A, cb, k, 32, layout, "e4m4", "exact", "cuda")
-        for pf, per_sm in SETTINGS:
-            lib.kbit_kbit_tuning(pf, per_sm)
+        for per_sm in SETTINGS:
+            lib.kbit_kbit_tuning(per_sm)
             ms = bench.graph_replay_ms(q)
-            rows.append(dict(op="quantize", k=k, layout=layout, prefetch=pf, per_sm=per_sm, ms=ms,
+            rows.append(dict(op="quantize", k=k, layout=layout, per_sm=per_sm, ms=ms,
                              pct_copy=100 * nbytes / (ms * 1e-3) / (copy * 1e9)))
-            print(f"quantize K={k} {layout:8s} prefetch={pf} per_sm={per_sm:3d}  {ms:.4f} ms "
+            print(f"quantize K={k} {layout:8s} per_sm={per_sm:3d}  {ms:.4f} ms "
                   f"{rows[-1]['pct_copy']:.1f} % of copy", flush=True)
-        lib.kbit_kbit_tuning(1, 16)
+        lib.kbit_kbit_tuning(16)
         words, scales = packed.reshape(-1).contiguous(), st.scales.contiguous()
         table = st.codebook.to(torch.float32).contiguous()
         d = lambda: ops.dequantize_kbit(words, scales, st.tensor_scale, table, k, 32, n, layout, "e4m4",
