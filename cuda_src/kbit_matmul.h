@@ -59,6 +59,10 @@ int kbit_matmul_ieee_build(void);
 /* A/B knob: the GEMV's rows per warp, 0 = the default (4 / M), 1/2/4 forced (results do not change). */
 void kbit_gemv_tuning(int rows_per_warp);
 
+/* A/B knob: the tensor-core GEMM's m16 row tiles per warp, 0 = the default, 1/2 forced (results do not change;
+ * query kbit_gemm_4bit_mma_tile again after a change: block_n follows). */
+void kbit_gemm_tuning(int row_tiles);
+
 #ifdef __cplusplus
 }
 #endif

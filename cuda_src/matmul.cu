@@ -450,7 +450,7 @@ extern "C" cudaError_t kbit_gemm_4bit_mma(const void* A, int dtype, int M, long 
 extern "C" int kbit_gemm_4bit_mma_tile(int M, int lookup, int* block_m, int* block_n, int* ctas_per_sm) {
     if (M < 1) return (int)cudaErrorInvalidValue;
     *block_m = 8 * mma4::tile_m(M);
-    *block_n = mma4::kRowsPerCta;
+    *block_n = mma4::rows_per_cta(mma4::row_tiles(mma4::tile_m(M)));
     mma4::Args p{};
     p.M = M;
     p.lookup = lookup;
@@ -458,6 +458,8 @@ extern "C" int kbit_gemm_4bit_mma_tile(int M, int lookup, int* block_m, int* blo
 }
 
 extern "C" void kbit_gemv_tuning(int rows_per_warp) { g_gemv_rw = rows_per_warp; }
+
+extern "C" void kbit_gemm_tuning(int row_tiles) { mma4::g_row_tiles = row_tiles; }
 
 extern "C" int kbit_matmul_ieee_build(void) {
 #if defined(__FAST_MATH__) || defined(__USE_FAST_MATH__)

@@ -30,8 +30,8 @@
 namespace mma4 {
 
 constexpr int kWarps = 4;                        // warps per CTA, stacked along N
-constexpr int kRowTiles = 2;                     // m16 weight tiles per warp
-constexpr int kRowsPerCta = kWarps * kRowTiles * 16;
+// RT (template): m16 weight tiles per warp, 1 or 2; a CTA covers kWarps * RT * 16 weight rows
+__host__ __device__ constexpr int rows_per_cta(int RT) { return kWarps * RT * 16; }
 constexpr int kChunk = 128;                      // k per pipeline step; a thread reads 32 codes of each row
 constexpr int kThreads = kWarps * 32;
 static_assert(kWarps == 4, "the activation pieces (make_feed): warp w stages the k offset 8 w of each lane's 32");
@@ -100,11 +100,11 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
  * 16-byte reads of 8 rows x 4 threads are 512 contiguous bytes), the activation tile in fragment order, and each
  * thread's own scale ingredients for its 4 rows (the float absmax -- nested: the float32 absmax of the group --
  * and, nested, the aligned 32-bit word holding the uint8 code). */
-template <int TM> struct Stage {
-    uint4 w[kRowsPerCta * 4];
+template <int TM, int RT> struct Stage {
+    uint4 w[rows_per_cta(RT) * 4];
     uint4 x[TM * 128];
-    float amax[4][kThreads];
-    uint32_t q8w[4][kThreads];
+    float amax[2 * RT][kThreads];
+    uint32_t q8w[2 * RT][kThreads];
 };
 
 __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
@@ -128,12 +128,13 @@ struct Feed {
 };
 
 /* The row (within the CTA) of weight slot q of thread (warp, g): tile q/2, row g or g+8. */
+template <int RT>
 __device__ __forceinline__ int slot_row(int warp, int q, int g) {
-    return warp * kRowTiles * 16 + 16 * (q >> 1) + 8 * (q & 1) + g;
+    return warp * RT * 16 + 16 * (q >> 1) + 8 * (q & 1) + g;
 }
 __device__ __forceinline__ constexpr int row_off(int q) { return 16 * (q >> 1) + 8 * (q & 1); }
 
-template <int TM>
+template <int TM, int RT>
 __device__ __forceinline__ Feed make_feed(const Args& p, int m0, long long n0, int warp, int g) {
     const int tid = threadIdx.x, kt = 32 * (tid & 3);
     Feed F;
@@ -141,15 +142,15 @@ __device__ __forceinline__ Feed make_feed(const Args& p, int m0, long long n0, i
     F.w = p.B + ((wrow * p.K + kt) >> 1);
     const int xrow = m0 + (tid & 31) / 4;
     F.x = reinterpret_cast<const uint8_t*>(p.A) + 2 * ((long long)xrow * p.K + kt + 8 * warp);
-    const long long srow = n0 + slot_row(warp, 0, g);
+    const long long srow = n0 + slot_row<RT>(warp, 0, g);
     F.f = srow * p.K + kt;
     F.wok = F.xok = F.sok = 0;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) F.wok |= (unsigned)(wrow + 32 * i < p.N) << i;
+    for (int i = 0; i < 2 * RT; ++i) F.wok |= (unsigned)(wrow + 32 * i < p.N) << i;
 #pragma unroll
     for (int j = 0; j < TM; ++j) F.xok |= (unsigned)(xrow + 8 * j < p.M) << j;
 #pragma unroll
-    for (int q = 0; q < 4; ++q) F.sok |= (unsigned)(srow + row_off(q) < p.N) << q;
+    for (int q = 0; q < 2 * RT; ++q) F.sok |= (unsigned)(srow + row_off(q) < p.N) << q;
     // kept in registers: otherwise the compiler recomputes them from the kernel arguments for every chunk
     asm volatile("" : "+l"(F.w), "+l"(F.x), "+l"(F.f), "+r"(F.wok), "+r"(F.xok), "+r"(F.sok));
     return F;
@@ -158,14 +159,14 @@ __device__ __forceinline__ Feed make_feed(const Args& p, int m0, long long n0, i
 /* Issue the copies of chunk c into a stage: 4 x 16 bytes of weights (consecutive threads on consecutive 16 bytes
  * of a row), TM x 16 bytes of activations, and this thread's scale ingredients (the float absmax -- nested: the
  * float32 absmax of the group -- and, nested, the aligned 32-bit word holding the uint8 code). */
-template <int TM>
-__device__ __forceinline__ void stage_chunk(Stage<TM>& st, const Args& p, const Feed& F, int c) {
+template <int TM, int RT>
+__device__ __forceinline__ void stage_chunk(Stage<TM, RT>& st, const Args& p, const Feed& F, int c) {
     const int tid = threadIdx.x;
     const long long k0 = (long long)c * kChunk;
     const bool kv = k0 + 32 * (tid & 3) < p.K;
     const long long rows32 = 16 * p.K;  // bytes of 32 packed weight rows, and of 8 activation rows
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < 2 * RT; ++i) {
         const bool ok = kv && ((F.wok >> i) & 1);
         cp_async16(st.w + tid + kThreads * i, ok ? F.w + i * rows32 + (k0 >> 1) : p.B, ok);
     }
@@ -175,7 +176,7 @@ __device__ __forceinline__ void stage_chunk(Stage<TM>& st, const Args& p, const 
         cp_async16(st.x + tid + kThreads * j, ok ? F.x + j * rows32 + 2 * k0 : p.B, ok);
     }
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
+    for (int q = 0; q < 2 * RT; ++q) {
         const bool ok = kv && ((F.sok >> q) & 1);
         const long long b = ok ? (F.f + row_off(q) * p.K + k0) >> p.bs_shift : 0;
         if (p.a8 != nullptr) {
@@ -259,15 +260,15 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int w) {
 }
 
 constexpr int kStages = 3;  // two chunks in flight per CTA
-template <int TM> constexpr size_t smem_bytes() { return sizeof(Stage<TM>) * kStages; }
+template <int TM, int RT> constexpr size_t smem_bytes() { return sizeof(Stage<TM, RT>) * kStages; }
 
-template <int DT, int TM, int MINB, int LK>
+template <int DT, int TM, int RT, int MINB, int LK>
 __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Args p) {
     typedef Frag<DT> F;
     typedef typename F::t T;
     constexpr int S = kStages;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    Stage<TM>* stage = reinterpret_cast<Stage<TM>*>(smem_raw);
+    Stage<TM, RT>* stage = reinterpret_cast<Stage<TM, RT>*>(smem_raw);
     __shared__ Tables<LK> tabs;
     __shared__ float code2[256];
     __shared__ int is_last;
@@ -275,13 +276,13 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int m0 = blockIdx.x * 8 * TM;
-    const long long n0 = (long long)blockIdx.y * kRowsPerCta;
-    const long long row0 = n0 + warp * kRowTiles * 16;
+    const long long n0 = (long long)blockIdx.y * rows_per_cta(RT);
+    const long long row0 = n0 + warp * RT * 16;
     const int chunks = (int)((p.K + kChunk - 1) / kChunk);
     const int c_begin = blockIdx.z * p.chunks_per_split;
     const int c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
     const bool nested = p.a8 != nullptr;
-    const Feed feed = make_feed<TM>(p, m0, n0, warp, g);
+    const Feed feed = make_feed<TM, RT>(p, m0, n0, warp, g);
 
     if constexpr (LK == kLookupShared) {
         if (tid < 16) tabs.one[tid] = p.table[tid];
@@ -294,9 +295,9 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
         for (int i = tid; i < 256; i += kThreads) code2[i] = p.code2[i];
     const float off = nested ? __ldg(p.off) : 0.0f;
 
-    float acc[kRowTiles][TM][4];
+    float acc[RT][TM][4];
 #pragma unroll
-    for (int r = 0; r < kRowTiles; ++r)
+    for (int r = 0; r < RT; ++r)
 #pragma unroll
         for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -305,7 +306,7 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
     // S-stage cp.async pipeline: S - 1 chunks in flight while one is computed (no registers hold data in flight)
 #pragma unroll
     for (int s = 0; s < S - 1; ++s) {
-        if (c_begin + s < c_end) stage_chunk<TM>(stage[s], p, feed, c_begin + s);
+        if (c_begin + s < c_end) stage_chunk<TM, RT>(stage[s], p, feed, c_begin + s);
         cp_async_commit();
     }
 
@@ -313,17 +314,17 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
     for (int c = c_begin; c < c_end; ++c) {
         cp_async_wait<S - 2>();  // this thread's copies of chunk c have landed
         __syncthreads();         // everyone's; and everyone is done with chunk c - 1, whose stage is refilled now
-        if (c + S - 1 < c_end) stage_chunk<TM>(stage[next], p, feed, c + S - 1);
+        if (c + S - 1 < c_end) stage_chunk<TM, RT>(stage[next], p, feed, c + S - 1);
         cp_async_commit();
 
-        const Stage<TM>& st = stage[cur];
+        const Stage<TM, RT>& st = stage[cur];
         const long long k0 = (long long)c * kChunk;
         const bool kv = k0 + 32 * t < p.K;
-        uint4 codes[4];
-        float s[4];
+        uint4 codes[2 * RT];
+        float s[2 * RT];
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            codes[q] = st.w[slot_row(warp, q, g) * 4 + t];
+        for (int q = 0; q < 2 * RT; ++q) {
+            codes[q] = st.w[slot_row<RT>(warp, q, g) * 4 + t];
             float v = st.amax[q][tid];
             if (nested) {  // rule 1
                 const long long b = (feed.f + row_off(q) * p.K + k0) >> p.bs_shift;
@@ -342,16 +343,16 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
             uint4 xb[TM];
 #pragma unroll
             for (int i = 0; i < TM; ++i) xb[i] = xr[(i * 4 + jp) * 32 + lane];
-            CodeOffsets lo[kRowTiles], hi[kRowTiles];
+            CodeOffsets lo[RT], hi[RT];
 #pragma unroll
-            for (int r = 0; r < kRowTiles; ++r) {
+            for (int r = 0; r < RT; ++r) {
                 lo[r] = code_offsets(word_of(codes[2 * r], jp));
                 hi[r] = code_offsets(word_of(codes[2 * r + 1], jp));
             }
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
 #pragma unroll
-                for (int r = 0; r < kRowTiles; ++r) {
+                for (int r = 0; r < RT; ++r) {
                     uint32_t a[4];
                     dequant_a<DT, LK>(a, lo[r], hi[r], h, s[2 * r], s[2 * r + 1], tabs, lane);
 #pragma unroll
@@ -367,7 +368,7 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
     if (gridDim.z > 1) {
         float* part = p.partial + blockIdx.z * MN;
 #pragma unroll
-        for (int r = 0; r < kRowTiles; ++r)
+        for (int r = 0; r < RT; ++r)
 #pragma unroll
             for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -391,7 +392,7 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
     const T* bias = reinterpret_cast<const T*>(p.bias);
     T* out = reinterpret_cast<T*>(p.out);
 #pragma unroll
-    for (int r = 0; r < kRowTiles; ++r)
+    for (int r = 0; r < RT; ++r)
 #pragma unroll
         for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -413,13 +414,22 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
 /* activation rows per CTA (8 * TM) for M rows: the smallest tile that holds them, at most 64 */
 inline int tile_m(int M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; }
 
-/* fewer accumulators at small TM leave room for more resident CTAs (latency hiding for the weight stream) */
-template <int TM> struct MinBlocks { static constexpr int v = TM <= 2 ? 4 : TM == 4 ? 3 : 2; };
+/* Resident CTAs per SM the register budget is set for: fewer accumulators (small TM, one row tile) leave room for
+ * more of them, and the kernel is latency-bound (few warps per scheduler), so they are worth their registers. The
+ * shared memory of the three stages bounds the same count (RT = 1: 30 / 42 / 66 KB for TM = 2 / 4 / 8). */
+template <int TM, int RT> struct MinBlocks {
+    static constexpr int v = RT == 1 ? (TM <= 2 ? 6 : TM == 4 ? 4 : 3) : (TM <= 2 ? 4 : TM == 4 ? 3 : 2);
+};
 
-template <int DT, int TM, int LK>
+/* Row tiles per warp: the measured default (reports/matmul-h200/gemm_row_tiles_ab_h200.md) unless the A/B knob
+ * kbit_gemm_tuning forces one. */
+inline int g_row_tiles = 0;
+inline int row_tiles(int TM) { return g_row_tiles == 1 || g_row_tiles == 2 ? g_row_tiles : 2; }
+
+template <int DT, int TM, int RT, int LK>
 cudaError_t launch_lk(const Args& p, int splits, cudaStream_t stream, int* ctas_per_sm) {
-    auto kern = gemm_4bit_mma_kernel<DT, TM, MinBlocks<TM>::v, LK>;
-    constexpr size_t smem = smem_bytes<TM>();
+    auto kern = gemm_4bit_mma_kernel<DT, TM, RT, MinBlocks<TM, RT>::v, LK>;
+    constexpr size_t smem = smem_bytes<TM, RT>();
     static bool smem_set[64] = {};  // per device: the opt-in above 48 KB of dynamic shared memory
     int dev = 0;
     cudaGetDevice(&dev);
@@ -429,20 +439,26 @@ cudaError_t launch_lk(const Args& p, int splits, cudaStream_t stream, int* ctas_
         smem_set[dev] = true;
     }
     if (ctas_per_sm != nullptr) return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, kern, kThreads, smem);
-    const dim3 grid((unsigned)((p.M + 8 * TM - 1) / (8 * TM)), (unsigned)((p.N + kRowsPerCta - 1) / kRowsPerCta),
-                    (unsigned)splits);
+    const dim3 grid((unsigned)((p.M + 8 * TM - 1) / (8 * TM)),
+                    (unsigned)((p.N + rows_per_cta(RT) - 1) / rows_per_cta(RT)), (unsigned)splits);
     kern<<<grid, kThreads, smem, stream>>>(p);
     return cudaGetLastError();
 }
 
+template <int DT, int TM, int RT>
+cudaError_t launch_rt(const Args& p, int splits, cudaStream_t stream, int* ctas_per_sm) {
+    switch (p.lookup) {
+        case kLookupPerLane: return launch_lk<DT, TM, RT, kLookupPerLane>(p, splits, stream, ctas_per_sm);
+        case kLookupPair: return launch_lk<DT, TM, RT, kLookupPair>(p, splits, stream, ctas_per_sm);
+        case kLookupNone: return launch_lk<DT, TM, RT, kLookupNone>(p, splits, stream, ctas_per_sm);
+        default: return launch_lk<DT, TM, RT, kLookupShared>(p, splits, stream, ctas_per_sm);
+    }
+}
+
 template <int DT, int TM>
 cudaError_t launch_tm(const Args& p, int splits, cudaStream_t stream, int* ctas_per_sm) {
-    switch (p.lookup) {
-        case kLookupPerLane: return launch_lk<DT, TM, kLookupPerLane>(p, splits, stream, ctas_per_sm);
-        case kLookupPair: return launch_lk<DT, TM, kLookupPair>(p, splits, stream, ctas_per_sm);
-        case kLookupNone: return launch_lk<DT, TM, kLookupNone>(p, splits, stream, ctas_per_sm);
-        default: return launch_lk<DT, TM, kLookupShared>(p, splits, stream, ctas_per_sm);
-    }
+    return row_tiles(TM) == 1 ? launch_rt<DT, TM, 1>(p, splits, stream, ctas_per_sm)
+                              : launch_rt<DT, TM, 2>(p, splits, stream, ctas_per_sm);
 }
 
 template <int DT>

@@ -18,7 +18,7 @@ API = {
              "kbit_int8_vectorwise_dequant", "kbit_int8_linear_matmul", "kbit_int8_mm_dequant",
              "kbit_int8_scaled_mm"),
     "matmul": ("kbit_gemv_4bit", "kbit_gemm_4bit_mma", "kbit_gemm_4bit_mma_tile", "kbit_matmul_ieee_build",
-               "kbit_gemv_tuning"),
+               "kbit_gemv_tuning", "kbit_gemm_tuning"),
     "kbit": ("kbit_kbit_quantize", "kbit_kbit_dequantize", "kbit_kbit_tuning"),
     "kbit_affine": ("kbit_affine_range", "kbit_affine_mse", "kbit_affine_codes", "kbit_affine_dequantize"),
 }
