@@ -59,9 +59,11 @@ int kbit_matmul_ieee_build(void);
 /* A/B knob: the GEMV's rows per warp, 0 = the default (4 / M), 1/2/4 forced (results do not change). */
 void kbit_gemv_tuning(int rows_per_warp);
 
-/* A/B knob: the tensor-core GEMM's m16 row tiles per warp, 0 = the default, 1/2 forced (results do not change;
- * query kbit_gemm_4bit_mma_tile again after a change: block_n follows). */
-void kbit_gemm_tuning(int row_tiles);
+/* A/B knobs of the tensor-core GEMM (results do not change for a given split plan; query kbit_gemm_4bit_mma_tile
+ * again after a change: block_n and the resident CTAs follow): m16 row tiles per warp (0 = the default, 1 or 2
+ * forced), and whether each thread reads its weights and scales into registers (1) or the CTA stages them in
+ * shared memory (0; -1 = the default). */
+void kbit_gemm_tuning(int row_tiles, int weights_in_registers);
 
 #ifdef __cplusplus
 }

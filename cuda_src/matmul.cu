@@ -459,7 +459,10 @@ extern "C" int kbit_gemm_4bit_mma_tile(int M, int lookup, int* block_m, int* blo
 
 extern "C" void kbit_gemv_tuning(int rows_per_warp) { g_gemv_rw = rows_per_warp; }
 
-extern "C" void kbit_gemm_tuning(int row_tiles) { mma4::g_row_tiles = row_tiles; }
+extern "C" void kbit_gemm_tuning(int row_tiles, int weights_in_registers) {
+    mma4::g_row_tiles = row_tiles;
+    mma4::g_weights_in_registers = weights_in_registers;
+}
 
 extern "C" int kbit_matmul_ieee_build(void) {
 #if defined(__FAST_MATH__) || defined(__USE_FAST_MATH__)

@@ -96,15 +96,15 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-/* One pipeline stage in shared memory: the CTA's 128 weight rows x 64 packed bytes (row-major, so a warp's
- * 16-byte reads of 8 rows x 4 threads are 512 contiguous bytes), the activation tile in fragment order, and each
- * thread's own scale ingredients for its 4 rows (the float absmax -- nested: the float32 absmax of the group --
- * and, nested, the aligned 32-bit word holding the uint8 code). */
-template <int TM, int RT> struct Stage {
-    uint4 w[rows_per_cta(RT) * 4];
+/* One pipeline stage in shared memory: the activation tile in fragment order; unless WR (weights in registers),
+ * also the CTA's weight rows x 64 packed bytes (row-major, so a warp's 16-byte reads of 8 rows x 4 threads are 512
+ * contiguous bytes) and each thread's own scale ingredients for its rows (the float absmax -- nested: the float32
+ * absmax of the group -- and, nested, the aligned 32-bit word holding the uint8 code). */
+template <int TM, int RT, bool WR> struct Stage {
     uint4 x[TM * 128];
-    float amax[2 * RT][kThreads];
-    uint32_t q8w[2 * RT][kThreads];
+    uint4 w[WR ? 1 : rows_per_cta(RT) * 4];
+    float amax[WR ? 1 : 2 * RT][kThreads];
+    uint32_t q8w[WR ? 1 : 2 * RT][kThreads];
 };
 
 __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
@@ -159,21 +159,22 @@ __device__ __forceinline__ Feed make_feed(const Args& p, int m0, long long n0, i
 /* Issue the copies of chunk c into a stage: 4 x 16 bytes of weights (consecutive threads on consecutive 16 bytes
  * of a row), TM x 16 bytes of activations, and this thread's scale ingredients (the float absmax -- nested: the
  * float32 absmax of the group -- and, nested, the aligned 32-bit word holding the uint8 code). */
-template <int TM, int RT>
-__device__ __forceinline__ void stage_chunk(Stage<TM, RT>& st, const Args& p, const Feed& F, int c) {
+template <int TM, int RT, bool WR>
+__device__ __forceinline__ void stage_chunk(Stage<TM, RT, WR>& st, const Args& p, const Feed& F, int c) {
     const int tid = threadIdx.x;
     const long long k0 = (long long)c * kChunk;
     const bool kv = k0 + 32 * (tid & 3) < p.K;
     const long long rows32 = 16 * p.K;  // bytes of 32 packed weight rows, and of 8 activation rows
 #pragma unroll
-    for (int i = 0; i < 2 * RT; ++i) {
-        const bool ok = kv && ((F.wok >> i) & 1);
-        cp_async16(st.w + tid + kThreads * i, ok ? F.w + i * rows32 + (k0 >> 1) : p.B, ok);
-    }
-#pragma unroll
     for (int j = 0; j < TM; ++j) {
         const bool ok = kv && ((F.xok >> j) & 1);
         cp_async16(st.x + tid + kThreads * j, ok ? F.x + j * rows32 + 2 * k0 : p.B, ok);
+    }
+    if constexpr (WR) return;
+#pragma unroll
+    for (int i = 0; i < 2 * RT; ++i) {
+        const bool ok = kv && ((F.wok >> i) & 1);
+        cp_async16(st.w + tid + kThreads * i, ok ? F.w + i * rows32 + (k0 >> 1) : p.B, ok);
     }
 #pragma unroll
     for (int q = 0; q < 2 * RT; ++q) {
@@ -187,6 +188,35 @@ __device__ __forceinline__ void stage_chunk(Stage<TM, RT>& st, const Args& p, co
         } else {
             cp_async4(&st.amax[q][tid], p.absmax + b, ok);
         }
+    }
+}
+
+/* WR: this thread's own codes and scale ingredients of chunk c, read straight into registers one chunk ahead (the
+ * k permutation gives a thread one 16-byte load per weight row and chunk; staging them in shared memory cost more
+ * L1 wavefronts than the tensor cores' work: reports/matmul-h200/gemm_tiling_ab_h200.md). */
+template <int RT> struct RegChunk {
+    uint4 w[2 * RT];
+    float amax[2 * RT];
+    uint32_t q8[2 * RT];
+};
+__device__ __forceinline__ uint4 ld_stream16(const uint8_t* p) {  // read once: no L1 allocation
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+template <int RT>
+__device__ __forceinline__ void load_chunk(RegChunk<RT>& r, const Args& p, const Feed& F, int c) {
+    const long long k0 = (long long)c * kChunk;
+    const bool kv = k0 + 32 * (threadIdx.x & 3) < p.K;
+#pragma unroll
+    for (int q = 0; q < 2 * RT; ++q) {
+        const bool ok = kv && ((F.sok >> q) & 1);
+        const long long f = F.f + row_off(q) * p.K + k0;
+        const long long b = f >> p.bs_shift;
+        r.w[q] = ok ? ld_stream16(p.B + (f >> 1)) : make_uint4(0u, 0u, 0u, 0u);
+        r.amax[q] = ok ? __ldg(p.absmax + (p.a8 != nullptr ? b >> 8 : b)) : 0.0f;
+        r.q8[q] = ok && p.a8 != nullptr ? (uint32_t)__ldg(p.a8 + b) : 0u;
     }
 }
 
@@ -260,15 +290,15 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int w) {
 }
 
 constexpr int kStages = 3;  // two chunks in flight per CTA
-template <int TM, int RT> constexpr size_t smem_bytes() { return sizeof(Stage<TM, RT>) * kStages; }
+template <int TM, int RT, bool WR> constexpr size_t smem_bytes() { return sizeof(Stage<TM, RT, WR>) * kStages; }
 
-template <int DT, int TM, int RT, int MINB, int LK>
+template <int DT, int TM, int RT, bool WR, int MINB, int LK>
 __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Args p) {
     typedef Frag<DT> F;
     typedef typename F::t T;
     constexpr int S = kStages;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    Stage<TM, RT>* stage = reinterpret_cast<Stage<TM, RT>*>(smem_raw);
+    Stage<TM, RT, WR>* stage = reinterpret_cast<Stage<TM, RT, WR>*>(smem_raw);
     __shared__ Tables<LK> tabs;
     __shared__ float code2[256];
     __shared__ int is_last;
@@ -306,30 +336,44 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
     // S-stage cp.async pipeline: S - 1 chunks in flight while one is computed (no registers hold data in flight)
 #pragma unroll
     for (int s = 0; s < S - 1; ++s) {
-        if (c_begin + s < c_end) stage_chunk<TM, RT>(stage[s], p, feed, c_begin + s);
+        if (c_begin + s < c_end) stage_chunk<TM, RT, WR>(stage[s], p, feed, c_begin + s);
         cp_async_commit();
+    }
+    RegChunk<RT> rc, rn;  // WR: chunk c's codes and scale ingredients, and chunk c + 1's in flight
+    if constexpr (WR) {
+        if (c_begin < c_end) load_chunk<RT>(rc, p, feed, c_begin);
     }
 
     int cur = 0, next = S - 1;  // the stage of chunk c, and the one refilled with chunk c + S - 1
     for (int c = c_begin; c < c_end; ++c) {
         cp_async_wait<S - 2>();  // this thread's copies of chunk c have landed
         __syncthreads();         // everyone's; and everyone is done with chunk c - 1, whose stage is refilled now
-        if (c + S - 1 < c_end) stage_chunk<TM, RT>(stage[next], p, feed, c + S - 1);
+        if (c + S - 1 < c_end) stage_chunk<TM, RT, WR>(stage[next], p, feed, c + S - 1);
         cp_async_commit();
+        if constexpr (WR) {
+            if (c + 1 < c_end) load_chunk<RT>(rn, p, feed, c + 1);
+        }
 
-        const Stage<TM, RT>& st = stage[cur];
+        const Stage<TM, RT, WR>& st = stage[cur];
         const long long k0 = (long long)c * kChunk;
         const bool kv = k0 + 32 * t < p.K;
         uint4 codes[2 * RT];
         float s[2 * RT];
 #pragma unroll
         for (int q = 0; q < 2 * RT; ++q) {
-            codes[q] = st.w[slot_row<RT>(warp, q, g) * 4 + t];
-            float v = st.amax[q][tid];
-            if (nested) {  // rule 1
-                const long long b = (feed.f + row_off(q) * p.K + k0) >> p.bs_shift;
-                const uint32_t code = (st.q8w[q][tid] >> (8 * (int)((uintptr_t)(p.a8 + b) & 3))) & 0xffu;
-                v = __fadd_rn(__fmul_rn(code2[code], v), off);
+            float v;
+            if constexpr (WR) {
+                codes[q] = rc.w[q];
+                v = rc.amax[q];
+                if (nested) v = __fadd_rn(__fmul_rn(code2[rc.q8[q]], v), off);  // rule 1
+            } else {
+                codes[q] = st.w[slot_row<RT>(warp, q, g) * 4 + t];
+                v = st.amax[q][tid];
+                if (nested) {  // rule 1
+                    const long long b = (feed.f + row_off(q) * p.K + k0) >> p.bs_shift;
+                    const uint32_t code = (st.q8w[q][tid] >> (8 * (int)((uintptr_t)(p.a8 + b) & 3))) & 0xffu;
+                    v = __fadd_rn(__fmul_rn(code2[code], v), off);
+                }
             }
             // outside the weight: every weight 0 (the codebook is finite)
             s[q] = (kv && ((feed.sok >> q) & 1)) ? v : 0.0f;
@@ -361,6 +405,7 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
                 }
             }
         }
+        if constexpr (WR) rc = rn;
     }
 
     // C fragment: acc[r][i][e] is out[m = m0 + 8i + 2t + (e & 1)][n = row0 + 16r + g + 8 (e >> 1)]
@@ -417,19 +462,20 @@ inline int tile_m(int M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; }
 /* Resident CTAs per SM the register budget is set for: fewer accumulators (small TM, one row tile) leave room for
  * more of them, and the kernel is latency-bound (few warps per scheduler), so they are worth their registers. The
  * shared memory of the three stages bounds the same count (RT = 1: 30 / 42 / 66 KB for TM = 2 / 4 / 8). */
-template <int TM, int RT> struct MinBlocks {
-    static constexpr int v = RT == 1 ? (TM <= 2 ? 6 : TM == 4 ? 4 : 3) : (TM <= 2 ? 4 : TM == 4 ? 3 : 2);
+template <int TM, int RT, bool WR> struct MinBlocks {
+    static constexpr int v = RT == 1 ? (TM <= 2 ? 6 : TM == 4 ? 4 : 3) : (TM <= 2 ? (WR ? 3 : 4) : TM == 4 ? 3 : 2);
 };
 
-/* Row tiles per warp: the measured default (reports/matmul-h200/gemm_row_tiles_ab_h200.md) unless the A/B knob
- * kbit_gemm_tuning forces one. */
-inline int g_row_tiles = 0;
+/* Row tiles per warp and where the weights go (WR: registers, else shared memory): the measured defaults
+ * (reports/matmul-h200/gemm_tiling_ab_h200.md) unless the A/B knob kbit_gemm_tuning forces them. */
+inline int g_row_tiles = 0, g_weights_in_registers = -1;
 inline int row_tiles(int TM) { return g_row_tiles == 1 || g_row_tiles == 2 ? g_row_tiles : 2; }
+inline bool weights_in_registers(int TM) { return g_weights_in_registers >= 0 ? g_weights_in_registers != 0 : false; }
 
-template <int DT, int TM, int RT, int LK>
+template <int DT, int TM, int RT, bool WR, int LK>
 cudaError_t launch_lk(const Args& p, int splits, cudaStream_t stream, int* ctas_per_sm) {
-    auto kern = gemm_4bit_mma_kernel<DT, TM, RT, MinBlocks<TM, RT>::v, LK>;
-    constexpr size_t smem = smem_bytes<TM, RT>();
+    auto kern = gemm_4bit_mma_kernel<DT, TM, RT, WR, MinBlocks<TM, RT, WR>::v, LK>;
+    constexpr size_t smem = smem_bytes<TM, RT, WR>();
     static bool smem_set[64] = {};  // per device: the opt-in above 48 KB of dynamic shared memory
     int dev = 0;
     cudaGetDevice(&dev);
@@ -447,11 +493,13 @@ cudaError_t launch_lk(const Args& p, int splits, cudaStream_t stream, int* ctas_
 
 template <int DT, int TM, int RT>
 cudaError_t launch_rt(const Args& p, int splits, cudaStream_t stream, int* ctas_per_sm) {
-    switch (p.lookup) {
-        case kLookupPerLane: return launch_lk<DT, TM, RT, kLookupPerLane>(p, splits, stream, ctas_per_sm);
-        case kLookupPair: return launch_lk<DT, TM, RT, kLookupPair>(p, splits, stream, ctas_per_sm);
-        case kLookupNone: return launch_lk<DT, TM, RT, kLookupNone>(p, splits, stream, ctas_per_sm);
-        default: return launch_lk<DT, TM, RT, kLookupShared>(p, splits, stream, ctas_per_sm);
+    switch (p.lookup) {  // the other lookup variants are measured with the weights in shared memory only
+        case kLookupPerLane: return launch_lk<DT, TM, RT, false, kLookupPerLane>(p, splits, stream, ctas_per_sm);
+        case kLookupPair: return launch_lk<DT, TM, RT, false, kLookupPair>(p, splits, stream, ctas_per_sm);
+        case kLookupNone: return launch_lk<DT, TM, RT, false, kLookupNone>(p, splits, stream, ctas_per_sm);
+        default:
+            return weights_in_registers(TM) ? launch_lk<DT, TM, RT, true, kLookupShared>(p, splits, stream, ctas_per_sm)
+                                            : launch_lk<DT, TM, RT, false, kLookupShared>(p, splits, stream, ctas_per_sm);
     }
 }
 

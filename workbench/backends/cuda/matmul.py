@@ -31,9 +31,11 @@ MMA_MAX_M = 64
 # How the kernel reads the codebook (0: one shared table, 1: a copy per lane, 3: byte-indexed pairs): equal
 # results, different speed; KBIT_MMA_LOOKUP overrides the measured default.
 LOOKUP = int(os.environ.get("KBIT_MMA_LOOKUP", "0"))
-# m16 row tiles per warp of the GEMM (0: the kernel's measured default; 1 or 2 forced): equal results per split
-# plan, different speed; KBIT_GEMM_ROW_TILES overrides (studies/probes/gemm_row_tiles_ab.py measures both).
+# The GEMM's m16 row tiles per warp (0: the kernel's measured default; 1 or 2 forced) and weight path (-1: the
+# default; 1 registers, 0 shared memory): equal results per split plan, different speed; KBIT_GEMM_ROW_TILES and
+# KBIT_GEMM_WEIGHTS_IN_REGISTERS override (studies/probes/gemm_tiling_ab.py measures them).
 ROW_TILES = int(os.environ.get("KBIT_GEMM_ROW_TILES", "0"))
+WEIGHTS_IN_REGISTERS = int(os.environ.get("KBIT_GEMM_WEIGHTS_IN_REGISTERS", "-1"))
 _c = ctypes
 _P, _I, _L = _c.c_void_p, _c.c_int, _c.c_longlong
 _lib = None
@@ -52,9 +54,9 @@ def lib() -> ctypes.CDLL:
         L.kbit_gemm_4bit_mma.restype = _I
         L.kbit_gemm_4bit_mma_tile.argtypes = [_I, _I, _P, _P, _P]
         L.kbit_gemm_4bit_mma_tile.restype = _I
-        L.kbit_gemm_tuning.argtypes = [_I]
+        L.kbit_gemm_tuning.argtypes = [_I, _I]
         L.kbit_gemm_tuning.restype = None
-        L.kbit_gemm_tuning(ROW_TILES)
+        L.kbit_gemm_tuning(ROW_TILES, WEIGHTS_IN_REGISTERS)
         _lib = L
     return _lib
 
