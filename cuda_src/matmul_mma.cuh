@@ -12,11 +12,13 @@
  * 16-byte load of packed codes per row, one quantization block per row (blocksize >= 32, chunks 32-aligned in the
  * flat weight since K % 32 == 0), one scale per row and chunk.
  *
- * CTA: 4 warps stacked along N, each 2 m16 tiles (32 weight rows); the CTA covers 128 weight rows x 8*TM
- * activation rows. A 3-stage cp.async pipeline keeps two 128-wide chunks in flight (packed weights, activations
- * in fragment order, scale ingredients) -- no registers hold data in flight, and consecutive chunks of a row are
- * requested together. Weights are dequantized from shared memory into the mma fragment layout: code -> shared
- * table -> float32 product with the block scale -> rounded once to A's dtype (rule 2, bit for bit).
+ * CTA: 4 warps stacked along N, each RT m16 tiles (RT = 2 by default: 32 weight rows); the CTA covers 64 RT weight
+ * rows x 8*TM activation rows. Each thread reads its own packed codes (one 16-byte load per row and chunk) and
+ * scale ingredients straight into registers one chunk ahead (WR; staging them in shared memory by cp.async, the
+ * other variant, cost more L1 wavefronts than the rest of the kernel: 28 % slower at M = 16). The activations,
+ * shared by the CTA, go through a 3-stage cp.async pipeline in fragment order, two 128-wide chunks in flight.
+ * Weights are dequantized into the mma fragment layout: code -> shared table -> float32 product with the block
+ * scale -> rounded once to A's dtype (rule 2, bit for bit).
  * Split-K (grid.z): each split writes float32 partials; the CTA that finishes a tile last (an atomic counter per
  * tile, reset by that CTA) sums the partials in split order 0, 1, ... -- deterministic -- and adds the bias.
  */
@@ -466,11 +468,13 @@ template <int TM, int RT, bool WR> struct MinBlocks {
     static constexpr int v = RT == 1 ? (TM <= 2 ? 6 : TM == 4 ? 4 : 3) : (TM <= 2 ? (WR ? 3 : 4) : TM == 4 ? 3 : 2);
 };
 
-/* Row tiles per warp and where the weights go (WR: registers, else shared memory): the measured defaults
- * (reports/matmul-h200/gemm_tiling_ab_h200.md) unless the A/B knob kbit_gemm_tuning forces them. */
+/* Row tiles per warp and where the weights go (WR: registers, else shared memory), unless the A/B knob
+ * kbit_gemm_tuning forces them: 2 tiles, registers, the fastest or within the spread on every shape and M = 8..64
+ * measured but two (4096x4096 at M = 32 and 64, where one tile's split plan wins:
+ * reports/matmul-h200/gemm_tiling_ab_h200.md). */
 inline int g_row_tiles = 0, g_weights_in_registers = -1;
-inline int row_tiles(int TM) { return g_row_tiles == 1 || g_row_tiles == 2 ? g_row_tiles : 2; }
-inline bool weights_in_registers(int TM) { return g_weights_in_registers >= 0 ? g_weights_in_registers != 0 : false; }
+inline int row_tiles(int) { return g_row_tiles == 1 || g_row_tiles == 2 ? g_row_tiles : 2; }
+inline bool weights_in_registers(int) { return g_weights_in_registers >= 0 ? g_weights_in_registers != 0 : true; }
 
 template <int DT, int TM, int RT, bool WR, int LK>
 cudaError_t launch_lk(const Args& p, int splits, cudaStream_t stream, int* ctas_per_sm) {
