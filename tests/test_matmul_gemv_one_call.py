@@ -1,7 +1,7 @@
-"""The one-call GEMV path (workbench.matmul._gemv_one_call): matmul_4bit / gemm_4bit call a GEMV kernel directly,
-with a plan remembered on the QuantState (ops._remembered): on CPU the cython_cpu byte-plane kernel (bf16/fp16 A of at
-most 32 rows), on CUDA the fused GEMV (one row of fp16/bf16 A, up to four of float32: the rows the cuda backend's
-dispatch gives it).
+"""The one-call path (workbench.matmul._gemv_one_call): matmul_4bit / gemm_4bit call a kernel directly, with a plan
+remembered on the QuantState (ops._remembered): on CPU the cython_cpu byte-plane kernel (bf16/fp16 A of at most 32
+rows), on CUDA the fused GEMV (one row of fp16/bf16 A, up to four of float32) or the tensor-core GEMM (2..64 rows of
+fp16/bf16 A, K % 32 == 0): the rows the cuda backend's dispatch gives each.
 
 Held here, on both devices: it computes what the general path (custom op -> backend adapter, same kernel) computes,
 bit for bit, and the reference within its bound; a state changed in place is read at the next call; a replaced,
@@ -31,8 +31,9 @@ def device(request):
 
 
 def _case(rng, device, N, K, M, dtype, bs, **kw):
-    """test_matmul's case on ``device``, with as many rows as that device's GEMV takes (CUDA: one of fp16/bf16)."""
-    if device == "cuda" and dtype != torch.float32:
+    """test_matmul's case on ``device``, with rows that device's one-call kernels take (CUDA, fp16/bf16: the GEMM's
+    2..64 when K % 32 == 0, else the GEMV's one)."""
+    if device == "cuda" and dtype != torch.float32 and not (K % 32 == 0 and 2 <= M <= 64):
         M = 1
     A, P, qs, b = _cpu_case(rng, N, K, M, dtype, bs, **kw)
     if device == "cpu":

@@ -216,6 +216,7 @@ def test_mma_split_k_is_deterministic_and_within_bound(rng, monkeypatch, splits)
     _need_cuda()
     from workbench.backends.cuda import matmul as CM
     monkeypatch.setattr(CM, "plan_splits", lambda *a, **k: splits)
+    monkeypatch.setattr(CM, "_mma_plans", {})   # the one-call path's remembered plans
     _force_mma(monkeypatch)
     for M, (N, K, bs) in ((24, (300, 4128, 64)), (70, (1000, 8192, 128)), (5, (129, 160, 4096))):
         A, P, qs, b = _case(rng, N, K, M, torch.bfloat16, bs, True, True)
@@ -273,8 +274,9 @@ def test_linear4bit_forward_runs_the_fused_gemm(rng, monkeypatch):
     from workbench import nn as wnn
     from workbench.backends.cuda import matmul as CM
     calls = []
-    real = CM._gemm_mma
+    real, real_at = CM._gemm_mma, CM.gemm_mma_at   # the general path's adapter and the one-call path's
     monkeypatch.setattr(CM, "_gemm_mma", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(CM, "gemm_mma_at", lambda *a, **k: calls.append(1) or real_at(*a, **k))
     lin = torch.nn.Linear(512, 300).to(torch.bfloat16)
     q = wnn.Linear4bit.from_linear(lin).cuda()
     x = torch.randn(2, 10, 512, generator=rng).to(torch.bfloat16).cuda()

@@ -168,7 +168,7 @@ def _gemm(A, B, qs, bias, backend, N, K):
     return y if flat else y.view(*A.shape[:-1], N)
 
 
-# ------------------------------------------------------------------ the GEMV in one step
+# ------------------------------------------------------------------ the GEMV (and the CUDA GEMM) in one step
 # A GEMV's own time is microseconds to a few milliseconds, so the general path's host work shows: its validation,
 # backend resolution, custom-op dispatch and argument conversions cost ~0.05 ms before the kernel starts on a GPU
 # (reports/matmul-h200) and added 0.1-0.5 ms to a 1-3 ms CPU GEMV, whose every torch call costs tens of microseconds
@@ -272,7 +272,8 @@ def _gemv_one_call(A, B, qs, bias, backend):
     raises). Taken only for plain eager calls (``ops._eager``: nothing that must see the custom op, such as a compile
     trace, a mode or the profiler; no autograd), a state the plan accepts, B and bias that match it, and A that the
     backend 'auto' (or the one named) would send to the same kernel: on CPU bf16/fp16 A of at most 32 rows to the
-    cython_cpu byte-plane kernel, on CUDA the rows its dispatch gives the fused GEMV (one, for fp16/bf16 A)."""
+    cython_cpu byte-plane kernel, on CUDA the rows its dispatch gives the fused GEMV (one, for fp16/bf16 A) or the
+    tensor-core GEMM (2..64 rows of fp16/bf16 A, K % 32 == 0, A and B 16-byte aligned)."""
     if not _eager(A) or type(qs) is not QuantState or A.dim() < 1 or not A.is_contiguous():
         return None
     cpu = A.is_cpu
@@ -318,10 +319,16 @@ def _gemv_one_call(A, B, qs, bias, backend):
     if resolve(backend, "gemm_4bit", "cuda", _DTYPE_NAMES[A.dtype]) != "cuda":
         return None
     from .backends.cuda import matmul as cuda_matmul
-    if not cuda_matmul.takes_gemv(A.dtype, rows, K) or torch.cuda.current_device() != dev:
+    if torch.cuda.current_device() != dev:
+        return None
+    if cuda_matmul.takes_gemv(A.dtype, rows, K):
+        at = cuda_matmul.gemv_4bit_at
+    elif cuda_matmul.takes_mma(A.dtype, rows, K) and A.data_ptr() % 16 == 0 and B.data_ptr() % 16 == 0:
+        at = cuda_matmul.gemm_mma_at   # the tensor-core GEMM reads A and B in 16-byte vectors
+    else:
         return None
     out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=A.device)
-    cuda_matmul.gemv_4bit_at(A, rows, N, K, B, args, b, out, dev)
+    at(A, rows, N, K, B, args, b, out, dev)
     return out
 
 

@@ -28,7 +28,7 @@ VARIANTS = ((2, 0), (2, 1), (1, 0), (1, 1))  # (row tiles, weights in registers)
 
 def _set(L, rt: int, wr: int) -> None:
     L.kbit_gemm_tuning(rt, wr)
-    CM._tiles.clear()  # block_n and the resident CTAs follow the knobs
+    CM.forget_plans()  # block_n, the resident CTAs and so the split plans follow the knobs
 
 
 def main(argv=None) -> int:
@@ -53,6 +53,7 @@ def main(argv=None) -> int:
                     CM.plan_splits = lambda *a, **k: 1
                     one_split[rt, wr] = matmul_4bit(A, P, qs, backend="cuda")
                     CM.plan_splits = real_plan
+                    CM.forget_plans()
                     bm, bn, occ = CM.mma_tile(M, A.device)
                     splits = real_plan(M, N, K, bm, bn, occ * CM._sm_count(A.device))
                     ms = bench.graph_replay_ms(lambda: matmul_4bit(A, P, qs, backend="cuda"), calls=20)

@@ -22,7 +22,7 @@ PARITY = (((300, 4128, 64), (1, 5, 16, 33)), ((37, 96, 32), (9, 64)), ((1000, 81
 
 def _use(CM, variant: int) -> None:
     CM.LOOKUP = variant
-    CM._tiles.clear()
+    CM.forget_plans()
 
 
 def _forced(CM, A, P, qs, bias=None):

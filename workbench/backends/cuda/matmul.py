@@ -61,13 +61,14 @@ def lib() -> ctypes.CDLL:
     return _lib
 
 
-def _takes_mma(dtype: torch.dtype, M: int, K: int) -> bool:
+def takes_mma(dtype: torch.dtype, M: int, K: int) -> bool:
+    """Whether gemm_4bit's dispatch below sends M rows of ``dtype`` to the tensor-core GEMM."""
     return dtype != torch.float32 and K % 32 == 0 and MMA_MIN_M <= M <= MMA_MAX_M
 
 
 def takes_gemv(dtype: torch.dtype, M: int, K: int) -> bool:
     """Whether gemm_4bit's dispatch below sends M rows of ``dtype`` to the fused GEMV."""
-    return 1 <= M <= GEMV_MAX_M and not _takes_mma(dtype, M, K)
+    return 1 <= M <= GEMV_MAX_M and not takes_mma(dtype, M, K)
 
 
 def gemv_4bit_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
@@ -97,7 +98,7 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     tab = _f32(table, dev)
     code2 = None if absmax_8bit is None else _f32(absmax_code, dev)
     off = None if absmax_8bit is None else _f32(absmax_offset.reshape(1), dev)
-    if _takes_mma(A.dtype, M, K):
+    if takes_mma(A.dtype, M, K):
         return _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias, dt)
     if M <= GEMV_MAX_M:
         out = torch.empty((M, N), dtype=A.dtype, device=dev)
@@ -186,6 +187,36 @@ def _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias,
                     ptr(code2), ptr(off), ptr(tab), blocksize, ptr(bias), ptr(out), ptr(part), ptr(ctr), splits,
                     LOOKUP), "kbit_gemm_4bit_mma")
     return out
+
+
+_mma_plans: dict = {}   # (M, N, K, device index) -> (splits, tiles): the one-call path's split plan
+
+
+def forget_plans() -> None:
+    """Drop the remembered tiles and split plans (after a lookup or tuning knob changes them)."""
+    _tiles.clear()
+    _mma_plans.clear()
+
+
+def gemm_mma_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
+    """kbit_gemm_4bit_mma with the state as raw pointers (workbench.matmul's one-call path, which has checked them
+    and that A and B are 16-byte aligned); arguments as :func:`gemv_4bit_at`. The split plan is remembered per
+    shape and device; the float32 partials of a split run are the one allocation besides ``out``."""
+    a2, a8, c2, off, tab, bs = state_args
+    plan = _mma_plans.get((M, N, K, device_index))
+    if plan is None:
+        bm, bn, occ = mma_tile(M, A.device)
+        plan = (plan_splits(M, N, K, bm, bn, occ * _sm_count(A.device)), -(-M // bm) * -(-N // bn))
+        _mma_plans[M, N, K, device_index] = plan
+    splits, tiles = plan
+    st = raw_stream(device_index)
+    part = ctr = None   # alive until the launch is queued (the allocator reuses freed memory in stream order)
+    if splits > 1:
+        part = torch.empty(splits * M * N, dtype=torch.float32, device=A.device)
+        ctr = _tile_counters(A.device, tiles, st)
+    check(lib().kbit_gemm_4bit_mma(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab, bs,
+                                   bias_ptr, out.data_ptr(), ptr(part), ptr(ctr), splits, LOOKUP, st),
+          "kbit_gemm_4bit_mma")
 
 
 def _dequant_cublas(A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset, tab, blocksize, bias):
