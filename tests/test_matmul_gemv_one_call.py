@@ -162,16 +162,20 @@ def test_mismatched_arguments_raise_naming_them(rng, device):
             matmul_4bit(A, P.cpu(), qs)
         with pytest.raises(QuantInputError, match="absmax: on cpu"):
             matmul_4bit(A, P, copy.deepcopy(qs).to("cpu"))   # QuantState.to moves in place
-    # taken elsewhere, same result: non-contiguous A, 33 rows, float32 A
+    # taken elsewhere, same result: non-contiguous A, more rows than the one-call kernels take, float32 A
     At = torch.randn(128, 2, generator=rng).to(torch.bfloat16).to(device).t()
     assert mm._gemv_one_call(At, P, qs, b, "auto") is None
     assert torch.equal(matmul_4bit(At, P, qs, bias=b), _general(At.contiguous(), P, qs, b))
-    A33 = torch.randn(33, 128, generator=rng).to(torch.bfloat16).to(device)
-    assert mm._gemv_one_call(A33, P, qs, b, "auto") is None
+    many = torch.randn(33 if device == "cpu" else 65, 128, generator=rng).to(torch.bfloat16).to(device)
+    assert mm._gemv_one_call(many, P, qs, b, "auto") is None
     if device == "cpu":
         assert mm._gemv_one_call(A.float(), P, qs, b.float(), "auto") is None
-    else:
-        assert mm._gemv_one_call(torch.cat([A, A]), P, qs, b, "auto") is None   # two rows: the tensor-core GEMM
+    else:   # 2..64 rows: the tensor-core GEMM in one call, as the general path computes it
+        A2 = torch.cat([A, A])
+        assert torch.equal(_fast(A2, P, qs, b), _general(A2, P, qs, b))
+        unaligned = torch.empty(2 * 128 + 8, dtype=A.dtype, device=device)[3:3 + 2 * 128].view(2, 128)
+        unaligned.copy_(A2)
+        assert mm._gemv_one_call(unaligned, P, qs, b, "auto") is None   # the GEMM reads A in 16-byte vectors
     assert mm._gemv_one_call(A, P, qs, b, "reference") is None
 
 
