@@ -15,7 +15,7 @@
  * CTA: 4 warps stacked along N, each RT m16 tiles (RT = 2 by default: 32 weight rows); the CTA covers 64 RT weight
  * rows x 8*TM activation rows. Each thread reads its own packed codes (one 16-byte load per row and chunk) and
  * scale ingredients straight into registers one chunk ahead (WR; staging them in shared memory by cp.async, the
- * other variant, cost more L1 wavefronts than the rest of the kernel: 28 % slower at M = 16). The activations,
+ * other variant, cost more L1 wavefronts than the rest of the kernel: 1.38x the time at M = 16). The activations,
  * shared by the CTA, go through a 3-stage cp.async pipeline in fragment order, two 128-wide chunks in flight.
  * Weights are dequantized into the mma fragment layout: code -> shared table -> float32 product with the block
  * scale -> rounded once to A's dtype (rule 2, bit for bit).
@@ -116,10 +116,10 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool val
 }
 
 /* Where this thread's copies come from, set once per CTA (chunk c adds c * kChunk along k):
- *   weight piece i = 0..3: row n0 + tid / 4 + 32 i, k = 32 (tid % 4), 16 bytes: w + i * 16 K bytes;
+ *   weight piece i < 2 RT (staged variant): row n0 + tid / 4 + 32 i, k = 32 (tid % 4), 16 bytes: w + i * 16 K bytes;
  *   activation piece j < TM: row m0 + 8 j + lane / 4, k = 32 (lane % 4) + 8 warp, 16 bytes in fragment order
  *   (stage slot tid + 128 j): x + j * 16 K bytes;
- *   scale slot q = 0..3 (this thread's rows, slot_row): flat weight index f + row_off(q) * K, k = 32 (tid % 4).
+ *   scale slot q < 2 RT (this thread's rows, slot_row): flat weight index f + row_off(q) * K, k = 32 (tid % 4).
  * So a chunk's addresses are a few adds: the bounds are masks of valid rows, and one k test per chunk (every
  * copy of a thread starts at k0 + 32 (tid % 4), and K % 32 == 0). Invalid copies read nothing and zero-fill. */
 struct Feed {
@@ -158,9 +158,9 @@ __device__ __forceinline__ Feed make_feed(const Args& p, int m0, long long n0, i
     return F;
 }
 
-/* Issue the copies of chunk c into a stage: 4 x 16 bytes of weights (consecutive threads on consecutive 16 bytes
- * of a row), TM x 16 bytes of activations, and this thread's scale ingredients (the float absmax -- nested: the
- * float32 absmax of the group -- and, nested, the aligned 32-bit word holding the uint8 code). */
+/* Issue the copies of chunk c into a stage: TM x 16 bytes of activations and, unless WR, 2 RT x 16 bytes of
+ * weights (consecutive threads on consecutive 16 bytes of a row) and this thread's scale ingredients (the float
+ * absmax -- nested: the float32 absmax of the group -- and, nested, the aligned 32-bit word holding the code). */
 template <int TM, int RT, bool WR>
 __device__ __forceinline__ void stage_chunk(Stage<TM, RT, WR>& st, const Args& p, const Feed& F, int c) {
     const int tid = threadIdx.x;
