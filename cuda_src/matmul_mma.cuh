@@ -172,23 +172,24 @@ __device__ __forceinline__ void stage_chunk(Stage<TM, RT, WR>& st, const Args& p
         const bool ok = kv && ((F.xok >> j) & 1);
         cp_async16(st.x + tid + kThreads * j, ok ? F.x + j * rows32 + 2 * k0 : p.B, ok);
     }
-    if constexpr (WR) return;
+    if constexpr (!WR) {
 #pragma unroll
-    for (int i = 0; i < 2 * RT; ++i) {
-        const bool ok = kv && ((F.wok >> i) & 1);
-        cp_async16(st.w + tid + kThreads * i, ok ? F.w + i * rows32 + (k0 >> 1) : p.B, ok);
-    }
+        for (int i = 0; i < 2 * RT; ++i) {
+            const bool ok = kv && ((F.wok >> i) & 1);
+            cp_async16(st.w + tid + kThreads * i, ok ? F.w + i * rows32 + (k0 >> 1) : p.B, ok);
+        }
 #pragma unroll
-    for (int q = 0; q < 2 * RT; ++q) {
-        const bool ok = kv && ((F.sok >> q) & 1);
-        const long long b = ok ? (F.f + row_off(q) * p.K + k0) >> p.bs_shift : 0;
-        if (p.a8 != nullptr) {
-            cp_async4(&st.amax[q][tid], p.absmax + (b >> 8), ok);
-            // the aligned word holding byte b: never crosses a page, so never leaves mapped memory
-            const uintptr_t word = (uintptr_t)(p.a8 + b) & ~(uintptr_t)3;
-            cp_async4(&st.q8w[q][tid], reinterpret_cast<const void*>(word), ok);
-        } else {
-            cp_async4(&st.amax[q][tid], p.absmax + b, ok);
+        for (int q = 0; q < 2 * RT; ++q) {
+            const bool ok = kv && ((F.sok >> q) & 1);
+            const long long b = ok ? (F.f + row_off(q) * p.K + k0) >> p.bs_shift : 0;
+            if (p.a8 != nullptr) {
+                cp_async4(&st.amax[q][tid], p.absmax + (b >> 8), ok);
+                // the aligned word holding byte b: never crosses a page, so never leaves mapped memory
+                const uintptr_t word = (uintptr_t)(p.a8 + b) & ~(uintptr_t)3;
+                cp_async4(&st.q8w[q][tid], reinterpret_cast<const void*>(word), ok);
+            } else {
+                cp_async4(&st.amax[q][tid], p.absmax + b, ok);
+            }
         }
     }
 }
