@@ -14,9 +14,10 @@
  *
  * CTA: 4 warps stacked along N, each RT m16 tiles (RT = 2 by default: 32 weight rows); the CTA covers 64 RT weight
  * rows x 8*TM activation rows. Each thread reads its own packed codes (one 16-byte load per row and chunk) and
- * scale ingredients straight into registers one chunk ahead (WR; staging them in shared memory by cp.async, the
- * other variant, cost more L1 wavefronts than the rest of the kernel: 1.38x the time at M = 16). The activations,
- * shared by the CTA, go through a 3-stage cp.async pipeline in fragment order, two 128-wide chunks in flight.
+ * scale ingredients straight into registers, one and two chunks ahead (WR; staging them in shared memory by
+ * cp.async, the other variant, cost more L1 wavefronts than the rest of the kernel: 1.38x the time at M = 16). The
+ * activations, shared by the CTA, go through a 3-stage cp.async pipeline in fragment order, two 128-wide chunks in
+ * flight.
  * Weights are dequantized into the mma fragment layout: code -> shared table -> float32 product with the block
  * scale -> rounded once to A's dtype (rule 2, bit for bit).
  * Split-K (grid.z): each split writes float32 partials; the CTA that finishes a tile last (an atomic counter per
@@ -194,13 +195,17 @@ __device__ __forceinline__ void stage_chunk(Stage<TM, RT, WR>& st, const Args& p
     }
 }
 
-/* WR: this thread's own codes and scale ingredients of chunk c, read straight into registers one chunk ahead (the
- * k permutation gives a thread one 16-byte load per weight row and chunk; staging them in shared memory cost more
- * L1 wavefronts than the tensor cores' work: reports/matmul-h200/gemm_tiling_ab_h200.md). */
-template <int RT> struct RegChunk {
-    uint4 w[2 * RT];
+/* WR: this thread's own codes and scale ingredients, read straight into registers (the k permutation gives a
+ * thread one 16-byte load per weight row and chunk; staging them in shared memory cost more L1 wavefronts than the
+ * tensor cores' work: reports/matmul-h200/gemm_tiling_ab_h200.md). Codes one chunk ahead; the scale ingredients
+ * two, since the nested code's table read waits on a scattered byte load (ncu_gemm_source_top_m16_0f0ddca.txt). */
+template <int RT> struct RegScales {
     float amax[2 * RT];
     uint32_t q8[2 * RT];
+};
+template <int RT> struct RegChunk {
+    uint4 w[2 * RT];
+    RegScales<RT> s;
 };
 __device__ __forceinline__ uint4 ld_stream16(const uint8_t* p) {  // read once: no L1 allocation
     uint4 v;
@@ -209,15 +214,23 @@ __device__ __forceinline__ uint4 ld_stream16(const uint8_t* p) {  // read once: 
     return v;
 }
 template <int RT>
-__device__ __forceinline__ void load_chunk(RegChunk<RT>& r, const Args& p, const Feed& F, int c) {
+__device__ __forceinline__ void load_codes(uint4* w, const Args& p, const Feed& F, int c) {
     const long long k0 = (long long)c * kChunk;
     const bool kv = k0 + 32 * (threadIdx.x & 3) < p.K;
 #pragma unroll
     for (int q = 0; q < 2 * RT; ++q) {
         const bool ok = kv && ((F.sok >> q) & 1);
-        const long long f = F.f + row_off(q) * p.K + k0;
-        const long long b = f >> p.bs_shift;
-        r.w[q] = ok ? ld_stream16(p.B + (f >> 1)) : make_uint4(0u, 0u, 0u, 0u);
+        w[q] = ok ? ld_stream16(p.B + ((F.f + row_off(q) * p.K + k0) >> 1)) : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+template <int RT>
+__device__ __forceinline__ void load_scales(RegScales<RT>& r, const Args& p, const Feed& F, int c) {
+    const long long k0 = (long long)c * kChunk;
+    const bool kv = k0 + 32 * (threadIdx.x & 3) < p.K;
+#pragma unroll
+    for (int q = 0; q < 2 * RT; ++q) {
+        const bool ok = kv && ((F.sok >> q) & 1);
+        const long long b = (F.f + row_off(q) * p.K + k0) >> p.bs_shift;
         r.amax[q] = ok ? __ldg(p.absmax + (p.a8 != nullptr ? b >> 8 : b)) : 0.0f;
         r.q8[q] = ok && p.a8 != nullptr ? (uint32_t)__ldg(p.a8 + b) : 0u;
     }
@@ -342,9 +355,14 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
         if (c_begin + s < c_end) stage_chunk<TM, RT, WR>(stage[s], p, feed, c_begin + s);
         cp_async_commit();
     }
-    RegChunk<RT> rc, rn;  // WR: chunk c's codes and scale ingredients, and chunk c + 1's in flight
+    RegChunk<RT> rc, rn;  // WR: chunk c's codes and scales; chunk c + 1's codes and scales in flight
+    RegScales<RT> s2;     // WR: chunk c + 2's scales in flight
     if constexpr (WR) {
-        if (c_begin < c_end) load_chunk<RT>(rc, p, feed, c_begin);
+        if (c_begin < c_end) {
+            load_codes<RT>(rc.w, p, feed, c_begin);
+            load_scales<RT>(rc.s, p, feed, c_begin);
+        }
+        if (c_begin + 1 < c_end) load_scales<RT>(rn.s, p, feed, c_begin + 1);
     }
 
     int cur = 0, next = S - 1;  // the stage of chunk c, and the one refilled with chunk c + S - 1
@@ -354,7 +372,8 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
         if (c + S - 1 < c_end) stage_chunk<TM, RT, WR>(stage[next], p, feed, c + S - 1);
         cp_async_commit();
         if constexpr (WR) {
-            if (c + 1 < c_end) load_chunk<RT>(rn, p, feed, c + 1);
+            if (c + 1 < c_end) load_codes<RT>(rn.w, p, feed, c + 1);
+            if (c + 2 < c_end) load_scales<RT>(s2, p, feed, c + 2);
         }
 
         const Stage<TM, RT, WR>& st = stage[cur];
@@ -367,8 +386,8 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
             float v;
             if constexpr (WR) {
                 codes[q] = rc.w[q];
-                v = rc.amax[q];
-                if (nested) v = __fadd_rn(__fmul_rn(code2[rc.q8[q]], v), off);  // rule 1
+                v = rc.s.amax[q];
+                if (nested) v = __fadd_rn(__fmul_rn(code2[rc.s.q8[q]], v), off);  // rule 1
             } else {
                 codes[q] = st.w[slot_row<RT>(warp, q, g) * 4 + t];
                 v = st.amax[q][tid];
@@ -408,7 +427,10 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
                 }
             }
         }
-        if constexpr (WR) rc = rn;
+        if constexpr (WR) {
+            rc = rn;
+            rn.s = s2;
+        }
     }
 
     // C fragment: acc[r][i][e] is out[m = m0 + 8i + 2t + (e & 1)][n = row0 + 16r + g + 8 (e >> 1)]
@@ -503,8 +525,8 @@ cudaError_t launch_rt(const Args& p, int splits, cudaStream_t stream, int* ctas_
         case kLookupPair: return launch_lk<DT, TM, RT, false, kLookupPair>(p, splits, stream, ctas_per_sm);
         case kLookupNone: return launch_lk<DT, TM, RT, false, kLookupNone>(p, splits, stream, ctas_per_sm);
         default:
-            return weights_in_registers(TM) ? launch_lk<DT, TM, RT, true, kLookupShared>(p, splits, stream, ctas_per_sm)
-                                            : launch_lk<DT, TM, RT, false, kLookupShared>(p, splits, stream, ctas_per_sm);
+            if (weights_in_registers(TM)) return launch_lk<DT, TM, RT, true, kLookupShared>(p, splits, stream, ctas_per_sm);
+            return launch_lk<DT, TM, RT, false, kLookupShared>(p, splits, stream, ctas_per_sm);
     }
 }
 
