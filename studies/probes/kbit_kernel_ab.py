@@ -1,8 +1,11 @@
 """A/B of the k-bit CUDA quantizer's knob (cuda_src/kbit.cu, ``kbit_kbit_tuning``): the thread-per-group kernel at
 several grid caps (CTAs per SM); the dequantizer and a device copy beside them. n = 2^28 bf16, blocksize 32, e4m4
-(the k-bit defaults); kernel time by CUDA-graph replay. The production defaults are the first row.
+(the k-bit defaults); kernel time by CUDA-graph replay. The production defaults are the first row. A library
+built another way (a compiler flag, a launch bound) is compared by running this once per build directory
+(``KBIT_CUDA_BUILD``, workbench/cuda_build.py).
 
-usage (GPU): python -m studies.probes.kbit_kernel_ab [--out DIR]"""
+usage (GPU): python -m studies.probes.kbit_kernel_ab [--ks 2,4,6,8] [--layouts bitplane] [--settings 16,6,32,64]
+             [--out DIR]"""
 from __future__ import annotations
 
 import argparse
@@ -21,19 +24,24 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None)
     ap.add_argument("--n-log2", type=int, default=28)
+    ap.add_argument("--ks", default="2,4,6,8", help="K values")
+    ap.add_argument("--layouts", default="bitplane", help="bitplane,dense")
+    ap.add_argument("--settings", default=",".join(map(str, SETTINGS)), help="grid caps, CTAs per SM")
     args = ap.parse_args(argv)
+    settings = [int(v) for v in args.settings.split(",")]
+    cases = [(int(k), lay) for lay in args.layouts.split(",") for k in args.ks.split(",")]
     n = 1 << args.n_log2
     A = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     copy = bench.copy_bandwidth("cuda")
     ops, rows = torch.ops.workbench, []
     lib = C.lib()
     lib.kbit_kbit_tuning.argtypes = [C._c.c_int]
-    for k, layout in ((2, "bitplane"), (4, "bitplane"), (6, "bitplane"), (8, "bitplane")):
+    for k, layout in cases:
         cb = kbit.kbit_codebook_tensor(None, k).to("cuda")
         packed, st = kbit.quantize_kbit(A, k=k, layout=layout)
         nbytes = 2 * n + bench.tensor_bytes(packed, st.scales)
         q = lambda: ops.quantize_kbit(A, cb, k, 32, layout, "e4m4", "exact", "cuda")
-        for per_sm in SETTINGS:
+        for per_sm in settings:
             lib.kbit_kbit_tuning(per_sm)
             ms = bench.graph_replay_ms(q)
             rows.append(dict(op="quantize", k=k, layout=layout, per_sm=per_sm, ms=ms,

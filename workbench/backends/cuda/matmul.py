@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from . import check, load, on, on_device, ptr, raw_stream, stream
+from . import check, load, on, on_device, ptr, raw_stream
 from ..registry import register_kernel
 
 from ...wire import DTYPE_CODE
@@ -48,7 +48,7 @@ def lib() -> ctypes.CDLL:
         L.kbit_gemv_4bit.argtypes = [_P, _I, _I, _L, _L, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P]
         L.kbit_gemv_4bit.restype = _I
         L.kbit_matmul_ieee_build.restype = _I
-        L.kbit_gemv_tuning.argtypes = [_I]           # A/B knob (studies/probes/gemv_rows_ab.py)
+        L.kbit_gemv_tuning.argtypes = [_I, _I]       # A/B knobs (studies/probes/gemv_tuning_ab.py)
         L.kbit_gemv_tuning.restype = None
         L.kbit_gemm_4bit_mma.argtypes = [_P, _I, _I, _L, _L, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I, _P]
         L.kbit_gemm_4bit_mma.restype = _I
@@ -99,7 +99,7 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     code2 = None if absmax_8bit is None else _f32(absmax_code, dev)
     off = None if absmax_8bit is None else _f32(absmax_offset.reshape(1), dev)
     if takes_mma(A.dtype, M, K):
-        return _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias, dt)
+        return _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias)
     if M <= GEMV_MAX_M:
         out = torch.empty((M, N), dtype=A.dtype, device=dev)
         check(on_device(dev.index, lib().kbit_gemv_4bit, ptr(A), dt, M, N, K, ptr(B), ptr(absmax), ptr(absmax_8bit),
@@ -172,20 +172,15 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     return t if t.data_ptr() % 16 == 0 else t.clone()  # the kernel's 16-byte vector loads
 
 
-def _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias, dt):
+def _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias):
+    """The general path's launch of the tensor-core GEMM: the one-call path's (:func:`gemm_mma_at`), on A's
+    device, after copying an input that is not 16-byte aligned."""
     M, dev = A.shape[0], A.device
     A, B = _aligned(A), _aligned(B)
-    bm, bn, occ = mma_tile(M, dev)
-    splits = plan_splits(M, N, K, bm, bn, occ * _sm_count(dev))
     out = torch.empty((M, N), dtype=A.dtype, device=dev)
-    st = stream(dev)
-    part = ctr = None
-    if splits > 1:
-        part = torch.empty(splits * M * N, dtype=torch.float32, device=dev)
-        ctr = _tile_counters(dev, -(-M // bm) * -(-N // bn), st)
-    check(on_device(dev.index, lib().kbit_gemm_4bit_mma, ptr(A), dt, M, N, K, ptr(B), ptr(absmax), ptr(absmax_8bit),
-                    ptr(code2), ptr(off), ptr(tab), blocksize, ptr(bias), ptr(out), ptr(part), ptr(ctr), splits,
-                    LOOKUP), "kbit_gemm_4bit_mma")
+    with on(dev):
+        gemm_mma_at(A, M, N, K, B, (ptr(absmax), ptr(absmax_8bit), ptr(code2), ptr(off), ptr(tab), blocksize),
+                    ptr(bias), out, dev.index)
     return out
 
 
