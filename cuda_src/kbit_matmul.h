@@ -56,9 +56,8 @@ int kbit_gemm_4bit_mma_tile(int M, int lookup, int* block_m, int* block_n, int* 
 /* 1 when the library was built with IEEE float flags (-fmad=false): the numerics above hold. */
 int kbit_matmul_ieee_build(void);
 
-/* A/B knobs of the GEMV (results do not change): rows per warp, 0 = the default (4 / M), 1/2/4 forced; the weight
- * lookup of the one-row 16-bit path, 0 = the default, 1 shared table, 2 table and byte permutes, 3 byte permutes. */
-void kbit_gemv_tuning(int rows_per_warp, int lookup);
+/* A/B knob: the GEMV's rows per warp, 0 = the default (4 / M), 1/2/4 forced (results do not change). */
+void kbit_gemv_tuning(int rows_per_warp);
 
 /* A/B knobs of the tensor-core GEMM (results do not change for a given split plan; query kbit_gemm_4bit_mma_tile
  * again after a change: block_n and the resident CTAs follow): m16 row tiles per warp (0 = the default, 1 or 2

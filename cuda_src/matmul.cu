@@ -132,64 +132,16 @@ constexpr int kTabBytes = 16 * kThreads * 4;
 
 template <bool B> struct Tail { static constexpr bool v = B; };
 
-/* A word's 8 codes through byte permutes of the chunk's decoded weights held in registers (LK >= 1): the 16
- * 16-bit weights dtype(table[c] * s) as two byte planes, lo[k] / hi[k] = low / high bytes of weights 4k .. 4k + 3.
- * PRMT reads the low 3 bits of a selector nibble (bit 3 would replicate the byte's sign: the codes are masked),
- * so weights 0..7 and 8..15 are looked up apart and then picked per byte by bit 3 of the code: 6 permutes for 4
- * codes, 2 more to pair the planes' bytes into 16-bit weights. No shared-memory load: this moves the per-weight
- * work from the L1/shared pipe (the bound of the table lookup, reports/matmul-h200) to the integer pipe. */
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
-    uint32_t d;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-    return d;
-}
-template <int DT> __device__ __forceinline__ uint32_t pack2(float a, float b);  // a in the low half, rounded once
-template <> __device__ __forceinline__ uint32_t pack2<KBIT_BF16>(float a, float b) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<const uint32_t*>(&h);
-}
-template <> __device__ __forceinline__ uint32_t pack2<KBIT_F16>(float a, float b) {
-    const __half2 h = __floats2half2_rn(a, b);
-    return *reinterpret_cast<const uint32_t*>(&h);
-}
-template <> __device__ __forceinline__ uint32_t pack2<KBIT_F32>(float a, float b) { return 0u; }  // never taken
-/* the 16-bit pair as float32 (low half, high half) */
-template <int DT> __device__ __forceinline__ void widen2(uint32_t p, float& lo, float& hi) {
-    if (DT == KBIT_BF16) {
-        lo = __uint_as_float(p << 16);
-        hi = __uint_as_float(p & 0xffff0000u);
-    } else {
-        const __half2 h = *reinterpret_cast<const __half2*>(&p);
-        lo = __low2float(h);
-        hi = __high2float(h);
-    }
-}
-/* weights of elements 4h .. 4h + 3 of a word (h = 0, 1) from the planes: w[e] for e = 0..3 */
-template <int DT>
-__device__ __forceinline__ void permute_lookup4(const uint32_t* lo, const uint32_t* hi, uint32_t q7, uint32_t sel,
-                                                float* w) {
-    // byte n of l / u: the weight of element 4h + (n ^ 1) (nibble n of the half-word; the high nibble comes first)
-    const uint32_t l = prmt(prmt(lo[0], lo[1], q7), prmt(lo[2], lo[3], q7), sel);
-    const uint32_t u = prmt(prmt(hi[0], hi[1], q7), prmt(hi[2], hi[3], q7), sel);
-    widen2<DT>(prmt(l, u, 0x5140u), w[1], w[0]);
-    widen2<DT>(prmt(l, u, 0x7362u), w[3], w[2]);
-}
-
-/* LK, the weight lookup: 0 a shared-memory table per lane (one load per weight), 2 byte permutes of registers
- * (above), 1 both: elements 0..3 of each 8-code word from the table, 4..7 by permutes, which splits the per-weight
- * work between the L1/shared pipe and the integer pipe. float32 activations take 0 only. The bits are the same. */
-template <int DT, int M, int RW, int CH, bool SA, int LK>
+template <int DT, int M, int RW, int CH, bool SA>
 __global__ void __launch_bounds__(kThreads, 2)
 gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long long K, const uint8_t* __restrict__ B,
                  const float* __restrict__ absmax, const uint8_t* __restrict__ a8, const float* __restrict__ code2_g,
                  const float* __restrict__ off_p, const float* __restrict__ table_g, int bs_shift,
                  const typename Ty<DT>::t* __restrict__ bias, typename Ty<DT>::t* __restrict__ out) {
     typedef Ty<DT> D;
-    static_assert(LK == 0 || DT != KBIT_F32, "float32 activations take the shared table");
     constexpr int NW = CH / 32;               // 16-byte weight loads per chunk and row
     constexpr int U = CH / D::per16;          // 16-byte activation units per chunk and row
-    constexpr int TAB = LK == 2 ? 0 : RW * kTabBytes;  // bytes of the shared table (none when all by permutes)
-    // dynamic shared memory: the decoded weights (TAB bytes), then the staged activations (M x K) when SA;
+    // dynamic shared memory: the decoded weights (RW * kTabBytes), then the staged activations (M x K) when SA;
     // always addressed from the array itself, so the shared base stays a uniform register folded into each access
     extern __shared__ uint4 smem[];
     __shared__ float code2[256];
@@ -202,7 +154,7 @@ gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long lon
     if (SA)
         for (int m = 0; m < M; ++m)
             for (uint32_t u = tid; u < ku; u += kThreads)
-                smem[TAB / 16 + m * ku + (u ^ swz<U>(u))] = __ldg(gA + m * ku + u);
+                smem[RW * kTabBytes / 16 + m * ku + (u ^ swz<U>(u))] = __ldg(gA + m * ku + u);
     __syncthreads();
     const float off = (a8 != nullptr) ? __ldg(off_p) : 0.0f;
     const long long n0 = ((long long)blockIdx.x * kWarps + (tid >> 5)) * RW;  // this warp's first row
@@ -237,7 +189,6 @@ gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long lon
     uint4 w[RW][NW];
     float am[RW];
     uint32_t q[RW];
-    uint32_t plo[RW][4], phi[RW][4];  // LK >= 1: the chunk's weights as byte planes (permute_lookup4)
     auto fetch_scales = [&](long long c) {
         c = c < chunks ? c : chunks - 1;
 #pragma unroll
@@ -266,24 +217,12 @@ gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long lon
             // rule 1, then rule 2 for the 16 codes into this lane's entries (zeros past the last chunk)
             float s = (a8 == nullptr) ? am[r] : __fadd_rn(__fmul_rn(code2[q[r]], am[r]), off);
             if (decltype(tail)::v && !valid) s = 0.0f;
-            uint32_t pr[8];  // weights 2j, 2j + 1 as one 16-bit pair (LK >= 1)
 #pragma unroll
             for (int j = 0; j < 16; j += 2) {
-                const float a = __fmul_rn(tv[j], s), b = __fmul_rn(tv[j + 1], s);
-                if (LK != 2) {
-                    float lo, hi;
-                    D::rnd2(a, b, lo, hi);
-                    *reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + mycol + r * kTabBytes + 256 * j) = lo;
-                    *reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + mycol + r * kTabBytes + 256 * (j + 1)) = hi;
-                }
-                if (LK != 0) pr[j / 2] = pack2<DT>(a, b);
-            }
-            if (LK != 0) {
-#pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    plo[r][k] = prmt(pr[2 * k], pr[2 * k + 1], 0x6420u);
-                    phi[r][k] = prmt(pr[2 * k], pr[2 * k + 1], 0x7531u);
-                }
+                float lo, hi;
+                D::rnd2(__fmul_rn(tv[j], s), __fmul_rn(tv[j + 1], s), lo, hi);
+                *reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + mycol + r * kTabBytes + 256 * j) = lo;
+                *reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + mycol + r * kTabBytes + 256 * (j + 1)) = hi;
             }
         }
         fetch_scales(c0 + 32);  // unconditional (clamped): a branch here let the compiler sink the loads
@@ -293,7 +232,7 @@ gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long lon
 #pragma unroll
         for (int m = 0; m < M; ++m) {
             const uint32_t u0 = (uint32_t)c * U;
-            ax[m] = TAB + 16u * (m * ku + u0 + swz<U>(u0));
+            ax[m] = RW * kTabBytes + 16u * (m * ku + u0 + swz<U>(u0));
             ag[m] = gA + (long long)m * ku + (long long)c * U;
         }
 #pragma unroll
@@ -314,31 +253,20 @@ gemv_4bit_kernel(const typename Ty<DT>::t* __restrict__ A, long long N, long lon
             for (int r = 0; r < RW; ++r) {
                 const uint4 wv = w[r][v8 / 4];
                 const uint32_t word = (v8 & 3) == 0 ? wv.x : (v8 & 3) == 1 ? wv.y : (v8 & 3) == 2 ? wv.z : wv.w;
-                float wt[8];  // the word's 8 weights, element order
-                if (LK != 2) {
-                    // byte j of hi / lo: the code of element 2j / 2j + 1 (high / low nibble of packed byte j)
-                    const uint32_t hi = ((word >> 4) & 0x0f0f0f0fu) | tgrp;
-                    const uint32_t lo = (word & 0x0f0f0f0fu) | tgrp;
-                    const char* tab = reinterpret_cast<const char*>(smem) + r * kTabBytes;
+                // byte j of hi / lo: the code of element 2j / 2j + 1 (high / low nibble of packed byte j)
+                const uint32_t hi = ((word >> 4) & 0x0f0f0f0fu) | tgrp;
+                const uint32_t lo = (word & 0x0f0f0f0fu) | tgrp;
+                const char* tab = reinterpret_cast<const char*>(smem) + r * kTabBytes;
 #pragma unroll
-                    for (int j = 0; j < (LK == 0 ? 4 : 2); ++j) {
-                        wt[2 * j] = *reinterpret_cast<const float*>(tab + __byte_perm(hi, tcol, 0x7604u | (j << 4)));
-                        wt[2 * j + 1] = *reinterpret_cast<const float*>(tab + __byte_perm(lo, tcol, 0x7604u | (j << 4)));
-                    }
-                }
-                if (LK != 0) {
-                    const uint32_t q7 = word & 0x77777777u;                               // codes less bit 3
-                    const uint32_t sel = ((word >> 1) & 0x44444444u) | 0x32103210u;      // byte n, +4 if code >= 8
-                    if (LK == 2) permute_lookup4<DT>(plo[r], phi[r], q7, sel, wt);
-                    permute_lookup4<DT>(plo[r], phi[r], q7 >> 16, sel >> 16, wt + 4);
-                }
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
+                for (int j = 0; j < 4; ++j) {
+                    const float we = *reinterpret_cast<const float*>(tab + __byte_perm(hi, tcol, 0x7604u | (j << 4)));
+                    const float wo = *reinterpret_cast<const float*>(tab + __byte_perm(lo, tcol, 0x7604u | (j << 4)));
 #pragma unroll
                     for (int m = 0; m < M; ++m) {
-                        acc[r][m][0] = __fmaf_rn(wt[2 * j], av[m][2 * j], acc[r][m][0]);
-                        acc[r][m][1] = __fmaf_rn(wt[2 * j + 1], av[m][2 * j + 1], acc[r][m][1]);
+                        acc[r][m][0] = __fmaf_rn(we, av[m][2 * j], acc[r][m][0]);
+                        acc[r][m][1] = __fmaf_rn(wo, av[m][2 * j + 1], acc[r][m][1]);
                     }
+                }
             }
             if ((v8 & 3) == 3) fetch_weights(c0 + 32, v8 / 4);
         }
@@ -406,18 +334,12 @@ static int rows_per_warp(int M) {
     return rw * M <= 4 ? rw : 4 / M;
 }
 
-/* The weight lookup (LK of gemv_4bit_kernel) of the one-row 16-bit GEMV with 64-element chunks, the path every
- * bf16/fp16 M = 1 call on aligned data with blocksize >= 64 takes; anything else keeps the shared table.
- * g_gemv_lookup (kbit_gemv_tuning's second knob): 0 this rule, 1/2/3 forced to LK 0/1/2. */
-int g_gemv_lookup = 0;
-static int lookup_kind() { return (g_gemv_lookup >= 1 && g_gemv_lookup <= 3) ? g_gemv_lookup - 1 : 0; }
-
-template <int DT, int M, int RW, int CH, bool SA, int LK>
-cudaError_t launch_lk(const void* A, long long N, long long K, const unsigned char* B, const float* absmax,
+template <int DT, int M, int RW, int CH, bool SA>
+cudaError_t launch_sa(const void* A, long long N, long long K, const unsigned char* B, const float* absmax,
                       const unsigned char* a8, const float* code2, const float* off, const float* table, int bs_shift,
                       const void* bias, void* out, cudaStream_t stream) {
     typedef typename Ty<DT>::t T;
-    auto kern = gemv_4bit_kernel<DT, M, RW, CH, SA, LK>;
+    auto kern = gemv_4bit_kernel<DT, M, RW, CH, SA>;
     static bool smem_set[64] = {};  // per device: the opt-in above 48 KB of dynamic shared memory
     int dev = 0;
     cudaGetDevice(&dev);
@@ -426,25 +348,11 @@ cudaError_t launch_lk(const void* A, long long N, long long K, const unsigned ch
         if (e != cudaSuccess) return e;
         smem_set[dev] = true;
     }
-    const size_t smem = (size_t)(LK == 2 ? 0 : RW * kTabBytes) + (SA ? (size_t)M * K * sizeof(T) : 0);
+    const size_t smem = (size_t)RW * kTabBytes + (SA ? (size_t)M * K * sizeof(T) : 0);
     const dim3 grid((unsigned)((N + kWarps * RW - 1) / (kWarps * RW))), block(kThreads);
     kern<<<grid, block, smem, stream>>>((const T*)A, N, K, B, absmax, a8, code2, off, table, bs_shift, (const T*)bias,
                                         (T*)out);
     return cudaGetLastError();
-}
-
-template <int DT, int M, int RW, int CH, bool SA>
-cudaError_t launch_sa(const void* A, long long N, long long K, const unsigned char* B, const float* absmax,
-                      const unsigned char* a8, const float* code2, const float* off, const float* table, int bs_shift,
-                      const void* bias, void* out, cudaStream_t stream) {
-    if (DT != KBIT_F32 && M == 1 && CH == 64) {
-        switch (lookup_kind()) {
-            case 1: return launch_lk<DT, M, RW, CH, SA, (DT == KBIT_F32 ? 0 : 1)>(A, N, K, B, absmax, a8, code2, off, table, bs_shift, bias, out, stream);
-            case 2: return launch_lk<DT, M, RW, CH, SA, (DT == KBIT_F32 ? 0 : 2)>(A, N, K, B, absmax, a8, code2, off, table, bs_shift, bias, out, stream);
-            default: break;
-        }
-    }
-    return launch_lk<DT, M, RW, CH, SA, 0>(A, N, K, B, absmax, a8, code2, off, table, bs_shift, bias, out, stream);
 }
 
 /* activations staged in shared memory when M x K fits kStageMax */
@@ -549,10 +457,7 @@ extern "C" int kbit_gemm_4bit_mma_tile(int M, int lookup, int* block_m, int* blo
     return (int)mma4::launch_dt<KBIT_BF16>(p, 1, 0, ctas_per_sm);
 }
 
-extern "C" void kbit_gemv_tuning(int rows_per_warp, int lookup) {
-    g_gemv_rw = rows_per_warp;
-    g_gemv_lookup = lookup;
-}
+extern "C" void kbit_gemv_tuning(int rows_per_warp) { g_gemv_rw = rows_per_warp; }
 
 extern "C" void kbit_gemm_tuning(int row_tiles, int weights_in_registers) {
     mma4::g_row_tiles = row_tiles;

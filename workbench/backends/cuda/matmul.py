@@ -48,7 +48,7 @@ def lib() -> ctypes.CDLL:
         L.kbit_gemv_4bit.argtypes = [_P, _I, _I, _L, _L, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P]
         L.kbit_gemv_4bit.restype = _I
         L.kbit_matmul_ieee_build.restype = _I
-        L.kbit_gemv_tuning.argtypes = [_I, _I]       # A/B knobs (studies/probes/gemv_tuning_ab.py)
+        L.kbit_gemv_tuning.argtypes = [_I]           # A/B knob (studies/probes/gemv_rows_ab.py)
         L.kbit_gemv_tuning.restype = None
         L.kbit_gemm_4bit_mma.argtypes = [_P, _I, _I, _L, _L, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I, _P]
         L.kbit_gemm_4bit_mma.restype = _I
