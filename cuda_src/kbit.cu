@@ -293,8 +293,8 @@ template <int K, int LAYOUT> struct KkPack {
             else a[o] |= (code * (0x00204081u << e)) & (0x01010101u << e);
         } else {                                  // stream bits [J*K, J*K + K): word and shift known at compile time
             const int p = j * K, wi = p >> 5, sh = p & 31;
-            a[wi] |= code << sh;
-            if (sh + K > 32) a[wi + 1] |= code >> (32 - sh);
+            a[wi] += code << sh;                  // an add (the bits are free): one shift-add, where an OR took two
+            if (sh + K > 32) a[wi + 1] += code >> (32 - sh);
         }
     }
     // after the last add
@@ -488,8 +488,10 @@ KK void kk_load32(const void* x, int kind, long long base, long long n, bool vec
 // DEF: the defaults of quantize_kbit on bf16 input (blocksize 32, e4m4, codes against the exact scale, aligned):
 // with them compile-time constants the per-group switches on format, input kind and blocksize fold away (about
 // 2.6 executed instructions an element of control, tuning/ncu_source_k4_d8f0869.txt).
+// Three CTAs per SM (80 registers): without the bound one instance took 98 and two CTAs; four CTAs (64 registers,
+// spills) measured no faster at K <= 4 and 9-16 % slower at K = 7, 8 (reports/kbit-h200/tuning/launch_bounds_ab/).
 template <int K, int LAYOUT, bool DEF>
-__global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
+__global__ void __launch_bounds__(256, 3) kk_quantize_lane_kernel(
         const void* x, int kind_arg, long long n, int bs_arg, bool vec_arg, const float* cb, KkPlan P, int fmt_arg,
         int codes_decoded_arg, const uint32_t* gmax, void* scales, float* ts_out, uint32_t* out, long long nw,
         int* nonfinite) {
@@ -503,18 +505,22 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
     const float ts = kk_tensor_scale(fmt, gmax);
     if (fmt == 5 && blockIdx.x == 0 && threadIdx.x == 0) ts_out[0] = ts;
     const long long groups = (n + 31) / 32, step = (long long)gridDim.x * blockDim.x;
+    const long long whole = n >> 5, stored = nw / K;   // groups of 32 elements; groups whose K words all fit
     bool bad = false;
     // 16-bit input: the next group's four 16-byte loads are issued before this group's codes (one thread's loads
-    // would otherwise wait a full memory latency after each group)
+    // would otherwise wait a full memory latency after each group). Pointers advance by the grid's stride, so
+    // the loop carries no 64-bit index arithmetic beyond one add each.
     const bool pf = vec && kind != 0;
     uint4 nx[4];
     long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    bool have = pf && g * 32 + 32 <= n;
+    const uint4* xn = (const uint4*)x + g * 4;         // the next group's input (16-bit elements: 4 vectors)
+    uint32_t* o = out + g * K;                         // this group's words
+    bool have = pf && g < whole;
     if (have) {
 #pragma unroll
-        for (int j = 0; j < 4; j++) nx[j] = __ldcs((const uint4*)((const uint16_t*)x + g * 32) + j);
+        for (int j = 0; j < 4; j++) nx[j] = __ldcs(xn + j);
     }
-    for (; g < groups; g += step) {
+    for (; g < groups; g += step, o += step * K) {
         const long long base = g * 32;
         float v[32];
         uint32_t am[2] = {0u, 0u};
@@ -526,10 +532,11 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
 #pragma unroll
             for (int j = 0; j < 32; j++) am[j >> 4] = max(am[j >> 4], KK_MAG(v[j]));
         }
-        have = pf && (g + step) * 32 + 32 <= n;
+        have = pf && g + step < whole;
+        xn += step * 4;
         if (have) {
 #pragma unroll
-            for (int j = 0; j < 4; j++) nx[j] = __ldcs((const uint4*)((const uint16_t*)x + (g + step) * 32) + j);
+            for (int j = 0; j < 4; j++) nx[j] = __ldcs(xn + j);
         }
         bad |= max(am[0], am[1]) >= KK_NONFINITE_BITS;
         if (bs == 32) am[0] = am[1] = max(am[0], am[1]);
@@ -552,7 +559,7 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
         // Full groups of ordinary blocks whose largest quotient (the absmax's) lies inside the table: every code
         // from it, no branch. Anything else (the tail, divisors outside [2^-60, 2^100], large quotients, a
         // codebook the table refuses) takes the exact search, element by element.
-        bool full = L.ok && base + 32 <= n && !ex[0] && !ex[1];
+        bool full = L.ok && g < whole && !ex[0] && !ex[1];
 #pragma unroll
         for (int h = 0; h < 2; h++)
             if (h == 0 || bs != 32)
@@ -566,10 +573,13 @@ __global__ void __launch_bounds__(256) kk_quantize_lane_kernel(
             for (int j = 0; j < 32; j++) pk.add(j, base + j < n ? kk_code_exact(v[j], q[j >> 4], c, M) : 0u);
         }
         pk.seal();
+        if (g < stored) {   // every group but a short last one: K stores at constant offsets, no compares
 #pragma unroll
-        for (int b = 0; b < K; b++) {
-            const long long wo = g * K + b;
-            if (wo < nw) out[wo] = pk.word(b);
+            for (int b = 0; b < K; b++) o[b] = pk.word(b);
+        } else {
+#pragma unroll
+            for (int b = 0; b < K; b++)
+                if (g * K + b < nw) o[b] = pk.word(b);
         }
     }
     if (bad) *nonfinite = 1;
