@@ -196,20 +196,17 @@ def _cython_or_skip():
 @pytest.fixture(params=["512-bit", "512-bit, integer rounding", "256-bit"])
 def plane_width(request):
     """The byte-plane kernel's 512-bit loop (AVX-512 machines, K % 128 == 0) and its 256-bit loop, each with its own
-    float32 order: both are held to the same tests. Where the CPU has AVX512_BF16 the 512-bit loop rounds bf16 tables
-    by vcvtne2ps2bf16 (a block's products normal or zero) and takes bf16 products by vdpbf16ps (where exact), else
-    it rounds by integer adds and widens for FMAs: both ways run here."""
+    float32 order: both are held to the same tests. The 512-bit loop rounds bf16 tables by vcvtne2ps2bf16 where the
+    CPU has AVX512_BF16 (and a block's products are normal or zero), else by integer adds: both ways run here."""
     from workbench.backends.cython_cpu import native
     lib = native("matmul")
     wide = request.param.startswith("512")
     if wide and not lib.HAS_PLANES512:
         pytest.skip("no AVX-512 F/BW/VL/VBMI here")
-    bf16 = request.param == "512-bit"
-    old, old_round, old_dot = lib.set_wide(wide), lib.set_bf16_round(bf16), lib.set_bf16_dot(bf16)
+    old, old_round = lib.set_wide(wide), lib.set_bf16_round(request.param == "512-bit")
     yield request.param
     lib.set_wide(old)
     lib.set_bf16_round(old_round)
-    lib.set_bf16_dot(old_dot)
 
 
 def _takes_planes(lib, A, K, bs):
@@ -281,9 +278,9 @@ def test_cython_cpu_byte_planes_weights_exact(rng, plane_width, dtype, nested):
 
 
 def test_cython_cpu_byte_planes_tiny_activations_exact(rng, plane_width):
-    """vdpbf16ps treats subnormal operands and results as zero, so rows with a subnormal activation, and blocks whose
-    products could fall below 2^-126, take the widening FMAs: single products that IEEE arithmetic keeps exactly
-    (a subnormal activation times a large weight, a tiny activation times a tiny weight) come out exactly."""
+    """IEEE float32 throughout (no instruction that flushes subnormals, such as vdpbf16ps, which an earlier variant
+    had to gate: reports/matmul-cpu/gemv_bf16_dot_ab_xeon.md): single products that IEEE arithmetic keeps exactly (a
+    subnormal activation times a large weight, a tiny activation times a tiny weight) come out exactly."""
     lib = _cython_or_skip()
     if not lib.HAS_PLANES:
         pytest.skip("no AVX2/F16C/FMA")
