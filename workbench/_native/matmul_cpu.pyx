@@ -24,13 +24,7 @@ the 16 values table[j] * s rounded to A's dtype), each with its own float32 orde
   (``unit_permutation(kind, wide=True)``). ~1.45x the 256-bit loop per core (Zen 5, blocksize 64, L2-resident).
   Where the CPU has AVX512_BF16 it rounds a pair of bf16 tables with one vcvtne2ps2bf16 and builds the planes by
   one-source byte permutes (the same values; blocks whose products could be subnormal keep the integer adds):
-  9-12 % off the call on an Intel Xeon at blocksize 64 (``set_bf16_round``); and for bf16 activations it takes a
-  step's products by four vdpbf16ps on the unpacked 16-bit pairs (two products into each float32 lane; the
-  activations copied once per call as bf16 pairs in that order, ``_planes``) instead of eight widenings and eight FMAs, where
-  that is exact float32 arithmetic: the instruction treats subnormal operands and results as zero, so a row with a
-  subnormal or non-finite activation, and a step whose block scales could give a product or partial sum below
-  2^-126 (``kbm_dot_floor``), widen and FMA as before (``set_bf16_dot``). Another float32 order, so held to the
-  bound; M > 1 stores the 16-bit pairs and each step's scale, and decides per activation row as its M = 1 call.
+  9-12 % off the call on an Intel Xeon at blocksize 64 (``set_bf16_round``).
 * **8 lanes** (``gemm_4bit_fused`` / ``gemv_4bit_nested``): the order of numba_kernels/cpu/matmul.py, element k of
   a row into lane k % 8 of 8 float32 partial sums (increasing k per lane, separate multiply and add), lanes
   combined as above, bias added in float32. Output float32 (the adapter rounds it once to A's dtype), so this
@@ -385,11 +379,9 @@ cdef extern from *:
        (kbm_bf16_round, set at import) */
     #define KBM_T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512bf16,avx2,f16c,fma")))
     static int kbm_bf16_round = 0;
-    static int kbm_words = 0;   /* bf16: the word lookup (kbm_words512) instead of the byte planes */
     /* fp32 element e (0..15) of decoded vector v (0..7) of a 128-weight pair -> the weight's index in the pair */
     static int kbm_pair_index(int kind, int v, int e) {
         int X = v >> 1, which = v & 1, odd = X >> 1, half = X & 1, L, w;
-        if (kind == 1 && kbm_words) return 8 * e + 4 * which + X;              /* dword e of lookup X, its half */
         if (kind == 1) { L = e >> 2; w = 2 * (e & 3) + which; }                 /* bf16: slli / and per dword */
         else { L = (e >> 3) + 2 * which; w = e & 7; }                            /* fp16: cvtph of a 256-bit half */
         return 2 * (16 * L + 8 * half + w) + odd;
@@ -446,44 +438,12 @@ cdef extern from *:
         *plo = _mm512_permutex2var_epi8(r0, lo, r1);
         *phi = _mm512_permutex2var_epi8(r0, _mm512_add_epi8(lo, _mm512_set1_epi8(1)), r1);
     }
-    /* The word lookup (bf16): the step's table is the 32 bf16 weights of both blocks (0-15: the first unit's block,
-       16-31: the second's; one vcvtne2ps2bf16 where cvt, else the integer-add rounding and one word permute), and
-       the 64 code bytes are read as 32 words, word w holding the codes of elements 4w .. 4w + 3 (bits 4-7, 0-3,
-       12-15, 8-11). Index vector k takes code 4w + k of every word (plus 16 in the second unit's 16 words) and one
-       vpermw looks all 32 up: dword i of lookup k holds the weights of elements 8i + k and 8i + 4 + k. Four
-       permutes per 128 weights where the byte planes take four byte shuffles, four unpacks and two table
-       permutes, all on the one shuffle port of Intel cores. */
-    KBM_T512 __attribute__((always_inline))
-    static inline __m512i kbm_table_words(__m512 t16, float s0, float s1, int same, int cvt, const float* table) {
-        __m512 p0 = _mm512_mul_ps(t16, _mm512_set1_ps(s0));
-        __m512 p1 = same ? p0 : _mm512_mul_ps(t16, _mm512_set1_ps(s1));
-        if (cvt) return (__m512i)_mm512_cvtne2ps_pbh(p1, p0);
-        __m512i r0 = kbm_rbf16_512(p0, s0, table), r1 = same ? r0 : kbm_rbf16_512(p1, s1, table);
-        const __m512i high = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
-                                              31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-        return _mm512_permutex2var_epi16(r0, high, r1);            /* the bf16 halves of r0's, then r1's dwords */
-    }
-    KBM_T512 __attribute__((always_inline))
-    static inline void kbm_words512(__m512i v, __m512i T, __m512i* w0, __m512i* w1, __m512i* w2, __m512i* w3) {
-        const __m512i m = _mm512_set1_epi16(0x000f);
-        const __m512i unit = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(16), 1);
-        /* 0xEA: (a & b) | c */
-        *w0 = _mm512_permutexvar_epi16(_mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 4), m, unit, 0xEA), T);
-        *w1 = _mm512_permutexvar_epi16(_mm512_ternarylogic_epi32(v, m, unit, 0xEA), T);
-        *w2 = _mm512_permutexvar_epi16(_mm512_or_si512(_mm512_srli_epi16(v, 12), unit), T);
-        *w3 = _mm512_permutexvar_epi16(_mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 8), m, unit, 0xEA), T);
-    }
     KBM_T512 __attribute__((always_inline))
     static inline __m512 kbm_f32_512(__m512i words, int kind, int which) {
         if (kind == 1)
             return _mm512_castsi512_ps(which ? _mm512_and_si512(words, _mm512_set1_epi32((int)0xffff0000u))
                                              : _mm512_slli_epi32(words, 16));
         return _mm512_cvtph_ps(which ? _mm512_extracti64x4_epi64(words, 1) : _mm512_castsi512_si256(words));
-    }
-    /* acc lane i += w pair i . x pair i (vdpbf16ps: the two bf16 products, float32 accumulation) */
-    KBM_T512 __attribute__((always_inline))
-    static inline __m512 kbm_dot(__m512 acc, __m512i w, const uint16_t* x) {
-        return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)_mm512_loadu_si512((const void*)x));
     }
     KBM_T512 __attribute__((always_inline))
     static inline float kbm_reduce512(__m512 a0, __m512 a1, __m512 a2, __m512 a3, __m512 a4, __m512 a5, __m512 a6,
@@ -495,55 +455,24 @@ cdef extern from *:
         for (int i = 0; i < 8; ++i) h[i] = l[i] + l[i + 8];
         return kbm_combine(h);
     }
-    /* The smallest block scale at which vdpbf16ps (AVX512_BF16: two bf16 products added into a float32 lane) is exact
-       float32 arithmetic for an activation row whose nonzero |x| are normal, finite and at least 2^ex_min: the
-       instruction treats subnormal operands and results as zero, so every nonzero weight must be normal and every
-       product and partial sum at least 2^-126. Products of bf16 values (8 significant bits each) are multiples of
-       2^(ex_min + ew_min - 14), and so is every partial sum: ew_min >= -112 - ex_min keeps them all at or above
-       2^-126 or zero; |w| >= tmin * s, rounded monotonically (1 + 2^-20: room for the division's rounding). */
-    static float kbm_dot_floor(float tmin, int ex_min) {
-        if (!(tmin > 0.0f)) return INFINITY;
-        double need = ldexp(1.0, -112 - ex_min);
-        if (need < (double)FLT_MIN) need = (double)FLT_MIN;
-        const double c = need / (double)tmin * (1.0 + 0x1p-20);
-        if (c > (double)FLT_MAX) return INFINITY;
-        float f = (float)c;
-        if ((double)f < c) f = nextafterf(f, INFINITY);
-        return f;
-    }
-    static float kbm_table_min(const float* table) {   /* the smallest nonzero |table[j]|, 0 when all are zero */
-        float tmin = 0.0f;
-        for (int j = 0; j < 16; ++j) {
-            float a = fabsf(table[j]);
-            if (a > 0.0f && (tmin == 0.0f || a < tmin)) tmin = a;
-        }
-        return tmin;
-    }
     /* one output row, 8 accumulators (decoded vector v -> accumulator v), pairs in increasing k; wbuf != NULL: the
-       row's decoded weights go to wbuf instead (permuted order), for kbm_rows_planes512.
-       xb != NULL (bf16, AVX512_BF16): the activations as bf16 pairs in dot-product order (``_planes``' dperm) and their
-       exponent floor ex_min; a step whose two block scales are at least kbm_dot_floor takes four vdpbf16ps into
-       accumulators 0, 2, 4, 6 (decoded vector pair 2j, 2j + 1 -> accumulator 2j, its 16-bit pairs as they come out
-       of the byte unpacks) instead of eight widenings and eight FMAs. wbuf with xb: the 16-bit pairs are stored,
-       and each step's smaller scale after them (kbm_rows_planes512 decides per activation row). */
+       row's decoded weights go to wbuf instead (permuted order), for kbm_rows_planes512 */
     KBM_T512 __attribute__((always_inline))
-    static inline float kbm_row512_k(const float* xp, const uint16_t* xb, int ex_min, int64_t K,
-                                     const uint8_t* packed, const float* s,
+    static inline float kbm_row512_k(const float* xp, int64_t K, const uint8_t* packed, const float* s,
                                      const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
                                      int kind, int64_t n, float* wbuf) {
         const __m512 t16 = _mm512_loadu_ps(table);
         const __m512i m0f = _mm512_set1_epi8(0x0f);
         /* scales from cmin on make every nonzero product t * s normal (1 + 2^-20: room for the division's rounding) */
-        const float tmin = kbm_table_min(table);
+        float tmin = 0.0f;
+        for (int j = 0; j < 16; ++j) {
+            float a = fabsf(table[j]);
+            if (a > 0.0f && (tmin == 0.0f || a < tmin)) tmin = a;
+        }
         const float cmin = tmin > 0.0f ? (float)((double)FLT_MIN / (double)tmin * (1.0 + 0x1p-20)) : 0.0f;
         const int cvt_on = kind == 1 && kbm_bf16_round && cmin <= FLT_MAX;
-        const float cdot = (kind == 1 && xb != NULL) ? kbm_dot_floor(tmin, ex_min) : INFINITY;
-        int dot = 0;
-        float smin = -1.0f;
-        float* stepmin = wbuf ? wbuf + K / 2 : NULL;              /* with xb: after the K 16-bit weights */
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-        __m512i plo = _mm512_setzero_si512(), phi = plo, T = plo;
-        const int wl = kind == 1 && kbm_words;
+        __m512i plo = _mm512_setzero_si512(), phi = plo;
         const int64_t i0 = n * K;
         const uint8_t* row = packed + (i0 >> 1);
         const int lg = __builtin_ctzll((unsigned long long)bs);
@@ -566,44 +495,23 @@ cdef extern from *:
                 }
                 const int cvt = cvt_on && s0 >= cmin && s0 <= FLT_MAX && s1 >= cmin && s1 <= FLT_MAX;
                 /* NaN and Inf scales: the scalar rule */
-                if (wl) T = kbm_table_words(t16, s0, s1, b0 == b1, cvt, table);
-                else kbm_planes512(t16, s0, s1, b0 == b1, kind, cvt, table, &plo, &phi);
+                kbm_planes512(t16, s0, s1, b0 == b1, kind, cvt, table, &plo, &phi);
                 pb0 = b0; pb1 = b1;
-                smin = (s0 <= FLT_MAX && s1 <= FLT_MAX) ? fminf(s0, s1) : -1.0f;   /* NaN or Inf: never a dot step */
-                dot = smin >= cdot;
             }
             /* 2 KB ahead (one line per step): 20 % off a call whose weights come from DRAM, none off one from L3 */
             _mm_prefetch((const char*)(row + (u >> 1) + KBM_PF), _MM_HINT_T0);
             __m512i v = _mm512_loadu_si512((const void*)(row + (u >> 1)));
-            __m512i e0, e1, o0, o1;   /* 16-bit pair vectors: dword i of each -> element i of fp32 vectors 2j, 2j + 1 */
-            if (wl) {
-                kbm_words512(v, T, &e0, &e1, &o0, &o1);
-            } else {
-                __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f), lo = _mm512_and_si512(v, m0f);
-                __m512i h_l = _mm512_shuffle_epi8(plo, hi), h_h = _mm512_shuffle_epi8(phi, hi);
-                __m512i l_l = _mm512_shuffle_epi8(plo, lo), l_h = _mm512_shuffle_epi8(phi, lo);
-                e0 = _mm512_unpacklo_epi8(h_l, h_h); e1 = _mm512_unpackhi_epi8(h_l, h_h);
-                o0 = _mm512_unpacklo_epi8(l_l, l_h); o1 = _mm512_unpackhi_epi8(l_l, l_h);
-            }
-            if (wbuf && xb) {                                       /* the 16-bit pairs and the step's scale */
-                uint16_t* w = (uint16_t*)wbuf + u;
-                _mm512_storeu_si512((void*)w, e0);        _mm512_storeu_si512((void*)(w + 32), e1);
-                _mm512_storeu_si512((void*)(w + 64), o0); _mm512_storeu_si512((void*)(w + 96), o1);
-                stepmin[u / (2 * KBM_UNIT)] = smin;
-                continue;
-            }
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f), lo = _mm512_and_si512(v, m0f);
+            __m512i h_l = _mm512_shuffle_epi8(plo, hi), h_h = _mm512_shuffle_epi8(phi, hi);
+            __m512i l_l = _mm512_shuffle_epi8(plo, lo), l_h = _mm512_shuffle_epi8(phi, lo);
+            __m512i e0 = _mm512_unpacklo_epi8(h_l, h_h), e1 = _mm512_unpackhi_epi8(h_l, h_h);
+            __m512i o0 = _mm512_unpacklo_epi8(l_l, l_h), o1 = _mm512_unpackhi_epi8(l_l, l_h);
             if (wbuf) {
                 float* w = wbuf + u;
                 _mm512_storeu_ps(w, kbm_f32_512(e0, kind, 0));       _mm512_storeu_ps(w + 16, kbm_f32_512(e0, kind, 1));
                 _mm512_storeu_ps(w + 32, kbm_f32_512(e1, kind, 0));  _mm512_storeu_ps(w + 48, kbm_f32_512(e1, kind, 1));
                 _mm512_storeu_ps(w + 64, kbm_f32_512(o0, kind, 0));  _mm512_storeu_ps(w + 80, kbm_f32_512(o0, kind, 1));
                 _mm512_storeu_ps(w + 96, kbm_f32_512(o1, kind, 0));  _mm512_storeu_ps(w + 112, kbm_f32_512(o1, kind, 1));
-                continue;
-            }
-            if (dot) {
-                const uint16_t* xd = xb + u;
-                a0 = kbm_dot(a0, e0, xd);      a2 = kbm_dot(a2, e1, xd + 32);
-                a4 = kbm_dot(a4, o0, xd + 64); a6 = kbm_dot(a6, o1, xd + 96);
                 continue;
             }
             const float* x = xp + u;
@@ -619,59 +527,18 @@ cdef extern from *:
         return kbm_reduce512(a0, a1, a2, a3, a4, a5, a6, a7);
     }
     KBM_T512
-    static float kbm_row_planes512(const float* xp, const uint16_t* xb, const int* ex_min, int64_t K,
-                                   const uint8_t* packed, const float* s, const uint8_t* a8,
+    static float kbm_row_planes512(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
                                    const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) {
-        if (kind == 1) {
-            const int dot = xb != NULL && ex_min[0] >= -1000;
-            return kbm_row512_k(xp, dot ? xb : NULL, dot ? ex_min[0] : 0, K, packed, s, a8, code2, off, table, bs, 1,
-                                n, NULL);
-        }
-        return kbm_row512_k(xp, NULL, 0, K, packed, s, a8, code2, off, table, bs, 2, n, NULL);
+        if (kind == 1) return kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, NULL);
+        return kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 2, n, NULL);
     }
-    /* M > 1: the row decoded once into wbuf, then per activation row the M = 1 products and order (with xb: each
-       step's dot products or FMAs as that row's M = 1 call takes them; ex_min[m] < -1000: none for row m) */
+    /* M > 1: the row decoded once into wbuf, then per activation row the M = 1 products and order */
     KBM_T512
-    static void kbm_rows_planes512(const float* xp, const uint16_t* xb, const int* ex_min, int64_t M, int64_t N,
-                                   int64_t K, const uint8_t* packed,
+    static void kbm_rows_planes512(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed,
                                    const float* s, const uint8_t* a8, const float* code2, float off, const float* table,
                                    int64_t bs, int kind, int64_t n, float* wbuf, float* y) {
-        if (kind == 1 && xb) {
-            kbm_row512_k(xp, xb, 0, K, packed, s, a8, code2, off, table, bs, 1, n, wbuf);
-            const float tmin = kbm_table_min(table);
-            const uint16_t* w16 = (const uint16_t*)wbuf;
-            const float* stepmin = wbuf + K / 2;
-            for (int64_t m = 0; m < M; ++m) {
-                const float* x = xp + m * K;
-                const uint16_t* xd = xb + m * K;
-                const float cdot = ex_min[m] < -1000 ? INFINITY : kbm_dot_floor(tmin, ex_min[m]);
-                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-                for (int64_t u = 0; u < K; u += 2 * KBM_UNIT) {
-                    const __m512i e0 = _mm512_loadu_si512((const void*)(w16 + u));
-                    const __m512i e1 = _mm512_loadu_si512((const void*)(w16 + u + 32));
-                    const __m512i o0 = _mm512_loadu_si512((const void*)(w16 + u + 64));
-                    const __m512i o1 = _mm512_loadu_si512((const void*)(w16 + u + 96));
-                    if (stepmin[u / (2 * KBM_UNIT)] >= cdot) {
-                        a0 = kbm_dot(a0, e0, xd + u);      a2 = kbm_dot(a2, e1, xd + u + 32);
-                        a4 = kbm_dot(a4, o0, xd + u + 64); a6 = kbm_dot(a6, o1, xd + u + 96);
-                        continue;
-                    }
-                    const float* xu = x + u;
-                    a0 = _mm512_fmadd_ps(kbm_f32_512(e0, 1, 0), _mm512_loadu_ps(xu), a0);
-                    a1 = _mm512_fmadd_ps(kbm_f32_512(e0, 1, 1), _mm512_loadu_ps(xu + 16), a1);
-                    a2 = _mm512_fmadd_ps(kbm_f32_512(e1, 1, 0), _mm512_loadu_ps(xu + 32), a2);
-                    a3 = _mm512_fmadd_ps(kbm_f32_512(e1, 1, 1), _mm512_loadu_ps(xu + 48), a3);
-                    a4 = _mm512_fmadd_ps(kbm_f32_512(o0, 1, 0), _mm512_loadu_ps(xu + 64), a4);
-                    a5 = _mm512_fmadd_ps(kbm_f32_512(o0, 1, 1), _mm512_loadu_ps(xu + 80), a5);
-                    a6 = _mm512_fmadd_ps(kbm_f32_512(o1, 1, 0), _mm512_loadu_ps(xu + 96), a6);
-                    a7 = _mm512_fmadd_ps(kbm_f32_512(o1, 1, 1), _mm512_loadu_ps(xu + 112), a7);
-                }
-                y[m * N + n] = kbm_reduce512(a0, a1, a2, a3, a4, a5, a6, a7);
-            }
-            return;
-        }
-        if (kind == 1) kbm_row512_k(xp, NULL, 0, K, packed, s, a8, code2, off, table, bs, 1, n, wbuf);
-        else kbm_row512_k(xp, NULL, 0, K, packed, s, a8, code2, off, table, bs, 2, n, wbuf);
+        if (kind == 1) kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, wbuf);
+        else kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 2, n, wbuf);
         for (int64_t m = 0; m < M; ++m) {
             const float* x = xp + m * K;
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
@@ -700,11 +567,6 @@ cdef extern from *:
         kbm_bf16_round = on && kbm_bf16_round_ok();
         return old;
     }
-    static int kbm_set_words(int on) {
-        int old = kbm_words;
-        kbm_words = on && kbm_planes512_ok();
-        return old;
-    }
 
     #else
     static float kbm_row_avx2(const float* a, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
@@ -715,17 +577,14 @@ cdef extern from *:
                                 const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) { return 0.0f; }
     static int kbm_planes_ok(void) { return 0; }
     static int kbm_pair_index(int kind, int v, int e) { return 0; }
-    static float kbm_row_planes512(const float* xp, const uint16_t* xb, const int* ex_min, int64_t K,
-                                   const uint8_t* packed, const float* s, const uint8_t* a8,
+    static float kbm_row_planes512(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
                                    const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) { return 0.0f; }
-    static void kbm_rows_planes512(const float* xp, const uint16_t* xb, const int* ex_min, int64_t M, int64_t N,
-                                   int64_t K, const uint8_t* packed,
+    static void kbm_rows_planes512(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed,
                                    const float* s, const uint8_t* a8, const float* code2, float off, const float* table,
                                    int64_t bs, int kind, int64_t n, float* wbuf, float* y) {}
     static int kbm_planes512_ok(void) { return 0; }
     static int kbm_bf16_round_ok(void) { return 0; }
     static int kbm_set_bf16_round(int on) { return 0; }
-    static int kbm_set_words(int on) { return 0; }
     static void kbm_rows_planes(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
                                 const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
                                 int kind, int64_t n, float* wbuf, float* y) {}
@@ -745,16 +604,14 @@ cdef extern from *:
                          const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
                          int kind, int64_t n, float* wbuf, float* y) nogil
     int kbm_pair_index(int kind, int v, int e) nogil
-    float kbm_row_planes512(const float* xp, const uint16_t* xb, const int* ex_min, int64_t K, const uint8_t* packed,
-                            const float* s, const uint8_t* a8, const float* code2, float off, const float* table,
-                            int64_t bs, int kind, int64_t n) nogil
-    void kbm_rows_planes512(const float* xp, const uint16_t* xb, const int* ex_min, int64_t M, int64_t N, int64_t K,
-                            const uint8_t* packed, const float* s, const uint8_t* a8, const float* code2, float off,
-                            const float* table, int64_t bs, int kind, int64_t n, float* wbuf, float* y) nogil
+    float kbm_row_planes512(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
+                            const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) nogil
+    void kbm_rows_planes512(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
+                            const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
+                            int kind, int64_t n, float* wbuf, float* y) nogil
     int kbm_planes512_ok() nogil
     int kbm_bf16_round_ok() nogil
     int kbm_set_bf16_round(int on) nogil
-    int kbm_set_words(int on) nogil
     float kbm_widen(uint16_t h, int kind) nogil
     uint16_t kbm_narrow(float v, int kind) nogil
     void* kbm_align64(void* p) nogil
@@ -767,7 +624,6 @@ WIDE_UNIT = 128
 _wide = HAS_PLANES512   # tests switch it off to run the 256-bit loop on the same machine
 HAS_BF16_ROUND = bool(kbm_bf16_round_ok())   # the 512-bit loop rounds bf16 tables by vcvtne2ps2bf16 (AVX512_BF16)
 kbm_set_bf16_round(HAS_BF16_ROUND)
-_dot = HAS_BF16_ROUND   # ... and takes bf16 products by vdpbf16ps where they are exact (kbm_dot_floor)
 
 
 def unit_permutation(int kind, bint wide=False):
@@ -791,22 +647,6 @@ def set_bf16_round(bint on):
     """Round the 512-bit loop's bf16 tables by vcvtne2ps2bf16 where the CPU has AVX512_BF16 (default) or always by
     integer adds (the same values); returns the previous setting."""
     return bool(kbm_set_bf16_round(on))
-
-
-def set_word_lookup(bint on):
-    """Decode bf16 weights in the 512-bit loop by word permutes (default where the CPU has AVX-512) or by the byte
-    planes: the same weights in another float32 order (the activations' permutation, unit_permutation, follows the
-    setting); returns the previous setting."""
-    return bool(kbm_set_words(on))
-
-
-def set_bf16_dot(bint on):
-    """Take the 512-bit loop's bf16 products by vdpbf16ps where the CPU has AVX512_BF16 and they are exact (default)
-    or always by widening and FMA (another float32 order); returns the previous setting."""
-    global _dot
-    old = _dot
-    _dot = on and HAS_BF16_ROUND
-    return old
 
 
 def gemv_4bit_planes(const uint16_t[::1] a, int64_t M, int64_t N, int64_t K, const uint8_t[::1] packed,
@@ -849,58 +689,31 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
     cdef float* wbuf
     cdef bint has_bias = bias != NULL
     cdef int perm[128]
-    cdef int dperm[128]
     cdef bint wide = _wide and K % 128 == 0
-    cdef bint dot = wide and kind == 1 and _dot
     cdef int span = 128 if wide else 64
-    cdef int e, emin
-    cdef uint16_t h
     for p in range(16):
         if not (table[p] - table[p] == 0.0):          # NaN or Inf: the bf16 rounding by addition needs finite values
             return False
     for p in range(span):
         perm[p] = kbm_pair_index(kind, p >> 4, p & 15) if wide else kbm_unit_index(kind, p >> 3, p & 7)
-    if dot:   # word p of a step's 128 bf16 pairs: dword i = (p % 32) // 2 of unpacked vector j = p // 32 holds the
-        # weights of fp32 vectors 2j (low word) and 2j + 1 (high word), element i: perm positions 32 j + 16 (p % 2) + i
-        for p in range(128):
-            dperm[p] = perm[32 * (p // 32) + 16 * (p % 2) + (p % 32) // 2]
     # activations 64-byte aligned: a 32-byte load that straddles a cache line costs a second access (the kernel
     # ran ~10 % slower or faster from call to call with malloc's 16-byte alignment)
     cdef void* xraw = malloc((M * K + 16) * sizeof(float))
     cdef float* xp = <float*>kbm_align64(xraw)
-    cdef void* braw = malloc((M * K + 32) * sizeof(uint16_t) + M * sizeof(int)) if dot else NULL
-    cdef uint16_t* xb = <uint16_t*>kbm_align64(braw) if dot else NULL
-    cdef int* ex_min = <int*>(xb + M * K) if dot else NULL
     cdef float* y = <float*>malloc((M * N + 1) * sizeof(float)) if M > 1 else NULL
     cdef void* wraw
-    if xraw == NULL or (M > 1 and y == NULL) or (dot and braw == NULL):
-        free(xraw); free(y); free(braw)
+    if xraw == NULL or (M > 1 and y == NULL):
+        free(xraw); free(y)
         raise MemoryError()
     try:
         for m in range(M):
             for u in range(0, K, span):
                 for p in range(span):
                     xp[m * K + u + p] = kbm_widen(a[m * K + u + perm[p]], kind)
-        if dot:   # the bf16 pairs in dot order, and each row's exponent floor (kbm_dot_floor; < -1000: no dot)
-            for m in range(M):
-                emin = 255
-                for u in range(K):
-                    h = a[m * K + u] & 0x7fff
-                    e = h >> 7
-                    if e == 255 or (e == 0 and h != 0):    # Inf / NaN, or subnormal: this row widens and FMAs
-                        emin = -2000
-                        break
-                    if h != 0 and e < emin:
-                        emin = e
-                ex_min[m] = emin - 127 if emin > -1000 else -2000
-                for u in range(0, K, 128):
-                    for p in range(128):
-                        xb[m * K + u + p] = a[m * K + u + dperm[p]]
         if M == 1:
             for n in prange(N, nogil=True, schedule="dynamic", chunksize=chunk):
                 if wide:
-                    yv = kbm_row_planes512(xp, xb, ex_min, K, packed, absmax, a8, code2, offset, table, blocksize,
-                                           kind, n)
+                    yv = kbm_row_planes512(xp, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n)
                 else:
                     yv = kbm_row_planes(xp, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n)
                 if has_bias:
@@ -912,8 +725,8 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
                 wbuf = <float*>kbm_align64(wraw)
                 for n in prange(N, schedule="dynamic", chunksize=chunk):
                     if wide:
-                        kbm_rows_planes512(xp, xb, ex_min, M, N, K, packed, absmax, a8, code2, offset, table,
-                                           blocksize, kind, n, wbuf, y)
+                        kbm_rows_planes512(xp, M, N, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n,
+                                           wbuf, y)
                     else:
                         kbm_rows_planes(xp, M, N, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n,
                                         wbuf, y)
@@ -926,7 +739,6 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
     finally:
         free(xraw)
         free(y)
-        free(braw)
     return True
 
 
