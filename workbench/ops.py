@@ -18,6 +18,7 @@ import torch
 
 from . import codebooks as cbs
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
+from .backends.reference.matmul import NESTED_BLOCKSIZE  # bitsandbytes' blocksize of the nested absmax
 from .backends.registry import kernel, resolve
 from .quant_state import QuantState
 from .validation import (FLOAT_DTYPES, QuantInputError, check_blocksize, check_codebook_size, check_dtype,
@@ -26,7 +27,6 @@ from .validation import (FLOAT_DTYPES, QuantInputError, check_blocksize, check_c
 __all__ = ["quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit",
            "quantize_nf4", "quantize_fp4", "QuantState", "QuantInputError"]
 
-NESTED_BLOCKSIZE = 256  # bitsandbytes' blocksize for double-quantized absmax
 _ops = torch.ops.workbench
 # the dtype names the backend ranking is keyed by (quant and int8 ops)
 _DTYPE_NAMES = {d: str(d).removeprefix("torch.") for d in (*FLOAT_DTYPES, torch.uint8, torch.int8, torch.int32)}

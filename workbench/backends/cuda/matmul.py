@@ -20,6 +20,7 @@ import os
 import torch
 
 from . import check, load, on, on_device, ptr, raw_stream
+from ..reference.matmul import NESTED_BLOCKSIZE
 from ..registry import register_kernel
 
 from ...wire import DTYPE_CODE
@@ -214,10 +215,21 @@ def gemm_mma_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
           "kbit_gemm_4bit_mma")
 
 
+def _block_scales(absmax, absmax_8bit, absmax_code, absmax_offset, device) -> torch.Tensor:
+    """Rule 1 (reference/matmul.py resolve_absmax) in two launches: code[q] * nested absmax by the blockwise
+    dequantizer (one rounding), then + offset (one more), the reference's operations and roundings."""
+    from .quant import dequantize_blockwise
+    if absmax_8bit is None:
+        return _f32(absmax.reshape(-1), device)
+    q = absmax_8bit.reshape(-1)
+    s = dequantize_blockwise(q.contiguous(), _f32(absmax.reshape(-1), device), absmax_code, NESTED_BLOCKSIZE,
+                             torch.float32)
+    return s.add_(_f32(absmax_offset.reshape(1), device))
+
+
 def _dequant_cublas(A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset, tab, blocksize, bias):
     from .quant import dequantize_4bit
-    from ..reference.matmul import resolve_absmax
-    s = resolve_absmax(absmax, absmax_8bit, absmax_code, absmax_offset).contiguous()
+    s = _block_scales(absmax, absmax_8bit, absmax_code, absmax_offset, A.device)
     W = dequantize_4bit(B, s, tab, blocksize, N * K, A.dtype).view(N, K)
     if A.dtype == torch.float32:  # TF32 is off for matmul by default
         y = A @ W.t()
