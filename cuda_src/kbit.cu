@@ -63,14 +63,14 @@ KK float kk_minifloat_value(long long bits, long long M, long long bias, long lo
     if (ex == 0) return __fmul_rn((float)mant, kk_pow2f(emin - M));
     return __fmul_rn((float)(mant + (1LL << M)), kk_pow2f(ex - bias - M));
 }
+// a >= 0 (an absmax; NaN and Inf give 0xFF). Branch-free, once per block on the quantizer's critical path: the normal
+// code's mantissa rint((a 2^-e - 1) 16) is the float's top 4 mantissa bits rounded half to even (e in [-10, 4]);
+// e + 11 <= 0 (zero and subnormal floats included) takes rint(a 2^14), e + 11 > 15 saturates.
 KK int kk_e4m4_bits(float a) {
-    if (a == 0.0f) return 0;
-    int e = kk_floor_log2(a), m;
-    if (e + 11 <= 0) { m = (int)rintf(__fmul_rn(a, 16384.0f)); return m < 15 ? m : 15; }
-    if (e + 11 > 15) return 0xFF;
-    m = (int)rintf(__fmul_rn(__fsub_rn(__fmul_rn(a, kk_pow2f(-e)), 1.0f), 16.0f));   // e in [-10, 4]: exact
-    m = m < 15 ? m : 15;
-    return ((e + 11) << 4) | m;
+    const uint32_t u = __float_as_uint(a), ex = u >> 23, mant = u & 0x7FFFFFu;
+    const uint32_t m = min((mant + 0x3FFFFu + ((mant >> 19) & 1u)) >> 19, 15u);
+    const int sub = min((int)rintf(__fmul_rn(a, 16384.0f)), 15);
+    return ex > 131u ? 0xFF : ex > 116u ? (int)(((ex - 116u) << 4) | m) : sub;
 }
 KK float kk_e4m4_value(int b) {
     int e = b >> 4, m = b & 15;
@@ -559,11 +559,13 @@ __global__ void __launch_bounds__(256, 3) kk_quantize_lane_kernel(
         // Full groups of ordinary blocks whose largest quotient (the absmax's) lies inside the table: every code
         // from it, no branch. Anything else (the tail, divisors outside [2^-60, 2^100], large quotients, a
         // codebook the table refuses) takes the exact search, element by element.
+        // (the absmax's quotient by one multiply: within 2 ulps of the IEEE one for a divisor in range, so 4 ulps
+        // below the table's end keep every element's quotient inside it)
         bool full = L.ok && g < whole && !ex[0] && !ex[1];
 #pragma unroll
         for (int h = 0; h < 2; h++)
             if (h == 0 || bs != 32)
-                full = full && __float_as_uint(kk_quotient(__uint_as_float(am[h]), q[h], rq[h])) < L.top;
+                full = full && __float_as_uint(__fmul_rn(__uint_as_float(am[h]), rq[h])) + 4u < L.top;
         KkPack<K, LAYOUT> pk;
         if (full) {
 #pragma unroll

@@ -53,6 +53,33 @@ def test_cuda_kbit_bit_exact_with_reference(monkeypatch, backend, k, dtype, n, b
             assert torch.equal(_bits(got.cpu()), _bits(want))
 
 
+@pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])
+@pytest.mark.parametrize("k", [2, 4, 7])
+def test_cuda_kbit_default_format_every_e4m4_scale(backend, k):
+    """The default format (bf16, blocksize 32, e4m4, exact: the lane kernel's compile-time instance) with block
+    absmax values over the whole e4m4 range and past it: zero, subnormal e4m4 codes (absmax below 2^-10), every
+    exponent, mantissas on and beside the rounding ties, the clamp to mantissa 15, saturation (2^5 and up).
+    Scales and codes equal the reference's."""
+    _skip_unless_on_gpu(backend)
+    g = torch.Generator().manual_seed(k)
+    mags = [0.0, 2.0 ** -30, 2.0 ** -15, 2.0 ** -12, 2.0 ** -11, 2.0 ** -10.5, 2.0 ** -10, 31.0, 32.0, 1e6, 3e38]
+    for e in range(-10, 5):        # each exponent: mantissa 4-bit steps, their ties (x.5 / 16), the top of the binade
+        for t in (0.0, 1 / 32, 3 / 32, 0.5, 15 / 16, 31 / 32, 63 / 64, 0.999):
+            mags.append(2.0 ** e * (1 + t))
+    blocks = []
+    for a in mags:
+        b = torch.randn(32, generator=g)
+        b = b / b.abs().max() * a if a > 0 else torch.zeros(32)
+        b[int(torch.randint(32, (1,), generator=g))] = a * (1 if len(blocks) % 2 else -1)
+        blocks.append(b)
+    A = torch.cat(blocks).to(torch.bfloat16)
+    for layout in R.LAYOUTS:
+        pr, sr = K.quantize_kbit(A, k, layout=layout, backend="reference")
+        pc, sc = K.quantize_kbit(A.cuda(), k, layout=layout, backend=backend)
+        assert torch.equal(_bits(sc.scales.cpu()), _bits(sr.scales)), layout
+        assert torch.equal(pc.cpu(), pr), layout
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_groups_affine_and_rotation_on_cuda_equal_the_cpu_reference():
     """Row and 384/96-element groups on the production kernel (any group size: it indexes scales by i // bs),
