@@ -10,7 +10,8 @@
 //     branch (kk_code_lane: the quotient, a clamped cell, one 8-byte shared load, a subtract whose sign bit is
 //     added to the code); any other group takes the exact search. Bit planes are packed by a spread multiply per
 //     code and byte permutes (KkPack). This kernel is bound by instruction issue (ncu: 0.77 issued per cycle per
-//     scheduler, ALU pipe 62 %), about 25 instructions per element with the block's own work;
+//     scheduler, ALU pipe 62 %), about 20 instructions per element with the block's own work (dense; the bit
+//     planes take 1 to 3 more);
 //   64, 128, 256: a warp per block, a lane per element, 8 chunks of 32 in flight per warp, the packed words made
 //     by a ballot per bit plane or an OR-reduction per dense word;
 //   other multiples of 32 (longer blocks, rows, 96, 384): a warp per block in 8-chunk batches, read twice (the
