@@ -12,7 +12,10 @@ from workbench.matmul import matmul_4bit
 
 pytestmark = pytest.mark.gpu
 
-SHAPES = [(4096, 4096, 1, 64), (1000, 1030, 3, 128), (257, 4096, 16, 64), (96, 200, 65, 32)]
+# the warp-per-row GEMV (K % 32 == 0: 64- and 32-element chunks, M up to 4, rows not filling the last CTA), the
+# block-per-row GEMV (K % 32 != 0), the tiled GEMM
+SHAPES = [(4096, 4096, 1, 64), (1000, 1030, 3, 128), (257, 4096, 16, 64), (96, 200, 65, 32), (301, 2112, 4, 32),
+          (77, 8192, 2, 256)]
 
 
 def _backend(name):
@@ -35,3 +38,23 @@ def test_numba_cuda_matmul_vs_reference(rng, dtype):
         Wd = wb.dequantize_4bit(P, qs, backend="reference").to(dtype)
         bound = R.error_bound(A, Wd, b, dtype, ref)
         assert ((got.float() - ref.float()).abs() <= bound).all(), (N, K, M)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_numba_cuda_gemv_weights_exact_with_one_hot_rows(rng, dtype):
+    """One-hot activation rows: each output is one dequantized weight (rule 2, nested scales included), bit for bit,
+    through both GEMVs; a NaN block scale makes its row's outputs NaN and no other."""
+    _backend("numba_cuda")
+    for N, K, M, bs in [(45, 2048, 4, 64), (33, 1056, 3, 32), (9, 1030, 2, 64)]:
+        W = (torch.randn(N, K, generator=rng) * 3).to(dtype).cuda()
+        P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=False)
+        qs.absmax[1] = float("nan")                    # a NaN block scale (the bf16 table's slow path)
+        Wd = wb.dequantize_4bit(P, qs, backend="reference").to(dtype)
+        ks = torch.randperm(K, generator=rng)[:M]
+        A = torch.zeros(M, K, dtype=dtype, device="cuda")
+        A[torch.arange(M), ks] = 1
+        got = matmul_4bit(A, P, qs, backend="numba_cuda")
+        nan = matmul_4bit(A, P, qs, backend="reference").isnan()    # row 0 in full: 0 * NaN is NaN
+        assert nan[:, 0].all() and not nan[:, 1:].any()
+        assert torch.equal(got.isnan(), nan), (N, K, M)
+        assert torch.equal(got[~nan], Wd[:, ks].t()[~nan]), (N, K, M)

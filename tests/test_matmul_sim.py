@@ -19,8 +19,10 @@ test_in_subprocess = _cudasim.subprocess_test(__file__)
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # (N, K, M, blocksize): odd K (rows starting on a low nibble), blocks straddling rows, M on both kernels,
-# K % 8 == 0 with M <= 4 (the 4-byte word GEMV)
-SHAPES = [(5, 37, 1, 32), (9, 64, 3, 64), (3, 130, 6, 128), (7, 21, 17, 32), (6, 96, 2, 32)]
+# K % 8 == 0 with M <= 4 (the 4-byte word GEMV), K % 32 == 0 (the warp-per-row GEMV, 64- and 32-element chunks,
+# more chunks than lanes: two rounds and the loads one chunk ahead; rows not filling the last CTA's warps)
+SHAPES = [(5, 37, 1, 32), (9, 64, 3, 64), (3, 130, 6, 128), (7, 21, 17, 32), (6, 96, 2, 32), (3, 2112, 1, 64),
+          (5, 1056, 4, 32)]
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,8 @@ steps), then the lowest-index argmin. Packing: a warp's 32 elements own exactly 
 bit-plane word b is ``ballot(bit b of the code)``; dense word w's bit t is stream bit 32w + t, i.e. bit
 (32w + t) % K of lane (32w + t) // K's code: one shuffle and one ballot per word. Lanes 0..K-1 store.
 
-The simulator has no warp shuffles or ballots: their twins go through shared memory with barriers.
+The simulator has no warp shuffles or ballots: their twins (numba_kernels/cuda/warp.py) go through shared
+memory with barriers.
 Element kinds are numba_kernels/cuda/quant.py's (0 float32, 1 float16, 2 bfloat16; 16-bit inputs as
 int16 bit patterns, 16-bit outputs as uint16 bit patterns). Scale format ids: 0 fp32, 1 fp16, 2 bf16,
 3 e4m4, 4 e8m0, 5 e4m3. Layout ids: 0 bitplane, 1 dense.
@@ -53,83 +54,13 @@ from numba import config, cuda, float32, int32, int64, uint32, uint64
 from ..kbit_scalar import scale_helpers
 from .quant import (BF16, F16, F32, _bf16_bits, _elem_at, _float2half_rn, _float_as_int, _half2float, _int_as_float,
                     _rint)
+from .warp import _ballot, _seg_max, _shfl, _st16, _warp_atomic_max, _xor
 
 THREADS = 64 if config.ENABLE_CUDASIM else 256   # the simulator runs a Python thread per lane
 NWARPS = THREADS // 32
-FULL = 0xFFFFFFFF
 INF_BITS = 0x7F800000
 FMT_IDS = {"fp32": 0, "fp16": 1, "bf16": 2, "e4m4": 3, "e8m0": 4, "e4m3": 5}
 LAYOUT_IDS = {"bitplane": 0, "dense": 1}
-
-if config.ENABLE_CUDASIM:
-    # Twins of the warp collectives: one barrier each, on a shared (2, THREADS) buffer used alternately (ph),
-    # so no thread overwrites a slot another may still read (between two uses of one half lies a barrier).
-    @cuda.jit(device=True)
-    def _ballot(pred, s2, ph, tid):
-        s2[ph, tid] = 1 if pred else 0
-        cuda.syncthreads()
-        base = tid & ~31
-        r = 0
-        for j in range(32):
-            r |= int(s2[ph, base + j]) << j
-        return r
-
-    @cuda.jit(device=True)
-    def _shfl(v, src, s2, ph, tid):
-        s2[ph, tid] = v
-        cuda.syncthreads()
-        return s2[ph, (tid & ~31) + src]
-
-    @cuda.jit(device=True)
-    def _xor(v, off, s2, ph, tid):
-        s2[ph, tid] = v
-        cuda.syncthreads()
-        return s2[ph, tid ^ off]
-
-    @cuda.jit(device=True)
-    def _seg_max(v, G, s2, ph, tid):
-        """max of v over the G consecutive lanes (G = 16 or 32) holding tid."""
-        s2[ph, tid] = v
-        cuda.syncthreads()
-        base = tid & ~(G - 1)
-        r = s2[ph, base]
-        for j in range(1, G):
-            r = max(r, s2[ph, base + j])
-        return r
-
-    @cuda.jit(device=True)
-    def _warp_atomic_max(v, gmax, tid):
-        if v > 0:
-            cuda.atomic.max(gmax, 0, v)
-else:
-    @cuda.jit(device=True, inline=True)
-    def _ballot(pred, s2, ph, tid):
-        return cuda.ballot_sync(FULL, pred)
-
-    @cuda.jit(device=True, inline=True)
-    def _shfl(v, src, s2, ph, tid):
-        return cuda.shfl_sync(FULL, v, src)
-
-    @cuda.jit(device=True, inline=True)
-    def _xor(v, off, s2, ph, tid):
-        return cuda.shfl_xor_sync(FULL, v, off)
-
-    @cuda.jit(device=True, inline=True)
-    def _seg_max(v, G, s2, ph, tid):
-        off = 1
-        while off < G:
-            o = cuda.shfl_xor_sync(FULL, v, off)
-            if o > v:
-                v = o
-            off *= 2
-        return v
-
-    @cuda.jit(device=True, inline=True)
-    def _warp_atomic_max(v, gmax, tid):
-        v = _seg_max(v, 32, v, 0, tid)
-        if (tid & 31) == 0 and v > 0:
-            cuda.atomic.max(gmax, 0, v)
-
 
 # ------------------------------------------------------------------ exact scalar helpers (numba_kernels/kbit_scalar.py)
 
@@ -593,38 +524,6 @@ def _make_fused(k: int, layout: int, g: int, kind: int):
 
 
 # ------------------------------------------------------------------ dequantize
-
-if config.ENABLE_CUDASIM:
-    def _st16(a, i, lo, hi):
-        a[i] = lo
-        a[i + 1] = hi
-else:
-    from llvmlite import ir as _ir
-    from numba.core import types as _types
-    from numba.core.extending import intrinsic as _intrinsic
-
-    @_intrinsic
-    def _st16(typingctx, a, i, lo, hi):
-        """a[i], a[i + 1] = lo, hi as one 16-byte store (a: uint64 array, &a[i] 16-byte aligned)."""
-        sig = _types.void(a, i, lo, hi)
-
-        def codegen(context, builder, sig, args):
-            aty = sig.args[0]
-            ary = context.make_array(aty)(context, builder, args[0])
-            idx = context.cast(builder, args[1], sig.args[1], _types.intp)
-            ptr = builder.gep(ary.data, [idx])
-            vt = _ir.VectorType(_ir.IntType(64), 2)
-            v = _ir.Constant(vt, _ir.Undefined)
-            v = builder.insert_element(v, context.cast(builder, args[2], sig.args[2], _types.uint64),
-                                       _ir.Constant(_ir.IntType(32), 0))
-            v = builder.insert_element(v, context.cast(builder, args[3], sig.args[3], _types.uint64),
-                                       _ir.Constant(_ir.IntType(32), 1))
-            st = builder.store(v, builder.bitcast(ptr, vt.as_pointer()))
-            st.align = 16
-            return context.get_dummy_value()
-
-        return sig, codegen
-
 
 @cuda.jit(device=True, inline=True)
 def _spread4(v):

@@ -29,10 +29,12 @@ from __future__ import annotations
 import numpy as np
 
 import workbench._compat  # noqa: F401  (numpy.row_stack shim, before any kernel compiles)
-from numba import config, cuda, float32, int64
+from numba import config, cuda, float32, int32, int64, uint32, uint64
 from numba.cuda import libdevice
 
-from .quant import BF16, F16, F32, _bf16_bits, _float2half_rn, _half2float, _int_as_float, _load  # noqa: F401
+from .quant import (BF16, F16, F32, _bf16_bits, _float2half_rn, _float_as_int, _half2float,  # noqa: F401
+                    _int_as_float, _load)
+from .warp import _ld16, _xor
 
 GEMV_THREADS = 128
 GEMV_MAX_M = 4
@@ -146,6 +148,181 @@ def gemv_words(A, kind, M, N, K, words, absmax, a8, code2, offset, nested, table
         if has_bias:
             y = _add(y, _load(bias, n, kind))
         out[t * N + n] = y
+
+
+# ------------------------------------------------------------------ the warp-per-row GEMV
+
+LANES_THREADS = 64 if config.ENABLE_CUDASIM else 256    # the simulator runs a Python thread per lane
+LANES_WARPS = LANES_THREADS // 32
+LANES_TAB = 16 * LANES_THREADS                          # decoded-weight table entries (16 per thread)
+
+if config.ENABLE_CUDASIM:
+    def _fma(a, b, c):
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+
+    def _entry(x, j, tid):
+        """The table index of byte j's code for thread tid: code * LANES_THREADS + tid."""
+        return ((int(x) >> (8 * j)) & 0xFF) * LANES_THREADS + tid
+else:
+    _fma = libdevice.fmaf_rn
+
+    @cuda.jit(device=True, inline=True)
+    def _entry(x, j, tid):
+        # one byte permute: byte 0 the thread (< 256), byte 1 the code (byte j of x), bytes 2-3 zero (tid's)
+        return libdevice.byte_perm(x, tid, 0x5504 | (j << 4))
+
+
+@cuda.jit(device=True, inline=True)
+def _unpack2(u, kind):
+    """The two float32 of a 32-bit word of bf16 or fp16 activations (element 2i in the low half)."""
+    if kind == BF16:
+        return _int_as_float((u << 16) & 0xFFFFFFFF), _int_as_float(u & 0xFFFF0000)
+    return float32(_half2float(u & 0xFFFF)), float32(_half2float(u >> 16))
+
+
+@cuda.jit(device=True, inline=True)
+def _bf16_finite(v):
+    """float32(bf16(v)) for a v that is no NaN (rounding half to even in 32-bit integer steps; Inf stays Inf)."""
+    b = uint32(_float_as_int(v) & 0xFFFFFFFF)
+    return _int_as_float(uint32(b + uint32(0x7FFF) + ((b >> 16) & 1)) & 0xFFFF0000)
+
+
+@cuda.jit(device=True, inline=True)
+def _xor_f(v, off, s2, ph, tid):
+    """A float32 xor-shuffle (through its bits: the simulator's buffer is int32)."""
+    return _int_as_float(_xor(_float_as_int(v), off, s2, ph, tid))
+
+
+def lanes_chunk(K: int, blocksize: int) -> int:
+    """Elements per lane chunk of ``gemv_lanes`` (a chunk lies in one quantization block), 0 where it does not
+    apply (K % 32 != 0 or a blocksize that is not a power of two >= 32)."""
+    if K % 32 or blocksize < 32 or blocksize & (blocksize - 1):
+        return 0
+    return 64 if blocksize >= 64 and K % 64 == 0 else 32
+
+
+_LANES: dict = {}
+
+
+def gemv_lanes(ch: int, M: int, kind: int):
+    """The GEMV with a warp per output row (cuda_src/matmul.cu's design, one row per warp), compiled for chunk
+    ``ch`` (lanes_chunk), M activation rows and A's element kind.
+
+    Lane l owns the row's ch-element chunks l, l + 32, ...: per chunk it decodes the block scale (rule 1) and
+    writes the 16 possible weights dtype(table[c] * s) (rule 2) into its own column of a shared table (entry
+    (c, t) at c * THREADS + t: a lane's entries share its bank); each weight is then one byte permute (code and
+    thread into the entry's index), one shared load and M fused multiply-adds (exact products for fp16/bf16 A).
+    Weights, scales and the next chunk's inputs are loaded one chunk ahead; weights and activations as 16-byte
+    vectors (A and the packed bytes as int64 arrays: K % 32 == 0, 16-byte aligned). Float32 accumulation: two
+    partial sums per lane and row (even and odd elements), then a warp butterfly. out[m * N + n] float32 (bias
+    added); grid ceil(N / LANES_WARPS) blocks of LANES_THREADS."""
+    key = (ch, M, kind)
+    if key in _LANES:
+        return _LANES[key]
+    NV = ch // 32                    # 16-byte weight vectors per chunk (32 codes each)
+    MM = M
+    KIND = kind
+
+    @cuda.jit(fastmath=False)
+    def gemv(A, N, K, B, absmax, a8, code2, offset, nested, table, bshift, bias, has_bias, out):
+        tab = cuda.shared.array(LANES_TAB, float32)
+        c2 = cuda.shared.array(256, float32)
+        s2 = cuda.shared.array((2, LANES_THREADS), int32)
+        cb = cuda.local.array(16, float32)
+        acc = cuda.local.array((GEMV_MAX_M, 2), float32)
+        av = cuda.local.array((GEMV_MAX_M, 8), float32)
+        wv = cuda.local.array(4, uint64)     # this chunk's packed weights (up to 2 vectors)
+        nx = cuda.local.array(4, uint64)     # the next chunk's
+        tid = cuda.threadIdx.x
+        lane = tid & 31
+        if nested:
+            for j in range(tid, 256, LANES_THREADS):
+                c2[j] = code2[j]
+        cuda.syncthreads()
+        off = offset[0] if nested else float32(0.0)
+        for j in range(16):
+            cb[j] = table[j]
+        for m in range(MM):
+            acc[m, 0] = float32(0.0)
+            acc[m, 1] = float32(0.0)
+        n = int64(cuda.blockIdx.x) * LANES_WARPS + (tid >> 5)
+        row = n if n < N else int64(N - 1)   # rows past N redo the last (every lane takes part in the butterfly)
+        chunks = K // ch
+        wrow = row * (K // 16)               # int64 index of the row's first packed vector half
+        erow = row * K
+        ku = K // 2 if KIND == F32 else K // 4          # int64 words per activation row
+        nq = int32(0)
+        na = float32(0.0)
+        c = int64(lane)
+        if c < chunks:
+            for v in range(NV):
+                nx[2 * v], nx[2 * v + 1] = _ld16(B, wrow + c * (2 * NV) + 2 * v)
+            b = (erow + c * ch) >> bshift
+            nq = int32(a8[b]) if nested else int32(0)
+            na = absmax[b >> 8] if nested else absmax[b]
+        while c < chunks:
+            for j in range(2 * NV):
+                wv[j] = nx[j]
+            s = _add(_mul(c2[uint32(nq)], na), off) if nested else na
+            cn = c + 32
+            if cn < chunks:                  # the next chunk's weights and scale inputs
+                for v in range(NV):
+                    nx[2 * v], nx[2 * v + 1] = _ld16(B, wrow + cn * (2 * NV) + 2 * v)
+                b = (erow + cn * ch) >> bshift
+                nq = int32(a8[b]) if nested else int32(0)
+                na = absmax[b >> 8] if nested else absmax[b]
+            if KIND == BF16 and abs(s) <= float32(3.4028234663852886e38):   # rule 2 into this lane's column
+                for j in range(16):
+                    tab[uint32(j * LANES_THREADS + tid)] = _bf16_finite(_mul(cb[j], s))
+            else:
+                for j in range(16):
+                    tab[uint32(j * LANES_THREADS + tid)] = _round_to(_mul(cb[j], s), KIND)
+            for g in range(ch // 8):         # 8 elements: k = c * ch + 8 g + 0..7
+                k0 = c * ch + 8 * g
+                for m in range(MM):
+                    base = int64(m) * ku + (k0 * (2 if KIND == F32 else 1)) // 4
+                    if KIND == F32:
+                        x0, x1 = _ld16(A, base)
+                        x2, x3 = _ld16(A, base + 2)
+                        av[m, 0] = _int_as_float(x0 & 0xFFFFFFFF)
+                        av[m, 1] = _int_as_float(x0 >> 32)
+                        av[m, 2] = _int_as_float(x1 & 0xFFFFFFFF)
+                        av[m, 3] = _int_as_float(x1 >> 32)
+                        av[m, 4] = _int_as_float(x2 & 0xFFFFFFFF)
+                        av[m, 5] = _int_as_float(x2 >> 32)
+                        av[m, 6] = _int_as_float(x3 & 0xFFFFFFFF)
+                        av[m, 7] = _int_as_float(x3 >> 32)
+                    else:
+                        x0, x1 = _ld16(A, base)
+                        for h in range(4):
+                            u = uint32(((x0 if h < 2 else x1) >> (32 * (h & 1))) & 0xFFFFFFFF)
+                            av[m, 2 * h], av[m, 2 * h + 1] = _unpack2(u, KIND)
+                word = (wv[g >> 1] >> (32 * (g & 1))) & 0xFFFFFFFF
+                hi = uint32((word >> 4) & 0x0F0F0F0F)   # byte j: the code of element 2j (high nibble)
+                lo = uint32(word & 0x0F0F0F0F)          # element 2j + 1
+                for j in range(4):
+                    we = tab[uint32(_entry(hi, j, tid))]   # unsigned: no negative-index wraparound
+                    wo = tab[uint32(_entry(lo, j, tid))]
+                    for m in range(MM):
+                        acc[m, 0] = _fma(we, av[m, 2 * j], acc[m, 0])
+                        acc[m, 1] = _fma(wo, av[m, 2 * j + 1], acc[m, 1])
+            c = cn
+        ph = 0
+        for m in range(MM):
+            v = _add(acc[m, 0], acc[m, 1])
+            o = 16
+            while o > 0:
+                v = _add(v, _xor_f(v, o, s2, ph, tid))
+                ph ^= 1
+                o >>= 1
+            if lane == 0 and n < N:
+                if has_bias:
+                    v = _add(v, _load(bias, n, KIND))
+                out[int64(m) * N + n] = v
+
+    _LANES[key] = gemv
+    return gemv
 
 
 @cuda.jit(fastmath=False)

@@ -8,6 +8,8 @@ Weights NF4, blocksize 64, double quant; bf16 activations (M, K); out x in = (N,
   * ours: ``workbench.matmul.matmul_4bit(A, P, qs)`` (defaults);
   * ours_mma / ours_dequant: the cuda backend's tensor-core GEMM / dequantize + cuBLAS forced, whatever M
     (crossover rows: against the GEMV at M <= 8, against dequant + cuBLAS at M >= 128);
+  * numba_cuda (M <= 4, the GEMV's range): ``matmul_4bit(A, P, qs, backend="numba_cuda")``, the Numba CUDA
+    GEMV beside the production one (issue 18: >= 60 % of its speed);
   * bnb: ``bitsandbytes.matmul_4bit(A, P, bqs)``;
   * cublas_bf16: ``torch.matmul(A, W.t())`` on the dequantized bf16 weight (the dense baseline).
 Per row: public_ms, the event-timed median of one call after warm-up (what a user sees, host time included);
@@ -30,6 +32,7 @@ GEMV_CROSSOVER_MS = (2, 8)  # extra M for ours_mma vs the GEMV (M <= 4) on every
 CROSSOVER_MS = (128, 256, 512, 1024, 2048)  # ours_mma vs ours_dequant, on CROSSOVER_SHAPES
 CROSSOVER_SHAPES = ((28672, 8192), (4096, 4096))
 GRAPH_CALLS = 20
+NUMBA_MAX_M = 4  # numba_cuda rows: the GEMV's range (above it the backend runs a simple tiled GEMM)
 
 
 def graph_ms(fn, calls: int = GRAPH_CALLS, reps: int = 7) -> float | None:
@@ -89,6 +92,8 @@ def run(shapes=SHAPES, ms=MS, reps: int = 20) -> pd.DataFrame:
                 cases["cublas_bf16"] = (lambda: torch.matmul(A, Wdq.t()), 2 * N * K)
                 if bnb:
                     cases["bnb"] = (lambda: bnb.matmul_4bit(A, P, bqs), wbytes)
+                if M <= NUMBA_MAX_M:
+                    cases["numba_cuda"] = (lambda: matmul_4bit(A, P, qs, backend="numba_cuda"), wbytes)
             if M in extra or M in (1, 2, 4, 8):  # crossovers: mma vs dequant + cuBLAS, mma vs the GEMV
                 cases["ours_mma"] = (_forced("ours_mma", A, P, qs), wbytes)
             if M in extra:
@@ -115,7 +120,7 @@ def run(shapes=SHAPES, ms=MS, reps: int = 20) -> pd.DataFrame:
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
     """ours' kernel (and public) time against cuBLAS bf16 and bitsandbytes on the same (shape, M)."""
     from .bench_matmul import speedups as ratios
-    return ratios(df, ("cublas_bf16", "bnb"), "x_{other}_{what}")
+    return ratios(df, ("cublas_bf16", "bnb", "numba_cuda"), "x_{other}_{what}")
 
 
 def table_md(df: pd.DataFrame) -> str:
@@ -127,16 +132,20 @@ def table_md(df: pd.DataFrame) -> str:
     def f(v, fmt="{:.4f}"):
         return "-" if v is None else fmt.format(v)
     lines = ["| out x in | M | module public ms | ours public ms | ours kernel ms | GB/s | % copy | bnb kernel ms "
-             "| cuBLAS bf16 kernel ms | x cuBLAS (kernel) | x bnb (kernel) | x bnb (public) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (N, K, M), d in df[df.impl.isin(["ours", "ours_module", "bnb", "cublas_bf16"])].groupby(["N", "K", "M"]):
+             "| cuBLAS bf16 kernel ms | x cuBLAS (kernel) | x bnb (kernel) | x bnb (public) "
+             "| numba_cuda kernel ms | numba_cuda % of ours (kernel) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (N, K, M), d in df[df.impl.isin(["ours", "ours_module", "bnb", "cublas_bf16", "numba_cuda"])].groupby(
+            ["N", "K", "M"]):
+        nk = get(d, "numba_cuda", "kernel_ms")
         ok, bk, ck = get(d, "ours", "kernel_ms"), get(d, "bnb", "kernel_ms"), get(d, "cublas_bf16", "kernel_ms")
         op, bp = get(d, "ours", "public_ms"), get(d, "bnb", "public_ms")
         lines.append(f"| {N}x{K} | {M} | {f(get(d, 'ours_module', 'public_ms'))} | {f(op)} | {f(ok)} "
                      f"| {f(get(d, 'ours', 'gbps'), '{:.0f}')} | {f(get(d, 'ours', 'pct_copy'), '{:.0f}')} | {f(bk)} "
                      f"| {f(ck)} | {f(ck / ok if ck and ok else None, '{:.2f}')} "
                      f"| {f(bk / ok if bk and ok else None, '{:.2f}')} "
-                     f"| {f(bp / op if bp and op else None, '{:.2f}')} |")
+                     f"| {f(bp / op if bp and op else None, '{:.2f}')} | {f(nk)} "
+                     f"| {f(100 * ok / nk if nk and ok else None, '{:.0f}')} |")
     return "\n".join(lines)
 
 
@@ -153,6 +162,7 @@ def plot(df: pd.DataFrame, path) -> Path | None:
     for ax, (N, K) in zip(axes[0], shapes):
         d = df[(df.N == N) & (df.K == K)]
         for impl, style, lw in (("ours", "o-", 1.8), ("bnb", "s--", 1.5), ("cublas_bf16", "^-.", 1.5),
+                                ("numba_cuda", "d:", 1.2),
                                 ("ours_mma", "x:", 1.0), ("ours_dequant", "+:", 1.0)):
             e = d[d.impl == impl].sort_values("M")
             if len(e):

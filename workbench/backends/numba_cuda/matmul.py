@@ -1,8 +1,9 @@
 """Numba CUDA matmul family (prototypes; kernels: numba_kernels/cuda/matmul.py): torch tensors in, float32 sums out,
 rounded once to A's dtype here (rule 4 of workbench/backends/reference/matmul.py).
 
-M <= GEMV_MAX_M: the fused dequant-GEMV (a block per output row; 4-byte words when K % 8 == 0); above: the simple
-tiled GEMM. Both decode the
+M <= GEMV_MAX_M: the fused dequant-GEMV (a warp per output row, ``gemv_lanes``, when K % 32 == 0, the blocksize
+is a power of two >= 32 and A and B are 16-byte aligned; else a block per row, 4-byte words when K % 8 == 0); above:
+the simple tiled GEMM. Both decode the
 nested absmax in the kernel. Under the CUDA simulator the backend takes CPU tensors (small inputs only).
 """
 from __future__ import annotations
@@ -38,6 +39,15 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     code2 = _arr(absmax_code.float()) if nested else _arr(one)
     offset = _arr(absmax_offset.float().reshape(1)) if nested else _arr(one)
     b = _arr(bias) if bias is not None else _arr(torch.zeros(1, dtype=A.dtype, device=dev))
+    A = A.contiguous()
+    ch = K.lanes_chunk(Kd, int(blocksize)) if M <= K.GEMV_MAX_M else 0
+    if ch and A.data_ptr() % 16 == 0 and B.data_ptr() % 16 == 0:  # the warp-per-row GEMV, 16-byte loads
+        Bf = B.reshape(-1)
+        kern = K.gemv_lanes(ch, M, kind)
+        launch(kern, -(-N // K.LANES_WARPS), K.LANES_THREADS, dev, as_array(A.reshape(-1).view(torch.int64)), N, Kd,
+               as_array(Bf.view(torch.int64)), _arr(absmax.float()), a8, code2, offset, int(nested),
+               _arr(table.float()), int(blocksize).bit_length() - 1, b, int(bias is not None), _arr(out))
+        return out.view(M, N).to(A.dtype)
     words = Kd % 8 == 0 and M <= K.GEMV_MAX_M
     packed = B.reshape(-1).view(torch.int32) if words else B.reshape(-1)   # K % 8 == 0: 4-byte words per row
     args = (_arr(A), kind, M, N, Kd, _arr(packed), _arr(absmax.float()), a8, code2, offset, int(nested),

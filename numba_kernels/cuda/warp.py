@@ -1,0 +1,133 @@
+"""Warp collectives and 16-byte memory accesses of the Numba CUDA kernels, with their simulator twins.
+
+The simulator has no warp shuffles or ballots: their twins go through a shared (2, THREADS) int32 buffer with
+a barrier each, so every thread of the CTA must make the same calls (no early exits around them). The 16-byte
+load and store are single vector accesses on the GPU (Numba emits none of its own), plain element accesses in
+the simulator.
+"""
+from __future__ import annotations
+
+from numba import config, cuda
+
+FULL = 0xFFFFFFFF
+
+if config.ENABLE_CUDASIM:
+    # Twins of the warp collectives: one barrier each, on a shared (2, THREADS) buffer used alternately (ph),
+    # so no thread overwrites a slot another may still read (between two uses of one half lies a barrier).
+    @cuda.jit(device=True)
+    def _ballot(pred, s2, ph, tid):
+        s2[ph, tid] = 1 if pred else 0
+        cuda.syncthreads()
+        base = tid & ~31
+        r = 0
+        for j in range(32):
+            r |= int(s2[ph, base + j]) << j
+        return r
+
+    @cuda.jit(device=True)
+    def _shfl(v, src, s2, ph, tid):
+        s2[ph, tid] = v
+        cuda.syncthreads()
+        return s2[ph, (tid & ~31) + src]
+
+    @cuda.jit(device=True)
+    def _xor(v, off, s2, ph, tid):
+        s2[ph, tid] = v
+        cuda.syncthreads()
+        return s2[ph, tid ^ off]
+
+    @cuda.jit(device=True)
+    def _seg_max(v, G, s2, ph, tid):
+        """max of v over the G consecutive lanes (G = 16 or 32) holding tid."""
+        s2[ph, tid] = v
+        cuda.syncthreads()
+        base = tid & ~(G - 1)
+        r = s2[ph, base]
+        for j in range(1, G):
+            r = max(r, s2[ph, base + j])
+        return r
+
+    @cuda.jit(device=True)
+    def _warp_atomic_max(v, gmax, tid):
+        if v > 0:
+            cuda.atomic.max(gmax, 0, v)
+else:
+    @cuda.jit(device=True, inline=True)
+    def _ballot(pred, s2, ph, tid):
+        return cuda.ballot_sync(FULL, pred)
+
+    @cuda.jit(device=True, inline=True)
+    def _shfl(v, src, s2, ph, tid):
+        return cuda.shfl_sync(FULL, v, src)
+
+    @cuda.jit(device=True, inline=True)
+    def _xor(v, off, s2, ph, tid):
+        return cuda.shfl_xor_sync(FULL, v, off)
+
+    @cuda.jit(device=True, inline=True)
+    def _seg_max(v, G, s2, ph, tid):
+        off = 1
+        while off < G:
+            o = cuda.shfl_xor_sync(FULL, v, off)
+            if o > v:
+                v = o
+            off *= 2
+        return v
+
+    @cuda.jit(device=True, inline=True)
+    def _warp_atomic_max(v, gmax, tid):
+        v = _seg_max(v, 32, v, 0, tid)
+        if (tid & 31) == 0 and v > 0:
+            cuda.atomic.max(gmax, 0, v)
+
+
+if config.ENABLE_CUDASIM:
+    def _st16(a, i, lo, hi):
+        a[i] = lo
+        a[i + 1] = hi
+
+    def _ld16(a, i):
+        return int(a[i]) & 0xFFFFFFFFFFFFFFFF, int(a[i + 1]) & 0xFFFFFFFFFFFFFFFF
+else:
+    from llvmlite import ir as _ir
+    from numba.core import types as _types
+    from numba.core.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def _st16(typingctx, a, i, lo, hi):
+        """a[i], a[i + 1] = lo, hi as one 16-byte store (a: uint64 array, &a[i] 16-byte aligned)."""
+        sig = _types.void(a, i, lo, hi)
+
+        def codegen(context, builder, sig, args):
+            aty = sig.args[0]
+            ary = context.make_array(aty)(context, builder, args[0])
+            idx = context.cast(builder, args[1], sig.args[1], _types.intp)
+            ptr = builder.gep(ary.data, [idx])
+            vt = _ir.VectorType(_ir.IntType(64), 2)
+            v = _ir.Constant(vt, _ir.Undefined)
+            v = builder.insert_element(v, context.cast(builder, args[2], sig.args[2], _types.uint64),
+                                       _ir.Constant(_ir.IntType(32), 0))
+            v = builder.insert_element(v, context.cast(builder, args[3], sig.args[3], _types.uint64),
+                                       _ir.Constant(_ir.IntType(32), 1))
+            st = builder.store(v, builder.bitcast(ptr, vt.as_pointer()))
+            st.align = 16
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+
+    @_intrinsic
+    def _ld16(typingctx, a, i):
+        """(a[i], a[i + 1]) as one 16-byte load (a: int64/uint64 array, &a[i] 16-byte aligned), as uint64."""
+        rt = _types.UniTuple(_types.uint64, 2)
+        sig = rt(a, i)
+
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            idx = context.cast(builder, args[1], sig.args[1], _types.intp)
+            vt = _ir.VectorType(_ir.IntType(64), 2)
+            v = builder.load(builder.bitcast(builder.gep(ary.data, [idx]), vt.as_pointer()), align=16)
+            parts = [builder.extract_element(v, _ir.Constant(_ir.IntType(32), j)) for j in (0, 1)]
+            return context.make_tuple(builder, rt, parts)
+
+        return sig, codegen
