@@ -205,26 +205,34 @@ def lanes_chunk(K: int, blocksize: int) -> int:
 _LANES: dict = {}
 
 
-def gemv_lanes(ch: int, M: int, kind: int):
-    """The GEMV with a warp per output row (cuda_src/matmul.cu's design, one row per warp), compiled for chunk
-    ``ch`` (lanes_chunk), M activation rows and A's element kind.
+def gemv_lanes(ch: int, M: int, kind: int, rows: bool = True, min_blocks: int = 0):
+    """The warp-per-row GEMVs, compiled for chunk ``ch`` (lanes_chunk), M activation rows and A's element kind.
+    Two ways to give chunks to lanes (``rows``):
 
-    Lane l owns the row's ch-element chunks l, l + 32, ...: per chunk it decodes the block scale (rule 1) and
-    writes the 16 possible weights dtype(table[c] * s) (rule 2) into its own column of a shared table (entry
-    (c, t) at c * THREADS + t: a lane's entries share its bank); each weight is then one byte permute (code and
-    thread into the entry's index), one shared load and M fused multiply-adds (exact products for fp16/bf16 A).
-    Weights, scales and the next chunk's inputs are loaded one chunk ahead; weights and activations as 16-byte
-    vectors (A and the packed bytes as int64 arrays: K % 32 == 0, 16-byte aligned). Float32 accumulation: two
-    partial sums per lane and row (even and odd elements), then a warp butterfly. out[m * N + n] float32 (bias
-    added); grid ceil(N / LANES_WARPS) blocks of LANES_THREADS."""
-    key = (ch, M, kind)
+    * rows (the default): lane l of a CTA's warps takes output row 32 * blockIdx + l; the CTA's warps split K
+      into LANES_WARPS contiguous chunk ranges, every lane of a warp on the same chunk, so an activation load is
+      one broadcast address; the partial sums meet in shared memory (warp order) at the end.
+    * chunks (cuda_src/matmul.cu's): a warp per output row, lane l on the row's chunks l, l + 32, ... (an
+      activation load touches 32 cache lines); then a warp butterfly.
+
+    Per chunk a lane decodes the block scale (rule 1) and writes the 16 possible weights dtype(table[c] * s)
+    (rule 2) into its own column of a shared table (entry (c, t) at c * THREADS + t: a lane's entries share its
+    bank); each weight is then one byte permute (code and thread into the entry's index), one shared load and M
+    fused multiply-adds (exact products for fp16/bf16 A). Weights and scale inputs are loaded one chunk ahead;
+    weights and activations as 16-byte vectors (A and the packed bytes as int64 arrays: K % 32 == 0, 16-byte
+    aligned). Float32 accumulation: two partial sums per lane and row (even and odd elements), added, then the
+    combination above. out[m * N + n] float32 (bias added); grid: ``lanes_grid``, LANES_THREADS per block.
+    min_blocks > 0: launch bounds of that many resident CTAs per SM (not under the simulator)."""
+    key = (ch, M, kind, rows, min_blocks)
     if key in _LANES:
         return _LANES[key]
     NV = ch // 32                    # 16-byte weight vectors per chunk (32 codes each)
     MM = M
     KIND = kind
+    ROWS = rows
+    bounds = {"launch_bounds": (LANES_THREADS, min_blocks)} if min_blocks and not config.ENABLE_CUDASIM else {}
 
-    @cuda.jit(fastmath=False)
+    @cuda.jit(fastmath=False, **bounds)
     def gemv(A, N, K, B, absmax, a8, code2, offset, nested, table, bshift, bias, has_bias, out):
         tab = cuda.shared.array(LANES_TAB, float32)
         c2 = cuda.shared.array(256, float32)
@@ -236,6 +244,7 @@ def gemv_lanes(ch: int, M: int, kind: int):
         nx = cuda.local.array(4, uint64)     # the next chunk's
         tid = cuda.threadIdx.x
         lane = tid & 31
+        warp = tid >> 5
         if nested:
             for j in range(tid, 256, LANES_THREADS):
                 c2[j] = code2[j]
@@ -246,27 +255,36 @@ def gemv_lanes(ch: int, M: int, kind: int):
         for m in range(MM):
             acc[m, 0] = float32(0.0)
             acc[m, 1] = float32(0.0)
-        n = int64(cuda.blockIdx.x) * LANES_WARPS + (tid >> 5)
-        row = n if n < N else int64(N - 1)   # rows past N redo the last (every lane takes part in the butterfly)
         chunks = K // ch
+        if ROWS:
+            n = int64(cuda.blockIdx.x) * 32 + lane
+            per = (chunks + LANES_WARPS - 1) // LANES_WARPS
+            c = int64(warp) * per
+            cend = c + per if c + per < chunks else chunks
+            step = 1
+        else:
+            n = int64(cuda.blockIdx.x) * LANES_WARPS + warp
+            c = int64(lane)
+            cend = chunks
+            step = 32
+        row = n if n < N else int64(N - 1)   # rows past N redo the last and are not stored
         wrow = row * (K // 16)               # int64 index of the row's first packed vector half
         erow = row * K
         ku = K // 2 if KIND == F32 else K // 4          # int64 words per activation row
         nq = int32(0)
         na = float32(0.0)
-        c = int64(lane)
-        if c < chunks:
+        if c < cend:
             for v in range(NV):
                 nx[2 * v], nx[2 * v + 1] = _ld16(B, wrow + c * (2 * NV) + 2 * v)
             b = (erow + c * ch) >> bshift
             nq = int32(a8[b]) if nested else int32(0)
             na = absmax[b >> 8] if nested else absmax[b]
-        while c < chunks:
+        while c < cend:
             for j in range(2 * NV):
                 wv[j] = nx[j]
             s = _add(_mul(c2[uint32(nq)], na), off) if nested else na
-            cn = c + 32
-            if cn < chunks:                  # the next chunk's weights and scale inputs
+            cn = c + step
+            if cn < cend:                    # the next chunk's weights and scale inputs
                 for v in range(NV):
                     nx[2 * v], nx[2 * v + 1] = _ld16(B, wrow + cn * (2 * NV) + 2 * v)
                 b = (erow + cn * ch) >> bshift
@@ -308,21 +326,42 @@ def gemv_lanes(ch: int, M: int, kind: int):
                         acc[m, 0] = _fma(we, av[m, 2 * j], acc[m, 0])
                         acc[m, 1] = _fma(wo, av[m, 2 * j + 1], acc[m, 1])
             c = cn
-        ph = 0
-        for m in range(MM):
-            v = _add(acc[m, 0], acc[m, 1])
-            o = 16
-            while o > 0:
-                v = _add(v, _xor_f(v, o, s2, ph, tid))
-                ph ^= 1
-                o >>= 1
-            if lane == 0 and n < N:
-                if has_bias:
-                    v = _add(v, _load(bias, n, KIND))
-                out[int64(m) * N + n] = v
+        if ROWS:                             # the warps' partial sums of each row, added in warp order
+            cuda.syncthreads()               # every table read done: its space holds them
+            for m in range(MM):
+                tab[uint32((warp * MM + m) * 32 + lane)] = _add(acc[m, 0], acc[m, 1])
+            cuda.syncthreads()
+            for t in range(tid, 32 * MM, LANES_THREADS):
+                m = t >> 5
+                n = int64(cuda.blockIdx.x) * 32 + (t & 31)
+                v = tab[uint32(t)]
+                for w in range(1, LANES_WARPS):
+                    v = _add(v, tab[uint32(w * MM * 32 + t)])
+                if n < N:
+                    if has_bias:
+                        v = _add(v, _load(bias, n, KIND))
+                    out[int64(m) * N + n] = v
+        else:
+            ph = 0
+            for m in range(MM):
+                v = _add(acc[m, 0], acc[m, 1])
+                o = 16
+                while o > 0:
+                    v = _add(v, _xor_f(v, o, s2, ph, tid))
+                    ph ^= 1
+                    o >>= 1
+                if lane == 0 and n < N:
+                    if has_bias:
+                        v = _add(v, _load(bias, n, KIND))
+                    out[int64(m) * N + n] = v
 
     _LANES[key] = gemv
     return gemv
+
+
+def lanes_grid(N: int, rows: bool = True) -> int:
+    """CTAs of ``gemv_lanes``: 32 output rows each (rows), else LANES_WARPS."""
+    return -(-N // (32 if rows else LANES_WARPS))
 
 
 @cuda.jit(fastmath=False)

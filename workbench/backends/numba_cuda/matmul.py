@@ -8,6 +8,8 @@ nested absmax in the kernel. Under the CUDA simulator the backend takes CPU tens
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from numba_kernels.cuda import matmul as K
@@ -16,6 +18,10 @@ from ._launch import as_array, launch
 from ..registry import register_kernel
 
 _KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
+# A/B knobs of the warp-per-row GEMV (numba_kernels/cuda/matmul.py gemv_lanes): lanes as rows or as chunks of a
+# row, and launch bounds (resident CTAs per SM, 0: none)
+_ROWS = os.environ.get("KBIT_NUMBA_GEMV", "rows") != "chunks"
+_MIN_BLOCKS = int(os.environ.get("KBIT_NUMBA_GEMV_MINBLOCKS", "0"))
 
 
 def _arr(t: torch.Tensor):
@@ -43,8 +49,8 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     ch = K.lanes_chunk(Kd, int(blocksize)) if M <= K.GEMV_MAX_M else 0
     if ch and A.data_ptr() % 16 == 0 and B.data_ptr() % 16 == 0:  # the warp-per-row GEMV, 16-byte loads
         Bf = B.reshape(-1)
-        kern = K.gemv_lanes(ch, M, kind)
-        launch(kern, -(-N // K.LANES_WARPS), K.LANES_THREADS, dev, as_array(A.reshape(-1).view(torch.int64)), N, Kd,
+        kern = K.gemv_lanes(ch, M, kind, _ROWS, _MIN_BLOCKS)
+        launch(kern, K.lanes_grid(N, _ROWS), K.LANES_THREADS, dev, as_array(A.reshape(-1).view(torch.int64)), N, Kd,
                as_array(Bf.view(torch.int64)), _arr(absmax.float()), a8, code2, offset, int(nested),
                _arr(table.float()), int(blocksize).bit_length() - 1, b, int(bias is not None), _arr(out))
         return out.view(M, N).to(A.dtype)
