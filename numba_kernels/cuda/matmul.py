@@ -34,7 +34,7 @@ from numba.cuda import libdevice
 
 from .quant import (BF16, F16, F32, _bf16_bits, _float2half_rn, _float_as_int, _half2float,  # noqa: F401
                     _int_as_float, _load)
-from .warp import _ld16, _xor
+from .warp import _ld16, _ld16f, _ld_byte, _syncwarp
 
 GEMV_THREADS = 128
 GEMV_MAX_M = 4
@@ -150,27 +150,36 @@ def gemv_words(A, kind, M, N, K, words, absmax, a8, code2, offset, nested, table
         out[t * N + n] = y
 
 
-# ------------------------------------------------------------------ the warp-per-row GEMV
+# ------------------------------------------------------------------ the lanes-as-rows GEMV
 
-LANES_THREADS = 64 if config.ENABLE_CUDASIM else 256    # the simulator runs a Python thread per lane
-LANES_WARPS = LANES_THREADS // 32
-LANES_TAB = 16 * LANES_THREADS                          # decoded-weight table entries (16 per thread)
+ROWS_THREADS = 64 if config.ENABLE_CUDASIM else 256     # the simulator runs a Python thread per lane
+ROWS_WARPS = ROWS_THREADS // 32
+ROWS_TAB = 16 * ROWS_THREADS                            # decoded-weight table entries (16 per thread)
+ROWS_STAGE = ROWS_WARPS * 2 * GEMV_MAX_M * 64           # staged activations: per warp, 2 buffers of M x 64 floats
 
 if config.ENABLE_CUDASIM:
     def _fma(a, b, c):
         with np.errstate(invalid="ignore", over="ignore"):
             return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
 
-    def _entry(x, j, tid):
-        """The table index of byte j's code for thread tid: code * LANES_THREADS + tid."""
-        return ((int(x) >> (8 * j)) & 0xFF) * LANES_THREADS + tid
+    def _u64(a, i):
+        return int(a[i]) & 0xFFFFFFFFFFFFFFFF
+
+    def _entry(x, j, tcol):
+        """The table's byte offset for byte j of x (4 * code | the warp-pair bits, zero here) and tcol = 4 * tid."""
+        return (((int(x) >> (8 * j)) & 0xFF) >> 2) * (4 * ROWS_THREADS) + tcol
 else:
     _fma = libdevice.fmaf_rn
 
     @cuda.jit(device=True, inline=True)
-    def _entry(x, j, tid):
-        # one byte permute: byte 0 the thread (< 256), byte 1 the code (byte j of x), bytes 2-3 zero (tid's)
-        return libdevice.byte_perm(x, tid, 0x5504 | (j << 4))
+    def _u64(a, i):
+        return uint64(a[i])
+
+    @cuda.jit(device=True, inline=True)
+    def _entry(x, j, tcol):
+        # one byte permute: byte 0 of tcol ((4 tid) & 0xFF), byte j of x as byte 1 (4 * code | tid >> 6: the
+        # entry's offset 1024 code + 4 tid), bytes 2-3 zero (tcol < 256)
+        return libdevice.byte_perm(x, tcol, 0x5504 | (j << 4))
 
 
 @cuda.jit(device=True, inline=True)
@@ -188,55 +197,46 @@ def _bf16_finite(v):
     return _int_as_float(uint32(b + uint32(0x7FFF) + ((b >> 16) & 1)) & 0xFFFF0000)
 
 
-@cuda.jit(device=True, inline=True)
-def _xor_f(v, off, s2, ph, tid):
-    """A float32 xor-shuffle (through its bits: the simulator's buffer is int32)."""
-    return _int_as_float(_xor(_float_as_int(v), off, s2, ph, tid))
-
-
-def lanes_chunk(K: int, blocksize: int) -> int:
-    """Elements per lane chunk of ``gemv_lanes`` (a chunk lies in one quantization block), 0 where it does not
-    apply (K % 32 != 0 or a blocksize that is not a power of two >= 32)."""
+def rows_chunk(K: int, blocksize: int) -> int:
+    """Elements per chunk of ``gemv_rows`` (a chunk lies in one quantization block), 0 where it does not apply
+    (K % 32 != 0 or a blocksize that is not a power of two >= 32)."""
     if K % 32 or blocksize < 32 or blocksize & (blocksize - 1):
         return 0
     return 64 if blocksize >= 64 and K % 64 == 0 else 32
 
 
-_LANES: dict = {}
+_ROWS: dict = {}
 
 
-def gemv_lanes(ch: int, M: int, kind: int, rows: bool = True, min_blocks: int = 0):
-    """The warp-per-row GEMVs, compiled for chunk ``ch`` (lanes_chunk), M activation rows and A's element kind.
-    Two ways to give chunks to lanes (``rows``):
+def gemv_rows(ch: int, M: int, kind: int):
+    """The GEMV with lanes as output rows, compiled for chunk ``ch`` (rows_chunk), M activation rows and A's
+    element kind.
 
-    * rows (the default): lane l of a CTA's warps takes output row 32 * blockIdx + l; the CTA's warps split K
-      into LANES_WARPS contiguous chunk ranges, every lane of a warp on the same chunk, so an activation load is
-      one broadcast address; the partial sums meet in shared memory (warp order) at the end.
-    * chunks (cuda_src/matmul.cu's): a warp per output row, lane l on the row's chunks l, l + 32, ... (an
-      activation load touches 32 cache lines); then a warp butterfly.
-
-    Per chunk a lane decodes the block scale (rule 1) and writes the 16 possible weights dtype(table[c] * s)
-    (rule 2) into its own column of a shared table (entry (c, t) at c * THREADS + t: a lane's entries share its
-    bank); each weight is then one byte permute (code and thread into the entry's index), one shared load and M
-    fused multiply-adds (exact products for fp16/bf16 A). Weights and scale inputs are loaded one chunk ahead;
-    weights and activations as 16-byte vectors (A and the packed bytes as int64 arrays: K % 32 == 0, 16-byte
-    aligned). Float32 accumulation: two partial sums per lane and row (even and odd elements), added, then the
-    combination above. out[m * N + n] float32 (bias added); grid: ``lanes_grid``, LANES_THREADS per block.
-    min_blocks > 0: launch bounds of that many resident CTAs per SM (not under the simulator)."""
-    key = (ch, M, kind, rows, min_blocks)
-    if key in _LANES:
-        return _LANES[key]
+    Lane l of every warp of a CTA takes output row 32 * blockIdx + l; the CTA's ROWS_WARPS warps split the row's
+    chunks into contiguous ranges, all lanes of a warp on the same chunk (the weight loads are each lane's own
+    32 bytes, the activations the same for the whole warp). Per chunk the warp stages its 64 x M activations as
+    float32 in shared memory (a coalesced load, one warp barrier; two buffers), and every lane decodes its block
+    scale (rule 1) and writes the 16 possible weights dtype(table[c] * s) (rule 2) into its own column of a
+    shared table (entry (c, t) at byte 1024 c + 4 t: a lane's entries share its bank). Each weight is then one
+    byte permute (code and thread into the entry's byte offset), one shared load and M fused multiply-adds
+    (exact products for fp16/bf16 A) with activations read as broadcast 16-byte shared loads. Weights and scale
+    inputs are loaded one chunk ahead, weights as 16-byte vectors (A and the packed bytes as int64 arrays:
+    K % 32 == 0, 16-byte aligned). Float32 accumulation: two partial sums per lane and row (even and odd
+    elements), added, then the warps' sums of a row in warp order. out[m * N + n] float32 (bias added); grid
+    ``rows_grid(N)`` blocks of ROWS_THREADS."""
+    key = (ch, M, kind)
+    if key in _ROWS:
+        return _ROWS[key]
     NV = ch // 32                    # 16-byte weight vectors per chunk (32 codes each)
+    AW = ch // 2 if kind == F32 else ch // 4     # int64 words of a chunk's activations (per row m)
     MM = M
     KIND = kind
-    ROWS = rows
-    bounds = {"launch_bounds": (LANES_THREADS, min_blocks)} if min_blocks and not config.ENABLE_CUDASIM else {}
 
-    @cuda.jit(fastmath=False, **bounds)
+    @cuda.jit(fastmath=False)
     def gemv(A, N, K, B, absmax, a8, code2, offset, nested, table, bshift, bias, has_bias, out):
-        tab = cuda.shared.array(LANES_TAB, float32)
+        tab = cuda.shared.array(ROWS_TAB, float32)
+        stg = cuda.shared.array(ROWS_STAGE, float32)
         c2 = cuda.shared.array(256, float32)
-        s2 = cuda.shared.array((2, LANES_THREADS), int32)
         cb = cuda.local.array(16, float32)
         acc = cuda.local.array((GEMV_MAX_M, 2), float32)
         av = cuda.local.array((GEMV_MAX_M, 8), float32)
@@ -246,7 +246,7 @@ def gemv_lanes(ch: int, M: int, kind: int, rows: bool = True, min_blocks: int = 
         lane = tid & 31
         warp = tid >> 5
         if nested:
-            for j in range(tid, 256, LANES_THREADS):
+            for j in range(tid, 256, ROWS_THREADS):
                 c2[j] = code2[j]
         cuda.syncthreads()
         off = offset[0] if nested else float32(0.0)
@@ -255,113 +255,94 @@ def gemv_lanes(ch: int, M: int, kind: int, rows: bool = True, min_blocks: int = 
         for m in range(MM):
             acc[m, 0] = float32(0.0)
             acc[m, 1] = float32(0.0)
+        tcol = uint32((4 * tid) & 0xFF)
+        tgrp = uint32(tid >> 6) * uint32(0x01010101)   # tid >> 6 in every byte: the offset's byte 1 low bits
         chunks = K // ch
-        if ROWS:
-            n = int64(cuda.blockIdx.x) * 32 + lane
-            per = (chunks + LANES_WARPS - 1) // LANES_WARPS
-            c = int64(warp) * per
-            cend = c + per if c + per < chunks else chunks
-            step = 1
-        else:
-            n = int64(cuda.blockIdx.x) * LANES_WARPS + warp
-            c = int64(lane)
-            cend = chunks
-            step = 32
+        per = (chunks + ROWS_WARPS - 1) // ROWS_WARPS
+        c0 = int64(warp) * per
+        cend = c0 + per if c0 + per < chunks else chunks
+        n = int64(cuda.blockIdx.x) * 32 + lane
         row = n if n < N else int64(N - 1)   # rows past N redo the last and are not stored
-        wrow = row * (K // 16)               # int64 index of the row's first packed vector half
+        wrow = row * (K // 16)               # int64 index of the row's first packed weights
         erow = row * K
         ku = K // 2 if KIND == F32 else K // 4          # int64 words per activation row
+        sbase = warp * (2 * GEMV_MAX_M * 64)
         nq = int32(0)
         na = float32(0.0)
-        if c < cend:
+        buf = sbase
+        if c0 < cend:
             for v in range(NV):
-                nx[2 * v], nx[2 * v + 1] = _ld16(B, wrow + c * (2 * NV) + 2 * v)
-            b = (erow + c * ch) >> bshift
-            nq = int32(a8[b]) if nested else int32(0)
-            na = absmax[b >> 8] if nested else absmax[b]
-        while c < cend:
-            for j in range(2 * NV):
-                wv[j] = nx[j]
-            s = _add(_mul(c2[uint32(nq)], na), off) if nested else na
-            cn = c + step
-            if cn < cend:                    # the next chunk's weights and scale inputs
-                for v in range(NV):
-                    nx[2 * v], nx[2 * v + 1] = _ld16(B, wrow + cn * (2 * NV) + 2 * v)
-                b = (erow + cn * ch) >> bshift
-                nq = int32(a8[b]) if nested else int32(0)
-                na = absmax[b >> 8] if nested else absmax[b]
-            if KIND == BF16 and abs(s) <= float32(3.4028234663852886e38):   # rule 2 into this lane's column
-                for j in range(16):
-                    tab[uint32(j * LANES_THREADS + tid)] = _bf16_finite(_mul(cb[j], s))
-            else:
-                for j in range(16):
-                    tab[uint32(j * LANES_THREADS + tid)] = _round_to(_mul(cb[j], s), KIND)
-            for g in range(ch // 8):         # 8 elements: k = c * ch + 8 g + 0..7
-                k0 = c * ch + 8 * g
-                for m in range(MM):
-                    base = int64(m) * ku + (k0 * (2 if KIND == F32 else 1)) // 4
-                    if KIND == F32:
-                        x0, x1 = _ld16(A, base)
-                        x2, x3 = _ld16(A, base + 2)
-                        av[m, 0] = _int_as_float(x0 & 0xFFFFFFFF)
-                        av[m, 1] = _int_as_float(x0 >> 32)
-                        av[m, 2] = _int_as_float(x1 & 0xFFFFFFFF)
-                        av[m, 3] = _int_as_float(x1 >> 32)
-                        av[m, 4] = _int_as_float(x2 & 0xFFFFFFFF)
-                        av[m, 5] = _int_as_float(x2 >> 32)
-                        av[m, 6] = _int_as_float(x3 & 0xFFFFFFFF)
-                        av[m, 7] = _int_as_float(x3 >> 32)
-                    else:
-                        x0, x1 = _ld16(A, base)
-                        for h in range(4):
-                            u = uint32(((x0 if h < 2 else x1) >> (32 * (h & 1))) & 0xFFFFFFFF)
-                            av[m, 2 * h], av[m, 2 * h + 1] = _unpack2(u, KIND)
-                word = (wv[g >> 1] >> (32 * (g & 1))) & 0xFFFFFFFF
-                hi = uint32((word >> 4) & 0x0F0F0F0F)   # byte j: the code of element 2j (high nibble)
-                lo = uint32(word & 0x0F0F0F0F)          # element 2j + 1
-                for j in range(4):
-                    we = tab[uint32(_entry(hi, j, tid))]   # unsigned: no negative-index wraparound
-                    wo = tab[uint32(_entry(lo, j, tid))]
+                nx[2 * v], nx[2 * v + 1] = _ld16(B, wrow + c0 * (2 * NV) + 2 * v)
+            b = (erow + c0 * ch) >> bshift
+            nq = int32(a8[uint64(b)]) if nested else int32(0)
+            na = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
+        for i in range(per):                 # the same trip count in every warp (the simulator's barrier twin)
+            c = c0 + i
+            if c < cend:
+                buf = sbase + (i & 1) * (GEMV_MAX_M * 64)
+                for m in range(MM):          # stage: lane l < AW converts int64 word l of the chunk
+                    if lane < AW:
+                        x = _u64(A, uint64(int64(m) * ku + c * AW + lane))
+                        e = uint32(buf + m * 64 + lane * (2 if KIND == F32 else 4))
+                        if KIND == F32:
+                            stg[e] = _int_as_float(x & 0xFFFFFFFF)
+                            stg[e + 1] = _int_as_float(x >> 32)
+                        else:
+                            stg[e], stg[e + 1] = _unpack2(uint32(x & 0xFFFFFFFF), KIND)
+                            stg[e + 2], stg[e + 3] = _unpack2(uint32(x >> 32), KIND)
+                for j in range(2 * NV):
+                    wv[j] = nx[j]
+                s = _add(_mul(c2[uint32(nq)], na), off) if nested else na
+                if c + 1 < cend:             # the next chunk's weights and scale inputs
+                    for v in range(NV):
+                        nx[2 * v], nx[2 * v + 1] = _ld16(B, wrow + (c + 1) * (2 * NV) + 2 * v)
+                    b = (erow + (c + 1) * ch) >> bshift
+                    nq = int32(a8[uint64(b)]) if nested else int32(0)
+                    na = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
+                if KIND == BF16 and abs(s) <= float32(3.4028234663852886e38):   # rule 2 into this lane's column
+                    for j in range(16):
+                        tab[uint32(j * ROWS_THREADS + tid)] = _bf16_finite(_mul(cb[j], s))
+                else:
+                    for j in range(16):
+                        tab[uint32(j * ROWS_THREADS + tid)] = _round_to(_mul(cb[j], s), KIND)
+            _syncwarp()                      # the staged activations (the other buffer's readers are past it)
+            if c < cend:
+                for g in range(ch // 8):     # 8 elements: k = c * ch + 8 g + 0..7
                     for m in range(MM):
-                        acc[m, 0] = _fma(we, av[m, 2 * j], acc[m, 0])
-                        acc[m, 1] = _fma(wo, av[m, 2 * j + 1], acc[m, 1])
-            c = cn
-        if ROWS:                             # the warps' partial sums of each row, added in warp order
-            cuda.syncthreads()               # every table read done: its space holds them
-            for m in range(MM):
-                tab[uint32((warp * MM + m) * 32 + lane)] = _add(acc[m, 0], acc[m, 1])
-            cuda.syncthreads()
-            for t in range(tid, 32 * MM, LANES_THREADS):
-                m = t >> 5
-                n = int64(cuda.blockIdx.x) * 32 + (t & 31)
-                v = tab[uint32(t)]
-                for w in range(1, LANES_WARPS):
-                    v = _add(v, tab[uint32(w * MM * 32 + t)])
-                if n < N:
-                    if has_bias:
-                        v = _add(v, _load(bias, n, KIND))
-                    out[int64(m) * N + n] = v
-        else:
-            ph = 0
-            for m in range(MM):
-                v = _add(acc[m, 0], acc[m, 1])
-                o = 16
-                while o > 0:
-                    v = _add(v, _xor_f(v, o, s2, ph, tid))
-                    ph ^= 1
-                    o >>= 1
-                if lane == 0 and n < N:
-                    if has_bias:
-                        v = _add(v, _load(bias, n, KIND))
-                    out[int64(m) * N + n] = v
+                        e = uint32(buf + m * 64 + 8 * g)
+                        av[m, 0], av[m, 1], av[m, 2], av[m, 3] = _ld16f(stg, e)
+                        av[m, 4], av[m, 5], av[m, 6], av[m, 7] = _ld16f(stg, e + 4)
+                    word = uint32((wv[g >> 1] >> (32 * (g & 1))) & 0xFFFFFFFF)
+                    hi = ((word >> 2) & uint32(0x3C3C3C3C)) | tgrp   # byte j: 4 * code of element 2j
+                    lo = ((word << 2) & uint32(0x3C3C3C3C)) | tgrp   # element 2j + 1
+                    for j in range(4):
+                        we = _ld_byte(tab, uint32(_entry(hi, j, tcol)))
+                        wo = _ld_byte(tab, uint32(_entry(lo, j, tcol)))
+                        for m in range(MM):
+                            acc[m, 0] = _fma(we, av[m, 2 * j], acc[m, 0])
+                            acc[m, 1] = _fma(wo, av[m, 2 * j + 1], acc[m, 1])
+        cuda.syncthreads()                   # every table read done: its space holds the warps' sums
+        for m in range(MM):
+            tab[uint32((warp * MM + m) * 32 + lane)] = _add(acc[m, 0], acc[m, 1])
+        cuda.syncthreads()
+        for t in range(tid, 32 * MM, ROWS_THREADS):
+            m = t >> 5
+            n = int64(cuda.blockIdx.x) * 32 + (t & 31)
+            v = tab[uint32(t)]
+            for w in range(1, ROWS_WARPS):   # warp order
+                v = _add(v, tab[uint32(w * MM * 32 + t)])
+            if n < N:
+                if has_bias:
+                    v = _add(v, _load(bias, n, KIND))
+                out[int64(m) * N + n] = v
 
-    _LANES[key] = gemv
+    _ROWS[key] = gemv
     return gemv
 
 
-def lanes_grid(N: int, rows: bool = True) -> int:
-    """CTAs of ``gemv_lanes``: 32 output rows each (rows), else LANES_WARPS."""
-    return -(-N // (32 if rows else LANES_WARPS))
+def rows_grid(N: int) -> int:
+    """CTAs of ``gemv_rows``: 32 output rows each."""
+    return -(-N // 32)
 
 
 @cuda.jit(fastmath=False)

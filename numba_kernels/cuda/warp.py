@@ -1,9 +1,11 @@
-"""Warp collectives and 16-byte memory accesses of the Numba CUDA kernels, with their simulator twins.
+"""Warp collectives and memory accesses Numba does not emit by itself, for the Numba CUDA kernels, with their
+simulator twins.
 
-The simulator has no warp shuffles or ballots: their twins go through a shared (2, THREADS) int32 buffer with
-a barrier each, so every thread of the CTA must make the same calls (no early exits around them). The 16-byte
-load and store are single vector accesses on the GPU (Numba emits none of its own), plain element accesses in
-the simulator.
+The simulator has no warp shuffles, ballots or warp barriers: their twins go through a shared (2, THREADS) int32
+buffer with a barrier each (``_syncwarp``: a CTA barrier), so every thread of the CTA must make the same calls
+(no early exits around them). The 16-byte loads and stores are single vector accesses on the GPU, ``_ld_byte`` a
+float32 load at a byte offset (no index scaling: the offset can come straight from a byte permute); plain
+element accesses in the simulator.
 """
 from __future__ import annotations
 
@@ -88,6 +90,16 @@ if config.ENABLE_CUDASIM:
 
     def _ld16(a, i):
         return int(a[i]) & 0xFFFFFFFFFFFFFFFF, int(a[i + 1]) & 0xFFFFFFFFFFFFFFFF
+
+    def _ld16f(a, i):
+        return a[i], a[i + 1], a[i + 2], a[i + 3]
+
+    def _ld_byte(a, off):
+        return a[int(off) >> 2]
+
+    @cuda.jit(device=True)
+    def _syncwarp():
+        cuda.syncthreads()
 else:
     from llvmlite import ir as _ir
     from numba.core import types as _types
@@ -131,3 +143,38 @@ else:
             return context.make_tuple(builder, rt, parts)
 
         return sig, codegen
+
+
+    @_intrinsic
+    def _ld16f(typingctx, a, i):
+        """(a[i], ..., a[i + 3]) as one 16-byte load (a: float32 array, &a[i] 16-byte aligned)."""
+        rt = _types.UniTuple(_types.float32, 4)
+        sig = rt(a, i)
+
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            idx = context.cast(builder, args[1], sig.args[1], _types.intp)
+            vt = _ir.VectorType(_ir.FloatType(), 4)
+            v = builder.load(builder.bitcast(builder.gep(ary.data, [idx]), vt.as_pointer()), align=16)
+            parts = [builder.extract_element(v, _ir.Constant(_ir.IntType(32), j)) for j in range(4)]
+            return context.make_tuple(builder, rt, parts)
+
+        return sig, codegen
+
+    @_intrinsic
+    def _ld_byte(typingctx, a, off):
+        """The float32 at byte offset ``off`` (unsigned 32-bit, a multiple of 4) of float32 array a."""
+        sig = _types.float32(a, off)
+
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            o = builder.zext(builder.trunc(args[1], _ir.IntType(32)), _ir.IntType(64)) \
+                if args[1].type.width > 32 else builder.zext(args[1], _ir.IntType(64))
+            p = builder.gep(builder.bitcast(ary.data, _ir.IntType(8).as_pointer()), [o])
+            return builder.load(builder.bitcast(p, _ir.FloatType().as_pointer()), align=4)
+
+        return sig, codegen
+
+    @cuda.jit(device=True, inline=True)
+    def _syncwarp():
+        cuda.syncwarp(FULL)

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# One device call for issue 18's Numba CUDA GEMV: its GPU tests, the A/B of its variants beside the production
-# GEMV (studies/probes/numba_gemv_ab.py), then the matmul bench at the GEMV's M (numba_cuda beside the production
-# GEMV, bitsandbytes and cuBLAS in one process). Carry [".whl", ".devlibs"] (bitsandbytes wheel, gzipped prebuilt
+# One device call for issue 18's Numba CUDA GEMV: its GPU tests, then the matmul bench at the GEMV's M (numba_cuda
+# beside the production GEMV, bitsandbytes and cuBLAS in one process). Carry [".whl", ".devlibs"] (bitsandbytes wheel, gzipped prebuilt
 # .so files; else the families are built here).
 # usage (on the device, repo root): MS=1,4 bash studies/probes/device_matmul_numba.sh
 source studies/probes/device_env.sh >/dev/null
@@ -13,8 +12,5 @@ fi
 python3 -m workbench.cuda_build matmul quant 2>&1 | tail -1
 timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_matmul_numba_cuda_gpu.py} \
   > "$OUT/pytest_gpu_matmul_numba_cuda.txt" 2>&1; tail -3 "$OUT/pytest_gpu_matmul_numba_cuda.txt"
-if [ -z "$SKIP_AB" ]; then
-  timeout ${AB_TIMEOUT:-200} python3 -m studies.probes.numba_gemv_ab --out "$OUT" 2>&1 | grep -vE "^[0-9]+x[0-9]+ M=" | tail -40
-fi
 timeout ${BENCH_TIMEOUT:-300} python3 -m studies.bench.bench_matmul_gpu --ms "${MS:-1,4}" --out "$OUT" 2>&1 \
   | grep -E "copy bandwidth| (ours|numba_cuda|bnb|cublas_bf16) [0-9]" | tail -60

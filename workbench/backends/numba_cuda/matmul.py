@@ -1,14 +1,12 @@
 """Numba CUDA matmul family (prototypes; kernels: numba_kernels/cuda/matmul.py): torch tensors in, float32 sums out,
 rounded once to A's dtype here (rule 4 of workbench/backends/reference/matmul.py).
 
-M <= GEMV_MAX_M: the fused dequant-GEMV (a warp per output row, ``gemv_lanes``, when K % 32 == 0, the blocksize
-is a power of two >= 32 and A and B are 16-byte aligned; else a block per row, 4-byte words when K % 8 == 0); above:
+M <= GEMV_MAX_M: the fused dequant-GEMV (lanes as output rows, ``gemv_rows``, when K % 32 == 0, the blocksize is
+a power of two >= 32 and A and B are 16-byte aligned; else a block per row, 4-byte words when K % 8 == 0); above:
 the simple tiled GEMM. Both decode the
 nested absmax in the kernel. Under the CUDA simulator the backend takes CPU tensors (small inputs only).
 """
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -18,10 +16,6 @@ from ._launch import as_array, launch
 from ..registry import register_kernel
 
 _KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
-# A/B knobs of the warp-per-row GEMV (numba_kernels/cuda/matmul.py gemv_lanes): lanes as rows or as chunks of a
-# row, and launch bounds (resident CTAs per SM, 0: none)
-_ROWS = os.environ.get("KBIT_NUMBA_GEMV", "rows") != "chunks"
-_MIN_BLOCKS = int(os.environ.get("KBIT_NUMBA_GEMV_MINBLOCKS", "0"))
 
 
 def _arr(t: torch.Tensor):
@@ -46,11 +40,10 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     offset = _arr(absmax_offset.float().reshape(1)) if nested else _arr(one)
     b = _arr(bias) if bias is not None else _arr(torch.zeros(1, dtype=A.dtype, device=dev))
     A = A.contiguous()
-    ch = K.lanes_chunk(Kd, int(blocksize)) if M <= K.GEMV_MAX_M else 0
-    if ch and A.data_ptr() % 16 == 0 and B.data_ptr() % 16 == 0:  # the warp-per-row GEMV, 16-byte loads
+    ch = K.rows_chunk(Kd, int(blocksize)) if M <= K.GEMV_MAX_M else 0
+    if ch and A.data_ptr() % 16 == 0 and B.data_ptr() % 16 == 0:  # the lanes-as-rows GEMV, 16-byte loads
         Bf = B.reshape(-1)
-        kern = K.gemv_lanes(ch, M, kind, _ROWS, _MIN_BLOCKS)
-        launch(kern, K.lanes_grid(N, _ROWS), K.LANES_THREADS, dev, as_array(A.reshape(-1).view(torch.int64)), N, Kd,
+        launch(K.gemv_rows(ch, M, kind), K.rows_grid(N), K.ROWS_THREADS, dev, as_array(A.reshape(-1).view(torch.int64)), N, Kd,
                as_array(Bf.view(torch.int64)), _arr(absmax.float()), a8, code2, offset, int(nested),
                _arr(table.float()), int(blocksize).bit_length() - 1, b, int(bias is not None), _arr(out))
         return out.view(M, N).to(A.dtype)
