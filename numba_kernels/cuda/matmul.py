@@ -220,7 +220,7 @@ def gemv_rows(ch: int, M: int, kind: int):
     shared table (entry (c, t) at byte 1024 c + 4 t: a lane's entries share its bank). Each weight is then one
     byte permute (code and thread into the entry's byte offset), one shared load and M fused multiply-adds
     (exact products for fp16/bf16 A) with activations read as broadcast 16-byte shared loads. Weights and scale
-    inputs are loaded one chunk ahead, weights as 16-byte vectors (A and the packed bytes as int64 arrays:
+    inputs are loaded two chunks ahead, the activations one, weights as 16-byte vectors (A and the packed bytes as int64 arrays:
     K % 32 == 0, 16-byte aligned). Float32 accumulation: two partial sums per lane and row (even and odd
     elements), added, then the warps' sums of a row in warp order. out[m * N + n] float32 (bias added); grid
     ``rows_grid(N)`` blocks of ROWS_THREADS."""
@@ -231,8 +231,11 @@ def gemv_rows(ch: int, M: int, kind: int):
     AW = ch // 2 if kind == F32 else ch // 4     # int64 words of a chunk's activations (per row m)
     MM = M
     KIND = kind
+    # resident CTAs per SM: 3 at M = 1 (85 registers; 96 unbounded), else 2 (128; up to 133 unbounded); ptxas
+    # spills nothing at either bound
+    bounds = {"launch_bounds": (ROWS_THREADS, 3 if M == 1 else 2)} if not config.ENABLE_CUDASIM else {}
 
-    @cuda.jit(fastmath=False)
+    @cuda.jit(fastmath=False, **bounds)
     def gemv(A, N, K, B, absmax, a8, code2, offset, nested, table, bshift, bias, has_bias, out):
         tab = cuda.shared.array(ROWS_TAB, float32)
         stg = cuda.shared.array(ROWS_STAGE, float32)
@@ -241,7 +244,9 @@ def gemv_rows(ch: int, M: int, kind: int):
         acc = cuda.local.array((GEMV_MAX_M, 2), float32)
         av = cuda.local.array((GEMV_MAX_M, 8), float32)
         wv = cuda.local.array(4, uint64)     # this chunk's packed weights (up to 2 vectors)
-        nx = cuda.local.array(4, uint64)     # the next chunk's
+        nx = cuda.local.array(8, uint64)     # the next two chunks' (0-3: c + 1, 4-7: c + 2)
+        xa = cuda.local.array(GEMV_MAX_M, uint64)   # the next chunk's activation word (lanes < AW)
+        xc = cuda.local.array(GEMV_MAX_M, uint64)   # this chunk's
         tid = cuda.threadIdx.x
         lane = tid & 31
         warp = tid >> 5
@@ -267,22 +272,48 @@ def gemv_rows(ch: int, M: int, kind: int):
         erow = row * K
         ku = K // 2 if KIND == F32 else K // 4          # int64 words per activation row
         sbase = warp * (2 * GEMV_MAX_M * 64)
-        nq = int32(0)
-        na = float32(0.0)
+        nq1 = int32(0)                       # scale inputs of chunk c + 1 and c + 2
+        na1 = float32(0.0)
+        nq2 = int32(0)
+        na2 = float32(0.0)
         buf = sbase
-        if c0 < cend:
+        if c0 < cend:                        # chunk c0 into the c + 1 slots, c0 + 1 into the c + 2 slots
             for v in range(NV):
                 nx[2 * v], nx[2 * v + 1] = _ld16(B, wrow + c0 * (2 * NV) + 2 * v)
             b = (erow + c0 * ch) >> bshift
-            nq = int32(a8[uint64(b)]) if nested else int32(0)
-            na = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
+            nq1 = int32(a8[uint64(b)]) if nested else int32(0)
+            na1 = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
+            if lane < AW:
+                for m in range(MM):
+                    xa[m] = _u64(A, uint64(int64(m) * ku + c0 * AW + lane))
+        if c0 + 1 < cend:
+            for v in range(NV):
+                nx[4 + 2 * v], nx[4 + 2 * v + 1] = _ld16(B, wrow + (c0 + 1) * (2 * NV) + 2 * v)
+            b = (erow + (c0 + 1) * ch) >> bshift
+            nq2 = int32(a8[uint64(b)]) if nested else int32(0)
+            na2 = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
         for i in range(per):                 # the same trip count in every warp (the simulator's barrier twin)
             c = c0 + i
             if c < cend:
+                for j in range(2 * NV):      # rotate the prefetched chunks: c's inputs now, c + 2's loads next
+                    wv[j] = nx[j]
+                    nx[j] = nx[4 + j]
+                nq = nq1
+                na = na1
+                nq1 = nq2
+                na1 = na2
+                for m in range(MM):
+                    xc[m] = xa[m]
+                if c + 2 < cend:             # two chunks ahead: weights and scale inputs
+                    for v in range(NV):
+                        nx[4 + 2 * v], nx[4 + 2 * v + 1] = _ld16(B, wrow + (c + 2) * (2 * NV) + 2 * v)
+                    b = (erow + (c + 2) * ch) >> bshift
+                    nq2 = int32(a8[uint64(b)]) if nested else int32(0)
+                    na2 = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
                 buf = sbase + (i & 1) * (GEMV_MAX_M * 64)
-                for m in range(MM):          # stage: lane l < AW converts int64 word l of the chunk
-                    if lane < AW:
-                        x = _u64(A, uint64(int64(m) * ku + c * AW + lane))
+                if lane < AW:                # stage: lane l < AW converts int64 word l of the chunk
+                    for m in range(MM):
+                        x = xc[m]
                         e = uint32(buf + m * 64 + lane * (2 if KIND == F32 else 4))
                         if KIND == F32:
                             stg[e] = _int_as_float(x & 0xFFFFFFFF)
@@ -290,15 +321,10 @@ def gemv_rows(ch: int, M: int, kind: int):
                         else:
                             stg[e], stg[e + 1] = _unpack2(uint32(x & 0xFFFFFFFF), KIND)
                             stg[e + 2], stg[e + 3] = _unpack2(uint32(x >> 32), KIND)
-                for j in range(2 * NV):
-                    wv[j] = nx[j]
+                    if c + 1 < cend:         # one chunk ahead: the activations
+                        for m in range(MM):
+                            xa[m] = _u64(A, uint64(int64(m) * ku + (c + 1) * AW + lane))
                 s = _add(_mul(c2[uint32(nq)], na), off) if nested else na
-                if c + 1 < cend:             # the next chunk's weights and scale inputs
-                    for v in range(NV):
-                        nx[2 * v], nx[2 * v + 1] = _ld16(B, wrow + (c + 1) * (2 * NV) + 2 * v)
-                    b = (erow + (c + 1) * ch) >> bshift
-                    nq = int32(a8[uint64(b)]) if nested else int32(0)
-                    na = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
                 if KIND == BF16 and abs(s) <= float32(3.4028234663852886e38):   # rule 2 into this lane's column
                     for j in range(16):
                         tab[uint32(j * ROWS_THREADS + tid)] = _bf16_finite(_mul(cb[j], s))
