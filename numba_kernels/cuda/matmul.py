@@ -222,8 +222,10 @@ def gemv_rows(ch: int, M: int, kind: int):
     (exact products for fp16/bf16 A) with activations read as broadcast 16-byte shared loads. Weights and scale
     inputs are loaded two chunks ahead, the activations one, weights as 16-byte vectors (A and the packed bytes as int64 arrays:
     K % 32 == 0, 16-byte aligned). Float32 accumulation: two partial sums per lane and row (even and odd
-    elements), added, then the warps' sums of a row in warp order. out[m * N + n] float32 (bias added); grid
-    ``rows_grid(N)`` blocks of ROWS_THREADS."""
+    elements), added, then the warps' sums of a row in warp order. With ``splits`` > 1 the CTAs of a row block
+    take contiguous chunk ranges and write float32 partials out[(split * M + m) * N + n] (no bias), summed in split
+    order by ``gemv_rows_sum``; else out[m * N + n] (bias added). Grid ``rows_grid(N, splits)`` blocks of
+    ROWS_THREADS."""
     key = (ch, M, kind)
     if key in _ROWS:
         return _ROWS[key]
@@ -232,11 +234,11 @@ def gemv_rows(ch: int, M: int, kind: int):
     MM = M
     KIND = kind
     # resident CTAs per SM: 3 at M = 1 (85 registers; 96 unbounded), else 2 (128; up to 133 unbounded); ptxas
-    # spills nothing at either bound
+    # spills nothing but 4 bytes at M = 4 with 32-element chunks
     bounds = {"launch_bounds": (ROWS_THREADS, 3 if M == 1 else 2)} if not config.ENABLE_CUDASIM else {}
 
     @cuda.jit(fastmath=False, **bounds)
-    def gemv(A, N, K, B, absmax, a8, code2, offset, nested, table, bshift, bias, has_bias, out):
+    def gemv(A, N, K, B, absmax, a8, code2, offset, nested, table, bshift, bias, has_bias, splits, out):
         tab = cuda.shared.array(ROWS_TAB, float32)
         stg = cuda.shared.array(ROWS_STAGE, float32)
         c2 = cuda.shared.array(256, float32)
@@ -263,10 +265,15 @@ def gemv_rows(ch: int, M: int, kind: int):
         tcol = uint32((4 * tid) & 0xFF)
         tgrp = uint32(tid >> 6) * uint32(0x01010101)   # tid >> 6 in every byte: the offset's byte 1 low bits
         chunks = K // ch
-        per = (chunks + ROWS_WARPS - 1) // ROWS_WARPS
-        c0 = int64(warp) * per
-        cend = c0 + per if c0 + per < chunks else chunks
-        n = int64(cuda.blockIdx.x) * 32 + lane
+        rb = int64(cuda.blockIdx.x) // splits          # this CTA's 32 rows and its split of the chunks
+        sp = int64(cuda.blockIdx.x) - rb * splits
+        cps = (chunks + splits - 1) // splits
+        s0 = sp * cps
+        s1 = s0 + cps if s0 + cps < chunks else chunks
+        per = (s1 - s0 + ROWS_WARPS - 1) // ROWS_WARPS if s1 > s0 else int64(0)
+        c0 = s0 + int64(warp) * per
+        cend = c0 + per if c0 + per < s1 else s1
+        n = rb * 32 + lane
         row = n if n < N else int64(N - 1)   # rows past N redo the last and are not stored
         wrow = row * (K // 16)               # int64 index of the row's first packed weights
         erow = row * K
@@ -353,22 +360,44 @@ def gemv_rows(ch: int, M: int, kind: int):
         cuda.syncthreads()
         for t in range(tid, 32 * MM, ROWS_THREADS):
             m = t >> 5
-            n = int64(cuda.blockIdx.x) * 32 + (t & 31)
+            n = rb * 32 + (t & 31)
             v = tab[uint32(t)]
             for w in range(1, ROWS_WARPS):   # warp order
                 v = _add(v, tab[uint32(w * MM * 32 + t)])
             if n < N:
                 if has_bias:
                     v = _add(v, _load(bias, n, KIND))
-                out[int64(m) * N + n] = v
+                out[(sp * MM + m) * N + n] = v
 
     _ROWS[key] = gemv
     return gemv
 
 
-def rows_grid(N: int) -> int:
-    """CTAs of ``gemv_rows``: 32 output rows each."""
-    return -(-N // 32)
+def rows_grid(N: int, splits: int) -> int:
+    """CTAs of ``gemv_rows``: 32 output rows times ``splits`` chunk ranges."""
+    return -(-N // 32) * splits
+
+
+def rows_splits(N: int, K: int, ch: int, ctas: int) -> int:
+    """Chunk ranges per row block: the smallest power of two giving at least 4 waves of the ``ctas`` resident
+    CTAs, while every warp keeps a chunk (the tail wave of a few hundred long CTAs left SMs idle)."""
+    blocks, chunks, s = -(-N // 32), K // ch, 1
+    while blocks * s < 4 * ctas and 2 * s * ROWS_WARPS <= chunks:
+        s *= 2
+    return s
+
+
+@cuda.jit(fastmath=False)
+def gemv_rows_sum(part, splits, MN, N, bias, has_bias, kind, out):
+    """out[i] = the splits' partial sums of output i in split order (+ bias[i % N]); a thread per output."""
+    i = int64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
+    if i < MN:
+        v = part[i]
+        for s in range(1, splits):
+            v = _add(v, part[s * MN + i])
+        if has_bias:
+            v = _add(v, _load(bias, i % N, kind))
+        out[i] = v
 
 
 @cuda.jit(fastmath=False)
