@@ -212,9 +212,10 @@ def gemv_rows(ch: int, M: int, kind: int):
     """The GEMV with lanes as output rows, compiled for chunk ``ch`` (rows_chunk), M activation rows and A's
     element kind.
 
-    Lane l of every warp of a CTA takes output row 32 * blockIdx + l; the CTA's ROWS_WARPS warps split the row's
-    chunks into contiguous ranges, all lanes of a warp on the same chunk (the weight loads are each lane's own
-    32 bytes, the activations the same for the whole warp). Per chunk the warp stages its 64 x M activations as
+    Lane l of every warp of a CTA takes output row 32 * blockIdx + l; the CTA's ROWS_WARPS warps take the row's
+    chunks in turn (warp w: chunks w, w + W, ...: at any time the CTA reads neighbouring chunks of its 32 rows),
+    all lanes of a warp on the same chunk (the weight loads are each lane's own 32 bytes, the activations the same
+    for the whole warp). Per chunk the warp stages its 64 x M activations as
     float32 in shared memory (a coalesced load, one warp barrier; two buffers), and every lane decodes its block
     scale (rule 1) and writes the 16 possible weights dtype(table[c] * s) (rule 2) into its own column of a
     shared table (entry (c, t) at byte 1024 c + 4 t: a lane's entries share its bank). Each weight is then one
@@ -246,7 +247,7 @@ def gemv_rows(ch: int, M: int, kind: int):
         acc = cuda.local.array((GEMV_MAX_M, 2), float32)
         av = cuda.local.array((GEMV_MAX_M, 8), float32)
         wv = cuda.local.array(4, uint64)     # this chunk's packed weights (up to 2 vectors)
-        nx = cuda.local.array(8, uint64)     # the next two chunks' (0-3: c + 1, 4-7: c + 2)
+        nx = cuda.local.array(8, uint64)     # this warp's next two chunks' (0-3: c + W, 4-7: c + 2W)
         xa = cuda.local.array(GEMV_MAX_M, uint64)   # the next chunk's activation word (lanes < AW)
         xc = cuda.local.array(GEMV_MAX_M, uint64)   # this chunk's
         tid = cuda.threadIdx.x
@@ -271,20 +272,20 @@ def gemv_rows(ch: int, M: int, kind: int):
         s0 = sp * cps
         s1 = s0 + cps if s0 + cps < chunks else chunks
         per = (s1 - s0 + ROWS_WARPS - 1) // ROWS_WARPS if s1 > s0 else int64(0)
-        c0 = s0 + int64(warp) * per
-        cend = c0 + per if c0 + per < s1 else s1
+        c0 = s0 + warp                       # warp w takes chunks s0 + w, s0 + w + W, ...: the CTA's warps read
+        cend = s1                            # neighbouring chunks of its rows at a time
         n = rb * 32 + lane
         row = n if n < N else int64(N - 1)   # rows past N redo the last and are not stored
         wrow = row * (K // 16)               # int64 index of the row's first packed weights
         erow = row * K
         ku = K // 2 if KIND == F32 else K // 4          # int64 words per activation row
         sbase = warp * (2 * GEMV_MAX_M * 64)
-        nq1 = int32(0)                       # scale inputs of chunk c + 1 and c + 2
+        nq1 = int32(0)                       # scale inputs of chunk c + W and c + 2W
         na1 = float32(0.0)
         nq2 = int32(0)
         na2 = float32(0.0)
         buf = sbase
-        if c0 < cend:                        # chunk c0 into the c + 1 slots, c0 + 1 into the c + 2 slots
+        if c0 < cend:                        # chunk c0 into the c + W slots, c0 + W into the c + 2W slots
             for v in range(NV):
                 nx[2 * v], nx[2 * v + 1] = _ld16(B, wrow + c0 * (2 * NV) + 2 * v)
             b = (erow + c0 * ch) >> bshift
@@ -293,16 +294,16 @@ def gemv_rows(ch: int, M: int, kind: int):
             if lane < AW:
                 for m in range(MM):
                     xa[m] = _u64(A, uint64(int64(m) * ku + c0 * AW + lane))
-        if c0 + 1 < cend:
+        if c0 + ROWS_WARPS < cend:
             for v in range(NV):
-                nx[4 + 2 * v], nx[4 + 2 * v + 1] = _ld16(B, wrow + (c0 + 1) * (2 * NV) + 2 * v)
-            b = (erow + (c0 + 1) * ch) >> bshift
+                nx[4 + 2 * v], nx[4 + 2 * v + 1] = _ld16(B, wrow + (c0 + ROWS_WARPS) * (2 * NV) + 2 * v)
+            b = (erow + (c0 + ROWS_WARPS) * ch) >> bshift
             nq2 = int32(a8[uint64(b)]) if nested else int32(0)
             na2 = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
         for i in range(per):                 # the same trip count in every warp (the simulator's barrier twin)
-            c = c0 + i
+            c = c0 + i * ROWS_WARPS
             if c < cend:
-                for j in range(2 * NV):      # rotate the prefetched chunks: c's inputs now, c + 2's loads next
+                for j in range(2 * NV):      # rotate the prefetched chunks: c's inputs now, c + 2W's loads next
                     wv[j] = nx[j]
                     nx[j] = nx[4 + j]
                 nq = nq1
@@ -311,10 +312,10 @@ def gemv_rows(ch: int, M: int, kind: int):
                 na1 = na2
                 for m in range(MM):
                     xc[m] = xa[m]
-                if c + 2 < cend:             # two chunks ahead: weights and scale inputs
+                if c + 2 * ROWS_WARPS < cend:   # two of this warp's chunks ahead: weights and scale inputs
                     for v in range(NV):
-                        nx[4 + 2 * v], nx[4 + 2 * v + 1] = _ld16(B, wrow + (c + 2) * (2 * NV) + 2 * v)
-                    b = (erow + (c + 2) * ch) >> bshift
+                        nx[4 + 2 * v], nx[4 + 2 * v + 1] = _ld16(B, wrow + (c + 2 * ROWS_WARPS) * (2 * NV) + 2 * v)
+                    b = (erow + (c + 2 * ROWS_WARPS) * ch) >> bshift
                     nq2 = int32(a8[uint64(b)]) if nested else int32(0)
                     na2 = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
                 buf = sbase + (i & 1) * (GEMV_MAX_M * 64)
@@ -328,9 +329,9 @@ def gemv_rows(ch: int, M: int, kind: int):
                         else:
                             stg[e], stg[e + 1] = _unpack2(uint32(x & 0xFFFFFFFF), KIND)
                             stg[e + 2], stg[e + 3] = _unpack2(uint32(x >> 32), KIND)
-                    if c + 1 < cend:         # one chunk ahead: the activations
+                    if c + ROWS_WARPS < cend:   # one chunk ahead: the activations
                         for m in range(MM):
-                            xa[m] = _u64(A, uint64(int64(m) * ku + (c + 1) * AW + lane))
+                            xa[m] = _u64(A, uint64(int64(m) * ku + (c + ROWS_WARPS) * AW + lane))
                 s = _add(_mul(c2[uint32(nq)], na), off) if nested else na
                 if KIND == BF16 and abs(s) <= float32(3.4028234663852886e38):   # rule 2 into this lane's column
                     for j in range(16):
@@ -379,10 +380,10 @@ def rows_grid(N: int, splits: int) -> int:
 
 
 def rows_splits(N: int, K: int, ch: int, ctas: int) -> int:
-    """Chunk ranges per row block: the smallest power of two giving at least 4 waves of the ``ctas`` resident
-    CTAs, while every warp keeps a chunk (the tail wave of a few hundred long CTAs left SMs idle)."""
+    """Chunk ranges per row block: the smallest power of two giving one wave of the ``ctas`` resident CTAs, while
+    every warp keeps a chunk (fewer row blocks than CTA slots leave SMs idle)."""
     blocks, chunks, s = -(-N // 32), K // ch, 1
-    while blocks * s < 4 * ctas and 2 * s * ROWS_WARPS <= chunks:
+    while blocks * s < ctas and 2 * s * ROWS_WARPS <= chunks:
         s *= 2
     return s
 
