@@ -14,3 +14,21 @@ timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider ${TESTS:-t
   > "$OUT/pytest_gpu_matmul_numba_cuda.txt" 2>&1; tail -3 "$OUT/pytest_gpu_matmul_numba_cuda.txt"
 timeout ${BENCH_TIMEOUT:-300} python3 -m studies.bench.bench_matmul_gpu --ms "${MS:-1,4}" --out "$OUT" 2>&1 \
   | grep -E "copy bandwidth| (ours|numba_cuda|bnb|cublas_bf16) [0-9]" | tail -60
+# PROFILE=1: Nsight Compute of the Numba GEMV beside the production one (28672x8192, M = 1): speed of light,
+# memory workload, warp stall reasons, occupancy
+NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+if [ -n "$PROFILE" ] && [ -n "$NCU" ]; then
+  timeout ${PROFILE_TIMEOUT:-150} "$NCU" --target-processes all --kernel-name regex:'gemv' --launch-skip 2 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+    python3 -c "
+import torch, workbench as wb
+from workbench.matmul import matmul_4bit
+W = torch.randn(28672, 8192, device='cuda', dtype=torch.bfloat16)
+P, qs = wb.quantize_4bit(W, blocksize=64, compress_statistics=True)
+A = torch.randn(1, 8192, device='cuda', dtype=torch.bfloat16)
+for b in ('numba_cuda', 'cuda', 'numba_cuda', 'cuda'):
+    matmul_4bit(A, P, qs, backend=b)
+torch.cuda.synchronize()" > "$OUT/ncu_gemv_numba_vs_cuda.txt" 2>&1
+  grep -E "gemv|DRAM Throughput|Memory Throughput|Duration|Issue Slots Busy|Stall|Achieved Occupancy|L1/TEX Hit" \
+    "$OUT/ncu_gemv_numba_vs_cuda.txt" | head -60
+fi
