@@ -127,39 +127,29 @@ else:
 
         return sig, codegen
 
+    def _load16(elem, ir_elem, lanes: int, doc: str):
+        """An intrinsic (a, i) -> the ``lanes`` elements from a[i] on as one 16-byte load, typed ``elem``."""
+        @_intrinsic
+        def load(typingctx, a, i):
+            rt = _types.UniTuple(elem, lanes)
+            sig = rt(a, i)
 
-    @_intrinsic
-    def _ld16(typingctx, a, i):
-        """(a[i], a[i + 1]) as one 16-byte load (a: int64/uint64 array, &a[i] 16-byte aligned), as uint64."""
-        rt = _types.UniTuple(_types.uint64, 2)
-        sig = rt(a, i)
+            def codegen(context, builder, sig, args):
+                ary = context.make_array(sig.args[0])(context, builder, args[0])
+                idx = context.cast(builder, args[1], sig.args[1], _types.intp)
+                vt = _ir.VectorType(ir_elem, lanes)
+                v = builder.load(builder.bitcast(builder.gep(ary.data, [idx]), vt.as_pointer()), align=16)
+                parts = [builder.extract_element(v, _ir.Constant(_ir.IntType(32), j)) for j in range(lanes)]
+                return context.make_tuple(builder, rt, parts)
 
-        def codegen(context, builder, sig, args):
-            ary = context.make_array(sig.args[0])(context, builder, args[0])
-            idx = context.cast(builder, args[1], sig.args[1], _types.intp)
-            vt = _ir.VectorType(_ir.IntType(64), 2)
-            v = builder.load(builder.bitcast(builder.gep(ary.data, [idx]), vt.as_pointer()), align=16)
-            parts = [builder.extract_element(v, _ir.Constant(_ir.IntType(32), j)) for j in (0, 1)]
-            return context.make_tuple(builder, rt, parts)
+            return sig, codegen
+        load.__doc__ = doc
+        return load
 
-        return sig, codegen
-
-
-    @_intrinsic
-    def _ld16f(typingctx, a, i):
-        """(a[i], ..., a[i + 3]) as one 16-byte load (a: float32 array, &a[i] 16-byte aligned)."""
-        rt = _types.UniTuple(_types.float32, 4)
-        sig = rt(a, i)
-
-        def codegen(context, builder, sig, args):
-            ary = context.make_array(sig.args[0])(context, builder, args[0])
-            idx = context.cast(builder, args[1], sig.args[1], _types.intp)
-            vt = _ir.VectorType(_ir.FloatType(), 4)
-            v = builder.load(builder.bitcast(builder.gep(ary.data, [idx]), vt.as_pointer()), align=16)
-            parts = [builder.extract_element(v, _ir.Constant(_ir.IntType(32), j)) for j in range(4)]
-            return context.make_tuple(builder, rt, parts)
-
-        return sig, codegen
+    _ld16 = _load16(_types.uint64, _ir.IntType(64), 2,
+                    "(a[i], a[i + 1]) as uint64 (a: int64/uint64 array, &a[i] 16-byte aligned)")
+    _ld16f = _load16(_types.float32, _ir.FloatType(), 4,
+                     "(a[i], ..., a[i + 3]) (a: float32 array, &a[i] 16-byte aligned)")
 
     @_intrinsic
     def _ld_byte(typingctx, a, off):
