@@ -212,10 +212,9 @@ def gemv_rows(ch: int, M: int, kind: int):
     """The GEMV with lanes as output rows, compiled for chunk ``ch`` (rows_chunk), M activation rows and A's
     element kind.
 
-    Lane l of every warp of a CTA takes output row 32 * blockIdx + l; the CTA's ROWS_WARPS warps take the row's
-    chunks in turn (warp w: chunks w, w + W, ...: at any time the CTA reads neighbouring chunks of its 32 rows),
-    all lanes of a warp on the same chunk (the weight loads are each lane's own 32 bytes, the activations the same
-    for the whole warp). Per chunk the warp stages its 64 x M activations as
+    Lane l of every warp of a CTA takes output row 32 * blockIdx + l; the CTA's ROWS_WARPS warps split the row's
+    chunks into contiguous ranges, all lanes of a warp on the same chunk (the weight loads are each lane's own
+    32 bytes, the activations the same for the whole warp). Per chunk the warp stages its 64 x M activations as
     float32 in shared memory (a coalesced load, one warp barrier; two buffers), and every lane decodes its block
     scale (rule 1) and writes the 16 possible weights dtype(table[c] * s) (rule 2) into its own column of a
     shared table (entry (c, t) at byte 1024 c + 4 t: a lane's entries share its bank). Each weight is then one
@@ -223,10 +222,8 @@ def gemv_rows(ch: int, M: int, kind: int):
     (exact products for fp16/bf16 A) with activations read as broadcast 16-byte shared loads. Weights and scale
     inputs are loaded two chunks ahead, the activations one, weights as 16-byte vectors (A and the packed bytes as int64 arrays:
     K % 32 == 0, 16-byte aligned). Float32 accumulation: two partial sums per lane and row (even and odd
-    elements), added, then the warps' sums of a row in warp order. With ``splits`` > 1 the CTAs of a row block
-    take contiguous chunk ranges and write float32 partials out[(split * M + m) * N + n] (no bias), summed in split
-    order by ``gemv_rows_sum``; else out[m * N + n] (bias added). Grid ``rows_grid(N, splits)`` blocks of
-    ROWS_THREADS."""
+    elements), added, then the warps' sums of a row in warp order. out[m * N + n] float32 (bias added); grid
+    ``rows_grid(N)`` blocks of ROWS_THREADS."""
     key = (ch, M, kind)
     if key in _ROWS:
         return _ROWS[key]
@@ -239,7 +236,7 @@ def gemv_rows(ch: int, M: int, kind: int):
     bounds = {"launch_bounds": (ROWS_THREADS, 3 if M == 1 else 2)} if not config.ENABLE_CUDASIM else {}
 
     @cuda.jit(fastmath=False, **bounds)
-    def gemv(A, N, K, B, absmax, a8, code2, offset, nested, table, bshift, bias, has_bias, splits, out):
+    def gemv(A, N, K, B, absmax, a8, code2, offset, nested, table, bshift, bias, has_bias, out):
         tab = cuda.shared.array(ROWS_TAB, float32)
         stg = cuda.shared.array(ROWS_STAGE, float32)
         c2 = cuda.shared.array(256, float32)
@@ -247,7 +244,7 @@ def gemv_rows(ch: int, M: int, kind: int):
         acc = cuda.local.array((GEMV_MAX_M, 2), float32)
         av = cuda.local.array((GEMV_MAX_M, 8), float32)
         wv = cuda.local.array(4, uint64)     # this chunk's packed weights (up to 2 vectors)
-        nx = cuda.local.array(8, uint64)     # this warp's next two chunks' (0-3: c + W, 4-7: c + 2W)
+        nx = cuda.local.array(8, uint64)     # the next two chunks' (0-3: c + 1, 4-7: c + 2)
         xa = cuda.local.array(GEMV_MAX_M, uint64)   # the next chunk's activation word (lanes < AW)
         xc = cuda.local.array(GEMV_MAX_M, uint64)   # this chunk's
         tid = cuda.threadIdx.x
@@ -266,26 +263,21 @@ def gemv_rows(ch: int, M: int, kind: int):
         tcol = uint32((4 * tid) & 0xFF)
         tgrp = uint32(tid >> 6) * uint32(0x01010101)   # tid >> 6 in every byte: the offset's byte 1 low bits
         chunks = K // ch
-        rb = int64(cuda.blockIdx.x) // splits          # this CTA's 32 rows and its split of the chunks
-        sp = int64(cuda.blockIdx.x) - rb * splits
-        cps = (chunks + splits - 1) // splits
-        s0 = sp * cps
-        s1 = s0 + cps if s0 + cps < chunks else chunks
-        per = (s1 - s0 + ROWS_WARPS - 1) // ROWS_WARPS if s1 > s0 else int64(0)
-        c0 = s0 + warp                       # warp w takes chunks s0 + w, s0 + w + W, ...: the CTA's warps read
-        cend = s1                            # neighbouring chunks of its rows at a time
-        n = rb * 32 + lane
+        per = (chunks + ROWS_WARPS - 1) // ROWS_WARPS
+        c0 = int64(warp) * per
+        cend = c0 + per if c0 + per < chunks else chunks
+        n = int64(cuda.blockIdx.x) * 32 + lane
         row = n if n < N else int64(N - 1)   # rows past N redo the last and are not stored
         wrow = row * (K // 16)               # int64 index of the row's first packed weights
         erow = row * K
         ku = K // 2 if KIND == F32 else K // 4          # int64 words per activation row
         sbase = warp * (2 * GEMV_MAX_M * 64)
-        nq1 = int32(0)                       # scale inputs of chunk c + W and c + 2W
+        nq1 = int32(0)                       # scale inputs of chunk c + 1 and c + 2
         na1 = float32(0.0)
         nq2 = int32(0)
         na2 = float32(0.0)
         buf = sbase
-        if c0 < cend:                        # chunk c0 into the c + W slots, c0 + W into the c + 2W slots
+        if c0 < cend:                        # chunk c0 into the c + 1 slots, c0 + 1 into the c + 2 slots
             for v in range(NV):
                 nx[2 * v], nx[2 * v + 1] = _ld16(B, wrow + c0 * (2 * NV) + 2 * v)
             b = (erow + c0 * ch) >> bshift
@@ -294,16 +286,16 @@ def gemv_rows(ch: int, M: int, kind: int):
             if lane < AW:
                 for m in range(MM):
                     xa[m] = _u64(A, uint64(int64(m) * ku + c0 * AW + lane))
-        if c0 + ROWS_WARPS < cend:
+        if c0 + 1 < cend:
             for v in range(NV):
-                nx[4 + 2 * v], nx[4 + 2 * v + 1] = _ld16(B, wrow + (c0 + ROWS_WARPS) * (2 * NV) + 2 * v)
-            b = (erow + (c0 + ROWS_WARPS) * ch) >> bshift
+                nx[4 + 2 * v], nx[4 + 2 * v + 1] = _ld16(B, wrow + (c0 + 1) * (2 * NV) + 2 * v)
+            b = (erow + (c0 + 1) * ch) >> bshift
             nq2 = int32(a8[uint64(b)]) if nested else int32(0)
             na2 = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
         for i in range(per):                 # the same trip count in every warp (the simulator's barrier twin)
-            c = c0 + i * ROWS_WARPS
+            c = c0 + i
             if c < cend:
-                for j in range(2 * NV):      # rotate the prefetched chunks: c's inputs now, c + 2W's loads next
+                for j in range(2 * NV):      # rotate the prefetched chunks: c's inputs now, c + 2's loads next
                     wv[j] = nx[j]
                     nx[j] = nx[4 + j]
                 nq = nq1
@@ -312,10 +304,10 @@ def gemv_rows(ch: int, M: int, kind: int):
                 na1 = na2
                 for m in range(MM):
                     xc[m] = xa[m]
-                if c + 2 * ROWS_WARPS < cend:   # two of this warp's chunks ahead: weights and scale inputs
+                if c + 2 < cend:             # two chunks ahead: weights and scale inputs
                     for v in range(NV):
-                        nx[4 + 2 * v], nx[4 + 2 * v + 1] = _ld16(B, wrow + (c + 2 * ROWS_WARPS) * (2 * NV) + 2 * v)
-                    b = (erow + (c + 2 * ROWS_WARPS) * ch) >> bshift
+                        nx[4 + 2 * v], nx[4 + 2 * v + 1] = _ld16(B, wrow + (c + 2) * (2 * NV) + 2 * v)
+                    b = (erow + (c + 2) * ch) >> bshift
                     nq2 = int32(a8[uint64(b)]) if nested else int32(0)
                     na2 = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
                 buf = sbase + (i & 1) * (GEMV_MAX_M * 64)
@@ -329,9 +321,9 @@ def gemv_rows(ch: int, M: int, kind: int):
                         else:
                             stg[e], stg[e + 1] = _unpack2(uint32(x & 0xFFFFFFFF), KIND)
                             stg[e + 2], stg[e + 3] = _unpack2(uint32(x >> 32), KIND)
-                    if c + ROWS_WARPS < cend:   # one chunk ahead: the activations
+                    if c + 1 < cend:         # one chunk ahead: the activations
                         for m in range(MM):
-                            xa[m] = _u64(A, uint64(int64(m) * ku + (c + ROWS_WARPS) * AW + lane))
+                            xa[m] = _u64(A, uint64(int64(m) * ku + (c + 1) * AW + lane))
                 s = _add(_mul(c2[uint32(nq)], na), off) if nested else na
                 if KIND == BF16 and abs(s) <= float32(3.4028234663852886e38):   # rule 2 into this lane's column
                     for j in range(16):
@@ -361,44 +353,22 @@ def gemv_rows(ch: int, M: int, kind: int):
         cuda.syncthreads()
         for t in range(tid, 32 * MM, ROWS_THREADS):
             m = t >> 5
-            n = rb * 32 + (t & 31)
+            n = int64(cuda.blockIdx.x) * 32 + (t & 31)
             v = tab[uint32(t)]
             for w in range(1, ROWS_WARPS):   # warp order
                 v = _add(v, tab[uint32(w * MM * 32 + t)])
             if n < N:
                 if has_bias:
                     v = _add(v, _load(bias, n, KIND))
-                out[(sp * MM + m) * N + n] = v
+                out[int64(m) * N + n] = v
 
     _ROWS[key] = gemv
     return gemv
 
 
-def rows_grid(N: int, splits: int) -> int:
-    """CTAs of ``gemv_rows``: 32 output rows times ``splits`` chunk ranges."""
-    return -(-N // 32) * splits
-
-
-def rows_splits(N: int, K: int, ch: int, ctas: int) -> int:
-    """Chunk ranges per row block: the smallest power of two giving one wave of the ``ctas`` resident CTAs, while
-    every warp keeps a chunk (fewer row blocks than CTA slots leave SMs idle)."""
-    blocks, chunks, s = -(-N // 32), K // ch, 1
-    while blocks * s < ctas and 2 * s * ROWS_WARPS <= chunks:
-        s *= 2
-    return s
-
-
-@cuda.jit(fastmath=False)
-def gemv_rows_sum(part, splits, MN, N, bias, has_bias, kind, out):
-    """out[i] = the splits' partial sums of output i in split order (+ bias[i % N]); a thread per output."""
-    i = int64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
-    if i < MN:
-        v = part[i]
-        for s in range(1, splits):
-            v = _add(v, part[s * MN + i])
-        if has_bias:
-            v = _add(v, _load(bias, i % N, kind))
-        out[i] = v
+def rows_grid(N: int) -> int:
+    """CTAs of ``gemv_rows``: 32 output rows each."""
+    return -(-N // 32)
 
 
 @cuda.jit(fastmath=False)

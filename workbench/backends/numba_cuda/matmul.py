@@ -8,8 +8,6 @@ nested absmax in the kernel. Under the CUDA simulator the backend takes CPU tens
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from numba_kernels.cuda import matmul as K
@@ -18,16 +16,6 @@ from ._launch import as_array, launch
 from ..registry import register_kernel
 
 _KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _sms(dev: torch.device) -> int:
-    """Streaming multiprocessors of ``dev`` (1 under the simulator: CPU tensors)."""
-    return _sm_count(dev.index if dev.index is not None else torch.cuda.current_device()) if dev.type == "cuda" else 1
 
 
 def _arr(t: torch.Tensor):
@@ -54,15 +42,10 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     A = A.contiguous()
     ch = K.rows_chunk(Kd, int(blocksize)) if M <= K.GEMV_MAX_M else 0
     if ch and A.data_ptr() % 16 == 0 and B.data_ptr() % 16 == 0:  # the lanes-as-rows GEMV, 16-byte loads
-        S = K.rows_splits(N, Kd, ch, _sms(dev) * (3 if M == 1 else 2))
-        part = torch.empty(S * M * N, dtype=torch.float32, device=dev) if S > 1 else out
-        launch(K.gemv_rows(ch, M, kind), K.rows_grid(N, S), K.ROWS_THREADS, dev,
+        launch(K.gemv_rows(ch, M, kind), K.rows_grid(N), K.ROWS_THREADS, dev,
                as_array(A.reshape(-1).view(torch.int64)), N, Kd, as_array(B.reshape(-1).view(torch.int64)),
                _arr(absmax.float()), a8, code2, offset, int(nested), _arr(table.float()),
-               int(blocksize).bit_length() - 1, b, int(bias is not None and S == 1), S, _arr(part))
-        if S > 1:
-            launch(K.gemv_rows_sum, -(-M * N // 256), 256, dev, _arr(part), S, M * N, N, b, int(bias is not None),
-                   kind, _arr(out))
+               int(blocksize).bit_length() - 1, b, int(bias is not None), _arr(out))
         return out.view(M, N).to(A.dtype)
     words = Kd % 8 == 0 and M <= K.GEMV_MAX_M
     packed = B.reshape(-1).view(torch.int32) if words else B.reshape(-1)   # K % 8 == 0: 4-byte words per row
