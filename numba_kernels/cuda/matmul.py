@@ -1,9 +1,10 @@
-"""Numba CUDA prototypes of the 4-bit matmul family: a fused dequant-GEMV (M <= GEMV_MAX_M) and a simple tiled
-GEMM, any 16-entry codebook, nested absmax decoded in the kernel.
+"""Numba CUDA kernels of the 4-bit matmul family: fused dequant-GEMVs (M <= GEMV_MAX_M) and a simple tiled GEMM,
+any 16-entry codebook, nested absmax decoded in the kernel.
 
 Pure kernels on device arrays (torch adapters: workbench/backends/numba_cuda/matmul.py); they also run under the
 CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) on small inputs, so reductions use shared memory and syncthreads,
-no warp shuffles. Rules of workbench/backends/reference/matmul.py:
+no warp shuffles (``gemv_rows``' warp barrier and vector loads have twins in numba_kernels/cuda/warp.py).
+Rules of workbench/backends/reference/matmul.py:
 
     s[b]    = float32(code2[a8[b]] * absmax[b >> 8]) + offset[0]   (nested; else absmax[b]; offset a 1-element
                                                                      array: no host read of a device scalar)
@@ -13,6 +14,8 @@ no warp shuffles. Rules of workbench/backends/reference/matmul.py:
 Every float32 step is an explicit ``*_rn`` libdevice call on the GPU (NVVM would contract a*b + c into an FMA),
 NumPy float32 arithmetic in the simulator. Accumulation order (float32), held to the reference's error_bound:
 
+* ``gemv_rows`` (K % 32 == 0, power-of-two blocksize >= 32, 16-byte aligned operands; the fast path): lanes are
+  output rows, the CTA's warps split K; its docstring has the order.
 * ``gemv``: one block of GEMV_THREADS threads per output row n; thread t takes elements k = t, t + T, t + 2T, ...
   in increasing k, then a shared-memory tree over the threads (t + h for h = T/2, T/4, ..., 1), one per row m.
   ``gemv_words`` (K % 8 == 0, the common case): the same with 8-element words (one coalesced 4-byte load and one
@@ -21,8 +24,8 @@ NumPy float32 arithmetic in the simulator. Accumulation order (float32), held to
   the dequantized W tile (float32, rule 2) go to shared memory, each thread adds its products in increasing k.
 
 Element kinds (A, as numba_kernels/cuda/quant.py): 0 float32, 1 float16, 2 bfloat16 as its int16 bit pattern.
-Prototypes: no vector loads of activations, the weight table rebuilt per element; the production kernels are
-cuda_src/matmul.cu.
+``gemv`` / ``gemv_words`` / ``gemm_tiled`` are plain prototypes (per-element loads and weights); the production
+kernels are cuda_src/matmul.cu, and reports/matmul-h200/numba_gemv/ has ``gemv_rows`` beside them.
 """
 from __future__ import annotations
 
@@ -220,10 +223,10 @@ def gemv_rows(ch: int, M: int, kind: int):
     shared table (entry (c, t) at byte 1024 c + 4 t: a lane's entries share its bank). Each weight is then one
     byte permute (code and thread into the entry's byte offset), one shared load and M fused multiply-adds
     (exact products for fp16/bf16 A) with activations read as broadcast 16-byte shared loads. Weights and scale
-    inputs are loaded two chunks ahead, the activations one, weights as 16-byte vectors (A and the packed bytes as int64 arrays:
-    K % 32 == 0, 16-byte aligned). Float32 accumulation: two partial sums per lane and row (even and odd
-    elements), added, then the warps' sums of a row in warp order. out[m * N + n] float32 (bias added); grid
-    ``rows_grid(N)`` blocks of ROWS_THREADS."""
+    inputs are loaded two chunks ahead, the activations one, weights as 16-byte vectors (A and the packed bytes
+    as int64 arrays: K % 32 == 0, 16-byte aligned). Float32 accumulation: two partial sums per lane and row
+    (even and odd elements), added, then the warps' sums of a row in warp order. out[m * N + n] float32 (bias
+    added); grid ``rows_grid(N)`` blocks of ROWS_THREADS."""
     key = (ch, M, kind)
     if key in _ROWS:
         return _ROWS[key]
