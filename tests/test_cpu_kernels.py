@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from _codebooks import random_codebook
 
 import workbench as wb
 from workbench import codebooks as cbs
@@ -16,11 +17,6 @@ def _need(backend):
     ok, why = status(backend)
     if not ok:
         pytest.fail(f"{backend} unavailable: {why}")  # a build problem must not pass silently
-
-
-def _random_codebook(bits, rng):
-    v = np.sort(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=rng))).uniform(-0.98, 0.98, 2**bits - 2))
-    return cbs.from_values(np.r_[-1.0, v, 1.0], f"random{bits}")
 
 
 def _inputs(rng, dtype, bs):
@@ -41,7 +37,7 @@ def _special(dtype):
 @pytest.mark.parametrize("cbname", ["nf4", "fp4", "random4"])
 def test_4bit_exact(rng, backend, dtype, cbname):
     _need(backend)
-    cb = _random_codebook(4, rng) if cbname == "random4" else cbs.get(cbname)
+    cb = random_codebook(4, rng) if cbname == "random4" else cbs.get(cbname)
     q, dq = get_op(backend, "quantize_4bit"), get_op(backend, "dequantize_4bit")
     rq, rdq = get_op("reference", "quantize_4bit"), get_op("reference", "dequantize_4bit")
     table = cb.tensors()[0]
@@ -64,7 +60,7 @@ def test_blockwise_exact(rng, backend, dtype, cbname):
     _need(backend)
     # sym32: symmetric, no zero value -> a bound at exactly 0.0 (signed-zero edge of the table search)
     sym = np.r_[-np.geomspace(1, 1e-3, 16), np.geomspace(1e-3, 1, 16)]
-    cb = {"random8": lambda: _random_codebook(8, rng), "random3": lambda: _random_codebook(3, rng),
+    cb = {"random8": lambda: random_codebook(8, rng), "random3": lambda: random_codebook(3, rng),
           "sym32": lambda: cbs.from_values(sym, "sym32")}.get(
         cbname, lambda: cbs.get(cbname))()
     q, dq = get_op(backend, "quantize_blockwise"), get_op(backend, "dequantize_blockwise")
@@ -112,7 +108,7 @@ def test_double_quant_matches_reference(rng, backend, quant_type):
 @pytest.mark.parametrize("cbname", ["dynamic", "random8", "random4", "fp4"])
 def test_stochastic_equal_across_backends(rng, dtype, cbname):
     """Same rand -> same codes and absmax on reference, numba_cpu and cython_cpu."""
-    cb = {"random8": lambda: _random_codebook(8, rng), "random4": lambda: _random_codebook(4, rng)}.get(
+    cb = {"random8": lambda: random_codebook(8, rng), "random4": lambda: random_codebook(4, rng)}.get(
         cbname, lambda: cbs.get(cbname))()
     ref_op = get_op("reference", "quantize_blockwise_stochastic")
     for backend in BACKENDS:

@@ -7,6 +7,7 @@ the tail's 1e-38 clamp keeps NaN/Inf, torch.bucketize puts NaN after every bound
 import numpy as np
 import pytest
 import torch
+from _codebooks import random_codebook
 
 from workbench import codebooks as cbs
 from workbench.backends import get_op, status
@@ -35,8 +36,7 @@ def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _codebook(name, rng):
     if name == "random8":
-        v = np.sort(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=rng))).uniform(-0.98, 0.98, 254))
-        return cbs.from_values(np.r_[-1.0, v, 1.0], "random8")
+        return random_codebook(8, rng)
     if name == "random3":
         return cbs.from_values(np.r_[-1.0, np.sort(torch.rand(6, generator=rng).numpy() * 1.9 - 0.95), 1.0], "random3")
     if name == "dense":  # several bounds per 16-bit float cell: the binary-search plan
