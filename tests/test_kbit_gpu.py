@@ -293,3 +293,29 @@ def test_reciprocal_division_equals_ieee_division_on_the_gpu():
         seq[(n + 255) // 256, 256](cuda.as_cuda_array(x), cuda.as_cuda_array(q), cuda.as_cuda_array(out))
         torch.cuda.synchronize()
         assert torch.equal(_bits(out[ok]), _bits((x / q)[ok]))
+
+
+@pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])
+@pytest.mark.parametrize("k,layout,blocksize", [(6, "bitplane", 16), (3, "dense", 32)])
+def test_cuda_kbit_dequantize_nonfinite_scales(backend, k, layout, blocksize):
+    """The group dequantizers on scales that are zero, NaN, +-Inf or near the float32 maximum (fp32 scales given
+    directly to the backend): NaN exactly where the reference has NaN (Inf * code 0 among them), every other
+    output bit for bit, every output dtype, over many CTAs and a partial last group."""
+    _skip_unless_on_gpu(backend)
+    import importlib
+    B = importlib.import_module(f"workbench.backends.{backend}.kbit")
+    n = 32 * 5000 + 13
+    g = torch.Generator().manual_seed(7 * k + blocksize)
+    packed = torch.randint(-2 ** 31, 2 ** 31, (R.packed_words(n, k, layout),), generator=g,
+                           dtype=torch.int64).to(torch.int32)
+    scales = torch.rand(R.nblocks(n, blocksize), generator=g) * 3
+    scales[[1, 5, 9, 12, 3000, -1]] = torch.tensor([0.0, float("nan"), float("inf"), -float("inf"), 3e38, -3e38])
+    cb = torch.sort(torch.rand(2 ** k, generator=g) * 2 - 1).values
+    cb[0] = 0.0
+    for od in (torch.float32, torch.float16, torch.bfloat16):
+        want = R.dequantize_kbit(packed, scales, None, cb, k, blocksize, n, layout, "fp32", od)
+        got = B.dequantize_kbit(packed.cuda(), scales.cuda(), None, cb.cuda(), k, blocksize, n, layout, "fp32",
+                                od).cpu()
+        nan = torch.isnan(want)
+        assert nan.any() and torch.equal(torch.isnan(got), nan), od
+        assert torch.equal(_bits(got)[~nan], _bits(want)[~nan]), od

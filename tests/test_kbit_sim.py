@@ -93,3 +93,28 @@ def test_nonfinite_flag(N, poisoned):
     packed, scales, ts, fl = N.quantize_kbit(zeros, cb, 3, 16, "dense", "e4m3", "exact")
     assert fl.tolist() == [0] and ts.tolist() == [1.0]                       # all-zero tensor: t = 1
     assert torch.equal(packed, R.quantize_kbit(zeros, cb, 3, 16, "dense", "e4m3", "exact")[0])
+
+
+@sim
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # NumPy on NaN / Inf arithmetic in the simulator
+@pytest.mark.parametrize("k,layout,blocksize", [(3, "bitplane", 16), (6, "bitplane", 64), (8, "bitplane", 32),
+                                                (5, "dense", 16), (7, "dense", 32)])
+def test_dequantize_whole_ctas_and_tail(N, poisoned, k, layout, blocksize):
+    """The group dequantizer (blocksize 16 or a multiple of 32) over two whole CTAs (their stores go through the
+    warps' shared stage) and a partial third: random words, fp32 scales with a zero, NaN, +-Inf and huge values
+    (a NaN output, and Inf * code 0), every output dtype. NaN outputs: NaN in both, other bits equal."""
+    from numba_kernels.cuda.kbit import THREADS
+    n = 2 * THREADS * 32 + 45
+    g = torch.Generator().manual_seed(31 * k + blocksize)
+    words = torch.randint(-2 ** 31, 2 ** 31, (R.packed_words(n, k, layout),), generator=g, dtype=torch.int64)
+    packed = words.to(torch.int32)
+    scales = torch.rand(R.nblocks(n, blocksize), generator=g) * 3
+    scales[[1, 5, 9, 12, -1]] = torch.tensor([0.0, float("nan"), float("inf"), -float("inf"), 3e38])
+    cb = torch.sort(torch.rand(2 ** k, generator=g) * 2 - 1).values
+    cb[0] = 0.0
+    for od in OUT_DTYPES:
+        want = R.dequantize_kbit(packed, scales, None, cb, k, blocksize, n, layout, "fp32", od)
+        got = N.dequantize_kbit(packed, scales, None, cb, k, blocksize, n, layout, "fp32", od)
+        nan = torch.isnan(want)
+        assert nan.any() and torch.equal(torch.isnan(got), nan), (od, layout)
+        assert torch.equal(_bits(got)[~nan], _bits(want)[~nan]), (od, layout)

@@ -53,8 +53,8 @@ from numba import config, cuda, float32, int32, int64, uint32, uint64
 
 from ..kbit_scalar import scale_helpers
 from .quant import (BF16, F16, F32, _bf16_bits, _elem_at, _float2half_rn, _float_as_int, _half2float, _int_as_float,
-                    _rint)
-from .warp import _ballot, _seg_max, _shfl, _st16, _warp_atomic_max, _xor
+                    _pack_bf16x2, _pack_f16x2, _rint)
+from .warp import _ballot, _ld16, _prmt, _seg_max, _shfl, _st16, _syncwarp, _warp_atomic_max, _xor
 
 THREADS = 64 if config.ENABLE_CUDASIM else 256   # the simulator runs a Python thread per lane
 NWARPS = THREADS // 32
@@ -626,16 +626,189 @@ def _make_dequant8(k: int, layout: int, kind: int):
     return dequant8
 
 
+@cuda.jit(device=True, inline=True)
+def _transpose8(a, b):
+    """The 8x8 bit transpose of cuda_src/kbit.cu:kk_transpose8 (rows: a's then b's bytes)."""
+    t = uint32(((a >> uint32(4)) ^ b) & uint32(0x0F0F0F0F))
+    b = uint32(b ^ t)
+    a = uint32(a ^ (t << uint32(4)))
+    t = uint32((a ^ (a >> uint32(14))) & uint32(0x0000CCCC))
+    a = uint32(a ^ t ^ (t << uint32(14)))
+    t = uint32((b ^ (b >> uint32(14))) & uint32(0x0000CCCC))
+    b = uint32(b ^ t ^ (t << uint32(14)))
+    t = uint32((a ^ (a >> uint32(7))) & uint32(0x00AA00AA))
+    a = uint32(a ^ t ^ (t << uint32(7)))
+    t = uint32((b ^ (b >> uint32(7))) & uint32(0x00AA00AA))
+    b = uint32(b ^ t ^ (t << uint32(7)))
+    return a, b
+
+
+@cuda.jit(device=True, inline=True)
+def _half_pair(a, b, kind):
+    """bf16/fp16(a) | bf16/fp16(b) << 16, NaN as _bf16_bits / _float2half_rn write it (the slow path)."""
+    if kind == BF16:
+        return uint32(_bf16_bits(a)) | (uint32(_bf16_bits(b)) << uint32(16))
+    return uint32(_float2half_rn(a) & 0xFFFF) | (uint32(_float2half_rn(b) & 0xFFFF) << uint32(16))
+
+
+@cuda.jit(device=True, inline=True)
+def _finite(d):
+    return (_float_as_int(d) & 0x7FFFFFFF) < INF_BITS
+
+
+def _make_dequant32(k: int, layout: int, kind: int):
+    """cuda_src/kbit.cu:kk_dequantize_group_kernel in Numba (blocksize 16 or a multiple of 32): a thread per
+    32-element group, its K words (the group's, in both layouts), the block scale decoded once (twice for
+    blocksize 16); the codes by constant shifts (bit-plane: each octet's plane bytes gathered by byte permutes,
+    then one multiply per element for K <= 4 or an 8x8 bit transpose per octet for K > 4; dense: a shift and a
+    mask); ``cb[code] * D`` rounded once, bf16/fp16 pairs packed; the group's 64 (128 for float32) output bytes
+    go to the warp's shared stage and leave in stores of 512 contiguous bytes (per-thread 64-byte stores left
+    the CUDA kernel at 47 % of DRAM bandwidth). In a CTA that is not whole (the last), with no warp barrier (the
+    simulator's is the CTA's), each lane stores its own slots: whole groups 16 bytes at a time into ``out_w``
+    (the n // 32 whole groups), the partial last group element by element into ``out_t`` (the n % 32 after them;
+    the two views are disjoint: the simulator copies every argument back)."""
+    M = 1 << k
+    MASK = uint32(M - 1)
+    KIND = kind
+    SLOTS = 8 if kind == F32 else 4          # 16-byte slots of one group's output
+    SH = 0 if SLOTS == 8 else 1              # slot swizzle: 8 consecutive slots of a store phase in distinct banks
+    STAGE = THREADS * SLOTS * 2              # uint64 words
+    EPW = 2 if kind == F32 else 4            # elements per uint64 word
+    EB = 64 // EPW                           # their bits
+
+    @cuda.jit(device=True, inline=True)
+    def code_of(w, lo, hi, j):
+        if layout == 0:
+            e = j & 7
+            if k > 4:
+                return _prmt(lo if e < 4 else hi, 0, 0x4440 | (e & 3))
+            if e <= 4:        # bits e of the four bytes to bits 24 + e .. 27 + e of the product: mask, multiply, shift
+                return ((lo & uint32(0x01010101 << e)) * uint32(0x01020408) & 0xFFFFFFFF) >> uint32(24 + e)
+            return (((lo >> uint32(e)) & uint32(0x01010101)) * uint32(0x01020408) & 0xFFFFFFFF) >> uint32(24)
+        p = j * k
+        wi = p >> 5
+        sh = p & 31
+        if sh + k <= 32:
+            return (w[wi] >> uint32(sh)) & MASK
+        return ((w[wi] >> uint32(sh)) | (w[wi + 1] << uint32(32 - sh))) & MASK
+
+    @cuda.jit(device=True, inline=True)
+    def put(st, slot, lo, hi):
+        _st16(st, uint32(2 * slot), lo, hi)
+
+    @cuda.jit(device=True, inline=True)
+    def octet(o, w, cb, d, fin, st, sw, lane):
+        """Elements 8 o .. 8 o + 7 of the group into the lane's stage slot(s); one call per o, each with a
+        constant o, so every word and slot index is static (w stays in registers; a loop over o may stay rolled)."""
+        lo = uint32(0)
+        hi = uint32(0)
+        if layout == 0:                        # plane b's byte o -> byte b (lo) / b - 4 (hi)
+            sel = o | (4 + o) << 4
+            lo = _prmt(_prmt(w[0], w[1], sel), _prmt(w[2] if k > 2 else 0, w[3] if k > 3 else 0, sel),
+                       0x5410)
+            if k > 4:
+                hi = _prmt(_prmt(w[4], w[5] if k > 5 else 0, sel),
+                           _prmt(w[6] if k > 6 else 0, w[7] if k > 7 else 0, sel), 0x5410)
+                lo, hi = _transpose8(lo, hi)
+        v0 = cb[code_of(w, lo, hi, 8 * o + 0)] * d
+        v1 = cb[code_of(w, lo, hi, 8 * o + 1)] * d
+        v2 = cb[code_of(w, lo, hi, 8 * o + 2)] * d
+        v3 = cb[code_of(w, lo, hi, 8 * o + 3)] * d
+        v4 = cb[code_of(w, lo, hi, 8 * o + 4)] * d
+        v5 = cb[code_of(w, lo, hi, 8 * o + 5)] * d
+        v6 = cb[code_of(w, lo, hi, 8 * o + 6)] * d
+        v7 = cb[code_of(w, lo, hi, 8 * o + 7)] * d
+        if KIND == F32:
+            q = 2 * o
+            put(st, sw + uint32(q ^ ((lane >> SH) & (SLOTS - 1))),
+                uint64(_float_as_int(v0) & 0xFFFFFFFF) | uint64(_float_as_int(v1) & 0xFFFFFFFF) << uint64(32),
+                uint64(_float_as_int(v2) & 0xFFFFFFFF) | uint64(_float_as_int(v3) & 0xFFFFFFFF) << uint64(32))
+            q = 2 * o + 1
+            put(st, sw + uint32(q ^ ((lane >> SH) & (SLOTS - 1))),
+                uint64(_float_as_int(v4) & 0xFFFFFFFF) | uint64(_float_as_int(v5) & 0xFFFFFFFF) << uint64(32),
+                uint64(_float_as_int(v6) & 0xFFFFFFFF) | uint64(_float_as_int(v7) & 0xFFFFFFFF) << uint64(32))
+        else:
+            if KIND == BF16:                   # one conversion per pair (no NaN when D is finite)
+                p0, p1 = _pack_bf16x2(v0, v1), _pack_bf16x2(v2, v3)
+                p2, p3 = _pack_bf16x2(v4, v5), _pack_bf16x2(v6, v7)
+            else:
+                p0, p1 = _pack_f16x2(v0, v1), _pack_f16x2(v2, v3)
+                p2, p3 = _pack_f16x2(v4, v5), _pack_f16x2(v6, v7)
+            if not fin:
+                p0, p1 = _half_pair(v0, v1, KIND), _half_pair(v2, v3, KIND)
+                p2, p3 = _half_pair(v4, v5, KIND), _half_pair(v6, v7, KIND)
+            put(st, sw + uint32(o ^ ((lane >> SH) & (SLOTS - 1))), uint64(p0) | uint64(p1) << uint64(32),
+                uint64(p2) | uint64(p3) << uint64(32))
+
+    @cuda.jit(fastmath=False)
+    def dequant32(words, nw, n, bs, shift, sc, fmt, ts_g, cb_g, kind_, out_w, out_t):
+        cb = cuda.shared.array(M, float32)
+        st = cuda.shared.array(STAGE, uint64)
+        w = cuda.local.array(k, uint32)
+        tid = cuda.threadIdx.x
+        lane = tid & 31
+        for j in range(tid, M, THREADS):
+            cb[j] = cb_g[j]
+        cuda.syncthreads()
+        ts = float32(ts_g[0])
+        g = uint64(cuda.blockIdx.x) * uint64(THREADS) + uint64(tid)
+        base = g * uint64(32)
+        whole = (uint64(cuda.blockIdx.x) + uint64(1)) * uint64(THREADS * 32) <= uint64(n)   # CTA-uniform
+        if base < uint64(n):
+            for b in range(k):
+                w[b] = uint32(words[g * uint64(k) + uint64(b)]) if g * uint64(k) + uint64(b) < uint64(nw) \
+                    else uint32(0)
+            d0 = _scale_value(sc, _block_of(base, bs, shift), fmt, ts)
+            d1 = d0
+            if bs == 16:
+                d1 = _scale_value(sc, _block_of(base + uint64(16) if base + uint64(16) < uint64(n) else base, bs,
+                                                shift), fmt, ts)
+            fin = _finite(d0) and _finite(d1)
+            sw = uint32(tid) * uint32(SLOTS)                   # this lane's slots (swizzled below)
+            octet(0, w, cb, d0, fin, st, sw, lane)
+            octet(1, w, cb, d0, fin, st, sw, lane)
+            octet(2, w, cb, d1, fin, st, sw, lane)
+            octet(3, w, cb, d1, fin, st, sw, lane)
+        if whole:                                    # 512 contiguous bytes per store
+            _syncwarp()
+            wbase = uint32(tid - lane) * uint32(SLOTS)          # the warp's first slot
+            gout = (g - uint64(lane)) * uint64(SLOTS)            # its first 16-byte output slot
+            for q in range(SLOTS):
+                ch = 32 * q + lane
+                t = ch // SLOTS
+                slot = wbase + uint32(t * SLOTS + ((ch % SLOTS) ^ ((t >> SH) & (SLOTS - 1))))
+                a, b = _ld16(st, uint32(2 * slot))
+                _st16(out_w, (gout + uint64(ch)) * uint64(2), a, b)
+        elif base + uint64(32) <= uint64(n):         # the last CTA's whole groups: this lane's own slots
+            for q in range(SLOTS):
+                slot = uint32(tid) * uint32(SLOTS) + uint32(q ^ ((lane >> SH) & (SLOTS - 1)))
+                a, b = _ld16(st, uint32(2 * slot))
+                _st16(out_w, (g * uint64(SLOTS) + uint64(q)) * uint64(2), a, b)
+        elif base < uint64(n):                       # the partial last group: element by element into out_t
+            for j in range(32):
+                if base + uint64(j) < uint64(n):
+                    q = j // (EPW * 2)
+                    slot = uint32(tid) * uint32(SLOTS) + uint32(q ^ ((lane >> SH) & (SLOTS - 1)))
+                    u = uint64(st[2 * slot + (j % (EPW * 2)) // EPW])
+                    v = (u >> uint64(EB * (j % EPW))) & uint64((1 << EB) - 1)
+                    if KIND == F32:
+                        out_t[j] = _int_as_float(int32(v))
+                    else:
+                        out_t[j] = uint32(v)
+
+    return dequant32
+
+
 _KERNELS: dict = {}
 
 
 def kernel(op: str, *key):
     """The compiled kernel: ('absmax', lpb), ('codes', k, layout), ('fused', k, layout, fused_variant(bs), kind),
-    ('dequant8', k, layout, output kind)."""
+    ('dequant8', k, layout, output kind), ('dequant32', k, layout, output kind)."""
     full = (op, *key)
     if full not in _KERNELS:
         _KERNELS[full] = {"absmax": _make_absmax, "codes": _make_codes, "fused": _make_fused,
-                          "dequant8": _make_dequant8}[op](*key)
+                          "dequant8": _make_dequant8, "dequant32": _make_dequant32}[op](*key)
     return _KERNELS[full]
 
 

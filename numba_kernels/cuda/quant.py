@@ -150,6 +150,37 @@ def _bf16_bits(v):
     return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) & 0xFFFF
 
 
+# Two floats that are no NaN to one word of 16-bit floats (the first in the low half), rounded half to even: one
+# cvt.rn.{bf16,f16}x2.f32 on the GPU (it differs from _bf16_bits / _float2half_rn only in the NaN it writes).
+if config.ENABLE_CUDASIM:
+    def _pack_bf16x2(a, b):
+        return _bf16_bits(a) | _bf16_bits(b) << 16
+
+    def _pack_f16x2(a, b):
+        return _float2half_rn(a) | _float2half_rn(b) << 16
+else:
+    from llvmlite import ir as _ir
+    from numba.core import types as _types
+    from numba.core.extending import intrinsic as _intrinsic
+
+    def _cvt_x2(fmt: str):
+        @_intrinsic
+        def pack(typingctx, a, b):
+            sig = _types.uint32(_types.float32, _types.float32)
+
+            def codegen(context, builder, sig, args):
+                f = _ir.FunctionType(_ir.IntType(32), [_ir.FloatType(), _ir.FloatType()])
+                # cvt.rn.<fmt>x2.f32 d, hi, lo: its first source goes to the upper half
+                asm = _ir.InlineAsm(f, f"cvt.rn.{fmt}x2.f32 $0, $1, $2;", "=r,f,f")
+                return builder.call(asm, [args[1], args[0]])
+
+            return sig, codegen
+        return pack
+
+    _pack_bf16x2 = _cvt_x2("bf16")
+    _pack_f16x2 = _cvt_x2("f16")
+
+
 def _make_quantize(bits: int, kind: int):
     levels = 4 if bits == 4 else 8
     M = 1 << levels

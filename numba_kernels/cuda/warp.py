@@ -5,11 +5,11 @@ The simulator has no warp shuffles, ballots or warp barriers: their twins go thr
 buffer with a barrier each (``_syncwarp``: a CTA barrier), so every thread of the CTA must make the same calls
 (no early exits around them). The 16-byte loads and stores are single vector accesses on the GPU, ``_ld_byte`` a
 float32 load at a byte offset (no index scaling: the offset can come straight from a byte permute); plain
-element accesses in the simulator.
+element accesses in the simulator. ``_prmt`` is the byte permute (``prmt.b32``, selector nibbles 0..7).
 """
 from __future__ import annotations
 
-from numba import config, cuda
+from numba import config, cuda, int32, uint32
 
 FULL = 0xFFFFFFFF
 
@@ -97,11 +97,16 @@ if config.ENABLE_CUDASIM:
     def _ld_byte(a, off):
         return a[int(off) >> 2]
 
+    def _prmt(a, b, sel):
+        x = (int(a) & 0xFFFFFFFF) | (int(b) & 0xFFFFFFFF) << 32
+        return sum(((x >> (8 * ((int(sel) >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
+
     @cuda.jit(device=True)
     def _syncwarp():
         cuda.syncthreads()
 else:
     from llvmlite import ir as _ir
+    from numba.cuda import libdevice
     from numba.core import types as _types
     from numba.core.extending import intrinsic as _intrinsic
 
@@ -164,6 +169,11 @@ else:
             return builder.load(builder.bitcast(p, _ir.FloatType().as_pointer()), align=4)
 
         return sig, codegen
+
+    @cuda.jit(device=True, inline=True)
+    def _prmt(a, b, sel):
+        """Byte i of the result: byte (sel >> 4i) & 7 of b:a (a the low word), as uint32."""
+        return uint32(libdevice.byte_perm(int32(a), int32(b), int32(sel)))
 
     @cuda.jit(device=True, inline=True)
     def _syncwarp():

@@ -117,16 +117,23 @@ def dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, lay
     out = torch.empty(n, dtype=dtype, device=dev)
     if n == 0:
         return out
-    full = n // 8                # 8-element groups stored 16 bytes at a time; the n % 8 last elements one by one
-    head = out[:8 * full].view(torch.int64)
-    if head.data_ptr() % 16:     # the kernel's 16-byte stores (torch's allocations are 256-byte aligned)
+    lay, kind = K.LAYOUT_IDS[layout], _kind(dtype)
+    if K.fused_path(blocksize):
+        # a thread per 32-element group, every CTA at once (one group each); the n % 32 last elements one by one
+        head, tail = out[:32 * (n // 32)].view(torch.int64), out[32 * (n // 32):]
+        kern = K.kernel("dequant32", k, lay, kind)
+        grid = -(-n // (32 * K.THREADS))
+    else:
+        # a thread per 8 elements stored 16 bytes at a time (grid-stride); the n % 8 last elements one by one
+        head, tail = out[:8 * (n // 8)].view(torch.int64), out[8 * (n // 8):]
+        kern = K.kernel("dequant8", k, lay, kind)
+        ctas = -(-n // (8 * K.THREADS))
+        grid = ctas if dev.type != "cpu" else _grid(kern, ctas, dev)
+    if head.data_ptr() % 16:     # the kernels' 16-byte stores (torch's allocations are 256-byte aligned)
         raise RuntimeError("dequantize_kbit: output not 16-byte aligned")
     out_w = head if dev.type != "cpu" else as_array(head).view(np.uint64)
-    kern = K.kernel("dequant8", k, K.LAYOUT_IDS[layout], _kind(dtype))
-    groups = -(-n // 8)          # a thread per group, every CTA of ceil(groups / THREADS) at once (no cap)
-    grid = max(1, -(-groups // K.THREADS)) if dev.type != "cpu" else _grid(kern, -(-groups // K.THREADS), dev)
     launch(kern, grid, K.THREADS, dev, _words(words), words.numel(), n, blocksize, _shift(blocksize), _bits16(sc),
-           K.FMT_IDS[scale_format], as_array(ts), as_array(cb), _kind(dtype), out_w, _bits16(out[8 * full:]))
+           K.FMT_IDS[scale_format], as_array(ts), as_array(cb), kind, out_w, _bits16(tail))
     return out
 
 
