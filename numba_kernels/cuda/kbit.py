@@ -27,11 +27,16 @@ the layout and the unit shape are compile-time constants).
   stored scale, its value D and the divisor q. For e4m3 it only writes absmax and folds it into one atomic max
   per warp (the tensor scale); ``encode_e4m3`` then encodes. With ``codes`` (a lane per element,
   ``s = x / q[i // bs]``) it is the path of any other blocksize (96 is fused; 40, 24, rows of odd length are not).
-* ``dequant8`` (one factory per K, layout and output kind): a thread per 8 consecutive elements (inside one
-  32-element group), ceil(n / 8 / THREADS) CTAs: the word loads first, the 8 codes from them (bit-plane: each
-  plane's byte spread into the bytes of two words; dense: one 64-bit window of up to 3 words), one scale decode
-  when blocksize % 8 == 0, ``cb[code] * D`` rounded once to the output dtype, one 16-byte store (16-bit outputs)
-  or two (float32); the n % 8 last elements one by one.
+* ``dequant32`` (one factory per K, layout and output kind; blocksize 16 or a multiple of 32): cuda_src/kbit.cu's
+  group dequantizer, a thread per 32-element group, ceil(n / 32 / THREADS) CTAs: the group's K words, one scale
+  decode (two at blocksize 16), codes by byte permutes and a multiply (bit-plane K <= 4), an 8x8 bit transpose
+  per octet (K > 4) or constant shifts (dense), ``cb[code] * D`` rounded once (bf16/fp16 pairs by one
+  ``cvt.rn.*x2.f32`` when D is finite), the output through the warp's shared stage in 512-byte stores.
+* ``dequant8`` (other blocksizes): a thread per 8 consecutive elements (inside one 32-element group), grid-stride:
+  the word loads first, the 8 codes from them (bit-plane: each plane's byte spread into the bytes of two words;
+  dense: one 64-bit window of up to 3 words), one scale decode when blocksize % 8 == 0, ``cb[code] * D`` rounded
+  once to the output dtype, one 16-byte store (16-bit outputs) or two (float32); the n % 8 last elements one by
+  one.
 
 Every quantizer raises the non-finite flag (zeroed by the adapter) when it sees a NaN or an Inf; the absmax
 ignores NaN (the CPU kernels' sequential ``v > am``): a lane whose raw max of bits is above Inf's (rare) takes

@@ -9,9 +9,9 @@ OUT=${OUT:-out/device}; D="$OUT/kbit-h200/numba_cuda"; mkdir -p "$D"
 GROUPS_K=("bit_exact and (dtype0 or dtype1)" "bit_exact and (dtype2 or dtype3)"
           "bit_exact and (dtype4 or dtype5 or dtype6)" "grid_stride and dense" "grid_stride and bitplane"
           "every_k_and and K2" "every_k_and and K3" "every_k_and and K4" "every_k_and and K5" "every_k_and and K6"
-          "every_k_and and K7" "every_k_and and K8" "nonfinite or unaligned" "search_table and 32-fp32"
+          "every_k_and and K7" "every_k_and and K8" "nonfinite_flag or unaligned" "search_table and 32-fp32"
           "search_table and 16-e4m4" "search_table and 32-e8m0" "search_table and 64-fp16"
-          "search_table and 512-bf16" "dequantize_nonfinite")
+          "search_table and 512-bf16" "dequantize_nonfinite" "default_format")
 # KBIT_NUMBA_GROUPS="expr1;expr2": only these groups (and no affine part), e.g. to rerun what a timeout cut
 if [ -n "${KBIT_NUMBA_GROUPS:-}" ]; then IFS=';' read -r -a GROUPS_K <<< "$KBIT_NUMBA_GROUPS"; fi
 i=0
