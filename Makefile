@@ -5,6 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.kbit-installed
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: setup test report build build-debug cuda clean notebooks parity bench
 
@@ -18,11 +19,11 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 setup: $(STAMP) build
 
 build: $(STAMP)
-	$(PY) setup.py -q build_ext --inplace
+	$(PY) setup.py -q build_ext --inplace -j $(JOBS)
 
 # Bounds-checked debug builds of the same .pyx (workbench._native.<name>_debug), for the fuzz run below.
 build-debug: $(STAMP)
-	KBIT_BUILD_DEBUG=1 $(PY) setup.py -q build_ext --inplace
+	KBIT_BUILD_DEBUG=1 $(PY) setup.py -q build_ext --inplace -j $(JOBS)
 
 # The suite, then the API fuzz suite again against bounds-checked kernels: the Cython debug
 # extensions and Numba with boundscheck (its own cache: Numba's cache key ignores boundscheck).

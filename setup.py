@@ -70,4 +70,5 @@ else:
     exts = [_ext(f"workbench._native.{_stem(p)}", p, ["-O3", "-march=native"]) for p in SOURCES]
     directives = RELEASE
 
-setup(ext_modules=cythonize(exts, language_level=3, compiler_directives=directives))
+# Cython and the C compiler one process per core (make passes build_ext -j): the build is on CI's critical path.
+setup(ext_modules=cythonize(exts, language_level=3, compiler_directives=directives, nthreads=os.cpu_count() or 1))
