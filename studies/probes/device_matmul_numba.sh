@@ -10,16 +10,20 @@ if [ -d .devlibs ]; then
   touch cuda_src/build/*.so  # newer than the sources: no rebuild
 fi
 python3 -m workbench.cuda_build matmul quant 2>&1 | tail -1
-timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_matmul_numba_cuda_gpu.py} \
-  > "$OUT/pytest_gpu_matmul_numba_cuda.txt" 2>&1; tail -3 "$OUT/pytest_gpu_matmul_numba_cuda.txt"
-timeout ${BENCH_TIMEOUT:-300} python3 -m studies.bench.bench_matmul_gpu --ms "${MS:-1,4}" --out "$OUT" 2>&1 \
-  | grep -E "copy bandwidth| (ours|numba_cuda|bnb|cublas_bf16) [0-9]" | tail -60
-# PROFILE=1: Nsight Compute of the Numba GEMV beside the production one (28672x8192, M = 1): speed of light,
-# memory workload, warp stall reasons, occupancy
+if [ -z "${PROFILE_ONLY:-}" ]; then
+  timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_matmul_numba_cuda_gpu.py} \
+    > "$OUT/pytest_gpu_matmul_numba_cuda.txt" 2>&1; tail -3 "$OUT/pytest_gpu_matmul_numba_cuda.txt"
+  timeout ${BENCH_TIMEOUT:-300} python3 -m studies.bench.bench_matmul_gpu --ms "${MS:-1,4}" --out "$OUT" 2>&1 \
+    | grep -E "copy bandwidth| (ours|numba_cuda|bnb|cublas_bf16) [0-9]" | tail -60
+fi
+# PROFILE=1: Nsight Compute of the Numba GEMV beside the production one (28672x8192, M = 1, their launches after the
+# first): speed of light, instruction mix, memory workload, warp stall reasons, occupancy. PROFILE_ONLY=1: no tests
+# or bench before it.
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$PROFILE" ] && [ -n "$NCU" ]; then
-  timeout ${PROFILE_TIMEOUT:-150} "$NCU" --target-processes all --kernel-name regex:'gemv' --launch-skip 2 \
-    --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+  timeout ${PROFILE_TIMEOUT:-240} "$NCU" --target-processes all --kernel-name regex:'gemv' --launch-skip 2 \
+    --launch-count 2 --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
+    --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
     python3 -c "
 import torch, workbench as wb
 from workbench.matmul import matmul_4bit

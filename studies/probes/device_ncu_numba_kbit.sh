@@ -30,18 +30,3 @@ grep -E "^  [a-z_]|Duration|DRAM Throughput|Memory Throughput|Executed Ipc A|Iss
 python3 -m studies.probes.ncu_source_top "$OUT/ncu_numba_kbit_source.csv" --top 25 > "$OUT/ncu_numba_kbit_source_top.txt" 2>&1
 head -80 "$OUT/ncu_numba_kbit_source_top.txt"
 gzip -f "$OUT/ncu_numba_kbit_source.csv"
-# GEMV=1: the Numba GEMV beside the production one too (28672x8192, M = 1; its launches after the first)
-if [ -n "${GEMV:-}" ]; then
-  timeout ${PROFILE_TIMEOUT:-240} "$NCU" --target-processes all --kernel-name regex:'gemv' --launch-skip 2 \
-    --launch-count 2 $SECTIONS python3 -c "
-import torch, workbench as wb
-from workbench.matmul import matmul_4bit
-W = torch.randn(28672, 8192, device='cuda', dtype=torch.bfloat16)
-P, qs = wb.quantize_4bit(W, blocksize=64, compress_statistics=True)
-A = torch.randn(1, 8192, device='cuda', dtype=torch.bfloat16)
-for b in ('numba_cuda', 'cuda', 'numba_cuda', 'cuda'):
-    matmul_4bit(A, P, qs, backend=b)
-torch.cuda.synchronize()" > "$OUT/ncu_gemv_numba_vs_cuda.txt" 2>&1
-  grep -E "^  [a-z_]|Duration|DRAM Throughput|Memory Throughput|Executed Ipc A|Issue Slots Busy|Registers Per|Achieved Occupancy|Stall" \
-    "$OUT/ncu_gemv_numba_vs_cuda.txt" | head -50
-fi
