@@ -40,6 +40,7 @@ TARGET_PCT = {"quantize": 75.0, "dequantize": 85.0}
 NUMBA_TARGET_PCT = 70.0
 BACKENDS = {"cuda": ("auto", "cuda", "numba_cuda"), "cpu": ("auto", "reference", "numba_cpu", "cython_cpu")}
 BLOCKSIZE, SCALE_FORMAT, CODES_AGAINST = 32, "e4m4", "exact"   # quantize_kbit's defaults
+OPS = ("quantize_kbit", "dequantize_kbit")
 HOST_N = 4096
 
 
@@ -78,7 +79,7 @@ def live_backends(device: str, names=None) -> tuple[list[str], dict[str, str]]:
             notes[b] = f"unavailable: {reason}"
             continue
         have = ops_of(b)   # this backend's ops only (registered() would load every backend, bitsandbytes too)
-        missing = [op for op in ("quantize_kbit", "dequantize_kbit") if op not in have]
+        missing = [op for op in OPS if op not in have]
         if missing:  # a backend whose k-bit kernels are not registered (yet)
             notes[b] = f"no kernel registered for {', '.join(missing)}"
             continue
@@ -113,8 +114,10 @@ class Timers:
 
 
 # ------------------------------------------------------------------------------------------- cases
-def _kbit_fns(A: torch.Tensor, k: int, layout: str, backend: str):
-    """(public quantize, kernel quantize, public dequantize, kernel dequantize, resolved backend, bytes q, bytes dq)."""
+def _kbit_fns(A: torch.Tensor, k: int, layout: str, backend: str, source: str | None = None):
+    """(public quantize, kernel quantize, public dequantize, kernel dequantize, resolved backend, bytes q, bytes dq).
+    ``source``: the backend that quantizes the dequantizers' input (default ``backend``; every backend writes the
+    same bits)."""
     from workbench import kbit
     from workbench.backends.registry import resolve
     ops = torch.ops.workbench
@@ -124,7 +127,7 @@ def _kbit_fns(A: torch.Tensor, k: int, layout: str, backend: str):
     name_d = resolve(backend, "dequantize_kbit", dev, None)
     cb = kbit.kbit_codebook_tensor(None, k).to(A.device)
     a = A.reshape(-1)
-    packed, st = kbit.quantize_kbit(A, k=k, layout=layout, **kw)
+    packed, st = kbit.quantize_kbit(A, k=k, layout=layout, backend=source or backend)
     scales = st.scales.contiguous()
     table = st.codebook.to(torch.float32).contiguous()
     words = packed.reshape(-1).contiguous()
@@ -161,9 +164,10 @@ def _nf4_fns(A: torch.Tensor):
 
 # --------------------------------------------------------------------------------------------- run
 def run(device: str, n_log2: int, ks=KS, reps: int = 20, backends=None, copy_gbps: float | None = None,
-        partial: Path | None = None):
+        partial: Path | None = None, ops=OPS):
     """(rows DataFrame, notes {backend: why skipped}, copy GB/s). ``partial``: a CSV rewritten after every row, so a
-    run cut short by a timeout still leaves its rows."""
+    run cut short by a timeout still leaves its rows. ``ops``: a subset of OPS (dequantize alone quantizes its
+    input with ``auto``, so a Numba run compiles no quantizer)."""
     live, notes = live_backends(device, backends)
     if copy_gbps is None:
         copy_gbps = (bench.copy_bandwidth("cuda", nbytes=1 << 30, reps=reps) if device == "cuda"
@@ -178,7 +182,8 @@ def run(device: str, n_log2: int, ks=KS, reps: int = 20, backends=None, copy_gbp
     kernel_cache: dict[tuple, tuple] = {}   # 'auto' times the same kernels as the backend it resolves to
     rows = []
     plan = [(k, layout, b) for k in ks for layout in LAYOUTS for b in live]
-    bar = _bar(2 * len(plan) + 2, "kbit speed")
+    bar = _bar(len(ops) * len(plan) + 2, "kbit speed")
+    source = None if "quantize_kbit" in ops else "auto"
 
     def measure(op, k, layout, backend, fns, small_fns, idx):
         pq, kq, pd_, kd, names, bq, bd = fns
@@ -220,13 +225,15 @@ def run(device: str, n_log2: int, ks=KS, reps: int = 20, backends=None, copy_gbp
     try:
         for k, layout, b in plan:
             try:
-                fns, small = _kbit_fns(A, k, layout, b), _kbit_fns(A_small, k, layout, b)
+                fns, small = _kbit_fns(A, k, layout, b, source), _kbit_fns(A_small, k, layout, b, source)
             except Exception as e:  # noqa: BLE001  (one failing backend must not end the run)
-                for op in ("quantize_kbit", "dequantize_kbit"):
+                for op in ops:
                     skipped(op, k, layout, b, f"{type(e).__name__}: {e}")
-                bar.update(2)
+                bar.update(len(ops))
                 continue
-            for idx, op in enumerate(("quantize_kbit", "dequantize_kbit")):
+            for idx, op in enumerate(OPS):
+                if op not in ops:
+                    continue
                 try:
                     measure(op, k, layout, b, fns, small, idx)
                 except Exception as e:  # noqa: BLE001
@@ -250,7 +257,7 @@ def run(device: str, n_log2: int, ks=KS, reps: int = 20, backends=None, copy_gbp
         bar.close()
     df = ratios(pd.DataFrame(rows))
     for b, why in notes.items():   # a backend left out is a row the reader can see, not a silence
-        for op in ("quantize_kbit", "dequantize_kbit"):
+        for op in OPS:
             kind = op.split("_")[0]
             df = pd.concat([df, pd.DataFrame([dict(op=op, backend=b, n=n, dtype="bfloat16", kind=kind,
                                                    target_pct=TARGET_PCT[kind], copy_gbps=copy_gbps,
@@ -392,6 +399,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="timed repeats after warm-up (default 20 CUDA, 5 CPU)")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--backends", nargs="+", default=None, help="default: auto + every backend of the device")
+    ap.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS, help="default: both")
     args = ap.parse_args(argv)
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -406,7 +414,7 @@ def main(argv=None) -> int:
         from .bench_gpu import _warm_gpu
         _warm_gpu()
     partial = out / "kbit_speed.partial.csv"
-    df, notes, copy_gbps = run(device, n_log2, ks, reps, args.backends, partial=partial)
+    df, notes, copy_gbps = run(device, n_log2, ks, reps, args.backends, partial=partial, ops=tuple(args.ops))
     meta = _meta(device, n_log2, ks, reps, copy_gbps, notes)
     results.frame(df.to_dict("records"), {f"run_{k}": v for k, v in meta.items()
                                           if isinstance(v, (str, int, float))}).to_csv(out / "kbit_speed.csv",
