@@ -33,3 +33,13 @@ def test_cpu_bench_kbit_tiny(tmp_path, monkeypatch):
     assert (tmp_path / "kbit_speed.png").stat().st_size > 0
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["copy_gbps"] > 0 and meta["n_log2"] == 12
+
+
+def test_cpu_bench_kbit_dequantize_only(tmp_path, monkeypatch):
+    """--ops dequantize_kbit: only dequantize rows, its input quantized by auto (no quantize row for any backend)."""
+    monkeypatch.setenv("KBIT_PROGRESS", "0")
+    assert bench_kbit_gpu.main(["--device", "cpu", "--n-log2", "10", "--ks", "3", "--reps", "1", "--ops",
+                                "dequantize_kbit", "--backends", "reference", "--out", str(tmp_path)]) == 0
+    df = pd.read_csv(tmp_path / "kbit_speed.csv")
+    kb = df[df.op.isin(["quantize_kbit", "dequantize_kbit"]) & df.skipped.isna()]
+    assert set(kb.op) == {"dequantize_kbit"} and len(kb) == 2 and (kb.kernel_ms > 0).all()
