@@ -26,8 +26,8 @@ API = {
 
 @pytest.mark.parametrize("family", sorted(API))
 def test_family_builds_and_exports(family, tmp_path):
-    # the production sources, IEEE flags and arch, PTX only and the optimizers off (they are most of the compile time and
-    # change nothing this test checks); the optimized build runs on the GPU machine
+    # the production sources, IEEE flags and arch, PTX only and the optimizers off (they are most of the compile
+    # time and change nothing this test checks); the optimized build runs on the GPU machine
     so = cuda_build.build(family, force=True, build_dir=tmp_path, check_only=True)
     assert so.exists() and so.parent == tmp_path
     nm = shutil.which("nm")
