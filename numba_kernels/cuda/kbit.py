@@ -658,7 +658,7 @@ def _half_pair(a, b, kind):
 
 @cuda.jit(device=True, inline=True)
 def _finite(d):
-    return (_float_as_int(d) & 0x7FFFFFFF) < INF_BITS
+    return _mag(d) < INF_BITS
 
 
 def _make_dequant32(k: int, layout: int, kind: int):
@@ -698,11 +698,17 @@ def _make_dequant32(k: int, layout: int, kind: int):
         return ((w[wi] >> uint32(sh)) | (w[wi + 1] << uint32(32 - sh))) & MASK
 
     @cuda.jit(device=True, inline=True)
-    def put(st, slot, lo, hi):
-        _st16(st, uint32(2 * slot), lo, hi)
+    def slot_of(t, q):
+        """Stage slot of thread t's 16-byte piece q: XOR-swizzled so that 8 consecutive slots of a store phase fall
+        in distinct banks."""
+        return uint32(t) * uint32(SLOTS) + uint32(q ^ (((t & 31) >> SH) & (SLOTS - 1)))
 
     @cuda.jit(device=True, inline=True)
-    def octet(o, w, cb, d, fin, st, sw, lane):
+    def put(st, t, q, lo, hi):
+        _st16(st, uint32(2 * slot_of(t, q)), lo, hi)
+
+    @cuda.jit(device=True, inline=True)
+    def octet(o, w, cb, d, fin, st, tid):
         """Elements 8 o .. 8 o + 7 of the group into the lane's stage slot(s); one call per o, each with a
         constant o, so every word and slot index is static (w stays in registers; a loop over o may stay rolled)."""
         lo = uint32(0)
@@ -724,12 +730,10 @@ def _make_dequant32(k: int, layout: int, kind: int):
         v6 = cb[code_of(w, lo, hi, 8 * o + 6)] * d
         v7 = cb[code_of(w, lo, hi, 8 * o + 7)] * d
         if KIND == F32:
-            q = 2 * o
-            put(st, sw + uint32(q ^ ((lane >> SH) & (SLOTS - 1))),
+            put(st, tid, 2 * o,
                 uint64(_float_as_int(v0) & 0xFFFFFFFF) | uint64(_float_as_int(v1) & 0xFFFFFFFF) << uint64(32),
                 uint64(_float_as_int(v2) & 0xFFFFFFFF) | uint64(_float_as_int(v3) & 0xFFFFFFFF) << uint64(32))
-            q = 2 * o + 1
-            put(st, sw + uint32(q ^ ((lane >> SH) & (SLOTS - 1))),
+            put(st, tid, 2 * o + 1,
                 uint64(_float_as_int(v4) & 0xFFFFFFFF) | uint64(_float_as_int(v5) & 0xFFFFFFFF) << uint64(32),
                 uint64(_float_as_int(v6) & 0xFFFFFFFF) | uint64(_float_as_int(v7) & 0xFFFFFFFF) << uint64(32))
         else:
@@ -742,7 +746,7 @@ def _make_dequant32(k: int, layout: int, kind: int):
             if not fin:
                 p0, p1 = _half_pair(v0, v1, KIND), _half_pair(v2, v3, KIND)
                 p2, p3 = _half_pair(v4, v5, KIND), _half_pair(v6, v7, KIND)
-            put(st, sw + uint32(o ^ ((lane >> SH) & (SLOTS - 1))), uint64(p0) | uint64(p1) << uint64(32),
+            put(st, tid, o, uint64(p0) | uint64(p1) << uint64(32),
                 uint64(p2) | uint64(p3) << uint64(32))
 
     @cuda.jit(fastmath=False)
@@ -769,32 +773,25 @@ def _make_dequant32(k: int, layout: int, kind: int):
                 d1 = _scale_value(sc, _block_of(base + uint64(16) if base + uint64(16) < uint64(n) else base, bs,
                                                 shift), fmt, ts)
             fin = _finite(d0) and _finite(d1)
-            sw = uint32(tid) * uint32(SLOTS)                   # this lane's slots (swizzled below)
-            octet(0, w, cb, d0, fin, st, sw, lane)
-            octet(1, w, cb, d0, fin, st, sw, lane)
-            octet(2, w, cb, d1, fin, st, sw, lane)
-            octet(3, w, cb, d1, fin, st, sw, lane)
+            octet(0, w, cb, d0, fin, st, tid)
+            octet(1, w, cb, d0, fin, st, tid)
+            octet(2, w, cb, d1, fin, st, tid)
+            octet(3, w, cb, d1, fin, st, tid)
         if whole:                                    # 512 contiguous bytes per store
             _syncwarp()
-            wbase = uint32(tid - lane) * uint32(SLOTS)          # the warp's first slot
-            gout = (g - uint64(lane)) * uint64(SLOTS)            # its first 16-byte output slot
+            gout = (g - uint64(lane)) * uint64(SLOTS)            # the warp's first 16-byte output slot
             for q in range(SLOTS):
-                ch = 32 * q + lane
-                t = ch // SLOTS
-                slot = wbase + uint32(t * SLOTS + ((ch % SLOTS) ^ ((t >> SH) & (SLOTS - 1))))
-                a, b = _ld16(st, uint32(2 * slot))
+                ch = 32 * q + lane                               # piece ch % SLOTS of the warp's lane ch // SLOTS
+                a, b = _ld16(st, uint32(2 * slot_of(tid - lane + ch // SLOTS, ch % SLOTS)))
                 _st16(out_w, (gout + uint64(ch)) * uint64(2), a, b)
         elif base + uint64(32) <= uint64(n):         # the last CTA's whole groups: this lane's own slots
             for q in range(SLOTS):
-                slot = uint32(tid) * uint32(SLOTS) + uint32(q ^ ((lane >> SH) & (SLOTS - 1)))
-                a, b = _ld16(st, uint32(2 * slot))
+                a, b = _ld16(st, uint32(2 * slot_of(tid, q)))
                 _st16(out_w, (g * uint64(SLOTS) + uint64(q)) * uint64(2), a, b)
         elif base < uint64(n):                       # the partial last group: element by element into out_t
             for j in range(32):
                 if base + uint64(j) < uint64(n):
-                    q = j // (EPW * 2)
-                    slot = uint32(tid) * uint32(SLOTS) + uint32(q ^ ((lane >> SH) & (SLOTS - 1)))
-                    u = uint64(st[2 * slot + (j % (EPW * 2)) // EPW])
+                    u = uint64(st[2 * slot_of(tid, j // (EPW * 2)) + (j % (EPW * 2)) // EPW])
                     v = (u >> uint64(EB * (j % EPW))) & uint64((1 << EB) - 1)
                     if KIND == F32:
                         out_t[j] = _int_as_float(int32(v))
