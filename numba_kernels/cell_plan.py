@@ -302,6 +302,24 @@ def kbit_lane_table(plan):
     return np.stack([rows[:, 0], lo], 1).astype(np.uint32), sh, kbase, (kbase + hx) << sh
 
 
+LANE_BYTES = 44 << 10   # the lane table's copies in shared memory (cuda_src/kbit.cu: KK_LANE_BYTES)
+
+
+def kbit_lane_copies(lane, max_bytes: int = LANE_BYTES):
+    """A :func:`kbit_lane_table` as the Numba lane quantizer stages it: ``rep`` copies (16, 8, .. 1: as many as
+    ``max_bytes`` holds, cuda_src/kbit.cu: kk_lane_rep) interleaved entry by entry, each entry one uint64
+    (bound bits | code below << 32); lane l reads copy l % rep, entry i at i * rep + l % rep. Returns
+    ``(uint64[2 hx * rep], rep)``, or None where even one copy does not fit."""
+    t = lane[0]
+    if t.shape[0] * 8 > max_bytes:
+        return None
+    rep = 16
+    while rep > 1 and t.shape[0] * rep * 8 > max_bytes:
+        rep >>= 1
+    words = t[:, 0].astype(np.uint64) | (t[:, 1].astype(np.uint64) << np.uint64(32))
+    return np.repeat(words, rep), rep
+
+
 def kbit_lane_lookup(lane, s: np.ndarray) -> np.ndarray:
     """Codes of float32 ``s`` (|s| bits below the lane table's top) as kk_code_lane computes them."""
     t, sh, kbase, _ = lane

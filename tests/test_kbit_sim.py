@@ -118,3 +118,29 @@ def test_dequantize_whole_ctas_and_tail(N, poisoned, k, layout, blocksize):
         nan = torch.isnan(want)
         assert nan.any() and torch.equal(torch.isnan(got), nan), (od, layout)
         assert torch.equal(_bits(got)[~nan], _bits(want)[~nan]), (od, layout)
+
+
+@sim
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # NumPy's uint32 products wrap in the simulator
+@pytest.mark.parametrize("k,dtype,blocksize,fmt", [(2, torch.bfloat16, 32, "e4m4"), (3, torch.float16, 16, "bf16"),
+                                                   (4, torch.float32, 32, "fp32"), (5, torch.bfloat16, 16, "e8m0"),
+                                                   (6, torch.float16, 32, "e4m3"), (7, torch.bfloat16, 32, "fp16"),
+                                                   (8, torch.float32, 16, "e4m4")])
+def test_lane_quantizer_table_and_exact_groups(N, poisoned, k, dtype, blocksize, fmt):
+    """The lane quantizer (blocksizes 16, 32) with a codebook its table accepts (normal-float), over whole groups
+    that code from the table and groups that take the exact path: an all-zero block, blocks scaled to 1e-30
+    (divisors below 2^-60), a block with a huge outlier next to tiny values, the partial last group. Both
+    layouts; codes against the exact scale (even K) or the decoded one (odd K)."""
+    from workbench.codebook_tables import kbit_lane_search_table
+    from workbench.codebooks import create_normal_float_codebook
+    cb = create_normal_float_codebook(k)
+    assert kbit_lane_search_table(cb, torch.device("cpu"))[0] is not None, k   # the table path is exercised
+    from numba_kernels.cuda.kbit import THREADS
+    n = 32 * THREADS + 109                     # the simulator's one CTA goes round its loop: 3 whole groups, 13 left
+    g = torch.Generator().manual_seed(7 * k + blocksize)
+    A = torch.randn(n, generator=g) * 3 ** torch.randn(n, generator=g)
+    A[64: 96] = 0
+    A[96: 160] *= 1e-30
+    A[200] = 6e4
+    A[-40:] *= 1e-30
+    _check(N, A.to(dtype), cb, k, blocksize, fmt, "decoded" if k % 2 else "exact")

@@ -343,18 +343,48 @@ def kbit_search_table(codebook: torch.Tensor, device: torch.device):
     """The compiled k-bit quantizers' search table for this codebook tensor, on ``device``: (entries int64 tensor,
     size, sh, kbase, half, safe) from numba_kernels/cell_plan.py:kbit_plan, or KBIT_NO_TABLE when the codebook is
     too dense for one (the kernels then search exactly for every element)."""
-    key = (id(codebook), device)
+    return _kbit_cached(codebook, device, "plan", _build_kbit_search_table)
+
+
+def _kbit_cached(codebook: torch.Tensor, device: torch.device, kind: str, build):
+    key = (id(codebook), device, kind)
     hit = _kbit_tables.get(key)
     if hit is not None and hit[0]() is codebook and hit[1] == codebook._version:
         return hit[2]
-    from numba_kernels.cell_plan import kbit_plan
-    p = kbit_plan(_host(codebook).reshape(-1))
-    table = KBIT_NO_TABLE
-    if p is not None:
-        e, sh, kbase, half, safe = p
-        t = torch.from_numpy(np.ascontiguousarray(e).view(np.int64).reshape(-1)).to(device)
-        table = (t, len(e), sh, kbase, half, float(safe))
+    table = build(_host(codebook).reshape(-1), device)
     if len(_kbit_tables) >= 256:
         _kbit_tables.clear()
     _kbit_tables[key] = (weakref.ref(codebook), codebook._version, table)
     return table
+
+
+def _build_kbit_search_table(values: np.ndarray, device: torch.device):
+    from numba_kernels.cell_plan import kbit_plan
+    p = kbit_plan(values)
+    if p is None:
+        return KBIT_NO_TABLE
+    e, sh, kbase, half, safe = p
+    t = torch.from_numpy(np.ascontiguousarray(e).view(np.int64).reshape(-1)).to(device)
+    return t, len(e), sh, kbase, half, float(safe)
+
+
+KBIT_NO_LANE_TABLE = (None, 0, 1, 0, 0, 0)
+
+
+def kbit_lane_search_table(codebook: torch.Tensor, device: torch.device):
+    """The Numba lane quantizer's table for this codebook tensor (numba_kernels/cuda/kbit_lane.py), on ``device``:
+    (entries int64 tensor: the copies of cell_plan.kbit_lane_copies, their count, rep, sh, kbase, top), or
+    KBIT_NO_LANE_TABLE where the codebook has none (every group then takes the exact search)."""
+    return _kbit_cached(codebook, device, "lane", _build_kbit_lane_table)
+
+
+def _build_kbit_lane_table(values: np.ndarray, device: torch.device):
+    from numba_kernels.cell_plan import kbit_lane_copies, kbit_lane_table, kbit_plan
+    lane = kbit_lane_table(kbit_plan(values))
+    copies = kbit_lane_copies(lane) if lane is not None else None
+    if copies is None:
+        return KBIT_NO_LANE_TABLE
+    words, rep = copies
+    t = torch.from_numpy(words.view(np.int64)).to(device)
+    _, sh, kbase, top = lane
+    return t, t.numel(), rep, sh, kbase, top

@@ -4,7 +4,7 @@ simulator twins.
 The simulator has no warp shuffles, ballots or warp barriers: their twins go through a shared (2, THREADS) int32
 buffer with a barrier each (``_syncwarp``: a CTA barrier), so every thread of the CTA must make the same calls
 (no early exits around them). The 16-byte loads and stores are single vector accesses on the GPU, ``_ld_byte`` a
-float32 load at a byte offset (no index scaling: the offset can come straight from a byte permute); plain
+float32 load at a byte offset (no index scaling: the offset can come straight from a byte permute), ``_ld8_mad`` a uint64 at a multiply-add's byte offset; plain
 element accesses in the simulator. ``_prmt`` is the byte permute (``prmt.b32``, selector nibbles 0..7).
 """
 from __future__ import annotations
@@ -97,6 +97,9 @@ if config.ENABLE_CUDASIM:
     def _ld_byte(a, off):
         return a[int(off) >> 2]
 
+    def _ld8_mad(a, x, m, c):
+        return a[((int(x) * int(m) + int(c)) & 0xFFFFFFFF) >> 3]
+
     def _prmt(a, b, sel):
         x = (int(a) & 0xFFFFFFFF) | (int(b) & 0xFFFFFFFF) << 32
         return sum(((x >> (8 * ((int(sel) >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
@@ -167,6 +170,22 @@ else:
                 if args[1].type.width > 32 else builder.zext(args[1], _ir.IntType(64))
             p = builder.gep(builder.bitcast(ary.data, _ir.IntType(8).as_pointer()), [o])
             return builder.load(builder.bitcast(p, _ir.FloatType().as_pointer()), align=4)
+
+        return sig, codegen
+
+    @_intrinsic
+    def _ld8_mad(typingctx, a, x, m, c):
+        """The uint64 at byte offset x m + c (32-bit unsigned arithmetic, wrapping; a multiple of 8) of uint64
+        array a: one multiply-add in 32 bits (Numba's own integer arithmetic would widen it to 64)."""
+        sig = _types.uint64(a, x, m, c)
+
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            i32 = _ir.IntType(32)
+            x32, m32, c32 = (builder.trunc(v, i32) if v.type.width > 32 else v for v in args[1:])
+            o = builder.zext(builder.add(builder.mul(x32, m32), c32), _ir.IntType(64))
+            p = builder.gep(builder.bitcast(ary.data, _ir.IntType(8).as_pointer()), [o])
+            return builder.load(builder.bitcast(p, _ir.IntType(64).as_pointer()), align=8)
 
         return sig, codegen
 

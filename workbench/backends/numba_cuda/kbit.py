@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 from numba_kernels.cuda import kbit as K
+from numba_kernels.cuda import kbit_lane as KL
 
+from ...codebook_tables import kbit_lane_search_table
 from ._launch import as_array, ctas_per_sm, launch
 from ..reference.kbit import SCALE_DTYPES, dequantize_operands, kernel_codebook, nblocks, packed_words
 from ..registry import register_kernel
@@ -92,6 +94,9 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
         launch(kern, _grid(kern, ntiles, dev, ABSMAX_CTAS_PER_SM), K.THREADS, dev, xa, kind, n, blocksize, nb,
                ntiles, as_array(cb), cb.numel(), fmt, against, as_array(absmax), sa, as_array(D), as_array(q),
                as_array(flag), as_array(gmax))
+    if KL.lane_path(blocksize):
+        _quantize_lanes(x, n, codebook, cb, k, blocksize, layout, fmt, against, gmax, sa, ts, out, nw, flag)
+        return out, scales, ts, flag
     if fused:
         kern = K.kernel("fused", k, K.LAYOUT_IDS[layout], K.fused_variant(blocksize), kind)
         ntiles = -(-n // (K.NWARPS * K.fused_elems(blocksize)))
@@ -106,6 +111,26 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
     launch(kern, _grid(kern, ntiles, dev), K.THREADS, dev, xa, kind, n, blocksize, _shift(blocksize), as_array(q),
            as_array(cb), ntiles, _words(out), nw)
     return out, scales, ts, flag
+
+
+def _quantize_lanes(x, n, codebook, cb, k, blocksize, layout, fmt, against, gmax, sa, ts, out, nw, flag):
+    """The lane kernel (blocksize 16 or 32): the whole groups as uint64 words (16-byte loads), the n % 32 after
+    them as elements (disjoint views: the simulator copies every argument back)."""
+    dev = x.device
+    tab, ntab, rep, sh, kbase, top = kbit_lane_search_table(codebook, dev)
+    ok = int(tab is not None)
+    if tab is None:
+        tab = torch.zeros(1, dtype=torch.int64, device=dev)
+    whole = 32 * (n // 32)
+    head, tail = x[:whole].view(torch.int64), x[whole:]
+    if head.data_ptr() % 16:     # the kernel's 16-byte loads (torch's allocations are 256-byte aligned)
+        head = head.clone()
+    kern = KL.kernel(k, K.LAYOUT_IDS[layout], _kind(x.dtype), blocksize)
+    ntiles = -(-n // (32 * K.THREADS))
+    grid = _grid(kern, ntiles, dev) if dev.type != "cpu" else 1   # simulator: small inputs go round the loop
+    launch(kern, grid, K.THREADS, dev, as_array(head), _in(tail), n, as_array(tab), ntab, rep, sh,
+           kbase, top, ok, as_array(cb), fmt, against, as_array(gmax), sa, as_array(ts), _words(out), nw,
+           as_array(flag))
 
 
 def dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, layout, scale_format, dtype):
