@@ -80,6 +80,9 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
         return out, scales, (ts.fill_(1.0) if e4m3 else ts), flag
     xa, sa = _in(x), _bits16(scales)
     against = int(codes_against == "decoded")
+    if KL.lane_path(blocksize) and not e4m3:     # one kernel, no scratch arrays (each costs host time)
+        _quantize_lanes(x, n, codebook, cb, k, blocksize, layout, fmt, against, _dummy(dev), sa, ts, out, nw, flag)
+        return out, scales, ts, flag
     fused = K.fused_path(blocksize)
     # absmax_scales: every scale (two-kernel path), or only e4m3's tensor max before the fused kernel. The
     # arrays only one path reads are dummies, all distinct (the simulator copies every argument back)
@@ -111,6 +114,17 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
     launch(kern, _grid(kern, ntiles, dev), K.THREADS, dev, xa, kind, n, blocksize, _shift(blocksize), as_array(q),
            as_array(cb), ntiles, _words(out), nw)
     return out, scales, ts, flag
+
+
+_DUMMIES: dict = {}
+
+
+def _dummy(dev: torch.device) -> torch.Tensor:
+    """An int32[1] array argument a kernel does not touch (e4m3's tensor max where there is none)."""
+    t = _DUMMIES.get(dev)
+    if t is None:
+        t = _DUMMIES[dev] = torch.zeros(1, dtype=torch.int32, device=dev)
+    return t
 
 
 def _quantize_lanes(x, n, codebook, cb, k, blocksize, layout, fmt, against, gmax, sa, ts, out, nw, flag):
