@@ -12,8 +12,10 @@ before any use, then each dependent step done for all of them: straight-line cod
 whose indices are static once the fixed-count loops unroll, so they live in registers; the element kind, K,
 the layout and the unit shape are compile-time constants).
 
+* blocksizes 16 and 32 (the defaults) take numba_kernels/cuda/kbit_lane.py (cuda_src/kbit.cu's lane kernel: a
+  thread per 32-element group) after ``absmax_scales`` where e4m3 needs the tensor max.
 * ``fused`` (one factory per K, layout, shape ``fused_variant(blocksize)`` and input kind; blocksize 16 or a
-  multiple of 32): one pass, persistent CTAs grid-striding over tiles. A unit is max(blocksize, 32) elements
+  multiple of 32, in practice 64 and above): one pass, persistent CTAs grid-striding over tiles. A unit is max(blocksize, 32) elements
   (CH chunks, a lane per element of each, coalesced); for blocksize 16 and multiples of 32 up to 256 a warp
   takes R = NS // CH consecutive units per iteration: the R * CH loads, the R absmax values (the magnitudes'
   float32 bits, max over the unit's chunks in registers), one R-value shuffle reduction over min(bs, 32)
