@@ -135,10 +135,10 @@ def _quantize_lanes(x, n, codebook, cb, k, blocksize, layout, fmt, against, gmax
     ok = int(tab is not None)
     if tab is None:
         tab = torch.zeros(1, dtype=torch.int64, device=dev)
+    if x.data_ptr() % 16:        # the kernel's 16-byte loads (torch's allocations are 256-byte aligned; a view may not be)
+        x = x.clone()
     whole = 32 * (n // 32)
     head, tail = x[:whole].view(torch.int64), x[whole:]
-    if head.data_ptr() % 16:     # the kernel's 16-byte loads (torch's allocations are 256-byte aligned)
-        head = head.clone()
     kern = KL.kernel(k, K.LAYOUT_IDS[layout], _kind(x.dtype), blocksize)
     ntiles = -(-n // (32 * K.THREADS))
     grid = _grid(kern, ntiles, dev) if dev.type != "cpu" else 1   # simulator: small inputs go round the loop
