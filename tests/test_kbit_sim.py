@@ -144,3 +144,16 @@ def test_lane_quantizer_table_and_exact_groups(N, poisoned, k, dtype, blocksize,
     A[200] = 6e4
     A[-40:] *= 1e-30
     _check(N, A.to(dtype), cb, k, blocksize, fmt, "decoded" if k % 2 else "exact")
+
+
+@sim
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_lane_quantizer_unaligned_view(N, poisoned):
+    """A view one element into its storage (not 16-byte aligned: the lane kernel reads whole groups as uint64
+    words) quantizes as a fresh tensor does."""
+    from workbench.codebooks import create_normal_float_codebook
+    full = torch.randn(3 * 32 + 12, generator=torch.Generator().manual_seed(5))
+    for dtype in (torch.bfloat16, torch.float32):
+        x = full.to(dtype)[1:]
+        assert x.data_ptr() % 16
+        _check(N, x, create_normal_float_codebook(4), 4, 32, "e4m4", "exact", layouts=("bitplane",))
