@@ -12,8 +12,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from numba_kernels.cell_plan import (FINE_MAX, KBIT_TINY, _from_order_key, _order_key, kbit_lane_lookup,
-                                     kbit_lane_table, kbit_lookup, kbit_nearest, kbit_plan)
+from numba_kernels.cell_plan import (FINE_MAX, KBIT_TINY, LANE_BYTES, _from_order_key, _order_key, kbit_lane_copies,
+                                     kbit_lane_lookup, kbit_lane_table, kbit_lookup, kbit_nearest, kbit_plan)
 from workbench import codebooks as cbs
 
 E2M1 = sorted({v * s for v in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0) for s in (1, -1)}) + [-0.0]
@@ -76,6 +76,20 @@ def test_kbit_lane_table_gives_the_spec_code(name):
     s = s[np.isfinite(s) & ((np.abs(s).view(np.uint32)) < top)]
     np.testing.assert_array_equal(kbit_lane_lookup(lane, s), kbit_nearest(s, c))
     assert np.uint32(top).view(np.float32) >= min(2 * np.abs(c).max(), kbit_plan(c)[4])
+
+
+@pytest.mark.parametrize("k", range(2, 9))
+def test_kbit_lane_copies_interleave_the_lane_table(k):
+    """The Numba lane quantizer's staged table: entry i of copy c at i * rep + c, each (bound bits | code below
+    << 32), as many copies (16, 8, ..) as LANE_BYTES holds (the kernel's static shared array)."""
+    lane = kbit_lane_table(kbit_plan(cbs.create_normal_float_codebook(k).numpy()))
+    words, rep = kbit_lane_copies(lane)
+    t = lane[0].astype(np.uint64)
+    assert words.dtype == np.uint64 and words.nbytes <= LANE_BYTES
+    assert rep == 16 or words.nbytes * 2 > LANE_BYTES
+    for c in range(rep):
+        np.testing.assert_array_equal(words[c::rep], t[:, 0] | (t[:, 1] << np.uint64(32)))
+    assert kbit_lane_copies(lane, max_bytes=len(t) * 8 - 8) is None          # not even one copy fits
 
 
 def test_too_dense_codebook_has_no_table():

@@ -21,6 +21,7 @@ CASES = [  # (k, dtype, n, blocksize, scale_format, codes_against): odd n, parti
     (4, torch.float16, 389, 96, "e8m0", "exact"), (5, torch.float32, 257, 128, "fp16", "decoded"),
     (6, torch.bfloat16, 301, 32, "bf16", "exact"), (7, torch.float32, 150, 64, "e4m3", "exact"),
     (8, torch.float16, 203, 128, "fp32", "exact"), (3, torch.float32, 1, 16, "e8m0", "decoded"),
+    (6, torch.bfloat16, 1100, 512, "fp16", "exact"),       # above 256: the fused kernel's generic loop
     # blocksizes neither 16 nor a multiple of 32: the two-kernel path (absmax_scales, then codes)
     (4, torch.bfloat16, 205, 40, "e4m4", "decoded"), (5, torch.float16, 171, 24, "e4m3", "exact"),
 ]

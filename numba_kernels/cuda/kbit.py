@@ -14,12 +14,12 @@ the layout and the unit shape are compile-time constants).
 
 * blocksizes 16 and 32 (the defaults) take numba_kernels/cuda/kbit_lane.py (cuda_src/kbit.cu's lane kernel: a
   thread per 32-element group) after ``absmax_scales`` where e4m3 needs the tensor max.
-* ``fused`` (one factory per K, layout, shape ``fused_variant(blocksize)`` and input kind; blocksize 16 or a
-  multiple of 32, in practice 64 and above): one pass, persistent CTAs grid-striding over tiles. A unit is max(blocksize, 32) elements
-  (CH chunks, a lane per element of each, coalesced); for blocksize 16 and multiples of 32 up to 256 a warp
+* ``fused`` (one factory per K, layout, shape ``fused_variant(blocksize)`` and input kind; multiples of 32 from
+  64 on): one pass, persistent CTAs grid-striding over tiles. A unit is a block (CH chunks of 32, a lane per
+  element of each, coalesced); for blocksizes up to 256 a warp
   takes R = NS // CH consecutive units per iteration: the R * CH loads, the R absmax values (the magnitudes'
-  float32 bits, max over the unit's chunks in registers), one R-value shuffle reduction over min(bs, 32)
-  lanes (halving steps: 9 shuffles for R = 8, leaving each lane its unit's max), every lane encodes its
+  float32 bits, max over the unit's chunks in registers), one R-value shuffle reduction over the warp
+  (halving steps: 6 shuffles for R = 4, leaving each lane its unit's max), every lane encodes its
   unit's scale (all R at once), one lane per block stores it, one shuffle per unit broadcasts the divisor,
   then the R * CH divisions, the binary searches step by step over all chunks, and the packs (below). The
   elements stay in registers between the two halves. Other multiples of 32 (above 256 or not dividing
@@ -233,10 +233,10 @@ NS = 8                       # 32-element chunks whose loads a warp of the fused
 
 
 def fused_variant(blocksize: int) -> int:
-    """The fused kernel's compile-time shape for ``blocksize``: the blocksize itself when max(bs, 32) // 32
-    chunks per unit fit NS (16 and the multiples of 32 up to 256: R = NS // chunks units per iteration),
-    else 0 (the generic kernel: a unit per iteration, its chunks in batches of NS)."""
-    return blocksize if blocksize == 16 or (blocksize % 32 == 0 and blocksize <= 32 * NS) else 0
+    """The fused kernel's compile-time shape for ``blocksize`` (a multiple of 32 from 64 on; 16 and 32 take the lane
+    kernel): the blocksize itself when its bs // 32 chunks fit NS (up to 256: R = NS // chunks units per
+    iteration), else 0 (the generic kernel: a unit per iteration, its chunks in batches of NS)."""
+    return blocksize if blocksize % 32 == 0 and 64 <= blocksize <= 32 * NS else 0
 
 
 def fused_elems(blocksize: int) -> int:
@@ -244,7 +244,7 @@ def fused_elems(blocksize: int) -> int:
     g = fused_variant(blocksize)
     if g == 0:
         return blocksize
-    ch = max(g, 32) // 32
+    ch = g // 32
     return (NS // ch) * ch * 32
 
 
@@ -359,23 +359,21 @@ def _shfl_f(v, src, s2, ph, tid):
 def _make_fused(k: int, layout: int, g: int, kind: int):
     """The fused quantizer for K = k, the layout and the shape ``g`` (fused_variant(blocksize)).
 
-    g > 0: a unit is max(g, 32) elements (CH chunks of 32, a lane per element of each), a warp takes R = NS // CH
-    consecutive units per loop iteration and issues all R * CH loads before any use; then the R absmax
-    reductions together (over W = min(g, 32) lanes; halving steps leave lane L with unit (L % W) // SPAN's max),
+    g > 0 (64, 96, .., 256): a unit is a block (CH = g / 32 chunks of 32, a lane per element of each), a warp takes
+    R = NS // CH consecutive units per loop iteration and issues all R * CH loads before any use; then the R absmax
+    reductions together (over the warp; halving steps leave lane L with unit L // SPAN's max),
     every lane encodes its own unit's scale (all R at once), one lane per block stores it, the divisors
     broadcast by one shuffle per unit, the R * CH divisions, the binary searches step by step over all of them, and the packs.
     The loaded values stay in registers (no second read). The element kind is a compile-time constant (no
-    branch between the loads). g == 0 (blocksizes 96, 160, ... above 256 that are
-    not in the set): a unit per iteration, its chunks read in batches of NS loads (twice: absmax, then codes)."""
+    branch between the loads). g == 0 (blocksizes above 256): a unit per iteration, its chunks read in batches of NS loads (twice: absmax, then codes)."""
     M = 1 << k
     _, search_n, settle, pack_store = _make_parts(k, layout)
     GEN = g == 0
-    CH = 1 if g <= 32 else g // 32
-    R = NS // CH
+    CH = g // 32 if g else 1
+    R = NS // CH if g else 1          # (g == 0 runs the generic loop only)
     NSE = R * CH                      # chunks per iteration (<= NS)
-    W = 16 if g == 16 else 32         # lanes per block in the reduction
-    HALF = 16 if g == 16 else 0
-    GB = 16 if g == 16 else (32 if g == 0 else g)    # the blocksize (fast shapes)
+    W = 32                            # lanes in the reduction
+    GB = g if g else 32               # the blocksize (fast shapes)
     LOGR = R.bit_length() - 1
     SPAN = W // R                     # lanes per unit after the R-value reduction (see below)
     KIND = kind
@@ -475,15 +473,9 @@ def _make_fused(k: int, layout: int, g: int, kind: int):
                                 if u <= INF_BITS and u > mx:
                                     mx = u
                     mv[r] = mx
-                # The R maxima over W lanes at once: each halving step sends half of a lane's values to its
+                # The R maxima over the warp at once: each halving step sends half of a lane's values to its
                 # partner (the lane at xor off) and keeps the other half, maxed with what comes back; then
-                # plain steps. Lane L ends with the max of unit u = (L % W) // SPAN (9 shuffles for R = 8)
-                if R >= 8:
-                    up = (lane & (W >> 1)) != 0
-                    for i in range(4):
-                        got = _xor(mv[i] if up else mv[i + 4], W >> 1, s2, ph, tid)
-                        ph ^= 1
-                        mv[i] = _imax(mv[i + 4] if up else mv[i], got)
+                # plain steps. Lane L ends with the max of unit u = L // SPAN (6 shuffles for R = 4)
                 if R >= 4:
                     up = (lane & (W >> (LOGR - 1))) != 0
                     for i in range(2):
@@ -503,15 +495,12 @@ def _make_fused(k: int, layout: int, g: int, kind: int):
                     o >>= 1
                 a = _int_as_float(mine)
                 bits, q = divisor_of(a, fmt, emax, ts, codes_decoded)
-                u = (lane & (W - 1)) // SPAN              # this lane's unit
-                if HALF:
-                    blk = (base >> 4) + 2 * u + (lane >> 4)
-                else:
-                    blk = base // GB + u
+                u = lane // SPAN                          # this lane's unit
+                blk = base // GB + u
                 if (lane & (SPAN - 1)) == 0 and blk * GB < n:   # one lane per block stores its scale
                     _store_scale(sc, uint64(blk), bits, a, fmt)
                 for r in range(R):
-                    qr = _shfl_f(q, r * SPAN + (lane & HALF), s2, ph, tid)
+                    qr = _shfl_f(q, r * SPAN, s2, ph, tid)
                     ph ^= 1
                     for c in range(CH):
                         qv[r * CH + c] = qr
