@@ -124,6 +124,27 @@ def _encode_block(a, b, fmt, emax, codes_decoded, ts, sc, D, q):
 
 
 @cuda.jit(device=True, inline=True)
+def format_constants(cb, m, fmt, gmax, ts_out, s_e, tid):
+    """(emax, ts) of a quantizer CTA: e8m0's element emax, floor(log2 max|c|) over the staged codebook (the MX rule;
+    s_e zeroed before a barrier), and e4m3's tensor scale from the global max (block 0 writes it out); 0 and 1
+    for the other formats. fmt is uniform over the CTA, so is the barrier."""
+    emax = int64(0)
+    if fmt == 4:
+        for j in range(tid, m, THREADS):
+            cuda.atomic.max(s_e, 0, int32(_float_as_int(cb[j]) & 0x7FFFFFFF))
+        cuda.syncthreads()
+        emax = floor_log2(_int_as_float(s_e[0]))
+    ts = float32(1.0)
+    if fmt == 5:
+        gm = _int_as_float(gmax[0])
+        if gm > 0:
+            ts = gm / float32(448.0)
+        if cuda.blockIdx.x == 0 and tid == 0:
+            ts_out[0] = ts
+    return emax, ts
+
+
+@cuda.jit(device=True, inline=True)
 def _block_of(i, bs, shift):
     """i // bs as uint64: a shift for power-of-two blocksizes (shift >= 0), else an unsigned division
     (NVPTX divides in 32 bits when both operands fit)."""
@@ -394,19 +415,7 @@ def _make_fused(k: int, layout: int, g: int, kind: int):
         if tid == 0:
             s_e[0] = 0
         cuda.syncthreads()
-        emax = int64(0)
-        if fmt == 4:                 # floor(log2 max|c|), the element format's emax (MX rule)
-            for j in range(tid, m, THREADS):
-                cuda.atomic.max(s_e, 0, int32(_float_as_int(cb[j]) & 0x7FFFFFFF))
-            cuda.syncthreads()
-            emax = floor_log2(_int_as_float(s_e[0]))
-        ts = float32(1.0)
-        if fmt == 5:
-            gm = _int_as_float(gmax[0])
-            if gm > 0:
-                ts = gm / float32(448.0)
-            if cuda.blockIdx.x == 0 and tid == 0:
-                ts_out[0] = ts
+        emax, ts = format_constants(cb, m, fmt, gmax, ts_out, s_e, tid)
         ph = 0
         if GEN:
             chunks = bs >> 5

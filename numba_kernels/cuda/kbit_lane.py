@@ -24,10 +24,10 @@ the GPU side).
 from __future__ import annotations
 
 import workbench._compat  # noqa: F401  (numpy shim, before any kernel compiles)
-from numba import config, cuda, float32, int32, int64, uint32, uint64
+from numba import config, cuda, float32, int32, uint32, uint64
 
 from ..cell_plan import LANE_BYTES
-from .kbit import INF_BITS, THREADS, _make_parts, _store_scale, _transpose8, divisor_of, floor_log2
+from .kbit import INF_BITS, THREADS, _make_parts, _store_scale, _transpose8, divisor_of, format_constants
 from .quant import BF16, F16, F32, _div, _float_as_int, _half2float, _int_as_float, _mul, _sub
 from .warp import _ld8_mad, _ld16, _prmt
 
@@ -44,8 +44,9 @@ else:
     @cuda.jit(device=True, inline=True)
     def _quotient(x, q, r):
         """x / q rounded as IEEE division, from r = 1 / q rounded (cuda_src/kbit.cu: kk_quotient): x r is within
-        2 ulp, one correction makes it faithful, the second exact (residuals exact while normal: |s| >= 2^-40
-        and q in [2^-60, 2^100], which the table's range and the group test guarantee)."""
+        2 ulp, one correction makes it faithful, the second exact (residuals exact while normal: |s| >= 2^-40 and
+        q in [2^-60, 2^100], the group test's range). A smaller |s| may be off, but it codes as the exact one: the
+        lane table is refused when a bound or its first cell's end lies within 2^-38 of zero."""
         s0 = _mul(x, r)
         s1 = libdevice.fmaf_rn(libdevice.fmaf_rn(-s0, q, x), r, s0)
         return libdevice.fmaf_rn(libdevice.fmaf_rn(-s1, q, x), r, s1)
@@ -204,19 +205,7 @@ def _make_lane(k: int, layout: int, kind: int, bs: int):
         if tid == 0:
             s_e[0] = 0
         cuda.syncthreads()
-        emax = int64(0)
-        if fmt == 4:                 # floor(log2 max|c|), the element format's emax (MX rule)
-            for j in range(tid, M, THREADS):
-                cuda.atomic.max(s_e, 0, int32(_float_as_int(cb[j]) & 0x7FFFFFFF))
-            cuda.syncthreads()
-            emax = floor_log2(_int_as_float(s_e[0]))
-        ts = float32(1.0)
-        if fmt == 5:
-            gm = _int_as_float(gmax[0])
-            if gm > 0:
-                ts = gm / float32(448.0)
-            if cuda.blockIdx.x == 0 and tid == 0:
-                ts_out[0] = ts
+        emax, ts = format_constants(cb, M, fmt, gmax, ts_out, s_e, tid)
         # code_lane's constants (a tuple: registers); this lane reads copy tid % rep, entry i at i * rep + tid % rep
         at = (uint32((sh - 1) & 31), uint32((0x7FFFFFFF >> ((sh - 1) & 31)) & ~1), uint32(2 * kbase), uint32(8 * rep),
               uint32((8 * ((tid & (rep - 1)) - 2 * kbase * rep)) & 0xFFFFFFFF))
