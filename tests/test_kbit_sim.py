@@ -135,7 +135,7 @@ def test_lane_quantizer_table_and_exact_groups(N, poisoned, k, dtype, blocksize,
     from workbench.codebook_tables import kbit_lane_search_table
     from workbench.codebooks import create_normal_float_codebook
     cb = create_normal_float_codebook(k)
-    assert kbit_lane_search_table(cb, torch.device("cpu"))[0] is not None, k   # the table path is exercised
+    assert kbit_lane_search_table(cb, torch.device("cpu"))[1] > 0, k   # the table path is exercised
     from numba_kernels.cuda.kbit import THREADS
     n = 32 * THREADS + 109                     # the simulator's one CTA goes round its loop: 3 whole groups, 13 left
     g = torch.Generator().manual_seed(7 * k + blocksize)

@@ -368,13 +368,10 @@ def _build_kbit_search_table(values: np.ndarray, device: torch.device):
     return t, len(e), sh, kbase, half, float(safe)
 
 
-KBIT_NO_LANE_TABLE = (None, 0, 1, 0, 0, 0)
-
-
 def kbit_lane_search_table(codebook: torch.Tensor, device: torch.device):
     """The Numba lane quantizer's table for this codebook tensor (numba_kernels/cuda/kbit_lane.py), on ``device``:
-    (entries int64 tensor: the copies of cell_plan.kbit_lane_copies, their count, rep, sh, kbase, top), or
-    KBIT_NO_LANE_TABLE where the codebook has none (every group then takes the exact search)."""
+    (entries int64 tensor: the copies of cell_plan.kbit_lane_copies, their count, rep, sh, kbase, top); a count
+    of 0 (one zero entry) where the codebook has none (every group then takes the exact search)."""
     return _kbit_cached(codebook, device, "lane", _build_kbit_lane_table)
 
 
@@ -383,7 +380,7 @@ def _build_kbit_lane_table(values: np.ndarray, device: torch.device):
     lane = kbit_lane_table(kbit_plan(values))
     copies = kbit_lane_copies(lane) if lane is not None else None
     if copies is None:
-        return KBIT_NO_LANE_TABLE
+        return torch.zeros(1, dtype=torch.int64, device=device), 0, 1, 0, 0, 0
     words, rep = copies
     t = torch.from_numpy(words.view(np.int64)).to(device)
     _, sh, kbase, top = lane

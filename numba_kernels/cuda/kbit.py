@@ -382,11 +382,12 @@ def _make_fused(k: int, layout: int, g: int, kind: int):
 
     g > 0 (64, 96, .., 256): a unit is a block (CH = g / 32 chunks of 32, a lane per element of each), a warp takes
     R = NS // CH consecutive units per loop iteration and issues all R * CH loads before any use; then the R absmax
-    reductions together (over the warp; halving steps leave lane L with unit L // SPAN's max),
-    every lane encodes its own unit's scale (all R at once), one lane per block stores it, the divisors
-    broadcast by one shuffle per unit, the R * CH divisions, the binary searches step by step over all of them, and the packs.
-    The loaded values stay in registers (no second read). The element kind is a compile-time constant (no
-    branch between the loads). g == 0 (blocksizes above 256): a unit per iteration, its chunks read in batches of NS loads (twice: absmax, then codes)."""
+    reductions together (over the warp; halving steps leave lane L with unit L // SPAN's max), every lane encodes
+    its own unit's scale (all R at once), one lane per block stores it, the divisors broadcast by one shuffle per
+    unit, the R * CH divisions, the binary searches step by step over all of them, and the packs. The loaded
+    values stay in registers (no second read). The element kind is a compile-time constant (no branch between the
+    loads). g == 0 (blocksizes above 256): a unit per iteration, its chunks read in batches of NS loads (twice:
+    absmax, then codes)."""
     M = 1 << k
     _, search_n, settle, pack_store = _make_parts(k, layout)
     GEN = g == 0

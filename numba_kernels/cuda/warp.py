@@ -4,8 +4,9 @@ simulator twins.
 The simulator has no warp shuffles, ballots or warp barriers: their twins go through a shared (2, THREADS) int32
 buffer with a barrier each (``_syncwarp``: a CTA barrier), so every thread of the CTA must make the same calls
 (no early exits around them). The 16-byte loads and stores are single vector accesses on the GPU, ``_ld_byte`` a
-float32 load at a byte offset (no index scaling: the offset can come straight from a byte permute), ``_ld8_mad`` a uint64 at a multiply-add's byte offset; plain
-element accesses in the simulator. ``_prmt`` is the byte permute (``prmt.b32``, selector nibbles 0..7).
+float32 load at a byte offset (no index scaling: the offset can come straight from a byte permute), ``_ld8_mad`` a
+uint64 load at a 32-bit multiply-add's byte offset; plain element accesses in the simulator. ``_prmt`` is the byte
+permute (``prmt.b32``, selector nibbles 0..7).
 """
 from __future__ import annotations
 

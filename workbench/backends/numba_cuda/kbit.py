@@ -132,10 +132,8 @@ def _quantize_lanes(x, n, codebook, cb, k, blocksize, layout, fmt, against, gmax
     them as elements (disjoint views: the simulator copies every argument back)."""
     dev = x.device
     tab, ntab, rep, sh, kbase, top = kbit_lane_search_table(codebook, dev)
-    ok = int(tab is not None)
-    if tab is None:
-        tab = torch.zeros(1, dtype=torch.int64, device=dev)
-    if x.data_ptr() % 16:        # the kernel's 16-byte loads (torch's allocations are 256-byte aligned; a view may not be)
+    ok = int(ntab > 0)
+    if x.data_ptr() % 16:        # the kernel's 16-byte loads (torch allocates 256-byte aligned; a view may not be)
         x = x.clone()
     whole = 32 * (n // 32)
     head, tail = x[:whole].view(torch.int64), x[whole:]
