@@ -90,8 +90,8 @@ def _make_lane(k: int, layout: int, kind: int, bs: int):
             for j in range(16):
                 m = max(m, half32(cur, 16 * h + j) & uint32(0x7FFFFFFF))
             return m
-        lo = uint32(0)                      # the low elements' magnitudes, then the high ones' (in place)
-        hi = uint32(0)
+        lo = uint32(0)                      # max over the words' low elements, and over their high ones kept in
+        hi = uint32(0)                      # place (bits 16..30): one AND and one max per element
         for p in range(8):
             w = half32(cur, 16 * h + 2 * p)
             lo = max(lo, w & uint32(0x7FFF))
