@@ -218,3 +218,24 @@ def test_nonfinite_blocks(Q, poisoned, rng, dtype):
             NF.check(Q, R, A, cb, 64, bits, cb.tensors()[0])
         A = NF.nonfinite_data(rng, 32, dtype, tail_kind, tail=5)
         NF.check(Q, R, A, cbs.get("nf4"), 32, 4, cbs.get("nf4").tensors()[0])
+
+
+@sim
+def test_device_function_of_another_module_keeps_the_fake_cuda(Q):
+    """The simulator's module swap around device-function calls is reference-counted (workbench/_compat.py): a
+    device function whose module is not its kernel's still sees the fake ``cuda`` after the first thread left
+    it. Thread 0 leaves early while the others sleep inside; unguarded they read the real module (no threadIdx)."""
+    import time
+
+    import numpy as np
+    from numba import cuda
+    import numba_kernels.cuda  # noqa: F401  (installs the guard)
+    other = {"cuda": cuda, "time": time}     # the device function's module globals
+    exec("def late_index(delay):\n    time.sleep(delay)\n    return cuda.threadIdx.x\n", other)
+    own = {"cuda": cuda, "late_index": cuda.jit(device=True)(other["late_index"])}   # the kernel's
+    exec("def kernel(out):\n    t = cuda.threadIdx.x\n    out[t] = late_index(0.02 if t == 0 else 0.2)\n", own)
+    kernel = cuda.jit(own["kernel"])
+
+    out = np.full(8, -1, dtype=np.int64)
+    kernel[1, 8](out)
+    assert out.tolist() == list(range(8))

@@ -124,11 +124,10 @@ def _encode_block(a, b, fmt, emax, codes_decoded, ts, sc, D, q):
 
 
 @cuda.jit(device=True, inline=True)
-def format_constants(cb, m, fmt, gmax, ts_out, s_e, tid, bid):
+def format_constants(cb, m, fmt, gmax, ts_out, s_e, tid):
     """(emax, ts) of a quantizer CTA: e8m0's element emax, floor(log2 max|c|) over the staged codebook (the MX rule;
     s_e zeroed before a barrier), and e4m3's tensor scale from the global max (block 0 writes it out); 0 and 1
-    for the other formats. fmt is uniform over the CTA, so is the barrier. bid is the caller's blockIdx.x: the
-    simulator resolves `cuda` indices only inside the kernel's own module."""
+    for the other formats. fmt is uniform over the CTA, so is the barrier."""
     emax = int64(0)
     if fmt == 4:
         for j in range(tid, m, THREADS):
@@ -140,7 +139,7 @@ def format_constants(cb, m, fmt, gmax, ts_out, s_e, tid, bid):
         gm = _int_as_float(gmax[0])
         if gm > 0:
             ts = gm / float32(448.0)
-        if bid == 0 and tid == 0:
+        if cuda.blockIdx.x == 0 and tid == 0:
             ts_out[0] = ts
     return emax, ts
 
@@ -417,7 +416,7 @@ def _make_fused(k: int, layout: int, g: int, kind: int):
         if tid == 0:
             s_e[0] = 0
         cuda.syncthreads()
-        emax, ts = format_constants(cb, m, fmt, gmax, ts_out, s_e, tid, cuda.blockIdx.x)
+        emax, ts = format_constants(cb, m, fmt, gmax, ts_out, s_e, tid)
         ph = 0
         if GEN:
             chunks = bs >> 5
