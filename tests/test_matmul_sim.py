@@ -80,3 +80,18 @@ def test_weights_exact_with_one_hot_rows(backend, rng, dtype):
         A = torch.zeros(M, K, dtype=dtype)
         A[torch.arange(M), ks] = 1
         assert torch.equal(matmul_4bit(A, P, qs, backend="numba_cuda"), Wd[:, ks].t()), (N, K, M)
+
+
+@sim
+def test_gemv_rows_contiguous_chunk_order(backend, rng, monkeypatch):
+    """``gemv_rows(spread=False)`` (each warp a contiguous range of chunks; studies/probes/numba_gemv_spread_ab.py
+    times it against the default) holds the same bound, on shapes with more chunks than warps and fewer."""
+    K = backend.K
+    build = K.gemv_rows
+    monkeypatch.setattr(K, "gemv_rows", lambda ch, M, kind: build(ch, M, kind, False))
+    for N, Kd, M, bs in [(3, 2112, 1, 64), (5, 1056, 4, 32), (9, 64, 3, 64)]:
+        W = torch.randn(N, Kd, generator=rng)
+        A = torch.randn(M, Kd, generator=rng).to(torch.bfloat16)
+        P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=True, backend="reference")
+        _check(gemv_4bit(A, P, state=qs, backend="numba_cuda"), gemv_4bit(A, P, state=qs, backend="reference"),
+               A, P, qs, None)

@@ -211,7 +211,7 @@ def rows_chunk(K: int, blocksize: int) -> int:
 _ROWS: dict = {}
 
 
-def gemv_rows(ch: int, M: int, kind: int):
+def gemv_rows(ch: int, M: int, kind: int, spread: bool = True):
     """The GEMV with lanes as output rows, compiled for chunk ``ch`` (rows_chunk), M activation rows and A's
     element kind.
 
@@ -227,14 +227,15 @@ def gemv_rows(ch: int, M: int, kind: int):
     loads. Weights and scale inputs are loaded two of the warp's chunks ahead, the activations one, weights as
     16-byte vectors (A and the packed bytes as int64 arrays: K % 32 == 0, 16-byte aligned). Float32 accumulation:
     two partial sums per lane and row (even and odd elements), added, then the warps' sums of a row in warp order.
-    out[m * N + n] float32 (bias added); grid ``rows_grid(N)`` blocks of ROWS_THREADS."""
-    key = (ch, M, kind)
+    out[m * N + n] float32 (bias added); grid ``rows_grid(N)`` blocks of ROWS_THREADS. ``spread=False`` gives each
+    warp a contiguous range of chunks instead (the earlier order, kept for studies/probes/numba_gemv_spread_ab.py)."""
+    key = (ch, M, kind, spread)
     if key in _ROWS:
         return _ROWS[key]
     NV = ch // 32                    # 16-byte weight vectors per chunk (32 codes each)
     AW = ch // 2 if kind == F32 else ch // 4     # int64 words of a chunk's activations (per row m)
     MM = M
-    W = ROWS_WARPS
+    STEP = ROWS_WARPS if spread else 1   # from one of a warp's chunks to its next
     KIND = kind
     # resident CTAs per SM: 3 at M = 1 (85 registers; 96 unbounded), else 2 (128; up to 133 unbounded); ptxas
     # spills nothing but 4 bytes at M = 4 with 32-element chunks
@@ -269,8 +270,8 @@ def gemv_rows(ch: int, M: int, kind: int):
         tgrp = uint32(tid >> 6) * uint32(0x01010101)   # tid >> 6 in every byte: the offset's byte 1 low bits
         chunks = K // ch
         per = (chunks + ROWS_WARPS - 1) // ROWS_WARPS
-        c0 = int64(warp)                     # this warp's chunks: c0, c0 + W, c0 + 2W, ... below cend
-        cend = int64(chunks)
+        c0 = int64(warp) * (1 if STEP > 1 else per)    # this warp's chunks: c0, c0 + STEP, ... below cend
+        cend = int64(chunks) if STEP > 1 else min(c0 + per, int64(chunks))
         n = int64(cuda.blockIdx.x) * 32 + lane
         row = n if n < N else int64(N - 1)   # rows past N redo the last and are not stored
         wrow = row * (K // 16)               # int64 index of the row's first packed weights
@@ -282,7 +283,7 @@ def gemv_rows(ch: int, M: int, kind: int):
         nq2 = int32(0)
         na2 = float32(0.0)
         buf = sbase
-        if c0 < cend:                        # chunk c0 into the c + W slots, c0 + W into the c + 2W slots
+        if c0 < cend:                        # chunk c0 into the next slots, c0 + STEP into the ones after
             for v in range(NV):
                 nx[2 * v], nx[2 * v + 1] = _ld16(B, wrow + c0 * (2 * NV) + 2 * v)
             b = (erow + c0 * ch) >> bshift
@@ -291,16 +292,16 @@ def gemv_rows(ch: int, M: int, kind: int):
             if lane < AW:
                 for m in range(MM):
                     xa[m] = _u64(A, uint64(int64(m) * ku + c0 * AW + lane))
-        if c0 + W < cend:
+        if c0 + STEP < cend:
             for v in range(NV):
-                nx[4 + 2 * v], nx[4 + 2 * v + 1] = _ld16(B, wrow + (c0 + W) * (2 * NV) + 2 * v)
-            b = (erow + (c0 + W) * ch) >> bshift
+                nx[4 + 2 * v], nx[4 + 2 * v + 1] = _ld16(B, wrow + (c0 + STEP) * (2 * NV) + 2 * v)
+            b = (erow + (c0 + STEP) * ch) >> bshift
             nq2 = int32(a8[uint64(b)]) if nested else int32(0)
             na2 = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
         for i in range(per):                 # the same trip count in every warp (the simulator's barrier twin)
-            c = c0 + i * W
+            c = c0 + i * STEP
             if c < cend:
-                for j in range(2 * NV):      # rotate the prefetched chunks: c's inputs now, c + 2W's loads next
+                for j in range(2 * NV):      # rotate the prefetched chunks: c's inputs now, c + 2 STEP's loads next
                     wv[j] = nx[j]
                     nx[j] = nx[4 + j]
                 nq = nq1
@@ -309,10 +310,10 @@ def gemv_rows(ch: int, M: int, kind: int):
                 na1 = na2
                 for m in range(MM):
                     xc[m] = xa[m]
-                if c + 2 * W < cend:         # two chunks ahead: weights and scale inputs
+                if c + 2 * STEP < cend:      # two of the warp's chunks ahead: weights and scale inputs
                     for v in range(NV):
-                        nx[4 + 2 * v], nx[4 + 2 * v + 1] = _ld16(B, wrow + (c + 2 * W) * (2 * NV) + 2 * v)
-                    b = (erow + (c + 2 * W) * ch) >> bshift
+                        nx[4 + 2 * v], nx[4 + 2 * v + 1] = _ld16(B, wrow + (c + 2 * STEP) * (2 * NV) + 2 * v)
+                    b = (erow + (c + 2 * STEP) * ch) >> bshift
                     nq2 = int32(a8[uint64(b)]) if nested else int32(0)
                     na2 = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
                 buf = sbase + (i & 1) * (GEMV_MAX_M * 64)
@@ -326,9 +327,9 @@ def gemv_rows(ch: int, M: int, kind: int):
                         else:
                             stg[e], stg[e + 1] = _unpack2(uint32(x & 0xFFFFFFFF), KIND)
                             stg[e + 2], stg[e + 3] = _unpack2(uint32(x >> 32), KIND)
-                    if c + W < cend:         # one chunk ahead: the activations
+                    if c + STEP < cend:         # one chunk ahead: the activations
                         for m in range(MM):
-                            xa[m] = _u64(A, uint64(int64(m) * ku + (c + W) * AW + lane))
+                            xa[m] = _u64(A, uint64(int64(m) * ku + (c + STEP) * AW + lane))
                 s = _add(_mul(c2[uint32(nq)], na), off) if nested else na
                 if KIND == BF16 and abs(s) <= float32(3.4028234663852886e38):   # rule 2 into this lane's column
                     for j in range(16):
