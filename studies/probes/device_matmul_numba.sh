@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for issue 18's Numba CUDA GEMV: its GPU tests, then the matmul bench at the GEMV's M (numba_cuda
-# beside the production GEMV, bitsandbytes and cuBLAS in one process) and the chunk-order A/B of its kernel. Carry [".whl", ".devlibs"] (bitsandbytes wheel, gzipped prebuilt
-# .so files; else the families are built here).
+# beside the production GEMV, bitsandbytes and cuBLAS in one process) and the chunk-order A/B of its kernel.
+# Carry [".whl", ".devlibs"] (bitsandbytes wheel, gzipped prebuilt .so files; else the families are built here).
 # usage (on the device, repo root): MS=1,4 bash studies/probes/device_matmul_numba.sh
 source studies/probes/device_env.sh >/dev/null
 if [ -d .devlibs ]; then
