@@ -155,6 +155,7 @@ struct KkPlan {
     const uint2* e;
     int size, sh, kbase, half;
     float safe;
+    int lane_bytes;               // the lane quantizer's budget for its table copies (KK_LANE_BYTES unless tuned)
 };
 #define KK_TINY 9.094947017729282e-13f   // 2^-40: the reciprocal division's residual stays normal above it
 
@@ -220,18 +221,18 @@ static __host__ __device__ __forceinline__ int kk_lane_cells(const KkPlan& P) {
 // half-warp read 16 different bank pairs whatever entries they want, so an 8-byte load takes its two wavefronts
 // and no more (one copy: 4-6 on normal data, ncu; the quantizer is then bound by L1 throughput at K = 8).
 // As many copies (16, 8, .. 1) as KK_LANE_BYTES holds: K <= 6 16, K = 7 8, K = 8 4 (normal-float codebooks).
-static __host__ __device__ __forceinline__ int kk_lane_rep(int hx) {
+static __host__ __device__ __forceinline__ int kk_lane_rep(int hx, int bytes) {
     int rep = 16;
-    while (rep > 1 && (long long)2 * hx * rep * 8 > KK_LANE_BYTES) rep >>= 1;
+    while (rep > 1 && (long long)2 * hx * rep * 8 > bytes) rep >>= 1;
     return rep;
 }
 static __host__ __device__ __forceinline__ long long kk_lane_smem(const KkPlan& P, int m) {
     const int hx = kk_lane_cells(P);
-    return (long long)2 * hx * kk_lane_rep(hx) * 8 + (long long)m * 4;
+    return (long long)2 * hx * kk_lane_rep(hx, P.lane_bytes) * 8 + (long long)m * 4;
 }
 KK KkLane kk_stage_lane(const KkPlan& P, const float* cb, int m, float** c_out) {
     KkLane L{P.sh, P.kbase, kk_lane_cells(P), 1, 0u, false, 0u, 8u};
-    L.rep = kk_lane_rep(L.hx);
+    L.rep = kk_lane_rep(L.hx, P.lane_bytes);
     L.top = (uint32_t)(L.kbase + L.hx) << L.sh;
     L.stride = 8u * L.rep;
     L.mine = (uint32_t)__cvta_generic_to_shared(kk_smem) + 8u * (threadIdx.x & (L.rep - 1));
@@ -890,8 +891,28 @@ static unsigned grid_for(long long items, int per_cta, int per_sm = 64) {
 // an earlier knob, gained 4-8 % at every K, tuning/kbit_kernel_ab_f80a385.json, and is always on).
 // The lane quantizer's grid cap: 16 CTAs per SM (kbit_kernel_ab: the best or within 2 % of it for K = 2..8;
 // 64 CTAs per SM copied each CTA's table, up to 44 KB, for every 4 groups a thread coded: K = 6 15 % slower).
-static int kk_lane_per_sm = 16;
-extern "C" void kbit_kbit_tuning(int lane_per_sm) { kk_lane_per_sm = lane_per_sm > 0 ? lane_per_sm : 16; }
+// Its table copies' budget: KK_LANE_BYTES keeps three CTAs per SM in the default 48 KB of shared memory, which
+// holds only 4 copies at K = 8 and 8 at K = 7 (those stay L1-bound on bank conflicts); more bytes buy more copies
+// at fewer CTAs per SM (K = 8: 8 copies in 82 KB, 2 CTAs; 16 in 164 KB, 1 CTA).
+static int kk_lane_per_sm = 16, kk_lane_bytes = KK_LANE_BYTES;
+extern "C" void kbit_kbit_tuning(int lane_per_sm, int lane_kb) {
+    kk_lane_per_sm = lane_per_sm > 0 ? lane_per_sm : 16;
+    kk_lane_bytes = lane_kb > 0 ? (lane_kb < 220 ? lane_kb : 220) << 10 : KK_LANE_BYTES;
+}
+
+// A tuned budget past 48 KB: the lane kernel must be allowed that much dynamic shared memory first, once per
+// instance and device (not inside a CUDA-graph capture, where the first call has set it already). A refusal shows
+// as the launch's error.
+template <int K, int L, bool DEF> static cudaError_t kk_lane_allow(size_t bytes) {
+    static size_t allowed[64];
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess || bytes <= (48u << 10) || dev < 0 || dev >= 64 || bytes <= allowed[dev]) return e;
+    e = cudaFuncSetAttribute(kk_quantize_lane_kernel<K, L, DEF>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)bytes);
+    if (e == cudaSuccess) allowed[dev] = bytes;
+    return e;
+}
 
 // scratch: e4m3's tensor max (word 0) and the two-kernel path's divisors (after it); null when neither runs.
 extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int blocksize, const float* cb, int m, int k,
@@ -899,7 +920,8 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
                                   float plan_safe, int layout, int fmt, int codes_decoded, void* scales, float* ts,
                                   uint32_t* out, long long nw, int* nonfinite, float* scratch, void* stream) {
     cudaStream_t s = (cudaStream_t)stream;
-    const KkPlan P{(const uint2*)plan, plan ? plan_size : 0, plan_sh, plan_kbase, plan_half, plan ? plan_safe : 0.0f};
+    const KkPlan P{(const uint2*)plan, plan ? plan_size : 0, plan_sh, plan_kbase, plan_half, plan ? plan_safe : 0.0f,
+                   kk_lane_bytes};
     // dynamic shared memory of the fused kernels; a large table is copied by fewer, persistent CTAs
     const size_t smem = (size_t)P.size * sizeof(uint2) + (size_t)m * sizeof(float);
     const int per_sm = P.size > 512 ? 8 : 64;
@@ -917,8 +939,9 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
         const bool vec = ((uintptr_t)x & 15) == 0;
         const size_t lsmem = (size_t)kk_lane_smem(P, m);
         const unsigned lgrid = grid_for((n + 31) / 32, 256, kk_lane_per_sm);
-#define KK_LPF(K, L, DEF) kk_quantize_lane_kernel<K, L, DEF><<<lgrid, 256, lsmem, s>>>( \
-            x, kind, n, blocksize, vec, cb, P, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
+#define KK_LPF(K, L, DEF) ((void)kk_lane_allow<K, L, DEF>(lsmem), \
+            kk_quantize_lane_kernel<K, L, DEF><<<lgrid, 256, lsmem, s>>>( \
+            x, kind, n, blocksize, vec, cb, P, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite))
         const bool def = kind == 1 && blocksize == 32 && fmt == 3 && !codes_decoded && vec;
 #define KK_L(K) (layout == 0 ? (def ? KK_LPF(K, 0, true) : KK_LPF(K, 0, false)) \
                              : (def ? KK_LPF(K, 1, true) : KK_LPF(K, 1, false)))

@@ -319,3 +319,27 @@ def test_cuda_kbit_dequantize_nonfinite_scales(backend, k, layout, blocksize):
         nan = torch.isnan(want)
         assert nan.any() and torch.equal(torch.isnan(got), nan), od
         assert torch.equal(_bits(got)[~nan], _bits(want)[~nan]), od
+
+
+@pytest.mark.parametrize("k", [7, 8])
+@pytest.mark.parametrize("lane_kb", [88, 176])
+def test_cuda_kbit_lane_table_budget_knob_keeps_the_words(k, lane_kb):
+    """``kbit_kbit_tuning``'s shared-memory budget for the lane table's copies (studies/probes/kbit_kernel_ab.py):
+    past 48 KB the kernel gets more copies at fewer CTAs per SM, and the words and scales stay the reference's, on
+    normal-float codes (their table is taken) with the bf16 defaults and an fp32 input."""
+    _skip_unless_on_gpu("cuda")
+    from workbench.backends.cuda import kbit as C
+    lib = C.lib()
+    lib.kbit_kbit_tuning.argtypes = [C._c.c_int, C._c.c_int]
+    g = torch.Generator().manual_seed(k + lane_kb)
+    A = torch.randn(32 * 5000 + 7, generator=g) * 4 ** torch.randn(32 * 5000 + 7, generator=g)
+    try:
+        lib.kbit_kbit_tuning(0, lane_kb)
+        for dtype, layout in ((torch.bfloat16, "bitplane"), (torch.float32, "dense")):
+            x = A.to(dtype)
+            pr, sr = K.quantize_kbit(x, k, blocksize=32, layout=layout, backend="reference")
+            pc, sc = K.quantize_kbit(x.cuda(), k, blocksize=32, layout=layout, backend="cuda")
+            assert torch.equal(pc.cpu(), pr), (dtype, layout)
+            assert torch.equal(_bits(sc.scales.cpu()), _bits(sr.scales)), (dtype, layout)
+    finally:
+        lib.kbit_kbit_tuning(0, 0)
