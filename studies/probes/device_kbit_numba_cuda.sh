@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The numba_cuda k-bit GPU tests (tests/test_kbit_gpu.py, the affine case of tests/test_kbit_affine_sim.py), split
-# over parallel processes (one per group below, the every-K test one per K): Numba compiles each (K, layout, scale
-# format) kernel on first use (~20 s each, CPU bound), so one process needs over 10 minutes on a fresh machine. Their pass is what clears
-# registry.NOT_YET_RUN_ON_A_GPU. Results: $OUT/kbit-h200/numba_cuda/pytest_gpu_numba_cuda.txt.
+# over parallel processes (one per group below; the every-K test one per K, and K = 8 and the lane quantizer's
+# search-table cases one per blocksize or K): Numba compiles each (K, layout, input kind, blocksize) kernel on
+# first use (the lane quantizer 30-60 s each, CPU bound), so one process needs over 10 minutes on a fresh machine.
+# Their pass is what clears registry.NOT_YET_RUN_ON_A_GPU. Results: $OUT/kbit-h200/numba_cuda/pytest_gpu_numba_cuda.txt.
 # usage (on the device, repo root): bash studies/probes/device_kbit_numba_cuda.sh
 export PYTHONUNBUFFERED=1 KBIT_PROGRESS=0 MPLBACKEND=Agg
 OUT=${OUT:-out/device}; D="$OUT/kbit-h200/numba_cuda"; mkdir -p "$D"
 GROUPS_K=("bit_exact and (dtype0 or dtype1)" "bit_exact and (dtype2 or dtype3)"
           "bit_exact and (dtype4 or dtype5 or dtype6)" "grid_stride and dense" "grid_stride and bitplane"
           "every_k_and and K2" "every_k_and and K3" "every_k_and and K4" "every_k_and and K5" "every_k_and and K6"
-          "every_k_and and K7" "every_k_and and K8" "nonfinite_flag or unaligned" "search_table and 32-fp32"
-          "search_table and 16-e4m4" "search_table and 32-e8m0" "search_table and 64-fp16"
+          "every_k_and and K7" "every_k_and and K8-16" "every_k_and and K8-32" "nonfinite_flag or unaligned"
+          "search_table and 32-fp32" "search_table and 16-e4m4-decoded-2" "search_table and 16-e4m4-decoded-4"
+          "search_table and 16-e4m4-decoded-8" "search_table and 32-e8m0-exact-2" "search_table and 32-e8m0-exact-4"
+          "search_table and 32-e8m0-exact-8" "search_table and 64-fp16"
           "search_table and 512-bf16" "dequantize_nonfinite" "default_format")
 # KBIT_NUMBA_GROUPS="expr1;expr2": only these groups (and no affine part), e.g. to rerun what a timeout cut
 if [ -n "${KBIT_NUMBA_GROUPS:-}" ]; then IFS=';' read -r -a GROUPS_K <<< "$KBIT_NUMBA_GROUPS"; fi
