@@ -327,7 +327,7 @@ def gemv_rows(ch: int, M: int, kind: int, spread: bool = True):
                         else:
                             stg[e], stg[e + 1] = _unpack2(uint32(x & 0xFFFFFFFF), KIND)
                             stg[e + 2], stg[e + 3] = _unpack2(uint32(x >> 32), KIND)
-                    if c + STEP < cend:         # one chunk ahead: the activations
+                    if c + STEP < cend:      # the warp's next chunk: the activations
                         for m in range(MM):
                             xa[m] = _u64(A, uint64(int64(m) * ku + (c + STEP) * AW + lane))
                 s = _add(_mul(c2[uint32(nq)], na), off) if nested else na
