@@ -124,10 +124,16 @@ def _encode_block(a, b, fmt, emax, codes_decoded, ts, sc, D, q):
 
 
 @cuda.jit(device=True, inline=True)
-def format_constants(cb, m, fmt, gmax, ts_out, s_e, tid):
-    """(emax, ts) of a quantizer CTA: e8m0's element emax, floor(log2 max|c|) over the staged codebook (the MX rule;
-    s_e zeroed before a barrier), and e4m3's tensor scale from the global max (block 0 writes it out); 0 and 1
-    for the other formats. fmt is uniform over the CTA, so is the barrier."""
+def format_constants(cb, cb_g, mc, m, fmt, gmax, ts_out, s_e, tid):
+    """A quantizer CTA's prologue: stages the codebook (cb_g[:mc] into shared cb; with whatever the caller staged
+    before it, visible after the barrier here) and returns (emax, ts): e8m0's element emax, floor(log2 max|c|)
+    over the first m entries (the MX rule), and e4m3's tensor scale from the global max (block 0 writes it out); 0
+    and 1 for the other formats. fmt is uniform over the CTA, so are the barriers."""
+    for j in range(tid, mc, THREADS):
+        cb[j] = cb_g[j]
+    if tid == 0:
+        s_e[0] = 0
+    cuda.syncthreads()
     emax = int64(0)
     if fmt == 4:
         for j in range(tid, m, THREADS):
@@ -411,12 +417,7 @@ def _make_fused(k: int, layout: int, g: int, kind: int):
         mv = cuda.local.array(R, int32)       # the units' absmax bits
         tid = cuda.threadIdx.x
         lane = tid & 31
-        for j in range(tid, M, THREADS):
-            cb[j] = cb_g[j]
-        if tid == 0:
-            s_e[0] = 0
-        cuda.syncthreads()
-        emax, ts = format_constants(cb, m, fmt, gmax, ts_out, s_e, tid)
+        emax, ts = format_constants(cb, cb_g, M, m, fmt, gmax, ts_out, s_e, tid)
         ph = 0
         if GEN:
             chunks = bs >> 5

@@ -200,12 +200,7 @@ def _make_lane(k: int, layout: int, kind: int, bs: int):
         tid = cuda.threadIdx.x
         for j in range(tid, ntab, THREADS):
             t[j] = uint64(tab[j])
-        for j in range(tid, M, THREADS):
-            cb[j] = cb_g[j]
-        if tid == 0:
-            s_e[0] = 0
-        cuda.syncthreads()
-        emax, ts = format_constants(cb, M, fmt, gmax, ts_out, s_e, tid)
+        emax, ts = format_constants(cb, cb_g, M, M, fmt, gmax, ts_out, s_e, tid)   # its barrier covers the table too
         # code_lane's constants (a tuple: registers); this lane reads copy tid % rep, entry i at i * rep + tid % rep
         at = (uint32((sh - 1) & 31), uint32((0x7FFFFFFF >> ((sh - 1) & 31)) & ~1), uint32(2 * kbase), uint32(8 * rep),
               uint32((8 * ((tid & (rep - 1)) - 2 * kbase * rep)) & 0xFFFFFFFF))
