@@ -905,9 +905,10 @@ extern "C" void kbit_kbit_tuning(int lane_per_sm, int lane_kb) {
 // as the launch's error.
 template <int K, int L, bool DEF> static cudaError_t kk_lane_allow(size_t bytes) {
     static size_t allowed[64];
+    if (bytes <= (48u << 10)) return cudaSuccess;   // the default budget: no runtime call on the launch path
     int dev = 0;
     cudaError_t e = cudaGetDevice(&dev);
-    if (e != cudaSuccess || bytes <= (48u << 10) || dev < 0 || dev >= 64 || bytes <= allowed[dev]) return e;
+    if (e != cudaSuccess || dev < 0 || dev >= 64 || bytes <= allowed[dev]) return e;
     e = cudaFuncSetAttribute(kk_quantize_lane_kernel<K, L, DEF>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              (int)bytes);
     if (e == cudaSuccess) allowed[dev] = bytes;
