@@ -360,9 +360,9 @@ def test_compiled_4bit_dequantize_rounds_like_the_reference_at_every_scale(rng, 
 
 
 def test_public_calls_go_through_torch_ops_where_something_must_see_them(rng):
-    """A plain eager call on CPU (or CUDA) tensors runs the backend's kernel directly (ops._eager); under a dispatch mode, a
-    function mode or the profiler the public 4-bit, blockwise, int8 and k-bit calls go through torch.ops.workbench,
-    where each of them sees the op. The results are the same either way, bit for bit."""
+    """A plain eager call on CPU (or CUDA) tensors runs the backend's kernel directly (ops._eager); under a dispatch
+    mode, a function mode or the profiler the public 4-bit, blockwise, int8, k-bit and matmul calls go through
+    torch.ops.workbench, where each of them sees the op. The results are the same either way, bit for bit."""
     from _modes import DispatchSeen, FunctionSeen
     from workbench import ops as O
 
@@ -372,9 +372,11 @@ def test_public_calls_go_through_torch_ops_where_something_must_see_them(rng):
     A = (torch.randn(64 * 70 + 33, generator=rng) * 3).to(torch.bfloat16)
     X = (torch.randn(33, 70, generator=rng) * 3).to(torch.float16)
     X[:, 5] = 9   # an outlier column
+    Wm = torch.randn(24, 128, generator=rng).to(torch.bfloat16)
+    Am = torch.randn(40, 128, generator=rng).to(torch.bfloat16)   # 40 rows: the general path (no one-call GEMV)
     ops = ("quantize_4bit", "dequantize_4bit", "quantize_blockwise", "dequantize_blockwise", "int8_vectorwise_quant",
            "int8_vectorwise_dequant", "int8_double_quant", "int8_linear_matmul", "int8_mm_dequant", "outlier_columns",
-           "quantize_kbit", "dequantize_kbit", "quantize_kbit_affine", "dequantize_kbit_affine")
+           "quantize_kbit", "dequantize_kbit", "quantize_kbit_affine", "dequantize_kbit_affine", "gemm_4bit")
 
     def run():
         p, s = wb.quantize_4bit(A, blocksize=64, quant_type="nf4")
@@ -384,9 +386,11 @@ def test_public_calls_go_through_torch_ops_where_something_must_see_them(rng):
         acc = I8.int8_linear_matmul(cq, q)
         kp, ks = KB.quantize_kbit(A, k=3)
         ap, as_ = KB.quantize_kbit(A, k=5, affine="minmax")
+        pm, sm = wb.quantize_4bit(Wm, blocksize=64, compress_statistics=True)
         return (p, s.absmax, wb.dequantize_4bit(p, s), c, s8.absmax, wb.dequantize_blockwise(c, s8), q, rs, cols,
                 I8.int8_vectorwise_dequant(q, rs), acc, I8.int8_mm_dequant(acc, crs, rs), I8.outlier_columns(X, 6.0),
-                kp, ks.scales, KB.dequantize_kbit(kp, ks), ap, as_.scales, as_.zeros, KB.dequantize_kbit(ap, as_))
+                kp, ks.scales, KB.dequantize_kbit(kp, ks), ap, as_.scales, as_.zeros, KB.dequantize_kbit(ap, as_),
+                wb.matmul_4bit(Am, pm, sm))
 
     assert O._eager(A) and not O._eager(torch.nn.Parameter(A.float()))
     want = run()

@@ -131,6 +131,25 @@ def test_bad_input_names_the_argument(rng):
         gemm_4bit(A, P, "nf4")
 
 
+@pytest.mark.parametrize("backend", ["reference", "numba_cpu", "cython_cpu"])
+def test_strided_weight_and_bias_are_read_as_their_values(rng, backend):
+    """The general path runs the backend's kernel directly in eager mode (ops.call_op), so what the op's guard did
+    for a direct torch.ops call, a contiguous copy of a strided input, is the public path's job: a weight or bias
+    view with stride 2 gives the contiguous one's result, and is left as it was."""
+    from workbench.backends import status
+    if not status(backend)[0]:
+        pytest.skip(f"{backend} not available here")
+    A, P, qs, b = _case(rng, 24, 128, 40, torch.bfloat16, 64, nested=True, bias=True)
+    want = matmul_4bit(A, P, qs, bias=b, backend=backend)
+    Ps = torch.stack([P.reshape(-1), torch.full_like(P.reshape(-1), 0xFF)], 1).reshape(-1)[::2]
+    bs = torch.stack([b, torch.full_like(b, float("nan"))], 1).reshape(-1)[::2]
+    assert not Ps.is_contiguous() and not bs.is_contiguous()
+    before = Ps.clone(), bs.clone()
+    assert torch.equal(matmul_4bit(A, Ps, qs, bias=bs, backend=backend), want)
+    assert torch.equal(gemm_4bit(A, Ps, qs, bias=bs, backend=backend), want)
+    assert torch.equal(Ps, before[0]) and torch.equal(bs, before[1])
+
+
 def test_fake_tensor_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():

@@ -20,13 +20,12 @@ import torch
 
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends.registry import resolve
-from .ops import _eager, _remembered, dequantize_4bit, dequantize_blockwise
+from .ops import _eager, _remembered, call_op, dequantize_4bit, dequantize_blockwise
 from .quant_state import QuantState
 from .validation import FLOAT_DTYPES, QuantInputError
 
 __all__ = ["gemv_4bit", "gemm_4bit", "matmul_4bit", "MatMul4Bit"]
 
-_ops = torch.ops.workbench
 _DTYPE_NAMES = {d: str(d).removeprefix("torch.") for d in FLOAT_DTYPES}
 _CPU = torch.device("cpu")
 
@@ -83,7 +82,8 @@ def _inner(A, K, where="quant_state"):
 
 
 def _packed(B):
-    b = B.detach().reshape(-1)
+    """B as the flat contiguous uint8 bytes the kernels read from ``data_ptr()`` (a strided view gets a copy)."""
+    b = B.detach().reshape(-1).contiguous()
     return b if b.dtype == torch.uint8 else b.view(torch.uint8)
 
 
@@ -133,7 +133,7 @@ def gemv_4bit(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None,
     name = _backend(backend, "gemv_4bit", A)
     A2 = A.detach().reshape(-1, K).contiguous()
     table = qs.code.to(A.device, torch.float32).contiguous()
-    y = _ops.gemv_4bit(A2, _packed(B), [N, K], _resolved_absmax(qs, name), table, qs.blocksize, name)
+    y = call_op("gemv_4bit", name, A2, _packed(B), [N, K], _resolved_absmax(qs, name), table, qs.blocksize)
     y = y.view(*A.shape[:-1], N)
     if out is not None:
         out.copy_(y)
@@ -163,8 +163,8 @@ def _gemm(A, B, qs, bias, backend, N, K):
     absmax, a8, acode, aoff = _nested_args(qs, name)
     table = _as(qs.code, A.device)
     b = None if bias is None else bias.detach().contiguous()
-    packed = B if B.dtype == torch.uint8 and B.dim() == 1 and not B.requires_grad else _packed(B)
-    y = _ops.gemm_4bit(A2, packed, [N, K], absmax, table, qs.blocksize, b, a8, acode, aoff, name)
+    packed = B if B.dtype == torch.uint8 and B.dim() == 1 and not B.requires_grad and B.is_contiguous() else _packed(B)
+    y = call_op("gemm_4bit", name, A2, packed, [N, K], absmax, table, qs.blocksize, b, a8, acode, aoff)
     return y if flat else y.view(*A.shape[:-1], N)
 
 
