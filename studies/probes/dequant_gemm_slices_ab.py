@@ -2,7 +2,8 @@
 weight dequantized to a bf16 buffer in DRAM and one GEMM (the production path, ``backends/cuda/matmul.py:
 _dequant_cublas``) against the weight taken in slices of ``rows`` output rows, each dequantized into a buffer that
 stays in L2 and multiplied into its columns of the output right away (``--overlap``: two buffers, the next slice
-dequantized on a side stream while the GEMM of this one runs). cuBLAS bf16 on the dense weight beside them.
+dequantized on a side stream while the GEMM of this one runs). cuBLAS bf16 on the dense weight beside them, all
+with the 16-bit split-K reduction off (the production path's setting, so the baseline here is that path's GEMM).
 
 NF4, blocksize 64, double quant, bf16; times: event median of single calls and the rate of calls back to back.
 The sliced products sum each output in cuBLAS' order for the slice's shape, so outputs are compared with the
@@ -106,8 +107,8 @@ def main(argv=None) -> int:
                            max_diff_vs_production=(y.float() - y0.float()).abs().max().item(),
                            max_err_vs_f64_over_scale=(y.double() - ref).abs().max().item() / scale)
                 rows_out.append(row)
-                print(f"{shape:>11} M={M:<5} {name:22s} one {one:8.4f} ms  b2b {b2b:8.4f} ms  "
-                      f"|y - production| {row['max_diff_vs_production']:.3g}  err/scale {row['max_err_vs_f64_over_scale']:.2e}")
+                print(f"{shape:>11} M={M:<5} {name:22s} one {one:8.4f} ms  b2b {b2b:8.4f} ms  |y - production| "
+                      f"{row['max_diff_vs_production']:.3g}  err/scale {row['max_err_vs_f64_over_scale']:.2e}")
             del A, ref
     print(f"copy {copy:.0f} GB/s")
     if args.out:
