@@ -893,7 +893,9 @@ static unsigned grid_for(long long items, int per_cta, int per_sm = 64) {
 // 64 CTAs per SM copied each CTA's table, up to 44 KB, for every 4 groups a thread coded: K = 6 15 % slower).
 // Its table copies' budget: KK_LANE_BYTES keeps three CTAs per SM in the default 48 KB of shared memory, which
 // holds only 4 copies at K = 8 and 8 at K = 7 (those stay L1-bound on bank conflicts); more bytes buy more copies
-// at fewer CTAs per SM (K = 8: 8 copies in 82 KB, 2 CTAs; 16 in 164 KB, 1 CTA).
+// at fewer CTAs per SM (K = 8: 8 copies in 82 KB, 2 CTAs; 16 in 164 KB, 1 CTA). Measured on the H200 from 11 to
+// 176 KB, the default is the fastest at K = 7 and 8 (reports/kbit-h200/tuning/lane_table_budget_ab/): the knob
+// stays for that A/B.
 static int kk_lane_per_sm = 16, kk_lane_bytes = KK_LANE_BYTES;
 extern "C" void kbit_kbit_tuning(int lane_per_sm, int lane_kb) {
     kk_lane_per_sm = lane_per_sm > 0 ? lane_per_sm : 16;
