@@ -64,6 +64,8 @@ void kbit_gemv_tuning(int rows_per_warp);
  * forced), and whether each thread reads its weights and scales into registers (1) or the CTA stages them in
  * shared memory (0; -1 = the default). */
 void kbit_gemm_tuning(int row_tiles, int weights_in_registers);
+/* A/B knob of the GEMM's code stream (matmul_mma.cuh WS: L2 prefetch size, codes two chunks ahead); -1 the default */
+void kbit_gemm_stream(int weight_stream);
 
 #ifdef __cplusplus
 }

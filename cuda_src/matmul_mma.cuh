@@ -207,20 +207,31 @@ template <int RT> struct RegChunk {
     uint4 w[2 * RT];
     RegScales<RT> s;
 };
+/* How the codes are streamed (template WS, the A/B knob kbit_gemm_stream): bits 0-1 the L2 prefetch size asked of
+ * each 16-byte load (0 none, 1 128 bytes, 2 256 bytes: a quad's 64 bytes of a row then bring the row's next chunks
+ * into L2, so DRAM sees runs of 256 bytes instead of 64); bit 2 the codes two chunks ahead instead of one. */
+template <int WS>
 __device__ __forceinline__ uint4 ld_stream16(const uint8_t* p) {  // read once: no L1 allocation
     uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    if constexpr ((WS & 3) == 2)
+        asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    else if constexpr ((WS & 3) == 1)
+        asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    else
+        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     return v;
 }
-template <int RT>
+template <int RT, int WS>
 __device__ __forceinline__ void load_codes(uint4* w, const Args& p, const Feed& F, int c) {
     const long long k0 = (long long)c * kChunk;
     const bool kv = k0 + 32 * (threadIdx.x & 3) < p.K;
 #pragma unroll
     for (int q = 0; q < 2 * RT; ++q) {
         const bool ok = kv && ((F.sok >> q) & 1);
-        w[q] = ok ? ld_stream16(p.B + ((F.f + row_off(q) * p.K + k0) >> 1)) : make_uint4(0u, 0u, 0u, 0u);
+        w[q] = ok ? ld_stream16<WS>(p.B + ((F.f + row_off(q) * p.K + k0) >> 1)) : make_uint4(0u, 0u, 0u, 0u);
     }
 }
 template <int RT>
@@ -308,7 +319,7 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int w) {
 constexpr int kStages = 3;  // two chunks in flight per CTA
 template <int TM, int RT, bool WR> constexpr size_t smem_bytes() { return sizeof(Stage<TM, RT, WR>) * kStages; }
 
-template <int DT, int TM, int RT, bool WR, int MINB, int LK>
+template <int DT, int TM, int RT, bool WR, int MINB, int LK, int WS>
 __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Args p) {
     typedef Frag<DT> F;
     typedef typename F::t T;
@@ -355,14 +366,19 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
         if (c_begin + s < c_end) stage_chunk<TM, RT, WR>(stage[s], p, feed, c_begin + s);
         cp_async_commit();
     }
+    constexpr bool two_ahead = (WS & 4) != 0;
     RegChunk<RT> rc, rn;  // WR: chunk c's codes and scales; chunk c + 1's codes and scales in flight
     RegScales<RT> s2;     // WR: chunk c + 2's scales in flight
+    uint4 w2[two_ahead ? 2 * RT : 1];  // two_ahead: chunk c + 2's codes in flight
     if constexpr (WR) {
         if (c_begin < c_end) {
-            load_codes<RT>(rc.w, p, feed, c_begin);
+            load_codes<RT, WS>(rc.w, p, feed, c_begin);
             load_scales<RT>(rc.s, p, feed, c_begin);
         }
-        if (c_begin + 1 < c_end) load_scales<RT>(rn.s, p, feed, c_begin + 1);
+        if (c_begin + 1 < c_end) {
+            load_scales<RT>(rn.s, p, feed, c_begin + 1);
+            if constexpr (two_ahead) load_codes<RT, WS>(rn.w, p, feed, c_begin + 1);
+        }
     }
 
     int cur = 0, next = S - 1;  // the stage of chunk c, and the one refilled with chunk c + S - 1
@@ -372,7 +388,11 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
         if (c + S - 1 < c_end) stage_chunk<TM, RT, WR>(stage[next], p, feed, c + S - 1);
         cp_async_commit();
         if constexpr (WR) {
-            if (c + 1 < c_end) load_codes<RT>(rn.w, p, feed, c + 1);
+            if constexpr (two_ahead) {
+                if (c + 2 < c_end) load_codes<RT, WS>(w2, p, feed, c + 2);
+            } else {
+                if (c + 1 < c_end) load_codes<RT, WS>(rn.w, p, feed, c + 1);
+            }
             if (c + 2 < c_end) load_scales<RT>(s2, p, feed, c + 2);
         }
 
@@ -430,6 +450,10 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
         if constexpr (WR) {
             rc = rn;
             rn.s = s2;
+            if constexpr (two_ahead) {
+#pragma unroll
+                for (int q = 0; q < 2 * RT; ++q) rn.w[q] = w2[q];
+            }
         }
     }
 
@@ -498,10 +522,13 @@ template <int TM, int RT, bool WR> struct MinBlocks {
 inline int g_row_tiles = 0, g_weights_in_registers = -1;
 inline int row_tiles(int) { return g_row_tiles == 1 || g_row_tiles == 2 ? g_row_tiles : 2; }
 inline bool weights_in_registers(int) { return g_weights_in_registers >= 0 ? g_weights_in_registers != 0 : true; }
+/* How the codes are streamed (WS above) unless kbit_gemm_stream forces it: 0, 1, 2, 4 or 6. */
+inline int g_weight_stream = -1;
+inline int weight_stream(int) { return g_weight_stream >= 0 ? g_weight_stream : 0; }
 
-template <int DT, int TM, int RT, bool WR, int LK>
+template <int DT, int TM, int RT, bool WR, int LK, int WS = 0>
 cudaError_t launch_lk(const Args& p, int splits, cudaStream_t stream, int* ctas_per_sm) {
-    auto kern = gemm_4bit_mma_kernel<DT, TM, RT, WR, MinBlocks<TM, RT, WR>::v, LK>;
+    auto kern = gemm_4bit_mma_kernel<DT, TM, RT, WR, MinBlocks<TM, RT, WR>::v, LK, WS>;
     constexpr size_t smem = smem_bytes<TM, RT, WR>();
     static bool smem_set[64] = {};  // per device: the opt-in above 48 KB of dynamic shared memory
     int dev = 0;
@@ -525,8 +552,14 @@ cudaError_t launch_rt(const Args& p, int splits, cudaStream_t stream, int* ctas_
         case kLookupPair: return launch_lk<DT, TM, RT, false, kLookupPair>(p, splits, stream, ctas_per_sm);
         case kLookupNone: return launch_lk<DT, TM, RT, false, kLookupNone>(p, splits, stream, ctas_per_sm);
         default:
-            if (weights_in_registers(TM)) return launch_lk<DT, TM, RT, true, kLookupShared>(p, splits, stream, ctas_per_sm);
-            return launch_lk<DT, TM, RT, false, kLookupShared>(p, splits, stream, ctas_per_sm);
+            if (!weights_in_registers(TM)) return launch_lk<DT, TM, RT, false, kLookupShared>(p, splits, stream, ctas_per_sm);
+            switch (weight_stream(TM)) {
+                case 1: return launch_lk<DT, TM, RT, true, kLookupShared, 1>(p, splits, stream, ctas_per_sm);
+                case 2: return launch_lk<DT, TM, RT, true, kLookupShared, 2>(p, splits, stream, ctas_per_sm);
+                case 4: return launch_lk<DT, TM, RT, true, kLookupShared, 4>(p, splits, stream, ctas_per_sm);
+                case 6: return launch_lk<DT, TM, RT, true, kLookupShared, 6>(p, splits, stream, ctas_per_sm);
+                default: return launch_lk<DT, TM, RT, true, kLookupShared, 0>(p, splits, stream, ctas_per_sm);
+            }
     }
 }
 
