@@ -64,8 +64,9 @@ void kbit_gemv_tuning(int rows_per_warp);
  * forced), and whether each thread reads its weights and scales into registers (1) or the CTA stages them in
  * shared memory (0; -1 = the default). */
 void kbit_gemm_tuning(int row_tiles, int weights_in_registers);
-/* A/B knob of the GEMM's code stream (matmul_mma.cuh WS: L2 prefetch size, codes two chunks ahead); -1 the default */
-void kbit_gemm_stream(int weight_stream);
+/* A/B knob of the GEMM's chunk loop (matmul_mma.cuh LOOP: 0 registers handed on by copies, 1 two register sets
+ * taking turns; results do not change); -1 = the default. */
+void kbit_gemm_loop(int loop);
 
 #ifdef __cplusplus
 }
