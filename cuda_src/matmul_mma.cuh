@@ -340,7 +340,9 @@ template <int TM, int RT, bool WR> constexpr size_t smem_bytes() { return sizeof
 
 /* LOOP (the A/B knob kbit_gemm_loop): 0 the chunk loop hands the next chunk's registers to the current one by
  * copies (rc = rn); 1 (WR only) two register sets take turns in a loop unrolled by two, so nothing is copied, and
- * each thread's flat weight index per row is computed once. The arithmetic is the same: equal outputs. */
+ * each thread's flat weight index per row is computed once; 2 the same held to loop 0's resident CTAs (4 per SM
+ * at TM <= 2 with two row tiles: loop 1 takes 148-156 registers there, loop 0 122-128). The arithmetic is the
+ * same: equal outputs. */
 template <int DT, int TM, int RT, bool WR, int MINB, int LK, int LOOP>
 __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Args p) {
     typedef Frag<DT> F;
@@ -388,7 +390,7 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
         if (c_begin + s < c_end) stage_chunk<TM, RT, WR>(stage[s], p, feed, c_begin + s);
         cp_async_commit();
     }
-    if constexpr (WR && LOOP == 1) {
+    if constexpr (WR && LOOP >= 1) {
         // flat index of this thread's first element in each of its rows (chunk c adds c * kChunk)
         long long fq[2 * RT];
 #pragma unroll
@@ -572,13 +574,14 @@ template <int TM, int RT, bool WR> struct MinBlocks {
 inline int g_row_tiles = 0, g_weights_in_registers = -1;
 inline int row_tiles(int) { return g_row_tiles == 1 || g_row_tiles == 2 ? g_row_tiles : 2; }
 inline bool weights_in_registers(int) { return g_weights_in_registers >= 0 ? g_weights_in_registers != 0 : true; }
-/* The chunk loop (LOOP above) unless kbit_gemm_loop forces it (0 or 1). */
+/* The chunk loop (LOOP above) unless kbit_gemm_loop forces it (0, 1 or 2). */
 inline int g_loop = -1;
-inline int loop_variant(int) { return g_loop == 0 || g_loop == 1 ? g_loop : 0; }
+inline int loop_variant(int) { return g_loop >= 0 && g_loop <= 2 ? g_loop : 0; }
 
 template <int DT, int TM, int RT, bool WR, int LK, int LOOP = 0>
 cudaError_t launch_lk(const Args& p, int splits, cudaStream_t stream, int* ctas_per_sm) {
-    auto kern = gemm_4bit_mma_kernel<DT, TM, RT, WR, MinBlocks<TM, RT, WR>::v, LK, LOOP>;
+    constexpr int minb = LOOP == 2 && RT == 2 && TM <= 2 ? 4 : MinBlocks<TM, RT, WR>::v;
+    auto kern = gemm_4bit_mma_kernel<DT, TM, RT, WR, minb, LK, LOOP>;
     constexpr size_t smem = smem_bytes<TM, RT, WR>();
     static bool smem_set[64] = {};  // per device: the opt-in above 48 KB of dynamic shared memory
     int dev = 0;
@@ -604,6 +607,7 @@ cudaError_t launch_rt(const Args& p, int splits, cudaStream_t stream, int* ctas_
         default:
             if (!weights_in_registers(TM)) return launch_lk<DT, TM, RT, false, kLookupShared>(p, splits, stream, ctas_per_sm);
             if (loop_variant(TM) == 1) return launch_lk<DT, TM, RT, true, kLookupShared, 1>(p, splits, stream, ctas_per_sm);
+            if (loop_variant(TM) == 2) return launch_lk<DT, TM, RT, true, kLookupShared, 2>(p, splits, stream, ctas_per_sm);
             return launch_lk<DT, TM, RT, true, kLookupShared, 0>(p, splits, stream, ctas_per_sm);
     }
 }

@@ -13,7 +13,7 @@ cat "$OUT/device.txt"
 timeout ${AB_TIMEOUT:-240} python3 -m studies.probes.gemm_loop_ab --out "$OUT" 2>&1 | tee "$OUT/gemm_loop_ab.txt" | tail -25
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ]; then
-  for v in 0 1; do
+  for v in 0 1 2; do
     KBIT_GEMM_LOOP=$v timeout ${PROFILE_TIMEOUT:-120} "$NCU" --target-processes all --kernel-name regex:'gemm_4bit_mma' \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --metrics smsp__inst_executed.sum \
       python3 -m studies.probes.matmul_profile_target > "$OUT/ncu_gemm_loop$v.txt" 2>&1

@@ -1,6 +1,7 @@
 """A/B of the tensor-core GEMM's chunk loop (cuda_src/matmul_mma.cuh LOOP, ``kbit_gemm_loop``): 0 hands the next
 chunk's codes and scales to the current chunk by register copies (45 moves in the 833 instructions of a chunk at
-M = 16); 1 lets two register sets take turns in a loop unrolled by two and computes each row's flat index once.
+M = 16); 1 lets two register sets take turns in a loop unrolled by two and computes each row's flat index once;
+2 is 1 held to loop 0's resident CTAs where 1 needs more registers (TM <= 2, two row tiles).
 
 bf16, NF4 blocksize 64 with double quant, the five shapes of issue 18, M = 1 (the GEMM forced; the GEMV timed
 beside it), 4, 16 and 64. Variants alternate in two passes; parity: with one split every variant's output equals
@@ -25,8 +26,8 @@ from workbench.matmul import matmul_4bit
 
 SHAPES = ((28672, 8192), (8192, 28672), (14336, 4096), (4096, 14336), (4096, 4096))
 MS = (1, 4, 16, 64)
-VARIANTS = (0, 1)  # LOOP: 0 copies, 1 two register sets taking turns
-NAMES = {0: "copies", 1: "two sets"}
+VARIANTS = (0, 1, 2)  # LOOP: 0 copies, 1 two register sets taking turns, 2 the same at loop 0's occupancy
+NAMES = {0: "copies", 1: "two sets", 2: "two sets, 4 CTAs/SM"}
 
 
 def main(argv=None) -> int:

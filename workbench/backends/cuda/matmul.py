@@ -37,7 +37,7 @@ LOOKUP = int(os.environ.get("KBIT_MMA_LOOKUP", "0"))
 # KBIT_GEMM_WEIGHTS_IN_REGISTERS override (studies/probes/gemm_tiling_ab.py measures them).
 ROW_TILES = int(os.environ.get("KBIT_GEMM_ROW_TILES", "0"))
 WEIGHTS_IN_REGISTERS = int(os.environ.get("KBIT_GEMM_WEIGHTS_IN_REGISTERS", "-1"))
-# The GEMM's chunk loop (-1: the default; 0 or 1: matmul_mma.cuh LOOP): equal results, different speed;
+# The GEMM's chunk loop (-1: the default; 0, 1 or 2: matmul_mma.cuh LOOP): equal results, different speed;
 # KBIT_GEMM_LOOP overrides (studies/probes/gemm_loop_ab.py measures them).
 LOOP = int(os.environ.get("KBIT_GEMM_LOOP", "-1"))
 _c = ctypes
