@@ -64,9 +64,6 @@ void kbit_gemv_tuning(int rows_per_warp);
  * forced), and whether each thread reads its weights and scales into registers (1) or the CTA stages them in
  * shared memory (0; -1 = the default). */
 void kbit_gemm_tuning(int row_tiles, int weights_in_registers);
-/* A/B knob of the GEMM's chunk loop (matmul_mma.cuh LOOP: 0 registers handed on by copies, 1 two register sets
- * taking turns, 2 the same at loop 0's occupancy; results do not change); -1 = the default. */
-void kbit_gemm_loop(int loop);
 
 #ifdef __cplusplus
 }

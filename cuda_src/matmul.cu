@@ -464,8 +464,6 @@ extern "C" void kbit_gemm_tuning(int row_tiles, int weights_in_registers) {
     mma4::g_weights_in_registers = weights_in_registers;
 }
 
-extern "C" void kbit_gemm_loop(int loop) { mma4::g_loop = loop; }
-
 extern "C" int kbit_matmul_ieee_build(void) {
 #if defined(__FAST_MATH__) || defined(__USE_FAST_MATH__)
     return 0;

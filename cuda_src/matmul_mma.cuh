@@ -305,45 +305,10 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int w) {
     return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
 }
 
-/* One 128-wide chunk into the accumulators: the activation fragments from the stage, each k-step's A fragments
- * dequantized from this thread's codes and scales (rule 2), TM mma per row tile and k-step. */
-template <int DT, int TM, int RT, int LK>
-__device__ __forceinline__ void mma_chunk(float (&acc)[RT][TM][4], const uint4* xr, const uint4* codes,
-                                          const float* s, const Tables<LK>& T, int lane) {
-#pragma unroll
-    for (int jp = 0; jp < 4; ++jp) {  // k-steps 2jp, 2jp+1: the two 16-bit halves of word jp of each row
-        uint4 xb[TM];
-#pragma unroll
-        for (int i = 0; i < TM; ++i) xb[i] = xr[(i * 4 + jp) * 32 + lane];
-        CodeOffsets lo[RT], hi[RT];
-#pragma unroll
-        for (int r = 0; r < RT; ++r) {
-            lo[r] = code_offsets(word_of(codes[2 * r], jp));
-            hi[r] = code_offsets(word_of(codes[2 * r + 1], jp));
-        }
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-#pragma unroll
-            for (int r = 0; r < RT; ++r) {
-                uint32_t a[4];
-                dequant_a<DT, LK>(a, lo[r], hi[r], h, s[2 * r], s[2 * r + 1], T, lane);
-#pragma unroll
-                for (int i = 0; i < TM; ++i)
-                    Frag<DT>::mma(acc[r][i], a, h ? xb[i].z : xb[i].x, h ? xb[i].w : xb[i].y);
-            }
-        }
-    }
-}
-
 constexpr int kStages = 3;  // two chunks in flight per CTA
 template <int TM, int RT, bool WR> constexpr size_t smem_bytes() { return sizeof(Stage<TM, RT, WR>) * kStages; }
 
-/* LOOP (the A/B knob kbit_gemm_loop): 0 the chunk loop hands the next chunk's registers to the current one by
- * copies (rc = rn); 1 (WR only) two register sets take turns in a loop unrolled by two, so nothing is copied, and
- * each thread's flat weight index per row is computed once; 2 the same held to loop 0's resident CTAs (4 per SM
- * at TM <= 2 with two row tiles: loop 1 takes 148-156 registers there, loop 0 122-128). The arithmetic is the
- * same: equal outputs. */
-template <int DT, int TM, int RT, bool WR, int MINB, int LK, int LOOP>
+template <int DT, int TM, int RT, bool WR, int MINB, int LK>
 __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Args p) {
     typedef Frag<DT> F;
     typedef typename F::t T;
@@ -390,122 +355,81 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_4bit_mma_kernel(const Arg
         if (c_begin + s < c_end) stage_chunk<TM, RT, WR>(stage[s], p, feed, c_begin + s);
         cp_async_commit();
     }
-    if constexpr (WR && LOOP >= 1) {
-        // flat index of this thread's first element in each of its rows (chunk c adds c * kChunk)
-        long long fq[2 * RT];
-#pragma unroll
-        for (int q = 0; q < 2 * RT; ++q) fq[q] = feed.f + row_off(q) * p.K;
-        auto codes_of = [&](uint4* w, int c) {
-            const long long k0 = (long long)c * kChunk;
-            const bool kv = k0 + 32 * t < p.K;
-#pragma unroll
-            for (int q = 0; q < 2 * RT; ++q) {
-                const bool ok = kv && ((feed.sok >> q) & 1);
-                w[q] = ok ? ld_stream16(p.B + ((fq[q] + k0) >> 1)) : make_uint4(0u, 0u, 0u, 0u);
-            }
-        };
-        auto scales_of = [&](RegScales<RT>& r, int c) {
-            const long long k0 = (long long)c * kChunk;
-            const bool kv = k0 + 32 * t < p.K;
-#pragma unroll
-            for (int q = 0; q < 2 * RT; ++q) {
-                const bool ok = kv && ((feed.sok >> q) & 1);
-                const long long b = (fq[q] + k0) >> p.bs_shift;
-                r.amax[q] = ok ? __ldg(p.absmax + (nested ? b >> 8 : b)) : 0.0f;
-                r.q8[q] = ok && nested ? (uint32_t)__ldg(p.a8 + b) : 0u;
-            }
-        };
-        // set X holds chunk c's codes and scales while set Y receives chunk c + 1's codes; once X's scales are
-        // decoded, X receives chunk c + 2's scales. The next chunk swaps the roles.
-        RegChunk<RT> X, Y;
+    RegChunk<RT> rc, rn;  // WR: chunk c's codes and scales; chunk c + 1's codes and scales in flight
+    RegScales<RT> s2;     // WR: chunk c + 2's scales in flight
+    if constexpr (WR) {
         if (c_begin < c_end) {
-            codes_of(X.w, c_begin);
-            scales_of(X.s, c_begin);
+            load_codes<RT>(rc.w, p, feed, c_begin);
+            load_scales<RT>(rc.s, p, feed, c_begin);
         }
-        if (c_begin + 1 < c_end) scales_of(Y.s, c_begin + 1);
-        int cur = 0, next = S - 1;
-        for (int c2 = c_begin; c2 < c_end; c2 += 2) {
-#pragma unroll
-            for (int u = 0; u < 2; ++u) {
-                const int c = c2 + u;
-                if (c >= c_end) break;
-                RegChunk<RT>& A = u == 0 ? X : Y;
-                RegChunk<RT>& B = u == 0 ? Y : X;
-                cp_async_wait<S - 2>();
-                __syncthreads();
-                if (c + S - 1 < c_end) stage_chunk<TM, RT, WR>(stage[next], p, feed, c + S - 1);
-                cp_async_commit();
-                if (c + 1 < c_end) codes_of(B.w, c + 1);
-                const long long k0 = (long long)c * kChunk;
-                const bool kv = k0 + 32 * t < p.K;
-                float s[2 * RT];
-#pragma unroll
-                for (int q = 0; q < 2 * RT; ++q) {
-                    float v = A.s.amax[q];
-                    if (nested) v = __fadd_rn(__fmul_rn(code2[A.s.q8[q]], v), off);  // rule 1
-                    s[q] = (kv && ((feed.sok >> q) & 1)) ? v : 0.0f;
-                }
-                if (c + 2 < c_end) scales_of(A.s, c + 2);
-                const Stage<TM, RT, WR>& st = stage[cur];
-                cur = cur == S - 1 ? 0 : cur + 1;
-                next = next == S - 1 ? 0 : next + 1;
-                mma_chunk<DT, TM, RT, LK>(acc, st.x, A.w, s, tabs, lane);
-            }
-        }
-    } else {
-        RegChunk<RT> rc, rn;  // WR: chunk c's codes and scales; chunk c + 1's codes and scales in flight
-        RegScales<RT> s2;     // WR: chunk c + 2's scales in flight
+        if (c_begin + 1 < c_end) load_scales<RT>(rn.s, p, feed, c_begin + 1);
+    }
+
+    int cur = 0, next = S - 1;  // the stage of chunk c, and the one refilled with chunk c + S - 1
+    for (int c = c_begin; c < c_end; ++c) {
+        cp_async_wait<S - 2>();  // this thread's copies of chunk c have landed
+        __syncthreads();         // everyone's; and everyone is done with chunk c - 1, whose stage is refilled now
+        if (c + S - 1 < c_end) stage_chunk<TM, RT, WR>(stage[next], p, feed, c + S - 1);
+        cp_async_commit();
         if constexpr (WR) {
-            if (c_begin < c_end) {
-                load_codes<RT>(rc.w, p, feed, c_begin);
-                load_scales<RT>(rc.s, p, feed, c_begin);
-            }
-            if (c_begin + 1 < c_end) load_scales<RT>(rn.s, p, feed, c_begin + 1);
+            if (c + 1 < c_end) load_codes<RT>(rn.w, p, feed, c + 1);
+            if (c + 2 < c_end) load_scales<RT>(s2, p, feed, c + 2);
         }
 
-        int cur = 0, next = S - 1;  // the stage of chunk c, and the one refilled with chunk c + S - 1
-        for (int c = c_begin; c < c_end; ++c) {
-            cp_async_wait<S - 2>();  // this thread's copies of chunk c have landed
-            __syncthreads();         // everyone's; and everyone is done with chunk c - 1, whose stage is refilled now
-            if (c + S - 1 < c_end) stage_chunk<TM, RT, WR>(stage[next], p, feed, c + S - 1);
-            cp_async_commit();
-            if constexpr (WR) {
-                if (c + 1 < c_end) load_codes<RT>(rn.w, p, feed, c + 1);
-                if (c + 2 < c_end) load_scales<RT>(s2, p, feed, c + 2);
-            }
-
-            const Stage<TM, RT, WR>& st = stage[cur];
-            const long long k0 = (long long)c * kChunk;
-            const bool kv = k0 + 32 * t < p.K;
-            uint4 codes[2 * RT];
-            float s[2 * RT];
+        const Stage<TM, RT, WR>& st = stage[cur];
+        const long long k0 = (long long)c * kChunk;
+        const bool kv = k0 + 32 * t < p.K;
+        uint4 codes[2 * RT];
+        float s[2 * RT];
 #pragma unroll
-            for (int q = 0; q < 2 * RT; ++q) {
-                float v;
-                if constexpr (WR) {
-                    codes[q] = rc.w[q];
-                    v = rc.s.amax[q];
-                    if (nested) v = __fadd_rn(__fmul_rn(code2[rc.s.q8[q]], v), off);  // rule 1
-                } else {
-                    codes[q] = st.w[slot_row<RT>(warp, q, g) * 4 + t];
-                    v = st.amax[q][tid];
-                    if (nested) {  // rule 1
-                        const long long b = (feed.f + row_off(q) * p.K + k0) >> p.bs_shift;
-                        const uint32_t code = (st.q8w[q][tid] >> (8 * (int)((uintptr_t)(p.a8 + b) & 3))) & 0xffu;
-                        v = __fadd_rn(__fmul_rn(code2[code], v), off);
-                    }
-                }
-                // outside the weight: every weight 0 (the codebook is finite)
-                s[q] = (kv && ((feed.sok >> q) & 1)) ? v : 0.0f;
-            }
-            cur = cur == S - 1 ? 0 : cur + 1;
-            next = next == S - 1 ? 0 : next + 1;
-
-            mma_chunk<DT, TM, RT, LK>(acc, st.x, codes, s, tabs, lane);
+        for (int q = 0; q < 2 * RT; ++q) {
+            float v;
             if constexpr (WR) {
-                rc = rn;
-                rn.s = s2;
+                codes[q] = rc.w[q];
+                v = rc.s.amax[q];
+                if (nested) v = __fadd_rn(__fmul_rn(code2[rc.s.q8[q]], v), off);  // rule 1
+            } else {
+                codes[q] = st.w[slot_row<RT>(warp, q, g) * 4 + t];
+                v = st.amax[q][tid];
+                if (nested) {  // rule 1
+                    const long long b = (feed.f + row_off(q) * p.K + k0) >> p.bs_shift;
+                    const uint32_t code = (st.q8w[q][tid] >> (8 * (int)((uintptr_t)(p.a8 + b) & 3))) & 0xffu;
+                    v = __fadd_rn(__fmul_rn(code2[code], v), off);
+                }
             }
+            // outside the weight: every weight 0 (the codebook is finite)
+            s[q] = (kv && ((feed.sok >> q) & 1)) ? v : 0.0f;
+        }
+        cur = cur == S - 1 ? 0 : cur + 1;
+        next = next == S - 1 ? 0 : next + 1;
+
+        const uint4* xr = st.x;
+#pragma unroll
+        for (int jp = 0; jp < 4; ++jp) {  // k-steps 2jp, 2jp+1: the two 16-bit halves of word jp of each row
+            uint4 xb[TM];
+#pragma unroll
+            for (int i = 0; i < TM; ++i) xb[i] = xr[(i * 4 + jp) * 32 + lane];
+            CodeOffsets lo[RT], hi[RT];
+#pragma unroll
+            for (int r = 0; r < RT; ++r) {
+                lo[r] = code_offsets(word_of(codes[2 * r], jp));
+                hi[r] = code_offsets(word_of(codes[2 * r + 1], jp));
+            }
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+#pragma unroll
+                for (int r = 0; r < RT; ++r) {
+                    uint32_t a[4];
+                    dequant_a<DT, LK>(a, lo[r], hi[r], h, s[2 * r], s[2 * r + 1], tabs, lane);
+#pragma unroll
+                    for (int i = 0; i < TM; ++i)
+                        F::mma(acc[r][i], a, h ? xb[i].z : xb[i].x, h ? xb[i].w : xb[i].y);
+                }
+            }
+        }
+        if constexpr (WR) {
+            rc = rn;
+            rn.s = s2;
         }
     }
 
@@ -574,14 +498,10 @@ template <int TM, int RT, bool WR> struct MinBlocks {
 inline int g_row_tiles = 0, g_weights_in_registers = -1;
 inline int row_tiles(int) { return g_row_tiles == 1 || g_row_tiles == 2 ? g_row_tiles : 2; }
 inline bool weights_in_registers(int) { return g_weights_in_registers >= 0 ? g_weights_in_registers != 0 : true; }
-/* The chunk loop (LOOP above) unless kbit_gemm_loop forces it (0, 1 or 2). */
-inline int g_loop = -1;
-inline int loop_variant(int) { return g_loop >= 0 && g_loop <= 2 ? g_loop : 0; }
 
-template <int DT, int TM, int RT, bool WR, int LK, int LOOP = 0>
+template <int DT, int TM, int RT, bool WR, int LK>
 cudaError_t launch_lk(const Args& p, int splits, cudaStream_t stream, int* ctas_per_sm) {
-    constexpr int minb = LOOP == 2 && RT == 2 && TM <= 2 ? 4 : MinBlocks<TM, RT, WR>::v;
-    auto kern = gemm_4bit_mma_kernel<DT, TM, RT, WR, minb, LK, LOOP>;
+    auto kern = gemm_4bit_mma_kernel<DT, TM, RT, WR, MinBlocks<TM, RT, WR>::v, LK>;
     constexpr size_t smem = smem_bytes<TM, RT, WR>();
     static bool smem_set[64] = {};  // per device: the opt-in above 48 KB of dynamic shared memory
     int dev = 0;
@@ -605,10 +525,8 @@ cudaError_t launch_rt(const Args& p, int splits, cudaStream_t stream, int* ctas_
         case kLookupPair: return launch_lk<DT, TM, RT, false, kLookupPair>(p, splits, stream, ctas_per_sm);
         case kLookupNone: return launch_lk<DT, TM, RT, false, kLookupNone>(p, splits, stream, ctas_per_sm);
         default:
-            if (!weights_in_registers(TM)) return launch_lk<DT, TM, RT, false, kLookupShared>(p, splits, stream, ctas_per_sm);
-            if (loop_variant(TM) == 1) return launch_lk<DT, TM, RT, true, kLookupShared, 1>(p, splits, stream, ctas_per_sm);
-            if (loop_variant(TM) == 2) return launch_lk<DT, TM, RT, true, kLookupShared, 2>(p, splits, stream, ctas_per_sm);
-            return launch_lk<DT, TM, RT, true, kLookupShared, 0>(p, splits, stream, ctas_per_sm);
+            if (weights_in_registers(TM)) return launch_lk<DT, TM, RT, true, kLookupShared>(p, splits, stream, ctas_per_sm);
+            return launch_lk<DT, TM, RT, false, kLookupShared>(p, splits, stream, ctas_per_sm);
     }
 }
 

@@ -37,9 +37,6 @@ LOOKUP = int(os.environ.get("KBIT_MMA_LOOKUP", "0"))
 # KBIT_GEMM_WEIGHTS_IN_REGISTERS override (studies/probes/gemm_tiling_ab.py measures them).
 ROW_TILES = int(os.environ.get("KBIT_GEMM_ROW_TILES", "0"))
 WEIGHTS_IN_REGISTERS = int(os.environ.get("KBIT_GEMM_WEIGHTS_IN_REGISTERS", "-1"))
-# The GEMM's chunk loop (-1: the default; 0, 1 or 2: matmul_mma.cuh LOOP): equal results, different speed;
-# KBIT_GEMM_LOOP overrides (studies/probes/gemm_loop_ab.py measures them).
-LOOP = int(os.environ.get("KBIT_GEMM_LOOP", "-1"))
 _c = ctypes
 _P, _I, _L = _c.c_void_p, _c.c_int, _c.c_longlong
 _lib = None
@@ -61,9 +58,6 @@ def lib() -> ctypes.CDLL:
         L.kbit_gemm_tuning.argtypes = [_I, _I]
         L.kbit_gemm_tuning.restype = None
         L.kbit_gemm_tuning(ROW_TILES, WEIGHTS_IN_REGISTERS)
-        L.kbit_gemm_loop.argtypes = [_I]
-        L.kbit_gemm_loop.restype = None
-        L.kbit_gemm_loop(LOOP)
         _lib = L
     return _lib
 
