@@ -8,6 +8,7 @@ round differently from the reference, and codes must match it bit for bit.
 ``workbench._native.<name>_debug`` (boundscheck, wraparound and initializedcheck on): an index
 past the end of a memoryview raises IndexError instead of reading or writing out of bounds.
 ``KBIT_NATIVE_DEBUG=1`` makes the cython_cpu backend import them (the fuzz suite runs so in CI).
+``KBIT_NATIVE=name[,name]`` builds only those .pyx (the GPU machine's scripts build cuda_launch alone).
 A .pyx's ``# cython:`` header overrides cythonize's directives, so the debug build compiles a
 copy under build/kbit_debug whose header line alone is rewritten.
 """
@@ -28,10 +29,13 @@ FP = ["-ffp-contract=off", "-fno-fast-math"]
 RELEASE = {"boundscheck": False, "wraparound": False, "cdivision": True}
 DEBUG = {"boundscheck": True, "wraparound": True, "initializedcheck": True}
 SOURCES = sorted(glob.glob("workbench/_native/*.pyx"))
+if os.environ.get("KBIT_NATIVE"):
+    SOURCES = [p for p in SOURCES if os.path.splitext(os.path.basename(p))[0] in os.environ["KBIT_NATIVE"].split(",")]
+NO_DEBUG = {"cuda_launch"}   # no memoryviews: nothing for a bounds-checked build to check
 
 
 def _ext(name: str, src: str, opt: list) -> Extension:
-    return Extension(name, [src], include_dirs=[np.get_include(), "workbench/_native"],
+    return Extension(name, [src], include_dirs=[np.get_include(), "workbench/_native", "cuda_src"],
                      extra_compile_args=[*opt, *FP, *omp], extra_link_args=omp,
                      define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
 
@@ -64,7 +68,8 @@ def _stem(p: str) -> str:
 
 
 if os.environ.get("KBIT_BUILD_DEBUG", "") not in ("", "0"):
-    exts = [_ext(f"workbench._native.{_stem(p)}_debug", _debug_copy(p), ["-O1", "-g", "-march=native"]) for p in SOURCES]
+    exts = [_ext(f"workbench._native.{_stem(p)}_debug", _debug_copy(p), ["-O1", "-g", "-march=native"]) for p in SOURCES
+            if _stem(p) not in NO_DEBUG]
     directives = {**RELEASE, **DEBUG}
 else:
     exts = [_ext(f"workbench._native.{_stem(p)}", p, ["-O3", "-march=native"]) for p in SOURCES]

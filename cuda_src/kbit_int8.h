@@ -10,7 +10,7 @@
 #ifndef KBIT_INT8_H
 #define KBIT_INT8_H
 
-#include <cuda_runtime.h>
+#include "kbit_api_types.h"
 
 #ifdef __cplusplus
 extern "C" {

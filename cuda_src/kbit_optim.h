@@ -17,7 +17,7 @@
 #ifndef KBIT_OPTIM_H
 #define KBIT_OPTIM_H
 
-#include <cuda_runtime.h>
+#include "kbit_api_types.h"
 
 #include "kbit_dtypes.h" /* KBIT_F32 / KBIT_F16 / KBIT_BF16: element types of the dtype arguments */
 

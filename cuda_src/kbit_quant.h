@@ -20,7 +20,7 @@
 #ifndef KBIT_QUANT_H
 #define KBIT_QUANT_H
 
-#include <cuda_runtime.h>
+#include "kbit_api_types.h"
 
 #include "kbit_dtypes.h" /* KBIT_F32 / KBIT_F16 / KBIT_BF16: element types of the dtype arguments */
 

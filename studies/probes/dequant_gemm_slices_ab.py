@@ -23,8 +23,7 @@ import workbench as wb
 from workbench import bench
 from workbench.backends.cuda import matmul as CM
 from workbench.matmul import _nested_args
-from workbench.backends.cuda import quant as CQ
-from workbench.backends.cuda import check, raw_stream
+from workbench.backends.cuda import check, kernels, raw_stream
 from workbench.wire import DTYPE_CODE
 
 
@@ -34,7 +33,7 @@ def sliced_fn(A, P, N, K, s, tab, bs, rows, overlap):
     nbuf = 2 if overlap else 1
     ws = [torch.empty(rows * K, dtype=A.dtype, device=dev) for _ in range(nbuf)]
     side = torch.cuda.Stream(dev) if overlap else None
-    q = CQ.lib()
+    q = kernels("quant")
     Bp, sp, tp = P.data_ptr(), s.data_ptr(), tab.data_ptr()
 
     def dequant(n0, r, buf, stream):

@@ -1,12 +1,20 @@
 # Sourced by the device_*.sh scripts (repo root, on the device): what every device call starts from. Installs a
 # carried bitsandbytes wheel (.whl/) into /tmp/site, puts it and the tree on PYTHONPATH, names the git revision
-# (.whl/GIT_REV: the copied tree may carry an older .git) and writes the machine's facts to $OUT/device.txt.
+# (.whl/GIT_REV: the copied tree may carry an older .git), builds the CUDA launcher (workbench/_native/cuda_launch.pyx)
+# for this machine's Python (Cython from a carried wheel if it has none) and writes the machine's facts to
+# $OUT/device.txt.
 export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba_cache
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -1
+if ls .whl/bitsandbytes*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/bitsandbytes*.whl 2>&1 | tail -1
 fi
 export PYTHONPATH=/tmp/site:$PWD KBIT_GIT_REV=${KBIT_GIT_REV:-$(cat .whl/GIT_REV 2>/dev/null || git rev-parse --short HEAD)}
 OUT=${OUT:-out/device}; mkdir -p "$OUT"
+if ! python3 -c "import workbench._native.cuda_launch" 2>/dev/null; then
+  { ls .whl/cython*.whl .whl/setuptools*.whl >/dev/null 2>&1 &&   # build tools apart: nothing else imports them
+      python3 -m pip install -q --no-index --no-deps --target /tmp/buildtools .whl/cython*.whl .whl/setuptools*.whl
+    PYTHONPATH=/tmp/buildtools:$PYTHONPATH KBIT_NATIVE=cuda_launch python3 setup.py -q build_ext --inplace; } \
+    > "$OUT/launcher_build.txt" 2>&1 || echo "the CUDA launcher did not build: $OUT/launcher_build.txt"
+fi
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   python3 -c "import torch, numba; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numba', numba.__version__)"
   echo "git $KBIT_GIT_REV"; } | tee "$OUT/device.txt"

@@ -6,7 +6,7 @@ host work: the idle column is the host's alone).
 Per op: µs per call (back to back, one sync at the end; and the host time alone, on an idle GPU), the same call with
 the kernel replaced by one returning preallocated outputs (the Python + dispatcher part), bitsandbytes' call,
 and a cProfile of the public call (top entries by own time). Also the primitives a call is made
-of (an empty CUDA tensor, a small clone, a ctypes-free torch.ops dispatch), so a cost can be
+of (an empty CUDA tensor, a small clone, a torch.ops dispatch), so a cost can be
 traced to its line.
 """
 from __future__ import annotations
@@ -76,13 +76,13 @@ def main() -> None:
         lines.append(f"{name:24s} ours {per_call_us(f):6.1f} us, idle {_host_idle_ms(f) * 1e3:6.1f} us   bnb "
                      f"{per_call_us(b) if b else float('nan'):6.1f} us, idle "
                      f"{_host_idle_ms(b) * 1e3 if b else float('nan'):6.1f} us")
-    # the adapters alone and their ctypes calls alone (idle GPU): where the rest of a call's host time goes
+    # the adapters alone and their launch calls alone (idle GPU): where the rest of a call's host time goes
     from workbench.backends.cuda import kbit as CK
     from workbench.backends.cuda import quant as CQ
-    from workbench.backends.cuda import raw_stream
+    from workbench.backends.cuda import kernels, raw_stream
     from workbench.codebooks import get as codebook
     nf4, dyn = codebook("nf4"), codebook("dynamic")
-    L, st = CQ.lib(), raw_stream(torch.cuda.current_device())
+    L, st = kernels("quant"), raw_stream(torch.cuda.current_device())
     o16, o8 = torch.empty(n, dtype=torch.bfloat16, device="cuda"), torch.empty(n, dtype=torch.uint8, device="cuda")
     am = torch.empty(n, dtype=torch.float32, device="cuda")
     parts = {
@@ -91,13 +91,13 @@ def main() -> None:
         "adapter quantize_blockwise": lambda: CQ.quantize_blockwise(A, dyn, 4096),
         "adapter dequantize_blockwise": lambda: CQ.dequantize_blockwise(c.view(-1), s8.absmax, s8.code, 4096,
                                                                         torch.bfloat16),
-        "ctypes kbit_quantize_4bit": lambda: L.kbit_quantize_4bit(
+        "launch kbit_quantize_4bit": lambda: L.kbit_quantize_4bit(
             A.data_ptr(), 2, n, 64, *CQ.cuda_quant_arrays(nf4)[2], o8.data_ptr(), am.data_ptr(), 0, st),
-        "ctypes kbit_dequantize_4bit": lambda: L.kbit_dequantize_4bit(
+        "launch kbit_dequantize_4bit": lambda: L.kbit_dequantize_4bit(
             p.data_ptr(), s.absmax.data_ptr(), s.code.data_ptr(), n, 64, o16.data_ptr(), 2, st),
-        "ctypes kbit_quantize_blockwise": lambda: L.kbit_quantize_blockwise(
+        "launch kbit_quantize_blockwise": lambda: L.kbit_quantize_blockwise(
             A.data_ptr(), 2, n, 4096, *CQ.cuda_quant_arrays(dyn)[2], o8.data_ptr(), am.data_ptr(), 0, st),
-        "ctypes kbit_dequantize_blockwise": lambda: L.kbit_dequantize_blockwise(
+        "launch kbit_dequantize_blockwise": lambda: L.kbit_dequantize_blockwise(
             c.data_ptr(), s8.absmax.data_ptr(), s8.code.data_ptr(), s8.code.numel(), n, 4096, o16.data_ptr(), 2, st),
         "adapter quantize_kbit": lambda: CK.quantize_kbit(A, ks.codebook, 4, 32, "bitplane", "e4m4", "exact"),
         "adapter dequantize_kbit": lambda: CK.dequantize_kbit(kp, ks.scales, ks.tensor_scale, ks.codebook, 4, 32, n,

@@ -1,6 +1,7 @@
 """CUDA production backend: kernels from cuda_src/, built by nvcc (``python -m workbench.cuda_build``)
-into one shared library per family and called through ctypes with device pointers, on the
-current torch stream."""
+into one shared library per family, launched with device pointers on the current torch stream through
+``workbench._native.cuda_launch`` (one function per extern "C" entry point, bound when its library loads).
+A family's knobs and queries (tuning, build flags, tiles) go through its ctypes handle, ``load(family)``."""
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +11,11 @@ import torch
 
 from ...cuda_build import build, lib_path, nvcc
 
+try:
+    from ..._native import cuda_launch as launch
+except ImportError:   # not built: available() says so
+    launch = None
+
 DEVICES = ("cuda",)
 _libs: dict[str, ctypes.CDLL] = {}
 
@@ -17,6 +23,8 @@ _libs: dict[str, ctypes.CDLL] = {}
 def available() -> tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, "no CUDA device visible to torch"
+    if launch is None:
+        return False, "workbench._native.cuda_launch is not built (make setup)"
     if nvcc() is None and not any(lib_path(f).exists() for f in ("quant", "int8", "optim")):
         return False, "no nvcc to build cuda_src/ and no prebuilt libkbit_*.so"
     return True, torch.cuda.get_device_name(0)
@@ -32,14 +40,24 @@ def load(family: str) -> ctypes.CDLL:
             if not path.exists():
                 raise
         _libs[family] = ctypes.CDLL(str(path))
+        if launch is None:
+            raise RuntimeError("workbench._native.cuda_launch is not built (make setup)")
+        launch.bind(str(path))
     return _libs[family]
 
 
+def kernels(family: str):
+    """The launch functions (``cuda_launch``), with ``family``'s library loaded and bound."""
+    if family not in _libs:
+        load(family)
+    return launch
+
+
 # The per-call host path is short on purpose: the benchmarks' event timings include it (the GPU idles
-# until the launch arrives), and at 2**28 elements it is 10-20 % of a call. Every entry point declares
-# its argtypes, so pointers go to ctypes as plain ints.
-def ptr(t: torch.Tensor | None) -> int | None:
-    return t.data_ptr() if t is not None else None
+# until the launch arrives), and at 2**28 elements it is 10-20 % of a call.
+def ptr(t: torch.Tensor | None) -> int:
+    """A tensor's address for a launch, 0 (NULL) for None."""
+    return t.data_ptr() if t is not None else 0
 
 
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # one call instead of a Stream object
@@ -66,7 +84,7 @@ def on(device: torch.device):
 
 def on_device(index: int | None, fn, *args):
     """``fn(*args, stream)`` on device ``index`` (None: the current one) with its current stream's handle last:
-    a ctypes entry point's launch, made current only when it is not already (the common case)."""
+    a cuda_launch entry point's launch, made current only when it is not already (the common case)."""
     current = torch.cuda.current_device()
     if index is None or index == current:
         return fn(*args, raw_stream(current))

@@ -6,42 +6,16 @@ A's dtype (cuBLAS through torch.addmm, as bitsandbytes does).
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import threading
 
 import torch
 
-from . import check, load, on_device, ptr, raw_stream
+from . import check, kernels, on_device, ptr, raw_stream
 
 from ..registry import register_kernel
 
 from ...wire import DTYPE_CODE
-_c = ctypes
-_P, _I, _L, _F = _c.c_void_p, _c.c_int, _c.c_longlong, _c.c_float
-_SIGS = {
-    "kbit_int8_vectorwise_quant": [_P, _I, _L, _L, _F, _I, _P, _P, _P, _P, _P, _P],
-    "kbit_int8_zero_late_cols": [_P, _L, _L, _P, _P, _P],
-    "kbit_int8_col_quant": [_P, _I, _L, _L, _F, _I, _P, _P, _P],
-    "kbit_int8_vectorwise_dequant": [_P, _P, _L, _L, _P, _P],
-    "kbit_int8_linear_matmul": [_P, _P, _P, _I, _I, _I, _P],
-    "kbit_int8_mm_dequant": [_P, _P, _P, _P, _I, _I, _P, _I, _P],
-    "kbit_int8_scaled_mm": [_P, _P, _P, _P, _P, _I, _I, _I, _P, _I, _P],
-}
-_lib = None
-
-
-def lib() -> ctypes.CDLL:
-    global _lib
-    if _lib is None:
-        L = load("int8")
-        for name, args in _SIGS.items():
-            getattr(L, name).argtypes = args
-            getattr(L, name).restype = _c.c_int
-        _lib = L
-    return _lib
-
-
 @functools.lru_cache(maxsize=256)
 def threshold_in(dtype: torch.dtype, threshold: float) -> float:
     """The threshold as torch compares ``A.abs() >= threshold``: rounded to A's dtype."""
@@ -85,7 +59,7 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     index = torch.empty(cols + 2, dtype=torch.int64, device=A.device) if use else None  # columns, counts
     thr = threshold_in(A.dtype, threshold) if use else 0.0
     counts = _host_counts(dev) if use else None
-    check(on_device(dev.index, lib().kbit_int8_vectorwise_quant, A.data_ptr(), _dtype(A), rows, cols, thr,
+    check(on_device(dev.index, kernels("int8").kbit_int8_vectorwise_quant, A.data_ptr(), _dtype(A), rows, cols, thr,
                     int(use), codes.data_ptr(), stats.data_ptr(), ptr(flags), ptr(index), ptr(counts)),
           "kbit_int8_vectorwise_quant")
     if not use:
@@ -97,7 +71,7 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     n_cols, n_late = counts.tolist()
     if n_late and rows > 1:
         scratch = torch.empty(cols + 1, dtype=torch.int64, device=A.device)
-        check(on_device(dev.index, lib().kbit_int8_zero_late_cols, ptr(codes), rows, cols, ptr(flags), ptr(scratch)),
+        check(on_device(dev.index, kernels("int8").kbit_int8_zero_late_cols, ptr(codes), rows, cols, ptr(flags), ptr(scratch)),
               "kbit_int8_zero_late_cols")
     return codes, stats, index[:n_cols]
 
@@ -123,7 +97,7 @@ def int8_double_quant(A, threshold):
     col_stats = torch.empty(ncols, dtype=torch.float32, device=A.device)
     use = threshold > 0.0
     thr = threshold_in(A.dtype, threshold) if use else 0.0
-    check(on_device(A.device.index, lib().kbit_int8_col_quant, ptr(A), _dtype(A), rows, ncols, thr, int(use),
+    check(on_device(A.device.index, kernels("int8").kbit_int8_col_quant, ptr(A), _dtype(A), rows, ncols, thr, int(use),
                     ptr(col_codes), ptr(col_stats)), "kbit_int8_col_quant")
     return codes, col_codes, stats, col_stats, cols
 
@@ -132,7 +106,7 @@ def int8_vectorwise_dequant(A, stats):
     A = A.contiguous()
     out = torch.empty(A.shape, dtype=torch.float32, device=A.device)
     stats = stats.contiguous().float()
-    check(on_device(A.device.index, lib().kbit_int8_vectorwise_dequant, ptr(A), ptr(stats), A.shape[0], A.shape[1],
+    check(on_device(A.device.index, kernels("int8").kbit_int8_vectorwise_dequant, ptr(A), ptr(stats), A.shape[0], A.shape[1],
                     ptr(out)), "kbit_int8_vectorwise_dequant")
     return out
 
@@ -158,7 +132,7 @@ def int8_linear_matmul(A, B):
     M, K = A.shape
     N = B.shape[0]
     C = torch.empty((M, N), dtype=torch.int32, device=A.device)
-    check(on_device(A.device.index, lib().kbit_int8_linear_matmul, ptr(A), ptr(B), ptr(C), M, N, K),
+    check(on_device(A.device.index, kernels("int8").kbit_int8_linear_matmul, ptr(A), ptr(B), ptr(C), M, N, K),
           "kbit_int8_linear_matmul")
     return C
 
@@ -173,7 +147,7 @@ def int8_mm_dequant(A, row_stats, col_stats, bias=None, dtype=torch.float16):
     out = torch.empty((M, N), dtype=dtype, device=A.device)
     b = _bias(bias)
     rs, cs = row_stats.contiguous().float(), col_stats.contiguous().float()  # keep alive over the call
-    check(on_device(A.device.index, lib().kbit_int8_mm_dequant, ptr(A), ptr(rs), ptr(cs), ptr(b), M, N, ptr(out),
+    check(on_device(A.device.index, kernels("int8").kbit_int8_mm_dequant, ptr(A), ptr(rs), ptr(cs), ptr(b), M, N, ptr(out),
                     _dtype(out)), "kbit_int8_mm_dequant")
     return out
 
@@ -190,7 +164,7 @@ def int8_scaled_mm(CA, CB, SCA, SCB, bias=None, dtype=torch.float16):
     out = torch.empty((M, N), dtype=dtype, device=CA.device)
     b = _bias(bias)
     rs, cs = SCA.contiguous().float(), SCB.contiguous().float()  # keep alive over the call
-    check(on_device(CA.device.index, lib().kbit_int8_scaled_mm, ptr(CA), ptr(CB), ptr(rs), ptr(cs), ptr(b), M, N, K,
+    check(on_device(CA.device.index, kernels("int8").kbit_int8_scaled_mm, ptr(CA), ptr(CB), ptr(rs), ptr(cs), ptr(b), M, N, K,
                     ptr(out), _dtype(out)), "kbit_int8_scaled_mm")
     return out
 

@@ -4,16 +4,14 @@ signatures.
 Rules: workbench/backends/reference/kbit_affine.py, bit for bit. The split is the numba_cuda backend's
 (backends/numba_cuda/kbit_affine.py): the kernels find each group's range (min-max or the MSE clip search), the
 per-group scale and zero point come from the spec's own torch code (``reference.kbit_affine.qparams``, on the
-device: no host sync), the kernels code, pack and dequantize. ctypes calls with device pointers on the current
-torch stream of the input's device.
+device: no host sync), the kernels code, pack and dequantize. launches (``cuda_launch``) with device pointers on
+the current torch stream of the input's device.
 """
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
-from . import check, load, on_device, ptr
+from . import check, kernels, on_device, ptr
 from ..reference import kbit_affine as RA
 from ..reference.kbit import nblocks, packed_words
 from ..registry import register_kernel
@@ -21,25 +19,6 @@ from ...wire import ELEMENT_KIND as KIND
 
 FMT = {"fp32": 0, "fp16": 1, "bf16": 2}
 LAYOUT = {"bitplane": 0, "dense": 1}
-_c = ctypes
-_lib = None
-
-
-def lib() -> ctypes.CDLL:
-    global _lib
-    if _lib is None:
-        L = load("kbit_affine")
-        P, I, LL = _c.c_void_p, _c.c_int, _c.c_longlong
-        L.kbit_affine_range.argtypes = [P, I, LL, LL, LL, P, P, P]
-        L.kbit_affine_mse.argtypes = [P, I, LL, LL, LL, I, I, P, I, P, P, P]
-        L.kbit_affine_codes.argtypes = [P, I, LL, LL, P, P, I, I, P, LL, P]
-        L.kbit_affine_dequantize.argtypes = [P, LL, LL, I, I, LL, P, P, I, P, P]
-        for f in (L.kbit_affine_range, L.kbit_affine_mse, L.kbit_affine_codes, L.kbit_affine_dequantize):
-            f.restype = I
-        _lib = L
-    return _lib
-
-
 def quantize_kbit_affine(A, k, groupsize, layout, scale_format, clip):
     """-> (packed int32 words, scales [nblocks] in scale_format's dtype, zero points uint8 [nblocks])."""
     dev = A.device
@@ -50,16 +29,16 @@ def quantize_kbit_affine(A, k, groupsize, layout, scale_format, clip):
     lo = torch.empty(nb, dtype=torch.float32, device=dev)
     hi = torch.empty(nb, dtype=torch.float32, device=dev)
     if clip == "minmax":
-        check(on_device(dev.index, lib().kbit_affine_range, ptr(x), kind, n, groupsize, nb, ptr(lo), ptr(hi)),
+        check(on_device(dev.index, kernels("kbit_affine").kbit_affine_range, ptr(x), kind, n, groupsize, nb, ptr(lo), ptr(hi)),
               "kbit_affine_range")
     else:
         grid = RA.clip_grid(dev)
-        check(on_device(dev.index, lib().kbit_affine_mse, ptr(x), kind, n, groupsize, nb, k, FMT[scale_format],
+        check(on_device(dev.index, kernels("kbit_affine").kbit_affine_mse, ptr(x), kind, n, groupsize, nb, k, FMT[scale_format],
                         ptr(grid), grid.numel(), ptr(lo), ptr(hi)), "kbit_affine_mse")
     S, z, _, r = RA.qparams(lo, hi, k, scale_format)
     nw = packed_words(n, k, layout)
     words = torch.empty(nw, dtype=torch.int32, device=dev)
-    check(on_device(dev.index, lib().kbit_affine_codes, ptr(x), kind, n, groupsize, ptr(r.contiguous()), ptr(z), k,
+    check(on_device(dev.index, kernels("kbit_affine").kbit_affine_codes, ptr(x), kind, n, groupsize, ptr(r.contiguous()), ptr(z), k,
                     LAYOUT[layout], ptr(words), nw), "kbit_affine_codes")
     return words, S, z
 
@@ -68,7 +47,7 @@ def dequantize_kbit_affine(packed, scales, zeros, k, groupsize, n, layout, dtype
     dev = packed.device
     words, D, z = RA.dequantize_operands(packed, scales, zeros, k, groupsize, n, layout, dev)
     out = torch.empty(n, dtype=dtype, device=dev)
-    check(on_device(dev.index, lib().kbit_affine_dequantize, ptr(words), words.numel(), n, k, LAYOUT[layout],
+    check(on_device(dev.index, kernels("kbit_affine").kbit_affine_dequantize, ptr(words), words.numel(), n, k, LAYOUT[layout],
                     groupsize, ptr(D), ptr(z), KIND[dtype], ptr(out)), "kbit_affine_dequantize")
     return out
 

@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from . import check, load, on, on_device, ptr, raw_stream
+from . import check, launch, load, on, on_device, ptr, raw_stream
 from ..reference.matmul import NESTED_BLOCKSIZE
 from ..registry import register_kernel
 
@@ -38,21 +38,18 @@ LOOKUP = int(os.environ.get("KBIT_MMA_LOOKUP", "0"))
 ROW_TILES = int(os.environ.get("KBIT_GEMM_ROW_TILES", "0"))
 WEIGHTS_IN_REGISTERS = int(os.environ.get("KBIT_GEMM_WEIGHTS_IN_REGISTERS", "-1"))
 _c = ctypes
-_P, _I, _L = _c.c_void_p, _c.c_int, _c.c_longlong
+_P, _I = _c.c_void_p, _c.c_int
 _lib = None
 
 
 def lib() -> ctypes.CDLL:
+    """The family's library with the knobs above applied; its knobs and queries through ctypes."""
     global _lib
     if _lib is None:
         L = load("matmul")
-        L.kbit_gemv_4bit.argtypes = [_P, _I, _I, _L, _L, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P]
-        L.kbit_gemv_4bit.restype = _I
         L.kbit_matmul_ieee_build.restype = _I
         L.kbit_gemv_tuning.argtypes = [_I]           # A/B knob (studies/probes/gemv_rows_ab.py)
         L.kbit_gemv_tuning.restype = None
-        L.kbit_gemm_4bit_mma.argtypes = [_P, _I, _I, _L, _L, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I, _P]
-        L.kbit_gemm_4bit_mma.restype = _I
         L.kbit_gemm_4bit_mma_tile.argtypes = [_I, _I, _P, _P, _P]
         L.kbit_gemm_4bit_mma_tile.restype = _I
         L.kbit_gemm_tuning.argtypes = [_I, _I]
@@ -60,6 +57,13 @@ def lib() -> ctypes.CDLL:
         L.kbit_gemm_tuning(ROW_TILES, WEIGHTS_IN_REGISTERS)
         _lib = L
     return _lib
+
+
+def kernels():
+    """The launch functions (``cuda_launch``), this family's library loaded through lib() (its knobs applied)."""
+    if _lib is None:
+        lib()
+    return launch
 
 
 def takes_mma(dtype: torch.dtype, M: int, K: int) -> bool:
@@ -77,7 +81,7 @@ def gemv_4bit_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     state_args = (absmax, absmax_8bit, absmax_code, absmax_offset, table, blocksize), 0 for absent pointers
     (the float32 absmax first when not nested); A, B, the bias and out on the current device ``device_index``."""
     a2, a8, c2, off, tab, bs = state_args
-    st = lib().kbit_gemv_4bit(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab, bs,
+    st = kernels().kbit_gemv_4bit(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab, bs,
                               bias_ptr, out.data_ptr(), raw_stream(device_index))
     check(st, "kbit_gemv_4bit")
 
@@ -103,7 +107,7 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
         return _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias)
     if M <= GEMV_MAX_M:
         out = torch.empty((M, N), dtype=A.dtype, device=dev)
-        check(on_device(dev.index, lib().kbit_gemv_4bit, ptr(A), dt, M, N, K, ptr(B), ptr(absmax), ptr(absmax_8bit),
+        check(on_device(dev.index, kernels().kbit_gemv_4bit, ptr(A), dt, M, N, K, ptr(B), ptr(absmax), ptr(absmax_8bit),
                         ptr(code2), ptr(off), ptr(tab), blocksize, ptr(bias), ptr(out)), "kbit_gemv_4bit")
         return out
     return _dequant_cublas(A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset, tab, blocksize, bias)
@@ -210,7 +214,7 @@ def gemm_mma_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     if splits > 1:
         part = torch.empty(splits * M * N, dtype=torch.float32, device=A.device)
         ctr = _tile_counters(A.device, tiles, st)
-    check(lib().kbit_gemm_4bit_mma(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab, bs,
+    check(kernels().kbit_gemm_4bit_mma(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab, bs,
                                    bias_ptr, out.data_ptr(), ptr(part), ptr(ctr), splits, LOOKUP, st),
           "kbit_gemm_4bit_mma")
 

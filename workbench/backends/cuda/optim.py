@@ -1,5 +1,5 @@
-"""CUDA production optimizer updates: cuda_src/optim.cu (libkbit_optim.so) through ctypes, on the
-current torch stream. One fused kernel per call: grad/param/state read once, written once.
+"""CUDA production optimizer updates: cuda_src/optim.cu (libkbit_optim.so) launched through cuda_launch, on
+the current torch stream. One fused kernel per call: grad/param/state read once, written once.
 
 Signatures are bitsandbytes 0.50.2's ops (and workbench.optim.functional's). Grad and param must
 share a dtype (float32/float16/bfloat16; otherwise they are routed through float32 copies).
@@ -9,36 +9,14 @@ kernels see only pointers (a context per call costs a few us of a call's ~30 us 
 """
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 import torch
 
 from ...optim import _gpu_plan as G
 from ...optim import functional as W
-from . import check, load, ptr, stream
+from . import check, kernels, ptr, stream
 
 from ..registry import register_kernel
-
-_c = ctypes
-_sig_done = False
-
-
-def _lib():
-    global _sig_done
-    lib = load("optim")
-    if not _sig_done:
-        i, ll, vp = _c.c_int, _c.c_longlong, _c.c_void_p
-        lib.kbit_optimizer_update_32bit.argtypes = [i, i, i, vp, i, vp, i, vp, vp, vp, ll, vp, vp]
-        lib.kbit_optimizer_update_32bit.restype = i
-        lib.kbit_optimizer_update_norm_sq.argtypes = [i, i, vp, i, vp, i, vp, vp, ll, vp, vp, vp]
-        lib.kbit_optimizer_update_norm_sq.restype = i
-        lib.kbit_optimizer_update_8bit_blockwise.argtypes = ([i, i, i, vp, i, vp, i] + [vp] * 6 + [vp] * 4 + [i, i]
-                                                             + [vp] * 4 + [i, i] + [ll, vp, vp])
-        lib.kbit_optimizer_update_8bit_blockwise.restype = i
-        _sig_done = True
-    return lib
-
 
 def _kptr(k: np.ndarray) -> int:
     return k.ctypes.data
@@ -53,7 +31,7 @@ def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_
         return G.run_in_float32(optimizer_update_32bit, optimizer_name, g, p, state1, state2, unorm_vec, max_unorm,
                                 param_norm, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale,
                                 skip_zeros)
-    lib = _lib()
+    run = kernels("optim")
     n = p.numel()
     dt = G.DTYPE[p.dtype]
     if optimizer_name == "ademamix":
@@ -66,12 +44,12 @@ def optimizer_update_32bit(optimizer_name, g, p, state1, state2, unorm_vec, max_
     if max_unorm > 0.0 and optimizer_name in G.NORM_OK:
         k0 = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False)
         acc = torch.zeros(1, dtype=torch.float64, device=p.device)
-        check(lib.kbit_optimizer_update_norm_sq(opt, first, ptr(g), dt, ptr(p), dt, ptr(s1), ptr(state2), n,
+        check(run.kbit_optimizer_update_norm_sq(opt, first, ptr(g), dt, ptr(p), dt, ptr(s1), ptr(state2), n,
                                                 _kptr(k0), ptr(acc), stream()), "kbit_optimizer_update_norm_sq")
         unorm = float(acc.sqrt())  # host sync (LAMB/LARS only)
         scale = W.scale_for_unorm(unorm, max_unorm, param_norm, unorm_vec)
     k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, False, scale)
-    check(lib.kbit_optimizer_update_32bit(opt, first, int(bool(skip_zeros)), ptr(g), dt, ptr(p), dt, ptr(s1), ptr(m2),
+    check(run.kbit_optimizer_update_32bit(opt, first, int(bool(skip_zeros)), ptr(g), dt, ptr(p), dt, ptr(s1), ptr(m2),
                                           ptr(state2), n, _kptr(k), stream()), "kbit_optimizer_update_32bit")
 
 
@@ -84,7 +62,7 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
         return G.run_in_float32(optimizer_update_8bit_blockwise, optimizer_name, g, p, state1, state2, beta1, beta2,
                                 beta3, alpha, eps, step, lr, qmap1, qmap2, absmax1, absmax2, weight_decay,
                                 gnorm_scale, skip_zeros)
-    lib = _lib()
+    run = kernels("optim")
     n = p.numel()
     nb = (n + 255) // 256
     dt = G.DTYPE[p.dtype]
@@ -102,7 +80,7 @@ def optimizer_update_8bit_blockwise(optimizer_name, g, p, state1, state2, beta1,
     pl2 = ((ptr(P2.table), ptr(P2.cell), ptr(P2.bounds), ptr(None) if ident else ptr(P2.codes), P2.m, P2.S) if P2
            else (ptr(None),) * 4 + (0, 0))
     k = G.consts(optimizer_name, beta1, beta2, beta3, alpha, eps, weight_decay, step, lr, gnorm_scale, True)
-    check(lib.kbit_optimizer_update_8bit_blockwise(
+    check(run.kbit_optimizer_update_8bit_blockwise(
         opt, int(step == 1), int(bool(skip_zeros)), ptr(g), dt, ptr(p), dt, ptr(c1), ptr(a1), ptr(c1b), ptr(a1b),
         ptr(state2), ptr(absmax2), ptr(P1.table), ptr(P1.cell), ptr(P1.bounds), codes1, P1.m, P1.S, *pl2,
         n, _kptr(k), stream()),

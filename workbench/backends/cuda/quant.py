@@ -1,6 +1,6 @@
 """CUDA production kernels for the quant family (cuda_src/quant.cu) behind the backend signatures.
 
-ctypes calls with device pointers on the current torch stream. The only per-call device allocations
+Launches (``cuda_launch``) with device pointers on the current torch stream. The only per-call device allocations
 are the outputs: the quantizers get the codebook's bounds/bucket_codes as host arrays (cached by
 workbench/codebook_tables.py; the library builds its search table from them once per codebook and keeps
 the fine table on each device, <= 32 KB), the dequantizers read the table tensor they are given.
@@ -11,7 +11,7 @@ import ctypes
 
 import torch
 
-from . import check, load, on_device
+from . import check, kernels, load, on_device
 
 from ..registry import register_kernel
 from ...codebook_tables import cuda_quant_arrays
@@ -20,24 +20,14 @@ from ...wire import DTYPE_CODE
 FLAG_BNB_SCALE = 1  # KBIT_QFLAG_BNB_SCALE: bitsandbytes-CUDA scaling (parity studies only)
 
 _c = ctypes
-_QUANT_ARGS = [_c.c_void_p, _c.c_int, _c.c_longlong, _c.c_int, _c.c_void_p, _c.c_int, _c.c_void_p, _c.c_int,
-               _c.c_void_p, _c.c_void_p, _c.c_int, _c.c_void_p]
 _lib = None
 
 
 def lib() -> ctypes.CDLL:
+    """The family's library, loaded (its launches bound) on first use; its knobs through ctypes."""
     global _lib
     if _lib is None:
         L = load("quant")
-        for name in ("kbit_quantize_blockwise", "kbit_quantize_4bit"):
-            getattr(L, name).argtypes = _QUANT_ARGS
-            getattr(L, name).restype = _c.c_int
-        L.kbit_dequantize_blockwise.argtypes = [_c.c_void_p, _c.c_void_p, _c.c_void_p, _c.c_int, _c.c_longlong,
-                                                _c.c_int, _c.c_void_p, _c.c_int, _c.c_void_p]
-        L.kbit_dequantize_blockwise.restype = _c.c_int
-        L.kbit_dequantize_4bit.argtypes = [_c.c_void_p, _c.c_void_p, _c.c_void_p, _c.c_longlong, _c.c_int,
-                                           _c.c_void_p, _c.c_int, _c.c_void_p]
-        L.kbit_dequantize_4bit.restype = _c.c_int
         L.kbit_quant_tuning.argtypes = [_c.c_int]      # A/B knob (studies/probes/quant_dequant_ab.py)
         L.kbit_quant_tuning.restype = None
         L.kbit_quant_ieee_build.restype = _c.c_int
@@ -59,7 +49,7 @@ def _quantize(fn_name: str, A, codebook, blocksize, out_numel, flags: int):
     dev = A.device
     out = torch.empty(out_numel, dtype=torch.uint8, device=dev)
     absmax = torch.empty(-(-n // blocksize), dtype=torch.float32, device=dev)
-    st = on_device(dev.index, getattr(lib(), fn_name), A.data_ptr(), _dtype(A.dtype), n, blocksize, b_ptr, nb, c_ptr,
+    st = on_device(dev.index, getattr(kernels("quant"), fn_name), A.data_ptr(), _dtype(A.dtype), n, blocksize, b_ptr, nb, c_ptr,
                    nc, out.data_ptr(), absmax.data_ptr(), flags)
     check(st, fn_name)
     return out, absmax
@@ -85,7 +75,7 @@ def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
     dev = codes.device
     out = torch.empty(n, dtype=dtype, device=dev)
     tab = _table(table, dev)
-    st = on_device(dev.index, lib().kbit_dequantize_blockwise, codes.data_ptr(), absmax.data_ptr(), tab.data_ptr(),
+    st = on_device(dev.index, kernels("quant").kbit_dequantize_blockwise, codes.data_ptr(), absmax.data_ptr(), tab.data_ptr(),
                    tab.numel(), n, blocksize, out.data_ptr(), _dtype(dtype, "dtype"))
     check(st, "kbit_dequantize_blockwise")
     return out
@@ -97,7 +87,7 @@ def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
     tab = _table(table, dev)
     if tab.numel() != 16:
         raise ValueError(f"table: 4-bit dequantization needs 16 values, got {tab.numel()}")
-    st = on_device(dev.index, lib().kbit_dequantize_4bit, packed.data_ptr(), absmax.data_ptr(), tab.data_ptr(), n,
+    st = on_device(dev.index, kernels("quant").kbit_dequantize_4bit, packed.data_ptr(), absmax.data_ptr(), tab.data_ptr(), n,
                    blocksize, out.data_ptr(), _dtype(dtype, "dtype"))
     check(st, "kbit_dequantize_4bit")
     return out
