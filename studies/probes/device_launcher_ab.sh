@@ -3,13 +3,13 @@
 # a base tree's (a carried `git archive`, .whl/base_<rev>.tar.gz, and its quant library, .whl/base_libkbit_quant.so.gz;
 # the other families' libraries are this tree's prebuilt ones, .devlibs/). Alternating processes, new then base,
 # RUNS times: studies/bench/public_call.py and studies/probes/host_profile.py. STAGE=tests runs the GPU tests instead.
-# usage (on the device, repo root): [RUNS=2] [STAGE=ab|tests] bash studies/probes/device_launcher_ab.sh
+# usage (on the device, repo root): [RUNS=2] [STAGE=ab|tests [TESTS=files] [KEXPR=pytest -k]] bash studies/probes/device_launcher_ab.sh
 source studies/probes/device_env.sh
 mkdir -p cuda_src/build
 for f in .devlibs/*.gz; do gunzip -c "$f" > "cuda_src/build/$(basename "$f" .gz)"; done
 touch cuda_src/build/*.so
 if [ "${STAGE:-ab}" = tests ]; then
-  timeout 400 python3 -m pytest -q --tb=short -p no:cacheprovider -m gpu ${TESTS:-tests/test_gpu_quant.py \
+  timeout 400 python3 -m pytest -q --tb=short -p no:cacheprovider -m gpu ${KEXPR:+-k "$KEXPR"} ${TESTS:-tests/test_gpu_quant.py \
     tests/test_int8_gpu.py tests/test_optim_gpu.py tests/test_kbit_gpu.py tests/test_matmul_gpu.py \
     tests/test_matmul_gemv_one_call.py tests/test_cuda_graphs.py tests/test_op_registry.py} > "$OUT/pytest_gpu.txt" 2>&1
   tail -3 "$OUT/pytest_gpu.txt"
