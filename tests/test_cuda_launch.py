@@ -73,7 +73,8 @@ def test_every_launch_passes_its_arguments_in_order(stub):
     rec = (ctypes.c_double * 64).in_dll(lib, "kb_rec")
     n = ctypes.c_int.in_dll(lib, "kb_n")
     for name, (_, _, ps) in eps.items():
-        args = [0x10000 + 0x100 * i if k == "p" else (i + 0.5 if k == "f" else 3 * i + 1) for i, (k, _) in enumerate(ps)]
+        args = [0x10000 + 0x100 * i if k == "p" else (i + 0.5 if k == "f" else 3 * i + 1)
+                for i, (k, _) in enumerate(ps)]
         assert getattr(launch, name)(*args) == 42, name
         assert n.value == len(ps), name
         assert [rec[i] for i in range(len(ps))] == [float(a) for a in args], name

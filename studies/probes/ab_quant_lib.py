@@ -23,7 +23,7 @@ from workbench.backends.cuda import quant as C
 
 
 def _use(path: str) -> None:
-    """Point the cuda adapter at the library at ``path``: its launches bound, its knobs declared as for the built one."""
+    """Point the cuda adapter at the library at ``path``: its launches bound, its knobs declared as built."""
     C._lib = None
     import workbench.backends.cuda as base
     base._libs["quant"] = ctypes.CDLL(path)

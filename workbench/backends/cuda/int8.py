@@ -59,8 +59,8 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     index = torch.empty(cols + 2, dtype=torch.int64, device=A.device) if use else None  # columns, counts
     thr = threshold_in(A.dtype, threshold) if use else 0.0
     counts = _host_counts(dev) if use else None
-    check(on_device(dev.index, kernels("int8").kbit_int8_vectorwise_quant, A.data_ptr(), _dtype(A), rows, cols, thr,
-                    int(use), codes.data_ptr(), stats.data_ptr(), ptr(flags), ptr(index), ptr(counts)),
+    check(on_device(dev.index, kernels("int8").kbit_int8_vectorwise_quant, A.data_ptr(), _dtype(A), rows, cols,
+                    thr, int(use), codes.data_ptr(), stats.data_ptr(), ptr(flags), ptr(index), ptr(counts)),
           "kbit_int8_vectorwise_quant")
     if not use:
         return codes, stats, None
@@ -71,8 +71,8 @@ def _quant_rows(A: torch.Tensor, threshold: float):
     n_cols, n_late = counts.tolist()
     if n_late and rows > 1:
         scratch = torch.empty(cols + 1, dtype=torch.int64, device=A.device)
-        check(on_device(dev.index, kernels("int8").kbit_int8_zero_late_cols, ptr(codes), rows, cols, ptr(flags), ptr(scratch)),
-              "kbit_int8_zero_late_cols")
+        check(on_device(dev.index, kernels("int8").kbit_int8_zero_late_cols, ptr(codes), rows, cols, ptr(flags),
+                        ptr(scratch)), "kbit_int8_zero_late_cols")
     return codes, stats, index[:n_cols]
 
 
@@ -106,8 +106,8 @@ def int8_vectorwise_dequant(A, stats):
     A = A.contiguous()
     out = torch.empty(A.shape, dtype=torch.float32, device=A.device)
     stats = stats.contiguous().float()
-    check(on_device(A.device.index, kernels("int8").kbit_int8_vectorwise_dequant, ptr(A), ptr(stats), A.shape[0], A.shape[1],
-                    ptr(out)), "kbit_int8_vectorwise_dequant")
+    check(on_device(A.device.index, kernels("int8").kbit_int8_vectorwise_dequant, ptr(A), ptr(stats), A.shape[0],
+                    A.shape[1], ptr(out)), "kbit_int8_vectorwise_dequant")
     return out
 
 
@@ -147,8 +147,8 @@ def int8_mm_dequant(A, row_stats, col_stats, bias=None, dtype=torch.float16):
     out = torch.empty((M, N), dtype=dtype, device=A.device)
     b = _bias(bias)
     rs, cs = row_stats.contiguous().float(), col_stats.contiguous().float()  # keep alive over the call
-    check(on_device(A.device.index, kernels("int8").kbit_int8_mm_dequant, ptr(A), ptr(rs), ptr(cs), ptr(b), M, N, ptr(out),
-                    _dtype(out)), "kbit_int8_mm_dequant")
+    check(on_device(A.device.index, kernels("int8").kbit_int8_mm_dequant, ptr(A), ptr(rs), ptr(cs), ptr(b), M, N,
+                    ptr(out), _dtype(out)), "kbit_int8_mm_dequant")
     return out
 
 
@@ -164,8 +164,8 @@ def int8_scaled_mm(CA, CB, SCA, SCB, bias=None, dtype=torch.float16):
     out = torch.empty((M, N), dtype=dtype, device=CA.device)
     b = _bias(bias)
     rs, cs = SCA.contiguous().float(), SCB.contiguous().float()  # keep alive over the call
-    check(on_device(CA.device.index, kernels("int8").kbit_int8_scaled_mm, ptr(CA), ptr(CB), ptr(rs), ptr(cs), ptr(b), M, N, K,
-                    ptr(out), _dtype(out)), "kbit_int8_scaled_mm")
+    check(on_device(CA.device.index, kernels("int8").kbit_int8_scaled_mm, ptr(CA), ptr(CB), ptr(rs), ptr(cs), ptr(b),
+                    M, N, K, ptr(out), _dtype(out)), "kbit_int8_scaled_mm")
     return out
 
 

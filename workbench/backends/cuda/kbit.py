@@ -1,9 +1,10 @@
 """CUDA kernels of the k-bit family (cuda_src/kbit.cu, header kbit_kbit.h) behind the backend signatures.
 
 Rules: workbench/backends/reference/kbit.py, bit for bit. The quantizers search through the codebook's table
-(codebook_tables.kbit_search_table, built once per codebook tensor). Launches (``cuda_launch``) with device pointers on the
-current torch stream of the input's device; scales are written and read in their storage dtype, so no conversion
-pass runs around the kernels. The library is loaded on first call, so a failed build takes down this family only.
+(codebook_tables.kbit_search_table, built once per codebook tensor). Launches (``cuda_launch``) with device pointers
+on the current torch stream of the input's device; scales are written and read in their storage dtype, so no
+conversion pass runs around the kernels. The library is loaded on first call, so a failed build takes down this
+family only.
 """
 from __future__ import annotations
 
@@ -62,10 +63,10 @@ def quantize_kbit(A, codebook, k, blocksize, layout, scale_format, codes_against
         ts = _NO_TENSOR_SCALE.get(dev.index)
         if ts is None:
             ts = _NO_TENSOR_SCALE[dev.index] = torch.empty(0, dtype=torch.float32, device=dev)
-    check(on_device(dev.index, kernels("kbit").kbit_kbit_quantize, A.data_ptr(), KIND[A.dtype], n, blocksize, cb.data_ptr(),
-                    cb.numel(), k, ptr(table), size, sh, kbase, half, safe, LAYOUT[layout], FMT[scale_format],
-                    int(codes_against == "decoded"), scales.data_ptr(), ptr(ts) if ts.numel() else 0,
-                    out.data_ptr(), nw, nonfinite.data_ptr(), ptr(scratch)),
+    check(on_device(dev.index, kernels("kbit").kbit_kbit_quantize, A.data_ptr(), KIND[A.dtype], n, blocksize,
+                    cb.data_ptr(), cb.numel(), k, ptr(table), size, sh, kbase, half, safe, LAYOUT[layout],
+                    FMT[scale_format], int(codes_against == "decoded"), scales.data_ptr(),
+                    ptr(ts) if ts.numel() else 0, out.data_ptr(), nw, nonfinite.data_ptr(), ptr(scratch)),
           "kbit_kbit_quantize")
     return out, scales, ts, nonfinite
 
@@ -75,9 +76,9 @@ def dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, lay
     words, s, ts = dequantize_operands(packed, scales, tensor_scale, k, blocksize, n, layout, scale_format)
     cb = kernel_codebook(codebook, k, dev)
     out = torch.empty(n, dtype=dtype, device=dev)
-    check(on_device(dev.index, kernels("kbit").kbit_kbit_dequantize, words.data_ptr(), words.numel(), n, k, LAYOUT[layout],
-                    blocksize, s.data_ptr(), FMT[scale_format], ptr(ts), cb.data_ptr(), cb.numel(), KIND[dtype],
-                    out.data_ptr()),
+    check(on_device(dev.index, kernels("kbit").kbit_kbit_dequantize, words.data_ptr(), words.numel(), n, k,
+                    LAYOUT[layout], blocksize, s.data_ptr(), FMT[scale_format], ptr(ts), cb.data_ptr(), cb.numel(),
+                    KIND[dtype], out.data_ptr()),
           "kbit_kbit_dequantize")
     return out
 

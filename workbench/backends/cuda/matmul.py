@@ -214,8 +214,8 @@ def gemm_mma_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     if splits > 1:
         part = torch.empty(splits * M * N, dtype=torch.float32, device=A.device)
         ctr = _tile_counters(A.device, tiles, st)
-    check(kernels().kbit_gemm_4bit_mma(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab, bs,
-                                   bias_ptr, out.data_ptr(), ptr(part), ptr(ctr), splits, LOOKUP, st),
+    check(kernels().kbit_gemm_4bit_mma(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab,
+                                       bs, bias_ptr, out.data_ptr(), ptr(part), ptr(ctr), splits, LOOKUP, st),
           "kbit_gemm_4bit_mma")
 
 

@@ -49,8 +49,8 @@ def _quantize(fn_name: str, A, codebook, blocksize, out_numel, flags: int):
     dev = A.device
     out = torch.empty(out_numel, dtype=torch.uint8, device=dev)
     absmax = torch.empty(-(-n // blocksize), dtype=torch.float32, device=dev)
-    st = on_device(dev.index, getattr(kernels("quant"), fn_name), A.data_ptr(), _dtype(A.dtype), n, blocksize, b_ptr, nb, c_ptr,
-                   nc, out.data_ptr(), absmax.data_ptr(), flags)
+    st = on_device(dev.index, getattr(kernels("quant"), fn_name), A.data_ptr(), _dtype(A.dtype), n, blocksize, b_ptr,
+                   nb, c_ptr, nc, out.data_ptr(), absmax.data_ptr(), flags)
     check(st, fn_name)
     return out, absmax
 
@@ -75,8 +75,8 @@ def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
     dev = codes.device
     out = torch.empty(n, dtype=dtype, device=dev)
     tab = _table(table, dev)
-    st = on_device(dev.index, kernels("quant").kbit_dequantize_blockwise, codes.data_ptr(), absmax.data_ptr(), tab.data_ptr(),
-                   tab.numel(), n, blocksize, out.data_ptr(), _dtype(dtype, "dtype"))
+    st = on_device(dev.index, kernels("quant").kbit_dequantize_blockwise, codes.data_ptr(), absmax.data_ptr(),
+                   tab.data_ptr(), tab.numel(), n, blocksize, out.data_ptr(), _dtype(dtype, "dtype"))
     check(st, "kbit_dequantize_blockwise")
     return out
 
@@ -87,8 +87,8 @@ def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
     tab = _table(table, dev)
     if tab.numel() != 16:
         raise ValueError(f"table: 4-bit dequantization needs 16 values, got {tab.numel()}")
-    st = on_device(dev.index, kernels("quant").kbit_dequantize_4bit, packed.data_ptr(), absmax.data_ptr(), tab.data_ptr(), n,
-                   blocksize, out.data_ptr(), _dtype(dtype, "dtype"))
+    st = on_device(dev.index, kernels("quant").kbit_dequantize_4bit, packed.data_ptr(), absmax.data_ptr(),
+                   tab.data_ptr(), n, blocksize, out.data_ptr(), _dtype(dtype, "dtype"))
     check(st, "kbit_dequantize_4bit")
     return out
 
