@@ -13,6 +13,7 @@ import torch
 
 from . import check, kernels, on_device, ptr, raw_stream
 
+from ..reference.int8 import mixed_scaled_mm_of
 from ..registry import register_kernel
 
 from ...wire import DTYPE_CODE
@@ -169,13 +170,7 @@ def int8_scaled_mm(CA, CB, SCA, SCB, bias=None, dtype=torch.float16):
     return out
 
 
-def int8_mixed_scaled_mm(A, CA, CB, SCA, SCB, outlier_cols, bias=None):
-    out = int8_scaled_mm(CA, CB, SCA, SCB, bias, A.dtype)
-    if outlier_cols is None or outlier_cols.numel() == 0:
-        return out, A.new_empty(0)
-    subA = A[:, outlier_cols].contiguous()
-    subB = int8_vectorwise_dequant(CB[:, outlier_cols].contiguous(), SCB).to(A.dtype).t()
-    return out.addmm(subA, subB), subA
+int8_mixed_scaled_mm = mixed_scaled_mm_of(int8_scaled_mm, int8_vectorwise_dequant)
 
 
 # Importing this module registers its kernels against the declarations in workbench/library.py.

@@ -13,6 +13,7 @@ from numba_kernels.cuda import int8 as K
 
 from ._launch import as_array, launch
 
+from ..reference.int8 import mixed_scaled_mm_of
 from ..registry import register_kernel
 
 _KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
@@ -123,13 +124,7 @@ def int8_scaled_mm(CA, CB, SCA, SCB, bias=None, dtype=torch.float16):
     return out.to(dtype)
 
 
-def int8_mixed_scaled_mm(A, CA, CB, SCA, SCB, outlier_cols, bias=None):
-    out = int8_scaled_mm(CA, CB, SCA, SCB, bias, A.dtype)
-    if outlier_cols is None or outlier_cols.numel() == 0:
-        return out, A.new_empty(0)
-    subA = A[:, outlier_cols].contiguous()
-    subB = int8_vectorwise_dequant(CB[:, outlier_cols].contiguous(), SCB).to(A.dtype).t()
-    return out.addmm(subA, subB), subA
+int8_mixed_scaled_mm = mixed_scaled_mm_of(int8_scaled_mm, int8_vectorwise_dequant)
 
 
 # Importing this module registers its kernels against the declarations in workbench/library.py.

@@ -101,15 +101,22 @@ def int8_scaled_mm(CA, CB, SCA, SCB, bias=None, dtype=torch.float16):
     return int8_mm_dequant(int8_linear_matmul(CA, CB), SCA, SCB, bias, dtype)
 
 
-def int8_mixed_scaled_mm(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
-    """bitsandbytes' MatMul8bitLt forward: int8 part + outlier columns of A in A's dtype."""
-    out = int8_scaled_mm(CA, CB, SCA, SCB, bias, A.dtype)
-    if outlier_cols is not None and outlier_cols.numel():
-        subA = A[:, outlier_cols].contiguous()
-        subB = int8_vectorwise_dequant(CB[:, outlier_cols].contiguous(), SCB).to(A.dtype).t()
-        out = out.addmm(subA, subB)
-        return out, subA
-    return out, torch.empty(0, device=A.device, dtype=A.dtype)
+def mixed_scaled_mm_of(int8_scaled_mm, int8_vectorwise_dequant):
+    """A backend's ``int8_mixed_scaled_mm`` from its ``int8_scaled_mm`` and ``int8_vectorwise_dequant``: the
+    composition is the spec's; the outlier part is a dense matmul in A's dtype (cuBLAS on CUDA, as bitsandbytes)."""
+    def int8_mixed_scaled_mm(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
+        """bitsandbytes' MatMul8bitLt forward: int8 part + outlier columns of A in A's dtype."""
+        out = int8_scaled_mm(CA, CB, SCA, SCB, bias, A.dtype)
+        if outlier_cols is not None and outlier_cols.numel():
+            subA = A[:, outlier_cols].contiguous()
+            subB = int8_vectorwise_dequant(CB[:, outlier_cols].contiguous(), SCB).to(A.dtype).t()
+            out = out.addmm(subA, subB)
+            return out, subA
+        return out, torch.empty(0, device=A.device, dtype=A.dtype)
+    return int8_mixed_scaled_mm
+
+
+int8_mixed_scaled_mm = mixed_scaled_mm_of(int8_scaled_mm, int8_vectorwise_dequant)
 
 
 def outlier_columns(A: torch.Tensor, threshold: float) -> torch.Tensor:
