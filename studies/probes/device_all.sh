@@ -19,11 +19,7 @@ set -u
 QUICK=""; STEPS=()
 for a in "$@"; do case $a in --quick) QUICK=--quick;; *) STEPS+=("$a");; esac; done
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(build tests quant optim int8)
-export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba_cache
-[ -f .whl/GIT_REV ] && export KBIT_GIT_REV=$(cat .whl/GIT_REV)
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$PWD
-OUT=${OUT:-out/device}  # the device tool sets OUT; elsewhere results go to out/device
+source studies/probes/device_env.sh >/dev/null   # the bitsandbytes wheel, PYTHONPATH, revision, the CUDA launcher
 R="$OUT/results"; mkdir -p "$R"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 has() { for s in "${STEPS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }

@@ -13,7 +13,7 @@ if ! python3 -c "import workbench._native.cuda_launch" 2>/dev/null; then
   { ls .whl/cython*.whl .whl/setuptools*.whl >/dev/null 2>&1 &&   # build tools apart: nothing else imports them
       python3 -m pip install -q --no-index --no-deps --target /tmp/buildtools .whl/cython*.whl .whl/setuptools*.whl
     PYTHONPATH=/tmp/buildtools:$PYTHONPATH KBIT_NATIVE=cuda_launch python3 setup.py -q build_ext --inplace; } \
-    > "$OUT/launcher_build.txt" 2>&1 || echo "the CUDA launcher did not build: $OUT/launcher_build.txt"
+    > "$OUT/launcher_build.txt" 2>&1 || echo "the CUDA launcher did not build: $OUT/launcher_build.txt" >&2
 fi
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   python3 -c "import torch, numba; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numba', numba.__version__)"

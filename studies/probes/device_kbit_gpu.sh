@@ -7,11 +7,8 @@
 # Worst case 150 + 2 x 120 + 300 s (BUILD/TEST/BENCH_TIMEOUT). Numba compiles each (K, layout, format) kernel on
 # first use, so the numba_cuda cases of test_kbit_gpu need several minutes on a fresh machine: TEST_K selects.
 export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba_cache KBIT_PROGRESS=0 MPLBACKEND=Agg
-OUT=${OUT:-out/device}; mkdir -p "$OUT/kbit-h200"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -1
-fi
-export PYTHONPATH=/tmp/site:$PWD KBIT_GIT_REV=${KBIT_GIT_REV:-$(cat .whl/GIT_REV 2>/dev/null || git rev-parse --short HEAD)}
+source studies/probes/device_env.sh >/dev/null   # the bitsandbytes wheel, PYTHONPATH, revision, the CUDA launcher
+mkdir -p "$OUT/kbit-h200"
 { nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
   python3 -c "import torch, numba; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numba', numba.__version__)"
   echo "git $KBIT_GIT_REV"; } | tee "$OUT/kbit-h200/device.txt"

@@ -6,7 +6,8 @@
 # Their pass is what clears registry.NOT_YET_RUN_ON_A_GPU. Results: $OUT/kbit-h200/numba_cuda/pytest_gpu_numba_cuda.txt.
 # usage (on the device, repo root): bash studies/probes/device_kbit_numba_cuda.sh
 export PYTHONUNBUFFERED=1 KBIT_PROGRESS=0 MPLBACKEND=Agg
-OUT=${OUT:-out/device}; D="$OUT/kbit-h200/numba_cuda"; mkdir -p "$D"
+source studies/probes/device_env.sh >/dev/null   # the bitsandbytes wheel, PYTHONPATH, revision, the CUDA launcher
+D="$OUT/kbit-h200/numba_cuda"; mkdir -p "$D"
 GROUPS_K=("bit_exact and (dtype0 or dtype1)" "bit_exact and (dtype2 or dtype3)"
           "bit_exact and (dtype4 or dtype5 or dtype6)" "grid_stride and dense" "grid_stride and bitplane"
           "every_k_and and K2" "every_k_and and K3" "every_k_and and K4" "every_k_and and K5" "every_k_and and K6"

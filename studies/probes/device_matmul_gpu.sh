@@ -10,8 +10,7 @@ if [ -d .devlibs ]; then
   for f in .devlibs/*.gz; do gunzip -c "$f" > "cuda_src/build/$(basename "$f" .gz)"; done
   touch cuda_src/build/*.so  # newer than the sources: no rebuild
 fi
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -1
-export PYTHONPATH=/tmp/site:$PWD
+source studies/probes/device_env.sh >/dev/null   # the bitsandbytes wheel, PYTHONPATH, revision, the CUDA launcher
 { nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
   python3 -c "import torch, bitsandbytes as b; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'bnb', b.__version__)"
   echo "git ${KBIT_GIT_REV:-$(git rev-parse --short HEAD 2>/dev/null)}"; } | tee "$OUT/device.txt"

@@ -2,7 +2,7 @@
 # compute-sanitizer memcheck over the GPU tests of one or more families (default: int8 and optim),
 # after the libraries are built. usage (device, repo root): bash studies/probes/device_memcheck.sh [test files]
 export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba_cache
-OUT=${OUT:-out/device}; mkdir -p "$OUT"
+source studies/probes/device_env.sh >/dev/null   # the bitsandbytes wheel, PYTHONPATH, revision, the CUDA launcher
 TESTS=${*:-tests/test_int8_gpu.py tests/test_optim_gpu.py}
 { echo "# compute-sanitizer --tool memcheck over: $TESTS"
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader

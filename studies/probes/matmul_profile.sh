@@ -2,9 +2,7 @@
 # Why the fused 4-bit kernels stream weights at ~1 TB/s (reports/matmul-h200): Nsight Compute on one call of each
 # path (studies/probes/matmul_profile_target.py): speed of light, memory workload, warp stall reasons, pipes.
 # usage (on the device, repo root, after a build; carry [".whl"] for bitsandbytes): bash studies/probes/matmul_profile.sh
-OUT=${OUT:-out/device}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -1
-export PYTHONPATH=/tmp/site:$PWD
+source studies/probes/device_env.sh >/dev/null   # the bitsandbytes wheel, PYTHONPATH, revision, the CUDA launcher
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -z "$NCU" ]; then echo "no ncu on this machine"; exit 0; fi
 timeout ${PROFILE_TIMEOUT:-300} "$NCU" --target-processes all --kernel-name regex:'gemv_4bit|gemm_4bit|kgemm' \
