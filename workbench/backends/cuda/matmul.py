@@ -59,7 +59,7 @@ def lib() -> ctypes.CDLL:
     return _lib
 
 
-def kernels():
+def _kernels():
     """The launch functions (``cuda_launch``), this family's library loaded through lib() (its knobs applied)."""
     if _lib is None:
         lib()
@@ -81,7 +81,7 @@ def gemv_4bit_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     state_args = (absmax, absmax_8bit, absmax_code, absmax_offset, table, blocksize), 0 for absent pointers
     (the float32 absmax first when not nested); A, B, the bias and out on the current device ``device_index``."""
     a2, a8, c2, off, tab, bs = state_args
-    st = kernels().kbit_gemv_4bit(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab, bs,
+    st = _kernels().kbit_gemv_4bit(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab, bs,
                               bias_ptr, out.data_ptr(), raw_stream(device_index))
     check(st, "kbit_gemv_4bit")
 
@@ -107,8 +107,9 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
         return _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias)
     if M <= GEMV_MAX_M:
         out = torch.empty((M, N), dtype=A.dtype, device=dev)
-        check(on_device(dev.index, kernels().kbit_gemv_4bit, ptr(A), dt, M, N, K, ptr(B), ptr(absmax), ptr(absmax_8bit),
-                        ptr(code2), ptr(off), ptr(tab), blocksize, ptr(bias), ptr(out)), "kbit_gemv_4bit")
+        check(on_device(dev.index, _kernels().kbit_gemv_4bit, ptr(A), dt, M, N, K, ptr(B), ptr(absmax),
+                        ptr(absmax_8bit), ptr(code2), ptr(off), ptr(tab), blocksize, ptr(bias), ptr(out)),
+              "kbit_gemv_4bit")
         return out
     return _dequant_cublas(A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset, tab, blocksize, bias)
 
@@ -214,8 +215,8 @@ def gemm_mma_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     if splits > 1:
         part = torch.empty(splits * M * N, dtype=torch.float32, device=A.device)
         ctr = _tile_counters(A.device, tiles, st)
-    check(kernels().kbit_gemm_4bit_mma(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab,
-                                       bs, bias_ptr, out.data_ptr(), ptr(part), ptr(ctr), splits, LOOKUP, st),
+    check(_kernels().kbit_gemm_4bit_mma(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab,
+                                        bs, bias_ptr, out.data_ptr(), ptr(part), ptr(ctr), splits, LOOKUP, st),
           "kbit_gemm_4bit_mma")
 
 
