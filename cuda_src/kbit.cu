@@ -8,10 +8,10 @@
 //     block, K a template parameter so the search and both packings unroll into registers. A whole group of an
 //     ordinary block whose largest quotient lies inside the lane table codes every element from it without a
 //     branch (kk_code_lane: the quotient, a clamped cell, one 8-byte shared load, a subtract whose sign bit is
-//     added to the code); any other group takes the exact search. Bit planes are packed by a spread multiply per
-//     code and byte permutes (KkPack). This kernel is bound by instruction issue (ncu: 0.77 issued per cycle per
+//     added to the code); any other group takes the exact search. Bit planes are packed densely and transposed by
+//     delta swaps in registers (KkPack). This kernel is bound by instruction issue (ncu: 0.77 issued per cycle per
 //     scheduler, ALU pipe 62 %), about 20 instructions per element with the block's own work (dense; the bit
-//     planes take 1 to 3 more);
+//     planes' swaps add 0.2 at K = 2 to 1.9 at K > 4);
 //   64, 128, 256: a warp per block, a lane per element, 8 chunks of 32 in flight per warp, the packed words made
 //     by a ballot per bit plane or an OR-reduction per dense word;
 //   other multiples of 32 (longer blocks, rows, 96, 384): a warp per block in 8-chunk batches, read twice (the
@@ -274,14 +274,15 @@ KK void kk_transpose8(uint32_t& a, uint32_t& b) {
     t = (b ^ (b >> 7)) & 0x00AA00AAu; b ^= t ^ (t << 7);
 }
 
-// Packing one 32-element group's codes in registers (the lane kernel). Bit-plane, K <= 4: code j's bits are spread
-// one per byte (bit b to byte b; a multiply by 0x00204081 puts bit b at 7b, and no two copies overlap for a 4-bit
-// value), shifted to bit j % 8 of its byte and ORed into octet j / 8's word, 2 instructions an element. K > 4:
-// octet j / 8's codes are its bytes (one multiply-add an element, a[o] and a[4 + o]) and seal() transposes each
-// octet (kk_transpose8), about 3.6 instructions an element where spreading took 6. Either way plane b is then
-// byte b of the four octet words (three byte permutes).
+// Packing one 32-element group's codes in registers (the lane kernel). Bit-plane: the codes are packed densely
+// in P-bit fields (P = 2, 4 or 8, the power of two >= K), code j in field j / P of word j % P (one shift-add an
+// element), then log2(P) delta swaps exchange the word index with the low bits of the bit index: bit b of code j
+// moves to bit j of word b, so word b is plane b. P = 8 costs 12 swaps (60 instructions a group) where an 8x8
+// transpose per octet and three byte permutes per plane took about 105 at K = 7; K = 2, one swap where a spread
+// multiply per code took two instructions an element.
 template <int K, int LAYOUT> struct KkPack {
-    static constexpr int NW = LAYOUT == 0 ? (K > 4 ? 8 : 4) : K;
+    static constexpr int P = K <= 2 ? 2 : (K <= 4 ? 4 : 8);
+    static constexpr int NW = LAYOUT == 0 ? P : K;
     uint32_t a[NW];
     __device__ __forceinline__ KkPack() {
 #pragma unroll
@@ -290,29 +291,29 @@ template <int K, int LAYOUT> struct KkPack {
     // j: a constant after unrolling (a[] stays in registers)
     __device__ __forceinline__ void add(int j, uint32_t code) {
         if (LAYOUT == 0) {
-            const int o = j >> 3, e = j & 7;
-            if (K > 4) a[(e >> 2) * 4 + o] += code << (8 * (e & 3));   // codes < 256: the add is an OR
-            else a[o] |= (code * (0x00204081u << e)) & (0x01010101u << e);
+            a[j % P] += code << (P * (j / P));   // codes < 2^K <= 2^P: the add is an OR
         } else {                                  // stream bits [J*K, J*K + K): word and shift known at compile time
             const int p = j * K, wi = p >> 5, sh = p & 31;
             a[wi] += code << sh;                  // an add (the bits are free): one shift-add, where an OR took two
             if (sh + K > 32) a[wi + 1] += code >> (32 - sh);
         }
     }
-    // after the last add
+    // after the last add: swap bit d of the word index with bit d of the bit index, d = 1, 2, 4
     __device__ __forceinline__ void seal() {
-        if (LAYOUT == 0 && K > 4) {
 #pragma unroll
-            for (int o = 0; o < 4; o++) kk_transpose8(a[o], a[4 + o]);
+        for (int d = 1; d < (LAYOUT == 0 ? P : 1); d <<= 1) {
+            const uint32_t m = d == 1 ? 0x55555555u : (d == 2 ? 0x33333333u : 0x0F0F0F0Fu);
+#pragma unroll
+            for (int r = 0; r < P; r++) {
+                if (r & d) continue;
+                const uint32_t t = ((a[r] >> d) ^ a[r | d]) & m;
+                a[r | d] ^= t;
+                a[r] ^= t << d;
+            }
         }
     }
     // word b of the group (bit plane b, or stream word b)
-    __device__ __forceinline__ uint32_t word(int b) const {
-        if (LAYOUT != 0) return a[b];
-        const uint32_t* w = a + (b >> 2) * 4;
-        const uint32_t sel = (uint32_t)(b & 3) | (uint32_t)(4 + (b & 3)) << 4;
-        return __byte_perm(__byte_perm(w[0], w[1], sel), __byte_perm(w[2], w[3], sel), 0x5410);
-    }
+    __device__ __forceinline__ uint32_t word(int b) const { return a[b]; }
 };
 
 // The warp and long quantizers' shared memory: the plan's table, then the codebook (sizes from the launch).
