@@ -13,8 +13,9 @@ keeps the other blocksizes). A thread per 32-element group, grid-stride, so noth
   of the table (numba_kernels/cell_plan.py: kbit_lane_table, kbit_lane_copies: built on the host once per
   codebook), code = below + (bound - s < 0). Any other group (the tail, NaN/Inf, a divisor out of range, a
   codebook the table refuses) takes the exact path: IEEE division and the nearest search, per element;
-* the codes are packed in registers (bit-plane K <= 4: a spread multiply per code; K > 4: bytes, then an 8x8
-  bit transpose per octet; dense: constant shifts) and the group's K words stored by its thread.
+* the codes are packed in registers (dense: constant shifts; bit-plane: densely in P-bit fields, P = 2, 4 or 8,
+  code j in field j // P of word j % P, then log2(P) delta swaps exchange the word index with the low bits of the
+  bit index, so word b is plane b: cuda_src/kbit.cu's KkPack) and the group's K words stored by its thread.
 
 Every array index of the hot path is a constant once the per-octet helpers (called with constant arguments)
 are inlined, so the group, its words and its codes stay in registers. The simulator has no FMA of the GPU's
@@ -27,9 +28,9 @@ import workbench._compat  # noqa: F401  (numpy shim, before any kernel compiles)
 from numba import config, cuda, float32, int32, uint32, uint64
 
 from ..cell_plan import LANE_BYTES
-from .kbit import INF_BITS, THREADS, _make_parts, _store_scale, _transpose8, divisor_of, format_constants
+from .kbit import INF_BITS, THREADS, _make_parts, _store_scale, divisor_of, format_constants
 from .quant import BF16, F16, F32, _div, _float_as_int, _half2float, _int_as_float, _mul, _sub
-from .warp import _ld8_mad, _ld16, _prmt
+from .warp import _ld8_mad, _ld16
 
 LANE_ENTRIES = LANE_BYTES // 8          # uint64 entries of the staged copies (static shared memory)
 Q_LO = float32(2.0 ** -60)              # divisors outside [Q_LO, Q_HI] take the exact path (kk_recip)
@@ -63,7 +64,8 @@ def _make_lane(k: int, layout: int, kind: int, bs: int):
     KIND = kind
     EPW = 2 if kind == F32 else 4            # elements per uint64 input word
     WPG = 32 // EPW                          # input words per group
-    NW = (8 if k > 4 else 4) if layout == 0 else k   # packing words
+    P = 2 if k <= 2 else (4 if k <= 4 else 8)     # bit-plane field width
+    NW = P if layout == 0 else k                   # packing words
     nearest = _make_parts(k, layout)[0]
 
     @cuda.jit(device=True, inline=True)
@@ -105,12 +107,7 @@ def _make_lane(k: int, layout: int, kind: int, bs: int):
     def add(pk, j, code):
         """Element j's code into the packing words (j constant: every index and shift folds)."""
         if layout == 0:
-            o = j >> 3
-            e = j & 7
-            if k > 4:
-                pk[(e >> 2) * 4 + o] += code << uint32(8 * (e & 3))
-            else:
-                pk[o] |= _u32(code * uint32(0x00204081 << e)) & uint32(0x01010101 << e)
+            pk[j % P] += code << uint32(P * (j // P))
         else:
             p = j * k
             wi = p >> 5
@@ -120,13 +117,30 @@ def _make_lane(k: int, layout: int, kind: int, bs: int):
                 pk[wi + 1] += code >> uint32(32 - sh)
 
     @cuda.jit(device=True, inline=True)
-    def word(pk, b):
-        """Word b of the group: bit plane b (byte b % 4 of the four octet words) or stream word b."""
-        if layout != 0:
-            return pk[b]
-        w0 = (b >> 2) * 4
-        sel = (b & 3) | (4 + (b & 3)) << 4
-        return _prmt(_prmt(pk[w0], pk[w0 + 1], sel), _prmt(pk[w0 + 2], pk[w0 + 3], sel), 0x5410)
+    def swap(pk, r, d, m):
+        """Delta swap of words r and r + d: bit p + d of word r <-> bit p of word r + d, for the p in mask m."""
+        t = ((pk[r] >> uint32(d)) ^ pk[r + d]) & uint32(m)
+        pk[r + d] ^= t
+        pk[r] ^= _u32(t << uint32(d))
+
+    @cuda.jit(device=True, inline=True)
+    def seal(pk):
+        """After the last add: the bit-plane words from the P-bit fields (bit b of code j -> bit j of word b)."""
+        if layout == 0:
+            swap(pk, 0, 1, 0x55555555)
+            if P >= 4:
+                swap(pk, 2, 1, 0x55555555)
+                swap(pk, 0, 2, 0x33333333)
+                swap(pk, 1, 2, 0x33333333)
+            if P == 8:
+                swap(pk, 4, 1, 0x55555555)
+                swap(pk, 6, 1, 0x55555555)
+                swap(pk, 4, 2, 0x33333333)
+                swap(pk, 5, 2, 0x33333333)
+                swap(pk, 0, 4, 0x0F0F0F0F)
+                swap(pk, 1, 4, 0x0F0F0F0F)
+                swap(pk, 2, 4, 0x0F0F0F0F)
+                swap(pk, 3, 4, 0x0F0F0F0F)
 
     @cuda.jit(device=True, inline=True)
     def code_lane(x, q, r, t, at):
@@ -265,12 +279,10 @@ def _make_lane(k: int, layout: int, kind: int, bs: int):
                 gather8(1, cs, pk)
                 gather8(2, cs, pk)
                 gather8(3, cs, pk)
-            if layout == 0 and k > 4:
-                for o in range(4):
-                    pk[o], pk[4 + o] = _transpose8(pk[o], pk[4 + o])
+            seal(pk)
             for b in range(k):
                 if g * k + b < nw:
-                    out[uint64(g * k + b)] = word(pk, b)
+                    out[uint64(g * k + b)] = pk[b]
             g = nxt
         if bad:
             flag[0] = 1
