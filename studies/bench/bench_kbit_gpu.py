@@ -164,10 +164,10 @@ def _nf4_fns(A: torch.Tensor):
 
 # --------------------------------------------------------------------------------------------- run
 def run(device: str, n_log2: int, ks=KS, reps: int = 20, backends=None, copy_gbps: float | None = None,
-        partial: Path | None = None, ops=OPS):
+        partial: Path | None = None, ops=OPS, layouts=LAYOUTS):
     """(rows DataFrame, notes {backend: why skipped}, copy GB/s). ``partial``: a CSV rewritten after every row, so a
     run cut short by a timeout still leaves its rows. ``ops``: a subset of OPS (dequantize alone quantizes its
-    input with ``auto``, so a Numba run compiles no quantizer)."""
+    input with ``auto``, so a Numba run compiles no quantizer); ``layouts`` likewise."""
     live, notes = live_backends(device, backends)
     if copy_gbps is None:
         copy_gbps = (bench.copy_bandwidth("cuda", nbytes=1 << 30, reps=reps) if device == "cuda"
@@ -181,7 +181,7 @@ def run(device: str, n_log2: int, ks=KS, reps: int = 20, backends=None, copy_gbp
     T = Timers(device, reps)
     kernel_cache: dict[tuple, tuple] = {}   # 'auto' times the same kernels as the backend it resolves to
     rows = []
-    plan = [(k, layout, b) for k in ks for layout in LAYOUTS for b in live]
+    plan = [(k, layout, b) for k in ks for layout in layouts for b in live]
     bar = _bar(len(ops) * len(plan) + 2, "kbit speed")
     source = None if "quantize_kbit" in ops else "auto"
 
@@ -400,6 +400,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--backends", nargs="+", default=None, help="default: auto + every backend of the device")
     ap.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS, help="default: both")
+    ap.add_argument("--layouts", nargs="+", default=list(LAYOUTS), choices=LAYOUTS, help="default: both")
     args = ap.parse_args(argv)
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -414,7 +415,8 @@ def main(argv=None) -> int:
         from .bench_gpu import _warm_gpu
         _warm_gpu()
     partial = out / "kbit_speed.partial.csv"
-    df, notes, copy_gbps = run(device, n_log2, ks, reps, args.backends, partial=partial, ops=tuple(args.ops))
+    df, notes, copy_gbps = run(device, n_log2, ks, reps, args.backends, partial=partial, ops=tuple(args.ops),
+                             layouts=tuple(args.layouts))
     meta = _meta(device, n_log2, ks, reps, copy_gbps, notes)
     results.frame(df.to_dict("records"), {f"run_{k}": v for k, v in meta.items()
                                           if isinstance(v, (str, int, float))}).to_csv(out / "kbit_speed.csv",
