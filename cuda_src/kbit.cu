@@ -518,6 +518,7 @@ __global__ void __launch_bounds__(256, 3) kk_quantize_lane_kernel(
     long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const uint4* xn = (const uint4*)x + g * 4;         // the next group's input (16-bit elements: 4 vectors)
     uint32_t* o = out + g * K;                         // this group's words
+    const bool ovec = ((uintptr_t)out & 15) == 0;      // then group g's words are (K % 4 ? 8 : 16)-byte aligned
     bool have = pf && g < whole;
     if (have) {
 #pragma unroll
@@ -578,7 +579,16 @@ __global__ void __launch_bounds__(256, 3) kk_quantize_lane_kernel(
             for (int j = 0; j < 32; j++) pk.add(j, base + j < n ? kk_code_exact(v[j], q[j >> 4], c, M) : 0u);
         }
         pk.seal();
-        if (g < stored) {   // every group but a short last one: K stores at constant offsets, no compares
+        if (g < stored && K % 2 == 0 && ovec) {   // even K: the words in 16- or 8-byte stores (a warp's scalar
+            if (K % 4 == 0) {                          // stores put 4 bytes in each 32-byte sector they touch)
+#pragma unroll
+                for (int b = 0; b < K; b += 4)
+                    *(uint4*)(o + b) = make_uint4(pk.word(b), pk.word(b + 1), pk.word(b + 2), pk.word(b + 3));
+            } else {
+#pragma unroll
+                for (int b = 0; b < K; b += 2) *(uint2*)(o + b) = make_uint2(pk.word(b), pk.word(b + 1));
+            }
+        } else if (g < stored) {   // every group but a short last one: K stores at constant offsets, no compares
 #pragma unroll
             for (int b = 0; b < K; b++) o[b] = pk.word(b);
         } else {
