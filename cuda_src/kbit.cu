@@ -9,9 +9,10 @@
 //     ordinary block whose largest quotient lies inside the lane table codes every element from it without a
 //     branch (kk_code_lane: the quotient, a clamped cell, one 8-byte shared load, a subtract whose sign bit is
 //     added to the code); any other group takes the exact search. Bit planes are packed densely and transposed by
-//     delta swaps in registers (KkPack). This kernel is bound by instruction issue (ncu: 0.77 issued per cycle per
-//     scheduler, ALU pipe 62 %), about 20 instructions per element with the block's own work (dense; the bit
-//     planes' swaps add 0.2 at K = 2 to 1.9 at K > 4);
+//     delta swaps in registers (KkPack); even K stores a group's words as 16- or 8-byte vectors. This kernel is
+//     bound by instruction issue at K <= 6 (ncu: 0.77 issued per cycle per scheduler, ALU pipe 62 %), about 20
+//     instructions per element with the block's own work (dense; the bit planes' swaps add 0.2 at K = 2 to 1.9 at
+//     K > 4), and by L1 at K = 7, 8 (92-97 %: the table's bank conflicts and the scattered loads and stores);
 //   64, 128, 256: a warp per block, a lane per element, 8 chunks of 32 in flight per warp, the packed words made
 //     by a ballot per bit plane or an OR-reduction per dense word;
 //   other multiples of 32 (longer blocks, rows, 96, 384): a warp per block in 8-chunk batches, read twice (the
@@ -905,7 +906,8 @@ static unsigned grid_for(long long items, int per_cta, int per_sm = 64) {
 // Its table copies' budget: KK_LANE_BYTES keeps three CTAs per SM in the default 48 KB of shared memory, which
 // holds only 4 copies at K = 8 and 8 at K = 7 (those stay L1-bound on bank conflicts); more bytes buy more copies
 // at fewer CTAs per SM (K = 8: 8 copies in 82 KB, 2 CTAs; 16 in 164 KB, 1 CTA). Measured on the H200 from 11 to
-// 176 KB, the default is the fastest at K = 7 and 8 (reports/kbit-h200/tuning/lane_table_budget_ab/): the knob
+// 176 KB, the default is the fastest at K = 7 and 8 (reports/kbit-h200/tuning/lane_table_budget_ab/), and so it
+// was against 16 / 8 copies at three CTAs per SM in 72 KB with a shorter table (tuning/vector_stores_ab/): the knob
 // stays for that A/B.
 static int kk_lane_per_sm = 16, kk_lane_bytes = KK_LANE_BYTES;
 extern "C" void kbit_kbit_tuning(int lane_per_sm, int lane_kb) {
