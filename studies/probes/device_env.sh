@@ -1,5 +1,6 @@
 # Sourced by the device_*.sh scripts (repo root, on the device): what every device call starts from. Installs a
-# carried bitsandbytes wheel (.whl/) into /tmp/site, puts it and the tree on PYTHONPATH, names the git revision
+# carried bitsandbytes wheel (.whl/) into /tmp/site, unpacks carried prebuilt libraries (.devlibs/), puts the wheel
+# and the tree on PYTHONPATH, names the git revision
 # (.whl/GIT_REV: the copied tree may carry an older .git), builds the CUDA launcher (workbench/_native/cuda_launch.pyx)
 # for this machine's Python (Cython from a carried wheel if it has none) and writes the machine's facts to
 # $OUT/device.txt.
@@ -9,6 +10,13 @@ if ls .whl/bitsandbytes*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=/tmp/site:$PWD KBIT_GIT_REV=${KBIT_GIT_REV:-$(cat .whl/GIT_REV 2>/dev/null || git rev-parse --short HEAD)}
 OUT=${OUT:-out/device}; mkdir -p "$OUT"
+# Carried prebuilt libraries of cuda_src/ (.devlibs/*.so.gz: carry them only when built from this tree's sources) go
+# to cuda_src/build, touched: newer than the sources, so no call rebuilds them.
+if [ -d .devlibs ]; then
+  mkdir -p cuda_src/build
+  for f in .devlibs/*.gz; do gunzip -c "$f" > "cuda_src/build/$(basename "$f" .gz)"; done
+  touch cuda_src/build/*.so
+fi
 if ! python3 -c "import workbench._native.cuda_launch" 2>/dev/null; then
   { ls .whl/cython*.whl .whl/setuptools*.whl >/dev/null 2>&1 &&   # build tools apart: nothing else imports them
       python3 -m pip install -q --no-index --no-deps --target /tmp/buildtools .whl/cython*.whl .whl/setuptools*.whl

@@ -6,11 +6,10 @@
 #        [TESTS=files] [KEXPR=...] [TEST_TIMEOUT=300] bash studies/probes/device_kbit_lib_ab.sh
 source studies/probes/device_env.sh
 FAMILY=${FAMILY:-kbit}
-mkdir -p cuda_src/build /tmp/base_build
-for f in .devlibs/*.gz; do gunzip -c "$f" > "cuda_src/build/$(basename "$f" .gz)"; done
+mkdir -p /tmp/base_build
 cp cuda_src/build/*.so /tmp/base_build/
 gunzip -c ".whl/base_libkbit_$FAMILY.so.gz" > "/tmp/base_build/libkbit_$FAMILY.so"
-touch cuda_src/build/*.so /tmp/base_build/*.so
+touch /tmp/base_build/*.so
 if [ -n "${TESTS:-}" ]; then
   timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q --tb=short -p no:cacheprovider -m gpu ${KEXPR:+-k "$KEXPR"} $TESTS \
     > "$OUT/pytest_gpu.txt" 2>&1

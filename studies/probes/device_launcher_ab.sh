@@ -5,9 +5,6 @@
 # RUNS times: studies/bench/public_call.py and studies/probes/host_profile.py. STAGE=tests runs the GPU tests instead.
 # usage (on the device, repo root): [RUNS=2] [STAGE=ab|tests [TESTS=files] [KEXPR=pytest -k]] bash studies/probes/device_launcher_ab.sh
 source studies/probes/device_env.sh
-mkdir -p cuda_src/build
-for f in .devlibs/*.gz; do gunzip -c "$f" > "cuda_src/build/$(basename "$f" .gz)"; done
-touch cuda_src/build/*.so
 if [ "${STAGE:-ab}" = tests ]; then
   timeout 400 python3 -m pytest -q --tb=short -p no:cacheprovider -m gpu ${KEXPR:+-k "$KEXPR"} ${TESTS:-tests/test_gpu_quant.py \
     tests/test_int8_gpu.py tests/test_optim_gpu.py tests/test_kbit_gpu.py tests/test_matmul_gpu.py \

@@ -5,11 +5,6 @@
 # usage (on the device, repo root): KBIT_GIT_REV=<rev> bash studies/probes/device_matmul_gpu.sh
 export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba_cache
 OUT=${OUT:-out/device}; mkdir -p "$OUT"
-if [ -d .devlibs ]; then
-  mkdir -p cuda_src/build
-  for f in .devlibs/*.gz; do gunzip -c "$f" > "cuda_src/build/$(basename "$f" .gz)"; done
-  touch cuda_src/build/*.so  # newer than the sources: no rebuild
-fi
 source studies/probes/device_env.sh >/dev/null   # the bitsandbytes wheel, PYTHONPATH, revision, the CUDA launcher
 { nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
   python3 -c "import torch, bitsandbytes as b; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'bnb', b.__version__)"

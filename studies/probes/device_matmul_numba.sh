@@ -4,11 +4,6 @@
 # Carry [".whl", ".devlibs"] (bitsandbytes wheel, gzipped prebuilt .so files; else the families are built here).
 # usage (on the device, repo root): MS=1,4 bash studies/probes/device_matmul_numba.sh
 source studies/probes/device_env.sh >/dev/null
-if [ -d .devlibs ]; then
-  mkdir -p cuda_src/build
-  for f in .devlibs/*.gz; do gunzip -c "$f" > "cuda_src/build/$(basename "$f" .gz)"; done
-  touch cuda_src/build/*.so  # newer than the sources: no rebuild
-fi
 python3 -m workbench.cuda_build matmul quant 2>&1 | tail -1
 if [ -z "${PROFILE_ONLY:-}" ]; then
   timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_matmul_numba_cuda_gpu.py} \

@@ -3,11 +3,6 @@
 # bf16, the defaults): speed of light, instruction mix, warp stalls, occupancy, and the SASS lines that cost most.
 # Carry [".whl", ".devlibs"]. usage (on the device, repo root): bash studies/probes/device_ncu_numba_kbit.sh
 source studies/probes/device_env.sh >/dev/null
-if [ -d .devlibs ]; then
-  mkdir -p cuda_src/build
-  for f in .devlibs/*.gz; do gunzip -c "$f" > "cuda_src/build/$(basename "$f" .gz)"; done
-  touch cuda_src/build/*.so
-fi
 python3 -m workbench.cuda_build kbit 2>&1 | tail -1
 NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 SECTIONS="--section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats --section WarpStateStats
