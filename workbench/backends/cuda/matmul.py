@@ -82,7 +82,7 @@ def gemv_4bit_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     (the float32 absmax first when not nested); A, B, the bias and out on the current device ``device_index``."""
     a2, a8, c2, off, tab, bs = state_args
     st = _kernels().kbit_gemv_4bit(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab, bs,
-                              bias_ptr, out.data_ptr(), raw_stream(device_index))
+                                   bias_ptr, out.data_ptr(), raw_stream(device_index))
     check(st, "kbit_gemv_4bit")
 
 
