@@ -220,6 +220,7 @@ def _make_lane(k: int, layout: int, kind: int, bs: int):
               uint32((8 * ((tid & (rep - 1)) - 2 * kbase * rep)) & 0xFFFFFFFF))
         groups = (n + 31) >> 5
         whole = n >> 5
+        stored = nw // k                 # groups whose K words all fit
         step = cuda.gridDim.x * THREADS
         g = cuda.blockIdx.x * THREADS + tid
         have = g < whole
@@ -280,9 +281,14 @@ def _make_lane(k: int, layout: int, kind: int, bs: int):
                 gather8(2, cs, pk)
                 gather8(3, cs, pk)
             seal(pk)
-            for b in range(k):
-                if g * k + b < nw:
-                    out[uint64(g * k + b)] = pk[b]
+            o = uint64(g * k)
+            if g < stored:               # every group but a short last one: K stores, no compares
+                for b in range(k):
+                    out[o + uint64(b)] = pk[b]
+            else:
+                for b in range(k):
+                    if o + uint64(b) < uint64(nw):
+                        out[o + uint64(b)] = pk[b]
             g = nxt
         if bad:
             flag[0] = 1
