@@ -82,7 +82,7 @@ def test_state_changed_in_place_is_read(rng, device):
     first = _fast(A, P, qs)
 
     def align_row0():
-        # W[0, :200] becomes the code's extreme of A's sign (nibbles high-first): output 0 moves by ~100, never by
+        # W[0, :200] becomes the code's extreme of A's sign (nibbles high-first): output 0 moves by ~200, never by
         # less than half a bf16 step, as a fixed byte such as 0x5a can by chance
         a = A.reshape(-1)[:200].cpu()
         idx = torch.where(a > 0, qs.code.argmax().cpu(), qs.code.argmin().cpu()).to(torch.uint8)
