@@ -26,3 +26,11 @@ fi
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   python3 -c "import torch, numba; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numba', numba.__version__)"
   echo "git $KBIT_GIT_REV"; } | tee "$OUT/device.txt"
+# The GPU tests named by TESTS (pytest -k KEXPR; limit TEST_TIMEOUT, default 300 s) into $OUT/pytest_gpu.txt; nothing
+# when TESTS is empty.
+gpu_tests() {
+  [ -n "${TESTS:-}" ] || return 0
+  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q --tb=short -p no:cacheprovider -m gpu ${KEXPR:+-k "$KEXPR"} $TESTS \
+    > "$OUT/pytest_gpu.txt" 2>&1
+  tail -3 "$OUT/pytest_gpu.txt"
+}

@@ -13,11 +13,7 @@ BASE=/tmp/base_tree
 rm -rf "$BASE" && mkdir -p "$BASE"
 cp -a workbench numba_kernels studies cuda_src pyproject.toml "$BASE"/
 cp -a .whl/base_tree/. "$BASE"/
-if [ -n "${TESTS:-}" ]; then
-  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q --tb=short -p no:cacheprovider -m gpu ${KEXPR:+-k "$KEXPR"} $TESTS \
-    > "$OUT/pytest_gpu.txt" 2>&1
-  tail -3 "$OUT/pytest_gpu.txt"
-fi
+gpu_tests
 if [ -n "${CHECK:-}" ]; then
   timeout 300 $CHECK > "$OUT/check.txt" 2>&1; echo "check exit $?"; tail -2 "$OUT/check.txt"
 fi

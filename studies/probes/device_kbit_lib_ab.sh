@@ -10,11 +10,7 @@ mkdir -p /tmp/base_build
 cp cuda_src/build/*.so /tmp/base_build/
 gunzip -c ".whl/base_libkbit_$FAMILY.so.gz" > "/tmp/base_build/libkbit_$FAMILY.so"
 touch /tmp/base_build/*.so
-if [ -n "${TESTS:-}" ]; then
-  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q --tb=short -p no:cacheprovider -m gpu ${KEXPR:+-k "$KEXPR"} $TESTS \
-    > "$OUT/pytest_gpu.txt" 2>&1
-  tail -3 "$OUT/pytest_gpu.txt"
-fi
+gpu_tests
 for r in $(seq 1 "${RUNS:-2}"); do
   echo "== new, run $r"; timeout 200 python3 -m $PROBE > "$OUT/new_$r.txt" 2>&1; tail -2 "$OUT/new_$r.txt"
   echo "== base, run $r"; KBIT_CUDA_BUILD=/tmp/base_build timeout 200 python3 -m $PROBE > "$OUT/base_$r.txt" 2>&1
