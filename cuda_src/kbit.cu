@@ -18,7 +18,7 @@
 //   other multiples of 32 (longer blocks, rows, 96, 384): a warp per block in 8-chunk batches, read twice (the
 //     second read hits L1/L2).
 // The search (the fused kernels): s = x / q by a per-block reciprocal and two FMA corrections (the IEEE
-// quotient, see kk_code), then one 8-byte shared load of the codebook's search table (numba_kernels/
+// quotient, see kk_code; one in the lane kernel where x and q are 16-bit values, kk_quotient1), then one 8-byte shared load of the codebook's search table (numba_kernels/
 // cell_plan.py:kbit_plan, built on the host once per codebook; the lane kernel restages it, kk_stage_lane) and
 // one compare. Elements outside the table's range, blocks whose divisor is outside [2^-60, 2^100] and codebooks
 // without a table take the exact path (__fdiv_rn and the full nearest search). The absmax is the integer max of
@@ -174,6 +174,16 @@ KK float kk_quotient(float x, float q, float r) {
     const float s1 = __fmaf_rn(__fmaf_rn(-s0, q, x), r, s0);
     return __fmaf_rn(__fmaf_rn(-s1, q, x), r, s1);
 }
+// The same with one correction, exact where x and q have at most 11 significant bits (16-bit input; q a 16-bit
+// value, as the absmax of such a block is, KK_SHORT_Q): with s0 within 1.5 ulp of x / q, s1 before its rounding is
+// within (x/q - s0)(qr - 1), below 2^-23 ulp, of x / q, while a quotient of such significands lies at least 2^-12
+// ulp from every rounding midpoint (X 2^a / Q - odd / 2^24 has a nonzero integer numerator over Q 2^24), so both
+// round alike. tests/test_kbit_plan.py checks every bf16 pair; tests/test_kbit_gpu.py the kernels.
+KK float kk_quotient1(float x, float q, float r) {
+    const float s0 = __fmul_rn(x, r);
+    return __fmaf_rn(__fmaf_rn(-s0, q, x), r, s0);
+}
+#define KK_SHORT_Q(q) ((__float_as_uint(q) & 0x1FFFu) == 0u)   // at most 11 significant bits
 KK uint32_t kk_code(float x, float q, float r, bool exact, const uint2* T, const KkPlan& P, const float* c, int m) {
     const float s = kk_quotient(x, q, r);
     const float a = fabsf(s);
@@ -251,9 +261,9 @@ KK KkLane kk_stage_lane(const KkPlan& P, const float* cb, int m, float** c_out) 
     *c_out = c;
     return L;
 }
-// The code of x from the lane table (x / q as in kk_code).
-KK uint32_t kk_code_lane(float x, float q, float r, const KkLane& L) {
-    const float s = kk_quotient(x, q, r);
+// The code of x from the lane table (x / q as in kk_code; SHORT: one correction, kk_quotient1).
+template <bool SHORT> KK uint32_t kk_code_lane(float x, float q, float r, const KkLane& L) {
+    const float s = SHORT ? kk_quotient1(x, q, r) : kk_quotient(x, q, r);
     const uint32_t bits = __float_as_uint(s);
     const int cell = max((int)((bits << 1) >> (L.sh + 1)) - L.kbase, 0);
     // one multiply-add for the address (in C the compiler splits it into a multiply and a shift-add)
@@ -571,10 +581,16 @@ __global__ void __launch_bounds__(256, 3) kk_quantize_lane_kernel(
         for (int h = 0; h < 2; h++)
             if (h == 0 || bs != 32)
                 full = full && __float_as_uint(__fmul_rn(__uint_as_float(am[h]), rq[h])) + 4u < L.top;
+        // 16-bit input and 16-bit divisors (the absmax itself, or a decoded e4m4 / e8m0 / fp16 / bf16 scale): one
+        // correction of the quotient is exact (kk_quotient1), two instructions an element fewer
+        const bool shortq = kind != 0 && KK_SHORT_Q(q[0]) && KK_SHORT_Q(q[1]);
         KkPack<K, LAYOUT> pk;
-        if (full) {
+        if (full && shortq) {
 #pragma unroll
-            for (int j = 0; j < 32; j++) pk.add(j, kk_code_lane(v[j], q[j >> 4], rq[j >> 4], L));
+            for (int j = 0; j < 32; j++) pk.add(j, kk_code_lane<true>(v[j], q[j >> 4], rq[j >> 4], L));
+        } else if (full) {
+#pragma unroll
+            for (int j = 0; j < 32; j++) pk.add(j, kk_code_lane<false>(v[j], q[j >> 4], rq[j >> 4], L));
         } else {
 #pragma unroll
             for (int j = 0; j < 32; j++) pk.add(j, base + j < n ? kk_code_exact(v[j], q[j >> 4], c, M) : 0u);

@@ -122,6 +122,30 @@ def _kernel_quotient(x, q):
     return s
 
 
+def _kernel_quotient1(x, q):
+    """cuda_src/kbit.cu:kk_quotient1: the same with one correction."""
+    r = _rn32(1 / _f(q))
+    s = _rn32(_f(x) * _f(r))
+    return _rn32(_f(s) + _f(_rn32(_f(x) - _f(s) * _f(q))) * _f(r))
+
+
+def test_one_correction_is_the_ieee_quotient_of_16_bit_values():
+    """The lane kernels' division for 16-bit input and a divisor of at most 11 significant bits (KK_SHORT_Q): every
+    pair of bf16 significands, with quotients in both binades of a power of two (a scale by 2^k changes nothing
+    but the exponent), and fp16 significands on 3000 random pairs plus the all-ones ones."""
+    for mq in range(128, 256):
+        for mx in range(128, 256):
+            q = np.float32(mq / 128)
+            for x in (np.float32(mx / 128), np.float32(mx / 256)):
+                assert _kernel_quotient1(x, q) == x / q, (x, q)
+    rng = np.random.default_rng(5)
+    pairs = [(2047, 2047), (2047, 1024), (1024, 2047), (2046, 2047)] + [tuple(p) for p in rng.integers(1024, 2048, (3000, 2))]
+    for mx, mq in pairs:
+        q = np.float32(mq / 1024)
+        for x in (np.float32(mx / 1024), np.float32(mx / 2048)):
+            assert _kernel_quotient1(x, q) == x / q, (x, q)
+
+
 def test_kernel_division_is_the_ieee_quotient():
     rng = np.random.default_rng(3)
     ones = np.float32(1.0).view(np.uint32) | np.uint32(0x7FFFFF)

@@ -9,7 +9,7 @@ keeps the other blocksizes). A thread per 32-element group, grid-stride, so noth
   its scale encoded once per block, the divisor's reciprocal r once per block;
 * a whole group whose blocks' divisors lie in [2^-60, 2^100] and whose largest quotient lies inside the lane
   table codes every element from it with no branch: s = x / q as x r and two FMA corrections (exact, see
-  ``_quotient``), the cell from s's bits, one 8-byte shared load (bound bits, code below) from this lane's copy
+  ``_quotient``; one where x and q have 16-bit significands, ``_quotient1``), the cell from s's bits, one 8-byte shared load (bound bits, code below) from this lane's copy
   of the table (numba_kernels/cell_plan.py: kbit_lane_table, kbit_lane_copies: built on the host once per
   codebook), code = below + (bound - s < 0). Any other group (the tail, NaN/Inf, a divisor out of range, a
   codebook the table refuses) takes the exact path: IEEE division and the nearest search, per element;
@@ -39,6 +39,8 @@ Q_HI = float32(2.0 ** 100)
 if config.ENABLE_CUDASIM:
     def _quotient(x, q, r):
         return _div(x, q)
+
+    _quotient1 = _quotient
 else:
     from numba.cuda import libdevice
 
@@ -51,6 +53,19 @@ else:
         s0 = _mul(x, r)
         s1 = libdevice.fmaf_rn(libdevice.fmaf_rn(-s0, q, x), r, s0)
         return libdevice.fmaf_rn(libdevice.fmaf_rn(-s1, q, x), r, s1)
+
+    @cuda.jit(device=True, inline=True)
+    def _quotient1(x, q, r):
+        """The same with one correction: exact for 16-bit x and a divisor of at most 11 significant bits
+        (cuda_src/kbit.cu: kk_quotient1 says why)."""
+        s0 = _mul(x, r)
+        return libdevice.fmaf_rn(libdevice.fmaf_rn(-s0, q, x), r, s0)
+
+
+@cuda.jit(device=True, inline=True)
+def _short_q(q):
+    """q has at most 11 significant bits (cuda_src/kbit.cu: KK_SHORT_Q)."""
+    return (_float_as_int(q) & 0x1FFF) == 0
 
 
 @cuda.jit(device=True, inline=True)
@@ -143,12 +158,12 @@ def _make_lane(k: int, layout: int, kind: int, bs: int):
                 swap(pk, 3, 4, 0x0F0F0F0F)
 
     @cuda.jit(device=True, inline=True)
-    def code_lane(x, q, r, t, at):
+    def code_lane(x, q, r, t, at, short):
         """The code of x from this lane's table copy; ``at`` = (sh - 1, mask, 2 kbase, 8 rep, 8 (this copy's index
         minus 2 kbase rep)): the entry's byte offset 8 ((2 cell + sign) rep + copy), cell = max(|s| bits >> sh,
         kbase) - kbase, in five integer instructions. Every step cast back to uint32: Numba widens 32-bit
-        arithmetic to 64 bits."""
-        s = _quotient(x, q, r)
+        arithmetic to 64 bits. ``short`` (a constant at each call): the quotient by one correction."""
+        s = _quotient1(x, q, r) if short else _quotient(x, q, r)
         bits = _u32(_float_as_int(s))
         c2 = max(uint32(uint32(bits >> at[0]) & at[1]), at[2])       # 2 max(|s| bits >> sh, kbase)
         e = _ld8_mad(t, uint32(c2 + uint32(bits >> uint32(31))), at[3], at[4])
@@ -156,17 +171,17 @@ def _make_lane(k: int, layout: int, kind: int, bs: int):
         return uint32(e >> uint64(32)) + (_u32(_float_as_int(_sub(bound, s))) >> uint32(31))
 
     @cuda.jit(device=True, inline=True)
-    def lane8(o, cur, q, r, t, at, pk):
-        """Octet o's 8 codes from the table (o constant: 8 straight-line lookups)."""
+    def lane8(o, cur, q, r, t, at, pk, short):
+        """Octet o's 8 codes from the table (o and short constant: 8 straight-line lookups)."""
         j = 8 * o
-        add(pk, j, code_lane(elem(cur, j), q, r, t, at))
-        add(pk, j + 1, code_lane(elem(cur, j + 1), q, r, t, at))
-        add(pk, j + 2, code_lane(elem(cur, j + 2), q, r, t, at))
-        add(pk, j + 3, code_lane(elem(cur, j + 3), q, r, t, at))
-        add(pk, j + 4, code_lane(elem(cur, j + 4), q, r, t, at))
-        add(pk, j + 5, code_lane(elem(cur, j + 5), q, r, t, at))
-        add(pk, j + 6, code_lane(elem(cur, j + 6), q, r, t, at))
-        add(pk, j + 7, code_lane(elem(cur, j + 7), q, r, t, at))
+        add(pk, j, code_lane(elem(cur, j), q, r, t, at, short))
+        add(pk, j + 1, code_lane(elem(cur, j + 1), q, r, t, at, short))
+        add(pk, j + 2, code_lane(elem(cur, j + 2), q, r, t, at, short))
+        add(pk, j + 3, code_lane(elem(cur, j + 3), q, r, t, at, short))
+        add(pk, j + 4, code_lane(elem(cur, j + 4), q, r, t, at, short))
+        add(pk, j + 5, code_lane(elem(cur, j + 5), q, r, t, at, short))
+        add(pk, j + 6, code_lane(elem(cur, j + 6), q, r, t, at, short))
+        add(pk, j + 7, code_lane(elem(cur, j + 7), q, r, t, at, short))
 
     @cuda.jit(device=True, inline=True)
     def spill8(o, cur, xs):
@@ -263,11 +278,16 @@ def _make_lane(k: int, layout: int, kind: int, bs: int):
                     _store_scale(sc, uint64(2 * g + 1), bits1, a1, fmt)
             for i in range(NW):
                 pk[i] = uint32(0)
-            if full:
-                lane8(0, cur, q0, r0, t, at, pk)
-                lane8(1, cur, q0, r0, t, at, pk)
-                lane8(2, cur, q1, r1, t, at, pk)
-                lane8(3, cur, q1, r1, t, at, pk)
+            if full and KIND != F32 and _short_q(q0) and _short_q(q1):   # 16-bit x and q: one correction
+                lane8(0, cur, q0, r0, t, at, pk, True)
+                lane8(1, cur, q0, r0, t, at, pk, True)
+                lane8(2, cur, q1, r1, t, at, pk, True)
+                lane8(3, cur, q1, r1, t, at, pk, True)
+            elif full:
+                lane8(0, cur, q0, r0, t, at, pk, False)
+                lane8(1, cur, q0, r0, t, at, pk, False)
+                lane8(2, cur, q1, r1, t, at, pk, False)
+                lane8(3, cur, q1, r1, t, at, pk, False)
             else:
                 spill8(0, cur, xs)
                 spill8(1, cur, xs)
