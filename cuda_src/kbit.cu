@@ -582,8 +582,10 @@ __global__ void __launch_bounds__(256, 3) kk_quantize_lane_kernel(
             if (h == 0 || bs != 32)
                 full = full && __float_as_uint(__fmul_rn(__uint_as_float(am[h]), rq[h])) + 4u < L.top;
         // 16-bit input and 16-bit divisors (the absmax itself, or a decoded e4m4 / e8m0 / fp16 / bf16 scale): one
-        // correction of the quotient is exact (kk_quotient1), two instructions an element fewer
-        const bool shortq = kind != 0 && KK_SHORT_Q(q[0]) && KK_SHORT_Q(q[1]);
+        // correction of the quotient is exact (kk_quotient1), two instructions an element fewer: 9-12 % faster
+        // where issue bound (K <= 6). Not for bit-plane K = 8, bound by L1, where the third copy of the loop cost 5 %
+        // (dense K = 8: 2 % faster with it; reports/kbit-h200/tuning/one_correction_ab/).
+        const bool shortq = (K < 8 || LAYOUT == 1) && kind != 0 && KK_SHORT_Q(q[0]) && KK_SHORT_Q(q[1]);
         KkPack<K, LAYOUT> pk;
         if (full && shortq) {
 #pragma unroll
