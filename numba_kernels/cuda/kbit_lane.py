@@ -73,10 +73,13 @@ def _u32(v):
     return uint32(v & 0xFFFFFFFF)
 
 
-def _make_lane(k: int, layout: int, kind: int, bs: int):
-    """The lane quantizer for K = k, the layout, the input kind and blocksize 16 or 32 (compile-time)."""
+def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: int):
+    """The lane quantizer for K = k, the layout, the input kind, blocksize 16 or 32 and the scale format (all
+    compile-time)."""
     M = 1 << k
     KIND = kind
+    FMT = fmt_id
+    CD = decoded
     EPW = 2 if kind == F32 else 4            # elements per uint64 input word
     WPG = 32 // EPW                          # input words per group
     P = 2 if k <= 2 else (4 if k <= 4 else 8)     # bit-plane field width
@@ -216,8 +219,10 @@ def _make_lane(k: int, layout: int, kind: int, bs: int):
             cur[w] = v
 
     @cuda.jit(fastmath=False)
-    def lane(xh, xt, n, tab, ntab, rep, sh, kbase, top, ok, cb_g, fmt, codes_decoded, gmax, sc, ts_out, out, nw,
+    def lane(xh, xt, n, tab, ntab, rep, sh, kbase, top, ok, cb_g, fmt_arg, cd_arg, gmax, sc, ts_out, out, nw,
              flag):
+        fmt = FMT                # the compiled constants, not fmt_arg / cd_arg (kernel() keys them)
+        codes_decoded = CD
         t = cuda.shared.array(LANE_ENTRIES, uint64)
         cb = cuda.shared.array(M, float32)
         s_e = cuda.shared.array(1, int32)
@@ -319,11 +324,13 @@ def _make_lane(k: int, layout: int, kind: int, bs: int):
 _KERNELS: dict = {}
 
 
-def kernel(k: int, layout: int, kind: int, blocksize: int):
-    """The compiled lane quantizer for (K, layout id, input kind, blocksize 16 or 32)."""
-    key = (k, layout, kind, blocksize)
+def kernel(k: int, layout: int, kind: int, blocksize: int, fmt: int, codes_decoded: int):
+    """The compiled lane quantizer for (K, layout id, input kind, blocksize 16 or 32, scale format id, codes against
+    the decoded scale): the format is a constant of the kernel, as cuda_src/kbit.cu's DEF instance makes it for the
+    defaults, so the per-group switches on it fold away (its launch arguments are not read)."""
+    key = (k, layout, kind, blocksize, fmt, int(codes_decoded))
     if key not in _KERNELS:
-        _KERNELS[key] = _make_lane(k, layout, kind, blocksize)
+        _KERNELS[key] = _make_lane(*key)
     return _KERNELS[key]
 
 

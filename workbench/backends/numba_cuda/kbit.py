@@ -137,7 +137,7 @@ def _quantize_lanes(x, n, codebook, cb, k, blocksize, layout, fmt, against, gmax
         x = x.clone()
     whole = 32 * (n // 32)
     head, tail = x[:whole].view(torch.int64), x[whole:]
-    kern = KL.kernel(k, K.LAYOUT_IDS[layout], _kind(x.dtype), blocksize)
+    kern = KL.kernel(k, K.LAYOUT_IDS[layout], _kind(x.dtype), blocksize, fmt, against)
     ntiles = -(-n // (32 * K.THREADS))
     grid = _grid(kern, ntiles, dev) if dev.type != "cpu" else 1   # simulator: small inputs go round the loop
     launch(kern, grid, K.THREADS, dev, as_array(head), _in(tail), n, as_array(tab), ntab, rep, sh,
