@@ -18,12 +18,12 @@
 //   other multiples of 32 (longer blocks, rows, 96, 384): a warp per block in 8-chunk batches, read twice (the
 //     second read hits L1/L2).
 // The search (the fused kernels): s = x / q by a per-block reciprocal and two FMA corrections (the IEEE
-// quotient, see kk_code; one in the lane kernel where x and q are 16-bit values, kk_quotient1), then one 8-byte shared load of the codebook's search table (numba_kernels/
-// cell_plan.py:kbit_plan, built on the host once per codebook; the lane kernel restages it, kk_stage_lane) and
-// one compare. Elements outside the table's range, blocks whose divisor is outside [2^-60, 2^100] and codebooks
-// without a table take the exact path (__fdiv_rn and the full nearest search). The absmax is the integer max of
-// the magnitudes' bits, which is the spec's float max for finite input and >= 0x7F800000 exactly when a block
-// holds a NaN or an Inf.
+// quotient, see kk_code; one in the lane kernel where x and q are 16-bit values, kk_quotient1), then one 8-byte
+// shared load of the codebook's search table (numba_kernels/cell_plan.py:kbit_plan, built on the host once per
+// codebook; the lane kernel restages it, kk_stage_lane) and one compare. Elements outside the table's range,
+// blocks whose divisor is outside [2^-60, 2^100] and codebooks without a table take the exact path (__fdiv_rn and
+// the full nearest search). The absmax is the integer max of the magnitudes' bits, which is the spec's float max
+// for finite input and >= 0x7F800000 exactly when a block holds a NaN or an Inf.
 // e4m3 needs the tensor max before any scale, so it runs one reduction pass first. Any other blocksize takes the
 // simple path (a thread per block for the absmax, a lane per element for the codes).
 // Dequantize, blocksize 16 or a multiple of 32: a thread per 32-element group (its K words in vector loads, codes by

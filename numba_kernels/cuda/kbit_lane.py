@@ -9,9 +9,9 @@ keeps the other blocksizes). A thread per 32-element group, grid-stride, so noth
   its scale encoded once per block, the divisor's reciprocal r once per block;
 * a whole group whose blocks' divisors lie in [2^-60, 2^100] and whose largest quotient lies inside the lane
   table codes every element from it with no branch: s = x / q as x r and two FMA corrections (exact, see
-  ``_quotient``; one where x and q have 16-bit significands, ``_quotient1``), the cell from s's bits, one 8-byte shared load (bound bits, code below) from this lane's copy
-  of the table (numba_kernels/cell_plan.py: kbit_lane_table, kbit_lane_copies: built on the host once per
-  codebook), code = below + (bound - s < 0). Any other group (the tail, NaN/Inf, a divisor out of range, a
+  ``_quotient``; one where x and q have 16-bit significands, ``_quotient1``), the cell from s's bits, one 8-byte
+  shared load (bound bits, code below) from this lane's copy of the table (numba_kernels/cell_plan.py:
+  kbit_lane_table, kbit_lane_copies: built on the host once per codebook), code = below + (bound - s < 0). Any other group (the tail, NaN/Inf, a divisor out of range, a
   codebook the table refuses) takes the exact path: IEEE division and the nearest search, per element;
 * the codes are packed in registers (dense: constant shifts; bit-plane: densely in P-bit fields, P = 2, 4 or 8,
   code j in field j // P of word j % P, then log2(P) delta swaps exchange the word index with the low bits of the
@@ -219,10 +219,7 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
             cur[w] = v
 
     @cuda.jit(fastmath=False)
-    def lane(xh, xt, n, tab, ntab, rep, sh, kbase, top, ok, cb_g, fmt_arg, cd_arg, gmax, sc, ts_out, out, nw,
-             flag):
-        fmt = FMT                # the compiled constants, not fmt_arg / cd_arg (kernel() keys them)
-        codes_decoded = CD
+    def lane(xh, xt, n, tab, ntab, rep, sh, kbase, top, ok, cb_g, gmax, sc, ts_out, out, nw, flag):
         t = cuda.shared.array(LANE_ENTRIES, uint64)
         cb = cuda.shared.array(M, float32)
         s_e = cuda.shared.array(1, int32)
@@ -234,7 +231,7 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
         tid = cuda.threadIdx.x
         for j in range(tid, ntab, THREADS):
             t[j] = uint64(tab[j])
-        emax, ts = format_constants(cb, cb_g, M, M, fmt, gmax, ts_out, s_e, tid)   # its barrier covers the table too
+        emax, ts = format_constants(cb, cb_g, M, M, FMT, gmax, ts_out, s_e, tid)   # its barrier covers the table too
         # code_lane's constants (a tuple: registers); this lane reads copy tid % rep, entry i at i * rep + tid % rep
         at = (uint32((sh - 1) & 31), uint32((0x7FFFFFFF >> ((sh - 1) & 31)) & ~1), uint32(2 * kbase), uint32(8 * rep),
               uint32((8 * ((tid & (rep - 1)) - 2 * kbase * rep)) & 0xFFFFFFFF))
@@ -265,22 +262,22 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
                 am0 = max(am0, am1)
                 am1 = am0
             a0 = _int_as_float(int32(am0))
-            bits0, q0 = divisor_of(a0, fmt, emax, ts, codes_decoded)
+            bits0, q0 = divisor_of(a0, FMT, emax, ts, CD)
             r0 = float32(1.0) / q0
             in0 = q0 >= Q_LO and q0 <= Q_HI
             full = ok != 0 and g < whole and in0 and _u32(_float_as_int(_mul(a0, r0))) + uint32(4) < top
             if bs == 32:
                 q1 = q0
                 r1 = r0
-                _store_scale(sc, uint64(g), bits0, a0, fmt)
+                _store_scale(sc, uint64(g), bits0, a0, FMT)
             else:
                 a1 = _int_as_float(int32(am1))
-                bits1, q1 = divisor_of(a1, fmt, emax, ts, codes_decoded)
+                bits1, q1 = divisor_of(a1, FMT, emax, ts, CD)
                 r1 = float32(1.0) / q1
                 full = full and q1 >= Q_LO and q1 <= Q_HI and _u32(_float_as_int(_mul(a1, r1))) + uint32(4) < top
-                _store_scale(sc, uint64(2 * g), bits0, a0, fmt)
+                _store_scale(sc, uint64(2 * g), bits0, a0, FMT)
                 if base + 16 < n:
-                    _store_scale(sc, uint64(2 * g + 1), bits1, a1, fmt)
+                    _store_scale(sc, uint64(2 * g + 1), bits1, a1, FMT)
             for i in range(NW):
                 pk[i] = uint32(0)
             if full and KIND != F32 and _short_q(q0) and _short_q(q1):   # 16-bit x and q: one correction
@@ -327,7 +324,7 @@ _KERNELS: dict = {}
 def kernel(k: int, layout: int, kind: int, blocksize: int, fmt: int, codes_decoded: int):
     """The compiled lane quantizer for (K, layout id, input kind, blocksize 16 or 32, scale format id, codes against
     the decoded scale): the format is a constant of the kernel, as cuda_src/kbit.cu's DEF instance makes it for the
-    defaults, so the per-group switches on it fold away (its launch arguments are not read)."""
+    defaults, so the per-group switches on it fold away."""
     key = (k, layout, kind, blocksize, fmt, int(codes_decoded))
     if key not in _KERNELS:
         _KERNELS[key] = _make_lane(*key)

@@ -141,8 +141,7 @@ def _quantize_lanes(x, n, codebook, cb, k, blocksize, layout, fmt, against, gmax
     ntiles = -(-n // (32 * K.THREADS))
     grid = _grid(kern, ntiles, dev) if dev.type != "cpu" else 1   # simulator: small inputs go round the loop
     launch(kern, grid, K.THREADS, dev, as_array(head), _in(tail), n, as_array(tab), ntab, rep, sh,
-           kbase, top, ok, as_array(cb), fmt, against, as_array(gmax), sa, as_array(ts), _words(out), nw,
-           as_array(flag))
+           kbase, top, ok, as_array(cb), as_array(gmax), sa, as_array(ts), _words(out), nw, as_array(flag))
 
 
 def dequantize_kbit(packed, scales, tensor_scale, codebook, k, blocksize, n, layout, scale_format, dtype):
