@@ -455,6 +455,34 @@ cdef extern from *:
         for (int i = 0; i < 8; ++i) h[i] = l[i] + l[i + 8];
         return kbm_combine(h);
     }
+    /* the 128 weights of pair step u (packed bytes row[u / 2 ..]) through the planes: e0, e1, o0, o1 hold their 16-bit
+       values (kbm_f32_512 widens each to two fp32 vectors, in kbm_pair_index's order) */
+    KBM_T512 __attribute__((always_inline))
+    static inline void kbm_decode512(const uint8_t* row, int64_t u, __m512i plo, __m512i phi, __m512i* e0,
+                                     __m512i* e1, __m512i* o0, __m512i* o1) {
+        const __m512i m0f = _mm512_set1_epi8(0x0f);
+        /* 2 KB ahead (one line per step): 20 % off a call whose weights come from DRAM, none off one from L3 */
+        _mm_prefetch((const char*)(row + (u >> 1) + KBM_PF), _MM_HINT_T0);
+        __m512i v = _mm512_loadu_si512((const void*)(row + (u >> 1)));
+        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f), lo = _mm512_and_si512(v, m0f);
+        __m512i h_l = _mm512_shuffle_epi8(plo, hi), h_h = _mm512_shuffle_epi8(phi, hi);
+        __m512i l_l = _mm512_shuffle_epi8(plo, lo), l_h = _mm512_shuffle_epi8(phi, lo);
+        *e0 = _mm512_unpacklo_epi8(h_l, h_h); *e1 = _mm512_unpackhi_epi8(h_l, h_h);
+        *o0 = _mm512_unpacklo_epi8(l_l, l_h); *o1 = _mm512_unpackhi_epi8(l_l, l_h);
+    }
+    /* decoded vector v times activations x[16 v ..] into accumulator v */
+    KBM_T512 __attribute__((always_inline))
+    static inline void kbm_fma512(const float* x, __m512i e0, __m512i e1, __m512i o0, __m512i o1, int kind,
+                                  __m512* acc) {
+        acc[0] = _mm512_fmadd_ps(kbm_f32_512(e0, kind, 0), _mm512_loadu_ps(x), acc[0]);
+        acc[1] = _mm512_fmadd_ps(kbm_f32_512(e0, kind, 1), _mm512_loadu_ps(x + 16), acc[1]);
+        acc[2] = _mm512_fmadd_ps(kbm_f32_512(e1, kind, 0), _mm512_loadu_ps(x + 32), acc[2]);
+        acc[3] = _mm512_fmadd_ps(kbm_f32_512(e1, kind, 1), _mm512_loadu_ps(x + 48), acc[3]);
+        acc[4] = _mm512_fmadd_ps(kbm_f32_512(o0, kind, 0), _mm512_loadu_ps(x + 64), acc[4]);
+        acc[5] = _mm512_fmadd_ps(kbm_f32_512(o0, kind, 1), _mm512_loadu_ps(x + 80), acc[5]);
+        acc[6] = _mm512_fmadd_ps(kbm_f32_512(o1, kind, 0), _mm512_loadu_ps(x + 96), acc[6]);
+        acc[7] = _mm512_fmadd_ps(kbm_f32_512(o1, kind, 1), _mm512_loadu_ps(x + 112), acc[7]);
+    }
     /* one output row, 8 accumulators (decoded vector v -> accumulator v), pairs in increasing k; wbuf != NULL: the
        row's decoded weights go to wbuf instead (permuted order), for kbm_rows_planes512 */
     KBM_T512 __attribute__((always_inline))
@@ -462,7 +490,6 @@ cdef extern from *:
                                      const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
                                      int kind, int64_t n, float* wbuf) {
         const __m512 t16 = _mm512_loadu_ps(table);
-        const __m512i m0f = _mm512_set1_epi8(0x0f);
         /* scales from cmin on make every nonzero product t * s normal (1 + 2^-20: room for the division's rounding) */
         float tmin = 0.0f;
         for (int j = 0; j < 16; ++j) {
@@ -471,15 +498,38 @@ cdef extern from *:
         }
         const float cmin = tmin > 0.0f ? (float)((double)FLT_MIN / (double)tmin * (1.0 + 0x1p-20)) : 0.0f;
         const int cvt_on = kind == 1 && kbm_bf16_round && cmin <= FLT_MAX;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        __m512 acc[8];
+        for (int i = 0; i < 8; ++i) acc[i] = _mm512_setzero_ps();
         __m512i plo = _mm512_setzero_si512(), phi = plo;
         const int64_t i0 = n * K;
         const uint8_t* row = packed + (i0 >> 1);
         const int lg = __builtin_ctzll((unsigned long long)bs);
         const int64_t blast = (i0 + K - 1) >> lg;
         float sc[KBM_SCALES];                                      /* nested scales of blocks sbase .. + scount */
-        int64_t sbase = 0, scount = 0, pb0 = -1, pb1 = -1;
-        for (int64_t u = 0; u < K; u += 2 * KBM_UNIT) {
+        int64_t sbase = 0, scount = 0, pb0 = -1, pb1 = -1, u = 0;
+        /* blocksize 64 (the default): both tables change at every step. A chunk of up to KBM_SCALES blocks whose
+           scales all take the one-instruction rounding (fp16 always) runs with no test per step, so the next
+           step's table build overlaps this step's products; the general loop below takes any other chunk on */
+        if (lg == 6 && wbuf == NULL && (kind == 2 || cvt_on)) {
+            while (u < K) {
+                const int64_t b0 = (i0 + u) >> 6;
+                int64_t nb = (K - u) >> 6;                         /* even: K % 128 == 0 */
+                if (nb > KBM_SCALES) nb = KBM_SCALES;
+                const float* sp = s + b0;
+                if (a8 != NULL) { kbm_scales8(s, a8, code2, off, b0, (int)nb, sc); sp = sc; }
+                int ok = 1;
+                if (kind == 1)
+                    for (int64_t j = 0; j < nb; ++j) ok &= (sp[j] >= cmin) & (sp[j] <= FLT_MAX);
+                if (!ok) break;
+                for (int64_t j = 0; j < nb; j += 2, u += 2 * KBM_UNIT) {
+                    kbm_planes512(t16, sp[j], sp[j + 1], 0, kind, 1, table, &plo, &phi);
+                    __m512i e0, e1, o0, o1;
+                    kbm_decode512(row, u, plo, phi, &e0, &e1, &o0, &o1);
+                    kbm_fma512(xp + u, e0, e1, o0, o1, kind, acc);
+                }
+            }
+        }
+        for (; u < K; u += 2 * KBM_UNIT) {
             const int64_t b0 = (i0 + u) >> lg, b1 = (i0 + u + KBM_UNIT) >> lg;
             if (b0 != pb0 || b1 != pb1) {
                 float s0, s1;
@@ -498,14 +548,8 @@ cdef extern from *:
                 kbm_planes512(t16, s0, s1, b0 == b1, kind, cvt, table, &plo, &phi);
                 pb0 = b0; pb1 = b1;
             }
-            /* 2 KB ahead (one line per step): 20 % off a call whose weights come from DRAM, none off one from L3 */
-            _mm_prefetch((const char*)(row + (u >> 1) + KBM_PF), _MM_HINT_T0);
-            __m512i v = _mm512_loadu_si512((const void*)(row + (u >> 1)));
-            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f), lo = _mm512_and_si512(v, m0f);
-            __m512i h_l = _mm512_shuffle_epi8(plo, hi), h_h = _mm512_shuffle_epi8(phi, hi);
-            __m512i l_l = _mm512_shuffle_epi8(plo, lo), l_h = _mm512_shuffle_epi8(phi, lo);
-            __m512i e0 = _mm512_unpacklo_epi8(h_l, h_h), e1 = _mm512_unpackhi_epi8(h_l, h_h);
-            __m512i o0 = _mm512_unpacklo_epi8(l_l, l_h), o1 = _mm512_unpackhi_epi8(l_l, l_h);
+            __m512i e0, e1, o0, o1;
+            kbm_decode512(row, u, plo, phi, &e0, &e1, &o0, &o1);
             if (wbuf) {
                 float* w = wbuf + u;
                 _mm512_storeu_ps(w, kbm_f32_512(e0, kind, 0));       _mm512_storeu_ps(w + 16, kbm_f32_512(e0, kind, 1));
@@ -514,17 +558,9 @@ cdef extern from *:
                 _mm512_storeu_ps(w + 96, kbm_f32_512(o1, kind, 0));  _mm512_storeu_ps(w + 112, kbm_f32_512(o1, kind, 1));
                 continue;
             }
-            const float* x = xp + u;
-            a0 = _mm512_fmadd_ps(kbm_f32_512(e0, kind, 0), _mm512_loadu_ps(x), a0);
-            a1 = _mm512_fmadd_ps(kbm_f32_512(e0, kind, 1), _mm512_loadu_ps(x + 16), a1);
-            a2 = _mm512_fmadd_ps(kbm_f32_512(e1, kind, 0), _mm512_loadu_ps(x + 32), a2);
-            a3 = _mm512_fmadd_ps(kbm_f32_512(e1, kind, 1), _mm512_loadu_ps(x + 48), a3);
-            a4 = _mm512_fmadd_ps(kbm_f32_512(o0, kind, 0), _mm512_loadu_ps(x + 64), a4);
-            a5 = _mm512_fmadd_ps(kbm_f32_512(o0, kind, 1), _mm512_loadu_ps(x + 80), a5);
-            a6 = _mm512_fmadd_ps(kbm_f32_512(o1, kind, 0), _mm512_loadu_ps(x + 96), a6);
-            a7 = _mm512_fmadd_ps(kbm_f32_512(o1, kind, 1), _mm512_loadu_ps(x + 112), a7);
+            kbm_fma512(xp + u, e0, e1, o0, o1, kind, acc);
         }
-        return kbm_reduce512(a0, a1, a2, a3, a4, a5, a6, a7);
+        return kbm_reduce512(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7]);
     }
     KBM_T512
     static float kbm_row_planes512(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
