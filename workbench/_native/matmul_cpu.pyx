@@ -24,7 +24,9 @@ the 16 values table[j] * s rounded to A's dtype), each with its own float32 orde
   (``unit_permutation(kind, wide=True)``). ~1.45x the 256-bit loop per core (Zen 5, blocksize 64, L2-resident).
   Where the CPU has AVX512_BF16 it rounds a pair of bf16 tables with one vcvtne2ps2bf16 and builds the planes by
   one-source byte permutes (the same values; blocks whose products could be subnormal keep the integer adds):
-  9-12 % off the call on an Intel Xeon at blocksize 64 (``set_bf16_round``).
+  9-12 % off the call on an Intel Xeon at blocksize 64 (``set_bf16_round``). At blocksize 64 a chunk of blocks
+  whose scales all take that rounding (fp16: always) runs with no test per step: 5-18 % off the kernel on a Zen 4
+  (reports/matmul-cpu/gemv_bs64_chunks_ab_zen4/).
 * **8 lanes** (``gemm_4bit_fused`` / ``gemv_4bit_nested``): the order of numba_kernels/cpu/matmul.py, element k of
   a row into lane k % 8 of 8 float32 partial sums (increasing k per lane, separate multiply and add), lanes
   combined as above, bias added in float32. Output float32 (the adapter rounds it once to A's dtype), so this
