@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The numba_cuda k-bit GPU tests (tests/test_kbit_gpu.py, the affine case of tests/test_kbit_affine_sim.py), split
 # over parallel processes (one per group below; the every-K test one per K, and K = 8 and the lane quantizer's
-# search-table cases one per blocksize or K): Numba compiles each (K, layout, input kind, blocksize) kernel on
-# first use (the lane quantizer 30-60 s each, CPU bound), so one process needs over 10 minutes on a fresh machine.
+# search-table cases one per blocksize or K): Numba compiles each (K, layout, input kind, blocksize, scale format)
+# kernel on first use (the lane quantizer 30-60 s each, CPU bound), so one process needs over 10 minutes on a fresh
+# machine.
 # Their pass is what clears registry.NOT_YET_RUN_ON_A_GPU. Results: $OUT/kbit-h200/numba_cuda/pytest_gpu_numba_cuda.txt.
 # usage (on the device, repo root): bash studies/probes/device_kbit_numba_cuda.sh
 export PYTHONUNBUFFERED=1 KBIT_PROGRESS=0 MPLBACKEND=Agg
