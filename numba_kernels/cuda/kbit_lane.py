@@ -11,8 +11,9 @@ keeps the other blocksizes). A thread per 32-element group, grid-stride, so noth
   table codes every element from it with no branch: s = x / q as x r and two FMA corrections (exact, see
   ``_quotient``; one where x and q have 16-bit significands, ``_quotient1``), the cell from s's bits, one 8-byte
   shared load (bound bits, code below) from this lane's copy of the table (numba_kernels/cell_plan.py:
-  kbit_lane_table, kbit_lane_copies: built on the host once per codebook), code = below + (bound - s < 0). Any other group (the tail, NaN/Inf, a divisor out of range, a
-  codebook the table refuses) takes the exact path: IEEE division and the nearest search, per element;
+  kbit_lane_table, kbit_lane_copies: built on the host once per codebook), code = below + (bound - s < 0). Any
+  other group (the tail, NaN/Inf, a divisor out of range, a codebook the table refuses) takes the exact path: IEEE
+  division and the nearest search, per element;
 * the codes are packed in registers (dense: constant shifts; bit-plane: densely in P-bit fields, P = 2, 4 or 8,
   code j in field j // P of word j % P, then log2(P) delta swaps exchange the word index with the low bits of the
   bit index, so word b is plane b: cuda_src/kbit.cu's KkPack) and the group's K words stored by its thread.
