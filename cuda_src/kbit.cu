@@ -12,7 +12,8 @@
 //     delta swaps in registers (KkPack); even K stores a group's words as 16- or 8-byte vectors. This kernel is
 //     bound by instruction issue at K <= 6 (ncu: 0.77 issued per cycle per scheduler, ALU pipe 62 %), about 20
 //     instructions per element with the block's own work (dense; the bit planes' swaps add 0.2 at K = 2 to 1.9 at
-//     K > 4), and by L1 at K = 7, 8 (92-97 %: the table's bank conflicts and the scattered loads and stores);
+//     K > 4), and by L1 at K = 7, 8 (92-97 %: the table's bank conflicts and the scattered loads and stores; at
+//     K = 8 the input is staged by coalesced cp.async through shared memory, kk_stage_in);
 //   64, 128, 256: a warp per block, a lane per element, 8 chunks of 32 in flight per warp, the packed words made
 //     by a ballot per bit plane or an OR-reduction per dense word;
 //   other multiples of 32 (longer blocks, rows, 96, 384): a warp per block in 8-chunk batches, read twice (the
@@ -504,6 +505,38 @@ KK void kk_load32(const void* x, int kind, long long base, long long n, bool vec
 // 2.6 executed instructions an element of control, tuning/ncu_source_k4_d8f0869.txt).
 // Three CTAs per SM (80 registers): without the bound one instance took 98 and two CTAs; four CTAs (64 registers,
 // spills) measured no faster at K <= 4 and 9-16 % slower at K = 7, 8 (reports/kbit-h200/tuning/launch_bounds_ab/).
+// Input staging for the lane kernel at K = 8, bound by L1 there: a thread's four 16-byte loads of its 64 bytes
+// span 16 lines of 128 bytes per warp instruction, 64 wavefronts per 2 KB where 16 suffice. Coalesced copies into
+// a 2 KB buffer per warp, then four conflict-free shared reads, take 32.
+// (at K <= 7, bound by instruction issue, the extra instructions cost more than the wavefronts save)
+#define KK_STAGE_BYTES (8 * 2048)   // 8 warps per CTA
+// this warp's buffer: past the table and the codebook, 16-byte aligned
+KK uint32_t kk_stage_buffer(const KkLane& L, int m) {
+    const uint32_t off = ((uint32_t)(2 * L.hx * L.rep * 8 + m * 4) + 15u) & ~15u;
+    return (uint32_t)__cvta_generic_to_shared(kk_smem) + off + (threadIdx.x >> 5) * 2048u;
+}
+// 16-byte unit j of lane l's 64 bytes sits at unit 4 l + (j ^ ((l >> 1) & 3)): in each of the owners' four
+// reads the 32 lanes then cover the 8 bank groups 4 times each, the least a 512-byte access takes
+KK uint32_t kk_stage_slot(uint32_t u) { return 16u * ((u & ~3u) | ((u ^ (u >> 3)) & 3u)); }
+// the warp's 2 KB at xw - lane (lane t copies units t, t + 32, t + 64, t + 96), one commit group
+KK void kk_stage_in(const uint4* xw, uint32_t stg, int lane) {
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(stg + kk_stage_slot(lane + 32 * k)),
+                     "l"(xw + 32 * k));
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// this lane's 64 bytes, once the warp's copies have landed; the buffer is free for the next span after it
+KK void kk_stage_out(uint32_t stg, int lane, uint4* u) {
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    __syncwarp();
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(u[j].x), "=r"(u[j].y), "=r"(u[j].z),
+                     "=r"(u[j].w) : "r"(stg + kk_stage_slot(4 * lane + j)));
+    __syncwarp();
+}
+
 template <int K, int LAYOUT, bool DEF>
 __global__ void __launch_bounds__(256, 3) kk_quantize_lane_kernel(
         const void* x, int kind_arg, long long n, int bs_arg, bool vec_arg, const float* cb, KkPlan P, int fmt_arg,
@@ -513,6 +546,7 @@ __global__ void __launch_bounds__(256, 3) kk_quantize_lane_kernel(
     const int codes_decoded = DEF ? 0 : codes_decoded_arg;
     const bool vec = DEF || vec_arg;
     constexpr int M = 1 << K;
+    constexpr bool STAGE = K == 8;
     float* c;
     const KkLane L = kk_stage_lane(P, cb, M, &c);
     const long long emax = fmt == 4 ? kk_codebook_emax(c, M) : 0;
@@ -527,18 +561,27 @@ __global__ void __launch_bounds__(256, 3) kk_quantize_lane_kernel(
     const bool pf = vec && kind != 0;
     uint4 nx[4];
     long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const uint4* xn = (const uint4*)x + g * 4;         // the next group's input (16-bit elements: 4 vectors)
+    const int lane = threadIdx.x & 31;
+    // STAGE: the warp's next 32 groups (2 KB) come by coalesced 16-byte cp.async into its shared buffer, each
+    // lane's 64 bytes swizzled so that its four 16-byte reads are conflict-free (see kk_stage_in)
+    const uint4* xn = (const uint4*)x + (STAGE ? (g - lane) * 4 + lane : g * 4);   // the next input
+    const uint32_t stg = STAGE ? kk_stage_buffer(L, M) : 0u;
     uint32_t* o = out + g * K;                         // this group's words
     const bool ovec = ((uintptr_t)out & 15) == 0;      // then group g's words are (K % 4 ? 8 : 16)-byte aligned
-    bool have = pf && g < whole;
+    // STAGE: only spans whose 32 groups are all whole (warp-uniform); the last partial span loads directly
+    bool have = pf && (STAGE ? g - lane + 32 <= whole : g < whole);
     if (have) {
+        if (STAGE) kk_stage_in(xn, stg, lane);
+        else {
 #pragma unroll
-        for (int j = 0; j < 4; j++) nx[j] = __ldcs(xn + j);
+            for (int j = 0; j < 4; j++) nx[j] = __ldcs(xn + j);
+        }
     }
     for (; g < groups; g += step, o += step * K) {
         const long long base = g * 32;
         float v[32];
         uint32_t am[2] = {0u, 0u};
+        if (STAGE && have) kk_stage_out(stg, lane, nx);
         if (have) {
             kk_unpack32(nx, kind, v);
             kk_absmax16(nx, kind, am);
@@ -547,11 +590,14 @@ __global__ void __launch_bounds__(256, 3) kk_quantize_lane_kernel(
 #pragma unroll
             for (int j = 0; j < 32; j++) am[j >> 4] = max(am[j >> 4], KK_MAG(v[j]));
         }
-        have = pf && g + step < whole;
+        have = pf && (STAGE ? g - lane + step + 32 <= whole : g + step < whole);
         xn += step * 4;
         if (have) {
+            if (STAGE) kk_stage_in(xn, stg, lane);
+            else {
 #pragma unroll
-            for (int j = 0; j < 4; j++) nx[j] = __ldcs(xn + j);
+                for (int j = 0; j < 4; j++) nx[j] = __ldcs(xn + j);
+            }
         }
         bad |= max(am[0], am[1]) >= KK_NONFINITE_BITS;
         if (bs == 32) am[0] = am[1] = max(am[0], am[1]);
@@ -583,9 +629,9 @@ __global__ void __launch_bounds__(256, 3) kk_quantize_lane_kernel(
                 full = full && __float_as_uint(__fmul_rn(__uint_as_float(am[h]), rq[h])) + 4u < L.top;
         // 16-bit input and 16-bit divisors (the absmax itself, or a decoded e4m4 / e8m0 / fp16 / bf16 scale): one
         // correction of the quotient is exact (kk_quotient1), two instructions an element fewer: 9-12 % faster
-        // where issue bound (K <= 6). Not for bit-plane K = 8, bound by L1, where the third copy of the loop cost 5 %
-        // (dense K = 8: 2 % faster with it; reports/kbit-h200/tuning/one_correction_ab/).
-        const bool shortq = (K < 8 || LAYOUT == 1) && kind != 0 && KK_SHORT_Q(q[0]) && KK_SHORT_Q(q[1]);
+        // where issue bound (K <= 6), 4 % at bit-plane K = 8 once its input is staged (before that 5 % slower:
+        // reports/kbit-h200/tuning/one_correction_ab/, input_staging_ab/).
+        const bool shortq = kind != 0 && KK_SHORT_Q(q[0]) && KK_SHORT_Q(q[1]);
         KkPack<K, LAYOUT> pk;
         if (full && shortq) {
 #pragma unroll
@@ -930,7 +976,7 @@ static unsigned grid_for(long long items, int per_cta, int per_sm = 64) {
 static int kk_lane_per_sm = 16, kk_lane_bytes = KK_LANE_BYTES;
 extern "C" void kbit_kbit_tuning(int lane_per_sm, int lane_kb) {
     kk_lane_per_sm = lane_per_sm > 0 ? lane_per_sm : 16;
-    kk_lane_bytes = lane_kb > 0 ? (lane_kb < 220 ? lane_kb : 220) << 10 : KK_LANE_BYTES;
+    kk_lane_bytes = lane_kb > 0 ? (lane_kb < 208 ? lane_kb : 208) << 10 : KK_LANE_BYTES;   // + K = 8's staging
 }
 
 // A tuned budget past 48 KB: the lane kernel must be allowed that much dynamic shared memory first, once per
@@ -971,10 +1017,10 @@ extern "C" int kbit_kbit_quantize(const void* x, int kind, long long n, int bloc
 #define KK_Q(CH) kk_quantize_warp_kernel<CH><<<grid_for(units, 8 * (KK_BATCH / CH), per_sm), 256, smem, s>>>( \
             x, kind, n, blocksize, cb, P, m, k, layout, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite)
         const bool vec = ((uintptr_t)x & 15) == 0;
-        const size_t lsmem = (size_t)kk_lane_smem(P, m);
+        const size_t lsmem0 = (size_t)kk_lane_smem(P, m), lsmem8 = ((lsmem0 + 15) & ~(size_t)15) + KK_STAGE_BYTES;
         const unsigned lgrid = grid_for((n + 31) / 32, 256, kk_lane_per_sm);
-#define KK_LPF(K, L, DEF) ((void)kk_lane_allow<K, L, DEF>(lsmem), \
-            kk_quantize_lane_kernel<K, L, DEF><<<lgrid, 256, lsmem, s>>>( \
+#define KK_LPF(K, L, DEF) ((void)kk_lane_allow<K, L, DEF>(K == 8 ? lsmem8 : lsmem0), \
+            kk_quantize_lane_kernel<K, L, DEF><<<lgrid, 256, K == 8 ? lsmem8 : lsmem0, s>>>( \
             x, kind, n, blocksize, vec, cb, P, fmt, codes_decoded, gmax, scales, ts, out, nw, nonfinite))
         const bool def = kind == 1 && blocksize == 32 && fmt == 3 && !codes_decoded && vec;
 #define KK_L(K) (layout == 0 ? (def ? KK_LPF(K, 0, true) : KK_LPF(K, 0, false)) \
