@@ -851,109 +851,125 @@ __global__ void __launch_bounds__(256) kk_dequantize_kernel(
 // then one multiply gathers an element's bits, or for K > 4 an 8x8 bit transpose per octet), the block scale is
 // decoded once (twice for blocksize 16), and the group leaves in 16-byte stores (bf16/fp16 pairs converted two at
 // a time).
+// Copies of the dequantizer's codebook: 16 KB at K = 8 and dense K = 7, the most beside the 32 KB output stage in
+// 48 KB of static shared memory (4 CTAs per SM, not 6); their grid is capped (KK_DQ_PER_SM) so that each CTA's
+// copies serve many groups. 3-4 % faster there; bit-plane K = 7 was 4 % slower with them
+// (reports/kbit-h200/tuning/dequantize_copies_ab/).
+#define KK_DQ_COPIES(K, LAYOUT) ((K) == 8 ? 16 : ((K) == 7 && (LAYOUT) == 1 ? 32 : 1))
+#define KK_DQ_PER_SM 8
 template <int K, int LAYOUT>
 __global__ void __launch_bounds__(256) kk_dequantize_group_kernel(
         const uint32_t* __restrict__ words, long long nw, long long n, int bs, int bs_shift,
         const void* __restrict__ scales, int fmt, const float* ts_p, const float* __restrict__ cb, int kind, bool vec,
         bool wvec, void* __restrict__ out) {
     constexpr int M = 1 << K;
-    __shared__ float c[M];
+    // K = 7, 8: the codebook in C copies, interleaved entry by entry, lane l reading copy l % C. With one copy a
+    // warp's 32 lookups of normal data take 2.8-3.1 wavefronts; with 16 copies 2, with 32 one (KK_DQ_COPIES).
+    // One copy: the grid is not capped and each thread has one group.
+    constexpr int C = KK_DQ_COPIES(K, LAYOUT);
+    __shared__ float c[M * C];
     __shared__ uint4 stage[256 * 8];               // the output of each warp's groups (below)
-    for (int j = threadIdx.x; j < M; j += blockDim.x) c[j] = cb[j];
+    for (int j = threadIdx.x; j < M * C; j += blockDim.x) c[j] = cb[j / C];
     __syncthreads();
-    const long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x, base = g * 32;
-    if (base >= n) return;
+    const float* cl = c + (threadIdx.x & (C - 1));
     const float ts = ts_p ? ts_p[0] : 1.0f;
-    uint32_t w[K];
-    const uint32_t* wp = words + g * K;
-    if (wvec && g * K + K <= nw && K % 2 == 0) {  // the group's words at 8K bytes: 16-byte loads when 4 | K
+    const long long step = (long long)gridDim.x * blockDim.x;   // a grid-stride loop where the grid is capped
+    for (long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x; g * 32 < n; g += step) {
+        const long long base = g * 32;
+        uint32_t w[K];
+        const uint32_t* wp = words + g * K;
+        if (wvec && g * K + K <= nw && K % 2 == 0) {  // the group's words at 8K bytes: 16-byte loads when 4 | K
 #pragma unroll
-        for (int b = 0; b < K; b += K % 4 == 0 ? 4 : 2) {
-            if (K % 4 == 0) {
-                const uint4 u = __ldcs((const uint4*)(wp + b));
-                w[b] = u.x; w[(b + 1) % K] = u.y; w[(b + 2) % K] = u.z; w[(b + 3) % K] = u.w;
-            } else {
-                const uint2 u = __ldcs((const uint2*)(wp + b));
-                w[b] = u.x; w[(b + 1) % K] = u.y;
-            }
-        }
-    } else {
-#pragma unroll
-        for (int b = 0; b < K; b++) w[b] = g * K + b < nw ? __ldcs(wp + b) : 0u;
-    }
-    float d[2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const long long i = base + 16 * h < n ? base + 16 * h : base;
-        d[h] = kk_decode(kk_load_scale(scales, fmt, bs_shift >= 0 ? i >> bs_shift : i / bs), fmt, ts);
-    }
-    uint32_t lo[4], hi[4];                         // bit-plane: octet o's byte b = plane b's byte o
-    if (LAYOUT == 0) {
-#pragma unroll
-        for (int o = 0; o < 4; o++) {
-            const uint32_t sel = (uint32_t)o | (uint32_t)(4 + o) << 4;
-            const uint32_t p2 = K > 2 ? w[2 < K ? 2 : 0] : 0u, p3 = K > 3 ? w[3 < K ? 3 : 0] : 0u;
-            lo[o] = __byte_perm(__byte_perm(w[0], w[1], sel), __byte_perm(p2, p3, sel), 0x5410);
-            if (K > 4) {
-                const uint32_t p4 = w[4 < K ? 4 : 0], p5 = K > 5 ? w[5 < K ? 5 : 0] : 0u,
-                               p6 = K > 6 ? w[6 < K ? 6 : 0] : 0u, p7 = K > 7 ? w[7 < K ? 7 : 0] : 0u;
-                hi[o] = __byte_perm(__byte_perm(p4, p5, sel), __byte_perm(p6, p7, sel), 0x5410);
-                // rows: planes 0-3 in lo, 4-7 in hi; columns: its 8 elements. Element e's code is then byte e of
-                // lo (e < 4) or byte e - 4 of hi: ~3.6 instructions an element, not ~9.
-                kk_transpose8(lo[o], hi[o]);
-            }
-        }
-    }
-    float v[32];
-#pragma unroll
-    for (int j = 0; j < 32; j++) {
-        uint32_t code;
-        if (LAYOUT == 0) {
-            const int o = j >> 3, e = j & 7;
-            if (K > 4) code = __byte_perm(e < 4 ? lo[o] : hi[o], 0u, 0x4440u | (e & 3));   // transposed above
-            else code = (((lo[o] >> e) & 0x01010101u) * 0x01020408u) >> 24;   // bits e of the four bytes
-        } else {
-            const int p = j * K, wi = p >> 5, sh = p & 31;
-            code = (sh + K <= 32 ? w[wi] >> sh : __funnelshift_r(w[wi], w[wi + 1 < K ? wi + 1 : wi], sh)) & (M - 1u);
-        }
-        v[j] = __fmul_rn(c[code], d[j >> 4]);
-    }
-    // A warp of 32 whole groups stores through shared memory, 512 contiguous bytes per store (ncu on per-thread
-    // 64-byte stores: L2 86 %, DRAM 47 %).
-    const int lane = threadIdx.x & 31;
-    if (vec && (g - lane + 32) * 32 <= n) {
-        uint4* st = stage + (threadIdx.x - lane) * 8;
-        if (kind == 0) {
-            uint4 o[8];
-#pragma unroll
-            for (int q = 0; q < 8; q++)
-                o[q] = make_uint4(__float_as_uint(v[4 * q]), __float_as_uint(v[4 * q + 1]), __float_as_uint(v[4 * q + 2]),
-                                  __float_as_uint(v[4 * q + 3]));
-            kbit_store_warp_staged<8>((uint4*)((float*)out + (g - lane) * 32), o, st, lane);
-        } else {
-            uint32_t h[16];
-#pragma unroll
-            for (int e = 0; e < 16; e++) {
-                if (kind == 1) {
-                    __nv_bfloat162 t = __floats2bfloat162_rn(v[2 * e], v[2 * e + 1]);
-                    h[e] = *(uint32_t*)&t;
+            for (int b = 0; b < K; b += K % 4 == 0 ? 4 : 2) {
+                if (K % 4 == 0) {
+                    const uint4 u = __ldcs((const uint4*)(wp + b));
+                    w[b] = u.x; w[(b + 1) % K] = u.y; w[(b + 2) % K] = u.z; w[(b + 3) % K] = u.w;
                 } else {
-                    __half2 t = __floats2half2_rn(v[2 * e], v[2 * e + 1]);
-                    h[e] = *(uint32_t*)&t;
+                    const uint2 u = __ldcs((const uint2*)(wp + b));
+                    w[b] = u.x; w[(b + 1) % K] = u.y;
                 }
             }
-            uint4 o[4];
+        } else {
 #pragma unroll
-            for (int q = 0; q < 4; q++) o[q] = make_uint4(h[4 * q], h[4 * q + 1], h[4 * q + 2], h[4 * q + 3]);
-            kbit_store_warp_staged<4>((uint4*)((uint16_t*)out + (g - lane) * 32), o, st, lane);
+            for (int b = 0; b < K; b++) w[b] = g * K + b < nw ? __ldcs(wp + b) : 0u;
         }
-    } else {
+        float d[2];
 #pragma unroll
-        for (int j = 0; j < 32; j++)
-            if (base + j < n) {
-                if (kind == 0) ((float*)out)[base + j] = v[j];
-                else ((uint16_t*)out)[base + j] = kk_half_bits(kind, v[j]);
+        for (int h = 0; h < 2; h++) {
+            const long long i = base + 16 * h < n ? base + 16 * h : base;
+            d[h] = kk_decode(kk_load_scale(scales, fmt, bs_shift >= 0 ? i >> bs_shift : i / bs), fmt, ts);
+        }
+        uint32_t lo[4], hi[4];                         // bit-plane: octet o's byte b = plane b's byte o
+        if (LAYOUT == 0) {
+#pragma unroll
+            for (int o = 0; o < 4; o++) {
+                const uint32_t sel = (uint32_t)o | (uint32_t)(4 + o) << 4;
+                const uint32_t p2 = K > 2 ? w[2 < K ? 2 : 0] : 0u, p3 = K > 3 ? w[3 < K ? 3 : 0] : 0u;
+                lo[o] = __byte_perm(__byte_perm(w[0], w[1], sel), __byte_perm(p2, p3, sel), 0x5410);
+                if (K > 4) {
+                    const uint32_t p4 = w[4 < K ? 4 : 0], p5 = K > 5 ? w[5 < K ? 5 : 0] : 0u,
+                                   p6 = K > 6 ? w[6 < K ? 6 : 0] : 0u, p7 = K > 7 ? w[7 < K ? 7 : 0] : 0u;
+                    hi[o] = __byte_perm(__byte_perm(p4, p5, sel), __byte_perm(p6, p7, sel), 0x5410);
+                    // rows: planes 0-3 in lo, 4-7 in hi; columns: its 8 elements. Element e's code is then byte e of
+                    // lo (e < 4) or byte e - 4 of hi: ~3.6 instructions an element, not ~9.
+                    kk_transpose8(lo[o], hi[o]);
+                }
             }
+        }
+        float v[32];
+#pragma unroll
+        for (int j = 0; j < 32; j++) {
+            uint32_t code;
+            if (LAYOUT == 0) {
+                const int o = j >> 3, e = j & 7;
+                if (K > 4) code = __byte_perm(e < 4 ? lo[o] : hi[o], 0u, 0x4440u | (e & 3));   // transposed above
+                else code = (((lo[o] >> e) & 0x01010101u) * 0x01020408u) >> 24;   // bits e of the four bytes
+            } else {
+                const int p = j * K, wi = p >> 5, sh = p & 31;
+                code = (sh + K <= 32 ? w[wi] >> sh : __funnelshift_r(w[wi], w[wi + 1 < K ? wi + 1 : wi], sh))
+                       & (M - 1u);
+            }
+            v[j] = __fmul_rn(cl[code * C], d[j >> 4]);
+        }
+        // A warp of 32 whole groups stores through shared memory, 512 contiguous bytes per store (ncu on per-thread
+        // 64-byte stores: L2 86 %, DRAM 47 %).
+        const int lane = threadIdx.x & 31;
+        if (vec && (g - lane + 32) * 32 <= n) {
+            uint4* st = stage + (threadIdx.x - lane) * 8;
+            if (kind == 0) {
+                uint4 o[8];
+#pragma unroll
+                for (int q = 0; q < 8; q++)
+                    o[q] = make_uint4(__float_as_uint(v[4 * q]), __float_as_uint(v[4 * q + 1]),
+                                      __float_as_uint(v[4 * q + 2]),
+                                      __float_as_uint(v[4 * q + 3]));
+                kbit_store_warp_staged<8>((uint4*)((float*)out + (g - lane) * 32), o, st, lane);
+            } else {
+                uint32_t h[16];
+#pragma unroll
+                for (int e = 0; e < 16; e++) {
+                    if (kind == 1) {
+                        __nv_bfloat162 t = __floats2bfloat162_rn(v[2 * e], v[2 * e + 1]);
+                        h[e] = *(uint32_t*)&t;
+                    } else {
+                        __half2 t = __floats2half2_rn(v[2 * e], v[2 * e + 1]);
+                        h[e] = *(uint32_t*)&t;
+                    }
+                }
+                uint4 o[4];
+#pragma unroll
+                for (int q = 0; q < 4; q++) o[q] = make_uint4(h[4 * q], h[4 * q + 1], h[4 * q + 2], h[4 * q + 3]);
+                kbit_store_warp_staged<4>((uint4*)((uint16_t*)out + (g - lane) * 32), o, st, lane);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 32; j++)
+                if (base + j < n) {
+                    if (kind == 0) ((float*)out)[base + j] = v[j];
+                    else ((uint16_t*)out)[base + j] = kk_half_bits(kind, v[j]);
+                }
+        }
+        if (C == 1) break;
     }
 }
 
@@ -1065,10 +1081,11 @@ extern "C" int kbit_kbit_dequantize(const uint32_t* words, long long nw, long lo
     if ((blocksize & (blocksize - 1)) == 0) for (shift = 0; (1 << shift) < blocksize; shift++) {}
     if (blocksize == 16 || blocksize % 32 == 0) {
         const unsigned grid = (unsigned)(((n + 31) / 32 + 255) / 256);
+        const unsigned gcap = grid_for((n + 31) / 32, 256, KK_DQ_PER_SM);   // kernels with codebook copies
         const bool vec = ((uintptr_t)out & 15) == 0, wvec = ((uintptr_t)words & 15) == 0;
-#define KK_D(K) (layout == 0 ? kk_dequantize_group_kernel<K, 0><<<grid, 256, 0, s>>>( \
+#define KK_D(K) (layout == 0 ? kk_dequantize_group_kernel<K, 0><<<KK_DQ_COPIES(K, 0) > 1 ? gcap : grid, 256, 0, s>>>( \
             words, nw, n, blocksize, shift, scales, fmt, ts, cb, kind, vec, wvec, out) \
-                              : kk_dequantize_group_kernel<K, 1><<<grid, 256, 0, s>>>( \
+                              : kk_dequantize_group_kernel<K, 1><<<KK_DQ_COPIES(K, 1) > 1 ? gcap : grid, 256, 0, s>>>( \
             words, nw, n, blocksize, shift, scales, fmt, ts, cb, kind, vec, wvec, out))
         switch (k) {
         case 2: KK_D(2); break;
