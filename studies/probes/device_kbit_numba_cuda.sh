@@ -5,7 +5,7 @@
 # kernel on first use (the lane quantizer 30-60 s each, CPU bound), so one process needs over 10 minutes on a fresh
 # machine.
 # Their pass is what clears registry.NOT_YET_RUN_ON_A_GPU. Results: $OUT/kbit-h200/numba_cuda/pytest_gpu_numba_cuda.txt.
-# usage (on the device, repo root): bash studies/probes/device_kbit_numba_cuda.sh
+# usage (on the device, repo root): [KBIT_NUMBA_SHARD=1/3] bash studies/probes/device_kbit_numba_cuda.sh
 export PYTHONUNBUFFERED=1 KBIT_PROGRESS=0 MPLBACKEND=Agg
 source studies/probes/device_env.sh >/dev/null   # the bitsandbytes wheel, PYTHONPATH, revision, the CUDA launcher
 D="$OUT/kbit-h200/numba_cuda"; mkdir -p "$D"
@@ -18,7 +18,17 @@ GROUPS_K=("bit_exact and (dtype0 or dtype1)" "bit_exact and (dtype2 or dtype3)"
           "search_table and 32-e8m0-exact-8" "search_table and 64-fp16"
           "search_table and 512-bf16" "dequantize_nonfinite" "default_format")
 # KBIT_NUMBA_GROUPS="expr1;expr2": only these groups (and no affine part), e.g. to rerun what a timeout cut
-if [ -n "${KBIT_NUMBA_GROUPS:-}" ]; then IFS=';' read -r -a GROUPS_K <<< "$KBIT_NUMBA_GROUPS"; fi
+affine=1
+if [ -n "${KBIT_NUMBA_GROUPS:-}" ]; then IFS=';' read -r -a GROUPS_K <<< "$KBIT_NUMBA_GROUPS"; affine=0; fi
+# KBIT_NUMBA_SHARD=i/n: every n-th group from the i-th (1-based; the affine part with shard 1). All 25 groups at once
+# on 16 cores ran past a 470 s limit in 19 of them (reports/kbit-h200/numba_cuda/, 261f13f): one device call holds
+# about 8 groups, so run the shards 1/3, 2/3, 3/3 in three calls.
+if [ -n "${KBIT_NUMBA_SHARD:-}" ]; then
+  si=${KBIT_NUMBA_SHARD%/*}; sn=${KBIT_NUMBA_SHARD#*/}; pick=()
+  for j in "${!GROUPS_K[@]}"; do [ $((j % sn)) -eq $((si - 1)) ] && pick+=("${GROUPS_K[$j]}"); done
+  GROUPS_K=("${pick[@]}")
+  [ "$si" -eq 1 ] || affine=0   # the affine part only once
+fi
 i=0
 for k in "${GROUPS_K[@]}"; do
   i=$((i + 1))
@@ -26,7 +36,7 @@ for k in "${GROUPS_K[@]}"; do
     --tb=short -p no:cacheprovider -m gpu -k "numba_cuda and ($k)" tests/test_kbit_gpu.py; echo "exit $?"; } \
     > "$D/part$i.txt" 2>&1 &
 done
-[ -z "${KBIT_NUMBA_GROUPS:-}" ] && { NUMBA_CACHE_DIR=/tmp/nc0 timeout ${TEST_TIMEOUT:-500} python3 -m pytest -q \
+[ "$affine" = 1 ] && { NUMBA_CACHE_DIR=/tmp/nc0 timeout ${TEST_TIMEOUT:-500} python3 -m pytest -q \
   --tb=short -p no:cacheprovider -m gpu tests/test_kbit_affine_sim.py > "$D/part0.txt" 2>&1 & }
 wait
 for f in "$D"/part*.txt; do echo "== $(basename "$f")"; cat "$f"; done > "$D/pytest_gpu_numba_cuda.txt"
