@@ -28,7 +28,8 @@
 // e4m3 needs the tensor max before any scale, so it runs one reduction pass first. Any other blocksize takes the
 // simple path (a thread per block for the absmax, a lane per element for the codes).
 // Dequantize, blocksize 16 or a multiple of 32: a thread per 32-element group (its K words in vector loads, codes by
-// constant shifts or a bit gather per element), the output staged per warp in shared memory for 512-byte stores.
+// constant shifts or a bit gather per element), the output staged per warp in shared memory for 512-byte stores;
+// at K = 8 and dense K = 7 the codebook in interleaved copies against bank conflicts (KK_DQ_COPIES).
 // Other blocksizes: a thread per 8 elements. The scale is decoded in the kernel.
 // Speed on the H200 and what bounds it: reports/kbit-h200/README.md.
 // Every quantize path also raises a non-finite flag: the public API refuses NaN/Inf without its own pass.
