@@ -508,10 +508,10 @@ KK void kk_load32(const void* x, int kind, long long base, long long n, bool vec
 // spills) measured no faster at K <= 4 and 9-16 % slower at K = 7, 8 (reports/kbit-h200/tuning/launch_bounds_ab/).
 // Input staging for the lane kernel at K = 8, bound by L1 there: a thread's four 16-byte loads of its 64 bytes
 // span 16 lines of 128 bytes per warp instruction, 64 wavefronts per 2 KB where 16 suffice. Coalesced copies into
-// a 2 KB buffer per warp, then four conflict-free shared reads, take 32.
-// (at K <= 7, bound by instruction issue, the extra instructions cost more than the wavefronts save)
+// a 2 KB buffer per warp, then four conflict-free shared reads, take 32. Not at K <= 7, where the kernel is
+// bound by instruction issue (staging there was not measured).
 #define KK_STAGE_BYTES (8 * 2048)   // 8 warps per CTA
-// this warp's buffer: past the table and the codebook, 16-byte aligned
+// this warp's buffer: past the table and the codebook (kk_lane_smem's bytes), 16-byte aligned
 KK uint32_t kk_stage_buffer(const KkLane& L, int m) {
     const uint32_t off = ((uint32_t)(2 * L.hx * L.rep * 8 + m * 4) + 15u) & ~15u;
     return (uint32_t)__cvta_generic_to_shared(kk_smem) + off + (threadIdx.x >> 5) * 2048u;
@@ -942,8 +942,7 @@ __global__ void __launch_bounds__(256) kk_dequantize_group_kernel(
 #pragma unroll
                 for (int q = 0; q < 8; q++)
                     o[q] = make_uint4(__float_as_uint(v[4 * q]), __float_as_uint(v[4 * q + 1]),
-                                      __float_as_uint(v[4 * q + 2]),
-                                      __float_as_uint(v[4 * q + 3]));
+                                      __float_as_uint(v[4 * q + 2]), __float_as_uint(v[4 * q + 3]));
                 kbit_store_warp_staged<8>((uint4*)((float*)out + (g - lane) * 32), o, st, lane);
             } else {
                 uint32_t h[16];

@@ -21,8 +21,8 @@ GROUPS_K=("bit_exact and (dtype0 or dtype1)" "bit_exact and (dtype2 or dtype3)"
 affine=1
 if [ -n "${KBIT_NUMBA_GROUPS:-}" ]; then IFS=';' read -r -a GROUPS_K <<< "$KBIT_NUMBA_GROUPS"; affine=0; fi
 # KBIT_NUMBA_SHARD=i/n: every n-th group from the i-th (1-based; the affine part with shard 1). All 25 groups at once
-# on 16 cores ran past a 470 s limit in 19 of them (reports/kbit-h200/numba_cuda/, 261f13f): one device call holds
-# about 8 groups, so run the shards 1/3, 2/3, 3/3 in three calls.
+# on 16 cores: 22 of the 26 processes ran past a 470 s limit (reports/kbit-h200/numba_cuda/, 261f13f). One device
+# call holds about 8 groups, so run the shards 1/3, 2/3, 3/3 in three calls.
 if [ -n "${KBIT_NUMBA_SHARD:-}" ]; then
   si=${KBIT_NUMBA_SHARD%/*}; sn=${KBIT_NUMBA_SHARD#*/}; pick=()
   for j in "${!GROUPS_K[@]}"; do [ $((j % sn)) -eq $((si - 1)) ] && pick+=("${GROUPS_K[$j]}"); done
