@@ -107,12 +107,13 @@ def test_groups_affine_and_rotation_on_cuda_equal_the_cpu_reference():
 @pytest.mark.parametrize("backend", ["cuda", "numba_cuda"])
 @pytest.mark.parametrize("k,blocksize,fmt,layout", [
     (3, 256, "e4m4", "dense"), (5, 256, "e4m3", "bitplane"), (2, 48, "fp32", "dense"), (7, 48, "e4m3", "bitplane"),
-    (4, 32, "e4m4", "bitplane"), (6, 1024, "bf16", "dense"), (8, 32, "e4m4", "bitplane"), (8, 16, "fp16", "dense")])
+    (4, 32, "e4m4", "bitplane"), (6, 1024, "bf16", "dense"), (8, 32, "e4m4", "bitplane"), (8, 16, "fp16", "dense"),
+    (7, 32, "e4m4", "dense")])
 def test_cuda_kbit_every_kernel_path_on_a_grid_stride_size(backend, k, blocksize, fmt, layout):
     """Each quantize path of cuda_src/kbit.cu (the batched warp kernel with 1 or 8 chunks per block, the long-block
-    kernel, the simple path for blocksizes that are neither 16 nor a multiple of 32, the e4m3 tensor-max pre-pass)
-    on a tensor large enough that the batched kernel's grid-stride loop turns more than once, with a partial last
-    block. The oracle is the
+    kernel, the simple path for blocksizes that are neither 16 nor a multiple of 32, the e4m3 tensor-max pre-pass;
+    the K = 8 lane quantizer's staged input, the K = 8 and dense K = 7 dequantizers' codebook copies) on a tensor
+    large enough that the grid-stride loops turn more than once, with a partial last block. The oracle is the
     reference on the GPU (plain torch; its CPU twin checks it in the test above) at these sizes."""
     _skip_unless_on_gpu(backend)
     g = torch.Generator().manual_seed(blocksize + k)
