@@ -512,8 +512,8 @@ KK void kk_load32(const void* x, int kind, long long base, long long n, bool vec
 // bound by instruction issue (staging there was not measured).
 #define KK_STAGE_BYTES (8 * 2048)   // 8 warps per CTA
 // this warp's buffer: past the table and the codebook (kk_lane_smem's bytes), 16-byte aligned
-KK uint32_t kk_stage_buffer(const KkLane& L, int m) {
-    const uint32_t off = ((uint32_t)(2 * L.hx * L.rep * 8 + m * 4) + 15u) & ~15u;
+KK uint32_t kk_stage_buffer(const KkPlan& P, int m) {
+    const uint32_t off = ((uint32_t)kk_lane_smem(P, m) + 15u) & ~15u;
     return (uint32_t)__cvta_generic_to_shared(kk_smem) + off + (threadIdx.x >> 5) * 2048u;
 }
 // 16-byte unit j of lane l's 64 bytes sits at unit 4 l + (j ^ ((l >> 1) & 3)): in each of the owners' four
@@ -566,7 +566,7 @@ __global__ void __launch_bounds__(256, 3) kk_quantize_lane_kernel(
     // STAGE: the warp's next 32 groups (2 KB) come by coalesced 16-byte cp.async into its shared buffer, each
     // lane's 64 bytes swizzled so that its four 16-byte reads are conflict-free (see kk_stage_in)
     const uint4* xn = (const uint4*)x + (STAGE ? (g - lane) * 4 + lane : g * 4);   // the next input
-    const uint32_t stg = STAGE ? kk_stage_buffer(L, M) : 0u;
+    const uint32_t stg = STAGE ? kk_stage_buffer(P, M) : 0u;
     uint32_t* o = out + g * K;                         // this group's words
     const bool ovec = ((uintptr_t)out & 15) == 0;      // then group g's words are (K % 4 ? 8 : 16)-byte aligned
     // STAGE: only spans whose 32 groups are all whole (warp-uniform); the last partial span loads directly
