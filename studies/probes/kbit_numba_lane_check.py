@@ -7,12 +7,18 @@ Per K and layout: fresh normal x 3^normal data of n = 2^20 + 77 bf16 (a partial 
 tiny blocks (divisors below 2^-60: the exact path), one huge outlier; blocksize 32 (the default; 16 is the same
 kernel source, compiled apart), codes against the exact scale and the decoded one.
 
+Numba compiles each kernel for about a minute, CPU bound, so several (K, layout) runs go in parallel processes;
+``--bench-after F`` holds a process's bench until file F exists, and ``--bench-done F`` creates F after it, so the
+benches run one at a time on a quiet GPU (studies/probes/device_kbit_numba_ratios.sh).
+
 usage (GPU): python -m studies.probes.kbit_numba_lane_check [--ks 2,3,4,5,6,7] [--layouts bitplane]
-             [--bench-out DIR]  (exit 1 on any difference)"""
+             [--bench-out DIR [--bench-after F] [--bench-done F]]  (exit 1 on any difference)"""
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 
 import torch
 
@@ -33,6 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ks", default="2,3,4,5,6,7")
     ap.add_argument("--layouts", default="bitplane")
     ap.add_argument("--bench-out", default=None, help="then run studies.bench.bench_kbit_gpu into this folder")
+    ap.add_argument("--bench-after", default=None, help="hold the bench until this file exists")
+    ap.add_argument("--bench-done", default=None, help="create this file after the bench")
     args = ap.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",")]
     layouts = args.layouts.split(",")
@@ -49,8 +57,14 @@ def main(argv=None) -> int:
     print(f"cases that differ: {differ}", flush=True)
     if args.bench_out:
         from studies.bench import bench_kbit_gpu
-        bench_kbit_gpu.main(["--out", args.bench_out, "--backends", "cuda", "numba_cuda", "--ops", "quantize_kbit",
-                             "--layouts", *layouts, "--ks", *map(str, ks)])
+        while args.bench_after and not Path(args.bench_after).exists():
+            time.sleep(1)
+        try:
+            bench_kbit_gpu.main(["--out", args.bench_out, "--backends", "cuda", "numba_cuda", "--ops", "quantize_kbit",
+                                 "--layouts", *layouts, "--ks", *map(str, ks)])
+        finally:
+            if args.bench_done:
+                Path(args.bench_done).touch()
     return 1 if differ else 0
 
 
