@@ -31,6 +31,7 @@ from numba import config, cuda, float32, int32, uint32, uint64
 from ..cell_plan import LANE_BYTES
 from .kbit import INF_BITS, THREADS, _make_parts, _store_scale, divisor_of, format_constants
 from .quant import BF16, F16, F32, _div, _float_as_int, _half2float, _int_as_float, _mul, _sub
+from .inlining import forceinlined
 from .warp import _ld8_mad, _ld16
 
 LANE_ENTRIES = LANE_BYTES // 8          # uint64 entries of the staged copies (static shared memory)
@@ -87,14 +88,14 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
     NW = P if layout == 0 else k                   # packing words
     nearest = _make_parts(k, layout)[0]
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def half32(cur, j):
         """The 32-bit half of the input word holding element j (16-bit kinds: elements j & ~1, j | 1)."""
         if KIND == F32:
             return _u32(cur[j >> 1] >> uint64(32 * (j & 1)))
         return _u32(cur[j >> 2] >> uint64(32 * ((j >> 1) & 1)))
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def elem(cur, j):
         w = half32(cur, j)
         if KIND == F32:
@@ -103,7 +104,7 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
             return _int_as_float(int32(w << uint32(16) if (j & 1) == 0 else w & uint32(0xFFFF0000)))
         return float32(_half2float(int32(w & uint32(0xFFFF) if (j & 1) == 0 else w >> uint32(16))))
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def absmax16(cur, h):
         """The largest magnitude of elements 16 h .. 16 h + 15 as its float32 bits (NaN > Inf > finite)."""
         if KIND == F32:
@@ -122,7 +123,7 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
             return m16 << uint32(16)
         return _u32(_float_as_int(float32(_half2float(int32(m16)))))
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def add(pk, j, code):
         """Element j's code into the packing words (j constant: every index and shift folds)."""
         if layout == 0:
@@ -135,14 +136,14 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
             if sh + k > 32:
                 pk[wi + 1] += code >> uint32(32 - sh)
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def swap(pk, r, d, m):
         """Delta swap of words r and r + d: bit p + d of word r <-> bit p of word r + d, for the p in mask m."""
         t = ((pk[r] >> uint32(d)) ^ pk[r + d]) & uint32(m)
         pk[r + d] ^= t
         pk[r] ^= _u32(t << uint32(d))
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def seal(pk):
         """After the last add: the bit-plane words from the P-bit fields (bit b of code j -> bit j of word b)."""
         if layout == 0:
@@ -161,7 +162,7 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
                 swap(pk, 2, 4, 0x0F0F0F0F)
                 swap(pk, 3, 4, 0x0F0F0F0F)
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def code_lane(x, q, r, t, at, short):
         """The code of x from this lane's table copy; ``at`` = (sh - 1, mask, 2 kbase, 8 rep, 8 (this copy's index
         minus 2 kbase rep)): the entry's byte offset 8 ((2 cell + sign) rep + copy), cell = max(|s| bits >> sh,
@@ -174,7 +175,7 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
         bound = _int_as_float(int32(_u32(e)))
         return uint32(e >> uint64(32)) + (_u32(_float_as_int(_sub(bound, s))) >> uint32(31))
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def lane8(o, cur, q, r, t, at, pk, short):
         """Octet o's 8 codes from the table (o and short constant: 8 straight-line lookups)."""
         j = 8 * o
@@ -187,25 +188,25 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
         add(pk, j + 6, code_lane(elem(cur, j + 6), q, r, t, at, short))
         add(pk, j + 7, code_lane(elem(cur, j + 7), q, r, t, at, short))
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def spill8(o, cur, xs):
         """Octet o's elements into the exact path's array (o constant)."""
         for e in range(8):
             xs[8 * o + e] = elem(cur, 8 * o + e)
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def gather8(o, cs, pk):
         for e in range(8):
             add(pk, 8 * o + e, cs[8 * o + e])
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def load(xh, g, nx):
         for i in range(WPG // 2):
             a, b = _ld16(xh, uint64(g) * uint64(WPG) + uint64(2 * i))
             nx[2 * i] = a
             nx[2 * i + 1] = b
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def load_tail(xt, rem, cur):
         """The partial last group (rem < 32 elements) as whole groups arrive, zeros past rem."""
         for w in range(WPG):
