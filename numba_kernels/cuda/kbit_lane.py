@@ -32,7 +32,7 @@ from ..cell_plan import LANE_BYTES
 from .kbit import INF_BITS, THREADS, _make_parts, _store_scale, divisor_of, format_constants
 from .quant import BF16, F16, F32, _div, _float_as_int, _half2float, _int_as_float, _mul, _sub
 from .inlining import forceinlined
-from .warp import _ld8_mad, _ld16
+from .warp import _ld8_mad, _ld16, _vmax_u16x2
 
 LANE_ENTRIES = LANE_BYTES // 8          # uint64 entries of the staged copies (static shared memory)
 Q_LO = float32(2.0 ** -60)              # divisors outside [Q_LO, Q_HI] take the exact path (kk_recip)
@@ -88,14 +88,14 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
     NW = P if layout == 0 else k                   # packing words
     nearest = _make_parts(k, layout)[0]
 
-    @forceinlined
+    @cuda.jit(device=True, inline=True)
     def half32(cur, j):
         """The 32-bit half of the input word holding element j (16-bit kinds: elements j & ~1, j | 1)."""
         if KIND == F32:
             return _u32(cur[j >> 1] >> uint64(32 * (j & 1)))
         return _u32(cur[j >> 2] >> uint64(32 * ((j >> 1) & 1)))
 
-    @forceinlined
+    @cuda.jit(device=True, inline=True)
     def elem(cur, j):
         w = half32(cur, j)
         if KIND == F32:
@@ -103,6 +103,11 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
         if KIND == BF16:
             return _int_as_float(int32(w << uint32(16) if (j & 1) == 0 else w & uint32(0xFFFF0000)))
         return float32(_half2float(int32(w & uint32(0xFFFF) if (j & 1) == 0 else w >> uint32(16))))
+
+    @cuda.jit(device=True, inline=True)
+    def mag2(cur, h, p):
+        """Word p of half h (elements 16 h + 2 p, + 1) without its two sign bits (16-bit kinds)."""
+        return half32(cur, 16 * h + 2 * p) & uint32(0x7FFF7FFF)
 
     @forceinlined
     def absmax16(cur, h):
@@ -112,13 +117,12 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
             for j in range(16):
                 m = max(m, half32(cur, 16 * h + j) & uint32(0x7FFFFFFF))
             return m
-        lo = uint32(0)                      # max over the words' low elements, and over their high ones kept in
-        hi = uint32(0)                      # place (bits 16..30): one AND and one max per element
-        for p in range(8):
-            w = half32(cur, 16 * h + 2 * p)
-            lo = max(lo, w & uint32(0x7FFF))
-            hi = max(hi, w & uint32(0x7FFF0000))
-        m16 = max(lo, hi >> uint32(16))
+        # the 8 words' halfword magnitudes, their halfwise max as a tree (cuda_src/kbit.cu: kk_absmax16)
+        t = _vmax_u16x2(_vmax_u16x2(_vmax_u16x2(mag2(cur, h, 0), mag2(cur, h, 1)),
+                                    _vmax_u16x2(mag2(cur, h, 2), mag2(cur, h, 3))),
+                        _vmax_u16x2(_vmax_u16x2(mag2(cur, h, 4), mag2(cur, h, 5)),
+                                    _vmax_u16x2(mag2(cur, h, 6), mag2(cur, h, 7))))
+        m16 = max(t & uint32(0xFFFF), t >> uint32(16))
         if KIND == BF16:
             return m16 << uint32(16)
         return _u32(_float_as_int(float32(_half2float(int32(m16)))))

@@ -6,7 +6,7 @@ buffer with a barrier each (``_syncwarp``: a CTA barrier), so every thread of th
 (no early exits around them). The 16-byte loads and stores are single vector accesses on the GPU, ``_ld_byte`` a
 float32 load at a byte offset (no index scaling: the offset can come straight from a byte permute), ``_ld8_mad`` a
 uint64 load at a 32-bit multiply-add's byte offset; plain element accesses in the simulator. ``_prmt`` is the byte
-permute (``prmt.b32``, selector nibbles 0..7).
+permute (``prmt.b32``, selector nibbles 0..7), ``_vmax_u16x2`` the per-halfword unsigned max (``max.u16x2``).
 """
 from __future__ import annotations
 
@@ -101,6 +101,10 @@ if config.ENABLE_CUDASIM:
     def _ld8_mad(a, x, m, c):
         return a[((int(x) * int(m) + int(c)) & 0xFFFFFFFF) >> 3]
 
+    def _vmax_u16x2(a, b):
+        a, b = int(a) & 0xFFFFFFFF, int(b) & 0xFFFFFFFF
+        return max(a & 0xFFFF, b & 0xFFFF) | max(a >> 16, b >> 16) << 16
+
     def _prmt(a, b, sel):
         x = (int(a) & 0xFFFFFFFF) | (int(b) & 0xFFFFFFFF) << 32
         return sum(((x >> (8 * ((int(sel) >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
@@ -187,6 +191,21 @@ else:
             o = builder.zext(builder.add(builder.mul(x32, m32), c32), _ir.IntType(64))
             p = builder.gep(builder.bitcast(ary.data, _ir.IntType(8).as_pointer()), [o])
             return builder.load(builder.bitcast(p, _ir.IntType(64).as_pointer()), align=8)
+
+        return sig, codegen
+
+    @_intrinsic
+    def _vmax_u16x2(typingctx, a, b):
+        """The two 16-bit halves' unsigned maxima, as uint32 (``max.u16x2``: one instruction, where Numba's own
+        code takes two ANDs and two maxima)."""
+        sig = _types.uint32(a, b)
+
+        def codegen(context, builder, sig, args):
+            i32 = _ir.IntType(32)
+            a32, b32 = (builder.trunc(v, i32) if v.type.width > 32 else builder.zext(v, i32) if v.type.width < 32
+                        else v for v in args)
+            return builder.asm(_ir.FunctionType(i32, [i32, i32]), "max.u16x2 $0, $1, $2;", "=r,r,r", [a32, b32],
+                               side_effect=False)
 
         return sig, codegen
 
