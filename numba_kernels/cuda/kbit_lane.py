@@ -5,7 +5,8 @@ keeps the other blocksizes). A thread per 32-element group, grid-stride, so noth
 
 * the group arrives in 16-byte loads (``xh``: the n // 32 whole groups as uint64 words), the next group's issued
   before this one's codes; the partial last group element by element (``xt``: the n % 32 after them);
-* the block's absmax is the integer max of the magnitudes' bits (two 16-bit elements per max for bf16/fp16),
+* the block's absmax is the integer max of the magnitudes' bits (bf16/fp16: both halves of a word at once, by
+  ``max.u16x2``; Numba's own 32-bit integer code would run in 64 bits),
   its scale encoded once per block, the divisor's reciprocal r once per block;
 * a whole group whose blocks' divisors lie in [2^-60, 2^100] and whose largest quotient lies inside the lane
   table codes every element from it with no branch: s = x / q as x r and two FMA corrections (exact, see

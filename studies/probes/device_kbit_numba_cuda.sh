@@ -2,10 +2,10 @@
 # The numba_cuda k-bit GPU tests (tests/test_kbit_gpu.py, the affine case of tests/test_kbit_affine_sim.py), split
 # over parallel processes (one per group below; the every-K test one per K, and K = 8 and the lane quantizer's
 # search-table cases one per blocksize or K): Numba compiles each (K, layout, input kind, blocksize, scale format)
-# kernel on first use (the lane quantizer 30-60 s each, CPU bound), so one process needs over 10 minutes on a fresh
-# machine.
+# kernel on first use (the lane quantizer about 15 s each, CPU bound), so one process would need over 10 minutes on
+# a fresh machine. All groups at once, in one call: 7 min 12 s at ca6a365 (26 processes on 16 cores).
 # Their pass is what clears registry.NOT_YET_RUN_ON_A_GPU. Results: $OUT/kbit-h200/numba_cuda/pytest_gpu_numba_cuda.txt.
-# usage (on the device, repo root): [KBIT_NUMBA_SHARD=1/3] bash studies/probes/device_kbit_numba_cuda.sh
+# usage (on the device, repo root): [KBIT_NUMBA_SHARD=1/2] bash studies/probes/device_kbit_numba_cuda.sh
 export PYTHONUNBUFFERED=1 KBIT_PROGRESS=0 MPLBACKEND=Agg
 source studies/probes/device_env.sh >/dev/null   # the bitsandbytes wheel, PYTHONPATH, revision, the CUDA launcher
 D="$OUT/kbit-h200/numba_cuda"; mkdir -p "$D"
@@ -20,9 +20,9 @@ GROUPS_K=("bit_exact and (dtype0 or dtype1)" "bit_exact and (dtype2 or dtype3)"
 # KBIT_NUMBA_GROUPS="expr1;expr2": only these groups (and no affine part), e.g. to rerun what a timeout cut
 affine=1
 if [ -n "${KBIT_NUMBA_GROUPS:-}" ]; then IFS=';' read -r -a GROUPS_K <<< "$KBIT_NUMBA_GROUPS"; affine=0; fi
-# KBIT_NUMBA_SHARD=i/n: every n-th group from the i-th (1-based; the affine part with shard 1). All 25 groups at once
-# on 16 cores: 22 of the 26 processes ran past a 470 s limit (reports/kbit-h200/numba_cuda/, 261f13f). One device
-# call holds about 8 groups, so run the shards 1/3, 2/3, 3/3 in three calls.
+# KBIT_NUMBA_SHARD=i/n: every n-th group from the i-th (1-based; the affine part with shard 1), for a slower
+# machine or compiler: before the lane quantizer's helpers were NVVM-inlined (ca6a365) its compile took 45-80 s and
+# the whole set ran past a 470 s limit in 22 of 26 processes (reports/kbit-h200/numba_cuda/, 261f13f).
 if [ -n "${KBIT_NUMBA_SHARD:-}" ]; then
   si=${KBIT_NUMBA_SHARD%/*}; sn=${KBIT_NUMBA_SHARD#*/}; pick=()
   for j in "${!GROUPS_K[@]}"; do [ $((j % sn)) -eq $((si - 1)) ] && pick+=("${GROUPS_K[$j]}"); done
