@@ -61,6 +61,7 @@ from numba import config, cuda, float32, int32, int64, uint32, uint64
 from ..kbit_scalar import scale_helpers
 from .quant import (BF16, F16, F32, _bf16_bits, _elem_at, _float2half_rn, _float_as_int, _half2float, _int_as_float,
                     _pack_bf16x2, _pack_f16x2, _rint)
+from .inlining import forceinlined
 from .warp import _ballot, _ld16, _prmt, _seg_max, _shfl, _st16, _syncwarp, _warp_atomic_max, _xor
 
 THREADS = 64 if config.ENABLE_CUDASIM else 256   # the simulator runs a Python thread per lane
@@ -683,7 +684,7 @@ def _make_dequant32(k: int, layout: int, kind: int):
     EPW = 2 if kind == F32 else 4            # elements per uint64 word
     EB = 64 // EPW                           # their bits
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def code_of(w, lo, hi, j):
         if layout == 0:
             e = j & 7
@@ -705,11 +706,11 @@ def _make_dequant32(k: int, layout: int, kind: int):
         in distinct banks."""
         return uint32(t) * uint32(SLOTS) + uint32(q ^ (((t & 31) >> SH) & (SLOTS - 1)))
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def put(st, t, q, lo, hi):
         _st16(st, uint32(2 * slot_of(t, q)), lo, hi)
 
-    @cuda.jit(device=True, inline=True)
+    @forceinlined
     def octet(o, w, cb, d, fin, st, tid):
         """Elements 8 o .. 8 o + 7 of the group into the lane's stage slot(s); one call per o, each with a
         constant o, so every word and slot index is static (w stays in registers; a loop over o may stay rolled)."""
