@@ -1,7 +1,8 @@
-"""Numba kernels (``cpu/``, ``cuda/``) and the one policy they share: the on-disk cache is an
-optimization, never a requirement.
+"""Numba kernels (``cpu/``, ``cuda/``) and their on-disk cache policy: the cache is an optimization,
+never a requirement.
 
-Every kernel here is declared ``cache=True``. Numba refuses that outright when it finds no
+Every CPU kernel here (``cpu/``) is declared ``cache=True`` (the CUDA ones, built by factories per
+configuration, compile on first use in each process). Numba refuses that outright when it finds no
 writable cache directory (read-only install, unwritable HOME, a read-only NUMBA_CACHE_DIR even
 when it already holds the compiled kernels: ``RuntimeError: cannot cache function ... no locator
 available``, at import), and a corrupted or truncated cache file makes the first call die with an
