@@ -42,6 +42,20 @@ def main(argv=None) -> int:
     ap.add_argument("--bench-after", default=None, help="hold the bench until this file exists")
     ap.add_argument("--bench-done", default=None, help="create this file after the bench")
     args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    finally:   # the turn passes on in order, also from a process that failed before its bench
+        if args.bench_done:
+            _wait_for(args.bench_after)
+            Path(args.bench_done).touch()
+
+
+def _wait_for(path) -> None:
+    while path and not Path(path).exists():
+        time.sleep(1)
+
+
+def _run(args) -> int:
     ks = [int(k) for k in args.ks.split(",")]
     layouts = args.layouts.split(",")
     n, differ = (1 << 20) + 77, 0
@@ -57,16 +71,10 @@ def main(argv=None) -> int:
     print(f"cases that differ: {differ}", flush=True)
     if args.bench_out:
         from studies.bench import bench_kbit_gpu
-        while args.bench_after and not Path(args.bench_after).exists():
-            time.sleep(1)
-        try:
-            bench_kbit_gpu.main(["--out", args.bench_out, "--backends", "cuda", "numba_cuda", "--ops", "quantize_kbit",
-                                 "--layouts", *layouts, "--ks", *map(str, ks)])
-        finally:
-            if args.bench_done:
-                Path(args.bench_done).touch()
+        _wait_for(args.bench_after)
+        bench_kbit_gpu.main(["--out", args.bench_out, "--backends", "cuda", "numba_cuda", "--ops", "quantize_kbit",
+                             "--layouts", *layouts, "--ks", *map(str, ks)])
     return 1 if differ else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
