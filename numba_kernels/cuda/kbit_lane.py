@@ -196,6 +196,15 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
         add(pk, j + 7, code_lane(elem(cur, j + 7), q, r, t, at, short))
 
     @forceinlined
+    def lanes32(cur, q0, r0, q1, r1, t, at, pk, short):
+        """The group's 32 codes from the table, octets 0-1 against block 0's divisor, 2-3 against block 1's
+        (``short`` a constant at each call: the two call sites are two straight-line bodies)."""
+        lane8(0, cur, q0, r0, t, at, pk, short)
+        lane8(1, cur, q0, r0, t, at, pk, short)
+        lane8(2, cur, q1, r1, t, at, pk, short)
+        lane8(3, cur, q1, r1, t, at, pk, short)
+
+    @forceinlined
     def spill8(o, cur, xs):
         """Octet o's elements into the exact path's array (o constant)."""
         for e in range(8):
@@ -290,15 +299,9 @@ def _make_lane(k: int, layout: int, kind: int, bs: int, fmt_id: int, decoded: in
             for i in range(NW):
                 pk[i] = uint32(0)
             if full and KIND != F32 and _short_q(q0) and _short_q(q1):   # 16-bit x and q: one correction
-                lane8(0, cur, q0, r0, t, at, pk, True)
-                lane8(1, cur, q0, r0, t, at, pk, True)
-                lane8(2, cur, q1, r1, t, at, pk, True)
-                lane8(3, cur, q1, r1, t, at, pk, True)
+                lanes32(cur, q0, r0, q1, r1, t, at, pk, True)
             elif full:
-                lane8(0, cur, q0, r0, t, at, pk, False)
-                lane8(1, cur, q0, r0, t, at, pk, False)
-                lane8(2, cur, q1, r1, t, at, pk, False)
-                lane8(3, cur, q1, r1, t, at, pk, False)
+                lanes32(cur, q0, r0, q1, r1, t, at, pk, False)
             else:
                 spill8(0, cur, xs)
                 spill8(1, cur, xs)
