@@ -75,20 +75,10 @@ def _weight(packed, i, absmax, a8, code2, offset, nested, table, blocksize, kind
     return _round_to(_mul(table[c], _scale(absmax, a8, code2, offset, nested, i // blocksize)), kind)
 
 
-@cuda.jit(fastmath=False)
-def gemv(A, kind, M, N, K, packed, absmax, a8, code2, offset, nested, table, blocksize, bias, has_bias, out):
-    """out[m * N + n] (float32) for M <= GEMV_MAX_M rows of A; grid = N blocks of GEMV_THREADS."""
-    red = cuda.shared.array((GEMV_MAX_M, GEMV_THREADS), float32)
-    acc = cuda.local.array(GEMV_MAX_M, float32)
-    t = cuda.threadIdx.x
-    n = cuda.blockIdx.x
-    for m in range(GEMV_MAX_M):
-        acc[m] = float32(0.0)
-    row = int64(n) * K
-    for k in range(t, K, GEMV_THREADS):
-        w = _weight(packed, row + k, absmax, a8, code2, offset, nested, table, blocksize, kind)
-        for m in range(M):
-            acc[m] = _add(acc[m], _mul(w, _load(A, m * K + k, kind)))
+@cuda.jit(device=True, inline=True)
+def _sum_rows(red, acc, t, n, M, N, kind, bias, has_bias, out):
+    """The block-per-row GEMVs' end: the threads' partial sums of each activation row by a shared-memory tree
+    (fixed order), bias added, out[m * N + n] stored by thread m."""
     for m in range(GEMV_MAX_M):
         red[m, t] = acc[m]
     cuda.syncthreads()
@@ -104,6 +94,23 @@ def gemv(A, kind, M, N, K, packed, absmax, a8, code2, offset, nested, table, blo
         if has_bias:
             y = _add(y, _load(bias, n, kind))
         out[t * N + n] = y
+
+
+@cuda.jit(fastmath=False)
+def gemv(A, kind, M, N, K, packed, absmax, a8, code2, offset, nested, table, blocksize, bias, has_bias, out):
+    """out[m * N + n] (float32) for M <= GEMV_MAX_M rows of A; grid = N blocks of GEMV_THREADS."""
+    red = cuda.shared.array((GEMV_MAX_M, GEMV_THREADS), float32)
+    acc = cuda.local.array(GEMV_MAX_M, float32)
+    t = cuda.threadIdx.x
+    n = cuda.blockIdx.x
+    for m in range(GEMV_MAX_M):
+        acc[m] = float32(0.0)
+    row = int64(n) * K
+    for k in range(t, K, GEMV_THREADS):
+        w = _weight(packed, row + k, absmax, a8, code2, offset, nested, table, blocksize, kind)
+        for m in range(M):
+            acc[m] = _add(acc[m], _mul(w, _load(A, m * K + k, kind)))
+    _sum_rows(red, acc, t, n, M, N, kind, bias, has_bias, out)
 
 
 @cuda.jit(device=True, inline=True)
@@ -136,21 +143,7 @@ def gemv_words(A, kind, M, N, K, words, absmax, a8, code2, offset, nested, table
             wt = _round_to(_mul(table[c], s), kind)
             for m in range(M):
                 acc[m] = _add(acc[m], _mul(wt, _load(A, m * K + k0 + e, kind)))
-    for m in range(GEMV_MAX_M):
-        red[m, t] = acc[m]
-    cuda.syncthreads()
-    h = GEMV_THREADS // 2
-    while h > 0:
-        if t < h:
-            for m in range(M):
-                red[m, t] = _add(red[m, t], red[m, t + h])
-        cuda.syncthreads()
-        h //= 2
-    if t < M:
-        y = red[t, 0]
-        if has_bias:
-            y = _add(y, _load(bias, n, kind))
-        out[t * N + n] = y
+    _sum_rows(red, acc, t, n, M, N, kind, bias, has_bias, out)
 
 
 # ------------------------------------------------------------------ the lanes-as-rows GEMV
