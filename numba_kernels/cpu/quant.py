@@ -362,23 +362,16 @@ def quantize_blockwise_stochastic(x, kind, bounds_pad, bucket_codes, values, blo
     for c in prange(nchunks):
         buf = np.empty(blocksize, np.float32)
         for b in range(c * nblocks // nchunks, (c + 1) * nblocks // nchunks):
-            start = b * blocksize
-            end = min(start + blocksize, n)
-            L = end - start
-            is_tail = L < blocksize
-            m = widen_absmax(x, start, end, kind, buf)
-            am = np.uint32(m).view(np.float32)
-            if m < EXP_MASK:
-                amc = scale_inplace(buf, L, am, is_tail)
-                absmax[b] = amc if is_tail else am
-            else:
-                absmax[b] = am
+            start, L, m = load_block(x, kind, b, blocksize, buf, absmax)
+            if m >= EXP_MASK:
+                am = np.uint32(m).view(np.float32)
+                is_tail = L < blocksize
                 r = np.float32(1.0) / am  # NaN, or 0 for Inf
                 for i in range(L):
                     v = buf[i] / am if is_tail else buf[i] * r  # no clamp needed: NaN or +-0
                     buf[i] = v
             stochastic_block(buf, L, bounds_pad, bucket_codes, values, last, nan_code,
-                             rand[start:end], codes[start:end])
+                             rand[start:start + L], codes[start:start + L])
 
 
 @njit(inline="always", **_OPTS)
