@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 import workbench as wb
+from studies.bench import oracle
 from workbench import bench
 from workbench.matmul import matmul_4bit, weight_bytes
 
@@ -39,15 +40,6 @@ GPU_SHAPES = [((4096, 4096), (1,)), ((28672, 8192), (1, 4, 16, 64, 256, 2048)), 
 CPU_SHAPES = [((4096, 4096), (1, 4, 16)), ((11008, 4096), (1, 4, 16))]
 CPU_BACKENDS = ("numba_cpu", "cython_cpu")
 GRAPH_CALLS = 50
-
-
-def _bnb():
-    try:
-        import bitsandbytes
-        return bitsandbytes
-    except Exception as e:  # noqa: BLE001
-        print(f"bitsandbytes unavailable: {e}")
-        return None
 
 
 def graph_ms(fn, calls: int = GRAPH_CALLS, reps: int = 10) -> float | None:
@@ -142,7 +134,7 @@ def _row(name, N, K, M, public, kms, nbytes, copy):
 
 def run(device: str = "cuda", shapes=None, reps: int = 20, backends=CPU_BACKENDS) -> pd.DataFrame:
     import os
-    bnb = _bnb()
+    bnb = oracle.bitsandbytes()
     shapes = shapes or (GPU_SHAPES if device == "cuda" else CPU_SHAPES)
     copy = bench.copy_bandwidth(device, nbytes=1 << (28 if device == "cuda" else 26))
     load_start = os.getloadavg()[0]

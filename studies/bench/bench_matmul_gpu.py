@@ -26,6 +26,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from studies.bench import oracle
+
 SHAPES = ((4096, 4096), (28672, 8192), (8192, 28672), (14336, 4096), (4096, 14336))
 MS = (1, 4, 16, 64, 256, 2048)
 GEMV_CROSSOVER_MS = (2, 8)  # extra M for ours_mma vs the GEMV (M <= 4) on every shape
@@ -39,15 +41,6 @@ def graph_ms(fn, calls: int = GRAPH_CALLS, reps: int = 7) -> float | None:
     """Kernel time per call: CUDA-graph replay of ``calls`` back-to-back calls (workbench.bench.graph_replay_ms)."""
     from workbench import bench
     return bench.graph_replay_ms(fn, calls, reps)
-
-
-def _bnb():
-    try:
-        import bitsandbytes
-        return bitsandbytes
-    except Exception as e:  # noqa: BLE001
-        print(f"bitsandbytes unavailable: {e}")
-        return None
 
 
 def _forced(name: str, A, P, qs):
@@ -69,7 +62,7 @@ def run(shapes=SHAPES, ms=MS, reps: int = 20) -> pd.DataFrame:
     import workbench as wb
     from workbench import bench, nn as wnn
     from workbench.matmul import matmul_4bit, weight_bytes
-    bnb = _bnb()
+    bnb = oracle.bitsandbytes()
     copy = bench.copy_bandwidth("cuda", nbytes=1 << 28)
     print(f"copy bandwidth {copy:.0f} GB/s")
     rows = []

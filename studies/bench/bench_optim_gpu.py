@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
+from studies.bench import oracle  # noqa: E402
 from workbench import bench, results  # noqa: E402
 from workbench.backends import status  # noqa: E402
 from workbench.optim import functional as W  # noqa: E402
@@ -34,13 +35,8 @@ def _wd(name):
 
 
 def _bnb():
-    try:
-        import bitsandbytes  # noqa: F401
-        import bitsandbytes.functional  # noqa: F401
-        return torch.ops.bitsandbytes
-    except Exception as e:  # noqa: BLE001
-        print(f"bitsandbytes unavailable: {e}", file=sys.stderr)
-        return None
+    """torch.ops.bitsandbytes, its ops registered by importing bitsandbytes.functional."""
+    return torch.ops.bitsandbytes if oracle.bitsandbytes("bitsandbytes.functional", sys.stderr) else None
 
 
 def _op(backend, eight):

@@ -31,17 +31,9 @@ import pandas as pd
 import torch
 
 import workbench as wb
+from studies.bench import oracle
 from workbench import bench
 from workbench.int8 import int8_vectorwise_quant
-
-
-def _bnb():
-    try:
-        import bitsandbytes.functional as F
-        return F
-    except Exception as e:  # noqa: BLE001
-        print(f"bitsandbytes unavailable: {e}")
-        return None
 
 
 def _cases(n: int, F):
@@ -78,7 +70,7 @@ def run_cpu(n_log2: int, reps: int = 41) -> pd.DataFrame:
     directly (what the op dispatches to), and bitsandbytes' CPU call."""
     from workbench import codebooks as cbs
     from workbench.backends import get_op, resolve_name
-    F = _bnb()
+    F = oracle.bitsandbytes("bitsandbytes.functional")
     n = 1 << n_log2
     A = torch.randn(n, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     nf4, dyn = cbs.get("nf4"), cbs.get("dynamic")
@@ -164,7 +156,7 @@ def _back_to_back_ms(fn, calls: int = 20, repeats: int = 7) -> float:
 
 
 def run(n_log2: int) -> pd.DataFrame:
-    F = _bnb()
+    F = oracle.bitsandbytes("bitsandbytes.functional")
     copy = bench.copy_bandwidth("cuda")
     big, small = _cases(1 << n_log2, F), _cases(4096, F)
     rows = []
