@@ -122,6 +122,15 @@ def vdequant(q, stats, rows, cols, out):
         out[i] = _mul(_mul(float32(q[i]), stats[i // cols]), DEQUANT_CONST)
 
 
+@cuda.jit(device=True, inline=True)
+def _dot(A, B, m, n, K):
+    """sum_k A[m, k] * B[n, k] in int32, k increasing."""
+    acc = int32(0)
+    for k in range(K):
+        acc += int32(A[m * K + k]) * int32(B[n * K + k])
+    return acc
+
+
 @cuda.jit(fastmath=False)
 def matmul(A, B, M, N, K, C):
     """C[m, n] = sum_k A[m, k] * B[n, k] in int32; one thread per output."""
@@ -129,11 +138,7 @@ def matmul(A, B, M, N, K, C):
     if i >= M * N:
         return
     m = i // N
-    n = i - m * N
-    acc = int32(0)
-    for k in range(K):
-        acc += int32(A[m * K + k]) * int32(B[n * K + k])
-    C[i] = acc
+    C[i] = _dot(A, B, m, i - m * N, K)
 
 
 @cuda.jit(device=True, inline=True)
@@ -162,10 +167,7 @@ def scaled_mm(A, B, rs, cs, bias, has_bias, M, N, K, out):
         return
     m = i // N
     n = i - m * N
-    acc = int32(0)
-    for k in range(K):
-        acc += int32(A[m * K + k]) * int32(B[n * K + k])
-    out[i] = _deq(acc, rs[m], cs[n], bias, has_bias, n)
+    out[i] = _deq(_dot(A, B, m, n, K), rs[m], cs[n], bias, has_bias, n)
 
 
 def grid1(n: int, threads: int = THREADS) -> int:
