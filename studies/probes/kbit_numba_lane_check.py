@@ -7,7 +7,7 @@ Per K and layout: fresh normal x 3^normal data of n = 2^20 + 77 bf16 (a partial 
 tiny blocks (divisors below 2^-60: the exact path), one huge outlier; blocksize 32 (the default; 16 is the same
 kernel source, compiled apart), codes against the exact scale and the decoded one.
 
-Numba compiles each kernel for about a minute, CPU bound, so several (K, layout) runs go in parallel processes;
+Numba compiles each kernel for 15 s or more, CPU bound, so several (K, layout) runs go in parallel processes;
 ``--bench-after F`` holds a process's bench until file F exists, and ``--bench-done F`` creates F after it, so the
 benches run one at a time on a quiet GPU (studies/probes/device_kbit_numba_ratios.sh).
 
@@ -75,6 +75,7 @@ def _run(args) -> int:
         bench_kbit_gpu.main(["--out", args.bench_out, "--backends", "cuda", "numba_cuda", "--ops", "quantize_kbit",
                              "--layouts", *layouts, "--ks", *map(str, ks)])
     return 1 if differ else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
