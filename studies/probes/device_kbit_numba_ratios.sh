@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 19's Numba-vs-CUDA speed rows in one device call: one process per (K, layout) checks the Numba lane quantizer
-# against the CUDA one bit for bit (compiling its kernels, about 15 s each, all processes at once; 8 (K, layout) pairs took 61 s at 88dfefc), then benches
-# both in turn, each bench alone on the GPU (studies/probes/kbit_numba_lane_check.py --bench-after/--bench-done).
+# against the CUDA one bit for bit (compiling its kernels, about 15 s each, all processes at once; 8 (K, layout) pairs
+# took 61 s at 88dfefc), then benches both in turn, each bench alone on the GPU
+# (studies/probes/kbit_numba_lane_check.py --bench-after/--bench-done).
 # Results: $OUT/numba_ratios/check_K_L.txt and bench_K_L/kbit_speed.*; a summary table on stdout.
 # Carry [".whl", ".devlibs"]. usage (on the device, repo root): [KS="3 8"] [LAYOUTS="bitplane dense"] bash $0
 export PYTHONUNBUFFERED=1 KBIT_PROGRESS=0 MPLBACKEND=Agg
