@@ -50,6 +50,26 @@ cudaError_t kbit_gemm_4bit_mma(const void* A, int dtype, int M, long long N, lon
                                const float* absmax_offset, const float* table, int blocksize, const void* bias,
                                void* out, float* partial, int* counters, int splits, int lookup, cudaStream_t stream);
 
+/* Fused dequantize + tensor-core GEMM with UNSCALED codebook lookups (matmul_lut.cuh), 1 <= M <= 64, fp16/bf16.
+ * Requires K % 64 == 0, blocksize >= 64 and 16-byte aligned A and B (else cudaErrorInvalidValue; callers fall
+ * back). Numerics differ from rule 2: the weight is dtype(table[c]) and the block scale multiplies the partial sum,
+ *   out[m,n] = dtype(sum_b fma(s[b], P_b, .) + bias[n]),  P_b = sum_{k in 64-chunk b} dtype(table[c_k]) * A[m,k]
+ * with P_b by the tensor core (4 mma k-steps of 16 from zero, float32), chunks in order within a split, splits
+ * summed in order 0, 1, ... (partial: splits * M * N floats; counters: one int per 128 weight rows, zero on entry
+ * and on exit). Bound: workbench/backends/reference/matmul.py (error_bound_unscaled). */
+#define KBIT_GEMM_LUT_MAX_M 64
+cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, long long K, const unsigned char* B,
+                               const float* absmax, const unsigned char* absmax_8bit, const float* absmax_code,
+                               const float* absmax_offset, const float* table, int blocksize, const void* bias,
+                               void* out, float* partial, int* counters, int splits, cudaStream_t stream);
+
+/* A/B knob of kbit_gemm_4bit_lut (bf16): 0 = the default variant, 1 and 2 others (matmul_lut.cuh: chunks in
+ * flight and the register budget); results do not change. */
+void kbit_gemm_lut_tuning(int variant);
+
+/* Resident CTAs per SM of the kernel that serves M rows of dtype (its grid: at most that many per SM). */
+int kbit_gemm_4bit_lut_ctas(int M, int dtype, int* ctas_per_sm);
+
 /* The kernel's tile for M activation rows (block_m x block_n of out^T) and how many CTAs fit on one SM. */
 int kbit_gemm_4bit_mma_tile(int M, int lookup, int* block_m, int* block_n, int* ctas_per_sm);
 

@@ -23,6 +23,7 @@
 
 #include "kbit_device.h"
 #include "kbit_matmul.h"
+#include "matmul_lut.cuh"
 #include "matmul_mma.cuh"
 
 namespace {
@@ -456,6 +457,39 @@ extern "C" int kbit_gemm_4bit_mma_tile(int M, int lookup, int* block_m, int* blo
     p.lookup = lookup;
     return (int)mma4::launch_dt<KBIT_BF16>(p, 1, 0, ctas_per_sm);
 }
+
+extern "C" cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, long long K,
+                                          const unsigned char* B, const float* absmax, const unsigned char* absmax_8bit,
+                                          const float* absmax_code, const float* absmax_offset, const float* table,
+                                          int blocksize, const void* bias, void* out, float* partial, int* counters,
+                                          int splits, cudaStream_t stream) {
+    const int bs_shift = log2_exact(blocksize);
+    if (M < 1 || M > KBIT_GEMM_LUT_MAX_M || N < 0 || K < 0 || K % lut4::kChunk != 0 || bs_shift < 6 || splits < 1)
+        return cudaErrorInvalidValue;
+    if ((uintptr_t)A % 16 != 0 || (uintptr_t)B % 16 != 0) return cudaErrorInvalidValue;
+    if (absmax_8bit != nullptr && (absmax_code == nullptr || absmax_offset == nullptr)) return cudaErrorInvalidValue;
+    if (splits > 1 && (partial == nullptr || counters == nullptr)) return cudaErrorInvalidValue;
+    if (N == 0) return cudaSuccess;
+    const long long chunks = K / lut4::kChunk;
+    lut4::Args p{A, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bias, out, partial, counters,
+                 M, N, K, bs_shift, splits, (int)((chunks + splits - 1) / splits),
+                 ((N + lut4::kRows - 1) / lut4::kRows) * splits};
+    switch (dtype) {
+        case KBIT_F16: return lut4::launch_dt<KBIT_F16>(p, stream, nullptr);
+        case KBIT_BF16: return lut4::launch_dt<KBIT_BF16>(p, stream, nullptr);
+        default: return cudaErrorInvalidValue;
+    }
+}
+
+extern "C" int kbit_gemm_4bit_lut_ctas(int M, int dtype, int* ctas_per_sm) {
+    if (M < 1 || M > KBIT_GEMM_LUT_MAX_M) return (int)cudaErrorInvalidValue;
+    lut4::Args p{};
+    p.M = M;
+    return (int)(dtype == KBIT_F16 ? lut4::launch_dt<KBIT_F16>(p, 0, ctas_per_sm)
+                                   : lut4::launch_dt<KBIT_BF16>(p, 0, ctas_per_sm));
+}
+
+extern "C" void kbit_gemm_lut_tuning(int variant) { lut4::g_lut_variant = variant; }
 
 extern "C" void kbit_gemv_tuning(int rows_per_warp) { g_gemv_rw = rows_per_warp; }
 

@@ -34,7 +34,8 @@ import torch
 
 from .quant import unpack_4bit
 
-__all__ = ["resolve_absmax", "dequantize_weight", "gemv_4bit", "gemm_4bit", "error_bound", "ulp"]
+__all__ = ["resolve_absmax", "dequantize_weight", "gemv_4bit", "gemm_4bit", "error_bound", "error_bound_unscaled",
+           "ulp"]
 
 NESTED_BLOCKSIZE = 256
 
@@ -98,6 +99,27 @@ def error_bound(A, W, bias, dtype, ref) -> torch.Tensor:
     r = ref.reshape(S.shape)
     return ((K + 2) * u * S).float() + 2 * ulp(r.float(), dtype)
 
+
+
+# half the unit roundoff of each dtype (round to nearest) and half its smallest subnormal spacing
+_HALF_ULP1 = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
+_HALF_TINY = {torch.float16: 2.0 ** -25, torch.bfloat16: 2.0 ** -134}
+
+
+def error_bound_unscaled(A, W, W32, S32, bias, dtype, ref) -> torch.Tensor:
+    """The bound of the unscaled-lookup kernels (``kbit_gemm_4bit_lut``, cuda_src/matmul_lut.cuh): rule 2 rounds
+    ``table[c] * s`` to ``dtype`` once; those kernels round ``table[c]`` to ``dtype`` and multiply the block's
+    float32 partial sum by ``s``. Both roundings are within half a ``dtype`` ulp of the exact ``table[c] * s``
+    (relative u = 2**-8 bf16, 2**-11 fp16; below the normal range, half the smallest subnormal spacing times |s|,
+    or once for rule 2), so a weight differs from rule 2's by at most ``2 u |table[c] s| + tiny (|s| + 1)``. Bound:
+    :func:`error_bound` (float32 order, on sums grown by that much) plus ``sum_k |A| (2 u |W32| + tiny (|S32| + 1))``.
+    W: rule 2's weight; W32: ``table[c] * s`` in float32; S32: ``s`` per element."""
+    K = A.shape[-1]
+    a = A.reshape(-1, K).double().abs()
+    u, tiny = _HALF_ULP1[dtype], _HALF_TINY[dtype]
+    dw = a @ (2 * u * W32.double().abs() + tiny * (S32.double().abs() + 1)).t()
+    base = error_bound(A, W, bias, dtype, ref).double() * (1 + 4 * u)
+    return (base + dw).float()
 
 from ..registry import register_kernel
 

@@ -1,0 +1,201 @@
+"""The unscaled-lookup tensor-core GEMM (cuda_src/matmul_lut.cuh, ``kbit_gemm_4bit_lut``) on the GPU: parity first,
+then its kernel time beside the committed dispatch, cuBLAS bf16 and the copy, in one process.
+
+Parity: fresh random weights and activations, odd N (row tails), K not a multiple of the blocksize (blocks that
+cross rows), M = 1..64, bf16 and fp16, nested absmax or not, bias or not, NF4, FP4 and a random codebook, forced
+splits 1..7, every variant, outputs poisoned with NaN first. Each output is held to the reference's bound for
+unscaled lookups (workbench/backends/reference/matmul.py: error_bound_unscaled); a variant must equal variant 0
+bit for bit and a second call the first (deterministic).
+
+Speed: the five shapes of issue 18, NF4 blocksize 64 with double quant, bf16, M = 1, 4, 16, 32, 64. Kernel time by
+CUDA-graph replay of 20 calls for each variant and split count; GB/s of the bytes a fused kernel reads (packed
+weight + uint8 absmax + nested absmax + activations) and % of the device copy measured in the same run.
+
+usage (GPU): python -m studies.probes.matmul_lut_ab [--out DIR] [--quick]"""
+from __future__ import annotations
+
+import argparse
+import ctypes as C
+import json
+import math
+from pathlib import Path
+
+import torch
+
+import workbench as wb
+from workbench import bench
+from workbench.backends.cuda import matmul as CM
+from workbench.backends.reference import matmul as RM
+from workbench.codebooks import from_values
+from workbench.matmul import matmul_4bit
+from workbench.wire import DTYPE_CODE
+
+SHAPES = ((28672, 8192), (8192, 28672), (14336, 4096), (4096, 14336), (4096, 4096))
+MS = (1, 4, 16, 32, 64)
+SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
+
+
+def _lib():
+    L = CM.lib()
+    P, I, LL = C.c_void_p, C.c_int, C.c_longlong
+    L.kbit_gemm_4bit_lut.argtypes = [P, I, I, LL, LL, P, P, P, P, P, P, I, P, P, P, P, I, P]
+    L.kbit_gemm_4bit_lut.restype = I
+    L.kbit_gemm_4bit_lut_ctas.argtypes = [I, I, C.POINTER(I)]
+    L.kbit_gemm_4bit_lut_ctas.restype = I
+    L.kbit_gemm_lut_tuning.argtypes = [I]
+    L.kbit_gemm_lut_tuning.restype = None
+    return L
+
+
+def _state(qs):
+    """(absmax float32, absmax_8bit or None, code2 or None, offset or None, table): the kernel's state arguments."""
+    if qs.nested:
+        return qs.state2.absmax, qs.absmax, qs.state2.code, qs.offset.reshape(1).float(), qs.code.float()
+    return qs.absmax, None, None, None, qs.code.float()
+
+
+class Lut:
+    """One call of kbit_gemm_4bit_lut with its own output, partials and counters (graph-capturable)."""
+
+    def __init__(self, L, A, B, N, K, qs, bias, splits):
+        self.L, self.A, self.B, self.N, self.K, self.bias, self.splits = L, A, B, N, K, bias, splits
+        self.st = _state(qs)
+        self.bs = qs.blocksize
+        M = A.shape[0]
+        self.out = torch.empty((M, N), dtype=A.dtype, device=A.device)
+        self.part = torch.empty(max(1, splits) * M * N, dtype=torch.float32, device=A.device)
+        self.ctr = torch.zeros(-(-N // 128), dtype=torch.int32, device=A.device)
+
+    def __call__(self):
+        p = lambda t: None if t is None else t.data_ptr()
+        a2, a8, c2, off, tab = self.st
+        M = self.A.shape[0]
+        r = self.L.kbit_gemm_4bit_lut(p(self.A), DTYPE_CODE[self.A.dtype], M, self.N, self.K, p(self.B), p(a2), p(a8),
+                                      p(c2), p(off), p(tab), self.bs, p(self.bias), p(self.out),
+                                      p(self.part), p(self.ctr), self.splits, torch.cuda.current_stream().cuda_stream)
+        if r != 0:
+            raise RuntimeError(f"kbit_gemm_4bit_lut returned {r}")
+        return self.out
+
+
+def _reference(A, P, N, K, qs, bias):
+    a2, a8, c2, off, tab = _state(qs)
+    s = RM.resolve_absmax(a2, a8, c2, off)
+    W = RM.dequantize_weight(P, (N, K), s, tab, qs.blocksize, A.dtype)
+    W32 = RM.dequantize_weight(P, (N, K), s, tab, qs.blocksize, torch.float32)
+    S32 = RM.dequantize_weight(P, (N, K), s, torch.ones(16, device=A.device), qs.blocksize, torch.float32)
+    ref = RM.gemm_4bit(A, P, (N, K), a2, tab, qs.blocksize, bias, a8, c2, off)
+    return ref, RM.error_bound_unscaled(A, W, W32, S32, bias, A.dtype, ref)
+
+
+def parity(L, quick: bool) -> tuple[int, float]:
+    g = torch.Generator(device="cuda").manual_seed(1234)
+    cases = [  # (N, K, blocksize, M list, dtype, nested, bias, codebook)
+        (300, 640, 128, (1, 3, 8, 9), torch.bfloat16, True, True, "nf4"),
+        (129, 64, 64, (1, 16, 17), torch.float16, False, False, "fp4"),
+        (1000, 1536, 64, (2, 33, 64), torch.bfloat16, True, False, "random"),
+        (4096, 4096, 256, (1, 5, 24, 40), torch.float16, True, True, "nf4"),
+        (517, 4160, 1024, (1, 7, 57), torch.bfloat16, False, True, "random"),
+    ]
+    if quick:
+        cases = cases[:2]
+    bad, worst = 0, 0.0
+    for N, K, bs, ms, dt, nested, with_bias, cb in cases:
+        W = torch.randn(N, K, device="cuda", dtype=dt, generator=g)
+        if cb == "random":
+            vals = torch.sort(torch.rand(16, device="cuda", generator=g) * 2 - 1).values
+            P, qs = wb.quantize_4bit(W, blocksize=bs, codebook=from_values(vals.cpu().numpy()),
+                                     compress_statistics=nested)
+        else:
+            P, qs = wb.quantize_4bit(W, blocksize=bs, quant_type=cb, compress_statistics=nested)
+        bias = torch.randn(N, device="cuda", dtype=dt, generator=g) if with_bias else None
+        for M in ms:
+            A = torch.randn(M, K, device="cuda", dtype=dt, generator=g)
+            ref, bound = _reference(A, P, N, K, qs, bias)
+            first = None
+            for variant in (0, 1, 2):
+                L.kbit_gemm_lut_tuning(variant)
+                for splits in (1, 3, 7):
+                    f = Lut(L, A, P, N, K, qs, bias, splits)
+                    f.out.fill_(float("nan"))
+                    y = f().clone()
+                    y2 = f().clone()
+                    err = (y.float() - ref.float()).abs()
+                    ratio = float((err / bound).max()) if bool(torch.isfinite(y).all()) else math.inf
+                    same = bool(torch.equal(y.view(torch.int16), y2.view(torch.int16)))
+                    if splits == 1:
+                        if first is None:
+                            first = y
+                        same = same and bool(torch.equal(y.view(torch.int16), first.view(torch.int16)))
+                    ok = ratio <= 1.0 and same
+                    bad += not ok
+                    worst = max(worst, ratio)
+                    if not ok or (variant == 0 and splits == 1):
+                        print(f"parity N={N} K={K} bs={bs} M={M} {str(dt)[6:]} nested={nested} bias={with_bias} "
+                              f"{cb} variant={variant} splits={splits}: max err/bound {ratio:.3f}"
+                              + ("" if same else "  NOT REPEATABLE / VARIANT DIFFERS") + ("" if ok else "  FAIL"),
+                              flush=True)
+    L.kbit_gemm_lut_tuning(0)
+    print(f"parity: {bad} failing, worst err/bound {worst:.3f}", flush=True)
+    return bad, worst
+
+
+def speed(L, quick: bool, copy: float) -> list[dict]:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    rows = []
+    shapes = SHAPES[:1] if quick else SHAPES
+    for N, K in shapes:
+        W = torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=g)
+        P, qs = wb.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=True)
+        Wd = wb.dequantize_4bit(P, qs).to(torch.bfloat16)
+        for M in (MS[:3] if quick else MS):
+            A = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
+            nbytes = bench.tensor_bytes(P, qs.absmax, qs.state2.absmax, A)
+            ours = bench.graph_replay_ms(lambda: matmul_4bit(A, P, qs, backend="cuda"), calls=20)
+            cublas = bench.graph_replay_ms(lambda: A @ Wd.t(), calls=20)
+            best = None
+            for variant in (0, 1, 2):
+                L.kbit_gemm_lut_tuning(variant)
+                for splits in SPLITS:
+                    f = Lut(L, A, P, N, K, qs, None, splits)
+                    ms = bench.graph_replay_ms(f, calls=20)
+                    pct = 100 * nbytes / (ms * 1e-3) / (copy * 1e9)
+                    row = dict(N=N, K=K, M=M, variant=variant, splits=splits, lut_ms=ms, pct_copy=pct,
+                               committed_ms=ours, cublas_ms=cublas)
+                    rows.append(row)
+                    if best is None or ms < best["lut_ms"]:
+                        best = row
+            print(f"{N:>6}x{K:<6} M={M:<3} lut best {best['lut_ms'] * 1e3:7.1f} us (variant {best['variant']}, "
+                  f"{best['splits']} splits) {best['pct_copy']:5.1f} % copy | committed {ours * 1e3:7.1f} us | "
+                  f"cuBLAS {cublas * 1e3:7.1f} us | x cuBLAS {cublas / best['lut_ms']:5.2f} | "
+                  f"x committed {ours / best['lut_ms']:5.2f}", flush=True)
+    L.kbit_gemm_lut_tuning(0)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-speed", action="store_true")
+    args = ap.parse_args(argv)
+    L = _lib()
+    occ = C.c_int()
+    for M in (1, 16, 32, 64):
+        L.kbit_gemm_4bit_lut_ctas(M, DTYPE_CODE[torch.bfloat16], C.byref(occ))
+        print(f"M={M}: {occ.value} CTAs per SM (variant 0)")
+    bad, worst = parity(L, args.quick)
+    rows = []
+    copy = bench.copy_bandwidth("cuda")
+    print(f"copy {copy:.0f} GB/s", flush=True)
+    if not args.no_speed:
+        rows = speed(L, args.quick, copy)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        Path(args.out, "matmul_lut_ab.json").write_text(json.dumps(
+            dict(copy_gbps=copy, parity_failing=bad, parity_worst=worst, rows=rows), indent=1))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
