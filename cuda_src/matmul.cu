@@ -462,8 +462,9 @@ extern "C" cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long 
                                           const unsigned char* B, const float* absmax, const unsigned char* absmax_8bit,
                                           const float* absmax_code, const float* absmax_offset, const float* table,
                                           int blocksize, const void* bias, void* out, float* partial, int* counters,
-                                          int splits, cudaStream_t stream) {
+                                          int splits, int tiled, cudaStream_t stream) {
     const int bs_shift = log2_exact(blocksize);
+    if (tiled && dtype != KBIT_BF16) return cudaErrorInvalidValue;
     if (M < 1 || M > KBIT_GEMM_LUT_MAX_M || N < 0 || K < 0 || K % lut4::kChunk != 0 || bs_shift < 6 || splits < 1)
         return cudaErrorInvalidValue;
     if ((uintptr_t)A % 16 != 0 || (uintptr_t)B % 16 != 0) return cudaErrorInvalidValue;
@@ -473,7 +474,7 @@ extern "C" cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long 
     const long long chunks = K / lut4::kChunk;
     lut4::Args p{A, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bias, out, partial, counters,
                  M, N, K, bs_shift, splits, (int)((chunks + splits - 1) / splits),
-                 ((N + lut4::kRows - 1) / lut4::kRows) * splits};
+                 ((N + lut4::kRows - 1) / lut4::kRows) * splits, tiled};
     switch (dtype) {
         case KBIT_F16: return lut4::launch_dt<KBIT_F16>(p, stream, nullptr);
         case KBIT_BF16: return lut4::launch_dt<KBIT_BF16>(p, stream, nullptr);

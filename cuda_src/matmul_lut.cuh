@@ -58,6 +58,7 @@ struct Args {
     int splits;
     int chunks_per_split;
     long long tasks;      // row groups x splits
+    int tiled;            // B in the tiled layout (tile_codes below) instead of bitsandbytes' rows
 };
 
 template <int DT> struct Op;
@@ -92,6 +93,12 @@ template <> struct Op<KBIT_F16> {
     __device__ static __forceinline__ void st(t* p, long long i, float v) { p[i] = __float2half_rn(v); }
 };
 
+__device__ __forceinline__ uint4 ld_stream16(const uint8_t* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
 __device__ __forceinline__ uint2 ld_stream8(const uint8_t* p) {  // read once: no L1 allocation
     uint2 v;
     asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
@@ -107,24 +114,30 @@ template <int U> struct Group {
 
 /* Per task and thread: where its rows and activation rows start. */
 template <int NT> struct Rows {
-    const uint8_t* w[2];  // packed bytes of row n at this thread's 8-byte offset 8t
+    const uint8_t* w[2];  // packed bytes of row n at this thread's 8-byte offset 8t (TL: w[0], the lane's 16 bytes
+                          // of the warp's tile at chunk 0)
     long long f[2];       // flat element index n * K of each row (block indices by shift)
     bool ok[2];           // row < N
     const uint8_t* x[NT]; // activation row 8 nt + g at element 16t
     bool xok[NT];         // activation row < M
 };
 
-template <int U, int NT>
+template <int U, int NT, bool TL>
 __device__ __forceinline__ void load_group(Group<U>& G, const Args& p, const Rows<NT>& R, int c, int c_end) {
     const bool nested = p.a8 != nullptr;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
         const int cc = c + u;
+        if constexpr (TL) {  // one 16-byte load: rows g and g + 8 (the tile's rows past N are zero bytes)
+            const uint4 v = cc < c_end && R.ok[0] ? ld_stream16(R.w[0] + 512 * (long long)cc) : make_uint4(0u, 0u, 0u, 0u);
+            G.w[u][0] = make_uint2(v.x, v.y);
+            G.w[u][1] = make_uint2(v.z, v.w);
+        }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const bool ok = cc < c_end && R.ok[r];
             const long long b = (R.f[r] + (long long)cc * kChunk) >> p.bs_shift;
-            G.w[u][r] = ok ? ld_stream8(R.w[r] + 32 * cc) : make_uint2(0u, 0u);
+            if constexpr (!TL) G.w[u][r] = ok ? ld_stream8(R.w[r] + 32 * cc) : make_uint2(0u, 0u);
             G.amax[u][r] = ok ? __ldg(p.absmax + (nested ? b >> 8 : b)) : 0.0f;
             G.q8[u][r] = ok && nested ? (uint32_t)__ldg(p.a8 + b) : 0u;
         }
@@ -184,7 +197,7 @@ __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U
     }
 }
 
-template <int DT, int NT, int U, int MINB>
+template <int DT, int NT, int U, int MINB, bool TL>
 __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) {
     typedef Op<DT> O;
     typedef typename O::t T;
@@ -226,6 +239,7 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
             R.w[r] = p.B + nn * (p.K >> 1) + 8 * t;
             R.f[r] = nn * p.K;
         }
+        if constexpr (TL) R.w[0] = p.B + ((rg * kWarps + warp) * (long long)chunks * 32 + lane) * 16;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             const int m = 8 * nt + g;
@@ -238,12 +252,12 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
         for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
         // two groups in registers, ping-pong: the next U chunks' loads in flight while U chunks are computed
         Group<U> ga, gb;
-        load_group<U, NT>(ga, p, R, c_begin, c_end);
+        load_group<U, NT, TL>(ga, p, R, c_begin, c_end);
         for (int c = c_begin; c < c_end; c += 2 * U) {
-            if (c + U < c_end) load_group<U, NT>(gb, p, R, c + U, c_end);
+            if (c + U < c_end) load_group<U, NT, TL>(gb, p, R, c + U, c_end);
             compute_group<DT, NT, U>(acc, ga, p, R, c, c_end, tab, lane4, code2, off);
             if (c + U >= c_end) break;
-            if (c + 2 * U < c_end) load_group<U, NT>(ga, p, R, c + 2 * U, c_end);
+            if (c + 2 * U < c_end) load_group<U, NT, TL>(ga, p, R, c + 2 * U, c_end);
             compute_group<DT, NT, U>(acc, gb, p, R, c + U, c_end, tab, lane4, code2, off);
         }
 
@@ -297,9 +311,9 @@ inline int tile_n8(int M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; }
  * same results: neither changes the accumulation order). */
 inline int g_lut_variant = 0;
 
-template <int DT, int NT, int U, int MINB>
+template <int DT, int NT, int U, int MINB, bool TL = false>
 cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
-    auto kern = gemm_lut_kernel<DT, NT, U, MINB>;
+    auto kern = gemm_lut_kernel<DT, NT, U, MINB, TL>;
     static bool smem_set[64] = {};  // per device: the opt-in above 48 KB of dynamic shared memory
     int dev = 0;
     cudaGetDevice(&dev);
@@ -328,6 +342,10 @@ template <int DT, int NT>
 cudaError_t launch_nt(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     constexpr int U0 = NT == 1 ? 4 : NT == 2 ? 2 : 2, B0 = NT <= 2 ? 2 : 1;  // the default: no spills (ptxas -v)
     if constexpr (DT == KBIT_BF16) {
+        if (p.tiled) {
+            if (g_lut_variant == 1) return launch_k<DT, NT, NT <= 2 ? 8 : 2, 1, true>(p, stream, ctas_per_sm);
+            return launch_k<DT, NT, U0, B0, true>(p, stream, ctas_per_sm);
+        }
         if (g_lut_variant == 1) return launch_k<DT, NT, NT <= 2 ? 2 : 1, NT <= 2 ? 3 : 2>(p, stream, ctas_per_sm);
         if (g_lut_variant == 2) return launch_k<DT, NT, NT == 1 ? 2 : NT == 2 ? 4 : 1, NT <= 2 ? 2 : 1>(p, stream, ctas_per_sm);
     }

@@ -38,7 +38,7 @@ SPLITS = (1, 2, 3, 4, 6, 8, 12, 16)
 def _lib():
     L = CM.lib()
     P, I, LL = C.c_void_p, C.c_int, C.c_longlong
-    L.kbit_gemm_4bit_lut.argtypes = [P, I, I, LL, LL, P, P, P, P, P, P, I, P, P, P, P, I, P]
+    L.kbit_gemm_4bit_lut.argtypes = [P, I, I, LL, LL, P, P, P, P, P, P, I, P, P, P, P, I, I, P]
     L.kbit_gemm_4bit_lut.restype = I
     L.kbit_gemm_4bit_lut_ctas.argtypes = [I, I, C.POINTER(I)]
     L.kbit_gemm_4bit_lut_ctas.restype = I
@@ -54,11 +54,22 @@ def _state(qs):
     return qs.absmax, None, None, None, qs.code.float()
 
 
+def tile_codes(B, N: int, K: int) -> torch.Tensor:
+    """bitsandbytes' packed rows -> the tiled layout [ceil(N/16)][K/64][32 lanes][16 bytes]: lane 4g + t holds bytes
+    8t .. 8t + 7 of chunk c of rows 16 T + g and 16 T + g + 8 (zeros past N)."""
+    T, Cn = -(-N // 16), K // 64
+    b = B.reshape(-1).view(torch.uint8)[: N * K // 2].view(N, Cn, 4, 8)
+    if T * 16 != N:
+        b = torch.cat([b, b.new_zeros(T * 16 - N, Cn, 4, 8)])
+    return b.view(T, 2, 8, Cn, 4, 8).permute(0, 3, 2, 4, 1, 5).contiguous().view(-1)
+
+
 class Lut:
     """One call of kbit_gemm_4bit_lut with its own output, partials and counters (graph-capturable)."""
 
-    def __init__(self, L, A, B, N, K, qs, bias, splits):
-        self.L, self.A, self.B, self.N, self.K, self.bias, self.splits = L, A, B, N, K, bias, splits
+    def __init__(self, L, A, B, N, K, qs, bias, splits, tiled=None):
+        self.L, self.A, self.N, self.K, self.bias, self.splits = L, A, N, K, bias, splits
+        self.B, self.tiled = (B, 0) if tiled is None else (tiled, 1)
         self.st = _state(qs)
         self.bs = qs.blocksize
         M = A.shape[0]
@@ -72,7 +83,8 @@ class Lut:
         M = self.A.shape[0]
         r = self.L.kbit_gemm_4bit_lut(p(self.A), DTYPE_CODE[self.A.dtype], M, self.N, self.K, p(self.B), p(a2), p(a8),
                                       p(c2), p(off), p(tab), self.bs, p(self.bias), p(self.out),
-                                      p(self.part), p(self.ctr), self.splits, torch.cuda.current_stream().cuda_stream)
+                                      p(self.part), p(self.ctr), self.splits, self.tiled,
+                                      torch.cuda.current_stream().cuda_stream)
         if r != 0:
             raise RuntimeError(f"kbit_gemm_4bit_lut returned {r}")
         return self.out
@@ -109,6 +121,7 @@ def parity(L, quick: bool) -> tuple[int, float]:
         else:
             P, qs = wb.quantize_4bit(W, blocksize=bs, quant_type=cb, compress_statistics=nested)
         bias = torch.randn(N, device="cuda", dtype=dt, generator=g) if with_bias else None
+        Pt = tile_codes(P, N, K) if dt == torch.bfloat16 else None
         for M in ms:
             A = torch.randn(M, K, device="cuda", dtype=dt, generator=g)
             ref, bound = _reference(A, P, N, K, qs, bias)
@@ -130,10 +143,15 @@ def parity(L, quick: bool) -> tuple[int, float]:
                     ok = ratio <= 1.0 and same
                     bad += not ok
                     worst = max(worst, ratio)
+                    if Pt is not None and variant < 2:  # the tiled layout: the same bits
+                        yt = Lut(L, A, P, N, K, qs, bias, splits, tiled=Pt)().clone()
+                        tsame = bool(torch.equal(yt.view(torch.int16), y.view(torch.int16)))
+                        ok, same = ok and tsame, same and tsame
                     if not ok or (variant == 0 and splits == 1):
                         print(f"parity N={N} K={K} bs={bs} M={M} {str(dt)[6:]} nested={nested} bias={with_bias} "
                               f"{cb} variant={variant} splits={splits}: max err/bound {ratio:.3f}"
-                              + ("" if same else "  NOT REPEATABLE / VARIANT DIFFERS") + ("" if ok else "  FAIL"),
+                              + ("" if same else "  NOT REPEATABLE / VARIANT OR LAYOUT DIFFERS")
+                              + ("" if ok else "  FAIL"),
                               flush=True)
     L.kbit_gemm_lut_tuning(0)
     print(f"parity: {bad} failing, worst err/bound {worst:.3f}", flush=True)
@@ -148,27 +166,29 @@ def speed(L, quick: bool, copy: float) -> list[dict]:
         W = torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=g)
         P, qs = wb.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=True)
         Wd = wb.dequantize_4bit(P, qs).to(torch.bfloat16)
+        Pt = tile_codes(P, N, K)
         for M in (MS[:3] if quick else MS):
             A = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
             nbytes = bench.tensor_bytes(P, qs.absmax, qs.state2.absmax, A)
             ours = bench.graph_replay_ms(lambda: matmul_4bit(A, P, qs, backend="cuda"), calls=20)
             cublas = bench.graph_replay_ms(lambda: A @ Wd.t(), calls=20)
-            best = None
-            for variant in (0, 1, 2):
-                L.kbit_gemm_lut_tuning(variant)
-                for splits in SPLITS:
-                    f = Lut(L, A, P, N, K, qs, None, splits)
-                    ms = bench.graph_replay_ms(f, calls=20)
-                    pct = 100 * nbytes / (ms * 1e-3) / (copy * 1e9)
-                    row = dict(N=N, K=K, M=M, variant=variant, splits=splits, lut_ms=ms, pct_copy=pct,
-                               committed_ms=ours, cublas_ms=cublas)
-                    rows.append(row)
-                    if best is None or ms < best["lut_ms"]:
-                        best = row
-            print(f"{N:>6}x{K:<6} M={M:<3} lut best {best['lut_ms'] * 1e3:7.1f} us (variant {best['variant']}, "
-                  f"{best['splits']} splits) {best['pct_copy']:5.1f} % copy | committed {ours * 1e3:7.1f} us | "
-                  f"cuBLAS {cublas * 1e3:7.1f} us | x cuBLAS {cublas / best['lut_ms']:5.2f} | "
-                  f"x committed {ours / best['lut_ms']:5.2f}", flush=True)
+            for layout in ("rows", "tiled"):
+                best = None
+                for variant in ((0, 1, 2) if layout == "rows" else (0, 1)):
+                    L.kbit_gemm_lut_tuning(variant)
+                    for splits in SPLITS:
+                        f = Lut(L, A, P, N, K, qs, None, splits, tiled=Pt if layout == "tiled" else None)
+                        ms = bench.graph_replay_ms(f, calls=20)
+                        pct = 100 * nbytes / (ms * 1e-3) / (copy * 1e9)
+                        row = dict(N=N, K=K, M=M, layout=layout, variant=variant, splits=splits, lut_ms=ms,
+                                   pct_copy=pct, committed_ms=ours, cublas_ms=cublas)
+                        rows.append(row)
+                        if best is None or ms < best["lut_ms"]:
+                            best = row
+                print(f"{N:>6}x{K:<6} M={M:<3} {layout:5} best {best['lut_ms'] * 1e3:7.1f} us (variant "
+                      f"{best['variant']}, {best['splits']:2} splits) {best['pct_copy']:5.1f} % copy | committed "
+                      f"{ours * 1e3:7.1f} us | cuBLAS {cublas * 1e3:7.1f} us | x cuBLAS {cublas / best['lut_ms']:5.2f}"
+                      f" | x committed {ours / best['lut_ms']:5.2f}", flush=True)
     L.kbit_gemm_lut_tuning(0)
     return rows
 
