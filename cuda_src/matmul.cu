@@ -464,7 +464,6 @@ extern "C" cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long 
                                           int blocksize, const void* bias, void* out, float* partial, int* counters,
                                           int splits, int tiled, cudaStream_t stream) {
     const int bs_shift = log2_exact(blocksize);
-    if (tiled && dtype != KBIT_BF16) return cudaErrorInvalidValue;
     if (M < 1 || M > KBIT_GEMM_LUT_MAX_M || N < 0 || K < 0 || K % lut4::kChunk != 0 || bs_shift < 6 || splits < 1)
         return cudaErrorInvalidValue;
     if ((uintptr_t)A % 16 != 0 || (uintptr_t)B % 16 != 0) return cudaErrorInvalidValue;
