@@ -471,9 +471,12 @@ extern "C" cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long 
     if (splits > 1 && (partial == nullptr || counters == nullptr)) return cudaErrorInvalidValue;
     if (N == 0) return cudaSuccess;
     const long long chunks = K / lut4::kChunk;
+    // nested, blocksize 64, K % 256 == 0: splits of whole 4-chunk groups (a row's 4 codes in one aligned word)
+    const bool grouped = absmax_8bit != nullptr && blocksize == 64 && K % 256 == 0;
+    int cps = (int)((chunks + splits - 1) / splits);
+    if (grouped) cps = (cps + 3) & ~3;
     lut4::Args p{A, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bias, out, partial, counters,
-                 M, N, K, bs_shift, splits, (int)((chunks + splits - 1) / splits),
-                 ((N + lut4::kRows - 1) / lut4::kRows) * splits, tiled};
+                 M, N, K, bs_shift, splits, cps, ((N + lut4::kRows - 1) / lut4::kRows) * splits, tiled, grouped};
     switch (dtype) {
         case KBIT_F16: return lut4::launch_dt<KBIT_F16>(p, stream, nullptr);
         case KBIT_BF16: return lut4::launch_dt<KBIT_BF16>(p, stream, nullptr);

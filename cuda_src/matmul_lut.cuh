@@ -38,7 +38,7 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kRows = kWarps * 16;               // weight rows per task
 constexpr int kChunk = 64;                       // k per chunk (4 mma k-steps)
 constexpr int kPairWords = 256 * 64;             // the pair table: 256 entries x 64 words (32 used: one per lane)
-constexpr size_t kTableBytes = kPairWords * 4 + 256 * 4;  // + the nested absmax code table
+constexpr size_t kSmem = kPairWords * 4 + 256 * 4;  // + the nested absmax code table
 
 struct Args {
     const void* A;
@@ -59,6 +59,7 @@ struct Args {
     int chunks_per_split;
     long long tasks;      // row groups x splits
     int tiled;            // B in the tiled layout (tile_codes below) instead of bitsandbytes' rows
+    int group_scales;     // nested, blocksize 64, K % 256 == 0, splits of whole groups: a group's codes in one word
 };
 
 template <int DT> struct Op;
@@ -93,113 +94,139 @@ template <> struct Op<KBIT_F16> {
     __device__ static __forceinline__ void st(t* p, long long i, float v) { p[i] = __float2half_rn(v); }
 };
 
-template <int BYTES>
-__device__ __forceinline__ void cp_async(void* smem, const void* gmem) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(smem);
-    if constexpr (BYTES == 16)
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(gmem));
-    else
-        asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(d), "l"(gmem), "n"(BYTES));
+__device__ __forceinline__ uint4 ld_stream16(const uint8_t* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+__device__ __forceinline__ uint2 ld_stream8(const uint8_t* p) {  // read once: no L1 allocation
+    uint2 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
 
-/* One pipeline stage of one warp: each lane's 16 code bytes (rows g and g + 8, 8 each), then each lane's scale item:
- * lane 4g + t copies item t of its quad -- the float absmax (nested: of the 256-block group) of row g (t = 0) and
- * g + 8 (t = 1), and, nested, the aligned 32-bit word holding the uint8 code of row g (t = 2) and g + 8 (t = 3) --
- * so a lane reads its quad's four items in one 16-byte load. A lane reads only its own codes, and its quad's items
- * after a __syncwarp. */
-constexpr int kStageBytes = 32 * 16 + 32 * 4;
-
-/* Per task and thread: what it copies and reads. */
-template <int NT> struct Feed {
-    const uint8_t* w[2];   // tiled: w[0], this lane's 16 bytes at chunk 0; else rows g, g + 8 at byte 8t
-    bool ok[2];            // rows g, g + 8 < N
-    uint32_t f_lo[2];      // low 32 bits of n K of rows g, g + 8: which byte of the nested code's word is the code
-    long long f_item;      // n K of this lane's item row
-    bool item_ok;          // the item exists (row < N; t >= 2 only when nested)
-    const uint8_t* x[NT];  // activation row 8 nt + g at element 16t
-    bool xok[NT];          // activation row < M
+/* The codes and scale ingredients of U chunks for this thread's two rows (r = 0: row g, 1: row g + 8). */
+template <int U> struct Group {
+    uint2 w[U][2];
+    float amax[U][2];
+    uint32_t q8[U][2];
 };
 
-template <int NT, bool TL>
-__device__ __forceinline__ void stage_chunk(uint8_t* st, const Args& p, const Feed<NT>& F, int cc, int c_end, int lane) {
-    if (cc >= c_end) return;
-    if constexpr (TL) {
-        if (F.ok[0]) cp_async<16>(st + 16 * lane, F.w[0] + 512 * (long long)cc);
-    } else {
-        if (F.ok[0]) cp_async<8>(st + 16 * lane, F.w[0] + 32 * (long long)cc);
-        if (F.ok[1]) cp_async<8>(st + 16 * lane + 8, F.w[1] + 32 * (long long)cc);
-    }
-    if (F.item_ok) {
-        const long long b = (F.f_item + (long long)cc * kChunk) >> p.bs_shift;
-        const void* src;
-        if ((lane & 2) == 0) src = p.absmax + (p.a8 != nullptr ? b >> 8 : b);
-        else src = reinterpret_cast<const void*>((uintptr_t)(p.a8 + b) & ~(uintptr_t)3);  // never crosses a page
-        cp_async<4>(st + 512 + 4 * lane, src);
-    }
-}
+/* Mode of the scale path (template DG): 0 per chunk; 1 per group of 4 chunks (nested, blocksize 64: the four uint8
+ * codes of a row in one aligned word, one nested absmax); diagnostics, wrong results: 2 no scale loads (s = 1),
+ * 3 no codebook lookup (the code words themselves as weights). */
+constexpr int kScalesPerChunk = 0, kScalesPerGroup = 1, kDiagNoScales = 2, kDiagNoLookup = 3;
 
-template <int NT>
-__device__ __forceinline__ void load_x(uint4 (&xv)[NT][2], const Feed<NT>& F, int cc) {
+/* Per task and thread: where its rows and activation rows start. */
+template <int NT> struct Rows {
+    const uint8_t* w[2];  // packed bytes of row n at this thread's 8-byte offset 8t (TL: w[0], the lane's 16 bytes
+                          // of the warp's tile at chunk 0)
+    long long f[2];       // flat element index n * K of each row (block indices by shift)
+    bool ok[2];           // row < N
+    const uint8_t* x[NT]; // activation row 8 nt + g at element 16t
+    bool xok[NT];         // activation row < M
+};
+
+template <int U, int NT, bool TL, int DG>
+__device__ __forceinline__ void load_group(Group<U>& G, const Args& p, const Rows<NT>& R, int c, int c_end) {
+    const bool nested = p.a8 != nullptr;
+    if constexpr (DG == kScalesPerGroup) {
+        static_assert(U == 4, "a group is the 4 codes of one aligned word");
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-        const uint4* xp = reinterpret_cast<const uint4*>(F.x[nt] + 128 * (long long)cc);
-        xv[nt][0] = F.xok[nt] ? __ldg(xp) : make_uint4(0u, 0u, 0u, 0u);
-        xv[nt][1] = F.xok[nt] ? __ldg(xp + 1) : make_uint4(0u, 0u, 0u, 0u);
+        for (int r = 0; r < 2; ++r) {
+            const bool ok = c < c_end && R.ok[r];
+            const long long b = (R.f[r] >> 6) + c;  // blocksize 64; b % 4 == 0 (K % 256 == 0, c % 4 == 0)
+            G.amax[0][r] = ok ? __ldg(p.absmax + (b >> 8)) : 0.0f;
+            G.q8[0][r] = ok ? __ldg(reinterpret_cast<const uint32_t*>(p.a8 + b)) : 0u;
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const int cc = c + u;
+        if constexpr (TL) {  // one 16-byte load: rows g and g + 8 (the tile's rows past N are zero bytes)
+            const uint4 v = cc < c_end && R.ok[0] ? ld_stream16(R.w[0] + 512 * (long long)cc) : make_uint4(0u, 0u, 0u, 0u);
+            G.w[u][0] = make_uint2(v.x, v.y);
+            G.w[u][1] = make_uint2(v.z, v.w);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const bool ok = cc < c_end && R.ok[r];
+            const long long b = (R.f[r] + (long long)cc * kChunk) >> p.bs_shift;
+            if constexpr (!TL) G.w[u][r] = ok ? ld_stream8(R.w[r] + 32 * cc) : make_uint2(0u, 0u);
+            if constexpr (DG == kScalesPerChunk || DG == kDiagNoLookup) {
+                G.amax[u][r] = ok ? __ldg(p.absmax + (nested ? b >> 8 : b)) : 0.0f;
+                G.q8[u][r] = ok && nested ? (uint32_t)__ldg(p.a8 + b) : 0u;
+            }
+        }
     }
 }
 
-/* Chunk cc from its stage into acc. */
-template <int DT, int NT>
-__device__ __forceinline__ void compute_chunk(float (&acc)[NT][4], const uint8_t* st, const uint4 (&xv)[NT][2],
-                                              const Args& p, const Feed<NT>& F, int cc, int lane, const char* tab,
+/* Chunks c .. c + U - 1 (those below c_end) into acc. */
+template <int DT, int NT, int U, int DG>
+__device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U>& G, const Args& p,
+                                              const Rows<NT>& R, int c, int c_end, const char* tab, uint32_t lane4,
                                               const float* code2, float off) {
     typedef Op<DT> O;
-    const uint4 cw = *reinterpret_cast<const uint4*>(st + 16 * lane);
-    const uint4 it = *reinterpret_cast<const uint4*>(st + 512 + 16 * (lane >> 2));
-    float s[2];
+    const bool nested = p.a8 != nullptr;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const float am = __uint_as_float(r ? it.y : it.x);
-        float v = am;
-        if (p.a8 != nullptr) {  // rule 1
-            const uint32_t sh = 8u * (((F.f_lo[r] + 64u * (uint32_t)cc) >> p.bs_shift) & 3u);
-            v = __fadd_rn(__fmul_rn(code2[((r ? it.w : it.z) >> sh) & 0xffu], am), off);
+    for (int u = 0; u < U; ++u) {
+        const int cc = c + u;
+        if (cc >= c_end) break;  // uniform across the CTA
+        float s[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float v;
+            if constexpr (DG == kScalesPerGroup)  // rule 1
+                v = __fadd_rn(__fmul_rn(code2[(G.q8[0][r] >> (8 * u)) & 0xffu], G.amax[0][r]), off);
+            else if constexpr (DG == kDiagNoScales)
+                v = 1.0f;
+            else
+                v = nested ? __fadd_rn(__fmul_rn(code2[G.q8[u][r]], G.amax[u][r]), off) : G.amax[u][r];  // rule 1
+            s[r] = R.ok[r] ? v : 0.0f;  // rows past N: zeros (their codes read as 0, the codebook is finite)
         }
-        s[r] = F.ok[r] ? v : 0.0f;  // rows past N: zeros (never stored)
-    }
-    const uint32_t lane4 = 4u * (uint32_t)lane;
-    float part[NT][4];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        // bytes 2j, 2j + 1 of the row's 8: word j / 2, byte pair (2j) % 4; the byte goes into address byte 1
-        const uint32_t wlo = j < 2 ? cw.x : cw.y, whi = j < 2 ? cw.z : cw.w;
-        const uint32_t sel0 = 0x6604u | ((uint32_t)((2 * j) & 3) << 4), sel1 = sel0 + 0x10u;
-        uint32_t a[4];
-        a[0] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(wlo, lane4, sel0));
-        a[1] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(whi, lane4, sel0));
-        a[2] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(wlo, lane4, sel1));
-        a[3] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(whi, lane4, sel1));
+        uint4 xv[NT][2];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-            const uint4& x = xv[nt][j >> 1];
-            O::mma(part[nt], a, (j & 1) ? x.z : x.x, (j & 1) ? x.w : x.y);
+            const uint4* xp = reinterpret_cast<const uint4*>(R.x[nt] + 128 * (long long)cc);
+            xv[nt][0] = R.xok[nt] ? __ldg(xp) : make_uint4(0u, 0u, 0u, 0u);
+            xv[nt][1] = R.xok[nt] ? __ldg(xp + 1) : make_uint4(0u, 0u, 0u, 0u);
         }
-    }
+        float part[NT][4];
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-        acc[nt][0] = __fmaf_rn(s[0], part[nt][0], acc[nt][0]);
-        acc[nt][1] = __fmaf_rn(s[0], part[nt][1], acc[nt][1]);
-        acc[nt][2] = __fmaf_rn(s[1], part[nt][2], acc[nt][2]);
-        acc[nt][3] = __fmaf_rn(s[1], part[nt][3], acc[nt][3]);
+        for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            // bytes 2j, 2j + 1 of the thread's 8: word j / 2, byte pair (2j) % 4; the byte goes into address byte 1
+            const uint32_t wlo = j < 2 ? G.w[u][0].x : G.w[u][0].y, whi = j < 2 ? G.w[u][1].x : G.w[u][1].y;
+            const uint32_t sel0 = 0x6604u | ((uint32_t)((2 * j) & 3) << 4), sel1 = sel0 + 0x10u;
+            uint32_t a[4];
+            if constexpr (DG == kDiagNoLookup) {
+                a[0] = __byte_perm(wlo, lane4, sel0); a[1] = __byte_perm(whi, lane4, sel0);
+                a[2] = __byte_perm(wlo, lane4, sel1); a[3] = __byte_perm(whi, lane4, sel1);
+            } else {
+                a[0] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(wlo, lane4, sel0));
+                a[1] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(whi, lane4, sel0));
+                a[2] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(wlo, lane4, sel1));
+                a[3] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(whi, lane4, sel1));
+            }
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const uint4& x = xv[nt][j >> 1];
+                O::mma(part[nt], a, (j & 1) ? x.z : x.x, (j & 1) ? x.w : x.y);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            acc[nt][0] = __fmaf_rn(s[0], part[nt][0], acc[nt][0]);
+            acc[nt][1] = __fmaf_rn(s[0], part[nt][1], acc[nt][1]);
+            acc[nt][2] = __fmaf_rn(s[1], part[nt][2], acc[nt][2]);
+            acc[nt][3] = __fmaf_rn(s[1], part[nt][3], acc[nt][3]);
+        }
     }
 }
 
-template <int DT, int NT, int S, int MINB, bool TL>
+template <int DT, int NT, int U, int MINB, bool TL, int DG>
 __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) {
     typedef Op<DT> O;
     typedef typename O::t T;
@@ -220,7 +247,7 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
     const float off = nested ? __ldg(p.off) : 0.0f;
     __syncthreads();
     const char* tab = reinterpret_cast<const char*>(pair);
-    uint8_t* stages = reinterpret_cast<uint8_t*>(lut_smem + kPairWords + 256) + warp * S * kStageBytes;
+    const uint32_t lane4 = 4u * (uint32_t)lane;
 
     const int chunks = (int)(p.K / kChunk);
     const long long MN = (long long)p.M * p.N;
@@ -232,59 +259,36 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
         const int z = (int)(task - rg * p.splits);
         const int c_begin = z * p.chunks_per_split;
         const int c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
-        Feed<NT> F;
+        Rows<NT> R;
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const long long n = rg * kRows + warp * 16 + g + 8 * r;
-            F.ok[r] = n < p.N;
-            const long long nn = F.ok[r] ? n : 0;
-            F.w[r] = p.B + nn * (p.K >> 1) + 8 * t;
-            F.f_lo[r] = (uint32_t)(nn * p.K);
+            R.ok[r] = n < p.N;
+            const long long nn = R.ok[r] ? n : 0;
+            R.w[r] = p.B + nn * (p.K >> 1) + 8 * t;
+            R.f[r] = nn * p.K;
         }
-        if constexpr (TL) F.w[0] = p.B + ((rg * kWarps + warp) * (long long)chunks * 32 + lane) * 16;
-        {
-            const long long n = rg * kRows + warp * 16 + g + 8 * (t & 1);
-            F.item_ok = n < p.N && (t < 2 || nested);
-            F.f_item = (n < p.N ? n : 0) * p.K;
-        }
+        if constexpr (TL) R.w[0] = p.B + ((rg * kWarps + warp) * (long long)chunks * 32 + lane) * 16;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             const int m = 8 * nt + g;
-            F.xok[nt] = m < p.M;
-            F.x[nt] = reinterpret_cast<const uint8_t*>(p.A) + 2 * ((long long)(F.xok[nt] ? m : 0) * p.K + 16 * t);
+            R.xok[nt] = m < p.M;
+            R.x[nt] = reinterpret_cast<const uint8_t*>(p.A) + 2 * ((long long)(R.xok[nt] ? m : 0) * p.K + 16 * t);
         }
 
         float acc[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-        // S-stage cp.async ring per warp: S - 1 chunks of codes and scale items in flight, no registers held
-#pragma unroll
-        for (int i = 0; i < S - 1; ++i) {
-            stage_chunk<NT, TL>(stages + i * kStageBytes, p, F, c_begin + i, c_end, lane);
-            cp_async_commit();
+        // two groups in registers, ping-pong: the next U chunks' loads in flight while U chunks are computed
+        Group<U> ga, gb;
+        load_group<U, NT, TL, DG>(ga, p, R, c_begin, c_end);
+        for (int c = c_begin; c < c_end; c += 2 * U) {
+            if (c + U < c_end) load_group<U, NT, TL, DG>(gb, p, R, c + U, c_end);
+            compute_group<DT, NT, U, DG>(acc, ga, p, R, c, c_end, tab, lane4, code2, off);
+            if (c + U >= c_end) break;
+            if (c + 2 * U < c_end) load_group<U, NT, TL, DG>(ga, p, R, c + 2 * U, c_end);
+            compute_group<DT, NT, U, DG>(acc, gb, p, R, c + U, c_end, tab, lane4, code2, off);
         }
-        constexpr bool XP = NT <= 2;  // activations one chunk ahead in registers (small M only: registers)
-        uint4 xn[NT][2];
-        if (XP && c_begin < c_end) load_x<NT>(xn, F, c_begin);
-        int slot = 0;
-        for (int c = c_begin; c < c_end; ++c) {
-            cp_async_wait<S - 2>();  // this lane's copies of chunk c have landed
-            __syncwarp();            // and every lane's; every lane is done with chunk c - 1, refilled below
-            stage_chunk<NT, TL>(stages + (slot == 0 ? S - 1 : slot - 1) * kStageBytes, p, F, c + S - 1, c_end, lane);
-            cp_async_commit();
-            uint4 xv[NT][2];
-            if constexpr (XP) {
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) xv[nt][0] = xn[nt][0], xv[nt][1] = xn[nt][1];
-                if (c + 1 < c_end) load_x<NT>(xn, F, c + 1);
-            } else {
-                load_x<NT>(xv, F, c);
-            }
-            compute_chunk<DT, NT>(acc, stages + slot * kStageBytes, xv, p, F, c, lane, tab, code2, off);
-            slot = slot == S - 1 ? 0 : slot + 1;
-        }
-        cp_async_wait<0>();
-        __syncwarp();  // the next task refills the stages
 
         // C fragment: acc[nt][e] is out[m = 8 nt + 2t + (e & 1)][n = row g + 8 (e >> 1)]
         if (p.splits > 1) {
@@ -331,27 +335,24 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
 /* n8 activation tiles for M rows (M <= 8 NT). */
 inline int tile_n8(int M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; }
 
-/* (stages S, resident CTAs per SM the registers are budgeted for) of each variant; shared memory: the 65 KB table
- * + 8 warps x S x 640 bytes, so 2 CTAs per SM up to S = 11. Variant 0 is the default; kbit_gemm_lut_tuning picks
- * another for the A/B (bf16 only; same results: neither changes the accumulation order). */
+/* (chunks per group U, resident CTAs per SM the registers are budgeted for) of each variant; the pair table's
+ * 64 KB allows 3 CTAs per SM. Variant 0 is the default; kbit_gemm_lut_tuning picks another for the A/B (bf16 only;
+ * same results: neither changes the accumulation order). */
 inline int g_lut_variant = 0;
 
-template <int S> constexpr size_t smem_bytes() { return kTableBytes + (size_t)kWarps * S * kStageBytes; }
-
-template <int DT, int NT, int S, int MINB, bool TL>
+template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk>
 cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
-    auto kern = gemm_lut_kernel<DT, NT, S, MINB, TL>;
-    constexpr size_t smem = smem_bytes<S>();
+    auto kern = gemm_lut_kernel<DT, NT, U, MINB, TL, DG>;
     static bool smem_set[64] = {};  // per device: the opt-in above 48 KB of dynamic shared memory
     int dev = 0;
     cudaGetDevice(&dev);
     if (dev < 64 && !smem_set[dev]) {
-        const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmem);
         if (e != cudaSuccess) return e;
         smem_set[dev] = true;
     }
     int occ = 0;
-    cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, kThreads, smem);
+    cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, kThreads, kSmem);
     if (e != cudaSuccess) return e;
     if (ctas_per_sm != nullptr) {
         *ctas_per_sm = occ;
@@ -362,22 +363,25 @@ cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     if (e != cudaSuccess) return e;
     const long long slots = (long long)(occ > 0 ? occ : 1) * sms;
     const unsigned grid = (unsigned)(p.tasks < slots ? p.tasks : slots);
-    kern<<<grid, kThreads, smem, stream>>>(p);
+    kern<<<grid, kThreads, kSmem, stream>>>(p);
     return cudaGetLastError();
-}
-
-template <int DT, int NT, bool TL>
-cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
-    constexpr int B0 = NT <= 4 ? 2 : 1;
-    if constexpr (DT == KBIT_BF16) {
-        if (g_lut_variant == 1) return launch_k<DT, NT, 4, B0, TL>(p, stream, ctas_per_sm);
-    }
-    return launch_k<DT, NT, 8, B0, TL>(p, stream, ctas_per_sm);
 }
 
 template <int DT, int NT>
 cudaError_t launch_nt(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
-    return p.tiled ? launch_tl<DT, NT, true>(p, stream, ctas_per_sm) : launch_tl<DT, NT, false>(p, stream, ctas_per_sm);
+    constexpr int U0 = NT == 1 ? 4 : 2, B0 = NT <= 2 ? 2 : 1;  // the default: no spills (ptxas -v)
+    if constexpr (DT == KBIT_BF16 && NT <= 2) {
+        if (p.tiled) {  // A/B variants (bf16, M <= 16): 1 eight chunks in flight; 2, 3 diagnostics; 4 grouped scales
+            const int v = g_lut_variant;
+            if (v == 1) return launch_k<DT, NT, 8, 1, true>(p, stream, ctas_per_sm);
+            if (v == 2) return launch_k<DT, NT, 4, 2, true, kDiagNoScales>(p, stream, ctas_per_sm);
+            if (v == 3) return launch_k<DT, NT, 4, 2, true, kDiagNoLookup>(p, stream, ctas_per_sm);
+            if (v == 4 && p.group_scales) return launch_k<DT, NT, 4, 2, true, kScalesPerGroup>(p, stream, ctas_per_sm);
+            if (v == 5) return launch_k<DT, NT, 4, 2, true>(p, stream, ctas_per_sm);
+        }
+    }
+    if (p.tiled) return launch_k<DT, NT, U0, B0, true>(p, stream, ctas_per_sm);
+    return launch_k<DT, NT, U0, B0>(p, stream, ctas_per_sm);
 }
 
 template <int DT>

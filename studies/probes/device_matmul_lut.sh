@@ -9,3 +9,12 @@ exec > >(tee -a "$OUT/log.txt") 2>&1
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$OUT/device.txt"
 python3 -m workbench.cuda_build matmul quant --verbose > "$OUT/ptxas.txt" 2>&1; tail -1 "$OUT/ptxas.txt"
 python3 -m studies.probes.matmul_lut_ab --out "$OUT" "$@"
+# Nsight Compute on one call of each (where the machine has ncu): speed of light, memory, stall reasons
+NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+if [ -n "$NCU" ] && [ -z "${NO_NCU:-}" ]; then
+  timeout ${PROFILE_TIMEOUT:-240} "$NCU" --target-processes all --kernel-name regex:'gemv_4bit|gemm_4bit_mma|gemm_lut' \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+    python3 -m studies.probes.matmul_lut_ab --profile-target > "$OUT/ncu_lut.txt" 2>&1
+  grep -E "gemv_4bit|gemm_4bit|gemm_lut|DRAM Throughput|L1/TEX Hit|Mem Busy|Max Bandwidth|Duration|Issue Slots|Achieved Occ" \
+    "$OUT/ncu_lut.txt" | head -60
+fi

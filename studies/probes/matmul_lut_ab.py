@@ -126,7 +126,7 @@ def parity(L, quick: bool) -> tuple[int, float]:
             A = torch.randn(M, K, device="cuda", dtype=dt, generator=g)
             ref, bound = _reference(A, P, N, K, qs, bias)
             first = None
-            for variant in (0, 1):
+            for variant in (0, 1, 4, 5):
                 L.kbit_gemm_lut_tuning(variant)
                 for splits in (1, 3, 7):
                     f = Lut(L, A, P, N, K, qs, bias, splits)
@@ -172,7 +172,7 @@ def speed(L, quick: bool, copy: float) -> list[dict]:
             cublas = bench.graph_replay_ms(lambda: A @ Wd.t(), calls=20)
             for layout in ("rows", "tiled"):
                 best = None
-                for variant in ((0,) if layout == "rows" else (0, 1)):
+                for variant in ((0,) if layout == "rows" else (0, 1, 2, 3, 4, 5) if M <= 16 else (0,)):
                     L.kbit_gemm_lut_tuning(variant)
                     for splits in SPLITS:
                         f = Lut(L, A, P, N, K, qs, None, splits, tiled=Pt if layout == "tiled" else None)
@@ -181,8 +181,13 @@ def speed(L, quick: bool, copy: float) -> list[dict]:
                         row = dict(N=N, K=K, M=M, layout=layout, variant=variant, splits=splits, lut_ms=ms,
                                    pct_copy=pct, committed_ms=ours, cublas_ms=cublas)
                         rows.append(row)
-                        if best is None or ms < best["lut_ms"]:
+                        if variant not in (2, 3) and (best is None or ms < best["lut_ms"]):
                             best = row
+                if layout == "tiled" and M <= 16:
+                    per = {v: min(r["lut_ms"] for r in rows if (r["N"], r["K"], r["M"], r["layout"], r["variant"])
+                                  == (N, K, M, "tiled", v)) for v in range(6)}
+                    print("      tiled by variant (us): " + "  ".join(f"{v}: {ms * 1e3:.1f}" for v, ms in per.items())
+                          + "   (2 no scales, 3 no lookup: diagnostics)")
                 print(f"{N:>6}x{K:<6} M={M:<3} {layout:5} best {best['lut_ms'] * 1e3:7.1f} us (variant "
                       f"{best['variant']}, {best['splits']:2} splits) {best['pct_copy']:5.1f} % copy | committed "
                       f"{ours * 1e3:7.1f} us | cuBLAS {cublas * 1e3:7.1f} us | x cuBLAS {cublas / best['lut_ms']:5.2f}"
@@ -191,13 +196,35 @@ def speed(L, quick: bool, copy: float) -> list[dict]:
     return rows
 
 
+def profile_target(L) -> int:
+    """One call of the committed path and of the tiled LUT kernel (variants 0 and 4) at M = 1 and 16."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    N, K = 28672, 8192
+    W = torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=g)
+    P, qs = wb.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=True)
+    Pt = tile_codes(P, N, K)
+    for M in (1, 16):
+        A = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
+        matmul_4bit(A, P, qs, backend="cuda")
+        for v in (0, 4):
+            L.kbit_gemm_lut_tuning(v)
+            Lut(L, A, P, N, K, qs, None, 1, tiled=Pt)()
+    L.kbit_gemm_lut_tuning(0)
+    torch.cuda.synchronize()
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--profile-target", action="store_true",
+                    help="only one call of each variant on 28672x8192, M = 1 and 16, for Nsight Compute")
     args = ap.parse_args(argv)
     L = _lib()
+    if args.profile_target:
+        return profile_target(L)
     occ = C.c_int()
     for M in (1, 16, 32, 64):
         L.kbit_gemm_4bit_lut_ctas(M, DTYPE_CODE[torch.bfloat16], C.byref(occ))
