@@ -55,7 +55,7 @@ cudaError_t kbit_gemm_4bit_mma(const void* A, int dtype, int M, long long N, lon
  * back). Numerics differ from rule 2: the weight is dtype(table[c]) and the block scale multiplies the partial sum,
  *   out[m,n] = dtype(sum_b fma(s[b], P_b, .) + bias[n]),  P_b = sum_{k in 64-chunk b} dtype(table[c_k]) * A[m,k]
  * with P_b by the tensor core (4 mma k-steps of 16 from zero, float32), chunks in order within a split, splits
- * summed in order 0, 1, ... (partial: splits * M * N floats; counters: one int per 128 weight rows, zero on entry
+ * summed in order 0, 1, ... (partial: splits * M * N floats; counters: one int per 16 weight rows, zero on entry
  * and on exit). Bound: workbench/backends/reference/matmul.py (error_bound_unscaled). tiled:
  * B in the tiled layout, [ceil(N/16) tiles][K/64 chunks][32 lanes][16 bytes] (matmul_lut.cuh), else bitsandbytes'. */
 #define KBIT_GEMM_LUT_MAX_M 64

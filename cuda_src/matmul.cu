@@ -476,7 +476,7 @@ extern "C" cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long 
     int cps = (int)((chunks + splits - 1) / splits);
     if (grouped) cps = (cps + 3) & ~3;
     lut4::Args p{A, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bias, out, partial, counters,
-                 M, N, K, bs_shift, splits, cps, ((N + lut4::kRows - 1) / lut4::kRows) * splits, tiled, grouped};
+                 M, N, K, bs_shift, splits, cps, ((N + 15) / 16) * splits, tiled, grouped};
     switch (dtype) {
         case KBIT_F16: return lut4::launch_dt<KBIT_F16>(p, stream, nullptr);
         case KBIT_BF16: return lut4::launch_dt<KBIT_BF16>(p, stream, nullptr);

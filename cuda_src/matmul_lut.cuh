@@ -51,13 +51,13 @@ struct Args {
     const void* bias;
     void* out;
     float* partial;       // splits * M * N float32 (splits > 1)
-    int* counters;        // one per row group, zero on entry, left zero on exit
+    int* counters;        // one per m16 row tile, zero on entry, left zero on exit
     int M;
     long long N, K;
     int bs_shift;
     int splits;
     int chunks_per_split;
-    long long tasks;      // row groups x splits
+    long long tasks;      // m16 row tiles x splits
     int tiled;            // B in the tiled layout (tile_codes below) instead of bitsandbytes' rows
     int group_scales;     // nested, blocksize 64, K % 256 == 0, splits of whole groups: a group's codes in one word
 };
@@ -233,7 +233,6 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
     extern __shared__ __align__(16) uint32_t lut_smem[];
     uint32_t* pair = lut_smem;
     float* code2 = reinterpret_cast<float*>(lut_smem + kPairWords);
-    __shared__ int is_last;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -254,21 +253,22 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
     const T* bias = reinterpret_cast<const T*>(p.bias);
     T* out = reinterpret_cast<T*>(p.out);
 
-    for (long long task = blockIdx.x; task < p.tasks; task += gridDim.x) {
-        const long long rg = task / p.splits;
-        const int z = (int)(task - rg * p.splits);
+    // warps take tasks on their own (no CTA barrier after the table), so the last wave is one warp's task deep
+    for (long long task = (long long)blockIdx.x * kWarps + warp; task < p.tasks; task += (long long)gridDim.x * kWarps) {
+        const long long tile = task / p.splits;
+        const int z = (int)(task - tile * p.splits);
         const int c_begin = z * p.chunks_per_split;
         const int c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
         Rows<NT> R;
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            const long long n = rg * kRows + warp * 16 + g + 8 * r;
+            const long long n = tile * 16 + g + 8 * r;
             R.ok[r] = n < p.N;
             const long long nn = R.ok[r] ? n : 0;
             R.w[r] = p.B + nn * (p.K >> 1) + 8 * t;
             R.f[r] = nn * p.K;
         }
-        if constexpr (TL) R.w[0] = p.B + ((rg * kWarps + warp) * (long long)chunks * 32 + lane) * 16;
+        if constexpr (TL) R.w[0] = p.B + (tile * (long long)chunks * 32 + lane) * 16;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             const int m = 8 * nt + g;
@@ -298,19 +298,18 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int m = 8 * nt + 2 * t + (e & 1);
-                    const long long n = rg * kRows + warp * 16 + g + 8 * (e >> 1);
+                    const long long n = tile * 16 + g + 8 * (e >> 1);
                     if (m < p.M && n < p.N) __stcg(part + (long long)m * p.N + n, acc[nt][e]);
                 }
             __threadfence();
-            __syncthreads();
-            if (tid == 0) {
-                int* ctr = p.counters + rg;
-                const int done = atomicAdd(ctr, 1);
-                is_last = done == p.splits - 1;
-                if (is_last) *ctr = 0;  // ready for the next call
+            __syncwarp();
+            int last = 0;
+            if (lane == 0) {
+                int* ctr = p.counters + tile;
+                last = atomicAdd(ctr, 1) == p.splits - 1;
+                if (last) *ctr = 0;  // ready for the next call
             }
-            __syncthreads();
-            if (!is_last) continue;
+            if (!__shfl_sync(0xffffffffu, last, 0)) continue;
             __threadfence();
         }
 #pragma unroll
@@ -318,7 +317,7 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int m = 8 * nt + 2 * t + (e & 1);
-                const long long n = rg * kRows + warp * 16 + g + 8 * (e >> 1);
+                const long long n = tile * 16 + g + 8 * (e >> 1);
                 if (m >= p.M || n >= p.N) continue;
                 float y = acc[nt][e];
                 if (p.splits > 1) {  // fixed order: split 0, 1, 2, ...
@@ -362,7 +361,8 @@ cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     if (e != cudaSuccess) return e;
     const long long slots = (long long)(occ > 0 ? occ : 1) * sms;
-    const unsigned grid = (unsigned)(p.tasks < slots ? p.tasks : slots);
+    const long long ctas = (p.tasks + kWarps - 1) / kWarps;
+    const unsigned grid = (unsigned)(ctas < slots ? ctas : slots);
     kern<<<grid, kThreads, kSmem, stream>>>(p);
     return cudaGetLastError();
 }
@@ -371,14 +371,16 @@ template <int DT, int NT>
 cudaError_t launch_nt(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     constexpr int U0 = NT == 1 ? 4 : 2, B0 = NT <= 2 ? 2 : 1;  // the default: no spills (ptxas -v)
     if constexpr (DT == KBIT_BF16 && NT <= 2) {
-        if (p.tiled) {  // A/B variants (bf16, M <= 16): 1 eight chunks in flight; 2, 3 diagnostics; 4 grouped scales
+        if (p.tiled && p.group_scales) {  // A/B (bf16, M <= 16): 1 scales per chunk; 2, 3 diagnostics
             const int v = g_lut_variant;
-            if (v == 1) return launch_k<DT, NT, 8, 1, true>(p, stream, ctas_per_sm);
+            if (v == 1) return launch_k<DT, NT, 4, 2, true>(p, stream, ctas_per_sm);
             if (v == 2) return launch_k<DT, NT, 4, 2, true, kDiagNoScales>(p, stream, ctas_per_sm);
             if (v == 3) return launch_k<DT, NT, 4, 2, true, kDiagNoLookup>(p, stream, ctas_per_sm);
-            if (v == 4 && p.group_scales) return launch_k<DT, NT, 4, 2, true, kScalesPerGroup>(p, stream, ctas_per_sm);
-            if (v == 5) return launch_k<DT, NT, 4, 2, true>(p, stream, ctas_per_sm);
         }
+    }
+    if (p.group_scales) {
+        if (p.tiled) return launch_k<DT, NT, 4, B0, true, kScalesPerGroup>(p, stream, ctas_per_sm);
+        return launch_k<DT, NT, 4, B0, false, kScalesPerGroup>(p, stream, ctas_per_sm);
     }
     if (p.tiled) return launch_k<DT, NT, U0, B0, true>(p, stream, ctas_per_sm);
     return launch_k<DT, NT, U0, B0>(p, stream, ctas_per_sm);
