@@ -20,7 +20,8 @@ from workbench import matmul as mm
 from workbench.matmul import gemm_4bit, matmul_4bit
 from workbench.validation import QuantInputError
 
-from test_matmul import _case as _cpu_case, _check_bound
+from test_matmul import _case as _cpu_case, _check_bound as _cpu_bound
+from test_matmul_gpu import _within as _cuda_bound
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -39,6 +40,11 @@ def _case(rng, device, N, K, M, dtype, bs, **kw):
     if device == "cpu":
         return A, P, qs, b
     return A.to(device), P.to(device), qs.to(device), None if b is None else b.to(device)
+
+
+def _check_bound(got, ref, A, P, qs, b):
+    """The bound of the kernel that ran: on CUDA the unscaled-lookup GEMM's where the dispatch takes it."""
+    (_cuda_bound if A.is_cuda else _cpu_bound)(got, ref, A, P, qs, b)
 
 
 def _general(A, P, qs, bias=None):

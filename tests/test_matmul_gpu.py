@@ -38,10 +38,30 @@ def _case(rng, N, K, M, dtype, bs, nested, bias, codebook=None, quant_type="nf4"
     return A, P, qs, b
 
 
-def _within(got, ref, A, P, qs, b):
-    W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
+def _state_args(qs):
+    """(absmax, absmax_8bit, absmax_code, absmax_offset) as the kernels take them."""
+    if qs.nested:
+        return qs.state2.absmax, qs.absmax, qs.state2.code, qs.offset
+    return qs.absmax, None, None, None
+
+
+def _bound(A, P, qs, b, ref):
+    """The bound of the path the cuda dispatch takes for A: error_bound_unscaled for the unscaled-lookup GEMM,
+    else error_bound."""
+    from workbench.backends.cuda import matmul as CM
     K = A.shape[-1]
-    bound = R.error_bound(A.reshape(-1, K), W, b, A.dtype, ref.reshape(-1, W.shape[0]))
+    M, N = A.numel() // K, int(qs.shape[0])
+    A2, r2 = A.reshape(M, K), ref.reshape(M, N)
+    fits = CM.LUT_MIN_M <= M <= CM.LUT_MAX_M and CM.table_fits(qs.code, A.dtype)
+    if A.dtype != torch.float32 and CM.takes_lut(A.dtype, M, K, qs.blocksize, fits):
+        a2, a8, c2, off = _state_args(qs)
+        return R.unscaled_bound_of(A2, P, (N, K), a2, qs.code, qs.blocksize, b, a8, c2, off, ref=r2)
+    W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
+    return R.error_bound(A2, W, b, A.dtype, r2)
+
+
+def _within(got, ref, A, P, qs, b):
+    bound = _bound(A, P, qs, b, ref)
     err = (got.float() - ref.float()).abs().reshape(bound.shape)
     assert (err <= bound).all(), f"max excess {(err - bound).max().item()}"
 
@@ -96,6 +116,7 @@ def test_cuda_gemv_paths_vs_reference(rng, monkeypatch, dtype):
     _need_cuda()
     from workbench.backends.cuda import matmul as CM
     monkeypatch.setattr(CM, "MMA_MIN_M", 1 << 30)  # every M <= 4 through kbit_gemv_4bit
+    monkeypatch.setattr(CM, "LUT_MAX_M", 0)
     worst = 0.0
     for s_i, (N, K, bs) in enumerate(GEMV_SHAPES):
         for M in (1, 2, 3, 4):
@@ -184,8 +205,7 @@ def _poison_allocator(nbytes=1 << 27):
 
 
 def _ratio(got, ref, A, P, qs, b):
-    W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
-    bound = R.error_bound(A.reshape(-1, A.shape[-1]), W, b, A.dtype, ref.reshape(-1, W.shape[0]))
+    bound = _bound(A, P, qs, b, ref)
     err = (got.float() - ref.float()).abs().reshape(bound.shape)
     return (err / bound).max().item()
 
@@ -195,6 +215,7 @@ def _force_mma(monkeypatch):
     from workbench.backends.cuda import matmul as CM
     monkeypatch.setattr(CM, "MMA_MIN_M", 1)
     monkeypatch.setattr(CM, "MMA_MAX_M", 1 << 30)
+    monkeypatch.setattr(CM, "LUT_MAX_M", 0)
 
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
@@ -240,8 +261,9 @@ def test_mma_misaligned_activations_and_leading_dims(rng):
     _within(got.view(12, 256), ref, A, P, qs, b)
 
 
-def test_mma_cuda_graph_capture(rng):
+def test_mma_cuda_graph_capture(rng, monkeypatch):
     _need_cuda()
+    _force_mma(monkeypatch)
     A, P, qs, b = _case(rng, 4096, 4096, 16, torch.bfloat16, 64, True, True)
     want = matmul_4bit(A, P, qs, bias=b, backend="cuda")
     g = torch.cuda.CUDAGraph()
@@ -274,15 +296,15 @@ def test_linear4bit_forward_runs_the_fused_gemm(rng, monkeypatch):
     from workbench import nn as wnn
     from workbench.backends.cuda import matmul as CM
     calls = []
-    real, real_at = CM._gemm_mma, CM.gemm_mma_at   # the general path's adapter and the one-call path's
-    monkeypatch.setattr(CM, "_gemm_mma", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(CM, "gemm_mma_at", lambda *a, **k: calls.append(1) or real_at(*a, **k))
+    for name in ("_gemm_mma", "gemm_mma_at", "_gemm_lut", "gemm_lut_at"):  # both GEMMs, both paths' adapters
+        real = getattr(CM, name)
+        monkeypatch.setattr(CM, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
     lin = torch.nn.Linear(512, 300).to(torch.bfloat16)
     q = wnn.Linear4bit.from_linear(lin).cuda()
     x = torch.randn(2, 10, 512, generator=rng).to(torch.bfloat16).cuda()
     with torch.no_grad():
         got = q(x)
-    assert calls, "Linear4bit.forward did not reach kbit_gemm_4bit_mma"
+    assert calls, "Linear4bit.forward did not reach a fused GEMM"
     ref = matmul_4bit(x, q.weight, q.quant_state, bias=q.bias, backend="reference")
     _within(got.view(20, 300), ref.view(20, 300), x.view(20, 512), q.weight, q.quant_state, q.bias)
 

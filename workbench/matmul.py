@@ -273,7 +273,8 @@ def _gemv_one_call(A, B, qs, bias, backend):
     trace, a mode or the profiler; no autograd), a state the plan accepts, B and bias that match it, and A that the
     backend 'auto' (or the one named) would send to the same kernel: on CPU bf16/fp16 A of at most 32 rows to the
     cython_cpu byte-plane kernel, on CUDA the rows its dispatch gives the fused GEMV (one, for fp16/bf16 A) or the
-    tensor-core GEMM (2..64 rows of fp16/bf16 A, K % 32 == 0, A and B 16-byte aligned)."""
+    tensor-core GEMMs (2..64 rows of fp16/bf16 A, K % 32 == 0, A and B 16-byte aligned; the unscaled-lookup one
+    for 2..32 rows where it applies)."""
     if not _eager(A) or type(qs) is not QuantState or A.dim() < 1 or not A.is_contiguous():
         return None
     cpu = A.is_cpu
@@ -321,10 +322,16 @@ def _gemv_one_call(A, B, qs, bias, backend):
     from .backends.cuda import matmul as cuda_matmul
     if torch.cuda.current_device() != dev:
         return None
+    aligned = A.data_ptr() % 16 == 0 and B.data_ptr() % 16 == 0   # the GEMMs read A and B in 16-byte vectors
+    lut_m = cuda_matmul.LUT_MIN_M <= rows <= cuda_matmul.LUT_MAX_M
     if cuda_matmul.takes_gemv(A.dtype, rows, K):
         at = cuda_matmul.gemv_4bit_at
-    elif cuda_matmul.takes_mma(A.dtype, rows, K) and A.data_ptr() % 16 == 0 and B.data_ptr() % 16 == 0:
-        at = cuda_matmul.gemm_mma_at   # the tensor-core GEMM reads A and B in 16-byte vectors
+    elif cuda_matmul.takes_lut(A.dtype, rows, K, args[5], lut_m and cuda_matmul.table_fits(plan[4][1], A.dtype)):
+        if not aligned:
+            return None
+        at = cuda_matmul.gemm_lut_at
+    elif cuda_matmul.takes_mma(A.dtype, rows, K) and aligned:
+        at = cuda_matmul.gemm_mma_at
     else:
         return None
     out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=A.device)

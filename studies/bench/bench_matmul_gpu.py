@@ -6,8 +6,9 @@
 Weights NF4, blocksize 64, double quant; bf16 activations (M, K); out x in = (N, K). Implementations:
   * ours_module: ``workbench.nn.Linear4bit`` forward (defaults: backend auto), no bias;
   * ours: ``workbench.matmul.matmul_4bit(A, P, qs)`` (defaults);
-  * ours_mma / ours_dequant: the cuda backend's tensor-core GEMM / dequantize + cuBLAS forced, whatever M
-    (crossover rows: against the GEMV at M <= 8, against dequant + cuBLAS at M >= 128);
+  * ours_mma / ours_dequant: the cuda backend's rule-2 tensor-core GEMM / dequantize + cuBLAS forced, whatever M
+    (crossover rows: against the GEMV and the unscaled-lookup GEMM at M <= 8, against dequant + cuBLAS at
+    M >= 128);
   * numba_cuda (M <= 4, the GEMV's range): ``matmul_4bit(A, P, qs, backend="numba_cuda")``, the Numba CUDA
     GEMV beside the production one (issue 18: >= 60 % of its speed);
   * bnb: ``bitsandbytes.matmul_4bit(A, P, bqs)``;
@@ -49,12 +50,12 @@ def _forced(name: str, A, P, qs):
     from workbench.matmul import matmul_4bit
 
     def fn():
-        old = CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M
-        CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M = 0, 1, (1 << 30 if name == "ours_mma" else 0)
+        old = CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M, CM.LUT_MAX_M
+        CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M, CM.LUT_MAX_M = 0, 1, (1 << 30 if name == "ours_mma" else 0), 0
         try:
             return matmul_4bit(A, P, qs, backend="cuda")
         finally:
-            CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M = old
+            CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M, CM.LUT_MAX_M = old
     return fn
 
 

@@ -11,7 +11,7 @@
     X(kbit_quantize_blockwise) X(kbit_quantize_4bit) X(kbit_dequantize_blockwise) X(kbit_dequantize_4bit) \
     X(kbit_int8_vectorwise_quant) X(kbit_int8_zero_late_cols) X(kbit_int8_col_quant) \
     X(kbit_int8_vectorwise_dequant) X(kbit_int8_linear_matmul) X(kbit_int8_mm_dequant) X(kbit_int8_scaled_mm) \
-    X(kbit_gemv_4bit) X(kbit_gemm_4bit_mma) \
+    X(kbit_gemv_4bit) X(kbit_gemm_4bit_mma) X(kbit_gemm_4bit_lut) \
     X(kbit_optimizer_update_32bit) X(kbit_optimizer_update_norm_sq) X(kbit_optimizer_update_8bit_blockwise) \
     X(kbit_kbit_quantize) X(kbit_kbit_dequantize) \
     X(kbit_affine_range) X(kbit_affine_mse) X(kbit_affine_codes) X(kbit_affine_dequantize)

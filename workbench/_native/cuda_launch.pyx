@@ -47,6 +47,10 @@ cdef extern from "cuda_entry_points.h":
                                           const float*, const unsigned char*, const float*, const float*,
                                           const float*, int, const void*, void*, float*, int*, int, int,
                                           cudaStream_t) nogil
+    ctypedef int (*kbit_gemm_4bit_lut_fn)(const void*, int, int, long long, long long, const unsigned char*,
+                                          const float*, const unsigned char*, const float*, const float*,
+                                          const float*, int, const void*, void*, float*, int*, int, int,
+                                          cudaStream_t) nogil
     ctypedef int (*kbit_optimizer_update_32bit_fn)(int, int, int, const void*, int, void*, int, float*, float*,
                                                    float*, long long, const float*, cudaStream_t) nogil
     ctypedef int (*kbit_optimizer_update_norm_sq_fn)(int, int, const void*, int, const void*, int, const float*,
@@ -84,6 +88,7 @@ cdef extern from "cuda_entry_points.h":
     kbit_int8_scaled_mm_fn kb_kbit_int8_scaled_mm
     kbit_gemv_4bit_fn kb_kbit_gemv_4bit
     kbit_gemm_4bit_mma_fn kb_kbit_gemm_4bit_mma
+    kbit_gemm_4bit_lut_fn kb_kbit_gemm_4bit_lut
     kbit_optimizer_update_32bit_fn kb_kbit_optimizer_update_32bit
     kbit_optimizer_update_norm_sq_fn kb_kbit_optimizer_update_norm_sq
     kbit_optimizer_update_8bit_blockwise_fn kb_kbit_optimizer_update_8bit_blockwise
@@ -256,6 +261,19 @@ def kbit_gemm_4bit_mma(P A, int dtype, int M, long long N, long long K, P B, P a
             <const unsigned char*>absmax_8bit, <const float*>absmax_code, <const float*>absmax_offset,
             <const float*>table, blocksize, <const void*>bias, <void*>out, <float*>partial, <int*>counters, splits,
             lookup, <cudaStream_t>stream)
+    return r
+
+
+def kbit_gemm_4bit_lut(P A, int dtype, int M, long long N, long long K, P B, P absmax, P absmax_8bit,
+                       P absmax_code, P absmax_offset, P table, int blocksize, P bias, P out, P partial, P counters,
+                       int splits, int tiled, P stream):
+    if kb_kbit_gemm_4bit_lut == NULL: _unbound(b"kbit_gemm_4bit_lut")
+    cdef int r
+    with nogil:
+        r = kb_kbit_gemm_4bit_lut(<const void*>A, dtype, M, N, K, <const unsigned char*>B, <const float*>absmax,
+            <const unsigned char*>absmax_8bit, <const float*>absmax_code, <const float*>absmax_offset,
+            <const float*>table, blocksize, <const void*>bias, <void*>out, <float*>partial, <int*>counters, splits,
+            tiled, <cudaStream_t>stream)
     return r
 
 

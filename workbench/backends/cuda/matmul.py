@@ -2,9 +2,13 @@
 
 Dispatch on the number of activation rows M, from the H200 measurements in reports/matmul-h200:
 
-* fp16/bf16 A, K % 32 == 0, MMA_MIN_M <= M <= MMA_MAX_M: the fused dequant + tensor-core GEMM
-  ``kbit_gemm_4bit_mma`` (cuda_src/matmul_mma.cuh: mma.sync m16n8k16, float32 accumulators, split-K over enough
-  CTAs to fill the GPU, partials summed in split order by the last CTA of a tile);
+* fp16/bf16 A, LUT_MIN_M <= M <= LUT_MAX_M, K % 64 == 0, blocksize >= 64, a codebook finite in A's dtype: the
+  tensor-core GEMM with unscaled lookups ``kbit_gemm_4bit_lut`` (cuda_src/matmul_lut.cuh: each weight is
+  dtype(table[c]), the block scale multiplies the block's float32 partial sum; held to the reference's
+  ``error_bound_unscaled``, not rule 2 bit for bit);
+* otherwise fp16/bf16 A, K % 32 == 0, MMA_MIN_M <= M <= MMA_MAX_M: the fused dequant + tensor-core GEMM
+  ``kbit_gemm_4bit_mma`` (cuda_src/matmul_mma.cuh: rule 2 exactly, mma.sync m16n8k16, float32 accumulators,
+  split-K over enough CTAs to fill the GPU, partials summed in split order by the last CTA of a tile);
 * otherwise M <= GEMV_MAX_M: the fused dequant-GEMV ``kbit_gemv_4bit`` (nested absmax decoded in the kernel,
   codebook in shared memory, bias in its epilogue; also fp32 A and any K);
 * otherwise: the weight dequantized once to A's dtype (this backend's dequantize_4bit) and multiplied by cuBLAS
@@ -29,6 +33,11 @@ GEMV_MAX_M = 4
 # ones); dequantize + cuBLAS beats the GEMM from M = 128 on every shape measured (at M = 64 already on 4096x4096).
 MMA_MIN_M = 2
 MMA_MAX_M = 64
+# H200 (reports/matmul-h200/lut_gemm_ab): the unscaled-lookup GEMM beats the rule-2 GEMM at M = 4, 16 and 32 on
+# the five shapes measured (1.07-2.2x; a tie at M = 32 on 8192x28672), and loses to it at M = 64 on the large
+# shapes and to the GEMV at M = 1 on four of five.
+LUT_MIN_M = 2
+LUT_MAX_M = 32
 # How the kernel reads the codebook (0: one shared table, 1: a copy per lane, 3: byte-indexed pairs): equal
 # results, different speed; KBIT_MMA_LOOKUP overrides the measured default.
 LOOKUP = int(os.environ.get("KBIT_MMA_LOOKUP", "0"))
@@ -55,6 +64,10 @@ def lib() -> ctypes.CDLL:
         L.kbit_gemm_tuning.argtypes = [_I, _I]
         L.kbit_gemm_tuning.restype = None
         L.kbit_gemm_tuning(ROW_TILES, WEIGHTS_IN_REGISTERS)
+        L.kbit_gemm_4bit_lut_ctas.argtypes = [_I, _I, _P]
+        L.kbit_gemm_4bit_lut_ctas.restype = _I
+        L.kbit_gemm_lut_tuning.argtypes = [_I]      # A/B knob (studies/probes/matmul_lut_ab.py)
+        L.kbit_gemm_lut_tuning.restype = None
         _lib = L
     return _lib
 
@@ -66,14 +79,36 @@ def _kernels():
     return launch
 
 
+def takes_lut(dtype: torch.dtype, M: int, K: int, blocksize: int, table_fits: bool) -> bool:
+    """Whether gemm_4bit's dispatch sends M rows of ``dtype`` to the unscaled-lookup GEMM; ``table_fits``: every
+    codebook entry is finite in ``dtype`` (:func:`table_fits`)."""
+    return (dtype != torch.float32 and LUT_MIN_M <= M <= LUT_MAX_M and K % 64 == 0 and blocksize >= 64
+            and table_fits)
+
+
 def takes_mma(dtype: torch.dtype, M: int, K: int) -> bool:
-    """Whether gemm_4bit's dispatch below sends M rows of ``dtype`` to the tensor-core GEMM."""
+    """Whether gemm_4bit's dispatch sends M rows of ``dtype`` to the tensor-core GEMM (unless takes_lut)."""
     return dtype != torch.float32 and K % 32 == 0 and MMA_MIN_M <= M <= MMA_MAX_M
 
 
 def takes_gemv(dtype: torch.dtype, M: int, K: int) -> bool:
     """Whether gemm_4bit's dispatch below sends M rows of ``dtype`` to the fused GEMV."""
     return 1 <= M <= GEMV_MAX_M and not takes_mma(dtype, M, K)
+
+
+_fits: dict = {}  # (table address, version, dtype) -> (table, answer): the table held, so its address stays its own
+
+
+def table_fits(table: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Every codebook entry finite once rounded to ``dtype`` (the unscaled-lookup GEMM's condition: it rounds the
+    entries themselves, rule 2 rounds their products with the block scale). One device sync per table and version."""
+    key = (table.data_ptr(), table._version, dtype)
+    hit = _fits.get(key)
+    if hit is None or hit[0] is not table:
+        if len(_fits) >= 1024:
+            _fits.clear()
+        hit = _fits[key] = (table, bool((table.float().abs() <= torch.finfo(dtype).max).all()))
+    return hit[1]
 
 
 def gemv_4bit_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
@@ -103,6 +138,8 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     tab = _f32(table, dev)
     code2 = None if absmax_8bit is None else _f32(absmax_code, dev)
     off = None if absmax_8bit is None else _f32(absmax_offset.reshape(1), dev)
+    if takes_lut(A.dtype, M, K, blocksize, LUT_MIN_M <= M <= LUT_MAX_M and table_fits(tab, A.dtype)):
+        return _gemm_lut(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias)
     if takes_mma(A.dtype, M, K):
         return _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias)
     if M <= GEMV_MAX_M:
@@ -197,6 +234,8 @@ def forget_plans() -> None:
     """Drop the remembered tiles and split plans (after a lookup or tuning knob changes them)."""
     _tiles.clear()
     _mma_plans.clear()
+    _lut_ctas.clear()
+    _lut_plans.clear()
 
 
 def gemm_mma_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
@@ -218,6 +257,58 @@ def gemm_mma_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     check(_kernels().kbit_gemm_4bit_mma(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab,
                                         bs, bias_ptr, out.data_ptr(), ptr(part), ptr(ctr), splits, LOOKUP, st),
           "kbit_gemm_4bit_mma")
+
+
+# --- the unscaled-lookup GEMM -------------------------------------------------------------------------------------
+
+LUT_CHUNK = 64        # k per chunk (matmul_lut.cuh kChunk); splits are whole 4-chunk groups where the kernel groups
+_lut_ctas: dict = {}  # (n8 tiles, dtype, device index) -> resident CTAs per SM
+_lut_plans: dict = {}  # (M, N, K, device index) -> splits
+
+
+def lut_splits(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> int:
+    """K ranges per m16 row tile: as many as keep every resident warp busy with one task, at least one (H200: the
+    best of 1..24 splits measured on all five shapes at M = 1..64, reports/matmul-h200/lut_gemm_ab)."""
+    nt = 1 if M <= 8 else 2 if M <= 16 else 4 if M <= 32 else 8
+    key = (nt, dtype, device.index)
+    if key not in _lut_ctas:
+        occ = _c.c_int()
+        with on(device):
+            check(lib().kbit_gemm_4bit_lut_ctas(M, DTYPE_CODE[dtype], _c.byref(occ)), "kbit_gemm_4bit_lut_ctas")
+        _lut_ctas[key] = max(1, occ.value)
+    warps = _lut_ctas[key] * _sm_count(device) * 8
+    tiles = -(-N // 16)
+    groups = max(1, K // (4 * LUT_CHUNK))
+    return max(1, min(warps // tiles, groups, MAX_SPLITS))
+
+
+def _gemm_lut(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias):
+    """The general path's launch of the unscaled-lookup GEMM (:func:`gemm_lut_at`), on A's device, after copying
+    an input that is not 16-byte aligned."""
+    M, dev = A.shape[0], A.device
+    A, B = _aligned(A), _aligned(B)
+    out = torch.empty((M, N), dtype=A.dtype, device=dev)
+    with on(dev):
+        gemm_lut_at(A, M, N, K, B, (ptr(absmax), ptr(absmax_8bit), ptr(code2), ptr(off), ptr(tab), blocksize),
+                    ptr(bias), out, dev.index)
+    return out
+
+
+def gemm_lut_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
+    """kbit_gemm_4bit_lut with the state as raw pointers (arguments as :func:`gemm_mma_at`; the caller has checked
+    :func:`takes_lut` and 16-byte alignment). The split plan is remembered per shape and device."""
+    a2, a8, c2, off, tab, bs = state_args
+    splits = _lut_plans.get((M, N, K, device_index))
+    if splits is None:
+        splits = _lut_plans[M, N, K, device_index] = lut_splits(M, N, K, A.dtype, A.device)
+    st = raw_stream(device_index)
+    part = ctr = None   # alive until the launch is queued (the allocator reuses freed memory in stream order)
+    if splits > 1:
+        part = torch.empty(splits * M * N, dtype=torch.float32, device=A.device)
+        ctr = _tile_counters(A.device, -(-N // 16), st)
+    check(_kernels().kbit_gemm_4bit_lut(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab,
+                                        bs, bias_ptr, out.data_ptr(), ptr(part), ptr(ctr), splits, 0, st),
+          "kbit_gemm_4bit_lut")
 
 
 def _block_scales(absmax, absmax_8bit, absmax_code, absmax_offset, device) -> torch.Tensor:

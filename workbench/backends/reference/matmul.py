@@ -27,6 +27,11 @@ the rounding of the bias add, and the final rounding: two float32 values that di
 neighbouring dtype values (one ulp; two at a binade edge, where the spacing halves). bitsandbytes' CPU path (torch ``linear`` in A's dtype: float32 accumulation in
 oneDNN/BLAS order, bias in its epilogue) is held to the same bound; the dequantized weights (rule 2) are
 equal bit for bit.
+
+Kernels with unscaled lookups (the CUDA ``kbit_gemm_4bit_lut``, which the cuda backend runs for 2..32 rows) do not
+apply rule 2: a weight is ``dtype(table[c])`` and the block scale multiplies the float32 partial sum of its block.
+They are held to :func:`error_bound_unscaled`, which adds the two weight roundings' difference,
+``sum_k |A| 2 u_dtype |table[c] s|`` (u = 2**-8 bf16, 2**-11 fp16).
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ import torch
 from .quant import unpack_4bit
 
 __all__ = ["resolve_absmax", "dequantize_weight", "gemv_4bit", "gemm_4bit", "error_bound", "error_bound_unscaled",
-           "ulp"]
+           "unscaled_bound_of", "ulp"]
 
 NESTED_BLOCKSIZE = 256
 
@@ -120,6 +125,19 @@ def error_bound_unscaled(A, W, W32, S32, bias, dtype, ref) -> torch.Tensor:
     dw = a @ (2 * u * W32.double().abs() + tiny * (S32.double().abs() + 1)).t()
     base = error_bound(A, W, bias, dtype, ref).double() * (1 + 4 * u)
     return (base + dw).float()
+
+
+def unscaled_bound_of(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=None, absmax_code=None,
+                      absmax_offset=None, ref=None) -> torch.Tensor:
+    """:func:`error_bound_unscaled` from the kernel's arguments (those of :func:`gemm_4bit`); ``ref`` is computed
+    when not given."""
+    s = resolve_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
+    W = dequantize_weight(B, shapeB, s, table, blocksize, A.dtype)
+    W32 = dequantize_weight(B, shapeB, s, table, blocksize, torch.float32)
+    S32 = dequantize_weight(B, shapeB, s, torch.ones_like(table, dtype=torch.float32), blocksize, torch.float32)
+    if ref is None:
+        ref = gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias, absmax_8bit, absmax_code, absmax_offset)
+    return error_bound_unscaled(A, W, W32, S32, bias, A.dtype, ref)
 
 from ..registry import register_kernel
 

@@ -1,0 +1,114 @@
+"""GPU parity of the unscaled-lookup tensor-core GEMM (cuda_src/matmul_lut.cuh, ``kbit_gemm_4bit_lut``), which the
+cuda backend runs for LUT_MIN_M..LUT_MAX_M rows: each output held to the reference's error_bound_unscaled, every
+forced split count deterministic and over poisoned memory, the one-call and general paths equal, CUDA-graph
+capture, and a codebook that does not fit fp16 sent to the rule-2 GEMM instead.
+Run on a GPU machine: ``pytest -m gpu tests/test_matmul_lut_gpu.py``."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from workbench import codebooks as cbs
+from workbench.matmul import matmul_4bit
+
+from test_matmul_gpu import _case, _need_cuda, _poison_allocator, _ratio, _within
+
+pytestmark = pytest.mark.gpu
+
+# (N, K, blocksize): row tails, K not a multiple of the blocksize (blocks across rows), K % 256 != 0 (per-chunk
+# scales), long rows, one block per row
+CASES = ((300, 640, 128), (129, 64, 64), (1000, 1536, 64), (517, 4160, 1024), (4096, 4096, 64), (64, 8192, 8192))
+
+
+def _count(monkeypatch):
+    from workbench.backends.cuda import matmul as CM
+    calls = []
+    for name in ("_gemm_lut", "gemm_lut_at"):
+        real = getattr(CM, name)
+        monkeypatch.setattr(CM, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+def test_lut_gemm_vs_reference(rng, monkeypatch, dtype):
+    _need_cuda()
+    calls = _count(monkeypatch)
+    rand = cbs.from_values(np.sort(np.random.default_rng(5).uniform(-1, 1, 16)))
+    worst = 0.0
+    for i, (N, K, bs) in enumerate(CASES):
+        for j, M in enumerate((2, 3, 8, 9, 16, 17, 32)):
+            codebook = (None, cbs.get("af4"), rand)[(i + j) % 3]
+            A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested=(i + j) % 2 == 0, bias=j % 3 != 1,
+                                codebook=codebook, quant_type="fp4" if i == 1 else "nf4")
+            ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+            n = len(calls)
+            _poison_allocator()
+            got = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+            assert len(calls) == n + 1, "the dispatch did not take the unscaled-lookup GEMM"
+            _within(got, ref, A, P, qs, b)
+            worst = max(worst, _ratio(got, ref, A, P, qs, b))
+    print(f"lut {dtype}: max |err| / bound = {worst:.3g}")
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3, 7, 32])
+def test_lut_split_k_is_deterministic_and_within_bound(rng, monkeypatch, splits):
+    _need_cuda()
+    from workbench.backends.cuda import matmul as CM
+    monkeypatch.setattr(CM, "lut_splits", lambda *a, **k: splits)
+    monkeypatch.setattr(CM, "_lut_plans", {})   # the one-call path's remembered plans
+    calls = _count(monkeypatch)
+    for M, (N, K, bs) in ((24, (300, 4160, 64)), (5, (1000, 8192, 64)), (2, (129, 256, 4096))):
+        A, P, qs, b = _case(rng, N, K, M, torch.bfloat16, bs, True, True)
+        ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+        _poison_allocator()
+        got = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+        again = matmul_4bit(A, P, qs, bias=b, backend="cuda")  # the counters were left at zero
+        _within(got, ref, A, P, qs, b)
+        assert torch.equal(got, again)
+    assert calls
+
+
+def test_lut_one_call_equals_general_path(rng, monkeypatch):
+    _need_cuda()
+    calls = _count(monkeypatch)
+    A, P, qs, b = _case(rng, 1000, 4096, 12, torch.bfloat16, 64, True, True)
+    fast = matmul_4bit(A, P, qs, bias=b)                       # the one-call path
+    out = torch.empty_like(fast)
+    general = matmul_4bit(A, P, qs, bias=b, out=out)           # out= keeps it on the general path
+    assert len(calls) == 2 and torch.equal(fast, general)
+    base = torch.empty(12 * 4096 + 8, dtype=torch.bfloat16, device="cuda")
+    Am = base[3:3 + 12 * 4096].view(3, 4, 4096)                # not 16-byte aligned: copied, same bits
+    Am.copy_(A.view(3, 4, 4096))
+    assert torch.equal(matmul_4bit(Am, P, qs, bias=b).view(12, -1), fast)
+
+
+def test_lut_cuda_graph_capture(rng):
+    _need_cuda()
+    A, P, qs, b = _case(rng, 4096, 4096, 16, torch.bfloat16, 64, True, True)
+    want = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        matmul_4bit(A, P, qs, bias=b, backend="cuda")
+        with torch.cuda.graph(g):
+            out = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+    torch.cuda.current_stream().wait_stream(s)
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, want)
+
+
+def test_codebook_outside_fp16_takes_the_rule2_gemm(rng, monkeypatch):
+    """Entries beyond fp16's range would be inf as unscaled fp16 lookups; rule 2 scales them first (finite here)."""
+    _need_cuda()
+    calls = _count(monkeypatch)
+    big = cbs.from_values(np.linspace(-1e6, 1e6, 16))
+    A, P, qs, b = _case(rng, 256, 1024, 8, torch.float16, 64, False, False, codebook=big)
+    qs.absmax.fill_(1e-4)   # |table[c] * s| <= 100: finite in fp16 under rule 2, and so are the sums
+    ref = matmul_4bit(A, P, qs, backend="reference")
+    got = matmul_4bit(A, P, qs, backend="cuda")
+    assert not calls and torch.isfinite(got).all()
+    _within(got, ref, A, P, qs, b)
