@@ -64,8 +64,9 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
                                const float* absmax_offset, const float* table, int blocksize, const void* bias,
                                void* out, float* partial, int* counters, int splits, int tiled, cudaStream_t stream);
 
-/* A/B knob of kbit_gemm_4bit_lut (bf16): 0 = the default variant, 1 and 2 others (matmul_lut.cuh: chunks in
- * flight and the register budget); results do not change. */
+/* A/B knob of kbit_gemm_4bit_lut (bf16, M <= 16, grouped nested scales): 0 = the default; 1 scales per chunk;
+ * 2, 3 diagnostics with wrong results (no scale loads, no codebook lookup); 4, 5 the registers budgeted for 3 / 1
+ * CTAs per SM (matmul_lut.cuh). 0, 1, 4 and 5 give the same bits. */
 void kbit_gemm_lut_tuning(int variant);
 
 /* Resident CTAs per SM of the kernel that serves M rows of dtype (its grid: at most that many per SM). */

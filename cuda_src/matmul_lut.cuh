@@ -367,23 +367,28 @@ cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     return cudaGetLastError();
 }
 
-template <int DT, int NT>
-cudaError_t launch_nt(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
+template <int DT, int NT, bool TL>
+cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     constexpr int U0 = NT == 1 ? 4 : 2, B0 = NT <= 2 ? 2 : 1;  // the default: no spills (ptxas -v)
     if constexpr (DT == KBIT_BF16 && NT <= 2) {
-        if (p.tiled && p.group_scales) {  // A/B (bf16, M <= 16): 1 scales per chunk; 2, 3 diagnostics
-            const int v = g_lut_variant;
-            if (v == 1) return launch_k<DT, NT, 4, 2, true>(p, stream, ctas_per_sm);
-            if (v == 2) return launch_k<DT, NT, 4, 2, true, kDiagNoScales>(p, stream, ctas_per_sm);
-            if (v == 3) return launch_k<DT, NT, 4, 2, true, kDiagNoLookup>(p, stream, ctas_per_sm);
+        if (p.group_scales) {  // A/B (bf16, M <= 16): 1 scales per chunk; 2, 3 diagnostics; 4, 5 register budgets
+            switch (g_lut_variant) {
+                case 1: return launch_k<DT, NT, 4, 2, TL>(p, stream, ctas_per_sm);
+                case 2: return launch_k<DT, NT, 4, 2, TL, kDiagNoScales>(p, stream, ctas_per_sm);
+                case 3: return launch_k<DT, NT, 4, 2, TL, kDiagNoLookup>(p, stream, ctas_per_sm);
+                case 4: return launch_k<DT, NT, 4, 3, TL, kScalesPerGroup>(p, stream, ctas_per_sm);
+                case 5: return launch_k<DT, NT, 4, 1, TL, kScalesPerGroup>(p, stream, ctas_per_sm);
+                default: break;
+            }
         }
     }
-    if (p.group_scales) {
-        if (p.tiled) return launch_k<DT, NT, 4, B0, true, kScalesPerGroup>(p, stream, ctas_per_sm);
-        return launch_k<DT, NT, 4, B0, false, kScalesPerGroup>(p, stream, ctas_per_sm);
-    }
-    if (p.tiled) return launch_k<DT, NT, U0, B0, true>(p, stream, ctas_per_sm);
-    return launch_k<DT, NT, U0, B0>(p, stream, ctas_per_sm);
+    if (p.group_scales) return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup>(p, stream, ctas_per_sm);
+    return launch_k<DT, NT, U0, B0, TL>(p, stream, ctas_per_sm);
+}
+
+template <int DT, int NT>
+cudaError_t launch_nt(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
+    return p.tiled ? launch_tl<DT, NT, true>(p, stream, ctas_per_sm) : launch_tl<DT, NT, false>(p, stream, ctas_per_sm);
 }
 
 template <int DT>

@@ -12,7 +12,7 @@ import torch
 from workbench import codebooks as cbs
 from workbench.matmul import matmul_4bit
 
-from test_matmul_gpu import _case, _need_cuda, _poison_allocator, _ratio, _within
+from test_matmul_gpu import _case, _need_cuda, _poison_allocator, _ratio, _replays_equal, _within
 
 pytestmark = pytest.mark.gpu
 
@@ -83,22 +83,11 @@ def test_lut_one_call_equals_general_path(rng, monkeypatch):
     assert torch.equal(matmul_4bit(Am, P, qs, bias=b).view(12, -1), fast)
 
 
-def test_lut_cuda_graph_capture(rng):
+def test_lut_cuda_graph_capture(rng, monkeypatch):
     _need_cuda()
-    A, P, qs, b = _case(rng, 4096, 4096, 16, torch.bfloat16, 64, True, True)
-    want = matmul_4bit(A, P, qs, bias=b, backend="cuda")
-    g = torch.cuda.CUDAGraph()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        matmul_4bit(A, P, qs, bias=b, backend="cuda")
-        with torch.cuda.graph(g):
-            out = matmul_4bit(A, P, qs, bias=b, backend="cuda")
-    torch.cuda.current_stream().wait_stream(s)
-    for _ in range(3):
-        g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, want)
+    calls = _count(monkeypatch)
+    _replays_equal(*_case(rng, 4096, 4096, 16, torch.bfloat16, 64, True, True))
+    assert calls
 
 
 def test_table_outside_fp16_takes_the_rule2_gemm(rng, monkeypatch):

@@ -126,7 +126,7 @@ def parity(L, quick: bool) -> tuple[int, float]:
             A = torch.randn(M, K, device="cuda", dtype=dt, generator=g)
             ref, bound = _reference(A, P, N, K, qs, bias)
             first = None
-            for variant in (0, 1):
+            for variant in (0, 1, 4, 5):
                 L.kbit_gemm_lut_tuning(variant)
                 for splits in (1, 3, 7):
                     f = Lut(L, A, P, N, K, qs, bias, splits)
@@ -172,7 +172,7 @@ def speed(L, quick: bool, copy: float) -> list[dict]:
             cublas = bench.graph_replay_ms(lambda: A @ Wd.t(), calls=20)
             for layout in ("rows", "tiled"):
                 best = None
-                for variant in ((0,) if layout == "rows" else (0, 1, 2, 3) if M <= 16 else (0,)):
+                for variant in ((0, 1, 2, 3, 4, 5) if M <= 16 else (0,)):
                     L.kbit_gemm_lut_tuning(variant)
                     for splits in SPLITS:
                         f = Lut(L, A, P, N, K, qs, None, splits, tiled=Pt if layout == "tiled" else None)
@@ -183,11 +183,11 @@ def speed(L, quick: bool, copy: float) -> list[dict]:
                         rows.append(row)
                         if variant not in (2, 3) and (best is None or ms < best["lut_ms"]):
                             best = row
-                if layout == "tiled" and M <= 16:
+                if M <= 16:
                     per = {v: min(r["lut_ms"] for r in rows if (r["N"], r["K"], r["M"], r["layout"], r["variant"])
-                                  == (N, K, M, "tiled", v)) for v in range(4)}
-                    print("      tiled by variant (us): " + "  ".join(f"{v}: {ms * 1e3:.1f}" for v, ms in per.items())
-                          + "   (1 scales per chunk; 2 no scales, 3 no lookup: diagnostics)")
+                                  == (N, K, M, layout, v)) for v in range(6)}
+                    print(f"      {layout} by variant (us): " + "  ".join(f"{v}: {ms * 1e3:.1f}" for v, ms in per.items())
+                          + "   (1 scales per chunk; 2 no scales, 3 no lookup: diagnostics; 4, 5: 3 / 1 CTAs per SM)")
                 print(f"{N:>6}x{K:<6} M={M:<3} {layout:5} best {best['lut_ms'] * 1e3:7.1f} us (variant "
                       f"{best['variant']}, {best['splits']:2} splits) {best['pct_copy']:5.1f} % copy | committed "
                       f"{ours * 1e3:7.1f} us | cuBLAS {cublas * 1e3:7.1f} us | x cuBLAS {cublas / best['lut_ms']:5.2f}"

@@ -215,16 +215,21 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     return t if t.data_ptr() % 16 == 0 else t.clone()  # the kernel's 16-byte vector loads
 
 
-def _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias):
-    """The general path's launch of the tensor-core GEMM: the one-call path's (:func:`gemm_mma_at`), on A's
-    device, after copying an input that is not 16-byte aligned."""
+def _general_launch(at, A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias):
+    """The general path's launch of a GEMM through its one-call launcher ``at`` (:func:`gemm_mma_at`,
+    :func:`gemm_lut_at`), on A's device, after copying an input that is not 16-byte aligned."""
     M, dev = A.shape[0], A.device
     A, B = _aligned(A), _aligned(B)
     out = torch.empty((M, N), dtype=A.dtype, device=dev)
     with on(dev):
-        gemm_mma_at(A, M, N, K, B, (ptr(absmax), ptr(absmax_8bit), ptr(code2), ptr(off), ptr(tab), blocksize),
-                    ptr(bias), out, dev.index)
+        at(A, M, N, K, B, (ptr(absmax), ptr(absmax_8bit), ptr(code2), ptr(off), ptr(tab), blocksize), ptr(bias), out,
+           dev.index)
     return out
+
+
+def _gemm_mma(*args):
+    """The general path's tensor-core GEMM (rule 2)."""
+    return _general_launch(gemm_mma_at, *args)
 
 
 _mma_plans: dict = {}   # (M, N, K, device index) -> (splits, tiles): the one-call path's split plan
@@ -282,16 +287,9 @@ def lut_splits(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device)
     return max(1, min(warps // tiles, groups, MAX_SPLITS))
 
 
-def _gemm_lut(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias):
-    """The general path's launch of the unscaled-lookup GEMM (:func:`gemm_lut_at`), on A's device, after copying
-    an input that is not 16-byte aligned."""
-    M, dev = A.shape[0], A.device
-    A, B = _aligned(A), _aligned(B)
-    out = torch.empty((M, N), dtype=A.dtype, device=dev)
-    with on(dev):
-        gemm_lut_at(A, M, N, K, B, (ptr(absmax), ptr(absmax_8bit), ptr(code2), ptr(off), ptr(tab), blocksize),
-                    ptr(bias), out, dev.index)
-    return out
+def _gemm_lut(*args):
+    """The general path's unscaled-lookup GEMM."""
+    return _general_launch(gemm_lut_at, *args)
 
 
 def gemm_lut_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
