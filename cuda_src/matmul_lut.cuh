@@ -1,5 +1,6 @@
 /* kbit-workbench: fused 4-bit dequantize + tensor-core GEMM with unscaled codebook lookups, M = 1..64 (family
- * "matmul", included by matmul.cu). API and numerics: kbit_matmul.h (kbit_gemm_4bit_lut).
+ * "matmul", included by matmul.cu). API and numerics: kbit_matmul.h (kbit_gemm_4bit_lut); the cuda backend runs it for
+ * 2..32 rows.
  *
  * Why another GEMM: the rule-2 kernels (matmul.cu's GEMV, matmul_mma.cuh) round every weight as
  * dtype(table[c] * s), which costs a lookup, a multiply and a rounding per weight (5-6.5 instructions a weight
@@ -19,10 +20,15 @@
  * a chunk lies in one quantization block (blocksize >= 64, K % 64 == 0): the 4 steps go into a zeroed partial,
  * then acc = fma(s, partial, acc).
  *
- * Work: a task is 128 weight rows (8 warps x m16) x one K range (split); persistent CTAs loop over tasks, so the
- * pair table is built once per CTA. Codes and scale ingredients of the next U chunks are in flight (registers)
- * while U chunks are computed. Splits > 1: float32 partials, the last CTA of a row group (atomic counter, reset by
- * it) sums them in split order, adds the bias and stores; deterministic.
+ * Work: a task is one warp's: 16 weight rows x one K range (split). Persistent CTAs of 8 warps build the pair
+ * table once, then each warp takes tasks on its own (no CTA barrier in the loop). Codes and scale ingredients of
+ * the next U chunks are in flight in registers while U chunks are computed (a per-warp cp.async ring was slower:
+ * reports/matmul-h200/lut_gemm). Nested absmax with blocksize 64 and K % 256 == 0: a row's uint8 codes of 4 chunks
+ * are one aligned word, read once per group (per-chunk byte loads cost 21-32 % of the time). Splits > 1: float32
+ * partials; the last warp of a tile (an atomic counter per tile, reset by it) sums them in split order, adds the
+ * bias and stores; deterministic.
+ * Weight layouts: bitsandbytes' rows (what the library passes), or tiled (Args::tiled, measured in
+ * studies/probes/matmul_lut_ab.py: [ceil(N/16) tiles][K/64 chunks][32 lanes][16 bytes], a lane's rows g and g + 8).
  */
 #pragma once
 
@@ -31,11 +37,12 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "matmul_mma.cuh"
+
 namespace lut4 {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kRows = kWarps * 16;               // weight rows per task
 constexpr int kChunk = 64;                       // k per chunk (4 mma k-steps)
 constexpr int kPairWords = 256 * 64;             // the pair table: 256 entries x 64 words (32 used: one per lane)
 constexpr size_t kSmem = kPairWords * 4 + 256 * 4;  // + the nested absmax code table
@@ -62,44 +69,9 @@ struct Args {
     int group_scales;     // nested, blocksize 64, K % 256 == 0, splits of whole groups: a group's codes in one word
 };
 
-template <int DT> struct Op;
-template <> struct Op<KBIT_BF16> {
-    typedef __nv_bfloat16 t;
-    __device__ static __forceinline__ uint32_t pack(float lo, float hi) {
-        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t*>(&v);
-    }
-    __device__ static __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    __device__ static __forceinline__ float ld(const t* p, long long i) { return __bfloat162float(p[i]); }
-    __device__ static __forceinline__ void st(t* p, long long i, float v) { p[i] = __float2bfloat16_rn(v); }
-};
-template <> struct Op<KBIT_F16> {
-    typedef __half t;
-    __device__ static __forceinline__ uint32_t pack(float lo, float hi) {
-        __half2 v = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t*>(&v);
-    }
-    __device__ static __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    __device__ static __forceinline__ float ld(const t* p, long long i) { return __half2float(p[i]); }
-    __device__ static __forceinline__ void st(t* p, long long i, float v) { p[i] = __float2half_rn(v); }
-};
+template <int DT> using Op = mma4::Frag<DT>;  // packing to the dtype, the mma, loads and stores of the rule-2 GEMM
+using mma4::ld_stream16;
 
-__device__ __forceinline__ uint4 ld_stream16(const uint8_t* p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
 __device__ __forceinline__ uint2 ld_stream8(const uint8_t* p) {  // read once: no L1 allocation
     uint2 v;
     asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));

@@ -36,15 +36,8 @@ SPLITS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 
 
 def _lib():
-    L = CM.lib()
-    P, I, LL = C.c_void_p, C.c_int, C.c_longlong
-    L.kbit_gemm_4bit_lut.argtypes = [P, I, I, LL, LL, P, P, P, P, P, P, I, P, P, P, P, I, I, P]
-    L.kbit_gemm_4bit_lut.restype = I
-    L.kbit_gemm_4bit_lut_ctas.argtypes = [I, I, C.POINTER(I)]
-    L.kbit_gemm_4bit_lut_ctas.restype = I
-    L.kbit_gemm_lut_tuning.argtypes = [I]
-    L.kbit_gemm_lut_tuning.restype = None
-    return L
+    """The family's ctypes handle (its knobs and queries, argument types set by CM.lib)."""
+    return CM.lib()
 
 
 def _state(qs):
@@ -78,13 +71,13 @@ class Lut:
         self.ctr = torch.zeros(-(-N // 16), dtype=torch.int32, device=A.device)
 
     def __call__(self):
-        p = lambda t: None if t is None else t.data_ptr()
+        p = lambda t: 0 if t is None else t.data_ptr()
         a2, a8, c2, off, tab = self.st
         M = self.A.shape[0]
-        r = self.L.kbit_gemm_4bit_lut(p(self.A), DTYPE_CODE[self.A.dtype], M, self.N, self.K, p(self.B), p(a2), p(a8),
-                                      p(c2), p(off), p(tab), self.bs, p(self.bias), p(self.out),
-                                      p(self.part), p(self.ctr), self.splits, self.tiled,
-                                      torch.cuda.current_stream().cuda_stream)
+        r = CM._kernels().kbit_gemm_4bit_lut(p(self.A), DTYPE_CODE[self.A.dtype], M, self.N, self.K, p(self.B), p(a2),
+                                             p(a8), p(c2), p(off), p(tab), self.bs, p(self.bias), p(self.out),
+                                             p(self.part), p(self.ctr), self.splits, self.tiled,
+                                             torch.cuda.current_stream().cuda_stream)
         if r != 0:
             raise RuntimeError(f"kbit_gemm_4bit_lut returned {r}")
         return self.out
@@ -92,12 +85,8 @@ class Lut:
 
 def _reference(A, P, N, K, qs, bias):
     a2, a8, c2, off, tab = _state(qs)
-    s = RM.resolve_absmax(a2, a8, c2, off)
-    W = RM.dequantize_weight(P, (N, K), s, tab, qs.blocksize, A.dtype)
-    W32 = RM.dequantize_weight(P, (N, K), s, tab, qs.blocksize, torch.float32)
-    S32 = RM.dequantize_weight(P, (N, K), s, torch.ones(16, device=A.device), qs.blocksize, torch.float32)
     ref = RM.gemm_4bit(A, P, (N, K), a2, tab, qs.blocksize, bias, a8, c2, off)
-    return ref, RM.error_bound_unscaled(A, W, W32, S32, bias, A.dtype, ref)
+    return ref, RM.unscaled_bound_of(A, P, (N, K), a2, tab, qs.blocksize, bias, a8, c2, off, ref=ref)
 
 
 def parity(L, quick: bool) -> tuple[int, float]:

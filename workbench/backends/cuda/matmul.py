@@ -33,7 +33,7 @@ GEMV_MAX_M = 4
 # ones); dequantize + cuBLAS beats the GEMM from M = 128 on every shape measured (at M = 64 already on 4096x4096).
 MMA_MIN_M = 2
 MMA_MAX_M = 64
-# H200 (reports/matmul-h200/lut_gemm_ab): the unscaled-lookup GEMM beats the rule-2 GEMM at M = 4, 16 and 32 on
+# H200 (reports/matmul-h200/lut_gemm): the unscaled-lookup GEMM beats the rule-2 GEMM at M = 4, 16 and 32 on
 # the five shapes measured (1.07-2.2x; a tie at M = 32 on 8192x28672), and loses to it at M = 64 on the large
 # shapes and to the GEMV at M = 1 on four of five.
 LUT_MIN_M = 2
@@ -273,7 +273,7 @@ _lut_plans: dict = {}  # (M, N, K, device index) -> splits
 
 def lut_splits(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> int:
     """K ranges per m16 row tile: as many as keep every resident warp busy with one task, at least one (H200: the
-    best of 1..24 splits measured on all five shapes at M = 1..64, reports/matmul-h200/lut_gemm_ab)."""
+    best of 1..24 splits measured on all five shapes at M = 1..64, reports/matmul-h200/lut_gemm)."""
     nt = 1 if M <= 8 else 2 if M <= 16 else 4 if M <= 32 else 8
     key = (nt, dtype, device.index)
     if key not in _lut_ctas:
