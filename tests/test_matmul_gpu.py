@@ -52,8 +52,8 @@ def _bound(A, P, qs, b, ref):
     K = A.shape[-1]
     M, N = A.numel() // K, int(qs.shape[0])
     A2, r2 = A.reshape(M, K), ref.reshape(M, N)
-    fits = CM.LUT_MIN_M <= M <= CM.LUT_MAX_M and CM.table_fits(qs.code, A.dtype)
-    if A.dtype != torch.float32 and CM.takes_lut(A.dtype, M, K, qs.blocksize, fits):
+    fits = CM.lut_rows(M, N, K) and CM.table_fits(qs.code, A.dtype)
+    if A.dtype != torch.float32 and CM.takes_lut(A.dtype, M, N, K, qs.blocksize, fits):
         a2, a8, c2, off = _state_args(qs)
         return R.unscaled_bound_of(A2, P, (N, K), a2, qs.code, qs.blocksize, b, a8, c2, off, ref=r2)
     W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
@@ -116,7 +116,7 @@ def test_cuda_gemv_paths_vs_reference(rng, monkeypatch, dtype):
     _need_cuda()
     from workbench.backends.cuda import matmul as CM
     monkeypatch.setattr(CM, "MMA_MIN_M", 1 << 30)  # every M <= 4 through kbit_gemv_4bit
-    monkeypatch.setattr(CM, "LUT_MAX_M", 0)
+    monkeypatch.setattr(CM, "LUT_MIN_M", 1 << 30)
     worst = 0.0
     for s_i, (N, K, bs) in enumerate(GEMV_SHAPES):
         for M in (1, 2, 3, 4):
@@ -221,7 +221,7 @@ def _force_mma(monkeypatch):
     from workbench.backends.cuda import matmul as CM
     monkeypatch.setattr(CM, "MMA_MIN_M", 1)
     monkeypatch.setattr(CM, "MMA_MAX_M", 1 << 30)
-    monkeypatch.setattr(CM, "LUT_MAX_M", 0)
+    monkeypatch.setattr(CM, "LUT_MIN_M", 1 << 30)
 
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))

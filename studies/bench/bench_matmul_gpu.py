@@ -50,12 +50,12 @@ def _forced(name: str, A, P, qs):
     from workbench.matmul import matmul_4bit
 
     def fn():
-        old = CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M, CM.LUT_MAX_M
-        CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M, CM.LUT_MAX_M = 0, 1, (1 << 30 if name == "ours_mma" else 0), 0
+        old = CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M, CM.LUT_MIN_M
+        CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M, CM.LUT_MIN_M = 0, 1, (1 << 30 if name == "ours_mma" else 0), 1 << 30
         try:
             return matmul_4bit(A, P, qs, backend="cuda")
         finally:
-            CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M, CM.LUT_MAX_M = old
+            CM.GEMV_MAX_M, CM.MMA_MIN_M, CM.MMA_MAX_M, CM.LUT_MIN_M = old
     return fn
 
 

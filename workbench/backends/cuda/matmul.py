@@ -2,7 +2,8 @@
 
 Dispatch on the number of activation rows M, from the H200 measurements in reports/matmul-h200:
 
-* fp16/bf16 A, LUT_MIN_M <= M <= LUT_MAX_M, K % 64 == 0, blocksize >= 64, a codebook finite in A's dtype: the
+* fp16/bf16 A, LUT_MIN_M <= M <= LUT_MAX_M (LUT_MAX_M_SMALL for weights of at most LUT_SMALL_WEIGHTS elements),
+  K % 64 == 0, blocksize >= 64, a codebook finite in A's dtype: the
   tensor-core GEMM with unscaled lookups ``kbit_gemm_4bit_lut`` (cuda_src/matmul_lut.cuh: each weight is
   dtype(table[c]), the block scale multiplies the block's float32 partial sum; held to the reference's
   ``error_bound_unscaled``, not rule 2 bit for bit);
@@ -34,10 +35,12 @@ GEMV_MAX_M = 4
 MMA_MIN_M = 2
 MMA_MAX_M = 64
 # H200 (reports/matmul-h200/lut_gemm): the unscaled-lookup GEMM beats the rule-2 GEMM at M = 4, 16 and 32 on
-# the five shapes measured (1.07-2.2x; a tie at M = 32 on 8192x28672), and loses to it at M = 64 on the large
-# shapes and to the GEMV at M = 1 on four of five.
+# the five shapes measured (1.07-2.2x; a tie at M = 32 on 8192x28672) and at M = 64 on the three of at most 2^26
+# weights (1.25-1.61x), loses to it at M = 64 on the two of 235 M weights (0.83 / 0.97x), and to the GEMV at M = 1
+# on four of five.
 LUT_MIN_M = 2
 LUT_MAX_M = 32
+LUT_MAX_M_SMALL, LUT_SMALL_WEIGHTS = 64, 1 << 26
 # How the kernel reads the codebook (0: one shared table, 1: a copy per lane, 3: byte-indexed pairs): equal
 # results, different speed; KBIT_MMA_LOOKUP overrides the measured default.
 LOOKUP = int(os.environ.get("KBIT_MMA_LOOKUP", "0"))
@@ -79,11 +82,15 @@ def _kernels():
     return launch
 
 
-def takes_lut(dtype: torch.dtype, M: int, K: int, blocksize: int, table_fits: bool) -> bool:
+def lut_rows(M: int, N: int, K: int) -> bool:
+    """Whether M rows against an (N, K) weight are in the unscaled-lookup GEMM's measured range."""
+    return LUT_MIN_M <= M <= (LUT_MAX_M_SMALL if N * K <= LUT_SMALL_WEIGHTS else LUT_MAX_M)
+
+
+def takes_lut(dtype: torch.dtype, M: int, N: int, K: int, blocksize: int, table_fits: bool) -> bool:
     """Whether gemm_4bit's dispatch sends M rows of ``dtype`` to the unscaled-lookup GEMM; ``table_fits``: every
-    codebook entry is finite in ``dtype`` (:func:`table_fits`)."""
-    return (dtype != torch.float32 and LUT_MIN_M <= M <= LUT_MAX_M and K % 64 == 0 and blocksize >= 64
-            and table_fits)
+    codebook entry is finite in ``dtype`` (:func:`table_fits`; callers ask only when :func:`lut_rows` holds)."""
+    return dtype != torch.float32 and lut_rows(M, N, K) and K % 64 == 0 and blocksize >= 64 and table_fits
 
 
 def takes_mma(dtype: torch.dtype, M: int, K: int) -> bool:
@@ -138,7 +145,7 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     tab = _f32(table, dev)
     code2 = None if absmax_8bit is None else _f32(absmax_code, dev)
     off = None if absmax_8bit is None else _f32(absmax_offset.reshape(1), dev)
-    if takes_lut(A.dtype, M, K, blocksize, LUT_MIN_M <= M <= LUT_MAX_M and table_fits(tab, A.dtype)):
+    if takes_lut(A.dtype, M, N, K, blocksize, lut_rows(M, N, K) and table_fits(tab, A.dtype)):
         return _gemm_lut(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias)
     if takes_mma(A.dtype, M, K):
         return _gemm_mma(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias)

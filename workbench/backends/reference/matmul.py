@@ -28,7 +28,8 @@ neighbouring dtype values (one ulp; two at a binade edge, where the spacing halv
 oneDNN/BLAS order, bias in its epilogue) is held to the same bound; the dequantized weights (rule 2) are
 equal bit for bit.
 
-Kernels with unscaled lookups (the CUDA ``kbit_gemm_4bit_lut``, which the cuda backend runs for 2..32 rows) do not
+Kernels with unscaled lookups (the CUDA ``kbit_gemm_4bit_lut``, which the cuda backend runs for 2..32 rows, 2..64
+on weights of at most 2**26 elements) do not
 apply rule 2: a weight is ``dtype(table[c])`` and the block scale multiplies the float32 partial sum of its block.
 They are held to :func:`error_bound_unscaled`, which adds the two weight roundings' difference,
 ``sum_k |A| 2 u_dtype |table[c] s|`` (u = 2**-8 bf16, 2**-11 fp16).
