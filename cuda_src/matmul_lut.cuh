@@ -65,7 +65,7 @@ struct Args {
     int splits;
     int chunks_per_split;
     long long tasks;      // m16 row tiles x splits
-    int tiled;            // B in the tiled layout (tile_codes below) instead of bitsandbytes' rows
+    int tiled;            // B in the tiled layout (studies/probes/matmul_lut_ab.py: tile_codes), else bitsandbytes' rows
     int group_scales;     // nested, blocksize 64, K % 256 == 0, splits of whole groups: a group's codes in one word
 };
 
