@@ -1,7 +1,7 @@
 """GPU parity of the unscaled-lookup tensor-core GEMM (cuda_src/matmul_lut.cuh, ``kbit_gemm_4bit_lut``), which the
-cuda backend runs for the rows of its dispatch rule (lut_rows): each output held to the reference's error_bound_unscaled, every
-forced split count deterministic and over poisoned memory, the one-call and general paths equal, CUDA-graph
-capture, and a table that does not fit fp16 sent to the rule-2 GEMM instead.
+cuda backend runs for the rows of its dispatch rule (lut_rows): each output held to the reference's
+error_bound_unscaled, every forced split count deterministic and over poisoned memory, the one-call and general
+paths equal, CUDA-graph capture, and a table that does not fit fp16 sent to the rule-2 GEMM instead.
 Run on a GPU machine: ``pytest -m gpu tests/test_matmul_lut_gpu.py``."""
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from test_matmul_gpu import _case, _need_cuda, _poison_allocator, _ratio, _repla
 pytestmark = pytest.mark.gpu
 
 # (N, K, blocksize): row tails, K not a multiple of the blocksize (blocks across rows), K % 256 != 0 (per-chunk
-# scales), long rows, one block per row
+# scales), long rows, one block per row; all small enough (<= 2^26 weights) for the 33..64-row range too
 CASES = ((300, 640, 128), (129, 64, 64), (1000, 1536, 64), (517, 4160, 1024), (4096, 4096, 64), (64, 8192, 4096))
+MS = (2, 3, 8, 9, 16, 17, 32, 33, 64)
 
 
 def _count(monkeypatch):
@@ -37,7 +38,7 @@ def test_lut_gemm_vs_reference(rng, monkeypatch, dtype):
     rand = cbs.from_values(np.sort(np.random.default_rng(5).uniform(-1, 1, 16)))
     worst = 0.0
     for i, (N, K, bs) in enumerate(CASES):
-        for j, M in enumerate((2, 3, 8, 9, 16, 17, 32) + ((33, 64) if N * K <= 1 << 26 else ())):
+        for j, M in enumerate(MS):
             codebook = (None, cbs.get("af4"), rand)[(i + j) % 3]
             A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested=(i + j) % 2 == 0, bias=j % 3 != 1,
                                 codebook=codebook, quant_type="fp4" if i == 1 else "nf4")
