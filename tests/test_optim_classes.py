@@ -43,21 +43,33 @@ def _data(gen):
 @pytest.mark.parametrize("cls,kw", PAIRS)
 def test_class_matches_bitsandbytes(cls, kw, rng):
     """Same model, same batches, 10 steps: params close to bitsandbytes.optim.<cls> on CPU (bnb's
-    optimizer ops; tolerance: the op-level bounds of tests/test_optim.py, over few steps)."""
+    optimizer ops). 32-bit: within 1e-5. 8-bit: as test_optim.py's 100-step test, statistically. bnb's CPU
+    quantizer picks a neighbouring code near decision bounds, and RMSprop's step lr g / sqrt(v) magnifies
+    one code of a tiny v. So: every element within the two trajectories' travel, at most 0.2 % of the
+    elements farther apart than 10 lr, and the median within lr / 10. A plain max <= 10 lr failed for 1 seed
+    in about 100 (RMSprop8bit: one element at 10.35 lr)."""
     bnb = pytest.importorskip("bitsandbytes")
     if not status("bnb")[0]:
         pytest.skip(status("bnb")[1])
     data = _data(rng)
     m1 = _model(rng)
     m2 = copy.deepcopy(m1)
+    p0 = [p.detach().clone() for p in m1.parameters()]
     lr = 1e-4 if "Lion" in cls else 1e-3
     ours = getattr(O, cls)(m1.parameters(), lr=lr, min_8bit_size=256, backend="reference", **kw)
     theirs = getattr(bnb.optim, cls)(m2.parameters(), lr=lr, min_8bit_size=256, **kw)
     _train(m1, ours, data, 10)
     _train(m2, theirs, data, 10)
-    for a, b in zip(m1.parameters(), m2.parameters()):
-        tol = 10 * lr if "8bit" in cls else 1e-5
-        assert (a - b).abs().max().item() <= tol
+    d = torch.cat([(a - b).detach().abs().reshape(-1) for a, b in zip(m1.parameters(), m2.parameters())])
+    if "8bit" in cls:
+        travel = torch.cat([((a - s).abs() + (b - s).abs()).detach().reshape(-1)
+                            for a, b, s in zip(m1.parameters(), m2.parameters(), p0)])
+        assert bool((d <= travel + 1e-6).all())
+        far = (d > 10 * lr).float().mean().item()
+        assert far <= 2e-3, f"{far:.2%} of elements differ by more than 10 lr"
+        assert d.median().item() <= lr / 10, f"median |dp| {d.median().item():.3e}"
+    else:
+        assert d.max().item() <= 1e-5
     # same state layout as bitsandbytes
     for a, b in zip(m1.parameters(), m2.parameters()):
         sa, sb = ours.state[a], theirs.state[b]
@@ -159,6 +171,7 @@ def test_small_params_of_8bit_trust_ratio_classes_follow_the_32bit_rule(cls8, cl
     data = _data(rng)
     m1 = _model(rng)
     m2 = copy.deepcopy(m1)
+    p0 = [p.detach().clone() for p in m1.parameters()]
     o1 = getattr(O, cls8)(m1.parameters(), lr=1e-3, min_8bit_size=10 ** 9, **kw)  # every param 32-bit
     o2 = getattr(O, cls32)(m2.parameters(), lr=1e-3, **kw)
     _train(m1, o1, data, 5)
