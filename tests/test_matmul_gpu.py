@@ -245,12 +245,18 @@ def test_mma_split_k_is_deterministic_and_within_bound(rng, monkeypatch, splits)
     monkeypatch.setattr(CM, "plan_splits", lambda *a, **k: splits)
     monkeypatch.setattr(CM, "_mma_plans", {})   # the one-call path's remembered plans
     _force_mma(monkeypatch)
-    for M, (N, K, bs) in ((24, (300, 4128, 64)), (70, (1000, 8192, 128)), (5, (129, 160, 4096))):
+    _split_runs_within_and_repeatable(rng, ((24, (300, 4128, 64)), (70, (1000, 8192, 128)), (5, (129, 160, 4096))))
+
+
+def _split_runs_within_and_repeatable(rng, cases):
+    """For each (M, (N, K, blocksize)): the cuda call over NaN-poisoned memory is within the bound, and a second call
+    gives the same bits (the split counters were left at zero)."""
+    for M, (N, K, bs) in cases:
         A, P, qs, b = _case(rng, N, K, M, torch.bfloat16, bs, True, True)
         ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
         _poison_allocator()
         got = matmul_4bit(A, P, qs, bias=b, backend="cuda")
-        again = matmul_4bit(A, P, qs, bias=b, backend="cuda")  # the counters were left at zero
+        again = matmul_4bit(A, P, qs, bias=b, backend="cuda")
         _within(got, ref, A, P, qs, b)
         assert torch.equal(got, again)
 

@@ -12,7 +12,8 @@ import torch
 from workbench import codebooks as cbs
 from workbench.matmul import matmul_4bit
 
-from test_matmul_gpu import _case, _need_cuda, _poison_allocator, _ratio, _replays_equal, _within
+from test_matmul_gpu import (_case, _need_cuda, _poison_allocator, _ratio, _replays_equal,
+                             _split_runs_within_and_repeatable, _within)
 
 pytestmark = pytest.mark.gpu
 
@@ -59,14 +60,7 @@ def test_lut_split_k_is_deterministic_and_within_bound(rng, monkeypatch, splits)
     monkeypatch.setattr(CM, "lut_splits", lambda *a, **k: splits)
     monkeypatch.setattr(CM, "_lut_plans", {})   # the one-call path's remembered plans
     calls = _count(monkeypatch)
-    for M, (N, K, bs) in ((24, (300, 4160, 64)), (5, (1000, 8192, 64)), (2, (129, 256, 4096))):
-        A, P, qs, b = _case(rng, N, K, M, torch.bfloat16, bs, True, True)
-        ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
-        _poison_allocator()
-        got = matmul_4bit(A, P, qs, bias=b, backend="cuda")
-        again = matmul_4bit(A, P, qs, bias=b, backend="cuda")  # the counters were left at zero
-        _within(got, ref, A, P, qs, b)
-        assert torch.equal(got, again)
+    _split_runs_within_and_repeatable(rng, ((24, (300, 4160, 64)), (5, (1000, 8192, 64)), (2, (129, 256, 4096))))
     assert calls
 
 

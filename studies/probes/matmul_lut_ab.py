@@ -35,11 +35,6 @@ MS = (1, 4, 16, 32, 64)
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 
 
-def _lib():
-    """The family's ctypes handle (its knobs and queries, argument types set by CM.lib)."""
-    return CM.lib()
-
-
 def _state(qs):
     """(absmax float32, absmax_8bit or None, code2 or None, offset or None, table): the kernel's state arguments."""
     if qs.nested:
@@ -60,8 +55,8 @@ def tile_codes(B, N: int, K: int) -> torch.Tensor:
 class Lut:
     """One call of kbit_gemm_4bit_lut with its own output, partials and counters (graph-capturable)."""
 
-    def __init__(self, L, A, B, N, K, qs, bias, splits, tiled=None):
-        self.L, self.A, self.N, self.K, self.bias, self.splits = L, A, N, K, bias, splits
+    def __init__(self, A, B, N, K, qs, bias, splits, tiled=None):
+        self.A, self.N, self.K, self.bias, self.splits = A, N, K, bias, splits
         self.B, self.tiled = (B, 0) if tiled is None else (tiled, 1)
         self.st = _state(qs)
         self.bs = qs.blocksize
@@ -118,7 +113,7 @@ def parity(L, quick: bool) -> tuple[int, float]:
             for variant in (0, 1, 4, 5):
                 L.kbit_gemm_lut_tuning(variant)
                 for splits in (1, 3, 7):
-                    f = Lut(L, A, P, N, K, qs, bias, splits)
+                    f = Lut(A, P, N, K, qs, bias, splits)
                     f.out.fill_(float("nan"))
                     y = f().clone()
                     y2 = f().clone()
@@ -129,7 +124,7 @@ def parity(L, quick: bool) -> tuple[int, float]:
                         if first is None:
                             first = y
                         same = same and bool(torch.equal(y.view(torch.int16), first.view(torch.int16)))
-                    yt = Lut(L, A, P, N, K, qs, bias, splits, tiled=Pt)().clone()  # the tiled layout: the same bits
+                    yt = Lut(A, P, N, K, qs, bias, splits, tiled=Pt)().clone()  # the tiled layout: the same bits
                     same = same and bool(torch.equal(yt.view(torch.int16), y.view(torch.int16)))
                     ok = ratio <= 1.0 and same
                     bad += not ok
@@ -164,7 +159,7 @@ def speed(L, quick: bool, copy: float) -> list[dict]:
                 for variant in ((0, 1, 2, 3, 4, 5) if M <= 16 else (0,)):
                     L.kbit_gemm_lut_tuning(variant)
                     for splits in SPLITS:
-                        f = Lut(L, A, P, N, K, qs, None, splits, tiled=Pt if layout == "tiled" else None)
+                        f = Lut(A, P, N, K, qs, None, splits, tiled=Pt if layout == "tiled" else None)
                         ms = bench.graph_replay_ms(f, calls=20)
                         pct = 100 * nbytes / (ms * 1e-3) / (copy * 1e9)
                         row = dict(N=N, K=K, M=M, layout=layout, variant=variant, splits=splits, lut_ms=ms,
@@ -196,7 +191,7 @@ def profile_target(L) -> int:
         A = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
         matmul_4bit(A, P, qs, backend="cuda")
         for splits in (1, 8):
-            Lut(L, A, P, N, K, qs, None, splits, tiled=Pt)()
+            Lut(A, P, N, K, qs, None, splits, tiled=Pt)()
     L.kbit_gemm_lut_tuning(0)
     torch.cuda.synchronize()
     return 0
@@ -210,7 +205,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile-target", action="store_true",
                     help="only one call of each variant on 28672x8192, M = 1 and 16, for Nsight Compute")
     args = ap.parse_args(argv)
-    L = _lib()
+    L = CM.lib()   # the family's ctypes handle: the A/B knob and the occupancy query
     if args.profile_target:
         return profile_target(L)
     occ = C.c_int()
