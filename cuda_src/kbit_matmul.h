@@ -57,7 +57,8 @@ cudaError_t kbit_gemm_4bit_mma(const void* A, int dtype, int M, long long N, lon
  * with P_b by the tensor core (4 mma k-steps of 16 from zero, float32), chunks in order within a split, splits
  * summed in order 0, 1, ... (partial: splits * M * N floats; counters: one int per 16 weight rows, zero on entry
  * and on exit). Bound: workbench/backends/reference/matmul.py (error_bound_unscaled). tiled:
- * B in the tiled layout, [ceil(N/16) tiles][K/64 chunks][32 lanes][16 bytes] (matmul_lut.cuh), else bitsandbytes'. */
+ * tiled = 1: B in the tiled layout, [ceil(N/16) tiles][K/64 chunks][32 lanes][16 bytes] (matmul_lut.cuh); 2: chunk-major,
+ * [K/64 chunks][ceil(N/16) tiles][32 lanes][16 bytes]; 0: bitsandbytes' rows. */
 #define KBIT_GEMM_LUT_MAX_M 64
 cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, long long K, const unsigned char* B,
                                const float* absmax, const unsigned char* absmax_8bit, const float* absmax_code,
@@ -66,7 +67,10 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
 
 /* A/B knob of kbit_gemm_4bit_lut (bf16, M <= 16, grouped nested scales): 0 = the default; 1 scales per chunk;
  * 2, 3 diagnostics with wrong results (no scale loads, no codebook lookup); 4, 5 the registers budgeted for 3 / 1
- * CTAs per SM (matmul_lut.cuh). 0, 1, 4 and 5 give the same bits. */
+ * CTAs per SM; 6, 7 a ring of 3 / 4 groups of chunks in flight (2 CTAs per SM); 8, 9 a ring of 4 / 6 (1 CTA per SM)
+ * (matmul_lut.cuh); 10 a diagnostic: the weight loads alone; 11 a group's activations loaded before its first mma;
+ * 12 a diagnostic: no activation loads; 13 activations from global memory where they would be staged in shared memory
+ * (M <= 8). All but 2, 3, 10 and 12 give the same bits. */
 void kbit_gemm_lut_tuning(int variant);
 
 /* Resident CTAs per SM of the kernel that serves M rows of dtype (its grid: at most that many per SM). */

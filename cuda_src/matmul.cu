@@ -464,7 +464,8 @@ extern "C" cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long 
                                           int blocksize, const void* bias, void* out, float* partial, int* counters,
                                           int splits, int tiled, cudaStream_t stream) {
     const int bs_shift = log2_exact(blocksize);
-    if (M < 1 || M > KBIT_GEMM_LUT_MAX_M || N < 0 || K < 0 || K % lut4::kChunk != 0 || bs_shift < 6 || splits < 1)
+    if (M < 1 || M > KBIT_GEMM_LUT_MAX_M || N < 0 || K < 0 || K % lut4::kChunk != 0 || bs_shift < 6 || splits < 1 ||
+        tiled < 0 || tiled > 2)
         return cudaErrorInvalidValue;
     if ((uintptr_t)A % 16 != 0 || (uintptr_t)B % 16 != 0) return cudaErrorInvalidValue;
     if (absmax_8bit != nullptr && (absmax_code == nullptr || absmax_offset == nullptr)) return cudaErrorInvalidValue;
@@ -475,8 +476,9 @@ extern "C" cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long 
     const bool grouped = absmax_8bit != nullptr && blocksize == 64 && K % 256 == 0;
     int cps = (int)((chunks + splits - 1) / splits);
     if (grouped) cps = (cps + 3) & ~3;
+    const bool stage_x = M <= 8 && (long long)M * cps * lut4::kChunk * 2 <= lut4::kXsMax;
     lut4::Args p{A, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bias, out, partial, counters,
-                 M, N, K, bs_shift, splits, cps, ((N + 15) / 16) * splits, tiled, grouped};
+                 M, N, K, bs_shift, splits, cps, ((N + 15) / 16) * splits, tiled, grouped, stage_x};
     switch (dtype) {
         case KBIT_F16: return lut4::launch_dt<KBIT_F16>(p, stream, nullptr);
         case KBIT_BF16: return lut4::launch_dt<KBIT_BF16>(p, stream, nullptr);

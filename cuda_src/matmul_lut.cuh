@@ -46,6 +46,14 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kChunk = 64;                       // k per chunk (4 mma k-steps)
 constexpr int kPairWords = 256 * 64;             // the pair table: 256 entries x 64 words (32 used: one per lane)
 constexpr size_t kSmem = kPairWords * 4 + 256 * 4;  // + the nested absmax code table
+// Staged activations (template XS, M <= 8): the CTA's K range of A in 32-byte pieces, piece q = ((chunk * 4 + t) * M
+// + m) holding elements 16 t .. 16 t + 15 of row m's chunk. The first 32 KB fill the unused upper halves of the
+// pair table's 256-byte entries, the rest a tail after the code table: 64 KB in all, 97 KB of shared memory per CTA.
+constexpr int kXsGap = 32768, kXsMax = 65536;
+constexpr size_t kXsTail = kSmem, kSmemXs = kSmem + (kXsMax - kXsGap);
+__device__ __forceinline__ int xs_offset(int o) {  // byte o of the staged activations -> shared-memory byte
+    return o < kXsGap ? 256 * (o >> 7) + 128 + (o & 127) : (int)kXsTail + (o - kXsGap);
+}
 
 struct Args {
     const void* A;
@@ -67,6 +75,8 @@ struct Args {
     long long tasks;      // m16 row tiles x splits
     int tiled;            // B in the tiled layout (studies/probes/matmul_lut_ab.py: tile_codes), else bitsandbytes' rows
     int group_scales;     // nested, blocksize 64, K % 256 == 0, splits of whole groups: a group's codes in one word
+    int stage_x;          // M <= 8 and M x (a split's K) x 2 bytes <= kXsMax: activations staged in shared memory,
+                          // each CTA on one split (grid a multiple of splits)
 };
 
 template <int DT> using Op = mma4::Frag<DT>;  // packing to the dtype, the mma, loads and stores of the rule-2 GEMM
@@ -87,16 +97,18 @@ template <int U> struct Group {
 
 /* Mode of the scale path (template DG): 0 per chunk; 1 per group of 4 chunks (nested, blocksize 64: the four uint8
  * codes of a row in one aligned word, one nested absmax); diagnostics, wrong results: 2 no scale loads (s = 1),
- * 3 no codebook lookup (the code words themselves as weights). */
-constexpr int kScalesPerChunk = 0, kScalesPerGroup = 1, kDiagNoScales = 2, kDiagNoLookup = 3;
+ * 3 no codebook lookup (the code words themselves as weights), 4 the weight loads alone (no scales, no math). */
+constexpr int kScalesPerChunk = 0, kScalesPerGroup = 1, kDiagNoScales = 2, kDiagNoLookup = 3, kDiagLoadsOnly = 4;
 
 /* Per task and thread: where its rows and activation rows start. */
 template <int NT> struct Rows {
     const uint8_t* w[2];  // packed bytes of row n at this thread's 8-byte offset 8t (TL: w[0], the lane's 16 bytes
                           // of the warp's tile at chunk 0)
+    long long wstep;      // TL: bytes from one chunk of the tile to the next (512, or 512 tiles chunk-major)
     long long f[2];       // flat element index n * K of each row (block indices by shift)
     bool ok[2];           // row < N
     const uint8_t* x[NT]; // activation row 8 nt + g at element 16t
+    int xq;               // staged: this lane's piece of chunk cc is cc * 4M + xq
     bool xok[NT];         // activation row < M
 };
 
@@ -104,20 +116,22 @@ template <int U, int NT, bool TL, int DG>
 __device__ __forceinline__ void load_group(Group<U>& G, const Args& p, const Rows<NT>& R, int c, int c_end) {
     const bool nested = p.a8 != nullptr;
     if constexpr (DG == kScalesPerGroup) {
-        static_assert(U == 4, "a group is the 4 codes of one aligned word");
+        static_assert(U % 4 == 0, "a group is the 4 codes of one aligned word");
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const bool ok = c < c_end && R.ok[r];
-            const long long b = (R.f[r] >> 6) + c;  // blocksize 64; b % 4 == 0 (K % 256 == 0, c % 4 == 0)
-            G.amax[0][r] = ok ? __ldg(p.absmax + (b >> 8)) : 0.0f;
-            G.q8[0][r] = ok ? __ldg(reinterpret_cast<const uint32_t*>(p.a8 + b)) : 0u;
-        }
+        for (int q = 0; q < U / 4; ++q)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const bool ok = c + 4 * q < c_end && R.ok[r];
+                const long long b = (R.f[r] >> 6) + c + 4 * q;  // blocksize 64; b % 4 == 0 (K % 256 == 0, c % 4 == 0)
+                G.amax[q][r] = ok ? __ldg(p.absmax + (b >> 8)) : 0.0f;
+                G.q8[q][r] = ok ? __ldg(reinterpret_cast<const uint32_t*>(p.a8 + b)) : 0u;
+            }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
         const int cc = c + u;
         if constexpr (TL) {  // one 16-byte load: rows g and g + 8 (the tile's rows past N are zero bytes)
-            const uint4 v = cc < c_end && R.ok[0] ? ld_stream16(R.w[0] + 512 * (long long)cc) : make_uint4(0u, 0u, 0u, 0u);
+            const uint4 v = cc < c_end && R.ok[0] ? ld_stream16(R.w[0] + R.wstep * cc) : make_uint4(0u, 0u, 0u, 0u);
             G.w[u][0] = make_uint2(v.x, v.y);
             G.w[u][1] = make_uint2(v.z, v.w);
         }
@@ -135,22 +149,42 @@ __device__ __forceinline__ void load_group(Group<U>& G, const Args& p, const Row
 }
 
 /* Chunks c .. c + U - 1 (those below c_end) into acc. */
-template <int DT, int NT, int U, int DG>
+/* Where the activations of a chunk come from (template XM): 0 loaded at the chunk; 1 the group's U chunks loaded
+ * before its first mma; 2 a diagnostic, wrong results: no loads (constant ones); 3 staged in shared memory. */
+constexpr int kXPerChunk = 0, kXPerGroup = 1, kDiagNoX = 2, kXShared = 3;
+
+template <int DT, int NT, int U, int DG, int XM>
 __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U>& G, const Args& p,
                                               const Rows<NT>& R, int c, int c_end, const char* tab, uint32_t lane4,
                                               const float* code2, float off) {
     typedef Op<DT> O;
     const bool nested = p.a8 != nullptr;
+    uint4 xg[XM == kXPerGroup ? U : 1][NT][2];
+    if constexpr (XM == kXPerGroup) {
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const uint4* xp = reinterpret_cast<const uint4*>(R.x[nt] + 128 * (long long)(c + u));
+                const bool ok = R.xok[nt] && c + u < c_end;
+                xg[u][nt][0] = ok ? __ldg(xp) : make_uint4(0u, 0u, 0u, 0u);
+                xg[u][nt][1] = ok ? __ldg(xp + 1) : make_uint4(0u, 0u, 0u, 0u);
+            }
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
         const int cc = c + u;
         if (cc >= c_end) break;  // uniform across the CTA
+        if constexpr (DG == kDiagLoadsOnly) {  // keeps the loads alive, nothing else
+            acc[0][0] += __uint_as_float((G.w[u][0].x ^ G.w[u][0].y ^ G.w[u][1].x ^ G.w[u][1].y) & 0x3fffffffu);
+            continue;
+        }
         float s[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             float v;
             if constexpr (DG == kScalesPerGroup)  // rule 1
-                v = __fadd_rn(__fmul_rn(code2[(G.q8[0][r] >> (8 * u)) & 0xffu], G.amax[0][r]), off);
+                v = __fadd_rn(__fmul_rn(code2[(G.q8[u >> 2][r] >> (8 * (u & 3))) & 0xffu], G.amax[u >> 2][r]), off);
             else if constexpr (DG == kDiagNoScales)
                 v = 1.0f;
             else
@@ -161,8 +195,20 @@ __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             const uint4* xp = reinterpret_cast<const uint4*>(R.x[nt] + 128 * (long long)cc);
-            xv[nt][0] = R.xok[nt] ? __ldg(xp) : make_uint4(0u, 0u, 0u, 0u);
-            xv[nt][1] = R.xok[nt] ? __ldg(xp + 1) : make_uint4(0u, 0u, 0u, 0u);
+            if constexpr (XM == kXPerChunk) {
+                xv[nt][0] = R.xok[nt] ? __ldg(xp) : make_uint4(0u, 0u, 0u, 0u);
+                xv[nt][1] = R.xok[nt] ? __ldg(xp + 1) : make_uint4(0u, 0u, 0u, 0u);
+            } else if constexpr (XM == kXPerGroup) {
+                xv[nt][0] = xg[u][nt][0];
+                xv[nt][1] = xg[u][nt][1];
+            } else if constexpr (XM == kXShared) {
+                static_assert(NT == 1, "staged activations: M <= 8");
+                const int o = 32 * (cc * 4 * p.M + R.xq);
+                xv[nt][0] = R.xok[nt] ? *reinterpret_cast<const uint4*>(tab + xs_offset(o)) : make_uint4(0u, 0u, 0u, 0u);
+                xv[nt][1] = R.xok[nt] ? *reinterpret_cast<const uint4*>(tab + xs_offset(o + 16)) : make_uint4(0u, 0u, 0u, 0u);
+            } else {
+                xv[nt][0] = xv[nt][1] = make_uint4(0x3f803f80u, 0x3f803f80u, 0x3f803f80u, 0x3f803f80u);
+            }
         }
         float part[NT][4];
 #pragma unroll
@@ -198,7 +244,7 @@ __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U
     }
 }
 
-template <int DT, int NT, int U, int MINB, bool TL, int DG>
+template <int DT, int NT, int U, int S, int MINB, bool TL, int DG, int XM>
 __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) {
     typedef Op<DT> O;
     typedef typename O::t T;
@@ -216,19 +262,37 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
     if (nested)
         for (int i = tid; i < 256; i += kThreads) code2[i] = __ldg(p.code2 + i);
     const float off = nested ? __ldg(p.off) : 0.0f;
+    const int chunks = (int)(p.K / kChunk);
+    // staged activations: this CTA's split only (every CTA keeps one split), copied once
+    const int zx = XM == kXShared ? (int)(blockIdx.x % p.splits) : 0;
+    if constexpr (XM == kXShared) {
+        const int c0 = zx * p.chunks_per_split;
+        const int nc = (c0 + p.chunks_per_split < chunks ? c0 + p.chunks_per_split : chunks) - c0;
+        char* xs = reinterpret_cast<char*>(lut_smem);
+        for (int i = tid; i < nc * 8 * p.M; i += kThreads) {  // 16-byte halves of 32-byte pieces
+            const int q = i >> 1, m = q % p.M, ct = q / p.M;
+            const uint4* src = reinterpret_cast<const uint4*>(
+                reinterpret_cast<const uint8_t*>(p.A) + 2 * ((long long)m * p.K + (long long)(c0 + (ct >> 2)) * kChunk + 16 * (ct & 3)));
+            *reinterpret_cast<uint4*>(xs + xs_offset(32 * q + 16 * (i & 1))) = __ldg(src + (i & 1));
+        }
+    }
     __syncthreads();
     const char* tab = reinterpret_cast<const char*>(pair);
     const uint32_t lane4 = 4u * (uint32_t)lane;
 
-    const int chunks = (int)(p.K / kChunk);
     const long long MN = (long long)p.M * p.N;
     const T* bias = reinterpret_cast<const T*>(p.bias);
     T* out = reinterpret_cast<T*>(p.out);
 
-    // warps take tasks on their own (no CTA barrier after the table), so the last wave is one warp's task deep
-    for (long long task = (long long)blockIdx.x * kWarps + warp; task < p.tasks; task += (long long)gridDim.x * kWarps) {
-        const long long tile = task / p.splits;
-        const int z = (int)(task - tile * p.splits);
+    // warps take tasks on their own (no CTA barrier after the table), so the last wave is one warp's task deep; with
+    // staged activations a task is a tile of the CTA's split
+    const bool xsh = XM == kXShared;
+    const long long tiles = p.tasks / p.splits;
+    const long long first = xsh ? (long long)(blockIdx.x / p.splits) * kWarps + warp : (long long)blockIdx.x * kWarps + warp;
+    const long long step = (long long)(xsh ? gridDim.x / p.splits : gridDim.x) * kWarps;
+    for (long long task = first; task < (xsh ? tiles : p.tasks); task += step) {
+        const long long tile = xsh ? task : task / p.splits;
+        const int z = xsh ? zx : (int)(task - tile * p.splits);
         const int c_begin = z * p.chunks_per_split;
         const int c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
         Rows<NT> R;
@@ -240,7 +304,11 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
             R.w[r] = p.B + nn * (p.K >> 1) + 8 * t;
             R.f[r] = nn * p.K;
         }
-        if constexpr (TL) R.w[0] = p.B + (tile * (long long)chunks * 32 + lane) * 16;
+        if constexpr (TL) {  // tiled = 1: tile-major [tiles][chunks][32][16]; 2: chunk-major [chunks][tiles][32][16]
+            R.w[0] = p.B + ((p.tiled == 2 ? tile : tile * (long long)chunks) * 32 + lane) * 16;
+            R.wstep = p.tiled == 2 ? 512 * tiles : 512;
+        }
+        R.xq = t * p.M + g - 4 * p.M * c_begin;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             const int m = 8 * nt + g;
@@ -251,15 +319,19 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
         float acc[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-        // two groups in registers, ping-pong: the next U chunks' loads in flight while U chunks are computed
-        Group<U> ga, gb;
-        load_group<U, NT, TL, DG>(ga, p, R, c_begin, c_end);
-        for (int c = c_begin; c < c_end; c += 2 * U) {
-            if (c + U < c_end) load_group<U, NT, TL, DG>(gb, p, R, c + U, c_end);
-            compute_group<DT, NT, U, DG>(acc, ga, p, R, c, c_end, tab, lane4, code2, off);
-            if (c + U >= c_end) break;
-            if (c + 2 * U < c_end) load_group<U, NT, TL, DG>(ga, p, R, c + 2 * U, c_end);
-            compute_group<DT, NT, U, DG>(acc, gb, p, R, c + U, c_end, tab, lane4, code2, off);
+        // S groups in registers, a ring: the next S - 1 groups' loads in flight while one group of U chunks is
+        // computed (slots are compile-time indices, so the ring stays in registers)
+        Group<U> G[S];
+#pragma unroll
+        for (int s = 0; s + 1 < S; ++s) load_group<U, NT, TL, DG>(G[s], p, R, c_begin + s * U, c_end);
+        for (int c = c_begin; c < c_end; c += S * U) {
+#pragma unroll
+            for (int s = 0; s < S; ++s) {
+                const int cs = c + s * U;
+                if (cs >= c_end) break;
+                if (cs + (S - 1) * U < c_end) load_group<U, NT, TL, DG>(G[(s + S - 1) % S], p, R, cs + (S - 1) * U, c_end);
+                compute_group<DT, NT, U, DG, XM>(acc, G[s], p, R, cs, c_end, tab, lane4, code2, off);
+            }
         }
 
         // C fragment: acc[nt][e] is out[m = 8 nt + 2t + (e & 1)][n = row g + 8 (e >> 1)]
@@ -311,19 +383,20 @@ inline int tile_n8(int M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; }
  * same results: neither changes the accumulation order). */
 inline int g_lut_variant = 0;
 
-template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk>
+template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk, int S = 2, int XM = kXPerChunk>
 cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
-    auto kern = gemm_lut_kernel<DT, NT, U, MINB, TL, DG>;
+    auto kern = gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM>;
+    constexpr size_t smem = XM == kXShared ? kSmemXs : kSmem;
     static bool smem_set[64] = {};  // per device: the opt-in above 48 KB of dynamic shared memory
     int dev = 0;
     cudaGetDevice(&dev);
     if (dev < 64 && !smem_set[dev]) {
-        const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmem);
+        const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return e;
         smem_set[dev] = true;
     }
     int occ = 0;
-    cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, kThreads, kSmem);
+    cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, kThreads, smem);
     if (e != cudaSuccess) return e;
     if (ctas_per_sm != nullptr) {
         *ctas_per_sm = occ;
@@ -333,9 +406,16 @@ cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     if (e != cudaSuccess) return e;
     const long long slots = (long long)(occ > 0 ? occ : 1) * sms;
-    const long long ctas = (p.tasks + kWarps - 1) / kWarps;
-    const unsigned grid = (unsigned)(ctas < slots ? ctas : slots);
-    kern<<<grid, kThreads, kSmem, stream>>>(p);
+    long long grid;
+    if constexpr (XM == kXShared) {  // every CTA keeps one split: a multiple of splits, the tiles of a split spread
+        const long long per = (p.tasks / p.splits + kWarps - 1) / kWarps;
+        const long long fit = slots / p.splits > 0 ? slots / p.splits : 1;
+        grid = p.splits * (per < fit ? per : fit);
+    } else {
+        const long long ctas = (p.tasks + kWarps - 1) / kWarps;
+        grid = ctas < slots ? ctas : slots;
+    }
+    kern<<<(unsigned)grid, kThreads, smem, stream>>>(p);
     return cudaGetLastError();
 }
 
@@ -343,15 +423,30 @@ template <int DT, int NT, bool TL>
 cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     constexpr int U0 = NT == 1 ? 4 : 2, B0 = NT <= 2 ? 2 : 1;  // the default: no spills (ptxas -v)
     if constexpr (DT == KBIT_BF16 && NT <= 2) {
-        if (p.group_scales) {  // A/B (bf16, M <= 16): 1 scales per chunk; 2, 3 diagnostics; 4, 5 register budgets
+        if (p.group_scales) {  // A/B (bf16, M <= 16): 1 scales per chunk; 2, 3 diagnostics; 4, 5 register budgets;
+                               // 6..9 ring depth S (groups of 4 chunks) and budgets
             switch (g_lut_variant) {
                 case 1: return launch_k<DT, NT, 4, 2, TL>(p, stream, ctas_per_sm);
                 case 2: return launch_k<DT, NT, 4, 2, TL, kDiagNoScales>(p, stream, ctas_per_sm);
                 case 3: return launch_k<DT, NT, 4, 2, TL, kDiagNoLookup>(p, stream, ctas_per_sm);
                 case 4: return launch_k<DT, NT, 4, 3, TL, kScalesPerGroup>(p, stream, ctas_per_sm);
                 case 5: return launch_k<DT, NT, 4, 1, TL, kScalesPerGroup>(p, stream, ctas_per_sm);
+                case 6: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup, 3>(p, stream, ctas_per_sm);
+                case 7: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup, 4>(p, stream, ctas_per_sm);
+                case 8: return launch_k<DT, NT, 4, 1, TL, kScalesPerGroup, 4>(p, stream, ctas_per_sm);
+                case 9: return launch_k<DT, NT, 4, 1, TL, kScalesPerGroup, 6>(p, stream, ctas_per_sm);
+                case 10: return launch_k<DT, NT, 4, 2, TL, kDiagLoadsOnly>(p, stream, ctas_per_sm);
+                case 11: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup, 2, kXPerGroup>(p, stream, ctas_per_sm);
+                case 12: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup, 2, kDiagNoX>(p, stream, ctas_per_sm);
+                case 13: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup>(p, stream, ctas_per_sm);
                 default: break;
             }
+        }
+    }
+    if constexpr (NT == 1) {
+        if (p.stage_x) {
+            if (p.group_scales) return launch_k<DT, 1, 4, B0, TL, kScalesPerGroup, 2, kXShared>(p, stream, ctas_per_sm);
+            return launch_k<DT, 1, U0, B0, TL, kScalesPerChunk, 2, kXShared>(p, stream, ctas_per_sm);
         }
     }
     if (p.group_scales) return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup>(p, stream, ctas_per_sm);

@@ -42,22 +42,24 @@ def _state(qs):
     return qs.absmax, None, None, None, qs.code.float()
 
 
-def tile_codes(B, N: int, K: int) -> torch.Tensor:
-    """bitsandbytes' packed rows -> the tiled layout [ceil(N/16)][K/64][32 lanes][16 bytes]: lane 4g + t holds bytes
-    8t .. 8t + 7 of chunk c of rows 16 T + g and 16 T + g + 8 (zeros past N)."""
+def tile_codes(B, N: int, K: int, chunk_major: bool = False) -> torch.Tensor:
+    """bitsandbytes' packed rows -> the tiled layout [ceil(N/16)][K/64][32 lanes][16 bytes] (chunk_major:
+    [K/64][ceil(N/16)][32][16]): lane 4g + t holds bytes 8t .. 8t + 7 of chunk c of rows 16 T + g and 16 T + g + 8
+    (zeros past N)."""
     T, Cn = -(-N // 16), K // 64
     b = B.reshape(-1).view(torch.uint8)[: N * K // 2].view(N, Cn, 4, 8)
     if T * 16 != N:
         b = torch.cat([b, b.new_zeros(T * 16 - N, Cn, 4, 8)])
-    return b.view(T, 2, 8, Cn, 4, 8).permute(0, 3, 2, 4, 1, 5).contiguous().view(-1)
+    order = (3, 0, 2, 4, 1, 5) if chunk_major else (0, 3, 2, 4, 1, 5)
+    return b.view(T, 2, 8, Cn, 4, 8).permute(*order).contiguous().view(-1)
 
 
 class Lut:
     """One call of kbit_gemm_4bit_lut with its own output, partials and counters (graph-capturable)."""
 
-    def __init__(self, A, B, N, K, qs, bias, splits, tiled=None):
+    def __init__(self, A, B, N, K, qs, bias, splits, tiled=None, chunk_major=False):
         self.A, self.N, self.K, self.bias, self.splits = A, N, K, bias, splits
-        self.B, self.tiled = (B, 0) if tiled is None else (tiled, 1)
+        self.B, self.tiled = (B, 0) if tiled is None else (tiled, 2 if chunk_major else 1)
         self.st = _state(qs)
         self.bs = qs.blocksize
         M = A.shape[0]
@@ -105,12 +107,12 @@ def parity(L, quick: bool) -> tuple[int, float]:
         else:
             P, qs = wb.quantize_4bit(W, blocksize=bs, quant_type=cb, compress_statistics=nested)
         bias = torch.randn(N, device="cuda", dtype=dt, generator=g) if with_bias else None
-        Pt = tile_codes(P, N, K)
+        Pt, Pc = tile_codes(P, N, K), tile_codes(P, N, K, chunk_major=True)
         for M in ms:
             A = torch.randn(M, K, device="cuda", dtype=dt, generator=g)
             ref, bound = _reference(A, P, N, K, qs, bias)
             first = None
-            for variant in (0, 1, 4, 5):
+            for variant in (0, 1, 4, 5, 6, 7, 8, 9, 11, 13):
                 L.kbit_gemm_lut_tuning(variant)
                 for splits in (1, 3, 7):
                     f = Lut(A, P, N, K, qs, bias, splits)
@@ -125,7 +127,9 @@ def parity(L, quick: bool) -> tuple[int, float]:
                             first = y
                         same = same and bool(torch.equal(y.view(torch.int16), first.view(torch.int16)))
                     yt = Lut(A, P, N, K, qs, bias, splits, tiled=Pt)().clone()  # the tiled layout: the same bits
+                    yc = Lut(A, P, N, K, qs, bias, splits, tiled=Pc, chunk_major=True)().clone()
                     same = same and bool(torch.equal(yt.view(torch.int16), y.view(torch.int16)))
+                    same = same and bool(torch.equal(yc.view(torch.int16), y.view(torch.int16)))
                     ok = ratio <= 1.0 and same
                     bad += not ok
                     worst = max(worst, ratio)
@@ -140,7 +144,7 @@ def parity(L, quick: bool) -> tuple[int, float]:
     return bad, worst
 
 
-def speed(L, quick: bool, copy: float) -> list[dict]:
+def speed(L, quick: bool, copy: float, variants=(0, 1, 2, 3, 4, 5), ms_list=MS) -> list[dict]:
     g = torch.Generator(device="cuda").manual_seed(0)
     rows = []
     shapes = SHAPES[:1] if quick else SHAPES
@@ -148,30 +152,34 @@ def speed(L, quick: bool, copy: float) -> list[dict]:
         W = torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=g)
         P, qs = wb.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=True)
         Wd = wb.dequantize_4bit(P, qs).to(torch.bfloat16)
-        Pt = tile_codes(P, N, K)
-        for M in (MS[:3] if quick else MS):
+        Pt, Pc = tile_codes(P, N, K), tile_codes(P, N, K, chunk_major=True)
+        for M in (ms_list[:3] if quick else ms_list):
             A = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
             nbytes = bench.tensor_bytes(P, qs.absmax, qs.state2.absmax, A)
+            L.kbit_gemm_lut_tuning(0)
             ours = bench.graph_replay_ms(lambda: matmul_4bit(A, P, qs, backend="cuda"), calls=20)
             cublas = bench.graph_replay_ms(lambda: A @ Wd.t(), calls=20)
-            for layout in ("rows", "tiled"):
+            for layout in ("rows", "tiled"):  # chunk-major: no faster than tiled (reports/matmul-h200/lut_gemm)
                 best = None
-                for variant in ((0, 1, 2, 3, 4, 5) if M <= 16 else (0,)):
+                for variant in (variants if M <= 16 else (0,)):
                     L.kbit_gemm_lut_tuning(variant)
                     for splits in SPLITS:
-                        f = Lut(A, P, N, K, qs, None, splits, tiled=Pt if layout == "tiled" else None)
+                        f = Lut(A, P, N, K, qs, None, splits, tiled={"tiled": Pt, "chunk-major": Pc}.get(layout),
+                                chunk_major=layout == "chunk-major")
                         ms = bench.graph_replay_ms(f, calls=20)
                         pct = 100 * nbytes / (ms * 1e-3) / (copy * 1e9)
                         row = dict(N=N, K=K, M=M, layout=layout, variant=variant, splits=splits, lut_ms=ms,
                                    pct_copy=pct, committed_ms=ours, cublas_ms=cublas)
                         rows.append(row)
-                        if variant not in (2, 3) and (best is None or ms < best["lut_ms"]):
+                        if variant not in (2, 3, 10, 12) and (best is None or ms < best["lut_ms"]):
                             best = row
                 if M <= 16:
                     per = {v: min(r["lut_ms"] for r in rows if (r["N"], r["K"], r["M"], r["layout"], r["variant"])
-                                  == (N, K, M, layout, v)) for v in range(6)}
+                                  == (N, K, M, layout, v)) for v in variants}
                     print(f"      {layout} by variant (us): " + "  ".join(f"{v}: {ms * 1e3:.1f}" for v, ms in per.items())
-                          + "   (1 scales per chunk; 2 no scales, 3 no lookup: diagnostics; 4, 5: 3 / 1 CTAs per SM)")
+                          + "   (1 scales per chunk; 2 no scales, 3 no lookup: diagnostics; 4, 5: 3 / 1 CTAs per SM;"
+                          " 6, 7: ring of 3 / 4 groups, 2 CTAs per SM; 8, 9: ring of 4 / 6 groups, 1 CTA per SM; 10: loads only; 11: a group's"
+                          " activations first; 12: no activation loads; 13: activations not staged)")
                 print(f"{N:>6}x{K:<6} M={M:<3} {layout:5} best {best['lut_ms'] * 1e3:7.1f} us (variant "
                       f"{best['variant']}, {best['splits']:2} splits) {best['pct_copy']:5.1f} % copy | committed "
                       f"{ours * 1e3:7.1f} us | cuBLAS {cublas * 1e3:7.1f} us | x cuBLAS {cublas / best['lut_ms']:5.2f}"
@@ -202,6 +210,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--variants", default="0,1,2,3,4,5", help="kbit_gemm_lut_tuning variants timed at M <= 16")
+    ap.add_argument("--ms", default=",".join(map(str, MS)), help="activation rows to time")
     ap.add_argument("--profile-target", action="store_true",
                     help="only one call of each variant on 28672x8192, M = 1 and 16, for Nsight Compute")
     args = ap.parse_args(argv)
@@ -217,7 +227,8 @@ def main(argv=None) -> int:
     copy = bench.copy_bandwidth("cuda")
     print(f"copy {copy:.0f} GB/s", flush=True)
     if not args.no_speed:
-        rows = speed(L, args.quick, copy)
+        rows = speed(L, args.quick, copy, tuple(int(v) for v in args.variants.split(",")),
+                     tuple(int(m) for m in args.ms.split(",")))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         Path(args.out, "matmul_lut_ab.json").write_text(json.dumps(
