@@ -69,8 +69,8 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
  * 2, 3 diagnostics with wrong results (no scale loads, no codebook lookup); 4, 5 the registers budgeted for 3 / 1
  * CTAs per SM; 6, 7 a ring of 3 / 4 groups of chunks in flight (2 CTAs per SM); 8, 9 a ring of 4 / 6 (1 CTA per SM)
  * (matmul_lut.cuh); 10 a diagnostic: the weight loads alone; 11 a group's activations loaded before its first mma;
- * 12 a diagnostic: no activation loads; 13 activations from global memory where they would be staged in shared memory
- * (M <= 8). All but 2, 3, 10 and 12 give the same bits. */
+ * 12 a diagnostic: no activation loads; 13, 14 activations loaded one chunk ahead (ring of 2 / 3 groups); 15 a group's
+ * activations first with a ring of 3. All but 2, 3, 10 and 12 give the same bits. */
 void kbit_gemm_lut_tuning(int variant);
 
 /* Resident CTAs per SM of the kernel that serves M rows of dtype (its grid: at most that many per SM). */

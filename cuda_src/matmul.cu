@@ -476,9 +476,8 @@ extern "C" cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long 
     const bool grouped = absmax_8bit != nullptr && blocksize == 64 && K % 256 == 0;
     int cps = (int)((chunks + splits - 1) / splits);
     if (grouped) cps = (cps + 3) & ~3;
-    const bool stage_x = M <= 8 && (long long)M * cps * lut4::kChunk * 2 <= lut4::kXsMax;
     lut4::Args p{A, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bias, out, partial, counters,
-                 M, N, K, bs_shift, splits, cps, ((N + 15) / 16) * splits, tiled, grouped, stage_x};
+                 M, N, K, bs_shift, splits, cps, ((N + 15) / 16) * splits, tiled, grouped};
     switch (dtype) {
         case KBIT_F16: return lut4::launch_dt<KBIT_F16>(p, stream, nullptr);
         case KBIT_BF16: return lut4::launch_dt<KBIT_BF16>(p, stream, nullptr);

@@ -46,14 +46,6 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kChunk = 64;                       // k per chunk (4 mma k-steps)
 constexpr int kPairWords = 256 * 64;             // the pair table: 256 entries x 64 words (32 used: one per lane)
 constexpr size_t kSmem = kPairWords * 4 + 256 * 4;  // + the nested absmax code table
-// Staged activations (template XS, M <= 8): the CTA's K range of A in 32-byte pieces, piece q = ((chunk * 4 + t) * M
-// + m) holding elements 16 t .. 16 t + 15 of row m's chunk. The first 32 KB fill the unused upper halves of the
-// pair table's 256-byte entries, the rest a tail after the code table: 64 KB in all, 97 KB of shared memory per CTA.
-constexpr int kXsGap = 32768, kXsMax = 65536;
-constexpr size_t kXsTail = kSmem, kSmemXs = kSmem + (kXsMax - kXsGap);
-__device__ __forceinline__ int xs_offset(int o) {  // byte o of the staged activations -> shared-memory byte
-    return o < kXsGap ? 256 * (o >> 7) + 128 + (o & 127) : (int)kXsTail + (o - kXsGap);
-}
 
 struct Args {
     const void* A;
@@ -75,8 +67,6 @@ struct Args {
     long long tasks;      // m16 row tiles x splits
     int tiled;            // B in the tiled layout (studies/probes/matmul_lut_ab.py: tile_codes), else bitsandbytes' rows
     int group_scales;     // nested, blocksize 64, K % 256 == 0, splits of whole groups: a group's codes in one word
-    int stage_x;          // M <= 8 and M x (a split's K) x 2 bytes <= kXsMax: activations staged in shared memory,
-                          // each CTA on one split (grid a multiple of splits)
 };
 
 template <int DT> using Op = mma4::Frag<DT>;  // packing to the dtype, the mma, loads and stores of the rule-2 GEMM
@@ -108,7 +98,6 @@ template <int NT> struct Rows {
     long long f[2];       // flat element index n * K of each row (block indices by shift)
     bool ok[2];           // row < N
     const uint8_t* x[NT]; // activation row 8 nt + g at element 16t
-    int xq;               // staged: this lane's piece of chunk cc is cc * 4M + xq
     bool xok[NT];         // activation row < M
 };
 
@@ -150,13 +139,29 @@ __device__ __forceinline__ void load_group(Group<U>& G, const Args& p, const Row
 
 /* Chunks c .. c + U - 1 (those below c_end) into acc. */
 /* Where the activations of a chunk come from (template XM): 0 loaded at the chunk; 1 the group's U chunks loaded
- * before its first mma; 2 a diagnostic, wrong results: no loads (constant ones); 3 staged in shared memory. */
-constexpr int kXPerChunk = 0, kXPerGroup = 1, kDiagNoX = 2, kXShared = 3;
+ * before its first mma; 2 a diagnostic, wrong results: no loads (constant ones); 3 loaded one chunk ahead (carried
+ * in Ahead across groups). A copy staged in shared memory per CTA measured no faster than 0 (lut_gemm report). */
+constexpr int kXPerChunk = 0, kXPerGroup = 1, kDiagNoX = 2, kXAhead = 3;
+
+template <int NT> struct Ahead {  // XM 3: the next chunk's activations
+    uint4 x[NT][2];
+};
+
+template <int NT>
+__device__ __forceinline__ void load_x(uint4 (&x)[NT][2], const Rows<NT>& R, int cc, int c_end) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        const uint4* xp = reinterpret_cast<const uint4*>(R.x[nt] + 128 * (long long)cc);
+        const bool ok = R.xok[nt] && cc < c_end;
+        x[nt][0] = ok ? __ldg(xp) : make_uint4(0u, 0u, 0u, 0u);
+        x[nt][1] = ok ? __ldg(xp + 1) : make_uint4(0u, 0u, 0u, 0u);
+    }
+}
 
 template <int DT, int NT, int U, int DG, int XM>
 __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U>& G, const Args& p,
                                               const Rows<NT>& R, int c, int c_end, const char* tab, uint32_t lane4,
-                                              const float* code2, float off) {
+                                              const float* code2, float off, Ahead<NT>& ahead) {
     typedef Op<DT> O;
     const bool nested = p.a8 != nullptr;
     uint4 xg[XM == kXPerGroup ? U : 1][NT][2];
@@ -201,15 +206,14 @@ __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U
             } else if constexpr (XM == kXPerGroup) {
                 xv[nt][0] = xg[u][nt][0];
                 xv[nt][1] = xg[u][nt][1];
-            } else if constexpr (XM == kXShared) {
-                static_assert(NT == 1, "staged activations: M <= 8");
-                const int o = 32 * (cc * 4 * p.M + R.xq);
-                xv[nt][0] = R.xok[nt] ? *reinterpret_cast<const uint4*>(tab + xs_offset(o)) : make_uint4(0u, 0u, 0u, 0u);
-                xv[nt][1] = R.xok[nt] ? *reinterpret_cast<const uint4*>(tab + xs_offset(o + 16)) : make_uint4(0u, 0u, 0u, 0u);
+            } else if constexpr (XM == kXAhead) {
+                xv[nt][0] = ahead.x[nt][0];
+                xv[nt][1] = ahead.x[nt][1];
             } else {
                 xv[nt][0] = xv[nt][1] = make_uint4(0x3f803f80u, 0x3f803f80u, 0x3f803f80u, 0x3f803f80u);
             }
         }
+        if constexpr (XM == kXAhead) load_x<NT>(ahead.x, R, cc + 1, c_end);
         float part[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
@@ -262,37 +266,19 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
     if (nested)
         for (int i = tid; i < 256; i += kThreads) code2[i] = __ldg(p.code2 + i);
     const float off = nested ? __ldg(p.off) : 0.0f;
-    const int chunks = (int)(p.K / kChunk);
-    // staged activations: this CTA's split only (every CTA keeps one split), copied once
-    const int zx = XM == kXShared ? (int)(blockIdx.x % p.splits) : 0;
-    if constexpr (XM == kXShared) {
-        const int c0 = zx * p.chunks_per_split;
-        const int nc = (c0 + p.chunks_per_split < chunks ? c0 + p.chunks_per_split : chunks) - c0;
-        char* xs = reinterpret_cast<char*>(lut_smem);
-        for (int i = tid; i < nc * 8 * p.M; i += kThreads) {  // 16-byte halves of 32-byte pieces
-            const int q = i >> 1, m = q % p.M, ct = q / p.M;
-            const uint4* src = reinterpret_cast<const uint4*>(
-                reinterpret_cast<const uint8_t*>(p.A) + 2 * ((long long)m * p.K + (long long)(c0 + (ct >> 2)) * kChunk + 16 * (ct & 3)));
-            *reinterpret_cast<uint4*>(xs + xs_offset(32 * q + 16 * (i & 1))) = __ldg(src + (i & 1));
-        }
-    }
     __syncthreads();
     const char* tab = reinterpret_cast<const char*>(pair);
     const uint32_t lane4 = 4u * (uint32_t)lane;
 
+    const int chunks = (int)(p.K / kChunk);
     const long long MN = (long long)p.M * p.N;
     const T* bias = reinterpret_cast<const T*>(p.bias);
     T* out = reinterpret_cast<T*>(p.out);
 
-    // warps take tasks on their own (no CTA barrier after the table), so the last wave is one warp's task deep; with
-    // staged activations a task is a tile of the CTA's split
-    const bool xsh = XM == kXShared;
-    const long long tiles = p.tasks / p.splits;
-    const long long first = xsh ? (long long)(blockIdx.x / p.splits) * kWarps + warp : (long long)blockIdx.x * kWarps + warp;
-    const long long step = (long long)(xsh ? gridDim.x / p.splits : gridDim.x) * kWarps;
-    for (long long task = first; task < (xsh ? tiles : p.tasks); task += step) {
-        const long long tile = xsh ? task : task / p.splits;
-        const int z = xsh ? zx : (int)(task - tile * p.splits);
+    // warps take tasks on their own (no CTA barrier after the table), so the last wave is one warp's task deep
+    for (long long task = (long long)blockIdx.x * kWarps + warp; task < p.tasks; task += (long long)gridDim.x * kWarps) {
+        const long long tile = task / p.splits;
+        const int z = (int)(task - tile * p.splits);
         const int c_begin = z * p.chunks_per_split;
         const int c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
         Rows<NT> R;
@@ -306,9 +292,8 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
         }
         if constexpr (TL) {  // tiled = 1: tile-major [tiles][chunks][32][16]; 2: chunk-major [chunks][tiles][32][16]
             R.w[0] = p.B + ((p.tiled == 2 ? tile : tile * (long long)chunks) * 32 + lane) * 16;
-            R.wstep = p.tiled == 2 ? 512 * tiles : 512;
+            R.wstep = p.tiled == 2 ? 512 * ((p.N + 15) / 16) : 512;
         }
-        R.xq = t * p.M + g - 4 * p.M * c_begin;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             const int m = 8 * nt + g;
@@ -322,6 +307,8 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
         // S groups in registers, a ring: the next S - 1 groups' loads in flight while one group of U chunks is
         // computed (slots are compile-time indices, so the ring stays in registers)
         Group<U> G[S];
+        Ahead<NT> ahead;
+        if constexpr (XM == kXAhead) load_x<NT>(ahead.x, R, c_begin, c_end);
 #pragma unroll
         for (int s = 0; s + 1 < S; ++s) load_group<U, NT, TL, DG>(G[s], p, R, c_begin + s * U, c_end);
         for (int c = c_begin; c < c_end; c += S * U) {
@@ -330,7 +317,7 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
                 const int cs = c + s * U;
                 if (cs >= c_end) break;
                 if (cs + (S - 1) * U < c_end) load_group<U, NT, TL, DG>(G[(s + S - 1) % S], p, R, cs + (S - 1) * U, c_end);
-                compute_group<DT, NT, U, DG, XM>(acc, G[s], p, R, cs, c_end, tab, lane4, code2, off);
+                compute_group<DT, NT, U, DG, XM>(acc, G[s], p, R, cs, c_end, tab, lane4, code2, off, ahead);
             }
         }
 
@@ -386,7 +373,7 @@ inline int g_lut_variant = 0;
 template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk, int S = 2, int XM = kXPerChunk>
 cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     auto kern = gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM>;
-    constexpr size_t smem = XM == kXShared ? kSmemXs : kSmem;
+    constexpr size_t smem = kSmem;
     static bool smem_set[64] = {};  // per device: the opt-in above 48 KB of dynamic shared memory
     int dev = 0;
     cudaGetDevice(&dev);
@@ -406,16 +393,9 @@ cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     if (e != cudaSuccess) return e;
     const long long slots = (long long)(occ > 0 ? occ : 1) * sms;
-    long long grid;
-    if constexpr (XM == kXShared) {  // every CTA keeps one split: a multiple of splits, the tiles of a split spread
-        const long long per = (p.tasks / p.splits + kWarps - 1) / kWarps;
-        const long long fit = slots / p.splits > 0 ? slots / p.splits : 1;
-        grid = p.splits * (per < fit ? per : fit);
-    } else {
-        const long long ctas = (p.tasks + kWarps - 1) / kWarps;
-        grid = ctas < slots ? ctas : slots;
-    }
-    kern<<<(unsigned)grid, kThreads, smem, stream>>>(p);
+    const long long ctas = (p.tasks + kWarps - 1) / kWarps;
+    const unsigned grid = (unsigned)(ctas < slots ? ctas : slots);
+    kern<<<grid, kThreads, smem, stream>>>(p);
     return cudaGetLastError();
 }
 
@@ -438,15 +418,11 @@ cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
                 case 10: return launch_k<DT, NT, 4, 2, TL, kDiagLoadsOnly>(p, stream, ctas_per_sm);
                 case 11: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup, 2, kXPerGroup>(p, stream, ctas_per_sm);
                 case 12: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup, 2, kDiagNoX>(p, stream, ctas_per_sm);
-                case 13: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup>(p, stream, ctas_per_sm);
+                case 13: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup, 2, kXAhead>(p, stream, ctas_per_sm);
+                case 14: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup, 3, kXAhead>(p, stream, ctas_per_sm);
+                case 15: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup, 3, kXPerGroup>(p, stream, ctas_per_sm);
                 default: break;
             }
-        }
-    }
-    if constexpr (NT == 1) {
-        if (p.stage_x) {
-            if (p.group_scales) return launch_k<DT, 1, 4, B0, TL, kScalesPerGroup, 2, kXShared>(p, stream, ctas_per_sm);
-            return launch_k<DT, 1, U0, B0, TL, kScalesPerChunk, 2, kXShared>(p, stream, ctas_per_sm);
         }
     }
     if (p.group_scales) return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup>(p, stream, ctas_per_sm);

@@ -188,8 +188,9 @@ def speed(L, quick: bool, copy: float, variants=(0, 1, 2, 3, 4, 5), ms_list=MS) 
     return rows
 
 
-def profile_target(L) -> int:
-    """One call of the committed path and of the tiled LUT kernel (1 and 8 splits) at M = 1 and 16."""
+def profile_target(L, variant: int = 0) -> int:
+    """One call of the committed path and of the tiled LUT kernel (1 and 8 splits) at M = 1 and 16, the LUT kernel
+    as ``variant``."""
     g = torch.Generator(device="cuda").manual_seed(0)
     N, K = 28672, 8192
     W = torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -198,6 +199,7 @@ def profile_target(L) -> int:
     for M in (1, 16):
         A = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
         matmul_4bit(A, P, qs, backend="cuda")
+        L.kbit_gemm_lut_tuning(variant)
         for splits in (1, 8):
             Lut(A, P, N, K, qs, None, splits, tiled=Pt)()
     L.kbit_gemm_lut_tuning(0)
@@ -214,10 +216,11 @@ def main(argv=None) -> int:
     ap.add_argument("--ms", default=",".join(map(str, MS)), help="activation rows to time")
     ap.add_argument("--profile-target", action="store_true",
                     help="only one call of each variant on 28672x8192, M = 1 and 16, for Nsight Compute")
+    ap.add_argument("--profile-variant", type=int, default=0, help="the LUT kernel's variant under --profile-target")
     args = ap.parse_args(argv)
     L = CM.lib()   # the family's ctypes handle: the A/B knob and the occupancy query
     if args.profile_target:
-        return profile_target(L)
+        return profile_target(L, args.profile_variant)
     occ = C.c_int()
     for M in (1, 16, 32, 64):
         L.kbit_gemm_4bit_lut_ctas(M, DTYPE_CODE[torch.bfloat16], C.byref(occ))
