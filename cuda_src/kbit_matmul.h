@@ -65,12 +65,12 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
                                const float* absmax_offset, const float* table, int blocksize, const void* bias,
                                void* out, float* partial, int* counters, int splits, int tiled, cudaStream_t stream);
 
-/* A/B knob of kbit_gemm_4bit_lut (bf16, M <= 16, grouped nested scales): 0 = the default; 1 scales per chunk;
- * 2, 3 diagnostics with wrong results (no scale loads, no codebook lookup); 4, 5 the registers budgeted for 3 / 1
- * CTAs per SM; 6, 7 a ring of 3 / 4 groups of chunks in flight (2 CTAs per SM); 8, 9 a ring of 4 / 6 (1 CTA per SM)
- * (matmul_lut.cuh); 10 a diagnostic: the weight loads alone; 11 a group's activations loaded before its first mma;
- * 12 a diagnostic: no activation loads; 13, 14 activations loaded one chunk ahead (ring of 2 / 3 groups); 15 a group's
- * activations first with a ring of 3. All but 2, 3, 10 and 12 give the same bits. */
+/* A/B knob of kbit_gemm_4bit_lut (bf16, M <= 16, grouped nested scales): 0 = the default (the next chunk's
+ * activations loaded while one is computed); 1 scales per chunk; 2, 3 diagnostics with wrong results (no scale loads,
+ * no codebook lookup); 4, 5 the registers budgeted for 3 / 1 CTAs per SM; 6 a ring of 3 groups of chunks in flight;
+ * 10 a diagnostic: the weight loads alone; 11 a group's activations loaded before its first mma; 12 a diagnostic: no
+ * activation loads; 13 the activations loaded at their chunk (the default before). All but 2, 3, 10 and 12 give the
+ * same bits (matmul_lut.cuh; reports/matmul-h200/lut_gemm). */
 void kbit_gemm_lut_tuning(int variant);
 
 /* Resident CTAs per SM of the kernel that serves M rows of dtype (its grid: at most that many per SM). */

@@ -1,7 +1,9 @@
 """GPU parity of the unscaled-lookup tensor-core GEMM (cuda_src/matmul_lut.cuh, ``kbit_gemm_4bit_lut``), which the
 cuda backend runs for the rows of its dispatch rule (lut_rows): each output held to the reference's
 error_bound_unscaled, every forced split count deterministic and over poisoned memory, the one-call and general
-paths equal, CUDA-graph capture, and a table that does not fit fp16 sent to the rule-2 GEMM instead.
+paths equal, CUDA-graph capture, and a table that does not fit fp16 sent to the rule-2 GEMM instead; the weight's
+tiled copy (workbench/backends/cuda/gemm_layout.py) gives the row layout's bits, takes one-row calls on large
+weights, follows in-place changes of the weight and is not made while a graph is captured.
 Run on a GPU machine: ``pytest -m gpu tests/test_matmul_lut_gpu.py``."""
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from workbench import codebooks as cbs
 from workbench.matmul import matmul_4bit
 
 from test_matmul_gpu import (_case, _need_cuda, _poison_allocator, _ratio, _replays_equal,
-                             _split_runs_within_and_repeatable, _within)
+                             _split_runs_within_and_repeatable, _state_args, _within)
 
 pytestmark = pytest.mark.gpu
 
@@ -100,3 +102,80 @@ def test_table_outside_fp16_takes_the_rule2_gemm(rng, monkeypatch):
     assert not calls and torch.isfinite(got).all()
     W = R.dequantize_weight(P, (256, 1024), absmax, table, 64, torch.float16)
     assert ((got.float() - ref.float()).abs() <= R.error_bound(A, W, None, torch.float16, ref)).all()
+
+
+def _lut_direct(A, P, qs, b):
+    """The general path's launch of the unscaled-lookup GEMM, whatever the dispatch would pick for A's rows."""
+    from workbench.backends.cuda import matmul as CM
+    a2, a8, c2, off = _state_args(qs)
+    N, K = int(qs.shape[0]), int(qs.shape[1])
+    f32 = lambda t: None if t is None else t.float().reshape(-1).contiguous()
+    return CM._gemm_lut(A, P.reshape(-1), N, K, a2, a8, f32(c2), None if off is None else off.float().reshape(1),
+                        qs.code.float(), qs.blocksize, b)
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+def test_tiled_copy_gives_the_row_layouts_bits(rng, monkeypatch, dtype):
+    _need_cuda()
+    from workbench.backends.cuda import gemm_layout
+    for i, (N, K, bs) in enumerate(((300, 640, 128), (1000, 1536, 64), (4100, 4096, 64))):
+        for M in (1, 5, 16):
+            A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested=i != 0, bias=M != 5)
+            monkeypatch.setattr(gemm_layout, "ENABLED", True)
+            tiled = _lut_direct(A, P, qs, b)
+            assert any(k[0] == P.data_ptr() for k in gemm_layout._copies), "no tiled copy was made"
+            monkeypatch.setattr(gemm_layout, "ENABLED", False)
+            rows = _lut_direct(A, P, qs, b)
+            assert torch.equal(tiled, rows), (N, K, M)
+            _within(tiled, matmul_4bit(A, P, qs, bias=b, backend="reference"), A, P, qs, b)
+
+
+def test_one_row_on_a_large_weight_takes_the_lut_gemm(rng, monkeypatch):
+    _need_cuda()
+    calls = _count(monkeypatch)
+    A, P, qs, b = _case(rng, 4100, 4096, 1, torch.bfloat16, 64, True, True)   # more than 2^24 weights, a row tail
+    ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+    got = matmul_4bit(A, P, qs, bias=b)          # the one-call path
+    general = matmul_4bit(A, P, qs, bias=b, out=torch.empty_like(got))
+    assert len(calls) == 2 and torch.equal(got, general)
+    _within(got, ref, A, P, qs, b)
+    small = _case(rng, 4096, 4096, 1, torch.bfloat16, 64, True, False)     # 2^24 weights: the GEMV
+    matmul_4bit(small[0], small[1], small[2])
+    assert len(calls) == 2
+
+
+def test_tiled_copy_follows_in_place_changes(rng, monkeypatch):
+    _need_cuda()
+    calls = _count(monkeypatch)
+    A, P, qs, b = _case(rng, 1000, 1536, 8, torch.bfloat16, 64, True, False)
+    before = matmul_4bit(A, P, qs)
+    P.bitwise_xor_(0x5A)                         # other codes, same address: the copy must be remade
+    ref = matmul_4bit(A, P, qs, backend="reference")
+    after = matmul_4bit(A, P, qs)
+    assert len(calls) == 2 and not torch.equal(before, after)
+    _within(after, ref, A, P, qs, None)
+
+
+def test_no_tiled_copy_is_made_while_a_graph_is_captured(rng, monkeypatch):
+    """Captured with no copy made yet (the warm-up call ran with copies off): the graph reads the row layout (same
+    bits); the copy comes with the first eager call after it."""
+    _need_cuda()
+    from workbench.backends.cuda import gemm_layout
+    calls = _count(monkeypatch)
+    A, P, qs, b = _case(rng, 4096, 4096, 16, torch.bfloat16, 64, True, True)
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        monkeypatch.setattr(gemm_layout, "ENABLED", False)
+        matmul_4bit(A, P, qs, bias=b, backend="cuda")   # plans and the table check, outside the capture
+        monkeypatch.setattr(gemm_layout, "ENABLED", True)
+        with torch.cuda.graph(g):
+            out = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+    torch.cuda.current_stream().wait_stream(s)
+    assert not any(k[0] == P.data_ptr() for k in gemm_layout._copies)
+    g.replay()
+    torch.cuda.synchronize()
+    want = matmul_4bit(A, P, qs, bias=b, backend="cuda")
+    assert any(k[0] == P.data_ptr() for k in gemm_layout._copies)
+    assert len(calls) == 3 and torch.equal(out, want)

@@ -274,7 +274,7 @@ def _gemv_one_call(A, B, qs, bias, backend):
     backend 'auto' (or the one named) would send to the same kernel: on CPU bf16/fp16 A of at most 32 rows to the
     cython_cpu byte-plane kernel, on CUDA the rows its dispatch gives the fused GEMV (one, for fp16/bf16 A) or the
     tensor-core GEMMs (2..64 rows of fp16/bf16 A, K % 32 == 0, A and B 16-byte aligned; the unscaled-lookup one
-    where its dispatch rule applies)."""
+    where its dispatch rule applies, one row included)."""
     if not _eager(A) or type(qs) is not QuantState or A.dim() < 1 or not A.is_contiguous():
         return None
     cpu = A.is_cpu
@@ -324,12 +324,12 @@ def _gemv_one_call(A, B, qs, bias, backend):
         return None
     aligned = A.data_ptr() % 16 == 0 and B.data_ptr() % 16 == 0   # the GEMMs read A and B in 16-byte vectors
     lut = cuda_matmul.lut_rows(rows, N, K) and cuda_matmul.table_fits(plan[4][1], A.dtype)
-    if cuda_matmul.takes_gemv(A.dtype, rows, K):
-        at = cuda_matmul.gemv_4bit_at
-    elif cuda_matmul.takes_lut(A.dtype, rows, N, K, args[5], lut):
+    if cuda_matmul.takes_lut(A.dtype, rows, N, K, args[5], lut):
         if not aligned:
             return None
         at = cuda_matmul.gemm_lut_at
+    elif cuda_matmul.takes_gemv(A.dtype, rows, K):
+        at = cuda_matmul.gemv_4bit_at
     elif cuda_matmul.takes_mma(A.dtype, rows, K) and aligned:
         at = cuda_matmul.gemm_mma_at
     else:

@@ -24,6 +24,7 @@ import torch
 
 import workbench as wb
 from workbench import bench
+from workbench.backends.cuda import gemm_layout
 from workbench.backends.cuda import matmul as CM
 from workbench.backends.reference import matmul as RM
 from workbench.codebooks import from_values
@@ -43,15 +44,10 @@ def _state(qs):
 
 
 def tile_codes(B, N: int, K: int, chunk_major: bool = False) -> torch.Tensor:
-    """bitsandbytes' packed rows -> the tiled layout [ceil(N/16)][K/64][32 lanes][16 bytes] (chunk_major:
-    [K/64][ceil(N/16)][32][16]): lane 4g + t holds bytes 8t .. 8t + 7 of chunk c of rows 16 T + g and 16 T + g + 8
-    (zeros past N)."""
-    T, Cn = -(-N // 16), K // 64
-    b = B.reshape(-1).view(torch.uint8)[: N * K // 2].view(N, Cn, 4, 8)
-    if T * 16 != N:
-        b = torch.cat([b, b.new_zeros(T * 16 - N, Cn, 4, 8)])
-    order = (3, 0, 2, 4, 1, 5) if chunk_major else (0, 3, 2, 4, 1, 5)
-    return b.view(T, 2, 8, Cn, 4, 8).permute(*order).contiguous().view(-1)
+    """The library's tiled layout (workbench/backends/cuda/gemm_layout.py), or its chunk-major order
+    [K/64][ceil(N/16)][32][16] (measured, not adopted: no faster)."""
+    t = gemm_layout.tile_codes(B, N, K)
+    return t.view(-1, K // 64, 32, 16).transpose(0, 1).contiguous().view(-1) if chunk_major else t
 
 
 class Lut:
@@ -112,7 +108,7 @@ def parity(L, quick: bool) -> tuple[int, float]:
             A = torch.randn(M, K, device="cuda", dtype=dt, generator=g)
             ref, bound = _reference(A, P, N, K, qs, bias)
             first = None
-            for variant in (0, 1, 4, 5, 6, 7, 8, 9, 11, 13):
+            for variant in (0, 1, 4, 5, 6, 11, 13):
                 L.kbit_gemm_lut_tuning(variant)
                 for splits in (1, 3, 7):
                     f = Lut(A, P, N, K, qs, bias, splits)
@@ -177,9 +173,7 @@ def speed(L, quick: bool, copy: float, variants=(0, 1, 2, 3, 4, 5), ms_list=MS) 
                     per = {v: min(r["lut_ms"] for r in rows if (r["N"], r["K"], r["M"], r["layout"], r["variant"])
                                   == (N, K, M, layout, v)) for v in variants}
                     print(f"      {layout} by variant (us): " + "  ".join(f"{v}: {ms * 1e3:.1f}" for v, ms in per.items())
-                          + "   (1 scales per chunk; 2 no scales, 3 no lookup: diagnostics; 4, 5: 3 / 1 CTAs per SM;"
-                          " 6, 7: ring of 3 / 4 groups, 2 CTAs per SM; 8, 9: ring of 4 / 6 groups, 1 CTA per SM; 10: loads only; 11: a group's"
-                          " activations first; 12: no activation loads; 13: activations not staged)")
+                          + "   (variants: cuda_src/kbit_matmul.h, kbit_gemm_lut_tuning)")
                 print(f"{N:>6}x{K:<6} M={M:<3} {layout:5} best {best['lut_ms'] * 1e3:7.1f} us (variant "
                       f"{best['variant']}, {best['splits']:2} splits) {best['pct_copy']:5.1f} % copy | committed "
                       f"{ours * 1e3:7.1f} us | cuBLAS {cublas * 1e3:7.1f} us | x cuBLAS {cublas / best['lut_ms']:5.2f}"

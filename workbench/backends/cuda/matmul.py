@@ -2,11 +2,12 @@
 
 Dispatch on the number of activation rows M, from the H200 measurements in reports/matmul-h200:
 
-* fp16/bf16 A, LUT_MIN_M <= M <= LUT_MAX_M (LUT_MAX_M_SMALL for weights of at most LUT_SMALL_WEIGHTS elements),
-  K % 64 == 0, blocksize >= 64, a codebook finite in A's dtype: the
-  tensor-core GEMM with unscaled lookups ``kbit_gemm_4bit_lut`` (cuda_src/matmul_lut.cuh: each weight is
-  dtype(table[c]), the block scale multiplies the block's float32 partial sum; held to the reference's
-  ``error_bound_unscaled``, not rule 2 bit for bit);
+* fp16/bf16 A, 2 <= M <= LUT_MAX_M (LUT_MAX_M_SMALL for weights of at most LUT_SMALL_WEIGHTS elements), or M = 1
+  on a weight of more than LUT_M1_MIN_WEIGHTS elements with tiled copies on, K % 64 == 0, blocksize >= 64, a
+  codebook finite in A's dtype: the tensor-core GEMM with unscaled lookups ``kbit_gemm_4bit_lut``
+  (cuda_src/matmul_lut.cuh: each weight is dtype(table[c]), the block scale multiplies the block's float32 partial
+  sum; held to the reference's ``error_bound_unscaled``, not rule 2 bit for bit). It reads the weight's tiled copy
+  (gemm_layout.py: made once per weight, kept with it), or the row layout when copies are off;
 * otherwise fp16/bf16 A, K % 32 == 0, MMA_MIN_M <= M <= MMA_MAX_M: the fused dequant + tensor-core GEMM
   ``kbit_gemm_4bit_mma`` (cuda_src/matmul_mma.cuh: rule 2 exactly, mma.sync m16n8k16, float32 accumulators,
   split-K over enough CTAs to fill the GPU, partials summed in split order by the last CTA of a tile);
@@ -24,7 +25,7 @@ import os
 
 import torch
 
-from . import check, launch, load, on, on_device, ptr, raw_stream
+from . import check, gemm_layout, launch, load, on, on_device, ptr, raw_stream
 from ..reference.matmul import NESTED_BLOCKSIZE
 from ..registry import register_kernel
 
@@ -36,11 +37,12 @@ MMA_MIN_M = 2
 MMA_MAX_M = 64
 # H200 (reports/matmul-h200/lut_gemm): the unscaled-lookup GEMM beats the rule-2 GEMM at M = 4, 16 and 32 on
 # the five shapes measured (1.07-2.2x; a tie at M = 32 on 8192x28672) and at M = 64 on the three of at most 2^26
-# weights (1.25-1.61x), loses to it at M = 64 on the two of 235 M weights (0.83 / 0.97x), and to the GEMV at M = 1
-# on four of five.
-LUT_MIN_M = 2
+# weights (1.25-1.61x), loses to it at M = 64 on the two of 235 M weights (0.83 / 0.97x). At M = 1, reading the
+# tiled copy, it beats the GEMV by 1.07-1.28x on the four shapes of more than 2^24 weights and loses on 4096x4096.
+LUT_MIN_M = 1
 LUT_MAX_M = 32
 LUT_MAX_M_SMALL, LUT_SMALL_WEIGHTS = 64, 1 << 26
+LUT_M1_MIN_WEIGHTS = 1 << 24
 # How the kernel reads the codebook (0: one shared table, 1: a copy per lane, 3: byte-indexed pairs): equal
 # results, different speed; KBIT_MMA_LOOKUP overrides the measured default.
 LOOKUP = int(os.environ.get("KBIT_MMA_LOOKUP", "0"))
@@ -83,8 +85,13 @@ def _kernels():
 
 
 def lut_rows(M: int, N: int, K: int) -> bool:
-    """Whether M rows against an (N, K) weight are in the unscaled-lookup GEMM's measured range."""
-    return LUT_MIN_M <= M <= (LUT_MAX_M_SMALL if N * K <= LUT_SMALL_WEIGHTS else LUT_MAX_M)
+    """Whether M rows against an (N, K) weight are in the unscaled-lookup GEMM's measured range (one row: only
+    with tiled copies, gemm_layout.py)."""
+    if M < LUT_MIN_M:
+        return False
+    if M == 1:
+        return gemm_layout.ENABLED and N * K > LUT_M1_MIN_WEIGHTS
+    return M <= (LUT_MAX_M_SMALL if N * K <= LUT_SMALL_WEIGHTS else LUT_MAX_M)
 
 
 def takes_lut(dtype: torch.dtype, M: int, N: int, K: int, blocksize: int, table_fits: bool) -> bool:
@@ -301,7 +308,8 @@ def _gemm_lut(*args):
 
 def gemm_lut_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     """kbit_gemm_4bit_lut with the state as raw pointers (arguments as :func:`gemm_mma_at`; the caller has checked
-    :func:`takes_lut` and 16-byte alignment). The split plan is remembered per shape and device."""
+    :func:`takes_lut` and 16-byte alignment), on B's tiled copy where there is one (gemm_layout.tiled_copy). The
+    split plan is remembered per shape and device."""
     a2, a8, c2, off, tab, bs = state_args
     splits = _lut_plans.get((M, N, K, device_index))
     if splits is None:
@@ -311,8 +319,11 @@ def gemm_lut_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     if splits > 1:
         part = torch.empty(splits * M * N, dtype=torch.float32, device=A.device)
         ctr = _tile_counters(A.device, -(-N // 16), st)
-    check(_kernels().kbit_gemm_4bit_lut(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab,
-                                        bs, bias_ptr, out.data_ptr(), ptr(part), ptr(ctr), splits, 0, st),
+    tiled = gemm_layout.tiled_copy(B, N, K)
+    codes = B if tiled is None else tiled
+    check(_kernels().kbit_gemm_4bit_lut(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, codes.data_ptr(), a2, a8, c2, off,
+                                        tab, bs, bias_ptr, out.data_ptr(), ptr(part), ptr(ctr), splits,
+                                        0 if tiled is None else 1, st),
           "kbit_gemm_4bit_lut")
 
 

@@ -1,0 +1,67 @@
+"""The unscaled-lookup GEMM's tiled weight layout and the copy the cuda backend keeps of a weight in it
+(workbench/backends/cuda/gemm_layout.py), on CPU tensors: the layout against its definition, the copy made once,
+remade after an in-place change, dropped with the weight, and none when turned off."""
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from workbench.backends.cuda import gemm_layout as GL
+
+
+def _by_definition(B, N, K):
+    """Lane 4g + t of tile T holds bytes 8t .. 8t + 7 of chunk c of rows 16T + g, then of 16T + g + 8 (zeros past N)."""
+    rows = B.view(N, K // 2)
+    T, C = -(-N // 16), K // 64
+    out = torch.zeros(T, C, 32, 16, dtype=torch.uint8)
+    for tile in range(T):
+        for c in range(C):
+            for lane in range(32):
+                g, t = divmod(lane, 4)
+                for r in range(2):
+                    n = 16 * tile + g + 8 * r
+                    if n < N:
+                        out[tile, c, lane, 8 * r:8 * r + 8] = rows[n, 32 * c + 8 * t:32 * c + 8 * t + 8]
+    return out.view(-1)
+
+
+@pytest.mark.parametrize("N,K", [(16, 64), (37, 128), (5, 192), (48, 256)])
+def test_tile_codes_is_the_defined_layout(N, K):
+    B = torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8, generator=torch.Generator().manual_seed(N + K))
+    got = GL.tile_codes(B, N, K)
+    assert got.dtype == torch.uint8 and got.numel() == -(-N // 16) * 16 * K // 2
+    assert torch.equal(got, _by_definition(B, N, K))
+    assert torch.equal(GL.tile_codes(B.view(-1, 1), N, K), got)   # bitsandbytes' (n / 2, 1) shape
+
+
+def test_tile_codes_rejects_k_not_a_multiple_of_64():
+    with pytest.raises(ValueError, match="K: .*multiple of 64"):
+        GL.tile_codes(torch.zeros(32 * 48, dtype=torch.uint8), 64, 48)
+
+
+def test_tiled_copy_is_kept_remade_and_dropped(monkeypatch):
+    monkeypatch.setattr(GL, "ENABLED", True)
+    GL.forget()
+    B = torch.randint(0, 256, (40 * 128 // 2,), dtype=torch.uint8)
+    first = GL.tiled_copy(B, 40, 128)
+    assert GL.tiled_copy(B, 40, 128) is first                        # made once
+    assert GL.tiled_copy(B.view(-1, 1), 40, 128) is first            # a view of the same data: the same copy
+    B[0] ^= 0xFF                                                      # in place: the version counter moves
+    second = GL.tiled_copy(B, 40, 128)
+    assert second is not first and torch.equal(second, GL.tile_codes(B, 40, 128))
+    assert len(GL._copies) == 1
+    view = B.view(-1, 1)
+    del B, first, second
+    gc.collect()
+    assert len(GL._copies) == 1                                       # the view keeps the weight alive
+    del view
+    gc.collect()
+    assert not GL._copies                                             # dropped with the weight
+
+
+def test_tiled_copy_off(monkeypatch):
+    monkeypatch.setattr(GL, "ENABLED", False)
+    GL.forget()
+    assert GL.tiled_copy(torch.zeros(64 * 64 // 2, dtype=torch.uint8), 64, 64) is None and not GL._copies
