@@ -426,6 +426,16 @@ static int log2_exact(int v) {
     return (1 << s) == v ? s : -1;
 }
 
+/* The tensor-core GEMMs' common checks: A and B 16-byte aligned (vector loads), the nested trio complete, partials
+ * and counters for a split run. */
+static bool gemm_operands_ok(const void* A, const unsigned char* B, const unsigned char* absmax_8bit,
+                             const float* absmax_code, const float* absmax_offset, int splits, const float* partial,
+                             const int* counters) {
+    return (uintptr_t)A % 16 == 0 && (uintptr_t)B % 16 == 0 &&
+           (absmax_8bit == nullptr || (absmax_code != nullptr && absmax_offset != nullptr)) &&
+           (splits == 1 || (partial != nullptr && counters != nullptr));
+}
+
 extern "C" cudaError_t kbit_gemm_4bit_mma(const void* A, int dtype, int M, long long N, long long K,
                                           const unsigned char* B, const float* absmax, const unsigned char* absmax_8bit,
                                           const float* absmax_code, const float* absmax_offset, const float* table,
@@ -433,13 +443,12 @@ extern "C" cudaError_t kbit_gemm_4bit_mma(const void* A, int dtype, int M, long 
                                           int splits, int lookup, cudaStream_t stream) {
     const int bs_shift = log2_exact(blocksize);
     if (M < 1 || N < 0 || K < 0 || K % 32 != 0 || bs_shift < 5 || splits < 1) return cudaErrorInvalidValue;
-    if ((uintptr_t)A % 16 != 0 || (uintptr_t)B % 16 != 0) return cudaErrorInvalidValue;
-    if (absmax_8bit != nullptr && (absmax_code == nullptr || absmax_offset == nullptr)) return cudaErrorInvalidValue;
-    if (splits > 1 && (partial == nullptr || counters == nullptr)) return cudaErrorInvalidValue;
+    if (!gemm_operands_ok(A, B, absmax_8bit, absmax_code, absmax_offset, splits, partial, counters))
+        return cudaErrorInvalidValue;
     if (N == 0) return cudaSuccess;
     const long long chunks = (K + mma4::kChunk - 1) / mma4::kChunk;
-    mma4::Args p{A, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bias, out, partial, counters,
-                 M, N, K, bs_shift, (int)((chunks + splits - 1) / splits), lookup};
+    mma4::Args p{{A, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bias, out, partial, counters,
+                  M, N, K, bs_shift}, (int)((chunks + splits - 1) / splits), lookup};
     if (K == 0) p.chunks_per_split = 0;
     switch (dtype) {
         case KBIT_F16: return mma4::launch_dt<KBIT_F16>(p, splits, stream, nullptr);
@@ -467,17 +476,16 @@ extern "C" cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long 
     if (M < 1 || M > KBIT_GEMM_LUT_MAX_M || N < 0 || K < 0 || K % lut4::kChunk != 0 || bs_shift < 6 || splits < 1 ||
         tiled < 0 || tiled > 2)
         return cudaErrorInvalidValue;
-    if ((uintptr_t)A % 16 != 0 || (uintptr_t)B % 16 != 0) return cudaErrorInvalidValue;
-    if (absmax_8bit != nullptr && (absmax_code == nullptr || absmax_offset == nullptr)) return cudaErrorInvalidValue;
-    if (splits > 1 && (partial == nullptr || counters == nullptr)) return cudaErrorInvalidValue;
+    if (!gemm_operands_ok(A, B, absmax_8bit, absmax_code, absmax_offset, splits, partial, counters))
+        return cudaErrorInvalidValue;
     if (N == 0) return cudaSuccess;
     const long long chunks = K / lut4::kChunk;
     // nested, blocksize 64, K % 256 == 0: splits of whole 4-chunk groups (a row's 4 codes in one aligned word)
     const bool grouped = absmax_8bit != nullptr && blocksize == 64 && K % 256 == 0;
     int cps = (int)((chunks + splits - 1) / splits);
     if (grouped) cps = (cps + 3) & ~3;
-    lut4::Args p{A, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bias, out, partial, counters,
-                 M, N, K, bs_shift, splits, cps, ((N + 15) / 16) * splits, tiled, grouped};
+    lut4::Args p{{A, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bias, out, partial, counters,
+                  M, N, K, bs_shift}, splits, cps, ((N + 15) / 16) * splits, tiled, grouped};
     switch (dtype) {
         case KBIT_F16: return lut4::launch_dt<KBIT_F16>(p, stream, nullptr);
         case KBIT_BF16: return lut4::launch_dt<KBIT_BF16>(p, stream, nullptr);

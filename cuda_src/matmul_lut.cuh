@@ -1,6 +1,6 @@
 /* kbit-workbench: fused 4-bit dequantize + tensor-core GEMM with unscaled codebook lookups, M = 1..64 (family
- * "matmul", included by matmul.cu). API and numerics: kbit_matmul.h (kbit_gemm_4bit_lut); the cuda backend runs it for
- * 2..32 rows.
+ * "matmul", included by matmul.cu). API and numerics: kbit_matmul.h (kbit_gemm_4bit_lut); the cuda backend's rows:
+ * workbench/backends/cuda/matmul.py (lut_rows).
  *
  * Why another GEMM: the rule-2 kernels (matmul.cu's GEMV, matmul_mma.cuh) round every weight as
  * dtype(table[c] * s), which costs a lookup, a multiply and a rounding per weight (5-6.5 instructions a weight
@@ -22,13 +22,16 @@
  *
  * Work: a task is one warp's: 16 weight rows x one K range (split). Persistent CTAs of 8 warps build the pair
  * table once, then each warp takes tasks on its own (no CTA barrier in the loop). Codes and scale ingredients of
- * the next U chunks are in flight in registers while U chunks are computed (a per-warp cp.async ring was slower:
- * reports/matmul-h200/lut_gemm). Nested absmax with blocksize 64 and K % 256 == 0: a row's uint8 codes of 4 chunks
- * are one aligned word, read once per group (per-chunk byte loads cost 21-32 % of the time). Splits > 1: float32
+ * the next U chunks are in flight in registers while U chunks are computed (a per-warp cp.async ring was slower, a
+ * deeper register ring no faster: reports/matmul-h200/lut_gemm), and the next chunk's activations while one chunk is
+ * (kXAhead: loaded at the chunk, they waited in L1 behind the weight stream and stalled the mma). Nested absmax
+ * with blocksize 64 and K % 256 == 0: a row's uint8 codes of 4 chunks are one aligned word, read once per group
+ * (per-chunk byte loads cost 21-32 % of the time). Splits > 1: float32
  * partials; the last warp of a tile (an atomic counter per tile, reset by it) sums them in split order, adds the
  * bias and stores; deterministic.
- * Weight layouts: bitsandbytes' rows (what the library passes), or tiled (Args::tiled, measured in
- * studies/probes/matmul_lut_ab.py: [ceil(N/16) tiles][K/64 chunks][32 lanes][16 bytes], a lane's rows g and g + 8).
+ * Weight layouts: bitsandbytes' rows, or tiled (Args::tiled; the copy the cuda backend keeps,
+ * workbench/backends/cuda/gemm_layout.py: [ceil(N/16) tiles][K/64 chunks][32 lanes][16 bytes], a lane's rows g and
+ * g + 8; each warp reads 512 contiguous bytes per chunk, which streams at copy speed where the rows do not).
  */
 #pragma once
 
@@ -47,25 +50,11 @@ constexpr int kChunk = 64;                       // k per chunk (4 mma k-steps)
 constexpr int kPairWords = 256 * 64;             // the pair table: 256 entries x 64 words (32 used: one per lane)
 constexpr size_t kSmem = kPairWords * 4 + 256 * 4;  // + the nested absmax code table
 
-struct Args {
-    const void* A;
-    const uint8_t* B;
-    const float* absmax;  // per block, or per 256 blocks when a8 != nullptr
-    const uint8_t* a8;    // nested codes (or nullptr)
-    const float* code2;   // 256-entry nested table
-    const float* off;     // nested offset (device scalar)
-    const float* table;   // 16-entry codebook
-    const void* bias;
-    void* out;
-    float* partial;       // splits * M * N float32 (splits > 1)
-    int* counters;        // one per m16 row tile, zero on entry, left zero on exit
-    int M;
-    long long N, K;
-    int bs_shift;
+struct Args : mma4::Operands {  // counters: one per m16 row tile
     int splits;
     int chunks_per_split;
     long long tasks;      // m16 row tiles x splits
-    int tiled;            // B in the tiled layout (studies/probes/matmul_lut_ab.py: tile_codes), else bitsandbytes' rows
+    int tiled;            // B tiled (1 tile-major, 2 chunk-major: kbit_matmul.h), 0 bitsandbytes' rows
     int group_scales;     // nested, blocksize 64, K % 256 == 0, splits of whole groups: a group's codes in one word
 };
 
@@ -176,76 +165,94 @@ __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U
                 xg[u][nt][1] = ok ? __ldg(xp + 1) : make_uint4(0u, 0u, 0u, 0u);
             }
     }
+    if constexpr (DG == kDiagLoadsOnly) {  // keeps the loads alive, nothing else
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const int cc = c + u;
-        if (cc >= c_end) break;  // uniform across the CTA
-        if constexpr (DG == kDiagLoadsOnly) {  // keeps the loads alive, nothing else
-            acc[0][0] += __uint_as_float((G.w[u][0].x ^ G.w[u][0].y ^ G.w[u][1].x ^ G.w[u][1].y) & 0x3fffffffu);
-            continue;
-        }
-        float s[2];
+        for (int u = 0; u < U; ++u)
+            if (c + u < c_end)
+                acc[0][0] += __uint_as_float((G.w[u][0].x ^ G.w[u][0].y ^ G.w[u][1].x ^ G.w[u][1].y) & 0x3fffffffu);
+        return;
+    } else {
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float v;
-            if constexpr (DG == kScalesPerGroup)  // rule 1
-                v = __fadd_rn(__fmul_rn(code2[(G.q8[u >> 2][r] >> (8 * (u & 3))) & 0xffu], G.amax[u >> 2][r]), off);
-            else if constexpr (DG == kDiagNoScales)
-                v = 1.0f;
-            else
-                v = nested ? __fadd_rn(__fmul_rn(code2[G.q8[u][r]], G.amax[u][r]), off) : G.amax[u][r];  // rule 1
-            s[r] = R.ok[r] ? v : 0.0f;  // rows past N: zeros (their codes read as 0, the codebook is finite)
-        }
-        uint4 xv[NT][2];
+        for (int u = 0; u < U; ++u) {
+            const int cc = c + u;
+            if (cc >= c_end) break;  // uniform across the CTA
+            float s[2];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            const uint4* xp = reinterpret_cast<const uint4*>(R.x[nt] + 128 * (long long)cc);
-            if constexpr (XM == kXPerChunk) {
-                xv[nt][0] = R.xok[nt] ? __ldg(xp) : make_uint4(0u, 0u, 0u, 0u);
-                xv[nt][1] = R.xok[nt] ? __ldg(xp + 1) : make_uint4(0u, 0u, 0u, 0u);
-            } else if constexpr (XM == kXPerGroup) {
-                xv[nt][0] = xg[u][nt][0];
-                xv[nt][1] = xg[u][nt][1];
-            } else if constexpr (XM == kXAhead) {
-                xv[nt][0] = ahead.x[nt][0];
-                xv[nt][1] = ahead.x[nt][1];
-            } else {
-                xv[nt][0] = xv[nt][1] = make_uint4(0x3f803f80u, 0x3f803f80u, 0x3f803f80u, 0x3f803f80u);
+            for (int r = 0; r < 2; ++r) {
+                float v;
+                if constexpr (DG == kScalesPerGroup)  // rule 1
+                    v = __fadd_rn(__fmul_rn(code2[(G.q8[u >> 2][r] >> (8 * (u & 3))) & 0xffu], G.amax[u >> 2][r]), off);
+                else if constexpr (DG == kDiagNoScales)
+                    v = 1.0f;
+                else
+                    v = nested ? __fadd_rn(__fmul_rn(code2[G.q8[u][r]], G.amax[u][r]), off) : G.amax[u][r];  // rule 1
+                s[r] = R.ok[r] ? v : 0.0f;  // rows past N: zeros (their codes read as 0, the codebook is finite)
             }
-        }
-        if constexpr (XM == kXAhead) load_x<NT>(ahead.x, R, cc + 1, c_end);
-        float part[NT][4];
+            uint4 xv[NT][2];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
+            for (int nt = 0; nt < NT; ++nt) {
+                const uint4* xp = reinterpret_cast<const uint4*>(R.x[nt] + 128 * (long long)cc);
+                if constexpr (XM == kXPerChunk) {
+                    xv[nt][0] = R.xok[nt] ? __ldg(xp) : make_uint4(0u, 0u, 0u, 0u);
+                    xv[nt][1] = R.xok[nt] ? __ldg(xp + 1) : make_uint4(0u, 0u, 0u, 0u);
+                } else if constexpr (XM == kXPerGroup) {
+                    xv[nt][0] = xg[u][nt][0];
+                    xv[nt][1] = xg[u][nt][1];
+                } else if constexpr (XM == kXAhead) {
+                    xv[nt][0] = ahead.x[nt][0];
+                    xv[nt][1] = ahead.x[nt][1];
+                } else {
+                    xv[nt][0] = xv[nt][1] = make_uint4(0x3f803f80u, 0x3f803f80u, 0x3f803f80u, 0x3f803f80u);
+                }
+            }
+            if constexpr (XM == kXAhead) load_x<NT>(ahead.x, R, cc + 1, c_end);
+            float part[NT][4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            // bytes 2j, 2j + 1 of the thread's 8: word j / 2, byte pair (2j) % 4; the byte goes into address byte 1
-            const uint32_t wlo = j < 2 ? G.w[u][0].x : G.w[u][0].y, whi = j < 2 ? G.w[u][1].x : G.w[u][1].y;
-            const uint32_t sel0 = 0x6604u | ((uint32_t)((2 * j) & 3) << 4), sel1 = sel0 + 0x10u;
-            uint32_t a[4];
-            if constexpr (DG == kDiagNoLookup) {
-                a[0] = __byte_perm(wlo, lane4, sel0); a[1] = __byte_perm(whi, lane4, sel0);
-                a[2] = __byte_perm(wlo, lane4, sel1); a[3] = __byte_perm(whi, lane4, sel1);
-            } else {
-                a[0] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(wlo, lane4, sel0));
-                a[1] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(whi, lane4, sel0));
-                a[2] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(wlo, lane4, sel1));
-                a[3] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(whi, lane4, sel1));
+            for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                // bytes 2j, 2j + 1 of the thread's 8: word j / 2, byte pair (2j) % 4; the byte goes into address byte 1
+                const uint32_t wlo = j < 2 ? G.w[u][0].x : G.w[u][0].y, whi = j < 2 ? G.w[u][1].x : G.w[u][1].y;
+                const uint32_t sel0 = 0x6604u | ((uint32_t)((2 * j) & 3) << 4), sel1 = sel0 + 0x10u;
+                uint32_t a[4];
+                if constexpr (DG == kDiagNoLookup) {
+                    a[0] = __byte_perm(wlo, lane4, sel0); a[1] = __byte_perm(whi, lane4, sel0);
+                    a[2] = __byte_perm(wlo, lane4, sel1); a[3] = __byte_perm(whi, lane4, sel1);
+                } else {
+                    a[0] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(wlo, lane4, sel0));
+                    a[1] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(whi, lane4, sel0));
+                    a[2] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(wlo, lane4, sel1));
+                    a[3] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(whi, lane4, sel1));
+                }
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    const uint4& x = xv[nt][j >> 1];
+                    O::mma(part[nt], a, (j & 1) ? x.z : x.x, (j & 1) ? x.w : x.y);
+                }
             }
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
-                const uint4& x = xv[nt][j >> 1];
-                O::mma(part[nt], a, (j & 1) ? x.z : x.x, (j & 1) ? x.w : x.y);
+                acc[nt][0] = __fmaf_rn(s[0], part[nt][0], acc[nt][0]);
+                acc[nt][1] = __fmaf_rn(s[0], part[nt][1], acc[nt][1]);
+                acc[nt][2] = __fmaf_rn(s[1], part[nt][2], acc[nt][2]);
+                acc[nt][3] = __fmaf_rn(s[1], part[nt][3], acc[nt][3]);
             }
         }
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            acc[nt][0] = __fmaf_rn(s[0], part[nt][0], acc[nt][0]);
-            acc[nt][1] = __fmaf_rn(s[0], part[nt][1], acc[nt][1]);
-            acc[nt][2] = __fmaf_rn(s[1], part[nt][2], acc[nt][2]);
-            acc[nt][3] = __fmaf_rn(s[1], part[nt][3], acc[nt][3]);
-        }
     }
+}
+
+/* f(nt, e, m, n) for each element of the warp's C fragments inside the output: acc[nt][e] is out[m][n], m = 8 nt +
+ * 2t + (e & 1), n = 16 tile + g + 8 (e >> 1). */
+template <int NT, typename F>
+__device__ __forceinline__ void each_output(const Args& p, long long tile, int g, int t, F f) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int m = 8 * nt + 2 * t + (e & 1);
+            const long long n = tile * 16 + g + 8 * (e >> 1);
+            if (m < p.M && n < p.N) f(nt, e, m, n);
+        }
 }
 
 template <int DT, int NT, int U, int S, int MINB, bool TL, int DG, int XM>
@@ -321,17 +328,11 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
             }
         }
 
-        // C fragment: acc[nt][e] is out[m = 8 nt + 2t + (e & 1)][n = row g + 8 (e >> 1)]
         if (p.splits > 1) {
             float* part = p.partial + (long long)z * MN;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int m = 8 * nt + 2 * t + (e & 1);
-                    const long long n = tile * 16 + g + 8 * (e >> 1);
-                    if (m < p.M && n < p.N) __stcg(part + (long long)m * p.N + n, acc[nt][e]);
-                }
+            each_output<NT>(p, tile, g, t, [&](int nt, int e, int m, long long n) {
+                __stcg(part + (long long)m * p.N + n, acc[nt][e]);
+            });
             __threadfence();
             __syncwarp();
             int last = 0;
@@ -343,22 +344,16 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
             if (!__shfl_sync(0xffffffffu, last, 0)) continue;
             __threadfence();
         }
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int m = 8 * nt + 2 * t + (e & 1);
-                const long long n = tile * 16 + g + 8 * (e >> 1);
-                if (m >= p.M || n >= p.N) continue;
-                float y = acc[nt][e];
-                if (p.splits > 1) {  // fixed order: split 0, 1, 2, ...
-                    y = 0.0f;
-                    for (int zz = 0; zz < p.splits; ++zz)
-                        y = __fadd_rn(y, __ldcg(p.partial + (long long)zz * MN + (long long)m * p.N + n));
-                }
-                if (bias != nullptr) y = __fadd_rn(y, O::ld(bias, n));
-                O::st(out, (long long)m * p.N + n, y);
+        each_output<NT>(p, tile, g, t, [&](int nt, int e, int m, long long n) {
+            float y = acc[nt][e];
+            if (p.splits > 1) {  // fixed order: split 0, 1, 2, ...
+                y = 0.0f;
+                for (int zz = 0; zz < p.splits; ++zz)
+                    y = __fadd_rn(y, __ldcg(p.partial + (long long)zz * MN + (long long)m * p.N + n));
             }
+            if (bias != nullptr) y = __fadd_rn(y, O::ld(bias, n));
+            O::st(out, (long long)m * p.N + n, y);
+        });
     }
 }
 
@@ -419,8 +414,9 @@ cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
             }
         }
     }
-    // the next chunk's activations in flight while one is computed: 1.03-1.11x at M = 1..16 (lut_gemm report)
-    if (p.group_scales && NT <= 2) return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead>(p, stream, ctas_per_sm);
+    if constexpr (NT <= 2) {  // the next chunk's activations in flight while one is computed (lut_gemm report)
+        if (p.group_scales) return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead>(p, stream, ctas_per_sm);
+    }
     if (p.group_scales) return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup>(p, stream, ctas_per_sm);
     return launch_k<DT, NT, U0, B0, TL>(p, stream, ctas_per_sm);
 }

@@ -71,7 +71,8 @@ template <> struct Frag<KBIT_F16> {
     __device__ static __forceinline__ void st(t* p, long long i, float v) { p[i] = __float2half_rn(v); }
 };
 
-struct Args {
+/* The operands and state of a fused 4-bit GEMM, shared by this kernel and the unscaled-lookup one (matmul_lut.cuh). */
+struct Operands {
     const void* A;
     const uint8_t* B;
     const float* absmax;     // per block, or per 256 blocks when a8 != nullptr
@@ -82,10 +83,13 @@ struct Args {
     const void* bias;
     void* out;
     float* partial;          // splits * M * N float32 (splits > 1)
-    int* counters;           // one per (m tile, n tile), zero on entry, left zero on exit
+    int* counters;           // one per output tile, zero on entry, left zero on exit
     int M;
     long long N, K;
     int bs_shift;            // log2(blocksize)
+};
+
+struct Args : Operands {
     int chunks_per_split;
     int lookup;              // kLookup* (codebook lookup variant)
 };
