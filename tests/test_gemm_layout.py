@@ -48,9 +48,13 @@ def test_tiled_copy_is_kept_remade_and_dropped(monkeypatch):
     first = GL.tiled_copy(B, 40, 128)
     assert GL.tiled_copy(B, 40, 128) is first                        # made once
     assert GL.tiled_copy(B.view(-1, 1), 40, 128) is first            # a view of the same data: the same copy
+    assert GL.tiled_copy(B.detach().reshape(-1), 40, 128) is first   # a detached alias (the general path's)
     B[0] ^= 0xFF                                                      # in place: the version counter moves
     second = GL.tiled_copy(B, 40, 128)
     assert second is not first and torch.equal(second, GL.tile_codes(B, 40, 128))
+    assert len(GL._copies) == 1
+    GL.tiled_copy(B.detach().reshape(-1), 40, 128)                   # a transient alias: the copy stays
+    gc.collect()
     assert len(GL._copies) == 1
     view = B.view(-1, 1)
     del B, first, second

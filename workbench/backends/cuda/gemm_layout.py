@@ -10,8 +10,9 @@ layout and at 45 % in the row layout, and the whole kernel is 1.07-1.3x faster a
 (reports/matmul-h200/lut_gemm). The row layout stays the weight's format (state dicts, bitsandbytes conversion, every
 other kernel); the tiled copy is made once, on the GPU, the first time the GEMM runs on the weight.
 
-The copy costs one more packed weight in memory (a quarter of the bf16 weight's bytes). It is kept while the weight
-tensor (its base, for a view) is alive, and remade when the weight's data changes in place (its version counter).
+The copy costs one more packed weight in memory (a quarter of the bf16 weight's bytes). It is kept while the weight's
+storage is alive (whatever view or detached alias of it the call was given), and remade when the weight's data
+changes in place (its version counter).
 ``KBIT_TILED_WEIGHTS=0`` in the environment, or ``ENABLED = False``, turns it off: the kernel then reads the row
 layout, and one-row calls stay on the GEMV.
 """
@@ -54,8 +55,8 @@ def tiled_copy(B: torch.Tensor, N: int, K: int) -> torch.Tensor | None:
     tiled = tile_codes(B, N, K)
     fresh = hit is None
     _copies[key] = (B._version, tiled)
-    if fresh:   # dropped with the weight: its address may be reused by another tensor
-        weakref.finalize(B if B._base is None else B._base, _copies.pop, key, None)
+    if fresh:   # dropped with the weight's storage (its address may be reused); one storage object per storage
+        weakref.finalize(B.untyped_storage(), _copies.pop, key, None)
     return tiled
 
 
