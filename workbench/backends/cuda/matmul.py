@@ -38,7 +38,7 @@ MMA_MAX_M = 64
 # H200 (reports/matmul-h200/lut_gemm): the unscaled-lookup GEMM beats the rule-2 GEMM at M = 4, 16 and 32 on
 # the five shapes measured (1.07-2.2x; a tie at M = 32 on 8192x28672) and at M = 64 on the three of at most 2^26
 # weights (1.25-1.61x), loses to it at M = 64 on the two of 235 M weights (0.83 / 0.97x). At M = 1, reading the
-# tiled copy, it beats the GEMV by 1.07-1.28x on the four shapes of more than 2^24 weights and loses on 4096x4096.
+# tiled copy, it beats the GEMV by 1.05-1.39x on the four shapes of more than 2^24 weights and loses on 4096x4096.
 LUT_MIN_M = 1
 LUT_MAX_M = 32
 LUT_MAX_M_SMALL, LUT_SMALL_WEIGHTS = 64, 1 << 26
