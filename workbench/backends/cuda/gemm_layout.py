@@ -53,6 +53,8 @@ def tiled_copy(B: torch.Tensor, N: int, K: int) -> torch.Tensor | None:
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return None
     tiled = tile_codes(B, N, K)
+    if tiled.is_cuda:   # once per weight: a later call on another stream must not read it before it is written
+        torch.cuda.current_stream(tiled.device).synchronize()
     fresh = hit is None
     _copies[key] = (B._version, tiled)
     if fresh:   # dropped with the weight's storage (its address may be reused); one storage object per storage
