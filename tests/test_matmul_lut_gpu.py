@@ -136,6 +136,8 @@ def test_tiled_copy_gives_the_row_layouts_bits(rng, monkeypatch, dtype):
 
 def test_one_row_on_a_large_weight_takes_the_lut_gemm(rng, monkeypatch):
     _need_cuda()
+    from workbench.backends.cuda import gemm_layout
+    monkeypatch.setattr(gemm_layout, "ENABLED", True)   # one row takes the GEMM only with tiled copies
     calls = _count(monkeypatch)
     A, P, qs, b = _case(rng, 4100, 4096, 1, torch.bfloat16, 64, True, True)   # more than 2^24 weights, a row tail
     ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
