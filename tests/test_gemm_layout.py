@@ -69,3 +69,35 @@ def test_tiled_copy_off(monkeypatch):
     monkeypatch.setattr(GL, "ENABLED", False)
     GL.forget()
     assert GL.tiled_copy(torch.zeros(64 * 64 // 2, dtype=torch.uint8), 64, 64) is None and not GL._copies
+
+
+def test_tiled_copy_within_its_memory_cap(monkeypatch):
+    monkeypatch.setattr(GL, "ENABLED", True)
+    GL.forget()
+    B1 = torch.zeros(32 * 128 // 2, dtype=torch.uint8)    # 2048 bytes tiled
+    B2 = torch.ones(32 * 128 // 2, dtype=torch.uint8)
+    monkeypatch.setattr(GL, "MAX_BYTES", 3000)
+    assert GL.tiled_copy(B1, 32, 128) is not None and GL.kept_bytes() == 2048
+    assert GL.tiled_copy(B2, 32, 128) is None and GL.kept_bytes() == 2048   # past the cap: rows layout
+    B1.add_(1)                                                              # a new version replaces its old copy
+    assert GL.tiled_copy(B1, 32, 128) is not None and GL.kept_bytes() == 2048
+    GL.forget()
+
+
+def test_tiled_copy_out_of_memory_falls_back_once(monkeypatch):
+    monkeypatch.setattr(GL, "ENABLED", True)
+    monkeypatch.setattr(GL, "MAX_BYTES", None)
+    GL.forget()
+    calls = []
+
+    def oom(*a):
+        calls.append(1)
+        raise torch.cuda.OutOfMemoryError("no room")
+
+    monkeypatch.setattr(GL, "tile_codes", oom)
+    B = torch.zeros(16 * 64 // 2, dtype=torch.uint8)
+    assert GL.tiled_copy(B, 16, 64) is None and GL.tiled_copy(B, 16, 64) is None
+    assert len(calls) == 1                                                  # remembered for this version
+    B.add_(1)
+    assert GL.tiled_copy(B, 16, 64) is None and len(calls) == 2
+    GL.forget()

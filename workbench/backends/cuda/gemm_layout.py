@@ -14,7 +14,8 @@ The copy costs one more packed weight in memory (a quarter of the bf16 weight's 
 storage is alive (whatever view or detached alias of it the call was given), and remade when the weight's data
 changes in place (its version counter).
 ``KBIT_TILED_WEIGHTS=0`` in the environment, or ``ENABLED = False``, turns it off: the kernel then reads the row
-layout, and one-row calls stay on the GEMV.
+layout, and one-row calls stay on the GEMV. ``KBIT_TILED_WEIGHTS_MAX_GB`` (``MAX_BYTES``) caps the memory all copies
+may take; a weight past the cap, or one whose copy does not fit in GPU memory, is read in the row layout (same bits).
 """
 from __future__ import annotations
 
@@ -24,9 +25,16 @@ import weakref
 import torch
 
 ENABLED = os.environ.get("KBIT_TILED_WEIGHTS", "1") != "0"
+_CAP_GB = os.environ.get("KBIT_TILED_WEIGHTS_MAX_GB")
+MAX_BYTES = int(float(_CAP_GB) * 2**30) if _CAP_GB else None   # None: no cap
 CHUNK = 64   # elements of a row per chunk (matmul_lut.cuh kChunk)
 
-_copies: dict = {}   # (address, N, K, device index) -> (version, tiled copy)
+_copies: dict = {}   # (address, N, K, device index) -> (version, tiled copy, or None: none made for this version)
+
+
+def kept_bytes() -> int:
+    """Bytes of GPU (or CPU) memory the kept copies take."""
+    return sum(t.numel() for _, t in _copies.values() if t is not None)
 
 
 def tile_codes(B: torch.Tensor, N: int, K: int) -> torch.Tensor:
@@ -43,7 +51,8 @@ def tile_codes(B: torch.Tensor, N: int, K: int) -> torch.Tensor:
 
 def tiled_copy(B: torch.Tensor, N: int, K: int) -> torch.Tensor | None:
     """The tiled copy of packed weight ``B`` (made now if there is none for its current data), or None: turned off,
-    or a CUDA graph is being captured and no copy exists yet (an allocation made there would belong to the graph)."""
+    a CUDA graph is being captured and no copy exists yet (an allocation made there would belong to the graph), or
+    no room for it (MAX_BYTES, or out of GPU memory), which is remembered for this version of the data."""
     if not ENABLED:
         return None
     key = (B.data_ptr(), N, K, B.device.index)
@@ -52,8 +61,15 @@ def tiled_copy(B: torch.Tensor, N: int, K: int) -> torch.Tensor | None:
         return hit[1]
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return None
-    tiled = tile_codes(B, N, K)
-    if tiled.is_cuda:   # once per weight: a later call on another stream must not read it before it is written
+    size = -(-N // 16) * 16 * K // 2
+    tiled = None
+    replaced = 0 if hit is None or hit[1] is None else hit[1].numel()
+    if MAX_BYTES is None or kept_bytes() - replaced + size <= MAX_BYTES:
+        try:
+            tiled = tile_codes(B, N, K)
+        except torch.cuda.OutOfMemoryError:   # the copy is optional: the kernel reads the rows instead
+            tiled = None
+    if tiled is not None and tiled.is_cuda:   # once per weight: no stream may read it before it is written
         torch.cuda.current_stream(tiled.device).synchronize()
     fresh = hit is None
     _copies[key] = (B._version, tiled)
