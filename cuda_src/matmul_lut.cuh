@@ -368,17 +368,12 @@ inline int g_lut_variant = 0;
 template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk, int S = 2, int XM = kXPerChunk>
 cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     auto kern = gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM>;
-    constexpr size_t smem = kSmem;
-    static bool smem_set[64] = {};  // per device: the opt-in above 48 KB of dynamic shared memory
+    static bool smem_set[64] = {};
     int dev = 0;
-    cudaGetDevice(&dev);
-    if (dev < 64 && !smem_set[dev]) {
-        const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return e;
-        smem_set[dev] = true;
-    }
+    cudaError_t e = mma4::allow_smem(kern, kSmem, smem_set, dev);
+    if (e != cudaSuccess) return e;
     int occ = 0;
-    cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, kThreads, smem);
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, kThreads, kSmem);
     if (e != cudaSuccess) return e;
     if (ctas_per_sm != nullptr) {
         *ctas_per_sm = occ;
@@ -390,7 +385,7 @@ cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     const long long slots = (long long)(occ > 0 ? occ : 1) * sms;
     const long long ctas = (p.tasks + kWarps - 1) / kWarps;
     const unsigned grid = (unsigned)(ctas < slots ? ctas : slots);
-    kern<<<grid, kThreads, smem, stream>>>(p);
+    kern<<<grid, kThreads, kSmem, stream>>>(p);
     return cudaGetLastError();
 }
 

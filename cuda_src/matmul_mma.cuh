@@ -503,18 +503,27 @@ inline int g_row_tiles = 0, g_weights_in_registers = -1;
 inline int row_tiles(int) { return g_row_tiles == 1 || g_row_tiles == 2 ? g_row_tiles : 2; }
 inline bool weights_in_registers(int) { return g_weights_in_registers >= 0 ? g_weights_in_registers != 0 : true; }
 
+/* The opt-in above 48 KB of dynamic shared memory for kernel ``kern``, once per device (``set``: the kernel's own
+ * flags); ``dev`` gets the current device. */
+template <typename Kernel>
+cudaError_t allow_smem(Kernel kern, size_t smem, bool (&set)[64], int& dev) {
+    dev = 0;
+    cudaGetDevice(&dev);
+    if (dev < 64 && !set[dev]) {
+        const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return e;
+        set[dev] = true;
+    }
+    return cudaSuccess;
+}
+
 template <int DT, int TM, int RT, bool WR, int LK>
 cudaError_t launch_lk(const Args& p, int splits, cudaStream_t stream, int* ctas_per_sm) {
     auto kern = gemm_4bit_mma_kernel<DT, TM, RT, WR, MinBlocks<TM, RT, WR>::v, LK>;
     constexpr size_t smem = smem_bytes<TM, RT, WR>();
-    static bool smem_set[64] = {};  // per device: the opt-in above 48 KB of dynamic shared memory
+    static bool smem_set[64] = {};
     int dev = 0;
-    cudaGetDevice(&dev);
-    if (dev < 64 && !smem_set[dev]) {
-        const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return e;
-        smem_set[dev] = true;
-    }
+    if (const cudaError_t e = allow_smem(kern, smem, smem_set, dev); e != cudaSuccess) return e;
     if (ctas_per_sm != nullptr) return cudaOccupancyMaxActiveBlocksPerMultiprocessor(ctas_per_sm, kern, kThreads, smem);
     const dim3 grid((unsigned)((p.M + 8 * TM - 1) / (8 * TM)),
                     (unsigned)((p.N + rows_per_cta(RT) - 1) / rows_per_cta(RT)), (unsigned)splits);
