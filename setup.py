@@ -31,11 +31,13 @@ DEBUG = {"boundscheck": True, "wraparound": True, "initializedcheck": True}
 SOURCES = sorted(glob.glob("workbench/_native/*.pyx"))
 if os.environ.get("KBIT_NATIVE"):
     SOURCES = [p for p in SOURCES if os.path.splitext(os.path.basename(p))[0] in os.environ["KBIT_NATIVE"].split(",")]
+HEADERS = sorted(glob.glob("workbench/_native/*.h"))
 NO_DEBUG = {"cuda_launch"}   # no memoryviews: nothing for a bounds-checked build to check
 
 
 def _ext(name: str, src: str, opt: list) -> Extension:
-    return Extension(name, [src], include_dirs=[np.get_include(), "workbench/_native", "cuda_src"],
+    # depends: a change to a header that a .pyx's verbatim C includes rebuilds the extensions
+    return Extension(name, [src], include_dirs=[np.get_include(), "workbench/_native", "cuda_src"], depends=HEADERS,
                      extra_compile_args=[*opt, *FP, *omp], extra_link_args=omp,
                      define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
 

@@ -41,6 +41,8 @@ from cython.parallel cimport prange, parallel
 from libc.stdint cimport uint8_t, uint16_t, int64_t
 from libc.stdlib cimport malloc, free
 
+import os
+
 cdef extern from *:
     """
     #include <stdint.h>
@@ -570,6 +572,23 @@ cdef extern from *:
         if (kind == 1) return kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, NULL);
         return kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 2, n, NULL);
     }
+    /* one activation row against a row decoded into wbuf: the M = 1 loop's products, accumulators and order */
+    KBM_T512 __attribute__((always_inline))
+    static inline float kbm_replay512(const float* x, int64_t K, const float* wbuf) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        for (int64_t u = 0; u < K; u += 2 * KBM_UNIT) {
+            const float* w = wbuf + u; const float* xu = x + u;
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w), _mm512_loadu_ps(xu), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 16), _mm512_loadu_ps(xu + 16), a1);
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 32), _mm512_loadu_ps(xu + 32), a2);
+            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 48), _mm512_loadu_ps(xu + 48), a3);
+            a4 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 64), _mm512_loadu_ps(xu + 64), a4);
+            a5 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 80), _mm512_loadu_ps(xu + 80), a5);
+            a6 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 96), _mm512_loadu_ps(xu + 96), a6);
+            a7 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 112), _mm512_loadu_ps(xu + 112), a7);
+        }
+        return kbm_reduce512(a0, a1, a2, a3, a4, a5, a6, a7);
+    }
     /* M > 1: the row decoded once into wbuf, then per activation row the M = 1 products and order */
     KBM_T512
     static void kbm_rows_planes512(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed,
@@ -577,22 +596,7 @@ cdef extern from *:
                                    int64_t bs, int kind, int64_t n, float* wbuf, float* y) {
         if (kind == 1) kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, wbuf);
         else kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 2, n, wbuf);
-        for (int64_t m = 0; m < M; ++m) {
-            const float* x = xp + m * K;
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-            for (int64_t u = 0; u < K; u += 2 * KBM_UNIT) {
-                const float* w = wbuf + u; const float* xu = x + u;
-                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w), _mm512_loadu_ps(xu), a0);
-                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 16), _mm512_loadu_ps(xu + 16), a1);
-                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 32), _mm512_loadu_ps(xu + 32), a2);
-                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 48), _mm512_loadu_ps(xu + 48), a3);
-                a4 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 64), _mm512_loadu_ps(xu + 64), a4);
-                a5 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 80), _mm512_loadu_ps(xu + 80), a5);
-                a6 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 96), _mm512_loadu_ps(xu + 96), a6);
-                a7 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 112), _mm512_loadu_ps(xu + 112), a7);
-            }
-            y[m * N + n] = kbm_reduce512(a0, a1, a2, a3, a4, a5, a6, a7);
-        }
+        for (int64_t m = 0; m < M; ++m) y[m * N + n] = kbm_replay512(xp + m * K, K, wbuf);
     }
     static int kbm_planes512_ok(void) {
         __builtin_cpu_init();
@@ -605,6 +609,7 @@ cdef extern from *:
         kbm_bf16_round = on && kbm_bf16_round_ok();
         return old;
     }
+    #include "matmul_cpu_unscaled.h"
 
     #else
     static float kbm_row_avx2(const float* a, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
@@ -623,6 +628,14 @@ cdef extern from *:
     static int kbm_planes512_ok(void) { return 0; }
     static int kbm_bf16_round_ok(void) { return 0; }
     static int kbm_set_bf16_round(int on) { return 0; }
+    static int kbm_dp_index(int X, int q) { return 0; }
+    static float kbm_row_dp512(const float* xp, const uint16_t* xb, int dp, int64_t K, const uint8_t* packed,
+                               const float* s, const uint8_t* a8, const float* code2, float off, const float* table,
+                               const uint8_t* planes, int64_t bs, int64_t n) { return 0.0f; }
+    static void kbm_rows_dp512(const float* xp, const uint16_t* xb, const uint8_t* dp, int64_t M, int64_t N, int64_t K,
+                               const uint8_t* packed, const float* s, const uint8_t* a8, const float* code2, float off,
+                               const float* table, const uint8_t* planes, int64_t bs, int64_t n, float* wbuf,
+                               uint16_t* wbuf16, float* sbuf, float* y) {}
     static void kbm_rows_planes(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
                                 const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
                                 int kind, int64_t n, float* wbuf, float* y) {}
@@ -650,6 +663,14 @@ cdef extern from *:
     int kbm_planes512_ok() nogil
     int kbm_bf16_round_ok() nogil
     int kbm_set_bf16_round(int on) nogil
+    int kbm_dp_index(int X, int q) nogil
+    float kbm_row_dp512(const float* xp, const uint16_t* xb, int dp, int64_t K, const uint8_t* packed,
+                        const float* s, const uint8_t* a8, const float* code2, float off, const float* table,
+                        const uint8_t* planes, int64_t bs, int64_t n) nogil
+    void kbm_rows_dp512(const float* xp, const uint16_t* xb, const uint8_t* dp, int64_t M, int64_t N, int64_t K,
+                        const uint8_t* packed, const float* s, const uint8_t* a8, const float* code2, float off,
+                        const float* table, const uint8_t* planes, int64_t bs, int64_t n, float* wbuf,
+                        uint16_t* wbuf16, float* sbuf, float* y) nogil
     float kbm_widen(uint16_t h, int kind) nogil
     uint16_t kbm_narrow(float v, int kind) nogil
     void* kbm_align64(void* p) nogil
@@ -662,6 +683,9 @@ WIDE_UNIT = 128
 _wide = HAS_PLANES512   # tests switch it off to run the 256-bit loop on the same machine
 HAS_BF16_ROUND = bool(kbm_bf16_round_ok())   # the 512-bit loop rounds bf16 tables by vcvtne2ps2bf16 (AVX512_BF16)
 kbm_set_bf16_round(HAS_BF16_ROUND)
+HAS_UNSCALED = HAS_BF16_ROUND   # the unscaled-lookup loop (matmul_cpu_unscaled.h) needs vdpbf16ps, also AVX512_BF16
+# KBIT_CPU_UNSCALED=0: bf16 activations keep the rule-2 loop (weights exact) at the cost of speed
+_unscaled = HAS_UNSCALED and os.environ.get("KBIT_CPU_UNSCALED", "1") != "0"
 
 
 def unit_permutation(int kind, bint wide=False):
@@ -685,6 +709,21 @@ def set_bf16_round(bint on):
     """Round the 512-bit loop's bf16 tables by vcvtne2ps2bf16 where the CPU has AVX512_BF16 (default) or always by
     integer adds (the same values); returns the previous setting."""
     return bool(kbm_set_bf16_round(on))
+
+
+def set_unscaled(bint on):
+    """bf16 activations by the unscaled-lookup loop where the CPU has AVX512_BF16 (default; KBIT_CPU_UNSCALED=0 at
+    import turns it off) or by the rule-2 loop (weights exact); returns the previous setting."""
+    global _unscaled
+    old = _unscaled
+    _unscaled = on and HAS_UNSCALED
+    return old
+
+
+def unscaled_permutation():
+    """perm[128]: position p of the unscaled-lookup loop's permuted bf16 activations holds element perm[p] of the
+    128-weight step."""
+    return [kbm_dp_index(p >> 5, p & 31) for p in range(128)]
 
 
 def gemv_4bit_planes(const uint16_t[::1] a, int64_t M, int64_t N, int64_t K, const uint8_t[::1] packed,
@@ -725,32 +764,64 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
     cdef int64_t n, u, p, m
     cdef float yv
     cdef float* wbuf
+    cdef uint16_t* wbuf16
+    cdef float* sbuf
+    cdef void* wraw
     cdef bint has_bias = bias != NULL
     cdef int perm[128]
+    cdef int dperm[128]
+    cdef uint8_t planes[128]
+    cdef uint16_t h
     cdef bint wide = _wide and K % 128 == 0
+    cdef bint dp = wide and kind == 1 and _unscaled
     cdef int span = 128 if wide else 64
     for p in range(16):
         if not (table[p] - table[p] == 0.0):          # NaN or Inf: the bf16 rounding by addition needs finite values
             return False
+        h = kbm_narrow(table[p], 1)
+        # vdpbf16ps reads a subnormal bf16 as zero; a finite entry can round to Inf: both take the rule-2 loop
+        if (h & 0x7f80) == 0x7f80 or ((h & 0x7f80) == 0 and (h & 0x7f) != 0):
+            dp = False
+        planes[p] = planes[p + 16] = planes[p + 32] = planes[p + 48] = h & 0xff
+        planes[p + 64] = planes[p + 80] = planes[p + 96] = planes[p + 112] = h >> 8
     for p in range(span):
         perm[p] = kbm_pair_index(kind, p >> 4, p & 15) if wide else kbm_unit_index(kind, p >> 3, p & 7)
+        if dp:
+            dperm[p] = kbm_dp_index(p >> 5, p & 31)
     # activations 64-byte aligned: a 32-byte load that straddles a cache line costs a second access (the kernel
     # ran ~10 % slower or faster from call to call with malloc's 16-byte alignment)
     cdef void* xraw = malloc((M * K + 16) * sizeof(float))
     cdef float* xp = <float*>kbm_align64(xraw)
     cdef float* y = <float*>malloc((M * N + 1) * sizeof(float)) if M > 1 else NULL
-    cdef void* wraw
-    if xraw == NULL or (M > 1 and y == NULL):
-        free(xraw); free(y)
+    cdef void* braw = malloc(M * K * sizeof(uint16_t) + 64) if dp else NULL
+    cdef uint16_t* xb = <uint16_t*>kbm_align64(braw)
+    cdef uint8_t* rowdp = <uint8_t*>malloc(M) if dp else NULL
+    cdef bint any_dp = False
+    if xraw == NULL or (M > 1 and y == NULL) or (dp and (braw == NULL or rowdp == NULL)):
+        free(xraw); free(y); free(braw); free(rowdp)
         raise MemoryError()
     try:
         for m in range(M):
             for u in range(0, K, span):
                 for p in range(span):
                     xp[m * K + u + p] = kbm_widen(a[m * K + u + perm[p]], kind)
+            if dp:
+                # a row with a subnormal activation (vdpbf16ps would read it as zero) takes the rule-2 loop
+                rowdp[m] = 1
+                for p in range(K):
+                    h = a[m * K + p]
+                    if (h & 0x7f80) == 0 and (h & 0x7f) != 0:
+                        rowdp[m] = 0
+                        break
+                any_dp = any_dp or rowdp[m]
+                for u in range(0, K, 128):
+                    for p in range(128):
+                        xb[m * K + u + p] = a[m * K + u + dperm[p]]
         if M == 1:
             for n in prange(N, nogil=True, schedule="dynamic", chunksize=chunk):
-                if wide:
+                if any_dp:
+                    yv = kbm_row_dp512(xp, xb, 1, K, packed, absmax, a8, code2, offset, table, planes, blocksize, n)
+                elif wide:
                     yv = kbm_row_planes512(xp, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n)
                 else:
                     yv = kbm_row_planes(xp, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n)
@@ -759,10 +830,18 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
                 out[n] = kbm_narrow(yv, kind)
         else:
             with nogil, parallel():
-                wraw = malloc((K + 16) * sizeof(float))        # 16 KB at K = 4096; NULL only if memory is gone
+                # per thread: the decoded row (float32), and for the unscaled loop its words and step scales;
+                # NULL only if memory is gone
+                wraw = malloc((K + 16) * sizeof(float) + ((K + 32) * sizeof(uint16_t) + (K // 64 + 2) * sizeof(float)
+                                                          if any_dp else 0))
                 wbuf = <float*>kbm_align64(wraw)
+                wbuf16 = <uint16_t*>kbm_align64(wbuf + K)
+                sbuf = <float*>(wbuf16 + K)
                 for n in prange(N, schedule="dynamic", chunksize=chunk):
-                    if wide:
+                    if any_dp:
+                        kbm_rows_dp512(xp, xb, rowdp, M, N, K, packed, absmax, a8, code2, offset, table, planes,
+                                       blocksize, n, wbuf, wbuf16, sbuf, y)
+                    elif wide:
                         kbm_rows_planes512(xp, M, N, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n,
                                            wbuf, y)
                     else:
@@ -777,6 +856,8 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
     finally:
         free(xraw)
         free(y)
+        free(braw)
+        free(rowdp)
     return True
 
 

@@ -1,0 +1,150 @@
+/* The CPU GEMV's unscaled-lookup loop (matmul_cpu.pyx includes this after its byte-plane helpers; x86 only).
+
+   bf16 activations, AVX512_BF16 and the 512-bit byte-plane loop's conditions (K % 128 == 0, blocksize % 64 == 0).
+   The weights are dtype(table[c]) -- the codebook rounded to bf16 once per call, so the two byte planes are built
+   once, not per block -- and the block scale multiplies each step's float32 partial sum, as the CUDA unscaled-lookup
+   GEMM does (cuda_src/matmul_lut.cuh). Held to the reference's error_bound_unscaled, not rule 2 bit for bit.
+
+   vdpbf16ps takes the planes' 16-bit words as they come out of the byte unpacks: 32 products per instruction into
+   16 float32 lanes, no widening to float32 and half the multiply-add instructions of the rule-2 loop. It adds each
+   exact bf16 product with its own rounding (round to nearest even), reads subnormal bf16 inputs as zero and flushes
+   subnormal results. So the caller sends activation rows that hold a subnormal, and tables with one, to the rule-2
+   loop (IEEE throughout); the flushed products and partial sums, each below 2^-126, are in the bound. A weight row
+   with a NaN or Inf block scale takes the rule-2 loop as well, so that NaN and Inf land where rule 2 puts them.
+
+   Order, per 128-weight step u (the 64 code bytes: unit u in 128-bit lanes 0-1, unit u + 64 in lanes 2-3):
+   p = dp(dp(0, e0, x0), o0, x2) + dp(dp(0, e1, x1), o1, x3), then acc[step % 2] = fma(p, [s(u) x8, s(u + 64) x8],
+   acc[step % 2]); at the end acc0 + acc1, lane l + lane l + 8, and the 8 lanes as kbm_combine. M > 1 decodes a
+   weight row once (words and step scales into per-thread buffers) and replays the same instructions per
+   activation row: each output row equals the one-row call's. */
+
+/* word q (0..31) of decoded vector X (0: e0, 1: e1, 2: o0, 3: o1) of a 128-weight step -> the weight's index in
+   the step (kbm_pair_index's layout, read as 16-bit words: the pair of words 2j, 2j + 1 is dword j) */
+static int kbm_dp_index(int X, int q) { return 2 * (16 * (q >> 3) + 8 * (X & 1) + (q & 7)) + (X >> 1); }
+
+/* every value finite (a NaN or Inf scale sends the weight row to the rule-2 loop) */
+static inline int kbm_all_finite(const float* v, int64_t n) {
+    int ok = 1;
+    for (int64_t j = 0; j < n; ++j) ok &= (v[j] - v[j]) == 0.0f;
+    return ok;
+}
+
+/* [s0 x8, s1 x8]: the scales of the step's two 64-weight units (lanes 0-7 hold unit u's sums) */
+KBM_T512 __attribute__((always_inline))
+static inline __m512 kbm_dp_scales(const float* s01) {
+    double d; memcpy(&d, s01, 8);
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                                 _mm512_castpd_ps(_mm512_set1_pd(d)));
+}
+
+/* one step's float32 partial sums (16 lanes) of the decoded words against the permuted bf16 activations x */
+KBM_T512 __attribute__((always_inline))
+static inline __m512 kbm_dp_step(const uint16_t* x, __m512i e0, __m512i e1, __m512i o0, __m512i o1) {
+    __m512 p0 = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)e0, (__m512bh)_mm512_loadu_si512((const void*)x));
+    __m512 p1 = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)e1, (__m512bh)_mm512_loadu_si512((const void*)(x + 32)));
+    p0 = _mm512_dpbf16_ps(p0, (__m512bh)o0, (__m512bh)_mm512_loadu_si512((const void*)(x + 64)));
+    p1 = _mm512_dpbf16_ps(p1, (__m512bh)o1, (__m512bh)_mm512_loadu_si512((const void*)(x + 96)));
+    return _mm512_add_ps(p0, p1);
+}
+
+KBM_T512 __attribute__((always_inline))
+static inline float kbm_dp_reduce(__m512 acc0, __m512 acc1) {
+    float l[16], h[8];
+    _mm512_storeu_ps(l, _mm512_add_ps(acc0, acc1));
+    for (int i = 0; i < 8; ++i) h[i] = l[i] + l[i + 8];
+    return kbm_combine(h);
+}
+
+/* weight row n by unscaled lookups: the dot product with xb into *y, or (wbuf != NULL) the row's decoded words into
+   wbuf (K words) and its step scales into sbuf (K / 64 floats). plo / phi: the bf16 table's byte planes in every
+   128-bit lane. Returns 0, having computed nothing usable, when a block scale of the row is NaN or Inf. */
+KBM_T512 __attribute__((always_inline))
+static inline int kbm_row_dp_k(const uint16_t* xb, int64_t K, const uint8_t* packed, const float* s,
+                               const uint8_t* a8, const float* code2, float off, __m512i plo, __m512i phi, int64_t bs,
+                               int64_t n, uint16_t* wbuf, float* sbuf, float* y) {
+    const int64_t i0 = n * K;
+    const uint8_t* row = packed + (i0 >> 1);
+    const int lg = __builtin_ctzll((unsigned long long)bs);
+    const int64_t blast = (i0 + K - 1) >> lg;
+    float sc[KBM_SCALES];
+    float s01[2];
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    int64_t u = 0;
+    while (u < K) {                                 /* chunks of up to KBM_SCALES blocks, their scales checked first */
+        const int64_t b = (i0 + u) >> lg;
+        int64_t nb = blast - b + 1;
+        if (nb > KBM_SCALES) nb = KBM_SCALES;
+        const float* sp = s + b;
+        if (a8 != NULL) { kbm_scales8(s, a8, code2, off, b, (int)nb, sc); sp = sc; }
+        if (!kbm_all_finite(sp, nb)) return 0;
+        int64_t uend = ((b + nb) << lg) - i0;       /* a multiple of 128: i0 is, and blocks are >= 64 */
+        if (uend > K) uend = K;
+        for (; u < uend; u += 2 * KBM_UNIT) {
+            const float* s2 = sp + (((i0 + u) >> lg) - b);
+            if (lg > 6) { s01[0] = s01[1] = s2[0]; s2 = s01; }   /* both units in one block */
+            __m512i e0, e1, o0, o1;
+            kbm_decode512(row, u, plo, phi, &e0, &e1, &o0, &o1);
+            if (wbuf != NULL) {
+                uint16_t* w = wbuf + u;
+                _mm512_storeu_si512((void*)w, e0);        _mm512_storeu_si512((void*)(w + 32), e1);
+                _mm512_storeu_si512((void*)(w + 64), o0); _mm512_storeu_si512((void*)(w + 96), o1);
+                sbuf[u >> 6] = s2[0]; sbuf[(u >> 6) + 1] = s2[1];
+                continue;
+            }
+            const __m512 p = kbm_dp_step(xb + u, e0, e1, o0, o1), sv = kbm_dp_scales(s2);
+            if ((u >> 7) & 1) acc1 = _mm512_fmadd_ps(p, sv, acc1);
+            else acc0 = _mm512_fmadd_ps(p, sv, acc0);
+        }
+    }
+    if (wbuf == NULL) *y = kbm_dp_reduce(acc0, acc1);
+    return 1;
+}
+
+/* M = 1: weight row n by unscaled lookups (dp: the activation row has no subnormal and the table is bf16-normal),
+   else -- or when the row has a NaN or Inf scale -- by the rule-2 512-bit loop on xp */
+KBM_T512
+static float kbm_row_dp512(const float* xp, const uint16_t* xb, int dp, int64_t K, const uint8_t* packed,
+                           const float* s, const uint8_t* a8, const float* code2, float off, const float* table,
+                           const uint8_t* planes, int64_t bs, int64_t n) {
+    float y;
+    if (dp && kbm_row_dp_k(xb, K, packed, s, a8, code2, off, _mm512_loadu_si512((const void*)planes),
+                           _mm512_loadu_si512((const void*)(planes + 64)), bs, n, NULL, NULL, &y))
+        return y;
+    return kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, NULL);
+}
+
+/* M > 1: weight row n decoded once for the activation rows with dp[m] (words into wbuf16, scales into sbuf) and
+   once by rule 2 (into wbuf) for the others and for every row when the weight row has a NaN or Inf scale; each
+   activation row then takes the same instructions as its one-row call */
+KBM_T512
+static void kbm_rows_dp512(const float* xp, const uint16_t* xb, const uint8_t* dp, int64_t M, int64_t N, int64_t K,
+                           const uint8_t* packed, const float* s, const uint8_t* a8, const float* code2, float off,
+                           const float* table, const uint8_t* planes, int64_t bs, int64_t n, float* wbuf,
+                           uint16_t* wbuf16, float* sbuf, float* y) {
+    int64_t ndp = 0;
+    for (int64_t m = 0; m < M; ++m) ndp += dp[m];
+    int done = ndp > 0 && kbm_row_dp_k(xb, K, packed, s, a8, code2, off, _mm512_loadu_si512((const void*)planes),
+                                        _mm512_loadu_si512((const void*)(planes + 64)), bs, n, wbuf16, sbuf, NULL);
+    if (done) {
+        for (int64_t m = 0; m < M; ++m) {
+            if (!dp[m]) continue;
+            const uint16_t* x = xb + m * K;
+            __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+            for (int64_t u = 0; u < K; u += 2 * KBM_UNIT) {
+                const uint16_t* w = wbuf16 + u;
+                const __m512 p = kbm_dp_step(x + u, _mm512_loadu_si512((const void*)w),
+                                             _mm512_loadu_si512((const void*)(w + 32)),
+                                             _mm512_loadu_si512((const void*)(w + 64)),
+                                             _mm512_loadu_si512((const void*)(w + 96)));
+                const __m512 sv = kbm_dp_scales(sbuf + (u >> 6));
+                if ((u >> 7) & 1) acc1 = _mm512_fmadd_ps(p, sv, acc1);
+                else acc0 = _mm512_fmadd_ps(p, sv, acc0);
+            }
+            y[m * N + n] = kbm_dp_reduce(acc0, acc1);
+        }
+        if (ndp == M) return;
+    }
+    kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, wbuf);
+    for (int64_t m = 0; m < M; ++m)
+        if (!(done && dp[m])) y[m * N + n] = kbm_replay512(xp + m * K, K, wbuf);
+}
