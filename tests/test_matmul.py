@@ -34,12 +34,34 @@ def _case(rng, N, K, M, dtype, bs, quant_type="nf4", nested=False, bias=False, c
     return A, P, qs, b
 
 
-def _check_bound(got, ref, A, P, qs, b):
-    W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
-    bound = R.error_bound(A.reshape(-1, A.shape[-1]), W, b, A.dtype, ref.reshape(-1, W.shape[0]))
+def _state_args(qs):
+    """(absmax, absmax_8bit, absmax_code, absmax_offset) as the kernels take them."""
+    if qs.nested:
+        return qs.state2.absmax, qs.absmax, qs.state2.code, qs.offset
+    return qs.absmax, None, None, None
+
+
+def _check_bound(got, ref, A, P, qs, b, unscaled=False):
+    """got within error_bound of ref (unscaled: error_bound_unscaled, the unscaled-lookup kernels' bound); returns
+    the fraction of outputs equal to ref."""
+    K = A.shape[-1]
+    A2, N = A.reshape(-1, K), int(qs.shape[0])
+    if unscaled:
+        a2, a8, c2, off = _state_args(qs)
+        bound = R.unscaled_bound_of(A2, P, (N, K), a2, qs.code, qs.blocksize, b, a8, c2, off, ref=ref.reshape(-1, N))
+    else:
+        W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
+        bound = R.error_bound(A2, W, b, A.dtype, ref.reshape(-1, N))
     err = (got.float() - ref.float()).abs().reshape(bound.shape)
     assert (err <= bound).all(), (err - bound).max()
     return (err == 0).float().mean().item()
+
+
+def _cython_bound(got, ref, A, P, qs, b):
+    """_check_bound with the bound of the cython_cpu loop that the call takes (takes_unscaled)."""
+    from workbench.backends.cython_cpu.matmul import takes_unscaled
+    K = A.shape[-1]
+    return _check_bound(got, ref, A, P, qs, b, unscaled=takes_unscaled(A.dtype, A.numel() // K, K, qs.blocksize))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -214,18 +236,22 @@ def _cython_or_skip():
 
 @pytest.fixture(params=["512-bit", "512-bit, integer rounding", "256-bit"])
 def plane_width(request):
-    """The byte-plane kernel's 512-bit loop (AVX-512 machines, K % 128 == 0) and its 256-bit loop, each with its own
+    """The byte-plane kernel's rule-2 loops: 512-bit (AVX-512 machines, K % 128 == 0) and 256-bit, each with its own
     float32 order: both are held to the same tests. The 512-bit loop rounds bf16 tables by vcvtne2ps2bf16 where the
-    CPU has AVX512_BF16 (and a block's products are normal or zero), else by integer adds: both ways run here."""
+    CPU has AVX512_BF16 (and a block's products are normal or zero), else by integer adds: both ways run here. The
+    unscaled-lookup loop, which bf16 rows take by default where the CPU has AVX512_BF16, is off here (its own tests
+    follow)."""
     from workbench.backends.cython_cpu import native
     lib = native("matmul")
     wide = request.param.startswith("512")
     if wide and not lib.HAS_PLANES512:
         pytest.skip("no AVX-512 F/BW/VL/VBMI here")
     old, old_round = lib.set_wide(wide), lib.set_bf16_round(request.param == "512-bit")
+    old_unscaled = lib.set_unscaled(False)
     yield request.param
     lib.set_wide(old)
     lib.set_bf16_round(old_round)
+    lib.set_unscaled(old_unscaled)
 
 
 def _takes_planes(lib, A, K, bs):
@@ -244,7 +270,7 @@ def test_cython_cpu_equals_numba_cpu_bit_for_bit(rng, dtype):
         A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested=i % 2 == 0, bias=i % 3 == 0)
         x = matmul_4bit(A, P, qs, bias=b, backend="cython_cpu")
         if _takes_planes(lib, A, K, bs):
-            _check_bound(x, matmul_4bit(A, P, qs, bias=b, backend="reference"), A, P, qs, b)
+            _cython_bound(x, matmul_4bit(A, P, qs, bias=b, backend="reference"), A, P, qs, b)
             continue
         y = matmul_4bit(A, P, qs, bias=b, backend="numba_cpu")
         assert torch.equal(x, y), (N, K, M)
@@ -356,5 +382,113 @@ def test_cython_cpu_byte_planes_nonfinite_scale(rng, plane_width, dtype):
     rows = fin.reshape(-1)
     bound = R.error_bound(A, Wd[rows], None, dtype, ref[:, rows])
     assert ((got[:, rows].float() - ref[:, rows].float()).abs() <= bound).all()
+
+
+# --- the unscaled-lookup loop (matmul_cpu_unscaled.h): bf16 rows, AVX512_BF16, K % 128 == 0 ---
+
+@pytest.fixture
+def unscaled():
+    """The cython_cpu kernel with its unscaled-lookup loop on (the default where the CPU has AVX512_BF16)."""
+    lib = _cython_or_skip()
+    if not lib.HAS_UNSCALED:
+        pytest.skip("no AVX512_BF16 (vdpbf16ps) here")
+    old, old_wide = lib.set_unscaled(True), lib.set_wide(True)
+    yield lib
+    lib.set_unscaled(old)
+    lib.set_wide(old_wide)
+
+
+def _rule2(lib, *args, **kw):
+    """The same call with the unscaled loop off (the rule-2 512-bit loop)."""
+    old = lib.set_unscaled(False)
+    try:
+        return matmul_4bit(*args, backend="cython_cpu", **kw)
+    finally:
+        lib.set_unscaled(old)
+
+
+def test_cython_cpu_unscaled_vs_reference(rng, unscaled):
+    """Within error_bound_unscaled over block sizes (blocks spanning rows too), nested scales, bias, codebooks and
+    1..32 rows; and not the rule-2 loop: its outputs differ from the unscaled ones, and somewhere the rule-2 bound
+    alone is exceeded."""
+    differs = beyond_rule2 = 0
+    for i, (N, K, M, bs) in enumerate([(64, 128, 1, 64), (33, 4096, 1, 64), (130, 768, 3, 128), (17, 1024, 1, 4096),
+                                       (200, 2048, 32, 256), (40, 1280, 5, 64), (96, 4096, 16, 64)]):
+        A, P, qs, b = _case(rng, N, K, M, torch.bfloat16, bs, nested=i % 2 == 0, bias=i % 3 == 1,
+                            codebook=cbs.get(("af4", "fp4", "student-t5")[i % 3]) if i % 2 else None)
+        A = A * 8
+        ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+        got = matmul_4bit(A, P, qs, bias=b, backend="cython_cpu")
+        assert got.dtype == torch.bfloat16 and got.shape == (M, N)
+        _check_bound(got, ref, A, P, qs, b, unscaled=True)
+        differs += int((got != _rule2(unscaled, A, P, qs, bias=b)).sum())
+        W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
+        beyond_rule2 += int(((got.float() - ref.float()).abs() > R.error_bound(A, W, b, A.dtype, ref)).sum())
+    assert differs > 0 and beyond_rule2 > 0, (differs, beyond_rule2)
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_cython_cpu_unscaled_weights_exact(rng, unscaled, nested):
+    """One-hot activation rows: each output is one weight, bf16(float32(bf16(table[c]) * s)) -- the codebook
+    rounded, times the block scale, rounded again -- bit for bit (the planes, the activations' permutation, the
+    step scales, the in-kernel nested scales)."""
+    for N, K, bs in [(40, 2048, 64), (9, 4096, 128), (300, 128, 4096)]:
+        W = (torch.randn(N, K, generator=rng) * 3).to(torch.bfloat16)
+        P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=nested, backend="reference")
+        a2, a8, c2, off = _state_args(qs)
+        S32 = R.dequantize_weight(P, (N, K), R.resolve_absmax(a2, a8, c2, off), torch.ones(16), bs, torch.float32)
+        T = R.dequantize_weight(P, (N, K), torch.ones(N * K // bs + 1), qs.code.to(torch.bfloat16).float(), bs,
+                                torch.float32)
+        want_w = (T * S32).to(torch.bfloat16)
+        ks = torch.randperm(K, generator=rng)[:32]
+        A = torch.zeros(32, K, dtype=torch.bfloat16)
+        A[torch.arange(32), ks] = 1
+        assert torch.equal(matmul_4bit(A, P, qs, backend="cython_cpu"), want_w[:, ks].t()), (N, K, bs)
+        assert torch.equal(matmul_4bit(A[:1], P, qs, backend="cython_cpu"), want_w[:, ks[:1]].t())
+
+
+def test_cython_cpu_unscaled_batch_invariant(rng, unscaled):
+    """M > 1 decodes each weight row once and replays the one-row instructions per activation row."""
+    for N, K, M, bs in [(70, 512, 3, 64), (33, 1024, 8, 128), (16, 256, 5, 4096), (50, 2048, 32, 64)]:
+        A, P, qs, b = _case(rng, N, K, M, torch.bfloat16, bs, nested=True, bias=True)
+        got = matmul_4bit(A, P, qs, bias=b, backend="cython_cpu")
+        for m in range(M):
+            assert torch.equal(got[m:m + 1], matmul_4bit(A[m:m + 1], P, qs, bias=b, backend="cython_cpu")), m
+        _check_bound(got, matmul_4bit(A, P, qs, bias=b, backend="reference"), A, P, qs, b, unscaled=True)
+
+
+def test_cython_cpu_unscaled_guards_take_rule2(rng, unscaled):
+    """What vdpbf16ps would get wrong takes the rule-2 loop (IEEE throughout), exactly its outputs: an activation row
+    that holds a subnormal (read as zero), while the other rows stay unscaled; a codebook with an entry that is
+    subnormal in bf16; a weight row with a NaN or Inf block scale (NaN and Inf where the reference has them)."""
+    N, K, bs = 48, 1024, 64
+    A, P, qs, _ = _case(rng, N, K, 4, torch.bfloat16, bs, nested=True)
+    A[2, 300] = 2.0 ** -130
+    got = matmul_4bit(A, P, qs, backend="cython_cpu")
+    r2 = _rule2(unscaled, A, P, qs)
+    assert torch.equal(got[2], r2[2])
+    assert torch.equal(matmul_4bit(A[2:3], P, qs, backend="cython_cpu"), r2[2:3])
+    for m in (0, 1, 3):
+        assert torch.equal(got[m:m + 1], matmul_4bit(A[m:m + 1], P, qs, backend="cython_cpu"))
+    assert not torch.equal(got[[0, 1, 3]], r2[[0, 1, 3]])
+
+    t = cbs.get("nf4").table.copy()
+    t[8] = 2.0 ** -130                     # nf4's smallest positive entry, now subnormal in bf16
+    tiny = cbs.from_table(t, "nf4-subnormal")
+    W = torch.randn(N, K, generator=rng).to(torch.bfloat16)
+    P2, qs2 = wb.quantize_4bit(W, blocksize=bs, codebook=tiny, backend="reference")
+    A2 = A[[0, 1]]
+    assert torch.equal(matmul_4bit(A2, P2, qs2, backend="cython_cpu"), _rule2(unscaled, A2, P2, qs2))
+
+    W[2, 5] = float("nan")
+    W[5, 70] = float("inf")
+    P3, qs3 = wb.quantize_4bit(W, blocksize=bs, backend="reference", nan_policy="propagate")
+    for A3 in (A[:1], A[[0, 1, 3]]):
+        got = matmul_4bit(A3, P3, qs3, backend="cython_cpu")
+        ref = matmul_4bit(A3, P3, qs3, backend="reference")
+        assert torch.equal(torch.isnan(got), torch.isnan(ref)) and not torch.isfinite(ref).all()
+        r2 = _rule2(unscaled, A3, P3, qs3)
+        assert torch.equal(got[:, [2, 5]].view(torch.int16), r2[:, [2, 5]].view(torch.int16))   # NaN bits too
+        assert not torch.equal(got, r2)
 
 

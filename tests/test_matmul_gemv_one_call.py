@@ -20,7 +20,7 @@ from workbench import matmul as mm
 from workbench.matmul import gemm_4bit, matmul_4bit
 from workbench.validation import QuantInputError
 
-from test_matmul import _case as _cpu_case, _check_bound as _cpu_bound
+from test_matmul import _case as _cpu_case, _cython_bound as _cpu_bound
 from test_matmul_gpu import _within as _cuda_bound
 
 

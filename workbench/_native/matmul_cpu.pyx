@@ -720,6 +720,11 @@ def set_unscaled(bint on):
     return old
 
 
+def unscaled_on():
+    """Whether the byte-plane kernel runs bf16 activations by the unscaled-lookup loop (where K % 128 == 0)."""
+    return _unscaled and _wide
+
+
 def unscaled_permutation():
     """perm[128]: position p of the unscaled-lookup loop's permuted bf16 activations holds element perm[p] of the
     128-weight step."""

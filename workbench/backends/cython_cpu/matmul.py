@@ -3,8 +3,10 @@
 Paths, first that applies:
 * byte planes (M <= PLANES_MAX_M, bf16/fp16 activations, K % 64 == 0, blocksize % 64 == 0, AVX2 + F16C + FMA, finite table):
   the GEMV hot path, its own float32 order (pyx docstring; a 512-bit loop with another order where the CPU has
-  AVX-512 and K % 128 == 0), held to the reference's error_bound. workbench.matmul calls the same kernel without
-  this adapter for plain CPU calls (``_gemv_one_call``);
+  AVX-512 and K % 128 == 0), held to the reference's error_bound. Where :func:`takes_unscaled` holds (bf16 rows,
+  AVX512_BF16) its unscaled-lookup loop runs instead (matmul_cpu_unscaled.h; the codebook rounded to bf16, the block
+  scale on each partial sum), held to error_bound_unscaled; ``KBIT_CPU_UNSCALED=0`` keeps rule 2.
+  workbench.matmul calls the same kernel without this adapter for plain CPU calls (``_gemv_one_call``);
 * 8 lanes by k % 8 (M <= FUSED_MAX_M; AVX2 for M = 1, K % 8 == 0): the numba_cpu kernel's order, equal to it
   bit for bit;
 * above FUSED_MAX_M rows: dequantize once (this backend's dequantizer) + torch float32 matmul.
@@ -23,6 +25,16 @@ _NO_BIAS = np.zeros(1, np.float32)
 _NO_A8 = np.zeros(1, np.uint8)
 _NO_BITS = np.zeros(1, np.uint16)
 _KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def takes_unscaled(dtype: torch.dtype, M: int, K: int, blocksize: int) -> bool:
+    """Whether gemm_4bit sends M rows of ``dtype`` to the unscaled-lookup loop (held to error_bound_unscaled). It
+    still takes the rule-2 loop, whose bound the unscaled one contains, for a codebook with an entry that is
+    subnormal or infinite in bf16, an activation row that holds a subnormal, and a weight row with a NaN or Inf
+    scale."""
+    lib = native("matmul")
+    return (dtype == torch.bfloat16 and lib.unscaled_on() and 1 <= M <= PLANES_MAX_M and K % lib.WIDE_UNIT == 0
+            and blocksize % lib.UNIT == 0)
 
 
 def _absmax(absmax, absmax_8bit, absmax_code, absmax_offset) -> torch.Tensor:

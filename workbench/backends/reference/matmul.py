@@ -28,11 +28,13 @@ neighbouring dtype values (one ulp; two at a binade edge, where the spacing halv
 oneDNN/BLAS order, bias in its epilogue) is held to the same bound; the dequantized weights (rule 2) are
 equal bit for bit.
 
-Kernels with unscaled lookups (the CUDA ``kbit_gemm_4bit_lut``, which the cuda backend runs for 2..32 rows, 2..64
-on weights of at most 2**26 elements) do not
-apply rule 2: a weight is ``dtype(table[c])`` and the block scale multiplies the float32 partial sum of its block.
+Kernels with unscaled lookups (the CUDA ``kbit_gemm_4bit_lut``, which the cuda backend runs for 1..64 rows by its
+dispatch rule; the cython_cpu GEMV's vdpbf16ps loop for bf16 rows) do not
+apply rule 2: a weight is ``dtype(table[c])`` and the block scale multiplies a float32 partial sum of its block.
 They are held to :func:`error_bound_unscaled`, which adds the two weight roundings' difference,
-``sum_k |A| 2 u_dtype |table[c] s|`` (u = 2**-8 bf16, 2**-11 fp16).
+``sum_k |A| 2 u_dtype |table[c] s|`` (u = 2**-8 bf16, 2**-11 fp16), and ``2**-125 sum_k |s|`` for products and
+partial sums below 2**-126 that such a kernel may flush to zero (vdpbf16ps does, one flush of each at most per
+product, each less than 2**-126 before the scale multiplies it).
 """
 from __future__ import annotations
 
@@ -118,14 +120,17 @@ def error_bound_unscaled(A, W, W32, S32, bias, dtype, ref) -> torch.Tensor:
     float32 partial sum by ``s``. Both roundings are within half a ``dtype`` ulp of the exact ``table[c] * s``
     (relative u = 2**-8 bf16, 2**-11 fp16; below the normal range, half the smallest subnormal spacing times |s|,
     or once for rule 2), so a weight differs from rule 2's by at most ``2 u |table[c] s| + tiny (|s| + 1)``. Bound:
-    :func:`error_bound` (float32 order, on sums grown by that much) plus ``sum_k |A| (2 u |W32| + tiny (|S32| + 1))``.
+    :func:`error_bound` (float32 order, on sums grown by that much) plus ``sum_k |A| (2 u |W32| + tiny (|S32| + 1))``
+    plus the flush term ``2**-125 sum_k |S32|`` (module docstring).
     W: rule 2's weight; W32: ``table[c] * s`` in float32; S32: ``s`` per element."""
     K = A.shape[-1]
     a = A.reshape(-1, K).double().abs()
     u, tiny = _HALF_ULP1[dtype], _HALF_TINY[dtype]
-    dw = a @ (2 * u * W32.double().abs() + tiny * (S32.double().abs() + 1)).t()
+    s_abs = S32.double().abs()
+    dw = a @ (2 * u * W32.double().abs() + tiny * (s_abs + 1)).t()
+    flush = 2.0 ** -125 * s_abs.sum(1)
     base = error_bound(A, W, bias, dtype, ref).double() * (1 + 4 * u)
-    return (base + dw).float()
+    return (base + dw + flush).float()
 
 
 def unscaled_bound_of(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=None, absmax_code=None,
