@@ -431,8 +431,9 @@ def test_cython_cpu_unscaled_vs_reference(rng, unscaled):
 def test_cython_cpu_unscaled_weights_exact(rng, unscaled, nested):
     """One-hot activation rows: each output is one weight, bf16(float32(bf16(table[c]) * s)) -- the codebook
     rounded, times the block scale, rounded again -- bit for bit (the planes, the activations' permutation, the
-    step scales, the in-kernel nested scales)."""
-    for N, K, bs in [(40, 2048, 64), (9, 4096, 128), (300, 128, 4096)]:
+    step scales, the in-kernel nested scales: chunks of 64 blocks that cross a 256-block group at 896 and 14336
+    columns, shorter chunks at a row's end)."""
+    for N, K, bs in [(40, 2048, 64), (9, 4096, 128), (300, 128, 4096), (40, 896, 64), (5, 14336, 64)]:
         W = (torch.randn(N, K, generator=rng) * 3).to(torch.bfloat16)
         P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=nested, backend="reference")
         a2, a8, c2, off = _state_args(qs)

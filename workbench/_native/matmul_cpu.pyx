@@ -630,12 +630,12 @@ cdef extern from *:
     static int kbm_set_bf16_round(int on) { return 0; }
     static int kbm_dp_index(int X, int q) { return 0; }
     static float kbm_row_dp512(const float* xp, const uint16_t* xb, int dp, int64_t K, const uint8_t* packed,
-                               const float* s, const uint8_t* a8, const float* code2, float off, const float* table,
-                               const uint8_t* planes, int64_t bs, int64_t n) { return 0.0f; }
+                               const float* s, const uint8_t* a8, const float* code2, const uint8_t* c2p, float off,
+                               const float* table, const uint8_t* planes, int64_t bs, int64_t n) { return 0.0f; }
     static void kbm_rows_dp512(const float* xp, const uint16_t* xb, const uint8_t* dp, int64_t M, int64_t N, int64_t K,
-                               const uint8_t* packed, const float* s, const uint8_t* a8, const float* code2, float off,
-                               const float* table, const uint8_t* planes, int64_t bs, int64_t n, float* wbuf,
-                               uint16_t* wbuf16, float* sbuf, float* y) {}
+                               const uint8_t* packed, const float* s, const uint8_t* a8, const float* code2,
+                               const uint8_t* c2p, float off, const float* table, const uint8_t* planes, int64_t bs,
+                               int64_t n, float* wbuf, uint16_t* wbuf16, float* sbuf, float* y) {}
     static void kbm_rows_planes(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
                                 const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
                                 int kind, int64_t n, float* wbuf, float* y) {}
@@ -665,12 +665,12 @@ cdef extern from *:
     int kbm_set_bf16_round(int on) nogil
     int kbm_dp_index(int X, int q) nogil
     float kbm_row_dp512(const float* xp, const uint16_t* xb, int dp, int64_t K, const uint8_t* packed,
-                        const float* s, const uint8_t* a8, const float* code2, float off, const float* table,
-                        const uint8_t* planes, int64_t bs, int64_t n) nogil
+                        const float* s, const uint8_t* a8, const float* code2, const uint8_t* c2p, float off,
+                        const float* table, const uint8_t* planes, int64_t bs, int64_t n) nogil
     void kbm_rows_dp512(const float* xp, const uint16_t* xb, const uint8_t* dp, int64_t M, int64_t N, int64_t K,
-                        const uint8_t* packed, const float* s, const uint8_t* a8, const float* code2, float off,
-                        const float* table, const uint8_t* planes, int64_t bs, int64_t n, float* wbuf,
-                        uint16_t* wbuf16, float* sbuf, float* y) nogil
+                        const uint8_t* packed, const float* s, const uint8_t* a8, const float* code2,
+                        const uint8_t* c2p, float off, const float* table, const uint8_t* planes, int64_t bs,
+                        int64_t n, float* wbuf, uint16_t* wbuf16, float* sbuf, float* y) nogil
     float kbm_widen(uint16_t h, int kind) nogil
     uint16_t kbm_narrow(float v, int kind) nogil
     void* kbm_align64(void* p) nogil
@@ -776,6 +776,8 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
     cdef int perm[128]
     cdef int dperm[128]
     cdef uint8_t planes[128]
+    cdef uint8_t c2p[1024]              # the nested code values' byte planes (kbm_scales64)
+    cdef const uint8_t* c2b = <const uint8_t*>code2
     cdef uint16_t h
     cdef bint wide = _wide and K % 128 == 0
     cdef bint dp = wide and kind == 1 and _unscaled
@@ -789,6 +791,9 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
             dp = False
         planes[p] = planes[p + 16] = planes[p + 32] = planes[p + 48] = h & 0xff
         planes[p + 64] = planes[p + 80] = planes[p + 96] = planes[p + 112] = h >> 8
+    if dp and a8 != NULL:
+        for p in range(1024):
+            c2p[p] = c2b[4 * (p & 255) + (p >> 8)]     # little-endian: plane i holds byte i of each value
     for p in range(span):
         perm[p] = kbm_pair_index(kind, p >> 4, p & 15) if wide else kbm_unit_index(kind, p >> 3, p & 7)
         if dp:
@@ -825,7 +830,8 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
         if M == 1:
             for n in prange(N, nogil=True, schedule="dynamic", chunksize=chunk):
                 if any_dp:
-                    yv = kbm_row_dp512(xp, xb, 1, K, packed, absmax, a8, code2, offset, table, planes, blocksize, n)
+                    yv = kbm_row_dp512(xp, xb, 1, K, packed, absmax, a8, code2, c2p, offset, table, planes,
+                                       blocksize, n)
                 elif wide:
                     yv = kbm_row_planes512(xp, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n)
                 else:
@@ -844,8 +850,8 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
                 sbuf = <float*>(wbuf16 + K)
                 for n in prange(N, schedule="dynamic", chunksize=chunk):
                     if any_dp:
-                        kbm_rows_dp512(xp, xb, rowdp, M, N, K, packed, absmax, a8, code2, offset, table, planes,
-                                       blocksize, n, wbuf, wbuf16, sbuf, y)
+                        kbm_rows_dp512(xp, xb, rowdp, M, N, K, packed, absmax, a8, code2, c2p, offset, table,
+                                       planes, blocksize, n, wbuf, wbuf16, sbuf, y)
                     elif wide:
                         kbm_rows_planes512(xp, M, N, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n,
                                            wbuf, y)
