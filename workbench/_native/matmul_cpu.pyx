@@ -1,8 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Cython/OpenMP CPU kernels: fused 4-bit dequantize + GEMV/small GEMM (any 16-entry codebook).
 
-Two kernels, both exact on the weights (rule 2 of workbench/backends/reference/matmul.py: per quantization block
-the 16 values table[j] * s rounded to A's dtype), each with its own float32 order:
+Two kernels exact on the weights (rule 2 of workbench/backends/reference/matmul.py: per quantization block the 16
+values table[j] * s rounded to A's dtype), each with its own float32 order, and for bf16 an unscaled-lookup loop
+(``matmul_cpu_unscaled.h``, included below: the codebook rounded to bf16, the block scale on each partial sum,
+vdpbf16ps; held to error_bound_unscaled; ``set_unscaled``, ``KBIT_CPU_UNSCALED=0`` at import keeps rule 2):
 
 * **byte planes** (``gemv_4bit_planes``; bf16/fp16 activations, M <= 32, K % 64 == 0, blocksize % 64 == 0,
   AVX2 + F16C + FMA): a 16-bit weight value is two bytes, so a block's 16 values become two 16-byte tables (low
@@ -26,7 +28,9 @@ the 16 values table[j] * s rounded to A's dtype), each with its own float32 orde
   one-source byte permutes (the same values; blocks whose products could be subnormal keep the integer adds):
   9-12 % off the call on an Intel Xeon at blocksize 64 (``set_bf16_round``). At blocksize 64 a chunk of blocks
   whose scales all take that rounding (fp16: always) runs with no test per step: 5-18 % off the kernel on a Zen 4
-  (reports/matmul-cpu/gemv_bs64_chunks_ab_zen4/).
+  (reports/matmul-cpu/gemv_bs64_chunks_ab_zen4/). With AVX512_BF16 and bf16 activations this loop's place is
+  taken by the unscaled-lookup loop (its header has its order and guards): 1.5x at M = 1, 1.8x at M = 4..16 on a
+  Zen 4.
 * **8 lanes** (``gemm_4bit_fused`` / ``gemv_4bit_nested``): the order of numba_kernels/cpu/matmul.py, element k of
   a row into lane k % 8 of 8 float32 partial sums (increasing k per lane, separate multiply and add), lanes
   combined as above, bias added in float32. Output float32 (the adapter rounds it once to A's dtype), so this
