@@ -633,6 +633,7 @@ cdef extern from *:
     static int kbm_bf16_round_ok(void) { return 0; }
     static int kbm_set_bf16_round(int on) { return 0; }
     static int kbm_dp_index(int X, int q) { return 0; }
+    #define KBM_DP_MAX_M 32
     static float kbm_row_dp512(const float* xp, const uint16_t* xb, int dp, int64_t K, const uint8_t* packed,
                                const float* s, const uint8_t* a8, const float* code2, const uint8_t* c2p, float off,
                                const float* table, const uint8_t* planes, int64_t bs, int64_t n) { return 0.0f; }
@@ -668,6 +669,7 @@ cdef extern from *:
     int kbm_bf16_round_ok() nogil
     int kbm_set_bf16_round(int on) nogil
     int kbm_dp_index(int X, int q) nogil
+    enum: KBM_DP_MAX_M
     float kbm_row_dp512(const float* xp, const uint16_t* xb, int dp, int64_t K, const uint8_t* packed,
                         const float* s, const uint8_t* a8, const float* code2, const uint8_t* c2p, float off,
                         const float* table, const uint8_t* planes, int64_t bs, int64_t n) nogil
@@ -784,7 +786,7 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
     cdef const uint8_t* c2b = <const uint8_t*>code2
     cdef uint16_t h
     cdef bint wide = _wide and K % 128 == 0
-    cdef bint dp = wide and kind == 1 and _unscaled
+    cdef bint dp = wide and kind == 1 and _unscaled and M <= KBM_DP_MAX_M
     cdef int span = 128 if wide else 64
     for p in range(16):
         if not (table[p] - table[p] == 0.0):          # NaN or Inf: the bf16 rounding by addition needs finite values

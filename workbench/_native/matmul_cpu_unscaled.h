@@ -146,6 +146,20 @@ static inline int kbm_row_dp_k(const uint16_t* xb, int64_t K, const uint8_t* pac
     return 1;
 }
 
+#define KBM_DP_MAX_M 32   /* the adapter's PLANES_MAX_M */
+
+/* step u of four activation rows (xb + r[i] * K) against a row decoded into wbuf16 / sbuf, into acc[i] */
+KBM_T512 __attribute__((always_inline))
+static inline void kbm_dp_step4(const uint16_t* xb, const int64_t* r, int64_t K, const uint16_t* wbuf16,
+                                const float* sbuf, int64_t u, __m512* acc) {
+    const uint16_t* w = wbuf16 + u;
+    const __m512i e0 = _mm512_loadu_si512((const void*)w), e1 = _mm512_loadu_si512((const void*)(w + 32)),
+                  o0 = _mm512_loadu_si512((const void*)(w + 64)), o1 = _mm512_loadu_si512((const void*)(w + 96));
+    const __m512 sv = kbm_dp_scales(sbuf + (u >> 6));
+    for (int i = 0; i < 4; ++i)
+        acc[i] = _mm512_fmadd_ps(kbm_dp_step(xb + r[i] * K + u, e0, e1, o0, o1), sv, acc[i]);
+}
+
 /* M = 1: weight row n by unscaled lookups (dp: the activation row has no subnormal and the table is bf16-normal),
    else -- or when the row has a NaN or Inf scale -- by the rule-2 512-bit loop on xp */
 KBM_T512
@@ -172,21 +186,24 @@ static void kbm_rows_dp512(const float* xp, const uint16_t* xb, const uint8_t* d
     int done = ndp > 0 && kbm_row_dp_k(xb, K, packed, s, a8, c2p, off, _mm512_loadu_si512((const void*)planes),
                                         _mm512_loadu_si512((const void*)(planes + 64)), bs, n, wbuf16, sbuf, NULL);
     if (done) {
-        for (int64_t m = 0; m < M; ++m) {
-            if (!dp[m]) continue;
-            const uint16_t* x = xb + m * K;
-            __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
-            for (int64_t u = 0; u < K; u += 2 * KBM_UNIT) {
-                const uint16_t* w = wbuf16 + u;
-                const __m512 p = kbm_dp_step(x + u, _mm512_loadu_si512((const void*)w),
-                                             _mm512_loadu_si512((const void*)(w + 32)),
-                                             _mm512_loadu_si512((const void*)(w + 64)),
-                                             _mm512_loadu_si512((const void*)(w + 96)));
-                const __m512 sv = kbm_dp_scales(sbuf + (u >> 6));
-                if ((u >> 7) & 1) acc1 = _mm512_fmadd_ps(p, sv, acc1);
-                else acc0 = _mm512_fmadd_ps(p, sv, acc0);
+        /* the activation rows four at a time: a step's words are loaded once for the four (their instructions per
+           row are the one-row loop's); a short group repeats its last row and keeps one result */
+        int64_t rows[KBM_DP_MAX_M];
+        int64_t nr = 0;
+        for (int64_t m = 0; m < M && nr < KBM_DP_MAX_M; ++m)
+            if (dp[m]) rows[nr++] = m;
+        for (int64_t g = 0; g < nr; g += 4) {
+            const int64_t r[4] = {rows[g], rows[g + 1 < nr ? g + 1 : g], rows[g + 2 < nr ? g + 2 : g],
+                                  rows[g + 3 < nr ? g + 3 : g]};
+            __m512 a0[4], a1[4];                     /* even and odd steps' accumulators, as acc0 / acc1 above */
+            for (int i = 0; i < 4; ++i) a0[i] = a1[i] = _mm512_setzero_ps();
+            int64_t u = 0;
+            for (; u + 4 * KBM_UNIT <= K; u += 4 * KBM_UNIT) {
+                kbm_dp_step4(xb, r, K, wbuf16, sbuf, u, a0);
+                kbm_dp_step4(xb, r, K, wbuf16, sbuf, u + 2 * KBM_UNIT, a1);
             }
-            y[m * N + n] = kbm_dp_reduce(acc0, acc1);
+            if (u < K) kbm_dp_step4(xb, r, K, wbuf16, sbuf, u, a0);
+            for (int i = 0; i < 4 && g + i < nr; ++i) y[r[i] * N + n] = kbm_dp_reduce(a0[i], a1[i]);
         }
         if (ndp == M) return;
     }
