@@ -69,7 +69,8 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
  * activations loaded while one is computed); 1 scales per chunk; 2, 3 diagnostics with wrong results (no scale loads,
  * no codebook lookup); 4, 5 the registers budgeted for 3 / 1 CTAs per SM; 6 a ring of 3 groups of chunks in flight;
  * 10 a diagnostic: the weight loads alone; 11 a group's activations loaded before its first mma; 12 a diagnostic: no
- * activation loads; 13 the activations loaded at their chunk (the default before). All but 2, 3, 10 and 12 give the
+ * activation loads; 13 the activations loaded at their chunk (the default before); 14 the default with the pair
+ * table addressed by inline PTX (no add per lookup; matmul_lut.cuh, lds_table). All but 2, 3, 10 and 12 give the
  * same bits (matmul_lut.cuh; reports/matmul-h200/lut_gemm). */
 void kbit_gemm_lut_tuning(int variant);
 

@@ -126,6 +126,19 @@ __device__ __forceinline__ void load_group(Group<U>& G, const Args& p, const Row
     }
 }
 
+/* How a thread addresses the pair table (template PL). false: a generic pointer; ptxas adds the table's shared base
+ * (the CTA's rank << 24 | 0x400) to every lookup's offset, one IMAD each (16 per chunk and warp). true: the byte
+ * permute that places the code byte builds the whole address -- the rank's bits come from the lane word's upper
+ * bytes -- and the LDS adds the table's offset in the CTA window as an immediate: no add per lookup. The kernel
+ * traps if that offset is not kPtxTableOffset. */
+constexpr uint32_t kPtxTableOffset = 0x400;  // the dynamic shared memory's start on sm_80+ (1 KB reserved before it)
+
+__device__ __forceinline__ uint32_t lds_table(uint32_t addr) {
+    uint32_t v;
+    asm volatile("ld.shared.b32 %0, [%1+1024];\n" : "=r"(v) : "r"(addr));  // 1024 = kPtxTableOffset
+    return v;
+}
+
 /* Chunks c .. c + U - 1 (those below c_end) into acc. */
 /* Where the activations of a chunk come from (template XM): 0 loaded at the chunk; 1 the group's U chunks loaded
  * before its first mma; 2 a diagnostic, wrong results: no loads (constant ones); 3 loaded one chunk ahead (carried
@@ -147,7 +160,7 @@ __device__ __forceinline__ void load_x(uint4 (&x)[NT][2], const Rows<NT>& R, int
     }
 }
 
-template <int DT, int NT, int U, int DG, int XM>
+template <int DT, int NT, int U, int DG, int XM, bool PL>
 __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U>& G, const Args& p,
                                               const Rows<NT>& R, int c, int c_end, const char* tab, uint32_t lane4,
                                               const float* code2, float off, Ahead<NT>& ahead) {
@@ -218,6 +231,11 @@ __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U
                 if constexpr (DG == kDiagNoLookup) {
                     a[0] = __byte_perm(wlo, lane4, sel0); a[1] = __byte_perm(whi, lane4, sel0);
                     a[2] = __byte_perm(wlo, lane4, sel1); a[3] = __byte_perm(whi, lane4, sel1);
+                } else if constexpr (PL) {  // lane4 holds the table base's upper bytes: byte 3 from it too
+                    a[0] = lds_table(__byte_perm(wlo, lane4, sel0 + 0x1000u));
+                    a[1] = lds_table(__byte_perm(whi, lane4, sel0 + 0x1000u));
+                    a[2] = lds_table(__byte_perm(wlo, lane4, sel1 + 0x1000u));
+                    a[3] = lds_table(__byte_perm(whi, lane4, sel1 + 0x1000u));
                 } else {
                     a[0] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(wlo, lane4, sel0));
                     a[1] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(whi, lane4, sel0));
@@ -255,7 +273,7 @@ __device__ __forceinline__ void each_output(const Args& p, long long tile, int g
         }
 }
 
-template <int DT, int NT, int U, int S, int MINB, bool TL, int DG, int XM>
+template <int DT, int NT, int U, int S, int MINB, bool TL, int DG, int XM, bool PL>
 __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) {
     typedef Op<DT> O;
     typedef typename O::t T;
@@ -275,7 +293,12 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
     const float off = nested ? __ldg(p.off) : 0.0f;
     __syncthreads();
     const char* tab = reinterpret_cast<const char*>(pair);
-    const uint32_t lane4 = 4u * (uint32_t)lane;
+    uint32_t lane4 = 4u * (uint32_t)lane;
+    if constexpr (PL) {  // the table's shared address: upper 16 bits into the lane word, the rest the LDS immediate
+        const uint32_t base = (uint32_t)__cvta_generic_to_shared(pair);
+        if ((base & 0xffffu) != kPtxTableOffset) __trap();
+        lane4 |= base & 0xffff0000u;
+    }
 
     const int chunks = (int)(p.K / kChunk);
     const long long MN = (long long)p.M * p.N;
@@ -324,7 +347,7 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
                 const int cs = c + s * U;
                 if (cs >= c_end) break;
                 if (cs + (S - 1) * U < c_end) load_group<U, NT, TL, DG>(G[(s + S - 1) % S], p, R, cs + (S - 1) * U, c_end);
-                compute_group<DT, NT, U, DG, XM>(acc, G[s], p, R, cs, c_end, tab, lane4, code2, off, ahead);
+                compute_group<DT, NT, U, DG, XM, PL>(acc, G[s], p, R, cs, c_end, tab, lane4, code2, off, ahead);
             }
         }
 
@@ -365,9 +388,10 @@ inline int tile_n8(int M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; }
  * same results: neither changes the accumulation order). */
 inline int g_lut_variant = 0;
 
-template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk, int S = 2, int XM = kXPerChunk>
+template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk, int S = 2, int XM = kXPerChunk,
+          bool PL = false>
 cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
-    auto kern = gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM>;
+    auto kern = gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL>;
     static bool smem_set[64] = {};
     int dev = 0;
     cudaError_t e = mma4::allow_smem(kern, kSmem, smem_set, dev);
@@ -405,6 +429,7 @@ cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
                 case 11: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup, 2, kXPerGroup>(p, stream, ctas_per_sm);
                 case 12: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup, 2, kDiagNoX>(p, stream, ctas_per_sm);
                 case 13: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup>(p, stream, ctas_per_sm);
+                case 14: return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true>(p, stream, ctas_per_sm);
                 default: break;
             }
         }
