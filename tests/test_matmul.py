@@ -491,5 +491,8 @@ def test_cython_cpu_unscaled_guards_take_rule2(rng, unscaled):
         r2 = _rule2(unscaled, A3, P3, qs3)
         assert torch.equal(got[:, [2, 5]].view(torch.int16), r2[:, [2, 5]].view(torch.int16))   # NaN bits too
         assert not torch.equal(got, r2)
+        for m in range(A3.shape[0]):      # weight rows 2 and 5 are decoded beside rows 3 and 4: batch invariant still
+            one = matmul_4bit(A3[m:m + 1], P3, qs3, backend="cython_cpu")
+            assert torch.equal(got[m:m + 1].view(torch.int16), one.view(torch.int16))
 
 

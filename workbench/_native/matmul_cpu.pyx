@@ -640,7 +640,7 @@ cdef extern from *:
     static void kbm_rows_dp512(const float* xp, const uint16_t* xb, const uint8_t* dp, int64_t M, int64_t N, int64_t K,
                                const uint8_t* packed, const float* s, const uint8_t* a8, const float* code2,
                                const uint8_t* c2p, float off, const float* table, const uint8_t* planes, int64_t bs,
-                               int64_t n, float* wbuf, uint16_t* wbuf16, float* sbuf, float* y) {}
+                               int64_t n0, int64_t n1, float* wbuf, uint16_t* w16, float* sc, float* y) {}
     static void kbm_rows_planes(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
                                 const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
                                 int kind, int64_t n, float* wbuf, float* y) {}
@@ -676,7 +676,7 @@ cdef extern from *:
     void kbm_rows_dp512(const float* xp, const uint16_t* xb, const uint8_t* dp, int64_t M, int64_t N, int64_t K,
                         const uint8_t* packed, const float* s, const uint8_t* a8, const float* code2,
                         const uint8_t* c2p, float off, const float* table, const uint8_t* planes, int64_t bs,
-                        int64_t n, float* wbuf, uint16_t* wbuf16, float* sbuf, float* y) nogil
+                        int64_t n0, int64_t n1, float* wbuf, uint16_t* w16, float* sc, float* y) nogil
     float kbm_widen(uint16_t h, int kind) nogil
     uint16_t kbm_narrow(float v, int kind) nogil
     void* kbm_align64(void* p) nogil
@@ -813,6 +813,7 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
     cdef uint16_t* xb = <uint16_t*>kbm_align64(braw)
     cdef uint8_t* rowdp = <uint8_t*>malloc(M) if dp else NULL
     cdef bint any_dp = False
+    cdef int64_t nloop
     if xraw == NULL or (M > 1 and y == NULL) or (dp and (braw == NULL or rowdp == NULL)):
         free(xraw); free(y); free(braw); free(rowdp)
         raise MemoryError()
@@ -846,18 +847,20 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
                     yv = yv + kbm_widen(bias[n], kind)
                 out[n] = kbm_narrow(yv, kind)
         else:
+            nloop = (N + 1) // 2 if any_dp else N          # the unscaled loop takes weight rows in pairs
             with nogil, parallel():
-                # per thread: the decoded row (float32), and for the unscaled loop its words and step scales;
+                # per thread: a decoded row (float32), and for the unscaled loop two rows' words and step scales;
                 # NULL only if memory is gone
-                wraw = malloc((K + 16) * sizeof(float) + ((K + 32) * sizeof(uint16_t) + (K // 64 + 2) * sizeof(float)
-                                                          if any_dp else 0))
+                wraw = malloc((K + 16) * sizeof(float) + ((2 * K + 32) * sizeof(uint16_t)
+                                                          + (2 * (K // 64) + 2) * sizeof(float) if any_dp else 0))
                 wbuf = <float*>kbm_align64(wraw)
                 wbuf16 = <uint16_t*>kbm_align64(wbuf + K)
-                sbuf = <float*>(wbuf16 + K)
-                for n in prange(N, schedule="dynamic", chunksize=chunk):
+                sbuf = <float*>(wbuf16 + 2 * K)
+                for n in prange(nloop, schedule="dynamic", chunksize=chunk):
                     if any_dp:
                         kbm_rows_dp512(xp, xb, rowdp, M, N, K, packed, absmax, a8, code2, c2p, offset, table,
-                                       planes, blocksize, n, wbuf, wbuf16, sbuf, y)
+                                       planes, blocksize, 2 * n, 2 * n + 1 if 2 * n + 1 < N else 2 * n, wbuf, wbuf16,
+                                       sbuf, y)
                     elif wide:
                         kbm_rows_planes512(xp, M, N, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n,
                                            wbuf, y)

@@ -13,10 +13,10 @@
    with a NaN or Inf block scale takes the rule-2 loop as well, so that NaN and Inf land where rule 2 puts them.
 
    Order, per 128-weight step u (the 64 code bytes: unit u in 128-bit lanes 0-1, unit u + 64 in lanes 2-3):
-   p = dp(dp(0, e0, x0), o0, x2) + dp(dp(0, e1, x1), o1, x3), then acc[step % 2] = fma(p, [s(u) x8, s(u + 64) x8],
-   acc[step % 2]); at the end acc0 + acc1, lane l + lane l + 8, and the 8 lanes as kbm_combine. M > 1 decodes a
-   weight row once (words and step scales into per-thread buffers) and replays the same instructions per
-   activation row: each output row equals the one-row call's. */
+   p = dp(dp(0, e0, x0), o0, x2) + dp(dp(0, e1, x1), o1, x3), then acc = fma(p, [s(u) x8, s(u + 64) x8], acc); at
+   the end lane l + lane l + 8, and the 8 lanes as kbm_combine. M > 1 decodes two weight rows at a time (words and
+   step scales into per-thread buffers) and replays the same instructions for four activation rows at a time, each
+   activation vector loaded once for both weight rows: each output equals the one-row call's. */
 
 /* word q (0..31) of decoded vector X (0: e0, 1: e1, 2: o0, 3: o1) of a 128-weight step -> the weight's index in
    the step (kbm_pair_index's layout, read as 16-bit words: the pair of words 2j, 2j + 1 is dword j) */
@@ -83,20 +83,31 @@ static inline __m512 kbm_dp_scales(const float* s01) {
                                  _mm512_castpd_ps(_mm512_set1_pd(d)));
 }
 
-/* one step's float32 partial sums (16 lanes) of the decoded words against the permuted bf16 activations x */
+/* one step's float32 partial sums (16 lanes): decoded words w[0..3] (e0, e1, o0, o1) against permuted bf16
+   activation vectors x[0..3] */
 KBM_T512 __attribute__((always_inline))
-static inline __m512 kbm_dp_step(const uint16_t* x, __m512i e0, __m512i e1, __m512i o0, __m512i o1) {
-    __m512 p0 = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)e0, (__m512bh)_mm512_loadu_si512((const void*)x));
-    __m512 p1 = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)e1, (__m512bh)_mm512_loadu_si512((const void*)(x + 32)));
-    p0 = _mm512_dpbf16_ps(p0, (__m512bh)o0, (__m512bh)_mm512_loadu_si512((const void*)(x + 64)));
-    p1 = _mm512_dpbf16_ps(p1, (__m512bh)o1, (__m512bh)_mm512_loadu_si512((const void*)(x + 96)));
+static inline __m512 kbm_dp_sum(const __m512i* w, const __m512i* x) {
+    __m512 p0 = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)w[0], (__m512bh)x[0]);
+    __m512 p1 = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)w[1], (__m512bh)x[1]);
+    p0 = _mm512_dpbf16_ps(p0, (__m512bh)w[2], (__m512bh)x[2]);
+    p1 = _mm512_dpbf16_ps(p1, (__m512bh)w[3], (__m512bh)x[3]);
     return _mm512_add_ps(p0, p1);
 }
 
+/* the 4 vectors of 32 words at p (a step's activations, or a decoded row's words), held in registers: the empty asm
+   keeps GCC from reloading them at each use (it did, two loads per vdpbf16ps, and the replay was load-bound) */
 KBM_T512 __attribute__((always_inline))
-static inline float kbm_dp_reduce(__m512 acc0, __m512 acc1) {
+static inline void kbm_dp_load4(const uint16_t* p, __m512i* v) {
+    for (int i = 0; i < 4; ++i) {
+        v[i] = _mm512_loadu_si512((const void*)(p + 32 * i));
+        __asm__("" : "+v"(v[i]));
+    }
+}
+
+KBM_T512 __attribute__((always_inline))
+static inline float kbm_dp_reduce(__m512 acc) {
     float l[16], h[8];
-    _mm512_storeu_ps(l, _mm512_add_ps(acc0, acc1));
+    _mm512_storeu_ps(l, acc);
     for (int i = 0; i < 8; ++i) h[i] = l[i] + l[i + 8];
     return kbm_combine(h);
 }
@@ -114,7 +125,7 @@ static inline int kbm_row_dp_k(const uint16_t* xb, int64_t K, const uint8_t* pac
     const int64_t blast = (i0 + K - 1) >> lg;
     float sc[KBM_SCALES];
     float s01[2];
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    __m512 acc = _mm512_setzero_ps();
     int64_t u = 0;
     while (u < K) {                                 /* chunks of up to KBM_SCALES blocks, their scales checked first */
         const int64_t b = (i0 + u) >> lg;
@@ -137,28 +148,58 @@ static inline int kbm_row_dp_k(const uint16_t* xb, int64_t K, const uint8_t* pac
                 sbuf[u >> 6] = s2[0]; sbuf[(u >> 6) + 1] = s2[1];
                 continue;
             }
-            const __m512 p = kbm_dp_step(xb + u, e0, e1, o0, o1), sv = kbm_dp_scales(s2);
-            if ((u >> 7) & 1) acc1 = _mm512_fmadd_ps(p, sv, acc1);
-            else acc0 = _mm512_fmadd_ps(p, sv, acc0);
+            const __m512i w[4] = {e0, e1, o0, o1};
+            __m512i x[4];
+            kbm_dp_load4(xb + u, x);
+            acc = _mm512_fmadd_ps(kbm_dp_sum(w, x), kbm_dp_scales(s2), acc);
         }
     }
-    if (wbuf == NULL) *y = kbm_dp_reduce(acc0, acc1);
+    if (wbuf == NULL) *y = kbm_dp_reduce(acc);
     return 1;
 }
 
 #define KBM_DP_MAX_M 32   /* the adapter's PLANES_MAX_M */
 
-/* step u of four activation rows (xb + r[i] * K) against a row decoded into wbuf16 / sbuf, into acc[i] */
+/* activation row x against a weight row decoded into w / sc (kbm_row_dp_k with wbuf): the one-row loop's
+   instructions */
 KBM_T512 __attribute__((always_inline))
-static inline void kbm_dp_step4(const uint16_t* xb, const int64_t* r, int64_t K, const uint16_t* wbuf16,
-                                const float* sbuf, int64_t u, __m512* acc) {
-    const uint16_t* w = wbuf16 + u;
-    const __m512i e0 = _mm512_loadu_si512((const void*)w), e1 = _mm512_loadu_si512((const void*)(w + 32)),
-                  o0 = _mm512_loadu_si512((const void*)(w + 64)), o1 = _mm512_loadu_si512((const void*)(w + 96));
-    const __m512 sv = kbm_dp_scales(sbuf + (u >> 6));
-    for (int i = 0; i < 4; ++i)
-        acc[i] = _mm512_fmadd_ps(kbm_dp_step(xb + r[i] * K + u, e0, e1, o0, o1), sv, acc[i]);
+static inline float kbm_dp_replay(const uint16_t* x, const uint16_t* w, const float* sc, int64_t K) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t u = 0; u < K; u += 2 * KBM_UNIT) {
+        __m512i wv[4], xv[4];
+        kbm_dp_load4(w + u, wv);
+        kbm_dp_load4(x + u, xv);
+        acc = _mm512_fmadd_ps(kbm_dp_sum(wv, xv), kbm_dp_scales(sc + (u >> 6)), acc);
+    }
+    return kbm_dp_reduce(acc);
 }
+
+/* steps u0 .. u1 of activation rows x[0..3] against decoded weight rows (wA, sA) and (wB, sB), accumulating into
+   acc[0..7] (memory: x[i].A at 2 i, x[i].B at 2 i + 1): each of a step's activation vectors loaded once for both
+   weight rows and each weight vector once for the four activation rows; each output by the one-row loop's
+   instructions, in its order of steps */
+KBM_T512 __attribute__((always_inline))
+static inline void kbm_dp_replay42(const uint16_t* const* x, const uint16_t* wA, const float* sA, const uint16_t* wB,
+                                   const float* sB, int64_t u0, int64_t u1, float* acc) {
+    __m512 a[8];
+    for (int i = 0; i < 8; ++i) a[i] = _mm512_load_ps(acc + 16 * i);
+    for (int64_t u = u0; u < u1; u += 2 * KBM_UNIT) {
+        __m512i va[4], vb[4], xv[4];
+        kbm_dp_load4(wA + u, va);
+        kbm_dp_load4(wB + u, vb);
+        const __m512 svA = kbm_dp_scales(sA + (u >> 6)), svB = kbm_dp_scales(sB + (u >> 6));
+        for (int i = 0; i < 4; ++i) {
+            kbm_dp_load4(x[i] + u, xv);
+            a[2 * i] = _mm512_fmadd_ps(kbm_dp_sum(va, xv), svA, a[2 * i]);
+            a[2 * i + 1] = _mm512_fmadd_ps(kbm_dp_sum(vb, xv), svB, a[2 * i + 1]);
+        }
+    }
+    for (int i = 0; i < 8; ++i) _mm512_store_ps(acc + 16 * i, a[i]);
+}
+
+/* activation words per pass of the pair replay: the passes walk K in slices whose activations (for every row) and
+   weight words stay in L1 (all of K at once thrashed it from M = 4 on) */
+#define KBM_DP_SLICE_WORDS 8192
 
 /* M = 1: weight row n by unscaled lookups (dp: the activation row has no subnormal and the table is bf16-normal),
    else -- or when the row has a NaN or Inf scale -- by the rule-2 512-bit loop on xp */
@@ -173,41 +214,58 @@ static float kbm_row_dp512(const float* xp, const uint16_t* xb, int dp, int64_t 
     return kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, NULL);
 }
 
-/* M > 1: weight row n decoded once for the activation rows with dp[m] (words into wbuf16, scales into sbuf) and
-   once by rule 2 (into wbuf) for the others and for every row when the weight row has a NaN or Inf scale; each
-   activation row then takes the same instructions as its one-row call */
+/* M > 1: weight rows n0 and n1 (n1 == n0: one row), each decoded once for the activation rows with dp[m] (words
+   into w16 + r K, step scales into sc + r K / 64) and replayed four activation rows at a time; a weight row with a
+   NaN or Inf scale, and the activation rows without dp[m], by rule 2 (decoded into wbuf). Every output takes the
+   instructions of its one-row call. */
 KBM_T512
 static void kbm_rows_dp512(const float* xp, const uint16_t* xb, const uint8_t* dp, int64_t M, int64_t N, int64_t K,
                            const uint8_t* packed, const float* s, const uint8_t* a8, const float* code2,
                            const uint8_t* c2p, float off, const float* table, const uint8_t* planes, int64_t bs,
-                           int64_t n, float* wbuf, uint16_t* wbuf16, float* sbuf, float* y) {
-    int64_t ndp = 0;
-    for (int64_t m = 0; m < M; ++m) ndp += dp[m];
-    int done = ndp > 0 && kbm_row_dp_k(xb, K, packed, s, a8, c2p, off, _mm512_loadu_si512((const void*)planes),
-                                        _mm512_loadu_si512((const void*)(planes + 64)), bs, n, wbuf16, sbuf, NULL);
-    if (done) {
-        /* the activation rows four at a time: a step's words are loaded once for the four (their instructions per
-           row are the one-row loop's); a short group repeats its last row and keeps one result */
-        int64_t rows[KBM_DP_MAX_M];
-        int64_t nr = 0;
-        for (int64_t m = 0; m < M && nr < KBM_DP_MAX_M; ++m)
-            if (dp[m]) rows[nr++] = m;
-        for (int64_t g = 0; g < nr; g += 4) {
-            const int64_t r[4] = {rows[g], rows[g + 1 < nr ? g + 1 : g], rows[g + 2 < nr ? g + 2 : g],
-                                  rows[g + 3 < nr ? g + 3 : g]};
-            __m512 a0[4], a1[4];                     /* even and odd steps' accumulators, as acc0 / acc1 above */
-            for (int i = 0; i < 4; ++i) a0[i] = a1[i] = _mm512_setzero_ps();
-            int64_t u = 0;
-            for (; u + 4 * KBM_UNIT <= K; u += 4 * KBM_UNIT) {
-                kbm_dp_step4(xb, r, K, wbuf16, sbuf, u, a0);
-                kbm_dp_step4(xb, r, K, wbuf16, sbuf, u + 2 * KBM_UNIT, a1);
+                           int64_t n0, int64_t n1, float* wbuf, uint16_t* w16, float* sc, float* y) {
+    const int64_t ns[2] = {n0, n1};
+    const int nw = n1 != n0 ? 2 : 1;
+    const int64_t ss = K >> 6;                         /* step scales per row: two per 128-weight step */
+    int64_t rows[KBM_DP_MAX_M];
+    int64_t nr = 0;
+    for (int64_t m = 0; m < M && nr < KBM_DP_MAX_M; ++m)
+        if (dp[m]) rows[nr++] = m;
+    int done[2] = {0, 0};
+    for (int r = 0; r < nw && nr > 0; ++r)
+        done[r] = kbm_row_dp_k(xb, K, packed, s, a8, c2p, off, _mm512_loadu_si512((const void*)planes),
+                               _mm512_loadu_si512((const void*)(planes + 64)), bs, ns[r], w16 + r * K, sc + r * ss,
+                               NULL);
+    if (nw == 2 && done[0] && done[1]) {
+        /* groups of four activation rows (a short last group repeats its last row); per group and weight row a
+           float32 accumulator vector, carried in memory from one K slice to the next */
+        float acc[(KBM_DP_MAX_M + 3) / 4 * 8 * 16] __attribute__((aligned(64)));
+        const int64_t ng = (nr + 3) / 4;
+        int64_t slice = KBM_DP_SLICE_WORDS / (4 * ng) / (2 * KBM_UNIT) * (2 * KBM_UNIT);
+        if (slice < 2 * KBM_UNIT) slice = 2 * KBM_UNIT;
+        memset(acc, 0, sizeof(float) * 8 * 16 * ng);
+        for (int64_t u0 = 0; u0 < K; u0 += slice) {
+            const int64_t u1 = u0 + slice < K ? u0 + slice : K;
+            for (int64_t gi = 0; gi < ng; ++gi) {
+                const uint16_t* x[4];
+                for (int q = 0; q < 4; ++q) x[q] = xb + rows[4 * gi + q < nr ? 4 * gi + q : nr - 1] * K;
+                kbm_dp_replay42(x, w16, sc, w16 + K, sc + ss, u0, u1, acc + 128 * gi);
             }
-            if (u < K) kbm_dp_step4(xb, r, K, wbuf16, sbuf, u, a0);
-            for (int i = 0; i < 4 && g + i < nr; ++i) y[r[i] * N + n] = kbm_dp_reduce(a0[i], a1[i]);
         }
-        if (ndp == M) return;
+        for (int64_t i = 0; i < nr; ++i) {
+            const float* a = acc + 128 * (i / 4) + 32 * (i % 4);
+            y[rows[i] * N + n0] = kbm_dp_reduce(_mm512_load_ps(a));
+            y[rows[i] * N + n1] = kbm_dp_reduce(_mm512_load_ps(a + 16));
+        }
+    } else {
+        for (int r = 0; r < nw; ++r)
+            if (done[r])
+                for (int64_t i = 0; i < nr; ++i)
+                    y[rows[i] * N + ns[r]] = kbm_dp_replay(xb + rows[i] * K, w16 + r * K, sc + r * ss, K);
     }
-    kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, wbuf);
-    for (int64_t m = 0; m < M; ++m)
-        if (!(done && dp[m])) y[m * N + n] = kbm_replay512(xp + m * K, K, wbuf);
+    for (int r = 0; r < nw; ++r) {
+        if (done[r] && nr == M) continue;
+        kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, ns[r], wbuf);
+        for (int64_t m = 0; m < M; ++m)
+            if (!(done[r] && dp[m])) y[m * N + ns[r]] = kbm_replay512(xp + m * K, K, wbuf);
+    }
 }
