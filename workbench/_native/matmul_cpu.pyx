@@ -29,8 +29,8 @@ vdpbf16ps; held to error_bound_unscaled; ``set_unscaled``, ``KBIT_CPU_UNSCALED=0
   9-12 % off the call on an Intel Xeon at blocksize 64 (``set_bf16_round``). At blocksize 64 a chunk of blocks
   whose scales all take that rounding (fp16: always) runs with no test per step: 5-18 % off the kernel on a Zen 4
   (reports/matmul-cpu/gemv_bs64_chunks_ab_zen4/). With AVX512_BF16 and bf16 activations this loop's place is
-  taken by the unscaled-lookup loop (its header has its order and guards): 1.3-1.5x at M = 1, 1.9-2.1x at M = 4..16
-  on a Zen 4 (reports/matmul-cpu/unscaled_zen4/).
+  taken by the unscaled-lookup loop (its header has its order and guards): 1.3-1.5x at M = 1, 2.1x at M = 4 and
+  2.5x at M = 16 on a Zen 4 (reports/matmul-cpu/unscaled_zen4/).
 * **8 lanes** (``gemm_4bit_fused`` / ``gemv_4bit_nested``): the order of numba_kernels/cpu/matmul.py, element k of
   a row into lane k % 8 of 8 float32 partial sums (increasing k per lane, separate multiply and add), lanes
   combined as above, bias added in float32. Output float32 (the adapter rounds it once to A's dtype), so this
