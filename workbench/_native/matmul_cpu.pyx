@@ -394,6 +394,53 @@ cdef extern from *:
         else { L = (e >> 3) + 2 * which; w = e & 7; }                            /* fp16: cvtph of a 256-bit half */
         return 2 * (16 * L + 8 * half + w) + odd;
     }
+    /* rule 1 for blocks b .. b + n - 1 (n <= 64) into sc, without gathers: the 256 float32 code values are four
+       byte planes (c2p: plane i, bytes 256 i .. 256 i + 255, byte i of each value), looked up for 64 codes at a time
+       by two 128-entry byte permutes and a blend per plane, then interleaved back into float32 values (gathers ran
+       at about a quarter of the unscaled loop's time on a Zen 4). The same two roundings as kbm_scales8: a float32
+       multiply, then the add. */
+    KBM_T512 __attribute__((always_inline))
+    static inline void kbm_scales64(const float* s, const uint8_t* a8, const uint8_t* c2p, float off, int64_t b, int n,
+                                    float* sc) {
+        /* position 16 L + 4 v + d of the permuted codes is code 16 v + 4 L + d: after the unpacks below, vector v holds
+           blocks 16 v .. 16 v + 15 in order */
+        const __m512i order = _mm512_set_epi8(
+            63, 62, 61, 60, 47, 46, 45, 44, 31, 30, 29, 28, 15, 14, 13, 12,
+            59, 58, 57, 56, 43, 42, 41, 40, 27, 26, 25, 24, 11, 10, 9, 8,
+            55, 54, 53, 52, 39, 38, 37, 36, 23, 22, 21, 20, 7, 6, 5, 4,
+            51, 50, 49, 48, 35, 34, 33, 32, 19, 18, 17, 16, 3, 2, 1, 0);
+        const __mmask64 live = n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
+        const __m512i q = _mm512_permutexvar_epi8(order, _mm512_maskz_loadu_epi8(live, (const void*)(a8 + b)));
+        const __mmask64 upper = _mm512_movepi8_mask(q);               /* codes 128..255 */
+        __m512i p[4];
+        for (int i = 0; i < 4; ++i) {
+            const uint8_t* t = c2p + 256 * i;
+            __m512i lo = _mm512_permutex2var_epi8(_mm512_loadu_si512((const void*)t), q,
+                                                  _mm512_loadu_si512((const void*)(t + 64)));
+            __m512i hi = _mm512_permutex2var_epi8(_mm512_loadu_si512((const void*)(t + 128)), q,
+                                                  _mm512_loadu_si512((const void*)(t + 192)));
+            p[i] = _mm512_mask_blend_epi8(upper, lo, hi);
+        }
+        const __m512i w01l = _mm512_unpacklo_epi8(p[0], p[1]), w01h = _mm512_unpackhi_epi8(p[0], p[1]);
+        const __m512i w23l = _mm512_unpacklo_epi8(p[2], p[3]), w23h = _mm512_unpackhi_epi8(p[2], p[3]);
+        __m512 c[4];
+        c[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(w01l, w23l));
+        c[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01l, w23l));
+        c[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(w01h, w23h));
+        c[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01h, w23h));
+        /* the second-level absmax: one per 256 blocks, so at most one boundary among 64 */
+        const int64_t g = b >> 8, edge = (g + 1) << 8;
+        const __m512 lo2 = _mm512_set1_ps(s[g]);
+        const __m512 hi2 = b + n > edge ? _mm512_set1_ps(s[g + 1]) : lo2;
+        const __m512 offv = _mm512_set1_ps(off);
+        for (int v = 0; v < 4; ++v) {
+            const int64_t k = edge - (b + 16 * v);                  /* blocks of this vector before the boundary */
+            const __mmask16 past = k >= 16 ? 0 : k <= 0 ? (__mmask16)0xffff : (__mmask16)(0xffffu << k);
+            const __m512 s2 = _mm512_mask_blend_ps(past, lo2, hi2);
+            _mm512_storeu_ps(sc + 16 * v, _mm512_add_ps(_mm512_mul_ps(c[v], s2), offv));
+        }
+    }
+
     KBM_T512 __attribute__((always_inline))
     static inline __m512i kbm_rbf16_512(__m512 p, float s, const float* table) {
         uint32_t bits; memcpy(&bits, &s, 4);
@@ -495,8 +542,8 @@ cdef extern from *:
        row's decoded weights go to wbuf instead (permuted order), for kbm_rows_planes512 */
     KBM_T512 __attribute__((always_inline))
     static inline float kbm_row512_k(const float* xp, int64_t K, const uint8_t* packed, const float* s,
-                                     const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
-                                     int kind, int64_t n, float* wbuf) {
+                                     const uint8_t* a8, const float* code2, const uint8_t* c2p, float off,
+                                     const float* table, int64_t bs, int kind, int64_t n, float* wbuf) {
         const __m512 t16 = _mm512_loadu_ps(table);
         /* scales from cmin on make every nonzero product t * s normal (1 + 2^-20: room for the division's rounding) */
         float tmin = 0.0f;
@@ -524,7 +571,7 @@ cdef extern from *:
                 int64_t nb = (K - u) >> 6;                         /* even: K % 128 == 0 */
                 if (nb > KBM_SCALES) nb = KBM_SCALES;
                 const float* sp = s + b0;
-                if (a8 != NULL) { kbm_scales8(s, a8, code2, off, b0, (int)nb, sc); sp = sc; }
+                if (a8 != NULL) { kbm_scales64(s, a8, c2p, off, b0, (int)nb, sc); sp = sc; }
                 int ok = 1;
                 if (kind == 1)
                     for (int64_t j = 0; j < nb; ++j) ok &= (sp[j] >= cmin) & (sp[j] <= FLT_MAX);
@@ -547,7 +594,7 @@ cdef extern from *:
                         int64_t left = blast - b0 + 1;
                         sbase = b0;
                         scount = left < KBM_SCALES ? left : KBM_SCALES;
-                        kbm_scales8(s, a8, code2, off, b0, (int)scount, sc);
+                        kbm_scales64(s, a8, c2p, off, b0, (int)scount, sc);
                     }
                     s0 = sc[b0 - sbase]; s1 = sc[b1 - sbase];
                 }
@@ -572,9 +619,10 @@ cdef extern from *:
     }
     KBM_T512
     static float kbm_row_planes512(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
-                                   const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) {
-        if (kind == 1) return kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, NULL);
-        return kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 2, n, NULL);
+                                   const float* code2, const uint8_t* c2p, float off, const float* table, int64_t bs,
+                                   int kind, int64_t n) {
+        if (kind == 1) return kbm_row512_k(xp, K, packed, s, a8, code2, c2p, off, table, bs, 1, n, NULL);
+        return kbm_row512_k(xp, K, packed, s, a8, code2, c2p, off, table, bs, 2, n, NULL);
     }
     /* one activation row against a row decoded into wbuf: the M = 1 loop's products, accumulators and order */
     KBM_T512 __attribute__((always_inline))
@@ -596,10 +644,11 @@ cdef extern from *:
     /* M > 1: the row decoded once into wbuf, then per activation row the M = 1 products and order */
     KBM_T512
     static void kbm_rows_planes512(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed,
-                                   const float* s, const uint8_t* a8, const float* code2, float off, const float* table,
-                                   int64_t bs, int kind, int64_t n, float* wbuf, float* y) {
-        if (kind == 1) kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, wbuf);
-        else kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 2, n, wbuf);
+                                   const float* s, const uint8_t* a8, const float* code2, const uint8_t* c2p,
+                                   float off, const float* table, int64_t bs, int kind, int64_t n, float* wbuf,
+                                   float* y) {
+        if (kind == 1) kbm_row512_k(xp, K, packed, s, a8, code2, c2p, off, table, bs, 1, n, wbuf);
+        else kbm_row512_k(xp, K, packed, s, a8, code2, c2p, off, table, bs, 2, n, wbuf);
         for (int64_t m = 0; m < M; ++m) y[m * N + n] = kbm_replay512(xp + m * K, K, wbuf);
     }
     static int kbm_planes512_ok(void) {
@@ -625,10 +674,12 @@ cdef extern from *:
     static int kbm_planes_ok(void) { return 0; }
     static int kbm_pair_index(int kind, int v, int e) { return 0; }
     static float kbm_row_planes512(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
-                                   const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) { return 0.0f; }
+                                   const float* code2, const uint8_t* c2p, float off, const float* table, int64_t bs,
+                                   int kind, int64_t n) { return 0.0f; }
     static void kbm_rows_planes512(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed,
-                                   const float* s, const uint8_t* a8, const float* code2, float off, const float* table,
-                                   int64_t bs, int kind, int64_t n, float* wbuf, float* y) {}
+                                   const float* s, const uint8_t* a8, const float* code2, const uint8_t* c2p,
+                                   float off, const float* table, int64_t bs, int kind, int64_t n, float* wbuf,
+                                   float* y) {}
     static int kbm_planes512_ok(void) { return 0; }
     static int kbm_bf16_round_ok(void) { return 0; }
     static int kbm_set_bf16_round(int on) { return 0; }
@@ -661,10 +712,11 @@ cdef extern from *:
                          int kind, int64_t n, float* wbuf, float* y) nogil
     int kbm_pair_index(int kind, int v, int e) nogil
     float kbm_row_planes512(const float* xp, int64_t K, const uint8_t* packed, const float* s, const uint8_t* a8,
-                            const float* code2, float off, const float* table, int64_t bs, int kind, int64_t n) nogil
+                            const float* code2, const uint8_t* c2p, float off, const float* table, int64_t bs,
+                            int kind, int64_t n) nogil
     void kbm_rows_planes512(const float* xp, int64_t M, int64_t N, int64_t K, const uint8_t* packed, const float* s,
-                            const uint8_t* a8, const float* code2, float off, const float* table, int64_t bs,
-                            int kind, int64_t n, float* wbuf, float* y) nogil
+                            const uint8_t* a8, const float* code2, const uint8_t* c2p, float off, const float* table,
+                            int64_t bs, int kind, int64_t n, float* wbuf, float* y) nogil
     int kbm_planes512_ok() nogil
     int kbm_bf16_round_ok() nogil
     int kbm_set_bf16_round(int on) nogil
@@ -782,7 +834,7 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
     cdef int perm[128]
     cdef int dperm[128]
     cdef uint8_t planes[128]
-    cdef uint8_t c2p[1024]              # the nested code values' byte planes (kbm_scales64)
+    cdef uint8_t c2p[1024]              # the nested code values' byte planes (kbm_scales64, the 512-bit loops)
     cdef const uint8_t* c2b = <const uint8_t*>code2
     cdef uint16_t h
     cdef bint wide = _wide and K % 128 == 0
@@ -797,7 +849,7 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
             dp = False
         planes[p] = planes[p + 16] = planes[p + 32] = planes[p + 48] = h & 0xff
         planes[p + 64] = planes[p + 80] = planes[p + 96] = planes[p + 112] = h >> 8
-    if dp and a8 != NULL:
+    if wide and a8 != NULL:
         for p in range(1024):
             c2p[p] = c2b[4 * (p & 255) + (p >> 8)]     # little-endian: plane i holds byte i of each value
     for p in range(span):
@@ -840,7 +892,8 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
                     yv = kbm_row_dp512(xp, xb, 1, K, packed, absmax, a8, code2, c2p, offset, table, planes,
                                        blocksize, n)
                 elif wide:
-                    yv = kbm_row_planes512(xp, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n)
+                    yv = kbm_row_planes512(xp, K, packed, absmax, a8, code2, c2p, offset, table, blocksize, kind,
+                                           n)
                 else:
                     yv = kbm_row_planes(xp, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n)
                 if has_bias:
@@ -862,8 +915,8 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
                                        planes, blocksize, 2 * n, 2 * n + 1 if 2 * n + 1 < N else 2 * n, wbuf, wbuf16,
                                        sbuf, y)
                     elif wide:
-                        kbm_rows_planes512(xp, M, N, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n,
-                                           wbuf, y)
+                        kbm_rows_planes512(xp, M, N, K, packed, absmax, a8, code2, c2p, offset, table, blocksize,
+                                           kind, n, wbuf, y)
                     else:
                         kbm_rows_planes(xp, M, N, K, packed, absmax, a8, code2, offset, table, blocksize, kind, n,
                                         wbuf, y)

@@ -29,52 +29,6 @@ static inline int kbm_all_finite(const float* v, int64_t n) {
     return ok;
 }
 
-/* rule 1 for blocks b .. b + n - 1 (n <= 64) into sc, without gathers: the 256 float32 code values are four byte
-   planes (c2p: plane i, bytes 256 i .. 256 i + 255, byte i of each value), looked up for 64 codes at a time by two
-   128-entry byte permutes and a blend per plane, then interleaved back into float32 values (gathers ran at about a
-   quarter of the loop's time on a Zen 4). The same two roundings as kbm_scales8: a float32 multiply, then the add. */
-KBM_T512 __attribute__((always_inline))
-static inline void kbm_scales64(const float* s, const uint8_t* a8, const uint8_t* c2p, float off, int64_t b, int n,
-                                float* sc) {
-    /* position 16 L + 4 v + d of the permuted codes is code 16 v + 4 L + d: after the unpacks below, vector v holds
-       blocks 16 v .. 16 v + 15 in order */
-    const __m512i order = _mm512_set_epi8(
-        63, 62, 61, 60, 47, 46, 45, 44, 31, 30, 29, 28, 15, 14, 13, 12,
-        59, 58, 57, 56, 43, 42, 41, 40, 27, 26, 25, 24, 11, 10, 9, 8,
-        55, 54, 53, 52, 39, 38, 37, 36, 23, 22, 21, 20, 7, 6, 5, 4,
-        51, 50, 49, 48, 35, 34, 33, 32, 19, 18, 17, 16, 3, 2, 1, 0);
-    const __mmask64 live = n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
-    const __m512i q = _mm512_permutexvar_epi8(order, _mm512_maskz_loadu_epi8(live, (const void*)(a8 + b)));
-    const __mmask64 upper = _mm512_movepi8_mask(q);               /* codes 128..255 */
-    __m512i p[4];
-    for (int i = 0; i < 4; ++i) {
-        const uint8_t* t = c2p + 256 * i;
-        __m512i lo = _mm512_permutex2var_epi8(_mm512_loadu_si512((const void*)t), q,
-                                              _mm512_loadu_si512((const void*)(t + 64)));
-        __m512i hi = _mm512_permutex2var_epi8(_mm512_loadu_si512((const void*)(t + 128)), q,
-                                              _mm512_loadu_si512((const void*)(t + 192)));
-        p[i] = _mm512_mask_blend_epi8(upper, lo, hi);
-    }
-    const __m512i w01l = _mm512_unpacklo_epi8(p[0], p[1]), w01h = _mm512_unpackhi_epi8(p[0], p[1]);
-    const __m512i w23l = _mm512_unpacklo_epi8(p[2], p[3]), w23h = _mm512_unpackhi_epi8(p[2], p[3]);
-    __m512 c[4];
-    c[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(w01l, w23l));
-    c[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01l, w23l));
-    c[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(w01h, w23h));
-    c[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(w01h, w23h));
-    /* the second-level absmax: one per 256 blocks, so at most one boundary among 64 */
-    const int64_t g = b >> 8, edge = (g + 1) << 8;
-    const __m512 lo2 = _mm512_set1_ps(s[g]);
-    const __m512 hi2 = b + n > edge ? _mm512_set1_ps(s[g + 1]) : lo2;
-    const __m512 offv = _mm512_set1_ps(off);
-    for (int v = 0; v < 4; ++v) {
-        const int64_t k = edge - (b + 16 * v);                  /* blocks of this vector before the boundary */
-        const __mmask16 past = k >= 16 ? 0 : k <= 0 ? (__mmask16)0xffff : (__mmask16)(0xffffu << k);
-        const __m512 s2 = _mm512_mask_blend_ps(past, lo2, hi2);
-        _mm512_storeu_ps(sc + 16 * v, _mm512_add_ps(_mm512_mul_ps(c[v], s2), offv));
-    }
-}
-
 /* [s0 x8, s1 x8]: the scales of the step's two 64-weight units (lanes 0-7 hold unit u's sums) */
 KBM_T512 __attribute__((always_inline))
 static inline __m512 kbm_dp_scales(const float* s01) {
@@ -114,7 +68,8 @@ static inline float kbm_dp_reduce(__m512 acc) {
 
 /* weight row n by unscaled lookups: the dot product with xb into *y, or (wbuf != NULL) the row's decoded words into
    wbuf (K words) and its step scales into sbuf (K / 64 floats). plo / phi: the bf16 table's byte planes in every
-   128-bit lane; c2p: the nested code values' byte planes (kbm_scales64) when a8 != NULL. Returns 0, having computed nothing usable, when a block scale of the row is NaN or Inf. */
+   128-bit lane; c2p: the nested code values' byte planes (kbm_scales64, matmul_cpu.pyx) when a8 != NULL. Returns
+   0, having computed nothing usable, when a block scale of the row is NaN or Inf. */
 KBM_T512 __attribute__((always_inline))
 static inline int kbm_row_dp_k(const uint16_t* xb, int64_t K, const uint8_t* packed, const float* s,
                                const uint8_t* a8, const uint8_t* c2p, float off, __m512i plo, __m512i phi, int64_t bs,
@@ -211,7 +166,7 @@ static float kbm_row_dp512(const float* xp, const uint16_t* xb, int dp, int64_t 
     if (dp && kbm_row_dp_k(xb, K, packed, s, a8, c2p, off, _mm512_loadu_si512((const void*)planes),
                            _mm512_loadu_si512((const void*)(planes + 64)), bs, n, NULL, NULL, &y))
         return y;
-    return kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, n, NULL);
+    return kbm_row512_k(xp, K, packed, s, a8, code2, c2p, off, table, bs, 1, n, NULL);
 }
 
 /* M > 1: weight rows n0 and n1 (n1 == n0: one row), each decoded once for the activation rows with dp[m] (words
@@ -264,7 +219,7 @@ static void kbm_rows_dp512(const float* xp, const uint16_t* xb, const uint8_t* d
     }
     for (int r = 0; r < nw; ++r) {
         if (done[r] && nr == M) continue;
-        kbm_row512_k(xp, K, packed, s, a8, code2, off, table, bs, 1, ns[r], wbuf);
+        kbm_row512_k(xp, K, packed, s, a8, code2, c2p, off, table, bs, 1, ns[r], wbuf);
         for (int64_t m = 0; m < M; ++m)
             if (!(done[r] && dp[m])) y[m * N + ns[r]] = kbm_replay512(xp + m * K, K, wbuf);
     }
