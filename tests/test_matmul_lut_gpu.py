@@ -185,3 +185,48 @@ def test_no_tiled_copy_is_made_while_a_graph_is_captured(rng, monkeypatch):
     want = matmul_4bit(A, P, qs, bias=b, backend="cuda")
     assert any(k[0] == P.data_ptr() for k in gemm_layout._copies)
     assert len(calls) == 3 and torch.equal(out, want)
+
+
+def test_tiled_copy_past_the_cap_or_out_of_memory_reads_rows(rng, monkeypatch):
+    """No room for a copy (the memory cap, or out of GPU memory while making it): the call reads the row layout, gives
+    its bits, and makes no copy."""
+    _need_cuda()
+    from workbench.backends.cuda import gemm_layout
+    monkeypatch.setattr(gemm_layout, "ENABLED", True)
+    A, P, qs, b = _case(rng, 1000, 1536, 8, torch.bfloat16, 64, True, True)
+    monkeypatch.setattr(gemm_layout, "ENABLED", False)
+    rows = _lut_direct(A, P, qs, b)
+    monkeypatch.setattr(gemm_layout, "ENABLED", True)
+    gemm_layout.forget()
+    monkeypatch.setattr(gemm_layout, "MAX_BYTES", 1024)
+    assert torch.equal(_lut_direct(A, P, qs, b), rows) and gemm_layout.kept_bytes() == 0
+    monkeypatch.setattr(gemm_layout, "MAX_BYTES", None)
+    gemm_layout.forget()
+
+    def oom(*a):
+        raise torch.cuda.OutOfMemoryError("no room")
+
+    monkeypatch.setattr(gemm_layout, "tile_codes", oom)
+    assert torch.equal(_lut_direct(A, P, qs, b), rows) and gemm_layout.kept_bytes() == 0
+    gemm_layout.forget()
+
+
+@pytest.mark.parametrize("variant", (14,))
+def test_lut_variant_gives_the_default_bits(rng, variant):
+    """kbit_gemm_lut_tuning's variants other than the diagnostics change how the kernel runs, not what it sums:
+    variant 14 (the pair table addressed by inline PTX) gives variant 0's bits, over row tails, nested and plain
+    scales, bias, and 1..16 rows."""
+    _need_cuda()
+    from workbench.backends.cuda import matmul as CM
+    L = CM.lib()
+    try:
+        for i, (N, K, bs) in enumerate(((300, 640, 128), (1000, 1536, 64), (4100, 4096, 64))):
+            for M in (1, 5, 16):
+                A, P, qs, b = _case(rng, N, K, M, torch.bfloat16, bs, nested=i != 0, bias=M != 5)
+                L.kbit_gemm_lut_tuning(0)
+                want = _lut_direct(A, P, qs, b)
+                L.kbit_gemm_lut_tuning(variant)
+                got = _lut_direct(A, P, qs, b)
+                assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (N, K, M)
+    finally:
+        L.kbit_gemm_lut_tuning(0)

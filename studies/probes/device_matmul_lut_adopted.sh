@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device call for the matmul dispatch as committed: the matmul GPU tests (the rule-2 paths, the unscaled-lookup
 # GEMM and its tiled copies, the one-call path, the argument checks), then the matmul bench (BENCH_ARGS, e.g.
-# "--ms 1,4,16,64 --reps 10"). Carry [".whl", ".devlibs"] (prebuilt matmul and quant libraries of this tree). usage
-# (on the device, repo root):     bash studies/probes/device_matmul_lut_adopted.sh
+# "--ms 1,4,16,64 --reps 10") and, with PROBE_ARGS, the LUT kernel's variant A/B (studies/probes/matmul_lut_ab.py).
+# Carry [".whl", ".devlibs"] (prebuilt matmul and quant libraries of this tree). usage (on the device, repo root):
+#     bash studies/probes/device_matmul_lut_adopted.sh
 set -u
 source studies/probes/device_env.sh >/dev/null   # the bitsandbytes wheel, PYTHONPATH, revision, the CUDA launcher
 exec > >(tee -a "$OUT/log.txt") 2>&1
@@ -14,3 +15,7 @@ grep -E "passed|failed|Error|FAILED" "$OUT/pytest_gpu.txt" | tail -15
 timeout ${BENCH_TIMEOUT:-260} python3 -m studies.bench.bench_matmul_gpu --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 \
   | tail -45
 tar czf "$OUT/bench.tgz" -C "$OUT" bench 2>/dev/null; rm -rf "$OUT/bench"
+# PROBE_ARGS (e.g. "--variants 0,14 --ms 1,4,16"): the LUT kernel's variants, parity then speed
+if [ -n "${PROBE_ARGS:-}" ]; then
+  timeout ${PROBE_TIMEOUT:-200} python3 -m studies.probes.matmul_lut_ab ${PROBE_ARGS} 2>&1 | tee "$OUT/lut_ab.txt" | tail -40
+fi
