@@ -41,17 +41,20 @@ def _state_args(qs):
     return qs.absmax, None, None, None
 
 
-def _check_bound(got, ref, A, P, qs, b, unscaled=False):
-    """got within error_bound of ref (unscaled: error_bound_unscaled, the unscaled-lookup kernels' bound); returns
-    the fraction of outputs equal to ref."""
+def _bound(A, P, qs, b, ref, unscaled=False):
+    """The (M, N) bound on |out - ref|: error_bound, or error_bound_unscaled (the unscaled-lookup kernels')."""
     K = A.shape[-1]
     A2, N = A.reshape(-1, K), int(qs.shape[0])
     if unscaled:
         a2, a8, c2, off = _state_args(qs)
-        bound = R.unscaled_bound_of(A2, P, (N, K), a2, qs.code, qs.blocksize, b, a8, c2, off, ref=ref.reshape(-1, N))
-    else:
-        W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
-        bound = R.error_bound(A2, W, b, A.dtype, ref.reshape(-1, N))
+        return R.unscaled_bound_of(A2, P, (N, K), a2, qs.code, qs.blocksize, b, a8, c2, off, ref=ref.reshape(-1, N))
+    W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
+    return R.error_bound(A2, W, b, A.dtype, ref.reshape(-1, N))
+
+
+def _check_bound(got, ref, A, P, qs, b, unscaled=False):
+    """got within _bound of ref; returns the fraction of outputs equal to ref."""
+    bound = _bound(A, P, qs, b, ref, unscaled)
     err = (got.float() - ref.float()).abs().reshape(bound.shape)
     assert (err <= bound).all(), (err - bound).max()
     return (err == 0).float().mean().item()

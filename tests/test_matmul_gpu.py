@@ -15,6 +15,8 @@ from workbench.backends import status
 from workbench.backends.reference import matmul as R
 from workbench.matmul import gemv_4bit, matmul_4bit
 
+from test_matmul import _bound as _spec_bound, _state_args
+
 pytestmark = pytest.mark.gpu
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -38,26 +40,15 @@ def _case(rng, N, K, M, dtype, bs, nested, bias, codebook=None, quant_type="nf4"
     return A, P, qs, b
 
 
-def _state_args(qs):
-    """(absmax, absmax_8bit, absmax_code, absmax_offset) as the kernels take them."""
-    if qs.nested:
-        return qs.state2.absmax, qs.absmax, qs.state2.code, qs.offset
-    return qs.absmax, None, None, None
-
-
 def _bound(A, P, qs, b, ref):
     """The bound of the path the cuda dispatch takes for A: error_bound_unscaled for the unscaled-lookup GEMM,
     else error_bound."""
     from workbench.backends.cuda import matmul as CM
     K = A.shape[-1]
     M, N = A.numel() // K, int(qs.shape[0])
-    A2, r2 = A.reshape(M, K), ref.reshape(M, N)
     fits = CM.lut_rows(M, N, K) and CM.table_fits(qs.code, A.dtype)
-    if A.dtype != torch.float32 and CM.takes_lut(A.dtype, M, N, K, qs.blocksize, fits):
-        a2, a8, c2, off = _state_args(qs)
-        return R.unscaled_bound_of(A2, P, (N, K), a2, qs.code, qs.blocksize, b, a8, c2, off, ref=r2)
-    W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
-    return R.error_bound(A2, W, b, A.dtype, r2)
+    unscaled = A.dtype != torch.float32 and CM.takes_lut(A.dtype, M, N, K, qs.blocksize, fits)
+    return _spec_bound(A, P, qs, b, ref, unscaled)
 
 
 def _within(got, ref, A, P, qs, b):

@@ -685,9 +685,9 @@ cdef extern from *:
     static int kbm_set_bf16_round(int on) { return 0; }
     static int kbm_dp_index(int X, int q) { return 0; }
     #define KBM_DP_MAX_M 32
-    static float kbm_row_dp512(const float* xp, const uint16_t* xb, int dp, int64_t K, const uint8_t* packed,
-                               const float* s, const uint8_t* a8, const float* code2, const uint8_t* c2p, float off,
-                               const float* table, const uint8_t* planes, int64_t bs, int64_t n) { return 0.0f; }
+    static float kbm_row_dp512(const float* xp, const uint16_t* xb, int64_t K, const uint8_t* packed, const float* s,
+                               const uint8_t* a8, const float* code2, const uint8_t* c2p, float off, const float* table,
+                               const uint8_t* planes, int64_t bs, int64_t n) { return 0.0f; }
     static void kbm_rows_dp512(const float* xp, const uint16_t* xb, const uint8_t* dp, int64_t M, int64_t N, int64_t K,
                                const uint8_t* packed, const float* s, const uint8_t* a8, const float* code2,
                                const uint8_t* c2p, float off, const float* table, const uint8_t* planes, int64_t bs,
@@ -722,9 +722,9 @@ cdef extern from *:
     int kbm_set_bf16_round(int on) nogil
     int kbm_dp_index(int X, int q) nogil
     enum: KBM_DP_MAX_M
-    float kbm_row_dp512(const float* xp, const uint16_t* xb, int dp, int64_t K, const uint8_t* packed,
-                        const float* s, const uint8_t* a8, const float* code2, const uint8_t* c2p, float off,
-                        const float* table, const uint8_t* planes, int64_t bs, int64_t n) nogil
+    float kbm_row_dp512(const float* xp, const uint16_t* xb, int64_t K, const uint8_t* packed, const float* s,
+                        const uint8_t* a8, const float* code2, const uint8_t* c2p, float off, const float* table,
+                        const uint8_t* planes, int64_t bs, int64_t n) nogil
     void kbm_rows_dp512(const float* xp, const uint16_t* xb, const uint8_t* dp, int64_t M, int64_t N, int64_t K,
                         const uint8_t* packed, const float* s, const uint8_t* a8, const float* code2,
                         const uint8_t* c2p, float off, const float* table, const uint8_t* planes, int64_t bs,
@@ -781,12 +781,6 @@ def set_unscaled(bint on):
 def unscaled_on():
     """Whether the byte-plane kernel runs bf16 activations by the unscaled-lookup loop (where K % 128 == 0)."""
     return _unscaled and _wide
-
-
-def unscaled_permutation():
-    """perm[128]: position p of the unscaled-lookup loop's permuted bf16 activations holds element perm[p] of the
-    128-weight step."""
-    return [kbm_dp_index(p >> 5, p & 31) for p in range(128)]
 
 
 def gemv_4bit_planes(const uint16_t[::1] a, int64_t M, int64_t N, int64_t K, const uint8_t[::1] packed,
@@ -889,8 +883,8 @@ cdef bint _planes(const uint16_t* a, int64_t M, int64_t N, int64_t K, const uint
         if M == 1:
             for n in prange(N, nogil=True, schedule="dynamic", chunksize=chunk):
                 if any_dp:
-                    yv = kbm_row_dp512(xp, xb, 1, K, packed, absmax, a8, code2, c2p, offset, table, planes,
-                                       blocksize, n)
+                    yv = kbm_row_dp512(xp, xb, K, packed, absmax, a8, code2, c2p, offset, table, planes, blocksize,
+                                       n)
                 elif wide:
                     yv = kbm_row_planes512(xp, K, packed, absmax, a8, code2, c2p, offset, table, blocksize, kind,
                                            n)

@@ -156,14 +156,14 @@ static inline void kbm_dp_replay42(const uint16_t* const* x, const uint16_t* wA,
    weight words stay in L1 (all of K at once thrashed it from M = 4 on) */
 #define KBM_DP_SLICE_WORDS 8192
 
-/* M = 1: weight row n by unscaled lookups (dp: the activation row has no subnormal and the table is bf16-normal),
-   else -- or when the row has a NaN or Inf scale -- by the rule-2 512-bit loop on xp */
+/* M = 1 (the caller has checked that the activation row has no subnormal and the table is bf16-normal): weight
+   row n by unscaled lookups, or by the rule-2 512-bit loop on xp when the row has a NaN or Inf scale */
 KBM_T512
-static float kbm_row_dp512(const float* xp, const uint16_t* xb, int dp, int64_t K, const uint8_t* packed,
-                           const float* s, const uint8_t* a8, const float* code2, const uint8_t* c2p, float off,
-                           const float* table, const uint8_t* planes, int64_t bs, int64_t n) {
+static float kbm_row_dp512(const float* xp, const uint16_t* xb, int64_t K, const uint8_t* packed, const float* s,
+                           const uint8_t* a8, const float* code2, const uint8_t* c2p, float off, const float* table,
+                           const uint8_t* planes, int64_t bs, int64_t n) {
     float y;
-    if (dp && kbm_row_dp_k(xb, K, packed, s, a8, c2p, off, _mm512_loadu_si512((const void*)planes),
+    if (kbm_row_dp_k(xb, K, packed, s, a8, c2p, off, _mm512_loadu_si512((const void*)planes),
                            _mm512_loadu_si512((const void*)(planes + 64)), bs, n, NULL, NULL, &y))
         return y;
     return kbm_row512_k(xp, K, packed, s, a8, code2, c2p, off, table, bs, 1, n, NULL);
