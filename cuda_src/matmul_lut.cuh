@@ -169,14 +169,7 @@ __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U
     uint4 xg[XM == kXPerGroup ? U : 1][NT][2];
     if constexpr (XM == kXPerGroup) {
 #pragma unroll
-        for (int u = 0; u < U; ++u)
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                const uint4* xp = reinterpret_cast<const uint4*>(R.x[nt] + 128 * (long long)(c + u));
-                const bool ok = R.xok[nt] && c + u < c_end;
-                xg[u][nt][0] = ok ? __ldg(xp) : make_uint4(0u, 0u, 0u, 0u);
-                xg[u][nt][1] = ok ? __ldg(xp + 1) : make_uint4(0u, 0u, 0u, 0u);
-            }
+        for (int u = 0; u < U; ++u) load_x<NT>(xg[u], R, c + u, c_end);
     }
     if constexpr (DG == kDiagLoadsOnly) {  // keeps the loads alive, nothing else
 #pragma unroll
@@ -202,19 +195,16 @@ __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U
                 s[r] = R.ok[r] ? v : 0.0f;  // rows past N: zeros (their codes read as 0, the codebook is finite)
             }
             uint4 xv[NT][2];
+            if constexpr (XM == kXPerChunk) load_x<NT>(xv, R, cc, c_end);
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
-                const uint4* xp = reinterpret_cast<const uint4*>(R.x[nt] + 128 * (long long)cc);
-                if constexpr (XM == kXPerChunk) {
-                    xv[nt][0] = R.xok[nt] ? __ldg(xp) : make_uint4(0u, 0u, 0u, 0u);
-                    xv[nt][1] = R.xok[nt] ? __ldg(xp + 1) : make_uint4(0u, 0u, 0u, 0u);
-                } else if constexpr (XM == kXPerGroup) {
+                if constexpr (XM == kXPerGroup) {
                     xv[nt][0] = xg[u][nt][0];
                     xv[nt][1] = xg[u][nt][1];
                 } else if constexpr (XM == kXAhead) {
                     xv[nt][0] = ahead.x[nt][0];
                     xv[nt][1] = ahead.x[nt][1];
-                } else {
+                } else if constexpr (XM == kDiagNoX) {
                     xv[nt][0] = xv[nt][1] = make_uint4(0x3f803f80u, 0x3f803f80u, 0x3f803f80u, 0x3f803f80u);
                 }
             }
