@@ -24,6 +24,7 @@
 #include "kbit_device.h"
 #include "kbit_matmul.h"
 #include "matmul_lut.cuh"
+#include "matmul_lut_wgmma.cuh"
 #include "matmul_mma.cuh"
 
 namespace {
@@ -486,9 +487,14 @@ extern "C" cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long 
     if (grouped) cps = (cps + 3) & ~3;
     lut4::Args p{{A, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bias, out, partial, counters,
                   M, N, K, bs_shift}, splits, cps, ((N + 15) / 16) * splits, tiled, grouped};
+    const int v = lut4::g_lut_variant;
     switch (dtype) {
-        case KBIT_F16: return lut4::launch_dt<KBIT_F16>(p, stream, nullptr);
-        case KBIT_BF16: return lut4::launch_dt<KBIT_BF16>(p, stream, nullptr);
+        case KBIT_F16:
+            return lutwg::takes(v) ? lutwg::launch_dt<KBIT_F16>(p, v, stream, nullptr)
+                                   : lut4::launch_dt<KBIT_F16>(p, stream, nullptr);
+        case KBIT_BF16:
+            return lutwg::takes(v) ? lutwg::launch_dt<KBIT_BF16>(p, v, stream, nullptr)
+                                   : lut4::launch_dt<KBIT_BF16>(p, stream, nullptr);
         default: return cudaErrorInvalidValue;
     }
 }
@@ -497,6 +503,10 @@ extern "C" int kbit_gemm_4bit_lut_ctas(int M, int dtype, int* ctas_per_sm) {
     if (M < 1 || M > KBIT_GEMM_LUT_MAX_M) return (int)cudaErrorInvalidValue;
     lut4::Args p{};
     p.M = M;
+    const int v = lut4::g_lut_variant;
+    if (lutwg::takes(v))
+        return (int)(dtype == KBIT_F16 ? lutwg::launch_dt<KBIT_F16>(p, v, 0, ctas_per_sm)
+                                       : lutwg::launch_dt<KBIT_BF16>(p, v, 0, ctas_per_sm));
     return (int)(dtype == KBIT_F16 ? lut4::launch_dt<KBIT_F16>(p, 0, ctas_per_sm)
                                    : lut4::launch_dt<KBIT_BF16>(p, 0, ctas_per_sm));
 }

@@ -139,7 +139,48 @@ __device__ __forceinline__ uint32_t lds_table(uint32_t addr) {
     return v;
 }
 
-/* Chunks c .. c + U - 1 (those below c_end) into acc. */
+/* The block scales of chunk u of a group for the thread's two rows (rule 1 when nested). */
+template <int U, int DG>
+__device__ __forceinline__ void chunk_scales(float (&s)[2], const Group<U>& G, int u, bool nested, const bool (&ok)[2],
+                                             const float* code2, float off) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float v;
+        if constexpr (DG == kScalesPerGroup)  // rule 1
+            v = __fadd_rn(__fmul_rn(code2[(G.q8[u >> 2][r] >> (8 * (u & 3))) & 0xffu], G.amax[u >> 2][r]), off);
+        else if constexpr (DG == kDiagNoScales)
+            v = 1.0f;
+        else
+            v = nested ? __fadd_rn(__fmul_rn(code2[G.q8[u][r]], G.amax[u][r]), off) : G.amax[u][r];  // rule 1
+        s[r] = ok[r] ? v : 0.0f;  // rows past N: zeros (their codes read as 0, the codebook is finite)
+    }
+}
+
+/* The A fragment of k-step j (0..3) of a chunk from the thread's codes of it (w[0]: row g's 8 bytes, w[1]: row
+ * g + 8's): {row g, row g + 8} x {logical k 2t, 2t + 1; 2t + 8, 2t + 9}, the layout of mma.sync m16n8k16 and of
+ * each warp's 16 rows in wgmma m64nNk16. */
+template <int DG, bool PL>
+__device__ __forceinline__ void decode_step(uint32_t (&a)[4], const uint2 (&w)[2], int j, const char* tab,
+                                            uint32_t lane4) {
+    // bytes 2j, 2j + 1 of the thread's 8: word j / 2, byte pair (2j) % 4; the byte goes into address byte 1
+    const uint32_t wlo = j < 2 ? w[0].x : w[0].y, whi = j < 2 ? w[1].x : w[1].y;
+    const uint32_t sel0 = 0x6604u | ((uint32_t)((2 * j) & 3) << 4), sel1 = sel0 + 0x10u;
+    if constexpr (DG == kDiagNoLookup) {
+        a[0] = __byte_perm(wlo, lane4, sel0); a[1] = __byte_perm(whi, lane4, sel0);
+        a[2] = __byte_perm(wlo, lane4, sel1); a[3] = __byte_perm(whi, lane4, sel1);
+    } else if constexpr (PL) {  // lane4 holds the table base's upper bytes: byte 3 from it too
+        a[0] = lds_table(__byte_perm(wlo, lane4, sel0 + 0x1000u));
+        a[1] = lds_table(__byte_perm(whi, lane4, sel0 + 0x1000u));
+        a[2] = lds_table(__byte_perm(wlo, lane4, sel1 + 0x1000u));
+        a[3] = lds_table(__byte_perm(whi, lane4, sel1 + 0x1000u));
+    } else {
+        a[0] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(wlo, lane4, sel0));
+        a[1] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(whi, lane4, sel0));
+        a[2] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(wlo, lane4, sel1));
+        a[3] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(whi, lane4, sel1));
+    }
+}
+
 /* Where the activations of a chunk come from (template XM): 0 loaded at the chunk; 1 the group's U chunks loaded
  * before its first mma; 2 a diagnostic, wrong results: no loads (constant ones); 3 loaded one chunk ahead (carried
  * in Ahead across groups). A copy staged in shared memory per CTA measured no faster than 0 (lut_gemm report). */
@@ -160,6 +201,7 @@ __device__ __forceinline__ void load_x(uint4 (&x)[NT][2], const Rows<NT>& R, int
     }
 }
 
+/* Chunks c .. c + U - 1 (those below c_end) into acc. */
 template <int DT, int NT, int U, int DG, int XM, bool PL>
 __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U>& G, const Args& p,
                                               const Rows<NT>& R, int c, int c_end, const char* tab, uint32_t lane4,
@@ -183,17 +225,7 @@ __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U
             const int cc = c + u;
             if (cc >= c_end) break;  // uniform across the CTA
             float s[2];
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                float v;
-                if constexpr (DG == kScalesPerGroup)  // rule 1
-                    v = __fadd_rn(__fmul_rn(code2[(G.q8[u >> 2][r] >> (8 * (u & 3))) & 0xffu], G.amax[u >> 2][r]), off);
-                else if constexpr (DG == kDiagNoScales)
-                    v = 1.0f;
-                else
-                    v = nested ? __fadd_rn(__fmul_rn(code2[G.q8[u][r]], G.amax[u][r]), off) : G.amax[u][r];  // rule 1
-                s[r] = R.ok[r] ? v : 0.0f;  // rows past N: zeros (their codes read as 0, the codebook is finite)
-            }
+            chunk_scales<U, DG>(s, G, u, nested, R.ok, code2, off);
             uint4 xv[NT][2];
             if constexpr (XM == kXPerChunk) load_x<NT>(xv, R, cc, c_end);
 #pragma unroll
@@ -214,24 +246,8 @@ __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U
             for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                // bytes 2j, 2j + 1 of the thread's 8: word j / 2, byte pair (2j) % 4; the byte goes into address byte 1
-                const uint32_t wlo = j < 2 ? G.w[u][0].x : G.w[u][0].y, whi = j < 2 ? G.w[u][1].x : G.w[u][1].y;
-                const uint32_t sel0 = 0x6604u | ((uint32_t)((2 * j) & 3) << 4), sel1 = sel0 + 0x10u;
                 uint32_t a[4];
-                if constexpr (DG == kDiagNoLookup) {
-                    a[0] = __byte_perm(wlo, lane4, sel0); a[1] = __byte_perm(whi, lane4, sel0);
-                    a[2] = __byte_perm(wlo, lane4, sel1); a[3] = __byte_perm(whi, lane4, sel1);
-                } else if constexpr (PL) {  // lane4 holds the table base's upper bytes: byte 3 from it too
-                    a[0] = lds_table(__byte_perm(wlo, lane4, sel0 + 0x1000u));
-                    a[1] = lds_table(__byte_perm(whi, lane4, sel0 + 0x1000u));
-                    a[2] = lds_table(__byte_perm(wlo, lane4, sel1 + 0x1000u));
-                    a[3] = lds_table(__byte_perm(whi, lane4, sel1 + 0x1000u));
-                } else {
-                    a[0] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(wlo, lane4, sel0));
-                    a[1] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(whi, lane4, sel0));
-                    a[2] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(wlo, lane4, sel1));
-                    a[3] = *reinterpret_cast<const uint32_t*>(tab + __byte_perm(whi, lane4, sel1));
-                }
+                decode_step<DG, PL>(a, G.w[u], j, tab, lane4);
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) {
                     const uint4& x = xv[nt][j >> 1];

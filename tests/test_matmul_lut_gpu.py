@@ -230,3 +230,46 @@ def test_lut_variant_gives_the_default_bits(rng, variant):
                 assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (N, K, M)
     finally:
         L.kbit_gemm_lut_tuning(0)
+
+
+@pytest.mark.parametrize("variant", (20, 21))
+def test_lut_wgmma_form_within_bound_repeatable_and_layout_free(rng, monkeypatch, variant):
+    """The kernel's wgmma form (cuda_src/matmul_lut_wgmma.cuh; kbit_gemm_lut_tuning 20: two warpgroups a CTA, 21:
+    one) sums as the mma.sync form does, on another instruction: each output within the unscaled bound over
+    NaN-poisoned memory, with row tails, per-chunk and grouped scales, bias, bf16 and fp16, 1..64 rows and forced
+    splits (more than the chunks too); a second call gives the same bits and the tiled copy the rows' bits. Whether
+    it equals the mma.sync form bit for bit is printed, not assumed."""
+    _need_cuda()
+    from workbench.backends.cuda import gemm_layout
+    from workbench.backends.cuda import matmul as CM
+    L = CM.lib()
+    monkeypatch.setattr(CM, "_lut_plans", {})
+    same = runs = 0
+    try:
+        for i, (N, K, bs) in enumerate(CASES):
+            for j, M in enumerate((1, 8, 9, 17, 33, 64)):
+                dtype = (torch.bfloat16, torch.float16)[(i + j) % 2]
+                splits = (1, 3, 7)[(i + j) % 3]
+                monkeypatch.setattr(CM, "lut_splits", lambda *a, **k: splits)
+                A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested=(i + j) % 2 == 0 or bs == 64, bias=j % 2 == 0)
+                ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+                a2, a8, c2, off = _state_args(qs)
+                bound = R.unscaled_bound_of(A, P, (N, K), a2, qs.code, qs.blocksize, b, a8, c2, off, ref=ref)
+                L.kbit_gemm_lut_tuning(variant)
+                monkeypatch.setattr(gemm_layout, "ENABLED", False)
+                _poison_allocator()
+                rows = _lut_direct(A, P, qs, b)
+                again = _lut_direct(A, P, qs, b)
+                monkeypatch.setattr(gemm_layout, "ENABLED", True)
+                tiled = _lut_direct(A, P, qs, b)
+                L.kbit_gemm_lut_tuning(0)
+                mma = _lut_direct(A, P, qs, b)
+                where = (N, K, bs, M, dtype, splits)
+                assert ((rows.float() - ref.float()).abs() <= bound).all(), where
+                assert torch.equal(rows, again) and torch.equal(rows, tiled), where
+                same += bool(torch.equal(rows.view(torch.int16), mma.view(torch.int16)))
+                runs += 1
+    finally:
+        L.kbit_gemm_lut_tuning(0)
+        gemm_layout.forget()
+    print(f"wgmma variant {variant}: the mma.sync form's bits in {same} of {runs} cases")

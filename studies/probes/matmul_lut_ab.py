@@ -4,8 +4,9 @@ then its kernel time beside the committed dispatch, cuBLAS bf16 and the copy, in
 Parity: fresh random weights and activations, odd N (row tails), K not a multiple of the blocksize (blocks that
 cross rows), M = 1..64, bf16 and fp16, nested absmax or not, bias or not, NF4, FP4 and a random codebook, forced
 splits 1..7, every variant, outputs poisoned with NaN first. Each output is held to the reference's bound for
-unscaled lookups (workbench/backends/reference/matmul.py: error_bound_unscaled); a variant must equal variant 0
-bit for bit and a second call the first (deterministic).
+unscaled lookups (workbench/backends/reference/matmul.py: error_bound_unscaled); a second call must equal the first
+(deterministic) and the tiled layouts the rows; a variant of the mma.sync kernel must equal variant 0 bit for bit,
+and the wgmma kernel's (WGMMA_VARIANTS, matmul_lut_wgmma.cuh) are reported as equal to it or not.
 
 Speed: the five shapes of issue 18, NF4 blocksize 64 with double quant, bf16, M = 1, 4, 16, 32, 64. Kernel time by
 CUDA-graph replay of 20 calls for each variant and split count; GB/s of the bytes a fused kernel reads (packed
@@ -33,6 +34,7 @@ from workbench.wire import DTYPE_CODE
 
 SHAPES = ((28672, 8192), (8192, 28672), (14336, 4096), (4096, 14336), (4096, 4096))
 MS = (1, 4, 16, 32, 64)
+WGMMA_VARIANTS = (20, 21)   # cuda_src/matmul_lut_wgmma.cuh: the same numerics on another instruction
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 
 
@@ -93,7 +95,7 @@ def parity(L, quick: bool) -> tuple[int, float]:
     ]
     if quick:
         cases = cases[:2]
-    bad, worst = 0, 0.0
+    bad, worst, wg_same, wg_runs = 0, 0.0, 0, 0
     for N, K, bs, ms, dt, nested, with_bias, cb in cases:
         W = torch.randn(N, K, device="cuda", dtype=dt, generator=g)
         if cb == "random":
@@ -108,7 +110,7 @@ def parity(L, quick: bool) -> tuple[int, float]:
             A = torch.randn(M, K, device="cuda", dtype=dt, generator=g)
             ref, bound = _reference(A, P, N, K, qs, bias)
             first = None
-            for variant in (0, 1, 4, 5, 6, 11, 13, 14):
+            for variant in (0, 1, 4, 5, 6, 11, 13, 14) + WGMMA_VARIANTS:
                 L.kbit_gemm_lut_tuning(variant)
                 for splits in (1, 3, 7):
                     f = Lut(A, P, N, K, qs, bias, splits)
@@ -121,7 +123,11 @@ def parity(L, quick: bool) -> tuple[int, float]:
                     if splits == 1:
                         if first is None:
                             first = y
-                        same = same and bool(torch.equal(y.view(torch.int16), first.view(torch.int16)))
+                        as_v0 = bool(torch.equal(y.view(torch.int16), first.view(torch.int16)))
+                        if variant in WGMMA_VARIANTS:
+                            wg_same, wg_runs = wg_same + as_v0, wg_runs + 1
+                        else:
+                            same = same and as_v0
                     yt = Lut(A, P, N, K, qs, bias, splits, tiled=Pt)().clone()  # the tiled layout: the same bits
                     yc = Lut(A, P, N, K, qs, bias, splits, tiled=Pc, chunk_major=True)().clone()
                     same = same and bool(torch.equal(yt.view(torch.int16), y.view(torch.int16)))
@@ -136,7 +142,8 @@ def parity(L, quick: bool) -> tuple[int, float]:
                               + ("" if ok else "  FAIL"),
                               flush=True)
     L.kbit_gemm_lut_tuning(0)
-    print(f"parity: {bad} failing, worst err/bound {worst:.3f}", flush=True)
+    print(f"parity: {bad} failing, worst err/bound {worst:.3f}; the wgmma kernel gave variant 0's bits in {wg_same} "
+          f"of {wg_runs} one-split runs", flush=True)
     return bad, worst
 
 
@@ -157,7 +164,7 @@ def speed(L, quick: bool, copy: float, variants=(0, 1, 2, 3, 4, 5), ms_list=MS) 
             cublas = bench.graph_replay_ms(lambda: A @ Wd.t(), calls=20)
             for layout in ("rows", "tiled"):  # chunk-major: no faster than tiled (reports/matmul-h200/lut_gemm)
                 best = None
-                for variant in (variants if M <= 16 else (0,)):
+                for variant in (variants if M <= 16 else (0,) + tuple(v for v in variants if v in WGMMA_VARIANTS)):
                     L.kbit_gemm_lut_tuning(variant)
                     for splits in SPLITS:
                         f = Lut(A, P, N, K, qs, None, splits, tiled={"tiled": Pt, "chunk-major": Pc}.get(layout),
@@ -169,9 +176,10 @@ def speed(L, quick: bool, copy: float, variants=(0, 1, 2, 3, 4, 5), ms_list=MS) 
                         rows.append(row)
                         if variant not in (2, 3, 10, 12) and (best is None or ms < best["lut_ms"]):
                             best = row
-                if M <= 16:
+                timed = {r["variant"] for r in rows if (r["N"], r["K"], r["M"], r["layout"]) == (N, K, M, layout)}
+                if len(timed) > 1:
                     per = {v: min(r["lut_ms"] for r in rows if (r["N"], r["K"], r["M"], r["layout"], r["variant"])
-                                  == (N, K, M, layout, v)) for v in variants}
+                                  == (N, K, M, layout, v)) for v in sorted(timed)}
                     print(f"      {layout} by variant (us): " + "  ".join(f"{v}: {ms * 1e3:.1f}" for v, ms in per.items())
                           + "   (variants: cuda_src/kbit_matmul.h, kbit_gemm_lut_tuning)")
                 print(f"{N:>6}x{K:<6} M={M:<3} {layout:5} best {best['lut_ms'] * 1e3:7.1f} us (variant "
@@ -206,7 +214,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
-    ap.add_argument("--variants", default="0,1,2,3,4,5", help="kbit_gemm_lut_tuning variants timed at M <= 16")
+    ap.add_argument("--variants", default="0,1,2,3,4,5",
+                    help="kbit_gemm_lut_tuning variants timed (above 16 rows: 0 and the wgmma ones)")
     ap.add_argument("--ms", default=",".join(map(str, MS)), help="activation rows to time")
     ap.add_argument("--profile-target", action="store_true",
                     help="only one call of each variant on 28672x8192, M = 1 and 16, for Nsight Compute")
@@ -216,9 +225,12 @@ def main(argv=None) -> int:
     if args.profile_target:
         return profile_target(L, args.profile_variant)
     occ = C.c_int()
-    for M in (1, 16, 32, 64):
-        L.kbit_gemm_4bit_lut_ctas(M, DTYPE_CODE[torch.bfloat16], C.byref(occ))
-        print(f"M={M}: {occ.value} CTAs per SM (variant 0)")
+    for variant in (0,) + WGMMA_VARIANTS:
+        L.kbit_gemm_lut_tuning(variant)
+        for M in (1, 16, 32, 64):
+            L.kbit_gemm_4bit_lut_ctas(M, DTYPE_CODE[torch.bfloat16], C.byref(occ))
+            print(f"M={M}: {occ.value} CTAs per SM (variant {variant})")
+    L.kbit_gemm_lut_tuning(0)
     bad, worst = parity(L, args.quick)
     rows = []
     copy = bench.copy_bandwidth("cuda")

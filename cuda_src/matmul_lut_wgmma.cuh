@@ -1,0 +1,354 @@
+/* kbit-workbench: the unscaled-lookup 4-bit GEMM of matmul_lut.cuh on Hopper's warpgroup MMA (wgmma), for 9..64
+ * activation rows (family "matmul", included by matmul.cu; chosen by kbit_gemm_lut_tuning 20 / 21, kbit_matmul.h).
+ *
+ * Why: matmul_lut.cuh's warps each read their own activation fragments, 8 KB per warp and 64-element chunk at
+ * M = 64 against 512 bytes of weights, so past 16 rows its time grows with M (84 -> 153 -> 242 us at M = 16, 32,
+ * 64 on 28672x8192, reports/matmul-h200/lut_gemm). Here a CTA stages each chunk's activations in shared memory
+ * once, and every warpgroup's wgmma reads them from there: the weight decode is unchanged, the activations are read
+ * from L2 once per 64 WG weight rows instead of once per 16.
+ *
+ * Same numerics as matmul_lut.cuh: per 64-element chunk, P = the tensor core's float32 sum over 4 k16 steps of
+ * dtype(table[c]) * A from zero, then acc = fma(s, P, acc); chunks in order within a split, splits summed in order.
+ * Bound: error_bound_unscaled. Whether wgmma's k16 sums equal mma.sync's bit for bit is not assumed.
+ *
+ * Layout: out^T[N, M] = W[N, K] . A^T[K, M] as wgmma m64nNBk16 (NB = 8 NT >= M), A (the weight, 64 rows: warp w of
+ * the warpgroup rows 16 w .. 16 w + 15) from registers, decoded exactly as matmul_lut.cuh (decode_step: the same
+ * k permutation); B (the activations, K-major: each token's 8 consecutive logical k in 16 bytes) from shared
+ * memory, no swizzle: core matrix (kc, nc) = logical k 8 kc .. 8 kc + 7 of tokens 8 nc .. 8 nc + 7 at
+ * (kc NT + nc) 128 bytes; a k16 step spans kc = 2j, 2j + 1 (leading byte offset NT 128, stride byte offset 128).
+ * Staging applies matmul_lut.cuh's k permutation: chunk element 16t + 4j + 2h + l is logical k 16j + 8h + 2t + l.
+ *
+ * Work: a task is (64 WG weight rows, K split); persistent CTAs of WG warpgroups take tasks in grid stride. Per
+ * chunk: the next chunk's activations are loaded into registers, this chunk's A decoded and its 4 wgmma issued
+ * and waited for, the partial scaled into acc, the next chunk's activations stored to the other stage, one CTA
+ * barrier. Each warp owns one 16-row tile as in matmul_lut.cuh and finishes it as there (splits: the tile's last
+ * warp sums the partials in split order). */
+#pragma once
+
+#include "matmul_lut.cuh"
+
+namespace lutwg {
+
+using lut4::Args;
+using lut4::Group;
+using lut4::Rows;
+using lut4::kChunk;
+
+constexpr int kWarpgroupThreads = 128;
+constexpr int kU = 4;  // chunks per group of codes and scales (one aligned word of nested codes)
+constexpr int kS = 2;  // groups in flight
+
+template <int NT> __host__ __device__ constexpr int stage_bytes() { return NT * 8 * kChunk * 2; }  // NB tokens x 64 k x 2 bytes
+template <int NT> constexpr size_t smem_bytes() { return lut4::kSmem + 2 * (size_t)stage_bytes<NT>(); }
+static_assert(lut4::kSmem % 1024 == 0, "the stages start 1 KB-aligned");
+
+/* One wgmma m64n(8 NT)k16, A from registers, B by descriptor, D float32: d (+)= a . b (acc = 0: d = a . b). */
+template <int NT> struct Mma;
+template <> struct Mma<1> {  // m64n8k16: 4 accumulators a thread
+    template <int DT>
+    __device__ static __forceinline__ void run(float (&d)[1][4], const uint32_t (&a)[4], uint64_t b, int acc) {
+#define LUTWG_ASM(TY)                                                                                        \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\nwgmma.mma_async.sync.aligned.m64n8k16.f32." TY "." TY \
+                 " {%0,%1,%2,%3}, {%4,%5,%6,%7}, %8, p, 1, 1, 0;\n}\n" \
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc))
+        if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16"); else LUTWG_ASM("f16");
+#undef LUTWG_ASM
+    }
+};
+template <> struct Mma<2> {  // m64n16k16: 8 accumulators a thread
+    template <int DT>
+    __device__ static __forceinline__ void run(float (&d)[2][4], const uint32_t (&a)[4], uint64_t b, int acc) {
+#define LUTWG_ASM(TY)                                                                                        \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\nwgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY \
+                 " {%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, %12, p, 1, 1, 0;\n}\n" \
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), \
+                  "+f"(d[1][2]), "+f"(d[1][3]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc))
+        if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16"); else LUTWG_ASM("f16");
+#undef LUTWG_ASM
+    }
+};
+template <> struct Mma<4> {  // m64n32k16: 16 accumulators a thread
+    template <int DT>
+    __device__ static __forceinline__ void run(float (&d)[4][4], const uint32_t (&a)[4], uint64_t b, int acc) {
+#define LUTWG_ASM(TY)                                                                                        \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\nwgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY \
+                 " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, p, 1, 1, 0;\n}\n" \
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), \
+                  "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), \
+                  "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc))
+        if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16"); else LUTWG_ASM("f16");
+#undef LUTWG_ASM
+    }
+};
+template <> struct Mma<8> {  // m64n64k16: 32 accumulators a thread
+    template <int DT>
+    __device__ static __forceinline__ void run(float (&d)[8][4], const uint32_t (&a)[4], uint64_t b, int acc) {
+#define LUTWG_ASM(TY)                                                                                        \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\nwgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY \
+                 " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"  \
+                 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n" \
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), \
+                  "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), \
+                  "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), \
+                  "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
+                  "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), \
+                  "+f"(d[7][2]), "+f"(d[7][3]) \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc))
+        if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16"); else LUTWG_ASM("f16");
+#undef LUTWG_ASM
+    }
+};
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+/* Orders later reads of r after the wait (the asm statements above carry no register dependence). */
+__device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+/* Shared memory written by ordinary stores and read next by the tensor core (the async proxy). */
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+/* K-major operand without swizzle: start, leading byte offset (next core matrix along K), stride byte offset (next
+ * 8 rows), each >> 4 in 14 bits; base offset 0, layout type 0. */
+__device__ __forceinline__ uint64_t desc_kmajor(uint32_t smem_addr, uint32_t lbo, uint32_t sbo) {
+    return (uint64_t)((smem_addr & 0x3FFFFu) >> 4) | ((uint64_t)((lbo & 0x3FFFFu) >> 4) << 16) |
+           ((uint64_t)((sbo & 0x3FFFFu) >> 4) << 32);
+}
+
+/* This thread's pieces of one chunk's activations: piece i = 16 bytes, elements 8q .. 8q + 7 of token m, with
+ * i's bits 0-2 = m % 8, 3-4 = t = q / 2, 5 = q % 2, 6.. = m / 8 (so a warp's shared stores hit 32 banks). */
+template <int NT, int THREADS> struct Staged {
+    static constexpr int kPieces = NT * 64;
+    static constexpr int kPer = (kPieces + THREADS - 1) / THREADS;
+    uint4 v[kPer];
+};
+
+template <int NT, int THREADS>
+__device__ __forceinline__ void load_chunk_x(Staged<NT, THREADS>& X, const Args& p, int c, int tid) {
+#pragma unroll
+    for (int r = 0; r < Staged<NT, THREADS>::kPer; ++r) {
+        const int i = tid + THREADS * r;
+        const int m = 8 * (i >> 6) + (i & 7), q = 2 * ((i >> 3) & 3) + ((i >> 5) & 1);
+        const bool ok = i < Staged<NT, THREADS>::kPieces && m < p.M;
+        const uint4* src = reinterpret_cast<const uint4*>(reinterpret_cast<const uint8_t*>(p.A) +
+                                                          2 * ((long long)(ok ? m : 0) * p.K + (long long)c * kChunk + 8 * q));
+        X.v[r] = ok ? __ldg(src) : make_uint4(0u, 0u, 0u, 0u);  // tokens past M: zeros
+    }
+}
+
+/* Word h of a piece holds chunk elements 16t + 4j + 2h' + {0, 1} (j = 2 (q % 2) + h / 2, h' = h % 2): logical k
+ * 16j + 8h' + 2t, core column kc = 4 (q % 2) + h, offset 4t bytes in its token's 16. */
+template <int NT, int THREADS>
+__device__ __forceinline__ void store_chunk_x(const Staged<NT, THREADS>& X, char* stage, int tid) {
+#pragma unroll
+    for (int r = 0; r < Staged<NT, THREADS>::kPer; ++r) {
+        const int i = tid + THREADS * r;
+        if (i >= Staged<NT, THREADS>::kPieces) break;
+        const int t = (i >> 3) & 3, qlo = (i >> 5) & 1, nc = i >> 6;
+        char* base = stage + nc * 128 + (i & 7) * 16 + 4 * t;
+        const uint32_t w[4] = {X.v[r].x, X.v[r].y, X.v[r].z, X.v[r].w};
+#pragma unroll
+        for (int h = 0; h < 4; ++h) *reinterpret_cast<uint32_t*>(base + (4 * qlo + h) * NT * 128) = w[h];
+    }
+}
+
+template <int DT, int NT, int WG, int MINB, bool TL, int DG>
+__global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kernel(const Args p) {
+    typedef lut4::Op<DT> O;
+    typedef typename O::t T;
+    constexpr int kThreads = WG * kWarpgroupThreads, kWarps = 4 * WG;
+    extern __shared__ __align__(1024) uint32_t wg_smem[];
+    uint32_t* pair = wg_smem;
+    float* code2 = reinterpret_cast<float*>(wg_smem + lut4::kPairWords);
+    char* stages = reinterpret_cast<char*>(wg_smem) + lut4::kSmem;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const bool nested = p.a8 != nullptr;
+    for (int i = tid; i < 256 * 32; i += kThreads) {
+        const int e = i >> 5;
+        pair[e * 64 + (i & 31)] = O::pack(__ldg(p.table + (e >> 4)), __ldg(p.table + (e & 15)));
+    }
+    if (nested)
+        for (int i = tid; i < 256; i += kThreads) code2[i] = __ldg(p.code2 + i);
+    const float off = nested ? __ldg(p.off) : 0.0f;
+    __syncthreads();
+    const char* tab = reinterpret_cast<const char*>(pair);
+    const uint32_t lane4 = 4u * (uint32_t)lane;
+    const uint32_t stage_addr = (uint32_t)__cvta_generic_to_shared(stages);
+
+    const int chunks = (int)(p.K / kChunk);
+    const long long MN = (long long)p.M * p.N;
+    const long long tiles = (p.N + 15) / 16;
+    const long long tasks = (tiles + kWarps - 1) / kWarps * p.splits;
+    const T* bias = reinterpret_cast<const T*>(p.bias);
+    T* out = reinterpret_cast<T*>(p.out);
+    float part[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
+
+    for (long long task = blockIdx.x; task < tasks; task += gridDim.x) {  // uniform across the CTA
+        const long long rowgroup = task / p.splits;
+        const int z = (int)(task - rowgroup * p.splits);
+        const int c_begin = z * p.chunks_per_split;
+        const int c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
+        const long long tile = rowgroup * kWarps + warp;
+        Rows<1> R;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const long long n = tile * 16 + g + 8 * r;
+            R.ok[r] = n < p.N;
+            const long long nn = R.ok[r] ? n : 0;
+            R.w[r] = p.B + nn * (p.K >> 1) + 8 * t;
+            R.f[r] = nn * p.K;
+        }
+        if constexpr (TL) {
+            const long long tt = tile < tiles ? tile : 0;
+            R.w[0] = p.B + ((p.tiled == 2 ? tt : tt * (long long)chunks) * 32 + lane) * 16;
+            R.wstep = p.tiled == 2 ? 512 * tiles : 512;
+        }
+        R.x[0] = nullptr;
+        R.xok[0] = false;
+
+        float acc[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+        if (c_begin < c_end) {  // chunk c_begin's activations into stage 0
+            Staged<NT, kThreads> X;
+            load_chunk_x<NT, kThreads>(X, p, c_begin, tid);
+            store_chunk_x<NT, kThreads>(X, stages, tid);
+            fence_proxy_async();
+        }
+        __syncthreads();
+        Group<kU> G[kS];
+#pragma unroll
+        for (int s = 0; s + 1 < kS; ++s) lut4::load_group<kU, 1, TL, DG>(G[s], p, R, c_begin + s * kU, c_end);
+        for (int c = c_begin; c < c_end; c += kS * kU) {
+#pragma unroll
+            for (int s = 0; s < kS; ++s) {
+                const int cs = c + s * kU;
+                if (cs >= c_end) break;
+                if (cs + (kS - 1) * kU < c_end)
+                    lut4::load_group<kU, 1, TL, DG>(G[(s + kS - 1) % kS], p, R, cs + (kS - 1) * kU, c_end);
+#pragma unroll
+                for (int u = 0; u < kU; ++u) {
+                    const int cc = cs + u;
+                    if (cc >= c_end) break;
+                    const int st = (cc - c_begin) & 1;
+                    const bool next = cc + 1 < c_end;
+                    Staged<NT, kThreads> X;
+                    if (next) load_chunk_x<NT, kThreads>(X, p, cc + 1, tid);
+                    float sc[2];
+                    lut4::chunk_scales<kU, DG>(sc, G[s], u, nested, R.ok, code2, off);
+                    uint32_t a[4][4];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) lut4::decode_step<DG, false>(a[j], G[s].w[u], j, tab, lane4);
+                    const uint32_t b0 = stage_addr + st * stage_bytes<NT>();
+                    wgmma_fence();
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        Mma<NT>::template run<DT>(part, a[j], desc_kmajor(b0 + 2 * j * NT * 128, NT * 128, 128), j > 0);
+                    wgmma_commit();
+                    wgmma_wait_all();
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            fence_operand(part[nt][e]);
+                            acc[nt][e] = __fmaf_rn(sc[e >> 1], part[nt][e], acc[nt][e]);
+                        }
+                    }
+                    if (next) {
+                        store_chunk_x<NT, kThreads>(X, stages + (st ^ 1) * stage_bytes<NT>(), tid);
+                        fence_proxy_async();
+                    }
+                    __syncthreads();  // the next stage is written; this one's readers are done (waited above)
+                }
+            }
+        }
+
+        if (tile >= tiles) continue;  // no rows of this warp (the CTA stays in step: the next barrier is per task)
+        bool mine = true;
+        if (p.splits > 1) {
+            float* pp = p.partial + (long long)z * MN;
+            lut4::each_output<NT>(p, tile, g, t, [&](int nt, int e, int m, long long n) {
+                __stcg(pp + (long long)m * p.N + n, acc[nt][e]);
+            });
+            __threadfence();
+            __syncwarp();
+            int last = 0;
+            if (lane == 0) {
+                int* ctr = p.counters + tile;
+                last = atomicAdd(ctr, 1) == p.splits - 1;
+                if (last) *ctr = 0;  // ready for the next call
+            }
+            mine = __shfl_sync(0xffffffffu, last, 0) != 0;
+            if (mine) __threadfence();
+        }
+        if (mine)
+            lut4::each_output<NT>(p, tile, g, t, [&](int nt, int e, int m, long long n) {
+                float y = acc[nt][e];
+                if (p.splits > 1) {  // fixed order: split 0, 1, 2, ...
+                    y = 0.0f;
+                    for (int zz = 0; zz < p.splits; ++zz)
+                        y = __fadd_rn(y, __ldcg(p.partial + (long long)zz * MN + (long long)m * p.N + n));
+                }
+                if (bias != nullptr) y = __fadd_rn(y, O::ld(bias, n));
+                O::st(out, (long long)m * p.N + n, y);
+            });
+    }
+}
+
+template <int DT, int NT, int WG, bool TL>
+cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
+    constexpr int MINB = 1;
+    constexpr size_t smem = smem_bytes<NT>();
+    auto kern = p.group_scales ? gemm_lut_wg_kernel<DT, NT, WG, MINB, TL, lut4::kScalesPerGroup>
+                               : gemm_lut_wg_kernel<DT, NT, WG, MINB, TL, lut4::kScalesPerChunk>;
+    static bool smem_set[2][64] = {};
+    int dev = 0;
+    cudaError_t e = mma4::allow_smem(kern, smem, smem_set[p.group_scales ? 1 : 0], dev);
+    if (e != cudaSuccess) return e;
+    int occ = 0;
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, WG * kWarpgroupThreads, smem);
+    if (e != cudaSuccess) return e;
+    if (ctas_per_sm != nullptr) {
+        *ctas_per_sm = occ;
+        return cudaSuccess;
+    }
+    int sms = 0;
+    e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (e != cudaSuccess) return e;
+    const long long tiles = (p.N + 15) / 16;
+    const long long tasks = (tiles + 4 * WG - 1) / (4 * WG) * p.splits;
+    const long long slots = (long long)(occ > 0 ? occ : 1) * sms;
+    kern<<<(unsigned)(tasks < slots ? tasks : slots), WG * kWarpgroupThreads, smem, stream>>>(p);
+    return cudaGetLastError();
+}
+
+/* variant 20: 2 warpgroups a CTA (128 weight rows share each staged chunk); 21: 1 warpgroup. */
+template <int DT, int NT>
+cudaError_t launch_nt(const Args& p, int variant, cudaStream_t stream, int* ctas_per_sm) {
+    if (variant == 21)
+        return p.tiled ? launch_wg<DT, NT, 1, true>(p, stream, ctas_per_sm)
+                       : launch_wg<DT, NT, 1, false>(p, stream, ctas_per_sm);
+    return p.tiled ? launch_wg<DT, NT, 2, true>(p, stream, ctas_per_sm)
+                   : launch_wg<DT, NT, 2, false>(p, stream, ctas_per_sm);
+}
+
+template <int DT>
+cudaError_t launch_dt(const Args& p, int variant, cudaStream_t stream, int* ctas_per_sm) {
+    switch (lut4::tile_n8(p.M)) {
+        case 1: return launch_nt<DT, 1>(p, variant, stream, ctas_per_sm);
+        case 2: return launch_nt<DT, 2>(p, variant, stream, ctas_per_sm);
+        case 4: return launch_nt<DT, 4>(p, variant, stream, ctas_per_sm);
+        default: return launch_nt<DT, 8>(p, variant, stream, ctas_per_sm);
+    }
+}
+
+/* The variants that run this kernel (kbit_gemm_lut_tuning). */
+inline bool takes(int variant) { return variant == 20 || variant == 21; }
+
+}  // namespace lutwg
