@@ -1,5 +1,5 @@
 /* kbit-workbench: the unscaled-lookup 4-bit GEMM of matmul_lut.cuh on Hopper's warpgroup MMA (wgmma), for 9..64
- * activation rows (family "matmul", included by matmul.cu; chosen by kbit_gemm_lut_tuning 20 / 21, kbit_matmul.h).
+ * activation rows (family "matmul", included by matmul.cu; chosen by kbit_gemm_lut_tuning 20..22, kbit_matmul.h).
  *
  * Why: matmul_lut.cuh's warps each read their own activation fragments, 8 KB per warp and 64-element chunk at
  * M = 64 against 512 bytes of weights, so past 16 rows its time grows with M (84 -> 153 -> 242 us at M = 16, 32,
@@ -36,7 +36,6 @@ using lut4::kChunk;
 
 constexpr int kWarpgroupThreads = 128;
 constexpr int kU = 4;  // chunks per group of codes and scales (one aligned word of nested codes)
-constexpr int kS = 2;  // groups in flight
 
 template <int NT> __host__ __device__ constexpr int stage_bytes() { return NT * 8 * kChunk * 2; }  // NB tokens x 64 k x 2 bytes
 template <int NT> constexpr size_t smem_bytes() { return lut4::kSmem + 2 * (size_t)stage_bytes<NT>(); }
@@ -154,7 +153,7 @@ __device__ __forceinline__ void store_chunk_x(const Staged<NT, THREADS>& X, char
     }
 }
 
-template <int DT, int NT, int WG, int MINB, bool TL, int DG>
+template <int DT, int NT, int WG, int S, int MINB, bool TL, int DG>
 __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kernel(const Args p) {
     typedef lut4::Op<DT> O;
     typedef typename O::t T;
@@ -222,16 +221,16 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
             fence_proxy_async();
         }
         __syncthreads();
-        Group<kU> G[kS];
+        Group<kU> G[S];  // a ring: the next S - 1 groups' codes and scales in flight
 #pragma unroll
-        for (int s = 0; s + 1 < kS; ++s) lut4::load_group<kU, 1, TL, DG>(G[s], p, R, c_begin + s * kU, c_end);
-        for (int c = c_begin; c < c_end; c += kS * kU) {
+        for (int s = 0; s + 1 < S; ++s) lut4::load_group<kU, 1, TL, DG>(G[s], p, R, c_begin + s * kU, c_end);
+        for (int c = c_begin; c < c_end; c += S * kU) {
 #pragma unroll
-            for (int s = 0; s < kS; ++s) {
+            for (int s = 0; s < S; ++s) {
                 const int cs = c + s * kU;
                 if (cs >= c_end) break;
-                if (cs + (kS - 1) * kU < c_end)
-                    lut4::load_group<kU, 1, TL, DG>(G[(s + kS - 1) % kS], p, R, cs + (kS - 1) * kU, c_end);
+                if (cs + (S - 1) * kU < c_end)
+                    lut4::load_group<kU, 1, TL, DG>(G[(s + S - 1) % S], p, R, cs + (S - 1) * kU, c_end);
 #pragma unroll
                 for (int u = 0; u < kU; ++u) {
                     const int cc = cs + u;
@@ -301,12 +300,12 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
     }
 }
 
-template <int DT, int NT, int WG, bool TL>
+template <int DT, int NT, int WG, int S, bool TL>
 cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     constexpr int MINB = 1;
     constexpr size_t smem = smem_bytes<NT>();
-    auto kern = p.group_scales ? gemm_lut_wg_kernel<DT, NT, WG, MINB, TL, lut4::kScalesPerGroup>
-                               : gemm_lut_wg_kernel<DT, NT, WG, MINB, TL, lut4::kScalesPerChunk>;
+    auto kern = p.group_scales ? gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerGroup>
+                               : gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerChunk>;
     static bool smem_set[2][64] = {};
     int dev = 0;
     cudaError_t e = mma4::allow_smem(kern, smem, smem_set[p.group_scales ? 1 : 0], dev);
@@ -328,14 +327,18 @@ cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     return cudaGetLastError();
 }
 
-/* variant 20: 2 warpgroups a CTA (128 weight rows share each staged chunk); 21: 1 warpgroup. */
+/* variant 20: 2 warpgroups a CTA (128 weight rows share each staged chunk), 2 groups of codes in flight; 21: 1
+ * warpgroup (2 CTAs fit an SM); 22: as 20 with 3 groups in flight (more weight bytes in flight per SM). */
 template <int DT, int NT>
 cudaError_t launch_nt(const Args& p, int variant, cudaStream_t stream, int* ctas_per_sm) {
     if (variant == 21)
-        return p.tiled ? launch_wg<DT, NT, 1, true>(p, stream, ctas_per_sm)
-                       : launch_wg<DT, NT, 1, false>(p, stream, ctas_per_sm);
-    return p.tiled ? launch_wg<DT, NT, 2, true>(p, stream, ctas_per_sm)
-                   : launch_wg<DT, NT, 2, false>(p, stream, ctas_per_sm);
+        return p.tiled ? launch_wg<DT, NT, 1, 2, true>(p, stream, ctas_per_sm)
+                       : launch_wg<DT, NT, 1, 2, false>(p, stream, ctas_per_sm);
+    if (variant == 22)
+        return p.tiled ? launch_wg<DT, NT, 2, 3, true>(p, stream, ctas_per_sm)
+                       : launch_wg<DT, NT, 2, 3, false>(p, stream, ctas_per_sm);
+    return p.tiled ? launch_wg<DT, NT, 2, 2, true>(p, stream, ctas_per_sm)
+                   : launch_wg<DT, NT, 2, 2, false>(p, stream, ctas_per_sm);
 }
 
 template <int DT>
@@ -349,6 +352,6 @@ cudaError_t launch_dt(const Args& p, int variant, cudaStream_t stream, int* ctas
 }
 
 /* The variants that run this kernel (kbit_gemm_lut_tuning). */
-inline bool takes(int variant) { return variant == 20 || variant == 21; }
+inline bool takes(int variant) { return variant >= 20 && variant <= 22; }
 
 }  // namespace lutwg
