@@ -1,5 +1,5 @@
 /* kbit-workbench: the unscaled-lookup 4-bit GEMM of matmul_lut.cuh on Hopper's warpgroup MMA (wgmma), for 9..64
- * activation rows (family "matmul", included by matmul.cu; chosen by kbit_gemm_lut_tuning 20..22, kbit_matmul.h).
+ * activation rows (family "matmul", included by matmul.cu; chosen by kbit_gemm_lut_tuning 20..23, kbit_matmul.h).
  *
  * Why: matmul_lut.cuh's warps each read their own activation fragments, 8 KB per warp and 64-element chunk at
  * M = 64 against 512 bytes of weights, so past 16 rows its time grows with M (84 -> 153 -> 242 us at M = 16, 32,
@@ -153,7 +153,14 @@ __device__ __forceinline__ void store_chunk_x(const Staged<NT, THREADS>& X, char
     }
 }
 
-template <int DT, int NT, int WG, int S, int MINB, bool TL, int DG>
+/* The 4 k-steps' A fragments of a chunk (matmul_lut.cuh's decode). */
+template <int DG>
+__device__ __forceinline__ void decode_chunk(uint32_t (&a)[4][4], const uint2 (&w)[2], const char* tab, uint32_t lane4) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) lut4::decode_step<DG, false>(a[j], w, j, tab, lane4);
+}
+
+template <int DT, int NT, int WG, int S, bool OV, int MINB, bool TL, int DG>
 __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kernel(const Args p) {
     typedef lut4::Op<DT> O;
     typedef typename O::t T;
@@ -224,6 +231,10 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
         Group<kU> G[S];  // a ring: the next S - 1 groups' codes and scales in flight
 #pragma unroll
         for (int s = 0; s + 1 < S; ++s) lut4::load_group<kU, 1, TL, DG>(G[s], p, R, c_begin + s * kU, c_end);
+        uint32_t a[4][4];  // the chunk's A fragments (OV: decoded while the tensor core ran the chunk before)
+        if constexpr (OV) {
+            if (c_begin < c_end) decode_chunk<DG>(a, G[0].w[0], tab, lane4);
+        }
         for (int c = c_begin; c < c_end; c += S * kU) {
 #pragma unroll
             for (int s = 0; s < S; ++s) {
@@ -239,17 +250,19 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
                     const bool next = cc + 1 < c_end;
                     Staged<NT, kThreads> X;
                     if (next) load_chunk_x<NT, kThreads>(X, p, cc + 1, tid);
-                    float sc[2];
-                    lut4::chunk_scales<kU, DG>(sc, G[s], u, nested, R.ok, code2, off);
-                    uint32_t a[4][4];
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) lut4::decode_step<DG, false>(a[j], G[s].w[u], j, tab, lane4);
+                    if constexpr (!OV) decode_chunk<DG>(a, G[s].w[u], tab, lane4);
                     const uint32_t b0 = stage_addr + st * stage_bytes<NT>();
                     wgmma_fence();
 #pragma unroll
                     for (int j = 0; j < 4; ++j)
                         Mma<NT>::template run<DT>(part, a[j], desc_kmajor(b0 + 2 * j * NT * 128, NT * 128, 128), j > 0);
                     wgmma_commit();
+                    uint32_t an[4][4];  // OV: the next chunk's (the next group's first: loaded a group ahead)
+                    if constexpr (OV) {
+                        if (next) decode_chunk<DG>(an, u + 1 < kU ? G[s].w[u + 1] : G[(s + 1) % S].w[0], tab, lane4);
+                    }
+                    float sc[2];
+                    lut4::chunk_scales<kU, DG>(sc, G[s], u, nested, R.ok, code2, off);
                     wgmma_wait_all();
 #pragma unroll
                     for (int nt = 0; nt < NT; ++nt) {
@@ -258,6 +271,12 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
                             fence_operand(part[nt][e]);
                             acc[nt][e] = __fmaf_rn(sc[e >> 1], part[nt][e], acc[nt][e]);
                         }
+                    }
+                    if constexpr (OV) {
+#pragma unroll
+                        for (int j = 0; j < 4; ++j)
+#pragma unroll
+                            for (int r = 0; r < 4; ++r) a[j][r] = an[j][r];
                     }
                     if (next) {
                         store_chunk_x<NT, kThreads>(X, stages + (st ^ 1) * stage_bytes<NT>(), tid);
@@ -300,12 +319,12 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
     }
 }
 
-template <int DT, int NT, int WG, int S, bool TL>
+template <int DT, int NT, int WG, int S, bool OV, bool TL>
 cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     constexpr int MINB = 1;
     constexpr size_t smem = smem_bytes<NT>();
-    auto kern = p.group_scales ? gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerGroup>
-                               : gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerChunk>;
+    auto kern = p.group_scales ? gemm_lut_wg_kernel<DT, NT, WG, S, OV, MINB, TL, lut4::kScalesPerGroup>
+                               : gemm_lut_wg_kernel<DT, NT, WG, S, OV, MINB, TL, lut4::kScalesPerChunk>;
     static bool smem_set[2][64] = {};
     int dev = 0;
     cudaError_t e = mma4::allow_smem(kern, smem, smem_set[p.group_scales ? 1 : 0], dev);
@@ -328,30 +347,35 @@ cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
 }
 
 /* variant 20: 2 warpgroups a CTA (128 weight rows share each staged chunk), 2 groups of codes in flight; 21: 1
- * warpgroup (2 CTAs fit an SM); 22: as 20 with 3 groups in flight (more weight bytes in flight per SM). */
+ * warpgroup (2 CTAs fit an SM); 22: as 20 with 3 groups in flight (more weight bytes in flight per SM); 23: as 20,
+ * the next chunk decoded while the tensor core runs this one. */
+template <int DT, int NT, bool TL>
+cudaError_t launch_wg_tl(const Args& p, int variant, cudaStream_t stream, int* ctas_per_sm) {
+    switch (variant) {
+        case 21: return launch_wg<DT, NT, 1, 2, false, TL>(p, stream, ctas_per_sm);
+        case 22: return launch_wg<DT, NT, 2, 3, false, TL>(p, stream, ctas_per_sm);
+        case 23: return launch_wg<DT, NT, 2, 2, true, TL>(p, stream, ctas_per_sm);
+        default: return launch_wg<DT, NT, 2, 2, false, TL>(p, stream, ctas_per_sm);
+    }
+}
+
 template <int DT, int NT>
-cudaError_t launch_nt(const Args& p, int variant, cudaStream_t stream, int* ctas_per_sm) {
-    if (variant == 21)
-        return p.tiled ? launch_wg<DT, NT, 1, 2, true>(p, stream, ctas_per_sm)
-                       : launch_wg<DT, NT, 1, 2, false>(p, stream, ctas_per_sm);
-    if (variant == 22)
-        return p.tiled ? launch_wg<DT, NT, 2, 3, true>(p, stream, ctas_per_sm)
-                       : launch_wg<DT, NT, 2, 3, false>(p, stream, ctas_per_sm);
-    return p.tiled ? launch_wg<DT, NT, 2, 2, true>(p, stream, ctas_per_sm)
-                   : launch_wg<DT, NT, 2, 2, false>(p, stream, ctas_per_sm);
+cudaError_t launch_wg_nt(const Args& p, int variant, cudaStream_t stream, int* ctas_per_sm) {
+    return p.tiled ? launch_wg_tl<DT, NT, true>(p, variant, stream, ctas_per_sm)
+                   : launch_wg_tl<DT, NT, false>(p, variant, stream, ctas_per_sm);
 }
 
 template <int DT>
 cudaError_t launch_dt(const Args& p, int variant, cudaStream_t stream, int* ctas_per_sm) {
     switch (lut4::tile_n8(p.M)) {
-        case 1: return launch_nt<DT, 1>(p, variant, stream, ctas_per_sm);
-        case 2: return launch_nt<DT, 2>(p, variant, stream, ctas_per_sm);
-        case 4: return launch_nt<DT, 4>(p, variant, stream, ctas_per_sm);
-        default: return launch_nt<DT, 8>(p, variant, stream, ctas_per_sm);
+        case 1: return launch_wg_nt<DT, 1>(p, variant, stream, ctas_per_sm);
+        case 2: return launch_wg_nt<DT, 2>(p, variant, stream, ctas_per_sm);
+        case 4: return launch_wg_nt<DT, 4>(p, variant, stream, ctas_per_sm);
+        default: return launch_wg_nt<DT, 8>(p, variant, stream, ctas_per_sm);
     }
 }
 
 /* The variants that run this kernel (kbit_gemm_lut_tuning). */
-inline bool takes(int variant) { return variant >= 20 && variant <= 22; }
+inline bool takes(int variant) { return variant >= 20 && variant <= 23; }
 
 }  // namespace lutwg
