@@ -147,7 +147,8 @@ def parity(L, quick: bool) -> tuple[int, float]:
     return bad, worst
 
 
-def speed(L, quick: bool, copy: float, variants=(0, 1, 2, 3, 4, 5), ms_list=MS) -> list[dict]:
+def speed(L, quick: bool, copy: float, variants=(0, 1, 2, 3, 4, 5), ms_list=MS, splits_list=SPLITS,
+          layouts=("rows", "tiled")) -> list[dict]:
     g = torch.Generator(device="cuda").manual_seed(0)
     rows = []
     shapes = SHAPES[:1] if quick else SHAPES
@@ -162,11 +163,11 @@ def speed(L, quick: bool, copy: float, variants=(0, 1, 2, 3, 4, 5), ms_list=MS) 
             L.kbit_gemm_lut_tuning(0)
             ours = bench.graph_replay_ms(lambda: matmul_4bit(A, P, qs, backend="cuda"), calls=20)
             cublas = bench.graph_replay_ms(lambda: A @ Wd.t(), calls=20)
-            for layout in ("rows", "tiled"):  # chunk-major: no faster than tiled (reports/matmul-h200/lut_gemm)
+            for layout in layouts:  # chunk-major: no faster than tiled (reports/matmul-h200/lut_gemm)
                 best = None
                 for variant in (variants if M <= 16 else (0,) + tuple(v for v in variants if v in WGMMA_VARIANTS)):
                     L.kbit_gemm_lut_tuning(variant)
-                    for splits in SPLITS:
+                    for splits in splits_list:
                         f = Lut(A, P, N, K, qs, None, splits, tiled={"tiled": Pt, "chunk-major": Pc}.get(layout),
                                 chunk_major=layout == "chunk-major")
                         ms = bench.graph_replay_ms(f, calls=20)
@@ -217,6 +218,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="0,1,2,3,4,5",
                     help="kbit_gemm_lut_tuning variants timed (above 16 rows: 0 and the wgmma ones)")
     ap.add_argument("--ms", default=",".join(map(str, MS)), help="activation rows to time")
+    ap.add_argument("--splits", default=",".join(map(str, SPLITS)), help="split counts to time (the best is shown)")
+    ap.add_argument("--layouts", default="rows,tiled", help="weight layouts to time: rows, tiled")
     ap.add_argument("--profile-target", action="store_true",
                     help="only one call of each variant on 28672x8192, M = 1 and 16, for Nsight Compute")
     ap.add_argument("--profile-variant", type=int, default=0, help="the LUT kernel's variant under --profile-target")
@@ -236,8 +239,9 @@ def main(argv=None) -> int:
     copy = bench.copy_bandwidth("cuda")
     print(f"copy {copy:.0f} GB/s", flush=True)
     if not args.no_speed:
-        rows = speed(L, args.quick, copy, tuple(int(v) for v in args.variants.split(",")),
-                     tuple(int(m) for m in args.ms.split(",")))
+        ints = lambda text: tuple(int(v) for v in text.split(","))
+        rows = speed(L, args.quick, copy, ints(args.variants), ints(args.ms), ints(args.splits),
+                     tuple(args.layouts.split(",")))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         Path(args.out, "matmul_lut_ab.json").write_text(json.dumps(
