@@ -279,10 +279,77 @@ __device__ __forceinline__ void each_output(const Args& p, long long tile, int g
         }
 }
 
-template <int DT, int NT, int U, int S, int MINB, bool TL, int DG, int XM, bool PL>
-__global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) {
+/* The pair table (entry e = one byte, its high nibble the first (lower-k) element, in the low half; a copy per
+ * lane) and the nested absmax code table, filled by the CTA's THREADS threads. */
+template <int DT, int THREADS>
+__device__ __forceinline__ void fill_tables(uint32_t* pair, float* code2, const Args& p, int tid) {
+    for (int i = tid; i < 256 * 32; i += THREADS) {
+        const int e = i >> 5;
+        pair[e * 64 + (i & 31)] = Op<DT>::pack(__ldg(p.table + (e >> 4)), __ldg(p.table + (e & 15)));
+    }
+    if (p.a8 != nullptr)
+        for (int i = tid; i < 256; i += THREADS) code2[i] = __ldg(p.code2 + i);
+}
+
+/* The weight side of a warp's Rows for its 16-row tile: rows g and g + 8 (rows past N: ok false, never read). */
+template <int NT, bool TL>
+__device__ __forceinline__ void tile_rows(Rows<NT>& R, const Args& p, long long tile, int g, int t, int lane,
+                                          int chunks) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const long long n = tile * 16 + g + 8 * r;
+        R.ok[r] = n < p.N;
+        const long long nn = R.ok[r] ? n : 0;
+        R.w[r] = p.B + nn * (p.K >> 1) + 8 * t;
+        R.f[r] = nn * p.K;
+    }
+    if constexpr (TL) {  // tiled = 1: tile-major [tiles][chunks][32][16]; 2: chunk-major [chunks][tiles][32][16]
+        R.w[0] = p.B + ((p.tiled == 2 ? tile : tile * (long long)chunks) * 32 + lane) * 16;
+        R.wstep = p.tiled == 2 ? 512 * ((p.N + 15) / 16) : 512;
+    }
+}
+
+/* A warp's tile of out from its acc of split z. Splits > 1: the float32 partials are parked, and the tile's last
+ * warp (a counter per tile, reset by it) sums all splits in order 0, 1, ...: deterministic. Then bias and the
+ * rounding to the dtype. */
+template <int DT, int NT>
+__device__ __forceinline__ void finish_tile(const Args& p, long long tile, int z, int g, int t, int lane,
+                                            const float (&acc)[NT][4]) {
     typedef Op<DT> O;
     typedef typename O::t T;
+    const long long MN = (long long)p.M * p.N;
+    if (p.splits > 1) {
+        float* part = p.partial + (long long)z * MN;
+        each_output<NT>(p, tile, g, t, [&](int nt, int e, int m, long long n) {
+            __stcg(part + (long long)m * p.N + n, acc[nt][e]);
+        });
+        __threadfence();
+        __syncwarp();
+        int last = 0;
+        if (lane == 0) {
+            int* ctr = p.counters + tile;
+            last = atomicAdd(ctr, 1) == p.splits - 1;
+            if (last) *ctr = 0;  // ready for the next call
+        }
+        if (!__shfl_sync(0xffffffffu, last, 0)) return;
+        __threadfence();
+    }
+    const T* bias = reinterpret_cast<const T*>(p.bias);
+    T* out = reinterpret_cast<T*>(p.out);
+    each_output<NT>(p, tile, g, t, [&](int nt, int e, int m, long long n) {
+        float y = acc[nt][e];
+        if (p.splits > 1) {  // fixed order: split 0, 1, 2, ...
+            y = 0.0f;
+            for (int zz = 0; zz < p.splits; ++zz)
+                y = __fadd_rn(y, __ldcg(p.partial + (long long)zz * MN + (long long)m * p.N + n));
+        }
+        if (bias != nullptr) y = __fadd_rn(y, O::ld(bias, n));
+        O::st(out, (long long)m * p.N + n, y);
+    });
+}
+
+template <int DT, int NT, int U, int S, int MINB, bool TL, int DG, int XM, bool PL>
+__global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) {
     extern __shared__ __align__(16) uint32_t lut_smem[];
     uint32_t* pair = lut_smem;
     float* code2 = reinterpret_cast<float*>(lut_smem + kPairWords);
@@ -290,12 +357,7 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const bool nested = p.a8 != nullptr;
-    for (int i = tid; i < 256 * 32; i += kThreads) {
-        const int e = i >> 5;  // entry e = one byte: high nibble the first (lower-k) element, in the low half
-        pair[e * 64 + (i & 31)] = O::pack(__ldg(p.table + (e >> 4)), __ldg(p.table + (e & 15)));
-    }
-    if (nested)
-        for (int i = tid; i < 256; i += kThreads) code2[i] = __ldg(p.code2 + i);
+    fill_tables<DT, kThreads>(pair, code2, p, tid);
     const float off = nested ? __ldg(p.off) : 0.0f;
     __syncthreads();
     const char* tab = reinterpret_cast<const char*>(pair);
@@ -307,9 +369,6 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
     }
 
     const int chunks = (int)(p.K / kChunk);
-    const long long MN = (long long)p.M * p.N;
-    const T* bias = reinterpret_cast<const T*>(p.bias);
-    T* out = reinterpret_cast<T*>(p.out);
 
     // warps take tasks on their own (no CTA barrier after the table), so the last wave is one warp's task deep
     for (long long task = (long long)blockIdx.x * kWarps + warp; task < p.tasks; task += (long long)gridDim.x * kWarps) {
@@ -318,18 +377,7 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
         const int c_begin = z * p.chunks_per_split;
         const int c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
         Rows<NT> R;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const long long n = tile * 16 + g + 8 * r;
-            R.ok[r] = n < p.N;
-            const long long nn = R.ok[r] ? n : 0;
-            R.w[r] = p.B + nn * (p.K >> 1) + 8 * t;
-            R.f[r] = nn * p.K;
-        }
-        if constexpr (TL) {  // tiled = 1: tile-major [tiles][chunks][32][16]; 2: chunk-major [chunks][tiles][32][16]
-            R.w[0] = p.B + ((p.tiled == 2 ? tile : tile * (long long)chunks) * 32 + lane) * 16;
-            R.wstep = p.tiled == 2 ? 512 * ((p.N + 15) / 16) : 512;
-        }
+        tile_rows<NT, TL>(R, p, tile, g, t, lane, chunks);
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             const int m = 8 * nt + g;
@@ -357,32 +405,7 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
             }
         }
 
-        if (p.splits > 1) {
-            float* part = p.partial + (long long)z * MN;
-            each_output<NT>(p, tile, g, t, [&](int nt, int e, int m, long long n) {
-                __stcg(part + (long long)m * p.N + n, acc[nt][e]);
-            });
-            __threadfence();
-            __syncwarp();
-            int last = 0;
-            if (lane == 0) {
-                int* ctr = p.counters + tile;
-                last = atomicAdd(ctr, 1) == p.splits - 1;
-                if (last) *ctr = 0;  // ready for the next call
-            }
-            if (!__shfl_sync(0xffffffffu, last, 0)) continue;
-            __threadfence();
-        }
-        each_output<NT>(p, tile, g, t, [&](int nt, int e, int m, long long n) {
-            float y = acc[nt][e];
-            if (p.splits > 1) {  // fixed order: split 0, 1, 2, ...
-                y = 0.0f;
-                for (int zz = 0; zz < p.splits; ++zz)
-                    y = __fadd_rn(y, __ldcg(p.partial + (long long)zz * MN + (long long)m * p.N + n));
-            }
-            if (bias != nullptr) y = __fadd_rn(y, O::ld(bias, n));
-            O::st(out, (long long)m * p.N + n, y);
-        });
+        finish_tile<DT, NT>(p, tile, z, g, t, lane, acc);
     }
 }
 

@@ -1,5 +1,6 @@
-/* kbit-workbench: the unscaled-lookup 4-bit GEMM of matmul_lut.cuh on Hopper's warpgroup MMA (wgmma), for 9..64
- * activation rows (family "matmul", included by matmul.cu; chosen by kbit_gemm_lut_tuning 20..23, kbit_matmul.h).
+/* kbit-workbench: the unscaled-lookup 4-bit GEMM of matmul_lut.cuh on Hopper's warpgroup MMA (wgmma), 1..64
+ * activation rows, written for 33..64 (family "matmul", included by matmul.cu; chosen by kbit_gemm_lut_tuning
+ * 20..23, kbit_matmul.h).
  *
  * Why: matmul_lut.cuh's warps each read their own activation fragments, 8 KB per warp and 64-element chunk at
  * M = 64 against 512 bytes of weights, so past 16 rows its time grows with M (84 -> 153 -> 242 us at M = 16, 32,
@@ -21,8 +22,9 @@
  * Work: a task is (64 WG weight rows, K split); persistent CTAs of WG warpgroups take tasks in grid stride. Per
  * chunk: the next chunk's activations are loaded into registers, this chunk's A decoded and its 4 wgmma issued
  * and waited for, the partial scaled into acc, the next chunk's activations stored to the other stage, one CTA
- * barrier. Each warp owns one 16-row tile as in matmul_lut.cuh and finishes it as there (splits: the tile's last
- * warp sums the partials in split order). */
+ * barrier (variant 23 decodes the next chunk's A while the tensor core runs this one). Each warp owns one 16-row
+ * tile as in matmul_lut.cuh and finishes it as there (splits: the tile's last warp sums the partials in split
+ * order). */
 #pragma once
 
 #include "matmul_lut.cuh"
@@ -37,7 +39,8 @@ using lut4::kChunk;
 constexpr int kWarpgroupThreads = 128;
 constexpr int kU = 4;  // chunks per group of codes and scales (one aligned word of nested codes)
 
-template <int NT> __host__ __device__ constexpr int stage_bytes() { return NT * 8 * kChunk * 2; }  // NB tokens x 64 k x 2 bytes
+// one chunk's activations: 8 NT tokens x 64 k x 2 bytes
+template <int NT> __host__ __device__ constexpr int stage_bytes() { return NT * 8 * kChunk * 2; }
 template <int NT> constexpr size_t smem_bytes() { return lut4::kSmem + 2 * (size_t)stage_bytes<NT>(); }
 static_assert(lut4::kSmem % 1024 == 0, "the stages start 1 KB-aligned");
 
@@ -88,7 +91,8 @@ template <> struct Mma<8> {  // m64n64k16: 32 accumulators a thread
 #define LUTWG_ASM(TY)                                                                                        \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\nwgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY \
                  " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"  \
-                 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n" \
+                 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "                                 \
+                 "{%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"                                                             \
                  : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), \
                   "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), \
                   "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), \
@@ -131,8 +135,8 @@ __device__ __forceinline__ void load_chunk_x(Staged<NT, THREADS>& X, const Args&
         const int i = tid + THREADS * r;
         const int m = 8 * (i >> 6) + (i & 7), q = 2 * ((i >> 3) & 3) + ((i >> 5) & 1);
         const bool ok = i < Staged<NT, THREADS>::kPieces && m < p.M;
-        const uint4* src = reinterpret_cast<const uint4*>(reinterpret_cast<const uint8_t*>(p.A) +
-                                                          2 * ((long long)(ok ? m : 0) * p.K + (long long)c * kChunk + 8 * q));
+        const long long at = (long long)(ok ? m : 0) * p.K + (long long)c * kChunk + 8 * q;  // element index
+        const uint4* src = reinterpret_cast<const uint4*>(reinterpret_cast<const uint8_t*>(p.A) + 2 * at);
         X.v[r] = ok ? __ldg(src) : make_uint4(0u, 0u, 0u, 0u);  // tokens past M: zeros
     }
 }
@@ -155,15 +159,14 @@ __device__ __forceinline__ void store_chunk_x(const Staged<NT, THREADS>& X, char
 
 /* The 4 k-steps' A fragments of a chunk (matmul_lut.cuh's decode). */
 template <int DG>
-__device__ __forceinline__ void decode_chunk(uint32_t (&a)[4][4], const uint2 (&w)[2], const char* tab, uint32_t lane4) {
+__device__ __forceinline__ void decode_chunk(uint32_t (&a)[4][4], const uint2 (&w)[2], const char* tab,
+                                             uint32_t lane4) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) lut4::decode_step<DG, false>(a[j], w, j, tab, lane4);
 }
 
 template <int DT, int NT, int WG, int S, bool OV, int MINB, bool TL, int DG>
 __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kernel(const Args p) {
-    typedef lut4::Op<DT> O;
-    typedef typename O::t T;
     constexpr int kThreads = WG * kWarpgroupThreads, kWarps = 4 * WG;
     extern __shared__ __align__(1024) uint32_t wg_smem[];
     uint32_t* pair = wg_smem;
@@ -173,12 +176,7 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const bool nested = p.a8 != nullptr;
-    for (int i = tid; i < 256 * 32; i += kThreads) {
-        const int e = i >> 5;
-        pair[e * 64 + (i & 31)] = O::pack(__ldg(p.table + (e >> 4)), __ldg(p.table + (e & 15)));
-    }
-    if (nested)
-        for (int i = tid; i < 256; i += kThreads) code2[i] = __ldg(p.code2 + i);
+    lut4::fill_tables<DT, kThreads>(pair, code2, p, tid);
     const float off = nested ? __ldg(p.off) : 0.0f;
     __syncthreads();
     const char* tab = reinterpret_cast<const char*>(pair);
@@ -186,11 +184,8 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
     const uint32_t stage_addr = (uint32_t)__cvta_generic_to_shared(stages);
 
     const int chunks = (int)(p.K / kChunk);
-    const long long MN = (long long)p.M * p.N;
     const long long tiles = (p.N + 15) / 16;
     const long long tasks = (tiles + kWarps - 1) / kWarps * p.splits;
-    const T* bias = reinterpret_cast<const T*>(p.bias);
-    T* out = reinterpret_cast<T*>(p.out);
     float part[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
@@ -201,20 +196,8 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
         const int c_begin = z * p.chunks_per_split;
         const int c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
         const long long tile = rowgroup * kWarps + warp;
-        Rows<1> R;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const long long n = tile * 16 + g + 8 * r;
-            R.ok[r] = n < p.N;
-            const long long nn = R.ok[r] ? n : 0;
-            R.w[r] = p.B + nn * (p.K >> 1) + 8 * t;
-            R.f[r] = nn * p.K;
-        }
-        if constexpr (TL) {
-            const long long tt = tile < tiles ? tile : 0;
-            R.w[0] = p.B + ((p.tiled == 2 ? tt : tt * (long long)chunks) * 32 + lane) * 16;
-            R.wstep = p.tiled == 2 ? 512 * tiles : 512;
-        }
+        Rows<1> R;  // weights only: the activations come from the stage
+        lut4::tile_rows<1, TL>(R, p, tile, g, t, lane, chunks);
         R.x[0] = nullptr;
         R.xok[0] = false;
 
@@ -287,35 +270,7 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
             }
         }
 
-        if (tile >= tiles) continue;  // no rows of this warp (the CTA stays in step: the next barrier is per task)
-        bool mine = true;
-        if (p.splits > 1) {
-            float* pp = p.partial + (long long)z * MN;
-            lut4::each_output<NT>(p, tile, g, t, [&](int nt, int e, int m, long long n) {
-                __stcg(pp + (long long)m * p.N + n, acc[nt][e]);
-            });
-            __threadfence();
-            __syncwarp();
-            int last = 0;
-            if (lane == 0) {
-                int* ctr = p.counters + tile;
-                last = atomicAdd(ctr, 1) == p.splits - 1;
-                if (last) *ctr = 0;  // ready for the next call
-            }
-            mine = __shfl_sync(0xffffffffu, last, 0) != 0;
-            if (mine) __threadfence();
-        }
-        if (mine)
-            lut4::each_output<NT>(p, tile, g, t, [&](int nt, int e, int m, long long n) {
-                float y = acc[nt][e];
-                if (p.splits > 1) {  // fixed order: split 0, 1, 2, ...
-                    y = 0.0f;
-                    for (int zz = 0; zz < p.splits; ++zz)
-                        y = __fadd_rn(y, __ldcg(p.partial + (long long)zz * MN + (long long)m * p.N + n));
-                }
-                if (bias != nullptr) y = __fadd_rn(y, O::ld(bias, n));
-                O::st(out, (long long)m * p.N + n, y);
-            });
+        if (tile < tiles) lut4::finish_tile<DT, NT>(p, tile, z, g, t, lane, acc);  // warps with rows in N
     }
 }
 
