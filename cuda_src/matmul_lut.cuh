@@ -417,16 +417,16 @@ inline int tile_n8(int M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; }
  * same results: neither changes the accumulation order). */
 inline int g_lut_variant = 0;
 
-template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk, int S = 2, int XM = kXPerChunk,
-          bool PL = false>
-cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
-    auto kern = gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL>;
-    static bool smem_set[64] = {};
+/* A persistent grid of kern: as many CTAs as fit on the device, at most ctas (ctas_per_sm != nullptr: only how
+ * many fit on one SM). smem_set: kern's dynamic shared memory limit raised, per device. */
+template <typename Kernel>
+cudaError_t launch_persistent(Kernel kern, bool (&smem_set)[64], size_t smem, int threads, long long ctas,
+                              const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     int dev = 0;
-    cudaError_t e = mma4::allow_smem(kern, kSmem, smem_set, dev);
+    cudaError_t e = mma4::allow_smem(kern, smem, smem_set, dev);
     if (e != cudaSuccess) return e;
     int occ = 0;
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, kThreads, kSmem);
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, threads, smem);
     if (e != cudaSuccess) return e;
     if (ctas_per_sm != nullptr) {
         *ctas_per_sm = occ;
@@ -436,10 +436,16 @@ cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     if (e != cudaSuccess) return e;
     const long long slots = (long long)(occ > 0 ? occ : 1) * sms;
-    const long long ctas = (p.tasks + kWarps - 1) / kWarps;
-    const unsigned grid = (unsigned)(ctas < slots ? ctas : slots);
-    kern<<<grid, kThreads, kSmem, stream>>>(p);
+    kern<<<(unsigned)(ctas < slots ? ctas : slots), threads, smem, stream>>>(p);
     return cudaGetLastError();
+}
+
+template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk, int S = 2, int XM = kXPerChunk,
+          bool PL = false>
+cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
+    static bool smem_set[64] = {};
+    return launch_persistent(gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL>, smem_set, kSmem, kThreads,
+                             (p.tasks + kWarps - 1) / kWarps, p, stream, ctas_per_sm);
 }
 
 template <int DT, int NT, bool TL>

@@ -278,27 +278,13 @@ template <int DT, int NT, int WG, int S, bool OV, bool TL>
 cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     constexpr int MINB = 1;
     constexpr size_t smem = smem_bytes<NT>();
-    auto kern = p.group_scales ? gemm_lut_wg_kernel<DT, NT, WG, S, OV, MINB, TL, lut4::kScalesPerGroup>
-                               : gemm_lut_wg_kernel<DT, NT, WG, S, OV, MINB, TL, lut4::kScalesPerChunk>;
-    static bool smem_set[2][64] = {};
-    int dev = 0;
-    cudaError_t e = mma4::allow_smem(kern, smem, smem_set[p.group_scales ? 1 : 0], dev);
-    if (e != cudaSuccess) return e;
-    int occ = 0;
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, WG * kWarpgroupThreads, smem);
-    if (e != cudaSuccess) return e;
-    if (ctas_per_sm != nullptr) {
-        *ctas_per_sm = occ;
-        return cudaSuccess;
-    }
-    int sms = 0;
-    e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    if (e != cudaSuccess) return e;
-    const long long tiles = (p.N + 15) / 16;
-    const long long tasks = (tiles + 4 * WG - 1) / (4 * WG) * p.splits;
-    const long long slots = (long long)(occ > 0 ? occ : 1) * sms;
-    kern<<<(unsigned)(tasks < slots ? tasks : slots), WG * kWarpgroupThreads, smem, stream>>>(p);
-    return cudaGetLastError();
+    static bool smem_set[2][64] = {};  // per scale mode: two kernels
+    const long long ctas = ((p.N + 15) / 16 + 4 * WG - 1) / (4 * WG) * p.splits;  // tasks: no more CTAs than these
+    if (p.group_scales)
+        return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, OV, MINB, TL, lut4::kScalesPerGroup>,
+                                       smem_set[1], smem, WG * kWarpgroupThreads, ctas, p, stream, ctas_per_sm);
+    return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, OV, MINB, TL, lut4::kScalesPerChunk>,
+                                   smem_set[0], smem, WG * kWarpgroupThreads, ctas, p, stream, ctas_per_sm);
 }
 
 /* variant 20: 2 warpgroups a CTA (128 weight rows share each staged chunk), 2 groups of codes in flight; 21: 1
