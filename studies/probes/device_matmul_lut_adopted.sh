@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call for the matmul dispatch as committed: the matmul GPU tests (the rule-2 paths, the unscaled-lookup
 # GEMM and its tiled copies, the one-call path, the argument checks), then the matmul bench (BENCH_ARGS, e.g.
-# "--ms 1,4,16,64 --reps 10") and, with PROBE_ARGS, the LUT kernel's variant A/B (studies/probes/matmul_lut_ab.py).
+# "--ms 1,4,16,64 --reps 10"; BENCH=0 skips it) and, with PROBE_ARGS, the LUT kernel's variant A/B
+# (studies/probes/matmul_lut_ab.py; its json under $OUT/probe). TESTS overrides the test files ("" for none).
 # Carry [".whl", ".devlibs"] (prebuilt matmul and quant libraries of this tree). usage (on the device, repo root):
 #     bash studies/probes/device_matmul_lut_adopted.sh
 set -u
@@ -9,13 +10,16 @@ source studies/probes/device_env.sh >/dev/null   # the bitsandbytes wheel, PYTHO
 exec > >(tee -a "$OUT/log.txt") 2>&1
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$OUT/device.txt"
 python3 -m workbench.cuda_build matmul quant 2>&1 | tail -1
-TESTS="tests/test_matmul_gpu.py tests/test_matmul_lut_gpu.py tests/test_matmul_gemv_one_call.py tests/test_op_checks.py" \
-  TEST_TIMEOUT=${TEST_TIMEOUT:-240} gpu_tests
-grep -E "passed|failed|Error|FAILED" "$OUT/pytest_gpu.txt" | tail -15
-timeout ${BENCH_TIMEOUT:-260} python3 -m studies.bench.bench_matmul_gpu --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 \
-  | tail -45
-tar czf "$OUT/bench.tgz" -C "$OUT" bench 2>/dev/null; rm -rf "$OUT/bench"
+ALL="tests/test_matmul_gpu.py tests/test_matmul_lut_gpu.py tests/test_matmul_gemv_one_call.py tests/test_op_checks.py"
+TESTS=${TESTS-$ALL} TEST_TIMEOUT=${TEST_TIMEOUT:-240} gpu_tests
+grep -E "passed|failed|Error|FAILED" "$OUT/pytest_gpu.txt" 2>/dev/null | tail -15
+if [ "${BENCH:-1}" != 0 ]; then   # BENCH=0: no bench (a variant A/B alone)
+  timeout ${BENCH_TIMEOUT:-260} python3 -m studies.bench.bench_matmul_gpu --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 \
+    | tail -45
+  tar czf "$OUT/bench.tgz" -C "$OUT" bench 2>/dev/null; rm -rf "$OUT/bench"
+fi
 # PROBE_ARGS (e.g. "--variants 0,14 --ms 1,4,16"): the LUT kernel's variants, parity then speed
 if [ -n "${PROBE_ARGS:-}" ]; then
-  timeout ${PROBE_TIMEOUT:-200} python3 -m studies.probes.matmul_lut_ab ${PROBE_ARGS} 2>&1 | tee "$OUT/lut_ab.txt" | tail -40
+  timeout ${PROBE_TIMEOUT:-200} python3 -m studies.probes.matmul_lut_ab --out "$OUT/probe" ${PROBE_ARGS} 2>&1 \
+    | tee "$OUT/lut_ab.txt" | tail -60
 fi
