@@ -71,8 +71,8 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
  * 10 a diagnostic: the weight loads alone; 11 a group's activations loaded before its first mma; 12 a diagnostic: no
  * activation loads; 13 the activations loaded at their chunk (the default before); 14 the default with the pair
  * table addressed by inline PTX (no add per lookup; matmul_lut.cuh, lds_table). All but 2, 3, 10 and 12 give the
- * same bits (matmul_lut.cuh; reports/matmul-h200/lut_gemm). 20..23 (any M, dtype and scales): the kernel's wgmma
- * form, two (20; 22: 3 groups of codes in flight; 23: the next chunk decoded during this one's wgmma) or one (21)
+ * same bits (matmul_lut.cuh; reports/matmul-h200/lut_gemm). 20..22 (any M, dtype and scales): the kernel's wgmma
+ * form, two (20; 22: 3 groups of codes in flight) or one (21)
  * warpgroups a CTA sharing each chunk's activations in shared memory (matmul_lut_wgmma.cuh): the same sums and
  * bound, the tensor core's bits not assumed equal. */
 void kbit_gemm_lut_tuning(int variant);

@@ -1,6 +1,6 @@
 /* kbit-workbench: the unscaled-lookup 4-bit GEMM of matmul_lut.cuh on Hopper's warpgroup MMA (wgmma), 1..64
  * activation rows, written for 33..64 (family "matmul", included by matmul.cu; chosen by kbit_gemm_lut_tuning
- * 20..23, kbit_matmul.h).
+ * 20..22, kbit_matmul.h).
  *
  * Why: matmul_lut.cuh's warps each read their own activation fragments, 8 KB per warp and 64-element chunk at
  * M = 64 against 512 bytes of weights, so past 16 rows its time grows with M (84 -> 153 -> 242 us at M = 16, 32,
@@ -22,7 +22,7 @@
  * Work: a task is (64 WG weight rows, K split); persistent CTAs of WG warpgroups take tasks in grid stride. Per
  * chunk: the next chunk's activations are loaded into registers, this chunk's A decoded and its 4 wgmma issued
  * and waited for, the partial scaled into acc, the next chunk's activations stored to the other stage, one CTA
- * barrier (variant 23 decodes the next chunk's A while the tensor core runs this one). Each warp owns one 16-row
+ * barrier. Each warp owns one 16-row
  * tile as in matmul_lut.cuh and finishes it as there (splits: the tile's last warp sums the partials in split
  * order). */
 #pragma once
@@ -165,7 +165,7 @@ __device__ __forceinline__ void decode_chunk(uint32_t (&a)[4][4], const uint2 (&
     for (int j = 0; j < 4; ++j) lut4::decode_step<DG, false>(a[j], w, j, tab, lane4);
 }
 
-template <int DT, int NT, int WG, int S, bool OV, int MINB, bool TL, int DG>
+template <int DT, int NT, int WG, int S, int MINB, bool TL, int DG>
 __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kernel(const Args p) {
     constexpr int kThreads = WG * kWarpgroupThreads, kWarps = 4 * WG;
     extern __shared__ __align__(1024) uint32_t wg_smem[];
@@ -214,10 +214,6 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
         Group<kU> G[S];  // a ring: the next S - 1 groups' codes and scales in flight
 #pragma unroll
         for (int s = 0; s + 1 < S; ++s) lut4::load_group<kU, 1, TL, DG>(G[s], p, R, c_begin + s * kU, c_end);
-        uint32_t a[4][4];  // the chunk's A fragments (OV: decoded while the tensor core ran the chunk before)
-        if constexpr (OV) {
-            if (c_begin < c_end) decode_chunk<DG>(a, G[0].w[0], tab, lane4);
-        }
         for (int c = c_begin; c < c_end; c += S * kU) {
 #pragma unroll
             for (int s = 0; s < S; ++s) {
@@ -233,17 +229,14 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
                     const bool next = cc + 1 < c_end;
                     Staged<NT, kThreads> X;
                     if (next) load_chunk_x<NT, kThreads>(X, p, cc + 1, tid);
-                    if constexpr (!OV) decode_chunk<DG>(a, G[s].w[u], tab, lane4);
+                    uint32_t a[4][4];
+                    decode_chunk<DG>(a, G[s].w[u], tab, lane4);
                     const uint32_t b0 = stage_addr + st * stage_bytes<NT>();
                     wgmma_fence();
 #pragma unroll
                     for (int j = 0; j < 4; ++j)
                         Mma<NT>::template run<DT>(part, a[j], desc_kmajor(b0 + 2 * j * NT * 128, NT * 128, 128), j > 0);
                     wgmma_commit();
-                    uint32_t an[4][4];  // OV: the next chunk's (the next group's first: loaded a group ahead)
-                    if constexpr (OV) {
-                        if (next) decode_chunk<DG>(an, u + 1 < kU ? G[s].w[u + 1] : G[(s + 1) % S].w[0], tab, lane4);
-                    }
                     float sc[2];
                     lut4::chunk_scales<kU, DG>(sc, G[s], u, nested, R.ok, code2, off);
                     wgmma_wait_all();
@@ -254,12 +247,6 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
                             fence_operand(part[nt][e]);
                             acc[nt][e] = __fmaf_rn(sc[e >> 1], part[nt][e], acc[nt][e]);
                         }
-                    }
-                    if constexpr (OV) {
-#pragma unroll
-                        for (int j = 0; j < 4; ++j)
-#pragma unroll
-                            for (int r = 0; r < 4; ++r) a[j][r] = an[j][r];
                     }
                     if (next) {
                         store_chunk_x<NT, kThreads>(X, stages + (st ^ 1) * stage_bytes<NT>(), tid);
@@ -274,29 +261,28 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
     }
 }
 
-template <int DT, int NT, int WG, int S, bool OV, bool TL>
+template <int DT, int NT, int WG, int S, bool TL>
 cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     constexpr int MINB = 1;
     constexpr size_t smem = smem_bytes<NT>();
     static bool smem_set[2][64] = {};  // per scale mode: two kernels
     const long long ctas = ((p.N + 15) / 16 + 4 * WG - 1) / (4 * WG) * p.splits;  // tasks: no more CTAs than these
     if (p.group_scales)
-        return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, OV, MINB, TL, lut4::kScalesPerGroup>,
+        return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerGroup>,
                                        smem_set[1], smem, WG * kWarpgroupThreads, ctas, p, stream, ctas_per_sm);
-    return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, OV, MINB, TL, lut4::kScalesPerChunk>,
+    return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerChunk>,
                                    smem_set[0], smem, WG * kWarpgroupThreads, ctas, p, stream, ctas_per_sm);
 }
 
 /* variant 20: 2 warpgroups a CTA (128 weight rows share each staged chunk), 2 groups of codes in flight; 21: 1
- * warpgroup (2 CTAs fit an SM); 22: as 20 with 3 groups in flight (more weight bytes in flight per SM); 23: as 20,
- * the next chunk decoded while the tensor core runs this one. */
+ * warpgroup (2 CTAs fit an SM); 22: as 20 with 3 groups in flight (more weight bytes in flight per SM). A fourth,
+ * the next chunk decoded between this one's wgmma and their wait, gave wrong results on the H200 and is gone. */
 template <int DT, int NT, bool TL>
 cudaError_t launch_wg_tl(const Args& p, int variant, cudaStream_t stream, int* ctas_per_sm) {
     switch (variant) {
-        case 21: return launch_wg<DT, NT, 1, 2, false, TL>(p, stream, ctas_per_sm);
-        case 22: return launch_wg<DT, NT, 2, 3, false, TL>(p, stream, ctas_per_sm);
-        case 23: return launch_wg<DT, NT, 2, 2, true, TL>(p, stream, ctas_per_sm);
-        default: return launch_wg<DT, NT, 2, 2, false, TL>(p, stream, ctas_per_sm);
+        case 21: return launch_wg<DT, NT, 1, 2, TL>(p, stream, ctas_per_sm);
+        case 22: return launch_wg<DT, NT, 2, 3, TL>(p, stream, ctas_per_sm);
+        default: return launch_wg<DT, NT, 2, 2, TL>(p, stream, ctas_per_sm);
     }
 }
 
@@ -317,6 +303,6 @@ cudaError_t launch_dt(const Args& p, int variant, cudaStream_t stream, int* ctas
 }
 
 /* The variants that run this kernel (kbit_gemm_lut_tuning). */
-inline bool takes(int variant) { return variant >= 20 && variant <= 23; }
+inline bool takes(int variant) { return variant >= 20 && variant <= 22; }
 
 }  // namespace lutwg
