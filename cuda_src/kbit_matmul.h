@@ -69,16 +69,18 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
  * activations loaded while one is computed); 1 scales per chunk; 2, 3 diagnostics with wrong results (no scale loads,
  * no codebook lookup); 4, 5 the registers budgeted for 3 / 1 CTAs per SM; 6 a ring of 3 groups of chunks in flight;
  * 10 a diagnostic: the weight loads alone; 11 a group's activations loaded before its first mma; 12 a diagnostic: no
- * activation loads; 13 the activations loaded at their chunk (the default before); 14 the default with the pair
- * table addressed by inline PTX (no add per lookup; matmul_lut.cuh, lds_table). All but 2, 3, 10 and 12 give the
- * same bits (matmul_lut.cuh; reports/matmul-h200/lut_gemm). 20..22 (any M, dtype and scales): the kernel's wgmma
- * form, two (20; 22: 3 groups of codes in flight) or one (21)
- * warpgroups a CTA sharing each chunk's activations in shared memory (matmul_lut_wgmma.cuh): the same sums and
- * bound, the tensor core's bits not assumed equal. */
+ * activation loads; 13 the activations loaded at their chunk; 14 the default (the pair table addressed by inline PTX,
+ * no add per lookup: matmul_lut.cuh, lds_table); 15 the default before it, a generic pointer into the table; 16 two
+ * 16-row tiles a warp multiplying each chunk's activations (the registers of 1 CTA per SM; of 2, or four tiles,
+ * spill). All but 2, 3, 10 and 12 give the same bits (matmul_lut.cuh; reports/matmul-h200/lut_gemm). 20..22 (any M, dtype and
+ * scales): the kernel's wgmma form, two (20; 22: 3 groups of codes in flight) or one (21) warpgroups a CTA sharing
+ * each chunk's activations in shared memory (matmul_lut_wgmma.cuh): the same sums and bound, the tensor core's bits
+ * not assumed equal. Variant 0 runs form 20 for M > 32 on weights of more than 2^25 elements (lutwg::takes). */
 void kbit_gemm_lut_tuning(int variant);
 
-/* Resident CTAs per SM of the kernel that serves M rows of dtype (its grid: at most that many per SM). */
-int kbit_gemm_4bit_lut_ctas(int M, int dtype, int* ctas_per_sm);
+/* Resident CTAs per SM of the kernel that serves M rows of dtype against an (N, K) weight (its grid: at most that
+ * many per SM). */
+int kbit_gemm_4bit_lut_ctas(int M, long long N, long long K, int dtype, int* ctas_per_sm);
 
 /* The kernel's tile for M activation rows (block_m x block_n of out^T) and how many CTAs fit on one SM. */
 int kbit_gemm_4bit_mma_tile(int M, int lookup, int* block_m, int* block_n, int* ctas_per_sm);

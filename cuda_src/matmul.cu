@@ -468,6 +468,22 @@ extern "C" int kbit_gemm_4bit_mma_tile(int M, int lookup, int* block_m, int* blo
     return (int)mma4::launch_dt<KBIT_BF16>(p, 1, 0, ctas_per_sm);
 }
 
+/* The unscaled-lookup GEMM's form for p (the variant, M and the weight's size): launched, or (ctas_per_sm) only
+ * its resident CTAs per SM. */
+static cudaError_t lut_launch(const lut4::Args& p, int dtype, cudaStream_t stream, int* ctas_per_sm) {
+    const int v = lut4::g_lut_variant;
+    const bool wg = lutwg::takes(v, p.M, p.N, p.K);
+    switch (dtype) {
+        case KBIT_F16:
+            return wg ? lutwg::launch_dt<KBIT_F16>(p, v, stream, ctas_per_sm)
+                      : lut4::launch_dt<KBIT_F16>(p, stream, ctas_per_sm);
+        case KBIT_BF16:
+            return wg ? lutwg::launch_dt<KBIT_BF16>(p, v, stream, ctas_per_sm)
+                      : lut4::launch_dt<KBIT_BF16>(p, stream, ctas_per_sm);
+        default: return cudaErrorInvalidValue;
+    }
+}
+
 extern "C" cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, long long K,
                                           const unsigned char* B, const float* absmax, const unsigned char* absmax_8bit,
                                           const float* absmax_code, const float* absmax_offset, const float* table,
@@ -487,28 +503,16 @@ extern "C" cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long 
     if (grouped) cps = (cps + 3) & ~3;
     lut4::Args p{{A, B, absmax, absmax_8bit, absmax_code, absmax_offset, table, bias, out, partial, counters,
                   M, N, K, bs_shift}, splits, cps, ((N + 15) / 16) * splits, tiled, grouped};
-    const int v = lut4::g_lut_variant;
-    switch (dtype) {
-        case KBIT_F16:
-            return lutwg::takes(v) ? lutwg::launch_dt<KBIT_F16>(p, v, stream, nullptr)
-                                   : lut4::launch_dt<KBIT_F16>(p, stream, nullptr);
-        case KBIT_BF16:
-            return lutwg::takes(v) ? lutwg::launch_dt<KBIT_BF16>(p, v, stream, nullptr)
-                                   : lut4::launch_dt<KBIT_BF16>(p, stream, nullptr);
-        default: return cudaErrorInvalidValue;
-    }
+    return lut_launch(p, dtype, stream, nullptr);
 }
 
-extern "C" int kbit_gemm_4bit_lut_ctas(int M, int dtype, int* ctas_per_sm) {
-    if (M < 1 || M > KBIT_GEMM_LUT_MAX_M) return (int)cudaErrorInvalidValue;
+extern "C" int kbit_gemm_4bit_lut_ctas(int M, long long N, long long K, int dtype, int* ctas_per_sm) {
+    if (M < 1 || M > KBIT_GEMM_LUT_MAX_M || N < 0 || K < 0 || ctas_per_sm == nullptr) return (int)cudaErrorInvalidValue;
     lut4::Args p{};
     p.M = M;
-    const int v = lut4::g_lut_variant;
-    if (lutwg::takes(v))
-        return (int)(dtype == KBIT_F16 ? lutwg::launch_dt<KBIT_F16>(p, v, 0, ctas_per_sm)
-                                       : lutwg::launch_dt<KBIT_BF16>(p, v, 0, ctas_per_sm));
-    return (int)(dtype == KBIT_F16 ? lut4::launch_dt<KBIT_F16>(p, 0, ctas_per_sm)
-                                   : lut4::launch_dt<KBIT_BF16>(p, 0, ctas_per_sm));
+    p.N = N;
+    p.K = K;
+    return (int)lut_launch(p, dtype, 0, ctas_per_sm);
 }
 
 extern "C" void kbit_gemm_lut_tuning(int variant) { lut4::g_lut_variant = variant; }

@@ -201,33 +201,38 @@ __device__ __forceinline__ void load_x(uint4 (&x)[NT][2], const Rows<NT>& R, int
     }
 }
 
-/* Chunks c .. c + U - 1 (those below c_end) into acc. */
-template <int DT, int NT, int U, int DG, int XM, bool PL>
-__device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U>& G, const Args& p,
-                                              const Rows<NT>& R, int c, int c_end, const char* tab, uint32_t lane4,
-                                              const float* code2, float off, Ahead<NT>& ahead) {
+/* Chunks c .. c + U - 1 (those below c_end) of the warp's RT row tiles into acc: each chunk's activations are
+ * read once and multiply every tile's weights. */
+template <int DT, int NT, int U, int DG, int XM, bool PL, int RT>
+__device__ __forceinline__ void compute_group(float (&acc)[RT][NT][4], const Group<U> (&G)[RT], const Args& p,
+                                              const Rows<NT> (&R)[RT], int c, int c_end, const char* tab,
+                                              uint32_t lane4, const float* code2, float off, Ahead<NT>& ahead) {
     typedef Op<DT> O;
     const bool nested = p.a8 != nullptr;
     uint4 xg[XM == kXPerGroup ? U : 1][NT][2];
     if constexpr (XM == kXPerGroup) {
 #pragma unroll
-        for (int u = 0; u < U; ++u) load_x<NT>(xg[u], R, c + u, c_end);
+        for (int u = 0; u < U; ++u) load_x<NT>(xg[u], R[0], c + u, c_end);
     }
     if constexpr (DG == kDiagLoadsOnly) {  // keeps the loads alive, nothing else
 #pragma unroll
-        for (int u = 0; u < U; ++u)
-            if (c + u < c_end)
-                acc[0][0] += __uint_as_float((G.w[u][0].x ^ G.w[u][0].y ^ G.w[u][1].x ^ G.w[u][1].y) & 0x3fffffffu);
+        for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+                if (c + u < c_end)
+                    acc[rt][0][0] += __uint_as_float((G[rt].w[u][0].x ^ G[rt].w[u][0].y ^ G[rt].w[u][1].x ^
+                                                      G[rt].w[u][1].y) & 0x3fffffffu);
         return;
     } else {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int cc = c + u;
             if (cc >= c_end) break;  // uniform across the CTA
-            float s[2];
-            chunk_scales<U, DG>(s, G, u, nested, R.ok, code2, off);
+            float s[RT][2];
+#pragma unroll
+            for (int rt = 0; rt < RT; ++rt) chunk_scales<U, DG>(s[rt], G[rt], u, nested, R[rt].ok, code2, off);
             uint4 xv[NT][2];
-            if constexpr (XM == kXPerChunk) load_x<NT>(xv, R, cc, c_end);
+            if constexpr (XM == kXPerChunk) load_x<NT>(xv, R[0], cc, c_end);
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 if constexpr (XM == kXPerGroup) {
@@ -240,26 +245,29 @@ __device__ __forceinline__ void compute_group(float (&acc)[NT][4], const Group<U
                     xv[nt][0] = xv[nt][1] = make_uint4(0x3f803f80u, 0x3f803f80u, 0x3f803f80u, 0x3f803f80u);
                 }
             }
-            if constexpr (XM == kXAhead) load_x<NT>(ahead.x, R, cc + 1, c_end);
-            float part[NT][4];
+            if constexpr (XM == kXAhead) load_x<NT>(ahead.x, R[0], cc + 1, c_end);
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
+            for (int rt = 0; rt < RT; ++rt) {
+                float part[NT][4];
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                uint32_t a[4];
-                decode_step<DG, PL>(a, G.w[u], j, tab, lane4);
+                for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    uint32_t a[4];
+                    decode_step<DG, PL>(a, G[rt].w[u], j, tab, lane4);
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt) {
+                        const uint4& x = xv[nt][j >> 1];
+                        O::mma(part[nt], a, (j & 1) ? x.z : x.x, (j & 1) ? x.w : x.y);
+                    }
+                }
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) {
-                    const uint4& x = xv[nt][j >> 1];
-                    O::mma(part[nt], a, (j & 1) ? x.z : x.x, (j & 1) ? x.w : x.y);
+                    acc[rt][nt][0] = __fmaf_rn(s[rt][0], part[nt][0], acc[rt][nt][0]);
+                    acc[rt][nt][1] = __fmaf_rn(s[rt][0], part[nt][1], acc[rt][nt][1]);
+                    acc[rt][nt][2] = __fmaf_rn(s[rt][1], part[nt][2], acc[rt][nt][2]);
+                    acc[rt][nt][3] = __fmaf_rn(s[rt][1], part[nt][3], acc[rt][nt][3]);
                 }
-            }
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                acc[nt][0] = __fmaf_rn(s[0], part[nt][0], acc[nt][0]);
-                acc[nt][1] = __fmaf_rn(s[0], part[nt][1], acc[nt][1]);
-                acc[nt][2] = __fmaf_rn(s[1], part[nt][2], acc[nt][2]);
-                acc[nt][3] = __fmaf_rn(s[1], part[nt][3], acc[nt][3]);
             }
         }
     }
@@ -348,7 +356,7 @@ __device__ __forceinline__ void finish_tile(const Args& p, long long tile, int z
     });
 }
 
-template <int DT, int NT, int U, int S, int MINB, bool TL, int DG, int XM, bool PL>
+template <int DT, int NT, int U, int S, int MINB, bool TL, int DG, int XM, bool PL, int RT>
 __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) {
     extern __shared__ __align__(16) uint32_t lut_smem[];
     uint32_t* pair = lut_smem;
@@ -369,43 +377,54 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
     }
 
     const int chunks = (int)(p.K / kChunk);
+    const long long tasks = RT == 1 ? p.tasks : ((p.N + 15) / 16 + RT - 1) / RT * p.splits;
 
     // warps take tasks on their own (no CTA barrier after the table), so the last wave is one warp's task deep
-    for (long long task = (long long)blockIdx.x * kWarps + warp; task < p.tasks; task += (long long)gridDim.x * kWarps) {
-        const long long tile = task / p.splits;
-        const int z = (int)(task - tile * p.splits);
+    for (long long task = (long long)blockIdx.x * kWarps + warp; task < tasks; task += (long long)gridDim.x * kWarps) {
+        const long long tile0 = task / p.splits * RT;  // the task's RT consecutive row tiles share its activations
+        const int z = (int)(task - tile0 / RT * p.splits);
         const int c_begin = z * p.chunks_per_split;
         const int c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
-        Rows<NT> R;
-        tile_rows<NT, TL>(R, p, tile, g, t, lane, chunks);
+        Rows<NT> R[RT];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
+        for (int rt = 0; rt < RT; ++rt) tile_rows<NT, TL>(R[rt], p, tile0 + rt, g, t, lane, chunks);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {  // the activation side: R[0]'s
             const int m = 8 * nt + g;
-            R.xok[nt] = m < p.M;
-            R.x[nt] = reinterpret_cast<const uint8_t*>(p.A) + 2 * ((long long)(R.xok[nt] ? m : 0) * p.K + 16 * t);
+            R[0].xok[nt] = m < p.M;
+            R[0].x[nt] = reinterpret_cast<const uint8_t*>(p.A) + 2 * ((long long)(R[0].xok[nt] ? m : 0) * p.K + 16 * t);
         }
 
-        float acc[NT][4];
+        float acc[RT][NT][4];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+        for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) acc[rt][nt][0] = acc[rt][nt][1] = acc[rt][nt][2] = acc[rt][nt][3] = 0.0f;
         // S groups in registers, a ring: the next S - 1 groups' loads in flight while one group of U chunks is
         // computed (slots are compile-time indices, so the ring stays in registers)
-        Group<U> G[S];
+        Group<U> G[S][RT];
         Ahead<NT> ahead;
-        if constexpr (XM == kXAhead) load_x<NT>(ahead.x, R, c_begin, c_end);
+        if constexpr (XM == kXAhead) load_x<NT>(ahead.x, R[0], c_begin, c_end);
 #pragma unroll
-        for (int s = 0; s + 1 < S; ++s) load_group<U, NT, TL, DG>(G[s], p, R, c_begin + s * U, c_end);
+        for (int s = 0; s + 1 < S; ++s)
+#pragma unroll
+            for (int rt = 0; rt < RT; ++rt) load_group<U, NT, TL, DG>(G[s][rt], p, R[rt], c_begin + s * U, c_end);
         for (int c = c_begin; c < c_end; c += S * U) {
 #pragma unroll
             for (int s = 0; s < S; ++s) {
                 const int cs = c + s * U;
                 if (cs >= c_end) break;
-                if (cs + (S - 1) * U < c_end) load_group<U, NT, TL, DG>(G[(s + S - 1) % S], p, R, cs + (S - 1) * U, c_end);
-                compute_group<DT, NT, U, DG, XM, PL>(acc, G[s], p, R, cs, c_end, tab, lane4, code2, off, ahead);
+                if (cs + (S - 1) * U < c_end)
+#pragma unroll
+                    for (int rt = 0; rt < RT; ++rt)
+                        load_group<U, NT, TL, DG>(G[(s + S - 1) % S][rt], p, R[rt], cs + (S - 1) * U, c_end);
+                compute_group<DT, NT, U, DG, XM, PL, RT>(acc, G[s], p, R, cs, c_end, tab, lane4, code2, off, ahead);
             }
         }
 
-        finish_tile<DT, NT>(p, tile, z, g, t, lane, acc);
+#pragma unroll
+        for (int rt = 0; rt < RT; ++rt)  // tiles past N: rows all out, nothing to store or count
+            if (rt == 0 || (tile0 + rt) * 16 < p.N) finish_tile<DT, NT>(p, tile0 + rt, z, g, t, lane, acc[rt]);
     }
 }
 
@@ -441,11 +460,11 @@ cudaError_t launch_persistent(Kernel kern, bool (&smem_set)[64], size_t smem, in
 }
 
 template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk, int S = 2, int XM = kXPerChunk,
-          bool PL = false>
+          bool PL = false, int RT = 1>
 cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     static bool smem_set[64] = {};
-    return launch_persistent(gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL>, smem_set, kSmem, kThreads,
-                             (p.tasks + kWarps - 1) / kWarps, p, stream, ctas_per_sm);
+    return launch_persistent(gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL, RT>, smem_set, kSmem, kThreads,
+                             (p.tasks / RT + kWarps - 1) / kWarps, p, stream, ctas_per_sm);
 }
 
 template <int DT, int NT, bool TL>
@@ -464,13 +483,16 @@ cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
                 case 11: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup, 2, kXPerGroup>(p, stream, ctas_per_sm);
                 case 12: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup, 2, kDiagNoX>(p, stream, ctas_per_sm);
                 case 13: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup>(p, stream, ctas_per_sm);
-                case 14: return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true>(p, stream, ctas_per_sm);
+                case 15: return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead>(p, stream, ctas_per_sm);
+                case 16: return launch_k<DT, NT, 4, 1, TL, kScalesPerGroup, 2, kXAhead, true, 2>(p, stream, ctas_per_sm);
                 default: break;
             }
         }
     }
-    if constexpr (NT <= 2) {  // the next chunk's activations in flight while one is computed (lut_gemm report)
-        if (p.group_scales) return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead>(p, stream, ctas_per_sm);
+    if constexpr (NT <= 2) {  // the next chunk's activations in flight while one is computed, the pair table
+                              // addressed by inline PTX (lut_gemm and lut_gemm/wgmma_ab reports)
+        if (p.group_scales)
+            return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true>(p, stream, ctas_per_sm);
     }
     if (p.group_scales) return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup>(p, stream, ctas_per_sm);
     return launch_k<DT, NT, U0, B0, TL>(p, stream, ctas_per_sm);

@@ -1,6 +1,6 @@
 /* kbit-workbench: the unscaled-lookup 4-bit GEMM of matmul_lut.cuh on Hopper's warpgroup MMA (wgmma), 1..64
- * activation rows, written for 33..64 (family "matmul", included by matmul.cu; chosen by kbit_gemm_lut_tuning
- * 20..22, kbit_matmul.h).
+ * activation rows, written for 33..64 (family "matmul", included by matmul.cu; the default there on large weights,
+ * and kbit_gemm_lut_tuning 20..22 at any M: takes below, kbit_matmul.h).
  *
  * Why: matmul_lut.cuh's warps each read their own activation fragments, 8 KB per warp and 64-element chunk at
  * M = 64 against 512 bytes of weights, so past 16 rows its time grows with M (84 -> 153 -> 242 us at M = 16, 32,
@@ -302,7 +302,12 @@ cudaError_t launch_dt(const Args& p, int variant, cudaStream_t stream, int* ctas
     }
 }
 
-/* The variants that run this kernel (kbit_gemm_lut_tuning). */
-inline bool takes(int variant) { return variant >= 20 && variant <= 22; }
+/* Whether this kernel serves M rows against an (N, K) weight under kbit_gemm_lut_tuning's variant: 20..22 always;
+ * the default for 33..64 rows on weights of more than 2^25 elements, where form 20 measured 1.02-1.15x the mma.sync
+ * form at M = 64 (slower on 4096x4096 and at M <= 32: reports/matmul-h200/lut_gemm/wgmma_ab). */
+constexpr long long kDefaultMinWeights = 1LL << 25;
+inline bool takes(int variant, int M, long long N, long long K) {
+    return (variant >= 20 && variant <= 22) || (variant == 0 && M > 32 && N * K > kDefaultMinWeights);
+}
 
 }  // namespace lutwg

@@ -21,7 +21,7 @@ from test_matmul_gpu import (_case, _need_cuda, _poison_allocator, _ratio, _repl
 pytestmark = pytest.mark.gpu
 
 # (N, K, blocksize): row tails, K not a multiple of the blocksize (blocks across rows), K % 256 != 0 (per-chunk
-# scales), long rows, one block per row; all small enough (<= 2^26 weights) for the 33..64-row range too
+# scales), long rows, one block per row; all of at most 2^25 weights: the mma.sync form at every M
 CASES = ((300, 640, 128), (129, 64, 64), (1000, 1536, 64), (517, 4160, 1024), (4096, 4096, 64), (64, 8192, 4096))
 MS = (2, 3, 8, 9, 16, 17, 32, 33, 64)
 
@@ -211,11 +211,11 @@ def test_tiled_copy_past_the_cap_or_out_of_memory_reads_rows(rng, monkeypatch):
     gemm_layout.forget()
 
 
-@pytest.mark.parametrize("variant", (14,))
+@pytest.mark.parametrize("variant", (15, 16))
 def test_lut_variant_gives_the_default_bits(rng, variant):
     """kbit_gemm_lut_tuning's variants other than the diagnostics change how the kernel runs, not what it sums:
-    variant 14 (the pair table addressed by inline PTX) gives variant 0's bits, over row tails, nested and plain
-    scales, bias, and 1..16 rows."""
+    variant 15 (the pair table through a generic pointer, the default before) and 16 (two row tiles a warp)
+    give variant 0's bits, over row tails (and tiles past N), nested and plain scales, bias, and 1..16 rows."""
     _need_cuda()
     from workbench.backends.cuda import matmul as CM
     L = CM.lib()
@@ -274,3 +274,31 @@ def test_lut_wgmma_form_within_bound_repeatable_and_layout_free(rng, monkeypatch
         L.kbit_gemm_lut_tuning(0)
         gemm_layout.forget()
     print(f"wgmma variant {variant}: the mma.sync form's bits in {same} of {runs} cases")
+
+
+def test_33_to_64_rows_on_a_large_weight_take_the_wgmma_form(rng, monkeypatch):
+    """Past 32 rows on a weight of more than 2^25 elements the dispatch takes the unscaled-lookup GEMM and the kernel
+    runs its wgmma form (lutwg::takes): within the bound over poisoned memory, the one-call and general paths equal,
+    and the bits of variant 20 forced; both scale modes (K % 256 == 0 groups them) and a row tail."""
+    _need_cuda()
+    from workbench.backends.cuda import matmul as CM
+    L = CM.lib()
+    calls = _count(monkeypatch)
+    try:
+        for N, K, M in ((4100, 8192, 64), (8200, 4160, 33)):
+            assert N * K > 1 << 25 and CM.lut_rows(M, N, K)
+            A, P, qs, b = _case(rng, N, K, M, torch.bfloat16, 64, True, M == 33)
+            ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+            _poison_allocator()
+            got = matmul_4bit(A, P, qs, bias=b)
+            general = matmul_4bit(A, P, qs, bias=b, out=torch.empty_like(got))
+            _within(got, ref, A, P, qs, b)
+            monkeypatch.setattr(CM, "_lut_plans", {})
+            L.kbit_gemm_lut_tuning(20)
+            forced = matmul_4bit(A, P, qs, bias=b)
+            L.kbit_gemm_lut_tuning(0)
+            monkeypatch.setattr(CM, "_lut_plans", {})
+            assert torch.equal(got, general) and torch.equal(got.view(torch.int16), forced.view(torch.int16)), (N, K)
+        assert len(calls) == 6
+    finally:
+        L.kbit_gemm_lut_tuning(0)

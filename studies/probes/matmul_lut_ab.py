@@ -110,7 +110,7 @@ def parity(L, quick: bool) -> tuple[int, float]:
             A = torch.randn(M, K, device="cuda", dtype=dt, generator=g)
             ref, bound = _reference(A, P, N, K, qs, bias)
             first = None
-            for variant in (0, 1, 4, 5, 6, 11, 13, 14) + WGMMA_VARIANTS:
+            for variant in (0, 1, 4, 5, 6, 11, 13, 15, 16) + WGMMA_VARIANTS:
                 L.kbit_gemm_lut_tuning(variant)
                 for splits in (1, 3, 7):
                     f = Lut(A, P, N, K, qs, bias, splits)
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     for variant in (0,) + WGMMA_VARIANTS:
         L.kbit_gemm_lut_tuning(variant)
         for M in (1, 16, 32, 64):
-            L.kbit_gemm_4bit_lut_ctas(M, DTYPE_CODE[torch.bfloat16], C.byref(occ))
+            L.kbit_gemm_4bit_lut_ctas(M, 28672, 8192, DTYPE_CODE[torch.bfloat16], C.byref(occ))
             print(f"M={M}: {occ.value} CTAs per SM (variant {variant})")
     L.kbit_gemm_lut_tuning(0)
     bad, worst = parity(L, args.quick)

@@ -2,12 +2,12 @@
 
 Dispatch on the number of activation rows M, from the H200 measurements in reports/matmul-h200:
 
-* fp16/bf16 A, 2 <= M <= LUT_MAX_M (LUT_MAX_M_SMALL for weights of at most LUT_SMALL_WEIGHTS elements), or M = 1
-  on a weight of more than LUT_M1_MIN_WEIGHTS elements with tiled copies on, K % 64 == 0, blocksize >= 64, a
-  codebook finite in A's dtype: the tensor-core GEMM with unscaled lookups ``kbit_gemm_4bit_lut``
-  (cuda_src/matmul_lut.cuh: each weight is dtype(table[c]), the block scale multiplies the block's float32 partial
-  sum; held to the reference's ``error_bound_unscaled``, not rule 2 bit for bit). It reads the weight's tiled copy
-  (gemm_layout.py: made once per weight, kept with it), or the row layout when copies are off;
+* fp16/bf16 A, 2 <= M <= LUT_MAX_M, or M = 1 on a weight of more than LUT_M1_MIN_WEIGHTS elements with tiled
+  copies on, K % 64 == 0, blocksize >= 64, a codebook finite in A's dtype: the tensor-core GEMM with unscaled
+  lookups ``kbit_gemm_4bit_lut`` (cuda_src/matmul_lut.cuh, and its wgmma form matmul_lut_wgmma.cuh for 33..64 rows
+  on weights of more than 2^25 elements: each weight is dtype(table[c]), the block scale multiplies the block's
+  float32 partial sum; held to the reference's ``error_bound_unscaled``, not rule 2 bit for bit). It reads the
+  weight's tiled copy (gemm_layout.py: made once per weight, kept with it), or the row layout when copies are off;
 * otherwise fp16/bf16 A, K % 32 == 0, MMA_MIN_M <= M <= MMA_MAX_M: the fused dequant + tensor-core GEMM
   ``kbit_gemm_4bit_mma`` (cuda_src/matmul_mma.cuh: rule 2 exactly, mma.sync m16n8k16, float32 accumulators,
   split-K over enough CTAs to fill the GPU, partials summed in split order by the last CTA of a tile);
@@ -37,11 +37,12 @@ MMA_MIN_M = 2
 MMA_MAX_M = 64
 # H200 (reports/matmul-h200/lut_gemm): the unscaled-lookup GEMM beats the rule-2 GEMM at M = 4, 16 and 32 on
 # the five shapes measured (1.07-2.2x; a tie at M = 32 on 8192x28672) and at M = 64 on the three of at most 2^26
-# weights (1.25-1.61x), loses to it at M = 64 on the two of 235 M weights (0.83 / 0.97x). At M = 1, reading the
-# tiled copy, it beats the GEMV by 1.05-1.39x on the four shapes of more than 2^24 weights and loses on 4096x4096.
+# weights (1.25-1.61x), and its wgmma form, which the kernel runs for 33..64 rows on weights of more than 2^25
+# elements, beats the rule-2 GEMM at M = 64 on the two of 235 M weights too (1.08 / 1.11x, lut_gemm/wgmma_ab). At
+# M = 1, reading the tiled copy, it beats the GEMV by 1.05-1.39x on the four shapes of more than 2^24 weights and
+# loses on 4096x4096.
 LUT_MIN_M = 1
-LUT_MAX_M = 32
-LUT_MAX_M_SMALL, LUT_SMALL_WEIGHTS = 64, 1 << 26
+LUT_MAX_M = 64
 LUT_M1_MIN_WEIGHTS = 1 << 24
 # How the kernel reads the codebook (0: one shared table, 1: a copy per lane, 3: byte-indexed pairs): equal
 # results, different speed; KBIT_MMA_LOOKUP overrides the measured default.
@@ -69,7 +70,7 @@ def lib() -> ctypes.CDLL:
         L.kbit_gemm_tuning.argtypes = [_I, _I]
         L.kbit_gemm_tuning.restype = None
         L.kbit_gemm_tuning(ROW_TILES, WEIGHTS_IN_REGISTERS)
-        L.kbit_gemm_4bit_lut_ctas.argtypes = [_I, _I, _P]
+        L.kbit_gemm_4bit_lut_ctas.argtypes = [_I, _c.c_longlong, _c.c_longlong, _I, _P]
         L.kbit_gemm_4bit_lut_ctas.restype = _I
         L.kbit_gemm_lut_tuning.argtypes = [_I]      # A/B knob (studies/probes/matmul_lut_ab.py)
         L.kbit_gemm_lut_tuning.restype = None
@@ -91,7 +92,7 @@ def lut_rows(M: int, N: int, K: int) -> bool:
         return False
     if M == 1:
         return gemm_layout.ENABLED and N * K > LUT_M1_MIN_WEIGHTS
-    return M <= (LUT_MAX_M_SMALL if N * K <= LUT_SMALL_WEIGHTS else LUT_MAX_M)
+    return M <= LUT_MAX_M
 
 
 def takes_lut(dtype: torch.dtype, M: int, N: int, K: int, blocksize: int, table_fits: bool) -> bool:
@@ -253,7 +254,6 @@ def forget_plans() -> None:
     """Drop the remembered tiles and split plans (after a lookup or tuning knob changes them)."""
     _tiles.clear()
     _mma_plans.clear()
-    _lut_ctas.clear()
     _lut_plans.clear()
 
 
@@ -281,21 +281,16 @@ def gemm_mma_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
 # --- the unscaled-lookup GEMM -------------------------------------------------------------------------------------
 
 LUT_CHUNK = 64        # k per chunk (matmul_lut.cuh kChunk); splits are whole 4-chunk groups where the kernel groups
-_lut_ctas: dict = {}  # (n8 tiles, dtype, device index) -> resident CTAs per SM
-_lut_plans: dict = {}  # (M, N, K, device index) -> splits
+_lut_plans: dict = {}  # (M, N, K, dtype, device index) -> splits
 
 
 def lut_splits(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> int:
     """K ranges per m16 row tile: as many as keep every resident warp busy with one task, at least one (H200: the
     best of 1..24 splits measured on all five shapes at M = 1..64, reports/matmul-h200/lut_gemm)."""
-    nt = 1 if M <= 8 else 2 if M <= 16 else 4 if M <= 32 else 8
-    key = (nt, dtype, device.index)
-    if key not in _lut_ctas:
-        occ = _c.c_int()
-        with on(device):
-            check(lib().kbit_gemm_4bit_lut_ctas(M, DTYPE_CODE[dtype], _c.byref(occ)), "kbit_gemm_4bit_lut_ctas")
-        _lut_ctas[key] = max(1, occ.value)
-    warps = _lut_ctas[key] * _sm_count(device) * 8
+    occ = _c.c_int()
+    with on(device):
+        check(lib().kbit_gemm_4bit_lut_ctas(M, N, K, DTYPE_CODE[dtype], _c.byref(occ)), "kbit_gemm_4bit_lut_ctas")
+    warps = max(1, occ.value) * _sm_count(device) * 8  # the default forms: 8 warps a CTA
     tiles = -(-N // 16)
     groups = max(1, K // (4 * LUT_CHUNK))
     return max(1, min(warps // tiles, groups, MAX_SPLITS))
@@ -311,9 +306,9 @@ def gemm_lut_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     :func:`takes_lut` and 16-byte alignment), on B's tiled copy where there is one (gemm_layout.tiled_copy). The
     split plan is remembered per shape and device."""
     a2, a8, c2, off, tab, bs = state_args
-    splits = _lut_plans.get((M, N, K, device_index))
+    splits = _lut_plans.get((M, N, K, A.dtype, device_index))
     if splits is None:
-        splits = _lut_plans[M, N, K, device_index] = lut_splits(M, N, K, A.dtype, A.device)
+        splits = _lut_plans[M, N, K, A.dtype, device_index] = lut_splits(M, N, K, A.dtype, A.device)
     st = raw_stream(device_index)
     part = ctr = None   # alive until the launch is queued (the allocator reuses freed memory in stream order)
     if splits > 1:
