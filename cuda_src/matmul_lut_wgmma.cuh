@@ -303,7 +303,7 @@ cudaError_t launch_dt(const Args& p, int variant, cudaStream_t stream, int* ctas
 }
 
 /* Whether this kernel serves M rows against an (N, K) weight under kbit_gemm_lut_tuning's variant: 20..22 always;
- * the default for 33..64 rows on weights of more than 2^25 elements, where form 20 measured 1.02-1.15x the mma.sync
+ * the default for 33..64 rows on weights of more than 2^25 elements, where form 20 measured 1.00-1.16x the mma.sync
  * form at M = 64 (slower on 4096x4096 and at M <= 32: reports/matmul-h200/lut_gemm/wgmma_ab). */
 constexpr long long kDefaultMinWeights = 1LL << 25;
 inline bool takes(int variant, int M, long long N, long long K) {
