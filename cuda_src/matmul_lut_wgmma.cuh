@@ -22,9 +22,8 @@
  * Work: a task is (64 WG weight rows, K split); persistent CTAs of WG warpgroups take tasks in grid stride. Per
  * chunk: the next chunk's activations are loaded into registers, this chunk's A decoded and its 4 wgmma issued
  * and waited for, the partial scaled into acc, the next chunk's activations stored to the other stage, one CTA
- * barrier. Each warp owns one 16-row
- * tile as in matmul_lut.cuh and finishes it as there (splits: the tile's last warp sums the partials in split
- * order). */
+ * barrier. Each warp owns one 16-row tile as in matmul_lut.cuh and finishes it as there (splits: the tile's last
+ * warp sums the partials in split order). */
 #pragma once
 
 #include "matmul_lut.cuh"

@@ -235,11 +235,10 @@ def test_lut_variant_gives_the_default_bits(rng, variant):
 @pytest.mark.parametrize("variant", (20, 21, 22))
 def test_lut_wgmma_form_within_bound_repeatable_and_layout_free(rng, monkeypatch, variant):
     """The kernel's wgmma form (cuda_src/matmul_lut_wgmma.cuh; kbit_gemm_lut_tuning 20: two warpgroups a CTA, 21:
-    one, 22: 3 groups of codes in flight) sums as the mma.sync
-    form does, on another instruction: each output within the unscaled bound over NaN-poisoned memory, with row
-    tails, per-chunk and grouped scales, bias, bf16 and fp16, 1..64 rows and forced splits (more than the chunks
-    too); a second call gives the same bits and the tiled copy the rows' bits. Whether it equals the mma.sync form
-    bit for bit is printed, not assumed."""
+    one, 22: 3 groups of codes in flight) sums as the mma.sync form does, on another instruction: each output
+    within the unscaled bound over NaN-poisoned memory, with row tails, per-chunk and grouped scales, bias, bf16 and
+    fp16, 1..64 rows and forced splits (more than the chunks too); a second call gives the same bits and the tiled
+    copy the rows' bits. Whether it equals the mma.sync form bit for bit is printed, not assumed."""
     _need_cuda()
     from workbench.backends.cuda import gemm_layout
     from workbench.backends.cuda import matmul as CM
