@@ -58,3 +58,30 @@ def test_numba_cuda_gemv_weights_exact_with_one_hot_rows(rng, dtype):
         assert nan[:, 0].all() and not nan[:, 1:].any()
         assert torch.equal(got.isnan(), nan), (N, K, M)
         assert torch.equal(got[~nan], Wd[:, ks].t()[~nan]), (N, K, M)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_numba_cuda_gemv_on_the_tiled_layout(rng, monkeypatch, dtype):
+    """``KBIT_NUMBA_GEMV_LAYOUT=tiled`` (``gemv_tiled`` on the tiled copy): within error_bound_unscaled on a large
+    square weight, N not a multiple of 16, 33 chunks (not a multiple of the CTA's 8 warps), blocks of 256, M = 1..4,
+    nested scales and bias, over an output buffer the allocator last gave to NaNs."""
+    _backend("numba_cuda")
+    from numba_kernels.cuda import matmul as K
+    from workbench.backends.numba_cuda import matmul as NM
+    monkeypatch.setattr(NM, "GEMV_LAYOUT", "tiled")
+    build, ran = K.gemv_tiled, []
+    monkeypatch.setattr(K, "gemv_tiled", lambda M, kind: ran.append(M) or build(M, kind))
+    for i, (N, Kd, M, bs) in enumerate([(4096, 4096, 1, 64), (1000, 1024, 3, 128), (301, 2112, 4, 64),
+                                        (77, 8192, 2, 256)]):
+        W = torch.randn(N, Kd, generator=rng).to(dtype).cuda()
+        A = torch.randn(M, Kd, generator=rng).to(dtype).cuda()
+        b = torch.randn(N, generator=rng).to(dtype).cuda() if i % 2 else None
+        P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=i != 1)
+        ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+        torch.full((M * N,), float("nan"), device="cuda")   # freed at once: the next float32 block of this size
+        got = matmul_4bit(A, P, qs, bias=b, backend="numba_cuda")
+        assert ran[-1:] == [M], (N, Kd, M)
+        a2, a8, c2, off = ((qs.state2.absmax, qs.absmax, qs.state2.code, qs.offset) if qs.nested
+                           else (qs.absmax, None, None, None))
+        bound = R.unscaled_bound_of(A, P, (N, Kd), a2, qs.code, bs, b, a8, c2, off, ref=ref)
+        assert ((got.float() - ref.float()).abs() <= bound).all(), (N, Kd, M)

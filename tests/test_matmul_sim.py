@@ -95,3 +95,43 @@ def test_gemv_rows_contiguous_chunk_order(backend, rng, monkeypatch):
         P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=True, backend="reference")
         _check(gemv_4bit(A, P, state=qs, backend="numba_cuda"), gemv_4bit(A, P, state=qs, backend="reference"),
                A, P, qs, None)
+
+
+@sim
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gemv_on_the_tiled_layout(backend, rng, monkeypatch, dtype):
+    """``KBIT_NUMBA_GEMV_LAYOUT=tiled``: ``gemv_tiled`` on the tiled copy of the weight, within error_bound_unscaled,
+    on N not a multiple of 16 (a padded tile; rows g + 8 past N), more chunks than warps and fewer, M = 1..4 (the
+    activations one chunk ahead and not), blocks longer than a chunk, nested scales and bias; a codebook not finite
+    in fp16, K % 64 != 0 and fp32 A stay on the rule-2 kernels."""
+    K = backend.K
+    monkeypatch.setattr(backend, "GEMV_LAYOUT", "tiled")
+    build, ran = K.gemv_tiled, []
+    monkeypatch.setattr(K, "gemv_tiled", lambda M, kind: ran.append(M) or build(M, kind))
+    for i, (N, Kd, M, bs) in enumerate([(21, 128, 1, 64), (40, 576, 3, 128), (16, 320, 4, 64), (7, 64, 2, 64),
+                                        (35, 1024, 1, 256)]):
+        W = torch.randn(N, Kd, generator=rng)
+        A = (torch.randn(M, Kd, generator=rng) * 2).to(dtype)
+        b = torch.randn(N, generator=rng).to(dtype) if i % 2 else None
+        P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=i != 1, backend="reference")
+        got = matmul_4bit(A, P, qs, bias=b, backend="numba_cuda")
+        assert ran[-1:] == [M], (N, Kd, M)
+        ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+        a2, a8, c2, off = ((qs.state2.absmax, qs.absmax, qs.state2.code, qs.offset) if qs.nested
+                           else (qs.absmax, None, None, None))
+        bound = R.unscaled_bound_of(A, P, (N, Kd), a2, qs.code, bs, b, a8, c2, off, ref=ref)
+        assert ((got.float() - ref.float()).abs() <= bound).all(), (N, Kd, M)
+    ran.clear()
+    W = torch.randn(5, 96, generator=rng)
+    P, qs = wb.quantize_4bit(W, blocksize=32, backend="reference")
+    matmul_4bit(torch.randn(1, 96, generator=rng).to(dtype), P, qs, backend="numba_cuda")   # K % 64, blocksize 32
+    P, qs = wb.quantize_4bit(torch.randn(5, 128, generator=rng), blocksize=64, backend="reference")
+    matmul_4bit(torch.randn(1, 128, generator=rng), P, qs, backend="numba_cuda")              # fp32 A
+    # a kernel-level table past fp16's range (public codebooks lie in [-1, 1]), small scales: rule 2 is finite
+    A = torch.randn(2, 128, generator=rng).to(torch.float16)
+    table, absmax = qs.code.float() * 1e6, torch.full_like(qs.absmax, 1e-5)
+    got = backend.gemm_4bit(A, P, (5, 128), absmax, table, 64)
+    ref = R.gemm_4bit(A, P, (5, 128), absmax, table, 64)
+    W = R.dequantize_weight(P, (5, 128), absmax, table, 64, torch.float16)
+    assert ((got.float() - ref.float()).abs() <= R.error_bound(A, W, None, torch.float16, ref)).all()
+    assert ran == []

@@ -20,6 +20,8 @@ NumPy float32 arithmetic in the simulator. Accumulation order (float32), held to
   in increasing k, then a shared-memory tree over the threads (t + h for h = T/2, T/4, ..., 1), one per row m.
   ``gemv_words`` (K % 8 == 0, the common case): the same with 8-element words (one coalesced 4-byte load and one
   block scale per word; thread t takes words t, t + T, ...).
+* ``gemv_tiled`` (the A/B setting ``KBIT_NUMBA_GEMV_LAYOUT=tiled`` of the adapter): the GEMV on the weight's tiled
+  copy with unscaled lookups (not rule 2; held to the reference's error_bound_unscaled); its docstring has the order.
 * ``gemm_tiled``: a TILE x TILE block of threads per TILE x TILE output tile; K in steps of TILE_K: the A tile and
   the dequantized W tile (float32, rule 2) go to shared memory, each thread adds its products in increasing k.
 
@@ -368,6 +370,181 @@ def gemv_rows(ch: int, M: int, kind: int, spread: bool = True):
 def rows_grid(N: int) -> int:
     """CTAs of ``gemv_rows``: 32 output rows each."""
     return -(-N // 32)
+
+
+# ------------------------------------------------------------------ the GEMV on the tiled weight layout
+
+TILE_ROWS = 16                                          # output rows per tile of the tiled layout
+TILE_CHUNK = 64                                         # elements of a row per chunk
+
+
+def tiled_applies(K: int, blocksize: int) -> bool:
+    """Whether ``gemv_tiled`` can take an (N, K) weight of this blocksize: whole 64-element chunks in the tiled
+    layout, each inside one quantization block (a power of two >= 64)."""
+    return K % TILE_CHUNK == 0 and blocksize >= TILE_CHUNK and not blocksize & (blocksize - 1)
+
+
+_TILED: dict = {}
+
+
+def gemv_tiled(M: int, kind: int):
+    """The GEMV on the weight's tiled copy (the layout the production unscaled-lookup GEMM reads,
+    workbench/backends/cuda/gemm_layout.py: ``[N/16 tiles][K/64 chunks][32 lanes][16 bytes]``), compiled for M
+    activation rows (<= GEMV_MAX_M) of fp16 or bf16 A, with unscaled lookups as that GEMM has them.
+
+    Why: ``gemv_rows`` reads the row layout, where a warp's 16-byte weight load touches 32 rows' lines, and Nsight
+    Compute found it bound by the L1 pipe (reports/matmul-h200/numba_gemv); in the tiled layout a warp's load is 512
+    contiguous bytes, and the production kernel's weight stream alone runs at 95 % of copy there (45 % in rows).
+
+    CTA b takes tile b (output rows 16 b .. 16 b + 15); its ROWS_WARPS warps take the chunks in turn (warp w: chunks
+    w, w + W, ...), so in step they read neighbouring 512-byte pieces. Lane 4 g + t holds elements 16 t .. 16 t + 15
+    of the chunk for rows g and g + 8 (one 16-byte load), and reads those 16 activations of each row m itself (two
+    16-byte loads, one 128-byte line for the warp). A weight is ``dtype(table[c])`` from the lane's own column of a
+    shared table (entry (c, tid) at byte 1024 c + 4 tid, made once), one byte permute and one shared load; the product
+    with an fp16/bf16 activation is exact. Per chunk and row the lane sums its 16 products in float32 (even and odd
+    elements apart, then added) and adds that partial times the row's block scale (rule 1) to its accumulator by one
+    fused multiply-add. Weights and scale inputs are loaded two of the warp's chunks ahead, activations one at
+    M <= 2 (at their chunk at M = 3, 4). Then the sums of a row: the 4 lanes of each warp and the warps in order
+    (warp-major, lane t inner), bias added.
+
+    Numerics: not rule 2; held to the reference's ``error_bound_unscaled``, like the production GEMM. Outputs
+    float32 ``out[m * N + n]``; grid ``tiled_grid(N)`` blocks of ROWS_THREADS; A and the tiled codes as int64 arrays
+    (16-byte aligned); every table entry finite in A's dtype (the adapter checks)."""
+    key = (M, kind)
+    if key in _TILED:
+        return _TILED[key]
+    MM = M
+    KIND = kind
+    XAHEAD = M <= 2   # activations one chunk ahead: at M = 3, 4 their registers would spill (ptxas -v)
+    # ROWS_THREADS threads, as gemv_rows: _entry's byte offsets (1024 c + 4 tid) assume it. Resident CTAs per SM:
+    # 3 at M = 1 (82-84 registers; 106 unbounded), else 2 (113-128); ptxas -v spills nothing
+    bounds = {"launch_bounds": (ROWS_THREADS, 3 if M == 1 else 2)} if not config.ENABLE_CUDASIM else {}
+
+    @cuda.jit(fastmath=False, **bounds)
+    def gemv(A, N, K, T, absmax, a8, code2, offset, nested, table, bshift, bias, has_bias, out):
+        tab = cuda.shared.array(ROWS_TAB, float32)
+        c2 = cuda.shared.array(256, float32)
+        acc = cuda.local.array((GEMV_MAX_M, 2), float32)
+        part = cuda.local.array((GEMV_MAX_M, 2), float32)
+        av = cuda.local.array((GEMV_MAX_M, 16), float32)
+        wv = cuda.local.array(2, uint64)      # this chunk's codes: rows g and g + 8
+        nx = cuda.local.array(4, uint64)      # the next two chunks' (0-1: c + W, 2-3: c + 2 W)
+        xa = cuda.local.array((GEMV_MAX_M, 4), uint64)   # the next chunk's activations (16 per row m)
+        sq = cuda.local.array(6, int32)       # scale inputs (uint8 code) of rows g, g + 8: this chunk, +W, +2W
+        sa = cuda.local.array(6, float32)     # and their absmax
+        tid = cuda.threadIdx.x
+        lane = tid & 31
+        warp = tid >> 5
+        g = lane >> 2
+        t = lane & 3
+        if nested:
+            for j in range(tid, 256, ROWS_THREADS):
+                c2[j] = code2[j]
+        for j in range(16):                   # this lane's column: dtype(table[j]) as float32
+            tab[uint32(j * ROWS_THREADS + tid)] = _round_to(table[j], KIND)
+        cuda.syncthreads()
+        off = offset[0] if nested else float32(0.0)
+        for m in range(MM):
+            acc[m, 0] = float32(0.0)
+            acc[m, 1] = float32(0.0)
+        tcol = uint32((4 * tid) & 0xFF)
+        tgrp = uint32(tid >> 6) * uint32(0x01010101)
+        tile = int64(cuda.blockIdx.x)
+        chunks = int64(K // TILE_CHUNK)
+        per = (chunks + ROWS_WARPS - 1) // ROWS_WARPS
+        n0 = tile * TILE_ROWS + g
+        last = int64(N - 1)                   # rows past N read the last row's scales and are not stored
+        e0 = (n0 if n0 < last else last) * K
+        e1 = (n0 + 8 if n0 + 8 < last else last) * K
+        wbase = tile * chunks * 64 + 2 * lane  # int64 index of chunk 0's codes for this lane
+        ku = K // 4                           # int64 words per activation row
+        c = int64(warp)
+        for a in range(2):                    # chunks warp and warp + W into the next slots
+            ca = c + a * ROWS_WARPS
+            if ca < chunks:
+                nx[2 * a], nx[2 * a + 1] = _ld16(T, wbase + ca * 64)
+                for r in range(2):
+                    b = ((e0 if r == 0 else e1) + ca * TILE_CHUNK) >> bshift
+                    sq[2 + 2 * a + r] = int32(a8[uint64(b)]) if nested else int32(0)
+                    sa[2 + 2 * a + r] = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
+        if XAHEAD and c < chunks:
+            for m in range(MM):
+                xa[m, 0], xa[m, 1] = _ld16(A, uint64(int64(m) * ku + c * 16 + 4 * t))
+                xa[m, 2], xa[m, 3] = _ld16(A, uint64(int64(m) * ku + c * 16 + 4 * t + 2))
+        for i in range(per):
+            c = int64(warp) + i * ROWS_WARPS
+            if c < chunks:
+                wv[0] = nx[0]                 # rotate: this chunk's inputs now, c + 2 W's loads next
+                wv[1] = nx[1]
+                nx[0] = nx[2]
+                nx[1] = nx[3]
+                for j in range(4):
+                    sq[j] = sq[j + 2]
+                    sa[j] = sa[j + 2]
+                if not XAHEAD:                # this chunk's activations now
+                    for m in range(MM):
+                        xa[m, 0], xa[m, 1] = _ld16(A, uint64(int64(m) * ku + c * 16 + 4 * t))
+                        xa[m, 2], xa[m, 3] = _ld16(A, uint64(int64(m) * ku + c * 16 + 4 * t + 2))
+                for m in range(MM):
+                    for w in range(4):
+                        x = xa[m, w]
+                        av[m, 4 * w], av[m, 4 * w + 1] = _unpack2(uint32(x & 0xFFFFFFFF), KIND)
+                        av[m, 4 * w + 2], av[m, 4 * w + 3] = _unpack2(uint32(x >> 32), KIND)
+                c2w = c + 2 * ROWS_WARPS
+                if c2w < chunks:
+                    nx[2], nx[3] = _ld16(T, wbase + c2w * 64)
+                    for r in range(2):
+                        b = ((e0 if r == 0 else e1) + c2w * TILE_CHUNK) >> bshift
+                        sq[4 + r] = int32(a8[uint64(b)]) if nested else int32(0)
+                        sa[4 + r] = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
+                c1 = c + ROWS_WARPS
+                if XAHEAD and c1 < chunks:
+                    for m in range(MM):
+                        xa[m, 0], xa[m, 1] = _ld16(A, uint64(int64(m) * ku + c1 * 16 + 4 * t))
+                        xa[m, 2], xa[m, 3] = _ld16(A, uint64(int64(m) * ku + c1 * 16 + 4 * t + 2))
+                for r in range(2):
+                    for m in range(MM):
+                        part[m, 0] = float32(0.0)
+                        part[m, 1] = float32(0.0)
+                    u = wv[r]
+                    for h in range(2):        # 8 elements: 8 h + 0..7 of the lane's 16
+                        word = uint32((u >> (32 * h)) & 0xFFFFFFFF)
+                        hi = ((word >> 2) & uint32(0x3C3C3C3C)) | tgrp   # byte j: 4 * code of element 2j
+                        lo = ((word << 2) & uint32(0x3C3C3C3C)) | tgrp   # element 2j + 1
+                        for j in range(4):
+                            we = _ld_byte(tab, uint32(_entry(hi, j, tcol)))
+                            wo = _ld_byte(tab, uint32(_entry(lo, j, tcol)))
+                            for m in range(MM):
+                                part[m, 0] = _fma(we, av[m, 8 * h + 2 * j], part[m, 0])
+                                part[m, 1] = _fma(wo, av[m, 8 * h + 2 * j + 1], part[m, 1])
+                    s = _add(_mul(c2[uint32(sq[r])], sa[r]), off) if nested else sa[r]
+                    for m in range(MM):
+                        acc[m, r] = _fma(_add(part[m, 0], part[m, 1]), s, acc[m, r])
+        cuda.syncthreads()                    # every table read done: its space holds the lanes' sums
+        for m in range(MM):
+            for r in range(2):
+                tab[uint32(((warp * MM + m) * 2 + r) * 32 + lane)] = acc[m, r]
+        cuda.syncthreads()
+        for q in range(tid, TILE_ROWS * MM, ROWS_THREADS):
+            m = q >> 4
+            rr = q & 15                       # row of the tile: lane group rr & 7, half rr >> 3
+            n = tile * TILE_ROWS + rr
+            v = float32(0.0)
+            for w in range(ROWS_WARPS):       # warp order, then the row's 4 lanes in order
+                for tt in range(4):
+                    v = _add(v, tab[uint32(((w * MM + m) * 2 + (rr >> 3)) * 32 + 4 * (rr & 7) + tt)])
+            if n < N:
+                if has_bias:
+                    v = _add(v, _load(bias, n, KIND))
+                out[int64(m) * N + n] = v
+
+    _TILED[key] = gemv
+    return gemv
+
+
+def tiled_grid(N: int) -> int:
+    """CTAs of ``gemv_tiled``: one 16-row tile each."""
+    return -(-N // TILE_ROWS)
 
 
 @cuda.jit(fastmath=False)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call for issue 18's Numba CUDA GEMV: its GPU tests, then the matmul bench at the GEMV's M (numba_cuda
-# beside the production GEMV, bitsandbytes and cuBLAS in one process) and the chunk-order A/B of its kernel.
+# beside the production GEMV, bitsandbytes and cuBLAS in one process) and the weight-layout A/B of its kernel (rows
+# against the tiled copy, beside the production path).
 # Carry [".whl", ".devlibs"] (bitsandbytes wheel, gzipped prebuilt .so files; else the families are built here).
 # usage (on the device, repo root): MS=1,4 bash studies/probes/device_matmul_numba.sh
 source studies/probes/device_env.sh >/dev/null
@@ -9,8 +10,9 @@ if [ -z "${PROFILE_ONLY:-}" ]; then
   timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_matmul_numba_cuda_gpu.py} \
     > "$OUT/pytest_gpu_matmul_numba_cuda.txt" 2>&1; tail -3 "$OUT/pytest_gpu_matmul_numba_cuda.txt"
   timeout ${BENCH_TIMEOUT:-300} python3 -m studies.bench.bench_matmul_gpu --ms "${MS:-1,4}" --out "$OUT" 2>&1 \
-    | grep -E "copy bandwidth| (ours|numba_cuda|bnb|cublas_bf16) [0-9]" | tail -60  # the chunk-order A/B of gemv_rows (contiguous ranges vs the warps in turn), M = 1
-  timeout ${AB_TIMEOUT:-240} python3 -m studies.probes.numba_gemv_spread_ab --out "$OUT" 2>&1 | tail -12
+    | grep -E "copy bandwidth| (ours|numba_cuda|bnb|cublas_bf16) [0-9]" | tail -60
+  timeout ${AB_TIMEOUT:-240} python3 -m studies.probes.numba_gemv_layout_ab --ms "${MS:-1,4}" --out "$OUT" 2>&1 \
+    | tee "$OUT/numba_gemv_layout_ab.txt" | tail -32
 fi
 # PROFILE=1: Nsight Compute of the Numba GEMV beside the production one (28672x8192, M = 1, their launches after the
 # first): speed of light, instruction mix, memory workload, warp stall reasons, occupancy. PROFILE_ONLY=1: no tests

@@ -3,17 +3,29 @@ rounded once to A's dtype here (rule 4 of workbench/backends/reference/matmul.py
 
 M <= GEMV_MAX_M: the fused dequant-GEMV (lanes as output rows, ``gemv_rows``, when K % 32 == 0, the blocksize is
 a power of two >= 32 and A and B are 16-byte aligned; else a block per row, 4-byte words when K % 8 == 0); above:
-the simple tiled GEMM. Both decode the
-nested absmax in the kernel. Under the CUDA simulator the backend takes CPU tensors (small inputs only).
+the simple tiled GEMM. Both decode the nested absmax in the kernel. Under the CUDA simulator the backend takes CPU
+tensors (small inputs only).
+
+``KBIT_NUMBA_GEMV_LAYOUT=tiled`` (``GEMV_LAYOUT``) sends fp16/bf16 rows to ``gemv_tiled`` instead where it applies
+(K % 64 == 0, a power-of-two blocksize >= 64, a codebook finite in A's dtype, 16-byte aligned A): it reads the cuda
+backend's tiled copy of the weight (made once and kept, workbench/backends/cuda/gemm_layout.py) with unscaled lookups,
+so it is held to ``error_bound_unscaled`` like the production GEMM. An A/B setting until it is timed on a GPU
+(studies/probes/numba_gemv_layout_ab.py); the default, ``rows``, keeps rule 2.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
 from numba_kernels.cuda import matmul as K
 
 from ._launch import as_array, launch
+from ..cuda import gemm_layout
+from ..cuda.matmul import table_fits
 from ..registry import register_kernel
+
+GEMV_LAYOUT = os.environ.get("KBIT_NUMBA_GEMV_LAYOUT", "rows")
 
 _KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
 
@@ -40,6 +52,15 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     offset = _arr(absmax_offset.float().reshape(1)) if nested else _arr(one)
     b = _arr(bias) if bias is not None else _arr(torch.zeros(1, dtype=A.dtype, device=dev))
     A = A.contiguous()
+    if (GEMV_LAYOUT == "tiled" and M <= K.GEMV_MAX_M and kind != K.F32 and K.tiled_applies(Kd, int(blocksize))
+            and A.data_ptr() % 16 == 0 and table_fits(table, A.dtype)):
+        codes = gemm_layout.tiled_copy(B, N, Kd)   # None: copies off, or no room (then the row layout below)
+        if codes is not None:
+            launch(K.gemv_tiled(M, kind), K.tiled_grid(N), K.ROWS_THREADS, dev,
+                   as_array(A.reshape(-1).view(torch.int64)), N, Kd, as_array(codes.view(torch.int64)),
+                   _arr(absmax.float()), a8, code2, offset, int(nested), _arr(table.float()),
+                   int(blocksize).bit_length() - 1, b, int(bias is not None), _arr(out))
+            return out.view(M, N).to(A.dtype)
     ch = K.rows_chunk(Kd, int(blocksize)) if M <= K.GEMV_MAX_M else 0
     if ch and A.data_ptr() % 16 == 0 and B.data_ptr() % 16 == 0:  # the lanes-as-rows GEMV, 16-byte loads
         launch(K.gemv_rows(ch, M, kind), K.rows_grid(N), K.ROWS_THREADS, dev,
