@@ -417,7 +417,7 @@ def gemv_tiled(M: int, kind: int):
     KIND = kind
     XAHEAD = M <= 2   # activations one chunk ahead: at M = 3, 4 their registers would spill (ptxas -v)
     # ROWS_THREADS threads, as gemv_rows: _entry's byte offsets (1024 c + 4 tid) assume it. Resident CTAs per SM:
-    # 3 at M = 1 (82-84 registers; 106 unbounded), else 2 (113-128); ptxas -v spills nothing
+    # 3 at M = 1 (79 registers), else 2 (122-128); no spills (studies/probes/numba_ptx_report.py, numba-cuda 0.30.4)
     bounds = {"launch_bounds": (ROWS_THREADS, 3 if M == 1 else 2)} if not config.ENABLE_CUDASIM else {}
 
     @cuda.jit(fastmath=False, **bounds)

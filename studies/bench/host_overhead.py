@@ -17,7 +17,6 @@ import time
 
 import torch
 
-import workbench as wb
 from studies.bench.bench_optim_gpu import make_state, step_fn
 from workbench import codebooks as cbs
 
@@ -43,23 +42,6 @@ def _optim_calls(backend: str, n: int):
     return {"adam8bit": lambda: step_fn(fn, "adam", True, g, p, st, 2)}
 
 
-def _matmul_calls(backend: str, n: int):
-    """The public 4-bit matmul at one row (NF4, double quant, bf16), on a weight the cuda dispatch sends to the GEMV
-    (4096 x 4096) and on one it sends to the unscaled-lookup GEMM on the tiled copy (8192 x 4096, a split plan);
-    kernels of a few microseconds, so the host work shows. Beside them torch's F.linear on the bf16 weight: the
-    host time of one dispatched op."""
-    from workbench.matmul import matmul_4bit
-    calls = {}
-    for name, (N, K) in (("gemv", (4096, 4096)), ("lut", (8192, 4096))):
-        W = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
-        P, qs = wb.quantize_4bit(W, blocksize=64, compress_statistics=True, backend=backend)
-        A = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
-        calls[f"matmul_4bit_m1_{name}_{N}x{K}"] = lambda A=A, P=P, qs=qs: matmul_4bit(A, P, qs, backend=backend)
-        if backend == "cuda":
-            calls[f"F.linear_bf16_m1_{N}x{K}"] = lambda A=A, W=W: torch.nn.functional.linear(A, W)
-    return calls
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n-log2", type=int, default=20)
@@ -69,7 +51,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     n = 1 << args.n_log2
     for backend in args.backends.split(","):
-        for calls in (_quant_calls, _optim_calls, _matmul_calls):
+        for calls in (_quant_calls, _optim_calls):
             for op, fn in calls(backend, n).items():
                 for _ in range(20):
                     fn()

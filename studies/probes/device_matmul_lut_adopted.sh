@@ -2,7 +2,8 @@
 # One device call for the matmul dispatch as committed: the matmul GPU tests (the rule-2 paths, the unscaled-lookup
 # GEMM and its tiled copies, the one-call path, the argument checks), then the matmul bench (BENCH_ARGS, e.g.
 # "--ms 1,4,16,64 --reps 10"; BENCH=0 skips it) and, with PROBE_ARGS, the LUT kernel's variant A/B
-# (studies/probes/matmul_lut_ab.py; its json under $OUT/probe). TESTS overrides the test files ("" for none).
+# (studies/probes/matmul_lut_ab.py; its json under $OUT/probe), with HOST_PROFILE=1 the public call's host profile.
+# TESTS overrides the test files ("" for none).
 # Carry [".whl", ".devlibs"] (prebuilt matmul and quant libraries of this tree). usage (on the device, repo root):
 #     bash studies/probes/device_matmul_lut_adopted.sh
 set -u
@@ -22,4 +23,9 @@ fi
 if [ -n "${PROBE_ARGS:-}" ]; then
   timeout ${PROBE_TIMEOUT:-200} python3 -m studies.probes.matmul_lut_ab --out "$OUT/probe" ${PROBE_ARGS} 2>&1 \
     | tee "$OUT/lut_ab.txt" | tail -60
+fi
+# HOST_PROFILE=1: where the public call's host time goes (studies/probes/matmul_host_profile.py), beside F.linear
+if [ -n "${HOST_PROFILE:-}" ]; then
+  timeout ${HOST_TIMEOUT:-120} python3 -m studies.probes.matmul_host_profile > "$OUT/host_profile.txt" 2>&1
+  grep -E "host per call" "$OUT/host_profile.txt"
 fi

@@ -1,11 +1,15 @@
-"""Host time of the public ``matmul_4bit`` above the fused kernels' M (dequantize + cuBLAS): per call with no sync
-between calls, then where it goes (cProfile of 20 calls, and torch.profiler's CPU/CUDA table of 10).
+"""Host time of the public ``matmul_4bit``: per call with no sync between calls, then where it goes (cProfile of 20
+calls, and torch.profiler's CPU/CUDA table of 10). Beside each case torch's F.linear on the bf16 weight, the host
+time of one dispatched op.
 
-NF4, blocksize 64, double quant, bf16; 4096x4096 and 28672x8192 at M = 256.
+NF4, blocksize 64, double quant, bf16. The default cases: one row on 4096x4096 (the fused GEMV) and on 28672x8192
+(the unscaled-lookup GEMM on the tiled copy: a split plan, partials), kernels of microseconds where the host work
+shows in the public call; 256 rows on both (dequantize + cuBLAS).
 
-usage (GPU): python -m studies.probes.matmul_host_profile > host_profile.txt"""
+usage (GPU): python -m studies.probes.matmul_host_profile [--cases 4096x4096x1,...] > host_profile.txt"""
 from __future__ import annotations
 
+import argparse
 import cProfile
 import io
 import pstats
@@ -17,21 +21,34 @@ import workbench as wb
 from workbench.matmul import matmul_4bit
 
 
-def main() -> int:
-    for N, K, M in ((4096, 4096, 256), (28672, 8192, 256)):
+def _per_call(fn) -> tuple[float, float]:
+    """(host, host + GPU) microseconds per call over 20 calls with no sync between them."""
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    return (t1 - t0) / 20 * 1e6, (t2 - t0) / 20 * 1e6
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default="4096x4096x1,28672x8192x1,4096x4096x256,28672x8192x256",
+                    help="NxKxM, comma-separated")
+    args = ap.parse_args(argv)
+    for case in args.cases.split(","):
+        N, K, M = (int(v) for v in case.split("x"))
         W = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
         P, qs = wb.quantize_4bit(W, blocksize=64, compress_statistics=True)
         A = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-        for _ in range(5):
-            matmul_4bit(A, P, qs)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(20):
-            matmul_4bit(A, P, qs)
-        t1 = time.perf_counter()
-        torch.cuda.synchronize()
-        t2 = time.perf_counter()
-        print(N, K, M, f"host per call {(t1 - t0) / 20 * 1e6:.1f} us, total per call {(t2 - t0) / 20 * 1e6:.1f} us")
+        host, total = _per_call(lambda: matmul_4bit(A, P, qs))
+        lin_host, lin_total = _per_call(lambda: torch.nn.functional.linear(A, W))
+        print(N, K, M, f"host per call {host:.1f} us, total per call {total:.1f} us; F.linear: host {lin_host:.1f} us, "
+              f"total {lin_total:.1f} us")
         pr = cProfile.Profile()
         pr.enable()
         for _ in range(20):

@@ -1,5 +1,5 @@
-"""Registers, spills and shared memory of the Numba CUDA kernels, without a GPU: PTX from numba-cuda,
-then ``ptxas -v`` (the CUDA toolkit on this machine).
+"""Registers, spills and shared memory of the Numba CUDA kernels (quantizers, 8-bit optimizers, matmul GEMVs),
+without a GPU: PTX from numba-cuda, then ``ptxas -v`` (the CUDA toolkit on this machine).
 
     pip install --target .numba-cuda --no-deps numba-cuda==0.30.4 "cuda-bindings==13.*" cuda-core cuda-pathfinder
     PYTHONPATH=.numba-cuda python -c "import _numba_cuda_redirector; import runpy; \\
@@ -65,6 +65,13 @@ def main():
     for name, opt in (("adam", O.ADAM), ("ademamix", O.ADEMAMIX), ("momentum", O.MOMENTUM), ("lion", O.LION),
                       ("rmsprop", O.RMSPROP), ("adagrad", O.ADAGRAD)):
         lines.append(report(O.kernel("8bit", opt, True), sig, f"optim8_{name}", out))  # the standard maps: fast
+    from numba_kernels.cuda import matmul as MM
+    for kind, bias in ((MM.BF16, a1(T.int16)), (MM.F16, a1(T.float16))):   # the matmul GEMVs' adapter arguments
+        sig = (i64, i8, i8, i64, f, u8, f, f, i8, f, i8, bias, i8, f)
+        dt = "bf16" if kind == MM.BF16 else "f16"
+        for M in (1, 2, 4):
+            lines.append(report(MM.gemv_rows(64, M, kind), sig, f"gemv_rows_m{M}_{dt}", out))
+            lines.append(report(MM.gemv_tiled(M, kind), sig, f"gemv_tiled_m{M}_{dt}", out))
     print("\n".join(lines))
     print(f"(PTX in {out}; the 8-bit optimizer kernels run with launch bounds 4 CTAs/SM on the GPU: ptxas "
           f"-maxrregcount=64 on their PTX shows the spills that cap costs)")
