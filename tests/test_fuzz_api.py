@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the public API on every available CPU backend (issue 17).
+"""Property-based fuzzing of the public API on every available CPU backend (issue 17; the 4-bit matmul family too).
 
 Each example builds an input (valid or not), calls the public op with ``backend="reference"``
 and with the backend under test, and requires
@@ -36,6 +36,7 @@ from workbench import codebooks as cbs  # noqa: E402
 from workbench import int8 as i8  # noqa: E402
 from workbench.backends import ops_of, status  # noqa: E402
 from workbench.codebooks import Codebook, CodebookError  # noqa: E402
+from workbench.matmul import gemm_4bit, gemv_4bit, matmul_4bit  # noqa: E402
 from workbench.quant_state import QuantState, pack_dict_to_tensor  # noqa: E402
 from workbench.validation import QuantInputError  # noqa: E402
 
@@ -1035,6 +1036,212 @@ def test_int8_vectorwise_dequant(backend, data):
         same_tensor(d_ref, d_got, "dequantized")
 
 
+# ----------------------------------------------------------------------------- the 4-bit matmul
+
+
+def _matmul_case(draw, fast: bool = False):
+    """(A, P, qs, bias, lead): a valid matmul_4bit problem. ``fast``: the shapes the one-call GEMV path takes on CPU
+    (fp16/bf16 A, K % 64 == 0, blocksize >= 64, at most 32 rows)."""
+    N = draw(st.integers(1, 70))
+    if fast or draw(st.booleans()):
+        K = 64 * draw(st.integers(1, 8))
+    else:
+        K = draw(st.integers(1, 300))
+    dtype = draw(st.sampled_from(FLOATS[1:] if fast else FLOATS))
+    bs = draw(st.sampled_from(BLOCKSIZES[1:] if fast else BLOCKSIZES))
+    lead = draw(st.sampled_from([(), (1,), (draw(st.integers(0, 32 if fast else 40)),), (2, draw(st.integers(1, 9)))]))
+    kw, _ = four_bit_kwargs(draw)
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 31 - 1)))
+    W = torch.randn(N, K, generator=g) * draw(st.sampled_from([1.0, 1e-3, 50.0]))
+    P, qs = wb.quantize_4bit(W.to(dtype), blocksize=bs, compress_statistics=draw(st.booleans()), backend="reference",
+                             **kw)
+    A = torch.randn(*lead, K, generator=g).to(dtype)
+    if len(lead) == 1 and not fast and draw(st.booleans()):
+        A = A.t().contiguous().t()                     # a transposed view: strided rows
+    bias = torch.randn(N, generator=g).to(dtype) if draw(st.booleans()) else None
+    note(f"N {N} K {K} A {tuple(A.shape)} {dtype} blocksize {bs} nested {qs.nested} {kw} bias {bias is not None}")
+    return A, P, qs, bias
+
+
+def _matmul_call(draw):
+    op = draw(st.sampled_from(["matmul_4bit", "gemm_4bit", "gemv_4bit"]))
+
+    def call(A, P, qs, bias, backend):
+        if op == "gemv_4bit":
+            return gemv_4bit(A, P, state=qs, backend=backend)
+        if op == "gemm_4bit":
+            return gemm_4bit(A, P, qs, bias, backend=backend)
+        return matmul_4bit(A, P, qs, bias=bias, backend=backend)
+    return op, call
+
+
+def close_to_reference(ref, got, A, P, qs, bias, what: str):
+    """got within the bound of every float32-accumulating kernel of the family (error_bound for fp32 A; for fp16/bf16
+    A error_bound_unscaled, which also holds the unscaled-lookup loops); non-finite where the reference is."""
+    from workbench.backends.reference import matmul as R
+    assert got.dtype == ref.dtype and got.shape == ref.shape, f"{what}: {got.dtype} {tuple(got.shape)}, reference " \
+                                                              f"{ref.dtype} {tuple(ref.shape)}"
+    if ref.numel() == 0:
+        return
+    N, K = int(qs.shape[0]), int(qs.shape[1])
+    A2, r, o = A.reshape(-1, K), ref.reshape(-1, N).float(), got.reshape(-1, N).float()
+    finite = torch.isfinite(r)
+    assert torch.equal(torch.isfinite(o), finite), f"{what}: non-finite at other outputs than the reference's"
+    if A.dtype == torch.float32:
+        W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
+        bound = R.error_bound(A2, W, bias, A.dtype, r)
+    else:
+        a2, a8, c2, off = ((qs.state2.absmax, qs.absmax, qs.state2.code, qs.offset) if qs.nested
+                           else (qs.absmax, None, None, None))
+        bound = R.unscaled_bound_of(A2, P, (N, K), a2, qs.code, qs.blocksize, bias, a8, c2, off, ref=r)
+    err = (o - r).abs()[finite]
+    assert bool((err <= bound[finite]).all()), f"{what}: {int((err > bound[finite]).sum())} outputs beyond the bound"
+
+
+def _inputs(A, P, qs, bias):
+    return [(snapshot(t), t, name) for t, name in ((A, "A"), (P, "B"), (qs.absmax, "quant_state.absmax"),
+                                                   (qs.code, "quant_state.code"), (bias, "bias"))
+            if isinstance(t, torch.Tensor)]
+
+
+@backends_for("gemm_4bit", "gemv_4bit")
+@fuzz(40)
+@given(data=st.data())
+def test_matmul_4bit_valid(backend, data):
+    """Any shape, dtype, blocksize, codebook, nesting, bias and leading dims: the reference's result within the
+    family's bound, the same bits on a second call (the remembered plan), inputs unmodified."""
+    draw = data.draw
+    A, P, qs, bias = _matmul_case(draw)
+    op, call = _matmul_call(draw)
+    before = _inputs(A, P, qs, bias)
+    ref = call(A, P, qs, bias, "reference")
+    got = call(A, P, qs, bias, backend)
+    close_to_reference(ref, got, A, P, qs, None if op == "gemv_4bit" else bias, op)
+    same_tensor(got, call(A, P, qs, bias, backend), f"{op}, second call")
+    for b, t, name in before:
+        unchanged(b, t, name)
+
+
+def _bad_arguments(draw, A, P, qs, bias):
+    """One argument of a valid call made invalid (the state's corruptions are _mutate_state's)."""
+    m = draw(st.sampled_from(["A-int", "A-f64", "A-inner", "A-0d", "A-list", "A-meta", "B-list", "B-bytes",
+                              "bias-len", "bias-dtype", "bias-2d", "state-none", "state-str"]))
+    K = int(qs.shape[1])
+    if m == "A-int":
+        A = A.to(torch.int32)
+    elif m == "A-f64":
+        A = A.double()
+    elif m == "A-inner":
+        A = torch.zeros(*A.shape[:-1], K + draw(st.sampled_from([-1, 1, 64])), dtype=A.dtype)
+    elif m == "A-0d":
+        A = A.reshape(-1)[:1].reshape(())
+    elif m == "A-list":
+        A = A.tolist()
+    elif m == "A-meta":
+        A = torch.empty(A.shape, dtype=A.dtype, device="meta")
+    elif m == "B-list":
+        P = P.tolist()
+    elif m == "B-bytes":
+        P = torch.cat([P.reshape(-1), P.reshape(-1)[:1]])
+    elif m == "bias-len":
+        bias = torch.zeros(int(qs.shape[0]) + 1, dtype=A.dtype)
+    elif m == "bias-dtype":
+        bias = torch.zeros(int(qs.shape[0]), dtype=torch.float64)
+    elif m == "bias-2d":
+        bias = torch.zeros(1, int(qs.shape[0]), dtype=A.dtype)
+    elif m == "state-none":
+        qs = None
+    elif m == "state-str":
+        qs = "nf4"
+    return A, P, qs, bias, m
+
+
+@backends_for("gemm_4bit", "gemv_4bit")
+@fuzz(50)
+@given(data=st.data())
+def test_matmul_4bit_bad_input(backend, data):
+    """A corrupted state or packed weight, or one bad argument: a clear error from both backends, or both accept it
+    and agree within the bound (never a crash); inputs unmodified."""
+    draw = data.draw
+    A, P, qs, bias = _matmul_case(draw)
+    op, call = _matmul_call(draw)
+    if draw(st.booleans()):
+        P, qs, m = _mutate_state(draw, qs, P, four_bit=True)
+    else:
+        A, P, qs, bias, m = _bad_arguments(draw, A, P, qs, bias)
+    note(f"{op} with {m}")
+    before = _inputs(A, P, qs, bias) if isinstance(qs, QuantState) else []
+    ref = outcome(lambda: call(A, P, qs, bias, "reference"))
+    got = outcome(lambda: call(A, P, qs, bias, backend))
+    for b, t, name in before:
+        unchanged(b, t, name)
+    if agree(ref, got, f"{op}({m})"):
+        close_to_reference(ref, got, A, P, qs, None if op == "gemv_4bit" else bias, f"{op}({m})")
+
+
+def _change_in_place(draw, qs: QuantState):
+    """One change to the state object itself (its attributes, or its tensors in place) after a call has remembered
+    a plan for it: replaced, resized or re-pointed tensors, new values, a new shape or blocksize."""
+    options = ["absmax-replaced-short", "absmax-resized", "absmax-set-longer", "absmax-values", "code-values",
+               "code-256", "code-resized", "shape-K", "shape-N", "blocksize"]
+    if qs.nested:
+        options += ["nested-absmax-short", "nested-absmax-values", "offset-values", "offset-replaced",
+                    "nested-code-values", "state2-none"]
+    m = draw(st.sampled_from(options))
+    n = qs.absmax.numel()
+    if m == "absmax-replaced-short":
+        qs.absmax = qs.absmax[:-1].clone()
+    elif m == "absmax-resized":
+        qs.absmax.resize_(n - 1)
+    elif m == "absmax-set-longer":
+        qs.absmax.set_(torch.cat([qs.absmax, qs.absmax[:3]]))
+    elif m == "absmax-values":
+        qs.absmax[draw(st.integers(0, n - 1))] = qs.absmax[0] if qs.nested else 2.5
+    elif m == "code-values":
+        qs.code[draw(st.integers(0, 15))] = draw(st.sampled_from([0.5, -0.75, 0.0]))
+    elif m == "code-256":
+        qs.code = torch.linspace(-1, 1, 256)
+    elif m == "code-resized":
+        qs.code.resize_(8)
+    elif m == "shape-K":
+        qs.shape = torch.Size([qs.shape[0], qs.shape[1] + 64])
+    elif m == "shape-N":
+        qs.shape = torch.Size([qs.shape[0] + 1, qs.shape[1]])
+    elif m == "blocksize":
+        qs.blocksize = draw(st.sampled_from([b for b in BLOCKSIZES if b != qs.blocksize]))
+    elif m == "nested-absmax-short":
+        qs.state2.absmax = qs.state2.absmax[:-1].clone()
+    elif m == "nested-absmax-values":
+        qs.state2.absmax.mul_(3.0)
+    elif m == "offset-values":
+        qs.offset.fill_(0.125)
+    elif m == "offset-replaced":
+        qs.offset = torch.tensor(-0.25)
+    elif m == "nested-code-values":
+        qs.state2.code[draw(st.integers(0, 255))] = 0.5
+    elif m == "state2-none":
+        qs.state2 = None
+    return m
+
+
+@backends_for("gemm_4bit", "gemv_4bit")
+@fuzz(40)
+@given(data=st.data())
+def test_matmul_4bit_state_changed_after_a_call(backend, data):
+    """The one-call path remembers what it checked about a state (workbench.matmul._remembered): after the state
+    object is changed, the next call on it gives the reference's result on the changed state, or both raise a
+    clear error -- never a kernel reading the old sizes."""
+    draw = data.draw
+    A, P, qs, bias = _matmul_case(draw, fast=True)
+    matmul_4bit(A, P, qs, bias=bias, backend=backend)      # the plan, remembered on qs
+    m = _change_in_place(draw, qs)
+    note(f"changed: {m}")
+    got = outcome(lambda: matmul_4bit(A, P, qs, bias=bias, backend=backend))   # before the reference
+    ref = outcome(lambda: matmul_4bit(A, P, qs, bias=bias, backend="reference"))
+    if agree(ref, got, f"matmul_4bit after {m}"):
+        close_to_reference(ref, got, A, P, qs, bias, f"matmul_4bit after {m}")
+
+
 # --------------------------------------------------------------------- the bounds-checked builds
 
 
@@ -1049,6 +1256,8 @@ def test_cpu_backends_are_fuzzed():
         assert ok, f"backend {b} is not available, so it is not fuzzed: {reason}"
     for op in ("quantize_blockwise", "dequantize_blockwise", "quantize_4bit", "dequantize_4bit"):
         assert set(required) <= set(_backends(op)), f"{op}: fuzzed on {_backends(op)} only"
+    for op in ("gemm_4bit", "gemv_4bit"):
+        assert {"reference", "numba_cpu", "cython_cpu"} <= set(_backends(op)), f"{op}: fuzzed on {_backends(op)} only"
     for op in ("int8_vectorwise_quant", "int8_vectorwise_dequant"):
         assert {"reference", "numba_cpu"} <= set(_backends(op)), f"{op}: fuzzed on {_backends(op)} only"
 
