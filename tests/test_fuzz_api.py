@@ -1036,6 +1036,176 @@ def test_int8_vectorwise_dequant(backend, data):
         same_tensor(d_ref, d_got, "dequantized")
 
 
+def _int8_matmul_call(draw, g):
+    """(op, call(backend), mutation) for one of int8_linear_matmul, int8_mm_dequant and int8_linear on valid
+    arguments, or with one of them broken."""
+    m, n, k = draw(st.integers(1, 9)), draw(st.integers(1, 9)), draw(st.integers(1, 70))
+    op = draw(st.sampled_from(["int8_linear_matmul", "int8_mm_dequant", "int8_linear"]))
+    bad = {"int8_linear_matmul": ["B-inner", "B-int32", "A-1d", "A-float", "B-list", "B-meta"],
+           "int8_mm_dequant": ["C-int8", "row-short", "col-long", "row-list", "col-int", "bias-short", "bias-2d",
+                               "bias-int", "bias-meta", "dtype-int", "dtype-str"],
+           "int8_linear": ["A-inner", "W-stats-short", "W-codes-float", "W-codes-1d", "bias-short", "threshold-neg",
+                           "threshold-nan", "threshold-str", "A-int8"]}[op]
+    mut = draw(st.sampled_from(["none", "none"] + bad))
+    i8s = lambda *shape: torch.randint(-127, 128, shape, generator=g).to(torch.int8)   # noqa: E731
+    if op == "int8_linear_matmul":
+        A, B = i8s(m, k), i8s(n, k)
+        A = {"A-1d": A.reshape(-1), "A-float": A.float()}.get(mut, A)
+        B = {"B-inner": i8s(n, k + 1), "B-int32": B.int(), "B-list": B.tolist(),
+             "B-meta": torch.empty(n, k, dtype=torch.int8, device="meta")}.get(mut, B)
+        return op, mut, [A, B], lambda b: i8.int8_linear_matmul(A, B, backend=b)
+    if op == "int8_mm_dequant":
+        C = torch.randint(-2 ** 20, 2 ** 20, (m, n), generator=g).to(torch.int32)
+        rs, cs = torch.rand(m, generator=g) * 100, torch.rand(n, generator=g) * 100
+        bias = torch.randn(n, generator=g).half() if draw(st.booleans()) else None
+        dtype = draw(st.sampled_from(FLOATS))
+        C = {"C-int8": C.to(torch.int8)}.get(mut, C)
+        rs = {"row-short": rs[:-1], "row-list": rs.tolist()}.get(mut, rs)
+        cs = {"col-long": torch.cat([cs, cs[:1]]), "col-int": cs.int()}.get(mut, cs)
+        bias = {"bias-short": torch.zeros(n - 1), "bias-2d": torch.zeros(1, n), "bias-int": torch.zeros(n).int(),
+                "bias-meta": torch.zeros(n, device="meta")}.get(mut, bias)
+        dtype = {"dtype-int": torch.int32, "dtype-str": "float16"}.get(mut, dtype)
+        return op, mut, [C, rs, cs, bias], lambda b: i8.int8_mm_dequant(C, rs, cs, bias, dtype, backend=b)
+    dt = draw(st.sampled_from(FLOATS))
+    A = (torch.randn(m, k, generator=g) * draw(st.sampled_from([1.0, 4.0]))).to(dt)
+    W = i8.quantize_weight(torch.randn(n, k, generator=g), backend="reference")
+    bias = torch.randn(n, generator=g).to(dt) if draw(st.booleans()) else None
+    threshold = draw(st.sampled_from([0.0, 2.0, 6.0]))
+    A = {"A-inner": A[:, :-1] if k > 1 else torch.zeros(m, 2, dtype=dt), "A-int8": i8s(m, k)}.get(mut, A)
+    W = {"W-stats-short": i8.Int8Weight(W.codes, W.stats[:-1]), "W-codes-float": i8.Int8Weight(W.codes.float(), W.stats),
+         "W-codes-1d": i8.Int8Weight(W.codes.reshape(-1), W.stats)}.get(mut, W)
+    bias = {"bias-short": torch.zeros(n + 1, dtype=dt)}.get(mut, bias)
+    threshold = {"threshold-neg": -1.0, "threshold-nan": float("nan"), "threshold-str": "6"}.get(mut, threshold)
+    return op, mut, [A, W.codes, W.stats, bias], lambda b: i8.int8_linear(A, W, bias, threshold, backend=b)
+
+
+@backends_for("int8_linear_matmul", "int8_mm_dequant")
+@fuzz(50)
+@given(data=st.data())
+def test_int8_matmul_family(backend, data):
+    """int8_linear_matmul, int8_mm_dequant and int8_linear with valid arguments (the reference's bits) or one broken
+    (a clear error naming it, from both backends: a short stats or bias tensor, a wrong dtype, a tensor on another
+    device); inputs unmodified."""
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2 ** 31 - 1)))
+    op, mut, inputs, call = _int8_matmul_call(data.draw, g)
+    note(f"{op} with {mut}")
+    before = [(snapshot(t), t) for t in inputs if isinstance(t, torch.Tensor) and not t.is_meta]
+    ref = outcome(lambda: call("reference"))
+    got = ref if backend == "reference" else outcome(lambda: call(backend))
+    for b, t in before:
+        unchanged(b, t, op + " input")
+    assert isinstance(ref, Err) != (mut == "none"), f"{op}: reference -> {ref!r} with {mut}"
+    if agree(ref, got, f"{op}({mut})"):
+        same_tensor(ref, got, op)
+
+
+# ------------------------------------------------------------------------------------- k-bit
+
+
+def _kbit_case(draw):
+    """(A, packed, state): a valid k-bit quantization of a fresh tensor (codebook or affine, rotated or not)."""
+    k = draw(st.integers(2, 8))
+    affine = draw(st.sampled_from([None, None, "minmax"]))
+    fmt = draw(st.sampled_from([None, "fp32", "bf16"] + ([] if affine else ["e4m4", "e8m0", "dq8", "e4m3"])))
+    bs = {"e4m3": 16, "e8m0": 32}.get(fmt) or draw(st.sampled_from([16, 32, 64, 256]))
+    n = draw(st.integers(1, 3000))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 31 - 1)))
+    A = torch.randn(n, generator=g) * draw(st.sampled_from([1.0, 1e-3, 40.0]))
+    kw = dict(k=k, blocksize=bs, layout=draw(st.sampled_from(["bitplane", "dense"])), scale_format=fmt,
+              affine=affine, rotate=draw(st.sampled_from([None, None, 64])), backend="reference")
+    note(f"quantize_kbit(n={n}, {kw})")
+    packed, state = wb.kbit.quantize_kbit(A, **kw)
+    return A, packed, state
+
+
+def _kbit_corrupt(draw, packed, state, after_a_call: bool):
+    """One change to a k-bit state (fields reassigned, tensors edited or resized in place) or to its words."""
+    options = ["scales-short", "scales-long", "scales-dtype", "scales-list", "scales-resized", "k", "blocksize",
+               "layout", "scale_format", "shape-longer", "shape-shorter", "dtype", "tensor_scale",
+               "packed-short", "packed-long", "packed-dtype", "rotate", "affine"]
+    if state.affine is None:
+        options += ["codebook-short", "codebook-unsorted", "codebook-nan", "codebook-none", "codebook-resized"]
+    else:
+        options += ["zeros-short", "zeros-none", "zeros-dtype"]
+    m = draw(st.sampled_from(options))
+    s = state
+    if m == "scales-short":
+        s.scales = s.scales[:-1]
+    elif m == "scales-long":
+        s.scales = torch.cat([s.scales, s.scales[:1]])
+    elif m == "scales-dtype":
+        s.scales = s.scales.to(draw(st.sampled_from([torch.float64, torch.int32, torch.float16, torch.uint8])))
+    elif m == "scales-list":
+        s.scales = s.scales.tolist()
+    elif m == "scales-resized":
+        s.scales.resize_(max(0, s.scales.numel() - 1))
+    elif m == "k":
+        s.k = draw(st.sampled_from([2, 3, 5, 8, 0, 9, "3", 3.0]))
+    elif m == "blocksize":
+        s.blocksize = draw(st.sampled_from([16, 32, 64, 128, 0, -32, 48, "64", True]))
+    elif m == "layout":
+        s.layout = draw(st.sampled_from(["bitplane", "dense", "planes", None]))
+    elif m == "scale_format":
+        s.scale_format = draw(st.sampled_from(["fp32", "fp16", "e4m4", "e8m0", "e4m3", "dq8", "int8", None]))
+    elif m == "shape-longer":
+        s.shape = torch.Size([s.n + draw(st.sampled_from([1, 64, 4096]))])
+    elif m == "shape-shorter":
+        s.shape = torch.Size([max(0, s.n - draw(st.sampled_from([1, 64])))])
+    elif m == "dtype":
+        s.dtype = draw(st.sampled_from([torch.float64, torch.int32, torch.float16, "float32"]))
+    elif m == "tensor_scale":
+        s.tensor_scale = draw(st.sampled_from([torch.zeros(0), torch.ones(1), torch.ones(2)]))
+    elif m == "packed-short":
+        packed = packed[:-1]
+    elif m == "packed-long":
+        packed = torch.cat([packed, packed[:1]])
+    elif m == "packed-dtype":
+        packed = packed.view(torch.uint8) if draw(st.booleans()) else packed.float()
+    elif m == "rotate":
+        s.rotate = draw(st.sampled_from([0, 32, 64, 128, 48, -64]))
+    elif m == "affine":
+        s.affine = None if s.affine else "minmax"
+    elif m == "codebook-short":
+        s.codebook = s.codebook[:-1]
+    elif m == "codebook-unsorted":
+        s.codebook[0] = 5.0
+    elif m == "codebook-nan":
+        s.codebook[-1] = float("nan")
+    elif m == "codebook-none":
+        s.codebook = None
+    elif m == "codebook-resized":
+        s.codebook.resize_(s.codebook.numel() // 2)
+    elif m == "zeros-short":
+        s.zeros = s.zeros[:-1]
+    elif m == "zeros-none":
+        s.zeros = None
+    elif m == "zeros-dtype":
+        s.zeros = s.zeros.int()
+    return packed, f"{m}{' after a call' if after_a_call else ''}"
+
+
+@backends_for("dequantize_kbit", "dequantize_kbit_affine")
+@fuzz(60)
+@given(data=st.data())
+def test_dequantize_kbit_corrupted_state(backend, data):
+    """A k-bit state or its words changed -- before any call, or after a call has remembered the state's validation
+    (workbench/kbit.py ``_dequantize_plan``): a clear error from both backends or the reference's bits, never a
+    kernel reading past a table; the words unmodified."""
+    draw = data.draw
+    A, packed, state = _kbit_case(draw)
+    after = draw(st.booleans())
+    if after:
+        wb.kbit.dequantize_kbit(packed, state, backend=backend)
+    packed, m = _kbit_corrupt(draw, packed, state, after)
+    note(m)
+    words = snapshot(packed)
+    got = outcome(lambda: wb.kbit.dequantize_kbit(packed, state, backend=backend))   # first: the remembered plan
+    ref = outcome(lambda: wb.kbit.dequantize_kbit(packed, state, backend="reference"))
+    unchanged(words, packed, "packed")
+    if agree(ref, got, f"dequantize_kbit({m})"):
+        same_tensor(ref, got, "dequantized")
+
+
 # ----------------------------------------------------------------------------- the 4-bit matmul
 
 

@@ -13,7 +13,7 @@ from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends import get_op
 from .backends.registry import resolve
 from .ops import _DTYPE_NAMES, _device, call_op
-from .validation import (FLOAT_DTYPES, QuantInputError, check_finite, check_nan_policy, check_tensor,
+from .validation import (FLOAT_DTYPES, QuantInputError, check_dtype, check_finite, check_nan_policy, check_tensor,
                          raise_if_nonfinite)
 
 __all__ = ["int8_vectorwise_quant", "int8_vectorwise_dequant", "int8_double_quant", "int8_linear_matmul",
@@ -94,12 +94,41 @@ def int8_double_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str =
     return out
 
 
+def _on(name: str, t: torch.Tensor, like: torch.Tensor, like_name: str) -> None:
+    """A kernel gets one device's pointers: ``t`` must be where ``like`` is."""
+    if t.device != like.device:
+        raise QuantInputError(f"{name}: on {t.device}, but {like_name} is on {like.device}")
+
+
+def _stats(name: str, s, n: int, like: torch.Tensor, like_name: str) -> torch.Tensor:
+    """Per-row (or per-column) float stats of ``like``: n values on its device, as float32."""
+    check_tensor(name, s, dtypes=FLOAT_DTYPES, allow_empty=True)
+    if s.numel() != n:
+        raise QuantInputError(f"{name}: expected {n} values (one per {like_name} "
+                              f"{'row' if name.startswith('row') else 'column'}), got {s.numel()}")
+    _on(name, s, like, like_name)
+    return s.float()
+
+
+def _bias(bias, n: int, like: torch.Tensor, like_name: str):
+    """None, or a 1-D float tensor of n values (out_features) on ``like``'s device."""
+    if bias is None:
+        return None
+    check_tensor("bias", bias, dtypes=FLOAT_DTYPES, allow_empty=True)
+    if bias.dim() != 1 or bias.numel() != n:
+        raise QuantInputError(f"bias: expected a 1-D tensor of {n} values (out_features), got shape "
+                              f"{tuple(bias.shape)}")
+    _on("bias", bias, like, like_name)
+    return bias
+
+
 def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """Exact int32 ``A @ B.T`` for int8 A (m x k) and B (n x k)."""
     a = _matrix("A", A, dtypes=(torch.int8,))
     b = _matrix("B", B, dtypes=(torch.int8,))
     if a.shape[1] != b.shape[1]:
         raise QuantInputError(f"B: inner dimensions differ: A has {a.shape[1]} columns, B has {b.shape[1]}")
+    _on("B", b, a, "A")
     if a.shape[1] * 127 * 127 >= 2 ** 31:
         raise QuantInputError(f"A: inner dimension {a.shape[1]} could overflow the int32 accumulator")
     return call_op("int8_linear_matmul", _backend(backend, "int8_linear_matmul", A), a, b)
@@ -107,12 +136,13 @@ def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, *, backend: str = "auto
 
 def int8_mm_dequant(C: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.Tensor, bias=None,
                     dtype: torch.dtype = torch.float16, *, backend: str = "auto") -> torch.Tensor:
+    """``C * row_stats[:, None] * col_stats / 127**2 (+ bias)`` in ``dtype`` for the int32 product C (m x n)."""
     c = _matrix("C", C, dtypes=(torch.int32,))
-    if row_stats.numel() != c.shape[0] or col_stats.numel() != c.shape[1]:
-        raise QuantInputError(f"row_stats/col_stats: expected {c.shape[0]} and {c.shape[1]} values, "
-                              f"got {row_stats.numel()} and {col_stats.numel()}")
-    return call_op("int8_mm_dequant", _backend(backend, "int8_mm_dequant", C), c, row_stats.float(),
-                   col_stats.float(), bias, dtype)
+    rs = _stats("row_stats", row_stats, c.shape[0], c, "C")
+    cs = _stats("col_stats", col_stats, c.shape[1], c, "C")
+    b = _bias(bias, c.shape[1], c, "C")
+    check_dtype("dtype", dtype, FLOAT_DTYPES)
+    return call_op("int8_mm_dequant", _backend(backend, "int8_mm_dequant", C), c, rs, cs, b, dtype)
 
 
 class Int8Weight:
@@ -138,8 +168,12 @@ def int8_linear(A: torch.Tensor, W: Int8Weight | torch.Tensor, bias=None, thresh
     if not isinstance(W, Int8Weight):
         W = quantize_weight(W, backend=backend)
     a = _matrix("A", A)
-    if a.shape[1] != W.codes.shape[1]:
-        raise QuantInputError(f"W: expects {W.codes.shape[1]} input features, A has {a.shape[1]}")
+    codes = _matrix("W.codes", W.codes, dtypes=(torch.int8,))
+    if a.shape[1] != codes.shape[1]:
+        raise QuantInputError(f"W: expects {codes.shape[1]} input features, A has {a.shape[1]}")
+    _on("W.codes", codes, a, "A")
+    _stats("W.stats", W.stats, codes.shape[0], codes, "W.codes")
+    _bias(bias, codes.shape[0], a, "A")
     ca, sa, cols = int8_vectorwise_quant(a, threshold, backend=backend)
     out = int8_mm_dequant(int8_linear_matmul(ca, W.codes, backend=backend), sa, W.stats, bias=bias,
                           dtype=A.dtype, backend=backend)

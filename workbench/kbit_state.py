@@ -77,6 +77,14 @@ class KbitState:
 
     def validate_fields(self) -> None:
         """The state's own consistency (types, dtypes, counts); errors name the field."""
+        for name in ("scales", "tensor_scale"):
+            if not isinstance(getattr(self, name), torch.Tensor):
+                raise QuantInputError(f"state.{name}: expected a torch.Tensor, got {type(getattr(self, name)).__name__}")
+        shape = self.shape
+        if not isinstance(shape, tuple) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                   for d in shape):
+            raise QuantInputError(f"state.shape: expected a tuple of sizes (the quantized tensor's shape), got "
+                                  f"{shape!r}")
         if self.rotate:
             try:
                 check_rotate(self.rotate, self.rotate_seed)
