@@ -37,10 +37,12 @@ from workbench import int8 as i8  # noqa: E402
 from workbench.backends import ops_of, status  # noqa: E402
 from workbench.codebooks import Codebook, CodebookError  # noqa: E402
 from workbench.matmul import gemm_4bit, gemv_4bit, matmul_4bit  # noqa: E402
+import workbench.optim as wopt  # noqa: E402
+from workbench.optim.state_check import OptimizerStateError  # noqa: E402
 from workbench.quant_state import QuantState, pack_dict_to_tensor  # noqa: E402
 from workbench.validation import QuantInputError  # noqa: E402
 
-CLEAR = (QuantInputError, CodebookError, TypeError)
+CLEAR = (QuantInputError, CodebookError, TypeError, OptimizerStateError)
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 BAD_DTYPES = (torch.float64, torch.int32, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.int64)
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -1438,6 +1440,92 @@ def test_matmul_4bit_state_changed_after_a_call(backend, data):
     ref = outcome(lambda: matmul_4bit(A, P, qs, bias=bias, backend="reference"))
     if agree(ref, got, f"matmul_4bit after {m}"):
         close_to_reference(ref, got, A, P, qs, bias, f"matmul_4bit after {m}")
+
+
+# ------------------------------------------------------------------------------------ optimizers
+
+OPTIMIZERS = ("Adam8bit", "AdamW8bit", "Lion8bit", "SGD8bit", "Momentum8bit", "RMSprop8bit", "Adagrad8bit",
+              "LAMB8bit", "LARS8bit", "AdEMAMix8bit", "Adam32bit", "Lion32bit", "LAMB32bit", "AdEMAMix32bit")
+
+
+def _optim_change(draw, st_: dict) -> tuple:
+    """(entry, how, dtype): one change to a parameter's optimizer state (see _apply_change)."""
+    key = draw(st.sampled_from(sorted(k for k, v in st_.items() if isinstance(v, torch.Tensor)) + ["step"]))
+    if key == "step":
+        return key, draw(st.sampled_from(["negative", "float", "str", "none", "missing"])), None
+    how = draw(st.sampled_from(["short", "long", "dtype", "flat", "list", "none", "missing", "resized", "set-other",
+                                "nan"]))
+    dtype = draw(st.sampled_from([torch.float16, torch.float64, torch.uint8, torch.int32])) if how == "dtype" else None
+    return key, how, dtype
+
+
+def _apply_change(st_: dict, key: str, how: str, dtype) -> None:
+    """The change, made in place on the dict the optimizer holds: an entry replaced, resized, re-pointed,
+    retyped or removed, or the step counter broken."""
+    if key == "step":
+        if how == "missing":
+            del st_["step"]
+        else:
+            st_["step"] = {"negative": -1, "float": 1.5, "str": "1", "none": None}[how]
+        return
+    t = st_[key]
+    if how == "short":
+        st_[key] = t.reshape(-1)[:-1].clone() if t.numel() > 1 else t.reshape(-1)[:0].clone()
+    elif how == "long":
+        st_[key] = torch.cat([t.reshape(-1), t.reshape(-1)[:1]])
+    elif how == "dtype":
+        st_[key] = t.to(dtype)
+    elif how == "flat":
+        st_[key] = t.reshape(-1)
+    elif how == "list":
+        st_[key] = t.tolist()
+    elif how == "none":
+        st_[key] = None
+    elif how == "missing":
+        del st_[key]
+    elif how == "resized":
+        t.resize_(max(0, t.numel() - 1))
+    elif how == "set-other":
+        t.set_(torch.zeros(t.numel() + 7, dtype=t.dtype))
+    elif how == "nan" and t.is_floating_point() and t.numel():
+        t.view(-1)[0] = float("nan")
+
+
+@pytest.mark.parametrize("backend", [b for b in ("numba_cpu", "cython_cpu") if status(b)[0]])
+@fuzz(40)
+@given(data=st.data())
+def test_optimizer_state_corrupted_between_steps(backend, data):
+    """An optimizer's state changed in place between two steps (entries resized, re-pointed, retyped, removed;
+    the step counter broken): the next step raises a clear error on this backend exactly when it does on the
+    reference, and otherwise gives the reference's parameters bit for bit -- never a kernel on a state that does
+    not fit its parameter."""
+    draw = data.draw
+    cls = draw(st.sampled_from(OPTIMIZERS))
+    n_in, n_out = draw(st.integers(1, 90)), draw(st.integers(1, 9))
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    runs = []
+    for b in ("reference", backend):
+        torch.manual_seed(seed)
+        model = torch.nn.Linear(n_in, n_out)
+        kw = {"momentum": 0.9} if cls.startswith(("SGD", "Momentum")) else {}
+        opt = getattr(wopt, cls)(model.parameters(), lr=1e-2, min_8bit_size=64, backend=b, **kw)
+        g = torch.Generator().manual_seed(seed)
+
+        def step(model=model, opt=opt, g=g):
+            opt.zero_grad()
+            model(torch.randn(3, n_in, generator=g)).square().mean().backward()
+            opt.step()
+        step()
+        runs.append((model, opt, step))
+    change = _optim_change(draw, runs[0][1].state[runs[0][0].weight])
+    for model, opt, _ in runs:        # the same change in both
+        _apply_change(opt.state[model.weight], *change)
+    what = f"{cls} Linear({n_in}, {n_out}): {change[0]} {change[1]}"
+    note(what)
+    outs = [outcome(step) for _, _, step in runs]
+    if agree(outs[0], outs[1], f"step after {what}"):
+        for a, b in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+            same_tensor(a, b, f"parameters after {what}")
 
 
 # --------------------------------------------------------------------- the bounds-checked builds

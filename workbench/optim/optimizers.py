@@ -184,7 +184,7 @@ class Optimizer8bitState(torch.optim.Optimizer):
             if new:  # an empty entry is a parameter that has not stepped yet
                 who = f"{type(self).__name__}.load_state_dict: {self._where(p)}"
                 S.validate_state(self.optimizer_name, p, new, strict=True, who=who)
-                new["step"] = S._step_value(who, new["step"], 0)
+                new["step"] = S.step_value(who, new["step"], 0)
             loaded[p] = new
         for i in overrides:
             if not 0 <= int(i) < len(params):
@@ -222,7 +222,14 @@ class Optimizer8bitState(torch.optim.Optimizer):
 
     def _update(self, p, cfg):
         st = self.state[p]
-        step = st["step"] + 1  # stored once the update ran (a refused update leaves the state as it was)
+        s1 = st.get("state1")
+        bits = {torch.float32: 32, torch.uint8: 8}.get(s1.dtype) if isinstance(s1, torch.Tensor) else None
+        if bits is None or (bits == 8 and not all(isinstance(st.get(k), torch.Tensor) for k in ("qmap1", "absmax1"))):
+            S.validate_state(self.optimizer_name, p, st, strict=True)   # names the entry missing or of no type
+        if "step" not in st:
+            raise S.OptimizerStateError("'step': expected an integer >= 0 (the updates done), found no 'step' entry")
+        # stored once the update ran (a refused update leaves the state as it was)
+        step = S.step_value("optimizer state", st["step"], 0) + 1
         grad = p.grad if p.grad.is_contiguous() else p.grad.contiguous()
         if not p.is_contiguous():
             p.data = p.data.contiguous()
@@ -243,7 +250,7 @@ class Optimizer8bitState(torch.optim.Optimizer):
         if cfg["percentile_clipping"] < 100:
             _, _, gnorm_scale = W.percentile_clipping(grad, st["gnorm_vec"], step, cfg["percentile_clipping"])
         backend = cfg["backend"]
-        if st["state1"].dtype == torch.float32:
+        if bits == 32:
             max_unorm = cfg["max_unorm"]
             param_norm = float(torch.norm(p.data.float())) if max_unorm > 0.0 else 0.0
             W.update_32bit(self.optimizer_name, grad, p.data, st["state1"], st.get("state2"),

@@ -105,7 +105,7 @@ def _tensor(who, key, t, dtype, numel, p, shape=None, shape_text=None):
         _fail(who, key, want, describe(t))
 
 
-def _step_value(who, step, minimum):
+def step_value(who, step, minimum):
     """An integral step >= minimum (int, numpy integer, integral float, or a one-element tensor)."""
     v = step
     if isinstance(v, torch.Tensor):
@@ -191,9 +191,9 @@ def validate_state(optimizer_name: str, p: torch.Tensor, state, *, bits: int | N
     if strict:
         if "step" not in state:
             _fail(who, "step", "an integer >= 0", "no 'step' entry")
-        _step_value(who, state["step"], 0)
+        step_value(who, state["step"], 0)
     elif "step" in state:
-        _step_value(who, state["step"], 1)
+        step_value(who, state["step"], 1)
     return bits
 
 
