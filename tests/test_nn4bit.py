@@ -114,3 +114,24 @@ def test_linear8bitlt_forward_backward(rng):
     assert torch.allclose(q.bias.grad, g.reshape(-1, 24).sum(0), rtol=1e-5, atol=1e-5)
     model = quantize_model(nn.Sequential(nn.Linear(64, 8)), linear_cls=Linear8bitLt, threshold=6.0)
     assert isinstance(model[0], Linear8bitLt) and model(torch.randn(1, 64)).shape == (1, 8)
+
+
+@pytest.mark.parametrize("kwargs, arg", [({"compute_dtype": torch.int32}, "compute_dtype"),
+                                         ({"compute_dtype": "bf16"}, "compute_dtype"),
+                                         ({"blocksize": 48}, "blocksize"), ({"quant_type": "nf5"}, "quant_type"),
+                                         ({"codebook": "dynamic"}, "codebook")])
+def test_bad_construction_names_the_argument(rng, kwargs, arg):
+    from workbench.validation import QuantInputError
+    with pytest.raises(QuantInputError, match=f"^{arg}:"):
+        Linear4bit.from_linear(_lin(rng), **kwargs)
+
+
+def test_bad_input_names_it(rng):
+    from workbench.validation import QuantInputError
+    m = Linear4bit.from_linear(_lin(rng))
+    for x, match in (([[0.0] * 64], "^input: expected a torch.Tensor"), (torch.ones(2, 64, dtype=torch.int32), "^A: dtype"),
+                     (torch.randn(2, 63), "^A: inner dimension 63"), (torch.tensor(1.0), "^A: expected at least one")):
+        with pytest.raises(QuantInputError, match=match):
+            m(x)
+    with pytest.raises(QuantInputError, match="^weight: expected shape"):
+        Linear4bit(64, 48, weight=torch.randn(48, 65))

@@ -20,7 +20,7 @@ from torch import nn
 from .matmul import matmul_4bit
 from .ops import dequantize_4bit, quantize_4bit
 from .quant_state import QuantState
-from .validation import QuantInputError
+from .validation import FLOAT_DTYPES, QuantInputError, check_dtype
 
 __all__ = ["Linear4bit", "Linear8bitLt", "quantize_model"]
 
@@ -32,6 +32,8 @@ class Linear4bit(nn.Module):
                  weight: torch.Tensor | None = None):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
+        if compute_dtype is not None:
+            check_dtype("compute_dtype", compute_dtype, FLOAT_DTYPES)
         self.compute_dtype = compute_dtype
         self.compress_statistics = compress_statistics
         self.quant_type = quant_type
@@ -104,6 +106,8 @@ class Linear4bit(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise QuantInputError(f"input: expected a torch.Tensor, got {type(x).__name__}")
         inp_dtype = x.dtype
         cdt = self.compute_dtype or x.dtype
         # Tensor.to returns self for the same dtype, but costs a dispatched call (tens of us on the CPU GEMV path)
