@@ -189,6 +189,15 @@ def _unpack2(u, kind):
 
 
 @cuda.jit(device=True, inline=True)
+def _store_row(out, v, m, n, N, bias, has_bias, kind):
+    """The lanes-as-rows GEMVs' end: out[m * N + n] = v (+ bias[n], one float32 add) for a row n < N."""
+    if n < N:
+        if has_bias:
+            v = _add(v, _load(bias, n, kind))
+        out[int64(m) * N + n] = v
+
+
+@cuda.jit(device=True, inline=True)
 def _bf16_finite(v):
     """float32(bf16(v)) for a v that is no NaN (rounding half to even in 32-bit integer steps; Inf stays Inf)."""
     b = uint32(_float_as_int(v) & 0xFFFFFFFF)
@@ -358,10 +367,7 @@ def gemv_rows(ch: int, M: int, kind: int, spread: bool = True):
             v = tab[uint32(t)]
             for w in range(1, ROWS_WARPS):   # warp order
                 v = _add(v, tab[uint32(w * MM * 32 + t)])
-            if n < N:
-                if has_bias:
-                    v = _add(v, _load(bias, n, KIND))
-                out[int64(m) * N + n] = v
+            _store_row(out, v, m, n, N, bias, has_bias, KIND)
 
     _ROWS[key] = gemv
     return gemv
@@ -533,10 +539,7 @@ def gemv_tiled(M: int, kind: int):
             for w in range(ROWS_WARPS):       # warp order, then the row's 4 lanes in order
                 for tt in range(4):
                     v = _add(v, tab[uint32(((w * MM + m) * 2 + (rr >> 3)) * 32 + 4 * (rr & 7) + tt)])
-            if n < N:
-                if has_bias:
-                    v = _add(v, _load(bias, n, KIND))
-                out[int64(m) * N + n] = v
+            _store_row(out, v, m, n, N, bias, has_bias, KIND)
 
     _TILED[key] = gemv
     return gemv
