@@ -189,6 +189,21 @@ def _unpack2(u, kind):
 
 
 @cuda.jit(device=True, inline=True)
+def _dot8(word, tab, tgrp, tcol, av, e0, sums, M):
+    """The lanes-as-rows GEMVs' inner step: the 8 codes of ``word`` (byte j: elements 2j, high nibble, and 2j + 1)
+    looked up in this lane's column of ``tab`` (one byte permute and one shared load each) and multiplied into
+    ``sums[m, 0]`` (even elements) and ``sums[m, 1]`` (odd) against activations ``av[m, e0 + 0..7]``."""
+    hi = ((word >> 2) & uint32(0x3C3C3C3C)) | tgrp   # byte j: 4 * code of element 2j
+    lo = ((word << 2) & uint32(0x3C3C3C3C)) | tgrp   # element 2j + 1
+    for j in range(4):
+        we = _ld_byte(tab, uint32(_entry(hi, j, tcol)))
+        wo = _ld_byte(tab, uint32(_entry(lo, j, tcol)))
+        for m in range(M):
+            sums[m, 0] = _fma(we, av[m, e0 + 2 * j], sums[m, 0])
+            sums[m, 1] = _fma(wo, av[m, e0 + 2 * j + 1], sums[m, 1])
+
+
+@cuda.jit(device=True, inline=True)
 def _store_row(out, v, m, n, N, bias, has_bias, kind):
     """The lanes-as-rows GEMVs' end: out[m * N + n] = v (+ bias[n], one float32 add) for a row n < N."""
     if n < N:
@@ -348,15 +363,7 @@ def gemv_rows(ch: int, M: int, kind: int, spread: bool = True):
                         e = uint32(buf + m * 64 + 8 * g)
                         av[m, 0], av[m, 1], av[m, 2], av[m, 3] = _ld16f(stg, e)
                         av[m, 4], av[m, 5], av[m, 6], av[m, 7] = _ld16f(stg, e + 4)
-                    word = uint32((wv[g >> 1] >> (32 * (g & 1))) & 0xFFFFFFFF)
-                    hi = ((word >> 2) & uint32(0x3C3C3C3C)) | tgrp   # byte j: 4 * code of element 2j
-                    lo = ((word << 2) & uint32(0x3C3C3C3C)) | tgrp   # element 2j + 1
-                    for j in range(4):
-                        we = _ld_byte(tab, uint32(_entry(hi, j, tcol)))
-                        wo = _ld_byte(tab, uint32(_entry(lo, j, tcol)))
-                        for m in range(MM):
-                            acc[m, 0] = _fma(we, av[m, 2 * j], acc[m, 0])
-                            acc[m, 1] = _fma(wo, av[m, 2 * j + 1], acc[m, 1])
+                    _dot8(uint32((wv[g >> 1] >> (32 * (g & 1))) & 0xFFFFFFFF), tab, tgrp, tcol, av, 0, acc, MM)
         cuda.syncthreads()                   # every table read done: its space holds the warps' sums
         for m in range(MM):
             tab[uint32((warp * MM + m) * 32 + lane)] = _add(acc[m, 0], acc[m, 1])
@@ -514,15 +521,7 @@ def gemv_tiled(M: int, kind: int):
                         part[m, 1] = float32(0.0)
                     u = wv[r]
                     for h in range(2):        # 8 elements: 8 h + 0..7 of the lane's 16
-                        word = uint32((u >> (32 * h)) & 0xFFFFFFFF)
-                        hi = ((word >> 2) & uint32(0x3C3C3C3C)) | tgrp   # byte j: 4 * code of element 2j
-                        lo = ((word << 2) & uint32(0x3C3C3C3C)) | tgrp   # element 2j + 1
-                        for j in range(4):
-                            we = _ld_byte(tab, uint32(_entry(hi, j, tcol)))
-                            wo = _ld_byte(tab, uint32(_entry(lo, j, tcol)))
-                            for m in range(MM):
-                                part[m, 0] = _fma(we, av[m, 8 * h + 2 * j], part[m, 0])
-                                part[m, 1] = _fma(wo, av[m, 8 * h + 2 * j + 1], part[m, 1])
+                        _dot8(uint32((u >> (32 * h)) & 0xFFFFFFFF), tab, tgrp, tcol, av, 8 * h, part, MM)
                     s = _add(_mul(c2[uint32(sq[r])], sa[r]), off) if nested else sa[r]
                     for m in range(MM):
                         acc[m, r] = _fma(_add(part[m, 0], part[m, 1]), s, acc[m, r])
