@@ -135,3 +135,18 @@ def test_bad_input_names_it(rng):
             m(x)
     with pytest.raises(QuantInputError, match="^weight: expected shape"):
         Linear4bit(64, 48, weight=torch.randn(48, 65))
+
+
+def test_quantize_model_and_linear8bitlt_arguments_named(rng):
+    from workbench.nn import Linear8bitLt
+    from workbench.validation import QuantInputError
+    m = nn.Sequential(_lin(rng), nn.ReLU(), nn.Linear(48, 4))
+    for kw, arg in (({"filter": 3}, "filter"), ({"skip": "0"}, "skip"), ({"linear_cls": "Linear4bit"}, "linear_cls")):
+        with pytest.raises(QuantInputError, match=f"^{arg}:"):
+            quantize_model(m, inplace=False, **kw)
+    with pytest.raises(QuantInputError, match="^model:"):
+        quantize_model("model")
+    assert type(quantize_model(m, skip=["0"], inplace=False)[0]) is nn.Linear
+    for bad in ("abc", None, -1.0, float("nan")):
+        with pytest.raises(QuantInputError, match="^threshold:"):
+            Linear8bitLt.from_linear(_lin(rng), threshold=bad)

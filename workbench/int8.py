@@ -7,6 +7,9 @@ path zeroes outliers in the caller's tensor and restores them afterwards).
 """
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
@@ -37,8 +40,9 @@ def _matrix(name: str, A, dtypes=FLOAT_DTYPES, nan_policy: str | None = None) ->
     return A.detach().reshape(-1, A.shape[-1]).contiguous()
 
 
-def _threshold(threshold) -> float:
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or threshold != threshold:
+def check_threshold(threshold) -> float:
+    """The outlier threshold as a float: a real number >= 0 (numpy scalars too), not a bool, NaN or string."""
+    if not isinstance(threshold, numbers.Real) or isinstance(threshold, (bool, np.bool_)) or threshold != threshold:
         raise QuantInputError(f"threshold: expected a number, got {threshold!r}")
     if threshold < 0:
         raise QuantInputError(f"threshold: must be >= 0 (0 disables outlier decomposition), got {threshold}")
@@ -53,7 +57,7 @@ def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: s
     are, with no host sync; ``"raise"`` reads them first (a host sync on CUDA). With ``threshold > 0``
     an Inf is an outlier (|a| >= threshold, bitsandbytes' rule) and is left to the 16-bit path, so only
     NaN raises."""
-    t = _threshold(threshold)
+    t = check_threshold(threshold)
     check_nan_policy(nan_policy)
     a = _matrix("A", A)
     codes, stats, cols = call_op("int8_vectorwise_quant", _backend(backend, "int8_vectorwise_quant", A), a, t)
@@ -65,7 +69,7 @@ def outlier_columns(A: torch.Tensor, threshold: float = 6.0, *, backend: str = "
                     nan_policy: str = "propagate") -> torch.Tensor:
     """Indices of the columns holding at least one |a| >= threshold (a NaN is never an outlier).
     ``nan_policy="raise"`` adds a pass over A (this op computes no row absmax to read)."""
-    t = _threshold(threshold)
+    t = check_threshold(threshold)
     if t == 0:
         raise QuantInputError("threshold: must be > 0 to define outliers")
     check_nan_policy(nan_policy)
@@ -86,7 +90,7 @@ def int8_vectorwise_dequant(codes: torch.Tensor, stats: torch.Tensor, *, backend
 def int8_double_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str = "auto", nan_policy="propagate"):
     """-> (row codes, column codes, row stats, column stats, outlier columns or None); ``nan_policy`` as in
     :func:`int8_vectorwise_quant`."""
-    t = _threshold(threshold)
+    t = check_threshold(threshold)
     check_nan_policy(nan_policy)
     a = _matrix("A", A)
     out = call_op("int8_double_quant", _backend(backend, "int8_double_quant", A), a, t)

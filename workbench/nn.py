@@ -188,9 +188,9 @@ class Linear8bitLt(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, threshold: float = 6.0, device=None,
                  *, backend: str = "auto", weight: torch.Tensor | None = None):
         super().__init__()
-        from .int8 import quantize_weight
+        from .int8 import check_threshold, quantize_weight
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.threshold, self.backend = float(threshold), backend
+        self.threshold, self.backend = check_threshold(threshold), backend
         if weight is None:
             weight = nn.Linear(in_features, out_features, bias=False).weight.data
         if tuple(weight.shape) != (self.out_features, self.in_features):
@@ -226,6 +226,15 @@ def quantize_model(model: nn.Module, *, filter: Callable[[str, nn.Linear], bool]
     name is not in ``skip``) for a ``linear_cls`` (:class:`Linear4bit`, or :class:`Linear8bitLt`) built from it with
     ``linear4bit_kw`` (Linear4bit: codebook=, quant_type=, blocksize=, compress_statistics=, compute_dtype=,
     backend=; Linear8bitLt: threshold=, backend=). Returns the model."""
+    if not isinstance(model, nn.Module):
+        raise QuantInputError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if filter is not None and not callable(filter):
+        raise QuantInputError(f"filter: expected a callable (name, module) -> bool, got {type(filter).__name__}")
+    if isinstance(skip, str) or not all(isinstance(n, str) for n in skip):
+        raise QuantInputError(f"skip: expected a collection of qualified module names, got {skip!r}")
+    if not (isinstance(linear_cls, type) and callable(getattr(linear_cls, "from_linear", None))):
+        raise QuantInputError(f"linear_cls: expected a class with from_linear (Linear4bit, Linear8bitLt), got "
+                              f"{linear_cls!r}")
     if not inplace:
         import copy
         model = copy.deepcopy(model)
