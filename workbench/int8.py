@@ -104,12 +104,12 @@ def _on(name: str, t: torch.Tensor, like: torch.Tensor, like_name: str) -> None:
         raise QuantInputError(f"{name}: on {t.device}, but {like_name} is on {like.device}")
 
 
-def _stats(name: str, s, n: int, like: torch.Tensor, like_name: str) -> torch.Tensor:
-    """Per-row (or per-column) float stats of ``like``: n values on its device, as float32."""
+def _stats(name: str, s, like: torch.Tensor, like_name: str, dim: int) -> torch.Tensor:
+    """Float stats of ``like``, one per row (dim 0) or column (dim 1), on its device, as float32."""
     check_tensor(name, s, dtypes=FLOAT_DTYPES, allow_empty=True)
-    if s.numel() != n:
-        raise QuantInputError(f"{name}: expected {n} values (one per {like_name} "
-                              f"{'row' if name.startswith('row') else 'column'}), got {s.numel()}")
+    if s.numel() != like.shape[dim]:
+        raise QuantInputError(f"{name}: expected {like.shape[dim]} values (one per {like_name} "
+                              f"{('row', 'column')[dim]}), got {s.numel()}")
     _on(name, s, like, like_name)
     return s.float()
 
@@ -142,8 +142,8 @@ def int8_mm_dequant(C: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.T
                     dtype: torch.dtype = torch.float16, *, backend: str = "auto") -> torch.Tensor:
     """``C * row_stats[:, None] * col_stats / 127**2 (+ bias)`` in ``dtype`` for the int32 product C (m x n)."""
     c = _matrix("C", C, dtypes=(torch.int32,))
-    rs = _stats("row_stats", row_stats, c.shape[0], c, "C")
-    cs = _stats("col_stats", col_stats, c.shape[1], c, "C")
+    rs = _stats("row_stats", row_stats, c, "C", 0)
+    cs = _stats("col_stats", col_stats, c, "C", 1)
     b = _bias(bias, c.shape[1], c, "C")
     check_dtype("dtype", dtype, FLOAT_DTYPES)
     return call_op("int8_mm_dequant", _backend(backend, "int8_mm_dequant", C), c, rs, cs, b, dtype)
@@ -176,7 +176,7 @@ def int8_linear(A: torch.Tensor, W: Int8Weight | torch.Tensor, bias=None, thresh
     if a.shape[1] != codes.shape[1]:
         raise QuantInputError(f"W: expects {codes.shape[1]} input features, A has {a.shape[1]}")
     _on("W.codes", codes, a, "A")
-    _stats("W.stats", W.stats, codes.shape[0], codes, "W.codes")
+    _stats("W.stats", W.stats, codes, "W.codes", 0)
     _bias(bias, codes.shape[0], a, "A")
     ca, sa, cols = int8_vectorwise_quant(a, threshold, backend=backend)
     out = int8_mm_dequant(int8_linear_matmul(ca, W.codes, backend=backend), sa, W.stats, bias=bias,
