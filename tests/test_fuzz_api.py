@@ -1,12 +1,14 @@
-"""Property-based fuzzing of the public API on every available CPU backend (issue 17; the 4-bit matmul family too).
+"""Property-based fuzzing of the public API on every available CPU backend (issue 17): the quantizers, codebooks,
+LLM.int8(), k-bit, the 4-bit matmul and the optimizers' states.
 
 Each example builds an input (valid or not), calls the public op with ``backend="reference"``
 and with the backend under test, and requires
 
-* a clear error (QuantInputError, CodebookError, or TypeError with a message) from both, or
+* a clear error (QuantInputError, CodebookError, OptimizerStateError, or TypeError with a message) from both, or
 * results equal to the reference backend's, bit for bit (blocks holding NaN/Inf under
   ``nan_policy="propagate"`` are undefined and not compared; bitsandbytes' native 8-bit
-  quantizer may differ by one code step, docs/ARCHITECTURE.md),
+  quantizer may differ by one code step, docs/ARCHITECTURE.md; the 4-bit matmul, whose backends
+  sum in their own order, within the reference's stated bound),
 
 never another exception and never a crash. Inputs must come back unmodified. Inputs known to
 be valid must succeed on the reference; inputs known to be invalid must be rejected.
@@ -1067,8 +1069,8 @@ def test_int8_vectorwise_dequant(backend, data):
 
 
 def _int8_matmul_call(draw, g):
-    """(op, call(backend), mutation) for one of int8_linear_matmul, int8_mm_dequant and int8_linear on valid
-    arguments, or with one of them broken."""
+    """(op, mutation, input tensors, call(backend)) for one of int8_linear_matmul, int8_mm_dequant and int8_linear
+    on valid arguments (mutation "none"), or with one of them broken."""
     m, n, k = draw(st.integers(1, 9)), draw(st.integers(1, 9)), draw(st.integers(1, 70))
     op = draw(st.sampled_from(["int8_linear_matmul", "int8_mm_dequant", "int8_linear"]))
     bad = {"int8_linear_matmul": ["B-inner", "B-int32", "A-1d", "A-float", "B-list", "B-meta"],
