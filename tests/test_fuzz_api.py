@@ -76,34 +76,6 @@ def backends_for(*ops: str):
     return pytest.mark.parametrize("backend", names)
 
 
-@pytest.fixture(autouse=True)
-def _eager_calls_keep_the_op_contracts(monkeypatch):
-    """Every public call reaches its kernel (``workbench.ops.call_op`` in eager mode) only with arguments that keep
-    the op's size contract and are contiguous -- what ``torch.ops.workbench.<op>`` enforces when called directly
-    (workbench/library.py, op_checks.py). A public function that lets through a size its kernel trusts fails here,
-    whatever that kernel would then have done with it."""
-    from workbench import ops as wops
-    from workbench.op_checks import CHECKS
-    real = wops.kernel
-
-    def kernel(op, name):
-        # the quantizers' kernels take the Codebook itself, not the op's tables (rebuilt by content)
-        fn, check = real(op, name), None if op.startswith("quantize_") and "kbit" not in op else CHECKS.get(op)
-
-        def run(*args):
-            if check is not None:
-                try:
-                    check(*args)
-                except ValueError as e:
-                    raise AssertionError(f"a public call reached the {name} kernel of {op} against its contract: "
-                                         f"{e}") from None
-            bad = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and not a.is_contiguous()]
-            assert not bad, f"a public call gave the {name} kernel of {op} non-contiguous arguments {bad}"
-            return fn(*args)
-        return run
-    monkeypatch.setattr(wops, "kernel", kernel)
-
-
 # ------------------------------------------------------------------------------------ oracle
 
 
