@@ -16,8 +16,8 @@ from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends import get_op
 from .backends.registry import resolve
 from .ops import _DTYPE_NAMES, _device, call_op
-from .validation import (FLOAT_DTYPES, QuantInputError, check_dtype, check_finite, check_nan_policy, check_tensor,
-                         raise_if_nonfinite)
+from .validation import (FLOAT_DTYPES, QuantInputError, check_bias, check_dtype, check_finite, check_nan_policy,
+                         check_on, check_tensor, raise_if_nonfinite)
 
 __all__ = ["int8_vectorwise_quant", "int8_vectorwise_dequant", "int8_double_quant", "int8_linear_matmul",
            "int8_mm_dequant", "outlier_columns", "int8_linear", "Int8Weight", "quantize_weight"]
@@ -98,32 +98,14 @@ def int8_double_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str =
     return out
 
 
-def _on(name: str, t: torch.Tensor, like: torch.Tensor, like_name: str) -> None:
-    """A kernel gets one device's pointers: ``t`` must be where ``like`` is."""
-    if t.device != like.device:
-        raise QuantInputError(f"{name}: on {t.device}, but {like_name} is on {like.device}")
-
-
 def _stats(name: str, s, like: torch.Tensor, like_name: str, dim: int) -> torch.Tensor:
     """Float stats of ``like``, one per row (dim 0) or column (dim 1), on its device, as float32."""
     check_tensor(name, s, dtypes=FLOAT_DTYPES, allow_empty=True)
     if s.numel() != like.shape[dim]:
         raise QuantInputError(f"{name}: expected {like.shape[dim]} values (one per {like_name} "
                               f"{('row', 'column')[dim]}), got {s.numel()}")
-    _on(name, s, like, like_name)
+    check_on(name, s, like, like_name)
     return s.float()
-
-
-def _bias(bias, n: int, like: torch.Tensor, like_name: str):
-    """None, or a 1-D float tensor of n values (out_features) on ``like``'s device."""
-    if bias is None:
-        return None
-    check_tensor("bias", bias, dtypes=FLOAT_DTYPES, allow_empty=True)
-    if bias.dim() != 1 or bias.numel() != n:
-        raise QuantInputError(f"bias: expected a 1-D tensor of {n} values (out_features), got shape "
-                              f"{tuple(bias.shape)}")
-    _on("bias", bias, like, like_name)
-    return bias
 
 
 def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -132,7 +114,7 @@ def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, *, backend: str = "auto
     b = _matrix("B", B, dtypes=(torch.int8,))
     if a.shape[1] != b.shape[1]:
         raise QuantInputError(f"B: inner dimensions differ: A has {a.shape[1]} columns, B has {b.shape[1]}")
-    _on("B", b, a, "A")
+    check_on("B", b, a, "A")
     if a.shape[1] * 127 * 127 >= 2 ** 31:
         raise QuantInputError(f"A: inner dimension {a.shape[1]} could overflow the int32 accumulator")
     return call_op("int8_linear_matmul", _backend(backend, "int8_linear_matmul", A), a, b)
@@ -144,7 +126,7 @@ def int8_mm_dequant(C: torch.Tensor, row_stats: torch.Tensor, col_stats: torch.T
     c = _matrix("C", C, dtypes=(torch.int32,))
     rs = _stats("row_stats", row_stats, c, "C", 0)
     cs = _stats("col_stats", col_stats, c, "C", 1)
-    b = _bias(bias, c.shape[1], c, "C")
+    b = check_bias(bias, c.shape[1], c, "C")
     check_dtype("dtype", dtype, FLOAT_DTYPES)
     return call_op("int8_mm_dequant", _backend(backend, "int8_mm_dequant", C), c, rs, cs, b, dtype)
 
@@ -175,9 +157,9 @@ def int8_linear(A: torch.Tensor, W: Int8Weight | torch.Tensor, bias=None, thresh
     codes = _matrix("W.codes", W.codes, dtypes=(torch.int8,))
     if a.shape[1] != codes.shape[1]:
         raise QuantInputError(f"W: expects {codes.shape[1]} input features, A has {a.shape[1]}")
-    _on("W.codes", codes, a, "A")
+    check_on("W.codes", codes, a, "A")
     _stats("W.stats", W.stats, codes, "W.codes", 0)
-    _bias(bias, codes.shape[0], a, "A")
+    check_bias(bias, codes.shape[0], a, "A")
     ca, sa, cols = int8_vectorwise_quant(a, threshold, backend=backend)
     out = int8_mm_dequant(int8_linear_matmul(ca, W.codes, backend=backend), sa, W.stats, bias=bias,
                           dtype=A.dtype, backend=backend)

@@ -16,7 +16,7 @@ from . import codebooks as cbs
 from .backends.reference.kbit import LAYOUTS, SCALE_DTYPES, SCALE_FORMATS, nblocks, packed_words
 from .backends.reference.kbit_affine import AFFINE_SCALE_FORMATS, CLIPS
 from .hadamard import check_rotate, padded_size
-from .validation import QuantInputError
+from .validation import QuantInputError, check_shape
 
 KBIT_BLOCKSIZES = tuple(2 ** e for e in range(4, 13))   # 16 .. 4096
 MIN_GROUP = 16                                          # the smallest group that divides a row
@@ -80,11 +80,7 @@ class KbitState:
         for name in ("scales", "tensor_scale"):
             if not isinstance(getattr(self, name), torch.Tensor):
                 raise QuantInputError(f"state.{name}: expected a torch.Tensor, got {type(getattr(self, name)).__name__}")
-        shape = self.shape
-        if not isinstance(shape, tuple) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                   for d in shape):
-            raise QuantInputError(f"state.shape: expected a tuple of sizes (the quantized tensor's shape), got "
-                                  f"{shape!r}")
+        check_shape("state.shape", self.shape)
         if self.rotate:
             try:
                 check_rotate(self.rotate, self.rotate_seed)

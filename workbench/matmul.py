@@ -22,7 +22,7 @@ from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends.registry import resolve
 from .ops import _eager, _remembered, call_op, dequantize_4bit, dequantize_blockwise
 from .quant_state import QuantState
-from .validation import FLOAT_DTYPES, QuantInputError
+from .validation import FLOAT_DTYPES, QuantInputError, check_bias, check_on
 
 __all__ = ["gemv_4bit", "gemm_4bit", "matmul_4bit", "MatMul4Bit"]
 
@@ -60,18 +60,9 @@ def _check(A, B, qs: QuantState, bias=None, *, where: str = "quant_state"):
     nbytes = B.numel() * B.element_size()
     if nbytes != (N * K + 1) // 2:
         raise QuantInputError(f"B: {nbytes} packed bytes, but {where}.shape {(N, K)} needs {(N * K + 1) // 2}")
-    if B.device != A.device:
-        raise QuantInputError(f"B: on {B.device}, but A is on {A.device}")
-    if qs.absmax.device != A.device:
-        raise QuantInputError(f"{where}.absmax: on {qs.absmax.device}, but A is on {A.device}")
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor) or bias.dim() != 1 or bias.numel() != N:
-            raise QuantInputError(f"bias: expected a 1-D tensor of {N} (out_features) values, got "
-                                  f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
-        if bias.dtype != A.dtype:
-            raise QuantInputError(f"bias: dtype {bias.dtype} must match A's dtype {A.dtype}")
-        if bias.device != A.device:
-            raise QuantInputError(f"bias: on {bias.device}, but A is on {A.device}")
+    check_on("B", B, A, "A")
+    check_on(f"{where}.absmax", qs.absmax, A, "A")
+    check_bias(bias, N, A, same_dtype=True)
     return N, K
 
 

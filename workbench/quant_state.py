@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .validation import BLOCKSIZES, FLOAT_DTYPES, QuantInputError
+from .validation import BLOCKSIZES, FLOAT_DTYPES, QuantInputError, check_shape
 
 VALID_QS_KEYS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map", "quant_state", "quant_type",
                  "blocksize", "dtype", "shape", "nested_blocksize", "nested_dtype", "nested_offset")
@@ -75,17 +75,6 @@ def _blocksize(where: str, bs) -> int:
     if bs not in BLOCKSIZES:
         raise QuantInputError(f"{where}: {bs} not supported; expected a power of two in {BLOCKSIZES[0]}..{BLOCKSIZES[-1]}")
     return bs
-
-
-def _shape(where: str, shape, *, allow_none: bool = False):
-    if shape is None and allow_none:
-        return None
-    if not isinstance(shape, (tuple, list, torch.Size)):
-        raise QuantInputError(f"{where}: expected a tuple of non-negative ints, got {shape!r} ({type(shape).__name__})")
-    for d in shape:
-        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 0:
-            raise QuantInputError(f"{where}: expected a tuple of non-negative ints, got {tuple(shape)!r}")
-    return torch.Size(int(d) for d in shape)
 
 
 def _dict_tensor(d: dict, key: str, dtype: torch.dtype) -> torch.Tensor:
@@ -251,7 +240,8 @@ class QuantState:
                          dtype=_dict_dtype(short, "nested_dtype", (torch.float32,)))
         qs = cls(quant_type=qt, absmax=absmax.to(device), blocksize=_dict_blocksize(short, "blocksize"),
                  code=code.to(device), dtype=_dict_dtype(short, "dtype", FLOAT_DTYPES),
-                 shape=_shape("qs_dict['shape']", short["shape"], allow_none=True), offset=offset, state2=state2)
+                 shape=check_shape("qs_dict['shape']", short["shape"], allow_none=True), offset=offset,
+                 state2=state2)
         return qs.validate()
 
     def validate(self, n_or_shape=None, *, bits: int | None = None) -> "QuantState":
@@ -275,7 +265,7 @@ class QuantState:
             raise QuantInputError(f"bits: expected 4, 8 or None, got {bits!r}")
         if self.dtype not in FLOAT_DTYPES:
             raise QuantInputError(f"{w}.dtype: expected one of {_names(FLOAT_DTYPES)}, got {self.dtype!r}")
-        shape = _shape(f"{w}.shape", self.shape, allow_none=True)
+        shape = check_shape(f"{w}.shape", self.shape, allow_none=True)
         if n_or_shape is None:
             n = None if shape is None else math.prod(shape)
         elif isinstance(n_or_shape, numbers.Integral) and not isinstance(n_or_shape, bool):
@@ -283,7 +273,7 @@ class QuantState:
                 raise QuantInputError(f"n_or_shape: expected a non-negative element count, got {n_or_shape}")
             n = int(n_or_shape)
         else:
-            n = math.prod(_shape("n_or_shape", n_or_shape))
+            n = math.prod(check_shape("n_or_shape", n_or_shape))
         bs = _blocksize(f"{w}.blocksize", self.blocksize)
         _table(f"{w}.code", self.code, exact=16 if bits == 4 else None)
         nested = self.state2 is not None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -106,6 +107,39 @@ def check_blocksize(blocksize, allowed=BLOCKSIZES) -> int:
     if blocksize not in allowed:
         raise QuantInputError(f"blocksize: {blocksize} not supported; expected a power of two in {allowed[0]}..{allowed[-1]}")
     return blocksize
+
+
+def check_shape(where: str, shape, *, allow_none: bool = False):
+    """``shape`` as a torch.Size of non-negative ints (None passes when ``allow_none``)."""
+    if shape is None and allow_none:
+        return None
+    if not isinstance(shape, (tuple, list, torch.Size)):
+        raise QuantInputError(f"{where}: expected a tuple of non-negative ints, got {shape!r} ({type(shape).__name__})")
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 0:
+            raise QuantInputError(f"{where}: expected a tuple of non-negative ints, got {tuple(shape)!r}")
+    return torch.Size(int(d) for d in shape)
+
+
+def check_on(name: str, t: torch.Tensor, like: torch.Tensor, like_name: str) -> None:
+    """A kernel gets one device's pointers: ``t`` must be on ``like``'s device."""
+    if t.device != like.device:
+        raise QuantInputError(f"{name}: on {t.device}, but {like_name} is on {like.device}")
+
+
+def check_bias(bias, n: int, like: torch.Tensor, like_name: str = "A", *, same_dtype: bool = False):
+    """None, or a 1-D float tensor of n (out_features) values on ``like``'s device; of ``like``'s dtype when
+    ``same_dtype``. Returns it."""
+    if bias is None:
+        return None
+    if not isinstance(bias, torch.Tensor) or bias.dim() != 1 or bias.numel() != n:
+        raise QuantInputError(f"bias: expected a 1-D tensor of {n} (out_features) values, got "
+                              f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
+    if same_dtype and bias.dtype != like.dtype:
+        raise QuantInputError(f"bias: dtype {bias.dtype} must match {like_name}'s dtype {like.dtype}")
+    check_tensor("bias", bias, allow_empty=True)
+    check_on("bias", bias, like, like_name)
+    return bias
 
 
 def check_same_device(**tensors) -> torch.device:
