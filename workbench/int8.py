@@ -77,14 +77,21 @@ def outlier_columns(A: torch.Tensor, threshold: float = 6.0, *, backend: str = "
     return call_op("outlier_columns", _backend(backend, "outlier_columns", A), a, t)
 
 
+def _stats(name: str, s, like: torch.Tensor, like_name: str, dim: int) -> torch.Tensor:
+    """Float stats of ``like``, one per row (dim 0) or column (dim 1), on its device, as float32."""
+    check_tensor(name, s, dtypes=FLOAT_DTYPES, allow_empty=True)
+    if s.numel() != like.shape[dim]:
+        raise QuantInputError(f"{name}: expected {like.shape[dim]} values (one per {like_name} "
+                              f"{('row', 'column')[dim]}), got {s.numel()}")
+    check_on(name, s, like, like_name)
+    return s.float()
+
+
 def int8_vectorwise_dequant(codes: torch.Tensor, stats: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     c = _matrix("codes", codes, dtypes=(torch.int8,))
-    check_tensor("stats", stats, allow_empty=True)
-    if stats.numel() != c.shape[0] or stats.device != c.device:
-        raise QuantInputError(f"stats: {stats.numel()} values on {stats.device} for {c.shape[0]} rows on "
-                              f"{c.device}; expected one per row, on the codes' device")
+    s = _stats("stats", stats, c, "codes", 0)
     return call_op("int8_vectorwise_dequant", _backend(backend, "int8_vectorwise_dequant", codes), c,
-                   stats.float()).view(codes.shape)
+                   s).view(codes.shape)
 
 
 def int8_double_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str = "auto", nan_policy="propagate"):
@@ -96,16 +103,6 @@ def int8_double_quant(A: torch.Tensor, threshold: float = 0.0, *, backend: str =
     out = call_op("int8_double_quant", _backend(backend, "int8_double_quant", A), a, t)
     raise_if_nonfinite("A", a, out[2], nan_policy)
     return out
-
-
-def _stats(name: str, s, like: torch.Tensor, like_name: str, dim: int) -> torch.Tensor:
-    """Float stats of ``like``, one per row (dim 0) or column (dim 1), on its device, as float32."""
-    check_tensor(name, s, dtypes=FLOAT_DTYPES, allow_empty=True)
-    if s.numel() != like.shape[dim]:
-        raise QuantInputError(f"{name}: expected {like.shape[dim]} values (one per {like_name} "
-                              f"{('row', 'column')[dim]}), got {s.numel()}")
-    check_on(name, s, like, like_name)
-    return s.float()
 
 
 def int8_linear_matmul(A: torch.Tensor, B: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
