@@ -65,6 +65,20 @@ def test_tiled_copy_is_kept_remade_and_dropped(monkeypatch):
     assert not GL._copies                                             # dropped with the weight
 
 
+def test_a_write_torch_does_not_see_is_announced_by_increment_version(monkeypatch):
+    """Writes through ``.data``, numpy or another library's kernel do not move the version counter, so the copy
+    is stale until the write is announced (the documented contract: torch.autograd.graph.increment_version)."""
+    monkeypatch.setattr(GL, "ENABLED", True)
+    GL.forget()
+    B = torch.randint(0, 256, (32 * 128 // 2,), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    first = GL.tiled_copy(B, 32, 128)
+    B.data.copy_(B ^ 0x5A)                                            # unseen by the version counter
+    assert GL.tiled_copy(B, 32, 128) is first                        # the limit the contract names
+    torch.autograd.graph.increment_version(B)
+    assert torch.equal(GL.tiled_copy(B, 32, 128), GL.tile_codes(B, 32, 128))
+    GL.forget()
+
+
 def test_tiled_copy_off(monkeypatch):
     monkeypatch.setattr(GL, "ENABLED", False)
     GL.forget()

@@ -10,6 +10,10 @@ Arguments are checked from metadata before any kernel runs; errors (:class:`Quan
 argument: the state against the packed weight, A's dtype and device, the inner dimensions, the bias.
 ``matmul_4bit`` is differentiable in A and bias (the QLoRA use): grad_A = grad_out @ W, W the dequantized
 weight in grad_out's dtype, as bitsandbytes' MatMul4Bit.backward does.
+
+The cuda backend keeps a tiled copy of a packed weight and a finiteness check of each codebook, remade when the
+tensor's version counter moves. Writes torch does not count (through ``.data``, numpy, DLPack or another library's
+kernel) must be announced with ``torch.autograd.graph.increment_version(t)``, or the next call reads the old codes.
 """
 from __future__ import annotations
 

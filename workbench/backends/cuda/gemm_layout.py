@@ -12,7 +12,8 @@ other kernel); the tiled copy is made once, on the GPU, the first time the GEMM 
 
 The copy costs one more packed weight in memory (a quarter of the bf16 weight's bytes). It is kept while the weight's
 storage is alive (whatever view or detached alias of it the call was given), and remade when the weight's data
-changes in place (its version counter).
+changes in place (its version counter). A write torch does not count -- through ``.data``, numpy, DLPack or another
+library's kernel -- leaves the copy stale: announce it with ``torch.autograd.graph.increment_version(B)``.
 ``KBIT_TILED_WEIGHTS=0`` in the environment, or ``ENABLED = False``, turns it off: the kernel then reads the row
 layout, and one-row calls stay on the GEMV. ``KBIT_TILED_WEIGHTS_MAX_GB`` (``MAX_BYTES``) caps the memory all copies
 may take; a weight past the cap, or one whose copy does not fit in GPU memory, is read in the row layout (same bits).
