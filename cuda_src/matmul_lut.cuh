@@ -436,25 +436,35 @@ inline int tile_n8(int M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8; }
  * same results: neither changes the accumulation order). */
 inline int g_lut_variant = 0;
 
+/* What launch_persistent asks the runtime once per kernel and device: the CTAs of kern resident per SM (its
+ * dynamic shared memory limit raised first) and the SM count; sms == 0: not asked yet. Asking on every call put an
+ * occupancy query before each launch of the one-row GEMM. A torn read by another host thread can only see sms == 0
+ * (asked again) or occ == 0 (one CTA per SM: fewer CTAs take the same tasks). */
+struct Fit {
+    int occ = 0, sms = 0;
+};
+
 /* A persistent grid of kern: as many CTAs as fit on the device, at most ctas (ctas_per_sm != nullptr: only how
- * many fit on one SM). smem_set: kern's dynamic shared memory limit raised, per device. */
+ * many fit on one SM). fit: kern's own, per device. */
 template <typename Kernel>
-cudaError_t launch_persistent(Kernel kern, bool (&smem_set)[64], size_t smem, int threads, long long ctas,
-                              const Args& p, cudaStream_t stream, int* ctas_per_sm) {
+cudaError_t launch_persistent(Kernel kern, Fit (&fit)[64], size_t smem, int threads, long long ctas, const Args& p,
+                              cudaStream_t stream, int* ctas_per_sm) {
     int dev = 0;
-    cudaError_t e = mma4::allow_smem(kern, smem, smem_set, dev);
+    cudaError_t e = cudaGetDevice(&dev);
     if (e != cudaSuccess) return e;
-    int occ = 0;
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, threads, smem);
-    if (e != cudaSuccess) return e;
+    Fit f = dev < 64 ? fit[dev] : Fit{};
+    if (f.sms == 0) {
+        e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&f.occ, kern, threads, smem);
+        if (e == cudaSuccess) e = cudaDeviceGetAttribute(&f.sms, cudaDevAttrMultiProcessorCount, dev);
+        if (e != cudaSuccess) return e;
+        if (dev < 64) fit[dev] = f;
+    }
     if (ctas_per_sm != nullptr) {
-        *ctas_per_sm = occ;
+        *ctas_per_sm = f.occ;
         return cudaSuccess;
     }
-    int sms = 0;
-    e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    if (e != cudaSuccess) return e;
-    const long long slots = (long long)(occ > 0 ? occ : 1) * sms;
+    const long long slots = (long long)(f.occ > 0 ? f.occ : 1) * f.sms;
     kern<<<(unsigned)(ctas < slots ? ctas : slots), threads, smem, stream>>>(p);
     return cudaGetLastError();
 }
@@ -462,8 +472,8 @@ cudaError_t launch_persistent(Kernel kern, bool (&smem_set)[64], size_t smem, in
 template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk, int S = 2, int XM = kXPerChunk,
           bool PL = false, int RT = 1>
 cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
-    static bool smem_set[64] = {};
-    return launch_persistent(gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL, RT>, smem_set, kSmem, kThreads,
+    static Fit fit[64];
+    return launch_persistent(gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL, RT>, fit, kSmem, kThreads,
                              (p.tasks / RT + kWarps - 1) / kWarps, p, stream, ctas_per_sm);
 }
 

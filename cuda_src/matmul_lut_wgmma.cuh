@@ -264,13 +264,13 @@ template <int DT, int NT, int WG, int S, bool TL>
 cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     constexpr int MINB = 1;
     constexpr size_t smem = smem_bytes<NT>();
-    static bool smem_set[2][64] = {};  // per scale mode: two kernels
+    static lut4::Fit fit[2][64];  // per scale mode: two kernels
     const long long ctas = ((p.N + 15) / 16 + 4 * WG - 1) / (4 * WG) * p.splits;  // tasks: no more CTAs than these
     if (p.group_scales)
         return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerGroup>,
-                                       smem_set[1], smem, WG * kWarpgroupThreads, ctas, p, stream, ctas_per_sm);
+                                       fit[1], smem, WG * kWarpgroupThreads, ctas, p, stream, ctas_per_sm);
     return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerChunk>,
-                                   smem_set[0], smem, WG * kWarpgroupThreads, ctas, p, stream, ctas_per_sm);
+                                   fit[0], smem, WG * kWarpgroupThreads, ctas, p, stream, ctas_per_sm);
 }
 
 /* variant 20: 2 warpgroups a CTA (128 weight rows share each staged chunk), 2 groups of codes in flight; 21: 1
