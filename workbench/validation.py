@@ -142,15 +142,6 @@ def check_bias(bias, n: int, like: torch.Tensor, like_name: str = "A", *, same_d
     return bias
 
 
-def check_same_device(**tensors) -> torch.device:
-    devs = {k: v.device for k, v in tensors.items() if v is not None}
-    uniq = set(devs.values())
-    if len(uniq) > 1:
-        detail = ", ".join(f"{k} on {v}" for k, v in devs.items())
-        raise QuantInputError(f"tensors must be on one device; got {detail}")
-    return next(iter(uniq))
-
-
 def check_codebook_size(cb, *, max_bits: int, exact_bits: int | None = None):
     if exact_bits is not None and cb.bits != exact_bits:
         raise QuantInputError(f"codebook: {cb.name!r} has {cb.size} entries; this op packs {exact_bits}-bit codes and needs exactly {2 ** exact_bits}")
