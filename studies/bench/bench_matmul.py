@@ -172,15 +172,15 @@ def run(device: str = "cuda", shapes=None, reps: int = 20, backends=CPU_BACKENDS
     return speedups(df, ("dense_bf16", "bnb"), "speedup_vs_{other}_{what}")
 
 
-def speedups(df: pd.DataFrame, others, column: str) -> pd.DataFrame:
-    """On ours' rows, their time / ours per (shape, M), public and kernel, for each impl in ``others``; the
-    column name is ``column`` formatted with ``other`` and ``what`` ('public' or 'kernel')."""
+def speedups(df: pd.DataFrame, others, column: str, cols=("public_ms", "kernel_ms")) -> pd.DataFrame:
+    """On ours' rows, their time / ours per (shape, M), for each time column in ``cols`` and each impl in
+    ``others``; the column name is ``column`` formatted with ``other`` and ``what`` ('public', 'kernel', ...)."""
     for (N, K, M), grp in df.groupby(["N", "K", "M"]):
         ours = grp[grp.impl == "ours"]
         for other in others:
             o = grp[grp.impl == other]
             if len(ours) and len(o):
-                for col in ("public_ms", "kernel_ms"):
+                for col in cols:
                     a, b = ours[col].iloc[0], o[col].iloc[0]
                     if a and b and a == a and b == b:
                         df.loc[ours.index, column.format(other=other, what=col.split("_")[0])] = b / a

@@ -14,6 +14,8 @@ Weights NF4, blocksize 64, double quant; bf16 activations (M, K); out x in = (N,
   * bnb: ``bitsandbytes.matmul_4bit(A, P, bqs)``;
   * cublas_bf16: ``torch.matmul(A, W.t())`` on the dequantized bf16 weight (the dense baseline).
 Per row: public_ms, the event-timed median of one call after warm-up (what a user sees, host time included);
+loop_ms, per call of LOOP_CALLS calls issued back to back with no sync (as a model's layers issue them: host work
+overlaps the previous call's kernel, so max(host, kernel) plus launch gaps);
 kernel_ms, CUDA-graph replay of GRAPH_CALLS calls captured back to back, median / calls; gbps and pct_copy, the
 bytes read (4-bit: packed weight + uint8 absmax + nested float32 absmax + activations; dense: bf16 weight +
 activations) over kernel_ms, against a device-to-device copy (read + write counted) measured in the same run.
@@ -35,6 +37,7 @@ GEMV_CROSSOVER_MS = (2, 8)  # extra M for ours_mma vs the GEMV (M <= 4) on every
 CROSSOVER_MS = (128, 256, 512, 1024, 2048)  # ours_mma vs ours_dequant, on CROSSOVER_SHAPES
 CROSSOVER_SHAPES = ((28672, 8192), (4096, 4096))
 GRAPH_CALLS = 20
+LOOP_CALLS = 50
 NUMBA_MAX_M = 4  # numba_cuda rows: the GEMV's range (above it the backend runs a simple tiled GEMM)
 
 
@@ -97,12 +100,13 @@ def run(shapes=SHAPES, ms=MS, reps: int = 20) -> pd.DataFrame:
                 with torch.no_grad(), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     t = bench.time_fn(fn, "cuda", warmup=3, reps=reps)
+                    loop = bench.back_to_back_ms(fn, reps=LOOP_CALLS)
                     kms = graph_ms(fn)
                 ms_ = kms if kms is not None else t.median_ms
-                rows.append(dict(impl=name, N=N, K=K, M=M, dtype="bfloat16", public_ms=t.median_ms, kernel_ms=kms,
-                                 bytes=nbytes, gbps=nbytes / (ms_ * 1e-3) / 1e9, copy_gbps=copy,
+                rows.append(dict(impl=name, N=N, K=K, M=M, dtype="bfloat16", public_ms=t.median_ms, loop_ms=loop,
+                                 kernel_ms=kms, bytes=nbytes, gbps=nbytes / (ms_ * 1e-3) / 1e9, copy_gbps=copy,
                                  pct_copy=100 * nbytes / (ms_ * 1e-3) / 1e9 / copy))
-                print(f"{name:>12} {N}x{K} M={M}: public {t.median_ms:.4f} ms, kernel "
+                print(f"{name:>12} {N}x{K} M={M}: public {t.median_ms:.4f} ms, loop {loop:.4f} ms, kernel "
                       f"{'-' if kms is None else f'{kms:.4f}'} ms, {rows[-1]['gbps']:.0f} GB/s "
                       f"({rows[-1]['pct_copy']:.0f} % of copy)", flush=True)
             del A
@@ -114,29 +118,34 @@ def run(shapes=SHAPES, ms=MS, reps: int = 20) -> pd.DataFrame:
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
     """ours' kernel (and public) time against cuBLAS bf16 and bitsandbytes on the same (shape, M)."""
     from .bench_matmul import speedups as ratios
-    return ratios(df, ("cublas_bf16", "bnb", "numba_cuda"), "x_{other}_{what}")
+    return ratios(df, ("cublas_bf16", "bnb", "numba_cuda"), "x_{other}_{what}",
+                  ("public_ms", "loop_ms", "kernel_ms"))
 
 
 def table_md(df: pd.DataFrame) -> str:
     """One markdown row per (shape, M): ours (module and function public call, kernel), bitsandbytes, cuBLAS."""
     def get(d, impl, col):
+        if col not in d:   # a column an older bench.csv lacks
+            return None
         e = d[d.impl == impl]
         return e[col].iloc[0] if len(e) and e[col].iloc[0] == e[col].iloc[0] else None
 
     def f(v, fmt="{:.4f}"):
         return "-" if v is None else fmt.format(v)
-    lines = ["| out x in | M | module public ms | ours public ms | ours kernel ms | GB/s | % copy | bnb kernel ms "
-             "| cuBLAS bf16 kernel ms | x cuBLAS (kernel) | x bnb (kernel) | x bnb (public) "
-             "| numba_cuda kernel ms | numba_cuda % of ours (kernel) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| out x in | M | module public ms | ours public ms | ours loop ms | ours kernel ms | GB/s | % copy "
+             "| bnb kernel ms | cuBLAS bf16 kernel ms | x cuBLAS (kernel) | x cuBLAS (loop) | x bnb (kernel) "
+             "| x bnb (public) | numba_cuda kernel ms | numba_cuda % of ours (kernel) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (N, K, M), d in df[df.impl.isin(["ours", "ours_module", "bnb", "cublas_bf16", "numba_cuda"])].groupby(
             ["N", "K", "M"]):
         nk = get(d, "numba_cuda", "kernel_ms")
         ok, bk, ck = get(d, "ours", "kernel_ms"), get(d, "bnb", "kernel_ms"), get(d, "cublas_bf16", "kernel_ms")
         op, bp = get(d, "ours", "public_ms"), get(d, "bnb", "public_ms")
-        lines.append(f"| {N}x{K} | {M} | {f(get(d, 'ours_module', 'public_ms'))} | {f(op)} | {f(ok)} "
+        ol, cl = get(d, "ours", "loop_ms"), get(d, "cublas_bf16", "loop_ms")
+        lines.append(f"| {N}x{K} | {M} | {f(get(d, 'ours_module', 'public_ms'))} | {f(op)} | {f(ol)} | {f(ok)} "
                      f"| {f(get(d, 'ours', 'gbps'), '{:.0f}')} | {f(get(d, 'ours', 'pct_copy'), '{:.0f}')} | {f(bk)} "
                      f"| {f(ck)} | {f(ck / ok if ck and ok else None, '{:.2f}')} "
+                     f"| {f(cl / ol if cl and ol else None, '{:.2f}')} "
                      f"| {f(bk / ok if bk and ok else None, '{:.2f}')} "
                      f"| {f(bp / op if bp and op else None, '{:.2f}')} | {f(nk)} "
                      f"| {f(100 * ok / nk if nk and ok else None, '{:.0f}')} |")
