@@ -152,6 +152,29 @@ def test_bad_input_names_the_argument(rng):
         matmul_4bit(A, P, qs, bias=torch.zeros(32))
     with pytest.raises(QuantInputError, match="state: required"):
         gemv_4bit(A, P)
+    with pytest.raises(QuantInputError, match="quant_state.absmax"):   # before any kernel: out left as it was
+        matmul_4bit(A, P, qs2, out=torch.full((1, 32), 7.0, dtype=torch.bfloat16))
+
+
+def test_out_must_be_the_result_exactly(rng):
+    """``out=`` (bitsandbytes' signature) is checked like its ``.out`` ops check theirs: the result's shape, A's
+    dtype and device, so a copy into it can neither broadcast (a (2, 3, N) out would take a (3, N) result) nor
+    cast; a rejected out is left as it was."""
+    A, P, qs, _ = _case(rng, 32, 64, 3, torch.bfloat16, 64)
+    want = matmul_4bit(A, P, qs)
+    for fn in (lambda o: matmul_4bit(A, P, qs, out=o), lambda o: gemv_4bit(A, P, o, state=qs)):
+        for bad, msg in ((torch.zeros(2, 3, 32, dtype=torch.bfloat16), r"out: shape \(2, 3, 32\), expected \(3, 32\)"),
+                         (torch.zeros(3, 31, dtype=torch.bfloat16), r"out: shape \(3, 31\)"),
+                         (torch.zeros(3, 32), "out: dtype torch.float32 must match A's dtype torch.bfloat16"),
+                         (torch.zeros(3, 32, dtype=torch.bfloat16, device="meta"), "out: on meta"),
+                         ([0.0] * 96, "out: expected a tensor or None, got list")):
+            before = bad.clone() if isinstance(bad, torch.Tensor) and not bad.is_meta else None
+            with pytest.raises(QuantInputError, match=msg):
+                fn(bad)
+            if before is not None:
+                assert torch.equal(bad, before)
+        out = torch.full((3, 32), float("nan"), dtype=torch.bfloat16)
+        assert fn(out) is out and torch.equal(out, want)
     with pytest.raises(QuantInputError, match="quant_state: expected a workbench QuantState"):
         gemm_4bit(A, P, "nf4")
 

@@ -26,7 +26,7 @@ from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends.registry import resolve
 from .ops import _eager, _remembered, call_op, dequantize_4bit, dequantize_blockwise
 from .quant_state import QuantState
-from .validation import FLOAT_DTYPES, QuantInputError, check_bias, check_on
+from .validation import FLOAT_DTYPES, QuantInputError, check_bias, check_on, check_out
 
 __all__ = ["gemv_4bit", "gemm_4bit", "matmul_4bit", "MatMul4Bit"]
 
@@ -125,6 +125,8 @@ def gemv_4bit(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None,
     qs = _as_state(state, "state")
     N, K = _check(A, B, qs, where="state")
     _inner(A, K, "state")
+    if out is not None:
+        check_out(out, (*A.shape[:-1], N), A)
     name = _backend(backend, "gemv_4bit", A)
     A2 = A.detach().reshape(-1, K).contiguous()
     table = qs.code.to(A.device, torch.float32).contiguous()
@@ -367,7 +369,10 @@ def matmul_4bit(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState, out: 
             return y
     qs = _as_state(quant_state)
     N, K = _check(A, B, qs, bias)
-    if A.shape[-1] == N and N != K:
+    transposed = A.shape[-1] == N and N != K
+    if out is not None:
+        check_out(out, (*A.shape[:-1], K if transposed else N), A)
+    if transposed:
         warnings.warn(f"matmul_4bit: weight was quantized from a [K, N] tensor (quant_state.shape={[N, K]}); "
                       "re-quantize it in (out_features, in_features) orientation", DeprecationWarning, stacklevel=2)
         W = dequantize_4bit(B, qs, backend=backend).to(A.dtype)

@@ -127,6 +127,18 @@ def check_on(name: str, t: torch.Tensor, like: torch.Tensor, like_name: str) -> 
         raise QuantInputError(f"{name}: on {t.device}, but {like_name} is on {like.device}")
 
 
+def check_out(out, shape, like: torch.Tensor, like_name: str = "A") -> None:
+    """A preallocated result: a tensor of exactly ``shape``, ``like``'s dtype and device (bitsandbytes' ``.out``
+    ops check the same), so that copying into it neither broadcasts nor casts."""
+    if not isinstance(out, torch.Tensor):
+        raise QuantInputError(f"out: expected a tensor or None, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape):
+        raise QuantInputError(f"out: shape {tuple(out.shape)}, expected {tuple(shape)}")
+    if out.dtype != like.dtype:
+        raise QuantInputError(f"out: dtype {out.dtype} must match {like_name}'s dtype {like.dtype}")
+    check_on("out", out, like, like_name)
+
+
 def check_bias(bias, n: int, like: torch.Tensor, like_name: str = "A", *, same_dtype: bool = False):
     """None, or a 1-D float tensor of n (out_features) values on ``like``'s device; of ``like``'s dtype when
     ``same_dtype``. Returns it."""
