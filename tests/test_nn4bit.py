@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -135,6 +136,18 @@ def test_bad_input_names_it(rng):
             m(x)
     with pytest.raises(QuantInputError, match="^weight: expected shape"):
         Linear4bit(64, 48, weight=torch.randn(48, 65))
+
+
+@pytest.mark.parametrize("sizes, arg", [((0, 48), "in_features"), ((64, -1), "out_features"),
+                                        ((64.5, 48), "in_features"), ((True, 48), "in_features"),
+                                        ((64, "48"), "out_features")])
+def test_sizes_are_positive_ints(sizes, arg):
+    from workbench.nn import Linear8bitLt
+    from workbench.validation import QuantInputError
+    for cls in (Linear4bit, Linear8bitLt):
+        with pytest.raises(QuantInputError, match=f"^{arg}: expected a positive int"):
+            cls(*sizes)
+    assert Linear4bit(np.int64(64), 48).in_features == 64
 
 
 def test_quantize_model_and_linear8bitlt_arguments_named(rng):

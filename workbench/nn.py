@@ -12,6 +12,7 @@ NF4/FP4 layer loads into ``bitsandbytes.nn.Linear4bit`` and back; :meth:`Linear4
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import torch
@@ -25,13 +26,21 @@ from .validation import FLOAT_DTYPES, QuantInputError, check_dtype
 __all__ = ["Linear4bit", "Linear8bitLt", "quantize_model"]
 
 
+def _features(in_features, out_features) -> tuple[int, int]:
+    """Both sizes positive ints (an empty weight has nothing to quantize; 3.5 features is a typo, not 3)."""
+    for name, v in (("in_features", in_features), ("out_features", out_features)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise QuantInputError(f"{name}: expected a positive int, got {v!r}")
+    return int(in_features), int(out_features)
+
+
 class Linear4bit(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, compute_dtype: torch.dtype | None = None,
                  compress_statistics: bool = True, quant_type: str = "fp4", quant_storage: torch.dtype = torch.uint8,
                  device=None, *, codebook=None, blocksize: int = 64, backend: str = "auto",
                  weight: torch.Tensor | None = None):
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features, self.out_features = _features(in_features, out_features)
         if compute_dtype is not None:
             check_dtype("compute_dtype", compute_dtype, FLOAT_DTYPES)
         self.compute_dtype = compute_dtype
@@ -189,7 +198,7 @@ class Linear8bitLt(nn.Module):
                  *, backend: str = "auto", weight: torch.Tensor | None = None):
         super().__init__()
         from .int8 import check_threshold, quantize_weight
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features, self.out_features = _features(in_features, out_features)
         self.threshold, self.backend = check_threshold(threshold), backend
         if weight is None:
             weight = nn.Linear(in_features, out_features, bias=False).weight.data
