@@ -196,8 +196,12 @@ MMA_M = (5, 8, 9, 16, 17, 32, 33, 64, 65, 130, 256)
 
 
 def _poison_allocator(nbytes=1 << 27):
-    """Fill the caching allocator's free memory with NaN, so an output element the kernel never writes shows."""
+    """Fill the caching allocator's free memory and the split GEMMs' kept partials with NaN, so an output element
+    or partial sum the kernel never writes shows."""
+    from workbench.backends.cuda import matmul as CM
     torch.full((nbytes // 4,), float("nan"), device="cuda")
+    for kept in CM._partials.values():
+        kept.fill_(float("nan"))
     torch.cuda.synchronize()
 
 

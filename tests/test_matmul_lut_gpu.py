@@ -301,3 +301,32 @@ def test_33_to_64_rows_on_a_large_weight_take_the_wgmma_form(rng, monkeypatch):
         assert len(calls) == 6
     finally:
         L.kbit_gemm_lut_tuning(0)
+
+
+def test_kept_partials_shared_by_calls_in_flight(rng, monkeypatch):
+    """Split runs of different shapes issued back to back (no sync) share one kept partials buffer per stream
+    (cuda matmul._split_partials); a side stream gets its own. Each result equals the same call run alone on
+    fresh partials."""
+    _need_cuda()
+    from workbench.backends.cuda import matmul as CM
+    monkeypatch.setattr(CM, "lut_splits", lambda *a, **k: 4)
+    monkeypatch.setattr(CM, "_lut_plans", {})
+    monkeypatch.setattr(CM, "_partials", {})
+    cases = [_case(rng, N, K, M, torch.bfloat16, 64, True, True) for N, K, M in
+             ((1000, 4096, 16), (4096, 4096, 3), (300, 8192, 33), (1000, 4096, 16))]
+    alone = []
+    monkeypatch.setattr(CM, "PARTIALS_KEPT_MAX", 0)
+    for A, P, qs, b in cases:
+        alone.append(matmul_4bit(A, P, qs, bias=b, backend="cuda"))
+        torch.cuda.synchronize()
+    monkeypatch.setattr(CM, "PARTIALS_KEPT_MAX", 1 << 24)
+    _poison_allocator()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    got = [matmul_4bit(A, P, qs, bias=b, backend="cuda") for A, P, qs, b in cases]
+    with torch.cuda.stream(side):
+        got_side = [matmul_4bit(A, P, qs, bias=b, backend="cuda") for A, P, qs, b in cases]
+    torch.cuda.synchronize()
+    assert len(CM._partials) == 2
+    for g, s, a in zip(got, got_side, alone):
+        assert torch.equal(g, a) and torch.equal(s, a)

@@ -226,6 +226,23 @@ def _tile_counters(device: torch.device, n: int, st: int) -> torch.Tensor:
     return c
 
 
+PARTIALS_KEPT_MAX = 1 << 24   # float32 values (64 MB): larger split runs allocate their partials per call
+_partials: dict = {}          # (device index, stream) -> float32 buffer
+
+
+def _split_partials(device: torch.device, n: int, st: int) -> torch.Tensor:
+    """Room for a split run's n float32 partials, kept per (device, stream) like the counters: the kernels of one
+    stream run in order (no programmatic dependent launch), and each reads its partials before it ends. A fresh
+    buffer while a CUDA graph is captured or past PARTIALS_KEPT_MAX."""
+    if n > PARTIALS_KEPT_MAX or torch.cuda.is_current_stream_capturing():
+        return torch.empty(n, dtype=torch.float32, device=device)
+    key = (device.index, st)
+    p = _partials.get(key)
+    if p is None or p.numel() < n:
+        p = _partials[key] = torch.empty(max(n, 1 << 16), dtype=torch.float32, device=device)
+    return p
+
+
 def _aligned(t: torch.Tensor) -> torch.Tensor:
     return t if t.data_ptr() % 16 == 0 else t.clone()  # the kernel's 16-byte vector loads
 
@@ -260,7 +277,7 @@ def forget_plans() -> None:
 def gemm_mma_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     """kbit_gemm_4bit_mma with the state as raw pointers (workbench.matmul's one-call path, which has checked them
     and that A and B are 16-byte aligned); arguments as :func:`gemv_4bit_at`. The split plan is remembered per
-    shape and device; the float32 partials of a split run are the one allocation besides ``out``."""
+    shape and device; a split run's float32 partials are kept per stream (:func:`_split_partials`)."""
     a2, a8, c2, off, tab, bs = state_args
     plan = _mma_plans.get((M, N, K, device_index))
     if plan is None:
@@ -271,7 +288,7 @@ def gemm_mma_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     st = raw_stream(device_index)
     part = ctr = None   # alive until the launch is queued (the allocator reuses freed memory in stream order)
     if splits > 1:
-        part = torch.empty(splits * M * N, dtype=torch.float32, device=A.device)
+        part = _split_partials(A.device, splits * M * N, st)
         ctr = _tile_counters(A.device, tiles, st)
     check(_kernels().kbit_gemm_4bit_mma(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab,
                                         bs, bias_ptr, out.data_ptr(), ptr(part), ptr(ctr), splits, LOOKUP, st),
@@ -312,7 +329,7 @@ def gemm_lut_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     st = raw_stream(device_index)
     part = ctr = None   # alive until the launch is queued (the allocator reuses freed memory in stream order)
     if splits > 1:
-        part = torch.empty(splits * M * N, dtype=torch.float32, device=A.device)
+        part = _split_partials(A.device, splits * M * N, st)
         ctr = _tile_counters(A.device, -(-N // 16), st)
     tiled = gemm_layout.tiled_copy(B, N, K)
     codes = B if tiled is None else tiled
