@@ -305,7 +305,7 @@ def test_33_to_64_rows_on_a_large_weight_take_the_wgmma_form(rng, monkeypatch):
 
 def test_kept_partials_shared_by_calls_in_flight(rng, monkeypatch):
     """Split runs of different shapes issued back to back (no sync) share one kept partials buffer per stream
-    (cuda matmul._split_partials); a side stream gets its own. Each result equals the same call run alone on
+    (cuda matmul._split_scratch); a side stream gets its own. Each result equals the same call run alone on
     fresh partials."""
     _need_cuda()
     from workbench.backends.cuda import matmul as CM

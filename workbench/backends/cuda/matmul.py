@@ -172,7 +172,6 @@ CHUNK = 128  # k per pipeline step of the kernel (matmul_mma.cuh kChunk)
 MAX_SPLITS = 32
 _tiles: dict = {}
 _sms: dict = {}
-_counters: dict = {}
 
 
 def mma_tile(M: int, device: torch.device) -> tuple[int, int, int]:
@@ -213,34 +212,29 @@ def _sm_count(device: torch.device) -> int:
     return _sms[idx]
 
 
-def _tile_counters(device: torch.device, n: int, st: int) -> torch.Tensor:
-    """Zeroed int32 counters the kernel leaves zero, kept per (device, stream): calls on one stream run in
-    order, so they can share them. While a CUDA graph is captured, a fresh zeroed buffer (a memset node)."""
-    if torch.cuda.is_current_stream_capturing():
-        return torch.zeros(n, dtype=torch.int32, device=device)
-    key = (device.index, st)
-    c = _counters.get(key)
-    if c is None or c.numel() < n:
-        c = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-        _counters[key] = c
-    return c
-
-
 PARTIALS_KEPT_MAX = 1 << 24   # float32 values (64 MB): larger split runs allocate their partials per call
 _partials: dict = {}          # (device index, stream) -> float32 buffer
+_counters: dict = {}          # (device index, stream) -> int32 tile counters, all zero between kernels
 
 
-def _split_partials(device: torch.device, n: int, st: int) -> torch.Tensor:
-    """Room for a split run's n float32 partials, kept per (device, stream) like the counters: the kernels of one
-    stream run in order (no programmatic dependent launch), and each reads its partials before it ends. A fresh
-    buffer while a CUDA graph is captured or past PARTIALS_KEPT_MAX."""
-    if n > PARTIALS_KEPT_MAX or torch.cuda.is_current_stream_capturing():
-        return torch.empty(n, dtype=torch.float32, device=device)
+def _split_scratch(device: torch.device, parts: int, tiles: int, st: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split run's room for ``parts`` float32 partial sums and ``tiles`` zeroed int32 counters (the kernel leaves
+    them zero), both kept per (device, stream): the kernels of one stream run in order (no programmatic dependent
+    launch), and each reads its partials before it ends. While a CUDA graph is captured, fresh buffers (a memset
+    node for the counters); partials past PARTIALS_KEPT_MAX are allocated per call."""
+    if torch.cuda.is_current_stream_capturing():
+        return (torch.empty(parts, dtype=torch.float32, device=device),
+                torch.zeros(tiles, dtype=torch.int32, device=device))
     key = (device.index, st)
+    c = _counters.get(key)
+    if c is None or c.numel() < tiles:
+        c = _counters[key] = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
+    if parts > PARTIALS_KEPT_MAX:
+        return torch.empty(parts, dtype=torch.float32, device=device), c
     p = _partials.get(key)
-    if p is None or p.numel() < n:
-        p = _partials[key] = torch.empty(max(n, 1 << 16), dtype=torch.float32, device=device)
-    return p
+    if p is None or p.numel() < parts:
+        p = _partials[key] = torch.empty(max(parts, 1 << 16), dtype=torch.float32, device=device)
+    return p, c
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
@@ -277,7 +271,7 @@ def forget_plans() -> None:
 def gemm_mma_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     """kbit_gemm_4bit_mma with the state as raw pointers (workbench.matmul's one-call path, which has checked them
     and that A and B are 16-byte aligned); arguments as :func:`gemv_4bit_at`. The split plan is remembered per
-    shape and device; a split run's float32 partials are kept per stream (:func:`_split_partials`)."""
+    shape and device; a split run's float32 partials are kept per stream (:func:`_split_scratch`)."""
     a2, a8, c2, off, tab, bs = state_args
     plan = _mma_plans.get((M, N, K, device_index))
     if plan is None:
@@ -288,8 +282,7 @@ def gemm_mma_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     st = raw_stream(device_index)
     part = ctr = None   # alive until the launch is queued (the allocator reuses freed memory in stream order)
     if splits > 1:
-        part = _split_partials(A.device, splits * M * N, st)
-        ctr = _tile_counters(A.device, tiles, st)
+        part, ctr = _split_scratch(A.device, splits * M * N, tiles, st)
     check(_kernels().kbit_gemm_4bit_mma(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, B.data_ptr(), a2, a8, c2, off, tab,
                                         bs, bias_ptr, out.data_ptr(), ptr(part), ptr(ctr), splits, LOOKUP, st),
           "kbit_gemm_4bit_mma")
@@ -329,8 +322,7 @@ def gemm_lut_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     st = raw_stream(device_index)
     part = ctr = None   # alive until the launch is queued (the allocator reuses freed memory in stream order)
     if splits > 1:
-        part = _split_partials(A.device, splits * M * N, st)
-        ctr = _tile_counters(A.device, -(-N // 16), st)
+        part, ctr = _split_scratch(A.device, splits * M * N, -(-N // 16), st)
     tiled = gemm_layout.tiled_copy(B, N, K)
     codes = B if tiled is None else tiled
     check(_kernels().kbit_gemm_4bit_lut(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, codes.data_ptr(), a2, a8, c2, off,
