@@ -72,7 +72,10 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
  * activation loads; 13 the activations loaded at their chunk; 14 the default (the pair table addressed by inline PTX,
  * no add per lookup: matmul_lut.cuh, lds_table); 15 the default before it, a generic pointer into the table; 16 two
  * 16-row tiles a warp multiplying each chunk's activations (the registers of 1 CTA per SM; of 2, or four tiles,
- * spill). All but 2, 3, 10 and 12 give the same bits (matmul_lut.cuh; reports/matmul-h200/lut_gemm). 20..22 (any
+ * spill); the default on tile-major copies (tiled = 1) is the lean form of 14 (no per-chunk range checks,
+ * predicated loads or zero fill: matmul_lut.cuh, lean_range); 18 the lean form with registers for 3 CTAs per SM;
+ * 19 form 14's general loop on every layout. All but 2, 3, 10 and 12 give the same bits (matmul_lut.cuh;
+ * reports/matmul-h200/lut_gemm). 20..22 (any
  * M, dtype and scales): the kernel's wgmma form, two (20; 22: 3 groups of codes in flight) or one (21) warpgroups a
  * CTA sharing each chunk's activations in shared memory (matmul_lut_wgmma.cuh): the same sums and bound, the tensor
  * core's bits not assumed equal. Variant 0 runs form 20 for M > 32 on weights of more than 2^25 elements

@@ -273,6 +273,108 @@ __device__ __forceinline__ void compute_group(float (&acc)[RT][NT][4], const Gro
     }
 }
 
+/* The lean form of one task's K range (template LN; the default for M <= 16 on the tile-major copy with grouped
+ * scales; A/B: variant 19 runs the general loop instead, 18 the lean form with registers for 3 CTAs per SM): the
+ * general loop's form for those calls (nested absmax in 4-chunk groups, activations one chunk ahead, the table
+ * addressed by PTX, one row tile a task) with its per-chunk bookkeeping taken out; the same results bit for bit
+ * (the same mma steps, scales and fma order):
+ * - no per-chunk range checks: with grouped scales every split is whole 4-chunk groups (kbit_gemm_4bit_lut), so a
+ *   group is in range or not as a whole;
+ * - no predicated loads and no zero fill: a warp's tile exists (one tile a task), its rows past N are zero bytes
+ *   in the tiled copy and read row 0's scales (finite; never stored), and activation rows past M read row 0
+ *   (they only reach output columns past M, never stored); the activations one chunk ahead of the range's last
+ *   chunk re-read that chunk instead (unused);
+ * - running pointers: the weights at +512 bytes a chunk (immediate offsets), the activations at +128. */
+template <int DT, int NT, int U, int S, bool PL>
+__device__ __forceinline__ void lean_range(float (&acc)[NT][4], const Args& p, const Rows<NT>& R, int c_begin,
+                                           int c_end, const char* tab, uint32_t lane4, const float* code2,
+                                           float off) {
+    typedef Op<DT> O;
+    static_assert(U == 4, "a group is the 4 codes of one aligned word");
+    const int groups = (c_end - c_begin) / U;
+    if (groups <= 0) return;
+    const uint8_t* w0 = R.w[0] + 512LL * c_begin;
+    const long long b0[2] = {(R.f[0] >> 6) + c_begin, (R.f[1] >> 6) + c_begin};  // blocksize 64: block = chunk
+    const uint8_t* x0[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) x0[nt] = R.x[nt] + 128LL * c_begin;
+    const int last = groups * U - 1;  // the range's last chunk, from c_begin
+
+    auto load = [&](Group<U>& G, int gi) {
+        const uint8_t* w = w0 + 2048LL * gi;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const uint4 v = ld_stream16(w + 512 * u);
+            G.w[u][0] = make_uint2(v.x, v.y);
+            G.w[u][1] = make_uint2(v.z, v.w);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const long long b = b0[r] + 4LL * gi;
+            G.amax[0][r] = __ldg(p.absmax + (b >> 8));
+            G.q8[0][r] = __ldg(reinterpret_cast<const uint32_t*>(p.a8 + b));
+        }
+    };
+    auto load_x_at = [&](uint4 (&x)[NT][2], int k) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const uint4* xp = reinterpret_cast<const uint4*>(x0[nt] + 128LL * k);
+            x[nt][0] = __ldg(xp);
+            x[nt][1] = __ldg(xp + 1);
+        }
+    };
+
+    Group<U> G[S];
+    uint4 xa[NT][2];
+    load_x_at(xa, 0);
+#pragma unroll
+    for (int s = 0; s + 1 < S; ++s)
+        if (s < groups) load(G[s], s);
+    for (int i = 0; i < groups; i += S) {
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+            const int gi = i + s;
+            if (gi >= groups) break;
+            if (gi + S - 1 < groups) load(G[(s + S - 1) % S], gi + S - 1);
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int k = gi * U + u;
+                float sc[2];
+#pragma unroll
+                for (int r = 0; r < 2; ++r)  // rule 1
+                    sc[r] = __fadd_rn(__fmul_rn(code2[(G[s].q8[0][r] >> (8 * u)) & 0xffu], G[s].amax[0][r]), off);
+                uint4 xv[NT][2];
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    xv[nt][0] = xa[nt][0];
+                    xv[nt][1] = xa[nt][1];
+                }
+                load_x_at(xa, k < last ? k + 1 : k);
+                float part[NT][4];
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    uint32_t a[4];
+                    decode_step<kScalesPerGroup, PL>(a, G[s].w[u], j, tab, lane4);
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt) {
+                        const uint4& x = xv[nt][j >> 1];
+                        O::mma(part[nt], a, (j & 1) ? x.z : x.x, (j & 1) ? x.w : x.y);
+                    }
+                }
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    acc[nt][0] = __fmaf_rn(sc[0], part[nt][0], acc[nt][0]);
+                    acc[nt][1] = __fmaf_rn(sc[0], part[nt][1], acc[nt][1]);
+                    acc[nt][2] = __fmaf_rn(sc[1], part[nt][2], acc[nt][2]);
+                    acc[nt][3] = __fmaf_rn(sc[1], part[nt][3], acc[nt][3]);
+                }
+            }
+        }
+    }
+}
+
 /* f(nt, e, m, n) for each element of the warp's C fragments inside the output: acc[nt][e] is out[m][n], m = 8 nt +
  * 2t + (e & 1), n = 16 tile + g + 8 (e >> 1). */
 template <int NT, typename F>
@@ -356,8 +458,9 @@ __device__ __forceinline__ void finish_tile(const Args& p, long long tile, int z
     });
 }
 
-template <int DT, int NT, int U, int S, int MINB, bool TL, int DG, int XM, bool PL, int RT>
+template <int DT, int NT, int U, int S, int MINB, bool TL, int DG, int XM, bool PL, int RT, bool LN = false>
 __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) {
+    static_assert(!LN || (TL && DG == kScalesPerGroup && XM == kXAhead && RT == 1), "the lean form's premises");
     extern __shared__ __align__(16) uint32_t lut_smem[];
     uint32_t* pair = lut_smem;
     float* code2 = reinterpret_cast<float*>(lut_smem + kPairWords);
@@ -400,6 +503,11 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
         for (int rt = 0; rt < RT; ++rt)
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) acc[rt][nt][0] = acc[rt][nt][1] = acc[rt][nt][2] = acc[rt][nt][3] = 0.0f;
+        if constexpr (LN) {
+            lean_range<DT, NT, U, S, PL>(acc[0], p, R[0], c_begin, c_end, tab, lane4, code2, off);
+            finish_tile<DT, NT>(p, tile0, z, g, t, lane, acc[0]);
+            continue;
+        }
         // S groups in registers, a ring: the next S - 1 groups' loads in flight while one group of U chunks is
         // computed (slots are compile-time indices, so the ring stays in registers)
         Group<U> G[S][RT];
@@ -470,10 +578,10 @@ cudaError_t launch_persistent(Kernel kern, Fit (&fit)[64], size_t smem, int thre
 }
 
 template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk, int S = 2, int XM = kXPerChunk,
-          bool PL = false, int RT = 1>
+          bool PL = false, int RT = 1, bool LN = false>
 cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     static Fit fit[64];
-    return launch_persistent(gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL, RT>, fit, kSmem, kThreads,
+    return launch_persistent(gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL, RT, LN>, fit, kSmem, kThreads,
                              (p.tasks / RT + kWarps - 1) / kWarps, p, stream, ctas_per_sm);
 }
 
@@ -495,14 +603,30 @@ cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
                 case 13: return launch_k<DT, NT, 4, 2, TL, kScalesPerGroup>(p, stream, ctas_per_sm);
                 case 15: return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead>(p, stream, ctas_per_sm);
                 case 16: return launch_k<DT, NT, 4, 1, TL, kScalesPerGroup, 2, kXAhead, true, 2>(p, stream, ctas_per_sm);
+                case 18:  // the lean form (the default on tile-major copies), registers for 3 CTAs per SM
+                    if constexpr (TL) {
+                        if (p.tiled == 1)
+                            return launch_k<DT, NT, 4, 3, TL, kScalesPerGroup, 2, kXAhead, true, 1, true>(
+                                p, stream, ctas_per_sm);
+                    }
+                    break;
+                case 19:  // the default's general loop on every layout (the default before the lean form)
+                    return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true>(p, stream, ctas_per_sm);
                 default: break;
             }
         }
     }
     if constexpr (NT <= 2) {  // the next chunk's activations in flight while one is computed, the pair table
-                              // addressed by inline PTX (lut_gemm and lut_gemm/wgmma_ab reports)
-        if (p.group_scales)
+                              // addressed by inline PTX (lut_gemm and lut_gemm/wgmma_ab reports); on the tile-major
+                              // copy the lean form (lean_range)
+        if (p.group_scales) {
+            if constexpr (TL) {
+                if (p.tiled == 1)
+                    return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true, 1, true>(p, stream,
+                                                                                                 ctas_per_sm);
+            }
             return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true>(p, stream, ctas_per_sm);
+        }
     }
     if (p.group_scales) return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup>(p, stream, ctas_per_sm);
     return launch_k<DT, NT, U0, B0, TL>(p, stream, ctas_per_sm);

@@ -211,23 +211,31 @@ def test_tiled_copy_past_the_cap_or_out_of_memory_reads_rows(rng, monkeypatch):
     gemm_layout.forget()
 
 
-@pytest.mark.parametrize("variant", (15, 16))
-def test_lut_variant_gives_the_default_bits(rng, variant):
+@pytest.mark.parametrize("variant", (15, 16, 18, 19))
+def test_lut_variant_gives_the_default_bits(rng, monkeypatch, variant):
     """kbit_gemm_lut_tuning's variants other than the diagnostics change how the kernel runs, not what it sums:
-    variant 15 (the pair table through a generic pointer, the default before) and 16 (two row tiles a warp)
-    give variant 0's bits, over row tails (and tiles past N), nested and plain scales, bias, and 1..16 rows."""
+    variant 15 (the pair table through a generic pointer), 16 (two row tiles a warp), 18 (the default's lean form
+    with registers for 3 CTAs per SM) and 19 (the general loop, where the default runs the lean form on the tiled
+    copy: no per-chunk checks, rows past N and M read, not zeroed) give variant 0's bits,
+    over row tails (and tiles past N), nested and plain scales, bias, 1..16 rows, and the planned, 3 and 7 splits
+    (7: empty splits past the last group)."""
     _need_cuda()
     from workbench.backends.cuda import matmul as CM
     L = CM.lib()
+    real = CM.lut_splits
     try:
-        for i, (N, K, bs) in enumerate(((300, 640, 128), (1000, 1536, 64), (4100, 4096, 64))):
-            for M in (1, 5, 16):
-                A, P, qs, b = _case(rng, N, K, M, torch.bfloat16, bs, nested=i != 0, bias=M != 5)
-                L.kbit_gemm_lut_tuning(0)
-                want = _lut_direct(A, P, qs, b)
-                L.kbit_gemm_lut_tuning(variant)
-                got = _lut_direct(A, P, qs, b)
-                assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (N, K, M)
+        for forced in (None, 3, 7):
+            monkeypatch.setattr(CM, "lut_splits", real if forced is None else lambda *a, **k: forced)
+            monkeypatch.setattr(CM, "_lut_plans", {})
+            for i, (N, K, bs) in enumerate(((300, 640, 128), (1000, 1536, 64), (4100, 4096, 64))):
+                for M in (1, 5, 16):
+                    A, P, qs, b = _case(rng, N, K, M, torch.bfloat16, bs, nested=i != 0, bias=M != 5)
+                    L.kbit_gemm_lut_tuning(0)
+                    want = _lut_direct(A, P, qs, b)
+                    L.kbit_gemm_lut_tuning(variant)
+                    _poison_allocator()
+                    got = _lut_direct(A, P, qs, b)
+                    assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (N, K, M, forced)
     finally:
         L.kbit_gemm_lut_tuning(0)
 

@@ -92,6 +92,7 @@ def parity(L, quick: bool) -> tuple[int, float]:
         (1000, 1536, 64, (2, 33, 64), torch.bfloat16, True, False, "random"),
         (4096, 4096, 256, (1, 5, 24, 40), torch.float16, True, True, "nf4"),
         (517, 4160, 1024, (1, 7, 57), torch.bfloat16, False, True, "random"),
+        (333, 2048, 64, (1, 9, 16), torch.bfloat16, True, True, "nf4"),   # grouped scales, row tail: the lean form
     ]
     if quick:
         cases = cases[:2]
@@ -110,7 +111,7 @@ def parity(L, quick: bool) -> tuple[int, float]:
             A = torch.randn(M, K, device="cuda", dtype=dt, generator=g)
             ref, bound = _reference(A, P, N, K, qs, bias)
             first = None
-            for variant in (0, 1, 4, 5, 6, 11, 13, 15, 16) + WGMMA_VARIANTS:
+            for variant in (0, 1, 4, 5, 6, 11, 13, 15, 16, 18, 19) + WGMMA_VARIANTS:
                 L.kbit_gemm_lut_tuning(variant)
                 for splits in (1, 3, 7):
                     f = Lut(A, P, N, K, qs, bias, splits)
