@@ -201,13 +201,40 @@ __device__ __forceinline__ void load_x(uint4 (&x)[NT][2], const Rows<NT>& R, int
     }
 }
 
+/* One chunk of one row tile into acc: its 4 mma k-steps from zero (the weights decoded from the thread's codes w,
+ * the activations xv), then acc = fma(s, partial, acc) with the block scales s of rows g and g + 8. */
+template <int DT, int NT, int DG, bool PL>
+__device__ __forceinline__ void chunk_mma(float (&acc)[NT][4], const uint2 (&w)[2], const uint4 (&xv)[NT][2],
+                                          const float (&s)[2], const char* tab, uint32_t lane4) {
+    typedef Op<DT> O;
+    float part[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        uint32_t a[4];
+        decode_step<DG, PL>(a, w, j, tab, lane4);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const uint4& x = xv[nt][j >> 1];
+            O::mma(part[nt], a, (j & 1) ? x.z : x.x, (j & 1) ? x.w : x.y);
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        acc[nt][0] = __fmaf_rn(s[0], part[nt][0], acc[nt][0]);
+        acc[nt][1] = __fmaf_rn(s[0], part[nt][1], acc[nt][1]);
+        acc[nt][2] = __fmaf_rn(s[1], part[nt][2], acc[nt][2]);
+        acc[nt][3] = __fmaf_rn(s[1], part[nt][3], acc[nt][3]);
+    }
+}
+
 /* Chunks c .. c + U - 1 (those below c_end) of the warp's RT row tiles into acc: each chunk's activations are
  * read once and multiply every tile's weights. */
 template <int DT, int NT, int U, int DG, int XM, bool PL, int RT>
 __device__ __forceinline__ void compute_group(float (&acc)[RT][NT][4], const Group<U> (&G)[RT], const Args& p,
                                               const Rows<NT> (&R)[RT], int c, int c_end, const char* tab,
                                               uint32_t lane4, const float* code2, float off, Ahead<NT>& ahead) {
-    typedef Op<DT> O;
     const bool nested = p.a8 != nullptr;
     uint4 xg[XM == kXPerGroup ? U : 1][NT][2];
     if constexpr (XM == kXPerGroup) {
@@ -247,28 +274,7 @@ __device__ __forceinline__ void compute_group(float (&acc)[RT][NT][4], const Gro
             }
             if constexpr (XM == kXAhead) load_x<NT>(ahead.x, R[0], cc + 1, c_end);
 #pragma unroll
-            for (int rt = 0; rt < RT; ++rt) {
-                float part[NT][4];
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    uint32_t a[4];
-                    decode_step<DG, PL>(a, G[rt].w[u], j, tab, lane4);
-#pragma unroll
-                    for (int nt = 0; nt < NT; ++nt) {
-                        const uint4& x = xv[nt][j >> 1];
-                        O::mma(part[nt], a, (j & 1) ? x.z : x.x, (j & 1) ? x.w : x.y);
-                    }
-                }
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) {
-                    acc[rt][nt][0] = __fmaf_rn(s[rt][0], part[nt][0], acc[rt][nt][0]);
-                    acc[rt][nt][1] = __fmaf_rn(s[rt][0], part[nt][1], acc[rt][nt][1]);
-                    acc[rt][nt][2] = __fmaf_rn(s[rt][1], part[nt][2], acc[rt][nt][2]);
-                    acc[rt][nt][3] = __fmaf_rn(s[rt][1], part[nt][3], acc[rt][nt][3]);
-                }
-            }
+            for (int rt = 0; rt < RT; ++rt) chunk_mma<DT, NT, DG, PL>(acc[rt], G[rt].w[u], xv, s[rt], tab, lane4);
         }
     }
 }
@@ -289,7 +295,6 @@ template <int DT, int NT, int U, int S, bool PL>
 __device__ __forceinline__ void lean_range(float (&acc)[NT][4], const Args& p, const Rows<NT>& R, int c_begin,
                                            int c_end, const char* tab, uint32_t lane4, const float* code2,
                                            float off) {
-    typedef Op<DT> O;
     static_assert(U == 4, "a group is the 4 codes of one aligned word");
     const int groups = (c_end - c_begin) / U;
     if (groups <= 0) return;
@@ -350,26 +355,7 @@ __device__ __forceinline__ void lean_range(float (&acc)[NT][4], const Args& p, c
                     xv[nt][1] = xa[nt][1];
                 }
                 load_x_at(xa, k < last ? k + 1 : k);
-                float part[NT][4];
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    uint32_t a[4];
-                    decode_step<kScalesPerGroup, PL>(a, G[s].w[u], j, tab, lane4);
-#pragma unroll
-                    for (int nt = 0; nt < NT; ++nt) {
-                        const uint4& x = xv[nt][j >> 1];
-                        O::mma(part[nt], a, (j & 1) ? x.z : x.x, (j & 1) ? x.w : x.y);
-                    }
-                }
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) {
-                    acc[nt][0] = __fmaf_rn(sc[0], part[nt][0], acc[nt][0]);
-                    acc[nt][1] = __fmaf_rn(sc[0], part[nt][1], acc[nt][1]);
-                    acc[nt][2] = __fmaf_rn(sc[1], part[nt][2], acc[nt][2]);
-                    acc[nt][3] = __fmaf_rn(sc[1], part[nt][3], acc[nt][3]);
-                }
+                chunk_mma<DT, NT, kScalesPerGroup, PL>(acc, G[s].w[u], xv, sc, tab, lane4);
             }
         }
     }

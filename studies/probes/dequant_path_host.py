@@ -1,12 +1,11 @@
 """Host time of the pieces of the public matmul_4bit call above the fused kernels' rows (dequantize + cuBLAS):
-each piece called 50 times with no sync between calls, host microseconds per call, beside F.linear. Finds where
+each piece called 20 times with no sync between calls, host microseconds per call, beside F.linear. Finds where
 the public call's host time goes when it exceeds torch's own (reports/matmul-h100/lean_lut_gemm: 150 us at M = 256).
 
 usage (GPU): python -m studies.probes.dequant_path_host [--cases 4096x4096x256,...]"""
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -15,17 +14,7 @@ from workbench import matmul as MM
 from workbench.backends.cuda import matmul as CM
 from workbench.backends.cuda import quant as CQ
 
-
-def _host_us(fn, calls: int = 50) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / calls * 1e6
+from studies.probes.matmul_host_profile import _per_call
 
 
 def main(argv=None) -> int:
@@ -55,7 +44,7 @@ def main(argv=None) -> int:
         }
         print(f"{N}x{K} M={M}")
         for name, fn in pieces.items():
-            print(f"  {name:40s} host {_host_us(fn):8.1f} us per call", flush=True)
+            print(f"  {name:40s} host {_per_call(fn)[0]:8.1f} us per call", flush=True)
     return 0
 
 
