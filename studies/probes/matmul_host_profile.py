@@ -6,7 +6,11 @@ NF4, blocksize 64, double quant, bf16. The default cases: one row on 4096x4096 (
 (the unscaled-lookup GEMM on the tiled copy: a split plan, partials), kernels of microseconds where the host work
 shows in the public call; 256 rows on both (dequantize + cuBLAS).
 
-usage (GPU): python -m studies.probes.matmul_host_profile [--cases 4096x4096x1,...] > host_profile.txt"""
+With ``--pieces``, for cases above the fused kernels' rows (dequantize + cuBLAS), the host time of each piece of
+that path instead (20 calls each, no sync): where a public call's host time goes when it exceeds torch's own
+(reports/matmul-h100/lean_lut_gemm: 150 us at M = 256, F.linear 23 us).
+
+usage (GPU): python -m studies.probes.matmul_host_profile [--cases 4096x4096x1,...] [--pieces] > host_profile.txt"""
 from __future__ import annotations
 
 import argparse
@@ -35,16 +39,47 @@ def _per_call(fn) -> tuple[float, float]:
     return (t1 - t0) / 20 * 1e6, (t2 - t0) / 20 * 1e6
 
 
+def _pieces(A, W, P, qs) -> None:
+    """Host time per call of each piece of the dequantize + cuBLAS path, beside the public call and F.linear."""
+    from workbench import matmul as MM
+    from workbench.backends.cuda import matmul as CM
+    from workbench.backends.cuda import quant as CQ
+    (N, K), M = qs.shape, A.shape[0]
+    absmax, a8, acode, aoff = MM._nested_args(qs, "cuda")
+    tab = qs.code.float().contiguous()
+    s = CM._block_scales(absmax, a8, acode, aoff, A.device)
+    Wd = CQ.dequantize_4bit(P, s, tab, qs.blocksize, N * K, A.dtype).view(N, K)
+    pieces = {
+        "matmul_4bit (public)": lambda: matmul_4bit(A, P, qs),
+        "MM._check + _nested_args": lambda: (MM._check(A, P, qs), MM._nested_args(qs, "cuda")),
+        "cuda gemm_4bit (backend)": lambda: CM.gemm_4bit(A, P, (N, K), absmax, tab, qs.blocksize, None, a8, acode,
+                                                         aoff),
+        "_block_scales": lambda: CM._block_scales(absmax, a8, acode, aoff, A.device),
+        "quant.dequantize_4bit": lambda: CQ.dequantize_4bit(P, s, tab, qs.blocksize, N * K, A.dtype),
+        "_mm_one_rounding": lambda: CM._mm_one_rounding(A, Wd.t()),
+        "torch.mm": lambda: torch.mm(A, Wd.t()),
+        "F.linear": lambda: torch.nn.functional.linear(A, W),
+        "torch.empty (the dequantized weight)": lambda: torch.empty(N * K, dtype=A.dtype, device=A.device),
+    }
+    print(f"{N}x{K} M={M}: host us per call")
+    for name, fn in pieces.items():
+        print(f"  {name:40s} {_per_call(fn)[0]:8.1f}", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="4096x4096x1,28672x8192x1,4096x4096x256,28672x8192x256",
                     help="NxKxM, comma-separated")
+    ap.add_argument("--pieces", action="store_true", help="time the dequantize + cuBLAS path's pieces")
     args = ap.parse_args(argv)
     for case in args.cases.split(","):
         N, K, M = (int(v) for v in case.split("x"))
         W = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
         P, qs = wb.quantize_4bit(W, blocksize=64, compress_statistics=True)
         A = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+        if args.pieces:
+            _pieces(A, W, P, qs)
+            continue
         host, total = _per_call(lambda: matmul_4bit(A, P, qs))
         lin_host, lin_total = _per_call(lambda: torch.nn.functional.linear(A, W))
         print(N, K, M, f"host per call {host:.1f} us, total per call {total:.1f} us; F.linear: host {lin_host:.1f} us, "
