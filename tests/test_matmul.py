@@ -179,6 +179,25 @@ def test_out_must_be_the_result_exactly(rng):
         gemm_4bit(A, P, "nf4")
 
 
+@pytest.mark.parametrize("backend", ["numba_cpu", "cython_cpu"])
+def test_rows_above_the_fused_kernels_round_once_after_the_bias(rng, backend):
+    """Above the fused kernels' rows the CPU backends multiply the dequantized weight with torch
+    (_cpu_common.dense_matmul; bf16: torch's bf16 kernel, float32 sums and the bias added before its one rounding).
+    A bias that cancels a row's sum, where a rounding before the bias would leave up to half a bf16 ulp of the sum
+    against a bound of a few float32 ulps, stays within error_bound; so do random biases and no bias."""
+    from workbench.backends import status
+    if not status(backend)[0]:
+        pytest.skip(f"{backend} not available here")
+    A, P, qs, b = _case(rng, 48, 256, 40, torch.bfloat16, 64, nested=True, bias=True)
+    Wd = wb.dequantize_4bit(P, qs, backend="reference").to(torch.bfloat16)
+    cancel = (-(A[0].float() @ Wd.float().t())).to(torch.bfloat16)
+    for bias in (cancel, b, None):
+        ref = matmul_4bit(A, P, qs, bias=bias, backend="reference")
+        got = matmul_4bit(A, P, qs, bias=bias, backend=backend)
+        bound = R.error_bound(A, Wd, bias, torch.bfloat16, ref)
+        assert ((got.float() - ref.float()).abs() <= bound).all(), (backend, bias is cancel)
+
+
 @pytest.mark.parametrize("backend", ["reference", "numba_cpu", "cython_cpu"])
 def test_strided_weight_and_bias_are_read_as_their_values(rng, backend):
     """The general path runs the backend's kernel directly in eager mode (ops.call_op), so what the op's guard did

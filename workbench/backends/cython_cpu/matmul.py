@@ -9,7 +9,8 @@ Paths, first that applies:
   workbench.matmul calls the same kernel without this adapter for plain CPU calls (``_gemv_one_call``);
 * 8 lanes by k % 8 (M <= FUSED_MAX_M; AVX2 for M = 1, K % 8 == 0): the numba_cpu kernel's order, equal to it
   bit for bit;
-* above FUSED_MAX_M rows: dequantize once (this backend's dequantizer) + torch float32 matmul.
+* above FUSED_MAX_M rows: dequantize once (this backend's dequantizer) + torch's matmul (``dense_matmul``: float32
+  sums, one rounding).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from . import native
+from .._cpu_common import dense_matmul
 from ..registry import register_kernel
 
 FUSED_MAX_M = 8
@@ -75,10 +77,7 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     if M > FUSED_MAX_M:
         from .quant import dequantize_4bit
         W = dequantize_4bit(B.reshape(-1), s, tab, blocksize, N * K, A.dtype).view(N, K)
-        y = A.float() @ W.float().t()
-        if bias is not None:
-            y = y + bias.float()
-        return y.to(A.dtype)
+        return dense_matmul(A, W, bias)
     a = A.detach().reshape(-1).float().contiguous()
     out = torch.empty(M * N, dtype=torch.float32)
     bb = _NO_BIAS if bias is None else bias.detach().float().contiguous().numpy()

@@ -1,8 +1,8 @@
 """Numba CPU adapter for the matmul family (kernels: numba_kernels/cpu/matmul.py).
 
 The fused kernel runs for up to FUSED_MAX_M activation rows (the GEMV regime); above that the weight is
-dequantized once (the numba dequantizer, exact) and multiplied in float32 by torch (same rules, torch's
-float32 order). Order and bound: workbench/backends/reference/matmul.py.
+dequantized once (the numba dequantizer, exact) and multiplied by torch (``dense_matmul``: float32 sums, one
+rounding, torch's order). Order and bound: workbench/backends/reference/matmul.py.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from numba_kernels.cpu import matmul as K
 
-from .._cpu_common import as_numpy_bits, kind_of
+from .._cpu_common import as_numpy_bits, dense_matmul, kind_of
 from ..registry import register_kernel
 
 FUSED_MAX_M = 8
@@ -57,10 +57,7 @@ def _unfused(A, B, shapeB, s, table, blocksize, bias):
     from .quant import dequantize_4bit
     N, Kd = int(shapeB[0]), int(shapeB[1])
     W = dequantize_4bit(B.reshape(-1), torch.from_numpy(s), table.float(), blocksize, N * Kd, A.dtype).view(N, Kd)
-    y = A.float() @ W.float().t()
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(A.dtype)
+    return dense_matmul(A, W, bias)
 
 
 def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=None, absmax_code=None,
