@@ -72,8 +72,8 @@ def dense_matmul(A: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None) ->
     """``A @ W.T (+ bias)`` for the matmul family's rows above the fused kernels (W dequantized once), in A's dtype:
     float32 sums, the bias added, one rounding (rule 4 of workbench/backends/reference/matmul.py). bf16 runs torch's
     bf16 kernel, which accumulates in float32 and adds the bias before its one rounding (``addmm``; within
-    error_bound also where the bias cancels the sum: tests/test_matmul.py), 2.4-7x faster than widening both to
-    float32 on a 2-core Zen 4 (256x384 @ 384x1536, 48x4096 @ 4096x4096). fp16 and float32 multiply in float32."""
+    error_bound also where the bias cancels the sum: tests/test_matmul.py), 2.6-6.9x faster than widening both to
+    float32 on a 2-core Zen 4 (reports/matmul-cpu/dense_tail_zen4). fp16 and float32 multiply in float32."""
     if A.dtype == torch.bfloat16 and W.dtype == torch.bfloat16:
         return torch.mm(A, W.t()) if bias is None else torch.addmm(bias.to(A.dtype), A, W.t())
     y = A.float() @ W.float().t()
