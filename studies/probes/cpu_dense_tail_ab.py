@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 import workbench as wb
+from workbench import bench
 from workbench.backends._cpu_common import dense_matmul
 from workbench.matmul import matmul_4bit
 
@@ -43,23 +43,14 @@ def main(argv=None) -> int:
                  "dense_matmul (committed)": lambda: dense_matmul(A, Wd, b),
                  "widened to float32 (before)": lambda: _widened(A, Wd, b),
                  "F.linear bf16 (dense weight)": lambda: torch.nn.functional.linear(A, W, b)}
-        times = {k: [] for k in cases}
-        for _ in range(3):   # warm-up: oneDNN's primitives and both thread pools
-            for fn in cases.values():
-                fn()
-        for r in range(args.reps):
-            for k in (list(cases) if r % 2 == 0 else list(reversed(cases))):
-                t0 = time.perf_counter()
-                cases[k]()
-                times[k].append((time.perf_counter() - t0) * 1e3)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = bench.interleaved_ms(cases, reps=args.reps, warmup=3)   # warm-up: oneDNN primitives, both pools
         rows.append(dict(N=N, K=K, M=M, **{k: round(v, 3) for k, v in med.items()}))
         print(f"{N}x{K} M={M}: " + "  ".join(f"{k} {v:.2f} ms" for k, v in med.items()), flush=True)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         meta = dict(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                    torch=torch.__version__, load_1min=list(__import__("os").getloadavg()))
+                    torch=torch.__version__, load_1min=list(os.getloadavg()))
         (out / "cpu_dense_tail_ab.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
     return 0
 
