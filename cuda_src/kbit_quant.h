@@ -52,6 +52,14 @@ cudaError_t kbit_dequantize_blockwise(const unsigned char* codes, const float* a
 cudaError_t kbit_dequantize_4bit(const unsigned char* packed, const float* absmax, const float* table, long long n,
                                  int blocksize, void* out, int dtype, cudaStream_t stream);
 
+/* kbit_dequantize_4bit with double-quantized absmax decoded in the kernel: block b's scale is
+ * (absmax_code[absmax_8bit[b]] * absmax2[b / 256]) + *absmax_offset, each step rounded to float32 (the nested
+ * blocksize is 256; absmax_code: 256 floats). */
+cudaError_t kbit_dequantize_4bit_nested(const unsigned char* packed, const float* absmax2,
+                                        const unsigned char* absmax_8bit, const float* absmax_code,
+                                        const float* absmax_offset, const float* table, long long n, int blocksize,
+                                        void* out, int dtype, cudaStream_t stream);
+
 /* 1 if this library was built with the spec's IEEE flags (no FMA contraction, IEEE division, no FTZ). */
 int kbit_quant_ieee_build(void);
 /* A/B knob for the dequantizers' per-warp shared-memory stage: 1 on, 0 off, -1 the default (on for 4-bit codes) */

@@ -291,7 +291,7 @@ __device__ __forceinline__ void compute_group(float (&acc)[RT][NT][4], const Gro
  *   (they only reach output columns past M, never stored); the activations one chunk ahead of the range's last
  *   chunk re-read that chunk instead (unused);
  * - running pointers: the weights at +512 bytes a chunk (immediate offsets), the activations at +128. */
-template <int DT, int NT, int U, int S, bool PL>
+template <int DT, int NT, int U, int S, bool PL, int PF = 0>
 __device__ __forceinline__ void lean_range(float (&acc)[NT][4], const Args& p, const Rows<NT>& R, int c_begin,
                                            int c_end, const char* tab, uint32_t lane4, const float* code2,
                                            float off) {
@@ -305,8 +305,15 @@ __device__ __forceinline__ void lean_range(float (&acc)[NT][4], const Args& p, c
     for (int nt = 0; nt < NT; ++nt) x0[nt] = R.x[nt] + 128LL * c_begin;
     const int last = groups * U - 1;  // the range's last chunk, from c_begin
 
+    // PF > 0 (A/B): the group PF groups past the registers' ring asked into L2 ahead of its loads, one 128-byte
+    // line a lane (16 lanes: the group's 2048 bytes), so those loads wait on L2 rather than DRAM
+    const bool pf_lane = (lane4 & 0x7cu) < 64u;
     auto load = [&](Group<U>& G, int gi) {
         const uint8_t* w = w0 + 2048LL * gi;
+        if constexpr (PF > 0) {
+            if (pf_lane && gi + PF < groups)
+                asm volatile("prefetch.global.L2 [%0];\n" ::"l"(w + 2048LL * PF + 32 * (lane4 & 0x7cu)));
+        }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const uint4 v = ld_stream16(w + 512 * u);
@@ -449,7 +456,7 @@ __device__ __forceinline__ void finish_tile(const Args& p, long long tile, int z
     });
 }
 
-template <int DT, int NT, int U, int S, int MINB, bool TL, int DG, int XM, bool PL, int RT, bool LN = false>
+template <int DT, int NT, int U, int S, int MINB, bool TL, int DG, int XM, bool PL, int RT, int LN = 0>
 __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) {
     static_assert(!LN || (TL && DG == kScalesPerGroup && XM == kXAhead && RT == 1), "the lean form's premises");
     extern __shared__ __align__(16) uint32_t lut_smem[];
@@ -495,7 +502,8 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) acc[rt][nt][0] = acc[rt][nt][1] = acc[rt][nt][2] = acc[rt][nt][3] = 0.0f;
         if constexpr (LN) {
-            lean_range<DT, NT, U, S, PL>(acc[0], p, R[0], c_begin, c_end, tab, lane4, code2, off);
+            lean_range<DT, NT, U, S, PL, (LN > 1 ? LN : 0)>(acc[0], p, R[0], c_begin, c_end, tab, lane4, code2,
+                                                          off);
             finish_tile<DT, NT>(p, tile0, z, g, t, lane, acc[0]);
             continue;
         }
@@ -569,7 +577,7 @@ cudaError_t launch_persistent(Kernel kern, Fit (&fit)[64], size_t smem, int thre
 }
 
 template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk, int S = 2, int XM = kXPerChunk,
-          bool PL = false, int RT = 1, bool LN = false>
+          bool PL = false, int RT = 1, int LN = 0>
 cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     static Fit fit[64];
     return launch_persistent(gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL, RT, LN>, fit, kSmem, kThreads,
@@ -597,8 +605,28 @@ cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
                 case 18:  // the lean form (the default on tile-major copies), registers for 3 CTAs per SM
                     if constexpr (TL) {
                         if (p.tiled == 1)
-                            return launch_k<DT, NT, 4, 3, TL, kScalesPerGroup, 2, kXAhead, true, 1, true>(
+                            return launch_k<DT, NT, 4, 3, TL, kScalesPerGroup, 2, kXAhead, true, 1, 1>(
                                 p, stream, ctas_per_sm);
+                    }
+                    break;
+                case 23:  // the lean form with a ring of 3 / 4 groups (2 / 3 groups of codes in flight a warp)
+                case 24:
+                case 25:  // the lean form, the group 4 / 8 groups past the ring asked into L2 (lean_range, PF)
+                case 26:
+                    if constexpr (TL) {
+                        if (p.tiled == 1) {
+                            if (g_lut_variant == 23)
+                                return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 3, kXAhead, true, 1, 1>(
+                                    p, stream, ctas_per_sm);
+                            if (g_lut_variant == 24)
+                                return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 4, kXAhead, true, 1, 1>(
+                                    p, stream, ctas_per_sm);
+                            if (g_lut_variant == 25)
+                                return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true, 1, 4>(
+                                    p, stream, ctas_per_sm);
+                            return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true, 1, 8>(
+                                p, stream, ctas_per_sm);
+                        }
                     }
                     break;
                 case 19:  // the default's general loop on every layout (the default before the lean form)
@@ -613,7 +641,7 @@ cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
         if (p.group_scales) {
             if constexpr (TL) {
                 if (p.tiled == 1)
-                    return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true, 1, true>(p, stream,
+                    return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true, 1, 1>(p, stream,
                                                                                                  ctas_per_sm);
             }
             return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true>(p, stream, ctas_per_sm);

@@ -690,11 +690,21 @@ __device__ __forceinline__ void store_chunk_staged(void* out, long long e0_warp,
     kbit_store_warp_staged<S>(reinterpret_cast<uint4*>(static_cast<T*>(out) + e0_warp), o, st, lane);
 }
 
-template <typename T, int BITS, bool STAGED>
+// NESTED: double-quantized absmax, a block's scale decoded here by rule 1, code2[a8[b]] * absmax[b / 256] rounded,
+// then + offset rounded: the bits of dequantize_blockwise(a8, absmax, code2, 256) + offset in float32, without
+// that launch, its float32 scales in memory, and the add's launch.
+struct Nested {
+    const unsigned char* a8;
+    const float* code2;
+    const float* off;
+};
+
+template <typename T, int BITS, bool STAGED, bool NESTED = false>
 __global__ void __launch_bounds__(THREADS) k_dequantize(const unsigned char* __restrict__ in,
                                                         const float* __restrict__ absmax,
                                                         const float* __restrict__ table, int ntable, long long n,
-                                                        int bs_shift, void* __restrict__ out, int vec_ok) {
+                                                        int bs_shift, void* __restrict__ out, int vec_ok,
+                                                        Nested nest = {}) {
     constexpr int TS = 1 << BITS;
     __shared__ float s_tab[TS];
     __shared__ uint4 s_stage[STAGED ? THREADS * (sizeof(T) == 4 ? 4 : 2) : 1];
@@ -704,7 +714,13 @@ __global__ void __launch_bounds__(THREADS) k_dequantize(const unsigned char* __r
     const long long t = (long long)blockIdx.x * THREADS + threadIdx.x;
     const long long e0 = t * CHUNK;
     if (e0 >= n) return;
-    const float a = __ldg(absmax + (e0 >> bs_shift));
+    float a;
+    if constexpr (NESTED) {
+        const long long b = e0 >> bs_shift;
+        a = __fadd_rn(__fmul_rn(__ldg(nest.code2 + __ldg(nest.a8 + b)), __ldg(absmax + (b >> 8))), __ldg(nest.off));
+    } else {
+        a = __ldg(absmax + (e0 >> bs_shift));
+    }
     uint32_t q[CHUNK];
     const bool full = e0 + CHUNK <= n;
     if constexpr (BITS == 4) {
@@ -947,9 +963,9 @@ cudaError_t quantize(const void* A, int dtype, long long n, int blocksize, const
 // The A/B knob kbit_quant_tuning: -1 that default, 0 direct, 1 staged.
 int g_staged_dequant = -1;
 
-template <int BITS>
+template <int BITS, bool NESTED = false>
 cudaError_t dequantize(const unsigned char* in, const float* absmax, const float* table, int ntable, long long n,
-                       int blocksize, void* out, int dtype, cudaStream_t stream) {
+                       int blocksize, void* out, int dtype, cudaStream_t stream, Nested nest = {}) {
     if (n < 0 || blocksize < CHUNK || (blocksize & (blocksize - 1)) || ntable < 1 || ntable > (1 << BITS))
         return cudaErrorInvalidValue;
     if (n == 0) return cudaSuccess;
@@ -958,10 +974,10 @@ cudaError_t dequantize(const unsigned char* in, const float* absmax, const float
     const int shift = log2i(blocksize);
     const int vec_ok = aligned16(in) && aligned16(out);
     const bool staged = g_staged_dequant < 0 ? BITS == 4 : g_staged_dequant != 0;
-#define KD(T) (staged ? k_dequantize<T, BITS, true><<<grid, THREADS, 0, stream>>>( \
-                                     in, absmax, table, ntable, n, shift, out, vec_ok) \
-                               : k_dequantize<T, BITS, false><<<grid, THREADS, 0, stream>>>( \
-                                     in, absmax, table, ntable, n, shift, out, vec_ok))
+#define KD(T) (staged ? k_dequantize<T, BITS, true, NESTED><<<grid, THREADS, 0, stream>>>( \
+                                     in, absmax, table, ntable, n, shift, out, vec_ok, nest) \
+                               : k_dequantize<T, BITS, false, NESTED><<<grid, THREADS, 0, stream>>>( \
+                                     in, absmax, table, ntable, n, shift, out, vec_ok, nest))
     switch (dtype) {
     case KBIT_F32: KD(float); break;
     case KBIT_F16: KD(__half); break;
@@ -998,6 +1014,16 @@ cudaError_t kbit_dequantize_blockwise(const unsigned char* codes, const float* a
 cudaError_t kbit_dequantize_4bit(const unsigned char* packed, const float* absmax, const float* table, long long n,
                                  int blocksize, void* out, int dtype, cudaStream_t stream) {
     return dequantize<4>(packed, absmax, table, 16, n, blocksize, out, dtype, stream);
+}
+
+cudaError_t kbit_dequantize_4bit_nested(const unsigned char* packed, const float* absmax2,
+                                        const unsigned char* absmax_8bit, const float* absmax_code,
+                                        const float* absmax_offset, const float* table, long long n, int blocksize,
+                                        void* out, int dtype, cudaStream_t stream) {
+    if (absmax2 == nullptr || absmax_8bit == nullptr || absmax_code == nullptr || absmax_offset == nullptr)
+        return cudaErrorInvalidValue;
+    return dequantize<4, true>(packed, absmax2, table, 16, n, blocksize, out, dtype, stream,
+                               Nested{absmax_8bit, absmax_code, absmax_offset});
 }
 
 void kbit_quant_tuning(int staged_dequant) { g_staged_dequant = staged_dequant < 0 ? -1 : staged_dequant != 0; }

@@ -324,3 +324,34 @@ def test_dequantize_staged_stores_equal_the_direct_ones(rng):
                     assert torch.equal(x.view(torch.uint8), y.view(torch.uint8)), (n, dtype)
     finally:
         C.lib().kbit_quant_tuning(-1)
+
+
+@pytest.mark.parametrize("bs", (32, 64, 256, 4096))
+def test_dequantize_nested_equals_its_scales_then_dequantize(bs, rng, poisoned):
+    """cuda_src/quant.cu's kbit_dequantize_4bit_nested (the block scales decoded in the kernel from double-quantized
+    absmax: rule 1, code2[q] * absmax2 rounded, + offset rounded) gives the bits of the two-step form: the scales
+    by the blockwise dequantizer plus the offset in float32, then kbit_dequantize_4bit. Odd lengths (a partial
+    last block, a partial second-level block), every output dtype, staged and direct stores, before and after the
+    state is changed in place."""
+    import workbench as wb
+    from workbench.matmul import _nested_args, _resolved_absmax
+    C = _backend("cuda")
+    try:
+        for n in (bs * 256 * 3 + 17, bs * 5 + 1, (1 << 20) + 3):
+            W = _data(rng, n, torch.float32)
+            P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=True, backend="cuda")
+            tab = qs.code.float().contiguous()
+            for step in range(2):
+                if step:
+                    qs.state2.absmax.mul_(3)
+                    qs.offset.add_(0.125)
+                a2, a8, c2, off = _nested_args(qs, "cuda")
+                scales = _resolved_absmax(qs, "reference")
+                for staged in (0, 1):
+                    C.lib().kbit_quant_tuning(staged)
+                    for dtype in DTYPES:
+                        two = C.dequantize_4bit(P, scales, tab, bs, n, dtype)
+                        one = C.dequantize_4bit_nested(P, a2, a8, c2, off, tab, bs, n, dtype)
+                        assert torch.equal(one.view(torch.uint8), two.view(torch.uint8)), (n, dtype, staged)
+    finally:
+        C.lib().kbit_quant_tuning(-1)

@@ -1,7 +1,8 @@
 """The one-call path (workbench.matmul._gemv_one_call): matmul_4bit / gemm_4bit call a kernel directly, with a plan
 remembered on the QuantState (ops._remembered): on CPU the cython_cpu byte-plane kernel (bf16/fp16 A of at most 32
-rows), on CUDA the fused GEMV (one row of fp16/bf16 A, up to four of float32) or the tensor-core GEMM (2..64 rows of
-fp16/bf16 A, K % 32 == 0): the rows the cuda backend's dispatch gives each.
+rows), on CUDA the fused GEMV (one row of fp16/bf16 A, up to four of float32), the tensor-core GEMM (2..64 rows of
+fp16/bf16 A, K % 32 == 0) or, above those rows, the weight dequantized by one launch and cuBLAS: the rows the cuda
+backend's dispatch gives each.
 
 Held here, on both devices: it computes what the general path (custom op -> backend adapter, same kernel) computes,
 bit for bit, and the reference within its bound; a state changed in place is read at the next call; a replaced,
@@ -81,6 +82,32 @@ def test_equals_general_path_and_reference(rng, device, dtype, nested):
         _check_bound(got, matmul_4bit(A, P, qs, bias=b, backend="reference"), A, P, qs, b)
         A3 = A.reshape(1, M, K)                                            # leading dimensions
         assert torch.equal(matmul_4bit(A3, P, qs, bias=b), got.reshape(1, M, N))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("nested", [False, True])
+def test_rows_above_the_fused_kernels_in_one_call(rng, dtype, nested):
+    """CUDA, rows past the fused kernels': the weight dequantized by one launch (the nested absmax decoded in it),
+    then cuBLAS; the general path's bits (its scales by two launches, then the same cuBLAS call), the reference's
+    bound, a state changed in place read at the next call."""
+    for i, (N, K, M, bs) in enumerate([(33, 4096, 65, 64), (70, 768, 130, 128), (17, 1024, 300, 4096),
+                                       (301, 4160, 97, 64), (5, 100, 66, 32)]):
+        A, P, qs, b = _cpu_case(rng, N, K, M, dtype, bs, nested=nested, bias=i % 2 == 1)
+        A, P, qs, b = A.cuda(), P.cuda(), qs.to("cuda"), None if b is None else b.cuda()
+        got = _fast(A, P, qs, b)
+        assert got.dtype == dtype and got.shape == (M, N)
+        assert torch.equal(got, _general(A, P, qs, b))
+        assert torch.equal(matmul_4bit(A.reshape(1, M, K), P, qs, bias=b), got.reshape(1, M, N))
+        _check_bound(got, matmul_4bit(A, P, qs, bias=b, backend="reference"), A, P, qs, b)
+        if nested:
+            qs.state2.absmax.mul_(2)
+            qs.absmax[:3].fill_(7)
+            qs.offset.add_(0.25)
+        else:
+            qs.absmax[:3].mul_(4)
+        changed = _fast(A, P, qs, b)
+        assert torch.equal(changed, _general(A, P, qs, b)) and not torch.equal(changed, got)
 
 
 def test_state_changed_in_place_is_read(rng, device):
@@ -176,15 +203,19 @@ def test_mismatched_arguments_raise_naming_them(rng, device):
             matmul_4bit(A, P.cpu(), qs)
         with pytest.raises(QuantInputError, match="absmax: on cpu"):
             matmul_4bit(A, P, copy.deepcopy(qs).to("cpu"))   # QuantState.to moves in place
-    # taken elsewhere, same result: non-contiguous A, more rows than the one-call kernels take, float32 A
+    # taken elsewhere, same result: non-contiguous A, more rows than the one-call kernels take (CPU), float32 A
     At = torch.randn(128, 2, generator=rng).to(torch.bfloat16).to(device).t()
     assert mm._gemv_one_call(At, P, qs, b, "auto") is None
     assert torch.equal(matmul_4bit(At, P, qs, bias=b), _general(At.contiguous(), P, qs, b))
     many = torch.randn(33 if device == "cpu" else 65, 128, generator=rng).to(torch.bfloat16).to(device)
-    assert mm._gemv_one_call(many, P, qs, b, "auto") is None
     if device == "cpu":
+        assert mm._gemv_one_call(many, P, qs, b, "auto") is None
         assert mm._gemv_one_call(A.float(), P, qs, b.float(), "auto") is None
-    else:   # 2..64 rows: the tensor-core GEMM in one call, as the general path computes it
+    else:   # above 64 rows: dequantize + cuBLAS in one call; 2..64: the tensor-core GEMM; as the general path
+        for bias in (b, None):
+            assert torch.equal(_fast(many, P, qs, bias), _general(many, P, qs, bias))
+            assert torch.equal(_fast(many.reshape(5, 13, 128), P, qs, bias),
+                               _general(many, P, qs, bias).reshape(5, 13, 32))
         A2 = torch.cat([A, A])
         assert torch.equal(_fast(A2, P, qs, b), _general(A2, P, qs, b))
         unaligned = torch.empty(2 * 128 + 8, dtype=A.dtype, device=device)[3:3 + 2 * 128].view(2, 128)

@@ -269,9 +269,10 @@ def _gemv_one_call(A, B, qs, bias, backend):
     raises). Taken only for plain eager calls (``ops._eager``: nothing that must see the custom op, such as a compile
     trace, a mode or the profiler; no autograd), a state the plan accepts, B and bias that match it, and A that the
     backend 'auto' (or the one named) would send to the same kernel: on CPU bf16/fp16 A of at most 32 rows to the
-    cython_cpu byte-plane kernel, on CUDA the rows its dispatch gives the fused GEMV (one, for fp16/bf16 A) or the
+    cython_cpu byte-plane kernel, on CUDA the rows its dispatch gives the fused GEMV (one, for fp16/bf16 A), the
     tensor-core GEMMs (2..64 rows of fp16/bf16 A, K % 32 == 0, A and B 16-byte aligned; the unscaled-lookup one
-    where its dispatch rule applies, one row included)."""
+    where its dispatch rule applies, one row included) or dequantize + cuBLAS (the rows above those: the weight
+    dequantized by one launch, the nested absmax decoded in it)."""
     if not _eager(A) or type(qs) is not QuantState or A.dim() < 1 or not A.is_contiguous():
         return None
     cpu = A.is_cpu
@@ -329,6 +330,9 @@ def _gemv_one_call(A, B, qs, bias, backend):
         at = cuda_matmul.gemv_4bit_at
     elif cuda_matmul.takes_mma(A.dtype, rows, K) and aligned:
         at = cuda_matmul.gemm_mma_at
+    elif rows > cuda_matmul.GEMV_MAX_M and not cuda_matmul.takes_mma(A.dtype, rows, K):   # dequantize + cuBLAS
+        y = cuda_matmul.dequant_mm_at(A, rows, N, K, B, args, bias, dev)
+        return y.view(*A.shape[:-1], N)
     else:
         return None
     out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=A.device)

@@ -8,7 +8,8 @@ shows in the public call; 256 rows on both (dequantize + cuBLAS).
 
 With ``--pieces``, for cases above the fused kernels' rows (dequantize + cuBLAS), the host time of each piece of
 that path instead (20 calls each, no sync): where a public call's host time goes when it exceeds torch's own
-(reports/matmul-h100/lean_lut_gemm: 150 us at M = 256, F.linear 23 us).
+(reports/matmul-h100/lean_lut_gemm: 150 us at M = 256, F.linear 23 us; the general path's adapter is timed beside
+the one-call path the public call takes).
 
 usage (GPU): python -m studies.probes.matmul_host_profile [--cases 4096x4096x1,...] [--pieces] > host_profile.txt"""
 from __future__ import annotations
@@ -47,15 +48,14 @@ def _pieces(A, W, P, qs) -> None:
     (N, K), M = qs.shape, A.shape[0]
     absmax, a8, acode, aoff = MM._nested_args(qs, "cuda")
     tab = qs.code.float().contiguous()
-    s = CM._block_scales(absmax, a8, acode, aoff, A.device)
-    Wd = CQ.dequantize_4bit(P, s, tab, qs.blocksize, N * K, A.dtype).view(N, K)
+    nest = (absmax, a8, acode, aoff, tab, qs.blocksize, N * K, A.dtype)
+    Wd = CQ.dequantize_4bit_nested(P, *nest).view(N, K)
     pieces = {
         "matmul_4bit (public)": lambda: matmul_4bit(A, P, qs),
         "MM._check + _nested_args": lambda: (MM._check(A, P, qs), MM._nested_args(qs, "cuda")),
         "cuda gemm_4bit (backend)": lambda: CM.gemm_4bit(A, P, (N, K), absmax, tab, qs.blocksize, None, a8, acode,
                                                          aoff),
-        "_block_scales": lambda: CM._block_scales(absmax, a8, acode, aoff, A.device),
-        "quant.dequantize_4bit": lambda: CQ.dequantize_4bit(P, s, tab, qs.blocksize, N * K, A.dtype),
+        "quant.dequantize_4bit_nested": lambda: CQ.dequantize_4bit_nested(P, *nest),
         "_mm_one_rounding": lambda: CM._mm_one_rounding(A, Wd.t()),
         "torch.mm": lambda: torch.mm(A, Wd.t()),
         "F.linear": lambda: torch.nn.functional.linear(A, W),

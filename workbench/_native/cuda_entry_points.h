@@ -9,6 +9,7 @@
 
 #define KB_ENTRY_POINTS(X) \
     X(kbit_quantize_blockwise) X(kbit_quantize_4bit) X(kbit_dequantize_blockwise) X(kbit_dequantize_4bit) \
+    X(kbit_dequantize_4bit_nested) \
     X(kbit_int8_vectorwise_quant) X(kbit_int8_zero_late_cols) X(kbit_int8_col_quant) \
     X(kbit_int8_vectorwise_dequant) X(kbit_int8_linear_matmul) X(kbit_int8_mm_dequant) X(kbit_int8_scaled_mm) \
     X(kbit_gemv_4bit) X(kbit_gemm_4bit_mma) X(kbit_gemm_4bit_lut) \

@@ -26,6 +26,9 @@ cdef extern from "cuda_entry_points.h":
                                                  int, void*, int, cudaStream_t) nogil
     ctypedef int (*kbit_dequantize_4bit_fn)(const unsigned char*, const float*, const float*, long long, int, void*,
                                             int, cudaStream_t) nogil
+    ctypedef int (*kbit_dequantize_4bit_nested_fn)(const unsigned char*, const float*, const unsigned char*,
+                                                   const float*, const float*, const float*, long long, int, void*,
+                                                   int, cudaStream_t) nogil
     ctypedef int (*kbit_int8_vectorwise_quant_fn)(const void*, int, long long, long long, float, int, signed char*,
                                                   float*, unsigned char*, long long*, long long*, cudaStream_t) nogil
     ctypedef int (*kbit_int8_zero_late_cols_fn)(signed char*, long long, long long, const unsigned char*, long long*,
@@ -79,6 +82,7 @@ cdef extern from "cuda_entry_points.h":
     kbit_quantize_4bit_fn kb_kbit_quantize_4bit
     kbit_dequantize_blockwise_fn kb_kbit_dequantize_blockwise
     kbit_dequantize_4bit_fn kb_kbit_dequantize_4bit
+    kbit_dequantize_4bit_nested_fn kb_kbit_dequantize_4bit_nested
     kbit_int8_vectorwise_quant_fn kb_kbit_int8_vectorwise_quant
     kbit_int8_zero_late_cols_fn kb_kbit_int8_zero_late_cols
     kbit_int8_col_quant_fn kb_kbit_int8_col_quant
@@ -168,6 +172,17 @@ def kbit_dequantize_4bit(P packed, P absmax, P table, long long n, int blocksize
     with nogil:
         r = kb_kbit_dequantize_4bit(<const unsigned char*>packed, <const float*>absmax, <const float*>table, n,
             blocksize, <void*>out, dtype, <cudaStream_t>stream)
+    return r
+
+
+def kbit_dequantize_4bit_nested(P packed, P absmax2, P absmax_8bit, P absmax_code, P absmax_offset, P table,
+                                long long n, int blocksize, P out, int dtype, P stream):
+    if kb_kbit_dequantize_4bit_nested == NULL: _unbound(b"kbit_dequantize_4bit_nested")
+    cdef int r
+    with nogil:
+        r = kb_kbit_dequantize_4bit_nested(<const unsigned char*>packed, <const float*>absmax2,
+            <const unsigned char*>absmax_8bit, <const float*>absmax_code, <const float*>absmax_offset,
+            <const float*>table, n, blocksize, <void*>out, dtype, <cudaStream_t>stream)
     return r
 
 

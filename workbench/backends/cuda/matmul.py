@@ -25,8 +25,7 @@ import os
 
 import torch
 
-from . import check, gemm_layout, launch, load, on, on_device, ptr, raw_stream
-from ..reference.matmul import NESTED_BLOCKSIZE
+from . import check, gemm_layout, kernels, launch, load, on, on_device, ptr, raw_stream
 from ..registry import register_kernel
 
 from ...wire import DTYPE_CODE
@@ -136,6 +135,23 @@ def gemv_4bit_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     check(st, "kbit_gemv_4bit")
 
 
+def dequant_mm_at(A, M, N, K, B, state_args, bias, device_index):
+    """The rows above the fused kernels (``_dequant_cublas``) with the state as raw pointers (the one-call path,
+    which has checked them; state_args as gemv_4bit_at's): the weight dequantized in A's dtype by one launch, the
+    nested absmax decoded in it, then cuBLAS."""
+    a2, a8, c2, off, tab, bs = state_args
+    W = torch.empty((N, K), dtype=A.dtype, device=A.device)
+    q = kernels("quant")
+    st = raw_stream(device_index)
+    dt = DTYPE_CODE[A.dtype]
+    if a8:
+        check(q.kbit_dequantize_4bit_nested(B.data_ptr(), a2, a8, c2, off, tab, N * K, bs, W.data_ptr(), dt, st),
+              "kbit_dequantize_4bit_nested")
+    else:
+        check(q.kbit_dequantize_4bit(B.data_ptr(), a2, tab, N * K, bs, W.data_ptr(), dt, st), "kbit_dequantize_4bit")
+    return dense_tail(A.view(M, K), W, bias)
+
+
 def _f32(t, device):
     return t if (t.device == device and t.dtype == torch.float32 and t.is_contiguous()) else \
         t.to(device, torch.float32).contiguous()
@@ -163,7 +179,7 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
                         ptr(absmax_8bit), ptr(code2), ptr(off), ptr(tab), blocksize, ptr(bias), ptr(out)),
               "kbit_gemv_4bit")
         return out
-    return _dequant_cublas(A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset, tab, blocksize, bias)
+    return _dequant_cublas(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias)
 
 
 # --- the tensor-core GEMM: tile shape, split-K plan, counters ---------------------------------------------------
@@ -331,22 +347,19 @@ def gemm_lut_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
           "kbit_gemm_4bit_lut")
 
 
-def _block_scales(absmax, absmax_8bit, absmax_code, absmax_offset, device) -> torch.Tensor:
-    """Rule 1 (reference/matmul.py resolve_absmax) in two launches: code[q] * nested absmax by the blockwise
-    dequantizer (one rounding), then + offset (one more), the reference's operations and roundings."""
-    from .quant import dequantize_blockwise
-    if absmax_8bit is None:
-        return _f32(absmax.reshape(-1), device)
-    q = absmax_8bit.reshape(-1)
-    s = dequantize_blockwise(q.contiguous(), _f32(absmax.reshape(-1), device), absmax_code, NESTED_BLOCKSIZE,
-                             torch.float32)
-    return s.add_(_f32(absmax_offset.reshape(1), device))
-
-
 def _dequant_cublas(A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset, tab, blocksize, bias):
-    from .quant import dequantize_4bit
-    s = _block_scales(absmax, absmax_8bit, absmax_code, absmax_offset, A.device)
-    W = dequantize_4bit(B, s, tab, blocksize, N * K, A.dtype).view(N, K)
+    from .quant import dequantize_4bit, dequantize_4bit_nested
+    if absmax_8bit is None:
+        W = dequantize_4bit(B, _f32(absmax.reshape(-1), A.device), tab, blocksize, N * K, A.dtype)
+    else:   # absmax_code, absmax_offset: float32 on the device (gemm_4bit)
+        W = dequantize_4bit_nested(B, _f32(absmax, A.device), absmax_8bit.contiguous(), absmax_code, absmax_offset,
+                                   tab, blocksize, N * K, A.dtype)
+    W = W.view(N, K)
+    return dense_tail(A, W, bias)
+
+
+def dense_tail(A, W, bias):
+    """A @ W.T (+ bias) for the dequantized W in A's dtype, float32 accumulation and one rounding."""
     if A.dtype == torch.float32:  # TF32 is off for matmul by default
         y = A @ W.t()
     elif bias is None:

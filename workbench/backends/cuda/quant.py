@@ -93,6 +93,18 @@ def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
     return out
 
 
+def dequantize_4bit_nested(packed, absmax2, absmax_8bit, absmax_code, absmax_offset, table, blocksize, n, dtype):
+    """dequantize_4bit with double-quantized absmax decoded in the kernel (rule 1's two roundings, nested blocksize
+    256): one launch instead of the scales' two and their float32 array. Float32 contiguous state on the device."""
+    dev = packed.device
+    out = torch.empty(n, dtype=dtype, device=dev)
+    st = on_device(dev.index, kernels("quant").kbit_dequantize_4bit_nested, packed.data_ptr(), absmax2.data_ptr(),
+                   absmax_8bit.data_ptr(), absmax_code.data_ptr(), absmax_offset.data_ptr(), table.data_ptr(), n,
+                   blocksize, out.data_ptr(), _dtype(dtype, "dtype"))
+    check(st, "kbit_dequantize_4bit_nested")
+    return out
+
+
 # Importing this module registers its kernels against the declarations in workbench/library.py.
 register_kernel("workbench::quantize_blockwise", "cuda")(quantize_blockwise)
 register_kernel("workbench::dequantize_blockwise", "cuda")(dequantize_blockwise)
