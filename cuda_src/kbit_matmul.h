@@ -80,7 +80,9 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
  * CTA sharing each chunk's activations in shared memory (matmul_lut_wgmma.cuh): the same sums and bound, the tensor
  * core's bits not assumed equal. Variant 0 runs form 20 for M > 32 on weights of more than 2^25 elements
  * (lutwg::takes). 23, 24 (tile-major copies): the lean form with a ring of 3 / 4 groups of chunks (2 / 3 in flight
- * a warp); 25, 26: the lean form asking the group 4 / 8 groups ahead into L2 (prefetch.global.L2): the same bits. */
+ * a warp); 25, 26: the lean form asking the group 4 / 8 groups ahead into L2 (prefetch.global.L2); 27: the lean
+ * form with its tasks spread over every resident CTA (fewer tasks than warp slots fall evenly on the SMs): the same
+ * bits. */
 void kbit_gemm_lut_tuning(int variant);
 
 /* Resident CTAs per SM of the kernel that serves M rows of dtype against an (N, K) weight (its grid: at most that

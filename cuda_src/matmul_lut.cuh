@@ -56,6 +56,7 @@ struct Args : mma4::Operands {  // counters: one per m16 row tile
     long long tasks;      // m16 row tiles x splits
     int tiled;            // B tiled (1 tile-major, 2 chunk-major: kbit_matmul.h), 0 bitsandbytes' rows
     int group_scales;     // nested, blocksize 64, K % 256 == 0, splits of whole groups: a group's codes in one word
+    int spread;           // A/B (variant 27): tasks dealt warp-major over a grid of every resident CTA (below)
 };
 
 template <int DT> using Op = mma4::Frag<DT>;  // packing to the dtype, the mma, loads and stores of the rule-2 GEMM
@@ -480,8 +481,12 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
     const int chunks = (int)(p.K / kChunk);
     const long long tasks = RT == 1 ? p.tasks : ((p.N + 15) / 16 + RT - 1) / RT * p.splits;
 
-    // warps take tasks on their own (no CTA barrier after the table), so the last wave is one warp's task deep
-    for (long long task = (long long)blockIdx.x * kWarps + warp; task < tasks; task += (long long)gridDim.x * kWarps) {
+    // warps take tasks on their own (no CTA barrier after the table), so the last wave is one warp's task deep.
+    // spread: task b + G w for warp w of CTA b (G CTAs: every resident slot, launch_k), so that fewer tasks than
+    // warp slots fall evenly on the SMs (1792 tasks: 13-14 a SM) instead of filling 8 a CTA (16 a SM on most SMs,
+    // 8 on the rest)
+    const long long first = p.spread ? blockIdx.x + (long long)warp * gridDim.x : (long long)blockIdx.x * kWarps + warp;
+    for (long long task = first; task < tasks; task += (long long)gridDim.x * kWarps) {
         const long long tile0 = task / p.splits * RT;  // the task's RT consecutive row tiles share its activations
         const int z = (int)(task - tile0 / RT * p.splits);
         const int c_begin = z * p.chunks_per_split;
@@ -581,7 +586,7 @@ template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerC
 cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     static Fit fit[64];
     return launch_persistent(gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL, RT, LN>, fit, kSmem, kThreads,
-                             (p.tasks / RT + kWarps - 1) / kWarps, p, stream, ctas_per_sm);
+                             p.spread ? p.tasks / RT : (p.tasks / RT + kWarps - 1) / kWarps, p, stream, ctas_per_sm);
 }
 
 template <int DT, int NT, bool TL>
@@ -626,6 +631,16 @@ cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
                                     p, stream, ctas_per_sm);
                             return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true, 1, 8>(
                                 p, stream, ctas_per_sm);
+                        }
+                    }
+                    break;
+                case 27:  // the lean form, tasks spread over every resident CTA (Args::spread)
+                    if constexpr (TL) {
+                        if (p.tiled == 1) {
+                            Args q = p;
+                            q.spread = 1;
+                            return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true, 1, 1>(
+                                q, stream, ctas_per_sm);
                         }
                     }
                     break;
