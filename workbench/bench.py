@@ -105,20 +105,24 @@ def device_time(fn: Callable[[], object], reps: int = 20) -> tuple[float | None,
     return (us / 1e3 / reps if us > 0 else None), host_ms
 
 
-def back_to_back_ms(fn: Callable[[], object], reps: int = 20, warmup: int = 3) -> float:
+def back_to_back_ms(fn: Callable[[], object], reps: int = 20, warmup: int = 3, repeats: int = 1) -> float:
     """ms per call of ``fn`` issued ``reps`` times back to back on the current CUDA stream (one event
     pair, no synchronization in between): host work overlaps the previous call's kernels, so this is
-    max(host, device) per call plus the launch gaps -- the rate a loop of such calls sustains."""
+    max(host, device) per call plus the launch gaps -- the rate a loop of such calls sustains. With
+    ``repeats`` > 1, the median of that many such runs (one host hiccup moves a single run by tens of us)."""
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(reps):
-        fn()
-    e.record()
-    e.synchronize()
-    return s.elapsed_time(e) / reps
+    runs = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(reps):
+            fn()
+        e.record()
+        e.synchronize()
+        runs.append(s.elapsed_time(e) / reps)
+    return statistics.median(runs)
 
 
 def kernel_breakdown(fn: Callable[[], object], reps: int = 10) -> dict[str, float]:

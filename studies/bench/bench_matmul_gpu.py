@@ -14,8 +14,8 @@ Weights NF4, blocksize 64, double quant; bf16 activations (M, K); out x in = (N,
   * bnb: ``bitsandbytes.matmul_4bit(A, P, bqs)``;
   * cublas_bf16: ``torch.matmul(A, W.t())`` on the dequantized bf16 weight (the dense baseline).
 Per row: public_ms, the event-timed median of one call after warm-up (what a user sees, host time included);
-loop_ms, per call of LOOP_CALLS calls issued back to back with no sync (as a model's layers issue them: host work
-overlaps the previous call's kernel, so max(host, kernel) plus launch gaps);
+loop_ms, per call of LOOP_CALLS calls issued back to back with no sync, the median of LOOP_REPEATS runs (as a
+model's layers issue them: host work overlaps the previous call's kernel, so max(host, kernel) plus launch gaps);
 kernel_ms, CUDA-graph replay of GRAPH_CALLS calls captured back to back, median / calls; gbps and pct_copy, the
 bytes read (4-bit: packed weight + uint8 absmax + nested float32 absmax + activations; dense: bf16 weight +
 activations) over kernel_ms, against a device-to-device copy (read + write counted) measured in the same run.
@@ -38,6 +38,7 @@ CROSSOVER_MS = (128, 256, 512, 1024, 2048)  # ours_mma vs ours_dequant, on CROSS
 CROSSOVER_SHAPES = ((28672, 8192), (4096, 4096))
 GRAPH_CALLS = 20
 LOOP_CALLS = 50
+LOOP_REPEATS = 5   # loop_ms: the median of this many runs of LOOP_CALLS calls
 NUMBA_MAX_M = 4  # numba_cuda rows: the GEMV's range (above it the backend runs a simple tiled GEMM)
 
 
@@ -100,7 +101,7 @@ def run(shapes=SHAPES, ms=MS, reps: int = 20) -> pd.DataFrame:
                 with torch.no_grad(), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     t = bench.time_fn(fn, "cuda", warmup=3, reps=reps)
-                    loop = bench.back_to_back_ms(fn, reps=LOOP_CALLS)
+                    loop = bench.back_to_back_ms(fn, reps=LOOP_CALLS, repeats=LOOP_REPEATS)
                     kms = graph_ms(fn)
                 ms_ = kms if kms is not None else t.median_ms
                 rows.append(dict(impl=name, N=N, K=K, M=M, dtype="bfloat16", public_ms=t.median_ms, loop_ms=loop,
