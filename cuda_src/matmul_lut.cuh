@@ -56,7 +56,7 @@ struct Args : mma4::Operands {  // counters: one per m16 row tile
     long long tasks;      // m16 row tiles x splits
     int tiled;            // B tiled (1 tile-major, 2 chunk-major: kbit_matmul.h), 0 bitsandbytes' rows
     int group_scales;     // nested, blocksize 64, K % 256 == 0, splits of whole groups: a group's codes in one word
-    int spread;           // A/B (variant 27): tasks dealt warp-major over a grid of every resident CTA (below)
+    int spread;           // tasks dealt warp-major over a grid of every resident CTA (the lean form's default)
 };
 
 template <int DT> using Op = mma4::Frag<DT>;  // packing to the dtype, the mma, loads and stores of the rule-2 GEMM
@@ -774,14 +774,11 @@ cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
                         }
                     }
                     break;
-                case 27:  // the lean form, tasks spread over every resident CTA (Args::spread)
+                case 27:  // the lean form with its tasks dealt 8 a CTA (the default before Args::spread)
                     if constexpr (TL) {
-                        if (p.tiled == 1) {
-                            Args q = p;
-                            q.spread = 1;
+                        if (p.tiled == 1)
                             return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true, 1, 1>(
-                                q, stream, ctas_per_sm);
-                        }
+                                p, stream, ctas_per_sm);
                     }
                     break;
                 case 28:  // the lean form with the codes through the warp's TMA ring (lean_range_tma)
@@ -799,12 +796,16 @@ cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     }
     if constexpr (NT <= 2) {  // the next chunk's activations in flight while one is computed, the pair table
                               // addressed by inline PTX (lut_gemm and lut_gemm/wgmma_ab reports); on the tile-major
-                              // copy the lean form (lean_range)
+                              // copy the lean form (lean_range) with its tasks spread over every resident CTA
+                              // (Args::spread; H200: 1.07-1.11x on 28672x8192 at M = 1..16, matmul-h200/lean_lut_gemm)
         if (p.group_scales) {
             if constexpr (TL) {
-                if (p.tiled == 1)
-                    return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true, 1, 1>(p, stream,
+                if (p.tiled == 1) {
+                    Args q = p;
+                    q.spread = 1;
+                    return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true, 1, 1>(q, stream,
                                                                                                  ctas_per_sm);
+                }
             }
             return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true>(p, stream, ctas_per_sm);
         }
