@@ -56,7 +56,7 @@ struct Args : mma4::Operands {  // counters: one per m16 row tile
     long long tasks;      // m16 row tiles x splits
     int tiled;            // B tiled (1 tile-major, 2 chunk-major: kbit_matmul.h), 0 bitsandbytes' rows
     int group_scales;     // nested, blocksize 64, K % 256 == 0, splits of whole groups: a group's codes in one word
-    int spread;           // tasks dealt warp-major over a grid of every resident CTA (the lean form's default)
+    int spread;           // tasks may be dealt warp-major over every resident CTA (the lean form; launch_tasks)
 };
 
 template <int DT> using Op = mma4::Frag<DT>;  // packing to the dtype, the mma, loads and stores of the rule-2 GEMM
@@ -720,13 +720,34 @@ cudaError_t launch_persistent(Kernel kern, Fit (&fit)[64], size_t smem, int thre
     return cudaGetLastError();
 }
 
+/* launch_persistent for `tasks` warp tasks: dealt 8 a CTA, or (p.spread) warp-major over every resident CTA where
+ * that leaves fewer than 8 on the busiest CTA -- fewer tasks than warp slots, which 8 a CTA would pile on some SMs
+ * while others idle (1792 tasks on 2112 slots: 16 warps on 92 SMs, 8 on 40; spread, 13-14 on each). Where both
+ * put 8 on the busiest CTA (2048 tasks) spreading measured no faster (matmul-h100/lean_lut_spread). */
+template <typename Kernel>
+cudaError_t launch_tasks(Kernel kern, Fit (&fit)[64], size_t smem, long long tasks, const Args& p,
+                         cudaStream_t stream, int* ctas_per_sm) {
+    Args q = p;
+    if (q.spread && ctas_per_sm == nullptr) {
+        int occ = 0;
+        cudaError_t e = launch_persistent(kern, fit, smem, kThreads, 0, p, stream, &occ);
+        if (e != cudaSuccess) return e;
+        int dev = 0;
+        e = cudaGetDevice(&dev);
+        if (e != cudaSuccess) return e;
+        const long long slots = (long long)(occ > 0 ? occ : 1) * (dev < 64 ? fit[dev].sms : 1);
+        q.spread = (tasks + slots - 1) / slots < kWarps;
+    }
+    return launch_persistent(kern, fit, smem, kThreads, q.spread ? tasks : (tasks + kWarps - 1) / kWarps, q, stream,
+                             ctas_per_sm);
+}
+
 template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk, int S = 2, int XM = kXPerChunk,
           bool PL = false, int RT = 1, int LN = 0, int WS = 0>
 cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     static Fit fit[64];
-    return launch_persistent(gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL, RT, LN, WS>, fit,
-                             WS ? kSmemRing : kSmem, kThreads,
-                             p.spread ? p.tasks / RT : (p.tasks / RT + kWarps - 1) / kWarps, p, stream, ctas_per_sm);
+    return launch_tasks(gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL, RT, LN, WS>, fit, WS ? kSmemRing : kSmem,
+                        p.tasks / RT, p, stream, ctas_per_sm);
 }
 
 template <int DT, int NT, bool TL>
@@ -797,7 +818,8 @@ cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     if constexpr (NT <= 2) {  // the next chunk's activations in flight while one is computed, the pair table
                               // addressed by inline PTX (lut_gemm and lut_gemm/wgmma_ab reports); on the tile-major
                               // copy the lean form (lean_range) with its tasks spread over every resident CTA
-                              // (Args::spread; H200: 1.07-1.11x on 28672x8192 at M = 1..16, matmul-h200/lean_lut_gemm)
+                              // where fewer than 8 a CTA (launch_tasks; H200: 1.07-1.11x on 28672x8192 at M = 1..16,
+                              // matmul-h200/lean_lut_gemm)
         if (p.group_scales) {
             if constexpr (TL) {
                 if (p.tiled == 1) {
