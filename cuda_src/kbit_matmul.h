@@ -81,8 +81,8 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
  * core's bits not assumed equal. Variant 0 runs form 20 for M > 32 on weights of more than 2^25 elements
  * (lutwg::takes). 23, 24 (tile-major copies): the lean form with a ring of 3 / 4 groups of chunks (2 / 3 in flight
  * a warp); 25, 26: the lean form asking the group 4 / 8 groups ahead into L2 (prefetch.global.L2); 27: the lean
- * form with its tasks dealt 8 a CTA (the default spreads them over every resident CTA, so that fewer tasks than warp
- * slots fall evenly on the SMs); 28: the lean form with the codes brought in by the TMA unit, a ring of 2 groups a
+ * form with its tasks dealt 8 a CTA (the default spreads them over every resident CTA where that leaves fewer than 8
+ * on the busiest, so that fewer tasks than warp slots fall evenly on the SMs); 28: the lean form with the codes brought in by the TMA unit, a ring of 2 groups a
  * warp in shared memory: the same bits. */
 void kbit_gemm_lut_tuning(int variant);
 

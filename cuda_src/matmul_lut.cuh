@@ -617,9 +617,9 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
     const long long tasks = RT == 1 ? p.tasks : ((p.N + 15) / 16 + RT - 1) / RT * p.splits;
 
     // warps take tasks on their own (no CTA barrier after the table), so the last wave is one warp's task deep.
-    // spread: task b + G w for warp w of CTA b (G CTAs: every resident slot, launch_k), so that fewer tasks than
-    // warp slots fall evenly on the SMs (1792 tasks: 13-14 a SM) instead of filling 8 a CTA (16 a SM on most SMs,
-    // 8 on the rest)
+    // spread: task b + G w for warp w of CTA b (G CTAs: every resident slot, launch_tasks), so that fewer tasks
+    // than warp slots fall evenly on the SMs (1792 tasks: 13-14 a SM) instead of filling 8 a CTA (16 a SM on most
+    // SMs, 8 on the rest)
     const long long first = p.spread ? blockIdx.x + (long long)warp * gridDim.x : (long long)blockIdx.x * kWarps + warp;
     for (long long task = first; task < tasks; task += (long long)gridDim.x * kWarps) {
         const long long tile0 = task / p.splits * RT;  // the task's RT consecutive row tiles share its activations

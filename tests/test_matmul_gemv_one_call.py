@@ -89,8 +89,9 @@ def test_equals_general_path_and_reference(rng, device, dtype, nested):
 @pytest.mark.parametrize("nested", [False, True])
 def test_rows_above_the_fused_kernels_in_one_call(rng, dtype, nested):
     """CUDA, rows past the fused kernels': the weight dequantized by one launch (the nested absmax decoded in it),
-    then cuBLAS; the general path's bits (its scales by two launches, then the same cuBLAS call), the reference's
-    bound, a state changed in place read at the next call."""
+    then cuBLAS: the general path's bits (the backend adapter's launch of the same kernels), the reference's bound,
+    a state changed in place read at the next call. The kernel's own bits against the two-step decode:
+    test_gpu_quant.py::test_dequantize_nested_equals_its_scales_then_dequantize."""
     for i, (N, K, M, bs) in enumerate([(33, 4096, 65, 64), (70, 768, 130, 128), (17, 1024, 300, 4096),
                                        (301, 4160, 97, 64), (5, 100, 66, 32)]):
         A, P, qs, b = _cpu_case(rng, N, K, M, dtype, bs, nested=nested, bias=i % 2 == 1)

@@ -149,7 +149,7 @@ def dequant_mm_at(A, M, N, K, B, state_args, bias, device_index):
               "kbit_dequantize_4bit_nested")
     else:
         check(q.kbit_dequantize_4bit(B.data_ptr(), a2, tab, N * K, bs, W.data_ptr(), dt, st), "kbit_dequantize_4bit")
-    return dense_tail(A.view(M, K), W, bias)
+    return _dense_tail(A.view(M, K), W, bias)
 
 
 def _f32(t, device):
@@ -355,10 +355,10 @@ def _dequant_cublas(A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset,
         W = dequantize_4bit_nested(B, _f32(absmax, A.device), absmax_8bit.contiguous(), absmax_code, absmax_offset,
                                    tab, blocksize, N * K, A.dtype)
     W = W.view(N, K)
-    return dense_tail(A, W, bias)
+    return _dense_tail(A, W, bias)
 
 
-def dense_tail(A, W, bias):
+def _dense_tail(A, W, bias):
     """A @ W.T (+ bias) for the dequantized W in A's dtype, float32 accumulation and one rounding."""
     if A.dtype == torch.float32:  # TF32 is off for matmul by default
         y = A @ W.t()
