@@ -82,8 +82,8 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
  * (lutwg::takes). 23, 24 (tile-major copies): the lean form with a ring of 3 / 4 groups of chunks (2 / 3 in flight
  * a warp); 25, 26: the lean form asking the group 4 / 8 groups ahead into L2 (prefetch.global.L2); 27: the lean
  * form with its tasks dealt 8 a CTA (the default spreads them over every resident CTA where that leaves fewer than 8
- * on the busiest, so that fewer tasks than warp slots fall evenly on the SMs); 28: the lean form with the codes brought in by the TMA unit, a ring of 2 groups a
- * warp in shared memory: the same bits. */
+ * on the busiest, so that fewer tasks than warp slots fall evenly on the SMs): the same bits. (A lean form with the
+ * codes brought in by the TMA unit was slower and is gone: git f30bd8d, reports/matmul-h200/lean_lut_gemm.) */
 void kbit_gemm_lut_tuning(int variant);
 
 /* Resident CTAs per SM of the kernel that serves M rows of dtype against an (N, K) weight (its grid: at most that

@@ -369,125 +369,6 @@ __device__ __forceinline__ void lean_range(float (&acc)[NT][4], const Args& p, c
     }
 }
 
-/* Weight source of the lean form (template WS; A/B variant 28). 0: each lane loads its 16 bytes of a chunk into
- * registers (ld_stream16, a ring of S groups). 1: the warp's TMA ring: one lane asks the bulk-copy unit for a whole
- * group (4 chunks x 512 contiguous bytes of the warp's tile) into the warp's slot in shared memory, kRing groups
- * ahead, completion counted on an mbarrier per slot; lanes read their 16 bytes of a chunk from there. The codes
- * then stay out of the load/store unit's queue, where the activations' and scales' loads waited behind them
- * (lut_gemm/ab_activations), and twice the bytes are in flight a warp. Same sums, same bits. */
-constexpr int kRing = 2;                  // 3 would not leave room for 2 CTAs an SM
-constexpr uint32_t kRingBytes = 2048;     // one group of the warp's tile
-constexpr size_t kSmemRing = kSmem + (size_t)kWarps * kRing * (kRingBytes + 8);
-
-__device__ __forceinline__ void mbar_init(uint32_t bar) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
-}
-
-/* One group of codes into the slot at dst, counted on bar (one lane). The fence orders the warp's earlier reads of
- * the slot (generic proxy; the caller has synced the warp) before the bulk copy's writes (async proxy). */
-__device__ __forceinline__ void bulk_group(uint32_t dst, const uint8_t* src, uint32_t bar) {
-    asm volatile(
-        "fence.proxy.async.shared::cta;\n"
-        "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%2], [%3], %1, [%0];\n" ::"r"(bar),
-        "r"(kRingBytes), "r"(dst), "l"(src)
-        : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-    uint32_t done = 0;
-    while (!done)
-        asm volatile(
-            "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-}
-
-/* lean_range with the codes through the warp's TMA ring (WS 1): ringp / ring the warp's kRing slots (generic and
- * shared addresses), bars their mbarriers; seq counts the groups the warp has taken so far (slot and phase of each
- * group), the same in every lane. Scale ingredients one group ahead in registers, activations one chunk ahead. */
-template <int DT, int NT, bool PL>
-__device__ __forceinline__ void lean_range_tma(float (&acc)[NT][4], const Args& p, const Rows<NT>& R, int c_begin,
-                                               int c_end, const char* tab, uint32_t lane4, const float* code2,
-                                               float off, const uint8_t* ringp, uint32_t ring, uint32_t bars,
-                                               uint32_t& seq) {
-    constexpr int U = 4;
-    const int groups = (c_end - c_begin) / U;
-    if (groups <= 0) return;
-    const uint32_t lane16 = 4u * (lane4 & 0x7cu);  // the lane's byte offset in a chunk of the tile
-    const uint8_t* tile = R.w[0] - lane16 + 512LL * c_begin;  // the range's first chunk of the warp's tile
-    const long long b0[2] = {(R.f[0] >> 6) + c_begin, (R.f[1] >> 6) + c_begin};  // blocksize 64: block = chunk
-    const uint8_t* x0[NT];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) x0[nt] = R.x[nt] + 128LL * c_begin;
-    const int last = groups * U - 1;
-    const bool leader = lane16 == 0;
-
-    auto issue = [&](int gi) {
-        const uint32_t slot = (seq + (uint32_t)gi) % kRing;
-        bulk_group(ring + slot * kRingBytes, tile + 2048LL * gi, bars + 8 * slot);
-    };
-    auto load_scales = [&](float (&am)[2], uint32_t (&q8)[2], int gi) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const long long b = b0[r] + 4LL * gi;
-            am[r] = __ldg(p.absmax + (b >> 8));
-            q8[r] = __ldg(reinterpret_cast<const uint32_t*>(p.a8 + b));
-        }
-    };
-    auto load_x_at = [&](uint4 (&x)[NT][2], int k) {
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            const uint4* xp = reinterpret_cast<const uint4*>(x0[nt] + 128LL * k);
-            x[nt][0] = __ldg(xp);
-            x[nt][1] = __ldg(xp + 1);
-        }
-    };
-
-    if (leader)
-        for (int r = 0; r < kRing && r < groups; ++r) issue(r);
-    float am[2];
-    uint32_t q8[2];
-    load_scales(am, q8, 0);
-    uint4 xa[NT][2];
-    load_x_at(xa, 0);
-    for (int gi = 0; gi < groups; ++gi) {
-        const uint32_t n = seq + (uint32_t)gi, slot = n % kRing;
-        const float amc[2] = {am[0], am[1]};
-        const uint32_t q8c[2] = {q8[0], q8[1]};
-        if (gi + 1 < groups) load_scales(am, q8, gi + 1);
-        mbar_wait(bars + 8 * slot, (n / kRing) & 1u);
-        uint2 w[U][2];
-        const uint8_t* src = ringp + slot * kRingBytes + lane16;
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const uint4 v = *reinterpret_cast<const uint4*>(src + 512 * u);
-            w[u][0] = make_uint2(v.x, v.y);
-            w[u][1] = make_uint2(v.z, v.w);
-        }
-        __syncwarp();
-        if (leader && gi + kRing < groups) issue(gi + kRing);
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int k = gi * U + u;
-            float sc[2];
-#pragma unroll
-            for (int r = 0; r < 2; ++r)  // rule 1
-                sc[r] = __fadd_rn(__fmul_rn(code2[(q8c[r] >> (8 * u)) & 0xffu], amc[r]), off);
-            uint4 xv[NT][2];
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                xv[nt][0] = xa[nt][0];
-                xv[nt][1] = xa[nt][1];
-            }
-            load_x_at(xa, k < last ? k + 1 : k);
-            chunk_mma<DT, NT, kScalesPerGroup, PL>(acc, w[u], xv, sc, tab, lane4);
-        }
-    }
-    seq += (uint32_t)groups;
-}
-
 /* f(nt, e, m, n) for each element of the warp's C fragments inside the output: acc[nt][e] is out[m][n], m = 8 nt +
  * 2t + (e & 1), n = 16 tile + g + 8 (e >> 1). */
 template <int NT, typename F>
@@ -576,11 +457,9 @@ __device__ __forceinline__ void finish_tile(const Args& p, long long tile, int z
     });
 }
 
-template <int DT, int NT, int U, int S, int MINB, bool TL, int DG, int XM, bool PL, int RT, int LN = 0,
-          int WS = 0>
+template <int DT, int NT, int U, int S, int MINB, bool TL, int DG, int XM, bool PL, int RT, int LN = 0>
 __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) {
     static_assert(!LN || (TL && DG == kScalesPerGroup && XM == kXAhead && RT == 1), "the lean form's premises");
-    static_assert(!WS || LN == 1, "the TMA ring feeds the lean form");
     extern __shared__ __align__(16) uint32_t lut_smem[];
     uint32_t* pair = lut_smem;
     float* code2 = reinterpret_cast<float*>(lut_smem + kPairWords);
@@ -597,20 +476,6 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
         const uint32_t base = (uint32_t)__cvta_generic_to_shared(pair);
         if ((base & 0xffffu) != kPtxTableOffset) __trap();
         lane4 |= base & 0xffff0000u;
-    }
-
-    uint32_t ring = 0, bars = 0, seq = 0;  // WS 1: the warp's slots, their mbarriers, groups taken so far
-    const uint8_t* ringp = nullptr;
-    if constexpr (WS) {
-        const uint8_t* base = reinterpret_cast<const uint8_t*>(lut_smem) + kSmem;
-        ringp = base + (size_t)warp * kRing * kRingBytes;
-        ring = (uint32_t)__cvta_generic_to_shared(ringp);
-        bars = (uint32_t)__cvta_generic_to_shared(base + (size_t)kWarps * kRing * kRingBytes) + 8u * kRing * warp;
-        if (lane == 0) {
-            for (int r = 0; r < kRing; ++r) mbar_init(bars + 8 * r);
-            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        }
-        __syncwarp();
     }
 
     const int chunks = (int)(p.K / kChunk);
@@ -642,12 +507,8 @@ __global__ void __launch_bounds__(kThreads, MINB) gemm_lut_kernel(const Args p) 
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) acc[rt][nt][0] = acc[rt][nt][1] = acc[rt][nt][2] = acc[rt][nt][3] = 0.0f;
         if constexpr (LN) {
-            if constexpr (WS)
-                lean_range_tma<DT, NT, PL>(acc[0], p, R[0], c_begin, c_end, tab, lane4, code2, off, ringp, ring, bars,
-                                           seq);
-            else
-                lean_range<DT, NT, U, S, PL, (LN > 1 ? LN : 0)>(acc[0], p, R[0], c_begin, c_end, tab, lane4, code2,
-                                                              off);
+            lean_range<DT, NT, U, S, PL, (LN > 1 ? LN : 0)>(acc[0], p, R[0], c_begin, c_end, tab, lane4, code2,
+                                                          off);
             finish_tile<DT, NT>(p, tile0, z, g, t, lane, acc[0]);
             continue;
         }
@@ -743,11 +604,11 @@ cudaError_t launch_tasks(Kernel kern, Fit (&fit)[64], size_t smem, long long tas
 }
 
 template <int DT, int NT, int U, int MINB, bool TL = false, int DG = kScalesPerChunk, int S = 2, int XM = kXPerChunk,
-          bool PL = false, int RT = 1, int LN = 0, int WS = 0>
+          bool PL = false, int RT = 1, int LN = 0>
 cudaError_t launch_k(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     static Fit fit[64];
-    return launch_tasks(gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL, RT, LN, WS>, fit, WS ? kSmemRing : kSmem,
-                        p.tasks / RT, p, stream, ctas_per_sm);
+    return launch_tasks(gemm_lut_kernel<DT, NT, U, S, MINB, TL, DG, XM, PL, RT, LN>, fit, kSmem, p.tasks / RT, p,
+                        stream, ctas_per_sm);
 }
 
 template <int DT, int NT, bool TL>
@@ -799,13 +660,6 @@ cudaError_t launch_tl(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
                     if constexpr (TL) {
                         if (p.tiled == 1)
                             return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true, 1, 1>(
-                                p, stream, ctas_per_sm);
-                    }
-                    break;
-                case 28:  // the lean form with the codes through the warp's TMA ring (lean_range_tma)
-                    if constexpr (TL) {
-                        if (p.tiled == 1)
-                            return launch_k<DT, NT, 4, B0, TL, kScalesPerGroup, 2, kXAhead, true, 1, 1, 1>(
                                 p, stream, ctas_per_sm);
                     }
                     break;
