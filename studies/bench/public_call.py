@@ -137,24 +137,6 @@ def _host_idle_ms(fn, calls: int = 500) -> float:
     return statistics.median(samples)
 
 
-def _back_to_back_ms(fn, calls: int = 20, repeats: int = 7) -> float:
-    """Per-call ms of ``calls`` public calls in a row (one sync at the end; median over repeats): what a
-    loop quantizing layer after layer sees, host work overlapping the previous call's kernels."""
-    import statistics
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    fn()
-    samples = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        s.record()
-        for _ in range(calls):
-            fn()
-        e.record()
-        e.synchronize()
-        samples.append(s.elapsed_time(e) / calls)
-    return statistics.median(samples)
-
-
 def run(n_log2: int) -> pd.DataFrame:
     F = oracle.bitsandbytes("bitsandbytes.functional")
     copy = bench.copy_bandwidth("cuda")
@@ -162,7 +144,7 @@ def run(n_log2: int) -> pd.DataFrame:
     rows = []
     for (op, what, ours, theirs, nbytes), (_, _, ours_s, theirs_s, _) in zip(big, small):
         pub = bench.time_fn(ours, "cuda", warmup=3, reps=30)
-        steady = _back_to_back_ms(ours)
+        steady = bench.back_to_back_ms(ours, reps=20, warmup=1, repeats=7)   # a loop quantizing layer after layer
         kern, _ = bench.device_time(ours, reps=20)
         host = _host_ms(ours_s)
         row = {"op": op, "case": what, "n": 1 << n_log2, "public_ms": pub.median_ms, "kernel_ms": kern,
