@@ -83,7 +83,9 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
  * a warp); 25, 26: the lean form asking the group 4 / 8 groups ahead into L2 (prefetch.global.L2); 27: the lean
  * form with its tasks dealt 8 a CTA (the default spreads them over every resident CTA where that leaves fewer than 8
  * on the busiest, so that fewer tasks than warp slots fall evenly on the SMs): the same bits. (A lean form with the
- * codes brought in by the TMA unit was slower and is gone: git f30bd8d, reports/matmul-h200/lean_lut_gemm.) */
+ * codes brought in by the TMA unit was slower and is gone: git f30bd8d, reports/matmul-h200/lean_lut_gemm.) 29, 30:
+ * forms 20, 21 with the next chunk's decode and activation stores done while the tensor core runs this one
+ * (matmul_lut_wgmma.cuh, gemm_lut_wg_pipe_kernel): variant 20's bits. */
 void kbit_gemm_lut_tuning(int variant);
 
 /* Resident CTAs per SM of the kernel that serves M rows of dtype against an (N, K) weight (its grid: at most that

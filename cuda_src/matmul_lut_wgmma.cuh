@@ -43,66 +43,76 @@ template <int NT> __host__ __device__ constexpr int stage_bytes() { return NT * 
 template <int NT> constexpr size_t smem_bytes() { return lut4::kSmem + 2 * (size_t)stage_bytes<NT>(); }
 static_assert(lut4::kSmem % 1024 == 0, "the stages start 1 KB-aligned");
 
-/* One wgmma m64n(8 NT)k16, A from registers, B by descriptor, D float32: d (+)= a . b (acc = 0: d = a . b). */
+/* One wgmma m64n(8 NT)k16, A from registers, B by descriptor, D float32: d += a . b (ACC), d = a . b (!ACC: d
+ * written only, so no instruction defines it before: a definition of a wgmma's registers by another instruction
+ * while wgmma are in flight makes ptxas serialize them all). */
+#define LUTWG_D4(i) "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])
+#define LUTWG_W4(i) "=f"(d[i][0]), "=f"(d[i][1]), "=f"(d[i][2]), "=f"(d[i][3])
+#define LUTWG_IN "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b)
 template <int NT> struct Mma;
 template <> struct Mma<1> {  // m64n8k16: 4 accumulators a thread
-    template <int DT>
-    __device__ static __forceinline__ void run(float (&d)[1][4], const uint32_t (&a)[4], uint64_t b, int acc) {
-#define LUTWG_ASM(TY)                                                                                        \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\nwgmma.mma_async.sync.aligned.m64n8k16.f32." TY "." TY \
-                 " {%0,%1,%2,%3}, {%4,%5,%6,%7}, %8, p, 1, 1, 0;\n}\n" \
-                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]) \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc))
-        if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16"); else LUTWG_ASM("f16");
+    template <int DT, bool ACC>
+    __device__ static __forceinline__ void run(float (&d)[1][4], const uint32_t (&a)[4], uint64_t b) {
+#define LUTWG_D(M) M(0)
+#define LUTWG_ASM(TY, SD, M)                                                                                  \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n8k16.f32." TY "." TY " {%0,%1,%2,%3}, "  \
+                 "{%4,%5,%6,%7}, %8, " SD ", 1, 1, 0;\n" : LUTWG_D(M) : LUTWG_IN)
+        if constexpr (DT == KBIT_BF16 && ACC) LUTWG_ASM("bf16", "1", LUTWG_D4);
+        else if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16", "0", LUTWG_W4);
+        else if constexpr (ACC) LUTWG_ASM("f16", "1", LUTWG_D4);
+        else LUTWG_ASM("f16", "0", LUTWG_W4);
 #undef LUTWG_ASM
+#undef LUTWG_D
     }
 };
 template <> struct Mma<2> {  // m64n16k16: 8 accumulators a thread
-    template <int DT>
-    __device__ static __forceinline__ void run(float (&d)[2][4], const uint32_t (&a)[4], uint64_t b, int acc) {
-#define LUTWG_ASM(TY)                                                                                        \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\nwgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY \
-                 " {%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, %12, p, 1, 1, 0;\n}\n" \
-                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), \
-                  "+f"(d[1][2]), "+f"(d[1][3]) \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc))
-        if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16"); else LUTWG_ASM("f16");
+    template <int DT, bool ACC>
+    __device__ static __forceinline__ void run(float (&d)[2][4], const uint32_t (&a)[4], uint64_t b) {
+#define LUTWG_D(M) M(0), M(1)
+#define LUTWG_ASM(TY, SD, M)                                                                                  \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY " {%0,%1,%2,%3,%4,%5,%6,%7}, "  \
+                 "{%8,%9,%10,%11}, %12, " SD ", 1, 1, 0;\n" : LUTWG_D(M) : LUTWG_IN)
+        if constexpr (DT == KBIT_BF16 && ACC) LUTWG_ASM("bf16", "1", LUTWG_D4);
+        else if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16", "0", LUTWG_W4);
+        else if constexpr (ACC) LUTWG_ASM("f16", "1", LUTWG_D4);
+        else LUTWG_ASM("f16", "0", LUTWG_W4);
 #undef LUTWG_ASM
+#undef LUTWG_D
     }
 };
 template <> struct Mma<4> {  // m64n32k16: 16 accumulators a thread
-    template <int DT>
-    __device__ static __forceinline__ void run(float (&d)[4][4], const uint32_t (&a)[4], uint64_t b, int acc) {
-#define LUTWG_ASM(TY)                                                                                        \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\nwgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY \
-                 " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, p, 1, 1, 0;\n}\n" \
-                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), \
-                  "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), \
-                  "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]) \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc))
-        if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16"); else LUTWG_ASM("f16");
+    template <int DT, bool ACC>
+    __device__ static __forceinline__ void run(float (&d)[4][4], const uint32_t (&a)[4], uint64_t b) {
+#define LUTWG_D(M) M(0), M(1), M(2), M(3)
+#define LUTWG_ASM(TY, SD, M)                                                                                  \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "  \
+                 "{%16,%17,%18,%19}, %20, " SD ", 1, 1, 0;\n" : LUTWG_D(M) : LUTWG_IN)
+        if constexpr (DT == KBIT_BF16 && ACC) LUTWG_ASM("bf16", "1", LUTWG_D4);
+        else if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16", "0", LUTWG_W4);
+        else if constexpr (ACC) LUTWG_ASM("f16", "1", LUTWG_D4);
+        else LUTWG_ASM("f16", "0", LUTWG_W4);
 #undef LUTWG_ASM
+#undef LUTWG_D
     }
 };
 template <> struct Mma<8> {  // m64n64k16: 32 accumulators a thread
-    template <int DT>
-    __device__ static __forceinline__ void run(float (&d)[8][4], const uint32_t (&a)[4], uint64_t b, int acc) {
-#define LUTWG_ASM(TY)                                                                                        \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\nwgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY \
-                 " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"  \
-                 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "                                 \
-                 "{%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"                                                             \
-                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), \
-                  "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), \
-                  "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), \
-                  "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), \
-                  "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), \
-                  "+f"(d[7][2]), "+f"(d[7][3]) \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc))
-        if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16"); else LUTWG_ASM("f16");
+    template <int DT, bool ACC>
+    __device__ static __forceinline__ void run(float (&d)[8][4], const uint32_t (&a)[4], uint64_t b) {
+#define LUTWG_D(M) M(0), M(1), M(2), M(3), M(4), M(5), M(6), M(7)
+#define LUTWG_ASM(TY, SD, M)                                                                                  \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "  \
+                 "{%32,%33,%34,%35}, %36, " SD ", 1, 1, 0;\n" : LUTWG_D(M) : LUTWG_IN)
+        if constexpr (DT == KBIT_BF16 && ACC) LUTWG_ASM("bf16", "1", LUTWG_D4);
+        else if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16", "0", LUTWG_W4);
+        else if constexpr (ACC) LUTWG_ASM("f16", "1", LUTWG_D4);
+        else LUTWG_ASM("f16", "0", LUTWG_W4);
 #undef LUTWG_ASM
+#undef LUTWG_D
     }
 };
+#undef LUTWG_D4
+#undef LUTWG_W4
+#undef LUTWG_IN
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -117,6 +127,23 @@ __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.
 __device__ __forceinline__ uint64_t desc_kmajor(uint32_t smem_addr, uint32_t lbo, uint32_t sbo) {
     return (uint64_t)((smem_addr & 0x3FFFFu) >> 4) | ((uint64_t)((lbo & 0x3FFFFu) >> 4) << 16) |
            ((uint64_t)((sbo & 0x3FFFFu) >> 4) << 32);
+}
+
+/* The 4 k16 steps of a chunk from zero: d = sum_j a[j] . b_j, b_j the descriptor of core columns 2j, 2j + 1 of the
+ * stage at b0. The descriptors are made before wgmma.fence and pinned there (an empty asm): a wgmma input register
+ * defined between the fence and the wgmma, while others are in flight, makes ptxas serialize them all. */
+template <int DT, int NT>
+__device__ __forceinline__ void mma_chunk(float (&d)[NT][4], const uint32_t (&a)[4][4], uint32_t b0) {
+    uint64_t desc[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        desc[j] = desc_kmajor(b0 + 2 * j * NT * 128, NT * 128, 128);
+        asm volatile("" : "+l"(desc[j]));
+    }
+    wgmma_fence();
+    Mma<NT>::template run<DT, false>(d, a[0], desc[0]);
+#pragma unroll
+    for (int j = 1; j < 4; ++j) Mma<NT>::template run<DT, true>(d, a[j], desc[j]);
 }
 
 /* This thread's pieces of one chunk's activations: piece i = 16 bytes, elements 8q .. 8q + 7 of token m, with
@@ -231,10 +258,7 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
                     uint32_t a[4][4];
                     decode_chunk<DG>(a, G[s].w[u], tab, lane4);
                     const uint32_t b0 = stage_addr + st * stage_bytes<NT>();
-                    wgmma_fence();
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-                        Mma<NT>::template run<DT>(part, a[j], desc_kmajor(b0 + 2 * j * NT * 128, NT * 128, 128), j > 0);
+                    mma_chunk<DT, NT>(part, a, b0);
                     wgmma_commit();
                     float sc[2];
                     lut4::chunk_scales<kU, DG>(sc, G[s], u, nested, R.ok, code2, off);
@@ -260,28 +284,149 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
     }
 }
 
-template <int DT, int NT, int WG, int S, bool TL>
+/* acc += s * P for one chunk's partial P (this thread's 2 rows: sc[0], sc[1]), read after the wgmma wait. */
+template <int NT>
+__device__ __forceinline__ void scale_into(float (&acc)[NT][4], float (&P)[NT][4], const float (&sc)[2]) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            fence_operand(P[nt][e]);
+            acc[nt][e] = __fmaf_rn(sc[e >> 1], P[nt][e], acc[nt][e]);
+        }
+    }
+}
+
+/* gemm_lut_wg_kernel with the warps' work of a chunk step done while the tensor core runs it: chunk k's wgmma
+ * issued (its A decoded in step k - 1), then chunk k - 1's partial scaled into acc, chunk k's scales made, chunk
+ * k + 1's A decoded and its activations stored to the other stage, and only then the wait and the CTA barrier. Two
+ * sets of partials and of A fragments (chunk k uses set k % 2). ptxas keeps the wgmma asynchronous only where no
+ * other instruction touches a register of a wgmma in flight or of one issued before the next wait_group 0, and no
+ * wait sits on a branch: so the wait is wait_group 0 at the end of each step (no second chunk in flight), and the
+ * first step's scale is a select. The sums and their order are gemm_lut_wg_kernel's: the same bits. */
+template <int DT, int NT, int WG, int S, int MINB, bool TL, int DG>
+__global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe_kernel(const Args p) {
+    constexpr int kThreads = WG * kWarpgroupThreads, kWarps = 4 * WG;
+    static_assert(kU % 2 == 0, "a chunk's set (k % 2) is known at compile time");
+    extern __shared__ __align__(1024) uint32_t wg_smem[];
+    uint32_t* pair = wg_smem;
+    float* code2 = reinterpret_cast<float*>(wg_smem + lut4::kPairWords);
+    char* stages = reinterpret_cast<char*>(wg_smem) + lut4::kSmem;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const bool nested = p.a8 != nullptr;
+    lut4::fill_tables<DT, kThreads>(pair, code2, p, tid);
+    const float off = nested ? __ldg(p.off) : 0.0f;
+    __syncthreads();
+    const char* tab = reinterpret_cast<const char*>(pair);
+    const uint32_t lane4 = 4u * (uint32_t)lane;
+    const uint32_t stage_addr = (uint32_t)__cvta_generic_to_shared(stages);
+
+    const int chunks = (int)(p.K / kChunk);
+    const long long tiles = (p.N + 15) / 16;
+    const long long tasks = (tiles + kWarps - 1) / kWarps * p.splits;
+    float part[NT][4];    // a chunk's partial, written by wgmma only
+    uint32_t a[2][4][4];  // chunk k's A fragments in set k % 2
+
+    for (long long task = blockIdx.x; task < tasks; task += gridDim.x) {  // uniform across the CTA
+        const long long rowgroup = task / p.splits;
+        const int z = (int)(task - rowgroup * p.splits);
+        const int c_begin = z * p.chunks_per_split;
+        const int c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
+        const long long tile = rowgroup * kWarps + warp;
+        Rows<1> R;  // weights only: the activations come from the stages
+        lut4::tile_rows<1, TL>(R, p, tile, g, t, lane, chunks);
+        R.x[0] = nullptr;
+        R.xok[0] = false;
+
+        float acc[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+        Group<kU> G[S];  // a ring: the next S - 1 groups' codes and scales in flight
+#pragma unroll
+        for (int s = 0; s + 1 < S; ++s) lut4::load_group<kU, 1, TL, DG>(G[s], p, R, c_begin + s * kU, c_end);
+        if (c_begin < c_end) {  // chunk c_begin: its activations into stage 0, its A into set 0
+            Staged<NT, kThreads> X;
+            load_chunk_x<NT, kThreads>(X, p, c_begin, tid);
+            store_chunk_x<NT, kThreads>(X, stages, tid);
+            fence_proxy_async();
+            decode_chunk<DG>(a[0], G[0].w[0], tab, lane4);
+        }
+        __syncthreads();
+        for (int c = c_begin; c < c_end; c += S * kU) {
+#pragma unroll
+            for (int s = 0; s < S; ++s) {
+                const int cs = c + s * kU;
+                if (cs >= c_end) break;
+                if (cs + (S - 1) * kU < c_end)
+                    lut4::load_group<kU, 1, TL, DG>(G[(s + S - 1) % S], p, R, cs + (S - 1) * kU, c_end);
+#pragma unroll
+                for (int u = 0; u < kU; ++u) {
+                    const int cc = cs + u;
+                    if (cc >= c_end) break;
+                    const int b = u & 1;  // (cc - c_begin) % 2: c - c_begin and s kU are even
+                    const int st = (cc - c_begin) & 1;
+                    const bool next = cc + 1 < c_end;
+                    Staged<NT, kThreads> X;
+                    if (next) load_chunk_x<NT, kThreads>(X, p, cc + 1, tid);
+                    mma_chunk<DT, NT>(part, a[b], stage_addr + st * stage_bytes<NT>());
+                    wgmma_commit();
+                    // while it runs: chunk cc + 1's A (the next group's first: loaded a group ahead; past c_end,
+                    // codes never used) and activations, chunk cc's scales
+                    decode_chunk<DG>(a[b ^ 1], u + 1 < kU ? G[s].w[u + 1] : G[(s + 1) % S].w[0], tab, lane4);
+                    if (next) {
+                        store_chunk_x<NT, kThreads>(X, stages + (st ^ 1) * stage_bytes<NT>(), tid);
+                        fence_proxy_async();
+                    }
+                    float sc[2];
+                    lut4::chunk_scales<kU, DG>(sc, G[s], u, nested, R.ok, code2, off);
+                    wgmma_wait_all();
+                    scale_into<NT>(acc, part, sc);
+                    __syncthreads();  // the next stage is written; this one's readers are done (waited above)
+                }
+            }
+        }
+
+        if (tile < tiles) lut4::finish_tile<DT, NT>(p, tile, z, g, t, lane, acc);  // warps with rows in N
+    }
+}
+
+template <int DT, int NT, int WG, int S, bool PIPE, bool TL>
 cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     constexpr int MINB = 1;
     constexpr size_t smem = smem_bytes<NT>();
     static lut4::Fit fit[2][64];  // per scale mode: two kernels
     const long long ctas = ((p.N + 15) / 16 + 4 * WG - 1) / (4 * WG) * p.splits;  // tasks: no more CTAs than these
-    if (p.group_scales)
-        return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerGroup>,
-                                       fit[1], smem, WG * kWarpgroupThreads, ctas, p, stream, ctas_per_sm);
-    return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerChunk>,
-                                   fit[0], smem, WG * kWarpgroupThreads, ctas, p, stream, ctas_per_sm);
+    const int threads = WG * kWarpgroupThreads;
+    if constexpr (PIPE) {
+        if (p.group_scales)
+            return lut4::launch_persistent(gemm_lut_wg_pipe_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerGroup>,
+                                           fit[1], smem, threads, ctas, p, stream, ctas_per_sm);
+        return lut4::launch_persistent(gemm_lut_wg_pipe_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerChunk>,
+                                       fit[0], smem, threads, ctas, p, stream, ctas_per_sm);
+    } else {
+        if (p.group_scales)
+            return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerGroup>,
+                                           fit[1], smem, threads, ctas, p, stream, ctas_per_sm);
+        return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerChunk>,
+                                       fit[0], smem, threads, ctas, p, stream, ctas_per_sm);
+    }
 }
 
 /* variant 20: 2 warpgroups a CTA (128 weight rows share each staged chunk), 2 groups of codes in flight; 21: 1
- * warpgroup (2 CTAs fit an SM); 22: as 20 with 3 groups in flight (more weight bytes in flight per SM). A fourth,
- * the next chunk decoded between this one's wgmma and their wait, gave wrong results on the H200 and is gone. */
+ * warpgroup (2 CTAs fit an SM); 22: as 20 with 3 groups in flight (more weight bytes in flight per SM); 29, 30: as
+ * 20, 21 with the next chunk decoded while the tensor core runs this one (gemm_lut_wg_pipe_kernel). An earlier
+ * attempt at that overlap (decoded into a copy; git 6309973) gave wrong results on the H200. A wgmma that ptxas
+ * serializes (its C7513..C7520 advisories) fails the build (workbench/cuda_build.py). */
 template <int DT, int NT, bool TL>
 cudaError_t launch_wg_tl(const Args& p, int variant, cudaStream_t stream, int* ctas_per_sm) {
     switch (variant) {
-        case 21: return launch_wg<DT, NT, 1, 2, TL>(p, stream, ctas_per_sm);
-        case 22: return launch_wg<DT, NT, 2, 3, TL>(p, stream, ctas_per_sm);
-        default: return launch_wg<DT, NT, 2, 2, TL>(p, stream, ctas_per_sm);
+        case 21: return launch_wg<DT, NT, 1, 2, false, TL>(p, stream, ctas_per_sm);
+        case 22: return launch_wg<DT, NT, 2, 3, false, TL>(p, stream, ctas_per_sm);
+        case 29: return launch_wg<DT, NT, 2, 2, true, TL>(p, stream, ctas_per_sm);
+        case 30: return launch_wg<DT, NT, 1, 2, true, TL>(p, stream, ctas_per_sm);
+        default: return launch_wg<DT, NT, 2, 2, false, TL>(p, stream, ctas_per_sm);
     }
 }
 
@@ -306,7 +451,8 @@ cudaError_t launch_dt(const Args& p, int variant, cudaStream_t stream, int* ctas
  * form at M = 64 (slower on 4096x4096 and at M <= 32: reports/matmul-h200/lut_gemm/wgmma_ab). */
 constexpr long long kDefaultMinWeights = 1LL << 25;
 inline bool takes(int variant, int M, long long N, long long K) {
-    return (variant >= 20 && variant <= 22) || (variant == 0 && M > 32 && N * K > kDefaultMinWeights);
+    return (variant >= 20 && variant <= 22) || variant == 29 || variant == 30 ||
+           (variant == 0 && M > 32 && N * K > kDefaultMinWeights);
 }
 
 }  // namespace lutwg

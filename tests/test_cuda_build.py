@@ -2,6 +2,7 @@
 import ctypes
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,15 @@ def test_umbrella_header_compiles(tmp_path):
     r = subprocess.run([cuda_build.nvcc(), "-c", "-I", str(cuda_build.SRC), "-o", str(tmp_path / "use.o"), str(src)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_wgmma_that_ptxas_serializes_fails_the_build(tmp_path, monkeypatch):
+    """A kernel whose wgmma ptxas makes synchronous (its "Potential Performance Loss" advisories) still computes the
+    right numbers, so only the build can catch it: the build fails, naming the advisory, and leaves no library."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "wgmma_serialized.cu", src / "serial.cu")
+    monkeypatch.setattr(cuda_build, "SRC", src)
+    with pytest.raises(RuntimeError, match="ptxas serialized wgmma in serial.cu"):
+        cuda_build.build("serial", ("sm_90a",), force=True, build_dir=tmp_path / "lib")
+    assert not (tmp_path / "lib").exists() or not any((tmp_path / "lib").iterdir())

@@ -283,6 +283,37 @@ def test_lut_wgmma_form_within_bound_repeatable_and_layout_free(rng, monkeypatch
     print(f"wgmma variant {variant}: the mma.sync form's bits in {same} of {runs} cases")
 
 
+@pytest.mark.parametrize("variant", (29, 30))
+def test_lut_wgmma_pipelined_form_gives_the_unpipelined_bits(rng, monkeypatch, variant):
+    """The pipelined wgmma form (matmul_lut_wgmma.cuh, gemm_lut_wg_pipe_kernel; 29: two warpgroups a CTA, 30: one)
+    decodes the next chunk while the tensor core runs this one: the same sums in the same order, so variant 20's bits, over NaN-poisoned memory, row tails, per-chunk and grouped scales, bias, bf16 and
+    fp16, 1..64 rows, forced splits (more than the chunks too: empty splits) and both layouts."""
+    _need_cuda()
+    from workbench.backends.cuda import gemm_layout
+    from workbench.backends.cuda import matmul as CM
+    L = CM.lib()
+    monkeypatch.setattr(CM, "_lut_plans", {})
+    try:
+        for i, (N, K, bs) in enumerate(CASES):
+            for j, M in enumerate((1, 8, 9, 17, 33, 64)):
+                dtype = (torch.bfloat16, torch.float16)[(i + j) % 2]
+                splits = (1, 3, 7)[(i + j) % 3]
+                monkeypatch.setattr(CM, "lut_splits", lambda *a, **k: splits)
+                A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested=(i + j) % 2 == 0 or bs == 64, bias=j % 2 == 0)
+                for tiled in (False, True):
+                    monkeypatch.setattr(gemm_layout, "ENABLED", tiled)
+                    L.kbit_gemm_lut_tuning(20)
+                    want = _lut_direct(A, P, qs, b)
+                    L.kbit_gemm_lut_tuning(variant)
+                    _poison_allocator()
+                    got = _lut_direct(A, P, qs, b)
+                    where = (N, K, bs, M, dtype, splits, tiled)
+                    assert torch.equal(got.view(torch.int16), want.view(torch.int16)), where
+    finally:
+        L.kbit_gemm_lut_tuning(0)
+        gemm_layout.forget()
+
+
 def test_33_to_64_rows_on_a_large_weight_take_the_wgmma_form(rng, monkeypatch):
     """Past 32 rows on a weight of more than 2^25 elements the dispatch takes the unscaled-lookup GEMM and the kernel
     runs its wgmma form (lutwg::takes): within the bound over poisoned memory, the one-call and general paths equal,

@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "cuda_src"
 BUILD = Path(os.environ.get("KBIT_CUDA_BUILD", SRC / "build"))
+WGMMA_SERIALIZED = "wgmma.mma_async instructions are serialized"   # ptxas advisories C7513..C7520
 IEEE_FLAGS = ["-fmad=false", "-prec-div=true", "-prec-sqrt=true", "-ftz=false"]
 DEFAULT_ARCHS = ("sm_90a",)
 
@@ -61,6 +62,11 @@ def build(family: str, archs=DEFAULT_ARCHS, *, force: bool = False, verbose: boo
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"nvcc failed for {src.name}:\n{' '.join(cmd)}\n{r.stdout}\n{r.stderr}")
+    serialized = [line for line in (r.stdout + r.stderr).splitlines() if WGMMA_SERIALIZED in line]
+    if serialized:   # ptxas made a pipelined wgmma loop synchronous: right results, the kernel's design lost
+        out.unlink(missing_ok=True)
+        raise RuntimeError(f"ptxas serialized wgmma in {src.name} (each kernel must keep them asynchronous):\n"
+                           + "\n".join(serialized))
     if verbose:
         print(r.stdout + r.stderr)
     return out

@@ -34,7 +34,8 @@ from workbench.wire import DTYPE_CODE
 
 SHAPES = ((28672, 8192), (8192, 28672), (14336, 4096), (4096, 14336), (4096, 4096))
 MS = (1, 4, 16, 32, 64)
-WGMMA_VARIANTS = (20, 21, 22)   # cuda_src/matmul_lut_wgmma.cuh: the same numerics on another instruction
+WGMMA_VARIANTS = (20, 21, 22, 29, 30)   # cuda_src/matmul_lut_wgmma.cuh: the same numerics on another instruction
+PIPELINED = (29, 30)   # the wgmma form pipelined: variant 20's bits, or failing
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 
 
@@ -125,6 +126,10 @@ def parity(L, quick: bool) -> tuple[int, float]:
                         if first is None:
                             first = y
                         as_v0 = bool(torch.equal(y.view(torch.int16), first.view(torch.int16)))
+                        if variant == 20:
+                            wg20 = y
+                        if variant in PIPELINED:
+                            same = same and bool(torch.equal(y.view(torch.int16), wg20.view(torch.int16)))
                         if variant in WGMMA_VARIANTS:
                             wg_same, wg_runs = wg_same + as_v0, wg_runs + 1
                         else:
