@@ -40,7 +40,9 @@ constexpr int kU = 4;  // chunks per group of codes and scales (one aligned word
 
 // one chunk's activations: 8 NT tokens x 64 k x 2 bytes
 template <int NT> __host__ __device__ constexpr int stage_bytes() { return NT * 8 * kChunk * 2; }
-template <int NT> constexpr size_t smem_bytes() { return lut4::kSmem + 2 * (size_t)stage_bytes<NT>(); }
+template <int NT, int STAGES = 2> constexpr size_t smem_bytes() {
+    return lut4::kSmem + STAGES * (size_t)stage_bytes<NT>();
+}
 static_assert(lut4::kSmem % 1024 == 0, "the stages start 1 KB-aligned");
 
 /* One wgmma m64n(8 NT)k16, A from registers, B by descriptor, D float32: d += a . b (ACC), d = a . b (!ACC: d
@@ -85,7 +87,8 @@ template <> struct Mma<4> {  // m64n32k16: 16 accumulators a thread
     __device__ static __forceinline__ void run(float (&d)[4][4], const uint32_t (&a)[4], uint64_t b) {
 #define LUTWG_D(M) M(0), M(1), M(2), M(3)
 #define LUTWG_ASM(TY, SD, M)                                                                                  \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "  \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY                                           \
+                 " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "                                         \
                  "{%16,%17,%18,%19}, %20, " SD ", 1, 1, 0;\n" : LUTWG_D(M) : LUTWG_IN)
         if constexpr (DT == KBIT_BF16 && ACC) LUTWG_ASM("bf16", "1", LUTWG_D4);
         else if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16", "0", LUTWG_W4);
@@ -100,7 +103,9 @@ template <> struct Mma<8> {  // m64n64k16: 32 accumulators a thread
     __device__ static __forceinline__ void run(float (&d)[8][4], const uint32_t (&a)[4], uint64_t b) {
 #define LUTWG_D(M) M(0), M(1), M(2), M(3), M(4), M(5), M(6), M(7)
 #define LUTWG_ASM(TY, SD, M)                                                                                  \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "  \
+    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY                                           \
+                 " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                           \
+                 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "                                 \
                  "{%32,%33,%34,%35}, %36, " SD ", 1, 1, 0;\n" : LUTWG_D(M) : LUTWG_IN)
         if constexpr (DT == KBIT_BF16 && ACC) LUTWG_ASM("bf16", "1", LUTWG_D4);
         else if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16", "0", LUTWG_W4);
@@ -297,17 +302,49 @@ __device__ __forceinline__ void scale_into(float (&acc)[NT][4], float (&P)[NT][4
     }
 }
 
-/* gemm_lut_wg_kernel with the warps' work of a chunk step done while the tensor core runs it: chunk k's wgmma
- * issued (its A decoded in step k - 1), then chunk k - 1's partial scaled into acc, chunk k's scales made, chunk
- * k + 1's A decoded and its activations stored to the other stage, and only then the wait and the CTA barrier. Two
- * sets of partials and of A fragments (chunk k uses set k % 2). ptxas keeps the wgmma asynchronous only where no
- * other instruction touches a register of a wgmma in flight or of one issued before the next wait_group 0, and no
- * wait sits on a branch: so the wait is wait_group 0 at the end of each step (no second chunk in flight), and the
- * first step's scale is a select. The sums and their order are gemm_lut_wg_kernel's: the same bits. */
+constexpr int kPipeStages = 4;                // activation stages of the pipelined form
+constexpr int kPipeAhead = kPipeStages - 1;   // chunks whose activations are in flight ahead of the one computed
+
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, uint32_t bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* Chunk c's activations into the stage at shared address `stage` without registers: this thread's pieces of
+ * load_chunk_x, each word placed where store_chunk_x puts it, by asynchronous 4-byte copies (zeros for tokens past
+ * M). */
+template <int NT, int THREADS>
+__device__ __forceinline__ void copy_chunk_x(const Args& p, int c, uint32_t stage, int tid) {
+#pragma unroll
+    for (int r = 0; r < Staged<NT, THREADS>::kPer; ++r) {
+        const int i = tid + THREADS * r;
+        if (i >= Staged<NT, THREADS>::kPieces) break;
+        const int m = 8 * (i >> 6) + (i & 7), q = 2 * ((i >> 3) & 3) + ((i >> 5) & 1);
+        const int t = (i >> 3) & 3, qlo = (i >> 5) & 1, nc = i >> 6;
+        const bool ok = m < p.M;
+        const long long at = (long long)(ok ? m : 0) * p.K + (long long)c * kChunk + 8 * q;  // element index
+        const char* src = reinterpret_cast<const char*>(p.A) + 2 * at;
+        const uint32_t base = stage + nc * 128 + (i & 7) * 16 + 4 * t;
+#pragma unroll
+        for (int h = 0; h < 4; ++h) cp_async4(base + (4 * qlo + h) * NT * 128, src + 4 * h, ok ? 4u : 0u);
+    }
+}
+
+/* gemm_lut_wg_kernel as a pipeline. The activations of chunk k + 3 are copied into shared memory asynchronously
+ * (cp.async, 4 stages) while chunk k is computed, so no chunk waits for its activations' trip from L2; and chunk
+ * k + 1's A is decoded while the tensor core runs chunk k's wgmma. A step: wait for chunk k's copies, CTA barrier
+ * (they are everyone's; every warpgroup is done with chunk k - 1's stage, which chunk k + 3 takes next), issue chunk
+ * k + 3's copies and chunk k's wgmma, decode chunk k + 1, make chunk k's scales, wait (wait_group 0: ptxas keeps the
+ * wgmma asynchronous only where no other instruction touches a register of a wgmma issued before the next
+ * wait_group 0, and no wait sits on a branch), scale chunk k's partial into acc. The sums and their order are
+ * gemm_lut_wg_kernel's: the same bits. */
 template <int DT, int NT, int WG, int S, int MINB, bool TL, int DG>
 __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe_kernel(const Args p) {
     constexpr int kThreads = WG * kWarpgroupThreads, kWarps = 4 * WG;
-    static_assert(kU % 2 == 0, "a chunk's set (k % 2) is known at compile time");
+    static_assert(kU % 2 == 0, "a chunk's set of A fragments (k % 2) is known at compile time");
     extern __shared__ __align__(1024) uint32_t wg_smem[];
     uint32_t* pair = wg_smem;
     float* code2 = reinterpret_cast<float*>(wg_smem + lut4::kPairWords);
@@ -343,17 +380,16 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe
         float acc[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll
+        for (int d = 0; d < kPipeAhead; ++d) {  // chunks c_begin .. + 2 in flight (one group each, empty past c_end)
+            if (c_begin + d < c_end)
+                copy_chunk_x<NT, kThreads>(p, c_begin + d, stage_addr + d * stage_bytes<NT>(), tid);
+            cp_async_commit();
+        }
         Group<kU> G[S];  // a ring: the next S - 1 groups' codes and scales in flight
 #pragma unroll
         for (int s = 0; s + 1 < S; ++s) lut4::load_group<kU, 1, TL, DG>(G[s], p, R, c_begin + s * kU, c_end);
-        if (c_begin < c_end) {  // chunk c_begin: its activations into stage 0, its A into set 0
-            Staged<NT, kThreads> X;
-            load_chunk_x<NT, kThreads>(X, p, c_begin, tid);
-            store_chunk_x<NT, kThreads>(X, stages, tid);
-            fence_proxy_async();
-            decode_chunk<DG>(a[0], G[0].w[0], tab, lane4);
-        }
-        __syncthreads();
+        if (c_begin < c_end) decode_chunk<DG>(a[0], G[0].w[0], tab, lane4);
         for (int c = c_begin; c < c_end; c += S * kU) {
 #pragma unroll
             for (int s = 0; s < S; ++s) {
@@ -365,28 +401,27 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe
                 for (int u = 0; u < kU; ++u) {
                     const int cc = cs + u;
                     if (cc >= c_end) break;
-                    const int b = u & 1;  // (cc - c_begin) % 2: c - c_begin and s kU are even
-                    const int st = (cc - c_begin) & 1;
-                    const bool next = cc + 1 < c_end;
-                    Staged<NT, kThreads> X;
-                    if (next) load_chunk_x<NT, kThreads>(X, p, cc + 1, tid);
-                    mma_chunk<DT, NT>(part, a[b], stage_addr + st * stage_bytes<NT>());
+                    const int k = cc - c_begin, b = u & 1;  // k % 2 == u % 2: c - c_begin and s kU are even
+                    cp_async_wait<kPipeAhead - 1>();  // this thread's copies of chunk cc have landed
+                    fence_proxy_async();
+                    __syncthreads();  // everyone's have; every warpgroup is done with chunk cc - 1
+                    const uint32_t ahead = stage_addr + ((k + kPipeAhead) % kPipeStages) * stage_bytes<NT>();
+                    if (cc + kPipeAhead < c_end) copy_chunk_x<NT, kThreads>(p, cc + kPipeAhead, ahead, tid);
+                    cp_async_commit();
+                    mma_chunk<DT, NT>(part, a[b], stage_addr + (k % kPipeStages) * stage_bytes<NT>());
                     wgmma_commit();
                     // while it runs: chunk cc + 1's A (the next group's first: loaded a group ahead; past c_end,
-                    // codes never used) and activations, chunk cc's scales
+                    // codes never used) and chunk cc's scales
                     decode_chunk<DG>(a[b ^ 1], u + 1 < kU ? G[s].w[u + 1] : G[(s + 1) % S].w[0], tab, lane4);
-                    if (next) {
-                        store_chunk_x<NT, kThreads>(X, stages + (st ^ 1) * stage_bytes<NT>(), tid);
-                        fence_proxy_async();
-                    }
                     float sc[2];
                     lut4::chunk_scales<kU, DG>(sc, G[s], u, nested, R.ok, code2, off);
                     wgmma_wait_all();
                     scale_into<NT>(acc, part, sc);
-                    __syncthreads();  // the next stage is written; this one's readers are done (waited above)
                 }
             }
         }
+        asm volatile("cp.async.wait_all;\n" ::: "memory");
+        __syncthreads();  // the next task's copies go to stages this one's last wgmma may still read
 
         if (tile < tiles) lut4::finish_tile<DT, NT>(p, tile, z, g, t, lane, acc);  // warps with rows in N
     }
@@ -395,7 +430,7 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe
 template <int DT, int NT, int WG, int S, bool PIPE, bool TL>
 cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     constexpr int MINB = 1;
-    constexpr size_t smem = smem_bytes<NT>();
+    constexpr size_t smem = PIPE ? smem_bytes<NT, kPipeStages>() : smem_bytes<NT>();
     static lut4::Fit fit[2][64];  // per scale mode: two kernels
     const long long ctas = ((p.N + 15) / 16 + 4 * WG - 1) / (4 * WG) * p.splits;  // tasks: no more CTAs than these
     const int threads = WG * kWarpgroupThreads;
