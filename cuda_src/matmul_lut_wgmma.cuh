@@ -1,6 +1,6 @@
 /* kbit-workbench: the unscaled-lookup 4-bit GEMM of matmul_lut.cuh on Hopper's warpgroup MMA (wgmma), 1..64
- * activation rows, written for 33..64 (family "matmul", included by matmul.cu; the default there on large weights,
- * and kbit_gemm_lut_tuning 20..22 at any M: takes below, kbit_matmul.h).
+ * activation rows, written for 17..64 (family "matmul", included by matmul.cu; its pipelined form the default
+ * there, and kbit_gemm_lut_tuning 20..22, 29, 30 at any M: takes below, kbit_matmul.h).
  *
  * Why: matmul_lut.cuh's warps each read their own activation fragments, 8 KB per warp and 64-element chunk at
  * M = 64 against 512 bytes of weights, so past 16 rows its time grows with M (84 -> 153 -> 242 us at M = 16, 32,
@@ -457,11 +457,11 @@ cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
 template <int DT, int NT, bool TL>
 cudaError_t launch_wg_tl(const Args& p, int variant, cudaStream_t stream, int* ctas_per_sm) {
     switch (variant) {
+        case 20: return launch_wg<DT, NT, 2, 2, false, TL>(p, stream, ctas_per_sm);
         case 21: return launch_wg<DT, NT, 1, 2, false, TL>(p, stream, ctas_per_sm);
         case 22: return launch_wg<DT, NT, 2, 3, false, TL>(p, stream, ctas_per_sm);
-        case 29: return launch_wg<DT, NT, 2, 2, true, TL>(p, stream, ctas_per_sm);
         case 30: return launch_wg<DT, NT, 1, 2, true, TL>(p, stream, ctas_per_sm);
-        default: return launch_wg<DT, NT, 2, 2, false, TL>(p, stream, ctas_per_sm);
+        default: return launch_wg<DT, NT, 2, 2, true, TL>(p, stream, ctas_per_sm);  // 0, 29
     }
 }
 
@@ -481,13 +481,13 @@ cudaError_t launch_dt(const Args& p, int variant, cudaStream_t stream, int* ctas
     }
 }
 
-/* Whether this kernel serves M rows against an (N, K) weight under kbit_gemm_lut_tuning's variant: 20..22 always;
- * the default for 33..64 rows on weights of more than 2^25 elements, where form 20 measured 1.00-1.16x the mma.sync
- * form at M = 64 (slower on 4096x4096 and at M <= 32: reports/matmul-h200/lut_gemm/wgmma_ab). */
-constexpr long long kDefaultMinWeights = 1LL << 25;
+/* Whether this kernel serves M rows against an (N, K) weight under kbit_gemm_lut_tuning's variant: 20..22, 29, 30
+ * always, 31 never (the mma.sync form at any M: the A/B's baseline); the default (its pipelined form, 29) past 16
+ * rows. On an H100 form 29 measured 1.05-1.17x the committed forms at M = 32 and 64 on the five shapes of issue 18
+ * (the mma.sync form at 32, form 20 at 64) and 0.65-1.0x at M = 16 (reports/matmul-h100/wgmma_pipeline). */
 inline bool takes(int variant, int M, long long N, long long K) {
-    return (variant >= 20 && variant <= 22) || variant == 29 || variant == 30 ||
-           (variant == 0 && M > 32 && N * K > kDefaultMinWeights);
+    (void)N, (void)K;
+    return (variant >= 20 && variant <= 22) || variant == 29 || variant == 30 || (variant == 0 && M > 16);
 }
 
 }  // namespace lutwg

@@ -314,30 +314,34 @@ def test_lut_wgmma_pipelined_form_gives_the_unpipelined_bits(rng, monkeypatch, v
         gemm_layout.forget()
 
 
-def test_33_to_64_rows_on_a_large_weight_take_the_wgmma_form(rng, monkeypatch):
-    """Past 32 rows on a weight of more than 2^25 elements the dispatch takes the unscaled-lookup GEMM and the kernel
-    runs its wgmma form (lutwg::takes): within the bound over poisoned memory, the one-call and general paths equal,
-    and the bits of variant 20 forced; both scale modes (K % 256 == 0 groups them) and a row tail."""
+def test_17_to_64_rows_take_the_pipelined_wgmma_form(rng, monkeypatch):
+    """Past 16 rows the dispatch takes the unscaled-lookup GEMM and the kernel runs its pipelined wgmma form
+    (lutwg::takes, variant 29): within the bound over poisoned memory, the one-call and general paths equal, and
+    the bits of variants 29 and 20 forced; both scale modes (K % 256 == 0 groups them), row tails, large and small
+    weights."""
     _need_cuda()
     from workbench.backends.cuda import matmul as CM
     L = CM.lib()
     calls = _count(monkeypatch)
+    cases = ((4100, 8192, 64), (8200, 4160, 33), (1000, 1536, 17), (300, 2048, 24))
     try:
-        for N, K, M in ((4100, 8192, 64), (8200, 4160, 33)):
-            assert N * K > 1 << 25 and CM.lut_rows(M, N, K)
-            A, P, qs, b = _case(rng, N, K, M, torch.bfloat16, 64, True, M == 33)
+        for N, K, M in cases:
+            assert CM.lut_rows(M, N, K)
+            A, P, qs, b = _case(rng, N, K, M, torch.bfloat16, 64, True, M % 2 == 1)
             ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
             _poison_allocator()
             got = matmul_4bit(A, P, qs, bias=b)
             general = matmul_4bit(A, P, qs, bias=b, out=torch.empty_like(got))
             _within(got, ref, A, P, qs, b)
+            assert torch.equal(got, general), (N, K, M)
+            for variant in (29, 20):
+                monkeypatch.setattr(CM, "_lut_plans", {})
+                L.kbit_gemm_lut_tuning(variant)
+                forced = matmul_4bit(A, P, qs, bias=b)
+                L.kbit_gemm_lut_tuning(0)
+                assert torch.equal(got.view(torch.int16), forced.view(torch.int16)), (N, K, M, variant)
             monkeypatch.setattr(CM, "_lut_plans", {})
-            L.kbit_gemm_lut_tuning(20)
-            forced = matmul_4bit(A, P, qs, bias=b)
-            L.kbit_gemm_lut_tuning(0)
-            monkeypatch.setattr(CM, "_lut_plans", {})
-            assert torch.equal(got, general) and torch.equal(got.view(torch.int16), forced.view(torch.int16)), (N, K)
-        assert len(calls) == 6
+        assert len(calls) == 4 * len(cases)
     finally:
         L.kbit_gemm_lut_tuning(0)
 

@@ -5,8 +5,9 @@ Parity: fresh random weights and activations, odd N (row tails), K not a multipl
 cross rows), M = 1..64, bf16 and fp16, nested absmax or not, bias or not, NF4, FP4 and a random codebook, forced
 splits 1..7, every variant, outputs poisoned with NaN first. Each output is held to the reference's bound for
 unscaled lookups (workbench/backends/reference/matmul.py: error_bound_unscaled); a second call must equal the first
-(deterministic) and the tiled layouts the rows; a variant of the mma.sync kernel must equal variant 0 bit for bit,
-and the wgmma kernel's (WGMMA_VARIANTS, matmul_lut_wgmma.cuh) are reported as equal to it or not.
+(deterministic) and the tiled layouts the rows; a variant of the mma.sync kernel must equal its default form (variant
+31) bit for bit, the pipelined wgmma form (29, 30, and the default past 16 rows) variant 20's bits, and whether the
+wgmma forms (WGMMA_VARIANTS, matmul_lut_wgmma.cuh) equal the mma.sync form is reported.
 
 Speed: the five shapes of issue 18, NF4 blocksize 64 with double quant, bf16, M = 1, 4, 16, 32, 64. Kernel time by
 CUDA-graph replay of 20 calls for each variant and split count; GB/s of the bytes a fused kernel reads (packed
@@ -36,6 +37,7 @@ SHAPES = ((28672, 8192), (8192, 28672), (14336, 4096), (4096, 14336), (4096, 409
 MS = (1, 4, 16, 32, 64)
 WGMMA_VARIANTS = (20, 21, 22, 29, 30)   # cuda_src/matmul_lut_wgmma.cuh: the same numerics on another instruction
 PIPELINED = (29, 30)   # the wgmma form pipelined: variant 20's bits, or failing
+MMA_SYNC = 31   # the mma.sync form at any M (the default runs the wgmma form past 16 rows)
 SPLITS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 
 
@@ -112,7 +114,7 @@ def parity(L, quick: bool) -> tuple[int, float]:
             A = torch.randn(M, K, device="cuda", dtype=dt, generator=g)
             ref, bound = _reference(A, P, N, K, qs, bias)
             first = None
-            for variant in (0, 1, 4, 5, 6, 11, 13, 15, 16, 18, 19, 23, 24, 25, 26, 27) + WGMMA_VARIANTS:
+            for variant in (MMA_SYNC, 1, 4, 5, 6, 11, 13, 15, 16, 18, 19, 23, 24, 25, 26, 27) + WGMMA_VARIANTS + (0,):
                 L.kbit_gemm_lut_tuning(variant)
                 for splits in (1, 3, 7):
                     f = Lut(A, P, N, K, qs, bias, splits)
@@ -122,18 +124,18 @@ def parity(L, quick: bool) -> tuple[int, float]:
                     err = (y.float() - ref.float()).abs()
                     ratio = float((err / bound).max()) if bool(torch.isfinite(y).all()) else math.inf
                     same = bool(torch.equal(y.view(torch.int16), y2.view(torch.int16)))
-                    if splits == 1:
+                    if splits == 1:   # first: the mma.sync form's bits; wg20: the wgmma form's
                         if first is None:
                             first = y
-                        as_v0 = bool(torch.equal(y.view(torch.int16), first.view(torch.int16)))
+                        as_first = bool(torch.equal(y.view(torch.int16), first.view(torch.int16)))
                         if variant == 20:
                             wg20 = y
-                        if variant in PIPELINED:
+                        if variant in PIPELINED or (variant == 0 and M > 16):   # form 29: variant 20's bits
                             same = same and bool(torch.equal(y.view(torch.int16), wg20.view(torch.int16)))
-                        if variant in WGMMA_VARIANTS:
-                            wg_same, wg_runs = wg_same + as_v0, wg_runs + 1
+                        elif variant in WGMMA_VARIANTS:   # another instruction: counted, not assumed
+                            wg_same, wg_runs = wg_same + as_first, wg_runs + 1
                         else:
-                            same = same and as_v0
+                            same = same and as_first
                     yt = Lut(A, P, N, K, qs, bias, splits, tiled=Pt)().clone()  # the tiled layout: the same bits
                     yc = Lut(A, P, N, K, qs, bias, splits, tiled=Pc, chunk_major=True)().clone()
                     same = same and bool(torch.equal(yt.view(torch.int16), y.view(torch.int16)))
@@ -148,8 +150,8 @@ def parity(L, quick: bool) -> tuple[int, float]:
                               + ("" if ok else "  FAIL"),
                               flush=True)
     L.kbit_gemm_lut_tuning(0)
-    print(f"parity: {bad} failing, worst err/bound {worst:.3f}; the wgmma kernel gave variant 0's bits in {wg_same} "
-          f"of {wg_runs} one-split runs", flush=True)
+    print(f"parity: {bad} failing, worst err/bound {worst:.3f}; the wgmma and mma.sync forms gave each other's bits "
+          f"in {wg_same} of {wg_runs} one-split runs", flush=True)
     return bad, worst
 
 
@@ -171,7 +173,8 @@ def speed(L, quick: bool, copy: float, variants=(0, 1, 2, 3, 4, 5), ms_list=MS, 
             cublas = bench.graph_replay_ms(lambda: A @ Wd.t(), calls=20)
             for layout in layouts:  # chunk-major: no faster than tiled (reports/matmul-h200/lut_gemm)
                 best = None
-                for variant in (variants if M <= 16 else (0,) + tuple(v for v in variants if v in WGMMA_VARIANTS)):
+                above = (0,) + tuple(v for v in variants if v in WGMMA_VARIANTS or v == MMA_SYNC)
+                for variant in (variants if M <= 16 else above):
                     L.kbit_gemm_lut_tuning(variant)
                     for splits in splits_list:
                         f = Lut(A, P, N, K, qs, None, splits, tiled={"tiled": Pt, "chunk-major": Pc}.get(layout),
@@ -222,7 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--variants", default="0,1,2,3,4,5",
-                    help="kbit_gemm_lut_tuning variants timed (above 16 rows: 0 and the wgmma ones)")
+                    help="kbit_gemm_lut_tuning variants timed (above 16 rows: 0, 31 and the wgmma ones)")
     ap.add_argument("--ms", default=",".join(map(str, MS)), help="activation rows to time")
     ap.add_argument("--splits", default=",".join(map(str, SPLITS)), help="split counts to time (the best is shown)")
     ap.add_argument("--layouts", default="rows,tiled", help="weight layouts to time: rows, tiled")

@@ -4,9 +4,8 @@ Dispatch on the number of activation rows M, from the H200 measurements in repor
 
 * fp16/bf16 A, 2 <= M <= LUT_MAX_M, or M = 1 on a weight of more than LUT_M1_MIN_WEIGHTS elements with tiled
   copies on, K % 64 == 0, blocksize >= 64, a codebook finite in A's dtype: the tensor-core GEMM with unscaled
-  lookups ``kbit_gemm_4bit_lut`` (cuda_src/matmul_lut.cuh, and its wgmma form matmul_lut_wgmma.cuh for 33..64 rows
-  on weights of more than 2^25 elements: each weight is dtype(table[c]), the block scale multiplies the block's
-  float32 partial sum; held to the reference's ``error_bound_unscaled``, not rule 2 bit for bit). It reads the
+  lookups ``kbit_gemm_4bit_lut`` (cuda_src/matmul_lut.cuh, and its pipelined wgmma form matmul_lut_wgmma.cuh for
+  17..64 rows: each weight is dtype(table[c]), the block scale multiplies the block's float32 partial sum; held to the reference's ``error_bound_unscaled``, not rule 2 bit for bit). It reads the
   weight's tiled copy (gemm_layout.py: made once per weight, kept with it), or the row layout when copies are off;
 * otherwise fp16/bf16 A, K % 32 == 0, MMA_MIN_M <= M <= MMA_MAX_M: the fused dequant + tensor-core GEMM
   ``kbit_gemm_4bit_mma`` (cuda_src/matmul_mma.cuh: rule 2 exactly, mma.sync m16n8k16, float32 accumulators,
@@ -36,8 +35,8 @@ MMA_MIN_M = 2
 MMA_MAX_M = 64
 # H200 (reports/matmul-h200/lut_gemm): the unscaled-lookup GEMM beats the rule-2 GEMM at M = 4, 16 and 32 on
 # the five shapes measured (1.07-2.2x; a tie at M = 32 on 8192x28672) and at M = 64 on the three of at most 2^26
-# weights (1.25-1.61x), and its wgmma form, which the kernel runs for 33..64 rows on weights of more than 2^25
-# elements, beats the rule-2 GEMM at M = 64 on the two of 235 M weights too (1.08 / 1.11x, lut_gemm/wgmma_ab). At
+# weights (1.25-1.61x), and its wgmma form beats the rule-2 GEMM at M = 64 on the two of 235 M weights too (1.08 /
+# 1.11x, lut_gemm/wgmma_ab); the kernel runs that form, pipelined, past 16 rows (matmul-h100/wgmma_pipeline). At
 # M = 1, reading the tiled copy, it beats the GEMV by 1.05-1.39x on the four shapes of more than 2^24 weights and
 # loses on 4096x4096.
 LUT_MIN_M = 1
@@ -347,15 +346,15 @@ def gemm_lut_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
           "kbit_gemm_4bit_lut")
 
 
-def _dequant_cublas(A, B, N, K, absmax, absmax_8bit, absmax_code, absmax_offset, tab, blocksize, bias):
-    from .quant import dequantize_4bit, dequantize_4bit_nested
-    if absmax_8bit is None:
-        W = dequantize_4bit(B, _f32(absmax.reshape(-1), A.device), tab, blocksize, N * K, A.dtype)
-    else:   # absmax_code, absmax_offset: float32 on the device (gemm_4bit)
-        W = dequantize_4bit_nested(B, _f32(absmax, A.device), absmax_8bit.contiguous(), absmax_code, absmax_offset,
-                                   tab, blocksize, N * K, A.dtype)
-    W = W.view(N, K)
-    return _dense_tail(A, W, bias)
+def _dequant_cublas(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias):
+    """The general path's rows above the fused kernels: :func:`dequant_mm_at` on A's device (code2, off, tab:
+    float32 on the device, as gemm_4bit makes them)."""
+    M, dev = A.shape[0], A.device
+    absmax = _f32(absmax.reshape(-1), dev)
+    a8 = None if absmax_8bit is None else absmax_8bit.contiguous()
+    with on(dev):
+        return dequant_mm_at(A.contiguous(), M, N, K, B.contiguous(),
+                             (ptr(absmax), ptr(a8), ptr(code2), ptr(off), ptr(tab), blocksize), bias, dev.index)
 
 
 def _dense_tail(A, W, bias):
