@@ -200,15 +200,15 @@ def speed(L, quick: bool, copy: float, variants=(0, 1, 2, 3, 4, 5), ms_list=MS, 
     return rows
 
 
-def profile_target(L, variant: int = 0) -> int:
-    """One call of the committed path and of the tiled LUT kernel (1 and 8 splits) at M = 1 and 16, the LUT kernel
-    as ``variant``."""
+def profile_target(L, variant: int = 0, ms=(1, 16)) -> int:
+    """One call of the committed path and of the tiled LUT kernel (1 and 8 splits) at each M of ``ms``, the LUT
+    kernel as ``variant``."""
     g = torch.Generator(device="cuda").manual_seed(0)
     N, K = 28672, 8192
     W = torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=g)
     P, qs = wb.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=True)
     Pt = tile_codes(P, N, K)
-    for M in (1, 16):
+    for M in ms:
         A = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
         matmul_4bit(A, P, qs, backend="cuda")
         L.kbit_gemm_lut_tuning(variant)
@@ -230,12 +230,13 @@ def main(argv=None) -> int:
     ap.add_argument("--splits", default=",".join(map(str, SPLITS)), help="split counts to time (the best is shown)")
     ap.add_argument("--layouts", default="rows,tiled", help="weight layouts to time: rows, tiled")
     ap.add_argument("--profile-target", action="store_true",
-                    help="only one call of each variant on 28672x8192, M = 1 and 16, for Nsight Compute")
+                    help="only one call of each variant on 28672x8192 (M: --profile-ms), for Nsight Compute")
     ap.add_argument("--profile-variant", type=int, default=0, help="the LUT kernel's variant under --profile-target")
+    ap.add_argument("--profile-ms", default="1,16", help="activation rows under --profile-target")
     args = ap.parse_args(argv)
     L = CM.lib()   # the family's ctypes handle: the A/B knob and the occupancy query
     if args.profile_target:
-        return profile_target(L, args.profile_variant)
+        return profile_target(L, args.profile_variant, tuple(int(v) for v in args.profile_ms.split(",")))
     occ = C.c_int()
     for variant in (0,) + WGMMA_VARIANTS:
         L.kbit_gemm_lut_tuning(variant)
