@@ -333,55 +333,17 @@ __device__ __forceinline__ void copy_chunk_x(const Args& p, int c, uint32_t stag
     }
 }
 
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, uint32_t bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-}
-
-/* Where piece (token m, 16-byte piece q) of a chunk lies in a linear buffer: token-major, the piece index XORed
- * with m % 8, so that the 8 lanes of a quarter warp (8 tokens, one q) read 8 different bank groups. */
-__device__ __forceinline__ int lin_offset(int m, int q) { return m * 128 + ((q ^ (m & 7)) << 4); }
-
-/* Chunk c's activations into the linear buffer at `lin`: this thread's pieces of load_chunk_x, 16 bytes each
- * (zeros for tokens past M). Each thread copies the pieces it later moves into the stage (take_chunk_x), so no
- * other thread's copies are waited for. */
-template <int NT, int THREADS>
-__device__ __forceinline__ void copy_chunk_lin(const Args& p, int c, uint32_t lin, int tid) {
-#pragma unroll
-    for (int r = 0; r < Staged<NT, THREADS>::kPer; ++r) {
-        const int i = tid + THREADS * r;
-        if (i >= Staged<NT, THREADS>::kPieces) break;
-        const int m = 8 * (i >> 6) + (i & 7), q = 2 * ((i >> 3) & 3) + ((i >> 5) & 1);
-        const bool ok = m < p.M;
-        const long long at = (long long)(ok ? m : 0) * p.K + (long long)c * kChunk + 8 * q;  // element index
-        cp_async16(lin + lin_offset(m, q), reinterpret_cast<const char*>(p.A) + 2 * at, ok ? 16u : 0u);
-    }
-}
-
-/* This thread's pieces of a chunk from the linear buffer (copy_chunk_lin's, landed) into registers. */
-template <int NT, int THREADS>
-__device__ __forceinline__ void take_chunk_x(Staged<NT, THREADS>& X, const char* lin, int tid) {
-#pragma unroll
-    for (int r = 0; r < Staged<NT, THREADS>::kPer; ++r) {
-        const int i = tid + THREADS * r;
-        const int m = 8 * (i >> 6) + (i & 7), q = 2 * ((i >> 3) & 3) + ((i >> 5) & 1);
-        X.v[r] = i < Staged<NT, THREADS>::kPieces ? *reinterpret_cast<const uint4*>(lin + lin_offset(m, q))
-                                                  : make_uint4(0u, 0u, 0u, 0u);
-    }
-}
-
-/* gemm_lut_wg_kernel as a pipeline. The activations of chunk k + 3 are copied asynchronously (cp.async) while
- * chunk k is computed, so no chunk waits for its activations' trip from L2; and chunk k + 1's A is decoded while the
- * tensor core runs chunk k's wgmma. Without LIN (variants 29, 30) the copies are 4-byte words put straight into 4
- * stages in the decode's k order: 8 copies a thread and chunk at M = 64, each its own L1 sector (Nsight Compute on
- * an H100: 82 % of the global sectors excess, L1 the busiest unit). With LIN (32, the default) each 16-byte piece
- * goes whole into a linear ring of 4, and the thread that copied it moves it into one of 2 stages while chunk k's
- * wgmma runs (take_chunk_x, store_chunk_x), so that move waits for no other thread. A step: (without LIN, wait for
- * chunk k's copies) CTA barrier (chunk k's stage complete; every warpgroup done with chunk k - 1, whose buffers
- * chunk k + 3 / k + 1 take next), issue chunk k + 3's copies and chunk k's wgmma, decode chunk k + 1, make chunk k's
- * scales, (LIN: move chunk k + 1 into its stage), wait (wait_group 0: ptxas keeps the wgmma asynchronous only where
- * no other instruction touches a register of a wgmma issued before the next wait_group 0, and no wait sits on a
- * branch), scale chunk k's partial into acc. The sums and their order are gemm_lut_wg_kernel's: the same bits. */
-template <int DT, int NT, int WG, int S, int MINB, bool TL, int DG, bool LIN>
+/* gemm_lut_wg_kernel as a pipeline. The activations of chunk k + 3 are copied into shared memory asynchronously
+ * (cp.async, 4 stages) while chunk k is computed, so no chunk waits for its activations' trip from L2; and chunk
+ * k + 1's A is decoded while the tensor core runs chunk k's wgmma. A step: wait for chunk k's copies, CTA barrier
+ * (they are everyone's; every warpgroup is done with chunk k - 1's stage, which chunk k + 3 takes next), issue chunk
+ * k + 3's copies and chunk k's wgmma, decode chunk k + 1, make chunk k's scales, wait (wait_group 0: ptxas keeps the
+ * wgmma asynchronous only where no other instruction touches a register of a wgmma issued before the next
+ * wait_group 0, and no wait sits on a branch), scale chunk k's partial into acc. The sums and their order are
+ * gemm_lut_wg_kernel's: the same bits. The 4-byte copies are 82 % excess L1 sectors at M = 64 (Nsight Compute, H100),
+ * yet 16-byte pieces copied into a linear ring and moved into the stage by their thread were 1.06-1.18x slower
+ * at M = 32 and 64 (git ff8a15d, reports/matmul-h100/wgmma_pipeline). */
+template <int DT, int NT, int WG, int S, int MINB, bool TL, int DG>
 __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe_kernel(const Args p) {
     constexpr int kThreads = WG * kWarpgroupThreads, kWarps = 4 * WG;
     static_assert(kU % 2 == 0, "a chunk's set of A fragments (k % 2) is known at compile time");
@@ -389,7 +351,6 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe
     uint32_t* pair = wg_smem;
     float* code2 = reinterpret_cast<float*>(wg_smem + lut4::kPairWords);
     char* stages = reinterpret_cast<char*>(wg_smem) + lut4::kSmem;
-    char* lins = stages + 2 * stage_bytes<NT>();  // LIN: the linear ring after 2 stages
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -400,19 +361,6 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe
     const char* tab = reinterpret_cast<const char*>(pair);
     const uint32_t lane4 = 4u * (uint32_t)lane;
     const uint32_t stage_addr = (uint32_t)__cvta_generic_to_shared(stages);
-    const uint32_t lin_addr = (uint32_t)__cvta_generic_to_shared(lins);
-    // chunk k's stage: k % 4 (copied into directly), or (LIN) k % 2 (moved there from the ring's k % 4)
-    auto stage_of = [&](int k) { return stage_addr + (LIN ? k & 1 : k % kPipeStages) * stage_bytes<NT>(); };
-    auto copy_ahead = [&](int c, int k) {  // chunk c (the task's k-th): its copies, one group
-        if constexpr (LIN) copy_chunk_lin<NT, kThreads>(p, c, lin_addr + (k % kPipeStages) * stage_bytes<NT>(), tid);
-        else copy_chunk_x<NT, kThreads>(p, c, stage_of(k), tid);
-    };
-    auto take = [&](int k) {  // LIN: this thread's pieces of the task's k-th chunk, landed, into its stage
-        Staged<NT, kThreads> X;
-        take_chunk_x<NT, kThreads>(X, lins + (k % kPipeStages) * stage_bytes<NT>(), tid);
-        store_chunk_x<NT, kThreads>(X, stages + (k & 1) * stage_bytes<NT>(), tid);
-        fence_proxy_async();
-    };
 
     const int chunks = (int)(p.K / kChunk);
     const long long tiles = (p.N + 15) / 16;
@@ -436,12 +384,9 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe
         for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
 #pragma unroll
         for (int d = 0; d < kPipeAhead; ++d) {  // chunks c_begin .. + 2 in flight (one group each, empty past c_end)
-            if (c_begin + d < c_end) copy_ahead(c_begin + d, d);
+            if (c_begin + d < c_end)
+                copy_chunk_x<NT, kThreads>(p, c_begin + d, stage_addr + d * stage_bytes<NT>(), tid);
             cp_async_commit();
-        }
-        if constexpr (LIN) {  // chunk c_begin into stage 0
-            cp_async_wait<kPipeAhead - 1>();
-            if (c_begin < c_end) take(0);
         }
         Group<kU> G[S];  // a ring: the next S - 1 groups' codes and scales in flight
 #pragma unroll
@@ -459,24 +404,19 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe
                     const int cc = cs + u;
                     if (cc >= c_end) break;
                     const int k = cc - c_begin, b = u & 1;  // k % 2 == u % 2: c - c_begin and s kU are even
-                    if constexpr (!LIN) {
-                        cp_async_wait<kPipeAhead - 1>();  // this thread's copies of chunk cc have landed
-                        fence_proxy_async();
-                    }
-                    __syncthreads();  // chunk cc's stage is complete; every warpgroup is done with chunk cc - 1
-                    if (cc + kPipeAhead < c_end) copy_ahead(cc + kPipeAhead, k + kPipeAhead);
+                    cp_async_wait<kPipeAhead - 1>();  // this thread's copies of chunk cc have landed
+                    fence_proxy_async();
+                    __syncthreads();  // everyone's have; every warpgroup is done with chunk cc - 1
+                    const uint32_t ahead = stage_addr + ((k + kPipeAhead) % kPipeStages) * stage_bytes<NT>();
+                    if (cc + kPipeAhead < c_end) copy_chunk_x<NT, kThreads>(p, cc + kPipeAhead, ahead, tid);
                     cp_async_commit();
-                    mma_chunk<DT, NT>(part, a[b], stage_of(k));
+                    mma_chunk<DT, NT>(part, a[b], stage_addr + (k % kPipeStages) * stage_bytes<NT>());
                     wgmma_commit();
                     // while it runs: chunk cc + 1's A (the next group's first: loaded a group ahead; past c_end,
-                    // codes never used) and chunk cc's scales; LIN: chunk cc + 1's activations into its stage
+                    // codes never used) and chunk cc's scales
                     decode_chunk<DG>(a[b ^ 1], u + 1 < kU ? G[s].w[u + 1] : G[(s + 1) % S].w[0], tab, lane4);
                     float sc[2];
                     lut4::chunk_scales<kU, DG>(sc, G[s], u, nested, R.ok, code2, off);
-                    if constexpr (LIN) {
-                        cp_async_wait<kPipeAhead - 1>();  // this thread's copies of chunk cc + 1 have landed
-                        if (cc + 1 < c_end) take(k + 1);
-                    }
                     wgmma_wait_all();
                     scale_into<NT>(acc, part, sc);
                 }
@@ -489,19 +429,18 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe
     }
 }
 
-template <int DT, int NT, int WG, int S, bool PIPE, bool TL, bool LIN = false>
+template <int DT, int NT, int WG, int S, bool PIPE, bool TL>
 cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     constexpr int MINB = 1;
-    constexpr size_t smem = !PIPE ? smem_bytes<NT>() : LIN ? smem_bytes<NT, 2 + kPipeStages>()
-                                                           : smem_bytes<NT, kPipeStages>();
+    constexpr size_t smem = PIPE ? smem_bytes<NT, kPipeStages>() : smem_bytes<NT>();
     static lut4::Fit fit[2][64];  // per scale mode: two kernels
     const long long ctas = ((p.N + 15) / 16 + 4 * WG - 1) / (4 * WG) * p.splits;  // tasks: no more CTAs than these
     const int threads = WG * kWarpgroupThreads;
     if constexpr (PIPE) {
         if (p.group_scales)
-            return lut4::launch_persistent(gemm_lut_wg_pipe_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerGroup, LIN>,
+            return lut4::launch_persistent(gemm_lut_wg_pipe_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerGroup>,
                                            fit[1], smem, threads, ctas, p, stream, ctas_per_sm);
-        return lut4::launch_persistent(gemm_lut_wg_pipe_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerChunk, LIN>,
+        return lut4::launch_persistent(gemm_lut_wg_pipe_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerChunk>,
                                        fit[0], smem, threads, ctas, p, stream, ctas_per_sm);
     } else {
         if (p.group_scales)
@@ -514,8 +453,7 @@ cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
 
 /* variant 20: 2 warpgroups a CTA (128 weight rows share each staged chunk), 2 groups of codes in flight; 21: 1
  * warpgroup (2 CTAs fit an SM); 22: as 20 with 3 groups in flight (more weight bytes in flight per SM); 29, 30: as
- * 20, 21 with the next chunk decoded while the tensor core runs this one, activations copied ahead in 4-byte words
- * (gemm_lut_wg_pipe_kernel); 32 (the default past 16 rows): as 29, copied in 16-byte pieces. An earlier
+ * 20, 21 with the next chunk decoded while the tensor core runs this one (gemm_lut_wg_pipe_kernel). An earlier
  * attempt at that overlap (decoded into a copy; git 6309973) gave wrong results on the H200. A wgmma that ptxas
  * serializes (its C7513..C7520 advisories) fails the build (workbench/cuda_build.py). */
 template <int DT, int NT, bool TL>
@@ -524,9 +462,8 @@ cudaError_t launch_wg_tl(const Args& p, int variant, cudaStream_t stream, int* c
         case 20: return launch_wg<DT, NT, 2, 2, false, TL>(p, stream, ctas_per_sm);
         case 21: return launch_wg<DT, NT, 1, 2, false, TL>(p, stream, ctas_per_sm);
         case 22: return launch_wg<DT, NT, 2, 3, false, TL>(p, stream, ctas_per_sm);
-        case 29: return launch_wg<DT, NT, 2, 2, true, TL>(p, stream, ctas_per_sm);
         case 30: return launch_wg<DT, NT, 1, 2, true, TL>(p, stream, ctas_per_sm);
-        default: return launch_wg<DT, NT, 2, 2, true, TL, true>(p, stream, ctas_per_sm);  // 0, 32
+        default: return launch_wg<DT, NT, 2, 2, true, TL>(p, stream, ctas_per_sm);  // 0, 29
     }
 }
 
@@ -546,14 +483,13 @@ cudaError_t launch_dt(const Args& p, int variant, cudaStream_t stream, int* ctas
     }
 }
 
-/* Whether this kernel serves M rows against an (N, K) weight under kbit_gemm_lut_tuning's variant: 20..22, 29, 30,
- * 32 always, 31 never (the mma.sync form at any M: the A/B's baseline); the default (its pipelined form, 32) past 16
+/* Whether this kernel serves M rows against an (N, K) weight under kbit_gemm_lut_tuning's variant: 20..22, 29, 30
+ * always, 31 never (the mma.sync form at any M: the A/B's baseline); the default (its pipelined form, 29) past 16
  * rows. On an H100 form 29 measured 1.05-1.17x the committed forms at M = 32 and 64 on the five shapes of issue 18
  * (the mma.sync form at 32, form 20 at 64) and 0.65-1.0x at M = 16 (reports/matmul-h100/wgmma_pipeline). */
 inline bool takes(int variant, int M, long long N, long long K) {
     (void)N, (void)K;
-    return (variant >= 20 && variant <= 22) || (variant >= 29 && variant <= 30) || variant == 32 ||
-           (variant == 0 && M > 16);
+    return (variant >= 20 && variant <= 22) || variant == 29 || variant == 30 || (variant == 0 && M > 16);
 }
 
 }  // namespace lutwg

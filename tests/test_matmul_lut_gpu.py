@@ -283,13 +283,12 @@ def test_lut_wgmma_form_within_bound_repeatable_and_layout_free(rng, monkeypatch
     print(f"wgmma variant {variant}: the mma.sync form's bits in {same} of {runs} cases")
 
 
-@pytest.mark.parametrize("variant", (29, 30, 32))
+@pytest.mark.parametrize("variant", (29, 30))
 def test_lut_wgmma_pipelined_form_gives_the_unpipelined_bits(rng, monkeypatch, variant):
-    """The pipelined wgmma form (matmul_lut_wgmma.cuh, gemm_lut_wg_pipe_kernel; 29: two warpgroups a CTA, 30: one,
-    both copying activations in 4-byte words; 32: two, 16-byte pieces moved into the stage by the thread that copied
-    them) decodes the next chunk while the tensor core runs this one: the same sums in the same order, so variant 20's
-    bits, over NaN-poisoned memory, row tails, per-chunk and grouped scales, bias, bf16 and
-    fp16, 1..64 rows, forced splits (more than the chunks too: empty splits) and both layouts."""
+    """The pipelined wgmma form (matmul_lut_wgmma.cuh, gemm_lut_wg_pipe_kernel; 29: two warpgroups a CTA, 30: one)
+    decodes the next chunk while the tensor core runs this one: the same sums in the same order, so variant 20's
+    bits, over NaN-poisoned memory, row tails, per-chunk and grouped scales, bias, bf16 and fp16, 1..64 rows, forced
+    splits (more than the chunks too: empty splits) and both layouts."""
     _need_cuda()
     from workbench.backends.cuda import gemm_layout
     from workbench.backends.cuda import matmul as CM
@@ -318,8 +317,8 @@ def test_lut_wgmma_pipelined_form_gives_the_unpipelined_bits(rng, monkeypatch, v
 
 def test_17_to_64_rows_take_the_pipelined_wgmma_form(rng, monkeypatch):
     """Past 16 rows the dispatch takes the unscaled-lookup GEMM and the kernel runs its pipelined wgmma form
-    (lutwg::takes, variant 32): within the bound over poisoned memory, the one-call and general paths equal, and
-    the bits of variants 32, 29 and 20 forced; both scale modes (K % 256 == 0 groups them), row tails, large and small
+    (lutwg::takes, variant 29): within the bound over poisoned memory, the one-call and general paths equal, and
+    the bits of variants 29 and 20 forced; both scale modes (K % 256 == 0 groups them), row tails, large and small
     weights."""
     _need_cuda()
     from workbench.backends.cuda import matmul as CM
@@ -336,14 +335,14 @@ def test_17_to_64_rows_take_the_pipelined_wgmma_form(rng, monkeypatch):
             general = matmul_4bit(A, P, qs, bias=b, out=torch.empty_like(got))
             _within(got, ref, A, P, qs, b)
             assert torch.equal(got, general), (N, K, M)
-            for variant in (32, 29, 20):
+            for variant in (29, 20):
                 monkeypatch.setattr(CM, "_lut_plans", {})
                 L.kbit_gemm_lut_tuning(variant)
                 forced = matmul_4bit(A, P, qs, bias=b)
                 L.kbit_gemm_lut_tuning(0)
                 assert torch.equal(got.view(torch.int16), forced.view(torch.int16)), (N, K, M, variant)
             monkeypatch.setattr(CM, "_lut_plans", {})
-        assert len(calls) == 5 * len(cases)
+        assert len(calls) == 4 * len(cases)
     finally:
         L.kbit_gemm_lut_tuning(0)
 

@@ -5,15 +5,17 @@ Dispatch on the number of activation rows M, from the H200 measurements in repor
 * fp16/bf16 A, 2 <= M <= LUT_MAX_M, or M = 1 on a weight of more than LUT_M1_MIN_WEIGHTS elements with tiled
   copies on, K % 64 == 0, blocksize >= 64, a codebook finite in A's dtype: the tensor-core GEMM with unscaled
   lookups ``kbit_gemm_4bit_lut`` (cuda_src/matmul_lut.cuh, and its pipelined wgmma form matmul_lut_wgmma.cuh for
-  17..64 rows: each weight is dtype(table[c]), the block scale multiplies the block's float32 partial sum; held to the reference's ``error_bound_unscaled``, not rule 2 bit for bit). It reads the
-  weight's tiled copy (gemm_layout.py: made once per weight, kept with it), or the row layout when copies are off;
+  17..64 rows: each weight is dtype(table[c]), the block scale multiplies the block's float32 partial sum; held
+  to the reference's ``error_bound_unscaled``, not rule 2 bit for bit). It reads the weight's tiled copy
+  (gemm_layout.py: made once per weight, kept with it), or the row layout when copies are off;
 * otherwise fp16/bf16 A, K % 32 == 0, MMA_MIN_M <= M <= MMA_MAX_M: the fused dequant + tensor-core GEMM
   ``kbit_gemm_4bit_mma`` (cuda_src/matmul_mma.cuh: rule 2 exactly, mma.sync m16n8k16, float32 accumulators,
   split-K over enough CTAs to fill the GPU, partials summed in split order by the last CTA of a tile);
 * otherwise M <= GEMV_MAX_M: the fused dequant-GEMV ``kbit_gemv_4bit`` (nested absmax decoded in the kernel,
   codebook in shared memory, bias in its epilogue; also fp32 A and any K);
-* otherwise: the weight dequantized once to A's dtype (this backend's dequantize_4bit) and multiplied by cuBLAS
-  with float32 accumulation and no reduced-precision split-K reduction (bias added in float32, one rounding).
+* otherwise: the weight dequantized once to A's dtype (one launch, the nested absmax decoded in it:
+  ``dequant_mm_at``) and multiplied by cuBLAS with float32 accumulation and no reduced-precision split-K reduction
+  (bias added in float32, one rounding).
 
 Numerics and bound: workbench/backends/reference/matmul.py.
 """
