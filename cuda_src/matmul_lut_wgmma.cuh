@@ -453,7 +453,8 @@ cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
 
 /* variant 20: 2 warpgroups a CTA (128 weight rows share each staged chunk), 2 groups of codes in flight; 21: 1
  * warpgroup (2 CTAs fit an SM); 22: as 20 with 3 groups in flight (more weight bytes in flight per SM); 29, 30: as
- * 20, 21 with the next chunk decoded while the tensor core runs this one (gemm_lut_wg_pipe_kernel). An earlier
+ * 20, 21 with the next chunk decoded while the tensor core runs this one (gemm_lut_wg_pipe_kernel); 33: as 29 with
+ * three warpgroups a CTA (12 warps an SM instead of 8, at most 168 registers a thread). An earlier
  * attempt at that overlap (decoded into a copy; git 6309973) gave wrong results on the H200. A wgmma that ptxas
  * serializes (its C7513..C7520 advisories) fails the build (workbench/cuda_build.py). */
 template <int DT, int NT, bool TL>
@@ -463,6 +464,7 @@ cudaError_t launch_wg_tl(const Args& p, int variant, cudaStream_t stream, int* c
         case 21: return launch_wg<DT, NT, 1, 2, false, TL>(p, stream, ctas_per_sm);
         case 22: return launch_wg<DT, NT, 2, 3, false, TL>(p, stream, ctas_per_sm);
         case 30: return launch_wg<DT, NT, 1, 2, true, TL>(p, stream, ctas_per_sm);
+        case 33: return launch_wg<DT, NT, 3, 2, true, TL>(p, stream, ctas_per_sm);
         default: return launch_wg<DT, NT, 2, 2, true, TL>(p, stream, ctas_per_sm);  // 0, 29
     }
 }
@@ -489,7 +491,8 @@ cudaError_t launch_dt(const Args& p, int variant, cudaStream_t stream, int* ctas
  * (the mma.sync form at 32, form 20 at 64) and 0.65-1.0x at M = 16 (reports/matmul-h100/wgmma_pipeline). */
 inline bool takes(int variant, int M, long long N, long long K) {
     (void)N, (void)K;
-    return (variant >= 20 && variant <= 22) || variant == 29 || variant == 30 || (variant == 0 && M > 16);
+    return (variant >= 20 && variant <= 22) || variant == 29 || variant == 30 || variant == 33 ||
+           (variant == 0 && M > 16);
 }
 
 }  // namespace lutwg
