@@ -342,7 +342,8 @@ __device__ __forceinline__ void copy_chunk_x(const Args& p, int c, uint32_t stag
  * wait_group 0, and no wait sits on a branch), scale chunk k's partial into acc. The sums and their order are
  * gemm_lut_wg_kernel's: the same bits. The 4-byte copies are 82 % excess L1 sectors at M = 64 (Nsight Compute, H100),
  * yet 16-byte pieces copied into a linear ring and moved into the stage by their thread were 1.06-1.18x slower
- * at M = 32 and 64 (git ff8a15d, reports/matmul-h100/wgmma_pipeline). */
+ * at M = 32 and 64 (git ff8a15d, reports/matmul-h100/wgmma_pipeline). Three warpgroups a CTA (12 warps an SM
+ * instead of 8, at most 168 registers a thread) were 1.10-1.20x slower (git 71986e2). */
 template <int DT, int NT, int WG, int S, int MINB, bool TL, int DG>
 __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe_kernel(const Args p) {
     constexpr int kThreads = WG * kWarpgroupThreads, kWarps = 4 * WG;
@@ -453,8 +454,7 @@ cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
 
 /* variant 20: 2 warpgroups a CTA (128 weight rows share each staged chunk), 2 groups of codes in flight; 21: 1
  * warpgroup (2 CTAs fit an SM); 22: as 20 with 3 groups in flight (more weight bytes in flight per SM); 29, 30: as
- * 20, 21 with the next chunk decoded while the tensor core runs this one (gemm_lut_wg_pipe_kernel); 33: as 29 with
- * three warpgroups a CTA (12 warps an SM instead of 8, at most 168 registers a thread). An earlier
+ * 20, 21 with the next chunk decoded while the tensor core runs this one (gemm_lut_wg_pipe_kernel). An earlier
  * attempt at that overlap (decoded into a copy; git 6309973) gave wrong results on the H200. A wgmma that ptxas
  * serializes (its C7513..C7520 advisories) fails the build (workbench/cuda_build.py). */
 template <int DT, int NT, bool TL>
@@ -464,7 +464,6 @@ cudaError_t launch_wg_tl(const Args& p, int variant, cudaStream_t stream, int* c
         case 21: return launch_wg<DT, NT, 1, 2, false, TL>(p, stream, ctas_per_sm);
         case 22: return launch_wg<DT, NT, 2, 3, false, TL>(p, stream, ctas_per_sm);
         case 30: return launch_wg<DT, NT, 1, 2, true, TL>(p, stream, ctas_per_sm);
-        case 33: return launch_wg<DT, NT, 3, 2, true, TL>(p, stream, ctas_per_sm);
         default: return launch_wg<DT, NT, 2, 2, true, TL>(p, stream, ctas_per_sm);  // 0, 29
     }
 }
@@ -491,8 +490,7 @@ cudaError_t launch_dt(const Args& p, int variant, cudaStream_t stream, int* ctas
  * (the mma.sync form at 32, form 20 at 64) and 0.65-1.0x at M = 16 (reports/matmul-h100/wgmma_pipeline). */
 inline bool takes(int variant, int M, long long N, long long K) {
     (void)N, (void)K;
-    return (variant >= 20 && variant <= 22) || variant == 29 || variant == 30 || variant == 33 ||
-           (variant == 0 && M > 16);
+    return (variant >= 20 && variant <= 22) || variant == 29 || variant == 30 || (variant == 0 && M > 16);
 }
 
 }  // namespace lutwg
