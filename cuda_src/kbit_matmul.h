@@ -85,7 +85,7 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
  * on the busiest, so that fewer tasks than warp slots fall evenly on the SMs): the same bits. (A lean form with the
  * codes brought in by the TMA unit was slower and is gone: git f30bd8d, reports/matmul-h200/lean_lut_gemm.) 29, 30:
  * forms 20, 21 pipelined: activations copied three chunks ahead by cp.async, the next chunk decoded while the tensor
- * core runs this one (matmul_lut_wgmma.cuh, gemm_lut_wg_pipe_kernel): variant 20's bits. */
+ * core runs this one (matmul_lut_wgmma.cuh, gemm_lut_wg_kernel with PIPE): variant 20's bits. */
 void kbit_gemm_lut_tuning(int variant);
 
 /* Resident CTAs per SM of the kernel that serves M rows of dtype against an (N, K) weight (its grid: at most that

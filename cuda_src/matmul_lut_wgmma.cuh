@@ -19,11 +19,7 @@
  * (kc NT + nc) 128 bytes; a k16 step spans kc = 2j, 2j + 1 (leading byte offset NT 128, stride byte offset 128).
  * Staging applies matmul_lut.cuh's k permutation: chunk element 16t + 4j + 2h + l is logical k 16j + 8h + 2t + l.
  *
- * Work: a task is (64 WG weight rows, K split); persistent CTAs of WG warpgroups take tasks in grid stride. Per
- * chunk: the next chunk's activations are loaded into registers, this chunk's A decoded and its 4 wgmma issued
- * and waited for, the partial scaled into acc, the next chunk's activations stored to the other stage, one CTA
- * barrier. Each warp owns one 16-row tile as in matmul_lut.cuh and finishes it as there (splits: the tile's last
- * warp sums the partials in split order). */
+ * Work and the chunk step: gemm_lut_wg_kernel below. */
 #pragma once
 
 #include "matmul_lut.cuh"
@@ -196,98 +192,6 @@ __device__ __forceinline__ void decode_chunk(uint32_t (&a)[4][4], const uint2 (&
     for (int j = 0; j < 4; ++j) lut4::decode_step<DG, false>(a[j], w, j, tab, lane4);
 }
 
-template <int DT, int NT, int WG, int S, int MINB, bool TL, int DG>
-__global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kernel(const Args p) {
-    constexpr int kThreads = WG * kWarpgroupThreads, kWarps = 4 * WG;
-    extern __shared__ __align__(1024) uint32_t wg_smem[];
-    uint32_t* pair = wg_smem;
-    float* code2 = reinterpret_cast<float*>(wg_smem + lut4::kPairWords);
-    char* stages = reinterpret_cast<char*>(wg_smem) + lut4::kSmem;
-
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, t = lane & 3;
-    const bool nested = p.a8 != nullptr;
-    lut4::fill_tables<DT, kThreads>(pair, code2, p, tid);
-    const float off = nested ? __ldg(p.off) : 0.0f;
-    __syncthreads();
-    const char* tab = reinterpret_cast<const char*>(pair);
-    const uint32_t lane4 = 4u * (uint32_t)lane;
-    const uint32_t stage_addr = (uint32_t)__cvta_generic_to_shared(stages);
-
-    const int chunks = (int)(p.K / kChunk);
-    const long long tiles = (p.N + 15) / 16;
-    const long long tasks = (tiles + kWarps - 1) / kWarps * p.splits;
-    float part[NT][4];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
-
-    for (long long task = blockIdx.x; task < tasks; task += gridDim.x) {  // uniform across the CTA
-        const long long rowgroup = task / p.splits;
-        const int z = (int)(task - rowgroup * p.splits);
-        const int c_begin = z * p.chunks_per_split;
-        const int c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
-        const long long tile = rowgroup * kWarps + warp;
-        Rows<1> R;  // weights only: the activations come from the stage
-        lut4::tile_rows<1, TL>(R, p, tile, g, t, lane, chunks);
-        R.x[0] = nullptr;
-        R.xok[0] = false;
-
-        float acc[NT][4];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-        if (c_begin < c_end) {  // chunk c_begin's activations into stage 0
-            Staged<NT, kThreads> X;
-            load_chunk_x<NT, kThreads>(X, p, c_begin, tid);
-            store_chunk_x<NT, kThreads>(X, stages, tid);
-            fence_proxy_async();
-        }
-        __syncthreads();
-        Group<kU> G[S];  // a ring: the next S - 1 groups' codes and scales in flight
-#pragma unroll
-        for (int s = 0; s + 1 < S; ++s) lut4::load_group<kU, 1, TL, DG>(G[s], p, R, c_begin + s * kU, c_end);
-        for (int c = c_begin; c < c_end; c += S * kU) {
-#pragma unroll
-            for (int s = 0; s < S; ++s) {
-                const int cs = c + s * kU;
-                if (cs >= c_end) break;
-                if (cs + (S - 1) * kU < c_end)
-                    lut4::load_group<kU, 1, TL, DG>(G[(s + S - 1) % S], p, R, cs + (S - 1) * kU, c_end);
-#pragma unroll
-                for (int u = 0; u < kU; ++u) {
-                    const int cc = cs + u;
-                    if (cc >= c_end) break;
-                    const int st = (cc - c_begin) & 1;
-                    const bool next = cc + 1 < c_end;
-                    Staged<NT, kThreads> X;
-                    if (next) load_chunk_x<NT, kThreads>(X, p, cc + 1, tid);
-                    uint32_t a[4][4];
-                    decode_chunk<DG>(a, G[s].w[u], tab, lane4);
-                    const uint32_t b0 = stage_addr + st * stage_bytes<NT>();
-                    mma_chunk<DT, NT>(part, a, b0);
-                    wgmma_commit();
-                    float sc[2];
-                    lut4::chunk_scales<kU, DG>(sc, G[s], u, nested, R.ok, code2, off);
-                    wgmma_wait_all();
-#pragma unroll
-                    for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            fence_operand(part[nt][e]);
-                            acc[nt][e] = __fmaf_rn(sc[e >> 1], part[nt][e], acc[nt][e]);
-                        }
-                    }
-                    if (next) {
-                        store_chunk_x<NT, kThreads>(X, stages + (st ^ 1) * stage_bytes<NT>(), tid);
-                        fence_proxy_async();
-                    }
-                    __syncthreads();  // the next stage is written; this one's readers are done (waited above)
-                }
-            }
-        }
-
-        if (tile < tiles) lut4::finish_tile<DT, NT>(p, tile, z, g, t, lane, acc);  // warps with rows in N
-    }
-}
 
 /* acc += s * P for one chunk's partial P (this thread's 2 rows: sc[0], sc[1]), read after the wgmma wait. */
 template <int NT>
@@ -333,21 +237,30 @@ __device__ __forceinline__ void copy_chunk_x(const Args& p, int c, uint32_t stag
     }
 }
 
-/* gemm_lut_wg_kernel as a pipeline. The activations of chunk k + 3 are copied into shared memory asynchronously
- * (cp.async, 4 stages) while chunk k is computed, so no chunk waits for its activations' trip from L2; and chunk
- * k + 1's A is decoded while the tensor core runs chunk k's wgmma. A step: wait for chunk k's copies, CTA barrier
- * (they are everyone's; every warpgroup is done with chunk k - 1's stage, which chunk k + 3 takes next), issue chunk
- * k + 3's copies and chunk k's wgmma, decode chunk k + 1, make chunk k's scales, wait (wait_group 0: ptxas keeps the
- * wgmma asynchronous only where no other instruction touches a register of a wgmma issued before the next
- * wait_group 0, and no wait sits on a branch), scale chunk k's partial into acc. The sums and their order are
- * gemm_lut_wg_kernel's: the same bits. The 4-byte copies are 82 % excess L1 sectors at M = 64 (Nsight Compute, H100),
- * yet 16-byte pieces copied into a linear ring and moved into the stage by their thread were 1.06-1.18x slower
- * at M = 32 and 64 (git ff8a15d, reports/matmul-h100/wgmma_pipeline). Three warpgroups a CTA (12 warps an SM
- * instead of 8, at most 168 registers a thread) were 1.10-1.20x slower (git 71986e2). */
-template <int DT, int NT, int WG, int S, int MINB, bool TL, int DG>
-__global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe_kernel(const Args p) {
+/* The kernel: persistent CTAs of WG warpgroups take (64 WG weight rows, K split) tasks in grid stride; each warp
+ * owns one 16-row tile as in matmul_lut.cuh and finishes it as there (splits: the tile's last warp sums the
+ * partials in split order).
+ *
+ * A chunk step without PIPE (variants 20..22): the next chunk's activations loaded into registers, this chunk's A
+ * decoded, its 4 wgmma issued and waited for, the partial scaled into acc, the next chunk's activations stored to
+ * the other of 2 stages, one CTA barrier.
+ *
+ * With PIPE (variants 29, 30; the default past 16 rows) chunk k + 3's activations are copied asynchronously
+ * (cp.async, 4-byte words straight into 4 stages in the decode's k order) while chunk k is computed, so no chunk
+ * waits for its activations' trip from L2, and chunk k + 1's A is decoded while the tensor core runs chunk k's
+ * wgmma (two sets of A fragments). A step: wait for chunk k's copies, CTA barrier (they are everyone's; every
+ * warpgroup is done with chunk k - 1's stage, which chunk k + 3 takes next), issue chunk k + 3's copies and chunk
+ * k's wgmma, decode chunk k + 1, make chunk k's scales, wait (wait_group 0: ptxas keeps the wgmma asynchronous
+ * only where no other instruction touches a register of a wgmma issued before the next wait_group 0, and no wait
+ * sits on a branch), scale chunk k's partial into acc. The same sums in the same order: the same bits. The 4-byte
+ * copies are 82 % excess L1 sectors at M = 64 (Nsight Compute, H100), yet 16-byte pieces copied into a linear
+ * ring and moved into the stage by their thread were 1.06-1.18x slower at M = 32 and 64 (git ff8a15d,
+ * reports/matmul-h100/wgmma_pipeline). Three warpgroups a CTA (12 warps an SM instead of 8, at most 168 registers a
+ * thread) were 1.10-1.20x slower (git 71986e2). */
+template <int DT, int NT, int WG, int S, int MINB, bool TL, int DG, bool PIPE>
+__global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kernel(const Args p) {
     constexpr int kThreads = WG * kWarpgroupThreads, kWarps = 4 * WG;
-    static_assert(kU % 2 == 0, "a chunk's set of A fragments (k % 2) is known at compile time");
+    static_assert(!PIPE || kU % 2 == 0, "a chunk's set of A fragments (k % 2) is known at compile time");
     extern __shared__ __align__(1024) uint32_t wg_smem[];
     uint32_t* pair = wg_smem;
     float* code2 = reinterpret_cast<float*>(wg_smem + lut4::kPairWords);
@@ -367,7 +280,11 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe
     const long long tiles = (p.N + 15) / 16;
     const long long tasks = (tiles + kWarps - 1) / kWarps * p.splits;
     float part[NT][4];    // a chunk's partial, written by wgmma only
-    uint32_t a[2][4][4];  // chunk k's A fragments in set k % 2
+    uint32_t a[2][4][4];  // a chunk's A fragments (PIPE: chunk k's in set k % 2)
+    if constexpr (!PIPE) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
+    }
 
     for (long long task = blockIdx.x; task < tasks; task += gridDim.x) {  // uniform across the CTA
         const long long rowgroup = task / p.splits;
@@ -383,16 +300,28 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe
         float acc[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+        if constexpr (PIPE) {
 #pragma unroll
-        for (int d = 0; d < kPipeAhead; ++d) {  // chunks c_begin .. + 2 in flight (one group each, empty past c_end)
-            if (c_begin + d < c_end)
-                copy_chunk_x<NT, kThreads>(p, c_begin + d, stage_addr + d * stage_bytes<NT>(), tid);
-            cp_async_commit();
+            for (int d = 0; d < kPipeAhead; ++d) {  // chunks c_begin .. + 2 in flight (a group each, empty past c_end)
+                if (c_begin + d < c_end)
+                    copy_chunk_x<NT, kThreads>(p, c_begin + d, stage_addr + d * stage_bytes<NT>(), tid);
+                cp_async_commit();
+            }
+        } else {
+            if (c_begin < c_end) {  // chunk c_begin's activations into stage 0
+                Staged<NT, kThreads> X;
+                load_chunk_x<NT, kThreads>(X, p, c_begin, tid);
+                store_chunk_x<NT, kThreads>(X, stages, tid);
+                fence_proxy_async();
+            }
+            __syncthreads();
         }
         Group<kU> G[S];  // a ring: the next S - 1 groups' codes and scales in flight
 #pragma unroll
         for (int s = 0; s + 1 < S; ++s) lut4::load_group<kU, 1, TL, DG>(G[s], p, R, c_begin + s * kU, c_end);
-        if (c_begin < c_end) decode_chunk<DG>(a[0], G[0].w[0], tab, lane4);
+        if constexpr (PIPE) {
+            if (c_begin < c_end) decode_chunk<DG>(a[0], G[0].w[0], tab, lane4);
+        }
         for (int c = c_begin; c < c_end; c += S * kU) {
 #pragma unroll
             for (int s = 0; s < S; ++s) {
@@ -404,27 +333,48 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_pipe
                 for (int u = 0; u < kU; ++u) {
                     const int cc = cs + u;
                     if (cc >= c_end) break;
-                    const int k = cc - c_begin, b = u & 1;  // k % 2 == u % 2: c - c_begin and s kU are even
-                    cp_async_wait<kPipeAhead - 1>();  // this thread's copies of chunk cc have landed
-                    fence_proxy_async();
-                    __syncthreads();  // everyone's have; every warpgroup is done with chunk cc - 1
-                    const uint32_t ahead = stage_addr + ((k + kPipeAhead) % kPipeStages) * stage_bytes<NT>();
-                    if (cc + kPipeAhead < c_end) copy_chunk_x<NT, kThreads>(p, cc + kPipeAhead, ahead, tid);
-                    cp_async_commit();
-                    mma_chunk<DT, NT>(part, a[b], stage_addr + (k % kPipeStages) * stage_bytes<NT>());
-                    wgmma_commit();
-                    // while it runs: chunk cc + 1's A (the next group's first: loaded a group ahead; past c_end,
-                    // codes never used) and chunk cc's scales
-                    decode_chunk<DG>(a[b ^ 1], u + 1 < kU ? G[s].w[u + 1] : G[(s + 1) % S].w[0], tab, lane4);
-                    float sc[2];
-                    lut4::chunk_scales<kU, DG>(sc, G[s], u, nested, R.ok, code2, off);
-                    wgmma_wait_all();
-                    scale_into<NT>(acc, part, sc);
+                    if constexpr (PIPE) {
+                        const int k = cc - c_begin, b = u & 1;  // k % 2 == u % 2: c - c_begin and s kU are even
+                        cp_async_wait<kPipeAhead - 1>();  // this thread's copies of chunk cc have landed
+                        fence_proxy_async();
+                        __syncthreads();  // everyone's have; every warpgroup is done with chunk cc - 1
+                        const uint32_t ahead = stage_addr + ((k + kPipeAhead) % kPipeStages) * stage_bytes<NT>();
+                        if (cc + kPipeAhead < c_end) copy_chunk_x<NT, kThreads>(p, cc + kPipeAhead, ahead, tid);
+                        cp_async_commit();
+                        mma_chunk<DT, NT>(part, a[b], stage_addr + (k % kPipeStages) * stage_bytes<NT>());
+                        wgmma_commit();
+                        // while it runs: chunk cc + 1's A (the next group's first: loaded a group ahead; past
+                        // c_end, codes never used) and chunk cc's scales
+                        decode_chunk<DG>(a[b ^ 1], u + 1 < kU ? G[s].w[u + 1] : G[(s + 1) % S].w[0], tab, lane4);
+                        float sc[2];
+                        lut4::chunk_scales<kU, DG>(sc, G[s], u, nested, R.ok, code2, off);
+                        wgmma_wait_all();
+                        scale_into<NT>(acc, part, sc);
+                    } else {
+                        const int st = (cc - c_begin) & 1;
+                        const bool next = cc + 1 < c_end;
+                        Staged<NT, kThreads> X;
+                        if (next) load_chunk_x<NT, kThreads>(X, p, cc + 1, tid);
+                        decode_chunk<DG>(a[0], G[s].w[u], tab, lane4);
+                        mma_chunk<DT, NT>(part, a[0], stage_addr + st * stage_bytes<NT>());
+                        wgmma_commit();
+                        float sc[2];
+                        lut4::chunk_scales<kU, DG>(sc, G[s], u, nested, R.ok, code2, off);
+                        wgmma_wait_all();
+                        scale_into<NT>(acc, part, sc);
+                        if (next) {
+                            store_chunk_x<NT, kThreads>(X, stages + (st ^ 1) * stage_bytes<NT>(), tid);
+                            fence_proxy_async();
+                        }
+                        __syncthreads();  // the next stage is written; this one's readers are done (waited above)
+                    }
                 }
             }
         }
-        asm volatile("cp.async.wait_all;\n" ::: "memory");
-        __syncthreads();  // the next task's copies go to stages this one's last wgmma may still read
+        if constexpr (PIPE) {
+            asm volatile("cp.async.wait_all;\n" ::: "memory");
+            __syncthreads();  // the next task's copies go to stages this one's last wgmma may still read
+        }
 
         if (tile < tiles) lut4::finish_tile<DT, NT>(p, tile, z, g, t, lane, acc);  // warps with rows in N
     }
@@ -437,24 +387,16 @@ cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     static lut4::Fit fit[2][64];  // per scale mode: two kernels
     const long long ctas = ((p.N + 15) / 16 + 4 * WG - 1) / (4 * WG) * p.splits;  // tasks: no more CTAs than these
     const int threads = WG * kWarpgroupThreads;
-    if constexpr (PIPE) {
-        if (p.group_scales)
-            return lut4::launch_persistent(gemm_lut_wg_pipe_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerGroup>,
-                                           fit[1], smem, threads, ctas, p, stream, ctas_per_sm);
-        return lut4::launch_persistent(gemm_lut_wg_pipe_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerChunk>,
-                                       fit[0], smem, threads, ctas, p, stream, ctas_per_sm);
-    } else {
-        if (p.group_scales)
-            return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerGroup>,
-                                           fit[1], smem, threads, ctas, p, stream, ctas_per_sm);
-        return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerChunk>,
-                                       fit[0], smem, threads, ctas, p, stream, ctas_per_sm);
-    }
+    if (p.group_scales)
+        return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerGroup, PIPE>,
+                                       fit[1], smem, threads, ctas, p, stream, ctas_per_sm);
+    return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerChunk, PIPE>,
+                                   fit[0], smem, threads, ctas, p, stream, ctas_per_sm);
 }
 
 /* variant 20: 2 warpgroups a CTA (128 weight rows share each staged chunk), 2 groups of codes in flight; 21: 1
  * warpgroup (2 CTAs fit an SM); 22: as 20 with 3 groups in flight (more weight bytes in flight per SM); 29, 30: as
- * 20, 21 with the next chunk decoded while the tensor core runs this one (gemm_lut_wg_pipe_kernel). An earlier
+ * 20, 21 with the next chunk decoded while the tensor core runs this one (gemm_lut_wg_kernel with PIPE). An earlier
  * attempt at that overlap (decoded into a copy; git 6309973) gave wrong results on the H200. A wgmma that ptxas
  * serializes (its C7513..C7520 advisories) fails the build (workbench/cuda_build.py). */
 template <int DT, int NT, bool TL>

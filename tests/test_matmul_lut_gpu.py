@@ -285,7 +285,7 @@ def test_lut_wgmma_form_within_bound_repeatable_and_layout_free(rng, monkeypatch
 
 @pytest.mark.parametrize("variant", (29, 30))
 def test_lut_wgmma_pipelined_form_gives_the_unpipelined_bits(rng, monkeypatch, variant):
-    """The pipelined wgmma form (matmul_lut_wgmma.cuh, gemm_lut_wg_pipe_kernel; 29: two warpgroups a CTA, 30: one)
+    """The pipelined wgmma form (matmul_lut_wgmma.cuh, gemm_lut_wg_kernel with PIPE; 29: two warpgroups a CTA, 30: one)
     decodes the next chunk while the tensor core runs this one: the same sums in the same order, so variant 20's
     bits, over NaN-poisoned memory, row tails, per-chunk and grouped scales, bias, bf16 and fp16, 1..64 rows, forced
     splits (more than the chunks too: empty splits) and both layouts."""
