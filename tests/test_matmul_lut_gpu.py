@@ -240,6 +240,18 @@ def test_lut_variant_gives_the_default_bits(rng, monkeypatch, variant):
         L.kbit_gemm_lut_tuning(0)
 
 
+def _wgmma_cases(rng, monkeypatch, CM):
+    """The wgmma form's cases: each weight of CASES at 1, 8, 9, 17, 33 and 64 rows, bf16 / fp16, nested absmax and
+    bias alternating, and forced splits 1, 3, 7 (more than the chunks too); yields (A, P, qs, bias, where)."""
+    for i, (N, K, bs) in enumerate(CASES):
+        for j, M in enumerate((1, 8, 9, 17, 33, 64)):
+            dtype = (torch.bfloat16, torch.float16)[(i + j) % 2]
+            splits = (1, 3, 7)[(i + j) % 3]
+            monkeypatch.setattr(CM, "lut_splits", lambda *a, **k: splits)
+            A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested=(i + j) % 2 == 0 or bs == 64, bias=j % 2 == 0)
+            yield A, P, qs, b, (N, K, bs, M, dtype, splits)
+
+
 @pytest.mark.parametrize("variant", (20, 21, 22))
 def test_lut_wgmma_form_within_bound_repeatable_and_layout_free(rng, monkeypatch, variant):
     """The kernel's wgmma form (cuda_src/matmul_lut_wgmma.cuh; kbit_gemm_lut_tuning 20: two warpgroups a CTA, 21:
@@ -254,29 +266,23 @@ def test_lut_wgmma_form_within_bound_repeatable_and_layout_free(rng, monkeypatch
     monkeypatch.setattr(CM, "_lut_plans", {})
     same = runs = 0
     try:
-        for i, (N, K, bs) in enumerate(CASES):
-            for j, M in enumerate((1, 8, 9, 17, 33, 64)):
-                dtype = (torch.bfloat16, torch.float16)[(i + j) % 2]
-                splits = (1, 3, 7)[(i + j) % 3]
-                monkeypatch.setattr(CM, "lut_splits", lambda *a, **k: splits)
-                A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested=(i + j) % 2 == 0 or bs == 64, bias=j % 2 == 0)
-                ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
-                a2, a8, c2, off = _state_args(qs)
-                bound = R.unscaled_bound_of(A, P, (N, K), a2, qs.code, qs.blocksize, b, a8, c2, off, ref=ref)
-                L.kbit_gemm_lut_tuning(variant)
-                monkeypatch.setattr(gemm_layout, "ENABLED", False)
-                _poison_allocator()
-                rows = _lut_direct(A, P, qs, b)
-                again = _lut_direct(A, P, qs, b)
-                monkeypatch.setattr(gemm_layout, "ENABLED", True)
-                tiled = _lut_direct(A, P, qs, b)
-                L.kbit_gemm_lut_tuning(0)
-                mma = _lut_direct(A, P, qs, b)
-                where = (N, K, bs, M, dtype, splits)
-                assert ((rows.float() - ref.float()).abs() <= bound).all(), where
-                assert torch.equal(rows, again) and torch.equal(rows, tiled), where
-                same += bool(torch.equal(rows.view(torch.int16), mma.view(torch.int16)))
-                runs += 1
+        for A, P, qs, b, where in _wgmma_cases(rng, monkeypatch, CM):
+            ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
+            a2, a8, c2, off = _state_args(qs)
+            bound = R.unscaled_bound_of(A, P, where[:2], a2, qs.code, qs.blocksize, b, a8, c2, off, ref=ref)
+            L.kbit_gemm_lut_tuning(variant)
+            monkeypatch.setattr(gemm_layout, "ENABLED", False)
+            _poison_allocator()
+            rows = _lut_direct(A, P, qs, b)
+            again = _lut_direct(A, P, qs, b)
+            monkeypatch.setattr(gemm_layout, "ENABLED", True)
+            tiled = _lut_direct(A, P, qs, b)
+            L.kbit_gemm_lut_tuning(0)
+            mma = _lut_direct(A, P, qs, b)
+            assert ((rows.float() - ref.float()).abs() <= bound).all(), where
+            assert torch.equal(rows, again) and torch.equal(rows, tiled), where
+            same += bool(torch.equal(rows.view(torch.int16), mma.view(torch.int16)))
+            runs += 1
     finally:
         L.kbit_gemm_lut_tuning(0)
         gemm_layout.forget()
@@ -285,31 +291,25 @@ def test_lut_wgmma_form_within_bound_repeatable_and_layout_free(rng, monkeypatch
 
 @pytest.mark.parametrize("variant", (29, 30))
 def test_lut_wgmma_pipelined_form_gives_the_unpipelined_bits(rng, monkeypatch, variant):
-    """The pipelined wgmma form (matmul_lut_wgmma.cuh, gemm_lut_wg_kernel with PIPE; 29: two warpgroups a CTA, 30: one)
-    decodes the next chunk while the tensor core runs this one: the same sums in the same order, so variant 20's
-    bits, over NaN-poisoned memory, row tails, per-chunk and grouped scales, bias, bf16 and fp16, 1..64 rows, forced
-    splits (more than the chunks too: empty splits) and both layouts."""
+    """The pipelined wgmma form (matmul_lut_wgmma.cuh, gemm_lut_wg_kernel with PIPE; 29: two warpgroups a CTA,
+    30: one) decodes the next chunk while the tensor core runs this one: the same sums in the same order, so variant
+    20's bits, over NaN-poisoned memory, row tails, per-chunk and grouped scales, bias, bf16 and fp16, 1..64 rows,
+    forced splits (more than the chunks too: empty splits) and both layouts."""
     _need_cuda()
     from workbench.backends.cuda import gemm_layout
     from workbench.backends.cuda import matmul as CM
     L = CM.lib()
     monkeypatch.setattr(CM, "_lut_plans", {})
     try:
-        for i, (N, K, bs) in enumerate(CASES):
-            for j, M in enumerate((1, 8, 9, 17, 33, 64)):
-                dtype = (torch.bfloat16, torch.float16)[(i + j) % 2]
-                splits = (1, 3, 7)[(i + j) % 3]
-                monkeypatch.setattr(CM, "lut_splits", lambda *a, **k: splits)
-                A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested=(i + j) % 2 == 0 or bs == 64, bias=j % 2 == 0)
-                for tiled in (False, True):
-                    monkeypatch.setattr(gemm_layout, "ENABLED", tiled)
-                    L.kbit_gemm_lut_tuning(20)
-                    want = _lut_direct(A, P, qs, b)
-                    L.kbit_gemm_lut_tuning(variant)
-                    _poison_allocator()
-                    got = _lut_direct(A, P, qs, b)
-                    where = (N, K, bs, M, dtype, splits, tiled)
-                    assert torch.equal(got.view(torch.int16), want.view(torch.int16)), where
+        for A, P, qs, b, where in _wgmma_cases(rng, monkeypatch, CM):
+            for tiled in (False, True):
+                monkeypatch.setattr(gemm_layout, "ENABLED", tiled)
+                L.kbit_gemm_lut_tuning(20)
+                want = _lut_direct(A, P, qs, b)
+                L.kbit_gemm_lut_tuning(variant)
+                _poison_allocator()
+                got = _lut_direct(A, P, qs, b)
+                assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (*where, tiled)
     finally:
         L.kbit_gemm_lut_tuning(0)
         gemm_layout.forget()
