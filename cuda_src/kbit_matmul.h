@@ -79,10 +79,11 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
  * M, dtype and scales): the kernel's wgmma form, two (20; 22: 3 groups of codes in flight) or one (21) warpgroups a
  * CTA sharing each chunk's activations in shared memory (matmul_lut_wgmma.cuh): the same sums and bound, the tensor
  * core's bits not assumed equal. Variant 0 runs form 29 for M > 16 (lutwg::takes); 31 runs the mma.sync form
- * at any M (the default below 17 rows). 23, 24 (tile-major copies): the lean form with a ring of 3 / 4 groups of chunks (2 / 3 in flight
- * a warp); 25, 26: the lean form asking the group 4 / 8 groups ahead into L2 (prefetch.global.L2); 27: the lean
- * form with its tasks dealt 8 a CTA (the default spreads them over every resident CTA where that leaves fewer than 8
- * on the busiest, so that fewer tasks than warp slots fall evenly on the SMs): the same bits. (A lean form with the
+ * at any M (the default below 17 rows). 23, 24 (tile-major copies): the lean form with a ring of 3 / 4 groups of
+ * chunks (2 / 3 in flight a warp); 25, 26: the lean form asking the group 4 / 8 groups ahead into L2
+ * (prefetch.global.L2); 27: the lean form with its tasks dealt 8 a CTA (the default spreads them over every resident
+ * CTA where that leaves fewer than 8 on the busiest, so that fewer tasks than warp slots fall evenly on the SMs):
+ * the same bits. (A lean form with the
  * codes brought in by the TMA unit was slower and is gone: git f30bd8d, reports/matmul-h200/lean_lut_gemm.) 29, 30:
  * forms 20, 21 pipelined: activations copied three chunks ahead by cp.async, the next chunk decoded while the tensor
  * core runs this one (matmul_lut_wgmma.cuh, gemm_lut_wg_kernel with PIPE): variant 20's bits. */

@@ -279,12 +279,8 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
     const int chunks = (int)(p.K / kChunk);
     const long long tiles = (p.N + 15) / 16;
     const long long tasks = (tiles + kWarps - 1) / kWarps * p.splits;
-    float part[NT][4];    // a chunk's partial, written by wgmma only
+    float part[NT][4];    // a chunk's partial, written by wgmma only (its first k16 step does not read it)
     uint32_t a[2][4][4];  // a chunk's A fragments (PIPE: chunk k's in set k % 2)
-    if constexpr (!PIPE) {
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) part[nt][0] = part[nt][1] = part[nt][2] = part[nt][3] = 0.0f;
-    }
 
     for (long long task = blockIdx.x; task < tasks; task += gridDim.x) {  // uniform across the CTA
         const long long rowgroup = task / p.splits;
