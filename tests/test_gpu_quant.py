@@ -328,13 +328,14 @@ def test_dequantize_staged_stores_equal_the_direct_ones(rng):
 
 @pytest.mark.parametrize("bs", (32, 64, 256, 4096))
 def test_dequantize_nested_equals_its_scales_then_dequantize(bs, rng, poisoned):
-    """cuda_src/quant.cu's kbit_dequantize_4bit_nested (the block scales decoded in the kernel from double-quantized
-    absmax: rule 1, code2[q] * absmax2 rounded, + offset rounded) gives the bits of the two-step form: the scales
-    by the blockwise dequantizer plus the offset in float32, then kbit_dequantize_4bit. Odd lengths (a partial
+    """cuda_src/quant.cu's kbit_dequantize_4bit_nested (the cuda dequantize_4bit given absmax_8bit: the block scales
+    decoded in the kernel from double-quantized absmax, code2[q] * absmax2 rounded, + offset rounded) gives the
+    bits of the two-step form: the scales by the blockwise dequantizer plus the offset in float32, then
+    kbit_dequantize_4bit. Odd lengths (a partial
     last block, a partial second-level block), every output dtype, staged and direct stores, before and after the
-    state is changed in place."""
+    state is changed in place; the public call (its validation remembered on the state) gives the same bits."""
     import workbench as wb
-    from workbench.matmul import _nested_args, _resolved_absmax
+    from workbench.ops import _nested_args, _resolve_absmax
     C = _backend("cuda")
     try:
         for n in (bs * 256 * 3 + 17, bs * 5 + 1, (1 << 20) + 3):
@@ -346,12 +347,14 @@ def test_dequantize_nested_equals_its_scales_then_dequantize(bs, rng, poisoned):
                     qs.state2.absmax.mul_(3)
                     qs.offset.add_(0.125)
                 a2, a8, c2, off = _nested_args(qs, "cuda")
-                scales = _resolved_absmax(qs, "reference")
+                scales = _resolve_absmax(qs, "reference")
                 for staged in (0, 1):
                     C.lib().kbit_quant_tuning(staged)
                     for dtype in DTYPES:
                         two = C.dequantize_4bit(P, scales, tab, bs, n, dtype)
-                        one = C.dequantize_4bit_nested(P, a2, a8, c2, off, tab, bs, n, dtype)
+                        one = C.dequantize_4bit(P, a2, tab, bs, n, dtype, a8, c2, off)
                         assert torch.equal(one.view(torch.uint8), two.view(torch.uint8)), (n, dtype, staged)
+                        public = wb.dequantize_4bit(P, qs, dtype=dtype, backend="cuda")   # the same kernel
+                        assert torch.equal(public.view(torch.uint8), two.view(torch.uint8)), (n, dtype, staged)
     finally:
         C.lib().kbit_quant_tuning(-1)

@@ -16,7 +16,8 @@ import torch
 import workbench as wb
 from workbench import codebooks as cbs
 from workbench.backends.reference import matmul as R
-from workbench.matmul import _nested_args, gemm_4bit, gemv_4bit, matmul_4bit
+from workbench.matmul import gemm_4bit, gemv_4bit, matmul_4bit
+from workbench.ops import _nested_args
 from workbench.validation import QuantInputError
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
@@ -87,10 +88,11 @@ def test_nested_absmax_rule_matches_dequantize_blockwise(rng):
     s = R.resolve_absmax(*args)
     want = wb.dequantize_blockwise(qs.absmax, qs.state2, backend="reference") + qs.offset
     assert torch.equal(s, want)
-    from numba_kernels.cpu.matmul import resolve_nested
-    out = torch.empty_like(s)
-    resolve_nested(args[1].numpy(), args[0].numpy(), args[2].numpy(), args[3].item(), out.numpy())
-    assert torch.equal(out, s)
+    from numba_kernels.cpu import quant as numba_quant
+    from workbench.backends._cpu_quant import block_scales
+    from workbench.backends.cython_cpu import native
+    for kernels in (numba_quant, native("quant")):   # each compiled CPU backend's resolve_nested
+        assert torch.equal(torch.from_numpy(block_scales(kernels, *args)), s), kernels
 
 
 def test_any_codebook_and_leading_dims(rng):

@@ -23,14 +23,21 @@ AP, AS = kbit.quantize_kbit(A, 3, affine="minmax")
 I8A = torch.randint(-127, 127, (5, 128), dtype=torch.int8, generator=g)
 I8B = torch.randint(-127, 127, (7, 128), dtype=torch.int8, generator=g)
 NF4 = wb.codebooks.get("nf4").tensors("cpu")
+PN, SN = wb.quantize_4bit(A, blocksize=64, quant_type="nf4", compress_statistics=True)
+NESTED = (SN.state2.absmax, SN.code, SN.absmax, SN.state2.code, SN.offset)   # absmax, table, the nested three
 
 # (op, the arguments but the backend, the argument the error names)
 BAD = [
     ("quantize_4bit", (A, *NF4, 0), "blocksize"),
     ("quantize_blockwise_stochastic", (A, *wb.codebooks.get("dynamic").tensors("cpu"), 256, torch.rand(10)), "rand"),
-    ("dequantize_4bit", (P4.view(-1), S4.absmax[:10], S4.code, 64, 4096, torch.float32), "absmax"),
-    ("dequantize_4bit", (P4.view(-1)[:100], S4.absmax, S4.code, 64, 4096, torch.float32), "packed"),
-    ("dequantize_4bit", (P4.view(-1), S4.absmax, S4.code[:4], 64, 4096, torch.float32), "table"),
+    ("dequantize_4bit", (P4.view(-1), S4.absmax[:10], S4.code, 64, 4096, torch.float32, None, None, None), "absmax"),
+    ("dequantize_4bit", (P4.view(-1)[:100], S4.absmax, S4.code, 64, 4096, torch.float32, None, None, None), "packed"),
+    ("dequantize_4bit", (P4.view(-1), S4.absmax, S4.code[:4], 64, 4096, torch.float32, None, None, None), "table"),
+    ("dequantize_4bit", (P4.view(-1), *NESTED[:2], 64, 4096, torch.float32, NESTED[2][:63], *NESTED[3:]), "absmax_8bit"),
+    ("dequantize_4bit", (P4.view(-1), NESTED[0][:0], *NESTED[1:2], 64, 4096, torch.float32, *NESTED[2:]), "absmax"),
+    ("dequantize_4bit", (P4.view(-1), *NESTED[:2], 64, 4096, torch.float32, NESTED[2], NESTED[3][:128], NESTED[4]),
+     "absmax_code"),
+    ("dequantize_4bit", (P4.view(-1), *NESTED[:2], 64, 4096, torch.float32, *NESTED[2:4], None), "absmax_code"),
     ("dequantize_blockwise", (C8, S8.absmax[:3], S8.code, 256, torch.float32), "absmax"),
     ("dequantize_blockwise", (C8, S8.absmax, S8.code[:10], 256, torch.float32), "table"),
     ("int8_vectorwise_quant", (A, 0.0), "A"),
@@ -81,9 +88,11 @@ def test_the_same_calls_with_fitting_sizes_run():
     from _modes import DispatchSeen
     with DispatchSeen() as mode:
         out = wb.dequantize_4bit(P4, S4)
+        nested = wb.dequantize_4bit(PN, SN)
         kbit.dequantize_kbit(KP, KS)
         wb.matmul_4bit(X, PW.t(), SW)
     assert torch.equal(out, wb.dequantize_4bit(P4, S4)) and any("dequantize_kbit" in s for s in mode.seen)
+    assert torch.equal(nested, wb.dequantize_4bit(PN, SN))
 
 
 def test_every_op_that_takes_sizes_has_a_check():

@@ -94,7 +94,8 @@ def _fake_ops():
         packed, absmax = torch.ops.workbench.quantize_4bit(fA, table, bounds, codes, 64, "reference")
         assert packed.shape == (500,) and packed.dtype == torch.uint8
         assert absmax.shape == (16,) and absmax.dtype == torch.float32
-        out = torch.ops.workbench.dequantize_4bit(packed, absmax, table, 64, 1000, torch.float16, "reference")
+        out = torch.ops.workbench.dequantize_4bit(packed, absmax, table, 64, 1000, torch.float16, None, None, None,
+                                                 "reference")
         assert out.shape == (1000,) and out.dtype == torch.float16
         c8, a8 = torch.ops.workbench.quantize_blockwise(fA, table, bounds, codes, 256, "reference")
         assert c8.shape == (1000,) and a8.shape == (4,)

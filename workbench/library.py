@@ -136,16 +136,20 @@ _declare("workbench::quantize_4bit",
          _quantize_4bit, _quantize_4bit_fake)
 
 
-def _dequantize_4bit(packed, absmax, table, blocksize, n, dtype, backend):
-    return kernel("dequantize_4bit", backend)(packed, absmax, table, blocksize, n, dtype)
+def _dequantize_4bit(packed, absmax, table, blocksize, n, dtype, absmax_8bit, absmax_code, absmax_offset, backend):
+    return kernel("dequantize_4bit", backend)(packed, absmax, table, blocksize, n, dtype, absmax_8bit, absmax_code,
+                                              absmax_offset)
 
 
-def _dequantize_4bit_fake(packed, absmax, table, blocksize, n, dtype, backend):
+def _dequantize_4bit_fake(packed, absmax, table, blocksize, n, dtype, absmax_8bit, absmax_code, absmax_offset,
+                          backend):
     return packed.new_empty(n, dtype=dtype)
 
 
+# absmax_8bit, absmax_code, absmax_offset: a double-quantized absmax, decoded by the kernel (gemm_4bit's arguments)
 _declare("workbench::dequantize_4bit",
-         "(Tensor packed, Tensor absmax, Tensor table, int blocksize, int n, ScalarType dtype, str backend) -> Tensor",
+         "(Tensor packed, Tensor absmax, Tensor table, int blocksize, int n, ScalarType dtype, Tensor? absmax_8bit,"
+         " Tensor? absmax_code, Tensor? absmax_offset, str backend) -> Tensor",
          _dequantize_4bit, _dequantize_4bit_fake)
 
 

@@ -24,7 +24,7 @@ import torch
 
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
 from .backends.registry import resolve
-from .ops import _eager, _remembered, call_op, dequantize_4bit, dequantize_blockwise
+from .ops import _as, _eager, _nested_args, _remembered, _resolve_absmax, call_op, dequantize_4bit
 from .quant_state import QuantState
 from .validation import FLOAT_DTYPES, QuantInputError, check_bias, check_on, check_out
 
@@ -82,36 +82,6 @@ def _packed(B):
     return b if b.dtype == torch.uint8 else b.view(torch.uint8)
 
 
-def _resolved_absmax(qs: QuantState, backend: str) -> torch.Tensor:
-    if not qs.nested:
-        return qs.absmax.contiguous()
-    return (dequantize_blockwise(qs.absmax, qs.state2, backend=backend) + qs.offset.to(torch.float32)).contiguous()
-
-
-def _as(t: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
-    """``t`` on ``device`` as contiguous ``dtype``, without a dispatched call when it already is: on the GEMV path a
-    torch call costs tens of microseconds once a large kernel has streamed the caches."""
-    if t.dtype != dtype or t.device != device:
-        t = t.to(device, dtype)
-    return t if t.is_contiguous() else t.contiguous()
-
-
-def _nested_args(qs: QuantState, backend: str):
-    """(absmax, absmax_8bit, absmax_code, absmax_offset) for the gemm op: nesting decoded in the kernel
-    (bitsandbytes' nested blocksize 256), else resolved here."""
-    if not qs.nested:
-        return _as(qs.absmax, qs.absmax.device, qs.absmax.dtype), None, None, None
-    if qs.state2.blocksize != 256 or qs.state2.nested:
-        return _resolved_absmax(qs, backend), None, None, None
-    dev = qs.absmax.device
-    code = _as(qs.state2.code, dev)
-    if code.numel() < 256:
-        code = torch.cat([code, code.new_full((256 - code.numel(),), float("nan"))])
-    offset = _as(qs.offset, dev)
-    return (_as(qs.state2.absmax, dev, qs.state2.absmax.dtype), _as(qs.absmax, dev, qs.absmax.dtype), code,
-            offset if offset.dim() == 0 else offset.reshape(()))
-
-
 def _backend(backend: str, op: str, A: torch.Tensor) -> str:
     return resolve(backend, op, A.device.type, _DTYPE_NAMES.get(A.dtype))
 
@@ -130,7 +100,7 @@ def gemv_4bit(A: torch.Tensor, B: torch.Tensor, out: torch.Tensor | None = None,
     name = _backend(backend, "gemv_4bit", A)
     A2 = A.detach().reshape(-1, K).contiguous()
     table = qs.code.to(A.device, torch.float32).contiguous()
-    y = call_op("gemv_4bit", name, A2, _packed(B), [N, K], _resolved_absmax(qs, name), table, qs.blocksize)
+    y = call_op("gemv_4bit", name, A2, _packed(B), [N, K], _resolve_absmax(qs, name), table, qs.blocksize)
     y = y.view(*A.shape[:-1], N)
     if out is not None:
         out.copy_(y)

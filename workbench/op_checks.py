@@ -13,7 +13,7 @@ import torch
 
 from .backends.reference.kbit import LAYOUTS, SCALE_DTYPES, SCALE_FORMATS, nblocks, packed_words
 from .backends.reference.kbit_affine import AFFINE_SCALE_FORMATS, CLIPS
-from .backends.reference.matmul import NESTED_BLOCKSIZE
+from .backends.reference.quant import NESTED_BLOCKSIZE
 
 
 class _Op:
@@ -82,13 +82,27 @@ def _dequantize_blockwise(codes, absmax, table, blocksize, dtype):
     c.count("table", table, 256, at_least=True)   # a uint8 code indexes it
 
 
-def _dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
+def _absmax(c: _Op, nb: int, absmax, absmax_8bit, absmax_code, absmax_offset, dtype=None) -> None:
+    """``nb`` block scales: float32 ``absmax``, or double-quantized (a uint8 code per block into ``absmax_code``,
+    one ``absmax`` per NESTED_BLOCKSIZE blocks, ``absmax_offset``)."""
+    if absmax_8bit is None:
+        c.count("absmax", absmax, nb, dtype)
+        return
+    c.count("absmax_8bit", absmax_8bit, nb, torch.uint8)
+    c.count("absmax", absmax, nblocks(nb, NESTED_BLOCKSIZE), dtype)
+    if absmax_code is None or absmax_offset is None:
+        c.fail("absmax_code", "the nested code table and offset with absmax_8bit", None)
+    c.count("absmax_code", absmax_code, 256, at_least=True)   # a uint8 code indexes it
+    c.count("absmax_offset", absmax_offset, 1, at_least=True)
+
+
+def _dequantize_4bit(packed, absmax, table, blocksize, n, dtype, absmax_8bit, absmax_code, absmax_offset):
     c = _Op("dequantize_4bit")
     c.positive("blocksize", blocksize)
     if n < 0:
         c.fail("n", "a count >= 0", n)
     c.packed_bytes("packed", packed, n)
-    c.count("absmax", absmax, nblocks(n, blocksize), torch.float32)
+    _absmax(c, nblocks(n, blocksize), absmax, absmax_8bit, absmax_code, absmax_offset, torch.float32)
     c.count("table", table, 16, at_least=True)    # a 4-bit code indexes it
 
 
@@ -168,16 +182,7 @@ def _gemv_4bit(A, B, shapeB, absmax, table, blocksize):
 def _gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias, absmax_8bit, absmax_code, absmax_offset):
     c = _Op("gemm_4bit")
     N, K = _weight(c, A, B, shapeB, absmax, table, blocksize)
-    nb = nblocks(N * K, blocksize)
-    if absmax_8bit is None:
-        c.count("absmax", absmax, nb)
-    else:
-        c.count("absmax_8bit", absmax_8bit, nb, torch.uint8)
-        c.count("absmax", absmax, nblocks(nb, NESTED_BLOCKSIZE))
-        if absmax_code is None or absmax_offset is None:
-            c.fail("absmax_code", "the nested code table and offset with absmax_8bit", None)
-        c.count("absmax_code", absmax_code, 256, at_least=True)
-        c.count("absmax_offset", absmax_offset, 1, at_least=True)
+    _absmax(c, nblocks(N * K, blocksize), absmax, absmax_8bit, absmax_code, absmax_offset)
     c.bias(bias, N)
 
 

@@ -18,7 +18,7 @@ import torch
 
 from . import codebooks as cbs
 from . import library  # noqa: F401  (declares the torch.ops.workbench ops)
-from .backends.reference.matmul import NESTED_BLOCKSIZE  # bitsandbytes' blocksize of the nested absmax
+from .backends.reference.quant import NESTED_BLOCKSIZE  # bitsandbytes' blocksize of the nested absmax
 from .backends.registry import kernel, resolve
 from .quant_state import QuantState
 from .validation import (FLOAT_DTYPES, QuantInputError, check_blocksize, check_codebook_size, check_dtype,
@@ -134,10 +134,37 @@ def _quantize_absmax(absmax: torch.Tensor, backend: str):
 
 
 def _resolve_absmax(qs: QuantState, backend: str) -> torch.Tensor:
+    """The state's float32 block scales, contiguous: its absmax, or the double-quantized absmax decoded here."""
     if not qs.nested:
-        return qs.absmax
+        return qs.absmax if qs.absmax.is_contiguous() else qs.absmax.contiguous()
     absmax = dequantize_blockwise(qs.absmax, qs.state2, backend=backend)
     return absmax + qs.offset.to(absmax.device, torch.float32)
+
+
+def _as(t: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
+    """``t`` on ``device`` as contiguous ``dtype``, without a dispatched call when it already is: on the GEMV path a
+    torch call costs tens of microseconds once a large kernel has streamed the caches."""
+    if t.dtype != dtype or t.device != device:
+        t = t.to(device, dtype)
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _nested_args(qs: QuantState, backend: str, device=None):
+    """(absmax, absmax_8bit, absmax_code, absmax_offset) for an op that decodes a double-quantized absmax in its
+    kernel (dequantize_4bit, gemm_4bit), on ``device`` (default: the state's): bitsandbytes' nesting (blocksize
+    256, one level) as the state holds it, the code padded to 256 entries; any other nesting resolved here (then
+    the last three are None)."""
+    dev = qs.absmax.device if device is None else device
+    if not qs.nested:
+        return _as(qs.absmax, dev, qs.absmax.dtype), None, None, None
+    if qs.state2.blocksize != NESTED_BLOCKSIZE or qs.state2.nested:
+        return _as(_resolve_absmax(qs, backend), dev), None, None, None
+    code = _as(qs.state2.code, dev)
+    if code.numel() < 256:   # a uint8 code indexes it
+        code = torch.cat([code, code.new_full((256 - code.numel(),), float("nan"))])
+    offset = _as(qs.offset, dev)
+    return (_as(qs.state2.absmax, dev, qs.state2.absmax.dtype), _as(qs.absmax, dev, qs.absmax.dtype), code,
+            offset if offset.dim() == 0 else offset.reshape(()))
 
 
 def quantize_blockwise(A: torch.Tensor, code=None, blocksize: int = 4096, nested: bool = False, *,
@@ -196,23 +223,38 @@ def quantize_blockwise(A: torch.Tensor, code=None, blocksize: int = 4096, nested
 
 
 def _memo_key(A: torch.Tensor, qs: QuantState, dtype, backend: str, bits: int):
-    """What a dequantizer's validation of (A, state, dtype, backend) depended on, or None when it
-    must not be remembered (nested states: their absmax is decoded anew each call; compile traces)."""
-    if qs.nested or type(qs) is not QuantState or torch.compiler.is_compiling():
+    """What a dequantizer's validation of (A, state, dtype, backend) depended on, or None when it must not be
+    remembered (a state of another type, or tensors that are not; compile traces)."""
+    if type(qs) is not QuantState or torch.compiler.is_compiling():
         return None
     am, code = qs.absmax, qs.code
     if not isinstance(am, torch.Tensor) or not isinstance(code, torch.Tensor):
         return None
-    return (bits, A.numel(), A.dtype, A.device, dtype, backend, id(am), am.numel(), am.dtype, am.is_contiguous(),
-            id(code), code.numel(), code.dtype, qs.blocksize, qs.shape, qs.dtype, qs.state2 is None, qs.offset is None)
+    key = (bits, A.numel(), A.dtype, A.device, dtype, backend, id(am), am.numel(), am.dtype, am.is_contiguous(),
+           id(code), code.numel(), code.dtype, qs.blocksize, qs.shape, qs.dtype, qs.state2 is None, qs.offset is None)
+    s2, off = qs.state2, qs.offset
+    if s2 is None:
+        return key
+    if type(s2) is not QuantState or not all(isinstance(t, torch.Tensor) for t in (s2.absmax, s2.code, off)):
+        return None
+    return key + (id(s2), s2.blocksize, s2.dtype, s2.state2 is None,
+                  *((id(t), t.numel(), t.dtype, t.device, t.is_contiguous()) for t in (s2.absmax, s2.code, off)))
 
 
 def _prepared(A: torch.Tensor, qs: QuantState, dtype, backend: str, bits: int, prepare):
     """``prepare()``'s (absmax, table, ...) for this call, remembered on the state while nothing it was
     checked against has changed (``_memo_key``): a weight dequantized every forward pass is validated
-    once. Only kept when absmax and table are the state's own tensors (no copy that could go stale; the
-    memo's references to them also keep their ids from being reused)."""
+    once."""
     return _remembered(qs, _memo_key(A, qs, dtype, backend, bits), prepare)
+
+
+def _own(qs: QuantState, got) -> bool:
+    """Whether every tensor in ``got`` is one of the state's own: no copy that could go stale when the state's
+    tensors change in place. (The memo's references to them also keep their ids from being reused.)"""
+    own = {id(qs.absmax), id(qs.code)}
+    if qs.state2 is not None:
+        own.update((id(qs.offset), id(qs.state2.absmax), id(qs.state2.code)))
+    return all(id(t) in own for t in got if isinstance(t, torch.Tensor))
 
 
 def _remembered(qs: QuantState, key, prepare):
@@ -221,7 +263,7 @@ def _remembered(qs: QuantState, key, prepare):
     if key is not None and memo is not None and memo[0] == key:
         return memo[1]
     got = prepare()
-    if key is not None and got[0] is qs.absmax and got[1] is qs.code:
+    if key is not None and _own(qs, got):
         qs.memo = (key, got)
     return got
 
@@ -323,17 +365,16 @@ def dequantize_4bit(A: torch.Tensor, quant_state: QuantState, *, dtype: torch.dt
                                   f"needs {(n + 1) // 2}")
         out_dtype = check_dtype("dtype", dtype or qs.dtype, FLOAT_DTYPES)
         name = _backend(backend, "dequantize_4bit", A, out_dtype)
-        absmax = _resolve_absmax(qs, backend).to(A.device).contiguous()
-        table = qs.code.to(A.device, torch.float32).contiguous()
-        return absmax, table, n, out_dtype, name
+        absmax, absmax_8bit, absmax_code, absmax_offset = _nested_args(qs, backend, A.device)
+        return absmax, _as(qs.code, A.device), n, out_dtype, name, absmax_8bit, absmax_code, absmax_offset
 
-    absmax, table, n, out_dtype, name = _prepared(A, qs, dtype, backend, 4, prepare)
+    absmax, table, n, out_dtype, name, a8, code2, offset = _prepared(A, qs, dtype, backend, 4, prepare)
     packed = _flat(A)
     if packed.dtype != torch.uint8:
         packed = packed.view(torch.uint8)
     if _eager(packed):
-        out = kernel("dequantize_4bit", name)(packed, absmax, table, qs.blocksize, n, out_dtype)
+        out = kernel("dequantize_4bit", name)(packed, absmax, table, qs.blocksize, n, out_dtype, a8, code2, offset)
     else:
-        out = _ops.dequantize_4bit(packed, absmax, table, qs.blocksize, n, out_dtype, name)
+        out = _ops.dequantize_4bit(packed, absmax, table, qs.blocksize, n, out_dtype, a8, code2, offset, name)
     shape = qs.shape
     return out if len(shape) == 1 and shape[0] == n else out.view(shape)

@@ -119,10 +119,3 @@ def widen(x, kind, out):
     """Activations (kind's storage) -> float32, exactly."""
     for i in prange(x.shape[0]):
         out[i] = load(x, i, kind)
-
-
-@njit(parallel=True, **_OPTS)
-def resolve_nested(absmax_8bit, absmax2, code, offset, out):
-    """Rule 1: out[b] = float32(code[q[b]] * absmax2[b // 256]) + offset."""
-    for b in prange(absmax_8bit.shape[0]):
-        out[b] = np.float32(code[absmax_8bit[b]] * absmax2[b // 256]) + offset

@@ -490,3 +490,11 @@ def dequantize_4bit(packed, absmax, table, blocksize, n, kind, out):
                 os_[2 * j + 1] = t[byte & 15]
             if L & 1:
                 os_[L - 1] = t[ps[L >> 1] >> 4]
+
+
+@njit(parallel=True, **_OPTS)
+def resolve_nested(absmax_8bit, absmax2, code, offset, out):
+    """The double-quantized absmax decoded (rule: workbench/backends/reference/quant.py):
+    out[b] = float32(code[q[b]] * absmax2[b // 256]) + offset."""
+    for b in prange(absmax_8bit.shape[0]):
+        out[b] = np.float32(code[absmax_8bit[b]] * absmax2[b // 256]) + offset

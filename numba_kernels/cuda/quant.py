@@ -569,6 +569,15 @@ def kernel(op: str, bits: int, kind: int, S: int = 0):
     return _KERNELS[key]
 
 
+@cuda.jit
+def resolve_nested(a8, absmax2, code2, offset, out):
+    """The double-quantized absmax decoded, one thread a block (rule: workbench/backends/reference/quant.py):
+    out[b] = float32(code2[a8[b]] * absmax2[b >> 8]) + offset[0], two roundings."""
+    b = cuda.grid(1)
+    if b < out.shape[0]:
+        out[b] = _add(_mul(code2[a8[b]], absmax2[b >> 8]), offset[0])
+
+
 def quantize_grid(n: int, blocksize: int) -> tuple[int, int, int]:
     """(grid, G, nblocks) for a quantize launch."""
     G = blocksize // CHUNK

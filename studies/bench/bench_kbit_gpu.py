@@ -158,7 +158,7 @@ def _nf4_fns(A: torch.Tensor):
     return ((lambda: wb.quantize_4bit(A, blocksize=64, quant_type="nf4")),
             (lambda: ops.quantize_4bit(a, table, bounds, codes, 64, name_q)),
             (lambda: wb.dequantize_4bit(packed, qs)),
-            (lambda: ops.dequantize_4bit(p8, absmax, code, 64, n, A.dtype, name_d)),
+            (lambda: ops.dequantize_4bit(p8, absmax, code, 64, n, A.dtype, None, None, None, name_d)),
             (name_q, name_d), 2 * n + stored, stored + 2 * n)
 
 

@@ -57,7 +57,8 @@ def _kernel_call(A, P, qs, backend: str):
         if fn is not None:
             return fn
     from workbench.backends.registry import registered
-    from workbench.matmul import _nested_args, _packed
+    from workbench.matmul import _packed
+    from workbench.ops import _nested_args
     fn = registered("workbench::gemm_4bit")[backend]
     N, K = qs.shape
     absmax, a8, acode, aoff = _nested_args(qs, backend)

@@ -22,7 +22,7 @@ import torch
 import workbench as wb
 from workbench import bench
 from workbench.backends.cuda import matmul as CM
-from workbench.matmul import _nested_args, _resolved_absmax
+from workbench.ops import _nested_args, _resolve_absmax
 from workbench.backends.cuda import check, kernels, raw_stream
 from workbench.wire import DTYPE_CODE
 
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         del W
         tab = qs.code.float().contiguous()
         args4 = _nested_args(qs, "cuda")
-        s = _resolved_absmax(qs, "cuda")   # the float32 block scales the slices index
+        s = _resolve_absmax(qs, "cuda")   # the float32 block scales the slices index
         Wd = wb.dequantize_4bit(P, qs)
         for M in map(int, args.ms.split(",")):
             A = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)

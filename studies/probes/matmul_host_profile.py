@@ -24,6 +24,7 @@ import torch
 
 import workbench as wb
 from workbench.matmul import matmul_4bit
+from workbench.ops import _nested_args
 
 
 def _per_call(fn) -> tuple[float, float]:
@@ -46,16 +47,16 @@ def _pieces(A, W, P, qs) -> None:
     from workbench.backends.cuda import matmul as CM
     from workbench.backends.cuda import quant as CQ
     (N, K), M = qs.shape, A.shape[0]
-    absmax, a8, acode, aoff = MM._nested_args(qs, "cuda")
+    absmax, a8, acode, aoff = _nested_args(qs, "cuda")
     tab = qs.code.float().contiguous()
-    nest = (absmax, a8, acode, aoff, tab, qs.blocksize, N * K, A.dtype)
-    Wd = CQ.dequantize_4bit_nested(P, *nest).view(N, K)
+    nest = (absmax, tab, qs.blocksize, N * K, A.dtype, a8, acode, aoff)
+    Wd = CQ.dequantize_4bit(P, *nest).view(N, K)
     pieces = {
         "matmul_4bit (public)": lambda: matmul_4bit(A, P, qs),
-        "MM._check + _nested_args": lambda: (MM._check(A, P, qs), MM._nested_args(qs, "cuda")),
+        "MM._check + _nested_args": lambda: (MM._check(A, P, qs), _nested_args(qs, "cuda")),
         "cuda gemm_4bit (backend)": lambda: CM.gemm_4bit(A, P, (N, K), absmax, tab, qs.blocksize, None, a8, acode,
                                                          aoff),
-        "quant.dequantize_4bit_nested": lambda: CQ.dequantize_4bit_nested(P, *nest),
+        "quant.dequantize_4bit (nested)": lambda: CQ.dequantize_4bit(P, *nest),
         "_mm_one_rounding": lambda: CM._mm_one_rounding(A, Wd.t()),
         "torch.mm": lambda: torch.mm(A, Wd.t()),
         "F.linear": lambda: torch.nn.functional.linear(A, W),

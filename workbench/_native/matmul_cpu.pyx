@@ -961,13 +961,3 @@ def gemm_4bit_fused(const float[::1] a, int64_t M, int64_t N, int64_t K, const u
         for n in prange(N, nogil=True, schedule="static"):
             kbm_row_scalar(&a[0], M, N, K, &packed[0], &absmax[0], &table[0], blocksize, kind, &bias[0], has_bias,
                            n, &out[0])
-
-
-def resolve_nested(const uint8_t[::1] absmax_8bit, const float[::1] absmax2, const float[::1] code, float offset,
-                   float[::1] out):
-    """Rule 1: out[b] = float32(code[q[b]] * absmax2[b // 256]) + offset (two roundings, no FMA)."""
-    cdef int64_t b, nb = absmax_8bit.shape[0]
-    cdef float p
-    for b in prange(nb, nogil=True, schedule="static"):
-        p = code[absmax_8bit[b]] * absmax2[b >> 8]
-        out[b] = p + offset

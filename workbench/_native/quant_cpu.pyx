@@ -865,3 +865,14 @@ def dequantize_4bit(const uint8_t[::1] packed, const float[::1] absmax, const fl
         start = b * blocksize
         end = start + blocksize if start + blocksize < n else n
         kb_dequant4_block(&packed[0], absmax[b], tab, start, end, kind, po)
+
+
+def resolve_nested(const uint8_t[::1] absmax_8bit, const float[::1] absmax2, const float[::1] code, float offset,
+                   float[::1] out):
+    """The double-quantized absmax decoded (rule: workbench/backends/reference/quant.py):
+    out[b] = float32(code[q[b]] * absmax2[b // 256]) + offset (two roundings, no FMA)."""
+    cdef int64_t b, nb = absmax_8bit.shape[0]
+    cdef float p
+    for b in prange(nb, nogil=True, schedule="static"):
+        p = code[absmax_8bit[b]] * absmax2[b >> 8]
+        out[b] = p + offset

@@ -16,6 +16,20 @@ def _outputs(n: int, blocksize: int, nbytes: int):
     return alloc(nbytes, torch.uint8), torch.empty(nblocks(n, blocksize), dtype=torch.float32)
 
 
+def block_scales(K, absmax, absmax_8bit=None, absmax_code=None, absmax_offset=None) -> np.ndarray:
+    """The float32 block scales as a flat NumPy array: ``absmax``, or the double-quantized absmax decoded by kernel
+    module ``K``'s ``resolve_nested`` (rule: workbench/backends/reference/quant.py)."""
+    a = absmax.detach().reshape(-1)
+    a = (a if a.dtype == torch.float32 else a.float()).contiguous().numpy()
+    if absmax_8bit is None:
+        return a
+    out = np.empty(absmax_8bit.numel(), np.float32)
+    K.resolve_nested(absmax_8bit.detach().reshape(-1).contiguous().numpy(), a,
+                     absmax_code.detach().reshape(-1).float().contiguous().numpy(),
+                     np.float32(absmax_offset.reshape(-1)[0].item()), out)
+    return out
+
+
 def bind(K, module: str) -> dict:
     """The five ops over kernel module ``K``, with ``__module__`` set to the backend's module
     (the registry names a function's backend by its module)."""
@@ -64,9 +78,11 @@ def bind(K, module: str) -> dict:
             K.quantize_4bit(*args)
         return packed, absmax
 
-    def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
+    def dequantize_4bit(packed, absmax, table, blocksize, n, dtype, absmax_8bit=None, absmax_code=None,
+                        absmax_offset=None):
         out, arr, kind = empty_out(n, dtype)
-        K.dequantize_4bit(as_numpy(packed), as_numpy(absmax), as_numpy(table), blocksize, n, kind, arr)
+        s = block_scales(K, absmax, absmax_8bit, absmax_code, absmax_offset)
+        K.dequantize_4bit(as_numpy(packed), s, as_numpy(table), blocksize, n, kind, arr)
         return out
 
     ops = {f.__name__: f for f in (quantize_blockwise, quantize_blockwise_stochastic, dequantize_blockwise,

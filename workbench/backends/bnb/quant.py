@@ -7,6 +7,7 @@ import torch
 from ...codebook_tables import bnb_table_256
 from ...codebooks import Codebook, fp4, nf4
 
+from ..reference.quant import NESTED_BLOCKSIZE
 from ..registry import register_kernel
 
 
@@ -74,12 +75,20 @@ def bnb_quant_type_of_table(table: torch.Tensor) -> str | None:
     return None
 
 
-def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
+def dequantize_4bit(packed, absmax, table, blocksize, n, dtype, absmax_8bit=None, absmax_code=None,
+                    absmax_offset=None):
     """NF4/FP4 tables go to bitsandbytes' dequantize_4bit op; any other 16-entry code to
     bitsandbytes' generic 4-bit decode with that table (``_dequantize_4bit_compute``: the same
     unpacking, ``code[nibble] * absmax`` in float32, one rounding), never to a kernel whose
-    built-in table differs from the state's."""
+    built-in table differs from the state's. A double-quantized absmax is decoded as
+    ``bitsandbytes.functional.dequantize_4bit`` does it: its ``dequantize_blockwise`` (blocksize 256), then
+    ``+ offset`` in float32."""
     _check_out_dtype(dtype)
+    if absmax_8bit is not None:
+        code2 = absmax_code.to(absmax_8bit.device, torch.float32)
+        absmax = _ops().dequantize_blockwise(absmax_8bit.reshape(-1), absmax.float(), code2, NESTED_BLOCKSIZE,
+                                                torch.float32)
+        absmax = absmax.reshape(-1) + absmax_offset.to(absmax.device, torch.float32).reshape(())
     if table.numel() != 16:
         raise ValueError(f"table: a 4-bit code has 16 entries, got {table.numel()}")
     qt = bnb_quant_type_of_table(table)

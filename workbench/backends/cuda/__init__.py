@@ -63,6 +63,13 @@ def ptr(t: torch.Tensor | None) -> int:
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # one call instead of a Stream object
 
 
+def f32(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` as a contiguous float32 tensor on ``device`` (itself when it already is): tables, scales, offsets."""
+    if t.device == device and t.dtype == torch.float32 and t.is_contiguous():
+        return t
+    return t.to(device, torch.float32).contiguous()
+
+
 def stream(device: torch.device | None = None) -> int:
     """The handle of torch's current stream on ``device`` (default: the current device)."""
     return raw_stream(device.index if device is not None and device.index is not None else torch.cuda.current_device())

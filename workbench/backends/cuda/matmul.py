@@ -26,7 +26,7 @@ import os
 
 import torch
 
-from . import check, gemm_layout, kernels, launch, load, on, on_device, ptr, raw_stream
+from . import check, f32, gemm_layout, kernels, launch, load, on, on_device, ptr, raw_stream
 from ..registry import register_kernel
 
 from ...wire import DTYPE_CODE
@@ -153,11 +153,6 @@ def dequant_mm_at(A, M, N, K, B, state_args, bias, device_index):
     return _dense_tail(A.view(M, K), W, bias)
 
 
-def _f32(t, device):
-    return t if (t.device == device and t.dtype == torch.float32 and t.is_contiguous()) else \
-        t.to(device, torch.float32).contiguous()
-
-
 def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=None, absmax_code=None,
               absmax_offset=None):
     N, K = int(shapeB[0]), int(shapeB[1])
@@ -167,9 +162,9 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
         dt = DTYPE_CODE[A.dtype]
     except KeyError:
         raise TypeError(f"A: dtype {A.dtype} not supported by the cuda backend (float32/float16/bfloat16)") from None
-    tab = _f32(table, dev)
-    code2 = None if absmax_8bit is None else _f32(absmax_code, dev)
-    off = None if absmax_8bit is None else _f32(absmax_offset.reshape(1), dev)
+    tab = f32(table, dev)
+    code2 = None if absmax_8bit is None else f32(absmax_code, dev)
+    off = None if absmax_8bit is None else f32(absmax_offset.reshape(1), dev)
     if takes_lut(A.dtype, M, N, K, blocksize, lut_rows(M, N, K) and table_fits(tab, A.dtype)):
         return _gemm_lut(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize, bias)
     if takes_mma(A.dtype, M, K):
@@ -352,7 +347,7 @@ def _dequant_cublas(A, B, N, K, absmax, absmax_8bit, code2, off, tab, blocksize,
     """The general path's rows above the fused kernels: :func:`dequant_mm_at` on A's device (code2, off, tab:
     float32 on the device, as gemm_4bit makes them)."""
     M, dev = A.shape[0], A.device
-    absmax = _f32(absmax.reshape(-1), dev)
+    absmax = f32(absmax.reshape(-1), dev)
     a8 = None if absmax_8bit is None else absmax_8bit.contiguous()
     with on(dev):
         return dequant_mm_at(A.contiguous(), M, N, K, B.contiguous(),

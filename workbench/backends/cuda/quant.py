@@ -11,7 +11,7 @@ import ctypes
 
 import torch
 
-from . import check, kernels, load, on_device
+from . import check, f32, kernels, load, on_device
 
 from ..registry import register_kernel
 from ...codebook_tables import cuda_quant_arrays
@@ -65,42 +65,36 @@ def quantize_4bit(A, codebook, blocksize, *, flags: int = 0):
     return _quantize("kbit_quantize_4bit", A, codebook, blocksize, (A.numel() + 1) // 2, flags)
 
 
-def _table(table, device) -> torch.Tensor:
-    t = table if (table.dtype == torch.float32 and table.device == device) else table.to(device, torch.float32)
-    return t.contiguous()
-
-
 def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
     n = codes.numel()
     dev = codes.device
     out = torch.empty(n, dtype=dtype, device=dev)
-    tab = _table(table, dev)
+    tab = f32(table, dev)
     st = on_device(dev.index, kernels("quant").kbit_dequantize_blockwise, codes.data_ptr(), absmax.data_ptr(),
                    tab.data_ptr(), tab.numel(), n, blocksize, out.data_ptr(), _dtype(dtype, "dtype"))
     check(st, "kbit_dequantize_blockwise")
     return out
 
 
-def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
+def dequantize_4bit(packed, absmax, table, blocksize, n, dtype, absmax_8bit=None, absmax_code=None,
+                    absmax_offset=None):
+    """A double-quantized absmax (``absmax_8bit`` given) is decoded in the kernel (``kbit_dequantize_4bit_nested``:
+    the reference's two roundings, nested blocksize 256): one launch, no float32 scale array."""
     dev = packed.device
     out = torch.empty(n, dtype=dtype, device=dev)
-    tab = _table(table, dev)
+    tab = f32(table, dev)
     if tab.numel() != 16:
         raise ValueError(f"table: 4-bit dequantization needs 16 values, got {tab.numel()}")
-    st = on_device(dev.index, kernels("quant").kbit_dequantize_4bit, packed.data_ptr(), absmax.data_ptr(),
-                   tab.data_ptr(), n, blocksize, out.data_ptr(), _dtype(dtype, "dtype"))
-    check(st, "kbit_dequantize_4bit")
-    return out
-
-
-def dequantize_4bit_nested(packed, absmax2, absmax_8bit, absmax_code, absmax_offset, table, blocksize, n, dtype):
-    """dequantize_4bit with double-quantized absmax decoded in the kernel (rule 1's two roundings, nested blocksize
-    256): one launch instead of the scales' two and their float32 array. Float32 contiguous state on the device."""
-    dev = packed.device
-    out = torch.empty(n, dtype=dtype, device=dev)
-    st = on_device(dev.index, kernels("quant").kbit_dequantize_4bit_nested, packed.data_ptr(), absmax2.data_ptr(),
-                   absmax_8bit.data_ptr(), absmax_code.data_ptr(), absmax_offset.data_ptr(), table.data_ptr(), n,
-                   blocksize, out.data_ptr(), _dtype(dtype, "dtype"))
+    q = kernels("quant")
+    if absmax_8bit is None:
+        st = on_device(dev.index, q.kbit_dequantize_4bit, packed.data_ptr(), absmax.data_ptr(), tab.data_ptr(), n,
+                       blocksize, out.data_ptr(), _dtype(dtype, "dtype"))
+        check(st, "kbit_dequantize_4bit")
+        return out
+    code2, offset = f32(absmax_code, dev), f32(absmax_offset, dev)
+    st = on_device(dev.index, q.kbit_dequantize_4bit_nested, packed.data_ptr(), absmax.data_ptr(),
+                   absmax_8bit.data_ptr(), code2.data_ptr(), offset.data_ptr(), tab.data_ptr(), n, blocksize,
+                   out.data_ptr(), _dtype(dtype, "dtype"))
     check(st, "kbit_dequantize_4bit_nested")
     return out
 

@@ -19,6 +19,7 @@ import torch
 
 from . import native
 from .._cpu_common import dense_matmul
+from .._cpu_quant import block_scales
 from ..registry import register_kernel
 
 FUSED_MAX_M = 8
@@ -37,15 +38,6 @@ def takes_unscaled(dtype: torch.dtype, M: int, K: int, blocksize: int) -> bool:
     lib = native("matmul")
     return (dtype == torch.bfloat16 and lib.unscaled_on() and 1 <= M <= PLANES_MAX_M and K % lib.WIDE_UNIT == 0
             and blocksize % lib.UNIT == 0)
-
-
-def _absmax(absmax, absmax_8bit, absmax_code, absmax_offset) -> torch.Tensor:
-    if absmax_8bit is None:
-        return absmax.detach().reshape(-1).float().contiguous()
-    out = torch.empty(absmax_8bit.numel(), dtype=torch.float32)
-    native("matmul").resolve_nested(absmax_8bit.reshape(-1).numpy(), absmax.reshape(-1).float().contiguous().numpy(),
-                                    absmax_code.float().contiguous().numpy(), float(absmax_offset), out.numpy())
-    return out
 
 
 def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=None, absmax_code=None,
@@ -73,15 +65,16 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
                              float(absmax_offset) if nested else 0.0, nested, tab.numpy(), blocksize, kind, bb,
                              bias is not None, out.numpy())
         return out.to(A.dtype).view(1, N)
-    s = _absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
     if M > FUSED_MAX_M:
         from .quant import dequantize_4bit
-        W = dequantize_4bit(B.reshape(-1), s, tab, blocksize, N * K, A.dtype).view(N, K)
+        W = dequantize_4bit(B.reshape(-1), absmax, tab, blocksize, N * K, A.dtype, absmax_8bit, absmax_code,
+                            absmax_offset).view(N, K)
         return dense_matmul(A, W, bias)
+    s = block_scales(native("quant"), absmax, absmax_8bit, absmax_code, absmax_offset)
     a = A.detach().reshape(-1).float().contiguous()
     out = torch.empty(M * N, dtype=torch.float32)
     bb = _NO_BIAS if bias is None else bias.detach().float().contiguous().numpy()
-    native("matmul").gemm_4bit_fused(a.numpy(), M, N, K, B.reshape(-1).numpy(), s.numpy(), tab.numpy(), blocksize,
+    native("matmul").gemm_4bit_fused(a.numpy(), M, N, K, B.reshape(-1).numpy(), s, tab.numpy(), blocksize,
                                      kind, bb, bias is not None, out.numpy())
     return out.to(A.dtype).view(M, N)
 

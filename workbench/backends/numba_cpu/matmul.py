@@ -10,21 +10,14 @@ import numpy as np
 import torch
 
 from numba_kernels.cpu import matmul as K
+from numba_kernels.cpu import quant as QK
 
 from .._cpu_common import as_numpy_bits, dense_matmul, kind_of
+from .._cpu_quant import block_scales
 from ..registry import register_kernel
 
 FUSED_MAX_M = 8
 _NO_BIAS = np.zeros(1, np.float32)
-
-
-def _absmax(absmax, absmax_8bit, absmax_code, absmax_offset):
-    if absmax_8bit is None:
-        return absmax.detach().reshape(-1).float().contiguous().numpy()
-    out = np.empty(absmax_8bit.numel(), np.float32)
-    K.resolve_nested(absmax_8bit.reshape(-1).numpy(), absmax.reshape(-1).float().contiguous().numpy(),
-                     absmax_code.float().contiguous().numpy(), np.float32(absmax_offset.item()), out)
-    return out
 
 
 def _out(M, N, dtype):
@@ -62,7 +55,7 @@ def _unfused(A, B, shapeB, s, table, blocksize, bias):
 
 def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=None, absmax_code=None,
               absmax_offset=None):
-    s = _absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
+    s = block_scales(QK, absmax, absmax_8bit, absmax_code, absmax_offset)
     fn = _fused if A.shape[0] <= FUSED_MAX_M else _unfused
     return fn(A, B, shapeB, s, table, blocksize, bias)
 

@@ -161,7 +161,16 @@ def dequantize_blockwise(codes, absmax, table, blocksize, dtype):
     return _dequantize(codes, absmax, table, blocksize, codes.numel(), dtype, 8)
 
 
-def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
+def dequantize_4bit(packed, absmax, table, blocksize, n, dtype, absmax_8bit=None, absmax_code=None,
+                    absmax_offset=None):
+    if absmax_8bit is not None:   # double-quantized: the block scales decoded first, by their own kernel
+        dev = packed.device
+        nb = absmax_8bit.numel()
+        scales = torch.empty(nb, dtype=torch.float32, device=dev)
+        launch(K.resolve_nested, max(1, -(-nb // K.THREADS)), K.THREADS, dev, _arr(absmax_8bit.reshape(-1)),
+               _arr(absmax), _arr(absmax_code.to(dev, torch.float32).contiguous()),
+               _arr(absmax_offset.to(dev, torch.float32).reshape(1)), _arr(scales))
+        absmax = scales
     return _dequantize(packed, absmax, table, blocksize, n, dtype, 4)
 
 

@@ -10,7 +10,7 @@ both compute ``linear(A, dequantize_4bit(B).to(A.dtype), bias)``. Here the 16-en
 
 The rules, in order (``dtype`` = A.dtype):
 
-1. nested absmax (double quantization, bitsandbytes' scheme):
+1. nested absmax (double quantization, bitsandbytes' scheme; :func:`workbench.backends.reference.quant.resolve_absmax`):
    ``s[b] = float32(absmax_code[absmax_8bit[b]] * absmax[b // 256]) + absmax_offset`` -- a float32 multiply
    and a float32 add, two roundings, no fused multiply-add (what ``dequantize_blockwise(...) + offset`` does).
 2. weights: ``W[n, k] = dtype(table[c(n*K + k)] * s[(n*K + k) // blocksize])`` -- the float32 product rounded
@@ -40,21 +40,10 @@ from __future__ import annotations
 
 import torch
 
-from .quant import unpack_4bit
+from .quant import NESTED_BLOCKSIZE, resolve_absmax, unpack_4bit  # noqa: F401  (rule 1 is the quant spec's)
 
 __all__ = ["resolve_absmax", "dequantize_weight", "gemv_4bit", "gemm_4bit", "error_bound", "error_bound_unscaled",
            "unscaled_bound_of", "ulp"]
-
-NESTED_BLOCKSIZE = 256
-
-
-def resolve_absmax(absmax, absmax_8bit=None, absmax_code=None, absmax_offset=None) -> torch.Tensor:
-    """Rule 1: the float32 per-block scales (``absmax`` itself when not nested)."""
-    if absmax_8bit is None:
-        return absmax.reshape(-1).float()
-    q = absmax_8bit.reshape(-1).long()
-    nested = absmax.reshape(-1).float().repeat_interleave(NESTED_BLOCKSIZE)[: q.numel()]
-    return (absmax_code.float()[q] * nested) + absmax_offset.float()
 
 
 def dequantize_weight(B, shapeB, absmax, table, blocksize, dtype) -> torch.Tensor:

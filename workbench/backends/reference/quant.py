@@ -9,7 +9,12 @@ Rounding rules follow bitsandbytes 0.50.2's default (torch) backend bit for bit:
   * scaled values are clamped to [-1, 1] and bucketized: code = bucket_codes[#(bounds < s)];
   * 4-bit packing: element 2i in the high nibble, 2i+1 in the low; an odd tail is padded
     with the code of 0.0;
-  * dequantization multiplies table[code] * absmax in float32 and rounds once to the output dtype.
+  * dequantization multiplies table[code] * absmax in float32 and rounds once to the output dtype;
+  * a double-quantized absmax (bitsandbytes' ``compress_statistics``: uint8 codes ``absmax_8bit`` of a 256-entry
+    ``absmax_code``, one float32 ``absmax`` per 256 blocks, a float32 ``absmax_offset``) decodes as
+    ``s[b] = float32(absmax_code[absmax_8bit[b]] * absmax[b // 256]) + absmax_offset``: a float32 multiply and a
+    float32 add, two roundings, no fused multiply-add (``dequantize_blockwise(...) + offset``, bitsandbytes'
+    ``dequantize_4bit``), in every kernel that takes it.
 
 Non-finite inputs (``nan_policy="propagate"``) -- every backend must give exactly this:
   * absmax[b] = max |A[i]| over the block with NaN propagating (torch's amax/max): a NaN anywhere
@@ -33,6 +38,8 @@ from __future__ import annotations
 import torch
 
 TINY = 1e-38
+NESTED_BLOCKSIZE = 256   # bitsandbytes' blocksize of the double-quantized absmax
+
 
 def block_scale(A: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(scaled values in [-1, 1], float32 absmax per block) for a flat tensor."""
@@ -85,9 +92,20 @@ def unpack_4bit(packed: torch.Tensor, n: int) -> torch.Tensor:
     return q[:n]
 
 
-def dequantize_4bit(packed, absmax, table, blocksize, n, dtype):
+def resolve_absmax(absmax, absmax_8bit=None, absmax_code=None, absmax_offset=None) -> torch.Tensor:
+    """The float32 block scales: ``absmax`` itself, or the double-quantized absmax decoded (module docstring)."""
+    if absmax_8bit is None:
+        return absmax.reshape(-1).float()
+    q = absmax_8bit.reshape(-1).long()
+    nested = absmax.reshape(-1).float().repeat_interleave(NESTED_BLOCKSIZE)[: q.numel()]
+    return (absmax_code.float()[q] * nested) + absmax_offset.float()
+
+
+def dequantize_4bit(packed, absmax, table, blocksize, n, dtype, absmax_8bit=None, absmax_code=None,
+                    absmax_offset=None):
     vals = table[unpack_4bit(packed, n).long()]
-    return (vals * _expand_absmax(absmax, n, blocksize)).to(dtype)
+    s = resolve_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
+    return (vals * _expand_absmax(s, n, blocksize)).to(dtype)
 
 
 def quantize_blockwise_stochastic(A, codebook, blocksize, rand):
