@@ -102,6 +102,7 @@ def cases(n: int, A: torch.Tensor, mods: dict, bops):
             fns["bnb"] = ((lambda ps=states["bnb"]: api["bnb"].dequantize_4bit(*ps)),
                           (lambda p2=p2, a=absmax, qt=qt: bops.dequantize_4bit(p2, a, bs, qt, (n,), A.dtype)))
         out.append(("dequantize_4bit", qt, bs, packed.numel() + 4 * nb + 64 + n * esz, fns))
+    out.append(_nested_dequantize_case(n, A, mods, bops, api, live))
     for bs in (256, 4096):
         nb = -(-n // bs)
         fns = {b: ((lambda f=api[b], bs=bs: f.quantize_blockwise(A, blocksize=bs)),
@@ -120,6 +121,31 @@ def cases(n: int, A: torch.Tensor, mods: dict, bops):
                           (lambda c=codes, a=absmax, bs=bs: bops.dequantize_blockwise(c, a, dyn_t, bs, A.dtype)))
         out.append(("dequantize_blockwise", "dynamic", bs, n + 4 * nb + 1024 + n * esz, fns))
     return out
+
+
+def _nested_dequantize_case(n: int, A: torch.Tensor, mods: dict, bops, api: dict, live: list):
+    """dequantize_4bit of a double-quantized NF4 state (``compress_statistics=True``, what QLoRA stores), label
+    'nf4-dq'. Our adapters take the nested absmax (one cuda launch); bitsandbytes' "adapter" is what its
+    functional.dequantize_4bit runs: its dequantize_blockwise op, the offset add, its dequantize_4bit op."""
+    from workbench.ops import _nested_args
+    bs, nb = 64, -(-n // 64)
+    states = {b: api[b].quantize_4bit(A, blocksize=bs, quant_type="nf4", compress_statistics=True) for b in live}
+    ours = next(b for b in ("cuda", "numba_cuda") if mods.get(b))
+    packed, qs = states[ours]
+    a2, a8, c2, off = _nested_args(qs, ours)
+    tab = qs.code.float().contiguous()
+    fns = {b: ((lambda f=api[b], ps=states[b]: f.dequantize_4bit(*ps)),
+               (lambda m=m: m.dequantize_4bit(packed.view(-1), a2, tab, bs, n, A.dtype, a8, c2, off)))
+           for b, m in mods.items() if m}
+    if bops is not None:
+        bp, bq = states["bnb"]
+
+        def bnb_ops(bp=bp.view(-1, 1), bq=bq):
+            s = bops.dequantize_blockwise(bq.absmax, bq.state2.absmax, bq.state2.code, 256, torch.float32) + bq.offset
+            return bops.dequantize_4bit(bp, s, bs, "nf4", (n,), A.dtype)
+        fns["bnb"] = ((lambda ps=states["bnb"]: api["bnb"].dequantize_4bit(*ps)), bnb_ops)
+    nbytes = packed.numel() + nb + 4 * -(-nb // 256) + 1024 + 4 + n * A.element_size()
+    return "dequantize_4bit", "nf4-dq", bs, nbytes, fns
 
 
 def _nbytes(res) -> int:
