@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from _poison import bits
 
 import workbench as wb
 from workbench import codebooks as cbs
@@ -93,6 +94,27 @@ def test_nested_absmax_rule_matches_dequantize_blockwise(rng):
     from workbench.backends.cython_cpu import native
     for kernels in (numba_quant, native("quant")):   # each compiled CPU backend's resolve_nested
         assert torch.equal(torch.from_numpy(block_scales(kernels, *args)), s), kernels
+
+
+@pytest.mark.parametrize("backend", ["numba_cpu", "cython_cpu"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_above_the_fused_kernels_decode_the_weight_in_pieces(backend, dtype, rng, monkeypatch):
+    """_cpu_quant.dequant_matmul decodes a few rows of the weight at a time. One-hot rows of A give every weight bit
+    for bit, so each piece is decoded from its own bytes and scales into its own columns: blocks that straddle rows
+    (K = 96, blocksize 64: pieces of an even number of rows), a partial last piece, nested scales. Random rows with a
+    bias stay within the reference's bound (torch's order of a sum may change with a piece's width)."""
+    from workbench.backends import _cpu_quant
+    N, K = 53, 96
+    _, P, qs, b = _case(rng, N, K, 1, dtype, 64, nested=True, bias=True)
+    args = _state_args(qs)
+    gemm = lambda A, bias=None: torch.ops.workbench.gemm_4bit(A, P.view(-1), [N, K], args[0], qs.code, 64, bias, *args[1:], backend)
+    W = R.dequantize_weight(P, (N, K), R.resolve_absmax(*args), qs.code, 64, dtype)
+    monkeypatch.setattr(_cpu_quant, "CHUNK_BYTES", 7 * K * torch.finfo(dtype).bits // 8)   # 6 rows a piece
+    assert _cpu_quant.chunk_rows(N, K, 64, torch.finfo(dtype).bits // 8, _cpu_quant.CHUNK_BYTES) == 6
+    one_hot = torch.eye(K, dtype=dtype)
+    assert torch.equal(bits(gemm(one_hot)), bits(W.t().contiguous()))
+    A = torch.randn(40, K, generator=rng).to(dtype)
+    _check_bound(gemm(A, b), R.gemm_4bit(A, P, (N, K), *args[:1], qs.code, 64, b, *args[1:]), A, P, qs, b)
 
 
 def test_any_codebook_and_leading_dims(rng):

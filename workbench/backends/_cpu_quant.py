@@ -6,11 +6,18 @@ signatures on NumPy arrays; :func:`bind` wraps either module into the backend co
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from ..codebook_tables import cpu_ord_lut, cpu_search_plan
-from ._cpu_common import alloc, as_numpy, as_numpy_bits, empty_out, nblocks
+from ._cpu_common import alloc, as_numpy, as_numpy_bits, dense_matmul, empty_out, nblocks
+
+# The matmul rows above the fused kernels decode the weight this many bytes at a time into one buffer that stays in
+# cache, and multiply each piece as it is decoded. A whole dequantized weight is written to memory and read back, and
+# from 32 MiB on (``alloc``) each call faults in fresh pages for it.
+CHUNK_BYTES = 4 << 20
 
 def _outputs(n: int, blocksize: int, nbytes: int):
     return alloc(nbytes, torch.uint8), torch.empty(nblocks(n, blocksize), dtype=torch.float32)
@@ -27,6 +34,35 @@ def block_scales(K, absmax, absmax_8bit=None, absmax_code=None, absmax_offset=No
     K.resolve_nested(absmax_8bit.detach().reshape(-1).contiguous().numpy(), a,
                      absmax_code.detach().reshape(-1).float().contiguous().numpy(),
                      np.float32(absmax_offset.reshape(-1)[0].item()), out)
+    return out
+
+
+def chunk_rows(N: int, K: int, blocksize: int, itemsize: int, chunk_bytes: int) -> int:
+    """Weight rows per piece: about ``chunk_bytes`` decoded, a multiple of the rows that hold whole quantization
+    blocks (a piece starts on a block, so on a byte)."""
+    step = blocksize // math.gcd(K, blocksize)
+    return min(N, max(step, chunk_bytes // (K * itemsize) // step * step))
+
+
+def dequant_matmul(K, A, B, shapeB, scales: np.ndarray, table, blocksize: int, bias,
+                   chunk_bytes: int | None = None) -> torch.Tensor:
+    """``dense_matmul(A, W, bias)`` for W the 4-bit weight dequantized to A's dtype (rule 2) by kernel module ``K``,
+    ``chunk_rows`` rows at a time into one reused buffer. An output column is one weight row's sum: each piece is
+    dense_matmul of its rows (torch's order for that width; held to the reference's error_bound like the whole).
+    ``scales``: float32 per block (``block_scales``)."""
+    N, Kd = int(shapeB[0]), int(shapeB[1])
+    rows = chunk_rows(N, Kd, blocksize, A.element_size(), CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
+    packed = as_numpy(B.reshape(-1))
+    tab = as_numpy(table.float().contiguous())
+    buf = torch.empty(rows * Kd, dtype=A.dtype)
+    arr, kind = as_numpy_bits(buf)
+    out = torch.empty(A.shape[0], N, dtype=A.dtype)
+    for r0 in range(0, N, rows):
+        r1 = min(N, r0 + rows)
+        e0, n = r0 * Kd, (r1 - r0) * Kd
+        K.dequantize_4bit(packed[e0 // 2:(e0 + n + 1) // 2], scales[e0 // blocksize:nblocks(e0 + n, blocksize)], tab,
+                          blocksize, n, kind, arr[:n])
+        out[:, r0:r1] = dense_matmul(A, buf[:n].view(r1 - r0, Kd), None if bias is None else bias[r0:r1])
     return out
 
 

@@ -9,8 +9,8 @@ Paths, first that applies:
   workbench.matmul calls the same kernel without this adapter for plain CPU calls (``_gemv_one_call``);
 * 8 lanes by k % 8 (M <= FUSED_MAX_M; AVX2 for M = 1, K % 8 == 0): the numba_cpu kernel's order, equal to it
   bit for bit;
-* above FUSED_MAX_M rows: dequantize once (this backend's dequantizer) + torch's matmul (``dense_matmul``: float32
-  sums, one rounding).
+* above FUSED_MAX_M rows: dequantize (this backend's dequantizer) + torch's matmul (``dense_matmul``: float32
+  sums, one rounding), a few MiB of the weight at a time (``_cpu_quant.dequant_matmul``).
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from . import native
-from .._cpu_common import dense_matmul
-from .._cpu_quant import block_scales
+from .._cpu_quant import block_scales, dequant_matmul
 from ..registry import register_kernel
 
 FUSED_MAX_M = 8
@@ -65,12 +64,9 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
                              float(absmax_offset) if nested else 0.0, nested, tab.numpy(), blocksize, kind, bb,
                              bias is not None, out.numpy())
         return out.to(A.dtype).view(1, N)
-    if M > FUSED_MAX_M:
-        from .quant import dequantize_4bit
-        W = dequantize_4bit(B.reshape(-1), absmax, tab, blocksize, N * K, A.dtype, absmax_8bit, absmax_code,
-                            absmax_offset).view(N, K)
-        return dense_matmul(A, W, bias)
     s = block_scales(native("quant"), absmax, absmax_8bit, absmax_code, absmax_offset)
+    if M > FUSED_MAX_M:
+        return dequant_matmul(native("quant"), A, B, shapeB, s, tab, blocksize, bias)
     a = A.detach().reshape(-1).float().contiguous()
     out = torch.empty(M * N, dtype=torch.float32)
     bb = _NO_BIAS if bias is None else bias.detach().float().contiguous().numpy()

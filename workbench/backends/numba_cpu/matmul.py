@@ -1,8 +1,9 @@
 """Numba CPU adapter for the matmul family (kernels: numba_kernels/cpu/matmul.py).
 
 The fused kernel runs for up to FUSED_MAX_M activation rows (the GEMV regime); above that the weight is
-dequantized once (the numba dequantizer, exact) and multiplied by torch (``dense_matmul``: float32 sums, one
-rounding, torch's order). Order and bound: workbench/backends/reference/matmul.py.
+dequantized (the numba dequantizer, exact) and multiplied by torch (``dense_matmul``: float32 sums, one rounding,
+torch's order), a few MiB of it at a time (``_cpu_quant.dequant_matmul``). Order and bound:
+workbench/backends/reference/matmul.py.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import torch
 from numba_kernels.cpu import matmul as K
 from numba_kernels.cpu import quant as QK
 
-from .._cpu_common import as_numpy_bits, dense_matmul, kind_of
-from .._cpu_quant import block_scales
+from .._cpu_common import as_numpy_bits, kind_of
+from .._cpu_quant import block_scales, dequant_matmul
 from ..registry import register_kernel
 
 FUSED_MAX_M = 8
@@ -47,10 +48,7 @@ def _fused(A, B, shapeB, s, table, blocksize, bias):
 
 
 def _unfused(A, B, shapeB, s, table, blocksize, bias):
-    from .quant import dequantize_4bit
-    N, Kd = int(shapeB[0]), int(shapeB[1])
-    W = dequantize_4bit(B.reshape(-1), torch.from_numpy(s), table.float(), blocksize, N * Kd, A.dtype).view(N, Kd)
-    return dense_matmul(A, W, bias)
+    return dequant_matmul(QK, A, B, shapeB, s, table, blocksize, bias)
 
 
 def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=None, absmax_code=None,

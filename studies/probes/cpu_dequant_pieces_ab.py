@@ -1,0 +1,82 @@
+"""CPU, rows above the fused kernels (M > 32 for bf16): the weight dequantized a few MiB at a time into one reused
+buffer, each piece multiplied as it is decoded (``_cpu_quant.dequant_matmul``, committed), against the whole weight
+dequantized first (the path before: written to memory and read back, fresh pages from 32 MiB on), beside torch's
+dense bf16 F.linear. Piece sizes 1, 4 (the default) and 16 MiB. Interleaved repeats, medians, one process.
+
+usage: python -m studies.probes.cpu_dequant_pieces_ab [--out DIR] [--reps 9]"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+import workbench as wb
+from workbench import bench
+from workbench.backends._cpu_common import dense_matmul
+from workbench.backends._cpu_quant import block_scales, dequant_matmul
+from workbench.backends.cython_cpu import native
+from workbench.matmul import matmul_4bit
+from workbench.ops import _nested_args
+
+CASES = ((4096, 4096, 48), (4096, 4096, 64), (4096, 4096, 256), (11008, 4096, 64), (11008, 4096, 256),
+         (1536, 384, 256))
+
+
+def _rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--reps", type=int, default=9)
+    args = ap.parse_args(argv)
+    g = torch.Generator().manual_seed(0)
+    Q = native("quant")
+    load_start = list(os.getloadavg())
+    rows = []
+    for N, K, M in CASES:
+        W = torch.randn(N, K, generator=g).to(torch.bfloat16)
+        A = torch.randn(M, K, generator=g).to(torch.bfloat16)
+        b = torch.randn(N, generator=g).to(torch.bfloat16)
+        P, qs = wb.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=True)
+        s = block_scales(Q, *_nested_args(qs, "cython_cpu"))
+        tab = qs.code.float()
+
+        def pieces(mib):
+            return lambda: dequant_matmul(Q, A, P, (N, K), s, tab, 64, b, chunk_bytes=mib << 20)
+        cases = {"matmul_4bit (public)": lambda: matmul_4bit(A, P, qs, bias=b),
+                 "whole weight (before)": lambda: dense_matmul(A, wb.dequantize_4bit(P, qs), b),
+                 "pieces 1 MiB": pieces(1), "pieces 4 MiB": pieces(4), "pieces 16 MiB": pieces(16),
+                 "F.linear bf16": lambda: torch.nn.functional.linear(A, W, b)}
+        med = bench.interleaved_ms(cases, reps=args.reps, warmup=2)
+        rows.append(dict(N=N, K=K, M=M, **{k: round(v, 3) for k, v in med.items()}))
+        print(f"{N}x{K} M={M}: " + "  ".join(f"{k} {v:.2f} ms" for k, v in med.items()), flush=True)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = dict(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                    torch=torch.__version__, git=_rev(), load_start=load_start, load_end=list(os.getloadavg()))
+        (out / "cpu_dequant_pieces_ab.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+        cols = [k for k in rows[0] if k not in ("N", "K", "M")]
+        lines = ["| out x in | M | " + " | ".join(f"{c} ms" for c in cols) + " | public vs before | public vs F.linear |",
+                 "|---|---|" + "---|" * (len(cols) + 2)]
+        for r in rows:
+            pub = r["matmul_4bit (public)"]
+            lines.append(f"| {r['N']}x{r['K']} | {r['M']} | " + " | ".join(f"{r[c]:.2f}" for c in cols)
+                         + f" | {r['whole weight (before)'] / pub:.2f}x | {r['F.linear bf16'] / pub:.2f}x |")
+        (out / "table.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
