@@ -117,6 +117,17 @@ def test_rows_above_the_fused_kernels_decode_the_weight_in_pieces(backend, dtype
     _check_bound(gemm(A, b), R.gemm_4bit(A, P, (N, K), *args[:1], qs.code, 64, b, *args[1:]), A, P, qs, b)
 
 
+@pytest.mark.parametrize("backend", ["reference", "numba_cpu", "cython_cpu"])
+def test_an_empty_weight_gives_the_bias(backend):
+    """The op called directly with N = 0 or K = 0 (the public quantizers reject empty weights): the bias rows."""
+    table = cbs.get("nf4").tensors("cpu")[0]
+    for N, K in ((0, 64), (64, 0)):
+        A, b = torch.randn(40, K).to(torch.bfloat16), torch.randn(N).to(torch.bfloat16)
+        y = torch.ops.workbench.gemm_4bit(A, torch.empty(0, dtype=torch.uint8), [N, K], torch.empty(0), table, 64, b,
+                                          None, None, None, backend)
+        assert torch.equal(y, b.expand(40, N)), (N, K)
+
+
 def test_any_codebook_and_leading_dims(rng):
     cb = cbs.from_values(torch.linspace(-1, 1, 16).numpy(), name="lin16")
     W = torch.randn(48, 64, generator=rng, dtype=torch.bfloat16)

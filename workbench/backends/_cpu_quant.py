@@ -51,18 +51,23 @@ def dequant_matmul(K, A, B, shapeB, scales: np.ndarray, table, blocksize: int, b
     dense_matmul of its rows (torch's order for that width; held to the reference's error_bound like the whole).
     ``scales``: float32 per block (``block_scales``)."""
     N, Kd = int(shapeB[0]), int(shapeB[1])
+    if N * Kd == 0:   # nothing to decode: zeros (+ bias), in dense_matmul's dtype rules
+        return dense_matmul(A, torch.zeros(N, Kd, dtype=A.dtype), bias)
     rows = chunk_rows(N, Kd, blocksize, A.element_size(), CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
     packed = as_numpy(B.reshape(-1))
     tab = as_numpy(table.float().contiguous())
     buf = torch.empty(rows * Kd, dtype=A.dtype)
     arr, kind = as_numpy_bits(buf)
-    out = torch.empty(A.shape[0], N, dtype=A.dtype)
+    out = None if rows == N else torch.empty(A.shape[0], N, dtype=A.dtype)   # one piece: its own output
     for r0 in range(0, N, rows):
         r1 = min(N, r0 + rows)
         e0, n = r0 * Kd, (r1 - r0) * Kd
         K.dequantize_4bit(packed[e0 // 2:(e0 + n + 1) // 2], scales[e0 // blocksize:nblocks(e0 + n, blocksize)], tab,
                           blocksize, n, kind, arr[:n])
-        out[:, r0:r1] = dense_matmul(A, buf[:n].view(r1 - r0, Kd), None if bias is None else bias[r0:r1])
+        y = dense_matmul(A, buf[:n].view(r1 - r0, Kd), None if bias is None else bias[r0:r1])
+        if out is None:
+            return y
+        out[:, r0:r1] = y
     return out
 
 

@@ -66,7 +66,7 @@ def _linear(A, W, bias, dtype):
 def gemv_4bit(A, B, shapeB, absmax, table, blocksize):
     """bitsandbytes' ``gemv_4bit``: no bias, ``absmax`` already resolved (functional.gemv_4bit decodes nesting)."""
     W = dequantize_weight(B, shapeB, absmax, table, blocksize, A.dtype)
-    return _linear(A.reshape(-1, A.shape[-1]), W, None, A.dtype).view(*A.shape[:-1], W.shape[0])
+    return _linear(A.reshape(A.shape[:-1].numel(), A.shape[-1]), W, None, A.dtype).view(*A.shape[:-1], W.shape[0])
 
 
 def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=None, absmax_code=None,
@@ -74,7 +74,7 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     """bitsandbytes' ``gemm_4bit`` with a table instead of quant_type; nested absmax decoded here (rule 1)."""
     s = resolve_absmax(absmax, absmax_8bit, absmax_code, absmax_offset)
     W = dequantize_weight(B, shapeB, s, table, blocksize, A.dtype)
-    return _linear(A.reshape(-1, A.shape[-1]), W, bias, A.dtype).view(*A.shape[:-1], W.shape[0])
+    return _linear(A.reshape(A.shape[:-1].numel(), A.shape[-1]), W, bias, A.dtype).view(*A.shape[:-1], W.shape[0])
 
 
 def ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
