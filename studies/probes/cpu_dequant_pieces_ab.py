@@ -2,8 +2,9 @@
 buffer, each piece multiplied as it is decoded (``_cpu_quant.dequant_matmul``, committed), against the whole weight
 dequantized first (the path before: written to memory and read back, fresh pages from 32 MiB on), beside torch's
 dense bf16 F.linear. Piece sizes 1, 4 (the default) and 16 MiB; "whole weight" and the pieces are the backend's path
-after the public call's checks (the public call adds its host time to either). Interleaved repeats, medians, one
-process.
+after the public call's checks (the public call adds its host time to either). Then 1..8 rows (float32 and bf16,
+4096x4096): each compiled backend's fused kernel (numba_cpu's lanes, cython_cpu's lanes or byte planes; the fused
+form is forced with FUSED_MAX_M = 8) against the pieces. Interleaved repeats, medians, one process.
 
 usage: python -m studies.probes.cpu_dequant_pieces_ab [--out DIR] [--reps 9]"""
 from __future__ import annotations
@@ -22,9 +23,12 @@ from workbench import bench
 from workbench.backends._cpu_common import dense_matmul
 from workbench.backends._cpu_quant import block_scales, dequant_matmul
 from workbench.backends.cython_cpu import native
+from workbench.backends.numba_cpu import matmul as numba_matmul
+from numba_kernels.cpu import quant as numba_quant
 from workbench.matmul import matmul_4bit
 from workbench.ops import _nested_args
 
+FEW_ROWS = (1, 2, 4, 8)
 CASES = ((4096, 4096, 48), (4096, 4096, 64), (4096, 4096, 256), (11008, 4096, 64), (11008, 4096, 256),
          (1536, 384, 256))
 
@@ -35,6 +39,32 @@ def _rev() -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _few_rows(g, reps: int) -> list[dict]:
+    """1..8 rows on 4096x4096: each compiled backend's fused kernel against the weight in pieces."""
+    N = K = 4096
+    rows = []
+    fused_max = numba_matmul.FUSED_MAX_M
+    for dtype in (torch.float32, torch.bfloat16):
+        W = torch.randn(N, K, generator=g).to(dtype)
+        P, qs = wb.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=True)
+        for M in FEW_ROWS:
+            A = torch.randn(M, K, generator=g).to(dtype)
+            cases = {}
+            for name, Q in (("numba_cpu", numba_quant), ("cython_cpu", native("quant"))):
+                s, tab = block_scales(Q, *_nested_args(qs, name)), qs.code.float()
+                cases[f"{name} fused"] = lambda name=name: matmul_4bit(A, P, qs, backend=name)
+                cases[f"{name} pieces"] = lambda Q=Q, s=s, tab=tab: dequant_matmul(Q, A, P, (N, K), s, tab, 64, None)
+            cases["F.linear"] = lambda: torch.nn.functional.linear(A, W)
+            numba_matmul.FUSED_MAX_M = 8   # the fused form for every row count here
+            try:
+                med = bench.interleaved_ms(cases, reps=max(3, reps // 2), warmup=1)
+            finally:
+                numba_matmul.FUSED_MAX_M = fused_max
+            rows.append(dict(dtype=str(dtype).removeprefix("torch."), M=M, **{k: round(v, 3) for k, v in med.items()}))
+            print(f"{dtype} M={M}: " + "  ".join(f"{k} {v:.2f} ms" for k, v in med.items()), flush=True)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -63,12 +93,14 @@ def main(argv=None) -> int:
         med = bench.interleaved_ms(cases, reps=args.reps, warmup=2)
         rows.append(dict(N=N, K=K, M=M, **{k: round(v, 3) for k, v in med.items()}))
         print(f"{N}x{K} M={M}: " + "  ".join(f"{k} {v:.2f} ms" for k, v in med.items()), flush=True)
+    few = _few_rows(g, args.reps)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         meta = dict(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
                     torch=torch.__version__, git=_rev(), load_start=load_start, load_end=list(os.getloadavg()))
-        (out / "cpu_dequant_pieces_ab.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+        (out / "cpu_dequant_pieces_ab.json").write_text(json.dumps(dict(meta=meta, rows=rows, few_rows=few), indent=1)
+                                                          + "\n")
         cols = [k for k in rows[0] if k not in ("N", "K", "M")]
         lines = ["| out x in | M | " + " | ".join(f"{c} ms" for c in cols)
                  + " | pieces 4 MiB vs whole weight | public vs F.linear |",
@@ -77,6 +109,9 @@ def main(argv=None) -> int:
             pub = r["matmul_4bit (public)"]
             lines.append(f"| {r['N']}x{r['K']} | {r['M']} | " + " | ".join(f"{r[c]:.2f}" for c in cols)
                          + f" | {r['whole weight (before)'] / r['pieces 4 MiB']:.2f}x | {r['F.linear bf16'] / pub:.2f}x |")
+        cols = [k for k in few[0] if k not in ("dtype", "M")]
+        lines += ["", "| dtype | M | " + " | ".join(f"{c} ms" for c in cols) + " |", "|---|---|" + "---|" * len(cols)]
+        lines += [f"| {r['dtype']} | {r['M']} | " + " | ".join(f"{r[c]:.2f}" for c in cols) + " |" for r in few]
         (out / "table.md").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -8,7 +8,7 @@ Paths, first that applies:
   scale on each partial sum), held to error_bound_unscaled; ``KBIT_CPU_UNSCALED=0`` keeps rule 2.
   workbench.matmul calls the same kernel without this adapter for plain CPU calls (``_gemv_one_call``);
 * 8 lanes by k % 8 (M <= FUSED_MAX_M; AVX2 for M = 1, K % 8 == 0): the numba_cpu kernel's order, equal to it
-  bit for bit;
+  bit for bit for one row (numba_cpu takes its lanes for one row only);
 * above FUSED_MAX_M rows: dequantize (this backend's dequantizer) + torch's matmul (``dense_matmul``: float32
   sums, one rounding), a few MiB of the weight at a time (``_cpu_quant.dequant_matmul``).
 """

@@ -1,8 +1,9 @@
 """Numba CPU adapter for the matmul family (kernels: numba_kernels/cpu/matmul.py).
 
-The fused kernel runs for up to FUSED_MAX_M activation rows (the GEMV regime); above that the weight is
-dequantized (the numba dequantizer, exact) and multiplied by torch (``dense_matmul``: float32 sums, one rounding,
-torch's order), a few MiB of it at a time (``_cpu_quant.dequant_matmul``). Order and bound:
+The fused kernel (8 lanes by k % 8) runs for one activation row, the GEMV; above that the weight is dequantized (the
+numba dequantizer, exact) and multiplied by torch (``dense_matmul``: float32 sums, one rounding, torch's order), a few
+MiB of it at a time (``_cpu_quant.dequant_matmul``). The fused loop's rows are scalar: on a 2-core Zen 4 at
+4096x4096 it took 22-59 ms for 2..8 rows, the pieces 6-26 ms (reports/matmul-cpu/dequant_pieces_zen4/). Order and bound:
 workbench/backends/reference/matmul.py.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .._cpu_common import as_numpy_bits, kind_of
 from .._cpu_quant import block_scales, dequant_matmul
 from ..registry import register_kernel
 
-FUSED_MAX_M = 8
+FUSED_MAX_M = 1
 _NO_BIAS = np.zeros(1, np.float32)
 
 
