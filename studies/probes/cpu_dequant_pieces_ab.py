@@ -3,8 +3,8 @@ buffer, each piece multiplied as it is decoded (``_cpu_quant.dequant_matmul``, c
 dequantized first (the path before: written to memory and read back, fresh pages from 32 MiB on), beside torch's
 dense bf16 F.linear. Piece sizes 1, 4 (the default) and 16 MiB; "whole weight" and the pieces are the backend's path
 after the public call's checks (the public call adds its host time to either). Then 1..8 rows (float32 and bf16,
-4096x4096): each compiled backend's fused kernel (numba_cpu's lanes, cython_cpu's lanes or byte planes; the fused
-form is forced with FUSED_MAX_M = 8) against the pieces. Interleaved repeats, medians, one process.
+4096x4096): each compiled backend's fused kernel (the lanes; cython_cpu's byte planes for bf16; forced with
+FUSED_MAX_M = 8, the setting before) against the pieces. Interleaved repeats, medians, one process.
 
 usage: python -m studies.probes.cpu_dequant_pieces_ab [--out DIR] [--reps 9]"""
 from __future__ import annotations
@@ -23,6 +23,7 @@ from workbench import bench
 from workbench.backends._cpu_common import dense_matmul
 from workbench.backends._cpu_quant import block_scales, dequant_matmul
 from workbench.backends.cython_cpu import native
+from workbench.backends.cython_cpu import matmul as cython_matmul
 from workbench.backends.numba_cpu import matmul as numba_matmul
 from numba_kernels.cpu import quant as numba_quant
 from workbench.matmul import matmul_4bit
@@ -45,7 +46,7 @@ def _few_rows(g, reps: int) -> list[dict]:
     """1..8 rows on 4096x4096: each compiled backend's fused kernel against the weight in pieces."""
     N = K = 4096
     rows = []
-    fused_max = numba_matmul.FUSED_MAX_M
+    fused_max = numba_matmul.FUSED_MAX_M, cython_matmul.FUSED_MAX_M
     for dtype in (torch.float32, torch.bfloat16):
         W = torch.randn(N, K, generator=g).to(dtype)
         P, qs = wb.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=True)
@@ -57,11 +58,11 @@ def _few_rows(g, reps: int) -> list[dict]:
                 cases[f"{name} fused"] = lambda name=name: matmul_4bit(A, P, qs, backend=name)
                 cases[f"{name} pieces"] = lambda Q=Q, s=s, tab=tab: dequant_matmul(Q, A, P, (N, K), s, tab, 64, None)
             cases["F.linear"] = lambda: torch.nn.functional.linear(A, W)
-            numba_matmul.FUSED_MAX_M = 8   # the fused form for every row count here
+            numba_matmul.FUSED_MAX_M = cython_matmul.FUSED_MAX_M = 8   # the fused form for every row count here
             try:
                 med = bench.interleaved_ms(cases, reps=max(3, reps // 2), warmup=1)
             finally:
-                numba_matmul.FUSED_MAX_M = fused_max
+                numba_matmul.FUSED_MAX_M, cython_matmul.FUSED_MAX_M = fused_max
             rows.append(dict(dtype=str(dtype).removeprefix("torch."), M=M, **{k: round(v, 3) for k, v in med.items()}))
             print(f"{dtype} M={M}: " + "  ".join(f"{k} {v:.2f} ms" for k, v in med.items()), flush=True)
     return rows

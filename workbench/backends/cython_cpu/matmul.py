@@ -7,9 +7,8 @@ Paths, first that applies:
   AVX512_BF16) its unscaled-lookup loop runs instead (matmul_cpu_unscaled.h; the codebook rounded to bf16, the block
   scale on each partial sum), held to error_bound_unscaled; ``KBIT_CPU_UNSCALED=0`` keeps rule 2.
   workbench.matmul calls the same kernel without this adapter for plain CPU calls (``_gemv_one_call``);
-* 8 lanes by k % 8 (M <= FUSED_MAX_M; AVX2 for M = 1, K % 8 == 0): the numba_cpu kernel's order, equal to it
-  bit for bit for one row (numba_cpu takes its lanes for one row only);
-* above FUSED_MAX_M rows: dequantize (this backend's dequantizer) + torch's matmul (``dense_matmul``: float32
+* 8 lanes by k % 8 (one row; AVX2 for K % 8 == 0): the numba_cpu kernel's order, equal to it bit for bit;
+* more rows: dequantize (this backend's dequantizer) + torch's matmul (``dense_matmul``: float32
   sums, one rounding), a few MiB of the weight at a time (``_cpu_quant.dequant_matmul``).
 """
 from __future__ import annotations
@@ -21,7 +20,7 @@ from . import native
 from .._cpu_quant import block_scales, dequant_matmul
 from ..registry import register_kernel
 
-FUSED_MAX_M = 8
+FUSED_MAX_M = 1   # the lanes' rows are scalar: from 2 rows the pieces below are faster (dequant_pieces_zen4)
 PLANES_MAX_M = 32   # the byte-plane path decodes a row once for all M activation rows
 _NO_BIAS = np.zeros(1, np.float32)
 _NO_A8 = np.zeros(1, np.uint8)
