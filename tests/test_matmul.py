@@ -107,7 +107,8 @@ def test_rows_above_the_fused_kernels_decode_the_weight_in_pieces(backend, dtype
     N, K = 53, 96
     _, P, qs, b = _case(rng, N, K, 1, dtype, 64, nested=True, bias=True)
     args = _state_args(qs)
-    gemm = lambda A, bias=None: torch.ops.workbench.gemm_4bit(A, P.view(-1), [N, K], args[0], qs.code, 64, bias, *args[1:], backend)
+    gemm = lambda A, bias=None: torch.ops.workbench.gemm_4bit(A, P.view(-1), [N, K], args[0], qs.code, 64, bias,
+                                                              *args[1:], backend)
     W = R.dequantize_weight(P, (N, K), R.resolve_absmax(*args), qs.code, 64, dtype)
     monkeypatch.setattr(_cpu_quant, "CHUNK_BYTES", 7 * K * torch.finfo(dtype).bits // 8)   # 6 rows a piece
     assert _cpu_quant.chunk_rows(N, K, 64, torch.finfo(dtype).bits // 8, _cpu_quant.CHUNK_BYTES) == 6

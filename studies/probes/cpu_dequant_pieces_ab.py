@@ -4,7 +4,8 @@ dequantized first (the path before: written to memory and read back, fresh pages
 dense bf16 F.linear. Piece sizes 1, 4 (the default) and 16 MiB; "whole weight" and the pieces are the backend's path
 after the public call's checks (the public call adds its host time to either). Then 1..8 rows (float32 and bf16,
 4096x4096): each compiled backend's fused kernel (the lanes; cython_cpu's byte planes for bf16; forced with
-FUSED_MAX_M = 8, the setting before) against the pieces. Interleaved repeats, medians, one process.
+FUSED_MAX_M = 8, the setting before) against the pieces, each alone and right after a dense F.linear (``_few_rows``).
+Medians, one process.
 
 usage: python -m studies.probes.cpu_dequant_pieces_ab [--out DIR] [--reps 9]"""
 from __future__ import annotations
@@ -13,7 +14,9 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -25,7 +28,6 @@ from workbench.backends._cpu_quant import block_scales, dequant_matmul
 from workbench.backends.cython_cpu import native
 from workbench.backends.cython_cpu import matmul as cython_matmul
 from workbench.backends.numba_cpu import matmul as numba_matmul
-from numba_kernels.cpu import quant as numba_quant
 from workbench.matmul import matmul_4bit
 from workbench.ops import _nested_args
 
@@ -42,8 +44,24 @@ def _rev() -> str:
         return "unknown"
 
 
+def _median_ms(fn, before=None, reps: int = 9) -> float:
+    """Median ms of ``fn`` over ``reps`` calls, each right after ``before()`` when given (not timed)."""
+    fn()
+    ts = []
+    for _ in range(reps):
+        if before is not None:
+            before()
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts)
+
+
 def _few_rows(g, reps: int) -> list[dict]:
-    """1..8 rows on 4096x4096: each compiled backend's fused kernel against the weight in pieces."""
+    """1..8 rows on 4096x4096: each compiled backend's fused kernel (forced with FUSED_MAX_M = 8, the setting
+    before) against the weight in pieces, each timed in runs of its own calls ("alone") and with torch's dense matmul
+    of the same rows before every call ("after F.linear": another library's threads have just run, as in a model's
+    forward pass). Not interleaved: alternating cases here measured the thread pools' hand-over instead."""
     N = K = 4096
     rows = []
     fused_max = numba_matmul.FUSED_MAX_M, cython_matmul.FUSED_MAX_M
@@ -52,19 +70,21 @@ def _few_rows(g, reps: int) -> list[dict]:
         P, qs = wb.quantize_4bit(W, blocksize=64, quant_type="nf4", compress_statistics=True)
         for M in FEW_ROWS:
             A = torch.randn(M, K, generator=g).to(dtype)
-            cases = {}
-            for name, Q in (("numba_cpu", numba_quant), ("cython_cpu", native("quant"))):
-                s, tab = block_scales(Q, *_nested_args(qs, name)), qs.code.float()
-                cases[f"{name} fused"] = lambda name=name: matmul_4bit(A, P, qs, backend=name)
-                cases[f"{name} pieces"] = lambda Q=Q, s=s, tab=tab: dequant_matmul(Q, A, P, (N, K), s, tab, 64, None)
-            cases["F.linear"] = lambda: torch.nn.functional.linear(A, W)
-            numba_matmul.FUSED_MAX_M = cython_matmul.FUSED_MAX_M = 8   # the fused form for every row count here
+            lin = lambda: torch.nn.functional.linear(A, W)
+            row = dict(dtype=str(dtype).removeprefix("torch."), M=M)
+            row["F.linear"] = round(_median_ms(lin, reps=reps), 3)
             try:
-                med = bench.interleaved_ms(cases, reps=max(3, reps // 2), warmup=1)
+                for fm, form in ((8, "fused"), (1, "pieces")):
+                    numba_matmul.FUSED_MAX_M = cython_matmul.FUSED_MAX_M = fm
+                    for name in ("numba_cpu", "cython_cpu"):
+                        call = lambda name=name: matmul_4bit(A, P, qs, backend=name)
+                        row[f"{name} {form}"] = round(_median_ms(call, reps=reps), 3)
+                        row[f"{name} {form} after F.linear"] = round(_median_ms(call, lin, reps=reps), 3)
             finally:
                 numba_matmul.FUSED_MAX_M, cython_matmul.FUSED_MAX_M = fused_max
-            rows.append(dict(dtype=str(dtype).removeprefix("torch."), M=M, **{k: round(v, 3) for k, v in med.items()}))
-            print(f"{dtype} M={M}: " + "  ".join(f"{k} {v:.2f} ms" for k, v in med.items()), flush=True)
+            rows.append(row)
+            print(f"{dtype} M={M}: " + "  ".join(f"{k} {v:.2f}" for k, v in row.items() if k not in ("dtype", "M")),
+                  flush=True)
     return rows
 
 
@@ -109,7 +129,8 @@ def main(argv=None) -> int:
         for r in rows:
             pub = r["matmul_4bit (public)"]
             lines.append(f"| {r['N']}x{r['K']} | {r['M']} | " + " | ".join(f"{r[c]:.2f}" for c in cols)
-                         + f" | {r['whole weight (before)'] / r['pieces 4 MiB']:.2f}x | {r['F.linear bf16'] / pub:.2f}x |")
+                         + f" | {r['whole weight (before)'] / r['pieces 4 MiB']:.2f}x"
+                         + f" | {r['F.linear bf16'] / pub:.2f}x |")
         cols = [k for k in few[0] if k not in ("dtype", "M")]
         lines += ["", "| dtype | M | " + " | ".join(f"{c} ms" for c in cols) + " |", "|---|---|" + "---|" * len(cols)]
         lines += [f"| {r['dtype']} | {r['M']} | " + " | ".join(f"{r[c]:.2f}" for c in cols) + " |" for r in few]

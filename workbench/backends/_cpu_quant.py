@@ -7,6 +7,7 @@ signatures on NumPy arrays; :func:`bind` wraps either module into the backend co
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -18,6 +19,17 @@ from ._cpu_common import alloc, as_numpy, as_numpy_bits, dense_matmul, empty_out
 # cache, and multiply each piece as it is decoded. A whole dequantized weight is written to memory and read back, and
 # from 32 MiB on (``alloc``) each call faults in fresh pages for it.
 CHUNK_BYTES = 4 << 20
+_SCRATCH = threading.local()
+
+
+def _scratch(nbytes: int) -> torch.Tensor:
+    """A uint8 buffer of at least ``nbytes``, kept per thread and reused from call to call: a new one of a few MiB
+    can come from fresh pages at each call (malloc maps a request above its threshold anew), and on a VM their first
+    touch can cost more than the decode."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.numel() < nbytes:
+        buf = _SCRATCH.buf = torch.empty(nbytes, dtype=torch.uint8)
+    return buf
 
 def _outputs(n: int, blocksize: int, nbytes: int):
     return alloc(nbytes, torch.uint8), torch.empty(nblocks(n, blocksize), dtype=torch.float32)
@@ -56,7 +68,7 @@ def dequant_matmul(K, A, B, shapeB, scales: np.ndarray, table, blocksize: int, b
     rows = chunk_rows(N, Kd, blocksize, A.element_size(), CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
     packed = as_numpy(B.reshape(-1))
     tab = as_numpy(table.float().contiguous())
-    buf = torch.empty(rows * Kd, dtype=A.dtype)
+    buf = _scratch(rows * Kd * A.element_size())[:rows * Kd * A.element_size()].view(A.dtype)
     arr, kind = as_numpy_bits(buf)
     out = None if rows == N else torch.empty(A.shape[0], N, dtype=A.dtype)   # one piece: its own output
     for r0 in range(0, N, rows):

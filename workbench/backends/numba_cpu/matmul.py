@@ -2,8 +2,8 @@
 
 The fused kernel (8 lanes by k % 8) runs for one activation row, the GEMV; above that the weight is dequantized (the
 numba dequantizer, exact) and multiplied by torch (``dense_matmul``: float32 sums, one rounding, torch's order), a few
-MiB of it at a time (``_cpu_quant.dequant_matmul``), as cython_cpu does. The fused loop's rows are scalar: on a
-2-core Zen 4 at 4096x4096 it took 22-60 ms for 2..8 rows, the pieces 6-10 ms (reports/matmul-cpu/dequant_pieces_zen4/). Order and bound:
+MiB of it at a time (``_cpu_quant.dequant_matmul``), as cython_cpu does: the fused loop's rows are scalar, several
+times slower than the pieces from 2 rows on (reports/matmul-cpu/dequant_pieces_zen4/). Order and bound:
 workbench/backends/reference/matmul.py.
 """
 from __future__ import annotations
