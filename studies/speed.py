@@ -1,9 +1,13 @@
-"""Speed: GB/s and % of copy bandwidth by backend x op x size, merged across machines.
+"""Speed: GB/s and % of copy bandwidth by backend x op x size, merged across machines; and inference, the 4-bit
+matmul against bitsandbytes and the dense bf16 matmul on each machine.
 
 Reads the committed benchmark result files under ``reports/`` (directories ``bench-cpu*``,
 ``gpu-h100*``, ``gpu-h200*``, ``optim-*``, ``int8-*``; whichever exist) plus any extra paths
 given (``workbench report --merge DIR``), and lays them side by side by ``run_device``; files under a
-``history/`` folder (earlier revisions, repeat runs) are left out.
+``history/`` folder (earlier revisions, repeat runs) are left out. The inference rows are each
+``reports/matmul-<device>/`` folder's current bench (its top-level ``bench.parquet`` or ``bench.csv``, written by
+``studies/bench/bench_matmul.py`` / ``bench_matmul_gpu.py``): ``matmul_4bit`` (NF4, blocksize 64, double quant,
+bf16 activations) per shape and number of rows M, beside bitsandbytes and cuBLAS / torch's dense bf16 matmul.
 Rows follow :func:`workbench.bench.row`: ``op, backend, n, median_ms, gbps, pct_copy`` and
 the ``run_*`` metadata; files that report only elements/s get GB/s derived with the same
 effective-bytes rule (see the notes). Nothing is timed here; the benchmarks themselves run on their machines
@@ -11,6 +15,7 @@ effective-bytes rule (see the notes). Nothing is timed here; the benchmarks them
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +24,8 @@ TITLE = "Speed: GB/s and % of copy bandwidth, across machines"
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 PATTERNS = ("bench-cpu*", "gpu-h100*", "gpu-h200*", "optim-*", "int8-*")
+INFERENCE_PATTERN = "matmul-*"
+INFERENCE = "inference"   # the column that marks the inference rows in the study's frame
 KEYS = ("family", "op", "backend", "dtype", "quant_type", "codebook", "blocksize", "n")
 ROOT = Path(__file__).resolve().parent.parent / "reports"
 
@@ -132,7 +139,102 @@ def run(quick: bool = False, executor=None, *, root: Path | str = ROOT, extra=()
     if getattr(executor, "gpus", None):   # --gpus: bench_gpu.py's speed sweep, one size per GPU worker
         new = normalize(speed_on_gpus(executor, quick=quick).assign(source_file="this run (--gpus)"))
         df = pd.concat([df, new], ignore_index=True) if not df.empty else new
-    return df, figures(df)
+    inf = load_inference(root)
+    figs = figures(df)
+    figs.update(inference_figures(inf))
+    if not inf.empty:
+        df = pd.concat([df.assign(**{INFERENCE: False}), inf.assign(**{INFERENCE: True})], ignore_index=True)
+    return df, figs
+
+
+def _split(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the bandwidth rows, the inference rows) of the study's frame."""
+    if df.empty or INFERENCE not in df:
+        return df, pd.DataFrame()
+    mask = df[INFERENCE].fillna(False).astype(bool)
+    return df[~mask].drop(columns=[INFERENCE]), df[mask].dropna(axis=1, how="all")
+
+
+# ------------------------------------------------------------------ inference: the 4-bit matmul (issue 18)
+
+INFERENCE_IMPLS = {"ours": "ours", "bnb": "bitsandbytes", "cublas_bf16": "dense bf16", "dense_bf16": "dense bf16"}
+
+
+def _device_txt(path: Path) -> dict:
+    """run_device, run_driver and run_git from a device folder's ``device.txt`` (first line ``NAME, driver``; a line
+    ``git REV``): the GPU matmul benches wrote no run metadata into their CSV."""
+    if not path.is_file():
+        return {}
+    lines = path.read_text().splitlines()
+    meta = {}
+    if lines:
+        name, _, driver = lines[0].partition(",")
+        meta.update(run_device=name.strip(), run_driver=driver.split(",")[0].strip())
+    git = next((ln.split()[1] for ln in lines if ln.startswith("git ") and len(ln.split()) > 1), None)
+    if git:
+        meta["run_git"] = git
+    return meta
+
+
+def load_inference(root: Path | str = ROOT) -> pd.DataFrame:
+    """Each ``matmul-<device>/`` folder's current bench (top-level ``bench.parquet``, else ``bench.csv``)."""
+    from workbench import results
+    frames = []
+    for d in sorted(Path(root).glob(INFERENCE_PATTERN)):
+        f = next((d / n for n in ("bench.parquet", "bench.csv") if (d / n).is_file()), None)
+        if f is None:
+            continue
+        df = results.read(f)
+        if not {"impl", "N", "K", "M", "public_ms"} <= set(df.columns):
+            continue
+        if "run_device" not in df:
+            df = df.assign(**_device_txt(d / "device.txt"))
+        if "run_device" not in df:
+            continue
+        frames.append(df.assign(source_file=f"{d.name}/{f.name}", op="matmul_4bit"))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _inference_time(d: pd.DataFrame) -> tuple[pd.Series, str]:
+    """One device's times: the kernel time (CUDA-graph replay) where every compared row has one, else the public
+    call's (the CPU bench times the public calls)."""
+    rows = d[d["impl"].isin(INFERENCE_IMPLS)]
+    if "kernel_ms" in d and rows["kernel_ms"].notna().all():
+        return d["kernel_ms"], "kernel"
+    return d["public_ms"], "public call"
+
+
+def inference_table(inf: pd.DataFrame) -> pd.DataFrame:
+    """Per device, shape and M: ours, bitsandbytes and the dense bf16 matmul (ms), the ratios, ours' % of copy."""
+    if inf.empty:
+        return pd.DataFrame()
+    out = []
+    for dev, d in inf.groupby("run_device"):
+        t, what = _inference_time(d)
+        d = d.assign(t=t, who=d["impl"].map(INFERENCE_IMPLS)).dropna(subset=["who"])
+        for (N, K, M), g in d.groupby(["N", "K", "M"]):
+            ms = g.groupby("who")["t"].median()
+            ours = ms.get("ours")
+            row = {"device": dev, "out x in": f"{int(N)}x{int(K)}", "M": int(M), "time": what,
+                   "ours ms": ours, "bitsandbytes ms": ms.get("bitsandbytes"), "dense bf16 ms": ms.get("dense bf16")}
+            row["x dense bf16"] = row["dense bf16 ms"] / ours if ours and row["dense bf16 ms"] else None
+            row["x bitsandbytes"] = row["bitsandbytes ms"] / ours if ours and row["bitsandbytes ms"] else None
+            if "pct_copy" in g and what == "kernel":
+                row["ours % of copy"] = g.loc[g["who"] == "ours", "pct_copy"].median()
+            out.append(row)
+    return pd.DataFrame(out).set_index(["device", "out x in", "M"]).sort_index().round(4)
+
+
+def inference_figures(inf: pd.DataFrame) -> dict:
+    """Time vs M per shape for each device (studies/bench/plot_matmul.py's figure of that device's bench)."""
+    if inf.empty:
+        return {}
+    from studies.bench import plot_matmul
+    figs = {}
+    for dev, d in inf.groupby("run_device"):
+        slug = re.sub(r"[^a-z0-9]+", "_", str(dev).lower()).strip("_")
+        figs[f"inference_{slug}"] = plot_matmul.plot(d.dropna(axis=1, how="all").reset_index(drop=True))
+    return figs
 
 
 def _keys(df: pd.DataFrame) -> list[str]:
@@ -191,10 +293,16 @@ def figures(df: pd.DataFrame) -> dict:
 
 
 def summarize(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    df, inf = _split(df)
+    out = []
+    if not inf.empty:
+        out.append(("Inference: matmul_4bit (NF4, blocksize 64, double quant, bf16) against bitsandbytes 0.50.2 and "
+                    "the dense bf16 matmul, per device, shape and M (x: their time over ours; kernel time on GPUs, "
+                    "the public call on CPUs)", inference_table(inf)))
     if df.empty:
-        return []
-    out = [("GB/s by device at the largest size measured (median of repeated rows)",
-            table(df, "gbps", largest_only=True))]
+        return [(t, x) for t, x in out if not x.empty]
+    out.append(("GB/s by device at the largest size measured (median of repeated rows)",
+                table(df, "gbps", largest_only=True)))
     if "pct_copy" in df and df["pct_copy"].notna().any():
         out.append(("% of the device's copy bandwidth, largest size", table(df, "pct_copy", largest_only=True)))
     if "melem_per_s" in df and df["melem_per_s"].notna().any():
@@ -205,10 +313,19 @@ def summarize(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 def notes(df: pd.DataFrame) -> list[str]:
-    if df.empty:
-        return [f"no benchmark result files found yet (looked for {', '.join(PATTERNS)} under reports/)"]
-    files = sorted(set(df["source_file"]))
-    out = [f"devices: {', '.join(sorted(set(df['run_device'].astype(str))))}", f"files: {', '.join(files)}"]
+    df, inf = _split(df)
+    if df.empty and inf.empty:
+        looked = ", ".join(PATTERNS + (INFERENCE_PATTERN,))
+        return [f"no benchmark result files found yet (looked for {looked} under reports/)"]
+    out = []
+    if not df.empty:
+        files = sorted(set(df["source_file"]))
+        out += [f"devices: {', '.join(sorted(set(df['run_device'].astype(str))))}", f"files: {', '.join(files)}"]
+    if not inf.empty:
+        src = inf.groupby("source_file")[["run_device", "run_git"]].first() if "run_git" in inf else \
+            inf.groupby("source_file")[["run_device"]].first().assign(run_git="?")
+        out.append("inference (matmul_4bit): " + "; ".join(f"{r.run_device} from {f} (git {r.run_git})"
+                                                            for f, r in src.iterrows()))
     if "pct_copy" in df and (df["pct_copy"] > 100).any():
         top = df.loc[df["pct_copy"].idxmax()]
         out.append(f"{COPY_NOTE} (largest here: {top['pct_copy']:.0f} % for {top['op']} on {top['backend']}, "

@@ -209,6 +209,42 @@ def test_speed_merges_devices(tmp_path):
     assert empty.empty and "no benchmark result files" in speed.notes(empty)[0]
 
 
+def _fake_matmul_bench(scale: float, kernel: bool) -> pd.DataFrame:
+    rows = []
+    for impl, ms in (("ours", 1.0), ("bnb", 3.0), ("cublas_bf16" if kernel else "dense_bf16", 2.0),
+                     ("ours_module", 1.1)):
+        for M in (1, 16):
+            rows.append(dict(impl=impl, N=4096, K=4096, M=M, dtype="bfloat16", public_ms=ms * scale * M + 0.5,
+                             kernel_ms=ms * scale * M if kernel else None, pct_copy=50.0 / M))
+    return pd.DataFrame(rows)
+
+
+def test_speed_gains_the_inference_rows(tmp_path):
+    """Each matmul-<device>/ folder's current bench (top-level; history/ and sub-folders left out): ours against
+    bitsandbytes and the dense matmul per device, shape and M, kernel time where every row has one; a CSV without
+    run metadata takes the device and revision from the folder's device.txt."""
+    cpu = _fake_matmul_bench(1.0, kernel=False)
+    results.save(results.frame(cpu.to_dict("records"), {"run_device": "CPU (2 cores)", "run_git": "c0ffee"}),
+                 tmp_path / "matmul-cpu" / "bench.parquet")
+    gpu = tmp_path / "matmul-h200"
+    (gpu / "history").mkdir(parents=True)
+    _fake_matmul_bench(0.01, kernel=True).to_csv(gpu / "bench.csv", index=False)
+    (gpu / "device.txt").write_text("NVIDIA H200, 580.159.04\ntorch 2.11\ngit f30bd8d\n")
+    _fake_matmul_bench(9.0, kernel=True).to_csv(gpu / "history" / "bench.csv", index=False)   # left out
+    (tmp_path / "matmul-h100" / "some_ab").mkdir(parents=True)                                # no current bench
+    _fake_matmul_bench(5.0, kernel=True).to_csv(tmp_path / "matmul-h100" / "some_ab" / "bench.csv", index=False)
+    df, figs = speed.run(root=tmp_path)
+    assert {"inference_cpu_2_cores", "inference_nvidia_h200"} <= set(figs)
+    title, t = speed.summarize(df)[0]
+    assert title.startswith("Inference") and set(t.index.get_level_values(0)) == {"CPU (2 cores)", "NVIDIA H200"}
+    g = t.loc[("NVIDIA H200", "4096x4096", 16)]
+    assert g["time"] == "kernel" and g["ours ms"] == pytest.approx(0.16)
+    assert g["x bitsandbytes"] == pytest.approx(3.0) and g["x dense bf16"] == pytest.approx(2.0)
+    c = t.loc[("CPU (2 cores)", "4096x4096", 1)]
+    assert c["time"] == "public call" and c["x dense bf16"] == pytest.approx(2.5 / 1.5, rel=1e-3)
+    assert any("NVIDIA H200 from matmul-h200/bench.csv (git f30bd8d)" in n for n in speed.notes(df))
+
+
 # ------------------------------------------------------------------ registry
 
 def test_registry():

@@ -3,13 +3,18 @@
 # GEMM and its tiled copies, the one-call path, the argument checks), then the matmul bench (BENCH_ARGS, e.g.
 # "--ms 1,4,16,64 --reps 10"; BENCH=0 skips it) and, with PROBE_ARGS, the LUT kernel's variant A/B
 # (studies/probes/matmul_lut_ab.py; its json under $OUT/probe), with HOST_PROFILE=1 the public call's host profile.
-# TESTS overrides the test files ("" for none).
+# TESTS overrides the test files ("" for none). QUANT_BENCH=1 adds the quant family's bench, speed only (its
+# 'nf4-dq' row: dequantize_4bit of a double-quantized state, one nested launch). NEED_H200=1 stops at once, running
+# nothing, when the card is not an H200.
 # Carry [".whl", ".devlibs"] (prebuilt matmul and quant libraries of this tree). usage (on the device, repo root):
 #     bash studies/probes/device_matmul_lut_adopted.sh
 set -u
 source studies/probes/device_env.sh >/dev/null   # the bitsandbytes wheel, PYTHONPATH, revision, the CUDA launcher
 exec > >(tee -a "$OUT/log.txt") 2>&1
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$OUT/device.txt"
+if [ -n "${NEED_H200:-}" ] && ! nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
+  echo "not an H200: nothing run (NEED_H200=1)"; exit 0
+fi
 python3 -m workbench.cuda_build matmul quant 2>&1 | tail -1
 ALL="tests/test_matmul_gpu.py tests/test_matmul_lut_gpu.py tests/test_matmul_gemv_one_call.py tests/test_op_checks.py"
 TESTS=${TESTS-$ALL} TEST_TIMEOUT=${TEST_TIMEOUT:-240} gpu_tests
@@ -18,6 +23,10 @@ if [ "${BENCH:-1}" != 0 ]; then   # BENCH=0: no bench (a variant A/B alone)
   timeout ${BENCH_TIMEOUT:-260} python3 -m studies.bench.bench_matmul_gpu --out "$OUT/bench" ${BENCH_ARGS:-} 2>&1 \
     | tail -45
   tar czf "$OUT/bench.tgz" -C "$OUT" bench 2>/dev/null; rm -rf "$OUT/bench"
+fi
+if [ -n "${QUANT_BENCH:-}" ]; then
+  timeout ${QUANT_TIMEOUT:-200} python3 -m studies.bench.bench_gpu --out "$OUT/quant" --quick --no-parity --no-sweep \
+    2>&1 | grep -v -i warn | tail -30
 fi
 # PROBE_ARGS (e.g. "--variants 0,14 --ms 1,4,16"): the LUT kernel's variants, parity then speed
 if [ -n "${PROBE_ARGS:-}" ]; then
