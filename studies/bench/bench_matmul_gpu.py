@@ -1,6 +1,6 @@
 """4-bit matmul on CUDA (issue 18 §4): ours beside bitsandbytes 0.50.2 and cuBLAS bf16, per shape and M.
 
-    python -m studies.bench.bench_matmul_gpu --out DIR          (writes DIR/bench.csv and DIR/time_vs_m.png)
+    python -m studies.bench.bench_matmul_gpu --out DIR          (writes DIR/bench.{parquet,csv} and DIR/time_vs_m.png)
     python -m studies.bench.bench_matmul_gpu --plot DIR/bench.csv  (the figure only, from a saved CSV)
 
 Weights NF4, blocksize 64, double quant; bf16 activations (M, K); out x in = (N, K). Implementations:
@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from studies.bench import oracle
+from workbench import results
 
 SHAPES = ((4096, 4096), (28672, 8192), (8192, 28672), (14336, 4096), (4096, 14336))
 MS = (1, 4, 16, 64, 256, 2048)
@@ -204,7 +205,9 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out / "bench.csv", index=False)
+        # bench.parquet + bench.csv with the run's metadata (device, driver, versions, git): the speed study's
+        # inference rows read them (studies/speed.py: load_inference)
+        results.save(df, out / "bench", meta=results.run_metadata("cuda"))
         (out / "table.md").write_text(table_md(df) + "\n")
         plot(df, out / "time_vs_m.png")
     return 0
