@@ -31,6 +31,7 @@ def _scratch(nbytes: int) -> torch.Tensor:
         buf = _SCRATCH.buf = torch.empty(nbytes, dtype=torch.uint8)
     return buf
 
+
 def _outputs(n: int, blocksize: int, nbytes: int):
     return alloc(nbytes, torch.uint8), torch.empty(nblocks(n, blocksize), dtype=torch.float32)
 

@@ -87,7 +87,7 @@ def dequantize_4bit(packed, absmax, table, blocksize, n, dtype, absmax_8bit=None
     if absmax_8bit is not None:
         code2 = absmax_code.to(absmax_8bit.device, torch.float32)
         absmax = _ops().dequantize_blockwise(absmax_8bit.reshape(-1), absmax.float(), code2, NESTED_BLOCKSIZE,
-                                                torch.float32)
+                                             torch.float32)
         absmax = absmax.reshape(-1) + absmax_offset.to(absmax.device, torch.float32).reshape(())
     if table.numel() != 16:
         raise ValueError(f"table: a 4-bit code has 16 entries, got {table.numel()}")
