@@ -333,7 +333,8 @@ def test_dequantize_nested_equals_its_scales_then_dequantize(bs, rng, poisoned):
     bits of the two-step form: the scales by the blockwise dequantizer plus the offset in float32, then
     kbit_dequantize_4bit. Odd lengths (a partial
     last block, a partial second-level block), every output dtype, staged and direct stores, before and after the
-    state is changed in place; the public call (its validation remembered on the state) gives the same bits."""
+    state is changed in place; the public call (its validation remembered on the state) gives the same bits, on the
+    cuda backend and on numba_cuda (its own nested-scale kernel)."""
     import workbench as wb
     from workbench.ops import _nested_args, _resolve_absmax
     C = _backend("cuda")
@@ -356,5 +357,8 @@ def test_dequantize_nested_equals_its_scales_then_dequantize(bs, rng, poisoned):
                         assert torch.equal(one.view(torch.uint8), two.view(torch.uint8)), (n, dtype, staged)
                         public = wb.dequantize_4bit(P, qs, dtype=dtype, backend="cuda")   # the same kernel
                         assert torch.equal(public.view(torch.uint8), two.view(torch.uint8)), (n, dtype, staged)
+                        if staged == 0 and status("numba_cuda")[0]:   # its resolve_nested kernel, then its dequantizer
+                            nb = wb.dequantize_4bit(P, qs, dtype=dtype, backend="numba_cuda")
+                            assert torch.equal(nb.view(torch.uint8), two.view(torch.uint8)), (n, dtype, "numba_cuda")
     finally:
         C.lib().kbit_quant_tuning(-1)
