@@ -2,7 +2,8 @@
 # One device call for the matmul dispatch as committed: the matmul GPU tests (the rule-2 paths, the unscaled-lookup
 # GEMM and its tiled copies, the one-call path, the argument checks), then the matmul bench (BENCH_ARGS, e.g.
 # "--ms 1,4,16,64 --reps 10"; BENCH=0 skips it) and, with PROBE_ARGS, the LUT kernel's variant A/B
-# (studies/probes/matmul_lut_ab.py; its json under $OUT/probe), with HOST_PROFILE=1 the public call's host profile.
+# (studies/probes/matmul_lut_ab.py; its json under $OUT/probe), with LARGE_M_ARGS the interleaved large-M timing,
+# with HOST_PROFILE=1 the public call's host profile.
 # TESTS overrides the test files ("" for none). QUANT_BENCH=1 adds the quant family's bench, speed only (its
 # 'nf4-dq' row: dequantize_4bit of a double-quantized state, one nested launch). NEED_H200=1 stops at once, running
 # nothing, when the card is not an H200.
@@ -32,6 +33,12 @@ fi
 if [ -n "${PROBE_ARGS:-}" ]; then
   timeout ${PROBE_TIMEOUT:-200} python3 -m studies.probes.matmul_lut_ab --out "$OUT/probe" ${PROBE_ARGS} 2>&1 \
     | tee "$OUT/lut_ab.txt" | tail -60
+fi
+# LARGE_M_ARGS (e.g. "--ms 64,128,256 --dequant-path"): the public call against cuBLAS (and the path it replaced),
+# interleaved (studies/probes/matmul_large_m_interleaved.py; its json under $OUT/large_m)
+if [ -n "${LARGE_M_ARGS:-}" ]; then
+  timeout ${LARGE_M_TIMEOUT:-240} python3 -m studies.probes.matmul_large_m_interleaved --out "$OUT/large_m" \
+    ${LARGE_M_ARGS} 2>&1 | tee "$OUT/large_m.txt" | tail -40
 fi
 # HOST_PROFILE=1: where the public call's host time goes (studies/probes/matmul_host_profile.py), beside F.linear
 if [ -n "${HOST_PROFILE:-}" ]; then

@@ -3,11 +3,13 @@
 Dispatch on the number of activation rows M, from the H200 measurements in reports/matmul-h200:
 
 * fp16/bf16 A, 2 <= M <= LUT_MAX_M, or M = 1 on a weight of more than LUT_M1_MIN_WEIGHTS elements with tiled
-  copies on, K % 64 == 0, blocksize >= 64, a codebook finite in A's dtype: the tensor-core GEMM with unscaled
-  lookups ``kbit_gemm_4bit_lut`` (cuda_src/matmul_lut.cuh, and its pipelined wgmma form matmul_lut_wgmma.cuh for
-  17..64 rows: each weight is dtype(table[c]), the block scale multiplies the block's float32 partial sum; held
-  to the reference's ``error_bound_unscaled``, not rule 2 bit for bit). It reads the weight's tiled copy
-  (gemm_layout.py: made once per weight, kept with it), or the row layout when copies are off;
+  copies on, K % 64 == 0, blocksize >= 64, a codebook finite in A's dtype: the tensor-core GEMM with codebook
+  lookups ``kbit_gemm_4bit_lut`` (cuda_src/matmul_lut.cuh, and its pipelined wgmma form matmul_lut_wgmma.cuh past
+  16 rows). Up to LUT_UNSCALED_MAX_M rows each weight is dtype(table[c]) and the block scale multiplies the block's
+  float32 partial sum (held to the reference's ``error_bound_unscaled``, not rule 2 bit for bit); past that each
+  weight is rule 2's dtype(table[c] * s), summed by the tensor core in float32 (held to ``error_bound``). It reads
+  the weight's tiled copy (gemm_layout.py: made once per weight, kept with it), or the row layout when copies are
+  off;
 * otherwise fp16/bf16 A, K % 32 == 0, MMA_MIN_M <= M <= MMA_MAX_M: the fused dequant + tensor-core GEMM
   ``kbit_gemm_4bit_mma`` (cuda_src/matmul_mma.cuh: rule 2 exactly, mma.sync m16n8k16, float32 accumulators,
   split-K over enough CTAs to fill the GPU, partials summed in split order by the last CTA of a tile);
@@ -42,7 +44,12 @@ MMA_MAX_M = 64
 # M = 1, reading the tiled copy, it beats the GEMV by 1.05-1.39x on the four shapes of more than 2^24 weights and
 # loses on 4096x4096.
 LUT_MIN_M = 1
-LUT_MAX_M = 64
+LUT_MAX_M = 256
+# Past 64 rows the kernel's wgmma form takes rule-2 weights, dtype(table[c] * s), 128 activation rows a task (one
+# accumulator per output, no partial to scale: cuda_src/matmul_lut_wgmma.cuh kUnscaledMaxM), held to error_bound;
+# up to 64 the unscaled lookups above. Splits > 1 only up to LUT_SPLIT_MAX_M rows (kbit_matmul.h).
+LUT_UNSCALED_MAX_M = 64
+LUT_SPLIT_MAX_M = 128
 LUT_M1_MIN_WEIGHTS = 1 << 24
 # How the kernel reads the codebook (0: one shared table, 1: a copy per lane, 3: byte-indexed pairs): equal
 # results, different speed; KBIT_MMA_LOOKUP overrides the measured default.
@@ -93,6 +100,12 @@ def lut_rows(M: int, N: int, K: int) -> bool:
     if M == 1:
         return gemm_layout.ENABLED and N * K > LUT_M1_MIN_WEIGHTS
     return M <= LUT_MAX_M
+
+
+def lut_unscaled(M: int) -> bool:
+    """Whether the lookup GEMM's form for M rows is the unscaled one (bound: error_bound_unscaled; else rule 2's
+    weights, bound: error_bound)."""
+    return M <= LUT_UNSCALED_MAX_M
 
 
 def takes_lut(dtype: torch.dtype, M: int, N: int, K: int, blocksize: int, table_fits: bool) -> bool:
@@ -309,6 +322,8 @@ _lut_plans: dict = {}  # (M, N, K, dtype, device index) -> splits
 def lut_splits(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> int:
     """K ranges per m16 row tile: as many as keep every resident warp busy with one task, at least one (H200: the
     best of 1..24 splits measured on all five shapes at M = 1..64, reports/matmul-h200/lut_gemm)."""
+    if M > LUT_SPLIT_MAX_M:
+        return 1
     occ = _c.c_int()
     with on(device):
         check(lib().kbit_gemm_4bit_lut_ctas(M, N, K, DTYPE_CODE[dtype], _c.byref(occ)), "kbit_gemm_4bit_lut_ctas")
