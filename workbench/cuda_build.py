@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,12 +79,16 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", action="append", help="e.g. sm_90a (repeatable); default sm_90a")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--verbose", action="store_true", help="print ptxas resource usage (registers, spills)")
+    ap.add_argument("--check", action="store_true",
+                    help="prove the families build (PTX only, optimizers off) into a temporary folder; no library kept")
     args = ap.parse_args(argv)
     ok = True
+    scratch = tempfile.TemporaryDirectory() if args.check else None
     for fam in args.families or families():
         try:
-            p = build(fam, tuple(args.arch or DEFAULT_ARCHS), force=args.force, verbose=args.verbose)
-            print(f"built {p}")
+            p = build(fam, tuple(args.arch or DEFAULT_ARCHS), force=args.force or args.check, verbose=args.verbose,
+                      build_dir=scratch.name if scratch else None, check_only=args.check)
+            print(f"{'checked' if args.check else 'built'} {p.name if args.check else p}")
         except Exception as e:
             ok = False
             print(f"FAILED {fam}: {e}", file=sys.stderr)
