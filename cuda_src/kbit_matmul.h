@@ -52,7 +52,8 @@ cudaError_t kbit_gemm_4bit_mma(const void* A, int dtype, int M, long long N, lon
 
 /* Fused dequantize + tensor-core GEMM with UNSCALED codebook lookups (matmul_lut.cuh), 1 <= M <= 64, fp16/bf16;
  * 65 <= M <= 256 (and variant 34 at any M): rule-2 weights dtype(table[c] * s) summed by wgmma in float32, chunks in
- * order (matmul_lut_wgmma.cuh, SC; bound: error_bound), splits > 1 only up to KBIT_GEMM_LUT_SPLIT_MAX_M rows.
+ * order (matmul_lut_wgmma.cuh, SC; bound: error_bound), 128 activation rows a task: counters per 16 weight rows and
+ * task row group, ceil(N / 16) * ceil(M / 128) of them past 64 rows.
  * Requires K % 64 == 0, blocksize >= 64 and 16-byte aligned A and B (else cudaErrorInvalidValue; callers fall
  * back). Numerics differ from rule 2: the weight is dtype(table[c]) and the block scale multiplies the partial sum,
  *   out[m,n] = dtype(sum_b fma(s[b], P_b, .) + bias[n]),  P_b = sum_{k in 64-chunk b} dtype(table[c_k]) * A[m,k]
@@ -62,7 +63,6 @@ cudaError_t kbit_gemm_4bit_mma(const void* A, int dtype, int M, long long N, lon
  * tiled = 1: B in the tiled layout, [ceil(N/16) tiles][K/64 chunks][32 lanes][16 bytes] (matmul_lut.cuh); 2: chunk-major,
  * [K/64 chunks][ceil(N/16) tiles][32 lanes][16 bytes]; 0: bitsandbytes' rows. */
 #define KBIT_GEMM_LUT_MAX_M 256
-#define KBIT_GEMM_LUT_SPLIT_MAX_M 128  // splits > 1 only up to this many rows (one task's activation rows)
 cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, long long K, const unsigned char* B,
                                const float* absmax, const unsigned char* absmax_8bit, const float* absmax_code,
                                const float* absmax_offset, const float* table, int blocksize, const void* bias,

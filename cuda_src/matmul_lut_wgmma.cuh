@@ -320,7 +320,7 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
     const int chunks = (int)(p.K / kChunk);
     const long long tiles = (p.N + 15) / 16;
     // SC: 8 NT activation rows a task (mtiles of them, adjacent tasks: a weight's CTAs run together, its second
-    // read from L2); splits == 1 where mtiles > 1 (the entry point's check: the split counters are per weight tile)
+    // read from L2), each with its own split partials and counters (kbit_matmul.h)
     const int mtiles = SC ? (p.M + 8 * NT - 1) / (8 * NT) : 1;
     const long long tasks = (tiles + kWarps - 1) / kWarps * p.splits * mtiles;
     float part[NT][4];    // a chunk's partial, written by wgmma only (its first k16 step does not read it)
@@ -337,6 +337,10 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
             q.A = reinterpret_cast<const uint16_t*>(p.A) + m0 * p.K;
             q.out = reinterpret_cast<uint16_t*>(p.out) + m0 * p.N;
             q.M = p.M - (int)m0 < 8 * NT ? p.M - (int)m0 : 8 * NT;
+            if (p.splits > 1) {  // this row group's splits x q.M x N partials and its counters
+                q.partial = p.partial + p.splits * m0 * p.N;
+                q.counters = p.counters + mt * tiles;
+            }
         }
         const int c_begin = z * p.chunks_per_split;
         const int c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;

@@ -397,17 +397,17 @@ def test_rule2_form_gives_the_dequantized_weights_bits(rng):
             assert torch.equal(got, W[:, ks].t()), (N, K, dtype)   # values: a zero weight may come back as +0
 
 
-def test_rows_past_one_task_refuse_splits(rng, monkeypatch):
-    """Splits > 1 past 128 rows would share a weight tile's split counters between tasks: the entry point refuses
-    them (an error, never a wrong result) and the planner never asks for them."""
+@pytest.mark.parametrize("splits", [2, 3, 7])
+def test_rule2_form_split_k_over_row_groups(rng, monkeypatch, splits):
+    """Forced splits past 64 rows, one and two row groups of 128 (each with its own partials and counters): over
+    NaN-poisoned memory within the bound, and a second call gives the same bits (the counters were left at zero)."""
     _need_cuda()
     from workbench.backends.cuda import matmul as CM
-    A, P, qs, b = _case(rng, 300, 4160, 200, torch.bfloat16, 64, True, False)
-    assert CM.lut_splits(200, 300, 4160, torch.bfloat16, A.device) == 1
-    monkeypatch.setattr(CM, "lut_splits", lambda *a, **k: 2)
+    monkeypatch.setattr(CM, "lut_splits", lambda *a, **k: splits)
     monkeypatch.setattr(CM, "_lut_plans", {})
-    with pytest.raises(RuntimeError, match="kbit_gemm_4bit_lut"):
-        matmul_4bit(A, P, qs)
+    calls = _count(monkeypatch)
+    _split_runs_within_and_repeatable(rng, ((100, (300, 4160, 64)), (200, (1000, 2048, 64)), (256, (129, 4096, 128))))
+    assert len(calls) == 6
 
 
 def test_kept_partials_shared_by_calls_in_flight(rng, monkeypatch):

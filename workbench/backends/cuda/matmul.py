@@ -47,9 +47,9 @@ LUT_MIN_M = 1
 LUT_MAX_M = 256
 # Past 64 rows the kernel's wgmma form takes rule-2 weights, dtype(table[c] * s), 128 activation rows a task (one
 # accumulator per output, no partial to scale: cuda_src/matmul_lut_wgmma.cuh kUnscaledMaxM), held to error_bound;
-# up to 64 the unscaled lookups above. Splits > 1 only up to LUT_SPLIT_MAX_M rows (kbit_matmul.h).
+# up to 64 the unscaled lookups above.
 LUT_UNSCALED_MAX_M = 64
-LUT_SPLIT_MAX_M = 128
+LUT_TASK_ROWS = 128
 LUT_M1_MIN_WEIGHTS = 1 << 24
 # How the kernel reads the codebook (0: one shared table, 1: a copy per lane, 3: byte-indexed pairs): equal
 # results, different speed; KBIT_MMA_LOOKUP overrides the measured default.
@@ -100,6 +100,11 @@ def lut_rows(M: int, N: int, K: int) -> bool:
     if M == 1:
         return gemm_layout.ENABLED and N * K > LUT_M1_MIN_WEIGHTS
     return M <= LUT_MAX_M
+
+
+def lut_row_groups(M: int) -> int:
+    """Activation row groups the lookup GEMM's tasks take (each with its own split counters per weight tile)."""
+    return 1 if M <= LUT_UNSCALED_MAX_M else -(-M // LUT_TASK_ROWS)
 
 
 def lut_unscaled(M: int) -> bool:
@@ -322,13 +327,11 @@ _lut_plans: dict = {}  # (M, N, K, dtype, device index) -> splits
 def lut_splits(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> int:
     """K ranges per m16 row tile: as many as keep every resident warp busy with one task, at least one (H200: the
     best of 1..24 splits measured on all five shapes at M = 1..64, reports/matmul-h200/lut_gemm)."""
-    if M > LUT_SPLIT_MAX_M:
-        return 1
     occ = _c.c_int()
     with on(device):
         check(lib().kbit_gemm_4bit_lut_ctas(M, N, K, DTYPE_CODE[dtype], _c.byref(occ)), "kbit_gemm_4bit_lut_ctas")
     warps = max(1, occ.value) * _sm_count(device) * 8  # the default forms: 8 warps a CTA
-    tiles = -(-N // 16)
+    tiles = -(-N // 16) * lut_row_groups(M)
     groups = max(1, K // (4 * LUT_CHUNK))
     return max(1, min(warps // tiles, groups, MAX_SPLITS))
 
@@ -349,7 +352,7 @@ def gemm_lut_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     st = raw_stream(device_index)
     part = ctr = None   # alive until the launch is queued (the allocator reuses freed memory in stream order)
     if splits > 1:
-        part, ctr = _split_scratch(A.device, splits * M * N, -(-N // 16), st)
+        part, ctr = _split_scratch(A.device, splits * M * N, -(-N // 16) * lut_row_groups(M), st)
     tiled = gemm_layout.tiled_copy(B, N, K)
     codes = B if tiled is None else tiled
     check(_kernels().kbit_gemm_4bit_lut(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, codes.data_ptr(), a2, a8, c2, off,
