@@ -362,6 +362,7 @@ def test_65_to_256_rows_take_the_rule2_wgmma_form(rng, monkeypatch, dtype):
     _need_cuda()
     from workbench.backends.cuda import gemm_layout
     from workbench.backends.cuda import matmul as CM
+    monkeypatch.setattr(CM, "LUT_MAX_M", 256)
     calls = _count(monkeypatch)
     rand = cbs.from_values(np.sort(np.random.default_rng(7).uniform(-1, 1, 16)))
     for i, (N, K, bs, M) in enumerate(RULE2_CASES):
@@ -381,10 +382,13 @@ def test_65_to_256_rows_take_the_rule2_wgmma_form(rng, monkeypatch, dtype):
         monkeypatch.setattr(gemm_layout, "ENABLED", True)
 
 
-def test_rule2_form_gives_the_dequantized_weights_bits(rng):
+def test_rule2_form_gives_the_dequantized_weights_bits(rng, monkeypatch):
     """One-hot activation rows pick single weights: out[m, n] = W[n, k_m] exactly, W rule 2's dequantized weight
     (the dequantizer's bits: dtype(table[c] * s)). 250 rows of picks (two tasks), a NaN-poisoned allocator."""
     _need_cuda()
+    from workbench.backends.cuda import matmul as CM
+    monkeypatch.setattr(CM, "LUT_MAX_M", 256)
+    calls = _count(monkeypatch)
     for N, K, bs, nested in ((300, 4160, 64, True), (1000, 2048, 128, False), (129, 1024, 64, True)):
         for dtype in (torch.bfloat16, torch.float16):
             _, P, qs, _ = _case(rng, N, K, 1, dtype, bs, nested, False)
@@ -395,6 +399,7 @@ def test_rule2_form_gives_the_dequantized_weights_bits(rng):
             _poison_allocator()
             got = matmul_4bit(A, P, qs)
             assert torch.equal(got, W[:, ks].t()), (N, K, dtype)   # values: a zero weight may come back as +0
+    assert len(calls) == 6
 
 
 @pytest.mark.parametrize("splits", [2, 3, 7])
@@ -403,6 +408,7 @@ def test_rule2_form_split_k_over_row_groups(rng, monkeypatch, splits):
     NaN-poisoned memory within the bound, and a second call gives the same bits (the counters were left at zero)."""
     _need_cuda()
     from workbench.backends.cuda import matmul as CM
+    monkeypatch.setattr(CM, "LUT_MAX_M", 256)
     monkeypatch.setattr(CM, "lut_splits", lambda *a, **k: splits)
     monkeypatch.setattr(CM, "_lut_plans", {})
     calls = _count(monkeypatch)

@@ -6,8 +6,9 @@ and each is also timed by CUDA-graph replay in two alternating passes.
 
 NF4, blocksize 64, double quant, bf16, the public calls with default arguments; cuBLAS with torch's defaults.
 ``--dequant-path`` adds "ours_dequant": the same public call with the lookup GEMM's rows capped at 64 (the
-dequantize + cuBLAS path it replaces past 64 rows), and the largest |ours - ours_dequant| per case; at M <= 64,
-"ours_rule2" instead: the lookup GEMM's rule-2 wgmma form forced (kbit_gemm_lut_tuning 34) beside its default.
+dequantize + cuBLAS path; with KBIT_LUT_MAX_M=256 "ours" is the lookup GEMM's rule-2 form past 64 rows), and the
+largest |ours - ours_dequant| per case; at M <= 64, "ours_rule2" instead: the lookup GEMM's rule-2 wgmma form
+forced (kbit_gemm_lut_tuning 34) beside its default.
 
 usage (GPU): python -m studies.probes.matmul_large_m_interleaved [--shapes 28672x8192,...] [--ms 256,2048]
              [--dequant-path] [--out DIR]"""

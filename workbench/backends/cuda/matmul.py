@@ -44,10 +44,11 @@ MMA_MAX_M = 64
 # M = 1, reading the tiled copy, it beats the GEMV by 1.05-1.39x on the four shapes of more than 2^24 weights and
 # loses on 4096x4096.
 LUT_MIN_M = 1
-LUT_MAX_M = 256
 # Past 64 rows the kernel's wgmma form takes rule-2 weights, dtype(table[c] * s), 128 activation rows a task (one
 # accumulator per output, no partial to scale: cuda_src/matmul_lut_wgmma.cuh kUnscaledMaxM), held to error_bound;
-# up to 64 the unscaled lookups above.
+# up to 64 the unscaled lookups above. Not yet timed on a GPU, so opt-in: KBIT_LUT_MAX_M=256 sends 65..256 rows to
+# it, the default keeps them on dequantize + cuBLAS.
+LUT_MAX_M = int(os.environ.get("KBIT_LUT_MAX_M", "64"))
 LUT_UNSCALED_MAX_M = 64
 LUT_TASK_ROWS = 128
 LUT_M1_MIN_WEIGHTS = 1 << 24
