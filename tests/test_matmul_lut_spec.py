@@ -67,7 +67,7 @@ def test_rows_past_64_are_opt_in_rule2_and_grouped_by_128():
              "print(CM.LUT_MAX_M, [CM.takes_lut(torch.bfloat16, m, 4096, 4096, 64, True) for m in (64, 65, 256, 257)], "
              "[CM.lut_unscaled(m) for m in (64, 65)], [CM.lut_row_groups(m) for m in (1, 64, 65, 128, 129, 256)])")
     runs = {}
-    for value in (None, "256"):
+    for value in (None, "256", "4096"):
         env = {k: v for k, v in os.environ.items() if k != "KBIT_LUT_MAX_M"}
         if value:
             env["KBIT_LUT_MAX_M"] = value
@@ -75,4 +75,4 @@ def test_rows_past_64_are_opt_in_rule2_and_grouped_by_128():
                                      check=True).stdout.strip()
     rest = "[True, False] [1, 1, 1, 1, 2, 2]"
     assert runs[None] == f"64 [True, False, False, False] {rest}"
-    assert runs["256"] == f"256 [True, True, True, False] {rest}"
+    assert runs["256"] == runs["4096"] == f"256 [True, True, True, False] {rest}"   # the kernel's 256 at most

@@ -47,8 +47,9 @@ LUT_MIN_M = 1
 # Past 64 rows the kernel's wgmma form takes rule-2 weights, dtype(table[c] * s), 128 activation rows a task (one
 # accumulator per output, no partial to scale: cuda_src/matmul_lut_wgmma.cuh kUnscaledMaxM), held to error_bound;
 # up to 64 the unscaled lookups above. Not yet timed on a GPU, so opt-in: KBIT_LUT_MAX_M=256 sends 65..256 rows to
-# it, the default keeps them on dequantize + cuBLAS.
-LUT_MAX_M = int(os.environ.get("KBIT_LUT_MAX_M", "64"))
+# it, the default keeps them on dequantize + cuBLAS. The kernel takes at most LUT_KERNEL_MAX_M rows (kbit_matmul.h).
+LUT_KERNEL_MAX_M = 256
+LUT_MAX_M = min(int(os.environ.get("KBIT_LUT_MAX_M", "64")), LUT_KERNEL_MAX_M)
 LUT_UNSCALED_MAX_M = 64
 LUT_TASK_ROWS = 128
 LUT_M1_MIN_WEIGHTS = 1 << 24
@@ -115,7 +116,7 @@ def lut_unscaled(M: int) -> bool:
 
 
 def takes_lut(dtype: torch.dtype, M: int, N: int, K: int, blocksize: int, table_fits: bool) -> bool:
-    """Whether gemm_4bit's dispatch sends M rows of ``dtype`` to the unscaled-lookup GEMM; ``table_fits``: every
+    """Whether gemm_4bit's dispatch sends M rows of ``dtype`` to the lookup GEMM; ``table_fits``: every
     codebook entry is finite in ``dtype`` (:func:`table_fits`; callers ask only when :func:`lut_rows` holds)."""
     return dtype != torch.float32 and lut_rows(M, N, K) and K % 64 == 0 and blocksize >= 64 and table_fits
 
