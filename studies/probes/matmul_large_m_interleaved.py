@@ -5,8 +5,8 @@ in the opposite order every other round (``bench.interleaved_ms``: a synchronize
 and each is also timed by CUDA-graph replay in two alternating passes.
 
 NF4, blocksize 64, double quant, bf16, the public calls with default arguments; cuBLAS with torch's defaults.
-``--dequant-path`` adds "ours_dequant": the same public call with the lookup GEMM's rows capped at 64 (the
-dequantize + cuBLAS path; with KBIT_LUT_MAX_M=256 "ours" is the lookup GEMM's rule-2 form past 64 rows), and the
+``--dequant-path`` adds "ours_dequant": the same public call sent to dequantize + cuBLAS (the bench's forced path;
+with KBIT_LUT_MAX_M=256 "ours" is the lookup GEMM's rule-2 form past 64 rows), and the
 largest |ours - ours_dequant| per case; at M <= 64, "ours_rule2" instead: the lookup GEMM's rule-2 wgmma form
 forced (kbit_gemm_lut_tuning 34) beside its default.
 
@@ -20,19 +20,11 @@ from pathlib import Path
 
 import torch
 
+from studies.bench.bench_matmul_gpu import _forced
 import workbench as wb
 from workbench import bench
 from workbench.backends.cuda import matmul as CM
 from workbench.matmul import matmul_4bit
-
-
-def dequant_path(A, P, qs):
-    """The public call with the lookup GEMM's rows capped at 64: past them, dequantize + cuBLAS."""
-    kept, CM.LUT_MAX_M = CM.LUT_MAX_M, CM.LUT_UNSCALED_MAX_M
-    try:
-        return matmul_4bit(A, P, qs)
-    finally:
-        CM.LUT_MAX_M = kept
 
 
 def rule2_form(A, P, qs):
@@ -72,7 +64,7 @@ def main(argv=None) -> int:
             diff = None
             if args.dequant_path:
                 other = "ours_dequant" if M > CM.LUT_UNSCALED_MAX_M else "ours_rule2"
-                fns[other] = (lambda: dequant_path(A, P, qs)) if M > CM.LUT_UNSCALED_MAX_M else (
+                fns[other] = _forced("ours_dequant", A, P, qs) if M > CM.LUT_UNSCALED_MAX_M else (
                     lambda: rule2_form(A, P, qs))
                 with torch.no_grad():
                     diff = (fns["ours"]().float() - fns[other]().float()).abs().max().item()
