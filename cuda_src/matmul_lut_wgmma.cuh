@@ -50,88 +50,45 @@ static_assert(lut4::kSmem % 1024 == 0, "the stages start 1 KB-aligned");
 #define LUTWG_W4(i) "=f"(d[i][0]), "=f"(d[i][1]), "=f"(d[i][2]), "=f"(d[i][3])
 #define LUTWG_IN "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b)
 template <int NT> struct Mma;
-template <> struct Mma<1> {  // m64n8k16: 4 accumulators a thread
-    template <int DT, bool ACC>
-    __device__ static __forceinline__ void run(float (&d)[1][4], const uint32_t (&a)[4], uint64_t b) {
-#define LUTWG_D(M) M(0)
-#define LUTWG_ASM(TY, SD, M)                                                                                  \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n8k16.f32." TY "." TY " {%0,%1,%2,%3}, "  \
-                 "{%4,%5,%6,%7}, %8, " SD ", 1, 1, 0;\n" : LUTWG_D(M) : LUTWG_IN)
-        if constexpr (DT == KBIT_BF16 && ACC) LUTWG_ASM("bf16", "1", LUTWG_D4);
-        else if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16", "0", LUTWG_W4);
-        else if constexpr (ACC) LUTWG_ASM("f16", "1", LUTWG_D4);
-        else LUTWG_ASM("f16", "0", LUTWG_W4);
+/* Mma<NT>: wgmma SHAPE; D names its 4 NT accumulator operands, AB its A registers and B descriptor (then LUTWG_IN's
+ * order); DL lists the accumulators for the constraints. */
+#define LUTWG_ASM(SHAPE, TY, SD, D, AB, OUTS)                                                                     \
+    asm volatile("wgmma.mma_async.sync.aligned." SHAPE ".f32." TY "." TY " {" D "}, " AB ", " SD ", 1, 1, 0;\n"   \
+                 : OUTS : LUTWG_IN)
+#define LUTWG_MMA(NT, SHAPE, D, AB, DL)                                                                           \
+    template <> struct Mma<NT> {                                                                                  \
+        template <int DT, bool ACC>                                                                               \
+        __device__ static __forceinline__ void run(float (&d)[NT][4], const uint32_t (&a)[4], uint64_t b) {      \
+            if constexpr (DT == KBIT_BF16 && ACC) LUTWG_ASM(SHAPE, "bf16", "1", D, AB, DL(LUTWG_D4));            \
+            else if constexpr (DT == KBIT_BF16) LUTWG_ASM(SHAPE, "bf16", "0", D, AB, DL(LUTWG_W4));              \
+            else if constexpr (ACC) LUTWG_ASM(SHAPE, "f16", "1", D, AB, DL(LUTWG_D4));                           \
+            else LUTWG_ASM(SHAPE, "f16", "0", D, AB, DL(LUTWG_W4));                                             \
+        }                                                                                                         \
+    };
+#define LUTWG_L1(M) M(0)
+#define LUTWG_L2(M) M(0), M(1)
+#define LUTWG_L4(M) M(0), M(1), M(2), M(3)
+#define LUTWG_L8(M) LUTWG_L4(M), M(4), M(5), M(6), M(7)
+#define LUTWG_L16(M) LUTWG_L8(M), M(8), M(9), M(10), M(11), M(12), M(13), M(14), M(15)
+#define LUTWG_R0_15 "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15"
+#define LUTWG_R16_31 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+LUTWG_MMA(1, "m64n8k16", "%0,%1,%2,%3", "{%4,%5,%6,%7}, %8", LUTWG_L1)
+LUTWG_MMA(2, "m64n16k16", "%0,%1,%2,%3,%4,%5,%6,%7", "{%8,%9,%10,%11}, %12", LUTWG_L2)
+LUTWG_MMA(4, "m64n32k16", LUTWG_R0_15, "{%16,%17,%18,%19}, %20", LUTWG_L4)
+LUTWG_MMA(8, "m64n64k16", LUTWG_R0_15 "," LUTWG_R16_31, "{%32,%33,%34,%35}, %36", LUTWG_L8)
+LUTWG_MMA(16, "m64n128k16",  // the rule-2 form past 64 rows
+          LUTWG_R0_15 "," LUTWG_R16_31 ",%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+                      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63",
+          "{%64,%65,%66,%67}, %68", LUTWG_L16)
+#undef LUTWG_MMA
 #undef LUTWG_ASM
-#undef LUTWG_D
-    }
-};
-template <> struct Mma<2> {  // m64n16k16: 8 accumulators a thread
-    template <int DT, bool ACC>
-    __device__ static __forceinline__ void run(float (&d)[2][4], const uint32_t (&a)[4], uint64_t b) {
-#define LUTWG_D(M) M(0), M(1)
-#define LUTWG_ASM(TY, SD, M)                                                                                  \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32." TY "." TY " {%0,%1,%2,%3,%4,%5,%6,%7}, "  \
-                 "{%8,%9,%10,%11}, %12, " SD ", 1, 1, 0;\n" : LUTWG_D(M) : LUTWG_IN)
-        if constexpr (DT == KBIT_BF16 && ACC) LUTWG_ASM("bf16", "1", LUTWG_D4);
-        else if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16", "0", LUTWG_W4);
-        else if constexpr (ACC) LUTWG_ASM("f16", "1", LUTWG_D4);
-        else LUTWG_ASM("f16", "0", LUTWG_W4);
-#undef LUTWG_ASM
-#undef LUTWG_D
-    }
-};
-template <> struct Mma<4> {  // m64n32k16: 16 accumulators a thread
-    template <int DT, bool ACC>
-    __device__ static __forceinline__ void run(float (&d)[4][4], const uint32_t (&a)[4], uint64_t b) {
-#define LUTWG_D(M) M(0), M(1), M(2), M(3)
-#define LUTWG_ASM(TY, SD, M)                                                                                  \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY                                           \
-                 " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "                                         \
-                 "{%16,%17,%18,%19}, %20, " SD ", 1, 1, 0;\n" : LUTWG_D(M) : LUTWG_IN)
-        if constexpr (DT == KBIT_BF16 && ACC) LUTWG_ASM("bf16", "1", LUTWG_D4);
-        else if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16", "0", LUTWG_W4);
-        else if constexpr (ACC) LUTWG_ASM("f16", "1", LUTWG_D4);
-        else LUTWG_ASM("f16", "0", LUTWG_W4);
-#undef LUTWG_ASM
-#undef LUTWG_D
-    }
-};
-template <> struct Mma<8> {  // m64n64k16: 32 accumulators a thread
-    template <int DT, bool ACC>
-    __device__ static __forceinline__ void run(float (&d)[8][4], const uint32_t (&a)[4], uint64_t b) {
-#define LUTWG_D(M) M(0), M(1), M(2), M(3), M(4), M(5), M(6), M(7)
-#define LUTWG_ASM(TY, SD, M)                                                                                  \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY                                           \
-                 " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                           \
-                 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "                                 \
-                 "{%32,%33,%34,%35}, %36, " SD ", 1, 1, 0;\n" : LUTWG_D(M) : LUTWG_IN)
-        if constexpr (DT == KBIT_BF16 && ACC) LUTWG_ASM("bf16", "1", LUTWG_D4);
-        else if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16", "0", LUTWG_W4);
-        else if constexpr (ACC) LUTWG_ASM("f16", "1", LUTWG_D4);
-        else LUTWG_ASM("f16", "0", LUTWG_W4);
-#undef LUTWG_ASM
-#undef LUTWG_D
-    }
-};
-template <> struct Mma<16> {  // m64n128k16: 64 accumulators a thread (the rule-2 form past 64 rows)
-    template <int DT, bool ACC>
-    __device__ static __forceinline__ void run(float (&d)[16][4], const uint32_t (&a)[4], uint64_t b) {
-#define LUTWG_D(M) M(0), M(1), M(2), M(3), M(4), M(5), M(6), M(7), M(8), M(9), M(10), M(11), M(12), M(13), M(14), M(15)
-#define LUTWG_ASM(TY, SD, M)                                                                                  \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY                                          \
-                 " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                    \
-                 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"              \
-                 "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"              \
-                 "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "            \
-                 "{%64,%65,%66,%67}, %68, " SD ", 1, 1, 0;\n" : LUTWG_D(M) : LUTWG_IN)
-        if constexpr (DT == KBIT_BF16 && ACC) LUTWG_ASM("bf16", "1", LUTWG_D4);
-        else if constexpr (DT == KBIT_BF16) LUTWG_ASM("bf16", "0", LUTWG_W4);
-        else if constexpr (ACC) LUTWG_ASM("f16", "1", LUTWG_D4);
-        else LUTWG_ASM("f16", "0", LUTWG_W4);
-#undef LUTWG_ASM
-#undef LUTWG_D
-    }
-};
+#undef LUTWG_L1
+#undef LUTWG_L2
+#undef LUTWG_L4
+#undef LUTWG_L8
+#undef LUTWG_L16
+#undef LUTWG_R0_15
+#undef LUTWG_R16_31
 #undef LUTWG_D4
 #undef LUTWG_W4
 #undef LUTWG_IN
