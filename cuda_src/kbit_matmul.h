@@ -50,10 +50,7 @@ cudaError_t kbit_gemm_4bit_mma(const void* A, int dtype, int M, long long N, lon
                                const float* absmax_offset, const float* table, int blocksize, const void* bias,
                                void* out, float* partial, int* counters, int splits, int lookup, cudaStream_t stream);
 
-/* Fused dequantize + tensor-core GEMM with UNSCALED codebook lookups (matmul_lut.cuh), 1 <= M <= 64, fp16/bf16;
- * 65 <= M <= 256 (and variant 34 at any M): rule-2 weights dtype(table[c] * s) summed by wgmma in float32, chunks in
- * order (matmul_lut_wgmma.cuh, SC; bound: error_bound), 128 activation rows a task: counters per 16 weight rows and
- * task row group, ceil(N / 16) * ceil(M / 128) of them past 64 rows.
+/* Fused dequantize + tensor-core GEMM with UNSCALED codebook lookups (matmul_lut.cuh), 1 <= M <= 64, fp16/bf16.
  * Requires K % 64 == 0, blocksize >= 64 and 16-byte aligned A and B (else cudaErrorInvalidValue; callers fall
  * back). Numerics differ from rule 2: the weight is dtype(table[c]) and the block scale multiplies the partial sum,
  *   out[m,n] = dtype(sum_b fma(s[b], P_b, .) + bias[n]),  P_b = sum_{k in 64-chunk b} dtype(table[c_k]) * A[m,k]
@@ -62,7 +59,7 @@ cudaError_t kbit_gemm_4bit_mma(const void* A, int dtype, int M, long long N, lon
  * and on exit). Bound: workbench/backends/reference/matmul.py (error_bound_unscaled). tiled:
  * tiled = 1: B in the tiled layout, [ceil(N/16) tiles][K/64 chunks][32 lanes][16 bytes] (matmul_lut.cuh); 2: chunk-major,
  * [K/64 chunks][ceil(N/16) tiles][32 lanes][16 bytes]; 0: bitsandbytes' rows. */
-#define KBIT_GEMM_LUT_MAX_M 256
+#define KBIT_GEMM_LUT_MAX_M 64
 cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, long long K, const unsigned char* B,
                                const float* absmax, const unsigned char* absmax_8bit, const float* absmax_code,
                                const float* absmax_offset, const float* table, int blocksize, const void* bias,
@@ -89,8 +86,7 @@ cudaError_t kbit_gemm_4bit_lut(const void* A, int dtype, int M, long long N, lon
  * the same bits. (A lean form with the
  * codes brought in by the TMA unit was slower and is gone: git f30bd8d, reports/matmul-h200/lean_lut_gemm.) 29, 30:
  * forms 20, 21 pipelined: activations copied three chunks ahead by cp.async, the next chunk decoded while the tensor
- * core runs this one (matmul_lut_wgmma.cuh, gemm_lut_wg_kernel with PIPE): variant 20's bits. 34: the rule-2
- * form (the default past 64 rows) at any M: rule 2's bound, not variant 20's bits. */
+ * core runs this one (matmul_lut_wgmma.cuh, gemm_lut_wg_kernel with PIPE): variant 20's bits. */
 void kbit_gemm_lut_tuning(int variant);
 
 /* Resident CTAs per SM of the kernel that serves M rows of dtype against an (N, K) weight (its grid: at most that

@@ -1,8 +1,6 @@
 /* kbit-workbench: the unscaled-lookup 4-bit GEMM of matmul_lut.cuh on Hopper's warpgroup MMA (wgmma), 1..64
  * activation rows, written for 17..64 (family "matmul", included by matmul.cu; its pipelined form the default
- * there, and kbit_gemm_lut_tuning 20..22, 29, 30 at any M: takes below, kbit_matmul.h); and its rule-2 form (SC)
- * for 65..256 rows: each weight dtype(table[c] * s) as the dequantizer rounds it, wgmma accumulating every chunk
- * into one float32 sum (no partial to hold and scale, so 128 activation rows a task fit the registers).
+ * there, and kbit_gemm_lut_tuning 20..22, 29, 30 at any M: takes below, kbit_matmul.h).
  *
  * Why: matmul_lut.cuh's warps each read their own activation fragments, 8 KB per warp and 64-element chunk at
  * M = 64 against 512 bytes of weights, so past 16 rows its time grows with M (84 -> 153 -> 242 us at M = 16, 32,
@@ -69,26 +67,19 @@ template <int NT> struct Mma;
 #define LUTWG_L2(M) M(0), M(1)
 #define LUTWG_L4(M) M(0), M(1), M(2), M(3)
 #define LUTWG_L8(M) LUTWG_L4(M), M(4), M(5), M(6), M(7)
-#define LUTWG_L16(M) LUTWG_L8(M), M(8), M(9), M(10), M(11), M(12), M(13), M(14), M(15)
-#define LUTWG_R0_15 "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15"
-#define LUTWG_R16_31 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
 LUTWG_MMA(1, "m64n8k16", "%0,%1,%2,%3", "{%4,%5,%6,%7}, %8", LUTWG_L1)
 LUTWG_MMA(2, "m64n16k16", "%0,%1,%2,%3,%4,%5,%6,%7", "{%8,%9,%10,%11}, %12", LUTWG_L2)
-LUTWG_MMA(4, "m64n32k16", LUTWG_R0_15, "{%16,%17,%18,%19}, %20", LUTWG_L4)
-LUTWG_MMA(8, "m64n64k16", LUTWG_R0_15 "," LUTWG_R16_31, "{%32,%33,%34,%35}, %36", LUTWG_L8)
-LUTWG_MMA(16, "m64n128k16",  // the rule-2 form past 64 rows
-          LUTWG_R0_15 "," LUTWG_R16_31 ",%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
-                      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63",
-          "{%64,%65,%66,%67}, %68", LUTWG_L16)
+LUTWG_MMA(4, "m64n32k16", "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15", "{%16,%17,%18,%19}, %20", LUTWG_L4)
+LUTWG_MMA(8, "m64n64k16",
+          "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+          "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31",
+          "{%32,%33,%34,%35}, %36", LUTWG_L8)
 #undef LUTWG_MMA
 #undef LUTWG_ASM
 #undef LUTWG_L1
 #undef LUTWG_L2
 #undef LUTWG_L4
 #undef LUTWG_L8
-#undef LUTWG_L16
-#undef LUTWG_R0_15
-#undef LUTWG_R16_31
 #undef LUTWG_D4
 #undef LUTWG_W4
 #undef LUTWG_IN
@@ -108,10 +99,10 @@ __device__ __forceinline__ uint64_t desc_kmajor(uint32_t smem_addr, uint32_t lbo
            ((uint64_t)((sbo & 0x3FFFFu) >> 4) << 32);
 }
 
-/* The 4 k16 steps of a chunk: d = sum_j a[j] . b_j (ACC: d += that), b_j the descriptor of core columns 2j, 2j + 1
- * of the stage at b0. The descriptors are made before wgmma.fence and pinned there (an empty asm): a wgmma input
- * register defined between the fence and the wgmma, while others are in flight, makes ptxas serialize them all. */
-template <int DT, int NT, bool ACC = false>
+/* The 4 k16 steps of a chunk from zero: d = sum_j a[j] . b_j, b_j the descriptor of core columns 2j, 2j + 1 of the
+ * stage at b0. The descriptors are made before wgmma.fence and pinned there (an empty asm): a wgmma input register
+ * defined between the fence and the wgmma, while others are in flight, makes ptxas serialize them all. */
+template <int DT, int NT>
 __device__ __forceinline__ void mma_chunk(float (&d)[NT][4], const uint32_t (&a)[4][4], uint32_t b0) {
     uint64_t desc[4];
 #pragma unroll
@@ -120,7 +111,7 @@ __device__ __forceinline__ void mma_chunk(float (&d)[NT][4], const uint32_t (&a)
         asm volatile("" : "+l"(desc[j]));
     }
     wgmma_fence();
-    Mma<NT>::template run<DT, ACC>(d, a[0], desc[0]);
+    Mma<NT>::template run<DT, false>(d, a[0], desc[0]);
 #pragma unroll
     for (int j = 1; j < 4; ++j) Mma<NT>::template run<DT, true>(d, a[j], desc[j]);
 }
@@ -170,18 +161,6 @@ __device__ __forceinline__ void decode_chunk(uint32_t (&a)[4][4], const uint2 (&
     for (int j = 0; j < 4; ++j) lut4::decode_step<DG, false>(a[j], w, j, tab, lane4);
 }
 
-/* The same fragments as rule-2 weights (SC): dtype(table[c] * s), s = sc[0] for row g, sc[1] for row g + 8, from the
- * 16-float codebook T in shared memory (matmul_mma.cuh's lookup, product and one rounding: the dequantizer's bits). */
-template <int DT>
-__device__ __forceinline__ void decode_chunk_scaled(uint32_t (&a)[4][4], const uint2 (&w)[2], const float (&sc)[2],
-                                                    const mma4::Tables<mma4::kLookupShared>& T) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {  // k-step j: half j % 2 of word j / 2 (decode_step's bytes 2j, 2j + 1)
-        const mma4::CodeOffsets lo = mma4::code_offsets(j < 2 ? w[0].x : w[0].y);
-        const mma4::CodeOffsets hi = mma4::code_offsets(j < 2 ? w[1].x : w[1].y);
-        mma4::dequant_a<DT, mma4::kLookupShared>(a[j], lo, hi, j & 1, sc[0], sc[1], T, 0);
-    }
-}
 
 /* acc += s * P for one chunk's partial P (this thread's 2 rows: sc[0], sc[1]), read after the wgmma wait. */
 template <int NT>
@@ -247,11 +226,10 @@ __device__ __forceinline__ void copy_chunk_x(const Args& p, int c, uint32_t stag
  * ring and moved into the stage by their thread were 1.06-1.18x slower at M = 32 and 64 (git ff8a15d,
  * reports/matmul-h100/wgmma_pipeline). Three warpgroups a CTA (12 warps an SM instead of 8, at most 168 registers a
  * thread) were 1.10-1.20x slower (git 71986e2). */
-template <int DT, int NT, int WG, int S, int MINB, bool TL, int DG, bool PIPE, bool SC = false>
+template <int DT, int NT, int WG, int S, int MINB, bool TL, int DG, bool PIPE>
 __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kernel(const Args p) {
     constexpr int kThreads = WG * kWarpgroupThreads, kWarps = 4 * WG;
     static_assert(!PIPE || kU % 2 == 0, "a chunk's set of A fragments (k % 2) is known at compile time");
-    static_assert(!SC || PIPE, "the rule-2 form is pipelined");
     extern __shared__ __align__(1024) uint32_t wg_smem[];
     uint32_t* pair = wg_smem;
     float* code2 = reinterpret_cast<float*>(wg_smem + lut4::kPairWords);
@@ -260,14 +238,7 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const bool nested = p.a8 != nullptr;
-    if constexpr (SC) {  // the codebook as 16 floats where the pair table would start
-        if (tid < 16) reinterpret_cast<float*>(pair)[tid] = __ldg(p.table + tid);
-        if (nested)
-            for (int i = tid; i < 256; i += kThreads) code2[i] = __ldg(p.code2 + i);
-    } else {
-        lut4::fill_tables<DT, kThreads>(pair, code2, p, tid);
-    }
-    const auto& T32 = *reinterpret_cast<const mma4::Tables<mma4::kLookupShared>*>(pair);
+    lut4::fill_tables<DT, kThreads>(pair, code2, p, tid);
     const float off = nested ? __ldg(p.off) : 0.0f;
     __syncthreads();
     const char* tab = reinterpret_cast<const char*>(pair);
@@ -276,29 +247,13 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
 
     const int chunks = (int)(p.K / kChunk);
     const long long tiles = (p.N + 15) / 16;
-    // SC: 8 NT activation rows a task (mtiles of them, adjacent tasks: a weight's CTAs run together, its second
-    // read from L2), each with its own split partials and counters (kbit_matmul.h)
-    const int mtiles = SC ? (p.M + 8 * NT - 1) / (8 * NT) : 1;
-    const long long tasks = (tiles + kWarps - 1) / kWarps * p.splits * mtiles;
+    const long long tasks = (tiles + kWarps - 1) / kWarps * p.splits;
     float part[NT][4];    // a chunk's partial, written by wgmma only (its first k16 step does not read it)
     uint32_t a[2][4][4];  // a chunk's A fragments (PIPE: chunk k's in set k % 2)
 
     for (long long task = blockIdx.x; task < tasks; task += gridDim.x) {  // uniform across the CTA
-        const long long rz = task / mtiles;
-        const int mt = (int)(task - rz * mtiles);
-        const long long rowgroup = rz / p.splits;
-        const int z = (int)(rz - rowgroup * p.splits);
-        Args q = p;  // this task's activation rows 8 NT mt .. and their outputs
-        if constexpr (SC) {
-            const long long m0 = 8LL * NT * mt;
-            q.A = reinterpret_cast<const uint16_t*>(p.A) + m0 * p.K;
-            q.out = reinterpret_cast<uint16_t*>(p.out) + m0 * p.N;
-            q.M = p.M - (int)m0 < 8 * NT ? p.M - (int)m0 : 8 * NT;
-            if (p.splits > 1) {  // this row group's splits x q.M x N partials and its counters
-                q.partial = p.partial + p.splits * m0 * p.N;
-                q.counters = p.counters + mt * tiles;
-            }
-        }
+        const long long rowgroup = task / p.splits;
+        const int z = (int)(task - rowgroup * p.splits);
         const int c_begin = z * p.chunks_per_split;
         const int c_end = c_begin + p.chunks_per_split < chunks ? c_begin + p.chunks_per_split : chunks;
         const long long tile = rowgroup * kWarps + warp;
@@ -314,13 +269,13 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
 #pragma unroll
             for (int d = 0; d < kPipeAhead; ++d) {  // chunks c_begin .. + 2 in flight (a group each, empty past c_end)
                 if (c_begin + d < c_end)
-                    copy_chunk_x<NT, kThreads>(q, c_begin + d, stage_addr + d * stage_bytes<NT>(), tid);
+                    copy_chunk_x<NT, kThreads>(p, c_begin + d, stage_addr + d * stage_bytes<NT>(), tid);
                 cp_async_commit();
             }
         } else {
             if (c_begin < c_end) {  // chunk c_begin's activations into stage 0
                 Staged<NT, kThreads> X;
-                load_chunk_x<NT, kThreads>(X, q, c_begin, tid);
+                load_chunk_x<NT, kThreads>(X, p, c_begin, tid);
                 store_chunk_x<NT, kThreads>(X, stages, tid);
                 fence_proxy_async();
             }
@@ -329,13 +284,7 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
         Group<kU> G[S];  // a ring: the next S - 1 groups' codes and scales in flight
 #pragma unroll
         for (int s = 0; s + 1 < S; ++s) lut4::load_group<kU, 1, TL, DG>(G[s], p, R, c_begin + s * kU, c_end);
-        if constexpr (SC) {
-            if (c_begin < c_end) {
-                float s0[2];
-                lut4::chunk_scales<kU, DG>(s0, G[0], 0, nested, R.ok, code2, off);
-                decode_chunk_scaled<DT>(a[0], G[0].w[0], s0, T32);
-            }
-        } else if constexpr (PIPE) {
+        if constexpr (PIPE) {
             if (c_begin < c_end) decode_chunk<DG>(a[0], G[0].w[0], tab, lane4);
         }
         for (int c = c_begin; c < c_end; c += S * kU) {
@@ -355,21 +304,9 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
                         fence_proxy_async();
                         __syncthreads();  // everyone's have; every warpgroup is done with chunk cc - 1
                         const uint32_t ahead = stage_addr + ((k + kPipeAhead) % kPipeStages) * stage_bytes<NT>();
-                        if (cc + kPipeAhead < c_end) copy_chunk_x<NT, kThreads>(q, cc + kPipeAhead, ahead, tid);
+                        if (cc + kPipeAhead < c_end) copy_chunk_x<NT, kThreads>(p, cc + kPipeAhead, ahead, tid);
                         cp_async_commit();
-                        const uint32_t at = stage_addr + (k % kPipeStages) * stage_bytes<NT>();
-                        if constexpr (SC) {  // into acc; then chunk cc + 1's scales and its rule-2 A
-                            mma_chunk<DT, NT, true>(acc, a[b], at);
-                            wgmma_commit();
-                            const Group<kU>& Gn = u + 1 < kU ? G[s] : G[(s + 1) % S];  // (u, s unrolled: no copy)
-                            const int un = u + 1 < kU ? u + 1 : 0;
-                            float sn[2];
-                            lut4::chunk_scales<kU, DG>(sn, Gn, un, nested, R.ok, code2, off);
-                            decode_chunk_scaled<DT>(a[b ^ 1], Gn.w[un], sn, T32);
-                            wgmma_wait_all();
-                            continue;
-                        }
-                        mma_chunk<DT, NT>(part, a[b], at);
+                        mma_chunk<DT, NT>(part, a[b], stage_addr + (k % kPipeStages) * stage_bytes<NT>());
                         wgmma_commit();
                         // while it runs: chunk cc + 1's A (the next group's first: loaded a group ahead; past
                         // c_end, codes never used) and chunk cc's scales
@@ -382,7 +319,7 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
                         const int st = (cc - c_begin) & 1;
                         const bool next = cc + 1 < c_end;
                         Staged<NT, kThreads> X;
-                        if (next) load_chunk_x<NT, kThreads>(X, q, cc + 1, tid);
+                        if (next) load_chunk_x<NT, kThreads>(X, p, cc + 1, tid);
                         decode_chunk<DG>(a[0], G[s].w[u], tab, lane4);
                         mma_chunk<DT, NT>(part, a[0], stage_addr + st * stage_bytes<NT>());
                         wgmma_commit();
@@ -403,29 +340,22 @@ __global__ void __launch_bounds__(WG * kWarpgroupThreads, MINB) gemm_lut_wg_kern
             asm volatile("cp.async.wait_all;\n" ::: "memory");
             __syncthreads();  // the next task's copies go to stages this one's last wgmma may still read
         }
-        if constexpr (SC) {  // read after the last wait
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) fence_operand(acc[nt][e]);
-        }
 
-        if (tile < tiles) lut4::finish_tile<DT, NT>(q, tile, z, g, t, lane, acc);  // warps with rows in N
+        if (tile < tiles) lut4::finish_tile<DT, NT>(p, tile, z, g, t, lane, acc);  // warps with rows in N
     }
 }
 
-template <int DT, int NT, int WG, int S, bool PIPE, bool TL, bool SC = false>
+template <int DT, int NT, int WG, int S, bool PIPE, bool TL>
 cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
     constexpr int MINB = 1;
     constexpr size_t smem = PIPE ? smem_bytes<NT, kPipeStages>() : smem_bytes<NT>();
     static lut4::Fit fit[2][64];  // per scale mode: two kernels
-    const long long mtiles = SC ? (p.M + 8 * NT - 1) / (8 * NT) : 1;
-    const long long ctas = ((p.N + 15) / 16 + 4 * WG - 1) / (4 * WG) * p.splits * mtiles;  // tasks: no more CTAs
+    const long long ctas = ((p.N + 15) / 16 + 4 * WG - 1) / (4 * WG) * p.splits;  // tasks: no more CTAs than these
     const int threads = WG * kWarpgroupThreads;
     if (p.group_scales)
-        return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerGroup, PIPE, SC>,
+        return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerGroup, PIPE>,
                                        fit[1], smem, threads, ctas, p, stream, ctas_per_sm);
-    return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerChunk, PIPE, SC>,
+    return lut4::launch_persistent(gemm_lut_wg_kernel<DT, NT, WG, S, MINB, TL, lut4::kScalesPerChunk, PIPE>,
                                    fit[0], smem, threads, ctas, p, stream, ctas_per_sm);
 }
 
@@ -434,9 +364,8 @@ cudaError_t launch_wg(const Args& p, cudaStream_t stream, int* ctas_per_sm) {
  * 20, 21 with the next chunk decoded while the tensor core runs this one (gemm_lut_wg_kernel with PIPE). An earlier
  * attempt at that overlap (decoded into a copy; git 6309973) gave wrong results on the H200. A wgmma that ptxas
  * serializes (its C7513..C7520 advisories) fails the build (workbench/cuda_build.py). */
-template <int DT, int NT, bool TL, bool SC>
+template <int DT, int NT, bool TL>
 cudaError_t launch_wg_tl(const Args& p, int variant, cudaStream_t stream, int* ctas_per_sm) {
-    if constexpr (SC) return launch_wg<DT, NT, 2, 2, true, TL, true>(p, stream, ctas_per_sm);
     switch (variant) {
         case 20: return launch_wg<DT, NT, 2, 2, false, TL>(p, stream, ctas_per_sm);
         case 21: return launch_wg<DT, NT, 1, 2, false, TL>(p, stream, ctas_per_sm);
@@ -446,21 +375,14 @@ cudaError_t launch_wg_tl(const Args& p, int variant, cudaStream_t stream, int* c
     }
 }
 
-template <int DT, int NT, bool SC = false>
+template <int DT, int NT>
 cudaError_t launch_wg_nt(const Args& p, int variant, cudaStream_t stream, int* ctas_per_sm) {
-    return p.tiled ? launch_wg_tl<DT, NT, true, SC>(p, variant, stream, ctas_per_sm)
-                   : launch_wg_tl<DT, NT, false, SC>(p, variant, stream, ctas_per_sm);
+    return p.tiled ? launch_wg_tl<DT, NT, true>(p, variant, stream, ctas_per_sm)
+                   : launch_wg_tl<DT, NT, false>(p, variant, stream, ctas_per_sm);
 }
-
-/* Rows past kUnscaledMaxM: the rule-2 form (SC), 128 activation rows a task. Variant 34: that form at any M (64
- * rows a task up to 64), for the A/B against the unscaled forms. */
-constexpr int kUnscaledMaxM = 64;
-constexpr int kRule2Variant = 34;
 
 template <int DT>
 cudaError_t launch_dt(const Args& p, int variant, cudaStream_t stream, int* ctas_per_sm) {
-    if (p.M > kUnscaledMaxM) return launch_wg_nt<DT, 16, true>(p, variant, stream, ctas_per_sm);
-    if (variant == kRule2Variant) return launch_wg_nt<DT, 8, true>(p, variant, stream, ctas_per_sm);
     switch (lut4::tile_n8(p.M)) {
         case 1: return launch_wg_nt<DT, 1>(p, variant, stream, ctas_per_sm);
         case 2: return launch_wg_nt<DT, 2>(p, variant, stream, ctas_per_sm);
@@ -470,13 +392,12 @@ cudaError_t launch_dt(const Args& p, int variant, cudaStream_t stream, int* ctas
 }
 
 /* Whether this kernel serves M rows against an (N, K) weight under kbit_gemm_lut_tuning's variant: 20..22, 29, 30
- * and 34 always; past 64 rows always (its rule-2 form; matmul_lut.cuh stops at 64); 31 otherwise never (the
- * mma.sync form at any M: the A/B's baseline); the default (its pipelined form, 29) past 16 rows. On an H100 form 29 measured 1.05-1.17x the committed forms at M = 32 and 64 on the five shapes of issue 18
+ * always, 31 never (the mma.sync form at any M: the A/B's baseline); the default (its pipelined form, 29) past 16
+ * rows. On an H100 form 29 measured 1.05-1.17x the committed forms at M = 32 and 64 on the five shapes of issue 18
  * (the mma.sync form at 32, form 20 at 64) and 0.65-1.0x at M = 16 (reports/matmul-h100/wgmma_pipeline). */
 inline bool takes(int variant, int M, long long N, long long K) {
     (void)N, (void)K;
-    return (variant >= 20 && variant <= 22) || variant == 29 || variant == 30 || variant == kRule2Variant ||
-           (variant == 0 && M > 16) || M > kUnscaledMaxM;
+    return (variant >= 20 && variant <= 22) || variant == 29 || variant == 30 || (variant == 0 && M > 16);
 }
 
 }  // namespace lutwg

@@ -41,14 +41,13 @@ def _case(rng, N, K, M, dtype, bs, nested, bias, codebook=None, quant_type="nf4"
 
 
 def _bound(A, P, qs, b, ref):
-    """The bound of the path the cuda dispatch takes for A: error_bound_unscaled for the lookup GEMM's unscaled
-    form, else error_bound (its rule-2 form past 64 rows included)."""
+    """The bound of the path the cuda dispatch takes for A: error_bound_unscaled for the unscaled-lookup GEMM,
+    else error_bound."""
     from workbench.backends.cuda import matmul as CM
     K = A.shape[-1]
     M, N = A.numel() // K, int(qs.shape[0])
     fits = CM.lut_rows(M, N, K) and CM.table_fits(qs.code, A.dtype)
-    unscaled = (A.dtype != torch.float32 and CM.takes_lut(A.dtype, M, N, K, qs.blocksize, fits)
-                and CM.lut_unscaled(M))
+    unscaled = A.dtype != torch.float32 and CM.takes_lut(A.dtype, M, N, K, qs.blocksize, fits)
     return _spec_bound(A, P, qs, b, ref, unscaled)
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-import workbench as wb
 from workbench import codebooks as cbs
 from workbench.backends.reference import matmul as R
 from workbench.matmul import matmul_4bit
@@ -346,74 +345,6 @@ def test_17_to_64_rows_take_the_pipelined_wgmma_form(rng, monkeypatch):
         assert len(calls) == 4 * len(cases)
     finally:
         L.kbit_gemm_lut_tuning(0)
-
-
-# (N, K, blocksize, M) past 64 rows: one task of activation rows (65, 128) or two (129: a one-row second task; 200,
-# 256); grouped nested scales (K % 256 == 0) and per-chunk ones; row tails; blocks spanning rows
-RULE2_CASES = ((4100, 8192, 64, 65), (1000, 1536, 128, 128), (300, 2048, 64, 129), (517, 4160, 1024, 200),
-               (8200, 4160, 64, 256), (129, 640, 64, 256))
-
-
-@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
-def test_65_to_256_rows_take_the_rule2_wgmma_form(rng, monkeypatch, dtype):
-    """Past 64 rows the dispatch takes the lookup GEMM's wgmma form with rule-2 weights: over poisoned memory
-    within error_bound (rule 2's bound, tighter than the unscaled one), the same bits on a second call, on the
-    one-call and general paths and from the row layout and the tiled copy."""
-    _need_cuda()
-    from workbench.backends.cuda import gemm_layout
-    from workbench.backends.cuda import matmul as CM
-    monkeypatch.setattr(CM, "LUT_MAX_M", 256)
-    calls = _count(monkeypatch)
-    rand = cbs.from_values(np.sort(np.random.default_rng(7).uniform(-1, 1, 16)))
-    for i, (N, K, bs, M) in enumerate(RULE2_CASES):
-        assert CM.lut_rows(M, N, K) and not CM.lut_unscaled(M)
-        A, P, qs, b = _case(rng, N, K, M, dtype, bs, nested=i % 2 == 0, bias=i % 3 != 1,
-                            codebook=(None, rand)[i % 2])
-        ref = matmul_4bit(A, P, qs, bias=b, backend="reference")
-        n = len(calls)
-        _poison_allocator()
-        got = matmul_4bit(A, P, qs, bias=b)
-        assert len(calls) == n + 1, "the dispatch did not take the lookup GEMM"
-        _within(got, ref, A, P, qs, b)
-        assert torch.equal(got, matmul_4bit(A, P, qs, bias=b)), (N, K, M)
-        assert torch.equal(got, matmul_4bit(A, P, qs, bias=b, out=torch.empty_like(got))), (N, K, M)
-        monkeypatch.setattr(gemm_layout, "ENABLED", False)
-        assert torch.equal(got, matmul_4bit(A, P, qs, bias=b)), ("row layout", N, K, M)
-        monkeypatch.setattr(gemm_layout, "ENABLED", True)
-
-
-def test_rule2_form_gives_the_dequantized_weights_bits(rng, monkeypatch):
-    """One-hot activation rows pick single weights: out[m, n] = W[n, k_m] exactly, W rule 2's dequantized weight
-    (the dequantizer's bits: dtype(table[c] * s)). 250 rows of picks (two tasks), a NaN-poisoned allocator."""
-    _need_cuda()
-    from workbench.backends.cuda import matmul as CM
-    monkeypatch.setattr(CM, "LUT_MAX_M", 256)
-    calls = _count(monkeypatch)
-    for N, K, bs, nested in ((300, 4160, 64, True), (1000, 2048, 128, False), (129, 1024, 64, True)):
-        for dtype in (torch.bfloat16, torch.float16):
-            _, P, qs, _ = _case(rng, N, K, 1, dtype, bs, nested, False)
-            ks = torch.randint(0, K, (250,), generator=rng).cuda()
-            A = torch.zeros(250, K, dtype=dtype, device="cuda")
-            A[torch.arange(250, device="cuda"), ks] = 1
-            W = wb.dequantize_4bit(P, qs, backend="reference").to(dtype)
-            _poison_allocator()
-            got = matmul_4bit(A, P, qs)
-            assert torch.equal(got, W[:, ks].t()), (N, K, dtype)   # values: a zero weight may come back as +0
-    assert len(calls) == 6
-
-
-@pytest.mark.parametrize("splits", [2, 3, 7])
-def test_rule2_form_split_k_over_row_groups(rng, monkeypatch, splits):
-    """Forced splits past 64 rows, one and two row groups of 128 (each with its own partials and counters): over
-    NaN-poisoned memory within the bound, and a second call gives the same bits (the counters were left at zero)."""
-    _need_cuda()
-    from workbench.backends.cuda import matmul as CM
-    monkeypatch.setattr(CM, "LUT_MAX_M", 256)
-    monkeypatch.setattr(CM, "lut_splits", lambda *a, **k: splits)
-    monkeypatch.setattr(CM, "_lut_plans", {})
-    calls = _count(monkeypatch)
-    _split_runs_within_and_repeatable(rng, ((100, (300, 4160, 64)), (200, (1000, 2048, 64)), (256, (129, 4096, 128))))
-    assert len(calls) == 6
 
 
 def test_kept_partials_shared_by_calls_in_flight(rng, monkeypatch):

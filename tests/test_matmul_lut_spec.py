@@ -2,7 +2,7 @@
 float64/float32 -- per 64-element chunk the exact sum of dtype(table[c]) * A (the tensor core's products are exact
 and its float32 sum of 64 products is within the float32 part of the bound), times the block scale, fused into a
 float32 accumulator -- stays within the reference's error_bound_unscaled, and that bound is needed: the rule-2
-bound (error_bound) alone is exceeded. Past 64 rows (opt-in) the kernel's rule-2 form, held to error_bound."""
+bound (error_bound) alone is exceeded."""
 from __future__ import annotations
 
 import pytest
@@ -54,25 +54,3 @@ def test_rule2_bound_alone_is_too_tight(rng):
     got = _emulate(A, P, N, K, qs.code, S32, torch.bfloat16)
     Wd = R.dequantize_weight(P, (N, K), s, qs.code, bs, torch.bfloat16)
     assert ((got.float() - ref.float()).abs() > R.error_bound(A, Wd, None, torch.bfloat16, ref)).any()
-
-
-def test_rows_past_64_are_opt_in_rule2_and_grouped_by_128():
-    """The cuda dispatch past 64 rows (read on any machine): dequantize + cuBLAS by default; with KBIT_LUT_MAX_M=256
-    the lookup GEMM up to 256 rows, its rule-2 form (error_bound, not the unscaled bound), 128 activation rows a
-    task (the kernel's NT = 16; the split counters are allocated per row group)."""
-    import os
-    import subprocess
-    import sys
-    probe = ("import torch; from workbench.backends.cuda import matmul as CM; "
-             "print(CM.LUT_MAX_M, [CM.takes_lut(torch.bfloat16, m, 4096, 4096, 64, True) for m in (64, 65, 256, 257)], "
-             "[CM.lut_unscaled(m) for m in (64, 65)], [CM.lut_row_groups(m) for m in (1, 64, 65, 128, 129, 256)])")
-    runs = {}
-    for value in (None, "256", "4096"):
-        env = {k: v for k, v in os.environ.items() if k != "KBIT_LUT_MAX_M"}
-        if value:
-            env["KBIT_LUT_MAX_M"] = value
-        runs[value] = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
-                                     check=True).stdout.strip()
-    rest = "[True, False] [1, 1, 1, 1, 2, 2]"
-    assert runs[None] == f"64 [True, False, False, False] {rest}"
-    assert runs["256"] == runs["4096"] == f"256 [True, True, True, False] {rest}"   # the kernel's 256 at most

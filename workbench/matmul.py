@@ -240,9 +240,9 @@ def _gemv_one_call(A, B, qs, bias, backend):
     trace, a mode or the profiler; no autograd), a state the plan accepts, B and bias that match it, and A that the
     backend 'auto' (or the one named) would send to the same kernel: on CPU bf16/fp16 A of at most 32 rows to the
     cython_cpu byte-plane kernel, on CUDA the rows its dispatch gives the fused GEMV (one, for fp16/bf16 A), the
-    tensor-core GEMMs (2..64 rows of fp16/bf16 A, K % 32 == 0, A and B 16-byte aligned; the lookup one where its
-    dispatch rule applies, one row and, with KBIT_LUT_MAX_M=256, up to 256 rows included) or dequantize + cuBLAS
-    (the rows above those: the weight dequantized by one launch, the nested absmax decoded in it)."""
+    tensor-core GEMMs (2..64 rows of fp16/bf16 A, K % 32 == 0, A and B 16-byte aligned; the unscaled-lookup one
+    where its dispatch rule applies, one row included) or dequantize + cuBLAS (the rows above those: the weight
+    dequantized by one launch, the nested absmax decoded in it)."""
     if not _eager(A) or type(qs) is not QuantState or A.dim() < 1 or not A.is_contiguous():
         return None
     cpu = A.is_cpu

@@ -34,8 +34,8 @@ if [ -n "${PROBE_ARGS:-}" ]; then
   timeout ${PROBE_TIMEOUT:-200} python3 -m studies.probes.matmul_lut_ab --out "$OUT/probe" ${PROBE_ARGS} 2>&1 \
     | tee "$OUT/lut_ab.txt" | tail -60
 fi
-# LARGE_M_ARGS (e.g. "--ms 64,128,256 --dequant-path"): the public call against cuBLAS (and the path it replaced),
-# interleaved (studies/probes/matmul_large_m_interleaved.py; its json under $OUT/large_m)
+# LARGE_M_ARGS (e.g. "--ms 256,2048"): the public call against cuBLAS and bitsandbytes, interleaved
+# (studies/probes/matmul_large_m_interleaved.py; its json under $OUT/large_m)
 if [ -n "${LARGE_M_ARGS:-}" ]; then
   timeout ${LARGE_M_TIMEOUT:-240} python3 -m studies.probes.matmul_large_m_interleaved --out "$OUT/large_m" \
     ${LARGE_M_ARGS} 2>&1 | tee "$OUT/large_m.txt" | tail -40

@@ -5,13 +5,8 @@ in the opposite order every other round (``bench.interleaved_ms``: a synchronize
 and each is also timed by CUDA-graph replay in two alternating passes.
 
 NF4, blocksize 64, double quant, bf16, the public calls with default arguments; cuBLAS with torch's defaults.
-``--dequant-path`` adds "ours_dequant": the same public call sent to dequantize + cuBLAS (the bench's forced path;
-with KBIT_LUT_MAX_M=256 "ours" is the lookup GEMM's rule-2 form past 64 rows), and the
-largest |ours - ours_dequant| per case; at M <= 64, "ours_rule2" instead: the lookup GEMM's rule-2 wgmma form
-forced (kbit_gemm_lut_tuning 34) beside its default.
 
-usage (GPU): python -m studies.probes.matmul_large_m_interleaved [--shapes 28672x8192,...] [--ms 256,2048]
-             [--dequant-path] [--out DIR]"""
+usage (GPU): python -m studies.probes.matmul_large_m_interleaved [--shapes 28672x8192,...] [--ms 256,2048] [--out DIR]"""
 from __future__ import annotations
 
 import argparse
@@ -20,20 +15,9 @@ from pathlib import Path
 
 import torch
 
-from studies.bench.bench_matmul_gpu import _forced
 import workbench as wb
 from workbench import bench
-from workbench.backends.cuda import matmul as CM
 from workbench.matmul import matmul_4bit
-
-
-def rule2_form(A, P, qs):
-    """The public call with the lookup GEMM's rule-2 wgmma form forced at any M (variant 34)."""
-    CM.lib().kbit_gemm_lut_tuning(34)
-    try:
-        return matmul_4bit(A, P, qs)
-    finally:
-        CM.lib().kbit_gemm_lut_tuning(0)
 
 
 def main(argv=None) -> int:
@@ -41,7 +25,6 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="28672x8192,8192x28672,14336x4096,4096x14336,4096x4096")
     ap.add_argument("--ms", default="256,2048")
     ap.add_argument("--reps", type=int, default=21)
-    ap.add_argument("--dequant-path", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     try:
@@ -61,13 +44,6 @@ def main(argv=None) -> int:
             fns = {"ours": lambda: matmul_4bit(A, P, qs), "cublas_bf16": lambda: torch.matmul(A, Wdq.t())}
             if bnb:
                 fns["bnb"] = lambda: bnb.matmul_4bit(A, P, bqs)
-            diff = None
-            if args.dequant_path:
-                other = "ours_dequant" if M > CM.LUT_UNSCALED_MAX_M else "ours_rule2"
-                fns[other] = _forced("ours_dequant", A, P, qs) if M > CM.LUT_UNSCALED_MAX_M else (
-                    lambda: rule2_form(A, P, qs))
-                with torch.no_grad():
-                    diff = (fns["ours"]().float() - fns[other]().float()).abs().max().item()
             with torch.no_grad():
                 wall = bench.interleaved_ms(fns, "cuda", reps=args.reps, warmup=2)
                 graph = {k: [] for k in fns}
@@ -76,13 +52,12 @@ def main(argv=None) -> int:
                         graph[k].append(bench.graph_replay_ms(fns[k], calls=10, reps=5))
             g = {k: min(v for v in vs if v is not None) if any(v is not None for v in vs) else None
                  for k, vs in graph.items()}
-            row = dict(shape=shape, M=M, wall_ms=wall, graph_ms=g, max_diff_vs_dequant=diff,
+            row = dict(shape=shape, M=M, wall_ms=wall, graph_ms=g,
                        x_cublas_wall=wall["cublas_bf16"] / wall["ours"],
                        x_cublas_graph=(g["cublas_bf16"] / g["ours"]) if g["ours"] and g["cublas_bf16"] else None)
             rows.append(row)
             print(f"{shape:>11} M={M:<5} " + "  ".join(f"{k} {wall[k]:.4f}/{g[k] or float('nan'):.4f}" for k in fns)
-                  + f"  x cuBLAS {row['x_cublas_wall']:.3f} (wall) {row['x_cublas_graph'] or float('nan'):.3f} (graph)"
-                  + ("" if diff is None else f"  max|ours - other| {diff:.3g}"))
+                  + f"  x cuBLAS {row['x_cublas_wall']:.3f} (wall) {row['x_cublas_graph'] or float('nan'):.3f} (graph)")
             del A
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -3,13 +3,11 @@
 Dispatch on the number of activation rows M, from the H200 measurements in reports/matmul-h200:
 
 * fp16/bf16 A, 2 <= M <= LUT_MAX_M, or M = 1 on a weight of more than LUT_M1_MIN_WEIGHTS elements with tiled
-  copies on, K % 64 == 0, blocksize >= 64, a codebook finite in A's dtype: the tensor-core GEMM with codebook
-  lookups ``kbit_gemm_4bit_lut`` (cuda_src/matmul_lut.cuh, and its pipelined wgmma form matmul_lut_wgmma.cuh past
-  16 rows). Up to LUT_UNSCALED_MAX_M rows each weight is dtype(table[c]) and the block scale multiplies the block's
-  float32 partial sum (held to the reference's ``error_bound_unscaled``, not rule 2 bit for bit); past that each
-  weight is rule 2's dtype(table[c] * s), summed by the tensor core in float32 (held to ``error_bound``). It reads
-  the weight's tiled copy (gemm_layout.py: made once per weight, kept with it), or the row layout when copies are
-  off;
+  copies on, K % 64 == 0, blocksize >= 64, a codebook finite in A's dtype: the tensor-core GEMM with unscaled
+  lookups ``kbit_gemm_4bit_lut`` (cuda_src/matmul_lut.cuh, and its pipelined wgmma form matmul_lut_wgmma.cuh for
+  17..64 rows: each weight is dtype(table[c]), the block scale multiplies the block's float32 partial sum; held
+  to the reference's ``error_bound_unscaled``, not rule 2 bit for bit). It reads the weight's tiled copy
+  (gemm_layout.py: made once per weight, kept with it), or the row layout when copies are off;
 * otherwise fp16/bf16 A, K % 32 == 0, MMA_MIN_M <= M <= MMA_MAX_M: the fused dequant + tensor-core GEMM
   ``kbit_gemm_4bit_mma`` (cuda_src/matmul_mma.cuh: rule 2 exactly, mma.sync m16n8k16, float32 accumulators,
   split-K over enough CTAs to fill the GPU, partials summed in split order by the last CTA of a tile);
@@ -44,14 +42,7 @@ MMA_MAX_M = 64
 # M = 1, reading the tiled copy, it beats the GEMV by 1.05-1.39x on the four shapes of more than 2^24 weights and
 # loses on 4096x4096.
 LUT_MIN_M = 1
-# Past 64 rows the kernel's wgmma form takes rule-2 weights, dtype(table[c] * s), 128 activation rows a task (one
-# accumulator per output, no partial to scale: cuda_src/matmul_lut_wgmma.cuh kUnscaledMaxM), held to error_bound;
-# up to 64 the unscaled lookups above. Not yet timed on a GPU, so opt-in: KBIT_LUT_MAX_M=256 sends 65..256 rows to
-# it, the default keeps them on dequantize + cuBLAS. The kernel takes at most LUT_KERNEL_MAX_M rows (kbit_matmul.h).
-LUT_KERNEL_MAX_M = 256
-LUT_MAX_M = min(int(os.environ.get("KBIT_LUT_MAX_M", "64")), LUT_KERNEL_MAX_M)
-LUT_UNSCALED_MAX_M = 64
-LUT_TASK_ROWS = 128
+LUT_MAX_M = 64
 LUT_M1_MIN_WEIGHTS = 1 << 24
 # How the kernel reads the codebook (0: one shared table, 1: a copy per lane, 3: byte-indexed pairs): equal
 # results, different speed; KBIT_MMA_LOOKUP overrides the measured default.
@@ -104,19 +95,8 @@ def lut_rows(M: int, N: int, K: int) -> bool:
     return M <= LUT_MAX_M
 
 
-def lut_row_groups(M: int) -> int:
-    """Activation row groups the lookup GEMM's tasks take (each with its own split counters per weight tile)."""
-    return 1 if M <= LUT_UNSCALED_MAX_M else -(-M // LUT_TASK_ROWS)
-
-
-def lut_unscaled(M: int) -> bool:
-    """Whether the lookup GEMM's form for M rows is the unscaled one (bound: error_bound_unscaled; else rule 2's
-    weights, bound: error_bound)."""
-    return M <= LUT_UNSCALED_MAX_M
-
-
 def takes_lut(dtype: torch.dtype, M: int, N: int, K: int, blocksize: int, table_fits: bool) -> bool:
-    """Whether gemm_4bit's dispatch sends M rows of ``dtype`` to the lookup GEMM; ``table_fits``: every
+    """Whether gemm_4bit's dispatch sends M rows of ``dtype`` to the unscaled-lookup GEMM; ``table_fits``: every
     codebook entry is finite in ``dtype`` (:func:`table_fits`; callers ask only when :func:`lut_rows` holds)."""
     return dtype != torch.float32 and lut_rows(M, N, K) and K % 64 == 0 and blocksize >= 64 and table_fits
 
@@ -333,7 +313,7 @@ def lut_splits(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device)
     with on(device):
         check(lib().kbit_gemm_4bit_lut_ctas(M, N, K, DTYPE_CODE[dtype], _c.byref(occ)), "kbit_gemm_4bit_lut_ctas")
     warps = max(1, occ.value) * _sm_count(device) * 8  # the default forms: 8 warps a CTA
-    tiles = -(-N // 16) * lut_row_groups(M)
+    tiles = -(-N // 16)
     groups = max(1, K // (4 * LUT_CHUNK))
     return max(1, min(warps // tiles, groups, MAX_SPLITS))
 
@@ -354,7 +334,7 @@ def gemm_lut_at(A, M, N, K, B, state_args, bias_ptr, out, device_index):
     st = raw_stream(device_index)
     part = ctr = None   # alive until the launch is queued (the allocator reuses freed memory in stream order)
     if splits > 1:
-        part, ctr = _split_scratch(A.device, splits * M * N, -(-N // 16) * lut_row_groups(M), st)
+        part, ctr = _split_scratch(A.device, splits * M * N, -(-N // 16), st)
     tiled = gemm_layout.tiled_copy(B, N, K)
     codes = B if tiled is None else tiled
     check(_kernels().kbit_gemm_4bit_lut(A.data_ptr(), DTYPE_CODE[A.dtype], M, N, K, codes.data_ptr(), a2, a8, c2, off,
