@@ -1,4 +1,4 @@
-"""One case per process: forced K splits with empty trailing splits (grouped cps rounding), CUDA_LAUNCH_BLOCKING."""
+"""Run at git 40aa8f3 (KBIT_LUT_MAX_M then sent 65..256 rows to the rule-2 form, since removed): one case per process, forced K splits with empty trailing splits (grouped cps rounding), CUDA_LAUNCH_BLOCKING."""
 import os, subprocess, sys
 CASE = r'''
 import sys, torch, workbench as wb
