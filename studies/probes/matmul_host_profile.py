@@ -6,12 +6,15 @@ NF4, blocksize 64, double quant, bf16. The default cases: one row on 4096x4096 (
 (the unscaled-lookup GEMM on the tiled copy: a split plan, partials), kernels of microseconds where the host work
 shows in the public call; 256 rows on both (dequantize + cuBLAS).
 
+With ``--fine``, instead, each function's own and cumulative host time in microseconds per call (cProfile on
+perf_counter over 200 calls, each on an idle GPU: synchronized before, the profiler on only during the call).
+
 With ``--pieces``, for cases above the fused kernels' rows (dequantize + cuBLAS), the host time of each piece of
 that path instead (20 calls each, no sync): where a public call's host time goes when it exceeds torch's own
 (reports/matmul-h100/lean_lut_gemm: 150 us at M = 256, F.linear 23 us; the general path's adapter is timed beside
 the one-call path the public call takes).
 
-usage (GPU): python -m studies.probes.matmul_host_profile [--cases 4096x4096x1,...] [--pieces] > host_profile.txt"""
+usage (GPU): python -m studies.probes.matmul_host_profile [--cases 4096x4096x1,...] [--pieces | --fine] > host_profile.txt"""
 from __future__ import annotations
 
 import argparse
@@ -67,11 +70,31 @@ def _pieces(A, W, P, qs) -> None:
         print(f"  {name:40s} {_per_call(fn)[0]:8.1f}", flush=True)
 
 
+def _fine(fn, calls: int = 200, rows: int = 24) -> None:
+    """Per function: calls, own and cumulative host microseconds per call of ``fn``, each call on an idle GPU."""
+    for _ in range(10):
+        fn()
+    pr = cProfile.Profile(time.perf_counter)
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        pr.enable()
+        fn()
+        pr.disable()
+    torch.cuda.synchronize()
+    st = pstats.Stats(pr).stats   # (file, line, name) -> (primitive calls, calls, tottime, cumtime, callers)
+    top = sorted(st.items(), key=lambda kv: -kv[1][3])[:rows]
+    print(f"  {'calls':>6} {'own us':>8} {'cum us':>8}  function")
+    for (file, line, name), (_, nc, tt, ct, _) in top:
+        where = name if file == "~" else f"{file.split('/')[-1]}:{line}({name})"
+        print(f"  {nc / calls:6.1f} {tt / calls * 1e6:8.2f} {ct / calls * 1e6:8.2f}  {where}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="4096x4096x1,28672x8192x1,4096x4096x256,28672x8192x256",
                     help="NxKxM, comma-separated")
     ap.add_argument("--pieces", action="store_true", help="time the dequantize + cuBLAS path's pieces")
+    ap.add_argument("--fine", action="store_true", help="own and cumulative host us per call of each function")
     args = ap.parse_args(argv)
     for case in args.cases.split(","):
         N, K, M = (int(v) for v in case.split("x"))
@@ -80,6 +103,11 @@ def main(argv=None) -> int:
         A = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
         if args.pieces:
             _pieces(A, W, P, qs)
+            continue
+        if args.fine:
+            host, _ = _per_call(lambda: matmul_4bit(A, P, qs))
+            print(f"{N}x{K} M={M}: host {host:.1f} us a call (20 calls, no sync); profiled, idle GPU:")
+            _fine(lambda: matmul_4bit(A, P, qs))
             continue
         host, total = _per_call(lambda: matmul_4bit(A, P, qs))
         lin_host, lin_total = _per_call(lambda: torch.nn.functional.linear(A, W))
