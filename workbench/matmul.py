@@ -163,39 +163,45 @@ def _planes_kernel():
     return _planes_at
 
 
+_cuda_matmul = None   # workbench.backends.cuda.matmul, imported on the first CUDA call (an import statement per call
+                      # costs host time before the launch)
+
+
+def _load_cuda_matmul():
+    global _cuda_matmul
+    from .backends.cuda import matmul
+    _cuda_matmul = matmul
+    return matmul
+
+
 def _device_index(t: torch.Tensor):
     """-1 for a CPU tensor, the device index of a CUDA one, None for any other (meta, ...): no kernel reads it."""
     return -1 if t.is_cpu else t.get_device() if t.is_cuda else None
 
 
-def _tensor_key(t):
-    """Identity, address, size, dtype, device and layout of a state tensor; None when it is not a plain tensor."""
-    if type(t) not in _PLAIN:
-        return None
-    return id(t), t.data_ptr(), t.numel(), t.dim(), t.dtype, _device_index(t), t.is_contiguous()
-
-
 def _gemv_key(qs: QuantState):
-    """What the GEMV plan of ``qs`` (``_gemv_plan``) was checked against, or None (not remembered, no fast path).
-    Addresses are part of it because the plan holds them; a change of the data in place needs no new plan (the
-    kernel reads the state's own tensors at every call)."""
-    shape = qs.shape
-    if type(shape) is not torch.Size and type(shape) is not tuple:
+    """What the GEMV plan of ``qs`` (``_gemv_plan``) was checked against, or None (not remembered, no fast path):
+    per state tensor its identity, address, size, rank, dtype and contiguity. Addresses are part of it because the
+    plan holds them; a change of the data in place needs no new plan (the kernel reads the state's own tensors at
+    every call). A tensor's device is not: moving it changes its address (one virtual address space for the host
+    and every GPU), and the plan, made again, checks the devices. Written out flat: this runs on every call, and
+    each tensor method call costs host time before the launch."""
+    shape, am, code, s2 = qs.shape, qs.absmax, qs.code, qs.state2
+    if (type(shape) is not torch.Size and type(shape) is not tuple) or type(am) not in _PLAIN \
+            or type(code) not in _PLAIN:
         return None
-    am = _tensor_key(qs.absmax)
-    code = _tensor_key(qs.code)
-    if am is None or code is None:
-        return None
-    s2 = qs.state2
+    key = (id(am), am.data_ptr(), am.numel(), am.dim(), am.dtype, am.is_contiguous(), id(code), code.data_ptr(),
+           code.numel(), code.dim(), code.dtype, code.is_contiguous(), qs.blocksize, shape, qs.dtype, qs.nested)
     if s2 is None:
-        return "gemv", am, code, qs.blocksize, shape, qs.dtype, qs.nested, qs.offset is None
+        return key + (qs.offset is None,)
     if type(s2) is not QuantState:
         return None
-    a2, c2, off = _tensor_key(s2.absmax), _tensor_key(s2.code), _tensor_key(qs.offset)
-    if a2 is None or c2 is None or off is None:
+    a2, c2, off = s2.absmax, s2.code, qs.offset
+    if type(a2) not in _PLAIN or type(c2) not in _PLAIN or type(off) not in _PLAIN:
         return None
-    return ("gemv", am, code, qs.blocksize, shape, qs.dtype, qs.nested, id(s2), a2, c2, off, s2.blocksize,
-            s2.dtype, s2.state2 is None)
+    return key + (id(s2), id(a2), a2.data_ptr(), a2.numel(), a2.dim(), a2.dtype, a2.is_contiguous(), id(c2),
+                  c2.data_ptr(), c2.numel(), c2.dim(), c2.dtype, c2.is_contiguous(), id(off), off.data_ptr(),
+                  off.numel(), off.dim(), off.dtype, off.is_contiguous(), s2.blocksize, s2.dtype, s2.state2 is None)
 
 
 def _gemv_plan(qs: QuantState):
@@ -243,15 +249,15 @@ def _gemv_one_call(A, B, qs, bias, backend):
     tensor-core GEMMs (2..64 rows of fp16/bf16 A, K % 32 == 0, A and B 16-byte aligned; the unscaled-lookup one
     where its dispatch rule applies, one row included) or dequantize + cuBLAS (the rows above those: the weight
     dequantized by one launch, the nested absmax decoded in it)."""
-    if not _eager(A) or type(qs) is not QuantState or A.dim() < 1 or not A.is_contiguous():
+    if not _eager(A) or type(qs) is not QuantState or not A.is_contiguous():
         return None
-    cpu = A.is_cpu
+    dtype, cpu = A.dtype, A.is_cpu
     if cpu:
-        if A.dtype not in _PLANE_KINDS or (backend != "auto" and backend != "cython_cpu"):
+        if dtype not in _PLANE_KINDS or (backend != "auto" and backend != "cython_cpu"):
             return None
-    elif A.dtype not in _DTYPE_NAMES or (backend != "auto" and backend != "cuda"):
+    elif dtype not in _DTYPE_NAMES or (backend != "auto" and backend != "cuda"):
         return None
-    if torch.is_grad_enabled() and (A.requires_grad or (bias is not None and bias.requires_grad)):
+    if (A.requires_grad or bias is not None and bias.requires_grad) and torch.is_grad_enabled():
         return None
     key = _gemv_key(qs)
     if key is None:
@@ -260,16 +266,17 @@ def _gemv_one_call(A, B, qs, bias, backend):
     if plan is None:
         return None
     N, K, dev, args, _ = plan
-    rows = A.numel() // K
-    if A.shape[-1] != K or rows < 1 or _device_index(A) != dev:
+    shape = A.shape
+    if not shape or shape[-1] != K or (-1 if cpu else A.get_device()) != dev:   # A: CPU or CUDA (_eager)
         return None
-    if (type(B) not in _PLAIN or _device_index(B) != dev or not B.is_contiguous()
-            or B.numel() * B.element_size() != (N * K + 1) // 2):
+    rows = A.numel() // K
+    if rows < 1 or type(B) not in _PLAIN or not B.is_contiguous() or B.nbytes != (N * K + 1) // 2 \
+            or _device_index(B) != dev:
         return None
     if bias is None:
         b = 0
-    elif (type(bias) in _PLAIN and _device_index(bias) == dev and bias.dtype == A.dtype and bias.dim() == 1
-          and bias.numel() == N and bias.is_contiguous()):
+    elif (type(bias) in _PLAIN and bias.dtype == dtype and bias.dim() == 1 and bias.numel() == N
+          and bias.is_contiguous() and _device_index(bias) == dev):
         b = bias.data_ptr()
     else:
         return None
@@ -277,35 +284,35 @@ def _gemv_one_call(A, B, qs, bias, backend):
         kernel = _planes_kernel()
         if not kernel or rows > _PLANE_MAX_M:
             return None
-        if resolve(backend, "gemm_4bit", "cpu", _DTYPE_NAMES[A.dtype]) != "cython_cpu":
+        if resolve(backend, "gemm_4bit", "cpu", _DTYPE_NAMES[dtype]) != "cython_cpu":
             return None
-        out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=_CPU)
+        out = torch.empty((*shape[:-1], N), dtype=dtype, device=_CPU)
         a2, a8, c2, off, table, bs = args
-        if not kernel(A.data_ptr(), rows, N, K, B.data_ptr(), a2, a8, c2, off, table, bs, _PLANE_KINDS[A.dtype], b,
+        if not kernel(A.data_ptr(), rows, N, K, B.data_ptr(), a2, a8, c2, off, table, bs, _PLANE_KINDS[dtype], b,
                       out.data_ptr()):
             return None   # a table with NaN or Inf: the general path's other kernel
         return out
-    if resolve(backend, "gemm_4bit", "cuda", _DTYPE_NAMES[A.dtype]) != "cuda":
+    if resolve(backend, "gemm_4bit", "cuda", _DTYPE_NAMES[dtype]) != "cuda":
         return None
-    from .backends.cuda import matmul as cuda_matmul
-    if torch.cuda.current_device() != dev:
+    cuda_matmul = _cuda_matmul or _load_cuda_matmul()
+    if torch._C._cuda_getDevice() != dev:   # A is on a GPU, so CUDA is initialized (torch.cuda.current_device's check)
         return None
     aligned = A.data_ptr() % 16 == 0 and B.data_ptr() % 16 == 0   # the GEMMs read A and B in 16-byte vectors
-    lut = cuda_matmul.lut_rows(rows, N, K) and cuda_matmul.table_fits(plan[4][1], A.dtype)
-    if cuda_matmul.takes_lut(A.dtype, rows, N, K, args[5], lut):
+    lut = cuda_matmul.lut_rows(rows, N, K) and cuda_matmul.table_fits(plan[4][1], dtype)
+    if cuda_matmul.takes_lut(dtype, rows, N, K, args[5], lut):
         if not aligned:
             return None
         at = cuda_matmul.gemm_lut_at
-    elif cuda_matmul.takes_gemv(A.dtype, rows, K):
+    elif cuda_matmul.takes_gemv(dtype, rows, K):
         at = cuda_matmul.gemv_4bit_at
-    elif cuda_matmul.takes_mma(A.dtype, rows, K) and aligned:
+    elif cuda_matmul.takes_mma(dtype, rows, K) and aligned:
         at = cuda_matmul.gemm_mma_at
-    elif rows > cuda_matmul.GEMV_MAX_M and not cuda_matmul.takes_mma(A.dtype, rows, K):   # dequantize + cuBLAS
+    elif rows > cuda_matmul.GEMV_MAX_M and not cuda_matmul.takes_mma(dtype, rows, K):   # dequantize + cuBLAS
         y = cuda_matmul.dequant_mm_at(A, rows, N, K, B, args, bias, dev)
-        return y.view(*A.shape[:-1], N)
+        return y.view(*shape[:-1], N)
     else:
         return None
-    out = torch.empty((*A.shape[:-1], N), dtype=A.dtype, device=A.device)
+    out = torch.empty((*shape[:-1], N), dtype=dtype, device=A.device)
     at(A, rows, N, K, B, args, b, out, dev)
     return out
 
