@@ -24,8 +24,15 @@ def _backend(name):
         pytest.skip(f"{name}: {reason}")
 
 
+@pytest.fixture
+def rows(monkeypatch):
+    """Every Numba GEMV on the row layout (rule 2), whatever the production dispatch would take."""
+    from workbench.backends.numba_cuda import matmul as NM
+    monkeypatch.setattr(NM, "GEMV_LAYOUT", "rows")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_numba_cuda_matmul_vs_reference(rng, dtype):
+def test_numba_cuda_matmul_vs_reference(rng, rows, dtype):
     _backend("numba_cuda")
     for i, (N, K, M, bs) in enumerate(SHAPES):
         W = torch.randn(N, K, generator=rng).to(dtype).cuda()
@@ -41,7 +48,7 @@ def test_numba_cuda_matmul_vs_reference(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_numba_cuda_gemv_weights_exact_with_one_hot_rows(rng, dtype):
+def test_numba_cuda_gemv_weights_exact_with_one_hot_rows(rng, rows, dtype):
     """One-hot activation rows: each output is one dequantized weight (rule 2, nested scales included), bit for bit,
     through both GEMVs; a NaN block scale makes its row's outputs NaN and no other."""
     _backend("numba_cuda")
@@ -58,6 +65,35 @@ def test_numba_cuda_gemv_weights_exact_with_one_hot_rows(rng, dtype):
         assert nan[:, 0].all() and not nan[:, 1:].any()
         assert torch.equal(got.isnan(), nan), (N, K, M)
         assert torch.equal(got[~nan], Wd[:, ks].t()[~nan]), (N, K, M)
+
+
+def test_numba_cuda_gemv_layout_auto_follows_the_production_dispatch(rng, monkeypatch):
+    """The default: ``gemv_tiled`` exactly where the cuda backend takes its unscaled-lookup GEMM -- one row on a
+    weight of more than 2^24 elements, 2..4 rows -- held to error_bound_unscaled; the row GEMV (rule 2) elsewhere."""
+    _backend("numba_cuda")
+    from numba_kernels.cuda import matmul as K
+    from workbench.backends.cuda import matmul as CM
+    from workbench.backends.numba_cuda import matmul as NM
+    monkeypatch.setattr(NM, "GEMV_LAYOUT", "auto")
+    tiled, rows_ = K.gemv_tiled, K.gemv_rows
+    ran = []
+    monkeypatch.setattr(K, "gemv_tiled", lambda M, kind: ran.append("tiled") or tiled(M, kind))
+    monkeypatch.setattr(K, "gemv_rows", lambda *a: ran.append("rows") or rows_(*a))
+    for N, Kd, M, bs in [(4104, 4160, 1, 64), (4096, 4096, 1, 64), (1000, 1024, 3, 64), (301, 2112, 4, 32)]:
+        W = torch.randn(N, Kd, generator=rng).cuda()
+        A = torch.randn(M, Kd, generator=rng).to(torch.bfloat16).cuda()
+        P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=True)
+        want = "tiled" if CM.takes_lut(A.dtype, M, N, Kd, bs, True) else "rows"
+        assert want == ("tiled" if (N * Kd > 1 << 24 or M > 1) and bs >= 64 else "rows"), (N, Kd, M, bs)
+        got = matmul_4bit(A, P, qs, backend="numba_cuda")
+        assert ran[-1:] == [want], (N, Kd, M, bs, ran)
+        ref = matmul_4bit(A, P, qs, backend="reference")
+        if want == "tiled":
+            bound = R.unscaled_bound_of(A, P, (N, Kd), qs.state2.absmax, qs.code, bs, None, qs.absmax,
+                                        qs.state2.code, qs.offset, ref=ref)
+        else:
+            bound = R.error_bound(A, wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype), None, A.dtype, ref)
+        assert ((got.float() - ref.float()).abs() <= bound).all(), (N, Kd, M)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

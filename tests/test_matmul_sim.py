@@ -32,6 +32,13 @@ def backend():
     return matmul
 
 
+@pytest.fixture
+def rows(backend, monkeypatch):
+    """The backend with every GEMV on the row layout (rule 2), whatever the production dispatch would take."""
+    monkeypatch.setattr(backend, "GEMV_LAYOUT", "rows")
+    return backend
+
+
 def _check(got, ref, A, P, qs, b):
     W = wb.dequantize_4bit(P, qs, backend="reference").to(A.dtype)
     bound = R.error_bound(A.reshape(-1, A.shape[-1]), W, b, A.dtype, ref.reshape(-1, W.shape[0]))
@@ -41,7 +48,8 @@ def _check(got, ref, A, P, qs, b):
 
 @sim
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemv_and_tiled_gemm_vs_reference(backend, rng, dtype):
+def test_gemv_and_tiled_gemm_vs_reference(rows, rng, dtype):
+    backend = rows
     for i, (N, K, M, bs) in enumerate(SHAPES):
         W = torch.randn(N, K, generator=rng).to(dtype)
         A = (torch.randn(M, K, generator=rng) * 4).to(dtype)
@@ -58,7 +66,7 @@ def test_gemv_and_tiled_gemm_vs_reference(backend, rng, dtype):
 
 
 @sim
-def test_nested_absmax_decoded_in_kernel(backend, rng):
+def test_nested_absmax_decoded_in_kernel(rows, rng):
     """Nested blocksize 256: more than 256 weight blocks, so the second-level absmax index b >> 8 moves."""
     N, K, bs = 9, 2048, 32                    # 576 blocks
     W = torch.randn(N, K, generator=rng)
@@ -69,7 +77,7 @@ def test_nested_absmax_decoded_in_kernel(backend, rng):
 
 @sim
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_weights_exact_with_one_hot_rows(backend, rng, dtype):
+def test_weights_exact_with_one_hot_rows(rows, rng, dtype):
     """One-hot activation rows: every sum holds one product, so the outputs are the dequantized weights (rule 2,
     nested scales included) bit for bit -- the word GEMV (K % 8 == 0), the element GEMV (odd K) and the tiled GEMM."""
     for N, K, M, bs in [(5, 64, 3, 32), (4, 45, 2, 32), (3, 72, 6, 64)]:
@@ -83,10 +91,10 @@ def test_weights_exact_with_one_hot_rows(backend, rng, dtype):
 
 
 @sim
-def test_gemv_rows_contiguous_chunk_order(backend, rng, monkeypatch):
+def test_gemv_rows_contiguous_chunk_order(rows, rng, monkeypatch):
     """``gemv_rows(spread=False)`` (each warp a contiguous range of chunks; studies/probes/numba_gemv_spread_ab.py
     times it against the default) holds the same bound, on shapes with more chunks than warps and fewer."""
-    K = backend.K
+    K = rows.K
     build = K.gemv_rows
     monkeypatch.setattr(K, "gemv_rows", lambda ch, M, kind: build(ch, M, kind, False))
     for N, Kd, M, bs in [(3, 2112, 1, 64), (5, 1056, 4, 32), (9, 64, 3, 64)]:
@@ -135,3 +143,33 @@ def test_gemv_on_the_tiled_layout(backend, rng, monkeypatch, dtype):
     W = R.dequantize_weight(P, (5, 128), absmax, table, 64, torch.float16)
     assert ((got.float() - ref.float()).abs() <= R.error_bound(A, W, None, torch.float16, ref)).all()
     assert ran == []
+
+
+@sim
+def test_gemv_layout_auto_follows_the_production_dispatch(backend, rng, monkeypatch):
+    """The default layout rule: ``gemv_tiled`` (unscaled, error_bound_unscaled) exactly where the cuda backend's
+    dispatch takes its unscaled-lookup GEMM (``takes_lut``), the rule-2 row GEMV (error_bound) elsewhere. One row
+    counts as a large weight here (the threshold lowered: 2^24 elements is too slow for the simulator)."""
+    from workbench.backends.cuda import matmul as CM
+    K = backend.K
+    monkeypatch.setattr(backend, "GEMV_LAYOUT", "auto")
+    monkeypatch.setattr(CM, "LUT_M1_MIN_WEIGHTS", 40 * 256)
+    tiled, rows_ = K.gemv_tiled, K.gemv_rows
+    ran = []
+    monkeypatch.setattr(K, "gemv_tiled", lambda M, kind: ran.append("tiled") or tiled(M, kind))
+    monkeypatch.setattr(K, "gemv_rows", lambda *a: ran.append("rows") or rows_(*a))
+    for N, Kd, M, bs, want in [(21, 128, 3, 64, "tiled"), (40, 320, 1, 64, "tiled"), (9, 128, 1, 64, "rows"),
+                               (9, 128, 2, 32, "rows"), (17, 192, 4, 128, "tiled")]:
+        W = torch.randn(N, Kd, generator=rng)
+        A = torch.randn(M, Kd, generator=rng).to(torch.bfloat16)
+        P, qs = wb.quantize_4bit(W, blocksize=bs, compress_statistics=True, backend="reference")
+        assert CM.takes_lut(A.dtype, M, N, Kd, bs, True) == (want == "tiled"), (N, Kd, M, bs)
+        got = matmul_4bit(A, P, qs, backend="numba_cuda")
+        assert ran[-1:] == [want], (N, Kd, M, bs, ran)
+        ref = matmul_4bit(A, P, qs, backend="reference")
+        if want == "tiled":
+            bound = R.unscaled_bound_of(A, P, (N, Kd), qs.state2.absmax, qs.code, bs, None, qs.absmax,
+                                        qs.state2.code, qs.offset, ref=ref)
+            assert ((got.float() - ref.float()).abs() <= bound).all(), (N, Kd, M)
+        else:
+            _check(got, ref, A, P, qs, None)

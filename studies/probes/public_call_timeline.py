@@ -9,9 +9,12 @@ Per case and implementation, after a warm-up:
     kernel's start on the GPU), kernels_us (the call's kernels, summed), span_us (call start to its last kernel's
     end), kernels (how many). The profiler adds its own host time, so its spans run a little above public_us.
 
-NF4, blocksize 64, double quant, bf16 activations, no bias.
+NF4, blocksize 64, double quant, bf16 activations, no bias. ``--baseline FILE``: another revision's
+workbench/matmul.py, loaded beside the tree's and timed as "ours_baseline" in the same process (an A/B of the host
+path).
 
-usage (GPU): python -m studies.probes.public_call_timeline [--cases 28672x8192x1,4096x4096x1] [--out DIR]"""
+usage (GPU): python -m studies.probes.public_call_timeline [--cases 28672x8192x1,4096x4096x1] [--baseline FILE]
+             [--out DIR]"""
 from __future__ import annotations
 
 import argparse
@@ -85,7 +88,14 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="28672x8192x1,4096x4096x1,28672x8192x16", help="NxKxM, comma-separated")
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--baseline", default=None, help="another revision's workbench/matmul.py, timed beside")
     args = ap.parse_args(argv)
+    baseline = None
+    if args.baseline:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("workbench._baseline_matmul", args.baseline)
+        baseline = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(baseline)
     bnb = oracle.bitsandbytes()
     out = []
     with torch.no_grad():
@@ -96,6 +106,7 @@ def main(argv=None) -> int:
             Wdq = wb.dequantize_4bit(P, qs).to(torch.bfloat16)
             A = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             impls = {"ours": lambda: matmul_4bit(A, P, qs),
+                     **({"ours_baseline": lambda: baseline.matmul_4bit(A, P, qs)} if baseline else {}),
                      "cublas_bf16": lambda: torch.nn.functional.linear(A, Wdq)}
             if bnb:
                 bqs = qs.to_bnb()

@@ -6,11 +6,13 @@ a power of two >= 32 and A and B are 16-byte aligned; else a block per row, 4-by
 the simple tiled GEMM. Both decode the nested absmax in the kernel. Under the CUDA simulator the backend takes CPU
 tensors (small inputs only).
 
-``KBIT_NUMBA_GEMV_LAYOUT=tiled`` (``GEMV_LAYOUT``) sends fp16/bf16 rows to ``gemv_tiled`` instead where it applies
-(K % 64 == 0, a power-of-two blocksize >= 64, a codebook finite in A's dtype, 16-byte aligned A): it reads the cuda
-backend's tiled copy of the weight (made once and kept, workbench/backends/cuda/gemm_layout.py) with unscaled lookups,
-so it is held to ``error_bound_unscaled`` like the production GEMM. An A/B setting until it is timed on a GPU
-(studies/probes/numba_gemv_layout_ab.py); the default, ``rows``, keeps rule 2.
+fp16/bf16 rows that the cuda backend's dispatch sends to its unscaled-lookup GEMM (``takes_lut``: 2..4 rows with
+K % 64 == 0 and blocksize >= 64, one row on weights of more than 2^24 elements, a codebook finite in A's dtype) go to
+``gemv_tiled`` instead, given 16-byte aligned A and a power-of-two blocksize: it reads the cuda backend's tiled copy of
+the weight (made once and kept, workbench/backends/cuda/gemm_layout.py) with unscaled lookups, so it is held to
+``error_bound_unscaled`` like the production GEMM; the other rows keep rule 2. So each call has the numerics of the
+production path it prototypes. ``KBIT_NUMBA_GEMV_LAYOUT`` (``GEMV_LAYOUT``) = ``rows`` or ``tiled`` forces one layout
+where it applies (the A/B of studies/probes/numba_gemv_layout_ab.py); ``auto``, the default, is the rule above.
 """
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ from numba_kernels.cuda import matmul as K
 
 from ._launch import as_array, launch
 from ..cuda import gemm_layout
-from ..cuda.matmul import table_fits
+from ..cuda.matmul import table_fits, takes_lut
 from ..registry import register_kernel
 
-GEMV_LAYOUT = os.environ.get("KBIT_NUMBA_GEMV_LAYOUT", "rows")
+GEMV_LAYOUT = os.environ.get("KBIT_NUMBA_GEMV_LAYOUT", "auto")
 
 _KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
 
@@ -52,8 +54,9 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     offset = _arr(absmax_offset.float().reshape(1)) if nested else _arr(one)
     b = _arr(bias) if bias is not None else _arr(torch.zeros(1, dtype=A.dtype, device=dev))
     A = A.contiguous()
-    if (GEMV_LAYOUT == "tiled" and M <= K.GEMV_MAX_M and kind != K.F32 and K.tiled_applies(Kd, int(blocksize))
-            and A.data_ptr() % 16 == 0 and table_fits(table, A.dtype)):
+    if (GEMV_LAYOUT != "rows" and M <= K.GEMV_MAX_M and kind != K.F32 and K.tiled_applies(Kd, int(blocksize))
+            and A.data_ptr() % 16 == 0 and table_fits(table, A.dtype)
+            and (GEMV_LAYOUT == "tiled" or takes_lut(A.dtype, M, N, Kd, int(blocksize), True))):
         codes = gemm_layout.tiled_copy(B, N, Kd)   # None: copies off, or no room (then the row layout below)
         if codes is not None:
             launch(K.gemv_tiled(M, kind), K.tiled_grid(N), K.ROWS_THREADS, dev,
