@@ -442,9 +442,8 @@ def gemv_tiled(M: int, kind: int):
     Compute found it bound by the L1 pipe (reports/matmul-h200/numba_gemv); in the tiled layout a warp's load is 512
     contiguous bytes, and the production kernel's weight stream alone runs at 95 % of copy there (45 % in rows).
 
-    CTA b takes tiles b, b + G, ... (a tile: output rows 16 T .. 16 T + 15; G CTAs, at most those resident at once,
-    ``tiled_grid``: the table is built once a CTA and no last wave runs part-empty); its ROWS_WARPS warps take a
-    tile's chunks in turn (warp w: chunks w, w + W, ...), so in step they read neighbouring 512-byte pieces. Lane 4 g + t holds elements 16 t .. 16 t + 15
+    CTA b takes tile b (output rows 16 b .. 16 b + 15); its ROWS_WARPS warps take the chunks in turn (warp w: chunks
+    w, w + W, ...), so in step they read neighbouring 512-byte pieces. Lane 4 g + t holds elements 16 t .. 16 t + 15
     of the chunk for rows g and g + 8 (one 16-byte load), and reads those 16 activations of each row m itself (two
     16-byte loads, one 128-byte line for the warp). A weight is ``dtype(table[c])``, read in pairs: a code byte (two
     weights) is one byte permute, one shift and one 8-byte shared load from a table of the 256 byte values' float32
@@ -456,8 +455,8 @@ def gemv_tiled(M: int, kind: int):
     (warp-major, lane t inner), bias added.
 
     Numerics: not rule 2; held to the reference's ``error_bound_unscaled``, like the production GEMM. Outputs
-    float32 ``out[m * N + n]``; grid ``tiled_grid(N, M, SMs)`` blocks of ROWS_THREADS; A and the tiled codes as int64
-    arrays (16-byte aligned); every table entry finite in A's dtype (the adapter checks)."""
+    float32 ``out[m * N + n]``; grid ``tiled_grid(N)`` blocks of ROWS_THREADS; A and the tiled codes as int64 arrays
+    (16-byte aligned); every table entry finite in A's dtype (the adapter checks)."""
     key = (M, kind)
     if key in _TILED:
         return _TILED[key]
@@ -499,97 +498,94 @@ def gemv_tiled(M: int, kind: int):
                 | uint64(_float_as_int(tab16[e >> 4]) & 0xFFFFFFFF)
         cuda.syncthreads()
         off = offset[0] if nested else float32(0.0)
+        for m in range(MM):
+            acc[m, 0] = float32(0.0)
+            acc[m, 1] = float32(0.0)
         pcol = uint32(16 * (lane & 15))
+        tile = int64(cuda.blockIdx.x)
         chunks = int64(K // TILE_CHUNK)
         per = (chunks + ROWS_WARPS - 1) // ROWS_WARPS
+        n0 = tile * TILE_ROWS + g
         last = int64(N - 1)                   # rows past N read the last row's scales and are not stored
+        e0 = (n0 if n0 < last else last) * K
+        e1 = (n0 + 8 if n0 + 8 < last else last) * K
+        wbase = tile * chunks * 64 + 2 * lane  # int64 index of chunk 0's codes for this lane
         ku = K // 4                           # int64 words per activation row
-        for tile in range(int64(cuda.blockIdx.x), int64((N + TILE_ROWS - 1) // TILE_ROWS), int64(cuda.gridDim.x)):
-            for m in range(MM):
-                acc[m, 0] = float32(0.0)
-                acc[m, 1] = float32(0.0)
-            n0 = tile * TILE_ROWS + g
-            e0 = (n0 if n0 < last else last) * K
-            e1 = (n0 + 8 if n0 + 8 < last else last) * K
-            wbase = tile * chunks * 64 + 2 * lane  # int64 index of chunk 0's codes for this lane
-            c = int64(warp)
-            for a in range(2):                    # chunks warp and warp + W into the next slots
-                ca = c + a * ROWS_WARPS
-                if ca < chunks:
-                    nx[2 * a], nx[2 * a + 1] = _ld16(T, wbase + ca * 64)
-                    for r in range(2):
-                        b = ((e0 if r == 0 else e1) + ca * TILE_CHUNK) >> bshift
-                        sq[2 + 2 * a + r] = int32(a8[uint64(b)]) if nested else int32(0)
-                        sa[2 + 2 * a + r] = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
-            if XAHEAD and c < chunks:
-                for m in range(MM):
-                    xa[m, 0], xa[m, 1] = _ld16(A, uint64(int64(m) * ku + c * 16 + 4 * t))
-                    xa[m, 2], xa[m, 3] = _ld16(A, uint64(int64(m) * ku + c * 16 + 4 * t + 2))
-            for i in range(per):
-                c = int64(warp) + i * ROWS_WARPS
-                if c < chunks:
-                    wv[0] = nx[0]                 # rotate: this chunk's inputs now, c + 2 W's loads next
-                    wv[1] = nx[1]
-                    nx[0] = nx[2]
-                    nx[1] = nx[3]
-                    for j in range(4):
-                        sq[j] = sq[j + 2]
-                        sa[j] = sa[j + 2]
-                    if not XAHEAD:                # this chunk's activations now
-                        for m in range(MM):
-                            xa[m, 0], xa[m, 1] = _ld16(A, uint64(int64(m) * ku + c * 16 + 4 * t))
-                            xa[m, 2], xa[m, 3] = _ld16(A, uint64(int64(m) * ku + c * 16 + 4 * t + 2))
-                    for m in range(MM):
-                        for w in range(4):
-                            x = xa[m, w]
-                            av[m, 4 * w], av[m, 4 * w + 1] = _unpack2(uint32(x & 0xFFFFFFFF), KIND)
-                            av[m, 4 * w + 2], av[m, 4 * w + 3] = _unpack2(uint32(x >> 32), KIND)
-                    c2w = c + 2 * ROWS_WARPS
-                    if c2w < chunks:
-                        nx[2], nx[3] = _ld16(T, wbase + c2w * 64)
-                        for r in range(2):
-                            b = ((e0 if r == 0 else e1) + c2w * TILE_CHUNK) >> bshift
-                            sq[4 + r] = int32(a8[uint64(b)]) if nested else int32(0)
-                            sa[4 + r] = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
-                    c1 = c + ROWS_WARPS
-                    if XAHEAD and c1 < chunks:
-                        for m in range(MM):
-                            xa[m, 0], xa[m, 1] = _ld16(A, uint64(int64(m) * ku + c1 * 16 + 4 * t))
-                            xa[m, 2], xa[m, 3] = _ld16(A, uint64(int64(m) * ku + c1 * 16 + 4 * t + 2))
-                    for r in range(2):
-                        for m in range(MM):
-                            part[m, 0] = float32(0.0)
-                            part[m, 1] = float32(0.0)
-                        u = wv[r]
-                        for h in range(2):        # 8 elements: 8 h + 0..7 of the lane's 16
-                            _dot8_pairs(uint32((u >> (32 * h)) & 0xFFFFFFFF), pairs, pcol, av, 8 * h, part, MM)
-                        s = _add(_mul(c2[uint32(sq[r])], sa[r]), off) if nested else sa[r]
-                        for m in range(MM):
-                            acc[m, r] = _fma(_add(part[m, 0], part[m, 1]), s, acc[m, r])
-            for m in range(MM):
+        c = int64(warp)
+        for a in range(2):                    # chunks warp and warp + W into the next slots
+            ca = c + a * ROWS_WARPS
+            if ca < chunks:
+                nx[2 * a], nx[2 * a + 1] = _ld16(T, wbase + ca * 64)
                 for r in range(2):
-                    red[uint32(((warp * MM + m) * 2 + r) * 32 + lane)] = acc[m, r]
-            cuda.syncthreads()
-            for q in range(tid, TILE_ROWS * MM, ROWS_THREADS):
-                m = q >> 4
-                rr = q & 15                       # row of the tile: lane group rr & 7, half rr >> 3
-                n = tile * TILE_ROWS + rr
-                v = float32(0.0)
-                for w in range(ROWS_WARPS):       # warp order, then the row's 4 lanes in order
-                    for tt in range(4):
-                        v = _add(v, red[uint32(((w * MM + m) * 2 + (rr >> 3)) * 32 + 4 * (rr & 7) + tt)])
-                _store_row(out, v, m, n, N, bias, has_bias, KIND)
-            cuda.syncthreads()                # the sums read before the next tile writes them
+                    b = ((e0 if r == 0 else e1) + ca * TILE_CHUNK) >> bshift
+                    sq[2 + 2 * a + r] = int32(a8[uint64(b)]) if nested else int32(0)
+                    sa[2 + 2 * a + r] = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
+        if XAHEAD and c < chunks:
+            for m in range(MM):
+                xa[m, 0], xa[m, 1] = _ld16(A, uint64(int64(m) * ku + c * 16 + 4 * t))
+                xa[m, 2], xa[m, 3] = _ld16(A, uint64(int64(m) * ku + c * 16 + 4 * t + 2))
+        for i in range(per):
+            c = int64(warp) + i * ROWS_WARPS
+            if c < chunks:
+                wv[0] = nx[0]                 # rotate: this chunk's inputs now, c + 2 W's loads next
+                wv[1] = nx[1]
+                nx[0] = nx[2]
+                nx[1] = nx[3]
+                for j in range(4):
+                    sq[j] = sq[j + 2]
+                    sa[j] = sa[j + 2]
+                if not XAHEAD:                # this chunk's activations now
+                    for m in range(MM):
+                        xa[m, 0], xa[m, 1] = _ld16(A, uint64(int64(m) * ku + c * 16 + 4 * t))
+                        xa[m, 2], xa[m, 3] = _ld16(A, uint64(int64(m) * ku + c * 16 + 4 * t + 2))
+                for m in range(MM):
+                    for w in range(4):
+                        x = xa[m, w]
+                        av[m, 4 * w], av[m, 4 * w + 1] = _unpack2(uint32(x & 0xFFFFFFFF), KIND)
+                        av[m, 4 * w + 2], av[m, 4 * w + 3] = _unpack2(uint32(x >> 32), KIND)
+                c2w = c + 2 * ROWS_WARPS
+                if c2w < chunks:
+                    nx[2], nx[3] = _ld16(T, wbase + c2w * 64)
+                    for r in range(2):
+                        b = ((e0 if r == 0 else e1) + c2w * TILE_CHUNK) >> bshift
+                        sq[4 + r] = int32(a8[uint64(b)]) if nested else int32(0)
+                        sa[4 + r] = absmax[uint64(b >> 8)] if nested else absmax[uint64(b)]
+                c1 = c + ROWS_WARPS
+                if XAHEAD and c1 < chunks:
+                    for m in range(MM):
+                        xa[m, 0], xa[m, 1] = _ld16(A, uint64(int64(m) * ku + c1 * 16 + 4 * t))
+                        xa[m, 2], xa[m, 3] = _ld16(A, uint64(int64(m) * ku + c1 * 16 + 4 * t + 2))
+                for r in range(2):
+                    for m in range(MM):
+                        part[m, 0] = float32(0.0)
+                        part[m, 1] = float32(0.0)
+                    u = wv[r]
+                    for h in range(2):        # 8 elements: 8 h + 0..7 of the lane's 16
+                        _dot8_pairs(uint32((u >> (32 * h)) & 0xFFFFFFFF), pairs, pcol, av, 8 * h, part, MM)
+                    s = _add(_mul(c2[uint32(sq[r])], sa[r]), off) if nested else sa[r]
+                    for m in range(MM):
+                        acc[m, r] = _fma(_add(part[m, 0], part[m, 1]), s, acc[m, r])
+        for m in range(MM):
+            for r in range(2):
+                red[uint32(((warp * MM + m) * 2 + r) * 32 + lane)] = acc[m, r]
+        cuda.syncthreads()
+        for q in range(tid, TILE_ROWS * MM, ROWS_THREADS):
+            m = q >> 4
+            rr = q & 15                       # row of the tile: lane group rr & 7, half rr >> 3
+            n = tile * TILE_ROWS + rr
+            v = float32(0.0)
+            for w in range(ROWS_WARPS):       # warp order, then the row's 4 lanes in order
+                for tt in range(4):
+                    v = _add(v, red[uint32(((w * MM + m) * 2 + (rr >> 3)) * 32 + 4 * (rr & 7) + tt)])
+            _store_row(out, v, m, n, N, bias, has_bias, KIND)
 
     _TILED[key] = gemv
     return gemv
 
 
-def tiled_grid(N: int, M: int = 1, sms: int | None = None) -> int:
-    """CTAs of ``gemv_tiled``: one a 16-row tile, at most as many as are resident at once (the launch bounds' CTAs
-    per SM times ``sms``; None: no cap)."""
-    tiles = -(-N // TILE_ROWS)
-    return tiles if sms is None else min(tiles, (3 if M == 1 else 2) * sms)
+def tiled_grid(N: int) -> int:
+    """CTAs of ``gemv_tiled``: one 16-row tile each."""
+    return -(-N // TILE_ROWS)
 
 
 @cuda.jit(fastmath=False)

@@ -32,19 +32,6 @@ GEMV_LAYOUT = os.environ.get("KBIT_NUMBA_GEMV_LAYOUT", "auto")
 _KIND = {torch.float32: K.F32, torch.float16: K.F16, torch.bfloat16: K.BF16}
 
 
-_sms: dict = {}
-
-
-def _sm_count(dev: torch.device) -> int:
-    """Multiprocessors of ``dev``; 1 for the simulator's CPU tensors (a grid of few CTAs, each on several tiles)."""
-    if dev.type != "cuda":
-        return 1
-    n = _sms.get(dev.index)
-    if n is None:
-        n = _sms[dev.index] = torch.cuda.get_device_properties(dev).multi_processor_count
-    return n
-
-
 def _arr(t: torch.Tensor):
     t = t.contiguous().reshape(-1)
     return as_array(t.view(torch.int16) if t.dtype == torch.bfloat16 else t)
@@ -72,7 +59,7 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
             and (GEMV_LAYOUT == "tiled" or takes_lut(A.dtype, M, N, Kd, int(blocksize), True))):
         codes = gemm_layout.tiled_copy(B, N, Kd)   # None: copies off, or no room (then the row layout below)
         if codes is not None:
-            launch(K.gemv_tiled(M, kind), K.tiled_grid(N, M, _sm_count(dev)), K.ROWS_THREADS, dev,
+            launch(K.gemv_tiled(M, kind), K.tiled_grid(N), K.ROWS_THREADS, dev,
                    as_array(A.reshape(-1).view(torch.int64)), N, Kd, as_array(codes.view(torch.int64)),
                    _arr(absmax.float()), a8, code2, offset, int(nested), _arr(table.float()),
                    int(blocksize).bit_length() - 1, b, int(bias is not None), _arr(out))
