@@ -40,7 +40,7 @@ from numba.cuda import libdevice
 
 from .quant import (BF16, F16, F32, _bf16_bits, _float2half_rn, _float_as_int, _half2float,  # noqa: F401
                     _int_as_float, _load)
-from .warp import _ld8_mad, _ld16, _ld16f, _ld_byte, _syncwarp
+from .warp import _ld16, _ld16f, _ld_byte, _syncwarp
 
 GEMV_THREADS = 128
 GEMV_MAX_M = 4
@@ -167,15 +167,6 @@ if config.ENABLE_CUDASIM:
     def _entry(x, j, tcol):
         """The table's byte offset for byte j of x (4 * code | the warp-pair bits, zero here) and tcol = 4 * tid."""
         return (((int(x) >> (8 * j)) & 0xFF) >> 2) * (4 * ROWS_THREADS) + tcol
-
-    def _pair_entry(x, j, pcol):
-        """The pair table's byte offset for byte j of x (entry (byte, lane % 16) at 128 byte + 8 (lane % 16)), with
-        pcol = 16 (lane % 16)."""
-        return ((((int(x) >> (8 * j)) & 0xFF) << 8) | int(pcol)) >> 1
-
-    def _pair_floats(x):
-        """The two float32 of a pair-table entry (low word first)."""
-        return _int_as_float(int(x) & 0xFFFFFFFF), _int_as_float(int(x) >> 32)
 else:
     _fma = libdevice.fmaf_rn
 
@@ -188,15 +179,6 @@ else:
         # one byte permute: byte 0 of tcol ((4 tid) & 0xFF), byte j of x as byte 1 (4 * code | tid >> 6: the
         # entry's offset 1024 code + 4 tid), bytes 2-3 zero (tcol < 256)
         return libdevice.byte_perm(x, tcol, 0x5504 | (j << 4))
-
-    @cuda.jit(device=True, inline=True)
-    def _pair_entry(x, j, pcol):
-        # one byte permute (byte j of x as byte 1, pcol = 16 (lane % 16) as byte 0) and one shift: 128 byte + 8 col
-        return libdevice.byte_perm(x, pcol, 0x5504 | (j << 4)) >> 1
-
-    @cuda.jit(device=True, inline=True)
-    def _pair_floats(x):
-        return _int_as_float(int32(x & 0xFFFFFFFF)), _int_as_float(int32(x >> 32))
 
 
 @cuda.jit(device=True, inline=True)
@@ -217,18 +199,6 @@ def _dot8(word, tab, tgrp, tcol, av, e0, sums, M):
     for j in range(4):
         we = _ld_byte(tab, uint32(_entry(hi, j, tcol)))
         wo = _ld_byte(tab, uint32(_entry(lo, j, tcol)))
-        for m in range(M):
-            sums[m, 0] = _fma(we, av[m, e0 + 2 * j], sums[m, 0])
-            sums[m, 1] = _fma(wo, av[m, e0 + 2 * j + 1], sums[m, 1])
-
-
-@cuda.jit(device=True, inline=True)
-def _dot8_pairs(word, pairs, pcol, av, e0, sums, M):
-    """``_dot8`` with one lookup per code byte: the 8 codes of ``word`` (byte j: elements 2j, high nibble, and
-    2j + 1) read as a pair of float32 weights by one 8-byte shared load from this lane's column of the pair table
-    (``gemv_tiled``), the same products in the same order."""
-    for j in range(4):
-        we, wo = _pair_floats(_ld8_mad(pairs, uint32(_pair_entry(word, j, pcol)), 1, 0))
         for m in range(M):
             sums[m, 0] = _fma(we, av[m, e0 + 2 * j], sums[m, 0])
             sums[m, 1] = _fma(wo, av[m, e0 + 2 * j + 1], sums[m, 1])
@@ -420,8 +390,6 @@ def rows_grid(N: int) -> int:
 
 TILE_ROWS = 16                                          # output rows per tile of the tiled layout
 TILE_CHUNK = 64                                         # elements of a row per chunk
-PAIR_ENTRIES = 256 * 16                                 # gemv_tiled's pair table: a column of 256 pairs per lane % 16
-TILED_SUMS = ROWS_WARPS * GEMV_MAX_M * 64               # gemv_tiled's lane sums (per warp, row m and row half)
 
 
 def tiled_applies(K: int, blocksize: int) -> bool:
@@ -445,10 +413,9 @@ def gemv_tiled(M: int, kind: int):
     CTA b takes tile b (output rows 16 b .. 16 b + 15); its ROWS_WARPS warps take the chunks in turn (warp w: chunks
     w, w + W, ...), so in step they read neighbouring 512-byte pieces. Lane 4 g + t holds elements 16 t .. 16 t + 15
     of the chunk for rows g and g + 8 (one 16-byte load), and reads those 16 activations of each row m itself (two
-    16-byte loads, one 128-byte line for the warp). A weight is ``dtype(table[c])``, read in pairs: a code byte (two
-    weights) is one byte permute, one shift and one 8-byte shared load from a table of the 256 byte values' float32
-    pairs with a column per lane % 16 (entry (byte, col) at 128 byte + 8 col, 32 KB, made once a CTA; a half-warp's
-    8-byte loads hit 32 different banks for any codes); the product with an fp16/bf16 activation is exact. Per chunk and row the lane sums its 16 products in float32 (even and odd
+    16-byte loads, one 128-byte line for the warp). A weight is ``dtype(table[c])`` from the lane's own column of a
+    shared table (entry (c, tid) at byte 1024 c + 4 tid, made once), one byte permute and one shared load; the product
+    with an fp16/bf16 activation is exact. Per chunk and row the lane sums its 16 products in float32 (even and odd
     elements apart, then added) and adds that partial times the row's block scale (rule 1) to its accumulator by one
     fused multiply-add. Weights and scale inputs are loaded two of the warp's chunks ahead, activations one at
     M <= 2 (at their chunk at M = 3, 4). Then the sums of a row: the 4 lanes of each warp and the warps in order
@@ -469,9 +436,7 @@ def gemv_tiled(M: int, kind: int):
 
     @cuda.jit(fastmath=False, **bounds)
     def gemv(A, N, K, T, absmax, a8, code2, offset, nested, table, bshift, bias, has_bias, out):
-        pairs = cuda.shared.array(PAIR_ENTRIES, uint64)
-        tab16 = cuda.shared.array(16, float32)
-        red = cuda.shared.array(TILED_SUMS, float32)
+        tab = cuda.shared.array(ROWS_TAB, float32)
         c2 = cuda.shared.array(256, float32)
         acc = cuda.local.array((GEMV_MAX_M, 2), float32)
         part = cuda.local.array((GEMV_MAX_M, 2), float32)
@@ -489,19 +454,15 @@ def gemv_tiled(M: int, kind: int):
         if nested:
             for j in range(tid, 256, ROWS_THREADS):
                 c2[j] = code2[j]
-        if tid < 16:
-            tab16[tid] = _round_to(table[tid], KIND)
-        cuda.syncthreads()
-        for q in range(tid, PAIR_ENTRIES, ROWS_THREADS):   # entry (byte e, column q % 16): the pair of e's weights
-            e = q >> 4
-            pairs[q] = (uint64(_float_as_int(tab16[e & 15]) & 0xFFFFFFFF) << uint64(32)) \
-                | uint64(_float_as_int(tab16[e >> 4]) & 0xFFFFFFFF)
+        for j in range(16):                   # this lane's column: dtype(table[j]) as float32
+            tab[uint32(j * ROWS_THREADS + tid)] = _round_to(table[j], KIND)
         cuda.syncthreads()
         off = offset[0] if nested else float32(0.0)
         for m in range(MM):
             acc[m, 0] = float32(0.0)
             acc[m, 1] = float32(0.0)
-        pcol = uint32(16 * (lane & 15))
+        tcol = uint32((4 * tid) & 0xFF)
+        tgrp = uint32(tid >> 6) * uint32(0x01010101)
         tile = int64(cuda.blockIdx.x)
         chunks = int64(K // TILE_CHUNK)
         per = (chunks + ROWS_WARPS - 1) // ROWS_WARPS
@@ -561,13 +522,14 @@ def gemv_tiled(M: int, kind: int):
                         part[m, 1] = float32(0.0)
                     u = wv[r]
                     for h in range(2):        # 8 elements: 8 h + 0..7 of the lane's 16
-                        _dot8_pairs(uint32((u >> (32 * h)) & 0xFFFFFFFF), pairs, pcol, av, 8 * h, part, MM)
+                        _dot8(uint32((u >> (32 * h)) & 0xFFFFFFFF), tab, tgrp, tcol, av, 8 * h, part, MM)
                     s = _add(_mul(c2[uint32(sq[r])], sa[r]), off) if nested else sa[r]
                     for m in range(MM):
                         acc[m, r] = _fma(_add(part[m, 0], part[m, 1]), s, acc[m, r])
+        cuda.syncthreads()                    # every table read done: its space holds the lanes' sums
         for m in range(MM):
             for r in range(2):
-                red[uint32(((warp * MM + m) * 2 + r) * 32 + lane)] = acc[m, r]
+                tab[uint32(((warp * MM + m) * 2 + r) * 32 + lane)] = acc[m, r]
         cuda.syncthreads()
         for q in range(tid, TILE_ROWS * MM, ROWS_THREADS):
             m = q >> 4
@@ -576,7 +538,7 @@ def gemv_tiled(M: int, kind: int):
             v = float32(0.0)
             for w in range(ROWS_WARPS):       # warp order, then the row's 4 lanes in order
                 for tt in range(4):
-                    v = _add(v, red[uint32(((w * MM + m) * 2 + (rr >> 3)) * 32 + 4 * (rr & 7) + tt)])
+                    v = _add(v, tab[uint32(((w * MM + m) * 2 + (rr >> 3)) * 32 + 4 * (rr & 7) + tt)])
             _store_row(out, v, m, n, N, bias, has_bias, KIND)
 
     _TILED[key] = gemv
