@@ -14,7 +14,8 @@ that path instead (20 calls each, no sync): where a public call's host time goes
 (reports/matmul-h100/lean_lut_gemm: 150 us at M = 256, F.linear 23 us; the general path's adapter is timed beside
 the one-call path the public call takes).
 
-usage (GPU): python -m studies.probes.matmul_host_profile [--cases 4096x4096x1,...] [--pieces | --fine] > host_profile.txt"""
+usage (GPU): python -m studies.probes.matmul_host_profile [--cases 4096x4096x1,...] [--pieces | --fine]
+             > host_profile.txt"""
 from __future__ import annotations
 
 import argparse

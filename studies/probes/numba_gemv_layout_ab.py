@@ -1,7 +1,8 @@
 """A/B of the Numba GEMV's weight layout (workbench/backends/numba_cuda/matmul.py ``GEMV_LAYOUT``): ``gemv_rows``
 on bitsandbytes' row layout (rule 2) against ``gemv_tiled`` on the tiled copy the production GEMM reads (unscaled
-lookups; the default wherever the production path takes that GEMM), each forced, beside the production path (``backend="cuda"``), through the public
-``matmul_4bit(..., backend=...)``. bf16, NF4 blocksize 64 with double quant, the five shapes of issue 18.
+lookups; the default wherever the production path takes that GEMM), each forced, beside the production path
+(``backend="cuda"``), through the public ``matmul_4bit(..., backend=...)``. bf16, NF4 blocksize 64 with double
+quant, the five shapes of issue 18.
 
 Every output is checked first: the tiled GEMV within the reference's error_bound_unscaled, the row GEMV within
 error_bound. Kernel time by CUDA-graph replay of 20 calls (median of 7; the Numba path's small extra kernels and

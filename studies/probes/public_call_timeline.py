@@ -60,8 +60,8 @@ def _timeline(fn, calls: int) -> dict:
         prof.export_chrome_trace(path)
         with open(path) as f:
             ev = json.load(f)["traceEvents"]
-    ranges = sorted((e["ts"], e["ts"] + e["dur"]) for e in ev
-                    if e.get("ph") == "X" and str(e.get("name", "")).startswith("call") and e.get("cat") == "user_annotation")
+    ranges = sorted((e["ts"], e["ts"] + e["dur"]) for e in ev if e.get("ph") == "X"
+                    and str(e.get("name", "")).startswith("call") and e.get("cat") == "user_annotation")
     api = [e for e in ev if e.get("ph") == "X" and e.get("cat") in ("cuda_runtime", "cuda_driver")
            and e.get("name") in _LAUNCH]
     gpu = {e["args"].get("correlation"): e for e in ev
