@@ -37,6 +37,19 @@ def _arr(t: torch.Tensor):
     return as_array(t.view(torch.int16) if t.dtype == torch.bfloat16 else t)
 
 
+_absent: dict = {}   # (device, dtype) -> a one-element zero array
+
+
+def _absent_input(dev: torch.device, dtype: torch.dtype):
+    """The argument a kernel takes for an absent input (no nested absmax, no bias): never read, so one zero per device
+    and dtype, made once (a tensor made per call is a fill kernel per call, microseconds of GPU time beside a GEMV of
+    a few)."""
+    a = _absent.get((dev, dtype))
+    if a is None:
+        a = _absent[dev, dtype] = _arr(torch.zeros(1, dtype=dtype, device=dev))
+    return a
+
+
 def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=None, absmax_code=None,
               absmax_offset=None):
     try:
@@ -48,11 +61,10 @@ def gemm_4bit(A, B, shapeB, absmax, table, blocksize, bias=None, absmax_8bit=Non
     dev = A.device
     out = torch.empty(M * N, dtype=torch.float32, device=dev)
     nested = absmax_8bit is not None
-    one = torch.zeros(1, dtype=torch.float32, device=dev)
-    a8 = _arr(absmax_8bit) if nested else _arr(torch.zeros(1, dtype=torch.uint8, device=dev))
-    code2 = _arr(absmax_code.float()) if nested else _arr(one)
-    offset = _arr(absmax_offset.float().reshape(1)) if nested else _arr(one)
-    b = _arr(bias) if bias is not None else _arr(torch.zeros(1, dtype=A.dtype, device=dev))
+    a8 = _arr(absmax_8bit) if nested else _absent_input(dev, torch.uint8)
+    code2 = _arr(absmax_code.float()) if nested else _absent_input(dev, torch.float32)
+    offset = _arr(absmax_offset.float().reshape(1)) if nested else _absent_input(dev, torch.float32)
+    b = _arr(bias) if bias is not None else _absent_input(dev, A.dtype)
     A = A.contiguous()
     if (GEMV_LAYOUT != "rows" and M <= K.GEMV_MAX_M and kind != K.F32 and K.tiled_applies(Kd, int(blocksize))
             and A.data_ptr() % 16 == 0 and table_fits(table, A.dtype)
