@@ -4,6 +4,7 @@ the kernels, beside F.linear (cuBLAS bf16) and bitsandbytes 0.50.2 on the same s
 Per case and implementation, after a warm-up:
   * public_us: the event-timed median of one call (as studies/bench/bench_matmul_gpu times "public");
   * host_us: perf_counter around one call on an idle GPU (sync before, none inside), median;
+  * loop_us: per call of 50 calls issued back to back (studies/bench/bench_matmul_gpu's loop column), median of 5;
   * from a torch.profiler trace (CPU + CUDA) of ``--calls`` single calls, medians over them: to_launch_us (call start
     to its first kernel-launch API call), launch_us (that API call's own duration), queue_us (API call start to its
     kernel's start on the GPU), kernels_us (the call's kernels, summed), span_us (call start to its last kernel's
@@ -115,7 +116,8 @@ def main(argv=None) -> int:
                 for _ in range(5):
                     fn()
                 row = dict(case=case, impl=name, public_us=1e3 * bench.time_fn(fn, "cuda", warmup=3, reps=30).median_ms,
-                           host_us=_host_us(fn), **_timeline(fn, args.calls))
+                           host_us=_host_us(fn), loop_us=1e3 * bench.back_to_back_ms(fn, reps=50, repeats=5),
+                           **_timeline(fn, args.calls))
                 out.append(row)
                 print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                       flush=True)
