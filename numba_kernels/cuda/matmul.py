@@ -40,7 +40,7 @@ from numba.cuda import libdevice
 
 from .quant import (BF16, F16, F32, _bf16_bits, _float2half_rn, _float_as_int, _half2float,  # noqa: F401
                     _int_as_float, _load)
-from .warp import _ld16, _ld16f, _ld_byte, _syncwarp
+from .warp import _ld16, _ld16f, _ld_byte, _prefetch_l2, _syncwarp
 
 GEMV_THREADS = 128
 GEMV_MAX_M = 4
@@ -401,7 +401,10 @@ def tiled_applies(K: int, blocksize: int) -> bool:
 _TILED: dict = {}
 
 
-def gemv_tiled(M: int, kind: int):
+TILED_PREFETCH = 6   # gemv_tiled: a warp's chunk this many of its chunks ahead is asked into L2 (0: none)
+
+
+def gemv_tiled(M: int, kind: int, prefetch: int | None = None):
     """The GEMV on the weight's tiled copy (the layout the production unscaled-lookup GEMM reads,
     workbench/backends/cuda/gemm_layout.py: ``[N/16 tiles][K/64 chunks][32 lanes][16 bytes]``), compiled for M
     activation rows (<= GEMV_MAX_M) of fp16 or bf16 A, with unscaled lookups as that GEMM has them.
@@ -418,13 +421,15 @@ def gemv_tiled(M: int, kind: int):
     with an fp16/bf16 activation is exact. Per chunk and row the lane sums its 16 products in float32 (even and odd
     elements apart, then added) and adds that partial times the row's block scale (rule 1) to its accumulator by one
     fused multiply-add. Weights and scale inputs are loaded two of the warp's chunks ahead, activations one at
-    M <= 2 (at their chunk at M = 3, 4). Then the sums of a row: the 4 lanes of each warp and the warps in order
+    M <= 2 (at their chunk at M = 3, 4), and the weights ``prefetch`` chunks ahead (TILED_PREFETCH) are asked into
+    L2 (four lanes, a 128-byte line each): two chunks a warp are too few bytes in flight for DRAM's latency. Then the sums of a row: the 4 lanes of each warp and the warps in order
     (warp-major, lane t inner), bias added.
 
     Numerics: not rule 2; held to the reference's ``error_bound_unscaled``, like the production GEMM. Outputs
     float32 ``out[m * N + n]``; grid ``tiled_grid(N)`` blocks of ROWS_THREADS; A and the tiled codes as int64 arrays
     (16-byte aligned); every table entry finite in A's dtype (the adapter checks)."""
-    key = (M, kind)
+    PF = TILED_PREFETCH if prefetch is None else prefetch
+    key = (M, kind, PF)
     if key in _TILED:
         return _TILED[key]
     MM = M
@@ -485,6 +490,12 @@ def gemv_tiled(M: int, kind: int):
             for m in range(MM):
                 xa[m, 0], xa[m, 1] = _ld16(A, uint64(int64(m) * ku + c * 16 + 4 * t))
                 xa[m, 2], xa[m, 3] = _ld16(A, uint64(int64(m) * ku + c * 16 + 4 * t + 2))
+        pf_lane = (lane & 7) == 0             # lanes 0, 8, 16, 24: the 4 lines of a warp's 512-byte chunk
+        if PF > 0 and pf_lane:
+            for a in range(2, PF):
+                ca = c + a * ROWS_WARPS
+                if ca < chunks:
+                    _prefetch_l2(T, wbase + ca * 64)
         for i in range(per):
             c = int64(warp) + i * ROWS_WARPS
             if c < chunks:
@@ -504,6 +515,9 @@ def gemv_tiled(M: int, kind: int):
                         x = xa[m, w]
                         av[m, 4 * w], av[m, 4 * w + 1] = _unpack2(uint32(x & 0xFFFFFFFF), KIND)
                         av[m, 4 * w + 2], av[m, 4 * w + 3] = _unpack2(uint32(x >> 32), KIND)
+                cpf = c + PF * ROWS_WARPS
+                if PF > 0 and pf_lane and cpf < chunks:
+                    _prefetch_l2(T, wbase + cpf * 64)
                 c2w = c + 2 * ROWS_WARPS
                 if c2w < chunks:
                     nx[2], nx[3] = _ld16(T, wbase + c2w * 64)

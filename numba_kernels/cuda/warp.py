@@ -5,7 +5,8 @@ The simulator has no warp shuffles, ballots or warp barriers: their twins go thr
 buffer with a barrier each (``_syncwarp``: a CTA barrier), so every thread of the CTA must make the same calls
 (no early exits around them). The 16-byte loads and stores are single vector accesses on the GPU, ``_ld_byte`` a
 float32 load at a byte offset (no index scaling: the offset can come straight from a byte permute), ``_ld8_mad`` a
-uint64 load at a 32-bit multiply-add's byte offset; plain element accesses in the simulator. ``_prmt`` is the byte
+uint64 load at a 32-bit multiply-add's byte offset, ``_prefetch_l2`` an L2 prefetch of an element's line; plain
+element accesses (and no prefetch) in the simulator. ``_prmt`` is the byte
 permute (``prmt.b32``, selector nibbles 0..7), ``_vmax_u16x2`` the per-halfword unsigned max (``max.u16x2``).
 """
 from __future__ import annotations
@@ -98,6 +99,9 @@ if config.ENABLE_CUDASIM:
     def _ld_byte(a, off):
         return a[int(off) >> 2]
 
+    def _prefetch_l2(a, i):
+        pass
+
     def _ld8_mad(a, x, m, c):
         return a[((int(x) * int(m) + int(c)) & 0xFFFFFFFF) >> 3]
 
@@ -158,6 +162,22 @@ else:
             return sig, codegen
         load.__doc__ = doc
         return load
+
+    @_intrinsic
+    def _prefetch_l2(typingctx, a, i):
+        """``prefetch.global.L2`` of the line holding a[i]: asks L2 for it, no register waits on it."""
+        sig = _types.void(a, i)
+
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            idx = context.cast(builder, args[1], sig.args[1], _types.intp)
+            addr = builder.ptrtoint(builder.gep(ary.data, [idx]), _ir.IntType(64))
+            asm = _ir.InlineAsm(_ir.FunctionType(_ir.VoidType(), [_ir.IntType(64)]), "prefetch.global.L2 [$0];",
+                                "l", side_effect=True)
+            builder.call(asm, [addr])
+            return context.get_dummy_value()
+
+        return sig, codegen
 
     _ld16 = _load16(_types.uint64, _ir.IntType(64), 2,
                     "(a[i], a[i + 1]) as uint64 (a: int64/uint64 array, &a[i] 16-byte aligned)")

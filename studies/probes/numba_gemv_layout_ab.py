@@ -1,8 +1,9 @@
 """A/B of the Numba GEMV's weight layout (workbench/backends/numba_cuda/matmul.py ``GEMV_LAYOUT``): ``gemv_rows``
 on bitsandbytes' row layout (rule 2) against ``gemv_tiled`` on the tiled copy the production GEMM reads (unscaled
 lookups; the default wherever the production path takes that GEMM), each forced, beside the production path
-(``backend="cuda"``), through the public ``matmul_4bit(..., backend=...)``. bf16, NF4 blocksize 64 with double
-quant, the five shapes of issue 18.
+(``backend="cuda"``), through the public ``matmul_4bit(..., backend=...)``; ``numba_tiled_no_prefetch`` is
+``gemv_tiled`` without its L2 prefetch (TILED_PREFETCH = 0). bf16, NF4 blocksize 64 with double quant, the five
+shapes of issue 18.
 
 Every output is checked first: the tiled GEMV within the reference's error_bound_unscaled, the row GEMV within
 error_bound. Kernel time by CUDA-graph replay of 20 calls (median of 7; the Numba path's small extra kernels and
@@ -44,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ms", default="1,4")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    from numba_kernels.cuda import matmul as NK
     from workbench.backends.numba_cuda import matmul as NM
     production = status("cuda")[0]
     copy = bench.copy_bandwidth("cuda")
@@ -59,11 +61,14 @@ def main(argv=None) -> int:
             ref = matmul_4bit(A, P, qs, backend="reference")
             times = {}
             for name, backend, layout in (("cuda", "cuda", None), ("numba_rows", "numba_cuda", "rows"),
-                                          ("numba_tiled", "numba_cuda", "tiled")):
+                                          ("numba_tiled", "numba_cuda", "tiled"),
+                                          ("numba_tiled_no_prefetch", "numba_cuda", "tiled")):
                 if backend == "cuda" and not production:
                     continue
-                saved = NM.GEMV_LAYOUT
+                saved, prefetch = NM.GEMV_LAYOUT, NK.TILED_PREFETCH
                 NM.GEMV_LAYOUT = layout or saved
+                if name == "numba_tiled_no_prefetch":   # gemv_tiled without its L2 prefetch ahead of the loads
+                    NK.TILED_PREFETCH = 0
                 try:
                     fn = lambda: matmul_4bit(A, P, qs, backend=backend)   # noqa: E731
                     got = fn()
@@ -74,13 +79,13 @@ def main(argv=None) -> int:
                     ms = bench.graph_replay_ms(fn, calls=20)
                     public = bench.time_fn(fn, "cuda", warmup=3, reps=20).median_ms
                 finally:
-                    NM.GEMV_LAYOUT = saved
+                    NM.GEMV_LAYOUT, NK.TILED_PREFETCH = saved, prefetch
                 times[name] = ms
                 pct = None if ms is None else 100 * nbytes / (ms * 1e-3) / (copy * 1e9)
                 of_cuda = None if ms is None or times.get("cuda") is None else 100 * times["cuda"] / ms
                 rows.append(dict(N=N, K=K, M=M, impl=name, kernel_ms=ms, public_ms=public, pct_copy=pct,
                                  pct_of_cuda=of_cuda, err_over_bound=ratio, within_bound=ok))
-                print(f"{N:>6}x{K:<6} M={M} {name:12} kernel {'-' if ms is None else f'{ms * 1e3:7.1f}'} us  "
+                print(f"{N:>6}x{K:<6} M={M} {name:23} kernel {'-' if ms is None else f'{ms * 1e3:7.1f}'} us  "
                       f"public {public * 1e3:7.1f} us  {'-' if pct is None else f'{pct:5.1f}'} % of copy  "
                       f"{'' if of_cuda is None else f'{of_cuda:5.1f} % of cuda  '}"
                       f"max err/bound {ratio:.3f}{'' if ok else '  OUT OF BOUND'}", flush=True)
