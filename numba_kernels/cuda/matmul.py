@@ -401,7 +401,7 @@ def tiled_applies(K: int, blocksize: int) -> bool:
 _TILED: dict = {}
 
 
-TILED_PREFETCH = 6   # gemv_tiled: a warp's chunk this many of its chunks ahead is asked into L2 (0: none)
+TILED_PREFETCH = 6   # gemv_tiled at M >= 2: a warp's chunk this many of its chunks ahead is asked into L2 (0: none)
 
 
 def gemv_tiled(M: int, kind: int, prefetch: int | None = None):
@@ -421,14 +421,15 @@ def gemv_tiled(M: int, kind: int, prefetch: int | None = None):
     with an fp16/bf16 activation is exact. Per chunk and row the lane sums its 16 products in float32 (even and odd
     elements apart, then added) and adds that partial times the row's block scale (rule 1) to its accumulator by one
     fused multiply-add. Weights and scale inputs are loaded two of the warp's chunks ahead, activations one at
-    M <= 2 (at their chunk at M = 3, 4), and the weights ``prefetch`` chunks ahead (TILED_PREFETCH) are asked into
-    L2 (four lanes, a 128-byte line each): two chunks a warp are too few bytes in flight for DRAM's latency. Then the sums of a row: the 4 lanes of each warp and the warps in order
+    M <= 2 (at their chunk at M = 3, 4), and at M >= 2 the weights ``prefetch`` chunks ahead (TILED_PREFETCH) are
+    asked into L2 (four lanes, a 128-byte line each; H100: 1.10-1.14x at M = 4 on the two large shapes, no faster at
+    M = 1, reports/matmul-h100/public_call_host). Then the sums of a row: the 4 lanes of each warp and the warps in order
     (warp-major, lane t inner), bias added.
 
     Numerics: not rule 2; held to the reference's ``error_bound_unscaled``, like the production GEMM. Outputs
     float32 ``out[m * N + n]``; grid ``tiled_grid(N)`` blocks of ROWS_THREADS; A and the tiled codes as int64 arrays
     (16-byte aligned); every table entry finite in A's dtype (the adapter checks)."""
-    PF = TILED_PREFETCH if prefetch is None else prefetch
+    PF = (TILED_PREFETCH if M > 1 else 0) if prefetch is None else prefetch   # one row: measured no faster
     key = (M, kind, PF)
     if key in _TILED:
         return _TILED[key]
