@@ -3,7 +3,8 @@ the kernels, beside F.linear (cuBLAS bf16) and bitsandbytes 0.50.2 on the same s
 
 Per case and implementation, after a warm-up:
   * public_us: the event-timed median of one call (as studies/bench/bench_matmul_gpu times "public");
-  * host_us: perf_counter around one call on an idle GPU (sync before, none inside), median;
+  * host_us: perf_counter around one call on an idle GPU (sync before, none inside), median of 50
+    (studies/bench/public_call._host_idle_ms);
   * loop_us: per call of 50 calls issued back to back (studies/bench/bench_matmul_gpu's loop column), median of 5;
   * from a torch.profiler trace (CPU + CUDA) of ``--calls`` single calls, medians over them: to_launch_us (call start
     to its first kernel-launch API call), launch_us (that API call's own duration), queue_us (API call start to its
@@ -23,28 +24,17 @@ import json
 import os
 import statistics
 import tempfile
-import time
 
 import torch
 
 import workbench as wb
 from studies.bench import oracle
+from studies.bench.public_call import _host_idle_ms
 from workbench import bench
 from workbench.matmul import matmul_4bit
 
 _LAUNCH = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx", "cudaGraphLaunch",
            "cudaMemsetAsync", "cudaMemcpyAsync")
-
-
-def _host_us(fn, reps: int = 50) -> float:
-    out = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e6)
-    torch.cuda.synchronize()
-    return statistics.median(out)
 
 
 def _timeline(fn, calls: int) -> dict:
@@ -116,7 +106,7 @@ def main(argv=None) -> int:
                 for _ in range(5):
                     fn()
                 row = dict(case=case, impl=name, public_us=1e3 * bench.time_fn(fn, "cuda", warmup=3, reps=30).median_ms,
-                           host_us=_host_us(fn), loop_us=1e3 * bench.back_to_back_ms(fn, reps=50, repeats=5),
+                           host_us=1e3 * _host_idle_ms(fn, calls=50), loop_us=1e3 * bench.back_to_back_ms(fn, reps=50, repeats=5),
                            **_timeline(fn, args.calls))
                 out.append(row)
                 print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
