@@ -422,9 +422,9 @@ def gemv_tiled(M: int, kind: int, prefetch: int | None = None):
     elements apart, then added) and adds that partial times the row's block scale (rule 1) to its accumulator by one
     fused multiply-add. Weights and scale inputs are loaded two of the warp's chunks ahead, activations one at
     M <= 2 (at their chunk at M = 3, 4), and at M >= 2 the weights ``prefetch`` chunks ahead (TILED_PREFETCH) are
-    asked into L2 (four lanes, a 128-byte line each; H100: 1.10-1.14x at M = 4 on the two large shapes, no faster at
-    M = 1, reports/matmul-h100/public_call_host). Then the sums of a row: the 4 lanes of each warp and the warps in order
-    (warp-major, lane t inner), bias added.
+    asked into L2 (four lanes, a 128-byte line each; H100: 1.11-1.14x at M = 4 on the two large shapes, no faster
+    at M = 1, reports/matmul-h100/public_call_host). Then the sums of a row: the 4 lanes of each warp and the warps
+    in order (warp-major, lane t inner), bias added.
 
     Numerics: not rule 2; held to the reference's ``error_bound_unscaled``, like the production GEMM. Outputs
     float32 ``out[m * N + n]``; grid ``tiled_grid(N)`` blocks of ROWS_THREADS; A and the tiled codes as int64 arrays

@@ -6,8 +6,8 @@ buffer with a barrier each (``_syncwarp``: a CTA barrier), so every thread of th
 (no early exits around them). The 16-byte loads and stores are single vector accesses on the GPU, ``_ld_byte`` a
 float32 load at a byte offset (no index scaling: the offset can come straight from a byte permute), ``_ld8_mad`` a
 uint64 load at a 32-bit multiply-add's byte offset, ``_prefetch_l2`` an L2 prefetch of an element's line; plain
-element accesses (and no prefetch) in the simulator. ``_prmt`` is the byte
-permute (``prmt.b32``, selector nibbles 0..7), ``_vmax_u16x2`` the per-halfword unsigned max (``max.u16x2``).
+element accesses (and no prefetch) in the simulator. ``_prmt`` is the byte permute (``prmt.b32``, selector nibbles
+0..7), ``_vmax_u16x2`` the per-halfword unsigned max (``max.u16x2``).
 """
 from __future__ import annotations
 
