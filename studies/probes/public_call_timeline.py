@@ -9,7 +9,8 @@ Per case and implementation, after a warm-up:
   * from a torch.profiler trace (CPU + CUDA) of ``--calls`` single calls, medians over them: to_launch_us (call start
     to its first kernel-launch API call), launch_us (that API call's own duration), queue_us (API call start to its
     kernel's start on the GPU), kernels_us (the call's kernels, summed), span_us (call start to its last kernel's
-    end), kernels (how many). The profiler adds its own host time, so its spans run a little above public_us.
+    end), kernels (how many). The profiler adds host time of its own, and while it records, workbench's calls take
+    the custom-op path (ops._eager), so ours' to_launch_us is that path's; host_us is the one-call path's.
 
 NF4, blocksize 64, double quant, bf16 activations, no bias. ``--baseline FILE``: another revision's
 workbench/matmul.py, loaded beside the tree's and timed as "ours_baseline" in the same process (an A/B of the host
@@ -105,9 +106,10 @@ def main(argv=None) -> int:
             for name, fn in impls.items():
                 for _ in range(5):
                     fn()
-                row = dict(case=case, impl=name, public_us=1e3 * bench.time_fn(fn, "cuda", warmup=3, reps=30).median_ms,
-                           host_us=1e3 * _host_idle_ms(fn, calls=50), loop_us=1e3 * bench.back_to_back_ms(fn, reps=50, repeats=5),
-                           **_timeline(fn, args.calls))
+                row = dict(case=case, impl=name,
+                           public_us=1e3 * bench.time_fn(fn, "cuda", warmup=3, reps=30).median_ms,
+                           host_us=1e3 * _host_idle_ms(fn, calls=50),
+                           loop_us=1e3 * bench.back_to_back_ms(fn, reps=50, repeats=5), **_timeline(fn, args.calls))
                 out.append(row)
                 print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                       flush=True)
